@@ -1,0 +1,13 @@
+"""xpusim's engine: the plugin host, scenario loading, the SimPy world and results.
+
+The engine knows no particular chip or model; plugins add them. A plugin writes::
+
+    from engine import hookimpl
+"""
+
+from engine.backend import API_VERSION
+from engine.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = ["API_VERSION", "__version__", "hookimpl"]

@@ -1,0 +1,171 @@
+"""The contract between the engine and a hardware backend.
+
+A backend is an object registered through ``register_backends``. It owns a device catalog,
+decides whether it can run a model for a workload kind (:meth:`Backend.supports`), and
+compiles a model onto a system into a :class:`Compiled`, which prices one step of a given
+:class:`~engine.graph.Shape` as a :class:`Cost`. The SimPy world calls :meth:`Compiled.cost`
+many thousands of times, so implementations memoize per shape (:class:`MemoCompiled`
+does this for you).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from engine.device import DeviceSpec, Figure
+from engine.graph import Collective, Shape
+from engine.model import ModelGraph
+from engine.system import System
+
+API_VERSION = "1"
+"""The engine API version plugins declare they target (``api_version`` attribute)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """The price of one step on one replica.
+
+    ``seconds`` of wall time; ``joules`` of device energy during those seconds for all the
+    replica's devices (busy power, not idle power of other devices); ``breakdown`` splits
+    the seconds by cause (``compute``, ``memory``, ``comm``, ``overhead`` ...), and the
+    keys are what the power-state timeline records.
+    """
+
+    seconds: float
+    joules: float
+    breakdown: Mapping[str, float] = field(default_factory=dict)
+    flops: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (self.seconds >= 0 and self.joules >= 0):
+            raise ValueError(f"negative or NaN cost: {self.seconds} s, {self.joules} J")
+
+    @property
+    def state(self) -> str:
+        """The dominant cause of time: the device power state for this step."""
+        if not self.breakdown:
+            return "busy"
+        return max(self.breakdown.items(), key=lambda kv: kv[1])[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """Whether a model fits a system's memory, by how much, and what would fit.
+
+    ``need_bytes``/``have_bytes`` are per device; ``reason`` and ``suggestion`` are full
+    sentences when ``fits`` is false.
+    """
+
+    fits: bool
+    need_bytes: float
+    have_bytes: float
+    breakdown: Mapping[str, float] = field(default_factory=dict)
+    reason: str = ""
+    suggestion: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Support:
+    """A backend's answer to "can you run this model for this workload kind?"."""
+
+    ok: bool
+    reason: str = ""
+
+
+class Compiled(ABC):
+    """A model compiled onto one system: prices steps and reports memory fit.
+
+    Subclasses implement :meth:`_cost`; :meth:`cost` memoizes it per shape.
+    """
+
+    def __init__(self, system: System, model: ModelGraph) -> None:
+        self.system = system
+        self.model = model
+        self._memo: dict[Shape, Cost] = {}
+
+    def cost(self, shape: Shape) -> Cost:
+        """Return the cost of one step of ``shape`` on one replica (memoized)."""
+        c = self._memo.get(shape)
+        if c is None:
+            c = self._cost(shape)
+            self._memo[shape] = c
+        return c
+
+    @abstractmethod
+    def _cost(self, shape: Shape) -> Cost:
+        """Price one step of ``shape``; called once per distinct shape."""
+        raise NotImplementedError(self)
+
+    @abstractmethod
+    def fit(self, *, kv_tokens: int = 0, batch: int = 1, training: bool = False) -> Fit:
+        """Memory need per device for weights plus ``kv_tokens`` of KV cache (serving)
+        or the activations of ``batch`` (training), against device memory."""
+        raise NotImplementedError(self)
+
+    def kv_capacity_tokens(self, reserve_fraction: float = 0.9) -> int:
+        """KV-cache tokens that fit per replica after weights, using ``reserve_fraction``
+        of device memory (the rest is activations and allocator slack)."""
+        f = self.fit(kv_tokens=0)
+        free = self.system.device.memory_bytes.value * reserve_fraction - f.need_bytes
+        per_tok = self.model.kv_bytes_per_token / max(1, self.system.parallelism.tensor)
+        if per_tok <= 0:
+            return 0
+        return max(0, int(free // per_tok))
+
+    def figures_used(self) -> dict[str, Figure]:
+        """Catalog figures this compilation relied on (for 'Assumptions and sources')."""
+        return self.system.device.figures()
+
+
+class Backend(ABC):
+    """A hardware backend.
+
+    Contract: ``name`` is the registered key; ``api_version`` the engine API targeted;
+    :meth:`devices` is the catalog (the host adds devices registered by other plugins
+    through :meth:`add_device`); :meth:`supports` answers without raising;
+    :meth:`compile` returns a :class:`Compiled`; :meth:`collective_seconds` prices one
+    collective over the system's links.
+    """
+
+    name: str = ""
+    api_version: str = API_VERSION
+    description: str = ""
+
+    def __init__(self) -> None:
+        self._extra_devices: dict[str, DeviceSpec] = {}
+
+    @abstractmethod
+    def catalog(self) -> Mapping[str, DeviceSpec]:
+        """The backend's own devices by name."""
+        raise NotImplementedError(self)
+
+    def devices(self) -> dict[str, DeviceSpec]:
+        """Every device this backend can simulate: its catalog plus added ones."""
+        out = dict(self.catalog())
+        out.update(self._extra_devices)
+        return out
+
+    def add_device(self, spec: DeviceSpec) -> None:
+        """Add a device registered by another plugin (``register_devices``)."""
+        self._extra_devices[spec.name] = spec
+
+    @abstractmethod
+    def supports(self, model: ModelGraph, workload: str) -> Support:
+        """Whether this backend can run ``model`` for workload kind ``workload``."""
+        raise NotImplementedError(self)
+
+    @abstractmethod
+    def compile(self, model: ModelGraph, system: System) -> Compiled:
+        """Compile ``model`` for ``system``; never raises for a model that does not fit
+        (that is :meth:`Compiled.fit`'s answer)."""
+        raise NotImplementedError(self)
+
+    @abstractmethod
+    def collective_seconds(
+        self, kind: Collective, nbytes: float, group: int, system: System
+    ) -> float:
+        """Seconds for one ``kind`` collective of ``nbytes`` per device over ``group``
+        devices of ``system``, on the slowest link it crosses."""
+        raise NotImplementedError(self)

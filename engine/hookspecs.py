@@ -1,0 +1,143 @@
+"""The hooks xpusim plugins implement.
+
+Built-in and third-party plugins alike are modules (or objects) listed under the entry
+point group ``xpusim`` and implement any of these hooks with ``@hookimpl``::
+
+    from engine import hookimpl
+
+    @hookimpl
+    def register_backends(register):
+        register(MyChipBackend())
+
+Registration hooks take a ``register`` callback so one plugin can register any number of
+things; the host's registries own name checks and de-duplication.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from engine.backend import Backend
+    from engine.device import DeviceSpec
+    from engine.executor import Executor
+    from engine.model import ModelFamily
+    from engine.reporter import Reporter
+    from engine.results import RunResult
+    from engine.scenario import Scenario
+    from engine.traces import TraceFormat
+    from engine.workload import Workload
+
+PROJECT = "xpusim"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- registration: what a plugin adds -------------------------------------------------
+
+
+@hookspec
+def register_backends(register: Callable[[Backend], None]) -> None:
+    """Register hardware backends.
+
+    Fires once when the host builds its registries. Call ``register(backend)`` for each
+    :class:`~engine.backend.Backend` instance; its ``name`` is the key scenarios use in
+    ``systems[].backend``. Return value is ignored.
+    """
+
+
+@hookspec
+def register_devices(register: Callable[[DeviceSpec], None]) -> None:
+    """Register device specs for an existing backend.
+
+    Fires after every backend is registered. Call ``register(spec)`` with a
+    :class:`~engine.device.DeviceSpec` whose ``backend`` names a registered backend; the
+    device joins that backend's catalog, so a vendor adds a chip without writing a
+    backend. Return value is ignored.
+    """
+
+
+@hookspec
+def register_models(register: Callable[[ModelFamily], None]) -> None:
+    """Register model families.
+
+    Call ``register(family)`` for each :class:`~engine.model.ModelFamily`; its ``name``
+    is the key used in ``model.family``. Return value is ignored.
+    """
+
+
+@hookspec
+def register_workloads(register: Callable[[Workload], None]) -> None:
+    """Register workload kinds.
+
+    Call ``register(workload)`` for each :class:`~engine.workload.Workload`; its ``name``
+    is the key used in ``workload.kind``. Return value is ignored.
+    """
+
+
+@hookspec
+def register_trace_formats(register: Callable[[TraceFormat], None]) -> None:
+    """Register trace readers.
+
+    Call ``register(fmt)`` for each :class:`~engine.traces.TraceFormat`; its ``name`` is
+    the key used in ``workload.trace.format``. Return value is ignored.
+    """
+
+
+@hookspec
+def register_reporters(register: Callable[[Reporter], None]) -> None:
+    """Register output formats written into every run folder.
+
+    Call ``register(reporter)`` for each :class:`~engine.reporter.Reporter`. Return value
+    is ignored.
+    """
+
+
+@hookspec
+def register_executors(register: Callable[[Executor], None]) -> None:
+    """Register sweep executors.
+
+    Call ``register(executor)`` for each :class:`~engine.executor.Executor`; its ``name``
+    is the value of ``xpusim sweep --executor``. Return value is ignored.
+    """
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add sub-commands to the ``xpusim`` command line.
+
+    Fires when the CLI starts; ``cli`` is the root ``typer.Typer`` application. Add a
+    command with ``@cli.command()`` or a group with ``cli.add_typer(app, name=...)``.
+    Return value is ignored.
+    """
+
+
+# --- observers: what a plugin watches -------------------------------------------------
+
+
+@hookspec
+def scenario_loaded(scenario: Scenario) -> None:
+    """Called after a scenario is loaded and validated, before anything is simulated.
+
+    ``scenario`` is the validated :class:`~engine.scenario.Scenario`; observers must not
+    change it. Return value is ignored.
+    """
+
+
+@hookspec
+def run_started(scenario: Scenario, out_dir: str) -> None:
+    """Called when a run begins; ``out_dir`` is where its folder will land.
+
+    Return value is ignored.
+    """
+
+
+@hookspec
+def run_finished(results: RunResult) -> None:
+    """Called after a run folder is written whole, with the :class:`~engine.results.RunResult`.
+
+    Return value is ignored.
+    """

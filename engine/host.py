@@ -1,0 +1,209 @@
+"""The plugin host: builds the plugin manager and the registries from it.
+
+Nothing happens at import time. :func:`get_plugin_manager` loads entry points of group
+``xpusim`` (built-ins are listed there too, exactly like a third-party package), recording
+a plugin that fails to import instead of stopping. :func:`build_host` calls every
+registration hook plugin by plugin, so each registered name knows its plugin and a plugin
+that raises inside a hook is reported by name while the others keep working.
+
+Environment: ``XPUSIM_LOAD_PLUGINS=a,b`` loads only those entry points;
+``XPUSIM_TRACE_PLUGINS=1`` prints every hook call to standard error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from engine import hookspecs
+from engine.backend import API_VERSION, Backend
+from engine.device import DeviceSpec
+from engine.errors import PluginError, UnknownNameError, XpusimError
+from engine.executor import Executor
+from engine.model import ModelFamily
+from engine.registry import Registry, unknown_message
+from engine.reporter import Reporter
+from engine.traces import TraceFormat
+from engine.workload import Workload
+
+GROUP = "xpusim"
+
+
+@dataclass
+class PluginInfo:
+    """One loaded (or failed) plugin: its name, distribution version and what it added."""
+
+    name: str
+    version: str = ""
+    module: str = ""
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    error: str = ""
+    hooks: list[str] = field(default_factory=list)
+
+
+def _selected() -> set[str] | None:
+    raw = os.environ.get("XPUSIM_LOAD_PLUGINS")
+    if raw is None:
+        return None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def get_plugin_manager(
+    load_entrypoints: bool = True, only: Iterable[str] | None = None
+) -> pluggy.PluginManager:
+    """Build a fresh plugin manager.
+
+    Loads entry points of group ``xpusim`` when ``load_entrypoints``; ``only`` (or
+    ``XPUSIM_LOAD_PLUGINS``) limits which. Import failures are kept on the manager as
+    ``pm.xpusim_failures`` (name -> message) rather than raised.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    failures: dict[str, str] = {}
+    versions: dict[str, str] = {}
+    wanted = set(only) if only is not None else _selected()
+    if load_entrypoints:
+        eps = sorted(md.entry_points(group=GROUP), key=lambda e: e.name)
+        for ep in eps:
+            if wanted is not None and ep.name not in wanted:
+                continue
+            if pm.get_plugin(ep.name) is not None or ep.name in failures:
+                continue
+            try:
+                plugin = ep.load()
+                pm.register(plugin, name=ep.name)
+            except Exception as exc:  # a broken plugin must not take the others down
+                failures[ep.name] = f"{type(exc).__name__}: {exc}"
+            dist = getattr(ep, "dist", None)
+            versions[ep.name] = dist.version if dist is not None else ""
+    pm.xpusim_failures = failures  # type: ignore[attr-defined]
+    pm.xpusim_versions = versions  # type: ignore[attr-defined]
+    if os.environ.get("XPUSIM_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(lambda msg: sys.stderr.write(f"[xpusim plugins] {msg}"))
+        pm.enable_tracing()
+    return pm
+
+
+class Host:
+    """The registries built from a plugin manager, and look-ups across them."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self.backends: Registry[Backend] = Registry("backend")
+        self.models: Registry[ModelFamily] = Registry("model family")
+        self.workloads: Registry[Workload] = Registry("workload kind")
+        self.trace_formats: Registry[TraceFormat] = Registry("trace format")
+        self.reporters: Registry[Reporter] = Registry("reporter")
+        self.executors: Registry[Executor] = Registry("executor")
+        self.plugins: dict[str, PluginInfo] = {}
+        for name, err in getattr(pm, "xpusim_failures", {}).items():
+            self.plugins[name] = PluginInfo(name=name, error=err, version=self._version(name))
+        self._register_all()
+
+    # -- building ----------------------------------------------------------------------
+
+    def _version(self, plugin: str) -> str:
+        return str(getattr(self.pm, "xpusim_versions", {}).get(plugin, ""))
+
+    def _info(self, plugin: str) -> PluginInfo:
+        if plugin not in self.plugins:
+            obj = self.pm.get_plugin(plugin)
+            self.plugins[plugin] = PluginInfo(
+                name=plugin,
+                version=self._version(plugin) or str(getattr(obj, "__version__", "")),
+                module=getattr(obj, "__name__", type(obj).__name__),
+                hooks=sorted(h.name for h in self.pm.get_hookcallers(obj) or []),
+            )
+        return self.plugins[plugin]
+
+    def _call(self, hook: str, add: Callable[[str, Any], None]) -> None:
+        caller = getattr(self.pm.hook, hook)
+        for impl in reversed(caller.get_hookimpls()):
+            plugin = impl.plugin_name
+            info = self._info(plugin)
+            if info.error:
+                continue
+
+            def register(item: Any, _plugin: str = plugin) -> None:
+                self._check_api(item, _plugin)
+                add(_plugin, item)
+                name = getattr(item, "name", "?")
+                self._info(_plugin).registered.setdefault(
+                    hook.removeprefix("register_"), []
+                ).append(str(name))
+
+            obj = self.pm.get_plugin(plugin)
+            if obj is None:
+                continue
+            others = [p for _, p in self.pm.list_name_plugin() if p is not obj and p is not None]
+            try:
+                self.pm.subset_hook_caller(hook, remove_plugins=others)(register=register)
+            except XpusimError as exc:
+                info.error = f"in {hook}: {exc}"
+            except Exception as exc:
+                info.error = f"in {hook}: {type(exc).__name__}: {exc}"
+
+    def _check_api(self, item: Any, plugin: str) -> None:
+        want = str(getattr(item, "api_version", API_VERSION))
+        if want.split(".")[0] != API_VERSION.split(".")[0]:
+            raise PluginError(
+                f"plugin {plugin!r} targets xpusim engine API {want}, but this engine speaks "
+                f"API {API_VERSION}; install a release of the plugin made for API {API_VERSION}."
+            )
+
+    def _register_all(self) -> None:
+        for plugin in [n for n, _ in self.pm.list_name_plugin()]:
+            self._info(plugin)
+        self._call("register_backends", lambda p, b: self.backends.add(b.name, b, p))
+        self._call("register_devices", self._add_device)
+        self._call("register_models", lambda p, m: self.models.add(m.name, m, p))
+        self._call("register_workloads", lambda p, w: self.workloads.add(w.name, w, p))
+        self._call("register_trace_formats", lambda p, t: self.trace_formats.add(t.name, t, p))
+        self._call("register_reporters", lambda p, r: self.reporters.add(r.name, r, p))
+        self._call("register_executors", lambda p, e: self.executors.add(e.name, e, p))
+
+    def _add_device(self, plugin: str, spec: DeviceSpec) -> None:
+        backend = self.backends.get(
+            spec.backend, where=f"device {spec.name!r} from plugin {plugin!r}"
+        )
+        if spec.name in backend.devices():
+            raise PluginError(
+                f"device {spec.name!r} from plugin {plugin!r} is already in backend "
+                f"{spec.backend!r}'s catalog; give it another name."
+            )
+        backend.add_device(spec)
+
+    # -- look-ups ----------------------------------------------------------------------
+
+    def device(self, backend: str, name: str, where: str = "") -> DeviceSpec:
+        """The device ``name`` of ``backend`` (aliases accepted), or an error listing the
+        backend's devices and the nearest match."""
+        be = self.backends.get(backend, where=where)
+        devs = be.devices()
+        if name in devs:
+            return devs[name]
+        for spec in devs.values():
+            if name in spec.aliases:
+                return spec
+        raise UnknownNameError(unknown_message(f"{backend} device", name, list(devs), where))
+
+    def failed_plugins(self) -> dict[str, str]:
+        """Plugins that failed to import or raised in a hook, with their errors."""
+        return {n: i.error for n, i in self.plugins.items() if i.error}
+
+
+def build_host(pm: pluggy.PluginManager | None = None) -> Host:
+    """Build the registries from ``pm`` (a fresh entry-point manager by default)."""
+    return Host(pm if pm is not None else get_plugin_manager())
+
+
+def load_module_plugin(pm: pluggy.PluginManager, module: str, name: str | None = None) -> None:
+    """Register a plugin module by import path (used by tests and ``--plugin``)."""
+    pm.register(importlib.import_module(module), name=name or module)

@@ -1,0 +1,117 @@
+"""The contract between the engine and a model plugin.
+
+A model family (registered through ``register_models``) turns a scenario's ``model:``
+block into a :class:`ModelGraph`: the object backends compile. It knows the model's
+static facts (parameters, KV-cache bytes per token) and builds the per-device
+:class:`~engine.graph.OpGraph` of a step for any :class:`~engine.graph.Shape` and
+:class:`~engine.system.Parallelism` without re-tracing, and it can build the real
+``torch.nn.Module`` for backends that execute (the CPU backend) and for checking the
+parametric graph against a trace.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine.graph import OpGraph, Shape
+from engine.system import Parallelism
+
+if TYPE_CHECKING:  # torch is heavy; only type checkers need it here
+    import torch
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Static facts about a configured model.
+
+    ``kind`` is the structural class backends use to decide support: ``decoder``,
+    ``encoder``, ``vision``, ``mlp``, ``spiking`` (plugins may add others).
+    ``params`` counts all parameters; ``active_params`` those used per token (MoE).
+    ``kv_bytes_per_token`` is the KV cache of one token over all layers, unsharded.
+    ``flops_per_token`` is forward FLOPs per token at zero context (2·active params plus
+    attention projections; attention over context is added per shape).
+    """
+
+    name: str
+    family: str
+    kind: str
+    dtype: str
+    params: float
+    active_params: float
+    param_bytes: float
+    kv_bytes_per_token: float = 0.0
+    flops_per_token: float = 0.0
+    layers: int = 0
+    max_seq_len: int = 0
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ModelGraph(ABC):
+    """A configured model that builds op graphs for shapes and parallel plans."""
+
+    info: ModelInfo
+
+    @property
+    def name(self) -> str:
+        """The model's display name (preset or family)."""
+        return self.info.name
+
+    @property
+    def kind(self) -> str:
+        """Structural class (``decoder``, ``encoder``, ``vision``, ``mlp``, ``spiking``)."""
+        return self.info.kind
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        """KV-cache bytes per token over all layers, before tensor-parallel sharding."""
+        return self.info.kv_bytes_per_token
+
+    @abstractmethod
+    def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
+        """The op graph one device runs for one step of ``shape`` under ``parallel``
+        (tensor-parallel shards and their collectives; a pipeline stage holds
+        ``layers / pipeline`` layers)."""
+        raise NotImplementedError(self)
+
+    @abstractmethod
+    def module(self, device: str = "meta") -> torch.nn.Module:
+        """A real ``torch.nn.Module`` of this configuration on ``device``."""
+        raise NotImplementedError(self)
+
+    @abstractmethod
+    def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
+        """Inputs for :meth:`module` matching ``shape`` (token ids, images, spikes)."""
+        raise NotImplementedError(self)
+
+    def activation_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:
+        """Activation memory per device kept for the backward pass of a micro-batch of
+        ``shape`` under ``recompute`` (``none``, ``selective``, ``full``). The default
+        counts the graph's written bytes once, a coarse but safe upper bound."""
+        g = self.build(shape, parallel)
+        total = sum(o.bytes_written * o.count for o in g.ops)
+        return total if recompute == "none" else total * (0.5 if recompute == "selective" else 0.1)
+
+
+class ModelFamily(ABC):
+    """A family of models (``llama``, ``resnet``, ``snn`` ...) with named presets.
+
+    Contract: ``name`` is the registered key; ``presets`` maps a preset name to its
+    architecture fields (each citing its source in ``presets_sources``); :meth:`configure`
+    validates a scenario's ``model:`` block (``preset`` plus field overrides) and returns a
+    :class:`ModelGraph`, raising :class:`~engine.errors.ScenarioError` naming the field.
+    """
+
+    name: str = ""
+    description: str = ""
+    api_version: str = "1"
+    presets: Mapping[str, Mapping[str, Any]] = {}
+    presets_sources: Mapping[str, str] = {}
+
+    @abstractmethod
+    def configure(self, spec: Mapping[str, Any]) -> ModelGraph:
+        """Build a configured model from a scenario ``model:`` mapping (without
+        ``family``): ``preset``, ``dtype`` and architecture fields."""
+        raise NotImplementedError(self)

@@ -1,0 +1,531 @@
+"""Scenario files: YAML into validated models, with overrides and clear errors.
+
+:func:`load_scenario` reads a scenario file, applies ``--set`` overrides, validates the
+top level with pydantic (``extra="forbid"``), then asks the registered plugins to validate
+their parts: the model family its ``model:`` block, the workload kind its ``workload:``
+block, each backend its device. Every error names the file and line, the key path, what
+was expected and what was found, and for a misspelled name the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.device import DeviceSpec, Figure, LinkSpec, PriceSpec
+from engine.economics import EconomicsConfig
+from engine.errors import ScenarioError, XpusimError
+from engine.host import Host
+from engine.model import ModelGraph
+from engine.qty import Bandwidth, DurationOrZero, Money, PricePerTime
+from engine.registry import nearest
+from engine.system import Parallelism, System, Topology
+from engine.workload import Workload
+from engine.yamlsrc import Path_, Source, dotted, load_yaml, read_text
+
+# --- schema -----------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParallelismConfig(_Strict):
+    """``systems[].parallelism``: how a model is split over the system's devices."""
+
+    data: int | None = Field(default=None, ge=1)
+    tensor: int = Field(default=1, ge=1)
+    pipeline: int = Field(default=1, ge=1)
+    virtual: int = Field(default=1, ge=1)
+    sequence: bool = False
+    zero: int = Field(default=0, ge=0, le=3)
+    expert: int = Field(default=1, ge=1)
+
+
+class LinkConfig(_Strict):
+    """A link override: per-device one-way bandwidth and latency."""
+
+    bandwidth: Bandwidth
+    latency: DurationOrZero
+
+
+class TopologyConfig(_Strict):
+    """``systems[].topology``: nodes, their fast fabric and the network between them."""
+
+    devices_per_node: int | None = Field(default=None, ge=1)
+    scale_up: LinkConfig | None = None
+    scale_out: LinkConfig | None = None
+    torus: list[int] | None = None
+
+
+class PricingConfig(_Strict):
+    """``systems[].pricing``: prices that replace the catalog's for this system."""
+
+    cloud: PricePerTime | None = None
+    spot: PricePerTime | None = None
+    reserved: PricePerTime | None = None
+    list: Money | None = None
+
+
+class SystemConfig(_Strict):
+    """One candidate system as written in ``systems:``."""
+
+    name: str = Field(min_length=1, max_length=100)
+    backend: str
+    device: str
+    count: int = Field(default=1, ge=1, le=1_000_000)
+    parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig)
+    topology: TopologyConfig = Field(default_factory=TopologyConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScenarioConfig(_Strict):
+    """The top level of a scenario file (see DESIGN.md, "Scenario file")."""
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    model: dict[str, Any]
+    workload: dict[str, Any]
+    systems: list[SystemConfig] = Field(min_length=1, max_length=1000)
+    economics: EconomicsConfig = Field(default_factory=EconomicsConfig)
+    sweep: dict[str, Any] | None = None
+    extends: str | None = None
+
+
+# --- the loaded scenario ----------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    """A validated scenario with its plugins resolved.
+
+    ``systems`` are resolved :class:`~engine.system.System` objects in file order;
+    ``data`` is the plain mapping after overrides (what a sweep varies and what the run
+    folder records).
+    """
+
+    config: ScenarioConfig
+    data: dict[str, Any]
+    source: Source
+    base_dir: Path
+    model: ModelGraph
+    workload: Workload
+    workload_config: BaseModel
+    systems: list[System]
+    path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The scenario's ``name``."""
+        return self.config.name
+
+    @property
+    def seed(self) -> int:
+        """The scenario's ``seed`` (after ``--seed``)."""
+        return self.config.seed
+
+
+# --- overrides --------------------------------------------------------------------------
+
+_SET = re.compile(r"^([A-Za-z_][\w\-]*(?:\.(?:[A-Za-z_][\w\-]*|\d+))*)=(.*)$", re.S)
+
+
+def parse_set(item: str) -> tuple[list[str | int], Any]:
+    """Parse one ``--set key.path=value`` into a key path and a YAML-typed value."""
+    m = _SET.match(item.strip())
+    if not m:
+        raise ScenarioError(
+            f"--set {item!r}: expected KEY.PATH=VALUE, for example "
+            f"--set workload.arrivals.rate=20/s or --set systems.0.count=2."
+        )
+    path: list[str | int] = [int(p) if p.isdigit() else p for p in m.group(1).split(".")]
+    try:
+        value = yaml.safe_load(m.group(2)) if m.group(2).strip() else ""
+    except yaml.YAMLError:
+        value = m.group(2)
+    return path, value
+
+
+def apply_override(data: dict[str, Any], path: Sequence[str | int], value: Any, label: str) -> None:
+    """Set ``value`` at ``path`` in ``data``; a number indexes a list. New keys are allowed
+    (validation then rejects unknown ones with the valid names)."""
+    node: Any = data
+    for i, key in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if isinstance(node, list):
+            if not isinstance(key, int) or key >= len(node):
+                raise ScenarioError(
+                    f"{label}: {dotted(tuple(path[: i + 1]))} indexes a list of {len(node)} "
+                    f"items; use an index from 0 to {len(node) - 1}."
+                )
+            node = node[key]
+        elif isinstance(node, dict):
+            if key not in node or node[key] is None:
+                node[key] = [] if isinstance(nxt, int) else {}
+            node = node[key]
+        else:
+            raise ScenarioError(
+                f"{label}: {dotted(tuple(path[:i]))} is a single value, so it has no field {key!r}."
+            )
+    last = path[-1]
+    if isinstance(node, list):
+        if not isinstance(last, int) or last > len(node):
+            raise ScenarioError(f"{label}: index {last} is outside a list of {len(node)} items.")
+        if last == len(node):
+            node.append(value)
+        else:
+            node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ScenarioError(f"{label}: {dotted(tuple(path[:-1]))} is a single value.")
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def validation_message(exc: ValidationError, src: Source, prefix: Path_ = ()) -> str:
+    """One paragraph for the first problems pydantic found, with file, line and key path."""
+    parts: list[str] = []
+    errors = exc.errors(include_url=False)
+    for err in errors[:3]:
+        loc: Path_ = (
+            *prefix,
+            *(p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")),
+        )
+        kind = err["type"]
+        where = src.where(loc)
+        if kind == "extra_forbidden":
+            key = loc[-1]
+            allowed = _allowed_keys(exc, loc)
+            near = nearest(str(key), allowed) if allowed else None
+            hint = f" Did you mean {near!r}?" if near else ""
+            valid = f" Valid keys here: {', '.join(allowed)}." if allowed else ""
+            parts.append(f"{where}: unknown key {key!r}.{hint}{valid}")
+        elif kind == "missing":
+            parts.append(f"{where}: this required field is missing; add it.")
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            got = err.get("input")
+            near = nearest(str(got), re.findall(r"'([^']+)'", str(expected)))
+            hint = f" Did you mean {near!r}?" if near else ""
+            parts.append(f"{where}: expected one of {expected}, got {_describe(got)}.{hint}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{where}: {msg} (got {_describe(err.get('input'))}).")
+    more = len(errors) - 3
+    tail = f" ({more} more problem{'s' if more > 1 else ''} after these.)" if more > 0 else ""
+    return " ".join(parts) + tail
+
+
+_KEYS_BY_MODEL: dict[str, list[str]] = {}
+
+
+def _allowed_keys(exc: ValidationError, loc: Path_) -> list[str]:
+    title = exc.title
+    model = _MODELS_BY_TITLE.get(title)
+    if model is None:
+        return []
+    # walk the model's fields along loc[:-1] to find the sub-model the key was in
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fld = getattr(cur, "model_fields", {}).get(part)
+        if fld is None:
+            return []
+        cur = _submodel(fld.annotation)
+        if cur is None:
+            return []
+    return sorted(getattr(cur, "model_fields", {}))
+
+
+def _submodel(annotation: Any) -> Any:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        sub = _submodel(arg)
+        if sub is not None:
+            return sub
+    return None
+
+
+_MODELS_BY_TITLE: dict[str, type[BaseModel]] = {"ScenarioConfig": ScenarioConfig}
+
+
+def register_schema(model: type[BaseModel]) -> None:
+    """Let error messages list valid keys of a plugin's schema (workloads call this)."""
+    _MODELS_BY_TITLE[model.__name__] = model
+
+
+# --- loading ----------------------------------------------------------------------------
+
+MAX_EXTENDS = 8
+
+
+def read_scenario_data(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Source]:
+    """Read a scenario file (following ``extends:``) into plain data and its source map."""
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in _chain:
+        chain = " -> ".join(str(p) for p in (*_chain, resolved))
+        raise ScenarioError(
+            f"{path}: the scenario extends itself ({chain}); remove the `extends:` that "
+            f"closes the loop."
+        )
+    if len(_chain) >= MAX_EXTENDS:
+        raise ScenarioError(f"{path}: more than {MAX_EXTENDS} levels of `extends:`; flatten them.")
+    data, src = load_yaml(read_text(path), str(path))
+    if data is None:
+        raise ScenarioError(
+            f"{path}: the file is empty; a scenario needs name, model, workload and systems."
+        )
+    if not isinstance(data, dict):
+        raise ScenarioError(
+            f"{path}:1: a scenario is a mapping of keys (name, model, workload, systems ...), "
+            f"not a {type(data).__name__}."
+        )
+    base = data.get("extends")
+    if base is not None:
+        if not isinstance(base, str):
+            raise ScenarioError(
+                f"{src.where(('extends',))}: `extends` is the path of another scenario file."
+            )
+        base_path = path.parent / base
+        base_data, _ = read_scenario_data(base_path, (*_chain, resolved))
+        base_data.pop("extends", None)
+        data = _deep_merge(base_data, {k: v for k, v in data.items() if k != "extends"})
+    return data, src
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_scenario(
+    path: str | Path,
+    host: Host,
+    overrides: Sequence[str] = (),
+    seed: int | None = None,
+) -> Scenario:
+    """Load, override, validate and resolve a scenario file against ``host``'s plugins."""
+    path = Path(path)
+    data, src = read_scenario_data(path)
+    for item in overrides:
+        key, value = parse_set(item)
+        apply_override(data, key, value, f"--set {item}")
+    if seed is not None:
+        data["seed"] = seed
+    return resolve(data, src, host, base_dir=path.parent, path=path)
+
+
+def resolve(
+    data: dict[str, Any], src: Source, host: Host, base_dir: Path, path: Path | None = None
+) -> Scenario:
+    """Validate plain scenario ``data`` and resolve its plugins (model, workload, devices)."""
+    try:
+        cfg = ScenarioConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(validation_message(exc, src)) from None
+
+    names = [s.name for s in cfg.systems]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        i = names.index(dupes[0], names.index(dupes[0]) + 1)
+        raise ScenarioError(
+            f"{src.where(('systems', i, 'name'))}: system name {dupes[0]!r} is used twice; "
+            f"every system needs its own name."
+        )
+
+    model = _resolve_model(cfg, src, host)
+    workload, wcfg = _resolve_workload(cfg, src, host)
+    systems = [_resolve_system(i, s, src, host) for i, s in enumerate(cfg.systems)]
+    return Scenario(
+        config=cfg,
+        data=data,
+        source=src,
+        base_dir=base_dir,
+        model=model,
+        workload=workload,
+        workload_config=wcfg,
+        systems=systems,
+        path=path,
+    )
+
+
+def _resolve_model(cfg: ScenarioConfig, src: Source, host: Host) -> ModelGraph:
+    block = dict(cfg.model)
+    fam_name = block.pop("family", None)
+    if fam_name is None:
+        raise ScenarioError(
+            f"{src.where(('model',))}: `model.family` is missing; name one of: "
+            f"{', '.join(host.models.names())}."
+        )
+    family = host.models.get(str(fam_name), where=src.where(("model", "family")))
+    try:
+        return family.configure(block)
+    except ValidationError as exc:
+        raise ScenarioError(validation_message(exc, src, ("model",))) from None
+    except XpusimError as exc:
+        raise ScenarioError(f"{src.where(('model',))}: {exc}") from None
+
+
+def _resolve_workload(cfg: ScenarioConfig, src: Source, host: Host) -> tuple[Workload, BaseModel]:
+    block = dict(cfg.workload)
+    kind = block.pop("kind", None)
+    if kind is None:
+        raise ScenarioError(
+            f"{src.where(('workload',))}: `workload.kind` is missing; name one of: "
+            f"{', '.join(host.workloads.names())}."
+        )
+    workload = host.workloads.get(str(kind), where=src.where(("workload", "kind")))
+    register_schema(workload.schema)
+    try:
+        wcfg = workload.schema.model_validate(block)
+    except ValidationError as exc:
+        raise ScenarioError(validation_message(exc, src, ("workload",))) from None
+    except XpusimError as exc:
+        raise ScenarioError(f"{src.where(('workload',))}: {exc}") from None
+    return workload, wcfg
+
+
+def _resolve_system(i: int, s: SystemConfig, src: Source, host: Host) -> System:
+    here: Path_ = ("systems", i)
+    host.backends.get(s.backend, where=src.where((*here, "backend")))
+    spec = host.device(s.backend, s.device, where=src.where((*here, "device")))
+    spec = _with_pricing(spec, s.pricing, f"scenario systems.{i}.pricing")
+
+    p = s.parallelism
+    mp = p.tensor * p.pipeline
+    if s.count % mp:
+        raise ScenarioError(
+            f"{src.where((*here, 'parallelism'))}: tensor x pipeline = {p.tensor} x "
+            f"{p.pipeline} = {mp} does not divide count {s.count}. "
+            f"{_nearest_plans(s.count, p.tensor, p.pipeline)}"
+        )
+    data = p.data if p.data is not None else s.count // mp
+    if data * mp != s.count:
+        raise ScenarioError(
+            f"{src.where((*here, 'parallelism'))}: data x tensor x pipeline = "
+            f"{data} x {p.tensor} x {p.pipeline} = {data * mp} devices, but count is "
+            f"{s.count}. Set data to {s.count // mp} or count to {data * mp}."
+        )
+    par = Parallelism(
+        data=data,
+        tensor=p.tensor,
+        pipeline=p.pipeline,
+        virtual=p.virtual,
+        sequence=p.sequence,
+        zero=p.zero,
+        expert=p.expert,
+    )
+    topo = _topology(spec, s, src, here)
+    return System(
+        name=s.name,
+        backend=s.backend,
+        device=spec,
+        count=s.count,
+        parallelism=par,
+        topology=topo,
+        options=dict(s.options),
+    )
+
+
+def _nearest_plans(count: int, tensor: int, pipeline: int) -> str:
+    plans = []
+    for t in (tensor, *(d for d in (1, 2, 4, 8, 16) if d != tensor)):
+        for pp in (pipeline, *(d for d in (1, 2, 4, 8, 16) if d != pipeline)):
+            if count % (t * pp) == 0:
+                plans.append(f"tensor={t}, pipeline={pp} (data={count // (t * pp)})")
+            if len(plans) == 3:
+                return "Plans that divide it: " + "; ".join(plans) + "."
+    return ("Plans that divide it: " + "; ".join(plans) + ".") if plans else ""
+
+
+def _with_pricing(spec: DeviceSpec, pricing: PricingConfig, source: str) -> DeviceSpec:
+    changes: dict[str, Figure] = {}
+    for key, attr in (
+        ("cloud", "cloud_usd_per_hour"),
+        ("spot", "spot_usd_per_hour"),
+        ("reserved", "reserved_usd_per_hour"),
+        ("list", "list_usd"),
+    ):
+        value = getattr(pricing, key)
+        if value is not None:
+            per = 3600.0 if key != "list" else 1.0
+            changes[attr] = Figure(value * per, source=f"{source}.{key}")
+    if not changes:
+        return spec
+    return dataclasses.replace(
+        spec,
+        price=dataclasses.replace(spec.price, **changes) if spec.price else PriceSpec(**changes),
+    )
+
+
+def _topology(spec: DeviceSpec, s: SystemConfig, src: Source, here: Path_) -> Topology:
+    t = s.topology
+    per_node = t.devices_per_node or spec.devices_per_node
+    up = _link(t.scale_up, spec.scale_up, f"scenario systems.{here[1]}.topology.scale_up")
+    out = _link(t.scale_out, spec.scale_out, f"scenario systems.{here[1]}.topology.scale_out")
+    if up is None:
+        up = out
+    if out is None:
+        if s.count > per_node:
+            raise ScenarioError(
+                f"{src.where((*here, 'topology'))}: {s.count} devices span "
+                f"{-(-s.count // per_node)} nodes, but device {spec.name!r} has no published "
+                f"scale-out network figure; set topology.scale_out: {{bandwidth: 50 GB/s, "
+                f"latency: 5 us}} (for example)."
+            )
+        out = up
+    if up is None:
+        # a single device with no links: collectives never happen
+        zero = LinkSpec(
+            "none",
+            Figure(1.0, assumption="single device: no links"),
+            Figure(0.0, assumption="single device: no links"),
+        )
+        up = out = zero
+    assert out is not None
+    return Topology(
+        devices_per_node=per_node,
+        intra_bw=up.bandwidth.value,
+        intra_latency=up.latency.value,
+        inter_bw=out.bandwidth.value,
+        inter_latency=out.latency.value,
+        intra_name=up.name,
+        inter_name=out.name,
+        torus=tuple(t.torus or ()),
+    )
+
+
+def _link(cfg: LinkConfig | None, spec: LinkSpec | None, source: str) -> LinkSpec | None:
+    if cfg is not None:
+        return LinkSpec(
+            "scenario", Figure(cfg.bandwidth, source=source), Figure(cfg.latency, source=source)
+        )
+    return spec

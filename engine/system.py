@@ -1,0 +1,76 @@
+"""A candidate system under test: a backend's device, how many, wired how, split how."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.device import DeviceSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Parallelism:
+    """How a model is split over the devices of one replica and across replicas.
+
+    ``data`` replicas (in serving: independent replicas behind the router), ``tensor``
+    (Megatron intra-layer), ``pipeline`` stages (``virtual`` interleaved stages per device),
+    ``sequence`` parallel on or off, ``zero`` optimizer sharding stage 0-3 and
+    ``expert`` parallel degree for MoE models.
+    """
+
+    data: int = 1
+    tensor: int = 1
+    pipeline: int = 1
+    virtual: int = 1
+    sequence: bool = False
+    zero: int = 0
+    expert: int = 1
+
+    @property
+    def model_parallel(self) -> int:
+        """Devices one model replica spans (tensor × pipeline)."""
+        return self.tensor * self.pipeline
+
+    @property
+    def devices(self) -> int:
+        """Devices the whole plan uses."""
+        return self.data * self.tensor * self.pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Nodes of ``devices_per_node`` devices joined by a fast local fabric, and a slower
+    scale-out network between nodes. Bandwidths are per device, one direction, bytes/s;
+    latencies in seconds. ``torus`` gives a TPU-style ICI torus shape when set.
+    """
+
+    devices_per_node: int
+    intra_bw: float
+    intra_latency: float
+    inter_bw: float
+    inter_latency: float
+    intra_name: str = "scale-up"
+    inter_name: str = "scale-out"
+    torus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class System:
+    """A named candidate: ``count`` devices of ``device`` on ``backend``.
+
+    ``options`` carries backend-specific settings from the scenario (a calibration file,
+    a SpiNNaker time-scale factor ...) untouched by the engine.
+    """
+
+    name: str
+    backend: str
+    device: DeviceSpec
+    count: int
+    parallelism: Parallelism
+    topology: Topology
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def replicas(self) -> int:
+        """Independent model replicas (data-parallel groups)."""
+        return max(1, self.count // self.parallelism.model_parallel)

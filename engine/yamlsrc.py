@@ -1,0 +1,138 @@
+"""YAML loading that remembers where every value came from.
+
+:func:`load_yaml` returns the plain data and a :class:`Source` that maps a key path
+(``("systems", 0, "device")``) to its line in the file, so validation errors can name the
+file and line. Duplicate keys are an error rather than a silent overwrite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.errors import ScenarioError
+
+Path_ = tuple[str | int, ...]
+
+MAX_BYTES = 16 * 2**20
+"""Largest scenario file accepted (a scenario is hand-written configuration)."""
+
+
+@dataclass
+class Source:
+    """Where a scenario's values came from: file name and line per key path."""
+
+    file: str
+    lines: dict[Path_, int] = field(default_factory=dict)
+
+    def line(self, path: Path_) -> int | None:
+        """The line of ``path``, or of its nearest ancestor that has one."""
+        p = tuple(path)
+        while p:
+            if p in self.lines:
+                return self.lines[p]
+            p = p[:-1]
+        return self.lines.get((), None)
+
+    def where(self, path: Path_) -> str:
+        """``file:line, at key a.b.0.c`` for messages."""
+        line = self.line(path)
+        loc = f"{self.file}:{line}" if line else self.file
+        return f"{loc}, at {dotted(path)}" if path else loc
+
+
+def dotted(path: Path_) -> str:
+    """Render a key path as ``systems.0.device``."""
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def load_yaml(text: str, file: str) -> tuple[Any, Source]:
+    """Parse ``text`` and record the line of every key; errors name ``file`` and line."""
+    if len(text) > MAX_BYTES:
+        raise ScenarioError(
+            f"{file}: the file is {len(text) / 2**20:.1f} MiB; a scenario is at most "
+            f"{MAX_BYTES // 2**20} MiB. Put large data (traces) in separate files it points to."
+        )
+    src = Source(file)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(
+            f"{file}{line}: this is not valid YAML ({problem}). Check the indentation and "
+            f"quoting on that line; a value with ':' or '#' must be quoted."
+        ) from None
+    if node is None:
+        return None, src
+    data = _build(node, (), src)
+    return data, src
+
+
+def _build(node: yaml.Node, path: Path_, src: Source) -> Any:
+    src.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for knode, vnode in node.value:
+            key = _scalar(knode, src, path)
+            if key in out:
+                raise ScenarioError(
+                    f"{src.file}:{knode.start_mark.line + 1}: key {dotted((*path, key))} appears "
+                    f"twice in the same mapping; keep one of them."
+                )
+            sub = (*path, key)
+            src.lines[sub] = knode.start_mark.line + 1
+            out[key] = _build(vnode, sub, src)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(v, (*path, i), src) for i, v in enumerate(node.value)]
+    return _scalar(node, src, path)
+
+
+def _scalar(node: yaml.Node, src: Source, path: Path_) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise ScenarioError(
+            f"{src.file}:{node.start_mark.line + 1}: a mapping key at {dotted(path)} must be a "
+            f"plain name, not a list or mapping."
+        )
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(
+            f"{src.file}:{node.start_mark.line + 1}: cannot read the value at {dotted(path)} "
+            f"({exc}). Quote it if it is text."
+        ) from None
+    finally:
+        loader.dispose()
+
+
+def read_text(path: Path) -> str:
+    """Read a scenario file as UTF-8, with clear errors for missing or binary files."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such scenario file. Check the path.") from None
+    except IsADirectoryError:
+        raise ScenarioError(
+            f"{path}: is a folder; give the path of a .yaml scenario file."
+        ) from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read the file ({exc.strerror}).") from None
+    if len(raw) > MAX_BYTES:
+        raise ScenarioError(
+            f"{path}: the file is {len(raw) / 2**20:.1f} MiB; a scenario is at most "
+            f"{MAX_BYTES // 2**20} MiB. Put large data (traces) in separate files it points to."
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ScenarioError(
+            f"{path}:{line}: the file is not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
+            f"{exc.start}). Save it as UTF-8."
+        ) from None

@@ -1,0 +1,1 @@
+"""xpusim built-in plugins, each registered through the `xpusim` entry-point group."""
