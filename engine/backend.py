@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from engine.device import DeviceSpec, Figure
 from engine.graph import Collective, Shape
 from engine.model import ModelGraph
+from engine.power import PowerModel
 from engine.system import System
 
 API_VERSION = "1"
@@ -113,6 +114,15 @@ class Compiled(ABC):
         if per_tok <= 0:
             return 0
         return max(0, int(free // per_tok))
+
+    def power_model(self) -> PowerModel | None:
+        """The power model that energy accounting integrates over this system's device
+        timeline. The default builds it from the device's catalog figures and returns
+        ``None`` when the device publishes no maximum power (energy is then "not known").
+        Backends with their own power model (measured, per-chip) override it."""
+        if self.system.device.power.max_w is None:
+            return None
+        return PowerModel.from_device(self.system.device)
 
     def figures_used(self) -> dict[str, Figure]:
         """Catalog figures this compilation relied on (for 'Assumptions and sources')."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,7 +214,7 @@ def validation_message(exc: ValidationError, src: Source, prefix: Path_ = ()) ->
         where = src.where(loc)
         if kind == "extra_forbidden":
             key = loc[-1]
-            allowed = _allowed_keys(exc, loc)
+            allowed = _allowed_keys(exc, tuple(err["loc"]))
             near = nearest(str(key), allowed) if allowed else None
             hint = f" Did you mean {near!r}?" if near else ""
             valid = f" Valid keys here: {', '.join(allowed)}." if allowed else ""
@@ -234,16 +235,23 @@ def validation_message(exc: ValidationError, src: Source, prefix: Path_ = ()) ->
     return " ".join(parts) + tail
 
 
-_KEYS_BY_MODEL: dict[str, list[str]] = {}
+def _model_by_title(title: str) -> type[BaseModel] | None:
+    """Find the pydantic model a ValidationError came from by its title (class name)."""
+    todo: list[type[BaseModel]] = [BaseModel]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == title and cls is not BaseModel:
+            return cls
+        todo.extend(cls.__subclasses__())
+    return None
 
 
 def _allowed_keys(exc: ValidationError, loc: Path_) -> list[str]:
-    title = exc.title
-    model = _MODELS_BY_TITLE.get(title)
-    if model is None:
+    """Valid keys of the mapping that held the unknown key at ``loc`` (relative to the
+    model that raised)."""
+    cur: Any = _model_by_title(exc.title)
+    if cur is None:
         return []
-    # walk the model's fields along loc[:-1] to find the sub-model the key was in
-    cur: Any = model
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -257,8 +265,6 @@ def _allowed_keys(exc: ValidationError, loc: Path_) -> list[str]:
 
 
 def _submodel(annotation: Any) -> Any:
-    import typing
-
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
@@ -266,14 +272,6 @@ def _submodel(annotation: Any) -> Any:
         if sub is not None:
             return sub
     return None
-
-
-_MODELS_BY_TITLE: dict[str, type[BaseModel]] = {"ScenarioConfig": ScenarioConfig}
-
-
-def register_schema(model: type[BaseModel]) -> None:
-    """Let error messages list valid keys of a plugin's schema (workloads call this)."""
-    _MODELS_BY_TITLE[model.__name__] = model
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -403,7 +401,6 @@ def _resolve_workload(cfg: ScenarioConfig, src: Source, host: Host) -> tuple[Wor
             f"{', '.join(host.workloads.names())}."
         )
     workload = host.workloads.get(str(kind), where=src.where(("workload", "kind")))
-    register_schema(workload.schema)
     try:
         wcfg = workload.schema.model_validate(block)
     except ValidationError as exc:
@@ -476,8 +473,7 @@ def _with_pricing(spec: DeviceSpec, pricing: PricingConfig, source: str) -> Devi
     ):
         value = getattr(pricing, key)
         if value is not None:
-            per = 3600.0 if key != "list" else 1.0
-            changes[attr] = Figure(value * per, source=f"{source}.{key}")
+            changes[attr] = Figure(value, source=f"{source}.{key}")  # SI, like the catalog
     if not changes:
         return spec
     return dataclasses.replace(

@@ -6,7 +6,7 @@ The cost formulas here are deliberately simple and stated, so tests can predict 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,7 +33,7 @@ def fake_device(name: str = "chip-a", memory_gb: float = 16.0, tflops: float = 1
         memory_bytes=Figure(memory_gb * 1e9, SRC),
         memory_bw=Figure(1e12, SRC),
         power=PowerSpec(max_w=Figure(400.0, SRC), idle_w=Figure(100.0, SRC)),
-        price=PriceSpec(cloud_usd_per_hour=Figure(2.0, SRC)),
+        price=PriceSpec(cloud_usd_per_hour=Figure(2.0 / 3600, SRC)),  # 2 USD/h in SI
     )
 
 
@@ -42,15 +42,27 @@ class FakeModel(ModelGraph):
 
     def __init__(self, params: float = 1e9, kind: str = "decoder") -> None:
         self.info = ModelInfo(
-            name="fake", family="fake", kind=kind, dtype="bf16", params=params,
-            active_params=params, param_bytes=2 * params, kv_bytes_per_token=1e5,
-            flops_per_token=2 * params, layers=1,
+            name="fake",
+            family="fake",
+            kind=kind,
+            dtype="bf16",
+            params=params,
+            active_params=params,
+            param_bytes=2 * params,
+            kv_bytes_per_token=1e5,
+            flops_per_token=2 * params,
+            layers=1,
         )
 
     def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
         t = max(1, shape.new_tokens)
-        op = Op("gemm", OpKind.MATMUL, flops=2 * self.info.params * t,
-                bytes_read=self.info.param_bytes, dims=(t, 1, 1))
+        op = Op(
+            "gemm",
+            OpKind.MATMUL,
+            flops=2 * self.info.params * t,
+            bytes_read=self.info.param_bytes,
+            dims=(t, 1, 1),
+        )
         return OpGraph(shape.phase, (op,), shape)
 
     def module(self, device: str = "meta") -> Any:
@@ -65,7 +77,7 @@ class FakeFamily(ModelFamily):
 
     name = "fake"
     description = "test family"
-    presets = {"small": {"params": 1e9}, "huge": {"params": 1e12}}
+    presets: ClassVar[dict[str, dict[str, float]]] = {"small": {"params": 1e9}, "huge": {"params": 1e12}}
 
     def configure(self, spec: Mapping[str, Any]) -> ModelGraph:
         preset = spec.get("preset", "small")
@@ -106,7 +118,9 @@ class FakeBackend(Backend):
     def compile(self, model: ModelGraph, system: System) -> Compiled:
         return FakeCompiled(system, model)
 
-    def collective_seconds(self, kind: Collective, nbytes: float, group: int, system: System) -> float:
+    def collective_seconds(
+        self, kind: Collective, nbytes: float, group: int, system: System
+    ) -> float:
         return 0.0 if group <= 1 else nbytes / 1e11
 
 
@@ -128,19 +142,30 @@ class BatchWorkload(Workload):
         assert isinstance(config, BatchConfig)
         c = ctx.compiled.cost(Shape(Phase.FORWARD, batch=config.batch))
         total = c.seconds * config.steps
-        steps = pl.DataFrame({
-            "system": [ctx.system.name] * config.steps,
-            "step": list(range(config.steps)),
-            "start_s": [i * c.seconds for i in range(config.steps)],
-            "end_s": [(i + 1) * c.seconds for i in range(config.steps)],
-        })
-        devices = pl.DataFrame({
-            "system": [ctx.system.name], "replica": [0], "device": [0], "start_s": [0.0],
-            "end_s": [total], "state": [c.state], "joules": [c.joules * config.steps],
-        })
+        steps = pl.DataFrame(
+            {
+                "system": [ctx.system.name] * config.steps,
+                "step": list(range(config.steps)),
+                "start_s": [i * c.seconds for i in range(config.steps)],
+                "end_s": [(i + 1) * c.seconds for i in range(config.steps)],
+            }
+        )
+        devices = pl.DataFrame(
+            {
+                "system": [ctx.system.name],
+                "replica": [0],
+                "device": [0],
+                "start_s": [0.0],
+                "end_s": [total],
+                "state": [c.state],
+                "joules": [c.joules * config.steps],
+            }
+        )
         return SystemRun(
-            metrics={"throughput_samples_per_s": config.batch * config.steps / total,
-                     "step_time_s": c.seconds},
+            metrics={
+                "throughput_samples_per_s": config.batch * config.steps / total,
+                "step_time_s": c.seconds,
+            },
             frames={"steps": steps, "devices": devices},
             simulated_s=total,
         )

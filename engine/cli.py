@@ -1,0 +1,436 @@
+"""The ``xpusim`` command line (typer).
+
+Exit status: 0 ok, 2 bad input (one paragraph on standard error, never a traceback),
+1 internal fault, 130 interrupted (nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from engine import __version__
+from engine.errors import XpusimError
+from engine.host import Host, build_host
+from engine.scenario import load_scenario
+
+app = typer.Typer(
+    name="xpusim",
+    help="Simulate ML workloads on candidate hardware: throughput, latency, energy and cost.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+T = TypeVar("T")
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run ``fn`` turning input errors into exit 2 and interrupts into exit 130."""
+    try:
+        return fn()
+    except XpusimError as exc:
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: stopped cleanly, nothing was written.")
+        raise typer.Exit(130) from None
+
+
+_HOST: Host | None = None
+
+
+def _host() -> Host:
+    """The host for this process, built once (plugin import is not free)."""
+    global _HOST
+    if _HOST is None:
+        _HOST = build_host()
+    return _HOST
+
+
+# --- run / validate ---------------------------------------------------------------------
+
+_METRIC_COLUMNS: list[tuple[str, str, float, str]] = [
+    ("throughput_tokens_per_s", "tokens/s", 1.0, "{:,.0f}"),
+    ("throughput_samples_per_s", "samples/s", 1.0, "{:,.1f}"),
+    ("ttft_p50_s", "TTFT p50 ms", 1e3, "{:,.0f}"),
+    ("ttft_p99_s", "TTFT p99 ms", 1e3, "{:,.0f}"),
+    ("tbt_p50_s", "TBT p50 ms", 1e3, "{:,.1f}"),
+    ("tbt_p99_s", "TBT p99 ms", 1e3, "{:,.1f}"),
+    ("e2e_p99_s", "e2e p99 s", 1.0, "{:,.2f}"),
+    ("slo_attainment", "SLO met", 100.0, "{:.1f}%"),
+    ("step_time_s", "step s", 1.0, "{:,.3f}"),
+    ("mfu", "MFU", 100.0, "{:.1f}%"),
+    ("time_to_train_s", "train h", 1 / 3600, "{:,.1f}"),
+    ("energy_per_token_j", "J/token", 1.0, "{:.3g}"),
+    ("energy_per_sample_j", "J/sample", 1.0, "{:.3g}"),
+    ("cost_per_million_tokens_usd", "$/Mtok", 1.0, "{:,.2f}"),
+    ("cost_usd", "cost $", 1.0, "{:,.2f}"),
+]
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """A rich table of a run's ``summary.json`` document, one row per system."""
+    systems = summary["systems"]
+    cols = [c for c in _METRIC_COLUMNS if any(s.get(c[0]) is not None for s in systems)]
+    t = Table(
+        title=f"{summary['scenario']} ({summary.get('workload', '')}, {summary.get('model', '')})"
+    )
+    t.add_column("system", style="bold")
+    t.add_column("device")
+    t.add_column("n", justify="right")
+    t.add_column("status")
+    for _, label, _, _ in cols:
+        t.add_column(label, justify="right")
+    for s in systems:
+        row = [s["name"], s["device"], str(s["count"]), s["status"]]
+        for key, _, scale, fmt in cols:
+            v = s.get(key)
+            row.append("-" if v is None else fmt.format(v * scale))
+        t.add_row(*row)
+    return t
+
+
+@app.command()
+def run(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder to create.")] = None,
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: KEY.PATH=VALUE.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed (overrides the scenario's).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run one scenario on all its systems and write a run folder."""
+    from engine.run import run_scenario
+
+    def go() -> None:
+        host = _host()
+        sc = load_scenario(scenario, host, sets or [], seed)
+        host.pm.hook.scenario_loaded(scenario=sc)
+        show = not quiet and err.is_terminal
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not show,
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(name: str, done: float, total: float) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(f"simulating {name}", total=total or None)
+                bar.update(tasks[name], completed=done, total=total or None)
+
+            result, folder = run_scenario(sc, host, out_dir, progress=progress)
+        out.print(summary_table(result.summary()))
+        for s in result.systems:
+            if s.status != "ok":
+                out.print(f"[yellow]{s.name}[/]: {s.status}: {s.reason}", soft_wrap=True)
+        out.print(f"run folder: {folder}")
+
+    guarded(go)
+
+
+@app.command()
+def validate(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
+    sets: Annotated[list[str] | None, typer.Option("--set", help="KEY.PATH=VALUE.")] = None,
+) -> None:
+    """Check a scenario (schema, plugins, devices, traces, memory fit) without simulating."""
+    from engine.run import TraceCache, prepare
+
+    def go() -> None:
+        host = _host()
+        sc = load_scenario(scenario, host, sets or [])
+        trace = getattr(sc.workload_config, "trace", None)
+        if trace is not None:
+            spec = trace.model_dump() if hasattr(trace, "model_dump") else dict(trace)
+            TraceCache(host, sc.base_dir, sc.source.file)(spec)
+        for prep in prepare(sc, host):
+            r = prep.result
+            note = f": {r.reason}" if r.reason else ""
+            out.print(
+                f"{r.name} ({r.backend}/{r.device} x{r.count}): {r.status}{note}", soft_wrap=True
+            )
+        out.print(f"{scenario}: valid ({len(sc.systems)} systems, workload {sc.workload.name}).")
+
+    guarded(go)
+
+
+@app.command()
+def sweep(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML file with a sweep: block.")],
+    executor: Annotated[str, typer.Option(help="Where points run: local or dask.")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Dask scheduler address, tcp://HOST:PORT.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel workers.", min=1)] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Sweep folder.")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="KEY.PATH=VALUE.")] = None,
+    retries: Annotated[int, typer.Option(help="Retries of a point whose worker died.")] = 2,
+) -> None:
+    """Run every point of a scenario's sweep through an executor; re-runs skip done points."""
+    from engine.run import utc_stamp
+    from engine.scenario import apply_override, parse_set, read_scenario_data
+    from engine.sweep import run_sweep
+
+    def go() -> None:
+        host = _host()
+        ex = host.executors.get(executor, where="--executor")
+        data, src = read_scenario_data(scenario)
+        for item in sets or []:
+            key, value = parse_set(item)
+            apply_override(data, key, value, f"--set {item}")
+        name = str(data.get("name", scenario.stem))
+        target = out_dir or Path("results") / f"{name}-sweep-{utc_stamp()}"
+        show = err.is_terminal
+        with Progress(
+            TextColumn("sweep"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not show,
+        ) as bar:
+            task = bar.add_task("sweep", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            res = run_sweep(
+                scenario,
+                data,
+                src,
+                ex,
+                target,
+                workers=workers,
+                address=address,
+                retries=retries,
+                progress=progress,
+            )
+        out.print(
+            f"sweep: {res.points} points ({res.skipped} already done, {res.failed} failed) "
+            f"in {res.wall_s:.1f} s -> {res.out_dir / 'summary.parquet'}"
+        )
+        out.print((res.out_dir / "sweep.md").read_text(encoding="utf-8"), markup=False)
+
+    guarded(go)
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to merge.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Report file to write.")] = Path(
+        "comparison.html"
+    ),
+) -> None:
+    """Merge several run folders into one comparison report."""
+    from engine.report.compare import compare_runs
+
+    def go() -> None:
+        path = compare_runs(runs, out_file)
+        out.print(f"comparison report: {path}")
+
+    guarded(go)
+
+
+# --- listings ---------------------------------------------------------------------------
+
+
+@app.command()
+def plugins(
+    show_all: Annotated[bool, typer.Option("--all", help="Show hooks of each plugin.")] = False,
+    hook: Annotated[
+        str | None, typer.Option("--hook", help="Only plugins implementing it.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List every plugin with its version and what it registered."""
+
+    def go() -> None:
+        host = _host()
+        infos = sorted(host.plugins.values(), key=lambda i: i.name)
+        if hook:
+            infos = [i for i in infos if hook in i.hooks]
+        if as_json:
+            doc = [
+                {
+                    "name": i.name,
+                    "version": i.version,
+                    "module": i.module,
+                    "registered": i.registered,
+                    "hooks": i.hooks,
+                    "error": i.error or None,
+                }
+                for i in infos
+            ]
+            out.print_json(json.dumps(doc))
+            return
+        t = Table(title="xpusim plugins")
+        for c in ("plugin", "version", "registered", "status"):
+            t.add_column(c)
+        if show_all:
+            t.add_column("hooks")
+        for i in infos:
+            reg = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(i.registered.items()))
+            row = [i.name, i.version, reg, f"[red]failed: {i.error}[/]" if i.error else "ok"]
+            if show_all:
+                row.append(", ".join(i.hooks))
+            t.add_row(*row)
+        out.print(t)
+
+    guarded(go)
+
+
+@app.command()
+def devices(
+    backend: Annotated[str | None, typer.Option(help="Only this backend's devices.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the devices every backend can simulate, with their key figures and sources."""
+
+    def go() -> None:
+        host = _host()
+        names = [backend] if backend else host.backends.names()
+        rows: list[dict[str, Any]] = []
+        for b in names:
+            be = host.backends.get(b, where="--backend")
+            for name, spec in sorted(be.devices().items()):
+                rows.append(
+                    {
+                        "backend": b,
+                        "name": name,
+                        "vendor": spec.vendor,
+                        "description": spec.description,
+                        "peak_flops": {k: v.value for k, v in spec.peak_flops.items()},
+                        "memory_bytes": spec.memory_bytes.value,
+                        "memory_bw": spec.memory_bw.value,
+                        "max_w": spec.power.max_w.value if spec.power.max_w else None,
+                        "cloud_usd_per_hour": spec.price.cloud_usd_per_hour.value
+                        if spec.price.cloud_usd_per_hour
+                        else None,
+                        "aliases": list(spec.aliases),
+                        "sources": {k: f.cited for k, f in spec.figures().items()},
+                    }
+                )
+        if as_json:
+            out.print_json(json.dumps(rows))
+            return
+        t = Table(title="xpusim devices")
+        for c in ("backend", "device", "bf16 TFLOP/s", "memory GB", "mem BW TB/s", "max W", "$/h"):
+            t.add_column(c, justify="right" if c not in ("backend", "device") else "left")
+        for r in rows:
+            pf = r["peak_flops"]
+            peak = pf.get("bf16") or pf.get("fp16") or (max(pf.values()) if pf else None)
+            t.add_row(
+                r["backend"],
+                r["name"],
+                "-" if peak is None else f"{peak / 1e12:,.1f}",
+                f"{r['memory_bytes'] / 1e9:,.1f}",
+                f"{r['memory_bw'] / 1e12:,.2f}",
+                "-" if r["max_w"] is None else f"{r['max_w']:,.0f}",
+                "-" if r["cloud_usd_per_hour"] is None else f"{r['cloud_usd_per_hour']:,.2f}",
+            )
+        out.print(t)
+
+    guarded(go)
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List model families and their presets."""
+
+    def go() -> None:
+        host = _host()
+        rows: list[dict[str, Any]] = [
+            {
+                "family": n,
+                "description": f.description,
+                "presets": sorted(f.presets),
+                "plugin": host.models.owner(n),
+            }
+            for n, f in host.models.items()
+        ]
+        if as_json:
+            out.print_json(json.dumps(rows))
+            return
+        t = Table(title="xpusim model families")
+        for c in ("family", "presets", "description"):
+            t.add_column(c)
+        for r in rows:
+            t.add_row(r["family"], ", ".join(r["presets"]) or "-", r["description"])
+        out.print(t)
+
+    guarded(go)
+
+
+@app.command()
+def calibrate(
+    backend: Annotated[str, typer.Option(help="Backend to calibrate (cpu, gpu).")] = "cpu",
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Calibration file to write.")
+    ] = None,
+) -> None:
+    """Measure this machine's kernels and fit the backend's efficiency model."""
+
+    def go() -> None:
+        host = _host()
+        be = host.backends.get(backend, where="--backend")
+        fn = getattr(be, "calibrate", None)
+        if fn is None:
+            raise XpusimError(
+                f"backend {backend!r} has no calibration command; backends that measure: "
+                f"{', '.join(n for n, b in host.backends.items() if hasattr(b, 'calibrate'))}."
+            )
+        path = fn(out_file)
+        out.print(f"calibration written: {path}")
+
+    guarded(go)
+
+
+@app.command()
+def version() -> None:
+    """Print the xpusim version."""
+    out.print(__version__)
+
+
+def _add_plugin_commands() -> None:
+    try:
+        host = _host()
+    except XpusimError:
+        return
+    host.pm.hook.register_commands(cli=app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    _add_plugin_commands()
+    try:
+        app(args=argv, prog_name="xpusim")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code not in (0, 1, 2, 130):
+            code = 2  # click's usage errors
+        sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,198 @@
+"""One scenario end to end: compile each system, simulate it, price it, write the folder.
+
+Systems are independent: one that a backend cannot run is ``unsupported``, one whose model
+does not fit is ``does-not-fit``, one whose plugin raised is ``failed`` with the plugin's
+error; the others still run. Input errors that concern every system (a malformed trace)
+stop the run before anything is written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from engine import __version__
+from engine.backend import Backend, Compiled
+from engine.economics import apply_economics
+from engine.errors import DoesNotFitError, UnsupportedError, XpusimError
+from engine.host import Host
+from engine.results import RunResult, SystemResult, default_out_dir, write_run
+from engine.scenario import Scenario
+from engine.system import System
+from engine.traces import TraceFormat
+from engine.workload import SystemRun, WorkloadContext
+
+ProgressFn = Callable[[str, float, float], None]
+"""``progress(system_name, done, total)`` as a system simulates."""
+
+
+class TraceCache:
+    """Reads each trace once per run, through the registered trace formats."""
+
+    def __init__(self, host: Host, base_dir: Path, where: str) -> None:
+        self.host = host
+        self.base_dir = base_dir
+        self.where = where
+        self._cache: dict[str, pl.DataFrame] = {}
+
+    def __call__(self, spec: Mapping[str, Any]) -> pl.DataFrame:
+        """Return the frame for a trace spec (``path``, ``format`` and options)."""
+        key = repr(sorted((k, repr(v)) for k, v in spec.items()))
+        if key not in self._cache:
+            fmt_name = str(spec.get("format", ""))
+            fmt: TraceFormat = self.host.trace_formats.get(
+                fmt_name, where=f"{self.where}, at workload.trace.format"
+            )
+            raw_path = Path(str(spec.get("path", "")))
+            path = raw_path if raw_path.is_absolute() else self.base_dir / raw_path
+            options = {k: v for k, v in spec.items() if k not in ("path", "format")}
+            self._cache[key] = fmt.read(path, options)
+        return self._cache[key]
+
+
+@dataclass
+class Prepared:
+    """A system compiled and checked, ready to simulate (or its non-ok result)."""
+
+    system: System
+    backend: Backend | None
+    compiled: Compiled | None
+    result: SystemResult
+
+
+def prepare(scenario: Scenario, host: Host) -> list[Prepared]:
+    """Compile every system and decide unsupported / does-not-fit before simulating."""
+    out: list[Prepared] = []
+    for system in scenario.systems:
+        res = SystemResult(
+            name=system.name,
+            backend=system.backend,
+            device=system.device.name,
+            count=system.count,
+            details={"parallelism": _par(system)},
+        )
+        backend = host.backends.get(system.backend)
+        compiled: Compiled | None = None
+        try:
+            support = backend.supports(scenario.model, scenario.workload.name)
+            if not support.ok:
+                res.status, res.reason = "unsupported", support.reason
+            else:
+                compiled = backend.compile(scenario.model, system)
+                fit = scenario.workload.fit(scenario.workload_config, system, compiled)
+                res.details["memory"] = {
+                    "need_bytes_per_device": fit.need_bytes,
+                    "have_bytes_per_device": fit.have_bytes,
+                    **{f"{k}_bytes": v for k, v in fit.breakdown.items()},
+                }
+                if not fit.fits:
+                    res.status = "does-not-fit"
+                    res.reason = " ".join(x for x in (fit.reason, fit.suggestion) if x)
+                    compiled = None
+        except UnsupportedError as exc:
+            res.status, res.reason = "unsupported", str(exc)
+        except DoesNotFitError as exc:
+            res.status, res.reason = "does-not-fit", str(exc)
+        except Exception as exc:  # a plugin fault fails its system, not the run
+            res.status = "failed"
+            res.reason = f"backend {system.backend!r} (plugin {host.backends.owner(system.backend)!r}) raised {type(exc).__name__}: {exc}"
+            compiled = None
+        out.append(Prepared(system, backend, compiled, res))
+    return out
+
+
+def _par(system: System) -> dict[str, Any]:
+    p = system.parallelism
+    return {"data": p.data, "tensor": p.tensor, "pipeline": p.pipeline, "zero": p.zero}
+
+
+def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None) -> RunResult:
+    """Simulate every system of ``scenario`` and return the results (nothing written)."""
+    traces = TraceCache(host, scenario.base_dir, scenario.source.file)
+    prepared = prepare(scenario, host)
+    results: list[SystemResult] = []
+    for prep in prepared:
+        res = prep.result
+        if prep.compiled is not None:
+            system = prep.system
+
+            def tick(done: float, total: float, _n: str = system.name) -> None:
+                if progress is not None:
+                    progress(_n, done, total)
+
+            ctx = WorkloadContext(
+                system=system,
+                compiled=prep.compiled,
+                model=scenario.model,
+                seed=scenario.seed,
+                base_dir=scenario.base_dir,
+                resolve_trace=traces,
+                progress=tick,
+            )
+            started = time.perf_counter()
+            try:
+                run: SystemRun = scenario.workload.simulate(scenario.workload_config, ctx)
+            except (DoesNotFitError, UnsupportedError) as exc:
+                res.status = "does-not-fit" if isinstance(exc, DoesNotFitError) else "unsupported"
+                res.reason = str(exc)
+            except XpusimError:
+                raise  # bad input concerns every system: stop, write nothing
+            except Exception as exc:
+                res.status = "failed"
+                res.reason = (
+                    f"simulating on backend {system.backend!r} raised {type(exc).__name__}: {exc}"
+                )
+            else:
+                res.metrics.update(run.metrics)
+                res.metrics.setdefault("simulated_s", run.simulated_s)
+                res.frames = run.frames
+                res.figures.update(prep.compiled.figures_used())
+                power = prep.compiled.power_model()
+                apply_economics(res, system.device, system.count, scenario.config.economics, power)
+            res.details["wall_s"] = time.perf_counter() - started
+        results.append(res)
+    if all(r.status == "does-not-fit" for r in results):
+        reasons = " ".join(f"{r.name}: {r.reason}" for r in results)
+        raise DoesNotFitError(
+            f"{scenario.source.file}: the model does not fit any system of the scenario. {reasons}"
+        )
+    return RunResult(
+        scenario=scenario.name,
+        seed=scenario.seed,
+        version=__version__,
+        systems=results,
+        scenario_data=scenario.data,
+        workload=scenario.workload.name,
+        model=scenario.model.name,
+    )
+
+
+def utc_stamp() -> str:
+    """A UTC timestamp for default run-folder names."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def run_scenario(
+    scenario: Scenario,
+    host: Host,
+    out_dir: Path | None = None,
+    results_root: Path = Path("results"),
+    progress: ProgressFn | None = None,
+) -> tuple[RunResult, Path]:
+    """Simulate ``scenario`` and write its run folder whole; return results and folder."""
+    target = (
+        out_dir
+        if out_dir is not None
+        else default_out_dir(results_root, scenario.name, utc_stamp())
+    )
+    host.pm.hook.run_started(scenario=scenario, out_dir=str(target))
+    result = simulate(scenario, host, progress)
+    reporters = [r for _, r in host.reporters.items()]
+    folder = write_run(result, target, reporters)
+    host.pm.hook.run_finished(results=result)
+    return result, folder

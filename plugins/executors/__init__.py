@@ -1,0 +1,16 @@
+"""Built-in sweep executors: ``local`` (a process pool) and ``dask`` (a Dask cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import hookimpl
+from plugins.executors.dask import DaskExecutor
+from plugins.executors.local import LocalExecutor
+
+
+@hookimpl
+def register_executors(register: Any) -> None:
+    """Register the local process pool and the Dask executor."""
+    register(LocalExecutor())
+    register(DaskExecutor())
