@@ -1,0 +1,273 @@
+"""Hardware-agnostic collective communication times (the alpha-beta model).
+
+Every formula prices one collective as ``steps · α + bytes_on_the_wire / B`` where ``α`` is
+the per-step latency of a link (seconds) and ``B`` its bandwidth per device in one
+direction (bytes/s), both taken from :class:`~engine.system.Topology`. ``n`` is the buffer
+size **per device** in bytes, following NCCL's convention:
+
+* all-reduce: the buffer every device holds before and after (``n`` in, ``n`` out);
+* reduce-scatter: the full input each device holds (each ends with ``n/p``);
+* all-gather: the full output each device ends with (each contributes ``n/p``);
+* all-to-all: everything one device sends and keeps (``n/p`` to each peer);
+* send-recv: the message one device sends to one peer.
+
+Flat algorithms over ``p`` devices on one link class (α, B):
+
+=================  ===========================================  ==========================
+collective         ring                                         tree / recursive
+=================  ===========================================  ==========================
+all-reduce         ``2(p-1)·α + 2(p-1)/p · n/B``                ``2⌈log2 p⌉·α + 2·n/B``
+                                                                (pipelined double binary
+                                                                tree, as NCCL's ``Tree``)
+reduce-scatter     ``(p-1)·α + (p-1)/p · n/B``                  ``⌈log2 p⌉·α + (p-1)/p·n/B``
+                                                                (recursive halving)
+all-gather         ``(p-1)·α + (p-1)/p · n/B``                  ``⌈log2 p⌉·α + (p-1)/p·n/B``
+                                                                (recursive doubling)
+all-to-all         ``(p-1)·α + (p-1)/p · n/B`` (pairwise exchange; the same for both)
+send-recv          ``α + n/B``
+=================  ===========================================  ==========================
+
+The ring is bandwidth-optimal; the tree pays ``log p`` latency steps instead of ``p`` and
+wins for small messages or large groups, which is why ``algorithm="auto"`` takes the
+cheaper of the two (NCCL's tuner makes the same choice).
+
+Hierarchical (a group that spans ``m`` nodes of ``g`` devices, ``p = g·m``): the intra-node
+stage runs on the scale-up link (``α_i``, ``B_i``), the inter-node stage on the scale-out
+network (``α_o``, ``B_o``, per device: every device drives its own share of the NICs):
+
+* all-reduce = reduce-scatter(n, g, intra) + all-reduce(n/g, m, inter) + all-gather(n, g, intra)
+* reduce-scatter = reduce-scatter(n, g, intra) + reduce-scatter(n/g, m, inter)
+* all-gather = all-gather(n/g, m, inter) + all-gather(n, g, intra)
+* all-to-all = ``(g-1)·α_i + (g-1)/p·n/B_i`` + ``(m-1)·α_o + (p-g)/p·n/B_o``
+* send-recv across nodes = ``α_o + n/B_o``
+
+A flat ring over a group that spans nodes pays the slowest link it crosses (the smallest
+bandwidth and the largest latency); ``auto`` compares that with the hierarchical schedule
+and returns the cheaper.
+
+Torus (TPU ICI): see :func:`torus_collective_seconds`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from engine.device import DeviceSpec
+from engine.graph import Collective
+from engine.system import Topology
+
+ALGORITHMS = ("auto", "ring", "tree", "hierarchical")
+"""Values accepted by ``algorithm`` in :func:`collective_seconds`."""
+
+__all__ = [
+    "ALGORITHMS",
+    "collective_seconds",
+    "flat_seconds",
+    "hierarchical_seconds",
+    "ring_seconds",
+    "topology_from_device",
+    "torus_collective_seconds",
+    "tree_seconds",
+]
+
+
+def _kind(kind: Collective | str) -> Collective:
+    return kind if isinstance(kind, Collective) else Collective(kind)
+
+
+def _check(nbytes: float, p: int, bw: float) -> None:
+    if nbytes < 0 or nbytes != nbytes:
+        raise ValueError(f"collective payload must be >= 0 bytes, got {nbytes}")
+    if p < 1:
+        raise ValueError(f"collective group must have >= 1 device, got {p}")
+    if bw <= 0:
+        raise ValueError(f"link bandwidth must be > 0 bytes/s, got {bw}")
+
+
+def ring_seconds(kind: Collective | str, nbytes: float, p: int, bw: float, alpha: float) -> float:
+    """Seconds for a flat ring collective of ``nbytes`` per device over ``p`` devices on
+    links of ``bw`` bytes/s (per device, one direction) and ``alpha`` seconds per step.
+
+    Formulas in the module docstring; a group of one device costs nothing.
+    """
+    k = _kind(kind)
+    _check(nbytes, p, bw)
+    if p == 1 or (nbytes == 0 and k is not Collective.SEND_RECV):
+        return 0.0
+    if k is Collective.ALL_REDUCE:
+        return 2 * (p - 1) * alpha + 2 * (p - 1) / p * nbytes / bw
+    if k in (Collective.REDUCE_SCATTER, Collective.ALL_GATHER, Collective.ALL_TO_ALL):
+        return (p - 1) * alpha + (p - 1) / p * nbytes / bw
+    return alpha + nbytes / bw  # SEND_RECV
+
+
+def tree_seconds(kind: Collective | str, nbytes: float, p: int, bw: float, alpha: float) -> float:
+    """Seconds for the logarithmic-depth variant of a collective (pipelined double binary
+    tree for all-reduce, recursive halving/doubling for reduce-scatter/all-gather).
+    All-to-all and send-recv have no tree variant and equal :func:`ring_seconds`."""
+    k = _kind(kind)
+    _check(nbytes, p, bw)
+    if p == 1 or (nbytes == 0 and k is not Collective.SEND_RECV):
+        return 0.0
+    steps = math.ceil(math.log2(p))
+    if k is Collective.ALL_REDUCE:
+        return 2 * steps * alpha + 2 * nbytes / bw
+    if k in (Collective.REDUCE_SCATTER, Collective.ALL_GATHER):
+        return steps * alpha + (p - 1) / p * nbytes / bw
+    return ring_seconds(k, nbytes, p, bw, alpha)
+
+
+def flat_seconds(
+    kind: Collective | str, nbytes: float, p: int, bw: float, alpha: float,
+    algorithm: str = "auto",
+) -> float:
+    """A flat collective on one link class: ``ring``, ``tree`` or the cheaper (``auto``)."""
+    if algorithm == "ring":
+        return ring_seconds(kind, nbytes, p, bw, alpha)
+    if algorithm == "tree":
+        return tree_seconds(kind, nbytes, p, bw, alpha)
+    return min(ring_seconds(kind, nbytes, p, bw, alpha), tree_seconds(kind, nbytes, p, bw, alpha))
+
+
+def hierarchical_seconds(
+    kind: Collective | str, nbytes: float, group: int, topology: Topology,
+    algorithm: str = "auto",
+) -> float:
+    """Intra-node then inter-node schedule for a group spanning nodes (module docstring).
+
+    ``algorithm`` (``ring``/``tree``/``auto``) applies to each stage. A group that fits in
+    one node is priced flat on the scale-up link.
+    """
+    k = _kind(kind)
+    t = topology
+    stage = "auto" if algorithm == "hierarchical" else algorithm
+    g = max(1, min(group, t.devices_per_node))
+    m = math.ceil(group / g)
+    if m <= 1:
+        return flat_seconds(k, nbytes, group, t.intra_bw, t.intra_latency, stage)
+    p = g * m
+
+    def intra(kk: Collective, n: float) -> float:
+        return flat_seconds(kk, n, g, t.intra_bw, t.intra_latency, stage)
+
+    def inter(kk: Collective, n: float) -> float:
+        return flat_seconds(kk, n, m, t.inter_bw, t.inter_latency, stage)
+
+    if k is Collective.ALL_REDUCE:
+        return (intra(Collective.REDUCE_SCATTER, nbytes) + inter(Collective.ALL_REDUCE, nbytes / g)
+                + intra(Collective.ALL_GATHER, nbytes))
+    if k is Collective.REDUCE_SCATTER:
+        return (intra(Collective.REDUCE_SCATTER, nbytes)
+                + inter(Collective.REDUCE_SCATTER, nbytes / g))
+    if k is Collective.ALL_GATHER:
+        return inter(Collective.ALL_GATHER, nbytes / g) + intra(Collective.ALL_GATHER, nbytes)
+    if k is Collective.ALL_TO_ALL:
+        if nbytes == 0:
+            return 0.0
+        local = (g - 1) * t.intra_latency + (g - 1) / p * nbytes / t.intra_bw if g > 1 else 0.0
+        remote = (m - 1) * t.inter_latency + (p - g) / p * nbytes / t.inter_bw
+        return local + remote
+    return t.inter_latency + nbytes / t.inter_bw  # SEND_RECV across nodes
+
+
+def collective_seconds(
+    kind: Collective | str, nbytes: float, group: int, topology: Topology,
+    algorithm: str = "auto",
+) -> float:
+    """Seconds for one ``kind`` collective of ``nbytes`` per device over ``group`` devices.
+
+    * ``group <= topology.devices_per_node``: flat on the scale-up link; ``ring``, ``tree``
+      or ``auto`` (the cheaper of the two).
+    * A group spanning nodes: ``ring``/``tree`` run flat and pay the slowest link crossed
+      (min bandwidth, max latency); ``hierarchical`` runs the two-level schedule; ``auto``
+      takes the cheapest of the three.
+    * A send-recv with ``group > devices_per_node`` is taken to cross nodes.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(
+            f"unknown collective algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+    k = _kind(kind)
+    t = topology
+    if group <= 1:
+        return 0.0
+    if group <= t.devices_per_node:
+        stage = "auto" if algorithm == "hierarchical" else algorithm
+        return flat_seconds(k, nbytes, group, t.intra_bw, t.intra_latency, stage)
+    slow_bw = min(t.intra_bw, t.inter_bw)
+    slow_lat = max(t.intra_latency, t.inter_latency)
+    if algorithm in ("ring", "tree"):
+        return flat_seconds(k, nbytes, group, slow_bw, slow_lat, algorithm)
+    hier = hierarchical_seconds(k, nbytes, group, t, "auto")
+    if algorithm == "hierarchical":
+        return hier
+    return min(hier, flat_seconds(k, nbytes, group, slow_bw, slow_lat, "auto"))
+
+
+def torus_collective_seconds(
+    kind: Collective | str, nbytes: float, dims: Sequence[int], link_bw: float, latency: float,
+) -> float:
+    """Seconds for one collective over a wrap-around torus of shape ``dims`` (TPU ICI).
+
+    ``link_bw`` is one link's bandwidth in one direction (bytes/s); every chip has two
+    links per dimension (``+`` and ``-``), so each dimension runs a **bidirectional ring**:
+    the buffer is split in halves that travel opposite ways, doubling the ring bandwidth
+    to ``2·link_bw``. Dimensions are processed one after another (dimension-ordered), so a
+    dimension of size 1 costs nothing. With ``s_1 = n`` and ``s_{i+1} = s_i / d_i``:
+
+    * reduce-scatter = Σ_i [ (d_i-1)·α + (d_i-1)/d_i · s_i / (2·link_bw) ]
+    * all-gather = the same sum in reverse order (buffers grow back to ``n``)
+    * all-reduce = reduce-scatter + all-gather
+      (= Σ_i 2(d_i-1)·α + 2(d_i-1)/d_i · s_i / (2·link_bw))
+    * all-to-all = Σ_i [ (d_i-1)·α + n·d_i / (8·link_bw) ]: per dimension the full
+      buffer crosses the ring's bisection (2 links each way, half of the data crosses),
+      which bounds a bidirectional ring's all-to-all at ``d·n/8`` bytes per link-second
+    * send-recv (neighbour) = α + n / link_bw
+
+    The model assumes wrap-around links in every dimension (a torus, not a mesh) and no
+    contention from other traffic.
+    """
+    k = _kind(kind)
+    ds = [int(d) for d in dims if int(d) > 1]
+    _check(nbytes, max(1, math.prod(ds) if ds else 1), link_bw)
+    if k is Collective.SEND_RECV:
+        return latency + nbytes / link_bw
+    if not ds or nbytes == 0:
+        return 0.0
+    ring_bw = 2 * link_bw
+
+    def rs() -> float:
+        s = nbytes
+        total = 0.0
+        for d in ds:
+            total += (d - 1) * latency + (d - 1) / d * s / ring_bw
+            s /= d
+        return total
+
+    if k in (Collective.REDUCE_SCATTER, Collective.ALL_GATHER):
+        return rs()  # all-gather mirrors reduce-scatter exactly
+    if k is Collective.ALL_REDUCE:
+        return 2 * rs()
+    return sum((d - 1) * latency + nbytes * d / (8 * link_bw) for d in ds)  # ALL_TO_ALL
+
+
+def topology_from_device(device: DeviceSpec, devices_per_node: int | None = None) -> Topology:
+    """The default two-level topology of a device's catalog links.
+
+    Scale-up (NVLink, Infinity Fabric, PCIe) inside a node of ``devices_per_node``
+    (default: the spec's), scale-out between nodes; a device without a scale-out link uses
+    its scale-up link for both (a single-node part).
+    """
+    up = device.scale_up
+    out = device.scale_out or up
+    if up is None or out is None:
+        raise ValueError(f"device {device.name!r} declares no scale_up link to build a topology")
+    return Topology(
+        devices_per_node=devices_per_node or device.devices_per_node,
+        intra_bw=up.bandwidth.value,
+        intra_latency=up.latency.value,
+        inter_bw=out.bandwidth.value,
+        inter_latency=out.latency.value,
+        intra_name=up.name,
+        inter_name=out.name,
+    )

@@ -1,0 +1,18 @@
+"""The GPU backend: NVIDIA and AMD data-centre GPUs priced by an analytic roofline with
+tile and wave quantization (see ``docs/backends/gpu.md``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from engine import hookimpl
+from engine.backend import Backend
+from plugins.gpu.backend import GpuBackend
+
+__all__ = ["GpuBackend", "register_backends"]
+
+
+@hookimpl
+def register_backends(register: Callable[[Backend], None]) -> None:
+    """Register the ``gpu`` backend."""
+    register(GpuBackend())

@@ -1,0 +1,136 @@
+"""``GpuBackend``: NVIDIA/AMD GPUs priced analytically.
+
+Compilation builds an :class:`~engine.analytic.AnalyticCompiled` whose ops are priced by
+:class:`~plugins.gpu.efficiency.GpuCostModel` (tile and wave quantization, split-K,
+flash attention, memory-bound vector ops, per-kernel overhead), whose collectives
+(tensor-parallel all-reduces the model graph holds) run over the system's topology
+(NVLink/NVSwitch, Infinity Fabric or PCIe inside a node, the NIC between nodes) through
+:func:`engine.collectives.collective_seconds` at ``link_fraction`` of the link rate, and
+whose energy comes from :class:`~engine.power.PowerModel`.
+
+``system.options``:
+
+* ``calibration``: path to a fitted efficiency JSON (:mod:`plugins.gpu.calibration`);
+* ``efficiency``: a mapping of :class:`~plugins.gpu.efficiency.GpuEfficiency` fields to
+  override inline (applied after the calibration file);
+* ``collective_algorithm``: ``auto`` (default), ``ring``, ``tree`` or ``hierarchical``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields, replace
+
+from engine import collectives
+from engine.analytic import AnalyticCompiled
+from engine.backend import Backend, Support
+from engine.device import DeviceSpec, Figure
+from engine.errors import XpusimError
+from engine.graph import Collective
+from engine.model import ModelGraph
+from engine.power import PowerModel
+from engine.system import System, Topology
+from plugins.gpu import calibration as cal_mod
+from plugins.gpu.catalog import catalog as builtin_catalog
+from plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
+
+SUPPORTED_KINDS = ("decoder", "encoder", "vision", "mlp", "spiking")
+"""Model kinds the GPU backend runs (spiking networks as time-stepped dense ops)."""
+
+
+class GpuBackend(Backend):
+    """The ``gpu`` backend (see module docstring)."""
+
+    name = "gpu"
+    description = ("NVIDIA and AMD data-centre GPUs: roofline with GEMM tile/wave "
+                   "quantization, flash attention and NCCL-style collectives")
+
+    def catalog(self) -> Mapping[str, DeviceSpec]:
+        """The built-in GPU catalog (``plugins/gpu/catalog.yaml``)."""
+        return builtin_catalog()
+
+    def supports(self, model: ModelGraph, workload: str) -> Support:
+        """Every model kind with an op graph: decoder, encoder, vision, mlp, spiking."""
+        if model.kind in SUPPORTED_KINDS:
+            return Support(True)
+        return Support(
+            False,
+            f"the gpu backend prices models of kind {', '.join(SUPPORTED_KINDS)}; "
+            f"{model.name!r} is of kind {model.kind!r}.",
+        )
+
+    # -- parameters -------------------------------------------------------------------
+
+    def efficiency(self, system: System) -> tuple[GpuEfficiency, str]:
+        """The efficiency parameters for ``system`` and where they came from."""
+        eff = GpuEfficiency()
+        origin = "defaults (stated assumptions, plugins/gpu/efficiency.py)"
+        path = system.options.get("calibration")
+        if path:
+            cal = cal_mod.load(path)
+            names = {system.device.name, *system.device.aliases}
+            if cal.device not in names:
+                raise XpusimError(
+                    f"system {system.name!r}: calibration {str(path)!r} was measured on "
+                    f"{cal.device!r}, not on {system.device.name!r}; use a calibration of "
+                    f"this device or remove options.calibration."
+                )
+            eff = cal.apply(eff)
+            origin = cal.cited()
+        inline = system.options.get("efficiency")
+        if inline:
+            valid = GpuEfficiency.param_names()
+            bad = [k for k in inline if k not in valid]
+            if bad:
+                raise XpusimError(
+                    f"system {system.name!r}: unknown options.efficiency key(s) "
+                    f"{', '.join(map(repr, bad))}; valid: {', '.join(valid)}."
+                )
+            eff = cal_mod.apply(eff, cal_mod.Calibration("", "", "", "", dict(inline)))
+            origin += " with inline options.efficiency overrides"
+        return eff, origin
+
+    def link_topology(self, system: System, eff: GpuEfficiency | None = None) -> Topology:
+        """The system topology at the bandwidth collectives achieve (``link_fraction``)."""
+        f = (eff or self.efficiency(system)[0]).link_fraction
+        t = system.topology
+        return replace(t, intra_bw=t.intra_bw * f, inter_bw=t.inter_bw * f)
+
+    # -- compile ----------------------------------------------------------------------
+
+    def compile(self, model: ModelGraph, system: System) -> AnalyticCompiled:
+        """Compile ``model`` onto ``system`` (never raises for a model that does not fit)."""
+        eff, origin = self.efficiency(system)
+        topo = self.link_topology(system, eff)
+        algorithm = str(system.options.get("collective_algorithm", "auto"))
+
+        def collective(kind: Collective, nbytes: float, group: int) -> float:
+            return collectives.collective_seconds(kind, nbytes, group, topo, algorithm)
+
+        assumptions = {
+            f"gpu.efficiency.{f.name}": Figure(
+                float(getattr(eff, f.name)), assumption=f"GPU cost-model parameter; {origin}")
+            for f in fields(eff)
+            if isinstance(getattr(eff, f.name), (int, float))
+        }
+        return AnalyticCompiled(
+            system,
+            model,
+            price_op=GpuCostModel(system.device, eff),
+            collective=collective,
+            power=PowerModel.from_device(system.device),
+            catalog=self.devices(),
+            reserve_bytes=eff.runtime_reserve_bytes,
+            reserve_note="CUDA context, cuBLAS/attention workspaces and NCCL buffers "
+                         "(GpuEfficiency.runtime_reserve_bytes, assumption)",
+            assumptions=assumptions,
+        )
+
+    def collective_seconds(
+        self, kind: Collective, nbytes: float, group: int, system: System
+    ) -> float:
+        """One collective over ``system``'s topology at ``link_fraction`` of link rate."""
+        eff, _ = self.efficiency(system)
+        algorithm = str(system.options.get("collective_algorithm", "auto"))
+        return collectives.collective_seconds(
+            kind, nbytes, group, self.link_topology(system, eff), algorithm)

@@ -1,0 +1,58 @@
+"""The GPU device catalog, loaded from ``catalog.yaml`` next to this module.
+
+Every figure in the YAML cites a reference-figures id (``source``) or states an
+``assumption``; :func:`load_catalog` turns each entry into a
+:class:`~engine.device.DeviceSpec` with :func:`engine.device.spec_from_mapping`.
+:func:`resolve` maps aliases (``h100`` -> ``h100-sxm``, ``a100`` -> ``a100-sxm-80gb``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.device import DeviceSpec, spec_from_mapping
+from engine.errors import UnknownNameError
+from engine.registry import unknown_message
+
+CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
+BACKEND = "gpu"
+
+
+def load_catalog(path: Path | str = CATALOG_PATH) -> dict[str, DeviceSpec]:
+    """Parse a GPU catalog YAML (top-level ``devices:`` mapping) into specs by name."""
+    p = Path(path)
+    raw: Mapping[str, Any] = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    devices = raw.get("devices", {})
+    return {
+        name: spec_from_mapping(name, BACKEND, body, where=f"{p.name}:devices.{name}")
+        for name, body in devices.items()
+    }
+
+
+@lru_cache(maxsize=1)
+def catalog() -> Mapping[str, DeviceSpec]:
+    """The built-in catalog (parsed once)."""
+    return load_catalog()
+
+
+def aliases(specs: Mapping[str, DeviceSpec] | None = None) -> dict[str, str]:
+    """Alias -> canonical device name."""
+    specs = catalog() if specs is None else specs
+    return {a: s.name for s in specs.values() for a in s.aliases}
+
+
+def resolve(name: str, specs: Mapping[str, DeviceSpec] | None = None) -> DeviceSpec:
+    """The spec called ``name`` or one of its aliases; unknown names raise
+    :class:`~engine.errors.UnknownNameError` listing the valid ones."""
+    specs = catalog() if specs is None else specs
+    if name in specs:
+        return specs[name]
+    al = aliases(specs)
+    if name in al:
+        return specs[al[name]]
+    raise UnknownNameError(unknown_message("gpu device", name, [*specs, *al]))

@@ -1,0 +1,257 @@
+"""Per-op GPU cost model: how fast one op instance runs on one GPU.
+
+The mechanisms, each with a calibratable parameter of :class:`GpuEfficiency`:
+
+GEMM (``MATMUL``, ``CONV`` lowered to GEMM, dense ``SPIKING`` layers with GEMM dims)
+    A GEMM of ``m × n × k`` (``batch`` times) is cut into output tiles of ``tm × tn``;
+    ``m`` and ``n`` are padded up to tile multiples (**tile quantization**) and ``k`` to
+    the K-step ``k_tile``. Each tile runs on one SM; the SMs process tiles in **waves**
+    of ``sm_count`` tiles, so ``waves = ⌈tiles / SMs⌉`` (**wave quantization**: 133 tiles
+    on 132 SMs take two waves). One tile takes ``2·tm·tn·k_pad / (per-SM peak ×
+    tensor_fraction × tile_efficiency)``, with per-SM peak = dense peak / SMs.
+    When there are fewer tiles than SMs the K dimension may be split (**split-K**) into
+    ``s`` slices that run on idle SMs, at the price of writing and reading ``s`` fp32
+    partial tiles. Every (tile shape, split) pair in :attr:`GpuEfficiency.tiles` ×
+    :attr:`GpuEfficiency.split_k` is tried and the fastest kept, as cuBLAS/CUTLASS
+    heuristics do; since each candidate's time is non-decreasing in m, n and k, so is
+    the minimum. Memory time is the op's bytes (A, B and C once: tiles share operands
+    through L2) plus split-K partials over ``memory_bw × memory_fraction``.
+
+ATTENTION (flash-attention style)
+    Q, K and V are read once and O written once: ``batch·(2·q·d + 2·keys·d)·bytes`` (or
+    the op's own bytes when smaller, e.g. grouped-query attention where K/V have fewer
+    heads); the score matrix never touches HBM. Compute runs on tensor cores at
+    ``attention_fraction`` of peak, queries padded to the MMA granularity of 16 rows;
+    work units of ``attention_block_q`` query rows per (head, sequence) run in waves over
+    the SMs, and with fewer units than SMs the keys are split over SMs (flash-decoding),
+    so no wave loss is charged.
+
+Everything else (elementwise, norm, softmax, embedding, pool, optimizer, other)
+    Memory-bound: bytes over ``memory_bw × memory_fraction``; math at the non-tensor
+    (vector) rate, the catalog's ``extra.vector_flops`` or ``vector_ratio × bf16 peak``.
+
+Every op instance pays ``kernel_overhead_s`` (one kernel launch on the GPU timeline).
+
+Dtypes without a published tensor rate on a device fall back to the next wider one
+(``int4``/``fp4`` → ``int8``/``fp8`` → ``bf16``: weight-only quantization computes in the
+wider type); ``fp32``/``tf32`` without a figure run at half the bf16 rate (the TF32
+tensor rate of Ampere and Hopper is half of BF16's).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from engine.analytic import OpTime
+from engine.device import DeviceSpec
+from engine.errors import XpusimError
+from engine.graph import Op, OpKind, dtype_bytes
+
+Tile = tuple[int, int, float]
+
+
+@dataclass(frozen=True)
+class GpuEfficiency:
+    """Calibratable parameters of the GPU cost model (see the module docstring).
+
+    Defaults are stated assumptions, bracketed by the public measurements the reference
+    figures hold; a fitted calibration file replaces them (:mod:`plugins.gpu.calibration`).
+    """
+
+    tensor_fraction: float = 0.70
+    """Fraction of dense tensor peak a large, well-shaped GEMM tile sustains.
+
+    Assumption. Bracketed by: the B200 microbenchmark note in ``b200_compute`` (sustained
+    1,100-1,400 of 2,250 TFLOP/s, 0.49-0.62); Megatron-LM end-to-end training on A100
+    at 44-52 % of peak (``megatron_t1_*``), which also pays attention, communication and
+    pipeline bubbles, so a GEMM alone runs above it; and 1.0, which no GEMM reaches
+    (power capping and clock throttling under sustained tensor load). 0.70 is a mid value
+    for big cuBLAS GEMMs on Hopper/Ampere; not fitted to any row of the reference figures.
+    """
+
+    memory_fraction: float = 0.80
+    """Fraction of datasheet memory bandwidth kernels achieve.
+
+    Assumption. The B200 note in ``b200_compute`` reports a microbenchmark sustaining
+    6.8-7.1 of 8.0 TB/s (0.85-0.89), a STREAM-like upper bound; short GEMV and attention
+    kernels of a decode step do not reach it, hence 0.80.
+    """
+
+    attention_fraction: float = 0.55
+    """Fraction of tensor peak a fused (flash) attention kernel sustains: lower than a GEMM
+    because softmax, masking and rescaling run between the two MMAs. Assumption."""
+
+    kernel_overhead_s: float = 2e-6
+    """Fixed GPU-timeline cost per kernel: launch gap, prologue and tail. With CUDA graphs
+    (TensorRT-LLM, vLLM) the ~5 us CPU launch is hidden but ~1-3 us between dependent
+    kernels remains. Assumption, calibratable."""
+
+    vector_ratio: float = 0.135
+    """Non-tensor (vector) math rate as a fraction of the bf16 tensor peak, used when the
+    catalog has no ``extra.vector_flops``: H100 SXM's 133.8 VFMA vs 989.4 tensor TFLOP/s
+    (``h100sxm_bf16_dense``)."""
+
+    tiles: tuple[Tile, ...] = (
+        (128, 256, 1.00),
+        (256, 128, 1.00),
+        (128, 128, 0.92),
+        (64, 256, 0.85),
+        (64, 128, 0.80),
+        (128, 64, 0.80),
+        (64, 64, 0.60),
+    )
+    """Candidate CTA tiles ``(tm, tn, tile_efficiency)``. Smaller tiles re-read operands
+    more per FLOP and keep fewer tensor cores fed, so they sustain a smaller fraction of
+    ``tensor_fraction``. The relative efficiencies are assumptions (CUTLASS's default
+    Hopper/Ampere tiles are 128×128 and 128×256)."""
+
+    k_tile: int = 64
+    """K-step of the main loop; K is padded to a multiple of it."""
+
+    split_k: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    """Split-K factors the heuristic may pick when tiles are fewer than SMs."""
+
+    attention_block_q: int = 128
+    """Query rows per flash-attention work unit (FlashAttention-2's block size)."""
+
+    link_fraction: float = 0.80
+    """Fraction of NVLink/PCIe/network bandwidth NCCL collectives achieve (bus bandwidth
+    of all-reduce is typically 75-85 % of the link's per-direction rate for large
+    messages). Assumption."""
+
+    runtime_reserve_bytes: float = 1.5e9
+    """Per-GPU memory the runtime holds before any weight: CUDA context (~0.5 GB), cuBLAS
+    and attention workspaces, NCCL buffers. Assumption."""
+
+    default_sm_count: int = 108
+    """SMs assumed for a device whose catalog has no ``extra.sm_count`` (an A100's)."""
+
+    def __post_init__(self) -> None:
+        for name in ("tensor_fraction", "memory_fraction", "attention_fraction",
+                     "link_fraction", "vector_ratio"):
+            v = getattr(self, name)
+            if not 0 < v <= 1:
+                raise XpusimError(f"GPU efficiency parameter {name} must be in (0, 1], got {v}.")
+        if self.kernel_overhead_s < 0 or self.runtime_reserve_bytes < 0:
+            raise XpusimError("GPU efficiency overheads must not be negative.")
+        if not self.tiles or any(tm < 1 or tn < 1 or not 0 < e <= 1 for tm, tn, e in self.tiles):
+            raise XpusimError("GPU efficiency tiles must be (tm >= 1, tn >= 1, 0 < eff <= 1).")
+        if not self.split_k or 1 not in self.split_k:
+            raise XpusimError("GPU efficiency split_k must include 1 (no split).")
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """Names of the parameters a calibration file may set."""
+        return [f.name for f in fields(cls)]
+
+
+_FALLBACK = {
+    "int4": ("int8", "fp8", "bf16"),
+    "fp4": ("fp8", "bf16"),
+    "int8": ("fp8", "bf16"),
+    "fp8": ("bf16",),
+    "tf32": ("fp32",),
+    "fp32": ("tf32",),
+}
+
+
+def tensor_peak(device: DeviceSpec, dtype: str) -> float:
+    """Dense tensor FLOP/s of ``device`` for ``dtype``, with the documented fallbacks."""
+    for dt in (dtype, *_FALLBACK.get(dtype, ())):
+        try:
+            return device.flops(dt)
+        except XpusimError:
+            continue
+    if dtype in ("fp32", "tf32"):
+        return device.flops("bf16") / 2
+    return device.flops(dtype)  # raises with the list of known dtypes
+
+
+class GpuCostModel:
+    """Prices ops for one device under one :class:`GpuEfficiency`; callable as
+    ``price_op`` for :class:`~engine.analytic.AnalyticCompiled`."""
+
+    def __init__(self, device: DeviceSpec, eff: GpuEfficiency | None = None) -> None:
+        self.device = device
+        self.eff = eff or GpuEfficiency()
+        sm = device.extra.get("sm_count")
+        self.sms = int(sm.value) if sm is not None else self.eff.default_sm_count
+        self.bw = device.memory_bw.value * self.eff.memory_fraction
+        vf = device.extra.get("vector_flops")
+        self.vector_flops = (vf.value if vf is not None
+                             else tensor_peak(device, "bf16") * self.eff.vector_ratio)
+        self._peaks: dict[str, float] = {}
+
+    def peak(self, dtype: str) -> float:
+        """Dense tensor peak for ``dtype`` (cached)."""
+        p = self._peaks.get(dtype)
+        if p is None:
+            p = tensor_peak(self.device, dtype)
+            self._peaks[dtype] = p
+        return p
+
+    # -- GEMM -------------------------------------------------------------------------
+
+    def gemm(self, m: int, n: int, k: int, batch: int, dtype: str, nbytes: float
+             ) -> tuple[OpTime, dict[str, float]]:
+        """Time of a (batched) GEMM and the chosen configuration
+        (``tm``, ``tn``, ``split``, ``tiles``, ``waves``)."""
+        e = self.eff
+        per_sm = self.peak(dtype) * e.tensor_fraction / self.sms
+        m, n, k = max(1, m), max(1, n), max(1, k)
+        ktiles = math.ceil(k / e.k_tile)
+        best: tuple[float, float, float, dict[str, float]] | None = None
+        for tm, tn, te in e.tiles:
+            tiles = math.ceil(m / tm) * math.ceil(n / tn) * batch
+            for split in e.split_k:
+                if split > 1 and tiles * split > self.sms:
+                    continue
+                waves = math.ceil(tiles * split / self.sms)
+                k_per = math.ceil(ktiles / split) * e.k_tile
+                compute = waves * 2.0 * tm * tn * k_per / (per_sm * te)
+                partial = tiles * tm * tn * 4.0 * 2 * split if split > 1 else 0.0
+                memory = (nbytes + partial) / self.bw
+                t = max(compute, memory)
+                if best is None or t < best[0] - 1e-15:
+                    best = (t, compute, memory, {"tm": tm, "tn": tn, "split": split,
+                                                 "tiles": tiles, "waves": waves})
+        assert best is not None
+        return OpTime(best[1], best[2], e.kernel_overhead_s), best[3]
+
+    # -- attention --------------------------------------------------------------------
+
+    def attention(self, op: Op) -> OpTime:
+        """Flash-attention time of one attention op (module docstring)."""
+        e = self.eff
+        q, keys, d = [*op.dims, 1, 1, 1][:3] if op.dims else (1, 1, 1)
+        q, keys, d = max(1, int(q)), max(1, int(keys)), max(1, int(d))
+        b = dtype_bytes(op.dtype)
+        flash = op.batch * (2.0 * q * d + 2.0 * keys * d) * b
+        nbytes = min(op.bytes, flash) if op.bytes > 0 else flash
+        flops = op.flops if op.flops > 0 else 4.0 * q * keys * d * op.batch
+        q_pad = math.ceil(q / 16) * 16
+        units = op.batch * math.ceil(q / e.attention_block_q)
+        wave_factor = 1.0
+        if units >= self.sms:
+            wave_factor = math.ceil(units / self.sms) * self.sms / units
+        compute = flops * (q_pad / q) * wave_factor / (self.peak(op.dtype) * e.attention_fraction)
+        return OpTime(compute, nbytes / self.bw, e.kernel_overhead_s)
+
+    # -- everything -------------------------------------------------------------------
+
+    def __call__(self, op: Op) -> OpTime:
+        """Price one instance of ``op``."""
+        k = op.kind
+        if k is OpKind.COLLECTIVE:
+            return OpTime(0.0, 0.0)
+        if k in (OpKind.MATMUL, OpKind.CONV) or (k is OpKind.SPIKING and len(op.dims) == 3):
+            if len(op.dims) >= 3:
+                m, n, kk = (int(x) for x in op.dims[:3])
+                return self.gemm(m, n, kk, op.batch, op.dtype, op.bytes)[0]
+            return OpTime(op.flops / (self.peak(op.dtype) * self.eff.tensor_fraction),
+                          op.bytes / self.bw, self.eff.kernel_overhead_s)
+        if k is OpKind.ATTENTION:
+            return self.attention(op)
+        return OpTime(op.flops / self.vector_flops if op.flops else 0.0,
+                      op.bytes / self.bw, self.eff.kernel_overhead_s)

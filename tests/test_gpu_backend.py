@@ -1,0 +1,352 @@
+"""The GPU backend: catalog provenance, the per-op cost model, fit, calibration."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pytest
+import yaml
+
+from engine import hookspecs
+from engine.collectives import topology_from_device
+from engine.device import DeviceSpec
+from engine.errors import XpusimError
+from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
+from engine.model import ModelGraph, ModelInfo
+from engine.system import Parallelism, System
+from plugins.gpu import calibration
+from plugins.gpu.backend import GpuBackend
+from plugins.gpu.catalog import catalog, resolve
+from plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
+
+FIGURES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "figures.yaml"
+
+
+# -- a hand-built Llama-like decoder (the real transformer family lives elsewhere) -----
+
+
+class FakeLlama(ModelGraph):
+    """GEMMs, flash attention, norms and TP all-reduces of a Llama-style decoder."""
+
+    def __init__(self, name: str, hidden: int, ffn: int, layers: int, heads: int,
+                 kv_heads: int, vocab: int, params: float) -> None:
+        self.h, self.ffn, self.layers = hidden, ffn, layers
+        self.heads, self.kv_heads = heads, kv_heads
+        self.vocab, self.hd = vocab, hidden // heads
+        kv = 2 * layers * kv_heads * self.hd * 2
+        self.info = ModelInfo(name=name, family="fake", kind="decoder", dtype="bf16",
+                              params=params, active_params=params, param_bytes=2 * params,
+                              kv_bytes_per_token=kv, flops_per_token=2 * params,
+                              layers=layers, max_seq_len=4096)
+
+    def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
+        par = parallel or Parallelism()
+        t, nl = par.tensor, self.layers // par.pipeline
+        m = shape.new_tokens
+        h, hd = self.h, self.hd
+        qkv = (self.heads + 2 * self.kv_heads) * hd // t
+        ffn = self.ffn // t
+
+        def gemm(name: str, mm: int, n: int, k: int, count: int = nl) -> Op:
+            return Op(name, OpKind.MATMUL, flops=2 * mm * n * k,
+                      bytes_read=2 * (mm * k + n * k), bytes_written=2 * mm * n,
+                      param_bytes=2 * n * k, dims=(mm, n, k), count=count)
+
+        ctx = shape.context + shape.tokens
+        qh, kvh = self.heads // t, max(1, self.kv_heads // t)
+        att = Op("attn", OpKind.ATTENTION,
+                 flops=4 * shape.tokens * ctx * hd * qh * shape.batch,
+                 bytes_read=2 * shape.batch * (shape.tokens * qh * hd + 2 * ctx * kvh * hd),
+                 bytes_written=2 * shape.batch * shape.tokens * qh * hd,
+                 dims=(shape.tokens, ctx, hd), batch=qh * shape.batch, count=nl)
+        ops = [
+            gemm("qkv", m, qkv, h), att, gemm("o", m, h, h // t),
+            gemm("gate_up", m, 2 * ffn, h), gemm("down", m, h, ffn),
+            Op("norm", OpKind.NORM, flops=8 * m * h, bytes_read=4 * m * h,
+               bytes_written=2 * m * h, dims=(m * h,), count=2 * nl),
+            Op("act", OpKind.ELEMENTWISE, flops=4 * m * ffn, bytes_read=4 * m * ffn,
+               bytes_written=2 * m * ffn, dims=(m * ffn,), count=nl),
+            gemm("lm_head", shape.batch, self.vocab // t, h, count=1),
+        ]
+        if t > 1:
+            ops.append(Op("tp_ar", OpKind.COLLECTIVE, collective=Collective.ALL_REDUCE,
+                          comm_bytes=2 * m * h, group=t, count=2 * nl))
+        return OpGraph(phase=shape.phase, ops=tuple(ops), shape=shape)
+
+    def module(self, device: str = "meta") -> Any:
+        raise NotImplementedError
+
+    def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
+        raise NotImplementedError
+
+
+def llama7b() -> FakeLlama:
+    return FakeLlama("fake-llama-7b", 4096, 11008, 32, 32, 32, 32000, 6.74e9)
+
+
+def llama70b() -> FakeLlama:
+    return FakeLlama("fake-llama-70b", 8192, 28672, 80, 64, 8, 32000, 68.98e9)
+
+
+def system(device: str | DeviceSpec, tensor: int = 1, **options: Any) -> System:
+    dev = resolve(device) if isinstance(device, str) else device
+    par = Parallelism(tensor=tensor)
+    return System(name="sut", backend="gpu", device=dev, count=tensor, parallelism=par,
+                  topology=topology_from_device(dev), options=dict(options))
+
+
+# -- catalog --------------------------------------------------------------------------
+
+
+def test_catalog_figures_cite_sources() -> None:
+    ids: set[str] | None = None
+    if FIGURES.exists():
+        raw = yaml.safe_load(FIGURES.read_text(encoding="utf-8"))
+        ids = {e["id"] for e in raw["entries"]}
+    specs = catalog()
+    assert {"h100-sxm", "h100-pcie", "a100-sxm-80gb", "l4", "l40s", "b200", "mi300x"} <= set(specs)
+    for spec in specs.values():
+        figs = spec.figures()
+        assert "power.max_w" in figs and "extra.sm_count" in figs
+        for key, fig in figs.items():
+            assert fig.source or fig.assumption.strip(), (spec.name, key)
+            if fig.source and ids is not None:
+                assert fig.source in ids, f"{spec.name}.{key} cites unknown id {fig.source!r}"
+
+
+def test_catalog_values_and_aliases() -> None:
+    h = resolve("h100")
+    assert h.name == "h100-sxm" and resolve("a100").name == "a100-sxm-80gb"
+    assert h.flops("bf16") == pytest.approx(989.4e12)
+    assert h.memory_bw.value == pytest.approx(3.35e12)
+    assert h.price.cloud_usd_per_hour is not None
+    assert h.price.cloud_usd_per_hour.value * 3600 == pytest.approx(12.29)
+    assert resolve("l4").memory_bytes.value == pytest.approx(24e9)
+    with pytest.raises(XpusimError, match="h100"):
+        resolve("h100-sxn")
+
+
+# -- the per-op cost model -----------------------------------------------------------
+
+
+def gemm_s(cm: GpuCostModel, m: int, n: int, k: int) -> float:
+    nbytes = 2.0 * (m * k + k * n + m * n)
+    return cm.gemm(m, n, k, 1, "bf16", nbytes)[0].seconds
+
+
+@pytest.mark.parametrize("dev", ["h100-sxm", "a100", "l4", "mi300x"])
+def test_gemm_monotone_in_m_n_k(dev: str) -> None:
+    cm = GpuCostModel(resolve(dev))
+    sizes = [1, 7, 16, 100, 128, 129, 500, 1000, 1024, 1025, 3000, 4096, 5000, 8192, 16385]
+    for fixed in (64, 1024, 4096):
+        for axis in range(3):
+            times = []
+            for s in sizes:
+                dims = [fixed, fixed, fixed]
+                dims[axis] = s
+                times.append(gemm_s(cm, *dims))
+            assert all(b >= a * (1 - 1e-12) for a, b in itertools.pairwise(times)), (
+                dev, fixed, axis, times)
+
+
+def test_wave_quantization_visible() -> None:
+    dev = resolve("h100")
+    sms = int(dev.extra["sm_count"].value)
+    eff = GpuEfficiency(tiles=((128, 128, 1.0),), split_k=(1,), kernel_overhead_s=0.0)
+    cm = GpuCostModel(dev, eff)
+    k = 8192
+    full = cm.gemm(128 * sms, 128, k, 1, "bf16", 0.0)
+    over = cm.gemm(128 * (sms + 1), 128, k, 1, "bf16", 0.0)
+    assert full[1]["waves"] == 1 and over[1]["waves"] == 2
+    assert over[0].compute_s / full[0].compute_s == pytest.approx(2.0)
+    # tile quantization: m = 129 pads to 256 rows, the same as m = 256
+    assert cm.gemm(129, 128, k, 1, "bf16", 0.0)[0].compute_s == pytest.approx(
+        cm.gemm(256, 128, k, 1, "bf16", 0.0)[0].compute_s)
+
+
+def test_decode_memory_bound_prefill_compute_bound() -> None:
+    cm = GpuCostModel(resolve("h100"))
+    h = 4096
+    decode = cm(Op("qkv", OpKind.MATMUL, flops=2 * 1 * 3 * h * h,
+                   bytes_read=2 * (h + 3 * h * h), bytes_written=2 * 3 * h, dims=(1, 3 * h, h)))
+    assert decode.bound == "memory"
+    # ~ weight bytes / (bandwidth x memory_fraction)
+    assert decode.memory_s == pytest.approx(2 * 3 * h * h / (3.35e12 * 0.8), rel=0.01)
+    m = 4096
+    prefill = cm(Op("qkv", OpKind.MATMUL, flops=2 * m * 3 * h * h,
+                    bytes_read=2 * (m * h + 3 * h * h), bytes_written=2 * m * 3 * h,
+                    dims=(m, 3 * h, h)))
+    assert prefill.bound == "compute"
+    achieved = 2 * m * 3 * h * h / prefill.seconds
+    assert 0.5 * 989.4e12 < achieved < 0.75 * 989.4e12
+
+
+def test_attention_is_flash_style() -> None:
+    cm = GpuCostModel(resolve("h100"))
+    q = kv = 4096
+    d, heads = 128, 32
+    unfused = 2 * heads * (3 * q * d + q * kv) + 2 * heads * (q * d + q * kv)
+    op = Op("attn", OpKind.ATTENTION, flops=4 * q * kv * d * heads, bytes_read=unfused,
+            dims=(q, kv, d), batch=heads)
+    t = cm(op)
+    assert t.memory_s == pytest.approx(heads * 4 * q * d * 2 / cm.bw)  # Q, K, V, O once
+    assert t.bound == "compute"
+
+
+def test_vector_ops_memory_bound_and_kernel_overhead() -> None:
+    cm = GpuCostModel(resolve("h100"))
+    t = cm(Op("norm", OpKind.NORM, flops=5e6, bytes_read=4e6, bytes_written=2e6, dims=(1_000_000,)))
+    assert t.bound == "memory"
+    assert t.overhead_s == GpuEfficiency().kernel_overhead_s
+
+
+# -- collectives, backend -------------------------------------------------------------
+
+
+def test_tp_all_reduce_grows_with_bytes_and_group() -> None:
+    b = GpuBackend()
+    s8 = system("h100", tensor=8)
+    by_bytes = [b.collective_seconds(Collective.ALL_REDUCE, n, 8, s8) for n in (1e4, 1e6, 1e8)]
+    assert by_bytes == sorted(by_bytes)
+    by_group = [b.collective_seconds(Collective.ALL_REDUCE, 1e8, g, s8) for g in (2, 4, 8)]
+    assert by_group == sorted(by_group)
+    # PCIe parts are slower than NVLink parts for the same collective
+    assert b.collective_seconds(Collective.ALL_REDUCE, 1e8, 4, system("l40s", 4)) > by_group[1]
+
+
+def test_supports_and_registration() -> None:
+    b = GpuBackend()
+    assert b.supports(llama7b(), "serving").ok
+
+    odd = llama7b()
+    odd.info = dataclasses.replace(odd.info, kind="graph-net")
+    r = b.supports(odd, "serving")
+    assert not r.ok and "graph-net" in r.reason
+
+    import plugins.gpu as plugin
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(plugin, name="gpu")
+    got: list[Any] = []
+    pm.hook.register_backends(register=got.append)
+    assert [x.name for x in got] == ["gpu"]
+
+
+def test_compiled_decode_step_near_weights_over_bandwidth() -> None:
+    model = llama7b()
+    c = GpuBackend().compile(model, system("h100"))
+    cost = c.cost(Shape(Phase.DECODE, batch=1, tokens=1, context=128))
+    floor = model.info.param_bytes / (3.35e12 * GpuEfficiency().memory_fraction)
+    assert floor <= cost.seconds < 1.25 * floor
+    assert cost.state == "memory"
+    assert cost.joules > 0
+    assert "gpu.efficiency.tensor_fraction" in c.figures_used()
+
+
+# -- fit ------------------------------------------------------------------------------
+
+
+def test_llama70b_does_not_fit_one_l4() -> None:
+    b = GpuBackend()
+    f = b.compile(llama70b(), system("l4")).fit(kv_tokens=0)
+    assert not f.fits
+    assert f.breakdown["weights"] == pytest.approx(137.96e9)
+    short = (f.need_bytes - f.have_bytes) / 1e9
+    assert 110 < short < 125
+    assert f"short by {short:.1f} GB" in f.reason
+    assert "8×l4 with tensor parallel" in f.suggestion
+    assert "b200" in f.suggestion and "mi300x" in f.suggestion
+
+
+def test_llama70b_on_two_h100_with_tp2() -> None:
+    c = GpuBackend().compile(llama70b(), system("h100", tensor=2))
+    f = c.fit(kv_tokens=0)
+    # 69 GB of weights per GPU + runtime reserve: it fits, with little room for KV cache
+    assert f.fits
+    assert 69e9 < f.need_bytes < 72e9
+    cap = c.kv_capacity_tokens(0.9)
+    assert 0 < cap < 20_000
+    assert not c.fit(kv_tokens=100_000).fits
+
+
+# -- calibration ----------------------------------------------------------------------
+
+
+def test_calibration_round_trip_and_apply(tmp_path: Path) -> None:
+    cal = calibration.Calibration("h100-sxm", "1x H100 SXM (test)", "2026-11-22",
+                                  "xpusim calibrate gpu", {"tensor_fraction": 0.6,
+                                                            "kernel_overhead_s": 5e-6})
+    p = calibration.save(cal, tmp_path / "h100.json")
+    back = calibration.load(p)
+    assert back.params == cal.params and back.device == "h100-sxm"
+    eff = back.apply()
+    assert eff.tensor_fraction == 0.6 and eff.memory_fraction == GpuEfficiency().memory_fraction
+    b = GpuBackend()
+    base = b.compile(llama7b(), system("h100")).cost(Shape(Phase.PREFILL, batch=1, tokens=2048))
+    slow = b.compile(llama7b(), system("h100", calibration=str(p))).cost(
+        Shape(Phase.PREFILL, batch=1, tokens=2048))
+    assert slow.seconds > base.seconds
+    with pytest.raises(XpusimError, match="measured on"):
+        b.compile(llama7b(), system("a100", calibration=str(p)))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**cal.to_json(), "params": {"warp_speed": 9}}))
+    with pytest.raises(XpusimError, match="warp_speed"):
+        calibration.load(bad)
+    with pytest.raises(XpusimError, match="lacks"):
+        bad.write_text(json.dumps({"device": "h100-sxm"}))
+        calibration.load(bad)
+
+
+# -- the real transformer family, once it exists --------------------------------------
+
+HAS_TRANSFORMER = importlib.util.find_spec("plugins.models.transformer") is not None
+
+
+def _llama(preset: str, dtype: str) -> ModelGraph:
+    from plugins.models.transformer import FAMILIES
+
+    fam = {f.name: f for f in FAMILIES}["llama"]
+    return fam.configure({"preset": preset, "dtype": dtype})
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMER, reason="plugins.models.transformer not available")
+def test_real_llama2_7b_decode_is_weights_over_bandwidth() -> None:
+    model = _llama("llama-2-7b", "bf16")
+    assert model.info.param_bytes == pytest.approx(13.48e9, rel=0.01)
+    c = GpuBackend().compile(model, system("h100"))
+    cost = c.cost(Shape(Phase.DECODE, batch=1, tokens=1, context=128))
+    floor = model.info.param_bytes / (3.35e12 * GpuEfficiency().memory_fraction)
+    assert floor <= cost.seconds < 1.25 * floor
+    assert cost.state == "memory"
+
+
+def offline_tokens_per_s(c: Any, batch: int, prompt: int, output: int) -> float:
+    """Static-batch offline throughput: one prefill of the prompts (which yields the first
+    token) and ``output - 1`` decode steps over a growing context, as gptSessionBenchmark."""
+    t = c.cost(Shape(Phase.PREFILL, batch=batch, tokens=prompt)).seconds
+    for i in range(output - 1):
+        t += c.cost(Shape(Phase.DECODE, batch=batch, tokens=1, context=prompt + i)).seconds
+    return batch * output / t
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMER, reason="plugins.models.transformer not available")
+def test_real_llama2_7b_offline_vs_trtllm() -> None:
+    """Against ``trtllm_h100_7b_bs768_128_128`` (19,694 output tok/s/GPU, FP8, TP=1).
+    A sanity check, not a fit: no parameter is tuned to this row. With every tensor priced
+    at 1 byte (weights, activations and KV cache in fp8) the model predicts ~23,300 tok/s,
+    +18 % over the measurement; the whole-bf16 variant ~11,800 tok/s brackets it below."""
+    measured = 19694.0
+    c8 = GpuBackend().compile(_llama("llama-2-7b", "fp8"), system("h100"))
+    fp8 = offline_tokens_per_s(c8, 768, 128, 128)
+    err = fp8 / measured - 1
+    assert abs(err) < 0.35, f"model {fp8:.0f} tok/s vs TensorRT-LLM {measured:.0f} ({err:+.0%})"
+    c16 = GpuBackend().compile(_llama("llama-2-7b", "bf16"), system("h100"))
+    bf16 = offline_tokens_per_s(c16, 768, 128, 128)
+    assert bf16 < measured < fp8 * 1.35
