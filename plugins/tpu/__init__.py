@@ -1,0 +1,27 @@
+"""The TPU backend (Cloud TPU v4, v5e, v5p, v6e) and the ``xpusim tpu`` systolic-array
+commands. See ``docs/backends/tpu.md``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from engine import hookimpl
+from engine.backend import Backend
+from plugins.tpu.backend import TpuBackend
+
+__all__ = ["TpuBackend", "register_backends", "register_commands"]
+
+
+@hookimpl
+def register_backends(register: Callable[[Backend], None]) -> None:
+    """Register the ``tpu`` backend."""
+    register(TpuBackend())
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    """Add ``xpusim tpu gemm|conv``."""
+    from plugins.tpu.cli import tpu_app
+
+    cli.add_typer(tpu_app, name="tpu")
