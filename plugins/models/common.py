@@ -1,0 +1,289 @@
+"""Helpers shared by the model families: spec validation, dtypes, training-step ops and a
+:class:`~engine.model.ModelGraph` whose graphs come from a meta-device trace."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from engine.errors import ScenarioError, UnsupportedError
+from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from engine.model import ModelGraph, ModelInfo
+from engine.registry import unknown_message
+from engine.system import Parallelism
+
+__all__ = [
+    "DTYPES",
+    "TracedModelGraph",
+    "adam_op",
+    "backward_ops",
+    "torch_dtype",
+    "validate_spec",
+]
+
+DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
+"""The dtypes a model block may name; tensors are priced at this width."""
+
+ADAM_FLOPS_PER_PARAM = 12
+"""FLOPs charged per parameter for one Adam update (two moment updates, bias correction,
+the square root, division and the weight update)."""
+
+
+def torch_dtype(name: str) -> Any:
+    """The torch dtype a module of xpusim dtype ``name`` is built in. fp8 and int8 have no
+    eager kernels for every op, so those modules are built in bf16 (graphs still price
+    tensors at 1 byte)."""
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16}.get(name, torch.bfloat16)
+
+
+def _fmt_loc(loc: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-after"))
+
+
+def validate_spec(
+    cls: type[BaseModel],
+    spec: Mapping[str, Any],
+    family: str,
+    presets: Mapping[str, Mapping[str, Any]],
+    defaults: Mapping[str, Any] | None = None,
+) -> tuple[Any, str | None]:
+    """Validate a scenario ``model:`` block (without ``family``) into ``cls``.
+
+    ``preset`` picks a published configuration whose fields the other keys override;
+    ``defaults`` are the family's own architecture traits (applied before the preset).
+    Any problem raises :class:`~engine.errors.ScenarioError` naming the key, the value,
+    and the valid choices or the nearest preset.
+    """
+    if not isinstance(spec, Mapping):
+        raise ScenarioError(f"model: expected a mapping of fields, got {spec!r}")
+    spec = dict(spec)
+    spec.pop("family", None)
+    preset = spec.pop("preset", None)
+    merged: dict[str, Any] = dict(defaults or {})
+    if preset is not None:
+        if preset not in presets:
+            raise ScenarioError(unknown_message(
+                f"{family} preset", preset, list(presets), where="model.preset"))
+        merged.update(presets[preset])
+        merged.setdefault("name", preset)
+    fields = cls.model_fields
+    for key in spec:
+        if key not in fields:
+            raise ScenarioError(unknown_message(
+                f"{family} model field", key, [f for f in fields if f != "name"],
+                where=f"model.{key}"))
+    merged.update(spec)
+    merged.setdefault("name", family)
+    try:
+        return cls.model_validate(merged), preset
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = _fmt_loc(err.get("loc", ()))
+        msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+        if err.get("type") == "missing":
+            near = ", ".join(sorted(presets)) or "(none)"
+            raise ScenarioError(
+                f"model.{loc}: family {family!r} needs field {loc!r} (or a `preset`: {near})"
+            ) from None
+        got = err.get("input")
+        where = f"model.{loc}" if loc else "model"
+        extra = "" if loc == "" else f" (got {got!r})"
+        raise ScenarioError(f"{where}: {msg}{extra}") from None
+
+
+# --- training-step ops ----------------------------------------------------------------
+
+
+def backward_op(op: Op) -> Op:
+    """The backward of one forward op.
+
+    A GEMM (or convolution) costs twice its forward FLOPs: the data gradient ``dX = dY·Wᵀ``
+    and the weight gradient ``dW = Xᵀ·dY``; it reads the output gradient twice, plus the
+    inputs and weights it read, and writes a gradient for each input. Other ops also cost
+    twice their forward FLOPs, read their inputs and the output gradient and write input
+    gradients. A collective repeats (Megatron's backward all-reduce mirrors the forward
+    one).
+    """
+    if op.kind is OpKind.COLLECTIVE:
+        return _renamed(op, "bwd.")
+    gemm = op.kind in (OpKind.MATMUL, OpKind.CONV)
+    return Op(
+        name=f"bwd.{op.name}", kind=op.kind, flops=2 * op.flops,
+        bytes_read=op.bytes_read + (2 if gemm else 1) * op.bytes_written,
+        bytes_written=op.bytes_read, param_bytes=op.param_bytes, dims=op.dims,
+        batch=op.batch, count=op.count, dtype=op.dtype, layer=op.layer, attrs=op.attrs,
+    )
+
+
+def _renamed(op: Op, prefix: str) -> Op:
+    return Op(name=f"{prefix}{op.name}", kind=op.kind, flops=op.flops, bytes_read=op.bytes_read,
+              bytes_written=op.bytes_written, param_bytes=op.param_bytes, dims=op.dims,
+              batch=op.batch, count=op.count, dtype=op.dtype, collective=op.collective,
+              comm_bytes=op.comm_bytes, group=op.group, layer=op.layer, attrs=op.attrs)
+
+
+def backward_ops(ops: Iterable[Op]) -> list[Op]:
+    """Backward ops of a forward op list, in reverse order."""
+    return [backward_op(o) for o in reversed(list(ops))]
+
+
+def recompute_ops(ops: Iterable[Op]) -> list[Op]:
+    """The extra forward work of activation recomputation (ops renamed ``recompute.*``)."""
+    return [_renamed(o, "recompute.") for o in ops]
+
+
+def adam_op(params: float, dtype: str, parallel: Parallelism | None = None) -> Op:
+    """One Adam step over ``params`` parameters held by this device.
+
+    Reads parameters and gradients (at ``dtype``), both fp32 moments and, for a 16/8-bit
+    ``dtype``, the fp32 master copy; writes parameters, moments and master. With ZeRO
+    (``parallel.zero >= 1``) each data-parallel rank updates only its ``1/data`` share.
+    """
+    par = parallel or Parallelism()
+    e = float(dtype_bytes(dtype))
+    master = 4.0 if e < 4 else 0.0
+    n = params / par.data if par.zero >= 1 else params
+    return Op(
+        name="optimizer.adam", kind=OpKind.OPTIMIZER, flops=ADAM_FLOPS_PER_PARAM * n,
+        bytes_read=n * (2 * e + 8 + master), bytes_written=n * (e + 8 + master),
+        param_bytes=n * e, dims=(max(1, math.ceil(n)),), dtype=dtype, layer="optimizer",
+    )
+
+
+def collective(name: str, kind: Collective, nbytes: float, group: int, count: int,
+               dtype: str, layer: str = "") -> Op:
+    """A collective op of ``nbytes`` payload per device over ``group`` devices."""
+    return Op(name=name, kind=OpKind.COLLECTIVE, collective=kind, comm_bytes=nbytes,
+              group=group, count=count, dtype=dtype, layer=layer)
+
+
+# --- graphs from a trace ---------------------------------------------------------------
+
+
+class TracedModelGraph(ModelGraph):
+    """A model whose graphs come from tracing its real module on ``meta``.
+
+    Subclasses give :meth:`_make_module` and :meth:`example_inputs`. FORWARD graphs are
+    the trace (cached per shape); TRAIN graphs add the backward of every op
+    (:func:`backward_op`), ``recompute: full`` one more forward, and an Adam step.
+    Data parallelism needs nothing from the graph; tensor and pipeline parallelism are not
+    modelled for traced models and raise :class:`~engine.errors.UnsupportedError`.
+    """
+
+    family_name = ""
+    model_kind = "vision"
+
+    def __init__(self, name: str, dtype: str, config: Mapping[str, Any]) -> None:
+        self._name = name
+        self.dtype = dtype
+        self.config = dict(config)
+        self._meta: Any = None
+        self._traces: dict[Any, Any] = {}
+        self._graphs: dict[tuple[Shape, Parallelism | None], OpGraph] = {}
+        self._info: ModelInfo | None = None
+        self.unknown_ops: dict[str, int] = {}
+
+    # subclass contract -------------------------------------------------------------
+
+    def _make_module(self, device: str) -> Any:
+        """Build the torch module on ``device`` (on ``meta`` nothing is allocated)."""
+        raise NotImplementedError(self)
+
+    def _trace_key(self, shape: Shape) -> Any:
+        """What a trace depends on (the batch for fixed-size inputs)."""
+        return shape.batch
+
+    # ModelGraph ------------------------------------------------------------------------
+
+    @property
+    def info(self) -> ModelInfo:
+        """Static facts, counted from a meta module on first use."""
+        if self._info is None:
+            m = self.meta_module()
+            n = float(sum(p.numel() for p in m.parameters()))
+            self._info = ModelInfo(
+                name=self._name, family=self.family_name, kind=self.model_kind,
+                dtype=self.dtype, params=n, active_params=n,
+                param_bytes=n * dtype_bytes(self.dtype), flops_per_token=0.0,
+                config=self.config,
+            )
+        return self._info
+
+    @info.setter
+    def info(self, value: ModelInfo) -> None:
+        self._info = value
+
+    def module(self, device: str = "meta") -> Any:
+        """A fresh ``torch.nn.Module`` on ``device``."""
+        return self._make_module(device)
+
+    def meta_module(self) -> Any:
+        """The cached meta-device module used for tracing."""
+        if self._meta is None:
+            self._meta = self._make_module("meta")
+        return self._meta
+
+    def trace(self, shape: Shape) -> Any:
+        """The (cached) :class:`~plugins.models.tracing.Trace` of one forward pass."""
+        from plugins.models.tracing import trace_module
+
+        key = self._trace_key(shape)
+        if key not in self._traces:
+            tr = trace_module(self.meta_module(), self.example_inputs(shape, "meta"),
+                              self.dtype)
+            self._traces[key] = tr
+            for n, c in tr.unknown_ops.items():
+                self.unknown_ops[n] = max(self.unknown_ops.get(n, 0), c)
+        return self._traces[key]
+
+    def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
+        """The FORWARD or TRAIN graph of ``shape`` on one device of a data-parallel plan."""
+        key = (shape, parallel)
+        g = self._graphs.get(key)
+        if g is None:
+            g = self._build(shape, parallel)
+            self._graphs[key] = g
+        return g
+
+    def _build(self, shape: Shape, parallel: Parallelism | None) -> OpGraph:
+        from plugins.models.tracing import graph_from_trace
+
+        par = parallel or Parallelism()
+        if par.tensor > 1 or par.pipeline > 1:
+            raise UnsupportedError(
+                f"model {self._name!r} ({self.family_name}) is traced, not parametric: it "
+                f"runs data parallel only, not tensor={par.tensor} pipeline={par.pipeline}. "
+                "Use parallelism: {data: N}."
+            )
+        if shape.phase not in (Phase.FORWARD, Phase.TRAIN):
+            raise UnsupportedError(
+                f"model {self._name!r} ({self.family_name}) has no {shape.phase.value} phase; "
+                "it runs forward (inference) and train steps"
+            )
+        fwd = graph_from_trace(self.trace(shape), Phase.FORWARD, shape, self.dtype)
+        if shape.phase is Phase.FORWARD:
+            return fwd
+        ops = list(fwd.ops)
+        if shape.recompute == "full":
+            ops += recompute_ops(fwd.ops)
+        ops += backward_ops(fwd.ops)
+        ops.append(adam_op(self.info.params, self.dtype, par))
+        return OpGraph(phase=Phase.TRAIN, ops=tuple(ops), shape=shape, dtype=self.dtype,
+                       notes=fwd.notes)
+
+
+def shape_or_error(factory: Callable[[], Any], what: str) -> Any:
+    """Call ``factory`` turning any exception into a :class:`ScenarioError` about ``what``
+    carrying the first line of the original error."""
+    try:
+        return factory()
+    except ScenarioError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ScenarioError(f"{what}: {type(exc).__name__}: {first}") from None

@@ -1,0 +1,800 @@
+"""Decoder-only transformers: the ``gpt``, ``llama``, ``mixtral`` and ``palm`` families.
+
+One architecture covers all four; the families differ in their default traits:
+
+========  ==========  ========  =====  ==========  ========  ============  ======
+family    norm        position  bias   MLP         block     attention     tied
+========  ==========  ========  =====  ==========  ========  ============  ======
+gpt       LayerNorm   learned   yes    GELU        serial    MHA           yes
+llama     RMSNorm     RoPE      no     SwiGLU      serial    GQA           no
+mixtral   RMSNorm     RoPE      no     SwiGLU MoE  serial    GQA           no
+palm      LayerNorm   RoPE      no     SwiGLU      parallel  MQA           yes
+========  ==========  ========  =====  ==========  ========  ============  ======
+
+Each configuration builds a real ``torch.nn.Module`` (:class:`DecoderLM`) and a
+**parametric** graph builder (:meth:`DecoderModel.build`) that writes, for any shape and
+parallel plan, the same ops the module runs, counted by the rules of
+:mod:`plugins.models.tracing`; ``tests/test_transformer.py`` checks the two against each
+other. See ``docs/models.md`` for the counting rules and the sources of the presets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
+from torch import nn
+
+from engine.errors import ScenarioError, UnsupportedError
+from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from engine.model import ModelFamily, ModelGraph, ModelInfo
+from engine.system import Parallelism
+from plugins.models.common import (
+    adam_op,
+    backward_ops,
+    collective,
+    recompute_ops,
+    torch_dtype,
+    validate_spec,
+)
+from plugins.models.presets import DECODER_PRESETS, DECODER_SOURCES
+from plugins.models.tracing import NORM_FLOPS, causal_attention, causal_pairs, fused_op
+
+__all__ = ["FAMILIES", "DecoderConfig", "DecoderFamily", "DecoderLM", "DecoderModel"]
+
+ROPE_FLOPS = 3
+"""FLOPs per rotated element of the fused RoPE kernel (``x·cos + rot(x)·sin``)."""
+GLU_FLOPS = 2
+"""FLOPs per output element of the fused gated activation (``act(g)·u``)."""
+INDEX_BYTES = 8
+"""Bytes of one token id or routing index (int64)."""
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+class DecoderConfig(BaseModel):
+    """The architecture of one decoder-only transformer (validated, immutable)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "decoder"
+    layers: PositiveInt
+    hidden: PositiveInt
+    heads: PositiveInt
+    kv_heads: PositiveInt | None = None
+    head_dim: PositiveInt | None = None
+    ffn_hidden: PositiveInt | None = None
+    vocab: PositiveInt
+    seq_len: PositiveInt = 2048
+    gated_mlp: bool = False
+    experts: PositiveInt = 1
+    top_k: PositiveInt = 1
+    parallel_block: bool = False
+    tied_embeddings: bool = False
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    position: Literal["learned", "rope"] = "learned"
+    bias: bool = False
+    activation: Literal["gelu", "silu", "relu"] = "gelu"
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
+
+    @model_validator(mode="after")
+    def _check(self) -> DecoderConfig:
+        if self.head_dim is None and self.hidden % self.heads:
+            raise ValueError(
+                f"heads={self.heads} must divide hidden={self.hidden} (or give head_dim); "
+                f"divisors of {self.hidden} near {self.heads}: "
+                f"{_near_divisors(self.hidden, self.heads)}"
+            )
+        kv = self.kv_heads or self.heads
+        if self.heads % kv:
+            raise ValueError(
+                f"kv_heads={kv} must divide heads={self.heads}; valid kv_heads: "
+                f"{_divisors(self.heads)}"
+            )
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k={self.top_k} exceeds experts={self.experts}")
+        if self.position == "rope" and self.d % 2:
+            raise ValueError(f"rope needs an even head_dim, got {self.d}")
+        return self
+
+    @property
+    def d(self) -> int:
+        """Head dimension."""
+        return self.head_dim or self.hidden // self.heads
+
+    @property
+    def kv(self) -> int:
+        """KV heads (``heads`` for MHA, 1 for MQA)."""
+        return self.kv_heads or self.heads
+
+    @property
+    def ffn(self) -> int:
+        """MLP (per expert) hidden size."""
+        return self.ffn_hidden or 4 * self.hidden
+
+    @property
+    def moe(self) -> bool:
+        """Whether the MLP is a mixture of experts."""
+        return self.experts > 1
+
+
+def _divisors(n: int) -> list[int]:
+    return [i for i in range(1, n + 1) if n % i == 0]
+
+
+def _near_divisors(n: int, x: int) -> list[int]:
+    return sorted(_divisors(n), key=lambda d: abs(d - x))[:3]
+
+
+# --- the torch module ------------------------------------------------------------------------
+
+
+@fused_op("rope", OpKind.ELEMENTWISE, ROPE_FLOPS)
+def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position embedding (Su et al. 2021) of ``q`` and ``k`` (``[b, heads, t, d]``)
+    with ``cos``/``sin`` tables of ``[t, d]``; one fused kernel for the tracer."""
+
+    def rot(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((-x2, x1), dim=-1)
+
+    return q * cos + rot(q) * sin, k * cos + rot(k) * sin
+
+
+_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu, "gelu": F.gelu, "relu": F.relu}
+
+
+def _glu(act: str) -> Any:
+    fn: Callable[[torch.Tensor], torch.Tensor] = _ACTS[act]
+
+    @fused_op("glu", OpKind.ELEMENTWISE, GLU_FLOPS)
+    def glu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Gated activation ``act(g)·u`` (SwiGLU for silu; Shazeer 2020)."""
+        return fn(g) * u
+
+    return glu
+
+
+def _norm(cfg: DecoderConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.hidden, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with a fused QKV projection, GQA/MQA and a KV cache."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.h, self.kv, self.d = cfg.heads, cfg.kv, cfg.d
+        self.qkv = nn.Linear(cfg.hidden, (self.h + 2 * self.kv) * self.d, bias=cfg.bias)
+        self.out = nn.Linear(self.h * self.d, cfg.hidden, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor | None, start: int,
+                cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).split([self.h * self.d, self.kv * self.d, self.kv * self.d], -1)
+        q = q.view(b, t, self.h, self.d).transpose(1, 2)
+        k = k.view(b, t, self.kv, self.d).transpose(1, 2)
+        v = v.view(b, t, self.kv, self.d).transpose(1, 2)
+        if cos is not None and sin is not None:
+            q, k = apply_rope(q, k, cos, sin)
+        if cache is not None:  # [2, b, kv, max_len, d]: write the new tokens, read all
+            cache[0, :, :, start:start + t].copy_(k)
+            cache[1, :, :, start:start + t].copy_(v)
+            k, v = cache[0, :, :, :start + t], cache[1, :, :, :start + t]
+        keys = k.shape[2]
+        gqa = self.kv != self.h
+        if t == 1:
+            o = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        elif keys == t:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:  # a prefill chunk after `start` cached tokens
+            o = causal_attention(q, k, v, enable_gqa=gqa)
+        return self.out(o.transpose(1, 2).reshape(b, t, self.h * self.d))
+
+
+class MLP(nn.Module):
+    """Dense MLP: ``fc2(act(fc1 x))`` or, gated, ``down(act(gate x)·up x)`` with a fused
+    gate/up projection."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.gated = cfg.gated_mlp
+        f = cfg.ffn
+        self.up = nn.Linear(cfg.hidden, 2 * f if self.gated else f, bias=cfg.bias)
+        self.down = nn.Linear(f, cfg.hidden, bias=cfg.bias)
+        self.glu = _glu(cfg.activation)
+        self.act: Callable[[torch.Tensor], torch.Tensor] = _ACTS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(x)
+        if self.gated:
+            g, u = y.chunk(2, dim=-1)
+            y = self.glu(g, u)
+        else:
+            y = self.act(y)
+        return self.down(y)
+
+
+class MoE(nn.Module):
+    """Top-k mixture of experts with balanced-capacity dispatch.
+
+    Tokens are routed by a linear router, the top-k logits softmaxed (Mixtral), the
+    (token, expert) pairs sorted by expert and cut into ``E`` equal slices of
+    ``C = T·k/E`` rows that batched GEMMs process. The shapes are those of perfectly
+    balanced routing with capacity factor 1, which is what the cost model assumes; the
+    numerics are not a faithful Mixtral (a slice may hold another expert's tokens).
+    """
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.e, self.k, h, f = cfg.experts, cfg.top_k, cfg.hidden, cfg.ffn
+        self.gated = cfg.gated_mlp
+        self.router = nn.Linear(h, self.e, bias=False)
+        self.w_up = nn.Parameter(torch.empty(self.e, h, 2 * f if self.gated else f))
+        self.w_down = nn.Parameter(torch.empty(self.e, f, h))
+        nn.init.normal_(self.w_up, std=h ** -0.5)
+        nn.init.normal_(self.w_down, std=f ** -0.5)
+        self.glu = _glu(cfg.activation)
+        self.act: Callable[[torch.Tensor], torch.Tensor] = _ACTS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        n = x.shape[0]
+        logits = self.router(x)
+        topv, topi = torch.topk(logits, self.k, dim=-1)
+        weights = F.softmax(topv, dim=-1)
+        order = torch.argsort(topi.reshape(-1))
+        token = torch.floor_divide(order, self.k)
+        xs = x.index_select(0, token)
+        rows = n * self.k
+        cap = -(-rows // self.e)
+        if cap * self.e != rows:
+            xs = F.pad(xs, (0, 0, 0, cap * self.e - rows))
+        y = torch.bmm(xs.view(self.e, cap, -1), self.w_up)
+        if self.gated:
+            g, u = y.chunk(2, dim=-1)
+            y = self.glu(g, u)
+        else:
+            y = self.act(y)
+        y = torch.bmm(y, self.w_down).view(cap * self.e, -1)[:rows]
+        w = weights.reshape(-1).index_select(0, order)
+        y = y * w.unsqueeze(-1)
+        out = torch.zeros_like(x).index_add_(0, token, y)
+        return out.view(shape)
+
+
+class Block(nn.Module):
+    """One transformer layer: pre-norm serial (``x + attn(ln x)``, ``x + mlp(ln x)``) or
+    parallel (``x + attn(ln x) + mlp(ln x)``, PaLM)."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.parallel = cfg.parallel_block
+        self.ln1 = _norm(cfg)
+        self.ln2 = None if self.parallel else _norm(cfg)
+        self.attn = Attention(cfg)
+        self.mlp: nn.Module = MoE(cfg) if cfg.moe else MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor | None, start: int,
+                cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+        h = self.ln1(x)
+        if self.ln2 is None:
+            return x + self.attn(h, cache, start, cos, sin) + self.mlp(h)
+        x = x + self.attn(h, cache, start, cos, sin)
+        return x + self.mlp(self.ln2(x))
+
+
+class DecoderLM(nn.Module):
+    """A decoder-only language model.
+
+    ``forward(ids, kv_cache=None, start=0, last_only=False)``: ``ids`` ``[b, t]`` new
+    tokens at positions ``start …start+t``; ``kv_cache`` ``[layers, 2, b, kv_heads,
+    max_len, head_dim]`` receives their keys and values and supplies the ``start`` earlier
+    ones; ``last_only`` computes logits for the last token of each sequence (serving)
+    instead of every token (scoring, training).
+    """
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
+        self.pos = nn.Embedding(cfg.seq_len, cfg.hidden) if cfg.position == "learned" else None
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.norm = _norm(cfg)
+        self.head = None if cfg.tied_embeddings else nn.Linear(cfg.hidden, cfg.vocab, bias=False)
+        if cfg.position == "rope":
+            d = cfg.d
+            inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+            ang = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float32), inv)
+            ang = torch.cat((ang, ang), dim=-1)
+            self.register_buffer("cos", ang.cos(), persistent=False)
+            self.register_buffer("sin", ang.sin(), persistent=False)
+        else:
+            self.cos = self.sin = None
+
+    def forward(self, ids: torch.Tensor, kv_cache: torch.Tensor | None = None, start: int = 0,
+                last_only: bool = False) -> torch.Tensor:
+        t = ids.shape[1]
+        if start + t > self.cfg.seq_len:
+            raise ValueError(f"positions up to {start + t} exceed seq_len {self.cfg.seq_len}")
+        x = self.embed(ids)
+        if self.pos is not None:
+            x = x + self.pos.weight[start:start + t]
+        cos = self.cos[start:start + t] if self.cos is not None else None
+        sin = self.sin[start:start + t] if self.sin is not None else None
+        for i, layer in enumerate(self.layers):
+            x = layer(x, None if kv_cache is None else kv_cache[i], start, cos, sin)
+        x = self.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        if self.head is None:
+            return F.linear(x, self.embed.weight)
+        return self.head(x)
+
+
+# --- the parametric graph ----------------------------------------------------------------
+
+
+class _Builder:
+    """Writes the ops of one step; ``ops`` in execution order. All quantities per device."""
+
+    def __init__(self, dtype: str, count: int) -> None:
+        self.e = float(dtype_bytes(dtype))
+        self.dtype = dtype
+        self.count = count
+        self.ops: list[Op] = []
+
+    def gemm(self, name: str, m: int, n: int, k: int, bias: bool, batch: int = 1,
+             weight_batch: float | None = None, count: int | None = None,
+             layer: str = "layer") -> None:
+        """A GEMM ``[m,k]x[k,n]`` (``batch`` times) whose right operand is a weight."""
+        e = self.e
+        wb = batch if weight_batch is None else weight_batch
+        w = wb * n * k * e + (n * e if bias else 0.0)
+        self.ops.append(Op(
+            name=name, kind=OpKind.MATMUL, flops=2.0 * batch * m * n * k,
+            bytes_read=batch * m * k * e + w, bytes_written=batch * m * n * e, param_bytes=w,
+            dims=(m, n, k), batch=batch, count=self.count if count is None else count,
+            dtype=self.dtype, layer=layer,
+        ))
+
+    def ew(self, name: str, kind: OpKind, elements: float, read: float, written: float,
+           flops: float = 0.0, params: float = 0.0, count: int | None = None,
+           layer: str = "layer") -> None:
+        """A memory-bound op; ``read``/``written``/``params`` in elements of ``dtype``
+        unless given as bytes through :meth:`raw`."""
+        self.raw(name, kind, elements, read * self.e, written * self.e, flops,
+                 params * self.e, count, layer)
+
+    def raw(self, name: str, kind: OpKind, elements: float, read_b: float, written_b: float,
+            flops: float = 0.0, params_b: float = 0.0, count: int | None = None,
+            layer: str = "layer") -> None:
+        self.ops.append(Op(
+            name=name, kind=kind, flops=flops, bytes_read=read_b, bytes_written=written_b,
+            param_bytes=params_b, dims=(max(1, math.ceil(elements)),),
+            count=self.count if count is None else count, dtype=self.dtype, layer=layer,
+        ))
+
+    def coll(self, name: str, kind: Collective, nbytes: float, group: int,
+             count: int | None = None, layer: str = "layer") -> None:
+        self.ops.append(collective(name, kind, nbytes, group,
+                                   self.count if count is None else count, self.dtype, layer))
+
+
+class DecoderModel(ModelGraph):
+    """A configured decoder-only transformer (see the module docstring).
+
+    :meth:`build` is parametric (no tracing) and memoized per ``(shape, parallel)``.
+    Under ``pipeline = p`` the graph is the **last** stage: ``ceil(layers/p)`` layers plus
+    the final norm and LM head, the largest and slowest stage (the first stage holds the
+    embedding lookup instead of the head, which is far cheaper).
+    """
+
+    def __init__(self, cfg: DecoderConfig, family: str) -> None:
+        self.cfg = cfg
+        self.family = family
+        self._graphs: dict[tuple[Shape, Parallelism | None], OpGraph] = {}
+        self.info = self._info()
+
+    # static facts ----------------------------------------------------------------------
+
+    def _layer_params(self) -> tuple[float, float, float]:
+        """(attention+norm params, all MLP params, active MLP params) of one layer."""
+        c = self.cfg
+        h, d, nh, kv, f = c.hidden, c.d, c.heads, c.kv, c.ffn
+        attn = h * (nh + 2 * kv) * d + nh * d * h
+        if c.bias:
+            attn += (nh + 2 * kv) * d + h
+        norm_p = h * (2 if c.norm == "layernorm" and c.bias else 1)
+        attn += norm_p * (1 if c.parallel_block else 2)
+        up = h * f * (2 if c.gated_mlp else 1)
+        expert = up + f * h
+        if c.moe:
+            return attn, c.experts * expert + h * c.experts, c.top_k * expert + h * c.experts
+        if c.bias:
+            expert += f * (2 if c.gated_mlp else 1) + h
+        return attn, expert, expert
+
+    def _info(self) -> ModelInfo:
+        c = self.cfg
+        attn, mlp, mlp_act = self._layer_params()
+        emb = c.vocab * c.hidden
+        pos = c.seq_len * c.hidden if c.position == "learned" else 0
+        head = 0 if c.tied_embeddings else emb
+        norm_f = c.hidden * (2 if c.norm == "layernorm" and c.bias else 1)
+        total = c.layers * (attn + mlp) + emb + pos + head + norm_f
+        active = c.layers * (attn + mlp_act) + emb + pos + head + norm_f
+        e = dtype_bytes(c.dtype)
+        gemm_per_tok = c.layers * (c.hidden * (c.heads + 2 * c.kv) * c.d + c.heads * c.d * c.hidden
+                                   + (mlp_act - (c.hidden * c.experts if c.moe else 0)))
+        return ModelInfo(
+            name=c.name, family=self.family, kind="decoder", dtype=c.dtype,
+            params=float(total), active_params=float(active), param_bytes=float(total * e),
+            kv_bytes_per_token=float(2 * c.layers * c.kv * c.d * e),
+            flops_per_token=float(2 * (gemm_per_tok + c.vocab * c.hidden)),
+            layers=c.layers, max_seq_len=c.seq_len, config=c.model_dump(),
+        )
+
+    # torch -------------------------------------------------------------------------------
+
+    def module(self, device: str = "meta") -> torch.nn.Module:
+        """A :class:`DecoderLM` on ``device`` in the config's dtype (bf16 for fp8/int8)."""
+        with torch.device(device):
+            m = DecoderLM(self.cfg)
+        return m.to(torch_dtype(self.cfg.dtype))
+
+    def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
+        """``(ids, kv_cache, start, last_only)`` for PREFILL/DECODE (cache of
+        ``context+tokens`` positions), ``(ids,)`` for FORWARD/TRAIN."""
+        c = self.cfg
+        ids = torch.zeros(shape.batch, shape.tokens, dtype=torch.long, device=device)
+        if shape.phase in (Phase.FORWARD, Phase.TRAIN):
+            return (ids,)
+        if shape.phase not in (Phase.PREFILL, Phase.DECODE):
+            raise ValueError(f"no single-module inputs for phase {shape.phase.value}")
+        cache = torch.zeros(c.layers, 2, shape.batch, c.kv, shape.context + shape.tokens, c.d,
+                            dtype=torch_dtype(c.dtype), device=device)
+        return (ids, cache, shape.context, True)
+
+    # graphs --------------------------------------------------------------------------------
+
+    def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
+        """The op graph of one device for ``shape`` under ``parallel`` (memoized)."""
+        key = (shape, parallel)
+        g = self._graphs.get(key)
+        if g is None:
+            g = self._build(shape, parallel or Parallelism())
+            self._graphs[key] = g
+        return g
+
+    def _check_parallel(self, par: Parallelism) -> None:
+        c = self.cfg
+        t = par.tensor
+        problems = []
+        if c.heads % t:
+            problems.append(f"heads={c.heads}")
+        if c.ffn % t:
+            problems.append(f"ffn_hidden={c.ffn}")
+        if problems:
+            raise ScenarioError(
+                f"parallelism.tensor={t} must divide {' and '.join(problems)} of model "
+                f"{c.name!r}; valid tensor degrees: {_divisors(math.gcd(c.heads, c.ffn))}"
+            )
+        if c.moe and c.experts % par.expert:
+            raise ScenarioError(
+                f"parallelism.expert={par.expert} must divide experts={c.experts}; valid: "
+                f"{_divisors(c.experts)}"
+            )
+        if par.pipeline > c.layers:
+            raise ScenarioError(
+                f"parallelism.pipeline={par.pipeline} exceeds the {c.layers} layers of "
+                f"{c.name!r}"
+            )
+
+    def _build(self, shape: Shape, par: Parallelism) -> OpGraph:
+        c = self.cfg
+        self._check_parallel(par)
+        phase = shape.phase
+        if phase in (Phase.SPIKING, Phase.BACKWARD):
+            raise UnsupportedError(f"decoder {c.name!r} has no {phase.value} phase")
+        if phase is Phase.MIXED:
+            parts = shape.parts or ()
+            for p in parts:
+                if p.phase not in (Phase.PREFILL, Phase.DECODE):
+                    raise ValueError(f"a MIXED shape's parts are PREFILL/DECODE, got {p.phase}")
+        else:
+            parts = (shape,)
+        serving = phase in (Phase.PREFILL, Phase.DECODE, Phase.MIXED)
+        t = par.tensor
+        sp = par.sequence and t > 1
+        n_l = math.ceil(c.layers / par.pipeline)
+        first, last = par.pipeline == 1, True
+        big_t = sum(p.batch * p.tokens for p in parts)       # new tokens (GEMM rows)
+        seqs = sum(p.batch for p in parts)
+        rows = sum(p.tokens for p in parts)                  # distinct positions (RoPE/pos rows)
+        tn = math.ceil(big_t / t) if sp else big_t           # tokens in the sequence region
+        h, d, f = c.hidden, c.d, c.ffn // t
+        hd, kvd = c.heads // t, math.ceil(c.kv / t)
+        e = dtype_bytes(c.dtype)
+        act_bytes = big_t * h * e
+        b = _Builder(c.dtype, n_l)
+        norm_w = h * (2 if c.norm == "layernorm" and c.bias else 1)
+        notes = [f"decoder {c.name}: {n_l} of {c.layers} layers on this device"
+                 + (f" (last of {par.pipeline} pipeline stages, with the LM head)"
+                    if par.pipeline > 1 else "")]
+
+        def reduce_out(name: str, count: int | None = None) -> None:
+            if t == 1:
+                return
+            if sp:
+                b.coll(f"{name}.reduce_scatter", Collective.REDUCE_SCATTER, act_bytes, t, count)
+            else:
+                b.coll(f"{name}.all_reduce", Collective.ALL_REDUCE, act_bytes, t, count)
+
+        def gather_in(name: str, count: int | None = None) -> None:
+            if sp:
+                b.coll(f"{name}.all_gather", Collective.ALL_GATHER, act_bytes, t, count)
+
+        def norm(name: str, count: int | None = None, layer: str = "layer") -> None:
+            b.ew(name, OpKind.NORM, tn * h, tn * h + norm_w, tn * h, NORM_FLOPS * tn * h,
+                 norm_w, count, layer)
+
+        def residual(name: str) -> None:
+            b.ew(name, OpKind.ELEMENTWISE, tn * h, 2 * tn * h, tn * h, tn * h)
+
+        # embedding (first stage only)
+        if first:
+            b.raw("embed", OpKind.EMBEDDING, big_t * h, big_t * INDEX_BYTES + big_t * h * e,
+                  big_t * h * e, 0.0, big_t * h * e, count=1, layer="embed")
+            if c.position == "learned":
+                b.ew("pos_embed.add", OpKind.ELEMENTWISE, big_t * h, big_t * h + rows * h,
+                     big_t * h, big_t * h, rows * h, count=1, layer="embed")
+            if t > 1:
+                reduce_out("embed", count=1)
+        elif par.pipeline > 1:
+            b.coll("pipeline.recv", Collective.SEND_RECV, act_bytes, 2, count=1,
+                   layer="pipeline")
+
+        # one layer, repeated n_l times
+        layer_start = len(b.ops)
+        norm("ln1")
+        gather_in("attn")
+        qkv_n = (hd + 2 * kvd) * d
+        b.gemm("attn.qkv", big_t, qkv_n, h, c.bias)
+        if c.position == "rope":
+            el = big_t * (hd + kvd) * d
+            b.ew("attn.rope", OpKind.ELEMENTWISE, el, el + 2 * rows * d, el, ROPE_FLOPS * el)
+        if serving:
+            el = 2 * big_t * kvd * d
+            b.ew("attn.kv_write", OpKind.ELEMENTWISE, el, el, el)
+        for i, p in enumerate(parts):
+            q_len = p.tokens
+            keys = (p.context + p.tokens) if serving else p.tokens
+            pairs = causal_pairs(q_len, keys)
+            bh = hd * p.batch
+            b.ops.append(Op(
+                name="attn.core" if len(parts) == 1 else f"attn.core.{i}",
+                kind=OpKind.ATTENTION, flops=4.0 * d * pairs * bh,
+                bytes_read=(p.batch * q_len * hd * d + 2 * p.batch * keys * kvd * d) * e,
+                bytes_written=p.batch * q_len * hd * d * e, dims=(q_len, keys, d),
+                batch=max(1, bh), count=n_l, dtype=c.dtype, layer="layer",
+                attrs=(("causal", 1.0), ("kv_heads", float(kvd))),
+            ))
+        b.gemm("attn.out", big_t, h, hd * d, c.bias)
+        if not c.parallel_block:
+            reduce_out("attn")
+            residual("attn.residual")
+            norm("ln2")
+            gather_in("mlp")
+        if c.moe:
+            self._moe_ops(b, big_t, par)
+        else:
+            b.gemm("mlp.up", big_t, f * (2 if c.gated_mlp else 1), h, c.bias)
+            if c.gated_mlp:
+                b.ew("mlp.glu", OpKind.ELEMENTWISE, big_t * f, 2 * big_t * f, big_t * f,
+                     GLU_FLOPS * big_t * f)
+            else:
+                b.ew("mlp.act", OpKind.ELEMENTWISE, big_t * f, big_t * f, big_t * f, big_t * f)
+            b.gemm("mlp.down", big_t, h, f, c.bias)
+        reduce_out("mlp")
+        if c.parallel_block:
+            residual("attn.residual")
+        residual("mlp.residual")
+        layer_ops = b.ops[layer_start:]
+
+        # final norm and head (last stage)
+        if last:
+            norm("final_norm", count=1, layer="head")
+            head_rows = seqs if serving else big_t
+            if sp:
+                b.coll("head.all_gather", Collective.ALL_GATHER, act_bytes, t, count=1,
+                       layer="head")
+            vd = math.ceil(c.vocab / t)
+            b.gemm("lm_head", head_rows, vd, h, False, count=1, layer="head")
+            if serving and t > 1:
+                b.coll("lm_head.all_gather", Collective.ALL_GATHER, head_rows * c.vocab * e, t,
+                       count=1, layer="head")
+            if phase is Phase.TRAIN:
+                el = head_rows * vd
+                b.ew("loss.log_softmax", OpKind.SOFTMAX, el, el, el, NORM_FLOPS * el, count=1,
+                     layer="head")
+        if phase is Phase.TRAIN:
+            fwd = list(b.ops)
+            if shape.recompute == "full":
+                fwd_extra = recompute_ops(layer_ops)
+            elif shape.recompute == "selective":
+                fwd_extra = recompute_ops(o for o in layer_ops if o.kind is OpKind.ATTENTION)
+            else:
+                fwd_extra = []
+            ops = fwd + fwd_extra + backward_ops(fwd)
+            if par.pipeline > 1:
+                ops.append(collective("pipeline.send_grad", Collective.SEND_RECV, act_bytes, 2,
+                                      1, c.dtype, "pipeline"))
+            ops.append(adam_op(self._stage_params(par), c.dtype, par))
+            notes.append("train step: forward, recompute "
+                         f"({shape.recompute}), backward (2x forward FLOPs), Adam; the "
+                         "data-parallel gradient all-reduce is the training workload's")
+            b.ops = ops
+        return OpGraph(phase=phase, ops=tuple(b.ops), shape=shape, dtype=c.dtype,
+                       notes=tuple(notes))
+
+    def _moe_ops(self, b: _Builder, n: int, par: Parallelism) -> None:
+        """The MoE MLP of one layer for ``n`` tokens on this device (see :class:`MoE`)."""
+        c = self.cfg
+        h, k, ex = c.hidden, c.top_k, c.experts
+        f = c.ffn // par.tensor
+        ep = par.expert
+        eloc = ex // ep
+        e = b.e
+        pairs = n * k                       # (token, expert) rows arriving at this device
+        cap = max(1, math.ceil(pairs / eloc))
+        touched = eloc * (1.0 - (1.0 - k / ex) ** (n * ep))
+        ib = INDEX_BYTES
+        b.gemm("moe.router", n, ex, h, False)
+        b.raw("moe.topk", OpKind.ELEMENTWISE, pairs, n * ex * e, pairs * (e + ib))
+        b.ew("moe.softmax", OpKind.SOFTMAX, pairs, pairs, pairs, NORM_FLOPS * pairs)
+        b.raw("moe.sort", OpKind.ELEMENTWISE, pairs, pairs * ib, 2 * pairs * ib)
+        b.raw("moe.token_index", OpKind.ELEMENTWISE, pairs, pairs * ib, pairs * ib, pairs)
+        b.raw("moe.dispatch_gather", OpKind.ELEMENTWISE, pairs * h, pairs * ib + pairs * h * e,
+              pairs * h * e)
+        if ep > 1:
+            b.coll("moe.dispatch.all_to_all", Collective.ALL_TO_ALL, pairs * h * e, ep)
+        up_n = f * (2 if c.gated_mlp else 1)
+        for name, nn_, kk in (("moe.up", up_n, h), ("moe.down", h, f)):
+            w = touched * nn_ * kk * e
+            b.ops.append(Op(
+                name=name, kind=OpKind.MATMUL, flops=2.0 * pairs * nn_ * kk,
+                bytes_read=pairs * kk * e + w, bytes_written=pairs * nn_ * e, param_bytes=w,
+                dims=(cap, nn_, kk), batch=eloc, count=b.count, dtype=c.dtype, layer="layer",
+                attrs=(("experts_touched", touched),),
+            ))
+            if name == "moe.up":
+                if c.gated_mlp:
+                    b.ew("moe.glu", OpKind.ELEMENTWISE, pairs * f, 2 * pairs * f, pairs * f,
+                         GLU_FLOPS * pairs * f)
+                else:
+                    b.ew("moe.act", OpKind.ELEMENTWISE, pairs * f, pairs * f, pairs * f,
+                         pairs * f)
+        if ep > 1:
+            b.coll("moe.combine.all_to_all", Collective.ALL_TO_ALL, pairs * h * e, ep)
+        b.raw("moe.weight_gather", OpKind.ELEMENTWISE, pairs, pairs * ib + pairs * e, pairs * e)
+        b.ew("moe.weight_mul", OpKind.ELEMENTWISE, pairs * h, pairs * h + pairs, pairs * h,
+             pairs * h)
+        b.ew("moe.zeros", OpKind.ELEMENTWISE, n * h, 0, n * h)
+        b.raw("moe.combine", OpKind.ELEMENTWISE, n * h, n * h * e + pairs * ib + pairs * h * e,
+              n * h * e, n * h)
+
+    def _stage_params(self, par: Parallelism) -> float:
+        """Parameters one device of the graph's stage holds (for the optimizer step)."""
+        c = self.cfg
+        attn, mlp, _ = self._layer_params()
+        t = par.tensor
+        n_l = math.ceil(c.layers / par.pipeline)
+        experts = mlp / (t * (par.expert if c.moe else 1))
+        per_layer = attn / t + experts
+        head = c.vocab * c.hidden / t
+        if par.pipeline == 1:
+            emb = c.vocab * c.hidden / t + (c.seq_len * c.hidden if c.position == "learned"
+                                            else 0)
+            head = 0 if c.tied_embeddings else head
+            return n_l * per_layer + emb + head + c.hidden
+        return n_l * per_layer + head + c.hidden
+
+    # memory ------------------------------------------------------------------------------------
+
+    def activation_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:
+        """Activation memory of one micro-batch on one device of one pipeline stage.
+
+        Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
+        Models" (arXiv:2205.05198), Table 2, per layer with ``s`` tokens, ``b`` sequences,
+        hidden ``h``, ``a`` heads and tensor parallel ``t``:
+
+        * no recompute: ``sbh(10 + 24/t + 5as/(ht))``; with sequence parallel
+          ``sbh(34 + 5as/h)/t``;
+        * selective (attention core recomputed): ``sbh(10 + 24/t)``; with sequence
+          parallel ``34sbh/t``;
+        * full: ``2sbh`` (the layer input; ``/t`` with sequence parallel).
+
+        The constants assume 16-bit activations; other dtypes scale by ``bytes/2``.
+        Times ``ceil(layers / pipeline)`` layers.
+        """
+        c = self.cfg
+        s, bsz, h, a = shape.tokens, shape.batch, c.hidden, c.heads
+        t = max(1, parallel.tensor)
+        sp = parallel.sequence and t > 1
+        sbh = s * bsz * h
+        attn = 5.0 * a * s / h
+        if recompute == "full":
+            per = 2.0 * sbh / (t if sp else 1)
+        elif recompute == "selective":
+            per = 34.0 * sbh / t if sp else sbh * (10 + 24 / t)
+        elif recompute == "none":
+            per = sbh * (34 + attn) / t if sp else sbh * (10 + 24 / t + attn / t)
+        else:
+            raise ValueError(f"unknown recompute {recompute!r}; valid: none, selective, full")
+        return per * math.ceil(c.layers / parallel.pipeline) * dtype_bytes(c.dtype) / 2
+
+
+# --- families ----------------------------------------------------------------------------------
+
+
+class DecoderFamily(ModelFamily):
+    """A decoder-only family (``gpt``, ``llama``, ``mixtral``, ``palm``) with its traits
+    and published presets."""
+
+    def __init__(self, name: str, description: str, defaults: Mapping[str, Any],
+                 presets: Mapping[str, Mapping[str, Any]],
+                 sources: Mapping[str, str]) -> None:
+        self.name = name
+        self.description = description
+        self.defaults = dict(defaults)
+        self.presets = presets
+        self.presets_sources = sources
+
+    def configure(self, spec: Mapping[str, Any]) -> DecoderModel:
+        """Validate ``preset`` + field overrides into a :class:`DecoderModel`."""
+        cfg, _ = validate_spec(DecoderConfig, spec, self.name, self.presets, self.defaults)
+        return DecoderModel(cfg, self.name)
+
+
+def _family(name: str, description: str, defaults: Mapping[str, Any]) -> DecoderFamily:
+    presets = {k: v for k, v in DECODER_PRESETS.items() if v["family"] == name}
+    return DecoderFamily(
+        name, description, defaults,
+        {k: {f: x for f, x in v.items() if f != "family"} for k, v in presets.items()},
+        {k: DECODER_SOURCES[k] for k in presets},
+    )
+
+
+GPT_TRAITS = {"norm": "layernorm", "position": "learned", "bias": True, "activation": "gelu",
+              "gated_mlp": False, "parallel_block": False, "tied_embeddings": True}
+LLAMA_TRAITS = {"norm": "rmsnorm", "position": "rope", "bias": False, "activation": "silu",
+                "gated_mlp": True, "parallel_block": False, "tied_embeddings": False}
+MIXTRAL_TRAITS = {**LLAMA_TRAITS, "experts": 8, "top_k": 2}
+PALM_TRAITS = {"norm": "layernorm", "position": "rope", "bias": False, "activation": "silu",
+               "gated_mlp": True, "parallel_block": True, "tied_embeddings": True,
+               "kv_heads": 1}
+
+FAMILIES: list[ModelFamily] = [
+    _family("gpt", "GPT-2/GPT-3 style decoder: learned positions, LayerNorm, GELU MLP, MHA",
+            GPT_TRAITS),
+    _family("llama", "Llama decoder: RMSNorm, SwiGLU MLP, RoPE, grouped-query attention",
+            LLAMA_TRAITS),
+    _family("mixtral", "Mixtral: Llama decoder with a top-k mixture-of-experts MLP",
+            MIXTRAL_TRAITS),
+    _family("palm", "PaLM decoder: parallel attention+MLP block, multi-query attention, "
+            "SwiGLU, RoPE, no biases", PALM_TRAITS),
+]
+"""The decoder families this module registers."""

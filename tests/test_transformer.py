@@ -1,0 +1,235 @@
+"""Decoder families: the parametric graph equals the meta trace of the real module."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+import torch
+
+from engine.errors import ScenarioError
+from engine.graph import OpKind, Phase, Shape
+from engine.system import Parallelism
+from plugins.models.tracing import trace_module
+from plugins.models.transformer import FAMILIES
+
+FAM = {f.name: f for f in FAMILIES}
+TINY = {"layers": 2, "hidden": 64, "heads": 8, "vocab": 100, "seq_len": 64, "ffn_hidden": 96}
+
+
+def tiny(family: str, **kw):
+    return FAM[family].configure({**TINY, **kw})
+
+
+MODELS = {
+    "gpt2": lambda: FAM["gpt"].configure({"preset": "gpt2"}),
+    "tiny-llama-gqa": lambda: tiny("llama", kv_heads=2),
+    "tiny-mixtral": lambda: tiny("mixtral", kv_heads=2, experts=4, top_k=2),
+    "tiny-palm": lambda: tiny("palm", heads=4, head_dim=32),
+}
+SHAPES = [
+    Shape(Phase.PREFILL, batch=2, tokens=32),
+    Shape(Phase.PREFILL, batch=1, tokens=48, context=16),
+    Shape(Phase.DECODE, batch=4, tokens=1, context=40),
+    Shape(Phase.FORWARD, batch=2, tokens=32),
+]
+
+
+def _by_kind(ops, counted: bool):
+    flops, nbytes = defaultdict(float), defaultdict(float)
+    for o in ops:
+        n = o.count if counted else 1
+        flops[o.kind] += o.flops * n
+        nbytes[o.kind] += (o.bytes_read + o.bytes_written) * n
+    return flops, nbytes
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s.phase.value}-b{s.batch}-t{s.tokens}-c{s.context}")
+@pytest.mark.parametrize("name", list(MODELS))
+def test_parametric_graph_equals_trace(name: str, shape: Shape) -> None:
+    """FLOPs of every op kind equal the meta trace exactly; bytes too, except MoE expert
+    weights at small token counts (only the experts expected to be touched are read)."""
+    model = MODELS[name]()
+    tr = trace_module(model.module("meta"), model.example_inputs(shape), model.cfg.dtype)
+    assert tr.unknown_ops == {}
+    g = model.build(shape)
+    tf, tb = _by_kind(tr, counted=False)
+    gf, gb = _by_kind(g.ops, counted=True)
+    assert set(k for k in tf if tf[k]) == set(k for k in gf if gf[k])
+    for kind in tf:
+        assert gf[kind] == pytest.approx(tf[kind], rel=1e-12, abs=0), kind
+    moe_small = model.cfg.moe and shape.new_tokens < 64
+    for kind in tb:
+        if moe_small and kind is OpKind.MATMUL:
+            assert gb[kind] < tb[kind]  # fewer experts touched than the module reads
+            continue
+        # 1e-9: the expected-experts formula leaves ~1e-19 relative at >= 64 tokens
+        assert gb[kind] == pytest.approx(tb[kind], rel=1e-9), kind
+
+
+def test_moe_touched_experts_at_decode() -> None:
+    """At decode the expert GEMMs read E·(1-(1-k/E)^tokens) experts' weights."""
+    m = tiny("mixtral", kv_heads=2, experts=4, top_k=2)
+    g = m.build(Shape(Phase.DECODE, batch=2, tokens=1, context=10))
+    up = next(o for o in g.ops if o.name == "moe.up")
+    touched = 4 * (1 - (1 - 2 / 4) ** 2)
+    assert up.attr("experts_touched") == pytest.approx(touched)
+    assert up.param_bytes == pytest.approx(touched * 64 * 2 * 96 * 2)
+
+
+def test_param_count_equals_module() -> None:
+    """info.params equals sum(p.numel()) of the real module for every family."""
+    for name, make in MODELS.items():
+        model = make()
+        module = model.module("meta")
+        assert model.info.params == sum(p.numel() for p in module.parameters()), name
+
+
+def test_tiny_modules_run_on_cpu() -> None:
+    """The modules are real: a tiny one runs prefill then decode with its KV cache."""
+    torch.manual_seed(0)
+    for name in ("tiny-llama-gqa", "tiny-mixtral", "tiny-palm", "gpt-tiny"):
+        model = MODELS[name]() if name in MODELS else tiny("gpt")
+        module = model.module("cpu").float()
+        cfg = model.cfg
+        cache = torch.zeros(cfg.layers, 2, 1, cfg.kv, 12, cfg.d)
+        ids = torch.randint(0, cfg.vocab, (1, 12))
+        full = module(ids)  # whole sequence, no cache
+        pre = module(ids[:, :8], cache, 0, True)
+        chunk = module(ids[:, 8:11], cache, 8, True)  # a prefill chunk over the cache
+        dec = module(ids[:, 11:12], cache, 11, True)
+        assert pre.shape == (1, 1, cfg.vocab)
+        if not cfg.moe:  # balanced-capacity MoE routing depends on the batch
+            torch.testing.assert_close(pre[:, 0], full[:, 7], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(chunk[:, 0], full[:, 10], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(dec[:, 0], full[:, 11], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("preset", "family", "params"), [
+    ("llama-2-7b", "llama", 6.74e9), ("llama-2-70b", "llama", 69.0e9),
+    ("llama-3-8b", "llama", 8.03e9), ("llama-3-70b", "llama", 70.6e9),
+    ("llama-3-405b", "llama", 405.9e9), ("mixtral-8x7b", "mixtral", 46.7e9),
+    ("gpt2", "gpt", 124.4e6), ("gpt3-175b", "gpt", 175e9), ("palm-540b", "palm", 540.35e9),
+    ("mt-nlg-530b", "gpt", 530e9), ("llama-2-13b", "llama", 13.0e9),
+])
+def test_preset_param_counts(preset: str, family: str, params: float) -> None:
+    """Preset parameter counts are within 1% of the published figures."""
+    m = FAM[family].configure({"preset": preset})
+    assert m.info.params == pytest.approx(params, rel=0.01)
+    assert preset in FAM[family].presets_sources
+
+
+def test_big_preset_module_on_meta_matches_count() -> None:
+    """The 7B module built on meta has exactly info.params parameters."""
+    m = FAM["llama"].configure({"preset": "llama-2-7b"})
+    assert sum(p.numel() for p in m.module("meta").parameters()) == m.info.params
+
+
+def test_kv_bytes_and_active_params() -> None:
+    """KV bytes per token = 2·layers·kv_heads·head_dim·bytes; MoE active < total."""
+    assert FAM["llama"].configure({"preset": "llama-2-7b"}).info.kv_bytes_per_token == 524288
+    assert FAM["llama"].configure({"preset": "llama-2-70b"}).info.kv_bytes_per_token == (
+        2 * 80 * 8 * 128 * 2)
+    mx = FAM["mixtral"].configure({"preset": "mixtral-8x7b"}).info
+    assert mx.active_params == pytest.approx(12.9e9, rel=0.01)
+
+
+def test_tensor_parallel_divides_gemm_flops() -> None:
+    """Per-device GEMM FLOPs times t equal the t=1 FLOPs; 2 all-reduces per layer."""
+    m = FAM["llama"].configure({"preset": "llama-2-70b"})
+    shape = Shape(Phase.PREFILL, batch=2, tokens=512)
+    g1, g8 = m.build(shape), m.build(shape, Parallelism(tensor=8))
+    mm = lambda g: sum(o.flops * o.count for o in g.ops  # noqa: E731
+                       if o.kind in (OpKind.MATMUL, OpKind.ATTENTION))
+    assert mm(g8) * 8 == pytest.approx(mm(g1), rel=1e-9)
+    ar = [o for o in g8.ops if o.kind is OpKind.COLLECTIVE and o.name.startswith(("attn", "mlp"))]
+    assert sum(o.count for o in ar) == 2 * 80
+    assert all(o.comm_bytes == 1024 * 8192 * 2 and o.group == 8 for o in ar)
+    gsp = m.build(shape, Parallelism(tensor=8, sequence=True))
+    kinds = {o.collective for o in gsp.ops if o.kind is OpKind.COLLECTIVE}
+    assert {c.value for c in kinds} == {"all-gather", "reduce-scatter"}
+
+
+def test_pipeline_stage_and_train_step() -> None:
+    """A pipeline stage holds ceil(layers/p) layers; TRAIN = fwd + 2x bwd + recompute + Adam."""
+    m = FAM["llama"].configure({"preset": "llama-2-7b"})
+    fwd = m.build(Shape(Phase.FORWARD, batch=1, tokens=1024), Parallelism(pipeline=3))
+    att = next(o for o in fwd.ops if o.kind is OpKind.ATTENTION)
+    assert att.count == 11
+    s = Shape(Phase.TRAIN, batch=1, tokens=1024)
+    tr = m.build(s)
+    f = m.build(Shape(Phase.FORWARD, batch=1, tokens=1024))
+    gemm = lambda g: sum(o.flops * o.count for o in g.ops if o.kind is OpKind.MATMUL)  # noqa: E731
+    assert gemm(tr) == pytest.approx(3 * gemm(f), rel=1e-9)
+    full = m.build(Shape(Phase.TRAIN, batch=1, tokens=1024, recompute="full"))
+    head = next(o for o in f.ops if o.name == "lm_head")
+    assert gemm(full) - gemm(tr) == pytest.approx(gemm(f) - head.flops, rel=1e-9)
+    sel = m.build(Shape(Phase.TRAIN, batch=1, tokens=1024, recompute="selective"))
+    attn = lambda g: sum(o.flops * o.count for o in g.ops if o.kind is OpKind.ATTENTION)  # noqa: E731
+    assert attn(sel) == pytest.approx(4 * attn(f))
+    assert any(o.kind is OpKind.OPTIMIZER for o in tr.ops)
+
+
+def test_mixed_iteration_fuses_gemms() -> None:
+    """A MIXED shape runs GEMMs over all new tokens and one attention op per part."""
+    m = FAM["llama"].configure({"preset": "llama-2-7b"})
+    pre = Shape(Phase.PREFILL, batch=1, tokens=256, context=0)
+    dec = Shape(Phase.DECODE, batch=16, tokens=1, context=900)
+    mixed = m.build(Shape(Phase.MIXED, parts=(pre, dec)))
+    qkv = next(o for o in mixed.ops if o.name == "attn.qkv")
+    assert qkv.dims[0] == 256 + 16
+    att = [o for o in mixed.ops if o.kind is OpKind.ATTENTION]
+    assert len(att) == 2
+    a_pre, a_dec = m.build(pre), m.build(dec)
+    f = lambda g: sum(o.flops * o.count for o in g.ops if o.kind is OpKind.ATTENTION)  # noqa: E731
+    assert f(mixed) == pytest.approx(f(a_pre) + f(a_dec))
+
+
+def test_activation_bytes_korthikanti() -> None:
+    """sbh(34 + 5as/h) per layer without recompute, 2sbh with full recompute (16-bit)."""
+    m = FAM["gpt"].configure({"preset": "gpt3-175b"})
+    s, b, h, a, n_layers = 2048, 1, 12288, 96, 96
+    shape = Shape(Phase.TRAIN, batch=b, tokens=s)
+    none = m.activation_bytes(shape, Parallelism(), "none")
+    assert none == pytest.approx(s * b * h * (34 + 5 * a * s / h) * n_layers)
+    assert m.activation_bytes(shape, Parallelism(), "full") == pytest.approx(2 * s * b * h * n_layers)
+    sp = m.activation_bytes(shape, Parallelism(tensor=8, sequence=True), "selective")
+    assert sp == pytest.approx(34 * s * b * h / 8 * n_layers)
+
+
+def test_build_is_memoized() -> None:
+    """build() returns the cached graph for a repeated (shape, parallel) and stays small
+    (per-layer ops repeat by count). Speed is measured in benchmarks/, not asserted."""
+    m = FAM["llama"].configure({"preset": "llama-2-70b"})
+    shape = Shape(Phase.DECODE, batch=32, tokens=1, context=1000)
+    assert m.build(shape, Parallelism(tensor=4)) is m.build(shape, Parallelism(tensor=4))
+    assert len(m.build(shape, Parallelism(tensor=4))) < 40
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    ({"preset": "llama-2-7"}, "Did you mean 'llama-2-7b'"),
+    ({**TINY, "heads": 7}, "heads=7 must divide hidden=64"),
+    ({**TINY, "kv_heads": 3}, "kv_heads=3 must divide heads=8"),
+    ({**TINY, "layers": 0}, "model.layers"),
+    ({**TINY, "hiden": 3}, "Did you mean 'hidden'"),
+    ({**TINY, "dtype": "fp6"}, "model.dtype"),
+    ({"layers": 2}, "needs field 'hidden'"),
+])
+def test_bad_input_names_the_field(spec: dict, match: str) -> None:
+    """Bad model blocks raise ScenarioError naming the field and the valid choices."""
+    with pytest.raises(ScenarioError, match=match):
+        FAM["llama"].configure(spec)
+
+
+def test_bad_tensor_parallel_degree() -> None:
+    """A tensor degree that does not divide the heads is a ScenarioError."""
+    m = tiny("llama")
+    with pytest.raises(ScenarioError, match="tensor=3"):
+        m.build(Shape(Phase.DECODE, batch=1), Parallelism(tensor=3))
+
+
+def test_overrides_apply_on_top_of_a_preset() -> None:
+    """Explicit fields override a preset; dtype changes bytes."""
+    m = FAM["llama"].configure({"preset": "llama-2-7b", "layers": 16, "dtype": "fp8"})
+    assert m.info.layers == 16 and m.info.dtype == "fp8"
+    assert m.info.kv_bytes_per_token == 524288 / 2 / 2
