@@ -29,7 +29,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
+# A pipe or a CI log is not a terminal: give tables room rather than 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 180)
 err = Console(stderr=True, highlight=False)
 
 T = TypeVar("T")
@@ -77,12 +78,20 @@ _METRIC_COLUMNS: list[tuple[str, str, float, str]] = [
     ("cost_per_million_tokens_usd", "$/Mtok", 1.0, "{:,.2f}"),
     ("cost_usd", "cost $", 1.0, "{:,.2f}"),
 ]
+# Shown only when the metric before it is absent (per-token figures win for LLMs).
+_FALLBACK = {"energy_per_sample_j": "energy_per_token_j", "throughput_samples_per_s":
+             "throughput_tokens_per_s"}
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
     """A rich table of a run's ``summary.json`` document, one row per system."""
     systems = summary["systems"]
-    cols = [c for c in _METRIC_COLUMNS if any(s.get(c[0]) is not None for s in systems)]
+    def shown(key: str) -> bool:
+        present = any(s.get(key) is not None for s in systems)
+        first = _FALLBACK.get(key)
+        return present and not (first and any(s.get(first) is not None for s in systems))
+
+    cols = [c for c in _METRIC_COLUMNS if shown(c[0])]
     t = Table(
         title=f"{summary['scenario']} ({summary.get('workload', '')}, {summary.get('model', '')})"
     )

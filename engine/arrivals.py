@@ -1,0 +1,226 @@
+"""Synthetic request arrivals: Poisson and gamma (bursty) processes with token-length laws.
+
+A scenario writes::
+
+    arrivals: {process: poisson, rate: 4/s, count: 2000,
+               prompt_tokens: {dist: lognormal, median: 1000, sigma: 1.0, max: 16384},
+               output_tokens: {dist: constant, value: 128}}
+
+and :func:`generate` returns a frame of :data:`engine.traces.REQUEST_SCHEMA`, the same
+frame a trace reader returns, so the serving world cannot tell the two apart.
+
+Processes (inter-arrival gaps of mean ``1/rate``):
+
+* ``poisson`` — exponential gaps (coefficient of variation 1);
+* ``gamma`` — gamma gaps with ``burstiness`` = CV² of the gaps (shape ``1/burstiness``):
+  1 is Poisson, above 1 is bursty, below 1 is smoother;
+* ``constant`` — evenly spaced (CV² 0).
+
+Give ``count`` (requests) or ``duration`` (arrivals strictly before it), not both. The
+first request arrives at 0 s, as in a trace.
+
+Token-length distributions (each with optional ``min`` (default 1) and ``max`` clips,
+values rounded to whole tokens):
+
+* ``lognormal`` — ``median`` and ``sigma`` (of the underlying normal, default 1.0);
+* ``constant`` — ``value``;
+* ``uniform`` — integers from ``low`` to ``high`` inclusive;
+* ``normal`` — ``mean`` and ``std``, clipped to [min, max];
+* ``empirical`` — draws (with replacement) from ``values`` (optionally ``weights``), or
+  from a column of a trace file (``trace: {path, format}``, ``column``), which the
+  workload resolves through the trace readers before calling :func:`generate`.
+
+Determinism: one :class:`numpy.random.SeedSequence` from the scenario seed is split into
+three independent streams (gaps, prompt lengths, output lengths), so the same seed gives
+the same frame bit for bit, and changing the length law leaves arrival times unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engine.qty import Duration, Rate
+from engine.traces import REQUEST_SCHEMA
+
+
+class LengthDist(BaseModel):
+    """A token-length distribution (see the module docstring for each ``dist``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dist: Literal["lognormal", "constant", "uniform", "normal", "empirical"]
+    median: float | None = Field(default=None, gt=0, description="lognormal: median tokens")
+    sigma: float = Field(default=1.0, ge=0, description="lognormal: sigma of log(tokens)")
+    value: int | None = Field(default=None, ge=1, description="constant: tokens")
+    low: int | None = Field(default=None, ge=1, description="uniform: lowest tokens")
+    high: int | None = Field(default=None, ge=1, description="uniform: highest tokens (inclusive)")
+    mean: float | None = Field(default=None, gt=0, description="normal: mean tokens")
+    std: float | None = Field(default=None, ge=0, description="normal: standard deviation")
+    values: list[int] | None = Field(default=None, description="empirical: sample values")
+    weights: list[float] | None = Field(default=None, description="empirical: sample weights")
+    trace: dict[str, Any] | None = Field(
+        default=None, description="empirical: a trace spec ({path, format, ...}) to draw from"
+    )
+    column: Literal["prompt_tokens", "output_tokens"] | None = Field(
+        default=None, description="empirical from a trace: which column (default: this field's own)"
+    )
+    min: int = Field(default=1, ge=1, description="clip below")
+    max: int | None = Field(default=None, ge=1, description="clip above")
+
+    @model_validator(mode="after")
+    def _check(self) -> LengthDist:
+        need: dict[str, tuple[str, ...]] = {
+            "lognormal": ("median",),
+            "constant": ("value",),
+            "uniform": ("low", "high"),
+            "normal": ("mean", "std"),
+            "empirical": (),
+        }
+        missing = [k for k in need[self.dist] if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"dist {self.dist!r} needs {', '.join(missing)}")
+        if (
+            self.dist == "uniform"
+            and self.low is not None
+            and self.high is not None
+            and (self.low > self.high)
+        ):
+            raise ValueError(f"uniform: low {self.low} is above high {self.high}")
+        if self.dist == "empirical":
+            if (self.values is None) == (self.trace is None):
+                raise ValueError("empirical needs exactly one of `values` or `trace`")
+            if self.values is not None:
+                if not self.values or min(self.values) < 1:
+                    raise ValueError("empirical `values` must be a non-empty list of tokens >= 1")
+                if self.weights is not None and (
+                    len(self.weights) != len(self.values)
+                    or min(self.weights) < 0
+                    or sum(self.weights) <= 0
+                ):
+                    raise ValueError("`weights` must be as long as `values`, >= 0, not all 0")
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max {self.max} is below min {self.min}")
+        return self
+
+
+class ArrivalSpec(BaseModel):
+    """A synthetic arrival process and the token lengths of its requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    process: Literal["poisson", "gamma", "constant"] = "poisson"
+    rate: Rate
+    burstiness: Annotated[float, Field(gt=0)] = 1.0
+    count: Annotated[int, Field(ge=1)] | None = None
+    duration: Duration | None = None
+    prompt_tokens: LengthDist
+    output_tokens: LengthDist
+
+    @model_validator(mode="after")
+    def _check(self) -> ArrivalSpec:
+        if (self.count is None) == (self.duration is None):
+            raise ValueError("give exactly one of `count` (requests) or `duration` (e.g. 10 min)")
+        if self.burstiness != 1.0 and self.process != "gamma":
+            raise ValueError("`burstiness` applies to `process: gamma` only")
+        return self
+
+
+TraceResolver = Callable[[Mapping[str, Any]], pl.DataFrame]
+
+
+def _gaps(spec: ArrivalSpec, rng: np.random.Generator, n: int) -> np.ndarray:
+    mean = 1.0 / spec.rate
+    if spec.process == "poisson":
+        return rng.exponential(mean, n)
+    if spec.process == "gamma":
+        k = 1.0 / spec.burstiness
+        return rng.gamma(k, mean / k, n)
+    return np.full(n, mean)
+
+
+def arrival_times(spec: ArrivalSpec, rng: np.random.Generator) -> np.ndarray:
+    """Arrival seconds of ``spec`` (first at 0), by count or up to its duration."""
+    if spec.count is not None:
+        g = _gaps(spec, rng, spec.count)
+        return np.concatenate(([0.0], np.cumsum(g[:-1])))
+    assert spec.duration is not None
+    horizon = spec.duration
+    parts = [np.zeros(1)]
+    t = 0.0
+    block = max(1024, int(horizon * spec.rate * 1.1) + 16)
+    while True:
+        g = _gaps(spec, rng, block)
+        c = t + np.cumsum(g)
+        parts.append(c[c < horizon])
+        if c[-1] >= horizon:
+            break
+        t = float(c[-1])
+    return np.concatenate(parts)
+
+
+def sample_lengths(
+    dist: LengthDist, n: int, rng: np.random.Generator, pool: Sequence[int] | None = None
+) -> np.ndarray:
+    """Draw ``n`` whole token counts from ``dist`` (``pool`` holds resolved empirical
+    values when ``dist`` names a trace)."""
+    if dist.dist == "lognormal":
+        assert dist.median is not None
+        x = rng.lognormal(np.log(dist.median), dist.sigma, n)
+    elif dist.dist == "constant":
+        assert dist.value is not None
+        x = np.full(n, float(dist.value))
+    elif dist.dist == "uniform":
+        assert dist.low is not None and dist.high is not None
+        x = rng.integers(dist.low, dist.high + 1, n).astype(np.float64)
+    elif dist.dist == "normal":
+        assert dist.mean is not None and dist.std is not None
+        x = rng.normal(dist.mean, dist.std, n)
+    else:
+        values = np.asarray(pool if pool is not None else dist.values, dtype=np.float64)
+        if values.size == 0:
+            raise ValueError("empirical distribution has no values")
+        p = None
+        if pool is None and dist.weights is not None:
+            w = np.asarray(dist.weights, dtype=np.float64)
+            p = w / w.sum()
+        x = rng.choice(values, size=n, p=p)
+    x = np.rint(x)
+    return np.clip(x, dist.min, dist.max if dist.max is not None else None).astype(np.int64)
+
+
+def generate(
+    spec: ArrivalSpec, seed: int, resolve_trace: TraceResolver | None = None
+) -> pl.DataFrame:
+    """Generate the request frame (:data:`REQUEST_SCHEMA`) of ``spec`` for ``seed``.
+
+    ``resolve_trace`` reads an ``empirical`` distribution's ``trace`` mapping into a
+    request frame; it is required only when such a distribution is used.
+    """
+    s_gap, s_prompt, s_out = np.random.SeedSequence(int(seed)).spawn(3)
+    t = arrival_times(spec, np.random.default_rng(s_gap))
+    n = int(t.size)
+    cols = {}
+    for name, dist, ss in (
+        ("prompt_tokens", spec.prompt_tokens, s_prompt),
+        ("output_tokens", spec.output_tokens, s_out),
+    ):
+        pool = None
+        if dist.dist == "empirical" and dist.trace is not None:
+            if resolve_trace is None:
+                raise ValueError("an empirical length from a trace needs a trace resolver")
+            frame = resolve_trace(dist.trace)
+            pool = frame[dist.column or name].to_list()
+        cols[name] = sample_lengths(dist, n, np.random.default_rng(ss), pool)
+    return pl.DataFrame(
+        {
+            "arrival_s": t,
+            "prompt_tokens": cols["prompt_tokens"],
+            "output_tokens": cols["output_tokens"],
+        },
+        schema=REQUEST_SCHEMA,
+    )

@@ -1,0 +1,197 @@
+"""Reports a person reads: ``report.html``, ``report.md`` and ``timeline.json``.
+
+This package holds what the formats share: the summary metrics with their units and
+which direction is better (:data:`METRICS`), the pick of the best system per metric
+(:func:`best_systems`), number and figure formatting, and the "Assumptions and sources"
+rows. :mod:`engine.report.charts` draws the charts (matplotlib to SVG),
+:mod:`engine.report.html` and :mod:`engine.report.markdown` lay out the documents,
+:mod:`engine.report.timeline` writes the Chrome trace, and :mod:`engine.report.compare`
+merges run folders into one report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from engine.device import Figure
+
+if TYPE_CHECKING:
+    from engine.results import RunResult, SystemResult
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A summary metric as reports show it: ``value * scale`` in ``unit``; ``better`` is
+    ``min`` or ``max`` (or ``None`` when neither is better, like the simulated span)."""
+
+    key: str
+    label: str
+    unit: str = ""
+    scale: float = 1.0
+    better: Literal["min", "max"] | None = None
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("throughput_tokens_per_s", "Throughput", "tokens/s", better="max"),
+    Metric("throughput_samples_per_s", "Throughput", "samples/s", better="max"),
+    Metric("ttft_p50_s", "TTFT p50", "ms", 1e3, "min"),
+    Metric("ttft_p99_s", "TTFT p99", "ms", 1e3, "min"),
+    Metric("tbt_p50_s", "TBT p50", "ms", 1e3, "min"),
+    Metric("tbt_p99_s", "TBT p99", "ms", 1e3, "min"),
+    Metric("e2e_p50_s", "End-to-end p50", "s", better="min"),
+    Metric("e2e_p99_s", "End-to-end p99", "s", better="min"),
+    Metric("slo_attainment", "SLO attainment", "%", 100.0, "max"),
+    Metric("step_time_s", "Step time", "s", better="min"),
+    Metric("time_to_train_s", "Time to train", "h", 1 / 3600, "min"),
+    Metric("mfu", "MFU", "%", 100.0, "max"),
+    Metric("energy_j", "Energy", "kWh", 1 / 3.6e6, "min"),
+    Metric("energy_per_token_j", "Energy per token", "J", better="min"),
+    Metric("energy_per_sample_j", "Energy per sample", "J", better="min"),
+    Metric("energy_per_step_j", "Energy per step", "kJ", 1e-3, "min"),
+    Metric("energy_per_run_j", "Energy per training run", "MWh", 1 / 3.6e9, "min"),
+    Metric("cost_usd", "Cost", "USD", better="min"),
+    Metric("cost_per_million_tokens_usd", "Cost per 1M tokens", "USD", better="min"),
+    Metric("cost_per_run_usd", "Cost per training run", "USD", better="min"),
+    Metric("carbon_kg", "Carbon", "kg CO2e", better="min"),
+    Metric("carbon_per_run_kg", "Carbon per training run", "t CO2e", 1e-3, "min"),
+    Metric("simulated_s", "Simulated time", "s"),
+)
+"""The summary metrics reports show, in this order (those no system has are left out)."""
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits and thousands separators; ``-`` for none."""
+    if x is None:
+        return "-"
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return str(x)
+    v = float(x)
+    if math.isnan(v) or math.isinf(v):
+        return "-"
+    if v == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(v)))
+    if mag >= digits - 1:
+        return f"{v:,.0f}"
+    if mag < -4:
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{max(digits - 1 - mag, 0)}f}"
+
+
+def metric_value(system: SystemResult, metric: Metric) -> float | None:
+    """The metric's value of an ``ok`` system in the shown unit, or ``None``."""
+    if system.status != "ok":
+        return None
+    v = system.metrics.get(metric.key)
+    if v is None or isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    if math.isnan(float(v)):
+        return None
+    return float(v) * metric.scale
+
+
+def shown_metrics(systems: Sequence[SystemResult]) -> list[Metric]:
+    """The metrics of :data:`METRICS` that at least one system has a number or a
+    not-known note for."""
+    out = []
+    for m in METRICS:
+        for s in systems:
+            if metric_value(s, m) is not None or m.key in not_known(s):
+                out.append(m)
+                break
+    return out
+
+
+def best_systems(systems: Sequence[SystemResult], metric: Metric) -> set[str]:
+    """Names of the systems with the best value of ``metric`` (ties all win); none when the
+    metric has no direction, fewer than two systems have a value, or all of them tie."""
+    if metric.better is None:
+        return set()
+    vals = {s.name: v for s in systems if (v := metric_value(s, metric)) is not None}
+    if len(vals) < 2:
+        return set()
+    target = min(vals.values()) if metric.better == "min" else max(vals.values())
+    tol = 1e-12 * max(abs(target), 1.0)
+    best = {n for n, v in vals.items() if abs(v - target) <= tol}
+    return best if len(best) < len(vals) else set()
+
+
+def not_known(system: SystemResult) -> dict[str, str]:
+    """Metric name to the sentence that says why the metric is not known."""
+    nk = system.details.get("not_known", {})
+    return {str(k): str(v) for k, v in nk.items()} if isinstance(nk, dict) else {}
+
+
+def not_known_notes(system: SystemResult) -> list[tuple[list[str], str]]:
+    """The not-known notes of ``system`` with the metrics that share a reason grouped."""
+    groups: dict[str, list[str]] = {}
+    for metric, reason in sorted(not_known(system).items()):
+        groups.setdefault(reason, []).append(metric)
+    return [(metrics, reason) for reason, metrics in groups.items()]
+
+
+# --- figures ("Assumptions and sources") ----------------------------------------------
+
+_YEAR_S = 365.25 * 86400.0
+
+
+def figure_value(name: str, value: float) -> str:
+    """A catalog or economics figure (SI ``value``) with the unit a person reads."""
+    leaf = name.rsplit(".", 1)[-1]
+    if name.startswith("peak_flops."):
+        return f"{fmt(value / 1e12, 4)} TFLOP/s"
+    if name == "memory_bytes":
+        return f"{fmt(value / 1e9, 4)} GB"
+    if name == "memory_bw" or leaf == "bandwidth":
+        return f"{fmt(value / 1e9, 4)} GB/s"
+    if leaf == "latency":
+        return f"{fmt(value * 1e6, 3)} µs"
+    if leaf.endswith("_usd_per_hour"):
+        return f"{fmt(value * 3600.0, 4)} USD/h"
+    if leaf == "list_usd":
+        return f"{fmt(value, 4)} USD"
+    if name.startswith("power.") or leaf.endswith("_w"):
+        return f"{fmt(value, 4)} W"
+    if name == "economics.electricity":
+        return f"{fmt(value * 3.6e6, 3)} USD/kWh"
+    if name == "economics.carbon_intensity":
+        return f"{fmt(value * 3.6e9, 3)} gCO2e/kWh"
+    if name == "economics.lifetime":
+        return f"{fmt(value / _YEAR_S, 3)} years"
+    if name == "economics.hosting_usd_per_kw_month":
+        return f"{fmt(value, 4)} USD/kW-month"
+    if name == "economics.embodied_kg_per_device":
+        return f"{fmt(value, 4)} kg CO2e"
+    return fmt(value, 4)
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One "Assumptions and sources" row: which systems, the figure, its value, its
+    provenance, and whether it is an assumption rather than a published figure."""
+
+    systems: str
+    name: str
+    value: str
+    cited: str
+    assumption: bool
+
+
+def source_rows(systems: Iterable[SystemResult]) -> list[SourceRow]:
+    """Every figure the systems relied on, identical rows merged across systems."""
+    merged: dict[tuple[str, str, str, bool], list[str]] = {}
+    for s in systems:
+        for name in sorted(s.figures):
+            fig: Figure = s.figures[name]
+            key = (name, figure_value(name, fig.value), fig.cited, not fig.source)
+            merged.setdefault(key, []).append(s.name)
+    rows = [SourceRow(", ".join(who), *key) for key, who in merged.items()]
+    return sorted(rows, key=lambda r: (r.name.split(".")[0] == "economics", r.name, r.systems))
+
+
+def title_of(run: RunResult) -> str:
+    """The report's title."""
+    return f"xpusim report: {run.scenario}" if run.scenario else "xpusim report"

@@ -1,0 +1,86 @@
+"""``report.md``: the summary for terminals and pull requests.
+
+The summary table (best system per metric in bold with a ★), what is not known and why,
+cost parts with rent versus buy, and the figures used with their sources.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.economics import describe_break_even
+from engine.report import (
+    best_systems,
+    fmt,
+    metric_value,
+    not_known,
+    not_known_notes,
+    shown_metrics,
+    source_rows,
+    title_of,
+)
+
+if TYPE_CHECKING:
+    from engine.results import RunResult
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(run: RunResult) -> str:
+    """The whole ``report.md`` document for ``run``."""
+    systems = run.systems
+    metrics = shown_metrics(systems)
+    out = [f"# {title_of(run)}", ""]
+    meta = [f"workload {run.workload}" if run.workload else "",
+            f"model {run.model}" if run.model else "", f"seed {run.seed}"]
+    out += [" · ".join(x for x in meta if x), "", "## Summary", ""]
+    out.append("| Metric | " + " | ".join(_cell(s.name) for s in systems) + " |")
+    out.append("|:---|" + "---:|" * len(systems))
+    out.append("| Devices | " + " | ".join(_cell(f"{s.device} × {s.count}") for s in systems)
+               + " |")
+    out.append("| Status | " + " | ".join(
+        "ok" if s.status == "ok" else _cell(f"{s.status}: {s.reason}") for s in systems) + " |")
+    for m in metrics:
+        best = best_systems(systems, m)
+        cells = [_cell(f"{m.label} ({m.unit})" if m.unit else m.label)]
+        for s in systems:
+            v = metric_value(s, m)
+            if v is None:
+                cells.append("not known" if s.status == "ok" and m.key in not_known(s) else "-")
+            elif s.name in best:
+                cells.append(f"**★ {fmt(v)}**")
+            else:
+                cells.append(fmt(v))
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "★ marks the best system for a metric (lowest latency, cost and energy; "
+            "highest throughput and SLO attainment).", ""]
+
+    notes = [f"- **{s.name}**, {', '.join(metrics)}: {reason}"
+             for s in systems for metrics, reason in not_known_notes(s)]
+    if notes:
+        out += ["## Not known", "", *notes, ""]
+
+    costs = []
+    for s in systems:
+        if s.status != "ok":
+            continue
+        b = s.details.get("cost_breakdown_usd") or {}
+        if b:
+            parts = ", ".join(f"{k} {fmt(v)} USD" for k, v in b.items())
+            costs.append(f"- **{s.name}**: {parts}.")
+        be = s.details.get("break_even")
+        if isinstance(be, dict):
+            costs.append(f"- **{s.name}**, rent or buy: {describe_break_even(be)}")
+    if costs:
+        out += ["## Cost", "", *costs, ""]
+
+    rows = source_rows(systems)
+    if rows:
+        out += ["## Assumptions and sources", "",
+                "| Figure | Value | Source or assumption | Systems |", "|:---|---:|:---|:---|"]
+        out += [f"| {_cell(r.name)} | {_cell(r.value)} | {_cell(r.cited)} | {_cell(r.systems)} |"
+                for r in rows]
+        out.append("")
+    return "\n".join(out)

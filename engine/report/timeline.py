@@ -1,0 +1,187 @@
+"""``timeline.json``: the simulated timeline in Chrome trace event format.
+
+Open it in Perfetto (ui.perfetto.dev) or ``chrome://tracing``. Each system is a process
+(``pid``), each device of each replica a thread (``tid``) whose complete events (``ph:
+"X"``, ``ts``/``dur`` in microseconds of simulated time) are its busy intervals named by
+power state; each replica's steps form one more thread. Idle is the gaps.
+
+A trace holds at most :data:`MAX_EVENTS` complete events. Beyond that, back-to-back
+intervals of the same state on one thread are merged; if that is not enough, each thread
+gets one event per time window, named by the state busy longest in it (its
+``merged_intervals`` arg counts what went in); ``otherData.reduction`` says what was done.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import polars as pl
+
+from engine.economics import BUSY_STATES
+
+if TYPE_CHECKING:
+    from engine.results import RunResult
+
+MAX_EVENTS = 200_000
+"""Most complete events one timeline.json holds."""
+
+_STEP_TID_BASE = 1_000_000
+_JOULES = (
+    pl.when(pl.col("joules").is_null().all()).then(None).otherwise(pl.col("joules").sum())
+    .alias("joules")
+)
+
+
+def _lanes(run: RunResult) -> pl.DataFrame | None:
+    """Busy intervals of every lane: pid, tid, thread name, name, start and end (s), joules."""
+    pids = {s.name: i + 1 for i, s in enumerate(run.systems)}
+    parts = []
+    dev = run.frame("devices")
+    if dev is not None:
+        d = dev.filter(pl.col("state").is_in(list(BUSY_STATES)))
+        rep = pl.col("replica") if "replica" in d.columns else pl.lit(0)
+        dv = pl.col("device") if "device" in d.columns else pl.lit(0)
+        d = d.with_columns(rep.cast(pl.Int64).alias("_r"), dv.cast(pl.Int64).alias("_d"))
+        parts.append(d.select(
+            pl.col("system"),
+            (pl.col("_r") * 10_000 + pl.col("_d") + 1).alias("tid"),
+            pl.format("replica {} device {}", "_r", "_d").alias("thread"),
+            pl.col("state").cast(pl.Utf8).alias("name"),
+            pl.col("start_s").cast(pl.Float64), pl.col("end_s").cast(pl.Float64),
+            (pl.col("joules").cast(pl.Float64) if "joules" in d.columns
+             else pl.lit(None, pl.Float64)).alias("joules"),
+        ))
+    st = run.frame("steps")
+    if st is not None and {"start_s", "end_s"} <= set(st.columns):
+        rep = pl.col("replica") if "replica" in st.columns else pl.lit(0)
+        st = st.with_columns(rep.cast(pl.Int64).alias("_r"))
+        name = (pl.format("step ({})", pl.col("state").cast(pl.Utf8)) if "state" in st.columns
+                else pl.lit("step"))
+        parts.append(st.select(
+            pl.col("system"),
+            (pl.col("_r") + _STEP_TID_BASE).alias("tid"),
+            pl.format("replica {} steps", "_r").alias("thread"),
+            name.alias("name"),
+            pl.col("start_s").cast(pl.Float64), pl.col("end_s").cast(pl.Float64),
+            (pl.col("joules").cast(pl.Float64) if "joules" in st.columns
+             else pl.lit(None, pl.Float64)).alias("joules"),
+        ))
+    if not parts:
+        return None
+    out = pl.concat(parts, how="vertical_relaxed")
+    out = out.with_columns(pl.col("system").replace_strict(pids, default=0).alias("pid"))
+    return out.sort("pid", "tid", "start_s")
+
+
+def _merge_touching(lanes: pl.DataFrame, gap_s: float) -> pl.DataFrame:
+    """Merge neighbouring intervals of one thread with the same name at most ``gap_s`` apart."""
+    return (
+        lanes.lazy()
+        # a new group starts at a new thread, a new state, or a gap wider than gap_s
+        .with_columns(
+            (
+                (pl.col("tid") != pl.col("tid").shift(1))
+                | (pl.col("pid") != pl.col("pid").shift(1))
+                | (pl.col("name") != pl.col("name").shift(1))
+                | (pl.col("start_s") - pl.col("end_s").shift(1) > gap_s)
+            ).fill_null(True).cum_sum().alias("_g")
+        )
+        # one interval per group, spanning it, with the group's joules and count
+        .group_by("_g", maintain_order=True)
+        .agg(
+            pl.col("system", "pid", "tid", "thread", "name").first(),
+            pl.col("start_s").min(), pl.col("end_s").max(), _JOULES,
+            pl.col("merged").sum(),
+        )
+        .drop("_g")
+        .collect()
+    )
+
+
+def _windows(lanes: pl.DataFrame, width_s: float) -> pl.DataFrame:
+    """One event per thread and time window of ``width_s``, named by the state that was
+    busy longest in it and spanning its first start to its last end."""
+    return (
+        lanes.lazy()
+        # the window each interval starts in, and its duration
+        .with_columns(
+            (pl.col("start_s") / width_s).floor().cast(pl.Int64).alias("_w"),
+            (pl.col("end_s") - pl.col("start_s")).alias("_d"),
+        )
+        # busy time per state within a window, to pick the dominant one
+        .with_columns(pl.col("_d").sum().over("pid", "tid", "_w", "name").alias("_sd"))
+        .sort("pid", "tid", "_w", "start_s")
+        .group_by("pid", "tid", "_w", maintain_order=True)
+        .agg(
+            pl.col("system", "thread").first(),
+            pl.col("name").sort_by("_sd", descending=True, maintain_order=True).first(),
+            pl.col("start_s").min(), pl.col("end_s").max(), _JOULES,
+            pl.col("merged").sum(),
+        )
+        .drop("_w")
+        .select("system", "pid", "tid", "thread", "name", "start_s", "end_s", "joules", "merged")
+        .collect()
+    )
+
+
+def build_trace(run: RunResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
+    """The Chrome trace document (``traceEvents`` and ``otherData``) for ``run``."""
+    lanes = _lanes(run)
+    other: dict[str, Any] = {
+        "scenario": run.scenario, "seed": run.seed, "xpusim_version": run.version,
+        "time": "simulated seconds shown as microseconds", "reduction": "none",
+    }
+    events: list[dict[str, Any]] = []
+    for i, s in enumerate(run.systems):
+        events.append({"ph": "M", "name": "process_name", "pid": i + 1, "tid": 0,
+                       "args": {"name": f"{s.name} ({s.device} × {s.count})"}})
+    if lanes is None or lanes.height == 0:
+        other["intervals"] = 0
+        return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}
+    other["intervals"] = lanes.height
+    lanes = lanes.with_columns(pl.lit(1, pl.UInt32).alias("merged"))
+    if lanes.height > max_events:
+        # first merge back-to-back intervals of the same state (lossless for busy time)
+        reduced = _merge_touching(lanes, 1e-9)
+        how = f"{lanes.height} intervals; back-to-back intervals of one state merged"
+        if reduced.height > max_events:
+            # then one event per thread and time window, named by its dominant state
+            n_threads = reduced.select("pid", "tid").unique().height
+            span = (cast(float, reduced["end_s"].max())
+                    - cast(float, reduced["start_s"].min())) or 1.0
+            width = span * n_threads / max(max_events - n_threads, 1)
+            reduced = _windows(reduced, width)
+            how += (f"; then aggregated into one event per thread per {width:.3g} s window, "
+                    f"named by its dominant state (per-event args give merged_intervals)")
+        if reduced.height > max_events:
+            stride = -(-reduced.height // max_events)
+            reduced = reduced.gather_every(stride)
+            how += f"; then one event in {stride} kept"
+        other["reduction"] = f"{how}: {reduced.height} events"
+        lanes = reduced
+    for pid, tid, thread in lanes.select("pid", "tid", "thread").unique(maintain_order=True).iter_rows():
+        events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
+                       "args": {"name": thread}})
+    for _system, pid, tid, _thread, name, a, b, j, merged in lanes.select(
+        "system", "pid", "tid", "thread", "name", "start_s", "end_s", "joules", "merged"
+    ).iter_rows():
+        args: dict[str, Any] = {}
+        if j is not None:
+            args["joules"] = round(float(j), 9)
+        if merged > 1:
+            args["merged_intervals"] = int(merged)
+        events.append({
+            "ph": "X", "name": name, "cat": name.split(" ")[0], "pid": pid, "tid": tid,
+            "ts": round(a * 1e6, 3), "dur": round(max(b - a, 0.0) * 1e6, 3), "args": args,
+        })
+    other["events"] = sum(1 for e in events if e["ph"] == "X")
+    return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}
+
+
+def write_timeline(run: RunResult, path: Path, max_events: int = MAX_EVENTS) -> Path:
+    """Write ``timeline.json`` for ``run`` to ``path``."""
+    doc = build_trace(run, max_events)
+    path.write_text(json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,32 @@
+"""Built-in workload kinds, registered through the ``xpusim`` entry point.
+
+Each module listed in :data:`MODULES` exports ``WORKLOADS``, a list of
+:class:`~engine.workload.Workload` instances; adding a kind is one line here (its module
+name in :data:`MODULES`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from engine import hookimpl
+from engine.workload import Workload
+
+MODULES: tuple[str, ...] = (
+    "plugins.workloads.serving",
+    "plugins.workloads.offline",
+)
+"""Modules whose ``WORKLOADS`` this plugin registers, in order."""
+
+WORKLOADS: list[Workload] = [
+    w for name in MODULES for w in importlib.import_module(name).WORKLOADS
+]
+"""Every workload instance this plugin registers."""
+
+
+@hookimpl
+def register_workloads(register: Callable[[Workload], None]) -> None:
+    """Register every workload in :data:`WORKLOADS`."""
+    for w in WORKLOADS:
+        register(w)

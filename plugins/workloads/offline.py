@@ -1,0 +1,130 @@
+"""The ``offline`` workload: batch inference of a fixed set of inputs, maximizing throughput.
+
+Decoder models (``model.kind == "decoder"``) run the serving world with every request
+present at t = 0 (``count`` requests with ``prompt_tokens``/``output_tokens``
+distributions, or a ``trace`` whose arrival times are ignored). Other models (vision,
+encoder, MLP ...) run batched forward passes: ``count`` samples in batches of ``batch``,
+``Shape(Phase.FORWARD, batch, tokens=seq_len)`` each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engine import metrics
+from engine.arrivals import LengthDist, sample_lengths
+from engine.sim.offline import simulate_forward
+from engine.sim.schedulers import SchedulerSpec
+from engine.sim.serving import simulate_serving
+from engine.traces import REQUEST_SCHEMA
+from engine.workload import SystemRun, Workload, WorkloadContext
+from plugins.workloads.serving import TraceSpec
+
+
+class OfflineConfig(BaseModel):
+    """The ``workload`` block of an offline scenario (without ``kind``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int | None = Field(default=None, ge=1, description="inputs to process")
+    prompt_tokens: LengthDist | None = None
+    output_tokens: LengthDist | None = None
+    trace: TraceSpec | None = None
+    batch: int = Field(default=32, ge=1, description="non-decoder models: samples per forward pass")
+    seq_len: int | None = Field(
+        default=None,
+        ge=1,
+        description="non-decoder models: tokens per sample (default: the model's)",
+    )
+    scheduler: SchedulerSpec = Field(
+        default_factory=lambda: SchedulerSpec(kind="continuous", max_batch=256)
+    )
+    kv_block_tokens: int = Field(default=16, ge=1)
+    kv_memory_fraction: float = Field(default=0.9, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _inputs(self) -> OfflineConfig:
+        if self.trace is not None and (self.prompt_tokens or self.output_tokens):
+            raise ValueError("give either `trace` or `prompt_tokens`/`output_tokens`, not both")
+        if self.trace is None and self.count is None:
+            raise ValueError("give `count` (inputs to process) or a `trace`")
+        return self
+
+
+def _defaults(d: LengthDist | None, value: int) -> LengthDist:
+    return d if d is not None else LengthDist(dist="constant", value=value)
+
+
+class OfflineWorkload(Workload):
+    """Offline batch inference: every input present at once, throughput is the goal."""
+
+    name = "offline"
+    description = "offline/batch inference of a fixed set of inputs (throughput)"
+    schema = OfflineConfig
+
+    def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:
+        """Process every input on ``ctx.system`` and report throughput."""
+        assert isinstance(config, OfflineConfig)
+        system = ctx.system
+        mp = system.parallelism.model_parallel
+        if ctx.model.kind != "decoder":
+            tokens = config.seq_len or max(1, int(ctx.model.info.max_seq_len or 1))
+            count = config.count if config.count is not None else 1
+            frames, span = simulate_forward(
+                ctx.compiled,
+                system=system.name,
+                count=count,
+                batch=config.batch,
+                tokens=tokens,
+                replicas=system.replicas,
+                devices_per_replica=mp,
+            )
+            m = metrics.forward_metrics(frames, span, samples=count, tokens_per_sample=tokens)
+            return SystemRun(metrics=m, frames=frames, simulated_s=span)
+        frame = self._requests(config, ctx)
+        res = simulate_serving(
+            frame,
+            ctx.compiled,
+            system=system.name,
+            replicas=system.replicas,
+            devices_per_replica=mp,
+            scheduler=config.scheduler,
+            router="least-outstanding",
+            kv_block_tokens=config.kv_block_tokens,
+            kv_capacity_tokens=ctx.compiled.kv_capacity_tokens(config.kv_memory_fraction),
+            progress=ctx.progress,
+        )
+        m = metrics.serving_metrics(res.frames, res.simulated_s)
+        m["throughput_samples_per_s"] = m["throughput_requests_per_s"]
+        return SystemRun(metrics=m, frames=res.frames, simulated_s=res.simulated_s)
+
+    @staticmethod
+    def _requests(config: OfflineConfig, ctx: WorkloadContext) -> pl.DataFrame:
+        if config.trace is not None:
+            f = ctx.resolve_trace(config.trace.mapping())
+            if config.count is not None:
+                f = f.head(config.count)
+            return f.with_columns(pl.lit(0.0).alias("arrival_s")).select(list(REQUEST_SCHEMA))
+        assert config.count is not None
+        ss = np.random.SeedSequence(int(ctx.seed)).spawn(2)
+        n = config.count
+        p = sample_lengths(_defaults(config.prompt_tokens, 512), n, np.random.default_rng(ss[0]))
+        o = sample_lengths(_defaults(config.output_tokens, 128), n, np.random.default_rng(ss[1]))
+        return pl.DataFrame(
+            {"arrival_s": np.zeros(n), "prompt_tokens": p, "output_tokens": o},
+            schema=REQUEST_SCHEMA,
+        )
+
+    def shape_hint(self, config: BaseModel) -> Mapping[str, Any]:
+        """One forward batch (non-decoders) or one KV block (decoders) must fit."""
+        assert isinstance(config, OfflineConfig)
+        return {"kv_tokens": config.kv_block_tokens, "batch": config.batch}
+
+
+WORKLOADS: list[Workload] = [OfflineWorkload()]
+"""The workload kinds this module provides (``offline``)."""

@@ -1,0 +1,141 @@
+"""The ``serving`` workload: online LLM inference replayed on replicas behind a router.
+
+Scenario block (``workload:``, ``kind: serving``)::
+
+    trace: {path: traces/azure_conv.csv, format: azure-llm}     # or
+    arrivals: {process: poisson, rate: 4/s, count: 2000,
+               prompt_tokens: {dist: lognormal, median: 1000}, output_tokens: {...}}
+    scheduler: {kind: continuous, max_batch: 128, max_batch_tokens: 8192, chunk: 512}
+    router: round-robin            # or least-outstanding
+    slo: {ttft_p99: 2 s, tbt_p99: 150 ms}
+    kv_block_tokens: 16
+
+See ``docs/workloads/serving.md`` for every field and the simulation model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engine import metrics
+from engine.arrivals import ArrivalSpec, generate
+from engine.qty import Duration
+from engine.sim.schedulers import SchedulerSpec
+from engine.sim.serving import simulate_serving
+from engine.workload import SystemRun, Workload, WorkloadContext
+
+
+class TraceSpec(BaseModel):
+    """``workload.trace``: a trace file and how to read it.
+
+    ``path`` is relative to the scenario file; ``format`` names a registered trace format
+    (``azure-llm``, ``csv``, ``jsonl`` ...). ``columns``/``time_unit``/``time_format``/
+    ``separator`` are for the generic formats; ``limit`` keeps the first N requests;
+    ``time_scale`` divides arrival times (2.0 replays twice as fast). ``options`` passes
+    anything else to a third-party format.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    format: str
+    columns: dict[str, str] | None = None
+    time_unit: Literal["s", "ms", "us", "ns", "datetime"] | None = None
+    time_format: str | None = None
+    separator: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+    time_scale: float | None = Field(default=None, gt=0)
+    options: dict[str, Any] | None = None
+
+    def mapping(self) -> dict[str, Any]:
+        """The mapping handed to ``ctx.resolve_trace`` (unset fields left out)."""
+        d = self.model_dump(exclude_none=True, exclude={"options"})
+        d.update(self.options or {})
+        return d
+
+
+class Slo(BaseModel):
+    """``workload.slo``: latency objectives (either may be left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttft_p99: Duration | None = None
+    tbt_p99: Duration | None = None
+
+
+class ServingConfig(BaseModel):
+    """The ``workload`` block of a serving scenario (without ``kind``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trace: TraceSpec | None = None
+    arrivals: ArrivalSpec | None = None
+    scheduler: SchedulerSpec = Field(default_factory=lambda: SchedulerSpec())
+    router: Literal["round-robin", "least-outstanding"] = "round-robin"
+    slo: Slo = Field(default_factory=lambda: Slo())
+    kv_block_tokens: int = Field(default=16, ge=1)
+    kv_memory_fraction: float = Field(
+        default=0.9, gt=0, le=1, description="share of device memory weights plus KV may use"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ServingConfig:
+        if (self.trace is None) == (self.arrivals is None):
+            raise ValueError("give exactly one of `trace` (a file) or `arrivals` (a process)")
+        return self
+
+
+def request_frame(config: ServingConfig, ctx: WorkloadContext) -> Any:
+    """The request frame of ``config``: the trace read through ``ctx.resolve_trace`` or the
+    arrival process generated from ``ctx.seed``."""
+    if config.trace is not None:
+        return ctx.resolve_trace(config.trace.mapping())
+    assert config.arrivals is not None
+    return generate(config.arrivals, ctx.seed, ctx.resolve_trace)
+
+
+class ServingWorkload(Workload):
+    """Online serving: arrivals, a router, per-replica schedulers and paged KV caches."""
+
+    name = "serving"
+    description = "LLM inference serving: arrivals, batching schedulers, KV cache, SLOs"
+    schema = ServingConfig
+
+    def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:
+        """Replay the requests on ``ctx.system`` and compute its serving metrics."""
+        assert isinstance(config, ServingConfig)
+        frame = request_frame(config, ctx)
+        system = ctx.system
+        res = simulate_serving(
+            frame,
+            ctx.compiled,
+            system=system.name,
+            replicas=system.replicas,
+            devices_per_replica=system.parallelism.model_parallel,
+            scheduler=config.scheduler,
+            router=config.router,
+            kv_block_tokens=config.kv_block_tokens,
+            kv_capacity_tokens=ctx.compiled.kv_capacity_tokens(config.kv_memory_fraction),
+            progress=ctx.progress,
+        )
+        m = metrics.serving_metrics(
+            res.frames,
+            res.simulated_s,
+            ttft_slo_s=config.slo.ttft_p99,
+            tbt_slo_s=config.slo.tbt_p99,
+        )
+        m["replicas"] = res.replicas
+        m["kv_capacity_tokens"] = res.kv_blocks * config.kv_block_tokens
+        return SystemRun(metrics=m, frames=res.frames, simulated_s=res.simulated_s)
+
+    def shape_hint(self, config: BaseModel) -> Mapping[str, Any]:
+        """Weights plus one KV block must fit; the batch is the scheduler's maximum."""
+        assert isinstance(config, ServingConfig)
+        return {"kv_tokens": config.kv_block_tokens, "batch": config.scheduler.max_batch}
+
+
+WORKLOADS: list[Workload] = [ServingWorkload()]
+"""The workload kinds this module provides (``serving``)."""

@@ -1,0 +1,322 @@
+"""Energy, cost and carbon (engine.economics) on small hand-checked timelines."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
+from engine.economics import (
+    GRID_INTENSITY,
+    HOUR_S,
+    KWH_J,
+    MONTH_S,
+    EconomicsConfig,
+    apply_economics,
+    describe_break_even,
+)
+from engine.errors import XpusimError
+from engine.power import PowerModel
+from engine.results import SystemResult
+
+SRC = "test_fixture"
+SPAN = 10.0
+
+
+def make_spec(
+    *,
+    cloud_h: float | None = 4.0,
+    spot_h: float | None = None,
+    list_usd: float | None = 30_000.0,
+    idle_w: float | None = 50.0,
+    max_w: float | None = 700.0,
+    per_node: int = 8,
+) -> DeviceSpec:
+    """A device spec whose price and power figures are given per test (None = unpublished)."""
+    def fig(v: float | None, scale: float = 1.0) -> Figure | None:
+        return None if v is None else Figure(v * scale, SRC)
+
+    return DeviceSpec(
+        name="testchip", backend="gpu", vendor="test", description="a test device",
+        peak_flops={"bf16": Figure(1e15, SRC)}, memory_bytes=Figure(80e9, SRC),
+        memory_bw=Figure(3e12, SRC),
+        power=PowerSpec(max_w=fig(max_w), idle_w=fig(idle_w)),
+        price=PriceSpec(cloud_usd_per_hour=fig(cloud_h, 1 / HOUR_S),
+                        spot_usd_per_hour=fig(spot_h, 1 / HOUR_S), list_usd=fig(list_usd)),
+        devices_per_node=per_node,
+    )
+
+
+def make_result(span: float = SPAN, tokens_per_s: float = 100.0, **metrics: float) -> SystemResult:
+    """Two devices over ``span`` s: device 0 busy 4 s compute (400 J) and 1 s comm (50 J),
+    device 1 busy 2 s memory (100 J), plus an explicit idle row that must not count twice."""
+    dev = pl.DataFrame({
+        "system": ["s"] * 4,
+        "replica": [0, 0, 0, 0],
+        "device": [0, 0, 0, 1],
+        "start_s": [0.0, 4.0, 5.0, 0.0],
+        "end_s": [4.0, 5.0, 6.0, 2.0],
+        "state": ["compute", "idle", "comm", "memory"],
+        "joules": [400.0, 999.0, 50.0, 100.0],
+    })
+    m = {"simulated_s": span, "throughput_tokens_per_s": tokens_per_s, **metrics}
+    return SystemResult("s", "gpu", "testchip", 2, metrics=m, frames={"devices": dev})
+
+
+BUSY_J = 550.0
+BUSY_S = 7.0
+
+
+def test_energy_is_busy_joules_plus_idle_power_times_idle_time_times_pue() -> None:
+    """energy_j = (busy joules + idle W x idle device-seconds + host W x nodes x span) x PUE;
+    explicit idle rows are not counted as busy."""
+    r = make_result()
+    cfg = EconomicsConfig(pue=1.5, host_power="200 W")
+    apply_economics(r, make_spec(idle_w=50.0), 2, cfg, None)
+    idle_s = 2 * SPAN - BUSY_S
+    expected = (BUSY_J + 50.0 * idle_s + 200.0 * 1 * SPAN) * 1.5
+    assert r.metrics["energy_j"] == pytest.approx(expected)
+    parts = r.details["energy_breakdown_j"]
+    assert parts["busy"] == pytest.approx(BUSY_J)
+    assert parts["idle"] == pytest.approx(50.0 * idle_s)
+    assert parts["host"] == pytest.approx(2000.0)
+    assert sum(parts.values()) == pytest.approx(expected)
+    assert r.details["power_states_s"] == pytest.approx(
+        {"compute": 4.0, "comm": 1.0, "memory": 2.0, "idle": idle_s})
+    assert r.details["utilization"] == pytest.approx(BUSY_S / (2 * SPAN))
+    assert r.metrics["energy_per_token_j"] == pytest.approx(expected / (100.0 * SPAN))
+    assert r.figures["power.idle_w"].value == 50.0
+    assert r.figures["economics.pue"].value == 1.5
+
+
+class FakePower:
+    """A power model: 30 W idle, 500 W computing."""
+
+    idle_watts = 30.0
+
+    def state_watts(self, state: str) -> float | None:
+        return {"compute": 500.0}.get(state)
+
+
+def test_power_model_fills_missing_joules_and_idle_power() -> None:
+    """A busy interval without joules is priced at the model's state watts, and the model's
+    idle watts (an assumption, recorded as such) stand in for an unpublished idle figure."""
+    r = make_result()
+    r.frames["devices"] = r.frames["devices"].with_columns(
+        pl.when(pl.col("state") == "compute").then(None).otherwise(pl.col("joules"))
+        .alias("joules"))
+    apply_economics(r, make_spec(idle_w=None), 2, EconomicsConfig(), FakePower())
+    expected = 500.0 * 4.0 + 50.0 + 100.0 + 30.0 * (2 * SPAN - BUSY_S)
+    assert r.metrics["energy_j"] == pytest.approx(expected)
+    assert r.figures["power.idle_w"].assumption
+    assert "energy_j" not in r.details["not_known"]
+
+
+def test_cloud_cost_is_device_hours_times_price() -> None:
+    """Rented cost = USD per device-hour x devices x hours; per million tokens divides by
+    the tokens the run produced (throughput x span)."""
+    r = make_result(span=HOUR_S)
+    apply_economics(r, make_spec(cloud_h=4.0), 2, EconomicsConfig(pricing="cloud"), None)
+    assert r.metrics["cost_usd"] == pytest.approx(8.0)
+    assert r.details["cost_breakdown_usd"] == pytest.approx({"cloud rental": 8.0})
+    assert r.metrics["cost_per_million_tokens_usd"] == pytest.approx(8.0 / (100 * HOUR_S) * 1e6)
+    assert r.figures["price.cloud_usd_per_hour"].source == SRC
+
+
+def test_spot_price_from_catalog_or_from_a_discount() -> None:
+    """Spot uses the catalog's spot price; without one, on-demand less spot_discount, and the
+    derived price is recorded as an assumption."""
+    r = make_result(span=HOUR_S)
+    apply_economics(r, make_spec(spot_h=1.5), 2, EconomicsConfig(pricing="spot"), None)
+    assert r.metrics["cost_usd"] == pytest.approx(3.0)
+    r = make_result(span=HOUR_S)
+    apply_economics(r, make_spec(), 2, EconomicsConfig(pricing="spot", spot_discount=0.6), None)
+    assert r.metrics["cost_usd"] == pytest.approx(2 * 4.0 * 0.4)
+    assert "spot_discount" in r.figures["price.spot_usd_per_hour"].assumption
+
+
+def test_owned_cost_is_amortization_plus_electricity_plus_hosting() -> None:
+    """Owned cost = list price x device-time / lifetime + energy x electricity price +
+    hosting USD per kW-month x provisioned kW (max power) x months."""
+    r = make_result(span=HOUR_S)
+    cfg = EconomicsConfig(pricing="owned", electricity="0.10 USD/kWh", lifetime="3 year",
+                          hosting_usd_per_kw_month=150.0, pue=1.2)
+    apply_economics(r, make_spec(list_usd=30_000.0, max_w=700.0), 2, cfg, None)
+    energy = r.metrics["energy_j"]
+    lifetime = 3 * 365.25 * 86400
+    amort = 30_000.0 * 2 * HOUR_S / lifetime
+    power = energy / KWH_J * 0.10
+    hosting = 150.0 * 1.4 * HOUR_S / MONTH_S
+    parts = r.details["cost_breakdown_usd"]
+    assert parts["amortization"] == pytest.approx(amort)
+    assert parts["electricity"] == pytest.approx(power)
+    assert parts["hosting"] == pytest.approx(hosting)
+    assert r.metrics["cost_usd"] == pytest.approx(amort + power + hosting)
+    assert r.figures["economics.lifetime"].source
+
+
+def test_break_even_utilization_is_own_cost_over_rent_price() -> None:
+    """Owning costs (list/lifetime + mean facility watts x electricity) per device-hour; the
+    break-even utilization is that over the rent price; payback = list / monthly margin."""
+    r = make_result(span=HOUR_S)
+    cfg = EconomicsConfig(pricing="cloud", electricity="0.10 USD/kWh")
+    apply_economics(r, make_spec(cloud_h=4.0, list_usd=30_000.0), 2, cfg, None)
+    be = r.details["break_even"]
+    mean_w = r.metrics["energy_j"] / (2 * HOUR_S)
+    own_h = 30_000.0 / (4 * 365.25 * 24) + mean_w / 1000 * 0.10
+    assert be["own_usd_per_device_hour"] == pytest.approx(own_h)
+    assert be["break_even_utilization"] == pytest.approx(own_h / 4.0)
+    u = be["utilization"]
+    assert u == pytest.approx(BUSY_S / (2 * HOUR_S))
+    assert be["cheaper"] == ("own" if u >= own_h / 4.0 else "rent")
+    margin_h = 4.0 * u - mean_w / 1000 * 0.10
+    expected_payback = 30_000.0 / (margin_h * MONTH_S / HOUR_S) if margin_h > 0 else None
+    assert be["payback_months"] == (pytest.approx(expected_payback) if expected_payback else None)
+    assert "rent" in describe_break_even(be) or "own" in describe_break_even(be)
+
+
+def test_busy_workload_makes_owning_cheaper() -> None:
+    """A device busy all the time, rented at a high price, is cheaper to own."""
+    dev = pl.DataFrame({"system": ["s"], "replica": [0], "device": [0], "start_s": [0.0],
+                        "end_s": [HOUR_S], "state": ["compute"], "joules": [700.0 * HOUR_S]})
+    r = SystemResult("s", "gpu", "testchip", 1, metrics={"simulated_s": HOUR_S},
+                     frames={"devices": dev})
+    apply_economics(r, make_spec(cloud_h=10.0), 1,
+                    EconomicsConfig(electricity="0.10 USD/kWh"), None)
+    be = r.details["break_even"]
+    assert be["utilization"] == pytest.approx(1.0)
+    assert be["cheaper"] == "own"
+    assert be["payback_months"] is not None and be["payback_months"] > 0
+
+
+def test_missing_figures_are_not_known_with_reasons_and_the_rest_is_computed() -> None:
+    """No price and no idle power: energy, cost and carbon are None with a reason sentence
+    each naming the missing figure; throughput and the timeline summary remain."""
+    r = make_result()
+    apply_economics(r, make_spec(cloud_h=None, list_usd=None, idle_w=None), 2,
+                    EconomicsConfig(), None)
+    nk = r.details["not_known"]
+    for metric in ("energy_j", "energy_per_token_j", "cost_usd", "cost_per_million_tokens_usd",
+                   "carbon_kg", "break_even"):
+        assert metric in nk, metric
+        if metric in r.metrics:
+            assert r.metrics[metric] is None
+    assert "idle power" in nk["energy_j"]
+    assert "cloud_usd_per_hour" in nk["cost_usd"]
+    assert r.metrics["throughput_tokens_per_s"] == 100.0
+    assert r.details["utilization"] == pytest.approx(BUSY_S / (2 * SPAN))
+
+
+def test_cost_is_known_even_when_energy_is_not() -> None:
+    """A rented price does not depend on energy: cost is computed when idle power is unknown."""
+    r = make_result(span=HOUR_S)
+    apply_economics(r, make_spec(idle_w=None), 2, EconomicsConfig(), None)
+    assert r.metrics["energy_j"] is None
+    assert r.metrics["cost_usd"] == pytest.approx(8.0)
+
+
+def test_no_device_timeline_is_not_known() -> None:
+    """A run without a devices frame has energy not known, saying so."""
+    r = SystemResult("s", "gpu", "testchip", 1, metrics={"simulated_s": 5.0})
+    apply_economics(r, make_spec(), 1, EconomicsConfig(), None)
+    assert r.metrics["energy_j"] is None
+    assert "timeline" in r.details["not_known"]["energy_j"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [({"cloud_h": -1.0}, "negative"), ({"cloud_h": 50_000.0}, "absurd"),
+     ({"list_usd": -5.0}, "negative"), ({"idle_w": -3.0}, "negative"),
+     ({"list_usd": math.inf}, "not finite")],
+)
+def test_negative_or_absurd_figures_are_input_errors(kwargs: dict[str, float], needle: str) -> None:
+    """A negative, absurd or infinite price or power figure raises XpusimError (exit 2)."""
+    with pytest.raises(XpusimError, match=needle):
+        apply_economics(make_result(), make_spec(**kwargs), 2, EconomicsConfig(), None)
+
+
+def test_absurd_electricity_price_is_an_input_error() -> None:
+    """50 USD/kWh is no real tariff (a unit slip): XpusimError."""
+    with pytest.raises(XpusimError, match="electricity"):
+        apply_economics(make_result(), make_spec(), 2,
+                        EconomicsConfig(electricity="50 USD/kWh"), None)
+
+
+def test_negative_scenario_figures_fail_validation() -> None:
+    """The scenario schema refuses negative prices and discounts of 100 % or more."""
+    with pytest.raises(ValidationError):
+        EconomicsConfig(electricity="-0.1 USD/kWh")
+    with pytest.raises(ValidationError):
+        EconomicsConfig(spot_discount=1.0)
+    with pytest.raises(ValidationError):
+        EconomicsConfig(hosting_usd_per_kw_month=-1.0)
+
+
+def test_carbon_uses_world_default_region_or_explicit_intensity() -> None:
+    """carbon_kg = energy x grid intensity: the world average (cited) by default, a region's
+    figure when named, the scenario's own when given."""
+    r = make_result()
+    apply_economics(r, make_spec(), 2, EconomicsConfig(), None)
+    e = r.metrics["energy_j"]
+    assert r.metrics["carbon_kg"] == pytest.approx(e * 481e-3 / KWH_J)
+    assert "Ember" in r.figures["economics.carbon_intensity"].source
+    r = make_result()
+    apply_economics(r, make_spec(), 2, EconomicsConfig(region="France"), None)
+    assert r.metrics["carbon_kg"] == pytest.approx(e * GRID_INTENSITY["france"].value)
+    r = make_result()
+    apply_economics(r, make_spec(), 2, EconomicsConfig(carbon_intensity="100 g/kWh"), None)
+    assert r.metrics["carbon_kg"] == pytest.approx(e * 100e-3 / KWH_J)
+
+
+def test_embodied_carbon_is_amortized_over_lifetime() -> None:
+    """Embodied kg per device x device-time / lifetime is added to operational carbon."""
+    r = make_result()
+    cfg = EconomicsConfig(embodied_kg_per_device=1500.0, lifetime="5 year")
+    apply_economics(r, make_spec(), 2, cfg, None)
+    parts = r.details["carbon_breakdown_kg"]
+    assert parts["embodied"] == pytest.approx(1500.0 * 2 * SPAN / (5 * 365.25 * 86400))
+    assert r.metrics["carbon_kg"] == pytest.approx(sum(parts.values()))
+
+
+def test_unknown_region_lists_valid_ones() -> None:
+    """A misspelled region names the nearest valid one."""
+    with pytest.raises(ValidationError, match="germany"):
+        EconomicsConfig(region="germnay")
+
+
+def test_training_run_scales_to_time_to_train() -> None:
+    """With time_to_train_s, per-run energy, cost and carbon scale the simulated span up; the
+    per-step energy divides by the steps simulated."""
+    r = make_result(span=HOUR_S, time_to_train_s=10 * HOUR_S)
+    r.frames["steps"] = pl.DataFrame({"system": ["s"] * 4, "step": [0, 1, 2, 3]})
+    apply_economics(r, make_spec(), 2, EconomicsConfig(), None)
+    assert r.metrics["energy_per_run_j"] == pytest.approx(10 * r.metrics["energy_j"])
+    assert r.metrics["cost_per_run_usd"] == pytest.approx(10 * r.metrics["cost_usd"])
+    assert r.metrics["energy_per_step_j"] == pytest.approx(r.metrics["energy_j"] / 4)
+
+
+def test_replicas_in_the_frame_count_as_devices() -> None:
+    """When the devices frame shows more (replica, device) lanes than ``count``, idle time
+    covers them all."""
+    r = make_result()
+    r.frames["devices"] = pl.concat([
+        r.frames["devices"], r.frames["devices"].with_columns(pl.lit(1, pl.Int64).alias("replica"))])
+    apply_economics(r, make_spec(), 2, EconomicsConfig(), None)
+    assert r.details["devices_counted"] == 4
+    assert r.details["energy_breakdown_j"]["idle"] == pytest.approx(50.0 * (4 * SPAN - 2 * BUSY_S))
+
+
+def test_with_the_engine_power_model() -> None:
+    """With engine.power's PowerModel and no published idle figure, idle power is the model's
+    stated assumption and is listed among the figures."""
+    spec = make_spec(idle_w=None, max_w=700.0)
+    model = PowerModel.from_device(spec)
+    r = make_result()
+    apply_economics(r, spec, 2, EconomicsConfig(), model)
+    idle = model.idle_watts
+    assert r.metrics["energy_j"] == pytest.approx(BUSY_J + idle * (2 * SPAN - BUSY_S))
+    assert r.figures["power.idle_w"].assumption
+    assert r.figures["power.idle_w"].value == pytest.approx(idle)
