@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -99,25 +100,39 @@ def validate_spec(
 # --- training-step ops ----------------------------------------------------------------
 
 
-def backward_op(op: Op) -> Op:
-    """The backward of one forward op.
+def backward_op(op: Op) -> list[Op]:
+    """The backward of one forward op, as the ops a backend prices.
 
-    A GEMM (or convolution) costs twice its forward FLOPs: the data gradient ``dX = dY·Wᵀ``
-    and the weight gradient ``dW = Xᵀ·dY``; it reads the output gradient twice, plus the
-    inputs and weights it read, and writes a gradient for each input. Other ops also cost
-    twice their forward FLOPs, read their inputs and the output gradient and write input
-    gradients. A collective repeats (Megatron's backward all-reduce mirrors the forward
-    one).
+    A GEMM (or a convolution lowered to one) of dims ``(m, n, k)`` — ``Y[m,n] = X[m,k]·W[k,n]``
+    — becomes two GEMMs of its own FLOPs each, with their own shapes, because tiling and
+    wave quantization depend on them: the data gradient ``dX[m,k] = dY·Wᵀ`` (dims
+    ``(m, k, n)``) reads the output gradient and the weights and writes ``dX``; the weight
+    gradient ``dW[k,n] = Xᵀ·dY`` (dims ``(k, n, m)``) reads the inputs and the output
+    gradient and writes ``dW``. Other ops cost twice their forward FLOPs in one op, read
+    their inputs and the output gradient and write input gradients. A collective repeats
+    (Megatron's backward all-reduce mirrors the forward one).
     """
     if op.kind is OpKind.COLLECTIVE:
-        return _renamed(op, "bwd.")
-    gemm = op.kind in (OpKind.MATMUL, OpKind.CONV)
-    return Op(
+        return [_renamed(op, "bwd.")]
+    if op.kind in (OpKind.MATMUL, OpKind.CONV) and len(op.dims) >= 3:
+        m, n, k = (int(d) for d in op.dims[:3])
+        if op.param_bytes > 0:
+            w_bytes = op.param_bytes
+        else:  # two activations: split the reads by operand size (m·k vs k·n)
+            w_bytes = op.bytes_read * n / (m + n) if m + n else 0.0
+        x_bytes = max(0.0, op.bytes_read - w_bytes)
+        y_bytes = op.bytes_written
+        dx = replace(op, name=f"bwd.{op.name}.dx", bytes_read=y_bytes + w_bytes,
+                     bytes_written=x_bytes, dims=(m, k, n))
+        dw = replace(op, name=f"bwd.{op.name}.dw", bytes_read=x_bytes + y_bytes,
+                     bytes_written=w_bytes, param_bytes=0.0, dims=(k, n, m))
+        return [dx, dw]
+    return [Op(
         name=f"bwd.{op.name}", kind=op.kind, flops=2 * op.flops,
-        bytes_read=op.bytes_read + (2 if gemm else 1) * op.bytes_written,
+        bytes_read=op.bytes_read + op.bytes_written,
         bytes_written=op.bytes_read, param_bytes=op.param_bytes, dims=op.dims,
         batch=op.batch, count=op.count, dtype=op.dtype, layer=op.layer, attrs=op.attrs,
-    )
+    )]
 
 
 def _renamed(op: Op, prefix: str) -> Op:
@@ -129,7 +144,7 @@ def _renamed(op: Op, prefix: str) -> Op:
 
 def backward_ops(ops: Iterable[Op]) -> list[Op]:
     """Backward ops of a forward op list, in reverse order."""
-    return [backward_op(o) for o in reversed(list(ops))]
+    return [b for o in reversed(list(ops)) for b in backward_op(o)]
 
 
 def recompute_ops(ops: Iterable[Op]) -> list[Op]:

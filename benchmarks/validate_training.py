@@ -1,0 +1,169 @@
+"""Validate the training step model against Megatron-LM's published throughput.
+
+Predicts the ten rows of Narayanan et al. 2021, "Efficient Large-Scale Language Model
+Training on GPU Clusters Using Megatron-LM" (SC'21, arXiv:2104.04473), Table 1 — the
+``megatron_t1_*`` entries of ``shared/reference/figures.yaml`` (model size, GPUs, parallel
+configuration, achieved TFLOP/s per GPU) — with the full machinery and one model for all
+rows:
+
+* the ``gpt`` transformer (vocabulary 51,200, sequence 2,048, FFN 4h, the row's layers,
+  hidden and heads) built per pipeline stage by the model plugin;
+* the GPU backend's per-op costs on ``a100-sxm-80gb`` (its catalog figures: 312 TFLOP/s
+  bf16 dense, ``a100_bf16``; NVLink 3, 600 GB/s bidirectional = 300 GB/s per direction,
+  ``a100_mem_power_link``) and its default efficiency parameters;
+* the DGX A100 topology of the catalog: 8 GPUs per node on NVSwitch, and one 200 Gb/s
+  HDR InfiniBand adapter per GPU (8 × 200 Gb/s per node; the paper's §5 describes Selene's
+  nodes with "8 NVIDIA 200 Gbps HDR Infiniband HCAs", as NVIDIA's DGX A100 datasheet does);
+* the training step model (:mod:`engine.sim.training`): 1F1B pipeline with its bubble,
+  tensor-parallel all-reduces inside each layer, pipeline sends with the scatter/gather
+  optimization, and the data-parallel gradient all-reduce after the pipeline flush
+  (Megatron-LM 2021 did not overlap it: ``overlap_grad_reduce: false``).
+
+Settings that Table 1 does not list, the same for every row (stated assumptions):
+micro-batch 1; full activation recomputation (the paper's FLOP count "includes activation
+recomputation" and its §5.1 footnote uses it for all runs); the non-interleaved schedule
+(``virtual = 1``); fp16/bf16 at the 312 TFLOP/s peak.
+
+The predicted "achieved TFLOP/s per GPU" uses the paper's own FLOP count (its eq. 3, which
+is the hardware FLOPs of :func:`engine.sim.training.flops_per_token` with full
+recomputation): ``96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)) / (GPUs × step time)``, so the
+error of a row is the error of the predicted step time.
+
+Usage::
+
+    python benchmarks/validate_training.py [--json OUT] [--figures PATH]
+                                           [--efficiency KEY=VALUE ...] [--virtual V]
+
+``--efficiency`` overrides GPU cost-model parameters for *all* rows (a sensitivity check,
+not a per-row constant). Exit status 0 whatever the errors (it reports, it does not gate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from engine.collectives import topology_from_device  # noqa: E402
+from engine.host import build_host  # noqa: E402
+from engine.model import ModelFamily  # noqa: E402
+from engine.sim.training import TrainingPlan, step_time  # noqa: E402
+from engine.system import Parallelism, System  # noqa: E402
+
+FIGURES = REPO.parent / "shared" / "reference" / "figures.yaml"
+DEVICE = "a100-sxm-80gb"
+
+
+def megatron_rows(path: Path) -> list[dict[str, Any]]:
+    """The ``megatron_t1_*`` entries of the reference figures, in file order."""
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    entries = doc["entries"] if isinstance(doc, dict) else doc
+    return [e for e in entries if str(e.get("id", "")).startswith("megatron_t1_")]
+
+
+def paper_flops(c: dict[str, Any]) -> float:
+    """FLOPs of one step by Narayanan et al. 2021 eq. (3) (with recomputation)."""
+    b, s, l_, h, v = (c["global_batch"], c["seq_len"], c["layers"], c["hidden"], c["vocab"])
+    return 96.0 * b * s * l_ * h * h * (1 + s / (6 * h) + v / (16 * l_ * h))
+
+
+def _gpt_family(host: Any) -> ModelFamily:
+    try:
+        fam: ModelFamily = host.models.get("gpt")
+        return fam
+    except Exception:  # registry not wired yet: take the plugin's family directly
+        from plugins.models.transformer import FAMILIES
+
+        return next(f for f in FAMILIES if f.name == "gpt")
+
+
+def predict(row: dict[str, Any], host: Any, efficiency: dict[str, float],
+            virtual: int = 1) -> dict[str, Any]:
+    """Predict one Table 1 row; returns the row's figures, the prediction and its parts."""
+    c = row["conditions"]
+    n, t, p = int(c["GPUs"]), int(c["TP"]), int(c["PP"])
+    model = _gpt_family(host).configure({
+        "layers": c["layers"], "hidden": c["hidden"], "heads": c["heads"],
+        "vocab": c["vocab"], "seq_len": c["seq_len"], "dtype": "bf16",
+    })
+    gpu = host.backends.get("gpu")
+    dev = gpu.devices()[DEVICE]
+    v = virtual if (p > 1 and c["layers"] % (p * virtual) == 0) else 1
+    par = Parallelism(data=n // (t * p), tensor=t, pipeline=p, virtual=v)
+    options = {"efficiency": dict(efficiency)} if efficiency else {}
+    system = System(f"selene-{n}", "gpu", dev, n, par, topology_from_device(dev), options)
+    compiled = gpu.compile(model, system)
+    plan = TrainingPlan(global_batch=int(c["global_batch"]), micro_batch=1,
+                        seq_len=int(c["seq_len"]), recompute="full", precision="bf16",
+                        grad_dtype="bf16", overlap_grad_reduce=False)
+    st = step_time(compiled, model, plan, getattr(compiled, "power", None))
+    pred = paper_flops(c) / (n * st.seconds) / 1e12
+    actual = float(row["value"])
+    return {
+        "id": row["id"], "params_B": c["params_B"], "gpus": n, "tensor": t, "pipeline": p,
+        "virtual": v, "global_batch": c["global_batch"], "actual_tflops_per_gpu": actual,
+        "predicted_tflops_per_gpu": pred, "error": pred / actual - 1.0,
+        "step_time_s": st.seconds, "microbatches": st.microbatches,
+        "bubble_fraction": st.pipeline.bubble_fraction,
+        "parts_s": {
+            "compute": st.device_s.get("compute", 0.0), "memory": st.device_s.get("memory", 0.0),
+            "overhead": st.device_s.get("overhead", 0.0),
+            "tp_comm": st.stage_breakdown.get("comm", 0.0) * st.microbatches,
+            "pp_comm": st.pipeline.p2p_s, "dp_comm_exposed": st.dp_exposed_s,
+            "optimizer": st.optimizer_s, "bubble": st.bubble_s,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the validation and print one line per row plus the median |error|."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path, help="write rows and median_abs_error here")
+    ap.add_argument("--figures", type=Path, default=FIGURES)
+    ap.add_argument("--efficiency", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a GPU efficiency parameter for all rows")
+    ap.add_argument("--virtual", type=int, default=1, help="interleaved stages (all rows)")
+    args = ap.parse_args(argv)
+    eff: dict[str, float] = {}
+    for item in args.efficiency:
+        k, _, val = item.partition("=")
+        eff[k.strip()] = float(val)
+    host = build_host()
+    rows = megatron_rows(args.figures)
+    out = [predict(r, host, eff, args.virtual) for r in rows]
+    print(f"{'row':22s} {'GPUs':>5s} {'t':>2s} {'p':>3s} {'actual':>7s} {'pred':>7s} "
+          f"{'error':>7s} {'step s':>7s} {'bubble':>6s}  dominant parts (s)")
+    for r in out:
+        parts = sorted(r["parts_s"].items(), key=lambda kv: -kv[1])[:3]
+        print(f"{r['id']:22s} {r['gpus']:5d} {r['tensor']:2d} {r['pipeline']:3d} "
+              f"{r['actual_tflops_per_gpu']:7.1f} {r['predicted_tflops_per_gpu']:7.1f} "
+              f"{100 * r['error']:+6.1f}% {r['step_time_s']:7.2f} {r['bubble_fraction']:6.3f}  "
+              + ", ".join(f"{k} {v:.2f}" for k, v in parts))
+    errs = [abs(r["error"]) for r in out]
+    med = statistics.median(errs) if errs else float("nan")
+    worst = max(errs) if errs else float("nan")
+    print(f"median |error| {100 * med:.1f}%  max |error| {100 * worst:.1f}%  "
+          f"(target: median <= 10%, none above 20%)"
+          + (f"  efficiency overrides: {eff}" if eff else ""))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "source": "Narayanan et al. 2021 (arXiv:2104.04473) Table 1, figures.yaml "
+                      "megatron_t1_*",
+            "device": DEVICE, "efficiency_overrides": eff, "virtual": args.virtual,
+            "rows": out, "median_abs_error": med, "max_abs_error": worst,
+        }, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""Pipeline-parallel schedule math: 1F1B and interleaved 1F1B.
+
+A training step of one data-parallel replica pushes ``m`` micro-batches through ``p``
+pipeline stages. Each device holds ``v`` model chunks (``v = 1``: plain 1F1B,
+PipeDream-Flush; ``v > 1``: Megatron's interleaved schedule, Narayanan et al. 2021 §2.2).
+One *unit* of work is one chunk's forward or backward of one micro-batch.
+
+Closed form (:func:`pipeline_time`), uniform stages
+    Let ``c = (t_f + t_b) / v + 2·t_p2p`` be one chunk's forward plus backward of one
+    micro-batch with its two point-to-point transfers (activation forward, gradient
+    backward). The critical path of the 1F1B schedule holds ``m·v + p − 1`` such units::
+
+        T = (m·v + p − 1) · c
+
+    so the pipeline bubble (time a device idles while the pipeline fills and drains) is
+    ``(p − 1)·c``, a fraction ``(p − 1) / (m·v)`` of the ideal time (the paper's
+    ``(p − 1)/m`` divided by ``v``). The sum ``t_f + t_b`` is all the closed form needs:
+    how a micro-batch's time splits into forward and backward does not change it, which
+    is why the step model passes one forward+backward time per micro-batch per stage.
+    Interleaving divides the bubble by ``v`` and multiplies the number of transfers by
+    ``v`` — the trade-off the paper reports.
+
+Non-uniform stages (:func:`pipeline_time` with a list of per-stage times)
+    ``T = Σ_s c_s + (m·v − 1) · max_s c_s``: the slowest stage sets the steady-state rate,
+    every stage is crossed once while filling and draining. Equal stages give the formula
+    above.
+
+Exact schedule (:func:`simulate_schedule`)
+    A list scheduler that runs the real per-device op order of 1F1B (warm-up forwards,
+    one-forward-one-backward steady state, cool-down backwards) and of the interleaved
+    schedule (Megatron's order: forwards of chunk ``k`` for ``p`` micro-batches at a time,
+    warm-up of ``(p − rank − 1)·2 + (v − 1)·p`` units), with each op starting when its
+    device is free and its input has arrived. It is exact for any forward/backward split
+    and is used by the tests to check the closed form; it is ``O(m·p·v)`` and not used on
+    the hot path.
+
+Activation memory: under 1F1B the first stage holds the activations of ``min(m, p)``
+micro-batches in flight; interleaving raises that by ``1 + (p − 1)/(p·v)``
+(Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
+Models", §4.2.3) — :func:`in_flight_microbatches`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "PipelineTime",
+    "bubble_fraction",
+    "in_flight_microbatches",
+    "pipeline_time",
+    "simulate_schedule",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineTime:
+    """The pipeline part of one training step of one replica.
+
+    ``seconds`` is the makespan from the first forward to the last backward;
+    ``work_s`` the time one device spends computing (its ``m·(t_f + t_b)``);
+    ``p2p_s`` its point-to-point transfers on the critical path; ``bubble_s`` the rest
+    (fill and drain idle time). ``seconds = work_s + p2p_s + bubble_s`` for the slowest
+    stage.
+    """
+
+    seconds: float
+    work_s: float
+    p2p_s: float
+    bubble_s: float
+
+    @property
+    def bubble_fraction(self) -> float:
+        """Bubble time over the busy (compute plus transfer) time."""
+        busy = self.work_s + self.p2p_s
+        return self.bubble_s / busy if busy > 0 else 0.0
+
+
+def _check(p: int, m: int, v: int) -> None:
+    if p < 1 or m < 1 or v < 1:
+        raise ValueError(f"pipeline needs p, m, v >= 1, got p={p}, m={m}, v={v}")
+
+
+def pipeline_time(
+    stage_s: float | Sequence[float], m: int, p: int, v: int = 1, p2p_s: float = 0.0
+) -> PipelineTime:
+    """The makespan of ``m`` micro-batches through ``p`` stages of ``v`` chunks each.
+
+    ``stage_s`` is one micro-batch's forward plus backward on one device (all its ``v``
+    chunks together), either one number for uniform stages or one per stage; ``p2p_s`` is
+    one point-to-point transfer between adjacent stages (paid twice per chunk and
+    micro-batch, forward and backward, when ``p > 1``). See the module docstring.
+    """
+    _check(p, m, v)
+    times = [float(stage_s)] * p if isinstance(stage_s, int | float) else [float(t) for t in stage_s]
+    if len(times) != p:
+        raise ValueError(f"{len(times)} stage times given for {p} stages")
+    if min(times) < 0 or p2p_s < 0:
+        raise ValueError(f"negative stage or transfer time: {times}, {p2p_s}")
+    x = 2.0 * p2p_s if p > 1 else 0.0
+    units = [t / v + x for t in times]
+    slow = max(units)
+    seconds = sum(units) + (m * v - 1) * slow
+    s = units.index(slow)
+    work = m * times[s]
+    p2p = m * v * x
+    return PipelineTime(seconds, work, p2p, max(0.0, seconds - work - p2p))
+
+
+def bubble_fraction(p: int, m: int, v: int = 1) -> float:
+    """The paper's bubble fraction ``(p − 1) / (m·v)`` (bubble over ideal time)."""
+    _check(p, m, v)
+    return (p - 1) / (m * v)
+
+
+def in_flight_microbatches(p: int, m: int, v: int = 1) -> float:
+    """Micro-batch-equivalents of activations the first stage holds at its peak.
+
+    1F1B: ``min(m, p)``. Interleaved: ``p·(1 + (p − 1)/(p·v))`` (Korthikanti et al. 2022)
+    when ``m >= p``, since the warm-up runs ``(v − 1)·p`` extra chunk forwards, each of
+    ``1/v`` of the stage's layers.
+    """
+    _check(p, m, v)
+    if v == 1 or p == 1:
+        return float(min(m, p))
+    return min(float(m), p * (1.0 + (p - 1) / (p * v)))
+
+
+def _order_1f1b(rank: int, p: int, m: int) -> list[tuple[str, int, int]]:
+    warm = min(p - rank - 1, m)
+    ops: list[tuple[str, int, int]] = [("F", i, 0) for i in range(warm)]
+    f, b = warm, 0
+    while f < m:
+        ops.append(("F", f, 0))
+        f += 1
+        ops.append(("B", b, 0))
+        b += 1
+    ops.extend(("B", i, 0) for i in range(b, m))
+    return ops
+
+
+def _order_interleaved(rank: int, p: int, m: int, v: int) -> list[tuple[str, int, int]]:
+    # Megatron-LM's interleaved order: unit k (0 .. m·v-1) of the forward stream is
+    # micro-batch (k // (p·v))·p + k % p on chunk (k // p) % v; backward the same with
+    # chunks reversed.
+    total = m * v
+
+    def fwd(k: int) -> tuple[str, int, int]:
+        group, r = divmod(k, p * v)
+        return ("F", group * p + r % p, r // p)
+
+    def bwd(k: int) -> tuple[str, int, int]:
+        group, r = divmod(k, p * v)
+        return ("B", group * p + r % p, v - 1 - r // p)
+
+    warm = min((p - rank - 1) * 2 + (v - 1) * p, total)
+    ops = [fwd(k) for k in range(warm)]
+    f, b = warm, 0
+    while f < total:
+        ops.append(fwd(f))
+        f += 1
+        ops.append(bwd(b))
+        b += 1
+    ops.extend(bwd(k) for k in range(b, total))
+    return ops
+
+
+def simulate_schedule(
+    p: int, m: int, t_f: float, t_b: float, v: int = 1, p2p_s: float = 0.0
+) -> float:
+    """The exact makespan of the (interleaved) 1F1B schedule by list scheduling.
+
+    ``t_f``/``t_b`` are one micro-batch's forward/backward on one device (all ``v``
+    chunks), so one chunk unit takes ``t_f/v`` or ``t_b/v``. The interleaved schedule
+    needs ``m`` to be a multiple of ``p`` (as Megatron-LM requires). Each device runs its
+    ops in order; an op starts when the device is free and its input (the previous
+    virtual stage's output, plus ``p2p_s`` when it crosses devices) is ready.
+    """
+    _check(p, m, v)
+    if v > 1 and m % p:
+        raise ValueError(f"the interleaved schedule needs m ({m}) to be a multiple of p ({p})")
+    orders = [_order_1f1b(r, p, m) if v == 1 else _order_interleaved(r, p, m, v)
+              for r in range(p)]
+    unit = {"F": t_f / v, "B": t_b / v}
+    last = p * v - 1  # virtual stage index of the last chunk
+    done: dict[tuple[str, int, int], float] = {}  # (kind, micro-batch, virtual stage) -> end
+    pos = [0] * p
+    free = [0.0] * p
+    pending = p
+    # Sweep: repeatedly run every device whose next op has its input ready.
+    while pending:
+        progressed = False
+        for r in range(p):
+            while pos[r] < len(orders[r]):
+                kind, mb, chunk = orders[r][pos[r]]
+                vs = chunk * p + r
+                if kind == "F":
+                    dep = None if vs == 0 else ("F", mb, vs - 1)
+                else:
+                    dep = ("F", mb, last) if vs == last else ("B", mb, vs + 1)
+                if dep is not None and dep not in done:
+                    break
+                ready = 0.0
+                if dep is not None:
+                    ready = done[dep] + (p2p_s if p > 1 else 0.0)
+                start = max(free[r], ready)
+                end = start + unit[kind]
+                done[(kind, mb, vs)] = end
+                free[r] = end
+                pos[r] += 1
+                progressed = True
+        pending = sum(1 for r in range(p) if pos[r] < len(orders[r]))
+        if pending and not progressed:
+            raise RuntimeError("pipeline schedule deadlocked (invalid order)")
+    return max(free)

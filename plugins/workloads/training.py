@@ -1,0 +1,282 @@
+"""The ``training`` workload: pre-training and fine-tuning runs at cluster scale.
+
+The scenario's ``workload:`` block (:class:`TrainingConfig`) gives the batch, sequence
+length, length of the run (``steps`` or ``tokens``), activation recomputation, precision
+and the failure/checkpoint model; each system gives its parallel plan
+(``parallelism: {data, tensor, pipeline, virtual, sequence, zero}``) and topology. The
+step model and the failure world are :mod:`engine.sim.training`; the memory model is
+:mod:`engine.sim.memory`; ``docs/workloads/training.md`` is the reference.
+
+Export: ``WORKLOADS`` (the lead registers it through ``register_workloads``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engine.analytic import AnalyticCompiled
+from engine.backend import Compiled, Fit
+from engine.errors import DoesNotFitError
+from engine.model import ModelGraph
+from engine.power import PowerModel
+from engine.qty import Bandwidth, Bytes, Duration, DurationOrZero
+from engine.sim.memory import checkpoint_bytes
+from engine.sim.training import (
+    FailureSpec,
+    TrainingPlan,
+    check_plan,
+    devices_frame,
+    nearest_plans,
+    percentile,
+    plan_memory,
+    simulate_failures,
+    step_time,
+    steps_frame,
+)
+from engine.system import System
+from engine.workload import SystemRun, Workload, WorkloadContext
+
+__all__ = ["WORKLOADS", "FailuresConfig", "TrainingConfig", "TrainingWorkload"]
+
+HOUR = 3600.0
+
+LLAMA3_MTBF_H = 16384 * 54 * 24 / 419
+"""Per-GPU mean time between failures implied by Llama Team 2024, 'The Llama 3 Herd of
+Models' (arXiv:2407.21783) §3.3.4: 419 unexpected interruptions in a 54-day snapshot of
+pre-training on 16,384 H100 GPUs, about 50,700 GPU-hours per interruption."""
+
+
+class FailuresConfig(BaseModel):
+    """``workload.failures``: independent device failures and periodic checkpoints.
+
+    ``mtbf_per_device`` is one device's mean time between failures (a job on ``n``
+    devices fails every ``mtbf/n`` on average); ``restart`` the time from a failure to
+    training again, besides reading the checkpoint back; ``checkpoint_interval`` the
+    training time between checkpoints; ``storage_bandwidth`` the aggregate rate at which
+    the whole job writes and reads a checkpoint (weights plus optimizer states).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mtbf_per_device: Duration = Field(default=50_000 * HOUR)
+    restart: DurationOrZero = Field(default=600.0)
+    checkpoint_interval: Duration = Field(default=HOUR)
+    storage_bandwidth: Bandwidth = Field(default=10e9)
+
+
+class TrainingConfig(BaseModel):
+    """``workload:`` of kind ``training`` (see docs/workloads/training.md).
+
+    Give the run's length as ``steps`` or as ``tokens`` (not both). ``seq_len`` defaults
+    to the model's. ``failures: null`` turns failures and checkpoints off.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    global_batch: int = Field(ge=1, description="sequences per optimizer step")
+    micro_batch: int = Field(default=1, ge=1, description="sequences per micro-batch")
+    seq_len: int | None = Field(default=None, ge=1)
+    steps: int | None = Field(default=None, ge=1)
+    tokens: float | None = Field(default=None, gt=0)
+    recompute: Literal["none", "selective", "full"] = "selective"
+    precision: Literal["bf16", "fp16", "fp32", "fp8"] = "bf16"
+    optimizer: Literal["adam", "sgd"] = "adam"
+    grad_reduce_dtype: Literal["bf16", "fp16", "fp32"] | None = None
+    overlap_grad_reduce: bool = True
+    bucket_size: Bytes = Field(default=25e6)
+    failures: FailuresConfig | None = Field(default_factory=FailuresConfig)
+    seeds: int = Field(default=5, ge=1, le=1001)
+
+    @model_validator(mode="after")
+    def _length(self) -> TrainingConfig:
+        if (self.steps is None) == (self.tokens is None):
+            raise ValueError("give the run's length as exactly one of `steps` or `tokens` "
+                             "(for example steps: 1000, or tokens: 3.0e11)")
+        return self
+
+
+def make_plan(config: TrainingConfig, model: ModelGraph) -> TrainingPlan:
+    """The engine-side plan of ``config`` for ``model``."""
+    seq = config.seq_len or int(model.info.max_seq_len or 0) or 2048
+    grad = config.grad_reduce_dtype or ("fp32" if config.precision == "fp32" else
+                                        "bf16" if config.precision == "fp8" else config.precision)
+    return TrainingPlan(
+        global_batch=config.global_batch, micro_batch=config.micro_batch, seq_len=seq,
+        recompute=config.recompute, precision=config.precision, optimizer=config.optimizer,
+        grad_dtype=grad, overlap_grad_reduce=config.overlap_grad_reduce,
+        bucket_bytes=float(config.bucket_size),
+    )
+
+
+def total_steps(config: TrainingConfig, plan: TrainingPlan) -> int:
+    """Optimizer steps of the run (``steps``, or ``tokens`` over tokens per step)."""
+    if config.steps is not None:
+        return config.steps
+    assert config.tokens is not None
+    return max(1, math.ceil(config.tokens / plan.tokens_per_step))
+
+
+def _reserve(compiled: Compiled) -> float:
+    return float(getattr(compiled, "reserve_bytes", 0.0) or 0.0)
+
+
+def _power(compiled: Compiled, system: System) -> PowerModel | None:
+    if isinstance(compiled, AnalyticCompiled):
+        return compiled.power
+    try:
+        return PowerModel.from_device(system.device)
+    except ValueError:
+        return None
+
+
+def training_fit(config: TrainingConfig, system: System, compiled: Compiled) -> Fit:
+    """Whether ``config`` under ``system``'s plan divides and fits, with the nearest
+    plans that would when it does not."""
+    model = compiled.model
+    plan = make_plan(config, model)
+    par = system.parallelism
+    have = system.device.memory_bytes.value
+    reserve = _reserve(compiled)
+
+    def nearest() -> str:
+        plans = nearest_plans(model, par, plan, system.count, have, reserve)
+        if not plans:
+            return (f"No plan of tensor, pipeline, ZeRO stage, recomputation and micro-batch "
+                    f"on {system.count}×{system.device.name} holds {model.name}; use more "
+                    f"devices or devices with more memory.")
+        return "Nearest plans that divide and fit: " + "; ".join(plans) + "."
+
+    problems = check_plan(model, par, plan, system.count)
+    if problems:
+        return Fit(False, 0.0, have, {},
+                   reason=f"The plan of system {system.name!r} is invalid: "
+                          + "; ".join(problems) + ".",
+                   suggestion=nearest())
+    need = plan_memory(model, par, plan, have, reserve)
+    if need.fits:
+        return Fit(True, need.total, have, need.breakdown())
+    desc = (f"data={par.data}, tensor={par.tensor}, pipeline={par.pipeline}"
+            + (f", virtual={par.virtual}" if par.virtual > 1 else "")
+            + f", zero={par.zero}, recompute={plan.recompute}, micro_batch={plan.micro_batch}")
+    return Fit(
+        False, need.total, have, need.breakdown(),
+        reason=(f"Training {model.name} with {desc} needs {need.total / 1e9:.1f} GB per device "
+                f"({need.describe()}) but one {system.device.name} has {have / 1e9:.1f} GB: "
+                f"short by {(need.total - have) / 1e9:.1f} GB."),
+        suggestion=nearest(),
+    )
+
+
+class TrainingWorkload(Workload):
+    """Kind ``training``: step time from the backend's costs and the parallel plan, then
+    time-to-train, goodput and their spread over seeds with failures and checkpoints."""
+
+    name = "training"
+    description = ("pre-training / fine-tuning: data, tensor, pipeline (1F1B, interleaved) "
+                   "and ZeRO parallelism, recomputation, failures and checkpoints")
+    schema = TrainingConfig
+
+    def shape_hint(self, config: BaseModel) -> dict[str, object]:
+        """``batch`` (the micro-batch) and ``training``."""
+        assert isinstance(config, TrainingConfig)
+        return {"batch": config.micro_batch, "training": True}
+
+    def fit(self, config: BaseModel, system: System, compiled: Compiled) -> Fit:
+        """Training memory per device (weights, gradients, Adam states per ZeRO stage,
+        activations in flight) and the plan's divisibility; see :func:`training_fit`."""
+        assert isinstance(config, TrainingConfig)
+        return training_fit(config, system, compiled)
+
+    def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:
+        """Price one step, replay the run with failures for ``seeds`` seeds, and report the
+        median run's frames and the spread of time-to-train."""
+        assert isinstance(config, TrainingConfig)
+        system, compiled, model = ctx.system, ctx.compiled, ctx.compiled.model
+        fit = training_fit(config, system, compiled)
+        if not fit.fits:
+            raise DoesNotFitError(" ".join(x for x in (fit.reason, fit.suggestion) if x))
+        plan = make_plan(config, model)
+        power = _power(compiled, system)
+        st = step_time(compiled, model, plan, power)
+        steps = total_steps(config, plan)
+
+        f = config.failures
+        if f is None:
+            spec = FailureSpec()
+            ckpt_b = 0.0
+            write_s = read_s = 0.0
+        else:
+            spec = FailureSpec(f.mtbf_per_device, f.restart, f.checkpoint_interval,
+                               f.storage_bandwidth)
+            ckpt_b = checkpoint_bytes(model, plan.precision, plan.optimizer)
+            write_s = read_s = ckpt_b / f.storage_bandwidth
+        seeds = [ctx.seed * 1_000_003 + i for i in range(config.seeds)]
+        walls = []
+        for i, s in enumerate(seeds):
+            walls.append(simulate_failures(st.seconds, steps, system.count, spec, write_s,
+                                           read_s, s).wall_s)
+            ctx.progress(i + 1, len(seeds) + 1)
+        order = sorted(range(len(walls)), key=lambda i: (walls[i], i))
+        median_seed = seeds[order[(len(order) - 1) // 2]]
+        run = simulate_failures(st.seconds, steps, system.count, spec, write_s, read_s,
+                                median_seed, record=True)
+        ctx.progress(len(seeds) + 1, len(seeds) + 1)
+
+        n = system.count
+        try:
+            peak = system.device.flops(plan.precision)
+        except Exception:
+            peak = system.device.flops("bf16")
+        useful = steps * st.seconds
+        tokens = steps * plan.tokens_per_step
+        wall = run.wall_s
+        metrics: dict[str, object] = {
+            "step_time_s": st.seconds,
+            "throughput_tokens_per_s": tokens / wall if wall else 0.0,
+            "throughput_samples_per_s": steps * plan.global_batch / wall if wall else 0.0,
+            "throughput_tokens_per_s_no_failures": plan.tokens_per_step / st.seconds,
+            "mfu": st.model_flops / (n * peak * st.seconds),
+            "hfu": st.hardware_flops / (n * peak * st.seconds),
+            "model_tflops_per_device": st.model_flops / (n * st.seconds) / 1e12,
+            "hardware_tflops_per_device": st.hardware_flops / (n * st.seconds) / 1e12,
+            "time_to_train_s": wall,
+            "time_to_train_p10_s": percentile(walls, 10),
+            "time_to_train_p50_s": percentile(walls, 50),
+            "time_to_train_p90_s": percentile(walls, 90),
+            "goodput": useful / wall if wall else 1.0,
+            "goodput_p10": useful / percentile(walls, 90) if walls else 1.0,
+            "goodput_p90": useful / percentile(walls, 10) if walls else 1.0,
+            "device_hours": n * wall / HOUR,
+            "steps": steps,
+            "tokens": tokens,
+            "microbatches": st.microbatches,
+            "pipeline_bubble_fraction": st.pipeline.bubble_fraction,
+            "bubble_s": st.bubble_s,
+            "tp_comm_s": st.stage_breakdown.get("comm", 0.0) * st.microbatches,
+            "pp_comm_s": st.pipeline.p2p_s,
+            "dp_comm_s": st.dp_comm_s,
+            "dp_comm_exposed_s": st.dp_exposed_s + st.param_gather_s + st.zero3_exposed_s,
+            "optimizer_s": st.optimizer_s,
+            "failures": run.failures,
+            "checkpoints": run.checkpoints,
+            "checkpoint_bytes": ckpt_b,
+            "checkpoint_write_s": write_s,
+            "lost_work_s": run.lost_s,
+            "seeds": len(seeds),
+            "memory_per_device_bytes": fit.need_bytes,
+            "flops_definition": ("mfu: model FLOPs 3*F + 12*L*heads*head_dim*s per token "
+                                 "(Narayanan et al. 2021 eq. 3 without recomputation); hfu: "
+                                 "plus the recomputed forward"),
+        }
+        frames = {
+            "steps": steps_frame(system.name, st, run, 0.0),
+            "devices": devices_frame(system, st, run, power),
+        }
+        return SystemRun(metrics=metrics, frames=frames, simulated_s=wall)
+
+
+WORKLOADS: list[Workload] = [TrainingWorkload()]
+"""The workload kinds this module provides."""
