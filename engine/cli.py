@@ -68,7 +68,7 @@ _METRIC_COLUMNS: list[tuple[str, str, float, str]] = [
     ("ttft_p99_s", "TTFT p99 ms", 1e3, "{:,.0f}"),
     ("tbt_p50_s", "TBT p50 ms", 1e3, "{:,.1f}"),
     ("tbt_p99_s", "TBT p99 ms", 1e3, "{:,.1f}"),
-    ("e2e_p99_s", "e2e p99 s", 1.0, "{:,.2f}"),
+    ("e2e_p99_s", "e2e p99 ms", 1e3, "{:,.1f}"),
     ("slo_attainment", "SLO met", 100.0, "{:.1f}%"),
     ("step_time_s", "step s", 1.0, "{:,.3f}"),
     ("mfu", "MFU", 100.0, "{:.1f}%"),

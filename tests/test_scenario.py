@@ -52,7 +52,7 @@ def test_set_overrides_any_field(fake_host: Host, write_yaml: Writer) -> None:
 
 def test_parse_set_rejects_malformed() -> None:
     """An override without '=' is refused with an example."""
-    with pytest.raises(ScenarioError, match="KEY.PATH=VALUE"):
+    with pytest.raises(ScenarioError, match=r"KEY\.PATH=VALUE"):
         parse_set("workload.rate")
     assert parse_set("a.0.b=2 GB") == (["a", 0, "b"], "2 GB")
 

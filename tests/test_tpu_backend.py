@@ -200,9 +200,14 @@ def test_power_model_uses_measured_v4_and_stated_assumption_elsewhere() -> None:
     assert c5.figures_used()["power.max_w"].assumption
 
 
-def test_spiking_models_not_supported() -> None:
+def test_spiking_supported_unknown_kinds_refused() -> None:
+    """Spiking networks run as time-stepped dense ops; a kind the backend does not know is
+    refused with the kinds it does price."""
     m = FakeLlama()
     m.info = ModelInfo(name="snn", family="snn", kind="spiking", dtype="bf16", params=1,
                        active_params=1, param_bytes=2)
+    assert TpuBackend().supports(m, "spiking").ok
+    m.info = ModelInfo(name="gnn", family="gnn", kind="graph", dtype="bf16", params=1,
+                       active_params=1, param_bytes=2)
     sup = TpuBackend().supports(m, "offline")
-    assert not sup.ok and "spiking" in sup.reason
+    assert not sup.ok and "spiking" in sup.reason and "'graph'" in sup.reason

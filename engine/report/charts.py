@@ -252,8 +252,9 @@ def utilization(run: RunResult) -> str | None:
             ax.set_ylim(0, 100)
             ax.set_ylabel("% of devices")
             ax.set_title(f"{s.name} ({n} device{'s' if n != 1 else ''})", fontsize=9, loc="left")
-            ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False,
-                      ncol=4, borderaxespad=0.1)
+            if layers:
+                ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=7,
+                          frameon=False, ncol=4, borderaxespad=0.1)
         axes[-1].set_xlabel("simulated time (s)")
         return _svg(fig, "utilization", "device utilization timeline by power state")
 

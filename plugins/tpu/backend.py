@@ -44,8 +44,8 @@ from plugins.tpu.fusion import VECTOR_ATTR, fuse
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 BACKEND = "tpu"
-SUPPORTED_KINDS = ("decoder", "encoder", "vision", "mlp")
-WORKLOADS = ("serving", "offline", "training")
+SUPPORTED_KINDS = ("decoder", "encoder", "vision", "mlp", "spiking")
+WORKLOADS = ("serving", "offline", "training", "spiking")
 RUNTIME_RESERVE_BYTES = 0.5e9
 FP32_PASSES = 3
 """fp32 matmuls run as bf16 passes (XLA's default 'bf16_3x' precision): an assumption."""
@@ -195,7 +195,8 @@ class TpuBackend(Backend):
         return builtin_catalog()
 
     def supports(self, model: ModelGraph, workload: str) -> Support:
-        """Decoder, encoder, vision and MLP models for serving, offline and training."""
+        """Decoder, encoder, vision, MLP and spiking models (spiking networks as
+        time-stepped dense matmuls and vector-unit LIF updates) for every workload kind."""
         if model.kind not in SUPPORTED_KINDS:
             return Support(False, f"the tpu backend prices models of kind "
                                   f"{', '.join(SUPPORTED_KINDS)}; {model.name!r} is of kind "

@@ -16,6 +16,8 @@ from engine.workload import Workload
 MODULES: tuple[str, ...] = (
     "plugins.workloads.serving",
     "plugins.workloads.offline",
+    "plugins.workloads.training",
+    "plugins.workloads.spiking",
 )
 """Modules whose ``WORKLOADS`` this plugin registers, in order."""
 

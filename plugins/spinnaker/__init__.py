@@ -1,0 +1,19 @@
+"""The ``spinnaker`` backend: spiking networks mapped onto SpiNNaker boards by sPyNNaker
+(see ``docs/backends/spinnaker.md``). Importing this package does not import sPyNNaker;
+mapping does, on first use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from engine import hookimpl
+from engine.backend import Backend
+from plugins.spinnaker.backend import SpinnakerBackend
+
+__all__ = ["SpinnakerBackend", "register_backends"]
+
+
+@hookimpl
+def register_backends(register: Callable[[Backend], None]) -> None:
+    """Register the ``spinnaker`` backend."""
+    register(SpinnakerBackend())

@@ -1,0 +1,249 @@
+"""The ``spinnaker`` backend: spiking networks on SpiNNaker boards through sPyNNaker.
+
+Compiling maps the network with sPyNNaker's own tool chain (:mod:`.mapping`) onto as
+many SpiNN-5 boards as the system's ``count`` (a virtual machine unless the user's
+sPyNNaker config names a board), once per network and machine in a process. A step of a
+:attr:`~engine.graph.Phase.SPIKING` shape ``(batch=b, timesteps=T)`` then costs
+
+* ``seconds = b · T · timestep · time_scale_factor``: SpiNNaker runs in real time (scaled
+  by the time-scale factor) and one mapped network takes the samples of a batch one after
+  the other;
+* ``joules`` from sPyNNaker's energy model (:mod:`.energy`) for those seconds, the mapped
+  chips and cores, and the router packets of the spikes counted for the network (the
+  ``SPIKING`` ops' activity from the exact LIF simulator, PyNN on NEST with
+  ``options.counter: nest``, or the board's own recorded spikes).
+
+System options (``systems[].options``): ``time_scale_factor`` (>= 1, default 1),
+``counter`` (``lif`` | ``nest``), ``reports`` (a folder for sPyNNaker's reports; default a
+temporary one, deleted), ``use_board`` (default true: run on a board the user's config
+names).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping as MappingT
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.backend import Backend, Compiled, Cost, Fit, Support
+from engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
+from engine.errors import DoesNotFitError, ScenarioError, UnsupportedError
+from engine.graph import Collective, OpKind, Phase, Shape
+from engine.model import ModelGraph
+from engine.system import System
+from plugins.spinnaker import energy, lif, mapping
+
+__all__ = ["SPINN5", "SpinnakerBackend", "SpinnakerCompiled"]
+
+_MB = 1e6
+
+
+def _spinn5() -> DeviceSpec:
+    """The SpiNN-5 board as a catalog entry (figures.yaml ids and sPyNNaker constants)."""
+    board_idle = 26.84
+    full = board_idle + 48 * mapping.APP_CORES_PER_CHIP * 0.034
+    return DeviceSpec(
+        name="spinn-5",
+        backend="spinnaker",
+        vendor="University of Manchester",
+        description="SpiNN-5 board: 48 SpiNNaker chips, 18 ARM968 cores each (864 cores), "
+                    "128 MB SDRAM per chip",
+        peak_flops={},
+        memory_bytes=Figure(48 * 128 * _MB, "spinn5_board"),
+        memory_bw=Figure(48 * 0.9e9, assumption="~0.9 GB/s SDRAM bandwidth per chip "
+                         "(Painkras et al. 2013); not used by the spiking cost model"),
+        power=PowerSpec(
+            idle_w=Figure(board_idle, f"{energy.SOURCE}.WATTS_FOR_48_CHIP_BOARD_IDLE_COST"),
+            max_w=Figure(full, assumption="board idle power plus every application core "
+                         "active (sPyNNaker Version5 constants: 26.84 W + 768 x 0.034 W)"),
+        ),
+        price=PriceSpec(),
+        devices_per_node=1,
+        extra={
+            "chips": Figure(48, "spinn5_board"),
+            "cores_per_chip": Figure(18, "spinnaker1_chip"),
+            "chip_power_w": Figure(1.0, "spinnaker1_chip"),
+        },
+        aliases=("spinn5", "spinnaker", "spinn-5-board"),
+    )
+
+
+SPINN5 = _spinn5()
+
+
+def _activity_attrs(model: ModelGraph, shape: Shape) -> list[dict[str, float]]:
+    g = model.build(shape)
+    layers = [dict(op.attrs) for op in g.ops if op.kind is OpKind.SPIKING]
+    if not layers:
+        raise UnsupportedError(
+            f"model {model.name!r} has no spiking layers; the spinnaker backend runs "
+            f"spiking networks (model family snn)")
+    return layers
+
+
+class SpinnakerCompiled(Compiled):
+    """A spiking network mapped onto ``system.count`` SpiNN-5 boards."""
+
+    def __init__(self, system: System, model: ModelGraph,
+                 cache: dict[Any, mapping.Mapping]) -> None:
+        super().__init__(system, model)
+        opts = dict(system.options or {})
+        unknown = set(opts) - {"time_scale_factor", "counter", "reports", "use_board"}
+        if unknown:
+            raise ScenarioError(
+                f"systems[{system.name}].options: unknown key(s) {sorted(unknown)} for the "
+                f"spinnaker backend; valid: time_scale_factor, counter, reports, use_board")
+        self.time_scale_factor = float(opts.get("time_scale_factor", 1.0))
+        if not self.time_scale_factor >= 1.0:
+            raise ScenarioError(
+                f"systems[{system.name}].options.time_scale_factor must be >= 1 "
+                f"(1 = real time), got {self.time_scale_factor}")
+        self.counter = str(opts.get("counter", "lif"))
+        if self.counter not in ("lif", "nest"):
+            raise ScenarioError(
+                f"systems[{system.name}].options.counter must be 'lif' or 'nest', "
+                f"got {self.counter!r}")
+        self.reports = Path(opts["reports"]) if opts.get("reports") else None
+        self.use_board = bool(opts.get("use_board", True))
+        self._cache = cache
+
+    replicas = 1
+    """All of a system's boards form one machine running one copy of the network."""
+
+    @property
+    def network(self) -> lif.Network:
+        """The model's LIF network."""
+        net = getattr(self.model, "network", None)
+        if not isinstance(net, lif.Network):
+            raise UnsupportedError(
+                f"model {self.model.name!r} does not describe a LIF network; the spinnaker "
+                f"backend runs the snn family")
+        return net
+
+    @property
+    def dt_ms(self) -> float:
+        """The network's timestep in ms."""
+        return float(getattr(self.model, "dt_ms", 1.0))
+
+    @property
+    def mapping(self) -> mapping.Mapping:
+        """The sPyNNaker mapping (computed once per network, machine and timestep)."""
+        net = self.network
+        key = (id(net), self.system.count, self.dt_ms, self.time_scale_factor, self.use_board)
+        m = self._cache.get(key)
+        if m is None:
+            rates = None
+            if hasattr(self.model, "activity"):
+                rates = np.full(net.inputs, self.model.activity.rates_hz[0])
+            m = mapping.map_network(
+                net, boards=self.system.count, dt_ms=self.dt_ms,
+                time_scale_factor=self.time_scale_factor, input_rates_hz=rates,
+                report_dir=self.reports, use_board=self.use_board)
+            self._cache[key] = m
+        return m
+
+    def rebind(self, model: ModelGraph) -> SpinnakerCompiled:
+        """The same system compiled for ``model`` (a workload's input rate or timestep),
+        sharing the mapping cache."""
+        return SpinnakerCompiled(self.system, model, self._cache)
+
+    def spikes_per_step(self, shape: Shape) -> dict[str, float]:
+        """Spikes per timestep of the whole batch per population label."""
+        layers = _activity_attrs(self.model, shape)
+        labels = ["input", *(f"layer{int(a['layer'])}" for a in layers)]
+        spikes = [layers[0]["spikes_in"], *(a["spikes_out"] for a in layers)]
+        if self.counter == "nest":
+            m = self.model
+            x = m.input_spikes(m.cfg.calibration_timesteps,  # type: ignore[attr-defined]
+                               m.cfg.calibration_samples)  # type: ignore[attr-defined]
+            act = mapping.nest_activity(self.network, x, self.dt_ms)
+            b = max(1, shape.batch)
+            spikes = [s * b for s in act.spikes]
+        return dict(zip(labels, spikes, strict=True))
+
+    def _cost(self, shape: Shape) -> Cost:
+        if shape.phase is not Phase.SPIKING:
+            raise UnsupportedError(
+                f"the spinnaker backend runs spiking steps, not {shape.phase.value} steps")
+        b = max(1, shape.batch)
+        seconds = b * shape.timesteps * self.dt_ms * 1e-3 * self.time_scale_factor
+        per_step = self.spikes_per_step(shape)
+        spikes = {k: v * shape.timesteps for k, v in per_step.items()}
+        e = energy.run_energy(self.mapping, seconds, spikes)
+        return Cost(seconds=seconds, joules=e.board_j, breakdown={"spiking": seconds})
+
+    def synaptic_events(self, shape: Shape) -> float:
+        """Synaptic events of one step of ``shape`` (all timesteps, whole batch)."""
+        return sum(a["synaptic_events"] for a in _activity_attrs(self.model, shape)) \
+            * shape.timesteps
+
+    def energy(self, shape: Shape) -> energy.RunEnergy:
+        """The energy breakdown of one step of ``shape``."""
+        c = self.cost(shape)
+        spikes = {k: v * shape.timesteps for k, v in self.spikes_per_step(shape).items()}
+        return energy.run_energy(self.mapping, c.seconds, spikes)
+
+    def fit(self, *, kv_tokens: int = 0, batch: int = 1, training: bool = False) -> Fit:
+        """Whether the network maps onto the boards (cores and SDRAM from sPyNNaker)."""
+        have = self.system.device.memory_bytes.value
+        need = float(self.network.synapses) * 4.0
+        try:
+            mapping.check_fits(self.network, self.system.count)
+            m = self.mapping
+        except DoesNotFitError as exc:
+            return Fit(False, need, have, reason=str(exc),
+                       suggestion=f"use count: {math.ceil(mapping.estimate_cores(self.network) / mapping.capacity_cores(1))} "
+                                  f"boards or a smaller network")
+        return Fit(True, need, have, breakdown={"cores": float(m.cores),
+                                                "chips": float(m.chips_used)})
+
+    def figures_used(self) -> dict[str, Figure]:
+        """The device's figures plus the energy model's constants."""
+        out = super().figures_used()
+        out.update({f"energy.{k}": v for k, v in energy.constants().items()})
+        return out
+
+
+class SpinnakerBackend(Backend):
+    """SpiNNaker (SpiNN-5 boards) through sPyNNaker's PyNN API and tool chain."""
+
+    name = "spinnaker"
+    description = ("SpiNNaker neuromorphic boards: networks mapped by sPyNNaker, real-time "
+                   "timing, sPyNNaker's energy model")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: dict[Any, mapping.Mapping] = {}
+
+    def catalog(self) -> MappingT[str, DeviceSpec]:
+        """One device: the 48-chip SpiNN-5 board."""
+        return {SPINN5.name: SPINN5}
+
+    def supports(self, model: ModelGraph, workload: str) -> Support:
+        """Spiking networks for the spiking workload only."""
+        if model.kind != "spiking":
+            return Support(False, (
+                f"SpiNNaker runs spiking neural networks; {model.name!r} is a {model.kind} "
+                f"model (use model family snn)"))
+        if workload != "spiking":
+            return Support(False, (
+                f"SpiNNaker runs the 'spiking' workload, not {workload!r}"))
+        return Support(True)
+
+    def compile(self, model: ModelGraph, system: System) -> SpinnakerCompiled:
+        """Prepare ``model`` for ``system``; mapping happens on first use."""
+        if model.kind != "spiking":
+            raise UnsupportedError(self.supports(model, "spiking").reason)
+        return SpinnakerCompiled(system, model, self._cache)
+
+    def collective_seconds(self, kind: Collective, nbytes: float, group: int,
+                           system: System) -> float:
+        """Boards of one machine share the multicast fabric; there are no collectives."""
+        if group <= 1 or nbytes <= 0:
+            return 0.0
+        raise UnsupportedError(
+            f"SpiNNaker has no {kind.value} collective; spiking networks exchange spikes "
+            f"over the multicast router fabric")

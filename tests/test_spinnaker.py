@@ -1,0 +1,155 @@
+"""The spinnaker backend: sPyNNaker mapping, config hygiene, energy model and costs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.errors import DoesNotFitError, XpusimError
+from engine.graph import Phase, Shape
+from engine.system import Parallelism, System, Topology
+from plugins.models.snn import FAMILIES
+from plugins.spinnaker import energy, lif, mapping
+from plugins.spinnaker.backend import SPINN5, SpinnakerBackend
+
+SNN = FAMILIES[0]
+
+
+def _system(count: int = 1, **options: object) -> System:
+    topo = Topology(devices_per_node=1, intra_bw=1.0, intra_latency=0.0, inter_bw=1.0,
+                    inter_latency=0.0)
+    return System("spinn5", "spinnaker", SPINN5, count, Parallelism(), topo, dict(options))
+
+
+@pytest.fixture(scope="module")
+def small_model():  # type: ignore[no-untyped-def]
+    return SNN.configure({"inputs": 64, "layers": [32, 4], "input_rate": "50 Hz",
+                          "calibration_samples": 2, "calibration_timesteps": 50})
+
+
+@pytest.fixture(scope="module")
+def compiled(small_model, tmp_path_factory):  # type: ignore[no-untyped-def]
+    reports = tmp_path_factory.mktemp("reports")
+    c = SpinnakerBackend().compile(small_model, _system(reports=str(reports)))
+    c.reports_dir = reports  # type: ignore[attr-defined]
+    return c
+
+
+def test_mapping_reads_back_chips_cores_placements_and_routes(compiled) -> None:  # type: ignore[no-untyped-def]
+    """sPyNNaker maps every population onto cores of a virtual 48-chip board and the
+    routing tables route the input and hidden spikes."""
+    m = compiled.mapping
+    assert m.virtual and m.boards == 1 and m.chips == 48
+    assert {p[0] for p in m.placements} == {"input", "layer1", "layer2"}
+    assert sum(p[4] for p in m.placements if p[0] == "layer1") == 32
+    assert m.cores >= 3 and m.routing_entries >= 1
+    assert m.packets_per_spike("input") >= 1.0
+    assert m.packets_per_spike("layer2") == 0.0  # the output projects nowhere
+
+
+def test_config_hygiene_writes_nothing_in_home_or_cwd(compiled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Mapping leaves the user's home and the working directory untouched and puts
+    sPyNNaker's reports into the folder it was given; the environment is restored."""
+    home = Path(os.path.expanduser("~"))
+    before_home = set(os.listdir(home))
+    before_cwd = set(os.listdir("."))
+    env = {k: os.environ.get(k) for k in ("HOME", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS")}
+    net = lif.Network(8, (lif.Layer("layer1", np.ones((8, 4))),))
+    m = mapping.map_network(net, report_dir=tmp_path)
+    assert m.network_cores() == 2
+    assert set(os.listdir(home)) == before_home
+    assert set(os.listdir(".")) == before_cwd
+    assert not (home / ".spynnaker.cfg").exists() or ".spynnaker.cfg" in before_home
+    assert (tmp_path / "spynnaker.log").exists() and (tmp_path / "reports").is_dir()
+    assert env == {k: os.environ.get(k) for k in env}
+    assert os.listdir(compiled.reports_dir)
+
+
+def test_user_board_config_is_detected(tmp_path: Path) -> None:
+    """A config naming a board or spalloc server selects a real run; a virtual one not."""
+    cfg = tmp_path / ".spynnaker.cfg"
+    cfg.write_text("[Machine]\nspalloc_server = https://spalloc.example/\nversion = 5\n")
+    assert mapping.board_settings(cfg)["spalloc_server"] == "https://spalloc.example/"
+    cfg.write_text("[Machine]\nversion = 5\nvirtual_board = True\n")
+    assert mapping.board_settings(cfg) == {}
+    assert mapping.board_settings(None) == {}
+
+
+def test_row_builder_matches_spynnaker() -> None:
+    """The sorted row builder returns exactly sPyNNaker's per-row masks."""
+    from spynnaker.pyNN.models.neuron.synapse_dynamics.abstract_sdram_synapse_dynamics import (
+        AbstractSDRAMSynapseDynamics as Asd,
+    )
+
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 40, 2000)
+    data = rng.integers(0, 2**32 - 1, (2000, 2), dtype=np.uint64).astype(np.uint32)
+    ours = mapping._rows_by_sort(None, idx, 45, data, 30)
+    theirs = Asd.convert_per_connection_data_to_rows(None, idx, 45, data, 30)  # type: ignore[arg-type]
+    assert len(ours) == len(theirs) == 45
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cost_is_real_time_and_energy_from_version5(compiled) -> None:  # type: ignore[no-untyped-def]
+    """A step lasts batch x timesteps x timestep x time-scale factor, and its joules are
+    sPyNNaker's Version5 board energy: board idle + active cores + router packets."""
+    shape = Shape(Phase.SPIKING, batch=2, timesteps=100)
+    c = compiled.cost(shape)
+    assert c.seconds == pytest.approx(2 * 100 * 1e-3)
+    e = compiled.energy(shape)
+    k = energy.constants()
+    expect = (k["board_idle_w"].value * c.seconds
+              + compiled.mapping.cores * c.seconds * k["core_active_w"].value
+              + e.packets * k["packet_j"].value)
+    assert c.joules == pytest.approx(expect, rel=1e-6)
+    assert e.packets > 0 and e.chips_j < e.board_j
+    slow = SpinnakerBackend().compile(compiled.model, _system(time_scale_factor=10))
+    slow._cache = compiled._cache  # no second mapping needed for the arithmetic
+    assert slow.time_scale_factor == 10
+
+
+def test_transformer_is_unsupported() -> None:
+    """A non-spiking model gets a reason, not a crash."""
+
+    class Fake:
+        kind, name = "decoder", "llama-2-7b"
+
+    s = SpinnakerBackend().supports(Fake(), "serving")  # type: ignore[arg-type]
+    assert not s.ok and "spiking" in s.reason
+
+
+def test_too_large_network_does_not_fit_and_says_what_would() -> None:
+    """A network beyond one board's cores raises DoesNotFitError (exit 2) naming the
+    cores needed and the boards that would fit it."""
+    big = lif.Network(1000, (lif.Layer("layer1", np.zeros((1000, 250_000))),))
+    with pytest.raises(DoesNotFitError, match="boards"):
+        mapping.check_fits(big, 1)
+    assert issubclass(DoesNotFitError, XpusimError)
+    model = SNN.configure({"inputs": 1000, "layers": [250_000], "connectivity": 1e-5,
+                           "weights": "random", "calibration_samples": 1,
+                           "calibration_timesteps": 2})
+    fit = SpinnakerBackend().compile(model, _system(1)).fit()
+    assert not fit.fits and "count" in fit.suggestion
+
+
+def test_bad_options_raise() -> None:
+    """Unknown options and a time-scale factor below 1 are input errors."""
+    model = SNN.configure({"inputs": 4, "layers": [2]})
+    with pytest.raises(XpusimError):
+        SpinnakerBackend().compile(model, _system(time_scale_factor=0.5))
+    with pytest.raises(XpusimError, match="valid"):
+        SpinnakerBackend().compile(model, _system(colour="red"))
+
+
+@pytest.mark.skipif(not mapping.nest_available(), reason="nest-simulator not installed")
+def test_nest_counts_spikes_close_to_the_lif_simulator(small_model) -> None:  # type: ignore[no-untyped-def]
+    """The same PyNN network on NEST fires at rates close to the engine's LIF simulator."""
+    x = small_model.input_spikes(100, 2)
+    ours = lif.simulate(small_model.network, x, 1.0)
+    theirs = mapping.nest_activity(small_model.network, x, 1.0)
+    assert theirs.spikes[0] == pytest.approx(ours.spikes[0])
+    assert theirs.rates_hz[1] == pytest.approx(ours.rates_hz[1], rel=0.5, abs=2.0)
