@@ -309,11 +309,11 @@ def test_calibration_round_trip_and_apply(tmp_path: Path) -> None:
 HAS_TRANSFORMER = importlib.util.find_spec("plugins.models.transformer") is not None
 
 
-def _llama(preset: str, dtype: str) -> ModelGraph:
+def _llama(preset: str, dtype: str, **fields: Any) -> ModelGraph:
     from plugins.models.transformer import FAMILIES
 
     fam = {f.name: f for f in FAMILIES}["llama"]
-    return fam.configure({"preset": preset, "dtype": dtype})
+    return fam.configure({"preset": preset, "dtype": dtype, **fields})
 
 
 @pytest.mark.skipif(not HAS_TRANSFORMER, reason="plugins.models.transformer not available")
@@ -340,13 +340,99 @@ def offline_tokens_per_s(c: Any, batch: int, prompt: int, output: int) -> float:
 def test_real_llama2_7b_offline_vs_trtllm() -> None:
     """Against ``trtllm_h100_7b_bs768_128_128`` (19,694 output tok/s/GPU, FP8, TP=1).
     A sanity check, not a fit: no parameter is tuned to this row. With every tensor priced
-    at 1 byte (weights, activations and KV cache in fp8) the model predicts ~23,300 tok/s,
-    +18 % over the measurement; the whole-bf16 variant ~11,800 tok/s brackets it below."""
+    at 1 byte (weights, activations and, as the published build's ``--fp8_kv_cache``, the
+    KV cache in fp8) the model predicts ~23,300 tok/s, +18 % over the measurement; the
+    whole-bf16 variant ~11,800 tok/s brackets it below."""
     measured = 19694.0
-    c8 = GpuBackend().compile(_llama("llama-2-7b", "fp8"), system("h100"))
+    c8 = GpuBackend().compile(_llama("llama-2-7b", "fp8", kv_dtype="fp8"), system("h100"))
     fp8 = offline_tokens_per_s(c8, 768, 128, 128)
     err = fp8 / measured - 1
     assert abs(err) < 0.35, f"model {fp8:.0f} tok/s vs TensorRT-LLM {measured:.0f} ({err:+.0%})"
     c16 = GpuBackend().compile(_llama("llama-2-7b", "bf16"), system("h100"))
     bf16 = offline_tokens_per_s(c16, 768, 128, 128)
     assert bf16 < measured < fp8 * 1.35
+
+
+# -- decode attention kernels and the KV-cache dtype ------------------------------------
+
+
+def _decode_attention(q_heads: int, kv_heads: int, seqs: int, keys: int, kv_bytes: float,
+                      d: int = 128) -> Op:
+    """One decode attention op as the transformer family writes it (one query per seq)."""
+    return Op("attn.core", OpKind.ATTENTION, flops=4.0 * d * keys * q_heads * seqs,
+              bytes_read=(seqs * q_heads * d * 2 + 2 * seqs * keys * kv_heads * d * kv_bytes),
+              bytes_written=seqs * q_heads * d * 2, dims=(1, keys, d), batch=q_heads * seqs,
+              attrs=(("causal", 1.0), ("kv_heads", float(kv_heads)),
+                     ("q_heads", float(q_heads)), ("kv_bytes", kv_bytes)))
+
+
+def test_per_head_decode_attention_streams_kv_once_per_query_head() -> None:
+    """The masked-MHA kernel (``per-head``) reads each K/V head once per query head of its
+    group, so a GQA decode (group 8) moves ~8x the KV bytes of the grouped kernel; for MHA
+    (group 1) the two kernels move the same bytes."""
+    dev = resolve("h100")
+    grouped = GpuCostModel(dev, decode_attention="grouped")
+    per_head = GpuCostModel(dev, decode_attention="per-head")
+    gqa = _decode_attention(q_heads=32, kv_heads=4, seqs=64, keys=3072, kv_bytes=1.0)
+    q_bytes = 64 * 32 * 128 * 2 * 2                       # Q read and O written, bf16
+    kv_grouped = 2 * 64 * 3072 * 4 * 128 * 1.0
+    bw = dev.memory_bw.value * GpuEfficiency().memory_fraction
+    assert grouped(gqa).memory_s == pytest.approx((q_bytes + kv_grouped) / bw)
+    assert per_head(gqa).memory_s == pytest.approx((q_bytes + 8 * kv_grouped) / bw)
+    assert per_head(gqa).bound == "memory"
+    mha = _decode_attention(q_heads=32, kv_heads=32, seqs=64, keys=3072, kv_bytes=1.0)
+    assert per_head(mha).memory_s == pytest.approx(grouped(mha).memory_s)
+
+
+def test_grouped_decode_packs_the_query_group_as_mma_rows() -> None:
+    """A grouped decode kernel pads ``q x group`` rows to 16, not one row: for group 8 the
+    tensor-core time is 2x the exact FLOPs' time instead of 16x."""
+    dev = resolve("a100")
+    cm = GpuCostModel(dev)
+    eff = GpuEfficiency()
+    gqa = _decode_attention(q_heads=16, kv_heads=2, seqs=1280, keys=192, kv_bytes=2.0)
+    exact = gqa.flops / (dev.flops("bf16") * eff.attention_fraction)
+    assert cm(gqa).compute_s == pytest.approx(2 * exact, rel=0.02)
+    mha = _decode_attention(q_heads=16, kv_heads=16, seqs=1280, keys=192, kv_bytes=2.0)
+    assert cm(mha).compute_s == pytest.approx(16 * exact, rel=0.02)
+
+
+def test_decode_attention_option_is_checked() -> None:
+    """``options.decode_attention`` selects the kernel; an unknown name is a clear error."""
+    assert GpuBackend.decode_attention(system("h100")) == "grouped"
+    assert GpuBackend.decode_attention(system("h100", decode_attention="per-head")) == "per-head"
+    with pytest.raises(XpusimError, match="decode_attention"):
+        GpuBackend().compile(FakeLlama("m", 512, 2048, 2, 8, 8, 1000, 1e7),
+                             system("h100", decode_attention="xqa"))
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMER, reason="plugins.models.transformer not available")
+def test_kv_dtype_sets_the_decode_attention_bytes() -> None:
+    """fp8 weights keep a 16-bit KV cache by default; ``kv_dtype: fp8`` halves the KV bytes
+    the decode attention reads (and the cache's memory per token)."""
+    shape = Shape(Phase.DECODE, batch=64, tokens=1, context=2048)
+    par = Parallelism(tensor=2)
+    m16 = _llama("llama-2-70b", "fp8")
+    m8 = _llama("llama-2-70b", "fp8", kv_dtype="fp8")
+    assert m16.info.kv_bytes_per_token == 2 * m8.info.kv_bytes_per_token
+    a16 = next(o for o in m16.build(shape, par).ops if o.name == "attn.core")
+    a8 = next(o for o in m8.build(shape, par).ops if o.name == "attn.core")
+    q_part = 64 * 32 * 128 * 1.0                       # queries in the model's fp8
+    assert a16.bytes_read - q_part == pytest.approx(2 * (a8.bytes_read - q_part))
+    assert a8.attr("kv_bytes") == 1.0 and a16.attr("kv_bytes") == 2.0
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMER, reason="plugins.models.transformer not available")
+def test_real_llama2_70b_long_decode_vs_trtllm_needs_per_head_kernel() -> None:
+    """Against ``trtllm_h100_70b_bs64_2048_2048`` (547 output tok/s/GPU, FP8 with FP8 KV,
+    TP=2, TensorRT-LLM v0.6.1 whose decode runs the masked MHA kernel). With the grouped
+    kernel the model over-predicts by more than 2x; with the per-head kernel of that release
+    it lands within 25 %. A check of the mechanism, not a fit: nothing is tuned to the row."""
+    measured = 547.0
+    model = _llama("llama-2-70b", "fp8", kv_dtype="fp8")
+    grouped = GpuBackend().compile(model, system("h100", tensor=2))
+    per_head = GpuBackend().compile(model, system("h100", tensor=2, decode_attention="per-head"))
+    g = offline_tokens_per_s(grouped, 64, 2048, 2048) / 2
+    p = offline_tokens_per_s(per_head, 64, 2048, 2048) / 2
+    assert g > 2.0 * measured
+    assert abs(p / measured - 1) < 0.25, f"model {p:.0f} tok/s/GPU vs TensorRT-LLM {measured:.0f}"

@@ -13,7 +13,11 @@ whose energy comes from :class:`~engine.power.PowerModel`.
 * ``calibration``: path to a fitted efficiency JSON (:mod:`plugins.gpu.calibration`);
 * ``efficiency``: a mapping of :class:`~plugins.gpu.efficiency.GpuEfficiency` fields to
   override inline (applied after the calibration file);
-* ``collective_algorithm``: ``auto`` (default), ``ring``, ``tree`` or ``hierarchical``.
+* ``collective_algorithm``: ``auto`` (default), ``ring``, ``tree`` or ``hierarchical``;
+* ``decode_attention``: the decode-attention kernel, ``grouped`` (default: a K/V head is
+  loaded once for its query-head group, as FlashAttention-2, vLLM and TensorRT-LLM >= v0.8
+  XQA do) or ``per-head`` (the masked MHA kernel of FasterTransformer and TensorRT-LLM
+  <= v0.7, one thread block per query head); see :mod:`plugins.gpu.efficiency`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from engine.power import PowerModel
 from engine.system import System, Topology
 from plugins.gpu import calibration as cal_mod
 from plugins.gpu.catalog import catalog as builtin_catalog
-from plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
+from plugins.gpu.efficiency import DECODE_ATTENTION, GpuCostModel, GpuEfficiency
 
 SUPPORTED_KINDS = ("decoder", "encoder", "vision", "mlp", "spiking")
 """Model kinds the GPU backend runs (spiking networks as time-stepped dense ops)."""
@@ -90,6 +94,18 @@ class GpuBackend(Backend):
             origin += " with inline options.efficiency overrides"
         return eff, origin
 
+    @staticmethod
+    def decode_attention(system: System) -> str:
+        """The decode-attention kernel ``system.options.decode_attention`` names
+        (``grouped`` by default), checked against :data:`DECODE_ATTENTION`."""
+        kind = str(system.options.get("decode_attention", "grouped"))
+        if kind not in DECODE_ATTENTION:
+            raise XpusimError(
+                f"system {system.name!r}: options.decode_attention must be one of "
+                f"{', '.join(DECODE_ATTENTION)}, got {kind!r}."
+            )
+        return kind
+
     def link_topology(self, system: System, eff: GpuEfficiency | None = None) -> Topology:
         """The system topology at the bandwidth collectives achieve (``link_fraction``)."""
         f = (eff or self.efficiency(system)[0]).link_fraction
@@ -116,7 +132,7 @@ class GpuBackend(Backend):
         return AnalyticCompiled(
             system,
             model,
-            price_op=GpuCostModel(system.device, eff),
+            price_op=GpuCostModel(system.device, eff, self.decode_attention(system)),
             collective=collective,
             power=PowerModel.from_device(system.device),
             catalog=self.devices(),

@@ -18,13 +18,25 @@ GEMM (``MATMUL``, ``CONV`` lowered to GEMM, dense ``SPIKING`` layers with GEMM d
     through L2) plus split-K partials over ``memory_bw × memory_fraction``.
 
 ATTENTION (flash-attention style)
-    Q, K and V are read once and O written once: ``batch·(2·q·d + 2·keys·d)·bytes`` (or
-    the op's own bytes when smaller, e.g. grouped-query attention where K/V have fewer
-    heads); the score matrix never touches HBM. Compute runs on tensor cores at
-    ``attention_fraction`` of peak, queries padded to the MMA granularity of 16 rows;
-    work units of ``attention_block_q`` query rows per (head, sequence) run in waves over
-    the SMs, and with fewer units than SMs the keys are split over SMs (flash-decoding),
-    so no wave loss is charged.
+    Q, K and V are read once and O written once: ``batch·(2·q·d·bytes + 2·keys·d·kv_bytes)``
+    per query head (``kv_bytes`` from the op's ``kv_bytes`` attribute: the KV cache may be
+    8-bit under 16-bit math), or the op's own bytes when smaller (grouped-query attention,
+    where a K/V head is loaded once for its group of query heads); the score matrix never
+    touches HBM. Compute runs on tensor cores at ``attention_fraction`` of peak, query rows
+    padded to the MMA granularity of 16; for a decode step (one query per sequence) of
+    grouped-query attention the query heads of a group are packed as the MMA rows
+    (FlashAttention-2's ``seqlenq_ngroups_swapped``, TensorRT-LLM's XQA), so ``q × group``
+    rows are padded, not ``q``. Work units of ``attention_block_q`` query rows per (head,
+    sequence) run in waves over the SMs, and with fewer units than SMs the keys are split
+    over SMs (flash-decoding), so no wave loss is charged.
+
+    Decode kernel without group sharing (``decode_attention="per-head"``): the masked
+    multi-head attention kernel of FasterTransformer and TensorRT-LLM up to v0.7 runs one
+    thread block per *query* head on CUDA cores (v0.6.1 ``docs/source/gpt_attention.md``,
+    "Generation Phase"; the GQA-sharing XQA kernel arrived experimental in v0.7 and by
+    default in v0.8, ``docs/source/blogs/XQA-kernel.md``). Every query head then streams
+    its K/V head itself: the KV traffic is ``group`` times the grouped kernel's, and the
+    math runs at the vector rate without MMA padding.
 
 Everything else (elementwise, norm, softmax, embedding, pool, optimizer, other)
     Memory-bound: bytes over ``memory_bw × memory_fraction``; math at the non-tensor
@@ -168,11 +180,25 @@ def tensor_peak(device: DeviceSpec, dtype: str) -> float:
     return device.flops(dtype)  # raises with the list of known dtypes
 
 
+DECODE_ATTENTION = ("grouped", "per-head")
+"""Decode-attention kernels the cost model knows (see the module docstring): ``grouped``
+loads each K/V head once for its query-head group (FlashAttention-2/FlashDecoding, vLLM,
+TensorRT-LLM >= v0.8 XQA); ``per-head`` is the masked MHA kernel with one thread block per
+query head (FasterTransformer, TensorRT-LLM <= v0.7 by default)."""
+
+
 class GpuCostModel:
     """Prices ops for one device under one :class:`GpuEfficiency`; callable as
-    ``price_op`` for :class:`~engine.analytic.AnalyticCompiled`."""
+    ``price_op`` for :class:`~engine.analytic.AnalyticCompiled`. ``decode_attention`` picks
+    the decode-attention kernel (:data:`DECODE_ATTENTION`)."""
 
-    def __init__(self, device: DeviceSpec, eff: GpuEfficiency | None = None) -> None:
+    def __init__(self, device: DeviceSpec, eff: GpuEfficiency | None = None,
+                 decode_attention: str = "grouped") -> None:
+        if decode_attention not in DECODE_ATTENTION:
+            raise XpusimError(
+                f"decode_attention must be one of {', '.join(DECODE_ATTENTION)}, "
+                f"got {decode_attention!r}.")
+        self.decode_attention = decode_attention
         self.device = device
         self.eff = eff or GpuEfficiency()
         sm = device.extra.get("sm_count")
@@ -227,15 +253,24 @@ class GpuCostModel:
         q, keys, d = [*op.dims, 1, 1, 1][:3] if op.dims else (1, 1, 1)
         q, keys, d = max(1, int(q)), max(1, int(keys)), max(1, int(d))
         b = dtype_bytes(op.dtype)
-        flash = op.batch * (2.0 * q * d + 2.0 * keys * d) * b
-        nbytes = min(op.bytes, flash) if op.bytes > 0 else flash
+        kv_b = op.attr("kv_bytes", b)
+        q_heads, kv_heads = op.attr("q_heads"), op.attr("kv_heads")
+        group = max(1, round(q_heads / kv_heads)) if q_heads > 0 and kv_heads > 0 else 1
+        per_head = op.batch * (2.0 * q * d * b + 2.0 * keys * d * kv_b)
         flops = op.flops if op.flops > 0 else 4.0 * q * keys * d * op.batch
-        q_pad = math.ceil(q / 16) * 16
-        units = op.batch * math.ceil(q / e.attention_block_q)
+        decode = q == 1
+        if decode and self.decode_attention == "per-head":
+            # masked MHA: one block per query head on CUDA cores, K/V not shared
+            return OpTime(flops / self.vector_flops, per_head / self.bw, e.kernel_overhead_s)
+        nbytes = min(op.bytes, per_head) if op.bytes > 0 else per_head
+        rows = q * group if decode else q        # a decode's group packed as MMA rows
+        pad = math.ceil(rows / 16) * 16 / rows
+        units = max(1, op.batch // (group if decode else 1)) * math.ceil(
+            rows / e.attention_block_q)
         wave_factor = 1.0
         if units >= self.sms:
             wave_factor = math.ceil(units / self.sms) * self.sms / units
-        compute = flops * (q_pad / q) * wave_factor / (self.peak(op.dtype) * e.attention_fraction)
+        compute = flops * pad * wave_factor / (self.peak(op.dtype) * e.attention_fraction)
         return OpTime(compute, nbytes / self.bw, e.kernel_overhead_s)
 
     # -- everything -------------------------------------------------------------------
