@@ -6,7 +6,7 @@ The cost formulas here are deliberately simple and stated, so tests can predict 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,7 +77,7 @@ class FakeFamily(ModelFamily):
 
     name = "fake"
     description = "test family"
-    presets: ClassVar[dict[str, dict[str, float]]] = {"small": {"params": 1e9}, "huge": {"params": 1e12}}
+    presets: Mapping[str, Mapping[str, Any]] = {"small": {"params": 1e9}, "huge": {"params": 1e12}}
 
     def configure(self, spec: Mapping[str, Any]) -> ModelGraph:
         preset = spec.get("preset", "small")
