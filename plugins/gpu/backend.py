@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import fields, replace
+from pathlib import Path
 
 from engine import collectives
 from engine.analytic import AnalyticCompiled
@@ -37,6 +38,7 @@ from engine.system import System, Topology
 from plugins.gpu import calibration as cal_mod
 from plugins.gpu.catalog import catalog as builtin_catalog
 from plugins.gpu.efficiency import DECODE_ATTENTION, GpuCostModel, GpuEfficiency
+from plugins.gpu.measure import calibrate_gpu
 
 SUPPORTED_KINDS = ("decoder", "encoder", "vision", "mlp", "spiking")
 """Model kinds the GPU backend runs (spiking networks as time-stepped dense ops)."""
@@ -141,6 +143,12 @@ class GpuBackend(Backend):
                          "(GpuEfficiency.runtime_reserve_bytes, assumption)",
             assumptions=assumptions,
         )
+
+    def calibrate(self, out_file: Path | None = None) -> Path:
+        """``xpusim calibrate --backend gpu``: measure kernels on ``cuda:0`` and fit
+        :class:`~plugins.gpu.efficiency.GpuEfficiency` (refuses clearly without CUDA)."""
+        _cal, path = calibrate_gpu(self.devices(), out_file)
+        return path
 
     def collective_seconds(
         self, kind: Collective, nbytes: float, group: int, system: System

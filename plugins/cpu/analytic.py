@@ -1,0 +1,146 @@
+"""The analytic CPU device: the same per-op roofline machinery as the GPU and TPU
+backends (:class:`engine.analytic.AnalyticCompiled`), with every rate taken from a
+calibration of this machine (:mod:`plugins.cpu.calibrate`).
+
+How one op instance is priced (:class:`CpuOpPricer`):
+
+``MATMUL``
+    With fewer than :data:`COLD_MAX_M` rows in a model whose weights exceed
+    :data:`COLD_THRESHOLD_BYTES` (decode), the ``gemm_cold`` fit, measured with weights
+    read from DRAM. Otherwise the fitted GEMM model of the op's dtype: ``compute = F / (P · e(m·batch, n, k))``,
+    ``memory = B / bw_copy(B)`` (the measured copy bandwidth at that working set, so
+    weights that sit in cache stream faster than weights in DRAM), ``overhead`` = the
+    measured call overhead of a tiny ``linear``.
+``CONV``
+    The fitted convolution model (oneDNN's kernels differ from the GEMM library's) over
+    the GEMM the convolution lowers to.
+``ATTENTION``
+    The fitted ``scaled_dot_product_attention`` model over ``(queries·batch, keys, d)``,
+    charging ``4·d`` FLOPs for *every* query-key pair: PyTorch's CPU flash attention
+    computes whole key blocks under a causal mask, and measured causal calls take as
+    long as unmasked ones at the sizes calibrated.
+``NORM`` / ``SOFTMAX``
+    The measured ``layer_norm`` (``batch_norm`` for batch norms) / ``softmax`` tables at
+    the op's bytes.
+``ELEMENTWISE``, ``EMBEDDING``, ``POOL``, ``OTHER``
+    The measured ``a + b`` table (outputs freshly allocated, as eager ops do) at the op's
+    bytes; ops whose aten name is a transcendental function (``gelu``, ``exp``, ``tanh``
+    ...) use the measured ``gelu`` table.
+
+Weights and caches: a table or fit measured at one op's working set assumes its operands
+are as cache-resident as in the microbenchmark, where they stay hot between calls. In a
+model whose weights (``weight_bytes``, the model's parameter bytes) exceed that working
+set, each layer's weights were evicted by the others before they are read again, so an
+op's parameter bytes are read at the copy bandwidth of the whole weight footprint (DRAM
+for a model larger than the last-level cache), times the kernel's fitted ``μ``.
+
+Streaming tables include their call overhead (their smallest sizes are pure dispatch);
+the measured one-element aten call is reported as ``overhead`` and the rest as
+``memory``.
+
+Eager PyTorch also spends time outside aten kernels: a Python ``nn.Module`` call, the
+view ops the graph leaves out (``view``, ``transpose``, ``reshape`` cost a dispatch each
+but move no data). :data:`VIEW_OPS_PER_OP` views per priced op are charged at the
+measured dispatch time, as ``overhead``.
+"""
+
+from __future__ import annotations
+
+from engine.analytic import OpTime
+from engine.graph import Op, OpKind
+from plugins.cpu.calibrate import CpuCalibration, StreamTable, kernel_time
+
+TRANSCENDENTAL = frozenset({
+    "gelu", "gelu_", "exp", "exp_", "exp2", "expm1", "tanh", "tanh_", "sigmoid", "sigmoid_",
+    "silu", "silu_", "erf", "erf_", "log", "log_", "log1p", "log2", "pow", "pow_", "sin", "cos",
+    "softplus", "mish", "mish_", "elu", "elu_", "selu", "celu", "rsqrt", "rsqrt_", "sqrt",
+    "sqrt_", "atan", "atan2", "sinh", "cosh", "logit", "erfinv", "hardswish", "hardswish_",
+})
+"""Aten names priced with the measured transcendental (``gelu``) table."""
+
+VIEW_OPS_PER_OP = 1.0
+"""View/metadata dispatches an eager model runs per priced op (reshape before a linear,
+transposes around attention): each costs one measured aten dispatch. An assumption,
+bracketed by traced models: a transformer block runs about 1.5 views per priced op, a
+convolutional network about 0.5."""
+
+
+COLD_THRESHOLD_BYTES = 64 * 2 ** 20
+"""Model weights beyond which a small-``m`` GEMM is priced by the cold-weight fit."""
+
+COLD_MAX_M = 32
+"""The largest ``m·batch`` priced by the cold-weight fit (its measured range)."""
+
+
+def aten_name(op: Op) -> str:
+    """The aten op name of a traced op (``layers.*.mlp:gelu`` -> ``gelu``)."""
+    return op.name.rsplit(":", 1)[-1]
+
+
+class CpuOpPricer:
+    """``price_op`` for :class:`~engine.analytic.AnalyticCompiled` from a calibration."""
+
+    def __init__(self, cal: CpuCalibration, view_ops_per_op: float = VIEW_OPS_PER_OP,
+                 weight_bytes: float = 0.0) -> None:
+        self.cal = cal
+        self.weight_bytes = float(weight_bytes)
+        self.view_ops_per_op = view_ops_per_op
+        self.dispatch_s = cal.dispatch_s
+        self.copy = cal.streams["copy"]
+        self.elementwise = cal.streams["elementwise"]
+        self.transcendental = cal.streams.get("transcendental", self.elementwise)
+        self.norm = cal.streams.get("norm", self.elementwise)
+        self.batchnorm = cal.streams.get("batchnorm", self.norm)
+        self.softmax = cal.streams.get("softmax", self.norm)
+
+    def _weight_s(self, op: Op, mem_eff: float = 1.0) -> tuple[float, float]:
+        """``(seconds, bytes)`` of the op's parameter traffic when the model's weights do
+        not stay in cache between uses: read at the copy bandwidth of the whole weight
+        footprint (zero seconds and bytes when they fit the working set of the op)."""
+        w = min(op.param_bytes, op.bytes)
+        if w <= 0 or self.weight_bytes <= op.bytes:
+            return 0.0, 0.0
+        return w / (self.copy.bandwidth(self.weight_bytes) * mem_eff), w
+
+    def _stream(self, table: StreamTable, nbytes: float, op: Op | None = None) -> OpTime:
+        ws, wb = self._weight_s(op) if op is not None else (0.0, 0.0)
+        rest = max(nbytes - wb, 1.0)
+        t = table.seconds_for(rest)
+        ovh = min(self.dispatch_s, t)
+        views = self.view_ops_per_op * self.dispatch_s
+        return OpTime(0.0, t - ovh + ws, ovh + views)
+
+    def _kernel(self, family: str, op: Op, m: float, n: float, k: float,
+                flops: float | None = None) -> OpTime:
+        cold = (family == "gemm" and self.weight_bytes > op.bytes
+                and self.weight_bytes > COLD_THRESHOLD_BYTES and "gemm_cold" in self.cal.kernels
+                and op.dims[0] * max(1, op.batch) <= COLD_MAX_M)
+        fit = self.cal.kernel("gemm_cold" if cold else family, op.dtype)
+        fl = op.flops if flops is None else flops
+        if cold:  # the fit was measured with weights streaming from DRAM
+            comp, mem = kernel_time(fit, fl, m, n, k, op.bytes, self.copy)
+            return OpTime(comp, mem, fit.overhead_s + self.view_ops_per_op * self.dispatch_s)
+        ws, wb = self._weight_s(op, fit.mem_eff)
+        comp, mem = kernel_time(fit, fl, m, n, k, op.bytes - wb, self.copy)
+        mem += ws
+        return OpTime(comp, mem, fit.overhead_s + self.view_ops_per_op * self.dispatch_s)
+
+    def __call__(self, op: Op) -> OpTime:
+        """The time of one instance of ``op`` on this machine (see module doc)."""
+        kind = op.kind
+        if kind in (OpKind.MATMUL, OpKind.CONV, OpKind.ATTENTION) and len(op.dims) >= 3:
+            m, n, k = (float(x) for x in op.dims[:3])
+            family = {OpKind.MATMUL: "gemm", OpKind.CONV: "conv",
+                      OpKind.ATTENTION: "attention"}[kind]
+            b = max(1, op.batch)
+            if kind is OpKind.ATTENTION:  # every (query, key) pair: see module doc
+                return self._kernel(family, op, m * b, n, k, 4.0 * b * m * n * k)
+            return self._kernel(family, op, m * b, n, k)
+        if kind is OpKind.NORM:
+            bn = "batch_norm" in aten_name(op)
+            return self._stream(self.batchnorm if bn else self.norm, op.bytes, op)
+        if kind is OpKind.SOFTMAX:
+            return self._stream(self.softmax, op.bytes, op)
+        if kind is OpKind.ELEMENTWISE and aten_name(op) in TRANSCENDENTAL:
+            return self._stream(self.transcendental, op.bytes, op)
+        return self._stream(self.elementwise, op.bytes, op)

@@ -1,0 +1,217 @@
+"""The cpu backend: measured execution (device ``host``) and the calibrated analytic
+device (``host-analytic``), on tiny hand-written torch modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from engine.backend import Cost
+from engine.errors import XpusimError
+from engine.graph import OpGraph, OpKind, Phase, Shape
+from engine.model import ModelGraph, ModelInfo
+from engine.system import Parallelism, System, Topology
+from plugins.cpu import calibrate as cal_mod
+from plugins.cpu.backend import CpuBackend, MeasuredCompiled, host_spec
+from plugins.cpu.measure import Rapl
+
+
+class TinyModel(ModelGraph):
+    """A two-layer MLP traced on meta for its graph; ``fail`` makes the module or its
+    inputs misbehave the way a user's model can."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.fail = fail
+        self.info = ModelInfo(name="tiny", family="test", kind="mlp", dtype="fp32",
+                              params=64 * 64 * 2.0, active_params=64 * 64 * 2.0,
+                              param_bytes=4 * 64 * 64 * 2.0)
+
+    def module(self, device: str = "meta") -> nn.Module:
+        if self.fail == "factory":
+            raise RuntimeError("factory exploded\nsecond line")
+        with torch.device(device):
+            return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+
+    def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
+        width = 63 if self.fail == "shape" else 64
+        return (torch.zeros(max(1, shape.batch), width, device=device),)
+
+    def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
+        from plugins.models.tracing import graph_from_trace, trace_module
+
+        tr = trace_module(self.module("meta"), self.example_inputs(shape, "meta"), "fp32")
+        return graph_from_trace(tr, Phase.FORWARD, shape, "fp32")
+
+
+@pytest.fixture(scope="module")
+def cal_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A quick one-thread calibration file."""
+    out = tmp_path_factory.mktemp("cpucal") / "cal.json"
+    cal_mod.calibrate(out, quick=True, threads=1, command="pytest")
+    return out
+
+
+def system(cal_file: Path, device: str = "host", **opts: Any) -> System:
+    """A one-host cpu system using ``cal_file``."""
+    spec = host_spec(cal_mod.load(cal_file), device)
+    options = {"threads": 1, "repeats": 2, "warmup": 1, "calibration": str(cal_file), **opts}
+    return System("h", "cpu", spec, 1, Parallelism(), Topology(1, 1.0, 0.0, 1.0, 0.0), options)
+
+
+SHAPE = Shape(Phase.FORWARD, batch=4)
+
+
+def test_measured_cost_runs_the_module_and_memoizes(cal_file: Path) -> None:
+    """The host device executes the model: positive seconds split into compute, memory and
+    overhead that sum to them, energy, FLOPs from the graph, and one measurement per shape."""
+    c = CpuBackend().compile(TinyModel(), system(cal_file))
+    assert isinstance(c, MeasuredCompiled)
+    cost = c.cost(SHAPE)
+    assert isinstance(cost, Cost) and cost.seconds > 0 and cost.joules > 0
+    assert set(cost.breakdown) == {"compute", "memory", "overhead"}
+    assert sum(cost.breakdown.values()) == pytest.approx(cost.seconds)
+    assert cost.flops == pytest.approx(TinyModel().build(SHAPE).flops)
+    assert cost.flops >= 2 * 2 * 4 * 64 * 64  # two GEMMs of 4x64x64
+    t = c.timings[SHAPE]
+    assert len(t.samples) == 2 and t.threads == 1
+    assert c.cost(SHAPE) is cost  # memoized: not run again
+    assert any("addmm" in name for name in c.op_profiles[SHAPE].ops)
+
+
+def test_energy_is_marked_modelled_without_rapl(cal_file: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no readable RAPL counter the joules come from the stated power model and the
+    figures say so."""
+    monkeypatch.setattr(Rapl, "open", classmethod(lambda cls, root=None: None))
+    c = CpuBackend().compile(TinyModel(), system(cal_file))
+    assert isinstance(c, MeasuredCompiled)
+    cost = c.cost(SHAPE)
+    assert cost.joules == pytest.approx(c.power.joules(cost.breakdown, devices=1))
+    fig = c.figures_used()["energy.method"]
+    assert "modelled" in fig.assumption and not fig.source
+
+
+def test_rapl_reads_package_domains_and_wraps(tmp_path: Path) -> None:
+    """Package domains are read (sub-domains skipped) and a wrapped counter still gives
+    the energy used."""
+    pkg = tmp_path / "intel-rapl:0"
+    sub = tmp_path / "intel-rapl:0:0"
+    for d in (pkg, sub):
+        d.mkdir()
+    (pkg / "energy_uj").write_text("999000000\n")
+    (pkg / "max_energy_range_uj").write_text("1000000000\n")
+    (sub / "energy_uj").write_text("5\n")
+    rapl = Rapl.open(tmp_path)
+    assert rapl is not None and len(rapl.domains) == 1
+    start = rapl.read()
+    (pkg / "energy_uj").write_text("1000000\n")  # wrapped past the range
+    assert rapl.joules_since(start) == pytest.approx(2.0)
+    assert Rapl.open(tmp_path / "absent") is None
+
+
+def test_analytic_device_prices_from_the_calibration(cal_file: Path) -> None:
+    """host-analytic is the engine's roofline with this machine's calibrated rates."""
+    from engine.analytic import AnalyticCompiled
+
+    c = CpuBackend().compile(TinyModel(), system(cal_file, "host-analytic"))
+    assert isinstance(c, AnalyticCompiled)
+    cost = c.cost(SHAPE)
+    assert cost.seconds > 0 and cost.joules > 0
+    assert cost.breakdown["compute"] + cost.breakdown["memory"] > 0
+    assert cost.breakdown["overhead"] > 0
+    bigger = c.cost(Shape(Phase.FORWARD, batch=512))
+    assert bigger.seconds > cost.seconds
+    assert c.fit().fits
+
+
+def test_pricer_uses_each_kind_table(cal_file: Path) -> None:
+    """GEMMs are compute or memory bound by the fit; a transcendental elementwise op uses
+    the gelu table, a plain one the add table."""
+    from engine.graph import Op
+    from plugins.cpu.analytic import CpuOpPricer
+
+    cal = cal_mod.load(cal_file)
+    pr = CpuOpPricer(cal)
+    big = Op("mm", OpKind.MATMUL, flops=2.0 * 512 ** 3, bytes_read=2 * 4 * 512 ** 2,
+             bytes_written=4 * 512 ** 2, dims=(512, 512, 512), dtype="fp32")
+    assert pr(big).bound == "compute"
+    n = 1 << 20
+    add = Op("x:add", OpKind.ELEMENTWISE, flops=n, bytes_read=8.0 * n, bytes_written=4.0 * n,
+             dims=(n,), dtype="fp32")
+    gelu = Op("x:gelu", OpKind.ELEMENTWISE, flops=n, bytes_read=8.0 * n, bytes_written=4.0 * n,
+              dims=(n,), dtype="fp32")
+    assert pr(add).memory_s == pytest.approx(
+        cal.streams["elementwise"].seconds_for(12.0 * n) - cal.dispatch_s)
+    assert pr(gelu).memory_s == pytest.approx(
+        cal.streams["transcendental"].seconds_for(12.0 * n) - cal.dispatch_s)
+
+
+def test_catalog_cites_this_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Both devices exist; peak FLOP/s and bandwidth cite the calibration measured on this
+    machine (a quick one measured on first use into $XDG_CACHE_HOME); memory comes from
+    /proc/meminfo."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr("plugins.cpu.backend.SHIPPED", tmp_path / "none")
+    monkeypatch.setattr(cal_mod, "logical_cores", lambda: 1)
+    be = CpuBackend()
+    cat = be.catalog()
+    assert set(cat) == {"host", "host-analytic"}
+    spec = cat["host"]
+    assert "measured on this machine by xpusim calibrate" in spec.peak_flops["fp32"].source
+    assert "measured on this machine" in spec.memory_bw.source
+    assert "meminfo" in spec.memory_bytes.source
+    assert spec.power.max_w is not None and spec.power.max_w.assumption
+    assert (tmp_path / "xpusim" / "cpu-calibration-1t.json").is_file()
+    assert be.default_calibration(1) is be.default_calibration(1)
+
+
+def test_a_module_that_cannot_be_built_names_the_model_and_error(cal_file: Path) -> None:
+    """A factory that raises gives an XpusimError with the model name and the first line."""
+    c = CpuBackend().compile(TinyModel("factory"), system(cal_file))
+    with pytest.raises(XpusimError, match=r"'tiny'.*RuntimeError: factory exploded$"):
+        c.cost(SHAPE)
+
+
+def test_inputs_of_the_wrong_shape_name_the_first_error_line(cal_file: Path) -> None:
+    """A module that rejects its inputs fails with the model name and the torch error."""
+    c = CpuBackend().compile(TinyModel("shape"), system(cal_file))
+    with pytest.raises(XpusimError, match=r"'tiny' failed on the cpu backend.*RuntimeError"):
+        c.cost(SHAPE)
+
+
+def test_supports_inference_not_training(cal_file: Path) -> None:
+    """Training and spiking workloads are refused with a reason; serving is accepted."""
+    be = CpuBackend()
+    assert be.supports(TinyModel(), "serving").ok
+    no = be.supports(TinyModel(), "training")
+    assert not no.ok and "inference" in no.reason
+
+
+def test_bad_options_are_errors(cal_file: Path) -> None:
+    """Unknown dtype, clock or a non-positive thread count are input errors."""
+    be = CpuBackend()
+    for opts in ({"dtype": "int3"}, {"clock": "sundial"}, {"threads": 0}):
+        with pytest.raises(XpusimError):
+            be.compile(TinyModel(), system(cal_file, **opts))
+
+
+def test_cpu_clock_option_measures_process_time(cal_file: Path) -> None:
+    """With clock: cpu the step's samples are the process CPU times."""
+    c = CpuBackend().compile(TinyModel(), system(cal_file, clock="cpu"))
+    assert isinstance(c, MeasuredCompiled)
+    c.cost(SHAPE)
+    t = c.timings[SHAPE]
+    assert t.clock == "cpu" and t.samples == t.cpu_samples and len(t.wall_samples) == 2
+
+
+def test_the_host_registers_the_cpu_backend() -> None:
+    """The built-in entry point registers backend ``cpu`` with a calibrate method."""
+    from engine.host import build_host
+
+    host = build_host()
+    be = host.backends.get("cpu")
+    assert be.name == "cpu" and callable(be.calibrate)
