@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from engine import __version__
+from engine.calibration import apply_calibrations
 from engine.errors import XpusimError
 from engine.host import Host, build_host
 from engine.scenario import load_scenario
@@ -121,6 +122,10 @@ def run(
         int | None, typer.Option(help="Random seed (overrides the scenario's).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    calibration: Annotated[
+        list[Path] | None,
+        typer.Option(help="A fitted calibration file; applies to systems of its device."),
+    ] = None,
 ) -> None:
     """Run one scenario on all its systems and write a run folder."""
     from engine.run import run_scenario
@@ -128,6 +133,8 @@ def run(
     def go() -> None:
         host = _host()
         sc = load_scenario(scenario, host, sets or [], seed)
+        for note in apply_calibrations(sc, host, calibration or []):
+            err.print(f"calibration: {note}")
         host.pm.hook.scenario_loaded(scenario=sc)
         show = not quiet and err.is_terminal
         with Progress(

@@ -132,6 +132,16 @@ class CpuBackend(Backend):
             return cal_mod.load(path)
         return self.default_calibration(_threads(system.options), _clock(system.options))
 
+    def calibration_applies(self, path: Path, system: System) -> bool:
+        """Whether the CPU calibration at ``path`` describes this machine at the system's
+        thread count (its analytic device prices with it)."""
+        try:
+            cal = cal_mod.load(path)
+        except XpusimError:
+            return False
+        n = int(_threads(system.options) or cal_mod.logical_cores())
+        return system.device.name == "host-analytic" and cal.matches(cal_mod.machine(n))
+
     def calibrate(self, out_file: Path | None = None) -> Path:
         """``xpusim calibrate --backend cpu``: the full microbenchmark set at every core,
         written to ``out_file`` (default: this machine's cache file, which later runs

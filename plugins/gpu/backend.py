@@ -144,6 +144,11 @@ class GpuBackend(Backend):
             assumptions=assumptions,
         )
 
+    def calibration_applies(self, path: Path, system: System) -> bool:
+        """Whether the fitted file at ``path`` was measured on ``system``'s device."""
+        cal = cal_mod.load(path)
+        return cal.device in {system.device.name, *system.device.aliases}
+
     def calibrate(self, out_file: Path | None = None) -> Path:
         """``xpusim calibrate --backend gpu``: measure kernels on ``cuda:0`` and fit
         :class:`~plugins.gpu.efficiency.GpuEfficiency` (refuses clearly without CUDA)."""
