@@ -7,7 +7,14 @@ configuration, achieved TFLOP/s per GPU) — with the full machinery and one mod
 rows:
 
 * the ``gpt`` transformer (vocabulary 51,200, sequence 2,048, FFN 4h, the row's layers,
-  hidden and heads) built per pipeline stage by the model plugin;
+  hidden and heads) built per pipeline stage by the model plugin, with
+  ``attention: unfused``: the runs predate FlashAttention (Dao et al. 2022), and
+  Megatron-LM computed attention with separate kernels that materialize every head's
+  ``s × s`` scores (``megatron/model/transformer.py``, ``ParallelSelfAttention``: a
+  ``torch.baddbmm`` for ``QKᵀ``, ``FusedScaleMaskSoftmax``, ``attention_dropout`` (0.1
+  by default, ``--attention-dropout``), a ``torch.bmm`` for ``PV``); the paper's eq. (3)
+  also counts the full ``s²`` of both GEMMs (its ``s/(6h)`` term), i.e. no causal
+  skipping. At ``s = 2048`` this traffic matters most where ``h`` is small;
 * the GPU backend's per-op costs on ``a100-sxm-80gb`` (its catalog figures: 312 TFLOP/s
   bf16 dense, ``a100_bf16``; NVLink 3, 600 GB/s bidirectional = 300 GB/s per direction,
   ``a100_mem_power_link``) and its default efficiency parameters;
@@ -33,9 +40,12 @@ Usage::
 
     python benchmarks/validate_training.py [--json OUT] [--figures PATH]
                                            [--efficiency KEY=VALUE ...] [--virtual V]
+                                           [--attention unfused|flash]
 
 ``--efficiency`` overrides GPU cost-model parameters for *all* rows (a sensitivity check,
-not a per-row constant). Exit status 0 whatever the errors (it reports, it does not gate).
+not a per-row constant); ``--attention flash`` prices the attention core as one fused
+kernel instead, to show what the unfused implementation costs. Exit status 0 whatever the
+errors (it reports, it does not gate).
 """
 
 from __future__ import annotations
@@ -61,6 +71,8 @@ from engine.system import Parallelism, System  # noqa: E402
 
 FIGURES = REPO.parent / "shared" / "reference" / "figures.yaml"
 DEVICE = "a100-sxm-80gb"
+ATTENTION = "unfused"
+"""The attention implementation the measured runs used (see the module docstring)."""
 
 
 def megatron_rows(path: Path) -> list[dict[str, Any]]:
@@ -87,13 +99,16 @@ def _gpt_family(host: Any) -> ModelFamily:
 
 
 def predict(row: dict[str, Any], host: Any, efficiency: dict[str, float],
-            virtual: int = 1) -> dict[str, Any]:
-    """Predict one Table 1 row; returns the row's figures, the prediction and its parts."""
+            virtual: int = 1, attention: str = ATTENTION) -> dict[str, Any]:
+    """Predict one Table 1 row; returns the row's figures, the prediction and its parts.
+    ``attention`` is the model's attention implementation (``unfused``: what the
+    measured runs used; ``flash`` only to show what that choice is worth)."""
     c = row["conditions"]
     n, t, p = int(c["GPUs"]), int(c["TP"]), int(c["PP"])
     model = _gpt_family(host).configure({
         "layers": c["layers"], "hidden": c["hidden"], "heads": c["heads"],
         "vocab": c["vocab"], "seq_len": c["seq_len"], "dtype": "bf16",
+        "attention": attention,
     })
     gpu = host.backends.get("gpu")
     dev = gpu.devices()[DEVICE]
@@ -132,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--efficiency", action="append", default=[], metavar="KEY=VALUE",
                     help="override a GPU efficiency parameter for all rows")
     ap.add_argument("--virtual", type=int, default=1, help="interleaved stages (all rows)")
+    ap.add_argument("--attention", choices=("unfused", "flash"), default=ATTENTION,
+                    help="attention implementation of the model (all rows; the measured "
+                         "runs used unfused)")
     args = ap.parse_args(argv)
     eff: dict[str, float] = {}
     for item in args.efficiency:
@@ -139,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         eff[k.strip()] = float(val)
     host = build_host()
     rows = megatron_rows(args.figures)
-    out = [predict(r, host, eff, args.virtual) for r in rows]
+    out = [predict(r, host, eff, args.virtual, args.attention) for r in rows]
     print(f"{'row':22s} {'GPUs':>5s} {'t':>2s} {'p':>3s} {'actual':>7s} {'pred':>7s} "
           f"{'error':>7s} {'step s':>7s} {'bubble':>6s}  dominant parts (s)")
     for r in out:
@@ -153,13 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     worst = max(errs) if errs else float("nan")
     print(f"median |error| {100 * med:.1f}%  max |error| {100 * worst:.1f}%  "
           f"(target: median <= 10%, none above 20%)"
-          + (f"  efficiency overrides: {eff}" if eff else ""))
+          + (f"  efficiency overrides: {eff}" if eff else "")
+          + (f"  attention: {args.attention}" if args.attention != ATTENTION else ""))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "source": "Narayanan et al. 2021 (arXiv:2104.04473) Table 1, figures.yaml "
                       "megatron_t1_*",
             "device": DEVICE, "efficiency_overrides": eff, "virtual": args.virtual,
+            "attention": args.attention,
             "rows": out, "median_abs_error": med, "max_abs_error": worst,
         }, indent=2) + "\n", encoding="utf-8")
     return 0

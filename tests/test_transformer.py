@@ -186,12 +186,19 @@ def test_mixed_iteration_fuses_gemms() -> None:
 
 
 def test_activation_bytes_korthikanti() -> None:
-    """sbh(34 + 5as/h) per layer without recompute, 2sbh with full recompute (16-bit)."""
-    m = FAM["gpt"].configure({"preset": "gpt3-175b"})
+    """sbh(34 + 5as/h) per layer without recompute when the scores are stored
+    (``attention: unfused``), sbh·34 with flash attention, 2sbh with full recompute
+    (16-bit)."""
+    m = FAM["gpt"].configure({"preset": "gpt3-175b", "attention": "unfused"})
     s, b, h, a, n_layers = 2048, 1, 12288, 96, 96
     shape = Shape(Phase.TRAIN, batch=b, tokens=s)
     none = m.activation_bytes(shape, Parallelism(), "none")
     assert none == pytest.approx(s * b * h * (34 + 5 * a * s / h) * n_layers)
+    flash = FAM["gpt"].configure({"preset": "gpt3-175b"})
+    assert flash.activation_bytes(shape, Parallelism(), "none") == pytest.approx(
+        34 * s * b * h * n_layers)
+    assert flash.activation_bytes(shape, Parallelism(tensor=8), "none") == pytest.approx(
+        s * b * h * (10 + 24 / 8) * n_layers)
     assert m.activation_bytes(shape, Parallelism(), "full") == pytest.approx(2 * s * b * h * n_layers)
     sp = m.activation_bytes(shape, Parallelism(tensor=8, sequence=True), "selective")
     assert sp == pytest.approx(34 * s * b * h / 8 * n_layers)
@@ -232,4 +239,173 @@ def test_overrides_apply_on_top_of_a_preset() -> None:
     """Explicit fields override a preset; dtype changes bytes."""
     m = FAM["llama"].configure({"preset": "llama-2-7b", "layers": 16, "dtype": "fp8"})
     assert m.info.layers == 16 and m.info.dtype == "fp8"
-    assert m.info.kv_bytes_per_token == 524288 / 2 / 2
+    # weights in fp8, the KV cache stays 16-bit unless kv_dtype asks for fp8
+    assert m.info.kv_bytes_per_token == 524288 / 2
+    m8 = FAM["llama"].configure({"preset": "llama-2-7b", "layers": 16, "dtype": "fp8",
+                                 "kv_dtype": "fp8"})
+    assert m8.info.kv_bytes_per_token == 524288 / 2 / 2
+
+
+# --- attention: unfused (Megatron-LM's materialized scores) ------------------------------
+
+UNFUSED = {
+    "tiny-gpt-unfused": lambda: tiny("gpt", attention="unfused"),
+    "tiny-llama-gqa-unfused": lambda: tiny("llama", kv_heads=2, attention="unfused"),
+    "tiny-palm-mqa-unfused": lambda: tiny("palm", heads=4, head_dim=32, attention="unfused"),
+}
+# traced op name -> parametric op suffix; the module runs QKᵀ then PV for every sequence
+_CORE_ROLE = {"scale_mask_softmax": "softmax", "native_dropout": "dropout",
+              "stack": "context", "clone": "repeat"}
+
+
+def _core_roles(ops, traced: bool) -> dict[str, list]:
+    """Per attention-core role: FLOPs, bytes read, bytes written (times ``count`` for
+    the graph) and the set of GEMM dims."""
+    out: dict[str, list] = {}
+    gemms = 0
+    for o in ops:
+        if traced:
+            if o.zero_cost or ".attn" not in o.scope:
+                continue
+            if o.name == "bmm":
+                role, gemms = ("qk", "pv")[gemms % 2], gemms + 1
+            else:
+                role = _CORE_ROLE.get(o.name, "")
+            n = 1
+        else:
+            if not o.name.startswith("attn.core."):
+                continue
+            role = o.name.rsplit(".", 1)[1].removeprefix("k_").removeprefix("v_")
+            n = o.count
+        if not role:
+            continue
+        acc = out.setdefault(role, [0.0, 0.0, 0.0, set()])
+        acc[0] += o.flops * n
+        acc[1] += o.bytes_read * n
+        acc[2] += o.bytes_written * n
+        if role in ("qk", "pv"):
+            acc[3].add(tuple(o.dims))
+    return out
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s.phase.value}-b{s.batch}-t{s.tokens}-c{s.context}")
+@pytest.mark.parametrize("name", list(UNFUSED))
+def test_unfused_graph_equals_trace(name: str, shape: Shape) -> None:
+    """With ``attention: unfused`` the parametric graph equals the meta trace of the real
+    module: every op kind's FLOPs and bytes, and role by role the attention core (QKᵀ and
+    PV GEMMs with their dims, the fused softmax, the K/V repeat of GQA/MQA, the context
+    copy); no fused ATTENTION op remains."""
+    model = UNFUSED[name]()
+    tr = trace_module(model.module("meta"), model.example_inputs(shape), model.cfg.dtype)
+    assert tr.unknown_ops == {}
+    g = model.build(shape)
+    assert not [o for o in g.ops if o.kind is OpKind.ATTENTION]
+    tf, tb = _by_kind(tr, counted=False)
+    gf, gb = _by_kind(g.ops, counted=True)
+    assert set(k for k in tf if tf[k]) == set(k for k in gf if gf[k])
+    for kind in set(tb) | set(gb):
+        assert gf[kind] == pytest.approx(tf[kind], rel=1e-12, abs=0), kind
+        assert gb[kind] == pytest.approx(tb[kind], rel=1e-12), kind
+    traced, built = _core_roles(tr, traced=True), _core_roles(g.ops, traced=False)
+    gqa = model.cfg.kv != model.cfg.heads
+    assert set(built) == {"qk", "softmax", "pv", "context"} | ({"repeat"} if gqa else set())
+    assert set(traced) == set(built)
+    for role, (flops, read, written, dims) in built.items():
+        t_flops, t_read, t_written, t_dims = traced[role]
+        assert (flops, read, written) == pytest.approx((t_flops, t_read, t_written),
+                                                       rel=1e-12), role
+        assert dims == t_dims, role
+    keys = shape.context + shape.tokens
+    assert built["qk"][3] == {(shape.tokens, keys, model.cfg.d)}
+    assert built["pv"][3] == {(shape.tokens, model.cfg.d, keys)}
+
+
+class _TrainMode(torch.nn.Module):
+    """Runs the wrapped decoder in training mode (the tracer puts its argument in eval
+    mode), so the trace includes attention dropout."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self.inner.train()
+        return self.inner(ids)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt-unfused", "tiny-llama-gqa-unfused"])
+def test_unfused_train_forward_equals_trace_with_dropout(name: str) -> None:
+    """The forward ops of a TRAIN graph equal the trace of the module in training mode:
+    dropout reads the probabilities and writes them plus a 1-byte keep-mask."""
+    model = UNFUSED[name]()
+    shape = Shape(Phase.TRAIN, batch=2, tokens=32)
+    tr = trace_module(_TrainMode(model.module("meta")), model.example_inputs(shape),
+                      model.cfg.dtype)
+    assert tr.unknown_ops == {}
+    g = model.build(shape)
+    fwd = [o for o in g.ops if not o.name.startswith(("bwd.", "recompute.", "loss."))
+           and o.kind is not OpKind.OPTIMIZER]
+    tf, tb = _by_kind(tr, counted=False)
+    gf, gb = _by_kind(fwd, counted=True)
+    for kind in set(tb) | set(gb):
+        assert gf[kind] == pytest.approx(tf[kind], rel=1e-12, abs=0), kind
+        assert gb[kind] == pytest.approx(tb[kind], rel=1e-12), kind
+    drop = next(o for o in g.ops if o.name == "attn.core.dropout")
+    el = 2 * model.cfg.heads * 32 * 32
+    assert (drop.bytes_read, drop.bytes_written) == (2 * el, 3 * el)
+    assert sum(o.bytes_written for o in tr if o.name == "native_dropout") == (
+        drop.bytes_written * drop.count)
+
+
+def test_unfused_train_gemm_flops_are_megatron_eq3() -> None:
+    """Unfused attention computes the full s×s of QKᵀ and PV, so with full recomputation
+    the train graph's GEMM FLOPs equal Narayanan et al. 2021 eq. (3) exactly,
+    96·B·s·l·h²·(1 + s/6h + V/16lh); flash attention counts only the causal pairs."""
+    cfg = {**TINY, "layers": 3, "ffn_hidden": 256}
+    s, b, l_, h, v = 64, 2, 3, 64, 100
+    shape = Shape(Phase.TRAIN, batch=b, tokens=s, recompute="full")
+    eq3 = 96.0 * b * s * l_ * h * h * (1 + s / (6 * h) + v / (16 * l_ * h))
+    unfused = FAM["gpt"].configure({**cfg, "attention": "unfused"}).build(shape)
+    gemm = sum(o.flops * o.count for o in unfused.ops if o.kind is OpKind.MATMUL)
+    assert gemm == pytest.approx(eq3, rel=1e-12)
+    flash = FAM["gpt"].configure(cfg).build(shape)
+    hw = sum(o.flops * o.count for o in flash.ops
+             if o.kind in (OpKind.MATMUL, OpKind.ATTENTION))
+    causal_share = (s * (s + 1) / 2) / (s * s)
+    attn_full = 4 * 4 * b * s * s * h * l_  # fwd + recompute + 2x backward, 4bs²h each
+    assert hw == pytest.approx(eq3 - attn_full * (1 - causal_share), rel=1e-12)
+
+
+def test_unfused_selective_recompute_reruns_the_core() -> None:
+    """Selective recomputation reruns every attention-core op of ``unfused``: QKᵀ,
+    softmax, dropout, PV and the context copy."""
+    m = tiny("gpt", attention="unfused")
+    g = m.build(Shape(Phase.TRAIN, batch=1, tokens=32, recompute="selective"))
+    again = {o.name.removeprefix("recompute.") for o in g.ops
+             if o.name.startswith("recompute.")}
+    assert again == {"attn.core.qk", "attn.core.softmax", "attn.core.dropout",
+                     "attn.core.pv", "attn.core.context"}
+
+
+def test_unfused_module_computes_the_same_attention() -> None:
+    """The unfused module is real attention: with the same weights it gives the flash
+    module's logits (eval), also through a KV cache, for MHA and GQA; in training it runs
+    dropout (different logits) and back-propagates."""
+    torch.manual_seed(0)
+    for fam, kw in (("gpt", {}), ("llama", {"kv_heads": 2})):
+        flash = tiny(fam, **kw).module("cpu").float().eval()
+        unf = tiny(fam, attention="unfused", **kw).module("cpu").float().eval()
+        unf.load_state_dict(flash.state_dict())
+        cfg = unf.cfg
+        ids = torch.randint(0, cfg.vocab, (2, 12))
+        ref = flash(ids)
+        torch.testing.assert_close(unf(ids), ref, rtol=1e-4, atol=1e-4)
+        cache = torch.zeros(cfg.layers, 2, 2, cfg.kv, 12, cfg.d)
+        unf(ids[:, :8], cache, 0, True)
+        chunk = unf(ids[:, 8:11], cache, 8, True)
+        torch.testing.assert_close(chunk[:, 0], ref[:, 10], rtol=1e-4, atol=1e-4)
+        unf.train()
+        out = unf(ids)
+        assert not torch.allclose(out, ref, atol=1e-4)
+        out.sum().backward()
+        assert unf.layers[0].attn.qkv.weight.grad is not None

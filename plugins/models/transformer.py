@@ -16,6 +16,10 @@ Each configuration builds a real ``torch.nn.Module`` (:class:`DecoderLM`) and a
 parallel plan, the same ops the module runs, counted by the rules of
 :mod:`plugins.models.tracing`; ``tests/test_transformer.py`` checks the two against each
 other. See ``docs/models.md`` for the counting rules and the sources of the presets.
+
+Any family runs its attention core as one fused kernel (``attention: flash``, default) or
+as Megatron-LM's separate kernels over a materialized score matrix (``attention:
+unfused``, :func:`unfused_attention`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,13 @@ GLU_FLOPS = 2
 """FLOPs per output element of the fused gated activation (``act(g)·u``)."""
 INDEX_BYTES = 8
 """Bytes of one token id or routing index (int64)."""
+ATTENTION_DROPOUT = 0.1
+"""Attention-dropout probability of ``attention: unfused`` in training: Megatron-LM's
+default (``megatron/arguments.py``, ``--attention-dropout``, default 0.1). Its cost does
+not depend on the value, only that it is nonzero (a zero rate launches no kernel)."""
+DROPOUT_MASK_BYTES = 1
+"""Bytes per element of the keep-mask a fused dropout kernel writes (``native_dropout``
+returns a ``bool`` mask)."""
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -80,9 +91,24 @@ class DecoderConfig(BaseModel):
     position: Literal["learned", "rope"] = "learned"
     bias: bool = False
     activation: Literal["gelu", "silu", "relu"] = "gelu"
+    attention: Literal["flash", "unfused"] = "flash"
+    """How the attention core runs. ``flash``: one fused kernel that reads Q, K, V once
+    and never stores the score matrix (FlashAttention). ``unfused``: Megatron-LM's
+    separate kernels that materialize the ``s_q × s_k`` scores of every head: the
+    ``QKᵀ`` batched GEMM, a fused scale+mask+softmax, attention dropout when training,
+    the ``PV`` batched GEMM and a copy of the context into token-major layout (see
+    :func:`unfused_attention` and ``docs/models.md``)."""
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
+    kv_dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] | None = None
+    """Element type of the KV cache. ``None`` (default) follows ``dtype`` for 16/32-bit
+    models and keeps a 16-bit (``bf16``) cache for ``fp8``/``int8`` models: weight and
+    activation quantization leaves the cache in 16 bits unless an 8-bit cache is asked for
+    (TensorRT-LLM v0.6.1 ``docs/source/gpt_attention.md``, "INT8/FP8 KV Caches": the
+    attention operator works with FP16/BF16 and quantized caches are opt-in through
+    ``kv_cache_quant_mode`` / ``--fp8_kv_cache``; vLLM's ``kv_cache_dtype`` defaults to
+    ``auto``, the model's 16-bit dtype)."""
 
     @model_validator(mode="after")
     def _check(self) -> DecoderConfig:
@@ -108,6 +134,13 @@ class DecoderConfig(BaseModel):
     def d(self) -> int:
         """Head dimension."""
         return self.head_dim or self.hidden // self.heads
+
+    @property
+    def kv_type(self) -> str:
+        """The KV cache's element type (``kv_dtype``, or its default; see the field)."""
+        if self.kv_dtype is not None:
+            return self.kv_dtype
+        return "bf16" if self.dtype in ("fp8", "int8") else self.dtype
 
     @property
     def kv(self) -> int:
@@ -149,6 +182,56 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
     return q * cos + rot(q) * sin, k * cos + rot(k) * sin
 
 
+@fused_op("scale_mask_softmax", OpKind.SOFTMAX, NORM_FLOPS)
+def scale_mask_softmax(scores: torch.Tensor, scale: float, offset: int) -> torch.Tensor:
+    """``softmax(scale · scores)`` over the last dimension under a causal mask aligned
+    bottom-right (query ``i`` sees keys ``≤ offset + i``; ``offset = keys − queries``),
+    computed in fp32 and returned in the scores' dtype: Megatron-LM's fused
+    scale+mask+softmax kernel (``FusedScaleMaskSoftmax`` with
+    ``attention_softmax_in_fp32``; ``scaled_upper_triang_masked_softmax``), one op for the
+    tracer that reads the scores and writes the probabilities."""
+    q, k = scores.shape[-2], scores.shape[-1]
+    keep = torch.ones(q, k, dtype=torch.bool, device=scores.device).tril(offset)
+    x = (scores.float() * scale).masked_fill(~keep, float("-inf"))
+    return torch.softmax(x, dim=-1).to(scores.dtype)
+
+
+def unfused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      training: bool) -> torch.Tensor:
+    """Causal attention as Megatron-LM ran it before FlashAttention (``attention: unfused``).
+
+    ``q`` is ``[b, heads, t, d]``, ``k``/``v`` ``[b, kv_heads, keys, d]`` (the queries are
+    the last ``t`` of ``keys`` positions); returns the context ``[b, t, heads·d]``.
+    Following ``megatron/model/transformer.py`` (``ParallelSelfAttention`` of 2021, later
+    ``CoreAttention``): K/V are repeated to every query head when there are fewer KV heads;
+    ``QKᵀ`` is a batched GEMM that writes the ``t × keys`` scores of every head; a fused
+    scale+mask+softmax (:func:`scale_mask_softmax`) rewrites them as probabilities; in
+    training, dropout with :data:`ATTENTION_DROPOUT` writes the dropped probabilities and a
+    1-byte keep-mask (``native_dropout``, the fused CUDA kernel ``nn.Dropout`` runs); the
+    ``PV`` batched GEMM writes the context, which one copy turns token-major (Megatron's
+    ``permute(2, 0, 1, 3).contiguous()``).
+
+    Megatron's activations are sequence-first, so its ``[b·heads, s, d]`` operands are
+    views and each GEMM is one strided-batched launch; this module is batch-first, where no
+    such view exists, so it runs one ``heads``-batched GEMM per sequence over the same
+    operands (the same FLOPs and bytes, counted as one op by the parametric graph).
+    """
+    b, h, t, d = q.shape
+    kv, keys = k.shape[1], k.shape[2]
+    if kv != h:  # Megatron-LM's CoreAttention: key_layer.repeat(...), a copy per tensor
+        g = h // kv
+        k = k[:, :, None].expand(b, kv, g, keys, d).contiguous().view(b, h, keys, d)
+        v = v[:, :, None].expand(b, kv, g, keys, d).contiguous().view(b, h, keys, d)
+    scale = d ** -0.5
+    outs = []
+    for i in range(b):
+        probs = scale_mask_softmax(torch.bmm(q[i], k[i].transpose(1, 2)), scale, keys - t)
+        if training:
+            probs, _ = torch.native_dropout(probs, ATTENTION_DROPOUT, True)
+        outs.append(torch.bmm(probs, v[i]).transpose(0, 1))
+    return torch.stack(outs).reshape(b, t, h * d)
+
+
 _ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 
@@ -171,11 +254,14 @@ def _norm(cfg: DecoderConfig) -> nn.Module:
 
 
 class Attention(nn.Module):
-    """Causal self-attention with a fused QKV projection, GQA/MQA and a KV cache."""
+    """Causal self-attention with a fused QKV projection, GQA/MQA and a KV cache; the
+    core runs as one fused kernel (``attention: flash``) or as Megatron-LM's separate
+    kernels (``attention: unfused``, :func:`unfused_attention`)."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.h, self.kv, self.d = cfg.heads, cfg.kv, cfg.d
+        self.unfused = cfg.attention == "unfused"
         self.qkv = nn.Linear(cfg.hidden, (self.h + 2 * self.kv) * self.d, bias=cfg.bias)
         self.out = nn.Linear(self.h * self.d, cfg.hidden, bias=cfg.bias)
 
@@ -192,6 +278,8 @@ class Attention(nn.Module):
             cache[0, :, :, start:start + t].copy_(k)
             cache[1, :, :, start:start + t].copy_(v)
             k, v = cache[0, :, :, :start + t], cache[1, :, :, :start + t]
+        if self.unfused:
+            return self.out(unfused_attention(q, k, v, self.training))
         keys = k.shape[2]
         gqa = self.kv != self.h
         if t == 1:
@@ -442,7 +530,7 @@ class DecoderModel(ModelGraph):
         return ModelInfo(
             name=c.name, family=self.family, kind="decoder", dtype=c.dtype,
             params=float(total), active_params=float(active), param_bytes=float(total * e),
-            kv_bytes_per_token=float(2 * c.layers * c.kv * c.d * e),
+            kv_bytes_per_token=float(2 * c.layers * c.kv * c.d * dtype_bytes(c.kv_type)),
             flops_per_token=float(2 * (gemm_per_tok + c.vocab * c.hidden)),
             layers=c.layers, max_seq_len=c.seq_len, config=c.model_dump(),
         )
@@ -576,22 +664,33 @@ class DecoderModel(ModelGraph):
         if c.position == "rope":
             el = big_t * (hd + kvd) * d
             b.ew("attn.rope", OpKind.ELEMENTWISE, el, el + 2 * rows * d, el, ROPE_FLOPS * el)
-        if serving:
+        kv_e = dtype_bytes(c.kv_type)
+        if serving:  # K and V of the new tokens read in ``dtype``, stored in ``kv_type``
             el = 2 * big_t * kvd * d
-            b.ew("attn.kv_write", OpKind.ELEMENTWISE, el, el, el)
+            b.raw("attn.kv_write", OpKind.ELEMENTWISE, el, el * e, el * kv_e)
         for i, p in enumerate(parts):
             q_len = p.tokens
             keys = (p.context + p.tokens) if serving else p.tokens
             pairs = causal_pairs(q_len, keys)
             bh = hd * p.batch
+            if c.attention == "unfused":
+                self._unfused_ops(b, p.batch, q_len, keys, par,
+                                  "attn.core" if len(parts) == 1 else f"attn.core.{i}",
+                                  serving, phase is Phase.TRAIN)
+                continue
             b.ops.append(Op(
                 name="attn.core" if len(parts) == 1 else f"attn.core.{i}",
                 kind=OpKind.ATTENTION, flops=4.0 * d * pairs * bh,
-                bytes_read=(p.batch * q_len * hd * d + 2 * p.batch * keys * kvd * d) * e,
+                bytes_read=(p.batch * q_len * hd * d * e
+                            + 2 * p.batch * keys * kvd * d * (kv_e if serving else e)),
                 bytes_written=p.batch * q_len * hd * d * e, dims=(q_len, keys, d),
                 batch=max(1, bh), count=n_l, dtype=c.dtype, layer="layer",
-                attrs=(("causal", 1.0), ("kv_heads", float(kvd))),
+                attrs=(("causal", 1.0), ("kv_heads", float(kvd)), ("q_heads", float(hd)),
+                       ("kv_bytes", float(kv_e if serving else e))),
             ))
+        if c.attention == "unfused":  # head-major context -> token-major: one copy
+            el = big_t * hd * d
+            b.ew("attn.core.context", OpKind.ELEMENTWISE, el, el, el)
         b.gemm("attn.out", big_t, h, hd * d, c.bias)
         if not c.parallel_block:
             reduce_out("attn")
@@ -635,7 +734,10 @@ class DecoderModel(ModelGraph):
             if shape.recompute == "full":
                 fwd_extra = recompute_ops(layer_ops)
             elif shape.recompute == "selective":
-                fwd_extra = recompute_ops(o for o in layer_ops if o.kind is OpKind.ATTENTION)
+                # the attention core (Korthikanti et al. 2022): the fused kernel, or every
+                # op between the QKV and output projections of `attention: unfused`
+                fwd_extra = recompute_ops(o for o in layer_ops if o.name == "attn.core"
+                                          or o.name.startswith("attn.core."))
             else:
                 fwd_extra = []
             ops = fwd + fwd_extra + backward_ops(fwd)
@@ -649,6 +751,53 @@ class DecoderModel(ModelGraph):
             b.ops = ops
         return OpGraph(phase=phase, ops=tuple(b.ops), shape=shape, dtype=c.dtype,
                        notes=tuple(notes))
+
+    def _unfused_ops(self, b: _Builder, seqs: int, q_len: int, keys: int, par: Parallelism,
+                     name: str, serving: bool, train: bool) -> None:
+        """The attention core of one layer for ``seqs`` sequences of ``q_len`` queries over
+        ``keys`` keys with ``attention: unfused`` (see :func:`unfused_attention`).
+
+        Per device, with ``bh = seqs · heads/t`` query heads: K and V repeated to the
+        query heads when there are fewer KV heads (a copy each); ``QKᵀ``, a GEMM of dims
+        ``(q_len, keys, d)`` batched ``bh`` times over the *whole* score matrix (a dense
+        GEMM does not skip the masked half), ``2·bh·q_len·keys·d`` FLOPs, reading Q and K
+        and writing the scores; the fused scale+mask+softmax reading and writing the scores
+        (:data:`NORM_FLOPS` per element); in training, dropout reading the probabilities
+        and writing them and a :data:`DROPOUT_MASK_BYTES` mask (no FLOPs: the tracer's rule
+        for ``native_dropout``); ``PV``, dims ``(q_len, d, keys)`` batched ``bh``, reading
+        the probabilities and V and writing the context. Serving reads K and V from the
+        cache at its ``kv_type`` width.
+        """
+        c = self.cfg
+        e = b.e
+        d = c.d
+        hd, kvd = c.heads // par.tensor, math.ceil(c.kv / par.tensor)
+        bh = seqs * hd
+        kv_e = float(dtype_bytes(c.kv_type)) if serving else e
+        kv_el, rep_el = seqs * kvd * keys * d, bh * keys * d
+        if kvd < hd:  # K and V repeated to every query head of their group
+            for t_name in ("k", "v"):
+                b.raw(f"{name}.{t_name}_repeat", OpKind.ELEMENTWISE, rep_el, kv_el * kv_e,
+                      rep_el * e)
+            kv_e = e
+        scores = bh * q_len * keys
+        flops = 2.0 * scores * d
+        b.ops.append(Op(
+            name=f"{name}.qk", kind=OpKind.MATMUL, flops=flops,
+            bytes_read=bh * q_len * d * e + rep_el * kv_e, bytes_written=scores * e,
+            dims=(q_len, keys, d), batch=max(1, bh), count=b.count, dtype=c.dtype,
+            layer="layer",
+        ))
+        b.ew(f"{name}.softmax", OpKind.SOFTMAX, scores, scores, scores, NORM_FLOPS * scores)
+        if train:
+            b.raw(f"{name}.dropout", OpKind.ELEMENTWISE, scores, scores * e,
+                  scores * (e + DROPOUT_MASK_BYTES))
+        b.ops.append(Op(
+            name=f"{name}.pv", kind=OpKind.MATMUL, flops=flops,
+            bytes_read=scores * e + rep_el * kv_e, bytes_written=bh * q_len * d * e,
+            dims=(q_len, d, keys), batch=max(1, bh), count=b.count, dtype=c.dtype,
+            layer="layer",
+        ))
 
     def _moe_ops(self, b: _Builder, n: int, par: Parallelism) -> None:
         """The MoE MLP of one layer for ``n`` tokens on this device (see :class:`MoE`)."""
@@ -729,13 +878,19 @@ class DecoderModel(ModelGraph):
 
         The constants assume 16-bit activations; other dtypes scale by ``bytes/2``.
         Times ``ceil(layers / pipeline)`` layers.
+
+        The ``5as/h`` term is the ``5as²b`` bytes of the stored score-sized tensors
+        (softmax output ``2as²b``, dropout mask ``as²b``, dropout output ``2as²b``): only
+        ``attention: unfused`` stores them. A fused (flash) kernel keeps no score matrix
+        for the backward, which recomputes it from Q, K, V and the output, all already in
+        the ``sbh`` terms, so ``attention: flash`` drops the term.
         """
         c = self.cfg
         s, bsz, h, a = shape.tokens, shape.batch, c.hidden, c.heads
         t = max(1, parallel.tensor)
         sp = parallel.sequence and t > 1
         sbh = s * bsz * h
-        attn = 5.0 * a * s / h
+        attn = 5.0 * a * s / h if c.attention == "unfused" else 0.0
         if recompute == "full":
             per = 2.0 * sbh / (t if sp else 1)
         elif recompute == "selective":
