@@ -14,7 +14,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from engine import __version__
@@ -195,10 +201,13 @@ def sweep(
     address: Annotated[
         str | None, typer.Option(help="Dask scheduler address, tcp://HOST:PORT.")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Parallel workers.", min=1)] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Parallel workers (local pool or local Dask cluster).", min=1),
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Sweep folder.")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", help="KEY.PATH=VALUE.")] = None,
-    retries: Annotated[int, typer.Option(help="Retries of a point whose worker died.")] = 2,
+    retries: Annotated[int, typer.Option(help="Retries of a point whose worker died.", min=0)] = 2,
 ) -> None:
     """Run every point of a scenario's sweep through an executor; re-runs skip done points."""
     from engine.run import utc_stamp
@@ -214,20 +223,27 @@ def sweep(
             apply_override(data, key, value, f"--set {item}")
         name = str(data.get("name", scenario.stem))
         target = out_dir or Path("results") / f"{name}-sweep-{utc_stamp()}"
-        show = err.is_terminal
         with Progress(
             TextColumn("sweep"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.completed}/{task.total} points"),
+            TextColumn("{task.fields[failed]}"),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
             console=err,
             transient=True,
-            disable=not show,
+            disable=not err.is_terminal,
         ) as bar:
-            task = bar.add_task("sweep", total=None)
+            task = bar.add_task("sweep", total=None, failed="")
 
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+            def progress(done: int, total: int, failed: int) -> None:
+                bar.update(
+                    task,
+                    completed=done,
+                    total=total,
+                    failed=f"[red]{failed} failed[/]" if failed else "",
+                )
 
             res = run_sweep(
                 scenario,
@@ -239,12 +255,22 @@ def sweep(
                 address=address,
                 retries=retries,
                 progress=progress,
+                reporters=host.reporters.names(),
             )
         out.print(
-            f"sweep: {res.points} points ({res.skipped} already done, {res.failed} failed) "
-            f"in {res.wall_s:.1f} s -> {res.out_dir / 'summary.parquet'}"
+            f"sweep {name}: {res.points} points: {res.ran} ran, {res.skipped} already done, {res.failed} failed, in {res.wall_s:.1f} s "
+            f"on {executor}.",
+            soft_wrap=True,
+            markup=False,
         )
-        out.print((res.out_dir / "sweep.md").read_text(encoding="utf-8"), markup=False)
+        report = (res.out_dir / "sweep.md").read_text(encoding="utf-8")
+        out.print(report, markup=False, soft_wrap=True)
+        out.print(
+            f"results: {res.out_dir / 'summary.parquet'} (one row per point and system), "
+            f"{res.out_dir / 'sweep.md'}, run folders in {res.out_dir / 'points'}/",
+            soft_wrap=True,
+            markup=False,
+        )
 
     guarded(go)
 
@@ -338,9 +364,7 @@ def devices(
                         "memory_bytes": spec.memory_bytes.value,
                         "memory_bw": spec.memory_bw.value,
                         "max_w": spec.power.max_w.value if spec.power.max_w else None,
-                        "cloud_usd_per_hour": spec.price.cloud_usd_per_hour.value
-                        if spec.price.cloud_usd_per_hour
-                        else None,
+                        "on_demand": spec.price.on_demand.value if spec.price.on_demand else None,
                         "aliases": list(spec.aliases),
                         "sources": {k: f.cited for k, f in spec.figures().items()},
                     }
@@ -361,7 +385,7 @@ def devices(
                 f"{r['memory_bytes'] / 1e9:,.1f}",
                 f"{r['memory_bw'] / 1e12:,.2f}",
                 "-" if r["max_w"] is None else f"{r['max_w']:,.0f}",
-                "-" if r["cloud_usd_per_hour"] is None else f"{r['cloud_usd_per_hour']:,.2f}",
+                "-" if r["on_demand"] is None else f"{r['on_demand']:,.2f}",
             )
         out.print(t)
 

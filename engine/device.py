@@ -49,12 +49,17 @@ class PowerSpec:
 
 @dataclass(frozen=True, slots=True)
 class PriceSpec:
-    """Price figures of one device."""
+    """Price figures of one device, in SI like every quantity inside the engine.
 
-    cloud_usd_per_hour: Figure | None = None
-    spot_usd_per_hour: Figure | None = None
-    reserved_usd_per_hour: Figure | None = None
-    list_usd: Figure | None = None
+    ``on_demand``, ``spot`` and ``reserved`` are rental prices per device in USD per
+    second (a catalog writes them with their unit, ``12.29 USD/h``); ``list_price`` is
+    the purchase price per device in USD.
+    """
+
+    on_demand: Figure | None = None
+    spot: Figure | None = None
+    reserved: Figure | None = None
+    list_price: Figure | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +130,10 @@ _DIMS = {
     "max_w": units.Dim.POWER,
     "idle_w": units.Dim.POWER,
     "mean_w": units.Dim.POWER,
-    "cloud_usd_per_hour": units.Dim.PRICE_PER_TIME,
-    "spot_usd_per_hour": units.Dim.PRICE_PER_TIME,
-    "reserved_usd_per_hour": units.Dim.PRICE_PER_TIME,
-    "list_usd": units.Dim.MONEY,
+    "on_demand": units.Dim.PRICE_PER_TIME,
+    "spot": units.Dim.PRICE_PER_TIME,
+    "reserved": units.Dim.PRICE_PER_TIME,
+    "list_price": units.Dim.MONEY,
     "bandwidth": units.Dim.BANDWIDTH,
     "latency": units.Dim.DURATION,
 }

@@ -38,6 +38,7 @@ from engine.device import Figure
 from engine.errors import XpusimError
 from engine.qty import CarbonIntensity, Duration, Power, PricePerEnergy
 from engine.registry import unknown_message
+from engine.sim.events import frame_columns, frame_height, ordered_sum
 
 if TYPE_CHECKING:
     from engine.device import DeviceSpec
@@ -169,12 +170,12 @@ def _check(name: str, value: float, limit: float, unit: str, device: str, scale:
 def validate_figures(spec: DeviceSpec, config: EconomicsConfig) -> None:
     """Raise :class:`XpusimError` for a negative or absurd price, power or electricity figure."""
     price = spec.price
-    for key in ("cloud_usd_per_hour", "spot_usd_per_hour", "reserved_usd_per_hour"):
+    for key in ("on_demand", "spot", "reserved"):
         fig = getattr(price, key)
         if fig is not None:
             _check(f"price.{key}", fig.value, _MAX_USD_PER_DEVICE_HOUR, "USD/h", spec.name, HOUR_S)
-    if price.list_usd is not None:
-        _check("price.list_usd", price.list_usd.value, _MAX_LIST_USD, "USD", spec.name, 1.0)
+    if price.list_price is not None:
+        _check("price.list_price", price.list_price.value, _MAX_LIST_USD, "USD", spec.name, 1.0)
     for key in ("max_w", "idle_w", "mean_w"):
         fig = getattr(spec.power, key)
         if fig is not None:
@@ -235,19 +236,24 @@ def _state_watts(power: PowerModelLike | None, state: str) -> float | None:
     return _as_watts(w)
 
 
+def _price_figure_name(tier: str) -> str:
+    """The dotted name of a rental tier's figure (``cloud`` is the on-demand price)."""
+    return "price.on_demand" if tier == "cloud" else f"price.{tier}"
+
+
 def _rent_price(
     spec: DeviceSpec, config: EconomicsConfig, tier: str
 ) -> tuple[float | None, Figure | None, str]:
     """USD per device-second of ``tier`` (cloud, spot, reserved), its figure, and why not."""
     price = spec.price
-    cloud = price.cloud_usd_per_hour
+    cloud = price.on_demand
     if tier == "cloud":
         if cloud is None:
             return None, None, (
-                f"{spec.name} has no published on-demand price (price.cloud_usd_per_hour)"
+                f"{spec.name} has no published on-demand price (price.on_demand)"
             )
         return cloud.value, cloud, ""
-    direct = price.spot_usd_per_hour if tier == "spot" else price.reserved_usd_per_hour
+    direct = price.spot if tier == "spot" else price.reserved
     if direct is not None:
         return direct.value, direct, ""
     discount = config.spot_discount if tier == "spot" else config.reserved_discount
@@ -259,7 +265,7 @@ def _rent_price(
             f"({cloud.cited}) less economics.{tier}_discount {discount:.0%}",
         ), ""
     return None, None, (
-        f"{spec.name} has no published {tier} price (price.{tier}_usd_per_hour)"
+        f"{spec.name} has no published {tier} price (price.{tier})"
         + ("" if cloud is None else f" and the scenario sets no economics.{tier}_discount")
     )
 
@@ -276,19 +282,21 @@ def _units(result: SystemResult) -> tuple[float | None, float | None, float | No
     if sps is not None and span:
         samples = float(sps) * float(span)
     req = result.frames.get("requests")
-    if req is not None and req.height:
-        done = req
-        if "status" in req.columns:
-            done = req.filter(pl.col("status").is_in(["ok", "done", "finished", "completed"]))
-            if done.height == 0:
-                done = req.filter(pl.col("finish_s").is_not_null()) if "finish_s" in req.columns else req
-        if tokens is None and "output_tokens" in done.columns:
-            tokens = float(done["output_tokens"].sum())
+    if req is not None and frame_height(req):
+        cols = frame_columns(req)
+        done = req.lazy()
+        if "status" in cols:
+            done = done.filter(pl.col("status").is_in(["ok", "done", "finished", "completed"]))
+            if frame_height(done) == 0:
+                done = req.lazy().filter(pl.col("finish_s").is_not_null()) \
+                    if "finish_s" in cols else req.lazy()
+        if tokens is None and "output_tokens" in cols:
+            tokens = float(done.select(pl.col("output_tokens").sum()).collect().item())
         if samples is None:
-            samples = float(done.height)
+            samples = float(frame_height(done))
     st = result.frames.get("steps")
-    if st is not None and st.height:
-        steps = float(st.height)
+    if st is not None and frame_height(st):
+        steps = float(frame_height(st))
     elif m.get("step_time_s") and span:
         steps = float(span) / float(m["step_time_s"])
     return tokens, samples, steps
@@ -332,36 +340,46 @@ def apply_economics(
     # 1. the span and the device power-state timeline
     dev = result.frames.get("devices")
     span = m.get("simulated_s")
-    if span is None and dev is not None and dev.height:
-        span = float(dev["end_s"].max())  # type: ignore[arg-type]
+    dev_rows = frame_height(dev) if dev is not None else 0
+    if span is None and dev is not None and dev_rows:
+        span = float(dev.lazy().select(pl.col("end_s").max()).collect().item())
     span = float(span or 0.0)
     n_devices = max(int(count), 1)
     busy_j: float | None = None
     busy_s = 0.0
     states: dict[str, float] = {}
     energy_reason = ""
-    if dev is not None and dev.height:
-        lanes = dev.select([c for c in ("replica", "device") if c in dev.columns]).unique().height
+    if dev is not None and dev_rows:
+        dev_cols = frame_columns(dev)
+        lane_cols = [c for c in ("replica", "device") if c in dev_cols]
+        lanes = int(dev.lazy().select(pl.struct(lane_cols).n_unique()).collect().item()) \
+            if lane_cols else 1
         n_devices = max(n_devices, lanes)
-        # clip each interval to [0, span] and keep the busy ones
-        iv = dev.with_columns(
+        # clip each interval to [0, span] and keep the busy ones (a lazy frame stays lazy:
+        # only per-state sums are collected, added in row order by ordered_sum)
+        iv = dev.lazy().with_columns(
             pl.col("start_s").clip(0.0, span).alias("_a"),
             pl.col("end_s").clip(0.0, span).alias("_b"),
         ).with_columns((pl.col("_b") - pl.col("_a")).clip(0.0).alias("_d"))
         busy = iv.filter(pl.col("state").is_in(list(BUSY_STATES)))
-        per_state = busy.group_by("state").agg(pl.col("_d").sum()).sort("state")
-        states = {str(s): float(d) for s, d in per_state.iter_rows()}
-        busy_s = sum(states.values())
         # intervals with joules count as recorded; the rest at the model's state watts
         busy = busy.with_columns(
-            pl.col("joules").cast(pl.Float64) if "joules" in busy.columns
+            pl.col("joules").cast(pl.Float64) if "joules" in dev_cols
             else pl.lit(None, pl.Float64).alias("joules")
         )
         has_j = pl.col("joules").is_not_null() & pl.col("joules").is_finite()
-        total = float(busy.filter(has_j)["joules"].sum())
+        names = sorted(str(x) for x in busy.select(pl.col("state").unique()).collect()["state"]
+                       .drop_nulls().to_list())
+        states = {k: ordered_sum(busy, pl.col("_d"), pl.col("state") == k) for k in names}
+        busy_s = sum(states.values())
+        total = ordered_sum(busy, pl.col("joules"), has_j)
         missing: set[str] = set()
-        unpriced = busy.filter(~has_j).group_by("state").agg(pl.col("_d").sum()).sort("state")
-        for state, d in unpriced.iter_rows():
+        unpriced_names = sorted(
+            str(x) for x in busy.filter(~has_j).select(pl.col("state").unique()).collect()
+            ["state"].drop_nulls().to_list())
+        unpriced = [(k, ordered_sum(busy, pl.col("_d"), ~has_j & (pl.col("state") == k)))
+                    for k in unpriced_names]
+        for state, d in unpriced:
             w = _state_watts(power, str(state))
             if w is None:
                 missing.add(str(state))
@@ -450,8 +468,8 @@ def apply_economics(
     if config.pricing == "owned":
         figs["economics.lifetime"] = lifetime_fig
         reasons = []
-        if spec.price.list_usd is None:
-            reasons.append(f"{spec.name} has no published list price (price.list_usd)")
+        if spec.price.list_price is None:
+            reasons.append(f"{spec.name} has no published list price (price.list_price)")
         if config.electricity is None:
             reasons.append("the scenario gives no electricity price (economics.electricity)")
         if energy_j is None and config.electricity is not None:
@@ -459,10 +477,10 @@ def apply_economics(
         if reasons:
             unknown("cost_usd", "Owned cost is not known: " + "; ".join(reasons) + ".")
         else:
-            assert spec.price.list_usd is not None and config.electricity is not None
+            assert spec.price.list_price is not None and config.electricity is not None
             assert energy_j is not None
-            figs["price.list_usd"] = spec.price.list_usd
-            breakdown["amortization"] = spec.price.list_usd.value * device_s / lifetime_fig.value
+            figs["price.list_price"] = spec.price.list_price
+            breakdown["amortization"] = spec.price.list_price.value * device_s / lifetime_fig.value
             breakdown["electricity"] = energy_j * config.electricity
             if config.hosting_usd_per_kw_month is not None:
                 figs["economics.hosting_usd_per_kw_month"] = Figure(
@@ -475,7 +493,7 @@ def apply_economics(
         if rate is None or fig is None:
             unknown("cost_usd", f"Rented cost is not known: {why}.")
         else:
-            figs[f"price.{config.pricing}_usd_per_hour"] = fig
+            figs[_price_figure_name(config.pricing)] = fig
             breakdown[f"{config.pricing} rental"] = rate * device_s
             cost = breakdown[f"{config.pricing} rental"]
     if cost is not None:
@@ -566,8 +584,8 @@ def _break_even(
     reasons = []
     if rent is None:
         reasons.append(why)
-    if spec.price.list_usd is None:
-        reasons.append(f"{spec.name} has no published list price (price.list_usd)")
+    if spec.price.list_price is None:
+        reasons.append(f"{spec.name} has no published list price (price.list_price)")
     if config.electricity is None:
         reasons.append("the scenario gives no electricity price (economics.electricity)")
     if energy_j is None:
@@ -576,13 +594,13 @@ def _break_even(
         reasons.append("the run has no simulated span")
     if reasons:
         return "Rent-versus-buy break-even is not known: " + "; ".join(reasons) + "."
-    assert rent is not None and rent_fig is not None and spec.price.list_usd is not None
+    assert rent is not None and rent_fig is not None and spec.price.list_price is not None
     assert config.electricity is not None and energy_j is not None and utilization is not None
-    figs[f"price.{tier}_usd_per_hour"] = rent_fig
-    figs["price.list_usd"] = spec.price.list_usd
+    figs[_price_figure_name(tier)] = rent_fig
+    figs["price.list_price"] = spec.price.list_price
     figs["economics.lifetime"] = lifetime
     mean_w = energy_j / (n * span) if span > 0 else 0.0  # facility watts per device, PUE in
-    capex_s = spec.price.list_usd.value / lifetime.value
+    capex_s = spec.price.list_price.value / lifetime.value
     power_s = mean_w * config.electricity
     hosting_s = 0.0
     if config.hosting_usd_per_kw_month is not None:
@@ -591,7 +609,7 @@ def _break_even(
     own_s = capex_s + power_s + hosting_s
     u_star = own_s / rent
     margin_h = (rent * utilization - power_s - hosting_s) * HOUR_S
-    payback = spec.price.list_usd.value / (margin_h * MONTH_S / HOUR_S) if margin_h > 0 else None
+    payback = spec.price.list_price.value / (margin_h * MONTH_S / HOUR_S) if margin_h > 0 else None
     return {
         "rent_tier": tier,
         "rent_usd_per_device_hour": rent * HOUR_S,

@@ -466,10 +466,10 @@ def _nearest_plans(count: int, tensor: int, pipeline: int) -> str:
 def _with_pricing(spec: DeviceSpec, pricing: PricingConfig, source: str) -> DeviceSpec:
     changes: dict[str, Figure] = {}
     for key, attr in (
-        ("cloud", "cloud_usd_per_hour"),
-        ("spot", "spot_usd_per_hour"),
-        ("reserved", "reserved_usd_per_hour"),
-        ("list", "list_usd"),
+        ("cloud", "on_demand"),
+        ("spot", "spot"),
+        ("reserved", "reserved"),
+        ("list", "list_price"),
     ):
         value = getattr(pricing, key)
         if value is not None:

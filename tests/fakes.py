@@ -33,7 +33,7 @@ def fake_device(name: str = "chip-a", memory_gb: float = 16.0, tflops: float = 1
         memory_bytes=Figure(memory_gb * 1e9, SRC),
         memory_bw=Figure(1e12, SRC),
         power=PowerSpec(max_w=Figure(400.0, SRC), idle_w=Figure(100.0, SRC)),
-        price=PriceSpec(cloud_usd_per_hour=Figure(2.0 / 3600, SRC)),  # 2 USD/h in SI
+        price=PriceSpec(on_demand=Figure(2.0 / 3600, SRC)),  # 2 USD/h in SI
     )
 
 

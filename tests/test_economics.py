@@ -30,7 +30,7 @@ def make_spec(
     *,
     cloud_h: float | None = 4.0,
     spot_h: float | None = None,
-    list_usd: float | None = 30_000.0,
+    list_price: float | None = 30_000.0,
     idle_w: float | None = 50.0,
     max_w: float | None = 700.0,
     per_node: int = 8,
@@ -44,8 +44,8 @@ def make_spec(
         peak_flops={"bf16": Figure(1e15, SRC)}, memory_bytes=Figure(80e9, SRC),
         memory_bw=Figure(3e12, SRC),
         power=PowerSpec(max_w=fig(max_w), idle_w=fig(idle_w)),
-        price=PriceSpec(cloud_usd_per_hour=fig(cloud_h, 1 / HOUR_S),
-                        spot_usd_per_hour=fig(spot_h, 1 / HOUR_S), list_usd=fig(list_usd)),
+        price=PriceSpec(on_demand=fig(cloud_h, 1 / HOUR_S),
+                        spot=fig(spot_h, 1 / HOUR_S), list_price=fig(list_price)),
         devices_per_node=per_node,
     )
 
@@ -123,7 +123,7 @@ def test_cloud_cost_is_device_hours_times_price() -> None:
     assert r.metrics["cost_usd"] == pytest.approx(8.0)
     assert r.details["cost_breakdown_usd"] == pytest.approx({"cloud rental": 8.0})
     assert r.metrics["cost_per_million_tokens_usd"] == pytest.approx(8.0 / (100 * HOUR_S) * 1e6)
-    assert r.figures["price.cloud_usd_per_hour"].source == SRC
+    assert r.figures["price.on_demand"].source == SRC
 
 
 def test_spot_price_from_catalog_or_from_a_discount() -> None:
@@ -135,7 +135,7 @@ def test_spot_price_from_catalog_or_from_a_discount() -> None:
     r = make_result(span=HOUR_S)
     apply_economics(r, make_spec(), 2, EconomicsConfig(pricing="spot", spot_discount=0.6), None)
     assert r.metrics["cost_usd"] == pytest.approx(2 * 4.0 * 0.4)
-    assert "spot_discount" in r.figures["price.spot_usd_per_hour"].assumption
+    assert "spot_discount" in r.figures["price.spot"].assumption
 
 
 def test_owned_cost_is_amortization_plus_electricity_plus_hosting() -> None:
@@ -144,7 +144,7 @@ def test_owned_cost_is_amortization_plus_electricity_plus_hosting() -> None:
     r = make_result(span=HOUR_S)
     cfg = EconomicsConfig(pricing="owned", electricity="0.10 USD/kWh", lifetime="3 year",
                           hosting_usd_per_kw_month=150.0, pue=1.2)
-    apply_economics(r, make_spec(list_usd=30_000.0, max_w=700.0), 2, cfg, None)
+    apply_economics(r, make_spec(list_price=30_000.0, max_w=700.0), 2, cfg, None)
     energy = r.metrics["energy_j"]
     lifetime = 3 * 365.25 * 86400
     amort = 30_000.0 * 2 * HOUR_S / lifetime
@@ -163,7 +163,7 @@ def test_break_even_utilization_is_own_cost_over_rent_price() -> None:
     break-even utilization is that over the rent price; payback = list / monthly margin."""
     r = make_result(span=HOUR_S)
     cfg = EconomicsConfig(pricing="cloud", electricity="0.10 USD/kWh")
-    apply_economics(r, make_spec(cloud_h=4.0, list_usd=30_000.0), 2, cfg, None)
+    apply_economics(r, make_spec(cloud_h=4.0, list_price=30_000.0), 2, cfg, None)
     be = r.details["break_even"]
     mean_w = r.metrics["energy_j"] / (2 * HOUR_S)
     own_h = 30_000.0 / (4 * 365.25 * 24) + mean_w / 1000 * 0.10
@@ -196,7 +196,7 @@ def test_missing_figures_are_not_known_with_reasons_and_the_rest_is_computed() -
     """No price and no idle power: energy, cost and carbon are None with a reason sentence
     each naming the missing figure; throughput and the timeline summary remain."""
     r = make_result()
-    apply_economics(r, make_spec(cloud_h=None, list_usd=None, idle_w=None), 2,
+    apply_economics(r, make_spec(cloud_h=None, list_price=None, idle_w=None), 2,
                     EconomicsConfig(), None)
     nk = r.details["not_known"]
     for metric in ("energy_j", "energy_per_token_j", "cost_usd", "cost_per_million_tokens_usd",
@@ -205,7 +205,7 @@ def test_missing_figures_are_not_known_with_reasons_and_the_rest_is_computed() -
         if metric in r.metrics:
             assert r.metrics[metric] is None
     assert "idle power" in nk["energy_j"]
-    assert "cloud_usd_per_hour" in nk["cost_usd"]
+    assert "on_demand" in nk["cost_usd"]
     assert r.metrics["throughput_tokens_per_s"] == 100.0
     assert r.details["utilization"] == pytest.approx(BUSY_S / (2 * SPAN))
 
@@ -229,8 +229,8 @@ def test_no_device_timeline_is_not_known() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [({"cloud_h": -1.0}, "negative"), ({"cloud_h": 50_000.0}, "absurd"),
-     ({"list_usd": -5.0}, "negative"), ({"idle_w": -3.0}, "negative"),
-     ({"list_usd": math.inf}, "not finite")],
+     ({"list_price": -5.0}, "negative"), ({"idle_w": -3.0}, "negative"),
+     ({"list_price": math.inf}, "not finite")],
 )
 def test_negative_or_absurd_figures_are_input_errors(kwargs: dict[str, float], needle: str) -> None:
     """A negative, absurd or infinite price or power figure raises XpusimError (exit 2)."""

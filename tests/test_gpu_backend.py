@@ -125,8 +125,8 @@ def test_catalog_values_and_aliases() -> None:
     assert h.name == "h100-sxm" and resolve("a100").name == "a100-sxm-80gb"
     assert h.flops("bf16") == pytest.approx(989.4e12)
     assert h.memory_bw.value == pytest.approx(3.35e12)
-    assert h.price.cloud_usd_per_hour is not None
-    assert h.price.cloud_usd_per_hour.value * 3600 == pytest.approx(12.29)
+    assert h.price.on_demand is not None
+    assert h.price.on_demand.value * 3600 == pytest.approx(12.29)
     assert resolve("l4").memory_bytes.value == pytest.approx(24e9)
     with pytest.raises(XpusimError, match="h100"):
         resolve("h100-sxn")

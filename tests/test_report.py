@@ -26,7 +26,7 @@ SPAN = 20.0
 
 
 def _spec(
-    name: str, cloud_h: float | None, list_usd: float | None, idle_w: float | None
+    name: str, cloud_h: float | None, list_price: float | None, idle_w: float | None
 ) -> DeviceSpec:
     def fig(v: float | None, scale: float = 1.0) -> Figure | None:
         return None if v is None else Figure(v * scale, f"{name}_catalog")
@@ -36,7 +36,7 @@ def _spec(
         peak_flops={"bf16": Figure(1e15, f"{name}_bf16")},
         memory_bytes=Figure(80e9, f"{name}_mem"), memory_bw=Figure(3e12, f"{name}_bw"),
         power=PowerSpec(max_w=Figure(700.0, f"{name}_tdp"), idle_w=fig(idle_w)),
-        price=PriceSpec(cloud_usd_per_hour=fig(cloud_h, 1 / HOUR_S), list_usd=fig(list_usd)),
+        price=PriceSpec(on_demand=fig(cloud_h, 1 / HOUR_S), list_price=fig(list_price)),
     )
 
 
@@ -262,8 +262,8 @@ def test_load_run_reads_a_run_folder_back(tmp_path: Path, run: RunResult) -> Non
     fast = back.systems[0]
     assert fast.metrics["cost_usd"] == pytest.approx(run.systems[0].metrics["cost_usd"])
     assert fast.frames["requests"].height == 300
-    assert fast.figures["price.cloud_usd_per_hour"] == run.systems[0].figures[
-        "price.cloud_usd_per_hour"]
+    assert fast.figures["price.on_demand"] == run.systems[0].figures[
+        "price.on_demand"]
     assert "cost_usd" in back.systems[1].details["not_known"]
     assert back.systems[2].status == "unsupported"
 

@@ -149,9 +149,9 @@ def figure_value(name: str, value: float) -> str:
         return f"{fmt(value / 1e9, 4)} GB/s"
     if leaf == "latency":
         return f"{fmt(value * 1e6, 3)} µs"
-    if leaf.endswith("_usd_per_hour"):
+    if name in ("price.on_demand", "price.spot", "price.reserved"):
         return f"{fmt(value * 3600.0, 4)} USD/h"
-    if leaf == "list_usd":
+    if leaf == "list_price":
         return f"{fmt(value, 4)} USD"
     if name.startswith("power.") or leaf.endswith("_w"):
         return f"{fmt(value, 4)} W"
