@@ -80,12 +80,16 @@ def compiled(model: TinyModel, device: DeviceSpec, tensor: int = 1, pipeline: in
 
 
 def test_optime_semantics() -> None:
+    """An op takes max(compute, memory) plus overhead, and is memory-bound only when its memory
+    time exceeds its compute time (a tie counts as compute)."""
     t = OpTime(2.0, 3.0, 0.5)
     assert t.seconds == 3.5 and t.bound == "memory"
     assert OpTime(3.0, 3.0).bound == "compute"
 
 
 def test_cost_breakdown_energy_and_flops() -> None:
+    """A step's seconds are the sum of its compute/memory/comm/overhead breakdown; a decode is
+    memory-bound, a big prefill compute-bound, and joules and FLOPs count every TP device."""
     dev = resolve("h100")
     model = TinyModel()
     c = compiled(model, dev, tensor=2)
@@ -103,6 +107,8 @@ def test_cost_breakdown_energy_and_flops() -> None:
 
 
 def test_memoization_prices_each_distinct_op_once() -> None:
+    """A shape's graph is built once and each distinct op priced once; a new shape made of the
+    same ops reuses their prices."""
     calls: list[Op] = []
     model = TinyModel()
     c = compiled(model, resolve("h100"), calls=calls)
@@ -116,6 +122,8 @@ def test_memoization_prices_each_distinct_op_once() -> None:
 
 
 def test_pipeline_runs_stages_in_sequence() -> None:
+    """Two pipeline stages run one after the other, so a step takes the seconds and joules of
+    the unsplit model on one device."""
     dev = resolve("h100")
     one = compiled(TinyModel(), dev).cost(Shape(Phase.PREFILL, batch=1, tokens=512))
     two = compiled(TinyModel(), dev, pipeline=2).cost(Shape(Phase.PREFILL, batch=1, tokens=512))
@@ -124,6 +132,8 @@ def test_pipeline_runs_stages_in_sequence() -> None:
 
 
 def test_fit_and_memory_need() -> None:
+    """Weights beyond device memory do not fit and the reason gives the GB short and suggests
+    tensor parallelism; extra needs join the breakdown and KV capacity fits the usable memory."""
     dev = resolve("l4")
     model = TinyModel(param_bytes=30e9)
     f = compiled(model, dev).fit(kv_tokens=0)
@@ -140,6 +150,8 @@ def test_fit_and_memory_need() -> None:
 
 
 def test_figures_used_lists_power_assumptions() -> None:
+    """figures_used lists the cited TDP, the assumption behind idle power and the runtime memory
+    reserve."""
     figs = compiled(TinyModel(), resolve("h100")).figures_used()
     assert figs["power.max_w"].source == "h100sxm_nvlink_tdp"
     assert "gpu_idle_power_gap" in figs["power.idle_w"].assumption
@@ -147,6 +159,8 @@ def test_figures_used_lists_power_assumptions() -> None:
 
 
 def test_power_model() -> None:
+    """Idle power is 20% of TDP unless a published idle figure is given; state watts rise idle <
+    overhead < comm < memory < compute <= TDP, and energy scales with the device count."""
     dev = resolve("h100")
     pm = PowerModel.from_device(dev)
     assert pm.idle_watts == pytest.approx(0.2 * 700)

@@ -25,6 +25,8 @@ NODE = Topology(devices_per_node=8, intra_bw=450e9, intra_latency=1e-6,
 
 
 def test_ring_all_reduce_formula() -> None:
+    """Ring collectives follow the alpha-beta formulas: all-reduce 2(p-1)a + 2(p-1)/p n/B,
+    reduce-scatter and all-gather half that, send/recv a + n/B."""
     p, n, bw, a = 8, 1e9, 100e9, 2e-6
     ring_ar = 2 * (p - 1) * a + 2 * (p - 1) / p * n / bw
     assert ring_seconds(AR, n, p, bw, a) == pytest.approx(ring_ar)
@@ -34,6 +36,8 @@ def test_ring_all_reduce_formula() -> None:
 
 
 def test_tree_formula_and_auto_picks_cheaper() -> None:
+    """A tree all-reduce costs 2 log2(p) a + 2n/B: it beats the ring on small messages and loses
+    on large ones, and the automatic choice takes the cheaper."""
     p, bw, a = 64, 100e9, 5e-6
     assert tree_seconds(AR, 1e6, p, bw, a) == pytest.approx(2 * 6 * a + 2 * 1e6 / bw)
     small, big = 1e3, 1e10
@@ -48,12 +52,14 @@ def test_tree_formula_and_auto_picks_cheaper() -> None:
 
 
 def test_group_of_one_and_empty_payload_are_free() -> None:
+    """A collective over one device or of zero bytes takes no time."""
     assert collective_seconds(AR, 1e9, 1, NODE) == 0.0
     assert collective_seconds(AR, 0.0, 8, NODE) == 0.0
 
 
 @pytest.mark.parametrize("kind", [AR, RS, AG, A2A])
 def test_grows_with_bytes_and_group(kind: Collective) -> None:
+    """A collective's time never decreases as its payload or its group grows."""
     sizes = [1e3, 1e6, 1e8, 1e9]
     times = [collective_seconds(kind, n, 8, NODE) for n in sizes]
     assert times == sorted(times) and times[0] < times[-1]
@@ -63,6 +69,8 @@ def test_grows_with_bytes_and_group(kind: Collective) -> None:
 
 
 def test_crossing_nodes_pays_the_slow_link() -> None:
+    """A group spanning two nodes pays the slow inter-node link and costs the cheapest of
+    hierarchical (intra RS, inter AR of n/8, intra AG), flat ring and flat tree."""
     inside = collective_seconds(AR, 1e9, 8, NODE)
     across = collective_seconds(AR, 1e9, 16, NODE)
     assert across > 1.5 * inside  # the inter-node stage runs on the 50 GB/s NIC
@@ -79,11 +87,14 @@ def test_crossing_nodes_pays_the_slow_link() -> None:
 
 
 def test_unknown_algorithm_raises() -> None:
+    """An unknown collective algorithm name raises a ValueError."""
     with pytest.raises(ValueError, match="algorithm"):
         collective_seconds(AR, 1.0, 4, NODE, "butterfly")
 
 
 def test_torus_bidirectional_rings() -> None:
+    """Torus collectives run bidirectional rings (twice the link bandwidth) per dimension, each
+    later dimension on the shrunk payload; size-1 dimensions cost nothing."""
     n, bw, a = 1e9, 50e9, 1e-6
     # a 1-D torus of 4: reduce-scatter over a bidirectional ring (2 x link bandwidth)
     rs = torus_collective_seconds(RS, n, (4,), bw, a)
@@ -103,6 +114,8 @@ def test_torus_bidirectional_rings() -> None:
 
 
 def test_topology_from_device() -> None:
+    """An H100's default topology is 8 GPUs per node on 450 GB/s, 1 us NVLink, with a slower
+    link between nodes."""
     from plugins.gpu.catalog import resolve
 
     t = topology_from_device(resolve("h100"))

@@ -105,6 +105,8 @@ def system(device: str | DeviceSpec, tensor: int = 1, **options: Any) -> System:
 
 
 def test_catalog_figures_cite_sources() -> None:
+    """Every GPU catalog figure cites a source id that exists in the shared figures reference,
+    or states an assumption."""
     ids: set[str] | None = None
     if FIGURES.exists():
         raw = yaml.safe_load(FIGURES.read_text(encoding="utf-8"))
@@ -121,6 +123,8 @@ def test_catalog_figures_cite_sources() -> None:
 
 
 def test_catalog_values_and_aliases() -> None:
+    """Aliases resolve to catalog entries with their published figures (H100 SXM: 989.4 TFLOP/s
+    bf16, 3.35 TB/s, $12.29/h); a misspelt name raises an error naming the close match."""
     h = resolve("h100")
     assert h.name == "h100-sxm" and resolve("a100").name == "a100-sxm-80gb"
     assert h.flops("bf16") == pytest.approx(989.4e12)
@@ -142,6 +146,7 @@ def gemm_s(cm: GpuCostModel, m: int, n: int, k: int) -> float:
 
 @pytest.mark.parametrize("dev", ["h100-sxm", "a100", "l4", "mi300x"])
 def test_gemm_monotone_in_m_n_k(dev: str) -> None:
+    """GEMM time never decreases as m, n or k grows, on every GPU."""
     cm = GpuCostModel(resolve(dev))
     sizes = [1, 7, 16, 100, 128, 129, 500, 1000, 1024, 1025, 3000, 4096, 5000, 8192, 16385]
     for fixed in (64, 1024, 4096):
@@ -156,6 +161,8 @@ def test_gemm_monotone_in_m_n_k(dev: str) -> None:
 
 
 def test_wave_quantization_visible() -> None:
+    """A GEMM with one more tile than there are SMs takes a second wave and twice the compute
+    time; m = 129 pads to the same tiles, and time, as m = 256."""
     dev = resolve("h100")
     sms = int(dev.extra["sm_count"].value)
     eff = GpuEfficiency(tiles=((128, 128, 1.0),), split_k=(1,), kernel_overhead_s=0.0)
@@ -171,6 +178,8 @@ def test_wave_quantization_visible() -> None:
 
 
 def test_decode_memory_bound_prefill_compute_bound() -> None:
+    """A decode GEMM (m = 1) is memory-bound at weight bytes / (bandwidth x memory fraction); a
+    4096-token prefill GEMM is compute-bound at 50-75% of peak."""
     cm = GpuCostModel(resolve("h100"))
     h = 4096
     decode = cm(Op("qkv", OpKind.MATMUL, flops=2 * 1 * 3 * h * h,
@@ -188,6 +197,8 @@ def test_decode_memory_bound_prefill_compute_bound() -> None:
 
 
 def test_attention_is_flash_style() -> None:
+    """Attention is priced as a fused flash kernel that moves Q, K, V and O once (not the score
+    matrix), so a 4096-token attention is compute-bound."""
     cm = GpuCostModel(resolve("h100"))
     q = kv = 4096
     d, heads = 128, 32
@@ -200,6 +211,7 @@ def test_attention_is_flash_style() -> None:
 
 
 def test_vector_ops_memory_bound_and_kernel_overhead() -> None:
+    """A norm is memory-bound and pays one kernel-launch overhead."""
     cm = GpuCostModel(resolve("h100"))
     t = cm(Op("norm", OpKind.NORM, flops=5e6, bytes_read=4e6, bytes_written=2e6, dims=(1_000_000,)))
     assert t.bound == "memory"
@@ -210,6 +222,8 @@ def test_vector_ops_memory_bound_and_kernel_overhead() -> None:
 
 
 def test_tp_all_reduce_grows_with_bytes_and_group() -> None:
+    """A TP all-reduce grows with bytes and group size, and is slower over the L40S's PCIe than
+    over the H100's NVLink."""
     b = GpuBackend()
     s8 = system("h100", tensor=8)
     by_bytes = [b.collective_seconds(Collective.ALL_REDUCE, n, 8, s8) for n in (1e4, 1e6, 1e8)]
@@ -221,6 +235,8 @@ def test_tp_all_reduce_grows_with_bytes_and_group() -> None:
 
 
 def test_supports_and_registration() -> None:
+    """The GPU backend accepts a decoder and refuses an unknown model kind by name; the plugin
+    registers exactly one backend, 'gpu'."""
     b = GpuBackend()
     assert b.supports(llama7b(), "serving").ok
 
@@ -240,6 +256,8 @@ def test_supports_and_registration() -> None:
 
 
 def test_compiled_decode_step_near_weights_over_bandwidth() -> None:
+    """A 7B decode step on one H100 takes between weights / effective bandwidth and 1.25x that,
+    is memory-bound, and lists its efficiency assumptions."""
     model = llama7b()
     c = GpuBackend().compile(model, system("h100"))
     cost = c.cost(Shape(Phase.DECODE, batch=1, tokens=1, context=128))
@@ -254,6 +272,8 @@ def test_compiled_decode_step_near_weights_over_bandwidth() -> None:
 
 
 def test_llama70b_does_not_fit_one_l4() -> None:
+    """A 70B model (138 GB of weights) does not fit a 24 GB L4: the reason states the GB short and
+    the suggestion names 8xL4 with tensor parallelism and larger GPUs."""
     b = GpuBackend()
     f = b.compile(llama70b(), system("l4")).fit(kv_tokens=0)
     assert not f.fits
@@ -266,6 +286,8 @@ def test_llama70b_does_not_fit_one_l4() -> None:
 
 
 def test_llama70b_on_two_h100_with_tp2() -> None:
+    """A 70B model with TP=2 fits two H100s at 69-72 GB per GPU, leaving KV-cache room for fewer
+    than 20,000 tokens."""
     c = GpuBackend().compile(llama70b(), system("h100", tensor=2))
     f = c.fit(kv_tokens=0)
     # 69 GB of weights per GPU + runtime reserve: it fits, with little room for KV cache
@@ -280,6 +302,8 @@ def test_llama70b_on_two_h100_with_tp2() -> None:
 
 
 def test_calibration_round_trip_and_apply(tmp_path: Path) -> None:
+    """A calibration saves and loads unchanged, overrides only the parameters it names, and is
+    refused on another device or with unknown or missing fields."""
     cal = calibration.Calibration("h100-sxm", "1x H100 SXM (test)", "2026-11-22",
                                   "xpusim calibrate gpu", {"tensor_fraction": 0.6,
                                                             "kernel_overhead_s": 5e-6})
@@ -318,6 +342,8 @@ def _llama(preset: str, dtype: str, **fields: Any) -> ModelGraph:
 
 @pytest.mark.skipif(not HAS_TRANSFORMER, reason="plugins.models.transformer not available")
 def test_real_llama2_7b_decode_is_weights_over_bandwidth() -> None:
+    """Llama-2-7B (13.5 GB in bf16) decodes on an H100 in between weights / effective bandwidth
+    and 1.25x that, memory-bound."""
     model = _llama("llama-2-7b", "bf16")
     assert model.info.param_bytes == pytest.approx(13.48e9, rel=0.01)
     c = GpuBackend().compile(model, system("h100"))
