@@ -9,6 +9,11 @@ independent implementation of the same rules, not a copy:
   an *active* half (``active_fraction``) that serves the array and a *prefetch* half that is
   filled from DRAM. Words arrive from DRAM in *lines* of ``bandwidth`` words (one line per
   cycle), in the operand's *fetch order* (the order the compute model says data is needed).
+* Residency is tracked in *sets*: consecutive runs of words in fetch order. The active window
+  is ``ceil(active_words / set_words)`` sets and slides by ``ceil(prefetch_words / set_words)``
+  sets, so the set size decides exactly which words a window holds at its edges: a demand row
+  that straddles the edge of a window of DRAM-line sets may fall inside a window of
+  hundredth-of-the-SRAM sets. SCALE-Sim has both rules (see :data:`SET_RULES`).
 * Before the first cycle the active half is filled (this fill is not counted as a stall: it
   happens at negative cycle numbers, as in SCALE-Sim).
 * When the array asks for a word that is not in the active window, the window slides forward
@@ -31,7 +36,7 @@ With ``bandwidth=None`` the interface is ideal and nothing ever stalls.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,19 +49,48 @@ ACTIVE_FRACTION = 0.5
 READ_LATENCY = 1
 """Cycles for a read hit and for a DRAM read response (SCALE-Sim ``read_port``)."""
 
+SRAM_SETS = 100
+"""Sets a read SRAM is split into under the ``"hundredth"`` rule (SCALE-Sim's default)."""
+
+SET_RULES = ("hundredth", "line")
+"""How a read SRAM's words are grouped into sets (SCALE-Sim ``read_buffer.prepare_hashed_buffer``):
+
+* ``"hundredth"`` (default): the SRAM is split into 100 sets of ``ceil(words / 100)`` words.
+  This is SCALE-Sim's default (layout evaluation off). The golden reports of its test suite
+  (``golden_trace_user_{os,ws,is}``) were produced with it: it reproduces all three stall
+  counts and the SRAM-trace cycles where the two rules part (see ``docs/backends/tpu.md``).
+* ``"line"``: one set per DRAM line, ``bandwidth`` words. This is SCALE-Sim's rule when SRAM
+  layout evaluation is enabled, and the only rule in the source at commit ``18975c2``; the
+  golden files checked in at that commit do not follow it (they follow ``"hundredth"``).
+"""
+
+
+def set_words(rule: str, words: int, bandwidth: int) -> int:
+    """Words per residency set of a ``words``-word read SRAM under ``rule`` (see
+    :data:`SET_RULES`)."""
+    if rule == "line":
+        return bandwidth
+    if rule == "hundredth":
+        return math.ceil(words / SRAM_SETS)
+    raise ValueError(f"set rule {rule!r} is not one of {', '.join(SET_RULES)}")
+
 
 @dataclass(frozen=True, slots=True)
 class MemoryConfig:
     """SRAM sizes (kB, 1024 bytes) per operand and the DRAM interface bandwidth.
 
     ``bandwidth`` is words per cycle per operand interface (SCALE-Sim's USER ``Bandwidth``);
-    ``None`` means an ideal interface that never stalls the array.
+    ``None`` means an ideal interface that never stalls the array. ``set_rule`` picks how the
+    read SRAMs group words into residency sets (:data:`SET_RULES`): ``"hundredth"`` is
+    SCALE-Sim's default and reproduces its golden reports, ``"line"`` its layout-evaluation
+    mode.
     """
 
     ifmap_kb: float = 64.0
     filter_kb: float = 64.0
     ofmap_kb: float = 64.0
     bandwidth: int | None = None
+    set_rule: str = "hundredth"
 
     def __post_init__(self) -> None:
         for name in ("ifmap_kb", "filter_kb", "ofmap_kb"):
@@ -67,6 +101,8 @@ class MemoryConfig:
                 raise ValueError(f"SRAM size {name}={v} kB holds fewer than 2 words")
         if self.bandwidth is not None and self.bandwidth < 1:
             raise ValueError(f"bandwidth {self.bandwidth} must be at least 1 word per cycle")
+        if self.set_rule not in SET_RULES:
+            raise ValueError(f"set rule {self.set_rule!r} is not one of {', '.join(SET_RULES)}")
 
     def words(self, kb: float) -> int:
         """Words held by an SRAM of ``kb`` kilobytes."""
@@ -77,23 +113,36 @@ class ReadBuffer:
     """A double-buffered read SRAM in front of a DRAM port (see module docstring).
 
     ``fetch_order`` is the sequence of addresses (``-1`` for holes) the DRAM side streams in.
-    Addresses are small non-negative integers (an operand's element index).
+    Addresses are small non-negative integers (an operand's element index). ``set_words`` is
+    the residency-set size (default: one DRAM line, ``bandwidth`` words; :func:`set_words`
+    gives it for a :data:`SET_RULES` rule).
     """
 
-    def __init__(self, words: int, bandwidth: int, fetch_order: np.ndarray,
-                 double_count: bool = True) -> None:
+    def __init__(
+        self,
+        words: int,
+        bandwidth: int,
+        fetch_order: np.ndarray,
+        double_count: bool = True,
+        set_words: int | None = None,
+    ) -> None:
         self.bandwidth = int(bandwidth)
         self.double_count = double_count
+        self.set_words = self.bandwidth if set_words is None else int(set_words)
+        if self.set_words < 1:
+            raise ValueError(f"set size {self.set_words} must be at least 1 word")
         self.active_words = math.ceil(words * ACTIVE_FRACTION)
         self.prefetch_words = words - self.active_words
         valid = fetch_order[fetch_order >= 0].astype(np.int64)
-        # Lines of `bandwidth` valid words in fetch order; a trailing partial (possibly
-        # empty) line always exists, as in SCALE-Sim's hashed buffer.
-        self.n_lines = len(valid) // self.bandwidth + 1
-        line_of = np.arange(len(valid), dtype=np.int64) // self.bandwidth
+        # DRAM lines of the fetch order (holes included), as SCALE-Sim lays out its fetch matrix.
+        self.dram_lines = max(math.ceil(len(fetch_order) / self.bandwidth), 1)
+        # Sets of `set_words` valid words in fetch order; a trailing partial (possibly empty)
+        # set always exists, as in SCALE-Sim's hashed buffer.
+        self.n_lines = len(valid) // self.set_words + 1
+        line_of = np.arange(len(valid), dtype=np.int64) // self.set_words
         size = int(valid.max()) + 1 if len(valid) else 1
         first = np.full(size, -1, dtype=np.int64)
-        # First line holding each address; later duplicates (im2col) kept aside.
+        # First set holding each address; later duplicates (im2col) kept aside.
         order = np.argsort(valid, kind="stable")
         sv, sl = valid[order], line_of[order]
         is_first = np.ones(len(sv), dtype=bool)
@@ -105,9 +154,11 @@ class ReadBuffer:
             dup_addrs = np.unique(sv[~is_first])
             for a in dup_addrs.tolist():
                 self.extra_lines[a] = sl[sv == a]
-        self.active_lines = min(math.ceil(self.active_words / self.bandwidth), self.n_lines)
-        self.prefetch_lines = min(math.ceil(self.prefetch_words / self.bandwidth),
-                                  self.n_lines - self.active_lines)
+        self.active_lines = min(math.ceil(self.active_words / self.set_words), self.n_lines)
+        self.prefetch_lines = min(
+            math.ceil(self.prefetch_words / self.set_words), self.n_lines - self.active_lines
+        )
+        # A prefetch always moves whole DRAM lines of `bandwidth` words, one per cycle.
         self.fetch_lines = math.ceil(self.prefetch_words / self.bandwidth)
         self.start = 0
         self.started = False
@@ -138,8 +189,9 @@ class ReadBuffer:
         if not self.started:
             self.started = True
             self.last_fetch = cycle - 1
-            self.dram_words += min(math.ceil(self.active_words / self.bandwidth),
-                                   self.n_lines) * self.bandwidth
+            self.dram_words += (
+                min(math.ceil(self.active_words / self.bandwidth), self.dram_lines) * self.bandwidth
+            )
         if len(addrs) == 0:
             return 0
         lines = self.first_line[addrs]
@@ -183,7 +235,7 @@ class WriteBuffer:
     def _drain(self, start_cycle: int) -> int:
         n = math.ceil(self.drain_words / self.bandwidth)
         end = min(self.drained_upto + n, len(self.lines))
-        chunk = self.lines[self.drained_upto:end]
+        chunk = self.lines[self.drained_upto : end]
         if not chunk:
             return start_cycle
         # SCALE-Sim counts full lines as `bandwidth` words except for the holes of the last.
@@ -220,13 +272,19 @@ class WriteBuffer:
 
 @dataclass(frozen=True, slots=True)
 class StallReport:
-    """What the memory model found for one layer."""
+    """What the memory model found for one layer.
+
+    ``issue_cycles[i]`` is the cycle demand row ``i`` is issued at (``i`` plus the stalls of
+    the rows before it); SCALE-Sim's SRAM traces print it plus the read latency, plus the
+    row's own wait where that operand waits.
+    """
 
     compute_cycles: int
     stall_cycles: int
     ifmap_dram_words: int
     filter_dram_words: int
     ofmap_dram_words: int
+    issue_cycles: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def total_cycles(self) -> int:
@@ -251,16 +309,29 @@ def simulate_stalls(
     """
     rows = ifmap_demand.shape[0]
     if config.bandwidth is None:
-        return StallReport(rows - 1, 0, int((ifmap_fetch >= 0).sum()),
-                           int((filter_fetch >= 0).sum()), int((ofmap_demand >= 0).sum()))
+        return StallReport(
+            rows - 1,
+            0,
+            int((ifmap_fetch >= 0).sum()),
+            int((filter_fetch >= 0).sum()),
+            int((ofmap_demand >= 0).sum()),
+            np.arange(rows, dtype=np.int64),
+        )
     bw = config.bandwidth
-    ibuf = ReadBuffer(config.words(config.ifmap_kb), bw, ifmap_fetch, double_count)
-    fbuf = ReadBuffer(config.words(config.filter_kb), bw, filter_fetch, double_count)
+    i_words, f_words = config.words(config.ifmap_kb), config.words(config.filter_kb)
+    ibuf = ReadBuffer(
+        i_words, bw, ifmap_fetch, double_count, set_words(config.set_rule, i_words, bw)
+    )
+    fbuf = ReadBuffer(
+        f_words, bw, filter_fetch, double_count, set_words(config.set_rule, f_words, bw)
+    )
     obuf = WriteBuffer(config.words(config.ofmap_kb), bw)
     ofmap_counts = (ofmap_demand >= 0).sum(axis=1)
     stalls = 0
+    issue = np.empty(rows, dtype=np.int64)
     for i in range(rows):
         now = i + stalls
+        issue[i] = now
         irow = ifmap_demand[i]
         frow = filter_demand[i]
         s_i = ibuf.serve(now, irow[irow >= 0])
@@ -268,4 +339,4 @@ def simulate_stalls(
         s_o = obuf.serve(now, int(ofmap_counts[i])) if ofmap_counts[i] else 0
         stalls += max(s_i, s_f, s_o, 0)
     obuf.flush(rows - 1 + stalls)
-    return StallReport(rows - 1, stalls, ibuf.dram_words, fbuf.dram_words, obuf.dram_words)
+    return StallReport(rows - 1, stalls, ibuf.dram_words, fbuf.dram_words, obuf.dram_words, issue)
