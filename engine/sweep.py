@@ -24,8 +24,10 @@ import itertools
 import json
 import math
 import os
+import shutil
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,7 @@ class SweepSpec(BaseModel):
     zip: dict[str, list[Any]] = Field(default_factory=dict)
     random: RandomSpec | None = None
     max_points: int = Field(default=100_000, ge=1)
+    reports: list[str] = Field(default_factory=lambda: ["markdown"])
 
     @field_validator("grid")
     @classmethod
@@ -209,34 +212,77 @@ class PointTask:
     scenario_file: str
     base_dir: str
     out_dir: str
+    reports: tuple[str, ...] = ("markdown",)
 
 
 _WORKER_HOST: Any = None
+_HOST_LOCK = threading.Lock()
+
+
+def worker_host() -> Any:
+    """The plugin host of this worker process, built on first use and then reused.
+
+    Building it imports every plugin (torch among them), which takes seconds; a worker
+    pays that once, not once per point. Thread-safe for executors that run several
+    points in one process.
+    """
+    global _WORKER_HOST
+    with _HOST_LOCK:
+        if _WORKER_HOST is None:
+            from engine.host import build_host
+
+            _WORKER_HOST = build_host()
+        return _WORKER_HOST
+
+
+def point_folder(out_dir: Path | str, pid: str) -> Path:
+    """Where the run folder of point ``pid`` lives in a sweep folder."""
+    return Path(out_dir) / "points" / pid
+
+
+def _read_done(folder: Path) -> dict[str, Any] | None:
+    """The point's ``summary.json`` when its folder is complete, else ``None``."""
+    done = folder / "summary.json"
+    if not done.exists():
+        return None
+    try:
+        return dict(json.loads(done.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
 
 
 def run_point(task: PointTask) -> dict[str, Any]:
     """Run one sweep point into ``out_dir/points/<id>`` and return its ``summary.json``.
 
     Idempotent: a point whose folder is complete is not run again, so a point retried
-    after its worker died finishes exactly once.
+    after its worker died finishes exactly once. The folder is written whole (through a
+    temporary ``.partial`` folder renamed into place); if another attempt of the same
+    point completed it first, that attempt's summary is returned.
     """
-    from engine.host import build_host
-    from engine.run import run_scenario
+    from engine.results import write_run
+    from engine.run import simulate
     from engine.scenario import resolve
 
-    global _WORKER_HOST
-    folder = Path(task.out_dir) / "points" / task.point.id
-    done = folder / "summary.json"
-    if done.exists():
-        return dict(json.loads(done.read_text()))
-    if _WORKER_HOST is None:
-        _WORKER_HOST = build_host()
+    folder = point_folder(task.out_dir, task.point.id)
+    summary = _read_done(folder)
+    if summary is not None:
+        return summary
+    host = worker_host()
     src = Source(f"{task.scenario_file} (sweep point {task.point.index})")
-    scenario = resolve(
-        copy.deepcopy(task.point.data), src, _WORKER_HOST, base_dir=Path(task.base_dir)
-    )
-    result, _ = run_scenario(scenario, _WORKER_HOST, folder)
-    return result.summary()
+    scenario = resolve(copy.deepcopy(task.point.data), src, host, base_dir=Path(task.base_dir))
+    reporters = [host.reporters.get(name, where="sweep.reports") for name in task.reports]
+    host.pm.hook.run_started(scenario=scenario, out_dir=str(folder))
+    result = simulate(scenario, host)
+    try:
+        write_run(result, folder, reporters)
+    except Exception:
+        summary = _read_done(folder)
+        if summary is not None:
+            return summary
+        raise
+    host.pm.hook.run_finished(results=result)
+    written = _read_done(folder)
+    return written if written is not None else dict(result.summary())
 
 
 # --- the sweep --------------------------------------------------------------------------
@@ -244,7 +290,11 @@ def run_point(task: PointTask) -> dict[str, Any]:
 
 @dataclass
 class SweepResult:
-    """The outcome of a sweep: one row per point and system, and where it was written."""
+    """The outcome of a sweep: one row per point and system, and where it was written.
+
+    ``points`` counts every point, ``skipped`` those already complete from an earlier
+    run, ``failed`` those that ended with an error this time.
+    """
 
     frame: pl.DataFrame
     out_dir: Path
@@ -253,6 +303,15 @@ class SweepResult:
     failed: int
     wall_s: float
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def ran(self) -> int:
+        """Points run (successfully) by this invocation."""
+        return self.points - self.skipped - self.failed
+
+
+ProgressFn = Callable[[int, int, int], None]
+"""``progress(finished, total, failed)`` after each point ends (and once at the start)."""
 
 
 def _rows(point: Point, summary: Mapping[str, Any] | None, error: str) -> list[dict[str, Any]]:
@@ -267,6 +326,33 @@ def _cell(v: Any) -> Any:
     return json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v
 
 
+def _check_reports(spec: SweepSpec, known: Collection[str] | None, src: Source) -> None:
+    """Fail before any point runs when ``sweep.reports`` names an unknown reporter."""
+    if known is None:
+        return
+    from engine.errors import UnknownNameError
+    from engine.registry import unknown_message
+
+    for name in spec.reports:
+        if name not in known:
+            raise UnknownNameError(
+                unknown_message("reporter", name, sorted(known), src.where(("sweep", "reports")))
+            )
+
+
+def remove_partials(out_dir: Path) -> int:
+    """Remove ``.partial`` folders a killed worker left in ``out_dir/points``; their count."""
+    removed = 0
+    points = Path(out_dir) / "points"
+    if not points.is_dir():
+        return 0
+    for child in points.iterdir():
+        if child.name.startswith(".") and ".partial" in child.name:
+            shutil.rmtree(child, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def run_sweep(
     scenario_file: Path,
     data: dict[str, Any],
@@ -277,28 +363,45 @@ def run_sweep(
     workers: int | None = None,
     address: str | None = None,
     retries: int = 2,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
+    reporters: Collection[str] | None = None,
 ) -> SweepResult:
-    """Expand the sweep of ``data`` and run its points through ``executor``."""
+    """Expand the sweep of ``data`` and run its points through ``executor``.
+
+    Points whose folder under ``out_dir/points`` is complete are skipped; the others run
+    as independent tasks. ``out_dir/summary.parquet`` (one row per point and system, the
+    point's values as ``param.*`` columns) and ``out_dir/sweep.md`` are rewritten over all
+    points at the end. ``reporters`` (the registered reporter names), when given, lets
+    an unknown name in ``sweep.reports`` fail before anything runs.
+    """
     spec = parse_sweep(data.get("sweep"), src)
+    _check_reports(spec, reporters, src)
     points = expand(data, spec, src)
     out_dir = Path(out_dir)
-    (out_dir / "points").mkdir(parents=True, exist_ok=True)
+    try:
+        (out_dir / "points").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ScenarioError(f"cannot create sweep folder {out_dir}: {exc.strerror}.") from None
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     todo: list[PointTask] = []
     skipped = 0
+    base_dir = str(Path(scenario_file).resolve().parent)
     for p in points:
-        done = out_dir / "points" / p.id / "summary.json"
-        if done.exists():
-            rows.extend(_rows(p, json.loads(done.read_text()), ""))
+        summary = _read_done(point_folder(out_dir, p.id))
+        if summary is not None:
+            rows.extend(_rows(p, summary, ""))
             skipped += 1
         else:
-            todo.append(PointTask(p, str(scenario_file), str(scenario_file.parent), str(out_dir)))
+            todo.append(
+                PointTask(
+                    p, str(scenario_file), base_dir, str(out_dir.resolve()), tuple(spec.reports)
+                )
+            )
     failed = 0
     finished = skipped
     if progress:
-        progress(finished, len(points))
+        progress(finished, len(points), failed)
     for idx, outcome in executor.map(
         run_point, todo, workers=workers, address=address, retries=retries
     ):
@@ -310,18 +413,27 @@ def run_sweep(
             rows.extend(_rows(task.point, outcome, ""))
         finished += 1
         if progress:
-            progress(finished, len(points))
-    frame = (
-        pl.DataFrame(rows, infer_schema_length=None, strict=False).sort(
-            ["point", "name"], nulls_last=True
-        )
-        if rows and "name" in {k for r in rows for k in r}
-        else pl.DataFrame(rows, strict=False)
-    )
+            progress(finished, len(points), failed)
+    remove_partials(out_dir)
+    frame = _frame(rows)
     _write_atomic(frame, out_dir / "summary.parquet")
     report = sweep_report(frame)
-    (out_dir / "sweep.md").write_text(report, encoding="utf-8")
+    tmp = out_dir / ".sweep.md.partial"
+    tmp.write_text(report, encoding="utf-8")
+    os.replace(tmp, out_dir / "sweep.md")
     return SweepResult(frame, out_dir, len(points), skipped, failed, time.perf_counter() - started)
+
+
+def _frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """The summary frame: one row per point and system, ordered by point then system."""
+    if not rows:
+        return pl.DataFrame(
+            {"point": [], "point_id": [], "status": []},
+            schema={"point": pl.Int64, "point_id": pl.String, "status": pl.String},
+        )
+    frame = pl.DataFrame(rows, infer_schema_length=None, strict=False)
+    keys = ["point", "name"] if "name" in frame.columns else ["point"]
+    return frame.sort(keys, nulls_last=True)
 
 
 def _write_atomic(frame: pl.DataFrame, path: Path) -> None:
@@ -358,53 +470,84 @@ def pareto(frame: pl.DataFrame, maximize: str, minimize: str) -> pl.DataFrame:
     return ok[keep]
 
 
+def _fmt(v: Any) -> str:
+    """A table cell: numbers to four significant figures, the rest as text."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
+
+
 def sweep_report(frame: pl.DataFrame) -> str:
-    """A Markdown report: the best point per metric and the throughput/cost frontier."""
+    """A Markdown report: counts, the best point per metric, the throughput/cost Pareto
+    frontier and the failed points with their errors."""
     lines = ["# Sweep report", ""]
     params = [c for c in frame.columns if c.startswith("param.")]
-    ok = frame.filter(pl.col("status") == "ok") if "status" in frame.columns else frame
-    lines.append(
-        f"{frame['point'].n_unique() if 'point' in frame.columns else 0} points, "
-        f"{ok.height} ok system rows, {frame.height - ok.height} not ok."
+    names = [p.removeprefix("param.") for p in params]
+    has = {"point", "status"} <= set(frame.columns)
+    if not has or frame.is_empty():
+        return "# Sweep report\n\nNo points.\n"
+    per_point = frame.group_by("point").agg(
+        (pl.col("status") == "failed").all().alias("failed"),
     )
-    lines += [
-        "",
-        "## Best point per metric",
-        "",
-        "| metric | best | point | system | "
-        + " | ".join(p.removeprefix("param.") for p in params)
-        + " |",
-        "|---|---|---|---|" + "---|" * len(params),
-    ]
+    n_points = per_point.height
+    n_failed = int(per_point["failed"].sum())
+    ok = frame.filter(pl.col("status") == "ok")
+    not_ok = frame.filter(pl.col("status") != "ok")
+    lines.append(
+        f"{n_points} points: {n_points - n_failed} ran, {n_failed} failed; "
+        f"{ok.height} system rows ok, {not_ok.height} not ok. Each point's run folder is "
+        f"points/<point_id>/."
+    )
+    head = "| metric | best | point | point_id | system | " + " | ".join(names) + " |"
+    rule = "|---|---|---|---|---|" + "---|" * len(params)
+    best: list[str] = []
     for metric, how in _BEST:
         if metric not in ok.columns or ok[metric].drop_nulls().is_empty():
             continue
         row = (
             ok.filter(pl.col(metric).is_not_null())
-            .sort(metric, descending=how == "max")
+            .sort([metric, "point"], descending=[how == "max", False])
             .row(0, named=True)
         )
-        vals = " | ".join(str(row[p]) for p in params)
-        lines.append(
-            f"| {metric} ({how}) | {row[metric]:.4g} | {row['point']} | {row.get('name')} | {vals} |"
+        vals = " | ".join(_fmt(row[p]) for p in params)
+        best.append(
+            f"| {metric} ({how}) | {_fmt(float(row[metric]))} | {row['point']} | "
+            f"{row['point_id']} | {_fmt(row.get('name'))} | {vals} |"
         )
+    if best:
+        lines += ["", "## Best point per metric", "", head, rule, *best]
+    done = False
     for tp in ("throughput_tokens_per_s", "throughput_samples_per_s"):
         for cost in ("cost_per_million_tokens_usd", "cost_usd"):
             front = pareto(ok, tp, cost)
-            if front.height:
+            if front.height and not done:
+                done = True
                 lines += [
                     "",
-                    f"## Pareto frontier: {tp} vs {cost}",
+                    f"## Pareto frontier: {tp} (higher) vs {cost} (lower)",
                     "",
-                    f"| point | system | {tp} | {cost} |",
-                    "|---|---|---|---|",
+                    f"| point | point_id | system | {tp} | {cost} | " + " | ".join(names) + " |",
+                    "|---|---|---|---|---|" + "---|" * len(params),
                 ]
                 for r in front.iter_rows(named=True):
+                    vals = " | ".join(_fmt(r[p]) for p in params)
                     lines.append(
-                        f"| {r['point']} | {r.get('name')} | {r[tp]:.4g} | {r[cost]:.4g} |"
+                        f"| {r['point']} | {r['point_id']} | {_fmt(r.get('name'))} | "
+                        f"{_fmt(float(r[tp]))} | {_fmt(float(r[cost]))} | {vals} |"
                     )
-                break
-        else:
-            continue
-        break
+    failed = frame.filter(pl.col("status") == "failed")
+    if failed.height:
+        lines += [
+            "",
+            "## Failed",
+            "",
+            "| point | point_id | system | " + " | ".join(names) + " | error |",
+            "|---|---|---|" + "---|" * len(params) + "---|",
+        ]
+        for r in failed.iter_rows(named=True):
+            vals = " | ".join(_fmt(r[p]) for p in params)
+            lines.append(
+                f"| {r['point']} | {r['point_id']} | {_fmt(r.get('name'))} | {vals} | "
+                f"{_fmt(r.get('reason'))} |"
+            )
     return "\n".join(lines) + "\n"

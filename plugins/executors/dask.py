@@ -1,19 +1,35 @@
 """Run sweep points on a Dask distributed cluster.
 
 With ``--address tcp://HOST:PORT`` the points go to an existing cluster; without one a
-``LocalCluster`` of ``--workers`` processes is started for the sweep and closed after it.
-Dask itself reschedules the tasks of a worker that dies; ``retries`` bounds how many times
-a task whose function raised is tried again. Dask is an optional dependency
+``LocalCluster`` of ``--workers`` processes (one thread each) is started for the sweep
+and closed after it. The sweep folder must be reachable at the same path from every
+worker (a shared file system), since each point writes its run folder there.
+
+A point whose function raises is recorded as failed at once (it would raise again). A
+point whose worker dies is rescheduled by Dask on another worker; Dask gives up on it
+once the scheduler's ``distributed.scheduler.allowed-failures`` is spent (``retries`` for
+a cluster this executor starts; the scheduler's own setting, 3 by default, for an
+existing one), and it is then recorded as failed. Dask is an optional dependency
 (``pip install 'xpusim[dask]'``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from engine.errors import XpusimError
 from engine.executor import Executor, PointFailure
+
+
+def _guarded(fn: Callable[[Any], Any], point: Any) -> Any:
+    """Run ``fn(point)`` on a worker, returning a :class:`PointFailure` instead of raising,
+    so Dask neither retries a deterministic error nor ships a traceback back."""
+    try:
+        return fn(point)
+    except Exception as exc:  # any error of a point is recorded
+        return PointFailure(f"{type(exc).__name__}: {exc}")
 
 
 class DaskExecutor(Executor):
@@ -33,6 +49,7 @@ class DaskExecutor(Executor):
     ) -> Iterator[tuple[int, Any]]:
         """Submit every point and yield results in completion order."""
         try:
+            import dask
             from distributed import Client, LocalCluster, as_completed
         except ImportError:
             raise XpusimError(
@@ -46,29 +63,44 @@ class DaskExecutor(Executor):
             if address:
                 client = Client(address, timeout="20s")
             else:
-                cluster = LocalCluster(
-                    n_workers=workers or 2,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                )
+                with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
+                    cluster = LocalCluster(
+                        n_workers=workers or 2,
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=None,
+                    )
                 client = Client(cluster)
-        except OSError as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
+            if cluster is not None:
+                cluster.close()
+            where = f"the Dask scheduler at {address}" if address else "a local Dask cluster"
             raise XpusimError(
-                f"cannot reach the Dask scheduler at {address}: {exc}. Check the address "
-                f"(tcp://HOST:PORT) and that the scheduler is running."
+                f"cannot reach {where}: {exc}. Check the address (tcp://HOST:PORT) and "
+                f"that the scheduler is running, e.g. `dask scheduler` on that host."
             ) from None
         try:
-            futures = client.map(fn, list(points), pure=False, retries=retries)
+            task = functools.partial(_guarded, fn)
+            futures = client.map(task, list(points), pure=False)
             index = {f.key: i for i, f in enumerate(futures)}
-            for fut in as_completed(futures):
+            for fut, result in as_completed(futures, with_results=True, raise_errors=False):
                 i = index[fut.key]
-                if fut.status == "finished":
-                    yield i, fut.result()
+                if isinstance(result, BaseException):
+                    yield i, PointFailure(_died_message(result), retries + 1)
                 else:
-                    error = fut.exception()
-                    yield i, PointFailure(f"{type(error).__name__}: {error}", retries + 1)
+                    yield i, result
+                fut.release()
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+def _died_message(error: BaseException) -> str:
+    """The failure text of a point Dask gave up on (its workers kept dying)."""
+    if type(error).__name__ == "KilledWorker":
+        return (
+            "its worker died each time it ran it (killed, or out of memory); Dask gave up "
+            f"after the scheduler's allowed failures: {error}"
+        )
+    return f"{type(error).__name__}: {error}"
