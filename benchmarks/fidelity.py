@@ -1,7 +1,7 @@
 """Fidelity of the analytic CPU device against the measured one, on this machine.
 
 For each case (a model, a shape) the ``cpu`` backend's ``host`` device really runs the
-model (median of ``--repeats`` timed calls after warm-up) and ``host-analytic`` predicts
+model on seeded normal inputs (median of ``--repeats`` timed calls after warm-up) and ``host-analytic`` predicts
 the same step from the calibration of this machine (the same roofline machinery as the
 GPU and TPU backends, with CPU rates). Prints per-case error ``(predicted - measured) /
 measured`` (and, for information, against the fastest call) and the median of ``|error|``; with ``--json OUT`` writes the rows and
@@ -56,23 +56,58 @@ class Case:
 GPT_SMALL = {"preset": "gpt2", "dtype": "fp32", "seq_len": 512}
 
 CASES = [
-    Case("mlp 784-1024-1024-10 b32", "mlp", {"sizes": [784, 1024, 1024, 10], "dtype": "fp32"},
-         Shape(Phase.FORWARD, batch=32)),
-    Case("mlp 256-256-10 b1", "mlp", {"sizes": [256, 256, 256, 10], "dtype": "fp32"},
-         Shape(Phase.FORWARD, batch=1), quick=False),
-    Case("cnn 32-64 @32px b8", "cnn", {"channels": [32, 64], "dtype": "fp32"},
-         Shape(Phase.FORWARD, batch=8)),
-    Case("resnet-50 b1", "resnet", {"preset": "resnet-50", "dtype": "fp32"},
-         Shape(Phase.FORWARD, batch=1)),
-    Case("resnet-50 b2", "resnet", {"preset": "resnet-50", "dtype": "fp32"},
-         Shape(Phase.FORWARD, batch=2), quick=False),
-    Case("bert-base s128 b1", "bert", {"preset": "bert-base", "dtype": "fp32"},
-         Shape(Phase.FORWARD, batch=1, tokens=128)),
+    Case(
+        "mlp 784-1024-1024-10 b32",
+        "mlp",
+        {"sizes": [784, 1024, 1024, 10], "dtype": "fp32"},
+        Shape(Phase.FORWARD, batch=32),
+    ),
+    Case(
+        "mlp 256-256-10 b1",
+        "mlp",
+        {"sizes": [256, 256, 256, 10], "dtype": "fp32"},
+        Shape(Phase.FORWARD, batch=1),
+        quick=False,
+    ),
+    Case(
+        "cnn 32-64 @32px b8",
+        "cnn",
+        {"channels": [32, 64], "dtype": "fp32"},
+        Shape(Phase.FORWARD, batch=8),
+    ),
+    Case(
+        "resnet-50 b1",
+        "resnet",
+        {"preset": "resnet-50", "dtype": "fp32"},
+        Shape(Phase.FORWARD, batch=1),
+    ),
+    Case(
+        "resnet-50 b2",
+        "resnet",
+        {"preset": "resnet-50", "dtype": "fp32"},
+        Shape(Phase.FORWARD, batch=2),
+        quick=False,
+    ),
+    Case(
+        "bert-base s128 b1",
+        "bert",
+        {"preset": "bert-base", "dtype": "fp32"},
+        Shape(Phase.FORWARD, batch=1, tokens=128),
+    ),
     Case("gpt2 prefill 128 b1", "gpt", GPT_SMALL, Shape(Phase.PREFILL, batch=1, tokens=128)),
-    Case("gpt2 decode ctx128 b1", "gpt", GPT_SMALL,
-         Shape(Phase.DECODE, batch=1, tokens=1, context=128)),
-    Case("gpt2 decode ctx256 b4", "gpt", GPT_SMALL,
-         Shape(Phase.DECODE, batch=4, tokens=1, context=256), quick=False),
+    Case(
+        "gpt2 decode ctx128 b1",
+        "gpt",
+        GPT_SMALL,
+        Shape(Phase.DECODE, batch=1, tokens=1, context=128),
+    ),
+    Case(
+        "gpt2 decode ctx256 b4",
+        "gpt",
+        GPT_SMALL,
+        Shape(Phase.DECODE, batch=4, tokens=1, context=256),
+        quick=False,
+    ),
 ]
 
 
@@ -101,13 +136,20 @@ def families() -> dict[str, Any]:
 
 def host_system(cal: cal_mod.CpuCalibration, options: dict[str, Any]) -> System:
     """A one-host ``cpu`` system on device ``host``."""
-    return System(name="host", backend="cpu", device=host_spec(cal, "host"), count=1,
-                  parallelism=Parallelism(), topology=Topology(1, 1.0, 0.0, 1.0, 0.0),
-                  options=options)
+    return System(
+        name="host",
+        backend="cpu",
+        device=host_spec(cal, "host"),
+        count=1,
+        parallelism=Parallelism(),
+        topology=Topology(1, 1.0, 0.0, 1.0, 0.0),
+        options=options,
+    )
 
 
-def run_case(case: Case, model: ModelGraph, cal: cal_mod.CpuCalibration,
-             options: dict[str, Any]) -> dict[str, Any]:
+def run_case(
+    case: Case, model: ModelGraph, cal: cal_mod.CpuCalibration, options: dict[str, Any]
+) -> dict[str, Any]:
     """Measure and predict one case; the row of the result table."""
     system = host_system(cal, options)
     twin = analytic_compiled(model, system, cal)
@@ -119,13 +161,21 @@ def run_case(case: Case, model: ModelGraph, cal: cal_mod.CpuCalibration,
     timing = measured.timings[case.shape]
     err = (p.seconds - m.seconds) / m.seconds
     return {
-        "case": case.label, "family": case.family, "phase": case.shape.phase.value,
-        "batch": case.shape.batch, "tokens": case.shape.tokens, "context": case.shape.context,
-        "measured_s": m.seconds, "measured_min_s": timing.fastest,
-        "measured_samples_s": list(timing.samples), "predicted_s": p.seconds,
-        "error": err, "error_vs_fastest": (p.seconds - timing.fastest) / timing.fastest,
+        "case": case.label,
+        "family": case.family,
+        "phase": case.shape.phase.value,
+        "batch": case.shape.batch,
+        "tokens": case.shape.tokens,
+        "context": case.shape.context,
+        "measured_s": m.seconds,
+        "measured_min_s": timing.fastest,
+        "measured_samples_s": list(timing.samples),
+        "predicted_s": p.seconds,
+        "error": err,
+        "error_vs_fastest": (p.seconds - timing.fastest) / timing.fastest,
         "predicted_breakdown_s": dict(p.breakdown),
-        "measured_breakdown_s": dict(m.breakdown), "gflop": m.flops / 1e9,
+        "measured_breakdown_s": dict(m.breakdown),
+        "gflop": m.flops / 1e9,
         "bench_wall_s": wall,
     }
 
@@ -138,8 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per case")
     ap.add_argument("--calibration", type=Path, default=None, help="calibration file")
     ap.add_argument("--quick", action="store_true", help="a smaller set of cases")
-    ap.add_argument("--clock", choices=cal_mod.CLOCKS, default="wall",
-                    help="wall time, or process CPU time (robust at 1 thread on a busy machine)")
+    ap.add_argument(
+        "--clock",
+        choices=cal_mod.CLOCKS,
+        default="wall",
+        help="wall time, or process CPU time (robust at 1 thread on a busy machine)",
+    )
     args = ap.parse_args(argv)
     threads = int(args.threads or cal_mod.logical_cores())
     start = time.perf_counter()
@@ -149,21 +203,32 @@ def main(argv: list[str] | None = None) -> int:
         cal = CpuBackend().default_calibration(threads, args.clock)
         if cal.quick:
             path = cal_mod.default_path(threads, args.clock)
-            print(f"only a quick calibration exists for {threads} threads; measuring the full "
-                  f"set (written to {path})", flush=True)
-            cal = cal_mod.calibrate(path, threads=threads, clock=args.clock,
-                                    command="benchmarks/fidelity.py (full calibration)")
+            print(
+                f"only a quick calibration exists for {threads} threads; measuring the full "
+                f"set (written to {path})",
+                flush=True,
+            )
+            cal = cal_mod.calibrate(
+                path,
+                threads=threads,
+                clock=args.clock,
+                command="benchmarks/fidelity.py (full calibration)",
+            )
     if cal.threads != threads:
         print(f"note: calibration measured at {cal.threads} threads, running at {threads}")
     print(f"calibration: {cal.cited()}")
     fams = families()
     options = {"threads": threads, "repeats": args.repeats, "warmup": 2, "clock": args.clock}
+    if cal.statistic != "median":
+        print(
+            f"note: calibration points are the {cal.statistic} of their samples, steps the "
+            f"median of theirs; re-measure it with `xpusim calibrate --backend cpu`"
+        )
     if cal.clock != args.clock:
         print(f"note: calibration timed by the {cal.clock} clock, steps by the {args.clock} clock")
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
-    print(f"{'case':28} {'measured ms':>12} {'predicted ms':>13} {'error':>8} "
-          f"{'vs fastest':>10}")
+    print(f"{'case':28} {'measured ms':>12} {'predicted ms':>13} {'error':>8} {'vs fastest':>10}")
     for case in CASES:
         if args.quick and not case.quick:
             continue
@@ -174,26 +239,44 @@ def main(argv: list[str] | None = None) -> int:
         model = fam.configure(dict(case.spec))
         row = run_case(case, model, cal, options)
         rows.append(row)
-        print(f"{case.label:28} {row['measured_s'] * 1e3:12.2f} {row['predicted_s'] * 1e3:13.2f} "
-              f"{row['error'] * 100:+7.1f}% {row['error_vs_fastest'] * 100:+9.1f}%", flush=True)
+        print(
+            f"{case.label:28} {row['measured_s'] * 1e3:12.2f} {row['predicted_s'] * 1e3:13.2f} "
+            f"{row['error'] * 100:+7.1f}% {row['error_vs_fastest'] * 100:+9.1f}%",
+            flush=True,
+        )
     for s in skipped:
         print(f"skipped: {s}")
     errs = [abs(r["error"]) for r in rows]
     med = statistics.median(errs) if errs else float("nan")
     worst = max(errs) if errs else float("nan")
     ok = bool(errs) and med <= TARGET_MEDIAN and worst <= TARGET_MAX
-    print(f"median |error| {med * 100:.1f}% (target <= {TARGET_MEDIAN * 100:.0f}%), max "
-          f"{worst * 100:.1f}% (target <= {TARGET_MAX * 100:.0f}%): "
-          f"{'met' if ok else 'MISSED'}; {len(rows)} cases in "
-          f"{time.perf_counter() - start:.0f} s at {threads} threads, {args.clock} clock")
+    print(
+        f"median |error| {med * 100:.1f}% (target <= {TARGET_MEDIAN * 100:.0f}%), max "
+        f"{worst * 100:.1f}% (target <= {TARGET_MAX * 100:.0f}%): "
+        f"{'met' if ok else 'MISSED'}; {len(rows)} cases in "
+        f"{time.perf_counter() - start:.0f} s at {threads} threads, {args.clock} clock"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "median_abs_error": med, "max_abs_error": worst, "target_met": ok,
-            "threads": threads, "repeats": args.repeats, "clock": args.clock,
-            "calibration": cal.cited(),
-            "machine": dict(cal.machine), "rows": rows, "skipped": skipped,
-        }, indent=1) + "\n", encoding="utf-8")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "median_abs_error": med,
+                    "max_abs_error": worst,
+                    "target_met": ok,
+                    "threads": threads,
+                    "repeats": args.repeats,
+                    "clock": args.clock,
+                    "calibration": cal.cited(),
+                    "machine": dict(cal.machine),
+                    "rows": rows,
+                    "skipped": skipped,
+                },
+                indent=1,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
     return 0 if ok else 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -81,13 +82,30 @@ def test_fit_recovers_known_parameters() -> None:
     mem = StreamTable((1e3, 1e9), (1e-6, 1e-1))  # 10 GB/s streaming
     true = KernelFit(100e9, 8.0, 16.0, 4.0, 2e-6, mem_eff=0.5)
     pts = []
-    for m, n, k in [(1, 768, 768), (4, 768, 768), (16, 256, 256), (64, 64, 64), (128, 768, 768),
-                    (512, 512, 512), (1024, 1024, 1024), (1, 4096, 4096), (32, 32, 32),
-                    (256, 1024, 64)]:
+    for m, n, k in [
+        (1, 768, 768),
+        (4, 768, 768),
+        (16, 256, 256),
+        (64, 64, 64),
+        (128, 768, 768),
+        (512, 512, 512),
+        (1024, 1024, 1024),
+        (1, 4096, 4096),
+        (32, 32, 32),
+        (256, 1024, 64),
+    ]:
         flops, nbytes = 2.0 * m * n * k, 4.0 * (m * k + n * k + m * n)
         c, mm = kernel_time(true, flops, m, n, k, nbytes, mem)
-        pts.append({"m": m, "n": n, "k": k, "flops": flops, "bytes": nbytes,
-                    "seconds": max(c, mm) + true.overhead_s})
+        pts.append(
+            {
+                "m": m,
+                "n": n,
+                "k": k,
+                "flops": flops,
+                "bytes": nbytes,
+                "seconds": max(c, mm) + true.overhead_s,
+            }
+        )
     fit = fit_gemm(pts, mem, true.overhead_s)
     assert fit.rms_log_error < 0.05
     assert fit.peak_flops == pytest.approx(100e9, rel=0.1)
@@ -128,15 +146,31 @@ def test_gpu_fit_recovers_fractions_without_a_gpu() -> None:
 
     cat = load_catalog()
     spec = cat["h100-sxm"] if "h100-sxm" in cat else next(iter(cat.values()))
-    true = replace(GpuEfficiency(), tensor_fraction=0.63, attention_fraction=0.41,
-                   memory_fraction=0.9, kernel_overhead_s=4e-6)
+    true = replace(
+        GpuEfficiency(),
+        tensor_fraction=0.63,
+        attention_fraction=0.41,
+        memory_fraction=0.9,
+        kernel_overhead_s=4e-6,
+    )
     model = GpuCostModel(spec, true)
-    gemm = [{"op": gemm_op(m, n, k, "bf16"), "seconds": model(gemm_op(m, n, k, "bf16")).seconds}
-            for m, n, k in GEMM_SHAPES]
-    attn = [(attention_op(32, q, q, 128, "bf16"),
-             model(attention_op(32, q, q, 128, "bf16")).seconds) for q in (512, 2048, 4096)]
-    params = fit_params(spec, {"copy_bytes_per_s": 0.9 * spec.memory_bw.value,
-                               "kernel_overhead_s": 4e-6, "gemm": gemm, "attention": attn})
+    gemm = [
+        {"op": gemm_op(m, n, k, "bf16"), "seconds": model(gemm_op(m, n, k, "bf16")).seconds}
+        for m, n, k in GEMM_SHAPES
+    ]
+    attn = [
+        (attention_op(32, q, q, 128, "bf16"), model(attention_op(32, q, q, 128, "bf16")).seconds)
+        for q in (512, 2048, 4096)
+    ]
+    params = fit_params(
+        spec,
+        {
+            "copy_bytes_per_s": 0.9 * spec.memory_bw.value,
+            "kernel_overhead_s": 4e-6,
+            "gemm": gemm,
+            "attention": attn,
+        },
+    )
     assert params["memory_fraction"] == pytest.approx(0.9)
     assert params["kernel_overhead_s"] == pytest.approx(4e-6)
     assert params["tensor_fraction"] == pytest.approx(0.63, abs=0.011)
@@ -153,3 +187,88 @@ def test_gpu_calibration_without_cuda_is_a_clear_error() -> None:
         pytest.skip("this machine has CUDA")
     with pytest.raises(XpusimError, match="needs a CUDA GPU"):
         calibrate_gpu({}, None)
+
+
+def test_time_call_reduces_samples_by_the_chosen_statistic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The median of the samples by default (what the measured device reports of whole
+    steps), the fastest one with ``statistic="min"``; an unknown name is an error."""
+    ticks = iter([0.0, 1.0, 1.0, 4.0, 4.0, 6.0])  # samples of 1, 3 and 2 clock units
+    samples_seen: list[float] = []
+
+    def fake_clock() -> float:
+        return next(ticks)
+
+    monkeypatch.setitem(cal_mod._CLOCK, "wall", fake_clock)
+    for stat, want in (("median", 2.0), ("min", 1.0)):
+        ticks = iter([0.0, 1.0, 1.0, 4.0, 4.0, 6.0])
+        got = cal_mod.time_call(
+            lambda: None,
+            samples=3,
+            warmup=0,
+            min_sample_s=0.0,
+            budget_s=0.0,
+            clock="wall",
+            statistic=stat,
+        )
+        samples_seen.append(got)
+        assert got == want
+    assert samples_seen == [2.0, 1.0]
+    with pytest.raises(XpusimError, match="unknown statistic"):
+        cal_mod.statistic_fn("mean")
+
+
+def test_calibration_records_its_statistic_and_fixed_costs(quick_cal: CpuCalibration) -> None:
+    """A new calibration is the median of samples, says so, and measures a view dispatch
+    and an empty module call; a file without the field is read as the older fastest-sample
+    statistic."""
+    assert quick_cal.statistic == "median"
+    assert "median of samples" in quick_cal.cited()
+    assert quick_cal.view_s > 0 and quick_cal.module_call_s > 0
+    raw = quick_cal.to_json()
+    assert raw["statistic"] == "median"
+    del raw["statistic"]
+    assert CpuCalibration.from_json(raw).statistic == "min"
+
+
+def test_fit_keeps_residuals_and_corrects_at_measured_shapes() -> None:
+    """A point the smooth model cannot follow (here twice as slow as its neighbours say)
+    is mostly recovered at its own shape, while a shape far from every point keeps the
+    smooth fit."""
+    mem = StreamTable((1e3, 1e9), (1e-6, 1e-1))
+    true = KernelFit(100e9, 8.0, 16.0, 4.0, 2e-6, mem_eff=0.5)
+    shapes = [
+        (1, 768, 768),
+        (4, 768, 768),
+        (16, 256, 256),
+        (64, 64, 64),
+        (128, 768, 768),
+        (512, 512, 512),
+        (1024, 1024, 1024),
+        (1, 4096, 4096),
+        (32, 32, 32),
+    ]
+    pts = []
+    for m, n, k in shapes:
+        flops, nbytes = 2.0 * m * n * k, 4.0 * (m * k + n * k + m * n)
+        c, mm = kernel_time(true, flops, m, n, k, nbytes, mem)
+        slow = 2.0 if (m, n, k) == (128, 768, 768) else 1.0
+        pts.append(
+            {
+                "m": m,
+                "n": n,
+                "k": k,
+                "flops": flops,
+                "bytes": nbytes,
+                "seconds": slow * (max(c, mm) + true.overhead_s),
+            }
+        )
+    fit = fit_gemm(pts, mem, true.overhead_s)
+    assert len(fit.residuals) == len(shapes)
+    at = next(p for p in pts if (p["m"], p["n"], p["k"]) == (128, 768, 768))
+    c, mm = kernel_time(fit, at["flops"], 128, 768, 768, at["bytes"], mem)
+    corrected = max(c, mm) + fit.overhead_s
+    smooth = (max(c, mm) / fit.correction(128, 768, 768)) + fit.overhead_s
+    assert fit.correction(128, 768, 768) > 1.2
+    assert abs(math.log(corrected / at["seconds"])) < 0.5 * abs(math.log(smooth / at["seconds"]))
+    assert fit.correction(8192, 8192, 8192) == pytest.approx(1.0, abs=0.02)
+    assert KernelFit.from_json(fit.to_json()) == fit

@@ -26,9 +26,15 @@ class TinyModel(ModelGraph):
 
     def __init__(self, fail: str = "") -> None:
         self.fail = fail
-        self.info = ModelInfo(name="tiny", family="test", kind="mlp", dtype="fp32",
-                              params=64 * 64 * 2.0, active_params=64 * 64 * 2.0,
-                              param_bytes=4 * 64 * 64 * 2.0)
+        self.info = ModelInfo(
+            name="tiny",
+            family="test",
+            kind="mlp",
+            dtype="fp32",
+            params=64 * 64 * 2.0,
+            active_params=64 * 64 * 2.0,
+            param_bytes=4 * 64 * 64 * 2.0,
+        )
 
     def module(self, device: str = "meta") -> nn.Module:
         if self.fail == "factory":
@@ -82,8 +88,9 @@ def test_measured_cost_runs_the_module_and_memoizes(cal_file: Path) -> None:
     assert any("addmm" in name for name in c.op_profiles[SHAPE].ops)
 
 
-def test_energy_is_marked_modelled_without_rapl(cal_file: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_energy_is_marked_modelled_without_rapl(
+    cal_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With no readable RAPL counter the joules come from the stated power model and the
     figures say so."""
     monkeypatch.setattr(Rapl, "open", classmethod(lambda cls, root=None: None))
@@ -136,18 +143,41 @@ def test_pricer_uses_each_kind_table(cal_file: Path) -> None:
 
     cal = cal_mod.load(cal_file)
     pr = CpuOpPricer(cal)
-    big = Op("mm", OpKind.MATMUL, flops=2.0 * 512 ** 3, bytes_read=2 * 4 * 512 ** 2,
-             bytes_written=4 * 512 ** 2, dims=(512, 512, 512), dtype="fp32")
+    big = Op(
+        "mm",
+        OpKind.MATMUL,
+        flops=2.0 * 512**3,
+        bytes_read=2 * 4 * 512**2,
+        bytes_written=4 * 512**2,
+        dims=(512, 512, 512),
+        dtype="fp32",
+    )
     assert pr(big).bound == "compute"
     n = 1 << 20
-    add = Op("x:add", OpKind.ELEMENTWISE, flops=n, bytes_read=8.0 * n, bytes_written=4.0 * n,
-             dims=(n,), dtype="fp32")
-    gelu = Op("x:gelu", OpKind.ELEMENTWISE, flops=n, bytes_read=8.0 * n, bytes_written=4.0 * n,
-              dims=(n,), dtype="fp32")
+    add = Op(
+        "x:add",
+        OpKind.ELEMENTWISE,
+        flops=n,
+        bytes_read=8.0 * n,
+        bytes_written=4.0 * n,
+        dims=(n,),
+        dtype="fp32",
+    )
+    gelu = Op(
+        "x:gelu",
+        OpKind.ELEMENTWISE,
+        flops=n,
+        bytes_read=8.0 * n,
+        bytes_written=4.0 * n,
+        dims=(n,),
+        dtype="fp32",
+    )
     assert pr(add).memory_s == pytest.approx(
-        cal.streams["elementwise"].seconds_for(12.0 * n) - cal.dispatch_s)
+        cal.streams["elementwise"].seconds_for(12.0 * n) - cal.dispatch_s
+    )
     assert pr(gelu).memory_s == pytest.approx(
-        cal.streams["transcendental"].seconds_for(12.0 * n) - cal.dispatch_s)
+        cal.streams["transcendental"].seconds_for(12.0 * n) - cal.dispatch_s
+    )
 
 
 def test_catalog_cites_this_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -215,3 +245,69 @@ def test_the_host_registers_the_cpu_backend() -> None:
     host = build_host()
     be = host.backends.get("cpu")
     assert be.name == "cpu" and callable(be.calibrate)
+
+
+def test_analytic_device_charges_counted_views_and_module_calls(cal_file: Path) -> None:
+    """The views and module calls of a step are counted from a meta trace of the model's
+    module (the tiny MLP: Sequential + two Linear + ReLU, and a transpose per Linear) and
+    charged at the calibrated view and module-call times as overhead."""
+    from plugins.cpu.analytic import CpuAnalyticCompiled, count_untraced
+
+    u = count_untraced(TinyModel(), SHAPE)
+    assert u.modules == 4
+    assert u.views >= 2
+    c = CpuBackend().compile(TinyModel(), system(cal_file, "host-analytic"))
+    assert isinstance(c, CpuAnalyticCompiled)
+    cal = cal_mod.load(cal_file)
+    extra = c.untraced_seconds(SHAPE)
+    assert extra == pytest.approx(u.views * cal.view_s + u.modules * cal.module_call_s)
+    per_op = sum(c.op_time(o).overhead_s * o.count for o in c.graph(SHAPE).ops)
+    assert c.cost(SHAPE).breakdown["overhead"] == pytest.approx(per_op + extra)
+
+
+def test_max_pool_and_decode_attention_use_their_own_rates(cal_file: Path) -> None:
+    """A max pool is priced by the measured max_pool2d table, not the add table; decode
+    attention over a cache in a model larger than the op reads its keys and values at
+    the bandwidth of the whole weight footprint, so it costs more than the same op in a
+    model that fits."""
+    from engine.graph import Op
+    from plugins.cpu.analytic import CpuOpPricer
+
+    cal = cal_mod.load(cal_file)
+    n = 1 << 18
+    pool = Op(
+        "f:max_pool2d_with_indices",
+        OpKind.POOL,
+        bytes_read=4.0 * n,
+        bytes_written=1.0 * n,
+        dims=(n,),
+        dtype="fp32",
+    )
+    assert CpuOpPricer(cal)(pool).memory_s == pytest.approx(
+        cal.streams["maxpool"].seconds_for(5.0 * n) - cal.dispatch_s
+    )
+    heads, keys, d = 48, 1024, 64
+    attn = Op(
+        "a:sdpa",
+        OpKind.ATTENTION,
+        flops=4.0 * heads * keys * d,
+        bytes_read=4.0 * heads * (1 + 2 * keys) * d,
+        bytes_written=4.0 * heads * d,
+        dims=(1, keys, d),
+        batch=heads,
+        dtype="fp32",
+    )
+    small = CpuOpPricer(cal, weight_bytes=0.0)(attn)
+    large = CpuOpPricer(cal, weight_bytes=2e9)(attn)
+    assert large.memory_s > small.memory_s
+
+
+def test_measured_inputs_are_seeded_normal_samples(cal_file: Path) -> None:
+    """host replaces the model's floating-point example inputs (zeros) by seeded normal
+    samples of the same shape, identical between calls."""
+    m = CpuBackend().compile(TinyModel(), system(cal_file))
+    assert isinstance(m, MeasuredCompiled)
+    a = m.inputs(SHAPE)[0]
+    b = m.inputs(SHAPE)[0]
+    assert a.shape == (SHAPE.batch, 64) and a.dtype == torch.float32
+    assert torch.equal(a, b) and float(a.std()) > 0.5
