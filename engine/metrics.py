@@ -14,16 +14,23 @@ is at most ``ttft`` and its mean time between tokens (TPOT, ``tbt_mean_s``; one-
 outputs pass) is at most ``tbt``; only the SLOs given are checked. Dropped requests
 count as misses. Goodput is the rate of SLO-meeting requests (and of their output
 tokens) over the simulated span.
+
+Frames may be in memory (``pl.DataFrame``) or lazy over spilled Parquet parts
+(``pl.LazyFrame``, see :mod:`engine.sim.events`): every figure is a polars query over the
+frame and only aggregates are collected, so the numbers are exact either way
+(percentiles sort the column in polars and pick the inverted-CDF rank).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from engine.sim.events import IDLE
+from engine.sim.events import IDLE, Frame, frame_columns, ordered_sum
 
 
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float | None:
@@ -51,28 +58,54 @@ def quantile(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(v, q * 100, method="inverted_cdf"))
 
 
-def device_seconds(devices: pl.DataFrame) -> dict[str, float]:
+def inverted_cdf_rank(n: int, q: float) -> int:
+    """The 0-based rank in ``n`` sorted values of their inverted-CDF ``q``-quantile, with
+    numpy's arithmetic (``np.percentile(..., q * 100, method="inverted_cdf")``)."""
+    index = n * ((q * 100) / 100) - 1
+    prev = math.floor(index)
+    rank = prev if index - prev == 0 else prev + 1
+    return min(max(rank, 0), n - 1)
+
+
+def column_quantiles(frame: Frame, column: str, qs: tuple[float, ...]) -> list[float | None]:
+    """Inverted-CDF quantiles ``qs`` of ``column`` (nulls and NaNs left out), exactly as
+    :func:`quantile` gives them, computed by polars on a DataFrame or a LazyFrame."""
+    vals = pl.col(column).drop_nulls()
+    vals = vals.filter(~vals.is_nan())
+    n = int(frame.lazy().select(vals.len()).collect().item())
+    if n == 0:
+        return [None for _ in qs]
+    ranks = [inverted_cdf_rank(n, q) for q in qs]
+    got = frame.lazy().select(vals.sort().gather(ranks)).collect().to_series()
+    return [float(v) for v in got]
+
+
+def _empty(frame: Frame | None) -> bool:
+    return frame is None or not frame_columns(frame) or (
+        isinstance(frame, pl.DataFrame) and frame.height == 0)
+
+
+def device_seconds(devices: Frame | None) -> dict[str, float]:
     """Device-seconds by state from a ``devices`` frame (``idle`` included)."""
-    if devices.height == 0:
+    if devices is None or _empty(devices):
         return {}
-    by = (
-        devices.group_by("state")
-        .agg((pl.col("end_s") - pl.col("start_s")).sum().alias("s"))
-        .sort("state")
-    )
-    return {str(k): float(v) for k, v in zip(by["state"], by["s"], strict=True)}
+    names = devices.lazy().select(pl.col("state").unique()).collect()["state"]
+    dur = pl.col("end_s") - pl.col("start_s")
+    return {str(k): ordered_sum(devices, dur, pl.col("state") == k)
+            for k in sorted(names.drop_nulls().to_list())}
 
 
-def _utilization(devices: pl.DataFrame, simulated_s: float) -> tuple[float | None, dict]:
+def _utilization(devices: Frame | None, simulated_s: float) -> tuple[float | None, dict]:
     states = device_seconds(devices)
     busy = sum(v for k, v in states.items() if k != IDLE)
-    lanes = devices.select("replica", "device").unique().height if devices.height else 0
+    lanes = 0 if devices is None or _empty(devices) else int(
+        devices.lazy().select(pl.struct("replica", "device").n_unique()).collect().item())
     util = busy / (lanes * simulated_s) if lanes and simulated_s > 0 else None
     return util, states
 
 
 def serving_metrics(
-    frames: dict[str, pl.DataFrame],
+    frames: Mapping[str, Frame],
     simulated_s: float,
     *,
     ttft_slo_s: float | None = None,
@@ -90,28 +123,35 @@ def serving_metrics(
     ``idle_s`` (device-seconds), ``state_s`` (device-seconds by state) and
     ``simulated_s``. A value that does not apply is ``None``.
     """
-    req = frames["requests"]
-    steps = frames.get("steps", pl.DataFrame())
-    devices = frames.get("devices", pl.DataFrame())
+    req = frames["requests"].lazy()
+    steps = frames.get("steps")
+    devices = frames.get("devices")
     tbt = frames.get("tbt")
-    ok = req.filter(pl.col("status") == "ok")
+    is_ok = pl.col("status") == "ok"
     span = float(simulated_s)
-    out_tokens = int(ok["output_tokens"].sum()) if ok.height else 0
+    counts = req.select(
+        pl.len().alias("n"),
+        is_ok.sum().alias("ok"),
+        pl.col("output_tokens").filter(is_ok).sum().alias("out"),
+        pl.col("preemptions").sum().alias("pre"),
+    ).collect().row(0, named=True)
+    n_req, n_ok = int(counts["n"]), int(counts["ok"] or 0)
+    out_tokens = int(counts["out"] or 0)
     m: dict[str, Any] = {
-        "requests": req.height,
-        "requests_ok": ok.height,
-        "requests_dropped": req.height - ok.height,
+        "requests": n_req,
+        "requests_ok": n_ok,
+        "requests_dropped": n_req - n_ok,
         "output_tokens": out_tokens,
         "simulated_s": span,
         "throughput_tokens_per_s": out_tokens / span if span > 0 else None,
-        "throughput_requests_per_s": ok.height / span if span > 0 else None,
+        "throughput_requests_per_s": n_ok / span if span > 0 else None,
     }
+    ok = req.filter(is_ok)
     for name, col in (("ttft", "ttft_s"), ("e2e", "e2e_s")):
-        vals = ok[col].drop_nulls().to_numpy()
-        m[f"{name}_p50_s"] = quantile(vals, 0.50)
-        m[f"{name}_p99_s"] = quantile(vals, 0.99)
-    if tbt is not None and tbt.height:
-        gaps, w = tbt["gap_s"].to_numpy(), tbt["tokens"].to_numpy()
+        m[f"{name}_p50_s"], m[f"{name}_p99_s"] = column_quantiles(ok, col, (0.50, 0.99))
+    tbt_df = None if tbt is None else tbt.lazy().select("gap_s", "tokens").collect()
+    if tbt_df is not None and tbt_df.height:
+        gaps, w = tbt_df["gap_s"].to_numpy(), tbt_df["tokens"].to_numpy()
         m["tbt_p50_s"] = weighted_quantile(gaps, w, 0.50)
         m["tbt_p99_s"] = weighted_quantile(gaps, w, 0.99)
     else:
@@ -126,15 +166,17 @@ def serving_metrics(
             cond = cond & (pl.col("ttft_s") <= ttft_slo_s)
         if tbt_slo_s is not None:
             cond = cond & (pl.col("tbt_mean_s").is_null() | (pl.col("tbt_mean_s") <= tbt_slo_s))
-        good = ok.filter(cond)
-        m["slo_attainment"] = good.height / req.height if req.height else None
-        m["goodput_requests_per_s"] = good.height / span if span > 0 else None
+        good = ok.filter(cond).select(
+            pl.len().alias("n"), pl.col("output_tokens").sum().alias("tokens")
+        ).collect().row(0, named=True)
+        n_good = int(good["n"])
+        m["slo_attainment"] = n_good / n_req if n_req else None
+        m["goodput_requests_per_s"] = n_good / span if span > 0 else None
         m["goodput_tokens_per_s"] = (
-            float(good["output_tokens"].sum()) / span if span > 0 else None
+            float(good["tokens"] or 0) / span if span > 0 else None
         )
-    m["preemptions"] = int(req["preemptions"].sum()) if req.height else 0
-    m["iterations"] = steps.height
-    m["mean_batch"] = float(steps["batch"].mean()) if steps.height else None  # type: ignore[arg-type]
+    m["preemptions"] = int(counts["pre"] or 0) if n_req else 0
+    m["iterations"], m["mean_batch"] = _step_counts(steps)
     util, states = _utilization(devices, span)
     m["utilization"] = util
     m["busy_s"] = sum(v for k, v in states.items() if k != IDLE)
@@ -143,8 +185,19 @@ def serving_metrics(
     return m
 
 
+def _step_counts(steps: Frame | None) -> tuple[int, float | None]:
+    """Iterations and mean sequences per iteration of a ``steps`` frame."""
+    if _empty(steps):
+        return 0, None
+    assert steps is not None
+    row = steps.lazy().select(pl.len().alias("n"), pl.col("batch").mean().alias("b")) \
+        .collect().row(0)
+    n = int(row[0])
+    return n, (float(row[1]) if n else None)
+
+
 def forward_metrics(
-    frames: dict[str, pl.DataFrame], simulated_s: float, *, samples: int, tokens_per_sample: int
+    frames: Mapping[str, Frame], simulated_s: float, *, samples: int, tokens_per_sample: int
 ) -> dict[str, Any]:
     """Summary keys of an offline run of batched forward passes.
 
@@ -155,15 +208,19 @@ def forward_metrics(
     steps = frames["steps"]
     span = float(simulated_s)
     util, states = _utilization(frames.get("devices", pl.DataFrame()), span)
+    iterations, mean_batch = _step_counts(steps)
+    step_time = None
+    if iterations:
+        step_time = float(steps.lazy().select((pl.col("end_s") - pl.col("start_s")).mean())
+                          .collect().item())
     return {
         "samples": samples,
         "simulated_s": span,
         "throughput_samples_per_s": samples / span if span > 0 else None,
         "throughput_tokens_per_s": samples * tokens_per_sample / span if span > 0 else None,
-        "step_time_s": float((steps["end_s"] - steps["start_s"]).mean())  # type: ignore[arg-type]
-        if steps.height else None,
-        "iterations": steps.height,
-        "mean_batch": float(steps["batch"].mean()) if steps.height else None,  # type: ignore[arg-type]
+        "step_time_s": step_time,
+        "iterations": iterations,
+        "mean_batch": mean_batch,
         "utilization": util,
         "busy_s": sum(v for k, v in states.items() if k != IDLE),
         "idle_s": states.get(IDLE, 0.0),

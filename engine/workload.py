@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 from pydantic import BaseModel
 
 from engine.backend import Compiled, Fit
 from engine.model import ModelGraph
+from engine.sim.events import FrameMap
 from engine.system import System
 
 
@@ -28,12 +28,14 @@ class SystemRun:
 
     ``metrics`` holds summary keys of the run-folder contract that apply
     (``throughput_tokens_per_s``, ``ttft_p99_s`` ...); ``frames`` the event frames by name
-    (``requests``, ``steps``, ``devices``), each with a ``system`` column.
+    (``requests``, ``steps``, ``devices``), each with a ``system`` column: a
+    ``pl.DataFrame``, or a ``pl.LazyFrame`` over Parquet parts when the run spilled past
+    the row threshold (:mod:`engine.sim.events`; every engine consumer accepts both).
     ``busy_s``/``state_s`` give device-seconds by power state for the energy model.
     """
 
     metrics: dict[str, Any]
-    frames: dict[str, pl.DataFrame] = field(default_factory=dict)
+    frames: FrameMap = field(default_factory=dict)
     simulated_s: float = 0.0
 
 

@@ -133,12 +133,19 @@ def _cdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def latency_cdfs(run: RunResult) -> str | None:
     """Empirical CDFs of time to first token and mean time between tokens per request,
     one line per system (requests frame); ``None`` when no system served requests."""
-    req = run.frame("requests")
-    if req is None:
+    frame = run.frame("requests")
+    if frame is None:
         return None
+    # a spilled (lazy) frame stays lazy: only one float column per system is collected
+    req = frame.lazy()
+    cols = req.collect_schema().names()
+    present = [c for c in ("ttft_s", "tbt_mean_s") if c in cols]
+    counts = req.select(pl.col(c).drop_nulls().len() for c in present).collect().row(0) \
+        if present else ()
+    nonempty = {c for c, k in zip(present, counts, strict=True) if k > 0}
     panels = [(c, lab) for c, lab in (("ttft_s", "time to first token (ms)"),
                                       ("tbt_mean_s", "time between tokens, request mean (ms)"))
-              if c in req.columns and req[c].drop_nulls().len() > 0]
+              if c in nonempty]
     if not panels:
         return None
     col = colors(run.systems)
@@ -148,7 +155,8 @@ def latency_cdfs(run: RunResult) -> str | None:
         for ax, (c, lab) in zip(axes, panels, strict=True):
             lo, hi = math.inf, 0.0
             for s in run.systems:
-                part = req.filter(pl.col("system") == s.name)[c].drop_nulls()
+                part = req.filter(pl.col("system") == s.name).select(
+                    pl.col(c).drop_nulls()).collect().to_series()
                 if part.len() == 0:
                     continue
                 x, y = _cdf(part.cast(pl.Float64).to_numpy() * 1e3)
@@ -216,10 +224,14 @@ def _occupancy(starts: np.ndarray, ends: np.ndarray, edges: np.ndarray) -> np.nd
 def utilization(run: RunResult) -> str | None:
     """Per system, the share of its devices in each busy state over simulated time, as a
     stacked area (idle is the gap to 100 %), from the devices frame."""
-    dev = run.frame("devices")
-    if dev is None:
+    frame = run.frame("devices")
+    if frame is None:
         return None
-    shown = [s for s in run.systems if s.name in set(dev["system"].unique().to_list())]
+    # a spilled (lazy) frame stays lazy: per state, only two float columns are collected
+    dev = frame.lazy()
+    dev_cols = dev.collect_schema().names()
+    names = set(dev.select(pl.col("system").unique()).collect().to_series().to_list())
+    shown = [s for s in run.systems if s.name in names]
     shown = shown[:MAX_PANELS]
     if not shown:
         return None
@@ -228,20 +240,26 @@ def utilization(run: RunResult) -> str | None:
         axes = fig.subplots(len(shown), 1, squeeze=False, sharex=False)[:, 0]
         for ax, s in zip(axes, shown, strict=True):
             part = dev.filter(pl.col("system") == s.name)
-            span = _metric(s, "simulated_s") or float(part["end_s"].max() or 0.0)  # type: ignore[arg-type]
+            span = _metric(s, "simulated_s") or float(
+                part.select(pl.col("end_s").max()).collect().item() or 0.0)
             if span <= 0:
                 continue
-            lanes = part.select([c for c in ("replica", "device") if c in part.columns]).unique()
-            n = max(int(s.details.get("devices_counted") or 0), lanes.height, 1)
+            lane_cols = [c for c in ("replica", "device") if c in dev_cols]
+            lanes = int(part.select(pl.struct(lane_cols).n_unique()).collect().item()) \
+                if lane_cols else 1
+            n = max(int(s.details.get("devices_counted") or 0), lanes, 1)
             edges = np.linspace(0.0, span, TIME_BINS + 1)
             width = span / TIME_BINS
             layers, labels, cols = [], [], []
             for state in BUSY_STATES:
-                iv = part.filter(pl.col("state") == state)
+                iv = part.filter(pl.col("state") == state).select(
+                    pl.col("start_s").cast(pl.Float64).clip(0.0, span),
+                    pl.col("end_s").cast(pl.Float64).clip(0.0, span),
+                ).collect()
                 if iv.height == 0:
                     continue
-                a = iv["start_s"].cast(pl.Float64).clip(0.0, span).to_numpy()
-                b = iv["end_s"].cast(pl.Float64).clip(0.0, span).to_numpy()
+                a = iv["start_s"].to_numpy()
+                b = iv["end_s"].to_numpy()
                 layers.append(_occupancy(a, b, edges) / (n * width) * 100.0)
                 labels.append(state)
                 cols.append(STATE_COLORS[state])

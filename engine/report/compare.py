@@ -23,6 +23,7 @@ from engine.errors import XpusimError
 from engine.report.html import render_html
 from engine.report.markdown import render_markdown
 from engine.results import FRAME_NAMES, RunResult, SystemResult, _jsonable
+from engine.sim.events import Frame, frame_columns, frame_height, spill_rows
 
 REPORT_DATA = "report-data.json"
 """The file that carries each system's figures and economics details beside the report."""
@@ -75,11 +76,14 @@ def load_run(folder: Path | str) -> RunResult:
             extra = json.loads(data_file.read_text(encoding="utf-8")).get("systems", {})
         except json.JSONDecodeError as exc:
             raise XpusimError(f"{data_file}: not valid JSON ({exc}).") from None
-    frames: dict[str, pl.DataFrame] = {}
+    # read when small; past the spill threshold scanned (a LazyFrame), so a large run's
+    # frames stay on disk and reports query them lazily
+    frames: dict[str, Frame] = {}
     for name in FRAME_NAMES:
         path = folder / f"{name}.parquet"
         if path.is_file():
-            frames[name] = pl.read_parquet(path)
+            scan = pl.scan_parquet(path)
+            frames[name] = scan if frame_height(scan) > spill_rows() else scan.collect()
     systems = []
     for raw in raw_systems:
         name = str(raw["name"])
@@ -97,7 +101,7 @@ def load_run(folder: Path | str) -> RunResult:
             reason=str(raw.get("reason", "")),
             metrics={k: v for k, v in raw.items() if k not in _BASE_KEYS},
             frames={k: f.filter(pl.col("system") == name) for k, f in frames.items()
-                    if "system" in f.columns},
+                    if "system" in frame_columns(f)},
             figures=figures,
             details=dict(more.get("details", {})),
         ))

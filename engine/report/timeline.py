@@ -9,6 +9,8 @@ A trace holds at most :data:`MAX_EVENTS` complete events. Beyond that, back-to-b
 intervals of the same state on one thread are merged; if that is not enough, each thread
 gets one event per time window, named by the state busy longest in it (its
 ``merged_intervals`` arg counts what went in); ``otherData.reduction`` says what was done.
+A run whose frames spilled (lazy frames) goes straight to the per-window aggregation as a
+streaming polars query, so the intervals are never held in memory all at once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import polars as pl
 
 from engine.economics import BUSY_STATES
+from engine.sim.events import frame_columns
 
 if TYPE_CHECKING:
     from engine.results import RunResult
@@ -34,15 +37,17 @@ _JOULES = (
 )
 
 
-def _lanes(run: RunResult) -> pl.DataFrame | None:
-    """Busy intervals of every lane: pid, tid, thread name, name, start and end (s), joules."""
+def _lanes(run: RunResult) -> pl.DataFrame | pl.LazyFrame | None:
+    """Busy intervals of every lane: pid, tid, thread name, name, start and end (s), joules
+    (lazy and unsorted when any input frame is lazy; sorted by pid, tid, start otherwise)."""
     pids = {s.name: i + 1 for i, s in enumerate(run.systems)}
     parts = []
     dev = run.frame("devices")
     if dev is not None:
         d = dev.filter(pl.col("state").is_in(list(BUSY_STATES)))
-        rep = pl.col("replica") if "replica" in d.columns else pl.lit(0)
-        dv = pl.col("device") if "device" in d.columns else pl.lit(0)
+        d_cols = frame_columns(d)
+        rep = pl.col("replica") if "replica" in d_cols else pl.lit(0)
+        dv = pl.col("device") if "device" in d_cols else pl.lit(0)
         d = d.with_columns(rep.cast(pl.Int64).alias("_r"), dv.cast(pl.Int64).alias("_d"))
         parts.append(d.select(
             pl.col("system"),
@@ -50,14 +55,15 @@ def _lanes(run: RunResult) -> pl.DataFrame | None:
             pl.format("replica {} device {}", "_r", "_d").alias("thread"),
             pl.col("state").cast(pl.Utf8).alias("name"),
             pl.col("start_s").cast(pl.Float64), pl.col("end_s").cast(pl.Float64),
-            (pl.col("joules").cast(pl.Float64) if "joules" in d.columns
+            (pl.col("joules").cast(pl.Float64) if "joules" in d_cols
              else pl.lit(None, pl.Float64)).alias("joules"),
         ))
     st = run.frame("steps")
-    if st is not None and {"start_s", "end_s"} <= set(st.columns):
-        rep = pl.col("replica") if "replica" in st.columns else pl.lit(0)
+    st_cols = frame_columns(st) if st is not None else []
+    if st is not None and {"start_s", "end_s"} <= set(st_cols):
+        rep = pl.col("replica") if "replica" in st_cols else pl.lit(0)
         st = st.with_columns(rep.cast(pl.Int64).alias("_r"))
-        name = (pl.format("step ({})", pl.col("state").cast(pl.Utf8)) if "state" in st.columns
+        name = (pl.format("step ({})", pl.col("state").cast(pl.Utf8)) if "state" in st_cols
                 else pl.lit("step"))
         parts.append(st.select(
             pl.col("system"),
@@ -65,14 +71,101 @@ def _lanes(run: RunResult) -> pl.DataFrame | None:
             pl.format("replica {} steps", "_r").alias("thread"),
             name.alias("name"),
             pl.col("start_s").cast(pl.Float64), pl.col("end_s").cast(pl.Float64),
-            (pl.col("joules").cast(pl.Float64) if "joules" in st.columns
+            (pl.col("joules").cast(pl.Float64) if "joules" in st_cols
              else pl.lit(None, pl.Float64)).alias("joules"),
         ))
     if not parts:
         return None
-    out = pl.concat(parts, how="vertical_relaxed")
+    if any(isinstance(p, pl.LazyFrame) for p in parts):
+        lazy = pl.concat([p.lazy() for p in parts], how="vertical_relaxed")
+        return lazy.with_columns(pl.col("system").replace_strict(pids, default=0).alias("pid"))
+    out = pl.concat([p for p in parts if isinstance(p, pl.DataFrame)], how="vertical_relaxed")
     out = out.with_columns(pl.col("system").replace_strict(pids, default=0).alias("pid"))
     return out.sort("pid", "tid", "start_s")
+
+
+def _lean_lanes(run: RunResult) -> pl.LazyFrame | None:
+    """Busy intervals of every lane as numbers and the state: pid, tid, step (whether the
+    lane is a replica's steps), state, start and end (s), joules; no per-row strings, so a
+    streaming query over spilled frames stays small."""
+    parts: list[pl.LazyFrame] = []
+    for i, s in enumerate(run.systems):
+        for name, step in (("devices", False), ("steps", True)):
+            frame = s.frames.get(name)
+            if frame is None:
+                continue
+            cols = frame_columns(frame)
+            if not {"start_s", "end_s"} <= set(cols):
+                continue
+            q = frame.lazy()
+            if not step:
+                q = q.filter(pl.col("state").is_in(list(BUSY_STATES)))
+            rep = (pl.col("replica") if "replica" in cols else pl.lit(0)).cast(pl.Int64)
+            dev = (pl.col("device") if "device" in cols else pl.lit(0)).cast(pl.Int64)
+            tid = rep + _STEP_TID_BASE if step else rep * 10_000 + dev + 1
+            state = pl.col("state").cast(pl.Utf8) if "state" in cols else pl.lit("")
+            parts.append(q.select(
+                pl.lit(i + 1, pl.Int64).alias("pid"), tid.alias("tid"),
+                pl.lit(step).alias("step"), state.alias("state"),
+                pl.col("start_s").cast(pl.Float64), pl.col("end_s").cast(pl.Float64),
+                (pl.col("joules").cast(pl.Float64) if "joules" in cols
+                 else pl.lit(None, pl.Float64)).alias("joules"),
+            ))
+    return pl.concat(parts) if parts else None
+
+
+def _windows_lazy(run: RunResult, max_events: int) -> tuple[pl.DataFrame, int, str]:
+    """:func:`_windows` for spilled runs as streaming aggregations over :func:`_lean_lanes`:
+    busy time per thread, window and state first, then the dominant state per thread and
+    window; names and threads are spelled out on the aggregated rows only. Returns the
+    events, the intervals that went in and the reduction's description."""
+    lanes = _lean_lanes(run)
+    if lanes is None:
+        return pl.DataFrame(), 0, "none"
+    stats = lanes.select(
+        pl.len().alias("n"), pl.struct("pid", "tid").n_unique().alias("threads"),
+        pl.col("start_s").min().alias("a"), pl.col("end_s").max().alias("b"),
+    ).collect(engine="streaming").row(0, named=True)
+    n, n_threads = int(stats["n"]), int(stats["threads"])
+    span = (float(stats["b"] or 0.0) - float(stats["a"] or 0.0)) or 1.0
+    width = span * n_threads / max(max_events - n_threads, 1)
+    windowed = lanes.with_columns(
+        (pl.col("start_s") / width).floor().cast(pl.Int64).alias("_w"),
+        (pl.col("end_s") - pl.col("start_s")).alias("_d"),
+    )
+    per_state = windowed.group_by("pid", "tid", "_w", "state").agg(
+        pl.col("_d").sum().alias("_sd"), pl.col("start_s").min().alias("_first"),
+    ).collect(engine="streaming")
+    dominant = (
+        per_state.sort(["pid", "tid", "_w", "_sd", "_first"],
+                       descending=[False, False, False, True, False])
+        .group_by("pid", "tid", "_w", maintain_order=True).agg(pl.col("state").first())
+    )
+    spans = windowed.group_by("pid", "tid", "_w").agg(
+        pl.col("step").first(), pl.col("start_s").min(), pl.col("end_s").max(), _JOULES,
+        pl.len().cast(pl.UInt32).alias("merged"),
+    ).collect(engine="streaming")
+    systems = {i + 1: s.name for i, s in enumerate(run.systems)}
+    rep = pl.when(pl.col("step")).then(pl.col("tid") - _STEP_TID_BASE) \
+        .otherwise((pl.col("tid") - 1) // 10_000)
+    out = (
+        spans.join(dominant, on=["pid", "tid", "_w"], how="left")
+        .sort("pid", "tid", "_w")
+        .with_columns(
+            pl.col("pid").replace_strict(systems, return_dtype=pl.Utf8).alias("system"),
+            pl.when(pl.col("step")).then(pl.format("replica {} steps", rep))
+            .otherwise(pl.format("replica {} device {}", rep, (pl.col("tid") - 1) % 10_000))
+            .alias("thread"),
+            pl.when(pl.col("step")).then(pl.format("step ({})", pl.col("state")))
+            .otherwise(pl.col("state")).alias("name"),
+        )
+        .select("system", "pid", "tid", "thread", "name", "start_s", "end_s", "joules",
+                "merged")
+    )
+    how = (f"{n} intervals (spilled run); aggregated into one event per thread per "
+           f"{width:.3g} s window, named by its dominant state (per-event args give "
+           f"merged_intervals)")
+    return out, n, how
 
 
 def _merge_touching(lanes: pl.DataFrame, gap_s: float) -> pl.DataFrame:
@@ -137,6 +230,18 @@ def build_trace(run: RunResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
     for i, s in enumerate(run.systems):
         events.append({"ph": "M", "name": "process_name", "pid": i + 1, "tid": 0,
                        "args": {"name": f"{s.name} ({s.device} × {s.count})"}})
+    if isinstance(lanes, pl.LazyFrame):
+        n = int(lanes.select(pl.len()).collect(engine="streaming").item())
+        if n <= max_events:
+            lanes = lanes.collect(engine="streaming").sort("pid", "tid", "start_s")
+        else:
+            reduced, other["intervals"], how = _windows_lazy(run, max_events)
+            if reduced.height > max_events:
+                stride = -(-reduced.height // max_events)
+                reduced = reduced.gather_every(stride)
+                how += f"; then one event in {stride} kept"
+            other["reduction"] = f"{how}: {reduced.height} events"
+            return _document(events, reduced, other)
     if lanes is None or lanes.height == 0:
         other["intervals"] = 0
         return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}
@@ -161,6 +266,13 @@ def build_trace(run: RunResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
             how += f"; then one event in {stride} kept"
         other["reduction"] = f"{how}: {reduced.height} events"
         lanes = reduced
+    return _document(events, lanes, other)
+
+
+def _document(events: list[dict[str, Any]], lanes: pl.DataFrame,
+              other: dict[str, Any]) -> dict[str, Any]:
+    """The trace document: ``events`` (process names) plus thread names and one complete
+    event per row of ``lanes`` (with a ``merged`` column)."""
     for pid, tid, thread in lanes.select("pid", "tid", "thread").unique(maintain_order=True).iter_rows():
         events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
                        "args": {"name": thread}})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import simpy
 
@@ -224,7 +224,8 @@ class RequestTable:
     ``preemptions``.
     """
 
-    def __init__(self, arrival: list[float], prompt: list[int], output: list[int]) -> None:
+    def __init__(self, arrival: Sequence[float], prompt: Sequence[int],
+                 output: Sequence[int]) -> None:
         n = len(arrival)
         nan = float("nan")
         self.n = n

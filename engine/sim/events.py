@@ -23,11 +23,29 @@ replica's devices; idle rows carry 0 J (the economics model applies idle power).
 
 ``tbt`` (:data:`TBT_SCHEMA`) — the exact multiset of time-between-token gaps: one row
 per distinct gap value with the number of tokens that waited that long.
+
+Bounded memory: a frame is a :data:`Frame`, either an in-memory ``pl.DataFrame`` or a
+``pl.LazyFrame``. Below a row threshold (:func:`spill_rows`, default
+:data:`DEFAULT_SPILL_ROWS` rows per frame, ``XPUSIM_SPILL_ROWS`` in the environment
+overrides it) every frame is a DataFrame, exactly as built in memory. Past it, rows are
+flushed in chunks to Parquet part files in a :class:`Spill` folder the run owns and the
+frame becomes a LazyFrame scanning the parts (plus the in-memory tail), in the same row
+order. Consumers read frames through polars queries that accept both (``.lazy()`` on a
+DataFrame is free); :func:`frame_height` and :func:`collect` help. The spill folder is
+removed when :meth:`Spill.close` is called (``engine.results.write_run`` does so once the
+run folder holds the final Parquet files), when the frames that own it are garbage
+collected, or when the process exits.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import weakref
 from array import array
+from pathlib import Path
+from typing import Any, TypeAlias
 
 import numpy as np
 import polars as pl
@@ -89,9 +107,187 @@ IDLE = "idle"
 """The device state outside any step."""
 
 
+Frame: TypeAlias = pl.DataFrame | pl.LazyFrame
+"""An event frame: in memory, or lazy over spilled Parquet parts."""
+
+FrameMap: TypeAlias = dict[str, pl.DataFrame] | dict[str, Frame]
+"""Frames by name as a workload returns them: all in memory, or some lazy."""
+
+DEFAULT_SPILL_ROWS = 1_000_000
+"""Rows a frame holds in memory before it spills to Parquet parts."""
+
+SPILL_ROWS_ENV = "XPUSIM_SPILL_ROWS"
+"""Environment variable overriding :data:`DEFAULT_SPILL_ROWS` (a positive integer)."""
+
+SPILL_DIR_ENV = "XPUSIM_SPILL_DIR"
+"""Environment variable naming the parent folder of spill folders (default: the system's
+temporary folder)."""
+
+
 def empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """An empty frame of ``schema``."""
     return pl.DataFrame(schema=schema)
+
+
+def spill_rows(rows: int | None = None) -> int:
+    """The spill threshold: ``rows`` when given, else ``$XPUSIM_SPILL_ROWS``, else
+    :data:`DEFAULT_SPILL_ROWS`. Raises ``ValueError`` for a value below 1."""
+    if rows is None:
+        raw = os.environ.get(SPILL_ROWS_ENV, "").strip()
+        try:
+            rows = int(raw.replace("_", "")) if raw else DEFAULT_SPILL_ROWS
+        except ValueError:
+            raise ValueError(f"{SPILL_ROWS_ENV}={raw!r} is not an integer row count") from None
+    if rows < 1:
+        raise ValueError(f"the spill threshold must be at least 1 row, got {rows}")
+    return rows
+
+
+def frame_height(frame: Frame) -> int:
+    """Rows of ``frame``; a lazy frame is counted by a query (Parquet metadata for parts)."""
+    if isinstance(frame, pl.DataFrame):
+        return frame.height
+    return int(frame.select(pl.len()).collect().item())
+
+
+def collect(frame: Frame) -> pl.DataFrame:
+    """``frame`` in memory (a lazy one is collected; use on aggregated results only)."""
+    return frame if isinstance(frame, pl.DataFrame) else frame.collect()
+
+
+def frame_columns(frame: Frame) -> list[str]:
+    """Column names of ``frame`` (a lazy frame's from its schema, without reading rows)."""
+    if isinstance(frame, pl.DataFrame):
+        return frame.columns
+    return frame.collect_schema().names()
+
+
+def ordered_sum(frame: Frame, value: pl.Expr, where: pl.Expr | None = None) -> float:
+    """Sum of ``value`` over the rows of ``frame`` (those where ``where`` holds), added in
+    row order by numpy's pairwise summation: the same float however the frame is chunked,
+    in memory or spilled (polars' own sum may differ in the last bit between layouts)."""
+    q = frame.lazy()
+    if where is not None:
+        q = q.filter(where)
+    col = q.select(value.cast(pl.Float64).alias("v")).collect()["v"]
+    return float(np.sum(col.to_numpy())) if col.len() else 0.0
+
+
+class Spill:
+    """A temporary folder of Parquet part files that one run owns.
+
+    The folder is created on the first :meth:`write` (under ``parent``, ``$XPUSIM_SPILL_DIR``
+    or the system's temporary folder) and removed by :meth:`close`, at garbage collection
+    or at interpreter exit, whichever comes first. ``rows`` is the threshold
+    (:func:`spill_rows`) the frame buffers of the run use.
+    """
+
+    def __init__(self, rows: int | None = None, parent: str | Path | None = None) -> None:
+        self.rows = spill_rows(rows)
+        self._parent = parent if parent is not None else (os.environ.get(SPILL_DIR_ENV) or None)
+        self.path: Path | None = None
+        self.parts = 0
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    @property
+    def used(self) -> bool:
+        """Whether any part file was written (and the folder exists until closed)."""
+        return self.path is not None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the folder was created and since removed."""
+        return self._finalizer is not None and not self._finalizer.alive
+
+    def write(self, frame: pl.DataFrame, stem: str) -> Path:
+        """Write ``frame`` as the next part file named after ``stem`` and return its path."""
+        if self.closed:
+            raise RuntimeError(f"spill folder {self.path} was already removed")
+        if self.path is None:
+            parent = Path(self._parent) if self._parent is not None else None
+            if parent is not None:
+                parent.mkdir(parents=True, exist_ok=True)
+            self.path = Path(tempfile.mkdtemp(prefix="xpusim-spill-", dir=parent))
+            self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
+        self.parts += 1
+        path = self.path / f"{stem}-{self.parts:06d}.parquet"
+        frame.write_parquet(path, statistics=False)
+        return path
+
+    def close(self) -> None:
+        """Remove the folder and its parts (frames scanning them become unreadable)."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+
+class SpilledFrames(dict[str, Frame]):
+    """A frames mapping that keeps the :class:`Spill` its lazy frames read alive.
+
+    It is an ordinary ``dict`` of name to :data:`Frame`; :attr:`spill` is the folder the
+    lazy frames scan. Passing the mapping along keeps the folder; dropping it (or
+    ``spill.close()``) removes the folder.
+    """
+
+    def __init__(self, frames: dict[str, Frame], spill: Spill) -> None:
+        super().__init__(frames)
+        self.spill = spill
+
+
+class FrameBuffer:
+    """Rows of one frame, appended in slices and spilled in parts past the threshold.
+
+    :meth:`add` appends a DataFrame slice; once the buffered rows reach ``spill.rows`` they
+    are written as one part file. :meth:`frame` returns the whole frame in order: the
+    buffered DataFrame when nothing was spilled, else a LazyFrame over the parts and the
+    in-memory tail. Several buffers (one per replica) stack with :func:`concat_frames`.
+    """
+
+    def __init__(self, spill: Spill, name: str, schema: dict[str, pl.DataType]) -> None:
+        self.spill = spill
+        self.name = name
+        self.schema = schema
+        self.parts: list[Path] = []
+        self._tail: list[pl.DataFrame] = []
+        self._rows = 0
+
+    def add(self, frame: pl.DataFrame) -> None:
+        """Append the rows of ``frame`` (columns of :attr:`schema`)."""
+        if frame.height == 0:
+            return
+        self._tail.append(frame)
+        self._rows += frame.height
+        if self._rows >= self.spill.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as one part file (nothing when empty)."""
+        if not self._tail:
+            return
+        chunk = pl.concat(self._tail, rechunk=True) if len(self._tail) > 1 else self._tail[0]
+        self.parts.append(self.spill.write(chunk, self.name))
+        self._tail = []
+        self._rows = 0
+
+    def frame(self) -> Frame:
+        """All rows in order: a DataFrame when nothing spilled, else a LazyFrame."""
+        tail = (pl.concat(self._tail) if len(self._tail) > 1 else self._tail[0]) if self._tail \
+            else empty(self.schema)
+        if not self.parts:
+            return tail
+        lazy = [pl.scan_parquet(self.parts, schema=self.schema)]
+        if tail.height:
+            lazy.append(tail.lazy())
+        return pl.concat(lazy) if len(lazy) > 1 else lazy[0]
+
+
+def concat_frames(frames: list[Frame], schema: dict[str, pl.DataType]) -> Frame:
+    """``frames`` stacked in order: a DataFrame when all are in memory, else a LazyFrame."""
+    if not frames:
+        return empty(schema)
+    if all(isinstance(f, pl.DataFrame) for f in frames):
+        eager = [f for f in frames if isinstance(f, pl.DataFrame)]
+        return pl.concat(eager) if len(eager) > 1 else eager[0]
+    return pl.concat([f.lazy() for f in frames])
 
 
 class StepLog:
@@ -99,9 +295,15 @@ class StepLog:
 
     The hot loop binds the ``append`` methods of each column once and calls them per
     step; :meth:`frame` builds the ``steps`` rows of the replica at the end.
+
+    Spilling: :meth:`take` returns the rows not yet taken as a frame and empties every
+    column but ``start`` and ``end``, which keep one entry per step of the whole run
+    (schedulers index them by iteration number, and the token-gap statistics need them)
+    until the frames are built. :attr:`taken` counts the rows handed out; ``len(log)`` is
+    the number of steps while the world runs.
     """
 
-    __slots__ = ("batch", "decode", "end", "joules", "kv", "prefill", "start", "state")
+    __slots__ = ("batch", "decode", "end", "joules", "kv", "prefill", "start", "state", "taken")
 
     def __init__(self) -> None:
         self.start = array("d")
@@ -112,36 +314,57 @@ class StepLog:
         self.kv = array("q")
         self.state = array("i")
         self.joules = array("d")
+        self.taken = 0
 
     def __len__(self) -> int:
         return len(self.start)
 
+    @property
+    def pending(self) -> int:
+        """Steps logged and not yet handed out by :meth:`take`."""
+        return len(self.batch)
+
     def numpy(self, name: str) -> np.ndarray:
-        """A column as a numpy array (a copy, so the log may be freed)."""
+        """A column as a numpy array (a copy, so the log may be freed); ``start`` and
+        ``end`` cover every step, the other columns the pending ones."""
         return np.array(getattr(self, name))
 
     def frame(self, system: str, replica: int, states: list[str]) -> pl.DataFrame:
-        """The ``steps`` rows of this replica (:data:`STEPS_SCHEMA`)."""
-        n = len(self.start)
-        state_names = np.array(states, dtype=object)[np.asarray(self.state, dtype=np.int64)] if n \
-            else np.array([], dtype=object)
+        """The pending ``steps`` rows of this replica (:data:`STEPS_SCHEMA`); every row
+        when nothing was taken."""
+        lo = self.taken
+        n = len(self.batch)
+        start = np.array(self.start[lo:] if lo else self.start, dtype=np.float64)
+        end = np.array(self.end[lo:] if lo else self.end, dtype=np.float64)
+        state = pl.Series(states, dtype=pl.String).gather(np.array(self.state, dtype=np.int64)) \
+            if n else pl.Series([], dtype=pl.String)
         return pl.DataFrame(
             {
                 "system": pl.Series([system], dtype=pl.String).new_from_index(0, n) if n
                 else pl.Series([], dtype=pl.String),
                 "replica": np.full(n, replica, dtype=np.int32),
-                "step": np.arange(n, dtype=np.int64),
-                "start_s": np.asarray(self.start),
-                "end_s": np.asarray(self.end),
-                "batch": np.asarray(self.batch, dtype=np.int32),
-                "prefill_tokens": np.asarray(self.prefill, dtype=np.int64),
-                "decode_tokens": np.asarray(self.decode, dtype=np.int64),
-                "kv_blocks_used": np.asarray(self.kv, dtype=np.int64),
-                "state": pl.Series(state_names.tolist(), dtype=pl.String),
-                "joules": np.asarray(self.joules),
+                "step": np.arange(lo, lo + n, dtype=np.int64),
+                "start_s": start,
+                "end_s": end,
+                "batch": np.array(self.batch, dtype=np.int32),
+                "prefill_tokens": np.array(self.prefill, dtype=np.int64),
+                "decode_tokens": np.array(self.decode, dtype=np.int64),
+                "kv_blocks_used": np.array(self.kv, dtype=np.int64),
+                "state": state,
+                "joules": np.array(self.joules, dtype=np.float64),
             },
             schema=STEPS_SCHEMA,
         )
+
+    def take(self, system: str, replica: int, states: list[str]) -> pl.DataFrame:
+        """The pending rows (:meth:`frame`), after which they are no longer held here."""
+        out = self.frame(system, replica, states)
+        self.taken += len(self.batch)
+        # emptied in place: the running world appends through bound methods of these
+        # very arrays (frame() copied them, so no view of them is exported)
+        for col in (self.batch, self.prefill, self.decode, self.kv, self.state, self.joules):
+            del col[:]
+        return out
 
 
 def device_timeline(

@@ -12,12 +12,21 @@ Token-gap exactness: ``tbt_mean_s`` is ``(last token − first token) / (output 
 iterations (a sparse-table range maximum per replica) and of the gaps around any
 preemption; the ``tbt`` frame is the exact multiset of all gaps (iteration durations
 weighted by the decode tokens of the iteration, plus each post-preemption gap).
+
+Bounded memory: past ``spill_rows`` rows (:func:`engine.sim.events.spill_rows`), step rows
+are flushed to Parquet parts while the world runs, and the ``requests``, ``steps`` and
+``devices`` frames are built in chunks into a :class:`~engine.sim.events.Spill` folder and
+returned lazy (a :class:`~engine.sim.events.SpilledFrames` mapping owns the folder). The
+rows, their order and every metric are the same as in memory.
 """
 
 from __future__ import annotations
 
+import gc
+from array import array
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,9 +38,15 @@ from engine.errors import DoesNotFitError
 from engine.sim import schedulers
 from engine.sim.cluster import DONE, DROPPED, CostTable, Replica, RequestTable
 from engine.sim.events import (
+    DEVICES_SCHEMA,
     REQUESTS_SCHEMA,
     STEPS_SCHEMA,
     TBT_SCHEMA,
+    Frame,
+    FrameBuffer,
+    Spill,
+    SpilledFrames,
+    concat_frames,
     device_timeline,
     empty,
 )
@@ -42,14 +57,25 @@ from engine.traces import REQUEST_SCHEMA
 
 @dataclass
 class ServingResult:
-    """Frames of one simulated system and its simulated span in seconds."""
+    """Frames of one simulated system and its simulated span in seconds.
 
-    frames: dict[str, pl.DataFrame]
+    ``frames`` hold DataFrames, or LazyFrames over spilled parts past the spill threshold
+    (then the mapping is a :class:`~engine.sim.events.SpilledFrames` owning the folder).
+    """
+
+    frames: dict[str, Frame]
     simulated_s: float
     replicas: int
     kv_blocks: int
     cost_misses: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _flat(code: str, column: pl.Series) -> array:
+    """``column`` (no nulls) as an :class:`array.array` of type ``code``."""
+    out = array(code)
+    out.frombytes(column.to_numpy().tobytes())
+    return out
 
 
 def _range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -87,12 +113,16 @@ def simulate_serving(
     kv_block_tokens: int = 16,
     kv_capacity_tokens: int | None = None,
     progress: Callable[[float, float], None] | None = None,
+    spill_rows: int | None = None,
+    spill_dir: str | None = None,
 ) -> ServingResult:
     """Replay ``requests`` on ``replicas`` replicas of ``compiled`` and return the frames.
 
     ``kv_capacity_tokens`` defaults to ``compiled.kv_capacity_tokens()``; it is rounded
     down to whole blocks of ``kv_block_tokens``. Raises
-    :class:`~engine.errors.DoesNotFitError` when not one block fits.
+    :class:`~engine.errors.DoesNotFitError` when not one block fits. ``spill_rows`` is the
+    row threshold past which frames spill to Parquet parts under ``spill_dir``
+    (defaults: :func:`engine.sim.events.spill_rows` and ``$XPUSIM_SPILL_DIR``).
     """
     spec = scheduler or SchedulerSpec()
     missing = [c for c in REQUEST_SCHEMA if c not in requests.columns]
@@ -108,10 +138,12 @@ def simulate_serving(
             f"({cap} tokens, less than one block of {kv_block_tokens}); use more devices per "
             "replica (tensor parallelism) or a device with more memory."
         )
-    requests = requests.sort("arrival_s", maintain_order=True)
-    arrival = requests["arrival_s"].to_list()
-    prompt = requests["prompt_tokens"].to_list()
-    output = requests["output_tokens"].to_list()
+    if not requests["arrival_s"].is_sorted():
+        requests = requests.sort("arrival_s", maintain_order=True)
+    # flat typed arrays, not lists of Python numbers: 8 bytes a request and column
+    arrival = _flat("d", requests["arrival_s"].cast(pl.Float64))
+    prompt = _flat("q", requests["prompt_tokens"].cast(pl.Int64))
+    output = _flat("q", requests["output_tokens"].cast(pl.Int64))
     n = len(arrival)
     req = RequestTable(arrival, prompt, output)
 
@@ -129,6 +161,8 @@ def simulate_serving(
             f"{blocks * kv_block_tokens}"
         )
 
+    del requests, p_np, o_np, need_tok, need_blocks, drop  # the table holds what is needed
+
     env = simpy.Environment()
     costs = CostTable(compiled, spec.shape_bits, spec.grid_bits)
     reps = [Replica(i, blocks, kv_block_tokens) for i in range(replicas)]
@@ -139,38 +173,103 @@ def simulate_serving(
             env.process(schedulers.iterative(env, r, req, costs, spec,
                                              split=spec.kind == "chunked-prefill"))
     route = make_router(router)
-    env.process(_arrivals(env, req, reps, route, progress))
-    env.run()
-    if progress is not None:
-        progress(n, n)
+    spill = Spill(spill_rows, spill_dir)
+    steps = _StepSpill(spill, system, reps, costs)
+    try:
+        env.process(_arrivals(env, req, reps, route, progress, steps))
+        env.run()
+        if progress is not None:
+            progress(n, n)
 
-    # every routed request must be done
-    st = np.frombuffer(bytes(req.state), dtype=np.uint8)
-    stuck = np.flatnonzero((st != DONE) & (st != DROPPED))
-    if stuck.size:
-        raise AssertionError(f"{stuck.size} requests never finished (first: {int(stuck[0])})")
+        # every routed request must be done
+        st = np.frombuffer(bytes(req.state), dtype=np.uint8)
+        stuck = np.flatnonzero((st != DONE) & (st != DROPPED))
+        if stuck.size:
+            raise AssertionError(
+                f"{stuck.size} requests never finished (first: {int(stuck[0])})")
 
-    frames = _frames(system, req, reps, costs, devices_per_replica, reasons)
-    return _result(frames, replicas, blocks, costs)
-
-
-def _result(frames: dict[str, pl.DataFrame], replicas: int, blocks: int,
-            costs: CostTable) -> ServingResult:
-    horizon = frames.pop("__horizon")["simulated_s"].item()
+        frames, horizon = _frames(system, req, reps, costs, devices_per_replica, reasons,
+                                  steps)
+    except BaseException:
+        spill.close()
+        raise
+    if spill.used:
+        frames = SpilledFrames(frames, spill)
+        # the world's processes and environment refer to each other; collect them now so a
+        # large run's request table and step logs are returned before the frames are read
+        del env, reps, req, steps
+        gc.collect()
     return ServingResult(frames=frames, simulated_s=horizon, replicas=replicas,
                          kv_blocks=blocks, cost_misses=costs.misses)
+
+
+class _StepSpill:
+    """The ``steps`` rows of every replica, flushed to Parquet parts while the world runs.
+
+    :meth:`check` (called from the arrival process every :attr:`every` arrivals) hands
+    every replica's pending rows to its :class:`FrameBuffer` as one part once the pending
+    rows of all replicas reach the threshold, so the step log holds at most about one
+    threshold of full rows (plus ``start``/``end``, 16 bytes per step).
+    """
+
+    def __init__(self, spill: Spill, system: str, reps: list[Replica], costs: CostTable) -> None:
+        self.spill = spill
+        self.system = system
+        self.reps = reps
+        self.costs = costs
+        self.buffers = [FrameBuffer(spill, f"steps-r{r.index}", STEPS_SCHEMA) for r in reps]
+        self.every = max(1, min(1024, spill.rows // 64))
+
+    def check(self) -> None:
+        """Flush every replica's pending rows when they reach the threshold in all."""
+        if sum(r.log.pending for r in self.reps) >= self.spill.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every replica's pending rows as one part file each."""
+        for r, buf in zip(self.reps, self.buffers, strict=True):
+            if r.log.pending:
+                buf.add(r.log.take(self.system, r.index, self.costs.states))
+                buf.flush()
+
+    def release(self, index: int) -> None:
+        """Move replica ``index``'s pending rows to its buffer and free its step times
+        (the world is over; nothing indexes them any more)."""
+        r = self.reps[index]
+        if r.log.pending:
+            self.buffers[index].add(r.log.take(self.system, r.index, self.costs.states))
+        # Rebind rather than resize: a numpy view of the old column may still be alive, and
+        # resizing an array.array that exports its buffer raises BufferError.
+        r.log.start = array("d")
+        r.log.end = array("d")
+
+    def spilled(self, index: int) -> list[Path]:
+        """Part files of replica ``index``, in order."""
+        return self.buffers[index].parts
+
+    def frame(self) -> Frame:
+        """The ``steps`` frame: every replica's parts and pending rows, replica by replica."""
+        out: list[Frame] = []
+        for r, buf in zip(self.reps, self.buffers, strict=True):
+            if r.log.pending:
+                buf.add(r.log.take(self.system, r.index, self.costs.states))
+            out.append(buf.frame())
+        return concat_frames(out, STEPS_SCHEMA)
 
 
 def _arrivals(
     env: simpy.Environment, req: RequestTable, reps: list[Replica],
     route: Callable[[list[Replica]], Replica], progress: Callable[[float, float], None] | None,
+    steps: _StepSpill,
 ) -> Generator[simpy.Event, Any, None]:
-    """Feed each request to its replica at its arrival instant."""
+    """Feed each request to its replica at its arrival instant (and spill step rows past
+    the threshold as the log grows)."""
     arrival = req.arrival
     state = req.state
     replica_of = req.replica
     n = req.n
     every = max(1, n // 100)
+    check_every = steps.every
     timeout = env.timeout
     for rid in range(n):
         t = arrival[rid]
@@ -178,6 +277,8 @@ def _arrivals(
             yield timeout(t - env.now)
         if progress is not None and rid % every == 0:
             progress(rid, n)
+        if rid % check_every == 0:
+            steps.check()
         if state[rid] == DROPPED:
             continue
         rep = route(reps)
@@ -190,11 +291,40 @@ def _arrivals(
             ev.succeed()
 
 
+def _replica_columns(
+    log: Any, parts: list[Path], states: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode tokens, state indices and joules of every step of one replica: the spilled
+    parts read back (three columns) followed by the rows still in the log."""
+    dec = np.array(log.decode, dtype=np.int64)
+    st = np.array(log.state, dtype=np.int64)
+    joules = np.array(log.joules, dtype=np.float64)
+    if parts:
+        back = pl.scan_parquet(parts, schema=STEPS_SCHEMA).select(
+            "decode_tokens",
+            pl.col("state").replace_strict({s: i for i, s in enumerate(states)},
+                                           return_dtype=pl.Int64),
+            "joules",
+        ).collect()
+        dec = np.concatenate((back["decode_tokens"].to_numpy(), dec))
+        st = np.concatenate((back["state"].to_numpy(), st))
+        joules = np.concatenate((back["joules"].to_numpy(), joules))
+    return dec, st, joules
+
+
 def _frames(
     system: str, req: RequestTable, reps: list[Replica], costs: CostTable,
-    devices_per_replica: int, reasons: dict[int, str],
-) -> dict[str, pl.DataFrame]:
+    devices_per_replica: int, reasons: dict[int, str], steps: _StepSpill,
+) -> tuple[dict[str, Frame], float]:
+    """The frames of the run and its horizon; built replica by replica and, for requests,
+    in chunks of the spill threshold, so that no frame is materialized whole past it.
+
+    The world is over, so the working state it no longer needs is freed on the way: the
+    requests' scheduling arrays first, each replica's step times once its rows are out.
+    """
+    spill = steps.spill
     n = req.n
+    req.cur_prompt, req.cur_output, req.entry = array("q"), array("q"), array("q")
     arrival = np.asarray(req.arrival, dtype=np.float64)
     first_tok = np.asarray(req.first_token)
     finish = np.asarray(req.finish)
@@ -207,8 +337,7 @@ def _frames(
 
     last_tok = np.full(n, np.nan)
     tbt_max = np.full(n, np.nan)
-    step_frames = []
-    dev_frames = []
+    devices = FrameBuffer(spill, "devices", DEVICES_SCHEMA)
     gap_parts: list[pl.DataFrame] = []
     horizon = float(arrival.max()) if n else 0.0
     ends_all = []
@@ -232,51 +361,67 @@ def _frames(
             seg[has] = _range_max(dur, lo[has], hi[has])
             both = np.maximum(seg, seg_max[mine])
             tbt_max[mine] = both
+        dec, st_idx, joules = _replica_columns(log, steps.spilled(r.index), costs.states)
         if len(log):
-            dec = np.asarray(log.decode)
             w = dec > 0
-            gap_parts.append(pl.DataFrame({"gap_s": dur[w], "tokens": dec[w]}))
-        step_frames.append(log.frame(system, r.index, costs.states))
+            gap_parts.append(pl.DataFrame({"gap_s": dur[w], "tokens": dec[w]})
+                             .group_by("gap_s").agg(pl.col("tokens").sum()))
         devs = list(range(r.index * devices_per_replica, (r.index + 1) * devices_per_replica))
-        dev_frames.append(device_timeline(
-            system, r.index, devs, start, end, np.asarray(log.state, dtype=np.int64),
-            np.asarray(log.joules), costs.states, horizon,
+        devices.add(device_timeline(
+            system, r.index, devs, start, end, st_idx, joules, costs.states, horizon,
         ))
+        del start, end, dur, dec, st_idx, joules
+        steps.release(r.index)
+    del fin_iter, seg_start, seg_max
+    req.fin_iter, req.seg_start, req.seg_max = array("q"), array("q"), array("d")
     if req.extra_gaps:
         gap_parts.append(pl.DataFrame({"gap_s": np.asarray(req.extra_gaps),
                                        "tokens": np.ones(len(req.extra_gaps), np.int64)}))
-    one_tok = output <= 1
-    tbt_max[one_tok] = np.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tbt_mean = np.where(one_tok, np.nan, (last_tok - first_tok) / (output - 1))
-    reason = [reasons.get(i) for i in range(n)] if reasons else None
     first_sched = np.asarray(req.first_scheduled)
-    req_frame = pl.DataFrame(
-        {
-            "system": pl.Series([system] * n, dtype=pl.String),
-            "replica": pl.Series(replica, dtype=pl.Int32),
-            "request_id": np.arange(n, dtype=np.int64),
-            "arrival_s": arrival,
-            "first_scheduled_s": first_sched,
-            "first_token_s": first_tok,
-            "finish_s": finish,
-            "prompt_tokens": np.asarray(req.prompt, dtype=np.int64),
-            "output_tokens": output,
-            "preemptions": np.asarray(req.preemptions, dtype=np.int32),
-            "status": pl.Series(np.where(ok, "ok", "dropped").tolist(), dtype=pl.String),
-            "reason": pl.Series(reason if reason is not None else [None] * n, dtype=pl.String),
-            "ttft_s": first_tok - arrival,
-            "e2e_s": finish - arrival,
-            "tbt_mean_s": tbt_mean,
-            "tbt_max_s": tbt_max,
-        },
-        schema=REQUESTS_SCHEMA,
-    ).with_columns(
-        # NaN marks "not applicable" inside the simulation; frames use null
-        pl.col(pl.Float64).fill_nan(None),
-        pl.when(pl.col("status") == "dropped").then(None).otherwise(pl.col("replica"))
-        .alias("replica"),
-    )
+    prompt = np.asarray(req.prompt, dtype=np.int64)
+    preempt = np.asarray(req.preemptions, dtype=np.int32)
+    status_names = pl.Series(["dropped", "ok"], dtype=pl.String)
+    reason_ids = np.fromiter(reasons, dtype=np.int64, count=len(reasons)) if reasons \
+        else np.zeros(0, dtype=np.int64)
+    requests = FrameBuffer(spill, "requests", REQUESTS_SCHEMA)
+    for a in range(0, n, spill.rows):
+        b = min(a + spill.rows, n)
+        k = b - a
+        one_tok = output[a:b] <= 1
+        tbt_max[a:b][one_tok] = np.nan
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tbt_mean = np.where(one_tok, np.nan,
+                                (last_tok[a:b] - first_tok[a:b]) / (output[a:b] - 1))
+        reason = pl.Series("reason", [None] * k, dtype=pl.String)
+        sel = reason_ids[(reason_ids >= a) & (reason_ids < b)]
+        if sel.size:
+            reason = reason.scatter(sel - a, [reasons[int(i)] for i in sel])
+        requests.add(pl.DataFrame(
+            {
+                "system": pl.Series([system], dtype=pl.String).new_from_index(0, k),
+                "replica": pl.Series(replica[a:b], dtype=pl.Int32),
+                "request_id": np.arange(a, b, dtype=np.int64),
+                "arrival_s": arrival[a:b],
+                "first_scheduled_s": first_sched[a:b],
+                "first_token_s": first_tok[a:b],
+                "finish_s": finish[a:b],
+                "prompt_tokens": prompt[a:b],
+                "output_tokens": output[a:b],
+                "preemptions": preempt[a:b],
+                "status": status_names.gather(ok[a:b].astype(np.int64)),
+                "reason": reason,
+                "ttft_s": first_tok[a:b] - arrival[a:b],
+                "e2e_s": finish[a:b] - arrival[a:b],
+                "tbt_mean_s": tbt_mean,
+                "tbt_max_s": tbt_max[a:b],
+            },
+            schema=REQUESTS_SCHEMA,
+        ).with_columns(
+            # NaN marks "not applicable" inside the simulation; frames use null
+            pl.col(pl.Float64).fill_nan(None),
+            pl.when(pl.col("status") == "dropped").then(None).otherwise(pl.col("replica"))
+            .alias("replica"),
+        ))
     tbt = (
         pl.concat(gap_parts).group_by("gap_s").agg(pl.col("tokens").sum()).sort("gap_s")
         .with_columns(pl.lit(system, pl.String).alias("system")).select(list(TBT_SCHEMA))
@@ -284,9 +429,8 @@ def _frames(
         if gap_parts else empty(TBT_SCHEMA)
     )
     return {
-        "requests": req_frame,
-        "steps": pl.concat(step_frames) if step_frames else empty(STEPS_SCHEMA),
-        "devices": pl.concat(dev_frames),
+        "requests": requests.frame(),
+        "steps": steps.frame(),
+        "devices": devices.frame() if reps else empty(DEVICES_SCHEMA),
         "tbt": tbt,
-        "__horizon": pl.DataFrame({"simulated_s": [horizon]}),
-    }
+    }, horizon
