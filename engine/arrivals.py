@@ -47,6 +47,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engine.qty import Duration, Rate
 from engine.traces import REQUEST_SCHEMA
 
+MAX_REQUESTS = 100_000_000
+"""Most requests one arrival process may generate (by ``count``, or expected from
+``rate`` x ``duration``): a larger run would exhaust memory long before it finished, so it
+is refused at load, before anything is allocated."""
+
+MAX_TOKENS = 100_000_000
+"""Largest token length a distribution may ask for or draw; draws are clipped to it so a
+heavy-tailed law never overflows the integer columns."""
+
 
 class LengthDist(BaseModel):
     """A token-length distribution (see the module docstring for each ``dist``)."""
@@ -54,12 +63,12 @@ class LengthDist(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dist: Literal["lognormal", "constant", "uniform", "normal", "empirical"]
-    median: float | None = Field(default=None, gt=0, description="lognormal: median tokens")
+    median: float | None = Field(default=None, gt=0, le=MAX_TOKENS, description="lognormal: median tokens")
     sigma: float = Field(default=1.0, ge=0, description="lognormal: sigma of log(tokens)")
-    value: int | None = Field(default=None, ge=1, description="constant: tokens")
-    low: int | None = Field(default=None, ge=1, description="uniform: lowest tokens")
-    high: int | None = Field(default=None, ge=1, description="uniform: highest tokens (inclusive)")
-    mean: float | None = Field(default=None, gt=0, description="normal: mean tokens")
+    value: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="constant: tokens")
+    low: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="uniform: lowest tokens")
+    high: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="uniform: highest tokens (inclusive)")
+    mean: float | None = Field(default=None, gt=0, le=MAX_TOKENS, description="normal: mean tokens")
     std: float | None = Field(default=None, ge=0, description="normal: standard deviation")
     values: list[int] | None = Field(default=None, description="empirical: sample values")
     weights: list[float] | None = Field(default=None, description="empirical: sample weights")
@@ -69,8 +78,8 @@ class LengthDist(BaseModel):
     column: Literal["prompt_tokens", "output_tokens"] | None = Field(
         default=None, description="empirical from a trace: which column (default: this field's own)"
     )
-    min: int = Field(default=1, ge=1, description="clip below")
-    max: int | None = Field(default=None, ge=1, description="clip above")
+    min: int = Field(default=1, ge=1, le=MAX_TOKENS, description="clip below")
+    max: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="clip above")
 
     @model_validator(mode="after")
     def _check(self) -> LengthDist:
@@ -116,7 +125,7 @@ class ArrivalSpec(BaseModel):
     process: Literal["poisson", "gamma", "constant"] = "poisson"
     rate: Rate
     burstiness: Annotated[float, Field(gt=0)] = 1.0
-    count: Annotated[int, Field(ge=1)] | None = None
+    count: Annotated[int, Field(ge=1, le=MAX_REQUESTS)] | None = None
     duration: Duration | None = None
     prompt_tokens: LengthDist
     output_tokens: LengthDist
@@ -125,6 +134,11 @@ class ArrivalSpec(BaseModel):
     def _check(self) -> ArrivalSpec:
         if (self.count is None) == (self.duration is None):
             raise ValueError("give exactly one of `count` (requests) or `duration` (e.g. 10 min)")
+        if self.duration is not None and self.rate * self.duration > MAX_REQUESTS:
+            raise ValueError(
+                f"rate x duration = {self.rate * self.duration:.3g} requests; a run may "
+                f"generate at most {MAX_REQUESTS:,}. Lower the rate or the duration"
+            )
         if self.burstiness != 1.0 and self.process != "gamma":
             raise ValueError("`burstiness` applies to `process: gamma` only")
         return self
@@ -190,7 +204,8 @@ def sample_lengths(
             p = w / w.sum()
         x = rng.choice(values, size=n, p=p)
     x = np.rint(x)
-    return np.clip(x, dist.min, dist.max if dist.max is not None else None).astype(np.int64)
+    hi = dist.max if dist.max is not None else MAX_TOKENS
+    return np.clip(x, dist.min, hi).astype(np.int64)
 
 
 def generate(

@@ -181,7 +181,14 @@ def validate(
         sc = load_scenario(scenario, host, sets or [])
         trace = getattr(sc.workload_config, "trace", None)
         if trace is not None:
-            spec = trace.model_dump() if hasattr(trace, "model_dump") else dict(trace)
+            # the mapping the workload itself hands to the reader (unset fields left out)
+            spec = (
+                trace.mapping()
+                if hasattr(trace, "mapping")
+                else trace.model_dump(exclude_none=True)
+                if hasattr(trace, "model_dump")
+                else dict(trace)
+            )
             TraceCache(host, sc.base_dir, sc.source.file)(spec)
         for prep in prepare(sc, host):
             r = prep.result

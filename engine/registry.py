@@ -26,7 +26,12 @@ def unknown_message(kind: str, name: object, choices: list[str], where: str = ""
     place = f"{where}: " if where else ""
     hint = f" Did you mean {near!r}?" if near else ""
     valid = ", ".join(sorted(choices)) if choices else "(none registered)"
-    return f"{place}unknown {kind} {name!r}.{hint} Valid {kind}s: {valid}."
+    return f"{place}unknown {kind} {name!r}.{hint} Valid {_plural(kind)}: {valid}."
+
+
+def _plural(noun: str) -> str:
+    """``model family`` -> ``model families``; ``backend`` -> ``backends``."""
+    return noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
 
 
 class Registry(Generic[T]):

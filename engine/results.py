@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ import polars as pl
 from engine.device import Figure
 from engine.errors import XpusimError
 from engine.reporter import Reporter
+from engine.sim.events import Frame, FrameMap, SpilledFrames, frame_height
 
 STATUSES = ("ok", "unsupported", "does-not-fit", "failed")
 """Values of a system's ``status``."""
@@ -48,7 +51,7 @@ class SystemResult:
     status: str = "ok"
     reason: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
-    frames: dict[str, pl.DataFrame] = field(default_factory=dict)
+    frames: FrameMap = field(default_factory=dict)
     figures: dict[str, Figure] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -104,12 +107,18 @@ class RunResult:
         data = {k: [r.get(k) for r in rows] for k in keys}
         return pl.DataFrame(data, strict=False)
 
-    def frame(self, name: str) -> pl.DataFrame | None:
-        """The ``name`` frame of every system stacked (``None`` when no system has it)."""
-        parts = [s.frames[name] for s in self.systems if name in s.frames and s.frames[name].height]
+    def frame(self, name: str) -> Frame | None:
+        """The ``name`` frame of every system stacked (``None`` when no system has it): a
+        DataFrame when every part is in memory, else a LazyFrame (spilled runs), which
+        callers query or stream rather than collect whole."""
+        parts = [s.frames[name] for s in self.systems
+                 if name in s.frames and frame_height(s.frames[name])]
         if not parts:
             return None
-        return pl.concat(parts, how="diagonal_relaxed")
+        if all(isinstance(p, pl.DataFrame) for p in parts):
+            return pl.concat([p for p in parts if isinstance(p, pl.DataFrame)],
+                             how="diagonal_relaxed")
+        return pl.concat([p.lazy() for p in parts], how="diagonal_relaxed")
 
 
 def _jsonable(v: Any) -> Any:
@@ -125,29 +134,106 @@ def _jsonable(v: Any) -> Any:
 
 
 def default_out_dir(results_root: Path, name: str, stamp: str) -> Path:
-    """``results/<name>-<UTC timestamp>/`` as the contract names it."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "run"
-    return results_root / f"{safe}-{stamp}"
+    """``results/<name>-<UTC timestamp>/`` as the contract names it.
+
+    The scenario name is reduced to letters, digits, ``-``, ``_`` and inner dots (no
+    leading dot), so the folder is always a visible direct child of ``results_root``
+    whatever the name holds (``../``, ``/``, control characters).
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).lstrip(".")
+    return results_root / f"{safe[:120] or 'run'}-{stamp}"
+
+
+PARTIAL_MARK = ".partial-"
+"""Temporary run folders are hidden siblings named ``.<name>.partial-<host>-<pid>-<random>``."""
+
+_PARTIAL = re.compile(r"^\..*\.partial-(?P<host>[^/]*)-(?P<pid>\d+)-[^-]+$")
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder a run cannot be written into whole, before any work.
+
+    The folder may not exist yet or be an empty folder. An existing file, a non-empty
+    folder (a run never overwrites another) or a path under a file is an error.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise XpusimError(
+            f"--out {out_dir}: this is an existing file, not a folder; a run writes a folder "
+            f"of results. Choose a new folder path (it is created)."
+        )
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise XpusimError(
+            f"output folder {out_dir} already exists and is not empty; a run never "
+            f"overwrites another. Choose another --out or remove that folder."
+        )
+    for up in out_dir.parents:
+        if up.exists():
+            if not up.is_dir():
+                raise XpusimError(
+                    f"--out {out_dir}: {up} is a file, so no folder can be created under it; "
+                    f"choose a path whose parent folders are folders."
+                )
+            break
+
+
+def remove_stale_partials(parent: Path) -> int:
+    """Remove temporary run folders in ``parent`` whose writing process on this host is
+    gone (killed with ``kill -9`` or by the system mid-write); return how many.
+
+    A temporary folder names its host and process id, so a folder that a live process
+    (or another machine sharing the folder) is still writing is left alone.
+    """
+    removed = 0
+    try:
+        children = list(Path(parent).iterdir())
+    except OSError:
+        return 0
+    host = _host_tag()
+    for child in children:
+        m = _PARTIAL.match(child.name)
+        if m is None or m["host"] != host or _alive(int(m["pid"])):
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _host_tag() -> str:
+    """This machine's name as used in temporary folder names (no ``-`` or separators)."""
+    return "".join(c for c in socket.gethostname() if c.isalnum())[:40] or "host"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists but is not ours, or cannot tell: leave its folder alone
+    return True
 
 
 def write_run(run: RunResult, out_dir: Path, reporters: Iterable[Reporter] = ()) -> Path:
     """Write ``run`` into ``out_dir`` whole or not at all and return the folder.
 
     Files are written into a temporary folder beside ``out_dir`` and renamed into place;
-    an existing non-empty ``out_dir`` is an error (a run never overwrites another).
+    an existing non-empty ``out_dir`` is an error (a run never overwrites another). Stale
+    temporary folders that killed runs left in the same parent are removed first.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise XpusimError(
-            f"output folder {out_dir} already exists and is not empty; a run never "
-            f"overwrites another. Choose another --out or remove that folder."
-        )
+    check_out_dir(out_dir)
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise XpusimError(f"cannot create output folder {parent}: {exc.strerror}.") from None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+    remove_stale_partials(parent)
+    prefix = f".{out_dir.name[:100]}{PARTIAL_MARK}{_host_tag()}-{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     try:
         doc = json.dumps(run.summary(), indent=2, sort_keys=False, allow_nan=False)
         (tmp / "summary.json").write_text(doc + "\n", encoding="utf-8")
@@ -155,7 +241,7 @@ def write_run(run: RunResult, out_dir: Path, reporters: Iterable[Reporter] = ())
         for name in FRAME_NAMES:
             frame = run.frame(name)
             if frame is not None:
-                frame.write_parquet(tmp / f"{name}.parquet")
+                _write_frame(frame, tmp / f"{name}.parquet")
         for reporter in reporters:
             reporter.write(run, tmp)
         if out_dir.exists():
@@ -164,4 +250,32 @@ def write_run(run: RunResult, out_dir: Path, reporters: Iterable[Reporter] = ())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _release_spills(run, out_dir)
     return out_dir
+
+
+def _write_frame(frame: Frame, path: Path) -> None:
+    """Write one event frame; a lazy (spilled) one streams to the file, part by part."""
+    if isinstance(frame, pl.DataFrame):
+        frame.write_parquet(path)
+    else:
+        frame.sink_parquet(path)
+
+
+def _release_spills(run: RunResult, out_dir: Path) -> None:
+    """Point every spilled system's frames at the run folder's Parquet files and remove
+    its spill folder: the frames stay readable (lazily) and no part file outlives the run.
+    A spilled frame the run folder does not hold is collected first."""
+    for s in run.systems:
+        frames = s.frames
+        if not isinstance(frames, SpilledFrames):
+            continue
+        for name, frame in list(frames.items()):
+            if isinstance(frame, pl.DataFrame):
+                continue
+            path = out_dir / f"{name}.parquet"
+            if name in FRAME_NAMES and path.is_file():
+                frames[name] = pl.scan_parquet(path).filter(pl.col("system") == s.name)
+            else:
+                frames[name] = frame.collect()
+        frames.spill.close()

@@ -21,7 +21,7 @@ from engine.backend import Backend, Compiled
 from engine.economics import apply_economics
 from engine.errors import DoesNotFitError, UnsupportedError, XpusimError
 from engine.host import Host
-from engine.results import RunResult, SystemResult, default_out_dir, write_run
+from engine.results import RunResult, SystemResult, check_out_dir, default_out_dir, write_run
 from engine.scenario import Scenario
 from engine.system import System
 from engine.traces import TraceFormat
@@ -190,6 +190,7 @@ def run_scenario(
         if out_dir is not None
         else default_out_dir(results_root, scenario.name, utc_stamp())
     )
+    check_out_dir(target)  # before the work, not after it
     host.pm.hook.run_started(scenario=scenario, out_dir=str(target))
     result = simulate(scenario, host, progress)
     reporters = [r for _, r in host.reporters.items()]

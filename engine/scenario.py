@@ -227,6 +227,11 @@ def validation_message(exc: ValidationError, src: Source, prefix: Path_ = ()) ->
             near = nearest(str(got), re.findall(r"'([^']+)'", str(expected)))
             hint = f" Did you mean {near!r}?" if near else ""
             parts.append(f"{where}: expected one of {expected}, got {_describe(got)}.{hint}")
+        elif kind == "int_parsing_size":
+            parts.append(
+                f"{where}: {_describe(err.get('input'))} is far too large for this field; "
+                f"give a realistic whole number."
+            )
         else:
             msg = err["msg"].removeprefix("Value error, ")
             parts.append(f"{where}: {msg} (got {_describe(err.get('input'))}).")
@@ -308,6 +313,11 @@ def read_scenario_data(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[
                 f"{src.where(('extends',))}: `extends` is the path of another scenario file."
             )
         base_path = path.parent / base
+        if not base_path.is_file():
+            raise ScenarioError(
+                f"{src.where(('extends',))}: `extends: {base}` names {base_path}, which is "
+                f"not a scenario file; the path is relative to this file's folder."
+            )
         base_data, _ = read_scenario_data(base_path, (*_chain, resolved))
         base_data.pop("extends", None)
         data = _deep_merge(base_data, {k: v for k, v in data.items() if k != "extends"})
@@ -384,12 +394,25 @@ def _resolve_model(cfg: ScenarioConfig, src: Source, host: Host) -> ModelGraph:
             f"{', '.join(host.models.names())}."
         )
     family = host.models.get(str(fam_name), where=src.where(("model", "family")))
+    preset = block.get("preset")
+    if preset is not None and not isinstance(preset, str):
+        raise ScenarioError(
+            f"{src.where(('model', 'preset'))}: a preset is a name, got {_describe(preset)}; "
+            f"{fam_name} presets: {', '.join(sorted(family.presets)) or 'none'}."
+        )
     try:
         return family.configure(block)
     except ValidationError as exc:
         raise ScenarioError(validation_message(exc, src, ("model",))) from None
     except XpusimError as exc:
         raise ScenarioError(f"{src.where(('model',))}: {exc}") from None
+    except (TypeError, ValueError, KeyError) as exc:
+        # the family's reader choked on a value of the wrong shape: still bad input
+        raise ScenarioError(
+            f"{src.where(('model',))}: model family {fam_name!r} (plugin "
+            f"{host.models.owner(str(fam_name))!r}) cannot read this model block "
+            f"({type(exc).__name__}: {exc}); check the types of its fields."
+        ) from None
 
 
 def _resolve_workload(cfg: ScenarioConfig, src: Source, host: Host) -> tuple[Workload, BaseModel]:

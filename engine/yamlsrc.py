@@ -20,6 +20,14 @@ Path_ = tuple[str | int, ...]
 MAX_BYTES = 16 * 2**20
 """Largest scenario file accepted (a scenario is hand-written configuration)."""
 
+MAX_VALUES = 1_000_000
+"""Most values (mappings, lists and scalars) a scenario may expand to. YAML aliases
+(``*name``) repeat a node without repeating its text, so a few lines can otherwise expand
+to billions of values (the "billion laughs" file)."""
+
+MAX_DEPTH = 100
+"""Deepest nesting of mappings and lists a scenario may have."""
+
 
 @dataclass
 class Source:
@@ -59,6 +67,11 @@ def load_yaml(text: str, file: str) -> tuple[Any, Source]:
     src = Source(file)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ScenarioError(
+            f"{file}: mappings and lists are nested too deeply to read (a scenario nests at "
+            f"most {MAX_DEPTH} levels); check for unbalanced brackets."
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -69,12 +82,62 @@ def load_yaml(text: str, file: str) -> tuple[Any, Source]:
         ) from None
     if node is None:
         return None, src
+    _check_expansion(node, file)
     data = _build(node, (), src)
     return data, src
 
 
+def _expanded_size(node: yaml.Node, memo: dict[int, int], file: str) -> int:
+    """How many values ``node`` becomes once every alias is expanded (shared nodes are
+    counted once per use but measured once, so this is fast even for an alias bomb).
+    A node that contains an alias of itself is an error."""
+    key = id(node)
+    size = memo.get(key)
+    if size == -1:
+        raise ScenarioError(
+            f"{file}:{node.start_mark.line + 1}: this value contains an alias (*name) of "
+            f"itself, so it never ends; a scenario value cannot refer to itself."
+        )
+    if size is None:
+        memo[key] = -1  # being measured
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(
+                _expanded_size(k, memo, file) + _expanded_size(v, memo, file)
+                for k, v in node.value
+            )
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(_expanded_size(v, memo, file) for v in node.value)
+        else:
+            size = 1
+        memo[key] = size
+    return size
+
+
+def _check_expansion(node: yaml.Node, file: str) -> None:
+    """Refuse a document whose aliases expand to more than :data:`MAX_VALUES` values,
+    before building any of it, naming the top-level key that grows largest."""
+    memo: dict[int, int] = {}
+    if _expanded_size(node, memo, file) <= MAX_VALUES:
+        return
+    worst, line = "(top level)", node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode) and node.value:
+        k, _ = max(node.value, key=lambda kv: memo.get(id(kv[1]), 1))
+        worst, line = str(getattr(k, "value", k)), k.start_mark.line + 1
+    raise ScenarioError(
+        f"{file}:{line}: the scenario expands to more than {MAX_VALUES:,} values at "
+        f"{worst}, which YAML aliases (*name) repeated over and over produce; write the "
+        f"values out or reference them less often."
+    )
+
+
 def _build(node: yaml.Node, path: Path_, src: Source) -> Any:
+    """Turn a composed node into plain data (aliases expanded), recording each key's line."""
     src.lines.setdefault(path, node.start_mark.line + 1)
+    if len(path) > MAX_DEPTH:
+        raise ScenarioError(
+            f"{src.file}:{node.start_mark.line + 1}: mappings and lists are nested more than "
+            f"{MAX_DEPTH} levels deep at {dotted(path[:3])}...; flatten them."
+        )
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for knode, vnode in node.value:
@@ -103,9 +166,10 @@ def _scalar(node: yaml.Node, src: Source, path: Path_) -> Any:
     try:
         return loader.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ScenarioError(
             f"{src.file}:{node.start_mark.line + 1}: cannot read the value at {dotted(path)} "
-            f"({exc}). Quote it if it is text."
+            f"({problem}). Quote it if it is text."
         ) from None
     finally:
         loader.dispose()

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from engine.arrivals import MAX_TOKENS
 from engine.errors import TraceError
 from engine.traces import JOB_SCHEMA, REQUEST_SCHEMA, TraceFormat
 
@@ -41,6 +42,10 @@ REQUEST_FIELDS = ("arrival", "prompt_tokens", "output_tokens")
 """Logical fields a generic request trace maps onto its own column names (``columns``)."""
 
 _COMMON = {"limit", "time_scale"}
+
+MAX_LINE_BYTES = 2**20
+"""Longest line a trace may have (1 MiB): a request row is a few dozen bytes, so a longer
+line means a wrong or corrupted file, and refusing it keeps error messages short."""
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -67,7 +72,30 @@ def _read_bytes(path: Path) -> bytes:
         ) from None
     if not data.strip():
         raise TraceError(f"{path}: the trace is empty; it needs a header and at least one row.")
+    _check_line_lengths(path, data)
     return data
+
+
+def _check_line_lengths(path: Path, data: bytes) -> None:
+    """Refuse a line longer than :data:`MAX_LINE_BYTES`, naming it."""
+    if len(data) <= MAX_LINE_BYTES:
+        return
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+    bounds = np.concatenate(([-1], ends, [len(data)]))
+    lengths = np.diff(bounds) - 1
+    i = int(np.argmax(lengths))
+    if lengths[i] > MAX_LINE_BYTES:
+        raise TraceError(
+            f"{path}: line {i + 1} is {lengths[i] / 2**20:.1f} MiB long; a trace line is at "
+            f"most {MAX_LINE_BYTES // 2**20} MiB (a request row is a few dozen bytes). Check "
+            "that this is the right file and that it uses newline line ends."
+        )
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """``repr`` of a cell, cut to ``limit`` characters for messages."""
+    r = repr(text)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def _check_options(
@@ -97,6 +125,11 @@ def _data_lines(data: bytes, header: bool) -> list[int]:
 
 def _read_csv_strings(path: Path, data: bytes, separator: str = ",") -> pl.DataFrame:
     """Parse CSV bytes into an all-string frame (blank lines skipped)."""
+    rows = data.split(b"\n")
+    if any(not ln.strip() for ln in rows[:-1]) or (rows[-1] and not rows[-1].strip()):
+        # polars reads a blank line as a row of nulls; drop them so that frame rows and
+        # the line numbers of :func:`_data_lines` (which skips them) stay aligned
+        data = b"\n".join(ln for ln in rows if ln.strip())
     try:
         return pl.read_csv(
             io.BytesIO(data), infer_schema=False, separator=separator, truncate_ragged_lines=False
@@ -118,9 +151,11 @@ def _require_columns(path: Path, df: pl.DataFrame, wanted: Sequence[str], how: s
 
 
 def _numeric(
-    path: Path, s: pl.Series, lines: Sequence[int], what: str, *, integer: bool, minimum: float
+    path: Path, s: pl.Series, lines: Sequence[int], what: str, *, integer: bool, minimum: float,
+    maximum: float = np.inf,
 ) -> np.ndarray:
-    """Convert a string (or numeric) column to finite numbers, naming the first bad line."""
+    """Convert a string (or numeric) column to finite numbers within ``[minimum, maximum]``,
+    naming the first bad line."""
     if s.dtype == pl.String:
         stripped = s.str.strip_chars()
         vals = stripped.cast(pl.Float64, strict=False)
@@ -135,23 +170,30 @@ def _numeric(
         if raw is None or raw == "":
             msg = f"{what} is missing"
         elif np.isnan(arr[i]) and raw.lower() not in ("nan", "+nan", "-nan"):
-            msg = f"{what} {raw!r} is not a number"
+            msg = f"{what} {_short(raw)} is not a number"
         else:
-            msg = f"{what} is {raw!r}, not a finite number"
+            msg = f"{what} is {_short(raw)}, not a finite number"
         raise TraceError(f"{path}: line {lines[i]}: {msg}; fix or remove that row.")
     below = np.flatnonzero(arr < minimum)
     if below.size:
         i = int(below[0])
         raise TraceError(
-            f"{path}: line {lines[i]}: {what} is {stripped[i]}, but it must be at least "
+            f"{path}: line {lines[i]}: {what} is {_short(stripped[i])}, but it must be at least "
             f"{minimum:g}; fix or remove that row."
+        )
+    above = np.flatnonzero(arr > maximum)
+    if above.size:
+        i = int(above[0])
+        raise TraceError(
+            f"{path}: line {lines[i]}: {what} is {_short(stripped[i])}, but it must be at most "
+            f"{maximum:,.0f}; fix or remove that row."
         )
     if integer:
         frac = np.flatnonzero(arr != np.floor(arr))
         if frac.size:
             i = int(frac[0])
             raise TraceError(
-                f"{path}: line {lines[i]}: {what} is {stripped[i]}, not a whole number of "
+                f"{path}: line {lines[i]}: {what} is {_short(stripped[i])}, not a whole number of "
                 "tokens; fix or remove that row."
             )
     return arr
@@ -235,7 +277,7 @@ def _arrival_seconds(
             hint = (f"the format {time_format!r}" if time_format
                     else "an ISO date-time like '2023-11-16 18:15:46.68' (or set `time_format`)")
             raise TraceError(
-                f"{path}: line {lines[i]}: {column} {raw[i]!r} is not a date-time matching "
+                f"{path}: line {lines[i]}: {column} {_short(raw[i])} is not a date-time matching "
                 f"{hint}; fix that row."
             )
         ns = dt.dt.replace_time_zone(None).cast(pl.Int64).to_numpy()
@@ -279,9 +321,9 @@ def _generic_requests(
         options.get("time_format"),
     )
     prompt = _numeric(path, df[cols["prompt_tokens"]], lines, cols["prompt_tokens"],
-                      integer=True, minimum=1)
+                      integer=True, minimum=1, maximum=MAX_TOKENS)
     output = _numeric(path, df[cols["output_tokens"]], lines, cols["output_tokens"],
-                      integer=True, minimum=1)
+                      integer=True, minimum=1, maximum=MAX_TOKENS)
     return _finish_requests(path, t, prompt, output, options)
 
 
@@ -318,9 +360,9 @@ class AzureLLMTrace(TraceFormat):
         t = _arrival_seconds(path, df["TIMESTAMP"], lines, "TIMESTAMP", "datetime",
                              "%Y-%m-%d %H:%M:%S%.f")
         prompt = _numeric(path, df["ContextTokens"], lines, "ContextTokens",
-                          integer=True, minimum=1)
+                          integer=True, minimum=1, maximum=MAX_TOKENS)
         output = _numeric(path, df["GeneratedTokens"], lines, "GeneratedTokens",
-                          integer=True, minimum=1)
+                          integer=True, minimum=1, maximum=MAX_TOKENS)
         return _finish_requests(path, t, prompt, output, options)
 
 
@@ -383,10 +425,15 @@ class JsonlTrace(TraceFormat):
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw)
+                obj = json.loads(raw.decode("utf-8"))  # the file was checked to be UTF-8
             except json.JSONDecodeError as exc:
                 raise TraceError(
                     f"{path}: line {n}: not valid JSON ({exc.msg}); each line must be one "
+                    "JSON object."
+                ) from None
+            except RecursionError:
+                raise TraceError(
+                    f"{path}: line {n}: JSON nested too deeply; each line must be one flat "
                     "JSON object."
                 ) from None
             if not isinstance(obj, dict):
