@@ -262,12 +262,4 @@ def topology_from_device(device: DeviceSpec, devices_per_node: int | None = None
     out = device.scale_out or up
     if up is None or out is None:
         raise ValueError(f"device {device.name!r} declares no scale_up link to build a topology")
-    return Topology(
-        devices_per_node=devices_per_node or device.devices_per_node,
-        intra_bw=up.bandwidth.value,
-        intra_latency=up.latency.value,
-        inter_bw=out.bandwidth.value,
-        inter_latency=out.latency.value,
-        intra_name=up.name,
-        inter_name=out.name,
-    )
+    return Topology.from_links(devices_per_node or device.devices_per_node, up, out)

@@ -530,16 +530,7 @@ def _topology(spec: DeviceSpec, s: SystemConfig, src: Source, here: Path_) -> To
         )
         up = out = zero
     assert out is not None
-    return Topology(
-        devices_per_node=per_node,
-        intra_bw=up.bandwidth.value,
-        intra_latency=up.latency.value,
-        inter_bw=out.bandwidth.value,
-        inter_latency=out.latency.value,
-        intra_name=up.name,
-        inter_name=out.name,
-        torus=tuple(t.torus or ()),
-    )
+    return Topology.from_links(per_node, up, out, tuple(t.torus or ()))
 
 
 def _link(cfg: LinkConfig | None, spec: LinkSpec | None, source: str) -> LinkSpec | None:

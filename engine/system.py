@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.device import DeviceSpec
+from engine.device import DeviceSpec, LinkSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +52,26 @@ class Topology:
     intra_name: str = "scale-up"
     inter_name: str = "scale-out"
     torus: tuple[int, ...] = ()
+
+    @classmethod
+    def from_links(
+        cls,
+        devices_per_node: int,
+        scale_up: LinkSpec,
+        scale_out: LinkSpec,
+        torus: tuple[int, ...] = (),
+    ) -> Topology:
+        """A two-level topology from a node's fast link and the network between nodes."""
+        return cls(
+            devices_per_node=devices_per_node,
+            intra_bw=scale_up.bandwidth.value,
+            intra_latency=scale_up.latency.value,
+            inter_bw=scale_out.bandwidth.value,
+            inter_latency=scale_out.latency.value,
+            intra_name=scale_up.name,
+            inter_name=scale_out.name,
+            torus=torus,
+        )
 
 
 @dataclass(frozen=True, slots=True)

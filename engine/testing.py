@@ -337,15 +337,7 @@ def _topology(device: DeviceSpec) -> Topology:
             intra_name="none",
             inter_name="none",
         )
-    return Topology(
-        devices_per_node=max(1, device.devices_per_node),
-        intra_bw=up.bandwidth.value,
-        intra_latency=up.latency.value,
-        inter_bw=out.bandwidth.value,
-        inter_latency=out.latency.value,
-        intra_name=up.name,
-        inter_name=out.name,
-    )
+    return Topology.from_links(max(1, device.devices_per_node), up, out)
 
 
 def make_system(

@@ -95,6 +95,7 @@ from engine.collectives import collective_seconds
 from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
 from engine.model import ModelGraph
 from engine.power import PowerModel
+from engine.sim.events import DEVICES_SCHEMA
 from engine.sim.memory import MemoryNeed, checkpoint_bytes, stage_params, training_memory
 from engine.sim.pipeline import PipelineTime, pipeline_time
 from engine.system import Parallelism, System, Topology
@@ -711,15 +712,6 @@ def steps_frame(system: str, st: StepTime, run: FailureRun, watts_busy: float) -
     }, schema=STEPS_SCHEMA)
 
 
-DEVICES_SCHEMA: dict[str, pl.DataType] = {
-    "system": pl.String(),
-    "replica": pl.Int32(),
-    "device": pl.Int32(),
-    "start_s": pl.Float64(),
-    "end_s": pl.Float64(),
-    "state": pl.String(),
-    "joules": pl.Float64(),
-}
 
 
 def devices_frame(system: System, st: StepTime, run: FailureRun,
@@ -767,4 +759,4 @@ def percentile(xs: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs, dtype=float), q))
 
 
-__all__ += ["DEVICES_SCHEMA", "checkpoint_bytes", "percentile", "steps_frame"]
+__all__ += ["checkpoint_bytes", "percentile", "steps_frame"]
