@@ -163,6 +163,8 @@ def run(
         for s in result.systems:
             if s.status != "ok":
                 out.print(f"[yellow]{s.name}[/]: {s.status}: {s.reason}", soft_wrap=True)
+            for why in sorted(set(dict(s.details.get("not_known", {})).values())):
+                out.print(f"[dim]{s.name}: {why}[/]", soft_wrap=True)
         out.print(f"run folder: {folder}")
 
     guarded(go)
