@@ -23,12 +23,7 @@ stage, peak RSS (``resource.getrusage``), events/s (iterations plus requests ove
 simulation wall time), requests/s, the spill threshold and the rows of each frame.
 
 Step prices come from the real GPU backend and the ``llama`` model family (preset
-``llama-2-7b``) when those plugins are installed; otherwise from :class:`AnalyticCompiled`,
-a documented roofline stand-in built from the same engine types: FLOPs ``2·P`` per new
-token plus attention ``4·layers·hidden`` per (token, cached token) pair, bytes = weights
-once per step plus KV read/written, time ``max(flops/(peak·0.6), bytes/(bw·0.8)) + 20 µs``
-and power linear between idle and max in the larger utilisation. The stand-in exists for
-the engine speed measurement only; its numbers are not a hardware claim.
+``llama-2-7b``) on H100 SXM replicas, as a user's scenario gets them.
 """
 
 from __future__ import annotations
@@ -48,116 +43,27 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine.arrivals import ArrivalSpec, generate  # noqa: E402
-from engine.backend import Compiled, Cost, Fit  # noqa: E402
-from engine.device import DeviceSpec, Figure, PowerSpec  # noqa: E402
-from engine.graph import OpGraph, Shape  # noqa: E402
-from engine.model import ModelGraph, ModelInfo  # noqa: E402
+from engine.backend import Compiled  # noqa: E402
+from engine.collectives import topology_from_device  # noqa: E402
+from engine.host import build_host  # noqa: E402
 from engine.sim.events import frame_height  # noqa: E402
 from engine.sim.schedulers import SchedulerSpec  # noqa: E402
 from engine.sim.serving import simulate_serving  # noqa: E402
-from engine.system import Parallelism, System, Topology  # noqa: E402
+from engine.system import Parallelism, System  # noqa: E402
 
-AZURE = Path("/work/shared/traces/azure_llm_2023_conv.csv")
-
-_A = "benchmark stand-in (H100 SXM datasheet-like figure)"
-H100_LIKE = DeviceSpec(
-    name="h100-standin", backend="standin", vendor="-", description="roofline stand-in",
-    peak_flops={"bf16": Figure(989e12, assumption=_A)},
-    memory_bytes=Figure(80 * 2**30, assumption=_A),
-    memory_bw=Figure(3.35e12, assumption=_A),
-    power=PowerSpec(max_w=Figure(700.0, assumption=_A), idle_w=Figure(100.0, assumption=_A)),
-)
-
-
-class StandInModel(ModelGraph):
-    """Static facts of a Llama-2-7B-shaped decoder (no op graphs)."""
-
-    def __init__(self) -> None:
-        self.info = ModelInfo(
-            name="llama-2-7b-standin", family="llama", kind="decoder", dtype="bf16",
-            params=6.74e9, active_params=6.74e9, param_bytes=6.74e9 * 2,
-            kv_bytes_per_token=2 * 32 * 4096 * 2, flops_per_token=2 * 6.74e9, layers=32,
-            max_seq_len=4096, config={"hidden": 4096, "layers": 32},
-        )
-
-    def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
-        """Unused by the stand-in cost model."""
-        return OpGraph(phase=shape.phase, ops=(), shape=shape)
-
-    def module(self, device: str = "meta") -> Any:
-        """No torch module for the stand-in."""
-        raise NotImplementedError(self)
-
-    def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
-        """No inputs for the stand-in."""
-        raise NotImplementedError(self)
-
-
-class AnalyticCompiled(Compiled):
-    """Roofline step prices for :class:`StandInModel` on :data:`H100_LIKE` (see module doc)."""
-
-    def _terms(self, s: Shape) -> tuple[float, float]:
-        info = self.model.info
-        hidden = float(info.config["hidden"])
-        if s.parts:
-            f = b = 0.0
-            for p in s.parts:
-                pf, pb = self._terms(p)
-                f += pf
-                b += pb - info.param_bytes  # weights are read once per fused step
-            return f, b + info.param_bytes
-        toks = s.batch * s.tokens
-        pairs = s.batch * (s.tokens * s.context + s.tokens * (s.tokens + 1) / 2)
-        flops = 2 * info.active_params * toks + 4 * info.layers * hidden * pairs
-        kv = info.kv_bytes_per_token * s.batch * (s.context + s.tokens)
-        return flops, info.param_bytes + kv
-
-    def _cost(self, shape: Shape) -> Cost:
-        flops, nbytes = self._terms(shape)
-        dev = self.system.device
-        tp = self.system.parallelism.model_parallel
-        t_c = flops / tp / (dev.flops("bf16") * 0.6)
-        t_m = nbytes / tp / (dev.memory_bw.value * 0.8)
-        sec = max(t_c, t_m) + 20e-6
-        util = max(t_c, t_m) / sec
-        assert dev.power.max_w is not None and dev.power.idle_w is not None
-        watts = dev.power.idle_w.value + (dev.power.max_w.value - dev.power.idle_w.value) * util
-        return Cost(seconds=sec, joules=watts * sec * tp,
-                    breakdown={"compute": t_c, "memory": t_m, "overhead": 20e-6}, flops=flops)
-
-    def fit(self, *, kv_tokens: int = 0, batch: int = 1, training: bool = False) -> Fit:
-        """Weights plus KV per device against device memory."""
-        tp = self.system.parallelism.model_parallel
-        need = (self.model.info.param_bytes + kv_tokens * self.model.kv_bytes_per_token) / tp
-        have = self.system.device.memory_bytes.value
-        return Fit(fits=need <= have, need_bytes=need, have_bytes=have)
-
-
-def standin_system(count: int = 1, tensor: int = 1) -> System:
-    """A system of ``count`` stand-in H100s split ``tensor`` ways per replica."""
-    topo = Topology(devices_per_node=8, intra_bw=450e9, intra_latency=2e-6, inter_bw=50e9,
-                    inter_latency=5e-6)
-    return System(name=f"h100x{count}", backend="standin", device=H100_LIKE, count=count,
-                  parallelism=Parallelism(tensor=tensor), topology=topo)
+AZURE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
+"""The Azure LLM 2023 conversation trace, beside the repository (not part of it)."""
 
 
 def make_compiled(count: int) -> tuple[Compiled, str]:
-    """The real GPU backend + llama-2-7b when installed, else the analytic stand-in."""
-    try:
-        from engine.host import build_host, get_plugin_manager
-
-        host = build_host(get_plugin_manager())
-        backend = host.backends.get("gpu")
-        model = host.models.get("llama").configure(
-            {"preset": "llama-2-7b", "dtype": "bf16"})
-        device = host.device("gpu", "h100-sxm")
-        base = standin_system(count)
-        system = System(name=base.name, backend="gpu", device=device, count=count,
-                        parallelism=base.parallelism, topology=base.topology)
-        return backend.compile(model, system), "gpu backend + llama-2-7b"
-    except Exception as exc:  # plugins not there yet: say so and use the stand-in
-        return (AnalyticCompiled(standin_system(count), StandInModel()),
-                f"analytic stand-in ({type(exc).__name__}: {str(exc)[:80]})")
+    """Llama-2-7B on ``count`` H100 SXM replicas through the real GPU backend."""
+    host = build_host()
+    model = host.models.get("llama").configure({"preset": "llama-2-7b", "dtype": "bf16"})
+    device = host.device("gpu", "h100-sxm")
+    system = System(name=f"h100x{count}", backend="gpu", device=device, count=count,
+                    parallelism=Parallelism(data=count),
+                    topology=topology_from_device(device))
+    return host.backends.get("gpu").compile(model, system), "gpu backend + llama-2-7b"
 
 
 def peak_rss_mb() -> float:
