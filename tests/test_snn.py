@@ -8,16 +8,17 @@ import torch
 
 from engine.errors import ScenarioError, UnsupportedError, XpusimError
 from engine.graph import OpKind, Phase, Shape
+from plugins.models import lif
 from plugins.models.snn import FAMILIES, convert_mlp
-from plugins.spinnaker import lif
 
 SNN = FAMILIES[0]
 
 
 @pytest.fixture(scope="module")
 def kws():  # type: ignore[no-untyped-def]
-    return SNN.configure({"preset": "kws-2layer", "calibration_samples": 4,
-                          "calibration_timesteps": 60})
+    return SNN.configure(
+        {"preset": "kws-2layer", "calibration_samples": 4, "calibration_timesteps": 60}
+    )
 
 
 def test_family_is_named_snn_with_cited_presets() -> None:
@@ -30,7 +31,7 @@ def test_single_neuron_matches_the_closed_form() -> None:
     """A neuron driven by a constant current fires at the analytic LIF rate: the
     simulator integrates the membrane exactly for the fixed step."""
     p = lif.LIFParams(i_offset=1.0, tau_refrac=0.0)  # v_inf = -65 + 20 mV = -45 mV
-    net = lif.Network(1, (lif.Layer("layer1", np.zeros((1, 1))), ), p)
+    net = lif.Network(1, (lif.Layer("layer1", np.zeros((1, 1))),), p)
     act = lif.simulate(net, np.zeros((1000, 1, 1), dtype=bool), 1.0)
     # time to reach -50 mV from -65 mV towards -45 mV: tau ln(20/5) = 27.7 ms -> 28 steps
     isi_steps = int(np.ceil(20.0 * np.log(20.0 / 5.0)))
@@ -49,8 +50,14 @@ def test_synaptic_current_charge_is_weight_times_tau() -> None:
     assert act.spikes[1] == 0.0 and act.synaptic_events[0] == pytest.approx(1 / 200)
     # analytic PSP peak of a current-based exponential synapse
     t_peak = tau_m * tau_s / (tau_m - tau_s) * np.log(tau_m / tau_s)
-    peak = w * tau_m / p.cm * tau_s / (tau_m - tau_s) * (
-        np.exp(-t_peak / tau_m) - np.exp(-t_peak / tau_s))
+    peak = (
+        w
+        * tau_m
+        / p.cm
+        * tau_s
+        / (tau_m - tau_s)
+        * (np.exp(-t_peak / tau_m) - np.exp(-t_peak / tau_s))
+    )
     assert 2.0 < peak < 4.0
 
 
@@ -65,8 +72,9 @@ def test_counts_spikes_and_synaptic_events(kws) -> None:  # type: ignore[no-unty
 def test_conversion_normalises_weights_by_activation_percentiles() -> None:
     """Weight normalisation: after conversion the 99.9th percentile of each layer's
     activation is 1 (scaled by the threshold factor)."""
-    ann = torch.nn.Sequential(torch.nn.Linear(20, 10, bias=False), torch.nn.ReLU(),
-                              torch.nn.Linear(10, 5, bias=False))
+    ann = torch.nn.Sequential(
+        torch.nn.Linear(20, 10, bias=False), torch.nn.ReLU(), torch.nn.Linear(10, 5, bias=False)
+    )
     calib = np.random.default_rng(0).random((500, 20))
     p = lif.LIFParams()
     ws = convert_mlp(ann, calib, p, 100.0, percentile=99.9, gain=1.0)
@@ -122,17 +130,20 @@ def test_given_spike_trains_replace_poisson(tmp_path) -> None:  # type: ignore[n
         SNN.configure({"inputs": 5, "layers": [3], "spike_trains": str(path)})
 
 
-@pytest.mark.parametrize("spec", [
-    {"inputs": 0, "layers": [4]},
-    {"inputs": 4, "layers": []},
-    {"inputs": 4, "layers": [0]},
-    {"inputs": 4, "layers": [3], "input_rate": "-5 Hz"},
-    {"inputs": 4, "layers": [3], "input_rate": "5000 Hz"},
-    {"inputs": 4, "layers": [3], "timesteps": 0},
-    {"inputs": 4, "layers": [3], "timestep": "1 s"},
-    {"inputs": 4, "layers": [3], "neurons": 3},
-    {"preset": "kws-3layer"},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"inputs": 0, "layers": [4]},
+        {"inputs": 4, "layers": []},
+        {"inputs": 4, "layers": [0]},
+        {"inputs": 4, "layers": [3], "input_rate": "-5 Hz"},
+        {"inputs": 4, "layers": [3], "input_rate": "5000 Hz"},
+        {"inputs": 4, "layers": [3], "timesteps": 0},
+        {"inputs": 4, "layers": [3], "timestep": "1 s"},
+        {"inputs": 4, "layers": [3], "neurons": 3},
+        {"preset": "kws-3layer"},
+    ],
+)
 def test_nonsense_is_an_input_error(spec) -> None:  # type: ignore[no-untyped-def]
     """Neuron counts, rates and timesteps that make no sense raise an XpusimError
     subclass (exit 2) naming the field."""

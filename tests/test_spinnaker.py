@@ -11,23 +11,32 @@ import pytest
 from engine.errors import DoesNotFitError, XpusimError
 from engine.graph import Phase, Shape
 from engine.system import Parallelism, System, Topology
+from plugins.models import lif
 from plugins.models.snn import FAMILIES
-from plugins.spinnaker import energy, lif, mapping
+from plugins.spinnaker import energy, mapping
 from plugins.spinnaker.backend import SPINN5, SpinnakerBackend
 
 SNN = FAMILIES[0]
 
 
 def _system(count: int = 1, **options: object) -> System:
-    topo = Topology(devices_per_node=1, intra_bw=1.0, intra_latency=0.0, inter_bw=1.0,
-                    inter_latency=0.0)
+    topo = Topology(
+        devices_per_node=1, intra_bw=1.0, intra_latency=0.0, inter_bw=1.0, inter_latency=0.0
+    )
     return System("spinn5", "spinnaker", SPINN5, count, Parallelism(), topo, dict(options))
 
 
 @pytest.fixture(scope="module")
 def small_model():  # type: ignore[no-untyped-def]
-    return SNN.configure({"inputs": 64, "layers": [32, 4], "input_rate": "50 Hz",
-                          "calibration_samples": 2, "calibration_timesteps": 50})
+    return SNN.configure(
+        {
+            "inputs": 64,
+            "layers": [32, 4],
+            "input_rate": "50 Hz",
+            "calibration_samples": 2,
+            "calibration_timesteps": 50,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +111,11 @@ def test_cost_is_real_time_and_energy_from_version5(compiled) -> None:  # type: 
     assert c.seconds == pytest.approx(2 * 100 * 1e-3)
     e = compiled.energy(shape)
     k = energy.constants()
-    expect = (k["board_idle_w"].value * c.seconds
-              + compiled.mapping.cores * c.seconds * k["core_active_w"].value
-              + e.packets * k["packet_j"].value)
+    expect = (
+        k["board_idle_w"].value * c.seconds
+        + compiled.mapping.cores * c.seconds * k["core_active_w"].value
+        + e.packets * k["packet_j"].value
+    )
     assert c.joules == pytest.approx(expect, rel=1e-6)
     assert e.packets > 0 and e.chips_j < e.board_j
     slow = SpinnakerBackend().compile(compiled.model, _system(time_scale_factor=10))
@@ -129,9 +140,16 @@ def test_too_large_network_does_not_fit_and_says_what_would() -> None:
     with pytest.raises(DoesNotFitError, match="boards"):
         mapping.check_fits(big, 1)
     assert issubclass(DoesNotFitError, XpusimError)
-    model = SNN.configure({"inputs": 1000, "layers": [250_000], "connectivity": 1e-5,
-                           "weights": "random", "calibration_samples": 1,
-                           "calibration_timesteps": 2})
+    model = SNN.configure(
+        {
+            "inputs": 1000,
+            "layers": [250_000],
+            "connectivity": 1e-5,
+            "weights": "random",
+            "calibration_samples": 1,
+            "calibration_timesteps": 2,
+        }
+    )
     fit = SpinnakerBackend().compile(model, _system(1)).fit()
     assert not fit.fits and "count" in fit.suggestion
 

@@ -41,10 +41,17 @@ from engine.graph import Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
 from engine.model import ModelFamily, ModelGraph, ModelInfo
 from engine.qty import Duration, Rate
 from engine.system import Parallelism
+from plugins.models import lif
 from plugins.models.common import validate_spec
-from plugins.spinnaker import lif
 
-__all__ = ["FAMILIES", "SnnConfig", "SnnFamily", "SnnModelGraph", "convert_mlp", "spiking_mlp_class"]
+__all__ = [
+    "FAMILIES",
+    "SnnConfig",
+    "SnnFamily",
+    "SnnModelGraph",
+    "convert_mlp",
+    "spiking_mlp_class",
+]
 
 LIF_FLOPS_PER_NEURON = 12
 """FLOPs of one ``IF_curr_exp`` neuron-step on a dense backend: two current decays and
@@ -105,33 +112,41 @@ class SnnConfig(BaseModel):
         if v > 1000.0:
             raise ValueError(
                 f"an input rate of {v:g} Hz exceeds the 1000 Hz a 1 ms-step Poisson source "
-                f"can emit (one spike per step); use at most 1000/s")
+                f"can emit (one spike per step); use at most 1000/s"
+            )
         return v
 
     @model_validator(mode="after")
     def _timestep(self) -> SnnConfig:
         if self.timestep > 0.1:
-            raise ValueError(f"timestep {self.timestep:g} s is longer than 100 ms; "
-                             f"LIF networks step at 0.1-1 ms")
+            raise ValueError(
+                f"timestep {self.timestep:g} s is longer than 100 ms; LIF networks step at 0.1-1 ms"
+            )
         return self
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "kws-2layer": {"inputs": 390, "layers": [256, 256, 12], "input_rate": "20 Hz"},
     "mnist-snn": {"inputs": 784, "layers": [500, 10], "input_rate": "50 Hz"},
-    "snn-20k": {"inputs": 10_000, "layers": [10_000], "connectivity": 0.01,
-                "weights": "random", "weight_scale": 0.3, "input_rate": "20 Hz"},
+    "snn-20k": {
+        "inputs": 10_000,
+        "layers": [10_000],
+        "connectivity": 0.01,
+        "weights": "random",
+        "weight_scale": 0.3,
+        "input_rate": "20 Hz",
+    },
 }
 
 PRESET_SOURCES: dict[str, str] = {
     "kws-2layer": "Blouw et al. 2019, 'Benchmarking Keyword Spotting Efficiency on "
-                  "Neuromorphic Hardware' (arXiv:1812.01739): 390 MFCC inputs, two "
-                  "256-neuron hidden layers, 12 keyword classes",
+    "Neuromorphic Hardware' (arXiv:1812.01739): 390 MFCC inputs, two "
+    "256-neuron hidden layers, 12 keyword classes",
     "mnist-snn": "Diehl et al. 2015, 'Fast-classifying, high-accuracy spiking deep "
-                 "networks through weight and threshold balancing' (IJCNN): 784-500-10 "
-                 "style converted MLP",
+    "networks through weight and threshold balancing' (IJCNN): 784-500-10 "
+    "style converted MLP",
     "snn-20k": "xpusim mapping benchmark: 20,000 neurons (10,000 Poisson inputs and 10,000 "
-               "LIF), 1,000,000 synapses at 1% connectivity",
+    "LIF), 1,000,000 synapses at 1% connectivity",
 }
 
 
@@ -176,8 +191,10 @@ def _torch_module_class() -> Any:
             steps, batch = spikes.shape[0], spikes.shape[1]
             fcs: list[nn.Linear] = [m for m in self.fc if isinstance(m, nn.Linear)]
             dev, dtype = spikes.device, fcs[0].weight.dtype
-            v = [torch.full((batch, fc.out_features), p.v_rest, device=dev, dtype=dtype)
-                 for fc in fcs]
+            v = [
+                torch.full((batch, fc.out_features), p.v_rest, device=dev, dtype=dtype)
+                for fc in fcs
+            ]
             ie = [torch.zeros_like(x) for x in v]
             ii = [torch.zeros_like(x) for x in v]
             rf = [torch.zeros_like(x) for x in v]
@@ -206,8 +223,14 @@ def _torch_module_class() -> Any:
     return SpikingMLP
 
 
-def convert_mlp(ann: Any, calibration: np.ndarray, params: lif.LIFParams, rate_hz: float,
-                percentile: float = 99.9, gain: float = 2.0) -> list[np.ndarray]:
+def convert_mlp(
+    ann: Any,
+    calibration: np.ndarray,
+    params: lif.LIFParams,
+    rate_hz: float,
+    percentile: float = 99.9,
+    gain: float = 2.0,
+) -> list[np.ndarray]:
     """Convert a ``torch.nn.Sequential`` of bias-free ``Linear`` and ``ReLU`` layers into
     the ``(n_pre, n_post)`` nA weight matrices of an ``IF_curr_exp`` network.
 
@@ -223,7 +246,8 @@ def convert_mlp(ann: Any, calibration: np.ndarray, params: lif.LIFParams, rate_h
         if not isinstance(m, nn.Linear | nn.ReLU | nn.Identity | nn.Flatten):
             raise UnsupportedError(
                 f"ANN-to-SNN conversion handles Linear and ReLU layers, not "
-                f"{type(m).__name__}; replace it or convert that part by hand")
+                f"{type(m).__name__}; replace it or convert that part by hand"
+            )
     linears = [m for m in ann if isinstance(m, nn.Linear)]
     if not linears:
         raise ScenarioError("ANN-to-SNN conversion needs an nn.Sequential with Linear layers")
@@ -256,18 +280,19 @@ def _seeded_mlp(sizes: list[int], seed: int) -> Any:
 class SnnModelGraph(ModelGraph):
     """A configured spiking network: weights, its measured activity, and its op graphs."""
 
-    def __init__(self, cfg: SnnConfig, preset: str | None = None,
-                 spikes: np.ndarray | None = None) -> None:
+    def __init__(
+        self, cfg: SnnConfig, preset: str | None = None, spikes: np.ndarray | None = None
+    ) -> None:
         self.cfg = cfg
         self.preset = preset
         self._given_spikes = spikes
         sizes = [cfg.inputs, *cfg.layers]
-        synapses = sum(
-            round(a * b * cfg.connectivity) for a, b in itertools.pairwise(sizes))
+        synapses = sum(round(a * b * cfg.connectivity) for a, b in itertools.pairwise(sizes))
         if synapses > 2_000_000_000:
             raise ScenarioError(
                 f"model: {synapses:.3g} synapses is beyond what xpusim simulates (2e9); "
-                f"reduce layers or connectivity")
+                f"reduce layers or connectivity"
+            )
         self.info = ModelInfo(
             name=cfg.name,
             family="snn",
@@ -286,8 +311,12 @@ class SnnModelGraph(ModelGraph):
     def params(self) -> lif.LIFParams:
         """The ``IF_curr_exp`` parameters (PyNN defaults but the configured time constants)."""
         c = self.cfg
-        return lif.LIFParams(tau_m=c.tau_m * 1e3, tau_syn_E=c.tau_syn * 1e3,
-                             tau_syn_I=c.tau_syn * 1e3, tau_refrac=c.tau_refrac * 1e3)
+        return lif.LIFParams(
+            tau_m=c.tau_m * 1e3,
+            tau_syn_E=c.tau_syn * 1e3,
+            tau_syn_I=c.tau_syn * 1e3,
+            tau_refrac=c.tau_refrac * 1e3,
+        )
 
     @property
     def dt_ms(self) -> float:
@@ -305,12 +334,19 @@ class SnnModelGraph(ModelGraph):
             calib = rng.random((256, c.inputs))
             ws = convert_mlp(ann, calib, self.params, c.input_rate, c.percentile, c.threshold_gain)
         elif c.connectivity < 1.0:  # sparse random: never materialise the dense matrix
-            ws = [sp.random(a, b, density=c.connectivity, format="csr", rng=rng,
-                            data_rvs=lambda n: rng.normal(0.0, c.weight_scale, n))
-                  for a, b in itertools.pairwise(sizes)]
+            ws = [
+                sp.random(
+                    a,
+                    b,
+                    density=c.connectivity,
+                    format="csr",
+                    rng=rng,
+                    data_rvs=lambda n: rng.normal(0.0, c.weight_scale, n),
+                )
+                for a, b in itertools.pairwise(sizes)
+            ]
         else:
-            ws = [rng.normal(0.0, c.weight_scale, (a, b))
-                  for a, b in itertools.pairwise(sizes)]
+            ws = [rng.normal(0.0, c.weight_scale, (a, b)) for a, b in itertools.pairwise(sizes)]
         if c.connectivity < 1.0 and c.weights == "converted":
             ws = [w * (rng.random(w.shape) < c.connectivity) for w in ws]
         layers = tuple(lif.Layer(f"layer{i + 1}", w) for i, w in enumerate(ws))
@@ -359,7 +395,8 @@ class SnnModelGraph(ModelGraph):
         if shape.phase is not Phase.SPIKING:
             raise UnsupportedError(
                 f"the snn family builds spiking steps (Phase.SPIKING), not {shape.phase.value}; "
-                f"use workload kind 'spiking'")
+                f"use workload kind 'spiking'"
+            )
         b, steps = max(1, shape.batch), shape.timesteps
         c, act = self.cfg, self.activity
         eb = dtype_bytes(c.dtype)
@@ -368,40 +405,60 @@ class SnnModelGraph(ModelGraph):
         for i, layer in enumerate(self.network.layers):
             n_in, n_out = sizes[i], sizes[i + 1]
             w_bytes = n_in * n_out * eb
-            ops.append(Op(
-                name=f"{layer.name}.synapses", kind=OpKind.MATMUL,
-                flops=2.0 * b * n_in * n_out,
-                bytes_read=w_bytes + b * n_in * eb, bytes_written=b * n_out * eb,
-                param_bytes=w_bytes, dims=(b, n_out, n_in), count=steps, dtype=c.dtype,
-                layer=layer.name,
-            ))
-            ops.append(Op(
-                name=f"{layer.name}.lif", kind=OpKind.ELEMENTWISE,
-                flops=float(LIF_FLOPS_PER_NEURON * b * n_out),
-                bytes_read=LIF_STATE_WORDS * b * n_out * eb + b * n_out * eb,
-                bytes_written=LIF_STATE_WORDS * b * n_out * eb + b * n_out * eb,
-                dims=(b * n_out,), count=steps, dtype=c.dtype, layer=layer.name,
-            ))
-            ops.append(Op(
-                name=f"{layer.name}.spiking", kind=OpKind.SPIKING, dims=(n_out,), count=steps,
-                dtype=c.dtype, layer=layer.name,
-                attrs=(
-                    ("layer", float(i + 1)),
-                    ("neurons", float(n_out)),
-                    ("pre_neurons", float(n_in)),
-                    ("synapses", float(layer.synapses)),
-                    ("spikes_in", act.spikes[i] * b),
-                    ("spikes_out", act.spikes[i + 1] * b),
-                    ("synaptic_events", act.synaptic_events[i] * b),
-                    ("rate_in_hz", act.rates_hz[i]),
-                    ("rate_out_hz", act.rates_hz[i + 1]),
-                    ("batch", float(b)),
-                ),
-            ))
-        notes = (f"activity measured by the exact LIF simulator over "
-                 f"{act.batch}x{act.timesteps} steps at input_rate {c.input_rate:g} Hz",)
-        return OpGraph(phase=Phase.SPIKING, ops=tuple(ops), shape=shape, dtype=c.dtype,
-                       notes=notes)
+            ops.append(
+                Op(
+                    name=f"{layer.name}.synapses",
+                    kind=OpKind.MATMUL,
+                    flops=2.0 * b * n_in * n_out,
+                    bytes_read=w_bytes + b * n_in * eb,
+                    bytes_written=b * n_out * eb,
+                    param_bytes=w_bytes,
+                    dims=(b, n_out, n_in),
+                    count=steps,
+                    dtype=c.dtype,
+                    layer=layer.name,
+                )
+            )
+            ops.append(
+                Op(
+                    name=f"{layer.name}.lif",
+                    kind=OpKind.ELEMENTWISE,
+                    flops=float(LIF_FLOPS_PER_NEURON * b * n_out),
+                    bytes_read=LIF_STATE_WORDS * b * n_out * eb + b * n_out * eb,
+                    bytes_written=LIF_STATE_WORDS * b * n_out * eb + b * n_out * eb,
+                    dims=(b * n_out,),
+                    count=steps,
+                    dtype=c.dtype,
+                    layer=layer.name,
+                )
+            )
+            ops.append(
+                Op(
+                    name=f"{layer.name}.spiking",
+                    kind=OpKind.SPIKING,
+                    dims=(n_out,),
+                    count=steps,
+                    dtype=c.dtype,
+                    layer=layer.name,
+                    attrs=(
+                        ("layer", float(i + 1)),
+                        ("neurons", float(n_out)),
+                        ("pre_neurons", float(n_in)),
+                        ("synapses", float(layer.synapses)),
+                        ("spikes_in", act.spikes[i] * b),
+                        ("spikes_out", act.spikes[i + 1] * b),
+                        ("synaptic_events", act.synaptic_events[i] * b),
+                        ("rate_in_hz", act.rates_hz[i]),
+                        ("rate_out_hz", act.rates_hz[i + 1]),
+                        ("batch", float(b)),
+                    ),
+                )
+            )
+        notes = (
+            f"activity measured by the exact LIF simulator over "
+            f"{act.batch}x{act.timesteps} steps at input_rate {c.input_rate:g} Hz",
+        )
+        return OpGraph(phase=Phase.SPIKING, ops=tuple(ops), shape=shape, dtype=c.dtype, notes=notes)
 
     def module(self, device: str = "meta") -> Any:
         """The torch module (``SpikingMLP``) with this network's weights (unless on
@@ -423,8 +480,9 @@ class SnnModelGraph(ModelGraph):
         import torch
 
         if device == "meta":
-            return (torch.empty((shape.timesteps, max(1, shape.batch), self.cfg.inputs),
-                                device="meta"),)
+            return (
+                torch.empty((shape.timesteps, max(1, shape.batch), self.cfg.inputs), device="meta"),
+            )
         x = self.input_spikes(shape.timesteps, max(1, shape.batch))
         return (torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device),)
 
@@ -438,8 +496,10 @@ class SnnFamily(ModelFamily):
     """
 
     name = "snn"
-    description = ("Leaky integrate-and-fire spiking networks (IF_curr_exp), dense "
-                   "feed-forward, weights from ANN-to-SNN conversion")
+    description = (
+        "Leaky integrate-and-fire spiking networks (IF_curr_exp), dense "
+        "feed-forward, weights from ANN-to-SNN conversion"
+    )
     presets: Mapping[str, Mapping[str, Any]] = PRESETS
     presets_sources: Mapping[str, str] = PRESET_SOURCES
 
@@ -469,7 +529,8 @@ def load_spike_trains(src: Any, inputs: int) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] != inputs or arr.shape[0] < 1:
         raise ScenarioError(
             f"model.spike_trains: expected shape (timesteps, {inputs}) or (timesteps, batch, "
-            f"{inputs}), got {arr.shape}")
+            f"{inputs}), got {arr.shape}"
+        )
     return arr.astype(bool)
 
 

@@ -34,7 +34,9 @@ from engine.errors import DoesNotFitError, ScenarioError, UnsupportedError
 from engine.graph import Collective, OpKind, Phase, Shape
 from engine.model import ModelGraph
 from engine.system import System
-from plugins.spinnaker import energy, lif, mapping
+from plugins.models import lif
+from plugins.models.snn import SnnModelGraph
+from plugins.spinnaker import energy, mapping
 
 __all__ = ["SPINN5", "SpinnakerBackend", "SpinnakerCompiled"]
 
@@ -50,15 +52,21 @@ def _spinn5() -> DeviceSpec:
         backend="spinnaker",
         vendor="University of Manchester",
         description="SpiNN-5 board: 48 SpiNNaker chips, 18 ARM968 cores each (864 cores), "
-                    "128 MB SDRAM per chip",
+        "128 MB SDRAM per chip",
         peak_flops={},
         memory_bytes=Figure(48 * 128 * _MB, "spinn5_board"),
-        memory_bw=Figure(48 * 0.9e9, assumption="~0.9 GB/s SDRAM bandwidth per chip "
-                         "(Painkras et al. 2013); not used by the spiking cost model"),
+        memory_bw=Figure(
+            48 * 0.9e9,
+            assumption="~0.9 GB/s SDRAM bandwidth per chip "
+            "(Painkras et al. 2013); not used by the spiking cost model",
+        ),
         power=PowerSpec(
             idle_w=Figure(board_idle, f"{energy.SOURCE}.WATTS_FOR_48_CHIP_BOARD_IDLE_COST"),
-            max_w=Figure(full, assumption="board idle power plus every application core "
-                         "active (sPyNNaker Version5 constants: 26.84 W + 768 x 0.034 W)"),
+            max_w=Figure(
+                full,
+                assumption="board idle power plus every application core "
+                "active (sPyNNaker Version5 constants: 26.84 W + 768 x 0.034 W)",
+            ),
         ),
         price=PriceSpec(),
         devices_per_node=1,
@@ -80,32 +88,37 @@ def _activity_attrs(model: ModelGraph, shape: Shape) -> list[dict[str, float]]:
     if not layers:
         raise UnsupportedError(
             f"model {model.name!r} has no spiking layers; the spinnaker backend runs "
-            f"spiking networks (model family snn)")
+            f"spiking networks (model family snn)"
+        )
     return layers
 
 
 class SpinnakerCompiled(Compiled):
     """A spiking network mapped onto ``system.count`` SpiNN-5 boards."""
 
-    def __init__(self, system: System, model: ModelGraph,
-                 cache: dict[Any, mapping.Mapping]) -> None:
+    def __init__(
+        self, system: System, model: ModelGraph, cache: dict[Any, mapping.Mapping]
+    ) -> None:
         super().__init__(system, model)
         opts = dict(system.options or {})
         unknown = set(opts) - {"time_scale_factor", "counter", "reports", "use_board"}
         if unknown:
             raise ScenarioError(
                 f"systems[{system.name}].options: unknown key(s) {sorted(unknown)} for the "
-                f"spinnaker backend; valid: time_scale_factor, counter, reports, use_board")
+                f"spinnaker backend; valid: time_scale_factor, counter, reports, use_board"
+            )
         self.time_scale_factor = float(opts.get("time_scale_factor", 1.0))
         if not self.time_scale_factor >= 1.0:
             raise ScenarioError(
                 f"systems[{system.name}].options.time_scale_factor must be >= 1 "
-                f"(1 = real time), got {self.time_scale_factor}")
+                f"(1 = real time), got {self.time_scale_factor}"
+            )
         self.counter = str(opts.get("counter", "lif"))
         if self.counter not in ("lif", "nest"):
             raise ScenarioError(
                 f"systems[{system.name}].options.counter must be 'lif' or 'nest', "
-                f"got {self.counter!r}")
+                f"got {self.counter!r}"
+            )
         self.reports = Path(opts["reports"]) if opts.get("reports") else None
         self.use_board = bool(opts.get("use_board", True))
         self._cache = cache
@@ -120,7 +133,8 @@ class SpinnakerCompiled(Compiled):
         if not isinstance(net, lif.Network):
             raise UnsupportedError(
                 f"model {self.model.name!r} does not describe a LIF network; the spinnaker "
-                f"backend runs the snn family")
+                f"backend runs the snn family"
+            )
         return net
 
     @property
@@ -139,9 +153,14 @@ class SpinnakerCompiled(Compiled):
             if hasattr(self.model, "activity"):
                 rates = np.full(net.inputs, self.model.activity.rates_hz[0])
             m = mapping.map_network(
-                net, boards=self.system.count, dt_ms=self.dt_ms,
-                time_scale_factor=self.time_scale_factor, input_rates_hz=rates,
-                report_dir=self.reports, use_board=self.use_board)
+                net,
+                boards=self.system.count,
+                dt_ms=self.dt_ms,
+                time_scale_factor=self.time_scale_factor,
+                input_rates_hz=rates,
+                report_dir=self.reports,
+                use_board=self.use_board,
+            )
             self._cache[key] = m
         return m
 
@@ -157,8 +176,8 @@ class SpinnakerCompiled(Compiled):
         spikes = [layers[0]["spikes_in"], *(a["spikes_out"] for a in layers)]
         if self.counter == "nest":
             m = self.model
-            x = m.input_spikes(m.cfg.calibration_timesteps,  # type: ignore[attr-defined]
-                               m.cfg.calibration_samples)  # type: ignore[attr-defined]
+            assert isinstance(m, SnnModelGraph), "supports() admits spiking models only"
+            x = m.input_spikes(m.cfg.calibration_timesteps, m.cfg.calibration_samples)
             act = mapping.nest_activity(self.network, x, self.dt_ms)
             b = max(1, shape.batch)
             spikes = [s * b for s in act.spikes]
@@ -167,7 +186,8 @@ class SpinnakerCompiled(Compiled):
     def _cost(self, shape: Shape) -> Cost:
         if shape.phase is not Phase.SPIKING:
             raise UnsupportedError(
-                f"the spinnaker backend runs spiking steps, not {shape.phase.value} steps")
+                f"the spinnaker backend runs spiking steps, not {shape.phase.value} steps"
+            )
         b = max(1, shape.batch)
         seconds = b * shape.timesteps * self.dt_ms * 1e-3 * self.time_scale_factor
         per_step = self.spikes_per_step(shape)
@@ -177,8 +197,9 @@ class SpinnakerCompiled(Compiled):
 
     def synaptic_events(self, shape: Shape) -> float:
         """Synaptic events of one step of ``shape`` (all timesteps, whole batch)."""
-        return sum(a["synaptic_events"] for a in _activity_attrs(self.model, shape)) \
-            * shape.timesteps
+        return (
+            sum(a["synaptic_events"] for a in _activity_attrs(self.model, shape)) * shape.timesteps
+        )
 
     def energy(self, shape: Shape) -> energy.RunEnergy:
         """The energy breakdown of one step of ``shape``."""
@@ -194,11 +215,17 @@ class SpinnakerCompiled(Compiled):
             mapping.check_fits(self.network, self.system.count)
             m = self.mapping
         except DoesNotFitError as exc:
-            return Fit(False, need, have, reason=str(exc),
-                       suggestion=f"use count: {math.ceil(mapping.estimate_cores(self.network) / mapping.capacity_cores(1))} "
-                                  f"boards or a smaller network")
-        return Fit(True, need, have, breakdown={"cores": float(m.cores),
-                                                "chips": float(m.chips_used)})
+            return Fit(
+                False,
+                need,
+                have,
+                reason=str(exc),
+                suggestion=f"use count: {math.ceil(mapping.estimate_cores(self.network) / mapping.capacity_cores(1))} "
+                f"boards or a smaller network",
+            )
+        return Fit(
+            True, need, have, breakdown={"cores": float(m.cores), "chips": float(m.chips_used)}
+        )
 
     def figures_used(self) -> dict[str, Figure]:
         """The device's figures plus the energy model's constants."""
@@ -211,8 +238,10 @@ class SpinnakerBackend(Backend):
     """SpiNNaker (SpiNN-5 boards) through sPyNNaker's PyNN API and tool chain."""
 
     name = "spinnaker"
-    description = ("SpiNNaker neuromorphic boards: networks mapped by sPyNNaker, real-time "
-                   "timing, sPyNNaker's energy model")
+    description = (
+        "SpiNNaker neuromorphic boards: networks mapped by sPyNNaker, real-time "
+        "timing, sPyNNaker's energy model"
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -225,12 +254,15 @@ class SpinnakerBackend(Backend):
     def supports(self, model: ModelGraph, workload: str) -> Support:
         """Spiking networks for the spiking workload only."""
         if model.kind != "spiking":
-            return Support(False, (
-                f"SpiNNaker runs spiking neural networks; {model.name!r} is a {model.kind} "
-                f"model (use model family snn)"))
+            return Support(
+                False,
+                (
+                    f"SpiNNaker runs spiking neural networks; {model.name!r} is a {model.kind} "
+                    f"model (use model family snn)"
+                ),
+            )
         if workload != "spiking":
-            return Support(False, (
-                f"SpiNNaker runs the 'spiking' workload, not {workload!r}"))
+            return Support(False, (f"SpiNNaker runs the 'spiking' workload, not {workload!r}"))
         return Support(True)
 
     def compile(self, model: ModelGraph, system: System) -> SpinnakerCompiled:
@@ -239,11 +271,13 @@ class SpinnakerBackend(Backend):
             raise UnsupportedError(self.supports(model, "spiking").reason)
         return SpinnakerCompiled(system, model, self._cache)
 
-    def collective_seconds(self, kind: Collective, nbytes: float, group: int,
-                           system: System) -> float:
+    def collective_seconds(
+        self, kind: Collective, nbytes: float, group: int, system: System
+    ) -> float:
         """Boards of one machine share the multicast fabric; there are no collectives."""
         if group <= 1 or nbytes <= 0:
             return 0.0
         raise UnsupportedError(
             f"SpiNNaker has no {kind.value} collective; spiking networks exchange spikes "
-            f"over the multicast router fabric")
+            f"over the multicast router fabric"
+        )

@@ -21,16 +21,16 @@ from collections import defaultdict
 from collections.abc import Mapping as MappingT
 from dataclasses import dataclass
 
+from spinn_machine.version.version_5 import Version5
+
 from engine.device import Figure
 from plugins.spinnaker.mapping import Mapping
 
 SOURCE = "sPyNNaker 7.4.1 spinn_machine.version.version_5.Version5 / version_spin1.VersionSpin1"
 
 
-def version5() -> object:
+def version5() -> Version5:
     """sPyNNaker's ``Version5`` (48-chip SpiNN-5 board) energy model object."""
-    from spinn_machine.version.version_5 import Version5
-
     return Version5()
 
 
@@ -40,11 +40,14 @@ def constants() -> dict[str, Figure]:
 
     v = Version5
     return {
-        "board_idle_w": Figure(float(v.WATTS_FOR_48_CHIP_BOARD_IDLE_COST),
-                               f"{SOURCE}.WATTS_FOR_48_CHIP_BOARD_IDLE_COST"),
+        "board_idle_w": Figure(
+            float(v.WATTS_FOR_48_CHIP_BOARD_IDLE_COST),
+            f"{SOURCE}.WATTS_FOR_48_CHIP_BOARD_IDLE_COST",
+        ),
         "chip_idle_w": Figure(float(v.WATTS_PER_IDLE_CHIP), f"{SOURCE}.WATTS_PER_IDLE_CHIP"),
-        "core_active_w": Figure(float(v.WATTS_PER_CORE_ACTIVE_OVERHEAD),
-                                f"{SOURCE}.WATTS_PER_CORE_ACTIVE_OVERHEAD"),
+        "core_active_w": Figure(
+            float(v.WATTS_PER_CORE_ACTIVE_OVERHEAD), f"{SOURCE}.WATTS_PER_CORE_ACTIVE_OVERHEAD"
+        ),
         "packet_j": Figure(float(v.JOULES_PER_PACKET), f"{SOURCE}.JOULES_PER_PACKET"),
     }
 
@@ -64,8 +67,9 @@ class RunEnergy:
     packets: float
 
 
-def router_packets(mapping: Mapping, spikes: MappingT[str, float]
-                   ) -> dict[tuple[int, int], dict[str, int]]:
+def router_packets(
+    mapping: Mapping, spikes: MappingT[str, float]
+) -> dict[tuple[int, int], dict[str, int]]:
     """Router packets per chip for ``spikes`` per population label, split into
     ``Local_Multicast_Packets`` (on chips holding a core of the source) and
     ``External_Multicast_Packets`` (packets arriving from another chip)."""
@@ -73,11 +77,11 @@ def router_packets(mapping: Mapping, spikes: MappingT[str, float]
     for label, x, y, _p, _n in mapping.placements:
         home[label].add((x, y))
     out: dict[tuple[int, int], dict[str, float]] = defaultdict(
-        lambda: {"Local_Multicast_Packets": 0.0, "External_Multicast_Packets": 0.0})
+        lambda: {"Local_Multicast_Packets": 0.0, "External_Multicast_Packets": 0.0}
+    )
     for label, n in spikes.items():
         for xy, frac in mapping.routes.get(label, {}).items():
-            kind = "Local_Multicast_Packets" if xy in home[label] else \
-                "External_Multicast_Packets"
+            kind = "Local_Multicast_Packets" if xy in home[label] else "External_Multicast_Packets"
             out[xy][kind] += n * frac
     return {xy: {k: round(v) for k, v in d.items()} for xy, d in out.items()}
 
@@ -90,13 +94,31 @@ def run_energy(mapping: Mapping, seconds: float, spikes: MappingT[str, float]) -
     c = constants()
     active = {xy: (n * seconds, n) for xy, n in mapping.app_cores.items()}
     packets = router_packets(mapping, spikes)
-    board_j = v.get_active_energy(seconds, 0, mapping.boards, mapping.chips,  # type: ignore[attr-defined]
-                                  active, packets)
-    chips_j = v.get_active_energy(seconds, 0, 0, mapping.chips_used,  # type: ignore[attr-defined]
-                                  active, packets)
+    board_j = v.get_active_energy(
+        seconds,
+        0,
+        mapping.boards,
+        mapping.chips,
+        active,
+        packets,
+    )
+    chips_j = v.get_active_energy(
+        seconds,
+        0,
+        0,
+        mapping.chips_used,
+        active,
+        packets,
+    )
     idle_j = mapping.boards * c["board_idle_w"].value * seconds
     cores_j = sum(t for t, _ in active.values()) * c["core_active_w"].value
     n_packets = float(sum(sum(d.values()) for d in packets.values()))
-    return RunEnergy(seconds=seconds, board_j=float(board_j), chips_j=float(chips_j),
-                     idle_j=idle_j, cores_j=cores_j,
-                     packets_j=n_packets * c["packet_j"].value, packets=n_packets)
+    return RunEnergy(
+        seconds=seconds,
+        board_j=float(board_j),
+        chips_j=float(chips_j),
+        idle_j=idle_j,
+        cores_j=cores_j,
+        packets_j=n_packets * c["packet_j"].value,
+        packets=n_packets,
+    )

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DoesNotFitError, ScenarioError, XpusimError
-from plugins.spinnaker import lif
+from plugins.models import lif
 
 __all__ = [
     "APP_CORES_PER_CHIP",
@@ -84,8 +84,16 @@ may choose fewer to fit DTCM and SDRAM)."""
 MAX_SOURCES_PER_CORE = 500
 """Atoms per core sPyNNaker gives a ``SpikeSourcePoisson`` population."""
 
-_LOGGERS = ("spinn_utilities", "spinn_machine", "spinnman", "pacman",
-            "spinn_front_end_common", "spynnaker", "pyNN", "spalloc_client")
+_LOGGERS = (
+    "spinn_utilities",
+    "spinn_machine",
+    "spinnman",
+    "pacman",
+    "spinn_front_end_common",
+    "spynnaker",
+    "pyNN",
+    "spalloc_client",
+)
 _LOCK = threading.Lock()
 
 
@@ -138,7 +146,8 @@ class Mapping:
 def estimate_cores(net: lif.Network) -> int:
     """Cores the network's populations need at sPyNNaker's default atoms per core."""
     return math.ceil(net.inputs / MAX_SOURCES_PER_CORE) + sum(
-        math.ceil(layer.n_post / MAX_LIF_PER_CORE) for layer in net.layers)
+        math.ceil(layer.n_post / MAX_LIF_PER_CORE) for layer in net.layers
+    )
 
 
 def capacity_cores(boards: int) -> int:
@@ -159,7 +168,8 @@ def check_fits(net: lif.Network, boards: int) -> None:
             f"{MAX_LIF_PER_CORE} per core and {net.inputs} inputs at {MAX_SOURCES_PER_CORE} "
             f"per core) but {boards} SpiNN-5 board(s) offer {have}; {boards} board(s) fit at "
             f"most {max(0, max_neurons)} LIF neurons with these inputs, or use count: "
-            f"{need_boards} boards for this network")
+            f"{need_boards} boards for this network"
+        )
 
 
 # --- config hygiene -------------------------------------------------------------------
@@ -170,8 +180,11 @@ def _config_candidates() -> list[Path]:
     import appdirs
 
     name = ".spynnaker.cfg"
-    return [Path(appdirs.site_config_dir()) / name, Path(appdirs.user_config_dir()) / name,
-            Path(os.path.expanduser("~")) / name]
+    return [
+        Path(appdirs.site_config_dir()) / name,
+        Path(appdirs.user_config_dir()) / name,
+        Path(os.path.expanduser("~")) / name,
+    ]
 
 
 def user_config() -> Path | None:
@@ -198,14 +211,16 @@ def board_settings(path: Path | None) -> dict[str, str]:
     machine = {k: v for k, v in cp.items("Machine")}
     real = any(
         machine.get(k, "None").strip() not in ("", "None")
-        for k in ("machine_name", "spalloc_server", "remote_spinnaker_url"))
+        for k in ("machine_name", "spalloc_server", "remote_spinnaker_url")
+    )
     virtual = machine.get("virtual_board", "False").strip().lower() == "true"
     return machine if real and not virtual else {}
 
 
 @contextlib.contextmanager
-def spynnaker_session(report_dir: Path | None = None,
-                      machine: dict[str, str] | None = None) -> Iterator[Path]:
+def spynnaker_session(
+    report_dir: Path | None = None, machine: dict[str, str] | None = None
+) -> Iterator[Path]:
     """Run sPyNNaker with the engine's private config, reports in ``report_dir`` (or a
     temporary folder), logs and progress bars in ``<reports>/spynnaker.log``.
 
@@ -226,13 +241,22 @@ def spynnaker_session(report_dir: Path | None = None,
             lines += [f"{k} = {v}" for k, v in machine.items()]
         else:
             lines += ["version = 5", "virtual_board = True"]
-        lines += ["", "[Reports]", f"default_report_file_path = {reports}",
-                  "max_reports_kept = 1", "", "[Mode]", "mode = Production", "",
-                  "[Logging]", "instantiate = False", ""]
+        lines += [
+            "",
+            "[Reports]",
+            f"default_report_file_path = {reports}",
+            "max_reports_kept = 1",
+            "",
+            "[Mode]",
+            "mode = Production",
+            "",
+            "[Logging]",
+            "instantiate = False",
+            "",
+        ]
         (cfg_home / ".spynnaker.cfg").write_text("\n".join(lines), encoding="utf-8")
         saved = {k: os.environ.get(k) for k in ("XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "HOME")}
-        os.environ.update(XDG_CONFIG_HOME=str(cfg_home), XDG_CONFIG_DIRS=str(site),
-                          HOME=str(home))
+        os.environ.update(XDG_CONFIG_HOME=str(cfg_home), XDG_CONFIG_DIRS=str(site), HOME=str(home))
         log_path = reports / "spynnaker.log"
         handler = logging.FileHandler(log_path, encoding="utf-8")
         saved_loggers = []
@@ -274,8 +298,13 @@ def spynnaker_session(report_dir: Path | None = None,
             shutil.rmtree(priv, ignore_errors=True)
 
 
-def _rows_by_sort(self: Any, connection_row_indices: np.ndarray, n_rows: int,
-                  data: np.ndarray, max_n_synapses: int) -> list[np.ndarray]:
+def _rows_by_sort(
+    self: Any,
+    connection_row_indices: np.ndarray,
+    n_rows: int,
+    data: np.ndarray,
+    max_n_synapses: int,
+) -> list[np.ndarray]:
     """The rows of ``AbstractSDRAMSynapseDynamics.convert_per_connection_data_to_rows``
     by one stable sort instead of one mask per row (same output)."""
     idx = np.asarray(connection_row_indices).astype(np.int64, copy=False)
@@ -297,21 +326,31 @@ def _connections(layer: lif.Layer, delay_ms: float) -> tuple[np.ndarray, np.ndar
     pre, post, w = layer.coo()
     out = []
     for keep in (w > 0, w < 0):
-        out.append(np.column_stack([pre[keep], post[keep], np.abs(w[keep]),
-                                    np.full(int(keep.sum()), delay_ms)]))
+        out.append(
+            np.column_stack(
+                [pre[keep], post[keep], np.abs(w[keep]), np.full(int(keep.sum()), delay_ms)]
+            )
+        )
     return out[0], out[1]
 
 
-def _build(sim: Any, net: lif.Network, rates_hz: np.ndarray | None,
-           spike_times: list[list[float]] | None, dt_ms: float, record: bool,
-           inhibitory_sign: float = 1.0) -> list[Any]:
+def _build(
+    sim: Any,
+    net: lif.Network,
+    rates_hz: np.ndarray | None,
+    spike_times: list[list[float]] | None,
+    dt_ms: float,
+    record: bool,
+    inhibitory_sign: float = 1.0,
+) -> list[Any]:
     """Create the populations and projections; returns the populations in order.
 
     ``inhibitory_sign`` is the sign the simulator wants on inhibitory current weights:
     sPyNNaker takes magnitudes, PyNN's NEST backend negative values."""
     if spike_times is not None:
-        src = sim.Population(net.inputs, sim.SpikeSourceArray(spike_times=spike_times),
-                             label="input")
+        src = sim.Population(
+            net.inputs, sim.SpikeSourceArray(spike_times=spike_times), label="input"
+        )
     else:
         rates = np.zeros(net.inputs) if rates_hz is None else np.asarray(rates_hz, float)
         # one rate for all is a single range in sPyNNaker's ranged lists (fast to map)
@@ -319,27 +358,38 @@ def _build(sim: Any, net: lif.Network, rates_hz: np.ndarray | None,
         src = sim.Population(net.inputs, sim.SpikeSourcePoisson(rate=rate), label="input")
     pops = [src]
     for layer in net.layers:
-        pop = sim.Population(layer.n_post, sim.IF_curr_exp(**net.params.pynn()),
-                             label=layer.name)
+        pop = sim.Population(layer.n_post, sim.IF_curr_exp(**net.params.pynn()), label=layer.name)
         pops.append(pop)
     for k, layer in enumerate(net.layers):
         exc, inh = _connections(layer, dt_ms)
         inh[:, 2] *= inhibitory_sign
         for conns, receptor in ((exc, "excitatory"), (inh, "inhibitory")):
             if conns.shape[0]:
-                sim.Projection(pops[k], pops[k + 1], sim.FromListConnector(conns),
-                               sim.StaticSynapse(), receptor_type=receptor)
+                sim.Projection(
+                    pops[k],
+                    pops[k + 1],
+                    sim.FromListConnector(conns),
+                    sim.StaticSynapse(),
+                    receptor_type=receptor,
+                )
     if record:
         for pop in pops:
             pop.record("spikes")
     return pops
 
 
-def map_network(net: lif.Network, *, boards: int = 1, dt_ms: float = 1.0,
-                time_scale_factor: float = 1.0, timesteps: int = 100,
-                input_rates_hz: np.ndarray | None = None,
-                spike_times: list[list[float]] | None = None,
-                report_dir: Path | None = None, use_board: bool = True) -> Mapping:
+def map_network(
+    net: lif.Network,
+    *,
+    boards: int = 1,
+    dt_ms: float = 1.0,
+    time_scale_factor: float = 1.0,
+    timesteps: int = 100,
+    input_rates_hz: np.ndarray | None = None,
+    spike_times: list[list[float]] | None = None,
+    report_dir: Path | None = None,
+    use_board: bool = True,
+) -> Mapping:
     """Build ``net`` with ``pyNN.spiNNaker``, map it, and read back the mapping.
 
     ``boards`` sizes the virtual machine (``n_boards_required``); when the user's config
@@ -353,7 +403,8 @@ def map_network(net: lif.Network, *, boards: int = 1, dt_ms: float = 1.0,
     if not dt_ms > 0 or not time_scale_factor >= 1:
         raise ScenarioError(
             f"timestep must be > 0 ms (got {dt_ms}) and time_scale_factor >= 1 "
-            f"(got {time_scale_factor})")
+            f"(got {time_scale_factor})"
+        )
     check_fits(net, boards)
     machine = board_settings(user_config()) if use_board else {}
     virtual = not machine
@@ -362,8 +413,11 @@ def map_network(net: lif.Network, *, boards: int = 1, dt_ms: float = 1.0,
         import pyNN.spiNNaker as sim  # noqa: N813 - PyNN's convention
         from spynnaker.pyNN.data import SpynnakerDataView as view  # noqa: N813
 
-        sim.setup(timestep=dt_ms, time_scale_factor=time_scale_factor,
-                  n_boards_required=boards if virtual else None)
+        sim.setup(
+            timestep=dt_ms,
+            time_scale_factor=time_scale_factor,
+            n_boards_required=boards if virtual else None,
+        )
         try:
             pops = _build(sim, net, input_rates_hz, spike_times, dt_ms, record=not virtual)
             try:
@@ -375,22 +429,31 @@ def map_network(net: lif.Network, *, boards: int = 1, dt_ms: float = 1.0,
                 if "Place" in name or "place" in str(exc).lower() or "space" in str(exc).lower():
                     raise DoesNotFitError(
                         f"sPyNNaker could not place the network on {boards} SpiNN-5 board(s): "
-                        f"{exc}. Use a larger count (boards) or a smaller network.") from None
+                        f"{exc}. Use a larger count (boards) or a smaller network."
+                    ) from None
                 raise
             measured: dict[str, int] = {}
             if not virtual:
                 for pop in pops:
                     trains = pop.get_data("spikes").segments[0].spiketrains
                     measured[pop.label] = int(sum(len(t) for t in trains))
-            mapping = _read_back(view, net, dt_ms, time_scale_factor, virtual,
-                                 time.perf_counter() - t0, measured)
+            mapping = _read_back(
+                view, net, dt_ms, time_scale_factor, virtual, time.perf_counter() - t0, measured
+            )
         finally:
             sim.end()
     return mapping
 
 
-def _read_back(view: Any, net: lif.Network, dt_ms: float, tsf: float, virtual: bool,
-               wall_s: float, measured: dict[str, int]) -> Mapping:
+def _read_back(
+    view: Any,
+    net: lif.Network,
+    dt_ms: float,
+    tsf: float,
+    virtual: bool,
+    wall_s: float,
+    measured: dict[str, int],
+) -> Mapping:
     from spinn_front_end_common.abstract_models import AbstractHasAssociatedBinary
     from spinn_front_end_common.utility_models.chip_power_monitor_machine_vertex import (
         ChipPowerMonitorMachineVertex,
@@ -407,9 +470,11 @@ def _read_back(view: Any, net: lif.Network, dt_ms: float, tsf: float, virtual: b
         label = getattr(app, "label", None)
         if label in labels:
             placements.append((str(label), pl.x, pl.y, pl.p, int(v.vertex_slice.n_atoms)))
-        if (isinstance(v, AbstractHasAssociatedBinary)
-                and v.get_binary_start_type() != ExecutableType.SYSTEM
-                and not isinstance(v, ChipPowerMonitorMachineVertex)):
+        if (
+            isinstance(v, AbstractHasAssociatedBinary)
+            and v.get_binary_start_type() != ExecutableType.SYSTEM
+            and not isinstance(v, ChipPowerMonitorMachineVertex)
+        ):
             app_cores[(pl.x, pl.y)] += 1
     # routers each population's multicast trees cross, weighted by the atoms they carry
     atoms: dict[str, int] = {lab: n for lab, n in zip(labels, net.sizes, strict=True)}
@@ -463,8 +528,10 @@ def nest_activity(net: lif.Network, spikes_in: np.ndarray, dt_ms: float = 1.0) -
     spike at step ``t`` is given at ``(t + 2) · dt`` ms (PyNN-NEST refuses a spike at the
     first step)."""
     if not nest_available():
-        raise XpusimError("the NEST counter needs PyPI's nest-simulator: "
-                          "pip install 'xpusim[nest]' (or choose counter: lif)")
+        raise XpusimError(
+            "the NEST counter needs PyPI's nest-simulator: "
+            "pip install 'xpusim[nest]' (or choose counter: lif)"
+        )
     import pyNN.nest as sim
 
     x = np.asarray(spikes_in, dtype=bool)
@@ -479,8 +546,9 @@ def nest_activity(net: lif.Network, spikes_in: np.ndarray, dt_ms: float = 1.0) -
     with contextlib.redirect_stdout(sink):
         sim.setup(timestep=dt_ms, min_delay=dt_ms)
         try:
-            pops = _build(sim, net, None, [sorted(t) for t in times], dt_ms, record=True,
-                          inhibitory_sign=-1.0)
+            pops = _build(
+                sim, net, None, [sorted(t) for t in times], dt_ms, record=True, inhibitory_sign=-1.0
+            )
             sim.run(batch * gap * dt_ms)
             counts = []
             out = np.zeros((batch, net.sizes[-1]), dtype=np.int64)
@@ -506,7 +574,9 @@ def nest_activity(net: lif.Network, spikes_in: np.ndarray, dt_ms: float = 1.0) -
             events.append(0.0)
     secs = steps * dt_ms * 1e-3
     return lif.Activity(
-        timesteps=steps, batch=batch, dt_ms=dt_ms,
+        timesteps=steps,
+        batch=batch,
+        dt_ms=dt_ms,
         spikes=tuple(c * per for c in counts),
         synaptic_events=tuple(events),
         rates_hz=tuple(c / (batch * n * secs) for c, n in zip(counts, net.sizes, strict=True)),

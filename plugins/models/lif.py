@@ -59,12 +59,14 @@ class LIFParams:
             if not v > 0:
                 raise ScenarioError(f"LIF parameter {name} must be greater than zero, got {v}")
         if self.tau_refrac < 0:
-            raise ScenarioError(f"LIF parameter tau_refrac must not be negative, got "
-                                f"{self.tau_refrac}")
+            raise ScenarioError(
+                f"LIF parameter tau_refrac must not be negative, got {self.tau_refrac}"
+            )
         if not self.v_thresh > self.v_reset:
             raise ScenarioError(
                 f"LIF threshold v_thresh ({self.v_thresh} mV) must lie above v_reset "
-                f"({self.v_reset} mV)")
+                f"({self.v_reset} mV)"
+            )
 
     def pynn(self) -> dict[str, float]:
         """The parameters as ``sim.IF_curr_exp(**params)`` takes them."""
@@ -157,7 +159,8 @@ class Network:
             if layer.n_pre != n:
                 raise ScenarioError(
                     f"layer {layer.name!r} expects {layer.n_pre} inputs but the previous "
-                    f"population has {n} neurons")
+                    f"population has {n} neurons"
+                )
             if not layer.finite():
                 raise ScenarioError(f"layer {layer.name!r} has non-finite weights")
             n = layer.n_post
@@ -207,8 +210,14 @@ class Activity:
         return float(sum(self.synaptic_events))
 
 
-def poisson(rate_hz: float | np.ndarray, timesteps: int, batch: int, n: int, dt_ms: float,
-            rng: np.random.Generator) -> np.ndarray:
+def poisson(
+    rate_hz: float | np.ndarray,
+    timesteps: int,
+    batch: int,
+    n: int,
+    dt_ms: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Poisson spike trains ``(timesteps, batch, n)`` at ``rate_hz`` (a scalar or one
     rate per input), at most one spike per step as on SpiNNaker's slow-rate sources."""
     check_positive_int("timesteps", timesteps)
@@ -237,7 +246,8 @@ def simulate(net: Network, spikes_in: np.ndarray, dt_ms: float = 1.0) -> Activit
     x = np.asarray(spikes_in)
     if x.ndim != 3 or x.shape[2] != net.inputs:
         raise ScenarioError(
-            f"input spikes must have shape (timesteps, batch, {net.inputs}), got {x.shape}")
+            f"input spikes must have shape (timesteps, batch, {net.inputs}), got {x.shape}"
+        )
     steps, batch, _ = x.shape
     p = net.params
     decay_m = math.exp(-dt_ms / p.tau_m)
@@ -302,8 +312,9 @@ def simulate(net: Network, spikes_in: np.ndarray, dt_ms: float = 1.0) -> Activit
     )
 
 
-def normalise_weights(weights: Sequence[np.ndarray], activations: Sequence[np.ndarray],
-                      percentile: float = 99.9) -> list[np.ndarray]:
+def normalise_weights(
+    weights: Sequence[np.ndarray], activations: Sequence[np.ndarray], percentile: float = 99.9
+) -> list[np.ndarray]:
     """Data-based weight normalisation for ANN-to-SNN conversion (Diehl et al. 2015,
     Rueckauer et al. 2017): layer ``l``'s weights are scaled by ``λ_{l-1} / λ_l`` where
     ``λ_l`` is the ``percentile`` of layer ``l``'s ReLU activations on calibration data
@@ -321,8 +332,9 @@ def normalise_weights(weights: Sequence[np.ndarray], activations: Sequence[np.nd
     return out
 
 
-def to_current(weights: np.ndarray, params: LIFParams, rate_hz: float,
-               gain: float = 2.0) -> np.ndarray:
+def to_current(
+    weights: np.ndarray, params: LIFParams, rate_hz: float, gain: float = 2.0
+) -> np.ndarray:
     """Threshold normalisation: turn unit-less normalised weights into nA for a rate code
     whose full-scale rate is ``rate_hz``.
 
