@@ -60,9 +60,14 @@ def make_compiled(count: int) -> tuple[Compiled, str]:
     host = build_host()
     model = host.models.get("llama").configure({"preset": "llama-2-7b", "dtype": "bf16"})
     device = host.device("gpu", "h100-sxm")
-    system = System(name=f"h100x{count}", backend="gpu", device=device, count=count,
-                    parallelism=Parallelism(data=count),
-                    topology=topology_from_device(device))
+    system = System(
+        name=f"h100x{count}",
+        backend="gpu",
+        device=device,
+        count=count,
+        parallelism=Parallelism(data=count),
+        topology=topology_from_device(device),
+    )
     return host.backends.get("gpu").compile(model, system), "gpu backend + llama-2-7b"
 
 
@@ -76,15 +81,22 @@ def run_case(name: str, frame: pl.DataFrame, replicas: int, sched: SchedulerSpec
     compiled, source = make_compiled(replicas)
     t0 = time.perf_counter()
     c0 = time.process_time()
-    res = simulate_serving(frame, compiled, system=name, replicas=replicas,
-                           devices_per_replica=1, scheduler=sched)
+    res = simulate_serving(
+        frame, compiled, system=name, replicas=replicas, devices_per_replica=1, scheduler=sched
+    )
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     steps = frame_height(res.frames["steps"])
-    req = res.frames["requests"].lazy().select(
-        (pl.col("status") == "dropped").sum().alias("dropped"),
-        pl.col("preemptions").sum().alias("preemptions"),
-    ).collect().row(0, named=True)
+    req = (
+        res.frames["requests"]
+        .lazy()
+        .select(
+            (pl.col("status") == "dropped").sum().alias("dropped"),
+            pl.col("preemptions").sum().alias("preemptions"),
+        )
+        .collect()
+        .row(0, named=True)
+    )
     out = {
         "case": name,
         "cost_model": source,
@@ -105,8 +117,9 @@ def run_case(name: str, frame: pl.DataFrame, replicas: int, sched: SchedulerSpec
     return out
 
 
-def run_10m(requests: int, replicas: int, rate: str, sched: SchedulerSpec,
-            spill: int | None, report: bool) -> dict:
+def run_10m(
+    requests: int, replicas: int, rate: str, sched: SchedulerSpec, spill: int | None, report: bool
+) -> dict:
     """The bounded-memory case: one whole run of ``requests`` synthetic requests."""
     import tempfile
 
@@ -121,8 +134,15 @@ def run_10m(requests: int, replicas: int, rate: str, sched: SchedulerSpec,
     gen_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     c1 = time.process_time()
-    res = simulate_serving(held.pop(), compiled, system="h100x16", replicas=replicas,
-                           devices_per_replica=1, scheduler=sched, spill_rows=spill)
+    res = simulate_serving(
+        held.pop(),
+        compiled,
+        system="h100x16",
+        replicas=replicas,
+        devices_per_replica=1,
+        scheduler=sched,
+        spill_rows=spill,
+    )
     sim_s = time.perf_counter() - t1
     sim_cpu = time.process_time() - c1
     peaks = {"simulate": round(peak_rss_mb(), 1)}
@@ -140,10 +160,17 @@ def run_10m(requests: int, replicas: int, rate: str, sched: SchedulerSpec,
             reporters = [r for _, r in host.reporters.items()]
         except Exception as exc:  # reporters not installed: frames and summary only
             print(f"no reporters: {type(exc).__name__}: {exc}", file=sys.stderr)
-    system = SystemResult(name="h100x16", backend="gpu", device="h100", count=replicas,
-                          metrics=m, frames=res.frames)
-    run = RunResult(scenario="serving-10m", seed=1, version="bench", systems=[system],
-                    workload="serving", model="llama-2-7b")
+    system = SystemResult(
+        name="h100x16", backend="gpu", device="h100", count=replicas, metrics=m, frames=res.frames
+    )
+    run = RunResult(
+        scenario="serving-10m",
+        seed=1,
+        version="bench",
+        systems=[system],
+        workload="serving",
+        model="llama-2-7b",
+    )
     t3 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="xpusim-bench-") as tmp:
         folder = write_run(run, Path(tmp) / "run", [])
@@ -184,22 +211,38 @@ def run_10m(requests: int, replicas: int, rate: str, sched: SchedulerSpec,
 
 def _synthetic_spec(requests: int, rate: str) -> ArrivalSpec:
     """The synthetic load: Poisson arrivals, lognormal prompt and output lengths."""
-    return ArrivalSpec.model_validate({
-        "process": "poisson", "rate": rate, "count": requests,
-        "prompt_tokens": {"dist": "lognormal", "median": 512, "sigma": 1.0, "max": 4096},
-        "output_tokens": {"dist": "lognormal", "median": 128, "sigma": 0.8, "max": 1024},
-    })
+    return ArrivalSpec.model_validate(
+        {
+            "process": "poisson",
+            "rate": rate,
+            "count": requests,
+            "prompt_tokens": {"dist": "lognormal", "median": 512, "sigma": 1.0, "max": 4096},
+            "output_tokens": {"dist": "lognormal", "median": 128, "sigma": 0.8, "max": 1024},
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the cases named on the command line and write the JSON report."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", choices=["azure", "synthetic", "10m", "all"], default="all",
-                    help="all = azure and synthetic; 10m is run on its own")
-    ap.add_argument("--requests", type=int, default=None,
-                    help="requests of the synthetic case (1,000,000) or of 10m (10,000,000)")
-    ap.add_argument("--spill-rows", type=int, default=None,
-                    help="row threshold past which frames spill (default: the engine's)")
+    ap.add_argument(
+        "--case",
+        choices=["azure", "synthetic", "10m", "all"],
+        default="all",
+        help="all = azure and synthetic; 10m is run on its own",
+    )
+    ap.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help="requests of the synthetic case (1,000,000) or of 10m (10,000,000)",
+    )
+    ap.add_argument(
+        "--spill-rows",
+        type=int,
+        default=None,
+        help="row threshold past which frames spill (default: the engine's)",
+    )
     ap.add_argument("--no-report", action="store_true", help="10m: write frames only")
     ap.add_argument("--replicas", type=int, default=16)
     ap.add_argument("--rate", default="400/s", help="synthetic arrival rate")

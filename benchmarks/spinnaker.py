@@ -43,11 +43,18 @@ def main() -> int:
     """Map the reference network, price one second, print and save the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a 2,000-neuron network instead")
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "spinnaker.json",
-                    help="where the figures are written (default benchmarks/out/spinnaker.json)")
+    ap.add_argument(
+        "--json",
+        type=Path,
+        default=ROOT / "benchmarks" / "out" / "spinnaker.json",
+        help="where the figures are written (default benchmarks/out/spinnaker.json)",
+    )
     args = ap.parse_args()
-    spec: dict[str, object] = {"preset": "snn-20k", "calibration_samples": 1,
-                               "calibration_timesteps": 200}
+    spec: dict[str, object] = {
+        "preset": "snn-20k",
+        "calibration_samples": 1,
+        "calibration_timesteps": 200,
+    }
     if args.quick:
         spec.update(inputs=1000, layers=[1000], connectivity=0.1)
     model = FAMILIES[0].configure(spec)
@@ -59,13 +66,19 @@ def main() -> int:
     t0 = time.perf_counter()
     mp = compiled.mapping
     map_s = time.perf_counter() - t0
-    print(f"network: {net.inputs + net.neurons:,} neurons ({net.inputs:,} inputs), "
-          f"{net.synapses:,} synapses")
-    print(f"mapping on a virtual SpiNN-5 board: {map_s:.1f} s wall "
-          f"(sPyNNaker session {mp.wall_s:.1f} s; target < 30 s)")
-    print(f"  chips used {mp.chips_used} of {mp.chips}, application cores {mp.cores}, "
-          f"routing entries {mp.routing_entries} in {mp.routing_tables} tables, "
-          f"packets per input spike {mp.packets_per_spike('input'):.2f}")
+    print(
+        f"network: {net.inputs + net.neurons:,} neurons ({net.inputs:,} inputs), "
+        f"{net.synapses:,} synapses"
+    )
+    print(
+        f"mapping on a virtual SpiNN-5 board: {map_s:.1f} s wall "
+        f"(sPyNNaker session {mp.wall_s:.1f} s; target < 30 s)"
+    )
+    print(
+        f"  chips used {mp.chips_used} of {mp.chips}, application cores {mp.cores}, "
+        f"routing entries {mp.routing_entries} in {mp.routing_tables} tables, "
+        f"packets per input spike {mp.packets_per_spike('input'):.2f}"
+    )
 
     steps = round(1.0 / model.cfg.timestep)  # one second of activity
     shape = Shape(Phase.SPIKING, batch=1, timesteps=steps)
@@ -74,23 +87,38 @@ def main() -> int:
     per_board = e.board_j / events
     per_chips = e.chips_j / events
     print(f"one second: {events:,.0f} synaptic events, {e.packets:,.0f} router packets")
-    print(f"  board energy {e.board_j:.2f} J (idle {e.idle_j:.2f}, cores {e.cores_j:.3f}, "
-          f"packets {e.packets_j:.4f}) -> {per_board * 1e9:.0f} nJ per synaptic event")
+    print(
+        f"  board energy {e.board_j:.2f} J (idle {e.idle_j:.2f}, cores {e.cores_j:.3f}, "
+        f"packets {e.packets_j:.4f}) -> {per_board * 1e9:.0f} nJ per synaptic event"
+    )
     print(f"  chips-only energy {e.chips_j:.3f} J -> {per_chips * 1e9:.0f} nJ per synaptic event")
     for name, v in PUBLISHED_J.items():
         print(f"  published: {name}: {v * 1e9:.0f} nJ")
     inside = LOW <= per_board <= HIGH
-    print(f"board-level figure inside the published range [{LOW * 1e9:.0f} nJ, "
-          f"{HIGH * 1e9:.0f} nJ]: {'yes' if inside else 'NO'}")
+    print(
+        f"board-level figure inside the published range [{LOW * 1e9:.0f} nJ, "
+        f"{HIGH * 1e9:.0f} nJ]: {'yes' if inside else 'NO'}"
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "neurons": net.inputs + net.neurons, "synapses": net.synapses,
-        "mapping_wall_s": map_s, "chips_used": mp.chips_used, "cores": mp.cores,
-        "routing_entries": mp.routing_entries, "synaptic_events_per_s": events,
-        "energy_per_synaptic_event_board_j": per_board,
-        "energy_per_synaptic_event_chips_j": per_chips,
-        "published_range_j": [LOW, HIGH], "inside_range": inside,
-    }, indent=2) + "\n")
+    args.json.write_text(
+        json.dumps(
+            {
+                "neurons": net.inputs + net.neurons,
+                "synapses": net.synapses,
+                "mapping_wall_s": map_s,
+                "chips_used": mp.chips_used,
+                "cores": mp.cores,
+                "routing_entries": mp.routing_entries,
+                "synaptic_events_per_s": events,
+                "energy_per_synaptic_event_board_j": per_board,
+                "energy_per_synaptic_event_chips_j": per_chips,
+                "published_range_j": [LOW, HIGH],
+                "inside_range": inside,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return 0 if inside else 1
 
 

@@ -48,8 +48,9 @@ def time_stepping(m: int, n: int, k: int) -> tuple[float, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=None, help="write results as JSON here")
-    ap.add_argument("--cap-seconds", type=float, default=60.0,
-                    help="time budget for the cycle-stepped runs")
+    ap.add_argument(
+        "--cap-seconds", type=float, default=60.0, help="time budget for the cycle-stepped runs"
+    )
     args = ap.parse_args()
     out: dict[str, object] = {"python": platform.python_version(), "machine": platform.machine()}
 
@@ -68,7 +69,9 @@ def main() -> int:
     per_cycle = float((xs @ ys) / (xs @ xs))  # least squares through the origin
     stepped_full = per_cycle * full_cycles
     out["speed"] = {
-        "gemm": [1024, 1024, 1024], "array": [32, 32], "dataflow": "ws",
+        "gemm": [1024, 1024, 1024],
+        "array": [32, 32],
+        "dataflow": "ws",
         "closed_form_seconds": cf,
         "stepping_samples": samples,
         "stepping_seconds_per_array_cycle": per_cycle,
@@ -76,13 +79,14 @@ def main() -> int:
         "stepping_seconds_1024_cubed_extrapolated": stepped_full,
         "speedup": stepped_full / cf,
         "note": "cycle stepping of 1024^3 extrapolated linearly from the measured runs "
-                "(its cost is proportional to array cycles); closed form measured directly",
+        "(its cost is proportional to array cycles); closed form measured directly",
     }
     print(f"closed form 1024^3 on 32x32: {cf * 1e6:.2f} us")
     for smp in samples:
         print(f"  stepping {smp['gemm']}: {smp['array_cycles']} cycles in {smp['seconds']:.2f} s")
-    print(f"stepping 1024^3 (extrapolated): {stepped_full:.1f} s -> speedup "
-          f"{stepped_full / cf:,.0f}x")
+    print(
+        f"stepping 1024^3 (extrapolated): {stepped_full:.1f} s -> speedup {stepped_full / cf:,.0f}x"
+    )
 
     try:
         from engine.collectives import topology_from_device
@@ -104,11 +108,15 @@ def main() -> int:
         compiled.cost(shapes[1])
         second = time.perf_counter() - t0
         out["llama2_7b_decode_v5e"] = {
-            "first_step_wall_seconds": first, "next_shape_wall_seconds": second,
-            "simulated_step_seconds": cost.seconds, "breakdown": dict(cost.breakdown),
+            "first_step_wall_seconds": first,
+            "next_shape_wall_seconds": second,
+            "simulated_step_seconds": cost.seconds,
+            "breakdown": dict(cost.breakdown),
         }
-        print(f"Llama-2-7B decode step on v5e: priced in {first * 1e3:.3f} ms "
-              f"(next shape {second * 1e3:.3f} ms); simulated step {cost.seconds * 1e3:.2f} ms")
+        print(
+            f"Llama-2-7B decode step on v5e: priced in {first * 1e3:.3f} ms "
+            f"(next shape {second * 1e3:.3f} ms); simulated step {cost.seconds * 1e3:.2f} ms"
+        )
     except ImportError as e:  # pragma: no cover - models plugin missing
         out["llama2_7b_decode_v5e"] = {"skipped": str(e)}
         print(f"Llama-2-7B decode skipped: {e}")

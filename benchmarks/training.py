@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         from plugins.models.transformer import FAMILIES
 
         fam = next(f for f in FAMILIES if f.name == "gpt")
-    model = fam.configure({"layers": 60, "hidden": 10240, "heads": 80, "vocab": 51200,
-                           "seq_len": 2048})
+    model = fam.configure(
+        {"layers": 60, "hidden": 10240, "heads": 80, "vocab": 51200, "seq_len": 2048}
+    )
     gpu = host.backends.get("gpu")
     dev = gpu.devices()["a100-sxm-80gb"]
     n = args.devices
@@ -62,31 +63,56 @@ def main(argv: list[str] | None = None) -> int:
     compiled = gpu.compile(model, system)
     t_setup = time.perf_counter() - t0
 
-    cfg = TrainingConfig.model_validate({
-        "global_batch": 56 * par.data, "seq_len": 2048, "steps": args.steps,
-        "recompute": "selective", "seeds": args.seeds,
-        "failures": {"mtbf_per_device": "2000 h", "checkpoint_interval": "30 min",
-                     "restart": "10 min", "storage_bandwidth": "50 GB/s"},
-    })
-    ctx = WorkloadContext(system=system, compiled=compiled, model=model, seed=0,
-                          base_dir=REPO, resolve_trace=lambda spec: None)
+    cfg = TrainingConfig.model_validate(
+        {
+            "global_batch": 56 * par.data,
+            "seq_len": 2048,
+            "steps": args.steps,
+            "recompute": "selective",
+            "seeds": args.seeds,
+            "failures": {
+                "mtbf_per_device": "2000 h",
+                "checkpoint_interval": "30 min",
+                "restart": "10 min",
+                "storage_bandwidth": "50 GB/s",
+            },
+        }
+    )
+    ctx = WorkloadContext(
+        system=system,
+        compiled=compiled,
+        model=model,
+        seed=0,
+        base_dir=REPO,
+        resolve_trace=lambda spec: None,
+    )
     t1 = time.perf_counter()
     run = TrainingWorkload().simulate(cfg, ctx)
     t_sim = time.perf_counter() - t1
     m = run.metrics
     out = {
-        "devices": system.count, "steps": args.steps, "seeds": args.seeds,
-        "setup_s": t_setup, "simulate_s": t_sim,
-        "step_time_s": m["step_time_s"], "time_to_train_s": m["time_to_train_s"],
-        "failures": m["failures"], "goodput": m["goodput"],
-        "steps_rows": run.frames["steps"].height, "devices_rows": run.frames["devices"].height,
+        "devices": system.count,
+        "steps": args.steps,
+        "seeds": args.seeds,
+        "setup_s": t_setup,
+        "simulate_s": t_sim,
+        "step_time_s": m["step_time_s"],
+        "time_to_train_s": m["time_to_train_s"],
+        "failures": m["failures"],
+        "goodput": m["goodput"],
+        "steps_rows": run.frames["steps"].height,
+        "devices_rows": run.frames["devices"].height,
         "target_s": 10.0,
     }
-    print(f"{system.count} devices, {args.steps} steps, {args.seeds} seeds: simulate "
-          f"{t_sim:.3f} s (setup {t_setup:.2f} s; target < 10 s)")
-    print(f"  step {m['step_time_s']:.2f} s, time to train {m['time_to_train_s'] / 3600:.1f} h, "
-          f"{m['failures']} failures, goodput {m['goodput']:.3f}; frames: "
-          f"{out['steps_rows']} step rows, {out['devices_rows']} device rows")
+    print(
+        f"{system.count} devices, {args.steps} steps, {args.seeds} seeds: simulate "
+        f"{t_sim:.3f} s (setup {t_setup:.2f} s; target < 10 s)"
+    )
+    print(
+        f"  step {m['step_time_s']:.2f} s, time to train {m['time_to_train_s'] / 3600:.1f} h, "
+        f"{m['failures']} failures, goodput {m['goodput']:.3f}; frames: "
+        f"{out['steps_rows']} step rows, {out['devices_rows']} device rows"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

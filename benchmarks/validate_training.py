@@ -98,18 +98,29 @@ def _gpt_family(host: Any) -> ModelFamily:
         return next(f for f in FAMILIES if f.name == "gpt")
 
 
-def predict(row: dict[str, Any], host: Any, efficiency: dict[str, float],
-            virtual: int = 1, attention: str = ATTENTION) -> dict[str, Any]:
+def predict(
+    row: dict[str, Any],
+    host: Any,
+    efficiency: dict[str, float],
+    virtual: int = 1,
+    attention: str = ATTENTION,
+) -> dict[str, Any]:
     """Predict one Table 1 row; returns the row's figures, the prediction and its parts.
     ``attention`` is the model's attention implementation (``unfused``: what the
     measured runs used; ``flash`` only to show what that choice is worth)."""
     c = row["conditions"]
     n, t, p = int(c["GPUs"]), int(c["TP"]), int(c["PP"])
-    model = _gpt_family(host).configure({
-        "layers": c["layers"], "hidden": c["hidden"], "heads": c["heads"],
-        "vocab": c["vocab"], "seq_len": c["seq_len"], "dtype": "bf16",
-        "attention": attention,
-    })
+    model = _gpt_family(host).configure(
+        {
+            "layers": c["layers"],
+            "hidden": c["hidden"],
+            "heads": c["heads"],
+            "vocab": c["vocab"],
+            "seq_len": c["seq_len"],
+            "dtype": "bf16",
+            "attention": attention,
+        }
+    )
     gpu = host.backends.get("gpu")
     dev = gpu.devices()[DEVICE]
     v = virtual if (p > 1 and c["layers"] % (p * virtual) == 0) else 1
@@ -117,24 +128,41 @@ def predict(row: dict[str, Any], host: Any, efficiency: dict[str, float],
     options = {"efficiency": dict(efficiency)} if efficiency else {}
     system = System(f"selene-{n}", "gpu", dev, n, par, topology_from_device(dev), options)
     compiled = gpu.compile(model, system)
-    plan = TrainingPlan(global_batch=int(c["global_batch"]), micro_batch=1,
-                        seq_len=int(c["seq_len"]), recompute="full", precision="bf16",
-                        grad_dtype="bf16", overlap_grad_reduce=False)
+    plan = TrainingPlan(
+        global_batch=int(c["global_batch"]),
+        micro_batch=1,
+        seq_len=int(c["seq_len"]),
+        recompute="full",
+        precision="bf16",
+        grad_dtype="bf16",
+        overlap_grad_reduce=False,
+    )
     st = step_time(compiled, model, plan, getattr(compiled, "power", None))
     pred = paper_flops(c) / (n * st.seconds) / 1e12
     actual = float(row["value"])
     return {
-        "id": row["id"], "params_B": c["params_B"], "gpus": n, "tensor": t, "pipeline": p,
-        "virtual": v, "global_batch": c["global_batch"], "actual_tflops_per_gpu": actual,
-        "predicted_tflops_per_gpu": pred, "error": pred / actual - 1.0,
-        "step_time_s": st.seconds, "microbatches": st.microbatches,
+        "id": row["id"],
+        "params_B": c["params_B"],
+        "gpus": n,
+        "tensor": t,
+        "pipeline": p,
+        "virtual": v,
+        "global_batch": c["global_batch"],
+        "actual_tflops_per_gpu": actual,
+        "predicted_tflops_per_gpu": pred,
+        "error": pred / actual - 1.0,
+        "step_time_s": st.seconds,
+        "microbatches": st.microbatches,
         "bubble_fraction": st.pipeline.bubble_fraction,
         "parts_s": {
-            "compute": st.device_s.get("compute", 0.0), "memory": st.device_s.get("memory", 0.0),
+            "compute": st.device_s.get("compute", 0.0),
+            "memory": st.device_s.get("memory", 0.0),
             "overhead": st.device_s.get("overhead", 0.0),
             "tp_comm": st.stage_breakdown.get("comm", 0.0) * st.microbatches,
-            "pp_comm": st.pipeline.p2p_s, "dp_comm_exposed": st.dp_exposed_s,
-            "optimizer": st.optimizer_s, "bubble": st.bubble_s,
+            "pp_comm": st.pipeline.p2p_s,
+            "dp_comm_exposed": st.dp_exposed_s,
+            "optimizer": st.optimizer_s,
+            "bubble": st.bubble_s,
         },
     }
 
@@ -144,12 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, help="write rows and median_abs_error here")
     ap.add_argument("--figures", type=Path, default=FIGURES)
-    ap.add_argument("--efficiency", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a GPU efficiency parameter for all rows")
+    ap.add_argument(
+        "--efficiency",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a GPU efficiency parameter for all rows",
+    )
     ap.add_argument("--virtual", type=int, default=1, help="interleaved stages (all rows)")
-    ap.add_argument("--attention", choices=("unfused", "flash"), default=ATTENTION,
-                    help="attention implementation of the model (all rows; the measured "
-                         "runs used unfused)")
+    ap.add_argument(
+        "--attention",
+        choices=("unfused", "flash"),
+        default=ATTENTION,
+        help="attention implementation of the model (all rows; the measured runs used unfused)",
+    )
     args = ap.parse_args(argv)
     eff: dict[str, float] = {}
     for item in args.efficiency:
@@ -158,30 +194,47 @@ def main(argv: list[str] | None = None) -> int:
     host = build_host()
     rows = megatron_rows(args.figures)
     out = [predict(r, host, eff, args.virtual, args.attention) for r in rows]
-    print(f"{'row':22s} {'GPUs':>5s} {'t':>2s} {'p':>3s} {'actual':>7s} {'pred':>7s} "
-          f"{'error':>7s} {'step s':>7s} {'bubble':>6s}  dominant parts (s)")
+    print(
+        f"{'row':22s} {'GPUs':>5s} {'t':>2s} {'p':>3s} {'actual':>7s} {'pred':>7s} "
+        f"{'error':>7s} {'step s':>7s} {'bubble':>6s}  dominant parts (s)"
+    )
     for r in out:
         parts = sorted(r["parts_s"].items(), key=lambda kv: -kv[1])[:3]
-        print(f"{r['id']:22s} {r['gpus']:5d} {r['tensor']:2d} {r['pipeline']:3d} "
-              f"{r['actual_tflops_per_gpu']:7.1f} {r['predicted_tflops_per_gpu']:7.1f} "
-              f"{100 * r['error']:+6.1f}% {r['step_time_s']:7.2f} {r['bubble_fraction']:6.3f}  "
-              + ", ".join(f"{k} {v:.2f}" for k, v in parts))
+        print(
+            f"{r['id']:22s} {r['gpus']:5d} {r['tensor']:2d} {r['pipeline']:3d} "
+            f"{r['actual_tflops_per_gpu']:7.1f} {r['predicted_tflops_per_gpu']:7.1f} "
+            f"{100 * r['error']:+6.1f}% {r['step_time_s']:7.2f} {r['bubble_fraction']:6.3f}  "
+            + ", ".join(f"{k} {v:.2f}" for k, v in parts)
+        )
     errs = [abs(r["error"]) for r in out]
     med = statistics.median(errs) if errs else float("nan")
     worst = max(errs) if errs else float("nan")
-    print(f"median |error| {100 * med:.1f}%  max |error| {100 * worst:.1f}%  "
-          f"(target: median <= 10%, none above 20%)"
-          + (f"  efficiency overrides: {eff}" if eff else "")
-          + (f"  attention: {args.attention}" if args.attention != ATTENTION else ""))
+    print(
+        f"median |error| {100 * med:.1f}%  max |error| {100 * worst:.1f}%  "
+        f"(target: median <= 10%, none above 20%)"
+        + (f"  efficiency overrides: {eff}" if eff else "")
+        + (f"  attention: {args.attention}" if args.attention != ATTENTION else "")
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "source": "Narayanan et al. 2021 (arXiv:2104.04473) Table 1, figures.yaml "
-                      "megatron_t1_*",
-            "device": DEVICE, "efficiency_overrides": eff, "virtual": args.virtual,
-            "attention": args.attention,
-            "rows": out, "median_abs_error": med, "max_abs_error": worst,
-        }, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "source": "Narayanan et al. 2021 (arXiv:2104.04473) Table 1, figures.yaml "
+                    "megatron_t1_*",
+                    "device": DEVICE,
+                    "efficiency_overrides": eff,
+                    "virtual": args.virtual,
+                    "attention": args.attention,
+                    "rows": out,
+                    "median_abs_error": med,
+                    "max_abs_error": worst,
+                },
+                indent=2,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
     return 0
 
 

@@ -79,11 +79,13 @@ class OpTime:
         return "compute" if self.compute_s >= self.memory_s else "memory"
 
 
-def roofline(flops: float, nbytes: float, peak_flops: float, bandwidth: float,
-             overhead_s: float = 0.0) -> OpTime:
+def roofline(
+    flops: float, nbytes: float, peak_flops: float, bandwidth: float, overhead_s: float = 0.0
+) -> OpTime:
     """The plain roofline of an op: ``flops / peak_flops`` against ``nbytes / bandwidth``."""
-    return OpTime(flops / peak_flops if flops else 0.0,
-                  nbytes / bandwidth if nbytes else 0.0, overhead_s)
+    return OpTime(
+        flops / peak_flops if flops else 0.0, nbytes / bandwidth if nbytes else 0.0, overhead_s
+    )
 
 
 class AnalyticCompiled(Compiled):
@@ -132,7 +134,8 @@ class AnalyticCompiled(Compiled):
         out.update(self.power.figures())
         if self.reserve_bytes:
             out["memory.runtime_reserve"] = Figure(
-                self.reserve_bytes, assumption=self.reserve_note or "runtime memory reserve")
+                self.reserve_bytes, assumption=self.reserve_note or "runtime memory reserve"
+            )
         out.update(self.assumptions)
         return out
 
@@ -185,8 +188,12 @@ class AnalyticCompiled(Compiled):
         breakdown = {k: v * pp for k, v in stage.items()} if pp > 1 else stage
         seconds = sum(breakdown.values())
         joules = self.power.joules(stage, devices=par.model_parallel)
-        return Cost(seconds=seconds, joules=joules, breakdown=breakdown,
-                    flops=graph.flops * par.model_parallel)
+        return Cost(
+            seconds=seconds,
+            joules=joules,
+            breakdown=breakdown,
+            flops=graph.flops * par.model_parallel,
+        )
 
     # -- memory -----------------------------------------------------------------------
 
@@ -205,9 +212,11 @@ class AnalyticCompiled(Compiled):
                 shape = Shape(Phase.TRAIN, batch=max(1, batch), tokens=seq)
                 v = float(self.model.activation_bytes(shape, par, "none"))
             else:
-                shape = (Shape(Phase.DECODE, batch=max(1, batch), tokens=1, context=0)
-                         if self.model.kind == "decoder"
-                         else Shape(Phase.FORWARD, batch=max(1, batch)))
+                shape = (
+                    Shape(Phase.DECODE, batch=max(1, batch), tokens=1, context=0)
+                    if self.model.kind == "decoder"
+                    else Shape(Phase.FORWARD, batch=max(1, batch))
+                )
                 g = self.model.build(shape, par)
                 v = 2.0 * max((o.bytes_written for o in g.ops), default=0.0)
         except Exception:  # a model that cannot build this shape has no estimate
@@ -246,8 +255,9 @@ class AnalyticCompiled(Compiled):
         have = dev.memory_bytes.value
         if need <= have:
             return Fit(True, need, have, parts)
-        return Fit(False, need, have, parts, self._reason(need, have, parts),
-                   self._suggest(need, parts))
+        return Fit(
+            False, need, have, parts, self._reason(need, have, parts), self._suggest(need, parts)
+        )
 
     def fit(self, *, kv_tokens: int = 0, batch: int = 1, training: bool = False) -> Fit:
         """Inference memory fit: weights, ``kv_tokens`` of KV cache, activations of
@@ -269,10 +279,12 @@ class AnalyticCompiled(Compiled):
     def _reason(self, need: float, have: float, parts: Mapping[str, float]) -> str:
         dev = self.system.device
         par = self.system.parallelism
-        detail = ", ".join(f"{k.replace('_', ' ')} {v / GB:.1f} GB"
-                           for k, v in parts.items() if v >= 0.05 * GB)
-        plan = (f" with tensor={par.tensor}, pipeline={par.pipeline}"
-                if par.model_parallel > 1 else "")
+        detail = ", ".join(
+            f"{k.replace('_', ' ')} {v / GB:.1f} GB" for k, v in parts.items() if v >= 0.05 * GB
+        )
+        plan = (
+            f" with tensor={par.tensor}, pipeline={par.pipeline}" if par.model_parallel > 1 else ""
+        )
         return (
             f"{self.model.name} needs {need / GB:.1f} GB per device on {dev.name}{plan} "
             f"({detail}) but one {dev.name} has {have / GB:.1f} GB: it is short by "
@@ -297,9 +309,12 @@ class AnalyticCompiled(Compiled):
         if n_fit:
             tp = n_fit // max(1, par.pipeline)
             nodes = math.ceil(n_fit / max(1, dev.devices_per_node))
-            where = (f"within one node of {dev.devices_per_node}" if nodes <= 1
-                     else f"across {nodes} nodes of {dev.devices_per_node}, so its all-reduces "
-                          f"cross the slower scale-out network")
+            where = (
+                f"within one node of {dev.devices_per_node}"
+                if nodes <= 1
+                else f"across {nodes} nodes of {dev.devices_per_node}, so its all-reduces "
+                f"cross the slower scale-out network"
+            )
             per = sharded * mp / n_fit + fixed
             sentences.append(
                 f"Use {n_fit}×{dev.name} with tensor parallel (tensor={tp}"
@@ -307,8 +322,11 @@ class AnalyticCompiled(Compiled):
                 f"{per / GB:.1f} GB per device, {where}."
             )
         bigger = sorted(
-            (d for d in self.catalog.values()
-             if d.name != dev.name and d.memory_bytes.value >= need),
+            (
+                d
+                for d in self.catalog.values()
+                if d.name != dev.name and d.memory_bytes.value >= need
+            ),
             key=lambda d: d.memory_bytes.value,
         )
         if bigger:

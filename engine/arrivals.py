@@ -63,11 +63,15 @@ class LengthDist(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dist: Literal["lognormal", "constant", "uniform", "normal", "empirical"]
-    median: float | None = Field(default=None, gt=0, le=MAX_TOKENS, description="lognormal: median tokens")
+    median: float | None = Field(
+        default=None, gt=0, le=MAX_TOKENS, description="lognormal: median tokens"
+    )
     sigma: float = Field(default=1.0, ge=0, description="lognormal: sigma of log(tokens)")
     value: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="constant: tokens")
     low: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="uniform: lowest tokens")
-    high: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="uniform: highest tokens (inclusive)")
+    high: int | None = Field(
+        default=None, ge=1, le=MAX_TOKENS, description="uniform: highest tokens (inclusive)"
+    )
     mean: float | None = Field(default=None, gt=0, le=MAX_TOKENS, description="normal: mean tokens")
     std: float | None = Field(default=None, ge=0, description="normal: standard deviation")
     values: list[int] | None = Field(default=None, description="empirical: sample values")

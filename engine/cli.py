@@ -86,13 +86,16 @@ _METRIC_COLUMNS: list[tuple[str, str, float, str]] = [
     ("cost_usd", "cost $", 1.0, "{:,.2f}"),
 ]
 # Shown only when the metric before it is absent (per-token figures win for LLMs).
-_FALLBACK = {"energy_per_sample_j": "energy_per_token_j", "throughput_samples_per_s":
-             "throughput_tokens_per_s"}
+_FALLBACK = {
+    "energy_per_sample_j": "energy_per_token_j",
+    "throughput_samples_per_s": "throughput_tokens_per_s",
+}
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
     """A rich table of a run's ``summary.json`` document, one row per system."""
     systems = summary["systems"]
+
     def shown(key: str) -> bool:
         present = any(s.get(key) is not None for s in systems)
         first = _FALLBACK.get(key)

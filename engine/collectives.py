@@ -119,7 +119,11 @@ def tree_seconds(kind: Collective | str, nbytes: float, p: int, bw: float, alpha
 
 
 def flat_seconds(
-    kind: Collective | str, nbytes: float, p: int, bw: float, alpha: float,
+    kind: Collective | str,
+    nbytes: float,
+    p: int,
+    bw: float,
+    alpha: float,
     algorithm: str = "auto",
 ) -> float:
     """A flat collective on one link class: ``ring``, ``tree`` or the cheaper (``auto``)."""
@@ -131,7 +135,10 @@ def flat_seconds(
 
 
 def hierarchical_seconds(
-    kind: Collective | str, nbytes: float, group: int, topology: Topology,
+    kind: Collective | str,
+    nbytes: float,
+    group: int,
+    topology: Topology,
     algorithm: str = "auto",
 ) -> float:
     """Intra-node then inter-node schedule for a group spanning nodes (module docstring).
@@ -155,11 +162,15 @@ def hierarchical_seconds(
         return flat_seconds(kk, n, m, t.inter_bw, t.inter_latency, stage)
 
     if k is Collective.ALL_REDUCE:
-        return (intra(Collective.REDUCE_SCATTER, nbytes) + inter(Collective.ALL_REDUCE, nbytes / g)
-                + intra(Collective.ALL_GATHER, nbytes))
+        return (
+            intra(Collective.REDUCE_SCATTER, nbytes)
+            + inter(Collective.ALL_REDUCE, nbytes / g)
+            + intra(Collective.ALL_GATHER, nbytes)
+        )
     if k is Collective.REDUCE_SCATTER:
-        return (intra(Collective.REDUCE_SCATTER, nbytes)
-                + inter(Collective.REDUCE_SCATTER, nbytes / g))
+        return intra(Collective.REDUCE_SCATTER, nbytes) + inter(
+            Collective.REDUCE_SCATTER, nbytes / g
+        )
     if k is Collective.ALL_GATHER:
         return inter(Collective.ALL_GATHER, nbytes / g) + intra(Collective.ALL_GATHER, nbytes)
     if k is Collective.ALL_TO_ALL:
@@ -172,7 +183,10 @@ def hierarchical_seconds(
 
 
 def collective_seconds(
-    kind: Collective | str, nbytes: float, group: int, topology: Topology,
+    kind: Collective | str,
+    nbytes: float,
+    group: int,
+    topology: Topology,
     algorithm: str = "auto",
 ) -> float:
     """Seconds for one ``kind`` collective of ``nbytes`` per device over ``group`` devices.
@@ -186,7 +200,8 @@ def collective_seconds(
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(
-            f"unknown collective algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+            f"unknown collective algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}"
+        )
     k = _kind(kind)
     t = topology
     if group <= 1:
@@ -205,7 +220,11 @@ def collective_seconds(
 
 
 def torus_collective_seconds(
-    kind: Collective | str, nbytes: float, dims: Sequence[int], link_bw: float, latency: float,
+    kind: Collective | str,
+    nbytes: float,
+    dims: Sequence[int],
+    link_bw: float,
+    latency: float,
 ) -> float:
     """Seconds for one collective over a wrap-around torus of shape ``dims`` (TPU ICI).
 

@@ -181,8 +181,14 @@ def validate_figures(spec: DeviceSpec, config: EconomicsConfig) -> None:
         if fig is not None:
             _check(f"power.{key}", fig.value, _MAX_WATTS, "W", spec.name, 1.0)
     if config.electricity is not None:
-        _check("economics.electricity", config.electricity, _MAX_USD_PER_KWH, "USD/kWh",
-               spec.name, KWH_J)
+        _check(
+            "economics.electricity",
+            config.electricity,
+            _MAX_USD_PER_KWH,
+            "USD/kWh",
+            spec.name,
+            KWH_J,
+        )
     if config.host_power is not None:
         _check("economics.host_power", config.host_power, _MAX_WATTS, "W", spec.name, 1.0)
 
@@ -206,10 +212,14 @@ def _idle(spec: DeviceSpec, power: PowerModelLike | None) -> tuple[float | None,
             fig = _model_figures(power).get("power.idle_w")
             if not isinstance(fig, Figure) or fig.value != watts:
                 cat = spec.power.idle_w
-                fig = cat if cat is not None and cat.value == watts else Figure(
-                    watts,
-                    assumption=f"idle power of {spec.name} from the {spec.backend} backend's "
-                    f"power model (no published idle figure)",
+                fig = (
+                    cat
+                    if cat is not None and cat.value == watts
+                    else Figure(
+                        watts,
+                        assumption=f"idle power of {spec.name} from the {spec.backend} backend's "
+                        f"power model (no published idle figure)",
+                    )
                 )
             return watts, fig
     if spec.power.idle_w is not None:
@@ -249,9 +259,7 @@ def _rent_price(
     cloud = price.on_demand
     if tier == "cloud":
         if cloud is None:
-            return None, None, (
-                f"{spec.name} has no published on-demand price (price.on_demand)"
-            )
+            return None, None, (f"{spec.name} has no published on-demand price (price.on_demand)")
         return cloud.value, cloud, ""
     direct = price.spot if tier == "spot" else price.reserved
     if direct is not None:
@@ -259,14 +267,22 @@ def _rent_price(
     discount = config.spot_discount if tier == "spot" else config.reserved_discount
     if discount is not None and cloud is not None:
         value = cloud.value * (1.0 - discount)
-        return value, Figure(
+        return (
             value,
-            assumption=f"{tier} price = on-demand {cloud.value * HOUR_S:.4g} USD/h "
-            f"({cloud.cited}) less economics.{tier}_discount {discount:.0%}",
-        ), ""
-    return None, None, (
-        f"{spec.name} has no published {tier} price (price.{tier})"
-        + ("" if cloud is None else f" and the scenario sets no economics.{tier}_discount")
+            Figure(
+                value,
+                assumption=f"{tier} price = on-demand {cloud.value * HOUR_S:.4g} USD/h "
+                f"({cloud.cited}) less economics.{tier}_discount {discount:.0%}",
+            ),
+            "",
+        )
+    return (
+        None,
+        None,
+        (
+            f"{spec.name} has no published {tier} price (price.{tier})"
+            + ("" if cloud is None else f" and the scenario sets no economics.{tier}_discount")
+        ),
     )
 
 
@@ -288,8 +304,11 @@ def _units(result: SystemResult) -> tuple[float | None, float | None, float | No
         if "status" in cols:
             done = done.filter(pl.col("status").is_in(["ok", "done", "finished", "completed"]))
             if frame_height(done) == 0:
-                done = req.lazy().filter(pl.col("finish_s").is_not_null()) \
-                    if "finish_s" in cols else req.lazy()
+                done = (
+                    req.lazy().filter(pl.col("finish_s").is_not_null())
+                    if "finish_s" in cols
+                    else req.lazy()
+                )
         if tokens is None and "output_tokens" in cols:
             tokens = float(done.select(pl.col("output_tokens").sum()).collect().item())
         if samples is None:
@@ -333,8 +352,9 @@ def apply_economics(
         not_known[metric] = reason
 
     figs["economics.pue"] = (
-        Figure(config.pue, source=_SCENARIO.format("pue")) if config.pue != 1.0 else
-        Figure(1.0, assumption="PUE 1.0: no facility overhead counted (set economics.pue)")
+        Figure(config.pue, source=_SCENARIO.format("pue"))
+        if config.pue != 1.0
+        else Figure(1.0, assumption="PUE 1.0: no facility overhead counted (set economics.pue)")
     )
 
     # 1. the span and the device power-state timeline
@@ -352,33 +372,50 @@ def apply_economics(
     if dev is not None and dev_rows:
         dev_cols = frame_columns(dev)
         lane_cols = [c for c in ("replica", "device") if c in dev_cols]
-        lanes = int(dev.lazy().select(pl.struct(lane_cols).n_unique()).collect().item()) \
-            if lane_cols else 1
+        lanes = (
+            int(dev.lazy().select(pl.struct(lane_cols).n_unique()).collect().item())
+            if lane_cols
+            else 1
+        )
         n_devices = max(n_devices, lanes)
         # clip each interval to [0, span] and keep the busy ones (a lazy frame stays lazy:
         # only per-state sums are collected, added in row order by ordered_sum)
-        iv = dev.lazy().with_columns(
-            pl.col("start_s").clip(0.0, span).alias("_a"),
-            pl.col("end_s").clip(0.0, span).alias("_b"),
-        ).with_columns((pl.col("_b") - pl.col("_a")).clip(0.0).alias("_d"))
+        iv = (
+            dev.lazy()
+            .with_columns(
+                pl.col("start_s").clip(0.0, span).alias("_a"),
+                pl.col("end_s").clip(0.0, span).alias("_b"),
+            )
+            .with_columns((pl.col("_b") - pl.col("_a")).clip(0.0).alias("_d"))
+        )
         busy = iv.filter(pl.col("state").is_in(list(BUSY_STATES)))
         # intervals with joules count as recorded; the rest at the model's state watts
         busy = busy.with_columns(
-            pl.col("joules").cast(pl.Float64) if "joules" in dev_cols
+            pl.col("joules").cast(pl.Float64)
+            if "joules" in dev_cols
             else pl.lit(None, pl.Float64).alias("joules")
         )
         has_j = pl.col("joules").is_not_null() & pl.col("joules").is_finite()
-        names = sorted(str(x) for x in busy.select(pl.col("state").unique()).collect()["state"]
-                       .drop_nulls().to_list())
+        names = sorted(
+            str(x)
+            for x in busy.select(pl.col("state").unique()).collect()["state"].drop_nulls().to_list()
+        )
         states = {k: ordered_sum(busy, pl.col("_d"), pl.col("state") == k) for k in names}
         busy_s = sum(states.values())
         total = ordered_sum(busy, pl.col("joules"), has_j)
         missing: set[str] = set()
         unpriced_names = sorted(
-            str(x) for x in busy.filter(~has_j).select(pl.col("state").unique()).collect()
-            ["state"].drop_nulls().to_list())
-        unpriced = [(k, ordered_sum(busy, pl.col("_d"), ~has_j & (pl.col("state") == k)))
-                    for k in unpriced_names]
+            str(x)
+            for x in busy.filter(~has_j)
+            .select(pl.col("state").unique())
+            .collect()["state"]
+            .drop_nulls()
+            .to_list()
+        )
+        unpriced = [
+            (k, ordered_sum(busy, pl.col("_d"), ~has_j & (pl.col("state") == k)))
+            for k in unpriced_names
+        ]
         for state, d in unpriced:
             w = _state_watts(power, str(state))
             if w is None:
@@ -425,8 +462,11 @@ def apply_economics(
     figs["economics.host_power_w"] = (
         Figure(host_w, source=_SCENARIO.format("host_power"))
         if config.host_power is not None
-        else Figure(0.0, assumption="host CPU/NIC/fan power not counted; set economics.host_power "
-                    "per node to include it")
+        else Figure(
+            0.0,
+            assumption="host CPU/NIC/fan power not counted; set economics.host_power "
+            "per node to include it",
+        )
     )
     host_j = host_w * nodes * span
 
@@ -446,8 +486,11 @@ def apply_economics(
 
     # 2. energy per unit of work
     tokens, samples, steps = _units(result)
-    per = (("energy_per_token_j", tokens), ("energy_per_sample_j", samples),
-           ("energy_per_step_j", steps))
+    per = (
+        ("energy_per_token_j", tokens),
+        ("energy_per_sample_j", samples),
+        ("energy_per_step_j", steps),
+    )
     for key, n in per:
         if n is None or n <= 0:
             continue
@@ -460,11 +503,15 @@ def apply_economics(
     breakdown: dict[str, float] = {}
     cost: float | None = None
     device_s = n_devices * span
-    lifetime_fig = (Figure(config.lifetime, source=_SCENARIO.format("lifetime"))
-                    if config.lifetime is not None else DEFAULT_LIFETIME)
+    lifetime_fig = (
+        Figure(config.lifetime, source=_SCENARIO.format("lifetime"))
+        if config.lifetime is not None
+        else DEFAULT_LIFETIME
+    )
     if config.electricity is not None:
         figs["economics.electricity"] = Figure(
-            config.electricity, source=_SCENARIO.format("electricity"))
+            config.electricity, source=_SCENARIO.format("electricity")
+        )
     if config.pricing == "owned":
         figs["economics.lifetime"] = lifetime_fig
         reasons = []
@@ -484,7 +531,9 @@ def apply_economics(
             breakdown["electricity"] = energy_j * config.electricity
             if config.hosting_usd_per_kw_month is not None:
                 figs["economics.hosting_usd_per_kw_month"] = Figure(
-                    config.hosting_usd_per_kw_month, source=_SCENARIO.format("hosting_usd_per_kw_month"))
+                    config.hosting_usd_per_kw_month,
+                    source=_SCENARIO.format("hosting_usd_per_kw_month"),
+                )
                 kw = _provisioned_kw(spec, n_devices, nodes, host_w, energy_j, span, config.pue)
                 breakdown["hosting"] = config.hosting_usd_per_kw_month * kw * span / MONTH_S
             cost = sum(breakdown.values())
@@ -518,7 +567,8 @@ def apply_economics(
         carbon_parts = {"operational": carbon}
         if config.embodied_kg_per_device is not None:
             figs["economics.embodied_kg_per_device"] = Figure(
-                config.embodied_kg_per_device, source=_SCENARIO.format("embodied_kg_per_device"))
+                config.embodied_kg_per_device, source=_SCENARIO.format("embodied_kg_per_device")
+            )
             figs["economics.lifetime"] = lifetime_fig
             emb = config.embodied_kg_per_device * device_s / lifetime_fig.value
             carbon_parts["embodied"] = emb
@@ -530,8 +580,11 @@ def apply_economics(
     ttt = m.get("time_to_train_s")
     if ttt and span > 0:
         scale = float(ttt) / span
-        for src, dst in (("energy_j", "energy_per_run_j"), ("cost_usd", "cost_per_run_usd"),
-                         ("carbon_kg", "carbon_per_run_kg")):
+        for src, dst in (
+            ("energy_j", "energy_per_run_j"),
+            ("cost_usd", "cost_per_run_usd"),
+            ("carbon_kg", "carbon_per_run_kg"),
+        ):
             if m.get(src) is None:
                 unknown(dst, not_known.get(src, f"{src} is not known."))
             else:
@@ -539,8 +592,16 @@ def apply_economics(
 
     # 6. rent versus buy
     details["break_even"] = _break_even(
-        spec, config, n_devices, nodes, host_w, energy_j, span, details["utilization"],
-        lifetime_fig, figs,
+        spec,
+        config,
+        n_devices,
+        nodes,
+        host_w,
+        energy_j,
+        span,
+        details["utilization"],
+        lifetime_fig,
+        figs,
     )
     if isinstance(details["break_even"], str):
         not_known["break_even"] = details.pop("break_even")
@@ -632,7 +693,8 @@ def describe_break_even(be: Mapping[str, Any]) -> str:
     own, rent = be["own_usd_per_device_hour"], be["rent_usd_per_device_hour"]
     threshold = (
         f"owning is cheaper when devices are busy at least {u_star:.0%} of the hours"
-        if u_star <= 1.0 else "owning is never cheaper, even with devices busy all the time"
+        if u_star <= 1.0
+        else "owning is never cheaper, even with devices busy all the time"
     )
     text = (
         f"Owning costs {own:.3g} USD per device-hour against {rent:.3g} USD renting "

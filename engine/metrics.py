@@ -81,8 +81,11 @@ def column_quantiles(frame: Frame, column: str, qs: tuple[float, ...]) -> list[f
 
 
 def _empty(frame: Frame | None) -> bool:
-    return frame is None or not frame_columns(frame) or (
-        isinstance(frame, pl.DataFrame) and frame.height == 0)
+    return (
+        frame is None
+        or not frame_columns(frame)
+        or (isinstance(frame, pl.DataFrame) and frame.height == 0)
+    )
 
 
 def device_seconds(devices: Frame | None) -> dict[str, float]:
@@ -91,15 +94,20 @@ def device_seconds(devices: Frame | None) -> dict[str, float]:
         return {}
     names = devices.lazy().select(pl.col("state").unique()).collect()["state"]
     dur = pl.col("end_s") - pl.col("start_s")
-    return {str(k): ordered_sum(devices, dur, pl.col("state") == k)
-            for k in sorted(names.drop_nulls().to_list())}
+    return {
+        str(k): ordered_sum(devices, dur, pl.col("state") == k)
+        for k in sorted(names.drop_nulls().to_list())
+    }
 
 
 def _utilization(devices: Frame | None, simulated_s: float) -> tuple[float | None, dict]:
     states = device_seconds(devices)
     busy = sum(v for k, v in states.items() if k != IDLE)
-    lanes = 0 if devices is None or _empty(devices) else int(
-        devices.lazy().select(pl.struct("replica", "device").n_unique()).collect().item())
+    lanes = (
+        0
+        if devices is None or _empty(devices)
+        else int(devices.lazy().select(pl.struct("replica", "device").n_unique()).collect().item())
+    )
     util = busy / (lanes * simulated_s) if lanes and simulated_s > 0 else None
     return util, states
 
@@ -129,12 +137,16 @@ def serving_metrics(
     tbt = frames.get("tbt")
     is_ok = pl.col("status") == "ok"
     span = float(simulated_s)
-    counts = req.select(
-        pl.len().alias("n"),
-        is_ok.sum().alias("ok"),
-        pl.col("output_tokens").filter(is_ok).sum().alias("out"),
-        pl.col("preemptions").sum().alias("pre"),
-    ).collect().row(0, named=True)
+    counts = (
+        req.select(
+            pl.len().alias("n"),
+            is_ok.sum().alias("ok"),
+            pl.col("output_tokens").filter(is_ok).sum().alias("out"),
+            pl.col("preemptions").sum().alias("pre"),
+        )
+        .collect()
+        .row(0, named=True)
+    )
     n_req, n_ok = int(counts["n"]), int(counts["ok"] or 0)
     out_tokens = int(counts["out"] or 0)
     m: dict[str, Any] = {
@@ -166,15 +178,16 @@ def serving_metrics(
             cond = cond & (pl.col("ttft_s") <= ttft_slo_s)
         if tbt_slo_s is not None:
             cond = cond & (pl.col("tbt_mean_s").is_null() | (pl.col("tbt_mean_s") <= tbt_slo_s))
-        good = ok.filter(cond).select(
-            pl.len().alias("n"), pl.col("output_tokens").sum().alias("tokens")
-        ).collect().row(0, named=True)
+        good = (
+            ok.filter(cond)
+            .select(pl.len().alias("n"), pl.col("output_tokens").sum().alias("tokens"))
+            .collect()
+            .row(0, named=True)
+        )
         n_good = int(good["n"])
         m["slo_attainment"] = n_good / n_req if n_req else None
         m["goodput_requests_per_s"] = n_good / span if span > 0 else None
-        m["goodput_tokens_per_s"] = (
-            float(good["tokens"] or 0) / span if span > 0 else None
-        )
+        m["goodput_tokens_per_s"] = float(good["tokens"] or 0) / span if span > 0 else None
     m["preemptions"] = int(counts["pre"] or 0) if n_req else 0
     m["iterations"], m["mean_batch"] = _step_counts(steps)
     util, states = _utilization(devices, span)
@@ -190,8 +203,9 @@ def _step_counts(steps: Frame | None) -> tuple[int, float | None]:
     if _empty(steps):
         return 0, None
     assert steps is not None
-    row = steps.lazy().select(pl.len().alias("n"), pl.col("batch").mean().alias("b")) \
-        .collect().row(0)
+    row = (
+        steps.lazy().select(pl.len().alias("n"), pl.col("batch").mean().alias("b")).collect().row(0)
+    )
     n = int(row[0])
     return n, (float(row[1]) if n else None)
 
@@ -211,8 +225,9 @@ def forward_metrics(
     iterations, mean_batch = _step_counts(steps)
     step_time = None
     if iterations:
-        step_time = float(steps.lazy().select((pl.col("end_s") - pl.col("start_s")).mean())
-                          .collect().item())
+        step_time = float(
+            steps.lazy().select((pl.col("end_s") - pl.col("start_s")).mean()).collect().item()
+        )
     return {
         "samples": samples,
         "simulated_s": span,

@@ -59,7 +59,7 @@ DEFAULT_OTHER_UTILIZATION = 0.75
 
 _STATE_REASONS: Mapping[str, str] = {
     "compute": "compute-bound steps near the power cap; TPU v4 measured mean/max 170/192 W "
-               "(tpuv4_power) and TPU v3 220/262 W (tpuv3_power)",
+    "(tpuv4_power) and TPU v3 220/262 W (tpuv3_power)",
     "memory": "memory-bound steps: HBM and load/store busy, math units mostly idle",
     "comm": "communication: links and DMA busy, math units idle",
     "overhead": "launch gaps and host stalls, close to idle",
@@ -79,14 +79,16 @@ class PowerModel:
     max_w: float
     idle_w: float
     utilization: Mapping[str, float] = field(
-        default_factory=lambda: dict(DEFAULT_STATE_UTILIZATION))
+        default_factory=lambda: dict(DEFAULT_STATE_UTILIZATION)
+    )
     other_utilization: float = DEFAULT_OTHER_UTILIZATION
     sources: Mapping[str, Figure] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (self.max_w > 0 and 0 <= self.idle_w <= self.max_w):
             raise ValueError(
-                f"power model needs 0 <= idle ({self.idle_w} W) <= max ({self.max_w} W)")
+                f"power model needs 0 <= idle ({self.idle_w} W) <= max ({self.max_w} W)"
+            )
         for k, u in self.utilization.items():
             if not 0 <= u <= 1:
                 raise ValueError(f"power utilization of state {k!r} must be in [0, 1], got {u}")
@@ -134,8 +136,9 @@ class PowerModel:
                 continue
             sources[f"power.state.{state}"] = Figure(
                 idle + u * (max_fig.value - idle),
-                assumption=(f"idle + {u:g} x (max - idle): "
-                            f"{_STATE_REASONS.get(state, 'assumption')}"),
+                assumption=(
+                    f"idle + {u:g} x (max - idle): {_STATE_REASONS.get(state, 'assumption')}"
+                ),
             )
         return cls(max_fig.value, idle, util, other_utilization, sources)
 

@@ -111,13 +111,17 @@ class RunResult:
         """The ``name`` frame of every system stacked (``None`` when no system has it): a
         DataFrame when every part is in memory, else a LazyFrame (spilled runs), which
         callers query or stream rather than collect whole."""
-        parts = [s.frames[name] for s in self.systems
-                 if name in s.frames and frame_height(s.frames[name])]
+        parts = [
+            s.frames[name]
+            for s in self.systems
+            if name in s.frames and frame_height(s.frames[name])
+        ]
         if not parts:
             return None
         if all(isinstance(p, pl.DataFrame) for p in parts):
-            return pl.concat([p for p in parts if isinstance(p, pl.DataFrame)],
-                             how="diagonal_relaxed")
+            return pl.concat(
+                [p for p in parts if isinstance(p, pl.DataFrame)], how="diagonal_relaxed"
+            )
         return pl.concat([p.lazy() for p in parts], how="diagonal_relaxed")
 
 

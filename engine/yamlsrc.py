@@ -102,8 +102,7 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], file: str) -> int:
         memo[key] = -1  # being measured
         if isinstance(node, yaml.MappingNode):
             size = 1 + sum(
-                _expanded_size(k, memo, file) + _expanded_size(v, memo, file)
-                for k, v in node.value
+                _expanded_size(k, memo, file) + _expanded_size(v, memo, file) for k, v in node.value
             )
         elif isinstance(node, yaml.SequenceNode):
             size = 1 + sum(_expanded_size(v, memo, file) for v in node.value)

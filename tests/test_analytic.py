@@ -19,13 +19,26 @@ from plugins.gpu.catalog import catalog, resolve
 class TinyModel(ModelGraph):
     """Two GEMMs per layer, a norm and a tensor-parallel all-reduce."""
 
-    def __init__(self, hidden: int = 1024, layers: int = 4, param_bytes: float = 1e9,
-                 kv_bytes_per_token: float = 1e5) -> None:
+    def __init__(
+        self,
+        hidden: int = 1024,
+        layers: int = 4,
+        param_bytes: float = 1e9,
+        kv_bytes_per_token: float = 1e5,
+    ) -> None:
         self.hidden, self.layers = hidden, layers
-        self.info = ModelInfo(name="tiny", family="fake", kind="decoder", dtype="bf16",
-                              params=param_bytes / 2, active_params=param_bytes / 2,
-                              param_bytes=param_bytes, kv_bytes_per_token=kv_bytes_per_token,
-                              layers=layers, max_seq_len=2048)
+        self.info = ModelInfo(
+            name="tiny",
+            family="fake",
+            kind="decoder",
+            dtype="bf16",
+            params=param_bytes / 2,
+            active_params=param_bytes / 2,
+            param_bytes=param_bytes,
+            kv_bytes_per_token=kv_bytes_per_token,
+            layers=layers,
+            max_seq_len=2048,
+        )
         self.builds = 0
 
     def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
@@ -36,16 +49,47 @@ class TinyModel(ModelGraph):
         n = 4 * h // t
         layers = self.layers // par.pipeline
         ops = [
-            Op("up", OpKind.MATMUL, flops=2 * m * n * h, bytes_read=2 * (m * h + n * h),
-               bytes_written=2 * m * n, param_bytes=2 * n * h, dims=(m, n, h), count=layers),
-            Op("down", OpKind.MATMUL, flops=2 * m * n * h, bytes_read=2 * (m * n + n * h),
-               bytes_written=2 * m * h, param_bytes=2 * n * h, dims=(m, h, n), count=layers),
-            Op("norm", OpKind.NORM, flops=5 * m * h, bytes_read=2 * m * h,
-               bytes_written=2 * m * h, dims=(m * h,), count=layers),
+            Op(
+                "up",
+                OpKind.MATMUL,
+                flops=2 * m * n * h,
+                bytes_read=2 * (m * h + n * h),
+                bytes_written=2 * m * n,
+                param_bytes=2 * n * h,
+                dims=(m, n, h),
+                count=layers,
+            ),
+            Op(
+                "down",
+                OpKind.MATMUL,
+                flops=2 * m * n * h,
+                bytes_read=2 * (m * n + n * h),
+                bytes_written=2 * m * h,
+                param_bytes=2 * n * h,
+                dims=(m, h, n),
+                count=layers,
+            ),
+            Op(
+                "norm",
+                OpKind.NORM,
+                flops=5 * m * h,
+                bytes_read=2 * m * h,
+                bytes_written=2 * m * h,
+                dims=(m * h,),
+                count=layers,
+            ),
         ]
         if t > 1:
-            ops.append(Op("ar", OpKind.COLLECTIVE, collective=Collective.ALL_REDUCE,
-                          comm_bytes=2 * m * h, group=t, count=layers))
+            ops.append(
+                Op(
+                    "ar",
+                    OpKind.COLLECTIVE,
+                    collective=Collective.ALL_REDUCE,
+                    comm_bytes=2 * m * h,
+                    group=t,
+                    count=layers,
+                )
+            )
         return OpGraph(phase=shape.phase, ops=tuple(ops), shape=shape)
 
     def module(self, device: str = "meta") -> Any:
@@ -57,13 +101,23 @@ class TinyModel(ModelGraph):
 
 def make_system(device: DeviceSpec, tensor: int = 1, pipeline: int = 1) -> System:
     par = Parallelism(tensor=tensor, pipeline=pipeline)
-    return System(name="s", backend=device.backend, device=device,
-                  count=par.model_parallel, parallelism=par,
-                  topology=topology_from_device(device))
+    return System(
+        name="s",
+        backend=device.backend,
+        device=device,
+        count=par.model_parallel,
+        parallelism=par,
+        topology=topology_from_device(device),
+    )
 
 
-def compiled(model: TinyModel, device: DeviceSpec, tensor: int = 1, pipeline: int = 1,
-             calls: list[Op] | None = None) -> AnalyticCompiled:
+def compiled(
+    model: TinyModel,
+    device: DeviceSpec,
+    tensor: int = 1,
+    pipeline: int = 1,
+    calls: list[Op] | None = None,
+) -> AnalyticCompiled:
     system = make_system(device, tensor, pipeline)
     peak, bw = device.flops("bf16"), device.memory_bw.value
 
@@ -73,9 +127,13 @@ def compiled(model: TinyModel, device: DeviceSpec, tensor: int = 1, pipeline: in
         return roofline(op.flops, op.bytes, peak, bw, 1e-6)
 
     return AnalyticCompiled(
-        system, model, price_op=price,
+        system,
+        model,
+        price_op=price,
         collective=lambda k, n, g: collective_seconds(k, n, g, system.topology),
-        power=PowerModel.from_device(device), catalog=catalog(), reserve_bytes=1e9,
+        power=PowerModel.from_device(device),
+        catalog=catalog(),
+        reserve_bytes=1e9,
     )
 
 
@@ -167,14 +225,20 @@ def test_power_model() -> None:
     w = {s: pm.state_watts(s) for s in ("compute", "memory", "comm", "overhead")}
     assert pm.idle_watts < w["overhead"] < w["comm"] < w["memory"] < w["compute"] <= 700
     assert pm.joules({"compute": 2.0, "memory": 1.0}, devices=4) == pytest.approx(
-        4 * (2 * w["compute"] + w["memory"]))
+        4 * (2 * w["compute"] + w["memory"])
+    )
     assert pm.state_watts("something-else") > pm.idle_watts
     # a published idle figure wins over the assumption
-    spec = DeviceSpec(name="x", backend="gpu", vendor="", description="",
-                      peak_flops={"bf16": Figure(1e12, "s")}, memory_bytes=Figure(1e9, "s"),
-                      memory_bw=Figure(1e9, "s"),
-                      power=PowerSpec(max_w=Figure(192, "tpuv4_power"),
-                                      idle_w=Figure(90, "tpuv4_power")))
+    spec = DeviceSpec(
+        name="x",
+        backend="gpu",
+        vendor="",
+        description="",
+        peak_flops={"bf16": Figure(1e12, "s")},
+        memory_bytes=Figure(1e9, "s"),
+        memory_bw=Figure(1e9, "s"),
+        power=PowerSpec(max_w=Figure(192, "tpuv4_power"), idle_w=Figure(90, "tpuv4_power")),
+    )
     assert PowerModel.from_device(spec).idle_watts == 90
     for fig in pm.figures().values():
         assert fig.source or fig.assumption

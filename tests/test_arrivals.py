@@ -13,9 +13,13 @@ from engine.traces import REQUEST_SCHEMA
 
 
 def spec(**kw: object) -> ArrivalSpec:
-    base: dict = {"process": "poisson", "rate": "10/s", "count": 20000,
-                  "prompt_tokens": {"dist": "lognormal", "median": 1000, "sigma": 1.0},
-                  "output_tokens": {"dist": "constant", "value": 64}}
+    base: dict = {
+        "process": "poisson",
+        "rate": "10/s",
+        "count": 20000,
+        "prompt_tokens": {"dist": "lognormal", "median": 1000, "sigma": 1.0},
+        "output_tokens": {"dist": "constant", "value": 64},
+    }
     base.update(kw)
     return ArrivalSpec.model_validate(base)
 
@@ -85,23 +89,30 @@ def test_other_distributions() -> None:
 
 def test_empirical_from_trace_uses_resolver() -> None:
     """An empirical distribution naming a trace draws from that trace's column."""
-    pool = pl.DataFrame({"arrival_s": [0.0, 1.0], "prompt_tokens": [11, 13],
-                         "output_tokens": [2, 2]}, schema=REQUEST_SCHEMA)
-    s = spec(count=200, prompt_tokens={"dist": "empirical",
-                                       "trace": {"path": "x.csv", "format": "azure-llm"}})
+    pool = pl.DataFrame(
+        {"arrival_s": [0.0, 1.0], "prompt_tokens": [11, 13], "output_tokens": [2, 2]},
+        schema=REQUEST_SCHEMA,
+    )
+    s = spec(
+        count=200,
+        prompt_tokens={"dist": "empirical", "trace": {"path": "x.csv", "format": "azure-llm"}},
+    )
     f = generate(s, 1, resolve_trace=lambda m: pool)
     assert set(f["prompt_tokens"].to_list()) <= {11, 13}
 
 
-@pytest.mark.parametrize("bad", [
-    {"count": None},                                   # neither count nor duration
-    {"duration": "1 min"},                             # both
-    {"rate": 4},                                       # no unit
-    {"burstiness": 2.0},                               # burstiness without gamma
-    {"prompt_tokens": {"dist": "lognormal"}},          # median missing
-    {"prompt_tokens": {"dist": "uniform", "low": 9, "high": 3}},
-    {"prompt_tokens": {"dist": "constant", "value": 5, "mean": 3, "typo": 1}},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"count": None},  # neither count nor duration
+        {"duration": "1 min"},  # both
+        {"rate": 4},  # no unit
+        {"burstiness": 2.0},  # burstiness without gamma
+        {"prompt_tokens": {"dist": "lognormal"}},  # median missing
+        {"prompt_tokens": {"dist": "uniform", "low": 9, "high": 3}},
+        {"prompt_tokens": {"dist": "constant", "value": 5, "mean": 3, "typo": 1}},
+    ],
+)
 def test_bad_specs_are_rejected(bad: dict) -> None:
     """Malformed arrival blocks fail validation."""
     with pytest.raises(ValidationError):

@@ -26,10 +26,17 @@ systems:
 
 def _gpu_calibration(tmp_path: Path, device: str) -> Path:
     path = tmp_path / f"{device}.json"
-    path.write_text(json.dumps({
-        "device": device, "measured_on": "test fixture", "date": "2026-11-23",
-        "command": "written by the test", "params": {"tensor_fraction": 0.5},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "device": device,
+                "measured_on": "test fixture",
+                "date": "2026-11-23",
+                "command": "written by the test",
+                "params": {"tensor_fraction": 0.5},
+            }
+        )
+    )
     return path
 
 

@@ -17,11 +17,17 @@ from engine.collectives import (
 from engine.graph import Collective
 from engine.system import Topology
 
-AR, RS, AG, A2A, SR = (Collective.ALL_REDUCE, Collective.REDUCE_SCATTER, Collective.ALL_GATHER,
-                       Collective.ALL_TO_ALL, Collective.SEND_RECV)
+AR, RS, AG, A2A, SR = (
+    Collective.ALL_REDUCE,
+    Collective.REDUCE_SCATTER,
+    Collective.ALL_GATHER,
+    Collective.ALL_TO_ALL,
+    Collective.SEND_RECV,
+)
 
-NODE = Topology(devices_per_node=8, intra_bw=450e9, intra_latency=1e-6,
-                inter_bw=50e9, inter_latency=5e-6)
+NODE = Topology(
+    devices_per_node=8, intra_bw=450e9, intra_latency=1e-6, inter_bw=50e9, inter_latency=5e-6
+)
 
 
 def test_ring_all_reduce_formula() -> None:
@@ -79,8 +85,11 @@ def test_crossing_nodes_pays_the_slow_link() -> None:
     flat_tree = collective_seconds(AR, 1e9, 16, NODE, "tree")
     assert across == pytest.approx(min(hier, flat_slow, flat_tree))
     # hierarchical: intra RS + inter AR of n/8 over 2 nodes + intra AG
-    expect = (ring_seconds(RS, 1e9, 8, 450e9, 1e-6) + ring_seconds(AR, 1e9 / 8, 2, 50e9, 5e-6)
-              + ring_seconds(AG, 1e9, 8, 450e9, 1e-6))
+    expect = (
+        ring_seconds(RS, 1e9, 8, 450e9, 1e-6)
+        + ring_seconds(AR, 1e9 / 8, 2, 50e9, 5e-6)
+        + ring_seconds(AG, 1e9, 8, 450e9, 1e-6)
+    )
     assert hierarchical_seconds(AR, 1e9, 16, NODE, "ring") == pytest.approx(expect)
     assert hier <= expect * (1 + 1e-12)
     assert collective_seconds(AR, 1e9, 16, NODE, "ring") == pytest.approx(flat_slow)

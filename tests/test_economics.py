@@ -36,16 +36,24 @@ def make_spec(
     per_node: int = 8,
 ) -> DeviceSpec:
     """A device spec whose price and power figures are given per test (None = unpublished)."""
+
     def fig(v: float | None, scale: float = 1.0) -> Figure | None:
         return None if v is None else Figure(v * scale, SRC)
 
     return DeviceSpec(
-        name="testchip", backend="gpu", vendor="test", description="a test device",
-        peak_flops={"bf16": Figure(1e15, SRC)}, memory_bytes=Figure(80e9, SRC),
+        name="testchip",
+        backend="gpu",
+        vendor="test",
+        description="a test device",
+        peak_flops={"bf16": Figure(1e15, SRC)},
+        memory_bytes=Figure(80e9, SRC),
         memory_bw=Figure(3e12, SRC),
         power=PowerSpec(max_w=fig(max_w), idle_w=fig(idle_w)),
-        price=PriceSpec(on_demand=fig(cloud_h, 1 / HOUR_S),
-                        spot=fig(spot_h, 1 / HOUR_S), list_price=fig(list_price)),
+        price=PriceSpec(
+            on_demand=fig(cloud_h, 1 / HOUR_S),
+            spot=fig(spot_h, 1 / HOUR_S),
+            list_price=fig(list_price),
+        ),
         devices_per_node=per_node,
     )
 
@@ -53,15 +61,17 @@ def make_spec(
 def make_result(span: float = SPAN, tokens_per_s: float = 100.0, **metrics: float) -> SystemResult:
     """Two devices over ``span`` s: device 0 busy 4 s compute (400 J) and 1 s comm (50 J),
     device 1 busy 2 s memory (100 J), plus an explicit idle row that must not count twice."""
-    dev = pl.DataFrame({
-        "system": ["s"] * 4,
-        "replica": [0, 0, 0, 0],
-        "device": [0, 0, 0, 1],
-        "start_s": [0.0, 4.0, 5.0, 0.0],
-        "end_s": [4.0, 5.0, 6.0, 2.0],
-        "state": ["compute", "idle", "comm", "memory"],
-        "joules": [400.0, 999.0, 50.0, 100.0],
-    })
+    dev = pl.DataFrame(
+        {
+            "system": ["s"] * 4,
+            "replica": [0, 0, 0, 0],
+            "device": [0, 0, 0, 1],
+            "start_s": [0.0, 4.0, 5.0, 0.0],
+            "end_s": [4.0, 5.0, 6.0, 2.0],
+            "state": ["compute", "idle", "comm", "memory"],
+            "joules": [400.0, 999.0, 50.0, 100.0],
+        }
+    )
     m = {"simulated_s": span, "throughput_tokens_per_s": tokens_per_s, **metrics}
     return SystemResult("s", "gpu", "testchip", 2, metrics=m, frames={"devices": dev})
 
@@ -85,7 +95,8 @@ def test_energy_is_busy_joules_plus_idle_power_times_idle_time_times_pue() -> No
     assert parts["host"] == pytest.approx(2000.0)
     assert sum(parts.values()) == pytest.approx(expected)
     assert r.details["power_states_s"] == pytest.approx(
-        {"compute": 4.0, "comm": 1.0, "memory": 2.0, "idle": idle_s})
+        {"compute": 4.0, "comm": 1.0, "memory": 2.0, "idle": idle_s}
+    )
     assert r.details["utilization"] == pytest.approx(BUSY_S / (2 * SPAN))
     assert r.metrics["energy_per_token_j"] == pytest.approx(expected / (100.0 * SPAN))
     assert r.figures["power.idle_w"].value == 50.0
@@ -106,8 +117,8 @@ def test_power_model_fills_missing_joules_and_idle_power() -> None:
     idle watts (an assumption, recorded as such) stand in for an unpublished idle figure."""
     r = make_result()
     r.frames["devices"] = r.frames["devices"].with_columns(
-        pl.when(pl.col("state") == "compute").then(None).otherwise(pl.col("joules"))
-        .alias("joules"))
+        pl.when(pl.col("state") == "compute").then(None).otherwise(pl.col("joules")).alias("joules")
+    )
     apply_economics(r, make_spec(idle_w=None), 2, EconomicsConfig(), FakePower())
     expected = 500.0 * 4.0 + 50.0 + 100.0 + 30.0 * (2 * SPAN - BUSY_S)
     assert r.metrics["energy_j"] == pytest.approx(expected)
@@ -142,8 +153,13 @@ def test_owned_cost_is_amortization_plus_electricity_plus_hosting() -> None:
     """Owned cost = list price x device-time / lifetime + energy x electricity price +
     hosting USD per kW-month x provisioned kW (max power) x months."""
     r = make_result(span=HOUR_S)
-    cfg = EconomicsConfig(pricing="owned", electricity="0.10 USD/kWh", lifetime="3 year",
-                          hosting_usd_per_kw_month=150.0, pue=1.2)
+    cfg = EconomicsConfig(
+        pricing="owned",
+        electricity="0.10 USD/kWh",
+        lifetime="3 year",
+        hosting_usd_per_kw_month=150.0,
+        pue=1.2,
+    )
     apply_economics(r, make_spec(list_price=30_000.0, max_w=700.0), 2, cfg, None)
     energy = r.metrics["energy_j"]
     lifetime = 3 * 365.25 * 86400
@@ -180,12 +196,23 @@ def test_break_even_utilization_is_own_cost_over_rent_price() -> None:
 
 def test_busy_workload_makes_owning_cheaper() -> None:
     """A device busy all the time, rented at a high price, is cheaper to own."""
-    dev = pl.DataFrame({"system": ["s"], "replica": [0], "device": [0], "start_s": [0.0],
-                        "end_s": [HOUR_S], "state": ["compute"], "joules": [700.0 * HOUR_S]})
-    r = SystemResult("s", "gpu", "testchip", 1, metrics={"simulated_s": HOUR_S},
-                     frames={"devices": dev})
-    apply_economics(r, make_spec(cloud_h=10.0), 1,
-                    EconomicsConfig(electricity="0.10 USD/kWh"), None)
+    dev = pl.DataFrame(
+        {
+            "system": ["s"],
+            "replica": [0],
+            "device": [0],
+            "start_s": [0.0],
+            "end_s": [HOUR_S],
+            "state": ["compute"],
+            "joules": [700.0 * HOUR_S],
+        }
+    )
+    r = SystemResult(
+        "s", "gpu", "testchip", 1, metrics={"simulated_s": HOUR_S}, frames={"devices": dev}
+    )
+    apply_economics(
+        r, make_spec(cloud_h=10.0), 1, EconomicsConfig(electricity="0.10 USD/kWh"), None
+    )
     be = r.details["break_even"]
     assert be["utilization"] == pytest.approx(1.0)
     assert be["cheaper"] == "own"
@@ -196,11 +223,18 @@ def test_missing_figures_are_not_known_with_reasons_and_the_rest_is_computed() -
     """No price and no idle power: energy, cost and carbon are None with a reason sentence
     each naming the missing figure; throughput and the timeline summary remain."""
     r = make_result()
-    apply_economics(r, make_spec(cloud_h=None, list_price=None, idle_w=None), 2,
-                    EconomicsConfig(), None)
+    apply_economics(
+        r, make_spec(cloud_h=None, list_price=None, idle_w=None), 2, EconomicsConfig(), None
+    )
     nk = r.details["not_known"]
-    for metric in ("energy_j", "energy_per_token_j", "cost_usd", "cost_per_million_tokens_usd",
-                   "carbon_kg", "break_even"):
+    for metric in (
+        "energy_j",
+        "energy_per_token_j",
+        "cost_usd",
+        "cost_per_million_tokens_usd",
+        "carbon_kg",
+        "break_even",
+    ):
         assert metric in nk, metric
         if metric in r.metrics:
             assert r.metrics[metric] is None
@@ -228,9 +262,13 @@ def test_no_device_timeline_is_not_known() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
-    [({"cloud_h": -1.0}, "negative"), ({"cloud_h": 50_000.0}, "absurd"),
-     ({"list_price": -5.0}, "negative"), ({"idle_w": -3.0}, "negative"),
-     ({"list_price": math.inf}, "not finite")],
+    [
+        ({"cloud_h": -1.0}, "negative"),
+        ({"cloud_h": 50_000.0}, "absurd"),
+        ({"list_price": -5.0}, "negative"),
+        ({"idle_w": -3.0}, "negative"),
+        ({"list_price": math.inf}, "not finite"),
+    ],
 )
 def test_negative_or_absurd_figures_are_input_errors(kwargs: dict[str, float], needle: str) -> None:
     """A negative, absurd or infinite price or power figure raises XpusimError (exit 2)."""
@@ -241,8 +279,9 @@ def test_negative_or_absurd_figures_are_input_errors(kwargs: dict[str, float], n
 def test_absurd_electricity_price_is_an_input_error() -> None:
     """50 USD/kWh is no real tariff (a unit slip): XpusimError."""
     with pytest.raises(XpusimError, match="electricity"):
-        apply_economics(make_result(), make_spec(), 2,
-                        EconomicsConfig(electricity="50 USD/kWh"), None)
+        apply_economics(
+            make_result(), make_spec(), 2, EconomicsConfig(electricity="50 USD/kWh"), None
+        )
 
 
 def test_negative_scenario_figures_fail_validation() -> None:
@@ -302,8 +341,12 @@ def test_replicas_in_the_frame_count_as_devices() -> None:
     """When the devices frame shows more (replica, device) lanes than ``count``, idle time
     covers them all."""
     r = make_result()
-    r.frames["devices"] = pl.concat([
-        r.frames["devices"], r.frames["devices"].with_columns(pl.lit(1, pl.Int64).alias("replica"))])
+    r.frames["devices"] = pl.concat(
+        [
+            r.frames["devices"],
+            r.frames["devices"].with_columns(pl.lit(1, pl.Int64).alias("replica")),
+        ]
+    )
     apply_economics(r, make_spec(), 2, EconomicsConfig(), None)
     assert r.details["devices_counted"] == 4
     assert r.details["energy_breakdown_j"]["idle"] == pytest.approx(50.0 * (4 * SPAN - 2 * BUSY_S))

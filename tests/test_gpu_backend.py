@@ -34,16 +34,34 @@ FIGURES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "figure
 class FakeLlama(ModelGraph):
     """GEMMs, flash attention, norms and TP all-reduces of a Llama-style decoder."""
 
-    def __init__(self, name: str, hidden: int, ffn: int, layers: int, heads: int,
-                 kv_heads: int, vocab: int, params: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        hidden: int,
+        ffn: int,
+        layers: int,
+        heads: int,
+        kv_heads: int,
+        vocab: int,
+        params: float,
+    ) -> None:
         self.h, self.ffn, self.layers = hidden, ffn, layers
         self.heads, self.kv_heads = heads, kv_heads
         self.vocab, self.hd = vocab, hidden // heads
         kv = 2 * layers * kv_heads * self.hd * 2
-        self.info = ModelInfo(name=name, family="fake", kind="decoder", dtype="bf16",
-                              params=params, active_params=params, param_bytes=2 * params,
-                              kv_bytes_per_token=kv, flops_per_token=2 * params,
-                              layers=layers, max_seq_len=4096)
+        self.info = ModelInfo(
+            name=name,
+            family="fake",
+            kind="decoder",
+            dtype="bf16",
+            params=params,
+            active_params=params,
+            param_bytes=2 * params,
+            kv_bytes_per_token=kv,
+            flops_per_token=2 * params,
+            layers=layers,
+            max_seq_len=4096,
+        )
 
     def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
         par = parallel or Parallelism()
@@ -54,29 +72,66 @@ class FakeLlama(ModelGraph):
         ffn = self.ffn // t
 
         def gemm(name: str, mm: int, n: int, k: int, count: int = nl) -> Op:
-            return Op(name, OpKind.MATMUL, flops=2 * mm * n * k,
-                      bytes_read=2 * (mm * k + n * k), bytes_written=2 * mm * n,
-                      param_bytes=2 * n * k, dims=(mm, n, k), count=count)
+            return Op(
+                name,
+                OpKind.MATMUL,
+                flops=2 * mm * n * k,
+                bytes_read=2 * (mm * k + n * k),
+                bytes_written=2 * mm * n,
+                param_bytes=2 * n * k,
+                dims=(mm, n, k),
+                count=count,
+            )
 
         ctx = shape.context + shape.tokens
         qh, kvh = self.heads // t, max(1, self.kv_heads // t)
-        att = Op("attn", OpKind.ATTENTION,
-                 flops=4 * shape.tokens * ctx * hd * qh * shape.batch,
-                 bytes_read=2 * shape.batch * (shape.tokens * qh * hd + 2 * ctx * kvh * hd),
-                 bytes_written=2 * shape.batch * shape.tokens * qh * hd,
-                 dims=(shape.tokens, ctx, hd), batch=qh * shape.batch, count=nl)
+        att = Op(
+            "attn",
+            OpKind.ATTENTION,
+            flops=4 * shape.tokens * ctx * hd * qh * shape.batch,
+            bytes_read=2 * shape.batch * (shape.tokens * qh * hd + 2 * ctx * kvh * hd),
+            bytes_written=2 * shape.batch * shape.tokens * qh * hd,
+            dims=(shape.tokens, ctx, hd),
+            batch=qh * shape.batch,
+            count=nl,
+        )
         ops = [
-            gemm("qkv", m, qkv, h), att, gemm("o", m, h, h // t),
-            gemm("gate_up", m, 2 * ffn, h), gemm("down", m, h, ffn),
-            Op("norm", OpKind.NORM, flops=8 * m * h, bytes_read=4 * m * h,
-               bytes_written=2 * m * h, dims=(m * h,), count=2 * nl),
-            Op("act", OpKind.ELEMENTWISE, flops=4 * m * ffn, bytes_read=4 * m * ffn,
-               bytes_written=2 * m * ffn, dims=(m * ffn,), count=nl),
+            gemm("qkv", m, qkv, h),
+            att,
+            gemm("o", m, h, h // t),
+            gemm("gate_up", m, 2 * ffn, h),
+            gemm("down", m, h, ffn),
+            Op(
+                "norm",
+                OpKind.NORM,
+                flops=8 * m * h,
+                bytes_read=4 * m * h,
+                bytes_written=2 * m * h,
+                dims=(m * h,),
+                count=2 * nl,
+            ),
+            Op(
+                "act",
+                OpKind.ELEMENTWISE,
+                flops=4 * m * ffn,
+                bytes_read=4 * m * ffn,
+                bytes_written=2 * m * ffn,
+                dims=(m * ffn,),
+                count=nl,
+            ),
             gemm("lm_head", shape.batch, self.vocab // t, h, count=1),
         ]
         if t > 1:
-            ops.append(Op("tp_ar", OpKind.COLLECTIVE, collective=Collective.ALL_REDUCE,
-                          comm_bytes=2 * m * h, group=t, count=2 * nl))
+            ops.append(
+                Op(
+                    "tp_ar",
+                    OpKind.COLLECTIVE,
+                    collective=Collective.ALL_REDUCE,
+                    comm_bytes=2 * m * h,
+                    group=t,
+                    count=2 * nl,
+                )
+            )
         return OpGraph(phase=shape.phase, ops=tuple(ops), shape=shape)
 
     def module(self, device: str = "meta") -> Any:
@@ -97,8 +152,15 @@ def llama70b() -> FakeLlama:
 def system(device: str | DeviceSpec, tensor: int = 1, **options: Any) -> System:
     dev = resolve(device) if isinstance(device, str) else device
     par = Parallelism(tensor=tensor)
-    return System(name="sut", backend="gpu", device=dev, count=tensor, parallelism=par,
-                  topology=topology_from_device(dev), options=dict(options))
+    return System(
+        name="sut",
+        backend="gpu",
+        device=dev,
+        count=tensor,
+        parallelism=par,
+        topology=topology_from_device(dev),
+        options=dict(options),
+    )
 
 
 # -- catalog --------------------------------------------------------------------------
@@ -157,7 +219,11 @@ def test_gemm_monotone_in_m_n_k(dev: str) -> None:
                 dims[axis] = s
                 times.append(gemm_s(cm, *dims))
             assert all(b >= a * (1 - 1e-12) for a, b in itertools.pairwise(times)), (
-                dev, fixed, axis, times)
+                dev,
+                fixed,
+                axis,
+                times,
+            )
 
 
 def test_wave_quantization_visible() -> None:
@@ -174,7 +240,8 @@ def test_wave_quantization_visible() -> None:
     assert over[0].compute_s / full[0].compute_s == pytest.approx(2.0)
     # tile quantization: m = 129 pads to 256 rows, the same as m = 256
     assert cm.gemm(129, 128, k, 1, "bf16", 0.0)[0].compute_s == pytest.approx(
-        cm.gemm(256, 128, k, 1, "bf16", 0.0)[0].compute_s)
+        cm.gemm(256, 128, k, 1, "bf16", 0.0)[0].compute_s
+    )
 
 
 def test_decode_memory_bound_prefill_compute_bound() -> None:
@@ -182,15 +249,30 @@ def test_decode_memory_bound_prefill_compute_bound() -> None:
     4096-token prefill GEMM is compute-bound at 50-75% of peak."""
     cm = GpuCostModel(resolve("h100"))
     h = 4096
-    decode = cm(Op("qkv", OpKind.MATMUL, flops=2 * 1 * 3 * h * h,
-                   bytes_read=2 * (h + 3 * h * h), bytes_written=2 * 3 * h, dims=(1, 3 * h, h)))
+    decode = cm(
+        Op(
+            "qkv",
+            OpKind.MATMUL,
+            flops=2 * 1 * 3 * h * h,
+            bytes_read=2 * (h + 3 * h * h),
+            bytes_written=2 * 3 * h,
+            dims=(1, 3 * h, h),
+        )
+    )
     assert decode.bound == "memory"
     # ~ weight bytes / (bandwidth x memory_fraction)
     assert decode.memory_s == pytest.approx(2 * 3 * h * h / (3.35e12 * 0.8), rel=0.01)
     m = 4096
-    prefill = cm(Op("qkv", OpKind.MATMUL, flops=2 * m * 3 * h * h,
-                    bytes_read=2 * (m * h + 3 * h * h), bytes_written=2 * m * 3 * h,
-                    dims=(m, 3 * h, h)))
+    prefill = cm(
+        Op(
+            "qkv",
+            OpKind.MATMUL,
+            flops=2 * m * 3 * h * h,
+            bytes_read=2 * (m * h + 3 * h * h),
+            bytes_written=2 * m * 3 * h,
+            dims=(m, 3 * h, h),
+        )
+    )
     assert prefill.bound == "compute"
     achieved = 2 * m * 3 * h * h / prefill.seconds
     assert 0.5 * 989.4e12 < achieved < 0.75 * 989.4e12
@@ -203,8 +285,14 @@ def test_attention_is_flash_style() -> None:
     q = kv = 4096
     d, heads = 128, 32
     unfused = 2 * heads * (3 * q * d + q * kv) + 2 * heads * (q * d + q * kv)
-    op = Op("attn", OpKind.ATTENTION, flops=4 * q * kv * d * heads, bytes_read=unfused,
-            dims=(q, kv, d), batch=heads)
+    op = Op(
+        "attn",
+        OpKind.ATTENTION,
+        flops=4 * q * kv * d * heads,
+        bytes_read=unfused,
+        dims=(q, kv, d),
+        batch=heads,
+    )
     t = cm(op)
     assert t.memory_s == pytest.approx(heads * 4 * q * d * 2 / cm.bw)  # Q, K, V, O once
     assert t.bound == "compute"
@@ -304,9 +392,13 @@ def test_llama70b_on_two_h100_with_tp2() -> None:
 def test_calibration_round_trip_and_apply(tmp_path: Path) -> None:
     """A calibration saves and loads unchanged, overrides only the parameters it names, and is
     refused on another device or with unknown or missing fields."""
-    cal = calibration.Calibration("h100-sxm", "1x H100 SXM (test)", "2026-11-22",
-                                  "xpusim calibrate gpu", {"tensor_fraction": 0.6,
-                                                            "kernel_overhead_s": 5e-6})
+    cal = calibration.Calibration(
+        "h100-sxm",
+        "1x H100 SXM (test)",
+        "2026-11-22",
+        "xpusim calibrate gpu",
+        {"tensor_fraction": 0.6, "kernel_overhead_s": 5e-6},
+    )
     p = calibration.save(cal, tmp_path / "h100.json")
     back = calibration.load(p)
     assert back.params == cal.params and back.device == "h100-sxm"
@@ -315,7 +407,8 @@ def test_calibration_round_trip_and_apply(tmp_path: Path) -> None:
     b = GpuBackend()
     base = b.compile(llama7b(), system("h100")).cost(Shape(Phase.PREFILL, batch=1, tokens=2048))
     slow = b.compile(llama7b(), system("h100", calibration=str(p))).cost(
-        Shape(Phase.PREFILL, batch=1, tokens=2048))
+        Shape(Phase.PREFILL, batch=1, tokens=2048)
+    )
     assert slow.seconds > base.seconds
     with pytest.raises(XpusimError, match="measured on"):
         b.compile(llama7b(), system("a100", calibration=str(p)))
@@ -382,14 +475,25 @@ def test_real_llama2_7b_offline_vs_trtllm() -> None:
 # -- decode attention kernels and the KV-cache dtype ------------------------------------
 
 
-def _decode_attention(q_heads: int, kv_heads: int, seqs: int, keys: int, kv_bytes: float,
-                      d: int = 128) -> Op:
+def _decode_attention(
+    q_heads: int, kv_heads: int, seqs: int, keys: int, kv_bytes: float, d: int = 128
+) -> Op:
     """One decode attention op as the transformer family writes it (one query per seq)."""
-    return Op("attn.core", OpKind.ATTENTION, flops=4.0 * d * keys * q_heads * seqs,
-              bytes_read=(seqs * q_heads * d * 2 + 2 * seqs * keys * kv_heads * d * kv_bytes),
-              bytes_written=seqs * q_heads * d * 2, dims=(1, keys, d), batch=q_heads * seqs,
-              attrs=(("causal", 1.0), ("kv_heads", float(kv_heads)),
-                     ("q_heads", float(q_heads)), ("kv_bytes", kv_bytes)))
+    return Op(
+        "attn.core",
+        OpKind.ATTENTION,
+        flops=4.0 * d * keys * q_heads * seqs,
+        bytes_read=(seqs * q_heads * d * 2 + 2 * seqs * keys * kv_heads * d * kv_bytes),
+        bytes_written=seqs * q_heads * d * 2,
+        dims=(1, keys, d),
+        batch=q_heads * seqs,
+        attrs=(
+            ("causal", 1.0),
+            ("kv_heads", float(kv_heads)),
+            ("q_heads", float(q_heads)),
+            ("kv_bytes", kv_bytes),
+        ),
+    )
 
 
 def test_per_head_decode_attention_streams_kv_once_per_query_head() -> None:
@@ -400,7 +504,7 @@ def test_per_head_decode_attention_streams_kv_once_per_query_head() -> None:
     grouped = GpuCostModel(dev, decode_attention="grouped")
     per_head = GpuCostModel(dev, decode_attention="per-head")
     gqa = _decode_attention(q_heads=32, kv_heads=4, seqs=64, keys=3072, kv_bytes=1.0)
-    q_bytes = 64 * 32 * 128 * 2 * 2                       # Q read and O written, bf16
+    q_bytes = 64 * 32 * 128 * 2 * 2  # Q read and O written, bf16
     kv_grouped = 2 * 64 * 3072 * 4 * 128 * 1.0
     bw = dev.memory_bw.value * GpuEfficiency().memory_fraction
     assert grouped(gqa).memory_s == pytest.approx((q_bytes + kv_grouped) / bw)
@@ -428,8 +532,9 @@ def test_decode_attention_option_is_checked() -> None:
     assert GpuBackend.decode_attention(system("h100")) == "grouped"
     assert GpuBackend.decode_attention(system("h100", decode_attention="per-head")) == "per-head"
     with pytest.raises(XpusimError, match="decode_attention"):
-        GpuBackend().compile(FakeLlama("m", 512, 2048, 2, 8, 8, 1000, 1e7),
-                             system("h100", decode_attention="xqa"))
+        GpuBackend().compile(
+            FakeLlama("m", 512, 2048, 2, 8, 8, 1000, 1e7), system("h100", decode_attention="xqa")
+        )
 
 
 @pytest.mark.skipif(not HAS_TRANSFORMER, reason="plugins.models.transformer not available")
@@ -443,7 +548,7 @@ def test_kv_dtype_sets_the_decode_attention_bytes() -> None:
     assert m16.info.kv_bytes_per_token == 2 * m8.info.kv_bytes_per_token
     a16 = next(o for o in m16.build(shape, par).ops if o.name == "attn.core")
     a8 = next(o for o in m8.build(shape, par).ops if o.name == "attn.core")
-    q_part = 64 * 32 * 128 * 1.0                       # queries in the model's fp8
+    q_part = 64 * 32 * 128 * 1.0  # queries in the model's fp8
     assert a16.bytes_read - q_part == pytest.approx(2 * (a8.bytes_read - q_part))
     assert a8.attr("kv_bytes") == 1.0 and a16.attr("kv_bytes") == 2.0
 

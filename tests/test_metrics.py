@@ -17,8 +17,7 @@ def test_weighted_quantile_equals_expanded_list() -> None:
     w = rng.integers(0, 20, 50)
     expanded = np.repeat(v, w)
     for q in (0.01, 0.5, 0.9, 0.99, 1.0):
-        assert weighted_quantile(v, w, q) == np.percentile(expanded, q * 100,
-                                                          method="inverted_cdf")
+        assert weighted_quantile(v, w, q) == np.percentile(expanded, q * 100, method="inverted_cdf")
     assert weighted_quantile(v, np.zeros(50), 0.5) is None
     assert quantile(np.array([]), 0.5) is None
 
@@ -26,32 +25,56 @@ def test_weighted_quantile_equals_expanded_list() -> None:
 def frames() -> dict[str, pl.DataFrame]:
     req = pl.DataFrame(
         {
-            "system": ["s"] * 4, "replica": [0, 0, 1, None], "request_id": [0, 1, 2, 3],
-            "arrival_s": [0.0, 1.0, 2.0, 3.0], "first_scheduled_s": [0.0, 1.0, 2.0, None],
-            "first_token_s": [0.5, 1.5, 5.0, None], "finish_s": [1.0, 3.0, 6.0, None],
-            "prompt_tokens": [10, 10, 10, 99999], "output_tokens": [11, 5, 2, 10],
-            "preemptions": [0, 1, 0, 0], "status": ["ok", "ok", "ok", "dropped"],
+            "system": ["s"] * 4,
+            "replica": [0, 0, 1, None],
+            "request_id": [0, 1, 2, 3],
+            "arrival_s": [0.0, 1.0, 2.0, 3.0],
+            "first_scheduled_s": [0.0, 1.0, 2.0, None],
+            "first_token_s": [0.5, 1.5, 5.0, None],
+            "finish_s": [1.0, 3.0, 6.0, None],
+            "prompt_tokens": [10, 10, 10, 99999],
+            "output_tokens": [11, 5, 2, 10],
+            "preemptions": [0, 1, 0, 0],
+            "status": ["ok", "ok", "ok", "dropped"],
             "reason": [None, None, None, "too big"],
-            "ttft_s": [0.5, 0.5, 3.0, None], "e2e_s": [1.0, 2.0, 4.0, None],
-            "tbt_mean_s": [0.05, 0.375, 1.0, None], "tbt_max_s": [0.05, 0.5, 1.0, None],
+            "ttft_s": [0.5, 0.5, 3.0, None],
+            "e2e_s": [1.0, 2.0, 4.0, None],
+            "tbt_mean_s": [0.05, 0.375, 1.0, None],
+            "tbt_max_s": [0.05, 0.5, 1.0, None],
         },
         schema=REQUESTS_SCHEMA,
     )
     steps = pl.DataFrame(
-        {"system": ["s"] * 2, "replica": [0, 1], "step": [0, 0], "start_s": [0.0, 2.0],
-         "end_s": [3.0, 6.0], "batch": [2, 1], "prefill_tokens": [20, 10],
-         "decode_tokens": [14, 1], "kv_blocks_used": [3, 1], "state": ["compute", "memory"],
-         "joules": [1.0, 2.0]},
+        {
+            "system": ["s"] * 2,
+            "replica": [0, 1],
+            "step": [0, 0],
+            "start_s": [0.0, 2.0],
+            "end_s": [3.0, 6.0],
+            "batch": [2, 1],
+            "prefill_tokens": [20, 10],
+            "decode_tokens": [14, 1],
+            "kv_blocks_used": [3, 1],
+            "state": ["compute", "memory"],
+            "joules": [1.0, 2.0],
+        },
         schema=STEPS_SCHEMA,
     )
     devices = pl.DataFrame(
-        {"system": ["s"] * 4, "replica": [0, 0, 1, 1], "device": [0, 0, 1, 1],
-         "start_s": [0.0, 3.0, 0.0, 2.0], "end_s": [3.0, 6.0, 2.0, 6.0],
-         "state": ["compute", "idle", "idle", "memory"], "joules": [1.0, 0.0, 0.0, 2.0]},
+        {
+            "system": ["s"] * 4,
+            "replica": [0, 0, 1, 1],
+            "device": [0, 0, 1, 1],
+            "start_s": [0.0, 3.0, 0.0, 2.0],
+            "end_s": [3.0, 6.0, 2.0, 6.0],
+            "state": ["compute", "idle", "idle", "memory"],
+            "joules": [1.0, 0.0, 0.0, 2.0],
+        },
         schema=DEVICES_SCHEMA,
     )
-    tbt = pl.DataFrame({"system": ["s"] * 3, "gap_s": [0.05, 0.5, 1.0], "tokens": [10, 4, 1]},
-                       schema=TBT_SCHEMA)
+    tbt = pl.DataFrame(
+        {"system": ["s"] * 3, "gap_s": [0.05, 0.5, 1.0], "tokens": [10, 4, 1]}, schema=TBT_SCHEMA
+    )
     return {"requests": req, "steps": steps, "devices": devices, "tbt": tbt}
 
 

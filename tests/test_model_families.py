@@ -39,8 +39,9 @@ def _kinds(ops, counted: bool):
     return flops, nbytes
 
 
-@pytest.mark.parametrize("shape", [Shape(Phase.FORWARD, batch=2, tokens=64),
-                                   Shape(Phase.FORWARD, batch=1, tokens=128)])
+@pytest.mark.parametrize(
+    "shape", [Shape(Phase.FORWARD, batch=2, tokens=64), Shape(Phase.FORWARD, batch=1, tokens=128)]
+)
 def test_bert_parametric_equals_trace(shape: Shape) -> None:
     """BERT's parametric FORWARD graph equals its meta trace, FLOPs and bytes, per kind."""
     m = encoder.FAMILIES[0].configure({"preset": "bert-base"})
@@ -113,7 +114,8 @@ def test_mlp_and_cnn() -> None:
 @pytest.fixture
 def user_pkg(tmp_path: Path):
     """An importable user package with a good, a raising and a non-module factory."""
-    (tmp_path / "usernets.py").write_text(textwrap.dedent("""
+    (tmp_path / "usernets.py").write_text(
+        textwrap.dedent("""
         import torch
         from torch import nn
 
@@ -134,7 +136,8 @@ def user_pkg(tmp_path: Path):
 
         def not_a_module():
             return 3
-    """))
+    """)
+    )
     sys.path.insert(0, str(tmp_path))
     yield "usernets"
     sys.path.remove(str(tmp_path))
@@ -144,27 +147,36 @@ def user_pkg(tmp_path: Path):
 def test_custom_torch_model(user_pkg: str) -> None:
     """A user module traces on meta; unknown ops are named in the model and graph notes."""
     fam = custom.FAMILIES[0]
-    m = fam.configure({"module": f"{user_pkg}:make", "kwargs": {"width": 32},
-                       "inputs": {"x": {"shape": [4, 8], "dtype": "fp32"}}})
+    m = fam.configure(
+        {
+            "module": f"{user_pkg}:make",
+            "kwargs": {"width": 32},
+            "inputs": {"x": {"shape": [4, 8], "dtype": "fp32"}},
+        }
+    )
     assert m.info.params == 8 * 32 + 32 + 32 * 2 + 2
     g = m.build(Shape(Phase.FORWARD, batch=16))
     mm = g.by_kind(OpKind.MATMUL)
     assert mm[0].dims == (16, 32, 8)
     assert m.unknown_ops == {"_fft_r2c": 1}
     assert any("_fft_r2c x1" in n for n in g.notes)
-    listed = fam.configure({"module": f"{user_pkg}:make",
-                            "inputs": [{"shape": [4, 8]}, {"shape": [4, 2]}]})
+    listed = fam.configure(
+        {"module": f"{user_pkg}:make", "inputs": [{"shape": [4, 8]}, {"shape": [4, 2]}]}
+    )
     assert listed.build(Shape(Phase.FORWARD, batch=4)).by_kind(OpKind.MATMUL)
 
 
-@pytest.mark.parametrize(("spec", "match"), [
-    ({"module": "no_such_pkg.nets:make"}, "cannot import 'no_such_pkg.nets'.*No module named"),
-    ({"module": "usernets:broken"}, "usernets:broken.*weights file missing$"),
-    ({"module": "usernets:not_a_module"}, "not a torch.nn.Module"),
-    ({"module": "usernets:nothing"}, "has no attribute 'nothing'"),
-    ({"module": "usernets"}, "package.module:factory"),
-    ({"module": "usernets:make", "inputs": [{"shape": [4, 9]}]}, "failed on the given inputs"),
-])
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"module": "no_such_pkg.nets:make"}, "cannot import 'no_such_pkg.nets'.*No module named"),
+        ({"module": "usernets:broken"}, "usernets:broken.*weights file missing$"),
+        ({"module": "usernets:not_a_module"}, "not a torch.nn.Module"),
+        ({"module": "usernets:nothing"}, "has no attribute 'nothing'"),
+        ({"module": "usernets"}, "package.module:factory"),
+        ({"module": "usernets:make", "inputs": [{"shape": [4, 9]}]}, "failed on the given inputs"),
+    ],
+)
 def test_custom_torch_errors(user_pkg: str, spec: dict, match: str) -> None:
     """Import failures, raising factories and wrong inputs name the module and the error."""
     spec = {"inputs": [{"shape": [4, 8]}], **spec}

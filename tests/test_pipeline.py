@@ -22,8 +22,9 @@ from engine.sim.pipeline import (
     t_f=st.floats(0.1, 3.0),
     ratio=st.floats(0.5, 3.0),
 )
-def test_closed_form_matches_exact_schedule(p: int, groups: int, v: int, t_f: float,
-                                            ratio: float) -> None:
+def test_closed_form_matches_exact_schedule(
+    p: int, groups: int, v: int, t_f: float, ratio: float
+) -> None:
     """Without transfers, (m·v + p − 1)·(t_f + t_b)/v is the exact makespan of the real
     1F1B and interleaved per-device op orders, for any forward:backward split."""
     m = groups * p
@@ -73,7 +74,9 @@ def test_slowest_stage_sets_the_rate() -> None:
     """Non-uniform stages: every stage once to fill and drain, the slowest m·v − 1 times."""
     t = pipeline_time([1.0, 1.0, 2.0, 1.0], 10, 4)
     assert t.seconds == pytest.approx(5.0 + 9 * 2.0)
-    assert pipeline_time([3.0] * 4, 10, 4).seconds == pytest.approx(pipeline_time(3.0, 10, 4).seconds)
+    assert pipeline_time([3.0] * 4, 10, 4).seconds == pytest.approx(
+        pipeline_time(3.0, 10, 4).seconds
+    )
 
 
 def test_single_stage_has_no_bubble_and_no_transfers() -> None:

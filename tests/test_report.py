@@ -32,9 +32,13 @@ def _spec(
         return None if v is None else Figure(v * scale, f"{name}_catalog")
 
     return DeviceSpec(
-        name=name, backend="gpu", vendor="test", description="",
+        name=name,
+        backend="gpu",
+        vendor="test",
+        description="",
         peak_flops={"bf16": Figure(1e15, f"{name}_bf16")},
-        memory_bytes=Figure(80e9, f"{name}_mem"), memory_bw=Figure(3e12, f"{name}_bw"),
+        memory_bytes=Figure(80e9, f"{name}_mem"),
+        memory_bw=Figure(3e12, f"{name}_bw"),
         power=PowerSpec(max_w=Figure(700.0, f"{name}_tdp"), idle_w=fig(idle_w)),
         price=PriceSpec(on_demand=fig(cloud_h, 1 / HOUR_S), list_price=fig(list_price)),
     )
@@ -53,32 +57,62 @@ def _system(name: str, devices: int, slow: float, seed: int) -> SystemResult:
             state = ("compute", "memory", "comm", "overhead")[int(rng.integers(0, 4))]
             rows.append((name, 0, d, t, t + dur, state, dur * 450.0))
             t += dur + float(rng.uniform(0.0, 0.03))
-    dev = pl.DataFrame(rows, schema=["system", "replica", "device", "start_s", "end_s", "state",
-                                     "joules"], orient="row")
+    dev = pl.DataFrame(
+        rows,
+        schema=["system", "replica", "device", "start_s", "end_s", "state", "joules"],
+        orient="row",
+    )
     n = 300
     arrival = np.sort(rng.uniform(0, SPAN - 2, n))
     ttft = rng.lognormal(-2.0, 0.6, n) * slow
     tbt = rng.lognormal(-4.0, 0.3, n) * slow
-    req = pl.DataFrame({
-        "system": [name] * n, "replica": [0] * n, "request_id": list(range(n)),
-        "arrival_s": arrival, "first_token_s": arrival + ttft, "finish_s": arrival + ttft + 1.0,
-        "prompt_tokens": [200] * n, "output_tokens": [64] * n, "ttft_s": ttft,
-        "e2e_s": ttft + 1.0, "tbt_mean_s": tbt, "status": ["ok"] * n,
-    })
-    steps = pl.DataFrame({
-        "system": [name] * 20, "replica": [0] * 20, "step": list(range(20)),
-        "start_s": [i * 1.0 for i in range(20)], "end_s": [i * 1.0 + 0.8 for i in range(20)],
-        "batch": [8] * 20, "prefill_tokens": [100] * 20, "decode_tokens": [8] * 20,
-        "state": ["compute"] * 20, "joules": [300.0] * 20,
-    })
+    req = pl.DataFrame(
+        {
+            "system": [name] * n,
+            "replica": [0] * n,
+            "request_id": list(range(n)),
+            "arrival_s": arrival,
+            "first_token_s": arrival + ttft,
+            "finish_s": arrival + ttft + 1.0,
+            "prompt_tokens": [200] * n,
+            "output_tokens": [64] * n,
+            "ttft_s": ttft,
+            "e2e_s": ttft + 1.0,
+            "tbt_mean_s": tbt,
+            "status": ["ok"] * n,
+        }
+    )
+    steps = pl.DataFrame(
+        {
+            "system": [name] * 20,
+            "replica": [0] * 20,
+            "step": list(range(20)),
+            "start_s": [i * 1.0 for i in range(20)],
+            "end_s": [i * 1.0 + 0.8 for i in range(20)],
+            "batch": [8] * 20,
+            "prefill_tokens": [100] * 20,
+            "decode_tokens": [8] * 20,
+            "state": ["compute"] * 20,
+            "joules": [300.0] * 20,
+        }
+    )
     metrics = {
         "throughput_tokens_per_s": 2000.0 / slow,
-        "ttft_p50_s": float(np.quantile(ttft, 0.5)), "ttft_p99_s": float(np.quantile(ttft, 0.99)),
-        "tbt_p50_s": float(np.quantile(tbt, 0.5)), "tbt_p99_s": float(np.quantile(tbt, 0.99)),
-        "slo_attainment": 0.99 / slow, "simulated_s": SPAN,
+        "ttft_p50_s": float(np.quantile(ttft, 0.5)),
+        "ttft_p99_s": float(np.quantile(ttft, 0.99)),
+        "tbt_p50_s": float(np.quantile(tbt, 0.5)),
+        "tbt_p99_s": float(np.quantile(tbt, 0.99)),
+        "slo_attainment": 0.99 / slow,
+        "simulated_s": SPAN,
     }
-    return SystemResult(name, "gpu", f"{name}-chip", devices, metrics=metrics,
-                        frames={"devices": dev, "requests": req, "steps": steps})
+    return SystemResult(
+        name,
+        "gpu",
+        f"{name}-chip",
+        devices,
+        metrics=metrics,
+        frames={"devices": dev, "requests": req, "steps": steps},
+    )
 
 
 def synthetic_run(scenario: str = "synthetic") -> RunResult:
@@ -89,10 +123,17 @@ def synthetic_run(scenario: str = "synthetic") -> RunResult:
     cfg = EconomicsConfig(electricity="0.12 USD/kWh", pue=1.3, host_power="400 W")
     apply_economics(fast, _spec("fast-chip", 4.0, 30_000.0, 70.0), 2, cfg, None)
     apply_economics(slow, _spec("slow-chip", None, None, None), 4, cfg, None)
-    spiky = SystemResult("neuro", "spinnaker", "spinn5", 1, status="unsupported",
-                         reason="a transformer cannot run on SpiNNaker")
-    return RunResult(scenario, 7, "0.1.0", [fast, slow, spiky], workload="serving",
-                     model="llama-2-7b")
+    spiky = SystemResult(
+        "neuro",
+        "spinnaker",
+        "spinn5",
+        1,
+        status="unsupported",
+        reason="a transformer cannot run on SpiNNaker",
+    )
+    return RunResult(
+        scenario, 7, "0.1.0", [fast, slow, spiky], workload="serving", model="llama-2-7b"
+    )
 
 
 def _reporters() -> list[Reporter]:
@@ -184,7 +225,7 @@ def test_markdown_has_the_summary_table(run: RunResult) -> None:
     head = lines.index("| Metric | fast | slow | neuro |")
     assert re.match(r"^\|(:?-+:?\|)+$", lines[head + 1])
     body = []
-    for line in lines[head + 2:]:
+    for line in lines[head + 2 :]:
         if not line.startswith("|"):
             break
         body.append(line)
@@ -212,8 +253,11 @@ def test_timeline_is_a_valid_chrome_trace(run: RunResult) -> None:
         assert isinstance(e["pid"], int) and isinstance(e["tid"], int)
         assert e["ts"] >= 0 and e["dur"] >= 0
     first = dev.sort("start_s").row(0, named=True)
-    match = [e for e in complete if e["name"] == first["state"]
-             and e["ts"] == pytest.approx(first["start_s"] * 1e6)]
+    match = [
+        e
+        for e in complete
+        if e["name"] == first["state"] and e["ts"] == pytest.approx(first["start_s"] * 1e6)
+    ]
     assert match and match[0]["dur"] == pytest.approx((first["end_s"] - first["start_s"]) * 1e6)
     assert doc["otherData"]["reduction"] == "none"
 
@@ -262,8 +306,7 @@ def test_load_run_reads_a_run_folder_back(tmp_path: Path, run: RunResult) -> Non
     fast = back.systems[0]
     assert fast.metrics["cost_usd"] == pytest.approx(run.systems[0].metrics["cost_usd"])
     assert fast.frames["requests"].height == 300
-    assert fast.figures["price.on_demand"] == run.systems[0].figures[
-        "price.on_demand"]
+    assert fast.figures["price.on_demand"] == run.systems[0].figures["price.on_demand"]
     assert "cost_usd" in back.systems[1].details["not_known"]
     assert back.systems[2].status == "unsupported"
 

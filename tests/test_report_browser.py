@@ -30,9 +30,17 @@ from tests.test_report import synthetic_run
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-extensions", "--disable-dev-shm-usage", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
     "--remote-debugging-pipe",
 )
 TIMEOUT_S = 60.0
@@ -104,17 +112,32 @@ class DevTools:
 def devtools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
     exe = _browser()
     if exe is None:
-        pytest.skip("Chromium is not installed (apt-get install -y chromium); the browser "
-                    "check of report.html needs it")
+        pytest.skip(
+            "Chromium is not installed (apt-get install -y chromium); the browser "
+            "check of report.html needs it"
+        )
     profile = tmp_path_factory.mktemp("chromium-profile")
     to_chrome_r, to_chrome_w = os.pipe()
     from_chrome_r, from_chrome_w = os.pipe()
     # the debugging pipe is fds 3 (commands in) and 4 (answers out) of the browser; a tiny
     # Python trampoline moves the pipe ends there (a POSIX shell only redirects fds 0-9)
-    cmd = [sys.executable, "-c", _TRAMPOLINE, str(to_chrome_r), str(from_chrome_w), exe,
-           *FLAGS, f"--user-data-dir={profile}", "about:blank"]
-    proc = subprocess.Popen(cmd, pass_fds=(to_chrome_r, from_chrome_w),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-c",
+        _TRAMPOLINE,
+        str(to_chrome_r),
+        str(from_chrome_w),
+        exe,
+        *FLAGS,
+        f"--user-data-dir={profile}",
+        "about:blank",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        pass_fds=(to_chrome_r, from_chrome_w),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(to_chrome_r)
     os.close(from_chrome_w)
     client = DevTools(proc, to_chrome_w, from_chrome_r)
@@ -143,33 +166,54 @@ def loaded(devtools: DevTools, tmp_path_factory: pytest.TempPathFactory) -> dict
     session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
     for domain in ("Page", "Runtime", "Log", "Network"):
         devtools.call(f"{domain}.enable", session)
-    devtools.call("Emulation.setDeviceMetricsOverride", session, width=1200, height=900,
-                  deviceScaleFactor=1, mobile=False)
+    devtools.call(
+        "Emulation.setDeviceMetricsOverride",
+        session,
+        width=1200,
+        height=900,
+        deviceScaleFactor=1,
+        mobile=False,
+    )
     devtools.call("Page.navigate", session, url=page.as_uri())
     devtools.wait_for(lambda e: e.get("method") == "Page.loadEventFired")
     boxes = devtools.call(
-        "Runtime.evaluate", session, returnByValue=True,
+        "Runtime.evaluate",
+        session,
+        returnByValue=True,
         expression="""JSON.stringify(Array.from(document.querySelectorAll('svg.chart')).map(s => {
             const r = s.getBoundingClientRect();
             return {chart: s.dataset.chart, width: r.width, height: r.height,
                     marks: s.querySelectorAll('path, use, rect, text').length};
         }))""",
     )["result"]["value"]
-    shot = devtools.call("Page.captureScreenshot", session, format="png",
-                         captureBeyondViewport=True)["data"]
+    shot = devtools.call(
+        "Page.captureScreenshot", session, format="png", captureBeyondViewport=True
+    )["data"]
     devtools.call("Runtime.evaluate", session, expression="1")  # drain late console events
     events = devtools.events
-    errors = [e["params"] for e in events
-              if (e.get("method") == "Runtime.consoleAPICalled"
-                  and e["params"].get("type") in ("error", "assert"))
-              or e.get("method") == "Runtime.exceptionThrown"
-              or (e.get("method") == "Log.entryAdded"
-                  and e["params"]["entry"].get("level") == "error")]
-    requests = [e["params"]["request"]["url"] for e in events
-                if e.get("method") == "Network.requestWillBeSent"]
+    errors = [
+        e["params"]
+        for e in events
+        if (
+            e.get("method") == "Runtime.consoleAPICalled"
+            and e["params"].get("type") in ("error", "assert")
+        )
+        or e.get("method") == "Runtime.exceptionThrown"
+        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"].get("level") == "error")
+    ]
+    requests = [
+        e["params"]["request"]["url"]
+        for e in events
+        if e.get("method") == "Network.requestWillBeSent"
+    ]
     (folder / "report.png").write_bytes(base64.b64decode(shot))
-    return {"errors": errors, "requests": requests, "boxes": json.loads(boxes),
-            "png": base64.b64decode(shot), "folder": folder}
+    return {
+        "errors": errors,
+        "requests": requests,
+        "boxes": json.loads(boxes),
+        "png": base64.b64decode(shot),
+        "folder": folder,
+    }
 
 
 def test_no_console_errors(loaded: dict[str, Any]) -> None:

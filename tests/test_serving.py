@@ -27,9 +27,9 @@ from tests.fakes import FakeModel, fake_device
 
 # --- a fake compiled model with a stated cost formula ---------------------------------
 
-BASE_S = 5e-3      # fixed cost of every step (weights read once)
-TOKEN_S = 2e-5     # per new token (prefill or decode)
-PAIR_S = 1e-8      # per (new token, cached token) attention pair
+BASE_S = 5e-3  # fixed cost of every step (weights read once)
+TOKEN_S = 2e-5  # per new token (prefill or decode)
+PAIR_S = 1e-8  # per (new token, cached token) attention pair
 WATTS = 300.0
 
 
@@ -64,29 +64,47 @@ class StatedCompiled(Compiled):
 
 def make_system(count: int = 1, tensor: int = 1) -> System:
     topo = Topology(8, 1e11, 1e-6, 1e10, 1e-5)
-    return System("fake-sys", "fake", fake_device("chip-b", 80), count,
-                  Parallelism(tensor=tensor), topo)
+    return System(
+        "fake-sys", "fake", fake_device("chip-b", 80), count, Parallelism(tensor=tensor), topo
+    )
 
 
 def compiled(count: int = 1, tensor: int = 1) -> StatedCompiled:
     return StatedCompiled(make_system(count, tensor), FakeModel(1e9))
 
 
-def load(n: int = 300, rate: str = "20/s", prompt: float = 200, out: float = 50,
-         seed: int = 3) -> pl.DataFrame:
-    spec = ArrivalSpec.model_validate({
-        "process": "poisson", "rate": rate, "count": n,
-        "prompt_tokens": {"dist": "lognormal", "median": prompt, "sigma": 0.6, "max": 4000},
-        "output_tokens": {"dist": "lognormal", "median": out, "sigma": 0.6, "max": 400},
-    })
+def load(
+    n: int = 300, rate: str = "20/s", prompt: float = 200, out: float = 50, seed: int = 3
+) -> pl.DataFrame:
+    spec = ArrivalSpec.model_validate(
+        {
+            "process": "poisson",
+            "rate": rate,
+            "count": n,
+            "prompt_tokens": {"dist": "lognormal", "median": prompt, "sigma": 0.6, "max": 4000},
+            "output_tokens": {"dist": "lognormal", "median": out, "sigma": 0.6, "max": 400},
+        }
+    )
     return generate(spec, seed)
 
 
-def run(frame: pl.DataFrame, kind: str = "continuous", kv: int = 200_000, replicas: int = 1,
-        router: str = "round-robin", **sched: object):
+def run(
+    frame: pl.DataFrame,
+    kind: str = "continuous",
+    kv: int = 200_000,
+    replicas: int = 1,
+    router: str = "round-robin",
+    **sched: object,
+):
     return simulate_serving(
-        frame, compiled(replicas), system="s", replicas=replicas, devices_per_replica=1,
-        scheduler=SchedulerSpec(kind=kind, **sched), router=router, kv_block_tokens=16,
+        frame,
+        compiled(replicas),
+        system="s",
+        replicas=replicas,
+        devices_per_replica=1,
+        scheduler=SchedulerSpec(kind=kind, **sched),
+        router=router,
+        kv_block_tokens=16,
         kv_capacity_tokens=kv,
     )
 
@@ -143,8 +161,12 @@ def test_simulated_time_is_monotone() -> None:
 def test_frames_have_declared_schemas() -> None:
     """The frames carry exactly their declared schemas."""
     res = run(load(50))
-    for name, schema in (("requests", REQUESTS_SCHEMA), ("steps", STEPS_SCHEMA),
-                         ("devices", DEVICES_SCHEMA), ("tbt", TBT_SCHEMA)):
+    for name, schema in (
+        ("requests", REQUESTS_SCHEMA),
+        ("steps", STEPS_SCHEMA),
+        ("devices", DEVICES_SCHEMA),
+        ("tbt", TBT_SCHEMA),
+    ):
         assert dict(res.frames[name].schema) == schema, name
 
 
@@ -167,8 +189,9 @@ def test_devices_timeline_covers_span() -> None:
 def test_continuous_beats_static_on_throughput() -> None:
     """For the same overloading load, iteration-level batching finishes sooner."""
     frame = load(400, rate="200/s")
-    static = serving_metrics(run(frame, "static", max_batch=32).frames,
-                             run(frame, "static", max_batch=32).simulated_s)
+    static = serving_metrics(
+        run(frame, "static", max_batch=32).frames, run(frame, "static", max_batch=32).simulated_s
+    )
     cont_res = run(frame, "continuous", max_batch=32)
     cont = serving_metrics(cont_res.frames, cont_res.simulated_s)
     assert cont["throughput_tokens_per_s"] > 1.2 * static["throughput_tokens_per_s"]
@@ -177,8 +200,10 @@ def test_continuous_beats_static_on_throughput() -> None:
 def test_static_returns_batch_together_and_pads() -> None:
     """In a static batch all requests finish at the batch end, and decode steps keep the
     batch size while fewer requests still produce tokens."""
-    frame = pl.DataFrame({"arrival_s": [0.0, 0.0, 0.0], "prompt_tokens": [10, 20, 30],
-                          "output_tokens": [2, 5, 9]}, schema=REQUEST_SCHEMA)
+    frame = pl.DataFrame(
+        {"arrival_s": [0.0, 0.0, 0.0], "prompt_tokens": [10, 20, 30], "output_tokens": [2, 5, 9]},
+        schema=REQUEST_SCHEMA,
+    )
     res = run(frame, "static", max_batch=8)
     req, steps = res.frames["requests"], res.frames["steps"]
     assert req["finish_s"].n_unique() == 1
@@ -196,8 +221,10 @@ def test_chunked_prefill_lowers_tbt_tail_for_long_prompts() -> None:
     mc = serving_metrics(c.frames, c.simulated_s)
     mk = serving_metrics(k.frames, k.simulated_s)
     assert mk["tbt_p99_s"] < 0.5 * mc["tbt_p99_s"]
-    assert (k.frames["steps"]["prefill_tokens"] + k.frames["steps"]["decode_tokens"]
-            <= 512 + k.frames["steps"]["decode_tokens"].clip(lower_bound=512) - 512).all()
+    assert (
+        k.frames["steps"]["prefill_tokens"] + k.frames["steps"]["decode_tokens"]
+        <= 512 + k.frames["steps"]["decode_tokens"].clip(lower_bound=512) - 512
+    ).all()
 
 
 def test_preemption_when_kv_is_tiny_and_all_finish() -> None:
@@ -214,8 +241,10 @@ def test_preemption_when_kv_is_tiny_and_all_finish() -> None:
 def test_request_that_never_fits_is_dropped() -> None:
     """A request whose prompt + output exceeds the whole KV cache is dropped with a
     reason; the others are served."""
-    frame = pl.DataFrame({"arrival_s": [0.0, 0.1], "prompt_tokens": [100, 5000],
-                          "output_tokens": [10, 10]}, schema=REQUEST_SCHEMA)
+    frame = pl.DataFrame(
+        {"arrival_s": [0.0, 0.1], "prompt_tokens": [100, 5000], "output_tokens": [10, 10]},
+        schema=REQUEST_SCHEMA,
+    )
     req = run(frame, kv=1024).frames["requests"]
     assert req["status"].to_list() == ["ok", "dropped"]
     assert "5009 KV tokens" in req["reason"][1]
@@ -251,7 +280,7 @@ def _brute_gaps(res) -> tuple[list[float], dict[int, float]]:
     for r in res.frames["requests"].iter_rows(named=True):
         i0 = int(np.searchsorted(ends, r["first_token_s"]))
         i1 = int(np.searchsorted(ends, r["finish_s"]))
-        g = list(durs[i0 + 1:i1 + 1])
+        g = list(durs[i0 + 1 : i1 + 1])
         assert len(g) == r["output_tokens"] - 1
         gaps += g
         if g:
@@ -267,8 +296,9 @@ def test_tbt_frame_is_exact_multiset_of_token_gaps() -> None:
     tbt = res.frames["tbt"]
     assert int(tbt["tokens"].sum()) == len(gaps)
     for q in (0.5, 0.9, 0.99):
-        assert weighted_quantile(tbt["gap_s"].to_numpy(), tbt["tokens"].to_numpy(), q) == \
-            pytest.approx(float(np.percentile(gaps, q * 100, method="inverted_cdf")))
+        assert weighted_quantile(
+            tbt["gap_s"].to_numpy(), tbt["tokens"].to_numpy(), q
+        ) == pytest.approx(float(np.percentile(gaps, q * 100, method="inverted_cdf")))
     req = res.frames["requests"]
     for r in req.iter_rows(named=True):
         if r["output_tokens"] > 1:
@@ -291,13 +321,23 @@ def test_preempted_request_tbt_includes_resume_gap() -> None:
 
 def _ctx(count: int = 1, seed: int = 7, resolve=None) -> WorkloadContext:
     c = compiled(count)
-    return WorkloadContext(system=c.system, compiled=c, model=c.model, seed=seed,
-                           base_dir=Path("."), resolve_trace=resolve or (lambda m: None))
+    return WorkloadContext(
+        system=c.system,
+        compiled=c,
+        model=c.model,
+        seed=seed,
+        base_dir=Path("."),
+        resolve_trace=resolve or (lambda m: None),
+    )
 
 
-ARRIVALS = {"process": "poisson", "rate": "10/s", "count": 200,
-            "prompt_tokens": {"dist": "lognormal", "median": 300},
-            "output_tokens": {"dist": "constant", "value": 40}}
+ARRIVALS = {
+    "process": "poisson",
+    "rate": "10/s",
+    "count": 200,
+    "prompt_tokens": {"dist": "lognormal", "median": 300},
+    "output_tokens": {"dist": "constant", "value": 40},
+}
 
 
 def test_workload_registers_serving_and_offline() -> None:
@@ -307,15 +347,33 @@ def test_workload_registers_serving_and_offline() -> None:
 
 def test_serving_workload_metrics_keys() -> None:
     """A serving run reports the contract's latency, throughput and SLO keys."""
-    cfg = ServingConfig.model_validate({
-        "arrivals": ARRIVALS, "scheduler": {"kind": "continuous", "max_batch": 64},
-        "router": "least-outstanding", "slo": {"ttft_p99": "2 s", "tbt_p99": "150 ms"},
-    })
+    cfg = ServingConfig.model_validate(
+        {
+            "arrivals": ARRIVALS,
+            "scheduler": {"kind": "continuous", "max_batch": 64},
+            "router": "least-outstanding",
+            "slo": {"ttft_p99": "2 s", "tbt_p99": "150 ms"},
+        }
+    )
     run_ = ServingWorkload().simulate(cfg, _ctx(2))
-    for key in ("throughput_tokens_per_s", "ttft_p50_s", "ttft_p99_s", "tbt_p50_s",
-                "tbt_p99_s", "e2e_p50_s", "e2e_p99_s", "slo_attainment", "simulated_s",
-                "goodput_tokens_per_s", "requests_dropped", "preemptions", "mean_batch",
-                "utilization", "busy_s", "state_s"):
+    for key in (
+        "throughput_tokens_per_s",
+        "ttft_p50_s",
+        "ttft_p99_s",
+        "tbt_p50_s",
+        "tbt_p99_s",
+        "e2e_p50_s",
+        "e2e_p99_s",
+        "slo_attainment",
+        "simulated_s",
+        "goodput_tokens_per_s",
+        "requests_dropped",
+        "preemptions",
+        "mean_batch",
+        "utilization",
+        "busy_s",
+        "state_s",
+    ):
         assert run_.metrics[key] is not None, key
     assert 0 < run_.metrics["slo_attainment"] <= 1
     assert run_.metrics["output_tokens"] == 200 * 40
@@ -328,11 +386,14 @@ def test_serving_workload_reads_trace_through_context(tmp_path: Path) -> None:
 
     def resolve(m):
         seen.update(m)
-        return pl.DataFrame({"arrival_s": [0.0, 1.0], "prompt_tokens": [10, 20],
-                             "output_tokens": [3, 4]}, schema=REQUEST_SCHEMA)
+        return pl.DataFrame(
+            {"arrival_s": [0.0, 1.0], "prompt_tokens": [10, 20], "output_tokens": [3, 4]},
+            schema=REQUEST_SCHEMA,
+        )
 
     cfg = ServingConfig.model_validate(
-        {"trace": {"path": "t.csv", "format": "azure-llm", "limit": 2, "time_scale": 2.0}})
+        {"trace": {"path": "t.csv", "format": "azure-llm", "limit": 2, "time_scale": 2.0}}
+    )
     out = ServingWorkload().simulate(cfg, _ctx(resolve=resolve))
     assert seen == {"path": "t.csv", "format": "azure-llm", "limit": 2, "time_scale": 2.0}
     assert out.metrics["output_tokens"] == 7
@@ -346,7 +407,8 @@ def test_serving_schema_rejects_bad_blocks() -> None:
         ServingConfig.model_validate({})
     with pytest.raises(ValidationError):
         ServingConfig.model_validate(
-            {"arrivals": ARRIVALS, "trace": {"path": "x", "format": "csv"}})
+            {"arrivals": ARRIVALS, "trace": {"path": "x", "format": "csv"}}
+        )
     with pytest.raises(ValidationError):
         ServingConfig.model_validate({"arrivals": ARRIVALS, "slo": {"ttft_p99": 2}})
     with pytest.raises(ValidationError):
@@ -355,8 +417,9 @@ def test_serving_schema_rejects_bad_blocks() -> None:
 
 def test_offline_decoder_all_at_time_zero() -> None:
     """Offline decoder inference puts every request at t = 0 and reports samples/s."""
-    cfg = OfflineConfig.model_validate({"count": 100, "output_tokens":
-                                        {"dist": "constant", "value": 20}})
+    cfg = OfflineConfig.model_validate(
+        {"count": 100, "output_tokens": {"dist": "constant", "value": 20}}
+    )
     out = OfflineWorkload().simulate(cfg, _ctx())
     assert (out.frames["requests"]["arrival_s"] == 0).all()
     assert out.metrics["throughput_samples_per_s"] == pytest.approx(100 / out.simulated_s)
@@ -366,8 +429,14 @@ def test_offline_decoder_all_at_time_zero() -> None:
 def test_offline_forward_batches() -> None:
     """A non-decoder model runs ceil(count / batch) forward steps over the replicas."""
     c = StatedCompiled(make_system(2), FakeModel(1e9, kind="vision"))
-    ctx = WorkloadContext(system=c.system, compiled=c, model=c.model, seed=1,
-                          base_dir=Path("."), resolve_trace=lambda m: None)
+    ctx = WorkloadContext(
+        system=c.system,
+        compiled=c,
+        model=c.model,
+        seed=1,
+        base_dir=Path("."),
+        resolve_trace=lambda m: None,
+    )
     cfg = OfflineConfig.model_validate({"count": 100, "batch": 32, "seq_len": 1})
     out = OfflineWorkload().simulate(cfg, ctx)
     steps = out.frames["steps"]

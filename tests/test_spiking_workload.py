@@ -24,16 +24,18 @@ from plugins.workloads.spiking import REQUESTS_SCHEMA, STEPS_SCHEMA, WORKLOADS, 
 
 SPIKING = WORKLOADS[0]
 ROOT = Path(__file__).resolve().parents[1]
-TOPO = Topology(devices_per_node=8, intra_bw=1e11, intra_latency=1e-6, inter_bw=1e10,
-                inter_latency=5e-6)
+TOPO = Topology(
+    devices_per_node=8, intra_bw=1e11, intra_latency=1e-6, inter_bw=1e10, inter_latency=5e-6
+)
 
 
 class FixedCompiled(Compiled):
     """A stand-in backend: each step costs 1 ms per timestep and 2 J per sample."""
 
     def _cost(self, shape: Shape) -> Cost:
-        return Cost(seconds=1e-3 * shape.timesteps, joules=2.0 * shape.batch,
-                    breakdown={"compute": 1.0})
+        return Cost(
+            seconds=1e-3 * shape.timesteps, joules=2.0 * shape.batch, breakdown={"compute": 1.0}
+        )
 
     def fit(self, *, kv_tokens: int = 0, batch: int = 1, training: bool = False) -> Fit:
         return Fit(True, 0, 1)
@@ -41,19 +43,27 @@ class FixedCompiled(Compiled):
 
 @pytest.fixture(scope="module")
 def model():  # type: ignore[no-untyped-def]
-    return FAMILIES[0].configure({"preset": "kws-2layer", "calibration_samples": 2,
-                                  "calibration_timesteps": 50})
+    return FAMILIES[0].configure(
+        {"preset": "kws-2layer", "calibration_samples": 2, "calibration_timesteps": 50}
+    )
 
 
 def _ctx(system: System, compiled: Compiled, model) -> WorkloadContext:  # type: ignore[no-untyped-def]
-    return WorkloadContext(system=system, compiled=compiled, model=model, seed=7,
-                           base_dir=Path("."), resolve_trace=lambda s: None)
+    return WorkloadContext(
+        system=system,
+        compiled=compiled,
+        model=model,
+        seed=7,
+        base_dir=Path("."),
+        resolve_trace=lambda s: None,
+    )
 
 
 def test_schema_uses_units_and_forbids_extra_keys() -> None:
     """Rates and durations carry units; an unknown key is refused."""
-    c = SpikingConfig.model_validate({"samples": 10, "rate": "50/s", "timestep": "0.5 ms",
-                                      "input_rate": "20 Hz"})
+    c = SpikingConfig.model_validate(
+        {"samples": 10, "rate": "50/s", "timestep": "0.5 ms", "input_rate": "20 Hz"}
+    )
     assert c.rate == 50.0 and c.timestep == pytest.approx(5e-4)
     for bad in ({"samples": 0}, {"rate": "50"}, {"timesteps": -1}, {"sample": 3}):
         with pytest.raises(ValidationError):
@@ -64,8 +74,10 @@ def test_batch_mode_latency_and_throughput(model) -> None:  # type: ignore[no-un
     """All samples at t=0 in batches of 4 on one replica: steps of 100 ms run back to
     back, so the last sample finishes after ceil(10/4) steps."""
     system = System("fake", "fake", SPINN5, 1, Parallelism(), TOPO)
-    run = SPIKING.simulate(SpikingConfig(samples=10, batch=4, timesteps=100),
-                           _ctx(system, FixedCompiled(system, model), model))
+    run = SPIKING.simulate(
+        SpikingConfig(samples=10, batch=4, timesteps=100),
+        _ctx(system, FixedCompiled(system, model), model),
+    )
     steps, req = run.frames["steps"], run.frames["requests"]
     assert steps.schema == pl.Schema(STEPS_SCHEMA) and req.schema == pl.Schema(REQUESTS_SCHEMA)
     assert steps["batch"].to_list() == [4, 4, 2]
@@ -101,8 +113,9 @@ def test_spinnaker_runs_the_workload_in_real_time(model) -> None:  # type: ignor
     assert run.metrics["e2e_p50_s"] == pytest.approx(0.1)
     e1 = run.metrics["energy_per_sample_j"]
     assert 26.84 * 0.1 < e1 < 60 * 0.1
-    busier = SPIKING.simulate(SpikingConfig.model_validate({**cfg, "input_rate": "100 Hz"}),
-                              _ctx(system, compiled, model))
+    busier = SPIKING.simulate(
+        SpikingConfig.model_validate({**cfg, "input_rate": "100 Hz"}), _ctx(system, compiled, model)
+    )
     assert busier.metrics["e2e_p50_s"] == pytest.approx(0.1)
     assert busier.metrics["energy_per_sample_j"] > e1
 
@@ -117,11 +130,14 @@ def _backend(module: str, cls: str):  # type: ignore[no-untyped-def]
         return None
 
 
-@pytest.mark.parametrize(("module", "cls", "device"), [
-    ("plugins.gpu.backend", "GpuBackend", "l4"),
-    ("plugins.gpu.backend", "GpuBackend", "h100-sxm"),
-    ("plugins.tpu.backend", "TpuBackend", "tpu-v5e"),
-])
+@pytest.mark.parametrize(
+    ("module", "cls", "device"),
+    [
+        ("plugins.gpu.backend", "GpuBackend", "l4"),
+        ("plugins.gpu.backend", "GpuBackend", "h100-sxm"),
+        ("plugins.tpu.backend", "TpuBackend", "tpu-v5e"),
+    ],
+)
 def test_dense_backends_price_the_same_workload(model, module, cls, device) -> None:  # type: ignore[no-untyped-def]
     """GPUs and the TPU price the time-stepped dense ops of the same network; where a
     backend is not installed the fake stands in, so the workload path is still checked."""
@@ -132,13 +148,15 @@ def test_dense_backends_price_the_same_workload(model, module, cls, device) -> N
     else:
         devices = backend.devices()
         spec = devices.get(device) or next(
-            (d for d in devices.values() if device in d.aliases), None)
+            (d for d in devices.values() if device in d.aliases), None
+        )
         if spec is None:
             pytest.skip(f"{device} not in the {cls} catalog")
         system = System(device, backend.name, spec, 1, Parallelism(), TOPO)
         compiled = backend.compile(model, system)
-    run = SPIKING.simulate(SpikingConfig(samples=20, batch=8, timesteps=100),
-                           _ctx(system, compiled, model))
+    run = SPIKING.simulate(
+        SpikingConfig(samples=20, batch=8, timesteps=100), _ctx(system, compiled, model)
+    )
     m = run.metrics
     assert m["throughput_samples_per_s"] > 0 and m["energy_per_sample_j"] > 0
     assert np.isfinite(m["e2e_p99_s"])
@@ -152,6 +170,10 @@ def test_scenario_ships_the_four_way_comparison() -> None:
     assert doc["workload"]["kind"] == "spiking"
     SpikingConfig.model_validate({k: v for k, v in doc["workload"].items() if k != "kind"})
     systems = {(s["backend"], s["device"], s["count"]) for s in doc["systems"]}
-    assert systems == {("spinnaker", "spinn-5", 1), ("gpu", "l4", 1), ("gpu", "h100-sxm", 1),
-                       ("tpu", "v5e", 1)}
+    assert systems == {
+        ("spinnaker", "spinn-5", 1),
+        ("gpu", "l4", 1),
+        ("gpu", "h100-sxm", 1),
+        ("tpu", "v5e", 1),
+    }
     FAMILIES[0].configure({k: v for k, v in doc["model"].items() if k != "family"})

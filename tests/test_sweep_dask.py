@@ -164,7 +164,9 @@ def test_worker_killed_mid_sweep_every_point_once(
     assert frame.height == 12 * 2
     counts = frame.group_by("point_id", "name").len()
     assert counts.height == 24 and set(counts["len"].to_list()) == {1}
-    assert set(frame["status"].to_list()) == {"ok"}, frame.filter(pl.col("status") != "ok")["reason"].to_list()
+    assert set(frame["status"].to_list()) == {"ok"}, frame.filter(pl.col("status") != "ok")[
+        "reason"
+    ].to_list()
 
     folders = sorted(p.name for p in (out / "points").iterdir())
     assert folders == sorted(frame["point_id"].unique().to_list())

@@ -27,10 +27,18 @@ class FakeLlama(ModelGraph):
     def __init__(self, hidden: int = 4096, ffn: int = 11008, layers: int = 32) -> None:
         self.h, self.f, self.layers = hidden, ffn, layers
         params = layers * (4 * hidden * hidden + 3 * hidden * ffn)
-        self.info = ModelInfo(name="fake-llama", family="llama", kind="decoder", dtype="bf16",
-                              params=params, active_params=params, param_bytes=2 * params,
-                              kv_bytes_per_token=2 * 2 * layers * hidden, layers=layers,
-                              max_seq_len=4096)
+        self.info = ModelInfo(
+            name="fake-llama",
+            family="llama",
+            kind="decoder",
+            dtype="bf16",
+            params=params,
+            active_params=params,
+            param_bytes=2 * params,
+            kv_bytes_per_token=2 * 2 * layers * hidden,
+            layers=layers,
+            max_seq_len=4096,
+        )
 
     def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
         tp = parallel.tensor if parallel else 1
@@ -38,25 +46,52 @@ class FakeLlama(ModelGraph):
         h, f, n, e = self.h, self.f // tp, self.layers, 2.0
 
         def mm(name: str, m: int, nn: int, k: int) -> Op:
-            return Op(name, OpKind.MATMUL, flops=2.0 * m * nn * k,
-                      bytes_read=(m * k + k * nn) * e, bytes_written=m * nn * e,
-                      param_bytes=k * nn * e, dims=(m, nn, k), count=n)
+            return Op(
+                name,
+                OpKind.MATMUL,
+                flops=2.0 * m * nn * k,
+                bytes_read=(m * k + k * nn) * e,
+                bytes_written=m * nn * e,
+                param_bytes=k * nn * e,
+                dims=(m, nn, k),
+                count=n,
+            )
 
         def ew(name: str, kind: OpKind, el: float, reads: float = 1.0) -> Op:
-            return Op(name, kind, flops=4.0 * el, bytes_read=reads * el * e,
-                      bytes_written=el * e, dims=(int(el),), count=n)
+            return Op(
+                name,
+                kind,
+                flops=4.0 * el,
+                bytes_read=reads * el * e,
+                bytes_written=el * e,
+                dims=(int(el),),
+                count=n,
+            )
 
         keys = shape.context + shape.tokens
         ops = [
             ew("ln1", OpKind.NORM, t * h),
             mm("qkv", t, 3 * h // tp, h),
             ew("rope", OpKind.ELEMENTWISE, t * 2 * h // tp),
-            Op("attn", OpKind.ATTENTION, flops=4.0 * 128 * shape.tokens * keys * 32 * shape.batch,
-               bytes_read=2 * keys * h * e * shape.batch, bytes_written=t * h * e,
-               dims=(shape.tokens, keys, 128), batch=32 // tp * shape.batch, count=n),
+            Op(
+                "attn",
+                OpKind.ATTENTION,
+                flops=4.0 * 128 * shape.tokens * keys * 32 * shape.batch,
+                bytes_read=2 * keys * h * e * shape.batch,
+                bytes_written=t * h * e,
+                dims=(shape.tokens, keys, 128),
+                batch=32 // tp * shape.batch,
+                count=n,
+            ),
             mm("out", t, h, h // tp),
-            Op("ar", OpKind.COLLECTIVE, collective=Collective.ALL_REDUCE,
-               comm_bytes=t * h * e, group=tp, count=n),
+            Op(
+                "ar",
+                OpKind.COLLECTIVE,
+                collective=Collective.ALL_REDUCE,
+                comm_bytes=t * h * e,
+                group=tp,
+                count=n,
+            ),
             ew("residual", OpKind.ELEMENTWISE, t * h, reads=2.0),
             ew("ln2", OpKind.NORM, t * h),
             mm("up", t, 2 * f, h),
@@ -78,6 +113,7 @@ def _system(dev_name: str, count: int = 1, tp: int = 1, torus: tuple[int, ...] =
     topo = topology_from_device(dev)
     if torus:
         from dataclasses import replace
+
         topo = replace(topo, torus=torus)
     return System("t", "tpu", dev, count, Parallelism(tensor=tp), topo)
 
@@ -87,8 +123,10 @@ def test_catalog_has_four_chips_with_cited_figures() -> None:
     bf16 peak equals MXUs x rows x cols x 2 x clock; 'trillium' is the v6e."""
     cat = builtin_catalog()
     assert set(cat) == {"tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e"}
-    assert cat["tpu-v5e"].flops("bf16") == 197e12 and cat["tpu-v5e"].peak_flops["bf16"].source \
-        == "tpuv5e_spec"
+    assert (
+        cat["tpu-v5e"].flops("bf16") == 197e12
+        and cat["tpu-v5e"].peak_flops["bf16"].source == "tpuv5e_spec"
+    )
     assert cat["tpu-v4"].power.max_w.source == "tpuv4_power"
     assert cat["tpu-v6e"].extra["mxu_rows"].value == 256
     for spec in cat.values():
@@ -96,8 +134,13 @@ def test_catalog_has_four_chips_with_cited_figures() -> None:
             assert fig.source or fig.assumption, (spec.name, name)
         x = spec.extra
         # clock derived from peak = MXUs * R * C * 2 * f
-        peak = x["mxu_count"].value * x["mxu_rows"].value * x["mxu_cols"].value * 2 \
+        peak = (
+            x["mxu_count"].value
+            * x["mxu_rows"].value
+            * x["mxu_cols"].value
+            * 2
             * x["clock_hz"].value
+        )
         assert peak == pytest.approx(spec.flops("bf16"), rel=1e-3)
     assert resolve("trillium").name == "tpu-v6e"
 
@@ -115,13 +158,25 @@ def test_large_gemm_runs_near_peak_and_decode_is_memory_bound() -> None:
     memory-bound."""
     cost = TpuCostModel(resolve("v5e"))
     n = 8192
-    op = Op("big", OpKind.MATMUL, flops=2.0 * n**3, bytes_read=4.0 * n * n,
-            bytes_written=2.0 * n * n, dims=(n, n, n))
+    op = Op(
+        "big",
+        OpKind.MATMUL,
+        flops=2.0 * n**3,
+        bytes_read=4.0 * n * n,
+        bytes_written=2.0 * n * n,
+        dims=(n, n, n),
+    )
     t = cost(op)
     assert t.bound == "compute"
     assert 0.9 < (2.0 * n**3 / 197e12) / t.compute_s <= 1.0
-    gemv = Op("gemv", OpKind.MATMUL, flops=2.0 * 4096 * 4096, bytes_read=2.0 * 4096 * 4096,
-              bytes_written=2.0 * 4096, dims=(1, 4096, 4096))
+    gemv = Op(
+        "gemv",
+        OpKind.MATMUL,
+        flops=2.0 * 4096 * 4096,
+        bytes_read=2.0 * 4096 * 4096,
+        bytes_written=2.0 * 4096,
+        dims=(1, 4096, 4096),
+    )
     assert cost(gemv).bound == "memory"
 
 
@@ -217,10 +272,24 @@ def test_spiking_supported_unknown_kinds_refused() -> None:
     """Spiking networks run as time-stepped dense ops; a kind the backend does not know is
     refused with the kinds it does price."""
     m = FakeLlama()
-    m.info = ModelInfo(name="snn", family="snn", kind="spiking", dtype="bf16", params=1,
-                       active_params=1, param_bytes=2)
+    m.info = ModelInfo(
+        name="snn",
+        family="snn",
+        kind="spiking",
+        dtype="bf16",
+        params=1,
+        active_params=1,
+        param_bytes=2,
+    )
     assert TpuBackend().supports(m, "spiking").ok
-    m.info = ModelInfo(name="gnn", family="gnn", kind="graph", dtype="bf16", params=1,
-                       active_params=1, param_bytes=2)
+    m.info = ModelInfo(
+        name="gnn",
+        family="gnn",
+        kind="graph",
+        dtype="bf16",
+        params=1,
+        active_params=1,
+        param_bytes=2,
+    )
     sup = TpuBackend().supports(m, "offline")
     assert not sup.ok and "spiking" in sup.reason and "'graph'" in sup.reason

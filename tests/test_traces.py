@@ -58,8 +58,12 @@ def test_alibaba_jobs() -> None:
 
 def test_azure_fraction_digits_limit_and_scale(tmp_path: Path) -> None:
     """7 fractional digits are read to 100 ns; limit and time_scale apply."""
-    p = write(tmp_path, "a.csv", AZ_HEAD + "2023-11-16 18:15:46.6805900,374,44\r\n"
-              "2023-11-16 18:15:47.6805901,10,2\r\n2023-11-16 18:15:50.0000000,5,5")
+    p = write(
+        tmp_path,
+        "a.csv",
+        AZ_HEAD + "2023-11-16 18:15:46.6805900,374,44\r\n"
+        "2023-11-16 18:15:47.6805901,10,2\r\n2023-11-16 18:15:50.0000000,5,5",
+    )
     f = AzureLLMTrace().read(p, {})
     assert f["arrival_s"].to_list()[1] == pytest.approx(1.0000001, abs=1e-9)
     g = AzureLLMTrace().read(p, {"limit": 2, "time_scale": 2.0})
@@ -68,8 +72,9 @@ def test_azure_fraction_digits_limit_and_scale(tmp_path: Path) -> None:
 
 def test_duplicate_timestamps_are_legal(tmp_path: Path) -> None:
     """Two requests at the same instant are both kept, in file order."""
-    p = write(tmp_path, "a.csv", AZ_HEAD + "2023-11-16 18:00:00.0,1,2\r\n"
-              "2023-11-16 18:00:00.0,3,4\r\n")
+    p = write(
+        tmp_path, "a.csv", AZ_HEAD + "2023-11-16 18:00:00.0,1,2\r\n2023-11-16 18:00:00.0,3,4\r\n"
+    )
     f = AzureLLMTrace().read(p, {})
     assert f["arrival_s"].to_list() == [0.0, 0.0] and f["prompt_tokens"].to_list() == [1, 3]
 
@@ -77,20 +82,36 @@ def test_duplicate_timestamps_are_legal(tmp_path: Path) -> None:
 def test_generic_csv_mapping_and_ms(tmp_path: Path) -> None:
     """A CSV with its own column names and millisecond times."""
     p = write(tmp_path, "t.csv", "ts,inp,out\n1000,10,5\n1500,20,6\n")
-    f = CsvTrace().read(p, {"columns": {"arrival": "ts", "prompt_tokens": "inp",
-                                        "output_tokens": "out"}, "time_unit": "ms"})
+    f = CsvTrace().read(
+        p,
+        {
+            "columns": {"arrival": "ts", "prompt_tokens": "inp", "output_tokens": "out"},
+            "time_unit": "ms",
+        },
+    )
     assert f["arrival_s"].to_list() == [0.0, 0.5]
     assert f["output_tokens"].to_list() == [5, 6]
 
 
 def test_generic_jsonl_datetime(tmp_path: Path) -> None:
     """JSON Lines with ISO date-times and a blank line."""
-    p = write(tmp_path, "t.jsonl",
-              '{"timestamp": "2024-01-01T00:00:00", "input_length": 5, "output_length": 7}\n\n'
-              '{"timestamp": "2024-01-01T00:00:02.5", "input_length": 6, "output_length": 8}\n')
-    f = JsonlTrace().read(p, {"columns": {"arrival": "timestamp", "prompt_tokens":
-                                          "input_length", "output_tokens": "output_length"},
-                              "time_unit": "datetime"})
+    p = write(
+        tmp_path,
+        "t.jsonl",
+        '{"timestamp": "2024-01-01T00:00:00", "input_length": 5, "output_length": 7}\n\n'
+        '{"timestamp": "2024-01-01T00:00:02.5", "input_length": 6, "output_length": 8}\n',
+    )
+    f = JsonlTrace().read(
+        p,
+        {
+            "columns": {
+                "arrival": "timestamp",
+                "prompt_tokens": "input_length",
+                "output_tokens": "output_length",
+            },
+            "time_unit": "datetime",
+        },
+    )
     assert f["arrival_s"].to_list() == [0.0, 2.5]
 
 
@@ -124,16 +145,19 @@ def test_missing_column_lists_found(tmp_path: Path) -> None:
     assert "'ContextTokens'" in msg and "'Context'" in msg
 
 
-@pytest.mark.parametrize("row,needle", [
-    ("2023-11-16 18:00:01,abc,2", "not a number"),
-    ("2023-11-16 18:00:01,-5,2", "at least 1"),
-    ("2023-11-16 18:00:01,5,nan", "not a finite number"),
-    ("2023-11-16 18:00:01,5,inf", "not a finite number"),
-    ("2023-11-16 18:00:01,5,", "missing"),
-    ("2023-11-16 18:00:01,5.5,2", "whole number"),
-    ("yesterday,5,2", "not a date-time"),
-    ("2023-11-16 17:59:59,5,2", "goes backwards"),
-])
+@pytest.mark.parametrize(
+    "row,needle",
+    [
+        ("2023-11-16 18:00:01,abc,2", "not a number"),
+        ("2023-11-16 18:00:01,-5,2", "at least 1"),
+        ("2023-11-16 18:00:01,5,nan", "not a finite number"),
+        ("2023-11-16 18:00:01,5,inf", "not a finite number"),
+        ("2023-11-16 18:00:01,5,", "missing"),
+        ("2023-11-16 18:00:01,5.5,2", "whole number"),
+        ("yesterday,5,2", "not a date-time"),
+        ("2023-11-16 17:59:59,5,2", "goes backwards"),
+    ],
+)
 def test_bad_row_names_line(tmp_path: Path, row: str, needle: str) -> None:
     """A bad third data row is reported at line 4 (header is line 1) with the cause."""
     text = AZ_HEAD + "2023-11-16 18:00:00,1,2\r\n2023-11-16 18:00:00.5,1,2\r\n" + row + "\r\n"
@@ -150,14 +174,22 @@ def test_non_utf8_names_line(tmp_path: Path) -> None:
 def test_unknown_option_and_unit(tmp_path: Path) -> None:
     """Misspelled options and unknown time units are refused with the valid ones."""
     assert "valid options" in err(tmp_path, "a\n1\n", CsvTrace(), {"colums": {}})
-    assert "time_unit" in err(tmp_path, "arrival_s,prompt_tokens,output_tokens\n1,1,1\n",
-                              CsvTrace(), {"time_unit": "fortnights"})
+    assert "time_unit" in err(
+        tmp_path,
+        "arrival_s,prompt_tokens,output_tokens\n1,1,1\n",
+        CsvTrace(),
+        {"time_unit": "fortnights"},
+    )
 
 
 def test_jsonl_bad_line(tmp_path: Path) -> None:
     """A broken JSON line is reported by its number."""
-    msg = err(tmp_path, '{"arrival_s": 0, "prompt_tokens": 1, "output_tokens": 1}\n{oops\n',
-              JsonlTrace(), name="t.jsonl")
+    msg = err(
+        tmp_path,
+        '{"arrival_s": 0, "prompt_tokens": 1, "output_tokens": 1}\n{oops\n',
+        JsonlTrace(),
+        name="t.jsonl",
+    )
     assert "line 2" in msg
 
 

@@ -80,8 +80,14 @@ def test_norm_softmax_embedding_pool_kinds() -> None:
             return F.softmax(x, -1).sum() + F.max_pool2d(img, 2).sum()
 
     m = _meta(M)
-    tr = trace_module(m, (torch.zeros(2, 3, dtype=torch.long, device="meta"),
-                          torch.zeros(1, 2, 4, 4, device="meta")), "bf16")
+    tr = trace_module(
+        m,
+        (
+            torch.zeros(2, 3, dtype=torch.long, device="meta"),
+            torch.zeros(1, 2, 4, 4, device="meta"),
+        ),
+        "bf16",
+    )
     kinds = [o.kind for o in tr if not o.zero_cost]
     assert kinds.count(OpKind.NORM) == 2
     assert OpKind.SOFTMAX in kinds and OpKind.POOL in kinds and OpKind.EMBEDDING in kinds

@@ -43,16 +43,30 @@ class TinyTransformer(ModelGraph):
     """A stated toy: each layer is one GEMM of ``12·h²`` weights, one TP all-reduce when
     tensor > 1; TRAIN adds ``bwd.*`` ops at twice the forward and an Adam op."""
 
-    def __init__(self, layers: int = 8, hidden: int = 1024, heads: int = 16,
-                 vocab: int = 1000) -> None:
+    def __init__(
+        self, layers: int = 8, hidden: int = 1024, heads: int = 16, vocab: int = 1000
+    ) -> None:
         self.layers, self.h = layers, hidden
         params = layers * 12 * hidden**2 + vocab * hidden
         self.info = ModelInfo(
-            name="tiny", family="tiny", kind="decoder", dtype="bf16", params=params,
-            active_params=params, param_bytes=2 * params,
-            flops_per_token=2.0 * params, layers=layers, max_seq_len=256,
-            config={"layers": layers, "hidden": hidden, "heads": heads, "vocab": vocab,
-                    "tied_embeddings": True, "seq_len": 256},
+            name="tiny",
+            family="tiny",
+            kind="decoder",
+            dtype="bf16",
+            params=params,
+            active_params=params,
+            param_bytes=2 * params,
+            flops_per_token=2.0 * params,
+            layers=layers,
+            max_seq_len=256,
+            config={
+                "layers": layers,
+                "hidden": hidden,
+                "heads": heads,
+                "vocab": vocab,
+                "tied_embeddings": True,
+                "seq_len": 256,
+            },
         )
 
     def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
@@ -62,18 +76,44 @@ class TinyTransformer(ModelGraph):
         w = 12 * self.h**2 / par.tensor
         fwd = [Op("layer.gemm", OpKind.MATMUL, flops=2 * w * tok, count=n_l)]
         if par.tensor > 1:
-            fwd.append(Op("layer.ar", OpKind.COLLECTIVE, collective=Collective.ALL_REDUCE,
-                          comm_bytes=2.0 * tok * self.h, group=par.tensor, count=n_l))
+            fwd.append(
+                Op(
+                    "layer.ar",
+                    OpKind.COLLECTIVE,
+                    collective=Collective.ALL_REDUCE,
+                    comm_bytes=2.0 * tok * self.h,
+                    group=par.tensor,
+                    count=n_l,
+                )
+            )
         ops = list(fwd)
         if shape.phase is Phase.TRAIN:
             if shape.recompute == "full":
                 ops += [Op("recompute.layer.gemm", OpKind.MATMUL, flops=2 * w * tok, count=n_l)]
             ops += [Op("bwd.layer.gemm", OpKind.MATMUL, flops=4 * w * tok, count=n_l)]
-            ops += [Op("bwd.layer.ar", o.kind, collective=o.collective, comm_bytes=o.comm_bytes,
-                       group=o.group, count=n_l) for o in fwd if o.kind is OpKind.COLLECTIVE]
+            ops += [
+                Op(
+                    "bwd.layer.ar",
+                    o.kind,
+                    collective=o.collective,
+                    comm_bytes=o.comm_bytes,
+                    group=o.group,
+                    count=n_l,
+                )
+                for o in fwd
+                if o.kind is OpKind.COLLECTIVE
+            ]
             if par.pipeline > 1:
-                ops.append(Op("pipeline.send_grad", OpKind.COLLECTIVE, layer="pipeline",
-                              collective=Collective.SEND_RECV, comm_bytes=1e9, group=2))
+                ops.append(
+                    Op(
+                        "pipeline.send_grad",
+                        OpKind.COLLECTIVE,
+                        layer="pipeline",
+                        collective=Collective.SEND_RECV,
+                        comm_bytes=1e9,
+                        group=2,
+                    )
+                )
             n = n_l * w / (par.data if par.zero >= 1 else 1)
             ops.append(Op("optimizer.adam", OpKind.OPTIMIZER, flops=12 * n, bytes_read=20 * n))
         return OpGraph(shape.phase, tuple(ops), shape)
@@ -90,12 +130,17 @@ class TinyTransformer(ModelGraph):
         return per * shape.batch * shape.tokens * self.h * n_l / parallel.tensor
 
 
-TOPO = Topology(devices_per_node=8, intra_bw=300e9, intra_latency=2e-6, inter_bw=25e9,
-                inter_latency=5e-6)
+TOPO = Topology(
+    devices_per_node=8, intra_bw=300e9, intra_latency=2e-6, inter_bw=25e9, inter_latency=5e-6
+)
 
 
-def make(par: Parallelism, model: ModelGraph | None = None, memory_gb: float = 80.0,
-         topo: Topology = TOPO) -> tuple[System, AnalyticCompiled]:
+def make(
+    par: Parallelism,
+    model: ModelGraph | None = None,
+    memory_gb: float = 80.0,
+    topo: Topology = TOPO,
+) -> tuple[System, AnalyticCompiled]:
     """A system of fake chips (100 TFLOP/s, 1 TB/s) compiled with exact roofline pricing."""
     dev = fake_device("chip-t", memory_gb, PEAK / 1e12)
     system = System("s", "fake", dev, par.devices, par, topo)
@@ -107,13 +152,19 @@ def make(par: Parallelism, model: ModelGraph | None = None, memory_gb: float = 8
     def coll(kind: Collective, n: float, g: int) -> float:
         return collective_seconds(kind, n, g, topo)
 
-    return system, AnalyticCompiled(system, m, price_op=price, collective=coll,
-                                    power=PowerModel.from_device(dev))
+    return system, AnalyticCompiled(
+        system, m, price_op=price, collective=coll, power=PowerModel.from_device(dev)
+    )
 
 
 def plan(**kw: Any) -> TrainingPlan:
-    base: dict[str, Any] = {"global_batch": 64, "micro_batch": 1, "seq_len": 256,
-                            "recompute": "none", "overlap_grad_reduce": False}
+    base: dict[str, Any] = {
+        "global_batch": 64,
+        "micro_batch": 1,
+        "seq_len": 256,
+        "recompute": "none",
+        "overlap_grad_reduce": False,
+    }
     base.update(kw)
     return TrainingPlan(**base)
 
@@ -127,9 +178,19 @@ def test_zero_stages_shard_states_in_order() -> None:
     m = TinyTransformer()
     n = stage_params(m, 1, 1)
     assert n == pytest.approx(m.info.params)
-    needs = [training_memory(m, Parallelism(data=8, zero=z), micro_batch=1, seq_len=256,
-                             microbatches=8, recompute="full", precision="bf16",
-                             have_bytes=80e9) for z in range(4)]
+    needs = [
+        training_memory(
+            m,
+            Parallelism(data=8, zero=z),
+            micro_batch=1,
+            seq_len=256,
+            microbatches=8,
+            recompute="full",
+            precision="bf16",
+            have_bytes=80e9,
+        )
+        for z in range(4)
+    ]
     assert needs[0].weights + needs[0].gradients + needs[0].optimizer == pytest.approx(16 * n)
     assert needs[1].optimizer == pytest.approx(12 * n / 8)
     assert needs[2].gradients == pytest.approx(2 * n / 8)
@@ -141,8 +202,7 @@ def test_zero_stages_shard_states_in_order() -> None:
 def test_activations_follow_recompute_and_pipeline_in_flight() -> None:
     """Activations are the model's per-micro-batch estimate times min(m, p) in flight."""
     m = TinyTransformer()
-    kw: dict[str, Any] = {"micro_batch": 1, "seq_len": 256, "precision": "bf16",
-                          "have_bytes": 80e9}
+    kw: dict[str, Any] = {"micro_batch": 1, "seq_len": 256, "precision": "bf16", "have_bytes": 80e9}
     par = Parallelism(pipeline=4)
     none = training_memory(m, par, microbatches=16, recompute="none", **kw)
     full = training_memory(m, par, microbatches=16, recompute="full", **kw)
@@ -173,10 +233,12 @@ def test_hfu_flops_with_full_recompute_are_the_megatron_formula() -> None:
     model = gpt.configure({"layers": l_, "hidden": h, "heads": 24, "vocab": v, "seq_len": s})
     mf, hf = flops_per_token(model, s, "full")
     # the model counts biases and norms too; the paper's formula does not
-    assert hf * s == pytest.approx(96 * s * l_ * h * h * (1 + s / (6 * h) + v / (16 * l_ * h)),
-                                   rel=2e-3)
-    assert mf * s == pytest.approx(72 * s * l_ * h * h * (1 + s / (6 * h) + v / (12 * l_ * h)),
-                                   rel=2e-3)
+    assert hf * s == pytest.approx(
+        96 * s * l_ * h * h * (1 + s / (6 * h) + v / (16 * l_ * h)), rel=2e-3
+    )
+    assert mf * s == pytest.approx(
+        72 * s * l_ * h * h * (1 + s / (6 * h) + v / (12 * l_ * h)), rel=2e-3
+    )
     _, hs = flops_per_token(model, s, "selective")
     assert mf < hs < hf
 
@@ -231,8 +293,9 @@ def test_dp_group_placement_uses_scale_out_links() -> None:
     b = step_time(spread, spread.model, plan(global_batch=8))
     n = stage_params(spread.model, 8, 1) * 2
     assert b.dp_comm_s == pytest.approx(
-        collective_seconds(Collective.ALL_REDUCE, n, 8,
-                           Topology(1, 300e9, 2e-6, 25e9, 5e-6)), rel=0.02)
+        collective_seconds(Collective.ALL_REDUCE, n, 8, Topology(1, 300e9, 2e-6, 25e9, 5e-6)),
+        rel=0.02,
+    )
     assert b.dp_comm_s / n > a.dp_comm_s / (stage_params(packed.model, 1, 1) * 2)
 
 
@@ -263,8 +326,9 @@ def test_plan_check_names_what_does_not_divide() -> None:
     probs = check_plan(m, Parallelism(data=3, tensor=8, pipeline=4), plan(global_batch=64), 96)
     text = " ".join(probs)
     assert "6 layers" in text and "12 heads" in text and "global_batch = 64" in text
-    probs = check_plan(TinyTransformer(), Parallelism(data=2, pipeline=4, virtual=2),
-                       plan(global_batch=12), 8)
+    probs = check_plan(
+        TinyTransformer(), Parallelism(data=2, pipeline=4, virtual=2), plan(global_batch=12), 8
+    )
     assert any("multiple of pipeline" in p for p in probs)
     assert check_plan(TinyTransformer(), Parallelism(data=2, pipeline=4), plan(), 8) == []
 
@@ -278,14 +342,26 @@ def test_nearest_plans_fit_and_divide() -> None:
     assert plans
     for text in plans:
         fields = dict(kv.split("=") for kv in text.split(" (")[0].split(", "))
-        cand = Parallelism(data=int(fields["data"]), tensor=int(fields["tensor"]),
-                           pipeline=int(fields["pipeline"]), zero=int(fields.get("zero", 0)))
-        p = plan(global_batch=64, recompute=fields["recompute"],
-                 micro_batch=int(fields["micro_batch"]))
+        cand = Parallelism(
+            data=int(fields["data"]),
+            tensor=int(fields["tensor"]),
+            pipeline=int(fields["pipeline"]),
+            zero=int(fields.get("zero", 0)),
+        )
+        p = plan(
+            global_batch=64, recompute=fields["recompute"], micro_batch=int(fields["micro_batch"])
+        )
         assert check_plan(m, cand, p, 8) == []
-        assert training_memory(m, cand, micro_batch=p.micro_batch, seq_len=256,
-                               microbatches=p.microbatches(cand.data), recompute=p.recompute,
-                               precision="bf16", have_bytes=have).fits
+        assert training_memory(
+            m,
+            cand,
+            micro_batch=p.micro_batch,
+            seq_len=256,
+            microbatches=p.microbatches(cand.data),
+            recompute=p.recompute,
+            precision="bf16",
+            have_bytes=have,
+        ).fits
 
 
 # --- failures -------------------------------------------------------------------------
@@ -302,8 +378,7 @@ def test_no_failures_wall_time_is_steps_plus_checkpoints() -> None:
 
 def test_failures_lose_work_and_are_reproducible() -> None:
     """Failures add lost work and restarts; the same seed gives the same run."""
-    spec = FailureSpec(mtbf_per_device=1024 * 3600.0, restart_s=300.0,
-                       checkpoint_interval_s=1800.0)
+    spec = FailureSpec(mtbf_per_device=1024 * 3600.0, restart_s=300.0, checkpoint_interval_s=1800.0)
     a = simulate_failures(10.0, 10_000, 1024, spec, 60.0, 60.0, seed=3, record=True)
     b = simulate_failures(10.0, 10_000, 1024, spec, 60.0, 60.0, seed=3)
     assert a.wall_s == b.wall_s and a.failures == b.failures
@@ -324,25 +399,49 @@ def test_failures_lose_work_and_are_reproducible() -> None:
 
 
 def _ctx(system: System, comp: AnalyticCompiled, seed: int = 0) -> WorkloadContext:
-    return WorkloadContext(system=system, compiled=comp, model=comp.model, seed=seed,
-                           base_dir=REPO, resolve_trace=lambda spec: None)
+    return WorkloadContext(
+        system=system,
+        compiled=comp,
+        model=comp.model,
+        seed=seed,
+        base_dir=REPO,
+        resolve_trace=lambda spec: None,
+    )
 
 
 def test_workload_frames_and_metrics() -> None:
     """The workload reports the summary metrics and frames with exactly the declared
     columns; each device's state intervals add up to the wall time."""
     system, comp = make(Parallelism(data=2, tensor=2, pipeline=2))
-    cfg = TrainingConfig.model_validate({
-        "global_batch": 16, "seq_len": 256, "steps": 200, "seeds": 3,
-        "failures": {"mtbf_per_device": "1 h", "checkpoint_interval": "30 s",
-                     "restart": "10 s", "storage_bandwidth": "100 GB/s"},
-    })
+    cfg = TrainingConfig.model_validate(
+        {
+            "global_batch": 16,
+            "seq_len": 256,
+            "steps": 200,
+            "seeds": 3,
+            "failures": {
+                "mtbf_per_device": "1 h",
+                "checkpoint_interval": "30 s",
+                "restart": "10 s",
+                "storage_bandwidth": "100 GB/s",
+            },
+        }
+    )
     wl = TrainingWorkload()
     assert wl.fit(cfg, system, comp).fits
     out = wl.simulate(cfg, _ctx(system, comp))
     m = out.metrics
-    for key in ("step_time_s", "mfu", "hfu", "throughput_tokens_per_s", "time_to_train_s",
-                "goodput", "time_to_train_p10_s", "time_to_train_p90_s", "device_hours"):
+    for key in (
+        "step_time_s",
+        "mfu",
+        "hfu",
+        "throughput_tokens_per_s",
+        "time_to_train_s",
+        "goodput",
+        "time_to_train_p10_s",
+        "time_to_train_p90_s",
+        "device_hours",
+    ):
         assert key in m
     assert 0 < m["mfu"] < m["hfu"] < 1
     assert 0 < m["goodput"] <= 1
@@ -363,9 +462,13 @@ def test_workload_frames_and_metrics() -> None:
 def test_workload_is_deterministic_per_seed() -> None:
     """Same scenario seed, same numbers."""
     system, comp = make(Parallelism(data=4))
-    cfg = TrainingConfig.model_validate({"global_batch": 8, "steps": 500,
-                                         "failures": {"mtbf_per_device": "2 h",
-                                                      "checkpoint_interval": "5 s"}})
+    cfg = TrainingConfig.model_validate(
+        {
+            "global_batch": 8,
+            "steps": 500,
+            "failures": {"mtbf_per_device": "2 h", "checkpoint_interval": "5 s"},
+        }
+    )
     a = TrainingWorkload().simulate(cfg, _ctx(system, comp, seed=4)).metrics
     b = TrainingWorkload().simulate(cfg, _ctx(system, comp, seed=4)).metrics
     assert a == b
@@ -373,10 +476,8 @@ def test_workload_is_deterministic_per_seed() -> None:
 
 def test_does_not_fit_says_by_how_much_and_what_fits() -> None:
     """A plan that does not fit names the need, the device and the nearest plans."""
-    system, comp = make(Parallelism(data=8), TinyTransformer(hidden=4096, heads=32),
-                        memory_gb=6.0)
-    cfg = TrainingConfig.model_validate({"global_batch": 64, "steps": 1,
-                                         "recompute": "none"})
+    system, comp = make(Parallelism(data=8), TinyTransformer(hidden=4096, heads=32), memory_gb=6.0)
+    cfg = TrainingConfig.model_validate({"global_batch": 64, "steps": 1, "recompute": "none"})
     fit = TrainingWorkload().fit(cfg, system, comp)
     assert not fit.fits
     assert "GB per device" in fit.reason and "short by" in fit.reason
@@ -400,10 +501,12 @@ def test_config_needs_exactly_one_length() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         TrainingConfig.model_validate({"global_batch": 8, "steps": 3, "tokens": 1e9})
     with pytest.raises(ValueError):
-        TrainingConfig.model_validate({"global_batch": 8, "steps": 3,
-                                       "failures": {"restart": "10"}})
-    c = TrainingConfig.model_validate({"global_batch": 8, "tokens": 3e11,
-                                       "failures": {"mtbf_per_device": "10 y"}})
+        TrainingConfig.model_validate(
+            {"global_batch": 8, "steps": 3, "failures": {"restart": "10"}}
+        )
+    c = TrainingConfig.model_validate(
+        {"global_batch": 8, "tokens": 3e11, "failures": {"mtbf_per_device": "10 y"}}
+    )
     assert c.failures is not None
     assert c.failures.mtbf_per_device == pytest.approx(10 * 365.25 * 86400)
 
@@ -427,8 +530,9 @@ def test_torus_systems_use_the_backends_collectives() -> None:
     comp.collective = spy
     step_time(comp, comp.model, plan(global_batch=16))
     grads = stage_params(comp.model, 1, 1) * 2
-    assert any(k is Collective.ALL_REDUCE and g == 16 and n == pytest.approx(grads)
-               for k, n, g in calls)
+    assert any(
+        k is Collective.ALL_REDUCE and g == 16 and n == pytest.approx(grads) for k, n, g in calls
+    )
 
 
 # --- shipped scenarios -------------------------------------------------------------------
@@ -464,6 +568,12 @@ def test_shipped_scenarios_run(name: str) -> None:
     ok = [s for s in res.systems if s.status == "ok"]
     assert ok, [(s.name, s.status, s.reason) for s in res.systems]
     for s in ok:
-        for key in ("step_time_s", "mfu", "hfu", "throughput_tokens_per_s",
-                    "time_to_train_s", "goodput"):
+        for key in (
+            "step_time_s",
+            "mfu",
+            "hfu",
+            "throughput_tokens_per_s",
+            "time_to_train_s",
+            "goodput",
+        ):
             assert s.metrics[key] is not None and s.metrics[key] > 0, (s.name, key)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.errors import ScenarioError
-from engine.graph import OpKind, Phase, Shape
+from engine.graph import OpGraph, OpKind, Phase, Shape
 from engine.system import Parallelism
 from plugins.models.tracing import trace_module
 from plugins.models.transformer import FAMILIES
@@ -44,7 +44,9 @@ def _by_kind(ops, counted: bool):
     return flops, nbytes
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s.phase.value}-b{s.batch}-t{s.tokens}-c{s.context}")
+@pytest.mark.parametrize(
+    "shape", SHAPES, ids=lambda s: f"{s.phase.value}-b{s.batch}-t{s.tokens}-c{s.context}"
+)
 @pytest.mark.parametrize("name", list(MODELS))
 def test_parametric_graph_equals_trace(name: str, shape: Shape) -> None:
     """FLOPs of every op kind equal the meta trace exactly; bytes too, except MoE expert
@@ -105,13 +107,22 @@ def test_tiny_modules_run_on_cpu() -> None:
             torch.testing.assert_close(dec[:, 0], full[:, 11], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("preset", "family", "params"), [
-    ("llama-2-7b", "llama", 6.74e9), ("llama-2-70b", "llama", 69.0e9),
-    ("llama-3-8b", "llama", 8.03e9), ("llama-3-70b", "llama", 70.6e9),
-    ("llama-3-405b", "llama", 405.9e9), ("mixtral-8x7b", "mixtral", 46.7e9),
-    ("gpt2", "gpt", 124.4e6), ("gpt3-175b", "gpt", 175e9), ("palm-540b", "palm", 540.35e9),
-    ("mt-nlg-530b", "gpt", 530e9), ("llama-2-13b", "llama", 13.0e9),
-])
+@pytest.mark.parametrize(
+    ("preset", "family", "params"),
+    [
+        ("llama-2-7b", "llama", 6.74e9),
+        ("llama-2-70b", "llama", 69.0e9),
+        ("llama-3-8b", "llama", 8.03e9),
+        ("llama-3-70b", "llama", 70.6e9),
+        ("llama-3-405b", "llama", 405.9e9),
+        ("mixtral-8x7b", "mixtral", 46.7e9),
+        ("gpt2", "gpt", 124.4e6),
+        ("gpt3-175b", "gpt", 175e9),
+        ("palm-540b", "palm", 540.35e9),
+        ("mt-nlg-530b", "gpt", 530e9),
+        ("llama-2-13b", "llama", 13.0e9),
+    ],
+)
 def test_preset_param_counts(preset: str, family: str, params: float) -> None:
     """Preset parameter counts are within 1% of the published figures."""
     m = FAM[family].configure({"preset": preset})
@@ -129,7 +140,8 @@ def test_kv_bytes_and_active_params() -> None:
     """KV bytes per token = 2·layers·kv_heads·head_dim·bytes; MoE active < total."""
     assert FAM["llama"].configure({"preset": "llama-2-7b"}).info.kv_bytes_per_token == 524288
     assert FAM["llama"].configure({"preset": "llama-2-70b"}).info.kv_bytes_per_token == (
-        2 * 80 * 8 * 128 * 2)
+        2 * 80 * 8 * 128 * 2
+    )
     mx = FAM["mixtral"].configure({"preset": "mixtral-8x7b"}).info
     assert mx.active_params == pytest.approx(12.9e9, rel=0.01)
 
@@ -139,8 +151,10 @@ def test_tensor_parallel_divides_gemm_flops() -> None:
     m = FAM["llama"].configure({"preset": "llama-2-70b"})
     shape = Shape(Phase.PREFILL, batch=2, tokens=512)
     g1, g8 = m.build(shape), m.build(shape, Parallelism(tensor=8))
-    mm = lambda g: sum(o.flops * o.count for o in g.ops  # noqa: E731
-                       if o.kind in (OpKind.MATMUL, OpKind.ATTENTION))
+
+    def mm(g: OpGraph) -> float:
+        return sum(o.flops * o.count for o in g.ops if o.kind in (OpKind.MATMUL, OpKind.ATTENTION))
+
     assert mm(g8) * 8 == pytest.approx(mm(g1), rel=1e-9)
     ar = [o for o in g8.ops if o.kind is OpKind.COLLECTIVE and o.name.startswith(("attn", "mlp"))]
     assert sum(o.count for o in ar) == 2 * 80
@@ -196,10 +210,14 @@ def test_activation_bytes_korthikanti() -> None:
     assert none == pytest.approx(s * b * h * (34 + 5 * a * s / h) * n_layers)
     flash = FAM["gpt"].configure({"preset": "gpt3-175b"})
     assert flash.activation_bytes(shape, Parallelism(), "none") == pytest.approx(
-        34 * s * b * h * n_layers)
+        34 * s * b * h * n_layers
+    )
     assert flash.activation_bytes(shape, Parallelism(tensor=8), "none") == pytest.approx(
-        s * b * h * (10 + 24 / 8) * n_layers)
-    assert m.activation_bytes(shape, Parallelism(), "full") == pytest.approx(2 * s * b * h * n_layers)
+        s * b * h * (10 + 24 / 8) * n_layers
+    )
+    assert m.activation_bytes(shape, Parallelism(), "full") == pytest.approx(
+        2 * s * b * h * n_layers
+    )
     sp = m.activation_bytes(shape, Parallelism(tensor=8, sequence=True), "selective")
     assert sp == pytest.approx(34 * s * b * h / 8 * n_layers)
 
@@ -213,15 +231,18 @@ def test_build_is_memoized() -> None:
     assert len(m.build(shape, Parallelism(tensor=4))) < 40
 
 
-@pytest.mark.parametrize(("spec", "match"), [
-    ({"preset": "llama-2-7"}, "Did you mean 'llama-2-7b'"),
-    ({**TINY, "heads": 7}, "heads=7 must divide hidden=64"),
-    ({**TINY, "kv_heads": 3}, "kv_heads=3 must divide heads=8"),
-    ({**TINY, "layers": 0}, "model.layers"),
-    ({**TINY, "hiden": 3}, "Did you mean 'hidden'"),
-    ({**TINY, "dtype": "fp6"}, "model.dtype"),
-    ({"layers": 2}, "needs field 'hidden'"),
-])
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"preset": "llama-2-7"}, "Did you mean 'llama-2-7b'"),
+        ({**TINY, "heads": 7}, "heads=7 must divide hidden=64"),
+        ({**TINY, "kv_heads": 3}, "kv_heads=3 must divide heads=8"),
+        ({**TINY, "layers": 0}, "model.layers"),
+        ({**TINY, "hiden": 3}, "Did you mean 'hidden'"),
+        ({**TINY, "dtype": "fp6"}, "model.dtype"),
+        ({"layers": 2}, "needs field 'hidden'"),
+    ],
+)
 def test_bad_input_names_the_field(spec: dict, match: str) -> None:
     """Bad model blocks raise ScenarioError naming the field and the valid choices."""
     with pytest.raises(ScenarioError, match=match):
@@ -241,8 +262,9 @@ def test_overrides_apply_on_top_of_a_preset() -> None:
     assert m.info.layers == 16 and m.info.dtype == "fp8"
     # weights in fp8, the KV cache stays 16-bit unless kv_dtype asks for fp8
     assert m.info.kv_bytes_per_token == 524288 / 2
-    m8 = FAM["llama"].configure({"preset": "llama-2-7b", "layers": 16, "dtype": "fp8",
-                                 "kv_dtype": "fp8"})
+    m8 = FAM["llama"].configure(
+        {"preset": "llama-2-7b", "layers": 16, "dtype": "fp8", "kv_dtype": "fp8"}
+    )
     assert m8.info.kv_bytes_per_token == 524288 / 2 / 2
 
 
@@ -254,8 +276,12 @@ UNFUSED = {
     "tiny-palm-mqa-unfused": lambda: tiny("palm", heads=4, head_dim=32, attention="unfused"),
 }
 # traced op name -> parametric op suffix; the module runs QKᵀ then PV for every sequence
-_CORE_ROLE = {"scale_mask_softmax": "softmax", "native_dropout": "dropout",
-              "stack": "context", "clone": "repeat"}
+_CORE_ROLE = {
+    "scale_mask_softmax": "softmax",
+    "native_dropout": "dropout",
+    "stack": "context",
+    "clone": "repeat",
+}
 
 
 def _core_roles(ops, traced: bool) -> dict[str, list]:
@@ -288,7 +314,9 @@ def _core_roles(ops, traced: bool) -> dict[str, list]:
     return out
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s.phase.value}-b{s.batch}-t{s.tokens}-c{s.context}")
+@pytest.mark.parametrize(
+    "shape", SHAPES, ids=lambda s: f"{s.phase.value}-b{s.batch}-t{s.tokens}-c{s.context}"
+)
 @pytest.mark.parametrize("name", list(UNFUSED))
 def test_unfused_graph_equals_trace(name: str, shape: Shape) -> None:
     """With ``attention: unfused`` the parametric graph equals the meta trace of the real
@@ -312,8 +340,9 @@ def test_unfused_graph_equals_trace(name: str, shape: Shape) -> None:
     assert set(traced) == set(built)
     for role, (flops, read, written, dims) in built.items():
         t_flops, t_read, t_written, t_dims = traced[role]
-        assert (flops, read, written) == pytest.approx((t_flops, t_read, t_written),
-                                                       rel=1e-12), role
+        assert (flops, read, written) == pytest.approx((t_flops, t_read, t_written), rel=1e-12), (
+            role
+        )
         assert dims == t_dims, role
     keys = shape.context + shape.tokens
     assert built["qk"][3] == {(shape.tokens, keys, model.cfg.d)}
@@ -339,12 +368,16 @@ def test_unfused_train_forward_equals_trace_with_dropout(name: str) -> None:
     dropout reads the probabilities and writes them plus a 1-byte keep-mask."""
     model = UNFUSED[name]()
     shape = Shape(Phase.TRAIN, batch=2, tokens=32)
-    tr = trace_module(_TrainMode(model.module("meta")), model.example_inputs(shape),
-                      model.cfg.dtype)
+    tr = trace_module(
+        _TrainMode(model.module("meta")), model.example_inputs(shape), model.cfg.dtype
+    )
     assert tr.unknown_ops == {}
     g = model.build(shape)
-    fwd = [o for o in g.ops if not o.name.startswith(("bwd.", "recompute.", "loss."))
-           and o.kind is not OpKind.OPTIMIZER]
+    fwd = [
+        o
+        for o in g.ops
+        if not o.name.startswith(("bwd.", "recompute.", "loss.")) and o.kind is not OpKind.OPTIMIZER
+    ]
     tf, tb = _by_kind(tr, counted=False)
     gf, gb = _by_kind(fwd, counted=True)
     for kind in set(tb) | set(gb):
@@ -354,7 +387,8 @@ def test_unfused_train_forward_equals_trace_with_dropout(name: str) -> None:
     el = 2 * model.cfg.heads * 32 * 32
     assert (drop.bytes_read, drop.bytes_written) == (2 * el, 3 * el)
     assert sum(o.bytes_written for o in tr if o.name == "native_dropout") == (
-        drop.bytes_written * drop.count)
+        drop.bytes_written * drop.count
+    )
 
 
 def test_unfused_train_gemm_flops_are_megatron_eq3() -> None:
@@ -369,8 +403,7 @@ def test_unfused_train_gemm_flops_are_megatron_eq3() -> None:
     gemm = sum(o.flops * o.count for o in unfused.ops if o.kind is OpKind.MATMUL)
     assert gemm == pytest.approx(eq3, rel=1e-12)
     flash = FAM["gpt"].configure(cfg).build(shape)
-    hw = sum(o.flops * o.count for o in flash.ops
-             if o.kind in (OpKind.MATMUL, OpKind.ATTENTION))
+    hw = sum(o.flops * o.count for o in flash.ops if o.kind in (OpKind.MATMUL, OpKind.ATTENTION))
     causal_share = (s * (s + 1) / 2) / (s * s)
     attn_full = 4 * 4 * b * s * s * h * l_  # fwd + recompute + 2x backward, 4bs²h each
     assert hw == pytest.approx(eq3 - attn_full * (1 - causal_share), rel=1e-12)
@@ -381,10 +414,14 @@ def test_unfused_selective_recompute_reruns_the_core() -> None:
     softmax, dropout, PV and the context copy."""
     m = tiny("gpt", attention="unfused")
     g = m.build(Shape(Phase.TRAIN, batch=1, tokens=32, recompute="selective"))
-    again = {o.name.removeprefix("recompute.") for o in g.ops
-             if o.name.startswith("recompute.")}
-    assert again == {"attn.core.qk", "attn.core.softmax", "attn.core.dropout",
-                     "attn.core.pv", "attn.core.context"}
+    again = {o.name.removeprefix("recompute.") for o in g.ops if o.name.startswith("recompute.")}
+    assert again == {
+        "attn.core.qk",
+        "attn.core.softmax",
+        "attn.core.dropout",
+        "attn.core.pv",
+        "attn.core.context",
+    }
 
 
 def test_unfused_module_computes_the_same_attention() -> None:

@@ -38,8 +38,16 @@ _RC: dict[Any, Any] = {
     "grid.alpha": 0.3,
 }
 PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
 )
 STATE_COLORS = {
     "compute": "#2ca02c",
@@ -66,7 +74,7 @@ def _svg(fig: Figure, chart: str, label: str) -> str:
     with matplotlib.rc_context(_RC):
         fig.savefig(buf, format="svg", metadata={"Date": None})
     text = buf.getvalue()
-    text = text[text.index("<svg"):]
+    text = text[text.index("<svg") :]
     text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
     text = re.sub(r'(id="|url\(#|href="#)([A-Za-z_][\w.-]*)', rf"\g<1>{chart}-\g<2>", text)
     return text.replace(
@@ -94,8 +102,11 @@ def pareto(systems: Sequence[SystemResult]) -> str | None:
     if not any(_metric(s, xkey) is not None for s in systems):
         ykey, ylab = "throughput_samples_per_s", "throughput (samples/s)"
         xkey, xlab = "cost_usd", "cost of the run (USD)"
-    pts = [(s.name, x, y) for s in systems
-           if (x := _metric(s, xkey)) is not None and (y := _metric(s, ykey)) is not None]
+    pts = [
+        (s.name, x, y)
+        for s in systems
+        if (x := _metric(s, xkey)) is not None and (y := _metric(s, ykey)) is not None
+    ]
     if not pts:
         return None
     col = colors(systems)
@@ -108,8 +119,15 @@ def pareto(systems: Sequence[SystemResult]) -> str | None:
                 front.append((x, y))
         if len(front) > 1:
             fx, fy = zip(*front, strict=True)
-            ax.step(fx, fy, where="post", color="#555555", linestyle="--", linewidth=1,
-                    label="Pareto front")
+            ax.step(
+                fx,
+                fy,
+                where="post",
+                color="#555555",
+                linestyle="--",
+                linewidth=1,
+                label="Pareto front",
+            )
         for name, x, y in pts:
             ax.scatter([x], [y], s=60, color=col[name], zorder=3)
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
@@ -140,12 +158,20 @@ def latency_cdfs(run: RunResult) -> str | None:
     req = frame.lazy()
     cols = req.collect_schema().names()
     present = [c for c in ("ttft_s", "tbt_mean_s") if c in cols]
-    counts = req.select(pl.col(c).drop_nulls().len() for c in present).collect().row(0) \
-        if present else ()
+    counts = (
+        req.select(pl.col(c).drop_nulls().len() for c in present).collect().row(0)
+        if present
+        else ()
+    )
     nonempty = {c for c, k in zip(present, counts, strict=True) if k > 0}
-    panels = [(c, lab) for c, lab in (("ttft_s", "time to first token (ms)"),
-                                      ("tbt_mean_s", "time between tokens, request mean (ms)"))
-              if c in nonempty]
+    panels = [
+        (c, lab)
+        for c, lab in (
+            ("ttft_s", "time to first token (ms)"),
+            ("tbt_mean_s", "time between tokens, request mean (ms)"),
+        )
+        if c in nonempty
+    ]
     if not panels:
         return None
     col = colors(run.systems)
@@ -155,8 +181,12 @@ def latency_cdfs(run: RunResult) -> str | None:
         for ax, (c, lab) in zip(axes, panels, strict=True):
             lo, hi = math.inf, 0.0
             for s in run.systems:
-                part = req.filter(pl.col("system") == s.name).select(
-                    pl.col(c).drop_nulls()).collect().to_series()
+                part = (
+                    req.filter(pl.col("system") == s.name)
+                    .select(pl.col(c).drop_nulls())
+                    .collect()
+                    .to_series()
+                )
                 if part.len() == 0:
                     continue
                 x, y = _cdf(part.cast(pl.Float64).to_numpy() * 1e3)
@@ -178,11 +208,14 @@ def latency_cdfs(run: RunResult) -> str | None:
 def energy(systems: Sequence[SystemResult]) -> str | None:
     """Energy per token (per sample, or per step, when no system has tokens) as bars;
     a system whose energy is not known gets a "not known" label instead of a bar."""
-    candidates = (("energy_per_token_j", "energy per token (J)"),
-                  ("energy_per_sample_j", "energy per sample (J)"),
-                  ("energy_per_step_j", "energy per step (J)"))
-    pick = next(((k, lab) for k, lab in candidates
-                 if any(_metric(s, k) is not None for s in systems)), None)
+    candidates = (
+        ("energy_per_token_j", "energy per token (J)"),
+        ("energy_per_sample_j", "energy per sample (J)"),
+        ("energy_per_step_j", "energy per step (J)"),
+    )
+    pick = next(
+        ((k, lab) for k, lab in candidates if any(_metric(s, k) is not None for s in systems)), None
+    )
     if pick is None:
         return None
     key, lab = pick
@@ -196,8 +229,13 @@ def energy(systems: Sequence[SystemResult]) -> str | None:
         ax.barh(names, [v or 0.0 for v in vals], color=[col[n] for n in names])
         top = max(v for v in vals if v is not None)
         for i, v in enumerate(vals):
-            ax.text((v or 0.0) + top * 0.01, i, "not known" if v is None else f"{v:.3g}",
-                    va="center", fontsize=8)
+            ax.text(
+                (v or 0.0) + top * 0.01,
+                i,
+                "not known" if v is None else f"{v:.3g}",
+                va="center",
+                fontsize=8,
+            )
         ax.set_xlim(0, top * 1.2)
         ax.set_xlabel(lab + " (lower is better)")
         ax.grid(axis="y", visible=False)
@@ -211,6 +249,7 @@ def _occupancy(starts: np.ndarray, ends: np.ndarray, edges: np.ndarray) -> np.nd
     ``sum_{a<T} (T - a) - sum_{b<T} (T - b)``; with sorted ends and cumulative sums it is
     evaluated at every edge in O(n log n), however many intervals there are.
     """
+
     def integral(points: np.ndarray) -> np.ndarray:
         p = np.sort(points)
         csum = np.concatenate(([0.0], np.cumsum(p)))
@@ -241,21 +280,29 @@ def utilization(run: RunResult) -> str | None:
         for ax, s in zip(axes, shown, strict=True):
             part = dev.filter(pl.col("system") == s.name)
             span = _metric(s, "simulated_s") or float(
-                part.select(pl.col("end_s").max()).collect().item() or 0.0)
+                part.select(pl.col("end_s").max()).collect().item() or 0.0
+            )
             if span <= 0:
                 continue
             lane_cols = [c for c in ("replica", "device") if c in dev_cols]
-            lanes = int(part.select(pl.struct(lane_cols).n_unique()).collect().item()) \
-                if lane_cols else 1
+            lanes = (
+                int(part.select(pl.struct(lane_cols).n_unique()).collect().item())
+                if lane_cols
+                else 1
+            )
             n = max(int(s.details.get("devices_counted") or 0), lanes, 1)
             edges = np.linspace(0.0, span, TIME_BINS + 1)
             width = span / TIME_BINS
             layers, labels, cols = [], [], []
             for state in BUSY_STATES:
-                iv = part.filter(pl.col("state") == state).select(
-                    pl.col("start_s").cast(pl.Float64).clip(0.0, span),
-                    pl.col("end_s").cast(pl.Float64).clip(0.0, span),
-                ).collect()
+                iv = (
+                    part.filter(pl.col("state") == state)
+                    .select(
+                        pl.col("start_s").cast(pl.Float64).clip(0.0, span),
+                        pl.col("end_s").cast(pl.Float64).clip(0.0, span),
+                    )
+                    .collect()
+                )
                 if iv.height == 0:
                     continue
                 a = iv["start_s"].to_numpy()
@@ -271,8 +318,14 @@ def utilization(run: RunResult) -> str | None:
             ax.set_ylabel("% of devices")
             ax.set_title(f"{s.name} ({n} device{'s' if n != 1 else ''})", fontsize=9, loc="left")
             if layers:
-                ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=7,
-                          frameon=False, ncol=4, borderaxespad=0.1)
+                ax.legend(
+                    loc="lower right",
+                    bbox_to_anchor=(1.0, 1.0),
+                    fontsize=7,
+                    frameon=False,
+                    ncol=4,
+                    borderaxespad=0.1,
+                )
         axes[-1].set_xlabel("simulated time (s)")
         return _svg(fig, "utilization", "device utilization timeline by power state")
 
@@ -280,8 +333,11 @@ def utilization(run: RunResult) -> str | None:
 def cost_breakdown(systems: Sequence[SystemResult]) -> str | None:
     """Each system's cost split into its parts (rental; or amortization, electricity and
     hosting) as stacked horizontal bars."""
-    rows = [(s.name, dict(s.details.get("cost_breakdown_usd") or {})) for s in systems
-            if s.status == "ok" and s.details.get("cost_breakdown_usd")]
+    rows = [
+        (s.name, dict(s.details.get("cost_breakdown_usd") or {}))
+        for s in systems
+        if s.status == "ok" and s.details.get("cost_breakdown_usd")
+    ]
     if not rows:
         return None
     parts: list[str] = []

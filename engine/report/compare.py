@@ -92,19 +92,24 @@ def load_run(folder: Path | str) -> RunResult:
             k: Figure(float(v["value"]), str(v.get("source", "")), str(v.get("assumption", "")))
             for k, v in more.get("figures", {}).items()
         }
-        systems.append(SystemResult(
-            name=name,
-            backend=str(raw.get("backend", "")),
-            device=str(raw.get("device", "")),
-            count=int(raw.get("count", 0)),
-            status=str(raw.get("status", "ok")),
-            reason=str(raw.get("reason", "")),
-            metrics={k: v for k, v in raw.items() if k not in _BASE_KEYS},
-            frames={k: f.filter(pl.col("system") == name) for k, f in frames.items()
-                    if "system" in frame_columns(f)},
-            figures=figures,
-            details=dict(more.get("details", {})),
-        ))
+        systems.append(
+            SystemResult(
+                name=name,
+                backend=str(raw.get("backend", "")),
+                device=str(raw.get("device", "")),
+                count=int(raw.get("count", 0)),
+                status=str(raw.get("status", "ok")),
+                reason=str(raw.get("reason", "")),
+                metrics={k: v for k, v in raw.items() if k not in _BASE_KEYS},
+                frames={
+                    k: f.filter(pl.col("system") == name)
+                    for k, f in frames.items()
+                    if "system" in frame_columns(f)
+                },
+                figures=figures,
+                details=dict(more.get("details", {})),
+            )
+        )
     return RunResult(
         scenario=str(doc.get("scenario", folder.name)),
         seed=int(doc.get("seed", 0)),
@@ -126,14 +131,24 @@ def merge_runs(runs: Sequence[RunResult], labels: Sequence[str]) -> RunResult:
         for s in run.systems:
             name = f"{label}/{s.name}" if uses[s.name] > 1 else s.name
             frames = {k: f.with_columns(pl.lit(name).alias("system")) for k, f in s.frames.items()}
-            systems.append(SystemResult(
-                name=name, backend=s.backend, device=s.device, count=s.count, status=s.status,
-                reason=s.reason, metrics=dict(s.metrics), frames=frames,
-                figures=dict(s.figures), details=dict(s.details),
-            ))
+            systems.append(
+                SystemResult(
+                    name=name,
+                    backend=s.backend,
+                    device=s.device,
+                    count=s.count,
+                    status=s.status,
+                    reason=s.reason,
+                    metrics=dict(s.metrics),
+                    frames=frames,
+                    figures=dict(s.figures),
+                    details=dict(s.details),
+                )
+            )
 
     def joined(values: list[str]) -> str:
         return ", ".join(dict.fromkeys(v for v in values if v))
+
     return RunResult(
         scenario=f"comparison of {joined([r.scenario for r in runs])}",
         seed=runs[0].seed if runs else 0,

@@ -75,10 +75,11 @@ def _summary(run: RunResult) -> str:
     systems = run.systems
     metrics = shown_metrics(systems)
     head = "".join(
-        f'<th>{_e(s.name)}<br><small>{_e(s.device)} × {s.count}</small></th>' for s in systems
+        f"<th>{_e(s.name)}<br><small>{_e(s.device)} × {s.count}</small></th>" for s in systems
     )
     status = "".join(
-        '<td class="text">ok</td>' if s.status == "ok"
+        '<td class="text">ok</td>'
+        if s.status == "ok"
         else f'<td class="text status">{_e(s.status)}: {_e(s.reason)}</td>'
         for s in systems
     )
@@ -86,8 +87,11 @@ def _summary(run: RunResult) -> str:
     for m in metrics:
         best = best_systems(systems, m)
         unit = f" ({_e(m.unit)})" if m.unit else ""
-        better = (f"<br><small>{'lower' if m.better == 'min' else 'higher'} is better</small>"
-                  if m.better else "")
+        better = (
+            f"<br><small>{'lower' if m.better == 'min' else 'higher'} is better</small>"
+            if m.better
+            else ""
+        )
         cells = []
         for s in systems:
             v = metric_value(s, m)
@@ -101,8 +105,10 @@ def _summary(run: RunResult) -> str:
                 cells.append(f'<td class="best">★ {fmt(v)}</td>')
             else:
                 cells.append(f"<td>{fmt(v)}</td>")
-        rows.append(f'<tr data-metric="{_e(m.key)}"><th class="name">{_e(m.label)}{unit}{better}'
-                    f'</th>{"".join(cells)}</tr>')
+        rows.append(
+            f'<tr data-metric="{_e(m.key)}"><th class="name">{_e(m.label)}{unit}{better}'
+            f"</th>{''.join(cells)}</tr>"
+        )
     return (
         '<h2 id="summary">Summary</h2>\n<div class="scroll"><table class="summary">\n'
         f'<tr><th class="name">Metric</th>{head}</tr>\n'
@@ -116,12 +122,16 @@ def _summary(run: RunResult) -> str:
 def _notes(run: RunResult) -> str:
     items = [
         f"<li><b>{_e(s.name)}</b>, {_e(', '.join(metrics))}: {_e(reason)}</li>"
-        for s in run.systems for metrics, reason in not_known_notes(s)
+        for s in run.systems
+        for metrics, reason in not_known_notes(s)
     ]
     if not items:
         return ""
-    return ('<h2 id="not-known">What is not known, and why</h2>\n<ul class="notes">\n'
-            + "\n".join(items) + "\n</ul>")
+    return (
+        '<h2 id="not-known">What is not known, and why</h2>\n<ul class="notes">\n'
+        + "\n".join(items)
+        + "\n</ul>"
+    )
 
 
 def _chart(section: str, title: str, svg: str | None, why: str, intro: str = "") -> str:
@@ -142,12 +152,16 @@ def _costs(run: RunResult) -> str:
             verdict = _e(describe_break_even(be))
         else:
             verdict = _e(not_known(s).get("break_even", "-"))
-        rows.append(f'<tr><td class="name">{_e(s.name)}</td><td class="text">{parts}</td>'
-                    f'<td class="text">{verdict}</td></tr>')
+        rows.append(
+            f'<tr><td class="name">{_e(s.name)}</td><td class="text">{parts}</td>'
+            f'<td class="text">{verdict}</td></tr>'
+        )
     if not rows:
         return ""
-    return ('<table class="costs"><tr><th class="name">System</th><th class="name">Cost parts'
-            '</th><th class="name">Rent or buy</th></tr>\n' + "\n".join(rows) + "\n</table>")
+    return (
+        '<table class="costs"><tr><th class="name">System</th><th class="name">Cost parts'
+        '</th><th class="name">Rent or buy</th></tr>\n' + "\n".join(rows) + "\n</table>"
+    )
 
 
 def _sources(run: RunResult) -> str:
@@ -158,47 +172,79 @@ def _sources(run: RunResult) -> str:
         for r in source_rows(run.systems)
     ]
     if not rows:
-        return ('<h2 id="sources">Assumptions and sources</h2>\n<p class="missing">'
-                "No catalog figures were recorded for this run.</p>")
+        return (
+            '<h2 id="sources">Assumptions and sources</h2>\n<p class="missing">'
+            "No catalog figures were recorded for this run.</p>"
+        )
     return (
         '<h2 id="sources">Assumptions and sources</h2>\n<p>Every catalog and scenario figure '
         "the numbers above rest on, with the source it was read from, or the assumption that "
-        "stands in where no source publishes one.</p>\n<div class=\"scroll\">"
+        'stands in where no source publishes one.</p>\n<div class="scroll">'
         '<table class="sources"><tr><th class="name">Figure</th><th>Value</th>'
         '<th class="name">Source or assumption</th><th class="name">Systems</th></tr>\n'
-        + "\n".join(rows) + "\n</table></div>"
+        + "\n".join(rows)
+        + "\n</table></div>"
     )
 
 
 def render_html(run: RunResult) -> str:
     """The whole ``report.html`` document for ``run`` as a string."""
     charts = ch.all_charts(run)
-    meta = " · ".join(_e(x) for x in (
-        f"workload {run.workload}" if run.workload else "",
-        f"model {run.model}" if run.model else "",
-        f"seed {run.seed}",
-        f"{len(run.systems)} system{'s' if len(run.systems) != 1 else ''}",
-    ) if x)
-    body = "\n".join(part for part in (
-        _summary(run),
-        _notes(run),
-        _chart("pareto", "Throughput versus cost", charts["pareto"],
-               "No system has both a throughput and a known cost, so there is no trade-off "
-               "to draw.", "Up and to the left is better; the dashed line joins the systems "
-               "no other system beats on both."),
-        _chart("latency", "Latency CDFs (TTFT, TBT)", charts["latency"],
-               "This run served no requests (a training, offline or spiking workload), so it "
-               "has no time to first token or time between tokens."),
-        _chart("energy", "Energy per unit of work", charts["energy"],
-               "No system's energy per token, sample or step is known."),
-        _chart("utilization", "Device utilization timeline", charts["utilization"],
-               "This run recorded no device power-state timeline.",
-               "The share of each system's devices busy in each power state over simulated "
-               "time; the gap to 100 % is idle."),
-        _chart("cost", "Cost breakdown", charts["cost"],
-               "No system's cost is known.") + "\n" + _costs(run),
-        _sources(run),
-    ) if part)
+    meta = " · ".join(
+        _e(x)
+        for x in (
+            f"workload {run.workload}" if run.workload else "",
+            f"model {run.model}" if run.model else "",
+            f"seed {run.seed}",
+            f"{len(run.systems)} system{'s' if len(run.systems) != 1 else ''}",
+        )
+        if x
+    )
+    body = "\n".join(
+        part
+        for part in (
+            _summary(run),
+            _notes(run),
+            _chart(
+                "pareto",
+                "Throughput versus cost",
+                charts["pareto"],
+                "No system has both a throughput and a known cost, so there is no trade-off "
+                "to draw.",
+                "Up and to the left is better; the dashed line joins the systems "
+                "no other system beats on both.",
+            ),
+            _chart(
+                "latency",
+                "Latency CDFs (TTFT, TBT)",
+                charts["latency"],
+                "This run served no requests (a training, offline or spiking workload), so it "
+                "has no time to first token or time between tokens.",
+            ),
+            _chart(
+                "energy",
+                "Energy per unit of work",
+                charts["energy"],
+                "No system's energy per token, sample or step is known.",
+            ),
+            _chart(
+                "utilization",
+                "Device utilization timeline",
+                charts["utilization"],
+                "This run recorded no device power-state timeline.",
+                "The share of each system's devices busy in each power state over simulated "
+                "time; the gap to 100 % is idle.",
+            ),
+            _chart("cost", "Cost breakdown", charts["cost"], "No system's cost is known.")
+            + "\n"
+            + _costs(run),
+            _sources(run),
+        )
+        if part
+    )
     return _PAGE.substitute(
-        title=_e(title_of(run)), meta=meta, body=body, version=_e(run.version),
+        title=_e(title_of(run)),
+        meta=meta,
+        body=body,
+        version=_e(run.version),
     )

@@ -33,15 +33,24 @@ def render_markdown(run: RunResult) -> str:
     systems = run.systems
     metrics = shown_metrics(systems)
     out = [f"# {title_of(run)}", ""]
-    meta = [f"workload {run.workload}" if run.workload else "",
-            f"model {run.model}" if run.model else "", f"seed {run.seed}"]
+    meta = [
+        f"workload {run.workload}" if run.workload else "",
+        f"model {run.model}" if run.model else "",
+        f"seed {run.seed}",
+    ]
     out += [" · ".join(x for x in meta if x), "", "## Summary", ""]
     out.append("| Metric | " + " | ".join(_cell(s.name) for s in systems) + " |")
     out.append("|:---|" + "---:|" * len(systems))
-    out.append("| Devices | " + " | ".join(_cell(f"{s.device} × {s.count}") for s in systems)
-               + " |")
-    out.append("| Status | " + " | ".join(
-        "ok" if s.status == "ok" else _cell(f"{s.status}: {s.reason}") for s in systems) + " |")
+    out.append(
+        "| Devices | " + " | ".join(_cell(f"{s.device} × {s.count}") for s in systems) + " |"
+    )
+    out.append(
+        "| Status | "
+        + " | ".join(
+            "ok" if s.status == "ok" else _cell(f"{s.status}: {s.reason}") for s in systems
+        )
+        + " |"
+    )
     for m in metrics:
         best = best_systems(systems, m)
         cells = [_cell(f"{m.label} ({m.unit})" if m.unit else m.label)]
@@ -54,11 +63,18 @@ def render_markdown(run: RunResult) -> str:
             else:
                 cells.append(fmt(v))
         out.append("| " + " | ".join(cells) + " |")
-    out += ["", "★ marks the best system for a metric (lowest latency, cost and energy; "
-            "highest throughput and SLO attainment).", ""]
+    out += [
+        "",
+        "★ marks the best system for a metric (lowest latency, cost and energy; "
+        "highest throughput and SLO attainment).",
+        "",
+    ]
 
-    notes = [f"- **{s.name}**, {', '.join(metrics)}: {reason}"
-             for s in systems for metrics, reason in not_known_notes(s)]
+    notes = [
+        f"- **{s.name}**, {', '.join(metrics)}: {reason}"
+        for s in systems
+        for metrics, reason in not_known_notes(s)
+    ]
     if notes:
         out += ["## Not known", "", *notes, ""]
 
@@ -78,9 +94,15 @@ def render_markdown(run: RunResult) -> str:
 
     rows = source_rows(systems)
     if rows:
-        out += ["## Assumptions and sources", "",
-                "| Figure | Value | Source or assumption | Systems |", "|:---|---:|:---|:---|"]
-        out += [f"| {_cell(r.name)} | {_cell(r.value)} | {_cell(r.cited)} | {_cell(r.systems)} |"
-                for r in rows]
+        out += [
+            "## Assumptions and sources",
+            "",
+            "| Figure | Value | Source or assumption | Systems |",
+            "|:---|---:|:---|:---|",
+        ]
+        out += [
+            f"| {_cell(r.name)} | {_cell(r.value)} | {_cell(r.cited)} | {_cell(r.systems)} |"
+            for r in rows
+        ]
         out.append("")
     return "\n".join(out)

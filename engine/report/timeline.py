@@ -32,7 +32,9 @@ MAX_EVENTS = 200_000
 
 _STEP_TID_BASE = 1_000_000
 _JOULES = (
-    pl.when(pl.col("joules").is_null().all()).then(None).otherwise(pl.col("joules").sum())
+    pl.when(pl.col("joules").is_null().all())
+    .then(None)
+    .otherwise(pl.col("joules").sum())
     .alias("joules")
 )
 
@@ -49,31 +51,46 @@ def _lanes(run: RunResult) -> pl.DataFrame | pl.LazyFrame | None:
         rep = pl.col("replica") if "replica" in d_cols else pl.lit(0)
         dv = pl.col("device") if "device" in d_cols else pl.lit(0)
         d = d.with_columns(rep.cast(pl.Int64).alias("_r"), dv.cast(pl.Int64).alias("_d"))
-        parts.append(d.select(
-            pl.col("system"),
-            (pl.col("_r") * 10_000 + pl.col("_d") + 1).alias("tid"),
-            pl.format("replica {} device {}", "_r", "_d").alias("thread"),
-            pl.col("state").cast(pl.Utf8).alias("name"),
-            pl.col("start_s").cast(pl.Float64), pl.col("end_s").cast(pl.Float64),
-            (pl.col("joules").cast(pl.Float64) if "joules" in d_cols
-             else pl.lit(None, pl.Float64)).alias("joules"),
-        ))
+        parts.append(
+            d.select(
+                pl.col("system"),
+                (pl.col("_r") * 10_000 + pl.col("_d") + 1).alias("tid"),
+                pl.format("replica {} device {}", "_r", "_d").alias("thread"),
+                pl.col("state").cast(pl.Utf8).alias("name"),
+                pl.col("start_s").cast(pl.Float64),
+                pl.col("end_s").cast(pl.Float64),
+                (
+                    pl.col("joules").cast(pl.Float64)
+                    if "joules" in d_cols
+                    else pl.lit(None, pl.Float64)
+                ).alias("joules"),
+            )
+        )
     st = run.frame("steps")
     st_cols = frame_columns(st) if st is not None else []
     if st is not None and {"start_s", "end_s"} <= set(st_cols):
         rep = pl.col("replica") if "replica" in st_cols else pl.lit(0)
         st = st.with_columns(rep.cast(pl.Int64).alias("_r"))
-        name = (pl.format("step ({})", pl.col("state").cast(pl.Utf8)) if "state" in st_cols
-                else pl.lit("step"))
-        parts.append(st.select(
-            pl.col("system"),
-            (pl.col("_r") + _STEP_TID_BASE).alias("tid"),
-            pl.format("replica {} steps", "_r").alias("thread"),
-            name.alias("name"),
-            pl.col("start_s").cast(pl.Float64), pl.col("end_s").cast(pl.Float64),
-            (pl.col("joules").cast(pl.Float64) if "joules" in st_cols
-             else pl.lit(None, pl.Float64)).alias("joules"),
-        ))
+        name = (
+            pl.format("step ({})", pl.col("state").cast(pl.Utf8))
+            if "state" in st_cols
+            else pl.lit("step")
+        )
+        parts.append(
+            st.select(
+                pl.col("system"),
+                (pl.col("_r") + _STEP_TID_BASE).alias("tid"),
+                pl.format("replica {} steps", "_r").alias("thread"),
+                name.alias("name"),
+                pl.col("start_s").cast(pl.Float64),
+                pl.col("end_s").cast(pl.Float64),
+                (
+                    pl.col("joules").cast(pl.Float64)
+                    if "joules" in st_cols
+                    else pl.lit(None, pl.Float64)
+                ).alias("joules"),
+            )
+        )
     if not parts:
         return None
     if any(isinstance(p, pl.LazyFrame) for p in parts):
@@ -104,13 +121,21 @@ def _lean_lanes(run: RunResult) -> pl.LazyFrame | None:
             dev = (pl.col("device") if "device" in cols else pl.lit(0)).cast(pl.Int64)
             tid = rep + _STEP_TID_BASE if step else rep * 10_000 + dev + 1
             state = pl.col("state").cast(pl.Utf8) if "state" in cols else pl.lit("")
-            parts.append(q.select(
-                pl.lit(i + 1, pl.Int64).alias("pid"), tid.alias("tid"),
-                pl.lit(step).alias("step"), state.alias("state"),
-                pl.col("start_s").cast(pl.Float64), pl.col("end_s").cast(pl.Float64),
-                (pl.col("joules").cast(pl.Float64) if "joules" in cols
-                 else pl.lit(None, pl.Float64)).alias("joules"),
-            ))
+            parts.append(
+                q.select(
+                    pl.lit(i + 1, pl.Int64).alias("pid"),
+                    tid.alias("tid"),
+                    pl.lit(step).alias("step"),
+                    state.alias("state"),
+                    pl.col("start_s").cast(pl.Float64),
+                    pl.col("end_s").cast(pl.Float64),
+                    (
+                        pl.col("joules").cast(pl.Float64)
+                        if "joules" in cols
+                        else pl.lit(None, pl.Float64)
+                    ).alias("joules"),
+                )
+            )
     return pl.concat(parts) if parts else None
 
 
@@ -122,10 +147,16 @@ def _windows_lazy(run: RunResult, max_events: int) -> tuple[pl.DataFrame, int, s
     lanes = _lean_lanes(run)
     if lanes is None:
         return pl.DataFrame(), 0, "none"
-    stats = lanes.select(
-        pl.len().alias("n"), pl.struct("pid", "tid").n_unique().alias("threads"),
-        pl.col("start_s").min().alias("a"), pl.col("end_s").max().alias("b"),
-    ).collect(engine="streaming").row(0, named=True)
+    stats = (
+        lanes.select(
+            pl.len().alias("n"),
+            pl.struct("pid", "tid").n_unique().alias("threads"),
+            pl.col("start_s").min().alias("a"),
+            pl.col("end_s").max().alias("b"),
+        )
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
     n, n_threads = int(stats["n"]), int(stats["threads"])
     span = (float(stats["b"] or 0.0) - float(stats["a"] or 0.0)) or 1.0
     width = span * n_threads / max(max_events - n_threads, 1)
@@ -133,38 +164,59 @@ def _windows_lazy(run: RunResult, max_events: int) -> tuple[pl.DataFrame, int, s
         (pl.col("start_s") / width).floor().cast(pl.Int64).alias("_w"),
         (pl.col("end_s") - pl.col("start_s")).alias("_d"),
     )
-    per_state = windowed.group_by("pid", "tid", "_w", "state").agg(
-        pl.col("_d").sum().alias("_sd"), pl.col("start_s").min().alias("_first"),
-    ).collect(engine="streaming")
-    dominant = (
-        per_state.sort(["pid", "tid", "_w", "_sd", "_first"],
-                       descending=[False, False, False, True, False])
-        .group_by("pid", "tid", "_w", maintain_order=True).agg(pl.col("state").first())
+    per_state = (
+        windowed.group_by("pid", "tid", "_w", "state")
+        .agg(
+            pl.col("_d").sum().alias("_sd"),
+            pl.col("start_s").min().alias("_first"),
+        )
+        .collect(engine="streaming")
     )
-    spans = windowed.group_by("pid", "tid", "_w").agg(
-        pl.col("step").first(), pl.col("start_s").min(), pl.col("end_s").max(), _JOULES,
-        pl.len().cast(pl.UInt32).alias("merged"),
-    ).collect(engine="streaming")
+    dominant = (
+        per_state.sort(
+            ["pid", "tid", "_w", "_sd", "_first"], descending=[False, False, False, True, False]
+        )
+        .group_by("pid", "tid", "_w", maintain_order=True)
+        .agg(pl.col("state").first())
+    )
+    spans = (
+        windowed.group_by("pid", "tid", "_w")
+        .agg(
+            pl.col("step").first(),
+            pl.col("start_s").min(),
+            pl.col("end_s").max(),
+            _JOULES,
+            pl.len().cast(pl.UInt32).alias("merged"),
+        )
+        .collect(engine="streaming")
+    )
     systems = {i + 1: s.name for i, s in enumerate(run.systems)}
-    rep = pl.when(pl.col("step")).then(pl.col("tid") - _STEP_TID_BASE) \
+    rep = (
+        pl.when(pl.col("step"))
+        .then(pl.col("tid") - _STEP_TID_BASE)
         .otherwise((pl.col("tid") - 1) // 10_000)
+    )
     out = (
         spans.join(dominant, on=["pid", "tid", "_w"], how="left")
         .sort("pid", "tid", "_w")
         .with_columns(
             pl.col("pid").replace_strict(systems, return_dtype=pl.Utf8).alias("system"),
-            pl.when(pl.col("step")).then(pl.format("replica {} steps", rep))
+            pl.when(pl.col("step"))
+            .then(pl.format("replica {} steps", rep))
             .otherwise(pl.format("replica {} device {}", rep, (pl.col("tid") - 1) % 10_000))
             .alias("thread"),
-            pl.when(pl.col("step")).then(pl.format("step ({})", pl.col("state")))
-            .otherwise(pl.col("state")).alias("name"),
+            pl.when(pl.col("step"))
+            .then(pl.format("step ({})", pl.col("state")))
+            .otherwise(pl.col("state"))
+            .alias("name"),
         )
-        .select("system", "pid", "tid", "thread", "name", "start_s", "end_s", "joules",
-                "merged")
+        .select("system", "pid", "tid", "thread", "name", "start_s", "end_s", "joules", "merged")
     )
-    how = (f"{n} intervals (spilled run); aggregated into one event per thread per "
-           f"{width:.3g} s window, named by its dominant state (per-event args give "
-           f"merged_intervals)")
+    how = (
+        f"{n} intervals (spilled run); aggregated into one event per thread per "
+        f"{width:.3g} s window, named by its dominant state (per-event args give "
+        f"merged_intervals)"
+    )
     return out, n, how
 
 
@@ -179,13 +231,18 @@ def _merge_touching(lanes: pl.DataFrame, gap_s: float) -> pl.DataFrame:
                 | (pl.col("pid") != pl.col("pid").shift(1))
                 | (pl.col("name") != pl.col("name").shift(1))
                 | (pl.col("start_s") - pl.col("end_s").shift(1) > gap_s)
-            ).fill_null(True).cum_sum().alias("_g")
+            )
+            .fill_null(True)
+            .cum_sum()
+            .alias("_g")
         )
         # one interval per group, spanning it, with the group's joules and count
         .group_by("_g", maintain_order=True)
         .agg(
             pl.col("system", "pid", "tid", "thread", "name").first(),
-            pl.col("start_s").min(), pl.col("end_s").max(), _JOULES,
+            pl.col("start_s").min(),
+            pl.col("end_s").max(),
+            _JOULES,
             pl.col("merged").sum(),
         )
         .drop("_g")
@@ -210,7 +267,9 @@ def _windows(lanes: pl.DataFrame, width_s: float) -> pl.DataFrame:
         .agg(
             pl.col("system", "thread").first(),
             pl.col("name").sort_by("_sd", descending=True, maintain_order=True).first(),
-            pl.col("start_s").min(), pl.col("end_s").max(), _JOULES,
+            pl.col("start_s").min(),
+            pl.col("end_s").max(),
+            _JOULES,
             pl.col("merged").sum(),
         )
         .drop("_w")
@@ -223,13 +282,23 @@ def build_trace(run: RunResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
     """The Chrome trace document (``traceEvents`` and ``otherData``) for ``run``."""
     lanes = _lanes(run)
     other: dict[str, Any] = {
-        "scenario": run.scenario, "seed": run.seed, "xpusim_version": run.version,
-        "time": "simulated seconds shown as microseconds", "reduction": "none",
+        "scenario": run.scenario,
+        "seed": run.seed,
+        "xpusim_version": run.version,
+        "time": "simulated seconds shown as microseconds",
+        "reduction": "none",
     }
     events: list[dict[str, Any]] = []
     for i, s in enumerate(run.systems):
-        events.append({"ph": "M", "name": "process_name", "pid": i + 1, "tid": 0,
-                       "args": {"name": f"{s.name} ({s.device} × {s.count})"}})
+        events.append(
+            {
+                "ph": "M",
+                "name": "process_name",
+                "pid": i + 1,
+                "tid": 0,
+                "args": {"name": f"{s.name} ({s.device} × {s.count})"},
+            }
+        )
     if isinstance(lanes, pl.LazyFrame):
         n = int(lanes.select(pl.len()).collect(engine="streaming").item())
         if n <= max_events:
@@ -254,12 +323,15 @@ def build_trace(run: RunResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
         if reduced.height > max_events:
             # then one event per thread and time window, named by its dominant state
             n_threads = reduced.select("pid", "tid").unique().height
-            span = (cast(float, reduced["end_s"].max())
-                    - cast(float, reduced["start_s"].min())) or 1.0
+            span = (
+                cast(float, reduced["end_s"].max()) - cast(float, reduced["start_s"].min())
+            ) or 1.0
             width = span * n_threads / max(max_events - n_threads, 1)
             reduced = _windows(reduced, width)
-            how += (f"; then aggregated into one event per thread per {width:.3g} s window, "
-                    f"named by its dominant state (per-event args give merged_intervals)")
+            how += (
+                f"; then aggregated into one event per thread per {width:.3g} s window, "
+                f"named by its dominant state (per-event args give merged_intervals)"
+            )
         if reduced.height > max_events:
             stride = -(-reduced.height // max_events)
             reduced = reduced.gather_every(stride)
@@ -269,13 +341,17 @@ def build_trace(run: RunResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
     return _document(events, lanes, other)
 
 
-def _document(events: list[dict[str, Any]], lanes: pl.DataFrame,
-              other: dict[str, Any]) -> dict[str, Any]:
+def _document(
+    events: list[dict[str, Any]], lanes: pl.DataFrame, other: dict[str, Any]
+) -> dict[str, Any]:
     """The trace document: ``events`` (process names) plus thread names and one complete
     event per row of ``lanes`` (with a ``merged`` column)."""
-    for pid, tid, thread in lanes.select("pid", "tid", "thread").unique(maintain_order=True).iter_rows():
-        events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
-                       "args": {"name": thread}})
+    for pid, tid, thread in (
+        lanes.select("pid", "tid", "thread").unique(maintain_order=True).iter_rows()
+    ):
+        events.append(
+            {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": thread}}
+        )
     for _system, pid, tid, _thread, name, a, b, j, merged in lanes.select(
         "system", "pid", "tid", "thread", "name", "start_s", "end_s", "joules", "merged"
     ).iter_rows():
@@ -284,10 +360,18 @@ def _document(events: list[dict[str, Any]], lanes: pl.DataFrame,
             args["joules"] = round(float(j), 9)
         if merged > 1:
             args["merged_intervals"] = int(merged)
-        events.append({
-            "ph": "X", "name": name, "cat": name.split(" ")[0], "pid": pid, "tid": tid,
-            "ts": round(a * 1e6, 3), "dur": round(max(b - a, 0.0) * 1e6, 3), "args": args,
-        })
+        events.append(
+            {
+                "ph": "X",
+                "name": name,
+                "cat": name.split(" ")[0],
+                "pid": pid,
+                "tid": tid,
+                "ts": round(a * 1e6, 3),
+                "dur": round(max(b - a, 0.0) * 1e6, 3),
+                "args": args,
+            }
+        )
     other["events"] = sum(1 for e in events if e["ph"] == "X")
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}
 
@@ -295,5 +379,7 @@ def _document(events: list[dict[str, Any]], lanes: pl.DataFrame,
 def write_timeline(run: RunResult, path: Path, max_events: int = MAX_EVENTS) -> Path:
     """Write ``timeline.json`` for ``run`` to ``path``."""
     doc = build_trace(run, max_events)
-    path.write_text(json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n", encoding="utf-8"
+    )
     return path

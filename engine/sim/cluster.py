@@ -173,8 +173,9 @@ class CostTable:
                 best_w, state = wt, st
         return (sec, joules, state)
 
-    def step(self, pf_n: int, pf_tok: int, pf_ctx: int, n_dec: int, dec_ctx: int
-             ) -> tuple[float, float, int]:
+    def step(
+        self, pf_n: int, pf_tok: int, pf_ctx: int, n_dec: int, dec_ctx: int
+    ) -> tuple[float, float, int]:
         """Price one iteration: ``pf_n`` prefills of ``pf_tok`` tokens in all over
         ``pf_ctx`` cached tokens in all, plus ``n_dec`` decodes over ``dec_ctx`` cached
         tokens in all (totals; the key uses bucketed means)."""
@@ -224,8 +225,9 @@ class RequestTable:
     ``preemptions``.
     """
 
-    def __init__(self, arrival: Sequence[float], prompt: Sequence[int],
-                 output: Sequence[int]) -> None:
+    def __init__(
+        self, arrival: Sequence[float], prompt: Sequence[int], output: Sequence[int]
+    ) -> None:
         n = len(arrival)
         nan = float("nan")
         self.n = n

@@ -270,8 +270,11 @@ class FrameBuffer:
 
     def frame(self) -> Frame:
         """All rows in order: a DataFrame when nothing spilled, else a LazyFrame."""
-        tail = (pl.concat(self._tail) if len(self._tail) > 1 else self._tail[0]) if self._tail \
+        tail = (
+            (pl.concat(self._tail) if len(self._tail) > 1 else self._tail[0])
+            if self._tail
             else empty(self.schema)
+        )
         if not self.parts:
             return tail
         lazy = [pl.scan_parquet(self.parts, schema=self.schema)]
@@ -336,11 +339,15 @@ class StepLog:
         n = len(self.batch)
         start = np.array(self.start[lo:] if lo else self.start, dtype=np.float64)
         end = np.array(self.end[lo:] if lo else self.end, dtype=np.float64)
-        state = pl.Series(states, dtype=pl.String).gather(np.array(self.state, dtype=np.int64)) \
-            if n else pl.Series([], dtype=pl.String)
+        state = (
+            pl.Series(states, dtype=pl.String).gather(np.array(self.state, dtype=np.int64))
+            if n
+            else pl.Series([], dtype=pl.String)
+        )
         return pl.DataFrame(
             {
-                "system": pl.Series([system], dtype=pl.String).new_from_index(0, n) if n
+                "system": pl.Series([system], dtype=pl.String).new_from_index(0, n)
+                if n
                 else pl.Series([], dtype=pl.String),
                 "replica": np.full(n, replica, dtype=np.int32),
                 "step": np.arange(lo, lo + n, dtype=np.int64),
@@ -368,8 +375,15 @@ class StepLog:
 
 
 def device_timeline(
-    system: str, replica: int, devices: list[int], start: np.ndarray, end: np.ndarray,
-    state: np.ndarray, joules: np.ndarray, states: list[str], horizon: float,
+    system: str,
+    replica: int,
+    devices: list[int],
+    start: np.ndarray,
+    end: np.ndarray,
+    state: np.ndarray,
+    joules: np.ndarray,
+    states: list[str],
+    horizon: float,
 ) -> pl.DataFrame:
     """The ``devices`` rows of one replica from its steps.
 
@@ -418,7 +432,8 @@ def device_timeline(
     dev = pl.DataFrame({"device": pl.Series(devices, dtype=pl.Int32)})
     return (
         dev.join(one, how="cross")
-        .with_columns(pl.lit(system, pl.String).alias("system"),
-                      pl.lit(replica, pl.Int32).alias("replica"))
+        .with_columns(
+            pl.lit(system, pl.String).alias("system"), pl.lit(replica, pl.Int32).alias("replica")
+        )
         .select(list(DEVICES_SCHEMA))
     )

@@ -97,8 +97,9 @@ class MemoryNeed:
 
     def describe(self) -> str:
         """The parts in GB, for messages."""
-        return ", ".join(f"{k.replace('_', ' ')} {v / GB:.1f} GB"
-                         for k, v in self.breakdown().items() if v)
+        return ", ".join(
+            f"{k.replace('_', ' ')} {v / GB:.1f} GB" for k, v in self.breakdown().items() if v
+        )
 
 
 def _cfg(model: ModelGraph) -> Mapping[str, Any]:
@@ -163,9 +164,15 @@ def training_memory(
     grads = n * e / (d if z >= 2 else 1)
     states = n * opt / (d if z >= 1 else 1)
     shape = Shape(Phase.TRAIN, batch=micro_batch, tokens=seq_len, recompute=recompute)
-    stage_par = Parallelism(tensor=par.tensor, pipeline=par.pipeline, virtual=par.virtual,
-                            sequence=par.sequence, data=par.data, zero=par.zero,
-                            expert=par.expert)
+    stage_par = Parallelism(
+        tensor=par.tensor,
+        pipeline=par.pipeline,
+        virtual=par.virtual,
+        sequence=par.sequence,
+        data=par.data,
+        zero=par.zero,
+        expert=par.expert,
+    )
     per_mb = float(model.activation_bytes(shape, stage_par, recompute))
     act = per_mb * in_flight_microbatches(par.pipeline, max(1, microbatches), par.virtual)
     return MemoryNeed(weights, grads, states, act, reserve_bytes, have_bytes)

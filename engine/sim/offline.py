@@ -20,7 +20,13 @@ from engine.sim.events import STEPS_SCHEMA, StepLog, device_timeline, empty
 
 
 def simulate_forward(
-    compiled: Compiled, *, system: str, count: int, batch: int, tokens: int, replicas: int,
+    compiled: Compiled,
+    *,
+    system: str,
+    count: int,
+    batch: int,
+    tokens: int,
+    replicas: int,
     devices_per_replica: int,
 ) -> tuple[dict[str, pl.DataFrame], float]:
     """Run ``count`` samples in batches of ``batch`` over ``replicas``; return the
@@ -54,9 +60,15 @@ def simulate_forward(
     steps = [lg.frame(system, r, costs.states) for r, lg in enumerate(logs)]
     devs = [
         device_timeline(
-            system, r, list(range(r * devices_per_replica, (r + 1) * devices_per_replica)),
-            lg.numpy("start"), lg.numpy("end"), lg.numpy("state").astype("int64"),
-            lg.numpy("joules"), costs.states, span,
+            system,
+            r,
+            list(range(r * devices_per_replica, (r + 1) * devices_per_replica)),
+            lg.numpy("start"),
+            lg.numpy("end"),
+            lg.numpy("state").astype("int64"),
+            lg.numpy("joules"),
+            costs.states,
+            span,
         )
         for r, lg in enumerate(logs)
     ]

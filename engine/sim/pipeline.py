@@ -93,7 +93,9 @@ def pipeline_time(
     micro-batch, forward and backward, when ``p > 1``). See the module docstring.
     """
     _check(p, m, v)
-    times = [float(stage_s)] * p if isinstance(stage_s, int | float) else [float(t) for t in stage_s]
+    times = (
+        [float(stage_s)] * p if isinstance(stage_s, int | float) else [float(t) for t in stage_s]
+    )
     if len(times) != p:
         raise ValueError(f"{len(times)} stage times given for {p} stages")
     if min(times) < 0 or p2p_s < 0:
@@ -180,8 +182,7 @@ def simulate_schedule(
     _check(p, m, v)
     if v > 1 and m % p:
         raise ValueError(f"the interleaved schedule needs m ({m}) to be a multiple of p ({p})")
-    orders = [_order_1f1b(r, p, m) if v == 1 else _order_interleaved(r, p, m, v)
-              for r in range(p)]
+    orders = [_order_1f1b(r, p, m) if v == 1 else _order_interleaved(r, p, m, v) for r in range(p)]
     unit = {"F": t_f / v, "B": t_b / v}
     last = p * v - 1  # virtual stage index of the last chunk
     done: dict[tuple[str, int, int], float] = {}  # (kind, micro-batch, virtual stage) -> end

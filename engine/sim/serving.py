@@ -157,8 +157,7 @@ def simulate_serving(
     for i in np.flatnonzero(drop).tolist():
         req.state[i] = DROPPED
         reasons[i] = (
-            f"needs {int(need_tok[i])} KV tokens, a replica holds "
-            f"{blocks * kv_block_tokens}"
+            f"needs {int(need_tok[i])} KV tokens, a replica holds {blocks * kv_block_tokens}"
         )
 
     del requests, p_np, o_np, need_tok, need_blocks, drop  # the table holds what is needed
@@ -170,8 +169,9 @@ def simulate_serving(
         if spec.kind == "static":
             env.process(schedulers.static(env, r, req, costs, spec))
         else:
-            env.process(schedulers.iterative(env, r, req, costs, spec,
-                                             split=spec.kind == "chunked-prefill"))
+            env.process(
+                schedulers.iterative(env, r, req, costs, spec, split=spec.kind == "chunked-prefill")
+            )
     route = make_router(router)
     spill = Spill(spill_rows, spill_dir)
     steps = _StepSpill(spill, system, reps, costs)
@@ -185,11 +185,9 @@ def simulate_serving(
         st = np.frombuffer(bytes(req.state), dtype=np.uint8)
         stuck = np.flatnonzero((st != DONE) & (st != DROPPED))
         if stuck.size:
-            raise AssertionError(
-                f"{stuck.size} requests never finished (first: {int(stuck[0])})")
+            raise AssertionError(f"{stuck.size} requests never finished (first: {int(stuck[0])})")
 
-        frames, horizon = _frames(system, req, reps, costs, devices_per_replica, reasons,
-                                  steps)
+        frames, horizon = _frames(system, req, reps, costs, devices_per_replica, reasons, steps)
     except BaseException:
         spill.close()
         raise
@@ -199,8 +197,13 @@ def simulate_serving(
         # large run's request table and step logs are returned before the frames are read
         del env, reps, req, steps
         gc.collect()
-    return ServingResult(frames=frames, simulated_s=horizon, replicas=replicas,
-                         kv_blocks=blocks, cost_misses=costs.misses)
+    return ServingResult(
+        frames=frames,
+        simulated_s=horizon,
+        replicas=replicas,
+        kv_blocks=blocks,
+        cost_misses=costs.misses,
+    )
 
 
 class _StepSpill:
@@ -258,8 +261,11 @@ class _StepSpill:
 
 
 def _arrivals(
-    env: simpy.Environment, req: RequestTable, reps: list[Replica],
-    route: Callable[[list[Replica]], Replica], progress: Callable[[float, float], None] | None,
+    env: simpy.Environment,
+    req: RequestTable,
+    reps: list[Replica],
+    route: Callable[[list[Replica]], Replica],
+    progress: Callable[[float, float], None] | None,
     steps: _StepSpill,
 ) -> Generator[simpy.Event, Any, None]:
     """Feed each request to its replica at its arrival instant (and spill step rows past
@@ -300,12 +306,17 @@ def _replica_columns(
     st = np.array(log.state, dtype=np.int64)
     joules = np.array(log.joules, dtype=np.float64)
     if parts:
-        back = pl.scan_parquet(parts, schema=STEPS_SCHEMA).select(
-            "decode_tokens",
-            pl.col("state").replace_strict({s: i for i, s in enumerate(states)},
-                                           return_dtype=pl.Int64),
-            "joules",
-        ).collect()
+        back = (
+            pl.scan_parquet(parts, schema=STEPS_SCHEMA)
+            .select(
+                "decode_tokens",
+                pl.col("state").replace_strict(
+                    {s: i for i, s in enumerate(states)}, return_dtype=pl.Int64
+                ),
+                "joules",
+            )
+            .collect()
+        )
         dec = np.concatenate((back["decode_tokens"].to_numpy(), dec))
         st = np.concatenate((back["state"].to_numpy(), st))
         joules = np.concatenate((back["joules"].to_numpy(), joules))
@@ -313,8 +324,13 @@ def _replica_columns(
 
 
 def _frames(
-    system: str, req: RequestTable, reps: list[Replica], costs: CostTable,
-    devices_per_replica: int, reasons: dict[int, str], steps: _StepSpill,
+    system: str,
+    req: RequestTable,
+    reps: list[Replica],
+    costs: CostTable,
+    devices_per_replica: int,
+    reasons: dict[int, str],
+    steps: _StepSpill,
 ) -> tuple[dict[str, Frame], float]:
     """The frames of the run and its horizon; built replica by replica and, for requests,
     in chunks of the spill threshold, so that no frame is materialized whole past it.
@@ -364,25 +380,47 @@ def _frames(
         dec, st_idx, joules = _replica_columns(log, steps.spilled(r.index), costs.states)
         if len(log):
             w = dec > 0
-            gap_parts.append(pl.DataFrame({"gap_s": dur[w], "tokens": dec[w]})
-                             .group_by("gap_s").agg(pl.col("tokens").sum()))
+            gap_parts.append(
+                pl.DataFrame({"gap_s": dur[w], "tokens": dec[w]})
+                .group_by("gap_s")
+                .agg(pl.col("tokens").sum())
+            )
         devs = list(range(r.index * devices_per_replica, (r.index + 1) * devices_per_replica))
-        devices.add(device_timeline(
-            system, r.index, devs, start, end, st_idx, joules, costs.states, horizon,
-        ))
+        devices.add(
+            device_timeline(
+                system,
+                r.index,
+                devs,
+                start,
+                end,
+                st_idx,
+                joules,
+                costs.states,
+                horizon,
+            )
+        )
         del start, end, dur, dec, st_idx, joules
         steps.release(r.index)
     del fin_iter, seg_start, seg_max
     req.fin_iter, req.seg_start, req.seg_max = array("q"), array("q"), array("d")
     if req.extra_gaps:
-        gap_parts.append(pl.DataFrame({"gap_s": np.asarray(req.extra_gaps),
-                                       "tokens": np.ones(len(req.extra_gaps), np.int64)}))
+        gap_parts.append(
+            pl.DataFrame(
+                {
+                    "gap_s": np.asarray(req.extra_gaps),
+                    "tokens": np.ones(len(req.extra_gaps), np.int64),
+                }
+            )
+        )
     first_sched = np.asarray(req.first_scheduled)
     prompt = np.asarray(req.prompt, dtype=np.int64)
     preempt = np.asarray(req.preemptions, dtype=np.int32)
     status_names = pl.Series(["dropped", "ok"], dtype=pl.String)
-    reason_ids = np.fromiter(reasons, dtype=np.int64, count=len(reasons)) if reasons \
+    reason_ids = (
+        np.fromiter(reasons, dtype=np.int64, count=len(reasons))
+        if reasons
         else np.zeros(0, dtype=np.int64)
+    )
     requests = FrameBuffer(spill, "requests", REQUESTS_SCHEMA)
     for a in range(0, n, spill.rows):
         b = min(a + spill.rows, n)
@@ -390,43 +428,53 @@ def _frames(
         one_tok = output[a:b] <= 1
         tbt_max[a:b][one_tok] = np.nan
         with np.errstate(invalid="ignore", divide="ignore"):
-            tbt_mean = np.where(one_tok, np.nan,
-                                (last_tok[a:b] - first_tok[a:b]) / (output[a:b] - 1))
+            tbt_mean = np.where(
+                one_tok, np.nan, (last_tok[a:b] - first_tok[a:b]) / (output[a:b] - 1)
+            )
         reason = pl.Series("reason", [None] * k, dtype=pl.String)
         sel = reason_ids[(reason_ids >= a) & (reason_ids < b)]
         if sel.size:
             reason = reason.scatter(sel - a, [reasons[int(i)] for i in sel])
-        requests.add(pl.DataFrame(
-            {
-                "system": pl.Series([system], dtype=pl.String).new_from_index(0, k),
-                "replica": pl.Series(replica[a:b], dtype=pl.Int32),
-                "request_id": np.arange(a, b, dtype=np.int64),
-                "arrival_s": arrival[a:b],
-                "first_scheduled_s": first_sched[a:b],
-                "first_token_s": first_tok[a:b],
-                "finish_s": finish[a:b],
-                "prompt_tokens": prompt[a:b],
-                "output_tokens": output[a:b],
-                "preemptions": preempt[a:b],
-                "status": status_names.gather(ok[a:b].astype(np.int64)),
-                "reason": reason,
-                "ttft_s": first_tok[a:b] - arrival[a:b],
-                "e2e_s": finish[a:b] - arrival[a:b],
-                "tbt_mean_s": tbt_mean,
-                "tbt_max_s": tbt_max[a:b],
-            },
-            schema=REQUESTS_SCHEMA,
-        ).with_columns(
-            # NaN marks "not applicable" inside the simulation; frames use null
-            pl.col(pl.Float64).fill_nan(None),
-            pl.when(pl.col("status") == "dropped").then(None).otherwise(pl.col("replica"))
-            .alias("replica"),
-        ))
+        requests.add(
+            pl.DataFrame(
+                {
+                    "system": pl.Series([system], dtype=pl.String).new_from_index(0, k),
+                    "replica": pl.Series(replica[a:b], dtype=pl.Int32),
+                    "request_id": np.arange(a, b, dtype=np.int64),
+                    "arrival_s": arrival[a:b],
+                    "first_scheduled_s": first_sched[a:b],
+                    "first_token_s": first_tok[a:b],
+                    "finish_s": finish[a:b],
+                    "prompt_tokens": prompt[a:b],
+                    "output_tokens": output[a:b],
+                    "preemptions": preempt[a:b],
+                    "status": status_names.gather(ok[a:b].astype(np.int64)),
+                    "reason": reason,
+                    "ttft_s": first_tok[a:b] - arrival[a:b],
+                    "e2e_s": finish[a:b] - arrival[a:b],
+                    "tbt_mean_s": tbt_mean,
+                    "tbt_max_s": tbt_max[a:b],
+                },
+                schema=REQUESTS_SCHEMA,
+            ).with_columns(
+                # NaN marks "not applicable" inside the simulation; frames use null
+                pl.col(pl.Float64).fill_nan(None),
+                pl.when(pl.col("status") == "dropped")
+                .then(None)
+                .otherwise(pl.col("replica"))
+                .alias("replica"),
+            )
+        )
     tbt = (
-        pl.concat(gap_parts).group_by("gap_s").agg(pl.col("tokens").sum()).sort("gap_s")
-        .with_columns(pl.lit(system, pl.String).alias("system")).select(list(TBT_SCHEMA))
+        pl.concat(gap_parts)
+        .group_by("gap_s")
+        .agg(pl.col("tokens").sum())
+        .sort("gap_s")
+        .with_columns(pl.lit(system, pl.String).alias("system"))
+        .select(list(TBT_SCHEMA))
         .cast(TBT_SCHEMA)  # type: ignore[arg-type]
-        if gap_parts else empty(TBT_SCHEMA)
+        if gap_parts
+        else empty(TBT_SCHEMA)
     )
     return {
         "requests": requests.frame(),

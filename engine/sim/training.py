@@ -173,38 +173,58 @@ def check_plan(model: ModelGraph, par: Parallelism, plan: TrainingPlan, count: i
     """Sentences naming what in ``par``/``plan`` does not divide (empty when it is valid)."""
     problems: list[str] = []
     if par.devices != count:
-        problems.append(f"data x tensor x pipeline = {par.data} x {par.tensor} x "
-                        f"{par.pipeline} = {par.devices} devices, but the system has {count}")
+        problems.append(
+            f"data x tensor x pipeline = {par.data} x {par.tensor} x "
+            f"{par.pipeline} = {par.devices} devices, but the system has {count}"
+        )
     layers = model.info.layers or _cfg_int(model, "layers")
     chunks = par.pipeline * par.virtual
     if layers and layers % chunks:
-        what = (f"pipeline x virtual = {par.pipeline} x {par.virtual} = {chunks}"
-                if par.virtual > 1 else f"pipeline = {par.pipeline}")
+        what = (
+            f"pipeline x virtual = {par.pipeline} x {par.virtual} = {chunks}"
+            if par.virtual > 1
+            else f"pipeline = {par.pipeline}"
+        )
         problems.append(f"{what} does not divide the model's {layers} layers")
     heads = _cfg_int(model, "heads")
     if heads and heads % par.tensor:
         problems.append(f"tensor = {par.tensor} does not divide the model's {heads} heads")
     per = plan.micro_batch * par.data
     if plan.global_batch % per:
-        problems.append(f"global_batch = {plan.global_batch} is not a multiple of micro_batch "
-                        f"x data = {plan.micro_batch} x {par.data} = {per}")
+        problems.append(
+            f"global_batch = {plan.global_batch} is not a multiple of micro_batch "
+            f"x data = {plan.micro_batch} x {par.data} = {per}"
+        )
     if par.virtual > 1:
         if par.pipeline == 1:
             problems.append(f"virtual = {par.virtual} stages need pipeline > 1")
         elif plan.global_batch % per == 0 and plan.microbatches(par.data) % par.pipeline:
-            problems.append(f"the interleaved schedule needs the {plan.microbatches(par.data)} "
-                            f"micro-batches per replica to be a multiple of pipeline = "
-                            f"{par.pipeline}")
+            problems.append(
+                f"the interleaved schedule needs the {plan.microbatches(par.data)} "
+                f"micro-batches per replica to be a multiple of pipeline = "
+                f"{par.pipeline}"
+            )
     return problems
 
 
-def plan_memory(model: ModelGraph, par: Parallelism, plan: TrainingPlan, have_bytes: float,
-                reserve_bytes: float = 0.0) -> MemoryNeed:
+def plan_memory(
+    model: ModelGraph,
+    par: Parallelism,
+    plan: TrainingPlan,
+    have_bytes: float,
+    reserve_bytes: float = 0.0,
+) -> MemoryNeed:
     """Per-device memory of ``plan`` under ``par`` (:func:`engine.sim.memory.training_memory`)."""
     return training_memory(
-        model, par, micro_batch=plan.micro_batch, seq_len=plan.seq_len,
-        microbatches=plan.microbatches(par.data), recompute=plan.recompute,
-        precision=plan.precision, have_bytes=have_bytes, optimizer=plan.optimizer,
+        model,
+        par,
+        micro_batch=plan.micro_batch,
+        seq_len=plan.seq_len,
+        microbatches=plan.microbatches(par.data),
+        recompute=plan.recompute,
+        precision=plan.precision,
+        have_bytes=have_bytes,
+        optimizer=plan.optimizer,
         reserve_bytes=reserve_bytes,
     )
 
@@ -213,8 +233,15 @@ def _divisors(n: int) -> list[int]:
     return [i for i in range(1, n + 1) if n % i == 0]
 
 
-def nearest_plans(model: ModelGraph, par: Parallelism, plan: TrainingPlan, count: int,
-                  have_bytes: float, reserve_bytes: float = 0.0, limit: int = 3) -> list[str]:
+def nearest_plans(
+    model: ModelGraph,
+    par: Parallelism,
+    plan: TrainingPlan,
+    count: int,
+    have_bytes: float,
+    reserve_bytes: float = 0.0,
+    limit: int = 3,
+) -> list[str]:
     """Up to ``limit`` plans on the same ``count`` devices that divide and fit, nearest
     first (fewest changed settings, then least memory), each as a short phrase."""
     heads = _cfg_int(model, "heads")
@@ -232,8 +259,15 @@ def nearest_plans(model: ModelGraph, par: Parallelism, plan: TrainingPlan, count
                     for mb in sorted({plan.micro_batch, 1}):
                         if plan.global_batch % (mb * d):
                             continue
-                        v = par.virtual if (par.virtual > 1 and p > 1 and
-                                            (plan.global_batch // (mb * d)) % p == 0) else 1
+                        v = (
+                            par.virtual
+                            if (
+                                par.virtual > 1
+                                and p > 1
+                                and (plan.global_batch // (mb * d)) % p == 0
+                            )
+                            else 1
+                        )
                         cand = replace(par, data=d, tensor=t, pipeline=p, virtual=v, zero=zero)
                         cplan = replace(plan, recompute=rc, micro_batch=mb)
                         try:
@@ -242,14 +276,23 @@ def nearest_plans(model: ModelGraph, par: Parallelism, plan: TrainingPlan, count
                             continue
                         if not need.fits:
                             continue
-                        changed = sum((t != par.tensor, p != par.pipeline, zero != par.zero,
-                                       rc != plan.recompute, mb != plan.micro_batch,
-                                       v != par.virtual))
-                        text = (f"tensor={t}, pipeline={p}, data={d}"
-                                + (f", virtual={v}" if v > 1 else "")
-                                + (f", zero={zero}" if zero else "")
-                                + f", recompute={rc}, micro_batch={mb} "
-                                f"({need.total / 1e9:.1f} GB per device)")
+                        changed = sum(
+                            (
+                                t != par.tensor,
+                                p != par.pipeline,
+                                zero != par.zero,
+                                rc != plan.recompute,
+                                mb != plan.micro_batch,
+                                v != par.virtual,
+                            )
+                        )
+                        text = (
+                            f"tensor={t}, pipeline={p}, data={d}"
+                            + (f", virtual={v}" if v > 1 else "")
+                            + (f", zero={zero}" if zero else "")
+                            + f", recompute={rc}, micro_batch={mb} "
+                            f"({need.total / 1e9:.1f} GB per device)"
+                        )
                         found.append((changed, need.total, text))
     found.sort(key=lambda x: (x[0], x[1]))
     out: list[str] = []
@@ -335,20 +378,28 @@ def _is_bwd(op: Op) -> bool:
 
 
 def _is_pipeline_comm(op: Op) -> bool:
-    return op.kind is OpKind.COLLECTIVE and (op.layer == "pipeline"
-                                              or op.collective is Collective.SEND_RECV)
+    return op.kind is OpKind.COLLECTIVE and (
+        op.layer == "pipeline" or op.collective is Collective.SEND_RECV
+    )
 
 
-def _stage_costs(compiled: Compiled, shape: Shape) -> tuple[dict[str, float], dict[str, float],
-                                                             dict[str, float], str]:
+def _stage_costs(
+    compiled: Compiled, shape: Shape
+) -> tuple[dict[str, float], dict[str, float], dict[str, float], str]:
     """(forward breakdown, backward breakdown, optimizer breakdown, how) of one
     micro-batch on one stage device."""
     if isinstance(compiled, AnalyticCompiled):
         g = compiled.graph(shape)
-        fwd = [o for o in g.ops if o.kind is not OpKind.OPTIMIZER and not _is_pipeline_comm(o)
-               and not _is_bwd(o)]
-        bwd = [o for o in g.ops if o.kind is not OpKind.OPTIMIZER and not _is_pipeline_comm(o)
-               and _is_bwd(o)]
+        fwd = [
+            o
+            for o in g.ops
+            if o.kind is not OpKind.OPTIMIZER and not _is_pipeline_comm(o) and not _is_bwd(o)
+        ]
+        bwd = [
+            o
+            for o in g.ops
+            if o.kind is not OpKind.OPTIMIZER and not _is_pipeline_comm(o) and _is_bwd(o)
+        ]
         opt = [o for o in g.ops if o.kind is OpKind.OPTIMIZER]
 
         def price(ops: Sequence[Op]) -> dict[str, float]:
@@ -357,16 +408,24 @@ def _stage_costs(compiled: Compiled, shape: Shape) -> tuple[dict[str, float], di
         how = "stage graph priced op by op; forward/backward split by op names"
         if not bwd:  # a graph without named backward ops: split its time 1:2
             total = price(fwd)
-            return ({k: v / 3 for k, v in total.items()}, {k: 2 * v / 3 for k, v in total.items()},
-                    price(opt), "stage graph priced op by op; forward:backward split 1:2")
+            return (
+                {k: v / 3 for k, v in total.items()},
+                {k: 2 * v / 3 for k, v in total.items()},
+                price(opt),
+                "stage graph priced op by op; forward:backward split 1:2",
+            )
         return price(fwd), price(bwd), price(opt), how
     cost = compiled.cost(shape)
     p = max(1, compiled.system.parallelism.pipeline)
     br = dict(cost.breakdown) if cost.breakdown else {"compute": cost.seconds}
     scale = cost.seconds / max(sum(br.values()), 1e-300) / p
     stage = {k: v * scale for k, v in br.items()}
-    return ({k: v / 3 for k, v in stage.items()}, {k: 2 * v / 3 for k, v in stage.items()}, {},
-            "Compiled.cost / pipeline; forward:backward split 1:2")
+    return (
+        {k: v / 3 for k, v in stage.items()},
+        {k: 2 * v / 3 for k, v in stage.items()},
+        {},
+        "Compiled.cost / pipeline; forward:backward split 1:2",
+    )
 
 
 def _probe(fn: Callable[[Collective, float, int], float], group: int) -> tuple[float, float]:
@@ -410,8 +469,9 @@ class _Comms:
         if self.torus_fn is not None:
             return float(self.torus_fn(kind, nbytes, par.data))
         per_node = max(1, min(par.data, self.topo.devices_per_node // max(1, par.tensor)))
-        return collective_seconds(kind, nbytes, par.data, replace(self.topo,
-                                                                  devices_per_node=per_node))
+        return collective_seconds(
+            kind, nbytes, par.data, replace(self.topo, devices_per_node=per_node)
+        )
 
     def p2p(self, nbytes: float, sequence_split: bool) -> float:
         par = self.system.parallelism
@@ -431,14 +491,18 @@ class _Comms:
             if self.torus_fn is not None:
                 gather = float(self.torus_fn(Collective.ALL_GATHER, nbytes, t))
             else:
-                gather = collective_seconds(Collective.ALL_GATHER, nbytes, t,
-                                            replace(self.topo, devices_per_node=max(
-                                                t, self.topo.devices_per_node)))
+                gather = collective_seconds(
+                    Collective.ALL_GATHER,
+                    nbytes,
+                    t,
+                    replace(self.topo, devices_per_node=max(t, self.topo.devices_per_node)),
+                )
         return send + gather
 
 
-def _bucketed_exposed(total_bytes: float, bucket: float, window: float,
-                      price: Callable[[float], float]) -> tuple[float, float]:
+def _bucketed_exposed(
+    total_bytes: float, bucket: float, window: float, price: Callable[[float], float]
+) -> tuple[float, float]:
     """(total collective seconds, seconds exposed after ``window``) of reducing
     ``total_bytes`` in buckets that become ready uniformly over ``window``."""
     n = max(1, math.ceil(total_bytes / max(bucket, 1.0)))
@@ -451,15 +515,17 @@ def _bucketed_exposed(total_bytes: float, bucket: float, window: float,
     return n * each, max(0.0, end - window)
 
 
-def step_time(compiled: Compiled, model: ModelGraph, plan: TrainingPlan,
-              power: PowerModel | None = None) -> StepTime:
+def step_time(
+    compiled: Compiled, model: ModelGraph, plan: TrainingPlan, power: PowerModel | None = None
+) -> StepTime:
     """Price one failure-free optimizer step of ``plan`` on ``compiled.system``."""
     system = compiled.system
     par = system.parallelism
     t, p, v, d = par.tensor, par.pipeline, max(1, par.virtual), par.data
     m = plan.microbatches(d)
-    shape = Shape(Phase.TRAIN, batch=plan.micro_batch, tokens=plan.seq_len,
-                  recompute=plan.recompute)
+    shape = Shape(
+        Phase.TRAIN, batch=plan.micro_batch, tokens=plan.seq_len, recompute=plan.recompute
+    )
     fwd_b, bwd_b, opt_b, how = _stage_costs(compiled, shape)
     notes = [how]
     comms = _Comms(compiled, system)
@@ -480,8 +546,10 @@ def step_time(compiled: Compiled, model: ModelGraph, plan: TrainingPlan,
             z3 = max(0.0, ag - fwd_s) + max(0.0, ag + rs - bwd_s)
         else:
             z3 = 2 * ag + rs
-        notes.append("ZeRO-3: parameters gathered for forward and backward and gradients "
-                     "reduce-scattered every micro-batch")
+        notes.append(
+            "ZeRO-3: parameters gathered for forward and backward and gradients "
+            "reduce-scattered every micro-batch"
+        )
 
     hidden = _cfg_int(model, "hidden")
     act_bytes = plan.micro_batch * plan.seq_len * hidden * e
@@ -495,7 +563,8 @@ def step_time(compiled: Compiled, model: ModelGraph, plan: TrainingPlan,
         kind = Collective.ALL_REDUCE if par.zero == 0 else Collective.REDUCE_SCATTER
         if plan.overlap_grad_reduce:
             dp_total, dp_exposed = _bucketed_exposed(
-                grad_bytes, plan.bucket_bytes, bwd_s, lambda n: comms.dp(kind, n))
+                grad_bytes, plan.bucket_bytes, bwd_s, lambda n: comms.dp(kind, n)
+            )
         else:
             dp_total = dp_exposed = comms.dp(kind, grad_bytes)
         if par.zero >= 1:
@@ -527,10 +596,22 @@ def step_time(compiled: Compiled, model: ModelGraph, plan: TrainingPlan,
     mf, hf = flops_per_token(model, plan.seq_len, plan.recompute)
     tokens = plan.tokens_per_step
     return StepTime(
-        seconds=seconds, microbatches=m, fwd_s=fwd_s, bwd_s=bwd_s, stage_breakdown=stage_b,
-        p2p_s=p2p, pipeline=pipe, dp_comm_s=dp_total, dp_exposed_s=dp_exposed,
-        param_gather_s=gather, zero3_exposed_s=z3 * m, optimizer_s=opt_s, device_s=dev,
-        model_flops=mf * tokens, hardware_flops=hf * tokens, busy_joules=busy_j,
+        seconds=seconds,
+        microbatches=m,
+        fwd_s=fwd_s,
+        bwd_s=bwd_s,
+        stage_breakdown=stage_b,
+        p2p_s=p2p,
+        pipeline=pipe,
+        dp_comm_s=dp_total,
+        dp_exposed_s=dp_exposed,
+        param_gather_s=gather,
+        zero3_exposed_s=z3 * m,
+        optimizer_s=opt_s,
+        device_s=dev,
+        model_flops=mf * tokens,
+        hardware_flops=hf * tokens,
+        busy_joules=busy_j,
         notes=tuple(notes),
     )
 
@@ -586,8 +667,11 @@ def simulate_failures(
     env = simpy.Environment()
     rng = random.Random(seed)
     rate = count / spec.mtbf_per_device if spec.mtbf_per_device > 0 else 0.0
-    k = steps if math.isinf(spec.checkpoint_interval_s) else max(
-        1, round(spec.checkpoint_interval_s / step_s) if step_s > 0 else steps)
+    k = (
+        steps
+        if math.isinf(spec.checkpoint_interval_s)
+        else max(1, round(spec.checkpoint_interval_s / step_s) if step_s > 0 else steps)
+    )
     k = max(1, k)
     run = FailureRun(0.0, 0, 0, 0.0, 0.0, 0.0)
     seg = run.segments
@@ -617,8 +701,15 @@ def simulate_failures(
                 run.checkpoint_s += max(0.0, now - start - n * step_s)
                 if record:
                     trained = min(n * step_s, now - start)
-                    seg.append(("lost", start, start + trained, done,
-                                trained / step_s if step_s > 0 else 0.0))
+                    seg.append(
+                        (
+                            "lost",
+                            start,
+                            start + trained,
+                            done,
+                            trained / step_s if step_s > 0 else 0.0,
+                        )
+                    )
                     if now > start + trained:
                         seg.append(("checkpoint", start + trained, now, done + n - 1, 0.0))
                 while True:
@@ -699,23 +790,25 @@ def steps_frame(system: str, st: StepTime, run: FailureRun, watts_busy: float) -
         return pl.DataFrame(schema=STEPS_SCHEMA)
     n_rows = sum(len(x) for x in starts)
     del watts_busy
-    return pl.DataFrame({
-        "system": [system] * n_rows,
-        "step": np.concatenate(steps_col).astype(np.int64),
-        "start_s": np.concatenate(starts),
-        "end_s": np.concatenate(ends),
-        "compute_s": np.concatenate(comp),
-        "comm_s": np.concatenate(comm),
-        "bubble_s": np.concatenate(bub),
-        "state": [str(x) for x in np.concatenate(state)],
-        "joules": np.concatenate(joules),
-    }, schema=STEPS_SCHEMA)
+    return pl.DataFrame(
+        {
+            "system": [system] * n_rows,
+            "step": np.concatenate(steps_col).astype(np.int64),
+            "start_s": np.concatenate(starts),
+            "end_s": np.concatenate(ends),
+            "compute_s": np.concatenate(comp),
+            "comm_s": np.concatenate(comm),
+            "bubble_s": np.concatenate(bub),
+            "state": [str(x) for x in np.concatenate(state)],
+            "joules": np.concatenate(joules),
+        },
+        schema=STEPS_SCHEMA,
+    )
 
 
-
-
-def devices_frame(system: System, st: StepTime, run: FailureRun,
-                  power: PowerModel | None) -> pl.DataFrame:
+def devices_frame(
+    system: System, st: StepTime, run: FailureRun, power: PowerModel | None
+) -> pl.DataFrame:
     """The ``devices`` frame, aggregated per state: for every device (``replica`` = its
     data-parallel index, ``device`` = its index in the replica) one interval per state,
     laid end to end from 0, whose length is the device's total seconds in that state over
@@ -725,8 +818,9 @@ def devices_frame(system: System, st: StepTime, run: FailureRun,
     ``watts(state) × seconds``; ``bubble``, ``checkpoint`` and ``restart`` carry 0 J (the
     economics model charges idle power for them)."""
     steps_done = (run.wall_s - run.checkpoint_s - run.restart_s) / st.seconds if st.seconds else 0.0
-    parts: list[tuple[str, float]] = [(k, st.device_s.get(k, 0.0) * steps_done)
-                                      for k in (*BUSY_KEYS, "bubble")]
+    parts: list[tuple[str, float]] = [
+        (k, st.device_s.get(k, 0.0) * steps_done) for k in (*BUSY_KEYS, "bubble")
+    ]
     parts += [("checkpoint", run.checkpoint_s), ("restart", run.restart_s)]
     parts = [(k, s) for k, s in parts if s > 0]
     lanes_r = system.parallelism.data
@@ -743,15 +837,18 @@ def devices_frame(system: System, st: StepTime, run: FailureRun,
         w = power.state_watts(k) if (power is not None and k in BUSY_KEYS) else 0.0
         joules.append(w * s)
     lane = np.arange(n)
-    return pl.DataFrame({
-        "system": [system.name] * (n * rows),
-        "replica": np.repeat(lane // per, rows).astype(np.int32),
-        "device": np.repeat(lane % per, rows).astype(np.int32),
-        "start_s": np.tile(np.array(starts, dtype=float), n),
-        "end_s": np.tile(np.array(ends, dtype=float), n),
-        "state": states * n,
-        "joules": np.tile(np.array(joules, dtype=float), n),
-    }, schema=DEVICES_SCHEMA)
+    return pl.DataFrame(
+        {
+            "system": [system.name] * (n * rows),
+            "replica": np.repeat(lane // per, rows).astype(np.int32),
+            "device": np.repeat(lane % per, rows).astype(np.int32),
+            "start_s": np.tile(np.array(starts, dtype=float), n),
+            "end_s": np.tile(np.array(ends, dtype=float), n),
+            "state": states * n,
+            "joules": np.tile(np.array(joules, dtype=float), n),
+        },
+        schema=DEVICES_SCHEMA,
+    )
 
 
 def percentile(xs: Sequence[float], q: float) -> float:

@@ -28,13 +28,29 @@ import torch
 
 POWERCAP = Path("/sys/class/powercap")
 
-GEMM_OPS = frozenset({
-    "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
-    "aten::mv", "aten::addmv", "aten::dot", "aten::convolution", "aten::_convolution",
-    "aten::conv2d", "aten::conv1d", "aten::mkldnn_convolution", "aten::_mkldnn_convolution",
-    "aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
-    "aten::_scaled_dot_product_attention_math", "aten::einsum",
-})
+GEMM_OPS = frozenset(
+    {
+        "aten::mm",
+        "aten::addmm",
+        "aten::bmm",
+        "aten::baddbmm",
+        "aten::matmul",
+        "aten::linear",
+        "aten::mv",
+        "aten::addmv",
+        "aten::dot",
+        "aten::convolution",
+        "aten::_convolution",
+        "aten::conv2d",
+        "aten::conv1d",
+        "aten::mkldnn_convolution",
+        "aten::_mkldnn_convolution",
+        "aten::scaled_dot_product_attention",
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "aten::_scaled_dot_product_attention_math",
+        "aten::einsum",
+    }
+)
 """Profiler op names counted as compute (the GEMM-like kernels)."""
 
 
@@ -75,7 +91,7 @@ class Rapl:
             try:
                 mx = float((d / "max_energy_range_uj").read_text().strip())
             except (OSError, ValueError):
-                mx = 2.0 ** 32
+                mx = 2.0**32
             doms.append(RaplDomain(f, mx))
         return cls(tuple(doms)) if doms else None
 
@@ -175,9 +191,16 @@ def call(module: Callable[..., Any], inputs: Any) -> Any:
     return module(inputs)
 
 
-def time_steps(module: Callable[..., Any], inputs: Any, *, n_threads: int | None = None,
-               warmup: int = 2, repeats: int = 5, rapl: Rapl | None = None,
-               clock: str = "wall") -> StepTiming:
+def time_steps(
+    module: Callable[..., Any],
+    inputs: Any,
+    *,
+    n_threads: int | None = None,
+    warmup: int = 2,
+    repeats: int = 5,
+    rapl: Rapl | None = None,
+    clock: str = "wall",
+) -> StepTiming:
     """Time ``repeats`` calls after ``warmup`` (see module doc). Both the wall time and
     the process CPU time of every call are kept; ``clock`` picks which one is the
     step's ``samples`` (CPU time is the robust figure at one thread on a shared machine)."""
@@ -195,15 +218,18 @@ def time_steps(module: Callable[..., Any], inputs: Any, *, n_threads: int | None
             call(module, inputs)
             cpu.append(time.process_time() - c)
             wall.append(time.perf_counter() - t)
-        joules = (rapl.joules_since(start) / len(wall)
-                  if rapl is not None and start is not None else None)
+        joules = (
+            rapl.joules_since(start) / len(wall) if rapl is not None and start is not None else None
+        )
         samples = wall if clock == "wall" else cpu
-        return StepTiming(tuple(samples), torch.get_num_threads(), joules, clock,
-                          tuple(wall), tuple(cpu))
+        return StepTiming(
+            tuple(samples), torch.get_num_threads(), joules, clock, tuple(wall), tuple(cpu)
+        )
 
 
-def profile_ops(module: Callable[..., Any], inputs: Any, *,
-                n_threads: int | None = None) -> OpProfile:
+def profile_ops(
+    module: Callable[..., Any], inputs: Any, *, n_threads: int | None = None
+) -> OpProfile:
     """Self CPU time per top-level aten op of one call (see module doc)."""
     from torch.profiler import ProfilerActivity, profile
 

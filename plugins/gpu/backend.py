@@ -48,8 +48,10 @@ class GpuBackend(Backend):
     """The ``gpu`` backend (see module docstring)."""
 
     name = "gpu"
-    description = ("NVIDIA and AMD data-centre GPUs: roofline with GEMM tile/wave "
-                   "quantization, flash attention and NCCL-style collectives")
+    description = (
+        "NVIDIA and AMD data-centre GPUs: roofline with GEMM tile/wave "
+        "quantization, flash attention and NCCL-style collectives"
+    )
 
     def catalog(self) -> Mapping[str, DeviceSpec]:
         """The built-in GPU catalog (``plugins/gpu/catalog.yaml``)."""
@@ -127,7 +129,8 @@ class GpuBackend(Backend):
 
         assumptions = {
             f"gpu.efficiency.{f.name}": Figure(
-                float(getattr(eff, f.name)), assumption=f"GPU cost-model parameter; {origin}")
+                float(getattr(eff, f.name)), assumption=f"GPU cost-model parameter; {origin}"
+            )
             for f in fields(eff)
             if isinstance(getattr(eff, f.name), (int, float))
         }
@@ -140,7 +143,7 @@ class GpuBackend(Backend):
             catalog=self.devices(),
             reserve_bytes=eff.runtime_reserve_bytes,
             reserve_note="CUDA context, cuBLAS/attention workspaces and NCCL buffers "
-                         "(GpuEfficiency.runtime_reserve_bytes, assumption)",
+            "(GpuEfficiency.runtime_reserve_bytes, assumption)",
             assumptions=assumptions,
         )
 
@@ -162,4 +165,5 @@ class GpuBackend(Backend):
         eff, _ = self.efficiency(system)
         algorithm = str(system.options.get("collective_algorithm", "auto"))
         return collectives.collective_seconds(
-            kind, nbytes, group, self.link_topology(system, eff), algorithm)
+            kind, nbytes, group, self.link_topology(system, eff), algorithm
+        )

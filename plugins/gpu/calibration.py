@@ -44,8 +44,13 @@ class Calibration:
 
     def to_json(self) -> dict[str, Any]:
         """The file's JSON object."""
-        return {"device": self.device, "measured_on": self.measured_on, "date": self.date,
-                "command": self.command, "params": dict(self.params)}
+        return {
+            "device": self.device,
+            "measured_on": self.measured_on,
+            "date": self.date,
+            "command": self.command,
+            "params": dict(self.params),
+        }
 
     def apply(self, eff: GpuEfficiency | None = None) -> GpuEfficiency:
         """``eff`` (default parameters when ``None``) with the fitted ``params`` set."""
@@ -54,8 +59,10 @@ class Calibration:
     def cited(self) -> str:
         """Provenance text for 'Assumptions and sources'."""
         where = f" ({self.path})" if self.path else ""
-        return (f"calibration{where} measured on {self.measured_on} on {self.date} "
-                f"with `{self.command}`")
+        return (
+            f"calibration{where} measured on {self.measured_on} on {self.date} "
+            f"with `{self.command}`"
+        )
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -106,8 +113,14 @@ def load(path: str | Path) -> Calibration:
         )
     if not isinstance(raw["params"], dict):
         raise XpusimError(f"calibration file {str(p)!r}: 'params' must be an object.")
-    cal = Calibration(str(raw["device"]), str(raw["measured_on"]), str(raw["date"]),
-                      str(raw["command"]), dict(raw["params"]), str(p))
+    cal = Calibration(
+        str(raw["device"]),
+        str(raw["measured_on"]),
+        str(raw["date"]),
+        str(raw["command"]),
+        dict(raw["params"]),
+        str(p),
+    )
     apply(GpuEfficiency(), cal)  # validate names and types now
     return cal
 

@@ -140,8 +140,13 @@ class GpuEfficiency:
     """SMs assumed for a device whose catalog has no ``extra.sm_count`` (an A100's)."""
 
     def __post_init__(self) -> None:
-        for name in ("tensor_fraction", "memory_fraction", "attention_fraction",
-                     "link_fraction", "vector_ratio"):
+        for name in (
+            "tensor_fraction",
+            "memory_fraction",
+            "attention_fraction",
+            "link_fraction",
+            "vector_ratio",
+        ):
             v = getattr(self, name)
             if not 0 < v <= 1:
                 raise XpusimError(f"GPU efficiency parameter {name} must be in (0, 1], got {v}.")
@@ -192,12 +197,17 @@ class GpuCostModel:
     ``price_op`` for :class:`~engine.analytic.AnalyticCompiled`. ``decode_attention`` picks
     the decode-attention kernel (:data:`DECODE_ATTENTION`)."""
 
-    def __init__(self, device: DeviceSpec, eff: GpuEfficiency | None = None,
-                 decode_attention: str = "grouped") -> None:
+    def __init__(
+        self,
+        device: DeviceSpec,
+        eff: GpuEfficiency | None = None,
+        decode_attention: str = "grouped",
+    ) -> None:
         if decode_attention not in DECODE_ATTENTION:
             raise XpusimError(
                 f"decode_attention must be one of {', '.join(DECODE_ATTENTION)}, "
-                f"got {decode_attention!r}.")
+                f"got {decode_attention!r}."
+            )
         self.decode_attention = decode_attention
         self.device = device
         self.eff = eff or GpuEfficiency()
@@ -205,8 +215,9 @@ class GpuCostModel:
         self.sms = int(sm.value) if sm is not None else self.eff.default_sm_count
         self.bw = device.memory_bw.value * self.eff.memory_fraction
         vf = device.extra.get("vector_flops")
-        self.vector_flops = (vf.value if vf is not None
-                             else tensor_peak(device, "bf16") * self.eff.vector_ratio)
+        self.vector_flops = (
+            vf.value if vf is not None else tensor_peak(device, "bf16") * self.eff.vector_ratio
+        )
         self._peaks: dict[str, float] = {}
 
     def peak(self, dtype: str) -> float:
@@ -219,8 +230,9 @@ class GpuCostModel:
 
     # -- GEMM -------------------------------------------------------------------------
 
-    def gemm(self, m: int, n: int, k: int, batch: int, dtype: str, nbytes: float
-             ) -> tuple[OpTime, dict[str, float]]:
+    def gemm(
+        self, m: int, n: int, k: int, batch: int, dtype: str, nbytes: float
+    ) -> tuple[OpTime, dict[str, float]]:
         """Time of a (batched) GEMM and the chosen configuration
         (``tm``, ``tn``, ``split``, ``tiles``, ``waves``)."""
         e = self.eff
@@ -240,8 +252,12 @@ class GpuCostModel:
                 memory = (nbytes + partial) / self.bw
                 t = max(compute, memory)
                 if best is None or t < best[0] - 1e-15:
-                    best = (t, compute, memory, {"tm": tm, "tn": tn, "split": split,
-                                                 "tiles": tiles, "waves": waves})
+                    best = (
+                        t,
+                        compute,
+                        memory,
+                        {"tm": tm, "tn": tn, "split": split, "tiles": tiles, "waves": waves},
+                    )
         assert best is not None
         return OpTime(best[1], best[2], e.kernel_overhead_s), best[3]
 
@@ -263,10 +279,9 @@ class GpuCostModel:
             # masked MHA: one block per query head on CUDA cores, K/V not shared
             return OpTime(flops / self.vector_flops, per_head / self.bw, e.kernel_overhead_s)
         nbytes = min(op.bytes, per_head) if op.bytes > 0 else per_head
-        rows = q * group if decode else q        # a decode's group packed as MMA rows
+        rows = q * group if decode else q  # a decode's group packed as MMA rows
         pad = math.ceil(rows / 16) * 16 / rows
-        units = max(1, op.batch // (group if decode else 1)) * math.ceil(
-            rows / e.attention_block_q)
+        units = max(1, op.batch // (group if decode else 1)) * math.ceil(rows / e.attention_block_q)
         wave_factor = 1.0
         if units >= self.sms:
             wave_factor = math.ceil(units / self.sms) * self.sms / units
@@ -284,9 +299,15 @@ class GpuCostModel:
             if len(op.dims) >= 3:
                 m, n, kk = (int(x) for x in op.dims[:3])
                 return self.gemm(m, n, kk, op.batch, op.dtype, op.bytes)[0]
-            return OpTime(op.flops / (self.peak(op.dtype) * self.eff.tensor_fraction),
-                          op.bytes / self.bw, self.eff.kernel_overhead_s)
+            return OpTime(
+                op.flops / (self.peak(op.dtype) * self.eff.tensor_fraction),
+                op.bytes / self.bw,
+                self.eff.kernel_overhead_s,
+            )
         if k is OpKind.ATTENTION:
             return self.attention(op)
-        return OpTime(op.flops / self.vector_flops if op.flops else 0.0,
-                      op.bytes / self.bw, self.eff.kernel_overhead_s)
+        return OpTime(
+            op.flops / self.vector_flops if op.flops else 0.0,
+            op.bytes / self.bw,
+            self.eff.kernel_overhead_s,
+        )

@@ -37,17 +37,35 @@ from plugins.gpu.calibration import Calibration, save
 from plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
 
 GEMM_SHAPES: tuple[tuple[int, int, int], ...] = (
-    (1, 4096, 4096), (8, 4096, 4096), (32, 4096, 4096), (128, 4096, 4096), (512, 4096, 4096),
-    (2048, 4096, 4096), (4096, 4096, 4096), (8192, 8192, 8192), (1024, 1024, 1024),
-    (2048, 11008, 4096), (2048, 4096, 11008), (16, 14336, 4096), (256, 256, 256),
-    (4096, 128, 4096), (333, 777, 1999),
+    (1, 4096, 4096),
+    (8, 4096, 4096),
+    (32, 4096, 4096),
+    (128, 4096, 4096),
+    (512, 4096, 4096),
+    (2048, 4096, 4096),
+    (4096, 4096, 4096),
+    (8192, 8192, 8192),
+    (1024, 1024, 1024),
+    (2048, 11008, 4096),
+    (2048, 4096, 11008),
+    (16, 14336, 4096),
+    (256, 256, 256),
+    (4096, 128, 4096),
+    (333, 777, 1999),
 )
-GEMM_QUICK: tuple[tuple[int, int, int], ...] = ((1, 4096, 4096), (512, 4096, 4096),
-                                                (4096, 4096, 4096))
+GEMM_QUICK: tuple[tuple[int, int, int], ...] = (
+    (1, 4096, 4096),
+    (512, 4096, 4096),
+    (4096, 4096, 4096),
+)
 # (sequences x heads, queries, keys, head dim)
 ATTN_SHAPES: tuple[tuple[int, int, int, int], ...] = (
-    (32, 2048, 2048, 128), (64, 512, 512, 128), (256, 1, 2048, 128), (1024, 1, 1024, 128),
-    (32, 4096, 4096, 64), (8, 8192, 8192, 128),
+    (32, 2048, 2048, 128),
+    (64, 512, 512, 128),
+    (256, 1, 2048, 128),
+    (1024, 1, 1024, 128),
+    (32, 4096, 4096, 64),
+    (8, 8192, 8192, 128),
 )
 ATTN_QUICK: tuple[tuple[int, int, int, int], ...] = ((32, 2048, 2048, 128), (256, 1, 2048, 128))
 
@@ -57,16 +75,30 @@ _FRACTIONS = tuple(round(0.20 + 0.01 * i, 2) for i in range(81))  # 0.20 ... 1.0
 def gemm_op(m: int, n: int, k: int, dtype: str) -> Op:
     """The :class:`Op` of one ``m x n x k`` GEMM (A, B and C once)."""
     b = dtype_bytes(dtype)
-    return Op("gemm", OpKind.MATMUL, flops=2.0 * m * n * k, bytes_read=(m * k + k * n) * b,
-              bytes_written=m * n * b, dims=(m, n, k), dtype=dtype)
+    return Op(
+        "gemm",
+        OpKind.MATMUL,
+        flops=2.0 * m * n * k,
+        bytes_read=(m * k + k * n) * b,
+        bytes_written=m * n * b,
+        dims=(m, n, k),
+        dtype=dtype,
+    )
 
 
 def attention_op(bh: int, q: int, kv: int, d: int, dtype: str) -> Op:
     """The :class:`Op` of one non-causal flash-attention call."""
     b = dtype_bytes(dtype)
-    return Op("attention", OpKind.ATTENTION, flops=4.0 * bh * q * kv * d,
-              bytes_read=bh * (q + 2 * kv) * d * b, bytes_written=bh * q * d * b,
-              dims=(q, kv, d), batch=bh, dtype=dtype)
+    return Op(
+        "attention",
+        OpKind.ATTENTION,
+        flops=4.0 * bh * q * kv * d,
+        bytes_read=bh * (q + 2 * kv) * d * b,
+        bytes_written=bh * q * d * b,
+        dims=(q, kv, d),
+        batch=bh,
+        dtype=dtype,
+    )
 
 
 def _log_err(model: GpuCostModel, pts: Sequence[tuple[Op, float]]) -> float:
@@ -103,8 +135,9 @@ def fit_params(device: DeviceSpec, points: Mapping[str, Any]) -> dict[str, float
         pts = pairs(key)
         if not pts:
             continue
-        best = min(_FRACTIONS, key=lambda f: _log_err(
-            GpuCostModel(device, _with(eff, {name: f})), pts))
+        best = min(
+            _FRACTIONS, key=lambda f: _log_err(GpuCostModel(device, _with(eff, {name: f})), pts)
+        )
         params[name] = best
         eff = _with(eff, {name: best})
     return params
@@ -117,7 +150,8 @@ def _cuda() -> Any:
         raise XpusimError(
             f"xpusim calibrate --backend gpu needs a CUDA GPU; this machine has none visible "
             f"to torch {torch.__version__} (a CPU-only build or no device). Run it on the GPU "
-            f"machine, then pass the file with --calibration FILE or options.calibration.")
+            f"machine, then pass the file with --calibration FILE or options.calibration."
+        )
     return torch
 
 
@@ -135,14 +169,15 @@ def _time(torch: Any, fn: Callable[[], Any], reps: int = 20, warmup: int = 3) ->
     return float(start.elapsed_time(end)) * 1e-3 / reps
 
 
-def measure(dtype: str = "bf16", quick: bool = False,
-            log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def measure(
+    dtype: str = "bf16", quick: bool = False, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Run the microbenchmarks on ``cuda:0`` (see module doc) and return the points."""
     torch = _cuda()
     say = log or (lambda _s: None)
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     dev = torch.device("cuda:0")
-    n = (256 if quick else 1024) * 2 ** 20 // 4
+    n = (256 if quick else 1024) * 2**20 // 4
     src = torch.empty(n, dtype=torch.float32, device=dev).normal_()
     dst = torch.empty_like(src)
     t = _time(torch, partial(dst.copy_, src))
@@ -152,32 +187,38 @@ def measure(dtype: str = "bf16", quick: bool = False,
     ovh = _time(torch, partial(one.add_, 1.0), reps=200)
     say(f"  copy {copy_bw / 1e9:.0f} GB/s, kernel overhead {ovh * 1e6:.1f} us")
     gemm = []
-    for m, nn, k in (GEMM_QUICK if quick else GEMM_SHAPES):
+    for m, nn, k in GEMM_QUICK if quick else GEMM_SHAPES:
         a = torch.randn(m, k, dtype=tdt, device=dev)
         b = torch.randn(k, nn, dtype=tdt, device=dev)
-        gemm.append({"op": gemm_op(m, nn, k, dtype),
-                     "seconds": _time(torch, partial(torch.mm, a, b))})
+        gemm.append(
+            {"op": gemm_op(m, nn, k, dtype), "seconds": _time(torch, partial(torch.mm, a, b))}
+        )
         del a, b
     attn = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    for bh, q, kv, d in (ATTN_QUICK if quick else ATTN_SHAPES):
+    for bh, q, kv, d in ATTN_QUICK if quick else ATTN_SHAPES:
         qq = torch.randn(1, bh, q, d, dtype=tdt, device=dev)
         kk = torch.randn(1, bh, kv, d, dtype=tdt, device=dev)
         vv = torch.randn(1, bh, kv, d, dtype=tdt, device=dev)
-        attn.append({"op": attention_op(bh, q, kv, d, dtype),
-                     "seconds": _time(torch, partial(sdpa, qq, kk, vv))})
+        attn.append(
+            {
+                "op": attention_op(bh, q, kv, d, dtype),
+                "seconds": _time(torch, partial(sdpa, qq, kk, vv)),
+            }
+        )
         del qq, kk, vv
-    return {"copy_bytes_per_s": copy_bw, "kernel_overhead_s": ovh, "gemm": gemm,
-            "attention": attn}
+    return {"copy_bytes_per_s": copy_bw, "kernel_overhead_s": ovh, "gemm": gemm, "attention": attn}
 
 
 def describe_machine() -> str:
     """GPU name, driver/CUDA and torch versions of ``cuda:0``."""
     torch = _cuda()
     props = torch.cuda.get_device_properties(0)
-    return (f"1x {props.name} ({props.total_memory / 2**30:.0f} GiB, "
-            f"{props.multi_processor_count} SMs), CUDA {torch.version.cuda}, torch "
-            f"{torch.__version__}")
+    return (
+        f"1x {props.name} ({props.total_memory / 2**30:.0f} GiB, "
+        f"{props.multi_processor_count} SMs), CUDA {torch.version.cuda}, torch "
+        f"{torch.__version__}"
+    )
 
 
 def match_device(catalog: Mapping[str, DeviceSpec], gpu_name: str) -> DeviceSpec:
@@ -194,13 +235,20 @@ def match_device(catalog: Mapping[str, DeviceSpec], gpu_name: str) -> DeviceSpec
     if best is None:
         raise XpusimError(
             f"the CUDA device {gpu_name!r} matches no GPU catalog device; known: "
-            f"{', '.join(sorted(catalog))}. Add it with register_devices first.")
+            f"{', '.join(sorted(catalog))}. Add it with register_devices first."
+        )
     return best[1]
 
 
-def calibrate_gpu(catalog: Mapping[str, DeviceSpec], out: str | Path | None = None, *,
-                  dtype: str = "bf16", quick: bool = False, command: str = "",
-                  log: Callable[[str], None] | None = None) -> tuple[Calibration, Path]:
+def calibrate_gpu(
+    catalog: Mapping[str, DeviceSpec],
+    out: str | Path | None = None,
+    *,
+    dtype: str = "bf16",
+    quick: bool = False,
+    command: str = "",
+    log: Callable[[str], None] | None = None,
+) -> tuple[Calibration, Path]:
     """Measure ``cuda:0``, fit, and write the calibration (default
     ``calibration-<device>.json`` in the working folder); return it and its path."""
     torch = _cuda()
@@ -213,9 +261,12 @@ def calibrate_gpu(catalog: Mapping[str, DeviceSpec], out: str | Path | None = No
     say("  fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
     path = Path(out) if out else Path(f"calibration-{spec.name}.json")
     cal = Calibration(
-        device=spec.name, measured_on=describe_machine(),
+        device=spec.name,
+        measured_on=describe_machine(),
         date=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         command=command or ("xpusim calibrate --backend gpu" + (f" --out {out}" if out else "")),
-        params=params, path=str(path))
+        params=params,
+        path=str(path),
+    )
     save(cal, path)
     return cal, path

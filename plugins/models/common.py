@@ -68,16 +68,22 @@ def validate_spec(
     merged: dict[str, Any] = dict(defaults or {})
     if preset is not None:
         if preset not in presets:
-            raise ScenarioError(unknown_message(
-                f"{family} preset", preset, list(presets), where="model.preset"))
+            raise ScenarioError(
+                unknown_message(f"{family} preset", preset, list(presets), where="model.preset")
+            )
         merged.update(presets[preset])
         merged.setdefault("name", preset)
     fields = cls.model_fields
     for key in spec:
         if key not in fields:
-            raise ScenarioError(unknown_message(
-                f"{family} model field", key, [f for f in fields if f != "name"],
-                where=f"model.{key}"))
+            raise ScenarioError(
+                unknown_message(
+                    f"{family} model field",
+                    key,
+                    [f for f in fields if f != "name"],
+                    where=f"model.{key}",
+                )
+            )
     merged.update(spec)
     merged.setdefault("name", family)
     try:
@@ -122,24 +128,58 @@ def backward_op(op: Op) -> list[Op]:
             w_bytes = op.bytes_read * n / (m + n) if m + n else 0.0
         x_bytes = max(0.0, op.bytes_read - w_bytes)
         y_bytes = op.bytes_written
-        dx = replace(op, name=f"bwd.{op.name}.dx", bytes_read=y_bytes + w_bytes,
-                     bytes_written=x_bytes, dims=(m, k, n))
-        dw = replace(op, name=f"bwd.{op.name}.dw", bytes_read=x_bytes + y_bytes,
-                     bytes_written=w_bytes, param_bytes=0.0, dims=(k, n, m))
+        dx = replace(
+            op,
+            name=f"bwd.{op.name}.dx",
+            bytes_read=y_bytes + w_bytes,
+            bytes_written=x_bytes,
+            dims=(m, k, n),
+        )
+        dw = replace(
+            op,
+            name=f"bwd.{op.name}.dw",
+            bytes_read=x_bytes + y_bytes,
+            bytes_written=w_bytes,
+            param_bytes=0.0,
+            dims=(k, n, m),
+        )
         return [dx, dw]
-    return [Op(
-        name=f"bwd.{op.name}", kind=op.kind, flops=2 * op.flops,
-        bytes_read=op.bytes_read + op.bytes_written,
-        bytes_written=op.bytes_read, param_bytes=op.param_bytes, dims=op.dims,
-        batch=op.batch, count=op.count, dtype=op.dtype, layer=op.layer, attrs=op.attrs,
-    )]
+    return [
+        Op(
+            name=f"bwd.{op.name}",
+            kind=op.kind,
+            flops=2 * op.flops,
+            bytes_read=op.bytes_read + op.bytes_written,
+            bytes_written=op.bytes_read,
+            param_bytes=op.param_bytes,
+            dims=op.dims,
+            batch=op.batch,
+            count=op.count,
+            dtype=op.dtype,
+            layer=op.layer,
+            attrs=op.attrs,
+        )
+    ]
 
 
 def _renamed(op: Op, prefix: str) -> Op:
-    return Op(name=f"{prefix}{op.name}", kind=op.kind, flops=op.flops, bytes_read=op.bytes_read,
-              bytes_written=op.bytes_written, param_bytes=op.param_bytes, dims=op.dims,
-              batch=op.batch, count=op.count, dtype=op.dtype, collective=op.collective,
-              comm_bytes=op.comm_bytes, group=op.group, layer=op.layer, attrs=op.attrs)
+    return Op(
+        name=f"{prefix}{op.name}",
+        kind=op.kind,
+        flops=op.flops,
+        bytes_read=op.bytes_read,
+        bytes_written=op.bytes_written,
+        param_bytes=op.param_bytes,
+        dims=op.dims,
+        batch=op.batch,
+        count=op.count,
+        dtype=op.dtype,
+        collective=op.collective,
+        comm_bytes=op.comm_bytes,
+        group=op.group,
+        layer=op.layer,
+        attrs=op.attrs,
+    )
 
 
 def backward_ops(ops: Iterable[Op]) -> list[Op]:
@@ -164,17 +204,32 @@ def adam_op(params: float, dtype: str, parallel: Parallelism | None = None) -> O
     master = 4.0 if e < 4 else 0.0
     n = params / par.data if par.zero >= 1 else params
     return Op(
-        name="optimizer.adam", kind=OpKind.OPTIMIZER, flops=ADAM_FLOPS_PER_PARAM * n,
-        bytes_read=n * (2 * e + 8 + master), bytes_written=n * (e + 8 + master),
-        param_bytes=n * e, dims=(max(1, math.ceil(n)),), dtype=dtype, layer="optimizer",
+        name="optimizer.adam",
+        kind=OpKind.OPTIMIZER,
+        flops=ADAM_FLOPS_PER_PARAM * n,
+        bytes_read=n * (2 * e + 8 + master),
+        bytes_written=n * (e + 8 + master),
+        param_bytes=n * e,
+        dims=(max(1, math.ceil(n)),),
+        dtype=dtype,
+        layer="optimizer",
     )
 
 
-def collective(name: str, kind: Collective, nbytes: float, group: int, count: int,
-               dtype: str, layer: str = "") -> Op:
+def collective(
+    name: str, kind: Collective, nbytes: float, group: int, count: int, dtype: str, layer: str = ""
+) -> Op:
     """A collective op of ``nbytes`` payload per device over ``group`` devices."""
-    return Op(name=name, kind=OpKind.COLLECTIVE, collective=kind, comm_bytes=nbytes,
-              group=group, count=count, dtype=dtype, layer=layer)
+    return Op(
+        name=name,
+        kind=OpKind.COLLECTIVE,
+        collective=kind,
+        comm_bytes=nbytes,
+        group=group,
+        count=count,
+        dtype=dtype,
+        layer=layer,
+    )
 
 
 # --- graphs from a trace ---------------------------------------------------------------
@@ -222,9 +277,14 @@ class TracedModelGraph(ModelGraph):
             m = self.meta_module()
             n = float(sum(p.numel() for p in m.parameters()))
             self._info = ModelInfo(
-                name=self._name, family=self.family_name, kind=self.model_kind,
-                dtype=self.dtype, params=n, active_params=n,
-                param_bytes=n * dtype_bytes(self.dtype), flops_per_token=0.0,
+                name=self._name,
+                family=self.family_name,
+                kind=self.model_kind,
+                dtype=self.dtype,
+                params=n,
+                active_params=n,
+                param_bytes=n * dtype_bytes(self.dtype),
+                flops_per_token=0.0,
                 config=self.config,
             )
         return self._info
@@ -249,8 +309,7 @@ class TracedModelGraph(ModelGraph):
 
         key = self._trace_key(shape)
         if key not in self._traces:
-            tr = trace_module(self.meta_module(), self.example_inputs(shape, "meta"),
-                              self.dtype)
+            tr = trace_module(self.meta_module(), self.example_inputs(shape, "meta"), self.dtype)
             self._traces[key] = tr
             for n, c in tr.unknown_ops.items():
                 self.unknown_ops[n] = max(self.unknown_ops.get(n, 0), c)
@@ -288,8 +347,9 @@ class TracedModelGraph(ModelGraph):
             ops += recompute_ops(fwd.ops)
         ops += backward_ops(fwd.ops)
         ops.append(adam_op(self.info.params, self.dtype, par))
-        return OpGraph(phase=Phase.TRAIN, ops=tuple(ops), shape=shape, dtype=self.dtype,
-                       notes=fwd.notes)
+        return OpGraph(
+            phase=Phase.TRAIN, ops=tuple(ops), shape=shape, dtype=self.dtype, notes=fwd.notes
+        )
 
 
 def shape_or_error(factory: Callable[[], Any], what: str) -> Any:

@@ -33,9 +33,15 @@ from plugins.models.common import TracedModelGraph, shape_or_error, validate_spe
 __all__ = ["FAMILIES", "InputSpec", "TorchModel", "TorchModelConfig"]
 
 INPUT_DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-    "fp64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int8": torch.int8,
-    "uint8": torch.uint8, "bool": torch.bool,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
 }
 """Input tensor dtypes a ``torch`` model's ``inputs`` may name."""
 
@@ -46,8 +52,9 @@ class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     shape: list[PositiveInt] = Field(min_length=1)
-    dtype: Literal["fp32", "fp16", "bf16", "fp64", "int64", "int32", "int8", "uint8",
-                   "bool"] = "fp32"
+    dtype: Literal["fp32", "fp16", "bf16", "fp64", "int64", "int32", "int8", "uint8", "bool"] = (
+        "fp32"
+    )
 
 
 class TorchModelConfig(BaseModel):
@@ -72,14 +79,16 @@ class TorchModelConfig(BaseModel):
 
 def _load_factory(path: str) -> Any:
     mod_name, _, attr = path.partition(":")
-    mod = shape_or_error(lambda: importlib.import_module(mod_name),
-                         f"model.module: cannot import {mod_name!r}")
+    mod = shape_or_error(
+        lambda: importlib.import_module(mod_name), f"model.module: cannot import {mod_name!r}"
+    )
     obj: Any = mod
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ScenarioError(
                 f"model.module: {mod_name!r} has no attribute {attr!r}; it defines: "
-                f"{', '.join(n for n in dir(mod) if not n.startswith('_'))[:300]}")
+                f"{', '.join(n for n in dir(mod) if not n.startswith('_'))[:300]}"
+            )
         obj = getattr(obj, part)
     if not callable(obj):
         raise ScenarioError(f"model.module: {path!r} is not callable")
@@ -100,8 +109,10 @@ class TorchModel(TracedModelGraph):
         # build and trace once now, so a bad factory or bad inputs fail at validation
         self.meta_module()
         batch = self._specs()[0].shape[0]
-        shape_or_error(lambda: self.trace(Shape(Phase.FORWARD, batch=batch)),
-                       f"model.inputs: module {cfg.module!r} failed on the given inputs")
+        shape_or_error(
+            lambda: self.trace(Shape(Phase.FORWARD, batch=batch)),
+            f"model.inputs: module {cfg.module!r} failed on the given inputs",
+        )
 
     def _specs(self) -> list[InputSpec]:
         ins = self.cfg.inputs
@@ -120,6 +131,7 @@ class TorchModel(TracedModelGraph):
     def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
         """The declared inputs with the first dimension set to ``shape.batch``; a mapping
         of keyword inputs is returned as a one-element tuple holding the dict."""
+
         def make(spec: InputSpec) -> torch.Tensor:
             dims = [max(1, shape.batch), *spec.shape[1:]]
             return torch.zeros(dims, dtype=INPUT_DTYPES[spec.dtype], device=device)

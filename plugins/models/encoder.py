@@ -74,8 +74,7 @@ class _EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, hid = x.shape
-        q, k, v = (y.view(b, t, self.h, self.d).transpose(1, 2)
-                   for y in self.qkv(x).split(hid, -1))
+        q, k, v = (y.view(b, t, self.h, self.d).transpose(1, 2) for y in self.qkv(x).split(hid, -1))
         o = F.scaled_dot_product_attention(q, k, v)
         x = self.ln1(x + self.out(o.transpose(1, 2).reshape(b, t, hid)))
         return self.ln2(x + self.fc2(F.gelu(self.fc1(x))))
@@ -120,10 +119,17 @@ class EncoderModel(ModelGraph):
         total = c.layers * layer + emb + h * h + h
         e = dtype_bytes(c.dtype)
         self.info = ModelInfo(
-            name=c.name, family="bert", kind="encoder", dtype=c.dtype, params=float(total),
-            active_params=float(total), param_bytes=float(total * e),
-            flops_per_token=float(2 * c.layers * (4 * h * h + 2 * h * f)), layers=c.layers,
-            max_seq_len=c.seq_len, config=c.model_dump(),
+            name=c.name,
+            family="bert",
+            kind="encoder",
+            dtype=c.dtype,
+            params=float(total),
+            active_params=float(total),
+            param_bytes=float(total * e),
+            flops_per_token=float(2 * c.layers * (4 * h * h + 2 * h * f)),
+            layers=c.layers,
+            max_seq_len=c.seq_len,
+            config=c.model_dump(),
         )
 
     def module(self, device: str = "meta") -> torch.nn.Module:
@@ -149,12 +155,14 @@ class EncoderModel(ModelGraph):
         c = self.cfg
         if shape.phase not in (Phase.FORWARD, Phase.TRAIN):
             raise UnsupportedError(
-                f"encoder {c.name!r} runs forward and train steps, not {shape.phase.value}")
+                f"encoder {c.name!r} runs forward and train steps, not {shape.phase.value}"
+            )
         t = par.tensor
         if c.heads % t or c.ffn % t:
             raise ScenarioError(
                 f"parallelism.tensor={t} must divide heads={c.heads} and ffn_hidden={c.ffn}; "
-                f"valid: {_divisors(math.gcd(c.heads, c.ffn))}")
+                f"valid: {_divisors(math.gcd(c.heads, c.ffn))}"
+            )
         if shape.tokens > c.seq_len:
             raise ScenarioError(f"{shape.tokens} tokens exceed seq_len {c.seq_len} of {c.name!r}")
         n_l = math.ceil(c.layers / par.pipeline)
@@ -165,8 +173,17 @@ class EncoderModel(ModelGraph):
         b = _Builder(c.dtype, n_l)
 
         def norm(name: str, count: int | None = None, layer: str = "layer") -> None:
-            b.ew(name, OpKind.NORM, big_t * h, big_t * h + 2 * h, big_t * h,
-                 NORM_FLOPS * big_t * h, 2 * h, count, layer)
+            b.ew(
+                name,
+                OpKind.NORM,
+                big_t * h,
+                big_t * h + 2 * h,
+                big_t * h,
+                NORM_FLOPS * big_t * h,
+                2 * h,
+                count,
+                layer,
+            )
 
         def add(name: str) -> None:
             b.ew(name, OpKind.ELEMENTWISE, big_t * h, 2 * big_t * h, big_t * h, big_t * h)
@@ -176,21 +193,57 @@ class EncoderModel(ModelGraph):
                 b.coll(f"{name}.all_reduce", Collective.ALL_REDUCE, big_t * h * e, t)
 
         if par.pipeline == 1:
-            b.raw("embed", OpKind.EMBEDDING, big_t * h, big_t * INDEX_BYTES + big_t * h * e,
-                  big_t * h * e, 0.0, big_t * h * e, count=1, layer="embed")
-            b.ew("pos_embed.add", OpKind.ELEMENTWISE, big_t * h, big_t * h + s * h, big_t * h,
-                 big_t * h, s * h, count=1, layer="embed")
-            b.ew("type_embed.add", OpKind.ELEMENTWISE, big_t * h, big_t * h + h, big_t * h,
-                 big_t * h, h, count=1, layer="embed")
+            b.raw(
+                "embed",
+                OpKind.EMBEDDING,
+                big_t * h,
+                big_t * INDEX_BYTES + big_t * h * e,
+                big_t * h * e,
+                0.0,
+                big_t * h * e,
+                count=1,
+                layer="embed",
+            )
+            b.ew(
+                "pos_embed.add",
+                OpKind.ELEMENTWISE,
+                big_t * h,
+                big_t * h + s * h,
+                big_t * h,
+                big_t * h,
+                s * h,
+                count=1,
+                layer="embed",
+            )
+            b.ew(
+                "type_embed.add",
+                OpKind.ELEMENTWISE,
+                big_t * h,
+                big_t * h + h,
+                big_t * h,
+                big_t * h,
+                h,
+                count=1,
+                layer="embed",
+            )
             norm("embed.ln", count=1, layer="embed")
         start = len(b.ops)
         b.gemm("attn.qkv", big_t, 3 * hd * d, h, True)
-        b.ops.append(Op(
-            name="attn.core", kind=OpKind.ATTENTION, flops=4.0 * d * s * s * hd * bsz,
-            bytes_read=3 * big_t * hd * d * e, bytes_written=big_t * hd * d * e,
-            dims=(s, s, d), batch=hd * bsz, count=n_l, dtype=c.dtype, layer="layer",
-            attrs=(("causal", 0.0),),
-        ))
+        b.ops.append(
+            Op(
+                name="attn.core",
+                kind=OpKind.ATTENTION,
+                flops=4.0 * d * s * s * hd * bsz,
+                bytes_read=3 * big_t * hd * d * e,
+                bytes_written=big_t * hd * d * e,
+                dims=(s, s, d),
+                batch=hd * bsz,
+                count=n_l,
+                dtype=c.dtype,
+                layer="layer",
+                attrs=(("causal", 0.0),),
+            )
+        )
         b.gemm("attn.out", big_t, h, hd * d, True)
         reduce("attn")
         add("attn.residual")
@@ -203,11 +256,21 @@ class EncoderModel(ModelGraph):
         norm("ln2")
         layer_ops = b.ops[start:]
         b.gemm("pooler.dense", bsz, h, h, True, count=1, layer="head")
-        b.ew("pooler.tanh", OpKind.ELEMENTWISE, bsz * h, bsz * h, bsz * h, bsz * h, count=1,
-             layer="head")
+        b.ew(
+            "pooler.tanh",
+            OpKind.ELEMENTWISE,
+            bsz * h,
+            bsz * h,
+            bsz * h,
+            bsz * h,
+            count=1,
+            layer="head",
+        )
         ops = list(b.ops)
-        notes = [f"encoder {c.name}: {n_l} of {c.layers} layers on this device; "
-                 "bidirectional attention (no causal halving)"]
+        notes = [
+            f"encoder {c.name}: {n_l} of {c.layers} layers on this device; "
+            "bidirectional attention (no causal halving)"
+        ]
         if shape.phase is Phase.TRAIN:
             extra = []
             if shape.recompute == "full":
@@ -216,8 +279,9 @@ class EncoderModel(ModelGraph):
                 extra = recompute_ops(o for o in layer_ops if o.kind is OpKind.ATTENTION)
             params = self.info.params / (t * par.pipeline)
             ops = ops + extra + backward_ops(ops) + [adam_op(params, c.dtype, par)]
-        return OpGraph(phase=shape.phase, ops=tuple(ops), shape=shape, dtype=c.dtype,
-                       notes=tuple(notes))
+        return OpGraph(
+            phase=shape.phase, ops=tuple(ops), shape=shape, dtype=c.dtype, notes=tuple(notes)
+        )
 
 
 class EncoderFamily(ModelFamily):

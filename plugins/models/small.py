@@ -69,7 +69,8 @@ class CNNConfig(BaseModel):
         if self.image_size < 2 ** len(self.channels):
             raise ValueError(
                 f"image_size={self.image_size} is too small for {len(self.channels)} "
-                f"pooling stages (needs >= {2 ** len(self.channels)})")
+                f"pooling stages (needs >= {2 ** len(self.channels)})"
+            )
         if self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd (same padding), got {self.kernel}")
         return self
@@ -83,8 +84,11 @@ class CNN(nn.Module):
         mods: list[nn.Module] = []
         cin, size = c.in_channels, c.image_size
         for ch in c.channels:
-            mods += [nn.Conv2d(cin, ch, c.kernel, padding=c.kernel // 2), nn.ReLU(),
-                     nn.MaxPool2d(2)]
+            mods += [
+                nn.Conv2d(cin, ch, c.kernel, padding=c.kernel // 2),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             cin, size = ch, size // 2
         self.features = nn.Sequential(*mods)
         self.fc = nn.Linear(cin * size * size, c.num_classes)
@@ -110,8 +114,14 @@ class MLPModel(TracedModelGraph):
 
     def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
         """``(x,)`` of ``[batch, sizes[0]]``."""
-        return (torch.zeros(max(1, shape.batch), self.cfg.sizes[0],
-                            dtype=torch_dtype(self.cfg.dtype), device=device),)
+        return (
+            torch.zeros(
+                max(1, shape.batch),
+                self.cfg.sizes[0],
+                dtype=torch_dtype(self.cfg.dtype),
+                device=device,
+            ),
+        )
 
 
 class CNNModel(TracedModelGraph):
@@ -132,8 +142,16 @@ class CNNModel(TracedModelGraph):
     def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
         """``(images,)`` of ``[batch, in_channels, image_size, image_size]``."""
         c = self.cfg
-        return (torch.zeros(max(1, shape.batch), c.in_channels, c.image_size, c.image_size,
-                            dtype=torch_dtype(c.dtype), device=device),)
+        return (
+            torch.zeros(
+                max(1, shape.batch),
+                c.in_channels,
+                c.image_size,
+                c.image_size,
+                dtype=torch_dtype(c.dtype),
+                device=device,
+            ),
+        )
 
 
 class MLPFamily(ModelFamily):

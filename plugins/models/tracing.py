@@ -106,8 +106,12 @@ class Trace(list[TracedOp]):
     it ran; ``zero_cost_ops`` does the same for the view/metadata ops that cost nothing.
     """
 
-    def __init__(self, ops: Sequence[TracedOp] = (), unknown_ops: Mapping[str, int] | None = None,
-                 zero_cost_ops: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        ops: Sequence[TracedOp] = (),
+        unknown_ops: Mapping[str, int] | None = None,
+        zero_cost_ops: Mapping[str, int] | None = None,
+    ) -> None:
         super().__init__(ops)
         self.unknown_ops: dict[str, int] = dict(unknown_ops or {})
         self.zero_cost_ops: dict[str, int] = dict(zero_cost_ops or {})
@@ -130,75 +134,378 @@ class Trace(list[TracedOp]):
 # --- op tables ----------------------------------------------------------------------
 
 _GEMM = {"mm", "addmm", "bmm", "baddbmm", "mv", "addmv", "dot", "addbmm", "_scaled_mm"}
-_CONV = {"convolution", "_convolution", "convolution_overrideable", "cudnn_convolution",
-         "mkldnn_convolution", "conv2d", "conv1d", "conv3d"}
-_SDPA = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
-         "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
-         "_scaled_dot_product_flash_attention_for_cpu", "_flash_attention_forward",
-         "_efficient_attention_forward"}
-_NORM = {"native_layer_norm", "layer_norm", "native_batch_norm", "_native_batch_norm_legit",
-         "_native_batch_norm_legit_no_training", "native_group_norm", "rms_norm",
-         "_fused_rms_norm", "batch_norm", "group_norm", "instance_norm"}
+_CONV = {
+    "convolution",
+    "_convolution",
+    "convolution_overrideable",
+    "cudnn_convolution",
+    "mkldnn_convolution",
+    "conv2d",
+    "conv1d",
+    "conv3d",
+}
+_SDPA = {
+    "scaled_dot_product_attention",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_flash_attention_forward",
+    "_efficient_attention_forward",
+}
+_NORM = {
+    "native_layer_norm",
+    "layer_norm",
+    "native_batch_norm",
+    "_native_batch_norm_legit",
+    "_native_batch_norm_legit_no_training",
+    "native_group_norm",
+    "rms_norm",
+    "_fused_rms_norm",
+    "batch_norm",
+    "group_norm",
+    "instance_norm",
+}
 _SOFTMAX = {"_softmax", "_log_softmax", "_safe_softmax", "softmax", "log_softmax"}
 _EMBED = {"embedding", "embedding_bag", "_embedding_bag"}
-_POOL = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices",
-         "max_pool3d_with_indices", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-         "adaptive_avg_pool1d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d",
-         "adaptive_avg_pool3d", "_adaptive_avg_pool3d", "adaptive_max_pool2d",
-         "adaptive_max_pool1d", "adaptive_max_pool3d", "_mkldnn_adaptive_avg_pool2d"}
+_POOL = {
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "max_pool2d_with_indices",
+    "max_pool3d_with_indices",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "_adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "_adaptive_avg_pool3d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool3d",
+    "_mkldnn_adaptive_avg_pool2d",
+}
 # Elementwise ops that move data without arithmetic (0 FLOPs).
-_COPY = {"_to_copy", "copy_", "copy", "clone", "cat", "stack", "constant_pad_nd", "pad",
-         "index_select", "gather", "index", "_unsafe_index", "index_put", "index_put_",
-         "scatter", "scatter_", "masked_scatter", "topk", "sort", "argsort", "zeros",
-         "ones", "full", "zeros_like", "ones_like", "full_like", "fill_", "zero_", "fill",
-         "arange", "flip", "roll", "repeat", "tril", "triu", "where", "masked_fill",
-         "masked_fill_", "_unsafe_index_put", "new_zeros", "new_ones", "new_full",
-         "repeat_interleave", "upsample_nearest2d", "upsample_nearest1d", "_reshape_copy",
-         "lift_fresh_copy", "select_scatter", "slice_scatter", "diagonal_scatter",
-         "as_strided_scatter", "bernoulli_", "bernoulli", "rand", "randn", "rand_like",
-         "randn_like", "uniform_", "normal_", "native_dropout", "dropout"}
-_LIKE = {"zeros_like", "ones_like", "full_like", "rand_like", "randn_like", "new_zeros",
-         "new_ones", "new_full", "fill_", "zero_", "uniform_", "normal_", "bernoulli_"}
+_COPY = {
+    "_to_copy",
+    "copy_",
+    "copy",
+    "clone",
+    "cat",
+    "stack",
+    "constant_pad_nd",
+    "pad",
+    "index_select",
+    "gather",
+    "index",
+    "_unsafe_index",
+    "index_put",
+    "index_put_",
+    "scatter",
+    "scatter_",
+    "masked_scatter",
+    "topk",
+    "sort",
+    "argsort",
+    "zeros",
+    "ones",
+    "full",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "fill_",
+    "zero_",
+    "fill",
+    "arange",
+    "flip",
+    "roll",
+    "repeat",
+    "tril",
+    "triu",
+    "where",
+    "masked_fill",
+    "masked_fill_",
+    "_unsafe_index_put",
+    "new_zeros",
+    "new_ones",
+    "new_full",
+    "repeat_interleave",
+    "upsample_nearest2d",
+    "upsample_nearest1d",
+    "_reshape_copy",
+    "lift_fresh_copy",
+    "select_scatter",
+    "slice_scatter",
+    "diagonal_scatter",
+    "as_strided_scatter",
+    "bernoulli_",
+    "bernoulli",
+    "rand",
+    "randn",
+    "rand_like",
+    "randn_like",
+    "uniform_",
+    "normal_",
+    "native_dropout",
+    "dropout",
+}
+_LIKE = {
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "rand_like",
+    "randn_like",
+    "new_zeros",
+    "new_ones",
+    "new_full",
+    "fill_",
+    "zero_",
+    "uniform_",
+    "normal_",
+    "bernoulli_",
+}
 _GATHER = {"embedding", "index_select", "gather", "index", "_unsafe_index"}
-_REDUCE = {"sum", "mean", "amax", "amin", "max", "min", "prod", "var", "std", "var_mean",
-           "std_mean", "norm", "linalg_vector_norm", "logsumexp", "cumsum", "cumprod",
-           "argmax", "argmin", "all", "any", "count_nonzero", "nansum", "aminmax"}
+_REDUCE = {
+    "sum",
+    "mean",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "prod",
+    "var",
+    "std",
+    "var_mean",
+    "std_mean",
+    "norm",
+    "linalg_vector_norm",
+    "logsumexp",
+    "cumsum",
+    "cumprod",
+    "argmax",
+    "argmin",
+    "all",
+    "any",
+    "count_nonzero",
+    "nansum",
+    "aminmax",
+}
 _ARITH = {
-    "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "neg", "neg_",
-    "relu", "relu_", "gelu", "gelu_", "silu", "silu_", "sigmoid", "sigmoid_", "tanh",
-    "tanh_", "exp", "exp_", "exp2", "expm1", "log", "log_", "log1p", "log2", "pow", "pow_",
-    "rsqrt", "rsqrt_", "sqrt", "sqrt_", "clamp", "clamp_", "clamp_min", "clamp_min_",
-    "clamp_max", "clamp_max_", "abs", "abs_", "maximum", "minimum", "threshold",
-    "threshold_", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "elu", "elu_",
-    "softplus", "erf", "erf_", "sin", "cos", "floor_divide", "remainder", "fmod", "eq",
-    "ne", "lt", "gt", "le", "ge", "logical_and", "logical_or", "logical_not", "logical_xor",
-    "bitwise_and", "bitwise_or", "bitwise_not", "bitwise_xor", "reciprocal", "reciprocal_",
-    "square", "addcmul", "addcmul_", "addcdiv", "addcdiv_", "lerp", "lerp_", "sign", "floor",
-    "ceil", "round", "trunc", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_",
-    "mish", "mish_", "selu", "celu", "glu", "sgn", "isnan", "isinf", "nan_to_num",
-    "heaviside", "atan2", "sinh", "cosh", "atan", "asin", "acos", "frac", "xlogy",
-    "logit", "prelu", "_prelu_kernel", "silu_backward", "gelu_backward", "threshold_backward",
-    "sigmoid_backward", "tanh_backward", "index_add", "index_add_", "scatter_add",
-    "scatter_add_", "scatter_reduce", "_log_softmax_backward_data",
-    "_softmax_backward_data", "nll_loss_forward", "nll_loss", "mse_loss", "l1_loss",
-    "binary_cross_entropy", "binary_cross_entropy_with_logits", "smooth_l1_loss",
-    "huber_loss", "cross_entropy_loss",
+    "add",
+    "add_",
+    "sub",
+    "sub_",
+    "rsub",
+    "mul",
+    "mul_",
+    "div",
+    "div_",
+    "neg",
+    "neg_",
+    "relu",
+    "relu_",
+    "gelu",
+    "gelu_",
+    "silu",
+    "silu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "exp",
+    "exp_",
+    "exp2",
+    "expm1",
+    "log",
+    "log_",
+    "log1p",
+    "log2",
+    "pow",
+    "pow_",
+    "rsqrt",
+    "rsqrt_",
+    "sqrt",
+    "sqrt_",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "clamp_min_",
+    "clamp_max",
+    "clamp_max_",
+    "abs",
+    "abs_",
+    "maximum",
+    "minimum",
+    "threshold",
+    "threshold_",
+    "hardtanh",
+    "hardtanh_",
+    "leaky_relu",
+    "leaky_relu_",
+    "elu",
+    "elu_",
+    "softplus",
+    "erf",
+    "erf_",
+    "sin",
+    "cos",
+    "floor_divide",
+    "remainder",
+    "fmod",
+    "eq",
+    "ne",
+    "lt",
+    "gt",
+    "le",
+    "ge",
+    "logical_and",
+    "logical_or",
+    "logical_not",
+    "logical_xor",
+    "bitwise_and",
+    "bitwise_or",
+    "bitwise_not",
+    "bitwise_xor",
+    "reciprocal",
+    "reciprocal_",
+    "square",
+    "addcmul",
+    "addcmul_",
+    "addcdiv",
+    "addcdiv_",
+    "lerp",
+    "lerp_",
+    "sign",
+    "floor",
+    "ceil",
+    "round",
+    "trunc",
+    "hardswish",
+    "hardswish_",
+    "hardsigmoid",
+    "hardsigmoid_",
+    "mish",
+    "mish_",
+    "selu",
+    "celu",
+    "glu",
+    "sgn",
+    "isnan",
+    "isinf",
+    "nan_to_num",
+    "heaviside",
+    "atan2",
+    "sinh",
+    "cosh",
+    "atan",
+    "asin",
+    "acos",
+    "frac",
+    "xlogy",
+    "logit",
+    "prelu",
+    "_prelu_kernel",
+    "silu_backward",
+    "gelu_backward",
+    "threshold_backward",
+    "sigmoid_backward",
+    "tanh_backward",
+    "index_add",
+    "index_add_",
+    "scatter_add",
+    "scatter_add_",
+    "scatter_reduce",
+    "_log_softmax_backward_data",
+    "_softmax_backward_data",
+    "nll_loss_forward",
+    "nll_loss",
+    "mse_loss",
+    "l1_loss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "smooth_l1_loss",
+    "huber_loss",
+    "cross_entropy_loss",
 }
 # Views and metadata: no data moves.
 _ZERO = {
-    "view", "_unsafe_view", "reshape", "_reshape_alias", "t", "transpose", "transpose_",
-    "permute", "expand", "expand_as", "slice", "select", "unsqueeze", "unsqueeze_",
-    "squeeze", "squeeze_", "as_strided", "alias", "detach", "detach_", "split",
-    "split_with_sizes", "chunk", "unbind", "narrow", "view_as_real", "view_as_complex",
-    "unfold", "diagonal", "lift_fresh", "lift", "empty", "empty_like", "empty_strided",
-    "new_empty", "new_empty_strided", "scalar_tensor", "_local_scalar_dense",
-    "is_same_size", "_has_compatible_shallow_copy_type", "sym_size", "sym_stride",
-    "sym_numel", "sym_storage_offset", "_assert_async", "_assert_tensor_metadata",
-    "_make_dep_token", "_to_dtype_layout", "contiguous", "flatten", "unflatten", "movedim",
-    "swapaxes", "swapdims", "view_as", "set_", "resize_", "_conj", "conj", "_neg_view",
-    "resolve_conj", "resolve_neg", "_functionalize_sync", "dim", "size", "stride",
-    "prim_layout", "_nested_tensor_from_mask_left_aligned", "tensor_split", "hsplit",
-    "vsplit", "positive", "_assert_scalar", "sym_constrain_range_for_size", "result_type",
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "_reshape_alias",
+    "t",
+    "transpose",
+    "transpose_",
+    "permute",
+    "expand",
+    "expand_as",
+    "slice",
+    "select",
+    "unsqueeze",
+    "unsqueeze_",
+    "squeeze",
+    "squeeze_",
+    "as_strided",
+    "alias",
+    "detach",
+    "detach_",
+    "split",
+    "split_with_sizes",
+    "chunk",
+    "unbind",
+    "narrow",
+    "view_as_real",
+    "view_as_complex",
+    "unfold",
+    "diagonal",
+    "lift_fresh",
+    "lift",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "scalar_tensor",
+    "_local_scalar_dense",
+    "is_same_size",
+    "_has_compatible_shallow_copy_type",
+    "sym_size",
+    "sym_stride",
+    "sym_numel",
+    "sym_storage_offset",
+    "_assert_async",
+    "_assert_tensor_metadata",
+    "_make_dep_token",
+    "_to_dtype_layout",
+    "contiguous",
+    "flatten",
+    "unflatten",
+    "movedim",
+    "swapaxes",
+    "swapdims",
+    "view_as",
+    "set_",
+    "resize_",
+    "_conj",
+    "conj",
+    "_neg_view",
+    "resolve_conj",
+    "resolve_neg",
+    "_functionalize_sync",
+    "dim",
+    "size",
+    "stride",
+    "prim_layout",
+    "_nested_tensor_from_mask_left_aligned",
+    "tensor_split",
+    "hsplit",
+    "vsplit",
+    "positive",
+    "_assert_scalar",
+    "sym_constrain_range_for_size",
+    "result_type",
 }
 _ALIASING = _ZERO  # outputs of these alias their input (parameter views stay parameters)
 
@@ -229,8 +536,9 @@ _ACTIVE: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar(
 )
 
 
-def fused_op(name: str, kind: OpKind = OpKind.ELEMENTWISE,
-             flops_per_element: float = 1.0) -> Callable[[F_], F_]:
+def fused_op(
+    name: str, kind: OpKind = OpKind.ELEMENTWISE, flops_per_element: float = 1.0
+) -> Callable[[F_], F_]:
     """Mark a Python function as one fused op for the tracer.
 
     Outside a trace the function runs unchanged. Inside :func:`trace_module` its body
@@ -256,8 +564,9 @@ def fused_op(name: str, kind: OpKind = OpKind.ELEMENTWISE,
     return deco
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     enable_gqa: bool = False) -> torch.Tensor:
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool = False
+) -> torch.Tensor:
     """Attention with a causal mask aligned bottom-right (the queries are the last
     ``q`` of ``k`` positions: a prefill chunk over a KV cache).
 
@@ -344,17 +653,22 @@ class _Recorder:
     def add(self, op: TracedOp) -> None:
         self.ops.append(op)
 
-    def record_fused(self, name: str, kind: OpKind, inputs: Any, out: Any,
-                     flops_per_element: float) -> None:
+    def record_fused(
+        self, name: str, kind: OpKind, inputs: Any, out: Any, flops_per_element: float
+    ) -> None:
         ins, outs = _tensors(inputs), _tensors(out)
-        self.add(TracedOp(
-            name=name, kind=kind,
-            flops=flops_per_element * sum(t.numel() for t in outs),
-            bytes_read=sum(self.nbytes(t) for t in ins),
-            bytes_written=sum(self.nbytes(t) for t in outs),
-            param_bytes=self.param_bytes(ins),
-            dims=(sum(t.numel() for t in outs),), scope=self.scope,
-        ))
+        self.add(
+            TracedOp(
+                name=name,
+                kind=kind,
+                flops=flops_per_element * sum(t.numel() for t in outs),
+                bytes_read=sum(self.nbytes(t) for t in ins),
+                bytes_written=sum(self.nbytes(t) for t in outs),
+                param_bytes=self.param_bytes(ins),
+                dims=(sum(t.numel() for t in outs),),
+                scope=self.scope,
+            )
+        )
 
     def record_sdpa(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], out: Any) -> None:
         q, k, v = args[0], args[1], args[2]
@@ -376,28 +690,42 @@ class _Recorder:
         dv = v.shape[-1]
         flops = 2.0 * heads_batch * pairs * (d + dv)
         ins = [q, k, v]
-        self.add(TracedOp(
-            name="scaled_dot_product_attention", kind=OpKind.ATTENTION, flops=flops,
-            bytes_read=sum(self.nbytes(t) for t in ins) + mask_bytes,
-            bytes_written=sum(self.nbytes(t) for t in _tensors(out)),
-            param_bytes=self.param_bytes(ins), dims=(lq, lk, d), batch=int(heads_batch),
-            scope=self.scope,
-        ))
+        self.add(
+            TracedOp(
+                name="scaled_dot_product_attention",
+                kind=OpKind.ATTENTION,
+                flops=flops,
+                bytes_read=sum(self.nbytes(t) for t in ins) + mask_bytes,
+                bytes_written=sum(self.nbytes(t) for t in _tensors(out)),
+                param_bytes=self.param_bytes(ins),
+                dims=(lq, lk, d),
+                batch=int(heads_batch),
+                scope=self.scope,
+            )
+        )
 
-    def record_norm(self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any],
-                    out: Any) -> None:
+    def record_norm(
+        self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], out: Any
+    ) -> None:
         ins = _tensors((args, kwargs))
         outs = _tensors(out)
         n = outs[0].numel() if outs else 0
-        self.add(TracedOp(
-            name=name, kind=OpKind.NORM, flops=float(NORM_FLOPS * n),
-            bytes_read=sum(self.nbytes(t) for t in ins),
-            bytes_written=sum(self.nbytes(t) for t in outs[:1]),
-            param_bytes=self.param_bytes(ins), dims=(n,), scope=self.scope,
-        ))
+        self.add(
+            TracedOp(
+                name=name,
+                kind=OpKind.NORM,
+                flops=float(NORM_FLOPS * n),
+                bytes_read=sum(self.nbytes(t) for t in ins),
+                bytes_written=sum(self.nbytes(t) for t in outs[:1]),
+                param_bytes=self.param_bytes(ins),
+                dims=(n,),
+                scope=self.scope,
+            )
+        )
 
-    def record_aten(self, func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any],
-                    out: Any) -> None:
+    def record_aten(
+        self, func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], out: Any
+    ) -> None:
         name = func.overloadpacket.__name__
         ins = _tensors((args, kwargs))
         outs = _tensors(out)
@@ -416,8 +744,11 @@ class _Recorder:
         batch = 1
         if name in _GEMM:
             kind = OpKind.MATMUL
-            a, b = (args[1], args[2]) if name in {"addmm", "baddbmm", "addmv", "addbmm"} else (
-                args[0], args[1])
+            a, b = (
+                (args[1], args[2])
+                if name in {"addmm", "baddbmm", "addmv", "addbmm"}
+                else (args[0], args[1])
+            )
             if a.dim() == 3:
                 batch, m, k = a.shape
                 n = b.shape[-1]
@@ -465,8 +796,9 @@ class _Recorder:
             if name in _GATHER:
                 idx = [t for t in ins if not (t.is_floating_point() or t.is_complex())]
                 read = sum(self.nbytes(t) for t in idx) + sum(self.nbytes(t) for t in outs)
-                pbytes = sum(self.nbytes(t) for t in outs) if any(
-                    self.is_param(t) for t in ins) else 0.0
+                pbytes = (
+                    sum(self.nbytes(t) for t in outs) if any(self.is_param(t) for t in ins) else 0.0
+                )
             elif name in _LIKE:
                 read = 0.0  # the argument only gives the shape
                 pbytes = 0.0
@@ -483,12 +815,31 @@ class _Recorder:
             dims = (n,)
         else:
             self.unknown[name] += 1
-            self.add(TracedOp(name=name, kind=OpKind.OTHER, bytes_read=read, bytes_written=written,
-                              param_bytes=pbytes, scope=self.scope, known=False))
+            self.add(
+                TracedOp(
+                    name=name,
+                    kind=OpKind.OTHER,
+                    bytes_read=read,
+                    bytes_written=written,
+                    param_bytes=pbytes,
+                    scope=self.scope,
+                    known=False,
+                )
+            )
             return
-        self.add(TracedOp(name=name, kind=kind, flops=flops, bytes_read=read,
-                          bytes_written=written, param_bytes=pbytes, dims=dims, batch=int(batch),
-                          scope=self.scope))
+        self.add(
+            TracedOp(
+                name=name,
+                kind=kind,
+                flops=flops,
+                bytes_read=read,
+                bytes_written=written,
+                param_bytes=pbytes,
+                dims=dims,
+                batch=int(batch),
+                scope=self.scope,
+            )
+        )
 
 
 class _Dispatch(TorchDispatchMode):
@@ -496,8 +847,13 @@ class _Dispatch(TorchDispatchMode):
         super().__init__()
         self.rec = rec
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: Mapping[str, Any] | None = None) -> Any:
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if not self.rec.suspended:
@@ -521,8 +877,13 @@ class _Functions(TorchFunctionMode):
         super().__init__()
         self.rec = rec
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: Mapping[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
         kwargs = dict(kwargs or {})
         rec = self.rec
         if rec.suspended:
@@ -535,8 +896,9 @@ class _Functions(TorchFunctionMode):
                     # a fused kernel writes O in the (batch, seq, heads, dim) layout of Q's
                     # producer, so `o.transpose(1, 2).reshape(...)` is a view, not a copy
                     b, h, s, _ = q.shape
-                    out = torch.empty(b, s, h, v.shape[-1], dtype=out.dtype,
-                                      device=q.device).transpose(1, 2)
+                    out = torch.empty(
+                        b, s, h, v.shape[-1], dtype=out.dtype, device=q.device
+                    ).transpose(1, 2)
             rec.record_sdpa(args, kwargs, out)
             return out
         if func in _NORM_FNS:
@@ -567,6 +929,7 @@ def trace_module(module: torch.nn.Module, inputs: Any, dtype: str = "bf16") -> T
     rec = _Recorder(dtype)
     handles = []
     for qual, sub in module.named_modules():
+
         def pre(_m: torch.nn.Module, _a: Any, _q: str = qual) -> None:
             rec.scopes.append(_q)
 
@@ -602,12 +965,22 @@ _DIGITS = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)")
 
 def _op_key(t: TracedOp) -> tuple[Any, ...]:
     scope = _DIGITS.sub("*", t.scope)
-    return (scope, t.name, t.kind, t.flops, t.bytes_read, t.bytes_written, t.param_bytes,
-            t.dims, t.batch)
+    return (
+        scope,
+        t.name,
+        t.kind,
+        t.flops,
+        t.bytes_read,
+        t.bytes_written,
+        t.param_bytes,
+        t.dims,
+        t.batch,
+    )
 
 
-def graph_from_trace(traced: Sequence[TracedOp], phase: Phase, shape: Shape,
-                     dtype: str = "bf16") -> OpGraph:
+def graph_from_trace(
+    traced: Sequence[TracedOp], phase: Phase, shape: Shape, dtype: str = "bf16"
+) -> OpGraph:
     """Turn a trace into an :class:`~engine.graph.OpGraph`.
 
     Zero-cost ops are left out. Ops equal in every quantity whose scopes differ only by a
@@ -627,11 +1000,21 @@ def graph_from_trace(traced: Sequence[TracedOp], phase: Phase, shape: Shape,
     ops = []
     for key, (t, count) in merged.items():
         scope = key[0]
-        ops.append(Op(
-            name=f"{scope}:{t.name}" if scope else t.name, kind=t.kind, flops=t.flops,
-            bytes_read=t.bytes_read, bytes_written=t.bytes_written, param_bytes=t.param_bytes,
-            dims=t.dims, batch=max(1, t.batch), count=count, dtype=dtype, layer=scope,
-        ))
+        ops.append(
+            Op(
+                name=f"{scope}:{t.name}" if scope else t.name,
+                kind=t.kind,
+                flops=t.flops,
+                bytes_read=t.bytes_read,
+                bytes_written=t.bytes_written,
+                param_bytes=t.param_bytes,
+                dims=t.dims,
+                batch=max(1, t.batch),
+                count=count,
+                dtype=dtype,
+                layer=scope,
+            )
+        )
     notes: list[str] = []
     unknown = getattr(traced, "unknown_ops", None)
     if unknown is None:

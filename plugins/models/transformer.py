@@ -170,8 +170,9 @@ def _near_divisors(n: int, x: int) -> list[int]:
 
 
 @fused_op("rope", OpKind.ELEMENTWISE, ROPE_FLOPS)
-def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
-               sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_rope(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary position embedding (Su et al. 2021) of ``q`` and ``k`` (``[b, heads, t, d]``)
     with ``cos``/``sin`` tables of ``[t, d]``; one fused kernel for the tracer."""
 
@@ -196,8 +197,9 @@ def scale_mask_softmax(scores: torch.Tensor, scale: float, offset: int) -> torch
     return torch.softmax(x, dim=-1).to(scores.dtype)
 
 
-def unfused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      training: bool) -> torch.Tensor:
+def unfused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, training: bool
+) -> torch.Tensor:
     """Causal attention as Megatron-LM ran it before FlashAttention (``attention: unfused``).
 
     ``q`` is ``[b, heads, t, d]``, ``k``/``v`` ``[b, kv_heads, keys, d]`` (the queries are
@@ -222,7 +224,7 @@ def unfused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         g = h // kv
         k = k[:, :, None].expand(b, kv, g, keys, d).contiguous().view(b, h, keys, d)
         v = v[:, :, None].expand(b, kv, g, keys, d).contiguous().view(b, h, keys, d)
-    scale = d ** -0.5
+    scale = d**-0.5
     outs = []
     for i in range(b):
         probs = scale_mask_softmax(torch.bmm(q[i], k[i].transpose(1, 2)), scale, keys - t)
@@ -233,7 +235,10 @@ def unfused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 _ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "silu": F.silu, "gelu": F.gelu, "relu": F.relu}
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
 
 
 def _glu(act: str) -> Any:
@@ -265,8 +270,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden, (self.h + 2 * self.kv) * self.d, bias=cfg.bias)
         self.out = nn.Linear(self.h * self.d, cfg.hidden, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor, cache: torch.Tensor | None, start: int,
-                cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: torch.Tensor | None,
+        start: int,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
+    ) -> torch.Tensor:
         b, t, _ = x.shape
         q, k, v = self.qkv(x).split([self.h * self.d, self.kv * self.d, self.kv * self.d], -1)
         q = q.view(b, t, self.h, self.d).transpose(1, 2)
@@ -275,9 +286,9 @@ class Attention(nn.Module):
         if cos is not None and sin is not None:
             q, k = apply_rope(q, k, cos, sin)
         if cache is not None:  # [2, b, kv, max_len, d]: write the new tokens, read all
-            cache[0, :, :, start:start + t].copy_(k)
-            cache[1, :, :, start:start + t].copy_(v)
-            k, v = cache[0, :, :, :start + t], cache[1, :, :, :start + t]
+            cache[0, :, :, start : start + t].copy_(k)
+            cache[1, :, :, start : start + t].copy_(v)
+            k, v = cache[0, :, :, : start + t], cache[1, :, :, : start + t]
         if self.unfused:
             return self.out(unfused_attention(q, k, v, self.training))
         keys = k.shape[2]
@@ -331,8 +342,8 @@ class MoE(nn.Module):
         self.router = nn.Linear(h, self.e, bias=False)
         self.w_up = nn.Parameter(torch.empty(self.e, h, 2 * f if self.gated else f))
         self.w_down = nn.Parameter(torch.empty(self.e, f, h))
-        nn.init.normal_(self.w_up, std=h ** -0.5)
-        nn.init.normal_(self.w_down, std=f ** -0.5)
+        nn.init.normal_(self.w_up, std=h**-0.5)
+        nn.init.normal_(self.w_down, std=f**-0.5)
         self.glu = _glu(cfg.activation)
         self.act: Callable[[torch.Tensor], torch.Tensor] = _ACTS[cfg.activation]
 
@@ -375,8 +386,14 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.mlp: nn.Module = MoE(cfg) if cfg.moe else MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: torch.Tensor | None, start: int,
-                cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: torch.Tensor | None,
+        start: int,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
+    ) -> torch.Tensor:
         h = self.ln1(x)
         if self.ln2 is None:
             return x + self.attn(h, cache, start, cos, sin) + self.mlp(h)
@@ -412,16 +429,21 @@ class DecoderLM(nn.Module):
         else:
             self.cos = self.sin = None
 
-    def forward(self, ids: torch.Tensor, kv_cache: torch.Tensor | None = None, start: int = 0,
-                last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        kv_cache: torch.Tensor | None = None,
+        start: int = 0,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         t = ids.shape[1]
         if start + t > self.cfg.seq_len:
             raise ValueError(f"positions up to {start + t} exceed seq_len {self.cfg.seq_len}")
         x = self.embed(ids)
         if self.pos is not None:
-            x = x + self.pos.weight[start:start + t]
-        cos = self.cos[start:start + t] if self.cos is not None else None
-        sin = self.sin[start:start + t] if self.sin is not None else None
+            x = x + self.pos.weight[start : start + t]
+        cos = self.cos[start : start + t] if self.cos is not None else None
+        sin = self.sin[start : start + t] if self.sin is not None else None
         for i, layer in enumerate(self.layers):
             x = layer(x, None if kv_cache is None else kv_cache[i], start, cos, sin)
         x = self.norm(x)
@@ -444,41 +466,105 @@ class _Builder:
         self.count = count
         self.ops: list[Op] = []
 
-    def gemm(self, name: str, m: int, n: int, k: int, bias: bool, batch: int = 1,
-             weight_batch: float | None = None, count: int | None = None,
-             layer: str = "layer") -> None:
+    def gemm(
+        self,
+        name: str,
+        m: int,
+        n: int,
+        k: int,
+        bias: bool,
+        batch: int = 1,
+        weight_batch: float | None = None,
+        count: int | None = None,
+        layer: str = "layer",
+    ) -> None:
         """A GEMM ``[m,k]x[k,n]`` (``batch`` times) whose right operand is a weight."""
         e = self.e
         wb = batch if weight_batch is None else weight_batch
         w = wb * n * k * e + (n * e if bias else 0.0)
-        self.ops.append(Op(
-            name=name, kind=OpKind.MATMUL, flops=2.0 * batch * m * n * k,
-            bytes_read=batch * m * k * e + w, bytes_written=batch * m * n * e, param_bytes=w,
-            dims=(m, n, k), batch=batch, count=self.count if count is None else count,
-            dtype=self.dtype, layer=layer,
-        ))
+        self.ops.append(
+            Op(
+                name=name,
+                kind=OpKind.MATMUL,
+                flops=2.0 * batch * m * n * k,
+                bytes_read=batch * m * k * e + w,
+                bytes_written=batch * m * n * e,
+                param_bytes=w,
+                dims=(m, n, k),
+                batch=batch,
+                count=self.count if count is None else count,
+                dtype=self.dtype,
+                layer=layer,
+            )
+        )
 
-    def ew(self, name: str, kind: OpKind, elements: float, read: float, written: float,
-           flops: float = 0.0, params: float = 0.0, count: int | None = None,
-           layer: str = "layer") -> None:
+    def ew(
+        self,
+        name: str,
+        kind: OpKind,
+        elements: float,
+        read: float,
+        written: float,
+        flops: float = 0.0,
+        params: float = 0.0,
+        count: int | None = None,
+        layer: str = "layer",
+    ) -> None:
         """A memory-bound op; ``read``/``written``/``params`` in elements of ``dtype``
         unless given as bytes through :meth:`raw`."""
-        self.raw(name, kind, elements, read * self.e, written * self.e, flops,
-                 params * self.e, count, layer)
+        self.raw(
+            name,
+            kind,
+            elements,
+            read * self.e,
+            written * self.e,
+            flops,
+            params * self.e,
+            count,
+            layer,
+        )
 
-    def raw(self, name: str, kind: OpKind, elements: float, read_b: float, written_b: float,
-            flops: float = 0.0, params_b: float = 0.0, count: int | None = None,
-            layer: str = "layer") -> None:
-        self.ops.append(Op(
-            name=name, kind=kind, flops=flops, bytes_read=read_b, bytes_written=written_b,
-            param_bytes=params_b, dims=(max(1, math.ceil(elements)),),
-            count=self.count if count is None else count, dtype=self.dtype, layer=layer,
-        ))
+    def raw(
+        self,
+        name: str,
+        kind: OpKind,
+        elements: float,
+        read_b: float,
+        written_b: float,
+        flops: float = 0.0,
+        params_b: float = 0.0,
+        count: int | None = None,
+        layer: str = "layer",
+    ) -> None:
+        self.ops.append(
+            Op(
+                name=name,
+                kind=kind,
+                flops=flops,
+                bytes_read=read_b,
+                bytes_written=written_b,
+                param_bytes=params_b,
+                dims=(max(1, math.ceil(elements)),),
+                count=self.count if count is None else count,
+                dtype=self.dtype,
+                layer=layer,
+            )
+        )
 
-    def coll(self, name: str, kind: Collective, nbytes: float, group: int,
-             count: int | None = None, layer: str = "layer") -> None:
-        self.ops.append(collective(name, kind, nbytes, group,
-                                   self.count if count is None else count, self.dtype, layer))
+    def coll(
+        self,
+        name: str,
+        kind: Collective,
+        nbytes: float,
+        group: int,
+        count: int | None = None,
+        layer: str = "layer",
+    ) -> None:
+        self.ops.append(
+            collective(
+                name, kind, nbytes, group, self.count if count is None else count, self.dtype, layer
+            )
+        )
 
 
 class DecoderModel(ModelGraph):
@@ -525,14 +611,24 @@ class DecoderModel(ModelGraph):
         total = c.layers * (attn + mlp) + emb + pos + head + norm_f
         active = c.layers * (attn + mlp_act) + emb + pos + head + norm_f
         e = dtype_bytes(c.dtype)
-        gemm_per_tok = c.layers * (c.hidden * (c.heads + 2 * c.kv) * c.d + c.heads * c.d * c.hidden
-                                   + (mlp_act - (c.hidden * c.experts if c.moe else 0)))
+        gemm_per_tok = c.layers * (
+            c.hidden * (c.heads + 2 * c.kv) * c.d
+            + c.heads * c.d * c.hidden
+            + (mlp_act - (c.hidden * c.experts if c.moe else 0))
+        )
         return ModelInfo(
-            name=c.name, family=self.family, kind="decoder", dtype=c.dtype,
-            params=float(total), active_params=float(active), param_bytes=float(total * e),
+            name=c.name,
+            family=self.family,
+            kind="decoder",
+            dtype=c.dtype,
+            params=float(total),
+            active_params=float(active),
+            param_bytes=float(total * e),
             kv_bytes_per_token=float(2 * c.layers * c.kv * c.d * dtype_bytes(c.kv_type)),
             flops_per_token=float(2 * (gemm_per_tok + c.vocab * c.hidden)),
-            layers=c.layers, max_seq_len=c.seq_len, config=c.model_dump(),
+            layers=c.layers,
+            max_seq_len=c.seq_len,
+            config=c.model_dump(),
         )
 
     # torch -------------------------------------------------------------------------------
@@ -552,8 +648,16 @@ class DecoderModel(ModelGraph):
             return (ids,)
         if shape.phase not in (Phase.PREFILL, Phase.DECODE):
             raise ValueError(f"no single-module inputs for phase {shape.phase.value}")
-        cache = torch.zeros(c.layers, 2, shape.batch, c.kv, shape.context + shape.tokens, c.d,
-                            dtype=torch_dtype(c.dtype), device=device)
+        cache = torch.zeros(
+            c.layers,
+            2,
+            shape.batch,
+            c.kv,
+            shape.context + shape.tokens,
+            c.d,
+            dtype=torch_dtype(c.dtype),
+            device=device,
+        )
         return (ids, cache, shape.context, True)
 
     # graphs --------------------------------------------------------------------------------
@@ -587,8 +691,7 @@ class DecoderModel(ModelGraph):
             )
         if par.pipeline > c.layers:
             raise ScenarioError(
-                f"parallelism.pipeline={par.pipeline} exceeds the {c.layers} layers of "
-                f"{c.name!r}"
+                f"parallelism.pipeline={par.pipeline} exceeds the {c.layers} layers of {c.name!r}"
             )
 
     def _build(self, shape: Shape, par: Parallelism) -> OpGraph:
@@ -609,19 +712,24 @@ class DecoderModel(ModelGraph):
         sp = par.sequence and t > 1
         n_l = math.ceil(c.layers / par.pipeline)
         first, last = par.pipeline == 1, True
-        big_t = sum(p.batch * p.tokens for p in parts)       # new tokens (GEMM rows)
+        big_t = sum(p.batch * p.tokens for p in parts)  # new tokens (GEMM rows)
         seqs = sum(p.batch for p in parts)
-        rows = sum(p.tokens for p in parts)                  # distinct positions (RoPE/pos rows)
-        tn = math.ceil(big_t / t) if sp else big_t           # tokens in the sequence region
+        rows = sum(p.tokens for p in parts)  # distinct positions (RoPE/pos rows)
+        tn = math.ceil(big_t / t) if sp else big_t  # tokens in the sequence region
         h, d, f = c.hidden, c.d, c.ffn // t
         hd, kvd = c.heads // t, math.ceil(c.kv / t)
         e = dtype_bytes(c.dtype)
         act_bytes = big_t * h * e
         b = _Builder(c.dtype, n_l)
         norm_w = h * (2 if c.norm == "layernorm" and c.bias else 1)
-        notes = [f"decoder {c.name}: {n_l} of {c.layers} layers on this device"
-                 + (f" (last of {par.pipeline} pipeline stages, with the LM head)"
-                    if par.pipeline > 1 else "")]
+        notes = [
+            f"decoder {c.name}: {n_l} of {c.layers} layers on this device"
+            + (
+                f" (last of {par.pipeline} pipeline stages, with the LM head)"
+                if par.pipeline > 1
+                else ""
+            )
+        ]
 
         def reduce_out(name: str, count: int | None = None) -> None:
             if t == 1:
@@ -636,24 +744,50 @@ class DecoderModel(ModelGraph):
                 b.coll(f"{name}.all_gather", Collective.ALL_GATHER, act_bytes, t, count)
 
         def norm(name: str, count: int | None = None, layer: str = "layer") -> None:
-            b.ew(name, OpKind.NORM, tn * h, tn * h + norm_w, tn * h, NORM_FLOPS * tn * h,
-                 norm_w, count, layer)
+            b.ew(
+                name,
+                OpKind.NORM,
+                tn * h,
+                tn * h + norm_w,
+                tn * h,
+                NORM_FLOPS * tn * h,
+                norm_w,
+                count,
+                layer,
+            )
 
         def residual(name: str) -> None:
             b.ew(name, OpKind.ELEMENTWISE, tn * h, 2 * tn * h, tn * h, tn * h)
 
         # embedding (first stage only)
         if first:
-            b.raw("embed", OpKind.EMBEDDING, big_t * h, big_t * INDEX_BYTES + big_t * h * e,
-                  big_t * h * e, 0.0, big_t * h * e, count=1, layer="embed")
+            b.raw(
+                "embed",
+                OpKind.EMBEDDING,
+                big_t * h,
+                big_t * INDEX_BYTES + big_t * h * e,
+                big_t * h * e,
+                0.0,
+                big_t * h * e,
+                count=1,
+                layer="embed",
+            )
             if c.position == "learned":
-                b.ew("pos_embed.add", OpKind.ELEMENTWISE, big_t * h, big_t * h + rows * h,
-                     big_t * h, big_t * h, rows * h, count=1, layer="embed")
+                b.ew(
+                    "pos_embed.add",
+                    OpKind.ELEMENTWISE,
+                    big_t * h,
+                    big_t * h + rows * h,
+                    big_t * h,
+                    big_t * h,
+                    rows * h,
+                    count=1,
+                    layer="embed",
+                )
             if t > 1:
                 reduce_out("embed", count=1)
         elif par.pipeline > 1:
-            b.coll("pipeline.recv", Collective.SEND_RECV, act_bytes, 2, count=1,
-                   layer="pipeline")
+            b.coll("pipeline.recv", Collective.SEND_RECV, act_bytes, 2, count=1, layer="pipeline")
 
         # one layer, repeated n_l times
         layer_start = len(b.ops)
@@ -674,20 +808,40 @@ class DecoderModel(ModelGraph):
             pairs = causal_pairs(q_len, keys)
             bh = hd * p.batch
             if c.attention == "unfused":
-                self._unfused_ops(b, p.batch, q_len, keys, par,
-                                  "attn.core" if len(parts) == 1 else f"attn.core.{i}",
-                                  serving, phase is Phase.TRAIN)
+                self._unfused_ops(
+                    b,
+                    p.batch,
+                    q_len,
+                    keys,
+                    par,
+                    "attn.core" if len(parts) == 1 else f"attn.core.{i}",
+                    serving,
+                    phase is Phase.TRAIN,
+                )
                 continue
-            b.ops.append(Op(
-                name="attn.core" if len(parts) == 1 else f"attn.core.{i}",
-                kind=OpKind.ATTENTION, flops=4.0 * d * pairs * bh,
-                bytes_read=(p.batch * q_len * hd * d * e
-                            + 2 * p.batch * keys * kvd * d * (kv_e if serving else e)),
-                bytes_written=p.batch * q_len * hd * d * e, dims=(q_len, keys, d),
-                batch=max(1, bh), count=n_l, dtype=c.dtype, layer="layer",
-                attrs=(("causal", 1.0), ("kv_heads", float(kvd)), ("q_heads", float(hd)),
-                       ("kv_bytes", float(kv_e if serving else e))),
-            ))
+            b.ops.append(
+                Op(
+                    name="attn.core" if len(parts) == 1 else f"attn.core.{i}",
+                    kind=OpKind.ATTENTION,
+                    flops=4.0 * d * pairs * bh,
+                    bytes_read=(
+                        p.batch * q_len * hd * d * e
+                        + 2 * p.batch * keys * kvd * d * (kv_e if serving else e)
+                    ),
+                    bytes_written=p.batch * q_len * hd * d * e,
+                    dims=(q_len, keys, d),
+                    batch=max(1, bh),
+                    count=n_l,
+                    dtype=c.dtype,
+                    layer="layer",
+                    attrs=(
+                        ("causal", 1.0),
+                        ("kv_heads", float(kvd)),
+                        ("q_heads", float(hd)),
+                        ("kv_bytes", float(kv_e if serving else e)),
+                    ),
+                )
+            )
         if c.attention == "unfused":  # head-major context -> token-major: one copy
             el = big_t * hd * d
             b.ew("attn.core.context", OpKind.ELEMENTWISE, el, el, el)
@@ -702,8 +856,14 @@ class DecoderModel(ModelGraph):
         else:
             b.gemm("mlp.up", big_t, f * (2 if c.gated_mlp else 1), h, c.bias)
             if c.gated_mlp:
-                b.ew("mlp.glu", OpKind.ELEMENTWISE, big_t * f, 2 * big_t * f, big_t * f,
-                     GLU_FLOPS * big_t * f)
+                b.ew(
+                    "mlp.glu",
+                    OpKind.ELEMENTWISE,
+                    big_t * f,
+                    2 * big_t * f,
+                    big_t * f,
+                    GLU_FLOPS * big_t * f,
+                )
             else:
                 b.ew("mlp.act", OpKind.ELEMENTWISE, big_t * f, big_t * f, big_t * f, big_t * f)
             b.gemm("mlp.down", big_t, h, f, c.bias)
@@ -718,17 +878,32 @@ class DecoderModel(ModelGraph):
             norm("final_norm", count=1, layer="head")
             head_rows = seqs if serving else big_t
             if sp:
-                b.coll("head.all_gather", Collective.ALL_GATHER, act_bytes, t, count=1,
-                       layer="head")
+                b.coll(
+                    "head.all_gather", Collective.ALL_GATHER, act_bytes, t, count=1, layer="head"
+                )
             vd = math.ceil(c.vocab / t)
             b.gemm("lm_head", head_rows, vd, h, False, count=1, layer="head")
             if serving and t > 1:
-                b.coll("lm_head.all_gather", Collective.ALL_GATHER, head_rows * c.vocab * e, t,
-                       count=1, layer="head")
+                b.coll(
+                    "lm_head.all_gather",
+                    Collective.ALL_GATHER,
+                    head_rows * c.vocab * e,
+                    t,
+                    count=1,
+                    layer="head",
+                )
             if phase is Phase.TRAIN:
                 el = head_rows * vd
-                b.ew("loss.log_softmax", OpKind.SOFTMAX, el, el, el, NORM_FLOPS * el, count=1,
-                     layer="head")
+                b.ew(
+                    "loss.log_softmax",
+                    OpKind.SOFTMAX,
+                    el,
+                    el,
+                    el,
+                    NORM_FLOPS * el,
+                    count=1,
+                    layer="head",
+                )
         if phase is Phase.TRAIN:
             fwd = list(b.ops)
             if shape.recompute == "full":
@@ -736,24 +911,46 @@ class DecoderModel(ModelGraph):
             elif shape.recompute == "selective":
                 # the attention core (Korthikanti et al. 2022): the fused kernel, or every
                 # op between the QKV and output projections of `attention: unfused`
-                fwd_extra = recompute_ops(o for o in layer_ops if o.name == "attn.core"
-                                          or o.name.startswith("attn.core."))
+                fwd_extra = recompute_ops(
+                    o for o in layer_ops if o.name == "attn.core" or o.name.startswith("attn.core.")
+                )
             else:
                 fwd_extra = []
             ops = fwd + fwd_extra + backward_ops(fwd)
             if par.pipeline > 1:
-                ops.append(collective("pipeline.send_grad", Collective.SEND_RECV, act_bytes, 2,
-                                      1, c.dtype, "pipeline"))
+                ops.append(
+                    collective(
+                        "pipeline.send_grad",
+                        Collective.SEND_RECV,
+                        act_bytes,
+                        2,
+                        1,
+                        c.dtype,
+                        "pipeline",
+                    )
+                )
             ops.append(adam_op(self._stage_params(par), c.dtype, par))
-            notes.append("train step: forward, recompute "
-                         f"({shape.recompute}), backward (2x forward FLOPs), Adam; the "
-                         "data-parallel gradient all-reduce is the training workload's")
+            notes.append(
+                "train step: forward, recompute "
+                f"({shape.recompute}), backward (2x forward FLOPs), Adam; the "
+                "data-parallel gradient all-reduce is the training workload's"
+            )
             b.ops = ops
-        return OpGraph(phase=phase, ops=tuple(b.ops), shape=shape, dtype=c.dtype,
-                       notes=tuple(notes))
+        return OpGraph(
+            phase=phase, ops=tuple(b.ops), shape=shape, dtype=c.dtype, notes=tuple(notes)
+        )
 
-    def _unfused_ops(self, b: _Builder, seqs: int, q_len: int, keys: int, par: Parallelism,
-                     name: str, serving: bool, train: bool) -> None:
+    def _unfused_ops(
+        self,
+        b: _Builder,
+        seqs: int,
+        q_len: int,
+        keys: int,
+        par: Parallelism,
+        name: str,
+        serving: bool,
+        train: bool,
+    ) -> None:
         """The attention core of one layer for ``seqs`` sequences of ``q_len`` queries over
         ``keys`` keys with ``attention: unfused`` (see :func:`unfused_attention`).
 
@@ -777,27 +974,49 @@ class DecoderModel(ModelGraph):
         kv_el, rep_el = seqs * kvd * keys * d, bh * keys * d
         if kvd < hd:  # K and V repeated to every query head of their group
             for t_name in ("k", "v"):
-                b.raw(f"{name}.{t_name}_repeat", OpKind.ELEMENTWISE, rep_el, kv_el * kv_e,
-                      rep_el * e)
+                b.raw(
+                    f"{name}.{t_name}_repeat", OpKind.ELEMENTWISE, rep_el, kv_el * kv_e, rep_el * e
+                )
             kv_e = e
         scores = bh * q_len * keys
         flops = 2.0 * scores * d
-        b.ops.append(Op(
-            name=f"{name}.qk", kind=OpKind.MATMUL, flops=flops,
-            bytes_read=bh * q_len * d * e + rep_el * kv_e, bytes_written=scores * e,
-            dims=(q_len, keys, d), batch=max(1, bh), count=b.count, dtype=c.dtype,
-            layer="layer",
-        ))
+        b.ops.append(
+            Op(
+                name=f"{name}.qk",
+                kind=OpKind.MATMUL,
+                flops=flops,
+                bytes_read=bh * q_len * d * e + rep_el * kv_e,
+                bytes_written=scores * e,
+                dims=(q_len, keys, d),
+                batch=max(1, bh),
+                count=b.count,
+                dtype=c.dtype,
+                layer="layer",
+            )
+        )
         b.ew(f"{name}.softmax", OpKind.SOFTMAX, scores, scores, scores, NORM_FLOPS * scores)
         if train:
-            b.raw(f"{name}.dropout", OpKind.ELEMENTWISE, scores, scores * e,
-                  scores * (e + DROPOUT_MASK_BYTES))
-        b.ops.append(Op(
-            name=f"{name}.pv", kind=OpKind.MATMUL, flops=flops,
-            bytes_read=scores * e + rep_el * kv_e, bytes_written=bh * q_len * d * e,
-            dims=(q_len, d, keys), batch=max(1, bh), count=b.count, dtype=c.dtype,
-            layer="layer",
-        ))
+            b.raw(
+                f"{name}.dropout",
+                OpKind.ELEMENTWISE,
+                scores,
+                scores * e,
+                scores * (e + DROPOUT_MASK_BYTES),
+            )
+        b.ops.append(
+            Op(
+                name=f"{name}.pv",
+                kind=OpKind.MATMUL,
+                flops=flops,
+                bytes_read=scores * e + rep_el * kv_e,
+                bytes_written=bh * q_len * d * e,
+                dims=(q_len, d, keys),
+                batch=max(1, bh),
+                count=b.count,
+                dtype=c.dtype,
+                layer="layer",
+            )
+        )
 
     def _moe_ops(self, b: _Builder, n: int, par: Parallelism) -> None:
         """The MoE MLP of one layer for ``n`` tokens on this device (see :class:`MoE`)."""
@@ -807,7 +1026,7 @@ class DecoderModel(ModelGraph):
         ep = par.expert
         eloc = ex // ep
         e = b.e
-        pairs = n * k                       # (token, expert) rows arriving at this device
+        pairs = n * k  # (token, expert) rows arriving at this device
         cap = max(1, math.ceil(pairs / eloc))
         touched = eloc * (1.0 - (1.0 - k / ex) ** (n * ep))
         ib = INDEX_BYTES
@@ -816,34 +1035,61 @@ class DecoderModel(ModelGraph):
         b.ew("moe.softmax", OpKind.SOFTMAX, pairs, pairs, pairs, NORM_FLOPS * pairs)
         b.raw("moe.sort", OpKind.ELEMENTWISE, pairs, pairs * ib, 2 * pairs * ib)
         b.raw("moe.token_index", OpKind.ELEMENTWISE, pairs, pairs * ib, pairs * ib, pairs)
-        b.raw("moe.dispatch_gather", OpKind.ELEMENTWISE, pairs * h, pairs * ib + pairs * h * e,
-              pairs * h * e)
+        b.raw(
+            "moe.dispatch_gather",
+            OpKind.ELEMENTWISE,
+            pairs * h,
+            pairs * ib + pairs * h * e,
+            pairs * h * e,
+        )
         if ep > 1:
             b.coll("moe.dispatch.all_to_all", Collective.ALL_TO_ALL, pairs * h * e, ep)
         up_n = f * (2 if c.gated_mlp else 1)
         for name, nn_, kk in (("moe.up", up_n, h), ("moe.down", h, f)):
             w = touched * nn_ * kk * e
-            b.ops.append(Op(
-                name=name, kind=OpKind.MATMUL, flops=2.0 * pairs * nn_ * kk,
-                bytes_read=pairs * kk * e + w, bytes_written=pairs * nn_ * e, param_bytes=w,
-                dims=(cap, nn_, kk), batch=eloc, count=b.count, dtype=c.dtype, layer="layer",
-                attrs=(("experts_touched", touched),),
-            ))
+            b.ops.append(
+                Op(
+                    name=name,
+                    kind=OpKind.MATMUL,
+                    flops=2.0 * pairs * nn_ * kk,
+                    bytes_read=pairs * kk * e + w,
+                    bytes_written=pairs * nn_ * e,
+                    param_bytes=w,
+                    dims=(cap, nn_, kk),
+                    batch=eloc,
+                    count=b.count,
+                    dtype=c.dtype,
+                    layer="layer",
+                    attrs=(("experts_touched", touched),),
+                )
+            )
             if name == "moe.up":
                 if c.gated_mlp:
-                    b.ew("moe.glu", OpKind.ELEMENTWISE, pairs * f, 2 * pairs * f, pairs * f,
-                         GLU_FLOPS * pairs * f)
+                    b.ew(
+                        "moe.glu",
+                        OpKind.ELEMENTWISE,
+                        pairs * f,
+                        2 * pairs * f,
+                        pairs * f,
+                        GLU_FLOPS * pairs * f,
+                    )
                 else:
-                    b.ew("moe.act", OpKind.ELEMENTWISE, pairs * f, pairs * f, pairs * f,
-                         pairs * f)
+                    b.ew("moe.act", OpKind.ELEMENTWISE, pairs * f, pairs * f, pairs * f, pairs * f)
         if ep > 1:
             b.coll("moe.combine.all_to_all", Collective.ALL_TO_ALL, pairs * h * e, ep)
         b.raw("moe.weight_gather", OpKind.ELEMENTWISE, pairs, pairs * ib + pairs * e, pairs * e)
-        b.ew("moe.weight_mul", OpKind.ELEMENTWISE, pairs * h, pairs * h + pairs, pairs * h,
-             pairs * h)
+        b.ew(
+            "moe.weight_mul", OpKind.ELEMENTWISE, pairs * h, pairs * h + pairs, pairs * h, pairs * h
+        )
         b.ew("moe.zeros", OpKind.ELEMENTWISE, n * h, 0, n * h)
-        b.raw("moe.combine", OpKind.ELEMENTWISE, n * h, n * h * e + pairs * ib + pairs * h * e,
-              n * h * e, n * h)
+        b.raw(
+            "moe.combine",
+            OpKind.ELEMENTWISE,
+            n * h,
+            n * h * e + pairs * ib + pairs * h * e,
+            n * h * e,
+            n * h,
+        )
 
     def _stage_params(self, par: Parallelism) -> float:
         """Parameters one device of the graph's stage holds (for the optimizer step)."""
@@ -855,8 +1101,7 @@ class DecoderModel(ModelGraph):
         per_layer = attn / t + experts
         head = c.vocab * c.hidden / t
         if par.pipeline == 1:
-            emb = c.vocab * c.hidden / t + (c.seq_len * c.hidden if c.position == "learned"
-                                            else 0)
+            emb = c.vocab * c.hidden / t + (c.seq_len * c.hidden if c.position == "learned" else 0)
             head = 0 if c.tied_embeddings else head
             return n_l * per_layer + emb + head + c.hidden
         return n_l * per_layer + head + c.hidden
@@ -909,9 +1154,14 @@ class DecoderFamily(ModelFamily):
     """A decoder-only family (``gpt``, ``llama``, ``mixtral``, ``palm``) with its traits
     and published presets."""
 
-    def __init__(self, name: str, description: str, defaults: Mapping[str, Any],
-                 presets: Mapping[str, Mapping[str, Any]],
-                 sources: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        defaults: Mapping[str, Any],
+        presets: Mapping[str, Mapping[str, Any]],
+        sources: Mapping[str, str],
+    ) -> None:
         self.name = name
         self.description = description
         self.defaults = dict(defaults)
@@ -927,29 +1177,59 @@ class DecoderFamily(ModelFamily):
 def _family(name: str, description: str, defaults: Mapping[str, Any]) -> DecoderFamily:
     presets = {k: v for k, v in DECODER_PRESETS.items() if v["family"] == name}
     return DecoderFamily(
-        name, description, defaults,
+        name,
+        description,
+        defaults,
         {k: {f: x for f, x in v.items() if f != "family"} for k, v in presets.items()},
         {k: DECODER_SOURCES[k] for k in presets},
     )
 
 
-GPT_TRAITS = {"norm": "layernorm", "position": "learned", "bias": True, "activation": "gelu",
-              "gated_mlp": False, "parallel_block": False, "tied_embeddings": True}
-LLAMA_TRAITS = {"norm": "rmsnorm", "position": "rope", "bias": False, "activation": "silu",
-                "gated_mlp": True, "parallel_block": False, "tied_embeddings": False}
+GPT_TRAITS = {
+    "norm": "layernorm",
+    "position": "learned",
+    "bias": True,
+    "activation": "gelu",
+    "gated_mlp": False,
+    "parallel_block": False,
+    "tied_embeddings": True,
+}
+LLAMA_TRAITS = {
+    "norm": "rmsnorm",
+    "position": "rope",
+    "bias": False,
+    "activation": "silu",
+    "gated_mlp": True,
+    "parallel_block": False,
+    "tied_embeddings": False,
+}
 MIXTRAL_TRAITS = {**LLAMA_TRAITS, "experts": 8, "top_k": 2}
-PALM_TRAITS = {"norm": "layernorm", "position": "rope", "bias": False, "activation": "silu",
-               "gated_mlp": True, "parallel_block": True, "tied_embeddings": True,
-               "kv_heads": 1}
+PALM_TRAITS = {
+    "norm": "layernorm",
+    "position": "rope",
+    "bias": False,
+    "activation": "silu",
+    "gated_mlp": True,
+    "parallel_block": True,
+    "tied_embeddings": True,
+    "kv_heads": 1,
+}
 
 FAMILIES: list[ModelFamily] = [
-    _family("gpt", "GPT-2/GPT-3 style decoder: learned positions, LayerNorm, GELU MLP, MHA",
-            GPT_TRAITS),
-    _family("llama", "Llama decoder: RMSNorm, SwiGLU MLP, RoPE, grouped-query attention",
-            LLAMA_TRAITS),
-    _family("mixtral", "Mixtral: Llama decoder with a top-k mixture-of-experts MLP",
-            MIXTRAL_TRAITS),
-    _family("palm", "PaLM decoder: parallel attention+MLP block, multi-query attention, "
-            "SwiGLU, RoPE, no biases", PALM_TRAITS),
+    _family(
+        "gpt", "GPT-2/GPT-3 style decoder: learned positions, LayerNorm, GELU MLP, MHA", GPT_TRAITS
+    ),
+    _family(
+        "llama", "Llama decoder: RMSNorm, SwiGLU MLP, RoPE, grouped-query attention", LLAMA_TRAITS
+    ),
+    _family(
+        "mixtral", "Mixtral: Llama decoder with a top-k mixture-of-experts MLP", MIXTRAL_TRAITS
+    ),
+    _family(
+        "palm",
+        "PaLM decoder: parallel attention+MLP block, multi-query attention, "
+        "SwiGLU, RoPE, no biases",
+        PALM_TRAITS,
+    ),
 ]
 """The decoder families this module registers."""

@@ -56,8 +56,9 @@ class _Basic(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                      nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         idt = x if self.down is None else self.down(x)
@@ -80,8 +81,9 @@ class _Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                      nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         idt = x if self.down is None else self.down(x)
@@ -98,12 +100,15 @@ class ResNet(nn.Module):
         super().__init__()
         block = _Bottleneck if c.bottleneck else _Basic
         self.stem = nn.Sequential(
-            nn.Conv2d(c.in_channels, c.width, 7, 2, 3, bias=False), nn.BatchNorm2d(c.width),
-            nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+            nn.Conv2d(c.in_channels, c.width, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(c.width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
         stages = []
         cin = c.width
         for i, n in enumerate(c.blocks):
-            width = c.width * 2 ** i
+            width = c.width * 2**i
             blocks = []
             for j in range(n):
                 blocks.append(block(cin, width, 2 if (j == 0 and i > 0) else 1))
@@ -136,8 +141,16 @@ class ResNetModel(TracedModelGraph):
     def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
         """``(images,)`` of ``[batch, channels, image_size, image_size]``."""
         c = self.cfg
-        return (torch.zeros(max(1, shape.batch), c.in_channels, c.image_size, c.image_size,
-                            dtype=torch_dtype(c.dtype), device=device),)
+        return (
+            torch.zeros(
+                max(1, shape.batch),
+                c.in_channels,
+                c.image_size,
+                c.image_size,
+                dtype=torch_dtype(c.dtype),
+                device=device,
+            ),
+        )
 
 
 class ResNetFamily(ModelFamily):

@@ -55,8 +55,10 @@ def load_catalog(path: Path | str = CATALOG_PATH) -> dict[str, DeviceSpec]:
     """Parse a TPU catalog YAML (top-level ``devices:``) into specs by name."""
     p = Path(path)
     raw: Mapping[str, Any] = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    return {name: spec_from_mapping(name, BACKEND, body, where=f"{p.name}:devices.{name}")
-            for name, body in raw.get("devices", {}).items()}
+    return {
+        name: spec_from_mapping(name, BACKEND, body, where=f"{p.name}:devices.{name}")
+        for name, body in raw.get("devices", {}).items()
+    }
 
 
 @lru_cache(maxsize=1)
@@ -87,8 +89,7 @@ def _extra(dev: DeviceSpec, key: str) -> float:
 # --- MXU pricing ---------------------------------------------------------------------------
 
 
-def split_over_mxus(m: int, n: int, k: int, batch: int, mxus: int
-                    ) -> tuple[int, int, int, int]:
+def split_over_mxus(m: int, n: int, k: int, batch: int, mxus: int) -> tuple[int, int, int, int]:
     """How one op's ``batch`` GEMMs of ``m×k·k×n`` spread over ``mxus`` MXUs.
 
     Independent GEMMs (heads, experts) go to different MXUs first: each MXU gets
@@ -148,8 +149,10 @@ class TpuCostModel:
             q, keys, d = (max(1, int(x)) for x in op.dims)
             full = 4.0 * d * q * keys * op.batch
             frac = min(1.0, op.flops / full) if op.flops and full else 1.0
-            mxu = (self.gemm_seconds(q, keys, d, op.batch, op.dtype)
-                   + self.gemm_seconds(q, d, keys, op.batch, op.dtype)) * frac
+            mxu = (
+                self.gemm_seconds(q, keys, d, op.batch, op.dtype)
+                + self.gemm_seconds(q, d, keys, op.batch, op.dtype)
+            ) * frac
             softmax = 5.0 * q * keys * op.batch * frac / self.vector
             compute = mxu + softmax + vector
         else:
@@ -187,8 +190,10 @@ class TpuBackend(Backend):
     """The ``tpu`` backend (see module docstring)."""
 
     name = BACKEND
-    description = ("Google Cloud TPU v4/v5e/v5p/v6e: closed-form systolic-array (MXU) cycles, "
-                   "XLA-style fusion, HBM roofline and ICI torus collectives")
+    description = (
+        "Google Cloud TPU v4/v5e/v5p/v6e: closed-form systolic-array (MXU) cycles, "
+        "XLA-style fusion, HBM roofline and ICI torus collectives"
+    )
 
     def catalog(self) -> Mapping[str, DeviceSpec]:
         """The built-in TPU catalog (``plugins/tpu/catalog.yaml``)."""
@@ -198,12 +203,17 @@ class TpuBackend(Backend):
         """Decoder, encoder, vision, MLP and spiking models (spiking networks as
         time-stepped dense matmuls and vector-unit LIF updates) for every workload kind."""
         if model.kind not in SUPPORTED_KINDS:
-            return Support(False, f"the tpu backend prices models of kind "
-                                  f"{', '.join(SUPPORTED_KINDS)}; {model.name!r} is of kind "
-                                  f"{model.kind!r}.")
+            return Support(
+                False,
+                f"the tpu backend prices models of kind "
+                f"{', '.join(SUPPORTED_KINDS)}; {model.name!r} is of kind "
+                f"{model.kind!r}.",
+            )
         if workload not in WORKLOADS:
-            return Support(False, f"the tpu backend serves workload kinds "
-                                  f"{', '.join(WORKLOADS)}, not {workload!r}.")
+            return Support(
+                False,
+                f"the tpu backend serves workload kinds {', '.join(WORKLOADS)}, not {workload!r}.",
+            )
         return Support(True)
 
     def torus(self, system: System, group: int) -> tuple[int, ...]:
@@ -214,8 +224,9 @@ class TpuBackend(Backend):
             return t
         return slice_shape(group, int(_extra(system.device, "torus_dims")))
 
-    def collective_seconds(self, kind: Collective, nbytes: float, group: int,
-                           system: System) -> float:
+    def collective_seconds(
+        self, kind: Collective, nbytes: float, group: int, system: System
+    ) -> float:
         """One collective of ``nbytes`` per chip over ``group`` chips: bidirectional rings
         per torus dimension inside a pod; between pods, a ring over the DCN."""
         if group <= 1:
@@ -227,15 +238,21 @@ class TpuBackend(Backend):
         lat = dev.scale_up.latency.value
         pod = int(_extra(dev, "pod_chips"))
         if group <= pod:
-            return collectives.torus_collective_seconds(kind, nbytes,
-                                                        self.torus(system, group), link, lat)
+            return collectives.torus_collective_seconds(
+                kind, nbytes, self.torus(system, group), link, lat
+            )
         pods = math.ceil(group / pod)
-        inner = collectives.torus_collective_seconds(kind, nbytes, self.torus(system, pod),
-                                                     link, lat)
+        inner = collectives.torus_collective_seconds(
+            kind, nbytes, self.torus(system, pod), link, lat
+        )
         out = dev.scale_out if dev.scale_out is not None else dev.scale_up
-        outer = collectives.ring_seconds(kind, nbytes / pod if kind is Collective.ALL_REDUCE
-                                         else nbytes, pods, out.bandwidth.value,
-                                         out.latency.value)
+        outer = collectives.ring_seconds(
+            kind,
+            nbytes / pod if kind is Collective.ALL_REDUCE else nbytes,
+            pods,
+            out.bandwidth.value,
+            out.latency.value,
+        )
         return inner + outer
 
     def compile(self, model: ModelGraph, system: System) -> AnalyticCompiled:
@@ -246,16 +263,27 @@ class TpuBackend(Backend):
             return self.collective_seconds(kind, nbytes, group, system)
 
         assumptions = {
-            "tpu.dataflow": Figure(1.0, assumption="each GEMM uses the dataflow (ws/os/is) "
-                                   "with the fewest closed-form cycles"),
+            "tpu.dataflow": Figure(
+                1.0,
+                assumption="each GEMM uses the dataflow (ws/os/is) "
+                "with the fewest closed-form cycles",
+            ),
             "tpu.fp32_passes": Figure(FP32_PASSES, assumption="fp32 matmuls as 3 bf16 passes"),
-            "tpu.fusion": Figure(1.0, assumption="elementwise/norm/softmax ops fused into "
-                                 "their producer (plugins/tpu/fusion.py)"),
+            "tpu.fusion": Figure(
+                1.0,
+                assumption="elementwise/norm/softmax ops fused into "
+                "their producer (plugins/tpu/fusion.py)",
+            ),
         }
         return AnalyticCompiled(
-            system, model, price_op=cost, collective=collective,
-            power=PowerModel.from_device(system.device), fuse=fuse,
-            catalog=self.devices(), reserve_bytes=RUNTIME_RESERVE_BYTES,
+            system,
+            model,
+            price_op=cost,
+            collective=collective,
+            power=PowerModel.from_device(system.device),
+            fuse=fuse,
+            catalog=self.devices(),
+            reserve_bytes=RUNTIME_RESERVE_BYTES,
             reserve_note="XLA program, scratch and infeed buffers per chip (assumption)",
             assumptions=assumptions,
         )

@@ -30,8 +30,10 @@ from plugins.tpu.systolic import (
 )
 
 tpu_app = typer.Typer(
-    name="tpu", help="Systolic-array (MXU) cycle model: GEMM and convolution layers.",
-    no_args_is_help=True, add_completion=False,
+    name="tpu",
+    help="Systolic-array (MXU) cycle model: GEMM and convolution layers.",
+    no_args_is_help=True,
+    add_completion=False,
 )
 
 MAX_DEMAND_CELLS = 400_000_000
@@ -56,8 +58,9 @@ def parse_array(text: str) -> tuple[int, int]:
     try:
         r, c = int(parts[0]), int(parts[1])
     except ValueError:
-        raise BadInput(f"--array {text!r}: rows and columns must be whole numbers, "
-                       f"as in 32x32.") from None
+        raise BadInput(
+            f"--array {text!r}: rows and columns must be whole numbers, as in 32x32."
+        ) from None
     if r < 1 or c < 1:
         raise BadInput(f"--array {text!r}: an array needs at least 1 row and 1 column.")
     return r, c
@@ -83,8 +86,10 @@ def parse_sram(text: str | None) -> tuple[float, float, float]:
         return (64.0, 64.0, 64.0)
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 3:
-        raise BadInput(f"--sram-kb {text!r} needs three sizes in kB: IFMAP,FILTER,OFMAP "
-                       f"(for example 64,64,64).")
+        raise BadInput(
+            f"--sram-kb {text!r} needs three sizes in kB: IFMAP,FILTER,OFMAP "
+            f"(for example 64,64,64)."
+        )
     try:
         vals = tuple(float(p) for p in parts)
     except ValueError:
@@ -93,29 +98,41 @@ def parse_sram(text: str | None) -> tuple[float, float, float]:
         if not (v > 0) or v != v or v == float("inf"):
             raise BadInput(f"--sram-kb {text!r}: the {name} SRAM must be a positive size.")
         if int(1024 * v) < 2:
-            raise BadInput(f"--sram-kb {text!r}: the {name} SRAM holds fewer than 2 one-byte "
-                           f"words; double buffering needs at least 2.")
+            raise BadInput(
+                f"--sram-kb {text!r}: the {name} SRAM holds fewer than 2 one-byte "
+                f"words; double buffering needs at least 2."
+            )
     return vals  # type: ignore[return-value]
 
 
 def check_dataflow(df: str) -> str:
     d = df.lower()
     if d not in DATAFLOWS:
-        raise BadInput(f"--dataflow {df!r} is not a dataflow; choose ws (weight stationary), "
-                       f"os (output stationary) or is (input stationary).")
+        raise BadInput(
+            f"--dataflow {df!r} is not a dataflow; choose ws (weight stationary), "
+            f"os (output stationary) or is (input stationary)."
+        )
     return d
 
 
 def check_bandwidth(bw: int | None) -> int | None:
     if bw is not None and bw < 1:
-        raise BadInput(f"--bandwidth {bw} must be at least 1 word per cycle (leave it out "
-                       f"for an interface that never stalls).")
+        raise BadInput(
+            f"--bandwidth {bw} must be at least 1 word per cycle (leave it out "
+            f"for an interface that never stalls)."
+        )
     return bw
 
 
-def evaluate(ops: Operands, rows: int, cols: int, dataflow: str,
-             sram: tuple[float, float, float], bandwidth: int | None,
-             layer: dict[str, Any]) -> dict[str, Any]:
+def evaluate(
+    ops: Operands,
+    rows: int,
+    cols: int,
+    dataflow: str,
+    sram: tuple[float, float, float],
+    bandwidth: int | None,
+    layer: dict[str, Any],
+) -> dict[str, Any]:
     """The report of one layer (GEMM dims already in ``ops``)."""
     m, n, k = ops.mnk
     cf = gemm_cycles(m, n, k, rows, cols, dataflow)
@@ -142,16 +159,29 @@ def evaluate(ops: Operands, rows: int, cols: int, dataflow: str,
                 f"this layer makes {cf.folds * cf.cycles_per_fold} cycles of demand on a "
                 f"{rows}x{cols} array, too large for the cycle-level stall model "
                 f"(limit {MAX_DEMAND_CELLS} demand cells); leave out --bandwidth for the "
-                f"closed form, or use a smaller layer.")
+                f"closed form, or use a smaller layer."
+            )
         d = demand_trace(ops, rows, cols, dataflow)
-        rep = simulate_stalls(d.ifmap, d.filter, d.ofmap, d.ifmap_fetch, d.filter_fetch,
-                              MemoryConfig(*sram, bandwidth=bandwidth))
+        rep = simulate_stalls(
+            d.ifmap,
+            d.filter,
+            d.ofmap,
+            d.ifmap_fetch,
+            d.filter_fetch,
+            MemoryConfig(*sram, bandwidth=bandwidth),
+        )
         if rep.compute_cycles != cf.compute_cycles:  # pragma: no cover - invariant
             raise RuntimeError("closed form and demand trace disagree on compute cycles")
-        out.update(stall_cycles=rep.stall_cycles, total_cycles=rep.total_cycles,
-                   dram_words={"ifmap": rep.ifmap_dram_words, "filter": rep.filter_dram_words,
-                               "ofmap": rep.ofmap_dram_words},
-                   model="closed-form compute + SCALE-Sim-style scratchpad stall model")
+        out.update(
+            stall_cycles=rep.stall_cycles,
+            total_cycles=rep.total_cycles,
+            dram_words={
+                "ifmap": rep.ifmap_dram_words,
+                "filter": rep.filter_dram_words,
+                "ofmap": rep.ofmap_dram_words,
+            },
+            model="closed-form compute + SCALE-Sim-style scratchpad stall model",
+        )
     total = out["total_cycles"]
     out["utilization"] = (m * n * k) / (max(total, 1) * rows * cols)
     return out
@@ -162,11 +192,15 @@ def _print(rep: dict[str, Any], as_json: bool) -> None:
         typer.echo(json.dumps(rep, indent=2))
         return
     g = rep["gemm"]
-    typer.echo(f"GEMM {g['m']}x{g['n']}x{g['k']} (M x N x K) on {rep['array'][0]}x"
-               f"{rep['array'][1]} array, dataflow {rep['dataflow']}")
+    typer.echo(
+        f"GEMM {g['m']}x{g['n']}x{g['k']} (M x N x K) on {rep['array'][0]}x"
+        f"{rep['array'][1]} array, dataflow {rep['dataflow']}"
+    )
     typer.echo(f"  total cycles    {rep['total_cycles']}")
-    typer.echo(f"  compute cycles  {rep['compute_cycles']}  ({rep['folds']} folds x "
-               f"{rep['cycles_per_fold']} - 1)")
+    typer.echo(
+        f"  compute cycles  {rep['compute_cycles']}  ({rep['folds']} folds x "
+        f"{rep['cycles_per_fold']} - 1)"
+    )
     typer.echo(f"  stall cycles    {rep['stall_cycles']}")
     typer.echo(f"  utilization     {100 * rep['utilization']:.2f} %")
     typer.echo(f"  model           {rep['model']}")
@@ -174,16 +208,21 @@ def _print(rep: dict[str, Any], as_json: bool) -> None:
         typer.echo(f"  emulated        {rep['emulated']}")
 
 
-def _emulate(ops: Operands, a: np.ndarray, b: np.ndarray, rows: int, cols: int,
-             dataflow: str) -> str:
+def _emulate(
+    ops: Operands, a: np.ndarray, b: np.ndarray, rows: int, cols: int, dataflow: str
+) -> str:
     m, n, k = ops.mnk
     if m * n * k > MAX_EMULATED_MACS:
-        raise BadInput(f"--emulate steps every cycle in Python; {m * n * k} MACs is over the "
-                       f"{MAX_EMULATED_MACS} limit. Drop --emulate or use a smaller layer.")
+        raise BadInput(
+            f"--emulate steps every cycle in Python; {m * n * k} MACs is over the "
+            f"{MAX_EMULATED_MACS} limit. Drop --emulate or use a smaller layer."
+        )
     r = SystolicArray(rows, cols, dataflow).gemm(a, b, operands=ops)
     ok = bool(np.array_equal(r.output, a @ b))
-    return (f"cycle-stepped array: {r.compute_cycles} compute cycles, product "
-            f"{'equals' if ok else 'DIFFERS FROM'} numpy")
+    return (
+        f"cycle-stepped array: {r.compute_cycles} compute cycles, product "
+        f"{'equals' if ok else 'DIFFERS FROM'} numpy"
+    )
 
 
 @tpu_app.command("gemm")
@@ -193,10 +232,12 @@ def gemm_cmd(
     k: int = typer.Option(..., "--k", help="the reduction dimension"),
     array: str = typer.Option("32x32", "--array", help="ROWSxCOLS of the systolic array"),
     dataflow: str = typer.Option("ws", "--dataflow", help="ws, os or is"),
-    sram_kb: str | None = typer.Option(None, "--sram-kb",
-                                       help="IFMAP,FILTER,OFMAP SRAM kB (default 64,64,64)"),
-    bandwidth: int | None = typer.Option(None, "--bandwidth",
-                                         help="DRAM words per cycle (omit: never stalls)"),
+    sram_kb: str | None = typer.Option(
+        None, "--sram-kb", help="IFMAP,FILTER,OFMAP SRAM kB (default 64,64,64)"
+    ),
+    bandwidth: int | None = typer.Option(
+        None, "--bandwidth", help="DRAM words per cycle (omit: never stalls)"
+    ),
     emulate: bool = typer.Option(False, "--emulate", help="also run the cycle-stepped array"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
@@ -212,8 +253,9 @@ def gemm_cmd(
         rep = evaluate(ops, rows, cols, df, sram, bw, {"layer": "gemm"})
         if emulate:
             rng = np.random.default_rng(0)
-            rep["emulated"] = _emulate(ops, rng.integers(-8, 8, (m, k)),
-                                       rng.integers(-8, 8, (k, n)), rows, cols, df)
+            rep["emulated"] = _emulate(
+                ops, rng.integers(-8, 8, (m, k)), rng.integers(-8, 8, (k, n)), rows, cols, df
+            )
     except BadInput as e:
         _fail(str(e))
     _print(rep, as_json)
@@ -227,10 +269,12 @@ def conv_cmd(
     stride: int = typer.Option(1, "--stride", help="stride in both directions"),
     array: str = typer.Option("32x32", "--array", help="ROWSxCOLS of the systolic array"),
     dataflow: str = typer.Option("ws", "--dataflow", help="ws, os or is"),
-    sram_kb: str | None = typer.Option(None, "--sram-kb",
-                                       help="IFMAP,FILTER,OFMAP SRAM kB (default 64,64,64)"),
-    bandwidth: int | None = typer.Option(None, "--bandwidth",
-                                         help="DRAM words per cycle (omit: never stalls)"),
+    sram_kb: str | None = typer.Option(
+        None, "--sram-kb", help="IFMAP,FILTER,OFMAP SRAM kB (default 64,64,64)"
+    ),
+    bandwidth: int | None = typer.Option(
+        None, "--bandwidth", help="DRAM words per cycle (omit: never stalls)"
+    ),
     emulate: bool = typer.Option(False, "--emulate", help="also run the cycle-stepped array"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
@@ -249,15 +293,29 @@ def conv_cmd(
         sram = parse_sram(sram_kb)
         bw = check_bandwidth(bandwidth)
         ops = conv_operands(conv)
-        rep = evaluate(ops, rows, cols, df, sram, bw, {
-            "layer": "conv",
-            "conv": {"ifmap": [h, w, c], "filter": [fh, fw], "filters": filters,
-                     "stride": stride, "ofmap": [conv.ofmap_h, conv.ofmap_w, filters]},
-        })
+        rep = evaluate(
+            ops,
+            rows,
+            cols,
+            df,
+            sram,
+            bw,
+            {
+                "layer": "conv",
+                "conv": {
+                    "ifmap": [h, w, c],
+                    "filter": [fh, fw],
+                    "filters": filters,
+                    "stride": stride,
+                    "ofmap": [conv.ofmap_h, conv.ofmap_w, filters],
+                },
+            },
+        )
         if emulate:
             rng = np.random.default_rng(0)
             x = rng.integers(-8, 8, (h, w, c))
             from plugins.tpu.systolic import im2col
+
             a = im2col(x, conv)
             b = rng.integers(-8, 8, (fh * fw * c, filters))
             rep["emulated"] = _emulate(ops, a, b, rows, cols, df)

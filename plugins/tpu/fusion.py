@@ -28,16 +28,26 @@ from dataclasses import replace
 
 from engine.graph import Op, OpGraph, OpKind
 
-PRODUCERS = frozenset({OpKind.MATMUL, OpKind.CONV, OpKind.ATTENTION, OpKind.EMBEDDING,
-                       OpKind.ELEMENTWISE, OpKind.NORM, OpKind.SOFTMAX})
+PRODUCERS = frozenset(
+    {
+        OpKind.MATMUL,
+        OpKind.CONV,
+        OpKind.ATTENTION,
+        OpKind.EMBEDDING,
+        OpKind.ELEMENTWISE,
+        OpKind.NORM,
+        OpKind.SOFTMAX,
+    }
+)
 CONSUMERS = frozenset({OpKind.ELEMENTWISE, OpKind.NORM, OpKind.SOFTMAX})
 
 VECTOR_ATTR = "vector_flops"
 """Attribute of a fused op: FLOPs of its fused consumers, run on the vector unit."""
 
 
-def _attr_add(attrs: tuple[tuple[str, float], ...], key: str, v: float
-              ) -> tuple[tuple[str, float], ...]:
+def _attr_add(
+    attrs: tuple[tuple[str, float], ...], key: str, v: float
+) -> tuple[tuple[str, float], ...]:
     out = dict(attrs)
     out[key] = out.get(key, 0.0) + v
     return tuple(out.items())
@@ -68,9 +78,13 @@ def fuse_pair(producer: Op, consumer: Op) -> Op:
 
 def can_fuse(producer: Op, consumer: Op) -> bool:
     """Whether ``consumer`` fuses into ``producer`` (kinds and repeat counts)."""
-    return (consumer.kind in CONSUMERS and producer.kind in PRODUCERS
-            and producer.count == consumer.count and producer.batch >= 1
-            and (consumer.batch == 1 or consumer.batch == producer.batch))
+    return (
+        consumer.kind in CONSUMERS
+        and producer.kind in PRODUCERS
+        and producer.count == consumer.count
+        and producer.batch >= 1
+        and (consumer.batch == 1 or consumer.batch == producer.batch)
+    )
 
 
 def fuse(graph: OpGraph) -> OpGraph:
@@ -86,6 +100,13 @@ def fuse(graph: OpGraph) -> OpGraph:
     if not fused:
         return graph
     saved = graph.bytes - sum(o.bytes * o.count for o in out)
-    note = f"tpu fusion: {fused} ops fused into producers, {saved / 1e6:.3f} MB of HBM traffic removed"
-    return OpGraph(phase=graph.phase, ops=tuple(out), shape=graph.shape, dtype=graph.dtype,
-                   notes=(*graph.notes, note))
+    note = (
+        f"tpu fusion: {fused} ops fused into producers, {saved / 1e6:.3f} MB of HBM traffic removed"
+    )
+    return OpGraph(
+        phase=graph.phase,
+        ops=tuple(out),
+        shape=graph.shape,
+        dtype=graph.dtype,
+        notes=(*graph.notes, note),
+    )

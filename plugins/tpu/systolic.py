@@ -106,7 +106,7 @@ def gemm_operands(m: int, n: int, k: int) -> Operands:
     contiguous over ``k``, ofmap ``M×N`` row-major)."""
     check_gemm(m, n, k)
     a = np.arange(m * k, dtype=np.int64).reshape(m, k)
-    b = (np.arange(n, dtype=np.int64)[None, :] * k + np.arange(k, dtype=np.int64)[:, None])
+    b = np.arange(n, dtype=np.int64)[None, :] * k + np.arange(k, dtype=np.int64)[:, None]
     o = np.arange(m * n, dtype=np.int64).reshape(m, n)
     return Operands(a, b, o)
 
@@ -124,8 +124,7 @@ class ConvShape:
     stride: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("ifmap_h", "ifmap_w", "channels", "filter_h", "filter_w", "filters",
-                     "stride"):
+        for name in ("ifmap_h", "ifmap_w", "channels", "filter_h", "filter_w", "filters", "stride"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"convolution {name}={v} must be an integer >= 1")
@@ -145,8 +144,11 @@ class ConvShape:
 
     def gemm_dims(self) -> tuple[int, int, int]:
         """``(M, N, K)`` of the im2col GEMM: output pixels, filters, window size."""
-        return (self.ofmap_h * self.ofmap_w, self.filters,
-                self.filter_h * self.filter_w * self.channels)
+        return (
+            self.ofmap_h * self.ofmap_w,
+            self.filters,
+            self.filter_h * self.filter_w * self.channels,
+        )
 
 
 def conv_operands(conv: ConvShape) -> Operands:
@@ -214,10 +216,10 @@ class Demand:
 def _roles(ops: Operands, dataflow: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The (first, second, output) matrices in the dataflow's own orientation."""
     if dataflow == "os":
-        return ops.a, ops.b, ops.o                   # Sr×T, T×Sc, Sr×Sc
+        return ops.a, ops.b, ops.o  # Sr×T, T×Sc, Sr×Sc
     if dataflow == "ws":
-        return ops.b, ops.a, ops.o                   # W: Sr×Sc, X: T×Sr, out: T×Sc
-    return ops.a.T, ops.b.T, ops.o.T                 # W = Aᵀ (K×M), X = Bᵀ (N×K), out N×M
+        return ops.b, ops.a, ops.o  # W: Sr×Sc, X: T×Sr, out: T×Sc
+    return ops.a.T, ops.b.T, ops.o.T  # W = Aᵀ (K×M), X = Bᵀ (N×K), out N×M
 
 
 def demand_trace(ops: Operands, rows: int, cols: int, dataflow: str) -> Demand:
@@ -245,23 +247,23 @@ def demand_trace(ops: Operands, rows: int, cols: int, dataflow: str) -> Demand:
             nr, nc = r1 - r0, c1 - c0
             if dataflow == "os":
                 # row r of A (Sr×T) enters at cycle tt + r; column j of B at tt + j
-                a_blk = first[r0:r1, :]                       # nr × T
+                a_blk = first[r0:r1, :]  # nr × T
                 ifm[base + tt[:, None] + rr[None, :nr], rr[None, :nr]] = a_blk.T
-                b_blk = second[:, c0:c1]                      # T × nc
+                b_blk = second[:, c0:c1]  # T × nc
                 fil[base + tt[:, None] + cc[None, :nc], cc[None, :nc]] = b_blk
                 # PE (i, j) finishes (and writes) at cycle T-1+i+j
                 o_blk = out[r0:r1, c0:c1]
                 ofm[base + t - 1 + rr[:nr, None] + cc[None, :nc], cc[None, :nc]] = o_blk
             else:
-                w_blk = first[r0:r1, c0:c1]                   # nr × nc stationary
+                w_blk = first[r0:r1, c0:c1]  # nr × nc stationary
                 # cycle q loads stationary row R-1-q (bottom row first)
                 q = rows - 1 - rr[:nr]
                 stat = ifm if dataflow == "is" else fil
                 stat[base + q[:, None], cc[None, :nc]] = w_blk
-                x_blk = second[:, r0:r1]                      # T × nr streamed
+                x_blk = second[:, r0:r1]  # T × nr streamed
                 strm = fil if dataflow == "is" else ifm
                 strm[base + rows + tt[:, None] + rr[None, :nr], rr[None, :nr]] = x_blk
-                o_blk = out[:, c0:c1]                         # T × nc
+                o_blk = out[:, c0:c1]  # T × nc
                 ofm[base + 2 * rows - 1 + tt[:, None] + cc[None, :nc], cc[None, :nc]] = o_blk
             fold += 1
     i_fetch, f_fetch = demand_trace_fetch(ops, rows, cols, dataflow)
@@ -311,8 +313,13 @@ class SystolicArray:
         self.cols = cols
         self.dataflow = dataflow
 
-    def gemm(self, a: np.ndarray, b: np.ndarray, memory: MemoryConfig | None = None,
-             operands: Operands | None = None) -> EmulationResult:
+    def gemm(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        memory: MemoryConfig | None = None,
+        operands: Operands | None = None,
+    ) -> EmulationResult:
         """Compute ``a @ b`` on the array; with ``memory`` also run the stall model."""
         if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
             raise ValueError(f"GEMM operands do not conform: {a.shape} x {b.shape}")
@@ -323,29 +330,45 @@ class SystolicArray:
         if self.dataflow == "os":
             out, demand, busy = self._run_os(a.astype(dtype), b.astype(dtype), ops)
         elif self.dataflow == "ws":
-            o, demand, busy = self._run_stationary(b.astype(dtype), a.astype(dtype), ops,
-                                                   stationary_is_ifmap=False)
+            o, demand, busy = self._run_stationary(
+                b.astype(dtype), a.astype(dtype), ops, stationary_is_ifmap=False
+            )
             out = o
         else:
-            o, demand, busy = self._run_stationary(a.T.astype(dtype), b.T.astype(dtype), ops,
-                                                   stationary_is_ifmap=True)
+            o, demand, busy = self._run_stationary(
+                a.T.astype(dtype), b.T.astype(dtype), ops, stationary_is_ifmap=True
+            )
             out = o.T
         if memory is None:
             memory = MemoryConfig()
-        report = simulate_stalls(demand.ifmap, demand.filter, demand.ofmap,
-                                 demand.ifmap_fetch, demand.filter_fetch, memory)
-        folds = demand.cycles // fold_cycles(self.rows, self.cols,
-                                             spatial_temporal(m, n, k, self.dataflow)[2],
-                                             self.dataflow)
+        report = simulate_stalls(
+            demand.ifmap,
+            demand.filter,
+            demand.ofmap,
+            demand.ifmap_fetch,
+            demand.filter_fetch,
+            memory,
+        )
+        folds = demand.cycles // fold_cycles(
+            self.rows, self.cols, spatial_temporal(m, n, k, self.dataflow)[2], self.dataflow
+        )
         return EmulationResult(
-            output=out, compute_cycles=demand.cycles - 1, stall_cycles=report.stall_cycles,
-            macs=m * n * k, rows=self.rows, cols=self.cols, folds=folds,
-            pe_busy_cycles=busy, demand=demand, memory=report,
+            output=out,
+            compute_cycles=demand.cycles - 1,
+            stall_cycles=report.stall_cycles,
+            macs=m * n * k,
+            rows=self.rows,
+            cols=self.cols,
+            folds=folds,
+            pe_busy_cycles=busy,
+            demand=demand,
+            memory=report,
         )
 
     # OS: outputs stay in the PEs ------------------------------------------------------------
-    def _run_os(self, a: np.ndarray, b: np.ndarray, ops: Operands
-                ) -> tuple[np.ndarray, Demand, int]:
+    def _run_os(
+        self, a: np.ndarray, b: np.ndarray, ops: Operands
+    ) -> tuple[np.ndarray, Demand, int]:
         ar, ac = self.rows, self.cols
         m, k = a.shape
         n = b.shape[1]
@@ -403,8 +426,9 @@ class SystolicArray:
         return out, Demand(ifm, fil, ofm, *self._fetch(ops)), busy
 
     # WS / IS: one operand stays in the PEs ----------------------------------------------------
-    def _run_stationary(self, w: np.ndarray, x: np.ndarray, ops: Operands,
-                        stationary_is_ifmap: bool) -> tuple[np.ndarray, Demand, int]:
+    def _run_stationary(
+        self, w: np.ndarray, x: np.ndarray, ops: Operands, stationary_is_ifmap: bool
+    ) -> tuple[np.ndarray, Demand, int]:
         """``w`` (Sr×Sc) is held in the PEs, ``x`` (T×Sr) streams; returns ``x @ w``."""
         ar, ac = self.rows, self.cols
         sr, sc = w.shape
@@ -439,8 +463,8 @@ class SystolicArray:
                         wreg[0, :] = 0
                         src = ar - 1 - c
                         if src < nr:
-                            wreg[0, :nc] = w[r0 + src, c0: c0 + nc]
-                            stat_d[cyc, :nc] = first[r0 + src, c0: c0 + nc]
+                            wreg[0, :nc] = w[r0 + src, c0 : c0 + nc]
+                            stat_d[cyc, :nc] = first[r0 + src, c0 : c0 + nc]
                     # streamed operand moves right; partial sums move down
                     x_reg[:, 1:] = x_reg[:, :-1]
                     x_ok[:, 1:] = x_ok[:, :-1]
@@ -481,8 +505,9 @@ class SystolicArray:
         return demand_trace_fetch(ops, self.rows, self.cols, self.dataflow)
 
 
-def demand_trace_fetch(ops: Operands, rows: int, cols: int, dataflow: str
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def demand_trace_fetch(
+    ops: Operands, rows: int, cols: int, dataflow: str
+) -> tuple[np.ndarray, np.ndarray]:
     """DRAM fetch order of ifmap and filter (see :func:`demand_trace`)."""
     m, n, k = ops.mnk
     sr, sc, _ = spatial_temporal(m, n, k, dataflow)
@@ -490,13 +515,17 @@ def demand_trace_fetch(ops: Operands, rows: int, cols: int, dataflow: str
     first, second, _ = _roles(ops, dataflow)
     if dataflow == "os":
         a_stack = np.concatenate(
-            [_pad_cols(first[fr * rows: (fr + 1) * rows, :].T, rows) for fr in range(rf)])
+            [_pad_cols(first[fr * rows : (fr + 1) * rows, :].T, rows) for fr in range(rf)]
+        )
         b_stack = np.concatenate(
-            [_pad_cols(second[:, fc * cols: (fc + 1) * cols], cols) for fc in range(cf)])
+            [_pad_cols(second[:, fc * cols : (fc + 1) * cols], cols) for fc in range(cf)]
+        )
         return diagonal_order(a_stack), diagonal_order(b_stack)
     w_stack = np.concatenate(
-        [_pad_cols(first[:, fc * cols: (fc + 1) * cols], cols) for fc in range(cf)])
+        [_pad_cols(first[:, fc * cols : (fc + 1) * cols], cols) for fc in range(cf)]
+    )
     x_stack = np.concatenate(
-        [_pad_cols(second[:, fr * rows: (fr + 1) * rows], rows) for fr in range(rf)])
+        [_pad_cols(second[:, fr * rows : (fr + 1) * rows], rows) for fr in range(rf)]
+    )
     stat_fetch, strm_fetch = w_stack.ravel(), diagonal_order(x_stack)
     return (strm_fetch, stat_fetch) if dataflow == "ws" else (stat_fetch, strm_fetch)

@@ -98,9 +98,7 @@ def _short(text: str, limit: int = 40) -> str:
     return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
-def _check_options(
-    path: Path, fmt: str, options: Mapping[str, Any], allowed: set[str]
-) -> None:
+def _check_options(path: Path, fmt: str, options: Mapping[str, Any], allowed: set[str]) -> None:
     """Reject option keys a reader does not understand (a misspelling is an error)."""
     allowed = allowed | _COMMON | {"path", "format"}
     bad = sorted(k for k in options if k not in allowed)
@@ -151,7 +149,13 @@ def _require_columns(path: Path, df: pl.DataFrame, wanted: Sequence[str], how: s
 
 
 def _numeric(
-    path: Path, s: pl.Series, lines: Sequence[int], what: str, *, integer: bool, minimum: float,
+    path: Path,
+    s: pl.Series,
+    lines: Sequence[int],
+    what: str,
+    *,
+    integer: bool,
+    minimum: float,
     maximum: float = np.inf,
 ) -> np.ndarray:
     """Convert a string (or numeric) column to finite numbers within ``[minimum, maximum]``,
@@ -213,7 +217,10 @@ def _check_sorted(path: Path, t: np.ndarray, lines: Sequence[int], what: str) ->
 
 
 def _finish_requests(
-    path: Path, t: np.ndarray, prompt: np.ndarray, output: np.ndarray,
+    path: Path,
+    t: np.ndarray,
+    prompt: np.ndarray,
+    output: np.ndarray,
     options: Mapping[str, Any],
 ) -> pl.DataFrame:
     """Apply ``limit`` and ``time_scale`` and build the :data:`REQUEST_SCHEMA` frame."""
@@ -245,8 +252,11 @@ def _limit(path: Path, options: Mapping[str, Any]) -> int | None:
 
 def _time_scale(path: Path, options: Mapping[str, Any]) -> float:
     scale = options.get("time_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0 or (
-        scale == float("inf")
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, int | float)
+        or not scale > 0
+        or (scale == float("inf"))
     ):
         raise TraceError(
             f"{path}: `time_scale` must be a positive number (2.0 replays twice as fast), "
@@ -256,7 +266,11 @@ def _time_scale(path: Path, options: Mapping[str, Any]) -> float:
 
 
 def _arrival_seconds(
-    path: Path, s: pl.Series, lines: Sequence[int], column: str, time_unit: str,
+    path: Path,
+    s: pl.Series,
+    lines: Sequence[int],
+    column: str,
+    time_unit: str,
     time_format: str | None,
 ) -> np.ndarray:
     """Turn an arrival column into seconds (numeric with a unit, or datetimes)."""
@@ -274,8 +288,11 @@ def _arrival_seconds(
         nulls = np.flatnonzero(dt.is_null().to_numpy())
         if nulls.size:
             i = int(nulls[0])
-            hint = (f"the format {time_format!r}" if time_format
-                    else "an ISO date-time like '2023-11-16 18:15:46.68' (or set `time_format`)")
+            hint = (
+                f"the format {time_format!r}"
+                if time_format
+                else "an ISO date-time like '2023-11-16 18:15:46.68' (or set `time_format`)"
+            )
             raise TraceError(
                 f"{path}: line {lines[i]}: {column} {_short(raw[i])} is not a date-time matching "
                 f"{hint}; fix that row."
@@ -311,19 +328,39 @@ def _generic_requests(
 ) -> pl.DataFrame:
     cols = _mapping(path, options)
     _require_columns(
-        path, df, list(cols.values()),
+        path,
+        df,
+        list(cols.values()),
         "Map them with `columns: {arrival: ..., prompt_tokens: ..., output_tokens: ...}`.",
     )
     if df.height == 0:
         raise TraceError(f"{path}: the trace has no rows; add at least one request.")
     t = _arrival_seconds(
-        path, df[cols["arrival"]], lines, cols["arrival"], str(options.get("time_unit", "s")),
+        path,
+        df[cols["arrival"]],
+        lines,
+        cols["arrival"],
+        str(options.get("time_unit", "s")),
         options.get("time_format"),
     )
-    prompt = _numeric(path, df[cols["prompt_tokens"]], lines, cols["prompt_tokens"],
-                      integer=True, minimum=1, maximum=MAX_TOKENS)
-    output = _numeric(path, df[cols["output_tokens"]], lines, cols["output_tokens"],
-                      integer=True, minimum=1, maximum=MAX_TOKENS)
+    prompt = _numeric(
+        path,
+        df[cols["prompt_tokens"]],
+        lines,
+        cols["prompt_tokens"],
+        integer=True,
+        minimum=1,
+        maximum=MAX_TOKENS,
+    )
+    output = _numeric(
+        path,
+        df[cols["output_tokens"]],
+        lines,
+        cols["output_tokens"],
+        integer=True,
+        minimum=1,
+        maximum=MAX_TOKENS,
+    )
     return _finish_requests(path, t, prompt, output, options)
 
 
@@ -349,20 +386,38 @@ class AzureLLMTrace(TraceFormat):
         data = _read_bytes(path)
         df = _read_csv_strings(path, data)
         _require_columns(
-            path, df, self.columns,
+            path,
+            df,
+            self.columns,
             "An Azure LLM trace has the header TIMESTAMP,ContextTokens,GeneratedTokens; "
             "for another layout use `format: csv` with `columns`.",
         )
         if df.height == 0:
-            raise TraceError(f"{path}: the trace has a header but no rows; add at least one "
-                             "request.")
+            raise TraceError(
+                f"{path}: the trace has a header but no rows; add at least one request."
+            )
         lines = _data_lines(data, header=True)
-        t = _arrival_seconds(path, df["TIMESTAMP"], lines, "TIMESTAMP", "datetime",
-                             "%Y-%m-%d %H:%M:%S%.f")
-        prompt = _numeric(path, df["ContextTokens"], lines, "ContextTokens",
-                          integer=True, minimum=1, maximum=MAX_TOKENS)
-        output = _numeric(path, df["GeneratedTokens"], lines, "GeneratedTokens",
-                          integer=True, minimum=1, maximum=MAX_TOKENS)
+        t = _arrival_seconds(
+            path, df["TIMESTAMP"], lines, "TIMESTAMP", "datetime", "%Y-%m-%d %H:%M:%S%.f"
+        )
+        prompt = _numeric(
+            path,
+            df["ContextTokens"],
+            lines,
+            "ContextTokens",
+            integer=True,
+            minimum=1,
+            maximum=MAX_TOKENS,
+        )
+        output = _numeric(
+            path,
+            df["GeneratedTokens"],
+            lines,
+            "GeneratedTokens",
+            integer=True,
+            minimum=1,
+            maximum=MAX_TOKENS,
+        )
         return _finish_requests(path, t, prompt, output, options)
 
 
@@ -381,8 +436,9 @@ class CsvTrace(TraceFormat):
     def read(self, path: Path, options: Mapping[str, Any]) -> pl.DataFrame:
         """Read a CSV request trace into a :data:`REQUEST_SCHEMA` frame."""
         path = Path(path)
-        _check_options(path, self.name, options,
-                       {"columns", "time_unit", "time_format", "separator"})
+        _check_options(
+            path, self.name, options, {"columns", "time_unit", "time_format", "separator"}
+        )
         data = _read_bytes(path)
         df = _read_csv_strings(path, data, str(options.get("separator", ",")))
         return _generic_requests(path, df, _data_lines(data, header=True), options)
@@ -413,7 +469,9 @@ class JsonlTrace(TraceFormat):
             self._locate_error(path, data)
             raise TraceError(f"{path}: cannot parse as JSON Lines; one JSON object per line.")
         _require_columns(
-            path, df, list(cols.values()),
+            path,
+            df,
+            list(cols.values()),
             "Map them with `columns: {arrival: ..., prompt_tokens: ..., output_tokens: ...}`.",
         )
         # keys with mixed types (1 and "1") come back as strings: _numeric handles both
@@ -462,18 +520,22 @@ class AlibabaGpuTrace(TraceFormat):
         data = _read_bytes(path)
         df = _read_csv_strings(path, data)
         _require_columns(
-            path, df, self.columns,
+            path,
+            df,
+            self.columns,
             "An Alibaba GPU v2023 pod list has creation_time, deletion_time, num_gpu and "
             "gpu_milli columns.",
         )
         if df.height == 0:
             raise TraceError(f"{path}: the trace has a header but no rows; add at least one task.")
         lines = _data_lines(data, header=True)
-        created = _numeric(path, df["creation_time"], lines, "creation_time",
-                           integer=False, minimum=0)
+        created = _numeric(
+            path, df["creation_time"], lines, "creation_time", integer=False, minimum=0
+        )
         _check_sorted(path, created, lines, "creation_time")
-        deleted = _numeric(path, df["deletion_time"], lines, "deletion_time",
-                           integer=False, minimum=0)
+        deleted = _numeric(
+            path, df["deletion_time"], lines, "deletion_time", integer=False, minimum=0
+        )
         gpus = _numeric(path, df["num_gpu"], lines, "num_gpu", integer=True, minimum=0)
         milli_raw = df["gpu_milli"].str.strip_chars().replace("", "0").fill_null("0")
         milli = _numeric(path, milli_raw, lines, "gpu_milli", integer=False, minimum=0)

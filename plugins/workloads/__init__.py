@@ -21,9 +21,7 @@ MODULES: tuple[str, ...] = (
 )
 """Modules whose ``WORKLOADS`` this plugin registers, in order."""
 
-WORKLOADS: list[Workload] = [
-    w for name in MODULES for w in importlib.import_module(name).WORKLOADS
-]
+WORKLOADS: list[Workload] = [w for name in MODULES for w in importlib.import_module(name).WORKLOADS]
 """Every workload instance this plugin registers."""
 
 

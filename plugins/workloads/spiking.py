@@ -43,16 +43,27 @@ from engine.workload import SystemRun, Workload, WorkloadContext
 __all__ = ["REQUESTS_SCHEMA", "STEPS_SCHEMA", "WORKLOADS", "SpikingConfig", "SpikingWorkload"]
 
 STEPS_SCHEMA: dict[str, pl.DataType] = {
-    "system": pl.String(), "replica": pl.Int32(), "step": pl.Int64(), "start_s": pl.Float64(),
-    "end_s": pl.Float64(), "batch": pl.Int32(), "timesteps": pl.Int64(), "state": pl.String(),
+    "system": pl.String(),
+    "replica": pl.Int32(),
+    "step": pl.Int64(),
+    "start_s": pl.Float64(),
+    "end_s": pl.Float64(),
+    "batch": pl.Int32(),
+    "timesteps": pl.Int64(),
+    "state": pl.String(),
     "joules": pl.Float64(),
 }
 """Columns of the spiking ``steps`` frame (one row per batch of samples)."""
 
 REQUESTS_SCHEMA: dict[str, pl.DataType] = {
-    "system": pl.String(), "replica": pl.Int32(), "request_id": pl.Int64(),
-    "arrival_s": pl.Float64(), "start_s": pl.Float64(), "finish_s": pl.Float64(),
-    "latency_s": pl.Float64(), "status": pl.String(),
+    "system": pl.String(),
+    "replica": pl.Int32(),
+    "request_id": pl.Int64(),
+    "arrival_s": pl.Float64(),
+    "start_s": pl.Float64(),
+    "finish_s": pl.Float64(),
+    "latency_s": pl.Float64(),
+    "status": pl.String(),
 }
 """Columns of the spiking ``requests`` frame (one row per sample)."""
 
@@ -85,7 +96,8 @@ def _model_and_compiled(config: SpikingConfig, ctx: WorkloadContext) -> tuple[An
         if not hasattr(model, "with_options"):
             raise ScenarioError(
                 f"workload.input_rate/timestep: model {model.name!r} has no such settings; "
-                f"remove them or use model family snn")
+                f"remove them or use model family snn"
+            )
         model = model.with_options(**changes)
         rebind = getattr(compiled, "rebind", None)
         if rebind is not None:
@@ -110,8 +122,9 @@ class SpikingWorkload(Workload):
         if not isinstance(config, SpikingConfig):
             config = SpikingConfig.model_validate(config)
         model, compiled = _model_and_compiled(config, ctx)
-        steps_per_sample = config.timesteps or int(getattr(getattr(model, "cfg", None),
-                                                           "timesteps", 100))
+        steps_per_sample = config.timesteps or int(
+            getattr(getattr(model, "cfg", None), "timesteps", 100)
+        )
         n = config.samples
         rng = np.random.default_rng(ctx.seed)
         if config.rate is None:
@@ -145,8 +158,9 @@ class SpikingWorkload(Workload):
                 batch = [first]
                 while len(batch) < config.batch and queue.items:
                     batch.append((yield queue.get()))
-                cost = compiled.cost(Shape(Phase.SPIKING, batch=len(batch),
-                                           timesteps=steps_per_sample))
+                cost = compiled.cost(
+                    Shape(Phase.SPIKING, batch=len(batch), timesteps=steps_per_sample)
+                )
                 t0 = env.now
                 start[batch] = t0
                 served_by[batch] = r
@@ -168,25 +182,44 @@ class SpikingWorkload(Workload):
         for r, log in enumerate(logs):
             arr = np.array([(a, b, c, d) for a, b, c, d, _ in log], dtype=np.float64).reshape(-1, 4)
             st = np.array([states.index(row[4]) for row in log], dtype=np.int64)
-            step_frames.append(pl.DataFrame({
-                "system": [name] * len(log), "replica": [r] * len(log),
-                "step": np.arange(len(log)), "start_s": arr[:, 0], "end_s": arr[:, 1],
-                "batch": arr[:, 2].astype(np.int32),
-                "timesteps": np.full(len(log), steps_per_sample),
-                "state": [states[i] for i in st], "joules": arr[:, 3],
-            }, schema=STEPS_SCHEMA))
+            step_frames.append(
+                pl.DataFrame(
+                    {
+                        "system": [name] * len(log),
+                        "replica": [r] * len(log),
+                        "step": np.arange(len(log)),
+                        "start_s": arr[:, 0],
+                        "end_s": arr[:, 1],
+                        "batch": arr[:, 2].astype(np.int32),
+                        "timesteps": np.full(len(log), steps_per_sample),
+                        "state": [states[i] for i in st],
+                        "joules": arr[:, 3],
+                    },
+                    schema=STEPS_SCHEMA,
+                )
+            )
             devices = list(range(r * per_replica, (r + 1) * per_replica))
-            dev_frames.append(device_timeline(name, r, devices, arr[:, 0], arr[:, 1], st,
-                                              arr[:, 3], states, horizon))
+            dev_frames.append(
+                device_timeline(
+                    name, r, devices, arr[:, 0], arr[:, 1], st, arr[:, 3], states, horizon
+                )
+            )
         steps = pl.concat(step_frames) if step_frames else pl.DataFrame(schema=STEPS_SCHEMA)
-        devices_frame = pl.concat(dev_frames) if dev_frames else pl.DataFrame(
-            schema=DEVICES_SCHEMA)
+        devices_frame = pl.concat(dev_frames) if dev_frames else pl.DataFrame(schema=DEVICES_SCHEMA)
         latency = finish - arrivals
-        requests = pl.DataFrame({
-            "system": [name] * n, "replica": served_by, "request_id": np.arange(n),
-            "arrival_s": arrivals, "start_s": start, "finish_s": finish,
-            "latency_s": latency, "status": ["ok"] * n,
-        }, schema=REQUESTS_SCHEMA)
+        requests = pl.DataFrame(
+            {
+                "system": [name] * n,
+                "replica": served_by,
+                "request_id": np.arange(n),
+                "arrival_s": arrivals,
+                "start_s": start,
+                "finish_s": finish,
+                "latency_s": latency,
+                "status": ["ok"] * n,
+            },
+            schema=REQUESTS_SCHEMA,
+        )
         energy_j = float(steps["joules"].sum()) if steps.height else 0.0
         span = horizon - (float(arrivals.min()) if config.rate is not None else 0.0)
         metrics = {
@@ -199,9 +232,11 @@ class SpikingWorkload(Workload):
             "simulated_s": horizon,
             "timesteps_per_sample": steps_per_sample,
         }
-        return SystemRun(metrics=metrics, frames={"steps": steps, "requests": requests,
-                                                  "devices": devices_frame},
-                         simulated_s=horizon)
+        return SystemRun(
+            metrics=metrics,
+            frames={"steps": steps, "requests": requests, "devices": devices_frame},
+            simulated_s=horizon,
+        )
 
 
 WORKLOADS: list[Workload] = [SpikingWorkload()]

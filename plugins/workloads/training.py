@@ -93,20 +93,32 @@ class TrainingConfig(BaseModel):
     @model_validator(mode="after")
     def _length(self) -> TrainingConfig:
         if (self.steps is None) == (self.tokens is None):
-            raise ValueError("give the run's length as exactly one of `steps` or `tokens` "
-                             "(for example steps: 1000, or tokens: 3.0e11)")
+            raise ValueError(
+                "give the run's length as exactly one of `steps` or `tokens` "
+                "(for example steps: 1000, or tokens: 3.0e11)"
+            )
         return self
 
 
 def make_plan(config: TrainingConfig, model: ModelGraph) -> TrainingPlan:
     """The engine-side plan of ``config`` for ``model``."""
     seq = config.seq_len or int(model.info.max_seq_len or 0) or 2048
-    grad = config.grad_reduce_dtype or ("fp32" if config.precision == "fp32" else
-                                        "bf16" if config.precision == "fp8" else config.precision)
+    grad = config.grad_reduce_dtype or (
+        "fp32"
+        if config.precision == "fp32"
+        else "bf16"
+        if config.precision == "fp8"
+        else config.precision
+    )
     return TrainingPlan(
-        global_batch=config.global_batch, micro_batch=config.micro_batch, seq_len=seq,
-        recompute=config.recompute, precision=config.precision, optimizer=config.optimizer,
-        grad_dtype=grad, overlap_grad_reduce=config.overlap_grad_reduce,
+        global_batch=config.global_batch,
+        micro_batch=config.micro_batch,
+        seq_len=seq,
+        recompute=config.recompute,
+        precision=config.precision,
+        optimizer=config.optimizer,
+        grad_dtype=grad,
+        overlap_grad_reduce=config.overlap_grad_reduce,
         bucket_bytes=float(config.bucket_size),
     )
 
@@ -144,28 +156,41 @@ def training_fit(config: TrainingConfig, system: System, compiled: Compiled) -> 
     def nearest() -> str:
         plans = nearest_plans(model, par, plan, system.count, have, reserve)
         if not plans:
-            return (f"No plan of tensor, pipeline, ZeRO stage, recomputation and micro-batch "
-                    f"on {system.count}×{system.device.name} holds {model.name}; use more "
-                    f"devices or devices with more memory.")
+            return (
+                f"No plan of tensor, pipeline, ZeRO stage, recomputation and micro-batch "
+                f"on {system.count}×{system.device.name} holds {model.name}; use more "
+                f"devices or devices with more memory."
+            )
         return "Nearest plans that divide and fit: " + "; ".join(plans) + "."
 
     problems = check_plan(model, par, plan, system.count)
     if problems:
-        return Fit(False, 0.0, have, {},
-                   reason=f"The plan of system {system.name!r} is invalid: "
-                          + "; ".join(problems) + ".",
-                   suggestion=nearest())
+        return Fit(
+            False,
+            0.0,
+            have,
+            {},
+            reason=f"The plan of system {system.name!r} is invalid: " + "; ".join(problems) + ".",
+            suggestion=nearest(),
+        )
     need = plan_memory(model, par, plan, have, reserve)
     if need.fits:
         return Fit(True, need.total, have, need.breakdown())
-    desc = (f"data={par.data}, tensor={par.tensor}, pipeline={par.pipeline}"
-            + (f", virtual={par.virtual}" if par.virtual > 1 else "")
-            + f", zero={par.zero}, recompute={plan.recompute}, micro_batch={plan.micro_batch}")
+    desc = (
+        f"data={par.data}, tensor={par.tensor}, pipeline={par.pipeline}"
+        + (f", virtual={par.virtual}" if par.virtual > 1 else "")
+        + f", zero={par.zero}, recompute={plan.recompute}, micro_batch={plan.micro_batch}"
+    )
     return Fit(
-        False, need.total, have, need.breakdown(),
-        reason=(f"Training {model.name} with {desc} needs {need.total / 1e9:.1f} GB per device "
-                f"({need.describe()}) but one {system.device.name} has {have / 1e9:.1f} GB: "
-                f"short by {(need.total - have) / 1e9:.1f} GB."),
+        False,
+        need.total,
+        have,
+        need.breakdown(),
+        reason=(
+            f"Training {model.name} with {desc} needs {need.total / 1e9:.1f} GB per device "
+            f"({need.describe()}) but one {system.device.name} has {have / 1e9:.1f} GB: "
+            f"short by {(need.total - have) / 1e9:.1f} GB."
+        ),
         suggestion=nearest(),
     )
 
@@ -175,8 +200,10 @@ class TrainingWorkload(Workload):
     time-to-train, goodput and their spread over seeds with failures and checkpoints."""
 
     name = "training"
-    description = ("pre-training / fine-tuning: data, tensor, pipeline (1F1B, interleaved) "
-                   "and ZeRO parallelism, recomputation, failures and checkpoints")
+    description = (
+        "pre-training / fine-tuning: data, tensor, pipeline (1F1B, interleaved) "
+        "and ZeRO parallelism, recomputation, failures and checkpoints"
+    )
     schema = TrainingConfig
 
     def shape_hint(self, config: BaseModel) -> dict[str, object]:
@@ -209,20 +236,23 @@ class TrainingWorkload(Workload):
             ckpt_b = 0.0
             write_s = read_s = 0.0
         else:
-            spec = FailureSpec(f.mtbf_per_device, f.restart, f.checkpoint_interval,
-                               f.storage_bandwidth)
+            spec = FailureSpec(
+                f.mtbf_per_device, f.restart, f.checkpoint_interval, f.storage_bandwidth
+            )
             ckpt_b = checkpoint_bytes(model, plan.precision, plan.optimizer)
             write_s = read_s = ckpt_b / f.storage_bandwidth
         seeds = [ctx.seed * 1_000_003 + i for i in range(config.seeds)]
         walls = []
         for i, s in enumerate(seeds):
-            walls.append(simulate_failures(st.seconds, steps, system.count, spec, write_s,
-                                           read_s, s).wall_s)
+            walls.append(
+                simulate_failures(st.seconds, steps, system.count, spec, write_s, read_s, s).wall_s
+            )
             ctx.progress(i + 1, len(seeds) + 1)
         order = sorted(range(len(walls)), key=lambda i: (walls[i], i))
         median_seed = seeds[order[(len(order) - 1) // 2]]
-        run = simulate_failures(st.seconds, steps, system.count, spec, write_s, read_s,
-                                median_seed, record=True)
+        run = simulate_failures(
+            st.seconds, steps, system.count, spec, write_s, read_s, median_seed, record=True
+        )
         ctx.progress(len(seeds) + 1, len(seeds) + 1)
 
         n = system.count
@@ -267,9 +297,11 @@ class TrainingWorkload(Workload):
             "lost_work_s": run.lost_s,
             "seeds": len(seeds),
             "memory_per_device_bytes": fit.need_bytes,
-            "flops_definition": ("mfu: model FLOPs 3*F + 12*L*heads*head_dim*s per token "
-                                 "(Narayanan et al. 2021 eq. 3 without recomputation); hfu: "
-                                 "plus the recomputed forward"),
+            "flops_definition": (
+                "mfu: model FLOPs 3*F + 12*L*heads*head_dim*s per token "
+                "(Narayanan et al. 2021 eq. 3 without recomputation); hfu: "
+                "plus the recomputed forward"
+            ),
         }
         frames = {
             "steps": steps_frame(system.name, st, run, 0.0),
