@@ -1,9 +1,12 @@
 """Run a torch module on this machine and measure it: whole steps, per-op times, energy.
 
 * :func:`time_steps` runs ``module(*inputs)`` under ``torch.inference_mode`` at a fixed
-  thread count: ``warmup`` untimed calls, then ``repeats`` timed ones; it reports the
-  median (the figure the backend uses), the fastest and every sample, and the energy over
-  the timed calls from RAPL when this machine exposes a readable counter.
+  thread count: at least ``warmup`` untimed calls and :data:`MIN_WARMUP_S` of them, then
+  at least ``repeats`` timed calls and :data:`MIN_SAMPLED_S` of them (so a 50 µs step is
+  sampled hundreds of times in steady state, as the calibration's microbenchmarks are,
+  while a 100 ms step is sampled ``repeats`` times); it reports the median (the figure
+  the backend uses), the fastest and every sample, and the energy over the timed calls
+  from RAPL when this machine exposes a readable counter.
 * :func:`profile_ops` runs one more call under ``torch.profiler`` and returns the self CPU
   time of every aten op by name (with call counts), which the backend uses to split a
   step's seconds into compute (GEMM, convolution, attention), memory (everything else
@@ -191,6 +194,14 @@ def call(module: Callable[..., Any], inputs: Any) -> Any:
     return module(inputs)
 
 
+MIN_WARMUP_S = 0.02
+"""Untimed calls continue for at least this long, so short steps reach steady state."""
+MIN_SAMPLED_S = 0.05
+"""Timed calls continue until their sum reaches this, so short steps get many samples."""
+MAX_SAMPLES = 2000
+"""An upper bound on timed calls of one step."""
+
+
 def time_steps(
     module: Callable[..., Any],
     inputs: Any,
@@ -207,12 +218,16 @@ def time_steps(
     if clock not in ("wall", "cpu"):
         raise ValueError(f"unknown clock {clock!r}; valid: wall, cpu")
     with threads(n_threads), torch.inference_mode():
-        for _ in range(max(0, warmup)):
+        began, done = time.perf_counter(), 0
+        while done < max(0, warmup) or time.perf_counter() - began < MIN_WARMUP_S:
             call(module, inputs)
+            done += 1
         start = rapl.read() if rapl is not None else None
         wall: list[float] = []
         cpu: list[float] = []
-        for _ in range(max(1, repeats)):
+        while len(wall) < max(1, repeats) or (
+            sum(wall) < MIN_SAMPLED_S and len(wall) < MAX_SAMPLES
+        ):
             t = time.perf_counter()
             c = time.process_time()
             call(module, inputs)
