@@ -512,7 +512,7 @@ def test_config_needs_exactly_one_length() -> None:
 
 
 def test_exports_one_training_workload() -> None:
-    """The module exports the `training` kind for the lead to register."""
+    """The module exports the `training` kind for plugins.workloads to register."""
     assert [w.name for w in WORKLOADS] == ["training"]
 
 

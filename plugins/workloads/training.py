@@ -7,7 +7,7 @@ and the failure/checkpoint model; each system gives its parallel plan
 step model and the failure world are :mod:`engine.sim.training`; the memory model is
 :mod:`engine.sim.memory`; ``docs/workloads/training.md`` is the reference.
 
-Export: ``WORKLOADS`` (the lead registers it through ``register_workloads``).
+Export: ``WORKLOADS``, which ``plugins.workloads`` registers through ``register_workloads``.
 """
 
 from __future__ import annotations
