@@ -17,7 +17,7 @@ from engine.model import ModelGraph, ModelInfo
 from engine.system import Parallelism, System, Topology
 from plugins.cpu import calibrate as cal_mod
 from plugins.cpu.backend import CpuBackend, MeasuredCompiled, host_spec
-from plugins.cpu.measure import MAX_SAMPLES, MIN_SAMPLED_S, Rapl
+from plugins.cpu.measure import MAX_SAMPLES, Rapl
 
 
 class TinyModel(ModelGraph):
@@ -83,9 +83,8 @@ def test_measured_cost_runs_the_module_and_memoizes(cal_file: Path) -> None:
     assert cost.flops == pytest.approx(TinyModel().build(SHAPE).flops)
     assert cost.flops >= 2 * 2 * 4 * 64 * 64  # two GEMMs of 4x64x64
     t = c.timings[SHAPE]
-    # at least `repeats` samples; a microsecond step is sampled until 50 ms of samples
-    assert 2 <= len(t.samples) <= MAX_SAMPLES and t.threads == 1
-    assert len(t.samples) == MAX_SAMPLES or sum(t.wall_samples) >= MIN_SAMPLED_S
+    # at least `repeats` samples; a microsecond step gets many more, up to the cap
+    assert 2 < len(t.samples) <= MAX_SAMPLES and t.threads == 1
     assert c.cost(SHAPE) is cost  # memoized: not run again
     assert any("addmm" in name for name in c.op_profiles[SHAPE].ops)
 
