@@ -16,6 +16,7 @@ from torch import nn
 from engine.graph import Shape
 from engine.model import ModelFamily
 from plugins.models.common import TracedModelGraph, torch_dtype, validate_spec
+from plugins.models.vision import ImageModelGraph
 
 __all__ = ["FAMILIES", "CNNConfig", "MLPConfig"]
 
@@ -124,34 +125,13 @@ class MLPModel(TracedModelGraph):
         )
 
 
-class CNNModel(TracedModelGraph):
+class CNNModel(ImageModelGraph):
     """A configured small CNN; graphs from its meta trace."""
 
     family_name = "cnn"
     model_kind = "vision"
-
-    def __init__(self, cfg: CNNConfig) -> None:
-        super().__init__(cfg.name, cfg.dtype, cfg.model_dump())
-        self.cfg = cfg
-
-    def _make_module(self, device: str) -> nn.Module:
-        with torch.device(device):
-            m = CNN(self.cfg)
-        return m.to(torch_dtype(self.cfg.dtype))
-
-    def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
-        """``(images,)`` of ``[batch, in_channels, image_size, image_size]``."""
-        c = self.cfg
-        return (
-            torch.zeros(
-                max(1, shape.batch),
-                c.in_channels,
-                c.image_size,
-                c.image_size,
-                dtype=torch_dtype(c.dtype),
-                device=device,
-            ),
-        )
+    network = CNN
+    cfg: CNNConfig
 
 
 class MLPFamily(ModelFamily):

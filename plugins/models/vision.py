@@ -123,23 +123,26 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-class ResNetModel(TracedModelGraph):
-    """A configured ResNet; FORWARD/TRAIN graphs from its meta trace (per batch)."""
+class ImageModelGraph(TracedModelGraph):
+    """A traced image classifier: its configuration names ``in_channels``, ``image_size``
+    and ``dtype``, and :attr:`network` builds the torch module from it.
 
-    family_name = "resnet"
-    model_kind = "vision"
+    Subclasses set ``family_name`` and ``network``; graphs come from the meta trace.
+    """
 
-    def __init__(self, cfg: ResNetConfig) -> None:
+    network: type[nn.Module]
+
+    def __init__(self, cfg: Any) -> None:
         super().__init__(cfg.name, cfg.dtype, cfg.model_dump())
         self.cfg = cfg
 
     def _make_module(self, device: str) -> nn.Module:
         with torch.device(device):
-            m = ResNet(self.cfg)
+            m = self.network(self.cfg)
         return m.to(torch_dtype(self.cfg.dtype))
 
     def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
-        """``(images,)`` of ``[batch, channels, image_size, image_size]``."""
+        """``(images,)`` of ``[batch, in_channels, image_size, image_size]``."""
         c = self.cfg
         return (
             torch.zeros(
@@ -151,6 +154,15 @@ class ResNetModel(TracedModelGraph):
                 device=device,
             ),
         )
+
+
+class ResNetModel(ImageModelGraph):
+    """A configured ResNet; FORWARD/TRAIN graphs from its meta trace (per batch)."""
+
+    family_name = "resnet"
+    model_kind = "vision"
+    network = ResNet
+    cfg: ResNetConfig
 
 
 class ResNetFamily(ModelFamily):
