@@ -139,6 +139,25 @@ def _read_csv_strings(path: Path, data: bytes, separator: str = ",") -> pl.DataF
         ) from None
 
 
+def _fixed_layout(
+    path: Path,
+    fmt: str,
+    options: Mapping[str, Any],
+    columns: Sequence[str],
+    row: str,
+    how: str,
+) -> tuple[bytes, pl.DataFrame]:
+    """Read a CSV trace of a fixed published layout (no options) as strings, checking it
+    has ``columns`` (``how`` explains the layout) and at least one ``row``."""
+    _check_options(path, fmt, options, set())
+    data = _read_bytes(path)
+    df = _read_csv_strings(path, data)
+    _require_columns(path, df, columns, how)
+    if df.height == 0:
+        raise TraceError(f"{path}: the trace has a header but no rows; add at least one {row}.")
+    return data, df
+
+
 def _require_columns(path: Path, df: pl.DataFrame, wanted: Sequence[str], how: str) -> None:
     missing = [c for c in wanted if c not in df.columns]
     if missing:
@@ -382,20 +401,15 @@ class AzureLLMTrace(TraceFormat):
     def read(self, path: Path, options: Mapping[str, Any]) -> pl.DataFrame:
         """Read an Azure LLM trace file into a :data:`REQUEST_SCHEMA` frame."""
         path = Path(path)
-        _check_options(path, self.name, options, set())
-        data = _read_bytes(path)
-        df = _read_csv_strings(path, data)
-        _require_columns(
+        data, df = _fixed_layout(
             path,
-            df,
+            self.name,
+            options,
             self.columns,
+            "request",
             "An Azure LLM trace has the header TIMESTAMP,ContextTokens,GeneratedTokens; "
             "for another layout use `format: csv` with `columns`.",
         )
-        if df.height == 0:
-            raise TraceError(
-                f"{path}: the trace has a header but no rows; add at least one request."
-            )
         lines = _data_lines(data, header=True)
         t = _arrival_seconds(
             path, df["TIMESTAMP"], lines, "TIMESTAMP", "datetime", "%Y-%m-%d %H:%M:%S%.f"
@@ -516,18 +530,15 @@ class AlibabaGpuTrace(TraceFormat):
     def read(self, path: Path, options: Mapping[str, Any]) -> pl.DataFrame:
         """Read the pod list into a :data:`JOB_SCHEMA` frame."""
         path = Path(path)
-        _check_options(path, self.name, options, set())
-        data = _read_bytes(path)
-        df = _read_csv_strings(path, data)
-        _require_columns(
+        data, df = _fixed_layout(
             path,
-            df,
+            self.name,
+            options,
             self.columns,
+            "task",
             "An Alibaba GPU v2023 pod list has creation_time, deletion_time, num_gpu and "
             "gpu_milli columns.",
         )
-        if df.height == 0:
-            raise TraceError(f"{path}: the trace has a header but no rows; add at least one task.")
         lines = _data_lines(data, header=True)
         created = _numeric(
             path, df["creation_time"], lines, "creation_time", integer=False, minimum=0
