@@ -6,6 +6,7 @@ Exit status: 0 ok, 2 bad input (one paragraph on standard error, never a traceba
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from collections.abc import Callable
@@ -440,6 +441,14 @@ def calibrate(
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Calibration file to write.")
     ] = None,
+    points: Annotated[
+        Path | None,
+        typer.Option(
+            "--points",
+            help="Fit to this file of measured kernel times instead of measuring "
+            "(backends that accept one: gpu).",
+        ),
+    ] = None,
 ) -> None:
     """Measure this machine's kernels and fit the backend's efficiency model."""
 
@@ -452,7 +461,16 @@ def calibrate(
                 f"backend {backend!r} has no calibration command; backends that measure: "
                 f"{', '.join(n for n, b in host.backends.items() if hasattr(b, 'calibrate'))}."
             )
-        path = fn(out_file)
+        if points is None:
+            path = fn(out_file)
+        elif "points" in inspect.signature(fn).parameters:
+            path = fn(out_file, points=points)
+        else:
+            raise XpusimError(
+                f"--points: backend {backend!r} calibrates by measuring this machine and "
+                f"takes no points file; drop --points, or use --backend gpu for a GPU "
+                f"points file."
+            )
         out.print(f"calibration written: {path}")
 
     guarded(go)

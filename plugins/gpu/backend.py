@@ -38,7 +38,7 @@ from engine.system import System, Topology
 from plugins.gpu import calibration as cal_mod
 from plugins.gpu.catalog import catalog as builtin_catalog
 from plugins.gpu.efficiency import DECODE_ATTENTION, GpuCostModel, GpuEfficiency
-from plugins.gpu.measure import calibrate_gpu
+from plugins.gpu.measure import calibrate_from_points, calibrate_gpu
 
 SUPPORTED_KINDS = ("decoder", "encoder", "vision", "mlp", "spiking")
 """Model kinds the GPU backend runs (spiking networks as time-stepped dense ops)."""
@@ -152,10 +152,14 @@ class GpuBackend(Backend):
         cal = cal_mod.load(path)
         return cal.device in {system.device.name, *system.device.aliases}
 
-    def calibrate(self, out_file: Path | None = None) -> Path:
+    def calibrate(self, out_file: Path | None = None, points: Path | None = None) -> Path:
         """``xpusim calibrate --backend gpu``: measure kernels on ``cuda:0`` and fit
-        :class:`~plugins.gpu.efficiency.GpuEfficiency` (refuses clearly without CUDA)."""
-        _cal, path = calibrate_gpu(self.devices(), out_file)
+        :class:`~plugins.gpu.efficiency.GpuEfficiency` (refuses clearly without CUDA);
+        with ``points``, fit to that points file instead, on any machine."""
+        if points is not None:
+            _cal, path = calibrate_from_points(self.devices(), points, out_file)
+        else:
+            _cal, path = calibrate_gpu(self.devices(), out_file)
         return path
 
     def collective_seconds(

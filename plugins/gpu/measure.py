@@ -13,9 +13,19 @@ method, which delegates to :func:`calibrate_gpu`) on a machine with CUDA:
 4. **Attention** (``scaled_dot_product_attention``, prefill and decode shapes) ->
    ``attention_fraction`` the same way.
 
-Times come from CUDA events around ``reps`` back-to-back calls after warm-up. The fit
-(:func:`fit_params`) is plain Python over measured points, so it is tested without a GPU on
-points generated from known parameters. The result is a
+Times come from CUDA events around ``reps`` back-to-back calls after warm-up. The raw
+measurements are kept beside the calibration as a points file (:mod:`plugins.gpu.points`,
+``<out>.points.json``) so the fit can be redone or checked later.
+
+``xpusim calibrate --backend gpu --points FILE`` (:func:`calibrate_from_points`) skips the
+measuring and fits the same model to a points file on any machine, with or without CUDA:
+one written by an earlier calibration, or kernel times someone published. When a file has
+no streaming-copy rate or no kernel-overhead figure, those two parameters are fitted to
+the GEMM points too (the small-``m`` GEMMs of a decode step are bound by memory and
+overhead, the large ones by the tensor rate).
+
+The fit (:func:`fit_params`) is plain Python over measured points, so it is tested without
+a GPU on points generated from known parameters. The result is a
 :class:`plugins.gpu.calibration.Calibration` naming the device, where it was measured
 (GPU name, driver/CUDA, torch), the date and the command.
 """
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
@@ -32,9 +43,11 @@ from typing import Any
 
 from engine.device import DeviceSpec
 from engine.errors import XpusimError
-from engine.graph import Op, OpKind, dtype_bytes
+from engine.graph import Op
+from plugins.gpu import points as points_mod
 from plugins.gpu.calibration import Calibration, save
 from plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
+from plugins.gpu.points import Point, Points, attention_op, gemm_op
 
 GEMM_SHAPES: tuple[tuple[int, int, int], ...] = (
     (1, 4096, 4096),
@@ -70,35 +83,19 @@ ATTN_SHAPES: tuple[tuple[int, int, int, int], ...] = (
 ATTN_QUICK: tuple[tuple[int, int, int, int], ...] = ((32, 2048, 2048, 128), (256, 1, 2048, 128))
 
 _FRACTIONS = tuple(round(0.20 + 0.01 * i, 2) for i in range(81))  # 0.20 ... 1.00
+_MEMORY_FRACTIONS = tuple(round(0.30 + 0.01 * i, 2) for i in range(71))  # 0.30 ... 1.00
+_OVERHEADS = tuple(0.25e-6 * i for i in range(81))  # 0 ... 20 us
 
-
-def gemm_op(m: int, n: int, k: int, dtype: str) -> Op:
-    """The :class:`Op` of one ``m x n x k`` GEMM (A, B and C once)."""
-    b = dtype_bytes(dtype)
-    return Op(
-        "gemm",
-        OpKind.MATMUL,
-        flops=2.0 * m * n * k,
-        bytes_read=(m * k + k * n) * b,
-        bytes_written=m * n * b,
-        dims=(m, n, k),
-        dtype=dtype,
-    )
-
-
-def attention_op(bh: int, q: int, kv: int, d: int, dtype: str) -> Op:
-    """The :class:`Op` of one non-causal flash-attention call."""
-    b = dtype_bytes(dtype)
-    return Op(
-        "attention",
-        OpKind.ATTENTION,
-        flops=4.0 * bh * q * kv * d,
-        bytes_read=bh * (q + 2 * kv) * d * b,
-        bytes_written=bh * q * d * b,
-        dims=(q, kv, d),
-        batch=bh,
-        dtype=dtype,
-    )
+__all__ = [
+    "ATTN_SHAPES",
+    "GEMM_SHAPES",
+    "attention_op",
+    "calibrate_from_points",
+    "calibrate_gpu",
+    "fit_params",
+    "fit_report",
+    "gemm_op",
+]
 
 
 def _log_err(model: GpuCostModel, pts: Sequence[tuple[Op, float]]) -> float:
@@ -109,38 +106,77 @@ def _with(eff: GpuEfficiency, changes: Mapping[str, Any]) -> GpuEfficiency:
     return replace(eff, **dict(changes))
 
 
+def _pairs(points: Mapping[str, Any], key: str) -> list[tuple[Op, float]]:
+    out = []
+    for p in points.get(key, []):
+        op, t = (p["op"], p["seconds"]) if isinstance(p, Mapping) else p
+        out.append((op, float(t)))
+    return out
+
+
+def _line_search(
+    device: DeviceSpec,
+    eff: GpuEfficiency,
+    name: str,
+    grid: Sequence[float],
+    pts: Sequence[tuple[Op, float]],
+) -> float:
+    return min(grid, key=lambda v: _log_err(GpuCostModel(device, _with(eff, {name: v})), pts))
+
+
 def fit_params(device: DeviceSpec, points: Mapping[str, Any]) -> dict[str, float]:
-    """Fit ``memory_fraction``, ``kernel_overhead_s``, ``tensor_fraction`` and
-    ``attention_fraction`` of :class:`GpuEfficiency` to measured ``points``:
-    ``copy_bytes_per_s`` (a number), ``kernel_overhead_s`` (a number), ``gemm`` and
-    ``attention`` (lists of ``{"op": Op, "seconds": t}`` or ``(Op, t)``)."""
+    """Fit :class:`GpuEfficiency` to measured ``points``: ``copy_bytes_per_s`` (a number,
+    optional), ``kernel_overhead_s`` (a number, optional), ``gemm`` and ``attention``
+    (lists of ``{"op": Op, "seconds": t}`` or ``(Op, t)``).
 
-    def pairs(key: str) -> list[tuple[Op, float]]:
-        out = []
-        for p in points.get(key, []):
-            op, t = (p["op"], p["seconds"]) if isinstance(p, Mapping) else p
-            out.append((op, float(t)))
-        return out
-
+    A measured copy rate sets ``memory_fraction`` and a measured overhead sets
+    ``kernel_overhead_s`` directly; whichever is missing is fitted to the GEMM points
+    together with ``tensor_fraction``, by coordinate descent over fixed grids minimising
+    the mean squared log error. ``attention_fraction`` is then fitted to the attention
+    points with the GEMM parameters held."""
     params: dict[str, float] = {}
-    base = GpuEfficiency()
-    bw = float(points.get("copy_bytes_per_s", 0.0))
+    bw = float(points.get("copy_bytes_per_s") or 0.0)
     if bw > 0:
         params["memory_fraction"] = min(1.0, max(0.05, bw / device.memory_bw.value))
     ovh = points.get("kernel_overhead_s")
     if ovh is not None:
         params["kernel_overhead_s"] = max(0.0, float(ovh))
-    eff = _with(base, params)
-    for key, name in (("gemm", "tensor_fraction"), ("attention", "attention_fraction")):
-        pts = pairs(key)
-        if not pts:
-            continue
-        best = min(
-            _FRACTIONS, key=lambda f: _log_err(GpuCostModel(device, _with(eff, {name: f})), pts)
-        )
-        params[name] = best
-        eff = _with(eff, {name: best})
+    eff = _with(GpuEfficiency(), params)
+    gemm = _pairs(points, "gemm")
+    if gemm:
+        free: list[tuple[str, Sequence[float]]] = [("tensor_fraction", _FRACTIONS)]
+        if "memory_fraction" not in params:
+            free.append(("memory_fraction", _MEMORY_FRACTIONS))
+        if "kernel_overhead_s" not in params:
+            free.append(("kernel_overhead_s", _OVERHEADS))
+        for _round in range(8):
+            changed = False
+            for name, grid in free:
+                best = _line_search(device, eff, name, grid, gemm)
+                if best != getattr(eff, name):
+                    eff = _with(eff, {name: best})
+                    changed = True
+            if not changed:
+                break
+        params.update({name: float(getattr(eff, name)) for name, _grid in free})
+    attn = _pairs(points, "attention")
+    if attn:
+        best = _line_search(device, eff, "attention_fraction", _FRACTIONS, attn)
+        params["attention_fraction"] = best
     return params
+
+
+def fit_report(
+    device: DeviceSpec, points: Sequence[Point], eff: GpuEfficiency | None = None
+) -> list[tuple[Point, float, float]]:
+    """Each point with the model's predicted seconds and the signed relative error
+    ``predicted / measured - 1`` under ``eff`` (the defaults when ``None``)."""
+    model = GpuCostModel(device, eff or GpuEfficiency())
+    out = []
+    for p in points:
+        pred = model(p.op).seconds
+        out.append((p, pred, pred / p.seconds - 1.0))
+    return out
 
 
 def _cuda() -> Any:
@@ -240,6 +276,24 @@ def match_device(catalog: Mapping[str, DeviceSpec], gpu_name: str) -> DeviceSpec
     return best[1]
 
 
+def points_path(calibration: str | Path) -> Path:
+    """Where the points a calibration was fitted to are kept: ``<stem>.points.json``
+    beside it."""
+    p = Path(calibration)
+    return p.with_name(p.stem + ".points.json")
+
+
+def _summary(spec: DeviceSpec, pts: Points, params: Mapping[str, float]) -> str:
+    eff = _with(GpuEfficiency(), params)
+    errs = [abs(e) for _p, _t, e in fit_report(spec, (*pts.gemm, *pts.attention), eff)]
+    if not errs:
+        return "  no timed kernels to check the fit against"
+    return (
+        f"  fit over {len(errs)} timed kernels: median |error| {statistics.median(errs):.1%}, "
+        f"max {max(errs):.1%}"
+    )
+
+
 def calibrate_gpu(
     catalog: Mapping[str, DeviceSpec],
     out: str | Path | None = None,
@@ -250,21 +304,83 @@ def calibrate_gpu(
     log: Callable[[str], None] | None = None,
 ) -> tuple[Calibration, Path]:
     """Measure ``cuda:0``, fit, and write the calibration (default
-    ``calibration-<device>.json`` in the working folder); return it and its path."""
+    ``calibration-<device>.json`` in the working folder) and its points file beside it;
+    return the calibration and its path."""
     torch = _cuda()
     say = log or (lambda s: print(s, flush=True))
     name = torch.cuda.get_device_name(0)
     spec = match_device(catalog, name)
     say(f"calibrating gpu: {name} as catalog device {spec.name!r}")
-    pts = measure(dtype, quick, say)
-    params = fit_params(spec, pts)
-    say("  fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
+    raw = measure(dtype, quick, say)
     path = Path(out) if out else Path(f"calibration-{spec.name}.json")
-    cal = Calibration(
+    cmd = command or ("xpusim calibrate --backend gpu" + (f" --out {out}" if out else ""))
+    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pts = Points(
         device=spec.name,
         measured_on=describe_machine(),
-        date=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        command=command or ("xpusim calibrate --backend gpu" + (f" --out {out}" if out else "")),
+        date=when,
+        source=cmd,
+        gemm=tuple(Point(p["op"], p["seconds"]) for p in raw["gemm"]),
+        attention=tuple(Point(p["op"], p["seconds"]) for p in raw["attention"]),
+        copy_bytes_per_s=raw["copy_bytes_per_s"],
+        kernel_overhead_s=raw["kernel_overhead_s"],
+    )
+    params = fit_params(spec, pts.for_fit())
+    say("  fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
+    say(_summary(spec, pts, params))
+    cal = Calibration(
+        device=spec.name,
+        measured_on=pts.measured_on,
+        date=when,
+        command=cmd,
+        params=params,
+        path=str(path),
+    )
+    save(cal, path)
+    points_mod.save(pts, points_path(path))
+    return cal, path
+
+
+def _spec_named(catalog: Mapping[str, DeviceSpec], name: str, where: str) -> DeviceSpec:
+    for spec in catalog.values():
+        if name == spec.name or name in spec.aliases:
+            return spec
+    raise XpusimError(
+        f"{where}: device {name!r} is not in the GPU catalog; known: "
+        f"{', '.join(sorted(catalog))}. Name one of them in the file's 'device'."
+    )
+
+
+def calibrate_from_points(
+    catalog: Mapping[str, DeviceSpec],
+    points_file: str | Path,
+    out: str | Path | None = None,
+    *,
+    command: str = "",
+    log: Callable[[str], None] | None = None,
+) -> tuple[Calibration, Path]:
+    """Fit a calibration to the points file ``points_file`` (no GPU needed) and write it
+    (default ``calibration-<device>.json``); return it and its path. The calibration keeps
+    the points' device, machine and date, and names the points file in its command."""
+    say = log or (lambda s: print(s, flush=True))
+    pts = points_mod.load(points_file)
+    spec = _spec_named(catalog, pts.device, f"points file {str(points_file)!r}")
+    say(
+        f"fitting gpu efficiency for {spec.name!r} to {len(pts.gemm)} GEMM and "
+        f"{len(pts.attention)} attention points from {points_file}"
+    )
+    params = fit_params(spec, pts.for_fit())
+    say("  fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
+    say(_summary(spec, pts, params))
+    path = Path(out) if out else Path(f"calibration-{spec.name}.json")
+    cmd = command or (
+        f"xpusim calibrate --backend gpu --points {points_file}" + (f" --out {out}" if out else "")
+    )
+    cal = Calibration(
+        device=spec.name,
+        measured_on=f"{pts.measured_on} (points: {pts.source})",
+        date=pts.date,
+        command=cmd,
         params=params,
         path=str(path),
     )

@@ -1,0 +1,240 @@
+"""Measured GPU kernel points: the raw evidence a GPU calibration is fitted to.
+
+A points file is JSON (``format: xpusim-gpu-points/1``)::
+
+    {
+      "format": "xpusim-gpu-points/1",
+      "device": "h100-sxm",
+      "measured_on": "1x NVIDIA H100 80GB HBM3 (132 SMs), CUDA 12.4, torch 2.4",
+      "date": "2026-11-22T10:00:00Z",
+      "source": "xpusim calibrate --backend gpu --out h100.json",
+      "copy_bytes_per_s": 2.9e12,          # optional: a streaming copy's rate
+      "kernel_overhead_s": 2.1e-6,         # optional: an empty kernel's cost
+      "gemm": [{"m": 512, "n": 4096, "k": 4096, "dtype": "bf16", "seconds": 6.1e-5,
+                "label": "optional words"}],
+      "attention": [{"bh": 32, "q": 2048, "kv": 2048, "d": 128, "dtype": "bf16",
+                     "seconds": 4.2e-4}]
+    }
+
+``xpusim calibrate --backend gpu`` writes one beside every calibration it measures, and
+``xpusim calibrate --backend gpu --points FILE`` fits a calibration from one on any machine:
+from a file measured earlier, or from kernel timings someone published (the shipped
+``calibrations/points/`` files say where theirs come from). Every problem with a file is
+an :class:`~engine.errors.XpusimError` naming the file, the entry and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import XpusimError
+from engine.graph import Op, OpKind, dtype_bytes
+
+FORMAT = "xpusim-gpu-points/1"
+"""The ``format`` field every points file carries."""
+
+_HEADER = ("device", "measured_on", "date", "source")
+_GEMM_DIMS = ("m", "n", "k")
+_ATTN_DIMS = ("bh", "q", "kv", "d")
+_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
+
+
+def gemm_op(m: int, n: int, k: int, dtype: str) -> Op:
+    """The :class:`Op` of one ``m x n x k`` GEMM (A, B and C once)."""
+    b = dtype_bytes(dtype)
+    return Op(
+        "gemm",
+        OpKind.MATMUL,
+        flops=2.0 * m * n * k,
+        bytes_read=(m * k + k * n) * b,
+        bytes_written=m * n * b,
+        dims=(m, n, k),
+        dtype=dtype,
+    )
+
+
+def attention_op(bh: int, q: int, kv: int, d: int, dtype: str) -> Op:
+    """The :class:`Op` of one non-causal flash-attention call over ``bh`` (sequence, head)
+    pairs."""
+    b = dtype_bytes(dtype)
+    return Op(
+        "attention",
+        OpKind.ATTENTION,
+        flops=4.0 * bh * q * kv * d,
+        bytes_read=bh * (q + 2 * kv) * d * b,
+        bytes_written=bh * q * d * b,
+        dims=(q, kv, d),
+        batch=bh,
+        dtype=dtype,
+    )
+
+
+@dataclass(frozen=True)
+class Point:
+    """One timed kernel: its op (shape and dtype), seconds per call, and a label."""
+
+    op: Op
+    seconds: float
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Points:
+    """A points file in memory (see the module docstring for the fields)."""
+
+    device: str
+    measured_on: str
+    date: str
+    source: str
+    gemm: tuple[Point, ...] = ()
+    attention: tuple[Point, ...] = ()
+    copy_bytes_per_s: float | None = None
+    kernel_overhead_s: float | None = None
+    path: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def for_fit(self) -> dict[str, Any]:
+        """The mapping :func:`plugins.gpu.measure.fit_params` takes."""
+        out: dict[str, Any] = {
+            "gemm": [(p.op, p.seconds) for p in self.gemm],
+            "attention": [(p.op, p.seconds) for p in self.attention],
+        }
+        if self.copy_bytes_per_s is not None:
+            out["copy_bytes_per_s"] = self.copy_bytes_per_s
+        if self.kernel_overhead_s is not None:
+            out["kernel_overhead_s"] = self.kernel_overhead_s
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's JSON object."""
+
+        def dims(p: Point, names: Sequence[str]) -> dict[str, Any]:
+            vals = p.op.dims if names is _GEMM_DIMS else (p.op.batch, *p.op.dims)
+            row: dict[str, Any] = dict(zip(names, (int(v) for v in vals), strict=True))
+            row.update(dtype=p.op.dtype, seconds=p.seconds)
+            if p.label:
+                row["label"] = p.label
+            return row
+
+        out: dict[str, Any] = {
+            "format": FORMAT,
+            "device": self.device,
+            "measured_on": self.measured_on,
+            "date": self.date,
+            "source": self.source,
+            **dict(self.extra),
+        }
+        if self.copy_bytes_per_s is not None:
+            out["copy_bytes_per_s"] = self.copy_bytes_per_s
+        if self.kernel_overhead_s is not None:
+            out["kernel_overhead_s"] = self.kernel_overhead_s
+        out["gemm"] = [dims(p, _GEMM_DIMS) for p in self.gemm]
+        out["attention"] = [dims(p, _ATTN_DIMS) for p in self.attention]
+        return out
+
+
+def _positive(where: str, name: str, value: Any, *, integer: bool = False) -> Any:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if not ok or not math.isfinite(float(value)) or float(value) <= 0:
+        kind = "a positive whole number" if integer else "a positive number"
+        raise XpusimError(f"{where}: {name!r} must be {kind}, got {value!r}.")
+    return int(value) if integer else float(value)
+
+
+def _entries(where: str, raw: Mapping[str, Any], key: str, dims: Sequence[str]) -> list[Point]:
+    rows = raw.get(key, [])
+    if not isinstance(rows, list):
+        raise XpusimError(f"{where}: {key!r} must be a list of measured points.")
+    out = []
+    for i, row in enumerate(rows):
+        at = f"{where}: {key}[{i}]"
+        if not isinstance(row, dict):
+            raise XpusimError(f"{at} must be an object with {', '.join(dims)}, dtype, seconds.")
+        missing = [f for f in (*dims, "dtype", "seconds") if f not in row]
+        if missing:
+            raise XpusimError(
+                f"{at} lacks {', '.join(missing)}; a {key} point records "
+                f"{', '.join(dims)}, dtype and seconds."
+            )
+        vals = [_positive(at, d, row[d], integer=True) for d in dims]
+        dtype = row["dtype"]
+        if dtype not in _DTYPES:
+            raise XpusimError(f"{at}: 'dtype' must be one of {', '.join(_DTYPES)}, got {dtype!r}.")
+        secs = _positive(at, "seconds", row["seconds"])
+        if key == "gemm":
+            op = gemm_op(vals[0], vals[1], vals[2], dtype)
+        else:
+            op = attention_op(vals[0], vals[1], vals[2], vals[3], dtype)
+        out.append(Point(op, secs, str(row.get("label", ""))))
+    return out
+
+
+def load(path: str | Path) -> Points:
+    """Read and check a points file; every problem raises
+    :class:`~engine.errors.XpusimError` naming the file and the entry."""
+    p = Path(path)
+    where = f"points file {str(p)!r}"
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise XpusimError(f"{where} does not exist.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise XpusimError(f"{where} is not valid JSON: {exc}.") from None
+    if not isinstance(raw, dict):
+        raise XpusimError(f"{where} must hold a JSON object.")
+    if raw.get("format") != FORMAT:
+        raise XpusimError(
+            f"{where}: 'format' must be {FORMAT!r}, got {raw.get('format')!r}; is this a "
+            f"calibration file rather than the points it was fitted to?"
+        )
+    missing = [k for k in _HEADER if not raw.get(k)]
+    if missing:
+        raise XpusimError(
+            f"{where} lacks {', '.join(missing)}; a points file says which device, where, "
+            f"when and by what the times were measured."
+        )
+    gemm = _entries(where, raw, "gemm", _GEMM_DIMS)
+    attn = _entries(where, raw, "attention", _ATTN_DIMS)
+    copy = raw.get("copy_bytes_per_s")
+    ovh = raw.get("kernel_overhead_s")
+    if not gemm and not attn and copy is None:
+        raise XpusimError(f"{where} has no measured points: give gemm or attention entries.")
+    known = {"format", *_HEADER, "gemm", "attention", "copy_bytes_per_s", "kernel_overhead_s"}
+    return Points(
+        device=str(raw["device"]),
+        measured_on=str(raw["measured_on"]),
+        date=str(raw["date"]),
+        source=str(raw["source"]),
+        gemm=tuple(gemm),
+        attention=tuple(attn),
+        copy_bytes_per_s=None if copy is None else _positive(where, "copy_bytes_per_s", copy),
+        kernel_overhead_s=None if ovh is None else float(_nonnegative(where, ovh)),
+        path=str(p),
+        extra={k: v for k, v in raw.items() if k not in known},
+    )
+
+
+def _nonnegative(where: str, value: Any) -> float:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(float(value))
+        or float(value) < 0
+    ):
+        raise XpusimError(f"{where}: 'kernel_overhead_s' must be a number >= 0, got {value!r}.")
+    return float(value)
+
+
+def save(points: Points, path: str | Path) -> Path:
+    """Write ``points`` as JSON to ``path`` and return the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(points.to_json(), indent=1) + "\n", encoding="utf-8")
+    return p
