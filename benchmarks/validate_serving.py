@@ -64,6 +64,7 @@ from engine.host import Host, build_host  # noqa: E402
 from engine.run import simulate  # noqa: E402
 from engine.scenario import resolve  # noqa: E402
 from engine.yamlsrc import Source  # noqa: E402
+from plugins.gpu.calibration import load as load_calibration  # noqa: E402
 
 FIGURES = REPO.parent / "shared" / "reference" / "figures.yaml"
 
@@ -121,8 +122,14 @@ def row_setup(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def scenario_data(s: dict[str, Any], kv_dtype: str | None, kernel: str) -> dict[str, Any]:
-    """The plain scenario a user would write for one row."""
+def scenario_data(
+    s: dict[str, Any], kv_dtype: str | None, kernel: str, calibration: Path | None = None
+) -> dict[str, Any]:
+    """The plain scenario a user would write for one row (with ``calibration`` as the
+    system's ``options.calibration`` when it was measured on the row's device)."""
+    options: dict[str, Any] = {"decode_attention": kernel}
+    if calibration is not None and load_calibration(calibration).device == s["device"]:
+        options["calibration"] = str(calibration)
     model: dict[str, Any] = {"family": "llama", "preset": s["preset"], "dtype": s["dtype"]}
     if kv_dtype is not None:
         model["kv_dtype"] = kv_dtype
@@ -144,16 +151,25 @@ def scenario_data(s: dict[str, Any], kv_dtype: str | None, kernel: str) -> dict[
                 "device": s["device"],
                 "count": s["tp"],
                 "parallelism": {"tensor": s["tp"]},
-                "options": {"decode_attention": kernel},
+                "options": options,
             }
         ],
     }
 
 
-def run_row(host: Host, s: dict[str, Any], kv_dtype: str | None, kernel: str) -> dict[str, Any]:
+def run_row(
+    host: Host,
+    s: dict[str, Any],
+    kv_dtype: str | None,
+    kernel: str,
+    calibration: Path | None = None,
+) -> dict[str, Any]:
     """Simulate one row; output tok/s per GPU, J per output token, simulated span."""
     sc = resolve(
-        scenario_data(s, kv_dtype, kernel), Source("validate_serving"), host, base_dir=REPO
+        scenario_data(s, kv_dtype, kernel, calibration),
+        Source("validate_serving"),
+        host,
+        base_dir=REPO,
     )
     res = simulate(sc, host).systems[0]
     if res.status != "ok":
@@ -177,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also print every row under each mechanism variant",
     )
+    ap.add_argument(
+        "--calibration",
+        type=Path,
+        help="a GPU calibration file, applied to the rows of its device",
+    )
     args = ap.parse_args(argv)
     host = build_host()
     out: list[dict[str, Any]] = []
@@ -185,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         measured = float(row["value"])
         variants = VARIANTS if args.mechanisms else {"source": VARIANTS["source"]}
         preds = {
-            name: run_row(host, s, s["kv_dtype"] if use_kv else None, kernel)
+            name: run_row(host, s, s["kv_dtype"] if use_kv else None, kernel, args.calibration)
             for name, (use_kv, kernel) in variants.items()
         }
         p = preds["source"]

@@ -1,0 +1,158 @@
+"""Validate the GPU GEMM cost model against measured H100 kernel times, and check its fit.
+
+The points come from ``calibrations/points/vidur-h100-fp16-linear.points.json``: per-kernel
+medians of fp16 linear layers (one cuBLAS GEMM each) that Vidur (MLSys 2024) profiled on an
+H100 and published in its repository; the file says which rows, how each maps to a GEMM
+shape, and why it is attached to ``h100-sxm``. Three comparisons are printed:
+
+1. **defaults**: :class:`plugins.gpu.efficiency.GpuEfficiency` as shipped (stated
+   assumptions, no measurement) against every point;
+2. **fitted, in sample**: the parameters ``xpusim calibrate --backend gpu --points`` fits to
+   every point, against the same points;
+3. **fitted, held out**: parameters fitted to the points whose label does *not* start with
+   ``--holdout`` (default ``phi-2``: fit on InternLM-20B's shapes), checked on those that do
+   (phi-2's, a different hidden size and MLP width).
+
+Each part prints the median and maximum |error| overall and per regime: ``m <= 64``
+(decode-sized GEMMs, bound by memory and kernel overhead), ``64 < m < 1024`` and
+``m >= 1024`` (prefill-sized, bound by the tensor rate). With ``--rows`` every point is
+listed.
+
+Usage::
+
+    python benchmarks/validate_gpu_kernels.py [--points FILE] [--holdout PREFIX] [--rows]
+                                              [--json OUT]
+
+Exit status 0 whatever the errors (it reports, it does not gate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from engine.device import DeviceSpec  # noqa: E402
+from plugins.gpu import points as points_mod  # noqa: E402
+from plugins.gpu.catalog import catalog  # noqa: E402
+from plugins.gpu.efficiency import GpuEfficiency  # noqa: E402
+from plugins.gpu.measure import fit_params, fit_report  # noqa: E402
+from plugins.gpu.points import Point, Points  # noqa: E402
+
+DEFAULT_POINTS = REPO / "calibrations" / "points" / "vidur-h100-fp16-linear.points.json"
+REGIMES = (("m<=64", 1, 64), ("64<m<1024", 65, 1023), ("m>=1024", 1024, 1 << 62))
+
+
+def _stats(errs: Sequence[float]) -> dict[str, float | int]:
+    a = [abs(e) for e in errs]
+    if not a:
+        return {"n": 0}
+    return {"n": len(a), "median_abs_error": statistics.median(a), "max_abs_error": max(a)}
+
+
+def _part(
+    name: str, spec: DeviceSpec, pts: Sequence[Point], eff: GpuEfficiency, rows: bool
+) -> dict[str, Any]:
+    rep = fit_report(spec, pts, eff)
+    out: dict[str, Any] = {"part": name, "all": _stats([e for _p, _t, e in rep])}
+    line = f"{name:<22} all {_fmt(out['all'])}"
+    for label, lo, hi in REGIMES:
+        st = _stats([e for p, _t, e in rep if lo <= p.op.dims[0] <= hi])
+        out[label] = st
+        line += f" | {label} {_fmt(st)}"
+    print(line)
+    if rows:
+        for p, t, e in rep:
+            print(
+                f"    {p.label:<48} {p.op.dims[0]:>5}x{p.op.dims[1]:>5}x{p.op.dims[2]:>5} "
+                f"measured {p.seconds * 1e6:8.1f} us  predicted {t * 1e6:8.1f} us  {e:+6.1%}"
+            )
+    out["rows"] = [
+        {
+            "label": p.label,
+            "m": p.op.dims[0],
+            "n": p.op.dims[1],
+            "k": p.op.dims[2],
+            "measured_s": p.seconds,
+            "predicted_s": t,
+            "error": e,
+        }
+        for p, t, e in rep
+    ]
+    return out
+
+
+def _fmt(st: dict[str, Any]) -> str:
+    if not st.get("n"):
+        return "(none)"
+    return f"n={st['n']} median {st['median_abs_error']:.1%} max {st['max_abs_error']:.1%}"
+
+
+def _subset(pts: Points, keep: Sequence[Point]) -> Points:
+    return replace(pts, gemm=tuple(keep), attention=())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the three comparisons and print (and optionally write) their figures."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--points", type=Path, default=DEFAULT_POINTS)
+    ap.add_argument("--holdout", default="phi-2", help="label prefix of the held-out points")
+    ap.add_argument("--rows", action="store_true", help="list every point")
+    ap.add_argument("--json", type=Path, default=REPO / "benchmarks/out/validate_gpu_kernels.json")
+    args = ap.parse_args(argv)
+
+    pts = points_mod.load(args.points)
+    spec = catalog()[pts.device]
+    print(f"{len(pts.gemm)} measured GEMMs on {spec.name} from {args.points.name}")
+    print(f"source: {pts.source}")
+    parts = []
+    default = GpuEfficiency()
+    parts.append(_part("defaults", spec, pts.gemm, default, args.rows))
+    fitted = fit_params(spec, pts.for_fit())
+    parts.append(_part("fitted, in sample", spec, pts.gemm, replace(default, **fitted), args.rows))
+    held = [p for p in pts.gemm if p.label.startswith(args.holdout)]
+    train = [p for p in pts.gemm if not p.label.startswith(args.holdout)]
+    held_fit: dict[str, float] = {}
+    if held and train:
+        held_fit = fit_params(spec, _subset(pts, train).for_fit())
+        parts.append(
+            _part(
+                f"fitted, held out ({len(held)})",
+                spec,
+                held,
+                replace(default, **held_fit),
+                args.rows,
+            )
+        )
+    print("fitted to all points: " + ", ".join(f"{k}={v:.4g}" for k, v in fitted.items()))
+    if held_fit:
+        print(
+            f"fitted without {args.holdout!r}: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in held_fit.items())
+        )
+    result = {
+        "points": str(
+            args.points.relative_to(REPO) if args.points.is_relative_to(REPO) else args.points
+        ),
+        "device": spec.name,
+        "fitted": fitted,
+        "fitted_without_holdout": held_fit,
+        "parts": parts,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"written: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
