@@ -236,3 +236,36 @@ def test_calibrate_command_refuses_bad_points_calmly(tmp_path: Path) -> None:
     )
     assert res.exit_code == 2 and "--points: backend 'cpu'" in res.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("cuda_name", "device"),
+    [
+        ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+        ("NVIDIA H100 PCIe", "h100-pcie"),
+        ("NVIDIA A100-SXM4-80GB", "a100-sxm-80gb"),
+        ("NVIDIA L4", "l4"),
+        ("NVIDIA L40S", "l40s"),
+        ("AMD Instinct MI300X", "mi300x"),
+    ],
+)
+def test_cuda_names_find_their_catalog_device(cuda_name: str, device: str) -> None:
+    """The names CUDA reports map to the catalog device of the same model and board."""
+    assert measure.match_device(catalog(), cuda_name).name == device
+
+
+@pytest.mark.parametrize(
+    ("cuda_name", "why"),
+    [
+        ("NVIDIA A100 80GB PCIe", "no catalog device is a PCIe board of that model"),
+        ("NVIDIA H100 NVL", "no catalog device is a NVL board of that model"),
+        ("NVIDIA A100-SXM4-40GB", "its 40 GB differ from the catalog's a100-sxm-80gb"),
+        ("NVIDIA L40", "no catalog device is a board of that model"),
+    ],
+)
+def test_cuda_names_of_other_boards_are_refused(cuda_name: str, why: str) -> None:
+    """A board the catalog does not describe (other variant, other memory, a model whose
+    name only starts like a known one) is refused rather than fitted as a neighbour."""
+    with pytest.raises(XpusimError) as err:
+        measure.match_device(catalog(), cuda_name)
+    assert why in str(err.value) and "register_devices" in str(err.value)

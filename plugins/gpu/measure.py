@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -257,23 +258,54 @@ def describe_machine() -> str:
     )
 
 
+_VARIANTS = ("pcie", "nvl")
+"""Board variants a CUDA device name may state; a catalog device matches only when it is of
+the same variant (an A100 PCIe is not the catalog's A100 SXM: other bandwidth and power)."""
+_VENDOR_WORDS = frozenset({"nvidia", "amd", "instinct", "tesla", "geforce"})
+
+
+def _tokens(name: str) -> list[str]:
+    return [t for t in re.split(r"[\s\-_/]+", name.lower()) if t and t not in _VENDOR_WORDS]
+
+
+def _variant(tokens: Sequence[str]) -> str:
+    return next((v for v in _VARIANTS if v in tokens), "")
+
+
 def match_device(catalog: Mapping[str, DeviceSpec], gpu_name: str) -> DeviceSpec:
-    """The catalog device whose name or alias best matches the CUDA device name."""
-    norm = gpu_name.lower().replace("nvidia", "").replace(" ", "").replace("-", "")
-    best: tuple[int, DeviceSpec] | None = None
+    """The catalog device a CUDA device name describes: the same model (``H100``,
+    ``A100``, ``L40S``, ...; the first word of a catalog name or alias), the same board
+    variant (PCIe, NVL, or neither), and, when the name states a memory size such as
+    ``40GB``, a catalog memory within 10% of it. No match is an
+    :class:`~engine.errors.XpusimError` saying which part did not fit."""
+    tokens = _tokens(gpu_name)
+    variant = _variant(tokens)
+    sizes = [float(t[:-2]) * 1e9 for t in tokens if re.fullmatch(r"\d+gb", t)]
+    model_hits: list[DeviceSpec] = []
     for spec in catalog.values():
         for name in (spec.name, *spec.aliases):
-            key = name.lower().replace(" ", "").replace("-", "")
-            if key and key in norm:
-                score = len(key)
-                if best is None or score > best[0]:
-                    best = (score, spec)
-    if best is None:
-        raise XpusimError(
-            f"the CUDA device {gpu_name!r} matches no GPU catalog device; known: "
-            f"{', '.join(sorted(catalog))}. Add it with register_devices first."
+            words = _tokens(name)
+            if words and words[0] in tokens and _variant(words) == variant:
+                model_hits.append(spec)
+                break
+    fits = [
+        s for s in model_hits if not sizes or abs(s.memory_bytes.value / sizes[0] - 1.0) <= 0.10
+    ]
+    if fits:
+        return fits[0]
+    what = {"pcie": "PCIe ", "nvl": "NVL "}.get(variant, "")
+    if model_hits:
+        why = (
+            f"its {sizes[0] / 1e9:.0f} GB differ from the catalog's "
+            f"{', '.join(f'{s.name} ({s.memory_bytes.value / 1e9:.0f} GB)' for s in model_hits)}"
         )
-    return best[1]
+    else:
+        why = f"no catalog device is a {what}board of that model"
+    raise XpusimError(
+        f"the CUDA device {gpu_name!r} matches no GPU catalog device: {why}; known: "
+        f"{', '.join(sorted(catalog))}. Add it with a plugin's register_devices first "
+        f"(docs/writing-a-backend.md), its name starting with the model as CUDA reports it."
+    )
 
 
 def points_path(calibration: str | Path) -> Path:
