@@ -42,6 +42,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from engine.device import DeviceSpec  # noqa: E402
+from engine.graph import OpKind  # noqa: E402
 from plugins.gpu import points as points_mod  # noqa: E402
 from plugins.gpu.catalog import catalog  # noqa: E402
 from plugins.gpu.efficiency import GpuEfficiency  # noqa: E402
@@ -65,10 +66,15 @@ def _part(
     rep = fit_report(spec, pts, eff)
     out: dict[str, Any] = {"part": name, "all": _stats([e for _p, _t, e in rep])}
     line = f"{name:<22} all {_fmt(out['all'])}"
+    gemm = [(p, e) for p, _t, e in rep if p.op.kind is OpKind.MATMUL]
     for label, lo, hi in REGIMES:
-        st = _stats([e for p, _t, e in rep if lo <= p.op.dims[0] <= hi])
+        st = _stats([e for p, e in gemm if lo <= p.op.dims[0] <= hi])
         out[label] = st
         line += f" | {label} {_fmt(st)}"
+    attn = [e for p, _t, e in rep if p.op.kind is OpKind.ATTENTION]
+    if attn:
+        out["attention"] = _stats(attn)
+        line += f" | attention {_fmt(out['attention'])}"
     print(line)
     if rows:
         for p, t, e in rep:
@@ -112,13 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     pts = points_mod.load(args.points)
     spec = catalog()[pts.device]
-    print(f"{len(pts.gemm)} measured GEMMs on {spec.name} from {args.points.name}")
+    print(
+        f"{len(pts.gemm)} measured GEMMs and {len(pts.attention)} attention kernels on "
+        f"{spec.name} from {args.points.name}"
+    )
     print(f"source: {pts.source}")
     parts = []
     default = GpuEfficiency()
-    parts.append(_part("defaults", spec, pts.gemm, default, args.rows))
+    every = (*pts.gemm, *pts.attention)
+    parts.append(_part("defaults", spec, every, default, args.rows))
     fitted = fit_params(spec, pts.for_fit())
-    parts.append(_part("fitted, in sample", spec, pts.gemm, replace(default, **fitted), args.rows))
+    parts.append(_part("fitted, in sample", spec, every, replace(default, **fitted), args.rows))
     held = [p for p in pts.gemm if p.label.startswith(args.holdout)]
     train = [p for p in pts.gemm if not p.label.startswith(args.holdout)]
     held_fit: dict[str, float] = {}
