@@ -114,7 +114,7 @@ class Points:
         """The file's JSON object."""
 
         def dims(p: Point, names: Sequence[str]) -> dict[str, Any]:
-            vals = p.op.dims if names is _GEMM_DIMS else (p.op.batch, *p.op.dims)
+            vals = p.op.dims if p.op.kind is OpKind.MATMUL else (p.op.batch, *p.op.dims)
             row: dict[str, Any] = dict(zip(names, (int(v) for v in vals), strict=True))
             row.update(dtype=p.op.dtype, seconds=p.seconds)
             if p.label:
