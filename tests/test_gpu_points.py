@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -269,3 +270,33 @@ def test_cuda_names_of_other_boards_are_refused(cuda_name: str, why: str) -> Non
     with pytest.raises(XpusimError) as err:
         measure.match_device(catalog(), cuda_name)
     assert why in str(err.value) and "register_devices" in str(err.value)
+
+
+def test_each_efficiency_field_names_its_own_source(
+    host: Any, write_yaml: Callable[..., Path]
+) -> None:
+    """A system's assumptions say 'fitted' only for the fields the calibration set, the
+    inline override for the field it set, and 'default' for the rest."""
+    from engine.scenario import load_scenario
+
+    sc = load_scenario(
+        write_yaml(
+            f"""\
+name: sources
+model: {{family: llama, preset: llama-2-7b}}
+workload: {{kind: offline, count: 4, prompt_tokens: {{dist: constant, value: 64}},
+           output_tokens: {{dist: constant, value: 4}}}}
+systems:
+  - name: h100
+    backend: gpu
+    device: h100-sxm
+    options: {{calibration: {SHIPPED_CAL}, efficiency: {{link_fraction: 0.9}}}}
+"""
+        ),
+        host,
+    )
+    _eff, sources = host.backends.get("gpu").efficiency_sources(sc.systems[0])
+    assert sources["tensor_fraction"].startswith("fitted: calibration")
+    assert "h100-sxm-vidur-fp16.json" in sources["memory_fraction"]
+    assert sources["attention_fraction"].startswith("default")
+    assert sources["link_fraction"] == "system 'h100' options.efficiency"

@@ -71,8 +71,16 @@ class GpuBackend(Backend):
 
     def efficiency(self, system: System) -> tuple[GpuEfficiency, str]:
         """The efficiency parameters for ``system`` and where they came from."""
+        eff, sources = self.efficiency_sources(system)
+        return eff, "; ".join(dict.fromkeys(sources.values()))
+
+    def efficiency_sources(self, system: System) -> tuple[GpuEfficiency, dict[str, str]]:
+        """The efficiency parameters for ``system`` and, for each field, where its value
+        came from: the stated defaults, the calibration file that fitted it, or the
+        system's inline ``options.efficiency``."""
         eff = GpuEfficiency()
-        origin = "defaults (stated assumptions, plugins/gpu/efficiency.py)"
+        default = "default (stated assumption, plugins/gpu/efficiency.py)"
+        sources = {name: default for name in GpuEfficiency.param_names()}
         path = system.options.get("calibration")
         if path:
             cal = cal_mod.load(path)
@@ -84,7 +92,7 @@ class GpuBackend(Backend):
                     f"this device or remove options.calibration."
                 )
             eff = cal.apply(eff)
-            origin = cal.cited()
+            sources.update({name: f"fitted: {cal.cited()}" for name in cal.params})
         inline = system.options.get("efficiency")
         if inline:
             valid = GpuEfficiency.param_names()
@@ -95,8 +103,8 @@ class GpuBackend(Backend):
                     f"{', '.join(map(repr, bad))}; valid: {', '.join(valid)}."
                 )
             eff = cal_mod.apply(eff, cal_mod.Calibration("", "", "", "", dict(inline)))
-            origin += " with inline options.efficiency overrides"
-        return eff, origin
+            sources.update({name: f"system {system.name!r} options.efficiency" for name in inline})
+        return eff, sources
 
     @staticmethod
     def decode_attention(system: System) -> str:
@@ -120,7 +128,7 @@ class GpuBackend(Backend):
 
     def compile(self, model: ModelGraph, system: System) -> AnalyticCompiled:
         """Compile ``model`` onto ``system`` (never raises for a model that does not fit)."""
-        eff, origin = self.efficiency(system)
+        eff, sources = self.efficiency_sources(system)
         topo = self.link_topology(system, eff)
         algorithm = str(system.options.get("collective_algorithm", "auto"))
 
@@ -129,7 +137,8 @@ class GpuBackend(Backend):
 
         assumptions = {
             f"gpu.efficiency.{f.name}": Figure(
-                float(getattr(eff, f.name)), assumption=f"GPU cost-model parameter; {origin}"
+                float(getattr(eff, f.name)),
+                assumption=f"GPU cost-model parameter; {sources.get(f.name, 'default')}",
             )
             for f in fields(eff)
             if isinstance(getattr(eff, f.name), (int, float))

@@ -58,10 +58,10 @@ class Calibration:
 
     def cited(self) -> str:
         """Provenance text for 'Assumptions and sources'."""
-        where = f" ({self.path})" if self.path else ""
+        where = f" {self.path}" if self.path else ""
         return (
-            f"calibration{where} measured on {self.measured_on} on {self.date} "
-            f"with `{self.command}`"
+            f"calibration{where}, measured on {self.measured_on}; date: {self.date}; "
+            f"command: `{self.command}`"
         )
 
 
