@@ -300,3 +300,9 @@ systems:
     assert "h100-sxm-vidur-fp16.json" in sources["memory_fraction"]
     assert sources["attention_fraction"].startswith("default")
     assert sources["link_fraction"] == "system 'h100' options.efficiency"
+
+
+def test_a_points_file_passed_as_a_calibration_says_how_to_fit_it() -> None:
+    """Giving `--calibration` the points file instead of the fitted file names the fix."""
+    with pytest.raises(XpusimError, match="holds measured kernel times, not a calibration"):
+        load_calibration(SHIPPED_POINTS)

@@ -105,6 +105,11 @@ def load(path: str | Path) -> Calibration:
         raise XpusimError(f"calibration file {str(p)!r} is not valid JSON: {exc}.") from None
     if not isinstance(raw, dict):
         raise XpusimError(f"calibration file {str(p)!r} must hold a JSON object.")
+    if str(raw.get("format", "")).startswith("xpusim-gpu-points/"):
+        raise XpusimError(
+            f"{str(p)!r} holds measured kernel times, not a calibration; fit one with "
+            f"`xpusim calibrate --backend gpu --points {p} --out FILE` and pass FILE instead."
+        )
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise XpusimError(
