@@ -95,7 +95,6 @@ class Points:
     attention: tuple[Point, ...] = ()
     copy_bytes_per_s: float | None = None
     kernel_overhead_s: float | None = None
-    path: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def for_fit(self) -> dict[str, Any]:
@@ -113,8 +112,13 @@ class Points:
     def to_json(self) -> dict[str, Any]:
         """The file's JSON object."""
 
-        def dims(p: Point, names: Sequence[str]) -> dict[str, Any]:
-            vals = p.op.dims if p.op.kind is OpKind.MATMUL else (p.op.batch, *p.op.dims)
+        def entry(p: Point) -> dict[str, Any]:
+            names: Sequence[str]
+            vals: Sequence[int]
+            if p.op.kind is OpKind.MATMUL:
+                names, vals = _GEMM_DIMS, p.op.dims
+            else:
+                names, vals = _ATTN_DIMS, (p.op.batch, *p.op.dims)
             row: dict[str, Any] = dict(zip(names, (int(v) for v in vals), strict=True))
             row.update(dtype=p.op.dtype, seconds=p.seconds)
             if p.label:
@@ -133,17 +137,28 @@ class Points:
             out["copy_bytes_per_s"] = self.copy_bytes_per_s
         if self.kernel_overhead_s is not None:
             out["kernel_overhead_s"] = self.kernel_overhead_s
-        out["gemm"] = [dims(p, _GEMM_DIMS) for p in self.gemm]
-        out["attention"] = [dims(p, _ATTN_DIMS) for p in self.attention]
+        out["gemm"] = [entry(p) for p in self.gemm]
+        out["attention"] = [entry(p) for p in self.attention]
         return out
 
 
-def _positive(where: str, name: str, value: Any, *, integer: bool = False) -> Any:
+def _number(
+    where: str, name: str, value: Any, *, integer: bool = False, zero_ok: bool = False
+) -> Any:
+    """``value`` as a finite number above zero (or at least zero with ``zero_ok``, whole
+    with ``integer``); anything else raises naming ``where`` and ``name``."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(float(value)) and (float(value) >= 0 if zero_ok else value > 0)
     if ok and integer:
         ok = float(value).is_integer()
-    if not ok or not math.isfinite(float(value)) or float(value) <= 0:
-        kind = "a positive whole number" if integer else "a positive number"
+    if not ok:
+        kind = (
+            "a number >= 0"
+            if zero_ok
+            else "a positive whole number"
+            if integer
+            else "a positive number"
+        )
         raise XpusimError(f"{where}: {name!r} must be {kind}, got {value!r}.")
     return int(value) if integer else float(value)
 
@@ -163,11 +178,11 @@ def _entries(where: str, raw: Mapping[str, Any], key: str, dims: Sequence[str]) 
                 f"{at} lacks {', '.join(missing)}; a {key} point records "
                 f"{', '.join(dims)}, dtype and seconds."
             )
-        vals = [_positive(at, d, row[d], integer=True) for d in dims]
+        vals = [_number(at, d, row[d], integer=True) for d in dims]
         dtype = row["dtype"]
         if dtype not in _DTYPES:
             raise XpusimError(f"{at}: 'dtype' must be one of {', '.join(_DTYPES)}, got {dtype!r}.")
-        secs = _positive(at, "seconds", row["seconds"])
+        secs = _number(at, "seconds", row["seconds"])
         if key == "gemm":
             op = gemm_op(vals[0], vals[1], vals[2], dtype)
         else:
@@ -214,22 +229,12 @@ def load(path: str | Path) -> Points:
         source=str(raw["source"]),
         gemm=tuple(gemm),
         attention=tuple(attn),
-        copy_bytes_per_s=None if copy is None else _positive(where, "copy_bytes_per_s", copy),
-        kernel_overhead_s=None if ovh is None else float(_nonnegative(where, ovh)),
-        path=str(p),
+        copy_bytes_per_s=None if copy is None else _number(where, "copy_bytes_per_s", copy),
+        kernel_overhead_s=(
+            None if ovh is None else _number(where, "kernel_overhead_s", ovh, zero_ok=True)
+        ),
         extra={k: v for k, v in raw.items() if k not in known},
     )
-
-
-def _nonnegative(where: str, value: Any) -> float:
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not math.isfinite(float(value))
-        or float(value) < 0
-    ):
-        raise XpusimError(f"{where}: 'kernel_overhead_s' must be a number >= 0, got {value!r}.")
-    return float(value)
 
 
 def save(points: Points, path: str | Path) -> Path:
