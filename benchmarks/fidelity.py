@@ -31,11 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.graph import Phase, Shape  # noqa: E402
-from engine.model import ModelGraph  # noqa: E402
-from engine.system import Parallelism, System, Topology  # noqa: E402
-from plugins.cpu import calibrate as cal_mod  # noqa: E402
-from plugins.cpu.backend import CpuBackend, MeasuredCompiled, analytic_compiled, host_spec  # noqa: E402
+from xpusim.engine.graph import Phase, Shape  # noqa: E402
+from xpusim.engine.model import ModelGraph  # noqa: E402
+from xpusim.engine.system import Parallelism, System, Topology  # noqa: E402
+from xpusim.plugins.cpu import calibrate as cal_mod  # noqa: E402
+from xpusim.plugins.cpu.backend import CpuBackend, MeasuredCompiled, analytic_compiled, host_spec  # noqa: E402
 
 TARGET_MEDIAN = 0.15
 TARGET_MAX = 0.35
@@ -115,7 +115,7 @@ def families() -> dict[str, Any]:
     """Model families by name: the installed plugins', else the model modules' own."""
     out: dict[str, Any] = {}
     try:
-        from engine.host import build_host
+        from xpusim.engine.host import build_host
 
         host = build_host()
         out.update({n: f for n, f in host.models.items()})
@@ -126,7 +126,7 @@ def families() -> dict[str, Any]:
 
         for mod in ("small", "vision", "encoder", "transformer"):
             try:
-                m = importlib.import_module(f"plugins.models.{mod}")
+                m = importlib.import_module(f"xpusim.plugins.models.{mod}")
             except Exception:
                 continue
             for f in getattr(m, "FAMILIES", []):

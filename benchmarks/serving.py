@@ -42,14 +42,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.arrivals import ArrivalSpec, generate  # noqa: E402
-from engine.backend import Compiled  # noqa: E402
-from engine.collectives import topology_from_device  # noqa: E402
-from engine.host import build_host  # noqa: E402
-from engine.sim.events import frame_height  # noqa: E402
-from engine.sim.schedulers import SchedulerSpec  # noqa: E402
-from engine.sim.serving import simulate_serving  # noqa: E402
-from engine.system import Parallelism, System  # noqa: E402
+from xpusim.engine.arrivals import ArrivalSpec, generate  # noqa: E402
+from xpusim.engine.backend import Compiled  # noqa: E402
+from xpusim.engine.collectives import topology_from_device  # noqa: E402
+from xpusim.engine.host import build_host  # noqa: E402
+from xpusim.engine.sim.events import frame_height  # noqa: E402
+from xpusim.engine.sim.schedulers import SchedulerSpec  # noqa: E402
+from xpusim.engine.sim.serving import simulate_serving  # noqa: E402
+from xpusim.engine.system import Parallelism, System  # noqa: E402
 
 AZURE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
 """The Azure LLM 2023 conversation trace, beside the repository (not part of it)."""
@@ -123,9 +123,9 @@ def run_10m(
     """The bounded-memory case: one whole run of ``requests`` synthetic requests."""
     import tempfile
 
-    from engine.metrics import serving_metrics
-    from engine.results import RunResult, SystemResult, write_run
-    from engine.sim.events import spill_rows
+    from xpusim.engine.metrics import serving_metrics
+    from xpusim.engine.results import RunResult, SystemResult, write_run
+    from xpusim.engine.sim.events import spill_rows
 
     compiled, source = make_compiled(replicas)
     t0 = time.perf_counter()
@@ -154,7 +154,7 @@ def run_10m(
     reporters: list[Any] = []
     if report:
         try:
-            from engine.host import build_host, get_plugin_manager
+            from xpusim.engine.host import build_host, get_plugin_manager
 
             host = build_host(get_plugin_manager())
             reporters = [r for _, r in host.reporters.items()]
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     if args.case in ("azure", "all"):
         if args.trace.exists():
-            from plugins.traces.readers import AzureLLMTrace
+            from xpusim.plugins.traces.readers import AzureLLMTrace
 
             t0 = time.perf_counter()
             frame = AzureLLMTrace().read(args.trace, {})

@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.graph import Phase, Shape  # noqa: E402
-from engine.system import Parallelism, System, Topology  # noqa: E402
-from plugins.models.snn import FAMILIES  # noqa: E402
-from plugins.spinnaker.backend import SPINN5, SpinnakerBackend  # noqa: E402
+from xpusim.engine.graph import Phase, Shape  # noqa: E402
+from xpusim.engine.system import Parallelism, System, Topology  # noqa: E402
+from xpusim.plugins.models.snn import FAMILIES  # noqa: E402
+from xpusim.plugins.spinnaker.backend import SPINN5, SpinnakerBackend  # noqa: E402
 
 PUBLISHED_J = {
     "sharp2012 (43 nJ per PSP, 4-chip board, real time)": 43e-9,

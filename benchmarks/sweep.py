@@ -77,9 +77,9 @@ def tiny_scenario(points: int) -> dict[str, Any]:
 
 def _sweep(data: dict[str, Any], workers: int, folder: Path) -> tuple[float, int]:
     """Run ``data``'s sweep on the local executor; its wall seconds and point count."""
-    from engine.host import build_host
-    from engine.scenario import read_scenario_data
-    from engine.sweep import run_sweep
+    from xpusim.engine.host import build_host
+    from xpusim.engine.scenario import read_scenario_data
+    from xpusim.engine.sweep import run_sweep
 
     path = folder / "scenario.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -138,8 +138,8 @@ def case_speedup(args: argparse.Namespace) -> dict[str, Any]:
 
 def case_overhead(args: argparse.Namespace) -> dict[str, Any]:
     """Marginal executor wall per point minus the point's in-process cost."""
-    from engine.sweep import PointTask, expand, parse_sweep, run_point
-    from engine.yamlsrc import Source
+    from xpusim.engine.sweep import PointTask, expand, parse_sweep, run_point
+    from xpusim.engine.yamlsrc import Source
 
     n = args.overhead_points
     src = Source(str(QUICKSTART))

@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from plugins.tpu.cycles import gemm_compute_cycles, gemm_cycles
-from plugins.tpu.systolic import SystolicArray
+from xpusim.plugins.tpu.cycles import gemm_compute_cycles, gemm_cycles
+from xpusim.plugins.tpu.systolic import SystolicArray
 
 
 def time_closed_form(n: int, reps: int = 2000) -> float:
@@ -89,11 +89,11 @@ def main() -> int:
     )
 
     try:
-        from engine.collectives import topology_from_device
-        from engine.graph import Phase, Shape
-        from engine.system import Parallelism, System
-        from plugins.models.transformer import FAMILIES
-        from plugins.tpu.backend import TpuBackend, resolve
+        from xpusim.engine.collectives import topology_from_device
+        from xpusim.engine.graph import Phase, Shape
+        from xpusim.engine.system import Parallelism, System
+        from xpusim.plugins.models.transformer import FAMILIES
+        from xpusim.plugins.tpu.backend import TpuBackend, resolve
 
         fam = {f.name: f for f in FAMILIES}["llama"]
         model = fam.configure({"preset": "llama-2-7b"})

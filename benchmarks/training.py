@@ -27,12 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.collectives import topology_from_device  # noqa: E402
-from engine.host import build_host  # noqa: E402
-from engine.model import ModelFamily  # noqa: E402
-from engine.system import Parallelism, System  # noqa: E402
-from engine.workload import WorkloadContext  # noqa: E402
-from plugins.workloads.training import TrainingConfig, TrainingWorkload  # noqa: E402
+from xpusim.engine.collectives import topology_from_device  # noqa: E402
+from xpusim.engine.host import build_host  # noqa: E402
+from xpusim.engine.model import ModelFamily  # noqa: E402
+from xpusim.engine.system import Parallelism, System  # noqa: E402
+from xpusim.engine.workload import WorkloadContext  # noqa: E402
+from xpusim.plugins.workloads.training import TrainingConfig, TrainingWorkload  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fam: ModelFamily = host.models.get("gpt")
     except Exception:
-        from plugins.models.transformer import FAMILIES
+        from xpusim.plugins.models.transformer import FAMILIES
 
         fam = next(f for f in FAMILIES if f.name == "gpt")
     model = fam.configure(

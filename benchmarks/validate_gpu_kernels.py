@@ -5,7 +5,7 @@ medians of fp16 linear layers (one cuBLAS GEMM each) that Vidur (MLSys 2024) pro
 H100 and published in its repository; the file says which rows, how each maps to a GEMM
 shape, and why it is attached to ``h100-sxm``. Three comparisons are printed:
 
-1. **defaults**: :class:`plugins.gpu.efficiency.GpuEfficiency` as shipped (stated
+1. **defaults**: :class:`xpusim.plugins.gpu.efficiency.GpuEfficiency` as shipped (stated
    assumptions, no measurement) against every point;
 2. **fitted, in sample**: the parameters ``xpusim calibrate --backend gpu --points`` fits to
    every point, against the same points;
@@ -41,13 +41,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.device import DeviceSpec  # noqa: E402
-from engine.graph import OpKind  # noqa: E402
-from plugins.gpu import points as points_mod  # noqa: E402
-from plugins.gpu.catalog import catalog  # noqa: E402
-from plugins.gpu.efficiency import GpuEfficiency  # noqa: E402
-from plugins.gpu.measure import fit_params, fit_report  # noqa: E402
-from plugins.gpu.points import Point, Points  # noqa: E402
+from xpusim.engine.device import DeviceSpec  # noqa: E402
+from xpusim.engine.graph import OpKind  # noqa: E402
+from xpusim.plugins.gpu import points as points_mod  # noqa: E402
+from xpusim.plugins.gpu.catalog import catalog  # noqa: E402
+from xpusim.plugins.gpu.efficiency import GpuEfficiency  # noqa: E402
+from xpusim.plugins.gpu.measure import fit_params, fit_report  # noqa: E402
+from xpusim.plugins.gpu.points import Point, Points  # noqa: E402
 
 DEFAULT_POINTS = REPO / "calibrations" / "points" / "vidur-h100-fp16-linear.points.json"
 REGIMES = (("m<=64", 1, 64), ("64<m<1024", 65, 1023), ("m>=1024", 1024, 1 << 62))

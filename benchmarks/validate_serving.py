@@ -4,9 +4,9 @@ Predicts every ``trtllm_*`` entry of ``shared/reference/figures.yaml`` — NVIDI
 TensorRT-LLM ``docs/source/performance.md`` (commit 138f96d4), "Peak Throughput": Llama-2
 7B/70B on H100 (FP8), A100 (FP16) and L40S (FP8, v0.5), each with its batch size, tensor
 parallelism and input/output lengths — through the same path a user's scenario takes:
-``engine.scenario.resolve`` of an ``offline`` workload (``count = batch`` requests of
+``xpusim.engine.scenario.resolve`` of an ``offline`` workload (``count = batch`` requests of
 constant input/output length, the ``static`` scheduler with ``max_batch = batch``) on the
-``gpu`` backend, then ``engine.run.simulate``. The static scheduler runs one prefill of all
+``gpu`` backend, then ``xpusim.engine.run.simulate``. The static scheduler runs one prefill of all
 prompts (which yields the first token) and ``output - 1`` decode steps, which is what
 ``gptSessionBenchmark`` times: its throughput is ``output_len · batch / total_latency / tp``
 with the context phase inside ``total_latency`` (``docs/source/blogs/XQA-kernel.md``).
@@ -60,11 +60,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.host import Host, build_host  # noqa: E402
-from engine.run import simulate  # noqa: E402
-from engine.scenario import resolve  # noqa: E402
-from engine.yamlsrc import Source  # noqa: E402
-from plugins.gpu.calibration import load as load_calibration  # noqa: E402
+from xpusim.engine.host import Host, build_host  # noqa: E402
+from xpusim.engine.run import simulate  # noqa: E402
+from xpusim.engine.scenario import resolve  # noqa: E402
+from xpusim.engine.yamlsrc import Source  # noqa: E402
+from xpusim.plugins.gpu.calibration import load as load_calibration  # noqa: E402
 
 FIGURES = REPO.parent / "shared" / "reference" / "figures.yaml"
 

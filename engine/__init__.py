@@ -2,11 +2,11 @@
 
 The engine knows no particular chip or model; plugins add them. A plugin writes::
 
-    from engine import hookimpl
+    from xpusim import hookimpl
 """
 
-from engine.backend import API_VERSION
-from engine.hookspecs import hookimpl
+from xpusim.engine.backend import API_VERSION
+from xpusim.engine.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 

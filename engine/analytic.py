@@ -1,21 +1,21 @@
 """Reusable roofline machinery for analytic backends (GPU, TPU, any chip priced by formula).
 
-A backend supplies three small functions and gets a full :class:`~engine.backend.Compiled`:
+A backend supplies three small functions and gets a full :class:`~xpusim.engine.backend.Compiled`:
 
 * ``price_op(op) -> OpTime``: the compute-bound and memory-bound times of one instance of
   a non-collective op on one device, plus a fixed overhead (kernel launch, pipeline
   fill). The op's time is ``max(compute_s, memory_s) + overhead_s``: compute and memory
   traffic overlap inside a kernel (the roofline), fixed costs do not.
 * ``collective(kind, nbytes, group) -> seconds``: one collective of ``nbytes`` per device
-  over ``group`` devices (normally :func:`engine.collectives.collective_seconds` over the
+  over ``group`` devices (normally :func:`xpusim.engine.collectives.collective_seconds` over the
   system's topology).
-* a :class:`~engine.power.PowerModel` for energy.
+* a :class:`~xpusim.engine.power.PowerModel` for energy.
 
 Pricing one step (:meth:`AnalyticCompiled._cost`):
 
 1. ``graph = model.build(shape, system.parallelism)`` (one device's ops of one pipeline
    stage), then the optional ``fuse(graph)``.
-2. Every op is priced once per distinct :class:`~engine.graph.Op` (cached across shapes)
+2. Every op is priced once per distinct :class:`~xpusim.engine.graph.Op` (cached across shapes)
    and multiplied by ``op.count``. Its bound time goes to ``breakdown["compute"]`` when
    ``compute_s >= memory_s``, else to ``breakdown["memory"]``; ``overhead_s`` goes to
    ``breakdown["overhead"]``; collective ops go to ``breakdown["comm"]`` (communication
@@ -41,12 +41,12 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from engine.backend import Compiled, Cost, Fit
-from engine.device import DeviceSpec, Figure
-from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
-from engine.model import ModelGraph
-from engine.power import PowerModel
-from engine.system import System
+from xpusim.engine.backend import Compiled, Cost, Fit
+from xpusim.engine.device import DeviceSpec, Figure
+from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.power import PowerModel
+from xpusim.engine.system import System
 
 __all__ = ["BREAKDOWN_KEYS", "AnalyticCompiled", "OpTime", "roofline"]
 
@@ -200,7 +200,7 @@ class AnalyticCompiled(Compiled):
     def activation_bytes(self, batch: int, training: bool = False) -> float:
         """Live activation memory per device for a step of ``batch`` (inference): twice the
         largest single op output of that step (one buffer being read, one written). For
-        ``training`` the model's own :meth:`~engine.model.ModelGraph.activation_bytes`."""
+        ``training`` the model's own :meth:`~xpusim.engine.model.ModelGraph.activation_bytes`."""
         key = (batch, training)
         if key in self._act_memo:
             return self._act_memo[key]

@@ -6,7 +6,7 @@ A scenario writes::
                prompt_tokens: {dist: lognormal, median: 1000, sigma: 1.0, max: 16384},
                output_tokens: {dist: constant, value: 128}}
 
-and :func:`generate` returns a frame of :data:`engine.traces.REQUEST_SCHEMA`, the same
+and :func:`generate` returns a frame of :data:`xpusim.engine.traces.REQUEST_SCHEMA`, the same
 frame a trace reader returns, so the serving world cannot tell the two apart.
 
 Processes (inter-arrival gaps of mean ``1/rate``):
@@ -44,8 +44,8 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.qty import Duration, Rate
-from engine.traces import REQUEST_SCHEMA
+from xpusim.engine.qty import Duration, Rate
+from xpusim.engine.traces import REQUEST_SCHEMA
 
 MAX_REQUESTS = 100_000_000
 """Most requests one arrival process may generate (by ``count``, or expected from

@@ -3,7 +3,7 @@
 A backend is an object registered through ``register_backends``. It owns a device catalog,
 decides whether it can run a model for a workload kind (:meth:`Backend.supports`), and
 compiles a model onto a system into a :class:`Compiled`, which prices one step of a given
-:class:`~engine.graph.Shape` as a :class:`Cost`. The SimPy world calls :meth:`Compiled.cost`
+:class:`~xpusim.engine.graph.Shape` as a :class:`Cost`. The SimPy world calls :meth:`Compiled.cost`
 many thousands of times, so implementations memoize per shape (:class:`MemoCompiled`
 does this for you).
 """
@@ -14,11 +14,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from engine.device import DeviceSpec, Figure
-from engine.graph import Collective, Shape
-from engine.model import ModelGraph
-from engine.power import PowerModel
-from engine.system import System
+from xpusim.engine.device import DeviceSpec, Figure
+from xpusim.engine.graph import Collective, Shape
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.power import PowerModel
+from xpusim.engine.system import System
 
 API_VERSION = "1"
 """The engine API version plugins declare they target (``api_version`` attribute)."""

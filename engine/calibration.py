@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.errors import XpusimError
-from engine.host import Host
-from engine.scenario import Scenario
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.host import Host
+from xpusim.engine.scenario import Scenario
 
 
 def apply_calibrations(scenario: Scenario, host: Host, files: Sequence[Path]) -> list[str]:

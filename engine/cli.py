@@ -24,11 +24,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from engine import __version__
-from engine.calibration import apply_calibrations
-from engine.errors import XpusimError
-from engine.host import Host, build_host
-from engine.scenario import load_scenario
+from xpusim.engine import __version__
+from xpusim.engine.calibration import apply_calibrations
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.host import Host, build_host
+from xpusim.engine.scenario import load_scenario
 
 app = typer.Typer(
     name="xpusim",
@@ -138,7 +138,7 @@ def run(
     ] = None,
 ) -> None:
     """Run one scenario on all its systems and write a run folder."""
-    from engine.run import run_scenario
+    from xpusim.engine.run import run_scenario
 
     def go() -> None:
         host = _host()
@@ -180,7 +180,7 @@ def validate(
     sets: Annotated[list[str] | None, typer.Option("--set", help="KEY.PATH=VALUE.")] = None,
 ) -> None:
     """Check a scenario (schema, plugins, devices, traces, memory fit) without simulating."""
-    from engine.run import TraceCache, prepare
+    from xpusim.engine.run import TraceCache, prepare
 
     def go() -> None:
         host = _host()
@@ -223,9 +223,9 @@ def sweep(
     retries: Annotated[int, typer.Option(help="Retries of a point whose worker died.", min=0)] = 2,
 ) -> None:
     """Run every point of a scenario's sweep through an executor; re-runs skip done points."""
-    from engine.run import utc_stamp
-    from engine.scenario import apply_override, parse_set, read_scenario_data
-    from engine.sweep import run_sweep
+    from xpusim.engine.run import utc_stamp
+    from xpusim.engine.scenario import apply_override, parse_set, read_scenario_data
+    from xpusim.engine.sweep import run_sweep
 
     def go() -> None:
         host = _host()
@@ -296,7 +296,7 @@ def compare(
     ),
 ) -> None:
     """Merge several run folders into one comparison report."""
-    from engine.report.compare import compare_runs
+    from xpusim.engine.report.compare import compare_runs
 
     def go() -> None:
         path = compare_runs(runs, out_file)

@@ -2,7 +2,7 @@
 
 Every formula prices one collective as ``steps · α + bytes_on_the_wire / B`` where ``α`` is
 the per-step latency of a link (seconds) and ``B`` its bandwidth per device in one
-direction (bytes/s), both taken from :class:`~engine.system.Topology`. ``n`` is the buffer
+direction (bytes/s), both taken from :class:`~xpusim.engine.system.Topology`. ``n`` is the buffer
 size **per device** in bytes, following NCCL's convention:
 
 * all-reduce: the buffer every device holds before and after (``n`` in, ``n`` out);
@@ -53,9 +53,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from engine.device import DeviceSpec
-from engine.graph import Collective
-from engine.system import Topology
+from xpusim.engine.device import DeviceSpec
+from xpusim.engine.graph import Collective
+from xpusim.engine.system import Topology
 
 ALGORITHMS = ("auto", "ring", "tree", "hierarchical")
 """Values accepted by ``algorithm`` in :func:`collective_seconds`."""

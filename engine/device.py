@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import units
-from engine.errors import XpusimError
+from xpusim.engine import units
+from xpusim.engine.errors import XpusimError
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ Carbon
 A figure that is needed and not known (a device with no published price, say) makes the
 metrics that depend on it ``None`` and puts a sentence saying why into
 ``result.details["not_known"][metric]``; the rest is still computed. A negative, absurd or
-non-finite price or power figure is an input error (:class:`~engine.errors.XpusimError`).
+non-finite price or power figure is an input error (:class:`~xpusim.engine.errors.XpusimError`).
 """
 
 from __future__ import annotations
@@ -34,15 +34,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from engine.device import Figure
-from engine.errors import XpusimError
-from engine.qty import CarbonIntensity, Duration, Power, PricePerEnergy
-from engine.registry import unknown_message
-from engine.sim.events import frame_columns, frame_height, ordered_sum
+from xpusim.engine.device import Figure
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.qty import CarbonIntensity, Duration, Power, PricePerEnergy
+from xpusim.engine.registry import unknown_message
+from xpusim.engine.sim.events import frame_columns, frame_height, ordered_sum
 
 if TYPE_CHECKING:
-    from engine.device import DeviceSpec
-    from engine.results import SystemResult
+    from xpusim.engine.device import DeviceSpec
+    from xpusim.engine.results import SystemResult
 
 HOUR_S = 3600.0
 MONTH_S = 365.25 * 86400.0 / 12.0
@@ -98,7 +98,7 @@ BUSY_STATES = ("compute", "memory", "comm", "overhead")
 
 
 class PowerModelLike(Protocol):
-    """What :func:`apply_economics` needs of a power model (``engine.power.PowerModel``):
+    """What :func:`apply_economics` needs of a power model (``xpusim.engine.power.PowerModel``):
     the idle draw and the draw in a busy state, in watts (``None`` when not known)."""
 
     @property

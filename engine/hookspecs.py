@@ -3,7 +3,7 @@
 Built-in and third-party plugins alike are modules (or objects) listed under the entry
 point group ``xpusim`` and implement any of these hooks with ``@hookimpl``::
 
-    from engine import hookimpl
+    from xpusim import hookimpl
 
     @hookimpl
     def register_backends(register):
@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from engine.backend import Backend
-    from engine.device import DeviceSpec
-    from engine.executor import Executor
-    from engine.model import ModelFamily
-    from engine.reporter import Reporter
-    from engine.results import RunResult
-    from engine.scenario import Scenario
-    from engine.traces import TraceFormat
-    from engine.workload import Workload
+    from xpusim.engine.backend import Backend
+    from xpusim.engine.device import DeviceSpec
+    from xpusim.engine.executor import Executor
+    from xpusim.engine.model import ModelFamily
+    from xpusim.engine.reporter import Reporter
+    from xpusim.engine.results import RunResult
+    from xpusim.engine.scenario import Scenario
+    from xpusim.engine.traces import TraceFormat
+    from xpusim.engine.workload import Workload
 
 PROJECT = "xpusim"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -44,7 +44,7 @@ def register_backends(register: Callable[[Backend], None]) -> None:
     """Register hardware backends.
 
     Fires once when the host builds its registries. Call ``register(backend)`` for each
-    :class:`~engine.backend.Backend` instance; its ``name`` is the key scenarios use in
+    :class:`~xpusim.engine.backend.Backend` instance; its ``name`` is the key scenarios use in
     ``systems[].backend``. Return value is ignored.
     """
 
@@ -54,7 +54,7 @@ def register_devices(register: Callable[[DeviceSpec], None]) -> None:
     """Register device specs for an existing backend.
 
     Fires after every backend is registered. Call ``register(spec)`` with a
-    :class:`~engine.device.DeviceSpec` whose ``backend`` names a registered backend; the
+    :class:`~xpusim.engine.device.DeviceSpec` whose ``backend`` names a registered backend; the
     device joins that backend's catalog, so a vendor adds a chip without writing a
     backend. Return value is ignored.
     """
@@ -64,7 +64,7 @@ def register_devices(register: Callable[[DeviceSpec], None]) -> None:
 def register_models(register: Callable[[ModelFamily], None]) -> None:
     """Register model families.
 
-    Call ``register(family)`` for each :class:`~engine.model.ModelFamily`; its ``name``
+    Call ``register(family)`` for each :class:`~xpusim.engine.model.ModelFamily`; its ``name``
     is the key used in ``model.family``. Return value is ignored.
     """
 
@@ -73,7 +73,7 @@ def register_models(register: Callable[[ModelFamily], None]) -> None:
 def register_workloads(register: Callable[[Workload], None]) -> None:
     """Register workload kinds.
 
-    Call ``register(workload)`` for each :class:`~engine.workload.Workload`; its ``name``
+    Call ``register(workload)`` for each :class:`~xpusim.engine.workload.Workload`; its ``name``
     is the key used in ``workload.kind``. Return value is ignored.
     """
 
@@ -82,7 +82,7 @@ def register_workloads(register: Callable[[Workload], None]) -> None:
 def register_trace_formats(register: Callable[[TraceFormat], None]) -> None:
     """Register trace readers.
 
-    Call ``register(fmt)`` for each :class:`~engine.traces.TraceFormat`; its ``name`` is
+    Call ``register(fmt)`` for each :class:`~xpusim.engine.traces.TraceFormat`; its ``name`` is
     the key used in ``workload.trace.format``. Return value is ignored.
     """
 
@@ -91,7 +91,7 @@ def register_trace_formats(register: Callable[[TraceFormat], None]) -> None:
 def register_reporters(register: Callable[[Reporter], None]) -> None:
     """Register output formats written into every run folder.
 
-    Call ``register(reporter)`` for each :class:`~engine.reporter.Reporter`. Return value
+    Call ``register(reporter)`` for each :class:`~xpusim.engine.reporter.Reporter`. Return value
     is ignored.
     """
 
@@ -100,7 +100,7 @@ def register_reporters(register: Callable[[Reporter], None]) -> None:
 def register_executors(register: Callable[[Executor], None]) -> None:
     """Register sweep executors.
 
-    Call ``register(executor)`` for each :class:`~engine.executor.Executor`; its ``name``
+    Call ``register(executor)`` for each :class:`~xpusim.engine.executor.Executor`; its ``name``
     is the value of ``xpusim sweep --executor``. Return value is ignored.
     """
 
@@ -122,7 +122,7 @@ def register_commands(cli: Any) -> None:
 def scenario_loaded(scenario: Scenario) -> None:
     """Called after a scenario is loaded and validated, before anything is simulated.
 
-    ``scenario`` is the validated :class:`~engine.scenario.Scenario`; observers must not
+    ``scenario`` is the validated :class:`~xpusim.engine.scenario.Scenario`; observers must not
     change it. Return value is ignored.
     """
 
@@ -137,7 +137,7 @@ def run_started(scenario: Scenario, out_dir: str) -> None:
 
 @hookspec
 def run_finished(results: RunResult) -> None:
-    """Called after a run folder is written whole, with the :class:`~engine.results.RunResult`.
+    """Called after a run folder is written whole, with the :class:`~xpusim.engine.results.RunResult`.
 
     Return value is ignored.
     """

@@ -22,16 +22,16 @@ from typing import Any
 
 import pluggy
 
-from engine import hookspecs
-from engine.backend import API_VERSION, Backend
-from engine.device import DeviceSpec
-from engine.errors import PluginError, UnknownNameError, XpusimError
-from engine.executor import Executor
-from engine.model import ModelFamily
-from engine.registry import Registry, unknown_message
-from engine.reporter import Reporter
-from engine.traces import TraceFormat
-from engine.workload import Workload
+from xpusim.engine import hookspecs
+from xpusim.engine.backend import API_VERSION, Backend
+from xpusim.engine.device import DeviceSpec
+from xpusim.engine.errors import PluginError, UnknownNameError, XpusimError
+from xpusim.engine.executor import Executor
+from xpusim.engine.model import ModelFamily
+from xpusim.engine.registry import Registry, unknown_message
+from xpusim.engine.reporter import Reporter
+from xpusim.engine.traces import TraceFormat
+from xpusim.engine.workload import Workload
 
 GROUP = "xpusim"
 

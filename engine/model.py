@@ -3,8 +3,8 @@
 A model family (registered through ``register_models``) turns a scenario's ``model:``
 block into a :class:`ModelGraph`: the object backends compile. It knows the model's
 static facts (parameters, KV-cache bytes per token) and builds the per-device
-:class:`~engine.graph.OpGraph` of a step for any :class:`~engine.graph.Shape` and
-:class:`~engine.system.Parallelism` without re-tracing, and it can build the real
+:class:`~xpusim.engine.graph.OpGraph` of a step for any :class:`~xpusim.engine.graph.Shape` and
+:class:`~xpusim.engine.system.Parallelism` without re-tracing, and it can build the real
 ``torch.nn.Module`` for backends that execute (the CPU backend) and for checking the
 parametric graph against a trace.
 """
@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine.graph import OpGraph, Shape
-from engine.system import Parallelism
+from xpusim.engine.graph import OpGraph, Shape
+from xpusim.engine.system import Parallelism
 
 if TYPE_CHECKING:  # torch is heavy; only type checkers need it here
     import torch
@@ -101,7 +101,7 @@ class ModelFamily(ABC):
     Contract: ``name`` is the registered key; ``presets`` maps a preset name to its
     architecture fields (each citing its source in ``presets_sources``); :meth:`configure`
     validates a scenario's ``model:`` block (``preset`` plus field overrides) and returns a
-    :class:`ModelGraph`, raising :class:`~engine.errors.ScenarioError` naming the field.
+    :class:`ModelGraph`, raising :class:`~xpusim.engine.errors.ScenarioError` naming the field.
     """
 
     name: str = ""

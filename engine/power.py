@@ -1,6 +1,6 @@
 """Device power per state, and the energy of a priced step.
 
-A step's :class:`~engine.backend.Cost` splits its seconds by cause (``compute``,
+A step's :class:`~xpusim.engine.backend.Cost` splits its seconds by cause (``compute``,
 ``memory``, ``comm``, ``overhead``); :class:`PowerModel` gives each cause a power draw and
 sums ``watts × seconds × devices``.
 
@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from engine.device import DeviceSpec, Figure
+from xpusim.engine.device import DeviceSpec, Figure
 
 DEFAULT_IDLE_FRACTION = 0.2
 """Idle power as a fraction of max power when no idle figure is published (see module doc)."""

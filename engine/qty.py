@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
 
-from engine import units
-from engine.errors import UnitError
-from engine.units import Dim
+from xpusim.engine import units
+from xpusim.engine.errors import UnitError
+from xpusim.engine.units import Dim
 
 
 def _parser(dim: Dim) -> BeforeValidator:

@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from engine.errors import DuplicateNameError, UnknownNameError
+from xpusim.engine.errors import DuplicateNameError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ class Registry(Generic[T]):
 
     def add(self, name: str, item: T, plugin: str) -> None:
         """Register ``item`` as ``name`` for ``plugin``; a second owner of a name raises
-        :class:`~engine.errors.DuplicateNameError` naming both plugins."""
+        :class:`~xpusim.engine.errors.DuplicateNameError` naming both plugins."""
         if not name or not isinstance(name, str):
             raise ValueError(f"{self.kind} registered by plugin {plugin!r} has no name")
         if name in self._items:
@@ -56,7 +56,7 @@ class Registry(Generic[T]):
         self._owner[name] = plugin
 
     def get(self, name: str, where: str = "") -> T:
-        """Return the item called ``name`` or raise :class:`~engine.errors.UnknownNameError`
+        """Return the item called ``name`` or raise :class:`~xpusim.engine.errors.UnknownNameError`
         with the valid names and the nearest match."""
         try:
             return self._items[name]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.results import RunResult
+    from xpusim.engine.results import RunResult
 
 
 class Reporter(ABC):

@@ -23,10 +23,10 @@ from typing import Any
 
 import polars as pl
 
-from engine.device import Figure
-from engine.errors import XpusimError
-from engine.reporter import Reporter
-from engine.sim.events import Frame, FrameMap, SpilledFrames, frame_height
+from xpusim.engine.device import Figure
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.reporter import Reporter
+from xpusim.engine.sim.events import Frame, FrameMap, SpilledFrames, frame_height
 
 STATUSES = ("ok", "unsupported", "does-not-fit", "failed")
 """Values of a system's ``status``."""

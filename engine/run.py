@@ -16,16 +16,16 @@ from typing import Any
 
 import polars as pl
 
-from engine import __version__
-from engine.backend import Backend, Compiled
-from engine.economics import apply_economics
-from engine.errors import DoesNotFitError, UnsupportedError, XpusimError
-from engine.host import Host
-from engine.results import RunResult, SystemResult, check_out_dir, default_out_dir, write_run
-from engine.scenario import Scenario
-from engine.system import System
-from engine.traces import TraceFormat
-from engine.workload import SystemRun, WorkloadContext
+from xpusim.engine import __version__
+from xpusim.engine.backend import Backend, Compiled
+from xpusim.engine.economics import apply_economics
+from xpusim.engine.errors import DoesNotFitError, UnsupportedError, XpusimError
+from xpusim.engine.host import Host
+from xpusim.engine.results import RunResult, SystemResult, check_out_dir, default_out_dir, write_run
+from xpusim.engine.scenario import Scenario
+from xpusim.engine.system import System
+from xpusim.engine.traces import TraceFormat
+from xpusim.engine.workload import SystemRun, WorkloadContext
 
 ProgressFn = Callable[[str, float, float], None]
 """``progress(system_name, done, total)`` as a system simulates."""

@@ -21,16 +21,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.device import DeviceSpec, Figure, LinkSpec, PriceSpec
-from engine.economics import EconomicsConfig
-from engine.errors import ScenarioError, XpusimError
-from engine.host import Host
-from engine.model import ModelGraph
-from engine.qty import Bandwidth, DurationOrZero, Money, PricePerTime
-from engine.registry import nearest
-from engine.system import Parallelism, System, Topology
-from engine.workload import Workload
-from engine.yamlsrc import Path_, Source, dotted, load_yaml, read_text
+from xpusim.engine.device import DeviceSpec, Figure, LinkSpec, PriceSpec
+from xpusim.engine.economics import EconomicsConfig
+from xpusim.engine.errors import ScenarioError, XpusimError
+from xpusim.engine.host import Host
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.qty import Bandwidth, DurationOrZero, Money, PricePerTime
+from xpusim.engine.registry import nearest
+from xpusim.engine.system import Parallelism, System, Topology
+from xpusim.engine.workload import Workload
+from xpusim.engine.yamlsrc import Path_, Source, dotted, load_yaml, read_text
 
 # --- schema -----------------------------------------------------------------------------
 
@@ -110,7 +110,7 @@ class ScenarioConfig(_Strict):
 class Scenario:
     """A validated scenario with its plugins resolved.
 
-    ``systems`` are resolved :class:`~engine.system.System` objects in file order;
+    ``systems`` are resolved :class:`~xpusim.engine.system.System` objects in file order;
     ``data`` is the plain mapping after overrides (what a sweep varies and what the run
     folder records).
     """

@@ -36,9 +36,9 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engine.errors import ScenarioError
-from engine.executor import PointFailure
-from engine.yamlsrc import Source
+from xpusim.engine.errors import ScenarioError
+from xpusim.engine.executor import PointFailure
+from xpusim.engine.yamlsrc import Source
 
 # --- the sweep block --------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class Point:
 
 def parse_sweep(raw: Any, src: Source) -> SweepSpec:
     """Validate a ``sweep:`` block with errors naming the file and line."""
-    from engine.scenario import validation_message
+    from xpusim.engine.scenario import validation_message
 
     if raw is None:
         raise ScenarioError(
@@ -165,7 +165,7 @@ def point_id(data: Mapping[str, Any]) -> str:
 
 def expand(base: Mapping[str, Any], spec: SweepSpec, src: Source) -> list[Point]:
     """Every point of ``spec`` applied to ``base`` (the scenario without its sweep block)."""
-    from engine.scenario import apply_override, parse_set
+    from xpusim.engine.scenario import apply_override, parse_set
 
     grid_keys = list(spec.grid)
     grid = list(itertools.product(*(spec.grid[k] for k in grid_keys))) or [()]
@@ -229,7 +229,7 @@ def worker_host() -> Any:
     global _WORKER_HOST
     with _HOST_LOCK:
         if _WORKER_HOST is None:
-            from engine.host import build_host
+            from xpusim.engine.host import build_host
 
             _WORKER_HOST = build_host()
         return _WORKER_HOST
@@ -259,9 +259,9 @@ def run_point(task: PointTask) -> dict[str, Any]:
     temporary ``.partial`` folder renamed into place); if another attempt of the same
     point completed it first, that attempt's summary is returned.
     """
-    from engine.results import write_run
-    from engine.run import simulate
-    from engine.scenario import resolve
+    from xpusim.engine.results import write_run
+    from xpusim.engine.run import simulate
+    from xpusim.engine.scenario import resolve
 
     folder = point_folder(task.out_dir, task.point.id)
     summary = _read_done(folder)
@@ -330,8 +330,8 @@ def _check_reports(spec: SweepSpec, known: Collection[str] | None, src: Source) 
     """Fail before any point runs when ``sweep.reports`` names an unknown reporter."""
     if known is None:
         return
-    from engine.errors import UnknownNameError
-    from engine.registry import unknown_message
+    from xpusim.engine.errors import UnknownNameError
+    from xpusim.engine.registry import unknown_message
 
     for name in spec.reports:
         if name not in known:

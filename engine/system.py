@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.device import DeviceSpec, LinkSpec
+from xpusim.engine.device import DeviceSpec, LinkSpec
 
 
 @dataclass(frozen=True, slots=True)

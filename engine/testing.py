@@ -3,7 +3,7 @@
 A backend author subclasses :class:`BackendConformance` in a test module and names the
 backend and device; pytest then collects a parametrized set of checks::
 
-    from engine.testing import BackendConformance
+    from xpusim.engine.testing import BackendConformance
     from my_chip import MyChipBackend
 
     class TestMyChip(BackendConformance):
@@ -14,7 +14,7 @@ The checks, each a plain function here (so they can also be called directly) and
 method on the class:
 
 * **support is an answer** (:func:`check_support_answer`): ``supports()`` never raises
-  and returns a :class:`~engine.backend.Support`; a refusal carries a reason sentence;
+  and returns a :class:`~xpusim.engine.backend.Support`; a refusal carries a reason sentence;
   an acceptance is honoured (``compile()`` and ``cost()`` then work). A model of a kind
   no backend has heard of must be either refused with a reason or priced.
 * **costs positive** (:func:`check_costs_positive`): seconds and joules are finite and
@@ -41,8 +41,8 @@ a reason naming it. The MLP probe (:class:`ProbeMLP`) is built from engine types
 (an op graph plus a real ``torch.nn.Sequential``), so every backend always has something
 to run. Systems are built by :func:`make_system` from the device's catalog links.
 
-Use as a pytest plugin: ``pytest -p engine.testing`` (or ``pytest_plugins =
-["engine.testing"]`` in a root ``conftest.py``) adds the ``xpusim_host`` fixture; the
+Use as a pytest plugin: ``pytest -p xpusim.engine.testing`` (or ``pytest_plugins =
+["xpusim.engine.testing"]`` in a root ``conftest.py``) adds the ``xpusim_host`` fixture; the
 class works without it.
 """
 
@@ -58,12 +58,12 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-from engine.backend import Backend, Compiled, Cost, Support
-from engine.device import DeviceSpec, LinkSpec
-from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
-from engine.host import Host, build_host
-from engine.model import ModelGraph, ModelInfo
-from engine.system import Parallelism, System, Topology
+from xpusim.engine.backend import Backend, Compiled, Cost, Support
+from xpusim.engine.device import DeviceSpec, LinkSpec
+from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from xpusim.engine.host import Host, build_host
+from xpusim.engine.model import ModelGraph, ModelInfo
+from xpusim.engine.system import Parallelism, System, Topology
 
 __all__ = [
     "PROBES",
@@ -581,7 +581,7 @@ def check_collectives_grow(
 
 @pytest.fixture(scope="session")
 def xpusim_host() -> Host:
-    """A host of every installed plugin (fixture of the ``engine.testing`` pytest plugin)."""
+    """A host of every installed plugin (fixture of the ``xpusim.engine.testing`` pytest plugin)."""
     return shared_host()
 
 

@@ -3,7 +3,7 @@
 A reader is registered through ``register_trace_formats``. It returns a polars frame with
 the schema :data:`REQUEST_SCHEMA` (requests of an inference trace) sorted by arrival, with
 arrival times relative to the first request. Readers raise
-:class:`~engine.errors.TraceError` naming the file, the line and the fix for a malformed
+:class:`~xpusim.engine.errors.TraceError` naming the file, the line and the fix for a malformed
 row; they never return a partly read trace.
 """
 
@@ -39,7 +39,7 @@ class TraceFormat(ABC):
     Contract: ``name`` is the key used in a scenario's ``trace.format``; :meth:`read`
     takes the resolved path and the rest of the scenario's trace mapping (``columns``,
     ``time_unit`` ...) and returns a frame of :data:`REQUEST_SCHEMA` or
-    :data:`JOB_SCHEMA`, or raises :class:`~engine.errors.TraceError`.
+    :data:`JOB_SCHEMA`, or raises :class:`~xpusim.engine.errors.TraceError`.
     """
 
     name: str = ""

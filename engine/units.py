@@ -2,7 +2,7 @@
 
 Scenario files write every quantity with its unit (``80 GiB``, ``3.35 TB/s``, ``4/s``,
 ``150 ms``, ``2 h``, ``700 W``, ``0.12 USD/kWh``, ``380 g/kWh``). :func:`parse` turns such a
-string into an SI float for an expected dimension and raises :class:`~engine.errors.UnitError`
+string into an SI float for an expected dimension and raises :class:`~xpusim.engine.errors.UnitError`
 with the accepted units when the unit is missing, unknown or of another dimension.
 
 Inside the engine every quantity is an SI float: bytes, seconds, bytes/s, 1/s, watts,
@@ -15,7 +15,7 @@ import math
 import re
 from enum import StrEnum
 
-from engine.errors import UnitError
+from xpusim.engine.errors import UnitError
 
 
 class Dim(StrEnum):

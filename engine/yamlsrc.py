@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from engine.errors import ScenarioError
+from xpusim.engine.errors import ScenarioError
 
 Path_ = tuple[str | int, ...]
 

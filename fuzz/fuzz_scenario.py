@@ -1,7 +1,7 @@
 """Fuzz the scenario loader: YAML text through parsing, validation and plugin resolution.
 
 The property: whatever the bytes, loading ends in a resolved scenario or an
-:class:`~engine.errors.XpusimError` whose message is one paragraph. Any other exception
+:class:`~xpusim.engine.errors.XpusimError` whose message is one paragraph. Any other exception
 (or a hang, or runaway memory, which libFuzzer reports) is a bug.
 
 Run: ``python fuzz/fuzz_scenario.py -max_total_time=60`` (needs ``pip install atheris``).
@@ -19,10 +19,10 @@ import atheris
 from _common import BAD_INPUTS, REPO, libfuzzer_argv
 
 with atheris.instrument_imports(include=["engine"]):
-    from engine.errors import XpusimError
-    from engine.host import Host, build_host
-    from engine.scenario import read_scenario_data, resolve
-    from engine.yamlsrc import Source, load_yaml
+    from xpusim.engine.errors import XpusimError
+    from xpusim.engine.host import Host, build_host
+    from xpusim.engine.scenario import read_scenario_data, resolve
+    from xpusim.engine.yamlsrc import Source, load_yaml
 
 BASE = BAD_INPUTS / "base.yaml"
 HOST: Host | None = None

@@ -2,7 +2,7 @@
 
 The property: whatever the bytes and options, a reader returns a valid frame (arrivals
 finite, starting at 0 and never going backwards; token counts at least 1) or raises
-:class:`~engine.errors.TraceError` with a one-paragraph message naming the file. Any
+:class:`~xpusim.engine.errors.TraceError` with a one-paragraph message naming the file. Any
 other exception, a hang or runaway memory is a bug.
 
 Run: ``python fuzz/fuzz_traces.py -max_total_time=60`` (needs ``pip install atheris``).
@@ -20,13 +20,13 @@ from typing import Any
 import atheris
 from _common import BAD_INPUTS, libfuzzer_argv
 
-with atheris.instrument_imports(include=["plugins.traces", "engine.traces"]):
+with atheris.instrument_imports(include=["xpusim.plugins.traces", "xpusim.engine.traces"]):
     import numpy as np
     import polars as pl
 
-    from engine.errors import TraceError
-    from engine.traces import REQUEST_SCHEMA
-    from plugins.traces.readers import TRACE_FORMATS
+    from xpusim.engine.errors import TraceError
+    from xpusim.engine.traces import REQUEST_SCHEMA
+    from xpusim.plugins.traces.readers import TRACE_FORMATS
 
 READERS = [cls() for cls in TRACE_FORMATS]
 WORK = Path(tempfile.mkdtemp(prefix="xpusim-fuzz-traces-"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from engine.host import Host, get_plugin_manager
+from xpusim.engine.host import Host, get_plugin_manager
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -37,7 +37,7 @@ def fake_host(pm: pluggy.PluginManager) -> Host:
 @pytest.fixture(scope="session")
 def host() -> Host:
     """A host with every installed plugin (the built-ins included), built once."""
-    from engine.host import build_host
+    from xpusim.engine.host import build_host
 
     return build_host()
 

@@ -11,13 +11,13 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine import hookimpl
-from engine.backend import Backend, Compiled, Cost, Fit, Support
-from engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
-from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
-from engine.model import ModelFamily, ModelGraph, ModelInfo
-from engine.system import Parallelism, System
-from engine.workload import SystemRun, Workload, WorkloadContext
+from xpusim import hookimpl
+from xpusim.engine.backend import Backend, Compiled, Cost, Fit, Support
+from xpusim.engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
+from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
+from xpusim.engine.model import ModelFamily, ModelGraph, ModelInfo
+from xpusim.engine.system import Parallelism, System
+from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 
 SRC = "test fixture"
 
@@ -81,8 +81,8 @@ class FakeFamily(ModelFamily):
 
     def configure(self, spec: Mapping[str, Any]) -> ModelGraph:
         preset = spec.get("preset", "small")
-        from engine.errors import ScenarioError
-        from engine.registry import unknown_message
+        from xpusim.engine.errors import ScenarioError
+        from xpusim.engine.registry import unknown_message
 
         if preset not in self.presets:
             raise ScenarioError(unknown_message("preset", preset, list(self.presets)))

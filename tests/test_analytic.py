@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from engine.analytic import AnalyticCompiled, OpTime, roofline
-from engine.collectives import collective_seconds, topology_from_device
-from engine.device import DeviceSpec, Figure, PowerSpec
-from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
-from engine.model import ModelGraph, ModelInfo
-from engine.power import PowerModel
-from engine.system import Parallelism, System
-from plugins.gpu.catalog import catalog, resolve
+from xpusim.engine.analytic import AnalyticCompiled, OpTime, roofline
+from xpusim.engine.collectives import collective_seconds, topology_from_device
+from xpusim.engine.device import DeviceSpec, Figure, PowerSpec
+from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
+from xpusim.engine.model import ModelGraph, ModelInfo
+from xpusim.engine.power import PowerModel
+from xpusim.engine.system import Parallelism, System
+from xpusim.plugins.gpu.catalog import catalog, resolve
 
 
 class TinyModel(ModelGraph):

@@ -8,8 +8,8 @@ import pytest
 from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
-from engine.arrivals import ArrivalSpec, LengthDist, generate, sample_lengths
-from engine.traces import REQUEST_SCHEMA
+from xpusim.engine.arrivals import ArrivalSpec, LengthDist, generate, sample_lengths
+from xpusim.engine.traces import REQUEST_SCHEMA
 
 
 def spec(**kw: object) -> ArrivalSpec:

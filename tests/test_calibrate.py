@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import XpusimError
-from plugins.cpu import calibrate as cal_mod
-from plugins.cpu.calibrate import CpuCalibration, KernelFit, StreamTable, fit_gemm, kernel_time
+from xpusim.engine.errors import XpusimError
+from xpusim.plugins.cpu import calibrate as cal_mod
+from xpusim.plugins.cpu.calibrate import (
+    CpuCalibration,
+    KernelFit,
+    StreamTable,
+    fit_gemm,
+    kernel_time,
+)
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +146,9 @@ def test_gpu_fit_recovers_fractions_without_a_gpu() -> None:
     points, and the measured memory fraction and overhead, with no CUDA involved."""
     from dataclasses import replace
 
-    from plugins.gpu.catalog import load_catalog
-    from plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
-    from plugins.gpu.measure import GEMM_SHAPES, attention_op, fit_params, gemm_op
+    from xpusim.plugins.gpu.catalog import load_catalog
+    from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
+    from xpusim.plugins.gpu.measure import GEMM_SHAPES, attention_op, fit_params, gemm_op
 
     cat = load_catalog()
     spec = cat["h100-sxm"] if "h100-sxm" in cat else next(iter(cat.values()))
@@ -181,7 +187,7 @@ def test_gpu_calibration_without_cuda_is_a_clear_error() -> None:
     """On a machine without CUDA the GPU calibration refuses with a sentence, not a trace."""
     import torch
 
-    from plugins.gpu.measure import calibrate_gpu
+    from xpusim.plugins.gpu.measure import calibrate_gpu
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

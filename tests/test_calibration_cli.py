@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.calibration import apply_calibrations
-from engine.errors import XpusimError
-from engine.host import Host
-from engine.scenario import load_scenario
+from xpusim.engine.calibration import apply_calibrations
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.host import Host
+from xpusim.engine.scenario import load_scenario
 
 SCENARIO = """\
 name: cal

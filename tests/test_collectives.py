@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from engine.collectives import (
+from xpusim.engine.collectives import (
     collective_seconds,
     hierarchical_seconds,
     ring_seconds,
@@ -14,8 +14,8 @@ from engine.collectives import (
     torus_collective_seconds,
     tree_seconds,
 )
-from engine.graph import Collective
-from engine.system import Topology
+from xpusim.engine.graph import Collective
+from xpusim.engine.system import Topology
 
 AR, RS, AG, A2A, SR = (
     Collective.ALL_REDUCE,
@@ -125,7 +125,7 @@ def test_torus_bidirectional_rings() -> None:
 def test_topology_from_device() -> None:
     """An H100's default topology is 8 GPUs per node on 450 GB/s, 1 us NVLink, with a slower
     link between nodes."""
-    from plugins.gpu.catalog import resolve
+    from xpusim.plugins.gpu.catalog import resolve
 
     t = topology_from_device(resolve("h100"))
     assert t.devices_per_node == 8

@@ -8,11 +8,12 @@ from collections.abc import Mapping
 
 import pytest
 
-from engine.backend import Backend, Compiled, Cost, Fit, Support
-from engine.graph import Collective, Phase, Shape
-from engine.model import ModelGraph
-from engine.system import System
-from engine.testing import (
+from tests.fakes import FakeBackend, FakeCompiled, FakeModel, fake_device
+from xpusim.engine.backend import Backend, Compiled, Cost, Fit, Support
+from xpusim.engine.graph import Collective, Phase, Shape
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.system import System
+from xpusim.engine.testing import (
     BackendConformance,
     ConformanceError,
     ProbeMLP,
@@ -26,7 +27,6 @@ from engine.testing import (
     make_system,
     shared_host,
 )
-from tests.fakes import FakeBackend, FakeCompiled, FakeModel, fake_device
 
 BUILTIN_BACKENDS = shared_host().backends.names()
 """Every backend installed plugins register; new built-ins join automatically."""

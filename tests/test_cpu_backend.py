@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from engine.backend import Cost
-from engine.errors import XpusimError
-from engine.graph import OpGraph, OpKind, Phase, Shape
-from engine.model import ModelGraph, ModelInfo
-from engine.system import Parallelism, System, Topology
-from plugins.cpu import calibrate as cal_mod
-from plugins.cpu.backend import CpuBackend, MeasuredCompiled, host_spec
-from plugins.cpu.measure import MAX_SAMPLES, Rapl
+from xpusim.engine.backend import Cost
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.graph import OpGraph, OpKind, Phase, Shape
+from xpusim.engine.model import ModelGraph, ModelInfo
+from xpusim.engine.system import Parallelism, System, Topology
+from xpusim.plugins.cpu import calibrate as cal_mod
+from xpusim.plugins.cpu.backend import CpuBackend, MeasuredCompiled, host_spec
+from xpusim.plugins.cpu.measure import MAX_SAMPLES, Rapl
 
 
 class TinyModel(ModelGraph):
@@ -47,7 +47,7 @@ class TinyModel(ModelGraph):
         return (torch.zeros(max(1, shape.batch), width, device=device),)
 
     def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
-        from plugins.models.tracing import graph_from_trace, trace_module
+        from xpusim.plugins.models.tracing import graph_from_trace, trace_module
 
         tr = trace_module(self.module("meta"), self.example_inputs(shape, "meta"), "fp32")
         return graph_from_trace(tr, Phase.FORWARD, shape, "fp32")
@@ -123,7 +123,7 @@ def test_rapl_reads_package_domains_and_wraps(tmp_path: Path) -> None:
 
 def test_analytic_device_prices_from_the_calibration(cal_file: Path) -> None:
     """host-analytic is the engine's roofline with this machine's calibrated rates."""
-    from engine.analytic import AnalyticCompiled
+    from xpusim.engine.analytic import AnalyticCompiled
 
     c = CpuBackend().compile(TinyModel(), system(cal_file, "host-analytic"))
     assert isinstance(c, AnalyticCompiled)
@@ -139,8 +139,8 @@ def test_analytic_device_prices_from_the_calibration(cal_file: Path) -> None:
 def test_pricer_uses_each_kind_table(cal_file: Path) -> None:
     """GEMMs are compute or memory bound by the fit; a transcendental elementwise op uses
     the gelu table, a plain one the add table."""
-    from engine.graph import Op
-    from plugins.cpu.analytic import CpuOpPricer
+    from xpusim.engine.graph import Op
+    from xpusim.plugins.cpu.analytic import CpuOpPricer
 
     cal = cal_mod.load(cal_file)
     pr = CpuOpPricer(cal)
@@ -186,7 +186,7 @@ def test_catalog_cites_this_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     machine (a quick one measured on first use into $XDG_CACHE_HOME); memory comes from
     /proc/meminfo."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr("plugins.cpu.backend.SHIPPED", tmp_path / "none")
+    monkeypatch.setattr("xpusim.plugins.cpu.backend.SHIPPED", tmp_path / "none")
     monkeypatch.setattr(cal_mod, "logical_cores", lambda: 1)
     be = CpuBackend()
     cat = be.catalog()
@@ -242,7 +242,7 @@ def test_cpu_clock_option_measures_process_time(cal_file: Path) -> None:
 
 def test_the_host_registers_the_cpu_backend() -> None:
     """The built-in entry point registers backend ``cpu`` with a calibrate method."""
-    from engine.host import build_host
+    from xpusim.engine.host import build_host
 
     host = build_host()
     be = host.backends.get("cpu")
@@ -253,7 +253,7 @@ def test_analytic_device_charges_counted_views_and_module_calls(cal_file: Path) 
     """The views and module calls of a step are counted from a meta trace of the model's
     module (the tiny MLP: Sequential + two Linear + ReLU, and a transpose per Linear) and
     charged at the calibrated view and module-call times as overhead."""
-    from plugins.cpu.analytic import CpuAnalyticCompiled, count_untraced
+    from xpusim.plugins.cpu.analytic import CpuAnalyticCompiled, count_untraced
 
     u = count_untraced(TinyModel(), SHAPE)
     assert u.modules == 4
@@ -272,8 +272,8 @@ def test_max_pool_and_decode_attention_use_their_own_rates(cal_file: Path) -> No
     attention over a cache in a model larger than the op reads its keys and values at
     the bandwidth of the whole weight footprint, so it costs more than the same op in a
     model that fits."""
-    from engine.graph import Op
-    from plugins.cpu.analytic import CpuOpPricer
+    from xpusim.engine.graph import Op
+    from xpusim.plugins.cpu.analytic import CpuOpPricer
 
     cal = cal_mod.load(cal_file)
     n = 1 << 18

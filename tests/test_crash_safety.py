@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.results import (
+from xpusim.engine.results import (
     PARTIAL_MARK,
     RunResult,
     SystemResult,
@@ -37,8 +37,8 @@ BASE = REPO / "tests" / "bad_inputs" / "base.yaml"
 DRIVER = textwrap.dedent(
     """
     import sys
-    import engine.cli as cli
-    from engine import hookimpl
+    import xpusim.engine.cli as cli
+    from xpusim import hookimpl
 
     class Announce:
         @hookimpl
@@ -124,7 +124,7 @@ KILL_IN_WRITE = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from engine.results import RunResult, SystemResult, write_run
+    from xpusim.engine.results import RunResult, SystemResult, write_run
 
     class Killer:
         name = "killer"

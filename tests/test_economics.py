@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
-from engine.economics import (
+from xpusim.engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
+from xpusim.engine.economics import (
     GRID_INTENSITY,
     HOUR_S,
     KWH_J,
@@ -18,9 +18,9 @@ from engine.economics import (
     apply_economics,
     describe_break_even,
 )
-from engine.errors import XpusimError
-from engine.power import PowerModel
-from engine.results import SystemResult
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.power import PowerModel
+from xpusim.engine.results import SystemResult
 
 SRC = "test_fixture"
 SPAN = 10.0

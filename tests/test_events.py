@@ -11,10 +11,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from engine.metrics import inverted_cdf_rank, serving_metrics
-from engine.report.timeline import build_trace
-from engine.results import RunResult, SystemResult, write_run
-from engine.sim.events import (
+from tests.test_serving import compiled, load
+from xpusim.engine.metrics import inverted_cdf_rank, serving_metrics
+from xpusim.engine.report.timeline import build_trace
+from xpusim.engine.results import RunResult, SystemResult, write_run
+from xpusim.engine.sim.events import (
     STEPS_SCHEMA,
     FrameBuffer,
     Spill,
@@ -23,9 +24,8 @@ from engine.sim.events import (
     frame_height,
     spill_rows,
 )
-from engine.sim.schedulers import SchedulerSpec
-from engine.sim.serving import ServingResult, simulate_serving
-from tests.test_serving import compiled, load
+from xpusim.engine.sim.schedulers import SchedulerSpec
+from xpusim.engine.sim.serving import ServingResult, simulate_serving
 
 SPILL = 23
 """A threshold far below the rows of the runs here, so every frame spills in many parts."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.testing import shared_host
+from xpusim.engine.testing import shared_host
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "xpusim-example-backend"
@@ -64,7 +64,7 @@ def xpusim(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
     env.pop("XPUSIM_LOAD_PLUGINS", None)
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "xpusim.engine.cli", *args],
         capture_output=True,
         text=True,
         env=env,

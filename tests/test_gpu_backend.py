@@ -13,17 +13,17 @@ import pluggy
 import pytest
 import yaml
 
-from engine import hookspecs
-from engine.collectives import topology_from_device
-from engine.device import DeviceSpec
-from engine.errors import XpusimError
-from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
-from engine.model import ModelGraph, ModelInfo
-from engine.system import Parallelism, System
-from plugins.gpu import calibration
-from plugins.gpu.backend import GpuBackend
-from plugins.gpu.catalog import catalog, resolve
-from plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
+from xpusim.engine import hookspecs
+from xpusim.engine.collectives import topology_from_device
+from xpusim.engine.device import DeviceSpec
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
+from xpusim.engine.model import ModelGraph, ModelInfo
+from xpusim.engine.system import Parallelism, System
+from xpusim.plugins.gpu import calibration
+from xpusim.plugins.gpu.backend import GpuBackend
+from xpusim.plugins.gpu.catalog import catalog, resolve
+from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
 
 FIGURES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "figures.yaml"
 
@@ -333,7 +333,7 @@ def test_supports_and_registration() -> None:
     r = b.supports(odd, "serving")
     assert not r.ok and "graph-net" in r.reason
 
-    import plugins.gpu as plugin
+    import xpusim.plugins.gpu as plugin
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -423,17 +423,17 @@ def test_calibration_round_trip_and_apply(tmp_path: Path) -> None:
 
 # -- the real transformer family, once it exists --------------------------------------
 
-HAS_TRANSFORMER = importlib.util.find_spec("plugins.models.transformer") is not None
+HAS_TRANSFORMER = importlib.util.find_spec("xpusim.plugins.models.transformer") is not None
 
 
 def _llama(preset: str, dtype: str, **fields: Any) -> ModelGraph:
-    from plugins.models.transformer import FAMILIES
+    from xpusim.plugins.models.transformer import FAMILIES
 
     fam = {f.name: f for f in FAMILIES}["llama"]
     return fam.configure({"preset": preset, "dtype": dtype, **fields})
 
 
-@pytest.mark.skipif(not HAS_TRANSFORMER, reason="plugins.models.transformer not available")
+@pytest.mark.skipif(not HAS_TRANSFORMER, reason="xpusim.plugins.models.transformer not available")
 def test_real_llama2_7b_decode_is_weights_over_bandwidth() -> None:
     """Llama-2-7B (13.5 GB in bf16) decodes on an H100 in between weights / effective bandwidth
     and 1.25x that, memory-bound."""
@@ -455,7 +455,7 @@ def offline_tokens_per_s(c: Any, batch: int, prompt: int, output: int) -> float:
     return batch * output / t
 
 
-@pytest.mark.skipif(not HAS_TRANSFORMER, reason="plugins.models.transformer not available")
+@pytest.mark.skipif(not HAS_TRANSFORMER, reason="xpusim.plugins.models.transformer not available")
 def test_real_llama2_7b_offline_vs_trtllm() -> None:
     """Against ``trtllm_h100_7b_bs768_128_128`` (19,694 output tok/s/GPU, FP8, TP=1).
     A sanity check, not a fit: no parameter is tuned to this row. With every tensor priced
@@ -537,7 +537,7 @@ def test_decode_attention_option_is_checked() -> None:
         )
 
 
-@pytest.mark.skipif(not HAS_TRANSFORMER, reason="plugins.models.transformer not available")
+@pytest.mark.skipif(not HAS_TRANSFORMER, reason="xpusim.plugins.models.transformer not available")
 def test_kv_dtype_sets_the_decode_attention_bytes() -> None:
     """fp8 weights keep a 16-bit KV cache by default; ``kv_dtype: fp8`` halves the KV bytes
     the decode attention reads (and the cache's memory per token)."""
@@ -553,7 +553,7 @@ def test_kv_dtype_sets_the_decode_attention_bytes() -> None:
     assert a8.attr("kv_bytes") == 1.0 and a16.attr("kv_bytes") == 2.0
 
 
-@pytest.mark.skipif(not HAS_TRANSFORMER, reason="plugins.models.transformer not available")
+@pytest.mark.skipif(not HAS_TRANSFORMER, reason="xpusim.plugins.models.transformer not available")
 def test_real_llama2_70b_long_decode_vs_trtllm_needs_per_head_kernel() -> None:
     """Against ``trtllm_h100_70b_bs64_2048_2048`` (547 output tok/s/GPU, FP8 with FP8 KV,
     TP=2, TensorRT-LLM v0.6.1 whose decode runs the masked MHA kernel). With the grouped

@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.errors import XpusimError
-from plugins.gpu import measure
-from plugins.gpu import points as points_mod
-from plugins.gpu.calibration import load as load_calibration
-from plugins.gpu.catalog import catalog
-from plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
-from plugins.gpu.measure import calibrate_from_points, fit_params, points_path
-from plugins.gpu.points import Point, Points, attention_op, gemm_op
+from xpusim.engine.cli import app
+from xpusim.engine.errors import XpusimError
+from xpusim.plugins.gpu import measure
+from xpusim.plugins.gpu import points as points_mod
+from xpusim.plugins.gpu.calibration import load as load_calibration
+from xpusim.plugins.gpu.catalog import catalog
+from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
+from xpusim.plugins.gpu.measure import calibrate_from_points, fit_params, points_path
+from xpusim.plugins.gpu.points import Point, Points, attention_op, gemm_op
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_POINTS = REPO / "calibrations" / "points" / "vidur-h100-fp16-linear.points.json"
@@ -277,7 +277,7 @@ def test_each_efficiency_field_names_its_own_source(
 ) -> None:
     """A system's assumptions say 'fitted' only for the fields the calibration set, the
     inline override for the field it set, and 'default' for the rest."""
-    from engine.scenario import load_scenario
+    from xpusim.engine.scenario import load_scenario
 
     sc = load_scenario(
         write_yaml(

@@ -18,10 +18,10 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from engine import hookspecs
-from engine.host import Host
-from engine.scenario import load_scenario
 from tests.fakes import FakePlugin
+from xpusim.engine import hookspecs
+from xpusim.engine.host import Host
+from xpusim.engine.scenario import load_scenario
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 HOOKS = sorted(
@@ -90,7 +90,7 @@ def test_hook_register_devices(pm: pluggy.PluginManager, host: Host) -> None:
 
 def test_hook_register_models(pm: pluggy.PluginManager) -> None:
     """The documented model family configures and its graph counts the GEMM's FLOPs."""
-    from engine.graph import Phase, Shape
+    from xpusim.engine.graph import Phase, Shape
 
     host = _host_with(pm, _example("register_models"))
     model = host.models.get("linear").configure({"preset": "small"})
@@ -100,7 +100,7 @@ def test_hook_register_models(pm: pluggy.PluginManager) -> None:
 
 def test_hook_register_workloads(pm: pluggy.PluginManager, tmp_path: Path) -> None:
     """The documented workload runs end to end through a scenario on the fake backend."""
-    from engine.run import run_scenario
+    from xpusim.engine.run import run_scenario
 
     host = _host_with(pm, _example("register_workloads"))
     p = tmp_path / "s.yaml"
@@ -116,7 +116,7 @@ def test_hook_register_workloads(pm: pluggy.PluginManager, tmp_path: Path) -> No
 
 def test_hook_register_trace_formats(pm: pluggy.PluginManager, tmp_path: Path) -> None:
     """The documented trace format reads rows and names the line of a bad one."""
-    from engine.errors import TraceError
+    from xpusim.engine.errors import TraceError
 
     host = _host_with(pm, _example("register_trace_formats"))
     fmt = host.trace_formats.get("tsv-requests")
@@ -132,7 +132,7 @@ def test_hook_register_trace_formats(pm: pluggy.PluginManager, tmp_path: Path) -
 
 def test_hook_register_reporters(pm: pluggy.PluginManager, tmp_path: Path) -> None:
     """A registered reporter's file lands in the run folder."""
-    from engine.run import run_scenario
+    from xpusim.engine.run import run_scenario
 
     host = _host_with(pm, _example("register_reporters"))
     p = tmp_path / "s.yaml"
@@ -146,7 +146,7 @@ def test_hook_register_reporters(pm: pluggy.PluginManager, tmp_path: Path) -> No
 
 def test_hook_register_executors(pm: pluggy.PluginManager) -> None:
     """The documented executor yields results and failures by index."""
-    from engine.executor import PointFailure
+    from xpusim.engine.executor import PointFailure
 
     host = _host_with(pm, _example("register_executors"))
     ex = host.executors.get("inline")
@@ -168,7 +168,7 @@ def test_hook_register_commands(pm: pluggy.PluginManager) -> None:
 
 
 def _observed_run(pm: pluggy.PluginManager, tmp_path: Path, mod: types.ModuleType) -> Any:
-    from engine.run import run_scenario
+    from xpusim.engine.run import run_scenario
 
     host = _host_with(pm, mod)
     p = tmp_path / "s.yaml"

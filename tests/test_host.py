@@ -7,11 +7,11 @@ from typing import Any
 import pluggy
 import pytest
 
-from engine import hookimpl
-from engine.errors import DuplicateNameError, UnknownNameError
-from engine.host import Host, get_plugin_manager
-from engine.registry import Registry, nearest
 from tests.fakes import FakeBackend, FakePlugin
+from xpusim import hookimpl
+from xpusim.engine.errors import DuplicateNameError, UnknownNameError
+from xpusim.engine.host import Host, get_plugin_manager
+from xpusim.engine.registry import Registry, nearest
 
 
 def test_registry_refuses_duplicates_naming_both() -> None:

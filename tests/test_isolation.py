@@ -15,14 +15,14 @@ from typing import Any
 
 import pluggy
 
-from engine import API_VERSION, hookimpl
-from engine.backend import Compiled
-from engine.host import Host
-from engine.model import ModelGraph
-from engine.run import run_scenario
-from engine.scenario import load_scenario
-from engine.system import System
 from tests.fakes import FakeBackend, FakePlugin
+from xpusim.engine import API_VERSION, hookimpl
+from xpusim.engine.backend import Compiled
+from xpusim.engine.host import Host
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.run import run_scenario
+from xpusim.engine.scenario import load_scenario
+from xpusim.engine.system import System
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def _plugins_json(site: Path) -> dict[str, dict[str, Any]]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
     env.pop("XPUSIM_LOAD_PLUGINS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "plugins", "--json"],
+        [sys.executable, "-m", "xpusim.engine.cli", "plugins", "--json"],
         capture_output=True,
         text=True,
         env=env,
@@ -128,7 +128,7 @@ def test_plugins_refuses_a_backend_for_another_engine_api(tmp_path: Path) -> Non
         "futurechip",
         "xpusim_futurechip",
         """\
-        from engine import hookimpl
+        from xpusim import hookimpl
         from tests.fakes import FakeBackend
 
         class FutureBackend(FakeBackend):

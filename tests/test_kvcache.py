@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from engine.sim.kvcache import PagedKVCache, blocks_for
+from xpusim.engine.sim.kvcache import PagedKVCache, blocks_for
 
 
 def test_blocks_round_up() -> None:

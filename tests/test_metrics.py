@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from engine.metrics import device_seconds, quantile, serving_metrics, weighted_quantile
-from engine.sim.events import DEVICES_SCHEMA, REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
+from xpusim.engine.metrics import device_seconds, quantile, serving_metrics, weighted_quantile
+from xpusim.engine.sim.events import DEVICES_SCHEMA, REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
 
 
 def test_weighted_quantile_equals_expanded_list() -> None:

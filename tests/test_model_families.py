@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.errors import ScenarioError, UnsupportedError
-from engine.graph import OpKind, Phase, Shape
-from engine.model import ModelFamily
-from engine.system import Parallelism
-from plugins.models import custom, encoder, small, transformer, vision
-from plugins.models.tracing import trace_module
+from xpusim.engine.errors import ScenarioError, UnsupportedError
+from xpusim.engine.graph import OpKind, Phase, Shape
+from xpusim.engine.model import ModelFamily
+from xpusim.engine.system import Parallelism
+from xpusim.plugins.models import custom, encoder, small, transformer, vision
+from xpusim.plugins.models.tracing import trace_module
 
 ALL = [f for mod in (transformer, encoder, vision, small, custom) for f in mod.FAMILIES]
 

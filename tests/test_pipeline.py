@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.sim.pipeline import (
+from xpusim.engine.sim.pipeline import (
     bubble_fraction,
     in_flight_microbatches,
     pipeline_time,

@@ -1,8 +1,8 @@
 """Properties that always hold, checked on generated inputs (hypothesis).
 
 * Units: a formatted quantity parses back to the same SI value; every accepted unit is a
-  linear scale; anything else raises :class:`~engine.errors.UnitError` and nothing else.
-* Scenario loading: any text gives data or a :class:`~engine.errors.ScenarioError`; any
+  linear scale; anything else raises :class:`~xpusim.engine.errors.UnitError` and nothing else.
+* Scenario loading: any text gives data or a :class:`~xpusim.engine.errors.ScenarioError`; any
   value put anywhere in a valid scenario gives a scenario or an input error, never a
   crash; values written in a scenario come back as loaded.
 * Trace readers: a sorted trace (equal timestamps included) reads back exactly from CSV
@@ -27,20 +27,20 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from engine import units
-from engine.backend import Compiled
-from engine.errors import ScenarioError, TraceError, UnitError, XpusimError
-from engine.host import Host
-from engine.results import default_out_dir
-from engine.run import simulate
-from engine.scenario import read_scenario_data, resolve
-from engine.sim.events import collect
-from engine.sim.schedulers import SchedulerSpec
-from engine.sim.serving import simulate_serving
-from engine.traces import REQUEST_SCHEMA
-from engine.units import Dim
-from engine.yamlsrc import load_yaml
-from plugins.traces.readers import CsvTrace, JsonlTrace
+from xpusim.engine import units
+from xpusim.engine.backend import Compiled
+from xpusim.engine.errors import ScenarioError, TraceError, UnitError, XpusimError
+from xpusim.engine.host import Host
+from xpusim.engine.results import default_out_dir
+from xpusim.engine.run import simulate
+from xpusim.engine.scenario import read_scenario_data, resolve
+from xpusim.engine.sim.events import collect
+from xpusim.engine.sim.schedulers import SchedulerSpec
+from xpusim.engine.sim.serving import simulate_serving
+from xpusim.engine.traces import REQUEST_SCHEMA
+from xpusim.engine.units import Dim
+from xpusim.engine.yamlsrc import load_yaml
+from xpusim.plugins.traces.readers import CsvTrace, JsonlTrace
 
 BASE = Path(__file__).parent / "bad_inputs" / "base.yaml"
 FAST = settings(

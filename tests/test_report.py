@@ -10,17 +10,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
-from engine.economics import HOUR_S, EconomicsConfig, apply_economics
-from engine.errors import XpusimError
-from engine.report import METRICS, best_systems
-from engine.report.compare import compare_runs, load_run
-from engine.report.html import render_html
-from engine.report.markdown import render_markdown
-from engine.report.timeline import build_trace
-from engine.reporter import Reporter
-from engine.results import RunResult, SystemResult, write_run
-from plugins.reporters import register_reporters
+from xpusim.engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
+from xpusim.engine.economics import HOUR_S, EconomicsConfig, apply_economics
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.report import METRICS, best_systems
+from xpusim.engine.report.compare import compare_runs, load_run
+from xpusim.engine.report.html import render_html
+from xpusim.engine.report.markdown import render_markdown
+from xpusim.engine.report.timeline import build_trace
+from xpusim.engine.reporter import Reporter
+from xpusim.engine.results import RunResult, SystemResult, write_run
+from xpusim.plugins.reporters import register_reporters
 
 SPAN = 20.0
 

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from engine.report.html import render_html
 from tests.test_report import synthetic_run
+from xpusim.engine.report.html import render_html
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = (

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ScenarioError, UnknownNameError
-from engine.host import Host
-from engine.scenario import apply_override, load_scenario, parse_set
+from xpusim.engine.errors import ScenarioError, UnknownNameError
+from xpusim.engine.host import Host
+from xpusim.engine.scenario import apply_override, load_scenario, parse_set
 
 GOOD = """\
 name: fake-run

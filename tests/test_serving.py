@@ -10,20 +10,20 @@ import pytest
 from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
-from engine.arrivals import ArrivalSpec, generate
-from engine.backend import Compiled, Cost, Fit
-from engine.graph import Phase, Shape
-from engine.metrics import serving_metrics, weighted_quantile
-from engine.sim.events import DEVICES_SCHEMA, REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
-from engine.sim.schedulers import SchedulerSpec
-from engine.sim.serving import simulate_serving
-from engine.system import Parallelism, System, Topology
-from engine.traces import REQUEST_SCHEMA
-from engine.workload import WorkloadContext
-from plugins.workloads import WORKLOADS
-from plugins.workloads.offline import OfflineConfig, OfflineWorkload
-from plugins.workloads.serving import ServingConfig, ServingWorkload
 from tests.fakes import FakeModel, fake_device
+from xpusim.engine.arrivals import ArrivalSpec, generate
+from xpusim.engine.backend import Compiled, Cost, Fit
+from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.metrics import serving_metrics, weighted_quantile
+from xpusim.engine.sim.events import DEVICES_SCHEMA, REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
+from xpusim.engine.sim.schedulers import SchedulerSpec
+from xpusim.engine.sim.serving import simulate_serving
+from xpusim.engine.system import Parallelism, System, Topology
+from xpusim.engine.traces import REQUEST_SCHEMA
+from xpusim.engine.workload import WorkloadContext
+from xpusim.plugins.workloads import WORKLOADS
+from xpusim.plugins.workloads.offline import OfflineConfig, OfflineWorkload
+from xpusim.plugins.workloads.serving import ServingConfig, ServingWorkload
 
 # --- a fake compiled model with a stated cost formula ---------------------------------
 

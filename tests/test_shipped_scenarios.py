@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.host import Host
-from engine.run import prepare
-from engine.scenario import load_scenario
+from xpusim.engine.host import Host
+from xpusim.engine.run import prepare
+from xpusim.engine.scenario import load_scenario
 
 SCENARIOS = sorted((Path(__file__).resolve().parents[1] / "scenarios").glob("*.yaml"))
 NEEDS_TRACES = {"trace-replay.yaml"}

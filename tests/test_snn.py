@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import ScenarioError, UnsupportedError, XpusimError
-from engine.graph import OpKind, Phase, Shape
-from plugins.models import lif
-from plugins.models.snn import FAMILIES, convert_mlp
+from xpusim.engine.errors import ScenarioError, UnsupportedError, XpusimError
+from xpusim.engine.graph import OpKind, Phase, Shape
+from xpusim.plugins.models import lif
+from xpusim.plugins.models.snn import FAMILIES, convert_mlp
 
 SNN = FAMILIES[0]
 

@@ -13,14 +13,14 @@ import yaml
 from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
-from engine.backend import Compiled, Cost, Fit
-from engine.graph import Shape
-from engine.sim.events import DEVICES_SCHEMA
-from engine.system import Parallelism, System, Topology
-from engine.workload import WorkloadContext
-from plugins.models.snn import FAMILIES
-from plugins.spinnaker.backend import SPINN5, SpinnakerBackend
-from plugins.workloads.spiking import REQUESTS_SCHEMA, STEPS_SCHEMA, WORKLOADS, SpikingConfig
+from xpusim.engine.backend import Compiled, Cost, Fit
+from xpusim.engine.graph import Shape
+from xpusim.engine.sim.events import DEVICES_SCHEMA
+from xpusim.engine.system import Parallelism, System, Topology
+from xpusim.engine.workload import WorkloadContext
+from xpusim.plugins.models.snn import FAMILIES
+from xpusim.plugins.spinnaker.backend import SPINN5, SpinnakerBackend
+from xpusim.plugins.workloads.spiking import REQUESTS_SCHEMA, STEPS_SCHEMA, WORKLOADS, SpikingConfig
 
 SPIKING = WORKLOADS[0]
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,9 +133,9 @@ def _backend(module: str, cls: str):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("module", "cls", "device"),
     [
-        ("plugins.gpu.backend", "GpuBackend", "l4"),
-        ("plugins.gpu.backend", "GpuBackend", "h100-sxm"),
-        ("plugins.tpu.backend", "TpuBackend", "tpu-v5e"),
+        ("xpusim.plugins.gpu.backend", "GpuBackend", "l4"),
+        ("xpusim.plugins.gpu.backend", "GpuBackend", "h100-sxm"),
+        ("xpusim.plugins.tpu.backend", "TpuBackend", "tpu-v5e"),
     ],
 )
 def test_dense_backends_price_the_same_workload(model, module, cls, device) -> None:  # type: ignore[no-untyped-def]

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import DoesNotFitError, XpusimError
-from engine.graph import Phase, Shape
-from engine.system import Parallelism, System, Topology
-from plugins.models import lif
-from plugins.models.snn import FAMILIES
-from plugins.spinnaker import energy, mapping
-from plugins.spinnaker.backend import SPINN5, SpinnakerBackend
+from xpusim.engine.errors import DoesNotFitError, XpusimError
+from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.system import Parallelism, System, Topology
+from xpusim.plugins.models import lif
+from xpusim.plugins.models.snn import FAMILIES
+from xpusim.plugins.spinnaker import energy, mapping
+from xpusim.plugins.spinnaker.backend import SPINN5, SpinnakerBackend
 
 SNN = FAMILIES[0]
 

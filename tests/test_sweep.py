@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from engine.errors import ScenarioError
-from engine.sweep import expand, parse_sweep, point_id, sweep_report
-from engine.yamlsrc import Source
+from xpusim.engine.errors import ScenarioError
+from xpusim.engine.sweep import expand, parse_sweep, point_id, sweep_report
+from xpusim.engine.yamlsrc import Source
 
 SRC = Source("s.yaml")
 BASE: dict[str, Any] = {

@@ -22,9 +22,9 @@ import polars as pl
 import pytest
 import yaml
 
-from engine.host import build_host
-from engine.scenario import read_scenario_data
-from engine.sweep import run_sweep
+from xpusim.engine.host import build_host
+from xpusim.engine.scenario import read_scenario_data
+from xpusim.engine.sweep import run_sweep
 
 pytest.importorskip("distributed")
 

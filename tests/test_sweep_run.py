@@ -11,10 +11,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.host import Host, build_host
-from engine.scenario import read_scenario_data
-from engine.sweep import SweepResult, run_sweep
+from xpusim.engine.cli import app
+from xpusim.engine.host import Host, build_host
+from xpusim.engine.scenario import read_scenario_data
+from xpusim.engine.sweep import SweepResult, run_sweep
 
 pytestmark = pytest.mark.slow
 

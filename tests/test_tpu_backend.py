@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from engine.collectives import topology_from_device
-from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
-from engine.model import ModelGraph, ModelInfo
-from engine.system import Parallelism, System
-from plugins.tpu.backend import (
+from xpusim.engine.collectives import topology_from_device
+from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
+from xpusim.engine.model import ModelGraph, ModelInfo
+from xpusim.engine.system import Parallelism, System
+from xpusim.plugins.tpu.backend import (
     TpuBackend,
     TpuCostModel,
     builtin_catalog,
@@ -18,7 +18,7 @@ from plugins.tpu.backend import (
     slice_shape,
     split_over_mxus,
 )
-from plugins.tpu.fusion import VECTOR_ATTR, fuse
+from xpusim.plugins.tpu.fusion import VECTOR_ATTR, fuse
 
 
 class FakeLlama(ModelGraph):
@@ -221,7 +221,7 @@ def test_backend_prices_llama_like_decode_on_v5e() -> None:
 def test_real_llama_2_7b_decode_step_on_v5e_is_memory_bound() -> None:
     """A batch-1 Llama-2-7B decode step on one v5e takes within 10% above weight bytes / the
     catalog's HBM bandwidth, and over 90% of its time is memory time."""
-    tr = pytest.importorskip("plugins.models.transformer")
+    tr = pytest.importorskip("xpusim.plugins.models.transformer")
     fam = {f.name: f for f in tr.FAMILIES}["llama"]
     model = fam.configure({"preset": "llama-2-7b"})
     sysm = _system("v5e")

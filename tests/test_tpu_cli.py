@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from plugins.tpu.cli import tpu_app
+from xpusim.plugins.tpu.cli import tpu_app
 
 runner = CliRunner()
 

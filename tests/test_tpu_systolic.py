@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plugins.tpu.cycles import gemm_compute_cycles, gemm_cycles
-from plugins.tpu.memory import MemoryConfig, StallReport, simulate_stalls
-from plugins.tpu.systolic import (
+from xpusim.plugins.tpu.cycles import gemm_compute_cycles, gemm_cycles
+from xpusim.plugins.tpu.memory import MemoryConfig, StallReport, simulate_stalls
+from xpusim.plugins.tpu.systolic import (
     ConvShape,
     SystolicArray,
     conv_operands,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import TraceError
-from engine.traces import JOB_SCHEMA, REQUEST_SCHEMA
-from plugins.traces.readers import AlibabaGpuTrace, AzureLLMTrace, CsvTrace, JsonlTrace
 from tests.conftest import TRACES
+from xpusim.engine.errors import TraceError
+from xpusim.engine.traces import JOB_SCHEMA, REQUEST_SCHEMA
+from xpusim.plugins.traces.readers import AlibabaGpuTrace, AzureLLMTrace, CsvTrace, JsonlTrace
 
 CONV = TRACES / "azure_llm_2023_conv.csv"
 CODE = TRACES / "azure_llm_2023_code.csv"

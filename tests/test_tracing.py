@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from engine.graph import OpKind, Phase, Shape
-from plugins.models.tracing import causal_pairs, fused_op, graph_from_trace, trace_module
+from xpusim.engine.graph import OpKind, Phase, Shape
+from xpusim.plugins.models.tracing import causal_pairs, fused_op, graph_from_trace, trace_module
 
 
 def _meta(factory):

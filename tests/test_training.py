@@ -10,13 +10,14 @@ from typing import Any
 import polars as pl
 import pytest
 
-from engine.analytic import AnalyticCompiled, OpTime
-from engine.collectives import collective_seconds
-from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
-from engine.model import ModelGraph, ModelInfo
-from engine.power import PowerModel
-from engine.sim.memory import checkpoint_bytes, stage_params, training_memory
-from engine.sim.training import (
+from tests.fakes import fake_device
+from xpusim.engine.analytic import AnalyticCompiled, OpTime
+from xpusim.engine.collectives import collective_seconds
+from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
+from xpusim.engine.model import ModelGraph, ModelInfo
+from xpusim.engine.power import PowerModel
+from xpusim.engine.sim.memory import checkpoint_bytes, stage_params, training_memory
+from xpusim.engine.sim.training import (
     STEPS_SCHEMA,
     FailureSpec,
     TrainingPlan,
@@ -26,14 +27,13 @@ from engine.sim.training import (
     simulate_failures,
     step_time,
 )
-from engine.system import Parallelism, System, Topology
-from engine.workload import WorkloadContext
-from plugins.workloads.training import (
+from xpusim.engine.system import Parallelism, System, Topology
+from xpusim.engine.workload import WorkloadContext
+from xpusim.plugins.workloads.training import (
     WORKLOADS,
     TrainingConfig,
     TrainingWorkload,
 )
-from tests.fakes import fake_device
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK = 100e12
@@ -226,7 +226,7 @@ def test_hfu_flops_with_full_recompute_are_the_megatron_formula() -> None:
     """For a GPT, hardware FLOPs per token with full recompute equal Narayanan et al.
     2021 eq. (3), 96·s·l·h²·(1 + s/6h + V/16lh) per sequence; model FLOPs the same
     without recomputation, 72·s·l·h²·(1 + s/6h + V/12lh)."""
-    from plugins.models.transformer import FAMILIES
+    from xpusim.plugins.models.transformer import FAMILIES
 
     gpt = next(f for f in FAMILIES if f.name == "gpt")
     l_, h, s, v = 24, 2304, 2048, 51200
@@ -542,15 +542,15 @@ def test_torus_systems_use_the_backends_collectives() -> None:
 def test_shipped_scenarios_run(name: str) -> None:
     """The shipped scenarios load, fit and simulate on every system with the real
     backends and model plugins."""
-    from engine.errors import UnknownNameError
-    from engine.host import Host, get_plugin_manager
-    from engine.run import simulate
-    from engine.scenario import load_scenario
+    from xpusim.engine.errors import UnknownNameError
+    from xpusim.engine.host import Host, get_plugin_manager
+    from xpusim.engine.run import simulate
+    from xpusim.engine.scenario import load_scenario
 
     pm = get_plugin_manager()
 
     class Register:
-        from engine import hookimpl
+        from xpusim import hookimpl
 
         @hookimpl
         def register_workloads(self, register: Any) -> None:

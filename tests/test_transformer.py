@@ -7,11 +7,11 @@ from collections import defaultdict
 import pytest
 import torch
 
-from engine.errors import ScenarioError
-from engine.graph import OpGraph, OpKind, Phase, Shape
-from engine.system import Parallelism
-from plugins.models.tracing import trace_module
-from plugins.models.transformer import FAMILIES
+from xpusim.engine.errors import ScenarioError
+from xpusim.engine.graph import OpGraph, OpKind, Phase, Shape
+from xpusim.engine.system import Parallelism
+from xpusim.plugins.models.tracing import trace_module
+from xpusim.plugins.models.transformer import FAMILIES
 
 FAM = {f.name: f for f in FAMILIES}
 TINY = {"layers": 2, "hidden": 64, "heads": 8, "vocab": 100, "seq_len": 64, "ffn_hidden": 96}

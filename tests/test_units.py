@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import units
-from engine.errors import UnitError
-from engine.units import Dim
+from xpusim.engine import units
+from xpusim.engine.errors import UnitError
+from xpusim.engine.units import Dim
 
 
 @pytest.mark.parametrize(

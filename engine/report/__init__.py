@@ -3,9 +3,9 @@
 This package holds what the formats share: the summary metrics with their units and
 which direction is better (:data:`METRICS`), the pick of the best system per metric
 (:func:`best_systems`), number and figure formatting, and the "Assumptions and sources"
-rows. :mod:`engine.report.charts` draws the charts (matplotlib to SVG),
-:mod:`engine.report.html` and :mod:`engine.report.markdown` lay out the documents,
-:mod:`engine.report.timeline` writes the Chrome trace, and :mod:`engine.report.compare`
+rows. :mod:`xpusim.engine.report.charts` draws the charts (matplotlib to SVG),
+:mod:`xpusim.engine.report.html` and :mod:`xpusim.engine.report.markdown` lay out the documents,
+:mod:`xpusim.engine.report.timeline` writes the Chrome trace, and :mod:`xpusim.engine.report.compare`
 merges run folders into one report.
 """
 
@@ -16,10 +16,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from engine.device import Figure
+from xpusim.engine.device import Figure
 
 if TYPE_CHECKING:
-    from engine.results import RunResult, SystemResult
+    from xpusim.engine.results import RunResult, SystemResult
 
 
 @dataclass(frozen=True)

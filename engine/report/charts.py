@@ -20,12 +20,12 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from engine.economics import BUSY_STATES
+from xpusim.engine.economics import BUSY_STATES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from engine.results import RunResult, SystemResult
+    from xpusim.engine.results import RunResult, SystemResult
 
 _RC: dict[Any, Any] = {
     "svg.hashsalt": "xpusim",

@@ -1,6 +1,6 @@
 """One report over several run folders (``xpusim compare RUN_DIR ...``).
 
-:func:`load_run` reads a run folder back into a :class:`~engine.results.RunResult`:
+:func:`load_run` reads a run folder back into a :class:`~xpusim.engine.results.RunResult`:
 ``summary.json`` for the systems and their metrics, the event frames' Parquet files, and
 ``report-data.json`` (written beside ``report.html``) for each system's figures and
 economics details. :func:`merge_runs` puts the systems of several runs side by side,
@@ -18,12 +18,12 @@ from typing import Any
 
 import polars as pl
 
-from engine.device import Figure
-from engine.errors import XpusimError
-from engine.report.html import render_html
-from engine.report.markdown import render_markdown
-from engine.results import FRAME_NAMES, RunResult, SystemResult, _jsonable
-from engine.sim.events import Frame, frame_columns, frame_height, spill_rows
+from xpusim.engine.device import Figure
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.report.html import render_html
+from xpusim.engine.report.markdown import render_markdown
+from xpusim.engine.results import FRAME_NAMES, RunResult, SystemResult, _jsonable
+from xpusim.engine.sim.events import Frame, frame_columns, frame_height, spill_rows
 
 REPORT_DATA = "report-data.json"
 """The file that carries each system's figures and economics details beside the report."""

@@ -13,8 +13,8 @@ import html
 from string import Template
 from typing import TYPE_CHECKING
 
-from engine.economics import describe_break_even
-from engine.report import (
+from xpusim.engine.economics import describe_break_even
+from xpusim.engine.report import (
     best_systems,
     fmt,
     metric_value,
@@ -24,10 +24,10 @@ from engine.report import (
     source_rows,
     title_of,
 )
-from engine.report import charts as ch
+from xpusim.engine.report import charts as ch
 
 if TYPE_CHECKING:
-    from engine.results import RunResult
+    from xpusim.engine.results import RunResult
 
 _PAGE = Template("""<!DOCTYPE html>
 <html lang="en">

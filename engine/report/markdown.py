@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine.economics import describe_break_even
-from engine.report import (
+from xpusim.engine.economics import describe_break_even
+from xpusim.engine.report import (
     best_systems,
     fmt,
     metric_value,
@@ -21,7 +21,7 @@ from engine.report import (
 )
 
 if TYPE_CHECKING:
-    from engine.results import RunResult
+    from xpusim.engine.results import RunResult
 
 
 def _cell(text: str) -> str:

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
 
-from engine.economics import BUSY_STATES
-from engine.sim.events import frame_columns
+from xpusim.engine.economics import BUSY_STATES
+from xpusim.engine.sim.events import frame_columns
 
 if TYPE_CHECKING:
-    from engine.results import RunResult
+    from xpusim.engine.results import RunResult
 
 MAX_EVENTS = 200_000
 """Most complete events one timeline.json holds."""

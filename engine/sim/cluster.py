@@ -5,7 +5,7 @@ A system of ``count`` devices split ``tensor × pipeline`` ways holds
 process (its scheduler loop) with its own queue, paged KV cache and columnar step log;
 nothing in the world is a process per request or per token.
 
-:class:`CostTable` prices steps through :meth:`engine.backend.Compiled.cost`. To keep the
+:class:`CostTable` prices steps through :meth:`xpusim.engine.backend.Compiled.cost`. To keep the
 memo effective, sizes that vary continuously are bucketed (:func:`bucket`): a value keeps
 its ``bits`` most significant bits, rounded to nearest, so values below ``2**bits`` are
 exact and larger ones are within ``2**-bits`` (1.6 % for the default 6 bits). Prefill
@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 
 import simpy
 
-from engine.backend import Compiled
-from engine.graph import Phase, Shape
-from engine.sim.events import StepLog
-from engine.sim.kvcache import PagedKVCache
+from xpusim.engine.backend import Compiled
+from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.sim.events import StepLog
+from xpusim.engine.sim.kvcache import PagedKVCache
 
 
 def bucket(x: int, bits: int) -> int:

@@ -32,7 +32,7 @@ flushed in chunks to Parquet part files in a :class:`Spill` folder the run owns 
 frame becomes a LazyFrame scanning the parts (plus the in-memory tail), in the same row
 order. Consumers read frames through polars queries that accept both (``.lazy()`` on a
 DataFrame is free); :func:`frame_height` and :func:`collect` help. The spill folder is
-removed when :meth:`Spill.close` is called (``engine.results.write_run`` does so once the
+removed when :meth:`Spill.close` is called (``xpusim.engine.results.write_run`` does so once the
 run folder holds the final Parquet files), when the frames that own it are garbage
 collected, or when the process exits.
 """

@@ -26,10 +26,10 @@ on the first stage. With ``p = 1`` every matrix sits on one stage. A model witho
 architecture fields (no ``vocab``/``hidden`` in its config) is split evenly,
 ``params / (t·p)``.
 
-Activations are the model's own estimate (:meth:`engine.model.ModelGraph.activation_bytes`
+Activations are the model's own estimate (:meth:`xpusim.engine.model.ModelGraph.activation_bytes`
 for one micro-batch of one stage, e.g. Korthikanti et al. 2022 Table 2 for the
 transformer) times the micro-batches in flight on the first stage
-(:func:`engine.sim.pipeline.in_flight_microbatches`: ``min(m, p)`` for 1F1B, more when
+(:func:`xpusim.engine.sim.pipeline.in_flight_microbatches`: ``min(m, p)`` for 1F1B, more when
 interleaved), plus a backend's fixed runtime reserve (CUDA context, workspaces) when the
 compiled model states one.
 """
@@ -41,10 +41,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.graph import Phase, Shape, dtype_bytes
-from engine.model import ModelGraph
-from engine.sim.pipeline import in_flight_microbatches
-from engine.system import Parallelism
+from xpusim.engine.graph import Phase, Shape, dtype_bytes
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.sim.pipeline import in_flight_microbatches
+from xpusim.engine.system import Parallelism
 
 __all__ = [
     "OPTIMIZER_BYTES",

@@ -14,9 +14,9 @@ from typing import Any
 import polars as pl
 import simpy
 
-from engine.backend import Compiled
-from engine.sim.cluster import CostTable
-from engine.sim.events import STEPS_SCHEMA, StepLog, device_timeline, empty
+from xpusim.engine.backend import Compiled
+from xpusim.engine.sim.cluster import CostTable
+from xpusim.engine.sim.events import STEPS_SCHEMA, StepLog, device_timeline, empty
 
 
 def simulate_forward(

@@ -49,8 +49,8 @@ from typing import Any, Literal
 import simpy
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.qty import DurationOrZero
-from engine.sim.cluster import (
+from xpusim.engine.qty import DurationOrZero
+from xpusim.engine.sim.cluster import (
     DECODING,
     DONE,
     PREFILLING,

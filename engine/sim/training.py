@@ -10,17 +10,17 @@ stages of ``v`` chunks, ``m = global_batch / (micro_batch · d)`` micro-batches)
 
 1. **Stage cost.** The backend prices one micro-batch's forward + recompute + backward on
    one device of one stage: ``Shape(TRAIN, batch=micro_batch, tokens=seq_len,
-   recompute=...)``. For an :class:`~engine.analytic.AnalyticCompiled` the stage graph is
-   priced op by op (:meth:`~engine.analytic.AnalyticCompiled.stage_breakdown`), with the
+   recompute=...)``. For an :class:`~xpusim.engine.analytic.AnalyticCompiled` the stage graph is
+   priced op by op (:meth:`~xpusim.engine.analytic.AnalyticCompiled.stage_breakdown`), with the
    tensor-parallel collectives inside each layer (all-reduce, or reduce-scatter +
    all-gather under sequence parallelism) as the graph's COLLECTIVE ops on the critical
    path; the graph's optimizer op is taken out and charged once per step, and its
    pipeline send/recv ops are taken out and priced here with their placement (3.).
    Ops named ``bwd.*``/``recompute.*`` (the model helpers' convention) are the backward
-   half; any other Compiled is priced through :meth:`~engine.backend.Compiled.cost`,
+   half; any other Compiled is priced through :meth:`~xpusim.engine.backend.Compiled.cost`,
    whose seconds cover the ``p`` stages one after another (the engine contract), so a
    stage is ``1/p`` of it and forward:backward is split 1:2.
-2. **Pipeline.** :func:`engine.sim.pipeline.pipeline_time`: ``(m·v + p − 1)·c`` with
+2. **Pipeline.** :func:`xpusim.engine.sim.pipeline.pipeline_time`: ``(m·v + p − 1)·c`` with
    ``c`` one chunk's forward+backward plus its two point-to-point transfers.
 3. **Point-to-point.** The activation of one micro-batch (``micro_batch·seq·hidden``
    elements at the precision) crosses each stage boundary forward, its gradient
@@ -48,7 +48,7 @@ Collective placement. Ranks are ordered tensor, then data, then pipeline (Megatr
 order): a tensor group is ``t`` consecutive devices, a data-parallel group has
 ``max(1, devices_per_node // t)`` members per node, a pipeline boundary crosses nodes
 once ``t·d·p`` exceeds a node. Data-parallel and pipeline collectives are priced by
-:func:`engine.collectives.collective_seconds` over the system's two-level topology with
+:func:`xpusim.engine.collectives.collective_seconds` over the system's two-level topology with
 the group's members per node, at the link rates the backend's own collective function
 achieves (probed with two send-recv sizes per link class, so a backend's achievable
 fraction of link rate carries over); on a TPU-style torus (``topology.torus`` set, or a
@@ -89,16 +89,16 @@ import numpy as np
 import polars as pl
 import simpy
 
-from engine.analytic import AnalyticCompiled
-from engine.backend import Compiled
-from engine.collectives import collective_seconds
-from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
-from engine.model import ModelGraph
-from engine.power import PowerModel
-from engine.sim.events import DEVICES_SCHEMA
-from engine.sim.memory import MemoryNeed, checkpoint_bytes, stage_params, training_memory
-from engine.sim.pipeline import PipelineTime, pipeline_time
-from engine.system import Parallelism, System, Topology
+from xpusim.engine.analytic import AnalyticCompiled
+from xpusim.engine.backend import Compiled
+from xpusim.engine.collectives import collective_seconds
+from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.power import PowerModel
+from xpusim.engine.sim.events import DEVICES_SCHEMA
+from xpusim.engine.sim.memory import MemoryNeed, checkpoint_bytes, stage_params, training_memory
+from xpusim.engine.sim.pipeline import PipelineTime, pipeline_time
+from xpusim.engine.system import Parallelism, System, Topology
 
 __all__ = [
     "BUSY_KEYS",
@@ -214,7 +214,7 @@ def plan_memory(
     have_bytes: float,
     reserve_bytes: float = 0.0,
 ) -> MemoryNeed:
-    """Per-device memory of ``plan`` under ``par`` (:func:`engine.sim.memory.training_memory`)."""
+    """Per-device memory of ``plan`` under ``par`` (:func:`xpusim.engine.sim.memory.training_memory`)."""
     return training_memory(
         model,
         par,

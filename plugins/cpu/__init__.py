@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine import hookimpl
-from engine.backend import Backend
-from plugins.cpu.backend import CpuBackend
+from xpusim import hookimpl
+from xpusim.engine.backend import Backend
+from xpusim.plugins.cpu.backend import CpuBackend
 
 __all__ = ["CpuBackend", "register_backends"]
 

@@ -1,6 +1,6 @@
 """The analytic CPU device: the same per-op roofline machinery as the GPU and TPU
-backends (:class:`engine.analytic.AnalyticCompiled`), with every rate taken from a
-calibration of this machine (:mod:`plugins.cpu.calibrate`).
+backends (:class:`xpusim.engine.analytic.AnalyticCompiled`), with every rate taken from a
+calibration of this machine (:mod:`xpusim.plugins.cpu.calibrate`).
 
 How one op instance is priced (:class:`CpuOpPricer`):
 
@@ -59,10 +59,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.analytic import AnalyticCompiled, OpTime
-from engine.graph import Op, OpGraph, OpKind, Shape
-from engine.model import ModelGraph
-from plugins.cpu.calibrate import CpuCalibration, StreamTable, kernel_time
+from xpusim.engine.analytic import AnalyticCompiled, OpTime
+from xpusim.engine.graph import Op, OpGraph, OpKind, Shape
+from xpusim.engine.model import ModelGraph
+from xpusim.plugins.cpu.calibrate import CpuCalibration, StreamTable, kernel_time
 
 TRANSCENDENTAL = frozenset(
     {
@@ -124,7 +124,7 @@ def aten_name(op: Op) -> str:
 
 
 class CpuOpPricer:
-    """``price_op`` for :class:`~engine.analytic.AnalyticCompiled` from a calibration."""
+    """``price_op`` for :class:`~xpusim.engine.analytic.AnalyticCompiled` from a calibration."""
 
     def __init__(self, cal: CpuCalibration, weight_bytes: float = 0.0) -> None:
         self.cal = cal
@@ -224,7 +224,7 @@ def count_untraced(model: ModelGraph, shape: Shape) -> Untraced:
     tracing its own module on the ``meta`` device (no storage, no arithmetic). A model
     whose module cannot be traced counts none (its graph's ops are still priced)."""
     try:
-        from plugins.models.tracing import trace_module
+        from xpusim.plugins.models.tracing import trace_module
 
         mod = model.module("meta")
         calls = [0]
@@ -244,7 +244,7 @@ def count_untraced(model: ModelGraph, shape: Shape) -> Untraced:
 
 
 class CpuAnalyticCompiled(AnalyticCompiled):
-    """:class:`~engine.analytic.AnalyticCompiled` plus the eager overheads the graph does
+    """:class:`~xpusim.engine.analytic.AnalyticCompiled` plus the eager overheads the graph does
     not list (module doc): each step's counted views and module calls at the calibrated
     view-dispatch and module-call times, added to ``overhead``."""
 

@@ -6,12 +6,12 @@ One backend, two devices (so one scenario compares the two side by side):
     :class:`MeasuredCompiled` really executes the model's ``torch.nn.Module`` on this
     machine for every distinct shape: ``warmup`` calls, then the median of ``repeats``
     timed calls under ``torch.inference_mode`` (memoized per shape, as every
-    :class:`~engine.backend.Compiled` is). One extra call under ``torch.profiler`` splits
+    :class:`~xpusim.engine.backend.Compiled` is). One extra call under ``torch.profiler`` splits
     the seconds into ``compute`` / ``memory`` / ``overhead``. Energy is the RAPL delta
     when ``/sys/class/powercap/intel-rapl:*/energy_uj`` is readable, else the stated power
     model below, and :meth:`MeasuredCompiled.figures_used` says which (``energy.method``).
 ``host-analytic`` (analytic)
-    :class:`engine.analytic.AnalyticCompiled` with :class:`plugins.cpu.analytic.CpuOpPricer`:
+    :class:`xpusim.engine.analytic.AnalyticCompiled` with :class:`xpusim.plugins.cpu.analytic.CpuOpPricer`:
     a roofline whose GEMM/convolution/attention efficiency, streaming bandwidths and call
     overheads come from a calibration of this machine (``xpusim calibrate --backend cpu``).
     It is how the analytic machinery used for GPUs and TPUs is checked against reality
@@ -35,7 +35,7 @@ Options (``systems[].options``):
 Power model when RAPL is not readable (a stated assumption: the TDP of this CPU is not
 known here): each core in use draws :data:`WATTS_PER_CORE` at full load, idle is
 :data:`IDLE_FRACTION` of that, and the engine's state utilizations apply
-(:class:`engine.power.PowerModel`).
+(:class:`xpusim.engine.power.PowerModel`).
 """
 
 from __future__ import annotations
@@ -45,19 +45,19 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from engine.analytic import AnalyticCompiled
-from engine.backend import Backend, Compiled, Cost, Fit, Support
-from engine.collectives import collective_seconds
-from engine.device import DeviceSpec, Figure, PowerSpec
-from engine.errors import XpusimError
-from engine.graph import Collective, Phase, Shape
-from engine.model import ModelGraph
-from engine.power import PowerModel
-from engine.system import System
-from plugins.cpu import calibrate as cal_mod
-from plugins.cpu.analytic import CpuAnalyticCompiled, CpuOpPricer
-from plugins.cpu.calibrate import CpuCalibration
-from plugins.cpu.measure import Rapl, StepTiming, profile_ops, time_steps
+from xpusim.engine.analytic import AnalyticCompiled
+from xpusim.engine.backend import Backend, Compiled, Cost, Fit, Support
+from xpusim.engine.collectives import collective_seconds
+from xpusim.engine.device import DeviceSpec, Figure, PowerSpec
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.graph import Collective, Phase, Shape
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.power import PowerModel
+from xpusim.engine.system import System
+from xpusim.plugins.cpu import calibrate as cal_mod
+from xpusim.plugins.cpu.analytic import CpuAnalyticCompiled, CpuOpPricer
+from xpusim.plugins.cpu.calibrate import CpuCalibration
+from xpusim.plugins.cpu.measure import Rapl, StepTiming, profile_ops, time_steps
 
 WATTS_PER_CORE = 5.0
 """Busy watts per core in use when no RAPL counter is readable. Server parts put 3.75
@@ -86,7 +86,7 @@ DEVICES = ("host", "host-analytic")
 
 MEASURED_STATISTIC = "median"
 """What ``host`` reports of its timed steps; a calibration is used by default only when
-its kernels were reduced the same way (:data:`plugins.cpu.calibrate.STATISTICS`)."""
+its kernels were reduced the same way (:data:`xpusim.plugins.cpu.calibrate.STATISTICS`)."""
 
 
 def _first_line(exc: BaseException) -> str:

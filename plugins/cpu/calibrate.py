@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import XpusimError
+from xpusim.engine.errors import XpusimError
 
 FORMAT = "xpusim-cpu-calibration/1"
 """The ``format`` field of a CPU calibration file."""
@@ -1051,7 +1051,7 @@ def _scaled(t: StreamTable, factor: float) -> StreamTable:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m plugins.cpu.calibrate [--quick] [--threads N] [--clock wall|cpu]
+    """``python -m xpusim.plugins.cpu.calibrate [--quick] [--threads N] [--clock wall|cpu]
     [--statistic median|min] [--out FILE]``."""
     import argparse
 
@@ -1067,7 +1067,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out,
         quick=args.quick,
         threads=args.threads,
-        command="python -m plugins.cpu.calibrate " + " ".join(argv or sys.argv[1:]),
+        command="python -m xpusim.plugins.cpu.calibrate " + " ".join(argv or sys.argv[1:]),
         log=lambda s: print(s, flush=True),
         clock=args.clock,
         statistic=args.statistic,

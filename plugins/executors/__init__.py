@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import hookimpl
-from plugins.executors.dask import DaskExecutor
-from plugins.executors.local import LocalExecutor
+from xpusim import hookimpl
+from xpusim.plugins.executors.dask import DaskExecutor
+from xpusim.plugins.executors.local import LocalExecutor
 
 
 @hookimpl

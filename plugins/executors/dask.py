@@ -19,8 +19,8 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from engine.errors import XpusimError
-from engine.executor import Executor, PointFailure
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.executor import Executor, PointFailure
 
 
 def _guarded(fn: Callable[[Any], Any], point: Any) -> Any:

@@ -19,10 +19,16 @@ from importlib.metadata import entry_points
 from multiprocessing.context import BaseContext
 from typing import Any
 
-from engine.executor import Executor, PointFailure
+from xpusim.engine.executor import Executor, PointFailure
 
 # Imported by the fork server before it forks workers (besides the plugins themselves).
-_PRELOAD = ["engine.host", "engine.run", "engine.scenario", "engine.sweep", "polars"]
+_PRELOAD = [
+    "xpusim.engine.host",
+    "xpusim.engine.run",
+    "xpusim.engine.scenario",
+    "xpusim.engine.sweep",
+    "polars",
+]
 
 
 def _plugin_modules() -> list[str]:
@@ -47,7 +53,7 @@ def _warm() -> None:
     A failure here is left for the first point to meet and report as its own error.
     """
     try:
-        from engine.sweep import worker_host
+        from xpusim.engine.sweep import worker_host
 
         worker_host()
     except Exception:  # reported by the point that needs the host

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine import hookimpl
-from engine.backend import Backend
-from plugins.gpu.backend import GpuBackend
+from xpusim import hookimpl
+from xpusim.engine.backend import Backend
+from xpusim.plugins.gpu.backend import GpuBackend
 
 __all__ = ["GpuBackend", "register_backends"]
 

@@ -1,23 +1,23 @@
 """``GpuBackend``: NVIDIA/AMD GPUs priced analytically.
 
-Compilation builds an :class:`~engine.analytic.AnalyticCompiled` whose ops are priced by
-:class:`~plugins.gpu.efficiency.GpuCostModel` (tile and wave quantization, split-K,
+Compilation builds an :class:`~xpusim.engine.analytic.AnalyticCompiled` whose ops are priced by
+:class:`~xpusim.plugins.gpu.efficiency.GpuCostModel` (tile and wave quantization, split-K,
 flash attention, memory-bound vector ops, per-kernel overhead), whose collectives
 (tensor-parallel all-reduces the model graph holds) run over the system's topology
 (NVLink/NVSwitch, Infinity Fabric or PCIe inside a node, the NIC between nodes) through
-:func:`engine.collectives.collective_seconds` at ``link_fraction`` of the link rate, and
-whose energy comes from :class:`~engine.power.PowerModel`.
+:func:`xpusim.engine.collectives.collective_seconds` at ``link_fraction`` of the link rate, and
+whose energy comes from :class:`~xpusim.engine.power.PowerModel`.
 
 ``system.options``:
 
-* ``calibration``: path to a fitted efficiency JSON (:mod:`plugins.gpu.calibration`);
-* ``efficiency``: a mapping of :class:`~plugins.gpu.efficiency.GpuEfficiency` fields to
+* ``calibration``: path to a fitted efficiency JSON (:mod:`xpusim.plugins.gpu.calibration`);
+* ``efficiency``: a mapping of :class:`~xpusim.plugins.gpu.efficiency.GpuEfficiency` fields to
   override inline (applied after the calibration file);
 * ``collective_algorithm``: ``auto`` (default), ``ring``, ``tree`` or ``hierarchical``;
 * ``decode_attention``: the decode-attention kernel, ``grouped`` (default: a K/V head is
   loaded once for its query-head group, as FlashAttention-2, vLLM and TensorRT-LLM >= v0.8
   XQA do) or ``per-head`` (the masked MHA kernel of FasterTransformer and TensorRT-LLM
-  <= v0.7, one thread block per query head); see :mod:`plugins.gpu.efficiency`.
+  <= v0.7, one thread block per query head); see :mod:`xpusim.plugins.gpu.efficiency`.
 """
 
 from __future__ import annotations
@@ -26,19 +26,19 @@ from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 
-from engine import collectives
-from engine.analytic import AnalyticCompiled
-from engine.backend import Backend, Support
-from engine.device import DeviceSpec, Figure
-from engine.errors import XpusimError
-from engine.graph import Collective
-from engine.model import ModelGraph
-from engine.power import PowerModel
-from engine.system import System, Topology
-from plugins.gpu import calibration as cal_mod
-from plugins.gpu.catalog import catalog as builtin_catalog
-from plugins.gpu.efficiency import DECODE_ATTENTION, GpuCostModel, GpuEfficiency
-from plugins.gpu.measure import calibrate_from_points, calibrate_gpu
+from xpusim.engine import collectives
+from xpusim.engine.analytic import AnalyticCompiled
+from xpusim.engine.backend import Backend, Support
+from xpusim.engine.device import DeviceSpec, Figure
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.graph import Collective
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.power import PowerModel
+from xpusim.engine.system import System, Topology
+from xpusim.plugins.gpu import calibration as cal_mod
+from xpusim.plugins.gpu.catalog import catalog as builtin_catalog
+from xpusim.plugins.gpu.efficiency import DECODE_ATTENTION, GpuCostModel, GpuEfficiency
+from xpusim.plugins.gpu.measure import calibrate_from_points, calibrate_gpu
 
 SUPPORTED_KINDS = ("decoder", "encoder", "vision", "mlp", "spiking")
 """Model kinds the GPU backend runs (spiking networks as time-stepped dense ops)."""
@@ -163,7 +163,7 @@ class GpuBackend(Backend):
 
     def calibrate(self, out_file: Path | None = None, points: Path | None = None) -> Path:
         """``xpusim calibrate --backend gpu``: measure kernels on ``cuda:0`` and fit
-        :class:`~plugins.gpu.efficiency.GpuEfficiency` (refuses clearly without CUDA);
+        :class:`~xpusim.plugins.gpu.efficiency.GpuEfficiency` (refuses clearly without CUDA);
         with ``points``, fit to that points file instead, on any machine."""
         if points is not None:
             _cal, path = calibrate_from_points(self.devices(), points, out_file)

@@ -10,7 +10,7 @@ A calibration file is JSON::
       "params": {"tensor_fraction": 0.74, "memory_fraction": 0.86, "kernel_overhead_s": 3e-6}
     }
 
-``params`` names fields of :class:`~plugins.gpu.efficiency.GpuEfficiency`; any field not
+``params`` names fields of :class:`~xpusim.plugins.gpu.efficiency.GpuEfficiency`; any field not
 named keeps its default. The command that measures and writes such a file belongs to the
 calibration tooling; this module only reads, writes and applies it. A scenario points a
 GPU system at one with ``options: {calibration: path/to/file.json}``.
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from engine.errors import XpusimError
-from plugins.gpu.efficiency import GpuEfficiency
+from xpusim.engine.errors import XpusimError
+from xpusim.plugins.gpu.efficiency import GpuEfficiency
 
 _REQUIRED = ("device", "measured_on", "date", "command", "params")
 
@@ -77,7 +77,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
 
 def apply(eff: GpuEfficiency, cal: Calibration) -> GpuEfficiency:
     """Return ``eff`` with ``cal.params`` applied; unknown parameter names raise
-    :class:`~engine.errors.XpusimError` listing the valid ones."""
+    :class:`~xpusim.engine.errors.XpusimError` listing the valid ones."""
     valid = GpuEfficiency.param_names()
     unknown = [k for k in cal.params if k not in valid]
     where = cal.path or "calibration"
@@ -95,7 +95,7 @@ def apply(eff: GpuEfficiency, cal: Calibration) -> GpuEfficiency:
 
 def load(path: str | Path) -> Calibration:
     """Read a calibration file; a missing file or field raises
-    :class:`~engine.errors.XpusimError` naming it."""
+    :class:`~xpusim.engine.errors.XpusimError` naming it."""
     p = Path(path)
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))

@@ -2,7 +2,7 @@
 
 Every figure in the YAML cites a reference-figures id (``source``) or states an
 ``assumption``; :func:`load_catalog` turns each entry into a
-:class:`~engine.device.DeviceSpec` with :func:`engine.device.spec_from_mapping`.
+:class:`~xpusim.engine.device.DeviceSpec` with :func:`xpusim.engine.device.spec_from_mapping`.
 :func:`resolve` maps aliases (``h100`` -> ``h100-sxm``, ``a100`` -> ``a100-sxm-80gb``).
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from engine.device import DeviceSpec, spec_from_mapping
-from engine.errors import UnknownNameError
-from engine.registry import unknown_message
+from xpusim.engine.device import DeviceSpec, spec_from_mapping
+from xpusim.engine.errors import UnknownNameError
+from xpusim.engine.registry import unknown_message
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 BACKEND = "gpu"
@@ -48,7 +48,7 @@ def aliases(specs: Mapping[str, DeviceSpec] | None = None) -> dict[str, str]:
 
 def resolve(name: str, specs: Mapping[str, DeviceSpec] | None = None) -> DeviceSpec:
     """The spec called ``name`` or one of its aliases; unknown names raise
-    :class:`~engine.errors.UnknownNameError` listing the valid ones."""
+    :class:`~xpusim.engine.errors.UnknownNameError` listing the valid ones."""
     specs = catalog() if specs is None else specs
     if name in specs:
         return specs[name]

@@ -55,10 +55,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from engine.analytic import OpTime
-from engine.device import DeviceSpec
-from engine.errors import XpusimError
-from engine.graph import Op, OpKind, dtype_bytes
+from xpusim.engine.analytic import OpTime
+from xpusim.engine.device import DeviceSpec
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.graph import Op, OpKind, dtype_bytes
 
 Tile = tuple[int, int, float]
 
@@ -68,7 +68,7 @@ class GpuEfficiency:
     """Calibratable parameters of the GPU cost model (see the module docstring).
 
     Defaults are stated assumptions, bracketed by the public measurements the reference
-    figures hold; a fitted calibration file replaces them (:mod:`plugins.gpu.calibration`).
+    figures hold; a fitted calibration file replaces them (:mod:`xpusim.plugins.gpu.calibration`).
     """
 
     tensor_fraction: float = 0.70
@@ -194,7 +194,7 @@ query head (FasterTransformer, TensorRT-LLM <= v0.7 by default)."""
 
 class GpuCostModel:
     """Prices ops for one device under one :class:`GpuEfficiency`; callable as
-    ``price_op`` for :class:`~engine.analytic.AnalyticCompiled`. ``decode_attention`` picks
+    ``price_op`` for :class:`~xpusim.engine.analytic.AnalyticCompiled`. ``decode_attention`` picks
     the decode-attention kernel (:data:`DECODE_ATTENTION`)."""
 
     def __init__(

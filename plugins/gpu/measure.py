@@ -8,13 +8,13 @@ method, which delegates to :func:`calibrate_gpu`) on a machine with CUDA:
 2. **Kernel overhead**: back-to-back one-element additions -> ``kernel_overhead_s``.
 3. **GEMM** (``torch.mm`` in the chosen dtype) over a grid of shapes from decode GEMVs to
    large square ones -> ``tensor_fraction``, fitted by a grid search that minimises the
-   squared log error of :class:`~plugins.gpu.efficiency.GpuCostModel`'s prediction (tile
+   squared log error of :class:`~xpusim.plugins.gpu.efficiency.GpuCostModel`'s prediction (tile
    and wave quantization included) against the measured times.
 4. **Attention** (``scaled_dot_product_attention``, prefill and decode shapes) ->
    ``attention_fraction`` the same way.
 
 Times come from CUDA events around ``reps`` back-to-back calls after warm-up. The raw
-measurements are kept beside the calibration as a points file (:mod:`plugins.gpu.points`,
+measurements are kept beside the calibration as a points file (:mod:`xpusim.plugins.gpu.points`,
 ``<out>.points.json``) so the fit can be redone or checked later.
 
 ``xpusim calibrate --backend gpu --points FILE`` (:func:`calibrate_from_points`) skips the
@@ -26,7 +26,7 @@ overhead, the large ones by the tensor rate).
 
 The fit (:func:`fit_params`) is plain Python over measured points, so it is tested without
 a GPU on points generated from known parameters. The result is a
-:class:`plugins.gpu.calibration.Calibration` naming the device, where it was measured
+:class:`xpusim.plugins.gpu.calibration.Calibration` naming the device, where it was measured
 (GPU name, driver/CUDA, torch), the date and the command.
 """
 
@@ -42,13 +42,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from engine.device import DeviceSpec
-from engine.errors import XpusimError
-from engine.graph import Op
-from plugins.gpu import points as points_mod
-from plugins.gpu.calibration import Calibration, save
-from plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
-from plugins.gpu.points import Point, Points, attention_op, gemm_op
+from xpusim.engine.device import DeviceSpec
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.graph import Op
+from xpusim.plugins.gpu import points as points_mod
+from xpusim.plugins.gpu.calibration import Calibration, save
+from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
+from xpusim.plugins.gpu.points import Point, Points, attention_op, gemm_op
 
 GEMM_SHAPES: tuple[tuple[int, int, int], ...] = (
     (1, 4096, 4096),
@@ -277,7 +277,7 @@ def match_device(catalog: Mapping[str, DeviceSpec], gpu_name: str) -> DeviceSpec
     ``A100``, ``L40S``, ...; the first word of a catalog name or alias), the same board
     variant (PCIe, NVL, or neither), and, when the name states a memory size such as
     ``40GB``, a catalog memory within 10% of it. No match is an
-    :class:`~engine.errors.XpusimError` saying which part did not fit."""
+    :class:`~xpusim.engine.errors.XpusimError` saying which part did not fit."""
     tokens = _tokens(gpu_name)
     variant = _variant(tokens)
     sizes = [float(t[:-2]) * 1e9 for t in tokens if re.fullmatch(r"\d+gb", t)]

@@ -20,7 +20,7 @@ A points file is JSON (``format: xpusim-gpu-points/1``)::
 ``xpusim calibrate --backend gpu --points FILE`` fits a calibration from one on any machine:
 from a file measured earlier, or from kernel timings someone published (the shipped
 ``calibrations/points/`` files say where theirs come from). Every problem with a file is
-an :class:`~engine.errors.XpusimError` naming the file, the entry and the field.
+an :class:`~xpusim.engine.errors.XpusimError` naming the file, the entry and the field.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import XpusimError
-from engine.graph import Op, OpKind, dtype_bytes
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.graph import Op, OpKind, dtype_bytes
 
 FORMAT = "xpusim-gpu-points/1"
 """The ``format`` field every points file carries."""
@@ -98,7 +98,7 @@ class Points:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def for_fit(self) -> dict[str, Any]:
-        """The mapping :func:`plugins.gpu.measure.fit_params` takes."""
+        """The mapping :func:`xpusim.plugins.gpu.measure.fit_params` takes."""
         out: dict[str, Any] = {
             "gemm": [(p.op, p.seconds) for p in self.gemm],
             "attention": [(p.op, p.seconds) for p in self.attention],
@@ -193,7 +193,7 @@ def _entries(where: str, raw: Mapping[str, Any], key: str, dims: Sequence[str]) 
 
 def load(path: str | Path) -> Points:
     """Read and check a points file; every problem raises
-    :class:`~engine.errors.XpusimError` naming the file and the entry."""
+    :class:`~xpusim.engine.errors.XpusimError` naming the file and the entry."""
     p = Path(path)
     where = f"points file {str(p)!r}"
     try:

@@ -1,7 +1,7 @@
 """Built-in model families, registered through the ``xpusim`` entry point.
 
 Each module in :data:`MODULES` exports ``FAMILIES``, a list of
-:class:`~engine.model.ModelFamily` instances: decoder transformers (``gpt``, ``llama``,
+:class:`~xpusim.engine.model.ModelFamily` instances: decoder transformers (``gpt``, ``llama``,
 ``mixtral``, ``palm``), the encoder (``bert``), vision (``resnet``), small nets (``mlp``,
 ``cnn``), spiking networks (``snn``) and any user torch module (``torch``).
 """
@@ -11,16 +11,16 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from engine import hookimpl
-from engine.model import ModelFamily
+from xpusim import hookimpl
+from xpusim.engine.model import ModelFamily
 
 MODULES: tuple[str, ...] = (
-    "plugins.models.transformer",
-    "plugins.models.encoder",
-    "plugins.models.vision",
-    "plugins.models.small",
-    "plugins.models.snn",
-    "plugins.models.custom",
+    "xpusim.plugins.models.transformer",
+    "xpusim.plugins.models.encoder",
+    "xpusim.plugins.models.vision",
+    "xpusim.plugins.models.small",
+    "xpusim.plugins.models.snn",
+    "xpusim.plugins.models.custom",
 )
 """Modules whose ``FAMILIES`` this plugin registers, in order."""
 

@@ -1,5 +1,5 @@
 """Helpers shared by the model families: spec validation, dtypes, training-step ops and a
-:class:`~engine.model.ModelGraph` whose graphs come from a meta-device trace."""
+:class:`~xpusim.engine.model.ModelGraph` whose graphs come from a meta-device trace."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from engine.errors import ScenarioError, UnsupportedError
-from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
-from engine.model import ModelGraph, ModelInfo
-from engine.registry import unknown_message
-from engine.system import Parallelism
+from xpusim.engine.errors import ScenarioError, UnsupportedError
+from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from xpusim.engine.model import ModelGraph, ModelInfo
+from xpusim.engine.registry import unknown_message
+from xpusim.engine.system import Parallelism
 
 __all__ = [
     "DTYPES",
@@ -57,7 +57,7 @@ def validate_spec(
 
     ``preset`` picks a published configuration whose fields the other keys override;
     ``defaults`` are the family's own architecture traits (applied before the preset).
-    Any problem raises :class:`~engine.errors.ScenarioError` naming the key, the value,
+    Any problem raises :class:`~xpusim.engine.errors.ScenarioError` naming the key, the value,
     and the valid choices or the nearest preset.
     """
     if not isinstance(spec, Mapping):
@@ -242,7 +242,7 @@ class TracedModelGraph(ModelGraph):
     the trace (cached per shape); TRAIN graphs add the backward of every op
     (:func:`backward_op`), ``recompute: full`` one more forward, and an Adam step.
     Data parallelism needs nothing from the graph; tensor and pipeline parallelism are not
-    modelled for traced models and raise :class:`~engine.errors.UnsupportedError`.
+    modelled for traced models and raise :class:`~xpusim.engine.errors.UnsupportedError`.
     """
 
     family_name = ""
@@ -304,8 +304,8 @@ class TracedModelGraph(ModelGraph):
         return self._meta
 
     def trace(self, shape: Shape) -> Any:
-        """The (cached) :class:`~plugins.models.tracing.Trace` of one forward pass."""
-        from plugins.models.tracing import trace_module
+        """The (cached) :class:`~xpusim.plugins.models.tracing.Trace` of one forward pass."""
+        from xpusim.plugins.models.tracing import trace_module
 
         key = self._trace_key(shape)
         if key not in self._traces:
@@ -325,7 +325,7 @@ class TracedModelGraph(ModelGraph):
         return g
 
     def _build(self, shape: Shape, parallel: Parallelism | None) -> OpGraph:
-        from plugins.models.tracing import graph_from_trace
+        from xpusim.plugins.models.tracing import graph_from_trace
 
         par = parallel or Parallelism()
         if par.tensor > 1 or par.pipeline > 1:

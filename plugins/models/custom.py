@@ -25,10 +25,10 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
-from engine.errors import ScenarioError
-from engine.graph import Phase, Shape
-from engine.model import ModelFamily
-from plugins.models.common import TracedModelGraph, shape_or_error, validate_spec
+from xpusim.engine.errors import ScenarioError
+from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.model import ModelFamily
+from xpusim.plugins.models.common import TracedModelGraph, shape_or_error, validate_spec
 
 __all__ = ["FAMILIES", "InputSpec", "TorchModel", "TorchModelConfig"]
 
@@ -143,7 +143,7 @@ class TorchModel(TracedModelGraph):
 
     def trace(self, shape: Shape) -> Any:
         """Trace with keyword inputs unpacked."""
-        from plugins.models.tracing import trace_module
+        from xpusim.plugins.models.tracing import trace_module
 
         key = self._trace_key(shape)
         if key not in self._traces:

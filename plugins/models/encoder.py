@@ -4,7 +4,7 @@ BERT (Devlin et al. 2019): word + learned position + token-type embeddings, an e
 LayerNorm, post-norm layers (``LN(x + attn(x))``, ``LN(x + mlp(x))``) with bidirectional
 multi-head attention and a GELU MLP, all with biases, and the tanh pooler over the first
 token. :meth:`EncoderModel.build` is parametric for FORWARD (and TRAIN) and equal to the
-meta trace of :class:`BertModel` under the rules of :mod:`plugins.models.tracing`.
+meta trace of :class:`BertModel` under the rules of :mod:`xpusim.plugins.models.tracing`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,20 @@ import torch.nn.functional as F  # noqa: N812
 from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 from torch import nn
 
-from engine.errors import ScenarioError, UnsupportedError
-from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
-from engine.model import ModelFamily, ModelGraph, ModelInfo
-from engine.system import Parallelism
-from plugins.models.common import adam_op, backward_ops, recompute_ops, torch_dtype, validate_spec
-from plugins.models.presets import ENCODER_PRESETS, ENCODER_SOURCES
-from plugins.models.tracing import NORM_FLOPS
-from plugins.models.transformer import INDEX_BYTES, _Builder, _divisors
+from xpusim.engine.errors import ScenarioError, UnsupportedError
+from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from xpusim.engine.model import ModelFamily, ModelGraph, ModelInfo
+from xpusim.engine.system import Parallelism
+from xpusim.plugins.models.common import (
+    adam_op,
+    backward_ops,
+    recompute_ops,
+    torch_dtype,
+    validate_spec,
+)
+from xpusim.plugins.models.presets import ENCODER_PRESETS, ENCODER_SOURCES
+from xpusim.plugins.models.tracing import NORM_FLOPS
+from xpusim.plugins.models.transformer import INDEX_BYTES, _Builder, _divisors
 
 __all__ = ["FAMILIES", "BertModel", "EncoderConfig", "EncoderModel"]
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from engine.errors import ScenarioError
+from xpusim.engine.errors import ScenarioError
 
 
 @dataclass(frozen=True, slots=True)

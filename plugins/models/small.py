@@ -13,10 +13,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
 
-from engine.graph import Shape
-from engine.model import ModelFamily
-from plugins.models.common import TracedModelGraph, torch_dtype, validate_spec
-from plugins.models.vision import ImageModelGraph
+from xpusim.engine.graph import Shape
+from xpusim.engine.model import ModelFamily
+from xpusim.plugins.models.common import TracedModelGraph, torch_dtype, validate_spec
+from xpusim.plugins.models.vision import ImageModelGraph
 
 __all__ = ["FAMILIES", "CNNConfig", "MLPConfig"]
 

@@ -8,7 +8,7 @@ normalisation and threshold normalisation; see :func:`convert_mlp`), so the netw
 noise. The MLP is seeded (no training data ships with xpusim); a user with a trained
 ``torch.nn.Sequential`` of ``Linear``/``ReLU`` converts it the same way.
 
-:meth:`SnnModelGraph.build` of a :attr:`~engine.graph.Phase.SPIKING` shape
+:meth:`SnnModelGraph.build` of a :attr:`~xpusim.engine.graph.Phase.SPIKING` shape
 ``(batch=b, timesteps=T)`` returns, per layer,
 
 * a ``MATMUL`` op ``(b × in) @ (in × out)`` with ``count=T``: the time-stepped dense
@@ -20,7 +20,7 @@ noise. The MLP is seeded (no training data ships with xpusim); a user with a tra
   ``synaptic_events`` (per step, whole batch), ``rate_in_hz``, ``rate_out_hz``, ``layer``.
 
 The activity comes from running the network in the engine's exact LIF simulator
-(:mod:`plugins.spinnaker.lif`) on Poisson inputs at ``input_rate``: measured, not guessed.
+(:mod:`xpusim.plugins.spinnaker.lif`) on Poisson inputs at ``input_rate``: measured, not guessed.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.errors import ScenarioError, UnsupportedError
-from engine.graph import Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
-from engine.model import ModelFamily, ModelGraph, ModelInfo
-from engine.qty import Duration, Rate
-from engine.system import Parallelism
-from plugins.models import lif
-from plugins.models.common import validate_spec
+from xpusim.engine.errors import ScenarioError, UnsupportedError
+from xpusim.engine.graph import Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from xpusim.engine.model import ModelFamily, ModelGraph, ModelInfo
+from xpusim.engine.qty import Duration, Rate
+from xpusim.engine.system import Parallelism
+from xpusim.plugins.models import lif
+from xpusim.plugins.models.common import validate_spec
 
 __all__ = [
     "FAMILIES",
@@ -170,7 +170,7 @@ def _torch_module_class() -> Any:
 
         ``forward(spikes)`` takes ``(timesteps, batch, inputs)`` spikes (0/1) and returns
         the output layer's spike counts ``(batch, outputs)``; it steps the same exact
-        equations as :func:`plugins.spinnaker.lif.simulate`.
+        equations as :func:`xpusim.plugins.spinnaker.lif.simulate`.
         """
 
         def __init__(self, sizes: list[int], params: lif.LIFParams, dt_ms: float) -> None:
@@ -235,9 +235,9 @@ def convert_mlp(
     the ``(n_pre, n_post)`` nA weight matrices of an ``IF_curr_exp`` network.
 
     Rate coding: an input feature ``x`` in ``[0, 1]`` becomes a Poisson train of
-    ``x · input_rate``. Weight normalisation (:func:`~plugins.spinnaker.lif.normalise_weights`)
+    ``x · input_rate``. Weight normalisation (:func:`~xpusim.plugins.spinnaker.lif.normalise_weights`)
     uses the ANN's ReLU activations on ``calibration`` ``(samples, inputs)``; threshold
-    normalisation (:func:`~plugins.spinnaker.lif.to_current`) scales to nA.
+    normalisation (:func:`~xpusim.plugins.spinnaker.lif.to_current`) scales to nA.
     """
     import torch
     from torch import nn

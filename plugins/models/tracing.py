@@ -54,7 +54,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from engine.graph import Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from xpusim.engine.graph import Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
 
 __all__ = [
     "NORM_FLOPS",
@@ -981,7 +981,7 @@ def _op_key(t: TracedOp) -> tuple[Any, ...]:
 def graph_from_trace(
     traced: Sequence[TracedOp], phase: Phase, shape: Shape, dtype: str = "bf16"
 ) -> OpGraph:
-    """Turn a trace into an :class:`~engine.graph.OpGraph`.
+    """Turn a trace into an :class:`~xpusim.engine.graph.OpGraph`.
 
     Zero-cost ops are left out. Ops equal in every quantity whose scopes differ only by a
     layer index (``layers.3.mlp`` and ``layers.4.mlp``) merge into one op with ``count``,

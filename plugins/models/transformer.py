@@ -14,7 +14,7 @@ palm      LayerNorm   RoPE      no     SwiGLU      parallel  MQA           yes
 Each configuration builds a real ``torch.nn.Module`` (:class:`DecoderLM`) and a
 **parametric** graph builder (:meth:`DecoderModel.build`) that writes, for any shape and
 parallel plan, the same ops the module runs, counted by the rules of
-:mod:`plugins.models.tracing`; ``tests/test_transformer.py`` checks the two against each
+:mod:`xpusim.plugins.models.tracing`; ``tests/test_transformer.py`` checks the two against each
 other. See ``docs/models.md`` for the counting rules and the sources of the presets.
 
 Any family runs its attention core as one fused kernel (``attention: flash``, default) or
@@ -33,11 +33,11 @@ import torch.nn.functional as F  # noqa: N812
 from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 from torch import nn
 
-from engine.errors import ScenarioError, UnsupportedError
-from engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
-from engine.model import ModelFamily, ModelGraph, ModelInfo
-from engine.system import Parallelism
-from plugins.models.common import (
+from xpusim.engine.errors import ScenarioError, UnsupportedError
+from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from xpusim.engine.model import ModelFamily, ModelGraph, ModelInfo
+from xpusim.engine.system import Parallelism
+from xpusim.plugins.models.common import (
     adam_op,
     backward_ops,
     collective,
@@ -45,8 +45,8 @@ from plugins.models.common import (
     torch_dtype,
     validate_spec,
 )
-from plugins.models.presets import DECODER_PRESETS, DECODER_SOURCES
-from plugins.models.tracing import NORM_FLOPS, causal_attention, causal_pairs, fused_op
+from xpusim.plugins.models.presets import DECODER_PRESETS, DECODER_SOURCES
+from xpusim.plugins.models.tracing import NORM_FLOPS, causal_attention, causal_pairs, fused_op
 
 __all__ = ["FAMILIES", "DecoderConfig", "DecoderFamily", "DecoderLM", "DecoderModel"]
 

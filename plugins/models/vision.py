@@ -15,10 +15,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
-from engine.graph import Shape
-from engine.model import ModelFamily
-from plugins.models.common import TracedModelGraph, torch_dtype, validate_spec
-from plugins.models.presets import VISION_SOURCES
+from xpusim.engine.graph import Shape
+from xpusim.engine.model import ModelFamily
+from xpusim.plugins.models.common import TracedModelGraph, torch_dtype, validate_spec
+from xpusim.plugins.models.presets import VISION_SOURCES
 
 __all__ = ["FAMILIES", "ResNet", "ResNetConfig", "ResNetModel"]
 

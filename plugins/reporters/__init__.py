@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from engine import hookimpl
-from engine.report.compare import write_report_data
-from engine.report.html import render_html
-from engine.report.markdown import render_markdown
-from engine.report.timeline import write_timeline
-from engine.reporter import Reporter
-from engine.results import RunResult
+from xpusim import hookimpl
+from xpusim.engine.report.compare import write_report_data
+from xpusim.engine.report.html import render_html
+from xpusim.engine.report.markdown import render_markdown
+from xpusim.engine.report.timeline import write_timeline
+from xpusim.engine.reporter import Reporter
+from xpusim.engine.results import RunResult
 
 __version__ = "0.1.0"
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine import hookimpl
-from engine.backend import Backend
-from plugins.spinnaker.backend import SpinnakerBackend
+from xpusim import hookimpl
+from xpusim.engine.backend import Backend
+from xpusim.plugins.spinnaker.backend import SpinnakerBackend
 
 __all__ = ["SpinnakerBackend", "register_backends"]
 

@@ -3,7 +3,7 @@
 Compiling maps the network with sPyNNaker's own tool chain (:mod:`.mapping`) onto as
 many SpiNN-5 boards as the system's ``count`` (a virtual machine unless the user's
 sPyNNaker config names a board), once per network and machine in a process. A step of a
-:attr:`~engine.graph.Phase.SPIKING` shape ``(batch=b, timesteps=T)`` then costs
+:attr:`~xpusim.engine.graph.Phase.SPIKING` shape ``(batch=b, timesteps=T)`` then costs
 
 * ``seconds = b · T · timestep · time_scale_factor``: SpiNNaker runs in real time (scaled
   by the time-scale factor) and one mapped network takes the samples of a batch one after
@@ -28,15 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from engine.backend import Backend, Compiled, Cost, Fit, Support
-from engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
-from engine.errors import DoesNotFitError, ScenarioError, UnsupportedError
-from engine.graph import Collective, OpKind, Phase, Shape
-from engine.model import ModelGraph
-from engine.system import System
-from plugins.models import lif
-from plugins.models.snn import SnnModelGraph
-from plugins.spinnaker import energy, mapping
+from xpusim.engine.backend import Backend, Compiled, Cost, Fit, Support
+from xpusim.engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
+from xpusim.engine.errors import DoesNotFitError, ScenarioError, UnsupportedError
+from xpusim.engine.graph import Collective, OpKind, Phase, Shape
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.system import System
+from xpusim.plugins.models import lif
+from xpusim.plugins.models.snn import SnnModelGraph
+from xpusim.plugins.spinnaker import energy, mapping
 
 __all__ = ["SPINN5", "SpinnakerBackend", "SpinnakerCompiled"]
 

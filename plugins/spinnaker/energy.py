@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from spinn_machine.version.version_5 import Version5
 
-from engine.device import Figure
-from plugins.spinnaker.mapping import Mapping
+from xpusim.engine.device import Figure
+from xpusim.plugins.spinnaker.mapping import Mapping
 
 SOURCE = "sPyNNaker 7.4.1 spinn_machine.version.version_5.Version5 / version_spin1.VersionSpin1"
 

@@ -53,8 +53,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import DoesNotFitError, ScenarioError, XpusimError
-from plugins.models import lif
+from xpusim.engine.errors import DoesNotFitError, ScenarioError, XpusimError
+from xpusim.plugins.models import lif
 
 __all__ = [
     "APP_CORES_PER_CHIP",

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from engine import hookimpl
-from engine.backend import Backend
-from plugins.tpu.backend import TpuBackend
+from xpusim import hookimpl
+from xpusim.engine.backend import Backend
+from xpusim.plugins.tpu.backend import TpuBackend
 
 __all__ = ["TpuBackend", "register_backends", "register_commands"]
 
@@ -22,6 +22,6 @@ def register_backends(register: Callable[[Backend], None]) -> None:
 @hookimpl
 def register_commands(cli: Any) -> None:
     """Add ``xpusim tpu gemm|conv``."""
-    from plugins.tpu.cli import tpu_app
+    from xpusim.plugins.tpu.cli import tpu_app
 
     cli.add_typer(tpu_app, name="tpu")

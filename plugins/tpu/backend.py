@@ -1,22 +1,22 @@
 """The TPU backend: Cloud TPU v4, v5e, v5p and v6e priced from their systolic arrays up.
 
 See ``docs/backends/tpu.md``. Compilation builds an
-:class:`~engine.analytic.AnalyticCompiled` whose pieces are:
+:class:`~xpusim.engine.analytic.AnalyticCompiled` whose pieces are:
 
 * **Matrix ops** (MATMUL, CONV, the two GEMMs of ATTENTION) cost the closed-form cycles of
-  :mod:`plugins.tpu.cycles` on one ``mxu_rows × mxu_cols`` MXU, after splitting the work
+  :mod:`xpusim.plugins.tpu.cycles` on one ``mxu_rows × mxu_cols`` MXU, after splitting the work
   over the chip's ``mxu_count`` MXUs (:func:`split_over_mxus`), divided by the MXU clock.
   For each GEMM the compiler is assumed to pick the dataflow (weight-, output- or
   input-stationary mapping) with the fewest cycles. A dtype with a higher published peak
   than bf16 (int8) runs that many times more MACs per cycle; fp32 runs as three bf16 passes.
 * **Vector work** (elementwise, norms, softmax, and the FLOPs fused into a matrix op) runs on
   the vector unit at ``extra.vector_flops``.
-* **Memory**: every op is bounded by its HBM traffic after fusion (:mod:`plugins.tpu.fusion`)
+* **Memory**: every op is bounded by its HBM traffic after fusion (:mod:`xpusim.plugins.tpu.fusion`)
   at ``memory_bw``: ``time = max(MXU + vector time, HBM time)``.
-* **Collectives** run over the ICI torus of the slice (:func:`engine.collectives.
+* **Collectives** run over the ICI torus of the slice (:func:`xpusim.engine.collectives.
   torus_collective_seconds`, bidirectional rings per dimension); groups larger than a pod
   add a ring over the data-centre network between pods.
-* **Power**: :class:`engine.power.PowerModel` from the catalog (measured for v4, a stated
+* **Power**: :class:`xpusim.engine.power.PowerModel` from the catalog (measured for v4, a stated
   scaling assumption for v5e/v5p/v6e).
 """
 
@@ -30,17 +30,17 @@ from typing import Any
 
 import yaml
 
-from engine import collectives
-from engine.analytic import AnalyticCompiled, OpTime
-from engine.backend import Backend, Support
-from engine.device import DeviceSpec, Figure, spec_from_mapping
-from engine.errors import UnknownNameError, XpusimError
-from engine.graph import Collective, Op, OpKind
-from engine.model import ModelGraph
-from engine.power import PowerModel
-from engine.system import System
-from plugins.tpu.cycles import gemm_compute_cycles
-from plugins.tpu.fusion import VECTOR_ATTR, fuse
+from xpusim.engine import collectives
+from xpusim.engine.analytic import AnalyticCompiled, OpTime
+from xpusim.engine.backend import Backend, Support
+from xpusim.engine.device import DeviceSpec, Figure, spec_from_mapping
+from xpusim.engine.errors import UnknownNameError, XpusimError
+from xpusim.engine.graph import Collective, Op, OpKind
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.power import PowerModel
+from xpusim.engine.system import System
+from xpusim.plugins.tpu.cycles import gemm_compute_cycles
+from xpusim.plugins.tpu.fusion import VECTOR_ATTR, fuse
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 BACKEND = "tpu"
@@ -112,7 +112,7 @@ def mxu_cycles(m: int, n: int, k: int, rows: int, cols: int) -> int:
 
 
 class TpuCostModel:
-    """``price_op`` for :class:`~engine.analytic.AnalyticCompiled` (see module docstring)."""
+    """``price_op`` for :class:`~xpusim.engine.analytic.AnalyticCompiled` (see module docstring)."""
 
     def __init__(self, device: DeviceSpec) -> None:
         self.device = device

@@ -1,9 +1,9 @@
 """``xpusim tpu``: the systolic-array model on its own (GEMM and im2col convolution).
 
 Without ``--bandwidth`` the memory interface never stalls the array and the numbers come
-from the closed form (:mod:`plugins.tpu.cycles`). With ``--bandwidth`` (words per cycle)
+from the closed form (:mod:`xpusim.plugins.tpu.cycles`). With ``--bandwidth`` (words per cycle)
 the layer's per-cycle demand runs through the SCALE-Sim-style scratchpad model
-(:mod:`plugins.tpu.memory`) with ``--sram-kb`` SRAMs, which adds stall cycles.
+(:mod:`xpusim.plugins.tpu.memory`) with ``--sram-kb`` SRAMs, which adds stall cycles.
 ``--emulate`` also runs the cycle-stepped array on random integers and checks the product
 against numpy.
 """
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import typer
 
-from plugins.tpu.cycles import gemm_cycles
-from plugins.tpu.memory import MemoryConfig, simulate_stalls
-from plugins.tpu.systolic import (
+from xpusim.plugins.tpu.cycles import gemm_cycles
+from xpusim.plugins.tpu.memory import MemoryConfig, simulate_stalls
+from xpusim.plugins.tpu.systolic import (
     DATAFLOWS,
     ConvShape,
     Operands,
@@ -314,7 +314,7 @@ def conv_cmd(
         if emulate:
             rng = np.random.default_rng(0)
             x = rng.integers(-8, 8, (h, w, c))
-            from plugins.tpu.systolic import im2col
+            from xpusim.plugins.tpu.systolic import im2col
 
             a = im2col(x, conv)
             b = rng.integers(-8, 8, (fh * fw * c, filters))

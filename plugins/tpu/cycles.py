@@ -1,7 +1,7 @@
 """Closed-form cycle model of a systolic array (equal to the emulator's compute cycles).
 
 For a GEMM ``M×K · K×N`` on an ``R×C`` array under dataflow ``d`` (SCALE-Sim's mapping, see
-:mod:`plugins.tpu.systolic`)::
+:mod:`xpusim.plugins.tpu.systolic`)::
 
     (S_r, S_c, T) = (M, N, K) for os, (K, N, M) for ws, (K, M, N) for is
     folds        = ceil(S_r / R) · ceil(S_c / C)
@@ -11,7 +11,7 @@ For a GEMM ``M×K · K×N`` on an ``R×C`` array under dataflow ``d`` (SCALE-Sim
 
 With an ideal memory interface (no ``bandwidth``) nothing stalls, so total = compute; this is
 what full-size models use. Stalls under a limited DRAM bandwidth come from the scratchpad
-model in :mod:`plugins.tpu.memory`, driven by the layer's demand (it is exact but walks every
+model in :mod:`xpusim.plugins.tpu.memory`, driven by the layer's demand (it is exact but walks every
 cycle, so it is for layer-level studies, not for pricing whole models).
 
 PE-busy cycles (MACs actually done, counting only mapped PEs) are ``M·N·K`` for every
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from plugins.tpu.systolic import check_array, check_gemm, fold_cycles, spatial_temporal
+from xpusim.plugins.tpu.systolic import check_array, check_gemm, fold_cycles, spatial_temporal
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 XLA compiles a step into fusions: a matmul (or convolution, attention core, gather) with
 the elementwise work that follows it, and chains of elementwise ops, run as one kernel
 whose intermediates stay in on-chip memory (VMEM / vector registers). This pass rewrites an
-:class:`~engine.graph.OpGraph` the same way:
+:class:`~xpusim.engine.graph.OpGraph` the same way:
 
 * An op of kind ELEMENTWISE, NORM or SOFTMAX is merged into the op just before it when that
   op is a MATMUL, CONV, ATTENTION, EMBEDDING or another fusible op (or a fusion already
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from engine.graph import Op, OpGraph, OpKind
+from xpusim.engine.graph import Op, OpGraph, OpKind
 
 PRODUCERS = frozenset(
     {

@@ -31,7 +31,7 @@ Cycle counts are reported the way SCALE-Sim reports them: the number of the last
 run, ``folds · cycles_per_fold - 1``, plus stalls.
 
 Each cycle the emulator records which operand elements the array edges read and which
-outputs it writes (the *demand*); :mod:`plugins.tpu.memory` turns that demand into SRAM/DRAM
+outputs it writes (the *demand*); :mod:`xpusim.plugins.tpu.memory` turns that demand into SRAM/DRAM
 stalls. :func:`demand_trace` builds the same demand without doing arithmetic (for large
 layers); the tests check that the two agree.
 """
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from plugins.tpu.memory import MemoryConfig, StallReport, simulate_stalls
+from xpusim.plugins.tpu.memory import MemoryConfig, StallReport, simulate_stalls
 
 DATAFLOWS = ("os", "ws", "is")
 

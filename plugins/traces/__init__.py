@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine import hookimpl
-from engine.traces import TraceFormat
-from plugins.traces.readers import TRACE_FORMATS
+from xpusim import hookimpl
+from xpusim.engine.traces import TraceFormat
+from xpusim.plugins.traces.readers import TRACE_FORMATS
 
 
 @hookimpl
 def register_trace_formats(register: Callable[[TraceFormat], None]) -> None:
-    """Register every reader in :data:`plugins.traces.readers.TRACE_FORMATS`."""
+    """Register every reader in :data:`xpusim.plugins.traces.readers.TRACE_FORMATS`."""
     for cls in TRACE_FORMATS:
         register(cls())

@@ -1,9 +1,9 @@
 """Trace readers: Azure LLM inference trace, generic CSV and JSON Lines, Alibaba GPU jobs.
 
-Every reader returns a frame of :data:`engine.traces.REQUEST_SCHEMA` (``arrival_s``,
+Every reader returns a frame of :data:`xpusim.engine.traces.REQUEST_SCHEMA` (``arrival_s``,
 ``prompt_tokens``, ``output_tokens``; arrival seconds relative to the first request) or,
-for the Alibaba cluster trace, :data:`engine.traces.JOB_SCHEMA`, and raises
-:class:`~engine.errors.TraceError` naming the file, the line and the fix for anything it
+for the Alibaba cluster trace, :data:`xpusim.engine.traces.JOB_SCHEMA`, and raises
+:class:`~xpusim.engine.errors.TraceError` naming the file, the line and the fix for anything it
 cannot read. A trace is read whole or not at all.
 
 Options (the rest of the scenario's ``trace:`` mapping) shared by every reader:
@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from engine.arrivals import MAX_TOKENS
-from engine.errors import TraceError
-from engine.traces import JOB_SCHEMA, REQUEST_SCHEMA, TraceFormat
+from xpusim.engine.arrivals import MAX_TOKENS
+from xpusim.engine.errors import TraceError
+from xpusim.engine.traces import JOB_SCHEMA, REQUEST_SCHEMA, TraceFormat
 
 TIME_UNITS: dict[str, float] = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 """Numeric time units a generic trace's arrival column may use (besides ``datetime``)."""
@@ -571,4 +571,4 @@ class AlibabaGpuTrace(TraceFormat):
 
 
 TRACE_FORMATS: list[type[TraceFormat]] = [AzureLLMTrace, CsvTrace, JsonlTrace, AlibabaGpuTrace]
-"""Built-in trace formats, registered by :mod:`plugins.traces`."""
+"""Built-in trace formats, registered by :mod:`xpusim.plugins.traces`."""

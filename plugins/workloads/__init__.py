@@ -1,7 +1,7 @@
 """Built-in workload kinds, registered through the ``xpusim`` entry point.
 
 Each module listed in :data:`MODULES` exports ``WORKLOADS``, a list of
-:class:`~engine.workload.Workload` instances; adding a kind is one line here (its module
+:class:`~xpusim.engine.workload.Workload` instances; adding a kind is one line here (its module
 name in :data:`MODULES`).
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from engine import hookimpl
-from engine.workload import Workload
+from xpusim import hookimpl
+from xpusim.engine.workload import Workload
 
 MODULES: tuple[str, ...] = (
-    "plugins.workloads.serving",
-    "plugins.workloads.offline",
-    "plugins.workloads.training",
-    "plugins.workloads.spiking",
+    "xpusim.plugins.workloads.serving",
+    "xpusim.plugins.workloads.offline",
+    "xpusim.plugins.workloads.training",
+    "xpusim.plugins.workloads.spiking",
 )
 """Modules whose ``WORKLOADS`` this plugin registers, in order."""
 

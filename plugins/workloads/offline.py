@@ -16,14 +16,14 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine import metrics
-from engine.arrivals import LengthDist, sample_lengths
-from engine.sim.offline import simulate_forward
-from engine.sim.schedulers import SchedulerSpec
-from engine.sim.serving import simulate_serving
-from engine.traces import REQUEST_SCHEMA
-from engine.workload import SystemRun, Workload, WorkloadContext
-from plugins.workloads.serving import TraceSpec
+from xpusim.engine import metrics
+from xpusim.engine.arrivals import LengthDist, sample_lengths
+from xpusim.engine.sim.offline import simulate_forward
+from xpusim.engine.sim.schedulers import SchedulerSpec
+from xpusim.engine.sim.serving import simulate_serving
+from xpusim.engine.traces import REQUEST_SCHEMA
+from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
+from xpusim.plugins.workloads.serving import TraceSpec
 
 
 class OfflineConfig(BaseModel):

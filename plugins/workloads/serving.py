@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine import metrics
-from engine.arrivals import ArrivalSpec, generate
-from engine.qty import Duration
-from engine.sim.schedulers import SchedulerSpec
-from engine.sim.serving import simulate_serving
-from engine.workload import SystemRun, Workload, WorkloadContext
+from xpusim.engine import metrics
+from xpusim.engine.arrivals import ArrivalSpec, generate
+from xpusim.engine.qty import Duration
+from xpusim.engine.sim.schedulers import SchedulerSpec
+from xpusim.engine.sim.serving import simulate_serving
+from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 
 
 class TraceSpec(BaseModel):

@@ -2,7 +2,7 @@
 
 Samples arrive as a Poisson (or evenly spaced) stream at ``rate``, or all at once as a
 batch when no rate is given. Each replica takes up to ``batch`` waiting samples, runs
-them for ``timesteps`` steps of ``timestep`` (one :attr:`~engine.graph.Phase.SPIKING`
+them for ``timesteps`` steps of ``timestep`` (one :attr:`~xpusim.engine.graph.Phase.SPIKING`
 step of the compiled model), and finishes them together. Every backend prices the same
 step: GPUs and TPUs the time-stepped dense ops, SpiNNaker its real-time mapped network.
 
@@ -19,7 +19,7 @@ Scenario block::
       input_rate: 20 Hz      # Poisson rate of the inputs (default: the model's)
 
 Frames: ``steps`` (one row per batch step), ``requests`` (one row per sample with
-``latency_s``), ``devices`` (the power-state timeline, :data:`engine.sim.events.DEVICES_SCHEMA`).
+``latency_s``), ``devices`` (the power-state timeline, :data:`xpusim.engine.sim.events.DEVICES_SCHEMA`).
 Metrics: ``throughput_samples_per_s``, ``e2e_p50_s``, ``e2e_p99_s``, ``energy_j``,
 ``energy_per_sample_j`` (busy device energy per sample), ``simulated_s``.
 """
@@ -33,12 +33,12 @@ import polars as pl
 import simpy
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.backend import Compiled
-from engine.errors import ScenarioError
-from engine.graph import Phase, Shape
-from engine.qty import Duration, Rate
-from engine.sim.events import DEVICES_SCHEMA, device_timeline
-from engine.workload import SystemRun, Workload, WorkloadContext
+from xpusim.engine.backend import Compiled
+from xpusim.engine.errors import ScenarioError
+from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.qty import Duration, Rate
+from xpusim.engine.sim.events import DEVICES_SCHEMA, device_timeline
+from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 
 __all__ = ["REQUESTS_SCHEMA", "STEPS_SCHEMA", "WORKLOADS", "SpikingConfig", "SpikingWorkload"]
 

@@ -4,10 +4,10 @@ The scenario's ``workload:`` block (:class:`TrainingConfig`) gives the batch, se
 length, length of the run (``steps`` or ``tokens``), activation recomputation, precision
 and the failure/checkpoint model; each system gives its parallel plan
 (``parallelism: {data, tensor, pipeline, virtual, sequence, zero}``) and topology. The
-step model and the failure world are :mod:`engine.sim.training`; the memory model is
-:mod:`engine.sim.memory`; ``docs/workloads/training.md`` is the reference.
+step model and the failure world are :mod:`xpusim.engine.sim.training`; the memory model is
+:mod:`xpusim.engine.sim.memory`; ``docs/workloads/training.md`` is the reference.
 
-Export: ``WORKLOADS``, which ``plugins.workloads`` registers through ``register_workloads``.
+Export: ``WORKLOADS``, which ``xpusim.plugins.workloads`` registers through ``register_workloads``.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.analytic import AnalyticCompiled
-from engine.backend import Compiled, Fit
-from engine.errors import DoesNotFitError
-from engine.model import ModelGraph
-from engine.power import PowerModel
-from engine.qty import Bandwidth, Bytes, Duration, DurationOrZero
-from engine.sim.memory import checkpoint_bytes
-from engine.sim.training import (
+from xpusim.engine.analytic import AnalyticCompiled
+from xpusim.engine.backend import Compiled, Fit
+from xpusim.engine.errors import DoesNotFitError
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.power import PowerModel
+from xpusim.engine.qty import Bandwidth, Bytes, Duration, DurationOrZero
+from xpusim.engine.sim.memory import checkpoint_bytes
+from xpusim.engine.sim.training import (
     FailureSpec,
     TrainingPlan,
     check_plan,
@@ -36,8 +36,8 @@ from engine.sim.training import (
     step_time,
     steps_frame,
 )
-from engine.system import System
-from engine.workload import SystemRun, Workload, WorkloadContext
+from xpusim.engine.system import System
+from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 
 __all__ = ["WORKLOADS", "FailuresConfig", "TrainingConfig", "TrainingWorkload"]
 

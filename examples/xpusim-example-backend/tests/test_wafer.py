@@ -5,8 +5,8 @@ from __future__ import annotations
 from xpusim_example_backend import WaferBackend
 from xpusim_example_backend.costmodel import RESIDENT, STREAMING
 
-from engine.graph import Phase, Shape
-from engine.testing import BackendConformance, ProbeMLP, make_system
+from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.testing import BackendConformance, ProbeMLP, make_system
 
 BACKEND = WaferBackend()
 

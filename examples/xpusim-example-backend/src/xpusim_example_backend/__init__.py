@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine import hookimpl
-from engine.backend import Backend
+from xpusim import hookimpl
+from xpusim.engine.backend import Backend
 from xpusim_example_backend.backend import WaferBackend
 from xpusim_example_backend.costmodel import WaferParams
 

@@ -20,16 +20,16 @@ from typing import Any
 
 import yaml
 
-from engine import API_VERSION
-from engine.analytic import GB, AnalyticCompiled
-from engine.backend import Backend, Fit, Support
-from engine.collectives import collective_seconds
-from engine.device import DeviceSpec, Figure, spec_from_mapping
-from engine.errors import XpusimError
-from engine.graph import Collective
-from engine.model import ModelGraph
-from engine.power import PowerModel
-from engine.system import System
+from xpusim.engine import API_VERSION
+from xpusim.engine.analytic import GB, AnalyticCompiled
+from xpusim.engine.backend import Backend, Fit, Support
+from xpusim.engine.collectives import collective_seconds
+from xpusim.engine.device import DeviceSpec, Figure, spec_from_mapping
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.graph import Collective
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.power import PowerModel
+from xpusim.engine.system import System
 from xpusim_example_backend.costmodel import (
     REGIMES,
     RESIDENT,

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from engine.analytic import OpTime
-from engine.device import DeviceSpec, Figure
-from engine.graph import Op, OpKind
+from xpusim.engine.analytic import OpTime
+from xpusim.engine.device import DeviceSpec, Figure
+from xpusim.engine.graph import Op, OpKind
 
 RESIDENT = "resident"
 STREAMING = "weight-streaming"
