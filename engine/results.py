@@ -39,7 +39,7 @@ FRAME_NAMES = ("requests", "steps", "devices")
 class SystemResult:
     """The outcome for one candidate system.
 
-    ``metrics`` holds the summary keys that apply (see DESIGN.md's run-folder contract);
+    ``metrics`` holds the summary keys that apply (see the run-folder contract in docs/architecture.md);
     ``frames`` the event frames; ``figures`` the catalog figures the result relied on,
     by dotted name, for the report's "Assumptions and sources".
     """

@@ -90,7 +90,7 @@ class SystemConfig(_Strict):
 
 
 class ScenarioConfig(_Strict):
-    """The top level of a scenario file (see DESIGN.md, "Scenario file")."""
+    """The top level of a scenario file (see docs/scenarios.md)."""
 
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
