@@ -42,14 +42,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from xpusim.engine.arrivals import ArrivalSpec, generate  # noqa: E402
 from xpusim.engine.backend import Compiled  # noqa: E402
 from xpusim.engine.collectives import topology_from_device  # noqa: E402
+from xpusim.engine.frames import frame_height  # noqa: E402
 from xpusim.engine.host import build_host  # noqa: E402
-from xpusim.engine.sim.events import frame_height  # noqa: E402
-from xpusim.engine.sim.schedulers import SchedulerSpec  # noqa: E402
-from xpusim.engine.sim.serving import simulate_serving  # noqa: E402
 from xpusim.engine.system import Parallelism, System  # noqa: E402
+from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate  # noqa: E402
+from xpusim.plugins.workloads.serving.schedulers import SchedulerSpec  # noqa: E402
+from xpusim.plugins.workloads.serving.world import simulate_serving  # noqa: E402
 
 AZURE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
 """The Azure LLM 2023 conversation trace, beside the repository (not part of it)."""
@@ -123,9 +123,9 @@ def run_10m(
     """The bounded-memory case: one whole run of ``requests`` synthetic requests."""
     import tempfile
 
-    from xpusim.engine.metrics import serving_metrics
+    from xpusim.engine.frames import spill_rows
     from xpusim.engine.results import RunResult, SystemResult, write_run
-    from xpusim.engine.sim.events import spill_rows
+    from xpusim.plugins.workloads.serving.metrics import serving_metrics
 
     compiled, source = make_compiled(replicas)
     t0 = time.perf_counter()

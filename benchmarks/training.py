@@ -32,7 +32,7 @@ from xpusim.engine.host import build_host  # noqa: E402
 from xpusim.engine.model import ModelFamily  # noqa: E402
 from xpusim.engine.system import Parallelism, System  # noqa: E402
 from xpusim.engine.workload import WorkloadContext  # noqa: E402
-from xpusim.plugins.workloads.training import TrainingConfig, TrainingWorkload  # noqa: E402
+from xpusim.plugins.workloads.training.workload import TrainingConfig, TrainingWorkload  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

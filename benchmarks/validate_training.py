@@ -21,7 +21,7 @@ rows:
 * the DGX A100 topology of the catalog: 8 GPUs per node on NVSwitch, and one 200 Gb/s
   HDR InfiniBand adapter per GPU (8 × 200 Gb/s per node; the paper's §5 describes Selene's
   nodes with "8 NVIDIA 200 Gbps HDR Infiniband HCAs", as NVIDIA's DGX A100 datasheet does);
-* the training step model (:mod:`xpusim.engine.sim.training`): 1F1B pipeline with its bubble,
+* the training step model (:mod:`xpusim.plugins.workloads.training.steps`): 1F1B pipeline with its bubble,
   tensor-parallel all-reduces inside each layer, pipeline sends with the scatter/gather
   optimization, and the data-parallel gradient all-reduce after the pipeline flush
   (Megatron-LM 2021 did not overlap it: ``overlap_grad_reduce: false``).
@@ -32,7 +32,7 @@ recomputation" and its §5.1 footnote uses it for all runs); the non-interleaved
 (``virtual = 1``); fp16/bf16 at the 312 TFLOP/s peak.
 
 The predicted "achieved TFLOP/s per GPU" uses the paper's own FLOP count (its eq. 3, which
-is the hardware FLOPs of :func:`xpusim.engine.sim.training.flops_per_token` with full
+is the hardware FLOPs of :func:`xpusim.plugins.workloads.training.steps.flops_per_token` with full
 recomputation): ``96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)) / (GPUs × step time)``, so the
 error of a row is the error of the predicted step time.
 
@@ -66,8 +66,8 @@ if str(REPO) not in sys.path:
 from xpusim.engine.collectives import topology_from_device  # noqa: E402
 from xpusim.engine.host import build_host  # noqa: E402
 from xpusim.engine.model import ModelFamily  # noqa: E402
-from xpusim.engine.sim.training import TrainingPlan, step_time  # noqa: E402
 from xpusim.engine.system import Parallelism, System  # noqa: E402
+from xpusim.plugins.workloads.training.steps import TrainingPlan, step_time  # noqa: E402
 
 FIGURES = REPO.parent / "shared" / "reference" / "figures.yaml"
 DEVICE = "a100-sxm-80gb"

@@ -36,9 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from xpusim.engine.device import Figure
 from xpusim.engine.errors import XpusimError
+from xpusim.engine.frames import frame_columns, frame_height, ordered_sum
 from xpusim.engine.qty import CarbonIntensity, Duration, Power, PricePerEnergy
 from xpusim.engine.registry import unknown_message
-from xpusim.engine.sim.events import frame_columns, frame_height, ordered_sum
 
 if TYPE_CHECKING:
     from xpusim.engine.device import DeviceSpec

@@ -25,8 +25,8 @@ import polars as pl
 
 from xpusim.engine.device import Figure
 from xpusim.engine.errors import XpusimError
+from xpusim.engine.frames import Frame, FrameMap, SpilledFrames, frame_height
 from xpusim.engine.reporter import Reporter
-from xpusim.engine.sim.events import Frame, FrameMap, SpilledFrames, frame_height
 
 STATUSES = ("ok", "unsupported", "does-not-fit", "failed")
 """Values of a system's ``status``."""

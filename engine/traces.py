@@ -24,6 +24,11 @@ REQUEST_SCHEMA: dict[str, type[pl.DataType]] = {
 """Columns of a request trace: arrival time in seconds from the first request, prompt
 length and output length in tokens."""
 
+MAX_TOKENS = 100_000_000
+"""Largest token length a request may carry, read from a trace or drawn from a length
+distribution (draws are clipped to it), so a heavy-tailed law or a corrupt row never
+overflows the integer columns."""
+
 JOB_SCHEMA: dict[str, type[pl.DataType]] = {
     "submit_s": pl.Float64,
     "duration_s": pl.Float64,

@@ -17,8 +17,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from xpusim.engine.backend import Compiled, Fit
+from xpusim.engine.frames import FrameMap
 from xpusim.engine.model import ModelGraph
-from xpusim.engine.sim.events import FrameMap
 from xpusim.engine.system import System
 
 
@@ -30,7 +30,7 @@ class SystemRun:
     (``throughput_tokens_per_s``, ``ttft_p99_s`` ...); ``frames`` the event frames by name
     (``requests``, ``steps``, ``devices``), each with a ``system`` column: a
     ``pl.DataFrame``, or a ``pl.LazyFrame`` over Parquet parts when the run spilled past
-    the row threshold (:mod:`xpusim.engine.sim.events`; every engine consumer accepts both).
+    the row threshold (:mod:`xpusim.engine.frames`; every engine consumer accepts both).
     ``busy_s``/``state_s`` give device-seconds by power state for the energy model.
     """
 

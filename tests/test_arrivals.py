@@ -8,8 +8,13 @@ import pytest
 from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
-from xpusim.engine.arrivals import ArrivalSpec, LengthDist, generate, sample_lengths
 from xpusim.engine.traces import REQUEST_SCHEMA
+from xpusim.plugins.workloads.serving.arrivals import (
+    ArrivalSpec,
+    LengthDist,
+    generate,
+    sample_lengths,
+)
 
 
 def spec(**kw: object) -> ArrivalSpec:

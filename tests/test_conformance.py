@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
 from tests.fakes import FakeBackend, FakeCompiled, FakeModel, fake_device
 from xpusim.engine.backend import Backend, Compiled, Cost, Fit, Support
+from xpusim.engine.device import DeviceSpec
 from xpusim.engine.graph import Collective, Phase, Shape
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.system import System
@@ -31,6 +33,9 @@ from xpusim.engine.testing import (
 BUILTIN_BACKENDS = shared_host().backends.names()
 """Every backend installed plugins register; new built-ins join automatically."""
 
+FIXED_CPU_CALIBRATION = Path(__file__).parent / "data" / "cpu-calibration-1t.json"
+"""A calibration measured once and committed (see tests/test_cpu_backend.py)."""
+
 PREFERRED_DEVICE: Mapping[str, str] = {
     "gpu": "h100-sxm",
     # the analytic twin of this machine: the measured `host` device times real kernels,
@@ -51,6 +56,17 @@ class TestBuiltinBackends(BackendConformance):
     def default_device(self, backend: Backend) -> str:
         """The representative device of each backend."""
         return PREFERRED_DEVICE.get(backend.name) or super().default_device(backend)
+
+    @pytest.fixture
+    def conformance_system(self, conformance_device: DeviceSpec) -> System:
+        """One device of each backend; the cpu backend prices from the committed calibration,
+        so that no check compares prices from rates measured on the machine running it."""
+        options = (
+            {"calibration": str(FIXED_CPU_CALIBRATION)}
+            if conformance_device.backend == "cpu"
+            else {}
+        )
+        return make_system(conformance_device, 1, options=options, name="conformance")
 
 
 def test_builtin_backends_are_found() -> None:

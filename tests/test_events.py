@@ -12,11 +12,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from tests.test_serving import compiled, load
-from xpusim.engine.metrics import inverted_cdf_rank, serving_metrics
-from xpusim.engine.report.timeline import build_trace
-from xpusim.engine.results import RunResult, SystemResult, write_run
-from xpusim.engine.sim.events import (
-    STEPS_SCHEMA,
+from xpusim.engine.frames import (
     FrameBuffer,
     Spill,
     SpilledFrames,
@@ -24,8 +20,12 @@ from xpusim.engine.sim.events import (
     frame_height,
     spill_rows,
 )
-from xpusim.engine.sim.schedulers import SchedulerSpec
-from xpusim.engine.sim.serving import ServingResult, simulate_serving
+from xpusim.engine.report.timeline import build_trace
+from xpusim.engine.results import RunResult, SystemResult, write_run
+from xpusim.plugins.workloads.serving.metrics import inverted_cdf_rank, serving_metrics
+from xpusim.plugins.workloads.serving.schedulers import SchedulerSpec
+from xpusim.plugins.workloads.serving.schemas import STEPS_SCHEMA
+from xpusim.plugins.workloads.serving.world import ServingResult, simulate_serving
 
 SPILL = 23
 """A threshold far below the rows of the runs here, so every frame spills in many parts."""

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from xpusim.engine.sim.kvcache import PagedKVCache, blocks_for
+from xpusim.plugins.workloads.serving.kvcache import PagedKVCache, blocks_for
 
 
 def test_blocks_round_up() -> None:

@@ -6,8 +6,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from xpusim.engine.metrics import device_seconds, quantile, serving_metrics, weighted_quantile
-from xpusim.engine.sim.events import DEVICES_SCHEMA, REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
+from xpusim.engine.frames import DEVICES_SCHEMA
+from xpusim.plugins.workloads.serving.metrics import (
+    device_seconds,
+    quantile,
+    serving_metrics,
+    weighted_quantile,
+)
+from xpusim.plugins.workloads.serving.schemas import REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
 
 
 def test_weighted_quantile_equals_expanded_list() -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xpusim.engine.sim.pipeline import (
+from xpusim.plugins.workloads.training.pipeline import (
     bubble_fraction,
     in_flight_microbatches,
     pipeline_time,

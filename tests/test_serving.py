@@ -11,19 +11,20 @@ from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
 from tests.fakes import FakeModel, fake_device
-from xpusim.engine.arrivals import ArrivalSpec, generate
 from xpusim.engine.backend import Compiled, Cost, Fit
+from xpusim.engine.frames import DEVICES_SCHEMA
 from xpusim.engine.graph import Phase, Shape
-from xpusim.engine.metrics import serving_metrics, weighted_quantile
-from xpusim.engine.sim.events import DEVICES_SCHEMA, REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
-from xpusim.engine.sim.schedulers import SchedulerSpec
-from xpusim.engine.sim.serving import simulate_serving
 from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.engine.workload import WorkloadContext
 from xpusim.plugins.workloads import WORKLOADS
-from xpusim.plugins.workloads.offline import OfflineConfig, OfflineWorkload
-from xpusim.plugins.workloads.serving import ServingConfig, ServingWorkload
+from xpusim.plugins.workloads.offline.workload import OfflineConfig, OfflineWorkload
+from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate
+from xpusim.plugins.workloads.serving.metrics import serving_metrics, weighted_quantile
+from xpusim.plugins.workloads.serving.schedulers import SchedulerSpec
+from xpusim.plugins.workloads.serving.schemas import REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
+from xpusim.plugins.workloads.serving.workload import ServingConfig, ServingWorkload
+from xpusim.plugins.workloads.serving.world import simulate_serving
 
 # --- a fake compiled model with a stated cost formula ---------------------------------
 

@@ -14,8 +14,8 @@ from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
 from xpusim.engine.backend import Compiled, Cost, Fit
+from xpusim.engine.frames import DEVICES_SCHEMA
 from xpusim.engine.graph import Shape
-from xpusim.engine.sim.events import DEVICES_SCHEMA
 from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.engine.workload import WorkloadContext
 from xpusim.plugins.models.snn import FAMILIES

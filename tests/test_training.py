@@ -16,8 +16,10 @@ from xpusim.engine.collectives import collective_seconds
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
 from xpusim.engine.model import ModelGraph, ModelInfo
 from xpusim.engine.power import PowerModel
-from xpusim.engine.sim.memory import checkpoint_bytes, stage_params, training_memory
-from xpusim.engine.sim.training import (
+from xpusim.engine.system import Parallelism, System, Topology
+from xpusim.engine.workload import WorkloadContext
+from xpusim.plugins.workloads.training.memory import checkpoint_bytes, stage_params, training_memory
+from xpusim.plugins.workloads.training.steps import (
     STEPS_SCHEMA,
     FailureSpec,
     TrainingPlan,
@@ -27,9 +29,7 @@ from xpusim.engine.sim.training import (
     simulate_failures,
     step_time,
 )
-from xpusim.engine.system import Parallelism, System, Topology
-from xpusim.engine.workload import WorkloadContext
-from xpusim.plugins.workloads.training import (
+from xpusim.plugins.workloads.training.workload import (
     WORKLOADS,
     TrainingConfig,
     TrainingWorkload,

@@ -20,10 +20,10 @@ import polars as pl
 
 from xpusim.engine.device import Figure
 from xpusim.engine.errors import XpusimError
+from xpusim.engine.frames import Frame, frame_columns, frame_height, spill_rows
 from xpusim.engine.report.html import render_html
 from xpusim.engine.report.markdown import render_markdown
 from xpusim.engine.results import FRAME_NAMES, RunResult, SystemResult, _jsonable
-from xpusim.engine.sim.events import Frame, frame_columns, frame_height, spill_rows
 
 REPORT_DATA = "report-data.json"
 """The file that carries each system's figures and economics details beside the report."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import polars as pl
 
 from xpusim.engine.economics import BUSY_STATES
-from xpusim.engine.sim.events import frame_columns
+from xpusim.engine.frames import frame_columns
 
 if TYPE_CHECKING:
     from xpusim.engine.results import RunResult

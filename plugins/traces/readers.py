@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from xpusim.engine.arrivals import MAX_TOKENS
 from xpusim.engine.errors import TraceError
-from xpusim.engine.traces import JOB_SCHEMA, REQUEST_SCHEMA, TraceFormat
+from xpusim.engine.traces import JOB_SCHEMA, MAX_TOKENS, REQUEST_SCHEMA, TraceFormat
 
 TIME_UNITS: dict[str, float] = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 """Numeric time units a generic trace's arrival column may use (besides ``datetime``)."""

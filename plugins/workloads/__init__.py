@@ -14,9 +14,9 @@ from xpusim import hookimpl
 from xpusim.engine.workload import Workload
 
 MODULES: tuple[str, ...] = (
-    "xpusim.plugins.workloads.serving",
-    "xpusim.plugins.workloads.offline",
-    "xpusim.plugins.workloads.training",
+    "xpusim.plugins.workloads.serving.workload",
+    "xpusim.plugins.workloads.offline.workload",
+    "xpusim.plugins.workloads.training.workload",
     "xpusim.plugins.workloads.spiking",
 )
 """Modules whose ``WORKLOADS`` this plugin registers, in order."""

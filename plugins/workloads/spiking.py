@@ -19,7 +19,7 @@ Scenario block::
       input_rate: 20 Hz      # Poisson rate of the inputs (default: the model's)
 
 Frames: ``steps`` (one row per batch step), ``requests`` (one row per sample with
-``latency_s``), ``devices`` (the power-state timeline, :data:`xpusim.engine.sim.events.DEVICES_SCHEMA`).
+``latency_s``), ``devices`` (the power-state timeline, :data:`xpusim.engine.frames.DEVICES_SCHEMA`).
 Metrics: ``throughput_samples_per_s``, ``e2e_p50_s``, ``e2e_p99_s``, ``energy_j``,
 ``energy_per_sample_j`` (busy device energy per sample), ``simulated_s``.
 """
@@ -35,9 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xpusim.engine.backend import Compiled
 from xpusim.engine.errors import ScenarioError
+from xpusim.engine.frames import DEVICES_SCHEMA, device_timeline
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.qty import Duration, Rate
-from xpusim.engine.sim.events import DEVICES_SCHEMA, device_timeline
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 
 __all__ = ["REQUESTS_SCHEMA", "STEPS_SCHEMA", "WORKLOADS", "SpikingConfig", "SpikingWorkload"]

@@ -29,7 +29,7 @@ architecture fields (no ``vocab``/``hidden`` in its config) is split evenly,
 Activations are the model's own estimate (:meth:`xpusim.engine.model.ModelGraph.activation_bytes`
 for one micro-batch of one stage, e.g. Korthikanti et al. 2022 Table 2 for the
 transformer) times the micro-batches in flight on the first stage
-(:func:`xpusim.engine.sim.pipeline.in_flight_microbatches`: ``min(m, p)`` for 1F1B, more when
+(:func:`xpusim.plugins.workloads.training.pipeline.in_flight_microbatches`: ``min(m, p)`` for 1F1B, more when
 interleaved), plus a backend's fixed runtime reserve (CUDA context, workspaces) when the
 compiled model states one.
 """
@@ -43,8 +43,8 @@ from typing import Any
 
 from xpusim.engine.graph import Phase, Shape, dtype_bytes
 from xpusim.engine.model import ModelGraph
-from xpusim.engine.sim.pipeline import in_flight_microbatches
 from xpusim.engine.system import Parallelism
+from xpusim.plugins.workloads.training.pipeline import in_flight_microbatches
 
 __all__ = [
     "OPTIMIZER_BYTES",

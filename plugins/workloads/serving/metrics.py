@@ -1,7 +1,7 @@
 """Summary metrics from a run's frames: latency percentiles, throughput, SLOs, goodput.
 
 Everything here reads frames only (``requests``, ``steps``, ``devices``, ``tbt``; see
-:mod:`xpusim.engine.sim.events`), so a run folder's Parquet files give the same numbers.
+:mod:`xpusim.engine.frames`), so a run folder's Parquet files give the same numbers.
 
 Percentiles use the inverted-CDF definition (numpy's ``method="inverted_cdf"``): the
 p-quantile is the smallest observed value whose cumulative share reaches ``p``. It never
@@ -16,7 +16,7 @@ count as misses. Goodput is the rate of SLO-meeting requests (and of their outpu
 tokens) over the simulated span.
 
 Frames may be in memory (``pl.DataFrame``) or lazy over spilled Parquet parts
-(``pl.LazyFrame``, see :mod:`xpusim.engine.sim.events`): every figure is a polars query over the
+(``pl.LazyFrame``, see :mod:`xpusim.engine.frames`): every figure is a polars query over the
 frame and only aggregates are collected, so the numbers are exact either way
 (percentiles sort the column in polars and pick the inverted-CDF rank).
 """
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from xpusim.engine.sim.events import IDLE, Frame, frame_columns, ordered_sum
+from xpusim.engine.frames import IDLE, Frame, frame_columns, ordered_sum
 
 
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float | None:

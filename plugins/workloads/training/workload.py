@@ -4,8 +4,8 @@ The scenario's ``workload:`` block (:class:`TrainingConfig`) gives the batch, se
 length, length of the run (``steps`` or ``tokens``), activation recomputation, precision
 and the failure/checkpoint model; each system gives its parallel plan
 (``parallelism: {data, tensor, pipeline, virtual, sequence, zero}``) and topology. The
-step model and the failure world are :mod:`xpusim.engine.sim.training`; the memory model is
-:mod:`xpusim.engine.sim.memory`; ``docs/workloads/training.md`` is the reference.
+step model and the failure world are :mod:`xpusim.plugins.workloads.training.steps`; the memory model is
+:mod:`xpusim.plugins.workloads.training.memory`; ``docs/workloads/training.md`` is the reference.
 
 Export: ``WORKLOADS``, which ``xpusim.plugins.workloads`` registers through ``register_workloads``.
 """
@@ -23,8 +23,10 @@ from xpusim.engine.errors import DoesNotFitError
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
 from xpusim.engine.qty import Bandwidth, Bytes, Duration, DurationOrZero
-from xpusim.engine.sim.memory import checkpoint_bytes
-from xpusim.engine.sim.training import (
+from xpusim.engine.system import System
+from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
+from xpusim.plugins.workloads.training.memory import checkpoint_bytes
+from xpusim.plugins.workloads.training.steps import (
     FailureSpec,
     TrainingPlan,
     check_plan,
@@ -36,8 +38,6 @@ from xpusim.engine.sim.training import (
     step_time,
     steps_frame,
 )
-from xpusim.engine.system import System
-from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 
 __all__ = ["WORKLOADS", "FailuresConfig", "TrainingConfig", "TrainingWorkload"]
 

@@ -24,8 +24,8 @@ import simpy
 
 from xpusim.engine.backend import Compiled
 from xpusim.engine.graph import Phase, Shape
-from xpusim.engine.sim.events import StepLog
-from xpusim.engine.sim.kvcache import PagedKVCache
+from xpusim.plugins.workloads.serving.kvcache import PagedKVCache
+from xpusim.plugins.workloads.serving.steplog import StepLog
 
 
 def bucket(x: int, bits: int) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from xpusim.engine.sim.cluster import Replica
+from xpusim.plugins.workloads.serving.cluster import Replica
 
 ROUTERS = ("round-robin", "least-outstanding")
 """Router names a scenario may use in ``workload.router``."""

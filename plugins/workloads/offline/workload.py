@@ -16,14 +16,14 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from xpusim.engine import metrics
-from xpusim.engine.arrivals import LengthDist, sample_lengths
-from xpusim.engine.sim.offline import simulate_forward
-from xpusim.engine.sim.schedulers import SchedulerSpec
-from xpusim.engine.sim.serving import simulate_serving
 from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
-from xpusim.plugins.workloads.serving import TraceSpec
+from xpusim.plugins.workloads.offline.world import simulate_forward
+from xpusim.plugins.workloads.serving import metrics
+from xpusim.plugins.workloads.serving.arrivals import LengthDist, sample_lengths
+from xpusim.plugins.workloads.serving.schedulers import SchedulerSpec
+from xpusim.plugins.workloads.serving.workload import TraceSpec
+from xpusim.plugins.workloads.serving.world import simulate_serving
 
 
 class OfflineConfig(BaseModel):

@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from xpusim.engine import metrics
-from xpusim.engine.arrivals import ArrivalSpec, generate
 from xpusim.engine.qty import Duration
-from xpusim.engine.sim.schedulers import SchedulerSpec
-from xpusim.engine.sim.serving import simulate_serving
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
+from xpusim.plugins.workloads.serving import metrics
+from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate
+from xpusim.plugins.workloads.serving.schedulers import SchedulerSpec
+from xpusim.plugins.workloads.serving.world import simulate_serving
 
 
 class TraceSpec(BaseModel):

@@ -15,8 +15,10 @@ import polars as pl
 import simpy
 
 from xpusim.engine.backend import Compiled
-from xpusim.engine.sim.cluster import CostTable
-from xpusim.engine.sim.events import STEPS_SCHEMA, StepLog, device_timeline, empty
+from xpusim.engine.frames import device_timeline, empty
+from xpusim.plugins.workloads.serving.cluster import CostTable
+from xpusim.plugins.workloads.serving.schemas import STEPS_SCHEMA
+from xpusim.plugins.workloads.serving.steplog import StepLog
 
 
 def simulate_forward(

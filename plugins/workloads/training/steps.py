@@ -20,7 +20,7 @@ stages of ``v`` chunks, ``m = global_batch / (micro_batch · d)`` micro-batches)
    half; any other Compiled is priced through :meth:`~xpusim.engine.backend.Compiled.cost`,
    whose seconds cover the ``p`` stages one after another (the engine contract), so a
    stage is ``1/p`` of it and forward:backward is split 1:2.
-2. **Pipeline.** :func:`xpusim.engine.sim.pipeline.pipeline_time`: ``(m·v + p − 1)·c`` with
+2. **Pipeline.** :func:`xpusim.plugins.workloads.training.pipeline.pipeline_time`: ``(m·v + p − 1)·c`` with
    ``c`` one chunk's forward+backward plus its two point-to-point transfers.
 3. **Point-to-point.** The activation of one micro-batch (``micro_batch·seq·hidden``
    elements at the precision) crosses each stage boundary forward, its gradient
@@ -92,13 +92,18 @@ import simpy
 from xpusim.engine.analytic import AnalyticCompiled
 from xpusim.engine.backend import Compiled
 from xpusim.engine.collectives import collective_seconds
+from xpusim.engine.frames import DEVICES_SCHEMA
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
-from xpusim.engine.sim.events import DEVICES_SCHEMA
-from xpusim.engine.sim.memory import MemoryNeed, checkpoint_bytes, stage_params, training_memory
-from xpusim.engine.sim.pipeline import PipelineTime, pipeline_time
 from xpusim.engine.system import Parallelism, System, Topology
+from xpusim.plugins.workloads.training.memory import (
+    MemoryNeed,
+    checkpoint_bytes,
+    stage_params,
+    training_memory,
+)
+from xpusim.plugins.workloads.training.pipeline import PipelineTime, pipeline_time
 
 __all__ = [
     "BUSY_KEYS",
@@ -214,7 +219,7 @@ def plan_memory(
     have_bytes: float,
     reserve_bytes: float = 0.0,
 ) -> MemoryNeed:
-    """Per-device memory of ``plan`` under ``par`` (:func:`xpusim.engine.sim.memory.training_memory`)."""
+    """Per-device memory of ``plan`` under ``par`` (:func:`xpusim.plugins.workloads.training.memory.training_memory`)."""
     return training_memory(
         model,
         par,

@@ -1,28 +1,17 @@
-"""The columnar event log and the declared schemas of the serving frames.
+"""The frame layer every workload shares: frames in memory or spilled, and the device
+timeline.
 
-The SimPy loop never builds a Python object per event: each replica appends primitives to
-one :class:`array.array` per column (:class:`StepLog`), and the frames are built once at
-the end with polars. Units live in column names.
-
-Frames (every one carries a ``system`` column so runs of several systems concatenate):
-
-``requests`` (:data:`REQUESTS_SCHEMA`) — one row per request. ``status`` is ``ok`` or
-``dropped`` (``reason`` says why; ``replica`` and the times are null). ``ttft_s`` is
-``first_token_s - arrival_s``; ``e2e_s`` is ``finish_s - arrival_s``; ``tbt_mean_s`` and
-``tbt_max_s`` are the mean and largest gap between consecutive output tokens of that
-request (null for a one-token output).
-
-``steps`` (:data:`STEPS_SCHEMA`) — one row per iteration of a replica: sequences in the
-batch, prompt tokens prefilled, decode tokens produced, KV blocks held after the step,
-the busy power state (``Cost.state``) and the backend's joules for the step.
+A workload returns its results as named frames (:data:`FrameMap`); every engine consumer
+(results, economics, reports) reads them through polars queries. Units live in column
+names and every frame carries a ``system`` column so runs of several systems concatenate.
+Each workload declares the schemas of its own frames; the one frame every workload
+gives, ``devices``, is declared here:
 
 ``devices`` (:data:`DEVICES_SCHEMA`) — the power-state timeline of every device: busy
-intervals (consecutive steps of one state merged) and ``idle`` intervals covering the
-rest of ``[0, simulated_s]``. Busy rows carry the step joules split evenly over the
-replica's devices; idle rows carry 0 J (the economics model applies idle power).
-
-``tbt`` (:data:`TBT_SCHEMA`) — the exact multiset of time-between-token gaps: one row
-per distinct gap value with the number of tokens that waited that long.
+intervals (consecutive steps of one state merged, :func:`device_timeline`) and ``idle``
+intervals covering the rest of ``[0, simulated_s]``. Busy rows carry the step joules
+split evenly over the replica's devices; idle rows carry 0 J (the economics model
+applies idle power).
 
 Bounded memory: a frame is a :data:`Frame`, either an in-memory ``pl.DataFrame`` or a
 ``pl.LazyFrame``. Below a row threshold (:func:`spill_rows`, default
@@ -43,47 +32,11 @@ import os
 import shutil
 import tempfile
 import weakref
-from array import array
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
 import polars as pl
-
-REQUESTS_SCHEMA: dict[str, pl.DataType] = {
-    "system": pl.String(),
-    "replica": pl.Int32(),
-    "request_id": pl.Int64(),
-    "arrival_s": pl.Float64(),
-    "first_scheduled_s": pl.Float64(),
-    "first_token_s": pl.Float64(),
-    "finish_s": pl.Float64(),
-    "prompt_tokens": pl.Int64(),
-    "output_tokens": pl.Int64(),
-    "preemptions": pl.Int32(),
-    "status": pl.String(),
-    "reason": pl.String(),
-    "ttft_s": pl.Float64(),
-    "e2e_s": pl.Float64(),
-    "tbt_mean_s": pl.Float64(),
-    "tbt_max_s": pl.Float64(),
-}
-"""Columns of the ``requests`` frame."""
-
-STEPS_SCHEMA: dict[str, pl.DataType] = {
-    "system": pl.String(),
-    "replica": pl.Int32(),
-    "step": pl.Int64(),
-    "start_s": pl.Float64(),
-    "end_s": pl.Float64(),
-    "batch": pl.Int32(),
-    "prefill_tokens": pl.Int64(),
-    "decode_tokens": pl.Int64(),
-    "kv_blocks_used": pl.Int64(),
-    "state": pl.String(),
-    "joules": pl.Float64(),
-}
-"""Columns of the ``steps`` frame."""
 
 DEVICES_SCHEMA: dict[str, pl.DataType] = {
     "system": pl.String(),
@@ -95,13 +48,6 @@ DEVICES_SCHEMA: dict[str, pl.DataType] = {
     "joules": pl.Float64(),
 }
 """Columns of the ``devices`` frame."""
-
-TBT_SCHEMA: dict[str, pl.DataType] = {
-    "system": pl.String(),
-    "gap_s": pl.Float64(),
-    "tokens": pl.Int64(),
-}
-"""Columns of the ``tbt`` frame (a weighted, exact sample of token gaps)."""
 
 IDLE = "idle"
 """The device state outside any step."""
@@ -291,87 +237,6 @@ def concat_frames(frames: list[Frame], schema: dict[str, pl.DataType]) -> Frame:
         eager = [f for f in frames if isinstance(f, pl.DataFrame)]
         return pl.concat(eager) if len(eager) > 1 else eager[0]
     return pl.concat([f.lazy() for f in frames])
-
-
-class StepLog:
-    """Columns of one replica's steps, appended as primitives during the simulation.
-
-    The hot loop binds the ``append`` methods of each column once and calls them per
-    step; :meth:`frame` builds the ``steps`` rows of the replica at the end.
-
-    Spilling: :meth:`take` returns the rows not yet taken as a frame and empties every
-    column but ``start`` and ``end``, which keep one entry per step of the whole run
-    (schedulers index them by iteration number, and the token-gap statistics need them)
-    until the frames are built. :attr:`taken` counts the rows handed out; ``len(log)`` is
-    the number of steps while the world runs.
-    """
-
-    __slots__ = ("batch", "decode", "end", "joules", "kv", "prefill", "start", "state", "taken")
-
-    def __init__(self) -> None:
-        self.start = array("d")
-        self.end = array("d")
-        self.batch = array("i")
-        self.prefill = array("q")
-        self.decode = array("q")
-        self.kv = array("q")
-        self.state = array("i")
-        self.joules = array("d")
-        self.taken = 0
-
-    def __len__(self) -> int:
-        return len(self.start)
-
-    @property
-    def pending(self) -> int:
-        """Steps logged and not yet handed out by :meth:`take`."""
-        return len(self.batch)
-
-    def numpy(self, name: str) -> np.ndarray:
-        """A column as a numpy array (a copy, so the log may be freed); ``start`` and
-        ``end`` cover every step, the other columns the pending ones."""
-        return np.array(getattr(self, name))
-
-    def frame(self, system: str, replica: int, states: list[str]) -> pl.DataFrame:
-        """The pending ``steps`` rows of this replica (:data:`STEPS_SCHEMA`); every row
-        when nothing was taken."""
-        lo = self.taken
-        n = len(self.batch)
-        start = np.array(self.start[lo:] if lo else self.start, dtype=np.float64)
-        end = np.array(self.end[lo:] if lo else self.end, dtype=np.float64)
-        state = (
-            pl.Series(states, dtype=pl.String).gather(np.array(self.state, dtype=np.int64))
-            if n
-            else pl.Series([], dtype=pl.String)
-        )
-        return pl.DataFrame(
-            {
-                "system": pl.Series([system], dtype=pl.String).new_from_index(0, n)
-                if n
-                else pl.Series([], dtype=pl.String),
-                "replica": np.full(n, replica, dtype=np.int32),
-                "step": np.arange(lo, lo + n, dtype=np.int64),
-                "start_s": start,
-                "end_s": end,
-                "batch": np.array(self.batch, dtype=np.int32),
-                "prefill_tokens": np.array(self.prefill, dtype=np.int64),
-                "decode_tokens": np.array(self.decode, dtype=np.int64),
-                "kv_blocks_used": np.array(self.kv, dtype=np.int64),
-                "state": state,
-                "joules": np.array(self.joules, dtype=np.float64),
-            },
-            schema=STEPS_SCHEMA,
-        )
-
-    def take(self, system: str, replica: int, states: list[str]) -> pl.DataFrame:
-        """The pending rows (:meth:`frame`), after which they are no longer held here."""
-        out = self.frame(system, replica, states)
-        self.taken += len(self.batch)
-        # emptied in place: the running world appends through bound methods of these
-        # very arrays (frame() copied them, so no view of them is exported)
-        for col in (self.batch, self.prefill, self.decode, self.kv, self.state, self.joules):
-            del col[:]
-        return out
 
 
 def device_timeline(

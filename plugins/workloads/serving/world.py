@@ -2,8 +2,8 @@
 
 :func:`simulate_serving` replays a request frame (:data:`xpusim.engine.traces.REQUEST_SCHEMA`)
 on one system and returns its frames (``requests``, ``steps``, ``devices``, ``tbt``; see
-:mod:`xpusim.engine.sim.events`). One SimPy process feeds arrivals through the router; one
-process per replica runs its scheduler (:mod:`xpusim.engine.sim.schedulers`), one SimPy event
+:mod:`xpusim.engine.frames`). One SimPy process feeds arrivals through the router; one
+process per replica runs its scheduler (:mod:`xpusim.plugins.workloads.serving.schedulers`), one SimPy event
 per iteration. Requests whose KV cache need (prompt + output − 1 tokens) exceeds a
 replica's whole cache are dropped up front with a reason and never routed.
 
@@ -13,10 +13,10 @@ iterations (a sparse-table range maximum per replica) and of the gaps around any
 preemption; the ``tbt`` frame is the exact multiset of all gaps (iteration durations
 weighted by the decode tokens of the iteration, plus each post-preemption gap).
 
-Bounded memory: past ``spill_rows`` rows (:func:`xpusim.engine.sim.events.spill_rows`), step rows
+Bounded memory: past ``spill_rows`` rows (:func:`xpusim.engine.frames.spill_rows`), step rows
 are flushed to Parquet parts while the world runs, and the ``requests``, ``steps`` and
-``devices`` frames are built in chunks into a :class:`~xpusim.engine.sim.events.Spill` folder and
-returned lazy (a :class:`~xpusim.engine.sim.events.SpilledFrames` mapping owns the folder). The
+``devices`` frames are built in chunks into a :class:`~xpusim.engine.frames.Spill` folder and
+returned lazy (a :class:`~xpusim.engine.frames.SpilledFrames` mapping owns the folder). The
 rows, their order and every metric are the same as in memory.
 """
 
@@ -35,13 +35,8 @@ import simpy
 
 from xpusim.engine.backend import Compiled
 from xpusim.engine.errors import DoesNotFitError
-from xpusim.engine.sim import schedulers
-from xpusim.engine.sim.cluster import DONE, DROPPED, CostTable, Replica, RequestTable
-from xpusim.engine.sim.events import (
+from xpusim.engine.frames import (
     DEVICES_SCHEMA,
-    REQUESTS_SCHEMA,
-    STEPS_SCHEMA,
-    TBT_SCHEMA,
     Frame,
     FrameBuffer,
     Spill,
@@ -50,9 +45,12 @@ from xpusim.engine.sim.events import (
     device_timeline,
     empty,
 )
-from xpusim.engine.sim.router import make_router
-from xpusim.engine.sim.schedulers import SchedulerSpec
 from xpusim.engine.traces import REQUEST_SCHEMA
+from xpusim.plugins.workloads.serving import schedulers
+from xpusim.plugins.workloads.serving.cluster import DONE, DROPPED, CostTable, Replica, RequestTable
+from xpusim.plugins.workloads.serving.routers import make_router
+from xpusim.plugins.workloads.serving.schedulers import SchedulerSpec
+from xpusim.plugins.workloads.serving.schemas import REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
 
 
 @dataclass
@@ -60,7 +58,7 @@ class ServingResult:
     """Frames of one simulated system and its simulated span in seconds.
 
     ``frames`` hold DataFrames, or LazyFrames over spilled parts past the spill threshold
-    (then the mapping is a :class:`~xpusim.engine.sim.events.SpilledFrames` owning the folder).
+    (then the mapping is a :class:`~xpusim.engine.frames.SpilledFrames` owning the folder).
     """
 
     frames: dict[str, Frame]
@@ -122,7 +120,7 @@ def simulate_serving(
     down to whole blocks of ``kv_block_tokens``. Raises
     :class:`~xpusim.engine.errors.DoesNotFitError` when not one block fits. ``spill_rows`` is the
     row threshold past which frames spill to Parquet parts under ``spill_dir``
-    (defaults: :func:`xpusim.engine.sim.events.spill_rows` and ``$XPUSIM_SPILL_DIR``).
+    (defaults: :func:`xpusim.engine.frames.spill_rows` and ``$XPUSIM_SPILL_DIR``).
     """
     spec = scheduler or SchedulerSpec()
     missing = [c for c in REQUEST_SCHEMA if c not in requests.columns]

@@ -50,7 +50,7 @@ import simpy
 from pydantic import BaseModel, ConfigDict, Field
 
 from xpusim.engine.qty import DurationOrZero
-from xpusim.engine.sim.cluster import (
+from xpusim.plugins.workloads.serving.cluster import (
     DECODING,
     DONE,
     PREFILLING,

@@ -45,16 +45,12 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from xpusim.engine.qty import Duration, Rate
-from xpusim.engine.traces import REQUEST_SCHEMA
+from xpusim.engine.traces import MAX_TOKENS, REQUEST_SCHEMA
 
 MAX_REQUESTS = 100_000_000
 """Most requests one arrival process may generate (by ``count``, or expected from
 ``rate`` x ``duration``): a larger run would exhaust memory long before it finished, so it
 is refused at load, before anything is allocated."""
-
-MAX_TOKENS = 100_000_000
-"""Largest token length a distribution may ask for or draw; draws are clipped to it so a
-heavy-tailed law never overflows the integer columns."""
 
 
 class LengthDist(BaseModel):

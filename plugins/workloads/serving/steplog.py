@@ -1,0 +1,96 @@
+"""The columnar step log of one serving replica.
+
+The SimPy loop never builds a Python object per event: each replica appends primitives to
+one :class:`array.array` per column (:class:`StepLog`), and the ``steps`` frame is built
+once at the end (or in parts past the spill threshold) with polars.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import numpy as np
+import polars as pl
+
+from xpusim.plugins.workloads.serving.schemas import STEPS_SCHEMA
+
+
+class StepLog:
+    """Columns of one replica's steps, appended as primitives during the simulation.
+
+    The hot loop binds the ``append`` methods of each column once and calls them per
+    step; :meth:`frame` builds the ``steps`` rows of the replica at the end.
+
+    Spilling: :meth:`take` returns the rows not yet taken as a frame and empties every
+    column but ``start`` and ``end``, which keep one entry per step of the whole run
+    (schedulers index them by iteration number, and the token-gap statistics need them)
+    until the frames are built. :attr:`taken` counts the rows handed out; ``len(log)`` is
+    the number of steps while the world runs.
+    """
+
+    __slots__ = ("batch", "decode", "end", "joules", "kv", "prefill", "start", "state", "taken")
+
+    def __init__(self) -> None:
+        self.start = array("d")
+        self.end = array("d")
+        self.batch = array("i")
+        self.prefill = array("q")
+        self.decode = array("q")
+        self.kv = array("q")
+        self.state = array("i")
+        self.joules = array("d")
+        self.taken = 0
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @property
+    def pending(self) -> int:
+        """Steps logged and not yet handed out by :meth:`take`."""
+        return len(self.batch)
+
+    def numpy(self, name: str) -> np.ndarray:
+        """A column as a numpy array (a copy, so the log may be freed); ``start`` and
+        ``end`` cover every step, the other columns the pending ones."""
+        return np.array(getattr(self, name))
+
+    def frame(self, system: str, replica: int, states: list[str]) -> pl.DataFrame:
+        """The pending ``steps`` rows of this replica (:data:`STEPS_SCHEMA`); every row
+        when nothing was taken."""
+        lo = self.taken
+        n = len(self.batch)
+        start = np.array(self.start[lo:] if lo else self.start, dtype=np.float64)
+        end = np.array(self.end[lo:] if lo else self.end, dtype=np.float64)
+        state = (
+            pl.Series(states, dtype=pl.String).gather(np.array(self.state, dtype=np.int64))
+            if n
+            else pl.Series([], dtype=pl.String)
+        )
+        return pl.DataFrame(
+            {
+                "system": pl.Series([system], dtype=pl.String).new_from_index(0, n)
+                if n
+                else pl.Series([], dtype=pl.String),
+                "replica": np.full(n, replica, dtype=np.int32),
+                "step": np.arange(lo, lo + n, dtype=np.int64),
+                "start_s": start,
+                "end_s": end,
+                "batch": np.array(self.batch, dtype=np.int32),
+                "prefill_tokens": np.array(self.prefill, dtype=np.int64),
+                "decode_tokens": np.array(self.decode, dtype=np.int64),
+                "kv_blocks_used": np.array(self.kv, dtype=np.int64),
+                "state": state,
+                "joules": np.array(self.joules, dtype=np.float64),
+            },
+            schema=STEPS_SCHEMA,
+        )
+
+    def take(self, system: str, replica: int, states: list[str]) -> pl.DataFrame:
+        """The pending rows (:meth:`frame`), after which they are no longer held here."""
+        out = self.frame(system, replica, states)
+        self.taken += len(self.batch)
+        # emptied in place: the running world appends through bound methods of these
+        # very arrays (frame() copied them, so no view of them is exported)
+        for col in (self.batch, self.prefill, self.decode, self.kv, self.state, self.joules):
+            del col[:]
+        return out
