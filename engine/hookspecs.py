@@ -11,6 +11,17 @@ point group ``xpusim`` and implement any of these hooks with ``@hookimpl``::
 
 Registration hooks take a ``register`` callback so one plugin can register any number of
 things; the host's registries own name checks and de-duplication.
+
+Every command imports every plugin's entry-point module, so keep that module light: pass
+``register`` a :class:`~xpusim.engine.lazy.Lazy` reference (a name and an import path)
+instead of the object, and the object's module is imported only when a scenario or
+command first uses that name::
+
+    from xpusim.engine.lazy import Lazy
+
+    @hookimpl
+    def register_backends(register):
+        register(Lazy("mychip", "mychip_xpusim.backend:MyChipBackend"))
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ if TYPE_CHECKING:
     from xpusim.engine.backend import Backend
     from xpusim.engine.device import DeviceSpec
     from xpusim.engine.executor import Executor
+    from xpusim.engine.lazy import Lazy
     from xpusim.engine.model import ModelFamily
     from xpusim.engine.reporter import Reporter
     from xpusim.engine.results import RunResult
@@ -40,12 +52,13 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def register_backends(register: Callable[[Backend], None]) -> None:
+def register_backends(register: Callable[[Backend | Lazy], None]) -> None:
     """Register hardware backends.
 
     Fires once when the host builds its registries. Call ``register(backend)`` for each
-    :class:`~xpusim.engine.backend.Backend` instance; its ``name`` is the key scenarios use in
-    ``systems[].backend``. Return value is ignored.
+    :class:`~xpusim.engine.backend.Backend` instance, or ``register(Lazy(name, target))``
+    with a :class:`~xpusim.engine.lazy.Lazy` reference to one (imported on first use); its
+    ``name`` is the key scenarios use in ``systems[].backend``. Return value is ignored.
     """
 
 
@@ -56,51 +69,58 @@ def register_devices(register: Callable[[DeviceSpec], None]) -> None:
     Fires after every backend is registered. Call ``register(spec)`` with a
     :class:`~xpusim.engine.device.DeviceSpec` whose ``backend`` names a registered backend; the
     device joins that backend's catalog, so a vendor adds a chip without writing a
-    backend. Return value is ignored.
+    backend. A device for a backend registered lazily and not imported yet waits, and
+    joins the catalog when the backend is first used. Takes the spec itself (no lazy
+    reference). Return value is ignored.
     """
 
 
 @hookspec
-def register_models(register: Callable[[ModelFamily], None]) -> None:
+def register_models(register: Callable[[ModelFamily | Lazy], None]) -> None:
     """Register model families.
 
-    Call ``register(family)`` for each :class:`~xpusim.engine.model.ModelFamily`; its ``name``
+    Call ``register(family)`` for each :class:`~xpusim.engine.model.ModelFamily`, or a
+    :class:`~xpusim.engine.lazy.Lazy` reference to one (imported on first use); its ``name``
     is the key used in ``model.family``. Return value is ignored.
     """
 
 
 @hookspec
-def register_workloads(register: Callable[[Workload], None]) -> None:
+def register_workloads(register: Callable[[Workload | Lazy], None]) -> None:
     """Register workload kinds.
 
-    Call ``register(workload)`` for each :class:`~xpusim.engine.workload.Workload`; its ``name``
+    Call ``register(workload)`` for each :class:`~xpusim.engine.workload.Workload`, or a
+    :class:`~xpusim.engine.lazy.Lazy` reference to one (imported on first use); its ``name``
     is the key used in ``workload.kind``. Return value is ignored.
     """
 
 
 @hookspec
-def register_trace_formats(register: Callable[[TraceFormat], None]) -> None:
+def register_trace_formats(register: Callable[[TraceFormat | Lazy], None]) -> None:
     """Register trace readers.
 
-    Call ``register(fmt)`` for each :class:`~xpusim.engine.traces.TraceFormat`; its ``name`` is
-    the key used in ``workload.trace.format``. Return value is ignored.
+    Call ``register(fmt)`` for each :class:`~xpusim.engine.traces.TraceFormat`, or a
+    :class:`~xpusim.engine.lazy.Lazy` reference to one (imported on first use); its ``name``
+    is the key used in ``workload.trace.format``. Return value is ignored.
     """
 
 
 @hookspec
-def register_reporters(register: Callable[[Reporter], None]) -> None:
+def register_reporters(register: Callable[[Reporter | Lazy], None]) -> None:
     """Register output formats written into every run folder.
 
-    Call ``register(reporter)`` for each :class:`~xpusim.engine.reporter.Reporter`. Return value
-    is ignored.
+    Call ``register(reporter)`` for each :class:`~xpusim.engine.reporter.Reporter`, or a
+    :class:`~xpusim.engine.lazy.Lazy` reference to one (imported when a run writes its
+    folder). Return value is ignored.
     """
 
 
 @hookspec
-def register_executors(register: Callable[[Executor], None]) -> None:
+def register_executors(register: Callable[[Executor | Lazy], None]) -> None:
     """Register sweep executors.
 
-    Call ``register(executor)`` for each :class:`~xpusim.engine.executor.Executor`; its ``name``
+    Call ``register(executor)`` for each :class:`~xpusim.engine.executor.Executor`, or a
+    :class:`~xpusim.engine.lazy.Lazy` reference to one (imported on first use); its ``name``
     is the value of ``xpusim sweep --executor``. Return value is ignored.
     """
 
@@ -109,9 +129,10 @@ def register_executors(register: Callable[[Executor], None]) -> None:
 def register_commands(cli: Any) -> None:
     """Add sub-commands to the ``xpusim`` command line.
 
-    Fires when the CLI starts; ``cli`` is the root ``typer.Typer`` application. Add a
-    command with ``@cli.command()`` or a group with ``cli.add_typer(app, name=...)``.
-    Return value is ignored.
+    Fires when the CLI starts, unless the command line names a built-in command; ``cli``
+    is the root ``typer.Typer`` application. Add a command with ``@cli.command()`` or a
+    group with ``cli.add_typer(app, name=...)``; import what the command needs inside its
+    function, so ``xpusim --help`` stays fast. Return value is ignored.
     """
 
 

@@ -6,6 +6,13 @@ a plugin that fails to import instead of stopping. :func:`build_host` calls ever
 registration hook plugin by plugin, so each registered name knows its plugin and a plugin
 that raises inside a hook is reported by name while the others keep working.
 
+Loading is lazy: a plugin may register a :class:`~xpusim.engine.lazy.Lazy` reference
+instead of an object, and its module is imported only when the item is first used
+(``Registry.get``). The API-version and name checks run then; a failure is a
+:class:`~xpusim.engine.errors.PluginError` naming the plugin, and is recorded on that
+plugin's :class:`PluginInfo`. Devices registered for a backend that is not imported yet
+wait and join its catalog when it is.
+
 Environment: ``XPUSIM_LOAD_PLUGINS=a,b`` loads only those entry points;
 ``XPUSIM_TRACE_PLUGINS=1`` prints every hook call to standard error.
 """
@@ -18,20 +25,23 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from xpusim.engine import hookspecs
-from xpusim.engine.backend import API_VERSION, Backend
-from xpusim.engine.device import DeviceSpec
+from xpusim.engine.backend import API_VERSION
 from xpusim.engine.errors import PluginError, UnknownNameError, XpusimError
-from xpusim.engine.executor import Executor
-from xpusim.engine.model import ModelFamily
 from xpusim.engine.registry import Registry, unknown_message
-from xpusim.engine.reporter import Reporter
-from xpusim.engine.traces import TraceFormat
-from xpusim.engine.workload import Workload
+
+if TYPE_CHECKING:  # the contracts are imported by the plugins that implement them
+    from xpusim.engine.backend import Backend
+    from xpusim.engine.device import DeviceSpec
+    from xpusim.engine.executor import Executor
+    from xpusim.engine.model import ModelFamily
+    from xpusim.engine.reporter import Reporter
+    from xpusim.engine.traces import TraceFormat
+    from xpusim.engine.workload import Workload
 
 GROUP = "xpusim"
 
@@ -96,13 +106,23 @@ class Host:
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
-        self.backends: Registry[Backend] = Registry("backend")
-        self.models: Registry[ModelFamily] = Registry("model family")
-        self.workloads: Registry[Workload] = Registry("workload kind")
-        self.trace_formats: Registry[TraceFormat] = Registry("trace format")
-        self.reporters: Registry[Reporter] = Registry("reporter")
-        self.executors: Registry[Executor] = Registry("executor")
+        self.backends: Registry[Backend] = Registry(
+            "backend", self._backend_loaded, self._load_failed
+        )
+        self.models: Registry[ModelFamily] = Registry(
+            "model family", self._loaded, self._load_failed
+        )
+        self.workloads: Registry[Workload] = Registry(
+            "workload kind", self._loaded, self._load_failed
+        )
+        self.trace_formats: Registry[TraceFormat] = Registry(
+            "trace format", self._loaded, self._load_failed
+        )
+        self.reporters: Registry[Reporter] = Registry("reporter", self._loaded, self._load_failed)
+        self.executors: Registry[Executor] = Registry("executor", self._loaded, self._load_failed)
         self.plugins: dict[str, PluginInfo] = {}
+        # devices registered for a backend not imported yet: (plugin, spec) by backend
+        self._pending_devices: dict[str, list[tuple[str, DeviceSpec]]] = {}
         for name, err in getattr(pm, "xpusim_failures", {}).items():
             self.plugins[name] = PluginInfo(name=name, error=err, version=self._version(name))
         self._register_all()
@@ -132,7 +152,6 @@ class Host:
                 continue
 
             def register(item: Any, _plugin: str = plugin) -> None:
-                self._check_api(item, _plugin)
                 add(_plugin, item)
                 name = getattr(item, "name", "?")
                 self._info(_plugin).registered.setdefault(
@@ -150,13 +169,29 @@ class Host:
             except Exception as exc:
                 info.error = f"in {hook}: {type(exc).__name__}: {exc}"
 
-    def _check_api(self, item: Any, plugin: str) -> None:
+    def _loaded(self, name: str, item: Any, plugin: str) -> None:
+        """Checks every registered object passes when it first exists: the engine API."""
         want = str(getattr(item, "api_version", API_VERSION))
         if want.split(".")[0] != API_VERSION.split(".")[0]:
             raise PluginError(
                 f"plugin {plugin!r} targets xpusim engine API {want}, but this engine speaks "
                 f"API {API_VERSION}; install a release of the plugin made for API {API_VERSION}."
             )
+
+    def _backend_loaded(self, name: str, backend: Backend, plugin: str) -> None:
+        """A backend's checks, then the devices other plugins registered for it."""
+        self._loaded(name, backend, plugin)
+        for owner, spec in self._pending_devices.pop(name, []):
+            try:
+                self._attach_device(owner, spec, backend)
+            except XpusimError as exc:
+                self._info(owner).error = f"in register_devices: {exc}"
+
+    def _load_failed(self, name: str, plugin: str, error: PluginError) -> None:
+        """Record a lazy item that failed to import on its plugin, for ``xpusim plugins``."""
+        info = self._info(plugin)
+        if not info.error:
+            info.error = str(error)
 
     def _register_all(self) -> None:
         for plugin in [n for n, _ in self.pm.list_name_plugin()]:
@@ -170,9 +205,15 @@ class Host:
         self._call("register_executors", lambda p, e: self.executors.add(e.name, e, p))
 
     def _add_device(self, plugin: str, spec: DeviceSpec) -> None:
-        backend = self.backends.get(
-            spec.backend, where=f"device {spec.name!r} from plugin {plugin!r}"
-        )
+        where = f"device {spec.name!r} from plugin {plugin!r}"
+        if spec.backend not in self.backends:
+            self.backends.get(spec.backend, where=where)  # raises, listing the backends
+        if self.backends.loaded(spec.backend):
+            self._attach_device(plugin, spec, self.backends.get(spec.backend, where=where))
+        else:
+            self._pending_devices.setdefault(spec.backend, []).append((plugin, spec))
+
+    def _attach_device(self, plugin: str, spec: DeviceSpec, backend: Backend) -> None:
         if spec.name in backend.devices():
             raise PluginError(
                 f"device {spec.name!r} from plugin {plugin!r} is already in backend "

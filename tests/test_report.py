@@ -18,6 +18,7 @@ from xpusim.engine.report.compare import compare_runs, load_run
 from xpusim.engine.report.html import render_html
 from xpusim.engine.report.markdown import render_markdown
 from xpusim.engine.report.timeline import build_trace
+from xpusim.engine.lazy import Lazy
 from xpusim.engine.reporter import Reporter
 from xpusim.engine.results import RunResult, SystemResult, write_run
 from xpusim.plugins.reporters import register_reporters
@@ -138,7 +139,7 @@ def synthetic_run(scenario: str = "synthetic") -> RunResult:
 
 def _reporters() -> list[Reporter]:
     found: list[Reporter] = []
-    register_reporters(found.append)
+    register_reporters(lambda r: found.append(r.load() if isinstance(r, Lazy) else r))
     return found
 
 

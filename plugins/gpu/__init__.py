@@ -1,18 +1,21 @@
 """The GPU backend: NVIDIA and AMD data-centre GPUs priced by an analytic roofline with
-tile and wave quantization (see ``docs/backends/gpu.md``)."""
+tile and wave quantization (see ``docs/backends/gpu.md``).
+
+This entry-point module registers the backend by name only; :mod:`xpusim.plugins.gpu.backend`
+is imported the first time a scenario or command uses it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from xpusim import hookimpl
-from xpusim.engine.backend import Backend
-from xpusim.plugins.gpu.backend import GpuBackend
+from xpusim.engine.lazy import Lazy
 
-__all__ = ["GpuBackend", "register_backends"]
+__all__ = ["register_backends"]
 
 
 @hookimpl
-def register_backends(register: Callable[[Backend], None]) -> None:
-    """Register the ``gpu`` backend."""
-    register(GpuBackend())
+def register_backends(register: Callable[[Lazy], None]) -> None:
+    """Register the ``gpu`` backend (imported on first use)."""
+    register(Lazy("gpu", "xpusim.plugins.gpu.backend:GpuBackend"))

@@ -29,8 +29,8 @@ from xpusim.plugins.models.common import (
     torch_dtype,
     validate_spec,
 )
+from xpusim.plugins.models.counting import NORM_FLOPS
 from xpusim.plugins.models.presets import ENCODER_PRESETS, ENCODER_SOURCES
-from xpusim.plugins.models.tracing import NORM_FLOPS
 from xpusim.plugins.models.transformer import INDEX_BYTES, _Builder, _divisors
 
 __all__ = ["FAMILIES", "BertModel", "EncoderConfig", "EncoderModel"]

@@ -55,6 +55,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from xpusim.engine.graph import Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from xpusim.plugins.models.counting import NORM_FLOPS, causal_pairs
 
 __all__ = [
     "NORM_FLOPS",
@@ -66,10 +67,6 @@ __all__ = [
     "graph_from_trace",
     "trace_module",
 ]
-
-NORM_FLOPS = 5
-"""FLOPs per element charged to a norm or softmax (mean/max, subtract, square/exp, sum,
-scale) by the tracer and by the parametric builders alike."""
 
 F_ = TypeVar("F_", bound=Callable[..., Any])
 
@@ -508,17 +505,6 @@ _ZERO = {
     "result_type",
 }
 _ALIASING = _ZERO  # outputs of these alias their input (parameter views stay parameters)
-
-
-def causal_pairs(queries: int, keys: int) -> float:
-    """Attended (query, key) pairs of one head of a causal mask aligned bottom-right: the
-    ``q`` new queries sit at the end of ``keys`` positions, query ``i`` sees
-    ``keys − q + i + 1`` keys. Equal to ``q·k − q·(q−1)/2`` when ``k ≥ q``."""
-    q, k = queries, keys
-    if k >= q:
-        return q * k - q * (q - 1) / 2
-    # fewer keys than queries: the first q-k queries see nothing (degenerate)
-    return k * (k + 1) / 2
 
 
 def _causal_pairs_top_left(queries: int, keys: int) -> float:

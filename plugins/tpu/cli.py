@@ -6,28 +6,24 @@ the layer's per-cycle demand runs through the SCALE-Sim-style scratchpad model
 (:mod:`xpusim.plugins.tpu.memory`) with ``--sram-kb`` SRAMs, which adds stall cycles.
 ``--emulate`` also runs the cycle-stepped array on random integers and checks the product
 against numpy.
+
+The plugin adds this group to every ``xpusim`` command line, so this module imports only
+typer; the array model (numpy and the systolic modules) is imported inside the commands
+that run it.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import typer
 
-from xpusim.plugins.tpu.cycles import gemm_cycles
-from xpusim.plugins.tpu.memory import MemoryConfig, simulate_stalls
-from xpusim.plugins.tpu.systolic import (
-    DATAFLOWS,
-    ConvShape,
-    Operands,
-    SystolicArray,
-    conv_operands,
-    demand_trace,
-    gemm_operands,
-)
+if TYPE_CHECKING:
+    import numpy as np
+
+    from xpusim.plugins.tpu.systolic import Operands
 
 tpu_app = typer.Typer(
     name="tpu",
@@ -106,6 +102,8 @@ def parse_sram(text: str | None) -> tuple[float, float, float]:
 
 
 def check_dataflow(df: str) -> str:
+    from xpusim.plugins.tpu.systolic import DATAFLOWS
+
     d = df.lower()
     if d not in DATAFLOWS:
         raise BadInput(
@@ -134,6 +132,10 @@ def evaluate(
     layer: dict[str, Any],
 ) -> dict[str, Any]:
     """The report of one layer (GEMM dims already in ``ops``)."""
+    from xpusim.plugins.tpu.cycles import gemm_cycles
+    from xpusim.plugins.tpu.memory import MemoryConfig, simulate_stalls
+    from xpusim.plugins.tpu.systolic import demand_trace
+
     m, n, k = ops.mnk
     cf = gemm_cycles(m, n, k, rows, cols, dataflow)
     out: dict[str, Any] = {
@@ -211,6 +213,10 @@ def _print(rep: dict[str, Any], as_json: bool) -> None:
 def _emulate(
     ops: Operands, a: np.ndarray, b: np.ndarray, rows: int, cols: int, dataflow: str
 ) -> str:
+    import numpy as np
+
+    from xpusim.plugins.tpu.systolic import SystolicArray
+
     m, n, k = ops.mnk
     if m * n * k > MAX_EMULATED_MACS:
         raise BadInput(
@@ -242,6 +248,10 @@ def gemm_cmd(
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Cycles of one GEMM ``M×K · K×N`` on a systolic array."""
+    import numpy as np
+
+    from xpusim.plugins.tpu.systolic import gemm_operands
+
     try:
         if min(m, n, k) < 1:
             raise BadInput(f"GEMM dimensions must be at least 1, got M={m} N={n} K={k}.")
@@ -279,6 +289,10 @@ def conv_cmd(
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Cycles of a convolution lowered to a GEMM by im2col (as SCALE-Sim does)."""
+    import numpy as np
+
+    from xpusim.plugins.tpu.systolic import ConvShape, conv_operands, im2col
+
     try:
         h, w, c = parse_ints(ifmap, 3, "--ifmap")
         fh, fw = parse_ints(filt, 2, "--filter")
@@ -314,8 +328,6 @@ def conv_cmd(
         if emulate:
             rng = np.random.default_rng(0)
             x = rng.integers(-8, 8, (h, w, c))
-            from xpusim.plugins.tpu.systolic import im2col
-
             a = im2col(x, conv)
             b = rng.integers(-8, 8, (fh * fw * c, filters))
             rep["emulated"] = _emulate(ops, a, b, rows, cols, df)

@@ -1,0 +1,24 @@
+"""Counting rules shared by the torch tracer and the parametric graph builders.
+
+Kept apart from :mod:`xpusim.plugins.models.tracing` (which needs torch) so the
+parametric builders, and with them scenario validation and simulation, import no torch.
+"""
+
+from __future__ import annotations
+
+__all__ = ["NORM_FLOPS", "causal_pairs"]
+
+NORM_FLOPS = 5
+"""FLOPs per element charged to a norm or softmax (mean/max, subtract, square/exp, sum,
+scale) by the tracer and by the parametric builders alike."""
+
+
+def causal_pairs(queries: int, keys: int) -> float:
+    """Attended (query, key) pairs of one head of a causal mask aligned bottom-right: the
+    ``q`` new queries sit at the end of ``keys`` positions, query ``i`` sees
+    ``keys − q + i + 1`` keys. Equal to ``q·k − q·(q−1)/2`` when ``k ≥ q``."""
+    q, k = queries, keys
+    if k >= q:
+        return q * k - q * (q - 1) / 2
+    # fewer keys than queries: the first q-k queries see nothing (degenerate)
+    return k * (k + 1) / 2

@@ -1,0 +1,314 @@
+"""The torch module of the decoder-only transformers (:class:`DecoderLM`).
+
+Built and traced on the ``meta`` device to check the parametric graph of
+:mod:`xpusim.plugins.models.transformer` (which holds the configuration and imports no
+torch) and run for real by the measured ``cpu`` backend. Imported by
+:meth:`~xpusim.plugins.models.transformer.DecoderModel.module`, so only a command that
+builds a module pays for torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from xpusim.engine.graph import OpKind
+from xpusim.plugins.models.counting import NORM_FLOPS
+from xpusim.plugins.models.tracing import causal_attention, fused_op
+from xpusim.plugins.models.transformer import (
+    ATTENTION_DROPOUT,
+    GLU_FLOPS,
+    ROPE_FLOPS,
+    DecoderConfig,
+)
+
+__all__ = ["DecoderLM", "apply_rope", "scale_mask_softmax", "unfused_attention"]
+
+
+@fused_op("rope", OpKind.ELEMENTWISE, ROPE_FLOPS)
+def apply_rope(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position embedding (Su et al. 2021) of ``q`` and ``k`` (``[b, heads, t, d]``)
+    with ``cos``/``sin`` tables of ``[t, d]``; one fused kernel for the tracer."""
+
+    def rot(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((-x2, x1), dim=-1)
+
+    return q * cos + rot(q) * sin, k * cos + rot(k) * sin
+
+
+@fused_op("scale_mask_softmax", OpKind.SOFTMAX, NORM_FLOPS)
+def scale_mask_softmax(scores: torch.Tensor, scale: float, offset: int) -> torch.Tensor:
+    """``softmax(scale · scores)`` over the last dimension under a causal mask aligned
+    bottom-right (query ``i`` sees keys ``≤ offset + i``; ``offset = keys − queries``),
+    computed in fp32 and returned in the scores' dtype: Megatron-LM's fused
+    scale+mask+softmax kernel (``FusedScaleMaskSoftmax`` with
+    ``attention_softmax_in_fp32``; ``scaled_upper_triang_masked_softmax``), one op for the
+    tracer that reads the scores and writes the probabilities."""
+    q, k = scores.shape[-2], scores.shape[-1]
+    keep = torch.ones(q, k, dtype=torch.bool, device=scores.device).tril(offset)
+    x = (scores.float() * scale).masked_fill(~keep, float("-inf"))
+    return torch.softmax(x, dim=-1).to(scores.dtype)
+
+
+def unfused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, training: bool
+) -> torch.Tensor:
+    """Causal attention as Megatron-LM ran it before FlashAttention (``attention: unfused``).
+
+    ``q`` is ``[b, heads, t, d]``, ``k``/``v`` ``[b, kv_heads, keys, d]`` (the queries are
+    the last ``t`` of ``keys`` positions); returns the context ``[b, t, heads·d]``.
+    Following ``megatron/model/transformer.py`` (``ParallelSelfAttention`` of 2021, later
+    ``CoreAttention``): K/V are repeated to every query head when there are fewer KV heads;
+    ``QKᵀ`` is a batched GEMM that writes the ``t × keys`` scores of every head; a fused
+    scale+mask+softmax (:func:`scale_mask_softmax`) rewrites them as probabilities; in
+    training, dropout with :data:`ATTENTION_DROPOUT` writes the dropped probabilities and a
+    1-byte keep-mask (``native_dropout``, the fused CUDA kernel ``nn.Dropout`` runs); the
+    ``PV`` batched GEMM writes the context, which one copy turns token-major (Megatron's
+    ``permute(2, 0, 1, 3).contiguous()``).
+
+    Megatron's activations are sequence-first, so its ``[b·heads, s, d]`` operands are
+    views and each GEMM is one strided-batched launch; this module is batch-first, where no
+    such view exists, so it runs one ``heads``-batched GEMM per sequence over the same
+    operands (the same FLOPs and bytes, counted as one op by the parametric graph).
+    """
+    b, h, t, d = q.shape
+    kv, keys = k.shape[1], k.shape[2]
+    if kv != h:  # Megatron-LM's CoreAttention: key_layer.repeat(...), a copy per tensor
+        g = h // kv
+        k = k[:, :, None].expand(b, kv, g, keys, d).contiguous().view(b, h, keys, d)
+        v = v[:, :, None].expand(b, kv, g, keys, d).contiguous().view(b, h, keys, d)
+    scale = d**-0.5
+    outs = []
+    for i in range(b):
+        probs = scale_mask_softmax(torch.bmm(q[i], k[i].transpose(1, 2)), scale, keys - t)
+        if training:
+            probs, _ = torch.native_dropout(probs, ATTENTION_DROPOUT, True)
+        outs.append(torch.bmm(probs, v[i]).transpose(0, 1))
+    return torch.stack(outs).reshape(b, t, h * d)
+
+
+_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+def _glu(act: str) -> Any:
+    fn: Callable[[torch.Tensor], torch.Tensor] = _ACTS[act]
+
+    @fused_op("glu", OpKind.ELEMENTWISE, GLU_FLOPS)
+    def glu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Gated activation ``act(g)·u`` (SwiGLU for silu; Shazeer 2020)."""
+        return fn(g) * u
+
+    return glu
+
+
+def _norm(cfg: DecoderConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.hidden, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with a fused QKV projection, GQA/MQA and a KV cache; the
+    core runs as one fused kernel (``attention: flash``) or as Megatron-LM's separate
+    kernels (``attention: unfused``, :func:`unfused_attention`)."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.h, self.kv, self.d = cfg.heads, cfg.kv, cfg.d
+        self.unfused = cfg.attention == "unfused"
+        self.qkv = nn.Linear(cfg.hidden, (self.h + 2 * self.kv) * self.d, bias=cfg.bias)
+        self.out = nn.Linear(self.h * self.d, cfg.hidden, bias=cfg.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: torch.Tensor | None,
+        start: int,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).split([self.h * self.d, self.kv * self.d, self.kv * self.d], -1)
+        q = q.view(b, t, self.h, self.d).transpose(1, 2)
+        k = k.view(b, t, self.kv, self.d).transpose(1, 2)
+        v = v.view(b, t, self.kv, self.d).transpose(1, 2)
+        if cos is not None and sin is not None:
+            q, k = apply_rope(q, k, cos, sin)
+        if cache is not None:  # [2, b, kv, max_len, d]: write the new tokens, read all
+            cache[0, :, :, start : start + t].copy_(k)
+            cache[1, :, :, start : start + t].copy_(v)
+            k, v = cache[0, :, :, : start + t], cache[1, :, :, : start + t]
+        if self.unfused:
+            return self.out(unfused_attention(q, k, v, self.training))
+        keys = k.shape[2]
+        gqa = self.kv != self.h
+        if t == 1:
+            o = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        elif keys == t:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:  # a prefill chunk after `start` cached tokens
+            o = causal_attention(q, k, v, enable_gqa=gqa)
+        return self.out(o.transpose(1, 2).reshape(b, t, self.h * self.d))
+
+
+class MLP(nn.Module):
+    """Dense MLP: ``fc2(act(fc1 x))`` or, gated, ``down(act(gate x)·up x)`` with a fused
+    gate/up projection."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.gated = cfg.gated_mlp
+        f = cfg.ffn
+        self.up = nn.Linear(cfg.hidden, 2 * f if self.gated else f, bias=cfg.bias)
+        self.down = nn.Linear(f, cfg.hidden, bias=cfg.bias)
+        self.glu = _glu(cfg.activation)
+        self.act: Callable[[torch.Tensor], torch.Tensor] = _ACTS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(x)
+        if self.gated:
+            g, u = y.chunk(2, dim=-1)
+            y = self.glu(g, u)
+        else:
+            y = self.act(y)
+        return self.down(y)
+
+
+class MoE(nn.Module):
+    """Top-k mixture of experts with balanced-capacity dispatch.
+
+    Tokens are routed by a linear router, the top-k logits softmaxed (Mixtral), the
+    (token, expert) pairs sorted by expert and cut into ``E`` equal slices of
+    ``C = T·k/E`` rows that batched GEMMs process. The shapes are those of perfectly
+    balanced routing with capacity factor 1, which is what the cost model assumes; the
+    numerics are not a faithful Mixtral (a slice may hold another expert's tokens).
+    """
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.e, self.k, h, f = cfg.experts, cfg.top_k, cfg.hidden, cfg.ffn
+        self.gated = cfg.gated_mlp
+        self.router = nn.Linear(h, self.e, bias=False)
+        self.w_up = nn.Parameter(torch.empty(self.e, h, 2 * f if self.gated else f))
+        self.w_down = nn.Parameter(torch.empty(self.e, f, h))
+        nn.init.normal_(self.w_up, std=h**-0.5)
+        nn.init.normal_(self.w_down, std=f**-0.5)
+        self.glu = _glu(cfg.activation)
+        self.act: Callable[[torch.Tensor], torch.Tensor] = _ACTS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        n = x.shape[0]
+        logits = self.router(x)
+        topv, topi = torch.topk(logits, self.k, dim=-1)
+        weights = F.softmax(topv, dim=-1)
+        order = torch.argsort(topi.reshape(-1))
+        token = torch.floor_divide(order, self.k)
+        xs = x.index_select(0, token)
+        rows = n * self.k
+        cap = -(-rows // self.e)
+        if cap * self.e != rows:
+            xs = F.pad(xs, (0, 0, 0, cap * self.e - rows))
+        y = torch.bmm(xs.view(self.e, cap, -1), self.w_up)
+        if self.gated:
+            g, u = y.chunk(2, dim=-1)
+            y = self.glu(g, u)
+        else:
+            y = self.act(y)
+        y = torch.bmm(y, self.w_down).view(cap * self.e, -1)[:rows]
+        w = weights.reshape(-1).index_select(0, order)
+        y = y * w.unsqueeze(-1)
+        out = torch.zeros_like(x).index_add_(0, token, y)
+        return out.view(shape)
+
+
+class Block(nn.Module):
+    """One transformer layer: pre-norm serial (``x + attn(ln x)``, ``x + mlp(ln x)``) or
+    parallel (``x + attn(ln x) + mlp(ln x)``, PaLM)."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.parallel = cfg.parallel_block
+        self.ln1 = _norm(cfg)
+        self.ln2 = None if self.parallel else _norm(cfg)
+        self.attn = Attention(cfg)
+        self.mlp: nn.Module = MoE(cfg) if cfg.moe else MLP(cfg)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: torch.Tensor | None,
+        start: int,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
+    ) -> torch.Tensor:
+        h = self.ln1(x)
+        if self.ln2 is None:
+            return x + self.attn(h, cache, start, cos, sin) + self.mlp(h)
+        x = x + self.attn(h, cache, start, cos, sin)
+        return x + self.mlp(self.ln2(x))
+
+
+class DecoderLM(nn.Module):
+    """A decoder-only language model.
+
+    ``forward(ids, kv_cache=None, start=0, last_only=False)``: ``ids`` ``[b, t]`` new
+    tokens at positions ``start …start+t``; ``kv_cache`` ``[layers, 2, b, kv_heads,
+    max_len, head_dim]`` receives their keys and values and supplies the ``start`` earlier
+    ones; ``last_only`` computes logits for the last token of each sequence (serving)
+    instead of every token (scoring, training).
+    """
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
+        self.pos = nn.Embedding(cfg.seq_len, cfg.hidden) if cfg.position == "learned" else None
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.norm = _norm(cfg)
+        self.head = None if cfg.tied_embeddings else nn.Linear(cfg.hidden, cfg.vocab, bias=False)
+        if cfg.position == "rope":
+            d = cfg.d
+            inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+            ang = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float32), inv)
+            ang = torch.cat((ang, ang), dim=-1)
+            self.register_buffer("cos", ang.cos(), persistent=False)
+            self.register_buffer("sin", ang.sin(), persistent=False)
+        else:
+            self.cos = self.sin = None
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        kv_cache: torch.Tensor | None = None,
+        start: int = 0,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        t = ids.shape[1]
+        if start + t > self.cfg.seq_len:
+            raise ValueError(f"positions up to {start + t} exceed seq_len {self.cfg.seq_len}")
+        x = self.embed(ids)
+        if self.pos is not None:
+            x = x + self.pos.weight[start : start + t]
+        cos = self.cos[start : start + t] if self.cos is not None else None
+        sin = self.sin[start : start + t] if self.sin is not None else None
+        for i, layer in enumerate(self.layers):
+            x = layer(x, None if kv_cache is None else kv_cache[i], start, cos, sin)
+        x = self.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        if self.head is None:
+            return F.linear(x, self.embed.weight)
+        return self.head(x)
