@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xpusim.engine.errors import XpusimError
-from xpusim.engine.host import Host
-from xpusim.engine.scenario import Scenario
+
+if TYPE_CHECKING:
+    from xpusim.engine.host import Host
+    from xpusim.engine.scenario import Scenario
 
 
 def apply_calibrations(scenario: Scenario, host: Host, files: Sequence[Path]) -> list[str]:

@@ -2,33 +2,34 @@
 
 Exit status: 0 ok, 2 bad input (one paragraph on standard error, never a traceback),
 1 internal fault, 130 interrupted (nothing written).
+
+Start-up is kept short: this module imports only typer at the top; rich, the plugin host
+and each command's implementation are imported inside the command that needs them, and
+plugins' extra commands are added only when the command line does not name a built-in
+command (``xpusim --help`` lists them; ``xpusim version`` loads no plugin at all).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
 from xpusim.engine import __version__
-from xpusim.engine.calibration import apply_calibrations
 from xpusim.engine.errors import XpusimError
-from xpusim.engine.host import Host, build_host
-from xpusim.engine.scenario import load_scenario
+
+if TYPE_CHECKING:
+    import pluggy
+    from rich.console import Console
+    from rich.table import Table
+
+    from xpusim.engine.host import Host
 
 app = typer.Typer(
     name="xpusim",
@@ -37,9 +38,32 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# A pipe or a CI log is not a terminal: give tables room rather than 80 columns.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 180)
-err = Console(stderr=True, highlight=False)
+
+
+class _LazyConsole:
+    """A rich ``Console`` made on first use, so commands that print nothing through rich
+    (``version``) do not import it."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+
+    @functools.cached_property
+    def _console(self) -> Console:
+        from rich.console import Console
+
+        if self._stderr:
+            return Console(stderr=True, highlight=False)
+        # A pipe or a CI log is not a terminal: give tables room rather than 80 columns.
+        return Console(highlight=False, width=None if sys.stdout.isatty() else 180)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._console, name)
+
+
+out = cast("Console", _LazyConsole(stderr=False))
+"""Standard output (a rich console, created on first use)."""
+err = cast("Console", _LazyConsole(stderr=True))
+"""Standard error (a rich console, created on first use)."""
 
 T = TypeVar("T")
 
@@ -56,14 +80,28 @@ def guarded(fn: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
+_PM: pluggy.PluginManager | None = None
 _HOST: Host | None = None
 
 
+def _pm() -> pluggy.PluginManager:
+    """The plugin manager for this process, built once (entry points are imported, the
+    objects they register are not)."""
+    global _PM
+    if _PM is None:
+        from xpusim.engine.host import get_plugin_manager
+
+        _PM = get_plugin_manager()
+    return _PM
+
+
 def _host() -> Host:
-    """The host for this process, built once (plugin import is not free)."""
+    """The host for this process, built once from :func:`_pm`."""
     global _HOST
     if _HOST is None:
-        _HOST = build_host()
+        from xpusim.engine.host import build_host
+
+        _HOST = build_host(_pm())
     return _HOST
 
 
@@ -95,6 +133,8 @@ _FALLBACK = {
 
 def summary_table(summary: dict[str, Any]) -> Table:
     """A rich table of a run's ``summary.json`` document, one row per system."""
+    from rich.table import Table
+
     systems = summary["systems"]
 
     def shown(key: str) -> bool:
@@ -138,7 +178,11 @@ def run(
     ] = None,
 ) -> None:
     """Run one scenario on all its systems and write a run folder."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from xpusim.engine.calibration import apply_calibrations
     from xpusim.engine.run import run_scenario
+    from xpusim.engine.scenario import load_scenario
 
     def go() -> None:
         host = _host()
@@ -181,6 +225,7 @@ def validate(
 ) -> None:
     """Check a scenario (schema, plugins, devices, traces, memory fit) without simulating."""
     from xpusim.engine.run import TraceCache, prepare
+    from xpusim.engine.scenario import load_scenario
 
     def go() -> None:
         host = _host()
@@ -223,6 +268,14 @@ def sweep(
     retries: Annotated[int, typer.Option(help="Retries of a point whose worker died.", min=0)] = 2,
 ) -> None:
     """Run every point of a scenario's sweep through an executor; re-runs skip done points."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     from xpusim.engine.run import utc_stamp
     from xpusim.engine.scenario import apply_override, parse_set, read_scenario_data
     from xpusim.engine.sweep import run_sweep
@@ -317,6 +370,7 @@ def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List every plugin with its version and what it registered."""
+    from rich.table import Table
 
     def go() -> None:
         host = _host()
@@ -353,12 +407,32 @@ def plugins(
     guarded(go)
 
 
+SECONDS_PER_HOUR = 3600.0
+"""Catalog prices are USD per second inside the engine; listings show USD per hour."""
+
+
+def _hourly_prices(spec: Any) -> dict[str, dict[str, Any]]:
+    """A device's rental prices (``on_demand``, ``spot``, ``reserved``) per device-hour,
+    each with the figure's source and any stated assumption (which carries its date)."""
+    prices: dict[str, dict[str, Any]] = {}
+    for kind in ("on_demand", "spot", "reserved"):
+        fig = getattr(spec.price, kind)
+        if fig is not None:
+            prices[kind] = {
+                "usd": fig.value * SECONDS_PER_HOUR,
+                "source": fig.source or None,
+                "assumption": fig.assumption or None,
+            }
+    return prices
+
+
 @app.command()
 def devices(
     backend: Annotated[str | None, typer.Option(help="Only this backend's devices.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List the devices every backend can simulate, with their key figures and sources."""
+    from rich.table import Table
 
     def go() -> None:
         host = _host()
@@ -377,7 +451,7 @@ def devices(
                         "memory_bytes": spec.memory_bytes.value,
                         "memory_bw": spec.memory_bw.value,
                         "max_w": spec.power.max_w.value if spec.power.max_w else None,
-                        "on_demand": spec.price.on_demand.value if spec.price.on_demand else None,
+                        "price_per_hour": _hourly_prices(spec),
                         "aliases": list(spec.aliases),
                         "sources": {k: f.cited for k, f in spec.figures().items()},
                     }
@@ -391,6 +465,7 @@ def devices(
         for r in rows:
             pf = r["peak_flops"]
             peak = pf.get("bf16") or pf.get("fp16") or (max(pf.values()) if pf else None)
+            hourly = r["price_per_hour"].get("on_demand")
             t.add_row(
                 r["backend"],
                 r["name"],
@@ -398,7 +473,7 @@ def devices(
                 f"{r['memory_bytes'] / 1e9:,.1f}",
                 f"{r['memory_bw'] / 1e12:,.2f}",
                 "-" if r["max_w"] is None else f"{r['max_w']:,.0f}",
-                "-" if r["on_demand"] is None else f"{r['on_demand']:,.2f}",
+                "-" if hourly is None else f"{hourly['usd']:,.2f}",
             )
         out.print(t)
 
@@ -410,6 +485,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List model families and their presets."""
+    from rich.table import Table
 
     def go() -> None:
         host = _host()
@@ -479,20 +555,42 @@ def calibrate(
 @app.command()
 def version() -> None:
     """Print the xpusim version."""
-    out.print(__version__)
+    typer.echo(__version__)
+
+
+def _builtin_commands() -> set[str]:
+    """Names of the commands this module defines."""
+    return {
+        c.name or c.callback.__name__.replace("_", "-")
+        for c in app.registered_commands
+        if c.callback is not None
+    }
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The command an argument list names (its first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def _add_plugin_commands() -> None:
+    """Let plugins add their commands (``register_commands``)."""
     try:
-        host = _host()
+        pm = _pm()
     except XpusimError:
         return
-    host.pm.hook.register_commands(cli=app)
+    pm.hook.register_commands(cli=app)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    _add_plugin_commands()
+    """Console-script entry point.
+
+    Plugins' commands are added only when the command line does not name a built-in
+    command: ``xpusim --help`` and ``xpusim tpu ...`` load them, ``xpusim version`` and
+    ``xpusim run ...`` do not need them.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if _command_word(args) not in _builtin_commands():
+        _add_plugin_commands()
     try:
         app(args=argv, prog_name="xpusim")
     except SystemExit as exc:
