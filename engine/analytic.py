@@ -41,7 +41,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from xpusim.engine.backend import Compiled, Cost, Fit
+from xpusim.engine.backend import Compiled, Cost, Fit, StageCosts
 from xpusim.engine.device import DeviceSpec, Figure
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
 from xpusim.engine.model import ModelGraph
@@ -179,6 +179,32 @@ class AnalyticCompiled(Compiled):
                 memory += t.memory_s * n
             overhead += t.overhead_s * n
         return {"compute": compute, "memory": memory, "comm": comm, "overhead": overhead}
+
+    def collective_seconds(self, kind: Collective, nbytes: float, group: int) -> float:
+        """Seconds of one ``kind`` collective of ``nbytes`` per device over ``group``
+        devices, priced by the backend's collective function."""
+        return float(self.collective(kind, nbytes, group))
+
+    def stage_costs(self, shape: Shape) -> StageCosts:
+        """The stage graph of ``shape`` priced op by op, split into passes by the model's
+        :meth:`~xpusim.engine.model.ModelGraph.training_stages`; a graph without listed
+        backward ops splits its forward time 1:2."""
+        stages = self.model.training_stages(self.graph(shape))
+        fwd = self.stage_breakdown(stages.forward)
+        opt = self.stage_breakdown(stages.optimizer)
+        if not stages.backward.ops:
+            return StageCosts(
+                forward={k: v / 3 for k, v in fwd.items()},
+                backward={k: 2 * v / 3 for k, v in fwd.items()},
+                optimizer=opt,
+                how="stage graph priced op by op; forward:backward split 1:2",
+            )
+        return StageCosts(
+            forward=fwd,
+            backward=self.stage_breakdown(stages.backward),
+            optimizer=opt,
+            how="stage graph priced op by op; forward/backward split by the model's passes",
+        )
 
     def _cost(self, shape: Shape) -> Cost:
         graph = self.graph(shape)

@@ -13,8 +13,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
 
 from xpusim.engine.device import DeviceSpec, Figure
+from xpusim.engine.errors import UnsupportedError
 from xpusim.engine.graph import Collective, Shape
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
@@ -75,11 +80,39 @@ class Support:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class StageCosts:
+    """Seconds by cause of one training micro-batch on one pipeline-stage device, split
+    into its ``forward`` pass, its ``backward`` pass (recomputation included) and the
+    ``optimizer`` update; ``how`` says in words how the split was made (for the report)."""
+
+    forward: Mapping[str, float]
+    backward: Mapping[str, float]
+    optimizer: Mapping[str, float]
+    how: str
+
+
+class NoOptions(BaseModel):
+    """The options schema of a backend that takes none: every key is unknown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Compiled(ABC):
     """A model compiled onto one system: prices steps and reports memory fit.
 
-    Subclasses implement :meth:`_cost`; :meth:`cost` memoizes it per shape.
+    Subclasses implement :meth:`_cost`; :meth:`cost` memoizes it per shape. The other
+    methods are optional capabilities with documented defaults that a backend overrides
+    where it knows better: :meth:`stage_costs` (training's forward/backward split),
+    :meth:`collective_seconds` (collectives at the backend's link rates),
+    :attr:`reserve_bytes` (fixed runtime memory per device), :attr:`replicas` and
+    :meth:`rebind` (event-driven backends whose cost depends on a workload's run
+    settings), :meth:`power_model` and :meth:`figures_used`.
     """
+
+    reserve_bytes: float = 0.0
+    """Fixed runtime memory per device (runtime context, library workspaces) that every
+    plan needs besides weights, activations and optimizer state; default none."""
 
     def __init__(self, system: System, model: ModelGraph) -> None:
         self.system = system
@@ -128,6 +161,47 @@ class Compiled(ABC):
         """Catalog figures this compilation relied on (for 'Assumptions and sources')."""
         return self.system.device.figures()
 
+    @property
+    def replicas(self) -> int:
+        """Independent copies of the model the system runs at once. The default is the
+        system's data-parallel replicas; a backend whose devices together run one copy
+        (a neuromorphic machine of several boards) says 1."""
+        return self.system.replicas
+
+    def rebind(self, model: ModelGraph) -> Compiled:
+        """This system compiled for ``model``, a copy of the compiled model with a
+        workload's run settings applied (a spiking workload's input rate or timestep).
+        The default keeps this compilation: its costs do not depend on those settings.
+        A backend whose costs do (an event-driven chip counting spikes) compiles anew."""
+        del model
+        return self
+
+    def collective_seconds(self, kind: Collective, nbytes: float, group: int) -> float | None:
+        """Seconds of one ``kind`` collective of ``nbytes`` per device over ``group``
+        devices at the link rates this compilation achieves, or ``None`` (the default)
+        when the backend prices no collectives itself; the engine then uses the
+        system's topology at its catalog link rates."""
+        del kind, nbytes, group
+        return None
+
+    def stage_costs(self, shape: Shape) -> StageCosts:
+        """The forward, backward and optimizer seconds by cause of one training
+        micro-batch of ``shape`` on one pipeline-stage device. The default divides
+        :meth:`cost` by the pipeline depth and splits it forward:backward 1:2 (the
+        backward pass computes gradients of both activations and weights); analytic
+        backends price the model's stage graphs instead."""
+        cost = self.cost(shape)
+        p = max(1, self.system.parallelism.pipeline)
+        br = dict(cost.breakdown) if cost.breakdown else {"compute": cost.seconds}
+        scale = cost.seconds / max(sum(br.values()), 1e-300) / p
+        stage = {k: v * scale for k, v in br.items()}
+        return StageCosts(
+            forward={k: v / 3 for k, v in stage.items()},
+            backward={k: 2 * v / 3 for k, v in stage.items()},
+            optimizer={},
+            how="Compiled.cost / pipeline; forward:backward split 1:2",
+        )
+
 
 class Backend(ABC):
     """A hardware backend.
@@ -137,11 +211,22 @@ class Backend(ABC):
     through :meth:`add_device`); :meth:`supports` answers without raising;
     :meth:`compile` returns a :class:`Compiled`; :meth:`collective_seconds` prices one
     collective over the system's links.
+
+    Declared, with defaults: :attr:`options`, the schema of ``systems[].options`` (a
+    pydantic model with ``extra="forbid"``; the scenario loader validates every system's
+    options against its backend's and reports an unknown key with the valid ones);
+    :attr:`can_calibrate` and :meth:`calibrate`, measuring this machine into a
+    calibration file; :meth:`calibration_applies`, whether a calibration file belongs to
+    a system (``xpusim run --calibration FILE``).
     """
 
     name: str = ""
     api_version: str = API_VERSION
     description: str = ""
+    options: ClassVar[type[BaseModel]] = NoOptions
+    """The schema of ``systems[].options`` for this backend (default: no options)."""
+    can_calibrate: ClassVar[bool] = False
+    """Whether :meth:`calibrate` measures anything (``xpusim calibrate --backend NAME``)."""
 
     def __init__(self) -> None:
         self._extra_devices: dict[str, DeviceSpec] = {}
@@ -179,3 +264,26 @@ class Backend(ABC):
         """Seconds for one ``kind`` collective of ``nbytes`` per device over ``group``
         devices of ``system``, on the slowest link it crosses."""
         raise NotImplementedError(self)
+
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` validated against :attr:`options`: the keys given, with their values
+        as the schema reads them. Raises pydantic's ``ValidationError`` naming an unknown
+        key or a bad value (the scenario loader turns it into a located message)."""
+        return self.options.model_validate(dict(options)).model_dump(exclude_unset=True)
+
+    def calibrate(self, out_file: Path | None = None, points: Path | None = None) -> Path:
+        """Measure this machine (or fit the measured kernel times in ``points``) and write
+        the backend's calibration file to ``out_file`` (default: the backend's own
+        place); return its path. Raises :class:`~xpusim.engine.errors.XpusimError` with
+        the fix when the backend cannot (the default: it measures nothing), or when it
+        takes no ``points`` file and one is given."""
+        del out_file, points
+        raise UnsupportedError(
+            f"backend {self.name!r} has no calibration: it measures nothing on this machine"
+        )
+
+    def calibration_applies(self, path: Path, system: System) -> bool:
+        """Whether the calibration file ``path`` was measured for ``system``'s device, so
+        ``xpusim run --calibration FILE`` attaches it there. Default: no file applies."""
+        del path, system
+        return False

@@ -2,8 +2,8 @@
 
 A calibration file is a backend's own format (the GPU backend's fitted efficiency, the
 CPU backend's measured kernel rates). The engine does not read it: it asks each system's
-backend whether the file applies to that system (``Backend.calibration_applies``, an
-optional method) and, when it does and the scenario names none, sets the system's
+backend whether the file applies to that system (``Backend.calibration_applies``, which
+is false by default) and, when it does and the scenario names none, sets the system's
 ``options.calibration`` to it. A file that applies to no system is an error, so a typo'd
 or mismatched file never goes unnoticed.
 """
@@ -30,10 +30,9 @@ def apply_calibrations(scenario: Scenario, host: Host, files: Sequence[Path]) ->
         used = False
         for system in scenario.systems:
             backend = host.backends.get(system.backend)
-            applies = getattr(backend, "calibration_applies", None)
-            if applies is None or "calibration" in system.options:
+            if "calibration" in system.options:
                 continue
-            if applies(Path(path), system):
+            if backend.calibration_applies(Path(path), system):
                 system.options["calibration"] = str(path)
                 notes.append(f"{system.name}: {path}")
                 used = True

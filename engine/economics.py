@@ -110,6 +110,10 @@ class PowerModelLike(Protocol):
         """Watts drawn while busy in ``state`` (``compute``, ``memory``, ``comm`` ...)."""
         ...
 
+    def figures(self) -> Mapping[str, Figure]:
+        """The figures the model used, by dotted name (``power.idle_w`` ...)."""
+        ...
+
 
 class EconomicsConfig(BaseModel):
     """How energy, money and carbon are counted.
@@ -207,7 +211,7 @@ def _as_watts(x: Any) -> float | None:
 def _idle(spec: DeviceSpec, power: PowerModelLike | None) -> tuple[float | None, Figure | None]:
     """Idle watts and their provenance: the power model's, else the catalog's idle figure."""
     if power is not None:
-        watts = _as_watts(getattr(power, "idle_watts", None))
+        watts = _as_watts(power.idle_watts)
         if watts is not None:
             fig = _model_figures(power).get("power.idle_w")
             if not isinstance(fig, Figure) or fig.value != watts:
@@ -228,22 +232,17 @@ def _idle(spec: DeviceSpec, power: PowerModelLike | None) -> tuple[float | None,
 
 
 def _model_figures(power: PowerModelLike | None) -> dict[str, Figure]:
-    """The figures a power model says it used (``figures()``), when it says."""
-    fn = getattr(power, "figures", None)
-    if not callable(fn):
+    """The figures a power model says it used (``figures()``)."""
+    if power is None:
         return {}
-    out = fn()
+    out = power.figures()
     return {str(k): v for k, v in out.items() if isinstance(v, Figure)} if out else {}
 
 
 def _state_watts(power: PowerModelLike | None, state: str) -> float | None:
     if power is None:
         return None
-    fn = getattr(power, "state_watts", None)
-    if fn is None:
-        return None
-    w = fn(state)
-    return _as_watts(w)
+    return _as_watts(power.state_watts(state))
 
 
 def _price_figure_name(tier: str) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from xpusim.engine.graph import OpGraph, Shape
+from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Shape
 from xpusim.engine.system import Parallelism
 
 if TYPE_CHECKING:  # torch is heavy; only type checkers need it here
@@ -49,8 +49,36 @@ class ModelInfo:
     config: Mapping[str, Any] = field(default_factory=dict)
 
 
+BACKWARD_PREFIXES = ("bwd.", "recompute.")
+"""Name prefixes that mark an op of a training graph as backward work (gradients, and the
+forward ops recomputed for them): the naming contract of :meth:`ModelGraph.training_stages`."""
+
+
+@dataclass(frozen=True, slots=True)
+class StageGraphs:
+    """A training step's per-device graph split by pass: ``forward``, ``backward``
+    (recomputation included; empty when the model does not list its backward ops) and
+    ``optimizer``. Pipeline send/receive ops belong to none: the training model prices
+    them with their placement."""
+
+    forward: OpGraph
+    backward: OpGraph
+    optimizer: OpGraph
+
+
+def _is_pipeline_comm(op: Op) -> bool:
+    return op.kind is OpKind.COLLECTIVE and (
+        op.layer == "pipeline" or op.collective is Collective.SEND_RECV
+    )
+
+
 class ModelGraph(ABC):
-    """A configured model that builds op graphs for shapes and parallel plans."""
+    """A configured model that builds op graphs for shapes and parallel plans.
+
+    Optional, with documented defaults: :meth:`activation_bytes` (training memory) and
+    :meth:`training_stages` (which ops of a training graph are forward, backward and
+    optimizer work).
+    """
 
     info: ModelInfo
 
@@ -93,6 +121,23 @@ class ModelGraph(ABC):
         g = self.build(shape, parallel)
         total = sum(o.bytes_written * o.count for o in g.ops)
         return total if recompute == "none" else total * (0.5 if recompute == "selective" else 0.1)
+
+    def training_stages(self, graph: OpGraph) -> StageGraphs:
+        """``graph``, a training step this model built, split into forward, backward and
+        optimizer ops. The default reads the op contract: :attr:`OpKind.OPTIMIZER` ops are
+        the optimizer's, ops whose names start with one of :data:`BACKWARD_PREFIXES` are
+        backward work, the rest forward; pipeline send/receive ops are left out. A model
+        that marks its passes another way overrides this."""
+        ops = [o for o in graph.ops if not _is_pipeline_comm(o)]
+
+        def sub(chosen: list[Op]) -> OpGraph:
+            return OpGraph(graph.phase, tuple(chosen), graph.shape, graph.dtype)
+
+        opt = [o for o in ops if o.kind is OpKind.OPTIMIZER]
+        rest = [o for o in ops if o.kind is not OpKind.OPTIMIZER]
+        bwd = [o for o in rest if o.name.startswith(BACKWARD_PREFIXES)]
+        fwd = [o for o in rest if not o.name.startswith(BACKWARD_PREFIXES)]
+        return StageGraphs(sub(fwd), sub(bwd), sub(opt))
 
 
 class ModelFamily(ABC):

@@ -425,7 +425,7 @@ def _resolve_workload(cfg: ScenarioConfig, src: Source, host: Host) -> tuple[Wor
         )
     workload = host.workloads.get(str(kind), where=src.where(("workload", "kind")))
     try:
-        wcfg = workload.schema.model_validate(block)
+        wcfg = workload.schema.model_validate(block, context={"host": host})
     except ValidationError as exc:
         raise ScenarioError(validation_message(exc, src, ("workload",))) from None
     except XpusimError as exc:
@@ -435,7 +435,12 @@ def _resolve_workload(cfg: ScenarioConfig, src: Source, host: Host) -> tuple[Wor
 
 def _resolve_system(i: int, s: SystemConfig, src: Source, host: Host) -> System:
     here: Path_ = ("systems", i)
-    host.backends.get(s.backend, where=src.where((*here, "backend")))
+    backend = host.backends.get(s.backend, where=src.where((*here, "backend")))
+    try:
+        options = backend.check_options(s.options)
+    except ValidationError as exc:
+        none = "" if backend.options.model_fields else f" Backend {s.backend!r} takes no options."
+        raise ScenarioError(validation_message(exc, src, (*here, "options")) + none) from None
     spec = host.device(s.backend, s.device, where=src.where((*here, "device")))
     spec = _with_pricing(spec, s.pricing, f"scenario systems.{i}.pricing")
 
@@ -471,7 +476,7 @@ def _resolve_system(i: int, s: SystemConfig, src: Source, host: Host) -> System:
         count=s.count,
         parallelism=par,
         topology=topo,
-        options=dict(s.options),
+        options=options,
     )
 
 

@@ -111,6 +111,9 @@ class FakePower:
     def state_watts(self, state: str) -> float | None:
         return {"compute": 500.0}.get(state)
 
+    def figures(self) -> dict[str, Figure]:
+        return {}
+
 
 def test_power_model_fills_missing_joules_and_idle_power() -> None:
     """A busy interval without joules is priced at the model's state watts, and the model's

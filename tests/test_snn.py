@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from xpusim.engine import lif
 from xpusim.engine.errors import ScenarioError, UnsupportedError, XpusimError
 from xpusim.engine.graph import OpKind, Phase, Shape
-from xpusim.plugins.models import lif
 from xpusim.plugins.models.snn import FAMILIES, convert_mlp
 
 SNN = FAMILIES[0]

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xpusim.engine import lif
 from xpusim.engine.errors import DoesNotFitError, XpusimError
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.system import Parallelism, System, Topology
-from xpusim.plugins.models import lif
 from xpusim.plugins.models.snn import FAMILIES
 from xpusim.plugins.spinnaker import energy, mapping
 from xpusim.plugins.spinnaker.backend import SPINN5, SpinnakerBackend

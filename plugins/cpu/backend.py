@@ -43,7 +43,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from xpusim.engine.analytic import AnalyticCompiled
 from xpusim.engine.backend import Backend, Compiled, Cost, Fit, Support
@@ -94,6 +96,27 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+class CpuOptions(BaseModel):
+    """``systems[].options`` of the cpu backend (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threads: int | None = Field(default=None, ge=1, le=4096)
+    """torch threads (default: every core this process may run on)."""
+    repeats: int = Field(default=5, ge=1, le=10_000)
+    """Timed calls per shape."""
+    warmup: int = Field(default=2, ge=0, le=10_000)
+    """Untimed calls before the timed ones."""
+    dtype: Literal["fp32", "tf32", "bf16", "fp16"] | None = None
+    """The dtype the module runs in (default: the model's)."""
+    profile: bool = True
+    """Split the measured time with ``torch.profiler``."""
+    clock: Literal["wall", "cpu"] = "wall"
+    """``wall`` or ``cpu`` (process CPU time of each call)."""
+    calibration: str | None = None
+    """A calibration file (default: this machine's cached or a matching shipped one)."""
+
+
 class CpuBackend(Backend):
     """This machine's CPU: device ``host`` measures, ``host-analytic`` predicts."""
 
@@ -102,6 +125,8 @@ class CpuBackend(Backend):
         "this machine's CPU: 'host' executes the torch model and measures; "
         "'host-analytic' prices it with a roofline calibrated on this machine"
     )
+    options = CpuOptions
+    can_calibrate = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -161,10 +186,16 @@ class CpuBackend(Backend):
         n = int(_threads(system.options) or cal_mod.logical_cores())
         return system.device.name == "host-analytic" and cal.matches(cal_mod.machine(n))
 
-    def calibrate(self, out_file: Path | None = None) -> Path:
+    def calibrate(self, out_file: Path | None = None, points: Path | None = None) -> Path:
         """``xpusim calibrate --backend cpu``: the full microbenchmark set at every core,
         written to ``out_file`` (default: this machine's cache file, which later runs
-        use)."""
+        use). The cpu backend measures this machine and takes no ``points`` file."""
+        if points is not None:
+            raise XpusimError(
+                f"--points {points}: backend 'cpu' calibrates by measuring this machine and "
+                f"takes no points file; drop --points, or use --backend gpu for a GPU "
+                f"points file."
+            )
         n = cal_mod.logical_cores()
         out = Path(out_file) if out_file else cal_mod.default_path(n)
         cmd = "xpusim calibrate --backend cpu" + (f" --out {out_file}" if out_file else "")

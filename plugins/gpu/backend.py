@@ -25,6 +25,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from xpusim.engine import collectives
 from xpusim.engine.analytic import AnalyticCompiled
@@ -44,6 +47,21 @@ SUPPORTED_KINDS = ("decoder", "encoder", "vision", "mlp", "spiking")
 """Model kinds the GPU backend runs (spiking networks as time-stepped dense ops)."""
 
 
+class GpuOptions(BaseModel):
+    """``systems[].options`` of the gpu backend (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    calibration: str | None = None
+    """Path to a fitted efficiency JSON."""
+    efficiency: dict[str, float | int] | None = None
+    """:class:`~xpusim.plugins.gpu.efficiency.GpuEfficiency` fields overridden inline."""
+    collective_algorithm: Literal["auto", "ring", "tree", "hierarchical"] = "auto"
+    """The collective algorithm (``auto`` picks the fastest)."""
+    decode_attention: Literal["grouped", "per-head"] = "grouped"
+    """The decode-attention kernel."""
+
+
 class GpuBackend(Backend):
     """The ``gpu`` backend (see module docstring)."""
 
@@ -52,6 +70,8 @@ class GpuBackend(Backend):
         "NVIDIA and AMD data-centre GPUs: roofline with GEMM tile/wave "
         "quantization, flash attention and NCCL-style collectives"
     )
+    options = GpuOptions
+    can_calibrate = True
 
     def catalog(self) -> Mapping[str, DeviceSpec]:
         """The built-in GPU catalog (``plugins/gpu/catalog.yaml``)."""

@@ -20,7 +20,7 @@ noise. The MLP is seeded (no training data ships with xpusim); a user with a tra
   ``synaptic_events`` (per step, whole batch), ``rate_in_hz``, ``rate_out_hz``, ``layer``.
 
 The activity comes from running the network in the engine's exact LIF simulator
-(:mod:`xpusim.plugins.spinnaker.lif`) on Poisson inputs at ``input_rate``: measured, not guessed.
+(:mod:`xpusim.engine.lif`) on Poisson inputs at ``input_rate``: measured, not guessed.
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from xpusim.engine import lif
 from xpusim.engine.errors import ScenarioError, UnsupportedError
 from xpusim.engine.graph import Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
-from xpusim.engine.model import ModelFamily, ModelGraph, ModelInfo
+from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.qty import Duration, Rate
+from xpusim.engine.spiking import SpikingModel
 from xpusim.engine.system import Parallelism
-from xpusim.plugins.models import lif
 from xpusim.plugins.models.common import validate_spec
 
 __all__ = [
@@ -170,7 +171,7 @@ def _torch_module_class() -> Any:
 
         ``forward(spikes)`` takes ``(timesteps, batch, inputs)`` spikes (0/1) and returns
         the output layer's spike counts ``(batch, outputs)``; it steps the same exact
-        equations as :func:`xpusim.plugins.spinnaker.lif.simulate`.
+        equations as :func:`xpusim.engine.lif.simulate`.
         """
 
         def __init__(self, sizes: list[int], params: lif.LIFParams, dt_ms: float) -> None:
@@ -235,9 +236,9 @@ def convert_mlp(
     the ``(n_pre, n_post)`` nA weight matrices of an ``IF_curr_exp`` network.
 
     Rate coding: an input feature ``x`` in ``[0, 1]`` becomes a Poisson train of
-    ``x · input_rate``. Weight normalisation (:func:`~xpusim.plugins.spinnaker.lif.normalise_weights`)
+    ``x · input_rate``. Weight normalisation (:func:`~xpusim.engine.lif.normalise_weights`)
     uses the ANN's ReLU activations on ``calibration`` ``(samples, inputs)``; threshold
-    normalisation (:func:`~xpusim.plugins.spinnaker.lif.to_current`) scales to nA.
+    normalisation (:func:`~xpusim.engine.lif.to_current`) scales to nA.
     """
     import torch
     from torch import nn
@@ -277,7 +278,7 @@ def _seeded_mlp(sizes: list[int], seed: int) -> Any:
     return nn.Sequential(*mods[:-1])
 
 
-class SnnModelGraph(ModelGraph):
+class SnnModelGraph(SpikingModel):
     """A configured spiking network: weights, its measured activity, and its op graphs."""
 
     def __init__(
@@ -323,6 +324,16 @@ class SnnModelGraph(ModelGraph):
         """The simulation timestep in ms."""
         return self.cfg.timestep * 1e3
 
+    @property
+    def input_rate(self) -> float:
+        """The Poisson rate (Hz) of a fully active input."""
+        return float(self.cfg.input_rate)
+
+    @property
+    def timesteps(self) -> int:
+        """Timesteps of one sample when the workload names none."""
+        return self.cfg.timesteps
+
     @cached_property
     def network(self) -> lif.Network:
         """The LIF network with its weights (built once, seeded)."""
@@ -367,12 +378,14 @@ class SnnModelGraph(ModelGraph):
         p = 1.0 - np.exp(-features * self.cfg.input_rate * self.cfg.timestep)
         return rng.random((timesteps, batch, self.cfg.inputs)) < p
 
+    def calibration_inputs(self) -> np.ndarray:
+        """``calibration_samples`` input trains of ``calibration_timesteps`` steps."""
+        return self.input_spikes(self.cfg.calibration_timesteps, self.cfg.calibration_samples)
+
     @cached_property
     def activity(self) -> lif.Activity:
         """Activity per sample and step, measured with the exact LIF simulator."""
-        c = self.cfg
-        x = self.input_spikes(c.calibration_timesteps, c.calibration_samples)
-        return lif.simulate(self.network, x, self.dt_ms)
+        return lif.simulate(self.network, self.calibration_inputs(), self.dt_ms)
 
     def with_options(self, **fields: Any) -> SnnModelGraph:
         """A copy with some config fields changed (``input_rate``, ``timestep`` ...)."""

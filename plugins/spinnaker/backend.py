@@ -24,18 +24,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping as MappingT
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
+from xpusim.engine import lif
 from xpusim.engine.backend import Backend, Compiled, Cost, Fit, Support
 from xpusim.engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
 from xpusim.engine.errors import DoesNotFitError, ScenarioError, UnsupportedError
 from xpusim.engine.graph import Collective, OpKind, Phase, Shape
 from xpusim.engine.model import ModelGraph
+from xpusim.engine.spiking import SpikingModel
 from xpusim.engine.system import System
-from xpusim.plugins.models import lif
-from xpusim.plugins.models.snn import SnnModelGraph
 from xpusim.plugins.spinnaker import energy, mapping
 
 __all__ = ["SPINN5", "SpinnakerBackend", "SpinnakerCompiled"]
@@ -123,24 +124,31 @@ class SpinnakerCompiled(Compiled):
         self.use_board = bool(opts.get("use_board", True))
         self._cache = cache
 
-    replicas = 1
-    """All of a system's boards form one machine running one copy of the network."""
+    @property
+    def replicas(self) -> int:
+        """All of a system's boards form one machine running one copy of the network."""
+        return 1
 
     @property
-    def network(self) -> lif.Network:
-        """The model's LIF network."""
-        net = getattr(self.model, "network", None)
-        if not isinstance(net, lif.Network):
+    def spiking_model(self) -> SpikingModel:
+        """The compiled model as a spiking network (the only kind :meth:`SpinnakerBackend.compile`
+        accepts)."""
+        if not isinstance(self.model, SpikingModel):
             raise UnsupportedError(
                 f"model {self.model.name!r} does not describe a LIF network; the spinnaker "
                 f"backend runs the snn family"
             )
-        return net
+        return self.model
+
+    @property
+    def network(self) -> lif.Network:
+        """The model's LIF network."""
+        return self.spiking_model.network
 
     @property
     def dt_ms(self) -> float:
         """The network's timestep in ms."""
-        return float(getattr(self.model, "dt_ms", 1.0))
+        return self.spiking_model.dt_ms
 
     @property
     def mapping(self) -> mapping.Mapping:
@@ -149,9 +157,7 @@ class SpinnakerCompiled(Compiled):
         key = (id(net), self.system.count, self.dt_ms, self.time_scale_factor, self.use_board)
         m = self._cache.get(key)
         if m is None:
-            rates = None
-            if hasattr(self.model, "activity"):
-                rates = np.full(net.inputs, self.model.activity.rates_hz[0])
+            rates = np.full(net.inputs, self.spiking_model.activity.rates_hz[0])
             m = mapping.map_network(
                 net,
                 boards=self.system.count,
@@ -175,9 +181,7 @@ class SpinnakerCompiled(Compiled):
         labels = ["input", *(f"layer{int(a['layer'])}" for a in layers)]
         spikes = [layers[0]["spikes_in"], *(a["spikes_out"] for a in layers)]
         if self.counter == "nest":
-            m = self.model
-            assert isinstance(m, SnnModelGraph), "supports() admits spiking models only"
-            x = m.input_spikes(m.cfg.calibration_timesteps, m.cfg.calibration_samples)
+            x = self.spiking_model.calibration_inputs()
             act = mapping.nest_activity(self.network, x, self.dt_ms)
             b = max(1, shape.batch)
             spikes = [s * b for s in act.spikes]
@@ -234,6 +238,21 @@ class SpinnakerCompiled(Compiled):
         return out
 
 
+class SpinnakerOptions(BaseModel):
+    """``systems[].options`` of the spinnaker backend (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time_scale_factor: float = Field(default=1.0, ge=1.0)
+    """Slow-down against real time (sPyNNaker's ``time_scale_factor``; 1 = real time)."""
+    counter: Literal["lif", "nest"] = "lif"
+    """Who counts spikes: the engine's exact LIF simulator or PyNN on NEST."""
+    reports: str | None = None
+    """A folder for sPyNNaker's reports (default: a temporary one, deleted)."""
+    use_board: bool = True
+    """Run on a board when the user's sPyNNaker config names one."""
+
+
 class SpinnakerBackend(Backend):
     """SpiNNaker (SpiNN-5 boards) through sPyNNaker's PyNN API and tool chain."""
 
@@ -242,6 +261,7 @@ class SpinnakerBackend(Backend):
         "SpiNNaker neuromorphic boards: networks mapped by sPyNNaker, real-time "
         "timing, sPyNNaker's energy model"
     )
+    options = SpinnakerOptions
 
     def __init__(self) -> None:
         super().__init__()

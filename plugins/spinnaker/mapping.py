@@ -53,8 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from xpusim.engine import lif
 from xpusim.engine.errors import DoesNotFitError, ScenarioError, XpusimError
-from xpusim.plugins.models import lif
 
 __all__ = [
     "APP_CORES_PER_CHIP",
