@@ -46,9 +46,9 @@ from xpusim.engine.backend import Compiled  # noqa: E402
 from xpusim.engine.collectives import topology_from_device  # noqa: E402
 from xpusim.engine.frames import frame_height  # noqa: E402
 from xpusim.engine.host import build_host  # noqa: E402
+from xpusim.engine.policies import SchedulerSpec  # noqa: E402
 from xpusim.engine.system import Parallelism, System  # noqa: E402
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate  # noqa: E402
-from xpusim.plugins.workloads.serving.schedulers import SchedulerSpec  # noqa: E402
 from xpusim.plugins.workloads.serving.world import simulate_serving  # noqa: E402
 
 AZURE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from xpusim.engine.executor import Executor
     from xpusim.engine.lazy import Lazy
     from xpusim.engine.model import ModelFamily
+    from xpusim.engine.policies import Router, Scheduler
     from xpusim.engine.reporter import Reporter
     from xpusim.engine.results import RunResult
     from xpusim.engine.scenario import Scenario
@@ -122,6 +123,29 @@ def register_executors(register: Callable[[Executor | Lazy], None]) -> None:
     Call ``register(executor)`` for each :class:`~xpusim.engine.executor.Executor`, or a
     :class:`~xpusim.engine.lazy.Lazy` reference to one (imported on first use); its ``name``
     is the value of ``xpusim sweep --executor``. Return value is ignored.
+    """
+
+
+@hookspec
+def register_schedulers(register: Callable[[Scheduler | Lazy], None]) -> None:
+    """Register serving batch schedulers.
+
+    Fires once when the host builds its registries. Call ``register(scheduler)`` for each
+    :class:`~xpusim.engine.policies.Scheduler`, or a :class:`~xpusim.engine.lazy.Lazy`
+    reference to one (imported on first use); its ``name`` is the key used in
+    ``workload.scheduler.kind`` of the ``serving`` and ``offline`` workloads. Return value
+    is ignored.
+    """
+
+
+@hookspec
+def register_routers(register: Callable[[Router | Lazy], None]) -> None:
+    """Register serving request routers.
+
+    Fires once when the host builds its registries. Call ``register(router)`` for each
+    :class:`~xpusim.engine.policies.Router`, or a :class:`~xpusim.engine.lazy.Lazy`
+    reference to one (imported on first use); its ``name`` is the key used in
+    ``workload.router`` of the ``serving`` workload. Return value is ignored.
     """
 
 

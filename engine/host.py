@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # the contracts are imported by the plugins that implement th
     from xpusim.engine.device import DeviceSpec
     from xpusim.engine.executor import Executor
     from xpusim.engine.model import ModelFamily
+    from xpusim.engine.policies import Router, Scheduler
     from xpusim.engine.reporter import Reporter
     from xpusim.engine.traces import TraceFormat
     from xpusim.engine.workload import Workload
@@ -119,6 +120,10 @@ class Host:
         )
         self.reporters: Registry[Reporter] = Registry("reporter", self._loaded, self._load_failed)
         self.executors: Registry[Executor] = Registry("executor", self._loaded, self._load_failed)
+        self.schedulers: Registry[Scheduler] = Registry(
+            "scheduler", self._loaded, self._load_failed
+        )
+        self.routers: Registry[Router] = Registry("router", self._loaded, self._load_failed)
         self.plugins: dict[str, PluginInfo] = {}
         # devices registered for a backend not imported yet: (plugin, spec) by backend
         self._pending_devices: dict[str, list[tuple[str, DeviceSpec]]] = {}
@@ -206,6 +211,8 @@ class Host:
         self._call("register_trace_formats", lambda p, t: self.trace_formats.add(t.name, t, p))
         self._call("register_reporters", lambda p, r: self.reporters.add(r.name, r, p))
         self._call("register_executors", lambda p, e: self.executors.add(e.name, e, p))
+        self._call("register_schedulers", lambda p, s: self.schedulers.add(s.name, s, p))
+        self._call("register_routers", lambda p, r: self.routers.add(r.name, r, p))
 
     def _add_device(self, plugin: str, spec: DeviceSpec) -> None:
         where = f"device {spec.name!r} from plugin {plugin!r}"

@@ -20,10 +20,10 @@ from xpusim.engine.frames import (
     frame_height,
     spill_rows,
 )
+from xpusim.engine.policies import SchedulerSpec
 from xpusim.engine.report.timeline import build_trace
 from xpusim.engine.results import RunResult, SystemResult, write_run
 from xpusim.plugins.workloads.serving.metrics import inverted_cdf_rank, serving_metrics
-from xpusim.plugins.workloads.serving.schedulers import SchedulerSpec
 from xpusim.plugins.workloads.serving.schemas import STEPS_SCHEMA
 from xpusim.plugins.workloads.serving.world import ServingResult, simulate_serving
 

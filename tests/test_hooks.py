@@ -22,6 +22,7 @@ from tests.fakes import FakePlugin
 from xpusim.engine import hookspecs
 from xpusim.engine.host import Host
 from xpusim.engine.scenario import load_scenario
+from xpusim.plugins import workloads as builtin_workloads
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 HOOKS = sorted(
@@ -200,3 +201,53 @@ def test_hook_run_finished(pm: pluggy.PluginManager, tmp_path: Path) -> None:
     mod = _example("run_finished")
     _observed_run(pm, tmp_path, mod)
     assert mod.CHEAPEST == {"obs": "a"}  # b rents two devices for the same work
+
+
+def _serve(host: Host, block: dict[str, Any], replicas: int) -> Any:
+    """Simulate ``block`` (a serving workload block) on the fake backend of the serving
+    tests, with the scheduler and router the host resolves."""
+    from tests.test_serving import compiled
+    from xpusim.plugins.workloads.serving.workload import ServingConfig
+    from xpusim.plugins.workloads.serving.world import simulate_serving
+
+    cfg = ServingConfig.model_validate(block, context={"host": host})
+    frame = pl.DataFrame(
+        {"arrival_s": [0.0, 0.0, 0.0, 0.0], "prompt_tokens": [8, 4, 6, 2], "output_tokens": [3] * 4}
+    )
+    return simulate_serving(
+        frame,
+        compiled(replicas),
+        system="s",
+        replicas=replicas,
+        devices_per_replica=1,
+        scheduler=cfg.scheduler,
+        router=cfg.router_policy(),
+        seed=3,
+    )
+
+
+def test_hook_register_schedulers(pm: pluggy.PluginManager) -> None:
+    """The documented scheduler is registered by name and runs one request at a time."""
+    host = _host_with(pm, _example("register_schedulers"), builtin_workloads)
+    assert "one-at-a-time" in host.schedulers.names()
+    res = _serve(
+        host, {"trace": {"path": "x", "format": "csv"}, "scheduler": {"kind": "one-at-a-time"}}, 1
+    )
+    steps = res.frames["steps"]
+    req = res.frames["requests"]
+    assert steps["batch"].max() == 1  # never two sequences in one iteration
+    assert (req["status"] == "ok").all() and steps.height == 4 * 3
+    # first come first served: finish times follow request ids
+    assert req.sort("request_id")["finish_s"].is_sorted()
+
+
+def test_hook_register_routers(pm: pluggy.PluginManager) -> None:
+    """The documented router is registered by name, routes every request and is seeded."""
+    host = _host_with(pm, _example("register_routers"), builtin_workloads)
+    assert "random" in host.routers.names()
+    block = {"trace": {"path": "x", "format": "csv"}, "router": "random"}
+    a = _serve(host, block, 3).frames["requests"]["replica"].to_list()
+    b = _serve(host, block, 3).frames["requests"]["replica"].to_list()
+    assert a == b and set(a) <= {0, 1, 2}
+    with pytest.raises(Exception, match="Did you mean 'random'"):
+        _serve(host, {**block, "router": "randon"}, 3)

@@ -32,6 +32,7 @@ from xpusim.engine.backend import Compiled
 from xpusim.engine.errors import ScenarioError, TraceError, UnitError, XpusimError
 from xpusim.engine.frames import collect
 from xpusim.engine.host import Host
+from xpusim.engine.policies import SchedulerSpec
 from xpusim.engine.results import default_out_dir
 from xpusim.engine.run import simulate
 from xpusim.engine.scenario import read_scenario_data, resolve
@@ -39,7 +40,6 @@ from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.engine.units import Dim
 from xpusim.engine.yamlsrc import load_yaml
 from xpusim.plugins.traces.readers import CsvTrace, JsonlTrace
-from xpusim.plugins.workloads.serving.schedulers import SchedulerSpec
 from xpusim.plugins.workloads.serving.world import simulate_serving
 
 BASE = Path(__file__).parent / "bad_inputs" / "base.yaml"

@@ -14,6 +14,7 @@ from tests.fakes import FakeModel, fake_device
 from xpusim.engine.backend import Compiled, Cost, Fit
 from xpusim.engine.frames import DEVICES_SCHEMA
 from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.policies import SchedulerSpec
 from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.engine.workload import WorkloadContext
@@ -21,7 +22,6 @@ from xpusim.plugins.workloads import WORKLOADS
 from xpusim.plugins.workloads.offline.workload import OfflineConfig, OfflineWorkload
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate
 from xpusim.plugins.workloads.serving.metrics import serving_metrics, weighted_quantile
-from xpusim.plugins.workloads.serving.schedulers import SchedulerSpec
 from xpusim.plugins.workloads.serving.schemas import REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
 from xpusim.plugins.workloads.serving.workload import ServingConfig, ServingWorkload
 from xpusim.plugins.workloads.serving.world import simulate_serving

@@ -1,32 +1,61 @@
-"""Built-in workload kinds, registered through the ``xpusim`` entry point.
+"""Built-in workload kinds and serving policies, registered through the ``xpusim`` entry
+point.
 
-Each module listed in :data:`MODULES` exports ``WORKLOADS``, a list of
-:class:`~xpusim.engine.workload.Workload` instances; adding a kind is one line here (its module
-name in :data:`MODULES`).
+Each workload owns its world in a package of this plugin (``serving/``, ``offline/``,
+``training/``, and ``spiking``). This module registers everything by name only
+(:class:`~xpusim.engine.lazy.Lazy`), so starting the host imports none of the worlds; a
+workload, scheduler or router is imported the first time a scenario or command uses it.
+Adding a kind, a scheduler or a router is one line in :data:`WORKLOADS`,
+:data:`SCHEDULERS` or :data:`ROUTERS`.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 from xpusim import hookimpl
-from xpusim.engine.workload import Workload
+from xpusim.engine.lazy import Lazy
 
-MODULES: tuple[str, ...] = (
-    "xpusim.plugins.workloads.serving.workload",
-    "xpusim.plugins.workloads.offline.workload",
-    "xpusim.plugins.workloads.training.workload",
-    "xpusim.plugins.workloads.spiking",
+_HERE = "xpusim.plugins.workloads"
+
+WORKLOADS: tuple[Lazy, ...] = (
+    Lazy("serving", f"{_HERE}.serving.workload:ServingWorkload"),
+    Lazy("offline", f"{_HERE}.offline.workload:OfflineWorkload"),
+    Lazy("training", f"{_HERE}.training.workload:TrainingWorkload"),
+    Lazy("spiking", f"{_HERE}.spiking:SpikingWorkload"),
 )
-"""Modules whose ``WORKLOADS`` this plugin registers, in order."""
+"""The workload kinds this plugin registers, in order."""
 
-WORKLOADS: list[Workload] = [w for name in MODULES for w in importlib.import_module(name).WORKLOADS]
-"""Every workload instance this plugin registers."""
+SCHEDULERS: tuple[Lazy, ...] = (
+    Lazy("static", f"{_HERE}.serving.schedulers.static:StaticScheduler"),
+    Lazy("continuous", f"{_HERE}.serving.schedulers.continuous:ContinuousScheduler"),
+    Lazy("chunked-prefill", f"{_HERE}.serving.schedulers.chunked_prefill:ChunkedPrefillScheduler"),
+)
+"""The batch schedulers this plugin registers."""
+
+ROUTERS: tuple[Lazy, ...] = (
+    Lazy("round-robin", f"{_HERE}.serving.routers.round_robin:RoundRobinRouter"),
+    Lazy("least-outstanding", f"{_HERE}.serving.routers.least_outstanding:LeastOutstandingRouter"),
+)
+"""The request routers this plugin registers."""
 
 
 @hookimpl
-def register_workloads(register: Callable[[Workload], None]) -> None:
-    """Register every workload in :data:`WORKLOADS`."""
+def register_workloads(register: Callable[[Lazy], None]) -> None:
+    """Register every workload kind in :data:`WORKLOADS` (imported on first use)."""
     for w in WORKLOADS:
         register(w)
+
+
+@hookimpl
+def register_schedulers(register: Callable[[Lazy], None]) -> None:
+    """Register the ``static``, ``continuous`` and ``chunked-prefill`` schedulers."""
+    for s in SCHEDULERS:
+        register(s)
+
+
+@hookimpl
+def register_routers(register: Callable[[Lazy], None]) -> None:
+    """Register the ``round-robin`` and ``least-outstanding`` routers."""
+    for r in ROUTERS:
+        register(r)

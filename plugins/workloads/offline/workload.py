@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from xpusim.engine.policies import SchedulerSpec
 from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.offline.world import simulate_forward
-from xpusim.plugins.workloads.serving import metrics
+from xpusim.plugins.workloads.serving import metrics, schedulers
 from xpusim.plugins.workloads.serving.arrivals import LengthDist, sample_lengths
-from xpusim.plugins.workloads.serving.schedulers import SchedulerSpec
 from xpusim.plugins.workloads.serving.workload import TraceSpec
 from xpusim.plugins.workloads.serving.world import simulate_serving
 
@@ -46,6 +46,11 @@ class OfflineConfig(BaseModel):
     )
     kv_block_tokens: int = Field(default=16, ge=1)
     kv_memory_fraction: float = Field(default=0.9, gt=0, le=1)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, spec: SchedulerSpec, info: ValidationInfo) -> SchedulerSpec:
+        return schedulers.check_builtin(spec, info)
 
     @model_validator(mode="after")
     def _inputs(self) -> OfflineConfig:

@@ -5,8 +5,8 @@ Scenario block (``workload:``, ``kind: serving``)::
     trace: {path: traces/azure_conv.csv, format: azure-llm}     # or
     arrivals: {process: poisson, rate: 4/s, count: 2000,
                prompt_tokens: {dist: lognormal, median: 1000}, output_tokens: {...}}
-    scheduler: {kind: continuous, max_batch: 128, max_batch_tokens: 8192, chunk: 512}
-    router: round-robin            # or least-outstanding
+    scheduler: {kind: continuous, max_batch: 128, max_batch_tokens: 8192, chunk: 512}  # or static, chunked-prefill, a plugin's
+    router: round-robin            # or least-outstanding, or a router a plugin registers
     slo: {ttft_p99: 2 s, tbt_p99: 150 ms}
     kv_block_tokens: 16
 
@@ -18,13 +18,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from xpusim.engine.policies import Router, SchedulerSpec, check_name, resolve
 from xpusim.engine.qty import Duration
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
-from xpusim.plugins.workloads.serving import metrics
+from xpusim.plugins.workloads.serving import metrics, routers, schedulers
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate
-from xpusim.plugins.workloads.serving.schedulers import SchedulerSpec
 from xpusim.plugins.workloads.serving.world import simulate_serving
 
 
@@ -74,18 +82,36 @@ class ServingConfig(BaseModel):
     trace: TraceSpec | None = None
     arrivals: ArrivalSpec | None = None
     scheduler: SchedulerSpec = Field(default_factory=lambda: SchedulerSpec())
-    router: Literal["round-robin", "least-outstanding"] = "round-robin"
+    router: str = "round-robin"
     slo: Slo = Field(default_factory=lambda: Slo())
     kv_block_tokens: int = Field(default=16, ge=1)
     kv_memory_fraction: float = Field(
         default=0.9, gt=0, le=1, description="share of device memory weights plus KV may use"
     )
 
+    _router: Router | None = PrivateAttr(default=None)
+
+    @field_validator("router")
+    @classmethod
+    def _known_router(cls, router: str, info: ValidationInfo) -> str:
+        return routers.check_builtin(check_name(info, "routers", "router", router), info)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, spec: SchedulerSpec, info: ValidationInfo) -> SchedulerSpec:
+        return schedulers.check_builtin(spec, info)
+
     @model_validator(mode="after")
-    def _one_source(self) -> ServingConfig:
+    def _one_source(self, info: ValidationInfo) -> ServingConfig:
         if (self.trace is None) == (self.arrivals is None):
             raise ValueError("give exactly one of `trace` (a file) or `arrivals` (a process)")
+        self._router = resolve(info, "routers", self.router)
         return self
+
+    def router_policy(self) -> Router | str:
+        """The registered router resolved at validation (inside a scenario), else the
+        name, which the serving world looks up among its built-in routers."""
+        return self._router if self._router is not None else self.router
 
 
 def request_frame(config: ServingConfig, ctx: WorkloadContext) -> Any:
@@ -116,10 +142,11 @@ class ServingWorkload(Workload):
             replicas=system.replicas,
             devices_per_replica=system.parallelism.model_parallel,
             scheduler=config.scheduler,
-            router=config.router,
+            router=config.router_policy(),
             kv_block_tokens=config.kv_block_tokens,
             kv_capacity_tokens=ctx.compiled.kv_capacity_tokens(config.kv_memory_fraction),
             progress=ctx.progress,
+            seed=ctx.seed,
         )
         m = metrics.serving_metrics(
             res.frames,

@@ -45,11 +45,11 @@ from xpusim.engine.frames import (
     device_timeline,
     empty,
 )
+from xpusim.engine.policies import Route, Router, SchedulerSpec
 from xpusim.engine.traces import REQUEST_SCHEMA
-from xpusim.plugins.workloads.serving import schedulers
 from xpusim.plugins.workloads.serving.cluster import DONE, DROPPED, CostTable, Replica, RequestTable
-from xpusim.plugins.workloads.serving.routers import make_router
-from xpusim.plugins.workloads.serving.schedulers import SchedulerSpec
+from xpusim.plugins.workloads.serving.routers import builtin_router
+from xpusim.plugins.workloads.serving.schedulers import builtin_scheduler
 from xpusim.plugins.workloads.serving.schemas import REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
 
 
@@ -107,12 +107,13 @@ def simulate_serving(
     replicas: int,
     devices_per_replica: int,
     scheduler: SchedulerSpec | None = None,
-    router: str = "round-robin",
+    router: str | Router = "round-robin",
     kv_block_tokens: int = 16,
     kv_capacity_tokens: int | None = None,
     progress: Callable[[float, float], None] | None = None,
     spill_rows: int | None = None,
     spill_dir: str | None = None,
+    seed: int = 0,
 ) -> ServingResult:
     """Replay ``requests`` on ``replicas`` replicas of ``compiled`` and return the frames.
 
@@ -121,8 +122,15 @@ def simulate_serving(
     :class:`~xpusim.engine.errors.DoesNotFitError` when not one block fits. ``spill_rows`` is the
     row threshold past which frames spill to Parquet parts under ``spill_dir``
     (defaults: :func:`xpusim.engine.frames.spill_rows` and ``$XPUSIM_SPILL_DIR``).
+
+    The scheduler is the one ``scheduler`` was resolved to in a scenario
+    (:meth:`~xpusim.engine.policies.SchedulerSpec.policy`), else the built-in one of its
+    ``kind``; ``router`` is a :class:`~xpusim.engine.policies.Router` or the name of a
+    built-in one, and ``seed`` seeds its routing function.
     """
     spec = scheduler or SchedulerSpec()
+    policy = spec.policy() or builtin_scheduler(spec.kind)
+    router_obj = router if isinstance(router, Router) else builtin_router(router)
     missing = [c for c in REQUEST_SCHEMA if c not in requests.columns]
     if missing:
         raise ValueError(f"request frame lacks column(s) {missing}")
@@ -164,13 +172,8 @@ def simulate_serving(
     costs = CostTable(compiled, spec.shape_bits, spec.grid_bits)
     reps = [Replica(i, blocks, kv_block_tokens) for i in range(replicas)]
     for r in reps:
-        if spec.kind == "static":
-            env.process(schedulers.static(env, r, req, costs, spec))
-        else:
-            env.process(
-                schedulers.iterative(env, r, req, costs, spec, split=spec.kind == "chunked-prefill")
-            )
-    route = make_router(router)
+        env.process(policy.process(env, r, req, costs, spec))
+    route = router_obj.start(reps, seed)
     spill = Spill(spill_rows, spill_dir)
     steps = _StepSpill(spill, system, reps, costs)
     try:
@@ -262,7 +265,7 @@ def _arrivals(
     env: simpy.Environment,
     req: RequestTable,
     reps: list[Replica],
-    route: Callable[[list[Replica]], Replica],
+    route: Route,
     progress: Callable[[float, float], None] | None,
     steps: _StepSpill,
 ) -> Generator[simpy.Event, Any, None]:

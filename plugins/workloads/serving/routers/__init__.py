@@ -1,45 +1,40 @@
-"""Routers: which replica an arriving request joins.
+"""The built-in request routers, one class per module.
 
-* ``round-robin`` — replica ``i mod R`` for the ``i``-th routed request;
-* ``least-outstanding`` — the replica with the fewest requests routed and not yet
-  finished (waiting plus running), the lowest index on a tie.
+* ``round-robin`` (:mod:`.round_robin`) — replica ``i mod R`` for the ``i``-th routed request;
+* ``least-outstanding`` (:mod:`.least_outstanding`) — the replica with the fewest requests
+  routed and not yet finished (waiting plus running), the lowest index on a tie.
 
-A router is a callable ``route(replicas) -> Replica`` called once per request at its
-arrival instant; it is deterministic.
+A router (:class:`xpusim.engine.policies.Router`) gives each run a routing function called
+once per request at its arrival instant; both built-ins are deterministic. The workload
+plugin registers them through the ``register_routers`` hook, as a third party registers
+its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from pydantic import ValidationInfo
 
-from xpusim.plugins.workloads.serving.cluster import Replica
+from xpusim.engine.policies import Router
+from xpusim.engine.registry import unknown_message
+from xpusim.plugins.workloads.serving.routers.least_outstanding import LeastOutstandingRouter
+from xpusim.plugins.workloads.serving.routers.round_robin import RoundRobinRouter
 
-ROUTERS = ("round-robin", "least-outstanding")
-"""Router names a scenario may use in ``workload.router``."""
-
-Route = Callable[[Sequence[Replica]], Replica]
+ROUTERS: tuple[type[Router], ...] = (RoundRobinRouter, LeastOutstandingRouter)
+"""The built-in router classes, registered by the workload plugin."""
 
 
-def make_router(name: str) -> Route:
-    """The routing function called ``name`` (one of :data:`ROUTERS`)."""
-    if name == "round-robin":
-        counter = [0]
+def check_builtin(name: str, info: ValidationInfo) -> str:
+    """``name`` when a host is in the validation context (the host's registry checked it)
+    or it names a built-in router; a ``ValueError`` listing the valid ones otherwise."""
+    if not (isinstance(info.context, dict) and "host" in info.context):
+        builtin_router(name)
+    return name
 
-        def round_robin(replicas: Sequence[Replica]) -> Replica:
-            i = counter[0]
-            counter[0] = i + 1
-            return replicas[i % len(replicas)]
 
-        return round_robin
-    if name == "least-outstanding":
-
-        def least_outstanding(replicas: Sequence[Replica]) -> Replica:
-            best = replicas[0]
-            low = best.outstanding
-            for r in replicas:
-                if r.outstanding < low:
-                    best, low = r, r.outstanding
-            return best
-
-        return least_outstanding
-    raise ValueError(f"unknown router {name!r}; valid routers: {', '.join(ROUTERS)}")
+def builtin_router(name: str) -> Router:
+    """The built-in router called ``name`` (a config built in code, outside a scenario,
+    carries only the name); ``ValueError`` listing the valid ones otherwise."""
+    for cls in ROUTERS:
+        if cls.name == name:
+            return cls()
+    raise ValueError(unknown_message("router", name, [c.name for c in ROUTERS]))

@@ -1,11 +1,4 @@
-"""Batch schedulers: one SimPy process per replica, one SimPy event per iteration.
-
-``static`` — request-level batching (FasterTransformer / early HF ``generate``). When the
-replica is free it takes up to ``max_batch`` waiting requests (after waiting up to
-``max_wait`` for the batch to fill) whose whole KV (prompt + output) fits, runs one
-prefill of all prompts and then decode iterations over the full batch until the
-longest output is done; shorter requests pad along, and every request of the batch is
-returned when the batch ends (Orca's motivating problem). No preemption.
+"""The iteration-level batching loop shared by ``continuous`` and ``chunked-prefill``.
 
 ``continuous`` — iteration-level batching (Orca, vLLM). Before every iteration the
 scheduler admits waiting requests in arrival order while the batch has room
@@ -35,6 +28,7 @@ running request, so a token produced by a decode in iteration ``j`` waited exact
 duration of iteration ``j``. The step log's ``decode_tokens`` is therefore the exact
 weight of each iteration's duration in the distribution of token gaps; the only other
 gaps are the first token after a preemption (recorded one by one).
+
 """
 
 # B, L and friends are the block size and prompt length of the docs' formulas.
@@ -42,72 +36,31 @@ gaps are the first token after a preemption (recorded one by one).
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from heapq import heappop, heappush
-from typing import Any, Literal
 
 import simpy
-from pydantic import BaseModel, ConfigDict, Field
 
-from xpusim.engine.qty import DurationOrZero
-from xpusim.plugins.workloads.serving.cluster import (
+from xpusim.engine.policies import (
     DECODING,
-    DONE,
     PREFILLING,
     WAITING,
-    CostTable,
-    Replica,
-    RequestTable,
+    Proc,
+    ReplicaState,
+    RequestState,
+    SchedulerSpec,
+    StepPrices,
+    finish_request,
 )
-
-SCHEDULERS = ("static", "continuous", "chunked-prefill")
-"""Scheduler kinds a scenario may name in ``workload.scheduler.kind``."""
 
 WATERMARK = 0.01
 """Fraction of KV blocks admission leaves free while the replica is busy."""
 
 
-class SchedulerSpec(BaseModel):
-    """The ``workload.scheduler`` block."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["static", "continuous", "chunked-prefill"] = "continuous"
-    max_batch: int = Field(default=128, ge=1, description="sequences per iteration")
-    max_batch_tokens: int = Field(
-        default=8192, ge=1, description="tokens per iteration (prefill tokens plus one per decode)"
-    )
-    chunk: int = Field(
-        default=512, ge=1, description="chunked-prefill: token budget per iteration (Sarathi)"
-    )
-    max_wait: DurationOrZero = Field(
-        default=0.0, description="static: longest wait for a batch to fill (e.g. 50 ms)"
-    )
-    shape_bits: int = Field(
-        default=6, ge=2, le=20, description="significant bits kept when bucketing step shapes"
-    )
-    grid_bits: int = Field(
-        default=2,
-        ge=1,
-        le=20,
-        description="significant bits of the grid new shapes are interpolated on",
-    )
-
-
-Proc = Generator[simpy.Event, Any, None]
-
-
-def _finish_request(req: RequestTable, rid: int, t: float) -> None:
-    req.state[rid] = DONE
-    req.finish[rid] = t
-    req.done += 1
-
-
 def iterative(
     env: simpy.Environment,
-    rep: Replica,
-    req: RequestTable,
-    costs: CostTable,
+    rep: ReplicaState,
+    req: RequestState,
+    costs: StepPrices,
     spec: SchedulerSpec,
     split: bool,
 ) -> Proc:
@@ -305,8 +258,7 @@ def iterative(
                 growth[(L - k - 1) % B] -= 1
                 n_dec -= 1
                 sum_ctx -= ctx
-                _finish_request(req, rid, end)
-                rep.outstanding -= 1
+                finish_request(req, rep, rid, end)
         # 5. completed prefills emit their first token and start decoding
         if done_pf:
             if split and prefilling:
@@ -325,8 +277,7 @@ def iterative(
                     used -= -(-L // B)
                     fin_iter[rid] = j
                     seg_start[rid] = j + 1
-                    _finish_request(req, rid, end)
-                    rep.outstanding -= 1
+                    finish_request(req, rep, rid, end)
                     continue
                 state[rid] = DECODING
                 entry[rid] = j
@@ -342,97 +293,3 @@ def iterative(
                 n_dec += 1
                 sum_ctx += L
         j += 1
-
-
-def static(
-    env: simpy.Environment,
-    rep: Replica,
-    req: RequestTable,
-    costs: CostTable,
-    spec: SchedulerSpec,
-) -> Proc:
-    """The static-batching loop of one replica; see the module docstring."""
-    B = rep.kv.block_tokens
-    total = rep.kv.total_blocks
-    waiting = rep.waiting
-    max_batch = spec.max_batch
-    max_wait = spec.max_wait
-    arrival = req.arrival
-    L_all = req.prompt
-    M_all = req.output
-    log = rep.log
-    j = 0
-    while True:
-        if not waiting:
-            ev = rep.wake = env.event()
-            yield ev
-            continue
-        now = env.now
-        if len(waiting) < max_batch and max_wait > 0:
-            deadline = arrival[waiting[0]] + max_wait
-            if now < deadline:
-                ev = rep.wake = env.event()
-                yield ev | env.timeout(deadline - now)
-                rep.wake = None
-                continue
-        batch: list[int] = []
-        used = 0
-        while waiting and len(batch) < max_batch:
-            rid = waiting[0]
-            nb = -(-(L_all[rid] + M_all[rid] - 1) // B)
-            if used + nb > total:
-                break
-            waiting.popleft()
-            batch.append(rid)
-            used += nb
-        if not batch:
-            raise AssertionError(f"replica {rep.index}: a request does not fit an empty cache")
-        k = len(batch)
-        lens = [L_all[r] for r in batch]
-        outs = [M_all[r] for r in batch]
-        ptok = sum(lens)
-        for r in batch:
-            req.state[r] = PREFILLING
-            req.first_scheduled[r] = now
-        # prefill of every prompt
-        dur, joules, st_i = costs.step(k, ptok, 0, 0, 0)
-        yield env.timeout(dur)
-        t = now + dur
-        _log(log, now, t, k, ptok, 0, -(-ptok // B), st_i, joules)
-        j0 = j
-        j += 1
-        for r in batch:
-            req.first_token[r] = t
-        # decode until the longest output is done; the batch keeps its size (padding)
-        longest = max(outs)
-        alive = sorted(outs, reverse=True)
-        n_alive = k
-        ctx = ptok
-        for i in range(1, longest):
-            while n_alive and alive[n_alive - 1] - 1 < i:
-                n_alive -= 1
-            dur, joules, st_i = costs.step(0, 0, 0, k, ctx)
-            s = t
-            yield env.timeout(dur)
-            t = s + dur
-            ctx += k
-            _log(log, s, t, k, 0, n_alive, -(-ctx // B), st_i, joules)
-            j += 1
-        for r, m in zip(batch, outs, strict=True):
-            req.fin_iter[r] = j0 + m - 1
-            req.seg_start[r] = j0 + 1
-            _finish_request(req, r, t)
-            rep.outstanding -= 1
-
-
-def _log(
-    log: Any, s: float, e: float, batch: int, pf: int, dec: int, kv: int, st: int, joules: float
-) -> None:
-    log.start.append(s)
-    log.end.append(e)
-    log.batch.append(batch)
-    log.prefill.append(pf)
-    log.decode.append(dec)
-    log.kv.append(kv)
-    log.state.append(st)
-    log.joules.append(joules)

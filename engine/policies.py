@@ -1,0 +1,342 @@
+"""Serving policy contracts: the batch schedulers and request routers a plugin adds.
+
+A serving world holds replicas of a model behind a router. Two decisions in it are
+policies that plugins register by name (hooks ``register_schedulers`` and
+``register_routers``) and scenarios pick (``workload.scheduler.kind``,
+``workload.router``):
+
+* a :class:`Scheduler` runs one replica: which waiting requests join the next iteration,
+  how prompts are split, when to preempt. It is a SimPy process per replica, one SimPy
+  event per iteration, written as a generator (:meth:`Scheduler.process`);
+* a :class:`Router` picks the replica an arriving request joins
+  (:meth:`Router.start` returns the per-run routing function).
+
+Registered objects describe a policy and hold no run state: every run asks them for a
+fresh process or routing function, so one object serves concurrent runs.
+
+The world hands a policy the state it decides on through the protocols below
+(:class:`ReplicaState`, :class:`RequestState`, :class:`KVBlocks`, :class:`StepColumns`,
+:class:`StepPrices`); the serving workload's own classes implement them. A scheduler
+keeps the world's bookkeeping true: every request it takes from ``replica.waiting`` it
+eventually finishes with :func:`finish_request`, it appends one row per iteration to
+``replica.log`` (:func:`log_step`), and it sets ``first_scheduled``/``first_token`` of a
+request (NaN until set), ``fin_iter`` (the iteration of its last token) and
+``seg_start`` (its first decode iteration); the world derives every frame from these.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from array import array
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Protocol
+
+import simpy
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from xpusim.engine.qty import DurationOrZero
+from xpusim.engine.registry import unknown_message
+
+WAITING, PREFILLING, DECODING, DONE, DROPPED = 0, 1, 2, 3, 4
+"""Request states held in :attr:`RequestState.state`."""
+
+
+class KVBlocks(Protocol):
+    """A replica's paged KV cache as a scheduler sees it.
+
+    ``total_blocks`` blocks of ``block_tokens`` tokens; ``growth[p]`` counts the decoding
+    sequences whose next token opens a new block at iterations ``j`` with
+    ``j % block_tokens == p`` (schedulers keep it for their running decodes).
+    """
+
+    @property
+    def total_blocks(self) -> int: ...
+    @property
+    def block_tokens(self) -> int: ...
+    @property
+    def growth(self) -> list[int]: ...
+
+
+class StepColumns(Protocol):
+    """A replica's step log: one entry per iteration in each column (start and end time
+    in seconds, sequences in the batch, prompt tokens prefilled, decode tokens produced,
+    KV blocks held after the step, state index of :attr:`StepPrices.states`, joules)."""
+
+    @property
+    def start(self) -> array[float]: ...
+    @property
+    def end(self) -> array[float]: ...
+    @property
+    def batch(self) -> array[int]: ...
+    @property
+    def prefill(self) -> array[int]: ...
+    @property
+    def decode(self) -> array[int]: ...
+    @property
+    def kv(self) -> array[int]: ...
+    @property
+    def state(self) -> array[int]: ...
+    @property
+    def joules(self) -> array[float]: ...
+
+
+class ReplicaState(Protocol):
+    """One model replica: its index, its queue of waiting request ids (in arrival order
+    unless a scheduler reorders it), its KV cache and step log.
+
+    ``outstanding`` counts requests routed here and not finished (routers read it).
+    ``wake`` is the event the replica's process waits on while it has nothing to do: a
+    scheduler sets it to a fresh ``env.event()`` and yields it; the world triggers it when
+    a request arrives.
+    """
+
+    outstanding: int
+    wake: simpy.Event | None
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def waiting(self) -> deque[int]: ...
+    @property
+    def kv(self) -> KVBlocks: ...
+    @property
+    def log(self) -> StepColumns: ...
+
+
+class RequestState(Protocol):
+    """Per-request state of one system's run, one flat array per field, indexed by
+    request id.
+
+    Inputs: ``arrival`` (s), ``prompt`` and ``output`` (tokens). Working state:
+    ``cur_prompt`` (tokens to prefill, the prompt plus generated tokens after a
+    recompute preemption), ``cur_output`` (tokens still to generate), ``entry``
+    (iteration its current decode began), ``fin_iter``, ``seg_start``, ``seg_max``
+    (largest token gap before its last uninterrupted segment), ``state`` (one of
+    :data:`WAITING` ... :data:`DROPPED`). Results: ``first_scheduled``, ``first_token``,
+    ``finish`` (s), ``preemptions``, ``extra_gaps`` (token gaps outside the step log, such
+    as the first token after a preemption) and ``done`` (requests finished).
+    """
+
+    done: int
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def arrival(self) -> Sequence[float]: ...
+    @property
+    def prompt(self) -> Sequence[int]: ...
+    @property
+    def output(self) -> Sequence[int]: ...
+    @property
+    def cur_prompt(self) -> array[int]: ...
+    @property
+    def cur_output(self) -> array[int]: ...
+    @property
+    def state(self) -> bytearray: ...
+    @property
+    def entry(self) -> array[int]: ...
+    @property
+    def fin_iter(self) -> array[int]: ...
+    @property
+    def seg_start(self) -> array[int]: ...
+    @property
+    def seg_max(self) -> array[float]: ...
+    @property
+    def first_scheduled(self) -> array[float]: ...
+    @property
+    def first_token(self) -> array[float]: ...
+    @property
+    def finish(self) -> array[float]: ...
+    @property
+    def preemptions(self) -> array[int]: ...
+    @property
+    def extra_gaps(self) -> list[float]: ...
+
+
+class StepPrices(Protocol):
+    """Step prices of the compiled model, memoized.
+
+    :meth:`step` prices one iteration from totals: ``pf_n`` prefills of ``pf_tok`` tokens
+    in all over ``pf_ctx`` cached tokens in all, plus ``n_dec`` decodes over ``dec_ctx``
+    cached tokens in all; it returns ``(seconds, joules, state_index)``. ``memo`` maps
+    bucketed keys ``(pf_n, tokens, context, decodes, decode_context)`` (sizes rounded to
+    ``bits`` significant bits) to the same triples, for a hot loop that inlines the key;
+    ``states`` names the state indices.
+    """
+
+    @property
+    def memo(self) -> dict[tuple[int, ...], tuple[float, float, int]]: ...
+    @property
+    def bits(self) -> int: ...
+    @property
+    def states(self) -> list[str]: ...
+
+    def step(
+        self, pf_n: int, pf_tok: int, pf_ctx: int, n_dec: int, dec_ctx: int
+    ) -> tuple[float, float, int]: ...
+
+
+Proc = Generator[simpy.Event, Any, None]
+"""A SimPy process: a generator of events."""
+
+Route = Callable[[Sequence[ReplicaState]], ReplicaState]
+"""``route(replicas) -> replica``: called once per request at its arrival instant."""
+
+
+def _host_registry(info: ValidationInfo, attr: str) -> Any:
+    """The host's registry ``attr`` from the validation context, or ``None`` outside a
+    scenario (a spec built in code)."""
+    host = (info.context or {}).get("host") if isinstance(info.context, dict) else None
+    return getattr(host, attr, None) if host is not None else None
+
+
+def check_name(info: ValidationInfo, attr: str, kind: str, name: str) -> str:
+    """``name`` when the host's registry ``attr`` knows it (or no host is in the
+    validation context); else a ``ValueError`` listing the valid names and the nearest."""
+    registry = _host_registry(info, attr)
+    if registry is not None and name not in registry:
+        raise ValueError(unknown_message(kind, name, registry.names()))
+    return name
+
+
+def resolve(info: ValidationInfo, attr: str, name: str) -> Any:
+    """The object registered as ``name`` in the host's registry ``attr`` (imported on
+    first use), or ``None`` when no host is in the validation context."""
+    registry = _host_registry(info, attr)
+    return registry.get(name) if registry is not None else None
+
+
+class SchedulerSpec(BaseModel):
+    """The ``workload.scheduler`` block: which scheduler, and the limits it keeps.
+
+    ``kind`` names a registered :class:`Scheduler`. Validated inside a scenario (a
+    validation context holding the host), an unknown kind lists the registered ones and
+    the object is resolved once (:meth:`policy`); a spec built in code carries only the
+    name, and the serving world looks it up among its built-in schedulers.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = "continuous"
+    max_batch: int = Field(default=128, ge=1, description="sequences per iteration")
+    max_batch_tokens: int = Field(
+        default=8192, ge=1, description="tokens per iteration (prefill tokens plus one per decode)"
+    )
+    chunk: int = Field(
+        default=512, ge=1, description="chunked-prefill: token budget per iteration (Sarathi)"
+    )
+    max_wait: DurationOrZero = Field(
+        default=0.0, description="static: longest wait for a batch to fill (e.g. 50 ms)"
+    )
+    shape_bits: int = Field(
+        default=6, ge=2, le=20, description="significant bits kept when bucketing step shapes"
+    )
+    grid_bits: int = Field(
+        default=2,
+        ge=1,
+        le=20,
+        description="significant bits of the grid new shapes are interpolated on",
+    )
+    _policy: Scheduler | None = PrivateAttr(default=None)
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, kind: str, info: ValidationInfo) -> str:
+        return check_name(info, "schedulers", "scheduler", kind)
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> SchedulerSpec:
+        self._policy = resolve(info, "schedulers", self.kind)
+        return self
+
+    def policy(self) -> Scheduler | None:
+        """The registered scheduler resolved at validation, or ``None`` (built in code)."""
+        return self._policy
+
+
+class Scheduler(ABC):
+    """A batch scheduler: the loop that runs one replica.
+
+    Contract: ``name`` is the key used in ``workload.scheduler.kind``; ``description``
+    says the policy in one line. :meth:`process` is called once per replica per run and
+    returns a SimPy process; it takes requests from ``replica.waiting``, prices each
+    iteration with ``prices.step``, yields ``env.timeout(seconds)`` for it, logs it
+    (:func:`log_step`) and finishes requests (:func:`finish_request`). When it has nothing
+    to run it sets ``replica.wake = env.event()`` and yields that event. It keeps the
+    replica's KV use within ``replica.kv.total_blocks`` and the batch within ``spec``'s
+    limits, and must finish every request it takes. The object holds no run state.
+    """
+
+    name: str = ""
+    description: str = ""
+    api_version: str = "1"
+
+    @abstractmethod
+    def process(
+        self,
+        env: simpy.Environment,
+        replica: ReplicaState,
+        requests: RequestState,
+        prices: StepPrices,
+        spec: SchedulerSpec,
+    ) -> Proc:
+        """The SimPy process running ``replica`` until the world ends."""
+        raise NotImplementedError(self)
+
+
+class Router(ABC):
+    """A request router: which replica an arriving request joins.
+
+    Contract: ``name`` is the key used in ``workload.router``; ``description`` says the
+    policy in one line. :meth:`start` is called once per run and returns the routing
+    function, which holds any state of that run (a counter, a seeded random generator);
+    the same ``seed`` and arrivals give the same choices. The object holds no run state.
+    """
+
+    name: str = ""
+    description: str = ""
+    api_version: str = "1"
+
+    @abstractmethod
+    def start(self, replicas: Sequence[ReplicaState], seed: int) -> Route:
+        """The routing function of one run over ``replicas`` (seeded by ``seed``)."""
+        raise NotImplementedError(self)
+
+
+def finish_request(requests: RequestState, replica: ReplicaState, rid: int, t: float) -> None:
+    """Mark request ``rid`` finished at ``t`` and release it from ``replica``'s count."""
+    requests.state[rid] = DONE
+    requests.finish[rid] = t
+    requests.done += 1
+    replica.outstanding -= 1
+
+
+def log_step(
+    log: StepColumns,
+    start: float,
+    end: float,
+    batch: int,
+    prefill: int,
+    decode: int,
+    kv_blocks: int,
+    state: int,
+    joules: float,
+) -> None:
+    """Append one iteration to ``log`` (see :class:`StepColumns` for the columns)."""
+    log.start.append(start)
+    log.end.append(end)
+    log.batch.append(batch)
+    log.prefill.append(prefill)
+    log.decode.append(decode)
+    log.kv.append(kv_blocks)
+    log.state.append(state)
+    log.joules.append(joules)

@@ -1,0 +1,45 @@
+"""The built-in batch schedulers, one class per module.
+
+* ``static`` (:mod:`.static`) — request-level batching;
+* ``continuous`` (:mod:`.continuous`) — iteration-level batching (Orca, vLLM);
+* ``chunked-prefill`` (:mod:`.chunked_prefill`) — Sarathi-Serve stall-free batching.
+
+Each is one SimPy process per replica and one SimPy event per iteration
+(:class:`xpusim.engine.policies.Scheduler`); the workload plugin registers them through
+the ``register_schedulers`` hook, as a third party registers its own.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationInfo
+
+from xpusim.engine.policies import Scheduler, SchedulerSpec
+from xpusim.engine.registry import unknown_message
+from xpusim.plugins.workloads.serving.schedulers.chunked_prefill import ChunkedPrefillScheduler
+from xpusim.plugins.workloads.serving.schedulers.continuous import ContinuousScheduler
+from xpusim.plugins.workloads.serving.schedulers.static import StaticScheduler
+
+SCHEDULERS: tuple[type[Scheduler], ...] = (
+    StaticScheduler,
+    ContinuousScheduler,
+    ChunkedPrefillScheduler,
+)
+"""The built-in scheduler classes, registered by the workload plugin."""
+
+
+def check_builtin(spec: SchedulerSpec, info: ValidationInfo) -> SchedulerSpec:
+    """``spec`` when it was resolved against a host's registry (inside a scenario) or
+    names a built-in scheduler; a ``ValueError`` listing the valid ones otherwise (a
+    config validated without a host knows only the built-ins, as the world does)."""
+    if spec.policy() is None and not (isinstance(info.context, dict) and "host" in info.context):
+        builtin_scheduler(spec.kind)
+    return spec
+
+
+def builtin_scheduler(name: str) -> Scheduler:
+    """The built-in scheduler called ``name`` (a spec built in code, outside a scenario,
+    carries only the name); ``ValueError`` listing the valid ones otherwise."""
+    for cls in SCHEDULERS:
+        if cls.name == name:
+            return cls()
+    raise ValueError(unknown_message("scheduler", name, [c.name for c in SCHEDULERS]))
