@@ -1,16 +1,23 @@
-"""The plugin host: registries, isolation of broken plugins, name checks, API versions."""
+"""The plugin host: registries, isolation of broken plugins, name checks, API versions,
+and lazy registration (imported on first use)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pluggy
 import pytest
 
-from tests.fakes import FakeBackend, FakePlugin
+from tests.fakes import FakeBackend, FakePlugin, fake_device
 from xpusim import hookimpl
-from xpusim.engine.errors import DuplicateNameError, UnknownNameError
+from xpusim.engine.device import DeviceSpec
+from xpusim.engine.errors import DuplicateNameError, PluginError, UnknownNameError
 from xpusim.engine.host import Host, get_plugin_manager
+from xpusim.engine.lazy import Lazy
 from xpusim.engine.registry import Registry, nearest
 
 
@@ -112,3 +119,133 @@ def test_trace_plugins_env_prints_hook_calls(
     pm.register(FakePlugin(), name="fakes")
     Host(pm)
     assert "register_backends" in capsys.readouterr().err
+
+
+# --- lazy registration ------------------------------------------------------------------
+
+LAZY_MODULE = """
+from tests.fakes import FakeBackend, fake_device
+
+class LazyBackend(FakeBackend):
+    name = "lazyfake"
+
+class Misnamed(FakeBackend):
+    name = "other"
+
+class Future(FakeBackend):
+    name = "futurelazy"
+    api_version = "99"
+"""
+
+
+@pytest.fixture
+def lazy_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A module on ``sys.path`` defining backends, not imported yet; its name."""
+    name = f"xpusim_lazy_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(LAZY_MODULE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def _lazy_plugin(*refs: Lazy, devices: tuple[DeviceSpec, ...] = ()) -> object:
+    class P:
+        @hookimpl
+        def register_backends(self, register: Any) -> None:
+            for ref in refs:
+                register(ref)
+
+        @hookimpl
+        def register_devices(self, register: Any) -> None:
+            for spec in devices:
+                register(spec)
+
+    return P()
+
+
+def test_lazy_item_is_listed_but_imported_on_first_use(
+    pm: pluggy.PluginManager, lazy_module: str
+) -> None:
+    """A backend registered as a Lazy reference is listed with its plugin at once, and its
+    module is imported only when the backend is first asked for, once."""
+    pm.register(_lazy_plugin(Lazy("lazyfake", f"{lazy_module}:LazyBackend")), name="lazy")
+    host = Host(pm)
+    assert "lazyfake" in host.backends and host.backends.owner("lazyfake") == "lazy"
+    assert host.plugins["lazy"].registered["backends"] == ["lazyfake"]
+    assert lazy_module not in sys.modules and not host.backends.loaded("lazyfake")
+    backend = host.backends.get("lazyfake")
+    assert lazy_module in sys.modules and backend.name == "lazyfake"
+    assert host.backends.get("lazyfake") is backend
+
+
+def test_lazy_import_failure_names_plugin_and_spares_the_others(
+    pm: pluggy.PluginManager, lazy_module: str
+) -> None:
+    """A lazy item whose module cannot be imported raises a PluginError naming its plugin,
+    the target and the error; the failure is recorded on the plugin, and listing the
+    registry skips it while the other items keep working."""
+    pm.register(_lazy_plugin(Lazy("ghost", "xpusim_no_such_module.backend:Ghost")), name="haunted")
+    pm.register(_lazy_plugin(Lazy("lazyfake", f"{lazy_module}:LazyBackend")), name="lazy")
+    host = Host(pm)
+    assert host.failed_plugins() == {}
+    with pytest.raises(PluginError) as exc:
+        host.backends.get("ghost")
+    msg = str(exc.value)
+    assert "'haunted'" in msg and "xpusim_no_such_module" in msg and "ModuleNotFoundError" in msg
+    assert "ghost" in host.failed_plugins()["haunted"]
+    assert [n for n, _ in host.backends.items()] == ["lazyfake"]
+    with pytest.raises(PluginError):  # remembered, not retried
+        host.backends.get("ghost")
+
+
+def test_lazy_object_must_carry_its_registered_name(
+    pm: pluggy.PluginManager, lazy_module: str
+) -> None:
+    """A lazy reference whose object has another name is refused on load, naming both."""
+    pm.register(_lazy_plugin(Lazy("lazyfake", f"{lazy_module}:Misnamed")), name="lazy")
+    host = Host(pm)
+    with pytest.raises(PluginError, match="named 'other', not 'lazyfake'"):
+        host.backends.get("lazyfake")
+
+
+def test_lazy_api_version_is_checked_on_load(pm: pluggy.PluginManager, lazy_module: str) -> None:
+    """A lazily registered backend targeting another engine API is refused when loaded,
+    with the plugin and both versions."""
+    pm.register(_lazy_plugin(Lazy("futurelazy", f"{lazy_module}:Future")), name="future")
+    host = Host(pm)
+    with pytest.raises(PluginError) as exc:
+        host.backends.get("futurelazy")
+    assert "'future'" in str(exc.value) and "99" in str(exc.value) and "API 1" in str(exc.value)
+
+
+def test_devices_for_a_lazy_backend_join_it_when_loaded(
+    pm: pluggy.PluginManager, lazy_module: str
+) -> None:
+    """register_devices for a backend not imported yet does not import it; the device is
+    in the backend's catalog once the backend is loaded."""
+    extra = fake_device("chip-x")
+    ref = Lazy("lazyfake", f"{lazy_module}:LazyBackend")
+    pm.register(_lazy_plugin(ref), name="lazy")
+    pm.register(_lazy_plugin(devices=(replace(extra, backend="lazyfake"),)), name="vendor")
+    host = Host(pm)
+    assert lazy_module not in sys.modules
+    assert host.plugins["vendor"].registered["devices"] == ["chip-x"]
+    assert "chip-x" in host.backends.get("lazyfake").devices()
+    assert host.device("lazyfake", "chip-x").name == "chip-x"
+
+
+def test_lazy_target_must_name_module_and_attribute() -> None:
+    """A Lazy target without 'module:attribute' is refused with the expected form."""
+    with pytest.raises(PluginError, match=r"package\.module:attribute"):
+        Lazy("x", "just_a_module")
+
+
+def test_every_builtin_registration_loads_under_its_name(host: Host) -> None:
+    """Each lazy registration of the built-in plugins imports to an object carrying the
+    registered name (a renamed class or attribute fails here, not in a user's run)."""
+    registries = [r for r in vars(host).values() if isinstance(r, Registry)]
+    assert len(registries) >= 6
+    for registry in registries:
+        names = registry.names()
+        loaded = [n for n, _ in registry.items()]
+        assert loaded == names, registry.errors()
