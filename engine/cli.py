@@ -12,7 +12,6 @@ command (``xpusim --help`` lists them; ``xpusim version`` loads no plugin at all
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import sys
 from collections.abc import Callable
@@ -531,22 +530,12 @@ def calibrate(
     def go() -> None:
         host = _host()
         be = host.backends.get(backend, where="--backend")
-        fn = getattr(be, "calibrate", None)
-        if fn is None:
+        if not be.can_calibrate:
             raise XpusimError(
                 f"backend {backend!r} has no calibration command; backends that measure: "
-                f"{', '.join(n for n, b in host.backends.items() if hasattr(b, 'calibrate'))}."
+                f"{', '.join(n for n, b in host.backends.items() if b.can_calibrate)}."
             )
-        if points is None:
-            path = fn(out_file)
-        elif "points" in inspect.signature(fn).parameters:
-            path = fn(out_file, points=points)
-        else:
-            raise XpusimError(
-                f"--points: backend {backend!r} calibrates by measuring this machine and "
-                f"takes no points file; drop --points, or use --backend gpu for a GPU "
-                f"points file."
-            )
+        path = be.calibrate(out_file, points)
         out.print(f"calibration written: {path}")
 
     guarded(go)

@@ -325,6 +325,11 @@ class SnnModelGraph(SpikingModel):
         return self.cfg.timestep * 1e3
 
     @property
+    def timestep(self) -> float:
+        """The simulation timestep in seconds, as configured."""
+        return float(self.cfg.timestep)
+
+    @property
     def input_rate(self) -> float:
         """The Poisson rate (Hz) of a fully active input."""
         return float(self.cfg.input_rate)

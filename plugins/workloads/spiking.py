@@ -38,6 +38,7 @@ from xpusim.engine.errors import ScenarioError
 from xpusim.engine.frames import DEVICES_SCHEMA, device_timeline
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.qty import Duration, Rate
+from xpusim.engine.spiking import SpikingModel
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 
 __all__ = ["REQUESTS_SCHEMA", "STEPS_SCHEMA", "WORKLOADS", "SpikingConfig", "SpikingWorkload"]
@@ -68,6 +69,10 @@ REQUESTS_SCHEMA: dict[str, pl.DataType] = {
 """Columns of the spiking ``requests`` frame (one row per sample)."""
 
 
+DEFAULT_TIMESTEPS = 100
+"""Timesteps of a sample when neither the workload nor a spiking model names them."""
+
+
 class SpikingConfig(BaseModel):
     """The ``workload:`` block of kind ``spiking`` (see the module docstring)."""
 
@@ -84,24 +89,24 @@ class SpikingConfig(BaseModel):
 
 def _model_and_compiled(config: SpikingConfig, ctx: WorkloadContext) -> tuple[Any, Compiled]:
     """Apply the workload's input rate and timestep to the model, and rebind the compiled
-    model where the backend's cost depends on them (event-driven backends)."""
+    model to it (:meth:`~xpusim.engine.backend.Compiled.rebind`: event-driven backends
+    whose cost depends on them compile anew)."""
     model, compiled = ctx.model, ctx.compiled
+    if config.input_rate is None and config.timestep is None:
+        return model, compiled
+    if not isinstance(model, SpikingModel):
+        raise ScenarioError(
+            f"workload.input_rate/timestep: model {model.name!r} has no such settings; "
+            f"remove them or use model family snn"
+        )
     changes: dict[str, Any] = {}
-    cfg = getattr(model, "cfg", None)
-    if config.input_rate is not None and getattr(cfg, "input_rate", None) != config.input_rate:
+    if config.input_rate is not None and model.input_rate != config.input_rate:
         changes["input_rate"] = f"{config.input_rate!r} Hz"
-    if config.timestep is not None and getattr(cfg, "timestep", None) != config.timestep:
+    if config.timestep is not None and model.timestep != config.timestep:
         changes["timestep"] = f"{config.timestep!r} s"
     if changes:
-        if not hasattr(model, "with_options"):
-            raise ScenarioError(
-                f"workload.input_rate/timestep: model {model.name!r} has no such settings; "
-                f"remove them or use model family snn"
-            )
         model = model.with_options(**changes)
-        rebind = getattr(compiled, "rebind", None)
-        if rebind is not None:
-            compiled = rebind(model)
+        compiled = compiled.rebind(model)
     return model, compiled
 
 
@@ -122,8 +127,8 @@ class SpikingWorkload(Workload):
         if not isinstance(config, SpikingConfig):
             config = SpikingConfig.model_validate(config)
         model, compiled = _model_and_compiled(config, ctx)
-        steps_per_sample = config.timesteps or int(
-            getattr(getattr(model, "cfg", None), "timesteps", 100)
+        steps_per_sample = config.timesteps or (
+            model.timesteps if isinstance(model, SpikingModel) else DEFAULT_TIMESTEPS
         )
         n = config.samples
         rng = np.random.default_rng(ctx.seed)
@@ -134,7 +139,7 @@ class SpikingWorkload(Workload):
         else:
             arrivals = np.arange(1, n + 1) / config.rate
         system = ctx.system
-        replicas = int(getattr(compiled, "replicas", system.replicas))
+        replicas = int(compiled.replicas)
         per_replica = max(1, system.count // replicas)
 
         env = simpy.Environment()

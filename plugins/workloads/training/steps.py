@@ -10,16 +10,17 @@ stages of ``v`` chunks, ``m = global_batch / (micro_batch · d)`` micro-batches)
 
 1. **Stage cost.** The backend prices one micro-batch's forward + recompute + backward on
    one device of one stage: ``Shape(TRAIN, batch=micro_batch, tokens=seq_len,
-   recompute=...)``. For an :class:`~xpusim.engine.analytic.AnalyticCompiled` the stage graph is
-   priced op by op (:meth:`~xpusim.engine.analytic.AnalyticCompiled.stage_breakdown`), with the
+   recompute=...)``. The compilation prices its forward, backward and optimizer passes
+   (:meth:`~xpusim.engine.backend.Compiled.stage_costs`; an analytic one op by op), with the
    tensor-parallel collectives inside each layer (all-reduce, or reduce-scatter +
    all-gather under sequence parallelism) as the graph's COLLECTIVE ops on the critical
    path; the graph's optimizer op is taken out and charged once per step, and its
    pipeline send/recv ops are taken out and priced here with their placement (3.).
-   Ops named ``bwd.*``/``recompute.*`` (the model helpers' convention) are the backward
-   half; any other Compiled is priced through :meth:`~xpusim.engine.backend.Compiled.cost`,
-   whose seconds cover the ``p`` stages one after another (the engine contract), so a
-   stage is ``1/p`` of it and forward:backward is split 1:2.
+   The model says which ops are backward work
+   (:meth:`~xpusim.engine.model.ModelGraph.training_stages`); a compilation without its
+   own split (the contract's default) prices through
+   :meth:`~xpusim.engine.backend.Compiled.cost`, whose seconds cover the ``p`` stages one
+   after another, so a stage is ``1/p`` of it and forward:backward is split 1:2.
 2. **Pipeline.** :func:`xpusim.plugins.workloads.training.pipeline.pipeline_time`: ``(m·v + p − 1)·c`` with
    ``c`` one chunk's forward+backward plus its two point-to-point transfers.
 3. **Point-to-point.** The activation of one micro-batch (``micro_batch·seq·hidden``
@@ -89,11 +90,11 @@ import numpy as np
 import polars as pl
 import simpy
 
-from xpusim.engine.analytic import AnalyticCompiled
 from xpusim.engine.backend import Compiled
 from xpusim.engine.collectives import collective_seconds
+from xpusim.engine.errors import XpusimError
 from xpusim.engine.frames import DEVICES_SCHEMA
-from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from xpusim.engine.graph import Collective, Phase, Shape, dtype_bytes
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
 from xpusim.engine.system import Parallelism, System, Topology
@@ -378,59 +379,13 @@ class StepTime:
         return self.device_s.get("bubble", 0.0)
 
 
-def _is_bwd(op: Op) -> bool:
-    return op.name.startswith(("bwd.", "recompute."))
-
-
-def _is_pipeline_comm(op: Op) -> bool:
-    return op.kind is OpKind.COLLECTIVE and (
-        op.layer == "pipeline" or op.collective is Collective.SEND_RECV
-    )
-
-
 def _stage_costs(
     compiled: Compiled, shape: Shape
 ) -> tuple[dict[str, float], dict[str, float], dict[str, float], str]:
     """(forward breakdown, backward breakdown, optimizer breakdown, how) of one
-    micro-batch on one stage device."""
-    if isinstance(compiled, AnalyticCompiled):
-        g = compiled.graph(shape)
-        fwd = [
-            o
-            for o in g.ops
-            if o.kind is not OpKind.OPTIMIZER and not _is_pipeline_comm(o) and not _is_bwd(o)
-        ]
-        bwd = [
-            o
-            for o in g.ops
-            if o.kind is not OpKind.OPTIMIZER and not _is_pipeline_comm(o) and _is_bwd(o)
-        ]
-        opt = [o for o in g.ops if o.kind is OpKind.OPTIMIZER]
-
-        def price(ops: Sequence[Op]) -> dict[str, float]:
-            return compiled.stage_breakdown(OpGraph(g.phase, tuple(ops), g.shape, g.dtype))
-
-        how = "stage graph priced op by op; forward/backward split by op names"
-        if not bwd:  # a graph without named backward ops: split its time 1:2
-            total = price(fwd)
-            return (
-                {k: v / 3 for k, v in total.items()},
-                {k: 2 * v / 3 for k, v in total.items()},
-                price(opt),
-                "stage graph priced op by op; forward:backward split 1:2",
-            )
-        return price(fwd), price(bwd), price(opt), how
-    cost = compiled.cost(shape)
-    p = max(1, compiled.system.parallelism.pipeline)
-    br = dict(cost.breakdown) if cost.breakdown else {"compute": cost.seconds}
-    scale = cost.seconds / max(sum(br.values()), 1e-300) / p
-    stage = {k: v * scale for k, v in br.items()}
-    return (
-        {k: v / 3 for k, v in stage.items()},
-        {k: 2 * v / 3 for k, v in stage.items()},
-        {},
-        "Compiled.cost / pipeline; forward:backward split 1:2",
-    )
+    micro-batch on one stage device (:meth:`~xpusim.engine.backend.Compiled.stage_costs`)."""
+    st = compiled.stage_costs(shape)
+    return dict(st.forward), dict(st.backward), dict(st.optimizer), st.how
 
 
 def _probe(fn: Callable[[Collective, float, int], float], group: int) -> tuple[float, float]:
@@ -443,16 +398,29 @@ def _probe(fn: Callable[[Collective, float, int], float], group: int) -> tuple[f
     return bw, max(0.0, t1 - n1 / bw)
 
 
+def backend_collective(compiled: Compiled) -> Callable[[Collective, float, int], float] | None:
+    """The compilation's own collective pricing
+    (:meth:`~xpusim.engine.backend.Compiled.collective_seconds`), or ``None`` when it
+    prices none and the system topology's catalog link rates apply."""
+    if compiled.collective_seconds(Collective.SEND_RECV, 1.0, 2) is None:
+        return None
+
+    def fn(kind: Collective, nbytes: float, group: int) -> float:
+        return float(compiled.collective_seconds(kind, nbytes, group) or 0.0)
+
+    return fn
+
+
 def effective_topology(compiled: Compiled, system: System) -> Topology:
     """The system topology at the link rates the backend's collectives achieve."""
     topo = system.topology
-    fn = getattr(compiled, "collective", None)
-    if fn is None or not callable(fn):
+    fn = backend_collective(compiled)
+    if fn is None:
         return topo
     try:
         ibw, ilat = _probe(fn, 2)
         obw, olat = _probe(fn, topo.devices_per_node + 1)
-    except Exception:
+    except (ValueError, XpusimError):  # no size-linear send-recv to read rates from
         return topo
     return replace(topo, intra_bw=ibw, intra_latency=ilat, inter_bw=obw, inter_latency=olat)
 
@@ -463,9 +431,9 @@ class _Comms:
     def __init__(self, compiled: Compiled, system: System) -> None:
         self.system = system
         self.topo = effective_topology(compiled, system)
-        fn = getattr(compiled, "collective", None)
+        fn = backend_collective(compiled)
         torus = bool(system.topology.torus) or "torus_dims" in system.device.extra
-        self.torus_fn = fn if (torus and callable(fn)) else None
+        self.torus_fn = fn if torus else None
 
     def dp(self, kind: Collective, nbytes: float) -> float:
         par = self.system.parallelism

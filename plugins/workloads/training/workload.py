@@ -17,7 +17,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from xpusim.engine.analytic import AnalyticCompiled
 from xpusim.engine.backend import Compiled, Fit
 from xpusim.engine.errors import DoesNotFitError
 from xpusim.engine.model import ModelGraph
@@ -132,16 +131,12 @@ def total_steps(config: TrainingConfig, plan: TrainingPlan) -> int:
 
 
 def _reserve(compiled: Compiled) -> float:
-    return float(getattr(compiled, "reserve_bytes", 0.0) or 0.0)
+    return float(compiled.reserve_bytes)
 
 
 def _power(compiled: Compiled, system: System) -> PowerModel | None:
-    if isinstance(compiled, AnalyticCompiled):
-        return compiled.power
-    try:
-        return PowerModel.from_device(system.device)
-    except ValueError:
-        return None
+    del system  # the compilation's power model already describes its device
+    return compiled.power_model()
 
 
 def training_fit(config: TrainingConfig, system: System, compiled: Compiled) -> Fit:
