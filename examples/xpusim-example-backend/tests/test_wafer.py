@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from xpusim_example_backend import WaferBackend
 from xpusim_example_backend.costmodel import RESIDENT, STREAMING
 
@@ -65,3 +66,10 @@ def test_weights_beyond_memoryx_do_not_fit() -> None:
     huge = ProbeMLP(width=262144, hidden=3_000_000)  # 3.1 TB of bf16 weights
     fit = BACKEND.compile(huge, make_system(wse3)).fit()
     assert not fit.fits and "MemoryX" in fit.reason
+
+
+def test_options_schema_declares_regime_only() -> None:
+    """The wafer backend declares ``regime`` and refuses any other option key."""
+    assert BACKEND.check_options({"regime": STREAMING}) == {"regime": STREAMING}
+    with pytest.raises(ValueError, match="regim"):
+        BACKEND.check_options({"regim": STREAMING})

@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict
 
 from xpusim.engine import API_VERSION
 from xpusim.engine.analytic import GB, AnalyticCompiled
@@ -103,6 +104,15 @@ class WaferCompiled(AnalyticCompiled):
         )
 
 
+class WaferOptions(BaseModel):
+    """``systems[].options`` of the wafer backend; any other key is refused at load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    regime: Literal["auto", "resident", "weight-streaming"] = "auto"
+    """``auto`` (decided by SRAM capacity), or a forced ``resident``/``weight-streaming``."""
+
+
 class WaferBackend(Backend):
     """The ``wafer`` backend (see module docstring and ``costmodel``)."""
 
@@ -112,6 +122,7 @@ class WaferBackend(Backend):
         "wafer-scale engines (Cerebras CS-2/CS-3): SRAM-resident or "
         "weight-streaming from MemoryX, decided by SRAM capacity"
     )
+    options = WaferOptions
 
     def __init__(self, params: WaferParams | None = None) -> None:
         super().__init__()
