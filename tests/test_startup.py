@@ -114,3 +114,17 @@ def test_validate_gpu_scenario_imports_no_torch_and_no_spinnaker(tmp_path: Path)
     assert not _top_level(modules, ("matplotlib", "scipy"))
     backends = {m for m in modules if m.endswith(".backend") and m.startswith("xpusim.plugins")}
     assert backends == {"xpusim.plugins.gpu.backend"}
+
+
+def test_conformance_checks_import_no_test_runner() -> None:
+    """The installed conformance checks (xpusim.engine.conformance) import neither pytest,
+    a development-only dependency, nor torch; only the pytest face does."""
+    code = (
+        "import sys, xpusim.engine.conformance; "
+        "print(sorted({'pytest', 'torch'} & {m.split('.')[0] for m in sys.modules}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
