@@ -192,7 +192,7 @@ class CpuBackend(Backend):
         use). The cpu backend measures this machine and takes no ``points`` file."""
         if points is not None:
             raise XpusimError(
-                f"--points {points}: backend 'cpu' calibrates by measuring this machine and "
+                f"--points: backend 'cpu' calibrates by measuring this machine and "
                 f"takes no points file; drop --points, or use --backend gpu for a GPU "
                 f"points file."
             )
