@@ -10,7 +10,9 @@ schedulers and paged KV caches, and the serving metrics.
 * :mod:`~xpusim.plugins.workloads.serving.routers` — the built-in request routers;
 * :mod:`~xpusim.plugins.workloads.serving.steplog` — the columnar step log of a replica;
 * :mod:`~xpusim.plugins.workloads.serving.schemas` — the serving frames' schemas;
-* :mod:`~xpusim.plugins.workloads.serving.metrics` — summary metrics from the frames.
+* :mod:`~xpusim.plugins.workloads.serving.metrics` — summary metrics from the frames;
+* :mod:`~xpusim.plugins.workloads.serving.reference` — the continuous-batching world
+  written plainly on SimPy resources, the oracle the fast world is tested against.
 
 Importing this package imports none of them; the workload plugin registers them by name
 and they load when a scenario uses them.

@@ -1,0 +1,404 @@
+"""A plain reference for the continuous-batching serving world, built on SimPy resources.
+
+The fast world (:func:`~xpusim.plugins.workloads.serving.world.simulate_serving` with the
+``continuous`` scheduler, :func:`~xpusim.plugins.workloads.serving.schedulers.iteration.iterative`)
+keeps its queues and KV blocks as counters in flat arrays and uses SimPy as a clock only.
+This module simulates the same policy the plain way, to check it against: each replica's
+waiting queue is a :class:`simpy.PriorityStore`, its KV cache a :class:`simpy.Container`
+of blocks, every request is a SimPy process of its own, and each replica is a process
+that runs iterations. It is written for clarity, not speed, and is not used by any
+scenario; ``tests/test_serving_reference.py`` checks that both worlds give the same
+times.
+
+A request's process waits for its arrival time; a request whose KV need (prompt plus
+output minus one tokens) exceeds a replica's whole cache is dropped there and never
+routed. Otherwise it is routed (``round-robin``: the ``i``-th routed request goes to
+replica ``i mod R``; ``least-outstanding``: the replica with the fewest routed and
+unfinished requests, lowest index on a tie), joins the back of that replica's queue, and
+then reads the notes its replica sends it: scheduled, preempted, and one per token. Its
+first token and its last token give its first-token and finish times.
+
+A replica holds its running requests and, before every iteration, at the iteration's
+start instant:
+
+1. *Decode growth.* A running request holding ``c`` tokens of KV writes its last token
+   in this iteration, which needs a new block exactly when ``c`` is a multiple of the
+   block size. While the free blocks do not cover those new blocks, the running request
+   that arrived last is preempted, recompute-style: its blocks go back to the cache, it
+   goes back to the *front* of the queue (ahead of the requests preempted before it),
+   and it will prefill its prompt plus the tokens it has generated.
+2. *Admission.* Requests are admitted from the front of the queue, in order, while the
+   batch holds fewer than ``max_batch`` sequences. A request's prefill is all its tokens
+   (its prompt, plus its generated tokens after a preemption) and it takes the blocks
+   for all of them at once. The token budget ``max_batch_tokens`` counts one token per
+   decode and the prefill tokens; only the first prefill of an iteration may exceed it
+   (so a prompt longer than the budget is admitted as the only prefill). While the batch
+   is not empty (running or already admitted requests), admission leaves
+   ``int(blocks * WATERMARK)`` blocks free. Admission stops at the first request that
+   does not fit.
+3. *The iteration.* Its price comes from
+   :meth:`~xpusim.plugins.workloads.serving.cluster.CostTable.step`, the fast world's own
+   table (with its shape bucketing), for the admitted prefills (fused with the decodes,
+   no cached context) and the running decodes over the tokens they hold. The replica
+   waits that long.
+4. *Tokens.* At the iteration's end every request in it gets one token: the decodes
+   their next, the prefills their first (or, after a preemption, their next). A request
+   with all its tokens finishes and frees its blocks.
+
+An idle replica sleeps until a request is routed to it. Every arrival at an instant is
+routed before any replica decides at that instant (the request processes set their
+arrival timeouts at time zero, before any iteration's, and SimPy runs events of one
+instant in the order they were set). The fast world does not fix that order when an
+arrival falls exactly on an iteration's end: the arrival goes first only when the
+arrival before it came before that iteration began. The two worlds are therefore
+compared on workloads where no arrival meets an iteration's end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import polars as pl
+import simpy
+
+from xpusim.engine.backend import Compiled
+from xpusim.engine.policies import SchedulerSpec
+from xpusim.plugins.workloads.serving.cluster import CostTable
+from xpusim.plugins.workloads.serving.schedulers.iteration import WATERMARK
+
+ROUTERS = ("round-robin", "least-outstanding")
+"""Routers the reference world knows."""
+
+Proc = Generator[simpy.Event, Any, Any]
+
+
+@dataclass(frozen=True)
+class RequestOutcome:
+    """What happened to one request: the replica it was routed to (``None`` when
+    dropped) and its times in seconds (``None`` when dropped)."""
+
+    replica: int | None
+    first_scheduled_s: float | None
+    first_token_s: float | None
+    finish_s: float | None
+    preemptions: int
+
+
+@dataclass(frozen=True)
+class ReferenceStep:
+    """One iteration of one replica: its span, the sequences in it, the prompt tokens it
+    prefilled, the decode tokens it produced and the KV blocks held while it ran."""
+
+    replica: int
+    start_s: float
+    end_s: float
+    batch: int
+    prefill_tokens: int
+    decode_tokens: int
+    kv_blocks_used: int
+
+
+@dataclass(frozen=True)
+class ReferenceResult:
+    """The outcome of every request, indexed by request id (position in arrival order,
+    as in the fast world), the ids of the dropped requests, and every replica's
+    iterations in time order, replica by replica."""
+
+    requests: tuple[RequestOutcome, ...]
+    dropped: frozenset[int]
+    steps: tuple[ReferenceStep, ...]
+
+
+class _Note(Enum):
+    """What a replica tells a request's process."""
+
+    SCHEDULED = "scheduled"
+    PREEMPTED = "preempted"
+    TOKEN = "token"
+
+
+@dataclass(eq=False)
+class _Request:
+    """One request: its inputs, what its replica knows of it, and its recorded times.
+
+    ``tokens`` is its text so far (prompt plus generated tokens); ``blocks`` the KV
+    blocks it holds. A running request whose prefill is done holds the KV of
+    ``tokens - 1`` tokens: its last token's KV is written by its next decode.
+    """
+
+    rid: int
+    arrival_s: float
+    prompt: int
+    output: int
+    inbox: simpy.Store
+    tokens: int = 0
+    blocks: int = 0
+    replica: int | None = None
+    first_scheduled_s: float | None = None
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    preemptions: int = 0
+    dropped: bool = False
+
+    @property
+    def generated(self) -> int:
+        """Tokens generated so far."""
+        return self.tokens - self.prompt
+
+    def outcome(self) -> RequestOutcome:
+        """The request's recorded outcome."""
+        return RequestOutcome(
+            self.replica,
+            self.first_scheduled_s,
+            self.first_token_s,
+            self.finish_s,
+            self.preemptions,
+        )
+
+
+def _blocks(tokens: int, block_tokens: int) -> int:
+    """Blocks that hold ``tokens`` tokens."""
+    return -(-tokens // block_tokens)
+
+
+@dataclass(eq=False)
+class _Replica:
+    """One replica: a queue, a KV cache of blocks, its running requests and its steps.
+
+    The queue is a :class:`simpy.PriorityStore` so that a preempted request can go back
+    to its front: requests joining the back get increasing keys, preempted ones
+    decreasing negative keys.
+    """
+
+    index: int
+    env: simpy.Environment
+    costs: CostTable
+    spec: SchedulerSpec
+    total_blocks: int
+    block_tokens: int
+    queue: simpy.PriorityStore = field(init=False)
+    kv: simpy.Container = field(init=False)
+    running: list[_Request] = field(default_factory=list)
+    outstanding: int = 0
+    steps: list[ReferenceStep] = field(default_factory=list)
+    _back: int = 0
+    _front: int = 0
+
+    def __post_init__(self) -> None:
+        self.queue = simpy.PriorityStore(self.env)
+        self.kv = simpy.Container(self.env, capacity=self.total_blocks, init=self.total_blocks)
+
+    def join(self, req: _Request) -> None:
+        """Put a newly routed request at the back of the queue."""
+        self._back += 1
+        self.queue.put(simpy.PriorityItem(self._back, req))
+
+    def _requeue(self, req: _Request) -> None:
+        """Put a preempted request at the front of the queue."""
+        self._front -= 1
+        self.queue.put(simpy.PriorityItem(self._front, req))
+
+    def _needs_block(self, req: _Request) -> bool:
+        """Whether a running request's next decode starts a new block."""
+        return (req.tokens - 1) % self.block_tokens == 0
+
+    def _free(self, req: _Request) -> Proc:
+        """Return a request's blocks to the cache."""
+        if req.blocks:  # only an empty prompt before its first decode holds none
+            yield self.kv.put(req.blocks)
+            req.blocks = 0
+
+    def _preempt_newest(self) -> Proc:
+        """Preempt the running request that arrived last (recompute-style)."""
+        req = max(self.running, key=lambda r: r.rid)
+        self.running.remove(req)
+        yield from self._free(req)
+        self._requeue(req)
+        req.inbox.put(_Note.PREEMPTED)
+
+    def _grow(self) -> Proc:
+        """Take the blocks this iteration's decodes need, preempting until they fit."""
+        need = sum(self._needs_block(r) for r in self.running)
+        while need > self.kv.level:
+            yield from self._preempt_newest()
+            need = sum(self._needs_block(r) for r in self.running)
+        if need:
+            yield self.kv.get(need)
+            for r in self.running:
+                if self._needs_block(r):
+                    r.blocks += 1
+
+    def _admit(self) -> Generator[simpy.Event, Any, list[_Request]]:
+        """Admit requests from the front of the queue while the policy allows; return
+        them."""
+        reserve = int(self.total_blocks * WATERMARK)
+        room = self.spec.max_batch_tokens - len(self.running)
+        admitted: list[_Request] = []
+        while self.queue.items:
+            batch = len(self.running) + len(admitted)
+            if batch >= self.spec.max_batch:
+                break
+            req: _Request = self.queue.items[0].item  # the heap's least key: the front
+            if admitted and req.tokens > room:
+                break
+            need = _blocks(req.tokens, self.block_tokens)
+            if self.kv.level - need < (reserve if batch else 0):
+                break
+            yield self.queue.get()
+            if need:  # an empty prompt holds no block yet
+                yield self.kv.get(need)
+            req.blocks = need
+            room -= req.tokens
+            admitted.append(req)
+            req.inbox.put(_Note.SCHEDULED)
+        return admitted
+
+    def run(self) -> Proc:
+        """The replica's process: iterations back to back while it has work."""
+        env = self.env
+        while True:
+            if not self.running and not self.queue.items:
+                # idle: sleep until a request is routed here; put it back where it was,
+                # admission below takes it
+                item = yield self.queue.get()
+                yield self.queue.put(item)
+            yield from self._grow()
+            decodes = list(self.running)
+            prefills = yield from self._admit()
+            if not decodes and not prefills:
+                raise AssertionError(f"replica {self.index} cannot admit its first request")
+            prefill_tokens = sum(r.tokens for r in prefills)
+            context = sum(r.tokens - 1 for r in decodes)
+            seconds, _joules, _state = self.costs.step(
+                len(prefills), prefill_tokens, 0, len(decodes), context
+            )
+            start = env.now
+            used = self.total_blocks - int(self.kv.level)
+            yield env.timeout(seconds)
+            self.steps.append(
+                ReferenceStep(
+                    self.index,
+                    start,
+                    env.now,
+                    len(decodes) + len(prefills),
+                    prefill_tokens,
+                    len(decodes),
+                    used,
+                )
+            )
+            self.running.extend(prefills)
+            for req in decodes + prefills:
+                req.tokens += 1
+                req.inbox.put(_Note.TOKEN)
+                if req.generated == req.output:
+                    self.running.remove(req)
+                    yield from self._free(req)
+
+
+class _Router:
+    """Picks the replica of each routed request (see the module docstring)."""
+
+    def __init__(self, name: str, replicas: Sequence[_Replica]) -> None:
+        if name not in ROUTERS:
+            raise ValueError(f"unknown router {name!r}; valid routers: {', '.join(ROUTERS)}")
+        self.name = name
+        self.replicas = replicas
+        self.routed = 0
+
+    def route(self) -> _Replica:
+        """The replica for the next request."""
+        if self.name == "round-robin":
+            rep = self.replicas[self.routed % len(self.replicas)]
+        else:
+            rep = min(self.replicas, key=lambda r: (r.outstanding, r.index))
+        self.routed += 1
+        return rep
+
+
+def _request(
+    env: simpy.Environment, req: _Request, router: _Router, total_blocks: int, block_tokens: int
+) -> Proc:
+    """The life of one request: arrive, be dropped or routed, then read the replica's
+    notes until the last token."""
+    yield env.timeout(req.arrival_s)
+    if _blocks(req.prompt + req.output - 1, block_tokens) > total_blocks:
+        req.dropped = True
+        return
+    rep = router.route()
+    req.replica = rep.index
+    rep.outstanding += 1
+    rep.join(req)
+    received = 0
+    while received < req.output:
+        note = yield req.inbox.get()
+        if note is _Note.SCHEDULED and req.first_scheduled_s is None:
+            req.first_scheduled_s = env.now
+        elif note is _Note.PREEMPTED:
+            req.preemptions += 1
+        elif note is _Note.TOKEN:
+            received += 1
+            if req.first_token_s is None:
+                req.first_token_s = env.now
+    req.finish_s = env.now
+    rep.outstanding -= 1
+
+
+def simulate_reference(
+    requests: pl.DataFrame,
+    compiled: Compiled,
+    *,
+    replicas: int,
+    scheduler: SchedulerSpec,
+    router: str = "round-robin",
+    kv_block_tokens: int = 16,
+    kv_capacity_tokens: int,
+) -> ReferenceResult:
+    """Replay ``requests`` (arrival, prompt and output columns) on ``replicas`` replicas
+    with the continuous-batching policy of the module docstring.
+
+    Takes the same arguments as the fast world's entry point; ``kv_capacity_tokens`` is
+    rounded down to whole blocks. Request ids are positions in arrival order (a stable
+    sort). Raises ``ValueError`` for another scheduler kind, an unknown router or a cache
+    of less than one block.
+    """
+    if scheduler.kind != "continuous":
+        raise ValueError(
+            f"the reference world runs the continuous scheduler, not {scheduler.kind!r}"
+        )
+    total = kv_capacity_tokens // kv_block_tokens
+    if total < 1:
+        raise ValueError(
+            f"KV capacity of {kv_capacity_tokens} tokens holds no block of {kv_block_tokens}"
+        )
+    rows = requests.sort("arrival_s", maintain_order=True)
+    env = simpy.Environment()
+    costs = CostTable(compiled, scheduler.shape_bits, scheduler.grid_bits)
+    reps = [_Replica(i, env, costs, scheduler, total, kv_block_tokens) for i in range(replicas)]
+    for rep in reps:
+        env.process(rep.run())
+    route = _Router(router, reps)
+    reqs = [
+        _Request(i, float(a), int(p), int(o), simpy.Store(env), tokens=int(p))
+        for i, (a, p, o) in enumerate(
+            zip(rows["arrival_s"], rows["prompt_tokens"], rows["output_tokens"], strict=True)
+        )
+    ]
+    for req in reqs:
+        if req.output < 1 or req.prompt < 0:
+            raise ValueError(
+                f"request {req.rid} has {req.prompt} prompt and {req.output} output tokens; "
+                "a prompt has at least 0 tokens and a request generates at least 1"
+            )
+        env.process(_request(env, req, route, total, kv_block_tokens))
+    env.run()
+    stuck = [r.rid for r in reqs if not r.dropped and r.finish_s is None]
+    if stuck:
+        raise AssertionError(f"requests {stuck} never finished")
+    return ReferenceResult(
+        requests=tuple(r.outcome() for r in reqs),
+        dropped=frozenset(r.rid for r in reqs if r.dropped),
+        steps=tuple(s for rep in reps for s in rep.steps),
+    )
