@@ -1,0 +1,248 @@
+"""The fast serving world against its plain reference on SimPy resources.
+
+:mod:`~xpusim.plugins.workloads.serving.reference` restates the continuous-batching
+policy with a SimPy process per request, a ``PriorityStore`` queue and a ``Container`` of
+KV blocks per replica. On generated small workloads (several replicas, bursts and gaps,
+caches small enough to preempt and to drop, tight batch and token limits, block sizes
+from 1 to 16 tokens) the fast world (:func:`simulate_serving`) must give every request
+the same replica, first-scheduled, first-token and finish times (to float rounding) and
+preemption count, drop the same requests, and run the same iterations (batch, prefill
+and decode tokens, KV blocks held, start and end).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from tests.fakes import FakeModel, fake_device
+from xpusim.engine.backend import Compiled, Cost, Fit
+from xpusim.engine.frames import collect
+from xpusim.engine.graph import Shape
+from xpusim.engine.policies import SchedulerSpec
+from xpusim.engine.system import Parallelism, System, Topology
+from xpusim.engine.traces import REQUEST_SCHEMA
+from xpusim.plugins.workloads.serving.reference import ReferenceResult, simulate_reference
+from xpusim.plugins.workloads.serving.world import simulate_serving
+
+TIMES = ("first_scheduled_s", "first_token_s", "finish_s")
+
+
+class ShapeCompiled(Compiled):
+    """A step costs 3.1 ms, plus 0.41 ms per sequence, 17 us per new token and 23 ns per
+    (new token, cached token) pair: every size of the step shows in its time, and the
+    constants make step ends unlikely to meet round arrival times."""
+
+    def _cost(self, shape: Shape) -> Cost:
+        sec = 3.1e-3 + _extra(shape)
+        return Cost(sec, 250.0 * sec, {"compute": sec})
+
+    def fit(self, *, kv_tokens: int = 0, batch: int = 1, training: bool = False) -> Fit:
+        return Fit(True, 0.0, 1.0)
+
+
+def _extra(shape: Shape) -> float:
+    """The size-dependent seconds of a shape, its parts summed."""
+    if shape.parts:
+        return sum(_extra(p) for p in shape.parts)
+    new = shape.batch * shape.tokens
+    pairs = new * (shape.context + (shape.tokens + 1) / 2)
+    return 4.1e-4 * shape.batch + 1.7e-5 * new + 2.3e-8 * pairs
+
+
+@pytest.fixture(scope="module")
+def compiled() -> Compiled:
+    """The shape-priced fake compiled for one device."""
+    topo = Topology(8, 1e11, 1e-6, 1e10, 1e-5)
+    system = System("ref", "fake", fake_device("chip-b", 80), 1, Parallelism(), topo)
+    return ShapeCompiled(system, FakeModel(1e9))
+
+
+def requests(rows: list[tuple[float, int, int]]) -> pl.DataFrame:
+    """A request frame from ``(arrival_s, prompt_tokens, output_tokens)`` rows."""
+    return pl.DataFrame(
+        {
+            "arrival_s": [r[0] for r in rows],
+            "prompt_tokens": [r[1] for r in rows],
+            "output_tokens": [r[2] for r in rows],
+        },
+        schema=REQUEST_SCHEMA,
+    )
+
+
+def close(a: float, b: float) -> bool:
+    """Equal up to float rounding."""
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+def run_both(
+    compiled: Compiled,
+    frame: pl.DataFrame,
+    spec: SchedulerSpec,
+    *,
+    replicas: int = 1,
+    router: str = "round-robin",
+    block: int = 16,
+    capacity: int = 100_000,
+) -> tuple[pl.DataFrame, pl.DataFrame, ReferenceResult]:
+    """Run the fast world and the reference on the same input; return the fast world's
+    ``requests`` and ``steps`` frames (steps in replica order) and the reference's
+    result."""
+    args = {
+        "replicas": replicas,
+        "scheduler": spec,
+        "router": router,
+        "kv_block_tokens": block,
+        "kv_capacity_tokens": capacity,
+    }
+    fast = simulate_serving(frame, compiled, system="s", devices_per_replica=1, **args)
+    ref = simulate_reference(frame, compiled, **args)
+    reqs = collect(fast.frames["requests"]).sort("request_id")
+    steps = collect(fast.frames["steps"]).sort("replica", "step")
+    return reqs, steps, ref
+
+
+def assert_same(reqs: pl.DataFrame, steps: pl.DataFrame, ref: ReferenceResult) -> None:
+    """Every request and every iteration of the fast world is the reference's."""
+    dropped = set(reqs.filter(pl.col("status") == "dropped")["request_id"].to_list())
+    assert dropped == set(ref.dropped)
+    assert reqs.height == len(ref.requests)
+    for row, want in zip(reqs.iter_rows(named=True), ref.requests, strict=True):
+        rid = row["request_id"]
+        if rid in dropped:
+            assert want.replica is None and want.finish_s is None
+            continue
+        assert row["replica"] == want.replica, rid
+        assert row["preemptions"] == want.preemptions, rid
+        for col in TIMES:
+            got = getattr(want, col)
+            assert got is not None and close(row[col], got), (rid, col, row[col], got)
+    counts = ("replica", "batch", "prefill_tokens", "decode_tokens", "kv_blocks_used")
+    fast_rows = list(zip(*(steps[c].to_list() for c in counts), strict=True))
+    ref_rows = [
+        (s.replica, s.batch, s.prefill_tokens, s.decode_tokens, s.kv_blocks_used) for s in ref.steps
+    ]
+    assert fast_rows == ref_rows
+    for col in ("start_s", "end_s"):
+        want = [getattr(s, col) for s in ref.steps]
+        for got, want_t in zip(steps[col].to_list(), want, strict=True):
+            assert close(got, want_t), (col, got, want_t)
+
+
+# --- the property --------------------------------------------------------------------
+
+ROWS = st.lists(
+    st.tuples(
+        st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=0.05)),
+        st.integers(1, 200),
+        st.integers(1, 60),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=ROWS,
+    block=st.sampled_from([1, 2, 3, 4, 8, 16]),
+    blocks=st.integers(2, 300),
+    spare=st.integers(0, 15),
+    max_batch=st.integers(1, 16),
+    max_batch_tokens=st.integers(1, 512),
+    replicas=st.integers(1, 3),
+    router=st.sampled_from(["round-robin", "least-outstanding"]),
+)
+def test_fast_world_matches_reference(
+    compiled: Compiled,
+    rows: list[tuple[float, int, int]],
+    block: int,
+    blocks: int,
+    spare: int,
+    max_batch: int,
+    max_batch_tokens: int,
+    replicas: int,
+    router: str,
+) -> None:
+    """On any small workload the fast continuous-batching world gives every request the
+    reference's replica, times and preemptions, drops the same requests and runs the
+    same iterations. Arrival gaps are drawn, so bursts of equal arrival times occur;
+    workloads where an arrival falls exactly on an iteration's end are skipped, since
+    the fast world leaves that order open."""
+    arrivals = np.cumsum([r[0] for r in rows])
+    frame = requests([(float(a), p, o) for a, (_, p, o) in zip(arrivals, rows, strict=True)])
+    spec = SchedulerSpec(kind="continuous", max_batch=max_batch, max_batch_tokens=max_batch_tokens)
+    capacity = blocks * block + spare % block  # not always whole blocks
+    reqs, steps, ref = run_both(
+        compiled, frame, spec, replicas=replicas, router=router, block=block, capacity=capacity
+    )
+    assume(not set(frame["arrival_s"].to_list()) & set(steps["end_s"].to_list()))
+    assert_same(reqs, steps, ref)
+
+
+# --- examples that show each rule at work -----------------------------------------------
+
+
+def test_preemption_recomputes_the_newest_request(compiled: Compiled) -> None:
+    """When decodes outgrow a small cache, both worlds preempt the request that arrived
+    last, requeue it at the front and finish it later, identically; a request that can
+    never fit is dropped by both."""
+    rows = [(0.0, 8, 20), (0.0, 8, 20), (0.0, 8, 20), (0.0, 8, 20), (0.001, 60, 10)]
+    spec = SchedulerSpec(kind="continuous", max_batch=8)
+    reqs, steps, ref = run_both(compiled, requests(rows), spec, block=4, capacity=48)
+    assert_same(reqs, steps, ref)
+    assert ref.dropped == {4}  # 69 tokens of KV, the cache holds 48
+    assert ref.requests[3].preemptions >= 1  # the newest of the four goes first
+    assert ref.requests[0].preemptions == 0  # the oldest is never the victim
+    assert sum(r.preemptions for r in ref.requests) == int(reqs["preemptions"].sum())
+
+
+def test_several_replicas_route_alike(compiled: Compiled) -> None:
+    """With three replicas, both routers send every request to the same replica in both
+    worlds, and every replica serves."""
+    rows = [(0.004 * i, 20 + 7 * i, 5 + (i * 3) % 11) for i in range(12)]
+    spec = SchedulerSpec(kind="continuous", max_batch=2)
+    for router in ("round-robin", "least-outstanding"):
+        reqs, steps, ref = run_both(
+            compiled, requests(rows), spec, replicas=3, router=router, capacity=4096
+        )
+        assert_same(reqs, steps, ref)
+        assert {r.replica for r in ref.requests} == {0, 1, 2}
+
+
+def test_watermark_holds_back_admission(compiled: Compiled) -> None:
+    """With 100 one-token blocks, admission into a busy replica leaves one block free:
+    a 49-token prompt that would exactly fill the cache waits until the running request
+    finishes, in both worlds."""
+    rows = [(0.0, 50, 10), (0.001, 49, 2)]
+    spec = SchedulerSpec(kind="continuous")
+    reqs, steps, ref = run_both(compiled, requests(rows), spec, block=1, capacity=100)
+    assert_same(reqs, steps, ref)
+    first, second = ref.requests
+    assert second.first_scheduled_s == first.finish_s
+
+
+def test_first_prompt_of_an_iteration_passes_the_token_budget(compiled: Compiled) -> None:
+    """The token budget holds back only the second and later prompts of an iteration: a
+    7-token prompt joins three decodes under a budget of 8 tokens, in both worlds."""
+    rows = [(0.0, 2, 30), (0.0, 2, 30), (0.0, 2, 30), (0.001, 7, 3)]
+    spec = SchedulerSpec(kind="continuous", max_batch_tokens=8)
+    reqs, steps, ref = run_both(compiled, requests(rows), spec)
+    assert_same(reqs, steps, ref)
+    assert ref.steps[1].prefill_tokens == 7 and ref.steps[1].decode_tokens == 3
+    assert ref.requests[3].first_scheduled_s == ref.steps[0].end_s
+
+
+def test_reference_runs_only_continuous_batching(compiled: Compiled) -> None:
+    """The reference refuses a scheduler kind it does not restate, naming it."""
+    with pytest.raises(ValueError, match="static"):
+        simulate_reference(
+            requests([(0.0, 4, 4)]),
+            compiled,
+            replicas=1,
+            scheduler=SchedulerSpec(kind="static"),
+            kv_capacity_tokens=1024,
+        )
