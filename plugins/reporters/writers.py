@@ -1,19 +1,20 @@
 """The built-in reporters' writers: ``html``, ``markdown`` and ``timeline``.
 
-Imported when a run writes its folder (the plugin registers them by name in
-:mod:`xpusim.plugins.reporters`), so the report renderers load only then.
+The plugin registers them by name in :mod:`xpusim.plugins.reporters`; a run may load
+them before it simulates (to refuse a broken reporter early), so each renderer
+(matplotlib for the charts, polars for the tables) is imported by :meth:`write`, when a
+run folder is actually written.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from xpusim.engine.report.compare import write_report_data
-from xpusim.engine.report.html import render_html
-from xpusim.engine.report.markdown import render_markdown
-from xpusim.engine.report.timeline import write_timeline
 from xpusim.engine.reporter import Reporter
-from xpusim.engine.results import RunResult
+
+if TYPE_CHECKING:
+    from xpusim.engine.results import RunResult
 
 __all__ = ["HtmlReporter", "MarkdownReporter", "TimelineReporter"]
 
@@ -27,6 +28,9 @@ class HtmlReporter(Reporter):
 
     def write(self, run: RunResult, folder: Path) -> list[str]:
         """Write report.html and report-data.json into ``folder``."""
+        from xpusim.engine.report.compare import write_report_data
+        from xpusim.engine.report.html import render_html
+
         (folder / "report.html").write_text(render_html(run), encoding="utf-8")
         return ["report.html", write_report_data(run, folder)]
 
@@ -39,6 +43,8 @@ class MarkdownReporter(Reporter):
 
     def write(self, run: RunResult, folder: Path) -> list[str]:
         """Write report.md into ``folder``."""
+        from xpusim.engine.report.markdown import render_markdown
+
         (folder / "report.md").write_text(render_markdown(run), encoding="utf-8")
         return ["report.md"]
 
@@ -51,5 +57,7 @@ class TimelineReporter(Reporter):
 
     def write(self, run: RunResult, folder: Path) -> list[str]:
         """Write timeline.json into ``folder``."""
+        from xpusim.engine.report.timeline import write_timeline
+
         write_timeline(run, folder / "timeline.json")
         return ["timeline.json"]
