@@ -79,29 +79,19 @@ def guarded(fn: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
-_PM: pluggy.PluginManager | None = None
-_HOST: Host | None = None
-
-
 def _pm() -> pluggy.PluginManager:
-    """The plugin manager for this process, built once (entry points are imported, the
-    objects they register are not)."""
-    global _PM
-    if _PM is None:
-        from xpusim.engine.host import get_plugin_manager
+    """The plugin manager of this process, built once (entry points are imported, the
+    objects they register are not): :func:`xpusim.engine.host.default_plugin_manager`."""
+    from xpusim.engine.host import default_plugin_manager
 
-        _PM = get_plugin_manager()
-    return _PM
+    return default_plugin_manager()
 
 
 def _host() -> Host:
-    """The host for this process, built once from :func:`_pm`."""
-    global _HOST
-    if _HOST is None:
-        from xpusim.engine.host import build_host
+    """The host of this process, built once: :func:`xpusim.engine.host.default_host`."""
+    from xpusim.engine.host import default_host
 
-        _HOST = build_host(_pm())
-    return _HOST
+    return default_host()
 
 
 # --- run / validate ---------------------------------------------------------------------
@@ -179,16 +169,18 @@ def run(
     """Run one scenario on all its systems and write a run folder."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from xpusim.engine.calibration import apply_calibrations
-    from xpusim.engine.run import run_scenario
-    from xpusim.engine.scenario import load_scenario
+    from xpusim.engine.run import load, run_scenario
 
     def go() -> None:
         host = _host()
-        sc = load_scenario(scenario, host, sets or [], seed)
-        for note in apply_calibrations(sc, host, calibration or []):
-            err.print(f"calibration: {note}")
-        host.pm.hook.scenario_loaded(scenario=sc)
+        sc = load(
+            scenario,
+            host,
+            sets or [],
+            seed,
+            calibrations=calibration or [],
+            note=lambda text: err.print(f"calibration: {text}"),
+        )
         show = not quiet and err.is_terminal
         with Progress(
             TextColumn("{task.description}"),
@@ -223,24 +215,12 @@ def validate(
     sets: Annotated[list[str] | None, typer.Option("--set", help="KEY.PATH=VALUE.")] = None,
 ) -> None:
     """Check a scenario (schema, plugins, devices, traces, memory fit) without simulating."""
-    from xpusim.engine.run import TraceCache, prepare
-    from xpusim.engine.scenario import load_scenario
+    from xpusim.engine.run import check, load
 
     def go() -> None:
         host = _host()
-        sc = load_scenario(scenario, host, sets or [])
-        trace = getattr(sc.workload_config, "trace", None)
-        if trace is not None:
-            # the mapping the workload itself hands to the reader (unset fields left out)
-            spec = (
-                trace.mapping()
-                if hasattr(trace, "mapping")
-                else trace.model_dump(exclude_none=True)
-                if hasattr(trace, "model_dump")
-                else dict(trace)
-            )
-            TraceCache(host, sc.base_dir, sc.source.file)(spec)
-        for prep in prepare(sc, host):
+        sc = load(scenario, host, sets or [])
+        for prep in check(sc, host):
             r = prep.result
             note = f": {r.reason}" if r.reason else ""
             out.print(
@@ -265,6 +245,10 @@ def sweep(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Sweep folder.")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", help="KEY.PATH=VALUE.")] = None,
     retries: Annotated[int, typer.Option(help="Retries of a point whose worker died.", min=0)] = 2,
+    calibration: Annotated[
+        list[Path] | None,
+        typer.Option(help="A fitted calibration file; applies to systems of its device."),
+    ] = None,
 ) -> None:
     """Run every point of a scenario's sweep through an executor; re-runs skip done points."""
     from rich.progress import (
@@ -321,6 +305,7 @@ def sweep(
                 retries=retries,
                 progress=progress,
                 reporters=host.reporters.names(),
+                calibrations=calibration or [],
             )
         out.print(
             f"sweep {name}: {res.points} points: {res.ran} ran, {res.skipped} already done, {res.failed} failed, in {res.wall_s:.1f} s "

@@ -52,13 +52,12 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from xpusim.engine.backend import Backend, Compiled, Cost, Support
 from xpusim.engine.device import DeviceSpec, LinkSpec
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
-from xpusim.engine.host import Host, build_host
+from xpusim.engine.host import Host, default_host
 from xpusim.engine.model import ModelGraph, ModelInfo
 from xpusim.engine.system import Parallelism, System, Topology
 
@@ -304,10 +303,10 @@ PROBES: tuple[Probe, ...] = (
 """The models every backend is checked against."""
 
 
-@lru_cache(maxsize=1)
 def shared_host() -> Host:
-    """One host of every installed plugin, built on first use and shared by the kit."""
-    return build_host()
+    """One host of every installed plugin, built on first use and shared by the kit
+    (the process's :func:`~xpusim.engine.host.default_host`)."""
+    return default_host()
 
 
 def probe_model(probe: Probe, host: Host) -> ModelGraph:

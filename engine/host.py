@@ -23,6 +23,7 @@ import importlib
 import importlib.metadata as md
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -253,6 +254,35 @@ class Host:
 def build_host(pm: pluggy.PluginManager | None = None) -> Host:
     """Build the registries from ``pm`` (a fresh entry-point manager by default)."""
     return Host(pm if pm is not None else get_plugin_manager())
+
+
+_DEFAULT_LOCK = threading.RLock()
+_default_pm: pluggy.PluginManager | None = None
+_default_host: Host | None = None
+
+
+def default_plugin_manager() -> pluggy.PluginManager:
+    """The plugin manager of this process, built once on first use (entry points are
+    imported, the objects they register are not). Thread-safe."""
+    global _default_pm
+    with _DEFAULT_LOCK:
+        if _default_pm is None:
+            _default_pm = get_plugin_manager()
+        return _default_pm
+
+
+def default_host() -> Host:
+    """The plugin host of this process, built once from :func:`default_plugin_manager`.
+
+    The command line, sweep workers and the conformance kit all use this one host, so a
+    process registers its plugins once however many runs or sweep points it serves.
+    Thread-safe: executors that run several points in one process share it.
+    """
+    global _default_host
+    with _DEFAULT_LOCK:
+        if _default_host is None:
+            _default_host = build_host(default_plugin_manager())
+        return _default_host
 
 
 def load_module_plugin(pm: pluggy.PluginManager, module: str, name: str | None = None) -> None:

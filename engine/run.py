@@ -1,4 +1,12 @@
-"""One scenario end to end: compile each system, simulate it, price it, write the folder.
+"""The run pipeline: load, resolve, calibrate, compile, simulate, price, write.
+
+Every way of running a scenario goes through these steps: ``xpusim run``
+(:func:`load` then :func:`run_scenario`), ``xpusim validate`` (:func:`load` then
+:func:`check`, stopping before anything is simulated) and every sweep point
+(:func:`load_point` then :func:`run_scenario`). The pipeline fires the observer hooks
+itself, once each: ``scenario_loaded`` when :func:`load` / :func:`load_point` have
+validated, resolved and calibrated the scenario, ``run_started`` before simulating and
+``run_finished`` after the run folder is written whole.
 
 Systems are independent: one that a backend cannot run is ``unsupported``, one whose model
 does not fit is ``does-not-fit``, one whose plugin raised is ``failed`` with the plugin's
@@ -9,7 +17,7 @@ stop the run before anything is written.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,17 +26,77 @@ import polars as pl
 
 from xpusim.engine import __version__
 from xpusim.engine.backend import Backend, Compiled
+from xpusim.engine.calibration import apply_calibrations
 from xpusim.engine.economics import apply_economics
 from xpusim.engine.errors import DoesNotFitError, UnsupportedError, XpusimError
 from xpusim.engine.host import Host
+from xpusim.engine.reporter import Reporter
 from xpusim.engine.results import RunResult, SystemResult, check_out_dir, default_out_dir, write_run
-from xpusim.engine.scenario import Scenario
+from xpusim.engine.scenario import Scenario, load_scenario, resolve
 from xpusim.engine.system import System
 from xpusim.engine.traces import TraceFormat
 from xpusim.engine.workload import SystemRun, WorkloadContext
+from xpusim.engine.yamlsrc import Source
 
 ProgressFn = Callable[[str, float, float], None]
 """``progress(system_name, done, total)`` as a system simulates."""
+
+NoteFn = Callable[[str], None]
+"""``note(text)``: a line the caller may show (a calibration file attached to a system)."""
+
+
+# --- load, resolve, calibrate -----------------------------------------------------------
+
+
+def load(
+    path: str | Path,
+    host: Host,
+    overrides: Sequence[str] = (),
+    seed: int | None = None,
+    calibrations: Sequence[Path] = (),
+    note: NoteFn | None = None,
+) -> Scenario:
+    """Read, override, validate and resolve a scenario file, then calibrate it.
+
+    Fires ``scenario_loaded`` once the scenario is ready to compile.
+    """
+    scenario = load_scenario(path, host, overrides, seed)
+    return loaded(scenario, host, calibrations, note)
+
+
+def load_point(
+    data: dict[str, Any],
+    src: Source,
+    host: Host,
+    base_dir: Path,
+    calibrations: Sequence[Path] = (),
+    note: NoteFn | None = None,
+) -> Scenario:
+    """Validate and resolve plain scenario ``data`` (a sweep point), then calibrate it.
+
+    Fires ``scenario_loaded`` once the scenario is ready to compile, like :func:`load`.
+    """
+    scenario = resolve(data, src, host, base_dir=base_dir)
+    return loaded(scenario, host, calibrations, note)
+
+
+def calibrate(scenario: Scenario, host: Host, files: Sequence[Path]) -> list[str]:
+    """Attach each calibration file to the systems it applies to; ``system: file`` notes."""
+    return apply_calibrations(scenario, host, list(files))
+
+
+def loaded(
+    scenario: Scenario,
+    host: Host,
+    calibrations: Sequence[Path] = (),
+    note: NoteFn | None = None,
+) -> Scenario:
+    """The last loading steps of every entry: calibrate, then fire ``scenario_loaded``."""
+    for text in calibrate(scenario, host, calibrations):
+        if note is not None:
+            note(text)
+    host.pm.hook.scenario_loaded(scenario=scenario)
+    return scenario
 
 
 class TraceCache:
@@ -111,6 +179,37 @@ def _par(system: System) -> dict[str, Any]:
     return {"data": p.data, "tensor": p.tensor, "pipeline": p.pipeline, "zero": p.zero}
 
 
+def read_trace(scenario: Scenario, host: Host) -> None:
+    """Read the workload's trace, if it names one, so a bad trace fails before any work."""
+    trace = getattr(scenario.workload_config, "trace", None)
+    if trace is None:
+        return
+    # the mapping the workload itself hands to the reader (unset fields left out)
+    spec = (
+        trace.mapping()
+        if hasattr(trace, "mapping")
+        else trace.model_dump(exclude_none=True)
+        if hasattr(trace, "model_dump")
+        else dict(trace)
+    )
+    TraceCache(host, scenario.base_dir, scenario.source.file)(spec)
+
+
+def check(scenario: Scenario, host: Host) -> list[Prepared]:
+    """What ``xpusim validate`` does: read the trace and compile and fit every system,
+    simulating nothing."""
+    read_trace(scenario, host)
+    return prepare(scenario, host)
+
+
+def price(res: SystemResult, system: System, compiled: Compiled, scenario: Scenario) -> None:
+    """The pricing step: add energy, cost and carbon of one simulated system to ``res``."""
+    res.figures.update(compiled.figures_used())
+    apply_economics(
+        res, system.device, system.count, scenario.config.economics, compiled.power_model()
+    )
+
+
 def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None) -> RunResult:
     """Simulate every system of ``scenario`` and return the results (nothing written)."""
     traces = TraceCache(host, scenario.base_dir, scenario.source.file)
@@ -151,9 +250,7 @@ def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None)
                 res.metrics.update(run.metrics)
                 res.metrics.setdefault("simulated_s", run.simulated_s)
                 res.frames = run.frames
-                res.figures.update(prep.compiled.figures_used())
-                power = prep.compiled.power_model()
-                apply_economics(res, system.device, system.count, scenario.config.economics, power)
+                price(res, system, prep.compiled, scenario)
             res.details["wall_s"] = time.perf_counter() - started
         results.append(res)
     if all(r.status == "does-not-fit" for r in results):
@@ -177,23 +274,33 @@ def utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
+def write(result: RunResult, out_dir: Path, reporters: Sequence[Reporter]) -> Path:
+    """The writing step: the run folder, whole or not at all."""
+    return write_run(result, out_dir, reporters)
+
+
 def run_scenario(
     scenario: Scenario,
     host: Host,
     out_dir: Path | None = None,
     results_root: Path = Path("results"),
     progress: ProgressFn | None = None,
+    reporters: Sequence[Reporter] | None = None,
 ) -> tuple[RunResult, Path]:
-    """Simulate ``scenario`` and write its run folder whole; return results and folder."""
+    """Simulate a loaded ``scenario``, price it and write its run folder whole.
+
+    Fires ``run_started`` before simulating and ``run_finished`` after the folder is
+    written. ``reporters`` default to every registered one; returns results and folder.
+    """
     target = (
         out_dir
         if out_dir is not None
         else default_out_dir(results_root, scenario.name, utc_stamp())
     )
     check_out_dir(target)  # before the work, not after it
+    chosen = list(reporters) if reporters is not None else [r for _, r in host.reporters.items()]
     host.pm.hook.run_started(scenario=scenario, out_dir=str(target))
     result = simulate(scenario, host, progress)
-    reporters = [r for _, r in host.reporters.items()]
-    folder = write_run(result, target, reporters)
+    folder = write(result, target, chosen)
     host.pm.hook.run_finished(results=result)
     return result, folder

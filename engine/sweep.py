@@ -25,7 +25,6 @@ import json
 import math
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -206,33 +205,31 @@ def expand(base: Mapping[str, Any], spec: SweepSpec, src: Source) -> list[Point]
 
 @dataclass(frozen=True)
 class PointTask:
-    """What a worker needs to run one point: picklable, self-contained."""
+    """What a worker needs to run one point: picklable, self-contained.
+
+    ``calibrations`` are calibration files applied to the point's systems exactly as
+    ``xpusim run --calibration`` applies them to a run's.
+    """
 
     point: Point
     scenario_file: str
     base_dir: str
     out_dir: str
     reports: tuple[str, ...] = ("markdown",)
-
-
-_WORKER_HOST: Any = None
-_HOST_LOCK = threading.Lock()
+    calibrations: tuple[str, ...] = ()
 
 
 def worker_host() -> Any:
-    """The plugin host of this worker process, built on first use and then reused.
+    """The plugin host of this worker process: the process's one
+    :func:`~xpusim.engine.host.default_host`, built on first use and then reused.
 
     Building it imports every plugin (torch among them), which takes seconds; a worker
     pays that once, not once per point. Thread-safe for executors that run several
     points in one process.
     """
-    global _WORKER_HOST
-    with _HOST_LOCK:
-        if _WORKER_HOST is None:
-            from xpusim.engine.host import build_host
+    from xpusim.engine.host import default_host
 
-            _WORKER_HOST = build_host()
-        return _WORKER_HOST
+    return default_host()
 
 
 def point_folder(out_dir: Path | str, pid: str) -> Path:
@@ -254,14 +251,16 @@ def _read_done(folder: Path) -> dict[str, Any] | None:
 def run_point(task: PointTask) -> dict[str, Any]:
     """Run one sweep point into ``out_dir/points/<id>`` and return its ``summary.json``.
 
+    The point goes through the same pipeline as ``xpusim run``
+    (:func:`xpusim.engine.run.load_point`, then :func:`xpusim.engine.run.run_scenario`):
+    calibration, observer hooks, pricing and writing included.
+
     Idempotent: a point whose folder is complete is not run again, so a point retried
     after its worker died finishes exactly once. The folder is written whole (through a
     temporary ``.partial`` folder renamed into place); if another attempt of the same
     point completed it first, that attempt's summary is returned.
     """
-    from xpusim.engine.results import write_run
-    from xpusim.engine.run import simulate
-    from xpusim.engine.scenario import resolve
+    from xpusim.engine.run import load_point, run_scenario
 
     folder = point_folder(task.out_dir, task.point.id)
     summary = _read_done(folder)
@@ -269,18 +268,21 @@ def run_point(task: PointTask) -> dict[str, Any]:
         return summary
     host = worker_host()
     src = Source(f"{task.scenario_file} (sweep point {task.point.index})")
-    scenario = resolve(copy.deepcopy(task.point.data), src, host, base_dir=Path(task.base_dir))
     reporters = [host.reporters.get(name, where="sweep.reports") for name in task.reports]
-    host.pm.hook.run_started(scenario=scenario, out_dir=str(folder))
-    result = simulate(scenario, host)
+    scenario = load_point(
+        copy.deepcopy(task.point.data),
+        src,
+        host,
+        base_dir=Path(task.base_dir),
+        calibrations=[Path(c) for c in task.calibrations],
+    )
     try:
-        write_run(result, folder, reporters)
+        result, _ = run_scenario(scenario, host, folder, reporters=reporters)
     except Exception:
         summary = _read_done(folder)
         if summary is not None:
-            return summary
+            return summary  # another attempt of this point completed it first
         raise
-    host.pm.hook.run_finished(results=result)
     written = _read_done(folder)
     return written if written is not None else dict(result.summary())
 
@@ -365,6 +367,7 @@ def run_sweep(
     retries: int = 2,
     progress: ProgressFn | None = None,
     reporters: Collection[str] | None = None,
+    calibrations: Collection[Path] = (),
 ) -> SweepResult:
     """Expand the sweep of ``data`` and run its points through ``executor``.
 
@@ -372,10 +375,14 @@ def run_sweep(
     as independent tasks. ``out_dir/summary.parquet`` (one row per point and system, the
     point's values as ``param.*`` columns) and ``out_dir/sweep.md`` are rewritten over all
     points at the end. ``reporters`` (the registered reporter names), when given, lets
-    an unknown name in ``sweep.reports`` fail before anything runs.
+    an unknown name in ``sweep.reports`` fail before anything runs. ``calibrations``
+    are applied to every point as ``xpusim run --calibration`` applies them to a run.
     """
     spec = parse_sweep(data.get("sweep"), src)
     _check_reports(spec, reporters, src)
+    for cal in calibrations:
+        if not Path(cal).is_file():
+            raise ScenarioError(f"--calibration {cal}: no such file. Check the path.")
     points = expand(data, spec, src)
     out_dir = Path(out_dir)
     try:
@@ -395,7 +402,12 @@ def run_sweep(
         else:
             todo.append(
                 PointTask(
-                    p, str(scenario_file), base_dir, str(out_dir.resolve()), tuple(spec.reports)
+                    p,
+                    str(scenario_file),
+                    base_dir,
+                    str(out_dir.resolve()),
+                    tuple(spec.reports),
+                    tuple(str(Path(c).resolve()) for c in calibrations),
                 )
             )
     failed = 0

@@ -169,7 +169,7 @@ def test_hook_register_commands(pm: pluggy.PluginManager) -> None:
 
 
 def _observed_run(pm: pluggy.PluginManager, tmp_path: Path, mod: types.ModuleType) -> Any:
-    from xpusim.engine.run import run_scenario
+    from xpusim.engine.run import load, run_scenario
 
     host = _host_with(pm, mod)
     p = tmp_path / "s.yaml"
@@ -177,9 +177,7 @@ def _observed_run(pm: pluggy.PluginManager, tmp_path: Path, mod: types.ModuleTyp
         "name: obs\nmodel: {family: fake}\nworkload: {kind: batch}\n"
         "systems: [{name: a, backend: fake, device: chip-a}, {name: b, backend: fake, device: chip-b, count: 2}]\n"
     )
-    sc = load_scenario(p, host)
-    host.pm.hook.scenario_loaded(scenario=sc)
-    return run_scenario(sc, host, tmp_path / "out")
+    return run_scenario(load(p, host), host, tmp_path / "out")
 
 
 def test_hook_scenario_loaded(pm: pluggy.PluginManager, tmp_path: Path) -> None:
