@@ -252,6 +252,17 @@ def test_request_that_never_fits_is_dropped() -> None:
     assert req["replica"][1] is None and req["finish_s"][1] is None
 
 
+def test_a_request_without_output_tokens_is_refused_by_row() -> None:
+    """Every request produces at least its first token; a frame row asking for none is
+    refused with its row number rather than stalling the replica."""
+    frame = pl.DataFrame(
+        {"arrival_s": [0.0, 0.1], "prompt_tokens": [100, 50], "output_tokens": [10, 0]},
+        schema=REQUEST_SCHEMA,
+    )
+    with pytest.raises(ValueError, match=r"request 1 asks for 0 output tokens"):
+        run(frame, kv=1024)
+
+
 def test_least_outstanding_spreads_load() -> None:
     """Least-outstanding routing uses every replica and keeps their counts close."""
     res = run(load(600, rate="150/s"), replicas=4, router="least-outstanding")

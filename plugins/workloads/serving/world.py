@@ -134,6 +134,13 @@ def simulate_serving(
     missing = [c for c in REQUEST_SCHEMA if c not in requests.columns]
     if missing:
         raise ValueError(f"request frame lacks column(s) {missing}")
+    short = requests["output_tokens"] < 1
+    if short.any():
+        row = int(short.arg_true()[0])
+        raise ValueError(
+            f"request {row} asks for {requests['output_tokens'][row]} output tokens; every "
+            "request produces at least one (its first token ends the prefill)"
+        )
     if kv_block_tokens < 1:
         raise ValueError(f"kv_block_tokens must be >= 1, got {kv_block_tokens}")
     cap = compiled.kv_capacity_tokens() if kv_capacity_tokens is None else kv_capacity_tokens
