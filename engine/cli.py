@@ -352,12 +352,22 @@ def plugins(
         str | None, typer.Option("--hook", help="Only plugins implementing it.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    load: Annotated[
+        bool,
+        typer.Option(
+            "--load",
+            help="Also import everything the plugins registered, to show which fail "
+            "(listing alone imports only the plugins' entry points).",
+        ),
+    ] = False,
 ) -> None:
     """List every plugin with its version and what it registered."""
     from rich.table import Table
 
     def go() -> None:
         host = _host()
+        if load:
+            host.load_all()
         infos = sorted(host.plugins.values(), key=lambda i: i.name)
         if hook:
             infos = [i for i in infos if hook in i.hooks]

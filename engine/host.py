@@ -250,6 +250,16 @@ class Host:
         """Plugins that failed to import or raised in a hook, with their errors."""
         return {n: i.error for n, i in self.plugins.items() if i.error}
 
+    def load_all(self) -> dict[str, str]:
+        """Import every lazily registered object now (what ``xpusim plugins --load``
+        does), so a missing dependency shows before a scenario needs it; returns
+        :meth:`failed_plugins` afterwards."""
+        for registry in vars(self).values():
+            if isinstance(registry, Registry):
+                for _ in registry.items():  # a failure is recorded on its plugin
+                    pass
+        return self.failed_plugins()
+
 
 def build_host(pm: pluggy.PluginManager | None = None) -> Host:
     """Build the registries from ``pm`` (a fresh entry-point manager by default)."""

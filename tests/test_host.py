@@ -3,6 +3,7 @@ and lazy registration (imported on first use)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -11,6 +12,7 @@ from typing import Any
 
 import pluggy
 import pytest
+from typer.testing import CliRunner
 
 from tests.fakes import FakeBackend, FakePlugin, fake_device
 from xpusim import hookimpl
@@ -249,3 +251,25 @@ def test_every_builtin_registration_loads_under_its_name(host: Host) -> None:
         names = registry.names()
         loaded = [n for n, _ in registry.items()]
         assert loaded == names, registry.errors()
+
+
+def test_plugins_load_reports_a_broken_lazy_target_by_plugin(
+    pm: pluggy.PluginManager, lazy_module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`xpusim plugins` lists a lazily registered name without importing it; with
+    --load it imports everything and lists the plugin whose target fails, with the error,
+    while the other plugins stay ok."""
+    import xpusim.engine.host as host_mod
+    from xpusim.engine.cli import app
+
+    pm.register(_lazy_plugin(Lazy("ghost", "xpusim_no_such_module.backend:Ghost")), name="haunted")
+    pm.register(_lazy_plugin(Lazy("lazyfake", f"{lazy_module}:LazyBackend")), name="lazy")
+    monkeypatch.setattr(host_mod, "_default_host", Host(pm))
+    listed = CliRunner().invoke(app, ["plugins", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert all(p["error"] is None for p in json.loads(listed.stdout))
+    assert lazy_module not in sys.modules
+    loaded = CliRunner().invoke(app, ["plugins", "--load", "--json"])
+    assert loaded.exit_code == 0, loaded.output
+    errors = {p["name"]: p["error"] for p in json.loads(loaded.stdout)}
+    assert errors["lazy"] is None and "xpusim_no_such_module" in errors["haunted"]
