@@ -18,10 +18,17 @@ from xpusim.plugins.cpu.calibrate import (
     kernel_time,
 )
 
+FIXED_CALIBRATION = Path(__file__).parent / "data" / "cpu-calibration-1t.json"
+"""The quick one-thread calibration measured once and committed, from which the cpu
+backend's tests price (tests/test_cpu_backend.py, tests/test_conformance.py)."""
+
 
 @pytest.fixture(scope="module")
 def quick_cal(tmp_path_factory: pytest.TempPathFactory) -> CpuCalibration:
-    """One quick calibration at one thread, shared by this module's tests."""
+    """One quick calibration at one thread, measured live and shared by this module's
+    tests. They check only what holds at any machine speed (the file's structure and
+    provenance, positive rates, the rules the calibrator builds in), never one of its
+    timings against another or against a constant."""
     out = tmp_path_factory.mktemp("cal") / "cpu.json"
     return cal_mod.calibrate(out, quick=True, threads=1, command="pytest quick")
 
@@ -41,7 +48,8 @@ def test_quick_calibration_records_machine_date_and_command(quick_cal: CpuCalibr
 
 def test_quick_calibration_measures_positive_rates(quick_cal: CpuCalibration) -> None:
     """Every kernel family has a positive fitted peak and every stream table positive
-    times that do not fall as sizes grow."""
+    times that do not fall as sizes grow (the calibrator builds its tables so, whatever
+    the measured times)."""
     for fam in ("gemm", "gemm_cold", "conv", "attention"):
         fit = quick_cal.kernels[fam]["fp32"]
         assert fit.peak_flops > 0 and fit.overhead_s >= 0 and 0 < fit.mem_eff <= 1
@@ -62,6 +70,24 @@ def test_calibration_round_trips_through_json(quick_cal: CpuCalibration, tmp_pat
     assert back.machine == dict(quick_cal.machine)
     assert back.date == quick_cal.date and back.threads == 1
     assert back.matches(cal_mod.machine(1)) and not back.matches(cal_mod.machine(99))
+
+
+def test_committed_calibration_is_complete_and_says_how_it_was_made() -> None:
+    """The committed calibration the cpu backend's tests price from loads, records the
+    command, machine and date that produced it, and holds every fit and table the pricer
+    reads, with positive rates."""
+    cal = cal_mod.load(FIXED_CALIBRATION)
+    assert "c.calibrate(" in cal.command and "quick=True, threads=1" in cal.command
+    assert "committed once" in cal.command
+    assert cal.quick and cal.threads == 1 and cal.date.endswith("Z")
+    assert cal.machine["cpu_model"] and cal.machine["torch_version"]
+    for fam in ("gemm", "gemm_cold", "conv", "attention"):
+        fit = cal.kernels[fam]["fp32"]
+        assert fit.peak_flops > 0 and 0 < fit.mem_eff <= 1
+    assert set(cal.streams) == set(cal_mod.STREAM_KINDS)
+    for table in cal.streams.values():
+        assert all(s > 0 for s in table.seconds) and list(table.seconds) == sorted(table.seconds)
+    assert cal.dispatch_s > 0 and cal.view_s > 0 and cal.module_call_s > 0
 
 
 def test_bad_calibration_files_name_the_file(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ device (``host-analytic``), on tiny hand-written torch modules."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -276,11 +277,20 @@ def test_max_pool_and_decode_attention_use_their_own_rates(cal_file: Path) -> No
     """A max pool is priced by the measured max_pool2d table, not the add table; decode
     attention over a cache in a model larger than the op reads its keys and values (the
     cache bytes) at the copy bandwidth of the whole weight footprint, and the rest of its
-    bytes as in a model that fits. Both are checked as the model's formulas, so the test
-    holds for any calibration's rates."""
+    bytes as in a model that fits. Both are checked as the model's formulas, which hold for
+    any calibration's rates.
+
+    The orderings these formulas imply are checked only where the rates decide them by
+    construction: in the committed file the max_pool2d table is far slower per byte than
+    the add table, and for decode attention the committed copy table is replaced by one
+    with a cache cliff, 40 GB/s up to 64 MiB and 10 GB/s beyond, so the op's 25 MB sit in
+    cache while a 2 GB model streams from DRAM and reading its cache at a quarter of the
+    bandwidth costs well over three times as much. (The committed quick table stops at
+    8 MiB, so there both working sets get its last point's bandwidth and the two prices
+    differ only by which rate the last few kilobytes get.)"""
     from xpusim.engine.graph import Op
     from xpusim.plugins.cpu.analytic import CpuOpPricer
-    from xpusim.plugins.cpu.calibrate import kernel_time
+    from xpusim.plugins.cpu.calibrate import StreamTable, kernel_time
 
     cal = cal_mod.load(cal_file)
     n = 1 << 18
@@ -292,9 +302,11 @@ def test_max_pool_and_decode_attention_use_their_own_rates(cal_file: Path) -> No
         dims=(n,),
         dtype="fp32",
     )
-    assert CpuOpPricer(cal)(pool).memory_s == pytest.approx(
-        cal.streams["maxpool"].seconds_for(5.0 * n) - cal.dispatch_s
-    )
+    pool_s = CpuOpPricer(cal)(pool).memory_s
+    assert pool_s == pytest.approx(cal.streams["maxpool"].seconds_for(5.0 * n) - cal.dispatch_s)
+    add_s = cal.streams["elementwise"].seconds_for(5.0 * n) - cal.dispatch_s
+    assert pool_s > 10.0 * add_s
+
     heads, keys, d = 48, 1024, 64
     attn = Op(
         "a:sdpa",
@@ -306,17 +318,27 @@ def test_max_pool_and_decode_attention_use_their_own_rates(cal_file: Path) -> No
         batch=heads,
         dtype="fp32",
     )
-    small = CpuOpPricer(cal, weight_bytes=0.0)(attn)
-    large = CpuOpPricer(cal, weight_bytes=2e9)(attn)
-    fit = cal.kernel("attention", "fp32")
-    m, n, k = float(heads), float(keys), float(d)  # (queries·batch, keys, d)
-    flops = 4.0 * m * n * k
-    copy = cal.streams["copy"]
-    cache = attn.bytes_read * 2.0 * keys / (1 + 2.0 * keys)
-    _, resident = kernel_time(fit, flops, m, n, k, attn.bytes, copy)
-    _, rest = kernel_time(fit, flops, m, n, k, attn.bytes - cache, copy)
-    assert small.memory_s == pytest.approx(resident)
-    assert large.memory_s == pytest.approx(rest + cache / (copy.bandwidth(2e9) * fit.mem_eff))
+    in_cache, in_dram = 40e9, 10e9
+    cliff = StreamTable(
+        (1e4, 64.0 * 2**20, 256.0 * 2**20),
+        (1e4 / in_cache, 64.0 * 2**20 / in_cache, 256.0 * 2**20 / in_dram),
+    )
+    with_cliff = replace(cal, streams={**cal.streams, "copy": cliff})
+    for c in (cal, with_cliff):
+        small = CpuOpPricer(c, weight_bytes=0.0)(attn)
+        large = CpuOpPricer(c, weight_bytes=2e9)(attn)
+        fit = c.kernel("attention", "fp32")
+        m, nk, k = float(heads), float(keys), float(d)  # (queries·batch, keys, d)
+        flops = 4.0 * m * nk * k
+        copy = c.streams["copy"]
+        cache = attn.bytes_read * 2.0 * keys / (1 + 2.0 * keys)
+        _, resident = kernel_time(fit, flops, m, nk, k, attn.bytes, copy)
+        _, rest = kernel_time(fit, flops, m, nk, k, attn.bytes - cache, copy)
+        assert small.memory_s == pytest.approx(resident)
+        assert large.memory_s == pytest.approx(rest + cache / (copy.bandwidth(2e9) * fit.mem_eff))
+    assert cliff.bandwidth(attn.bytes) == pytest.approx(in_cache)
+    assert cliff.bandwidth(2e9) == pytest.approx(in_dram)
+    assert large.memory_s > 3.0 * small.memory_s
 
 
 def test_measured_inputs_are_seeded_normal_samples(cal_file: Path) -> None:
