@@ -26,7 +26,6 @@ from xpusim.engine.errors import XpusimError
 if TYPE_CHECKING:
     import pluggy
     from rich.console import Console
-    from rich.table import Table
 
     from xpusim.engine.host import Host
 
@@ -96,59 +95,6 @@ def _host() -> Host:
 
 # --- run / validate ---------------------------------------------------------------------
 
-_METRIC_COLUMNS: list[tuple[str, str, float, str]] = [
-    ("throughput_tokens_per_s", "tokens/s", 1.0, "{:,.0f}"),
-    ("throughput_samples_per_s", "samples/s", 1.0, "{:,.1f}"),
-    ("ttft_p50_s", "TTFT p50 ms", 1e3, "{:,.0f}"),
-    ("ttft_p99_s", "TTFT p99 ms", 1e3, "{:,.0f}"),
-    ("tbt_p50_s", "TBT p50 ms", 1e3, "{:,.1f}"),
-    ("tbt_p99_s", "TBT p99 ms", 1e3, "{:,.1f}"),
-    ("e2e_p99_s", "e2e p99 ms", 1e3, "{:,.1f}"),
-    ("slo_attainment", "SLO met", 100.0, "{:.1f}%"),
-    ("step_time_s", "step s", 1.0, "{:,.3f}"),
-    ("mfu", "MFU", 100.0, "{:.1f}%"),
-    ("time_to_train_s", "train h", 1 / 3600, "{:,.1f}"),
-    ("energy_per_token_j", "J/token", 1.0, "{:.3g}"),
-    ("energy_per_sample_j", "J/sample", 1.0, "{:.3g}"),
-    ("cost_per_million_tokens_usd", "$/Mtok", 1.0, "{:,.2f}"),
-    ("cost_usd", "cost $", 1.0, "{:,.2f}"),
-]
-# Shown only when the metric before it is absent (per-token figures win for LLMs).
-_FALLBACK = {
-    "energy_per_sample_j": "energy_per_token_j",
-    "throughput_samples_per_s": "throughput_tokens_per_s",
-}
-
-
-def summary_table(summary: dict[str, Any]) -> Table:
-    """A rich table of a run's ``summary.json`` document, one row per system."""
-    from rich.table import Table
-
-    systems = summary["systems"]
-
-    def shown(key: str) -> bool:
-        present = any(s.get(key) is not None for s in systems)
-        first = _FALLBACK.get(key)
-        return present and not (first and any(s.get(first) is not None for s in systems))
-
-    cols = [c for c in _METRIC_COLUMNS if shown(c[0])]
-    t = Table(
-        title=f"{summary['scenario']} ({summary.get('workload', '')}, {summary.get('model', '')})"
-    )
-    t.add_column("system", style="bold")
-    t.add_column("device")
-    t.add_column("n", justify="right")
-    t.add_column("status")
-    for _, label, _, _ in cols:
-        t.add_column(label, justify="right")
-    for s in systems:
-        row = [s["name"], s["device"], str(s["count"]), s["status"]]
-        for key, _, scale, fmt in cols:
-            v = s.get(key)
-            row.append("-" if v is None else fmt.format(v * scale))
-        t.add_row(*row)
-    return t
-
 
 @app.command()
 def run(
@@ -169,6 +115,7 @@ def run(
     """Run one scenario on all its systems and write a run folder."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from xpusim.engine.report.terminal import summary_table
     from xpusim.engine.run import load, run_scenario
 
     def go() -> None:
@@ -198,7 +145,7 @@ def run(
                 bar.update(tasks[name], completed=done, total=total or None)
 
             result, folder = run_scenario(sc, host, out_dir, progress=progress)
-        out.print(summary_table(result.summary()))
+        out.print(summary_table(result.summary(), result.vocabulary))
         for s in result.systems:
             if s.status != "ok":
                 out.print(f"[yellow]{s.name}[/]: {s.status}: {s.reason}", soft_wrap=True)

@@ -26,6 +26,7 @@ import polars as pl
 from xpusim.engine.device import Figure
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.frames import Frame, FrameMap, SpilledFrames, frame_height
+from xpusim.engine.metrics import Vocabulary, engine_vocabulary
 from xpusim.engine.reporter import Reporter
 
 STATUSES = ("ok", "unsupported", "does-not-fit", "failed")
@@ -77,7 +78,11 @@ class SystemResult:
 
 @dataclass
 class RunResult:
-    """Everything one scenario run produced."""
+    """Everything one scenario run produced.
+
+    ``vocabulary`` holds the metrics its systems may carry (the engine's and those the
+    workload declares); every output reads labels, units and directions from it.
+    """
 
     scenario: str
     seed: int
@@ -86,6 +91,7 @@ class RunResult:
     scenario_data: dict[str, Any] = field(default_factory=dict)
     workload: str = ""
     model: str = ""
+    vocabulary: Vocabulary = field(default_factory=engine_vocabulary)
 
     def summary(self) -> dict[str, Any]:
         """The ``summary.json`` document (no timestamps: byte-identical for a seed)."""

@@ -35,8 +35,9 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from xpusim.engine.errors import ScenarioError
+from xpusim.engine.errors import ScenarioError, XpusimError
 from xpusim.engine.executor import PointFailure
+from xpusim.engine.metrics import Vocabulary, engine_vocabulary, vocabulary_for
 from xpusim.engine.yamlsrc import Source
 
 # --- the sweep block --------------------------------------------------------------------
@@ -429,7 +430,7 @@ def run_sweep(
     remove_partials(out_dir)
     frame = _frame(rows)
     _write_atomic(frame, out_dir / "summary.parquet")
-    report = sweep_report(frame)
+    report = sweep_report(frame, sweep_vocabulary(points))
     tmp = out_dir / ".sweep.md.partial"
     tmp.write_text(report, encoding="utf-8")
     os.replace(tmp, out_dir / "sweep.md")
@@ -454,17 +455,8 @@ def _write_atomic(frame: pl.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-_BEST: list[tuple[str, str]] = [
-    ("throughput_tokens_per_s", "max"),
-    ("throughput_samples_per_s", "max"),
-    ("ttft_p99_s", "min"),
-    ("tbt_p99_s", "min"),
-    ("slo_attainment", "max"),
-    ("time_to_train_s", "min"),
-    ("energy_per_token_j", "min"),
-    ("cost_per_million_tokens_usd", "min"),
-    ("cost_usd", "min"),
-]
+_HOW = {"higher": "max", "lower": "min"}
+"""How the best-point table writes a metric's better direction."""
 
 
 def pareto(frame: pl.DataFrame, maximize: str, minimize: str) -> pl.DataFrame:
@@ -489,9 +481,33 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
 
 
-def sweep_report(frame: pl.DataFrame) -> str:
-    """A Markdown report: counts, the best point per metric, the throughput/cost Pareto
-    frontier and the failed points with their errors."""
+def sweep_vocabulary(points: Collection[Point]) -> Vocabulary:
+    """The metric vocabulary of the workload kinds the sweep's points run (the engine's
+    metrics alone where a kind cannot be loaded; its points failed and say why)."""
+    kinds = sorted(
+        {
+            str(k)
+            for p in points
+            if isinstance(k := dict(p.data.get("workload") or {}).get("kind"), str)
+        }
+    )
+    if not kinds:
+        return engine_vocabulary()
+    host = worker_host()
+    workloads = []
+    for kind in kinds:
+        try:
+            workloads.append(host.workloads.get(kind))
+        except XpusimError:
+            continue
+    return vocabulary_for(*workloads)
+
+
+def sweep_report(frame: pl.DataFrame, vocabulary: Vocabulary | None = None) -> str:
+    """A Markdown report: counts, the best point per headline metric of ``vocabulary``
+    (the engine's metrics when not given), the throughput/cost Pareto frontier and the
+    failed points with their errors."""
+    vocab = vocabulary if vocabulary is not None else engine_vocabulary()
     lines = ["# Sweep report", ""]
     params = [c for c in frame.columns if c.startswith("param.")]
     names = [p.removeprefix("param.") for p in params]
@@ -513,7 +529,10 @@ def sweep_report(frame: pl.DataFrame) -> str:
     head = "| metric | best | point | point_id | system | " + " | ".join(names) + " |"
     rule = "|---|---|---|---|---|" + "---|" * len(params)
     best: list[str] = []
-    for metric, how in _BEST:
+    for m in vocab:
+        metric, how = m.name, _HOW.get(m.better)
+        if not m.headline or how is None:
+            continue
         if metric not in ok.columns or ok[metric].drop_nulls().is_empty():
             continue
         row = (
@@ -529,8 +548,8 @@ def sweep_report(frame: pl.DataFrame) -> str:
     if best:
         lines += ["", "## Best point per metric", "", head, rule, *best]
     done = False
-    for tp in ("throughput_tokens_per_s", "throughput_samples_per_s"):
-        for cost in ("cost_per_million_tokens_usd", "cost_usd"):
+    for tp in (m.name for m in vocab if m.frontier == "throughput"):
+        for cost in (m.name for m in vocab if m.frontier == "cost"):
             front = pareto(ok, tp, cost)
             if front.height and not done:
                 done = True

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from xpusim.engine.backend import Compiled, Fit
 from xpusim.engine.frames import FrameMap
+from xpusim.engine.metrics import Metric
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.system import System
 
@@ -27,7 +28,8 @@ class SystemRun:
     """What simulating one system produced.
 
     ``metrics`` holds summary keys of the run-folder contract that apply
-    (``throughput_tokens_per_s``, ``ttft_p99_s`` ...); ``frames`` the event frames by name
+    (``throughput_tokens_per_s``, ``ttft_p99_s`` ...), each declared in the workload's
+    :attr:`Workload.metrics` or the engine's vocabulary; ``frames`` the event frames by name
     (``requests``, ``steps``, ``devices``), each with a ``system`` column: a
     ``pl.DataFrame``, or a ``pl.LazyFrame`` over Parquet parts when the run spilled past
     the row threshold (:mod:`xpusim.engine.frames`; every engine consumer accepts both).
@@ -62,13 +64,18 @@ class Workload(ABC):
 
     Contract: ``name`` is the key used in ``workload.kind``; ``schema`` is a pydantic model
     (``extra="forbid"``) of the scenario's ``workload`` block minus ``kind``;
-    :meth:`simulate` runs one system and never prints.
+    :meth:`simulate` runs one system and never prints. ``metrics`` declares every
+    summary key :meth:`simulate` emits (:class:`~xpusim.engine.metrics.Metric`: label,
+    unit, scale, which direction is better, where it is shown); the engine adds its own
+    (energy, cost, carbon, ``simulated_s``), and every output (the terminal table, the
+    reports, the sweep report, ``compare``) shows what this vocabulary says.
     """
 
     name: str = ""
     description: str = ""
     api_version: str = "1"
     schema: type[BaseModel]
+    metrics: tuple[Metric, ...] = ()
 
     @abstractmethod
     def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:

@@ -15,6 +15,7 @@ from xpusim import hookimpl
 from xpusim.engine.backend import Backend, Compiled, Cost, Fit, Support
 from xpusim.engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
+from xpusim.engine.metrics import STEP_TIME_S, THROUGHPUT_SAMPLES_PER_S
 from xpusim.engine.model import ModelFamily, ModelGraph, ModelInfo
 from xpusim.engine.system import Parallelism, System
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
@@ -137,6 +138,7 @@ class BatchWorkload(Workload):
 
     name = "batch"
     schema = BatchConfig
+    metrics = (THROUGHPUT_SAMPLES_PER_S, STEP_TIME_S)
 
     def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:
         assert isinstance(config, BatchConfig)

@@ -13,15 +13,17 @@ import pytest
 from xpusim.engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
 from xpusim.engine.economics import HOUR_S, EconomicsConfig, apply_economics
 from xpusim.engine.errors import XpusimError
-from xpusim.engine.report import METRICS, best_systems
+from xpusim.engine.lazy import Lazy
+from xpusim.engine.metrics import vocabulary_for
+from xpusim.engine.report import best_systems
 from xpusim.engine.report.compare import compare_runs, load_run
 from xpusim.engine.report.html import render_html
 from xpusim.engine.report.markdown import render_markdown
 from xpusim.engine.report.timeline import build_trace
-from xpusim.engine.lazy import Lazy
 from xpusim.engine.reporter import Reporter
 from xpusim.engine.results import RunResult, SystemResult, write_run
 from xpusim.plugins.reporters import register_reporters
+from xpusim.plugins.workloads.serving.workload import ServingWorkload
 
 SPAN = 20.0
 
@@ -133,7 +135,13 @@ def synthetic_run(scenario: str = "synthetic") -> RunResult:
         reason="a transformer cannot run on SpiNNaker",
     )
     return RunResult(
-        scenario, 7, "0.1.0", [fast, slow, spiky], workload="serving", model="llama-2-7b"
+        scenario,
+        7,
+        "0.1.0",
+        [fast, slow, spiky],
+        workload="serving",
+        model="llama-2-7b",
+        vocabulary=vocabulary_for(ServingWorkload()),
     )
 
 
@@ -177,7 +185,7 @@ def test_html_has_every_section_and_svg_charts(page: str) -> None:
 
 def test_summary_marks_the_best_system_per_metric(run: RunResult, page: str) -> None:
     """Highest throughput and lowest latency win; the marked cell is the winner's."""
-    by_key = {m.key: m for m in METRICS}
+    by_key = {m.name: m for m in run.vocabulary}
     assert best_systems(run.systems, by_key["throughput_tokens_per_s"]) == {"fast"}
     assert best_systems(run.systems, by_key["ttft_p99_s"]) == {"fast"}
     assert best_systems(run.systems, by_key["simulated_s"]) == set()

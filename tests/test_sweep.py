@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from xpusim.engine.errors import ScenarioError
+from xpusim.engine.metrics import vocabulary_for
 from xpusim.engine.sweep import expand, parse_sweep, point_id, sweep_report
 from xpusim.engine.yamlsrc import Source
+from xpusim.plugins.workloads.serving.workload import ServingWorkload
 
 SRC = Source("s.yaml")
 BASE: dict[str, Any] = {
@@ -107,7 +109,7 @@ def test_sweep_report_marks_best_and_frontier() -> None:
             "cost_per_million_tokens_usd": [1.0, 2.0, 3.0],
         }
     )
-    text = sweep_report(frame)
+    text = sweep_report(frame, vocabulary_for(ServingWorkload()))
     assert "| throughput_tokens_per_s (max) | 300 | 1 |" in text
     frontier = text.split("Pareto frontier")[1]
     assert "\n| 0 |" in frontier and "\n| 1 |" in frontier and "\n| 2 |" not in frontier

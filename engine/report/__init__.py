@@ -1,8 +1,8 @@
 """Reports a person reads: ``report.html``, ``report.md`` and ``timeline.json``.
 
-This package holds what the formats share: the summary metrics with their units and
-which direction is better (:data:`METRICS`), the pick of the best system per metric
-(:func:`best_systems`), number and figure formatting, and the "Assumptions and sources"
+This package holds what the formats share: the summary metrics a run's vocabulary
+(:mod:`xpusim.engine.metrics`) says to show (:func:`shown_metrics`), the pick of the best
+system per metric (:func:`best_systems`), number and figure formatting, and the "Assumptions and sources"
 rows. :mod:`xpusim.engine.report.charts` draws the charts (matplotlib to SVG),
 :mod:`xpusim.engine.report.html` and :mod:`xpusim.engine.report.markdown` lay out the documents,
 :mod:`xpusim.engine.report.timeline` writes the Chrome trace, and :mod:`xpusim.engine.report.compare`
@@ -14,52 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from xpusim.engine.device import Figure
+from xpusim.engine.metrics import Metric, Vocabulary
 
 if TYPE_CHECKING:
     from xpusim.engine.results import RunResult, SystemResult
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A summary metric as reports show it: ``value * scale`` in ``unit``; ``better`` is
-    ``min`` or ``max`` (or ``None`` when neither is better, like the simulated span)."""
-
-    key: str
-    label: str
-    unit: str = ""
-    scale: float = 1.0
-    better: Literal["min", "max"] | None = None
-
-
-METRICS: tuple[Metric, ...] = (
-    Metric("throughput_tokens_per_s", "Throughput", "tokens/s", better="max"),
-    Metric("throughput_samples_per_s", "Throughput", "samples/s", better="max"),
-    Metric("ttft_p50_s", "TTFT p50", "ms", 1e3, "min"),
-    Metric("ttft_p99_s", "TTFT p99", "ms", 1e3, "min"),
-    Metric("tbt_p50_s", "TBT p50", "ms", 1e3, "min"),
-    Metric("tbt_p99_s", "TBT p99", "ms", 1e3, "min"),
-    Metric("e2e_p50_s", "End-to-end p50", "s", better="min"),
-    Metric("e2e_p99_s", "End-to-end p99", "s", better="min"),
-    Metric("slo_attainment", "SLO attainment", "%", 100.0, "max"),
-    Metric("step_time_s", "Step time", "s", better="min"),
-    Metric("time_to_train_s", "Time to train", "h", 1 / 3600, "min"),
-    Metric("mfu", "MFU", "%", 100.0, "max"),
-    Metric("energy_j", "Energy", "kWh", 1 / 3.6e6, "min"),
-    Metric("energy_per_token_j", "Energy per token", "J", better="min"),
-    Metric("energy_per_sample_j", "Energy per sample", "J", better="min"),
-    Metric("energy_per_step_j", "Energy per step", "kJ", 1e-3, "min"),
-    Metric("energy_per_run_j", "Energy per training run", "MWh", 1 / 3.6e9, "min"),
-    Metric("cost_usd", "Cost", "USD", better="min"),
-    Metric("cost_per_million_tokens_usd", "Cost per 1M tokens", "USD", better="min"),
-    Metric("cost_per_run_usd", "Cost per training run", "USD", better="min"),
-    Metric("carbon_kg", "Carbon", "kg CO2e", better="min"),
-    Metric("carbon_per_run_kg", "Carbon per training run", "t CO2e", 1e-3, "min"),
-    Metric("simulated_s", "Simulated time", "s"),
-)
-"""The summary metrics reports show, in this order (those no system has are left out)."""
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -85,21 +46,23 @@ def metric_value(system: SystemResult, metric: Metric) -> float | None:
     """The metric's value of an ``ok`` system in the shown unit, or ``None``."""
     if system.status != "ok":
         return None
-    v = system.metrics.get(metric.key)
+    v = system.metrics.get(metric.name)
     if v is None or isinstance(v, bool) or not isinstance(v, int | float):
         return None
     if math.isnan(float(v)):
         return None
-    return float(v) * metric.scale
+    return metric.shown(float(v))
 
 
-def shown_metrics(systems: Sequence[SystemResult]) -> list[Metric]:
-    """The metrics of :data:`METRICS` that at least one system has a number or a
-    not-known note for."""
+def shown_metrics(systems: Sequence[SystemResult], vocabulary: Vocabulary) -> list[Metric]:
+    """The report metrics of ``vocabulary`` (in its order) that at least one system has a
+    number or a not-known note for."""
     out = []
-    for m in METRICS:
+    for m in vocabulary:
+        if not m.report:
+            continue
         for s in systems:
-            if metric_value(s, m) is not None or m.key in not_known(s):
+            if metric_value(s, m) is not None or m.name in not_known(s):
                 out.append(m)
                 break
     return out
@@ -108,12 +71,12 @@ def shown_metrics(systems: Sequence[SystemResult]) -> list[Metric]:
 def best_systems(systems: Sequence[SystemResult], metric: Metric) -> set[str]:
     """Names of the systems with the best value of ``metric`` (ties all win); none when the
     metric has no direction, fewer than two systems have a value, or all of them tie."""
-    if metric.better is None:
+    if metric.better == "none":
         return set()
     vals = {s.name: v for s in systems if (v := metric_value(s, metric)) is not None}
     if len(vals) < 2:
         return set()
-    target = min(vals.values()) if metric.better == "min" else max(vals.values())
+    target = min(vals.values()) if metric.better == "lower" else max(vals.values())
     tol = 1e-12 * max(abs(target), 1.0)
     best = {n for n, v in vals.items() if abs(v - target) <= tol}
     return best if len(best) < len(vals) else set()

@@ -3,13 +3,14 @@
 :func:`load_run` reads a run folder back into a :class:`~xpusim.engine.results.RunResult`:
 ``summary.json`` for the systems and their metrics, the event frames' Parquet files, and
 ``report-data.json`` (written beside ``report.html``) for each system's figures and
-economics details. :func:`merge_runs` puts the systems of several runs side by side,
+economics details and the run's metric vocabulary. :func:`merge_runs` puts the systems of several runs side by side,
 prefixing a name with its run's folder name where two runs use the same one, and
 :func:`compare_runs` writes the merged report.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -21,20 +22,22 @@ import polars as pl
 from xpusim.engine.device import Figure
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.frames import Frame, frame_columns, frame_height, spill_rows
+from xpusim.engine.metrics import SYSTEM_KEYS, Metric, Vocabulary, engine_vocabulary
 from xpusim.engine.report.html import render_html
 from xpusim.engine.report.markdown import render_markdown
 from xpusim.engine.results import FRAME_NAMES, RunResult, SystemResult, _jsonable
 
 REPORT_DATA = "report-data.json"
-"""The file that carries each system's figures and economics details beside the report."""
-
-_BASE_KEYS = ("name", "backend", "device", "count", "status", "reason")
+"""The file that carries each system's figures and economics details, and the run's metric
+vocabulary, beside the report."""
 
 
 def report_data(run: RunResult) -> dict[str, Any]:
-    """Each system's figures (value, source, assumption) and details, as JSON data."""
+    """Each system's figures (value, source, assumption) and details, and the run's metric
+    vocabulary, as JSON data."""
     return {
         "scenario": run.scenario,
+        "metrics": run.vocabulary.to_json(),
         "systems": {
             s.name: {
                 "figures": {
@@ -70,12 +73,15 @@ def load_run(folder: Path | str) -> RunResult:
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise XpusimError(f"{summary}: not a valid summary.json ({exc}).") from None
     extra: dict[str, Any] = {}
+    data: dict[str, Any] = {}
     data_file = folder / REPORT_DATA
     if data_file.is_file():
         try:
-            extra = json.loads(data_file.read_text(encoding="utf-8")).get("systems", {})
+            data = json.loads(data_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise XpusimError(f"{data_file}: not valid JSON ({exc}).") from None
+        extra = data.get("systems", {})
+    vocabulary = _vocabulary(data, raw_systems, data_file)
     # read when small; past the spill threshold scanned (a LazyFrame), so a large run's
     # frames stay on disk and reports query them lazily
     frames: dict[str, Frame] = {}
@@ -100,7 +106,7 @@ def load_run(folder: Path | str) -> RunResult:
                 count=int(raw.get("count", 0)),
                 status=str(raw.get("status", "ok")),
                 reason=str(raw.get("reason", "")),
-                metrics={k: v for k, v in raw.items() if k not in _BASE_KEYS},
+                metrics={k: v for k, v in raw.items() if k not in SYSTEM_KEYS},
                 frames={
                     k: f.filter(pl.col("system") == name)
                     for k, f in frames.items()
@@ -117,6 +123,27 @@ def load_run(folder: Path | str) -> RunResult:
         systems=systems,
         workload=str(doc.get("workload", "")),
         model=str(doc.get("model", "")),
+        vocabulary=vocabulary,
+    )
+
+
+def _vocabulary(data: dict[str, Any], systems: list[Any], where: Path) -> Vocabulary:
+    """The vocabulary a run folder recorded; for a folder written before runs recorded
+    one, the engine's metrics plus every other numeric key as a plain row (no direction)."""
+    if "metrics" in data:
+        try:
+            return Vocabulary.from_json(data["metrics"])
+        except (TypeError, ValueError) as exc:
+            raise XpusimError(f"{where}: not a valid metric vocabulary ({exc}).") from None
+    vocab = engine_vocabulary()
+    seen = {
+        k
+        for raw in systems
+        for k, v in dict(raw).items()
+        if k not in SYSTEM_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    return vocab.extend(
+        Metric(k, k, order=800, table=False) for k in sorted(seen) if k not in vocab
     )
 
 
@@ -156,6 +183,9 @@ def merge_runs(runs: Sequence[RunResult], labels: Sequence[str]) -> RunResult:
         systems=systems,
         workload=joined([r.workload for r in runs]),
         model=joined([r.model for r in runs]),
+        vocabulary=functools.reduce(
+            Vocabulary.merge, (r.vocabulary for r in runs), engine_vocabulary()
+        ),
     )
 
 

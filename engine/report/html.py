@@ -73,7 +73,7 @@ def _e(x: object) -> str:
 def _summary(run: RunResult) -> str:
     """The summary table: one column per system, one row per metric, the best marked."""
     systems = run.systems
-    metrics = shown_metrics(systems)
+    metrics = shown_metrics(systems, run.vocabulary)
     head = "".join(
         f"<th>{_e(s.name)}<br><small>{_e(s.device)} × {s.count}</small></th>" for s in systems
     )
@@ -86,19 +86,14 @@ def _summary(run: RunResult) -> str:
     rows = [f'<tr><th class="name">Status</th>{status}</tr>']
     for m in metrics:
         best = best_systems(systems, m)
-        unit = f" ({_e(m.unit)})" if m.unit else ""
-        better = (
-            f"<br><small>{'lower' if m.better == 'min' else 'higher'} is better</small>"
-            if m.better
-            else ""
-        )
+        better = f"<br><small>{m.better} is better</small>" if m.better != "none" else ""
         cells = []
         for s in systems:
             v = metric_value(s, m)
             nk = not_known(s)
             if v is None:
-                if s.status == "ok" and m.key in nk:
-                    cells.append(f'<td class="nk" title="{_e(nk[m.key])}">not known</td>')
+                if s.status == "ok" and m.name in nk:
+                    cells.append(f'<td class="nk" title="{_e(nk[m.name])}">not known</td>')
                 else:
                     cells.append("<td>-</td>")
             elif s.name in best:
@@ -106,7 +101,7 @@ def _summary(run: RunResult) -> str:
             else:
                 cells.append(f"<td>{fmt(v)}</td>")
         rows.append(
-            f'<tr data-metric="{_e(m.key)}"><th class="name">{_e(m.label)}{unit}{better}'
+            f'<tr data-metric="{_e(m.name)}"><th class="name">{_e(m.heading)}{better}'
             f"</th>{''.join(cells)}</tr>"
         )
     return (

@@ -31,7 +31,7 @@ def _cell(text: str) -> str:
 def render_markdown(run: RunResult) -> str:
     """The whole ``report.md`` document for ``run``."""
     systems = run.systems
-    metrics = shown_metrics(systems)
+    metrics = shown_metrics(systems, run.vocabulary)
     out = [f"# {title_of(run)}", ""]
     meta = [
         f"workload {run.workload}" if run.workload else "",
@@ -53,11 +53,11 @@ def render_markdown(run: RunResult) -> str:
     )
     for m in metrics:
         best = best_systems(systems, m)
-        cells = [_cell(f"{m.label} ({m.unit})" if m.unit else m.label)]
+        cells = [_cell(m.heading)]
         for s in systems:
             v = metric_value(s, m)
             if v is None:
-                cells.append("not known" if s.status == "ok" and m.key in not_known(s) else "-")
+                cells.append("not known" if s.status == "ok" and m.name in not_known(s) else "-")
             elif s.name in best:
                 cells.append(f"**★ {fmt(v)}**")
             else:

@@ -37,6 +37,7 @@ from xpusim.engine.backend import Compiled
 from xpusim.engine.errors import ScenarioError
 from xpusim.engine.frames import DEVICES_SCHEMA, device_timeline
 from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.metrics import E2E_P50_S, E2E_P99_S, THROUGHPUT_SAMPLES_PER_S, detail
 from xpusim.engine.qty import Duration, Rate
 from xpusim.engine.spiking import SpikingModel
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
@@ -116,6 +117,20 @@ class SpikingWorkload(Workload):
     name = "spiking"
     description = "samples through a spiking network at a rate or as a batch"
     schema = SpikingConfig
+    metrics = (
+        THROUGHPUT_SAMPLES_PER_S,
+        E2E_P50_S,
+        E2E_P99_S,
+        detail(
+            "latency_mean_s",
+            "Mean latency",
+            "s",
+            "lower",
+            description="mean time from a sample's arrival to its result",
+            order=260,
+        ),
+        detail("timesteps_per_sample", "Timesteps per sample", description="network timesteps"),
+    )
 
     def shape_hint(self, config: BaseModel) -> dict[str, Any]:
         """The largest step: ``batch`` samples of ``timesteps``."""

@@ -16,12 +16,14 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from xpusim.engine.metrics import THROUGHPUT_SAMPLES_PER_S
 from xpusim.engine.policies import SchedulerSpec
 from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.offline.world import simulate_forward
 from xpusim.plugins.workloads.serving import metrics, schedulers
 from xpusim.plugins.workloads.serving.arrivals import LengthDist, sample_lengths
+from xpusim.plugins.workloads.serving.metrics import FORWARD_METRICS, SERVING_METRICS
 from xpusim.plugins.workloads.serving.workload import TraceSpec
 from xpusim.plugins.workloads.serving.world import simulate_serving
 
@@ -71,6 +73,7 @@ class OfflineWorkload(Workload):
     name = "offline"
     description = "offline/batch inference of a fixed set of inputs (throughput)"
     schema = OfflineConfig
+    metrics = (*SERVING_METRICS, *FORWARD_METRICS, THROUGHPUT_SAMPLES_PER_S)
 
     def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:
         """Process every input on ``ctx.system`` and report throughput."""

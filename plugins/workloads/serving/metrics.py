@@ -31,6 +31,14 @@ import numpy as np
 import polars as pl
 
 from xpusim.engine.frames import IDLE, Frame, frame_columns, ordered_sum
+from xpusim.engine.metrics import (
+    E2E_P50_S,
+    E2E_P99_S,
+    STEP_TIME_S,
+    THROUGHPUT_TOKENS_PER_S,
+    Metric,
+    detail,
+)
 
 
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float | None:
@@ -241,3 +249,136 @@ def forward_metrics(
         "idle_s": states.get(IDLE, 0.0),
         "state_s": states,
     }
+
+
+# --- the metrics these functions emit, as the workloads declare them ---------------------
+
+DEVICE_METRICS: tuple[Metric, ...] = (
+    detail("iterations", "Iterations", description="scheduler iterations (steps) run"),
+    detail("mean_batch", "Mean batch", description="sequences per iteration, averaged"),
+    detail(
+        "utilization",
+        "Utilization",
+        "%",
+        scale=100.0,
+        better="higher",
+        description="busy device-time over devices times the simulated span",
+    ),
+    detail("busy_s", "Busy device-time", "s", description="device-seconds not idle"),
+    detail("idle_s", "Idle device-time", "s", description="device-seconds idle"),
+    detail("state_s", "Device-time by state", "s", description="device-seconds per power state"),
+)
+"""Keys :func:`serving_metrics` and :func:`forward_metrics` both emit about the devices."""
+
+SERVING_METRICS: tuple[Metric, ...] = (
+    THROUGHPUT_TOKENS_PER_S,
+    Metric(
+        "ttft_p50_s",
+        "TTFT p50",
+        "ms",
+        1e3,
+        "lower",
+        description="median time to first token of finished requests",
+        order=200,
+        short="TTFT p50 ms",
+        table_format="{:,.0f}",
+    ),
+    Metric(
+        "ttft_p99_s",
+        "TTFT p99",
+        "ms",
+        1e3,
+        "lower",
+        description="99th-percentile time to first token of finished requests",
+        order=210,
+        short="TTFT p99 ms",
+        table_format="{:,.0f}",
+        headline=True,
+    ),
+    Metric(
+        "tbt_p50_s",
+        "TBT p50",
+        "ms",
+        1e3,
+        "lower",
+        description="median gap between output tokens, every token weighted",
+        order=220,
+        short="TBT p50 ms",
+        table_format="{:,.1f}",
+    ),
+    Metric(
+        "tbt_p99_s",
+        "TBT p99",
+        "ms",
+        1e3,
+        "lower",
+        description="99th-percentile gap between output tokens, every token weighted",
+        order=230,
+        short="TBT p99 ms",
+        table_format="{:,.1f}",
+        headline=True,
+    ),
+    E2E_P50_S,
+    E2E_P99_S,
+    Metric(
+        "slo_attainment",
+        "SLO attainment",
+        "%",
+        100.0,
+        "higher",
+        description="share of requests that finished within the TTFT and TBT SLOs",
+        order=300,
+        short="SLO met",
+        table_format="{:.1f}%",
+        headline=True,
+    ),
+    detail(
+        "throughput_requests_per_s",
+        "Request throughput",
+        "requests/s",
+        "higher",
+        description="finished requests per second",
+        order=120,
+    ),
+    detail(
+        "goodput_requests_per_s",
+        "Goodput",
+        "requests/s",
+        "higher",
+        description="requests meeting the SLOs per second",
+        order=130,
+    ),
+    detail(
+        "goodput_tokens_per_s",
+        "Goodput",
+        "tokens/s",
+        "higher",
+        description="output tokens of requests meeting the SLOs per second",
+        order=140,
+    ),
+    detail("requests", "Requests", description="requests that arrived"),
+    detail("requests_ok", "Requests finished", description="requests that finished"),
+    detail(
+        "requests_dropped",
+        "Requests dropped",
+        better="lower",
+        description="requests that did not finish",
+    ),
+    detail("output_tokens", "Output tokens", description="output tokens of finished requests"),
+    detail(
+        "preemptions",
+        "Preemptions",
+        better="lower",
+        description="sequences evicted from the KV cache and recomputed",
+    ),
+    *DEVICE_METRICS,
+)
+"""Every key :func:`serving_metrics` emits."""
+
+FORWARD_METRICS: tuple[Metric, ...] = (
+    THROUGHPUT_TOKENS_PER_S,
+    STEP_TIME_S,
+    detail("samples", "Samples", description="inputs processed"),
+    *DEVICE_METRICS,
+)
+"""Every key :func:`forward_metrics` emits beyond ``throughput_samples_per_s``."""

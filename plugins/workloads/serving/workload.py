@@ -28,11 +28,13 @@ from pydantic import (
     model_validator,
 )
 
+from xpusim.engine.metrics import detail
 from xpusim.engine.policies import Router, SchedulerSpec, check_name, resolve
 from xpusim.engine.qty import Duration
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.serving import metrics, routers, schedulers
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate
+from xpusim.plugins.workloads.serving.metrics import SERVING_METRICS
 from xpusim.plugins.workloads.serving.world import simulate_serving
 
 
@@ -129,6 +131,16 @@ class ServingWorkload(Workload):
     name = "serving"
     description = "LLM inference serving: arrivals, batching schedulers, KV cache, SLOs"
     schema = ServingConfig
+    metrics = (
+        *SERVING_METRICS,
+        detail("replicas", "Replicas", description="model replicas the devices hold"),
+        detail(
+            "kv_capacity_tokens",
+            "KV-cache capacity",
+            "tokens",
+            description="tokens of KV cache one replica holds",
+        ),
+    )
 
     def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:
         """Replay the requests on ``ctx.system`` and compute its serving metrics."""

@@ -25,6 +25,7 @@ from xpusim.engine.qty import Bandwidth, Bytes, Duration, DurationOrZero
 from xpusim.engine.system import System
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.training.memory import checkpoint_bytes
+from xpusim.plugins.workloads.training.metrics import TRAINING_METRICS
 from xpusim.plugins.workloads.training.steps import (
     FailureSpec,
     TrainingPlan,
@@ -200,6 +201,7 @@ class TrainingWorkload(Workload):
         "and ZeRO parallelism, recomputation, failures and checkpoints"
     )
     schema = TrainingConfig
+    metrics = TRAINING_METRICS
 
     def shape_hint(self, config: BaseModel) -> dict[str, object]:
         """``batch`` (the micro-batch) and ``training``."""
