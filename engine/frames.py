@@ -7,6 +7,10 @@ names and every frame carries a ``system`` column so runs of several systems con
 Each workload declares the schemas of its own frames; the one frame every workload
 gives, ``devices``, is declared here:
 
+``requests`` — where a workload gives one, its schema declares ``status``
+(:data:`REQUEST_OK` for a completed request) and, for token-generating workloads,
+``output_tokens``.
+
 ``devices`` (:data:`DEVICES_SCHEMA`) — the power-state timeline of every device: busy
 intervals (consecutive steps of one state merged, :func:`device_timeline`) and ``idle``
 intervals covering the rest of ``[0, simulated_s]``. Busy rows carry the step joules
@@ -51,6 +55,15 @@ DEVICES_SCHEMA: dict[str, pl.DataType] = {
 
 IDLE = "idle"
 """The device state outside any step."""
+
+REQUEST_OK = "ok"
+"""The ``status`` of a completed request in a ``requests`` frame.
+
+A workload that gives a ``requests`` frame declares ``status`` in its schema: ``ok`` for a
+request that completed, another value (``dropped``) for one that did no work. Economics
+counts the completed requests as samples and, where the schema declares
+``output_tokens``, their output tokens as tokens (when the workload's metrics give no
+throughput of its own)."""
 
 
 Frame: TypeAlias = pl.DataFrame | pl.LazyFrame

@@ -1,7 +1,9 @@
 """The declared schemas of the serving frames (``offline`` decoder runs give the same).
 
-``requests`` (:data:`REQUESTS_SCHEMA`) — one row per request. ``status`` is ``ok`` or
-``dropped`` (``reason`` says why; ``replica`` and the times are null). ``ttft_s`` is
+``requests`` (:data:`REQUESTS_SCHEMA`) — one row per request. ``status`` is ``ok``
+(:data:`xpusim.engine.frames.REQUEST_OK`: the request completed, and economics counts it
+and its ``output_tokens``) or ``dropped`` (``reason`` says why; ``replica`` and the times
+are null). ``ttft_s`` is
 ``first_token_s - arrival_s``; ``e2e_s`` is ``finish_s - arrival_s``; ``tbt_mean_s`` and
 ``tbt_max_s`` are the mean and largest gap between consecutive output tokens of that
 request (null for a one-token output).

@@ -37,6 +37,7 @@ from xpusim.engine.backend import Compiled
 from xpusim.engine.errors import DoesNotFitError
 from xpusim.engine.frames import (
     DEVICES_SCHEMA,
+    REQUEST_OK,
     Frame,
     FrameBuffer,
     Spill,
@@ -423,7 +424,7 @@ def _frames(
     first_sched = np.asarray(req.first_scheduled)
     prompt = np.asarray(req.prompt, dtype=np.int64)
     preempt = np.asarray(req.preemptions, dtype=np.int32)
-    status_names = pl.Series(["dropped", "ok"], dtype=pl.String)
+    status_names = pl.Series(["dropped", REQUEST_OK], dtype=pl.String)
     reason_ids = (
         np.fromiter(reasons, dtype=np.int64, count=len(reasons))
         if reasons

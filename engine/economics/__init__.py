@@ -1,0 +1,242 @@
+"""Energy, cost and carbon of a run (the scenario's ``economics:`` block), as small steps.
+
+:func:`price_system` composes pure steps over one system's device spec, device count,
+economics config, power model, the workload's declared output metrics and its declared
+frames, and returns an :class:`Economics`: the metrics, details and figures the run
+records (every figure with its source or the assumption that stands in for it, for the
+report's "Assumptions and sources").
+
+Energy (:mod:`.energy`)
+    Each device's power-state timeline (the ``devices`` frame,
+    :data:`~xpusim.engine.frames.DEVICES_SCHEMA`) plus idle power times the device-time
+    not covered by a busy interval, plus host power per node over the span, times the PUE.
+Work (:mod:`.units`)
+    Tokens, samples and steps the run completed, from declared metrics and frames.
+Cost (:mod:`.rented`, :mod:`.owned`)
+    Rented: the device-hour price times device-hours. Owned: the list price amortized
+    over ``lifetime`` for the run's span, plus electricity, plus hosting.
+Carbon (:mod:`.carbon`)
+    Energy times the grid intensity, plus optional embodied carbon.
+Rent versus buy (:mod:`.breakeven`)
+    The utilization above which owning is cheaper, and the payback time.
+
+A figure that is needed and not known (a device with no published price, say) makes the
+metrics that depend on it ``None`` with a sentence saying why in ``not_known``; the rest
+is still computed. A negative, absurd or non-finite price or power figure is an input
+error (:class:`~xpusim.engine.errors.XpusimError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from xpusim.engine.device import Figure
+from xpusim.engine.economics.breakeven import BreakEven, break_even, describe_break_even
+from xpusim.engine.economics.carbon import Carbon, carbon
+from xpusim.engine.economics.config import (
+    BUSY_STATES,
+    DEFAULT_LIFETIME,
+    G_PER_KWH,
+    GRID_INTENSITY,
+    HOUR_S,
+    KWH_J,
+    MONTH_S,
+    SCENARIO_SOURCE,
+    EconomicsConfig,
+    PowerModelLike,
+    validate_figures,
+)
+from xpusim.engine.economics.cost import Cost
+from xpusim.engine.economics.energy import Energy, Timeline, energy, timeline
+from xpusim.engine.economics.owned import owned_cost
+from xpusim.engine.economics.rented import rented_cost
+from xpusim.engine.economics.units import WorkUnits, work_units
+from xpusim.engine.frames import Frame
+
+if TYPE_CHECKING:
+    from xpusim.engine.device import DeviceSpec
+    from xpusim.engine.results import SystemResult
+
+__all__ = [
+    "BUSY_STATES",
+    "DEFAULT_LIFETIME",
+    "GRID_INTENSITY",
+    "G_PER_KWH",
+    "HOUR_S",
+    "KWH_J",
+    "MONTH_S",
+    "BreakEven",
+    "Carbon",
+    "Cost",
+    "Economics",
+    "EconomicsConfig",
+    "Energy",
+    "PowerModelLike",
+    "Timeline",
+    "WorkUnits",
+    "apply_economics",
+    "describe_break_even",
+    "price_system",
+    "validate_figures",
+]
+
+
+@dataclass
+class Economics:
+    """What pricing one system adds to its result.
+
+    ``metrics``: ``energy_j``, ``energy_per_token_j``, ``energy_per_sample_j``,
+    ``energy_per_step_j``, ``cost_usd``, ``cost_per_million_tokens_usd``, ``carbon_kg``
+    (and ``*_per_run`` when the workload reports ``time_to_train_s``), ``None`` where not
+    known. ``details``: ``power_states_s``, ``utilization``, ``devices_counted``,
+    ``energy_breakdown_j``, ``cost_breakdown_usd``, ``carbon_breakdown_kg``,
+    ``break_even``. ``not_known``: why each ``None`` metric is not known. ``figures``:
+    every figure used, by dotted name.
+    """
+
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    not_known: dict[str, str] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+    def unknown(self, metric: str, reason: str) -> None:
+        """Mark ``metric`` not known, for ``reason``."""
+        self.metrics[metric] = None
+        self.not_known[metric] = reason
+
+
+def pue_figure(pue: float) -> Figure:
+    """The PUE as a figure: the scenario's, or the stated assumption of none."""
+    if pue != 1.0:
+        return Figure(pue, source=SCENARIO_SOURCE.format("pue"))
+    return Figure(1.0, assumption="PUE 1.0: no facility overhead counted (set economics.pue)")
+
+
+def _per_unit(out: Economics, en: Energy, units: WorkUnits) -> None:
+    for key, n in (
+        ("energy_per_token_j", units.tokens),
+        ("energy_per_sample_j", units.samples),
+        ("energy_per_step_j", units.steps),
+    ):
+        if n is None or n <= 0:
+            continue
+        if en.energy_j is None:
+            out.unknown(key, en.reason)
+        else:
+            out.metrics[key] = en.energy_j / n
+
+
+def _per_run(out: Economics, time_to_train_s: float | None, span: float) -> None:
+    """Scale energy, cost and carbon to a whole training run, when the workload gives one."""
+    if not time_to_train_s or span <= 0:
+        return
+    scale = float(time_to_train_s) / span
+    for src, dst in (
+        ("energy_j", "energy_per_run_j"),
+        ("cost_usd", "cost_per_run_usd"),
+        ("carbon_kg", "carbon_per_run_kg"),
+    ):
+        value = out.metrics.get(src)
+        if value is None:
+            out.unknown(dst, out.not_known.get(src, f"{src} is not known."))
+        else:
+            out.metrics[dst] = float(value) * scale
+
+
+def price_system(
+    spec: DeviceSpec,
+    count: int,
+    config: EconomicsConfig,
+    power: PowerModelLike | None,
+    metrics: Mapping[str, Any],
+    frames: Mapping[str, Frame],
+) -> Economics:
+    """Energy, cost and carbon of one system that ran ``ok``.
+
+    ``metrics`` are the workload's (``simulated_s``, throughputs, ``time_to_train_s``),
+    ``frames`` its declared frames (``devices``, ``requests``, ``steps``). ``count`` is
+    the number of devices; the ``devices`` frame may show more (replicas), and then its
+    count is used. Nothing passed in is changed.
+    """
+    validate_figures(spec, config)
+    out = Economics(figures={"economics.pue": pue_figure(config.pue)})
+
+    tl = timeline(frames.get("devices"), metrics.get("simulated_s"), count, spec, power)
+    en = energy(tl, spec, config, power)
+    out.figures.update(en.figures)
+    out.details["power_states_s"] = en.states
+    out.details["utilization"] = en.utilization
+    out.details["devices_counted"] = en.devices
+    if en.energy_j is None:
+        out.unknown("energy_j", en.reason)
+    else:
+        out.details["energy_breakdown_j"] = en.breakdown
+        out.metrics["energy_j"] = en.energy_j
+
+    units = work_units(metrics, frames)
+    _per_unit(out, en, units)
+
+    if config.electricity is not None:
+        out.figures["economics.electricity"] = Figure(
+            config.electricity, source=SCENARIO_SOURCE.format("electricity")
+        )
+    device_s = en.devices * en.span
+    cost = (
+        owned_cost(spec, config, en)
+        if config.pricing == "owned"
+        else rented_cost(spec, config, device_s)
+    )
+    out.figures.update(cost.figures)
+    if cost.cost_usd is None:
+        out.unknown("cost_usd", cost.reason)
+    else:
+        out.metrics["cost_usd"] = cost.cost_usd
+        out.details["cost_breakdown_usd"] = cost.breakdown
+    if units.tokens is not None and units.tokens > 0:
+        if cost.cost_usd is None:
+            out.unknown("cost_per_million_tokens_usd", cost.reason)
+        else:
+            out.metrics["cost_per_million_tokens_usd"] = cost.cost_usd / units.tokens * 1e6
+
+    co2 = carbon(en.energy_j, config, device_s)
+    out.figures.update(co2.figures)
+    if co2.carbon_kg is None:
+        out.unknown("carbon_kg", en.reason)
+    else:
+        out.metrics["carbon_kg"] = co2.carbon_kg
+        out.details["carbon_breakdown_kg"] = co2.breakdown
+
+    _per_run(out, metrics.get("time_to_train_s"), en.span)
+
+    be = break_even(spec, config, en)
+    out.figures.update(be.figures)
+    if isinstance(be.result, str):
+        out.not_known["break_even"] = be.result
+    else:
+        out.details["break_even"] = be.result
+    return out
+
+
+def record(result: SystemResult, priced: Economics) -> None:
+    """Add ``priced`` to ``result``: metrics, figures, details and the ``not_known`` reasons
+    (joined to any the result already has)."""
+    result.metrics.update(priced.metrics)
+    result.figures.update(priced.figures)
+    not_known = dict(result.details.get("not_known", {}))
+    result.details.update(priced.details)
+    not_known.update(priced.not_known)
+    result.details["not_known"] = not_known
+
+
+def apply_economics(
+    result: SystemResult,
+    spec: DeviceSpec,
+    count: int,
+    config: EconomicsConfig,
+    power: PowerModelLike | None,
+) -> None:
+    """Price ``result`` (one system that ran ``ok``) and record it: :func:`price_system`
+    over the result's metrics and frames, then :func:`record`."""
+    record(result, price_system(spec, count, config, power, result.metrics, result.frames))

@@ -1,0 +1,18 @@
+"""The result of a cost step (rented or owned hardware)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xpusim.engine.device import Figure
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What the run cost in USD (``None`` with ``reason`` when not known), by part, and
+    the figures used."""
+
+    cost_usd: float | None
+    breakdown: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    figures: dict[str, Figure] = field(default_factory=dict)
