@@ -27,9 +27,10 @@ import polars as pl
 from xpusim.engine import __version__
 from xpusim.engine.backend import Backend, Compiled
 from xpusim.engine.calibration import apply_calibrations
-from xpusim.engine.economics import apply_economics
+from xpusim.engine.economics import price_system, record
 from xpusim.engine.errors import DoesNotFitError, UnsupportedError, XpusimError
 from xpusim.engine.host import Host
+from xpusim.engine.metrics import vocabulary_for
 from xpusim.engine.reporter import Reporter
 from xpusim.engine.results import RunResult, SystemResult, check_out_dir, default_out_dir, write_run
 from xpusim.engine.scenario import Scenario, load_scenario, resolve
@@ -203,11 +204,18 @@ def check(scenario: Scenario, host: Host) -> list[Prepared]:
 
 
 def price(res: SystemResult, system: System, compiled: Compiled, scenario: Scenario) -> None:
-    """The pricing step: add energy, cost and carbon of one simulated system to ``res``."""
+    """The pricing step: energy, cost and carbon of one simulated system, from its
+    declared metrics and frames, recorded on ``res`` with the figures the backend used."""
     res.figures.update(compiled.figures_used())
-    apply_economics(
-        res, system.device, system.count, scenario.config.economics, compiled.power_model()
+    priced = price_system(
+        system.device,
+        system.count,
+        scenario.config.economics,
+        compiled.power_model(),
+        res.metrics,
+        res.frames,
     )
+    record(res, priced)
 
 
 def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None) -> RunResult:
@@ -266,6 +274,7 @@ def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None)
         scenario_data=scenario.data,
         workload=scenario.workload.name,
         model=scenario.model.name,
+        vocabulary=vocabulary_for(scenario.workload),
     )
 
 
