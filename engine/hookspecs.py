@@ -167,7 +167,8 @@ def register_commands(cli: Any) -> None:
 def scenario_loaded(scenario: Scenario) -> None:
     """Called after a scenario is loaded and validated, before anything is simulated.
 
-    ``scenario`` is the validated :class:`~xpusim.engine.scenario.Scenario`; observers must not
+    Fires once per scenario the run pipeline loads (``xpusim run``, ``xpusim validate``,
+    each sweep point), after calibration files are attached. ``scenario`` is the validated :class:`~xpusim.engine.scenario.Scenario`; observers must not
     change it. Return value is ignored.
     """
 
@@ -176,6 +177,9 @@ def scenario_loaded(scenario: Scenario) -> None:
 def run_started(scenario: Scenario, out_dir: str) -> None:
     """Called when a run begins; ``out_dir`` is where its folder will land.
 
+    Fires once per run and once per sweep point that runs (not for ``xpusim validate``,
+    nor for a point whose folder is already complete).
+
     Return value is ignored.
     """
 
@@ -183,6 +187,8 @@ def run_started(scenario: Scenario, out_dir: str) -> None:
 @hookspec
 def run_finished(results: RunResult) -> None:
     """Called after a run folder is written whole, with the :class:`~xpusim.engine.results.RunResult`.
+
+    Fires once per run and once per sweep point, after its folder is in place.
 
     Return value is ignored.
     """
