@@ -376,9 +376,8 @@ SERVING_METRICS: tuple[Metric, ...] = (
 """Every key :func:`serving_metrics` emits."""
 
 FORWARD_METRICS: tuple[Metric, ...] = (
-    THROUGHPUT_TOKENS_PER_S,
     STEP_TIME_S,
     detail("samples", "Samples", description="inputs processed"),
-    *DEVICE_METRICS,
 )
-"""Every key :func:`forward_metrics` emits beyond ``throughput_samples_per_s``."""
+"""The keys :func:`forward_metrics` emits beyond ``throughput_samples_per_s`` and those
+:data:`SERVING_METRICS` declares."""
