@@ -72,12 +72,23 @@ def _is_pipeline_comm(op: Op) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class EagerCalls:
+    """Work one eager step makes that an op graph does not list: ``views`` view or
+    metadata ops (reshape, transpose, slicing: no arithmetic, but one dispatch each) and
+    ``modules`` ``nn.Module`` calls (one Python call each)."""
+
+    views: int = 0
+    modules: int = 0
+
+
 class ModelGraph(ABC):
     """A configured model that builds op graphs for shapes and parallel plans.
 
-    Optional, with documented defaults: :meth:`activation_bytes` (training memory) and
+    Optional, with documented defaults: :meth:`activation_bytes` (training memory),
     :meth:`training_stages` (which ops of a training graph are forward, backward and
-    optimizer work).
+    optimizer work) and :meth:`eager_calls` (the view ops and module calls an eager step
+    makes besides its graph's ops).
     """
 
     info: ModelInfo
@@ -113,6 +124,12 @@ class ModelGraph(ABC):
     def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
         """Inputs for :meth:`module` matching ``shape`` (token ids, images, spikes)."""
         raise NotImplementedError(self)
+
+    def eager_calls(self, shape: Shape) -> EagerCalls:
+        """The view ops and module calls one eager step of ``shape`` makes (backends that
+        price eager execution charge them as dispatch overhead). The default counts none;
+        a model that can trace its own module counts them."""
+        return EagerCalls()
 
     def activation_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:
         """Activation memory per device kept for the backward pass of a micro-batch of

@@ -14,7 +14,7 @@ from torch import nn
 from xpusim.engine.backend import Cost
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import OpGraph, OpKind, Phase, Shape
-from xpusim.engine.model import ModelGraph, ModelInfo
+from xpusim.engine.model import EagerCalls, ModelGraph, ModelInfo
 from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.plugins.cpu import calibrate as cal_mod
 from xpusim.plugins.cpu.backend import CpuBackend, MeasuredCompiled, host_spec
@@ -25,8 +25,9 @@ class TinyModel(ModelGraph):
     """A two-layer MLP traced on meta for its graph; ``fail`` makes the module or its
     inputs misbehave the way a user's model can."""
 
-    def __init__(self, fail: str = "") -> None:
+    def __init__(self, fail: str = "", count_calls: bool = True) -> None:
         self.fail = fail
+        self.count_calls = count_calls
         self.info = ModelInfo(
             name="tiny",
             family="test",
@@ -46,6 +47,13 @@ class TinyModel(ModelGraph):
     def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
         width = 63 if self.fail == "shape" else 64
         return (torch.zeros(max(1, shape.batch), width, device=device),)
+
+    def eager_calls(self, shape: Shape) -> EagerCalls:
+        """Counted by the models plugin's tracer, as the built-in models count theirs
+        (none when ``count_calls`` is off: the contract's default)."""
+        from xpusim.plugins.models.tracing import count_eager_calls
+
+        return count_eager_calls(self, shape) if self.count_calls else super().eager_calls(shape)
 
     def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
         from xpusim.plugins.models.tracing import graph_from_trace, trace_module
@@ -256,12 +264,14 @@ def test_the_host_registers_the_cpu_backend() -> None:
 
 
 def test_analytic_device_charges_counted_views_and_module_calls(cal_file: Path) -> None:
-    """The views and module calls of a step are counted from a meta trace of the model's
-    module (the tiny MLP: Sequential + two Linear + ReLU, and a transpose per Linear) and
-    charged at the calibrated view and module-call times as overhead."""
-    from xpusim.plugins.cpu.analytic import CpuAnalyticCompiled, count_untraced
+    """The views and module calls a model counts for a step (here from a meta trace of its
+    module: the tiny MLP's Sequential + two Linear + ReLU, and a transpose per Linear) are
+    charged at the calibrated view and module-call times as overhead; a model that counts
+    none is charged none."""
+    from xpusim.engine.model import EagerCalls
+    from xpusim.plugins.cpu.analytic import CpuAnalyticCompiled
 
-    u = count_untraced(TinyModel(), SHAPE)
+    u = TinyModel().eager_calls(SHAPE)
     assert u.modules == 4
     assert u.views >= 2
     c = CpuBackend().compile(TinyModel(), system(cal_file, "host-analytic"))
@@ -271,6 +281,9 @@ def test_analytic_device_charges_counted_views_and_module_calls(cal_file: Path) 
     assert extra == pytest.approx(u.views * cal.view_s + u.modules * cal.module_call_s)
     per_op = sum(c.op_time(o).overhead_s * o.count for o in c.graph(SHAPE).ops)
     assert c.cost(SHAPE).breakdown["overhead"] == pytest.approx(per_op + extra)
+    plain = CpuBackend().compile(TinyModel(count_calls=False), system(cal_file, "host-analytic"))
+    assert isinstance(plain, CpuAnalyticCompiled)
+    assert plain.untraced(SHAPE) == EagerCalls() and plain.untraced_seconds(SHAPE) == 0.0
 
 
 def test_max_pool_and_decode_attention_use_their_own_rates(cal_file: Path) -> None:

@@ -49,19 +49,18 @@ Eager PyTorch also spends time outside the kernels the graph prices
 (:class:`CpuAnalyticCompiled`): every view op the model runs (``view``, ``transpose``,
 ``reshape``, ``split``: a dispatch and a tensor header, no data; the graph leaves them
 out) and every ``nn.Module`` call (Python's ``__call__`` machinery). Both are *counted*
-from a trace of the model's own module on the ``meta`` device for the step's shape
-(:func:`count_untraced`) and charged at the calibrated view-dispatch and module-call
-times, as ``overhead``.
+by the model (:meth:`~xpusim.engine.model.ModelGraph.eager_calls`; the built-in models
+trace their own module on the ``meta`` device for the step's shape) and charged at the
+calibrated view-dispatch and module-call times, as ``overhead``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from xpusim.engine.analytic import AnalyticCompiled, OpTime
 from xpusim.engine.graph import Op, OpGraph, OpKind, Shape
-from xpusim.engine.model import ModelGraph
+from xpusim.engine.model import EagerCalls
 from xpusim.plugins.cpu.calibrate import CpuCalibration, StreamTable, kernel_time
 
 TRANSCENDENTAL = frozenset(
@@ -210,39 +209,6 @@ class CpuOpPricer:
         return self._stream(self.elementwise, op.bytes, op)
 
 
-@dataclass(frozen=True)
-class Untraced:
-    """What one eager step runs besides the ops its graph prices: ``views`` view/metadata
-    aten ops and ``modules`` ``nn.Module`` calls."""
-
-    views: int = 0
-    modules: int = 0
-
-
-def count_untraced(model: ModelGraph, shape: Shape) -> Untraced:
-    """Count the view ops and module calls of one step of ``model`` at ``shape`` by
-    tracing its own module on the ``meta`` device (no storage, no arithmetic). A model
-    whose module cannot be traced counts none (its graph's ops are still priced)."""
-    try:
-        from xpusim.plugins.models.tracing import trace_module
-
-        mod = model.module("meta")
-        calls = [0]
-
-        def pre(_m: Any, _a: Any) -> None:
-            calls[0] += 1
-
-        handles = [sub.register_forward_pre_hook(pre) for sub in mod.modules()]
-        try:
-            tr = trace_module(mod, model.example_inputs(shape, "meta"), "fp32")
-        finally:
-            for h in handles:
-                h.remove()
-    except Exception:  # a module the tracer cannot run: nothing counted
-        return Untraced()
-    return Untraced(views=sum(1 for t in tr if t.zero_cost), modules=calls[0])
-
-
 class CpuAnalyticCompiled(AnalyticCompiled):
     """:class:`~xpusim.engine.analytic.AnalyticCompiled` plus the eager overheads the graph does
     not list (module doc): each step's counted views and module calls at the calibrated
@@ -251,19 +217,19 @@ class CpuAnalyticCompiled(AnalyticCompiled):
     def __init__(self, *args: Any, cal: CpuCalibration, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cal = cal
-        self._untraced: dict[Shape, Untraced] = {}
+        self._untraced: dict[Shape, EagerCalls] = {}
 
-    def untraced(self, shape: Shape) -> Untraced:
-        """The (memoized) :func:`count_untraced` of ``shape`` (a mixed serving iteration
-        sums its parts)."""
+    def untraced(self, shape: Shape) -> EagerCalls:
+        """The (memoized) :meth:`~xpusim.engine.model.ModelGraph.eager_calls` of ``shape``
+        (a mixed serving iteration sums its parts)."""
         if shape not in self._untraced:
             if shape.parts:
                 parts = [self.untraced(p) for p in shape.parts]
-                self._untraced[shape] = Untraced(
+                self._untraced[shape] = EagerCalls(
                     sum(p.views for p in parts), sum(p.modules for p in parts)
                 )
             else:
-                self._untraced[shape] = count_untraced(self.model, shape)
+                self._untraced[shape] = self.model.eager_calls(shape)
         return self._untraced[shape]
 
     def untraced_seconds(self, shape: Shape) -> float:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from xpusim.engine.errors import ScenarioError, UnsupportedError
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
-from xpusim.engine.model import ModelGraph, ModelInfo
+from xpusim.engine.model import EagerCalls, ModelGraph, ModelInfo
 from xpusim.engine.registry import unknown_message
 from xpusim.engine.system import Parallelism
 
@@ -232,10 +232,24 @@ def collective(
     )
 
 
+# --- eager calls ----------------------------------------------------------------------
+
+
+class EagerCounted(ModelGraph):
+    """Base of this plugin's models: :meth:`ModelGraph.eager_calls` counted from a
+    ``meta`` trace of the model's own module (torch is imported on the first count)."""
+
+    def eager_calls(self, shape: Shape) -> EagerCalls:
+        """The view ops and module calls one eager step of ``shape`` makes."""
+        from xpusim.plugins.models.tracing import count_eager_calls
+
+        return count_eager_calls(self, shape)
+
+
 # --- graphs from a trace ---------------------------------------------------------------
 
 
-class TracedModelGraph(ModelGraph):
+class TracedModelGraph(EagerCounted):
     """A model whose graphs come from tracing its real module on ``meta``.
 
     Subclasses give :meth:`_make_module` and :meth:`example_inputs`. FORWARD graphs are

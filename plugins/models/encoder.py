@@ -20,9 +20,10 @@ from torch import nn
 
 from xpusim.engine.errors import ScenarioError, UnsupportedError
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
-from xpusim.engine.model import ModelFamily, ModelGraph, ModelInfo
+from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.system import Parallelism
 from xpusim.plugins.models.common import (
+    EagerCounted,
     adam_op,
     backward_ops,
     recompute_ops,
@@ -107,7 +108,7 @@ class BertModel(nn.Module):
         return x, torch.tanh(self.pooler(x[:, 0]))
 
 
-class EncoderModel(ModelGraph):
+class EncoderModel(EagerCounted):
     """A configured BERT encoder; FORWARD and TRAIN graphs, parametric and memoized.
 
     Tensor parallelism splits heads and the MLP Megatron-style with two all-reduces per

@@ -55,6 +55,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from xpusim.engine.graph import Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from xpusim.engine.model import EagerCalls, ModelGraph
 from xpusim.plugins.models.counting import NORM_FLOPS, causal_pairs
 
 __all__ = [
@@ -1009,3 +1010,25 @@ def graph_from_trace(
         listed = ", ".join(f"{n} x{c}" for n, c in sorted(unknown.items()))
         notes.append(f"unknown ops (priced by bytes only, no FLOPs): {listed}")
     return OpGraph(phase=phase, ops=tuple(ops), shape=shape, dtype=dtype, notes=tuple(notes))
+
+
+def count_eager_calls(model: ModelGraph, shape: Shape) -> EagerCalls:
+    """Count the view ops and module calls of one step of ``model`` at ``shape`` by
+    tracing its own module on the ``meta`` device (no storage, no arithmetic). A model
+    whose module cannot be traced counts none (its graph's ops are still priced)."""
+    try:
+        mod = model.module("meta")
+        calls = [0]
+
+        def pre(_m: Any, _a: Any) -> None:
+            calls[0] += 1
+
+        handles = [sub.register_forward_pre_hook(pre) for sub in mod.modules()]
+        try:
+            tr = trace_module(mod, model.example_inputs(shape, "meta"), "fp32")
+        finally:
+            for h in handles:
+                h.remove()
+    except Exception:  # a module the tracer cannot run: nothing counted
+        return EagerCalls()
+    return EagerCalls(views=sum(1 for t in tr if t.zero_cost), modules=calls[0])

@@ -38,9 +38,10 @@ from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 
 from xpusim.engine.errors import ScenarioError, UnsupportedError
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
-from xpusim.engine.model import ModelFamily, ModelGraph, ModelInfo
+from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.system import Parallelism
 from xpusim.plugins.models.common import (
+    EagerCounted,
     adam_op,
     backward_ops,
     collective,
@@ -294,7 +295,7 @@ class _Builder:
         )
 
 
-class DecoderModel(ModelGraph):
+class DecoderModel(EagerCounted):
     """A configured decoder-only transformer (see the module docstring).
 
     :meth:`build` is parametric (no tracing) and memoized per ``(shape, parallel)``.
