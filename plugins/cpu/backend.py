@@ -192,9 +192,9 @@ class CpuBackend(Backend):
         use). The cpu backend measures this machine and takes no ``points`` file."""
         if points is not None:
             raise XpusimError(
-                f"--points: backend 'cpu' calibrates by measuring this machine and "
-                f"takes no points file; drop --points, or use --backend gpu for a GPU "
-                f"points file."
+                "--points: backend 'cpu' calibrates by measuring this machine and "
+                "takes no points file; drop --points, or use --backend gpu for a GPU "
+                "points file."
             )
         n = cal_mod.logical_cores()
         out = Path(out_file) if out_file else cal_mod.default_path(n)
