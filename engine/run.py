@@ -181,19 +181,10 @@ def _par(system: System) -> dict[str, Any]:
 
 
 def read_trace(scenario: Scenario, host: Host) -> None:
-    """Read the workload's trace, if it names one, so a bad trace fails before any work."""
-    trace = getattr(scenario.workload_config, "trace", None)
-    if trace is None:
-        return
-    # the mapping the workload itself hands to the reader (unset fields left out)
-    spec = (
-        trace.mapping()
-        if hasattr(trace, "mapping")
-        else trace.model_dump(exclude_none=True)
-        if hasattr(trace, "model_dump")
-        else dict(trace)
-    )
-    TraceCache(host, scenario.base_dir, scenario.source.file)(spec)
+    """Read every trace the workload names, so a bad trace fails before any work."""
+    read = TraceCache(host, scenario.base_dir, scenario.source.file)
+    for spec in scenario.workload.traces(scenario.workload_config):
+        read(spec)
 
 
 def check(scenario: Scenario, host: Host) -> list[Prepared]:

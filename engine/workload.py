@@ -82,6 +82,12 @@ class Workload(ABC):
         """Simulate ``config`` on ``ctx.system`` and return its frames and metrics."""
         raise NotImplementedError(self)
 
+    def traces(self, config: BaseModel) -> list[Mapping[str, Any]]:
+        """The trace specs ``config`` reads (each the mapping :meth:`simulate` hands to
+        ``ctx.resolve_trace``), so that ``xpusim validate`` can read them before any work.
+        The default: none."""
+        return []
+
     def shape_hint(self, config: BaseModel) -> Mapping[str, Any]:
         """Sizes a backend's fit check needs before simulating: ``kv_tokens`` (serving),
         ``batch``; used by the default :meth:`fit`."""

@@ -128,6 +128,11 @@ class OfflineWorkload(Workload):
             schema=REQUEST_SCHEMA,
         )
 
+    def traces(self, config: BaseModel) -> list[Mapping[str, Any]]:
+        """The trace the inputs' lengths come from, if any."""
+        assert isinstance(config, OfflineConfig)
+        return [config.trace.mapping()] if config.trace is not None else []
+
     def shape_hint(self, config: BaseModel) -> Mapping[str, Any]:
         """One forward batch (non-decoders) or one KV block (decoders) must fit."""
         assert isinstance(config, OfflineConfig)

@@ -170,6 +170,18 @@ class ServingWorkload(Workload):
         m["kv_capacity_tokens"] = res.kv_blocks * config.kv_block_tokens
         return SystemRun(metrics=m, frames=res.frames, simulated_s=res.simulated_s)
 
+    def traces(self, config: BaseModel) -> list[Mapping[str, Any]]:
+        """The request trace, or the traces empirical length distributions sample from."""
+        assert isinstance(config, ServingConfig)
+        if config.trace is not None:
+            return [config.trace.mapping()]
+        assert config.arrivals is not None
+        return [
+            dict(d.trace)
+            for d in (config.arrivals.prompt_tokens, config.arrivals.output_tokens)
+            if d.dist == "empirical" and d.trace is not None
+        ]
+
     def shape_hint(self, config: BaseModel) -> Mapping[str, Any]:
         """Weights plus one KV block must fit; the batch is the scheduler's maximum."""
         assert isinstance(config, ServingConfig)
