@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xpusim.engine.backend import Compiled
 from xpusim.engine.errors import ScenarioError
-from xpusim.engine.frames import DEVICES_SCHEMA, device_timeline
+from xpusim.engine.frames import DEVICES_SCHEMA, REQUEST_OK, device_timeline
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.metrics import E2E_P50_S, E2E_P99_S, THROUGHPUT_SAMPLES_PER_S, detail
 from xpusim.engine.qty import Duration, Rate
@@ -236,7 +236,7 @@ class SpikingWorkload(Workload):
                 "start_s": start,
                 "finish_s": finish,
                 "latency_s": latency,
-                "status": ["ok"] * n,
+                "status": [REQUEST_OK] * n,
             },
             schema=REQUESTS_SCHEMA,
         )
