@@ -354,14 +354,16 @@ SECONDS_PER_HOUR = 3600.0
 
 def _hourly_prices(spec: Any) -> dict[str, dict[str, Any]]:
     """A device's rental prices (``on_demand``, ``spot``, ``reserved``) per device-hour,
-    each with the figure's source and any stated assumption (which carries its date)."""
+    each with the figure's source, the date its source states (``None`` where it states
+    none) and any stated assumption."""
     prices: dict[str, dict[str, Any]] = {}
     for kind in ("on_demand", "spot", "reserved"):
         fig = getattr(spec.price, kind)
         if fig is not None:
             prices[kind] = {
-                "usd": fig.value * SECONDS_PER_HOUR,
+                "usd_per_hour": fig.value * SECONDS_PER_HOUR,
                 "source": fig.source or None,
+                "date": fig.date or None,
                 "assumption": fig.assumption or None,
             }
     return prices
@@ -372,8 +374,11 @@ def devices(
     backend: Annotated[str | None, typer.Option(help="Only this backend's devices.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List the devices every backend can simulate, with their key figures and sources."""
+    """List the devices every backend can simulate, with their key figures and sources, and
+    the on-demand price per device-hour with the date its source states."""
     from rich.table import Table
+
+    from xpusim.engine.device import DATE_NOT_STATED
 
     def go() -> None:
         host = _host()
@@ -401,8 +406,9 @@ def devices(
             out.print_json(json.dumps(rows))
             return
         t = Table(title="xpusim devices")
-        for c in ("backend", "device", "bf16 TFLOP/s", "memory GB", "mem BW TB/s", "max W", "$/h"):
-            t.add_column(c, justify="right" if c not in ("backend", "device") else "left")
+        cols = ("backend", "device", "bf16 TFLOP/s", "memory GB", "mem BW TB/s", "max W", "$/h")
+        for c in (*cols, "price date"):
+            t.add_column(c, justify="left" if c in ("backend", "device", "price date") else "right")
         for r in rows:
             pf = r["peak_flops"]
             peak = pf.get("bf16") or pf.get("fp16") or (max(pf.values()) if pf else None)
@@ -414,7 +420,8 @@ def devices(
                 f"{r['memory_bytes'] / 1e9:,.1f}",
                 f"{r['memory_bw'] / 1e12:,.2f}",
                 "-" if r["max_w"] is None else f"{r['max_w']:,.0f}",
-                "-" if hourly is None else f"{hourly['usd']:,.2f}",
+                "-" if hourly is None else f"{hourly['usd_per_hour']:,.2f}",
+                "-" if hourly is None else (hourly["date"] or DATE_NOT_STATED),
             )
         out.print(t)
 

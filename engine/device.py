@@ -3,11 +3,15 @@
 A catalog is data: every number is a :class:`Figure` carrying its value (SI units) and the
 source it came from, normally the id of an entry in the project's reference figures
 (``h100sxm_mem``) or a short citation. Figures that no source publishes are ``None`` and
-reports say "not known" for them, or carry an explicit ``assumption`` text.
+reports say "not known" for them, or carry an explicit ``assumption`` text. A figure that
+goes stale, such as a price, may carry the ``date`` its source states (ISO ``YYYY-MM`` or
+``YYYY-MM-DD``); listings and reports show it, or "date not stated" where it is empty.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,21 +25,60 @@ class Figure:
     """A number with its provenance.
 
     ``source`` is a reference-figures id or a citation; ``assumption`` is set instead when
-    the number is a stated modelling assumption rather than a published figure.
+    the number is a stated modelling assumption rather than a published figure. ``date`` is
+    when the figure held, as its source states it: an ISO date, ``YYYY-MM`` or
+    ``YYYY-MM-DD`` (``"2024-10"``), or empty where the source states none (never guessed).
+    Prices carry it so a reader sees how old they are. It is checked by
+    :func:`check_date` when the figure joins a :class:`DeviceSpec` or is read from a
+    catalog, so the error names the device and the field.
     """
 
     value: float
     source: str = ""
     assumption: str = ""
+    date: str = ""
 
     def __post_init__(self) -> None:
         if not self.source and not self.assumption:
             raise ValueError(f"figure {self.value} has neither a source nor an assumption")
+        if not isinstance(self.date, str):
+            raise TypeError(f"figure {self.value}: date must be a str, got {self.date!r}")
 
     @property
     def cited(self) -> str:
         """Human-readable provenance for reports."""
         return self.source if self.source else f"assumption: {self.assumption}"
+
+    @property
+    def dated(self) -> str:
+        """The figure's date for listings: the date, or ``"date not stated"``."""
+        return self.date if self.date else DATE_NOT_STATED
+
+
+DATE_NOT_STATED = "date not stated"
+"""What listings and reports print for a figure whose source states no date."""
+
+_DATE_RE = re.compile(r"^(\d{4})-(\d{2})(?:-(\d{2}))?$")
+
+
+def check_date(date: str, where: str) -> str:
+    """``date`` if it is empty or an ISO ``YYYY-MM`` / ``YYYY-MM-DD`` calendar date; else an
+    :class:`~xpusim.engine.errors.XpusimError` naming ``where`` (the device and field)."""
+    if not date:
+        return date
+    m = _DATE_RE.match(date)
+    if m is not None:
+        year, month, day = int(m[1]), int(m[2]), int(m[3] or 1)
+        try:
+            _dt.date(year, month, day)
+        except ValueError:
+            pass
+        else:
+            return date
+    raise XpusimError(
+        f"{where}: date {date!r} is not an ISO date; write YYYY-MM or YYYY-MM-DD "
+        "(e.g. 2024-10), or leave the date out where the source states none."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +139,10 @@ class DeviceSpec:
     extra: Mapping[str, Figure] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        for name, fig in self.figures().items():
+            check_date(fig.date, f"device {self.name!r}: {name}.date")
+
     def flops(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype``; bf16/fp16 stand in for each other."""
         for key in (dtype, {"fp16": "bf16", "bf16": "fp16"}.get(dtype, dtype)):
@@ -145,19 +192,32 @@ def _figure(raw: Any, dim: units.Dim, where: str) -> Figure | None:
     if not isinstance(raw, Mapping) or "value" not in raw:
         raise XpusimError(f"{where}: a catalog figure is a mapping with 'value' and 'source'.")
     value = units.parse(raw["value"], dim, where=where)
-    return Figure(value, str(raw.get("source", "")), str(raw.get("assumption", "")))
+    return Figure(
+        value, str(raw.get("source", "")), str(raw.get("assumption", "")), _date(raw, where)
+    )
+
+
+def _date(raw: Mapping[str, Any], where: str) -> str:
+    """A catalog figure's ``date``, checked; YAML reads ``2024-10-01`` as a date object."""
+    d = raw.get("date")
+    if d is None:
+        return ""
+    text = d.isoformat() if isinstance(d, _dt.date) else str(d)
+    return check_date(text, f"{where}.date")
 
 
 def spec_from_mapping(name: str, backend: str, raw: Mapping[str, Any], where: str) -> DeviceSpec:
     """Build a :class:`DeviceSpec` from a catalog mapping (as in a plugin's YAML catalog).
 
     Quantities carry units (``{value: 80 GB, source: h100sxm_mem}``); ``peak_flops`` maps
-    dtypes to such figures; ``extra`` figures are plain numbers with a source.
+    dtypes to such figures; ``extra`` figures are plain numbers with a source. Any figure may
+    carry ``date: YYYY-MM`` (or ``YYYY-MM-DD``), the date its source states; a malformed
+    one is refused naming the file, device and field.
     """
 
-    def fig(key: str, sub: Mapping[str, Any] | None = None) -> Figure | None:
+    def fig(key: str, sub: Mapping[str, Any] | None = None, group: str = "") -> Figure | None:
         src = raw if sub is None else sub
-        return _figure(src.get(key), _DIMS[key], f"{where}.{key}")
+        return _figure(src.get(key), _DIMS[key], f"{where}.{group}{key}")
 
     peaks = {
         dt: _req(_figure(v, units.Dim.FLOPS, f"{where}.peak_flops.{dt}"), where)
@@ -178,7 +238,12 @@ def spec_from_mapping(name: str, backend: str, raw: Mapping[str, Any], where: st
 
     extra: dict[str, Figure] = {}
     for k, v in dict(raw.get("extra", {})).items():
-        extra[k] = Figure(float(v["value"]), str(v.get("source", "")), str(v.get("assumption", "")))
+        extra[k] = Figure(
+            float(v["value"]),
+            str(v.get("source", "")),
+            str(v.get("assumption", "")),
+            _date(v, f"{where}.extra.{k}"),
+        )
     return DeviceSpec(
         name=name,
         backend=backend,
@@ -187,8 +252,8 @@ def spec_from_mapping(name: str, backend: str, raw: Mapping[str, Any], where: st
         peak_flops=peaks,
         memory_bytes=_req(fig("memory_bytes"), where),
         memory_bw=_req(fig("memory_bw"), where),
-        power=PowerSpec(**{k: fig(k, power_raw) for k in ("max_w", "idle_w", "mean_w")}),
-        price=PriceSpec(**{k: fig(k, price_raw) for k in PriceSpec.__dataclass_fields__}),
+        power=PowerSpec(**{k: fig(k, power_raw, "power.") for k in ("max_w", "idle_w", "mean_w")}),
+        price=PriceSpec(**{k: fig(k, price_raw, "price.") for k in PriceSpec.__dataclass_fields__}),
         scale_up=link("scale_up"),
         scale_out=link("scale_out"),
         devices_per_node=int(raw.get("devices_per_node", 8)),

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from xpusim.engine.device import Figure
+from xpusim.engine.device import DATE_NOT_STATED, Figure
 from xpusim.engine.metrics import Metric, Vocabulary
 
 if TYPE_CHECKING:
@@ -141,15 +141,25 @@ class SourceRow:
     value: str
     cited: str
     assumption: bool
+    date: str = ""
+    """The date the figure's source states (ISO), empty where it states none."""
+
+    @property
+    def date_note(self) -> str:
+        """How old the figure is, for the provenance cell: ``"as of 2024-10"`` when its
+        date is known, ``"date not stated"`` for an undated price, else empty."""
+        if self.date:
+            return f"as of {self.date}"
+        return DATE_NOT_STATED if self.name.startswith("price.") else ""
 
 
 def source_rows(systems: Iterable[SystemResult]) -> list[SourceRow]:
     """Every figure the systems relied on, identical rows merged across systems."""
-    merged: dict[tuple[str, str, str, bool], list[str]] = {}
+    merged: dict[tuple[str, str, str, bool, str], list[str]] = {}
     for s in systems:
         for name in sorted(s.figures):
             fig: Figure = s.figures[name]
-            key = (name, figure_value(name, fig.value), fig.cited, not fig.source)
+            key = (name, figure_value(name, fig.value), fig.cited, not fig.source, fig.date)
             merged.setdefault(key, []).append(s.name)
     rows = [SourceRow(", ".join(who), *key) for key, who in merged.items()]
     return sorted(rows, key=lambda r: (r.name.split(".")[0] == "economics", r.name, r.systems))

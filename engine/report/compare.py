@@ -33,7 +33,7 @@ vocabulary, beside the report."""
 
 
 def report_data(run: RunResult) -> dict[str, Any]:
-    """Each system's figures (value, source, assumption) and details, and the run's metric
+    """Each system's figures (value, source, assumption, date) and details, and the run's metric
     vocabulary, as JSON data."""
     return {
         "scenario": run.scenario,
@@ -41,7 +41,12 @@ def report_data(run: RunResult) -> dict[str, Any]:
         "systems": {
             s.name: {
                 "figures": {
-                    k: {"value": f.value, "source": f.source, "assumption": f.assumption}
+                    k: {
+                        "value": f.value,
+                        "source": f.source,
+                        "assumption": f.assumption,
+                        "date": f.date or None,
+                    }
                     for k, f in sorted(s.figures.items())
                 },
                 "details": _jsonable(s.details),
@@ -95,7 +100,12 @@ def load_run(folder: Path | str) -> RunResult:
         name = str(raw["name"])
         more = extra.get(name, {})
         figures = {
-            k: Figure(float(v["value"]), str(v.get("source", "")), str(v.get("assumption", "")))
+            k: Figure(
+                float(v["value"]),
+                str(v.get("source", "")),
+                str(v.get("assumption", "")),
+                str(v.get("date") or ""),
+            )
             for k, v in more.get("figures", {}).items()
         }
         systems.append(

@@ -163,7 +163,9 @@ def _sources(run: RunResult) -> str:
     rows = [
         f'<tr><td class="name">{_e(r.name)}</td><td>{_e(r.value)}</td>'
         f'<td class="text">{"<i>assumption:</i> " if r.assumption else ""}'
-        f'{_e(r.cited.removeprefix("assumption: "))}</td><td class="text">{_e(r.systems)}</td></tr>'
+        f"{_e(r.cited.removeprefix('assumption: '))}"
+        f"{'; ' + _e(r.date_note) if r.date_note else ''}"
+        f'</td><td class="text">{_e(r.systems)}</td></tr>'
         for r in source_rows(run.systems)
     ]
     if not rows:

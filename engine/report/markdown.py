@@ -101,7 +101,9 @@ def render_markdown(run: RunResult) -> str:
             "|:---|---:|:---|:---|",
         ]
         out += [
-            f"| {_cell(r.name)} | {_cell(r.value)} | {_cell(r.cited)} | {_cell(r.systems)} |"
+            f"| {_cell(r.name)} | {_cell(r.value)} "
+            f"| {_cell(r.cited + (f'; {r.date_note}' if r.date_note else ''))} "
+            f"| {_cell(r.systems)} |"
             for r in rows
         ]
         out.append("")
