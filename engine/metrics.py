@@ -396,5 +396,5 @@ def vocabulary_for(*workloads: Workload) -> Vocabulary:
     (``Workload.metrics``), each tagged with the workload's name."""
     vocab = engine_vocabulary()
     for w in workloads:
-        vocab = vocab.extend(getattr(w, "metrics", ()), workload=w.name)
+        vocab = vocab.extend(w.metrics, workload=w.name)
     return vocab
