@@ -4,8 +4,8 @@ A catalog is data: every number is a :class:`Figure` carrying its value (SI unit
 source it came from, normally the id of an entry in the project's reference figures
 (``h100sxm_mem``) or a short citation. Figures that no source publishes are ``None`` and
 reports say "not known" for them, or carry an explicit ``assumption`` text. A figure that
-goes stale, such as a price, may carry the ``date`` its source states (ISO ``YYYY-MM`` or
-``YYYY-MM-DD``); listings and reports show it, or "date not stated" where it is empty.
+goes stale, such as a price, may carry the ``date`` its source states (ISO ``YYYY``,
+``YYYY-MM`` or ``YYYY-MM-DD``, as precise as the source); listings and reports show it, or "date not stated" where it is empty.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ class Figure:
 
     ``source`` is a reference-figures id or a citation; ``assumption`` is set instead when
     the number is a stated modelling assumption rather than a published figure. ``date`` is
-    when the figure held, as its source states it: an ISO date, ``YYYY-MM`` or
-    ``YYYY-MM-DD`` (``"2024-10"``), or empty where the source states none (never guessed).
+    when the figure held, as its source states it: an ISO date, ``YYYY``, ``YYYY-MM`` or
+    ``YYYY-MM-DD`` (``"2024-10"``; a year alone where the source gives no month), or empty where the source states none (never guessed).
     Prices carry it so a reader sees how old they are. It is checked by
     :func:`check_date` when the figure joins a :class:`DeviceSpec` or is read from a
     catalog, so the error names the device and the field.
@@ -58,17 +58,17 @@ class Figure:
 DATE_NOT_STATED = "date not stated"
 """What listings and reports print for a figure whose source states no date."""
 
-_DATE_RE = re.compile(r"^(\d{4})-(\d{2})(?:-(\d{2}))?$")
+_DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 
 
 def check_date(date: str, where: str) -> str:
-    """``date`` if it is empty or an ISO ``YYYY-MM`` / ``YYYY-MM-DD`` calendar date; else an
+    """``date`` if it is empty or an ISO ``YYYY`` / ``YYYY-MM`` / ``YYYY-MM-DD`` date; else an
     :class:`~xpusim.engine.errors.XpusimError` naming ``where`` (the device and field)."""
     if not date:
         return date
     m = _DATE_RE.match(date)
     if m is not None:
-        year, month, day = int(m[1]), int(m[2]), int(m[3] or 1)
+        year, month, day = int(m[1]), int(m[2] or 1), int(m[3] or 1)
         try:
             _dt.date(year, month, day)
         except ValueError:
@@ -76,7 +76,7 @@ def check_date(date: str, where: str) -> str:
         else:
             return date
     raise XpusimError(
-        f"{where}: date {date!r} is not an ISO date; write YYYY-MM or YYYY-MM-DD "
+        f"{where}: date {date!r} is not an ISO date; write YYYY, YYYY-MM or YYYY-MM-DD "
         "(e.g. 2024-10), or leave the date out where the source states none."
     )
 
@@ -211,7 +211,7 @@ def spec_from_mapping(name: str, backend: str, raw: Mapping[str, Any], where: st
 
     Quantities carry units (``{value: 80 GB, source: h100sxm_mem}``); ``peak_flops`` maps
     dtypes to such figures; ``extra`` figures are plain numbers with a source. Any figure may
-    carry ``date: YYYY-MM`` (or ``YYYY-MM-DD``), the date its source states; a malformed
+    carry ``date: YYYY-MM`` (or ``YYYY``, ``YYYY-MM-DD``), the date its source states; a malformed
     one is refused naming the file, device and field.
     """
 

@@ -107,9 +107,9 @@ def test_undated_price_figure_is_null_in_json_and_not_stated_in_the_table(
     assert "3.00" in line and "date not stated" in line
 
 
-@pytest.mark.parametrize("bad", ["2024-13", "'2024-02-30'", "May 2024", "'2024'", "24-05"])
+@pytest.mark.parametrize("bad", ["2024-13", "'2024-02-30'", "May 2024", "'20245'", "24-05"])
 def test_malformed_catalog_date_names_device_and_field(tmp_path: Path, bad: str) -> None:
-    """A catalog figure whose date is not an ISO YYYY-MM or YYYY-MM-DD calendar date is
+    """A catalog figure whose date is not an ISO YYYY, YYYY-MM or YYYY-MM-DD date is
     refused, naming the file, the device and the field."""
     with pytest.raises(XpusimError) as exc:
         _catalog_spec(tmp_path, on_demand="2024-10", reserved=bad)
@@ -153,9 +153,11 @@ def test_malformed_date_from_a_plugin_device_is_refused(pm: pluggy.PluginManager
 
 
 def test_check_date_accepts_iso_months_and_days() -> None:
-    """check_date keeps empty, YYYY-MM and real YYYY-MM-DD dates, and refuses impossible
+    """check_date keeps empty, YYYY (a source that gives only the year), YYYY-MM and real
+    YYYY-MM-DD dates, and refuses impossible
     days with the caller's location in the message."""
     assert check_date("", "x") == ""
+    assert check_date("2023", "x") == "2023"
     assert check_date("2023-07", "x") == "2023-07"
     assert check_date("2024-02-29", "x") == "2024-02-29"
     with pytest.raises(XpusimError, match=r"^here: date '2023-02-29'"):
@@ -179,3 +181,16 @@ def test_report_sources_show_a_price_date_when_known() -> None:
     md = render_markdown(RunResult(scenario="dates", seed=0, version="test", systems=[system]))
     assert "test_price_entry; as of 2024-10" in md
     assert "test_price_entry; date not stated" in md
+
+
+def test_shipped_prices_carry_the_year_their_source_states() -> None:
+    """The H100's on-demand price is the 2023 launch price its entry (aws_p5_ondemand)
+    describes, so it is dated 2023; the A100's on-demand price cites an entry that states
+    no date and stays undated."""
+    from xpusim.plugins.gpu.catalog import CATALOG_PATH, load_catalog
+
+    cat = load_catalog(CATALOG_PATH)
+    h100 = cat["h100-sxm"].price.on_demand
+    assert h100 is not None and h100.source == "aws_p5_ondemand" and h100.date == "2023"
+    a100 = cat["a100-sxm-80gb"].price.on_demand
+    assert a100 is not None and a100.date == ""
