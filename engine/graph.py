@@ -9,7 +9,7 @@ and explicit :attr:`OpKind.COLLECTIVE` ops where devices exchange data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -99,11 +99,6 @@ class Op:
         """Total memory traffic of one instance (read plus written)."""
         return self.bytes_read + self.bytes_written
 
-    @property
-    def intensity(self) -> float:
-        """Arithmetic intensity in FLOP per byte (infinite for traffic-free ops)."""
-        return self.flops / self.bytes if self.bytes else float("inf")
-
     def attr(self, key: str, default: float = 0.0) -> float:
         """Return a numeric attribute from :attr:`attrs` (spikes, synapses ...)."""
         for k, v in self.attrs:
@@ -180,14 +175,6 @@ class OpGraph:
     def by_kind(self, *kinds: OpKind) -> list[Op]:
         """Return the ops whose kind is one of ``kinds``."""
         return [o for o in self.ops if o.kind in kinds]
-
-    @staticmethod
-    def combine(phase: Phase, shape: Shape, parts: Iterable[OpGraph], dtype: str) -> OpGraph:
-        """Concatenate several graphs into one (for fused mixed iterations)."""
-        ops: list[Op] = []
-        for g in parts:
-            ops.extend(g.ops)
-        return OpGraph(phase=phase, ops=tuple(ops), shape=shape, dtype=dtype)
 
 
 DTYPE_BYTES: dict[str, float] = {

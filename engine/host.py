@@ -19,7 +19,6 @@ Environment: ``XPUSIM_LOAD_PLUGINS=a,b`` loads only those entry points;
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata as md
 import os
 import sys
@@ -293,8 +292,3 @@ def default_host() -> Host:
         if _default_host is None:
             _default_host = build_host(default_plugin_manager())
         return _default_host
-
-
-def load_module_plugin(pm: pluggy.PluginManager, module: str, name: str | None = None) -> None:
-    """Register a plugin module by import path (used by tests and ``--plugin``)."""
-    pm.register(importlib.import_module(module), name=name or module)

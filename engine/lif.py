@@ -199,16 +199,6 @@ class Activity:
     rates_hz: tuple[float, ...]
     output_counts: np.ndarray
 
-    @property
-    def total_spikes_per_step(self) -> float:
-        """Spikes per step of one sample, inputs included (each is one multicast packet)."""
-        return float(sum(self.spikes))
-
-    @property
-    def total_synaptic_events_per_step(self) -> float:
-        """Synaptic events per step of one sample."""
-        return float(sum(self.synaptic_events))
-
 
 def poisson(
     rate_hz: float | np.ndarray,

@@ -70,7 +70,6 @@ from xpusim.engine.errors import XpusimError
 FORMAT = "xpusim-cpu-calibration/1"
 """The ``format`` field of a CPU calibration file."""
 
-KERNEL_FAMILIES = ("gemm", "gemm_cold", "conv", "attention")
 STREAM_KINDS = ("copy", "elementwise", "transcendental", "norm", "batchnorm", "softmax", "maxpool")
 
 _DTYPE_TORCH = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -653,21 +652,6 @@ def fit_gemm(
             )
         )
     return replace(smooth, residuals=tuple(res))
-
-
-def refit(cal: CpuCalibration) -> CpuCalibration:
-    """``cal`` with every kernel family re-fitted from its stored raw points (after a
-    change to the fit, without measuring again)."""
-    kernels: dict[str, dict[str, KernelFit]] = {}
-    for key, pts in cal.points.items():
-        if "." not in key or not isinstance(pts, list) or not pts:
-            continue
-        fam, dt = key.split(".", 1)
-        mem = cal.streams["copy"] if dt == "fp32" else _scaled(cal.streams["copy"], 0.5)
-        old = cal.kernels.get(fam, {}).get(dt)
-        ovh = old.overhead_s if old else cal.dispatch_s
-        kernels.setdefault(fam, {})[dt] = fit_gemm(pts, mem, ovh)
-    return replace(cal, kernels=kernels)
 
 
 # --- microbenchmarks --------------------------------------------------------------------

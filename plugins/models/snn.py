@@ -28,7 +28,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import replace
 from functools import cached_property
 from typing import Any, Literal
 
@@ -550,11 +549,6 @@ def load_spike_trains(src: Any, inputs: int) -> np.ndarray:
             f"{inputs}), got {arr.shape}"
         )
     return arr.astype(bool)
-
-
-def with_batch(shape: Shape, batch: int) -> Shape:
-    """``shape`` with another batch (a helper for callers pricing several batches)."""
-    return replace(shape, batch=batch)
 
 
 FAMILIES: list[ModelFamily] = [SnnFamily()]

@@ -76,12 +76,3 @@ def gemm_compute_cycles(m: int, n: int, k: int, rows: int, cols: int, dataflow: 
         sr, sc, t = k, m, n
         per = 2 * rows + cols + t - 2
     return -(-sr // rows) * -(-sc // cols) * per - 1
-
-
-def best_dataflow(m: int, n: int, k: int, rows: int, cols: int) -> tuple[str, int]:
-    """The dataflow with the fewest compute cycles for this GEMM, and its cycles."""
-    best = min(DATAFLOW_ORDER, key=lambda d: gemm_compute_cycles(m, n, k, rows, cols, d))
-    return best, gemm_compute_cycles(m, n, k, rows, cols, best)
-
-
-DATAFLOW_ORDER = ("ws", "os", "is")
