@@ -37,6 +37,16 @@ class Parallelism:
         return self.data * self.tensor * self.pipeline
 
 
+def divisors(n: int) -> list[int]:
+    """The divisors of ``n`` in ascending order (the parallel degrees that split ``n``)."""
+    return [i for i in range(1, n + 1) if n % i == 0]
+
+
+def near_divisors(n: int, x: int) -> list[int]:
+    """The (up to) three divisors of ``n`` closest to ``x``, closest first."""
+    return sorted(divisors(n), key=lambda d: abs(d - x))[:3]
+
+
 @dataclass(frozen=True, slots=True)
 class Topology:
     """Nodes of ``devices_per_node`` devices joined by a fast local fabric, and a slower

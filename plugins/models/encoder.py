@@ -21,7 +21,7 @@ from torch import nn
 from xpusim.engine.errors import ScenarioError, UnsupportedError
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
 from xpusim.engine.model import ModelFamily, ModelInfo
-from xpusim.engine.system import Parallelism
+from xpusim.engine.system import Parallelism, divisors, near_divisors
 from xpusim.plugins.models.common import (
     EagerCounted,
     adam_op,
@@ -32,7 +32,7 @@ from xpusim.plugins.models.common import (
 )
 from xpusim.plugins.models.counting import NORM_FLOPS
 from xpusim.plugins.models.presets import ENCODER_PRESETS, ENCODER_SOURCES
-from xpusim.plugins.models.transformer import INDEX_BYTES, _Builder, _divisors
+from xpusim.plugins.models.transformer import INDEX_BYTES, _Builder
 
 __all__ = ["FAMILIES", "BertModel", "EncoderConfig", "EncoderModel"]
 
@@ -58,7 +58,7 @@ class EncoderConfig(BaseModel):
         if self.hidden % self.heads:
             raise ValueError(
                 f"heads={self.heads} must divide hidden={self.hidden}; divisors near "
-                f"{self.heads}: {sorted(_divisors(self.hidden), key=lambda d: abs(d - self.heads))[:3]}"
+                f"{self.heads}: {near_divisors(self.hidden, self.heads)}"
             )
         return self
 
@@ -168,7 +168,7 @@ class EncoderModel(EagerCounted):
         if c.heads % t or c.ffn % t:
             raise ScenarioError(
                 f"parallelism.tensor={t} must divide heads={c.heads} and ffn_hidden={c.ffn}; "
-                f"valid: {_divisors(math.gcd(c.heads, c.ffn))}"
+                f"valid: {divisors(math.gcd(c.heads, c.ffn))}"
             )
         if shape.tokens > c.seq_len:
             raise ScenarioError(f"{shape.tokens} tokens exceed seq_len {c.seq_len} of {c.name!r}")

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 from xpusim.engine.errors import ScenarioError, UnsupportedError
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
 from xpusim.engine.model import ModelFamily, ModelInfo
-from xpusim.engine.system import Parallelism
+from xpusim.engine.system import Parallelism, divisors, near_divisors
 from xpusim.plugins.models.common import (
     EagerCounted,
     adam_op,
@@ -132,13 +132,13 @@ class DecoderConfig(BaseModel):
             raise ValueError(
                 f"heads={self.heads} must divide hidden={self.hidden} (or give head_dim); "
                 f"divisors of {self.hidden} near {self.heads}: "
-                f"{_near_divisors(self.hidden, self.heads)}"
+                f"{near_divisors(self.hidden, self.heads)}"
             )
         kv = self.kv_heads or self.heads
         if self.heads % kv:
             raise ValueError(
                 f"kv_heads={kv} must divide heads={self.heads}; valid kv_heads: "
-                f"{_divisors(self.heads)}"
+                f"{divisors(self.heads)}"
             )
         if self.top_k > self.experts:
             raise ValueError(f"top_k={self.top_k} exceeds experts={self.experts}")
@@ -172,14 +172,6 @@ class DecoderConfig(BaseModel):
     def moe(self) -> bool:
         """Whether the MLP is a mixture of experts."""
         return self.experts > 1
-
-
-def _divisors(n: int) -> list[int]:
-    return [i for i in range(1, n + 1) if n % i == 0]
-
-
-def _near_divisors(n: int, x: int) -> list[int]:
-    return sorted(_divisors(n), key=lambda d: abs(d - x))[:3]
 
 
 # --- the parametric graph ----------------------------------------------------------------
@@ -417,12 +409,12 @@ class DecoderModel(EagerCounted):
         if problems:
             raise ScenarioError(
                 f"parallelism.tensor={t} must divide {' and '.join(problems)} of model "
-                f"{c.name!r}; valid tensor degrees: {_divisors(math.gcd(c.heads, c.ffn))}"
+                f"{c.name!r}; valid tensor degrees: {divisors(math.gcd(c.heads, c.ffn))}"
             )
         if c.moe and c.experts % par.expert:
             raise ScenarioError(
                 f"parallelism.expert={par.expert} must divide experts={c.experts}; valid: "
-                f"{_divisors(c.experts)}"
+                f"{divisors(c.experts)}"
             )
         if par.pipeline > c.layers:
             raise ScenarioError(

@@ -97,7 +97,7 @@ from xpusim.engine.frames import DEVICES_SCHEMA
 from xpusim.engine.graph import Collective, Phase, Shape, dtype_bytes
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
-from xpusim.engine.system import Parallelism, System, Topology
+from xpusim.engine.system import Parallelism, System, Topology, divisors
 from xpusim.plugins.workloads.training.memory import (
     MemoryNeed,
     checkpoint_bytes,
@@ -235,10 +235,6 @@ def plan_memory(
     )
 
 
-def _divisors(n: int) -> list[int]:
-    return [i for i in range(1, n + 1) if n % i == 0]
-
-
 def nearest_plans(
     model: ModelGraph,
     par: Parallelism,
@@ -252,11 +248,11 @@ def nearest_plans(
     first (fewest changed settings, then least memory), each as a short phrase."""
     heads = _cfg_int(model, "heads")
     layers = model.info.layers or _cfg_int(model, "layers")
-    tensors = [t for t in _divisors(count) if t <= 64 and (not heads or heads % t == 0)]
+    tensors = [t for t in divisors(count) if t <= 64 and (not heads or heads % t == 0)]
     found: list[tuple[int, float, str]] = []
     recomputes = [plan.recompute] + [r for r in ("selective", "full") if r != plan.recompute]
     for t in tensors:
-        for p in _divisors(count // t):
+        for p in divisors(count // t):
             if layers and (layers % p or p > layers):
                 continue
             d = count // (t * p)
