@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from xpusim.engine.device import DeviceSpec
 from xpusim.engine.graph import Collective
@@ -62,9 +63,14 @@ ALGORITHMS = ("auto", "ring", "tree", "hierarchical")
 
 __all__ = [
     "ALGORITHMS",
+    "LIBRARY_ALGORITHMS",
+    "FabricProfile",
+    "Protocol",
     "collective_seconds",
     "flat_seconds",
     "hierarchical_seconds",
+    "library_collective_seconds",
+    "library_flat_seconds",
     "ring_seconds",
     "topology_from_device",
     "torus_collective_seconds",
@@ -282,3 +288,195 @@ def topology_from_device(device: DeviceSpec, devices_per_node: int | None = None
     if up is None or out is None:
         raise ValueError(f"device {device.name!r} declares no scale_up link to build a topology")
     return Topology.from_links(devices_per_node or device.devices_per_node, up, out)
+
+
+# -- collectives as a library runs them (NCCL, RCCL) ---------------------------------
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One wire protocol of a collective library (NCCL's ``LL``, ``LL128``, ``Simple``).
+
+    ``launch_s`` is the fixed cost of one call with this protocol (kernel launch, the
+    first flag exchange, the host-side call); every algorithm step then pays the fabric's
+    per-hop latency, and the payload moves at ``efficiency`` of the link rate (``LL``
+    sends a flag with every 4-byte word, so it carries about half; ``Simple`` carries
+    nearly all but synchronises in large chunks).
+    """
+
+    name: str
+    launch_s: float
+    efficiency: float
+
+    def __post_init__(self) -> None:
+        if self.launch_s < 0 or not 0 < self.efficiency <= 1:
+            raise ValueError(
+                f"protocol {self.name!r}: launch_s must be >= 0 and efficiency in (0, 1], "
+                f"got {self.launch_s} and {self.efficiency}"
+            )
+
+
+@dataclass(frozen=True)
+class FabricProfile:
+    """How a collective library drives one scale-up fabric, fitted to its public sweeps.
+
+    * ``protocols``: the wire protocols the tuner chooses among (per size, the fastest);
+    * ``nvls``: in-switch reduction (NVLink SHARP) for all-reduce on groups of at least
+      ``nvls_min_group`` devices: one fixed cost ``nvls_launch_s`` and the buffer moved
+      once at ``nvls_efficiency`` of the link rate (each device sends its buffer to the
+      switch, which reduces and multicasts the result), instead of a ring's
+      ``2(p-1)/p`` of it;
+    * ``mesh_links``: a full mesh with a dedicated link to each of ``mesh_links`` peers
+      (MI300X Infinity Fabric): the catalog bandwidth is the sum over all peers, so a
+      group of ``p`` devices drives only ``p-1`` of the links;
+    * ``source``: the sweeps it was fitted to, with in-sample and held-out error.
+    """
+
+    name: str
+    protocols: tuple[Protocol, ...]
+    nvls: bool = False
+    nvls_min_group: int = 2
+    nvls_launch_s: float = 0.0
+    nvls_efficiency: float = 1.0
+    mesh_links: int = 0
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.protocols:
+            raise ValueError(f"fabric profile {self.name!r} has no protocol")
+        if self.nvls and not 0 < self.nvls_efficiency <= 2:
+            raise ValueError(f"fabric profile {self.name!r}: nvls_efficiency must be in (0, 2]")
+        if self.mesh_links < 0:
+            raise ValueError(f"fabric profile {self.name!r}: negative mesh_links")
+
+    def group_bandwidth(self, bw: float, p: int) -> float:
+        """Per-device bandwidth a group of ``p`` devices drives on a link of ``bw``: all of
+        it on a switched fabric, ``min(p-1, mesh_links)/mesh_links`` of it on a full mesh."""
+        if self.mesh_links > 0:
+            return bw * min(max(p - 1, 1), self.mesh_links) / self.mesh_links
+        return bw
+
+
+def _wire(kind: Collective, nbytes: float, p: int, algorithm: str) -> tuple[float, float]:
+    """(algorithm steps, bytes each device moves) of a flat ring or tree collective."""
+    if kind is Collective.ALL_REDUCE:
+        if algorithm == "tree":
+            return 2 * math.ceil(math.log2(p)), 2 * nbytes
+        return 2 * (p - 1), 2 * (p - 1) / p * nbytes
+    if kind in (Collective.REDUCE_SCATTER, Collective.ALL_GATHER):
+        if algorithm == "tree":
+            return math.ceil(math.log2(p)), (p - 1) / p * nbytes
+        return p - 1, (p - 1) / p * nbytes
+    if kind is Collective.ALL_TO_ALL:
+        # every peer is sent its share at once over the switch or the mesh: one step
+        return 1, (p - 1) / p * nbytes
+    return 1, nbytes  # SEND_RECV
+
+
+LIBRARY_ALGORITHMS = ("auto", "ring", "tree", "nvls")
+"""Values accepted by ``algorithm`` in :func:`library_flat_seconds`."""
+
+
+def library_flat_seconds(
+    kind: Collective | str,
+    nbytes: float,
+    p: int,
+    bw: float,
+    hop_s: float,
+    profile: FabricProfile,
+    algorithm: str = "auto",
+) -> float:
+    """Seconds of one collective over ``p`` devices of one fabric, as NCCL/RCCL run it.
+
+    Each (algorithm, protocol) pair costs ``protocol.launch_s + steps · hop_s + wire /
+    (B_p · protocol.efficiency)`` (``B_p``: :meth:`FabricProfile.group_bandwidth`; steps
+    and wire bytes as in the module docstring), and NVLS all-reduce ``nvls_launch_s +
+    n / (B · nvls_efficiency)`` where the fabric has it. ``auto`` takes the fastest pair,
+    as NCCL's tuner picks one per call size (``LL`` rings for small buffers, ``Simple``
+    or NVLS for large ones); ``ring``/``tree``/``nvls`` restrict the algorithm (``nvls``
+    falls back to the ring where the fabric or the collective has none).
+    """
+    k = _kind(kind)
+    _check(nbytes, p, bw)
+    if algorithm not in LIBRARY_ALGORITHMS:
+        raise ValueError(
+            f"unknown collective algorithm {algorithm!r}; valid: {', '.join(LIBRARY_ALGORITHMS)}"
+        )
+    if p == 1 or (nbytes == 0 and k is not Collective.SEND_RECV):
+        return 0.0
+    bw_p = profile.group_bandwidth(bw, p)
+    nvls_ok = profile.nvls and k is Collective.ALL_REDUCE and p >= profile.nvls_min_group
+    candidates: list[float] = []
+    if nvls_ok and algorithm in ("auto", "nvls"):
+        candidates.append(profile.nvls_launch_s + nbytes / (bw * profile.nvls_efficiency))
+    algos = {"auto": ("ring", "tree"), "tree": ("tree",)}.get(algorithm, ("ring",))
+    if algorithm == "nvls" and candidates:
+        algos = ()
+    for algo in algos:
+        steps, wire = _wire(k, nbytes, p, algo)
+        for proto in profile.protocols:
+            candidates.append(proto.launch_s + steps * hop_s + wire / (bw_p * proto.efficiency))
+    return min(candidates)
+
+
+def library_collective_seconds(
+    kind: Collective | str,
+    nbytes: float,
+    group: int,
+    topology: Topology,
+    intra: FabricProfile,
+    inter: FabricProfile,
+    algorithm: str = "auto",
+) -> float:
+    """One collective over ``group`` devices of ``topology`` priced as the library runs it.
+
+    Inside a node: :func:`library_flat_seconds` on the scale-up link with the ``intra``
+    profile (per-hop latency ``topology.intra_latency``). Across nodes: the two-level
+    schedule of :func:`hierarchical_seconds` with each stage priced the same way (the
+    inter-node stage on the scale-out link with the ``inter`` profile), or a flat ring
+    over the slowest link when that is cheaper; ``algorithm`` ``hierarchical`` forces the
+    two-level schedule.
+    """
+    k = _kind(kind)
+    t = topology
+    if group <= 1:
+        return 0.0
+    flat_algo = "auto" if algorithm == "hierarchical" else algorithm
+    if group <= t.devices_per_node:
+        return library_flat_seconds(k, nbytes, group, t.intra_bw, t.intra_latency, intra, flat_algo)
+    g = max(1, t.devices_per_node)
+    m = math.ceil(group / g)
+
+    def up(kk: Collective, n: float) -> float:
+        return library_flat_seconds(kk, n, g, t.intra_bw, t.intra_latency, intra, flat_algo)
+
+    def out(kk: Collective, n: float) -> float:
+        algo = "auto" if flat_algo == "nvls" else flat_algo
+        return library_flat_seconds(kk, n, m, t.inter_bw, t.inter_latency, inter, algo)
+
+    if k is Collective.ALL_REDUCE:
+        hier = (
+            up(Collective.REDUCE_SCATTER, nbytes)
+            + out(Collective.ALL_REDUCE, nbytes / g)
+            + up(Collective.ALL_GATHER, nbytes)
+        )
+    elif k is Collective.REDUCE_SCATTER:
+        hier = up(k, nbytes) + out(k, nbytes / g)
+    elif k is Collective.ALL_GATHER:
+        hier = out(k, nbytes / g) + up(k, nbytes)
+    elif k is Collective.ALL_TO_ALL:
+        hier = up(k, nbytes / m) + out(k, nbytes) if nbytes else 0.0
+    else:
+        return out(Collective.SEND_RECV, nbytes) if nbytes else 0.0
+    if algorithm == "hierarchical":
+        return hier
+    slow = library_flat_seconds(
+        k,
+        nbytes,
+        group,
+        min(t.intra_bw, t.inter_bw),
+        max(t.intra_latency, t.inter_latency),
+        inter,
+        "auto" if flat_algo == "nvls" else flat_algo,
+    )
+    return min(hier, slow)
