@@ -6,7 +6,7 @@ parametric builders, and with them scenario validation and simulation, import no
 
 from __future__ import annotations
 
-__all__ = ["NORM_FLOPS", "causal_pairs"]
+__all__ = ["NORM_FLOPS", "causal_pairs", "window_pairs"]
 
 NORM_FLOPS = 5
 """FLOPs per element charged to a norm or softmax (mean/max, subtract, square/exp, sum,
@@ -22,3 +22,18 @@ def causal_pairs(queries: int, keys: int) -> float:
         return q * k - q * (q - 1) / 2
     # fewer keys than queries: the first q-k queries see nothing (degenerate)
     return k * (k + 1) / 2
+
+
+def window_pairs(queries: int, keys: int, window: int) -> float:
+    """Attended (query, key) pairs of one head of a causal sliding-window mask aligned
+    bottom-right: query ``i`` at position ``p = keys − q + i`` sees the ``min(p + 1,
+    window)`` keys ending at its own position. Equal to :func:`causal_pairs` once the
+    window covers every key."""
+    lo = max(0, keys - queries) + 1  # visible keys of the first query without a window
+    hi = keys  # ... and of the last
+    if hi < lo:
+        return 0.0
+    top = min(hi, window)
+    below = (lo + top) * (top - lo + 1) / 2 if top >= lo else 0.0
+    capped = (hi - max(lo - 1, window)) * window if hi > window else 0.0
+    return below + max(0.0, capped)

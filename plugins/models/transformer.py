@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
 from xpusim.engine.errors import ScenarioError, UnsupportedError
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
@@ -49,7 +50,7 @@ from xpusim.plugins.models.common import (
     torch_dtype,
     validate_spec,
 )
-from xpusim.plugins.models.counting import NORM_FLOPS, causal_pairs
+from xpusim.plugins.models.counting import NORM_FLOPS, causal_pairs, window_pairs
 from xpusim.plugins.models.presets import DECODER_PRESETS, DECODER_SOURCES
 
 if TYPE_CHECKING:
@@ -64,11 +65,14 @@ __all__ = [
     "DecoderConfig",
     "DecoderFamily",
     "DecoderModel",
+    "ExpertFacts",
 ]
 
 ROPE_FLOPS = 3
 """FLOPs per rotated element of the fused RoPE kernel (``x·cos + rot(x)·sin``)."""
 GLU_FLOPS = 2
+SOFTCAP_FLOPS = 3
+"""FLOPs per capped value of logit soft-capping ``c·tanh(x/c)`` (divide, tanh, multiply)."""
 """FLOPs per output element of the fused gated activation (``act(g)·u``)."""
 INDEX_BYTES = 8
 """Bytes of one token id or routing index (int64)."""
@@ -82,6 +86,26 @@ returns a ``bool`` mask)."""
 
 
 # --- configuration -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertFacts:
+    """A mixture of experts as the workloads see it.
+
+    ``experts`` routed experts per MoE layer, ``top_k`` routed to per token,
+    ``shared_experts`` every token also passes through, ``moe_layers`` layers with experts,
+    ``params_per_expert`` the weights of one routed expert, ``expert_params`` those of all
+    routed experts of all layers (what expert parallelism shards) and ``imbalance`` the
+    busiest expert-parallel device's share of routed pairs over the mean.
+    """
+
+    experts: int
+    top_k: int
+    shared_experts: int
+    moe_layers: int
+    params_per_expert: float
+    expert_params: float
+    imbalance: float
 
 
 class DecoderConfig(BaseModel):
@@ -115,7 +139,61 @@ class DecoderConfig(BaseModel):
     the ``PV`` batched GEMM and a copy of the context into token-major layout (see
     :func:`unfused_attention` and ``docs/models.md``)."""
     rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    """RoPE frequency scaling as its ``config.json`` states it (Llama 3.1's ``llama3``,
+    ``linear``, ``yarn``, Phi-3's ``longrope`` ...): it changes the cos/sin tables only, so
+    it costs nothing extra; kept so the configuration is reported as given."""
     norm_eps: float = 1e-5
+    qkv_bias: bool | None = None
+    """Biases on the Q, K and V projections (not the output projection), as Qwen2/2.5 have;
+    ``None`` follows ``bias``."""
+    qk_norm: bool = False
+    """An RMSNorm over each head's queries and keys before RoPE (Qwen3): ``2·head_dim``
+    weights a layer."""
+    sandwich_norm: bool = False
+    """A norm after the attention and after the MLP as well as before them (Gemma 2/3):
+    four norms a layer."""
+    q_lora_rank: PositiveInt | None = None
+    """Multi-head latent attention (DeepSeek-V2/V3): rank of the query compression
+    (``None``: queries projected directly from the hidden state)."""
+    kv_lora_rank: PositiveInt | None = None
+    """Multi-head latent attention: rank of the compressed KV latent the cache holds.
+    Setting it selects MLA; ``head_dim`` is then the query/key head size
+    (``qk_nope_head_dim + qk_rope_head_dim``)."""
+    qk_rope_head_dim: PositiveInt | None = None
+    """MLA: the rotary part of each query/key head, whose key is shared by all heads and
+    cached next to the latent."""
+    v_head_dim: PositiveInt | None = None
+    """MLA: the value head size."""
+    shared_experts: NonNegativeInt = 0
+    """Experts every token passes through besides its routed ones (DeepSeek)."""
+    shared_ffn_hidden: PositiveInt | None = None
+    """Hidden size of all shared experts together (default ``shared_experts·ffn_hidden``)."""
+    dense_layers: NonNegativeInt = 0
+    """The first layers that have a dense MLP instead of experts (DeepSeek's
+    ``first_k_dense_replace``)."""
+    dense_ffn_hidden: PositiveInt | None = None
+    """Hidden size of the MLP of the dense layers of a MoE model (default ``ffn_hidden``)."""
+    router_bias: bool = False
+    """A per-expert bias on the routing scores (DeepSeek-V3's ``e_score_correction_bias``)."""
+    expert_imbalance: float = Field(default=1.0, ge=1.0)
+    """(token, expert) pairs the busiest expert-parallel device receives over the mean:
+    1 is perfectly balanced routing. The step waits for that device, so its expert GEMMs
+    and all-to-all bytes scale by this factor (with ``expert: 1`` every device holds
+    every expert and the factor changes nothing)."""
+    mtp_layers: NonNegativeInt = 0
+    """Multi-token-prediction modules (DeepSeek-V3's ``num_nextn_predict_layers``): counted
+    in ``mtp_params`` and left out of ``params`` and the served weights, as the published
+    totals and a server without speculative decoding leave them out."""
+    sliding_window: PositiveInt | None = None
+    """Keys a sliding-window layer attends to (its KV cache keeps that many tokens)."""
+    layer_types: tuple[Literal["full", "sliding"], ...] | None = None
+    """Per layer, ``full`` or ``sliding`` attention (default: every layer ``sliding`` when
+    ``sliding_window`` is set, else ``full``)."""
+    attn_softcap: float | None = None
+    """Attention-logit soft-capping ``c·tanh(s/c)`` (Gemma 2): extra work per score."""
+    final_softcap: float | None = None
+    """Final-logit soft-capping (Gemma 2): one elementwise pass over the logits."""
     dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
     kv_dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] | None = None
     """Element type of the KV cache. ``None`` (default) follows ``dtype`` for 16/32-bit
@@ -140,11 +218,55 @@ class DecoderConfig(BaseModel):
                 f"kv_heads={kv} must divide heads={self.heads}; valid kv_heads: "
                 f"{divisors(self.heads)}"
             )
-        if self.top_k > self.experts:
-            raise ValueError(f"top_k={self.top_k} exceeds experts={self.experts}")
         if self.position == "rope" and self.d % 2:
             raise ValueError(f"rope needs an even head_dim, got {self.d}")
+        self._check_mla()
+        self._check_moe()
+        if self.layer_types is not None and len(self.layer_types) != self.layers:
+            raise ValueError(
+                f"layer_types lists {len(self.layer_types)} layers but layers={self.layers}"
+            )
+        if self.layer_types and "sliding" in self.layer_types and self.sliding_window is None:
+            raise ValueError("layer_types names sliding layers but sliding_window is not set")
+        if self.attention == "unfused" and (self.mla or self.sliding_window or self.attn_softcap):
+            raise ValueError(
+                "attention: unfused prices Megatron-LM's dense attention; use attention: flash "
+                "with multi-head latent attention, sliding windows or soft-capping"
+            )
         return self
+
+    def _check_mla(self) -> None:
+        mla = (self.q_lora_rank, self.qk_rope_head_dim, self.v_head_dim)
+        if self.kv_lora_rank is None:
+            if any(v is not None for v in mla):
+                raise ValueError(
+                    "q_lora_rank, qk_rope_head_dim and v_head_dim describe multi-head latent "
+                    "attention: give kv_lora_rank too"
+                )
+            return
+        if self.qk_rope_head_dim is None or self.v_head_dim is None or self.head_dim is None:
+            raise ValueError(
+                "multi-head latent attention (kv_lora_rank) needs head_dim "
+                "(qk_nope_head_dim + qk_rope_head_dim), qk_rope_head_dim and v_head_dim"
+            )
+        if self.qk_rope_head_dim >= self.head_dim:
+            raise ValueError(
+                f"qk_rope_head_dim={self.qk_rope_head_dim} must be below head_dim="
+                f"{self.head_dim} (the rotary part of each query/key head)"
+            )
+
+    def _check_moe(self) -> None:
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k={self.top_k} exceeds experts={self.experts}")
+        if not self.moe and (self.shared_experts or self.dense_layers or self.router_bias):
+            raise ValueError(
+                "shared_experts, dense_layers and router_bias describe a mixture of experts: "
+                "set experts > 1"
+            )
+        if self.dense_layers >= self.layers:
+            raise ValueError(
+                f"dense_layers={self.dense_layers} leaves no expert layer of layers={self.layers}"
+            )
 
     @property
     def d(self) -> int:
@@ -172,6 +294,38 @@ class DecoderConfig(BaseModel):
     def moe(self) -> bool:
         """Whether the MLP is a mixture of experts."""
         return self.experts > 1
+
+    @property
+    def mla(self) -> bool:
+        """Whether attention is multi-head latent attention (DeepSeek-V2/V3)."""
+        return self.kv_lora_rank is not None
+
+    @property
+    def has_qkv_bias(self) -> bool:
+        """Whether the Q, K and V projections carry biases (``qkv_bias``, else ``bias``)."""
+        return self.bias if self.qkv_bias is None else self.qkv_bias
+
+    @property
+    def shared_ffn(self) -> int:
+        """Hidden size of the shared experts together (0 without shared experts)."""
+        if not self.shared_experts:
+            return 0
+        return self.shared_ffn_hidden or self.shared_experts * self.ffn
+
+    @property
+    def dense_ffn(self) -> int:
+        """Hidden size of the MLP of a dense layer."""
+        return self.dense_ffn_hidden or self.ffn
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether layer ``layer`` (0-based) attends over a sliding window."""
+        if self.sliding_window is None:
+            return False
+        return self.layer_types is None or self.layer_types[layer] == "sliding"
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether layer ``layer`` (0-based) has the mixture-of-experts MLP."""
+        return self.moe and layer >= self.dense_layers
 
 
 # --- the parametric graph ----------------------------------------------------------------
@@ -304,38 +458,137 @@ class DecoderModel(EagerCounted):
 
     # static facts ----------------------------------------------------------------------
 
-    def _layer_params(self) -> tuple[float, float, float]:
-        """(attention+norm params, all MLP params, active MLP params) of one layer."""
+    def _attn_params(self) -> tuple[float, float]:
+        """(all parameters, GEMM weights) of one layer's attention and its norms."""
         c = self.cfg
-        h, d, nh, kv, f = c.hidden, c.d, c.heads, c.kv, c.ffn
-        attn = h * (nh + 2 * kv) * d + nh * d * h
-        if c.bias:
-            attn += (nh + 2 * kv) * d + h
+        h, d, nh, kv = c.hidden, c.d, c.heads, c.kv
+        if c.mla:
+            cq, ckv = c.q_lora_rank, c.kv_lora_rank or 0
+            r, dv = c.qk_rope_head_dim or 0, c.v_head_dim or 0
+            q = h * cq + cq * nh * d if cq else h * nh * d
+            gemm = q + h * (ckv + r) + ckv * nh * (d - r + dv) + nh * dv * h
+            attn = gemm + (cq or 0) + ckv  # the q and kv latent norms
+        else:
+            gemm = h * (nh + 2 * kv) * d + nh * d * h
+            attn = gemm + ((nh + 2 * kv) * d if c.has_qkv_bias else 0) + (h if c.bias else 0)
+            attn += 2 * d if c.qk_norm else 0
         norm_p = h * (2 if c.norm == "layernorm" and c.bias else 1)
-        attn += norm_p * (1 if c.parallel_block else 2)
-        up = h * f * (2 if c.gated_mlp else 1)
-        expert = up + f * h
-        if c.moe:
-            return attn, c.experts * expert + h * c.experts, c.top_k * expert + h * c.experts
+        norms = (1 if c.parallel_block else 2) + (2 if c.sandwich_norm else 0)
+        return float(attn + norm_p * norms), float(gemm)
+
+    def _dense_mlp_params(self, f: int) -> float:
+        """Parameters of a dense MLP of hidden size ``f`` (biases included)."""
+        c = self.cfg
+        p = c.hidden * f * (2 if c.gated_mlp else 1) + f * c.hidden
         if c.bias:
-            expert += f * (2 if c.gated_mlp else 1) + h
-        return attn, expert, expert
+            p += f * (2 if c.gated_mlp else 1) + c.hidden
+        return float(p)
+
+    def _expert_params(self) -> float:
+        """Weights of one routed expert (experts carry no biases)."""
+        c = self.cfg
+        return float(c.hidden * c.ffn * (2 if c.gated_mlp else 1) + c.ffn * c.hidden)
+
+    def _moe_params(self) -> tuple[float, float, float]:
+        """(all parameters, active parameters, active GEMM weights) of one MoE MLP."""
+        c = self.cfg
+        router = c.hidden * c.experts + (c.experts if c.router_bias else 0)
+        shared = self._dense_mlp_params(c.shared_ffn) if c.shared_ffn else 0.0
+        one = self._expert_params()
+        return (
+            c.experts * one + router + shared,
+            c.top_k * one + router + shared,
+            c.top_k * one + shared,
+        )
+
+    def _mlp_params(self, layer: int) -> tuple[float, float, float]:
+        """(all, active, active GEMM weights) of layer ``layer``'s MLP."""
+        if self.cfg.is_moe_layer(layer):
+            return self._moe_params()
+        p = self._dense_mlp_params(self.cfg.dense_ffn if self.cfg.moe else self.cfg.ffn)
+        return p, p, p
+
+    def _mtp_params(self) -> float:
+        """Parameters of the multi-token-prediction modules (DeepSeek-V3 §2.2): per module
+        two input norms, the ``2h → h`` projection, one decoder layer like the last and its
+        output norm; the embedding and the output head are shared with the main model."""
+        c = self.cfg
+        if not c.mtp_layers:
+            return 0.0
+        attn, _ = self._attn_params()
+        layer = attn + self._mlp_params(c.layers - 1)[0]
+        return float(c.mtp_layers * (3 * c.hidden + 2 * c.hidden * c.hidden + layer))
+
+    @property
+    def experts(self) -> ExpertFacts | None:
+        """The mixture of experts (``None`` for a dense model): what the training and
+        serving workloads read to shard and route experts."""
+        c = self.cfg
+        if not c.moe:
+            return None
+        moe_layers = c.layers - c.dense_layers
+        one = self._expert_params()
+        return ExpertFacts(
+            experts=c.experts,
+            top_k=c.top_k,
+            shared_experts=c.shared_experts,
+            moe_layers=moe_layers,
+            params_per_expert=one,
+            expert_params=moe_layers * c.experts * one,
+            imbalance=c.expert_imbalance,
+        )
+
+    def expert_weight_bytes(self, parallel: Parallelism) -> float:
+        """Bytes of routed-expert weights one device holds under ``parallel``: all routed
+        experts split over ``tensor × pipeline × expert`` devices (0 for a dense model)."""
+        x = self.experts
+        if x is None:
+            return 0.0
+        par = parallel
+        return x.expert_params * dtype_bytes(self.cfg.dtype) / (par.model_parallel * par.expert)
+
+    def weight_bytes_per_device(self, parallel: Parallelism) -> float:
+        """Weight bytes one device holds: the non-expert weights split over ``tensor ×
+        pipeline`` and the routed experts also over ``expert`` devices."""
+        x = self.experts
+        expert = x.expert_params if x is not None else 0.0
+        e = dtype_bytes(self.cfg.dtype)
+        dense = (self.info.params - expert) * e / parallel.model_parallel
+        return dense + self.expert_weight_bytes(parallel)
+
+    def kv_bytes(self, tokens: int) -> float:
+        """KV-cache bytes of one sequence of ``tokens`` tokens over all layers: full
+        layers keep every token, sliding-window layers at most ``sliding_window``."""
+        c = self.cfg
+        per_layer = self._kv_per_layer_token()
+        total = 0.0
+        for i in range(c.layers):
+            kept = min(tokens, c.sliding_window or tokens) if c.is_sliding(i) else tokens
+            total += kept * per_layer
+        return total
+
+    def _kv_per_layer_token(self) -> float:
+        """KV bytes one layer caches per token: K and V of every KV head, or for MLA the
+        compressed latent and the shared rotary key (``kv_lora_rank + qk_rope_head_dim``)."""
+        c = self.cfg
+        width = (c.kv_lora_rank or 0) + (c.qk_rope_head_dim or 0) if c.mla else 2 * c.kv * c.d
+        return float(width * dtype_bytes(c.kv_type))
 
     def _info(self) -> ModelInfo:
         c = self.cfg
-        attn, mlp, mlp_act = self._layer_params()
+        attn, attn_gemm = self._attn_params()
+        mlps = [self._mlp_params(i) for i in range(c.layers)]
         emb = c.vocab * c.hidden
         pos = c.seq_len * c.hidden if c.position == "learned" else 0
         head = 0 if c.tied_embeddings else emb
         norm_f = c.hidden * (2 if c.norm == "layernorm" and c.bias else 1)
-        total = c.layers * (attn + mlp) + emb + pos + head + norm_f
-        active = c.layers * (attn + mlp_act) + emb + pos + head + norm_f
+        outer = emb + pos + head + norm_f
+        total = c.layers * attn + sum(m[0] for m in mlps) + outer
+        active = c.layers * attn + sum(m[1] for m in mlps) + outer
         e = dtype_bytes(c.dtype)
-        gemm_per_tok = c.layers * (
-            c.hidden * (c.heads + 2 * c.kv) * c.d
-            + c.heads * c.d * c.hidden
-            + (mlp_act - (c.hidden * c.experts if c.moe else 0))
-        )
+        gemm_per_tok = c.layers * attn_gemm + sum(m[2] for m in mlps)
+        config = c.model_dump()
+        config["mtp_params"] = self._mtp_params()
         return ModelInfo(
             name=c.name,
             family=self.family,
@@ -344,11 +597,11 @@ class DecoderModel(EagerCounted):
             params=float(total),
             active_params=float(active),
             param_bytes=float(total * e),
-            kv_bytes_per_token=float(2 * c.layers * c.kv * c.d * dtype_bytes(c.kv_type)),
+            kv_bytes_per_token=c.layers * self._kv_per_layer_token(),
             flops_per_token=float(2 * (gemm_per_tok + c.vocab * c.hidden)),
             layers=c.layers,
             max_seq_len=c.seq_len,
-            config=c.model_dump(),
+            config=config,
         )
 
     # torch -------------------------------------------------------------------------------
@@ -356,6 +609,13 @@ class DecoderModel(EagerCounted):
     def module(self, device: str = "meta") -> torch.nn.Module:
         """A :class:`~xpusim.plugins.models.decoder_module.DecoderLM` on ``device`` in the
         config's dtype (bf16 for fp8/int8). Imports torch."""
+        missing = self.module_lacks()
+        if missing:
+            raise UnsupportedError(
+                f"the torch module of decoder {self.cfg.name!r} does not build "
+                f"{', '.join(missing)}; its op graph is parametric and needs no module, but "
+                "the measured cpu backend and trace checks do"
+            )
         import torch
 
         from xpusim.plugins.models.decoder_module import DecoderLM
@@ -363,6 +623,23 @@ class DecoderModel(EagerCounted):
         with torch.device(device):
             m = DecoderLM(self.cfg)
         return m.to(torch_dtype(self.cfg.dtype))
+
+    def module_lacks(self) -> list[str]:
+        """The configured features :class:`~xpusim.plugins.models.decoder_module.DecoderLM`
+        does not build (empty when :meth:`module` can build this configuration)."""
+        c = self.cfg
+        checks = {
+            "multi-head latent attention": c.mla,
+            "Q/K/V biases apart from the output bias": c.has_qkv_bias != c.bias,
+            "per-head Q/K norms": c.qk_norm,
+            "post-attention and post-MLP norms": c.sandwich_norm,
+            "shared experts": c.shared_experts > 0,
+            "dense layers in a mixture of experts": c.dense_layers > 0,
+            "a routing bias": c.router_bias,
+            "sliding-window attention": c.sliding_window is not None,
+            "logit soft-capping": c.attn_softcap is not None or c.final_softcap is not None,
+        }
+        return [name for name, on in checks.items() if on]
 
     def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
         """``(ids, kv_cache, start, last_only)`` for PREFILL/DECODE (cache of
@@ -401,15 +678,16 @@ class DecoderModel(EagerCounted):
     def _check_parallel(self, par: Parallelism) -> None:
         c = self.cfg
         t = par.tensor
-        problems = []
-        if c.heads % t:
-            problems.append(f"heads={c.heads}")
-        if c.ffn % t:
-            problems.append(f"ffn_hidden={c.ffn}")
+        sizes = {"heads": c.heads, "ffn_hidden": c.ffn}
+        if c.moe and c.dense_layers:
+            sizes["dense_ffn_hidden"] = c.dense_ffn
+        if c.shared_ffn:
+            sizes["shared_ffn_hidden"] = c.shared_ffn
+        problems = [f"{k}={v}" for k, v in sizes.items() if v % t]
         if problems:
             raise ScenarioError(
                 f"parallelism.tensor={t} must divide {' and '.join(problems)} of model "
-                f"{c.name!r}; valid tensor degrees: {divisors(math.gcd(c.heads, c.ffn))}"
+                f"{c.name!r}; valid tensor degrees: {divisors(math.gcd(*sizes.values()))}"
             )
         if c.moe and c.experts % par.expert:
             raise ScenarioError(
@@ -443,8 +721,7 @@ class DecoderModel(EagerCounted):
         seqs = sum(p.batch for p in parts)
         rows = sum(p.tokens for p in parts)  # distinct positions (RoPE/pos rows)
         tn = math.ceil(big_t / t) if sp else big_t  # tokens in the sequence region
-        h, d, f = c.hidden, c.d, c.ffn // t
-        hd, kvd = c.heads // t, math.ceil(c.kv / t)
+        h = c.hidden
         e = dtype_bytes(c.dtype)
         act_bytes = big_t * h * e
         b = _Builder(c.dtype, n_l)
@@ -516,85 +793,34 @@ class DecoderModel(EagerCounted):
         elif par.pipeline > 1:
             b.coll("pipeline.recv", Collective.SEND_RECV, act_bytes, 2, count=1, layer="pipeline")
 
-        # one layer, repeated n_l times
+        # one layer, repeated n_l times: the stage's layers L-n_l .. L-1 of the model
+        stage = range(c.layers - n_l, c.layers)
+        n_sliding = sum(1 for i in stage if c.is_sliding(i))
+        n_moe = sum(1 for i in stage if c.is_moe_layer(i))
         layer_start = len(b.ops)
         norm("ln1")
         gather_in("attn")
-        qkv_n = (hd + 2 * kvd) * d
-        b.gemm("attn.qkv", big_t, qkv_n, h, c.bias)
-        if c.position == "rope":
-            el = big_t * (hd + kvd) * d
-            b.ew("attn.rope", OpKind.ELEMENTWISE, el, el + 2 * rows * d, el, ROPE_FLOPS * el)
-        kv_e = dtype_bytes(c.kv_type)
-        if serving:  # K and V of the new tokens read in ``dtype``, stored in ``kv_type``
-            el = 2 * big_t * kvd * d
-            b.raw("attn.kv_write", OpKind.ELEMENTWISE, el, el * e, el * kv_e)
-        for i, p in enumerate(parts):
-            q_len = p.tokens
-            keys = (p.context + p.tokens) if serving else p.tokens
-            pairs = causal_pairs(q_len, keys)
-            bh = hd * p.batch
-            if c.attention == "unfused":
-                self._unfused_ops(
-                    b,
-                    p.batch,
-                    q_len,
-                    keys,
-                    par,
-                    "attn.core" if len(parts) == 1 else f"attn.core.{i}",
-                    serving,
-                    phase is Phase.TRAIN,
-                )
-                continue
-            b.ops.append(
-                Op(
-                    name="attn.core" if len(parts) == 1 else f"attn.core.{i}",
-                    kind=OpKind.ATTENTION,
-                    flops=4.0 * d * pairs * bh,
-                    bytes_read=(
-                        p.batch * q_len * hd * d * e
-                        + 2 * p.batch * keys * kvd * d * (kv_e if serving else e)
-                    ),
-                    bytes_written=p.batch * q_len * hd * d * e,
-                    dims=(q_len, keys, d),
-                    batch=max(1, bh),
-                    count=n_l,
-                    dtype=c.dtype,
-                    layer="layer",
-                    attrs=(
-                        ("causal", 1.0),
-                        ("kv_heads", float(kvd)),
-                        ("q_heads", float(hd)),
-                        ("kv_bytes", float(kv_e if serving else e)),
-                    ),
-                )
-            )
-        if c.attention == "unfused":  # head-major context -> token-major: one copy
-            el = big_t * hd * d
-            b.ew("attn.core.context", OpKind.ELEMENTWISE, el, el, el)
-        b.gemm("attn.out", big_t, h, hd * d, c.bias)
+        if c.mla:
+            self._mla_ops(b, parts, big_t, rows, par, serving)
+        else:
+            self._attention_ops(b, parts, big_t, rows, par, serving, phase, n_sliding)
         if not c.parallel_block:
             reduce_out("attn")
+            if c.sandwich_norm:
+                norm("ln1_post")
             residual("attn.residual")
             norm("ln2")
             gather_in("mlp")
-        if c.moe:
+        if n_moe:
+            saved, b.count = b.count, n_moe
             self._moe_ops(b, big_t, par)
-        else:
-            b.gemm("mlp.up", big_t, f * (2 if c.gated_mlp else 1), h, c.bias)
-            if c.gated_mlp:
-                b.ew(
-                    "mlp.glu",
-                    OpKind.ELEMENTWISE,
-                    big_t * f,
-                    2 * big_t * f,
-                    big_t * f,
-                    GLU_FLOPS * big_t * f,
-                )
-            else:
-                b.ew("mlp.act", OpKind.ELEMENTWISE, big_t * f, big_t * f, big_t * f, big_t * f)
-            b.gemm("mlp.down", big_t, h, f, c.bias)
+            b.count = saved
+        if n_l - n_moe:
+            dense_f = (c.dense_ffn if c.moe else c.ffn) // t
+            self._mlp_ops(b, "mlp", big_t, dense_f, n_l - n_moe)
         reduce_out("mlp")
+        if c.sandwich_norm:
+            norm("ln2_post")
         if c.parallel_block:
             residual("attn.residual")
         residual("mlp.residual")
@@ -616,6 +842,18 @@ class DecoderModel(EagerCounted):
                     Collective.ALL_GATHER,
                     head_rows * c.vocab * e,
                     t,
+                    count=1,
+                    layer="head",
+                )
+            if c.final_softcap is not None:
+                el = head_rows * vd
+                b.ew(
+                    "lm_head.softcap",
+                    OpKind.ELEMENTWISE,
+                    el,
+                    el,
+                    el,
+                    SOFTCAP_FLOPS * el,
                     count=1,
                     layer="head",
                 )
@@ -666,6 +904,214 @@ class DecoderModel(EagerCounted):
         return OpGraph(
             phase=phase, ops=tuple(b.ops), shape=shape, dtype=c.dtype, notes=tuple(notes)
         )
+
+    def _attention_ops(
+        self,
+        b: _Builder,
+        parts: tuple[Shape, ...],
+        big_t: int,
+        rows: int,
+        par: Parallelism,
+        serving: bool,
+        phase: Phase,
+        n_sliding: int,
+    ) -> None:
+        """Multi-, grouped- or multi-query attention of one layer over ``big_t`` new tokens
+        in ``parts``: the fused QKV GEMM (with Q/K/V biases when the config has them), the
+        per-head Q/K norm (Qwen3), RoPE, the KV-cache write, one attention core per part
+        (a second one, ``.local``, for the stage's ``n_sliding`` sliding-window layers,
+        whose keys stop at the window) and the output projection."""
+        c = self.cfg
+        t = par.tensor
+        h, d = c.hidden, c.d
+        hd, kvd = c.heads // t, math.ceil(c.kv / t)
+        e = b.e
+        b.gemm("attn.qkv", big_t, (hd + 2 * kvd) * d, h, c.has_qkv_bias)
+        if c.qk_norm:
+            el = big_t * (hd + kvd) * d
+            b.ew("attn.qk_norm", OpKind.NORM, el, el + 2 * d, el, NORM_FLOPS * el, 2 * d)
+        if c.position == "rope":
+            el = big_t * (hd + kvd) * d
+            b.ew("attn.rope", OpKind.ELEMENTWISE, el, el + 2 * rows * d, el, ROPE_FLOPS * el)
+        kv_e = dtype_bytes(c.kv_type)
+        if serving:  # K and V of the new tokens read in ``dtype``, stored in ``kv_type``
+            el = 2 * big_t * kvd * d
+            b.raw("attn.kv_write", OpKind.ELEMENTWISE, el, el * e, el * kv_e)
+        n_full = b.count - n_sliding
+        for i, p in enumerate(parts):
+            q_len = p.tokens
+            keys = (p.context + p.tokens) if serving else p.tokens
+            name = "attn.core" if len(parts) == 1 else f"attn.core.{i}"
+            if c.attention == "unfused":
+                self._unfused_ops(b, p.batch, q_len, keys, par, name, serving, phase is Phase.TRAIN)
+                continue
+            for suffix, count, window in (
+                ("", n_full, None),
+                (".local", n_sliding, c.sliding_window),
+            ):
+                if not count:
+                    continue
+                if window is None:
+                    pairs, kv_keys = causal_pairs(q_len, keys), keys
+                else:
+                    pairs = window_pairs(q_len, keys, window)
+                    kv_keys = min(keys, window + q_len - 1)
+                bh = hd * p.batch
+                flops = 4.0 * d * pairs * bh
+                if c.attn_softcap is not None:
+                    flops += SOFTCAP_FLOPS * pairs * bh
+                b.ops.append(
+                    Op(
+                        name=name + suffix,
+                        kind=OpKind.ATTENTION,
+                        flops=flops,
+                        bytes_read=(
+                            p.batch * q_len * hd * d * e
+                            + 2 * p.batch * kv_keys * kvd * d * (kv_e if serving else e)
+                        ),
+                        bytes_written=p.batch * q_len * hd * d * e,
+                        dims=(q_len, kv_keys, d),
+                        batch=max(1, bh),
+                        count=count,
+                        dtype=c.dtype,
+                        layer="layer",
+                        attrs=(
+                            ("causal", 1.0),
+                            ("kv_heads", float(kvd)),
+                            ("q_heads", float(hd)),
+                            ("kv_bytes", float(kv_e if serving else e)),
+                        ),
+                    )
+                )
+        if c.attention == "unfused":  # head-major context -> token-major: one copy
+            el = big_t * hd * d
+            b.ew("attn.core.context", OpKind.ELEMENTWISE, el, el, el)
+        b.gemm("attn.out", big_t, h, hd * d, c.bias)
+
+    def _mla_ops(
+        self,
+        b: _Builder,
+        parts: tuple[Shape, ...],
+        big_t: int,
+        rows: int,
+        par: Parallelism,
+        serving: bool,
+    ) -> None:
+        """Multi-head latent attention of one layer (DeepSeek-V2, arXiv:2405.04434, §2.1).
+
+        Over the ``big_t`` new tokens: the query down-projection, its norm and
+        up-projection (or one query projection without ``q_lora_rank``); the joint KV
+        down-projection to the latent and the shared rotary key, the latent's norm; RoPE
+        on the rotary parts; in serving the latent and rotary key written to the cache
+        (``kv_lora_rank + qk_rope_head_dim`` per token). Then per part:
+
+        * a DECODE part runs the **absorbed** form (the up-projections folded into the
+          query and the output, as FlashMLA and vLLM decode): each head's query is mapped
+          into the latent space (a GEMM batched over heads), attention reads the cached
+          latent once for all heads (one shared KV head of size ``kv_lora_rank +
+          qk_rope_head_dim``, values of size ``kv_lora_rank``), and each head's output is
+          mapped back to ``v_head_dim``;
+        * a PREFILL, FORWARD or TRAIN part runs the **expanded** form: the latent of all its
+          keys (cached context included) is up-projected to per-head keys and values, and
+          attention runs per head with ``head_dim`` query/key and ``v_head_dim`` values.
+
+        Tensor parallelism splits heads; the down-projections and the latent are
+        replicated on every rank.
+        """
+        c = self.cfg
+        t = par.tensor
+        h, d = c.hidden, c.d
+        hd = c.heads // t
+        cq, ckv = c.q_lora_rank, c.kv_lora_rank or 0
+        r, dv = c.qk_rope_head_dim or 0, c.v_head_dim or 0
+        dn = d - r
+        e = b.e
+        kv_e = float(dtype_bytes(c.kv_type)) if serving else e
+        if cq:
+            b.gemm("attn.q_a", big_t, cq, h, False)
+            b.ew(
+                "attn.q_a_norm",
+                OpKind.NORM,
+                big_t * cq,
+                big_t * cq + cq,
+                big_t * cq,
+                NORM_FLOPS * big_t * cq,
+                cq,
+            )
+            b.gemm("attn.q_b", big_t, hd * d, cq, False)
+        else:
+            b.gemm("attn.q", big_t, hd * d, h, False)
+        b.gemm("attn.kv_a", big_t, ckv + r, h, False)
+        b.ew(
+            "attn.kv_a_norm",
+            OpKind.NORM,
+            big_t * ckv,
+            big_t * ckv + ckv,
+            big_t * ckv,
+            NORM_FLOPS * big_t * ckv,
+            ckv,
+        )
+        el = big_t * (hd + 1) * r
+        b.ew("attn.rope", OpKind.ELEMENTWISE, el, el + 2 * rows * r, el, ROPE_FLOPS * el)
+        if serving:
+            el = big_t * (ckv + r)
+            b.raw("attn.kv_write", OpKind.ELEMENTWISE, el, el * e, el * kv_e)
+        for i, p in enumerate(parts):
+            tag = "" if len(parts) == 1 else f".{i}"
+            q_rows = p.batch * p.tokens
+            keys = (p.context + p.tokens) if serving else p.tokens
+            pairs = causal_pairs(p.tokens, keys)
+            bh = hd * p.batch
+            if p.phase is Phase.DECODE:
+                b.gemm(f"attn.q_absorb{tag}", q_rows, ckv, dn, False, batch=hd)
+                d_qk, d_v, kv_heads = ckv + r, ckv, 1
+                kv_read = p.batch * keys * (ckv + r) * kv_e
+            else:
+                b.gemm(f"attn.kv_b{tag}", p.batch * keys, hd * (dn + dv), ckv, False)
+                d_qk, d_v, kv_heads = d, dv, hd
+                kv_read = p.batch * keys * hd * (d + dv) * e
+            b.ops.append(
+                Op(
+                    name=f"attn.core{tag}",
+                    kind=OpKind.ATTENTION,
+                    flops=2.0 * (d_qk + d_v) * pairs * bh,
+                    bytes_read=q_rows * hd * d_qk * e + kv_read,
+                    bytes_written=q_rows * hd * d_v * e,
+                    dims=(p.tokens, keys, d_qk),
+                    batch=max(1, bh),
+                    count=b.count,
+                    dtype=c.dtype,
+                    layer="layer",
+                    attrs=(
+                        ("causal", 1.0),
+                        ("kv_heads", float(kv_heads)),
+                        ("q_heads", float(hd)),
+                        ("kv_bytes", kv_e if p.phase is Phase.DECODE else e),
+                    ),
+                )
+            )
+            if p.phase is Phase.DECODE:
+                b.gemm(f"attn.v_absorb{tag}", q_rows, dv, ckv, False, batch=hd)
+        b.gemm("attn.out", big_t, h, hd * dv, False)
+
+    def _mlp_ops(self, b: _Builder, name: str, n: int, f: int, count: int) -> None:
+        """A dense MLP of hidden size ``f`` (per device) over ``n`` tokens, ``count``
+        layers: the up (fused gate/up when gated) GEMM, the activation, the down GEMM."""
+        c = self.cfg
+        b.gemm(f"{name}.up", n, f * (2 if c.gated_mlp else 1), c.hidden, c.bias, count=count)
+        if c.gated_mlp:
+            b.ew(
+                f"{name}.glu",
+                OpKind.ELEMENTWISE,
+                n * f,
+                2 * n * f,
+                n * f,
+                GLU_FLOPS * n * f,
+                count=count,
+            )
+        else:
+            b.ew(f"{name}.act", OpKind.ELEMENTWISE, n * f, n * f, n * f, n * f, count=count)
+        b.gemm(f"{name}.down", n, c.hidden, f, c.bias, count=count)
 
     def _unfused_ops(
         self,
@@ -753,8 +1199,10 @@ class DecoderModel(EagerCounted):
         ep = par.expert
         eloc = ex // ep
         e = b.e
-        pairs = n * k  # (token, expert) rows arriving at this device
-        cap = max(1, math.ceil(pairs / eloc))
+        pairs = n * k  # (token, expert) rows this device's tokens route
+        # rows the busiest device's experts receive: the mean times the imbalance
+        arrive = pairs * (c.expert_imbalance if ep > 1 else 1.0)
+        cap = max(1, math.ceil(arrive / eloc))
         touched = eloc * (1.0 - (1.0 - k / ex) ** (n * ep))
         ib = INDEX_BYTES
         b.gemm("moe.router", n, ex, h, False)
@@ -770,7 +1218,7 @@ class DecoderModel(EagerCounted):
             pairs * h * e,
         )
         if ep > 1:
-            b.coll("moe.dispatch.all_to_all", Collective.ALL_TO_ALL, pairs * h * e, ep)
+            b.coll("moe.dispatch.all_to_all", Collective.ALL_TO_ALL, arrive * h * e, ep)
         up_n = f * (2 if c.gated_mlp else 1)
         for name, nn_, kk in (("moe.up", up_n, h), ("moe.down", h, f)):
             w = touched * nn_ * kk * e
@@ -778,9 +1226,9 @@ class DecoderModel(EagerCounted):
                 Op(
                     name=name,
                     kind=OpKind.MATMUL,
-                    flops=2.0 * pairs * nn_ * kk,
-                    bytes_read=pairs * kk * e + w,
-                    bytes_written=pairs * nn_ * e,
+                    flops=2.0 * arrive * nn_ * kk,
+                    bytes_read=arrive * kk * e + w,
+                    bytes_written=arrive * nn_ * e,
                     param_bytes=w,
                     dims=(cap, nn_, kk),
                     batch=eloc,
@@ -791,19 +1239,15 @@ class DecoderModel(EagerCounted):
                 )
             )
             if name == "moe.up":
+                a = arrive * f
                 if c.gated_mlp:
-                    b.ew(
-                        "moe.glu",
-                        OpKind.ELEMENTWISE,
-                        pairs * f,
-                        2 * pairs * f,
-                        pairs * f,
-                        GLU_FLOPS * pairs * f,
-                    )
+                    b.ew("moe.glu", OpKind.ELEMENTWISE, a, 2 * a, a, GLU_FLOPS * a)
                 else:
-                    b.ew("moe.act", OpKind.ELEMENTWISE, pairs * f, pairs * f, pairs * f, pairs * f)
+                    b.ew("moe.act", OpKind.ELEMENTWISE, a, a, a, a)
         if ep > 1:
-            b.coll("moe.combine.all_to_all", Collective.ALL_TO_ALL, pairs * h * e, ep)
+            b.coll("moe.combine.all_to_all", Collective.ALL_TO_ALL, arrive * h * e, ep)
+        if c.shared_ffn:  # every token's shared experts, beside the routed ones
+            self._mlp_ops(b, "moe.shared", n, c.shared_ffn // par.tensor, b.count)
         b.raw("moe.weight_gather", OpKind.ELEMENTWISE, pairs, pairs * ib + pairs * e, pairs * e)
         b.ew(
             "moe.weight_mul", OpKind.ELEMENTWISE, pairs * h, pairs * h + pairs, pairs * h, pairs * h
@@ -821,17 +1265,19 @@ class DecoderModel(EagerCounted):
     def _stage_params(self, par: Parallelism) -> float:
         """Parameters one device of the graph's stage holds (for the optimizer step)."""
         c = self.cfg
-        attn, mlp, _ = self._layer_params()
+        attn, _ = self._attn_params()
         t = par.tensor
         n_l = math.ceil(c.layers / par.pipeline)
-        experts = mlp / (t * (par.expert if c.moe else 1))
-        per_layer = attn / t + experts
+        layers = 0.0
+        for i in range(c.layers - n_l, c.layers):
+            mlp = self._mlp_params(i)[0]
+            layers += attn / t + mlp / (t * (par.expert if c.is_moe_layer(i) else 1))
         head = c.vocab * c.hidden / t
         if par.pipeline == 1:
             emb = c.vocab * c.hidden / t + (c.seq_len * c.hidden if c.position == "learned" else 0)
             head = 0 if c.tied_embeddings else head
-            return n_l * per_layer + emb + head + c.hidden
-        return n_l * per_layer + head + c.hidden
+            return layers + emb + head + c.hidden
+        return layers + head + c.hidden
 
     # memory ------------------------------------------------------------------------------------
 
