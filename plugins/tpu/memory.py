@@ -116,6 +116,13 @@ class ReadBuffer:
     Addresses are small non-negative integers (an operand's element index). ``set_words`` is
     the residency-set size (default: one DRAM line, ``bandwidth`` words; :func:`set_words`
     gives it for a :data:`SET_RULES` rule).
+
+    An address is resident while any of its occurrences in the fetch order (im2col repeats
+    an ifmap element many times) lies in a set of the active window. The buffer keeps, per
+    address, the count of its occurrences inside the window and updates it only for the
+    sets a slide moves out and in, so each occurrence is counted in and out once per pass
+    of the window: the work is linear in the fetch order, and a cycle whose reads all hit
+    costs one vector lookup.
     """
 
     def __init__(
@@ -133,27 +140,16 @@ class ReadBuffer:
             raise ValueError(f"set size {self.set_words} must be at least 1 word")
         self.active_words = math.ceil(words * ACTIVE_FRACTION)
         self.prefetch_words = words - self.active_words
-        valid = fetch_order[fetch_order >= 0].astype(np.int64)
+        # Valid words in fetch order: set `s` holds positions [s * set_words, (s + 1) *
+        # set_words) of this array.
+        self.valid = fetch_order[fetch_order >= 0].astype(np.int64)
         # DRAM lines of the fetch order (holes included), as SCALE-Sim lays out its fetch matrix.
         self.dram_lines = max(math.ceil(len(fetch_order) / self.bandwidth), 1)
         # Sets of `set_words` valid words in fetch order; a trailing partial (possibly empty)
         # set always exists, as in SCALE-Sim's hashed buffer.
-        self.n_lines = len(valid) // self.set_words + 1
-        line_of = np.arange(len(valid), dtype=np.int64) // self.set_words
-        size = int(valid.max()) + 1 if len(valid) else 1
-        first = np.full(size, -1, dtype=np.int64)
-        # First set holding each address; later duplicates (im2col) kept aside.
-        order = np.argsort(valid, kind="stable")
-        sv, sl = valid[order], line_of[order]
-        is_first = np.ones(len(sv), dtype=bool)
-        is_first[1:] = sv[1:] != sv[:-1]
-        first[sv[is_first]] = sl[is_first]
-        self.first_line = first
-        self.extra_lines: dict[int, np.ndarray] = {}
-        if not is_first.all():
-            dup_addrs = np.unique(sv[~is_first])
-            for a in dup_addrs.tolist():
-                self.extra_lines[a] = sl[sv == a]
+        self.n_lines = len(self.valid) // self.set_words + 1
+        self.size = int(self.valid.max()) + 1 if len(self.valid) else 1
+        self.fetched = np.bincount(self.valid, minlength=self.size) > 0
         self.active_lines = min(math.ceil(self.active_words / self.set_words), self.n_lines)
         self.prefetch_lines = min(
             math.ceil(self.prefetch_words / self.set_words), self.n_lines - self.active_lines
@@ -161,24 +157,31 @@ class ReadBuffer:
         # A prefetch always moves whole DRAM lines of `bandwidth` words, one per cycle.
         self.fetch_lines = math.ceil(self.prefetch_words / self.bandwidth)
         self.start = 0
+        # occurrences of each address inside the active window
+        self.resident = self._count(self._window(self.start))
         self.started = False
         self.last_fetch = -1
         self.dram_words = 0
         self.fetches = 0
 
-    def _in_window(self, lines: np.ndarray) -> np.ndarray:
-        if self.active_lines >= self.n_lines:
-            return np.ones(lines.shape, dtype=bool)
-        return ((lines - self.start) % self.n_lines) < self.active_lines
+    def _window(self, start: int) -> np.ndarray:
+        """The set indices of the active window that begins at set ``start``."""
+        return (start + np.arange(self.active_lines, dtype=np.int64)) % self.n_lines
 
-    def _hit(self, addr: int) -> bool:
-        extra = self.extra_lines.get(addr)
-        if extra is not None:
-            return bool(self._in_window(extra).any())
-        return bool(self._in_window(np.asarray(self.first_line[addr])))
+    def _count(self, sets: np.ndarray) -> np.ndarray:
+        """Occurrences of every address in ``sets`` (one count per address)."""
+        sw = self.set_words
+        pos = (sets[:, None] * sw + np.arange(sw, dtype=np.int64)).ravel()
+        pos = pos[pos < len(self.valid)]
+        return np.bincount(self.valid[pos], minlength=self.size)
 
     def _slide(self) -> None:
-        self.start = (self.start + self.prefetch_lines) % self.n_lines
+        if self.active_lines < self.n_lines and self.prefetch_lines:
+            old = self._window(self.start)
+            self.start = (self.start + self.prefetch_lines) % self.n_lines
+            new = self._window(self.start)
+            self.resident -= self._count(np.setdiff1d(old, new, assume_unique=True))
+            self.resident += self._count(np.setdiff1d(new, old, assume_unique=True))
         self.last_fetch += self.fetch_lines + READ_LATENCY
         self.fetches += 1
         self.dram_words += self.fetch_lines * self.bandwidth
@@ -194,13 +197,20 @@ class ReadBuffer:
             )
         if len(addrs) == 0:
             return 0
-        lines = self.first_line[addrs]
-        if self.extra_lines == {} and bool(self._in_window(lines).all()):
+        resident = self.resident
+        misses = np.flatnonzero(resident[addrs] == 0)
+        if len(misses) == 0:
             return 0
         offset = READ_LATENCY
-        for a in addrs.tolist():
-            while not self._hit(a):
+        i = int(misses[0])
+        while True:
+            # reads before `i` hit; slide until address `i` is in, then look further on
+            a = int(addrs[i])
+            if a >= self.size or not self.fetched[a]:
+                raise ValueError(f"address {a} is read but never fetched from DRAM")
+            while resident[a] == 0:
                 self._slide()
+                resident = self.resident
                 wait = self.last_fetch - (cycle + offset)
                 if self.double_count:
                     offset += wait
@@ -208,7 +218,10 @@ class ReadBuffer:
                         offset += wait
                 elif wait > 0:
                     offset += wait
-        return offset - READ_LATENCY
+            rest = np.flatnonzero(resident[addrs[i + 1 :]] == 0)
+            if len(rest) == 0:
+                return offset - READ_LATENCY
+            i += 1 + int(rest[0])
 
 
 class WriteBuffer:
