@@ -120,8 +120,12 @@ class DeviceSpec:
 
     ``peak_flops`` maps a dtype name (``bf16``, ``fp8`` ...) to dense peak FLOP/s.
     ``scale_up`` is the fast in-node fabric (NVLink, ICI); ``scale_out`` the network
-    between nodes; ``devices_per_node`` sizes the default topology. ``extra`` holds
-    backend-specific numbers (SM count, MXU geometry, clock) as Figures.
+    between nodes; ``devices_per_node`` sizes the default topology (the scale-up domain:
+    8 for an HGX board, 72 for an NVL72 rack). ``extra`` holds backend-specific numbers
+    (SM count, MXU geometry, clock) as Figures. ``efficiency`` holds this device's own
+    defaults for its backend's cost-model parameters, by parameter name (a measured
+    best-shape matmul fraction, say), each cited like any figure; the backend checks the
+    names.
     """
 
     name: str
@@ -138,6 +142,7 @@ class DeviceSpec:
     devices_per_node: int = 8
     extra: Mapping[str, Figure] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    efficiency: Mapping[str, Figure] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, fig in self.figures().items():
@@ -168,6 +173,7 @@ class DeviceSpec:
                 out[f"{lname}.bandwidth"] = link.bandwidth
                 out[f"{lname}.latency"] = link.latency
         out.update({f"extra.{k}": v for k, v in self.extra.items()})
+        out.update({f"efficiency.{k}": v for k, v in self.efficiency.items()})
         return out
 
 
@@ -236,14 +242,7 @@ def spec_from_mapping(name: str, backend: str, raw: Mapping[str, Any], where: st
             latency=_req(_figure(lr["latency"], units.Dim.DURATION, f"{where}.{key}"), where),
         )
 
-    extra: dict[str, Figure] = {}
-    for k, v in dict(raw.get("extra", {})).items():
-        extra[k] = Figure(
-            float(v["value"]),
-            str(v.get("source", "")),
-            str(v.get("assumption", "")),
-            _date(v, f"{where}.extra.{k}"),
-        )
+    extra = _plain_figures(raw, "extra", where)
     return DeviceSpec(
         name=name,
         backend=backend,
@@ -259,7 +258,21 @@ def spec_from_mapping(name: str, backend: str, raw: Mapping[str, Any], where: st
         devices_per_node=int(raw.get("devices_per_node", 8)),
         extra=extra,
         aliases=tuple(raw.get("aliases", ())),
+        efficiency=_plain_figures(raw, "efficiency", where),
     )
+
+
+def _plain_figures(raw: Mapping[str, Any], key: str, where: str) -> dict[str, Figure]:
+    """The unitless figures of ``raw[key]`` (``extra``, ``efficiency``) by name."""
+    out: dict[str, Figure] = {}
+    for k, v in dict(raw.get(key, {})).items():
+        out[k] = Figure(
+            float(v["value"]),
+            str(v.get("source", "")),
+            str(v.get("assumption", "")),
+            _date(v, f"{where}.{key}.{k}"),
+        )
+    return out
 
 
 def _req(f: Figure | None, where: str) -> Figure:

@@ -26,6 +26,7 @@ from xpusim.plugins.gpu.catalog import catalog, resolve
 from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
 
 FIGURES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "figures.yaml"
+KERNELS = FIGURES.with_name("kernels.yaml")
 
 
 # -- a hand-built Llama-like decoder (the real transformer family lives elsewhere) -----
@@ -167,14 +168,16 @@ def system(device: str | DeviceSpec, tensor: int = 1, **options: Any) -> System:
 
 
 def test_catalog_figures_cite_sources() -> None:
-    """Every GPU catalog figure cites a source id that exists in the shared figures reference,
-    or states an assumption."""
+    """Every GPU catalog figure cites a source id that exists in the shared reference figures
+    or measured kernel rates, or states an assumption."""
     ids: set[str] | None = None
-    if FIGURES.exists():
+    if FIGURES.exists() and KERNELS.exists():
         raw = yaml.safe_load(FIGURES.read_text(encoding="utf-8"))
         ids = {e["id"] for e in raw["entries"]}
+        ids |= {e["id"] for e in yaml.safe_load(KERNELS.read_text(encoding="utf-8"))}
     specs = catalog()
     assert {"h100-sxm", "h100-pcie", "a100-sxm-80gb", "l4", "l40s", "b200", "mi300x"} <= set(specs)
+    assert {"h200-sxm", "gb200", "b300", "gb300", "mi325x", "mi355x", "gaudi3"} <= set(specs)
     for spec in specs.values():
         figs = spec.figures()
         assert "power.max_w" in figs and "extra.sm_count" in figs
@@ -370,7 +373,7 @@ def test_llama70b_does_not_fit_one_l4() -> None:
     assert 110 < short < 125
     assert f"short by {short:.1f} GB" in f.reason
     assert "8×l4 with tensor parallel" in f.suggestion
-    assert "b200" in f.suggestion and "mi300x" in f.suggestion
+    assert "h200-sxm (141 GB)" in f.suggestion and "b200" in f.suggestion
 
 
 def test_llama70b_on_two_h100_with_tp2() -> None:

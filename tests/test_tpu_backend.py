@@ -119,10 +119,11 @@ def _system(dev_name: str, count: int = 1, tp: int = 1, torus: tuple[int, ...] =
 
 
 def test_catalog_has_four_chips_with_cited_figures() -> None:
-    """The catalog holds TPU v4, v5e, v5p and v6e, every figure cited or assumed, and each chip's
-    bf16 peak equals MXUs x rows x cols x 2 x clock; 'trillium' is the v6e."""
+    """The catalog holds TPU v4, v5e, v5p, v6e and v7 and the systolic Trainium2, every figure
+    cited or assumed, and each chip's bf16 peak equals MXUs x rows x cols x 2 x clock;
+    'trillium' is the v6e, 'ironwood' the v7, 'trn2' the Trainium2."""
     cat = builtin_catalog()
-    assert set(cat) == {"tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e"}
+    assert set(cat) == {"tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e", "tpu-v7", "trainium2"}
     assert (
         cat["tpu-v5e"].flops("bf16") == 197e12
         and cat["tpu-v5e"].peak_flops["bf16"].source == "tpuv5e_spec"
@@ -143,6 +144,7 @@ def test_catalog_has_four_chips_with_cited_figures() -> None:
         )
         assert peak == pytest.approx(spec.flops("bf16"), rel=1e-3)
     assert resolve("trillium").name == "tpu-v6e"
+    assert resolve("ironwood").name == "tpu-v7" and resolve("trn2").name == "trainium2"
 
 
 def test_split_over_mxus() -> None:
