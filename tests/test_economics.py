@@ -177,28 +177,30 @@ def test_owned_cost_is_amortization_plus_electricity_plus_hosting() -> None:
     assert r.figures["economics.lifetime"].source
 
 
-def test_break_even_utilization_is_own_cost_over_rent_price() -> None:
-    """Owning costs (list/lifetime + mean facility watts x electricity) per device-hour; the
-    break-even utilization is that over the rent price; payback = list / monthly margin."""
+def test_break_even_hours_are_yearly_ownership_over_the_rent_price() -> None:
+    """Owning costs list/lifetime plus idle electricity per year; each busy hour adds the
+    draw above idle. The break-even busy hours solve rent x H = own(H); with no busy hours
+    given there is no verdict, and the sentence asks for them."""
     r = make_result(span=HOUR_S)
     cfg = EconomicsConfig(pricing="cloud", electricity="0.10 USD/kWh")
     apply_economics(r, make_spec(cloud_h=4.0, list_price=30_000.0), 2, cfg, None)
     be = r.details["break_even"]
-    mean_w = r.metrics["energy_j"] / (2 * HOUR_S)
-    own_h = 30_000.0 / (4 * 365.25 * 24) + mean_w / 1000 * 0.10
-    assert be["own_usd_per_device_hour"] == pytest.approx(own_h)
-    assert be["break_even_utilization"] == pytest.approx(own_h / 4.0)
-    u = be["utilization"]
-    assert u == pytest.approx(BUSY_S / (2 * HOUR_S))
-    assert be["cheaper"] == ("own" if u >= own_h / 4.0 else "rent")
-    margin_h = 4.0 * u - mean_w / 1000 * 0.10
-    expected_payback = 30_000.0 / (margin_h * MONTH_S / HOUR_S) if margin_h > 0 else None
-    assert be["payback_months"] == (pytest.approx(expected_payback) if expected_payback else None)
-    assert "rent" in describe_break_even(be) or "own" in describe_break_even(be)
+    year_h = 8766.0
+    busy_w = r.metrics["energy_j"] / (2 * HOUR_S)
+    amort = 30_000.0 / 4
+    idle_year = 50.0 * year_h / 1000 * 0.10
+    per_busy_h = (busy_w - 50.0) / 1000 * 0.10
+    assert be["own_fixed_usd_per_device_year"] == pytest.approx(amort + idle_year)
+    hours = (amort + idle_year) / (4.0 - per_busy_h + idle_year / year_h)
+    assert be["break_even_hours_per_year"] == pytest.approx(hours)
+    assert be["cheaper"] is None and be["break_even_months"] is None
+    assert "busy_hours_per_year" in describe_break_even(be)
 
 
-def test_busy_workload_makes_owning_cheaper() -> None:
-    """A device busy all the time, rented at a high price, is cheaper to own."""
+def test_a_short_busy_job_is_told_to_rent_and_a_year_round_one_to_buy() -> None:
+    """The verdict reads the hours a year the hardware works, not the run's utilization:
+    a run that keeps its device busy 100% is still told to rent when it works 500 hours a
+    year, and to buy (with a payback in months) when it works 8,000."""
     dev = pl.DataFrame(
         {
             "system": ["s"],
@@ -210,16 +212,28 @@ def test_busy_workload_makes_owning_cheaper() -> None:
             "joules": [700.0 * HOUR_S],
         }
     )
-    r = SystemResult(
-        "s", "gpu", "testchip", 1, metrics={"simulated_s": HOUR_S}, frames={"devices": dev}
-    )
-    apply_economics(
-        r, make_spec(cloud_h=10.0), 1, EconomicsConfig(electricity="0.10 USD/kWh"), None
-    )
-    be = r.details["break_even"]
-    assert be["utilization"] == pytest.approx(1.0)
-    assert be["cheaper"] == "own"
-    assert be["payback_months"] is not None and be["payback_months"] > 0
+
+    def verdict(hours: float) -> dict[str, object]:
+        r = SystemResult(
+            "s", "gpu", "testchip", 1, metrics={"simulated_s": HOUR_S}, frames={"devices": dev}
+        )
+        cfg = EconomicsConfig(electricity="0.10 USD/kWh", busy_hours_per_year=hours)
+        apply_economics(r, make_spec(cloud_h=10.0), 1, cfg, None)
+        return dict(r.details["break_even"])
+
+    short, busy = verdict(500.0), verdict(8000.0)
+    assert short["cheaper"] == "rent"
+    assert busy["cheaper"] == "own"
+    months = busy["break_even_months"]
+    assert isinstance(months, float) and 0 < months < 48
+    assert "buy" in describe_break_even(busy) and "pays back" in describe_break_even(busy)
+
+
+def test_busy_fraction_and_busy_hours_are_one_input() -> None:
+    """``busy_fraction`` is a share of the year's 8,766 hours; giving both is refused."""
+    assert EconomicsConfig(busy_fraction=0.5).busy_hours() == pytest.approx(4383.0)
+    with pytest.raises(ValidationError, match="not both"):
+        EconomicsConfig(busy_fraction=0.5, busy_hours_per_year=100)
 
 
 def test_missing_figures_are_not_known_with_reasons_and_the_rest_is_computed() -> None:

@@ -28,6 +28,7 @@ error (:class:`~xpusim.engine.errors.XpusimError`).
 
 from __future__ import annotations
 
+import datetime as _dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ from xpusim.engine.economics.config import (
 from xpusim.engine.economics.cost import Cost
 from xpusim.engine.economics.energy import Energy, Timeline, energy, timeline
 from xpusim.engine.economics.owned import owned_cost
+from xpusim.engine.economics.pricebook import is_stale
 from xpusim.engine.economics.rented import rented_cost
 from xpusim.engine.economics.units import WorkUnits, work_units
 from xpusim.engine.frames import Frame
@@ -92,7 +94,7 @@ class Economics:
     (and ``*_per_run`` when the workload reports ``time_to_train_s``), ``None`` where not
     known. ``details``: ``power_states_s``, ``utilization``, ``devices_counted``,
     ``energy_breakdown_j``, ``cost_breakdown_usd``, ``carbon_breakdown_kg``,
-    ``break_even``. ``not_known``: why each ``None`` metric is not known. ``figures``:
+    ``break_even``, ``price_used`` (see :func:`price_used`). ``not_known``: why each ``None`` metric is not known. ``figures``:
     every figure used, by dotted name.
     """
 
@@ -115,6 +117,10 @@ def pue_figure(pue: float) -> Figure:
 
 
 def _per_unit(out: Economics, en: Energy, units: WorkUnits) -> None:
+    if en.split is not None and units.samples:
+        per = en.split.per(units.samples)
+        out.metrics["energy_per_sample_static_j"] = per["static_j"]
+        out.metrics["energy_per_sample_active_j"] = per["active_j"]
     for key, n in (
         ("energy_per_token_j", units.tokens),
         ("energy_per_sample_j", units.samples),
@@ -173,6 +179,11 @@ def price_system(
         out.unknown("energy_j", en.reason)
     else:
         out.details["energy_breakdown_j"] = en.breakdown
+        if en.split is not None:
+            out.details["energy_split_j"] = {
+                "static": en.split.static_j,
+                "active": en.split.active_j,
+            }
         out.metrics["energy_j"] = en.energy_j
 
     units = work_units(metrics, frames)
@@ -189,6 +200,9 @@ def price_system(
         else rented_cost(spec, config, device_s)
     )
     out.figures.update(cost.figures)
+    used = price_used(cost.figures, config)
+    if used is not None:
+        out.details["price_used"] = used
     if cost.cost_usd is None:
         out.unknown("cost_usd", cost.reason)
     else:
@@ -217,6 +231,26 @@ def price_system(
     else:
         out.details["break_even"] = be.result
     return out
+
+
+def price_used(figures: Mapping[str, Figure], config: EconomicsConfig) -> dict[str, Any] | None:
+    """The device price a cost used: its figure name, value per device-hour (or per device
+    bought), citation, date and whether it is older than a year on ``economics.price_date``
+    (today when not given; ``None`` where the source states no date)."""
+    for name, fig in figures.items():
+        if name.startswith("price."):
+            today = config.price_date or _dt.date.today()
+            per = 1.0 if name == "price.list_price" else HOUR_S
+            return {
+                "figure": name,
+                "usd": fig.value * per,
+                "unit": "USD" if name == "price.list_price" else "USD/h",
+                "cited": fig.cited,
+                "date": fig.date or None,
+                "stale": is_stale(fig.date, today),
+                "reference_date": today.isoformat(),
+            }
+    return None
 
 
 def record(result: SystemResult, priced: Economics) -> None:

@@ -1,5 +1,13 @@
-"""Rent versus buy: the utilization above which owning a device is cheaper than renting
-it, and how long the list price takes to pay back."""
+"""Rent versus buy over the hardware's life.
+
+Owning a device costs the same every year whatever it does: its purchase price spread
+over ``lifetime``, hosting (per provisioned kW and per node), staff per node, and
+electricity for the hours it works and idles. Renting on demand costs the hourly price
+for the hours it is needed; a committed (reserved) rental pays every hour of the year.
+The hours a device is needed are the scenario's ``busy_hours_per_year`` (or
+``busy_fraction``), never the utilization inside one simulated run: a six-hour job that
+keeps its devices busy says nothing about the other 8,760 hours of the year.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +16,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from xpusim.engine.device import Figure
-from xpusim.engine.economics.config import HOUR_S, MONTH_S, EconomicsConfig
+from xpusim.engine.economics.config import HOUR_S, HOURS_PER_YEAR, EconomicsConfig
 from xpusim.engine.economics.owned import lifetime_figure, provisioned_kw
-from xpusim.engine.economics.rented import price_figure_name, rent_price
+from xpusim.engine.economics.rented import catalog_price, price_figure_name, rent_price
 
 if TYPE_CHECKING:
     from xpusim.engine.device import DeviceSpec
     from xpusim.engine.economics.energy import Energy
+
+YEAR_S = HOURS_PER_YEAR * HOUR_S
 
 
 @dataclass(frozen=True)
@@ -26,83 +36,153 @@ class BreakEven:
     figures: dict[str, Figure] = field(default_factory=dict)
 
 
-def break_even(spec: DeviceSpec, config: EconomicsConfig, en: Energy) -> BreakEven:
-    """Rent versus buy for one device, or a sentence saying why it cannot be computed.
+@dataclass(frozen=True)
+class OwnYear:
+    """What owning one device costs per year, by part (USD), and its electricity per busy
+    hour (what the cost rises by with each hour worked)."""
 
-    Owning costs ``own`` USD per device-hour whether the device works or not (amortized list
-    price, electricity at the run's mean draw, hosting); renting costs ``rent`` per hour
-    actually rented. If a device is needed a fraction ``u`` of the hours, owning is cheaper
-    when ``u >= own / rent`` (the break-even utilization). At the workload's utilization
-    ``u`` the list price is paid back after ``list / ((rent * u - opex) * 730 h)`` months.
+    amortization: float
+    hosting: float
+    staff: float
+    idle_electricity: float
+    busy_usd_per_hour: float
+
+    def total(self, busy_hours: float) -> float:
+        """The year's cost of owning at ``busy_hours`` busy hours."""
+        idle_share = max(0.0, 1.0 - busy_hours / HOURS_PER_YEAR)
+        return (
+            self.amortization
+            + self.hosting
+            + self.staff
+            + self.idle_electricity * idle_share
+            + self.busy_usd_per_hour * busy_hours
+        )
+
+
+def own_year(
+    spec: DeviceSpec, config: EconomicsConfig, en: Energy, list_usd: float, life_s: float
+) -> OwnYear:
+    """Yearly cost parts of owning one of ``spec`` (``en`` gives the draw while working)."""
+    assert en.energy_j is not None and config.electricity is not None
+    n, span = en.devices, en.span
+    busy_w = en.energy_j / (n * span) if span > 0 else 0.0  # facility watts, PUE in
+    idle_w = spec.power.idle_w.value * config.pue if spec.power.idle_w is not None else 0.0
+    per_node = config.devices_per_node or spec.devices_per_node
+    hosting = 0.0
+    if config.hosting_usd_per_kw_month is not None:
+        kw = provisioned_kw(spec, n, en.nodes, en.host_w, en.energy_j, span, config.pue) / n
+        hosting += config.hosting_usd_per_kw_month * kw * 12.0
+    if config.hosting_usd_per_node_month is not None:
+        hosting += config.hosting_usd_per_node_month * 12.0 / per_node
+    staff = (config.staff_usd_per_node_year or 0.0) / per_node
+    return OwnYear(
+        amortization=list_usd * YEAR_S / life_s,
+        hosting=hosting,
+        staff=staff,
+        idle_electricity=idle_w * YEAR_S * config.electricity,
+        busy_usd_per_hour=(busy_w - idle_w) * HOUR_S * config.electricity,
+    )
+
+
+def break_even(spec: DeviceSpec, config: EconomicsConfig, en: Energy) -> BreakEven:
+    """Rent versus buy for one device over its life, or a sentence saying why not.
+
+    ``break_even_hours_per_year``: the busy hours above which owning costs less than renting
+    on demand. ``break_even_months``: at the scenario's busy hours, how long until the
+    purchase price is paid back by the rent saved. ``cheaper``: ``own``, ``rent`` or
+    ``committed`` over a year at those hours (``None`` when the scenario gives none).
     """
-    n, nodes, host_w, span = en.devices, en.nodes, en.host_w, en.span
-    energy_j, utilization = en.energy_j, en.utilization
-    tier = config.pricing if config.pricing != "owned" else "cloud"
-    rent, rent_fig, why = rent_price(spec, config, tier)
+    rent_tier = config.pricing if config.pricing in ("cloud", "spot") else "cloud"
+    rent, rent_fig, why = rent_price(spec, config, rent_tier)
+    list_fig, list_why = catalog_price(spec, config, "owned")
     reasons = []
     if rent is None:
         reasons.append(why)
-    if spec.price.list_price is None:
-        reasons.append(f"{spec.name} has no published list price (price.list_price)")
+    if list_fig is None:
+        reasons.append(list_why)
     if config.electricity is None:
         reasons.append("the scenario gives no electricity price (economics.electricity)")
-    if energy_j is None:
+    if en.energy_j is None:
         reasons.append("the run's energy is not known")
-    if utilization is None:
+    if en.span <= 0:
         reasons.append("the run has no simulated span")
     if reasons:
         return BreakEven("Rent-versus-buy break-even is not known: " + "; ".join(reasons) + ".")
-    assert rent is not None and rent_fig is not None and spec.price.list_price is not None
-    assert config.electricity is not None and energy_j is not None and utilization is not None
+    assert rent is not None and rent_fig is not None and list_fig is not None
     lifetime = lifetime_figure(config)
     figs = {
-        price_figure_name(tier): rent_fig,
-        "price.list_price": spec.price.list_price,
+        price_figure_name(rent_tier): rent_fig,
+        "price.list_price": list_fig,
         "economics.lifetime": lifetime,
     }
-    mean_w = energy_j / (n * span) if span > 0 else 0.0  # facility watts per device, PUE in
-    capex_s = spec.price.list_price.value / lifetime.value
-    power_s = mean_w * config.electricity
-    hosting_s = 0.0
-    if config.hosting_usd_per_kw_month is not None:
-        kw = provisioned_kw(spec, n, nodes, host_w, energy_j, span, config.pue) / n
-        hosting_s = config.hosting_usd_per_kw_month * kw / MONTH_S
-    own_s = capex_s + power_s + hosting_s
-    u_star = own_s / rent
-    margin_h = (rent * utilization - power_s - hosting_s) * HOUR_S
-    payback = spec.price.list_price.value / (margin_h * MONTH_S / HOUR_S) if margin_h > 0 else None
-    result = {
-        "rent_tier": tier,
-        "rent_usd_per_device_hour": rent * HOUR_S,
-        "own_usd_per_device_hour": own_s * HOUR_S,
-        "own_breakdown_usd_per_device_hour": {
-            "amortization": capex_s * HOUR_S,
-            "electricity": power_s * HOUR_S,
-            "hosting": hosting_s * HOUR_S,
+    own = own_year(spec, config, en, list_fig.value, lifetime.value)
+    rent_h = rent * HOUR_S
+    fixed = own.amortization + own.hosting + own.staff + own.idle_electricity
+    slope = rent_h - own.busy_usd_per_hour + own.idle_electricity / HOURS_PER_YEAR
+    hours_star = fixed / slope if slope > 0 else None
+    committed_fig, _ = catalog_price(spec, config, "reserved")
+    committed_year = committed_fig.value * YEAR_S if committed_fig is not None else None
+    if committed_fig is not None:
+        figs["price.reserved"] = committed_fig
+    busy = config.busy_hours()
+    result: dict[str, Any] = {
+        "rent_tier": rent_tier,
+        "rent_usd_per_device_hour": rent_h,
+        "list_usd": list_fig.value,
+        "lifetime_years": lifetime.value / YEAR_S,
+        "own_fixed_usd_per_device_year": fixed,
+        "own_breakdown_usd_per_device_year": {
+            "amortization": own.amortization,
+            "hosting": own.hosting,
+            "staff": own.staff,
+            "idle_electricity": own.idle_electricity,
         },
-        "utilization": utilization,
-        "break_even_utilization": u_star,
-        "cheaper": "own" if utilization >= u_star else "rent",
-        "payback_months": payback,
+        "own_usd_per_busy_hour": own.busy_usd_per_hour,
+        "committed_usd_per_device_year": committed_year,
+        "break_even_hours_per_year": hours_star,
+        "break_even_utilization": None if hours_star is None else hours_star / HOURS_PER_YEAR,
+        "busy_hours_per_year": busy,
+        "cheaper": None,
+        "break_even_months": None,
     }
+    if busy is not None:
+        choices = {"own": own.total(busy), "rent": rent_h * busy}
+        if committed_year is not None:
+            choices["committed"] = committed_year
+        result["yearly_usd_per_device"] = choices
+        result["cheaper"] = min(choices, key=lambda k: (choices[k], k))
+        monthly_saving = (rent_h * busy - (own.total(busy) - own.amortization)) / 12.0
+        if monthly_saving > 0:
+            result["break_even_months"] = list_fig.value / monthly_saving
     return BreakEven(result, figs)
 
 
+CHOICE = {"own": "buy", "rent": "rent on demand", "committed": "rent on a commitment"}
+"""How the verdict names each choice."""
+
+
 def describe_break_even(be: Mapping[str, Any]) -> str:
-    """One sentence a person can act on, from a ``details["break_even"]`` mapping."""
-    u, u_star = be["utilization"], be["break_even_utilization"]
-    own, rent = be["own_usd_per_device_hour"], be["rent_usd_per_device_hour"]
-    threshold = (
-        f"owning is cheaper when devices are busy at least {u_star:.0%} of the hours"
-        if u_star <= 1.0
-        else "owning is never cheaper, even with devices busy all the time"
-    )
+    """One paragraph a person can act on, from a ``details["break_even"]`` mapping."""
+    rent = be["rent_usd_per_device_hour"]
+    hours = be.get("break_even_hours_per_year")
+    life = be.get("lifetime_years", 0.0)
     text = (
-        f"Owning costs {own:.3g} USD per device-hour against {rent:.3g} USD renting "
-        f"({be['rent_tier']}); {threshold}. This workload keeps them busy {u:.0%}, "
-        f"so {be['cheaper']}."
+        f"Buying at {be['list_usd']:,.0f} USD a device over {life:.3g} years costs "
+        f"{be['own_fixed_usd_per_device_year']:,.0f} USD per device-year before electricity "
+        f"for work; renting ({be['rent_tier']}) costs {rent:.3g} USD per device-hour. "
     )
-    pb = be.get("payback_months")
-    if pb is not None and be["cheaper"] == "own":
-        text += f" The list price pays back after {pb:.3g} months."
-    return text
+    if hours is None or hours > HOURS_PER_YEAR:
+        text += "Owning is never cheaper than renting on demand, even busy all year. "
+    else:
+        text += f"Owning is cheaper above {hours:,.0f} busy hours a year ({hours / HOURS_PER_YEAR:.0%}). "
+    busy = be.get("busy_hours_per_year")
+    if busy is None:
+        return text + (
+            "Set economics.busy_hours_per_year (or busy_fraction) to the hours a year the "
+            "hardware would work for a verdict."
+        )
+    text += f"At {busy:,.0f} busy hours a year the cheaper choice is to {CHOICE[be['cheaper']]}"
+    months = be.get("break_even_months")
+    if months is not None and be["cheaper"] == "own":
+        text += f"; the purchase pays back after {months:.3g} months"
+    return text + "."

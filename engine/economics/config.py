@@ -7,13 +7,15 @@ negative, non-finite or absurd price, power or electricity figure before any pri
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from xpusim.engine.device import Figure
+from xpusim.engine.economics.pricebook import PRICING_TIERS, providers
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.qty import CarbonIntensity, Duration, Power, PricePerEnergy
 from xpusim.engine.registry import unknown_message
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from xpusim.engine.device import DeviceSpec
 
 HOUR_S = 3600.0
+HOURS_PER_YEAR = 8766.0
+"""Hours in an average year (365.25 days)."""
 MONTH_S = 365.25 * 86400.0 / 12.0
 KWH_J = 3.6e6
 G_PER_KWH = 1e-3 / KWH_J
@@ -105,6 +109,14 @@ class EconomicsConfig(BaseModel):
     ``reserved_discount`` derive those prices from the on-demand one where the catalog
     publishes none; ``embodied_kg_per_device`` is manufacturing carbon, amortized over
     ``lifetime``.
+
+    ``tier`` picks the price tier of the price catalog (``hyperscaler``, ``neocloud``,
+    ``committed``, ``spot``, ``purchase``; it implies ``pricing``) and ``provider`` one
+    provider's offers; ``price_date`` is the reference date for flagging prices older than
+    a year (default: today). Rent versus buy over the hardware's life reads
+    ``busy_hours_per_year`` (or ``busy_fraction`` of the year's hours), ``lifetime``,
+    ``hosting_usd_per_kw_month`` or ``hosting_usd_per_node_month``,
+    ``staff_usd_per_node_year`` and ``devices_per_node`` for the per-node figures.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -120,6 +132,52 @@ class EconomicsConfig(BaseModel):
     spot_discount: float | None = Field(default=None, ge=0.0, lt=1.0)
     reserved_discount: float | None = Field(default=None, ge=0.0, lt=1.0)
     embodied_kg_per_device: float | None = Field(default=None, ge=0.0, le=1_000_000.0)
+    tier: Literal["hyperscaler", "neocloud", "committed", "spot", "purchase"] | None = None
+    provider: str | None = None
+    price_date: _dt.date | None = None
+    busy_hours_per_year: float | None = Field(default=None, ge=0.0, le=HOURS_PER_YEAR)
+    busy_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    hosting_usd_per_node_month: float | None = Field(default=None, ge=0.0, le=1_000_000.0)
+    staff_usd_per_node_year: float | None = Field(default=None, ge=0.0, le=10_000_000.0)
+    devices_per_node: int | None = Field(default=None, ge=1, le=1024)
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        key = v.strip().lower()
+        known = providers()
+        if key not in known:
+            raise ValueError(unknown_message("provider", v, known))
+        return key
+
+    @model_validator(mode="after")
+    def _tier_matches_pricing(self) -> EconomicsConfig:
+        if self.tier is not None:
+            implied = next(p for p, tiers in PRICING_TIERS.items() if self.tier in tiers)
+            if "pricing" in self.model_fields_set and self.pricing != implied:
+                raise ValueError(
+                    f"tier {self.tier!r} is priced as pricing {implied!r}, but pricing is "
+                    f"{self.pricing!r}; drop one of them or make them agree"
+                )
+            self.pricing = implied  # type: ignore[assignment]
+        if self.busy_hours_per_year is not None and self.busy_fraction is not None:
+            raise ValueError("give busy_hours_per_year or busy_fraction, not both")
+        return self
+
+    def tiers(self) -> tuple[str, ...]:
+        """The price tiers to try, in order: the named ``tier``, else those ``pricing``
+        accepts (on-demand: hyperscaler, then neocloud)."""
+        return (self.tier,) if self.tier is not None else PRICING_TIERS[self.pricing]
+
+    def busy_hours(self) -> float | None:
+        """Expected busy device-hours per year, from either input (``None`` when neither)."""
+        if self.busy_hours_per_year is not None:
+            return self.busy_hours_per_year
+        if self.busy_fraction is not None:
+            return self.busy_fraction * HOURS_PER_YEAR
+        return None
 
     @field_validator("region")
     @classmethod

@@ -13,6 +13,7 @@ from xpusim.engine.economics.config import (
     EconomicsConfig,
 )
 from xpusim.engine.economics.cost import Cost
+from xpusim.engine.economics.rented import catalog_price
 
 if TYPE_CHECKING:
     from xpusim.engine.device import DeviceSpec
@@ -52,8 +53,9 @@ def owned_cost(spec: DeviceSpec, config: EconomicsConfig, en: Energy) -> Cost:
     lifetime = lifetime_figure(config)
     figs: dict[str, Figure] = {"economics.lifetime": lifetime}
     reasons = []
-    if spec.price.list_price is None:
-        reasons.append(f"{spec.name} has no published list price (price.list_price)")
+    list_fig, why = catalog_price(spec, config, "owned")
+    if list_fig is None:
+        reasons.append(why)
     if config.electricity is None:
         reasons.append("the scenario gives no electricity price (economics.electricity)")
     if en.energy_j is None and config.electricity is not None:
@@ -62,12 +64,12 @@ def owned_cost(spec: DeviceSpec, config: EconomicsConfig, en: Energy) -> Cost:
         return Cost(
             None, reason="Owned cost is not known: " + "; ".join(reasons) + ".", figures=figs
         )
-    assert spec.price.list_price is not None and config.electricity is not None
+    assert list_fig is not None and config.electricity is not None
     assert en.energy_j is not None
     device_s = en.devices * en.span
-    figs["price.list_price"] = spec.price.list_price
+    figs["price.list_price"] = list_fig
     breakdown = {
-        "amortization": spec.price.list_price.value * device_s / lifetime.value,
+        "amortization": list_fig.value * device_s / lifetime.value,
         "electricity": en.energy_j * config.electricity,
     }
     hosting = hosting_figure(config)

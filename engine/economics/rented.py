@@ -1,5 +1,11 @@
 """Rented hardware (``cloud`` on-demand, ``spot``, ``reserved``): the device-hour price
-times device-hours; electricity and hosting are in the price."""
+times device-hours; electricity and hosting are in the price.
+
+The price comes from, in order: a price the scenario gives for the system
+(``systems[].pricing``), the tiered price catalog (:mod:`.pricebook`, the scenario's
+``economics.tier`` and ``economics.provider``), the device's own catalog ``price:`` block,
+and for spot and reserved the on-demand price less the scenario's discount.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,16 @@ from typing import TYPE_CHECKING
 from xpusim.engine.device import Figure
 from xpusim.engine.economics.config import HOUR_S, EconomicsConfig
 from xpusim.engine.economics.cost import Cost
+from xpusim.engine.economics.pricebook import TIER_LABEL, offers_for, pick
 
 if TYPE_CHECKING:
     from xpusim.engine.device import DeviceSpec
+
+SCENARIO_PREFIX = "scenario "
+"""Sources of prices a scenario gives per system start with this."""
+
+_SPEC_FIELD = {"cloud": "on_demand", "spot": "spot", "reserved": "reserved", "owned": "list_price"}
+_TIERS = {"cloud": ("hyperscaler", "neocloud"), "spot": ("spot",), "reserved": ("committed",)}
 
 
 def price_figure_name(tier: str) -> str:
@@ -18,20 +31,46 @@ def price_figure_name(tier: str) -> str:
     return "price.on_demand" if tier == "cloud" else f"price.{tier}"
 
 
+def catalog_price(
+    spec: DeviceSpec, config: EconomicsConfig, pricing: str
+) -> tuple[Figure | None, str]:
+    """The price of ``spec`` for ``pricing`` (``cloud``, ``spot``, ``reserved``, ``owned``)
+    from the scenario or the price catalogs, and why none when there is none."""
+    own = getattr(spec.price, _SPEC_FIELD[pricing])
+    if own is not None and own.source.startswith(SCENARIO_PREFIX):
+        return own, ""
+    tiers = config.tiers() if pricing == config.pricing else _TIERS.get(pricing, ("purchase",))
+    offers = offers_for((spec.name, *spec.aliases))
+    offer = pick(offers, tiers, config.provider)
+    if offer is not None:
+        return offer.figure(), ""
+    if config.provider is not None and offers:
+        named = ", ".join(TIER_LABEL[t] for t in tiers)
+        have = sorted({f"{o.provider} ({o.tier})" for o in offers})
+        return None, (
+            f"{spec.name} has no {named} price from provider {config.provider!r} "
+            f"(the price catalog has {', '.join(have)}); set economics.provider to one of them"
+        )
+    if own is not None:
+        return own, ""
+    named = " or ".join(TIER_LABEL[t] for t in tiers)
+    return (
+        None,
+        f"{spec.name} has no published {named} price (price catalog or price.{_SPEC_FIELD[pricing]})",
+    )
+
+
 def rent_price(
     spec: DeviceSpec, config: EconomicsConfig, tier: str
 ) -> tuple[float | None, Figure | None, str]:
     """USD per device-second of ``tier`` (cloud, spot, reserved), its figure, and why not."""
-    price = spec.price
-    cloud = price.on_demand
+    fig, why = catalog_price(spec, config, tier)
+    if fig is not None:
+        return fig.value, fig, ""
     if tier == "cloud":
-        if cloud is None:
-            return None, None, (f"{spec.name} has no published on-demand price (price.on_demand)")
-        return cloud.value, cloud, ""
-    direct = price.spot if tier == "spot" else price.reserved
-    if direct is not None:
-        return direct.value, direct, ""
+        return None, None, why
     discount = config.spot_discount if tier == "spot" else config.reserved_discount
+    cloud, _ = catalog_price(spec, config.model_copy(update={"tier": None}), "cloud")
     if discount is not None and cloud is not None:
         value = cloud.value * (1.0 - discount)
         return (
@@ -46,10 +85,7 @@ def rent_price(
     return (
         None,
         None,
-        (
-            f"{spec.name} has no published {tier} price (price.{tier})"
-            + ("" if cloud is None else f" and the scenario sets no economics.{tier}_discount")
-        ),
+        why + ("" if cloud is None else f" and the scenario sets no economics.{tier}_discount"),
     )
 
 
