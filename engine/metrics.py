@@ -302,6 +302,26 @@ ENGINE_METRICS: tuple[Metric, ...] = (
         instead_of="energy_per_token_j",
     ),
     Metric(
+        "energy_per_sample_static_j",
+        "Static energy per sample",
+        "J",
+        better="lower",
+        description="idle power of the devices (and host) over the span, per sample: what "
+        "the system draws whether or not it works, which falls as the load rises",
+        order=521,
+        table=False,
+    ),
+    Metric(
+        "energy_per_sample_active_j",
+        "Active energy per sample",
+        "J",
+        better="lower",
+        description="busy energy above idle power, per sample: what one more sample costs "
+        "(the figure neuromorphic papers report as energy per inference)",
+        order=522,
+        table=False,
+    ),
+    Metric(
         "energy_per_step_j",
         "Energy per step",
         "kJ",

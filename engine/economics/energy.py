@@ -7,6 +7,17 @@ carries none. :func:`energy` adds idle power over the device-time no busy interv
 and host power over the span, times the PUE::
 
     energy_j = (busy_j + idle_w * idle_s + host_w * nodes * span) * pue
+
+and splits the same total into what the system draws whether or not it works and what
+working adds (:class:`EnergySplit`)::
+
+    static_j = (idle_w * devices * span + host_w * nodes * span) * pue
+    active_j = (busy_j - idle_w * busy_s) * pue          # static_j + active_j = energy_j
+
+The static part falls per unit of work as the load rises; the active part is what one
+more inference costs. A neuromorphic board's static part is its idle board power, its
+active part the cores running and the packets routed; a GPU's static part is its idle
+power, its active part the busy states' draw above idle.
 """
 
 from __future__ import annotations
@@ -47,9 +58,53 @@ class Timeline:
 
 
 @dataclass(frozen=True)
+class EnergySplit:
+    """The system's energy split into ``static_j`` (idle power of every counted device
+    over the whole span, plus host power, times PUE: drawn whether or not the system
+    works) and ``active_j`` (busy joules less idle power over the busy device-seconds,
+    times PUE: what the work adds). ``static_j + active_j`` is the system's energy."""
+
+    static_j: float
+    active_j: float
+
+    @property
+    def total_j(self) -> float:
+        """Static plus active joules."""
+        return self.static_j + self.active_j
+
+    def per(self, units: float) -> dict[str, float]:
+        """The split per unit of work (``static_j``, ``active_j``, ``total_j``)."""
+        if not units > 0:
+            raise ValueError(f"energy split per {units} units of work")
+        return {
+            "static_j": self.static_j / units,
+            "active_j": self.active_j / units,
+            "total_j": self.total_j / units,
+        }
+
+
+def split_energy(
+    busy_j: float,
+    busy_s: float,
+    idle_w: float,
+    devices: int,
+    span: float,
+    host_j: float,
+    pue: float,
+) -> EnergySplit:
+    """Split a timeline's energy into static and active parts (see the module docstring):
+    ``busy_j`` joules over ``busy_s`` busy device-seconds, ``idle_w`` watts per idle
+    device, ``devices`` counted over ``span`` seconds, ``host_j`` host joules, ``pue``."""
+    static = (idle_w * devices * span + host_j) * pue
+    active = (busy_j - idle_w * busy_s) * pue
+    return EnergySplit(static_j=static, active_j=active)
+
+
+@dataclass(frozen=True)
 class Energy:
     """The system's energy (``None`` with ``reason`` when not known), its parts, the
-    utilization and node count it implies, and the figures it used."""
+    utilization and node count it implies, the figures it used, and its static/active
+    :class:`EnergySplit` (``None`` when the energy or the idle power is not known)."""
 
     energy_j: float | None
     breakdown: dict[str, float] | None
@@ -61,6 +116,7 @@ class Energy:
     span: float
     reason: str = ""
     figures: dict[str, Figure] = field(default_factory=dict)
+    split: EnergySplit | None = None
 
 
 def as_watts(x: Any) -> float | None:
@@ -240,19 +296,9 @@ def energy(
     )
     host_j = host_w * nodes * span
 
+    parts = (states, utilization, n_devices, nodes, host_w, span)
     if tl.busy_j is None or idle_j is None:
-        return Energy(
-            None,
-            None,
-            states,
-            utilization,
-            n_devices,
-            nodes,
-            host_w,
-            span,
-            f"Energy is not known: {reason}.",
-            figs,
-        )
+        return Energy(None, None, *parts, f"Energy is not known: {reason}.", figs)
     it_j = tl.busy_j + idle_j + host_j
     breakdown = {
         "busy": tl.busy_j,
@@ -260,6 +306,9 @@ def energy(
         "host": host_j,
         "facility (PUE)": it_j * (config.pue - 1.0),
     }
-    return Energy(
-        it_j * config.pue, breakdown, states, utilization, n_devices, nodes, host_w, span, "", figs
+    split = (
+        split_energy(tl.busy_j, tl.busy_s, idle_w, n_devices, span, host_j, config.pue)
+        if idle_w is not None
+        else None
     )
+    return Energy(it_j * config.pue, breakdown, *parts, "", figs, split)
