@@ -27,7 +27,8 @@ Pricing one step (:meth:`AnalyticCompiled._cost`):
 4. ``flops`` = graph FLOPs × model-parallel devices (the whole replica's work).
 
 Memory fit (:meth:`AnalyticCompiled.fit`, :meth:`AnalyticCompiled.memory_need`): per
-device, weights ``param_bytes / (tensor × pipeline)``, KV cache ``kv_tokens ×
+device, weights ``model.weight_bytes_per_device(parallelism)`` (``param_bytes / (tensor ×
+pipeline)``, routed experts also split over ``expert``), KV cache ``kv_tokens ×
 kv_bytes_per_token / (tensor × pipeline)``, live activations (twice the largest op output
 of a step of ``batch``) and a fixed runtime reserve the backend states (CUDA context,
 library workspaces). When it does not fit the reason says by how many GB, and the
@@ -264,9 +265,8 @@ class AnalyticCompiled(Compiled):
         reason and suggestion sentences."""
         par = self.system.parallelism
         mp = max(1, par.model_parallel)
-        info = self.model.info
         parts: dict[str, float] = {
-            "weights": info.param_bytes / mp,
+            "weights": self.model.weight_bytes_per_device(par),
             "kv_cache": kv_tokens * self.model.kv_bytes_per_token / mp,
             "activations": self.activation_bytes(batch, training),
             "runtime_reserve": self.reserve_bytes,

@@ -85,7 +85,8 @@ class EagerCalls:
 class ModelGraph(ABC):
     """A configured model that builds op graphs for shapes and parallel plans.
 
-    Optional, with documented defaults: :meth:`activation_bytes` (training memory),
+    Optional, with documented defaults: :meth:`weight_bytes_per_device` (weights on one
+    device of a parallel plan), :meth:`activation_bytes` (training memory),
     :meth:`training_stages` (which ops of a training graph are forward, backward and
     optimizer work) and :meth:`eager_calls` (the view ops and module calls an eager step
     makes besides its graph's ops).
@@ -124,6 +125,12 @@ class ModelGraph(ABC):
     def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
         """Inputs for :meth:`module` matching ``shape`` (token ids, images, spikes)."""
         raise NotImplementedError(self)
+
+    def weight_bytes_per_device(self, parallel: Parallelism) -> float:
+        """Weight bytes one device of a replica holds under ``parallel``. The default
+        splits :attr:`ModelInfo.param_bytes` evenly over ``tensor × pipeline``; a mixture
+        of experts also splits its routed experts over ``parallel.expert`` devices."""
+        return self.info.param_bytes / max(1, parallel.model_parallel)
 
     def eager_calls(self, shape: Shape) -> EagerCalls:
         """The view ops and module calls one eager step of ``shape`` makes (backends that

@@ -29,6 +29,7 @@ FAMILIES: dict[str, str] = {
     "cnn": f"{_PKG}.small:CNNFamily",
     "snn": f"{_PKG}.snn:SnnFamily",
     "torch": f"{_PKG}.custom:TorchFamily",
+    "hf": f"{_PKG}.hf:HFFamily",
 }
 """Each family's name and where its :class:`~xpusim.engine.model.ModelFamily` is (a
 class is instantiated on first use), in registration order."""
