@@ -266,6 +266,7 @@ def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None)
         workload=scenario.workload.name,
         model=scenario.model.name,
         vocabulary=vocabulary_for(scenario.workload),
+        detail=scenario.config.results.detail,
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from xpusim.engine.detail import ResultsConfig
 from xpusim.engine.device import DeviceSpec, Figure, LinkSpec, PriceSpec
 from xpusim.engine.economics import EconomicsConfig
 from xpusim.engine.errors import ScenarioError, XpusimError
@@ -99,6 +100,7 @@ class ScenarioConfig(_Strict):
     workload: dict[str, Any]
     systems: list[SystemConfig] = Field(min_length=1, max_length=1000)
     economics: EconomicsConfig = Field(default_factory=EconomicsConfig)
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
     sweep: dict[str, Any] | None = None
     extends: str | None = None
 

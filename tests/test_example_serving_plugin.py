@@ -106,7 +106,17 @@ def run_scenario(site: Path, tmp_path: Path, name: str, kind: str, router: str) 
     scenario = tmp_path / f"{name}.yaml"
     scenario.write_text(SCENARIO.format(kind=kind, router=router), encoding="utf-8")
     out = tmp_path / name
-    proc = xpusim(site, "run", str(scenario), "--out", str(out), "--quiet", cwd=tmp_path)
+    proc = xpusim(
+        site,
+        "run",
+        str(scenario),
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        "results.detail=steps",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
 
