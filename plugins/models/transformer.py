@@ -425,6 +425,42 @@ class _Builder:
             )
         )
 
+    def attention(
+        self,
+        name: str,
+        flops: float,
+        read_b: float,
+        written_b: float,
+        dims: tuple[int, int, int],
+        heads: tuple[int, int, int],
+        kv_bytes: float,
+        count: int,
+    ) -> None:
+        """A fused causal attention core of ``dims = (queries, keys, qk head size)`` for
+        ``heads = (sequences, query heads, KV heads)`` reading its keys and values at
+        ``kv_bytes`` an element."""
+        seqs, q_heads, kv_heads = heads
+        self.ops.append(
+            Op(
+                name=name,
+                kind=OpKind.ATTENTION,
+                flops=flops,
+                bytes_read=read_b,
+                bytes_written=written_b,
+                dims=dims,
+                batch=max(1, seqs * q_heads),
+                count=count,
+                dtype=self.dtype,
+                layer="layer",
+                attrs=(
+                    ("causal", 1.0),
+                    ("kv_heads", float(kv_heads)),
+                    ("q_heads", float(q_heads)),
+                    ("kv_bytes", float(kv_bytes)),
+                ),
+            )
+        )
+
     def coll(
         self,
         name: str,
@@ -960,28 +996,16 @@ class DecoderModel(EagerCounted):
                 flops = 4.0 * d * pairs * bh
                 if c.attn_softcap is not None:
                     flops += SOFTCAP_FLOPS * pairs * bh
-                b.ops.append(
-                    Op(
-                        name=name + suffix,
-                        kind=OpKind.ATTENTION,
-                        flops=flops,
-                        bytes_read=(
-                            p.batch * q_len * hd * d * e
-                            + 2 * p.batch * kv_keys * kvd * d * (kv_e if serving else e)
-                        ),
-                        bytes_written=p.batch * q_len * hd * d * e,
-                        dims=(q_len, kv_keys, d),
-                        batch=max(1, bh),
-                        count=count,
-                        dtype=c.dtype,
-                        layer="layer",
-                        attrs=(
-                            ("causal", 1.0),
-                            ("kv_heads", float(kvd)),
-                            ("q_heads", float(hd)),
-                            ("kv_bytes", float(kv_e if serving else e)),
-                        ),
-                    )
+                kv_b = kv_e if serving else e
+                b.attention(
+                    name + suffix,
+                    flops,
+                    p.batch * q_len * hd * d * e + 2 * p.batch * kv_keys * kvd * d * kv_b,
+                    p.batch * q_len * hd * d * e,
+                    (q_len, kv_keys, d),
+                    (p.batch, hd, kvd),
+                    kv_b,
+                    count,
                 )
         if c.attention == "unfused":  # head-major context -> token-major: one copy
             el = big_t * hd * d
@@ -1070,25 +1094,15 @@ class DecoderModel(EagerCounted):
                 b.gemm(f"attn.kv_b{tag}", p.batch * keys, hd * (dn + dv), ckv, False)
                 d_qk, d_v, kv_heads = d, dv, hd
                 kv_read = p.batch * keys * hd * (d + dv) * e
-            b.ops.append(
-                Op(
-                    name=f"attn.core{tag}",
-                    kind=OpKind.ATTENTION,
-                    flops=2.0 * (d_qk + d_v) * pairs * bh,
-                    bytes_read=q_rows * hd * d_qk * e + kv_read,
-                    bytes_written=q_rows * hd * d_v * e,
-                    dims=(p.tokens, keys, d_qk),
-                    batch=max(1, bh),
-                    count=b.count,
-                    dtype=c.dtype,
-                    layer="layer",
-                    attrs=(
-                        ("causal", 1.0),
-                        ("kv_heads", float(kv_heads)),
-                        ("q_heads", float(hd)),
-                        ("kv_bytes", kv_e if p.phase is Phase.DECODE else e),
-                    ),
-                )
+            b.attention(
+                f"attn.core{tag}",
+                2.0 * (d_qk + d_v) * pairs * bh,
+                q_rows * hd * d_qk * e + kv_read,
+                q_rows * hd * d_v * e,
+                (p.tokens, keys, d_qk),
+                (p.batch, hd, kv_heads),
+                kv_e if p.phase is Phase.DECODE else e,
+                b.count,
             )
             if p.phase is Phase.DECODE:
                 b.gemm(f"attn.v_absorb{tag}", q_rows, dv, ckv, False, batch=hd)

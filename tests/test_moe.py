@@ -1,0 +1,116 @@
+"""Mixture of experts: expert-parallel weights, token routing by all-to-all, imbalance."""
+
+from __future__ import annotations
+
+import pytest
+
+from xpusim.engine.collectives import collective_seconds
+from xpusim.engine.graph import Collective, Phase, Shape
+from xpusim.engine.system import Parallelism, Topology
+from xpusim.plugins.models.hf import HFFamily
+from xpusim.plugins.models.transformer import MIXTRAL
+
+HF = HFFamily()
+
+
+def test_expert_parallel_shards_expert_weights() -> None:
+    """With expert: 2 each device holds half the routed experts and all the rest: Mixtral
+    8x7B's 93.4 GB of bf16 weights become about 48 GB a device."""
+    m = MIXTRAL.configure({"preset": "mixtral-8x7b"})
+    x = m.experts
+    assert x is not None and x.experts == 8 and x.top_k == 2 and x.moe_layers == 32
+    assert x.expert_params == 32 * 8 * 3 * 4096 * 14336
+    whole = m.weight_bytes_per_device(Parallelism())
+    assert whole == m.info.param_bytes
+    ep2 = m.weight_bytes_per_device(Parallelism(expert=2))
+    assert ep2 == pytest.approx(whole - x.expert_params * 2 / 2)
+    assert 47e9 < ep2 < 49e9
+    assert m.expert_weight_bytes(Parallelism(expert=2)) == x.expert_params * 2 / 2
+
+
+def test_dense_model_has_no_experts() -> None:
+    """A dense model reports no experts and splits its weights over tensor x pipeline."""
+    m = HF.configure({"preset": "llama-3.1-8b"})
+    assert m.experts is None
+    par = Parallelism(tensor=2, pipeline=2)
+    assert m.weight_bytes_per_device(par) == m.info.param_bytes / 4
+
+
+def test_deepseek_experts_shared_and_dense_layers() -> None:
+    """DeepSeek-V3: 58 expert layers of 256 routed experts, one shared expert, three
+    dense layers first."""
+    m = HF.configure({"preset": "deepseek-v3"})
+    x = m.experts
+    assert x is not None and (x.experts, x.top_k, x.shared_experts, x.moe_layers) == (
+        256,
+        8,
+        1,
+        58,
+    )
+    g = m.build(Shape(Phase.DECODE, batch=8, tokens=1, context=1000))
+    names = {o.name: o for o in g.ops}
+    assert names["mlp.up"].count == 3 and names["moe.up"].count == 58
+    assert names["moe.shared.up"].count == 58
+
+
+def _a2a(m, par: Parallelism, tokens: int = 256) -> list:
+    g = m.build(Shape(Phase.PREFILL, batch=1, tokens=tokens, context=0), par)
+    return [o for o in g.ops if o.collective is Collective.ALL_TO_ALL]
+
+
+def test_expert_parallel_routes_by_all_to_all() -> None:
+    """Dispatch and combine carry each routed token's hidden state to its expert's device
+    and back: tokens x top_k x hidden x dtype bytes, over the expert group."""
+    m = MIXTRAL.configure({"preset": "mixtral-8x7b"})
+    assert _a2a(m, Parallelism()) == []
+    ops = _a2a(m, Parallelism(expert=2))
+    assert [o.name for o in ops] == ["moe.dispatch.all_to_all", "moe.combine.all_to_all"]
+    for o in ops:
+        assert o.comm_bytes == 256 * 2 * 4096 * 2 and o.group == 2 and o.count == 32
+
+
+def test_imbalance_scales_the_busiest_device() -> None:
+    """expert_imbalance scales the busiest expert-parallel device's expert GEMMs and
+    all-to-all bytes; without expert parallelism it changes nothing."""
+    even = MIXTRAL.configure({"preset": "mixtral-8x7b"})
+    skew = MIXTRAL.configure({"preset": "mixtral-8x7b", "expert_imbalance": 1.5})
+    shape = Shape(Phase.PREFILL, batch=1, tokens=512, context=0)
+    ep = Parallelism(expert=4)
+
+    def op(m, name: str, par: Parallelism):
+        return next(o for o in m.build(shape, par).ops if o.name == name)
+
+    assert op(skew, "moe.up", ep).flops == pytest.approx(1.5 * op(even, "moe.up", ep).flops)
+    a, b = op(skew, "moe.dispatch.all_to_all", ep), op(even, "moe.dispatch.all_to_all", ep)
+    assert a.comm_bytes == pytest.approx(1.5 * b.comm_bytes)
+    one = Parallelism()
+    assert op(skew, "moe.up", one).flops == op(even, "moe.up", one).flops
+
+
+@pytest.mark.parametrize(("kind", "measured_gbps"), [("dispatch", 153.0), ("combine", 158.0)])
+def test_all_to_all_prices_like_deepep(kind: str, measured_gbps: float) -> None:
+    """kernels.yaml `deepep_v1_normal_kernels_h800`: DeepEP's intranode EP8 kernels move
+    DeepSeek-V3's routed tokens (4096 tokens a rank, hidden 7168, top-8) at 153 GB/s
+    (dispatch) and 158 GB/s (combine) over H800 NVLink (~160 GB/s). The graph's all-to-all
+    priced over that link achieves the same bandwidth within 5%."""
+    m = HF.configure({"preset": "deepseek-v3", "dtype": "fp8"})
+    par = Parallelism(expert=8)
+    op = next(o for o in _a2a(m, par, tokens=4096) if kind in o.name)
+    assert op.comm_bytes == 4096 * 8 * 7168 * 1
+    nvlink = Topology(
+        devices_per_node=8, intra_bw=160e9, intra_latency=1e-6, inter_bw=50e9, inter_latency=5e-6
+    )
+    seconds = collective_seconds(Collective.ALL_TO_ALL, op.comm_bytes, 8, nvlink)
+    # DeepEP's "bottleneck bandwidth": the bytes that leave the rank over NVLink per second
+    achieved = op.comm_bytes * 7 / 8 / seconds / 1e9
+    assert achieved == pytest.approx(measured_gbps, rel=0.05)
+
+
+def test_expert_parallel_serving_fits_where_one_device_did_not() -> None:
+    """Mixtral 8x7B in bf16 does not fit one H100 whole, but does with expert: 2."""
+    from xpusim.plugins.gpu.catalog import catalog
+
+    have = catalog()["h100-sxm"].memory_bytes.value
+    m = MIXTRAL.configure({"preset": "mixtral-8x7b"})
+    assert m.weight_bytes_per_device(Parallelism()) > have
+    assert m.weight_bytes_per_device(Parallelism(expert=2)) < have
