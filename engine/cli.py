@@ -65,17 +65,63 @@ err = cast("Console", _LazyConsole(stderr=True))
 
 T = TypeVar("T")
 
+AllowOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-module",
+        help="Let the scenario import and run code from this package (a `family: torch` "
+        "model factory); repeatable. Nothing is allowed otherwise.",
+    ),
+]
+"""``--allow-module PKG``: the trust boundary of a scenario (see docs/reliability.md)."""
+
+
+def _before_work(allow: list[str] | None, out_dir: Path | None, spills: bool) -> None:
+    """The checks every command that may run user code or write does first: the allowed
+    modules, the spill settings (removing spill folders killed runs left) and ``--out``."""
+    from xpusim.engine import trust
+
+    trust.allow(allow or [])
+    if spills:
+        from xpusim.engine.results import check_spill_settings
+
+        check_spill_settings()
+    if out_dir is not None:
+        from xpusim.engine.results import check_out_dir
+
+        check_out_dir(out_dir)
+
+
+def _check_inputs(paths: list[Path], what: str, limit: int) -> None:
+    """Refuse input files that are not regular files of at most ``limit`` bytes."""
+    from xpusim.engine.safeio import check_regular
+
+    for path in paths:
+        check_regular(path, what, limit)
+
 
 def guarded(fn: Callable[[], T]) -> T:
     """Run ``fn`` turning input errors into exit 2 and interrupts into exit 130."""
+    from xpusim.engine.report.escape import terminal
+
     try:
         return fn()
     except XpusimError as exc:
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+        err.print(
+            f"[bold red]error:[/] {terminal(exc)}", soft_wrap=True, markup=True, highlight=False
+        )
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err.print("interrupted: stopped cleanly, nothing was written.")
         raise typer.Exit(130) from None
+    except SystemExit as exc:
+        # code inside the command (a plugin) called sys.exit(): never a success
+        err.print(
+            f"internal error: code running inside xpusim called sys.exit({terminal(exc.code)}); "
+            f"nothing was written.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
 
 
 def _pm() -> pluggy.PluginManager:
@@ -92,6 +138,13 @@ def _host() -> Host:
 
     return default_host()
 
+
+CALIBRATION_BYTES = 64 * 2**20
+"""Largest calibration file (``--calibration``) read: a fit is a few kilobytes."""
+POINTS_BYTES = 256 * 2**20
+"""Largest points file (``calibrate --points``) read: measured kernels, one per line."""
+SUMMARY_BYTES = 256 * 2**20
+"""Largest ``summary.json`` of a compared run folder read."""
 
 # --- run / validate ---------------------------------------------------------------------
 
@@ -111,14 +164,18 @@ def run(
         list[Path] | None,
         typer.Option(help="A fitted calibration file; applies to systems of its device."),
     ] = None,
+    allow: AllowOption = None,
 ) -> None:
     """Run one scenario on all its systems and write a run folder."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from xpusim.engine.report.escape import terminal
     from xpusim.engine.report.terminal import summary_table
     from xpusim.engine.run import load, run_scenario
 
     def go() -> None:
+        _before_work(allow, out_dir, spills=True)
+        _check_inputs(calibration or [], "calibration file", CALIBRATION_BYTES)
         host = _host()
         sc = load(
             scenario,
@@ -126,7 +183,7 @@ def run(
             sets or [],
             seed,
             calibrations=calibration or [],
-            note=lambda text: err.print(f"calibration: {text}"),
+            note=lambda text: err.print(f"calibration: {terminal(text)}"),
         )
         show = not quiet and err.is_terminal
         with Progress(
@@ -148,10 +205,13 @@ def run(
         out.print(summary_table(result.summary(), result.vocabulary))
         for s in result.systems:
             if s.status != "ok":
-                out.print(f"[yellow]{s.name}[/]: {s.status}: {s.reason}", soft_wrap=True)
+                out.print(
+                    f"[yellow]{terminal(s.name)}[/]: {s.status}: {terminal(s.reason)}",
+                    soft_wrap=True,
+                )
             for why in sorted(set(dict(s.details.get("not_known", {})).values())):
-                out.print(f"[dim]{s.name}: {why}[/]", soft_wrap=True)
-        out.print(f"run folder: {folder}")
+                out.print(f"[dim]{terminal(s.name)}: {terminal(why)}[/]", soft_wrap=True)
+        out.print(f"run folder: {terminal(folder)}")
 
     guarded(go)
 
@@ -160,20 +220,30 @@ def run(
 def validate(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
     sets: Annotated[list[str] | None, typer.Option("--set", help="KEY.PATH=VALUE.")] = None,
+    allow: AllowOption = None,
 ) -> None:
-    """Check a scenario (schema, plugins, devices, traces, memory fit) without simulating."""
+    """Check a scenario (schema, plugins, devices, traces, memory fit) without simulating.
+
+    Code the scenario names (a `family: torch` factory) is imported and run only from
+    packages given with --allow-module; otherwise validation stops there."""
     from xpusim.engine.run import check, load
 
     def go() -> None:
+        _before_work(allow, None, spills=False)
         host = _host()
         sc = load(scenario, host, sets or [])
         for prep in check(sc, host):
             r = prep.result
             note = f": {r.reason}" if r.reason else ""
             out.print(
-                f"{r.name} ({r.backend}/{r.device} x{r.count}): {r.status}{note}", soft_wrap=True
+                f"{r.name} ({r.backend}/{r.device} x{r.count}): {r.status}{note}",
+                soft_wrap=True,
+                markup=False,
             )
-        out.print(f"{scenario}: valid ({len(sc.systems)} systems, workload {sc.workload.name}).")
+        out.print(
+            f"{scenario}: valid ({len(sc.systems)} systems, workload {sc.workload.name}).",
+            markup=False,
+        )
 
     guarded(go)
 
@@ -196,6 +266,7 @@ def sweep(
         list[Path] | None,
         typer.Option(help="A fitted calibration file; applies to systems of its device."),
     ] = None,
+    allow: AllowOption = None,
 ) -> None:
     """Run every point of a scenario's sweep through an executor; re-runs skip done points."""
     from rich.progress import (
@@ -211,6 +282,13 @@ def sweep(
     from xpusim.engine.sweep import run_sweep
 
     def go() -> None:
+        _before_work(allow, None, spills=True)
+        _check_inputs(calibration or [], "calibration file", CALIBRATION_BYTES)
+        if out_dir is not None:
+            from xpusim.engine.outpaths import check_not_in_run, check_not_symlink
+
+            check_not_symlink(out_dir, "--out")
+            check_not_in_run(out_dir, "--out")
         host = _host()
         ex = host.executors.get(executor, where="--executor")
         data, src = read_scenario_data(scenario)
@@ -282,9 +360,27 @@ def compare(
     """Merge several run folders into one comparison report."""
     from xpusim.engine.report.compare import compare_runs
 
+    runs = [Path(r) for r in runs]
+
     def go() -> None:
-        path = compare_runs(runs, out_file)
-        out.print(f"comparison report: {path}")
+        from xpusim.engine.outpaths import check_report_file
+
+        check_report_file(out_file, runs)
+        summaries = [r / "summary.json" for r in runs]
+        present = [p for p in summaries if p.exists() or p.is_symlink()]
+        _check_inputs(present, "summary.json of a run folder", SUMMARY_BYTES)
+        try:
+            path = compare_runs(runs, out_file)
+        except (XpusimError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a damaged run folder: input, not a fault of xpusim
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise XpusimError(
+                f"compare {' '.join(map(str, runs))}: a run folder is damaged and cannot be "
+                f"read ({type(exc).__name__}: {first}); give whole folders `xpusim run` "
+                f"wrote, or run the scenario again."
+            ) from None
+        out.print(f"comparison report: {path}", markup=False)
 
     guarded(go)
 
@@ -484,8 +580,21 @@ def calibrate(
                 f"backend {backend!r} has no calibration command; backends that measure: "
                 f"{', '.join(n for n, b in host.backends.items() if b.can_calibrate)}."
             )
-        path = be.calibrate(out_file, points)
-        out.print(f"calibration written: {path}")
+        if points is not None:
+            _check_inputs([points], "points file", POINTS_BYTES)
+        if out_file is not None:
+            from xpusim.engine.outpaths import check_not_symlink, check_writable_parent
+
+            check_not_symlink(out_file, "--out")
+            check_writable_parent(out_file, "--out")
+        try:
+            path = be.calibrate(out_file, points)
+        except RecursionError:
+            raise XpusimError(
+                f"--points {points}: the JSON nests too deeply to read; a points file is a "
+                f"flat list of measured kernels."
+            ) from None
+        out.print(f"calibration written: {path}", markup=False)
 
     guarded(go)
 
@@ -527,10 +636,14 @@ def main(argv: list[str] | None = None) -> None:
     ``xpusim run ...`` do not need them.
     """
     args = sys.argv[1:] if argv is None else argv
-    if _command_word(args) not in _builtin_commands():
-        _add_plugin_commands()
     try:
+        if _command_word(args) not in _builtin_commands():
+            _add_plugin_commands()
         app(args=argv, prog_name="xpusim")
+    except KeyboardInterrupt:
+        # Ctrl-C while starting up (importing), before a command could catch it
+        sys.stderr.write("interrupted: stopped cleanly, nothing was written.\n")
+        sys.exit(130)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if code not in (0, 1, 2, 130):

@@ -42,6 +42,8 @@ from typing import Any, TypeAlias
 import numpy as np
 import polars as pl
 
+from xpusim.engine.procs import host_tag
+
 DEVICES_SCHEMA: dict[str, pl.DataType] = {
     "system": pl.String(),
     "replica": pl.Int32(),
@@ -81,6 +83,10 @@ SPILL_ROWS_ENV = "XPUSIM_SPILL_ROWS"
 SPILL_DIR_ENV = "XPUSIM_SPILL_DIR"
 """Environment variable naming the parent folder of spill folders (default: the system's
 temporary folder)."""
+
+
+SPILL_PREFIX = "xpusim-spill-"
+"""Spill folders are named ``xpusim-spill-<host>-<pid>-<random>``."""
 
 
 def empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -166,7 +172,9 @@ class Spill:
             parent = Path(self._parent) if self._parent is not None else None
             if parent is not None:
                 parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix="xpusim-spill-", dir=parent))
+            # the name carries host and process, so a later run removes it if this one is killed
+            prefix = f"{SPILL_PREFIX}{host_tag()}-{os.getpid()}-"
+            self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
             self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
         self.parts += 1
         path = self.path / f"{stem}-{self.parts:06d}.parquet"

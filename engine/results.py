@@ -9,12 +9,12 @@ temporary sibling folder, then renames it into place in one step, so a crash or 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import re
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,8 +26,20 @@ import polars as pl
 from xpusim.engine.detail import Detail, frames_at
 from xpusim.engine.device import Figure
 from xpusim.engine.errors import XpusimError
-from xpusim.engine.frames import Frame, FrameMap, SpilledFrames, frame_height
+from xpusim.engine.frames import (
+    SPILL_DIR_ENV,
+    SPILL_PREFIX,
+    SPILL_ROWS_ENV,
+    Frame,
+    FrameMap,
+    SpilledFrames,
+    frame_height,
+    spill_rows,
+)
 from xpusim.engine.metrics import Vocabulary, engine_vocabulary
+from xpusim.engine.outpaths import check_not_in_run, check_not_symlink, check_writable_parent
+from xpusim.engine.procs import alive as _alive
+from xpusim.engine.procs import host_tag as _host_tag
 from xpusim.engine.reporter import Reporter
 
 STATUSES = ("ok", "unsupported", "does-not-fit", "failed")
@@ -169,9 +181,11 @@ def check_out_dir(out_dir: Path) -> None:
     """Refuse an output folder a run cannot be written into whole, before any work.
 
     The folder may not exist yet or be an empty folder. An existing file, a non-empty
-    folder (a run never overwrites another) or a path under a file is an error.
+    folder (a run never overwrites another), a symbolic link, a path under a file, inside
+    another run folder or in a folder that cannot be written is an error.
     """
     out_dir = Path(out_dir)
+    check_not_symlink(out_dir, "--out")
     if out_dir.exists() and not out_dir.is_dir():
         raise XpusimError(
             f"--out {out_dir}: this is an existing file, not a folder; a run writes a folder "
@@ -182,14 +196,8 @@ def check_out_dir(out_dir: Path) -> None:
             f"output folder {out_dir} already exists and is not empty; a run never "
             f"overwrites another. Choose another --out or remove that folder."
         )
-    for up in out_dir.parents:
-        if up.exists():
-            if not up.is_dir():
-                raise XpusimError(
-                    f"--out {out_dir}: {up} is a file, so no folder can be created under it; "
-                    f"choose a path whose parent folders are folders."
-                )
-            break
+    check_not_in_run(out_dir, "--out")
+    check_writable_parent(out_dir, "--out")
 
 
 def remove_stale_partials(parent: Path) -> int:
@@ -199,6 +207,12 @@ def remove_stale_partials(parent: Path) -> int:
     A temporary folder names its host and process id, so a folder that a live process
     (or another machine sharing the folder) is still writing is left alone.
     """
+    return _remove_stale(parent, _PARTIAL)
+
+
+def _remove_stale(parent: Path, pattern: re.Pattern[str]) -> int:
+    """Remove the folders in ``parent`` whose names match ``pattern`` (with groups
+    ``host`` and ``pid``) and whose process on this host is gone; return how many."""
     removed = 0
     try:
         children = list(Path(parent).iterdir())
@@ -206,30 +220,57 @@ def remove_stale_partials(parent: Path) -> int:
         return 0
     host = _host_tag()
     for child in children:
-        m = _PARTIAL.match(child.name)
-        if m is None or m["host"] != host or _alive(int(m["pid"])):
+        m = pattern.match(child.name)
+        if m is None or m["host"] != host or _alive(int(m["pid"])) or child.is_symlink():
             continue
         shutil.rmtree(child, ignore_errors=True)
         removed += 1
     return removed
 
 
-def _host_tag() -> str:
-    """This machine's name as used in temporary folder names (no ``-`` or separators)."""
-    return "".join(c for c in socket.gethostname() if c.isalnum())[:40] or "host"
+_SPILL = re.compile(r"^" + re.escape(SPILL_PREFIX) + r"(?P<host>[^-/]*)-(?P<pid>\d+)-[^-/]+$")
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine."""
-    if pid == os.getpid():
-        return True
+def spill_parent() -> Path:
+    """The folder spill folders are made in: ``$XPUSIM_SPILL_DIR`` or the system's
+    temporary folder."""
+    return Path(os.environ.get(SPILL_DIR_ENV) or tempfile.gettempdir())
+
+
+def check_spill_settings() -> None:
+    """Check ``XPUSIM_SPILL_ROWS`` and ``XPUSIM_SPILL_DIR`` before any work, and remove
+    the spill folders killed runs of this machine left in the spill folder.
+
+    A junk row count, or a spill folder that is a file, a broken link or cannot be
+    written, is an input error naming the variable, so it cannot end as a ``failed``
+    system after the simulation has started.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # exists but is not ours, or cannot tell: leave its folder alone
-    return True
+        spill_rows()
+    except ValueError as exc:
+        raise XpusimError(
+            f"environment variable {SPILL_ROWS_ENV}: {exc}; set a whole number of rows of "
+            f"at least 1 (for example {SPILL_ROWS_ENV}=1000000) or unset it."
+        ) from None
+    parent = spill_parent()
+    env = os.environ.get(SPILL_DIR_ENV)
+    where = f"environment variable {SPILL_DIR_ENV}={env}" if env else f"temporary folder {parent}"
+    if os.path.lexists(parent) and not parent.is_dir():
+        raise XpusimError(
+            f"{where}: this is not a folder (a file or a broken link); spilled event rows "
+            f"need a folder. Point {SPILL_DIR_ENV} at a folder you can write, or unset it."
+        )
+    try:
+        check_writable_parent(parent / "spill", where)
+    except XpusimError as exc:
+        raise XpusimError(f"{exc} (Set {SPILL_DIR_ENV} to another folder.)") from None
+    remove_stale_spills(parent)
+
+
+def remove_stale_spills(parent: Path) -> int:
+    """Remove the spill folders in ``parent`` whose process on this machine is gone
+    (a run killed mid-simulation cannot remove its own); return how many."""
+    return _remove_stale(parent, _SPILL)
 
 
 def write_run(run: RunResult, out_dir: Path, reporters: Iterable[Reporter] = ()) -> Path:
@@ -248,7 +289,13 @@ def write_run(run: RunResult, out_dir: Path, reporters: Iterable[Reporter] = ())
         raise XpusimError(f"cannot create output folder {parent}: {exc.strerror}.") from None
     remove_stale_partials(parent)
     prefix = f".{out_dir.name[:100]}{PARTIAL_MARK}{_host_tag()}-{os.getpid()}-"
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    except OSError as exc:
+        raise XpusimError(
+            f"--out {out_dir}: cannot write in {parent} ({exc.strerror}); choose a folder "
+            f"you can write."
+        ) from None
     try:
         doc = json.dumps(run.summary(), indent=2, sort_keys=False, allow_nan=False)
         (tmp / "summary.json").write_text(doc + "\n", encoding="utf-8")
@@ -260,14 +307,37 @@ def write_run(run: RunResult, out_dir: Path, reporters: Iterable[Reporter] = ())
                 _write_frame(frame, tmp / f"{name}.parquet")
         for reporter in reporters:
             reporter.write(run, tmp)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
+        _move_into_place(tmp, out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise XpusimError(
+            f"--out {out_dir}: writing the run folder failed ({exc.strerror or exc}); nothing "
+            f"was written. Check the free space and permissions of {parent}."
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _release_spills(run, out_dir)
     return out_dir
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``out_dir`` in one step.
+
+    An empty ``out_dir`` is replaced; when another run filled ``out_dir`` meanwhile (two
+    runs given the same ``--out``), the later one stops with an input error and its
+    folder is removed by the caller.
+    """
+    try:
+        os.replace(tmp, out_dir)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise XpusimError(
+                f"--out {out_dir}: another run wrote this folder while this one was running, "
+                f"and a run never overwrites another; nothing of this run was kept. Run again "
+                f"with another --out."
+            ) from None
+        raise
 
 
 PARQUET_COMPRESSION: Final = "zstd"

@@ -100,6 +100,10 @@ class RandomSpec(BaseModel):
     params: dict[str, RandomParam] = Field(min_length=1)
 
 
+MAX_POINTS = 1_000_000
+"""Most points ``sweep.max_points`` may allow (each point is a run folder)."""
+
+
 class SweepSpec(BaseModel):
     """The ``sweep:`` block."""
 
@@ -107,7 +111,7 @@ class SweepSpec(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     zip: dict[str, list[Any]] = Field(default_factory=dict)
     random: RandomSpec | None = None
-    max_points: int = Field(default=100_000, ge=1)
+    max_points: int = Field(default=100_000, ge=1, le=MAX_POINTS)
     reports: list[str] = Field(default_factory=lambda: ["markdown"])
 
     @field_validator("grid")
@@ -168,8 +172,18 @@ def expand(base: Mapping[str, Any], spec: SweepSpec, src: Source) -> list[Point]
     from xpusim.engine.scenario import apply_override, parse_set
 
     grid_keys = list(spec.grid)
-    grid = list(itertools.product(*(spec.grid[k] for k in grid_keys))) or [()]
     zip_keys = list(spec.zip)
+    # count the points from the list lengths before building any of them
+    total = math.prod(len(v) for v in spec.grid.values())
+    total *= len(next(iter(spec.zip.values()))) if spec.zip else 1
+    total *= spec.random.samples if spec.random is not None else 1
+    if total > spec.max_points:
+        raise ScenarioError(
+            f"{src.where(('sweep',))}: the sweep has {total:,} points, more than max_points "
+            f"({spec.max_points:,}); shrink it or raise sweep.max_points (at most "
+            f"{MAX_POINTS:,})."
+        )
+    grid = list(itertools.product(*(spec.grid[k] for k in grid_keys))) or [()]
     zipped = list(zip(*(spec.zip[k] for k in zip_keys), strict=True)) or [()]
     draws: list[dict[str, Any]] = [{}]
     if spec.random is not None:
@@ -178,12 +192,6 @@ def expand(base: Mapping[str, Any], spec: SweepSpec, src: Source) -> list[Point]
             {k: p.draw(rng) for k, p in spec.random.params.items()}
             for _ in range(spec.random.samples)
         ]
-    total = len(grid) * len(zipped) * len(draws)
-    if total > spec.max_points:
-        raise ScenarioError(
-            f"{src.where(('sweep',))}: the sweep has {total:,} points, more than max_points "
-            f"({spec.max_points:,}); shrink it or raise sweep.max_points."
-        )
     points: list[Point] = []
     seen: set[str] = set()
     for g, z, r in itertools.product(grid, zipped, draws):

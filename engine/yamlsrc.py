@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from xpusim.engine.errors import ScenarioError
+from xpusim.engine.safeio import read_limited
 
 Path_ = tuple[str | int, ...]
 
@@ -27,6 +28,10 @@ to billions of values (the "billion laughs" file)."""
 
 MAX_DEPTH = 100
 """Deepest nesting of mappings and lists a scenario may have."""
+
+
+class NotYamlError(ScenarioError):
+    """Text that is not valid YAML (the message names the file and line)."""
 
 
 @dataclass
@@ -76,7 +81,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, Source]:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ScenarioError(
+        raise NotYamlError(
             f"{file}{line}: this is not valid YAML ({problem}). Check the indentation and "
             f"quoting on that line; a value with ':' or '#' must be quoted."
         ) from None
@@ -85,6 +90,19 @@ def load_yaml(text: str, file: str) -> tuple[Any, Source]:
     _check_expansion(node, file)
     data = _build(node, (), src)
     return data, src
+
+
+def load_value(text: str, label: str) -> Any:
+    """Parse one command-line value (``--set key=VALUE``) with the limits of a file.
+
+    Text that is not valid YAML is kept as the string it is (``--set name=a: b``); an
+    alias bomb, a self-referencing alias, too deep a nesting or an over-long value is an
+    error naming ``label``, as it would be in a scenario file.
+    """
+    try:
+        return load_yaml(text, label)[0]
+    except NotYamlError:
+        return text
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int], file: str) -> int:
@@ -175,22 +193,16 @@ def _scalar(node: yaml.Node, src: Source, path: Path_) -> Any:
 
 
 def read_text(path: Path) -> str:
-    """Read a scenario file as UTF-8, with clear errors for missing or binary files."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such scenario file. Check the path.") from None
-    except IsADirectoryError:
-        raise ScenarioError(
-            f"{path}: is a folder; give the path of a .yaml scenario file."
-        ) from None
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read the file ({exc.strerror}).") from None
-    if len(raw) > MAX_BYTES:
-        raise ScenarioError(
-            f"{path}: the file is {len(raw) / 2**20:.1f} MiB; a scenario is at most "
-            f"{MAX_BYTES // 2**20} MiB. Put large data (traces) in separate files it points to."
-        )
+    """Read a scenario file as UTF-8, with clear errors for missing, binary, oversized
+    or non-regular files (a FIFO or ``/dev/zero`` is refused before anything is read)."""
+    raw = read_limited(
+        path,
+        "scenario file",
+        MAX_BYTES,
+        f"A scenario is at most {MAX_BYTES // 2**20} MiB of YAML; put large data (traces) "
+        f"in separate files it points to.",
+        ScenarioError,
+    )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -112,8 +112,10 @@ def test_mlp_and_cnn() -> None:
 
 
 @pytest.fixture
-def user_pkg(tmp_path: Path):
-    """An importable user package with a good, a raising and a non-module factory."""
+def user_pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An importable user package with a good, a raising and a non-module factory, which
+    scenarios are allowed to import (``XPUSIM_ALLOW_MODULES``)."""
+    monkeypatch.setenv("XPUSIM_ALLOW_MODULES", "usernets,no_such_pkg")
     (tmp_path / "usernets.py").write_text(
         textwrap.dedent("""
         import torch

@@ -21,6 +21,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from xpusim.engine.economics import BUSY_STATES
+from xpusim.engine.report.verdict import candidates
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 _RC: dict[Any, Any] = {
     "svg.hashsalt": "xpusim",
+    "text.parse_math": False,  # user names are shown as written: "$" never starts TeX
     "svg.fonttype": "none",
     "font.family": "sans-serif",
     "font.size": 9.0,
@@ -96,7 +98,8 @@ def _metric(s: SystemResult, key: str) -> float | None:
 
 def pareto(systems: Sequence[SystemResult]) -> str | None:
     """Throughput against cost per million tokens (per sample-run cost when no tokens), each
-    system a point, and the Pareto front (more throughput for less money) as a line."""
+    system a point, and the Pareto front (more throughput for less money) as a line over
+    the systems that meet the SLOs; a system that misses them is a hollow point."""
     ykey, ylab = "throughput_tokens_per_s", "throughput (tokens/s)"
     xkey, xlab = "cost_per_million_tokens_usd", "cost per million tokens (USD)"
     if not any(_metric(s, xkey) is not None for s in systems):
@@ -113,8 +116,10 @@ def pareto(systems: Sequence[SystemResult]) -> str | None:
     with matplotlib.rc_context(_RC):
         fig = _figure(6.4, 4.0)
         ax = fig.add_subplot()
+        # the front joins only systems that meet the SLOs; the others are drawn hollow
+        pool = {s.name for s in candidates(systems)}
         front: list[tuple[float, float]] = []
-        for _, x, y in sorted(pts, key=lambda p: (p[1], -p[2])):
+        for _, x, y in sorted((p for p in pts if p[0] in pool), key=lambda p: (p[1], -p[2])):
             if not front or y > front[-1][1]:
                 front.append((x, y))
         if len(front) > 1:
@@ -129,8 +134,13 @@ def pareto(systems: Sequence[SystemResult]) -> str | None:
                 label="Pareto front",
             )
         for name, x, y in pts:
-            ax.scatter([x], [y], s=60, color=col[name], zorder=3)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            if name in pool:
+                ax.scatter([x], [y], s=60, color=col[name], zorder=3)
+                label = name
+            else:
+                ax.scatter([x], [y], s=60, facecolors="none", edgecolors=col[name], zorder=3)
+                label = f"{name} (misses SLO)"
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
         ax.set_xlabel(xlab + " (lower is better)")
         ax.set_ylabel(ylab + " (higher is better)")
         ax.set_xlim(0, max(p[1] for p in pts) * 1.2 or 1.0)
@@ -363,10 +373,46 @@ def cost_breakdown(systems: Sequence[SystemResult]) -> str | None:
         return _svg(fig, "cost", "cost breakdown per system")
 
 
+def load_curve(systems: Sequence[SystemResult]) -> str | None:
+    """Latency against offered load: each system's p99 time to first token at the rates its
+    capacity search simulated (``details["capacity"]["probes"]``), filled where the SLOs
+    held and hollow where they did not; ``None`` when no system was searched."""
+    curves = []
+    for s in systems:
+        cap = s.details.get("capacity")
+        probes = cap.get("probes") if isinstance(cap, dict) else None
+        pts = [
+            (float(p["rate_per_s"]), float(p["ttft_p99_s"]), bool(p["met"]))
+            for p in probes or []
+            if p.get("ttft_p99_s") is not None
+        ]
+        if pts:
+            curves.append((s.name, sorted(pts)))
+    if not curves:
+        return None
+    col = colors(systems)
+    with matplotlib.rc_context(_RC):
+        fig = _figure(6.4, 4.0)
+        ax = fig.add_subplot()
+        for name, pts in curves:
+            xs, ys, met = zip(*pts, strict=True)
+            ax.plot(xs, ys, color=col[name], linewidth=1, label=name)
+            for x, y, ok in pts:
+                face = col[name] if ok else "none"
+                ax.scatter([x], [y], s=30, facecolors=face, edgecolors=col[name], zorder=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered load (requests/s)")
+        ax.set_ylabel("TTFT p99 (s)")
+        ax.legend(loc="upper left", fontsize=7, frameon=False)
+        return _svg(fig, "load", "latency versus offered load")
+
+
 def all_charts(run: RunResult) -> dict[str, Any]:
     """Every chart by section key (``None`` where there is nothing to draw)."""
     return {
         "pareto": pareto(run.systems),
+        "load": load_curve(run.systems),
         "latency": latency_cdfs(run),
         "energy": energy(run.systems),
         "utilization": utilization(run),

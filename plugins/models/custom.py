@@ -9,7 +9,10 @@
       inputs:                            # keyword inputs (a list gives positional ones)
         x: {shape: [8, 3, 224, 224], dtype: fp32}
 
-The factory runs under ``torch.device("meta")``, so a module built the usual way
+The module must be allowed (``--allow-module mypkg`` or ``XPUSIM_ALLOW_MODULES``) and is
+looked up in the scenario file's folder first: see :mod:`xpusim.engine.trust`, which
+also runs the factory so that ``sys.exit()`` inside it is an input error. The factory runs
+under ``torch.device("meta")``, so a module built the usual way
 allocates no weights. The first dimension of every input is the batch: a graph for a
 shape of ``batch`` B replaces it with B. Ops the tracer has no rule for are kept, priced by
 their bytes, and listed by name and count in :attr:`TorchModel.unknown_ops` and in the
@@ -18,17 +21,16 @@ graph's notes.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
-from xpusim.engine.errors import ScenarioError
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.model import ModelFamily
-from xpusim.plugins.models.common import TracedModelGraph, shape_or_error, validate_spec
+from xpusim.engine.trust import load_factory, run_user
+from xpusim.plugins.models.common import TracedModelGraph, validate_spec
 
 __all__ = ["FAMILIES", "InputSpec", "TorchModel", "TorchModelConfig"]
 
@@ -77,24 +79,6 @@ class TorchModelConfig(BaseModel):
         return v
 
 
-def _load_factory(path: str) -> Any:
-    mod_name, _, attr = path.partition(":")
-    mod = shape_or_error(
-        lambda: importlib.import_module(mod_name), f"model.module: cannot import {mod_name!r}"
-    )
-    obj: Any = mod
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ScenarioError(
-                f"model.module: {mod_name!r} has no attribute {attr!r}; it defines: "
-                f"{', '.join(n for n in dir(mod) if not n.startswith('_'))[:300]}"
-            )
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ScenarioError(f"model.module: {path!r} is not callable")
-    return obj
-
-
 class TorchModel(TracedModelGraph):
     """A user's module; FORWARD/TRAIN graphs from its meta trace (per batch)."""
 
@@ -105,14 +89,11 @@ class TorchModel(TracedModelGraph):
         name = cfg.name if cfg.name != "torch" else cfg.module
         super().__init__(name, cfg.dtype, cfg.model_dump())
         self.cfg = cfg
-        self._factory = _load_factory(cfg.module)
+        self._factory = load_factory(cfg.module, "model.module")
         # build and trace once now, so a bad factory or bad inputs fail at validation
         self.meta_module()
         batch = self._specs()[0].shape[0]
-        shape_or_error(
-            lambda: self.trace(Shape(Phase.FORWARD, batch=batch)),
-            f"model.inputs: module {cfg.module!r} failed on the given inputs",
-        )
+        self.trace(Shape(Phase.FORWARD, batch=batch))
 
     def _specs(self) -> list[InputSpec]:
         ins = self.cfg.inputs
@@ -126,7 +107,7 @@ class TorchModel(TracedModelGraph):
                 raise TypeError(f"factory returned {type(m).__name__}, not a torch.nn.Module")
             return m
 
-        return shape_or_error(make, f"model.module: factory {self.cfg.module!r} failed")
+        return run_user(make, f"model.module: factory {self.cfg.module!r} failed")
 
     def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
         """The declared inputs with the first dimension set to ``shape.batch``; a mapping
@@ -149,7 +130,11 @@ class TorchModel(TracedModelGraph):
         if key not in self._traces:
             args = self.example_inputs(shape, "meta")
             inputs: Any = args[0] if isinstance(self.cfg.inputs, dict) else args
-            tr = trace_module(self.meta_module(), inputs, self.dtype)
+            module = self.meta_module()
+            tr = run_user(
+                lambda: trace_module(module, inputs, self.dtype),
+                f"model.inputs: module {self.cfg.module!r} failed on the given inputs",
+            )
             self._traces[key] = tr
             for n, c in tr.unknown_ops.items():
                 self.unknown_ops[n] = max(self.unknown_ops.get(n, 0), c)
