@@ -106,3 +106,28 @@ def test_no_slo_gives_none() -> None:
     """Without SLOs attainment and goodput do not apply."""
     m = serving_metrics(frames(), 6.0)
     assert m["slo_attainment"] is None and m["goodput_tokens_per_s"] is None
+
+
+def test_tpot_is_per_request_and_itl_per_token() -> None:
+    """TPOT has one value per finished request (its mean gap); ITL weighs every token gap.
+    Their means differ on the same run: one slow request moves TPOT's mean by a third and
+    ITL's by its one token."""
+    m = serving_metrics(frames(), 6.0)
+    assert m["tpot_mean_s"] == pytest.approx((0.05 + 0.375 + 1.0) / 3)
+    assert m["tpot_p50_s"] == 0.375 and m["tpot_p99_s"] == 1.0
+    assert m["itl_mean_s"] == pytest.approx((0.05 * 10 + 0.5 * 4 + 1.0) / 15)
+    assert m["itl_p90_s"] == 0.5
+    assert m["ttft_mean_s"] == pytest.approx(4.0 / 3) and m["e2e_mean_s"] == pytest.approx(7 / 3)
+    assert m["total_throughput_tokens_per_s"] == pytest.approx((18 + 30) / 6)
+
+
+def test_slo_bounds_name_their_figure() -> None:
+    """A TPOT bound checks each request's mean gap, a largest-gap bound each request's
+    worst gap; the p99 verdict is MLPerf's (p99 TTFT and p99 TPOT within bounds)."""
+    tpot_only = serving_metrics(frames(), 6.0, tbt_slo_s=0.4)
+    assert tpot_only["slo_attainment"] == pytest.approx(2 / 4)  # requests 0 and 1
+    itl_only = serving_metrics(frames(), 6.0, itl_max_slo_s=0.4)
+    assert itl_only["slo_attainment"] == pytest.approx(1 / 4)  # request 1's worst gap is 0.5
+    assert serving_metrics(frames(), 6.0, ttft_slo_s=3.0, tbt_slo_s=1.0)["slo_p99_met"] is True
+    assert serving_metrics(frames(), 6.0, ttft_slo_s=2.9)["slo_p99_met"] is False
+    assert serving_metrics(frames(), 6.0)["slo_p99_met"] is None

@@ -2,7 +2,11 @@
 
 Decoder models (``model.kind == "decoder"``) run the serving world with every request
 present at t = 0 (``count`` requests with ``prompt_tokens``/``output_tokens``
-distributions, or a ``trace`` whose arrival times are ignored). Other models (vision,
+distributions, or a ``trace`` whose arrival times are ignored), under the serving
+engine profile ``stack`` (:mod:`xpusim.plugins.workloads.serving.stacks`). When the
+scenario sets no ``scheduler``, the run picks the largest batch and token budget that
+fit memory, as ``trtllm-bench`` does (:func:`fill_memory_limits`), and reports them as
+``offline_max_batch`` and ``offline_max_batch_tokens``. Other models (vision,
 encoder, MLP ...) run batched forward passes: ``count`` samples in batches of ``batch``,
 ``Shape(Phase.FORWARD, batch, tokens=seq_len)`` each.
 """
@@ -14,9 +18,17 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from xpusim.engine.metrics import THROUGHPUT_SAMPLES_PER_S
+from xpusim.engine.metrics import THROUGHPUT_SAMPLES_PER_S, detail
 from xpusim.engine.policies import SchedulerSpec
 from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
@@ -24,7 +36,14 @@ from xpusim.plugins.workloads.offline.world import simulate_forward
 from xpusim.plugins.workloads.serving import metrics, schedulers
 from xpusim.plugins.workloads.serving.arrivals import LengthDist, sample_lengths
 from xpusim.plugins.workloads.serving.metrics import FORWARD_METRICS, SERVING_METRICS
-from xpusim.plugins.workloads.serving.workload import TraceSpec
+from xpusim.plugins.workloads.serving.stacks import (
+    DEFAULT_STACK,
+    StackCompiled,
+    StackOverride,
+    StackProfile,
+    resolve_stack,
+)
+from xpusim.plugins.workloads.serving.workload import TraceSpec, apply_stack
 from xpusim.plugins.workloads.serving.world import simulate_serving
 
 
@@ -48,6 +67,13 @@ class OfflineConfig(BaseModel):
     )
     kv_block_tokens: int = Field(default=16, ge=1)
     kv_memory_fraction: float = Field(default=0.9, gt=0, le=1)
+    stack: str | StackOverride = Field(
+        default=DEFAULT_STACK,
+        description="serving engine profile: a name from stacks.yaml or {name, overrides}",
+    )
+
+    _stack: StackProfile | None = PrivateAttr(default=None)
+    _scheduler_given: bool = PrivateAttr(default=False)
 
     @field_validator("scheduler")
     @classmethod
@@ -60,7 +86,29 @@ class OfflineConfig(BaseModel):
             raise ValueError("give either `trace` or `prompt_tokens`/`output_tokens`, not both")
         if self.trace is None and self.count is None:
             raise ValueError("give `count` (inputs to process) or a `trace`")
+        self._scheduler_given = "scheduler" in self.model_fields_set
+        apply_stack(self)
         return self
+
+    def stack_profile(self) -> StackProfile:
+        """The serving engine profile this workload runs under."""
+        return self._stack if self._stack is not None else resolve_stack(self.stack)
+
+
+def fill_memory_limits(
+    spec: SchedulerSpec, kv_capacity_tokens: int, prompts: np.ndarray, outputs: np.ndarray
+) -> SchedulerSpec:
+    """The scheduler limits an offline run picks when the scenario fixes none, as
+    ``trtllm-bench`` sizes its engine from the dataset: a batch as large as the KV cache
+    holds sequences of the mean length (prompt plus output), and a token budget that
+    takes the longest prompt in one iteration, at least the profile's, at most the
+    cache."""
+    mean_len = float(np.mean(prompts + outputs)) if len(prompts) else 1.0
+    batch = max(1, min(len(prompts) or 1, int(kv_capacity_tokens // max(1.0, mean_len))))
+    longest = int(np.max(prompts)) if len(prompts) else 1
+    tokens = max(spec.max_batch_tokens, longest)
+    tokens = max(1, min(tokens, max(1, kv_capacity_tokens)))
+    return spec.model_copy(update={"max_batch": batch, "max_batch_tokens": tokens})
 
 
 def _defaults(d: LengthDist | None, value: int) -> LengthDist:
@@ -73,7 +121,24 @@ class OfflineWorkload(Workload):
     name = "offline"
     description = "offline/batch inference of a fixed set of inputs (throughput)"
     schema = OfflineConfig
-    metrics = (*SERVING_METRICS, *FORWARD_METRICS, THROUGHPUT_SAMPLES_PER_S)
+    metrics = (
+        *SERVING_METRICS,
+        *FORWARD_METRICS,
+        THROUGHPUT_SAMPLES_PER_S,
+        detail(
+            "offline_max_batch",
+            "Batch limit",
+            "sequences",
+            description="sequences per iteration the run allowed (picked to fit memory "
+            "when the scenario sets no scheduler)",
+        ),
+        detail(
+            "offline_max_batch_tokens",
+            "Token budget",
+            "tokens",
+            description="tokens per iteration the run allowed",
+        ),
+    )
 
     def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:
         """Process every input on ``ctx.system`` and report throughput."""
@@ -95,20 +160,32 @@ class OfflineWorkload(Workload):
             m = metrics.forward_metrics(frames, span, samples=count, tokens_per_sample=tokens)
             return SystemRun(metrics=m, frames=frames, simulated_s=span)
         frame = self._requests(config, ctx)
+        compiled = StackCompiled(ctx.compiled, config.stack_profile())
+        capacity = compiled.kv_capacity_tokens(config.kv_memory_fraction)
+        spec = config.scheduler
+        if not config._scheduler_given:
+            spec = fill_memory_limits(
+                spec,
+                capacity,
+                frame["prompt_tokens"].to_numpy(),
+                frame["output_tokens"].to_numpy(),
+            )
         res = simulate_serving(
             frame,
-            ctx.compiled,
+            compiled,
             system=system.name,
             replicas=system.replicas,
             devices_per_replica=mp,
-            scheduler=config.scheduler,
+            scheduler=spec,
             router="least-outstanding",
             kv_block_tokens=config.kv_block_tokens,
-            kv_capacity_tokens=ctx.compiled.kv_capacity_tokens(config.kv_memory_fraction),
+            kv_capacity_tokens=capacity,
             progress=ctx.progress,
         )
         m = metrics.serving_metrics(res.frames, res.simulated_s)
         m["throughput_samples_per_s"] = m["throughput_requests_per_s"]
+        m["offline_max_batch"] = spec.max_batch
+        m["offline_max_batch_tokens"] = spec.max_batch_tokens
         return SystemRun(metrics=m, frames=res.frames, simulated_s=res.simulated_s)
 
     @staticmethod

@@ -9,11 +9,25 @@ interpolates between observations, so a weighted sample (the ``tbt`` frame: each
 with the number of tokens that waited that long) gives exactly the percentile of the
 expanded per-token list.
 
+Latency definitions (those of vLLM's ``benchmark_serving`` and MLPerf LoadGen):
+
+* TTFT — ``first_token_s - arrival_s`` of each finished request;
+* TPOT (time per output token) — one value per request, ``(e2e - ttft) / (output - 1)``
+  (the ``tbt_mean_s`` column); requests of one output token have none;
+* ITL (inter-token latency) — every gap between consecutive tokens, each token one
+  sample (the ``tbt`` frame); ``tbt_p50_s``/``tbt_p99_s`` are its median and 99th
+  percentile and ``itl_*`` its mean and 90th percentile;
+* E2E — ``finish_s - arrival_s``.
+
+A per-token p99 ITL and a per-request p99 TPOT are different figures: one long stall
+moves the first for many tokens and the second for one request.
+
 SLO attainment: a request meets the SLOs when it finished (``status == "ok"``), its TTFT
-is at most ``ttft`` and its mean time between tokens (TPOT, ``tbt_mean_s``; one-token
-outputs pass) is at most ``tbt``; only the SLOs given are checked. Dropped requests
-count as misses. Goodput is the rate of SLO-meeting requests (and of their output
-tokens) over the simulated span.
+is at most ``ttft``, its TPOT at most ``tpot`` (one-token outputs pass) and its largest
+token gap at most ``itl_max``; only the SLOs given are checked. Dropped requests count as
+misses. Goodput is the rate of SLO-meeting requests (and of their output tokens) over the
+simulated span. ``slo_p99_met`` is MLPerf's server verdict: the run's p99 TTFT and p99
+TPOT are within the bounds given.
 
 Frames may be in memory (``pl.DataFrame``) or lazy over spilled Parquet parts
 (``pl.LazyFrame``, see :mod:`xpusim.engine.frames`): every figure is a polars query over the
@@ -126,13 +140,17 @@ def serving_metrics(
     *,
     ttft_slo_s: float | None = None,
     tbt_slo_s: float | None = None,
+    itl_max_slo_s: float | None = None,
 ) -> dict[str, Any]:
     """Summary keys of one serving system from its frames.
 
     Keys: ``requests``, ``requests_ok``, ``requests_dropped``, ``output_tokens``,
     ``throughput_tokens_per_s`` (output tokens of finished requests / ``simulated_s``),
     ``throughput_requests_per_s``, ``ttft_p50_s``, ``ttft_p99_s``, ``tbt_p50_s``,
-    ``tbt_p99_s``, ``e2e_p50_s``, ``e2e_p99_s``, ``slo_attainment``,
+    ``tbt_p99_s``, ``e2e_p50_s``, ``e2e_p99_s``, the means and 90th percentiles
+    (``ttft_mean_s``, ``ttft_p90_s``, ``tpot_*``, ``itl_mean_s``, ``itl_p90_s``,
+    ``e2e_mean_s``, ``e2e_p90_s``), ``total_throughput_tokens_per_s`` (prompt plus output
+    tokens of finished requests / ``simulated_s``), ``slo_attainment``, ``slo_p99_met``,
     ``goodput_requests_per_s``, ``goodput_tokens_per_s``, ``preemptions``,
     ``mean_batch`` (sequences per iteration, averaged over iterations), ``iterations``,
     ``utilization`` (busy device-time / (devices x simulated_s)), ``busy_s`` and
@@ -150,6 +168,7 @@ def serving_metrics(
             pl.len().alias("n"),
             is_ok.sum().alias("ok"),
             pl.col("output_tokens").filter(is_ok).sum().alias("out"),
+            pl.col("prompt_tokens").filter(is_ok).sum().alias("inp"),
             pl.col("preemptions").sum().alias("pre"),
         )
         .collect()
@@ -165,18 +184,26 @@ def serving_metrics(
         "simulated_s": span,
         "throughput_tokens_per_s": out_tokens / span if span > 0 else None,
         "throughput_requests_per_s": n_ok / span if span > 0 else None,
+        "total_throughput_tokens_per_s": (
+            (out_tokens + int(counts["inp"] or 0)) / span if span > 0 else None
+        ),
     }
     ok = req.filter(is_ok)
-    for name, col in (("ttft", "ttft_s"), ("e2e", "e2e_s")):
-        m[f"{name}_p50_s"], m[f"{name}_p99_s"] = column_quantiles(ok, col, (0.50, 0.99))
+    for name, col in (("ttft", "ttft_s"), ("e2e", "e2e_s"), ("tpot", "tbt_mean_s")):
+        p50, p90, p99 = column_quantiles(ok, col, (0.50, 0.90, 0.99))
+        m[f"{name}_p50_s"], m[f"{name}_p90_s"], m[f"{name}_p99_s"] = p50, p90, p99
+        m[f"{name}_mean_s"] = column_mean(ok, col)
     tbt_df = None if tbt is None else tbt.lazy().select("gap_s", "tokens").collect()
     if tbt_df is not None and tbt_df.height:
         gaps, w = tbt_df["gap_s"].to_numpy(), tbt_df["tokens"].to_numpy()
         m["tbt_p50_s"] = weighted_quantile(gaps, w, 0.50)
+        m["itl_p90_s"] = weighted_quantile(gaps, w, 0.90)
         m["tbt_p99_s"] = weighted_quantile(gaps, w, 0.99)
+        m["itl_mean_s"] = float(np.sum(gaps * w) / np.sum(w)) if np.sum(w) > 0 else None
     else:
-        m["tbt_p50_s"] = m["tbt_p99_s"] = None
-    if ttft_slo_s is None and tbt_slo_s is None:
+        m["tbt_p50_s"] = m["tbt_p99_s"] = m["itl_p90_s"] = m["itl_mean_s"] = None
+    m["slo_p99_met"] = _p99_verdict(m, ttft_slo_s, tbt_slo_s)
+    if ttft_slo_s is None and tbt_slo_s is None and itl_max_slo_s is None:
         m["slo_attainment"] = None
         m["goodput_requests_per_s"] = None
         m["goodput_tokens_per_s"] = None
@@ -186,6 +213,8 @@ def serving_metrics(
             cond = cond & (pl.col("ttft_s") <= ttft_slo_s)
         if tbt_slo_s is not None:
             cond = cond & (pl.col("tbt_mean_s").is_null() | (pl.col("tbt_mean_s") <= tbt_slo_s))
+        if itl_max_slo_s is not None:
+            cond = cond & (pl.col("tbt_max_s").is_null() | (pl.col("tbt_max_s") <= itl_max_slo_s))
         good = (
             ok.filter(cond)
             .select(pl.len().alias("n"), pl.col("output_tokens").sum().alias("tokens"))
@@ -204,6 +233,23 @@ def serving_metrics(
     m["idle_s"] = states.get(IDLE, 0.0)
     m["state_s"] = states
     return m
+
+
+def column_mean(frame: Frame, column: str) -> float | None:
+    """Mean of ``column`` (nulls and NaNs left out), ``None`` when empty."""
+    vals = pl.col(column).drop_nulls()
+    v = frame.lazy().select(vals.filter(~vals.is_nan()).mean()).collect().item()
+    return None if v is None else float(v)
+
+
+def _p99_verdict(m: Mapping[str, Any], ttft_s: float | None, tpot_s: float | None) -> bool | None:
+    """MLPerf's server verdict: p99 TTFT and p99 TPOT within the bounds given (``None``
+    when no bound is given or a bounded figure is missing)."""
+    checks = [(m.get("ttft_p99_s"), ttft_s), (m.get("tpot_p99_s"), tpot_s)]
+    given = [(v, b) for v, b in checks if b is not None]
+    if not given or any(v is None for v, _ in given):
+        return None
+    return all(v is not None and float(v) <= b for v, b in given)
 
 
 def _step_counts(steps: Frame | None) -> tuple[int, float | None]:
@@ -252,6 +298,9 @@ def forward_metrics(
 
 
 # --- the metrics these functions emit, as the workloads declare them ---------------------
+
+stat_text = {"mean": "mean", "p50": "median", "p90": "90th-percentile", "p99": "99th-percentile"}
+"""How each statistic suffix reads in a metric description."""
 
 DEVICE_METRICS: tuple[Metric, ...] = (
     detail("iterations", "Iterations", description="scheduler iterations (steps) run"),
@@ -320,13 +369,65 @@ SERVING_METRICS: tuple[Metric, ...] = (
     ),
     E2E_P50_S,
     E2E_P99_S,
+    *(
+        detail(
+            f"{name}_{stat}_s",
+            f"{label} {stat}",
+            "ms",
+            "lower",
+            scale=1e3,
+            description=f"{stat_text[stat]} {what}",
+        )
+        for name, label, what in (
+            ("ttft", "TTFT", "time to first token of finished requests"),
+            ("e2e", "E2E", "end-to-end latency of finished requests"),
+            ("tpot", "TPOT", "time per output token, one value per request (vLLM, MLPerf)"),
+        )
+        for stat in ("mean", "p90")
+    ),
+    *(
+        detail(
+            f"tpot_{stat}_s",
+            f"TPOT {stat}",
+            "ms",
+            "lower",
+            scale=1e3,
+            description=f"{stat_text[stat]} time per output token, one value per request",
+        )
+        for stat in ("p50", "p99")
+    ),
+    *(
+        detail(
+            f"itl_{stat}_s",
+            f"ITL {stat}",
+            "ms",
+            "lower",
+            scale=1e3,
+            description=f"{stat_text[stat]} inter-token latency, every gap one sample "
+            "(its p50 and p99 are tbt_p50_s and tbt_p99_s)",
+        )
+        for stat in ("mean", "p90")
+    ),
+    detail(
+        "total_throughput_tokens_per_s",
+        "Total token throughput",
+        "tokens/s",
+        "higher",
+        description="prompt plus output tokens of finished requests per second",
+        order=115,
+    ),
+    detail(
+        "slo_p99_met",
+        "p99 SLOs met",
+        description="MLPerf server verdict: p99 TTFT and p99 TPOT within the SLOs given",
+    ),
     Metric(
         "slo_attainment",
         "SLO attainment",
         "%",
         100.0,
         "higher",
-        description="share of requests that finished within the TTFT and TBT SLOs",
+        description="share of requests that finished within the TTFT, TPOT and ITL SLOs",
         order=300,
         short="SLO met",
         table_format="{:.1f}%",

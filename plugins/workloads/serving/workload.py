@@ -7,8 +7,9 @@ Scenario block (``workload:``, ``kind: serving``)::
                prompt_tokens: {dist: lognormal, median: 1000}, output_tokens: {...}}
     scheduler: {kind: continuous, max_batch: 128, max_batch_tokens: 8192, chunk: 512}  # or static, chunked-prefill, a plugin's
     router: round-robin            # or least-outstanding, or a router a plugin registers
-    slo: {ttft_p99: 2 s, tbt_p99: 150 ms}
+    slo: {ttft: 2 s, tpot: 150 ms}  # or {preset: mlperf-llama2-70b-server}
     kv_block_tokens: 16
+    stack: vllm-0.6                # the serving engine's profile (stacks.yaml); the default
 
 See ``docs/workloads/serving.md`` for every field and the simulation model.
 """
@@ -35,6 +36,13 @@ from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.serving import metrics, routers, schedulers
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate
 from xpusim.plugins.workloads.serving.metrics import SERVING_METRICS
+from xpusim.plugins.workloads.serving.stacks import (
+    DEFAULT_STACK,
+    StackCompiled,
+    StackOverride,
+    StackProfile,
+    resolve_stack,
+)
 from xpusim.plugins.workloads.serving.world import simulate_serving
 
 
@@ -67,13 +75,56 @@ class TraceSpec(BaseModel):
         return d
 
 
+SLO_PRESETS: dict[str, dict[str, float]] = {
+    "mlperf-llama2-70b-server": {"ttft": 2.0, "tpot": 0.200},
+    "mlperf-llama2-70b-interactive": {"ttft": 0.450, "tpot": 0.040},
+}
+"""MLPerf Inference latency bounds (p99 TTFT, p99 TPOT) of the Llama-2-70B server and
+interactive scenarios (MLCommons inference rules, "Benchmarks" table: 2,000 ms / 200 ms
+and, from v5.0, 450 ms / 40 ms)."""
+
+
 class Slo(BaseModel):
-    """``workload.slo``: latency objectives (either may be left out)."""
+    """``workload.slo``: latency objectives, each naming the figure it bounds.
+
+    * ``ttft`` — each request's time to first token (``ttft_p99`` is the same bound under
+      its older name: the run's verdict checks it at the 99th percentile);
+    * ``tpot`` — each request's time per output token, ``(e2e - ttft) / (output - 1)``
+      (``tbt_p99`` is the same bound under its older name);
+    * ``itl_max`` — each request's largest gap between two tokens (a per-token bound);
+    * ``preset`` — a named set of bounds (:data:`SLO_PRESETS`, MLPerf's server and
+      interactive conventions); a bound given beside it wins.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
+    ttft: Duration | None = None
+    tpot: Duration | None = None
+    itl_max: Duration | None = None
     ttft_p99: Duration | None = None
     tbt_p99: Duration | None = None
+    preset: str | None = None
+
+    @model_validator(mode="after")
+    def _one_name_each(self) -> Slo:
+        if self.ttft is not None and self.ttft_p99 is not None:
+            raise ValueError("give `ttft` or its older name `ttft_p99`, not both")
+        if self.tpot is not None and self.tbt_p99 is not None:
+            raise ValueError("give `tpot` or its older name `tbt_p99`, not both")
+        if self.preset is not None and self.preset not in SLO_PRESETS:
+            raise ValueError(f"unknown SLO preset {self.preset!r}; valid: {', '.join(SLO_PRESETS)}")
+        return self
+
+    def bounds(self) -> tuple[float | None, float | None, float | None]:
+        """(TTFT, TPOT, largest-gap) bounds in seconds, presets filled in."""
+        base = SLO_PRESETS.get(self.preset or "", {})
+        ttft = self.ttft if self.ttft is not None else self.ttft_p99
+        tpot = self.tpot if self.tpot is not None else self.tbt_p99
+        return (
+            ttft if ttft is not None else base.get("ttft"),
+            tpot if tpot is not None else base.get("tpot"),
+            self.itl_max,
+        )
 
 
 class ServingConfig(BaseModel):
@@ -90,8 +141,13 @@ class ServingConfig(BaseModel):
     kv_memory_fraction: float = Field(
         default=0.9, gt=0, le=1, description="share of device memory weights plus KV may use"
     )
+    stack: str | StackOverride = Field(
+        default=DEFAULT_STACK,
+        description="serving engine profile: a name from stacks.yaml or {name, overrides}",
+    )
 
     _router: Router | None = PrivateAttr(default=None)
+    _stack: StackProfile | None = PrivateAttr(default=None)
 
     @field_validator("router")
     @classmethod
@@ -108,12 +164,31 @@ class ServingConfig(BaseModel):
         if (self.trace is None) == (self.arrivals is None):
             raise ValueError("give exactly one of `trace` (a file) or `arrivals` (a process)")
         self._router = resolve(info, "routers", self.router)
+        apply_stack(self)
         return self
+
+    def stack_profile(self) -> StackProfile:
+        """The serving engine profile this workload runs under."""
+        return self._stack if self._stack is not None else resolve_stack(self.stack)
 
     def router_policy(self) -> Router | str:
         """The registered router resolved at validation (inside a scenario), else the
         name, which the serving world looks up among its built-in routers."""
         return self._router if self._router is not None else self.router
+
+
+def apply_stack(config: Any) -> None:
+    """Resolve ``config.stack`` and fill what the scenario left unset from the profile:
+    the scheduler (its kind and limits) and ``kv_memory_fraction``. Shared by the
+    ``serving`` and ``offline`` configs, which both hold ``stack``, ``scheduler`` and
+    ``kv_memory_fraction``."""
+    prof = resolve_stack(config.stack)
+    config._stack = prof
+    given = config.model_fields_set
+    if "scheduler" not in given:
+        config.scheduler = SchedulerSpec(**prof.scheduler)
+    if "kv_memory_fraction" not in given:
+        config.kv_memory_fraction = prof.kv_memory_fraction
 
 
 def request_frame(config: ServingConfig, ctx: WorkloadContext) -> Any:
@@ -147,24 +222,27 @@ class ServingWorkload(Workload):
         assert isinstance(config, ServingConfig)
         frame = request_frame(config, ctx)
         system = ctx.system
+        compiled = StackCompiled(ctx.compiled, config.stack_profile())
         res = simulate_serving(
             frame,
-            ctx.compiled,
+            compiled,
             system=system.name,
             replicas=system.replicas,
             devices_per_replica=system.parallelism.model_parallel,
             scheduler=config.scheduler,
             router=config.router_policy(),
             kv_block_tokens=config.kv_block_tokens,
-            kv_capacity_tokens=ctx.compiled.kv_capacity_tokens(config.kv_memory_fraction),
+            kv_capacity_tokens=compiled.kv_capacity_tokens(config.kv_memory_fraction),
             progress=ctx.progress,
             seed=ctx.seed,
         )
+        ttft_slo, tpot_slo, itl_slo = config.slo.bounds()
         m = metrics.serving_metrics(
             res.frames,
             res.simulated_s,
-            ttft_slo_s=config.slo.ttft_p99,
-            tbt_slo_s=config.slo.tbt_p99,
+            ttft_slo_s=ttft_slo,
+            tbt_slo_s=tpot_slo,
+            itl_max_slo_s=itl_slo,
         )
         m["replicas"] = res.replicas
         m["kv_capacity_tokens"] = res.kv_blocks * config.kv_block_tokens

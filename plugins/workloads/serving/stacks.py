@@ -1,0 +1,237 @@
+"""Serving-engine profiles: the per-iteration cost a serving stack adds to the model's.
+
+A profile (``plugins/workloads/serving/stacks.yaml``, every figure with its source) says
+what an engine such as vLLM, SGLang or TensorRT-LLM does around the model on every
+iteration:
+
+* ``host_step_s`` — host (CPU) time per iteration: scheduling, input preparation,
+  sampling and output processing. With ``host_overlap: false`` it sits on the critical
+  path, so an iteration takes ``gpu + host``; with ``host_overlap: true`` (SGLang's
+  overlap scheduler, which prepares batch ``i+1`` while the GPU runs batch ``i``) it takes
+  ``max(gpu, host)``;
+* ``cuda_graph_batches`` — the decode batch sizes captured as CUDA graphs: a decode-only
+  iteration of ``b`` sequences, ``b`` at most the largest captured size, runs the graph of
+  the smallest captured size ``>= b`` (the padded rows cost what real rows cost); larger
+  batches and iterations that prefill run eagerly at their own size;
+* ``kv_memory_fraction`` and ``scheduler`` — the engine's defaults, used when the scenario
+  does not set them.
+
+A scenario writes ``stack: vllm-0.6`` or overrides fields inline::
+
+    stack: {name: sglang-0.4, host_step_s: 1 ms, host_overlap: true}
+
+:func:`resolve_stack` returns the :class:`StackProfile`; :class:`StackCompiled` wraps the
+backend's :class:`~xpusim.engine.backend.Compiled` so every step the serving world prices
+carries the stack's cost (host seconds count as ``overhead`` time at the power of that
+state). The default profile (:data:`DEFAULT_STACK`) is stated, with why, at the top of the
+YAML file and in ``docs/workloads/serving.md``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from xpusim.engine.backend import Compiled, Cost, Fit
+from xpusim.engine.device import Figure
+from xpusim.engine.graph import Collective, Phase, Shape
+from xpusim.engine.power import PowerModel
+from xpusim.engine.qty import Duration
+
+STACKS_PATH = Path(__file__).with_name("stacks.yaml")
+"""The shipped profiles."""
+
+
+@cache
+def _doc() -> dict[str, Any]:
+    return dict(yaml.safe_load(STACKS_PATH.read_text(encoding="utf-8")))
+
+
+def stack_names() -> list[str]:
+    """Names of the shipped profiles."""
+    return sorted(_doc()["stacks"])
+
+
+DEFAULT_STACK: str = str(_doc()["default"])
+"""The profile a serving or offline scenario gets when it names none (see the YAML)."""
+
+
+@dataclass(frozen=True)
+class StackProfile:
+    """One serving engine's per-iteration behaviour (module docstring) and the sources
+    of its figures (``sources``: field name to a sentence)."""
+
+    name: str
+    engine: str
+    version: str
+    host_step_s: float
+    host_overlap: bool
+    cuda_graph_batches: tuple[int, ...]
+    kv_memory_fraction: float
+    scheduler: Mapping[str, Any]
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def graph_batch(self, batch: int) -> int | None:
+        """The captured batch size a decode of ``batch`` sequences runs at, or ``None``
+        when it runs eagerly (no capture that large)."""
+        sizes = self.cuda_graph_batches
+        i = bisect.bisect_left(sizes, batch)
+        return sizes[i] if i < len(sizes) else None
+
+    def step_seconds(self, gpu_s: float) -> float:
+        """Wall time of an iteration whose GPU work takes ``gpu_s``."""
+        if self.host_overlap:
+            return max(gpu_s, self.host_step_s)
+        return gpu_s + self.host_step_s
+
+
+class StackOverride(BaseModel):
+    """``workload.stack`` written as a mapping: a profile ``name`` and fields to override."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = DEFAULT_STACK
+    host_step_s: Duration | None = Field(default=None, description="host time per iteration")
+    host_overlap: bool | None = None
+    cuda_graph_batches: list[int] | None = None
+    kv_memory_fraction: float | None = Field(default=None, gt=0, le=1)
+
+
+def _value(raw: Any) -> Any:
+    return raw["value"] if isinstance(raw, Mapping) and "value" in raw else raw
+
+
+def _cited(raw: Any) -> str:
+    if not isinstance(raw, Mapping):
+        return "stack profile"
+    parts = [str(raw[k]) for k in ("source", "derivation") if raw.get(k)]
+    return "; ".join(parts) or "stack profile"
+
+
+def load_profile(name: str) -> StackProfile:
+    """The shipped profile ``name``; an unknown name raises ``ValueError`` listing the
+    valid ones."""
+    stacks = _doc()["stacks"]
+    if name not in stacks:
+        raise ValueError(f"unknown serving stack {name!r}; valid: {', '.join(stack_names())}")
+    raw = stacks[name]
+    sizes = tuple(sorted(int(b) for b in _value(raw["cuda_graph_batches"])))
+    return StackProfile(
+        name=name,
+        engine=str(raw["engine"]),
+        version=str(raw["version"]),
+        host_step_s=float(_value(raw["host_step_s"])),
+        host_overlap=bool(_value(raw["host_overlap"])),
+        cuda_graph_batches=sizes,
+        kv_memory_fraction=float(_value(raw["kv_memory_fraction"])),
+        scheduler=dict(raw["scheduler"]),
+        sources={
+            "host_step_s": _cited(raw["host_step_s"]),
+            "cuda_graph_batches": _cited(raw["cuda_graph_batches"]),
+            "kv_memory_fraction": _cited(raw["kv_memory_fraction"]),
+            "scheduler": str(raw.get("scheduler_source", "stack profile")),
+        },
+    )
+
+
+def resolve_stack(spec: str | StackOverride | None) -> StackProfile:
+    """The profile a scenario's ``stack`` names, with its inline overrides applied (each
+    overridden field's source says so)."""
+    if spec is None:
+        return load_profile(DEFAULT_STACK)
+    if isinstance(spec, str):
+        return load_profile(spec)
+    prof = load_profile(spec.name)
+    changes: dict[str, Any] = {}
+    for key in ("host_step_s", "host_overlap", "kv_memory_fraction"):
+        v = getattr(spec, key)
+        if v is not None:
+            changes[key] = v
+    if spec.cuda_graph_batches is not None:
+        if any(b < 1 for b in spec.cuda_graph_batches):
+            raise ValueError("stack.cuda_graph_batches: every batch size must be >= 1")
+        changes["cuda_graph_batches"] = tuple(sorted(set(spec.cuda_graph_batches)))
+    if not changes:
+        return prof
+    sources = dict(prof.sources)
+    sources.update({k: "scenario override (workload.stack)" for k in changes})
+    return replace(prof, sources=sources, **changes)
+
+
+class StackCompiled(Compiled):
+    """A compiled model seen through a serving stack: the same memory fit and figures,
+    and step costs with the stack's CUDA-graph padding and host time (module docstring).
+    """
+
+    def __init__(self, inner: Compiled, stack: StackProfile) -> None:
+        super().__init__(inner.system, inner.model)
+        self.inner = inner
+        self.stack = stack
+        self.reserve_bytes = inner.reserve_bytes
+        self._power = inner.power_model()
+
+    def padded(self, shape: Shape) -> Shape:
+        """``shape`` with a decode-only batch raised to its captured CUDA-graph size."""
+        if shape.phase is not Phase.DECODE:
+            return shape
+        b = self.stack.graph_batch(shape.batch)
+        return shape if b is None or b == shape.batch else replace(shape, batch=b)
+
+    def _cost(self, shape: Shape) -> Cost:
+        c = self.inner.cost(self.padded(shape))
+        seconds = self.stack.step_seconds(c.seconds)
+        extra = seconds - c.seconds
+        if extra <= 0:
+            return c
+        breakdown = dict(c.breakdown)
+        breakdown["overhead"] = breakdown.get("overhead", 0.0) + extra
+        joules = c.joules
+        if self._power is not None:
+            devices = max(1, self.system.parallelism.model_parallel)
+            joules += self._power.joules({"overhead": extra}, devices=devices)
+        return Cost(seconds=seconds, joules=joules, breakdown=breakdown, flops=c.flops)
+
+    def fit(self, *, kv_tokens: int = 0, batch: int = 1, training: bool = False) -> Fit:
+        """The wrapped model's memory fit."""
+        return self.inner.fit(kv_tokens=kv_tokens, batch=batch, training=training)
+
+    def kv_capacity_tokens(self, reserve_fraction: float = 0.9) -> int:
+        """The wrapped model's KV capacity."""
+        return self.inner.kv_capacity_tokens(reserve_fraction)
+
+    def power_model(self) -> PowerModel | None:
+        """The wrapped model's power model."""
+        return self._power
+
+    def collective_seconds(self, kind: Collective, nbytes: float, group: int) -> float | None:
+        """The wrapped model's collective pricing."""
+        return self.inner.collective_seconds(kind, nbytes, group)
+
+    @property
+    def replicas(self) -> int:
+        """The wrapped model's replicas."""
+        return self.inner.replicas
+
+    def figures_used(self) -> dict[str, Figure]:
+        """The wrapped model's figures plus the stack's, each with its source."""
+        out = dict(self.inner.figures_used())
+        s = self.stack
+        out["stack.host_step_s"] = Figure(
+            s.host_step_s, assumption=f"{s.name}: {s.sources.get('host_step_s', '')}"
+        )
+        out["stack.cuda_graph_max_batch"] = Figure(
+            float(s.cuda_graph_batches[-1] if s.cuda_graph_batches else 0),
+            assumption=f"{s.name}: {s.sources.get('cuda_graph_batches', '')}",
+        )
+        out["stack.kv_memory_fraction"] = Figure(
+            s.kv_memory_fraction,
+            assumption=f"{s.name}: {s.sources.get('kv_memory_fraction', '')}",
+        )
+        return out

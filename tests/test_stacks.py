@@ -1,0 +1,112 @@
+"""Serving-engine profiles: host time, CUDA-graph padding, defaults a scenario inherits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.fakes import FakeCompiled, FakeModel, fake_device
+from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.system import Parallelism, System, Topology
+from xpusim.plugins.workloads.offline.workload import OfflineConfig, fill_memory_limits
+from xpusim.plugins.workloads.serving.stacks import (
+    DEFAULT_STACK,
+    StackCompiled,
+    StackOverride,
+    load_profile,
+    resolve_stack,
+    stack_names,
+)
+from xpusim.plugins.workloads.serving.workload import ServingConfig
+
+
+def compiled() -> FakeCompiled:
+    dev = fake_device("chip-b", 80)
+    system = System("s", "fake", dev, 1, Parallelism(), Topology(1, 1.0, 0.0, 1.0, 0.0))
+    return FakeCompiled(system, FakeModel(1e9))
+
+
+def test_every_shipped_profile_loads_with_sources() -> None:
+    """Each profile in stacks.yaml loads, every figure names its source, and the default
+    is one of them."""
+    assert DEFAULT_STACK in stack_names()
+    for name in stack_names():
+        p = load_profile(name)
+        assert p.host_step_s >= 0 and 0 < p.kv_memory_fraction <= 1
+        assert list(p.cuda_graph_batches) == sorted(p.cuda_graph_batches)
+        assert all(p.sources[k] for k in ("host_step_s", "cuda_graph_batches", "scheduler"))
+
+
+def test_unknown_stack_lists_the_valid_ones() -> None:
+    """An unknown profile name raises and names every valid one."""
+    with pytest.raises(ValueError, match=r"valid: .*vllm-0\.6"):
+        load_profile("vllm-9")
+
+
+def test_host_time_serial_or_overlapped() -> None:
+    """Serial host work adds to the GPU step; overlapped host work hides behind it and
+    only shows when it is the longer of the two."""
+    serial = resolve_stack(StackOverride.model_validate({"name": "none", "host_step_s": "4 ms"}))
+    overlap = resolve_stack(
+        StackOverride.model_validate({"name": "none", "host_step_s": "4 ms", "host_overlap": True})
+    )
+    assert serial.step_seconds(0.010) == pytest.approx(0.014)
+    assert overlap.step_seconds(0.010) == pytest.approx(0.010)
+    assert overlap.step_seconds(0.001) == pytest.approx(0.004)
+    assert serial.sources["host_step_s"].startswith("scenario override")
+
+
+def test_decode_batches_pad_to_the_captured_graph() -> None:
+    """A decode of 3 sequences runs vLLM's batch-4 graph and costs what 4 cost; a batch
+    above the largest capture runs eagerly at its own size; prefills are never padded."""
+    inner = compiled()
+    st = StackCompiled(inner, load_profile("vllm-0.6"))
+    d3 = Shape(Phase.DECODE, batch=3, tokens=1, context=100)
+    d4 = Shape(Phase.DECODE, batch=4, tokens=1, context=100)
+    assert st.padded(d3) == d4
+    big = Shape(Phase.DECODE, batch=300, tokens=1, context=100)
+    assert st.padded(big) == big
+    pre = Shape(Phase.PREFILL, batch=3, tokens=64)
+    assert st.padded(pre) == pre
+    host = load_profile("vllm-0.6").host_step_s
+    assert st.cost(d3).seconds == pytest.approx(inner.cost(d4).seconds + host)
+    assert st.cost(d3).breakdown["overhead"] == pytest.approx(host)
+
+
+def test_scenario_inherits_scheduler_and_kv_fraction_from_its_stack() -> None:
+    """Unset scheduler and KV fraction come from the stack; values the scenario sets win."""
+    one = {"dist": "constant", "value": 8}
+    arrivals = {
+        "process": "poisson",
+        "rate": "1/s",
+        "count": 10,
+        "prompt_tokens": one,
+        "output_tokens": one,
+    }
+    cfg = ServingConfig.model_validate({"arrivals": arrivals, "stack": "sglang-0.4"})
+    assert cfg.scheduler.kind == "chunked-prefill"
+    assert cfg.kv_memory_fraction == pytest.approx(0.88)
+    own = ServingConfig.model_validate(
+        {
+            "arrivals": arrivals,
+            "stack": "sglang-0.4",
+            "scheduler": {"kind": "continuous", "max_batch": 8},
+            "kv_memory_fraction": 0.5,
+        }
+    )
+    assert own.scheduler.max_batch == 8 and own.kv_memory_fraction == 0.5
+    with pytest.raises(ValueError, match="unknown serving stack"):
+        ServingConfig.model_validate({"arrivals": arrivals, "stack": "nope"})
+
+
+def test_offline_picks_the_largest_batch_memory_holds() -> None:
+    """With no scheduler given, an offline run allows as many sequences as the KV cache
+    holds at the mean length, and a token budget that takes the longest prompt."""
+    cfg = OfflineConfig.model_validate({"count": 4})
+    prompts = np.array([1000, 1000, 3000, 1000])
+    outputs = np.array([1000, 1000, 1000, 1000])
+    spec = fill_memory_limits(cfg.scheduler, 10_000, prompts, outputs)
+    assert spec.max_batch == 4  # 10,000 // 2,500 = 4, at most the 4 requests
+    assert spec.max_batch_tokens == 8192
+    spec = fill_memory_limits(cfg.scheduler, 10_000, np.array([9000] * 8), np.array([1000] * 8))
+    assert spec.max_batch == 1 and spec.max_batch_tokens == 9000
