@@ -44,7 +44,7 @@ from xpusim.plugins.tpu.fusion import VECTOR_ATTR, fuse
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 BACKEND = "tpu"
-SUPPORTED_KINDS = ("decoder", "encoder", "vision", "mlp", "spiking")
+SUPPORTED_KINDS = ("decoder", "encoder", "vision", "mlp", "spiking", "custom")
 WORKLOADS = ("serving", "offline", "training", "spiking")
 RUNTIME_RESERVE_BYTES = 0.5e9
 FP32_PASSES = 3
@@ -200,8 +200,10 @@ class TpuBackend(Backend):
         return builtin_catalog()
 
     def supports(self, model: ModelGraph, workload: str) -> Support:
-        """Decoder, encoder, vision, MLP and spiking models (spiking networks as
-        time-stepped dense matmuls and vector-unit LIF updates) for every workload kind."""
+        """Decoder, encoder, vision, MLP, spiking and user (``family: torch``) models
+        (spiking networks as time-stepped dense matmuls and vector-unit LIF updates; a
+        user module op by op from its traced graph, unknown ops by their bytes) for every
+        workload kind."""
         if model.kind not in SUPPORTED_KINDS:
             return Support(
                 False,
