@@ -152,7 +152,8 @@ def parse(value: object, dim: Dim, *, where: str = "value") -> float:
             f"{where}: cannot read {value!r} as a {dim.value}; write a number and a unit, "
             f"for example {_example(dim)}."
         )
-    number, unit = m.group(1), m.group(2).replace(" ", "")
+    # the Greek small mu (U+03BC) and the micro sign (U+00B5) look alike: read both as micro
+    number, unit = m.group(1), m.group(2).replace(" ", "").replace("\u03bc", "\u00b5")
     if unit not in table:
         other = _which_dimension(unit)
         hint = f" ({unit!r} is a unit of {other.value})" if other else ""
