@@ -14,8 +14,9 @@ class Parallelism:
 
     ``data`` replicas (in serving: independent replicas behind the router), ``tensor``
     (Megatron intra-layer), ``pipeline`` stages (``virtual`` interleaved stages per device),
-    ``sequence`` parallel on or off, ``zero`` optimizer sharding stage 0-3 and
-    ``expert`` parallel degree for MoE models.
+    ``sequence`` parallel on or off, ``zero`` optimizer sharding stage 0-3,
+    ``expert`` parallel degree for MoE models and ``context`` parallel degree (training:
+    each sequence split over that many devices, which multiply the device count).
     """
 
     data: int = 1
@@ -25,6 +26,7 @@ class Parallelism:
     sequence: bool = False
     zero: int = 0
     expert: int = 1
+    context: int = 1
 
     @property
     def model_parallel(self) -> int:
@@ -34,7 +36,7 @@ class Parallelism:
     @property
     def devices(self) -> int:
         """Devices the whole plan uses."""
-        return self.data * self.tensor * self.pipeline
+        return self.data * self.tensor * self.pipeline * self.context
 
 
 def divisors(n: int) -> list[int]:

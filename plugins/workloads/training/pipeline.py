@@ -23,7 +23,9 @@ Closed form (:func:`pipeline_time`), uniform stages
 Non-uniform stages (:func:`pipeline_time` with a list of per-stage times)
     ``T = Σ_s c_s + (m·v − 1) · max_s c_s``: the slowest stage sets the steady-state rate,
     every stage is crossed once while filling and draining. Equal stages give the formula
-    above.
+    above; for unequal ones it is an upper bound (the fill and drain of a faster stage
+    partly hide behind the slowest one), and :func:`exact_pipeline_time` runs the real
+    schedule instead.
 
 Exact schedule (:func:`simulate_schedule`)
     A list scheduler that runs the real per-device op order of 1F1B (warm-up forwards,
@@ -34,10 +36,10 @@ Exact schedule (:func:`simulate_schedule`)
     and is used by the tests to check the closed form; it is ``O(m·p·v)`` and not used on
     the hot path.
 
-Activation memory: under 1F1B the first stage holds the activations of ``min(m, p)``
-micro-batches in flight; interleaving raises that by ``1 + (p − 1)/(p·v)``
-(Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
-Models", §4.2.3) — :func:`in_flight_microbatches`.
+Activation memory: under 1F1B stage ``s`` holds the activations of ``min(m, p − s)``
+micro-batches in flight (the first stage the most); interleaving raises the first
+stage's by ``1 + (p − 1)/(p·v)`` (Korthikanti et al. 2022, "Reducing Activation
+Recomputation in Large Transformer Models", §4.2.3) — :func:`in_flight_microbatches`.
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ from dataclasses import dataclass
 __all__ = [
     "PipelineTime",
     "bubble_fraction",
+    "exact_pipeline_time",
     "in_flight_microbatches",
     "pipeline_time",
+    "schedule_intervals",
     "simulate_schedule",
 ]
 
@@ -110,23 +114,51 @@ def pipeline_time(
     return PipelineTime(seconds, work, p2p, max(0.0, seconds - work - p2p))
 
 
+def exact_pipeline_time(
+    fwd_s: Sequence[float],
+    bwd_s: Sequence[float],
+    m: int,
+    v: int = 1,
+    p2p_s: float = 0.0,
+) -> PipelineTime:
+    """:func:`pipeline_time` by the exact schedule (:func:`schedule_intervals`) for
+    per-stage forward and backward times, with each chunk's two point-to-point transfers
+    blocking its sender as in the closed form (so equal stages give the same makespan).
+    The parts are those of the stage with the most work. Falls back to the closed form
+    when the interleaved schedule does not apply (``m`` not a multiple of ``p``)."""
+    p = len(fwd_s)
+    per = [f + b for f, b in zip(fwd_s, bwd_s, strict=True)]
+    if v > 1 and m % p:
+        return pipeline_time(per, m, p, v, p2p_s)
+    hop = p2p_s * v if p > 1 else 0.0
+    seconds = simulate_schedule(p, m, [f + hop for f in fwd_s], [b + hop for b in bwd_s], v)
+    s = max(range(p), key=lambda i: (per[i], -i))
+    work = m * per[s]
+    p2p = m * 2 * hop
+    return PipelineTime(seconds, work, p2p, max(0.0, seconds - work - p2p))
+
+
 def bubble_fraction(p: int, m: int, v: int = 1) -> float:
     """The paper's bubble fraction ``(p − 1) / (m·v)`` (bubble over ideal time)."""
     _check(p, m, v)
     return (p - 1) / (m * v)
 
 
-def in_flight_microbatches(p: int, m: int, v: int = 1) -> float:
-    """Micro-batch-equivalents of activations the first stage holds at its peak.
+def in_flight_microbatches(p: int, m: int, v: int = 1, stage: int = 0) -> float:
+    """Micro-batch-equivalents of activations pipeline stage ``stage`` holds at its peak.
 
-    1F1B: ``min(m, p)``. Interleaved: ``p·(1 + (p − 1)/(p·v))`` (Korthikanti et al. 2022)
-    when ``m >= p``, since the warm-up runs ``(v − 1)·p`` extra chunk forwards, each of
-    ``1/v`` of the stage's layers.
+    1F1B: stage ``s`` runs ``p − s − 1`` warm-up forwards before its first backward, so it
+    holds ``min(m, p − s)``. Interleaved: the warm-up is ``2·(p − s − 1) + (v − 1)·p``
+    chunk forwards plus the one in steady state, each of ``1/v`` of the stage's layers;
+    for the first stage that is ``p·(1 + (p − 1)/(p·v))`` (Korthikanti et al. 2022).
     """
     _check(p, m, v)
+    if not 0 <= stage < p:
+        raise ValueError(f"stage {stage} is not one of the {p} pipeline stages")
     if v == 1 or p == 1:
-        return float(min(m, p))
-    return min(float(m), p * (1.0 + (p - 1) / (p * v)))
+        return float(min(m, p - stage))
+    units = 2 * (p - stage - 1) + (v - 1) * p + 1
+    return min(float(m * v), float(units)) / v
 
 
 def _order_1f1b(rank: int, p: int, m: int) -> list[tuple[str, int, int]]:
@@ -168,31 +200,43 @@ def _order_interleaved(rank: int, p: int, m: int, v: int) -> list[tuple[str, int
     return ops
 
 
-def simulate_schedule(
-    p: int, m: int, t_f: float, t_b: float, v: int = 1, p2p_s: float = 0.0
-) -> float:
-    """The exact makespan of the (interleaved) 1F1B schedule by list scheduling.
+def schedule_intervals(
+    p: int,
+    m: int,
+    t_f: float | Sequence[float],
+    t_b: float | Sequence[float],
+    v: int = 1,
+    p2p_s: float = 0.0,
+) -> list[list[tuple[str, float, float]]]:
+    """Per device, the ``(kind, start, end)`` of every op of the (interleaved) 1F1B
+    schedule by list scheduling, ``kind`` ``F`` or ``B``.
 
     ``t_f``/``t_b`` are one micro-batch's forward/backward on one device (all ``v``
-    chunks), so one chunk unit takes ``t_f/v`` or ``t_b/v``. The interleaved schedule
-    needs ``m`` to be a multiple of ``p`` (as Megatron-LM requires). Each device runs its
-    ops in order; an op starts when the device is free and its input (the previous
-    virtual stage's output, plus ``p2p_s`` when it crosses devices) is ready.
+    chunks), one number for every stage or one per stage; one chunk unit takes ``t/v``.
+    The interleaved schedule needs ``m`` to be a multiple of ``p`` (as Megatron-LM
+    requires). Each device runs its ops in order; an op starts when the device is free
+    and its input (the previous virtual stage's output, plus ``p2p_s`` when it crosses
+    devices) is ready.
     """
     _check(p, m, v)
     if v > 1 and m % p:
         raise ValueError(f"the interleaved schedule needs m ({m}) to be a multiple of p ({p})")
+    fs = [float(t_f)] * p if isinstance(t_f, int | float) else [float(x) for x in t_f]
+    bs = [float(t_b)] * p if isinstance(t_b, int | float) else [float(x) for x in t_b]
+    if len(fs) != p or len(bs) != p:
+        raise ValueError(f"{len(fs)} forward and {len(bs)} backward times for {p} stages")
     orders = [_order_1f1b(r, p, m) if v == 1 else _order_interleaved(r, p, m, v) for r in range(p)]
-    unit = {"F": t_f / v, "B": t_b / v}
     last = p * v - 1  # virtual stage index of the last chunk
     done: dict[tuple[str, int, int], float] = {}  # (kind, micro-batch, virtual stage) -> end
     pos = [0] * p
     free = [0.0] * p
+    out: list[list[tuple[str, float, float]]] = [[] for _ in range(p)]
     pending = p
     # Sweep: repeatedly run every device whose next op has its input ready.
     while pending:
         progressed = False
         for r in range(p):
+            unit = {"F": fs[r] / v, "B": bs[r] / v}
             while pos[r] < len(orders[r]):
                 kind, mb, chunk = orders[r][pos[r]]
                 vs = chunk * p + r
@@ -209,9 +253,24 @@ def simulate_schedule(
                 end = start + unit[kind]
                 done[(kind, mb, vs)] = end
                 free[r] = end
+                out[r].append((kind, start, end))
                 pos[r] += 1
                 progressed = True
         pending = sum(1 for r in range(p) if pos[r] < len(orders[r]))
         if pending and not progressed:
             raise RuntimeError("pipeline schedule deadlocked (invalid order)")
-    return max(free)
+    return out
+
+
+def simulate_schedule(
+    p: int,
+    m: int,
+    t_f: float | Sequence[float],
+    t_b: float | Sequence[float],
+    v: int = 1,
+    p2p_s: float = 0.0,
+) -> float:
+    """The exact makespan of the (interleaved) 1F1B schedule
+    (:func:`schedule_intervals`)."""
+    ops = schedule_intervals(p, m, t_f, t_b, v, p2p_s)
+    return max((dev[-1][2] for dev in ops if dev), default=0.0)

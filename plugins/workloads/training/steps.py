@@ -1,9 +1,8 @@
-"""Training at cluster scale: the step model and the failure/checkpoint world.
+"""The training step model: one optimizer step of a parallel plan, priced once.
 
-The step model (:func:`step_time`) prices one optimizer step of a data/tensor/pipeline
-parallel plan once; the failure world (:func:`simulate_failures`) then replays the whole
-run in SimPy at the granularity that decides time-to-train — checkpoint intervals and
-failures, not kernels — so 10,000 steps on 1,024 devices take milliseconds.
+:func:`step_time` prices one failure-free step of a data/tensor/pipeline/context/expert
+parallel plan; the failure world (:mod:`.failures`) then replays the whole run at
+checkpoint/failure granularity and :mod:`.frames` turns it into frames.
 
 Step model, per data-parallel replica (``d`` replicas, ``t`` tensor, ``p`` pipeline
 stages of ``v`` chunks, ``m = global_batch / (micro_batch · d)`` micro-batches):
@@ -21,8 +20,34 @@ stages of ``v`` chunks, ``m = global_batch / (micro_batch · d)`` micro-batches)
    own split (the contract's default) prices through
    :meth:`~xpusim.engine.backend.Compiled.cost`, whose seconds cover the ``p`` stages one
    after another, so a stage is ``1/p`` of it and forward:backward is split 1:2.
-2. **Pipeline.** :func:`xpusim.plugins.workloads.training.pipeline.pipeline_time`: ``(m·v + p − 1)·c`` with
-   ``c`` one chunk's forward+backward plus its two point-to-point transfers.
+   Stages of the plan's partition (:mod:`.partition`) differ: the priced stage graph is
+   split into per-layer, head, embedding and per-stage parts (:mod:`.stagecost`) and
+   each stage costs its own layers plus its ends.
+2. **Pipeline.** Equal stages:
+   :func:`xpusim.plugins.workloads.training.pipeline.pipeline_time`, ``(m·v + p − 1)·c``
+   with ``c`` one chunk's forward+backward plus its two point-to-point transfers. Unequal
+   stages (an uneven partition, the embedding and the LM head): the exact schedule,
+   :func:`~xpusim.plugins.workloads.training.pipeline.exact_pipeline_time`.
+2a. **Context parallelism** (``context = c``): each device holds ``1/c`` of every
+   sequence, so a stage's work is ``1/c`` of the whole sequence's (linear ops by tokens;
+   the causal attention core by the load-balanced split of each sequence into ``2c``
+   chunks, which gives every rank the same share of the score matrix). Keys and values
+   move between the ranks: ``ring`` sends each rank's K,V chunk ``c − 1`` times around
+   the ring per layer (and K,V plus their gradients backward), overlapped with the
+   attention core, so only the excess is exposed; ``all_gather`` gathers K,V before
+   attention (and reduce-scatters their gradients backward), exposed.
+2b. **Expert parallelism** (``expert = e``): the model's graph holds ``1/e`` of each MoE
+   layer's routed experts per device, with the all-to-all dispatch and combine of the
+   routed tokens over the ``e`` ranks and the model's ``expert_imbalance``; routed-expert
+   gradients are reduced over ``d·c/e`` ranks, the dense ones over ``d·c``.
+2c. **FP8** (``precision: fp8``, Transformer Engine style): the transformer layers' weight
+   GEMMs run at the device's FP8 peak over its bf16 peak, times the ratio of FP8 to
+   bf16 achievable matmul efficiency (:data:`FP8_GEMM_EFFICIENCY_RATIO`); attention, the
+   LM head and everything memory-bound stay as priced in bf16.
+2d. **Activation offloading**: a stage that would hold more than two micro-batches of
+   activations moves each micro-batch's to host memory during its forward and back
+   before its backward at ``offload_bandwidth``, overlapped with that pass; only the
+   excess is exposed.
 3. **Point-to-point.** The activation of one micro-batch (``micro_batch·seq·hidden``
    elements at the precision) crosses each stage boundary forward, its gradient
    backward. With ``t > 1`` each tensor rank sends ``1/t`` of it (Megatron's
@@ -39,23 +64,14 @@ stages of ``v`` chunks, ``m = global_batch / (micro_batch · d)`` micro-batches)
    follows the pipeline flush (Megatron-LM 2021 behaviour). ZeRO-3/FSDP gathers each
    stage's parameters for forward and again for backward and reduce-scatters gradients
    every micro-batch, overlapped with that micro-batch's compute when
-   ``overlap_grad_reduce`` is on.
+   ``overlap_grad_reduce`` is on; with ``fsdp_reshard: false`` the weights gathered
+   for the forward are kept for the backward (one gather per micro-batch).
 5. **Optimizer.** The graph's optimizer op (sharded ``1/d`` under ZeRO), once per step.
 
 ``step = pipeline + exposed data-parallel time + parameter all-gather (ZeRO 1/2) +
 optimizer``.
 
-Collective placement. Ranks are ordered tensor, then data, then pipeline (Megatron's
-order): a tensor group is ``t`` consecutive devices, a data-parallel group has
-``max(1, devices_per_node // t)`` members per node, a pipeline boundary crosses nodes
-once ``t·d·p`` exceeds a node. Data-parallel and pipeline collectives are priced by
-:func:`xpusim.engine.collectives.collective_seconds` over the system's two-level topology with
-the group's members per node, at the link rates the backend's own collective function
-achieves (probed with two send-recv sizes per link class, so a backend's achievable
-fraction of link rate carries over); on a TPU-style torus (``topology.torus`` set, or a
-device whose catalog declares ``extra.torus_dims``) the backend's collective function
-prices them directly. Hardware-agnostic: the same code
-serves GPU and TPU systems.
+Collective placement: :mod:`.comms`.
 
 FLOPs (Narayanan et al. 2021 eq. (3); Chowdhery et al. 2022 App. B):
 
@@ -70,275 +86,68 @@ FLOPs (Narayanan et al. 2021 eq. (3); Chowdhery et al. 2022 App. B):
   With full recomputation this is the paper's ``96·B·s·L·h²·(1 + s/(6h) + V/(16·L·h))``,
   the FLOPs behind its "achieved TFLOP/s per GPU". **HFU** = hardware FLOPs /
   (devices × peak × step time).
-
-Failure world: every device fails independently at rate ``1/mtbf``, so the job fails at
-``count/mtbf``. The job trains ``k = round(checkpoint_interval / step)`` steps, writes a
-checkpoint (weights + optimizer states at ``storage_bandwidth``, the aggregate rate of
-the file system), and repeats. A failure (during training, checkpointing or restart)
-loses everything since the last completed checkpoint and costs ``restart`` plus reading
-the checkpoint back. ``seeds`` independent repetitions give the spread of time-to-train.
 """
 
 from __future__ import annotations
 
-import math
-import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-
-import numpy as np
-import polars as pl
-import simpy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
 
 from xpusim.engine.backend import Compiled
-from xpusim.engine.collectives import collective_seconds
-from xpusim.engine.errors import XpusimError
-from xpusim.engine.frames import DEVICES_SCHEMA
 from xpusim.engine.graph import Collective, Phase, Shape, dtype_bytes
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
-from xpusim.engine.system import Parallelism, System, Topology, divisors
-from xpusim.plugins.workloads.training.memory import (
-    MemoryNeed,
-    checkpoint_bytes,
-    stage_params,
-    training_memory,
+from xpusim.plugins.workloads.training.comms import Comms, bucketed_exposed
+from xpusim.plugins.workloads.training.memory import StageParams, param_bytes, stage_param_split
+from xpusim.plugins.workloads.training.partition import StagePartition
+from xpusim.plugins.workloads.training.pipeline import (
+    PipelineTime,
+    exact_pipeline_time,
+    in_flight_microbatches,
+    pipeline_time,
 )
-from xpusim.plugins.workloads.training.pipeline import PipelineTime, pipeline_time
+from xpusim.plugins.workloads.training.plan import (
+    TrainingPlan,
+    cfg_int,
+    flops_per_token,
+    plan_partition,
+)
+from xpusim.plugins.workloads.training.stagecost import stage_cost_model
 
-__all__ = [
-    "BUSY_KEYS",
-    "STEPS_SCHEMA",
-    "FailureRun",
-    "FailureSpec",
-    "StepTime",
-    "TrainingPlan",
-    "check_plan",
-    "devices_frame",
-    "flops_per_token",
-    "nearest_plans",
-    "plan_memory",
-    "simulate_failures",
-    "step_time",
-]
+__all__ = ["BUSY_KEYS", "FP8_GEMM_EFFICIENCY_RATIO", "StepTime", "fp8_gemm_speedup", "step_time"]
 
 BUSY_KEYS = ("compute", "memory", "overhead", "comm")
 """Busy power states a step's device time is split into (the rest is ``bubble``)."""
 
-STEPS_SCHEMA: dict[str, pl.DataType] = {
-    "system": pl.String(),
-    "step": pl.Int64(),
-    "start_s": pl.Float64(),
-    "end_s": pl.Float64(),
-    "compute_s": pl.Float64(),
-    "comm_s": pl.Float64(),
-    "bubble_s": pl.Float64(),
-    "state": pl.String(),
-    "joules": pl.Float64(),
-}
-"""Columns of the training ``steps`` frame: one row per optimizer step executed (state
-``train``, or ``lost`` when a failure later threw it away), plus one row per checkpoint
-write (``checkpoint``, ``step`` = last step it covers) and per restart (``restart``,
-``step`` = the step training resumes from). ``compute_s``/``comm_s``/``bubble_s`` are
-one device's seconds in that row; ``joules`` the busy energy of all devices."""
+FP8_GEMM_EFFICIENCY_RATIO = 0.948
+"""Achievable FP8 matmul efficiency over achievable bf16 matmul efficiency on the same
+device: the median of the five NVIDIA parts measured with both in Stas Bekman's "Maximum
+Achievable Matmul FLOPS" tables (reference ``mamf_fp8_matmul_multi_gpu`` and
+``mamf_bf16_matmul_multi_gpu``: H100 SXM 70.9 % / 80.3 % = 0.883, H200 73.4 / 80.3 =
+0.914, B300 74.5 / 78.6 = 0.948, B200 76.3 / 77.6 = 0.983, GB200 72.3 / 72.9 = 0.992)."""
 
 
-# --- the plan --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingPlan:
-    """The workload side of a training step (the system side is its ``Parallelism``)."""
-
-    global_batch: int
-    micro_batch: int
-    seq_len: int
-    recompute: str = "selective"
-    precision: str = "bf16"
-    optimizer: str = "adam"
-    grad_dtype: str = "bf16"
-    overlap_grad_reduce: bool = True
-    bucket_bytes: float = 25e6
-
-    def microbatches(self, data: int) -> int:
-        """Micro-batches per replica per step (``global_batch / (micro_batch · data)``)."""
-        return max(1, self.global_batch // max(1, self.micro_batch * data))
-
-    @property
-    def tokens_per_step(self) -> int:
-        """Tokens one optimizer step trains."""
-        return self.global_batch * self.seq_len
-
-
-def _cfg_int(model: ModelGraph, key: str) -> int:
-    v = (model.info.config or {}).get(key)
-    return int(v) if v else 0
-
-
-def check_plan(model: ModelGraph, par: Parallelism, plan: TrainingPlan, count: int) -> list[str]:
-    """Sentences naming what in ``par``/``plan`` does not divide (empty when it is valid)."""
-    problems: list[str] = []
-    if par.devices != count:
-        problems.append(
-            f"data x tensor x pipeline = {par.data} x {par.tensor} x "
-            f"{par.pipeline} = {par.devices} devices, but the system has {count}"
-        )
-    layers = model.info.layers or _cfg_int(model, "layers")
-    chunks = par.pipeline * par.virtual
-    if layers and layers % chunks:
-        what = (
-            f"pipeline x virtual = {par.pipeline} x {par.virtual} = {chunks}"
-            if par.virtual > 1
-            else f"pipeline = {par.pipeline}"
-        )
-        problems.append(f"{what} does not divide the model's {layers} layers")
-    heads = _cfg_int(model, "heads")
-    if heads and heads % par.tensor:
-        problems.append(f"tensor = {par.tensor} does not divide the model's {heads} heads")
-    per = plan.micro_batch * par.data
-    if plan.global_batch % per:
-        problems.append(
-            f"global_batch = {plan.global_batch} is not a multiple of micro_batch "
-            f"x data = {plan.micro_batch} x {par.data} = {per}"
-        )
-    if par.virtual > 1:
-        if par.pipeline == 1:
-            problems.append(f"virtual = {par.virtual} stages need pipeline > 1")
-        elif plan.global_batch % per == 0 and plan.microbatches(par.data) % par.pipeline:
-            problems.append(
-                f"the interleaved schedule needs the {plan.microbatches(par.data)} "
-                f"micro-batches per replica to be a multiple of pipeline = "
-                f"{par.pipeline}"
-            )
-    return problems
-
-
-def plan_memory(
-    model: ModelGraph,
-    par: Parallelism,
-    plan: TrainingPlan,
-    have_bytes: float,
-    reserve_bytes: float = 0.0,
-) -> MemoryNeed:
-    """Per-device memory of ``plan`` under ``par`` (:func:`xpusim.plugins.workloads.training.memory.training_memory`)."""
-    return training_memory(
-        model,
-        par,
-        micro_batch=plan.micro_batch,
-        seq_len=plan.seq_len,
-        microbatches=plan.microbatches(par.data),
-        recompute=plan.recompute,
-        precision=plan.precision,
-        have_bytes=have_bytes,
-        optimizer=plan.optimizer,
-        reserve_bytes=reserve_bytes,
-    )
-
-
-def nearest_plans(
-    model: ModelGraph,
-    par: Parallelism,
-    plan: TrainingPlan,
-    count: int,
-    have_bytes: float,
-    reserve_bytes: float = 0.0,
-    limit: int = 3,
-) -> list[str]:
-    """Up to ``limit`` plans on the same ``count`` devices that divide and fit, nearest
-    first (fewest changed settings, then least memory), each as a short phrase."""
-    heads = _cfg_int(model, "heads")
-    layers = model.info.layers or _cfg_int(model, "layers")
-    tensors = [t for t in divisors(count) if t <= 64 and (not heads or heads % t == 0)]
-    found: list[tuple[int, float, str]] = []
-    recomputes = [plan.recompute] + [r for r in ("selective", "full") if r != plan.recompute]
-    for t in tensors:
-        for p in divisors(count // t):
-            if layers and (layers % p or p > layers):
-                continue
-            d = count // (t * p)
-            for zero in sorted({par.zero, 1, 3}):
-                for rc in recomputes:
-                    for mb in sorted({plan.micro_batch, 1}):
-                        if plan.global_batch % (mb * d):
-                            continue
-                        v = (
-                            par.virtual
-                            if (
-                                par.virtual > 1
-                                and p > 1
-                                and (plan.global_batch // (mb * d)) % p == 0
-                            )
-                            else 1
-                        )
-                        cand = replace(par, data=d, tensor=t, pipeline=p, virtual=v, zero=zero)
-                        cplan = replace(plan, recompute=rc, micro_batch=mb)
-                        try:
-                            need = plan_memory(model, cand, cplan, have_bytes, reserve_bytes)
-                        except Exception:
-                            continue
-                        if not need.fits:
-                            continue
-                        changed = sum(
-                            (
-                                t != par.tensor,
-                                p != par.pipeline,
-                                zero != par.zero,
-                                rc != plan.recompute,
-                                mb != plan.micro_batch,
-                                v != par.virtual,
-                            )
-                        )
-                        text = (
-                            f"tensor={t}, pipeline={p}, data={d}"
-                            + (f", virtual={v}" if v > 1 else "")
-                            + (f", zero={zero}" if zero else "")
-                            + f", recompute={rc}, micro_batch={mb} "
-                            f"({need.total / 1e9:.1f} GB per device)"
-                        )
-                        found.append((changed, need.total, text))
-    found.sort(key=lambda x: (x[0], x[1]))
-    out: list[str] = []
-    for _, _, text in found:
-        if text not in out:
-            out.append(text)
-        if len(out) == limit:
-            break
-    return out
-
-
-# --- FLOPs -----------------------------------------------------------------------------
-
-
-def flops_per_token(model: ModelGraph, seq_len: int, recompute: str) -> tuple[float, float]:
-    """(model FLOPs, hardware FLOPs) per trained token; formulas in the module docstring."""
-    info = model.info
-    c = info.config or {}
-    fwd = info.flops_per_token or 2.0 * info.active_params
-    layers = info.layers or int(c.get("layers", 0) or 0)
-    heads = int(c.get("heads", 0) or 0)
-    hidden = int(c.get("hidden", 0) or 0)
-    head_dim = int(c.get("head_dim") or (hidden // heads if heads else 0))
-    attn_fwd = 4.0 * layers * heads * head_dim * seq_len
-    model_f = 3.0 * fwd + 3.0 * attn_fwd
-    head = 2.0 * float(c.get("vocab", 0) or 0) * hidden
-    if recompute == "full":
-        extra = max(0.0, fwd - head) + attn_fwd
-    elif recompute == "selective":
-        extra = attn_fwd
-    else:
-        extra = 0.0
-    return model_f, model_f + extra
-
-
-# --- the step model --------------------------------------------------------------------
+def fp8_gemm_speedup(compiled: Compiled) -> float:
+    """How much faster a compute-bound GEMM runs in FP8 than in bf16 on the system's
+    device (:data:`FP8_GEMM_EFFICIENCY_RATIO` × the ratio of the catalog peaks); raises
+    ``KeyError`` for a device without an FP8 peak."""
+    dev = compiled.system.device
+    if "fp8" not in dev.peak_flops:
+        raise KeyError(f"{dev.name} lists no FP8 peak")
+    return max(1.0, dev.flops("fp8") / dev.flops("bf16") * FP8_GEMM_EFFICIENCY_RATIO)
 
 
 @dataclass(frozen=True)
 class StepTime:
     """One optimizer step of the plan, failure-free (see the module docstring).
 
-    ``device_s`` splits one device's step into busy states (``compute``, ``memory``,
-    ``overhead``, ``comm``) and ``bubble`` (idle), summing to ``seconds``.
+    ``device_s`` splits one device of the slowest stage into busy states (``compute``,
+    ``memory``, ``overhead``, ``comm``) and ``bubble`` (idle), summing to ``seconds``.
+    Per stage: ``stage_fwd_s``/``stage_bwd_s`` are one micro-batch's forward and backward
+    (context, FSDP and offload exposure included) and ``stage_state_s`` that stage's busy
+    seconds per state over the step. ``tail_s`` is what follows the pipeline flush
+    (exposed gradient reduction, parameter all-gather, optimizer).
     """
 
     seconds: float
@@ -358,6 +167,15 @@ class StepTime:
     hardware_flops: float
     busy_joules: float
     notes: tuple[str, ...] = ()
+    partition: StagePartition | None = None
+    stage_fwd_s: tuple[float, ...] = ()
+    stage_bwd_s: tuple[float, ...] = ()
+    stage_state_s: tuple[Mapping[str, float], ...] = ()
+    tail_s: float = 0.0
+    cp_comm_s: float = 0.0
+    cp_exposed_s: float = 0.0
+    offload_exposed_s: float = 0.0
+    virtual: int = 1
 
     @property
     def comm_s(self) -> float:
@@ -375,113 +193,40 @@ class StepTime:
         return self.device_s.get("bubble", 0.0)
 
 
-def _stage_costs(
-    compiled: Compiled, shape: Shape
-) -> tuple[dict[str, float], dict[str, float], dict[str, float], str]:
-    """(forward breakdown, backward breakdown, optimizer breakdown, how) of one
-    micro-batch on one stage device (:meth:`~xpusim.engine.backend.Compiled.stage_costs`)."""
-    st = compiled.stage_costs(shape)
-    return dict(st.forward), dict(st.backward), dict(st.optimizer), st.how
+def _add(into: dict[str, float], part: Mapping[str, float], scale: float = 1.0) -> None:
+    for k, v in part.items():
+        key = k if k in BUSY_KEYS else "compute"
+        into[key] = into.get(key, 0.0) + v * scale
 
 
-def _probe(fn: Callable[[Collective, float, int], float], group: int) -> tuple[float, float]:
-    """(bandwidth, latency) of a send-recv over ``group`` measured on ``fn``."""
-    n1, n2 = 1e6, 1e9
-    t1, t2 = fn(Collective.SEND_RECV, n1, group), fn(Collective.SEND_RECV, n2, group)
-    if t2 <= t1:
-        raise ValueError("collective function does not grow with size")
-    bw = (n2 - n1) / (t2 - t1)
-    return bw, max(0.0, t1 - n1 / bw)
+def _kv_bytes(model: ModelGraph, plan: TrainingPlan, t: int, cp: int) -> float:
+    """Bytes of one context rank's keys and values of one layer and micro-batch."""
+    heads = cfg_int(model, "heads")
+    hidden = cfg_int(model, "hidden")
+    kv = cfg_int(model, "kv_heads") or heads
+    head_dim = cfg_int(model, "head_dim") or (hidden // heads if heads else 0)
+    e = 2.0 if plan.precision == "fp8" else float(dtype_bytes(plan.precision))
+    return 2.0 * plan.micro_batch * (plan.seq_len / cp) * -(-kv // t) * head_dim * e
 
 
-def backend_collective(compiled: Compiled) -> Callable[[Collective, float, int], float] | None:
-    """The compilation's own collective pricing
-    (:meth:`~xpusim.engine.backend.Compiled.collective_seconds`), or ``None`` when it
-    prices none and the system topology's catalog link rates apply."""
-    if compiled.collective_seconds(Collective.SEND_RECV, 1.0, 2) is None:
-        return None
+@dataclass
+class _Stage:
+    """One stage's per-micro-batch seconds by state and its exposed extras."""
 
-    def fn(kind: Collective, nbytes: float, group: int) -> float:
-        return float(compiled.collective_seconds(kind, nbytes, group) or 0.0)
+    fwd: dict[str, float]
+    bwd: dict[str, float]
+    cp_comm: float = 0.0
+    cp_exposed: float = 0.0
+    z3: float = 0.0
+    offload: float = 0.0
 
-    return fn
+    @property
+    def fwd_s(self) -> float:
+        return sum(self.fwd.values())
 
-
-def effective_topology(compiled: Compiled, system: System) -> Topology:
-    """The system topology at the link rates the backend's collectives achieve."""
-    topo = system.topology
-    fn = backend_collective(compiled)
-    if fn is None:
-        return topo
-    try:
-        ibw, ilat = _probe(fn, 2)
-        obw, olat = _probe(fn, topo.devices_per_node + 1)
-    except (ValueError, XpusimError):  # no size-linear send-recv to read rates from
-        return topo
-    return replace(topo, intra_bw=ibw, intra_latency=ilat, inter_bw=obw, inter_latency=olat)
-
-
-class _Comms:
-    """Prices data-parallel and pipeline collectives with their placement."""
-
-    def __init__(self, compiled: Compiled, system: System) -> None:
-        self.system = system
-        self.topo = effective_topology(compiled, system)
-        fn = backend_collective(compiled)
-        torus = bool(system.topology.torus) or "torus_dims" in system.device.extra
-        self.torus_fn = fn if torus else None
-
-    def dp(self, kind: Collective, nbytes: float) -> float:
-        par = self.system.parallelism
-        if par.data <= 1 or nbytes <= 0:
-            return 0.0
-        if self.torus_fn is not None:
-            return float(self.torus_fn(kind, nbytes, par.data))
-        per_node = max(1, min(par.data, self.topo.devices_per_node // max(1, par.tensor)))
-        return collective_seconds(
-            kind, nbytes, par.data, replace(self.topo, devices_per_node=per_node)
-        )
-
-    def p2p(self, nbytes: float, sequence_split: bool) -> float:
-        par = self.system.parallelism
-        if par.pipeline <= 1 or nbytes <= 0:
-            return 0.0
-        t = max(1, par.tensor)
-        if self.torus_fn is not None:
-            send = float(self.torus_fn(Collective.SEND_RECV, nbytes / t, 2))
-        else:
-            spans = par.tensor * par.data * par.pipeline > self.topo.devices_per_node
-            if spans:
-                send = self.topo.inter_latency + nbytes / t / self.topo.inter_bw
-            else:
-                send = self.topo.intra_latency + nbytes / t / self.topo.intra_bw
-        gather = 0.0
-        if t > 1 and not sequence_split:
-            if self.torus_fn is not None:
-                gather = float(self.torus_fn(Collective.ALL_GATHER, nbytes, t))
-            else:
-                gather = collective_seconds(
-                    Collective.ALL_GATHER,
-                    nbytes,
-                    t,
-                    replace(self.topo, devices_per_node=max(t, self.topo.devices_per_node)),
-                )
-        return send + gather
-
-
-def _bucketed_exposed(
-    total_bytes: float, bucket: float, window: float, price: Callable[[float], float]
-) -> tuple[float, float]:
-    """(total collective seconds, seconds exposed after ``window``) of reducing
-    ``total_bytes`` in buckets that become ready uniformly over ``window``."""
-    n = max(1, math.ceil(total_bytes / max(bucket, 1.0)))
-    size = total_bytes / n
-    each = price(size)
-    end = 0.0
-    for i in range(n):
-        ready = window * (i + 1) / n
-        end = max(end, ready) + each
-    return n * each, max(0.0, end - window)
+    @property
+    def bwd_s(self) -> float:
+        return sum(self.bwd.values())
 
 
 def step_time(
@@ -491,338 +236,199 @@ def step_time(
     system = compiled.system
     par = system.parallelism
     t, p, v, d = par.tensor, par.pipeline, max(1, par.virtual), par.data
+    cp = max(1, par.context)
     m = plan.microbatches(d)
     shape = Shape(
         Phase.TRAIN, batch=plan.micro_batch, tokens=plan.seq_len, recompute=plan.recompute
     )
-    fwd_b, bwd_b, opt_b, how = _stage_costs(compiled, shape)
-    notes = [how]
-    comms = _Comms(compiled, system)
+    scm = stage_cost_model(compiled, model, shape, par)
+    notes = [scm.how]
+    comms = Comms(compiled, system)
+    part = plan_partition(model, par, plan)
+    layers_of = part.layers if part is not None else (0,) * p
+    n_l = -(-int(model.info.layers or 0) // p) if model.info.layers else 1
 
-    stage_b = {k: fwd_b.get(k, 0.0) + bwd_b.get(k, 0.0) for k in {*fwd_b, *bwd_b}}
-    fwd_s, bwd_s = sum(fwd_b.values()), sum(bwd_b.values())
+    speed = 1.0
+    if plan.precision == "fp8":
+        speed = fp8_gemm_speedup(compiled)
+        notes.append(f"FP8 layer GEMMs {speed:.2f}x faster than bf16")
 
-    # ZeRO-3 / FSDP: gather parameters for forward and backward, reduce-scatter gradients,
-    # every micro-batch.
-    n_stage = stage_params(model, t, p)
-    e = dtype_bytes(plan.precision)
-    ge = dtype_bytes(plan.grad_dtype)
-    z3 = 0.0
-    if par.zero >= 3 and d > 1:
-        ag = comms.dp(Collective.ALL_GATHER, n_stage * e)
-        rs = comms.dp(Collective.REDUCE_SCATTER, n_stage * ge)
-        if plan.overlap_grad_reduce:
-            z3 = max(0.0, ag - fwd_s) + max(0.0, ag + rs - bwd_s)
+    e = param_bytes(plan.precision)
+    ge = float(dtype_bytes(plan.grad_dtype))
+    kv_b = _kv_bytes(model, plan, t, cp) if cp > 1 else 0.0
+    per_layer_act = 0.0
+    if plan.offload_activations:
+        stage_shape_par = par
+        per_mb = float(model.activation_bytes(shape, stage_shape_par, plan.recompute))
+        per_layer_act = per_mb / max(1, n_l) / cp
+
+    params: list[StageParams] = [stage_param_split(model, par, part, s) for s in range(p)]
+    stages: list[_Stage] = []
+    for s in range(p):
+        if part is not None:
+            fwd, bwd = scm.stage(s, part)
         else:
-            z3 = 2 * ag + rs
+            fwd = scm.forward.stage(n_l, True, True)
+            bwd = scm.backward.stage(n_l, True, True)
+        k = layers_of[s] if part is not None else n_l
+        if speed > 1.0:
+            for pas, parts in ((fwd, scm.forward), (bwd, scm.backward)):
+                pas["compute"] = pas.get("compute", 0.0) - k * parts.layer_gemm_compute_s * (
+                    1.0 - 1.0 / speed
+                )
+        st = _Stage({}, {})
+        _add(st.fwd, fwd, 1.0 / cp)
+        _add(st.bwd, bwd, 1.0 / cp)
+        if cp > 1:
+            attn_f = k * scm.forward.layer_attention_compute_s / cp
+            attn_b = k * scm.backward.layer_attention_compute_s / cp
+            if plan.context_comm == "ring":
+                hop_f = comms.context(Collective.SEND_RECV, kv_b)
+                hop_b = comms.context(Collective.SEND_RECV, 2 * kv_b)
+                ring_f = k * (cp - 1) * hop_f
+                ring_b = k * (cp - 1) * hop_b
+                st.cp_comm = ring_f + ring_b
+                st.cp_exposed = max(0.0, ring_f - attn_f) + max(0.0, ring_b - attn_b)
+            else:
+                ag = comms.context(Collective.ALL_GATHER, kv_b * cp)
+                rs = comms.context(Collective.REDUCE_SCATTER, 2 * kv_b * cp)
+                st.cp_comm = k * (2 * ag + rs) if plan.recompute == "full" else k * (ag + rs)
+                st.cp_exposed = st.cp_comm
+        # ZeRO-3 / FSDP: gather parameters for forward (and again for backward when the
+        # forward resharded them), reduce-scatter gradients, every micro-batch
+        if par.zero >= 3 and d * cp > 1:
+            sp = params[s]
+            ag = comms.dp(Collective.ALL_GATHER, sp.dense * e) + comms.expert_dp(
+                Collective.ALL_GATHER, sp.expert * e
+            )
+            rs = comms.dp(Collective.REDUCE_SCATTER, sp.dense * ge) + comms.expert_dp(
+                Collective.REDUCE_SCATTER, sp.expert * ge
+            )
+            gathers_b = ag if plan.fsdp_reshard else 0.0
+            if plan.overlap_grad_reduce:
+                st.z3 = max(0.0, ag - st.fwd_s) + max(0.0, gathers_b + rs - st.bwd_s)
+            else:
+                st.z3 = ag + gathers_b + rs
+        if plan.offload_activations and plan.offload_bandwidth > 0:
+            flight = in_flight_microbatches(p, m, v, s)
+            if flight > 2.0:
+                move = per_layer_act * k / plan.offload_bandwidth
+                st.offload = max(0.0, move - st.fwd_s) + max(0.0, move - st.bwd_s)
+        stages.append(st)
+    if par.zero >= 3 and d * cp > 1:
         notes.append(
-            "ZeRO-3: parameters gathered for forward and backward and gradients "
-            "reduce-scattered every micro-batch"
+            "ZeRO-3/FSDP: parameters gathered for forward"
+            + (" and again for backward" if plan.fsdp_reshard else ", kept for backward")
+            + ", gradients reduce-scattered every micro-batch"
         )
 
-    hidden = _cfg_int(model, "hidden")
-    act_bytes = plan.micro_batch * plan.seq_len * hidden * e
+    hidden = cfg_int(model, "hidden")
+    act_e = 2.0 if plan.precision == "fp8" else float(dtype_bytes(plan.precision))
+    act_bytes = plan.micro_batch * plan.seq_len / cp * hidden * act_e
     p2p = comms.p2p(act_bytes, par.sequence and t > 1)
-    pipe = pipeline_time(fwd_s + bwd_s + z3, m, p, v, p2p)
+    per_stage = [st.fwd_s + st.bwd_s + st.cp_exposed + st.z3 + st.offload for st in stages]
+    if p > 1 and max(per_stage) - min(per_stage) > 1e-9 * max(per_stage):
+        extra = [(st.cp_exposed + st.z3 + st.offload) / 2 for st in stages]
+        pipe = exact_pipeline_time(
+            [st.fwd_s + x for st, x in zip(stages, extra, strict=True)],
+            [st.bwd_s + x for st, x in zip(stages, extra, strict=True)],
+            m,
+            v,
+            p2p,
+        )
+    else:
+        pipe = pipeline_time(per_stage, m, p, v, p2p)
+    slow = max(range(p), key=lambda i: (per_stage[i], -i))
 
-    # data-parallel gradient reduction
-    grad_bytes = n_stage * ge
+    # data-parallel gradient reduction of the largest stage (dense over d·c ranks,
+    # routed experts over d·c/e)
+    big = max(params, key=lambda x: x.total)
+    bwd_window = stages[slow].bwd_s
     dp_total = dp_exposed = gather = 0.0
-    if d > 1 and par.zero < 3:
+    if d * cp > 1 and par.zero < 3:
         kind = Collective.ALL_REDUCE if par.zero == 0 else Collective.REDUCE_SCATTER
-        if plan.overlap_grad_reduce:
-            dp_total, dp_exposed = _bucketed_exposed(
-                grad_bytes, plan.bucket_bytes, bwd_s, lambda n: comms.dp(kind, n)
-            )
-        else:
-            dp_total = dp_exposed = comms.dp(kind, grad_bytes)
-        if par.zero >= 1:
-            full = comms.dp(Collective.ALL_GATHER, n_stage * e)
+        for n_par, price in ((big.dense, comms.dp), (big.expert, comms.expert_dp)):
+            if n_par <= 0:
+                continue
             if plan.overlap_grad_reduce:
-                nb = max(1, math.ceil(n_stage * e / plan.bucket_bytes))
-                gather = comms.dp(Collective.ALL_GATHER, n_stage * e / nb)
+                tot, exp = bucketed_exposed(
+                    n_par * ge, plan.bucket_bytes, bwd_window, partial(price, kind)
+                )
             else:
-                gather = full
-            dp_total += full
+                tot = exp = price(kind, n_par * ge)
+            dp_total += tot
+            dp_exposed += exp
+            bwd_window = 0.0  # the second group reduces after the first
+            if par.zero >= 1:
+                full = price(Collective.ALL_GATHER, n_par * e)
+                if plan.overlap_grad_reduce:
+                    nb = max(1, -(-int(n_par * e) // max(1, int(plan.bucket_bytes))))
+                    gather += price(Collective.ALL_GATHER, n_par * e / nb)
+                else:
+                    gather += full
+                dp_total += full
+    # the optimizer: the priced stage's, scaled to the largest stage's parameters
+    priced = stage_param_split(
+        model, par, StagePartition((n_l,) * p) if part is not None else None, p - 1
+    )
+    scale = big.total / priced.total if priced.total > 0 else 1.0
+    opt_b = {k: x * scale for k, x in scm.optimizer.items()}
     opt_s = sum(opt_b.values())
-    seconds = pipe.seconds + dp_exposed + gather + opt_s
+    tail = dp_exposed + gather + opt_s
+    seconds = pipe.seconds + tail
 
-    # one device's time by state
-    dev: dict[str, float] = {k: 0.0 for k in BUSY_KEYS}
-    for k, x in stage_b.items():
-        key = k if k in BUSY_KEYS else "compute"
-        dev[key] += x * m
-    for k, x in opt_b.items():
-        key = k if k in BUSY_KEYS else "compute"
-        dev[key] += x
-    dev["comm"] += pipe.p2p_s + dp_exposed + gather + z3 * m
-    dev["bubble"] = max(0.0, seconds - sum(dev.values()))
+    # busy seconds per state of every stage's device, and of the slowest one
+    stage_state: list[dict[str, float]] = []
+    for st in stages:
+        dev: dict[str, float] = {k: 0.0 for k in BUSY_KEYS}
+        _add(dev, st.fwd, m)
+        _add(dev, st.bwd, m)
+        _add(dev, opt_b)
+        dev["comm"] += pipe.p2p_s + dp_exposed + gather + (st.z3 + st.cp_exposed + st.offload) * m
+        stage_state.append(dev)
+    dev_slow = dict(stage_state[slow])
+    dev_slow["bubble"] = max(0.0, seconds - sum(dev_slow.values()))
 
-    pw = power
     busy_j = 0.0
-    if pw is not None:
-        busy_j = system.count * sum(pw.state_watts(k) * dev[k] for k in BUSY_KEYS)
+    if power is not None:
+        per_stage_devices = system.count / p
+        busy_j = per_stage_devices * sum(
+            power.state_watts(k) * sd[k] for sd in stage_state for k in BUSY_KEYS
+        )
     mf, hf = flops_per_token(model, plan.seq_len, plan.recompute)
     tokens = plan.tokens_per_step
+    stage_b: dict[str, float] = {}
+    _add(stage_b, stages[slow].fwd)
+    _add(stage_b, stages[slow].bwd)
     return StepTime(
         seconds=seconds,
         microbatches=m,
-        fwd_s=fwd_s,
-        bwd_s=bwd_s,
+        fwd_s=stages[slow].fwd_s,
+        bwd_s=stages[slow].bwd_s,
         stage_breakdown=stage_b,
         p2p_s=p2p,
         pipeline=pipe,
         dp_comm_s=dp_total,
         dp_exposed_s=dp_exposed,
         param_gather_s=gather,
-        zero3_exposed_s=z3 * m,
+        zero3_exposed_s=stages[slow].z3 * m,
         optimizer_s=opt_s,
-        device_s=dev,
+        device_s=dev_slow,
         model_flops=mf * tokens,
         hardware_flops=hf * tokens,
         busy_joules=busy_j,
         notes=tuple(notes),
+        partition=part,
+        stage_fwd_s=tuple(
+            st.fwd_s + st.cp_exposed / 2 + st.z3 / 2 + st.offload / 2 for st in stages
+        ),
+        stage_bwd_s=tuple(
+            st.bwd_s + st.cp_exposed / 2 + st.z3 / 2 + st.offload / 2 for st in stages
+        ),
+        stage_state_s=tuple(stage_state),
+        tail_s=tail,
+        cp_comm_s=stages[slow].cp_comm * m,
+        cp_exposed_s=stages[slow].cp_exposed * m,
+        offload_exposed_s=stages[slow].offload * m,
+        virtual=v,
     )
-
-
-# --- the failure world -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FailureSpec:
-    """Failure and checkpoint settings (all SI: seconds, bytes/s). ``mtbf_per_device``
-    of ``inf`` means no failures; ``checkpoint_interval`` of ``inf`` no checkpoints."""
-
-    mtbf_per_device: float = math.inf
-    restart_s: float = 600.0
-    checkpoint_interval_s: float = math.inf
-    storage_bandwidth: float = 10e9
-
-
-@dataclass
-class FailureRun:
-    """One replay of the run: wall time, failures and the segments it went through.
-
-    ``segments`` rows are ``(kind, start_s, end_s, first_step, steps)`` with ``kind`` one
-    of ``train``, ``lost``, ``checkpoint``, ``restart`` (only when recorded).
-    """
-
-    wall_s: float
-    failures: int
-    checkpoints: int
-    lost_s: float
-    checkpoint_s: float
-    restart_s: float
-    segments: list[tuple[str, float, float, int, float]] = field(default_factory=list)
-
-
-def simulate_failures(
-    step_s: float,
-    steps: int,
-    count: int,
-    spec: FailureSpec,
-    checkpoint_write_s: float,
-    checkpoint_read_s: float,
-    seed: int,
-    record: bool = False,
-) -> FailureRun:
-    """Replay ``steps`` steps of ``step_s`` on ``count`` devices with failures (SimPy).
-
-    One trainer process and one failure process; events are checkpoint segments and
-    failures, never single steps or kernels.
-    """
-    if steps < 0 or step_s < 0:
-        raise ValueError(f"negative steps ({steps}) or step time ({step_s})")
-    env = simpy.Environment()
-    rng = random.Random(seed)
-    rate = count / spec.mtbf_per_device if spec.mtbf_per_device > 0 else 0.0
-    k = (
-        steps
-        if math.isinf(spec.checkpoint_interval_s)
-        else max(1, round(spec.checkpoint_interval_s / step_s) if step_s > 0 else steps)
-    )
-    k = max(1, k)
-    run = FailureRun(0.0, 0, 0, 0.0, 0.0, 0.0)
-    seg = run.segments
-
-    def trainer(env: simpy.Environment):  # type: ignore[no-untyped-def]
-        done = 0
-        while done < steps:
-            n = min(k, steps - done)
-            start = env.now
-            ckpt = done + n < steps and checkpoint_write_s >= 0 and k < steps
-            try:
-                yield env.timeout(n * step_s)
-                mid = env.now
-                if ckpt:
-                    yield env.timeout(checkpoint_write_s)
-                    run.checkpoints += 1
-                    run.checkpoint_s += checkpoint_write_s
-                if record:
-                    seg.append(("train", start, mid, done, float(n)))
-                    if ckpt:
-                        seg.append(("checkpoint", mid, env.now, done + n - 1, 0.0))
-                done += n
-            except simpy.Interrupt:
-                now = env.now
-                run.failures += 1
-                run.lost_s += min(now - start, n * step_s)
-                run.checkpoint_s += max(0.0, now - start - n * step_s)
-                if record:
-                    trained = min(n * step_s, now - start)
-                    seg.append(
-                        (
-                            "lost",
-                            start,
-                            start + trained,
-                            done,
-                            trained / step_s if step_s > 0 else 0.0,
-                        )
-                    )
-                    if now > start + trained:
-                        seg.append(("checkpoint", start + trained, now, done + n - 1, 0.0))
-                while True:
-                    r0 = env.now
-                    try:
-                        yield env.timeout(spec.restart_s + checkpoint_read_s)
-                        run.restart_s += env.now - r0
-                        if record:
-                            seg.append(("restart", r0, env.now, done, 0.0))
-                        break
-                    except simpy.Interrupt:
-                        run.failures += 1
-                        run.restart_s += env.now - r0
-                        if record:
-                            seg.append(("restart", r0, env.now, done, 0.0))
-
-    proc = env.process(trainer(env))
-
-    def failures(env: simpy.Environment):  # type: ignore[no-untyped-def]
-        while rate > 0:
-            yield env.timeout(rng.expovariate(rate))
-            if proc.is_alive:
-                proc.interrupt("failure")
-            else:
-                return
-
-    if rate > 0:
-        env.process(failures(env))
-    env.run(until=proc)
-    run.wall_s = float(env.now)
-    return run
-
-
-# --- frames --------------------------------------------------------------------------------
-
-
-def steps_frame(system: str, st: StepTime, run: FailureRun, watts_busy: float) -> pl.DataFrame:
-    """The ``steps`` frame of a recorded run (:data:`STEPS_SCHEMA`)."""
-    starts: list[np.ndarray] = []
-    steps_col: list[np.ndarray] = []
-    ends: list[np.ndarray] = []
-    comp: list[np.ndarray] = []
-    comm: list[np.ndarray] = []
-    bub: list[np.ndarray] = []
-    state: list[np.ndarray] = []
-    joules: list[np.ndarray] = []
-    step_s = st.seconds
-    per_step_j = st.busy_joules
-    for kind, a, b, first, n in run.segments:
-        if kind in ("train", "lost"):
-            whole = math.floor(n + 1e-9) if kind == "lost" else round(n)
-            frac = n - whole if kind == "lost" else 0.0
-            cnt = whole + (1 if frac > 1e-9 else 0)
-            if cnt == 0:
-                continue
-            idx = np.arange(cnt)
-            s = a + idx * step_s
-            e = np.minimum(s + step_s, b)
-            f = (e - s) / step_s if step_s > 0 else np.ones(cnt)
-            starts.append(s)
-            ends.append(e)
-            steps_col.append(first + idx)
-            comp.append(f * st.compute_s)
-            comm.append(f * st.comm_s)
-            bub.append(f * st.bubble_s)
-            state.append(np.full(cnt, kind, dtype=object))
-            joules.append(f * per_step_j)
-        else:
-            starts.append(np.array([a]))
-            ends.append(np.array([b]))
-            steps_col.append(np.array([first]))
-            comp.append(np.zeros(1))
-            comm.append(np.zeros(1))
-            bub.append(np.zeros(1))
-            state.append(np.array([kind], dtype=object))
-            joules.append(np.zeros(1))
-    if not starts:
-        return pl.DataFrame(schema=STEPS_SCHEMA)
-    n_rows = sum(len(x) for x in starts)
-    del watts_busy
-    return pl.DataFrame(
-        {
-            "system": [system] * n_rows,
-            "step": np.concatenate(steps_col).astype(np.int64),
-            "start_s": np.concatenate(starts),
-            "end_s": np.concatenate(ends),
-            "compute_s": np.concatenate(comp),
-            "comm_s": np.concatenate(comm),
-            "bubble_s": np.concatenate(bub),
-            "state": [str(x) for x in np.concatenate(state)],
-            "joules": np.concatenate(joules),
-        },
-        schema=STEPS_SCHEMA,
-    )
-
-
-def devices_frame(
-    system: System, st: StepTime, run: FailureRun, power: PowerModel | None
-) -> pl.DataFrame:
-    """The ``devices`` frame, aggregated per state: for every device (``replica`` = its
-    data-parallel index, ``device`` = its index in the replica) one interval per state,
-    laid end to end from 0, whose length is the device's total seconds in that state over
-    the run — training states (``compute``, ``memory``, ``overhead``, ``comm``,
-    ``bubble``) from the steps executed (lost work included), then ``checkpoint`` and
-    ``restart``. The lengths of one device add up to the wall time. Busy rows carry
-    ``watts(state) × seconds``; ``bubble``, ``checkpoint`` and ``restart`` carry 0 J (the
-    economics model charges idle power for them)."""
-    steps_done = (run.wall_s - run.checkpoint_s - run.restart_s) / st.seconds if st.seconds else 0.0
-    parts: list[tuple[str, float]] = [
-        (k, st.device_s.get(k, 0.0) * steps_done) for k in (*BUSY_KEYS, "bubble")
-    ]
-    parts += [("checkpoint", run.checkpoint_s), ("restart", run.restart_s)]
-    parts = [(k, s) for k, s in parts if s > 0]
-    lanes_r = system.parallelism.data
-    per = system.parallelism.model_parallel
-    n = lanes_r * per
-    rows = len(parts)
-    starts, ends, states, joules = [], [], [], []
-    acc = 0.0
-    for k, s in parts:
-        starts.append(acc)
-        acc += s
-        ends.append(acc)
-        states.append(k)
-        w = power.state_watts(k) if (power is not None and k in BUSY_KEYS) else 0.0
-        joules.append(w * s)
-    lane = np.arange(n)
-    return pl.DataFrame(
-        {
-            "system": [system.name] * (n * rows),
-            "replica": np.repeat(lane // per, rows).astype(np.int32),
-            "device": np.repeat(lane % per, rows).astype(np.int32),
-            "start_s": np.tile(np.array(starts, dtype=float), n),
-            "end_s": np.tile(np.array(ends, dtype=float), n),
-            "state": states * n,
-            "joules": np.tile(np.array(joules, dtype=float), n),
-        },
-        schema=DEVICES_SCHEMA,
-    )
-
-
-def percentile(xs: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (linear interpolation) of ``xs``."""
-    return float(np.percentile(np.asarray(xs, dtype=float), q))
-
-
-__all__ += ["checkpoint_bytes", "percentile", "steps_frame"]

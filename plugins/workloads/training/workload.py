@@ -18,30 +18,36 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from xpusim.engine.backend import Compiled, Fit
-from xpusim.engine.errors import DoesNotFitError
+from xpusim.engine.errors import DoesNotFitError, ScenarioError
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
 from xpusim.engine.qty import Bandwidth, Bytes, Duration, DurationOrZero
 from xpusim.engine.system import System
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
+from xpusim.plugins.workloads.training.failures import (
+    FailureSpec,
+    percentile,
+    simulate_failures,
+)
+from xpusim.plugins.workloads.training.frames import devices_frame, steps_frame
 from xpusim.plugins.workloads.training.memory import checkpoint_bytes
 from xpusim.plugins.workloads.training.metrics import TRAINING_METRICS
-from xpusim.plugins.workloads.training.steps import (
-    FailureSpec,
+from xpusim.plugins.workloads.training.plan import (
     TrainingPlan,
     check_plan,
-    devices_frame,
     nearest_plans,
-    percentile,
     plan_memory,
-    simulate_failures,
-    step_time,
-    steps_frame,
 )
+from xpusim.plugins.workloads.training.steps import step_time
 
 __all__ = ["WORKLOADS", "FailuresConfig", "TrainingConfig", "TrainingWorkload"]
 
 HOUR = 3600.0
+
+PCIE5_X16_BYTES_PER_S = 16 * 32e9 * 128 / 130 / 8
+"""One direction of a PCIe 5.0 x16 link, the host link of H100/H200/B200 boards: 16 lanes
+at 32 GT/s with 128b/130b encoding (PCI-SIG, PCI Express Base Specification 5.0), about
+63 GB/s — the default rate of activation offloading to host memory."""
 
 LLAMA3_MTBF_H = 16384 * 54 * 24 / 419
 """Per-GPU mean time between failures implied by Llama Team 2024, 'The Llama 3 Herd of
@@ -67,6 +73,14 @@ class FailuresConfig(BaseModel):
     storage_bandwidth: Bandwidth = Field(default=10e9)
 
 
+MAX_STEPS = 100_000_000
+"""Most optimizer steps a run may have, given or derived from ``tokens`` (the largest
+published runs take about a million); the bound keeps the replay's memory and time small."""
+
+MAX_TRAINING_TOKENS = 1e16
+"""Most tokens a run may train on (about a thousand times the largest published runs)."""
+
+
 class TrainingConfig(BaseModel):
     """``workload:`` of kind ``training`` (see docs/workloads/training.md).
 
@@ -79,8 +93,8 @@ class TrainingConfig(BaseModel):
     global_batch: int = Field(ge=1, description="sequences per optimizer step")
     micro_batch: int = Field(default=1, ge=1, description="sequences per micro-batch")
     seq_len: int | None = Field(default=None, ge=1)
-    steps: int | None = Field(default=None, ge=1)
-    tokens: float | None = Field(default=None, gt=0)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    tokens: float | None = Field(default=None, gt=0, le=MAX_TRAINING_TOKENS)
     recompute: Literal["none", "selective", "full"] = "selective"
     precision: Literal["bf16", "fp16", "fp32", "fp8"] = "bf16"
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -89,6 +103,15 @@ class TrainingConfig(BaseModel):
     bucket_size: Bytes = Field(default=25e6)
     failures: FailuresConfig | None = Field(default_factory=FailuresConfig)
     seeds: int = Field(default=5, ge=1, le=1001)
+    layers_per_stage: list[int] | None = Field(
+        default=None, description="transformer layers of each pipeline stage, first to last"
+    )
+    first_stage_layers: int | None = Field(default=None, ge=1)
+    last_stage_layers: int | None = Field(default=None, ge=1)
+    context_comm: Literal["ring", "all_gather"] = "ring"
+    fsdp_reshard: bool = True
+    offload_activations: bool = False
+    offload_bandwidth: Bandwidth = Field(default=PCIE5_X16_BYTES_PER_S)
 
     @model_validator(mode="after")
     def _length(self) -> TrainingConfig:
@@ -120,6 +143,13 @@ def make_plan(config: TrainingConfig, model: ModelGraph) -> TrainingPlan:
         grad_dtype=grad,
         overlap_grad_reduce=config.overlap_grad_reduce,
         bucket_bytes=float(config.bucket_size),
+        layers_per_stage=tuple(config.layers_per_stage) if config.layers_per_stage else None,
+        first_stage_layers=config.first_stage_layers,
+        last_stage_layers=config.last_stage_layers,
+        context_comm=config.context_comm,
+        fsdp_reshard=config.fsdp_reshard,
+        offload_activations=config.offload_activations,
+        offload_bandwidth=float(config.offload_bandwidth),
     )
 
 
@@ -128,7 +158,14 @@ def total_steps(config: TrainingConfig, plan: TrainingPlan) -> int:
     if config.steps is not None:
         return config.steps
     assert config.tokens is not None
-    return max(1, math.ceil(config.tokens / plan.tokens_per_step))
+    steps = max(1, math.ceil(config.tokens / plan.tokens_per_step))
+    if steps > MAX_STEPS:
+        raise ScenarioError(
+            f"workload.tokens: {config.tokens:.3g} tokens at {plan.tokens_per_step:,} tokens a "
+            f"step are {steps:,} optimizer steps, more than {MAX_STEPS:,}; train on fewer "
+            f"tokens or raise global_batch or seq_len."
+        )
+    return steps
 
 
 def _reserve(compiled: Compiled) -> float:
@@ -160,6 +197,11 @@ def training_fit(config: TrainingConfig, system: System, compiled: Compiled) -> 
         return "Nearest plans that divide and fit: " + "; ".join(plans) + "."
 
     problems = check_plan(model, par, plan, system.count)
+    if plan.precision == "fp8" and "fp8" not in system.device.peak_flops:
+        problems.append(
+            f"precision fp8 needs FP8 matrix units, and {system.device.name} lists no FP8 "
+            f"peak (use bf16, or a device with FP8)"
+        )
     if problems:
         return Fit(
             False,
@@ -175,16 +217,20 @@ def training_fit(config: TrainingConfig, system: System, compiled: Compiled) -> 
     desc = (
         f"data={par.data}, tensor={par.tensor}, pipeline={par.pipeline}"
         + (f", virtual={par.virtual}" if par.virtual > 1 else "")
+        + (f", context={par.context}" if par.context > 1 else "")
+        + (f", expert={par.expert}" if par.expert > 1 else "")
         + f", zero={par.zero}, recompute={plan.recompute}, micro_batch={plan.micro_batch}"
     )
+    where = need.where()
     return Fit(
         False,
         need.total,
         have,
         need.breakdown(),
         reason=(
-            f"Training {model.name} with {desc} needs {need.total / 1e9:.1f} GB per device "
-            f"({need.describe()}) but one {system.device.name} has {have / 1e9:.1f} GB: "
+            f"Training {model.name} with {desc} needs {need.total / 1e9:.1f} GB per device"
+            + (f" on {where}" if where else "")
+            + f" ({need.describe()}) but one {system.device.name} has {have / 1e9:.1f} GB: "
             f"short by {(need.total - have) / 1e9:.1f} GB."
         ),
         suggestion=nearest(),
@@ -197,8 +243,9 @@ class TrainingWorkload(Workload):
 
     name = "training"
     description = (
-        "pre-training / fine-tuning: data, tensor, pipeline (1F1B, interleaved) "
-        "and ZeRO parallelism, recomputation, failures and checkpoints"
+        "pre-training / fine-tuning: data, tensor, pipeline (1F1B, interleaved, uneven "
+        "stages), context, expert and ZeRO/FSDP parallelism, FP8, recomputation, "
+        "activation offloading, failures and checkpoints"
     )
     schema = TrainingConfig
     metrics = TRAINING_METRICS
@@ -286,6 +333,10 @@ class TrainingWorkload(Workload):
             "pp_comm_s": st.pipeline.p2p_s,
             "dp_comm_s": st.dp_comm_s,
             "dp_comm_exposed_s": st.dp_exposed_s + st.param_gather_s + st.zero3_exposed_s,
+            "cp_comm_s": st.cp_comm_s,
+            "cp_comm_exposed_s": st.cp_exposed_s,
+            "offload_exposed_s": st.offload_exposed_s,
+            "pipeline_layers": st.partition.describe() if st.partition is not None else "",
             "optimizer_s": st.optimizer_s,
             "failures": run.failures,
             "checkpoints": run.checkpoints,
@@ -301,7 +352,7 @@ class TrainingWorkload(Workload):
             ),
         }
         frames = {
-            "steps": steps_frame(system.name, st, run, 0.0),
+            "steps": steps_frame(system.name, st, run),
             "devices": devices_frame(system, st, run, power),
         }
         return SystemRun(metrics=metrics, frames=frames, simulated_s=wall)
