@@ -1,0 +1,282 @@
+"""Training plans as frontier runs write them: uneven pipeline stages, context and expert
+parallelism, FP8, distributed optimizer / FSDP, activation offloading, and the
+per-device timeline."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import polars as pl
+import pytest
+
+from xpusim.engine.collectives import topology_from_device
+from xpusim.engine.host import build_host
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.system import Parallelism, System
+from xpusim.plugins.workloads.training.failures import FailureRun
+from xpusim.plugins.workloads.training.frames import devices_frame
+from xpusim.plugins.workloads.training.partition import default_partition, make_partition
+from xpusim.plugins.workloads.training.pipeline import (
+    exact_pipeline_time,
+    in_flight_microbatches,
+    pipeline_time,
+    simulate_schedule,
+)
+from xpusim.plugins.workloads.training.plan import (
+    TrainingPlan,
+    check_plan,
+    plan_memory,
+    stage_memory_list,
+)
+from xpusim.plugins.workloads.training.steps import StepTime, step_time
+
+
+@pytest.fixture(scope="module")
+def host() -> Any:
+    return build_host()
+
+
+def _model(host: Any, family: str, **arch: Any) -> ModelGraph:
+    model: ModelGraph = host.models.get(family).configure(arch)
+    return model
+
+
+def _compile(host: Any, model: ModelGraph, par: Parallelism, device: str = "h100-sxm") -> Any:
+    gpu = host.backends.get("gpu")
+    dev = gpu.devices()[device]
+    system = System("s", "gpu", dev, par.devices, par, topology_from_device(dev))
+    return gpu.compile(model, system)
+
+
+SMALL = {"layers": 14, "hidden": 1024, "heads": 16, "kv_heads": 4, "vocab": 32000}
+MOE = {**SMALL, "experts": 8, "top_k": 2, "ffn_hidden": 1024}
+
+
+def _plan(**kw: Any) -> TrainingPlan:
+    base: dict[str, Any] = {"global_batch": 64, "micro_batch": 1, "seq_len": 2048}
+    base.update(kw)
+    return TrainingPlan(**base)
+
+
+# --- partition ------------------------------------------------------------------------
+
+
+def test_default_partition_puts_the_short_stages_at_the_ends() -> None:
+    """126 layers on 16 stages is Llama 3 405B's layout (first and last one layer fewer);
+    70 on 12 gives the ends 5 and the middle 6; a divisible count stays even."""
+    assert default_partition(126, 16).layers == (7,) + (8,) * 14 + (7,)
+    assert default_partition(70, 12).layers == (5,) + (6,) * 10 + (5,)
+    assert make_partition(96, 8).layers == (12,) * 8
+    assert make_partition(126, 16).describe() == "7, 8×14, 7"
+
+
+def test_first_and_last_stage_sizes_and_explicit_lists() -> None:
+    """Megatron's first/last-stage layer counts split the rest evenly; an explicit list
+    must have one entry per stage and add up; bad input names the fix."""
+    assert make_partition(126, 16, first_stage_layers=7, last_stage_layers=7).layers == (
+        (7,) + (8,) * 14 + (7,)
+    )
+    assert make_partition(30, 4, first_stage_layers=6).layers == (6, 8, 8, 8)
+    assert make_partition(10, 3, layers_per_stage=[3, 4, 3]).layers == (3, 4, 3)
+    with pytest.raises(ValueError, match="split them evenly"):
+        make_partition(126, 16, first_stage_layers=5)
+    with pytest.raises(ValueError, match="adds up to 9"):
+        make_partition(10, 3, layers_per_stage=[3, 3, 3])
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        make_partition(9, 4, virtual=2, layers_per_stage=[1, 3, 3, 2])
+
+
+def test_llama3_and_bloom_plans_are_accepted(host: Any) -> None:
+    """The plans the issue names divide: 126 layers over 16 stages, 70 over 12."""
+    llama = _model(host, "llama", preset="llama-3-405b")
+    par = Parallelism(data=128, tensor=8, pipeline=16)
+    assert check_plan(llama, par, _plan(global_batch=2048, seq_len=8192), 16384) == []
+    bloom = _model(host, "gpt", layers=70, hidden=14336, heads=112, vocab=250880)
+    par = Parallelism(data=8, tensor=4, pipeline=12)
+    assert check_plan(bloom, par, _plan(global_batch=2048), 384) == []
+
+
+def test_exact_pipeline_time_is_the_schedule_and_bounded_by_the_closed_form() -> None:
+    """Unequal stages: the exact makespan is the list schedule's, never above the closed
+    form; equal stages: both agree."""
+    f, b = [1.0, 1.2, 1.2, 1.5], [2.0, 2.4, 2.4, 3.0]
+    exact = exact_pipeline_time(f, b, 8)
+    assert exact.seconds == pytest.approx(simulate_schedule(4, 8, f, b))
+    closed = pipeline_time([x + y for x, y in zip(f, b, strict=True)], 8, 4)
+    assert exact.seconds <= closed.seconds + 1e-9
+    same = exact_pipeline_time([1.0] * 4, [2.0] * 4, 8, p2p_s=0.1)
+    assert same.seconds == pytest.approx(pipeline_time(3.0, 8, 4, p2p_s=0.1).seconds)
+
+
+def test_stages_hold_fewer_micro_batches_down_the_pipeline() -> None:
+    """1F1B stage s holds min(m, p − s) micro-batches; interleaving adds to stage 0 the
+    Korthikanti et al. factor."""
+    assert [in_flight_microbatches(4, 16, 1, s) for s in range(4)] == [4, 3, 2, 1]
+    assert in_flight_microbatches(4, 16, 2, 0) == pytest.approx(4 * (1 + 3 / 8))
+
+
+def test_memory_is_per_stage_and_the_message_names_the_fullest(host: Any) -> None:
+    """Stage 0 holds the embedding and the most micro-batches; with uneven stages the
+    fullest device is reported with its stage, layers and micro-batches in flight."""
+    llama = _model(host, "llama", preset="llama-3-405b")
+    par = Parallelism(data=128, tensor=8, pipeline=16, sequence=True, zero=1)
+    plan = _plan(global_batch=2048, seq_len=8192, recompute="selective")
+    stages = stage_memory_list(llama, par, plan, 80e9)
+    assert [s.layers for s in stages] == [7] + [8] * 14 + [7]
+    assert stages[0].in_flight == 16 and stages[-1].in_flight == 1
+    peak = plan_memory(llama, par, plan, 80e9)
+    assert peak.activations == max(s.activations for s in stages)
+    assert peak.where().startswith(f"pipeline stage {peak.stage} of 16")
+
+
+# --- context, expert, FP8, FSDP, offload ------------------------------------------------
+
+
+def test_context_parallel_splits_work_and_memory_and_adds_kv_exchange(host: Any) -> None:
+    """context = 2 halves each device's share of the sequence (its activations and
+    compute) and exchanges keys and values; a sequence not a multiple of 2c is refused."""
+    model = _model(host, "llama", **SMALL, seq_len=8192)
+    base = Parallelism(data=2, tensor=2)
+    cp = replace(base, data=1, context=2)
+    plan = _plan(global_batch=16, seq_len=8192, recompute="none")
+    a = step_time(_compile(host, model, base), model, plan)
+    b = step_time(_compile(host, model, cp), model, plan)
+    assert b.cp_comm_s > 0 and a.cp_comm_s == 0
+    assert b.microbatches == 2 * a.microbatches
+    assert b.fwd_s == pytest.approx(a.fwd_s / 2, rel=1e-6)
+    mem_a = plan_memory(model, base, plan, 80e9)
+    mem_b = plan_memory(model, cp, plan, 80e9)
+    assert mem_b.activations == pytest.approx(mem_a.activations / 2)
+    gather = step_time(_compile(host, model, cp), model, replace(plan, context_comm="all_gather"))
+    assert gather.cp_exposed_s == pytest.approx(gather.cp_comm_s)
+    assert any("multiple of 4" in p for p in check_plan(model, cp, replace(plan, seq_len=8190), 4))
+
+
+def test_expert_parallel_shards_experts_and_reduces_them_over_fewer_ranks(host: Any) -> None:
+    """expert = 4 holds a quarter of the routed experts per device (weights, gradients,
+    optimizer states), and must divide data x context."""
+    model = _model(host, "mixtral", **MOE)
+    plan = _plan(global_batch=32, seq_len=2048)
+    one = plan_memory(model, Parallelism(data=4), plan, 80e9)
+    four = plan_memory(model, Parallelism(data=4, expert=4), plan, 80e9)
+    assert four.weights < one.weights
+    assert four.optimizer < one.optimizer
+    assert check_plan(model, Parallelism(data=4, expert=4), plan, 4) == []
+    probs = check_plan(model, Parallelism(data=2, expert=4), plan, 2)
+    assert any("must divide data x context" in p for p in probs)
+    st = step_time(_compile(host, model, Parallelism(data=4, expert=4)), model, plan)
+    assert st.dp_comm_s > 0 and st.seconds > 0
+
+
+def test_fp8_speeds_up_gemms_and_keeps_bf16_weights(host: Any) -> None:
+    """FP8 runs the layer GEMMs faster on an FP8 part; its weights stay bf16 plus an FP8
+    copy; a device without FP8 peak refuses it."""
+    model = _model(host, "llama", **SMALL)
+    par = Parallelism(data=8)
+    bf16 = step_time(_compile(host, model, par), model, _plan(precision="bf16"))
+    fp8 = step_time(_compile(host, model, par), model, _plan(precision="fp8"))
+    assert fp8.seconds < bf16.seconds
+    m16 = plan_memory(model, par, _plan(precision="bf16"), 80e9)
+    m8 = plan_memory(model, par, _plan(precision="fp8"), 80e9)
+    assert m16.weights < m8.weights < 1.5 * m16.weights
+    assert m8.optimizer == pytest.approx(m16.optimizer)
+
+
+def test_fsdp_without_resharding_gathers_once_and_holds_the_weights(host: Any) -> None:
+    """zero: 3 with fsdp_reshard false keeps the gathered stage weights (more memory)
+    and skips the backward gather (less communication)."""
+    model = _model(host, "llama", **SMALL)
+    par = Parallelism(data=16, zero=3)
+    plan = _plan(global_batch=64, overlap_grad_reduce=False)
+    keep = replace(plan, fsdp_reshard=False)
+    assert plan_memory(model, par, keep, 80e9).weights > plan_memory(model, par, plan, 80e9).weights
+    a = step_time(_compile(host, model, par), model, plan)
+    b = step_time(_compile(host, model, par), model, keep)
+    assert b.zero3_exposed_s < a.zero3_exposed_s
+
+
+def test_distributed_optimizer_shards_only_optimizer_states(host: Any) -> None:
+    """zero: 1 (Megatron's distributed optimizer) divides the optimizer states by the
+    data-parallel group (context ranks included), not weights or gradients."""
+    model = _model(host, "llama", **SMALL)
+    plan = _plan(global_batch=64)
+    z0 = plan_memory(model, Parallelism(data=8), plan, 80e9)
+    z1 = plan_memory(model, Parallelism(data=8, zero=1), plan, 80e9)
+    assert z1.optimizer == pytest.approx(z0.optimizer / 8)
+    assert (z1.weights, z1.gradients) == (z0.weights, z0.gradients)
+
+
+def test_activation_offloading_caps_device_activations(host: Any) -> None:
+    """Offloading keeps two micro-batches of activations on the device; the transfer is
+    priced at the offload bandwidth."""
+    model = _model(host, "llama", **SMALL)
+    par = Parallelism(data=1, pipeline=7)
+    plan = _plan(global_batch=32, recompute="none")
+    off = replace(plan, offload_activations=True, offload_bandwidth=1e9)
+    assert (
+        plan_memory(model, par, off, 80e9).activations
+        < plan_memory(model, par, plan, 80e9).activations
+    )
+    st = step_time(_compile(host, model, par), model, off)
+    assert st.offload_exposed_s > 0
+
+
+# --- timeline ------------------------------------------------------------------------------
+
+
+def _timeline(host: Any, max_rows: int) -> tuple[pl.DataFrame, StepTime, FailureRun]:
+    model = _model(host, "llama", **SMALL)
+    par = Parallelism(data=2, tensor=2, pipeline=2)
+    comp = _compile(host, model, par)
+    st = step_time(comp, model, _plan(global_batch=16))
+    run = FailureRun(
+        wall_s=30 * st.seconds + 5.0,
+        failures=0,
+        checkpoints=1,
+        lost_s=0.0,
+        checkpoint_s=5.0,
+        restart_s=0.0,
+        segments=[
+            ("train", 0.0, 20 * st.seconds, 0, 20.0),
+            ("checkpoint", 20 * st.seconds, 20 * st.seconds + 5.0, 19, 0.0),
+            ("train", 20 * st.seconds + 5.0, 30 * st.seconds + 5.0, 20, 10.0),
+        ],
+    )
+    return devices_frame(comp.system, st, run, comp.power_model(), max_rows), st, run
+
+
+def test_timeline_is_per_device_over_simulated_time(host: Any) -> None:
+    """Each device's busy rows follow its stage's schedule step after step: the last
+    stage idles while the pipeline fills, the checkpoint sits where it happened, and busy
+    seconds per device add up to the step's busy time per step."""
+    dev, st, _run = _timeline(host, 10**7)
+    assert dev.select(pl.struct("replica", "device").n_unique()).item() == 8
+    first = dev.filter((pl.col("replica") == 0) & (pl.col("device") == 0))
+    last = dev.filter((pl.col("replica") == 0) & (pl.col("device") == 2))
+    busy = ("compute", "memory", "overhead", "comm")
+    assert first.filter(pl.col("state").is_in(busy))["start_s"].min() == 0.0
+    assert last.filter(pl.col("state").is_in(busy))["start_s"].min() > 0.0  # pipeline fill
+    ck = first.filter(pl.col("state") == "checkpoint")
+    assert ck["start_s"].to_list() == [pytest.approx(20 * st.seconds)]
+    busy_s = first.filter(pl.col("state").is_in(busy)).select(
+        (pl.col("end_s") - pl.col("start_s")).sum()
+    )
+    want = 30 * sum(st.stage_state_s[0][k] for k in busy)
+    assert busy_s.item() == pytest.approx(want, rel=1e-9)
+
+
+def test_big_timelines_are_sampled_within_the_row_budget(host: Any) -> None:
+    """Past the row budget every device keeps its busy seconds by state, in windows."""
+    exact, _, _ = _timeline(host, 10**7)
+    small, _, _ = _timeline(host, 400)
+    assert small.height <= 400 < exact.height
+
+    def per_state(f: pl.DataFrame) -> dict[str, float]:
+        g = f.group_by("state").agg((pl.col("end_s") - pl.col("start_s")).sum().alias("s"))
+        return {k: v for k, v in g.iter_rows() if k not in ("checkpoint", "restart")}
+
+    a, b = per_state(exact), per_state(small)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k] == pytest.approx(a[k], rel=1e-9)
