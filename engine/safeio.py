@@ -35,10 +35,11 @@ def size_text(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def _refuse(path: Path, what: str, mode: int, hint: str, error: type[XpusimError]) -> XpusimError:
+def _refuse(path: Path, what: str, mode: int, error: type[XpusimError]) -> XpusimError:
     return error(
         f"{path}: the {what} is {_kind(mode)}, not a regular file; xpusim reads only "
-        f"regular files (a pipe or a device could block or never end). {hint}"
+        f"regular files (a pipe or a device could block or never end). Give the path of "
+        f"a file."
     )
 
 
@@ -52,7 +53,7 @@ def _check_stat(
 ) -> None:
     """Refuse a file that is not regular or is larger than ``limit`` bytes."""
     if not stat.S_ISREG(st.st_mode):
-        raise _refuse(path, what, st.st_mode, hint, error)
+        raise _refuse(path, what, st.st_mode, error)
     if st.st_size > limit:
         raise error(
             f"{path}: the {what} is {size_text(st.st_size)}; the limit is "
@@ -72,7 +73,7 @@ def check_regular(
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise error(f"{path}: no such {what}. Check the path. {hint}".rstrip()) from None
+        raise error(f"{path}: no such {what}. Check the path.") from None
     except OSError as exc:
         raise error(f"{path}: cannot read the {what} ({exc.strerror}).") from None
     _check_stat(path, what, st, limit, hint, error)
@@ -93,7 +94,7 @@ def read_limited(
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
-        raise error(f"{path}: no such {what}. Check the path. {hint}".rstrip()) from None
+        raise error(f"{path}: no such {what}. Check the path.") from None
     except IsADirectoryError:
         raise error(f"{path}: the {what} is a folder; give the path of a file.") from None
     except OSError as exc:

@@ -22,6 +22,7 @@ first object is line 1 (JSON Lines); blank lines are skipped but counted.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from xpusim.engine.errors import TraceError
+from xpusim.engine.safeio import read_limited
 from xpusim.engine.traces import JOB_SCHEMA, MAX_TOKENS, REQUEST_SCHEMA, TraceFormat
 
 TIME_UNITS: dict[str, float] = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
@@ -41,6 +43,10 @@ REQUEST_FIELDS = ("arrival", "prompt_tokens", "output_tokens")
 """Logical fields a generic request trace maps onto its own column names (``columns``)."""
 
 _COMMON = {"limit", "time_scale"}
+
+MAX_TRACE_BYTES = 4 * 2**30
+"""Largest trace file read (4 GiB): a trace is read whole into memory, and this is about
+a hundred million request rows."""
 
 MAX_LINE_BYTES = 2**20
 """Longest line a trace may have (1 MiB): a request row is a few dozen bytes, so a longer
@@ -60,7 +66,14 @@ def _read_bytes(path: Path) -> bytes:
         )
     if path.is_dir():
         raise TraceError(f"trace path {str(path)!r} is a folder; point `trace.path` at a file.")
-    data = path.read_bytes()
+    data = read_limited(
+        path,
+        "trace file",
+        MAX_TRACE_BYTES,
+        "Split the trace, or keep the first requests (`head -n`), and point `trace.path` "
+        "at that file.",
+        TraceError,
+    )
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -120,6 +133,27 @@ def _data_lines(data: bytes, header: bool) -> list[int]:
     return nums[1:] if header else nums
 
 
+def _csv_lines(data: bytes, separator: str = ",") -> list[int]:
+    """1-based file line numbers where each CSV data row starts (header excluded).
+
+    A quoted cell may hold line breaks, so a row can span several lines; rows are then
+    found by parsing the quotes, and every later row keeps its true line number.
+    """
+    if b'"' not in data:
+        return _data_lines(data, header=True)
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=separator[:1])
+    starts: list[int] = []
+    end = 0
+    try:
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if any(cell.strip() for cell in row):  # blank lines are skipped, as polars does
+                starts.append(start)
+    except csv.Error:
+        return _data_lines(data, header=True)  # polars' own parse reports the problem
+    return starts[1:]
+
+
 def _read_csv_strings(path: Path, data: bytes, separator: str = ",") -> pl.DataFrame:
     """Parse CSV bytes into an all-string frame (blank lines skipped)."""
     rows = data.split(b"\n")
@@ -159,6 +193,14 @@ def _fixed_layout(
 
 def _require_columns(path: Path, df: pl.DataFrame, wanted: Sequence[str], how: str) -> None:
     missing = [c for c in wanted if c not in df.columns]
+    if len(missing) == len(set(wanted)):
+        # none matches: the first line is not a trace header (it is not echoed, since the
+        # file may be anything, a key file included)
+        raise TraceError(
+            f"{path}: missing column(s) {', '.join(map(repr, wanted))}: none of them is in "
+            f"the file's first line, so this does not look like a trace of this format (its "
+            f"{len(df.columns)} header field(s) are not shown). Check `trace.path`. {how}"
+        )
     if missing:
         raise TraceError(
             f"{path}: missing column(s) {', '.join(map(repr, missing))}; columns found: "
@@ -330,8 +372,17 @@ def _arrival_seconds(
 
 
 def _mapping(path: Path, options: Mapping[str, Any]) -> dict[str, str]:
-    cols = dict(options.get("columns") or {})
-    bad = sorted(k for k in cols if k not in REQUEST_FIELDS)
+    raw = options.get("columns") or {}
+    if not isinstance(raw, Mapping) or not all(
+        isinstance(v, str | int) and not isinstance(v, bool) for v in raw.values()
+    ):
+        raise TraceError(
+            f"{path}: `columns` must map {', '.join(REQUEST_FIELDS)} to the file's column "
+            f"names, for example columns: {{arrival: ts, prompt_tokens: in, output_tokens: "
+            f"out}}; got {_short(str(raw))}."
+        )
+    cols = dict(raw)
+    bad = sorted(str(k) for k in cols if k not in REQUEST_FIELDS)
     if bad:
         raise TraceError(
             f"{path}: `columns` has unknown key(s) {', '.join(map(repr, bad))}; it maps "
@@ -409,7 +460,7 @@ class AzureLLMTrace(TraceFormat):
             "An Azure LLM trace has the header TIMESTAMP,ContextTokens,GeneratedTokens; "
             "for another layout use `format: csv` with `columns`.",
         )
-        lines = _data_lines(data, header=True)
+        lines = _csv_lines(data)
         t = _arrival_seconds(
             path, df["TIMESTAMP"], lines, "TIMESTAMP", "datetime", "%Y-%m-%d %H:%M:%S%.f"
         )
@@ -454,7 +505,8 @@ class CsvTrace(TraceFormat):
         )
         data = _read_bytes(path)
         df = _read_csv_strings(path, data, str(options.get("separator", ",")))
-        return _generic_requests(path, df, _data_lines(data, header=True), options)
+        lines = _csv_lines(data, str(options.get("separator", ",")))
+        return _generic_requests(path, df, lines, options)
 
 
 class JsonlTrace(TraceFormat):
@@ -487,8 +539,25 @@ class JsonlTrace(TraceFormat):
             list(cols.values()),
             "Map them with `columns: {arrival: ..., prompt_tokens: ..., output_tokens: ...}`.",
         )
+        for col in dict.fromkeys(cols.values()):
+            if df[col].dtype.is_nested() or df[col].dtype == pl.Object:
+                self._locate_nested(path, data, col)
         # keys with mixed types (1 and "1") come back as strings: _numeric handles both
         return _generic_requests(path, df, lines, options)
+
+    @staticmethod
+    def _locate_nested(path: Path, data: bytes, column: str) -> None:
+        """Raise for the first line whose ``column`` holds an object or a list."""
+        for n, raw in enumerate(data.split(b"\n"), start=1):
+            if raw.strip():
+                value = json.loads(raw.decode("utf-8")).get(column)
+                if isinstance(value, dict | list):
+                    kind = "an object" if isinstance(value, dict) else "a list"
+                    raise TraceError(
+                        f"{path}: line {n}: {column} is {kind}, not a number; each value of "
+                        f"a request is a single number or date-time."
+                    )
+        raise TraceError(f"{path}: {column} holds objects or lists, not numbers.")
 
     @staticmethod
     def _locate_error(path: Path, data: bytes) -> None:
@@ -510,6 +579,12 @@ class JsonlTrace(TraceFormat):
             if not isinstance(obj, dict):
                 raise TraceError(
                     f"{path}: line {n}: expected a JSON object, got {type(obj).__name__}."
+                )
+            nested = next((k for k, v in obj.items() if isinstance(v, dict | list)), None)
+            if nested is not None:
+                raise TraceError(
+                    f"{path}: line {n}: {_short(str(nested))} holds an object or a list; each "
+                    f"value of a request is a single number or date-time."
                 )
 
 
@@ -538,7 +613,7 @@ class AlibabaGpuTrace(TraceFormat):
             "An Alibaba GPU v2023 pod list has creation_time, deletion_time, num_gpu and "
             "gpu_milli columns.",
         )
-        lines = _data_lines(data, header=True)
+        lines = _csv_lines(data)
         created = _numeric(
             path, df["creation_time"], lines, "creation_time", integer=False, minimum=0
         )
