@@ -107,7 +107,8 @@ class Compiled(ABC):
     :meth:`collective_seconds` (collectives at the backend's link rates),
     :attr:`reserve_bytes` (fixed runtime memory per device), :attr:`replicas` and
     :meth:`rebind` (event-driven backends whose cost depends on a workload's run
-    settings), :meth:`power_model` and :meth:`figures_used`.
+    settings), :meth:`mapping_facts` (what a placing backend decided),
+    :meth:`power_model` and :meth:`figures_used`.
     """
 
     reserve_bytes: float = 0.0
@@ -175,6 +176,14 @@ class Compiled(ABC):
         A backend whose costs do (an event-driven chip counting spikes) compiles anew."""
         del model
         return self
+
+    def mapping_facts(self) -> Mapping[str, float | bool]:
+        """What the backend decided when it placed the model on the system, by summary
+        key (a neuromorphic backend: ``boards``, ``chips_used``, ``cores_used``,
+        ``neurons_per_core``, ``routing_entries``, ``real_time_factor``,
+        ``required_time_scale_factor``, ``fits_real_time``), for the run's summary. The
+        default: nothing, an analytic backend places nothing beyond its cost model."""
+        return {}
 
     def collective_seconds(self, kind: Collective, nbytes: float, group: int) -> float | None:
         """Seconds of one ``kind`` collective of ``nbytes`` per device over ``group``

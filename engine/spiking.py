@@ -32,7 +32,9 @@ class SpikingModel(ModelGraph):
     :attr:`activity` the spikes and synaptic events per sample and step, measured on
     :meth:`calibration_inputs`; :meth:`input_spikes` draws input trains;
     :meth:`with_options` returns a copy with ``input_rate`` and/or ``timestep`` changed
-    (values written with units, as in a scenario: ``"20 Hz"``, ``"0.001 s"``).
+    (values written with units, as in a scenario: ``"20 Hz"``, ``"0.001 s"``);
+    :meth:`at_input_rate` the same network, weights unchanged, driven by sparser or
+    denser inputs.
     """
 
     @property
@@ -87,4 +89,12 @@ class SpikingModel(ModelGraph):
         """A copy with the named configuration fields changed (``input_rate``,
         ``timestep``); raises :class:`~xpusim.engine.errors.ScenarioError` naming a bad
         value."""
+        raise NotImplementedError(self)
+
+    @abstractmethod
+    def at_input_rate(self, rate_hz: float) -> SpikingModel:
+        """The same network with the same weights driven by inputs at ``rate_hz`` (a
+        fully active input's Poisson rate): the trained model on sparser or denser input,
+        as opposed to :meth:`with_options`, which configures a model for that rate (a
+        converted network's weights are tuned to its input rate)."""
         raise NotImplementedError(self)

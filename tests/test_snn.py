@@ -162,3 +162,17 @@ def test_simulator_rejects_bad_inputs() -> None:
         lif.poisson(-1.0, 5, 1, 2, 1.0, np.random.default_rng(0))
     with pytest.raises(ScenarioError):
         lif.poisson(1.0, 0, 1, 2, 1.0, np.random.default_rng(0))
+
+
+def test_at_input_rate_keeps_the_weights_and_scales_the_activity(kws) -> None:  # type: ignore[no-untyped-def]
+    """The same network driven by sparser inputs has the same weights (converted for the
+    model's own rate) and fewer synaptic events; with_options re-converts instead, and the
+    same configuration asked for twice is one object."""
+    sparse = kws.at_input_rate(5.0)
+    assert sparse.input_rate == 5.0 and sparse.cfg.conversion_rate == kws.input_rate
+    for a, b in zip(sparse.network.layers, kws.network.layers, strict=True):
+        np.testing.assert_array_equal(a.weights, b.weights)
+    assert sum(sparse.activity.synaptic_events) < sum(kws.activity.synaptic_events)
+    reconverted = kws.with_options(input_rate="5 Hz")
+    assert not np.array_equal(reconverted.network.layers[0].weights, kws.network.layers[0].weights)
+    assert kws.at_input_rate(5.0) is sparse

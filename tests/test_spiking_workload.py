@@ -4,6 +4,7 @@ on SpiNNaker and on the dense backends (GPU, TPU) when they are installed."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,75 @@ def test_scenario_ships_the_four_way_comparison() -> None:
         ("tpu", "v5e", 1),
     }
     FAMILIES[0].configure({k: v for k, v in doc["model"].items() if k != "family"})
+
+
+class PlacedCompiled(FixedCompiled):
+    """The stand-in at 10 J per sample, placing the model like a neuromorphic backend."""
+
+    def _cost(self, shape: Shape) -> Cost:
+        return Cost(1e-3 * shape.timesteps, 10.0 * shape.batch, {"compute": 1.0})
+
+    def mapping_facts(self) -> dict[str, float | bool]:
+        return {"chips_used": 3.0, "fits_real_time": True, "not_a_declared_fact": 1.0}
+
+
+def _sweep_run(model, **workload):  # type: ignore[no-untyped-def]
+    system = System("fake", "fake", SPINN5, 1, Parallelism(), TOPO)
+    cfg = SpikingConfig.model_validate({"samples": 20, "timesteps": 100, **workload})
+    return SPIKING.simulate(cfg, _ctx(system, PlacedCompiled(system, model), model))
+
+
+def test_operating_points_split_energy_and_leave_saturated_loads_out(model) -> None:  # type: ignore[no-untyped-def]
+    """Over offered load: a load at or above the capacity (one 100 ms sample at a time:
+    10/s) is saturated and not simulated; below it, each inference's device energy is
+    idle power over the span (static) plus the steps' joules above idle (active)."""
+    run = _sweep_run(model, rate="2/s", sweep={"samples": 50})
+    pts = run.frames["operating_points"].filter(pl.col("axis") == "load")
+    assert pts["load_per_s"].to_list() == pytest.approx(
+        [2 * f for f in (1 / 64, 1 / 16, 1 / 4, 1, 4, 16, 64, 256)]
+    )
+    assert pts["saturated"].to_list() == [x >= 10.0 for x in pts["load_per_s"]]
+    assert pts["capacity_per_s"].to_list() == pytest.approx([10.0] * pts.height)
+    live = pts.filter(~pl.col("saturated"))
+    idle_w = SPINN5.power.idle_w.value  # type: ignore[union-attr]
+    assert live["active_j"].to_list() == pytest.approx([10.0 - idle_w * 0.1] * live.height)
+    low = live.row(0, named=True)
+    assert low["static_j"] == pytest.approx(idle_w / low["load_per_s"], rel=0.3)
+    assert low["total_j"] == pytest.approx(low["static_j"] + low["active_j"])
+    assert low["latency_p50_s"] == pytest.approx(0.1)
+    assert pts.filter(pl.col("saturated"))["total_j"].null_count() == pts["saturated"].sum()
+
+
+def test_operating_points_over_input_rate_drive_the_same_network(model) -> None:  # type: ignore[no-untyped-def]
+    """Over input rate: the same weights driven harder cause more synaptic events per
+    inference; a backend whose cost ignores them (dense, or this stand-in) prices each
+    point the same."""
+    run = _sweep_run(model, rate="2/s", sweep={"samples": 20, "input_rates": ["5 Hz", "40 Hz"]})
+    pts = run.frames["operating_points"].filter(pl.col("axis") == "input_rate")
+    assert pts["input_rate_hz"].to_list() == [5.0, 40.0]
+    events = pts["synaptic_events"].to_list()
+    assert events[0] < events[1]
+    assert pts["total_j"].n_unique() == 1 and pts["fits_real_time"].to_list() == [True, True]
+
+
+def test_sweep_can_be_switched_off(model) -> None:  # type: ignore[no-untyped-def]
+    """workload.sweep.enabled: false gives no operating points."""
+    run = _sweep_run(model, rate="2/s", sweep={"enabled": False})
+    assert "operating_points" not in run.frames
+
+
+def test_summary_carries_op_counts_and_declared_mapping_facts(model) -> None:  # type: ignore[no-untyped-def]
+    """Every system gets the dense ops (two per synapse and the LIF update per neuron) and
+    the synaptic events of a timestep; a placing backend's facts are copied when the
+    workload declares them, and no other key is."""
+    run = _sweep_run(model, sweep={"enabled": False})
+    sizes = [390, 256, 256, 12]
+    dense = sum(2 * a * b + 12 * b for a, b in itertools.pairwise(sizes))
+    m = run.metrics
+    assert m["dense_ops_per_timestep"] == dense
+    assert m["synaptic_events_per_timestep"] == pytest.approx(sum(model.activity.synaptic_events))
+    assert m["synaptic_events_per_sample"] == pytest.approx(100 * m["synaptic_events_per_timestep"])
+    assert m["chips_used"] == 3.0 and m["fits_real_time"] is True
+    assert "not_a_declared_fact" not in m
+    declared = {x.name for x in SPIKING.metrics}
+    assert set(m) - {"energy_j", "energy_per_sample_j", "simulated_s"} <= declared

@@ -13,7 +13,7 @@ from xpusim.engine.errors import DoesNotFitError, XpusimError
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.plugins.models.snn import FAMILIES
-from xpusim.plugins.spinnaker import energy, mapping
+from xpusim.plugins.spinnaker import energy, mapping, realtime
 from xpusim.plugins.spinnaker.backend import SPINN5, SpinnakerBackend
 
 SNN = FAMILIES[0]
@@ -171,3 +171,68 @@ def test_nest_counts_spikes_close_to_the_lif_simulator(small_model) -> None:  # 
     theirs = mapping.nest_activity(small_model.network, x, 1.0)
     assert theirs.spikes[0] == pytest.approx(ours.spikes[0])
     assert theirs.rates_hz[1] == pytest.approx(ours.rates_hz[1], rel=0.5, abs=2.0)
+
+
+def test_a_step_is_in_the_compute_state(compiled) -> None:  # type: ignore[no-untyped-def]
+    """A SpiNNaker step records the compute power state, so the devices timeline (and
+    the utilisation chart and energy) counts the cores running as busy."""
+    assert compiled.cost(Shape(Phase.SPIKING, batch=1, timesteps=10)).state == "compute"
+
+
+def test_mapping_facts_read_back_what_spynnaker_placed(compiled) -> None:  # type: ignore[no-untyped-def]
+    """The facts are the mapping's: one board, the chips and cores placed, LIF neurons
+    per core holding them, routing entries, the time-scale factor, and a small network
+    keeps up with real time."""
+    facts = compiled.mapping_facts()
+    m = compiled.mapping
+    assert facts["boards"] == 1 and facts["chips_used"] == m.chips_used
+    assert facts["cores_used"] == m.cores and facts["routing_entries"] == m.routing_entries
+    lif_cores = sum(1 for p in m.placements if p[0] != "input")
+    assert facts["neurons_per_core"] == pytest.approx(36 / lif_cores)
+    assert facts["real_time_factor"] == 1.0
+    assert facts["fits_real_time"] is True and facts["required_time_scale_factor"] == 1.0
+
+
+def test_the_same_network_at_another_input_rate_maps_once(compiled) -> None:  # type: ignore[no-untyped-def]
+    """Driving the same weights at another input rate (or converting at another rate:
+    same synapse positions and signs) reuses the mapping instead of mapping again."""
+    sparser = compiled.rebind(compiled.model.at_input_rate(5.0))
+    assert sparser.mapping is compiled.mapping
+    reconverted = compiled.rebind(compiled.model.with_options(input_rate="80 Hz"))
+    assert reconverted.mapping is compiled.mapping
+
+
+def _placed(atoms: int, tsf: float = 1.0) -> mapping.Mapping:
+    """A hand-made mapping: one LIF population of 2 x ``atoms`` neurons on two cores."""
+    return mapping.Mapping(
+        boards=1,
+        chips=48,
+        cores_per_chip=18,
+        placements=(("input", 0, 0, 1, 10), ("layer1", 0, 0, 2, atoms), ("layer1", 0, 0, 3, atoms)),
+        app_cores={(0, 0): 3},
+        routes={},
+        routing_entries=2,
+        routing_tables=1,
+        timestep_ms=1.0,
+        time_scale_factor=tsf,
+        virtual=True,
+        wall_s=0.0,
+        labels=("input", "layer1"),
+    )
+
+
+def test_real_time_compares_the_busiest_core_with_a_cores_share_of_the_board() -> None:
+    """A core's load is its share of the population's incoming events per second of
+    machine time; it fits when within 1.8e9/s per board spread over 768 cores, and the
+    slow-down needed scales the load down to that capacity."""
+    cap = realtime.core_capacity().value
+    assert cap == pytest.approx(1.8e9 / 768)
+    sizes = {"layer1": 200}
+    light = realtime.real_time(_placed(100), {"layer1": 1000.0}, sizes)
+    assert light.peak_core_events_per_s == pytest.approx(500 / 1e-3)
+    assert light.fits and light.required_time_scale_factor == 1.0
+    heavy_events = 2 * 3 * cap * 1e-3  # three times a core's capacity per core
+    heavy = realtime.real_time(_placed(100), {"layer1": heavy_events}, sizes)
+    assert not heavy.fits and heavy.required_time_scale_factor == pytest.approx(3.0)
+    slowed = realtime.real_time(_placed(100, tsf=4.0), {"layer1": heavy_events}, sizes)
+    assert slowed.fits and slowed.required_time_scale_factor == pytest.approx(3.0)

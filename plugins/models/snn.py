@@ -67,7 +67,9 @@ class SnnConfig(BaseModel):
 
     ``inputs`` spike sources feed ``layers`` (sizes of the LIF layers, the last is the
     output); ``input_rate`` is the Poisson rate of a fully active input (rate coding maps
-    a feature in ``[0, 1]`` to ``[0, input_rate]``); ``timestep`` the simulation step;
+    a feature in ``[0, 1]`` to ``[0, input_rate]``); ``conversion_rate`` the full-scale
+    rate converted weights are tuned for (default ``input_rate``; another value drives
+    the same network with sparser or denser inputs); ``timestep`` the simulation step;
     ``weights`` ``converted`` (a seeded MLP converted to an SNN) or ``random``
     (Gaussian, scaled by ``weight_scale`` nA); ``connectivity`` the fraction of synapses
     kept (1 = dense); ``calibration_samples`` how many samples the LIF simulator runs to
@@ -82,6 +84,7 @@ class SnnConfig(BaseModel):
     inputs: int = Field(gt=0, le=10_000_000)
     layers: list[int]
     input_rate: Rate = 20.0
+    conversion_rate: Rate | None = None
     timestep: Duration = 1e-3
     timesteps: int = Field(default=100, gt=0, le=10_000_000)
     weights: Literal["converted", "random"] = "converted"
@@ -106,10 +109,10 @@ class SnnConfig(BaseModel):
                 raise ValueError(f"layer sizes must be whole numbers of at least 1, got {n}")
         return v
 
-    @field_validator("input_rate")
+    @field_validator("input_rate", "conversion_rate")
     @classmethod
-    def _rate(cls, v: float) -> float:
-        if v > 1000.0:
+    def _rate(cls, v: float | None) -> float | None:
+        if v is not None and v > 1000.0:
             raise ValueError(
                 f"an input rate of {v:g} Hz exceeds the 1000 Hz a 1 ms-step Poisson source "
                 f"can emit (one spike per step); use at most 1000/s"
@@ -286,6 +289,7 @@ class SnnModelGraph(SpikingModel):
         self.cfg = cfg
         self.preset = preset
         self._given_spikes = spikes
+        self._variants: dict[str, SnnModelGraph] = {}
         sizes = [cfg.inputs, *cfg.layers]
         synapses = sum(round(a * b * cfg.connectivity) for a, b in itertools.pairwise(sizes))
         if synapses > 2_000_000_000:
@@ -347,7 +351,8 @@ class SnnModelGraph(SpikingModel):
         if c.weights == "converted":
             ann = _seeded_mlp(sizes, c.seed)
             calib = rng.random((256, c.inputs))
-            ws = convert_mlp(ann, calib, self.params, c.input_rate, c.percentile, c.threshold_gain)
+            full_scale = c.conversion_rate if c.conversion_rate is not None else c.input_rate
+            ws = convert_mlp(ann, calib, self.params, full_scale, c.percentile, c.threshold_gain)
         elif c.connectivity < 1.0:  # sparse random: never materialise the dense matrix
             ws = [
                 sp.random(
@@ -392,9 +397,13 @@ class SnnModelGraph(SpikingModel):
         return lif.simulate(self.network, self.calibration_inputs(), self.dt_ms)
 
     def with_options(self, **fields: Any) -> SnnModelGraph:
-        """A copy with some config fields changed (``input_rate``, ``timestep`` ...)."""
+        """A copy with some config fields changed (``input_rate``, ``timestep`` ...); the
+        same configuration asked for twice is the same object (its network and measured
+        activity are built once)."""
         data = self.cfg.model_dump()
         data["input_rate"] = f"{data['input_rate']!r} Hz"
+        if data["conversion_rate"] is not None:
+            data["conversion_rate"] = f"{data['conversion_rate']!r} Hz"
         for k in ("timestep", "tau_m", "tau_syn", "tau_refrac"):
             data[k] = f"{data[k]!r} s"
         data.update(fields)
@@ -402,7 +411,16 @@ class SnnModelGraph(SpikingModel):
             cfg = SnnConfig.model_validate(data)
         except Exception as exc:  # pydantic's message names the field
             raise ScenarioError(f"model: {exc}") from None
-        return SnnModelGraph(cfg, self.preset, self._given_spikes)
+        key = cfg.model_dump_json()
+        if key not in self._variants:
+            self._variants[key] = SnnModelGraph(cfg, self.preset, self._given_spikes)
+        return self._variants[key]
+
+    def at_input_rate(self, rate_hz: float) -> SnnModelGraph:
+        """The same weights (converted for this model's full-scale rate) driven by inputs
+        at ``rate_hz``."""
+        full_scale = self.cfg.conversion_rate or self.cfg.input_rate
+        return self.with_options(input_rate=f"{rate_hz!r} Hz", conversion_rate=f"{full_scale!r} Hz")
 
     # --- ModelGraph -------------------------------------------------------------------
 

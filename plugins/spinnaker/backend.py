@@ -11,7 +11,13 @@ sPyNNaker config names a board), once per network and machine in a process. A st
 * ``joules`` from sPyNNaker's energy model (:mod:`.energy`) for those seconds, the mapped
   chips and cores, and the router packets of the spikes counted for the network (the
   ``SPIKING`` ops' activity from the exact LIF simulator, PyNN on NEST with
-  ``options.counter: nest``, or the board's own recorded spikes).
+  ``options.counter: nest``, or the board's own recorded spikes);
+* the power state ``compute``: the application cores run the network for those seconds
+  (the board idles between samples).
+
+:meth:`SpinnakerCompiled.mapping_facts` reads back what sPyNNaker decided (boards, chips
+and cores used, neurons per core, routing entries) and whether the busiest core keeps up
+with real time (:mod:`.realtime`).
 
 System options (``systems[].options``): ``time_scale_factor`` (>= 1, default 1),
 ``counter`` (``lif`` | ``nest``), ``reports`` (a folder for sPyNNaker's reports; default a
@@ -21,6 +27,7 @@ names).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping as MappingT
 from pathlib import Path
@@ -37,7 +44,7 @@ from xpusim.engine.graph import Collective, OpKind, Phase, Shape
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.spiking import SpikingModel
 from xpusim.engine.system import System
-from xpusim.plugins.spinnaker import energy, mapping
+from xpusim.plugins.spinnaker import energy, mapping, realtime
 
 __all__ = ["SPINN5", "SpinnakerBackend", "SpinnakerCompiled"]
 
@@ -81,6 +88,20 @@ def _spinn5() -> DeviceSpec:
 
 
 SPINN5 = _spinn5()
+
+
+def _fingerprint(net: lif.Network) -> tuple[Any, ...]:
+    """What the mapping depends on: population sizes and, per projection, where the
+    excitatory and inhibitory synapses are (not their weights, so the networks that a
+    conversion at another input rate gives map once)."""
+    parts: list[Any] = [tuple(net.sizes)]
+    for layer in net.layers:
+        pre, post, w = layer.coo()
+        h = hashlib.sha256()
+        for arr in (pre, post, np.sign(w).astype(np.int8)):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        parts.append(h.hexdigest())
+    return tuple(parts)
 
 
 def _activity_attrs(model: ModelGraph, shape: Shape) -> list[dict[str, float]]:
@@ -154,7 +175,13 @@ class SpinnakerCompiled(Compiled):
     def mapping(self) -> mapping.Mapping:
         """The sPyNNaker mapping (computed once per network, machine and timestep)."""
         net = self.network
-        key = (id(net), self.system.count, self.dt_ms, self.time_scale_factor, self.use_board)
+        key = (
+            _fingerprint(net),
+            self.system.count,
+            self.dt_ms,
+            self.time_scale_factor,
+            self.use_board,
+        )
         m = self._cache.get(key)
         if m is None:
             rates = np.full(net.inputs, self.spiking_model.activity.rates_hz[0])
@@ -197,7 +224,7 @@ class SpinnakerCompiled(Compiled):
         per_step = self.spikes_per_step(shape)
         spikes = {k: v * shape.timesteps for k, v in per_step.items()}
         e = energy.run_energy(self.mapping, seconds, spikes)
-        return Cost(seconds=seconds, joules=e.board_j, breakdown={"spiking": seconds})
+        return Cost(seconds=seconds, joules=e.board_j, breakdown={"compute": seconds})
 
     def synaptic_events(self, shape: Shape) -> float:
         """Synaptic events of one step of ``shape`` (all timesteps, whole batch)."""
@@ -210,6 +237,35 @@ class SpinnakerCompiled(Compiled):
         c = self.cost(shape)
         spikes = {k: v * shape.timesteps for k, v in self.spikes_per_step(shape).items()}
         return energy.run_energy(self.mapping, c.seconds, spikes)
+
+    def real_time(self) -> realtime.RealTime:
+        """Whether the busiest core keeps up with one sample's synaptic events in real
+        time (at the configured time-scale factor)."""
+        act = self.spiking_model.activity
+        labels = self.mapping.labels
+        events = {labels[i + 1]: e for i, e in enumerate(act.synaptic_events[:-1])}
+        sizes = dict(zip(labels, self.network.sizes, strict=True))
+        return realtime.real_time(self.mapping, events, sizes)
+
+    def mapping_facts(self) -> dict[str, float | bool]:
+        """What sPyNNaker decided for the network (see :meth:`Compiled.mapping_facts`):
+        boards of the machine, chips and application cores used, LIF neurons per core
+        holding them, uncompressed routing entries, the time-scale factor the machine
+        runs at, the smallest one at which it keeps up, and whether the configured one
+        does."""
+        m = self.mapping
+        lif_cores = sum(1 for p in m.placements if p[0] != "input")
+        rt = self.real_time()
+        return {
+            "boards": float(m.boards),
+            "chips_used": float(m.chips_used),
+            "cores_used": float(m.cores),
+            "neurons_per_core": self.network.neurons / max(lif_cores, 1),
+            "routing_entries": float(m.routing_entries),
+            "real_time_factor": m.time_scale_factor,
+            "required_time_scale_factor": rt.required_time_scale_factor,
+            "fits_real_time": rt.fits,
+        }
 
     def fit(self, *, kv_tokens: int = 0, batch: int = 1, training: bool = False) -> Fit:
         """Whether the network maps onto the boards (cores and SDRAM from sPyNNaker)."""
@@ -235,6 +291,8 @@ class SpinnakerCompiled(Compiled):
         """The device's figures plus the energy model's constants."""
         out = super().figures_used()
         out.update({f"energy.{k}": v for k, v in energy.constants().items()})
+        out["realtime.board_events_per_s"] = realtime.BOARD_EVENTS_PER_S
+        out["realtime.core_events_per_s"] = realtime.core_capacity()
         return out
 
 

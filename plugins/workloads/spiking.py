@@ -17,11 +17,21 @@ Scenario block::
       timesteps: 100         # steps per sample (default: the model's)
       timestep: 1 ms         # default: the model's
       input_rate: 20 Hz      # Poisson rate of the inputs (default: the model's)
+      sweep: {samples: 200}  # operating points over load and input rate (see below)
 
 Frames: ``steps`` (one row per batch step), ``requests`` (one row per sample with
-``latency_s``), ``devices`` (the power-state timeline, :data:`xpusim.engine.frames.DEVICES_SCHEMA`).
-Metrics: ``throughput_samples_per_s``, ``e2e_p50_s``, ``e2e_p99_s``, ``energy_j``,
-``energy_per_sample_j`` (busy device energy per sample), ``simulated_s``.
+``latency_s``), ``devices`` (the power-state timeline, :data:`xpusim.engine.frames.DEVICES_SCHEMA`),
+``operating_points`` (energy per inference and latency over offered load and input
+rate, :mod:`.spiking_sweep`).
+Metrics: ``throughput_samples_per_s``, ``e2e_p50_s``, ``e2e_p99_s``, ``latency_mean_s``,
+``simulated_s``; per inference ``synaptic_events_per_sample``, and per timestep the
+equivalent ``dense_ops_per_timestep`` (what a GPU or TPU computes: every synapse
+multiplied and every neuron updated) and ``synaptic_events_per_timestep`` (what an
+event-driven chip processes); and what a placing backend decided
+(:meth:`~xpusim.engine.backend.Compiled.mapping_facts`: ``boards``, ``chips_used``,
+``cores_used``, ``neurons_per_core``, ``routing_entries``, ``real_time_factor``,
+``required_time_scale_factor``, ``fits_real_time``). The engine adds energy, its
+static/active split, cost and carbon.
 """
 
 from __future__ import annotations
@@ -30,17 +40,24 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-import simpy
 from pydantic import BaseModel, ConfigDict, Field
 
 from xpusim.engine.backend import Compiled
 from xpusim.engine.errors import ScenarioError
 from xpusim.engine.frames import DEVICES_SCHEMA, REQUEST_OK, device_timeline
-from xpusim.engine.graph import Phase, Shape
-from xpusim.engine.metrics import E2E_P50_S, E2E_P99_S, THROUGHPUT_SAMPLES_PER_S, detail
+from xpusim.engine.graph import OpKind, Phase, Shape
+from xpusim.engine.metrics import (
+    E2E_P50_S,
+    E2E_P99_S,
+    THROUGHPUT_SAMPLES_PER_S,
+    Metric,
+    detail,
+)
 from xpusim.engine.qty import Duration, Rate
 from xpusim.engine.spiking import SpikingModel
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
+from xpusim.plugins.workloads.spiking_sweep import SweepConfig, operating_points
+from xpusim.plugins.workloads.spiking_world import run_world
 
 __all__ = ["REQUESTS_SCHEMA", "STEPS_SCHEMA", "WORKLOADS", "SpikingConfig", "SpikingWorkload"]
 
@@ -86,6 +103,59 @@ class SpikingConfig(BaseModel):
     timesteps: int | None = Field(default=None, ge=1, le=10_000_000)
     timestep: Duration | None = None
     input_rate: Rate | None = None
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+
+
+def _fact(name: str, label: str, description: str, order: int, unit: str = "") -> Metric:
+    """A mapping fact or op count: shown in the report's summary, no better direction."""
+    return Metric(
+        name, label, unit, description=description, order=order, table=False, better="none"
+    )
+
+
+FACT_METRICS: tuple[Metric, ...] = (
+    _fact("boards", "Boards", "boards of the neuromorphic machine", 800),
+    _fact("chips_used", "Chips used", "chips with at least one application core placed", 801),
+    _fact("cores_used", "Cores used", "application cores placed (monitors included)", 802),
+    _fact("neurons_per_core", "Neurons per core", "LIF neurons per core holding them", 803),
+    _fact("routing_entries", "Routing entries", "multicast routing-table entries", 804),
+    _fact(
+        "real_time_factor",
+        "Real-time factor",
+        "machine time per simulated time (the time-scale factor it runs at)",
+        805,
+    ),
+    _fact(
+        "required_time_scale_factor",
+        "Slow-down needed",
+        "the smallest time-scale factor at which the busiest core keeps up",
+        806,
+    ),
+    _fact(
+        "dense_ops_per_timestep",
+        "Dense ops per timestep",
+        "operations of one sample's timestep computed densely: two per synapse and the "
+        "LIF update of every neuron",
+        807,
+    ),
+    _fact(
+        "synaptic_events_per_timestep",
+        "Synaptic events per timestep",
+        "synaptic events of one sample's timestep (the sparse, event-driven work)",
+        808,
+    ),
+    detail(
+        "synaptic_events_per_sample",
+        "Synaptic events per sample",
+        description="synaptic events of one inference (all its timesteps)",
+    ),
+    detail(
+        "fits_real_time",
+        "Fits in real time",
+        description="whether the busiest core keeps up at the configured time-scale factor",
+    ),
+)
+"""Mapping facts and op counts the spiking workload puts in the summary."""
 
 
 def _model_and_compiled(config: SpikingConfig, ctx: WorkloadContext) -> tuple[Any, Compiled]:
@@ -111,6 +181,19 @@ def _model_and_compiled(config: SpikingConfig, ctx: WorkloadContext) -> tuple[An
     return model, compiled
 
 
+def _op_counts(model: Any, timesteps: int) -> dict[str, float]:
+    """Per sample: dense ops and synaptic events per timestep, synaptic events per
+    inference, from the model's one-sample graph."""
+    g = model.build(Shape(Phase.SPIKING, batch=1, timesteps=timesteps))
+    dense = sum(op.flops for op in g.ops if op.kind in (OpKind.MATMUL, OpKind.ELEMENTWISE))
+    events = sum(dict(op.attrs).get("synaptic_events", 0.0) for op in g.ops)
+    return {
+        "dense_ops_per_timestep": float(dense),
+        "synaptic_events_per_timestep": float(events),
+        "synaptic_events_per_sample": float(events) * timesteps,
+    }
+
+
 class SpikingWorkload(Workload):
     """Spiking inference: latency per sample, throughput and energy per inference."""
 
@@ -130,6 +213,7 @@ class SpikingWorkload(Workload):
             order=260,
         ),
         detail("timesteps_per_sample", "Timesteps per sample", description="network timesteps"),
+        *FACT_METRICS,
     )
 
     def shape_hint(self, config: BaseModel) -> dict[str, Any]:
@@ -157,43 +241,14 @@ class SpikingWorkload(Workload):
         replicas = int(compiled.replicas)
         per_replica = max(1, system.count // replicas)
 
-        env = simpy.Environment()
-        queue: simpy.Store = simpy.Store(env)
-        start = np.full(n, np.nan)
-        finish = np.full(n, np.nan)
-        served_by = np.full(n, -1, dtype=np.int32)
-        logs: list[list[tuple[float, float, int, float, str]]] = [[] for _ in range(replicas)]
-        done = [0]
-
-        def source() -> Any:
-            for i in range(n):
-                delay = arrivals[i] - env.now
-                if delay > 0:
-                    yield env.timeout(delay)
-                queue.put(i)
-
-        def replica(r: int) -> Any:
-            while done[0] < n:
-                first = yield queue.get()
-                batch = [first]
-                while len(batch) < config.batch and queue.items:
-                    batch.append((yield queue.get()))
-                cost = compiled.cost(
-                    Shape(Phase.SPIKING, batch=len(batch), timesteps=steps_per_sample)
-                )
-                t0 = env.now
-                start[batch] = t0
-                served_by[batch] = r
-                yield env.timeout(cost.seconds)
-                finish[batch] = env.now
-                done[0] += len(batch)
-                logs[r].append((t0, env.now, len(batch), cost.joules, cost.state))
-                ctx.progress(done[0], n)
-
-        env.process(source())
-        for r in range(replicas):
-            env.process(replica(r))
-        env.run()
+        world = run_world(
+            arrivals,
+            config.batch,
+            replicas,
+            lambda b: compiled.cost(Shape(Phase.SPIKING, batch=b, timesteps=steps_per_sample)),
+            ctx.progress,
+        )
+        start, finish, served_by, logs = world.start, world.finish, world.served_by, world.logs
         horizon = float(np.nanmax(finish)) if n else 0.0
         name = system.name
 
@@ -252,11 +307,24 @@ class SpikingWorkload(Workload):
             "simulated_s": horizon,
             "timesteps_per_sample": steps_per_sample,
         }
-        return SystemRun(
-            metrics=metrics,
-            frames={"steps": steps, "requests": requests, "devices": devices_frame},
-            simulated_s=horizon,
-        )
+        if isinstance(model, SpikingModel):
+            metrics.update(_op_counts(model, steps_per_sample))
+        declared = {m.name for m in FACT_METRICS}
+        metrics.update({k: v for k, v in compiled.mapping_facts().items() if k in declared})
+        frames = {"steps": steps, "requests": requests, "devices": devices_frame}
+        if config.sweep.enabled:
+            frames["operating_points"] = operating_points(
+                config.sweep,
+                rate=config.rate,
+                process=config.process,
+                batch=config.batch,
+                timesteps=steps_per_sample,
+                model=model,
+                compiled=compiled,
+                system=system,
+                seed=ctx.seed,
+            )
+        return SystemRun(metrics=metrics, frames=frames, simulated_s=horizon)
 
 
 WORKLOADS: list[Workload] = [SpikingWorkload()]
