@@ -164,6 +164,21 @@ class ModelGraph(ABC):
         return StageGraphs(sub(fwd), sub(bwd), sub(opt))
 
 
+def model_facts(model: ModelGraph, parallel: Parallelism) -> dict[str, float]:
+    """The model figures every system's summary carries: total and active parameters,
+    the weight bytes one device holds under ``parallel`` and, for a model with a KV cache,
+    its bytes per token over all layers."""
+    info = model.info
+    facts = {
+        "model_params": float(info.params),
+        "model_active_params": float(info.active_params),
+        "weight_bytes_per_device": float(model.weight_bytes_per_device(parallel)),
+    }
+    if info.kv_bytes_per_token > 0:
+        facts["kv_bytes_per_token"] = float(info.kv_bytes_per_token)
+    return facts
+
+
 class ModelFamily(ABC):
     """A family of models (``llama``, ``resnet``, ``snn`` ...) with named presets.
 

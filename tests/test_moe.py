@@ -114,3 +114,19 @@ def test_expert_parallel_serving_fits_where_one_device_did_not() -> None:
     m = MIXTRAL.configure({"preset": "mixtral-8x7b"})
     assert m.weight_bytes_per_device(Parallelism()) > have
     assert m.weight_bytes_per_device(Parallelism(expert=2)) < have
+
+
+def test_summary_facts_follow_the_plan() -> None:
+    """Every system's summary carries total and active parameters, its weights per device
+    under its plan and the KV bytes per token."""
+    from xpusim.engine.model import model_facts
+
+    m = MIXTRAL.configure({"preset": "mixtral-8x7b"})
+    one = model_facts(m, Parallelism())
+    ep = model_facts(m, Parallelism(expert=2))
+    assert one["model_params"] == m.info.params
+    assert one["model_active_params"] == m.info.active_params < m.info.params
+    assert one["kv_bytes_per_token"] == 131072
+    assert one["weight_bytes_per_device"] == m.info.param_bytes
+    assert ep["weight_bytes_per_device"] == m.weight_bytes_per_device(Parallelism(expert=2))
+    assert ep["weight_bytes_per_device"] < 0.55 * one["weight_bytes_per_device"]
