@@ -199,3 +199,32 @@ def test_every_preset_builds_each_phase(preset: str) -> None:
         assert g.flops > 0
     d = m.build(dec)
     assert d.flops / 4 >= 0.98 * m.info.flops_per_token
+
+
+def test_scenario_names_a_config_beside_it(tmp_path: Path) -> None:
+    """`model: {config: PATH}` needs no family, reads PATH relative to the scenario file,
+    and a misspelt folder is named with the nearest one."""
+    import shutil
+
+    from xpusim.engine.host import default_host
+    from xpusim.engine.scenario import load_scenario
+
+    shutil.copytree(DATA / "qwen2-7b", tmp_path / "models" / "qwen2-7b")
+    text = """\
+name: from-config
+model: {config: models/%s}
+workload:
+  kind: serving
+  arrivals: {process: poisson, rate: 1/s, count: 4, prompt_tokens: {dist: lognormal, median: 64},
+             output_tokens: {dist: lognormal, median: 8}}
+systems:
+  - {name: h100, backend: gpu, device: h100-sxm, count: 1}
+"""
+    good = tmp_path / "good.yaml"
+    good.write_text(text % "qwen2-7b")
+    scenario = load_scenario(good, default_host())
+    assert scenario.model.info.family == "hf" and scenario.model.name == "qwen2-7b"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text % "qwen2-7c")
+    with pytest.raises(ScenarioError, match="did you mean 'qwen2-7b'"):
+        load_scenario(bad, default_host())

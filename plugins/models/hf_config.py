@@ -109,6 +109,10 @@ def read_config(path: Path) -> dict[str, Any]:
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
         where = f"folder {path} holds no config.json" if path.is_dir() else f"{path} not found"
+        siblings = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else []
+        near = nearest(path.name, siblings)
+        if near and not path.is_dir():
+            where += f" (did you mean {near!r}?)"
         raise ScenarioError(
             f"model.config: {where}; give a Hugging Face config.json or the folder holding it "
             "(relative paths are relative to the scenario file)."
