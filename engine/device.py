@@ -13,11 +13,16 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from xpusim.engine import units
 from xpusim.engine.errors import XpusimError
+from xpusim.engine.graph import DTYPE_BYTES
+from xpusim.engine.qty import Bandwidth, Bytes, Flops, Power
+from xpusim.engine.registry import unknown_message
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,3 +284,64 @@ def _req(f: Figure | None, where: str) -> Figure:
     if f is None:
         raise XpusimError(f"{where}: a required catalog figure is missing.")
     return f
+
+
+# --- a device defined in a scenario ----------------------------------------------------
+
+
+class DerivedDevice(BaseModel):
+    """``systems[].device`` written as a mapping: a catalog device (``base``) with the
+    figures the scenario changes, for a part or a configuration the catalog lacks (a
+    power-capped H100, a B200 with 192 GB, a vendor's preview chip). Every figure given is
+    cited as the scenario's own; the rest keep the base's figures and sources. Prices are
+    set with ``systems[].pricing``, as for any device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str
+    """The catalog device (or alias) of the system's backend this one starts from."""
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    """The device's name in results (default: ``<base>-custom``)."""
+    description: str = ""
+    memory: Bytes | None = None
+    """Device memory (``96 GB``)."""
+    memory_bw: Bandwidth | None = None
+    """Memory bandwidth (``4 TB/s``)."""
+    peak_flops: dict[str, Flops] = Field(default_factory=dict)
+    """Dense peaks by dtype (``{bf16: 1000 TFLOP/s, fp4: 8 PFLOP/s}``), replacing or
+    adding to the base's."""
+    max_power: Power | None = None
+    """Board power at full load (``600 W``)."""
+    idle_power: Power | None = None
+    """Board power when idle (``90 W``)."""
+
+
+def derive_device(base: DeviceSpec, cfg: DerivedDevice, where: str) -> DeviceSpec:
+    """``base`` with the figures ``cfg`` gives, each cited as ``scenario <where>.<field>``;
+    a peak for a dtype the engine does not know is refused naming the nearest one."""
+
+    def cite(value: float, key: str) -> Figure:
+        return Figure(value, source=f"scenario {where}.{key}")
+
+    peaks = dict(base.peak_flops)
+    for dtype, value in cfg.peak_flops.items():
+        if dtype not in DTYPE_BYTES:
+            raise XpusimError(
+                unknown_message("dtype", dtype, list(DTYPE_BYTES), f"{where}.peak_flops")
+            )
+        peaks[dtype] = cite(value, f"peak_flops.{dtype}")
+    power = base.power
+    if cfg.max_power is not None:
+        power = replace(power, max_w=cite(cfg.max_power, "max_power"))
+    if cfg.idle_power is not None:
+        power = replace(power, idle_w=cite(cfg.idle_power, "idle_power"))
+    return replace(
+        base,
+        name=cfg.name or f"{base.name}-custom",
+        description=cfg.description or f"{base.description}, with figures from the scenario",
+        peak_flops=peaks,
+        memory_bytes=base.memory_bytes if cfg.memory is None else cite(cfg.memory, "memory"),
+        memory_bw=base.memory_bw if cfg.memory_bw is None else cite(cfg.memory_bw, "memory_bw"),
+        power=power,
+        aliases=(),
+    )

@@ -437,6 +437,12 @@ class QuantizedModel(ModelGraph):
         """The base model's inputs for ``shape``."""
         return self.base.example_inputs(shape, device)
 
+    def weight_bytes_per_device(self, parallel: Parallelism) -> float:
+        """The base model's weights on one device of ``parallel`` (its expert split kept),
+        scaled by the whole model's quantized-to-16-bit weight ratio."""
+        ratio = self.info.param_bytes / self.base.info.param_bytes
+        return self.base.weight_bytes_per_device(parallel) * ratio
+
     def eager_calls(self, shape: Shape) -> EagerCalls:
         """The base model's eager calls (formats change no call count)."""
         return self.base.eager_calls(shape)
@@ -448,6 +454,25 @@ class QuantizedModel(ModelGraph):
     def training_stages(self, graph: OpGraph) -> StageGraphs:
         """The base model's split of a training graph into passes."""
         return self.base.training_stages(graph)
+
+    def weight_bytes_per_device(self, parallel: Parallelism) -> float:
+        """The base model's split of its weights over ``parallel`` (experts sharded by
+        expert parallelism included), scaled to this precision's weight bytes."""
+        base = self.base.info.param_bytes
+        share = self.base.weight_bytes_per_device(parallel) / base if base else 0.0
+        return self.info.param_bytes * share
+
+    def describe(self) -> dict[str, str]:
+        """The formats and the GEMM plan in words, for a run's details."""
+        p = self.precision
+        return {
+            "precision": p.name,
+            "weights": p.weights.name,
+            "activations": self.plan.activations.name,
+            "kv_cache": p.kv_cache.name if p.kv_cache else "model's own",
+            "gemm_dtype": self.plan.math,
+            "gemm": self.plan.note,
+        }
 
     def figures(self) -> dict[str, Figure]:
         """The precision's figures for a report's 'Assumptions and sources': bytes per

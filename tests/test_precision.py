@@ -128,6 +128,8 @@ def test_quantized_weights_follow_the_format() -> None:
     assert 3.8e9 < q.info.param_bytes < 4.0e9
     q4 = QuantizedModel(base, parse_precision("fp4", "x"), resolve("b200"))
     assert q4.info.param_bytes == pytest.approx(wide + q.linear_params * 0.5625)
+    tp2 = Parallelism(tensor=2)
+    assert q4.weight_bytes_per_device(tp2) == pytest.approx(q4.info.param_bytes / 2)
 
 
 def test_quantized_graph_rewrites_only_weight_gemms() -> None:
