@@ -29,8 +29,9 @@ Pricing one step (:meth:`AnalyticCompiled._cost`):
 Memory fit (:meth:`AnalyticCompiled.fit`, :meth:`AnalyticCompiled.memory_need`): per
 device, weights ``model.weight_bytes_per_device(parallelism)`` (``param_bytes / (tensor ×
 pipeline)``, routed experts also split over ``expert``), KV cache ``kv_tokens ×
-kv_bytes_per_token / (tensor × pipeline)``, live activations (twice the largest op output
-of a step of ``batch``) and a fixed runtime reserve the backend states (CUDA context,
+model.kv_bytes_per_token_per_device(parallelism)`` (``kv_bytes_per_token / (tensor ×
+pipeline)`` unless the model's cache does not split so), live activations (twice the
+largest op output of a step of ``batch``) and a fixed runtime reserve the backend states (CUDA context,
 library workspaces). When it does not fit the reason says by how many GB, and the
 suggestion names how many devices of this kind with tensor parallelism would hold it and
 which catalog devices of the same backend have enough memory.
@@ -264,10 +265,9 @@ class AnalyticCompiled(Compiled):
         are added to the breakdown), against the device's memory, with the not-fit
         reason and suggestion sentences."""
         par = self.system.parallelism
-        mp = max(1, par.model_parallel)
         parts: dict[str, float] = {
             "weights": self.model.weight_bytes_per_device(par),
-            "kv_cache": kv_tokens * self.model.kv_bytes_per_token / mp,
+            "kv_cache": kv_tokens * self.model.kv_bytes_per_token_per_device(par),
             "activations": self.activation_bytes(batch, training),
             "runtime_reserve": self.reserve_bytes,
         }
@@ -297,7 +297,7 @@ class AnalyticCompiled(Compiled):
         ``reserve_fraction`` of device memory; the cache is split over tensor × pipeline."""
         f = self.fit(kv_tokens=0)
         free = self.system.device.memory_bytes.value * reserve_fraction - f.need_bytes
-        per_tok = self.model.kv_bytes_per_token / max(1, self.system.parallelism.model_parallel)
+        per_tok = self.model.kv_bytes_per_token_per_device(self.system.parallelism)
         if per_tok <= 0:
             return 0
         return max(0, int(free // per_tok))

@@ -132,6 +132,13 @@ class ModelGraph(ABC):
         of experts also splits its routed experts over ``parallel.expert`` devices."""
         return self.info.param_bytes / max(1, parallel.model_parallel)
 
+    def kv_bytes_per_token_per_device(self, parallel: Parallelism) -> float:
+        """KV-cache bytes one device holds per cached token under ``parallel``. The
+        default splits :attr:`kv_bytes_per_token` evenly over ``tensor × pipeline``; a
+        model whose cache a tensor split cannot divide (fewer KV heads than the degree, or
+        one latent shared by all heads) keeps more on each device."""
+        return self.kv_bytes_per_token / max(1, parallel.model_parallel)
+
     def eager_calls(self, shape: Shape) -> EagerCalls:
         """The view ops and module calls one eager step of ``shape`` makes (backends that
         price eager execution charge them as dispatch overhead). The default counts none;

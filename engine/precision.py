@@ -437,6 +437,10 @@ class QuantizedModel(ModelGraph):
         """The base model's inputs for ``shape``."""
         return self.base.example_inputs(shape, device)
 
+    def kv_bytes_per_token_per_device(self, parallel: Parallelism) -> float:
+        """The base model's KV cache per device (configured with this precision's format)."""
+        return self.base.kv_bytes_per_token_per_device(parallel)
+
     def weight_bytes_per_device(self, parallel: Parallelism) -> float:
         """The base model's weights on one device of ``parallel`` (its expert split kept),
         scaled by the whole model's quantized-to-16-bit weight ratio."""
@@ -454,13 +458,6 @@ class QuantizedModel(ModelGraph):
     def training_stages(self, graph: OpGraph) -> StageGraphs:
         """The base model's split of a training graph into passes."""
         return self.base.training_stages(graph)
-
-    def weight_bytes_per_device(self, parallel: Parallelism) -> float:
-        """The base model's split of its weights over ``parallel`` (experts sharded by
-        expert parallelism included), scaled to this precision's weight bytes."""
-        base = self.base.info.param_bytes
-        share = self.base.weight_bytes_per_device(parallel) / base if base else 0.0
-        return self.info.param_bytes * share
 
     def describe(self) -> dict[str, str]:
         """The formats and the GEMM plan in words, for a run's details."""

@@ -592,6 +592,19 @@ class DecoderModel(EagerCounted):
         dense = (self.info.params - expert) * e / parallel.model_parallel
         return dense + self.expert_weight_bytes(parallel)
 
+    def kv_bytes_per_token_per_device(self, parallel: Parallelism) -> float:
+        """KV-cache bytes one device holds per cached token: its ``layers / pipeline``
+        layers' share, with ``ceil(kv_heads / tensor)`` KV heads a device (KV heads are
+        replicated when fewer than the tensor degree) or, for multi-head latent attention,
+        the whole latent on every tensor rank."""
+        c = self.cfg
+        t = parallel.tensor
+        if c.mla:
+            per_layer = self._kv_per_layer_token()
+        else:
+            per_layer = self._kv_per_layer_token() * math.ceil(c.kv / t) / c.kv
+        return c.layers / parallel.pipeline * per_layer
+
     def kv_bytes(self, tokens: int) -> float:
         """KV-cache bytes of one sequence of ``tokens`` tokens over all layers: full
         layers keep every token, sliding-window layers at most ``sliding_window``."""
