@@ -130,3 +130,15 @@ def test_summary_facts_follow_the_plan() -> None:
     assert one["weight_bytes_per_device"] == m.info.param_bytes
     assert ep["weight_bytes_per_device"] == m.weight_bytes_per_device(Parallelism(expert=2))
     assert ep["weight_bytes_per_device"] < 0.55 * one["weight_bytes_per_device"]
+
+
+def test_kv_cache_per_device_under_tensor_parallelism() -> None:
+    """A tensor split divides the KV heads (replicated when fewer than the degree); an
+    MLA latent is whole on every tensor rank; pipeline stages split the layers."""
+    llama = HF.configure({"preset": "llama-3.1-70b"})
+    kv = llama.info.kv_bytes_per_token
+    assert llama.kv_bytes_per_token_per_device(Parallelism(tensor=8)) == kv / 8
+    assert llama.kv_bytes_per_token_per_device(Parallelism(tensor=16)) == kv / 8
+    assert llama.kv_bytes_per_token_per_device(Parallelism(tensor=2, pipeline=2)) == kv / 4
+    ds = HF.configure({"preset": "deepseek-v3"})
+    assert ds.kv_bytes_per_token_per_device(Parallelism(tensor=8)) == ds.info.kv_bytes_per_token
