@@ -36,15 +36,32 @@ def bucket(x: int, bits: int) -> int:
     return ((x + (1 << (e - 1))) >> e) << e
 
 
+class Feed:
+    """The requests routed to one replica, known before the run: ``ids`` in arrival order
+    and ``at``, the instant each arrives (``world.arrival_instants``)."""
+
+    __slots__ = ("at", "ids")
+
+    def __init__(self, ids: array[int], at: array[float]) -> None:
+        self.ids = ids
+        self.at = at
+
+
 class Replica:
     """One model replica: a queue of request ids, a KV cache, a step log.
 
     ``outstanding`` counts requests routed here and not finished (the least-outstanding
     router reads it). ``wake`` is the event the replica's process waits on while idle; the
     arrival process triggers it.
+
+    ``feed`` is set when the world knows every request's replica before the run (a router
+    whose choices do not depend on the replicas' state): the ids routed here in arrival
+    order and the instants they arrive at. A scheduler that reads it takes its arrivals
+    itself and needs no arrival process, so it can run many iterations per SimPy event;
+    it is ``None`` when requests are routed one by one at their arrival.
     """
 
-    __slots__ = ("index", "kv", "log", "outstanding", "waiting", "wake")
+    __slots__ = ("feed", "index", "kv", "log", "outstanding", "waiting", "wake")
 
     def __init__(self, index: int, kv_blocks: int, block_tokens: int) -> None:
         self.index = index
@@ -53,6 +70,7 @@ class Replica:
         self.wake: simpy.Event | None = None
         self.kv = PagedKVCache(kv_blocks, block_tokens)
         self.log = StepLog()
+        self.feed: Feed | None = None
 
     def notify(self) -> None:
         """Wake the replica's process if it is waiting for work."""

@@ -49,6 +49,28 @@ class StepLog:
         """Steps logged and not yet handed out by :meth:`take`."""
         return len(self.batch)
 
+    def extend_decode_run(
+        self,
+        start: list[float],
+        end: list[float],
+        decodes: int,
+        kv: list[int],
+        state: list[int],
+        joules: list[float],
+    ) -> None:
+        """Append a run of decode-only iterations at once: their start and end times, KV
+        blocks held, state indices and joules, each with ``decodes`` sequences and as many
+        decode tokens and no prefill."""
+        k = len(start)
+        self.start.extend(start)
+        self.end.extend(end)
+        self.batch.extend(array("i", (decodes,)) * k)
+        self.prefill.extend(array("q", (0,)) * k)
+        self.decode.extend(array("q", (decodes,)) * k)
+        self.kv.extend(kv)
+        self.state.extend(state)
+        self.joules.extend(joules)
+
     def numpy(self, name: str) -> np.ndarray:
         """A column as a numpy array (a copy, so the log may be freed); ``start`` and
         ``end`` cover every step, the other columns the pending ones."""

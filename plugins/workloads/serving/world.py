@@ -7,6 +7,14 @@ process per replica runs its scheduler (:mod:`xpusim.plugins.workloads.serving.s
 per iteration. Requests whose KV cache need (prompt + output − 1 tokens) exceeds a
 replica's whole cache are dropped up front with a reason and never routed.
 
+Fast path: under the ``round-robin`` router every request's replica is known before the
+run, so the built-in ``continuous`` and ``chunked-prefill`` schedulers read their own
+arrivals (at the instants :func:`arrival_instants` gives, those the arrival process would
+deliver them at) and run many iterations per SimPy event, fast-forwarding runs of
+decode-only iterations (:mod:`~xpusim.plugins.workloads.serving.schedulers.iteration`). A
+light process keeps the arrival process's periodic work (progress, spilling). The frames
+are identical to the plain loop's (``fast=False``), bit for bit.
+
 Token-gap exactness: ``tbt_mean_s`` is ``(last token − first token) / (output − 1)``;
 ``tbt_max_s`` is the maximum of the iteration durations over the request's decode
 iterations (a sparse-table range maximum per replica) and of the gaps around any
@@ -48,9 +56,19 @@ from xpusim.engine.frames import (
 )
 from xpusim.engine.policies import Route, Router, SchedulerSpec
 from xpusim.engine.traces import REQUEST_SCHEMA
-from xpusim.plugins.workloads.serving.cluster import DONE, DROPPED, CostTable, Replica, RequestTable
+from xpusim.plugins.workloads.serving.cluster import (
+    DONE,
+    DROPPED,
+    CostTable,
+    Feed,
+    Replica,
+    RequestTable,
+)
 from xpusim.plugins.workloads.serving.routers import builtin_router
+from xpusim.plugins.workloads.serving.routers.round_robin import RoundRobinRouter
 from xpusim.plugins.workloads.serving.schedulers import builtin_scheduler
+from xpusim.plugins.workloads.serving.schedulers.chunked_prefill import ChunkedPrefillScheduler
+from xpusim.plugins.workloads.serving.schedulers.continuous import ContinuousScheduler
 from xpusim.plugins.workloads.serving.schemas import REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
 
 
@@ -115,6 +133,7 @@ def simulate_serving(
     spill_rows: int | None = None,
     spill_dir: str | None = None,
     seed: int = 0,
+    fast: bool = True,
 ) -> ServingResult:
     """Replay ``requests`` on ``replicas`` replicas of ``compiled`` and return the frames.
 
@@ -128,6 +147,13 @@ def simulate_serving(
     (:meth:`~xpusim.engine.policies.SchedulerSpec.policy`), else the built-in one of its
     ``kind``; ``router`` is a :class:`~xpusim.engine.policies.Router` or the name of a
     built-in one, and ``seed`` seeds its routing function.
+
+    ``fast`` (the default) lets the built-in ``continuous`` and ``chunked-prefill``
+    schedulers take the fast path when the router is ``round-robin``, whose choices do not
+    depend on the replicas' state: every request's replica is decided before the run and
+    each replica reads its own arrivals (:class:`~.cluster.Feed`), running many iterations
+    per SimPy event. ``fast=False`` routes every request at its arrival and runs one SimPy
+    event per iteration; both give identical frames.
     """
     spec = scheduler or SchedulerSpec()
     policy = spec.policy() or builtin_scheduler(spec.kind)
@@ -179,13 +205,23 @@ def simulate_serving(
     env = simpy.Environment()
     costs = CostTable(compiled, spec.shape_bits, spec.grid_bits)
     reps = [Replica(i, blocks, kv_block_tokens) for i in range(replicas)]
+    route = router_obj.start(reps, seed)
+    fed = (
+        fast
+        and isinstance(router_obj, RoundRobinRouter)
+        and isinstance(policy, ContinuousScheduler | ChunkedPrefillScheduler)
+    )
+    if fed:
+        _feed_round_robin(req, reps)
     for r in reps:
         env.process(policy.process(env, r, req, costs, spec))
-    route = router_obj.start(reps, seed)
     spill = Spill(spill_rows, spill_dir)
     steps = _StepSpill(spill, system, reps, costs)
     try:
-        env.process(_arrivals(env, req, reps, route, progress, steps))
+        if fed:
+            env.process(_ticks(env, req, progress, steps))
+        else:
+            env.process(_arrivals(env, req, reps, route, progress, steps))
         env.run()
         if progress is not None:
             progress(n, n)
@@ -304,6 +340,81 @@ def _arrivals(
         if ev is not None:
             rep.wake = None
             ev.succeed()
+
+
+def arrival_instants(arrival: np.ndarray) -> np.ndarray:
+    """The SimPy instants at which the arrival process delivers each request.
+
+    The process waits ``t - now`` from the previous delivery instant ``now`` (not at all
+    when ``t <= now``), and ``now + (t - now)`` is ``t`` itself except where the
+    subtraction rounds (a gap much longer than the time elapsed), after which the
+    deliveries follow the rounded instant until one is exact again. This gives those
+    instants with the same float operations, so a replica that reads its own arrivals
+    sees each request at the very instant the arrival process would deliver it.
+    """
+    t = np.asarray(arrival, dtype=np.float64)
+    out = t.copy()
+    if t.size == 0:
+        return out
+    prev = np.concatenate(([0.0], t[:-1]))
+    with np.errstate(invalid="ignore"):
+        step = np.where(t > prev, prev + (t - prev), prev)
+    bad = np.flatnonzero(step != t)
+    i_next = 0
+    for b in bad.tolist():
+        if b < i_next:
+            continue
+        now = float(out[b - 1]) if b else 0.0
+        i = b
+        while i < t.size:
+            ti = float(t[i])
+            got = now + (ti - now) if ti > now else now
+            if got == ti and i > b:
+                break  # back in step: the rest follows the exact instants
+            out[i] = got
+            now = got
+            i += 1
+        i_next = i
+    return out
+
+
+def _feed_round_robin(req: RequestTable, reps: list[Replica]) -> None:
+    """Decide every routed request's replica as the ``round-robin`` router would at its
+    arrival (the ``i``-th routed request to replica ``i mod R``), and give each replica
+    its feed (:class:`~.cluster.Feed`)."""
+    st = np.frombuffer(bytes(req.state), dtype=np.uint8)
+    routed = np.flatnonzero(st != DROPPED)
+    at = arrival_instants(np.asarray(req.arrival, dtype=np.float64))
+    r = len(reps)
+    which = np.arange(routed.size, dtype=np.int64) % r
+    replica_of = np.asarray(req.replica)
+    replica_of[routed] = which.astype(np.int32)
+    for k, rep in enumerate(reps):
+        ids = routed[k::r]
+        rep.feed = Feed(array("q", ids.astype(np.int64).tobytes()), array("d", at[ids].tobytes()))
+
+
+def _ticks(
+    env: simpy.Environment,
+    req: RequestTable,
+    progress: Callable[[float, float], None] | None,
+    steps: _StepSpill,
+) -> Generator[simpy.Event, Any, None]:
+    """The arrival process's periodic work when replicas read their own arrivals: report
+    progress and spill step rows at the arrival instants of the same requests."""
+    n = req.n
+    every = max(1, n // 100)
+    check_every = steps.every
+    marks = np.union1d(np.arange(0, n, every), np.arange(0, n, check_every))
+    arrival = req.arrival
+    for rid in marks.tolist():
+        t = arrival[rid]
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        if progress is not None and rid % every == 0:
+            progress(rid, n)
+        if rid % check_every == 0:
+            steps.check()
 
 
 def _replica_columns(

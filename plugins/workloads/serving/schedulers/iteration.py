@@ -29,6 +29,23 @@ duration of iteration ``j``. The step log's ``decode_tokens`` is therefore the e
 weight of each iteration's duration in the distribution of token gaps; the only other
 gaps are the first token after a preemption (recorded one by one).
 
+
+Fast path. When the world knows every request's replica ahead (``replica.feed``, see
+:class:`~xpusim.plugins.workloads.serving.cluster.Replica`), the loop takes its arrivals
+itself at each iteration boundary (every request whose arrival instant is at or before
+it) and does not yield to SimPy per iteration: nothing outside the replica can change
+its state, so it advances its own clock and yields one SimPy event every
+:data:`SYNC_ITERATIONS` iterations (and one per idle gap) so that the rest of the world
+keeps pace. Between the iterations where something happens, it also fast-forwards
+*decode runs*: a sequence of iterations in which no request finishes (the next finishing
+iteration is known: a heap of them), none can be admitted (the queue is empty and no
+arrival falls before the iteration starts, or the head of the queue does not fit, which
+stays true while the run only takes blocks), no preemption is needed (the blocks each
+iteration's decodes take are known ahead from the residue counters), and no prefill is
+in progress. Such an iteration only advances time by its price and grows the KV use, so
+the run is a short loop over prices and block counts whose rows join the step log in
+bulk. Every iteration is computed with the same float operations in the same order as
+the plain loop, so every per-request time and every token gap is identical to it.
 """
 
 # B, L and friends are the block size and prompt length of the docs' formulas.
@@ -51,9 +68,15 @@ from xpusim.engine.policies import (
     StepPrices,
     finish_request,
 )
+from xpusim.plugins.workloads.serving.cluster import Replica
 
 WATERMARK = 0.01
 """Fraction of KV blocks admission leaves free while the replica is busy."""
+
+SYNC_ITERATIONS = 512
+"""On the fast path, iterations a replica runs ahead of the SimPy clock before it yields
+(bounding how far it runs before the world's periodic work, such as spilling step rows,
+gets a turn)."""
 
 
 def iterative(
@@ -65,7 +88,7 @@ def iterative(
     split: bool,
 ) -> Proc:
     """The continuous (``split=False``) or chunked-prefill (``split=True``) loop of one
-    replica; see the module docstring for the policy."""
+    replica; see the module docstring for the policy and the fast path."""
     B = rep.kv.block_tokens
     total = rep.kv.total_blocks
     admit_limit = total - int(total * WATERMARK)
@@ -93,7 +116,17 @@ def iterative(
     bits = costs.bits
     timeout = env.timeout
 
+    feed = rep.feed if isinstance(rep, Replica) else None
+    fast_log = rep.log if isinstance(rep, Replica) else None
+    feed_ids = feed.ids if feed is not None else None
+    feed_at = feed.at if feed is not None else None
+    n_feed = len(feed_ids) if feed_ids is not None else 0
+    k_feed = 0  # next request of the feed not yet queued
+    t = env.now  # the replica's clock: env.now on the plain path, ahead of it on the fast one
+    synced = 0  # iteration of the last yield on the fast path
+
     fin_at: dict[int, list[int]] = {}
+    fin_heap: list[int] = []  # the keys of fin_at
     last_tok_time: dict[int, float] = {}  # preempted decoders: time of their last token
     newest: list[int] = []  # heap of -request_id over running requests
     prefilling: list[list[int]] = []  # [rid, tokens done] of partly prefilled prompts
@@ -143,11 +176,30 @@ def iterative(
         return False
 
     while True:
+        if feed_at is not None:
+            assert feed_ids is not None
+            # queue every request of the feed that has arrived by now
+            while k_feed < n_feed and feed_at[k_feed] <= t:
+                waiting.append(feed_ids[k_feed])
+                rep.outstanding += 1
+                k_feed += 1
+            if j - synced >= SYNC_ITERATIONS:
+                synced = j
+                if t > env.now:
+                    yield timeout(t - env.now)
         if not n_dec and not prefilling and not waiting:
-            ev = rep.wake = env.event()
-            yield ev
+            if feed_at is None:
+                ev = rep.wake = env.event()
+                yield ev
+                t = env.now
+                continue
+            if k_feed == n_feed:
+                return  # nothing runs, nothing waits and nothing more will come
+            t = feed_at[k_feed]
+            if t > env.now:
+                yield timeout(t - env.now)
             continue
-        now = env.now
+        now = t
         # 1. blocks for this iteration's decode tokens; preempt until they fit
         need = growth[(-j) % B] if n_dec else 0
         while used + need > total:
@@ -234,7 +286,8 @@ def iterative(
             got = memo.get((0, 0, 0, nb_, dc))
             hit = got if got is not None else step_cost(0, 0, 0, n_dec, sum_ctx)
         dur, joules, st_i = hit
-        yield timeout(dur)
+        if feed_at is None:
+            yield timeout(dur)
         end = now + dur
         a_start(now)
         a_end(end)
@@ -248,6 +301,7 @@ def iterative(
         sum_ctx += n_dec
         lst = fin_at.pop(j, None)
         if lst is not None:
+            heappop(fin_heap)
             for rid in lst:
                 if state[rid] != DECODING or fin_iter[rid] != j:
                     continue
@@ -287,9 +341,67 @@ def iterative(
                 bucket_ = fin_at.get(f)
                 if bucket_ is None:
                     fin_at[f] = [rid]
+                    heappush(fin_heap, f)
                 else:
                     bucket_.append(rid)
                 growth[(L - j - 1) % B] += 1
                 n_dec += 1
                 sum_ctx += L
         j += 1
+        t = end
+        if feed_at is None or not n_dec or prefilling:
+            continue
+        # 6. fast path: a decode run up to the next iteration where something can happen
+        stop = fin_heap[0] if fin_heap else j
+        if j >= stop or fast_log is None:
+            continue
+        # can a queued or arriving request be admitted during the run?
+        room = budget - n_dec
+        open_ = n_dec < max_batch and (room > 0 or not split)
+        head_nb = -1  # blocks the queue's head needs (-1: the queue is empty)
+        if open_ and waiting:
+            L = cur_L[waiting[0]]
+            head_nb = -(-(L if not split or room > L else room) // B)
+        nb_ = n_dec
+        if nb_ >= (1 << bits):
+            e_ = nb_.bit_length() - bits
+            nb_ = ((nb_ + (1 << (e_ - 1))) >> e_) << e_
+        half = n_dec // 2
+        arrive = feed_at[k_feed] if k_feed < n_feed else float("inf")
+        i = j
+        starts: list[float] = []
+        ends: list[float] = []
+        kvs: list[int] = []
+        sts: list[int] = []
+        js: list[float] = []
+        while i < stop:
+            u = used + growth[(-i) % B]
+            if u > total:
+                break  # a preemption: the plain loop decides it
+            if open_:
+                if head_nb >= 0:
+                    if u + head_nb <= admit_limit:
+                        break  # the head fits: the plain loop admits it
+                    open_ = False  # and it never will while the run only takes blocks
+                elif arrive <= t:
+                    break  # an arrival to queue and maybe admit
+            dc = (sum_ctx + half) // n_dec
+            if dc >= (1 << bits):
+                e_ = dc.bit_length() - bits
+                dc = ((dc + (1 << (e_ - 1))) >> e_) << e_
+            got = memo.get((0, 0, 0, nb_, dc))
+            dur, joules, st_i = got if got is not None else step_cost(0, 0, 0, n_dec, sum_ctx)
+            end = t + dur
+            starts.append(t)
+            ends.append(end)
+            kvs.append(u)
+            sts.append(st_i)
+            js.append(joules)
+            used = u
+            sum_ctx += n_dec
+            t = end
+            i += 1
+        k = i - j
+        if k:
+            fast_log.extend_decode_run(starts, ends, n_dec, kvs, sts, js)
+            j = i
