@@ -42,6 +42,13 @@ Everything else (elementwise, norm, softmax, embedding, pool, optimizer, other)
     Memory-bound: bytes over ``memory_bw × memory_fraction``; math at the non-tensor
     (vector) rate, the catalog's ``extra.vector_flops`` or ``vector_ratio × bf16 peak``.
 
+A causal prefill (the op's ``causal`` attribute) computes whole the key blocks that
+straddle the diagonal (:func:`causal_block_factor`): at 512 tokens with 128-row blocks it
+does 25 % more work than the attended pairs, at 16k tokens under 1 %, which is why causal
+attention runs at a lower rate on short sequences (``fa3_fp16_forward_h100_by_seqlen``).
+
+8-bit and narrower GEMMs run at ``lowp_tensor_fraction`` of their peak where it is set.
+
 Every op instance pays ``kernel_overhead_s`` (one kernel launch on the GPU timeline).
 
 Dtypes without a published tensor rate on a device fall back to the next wider one
@@ -70,6 +77,13 @@ class GpuEfficiency:
     Defaults are stated assumptions, bracketed by the public measurements the reference
     figures hold; a fitted calibration file replaces them (:mod:`xpusim.plugins.gpu.calibration`).
     """
+
+    lowp_tensor_fraction: float | None = None
+    """Fraction of dense tensor peak a large 8-bit or narrower GEMM (fp8, int8, fp4, int4)
+    sustains, when it differs from ``tensor_fraction`` (``None``: the same). Fitted per GPU
+    from public measurements (``plugins/gpu/kernel_fits.yaml``): FP8 matmuls reach a
+    smaller share of their doubled peak than BF16 ones (H100: 71 % against 80 % in
+    ``mamf_fp8_matmul_multi_gpu``/``mamf_bf16_matmul_multi_gpu``)."""
 
     tensor_fraction: float = 0.70
     """Fraction of dense tensor peak a large, well-shaped GEMM tile sustains.
@@ -150,6 +164,11 @@ class GpuEfficiency:
             v = getattr(self, name)
             if not 0 < v <= 1:
                 raise XpusimError(f"GPU efficiency parameter {name} must be in (0, 1], got {v}.")
+        lowp = self.lowp_tensor_fraction
+        if lowp is not None and not 0 < lowp <= 1:
+            raise XpusimError(
+                f"GPU efficiency parameter lowp_tensor_fraction must be in (0, 1], got {lowp}."
+            )
         if self.kernel_overhead_s < 0 or self.runtime_reserve_bytes < 0:
             raise XpusimError("GPU efficiency overheads must not be negative.")
         if not self.tiles or any(tm < 1 or tn < 1 or not 0 < e <= 1 for tm, tn, e in self.tiles):
@@ -162,6 +181,9 @@ class GpuEfficiency:
         """Names of the parameters a calibration file may set."""
         return [f.name for f in fields(cls)]
 
+
+LOW_PRECISION = frozenset({"fp8", "int8", "fp4", "int4", "fp6"})
+"""Dtypes whose GEMMs run at ``lowp_tensor_fraction`` when it is set."""
 
 _FALLBACK = {
     "int4": ("int8", "fp8", "bf16"),
@@ -183,6 +205,22 @@ def tensor_peak(device: DeviceSpec, dtype: str) -> float:
     if dtype in ("fp32", "tf32"):
         return device.flops("bf16") / 2
     return device.flops(dtype)  # raises with the list of known dtypes
+
+
+def causal_block_factor(q: int, keys: int, block: int) -> float:
+    """Work a block-tiled causal kernel does over the attended pairs: query blocks of
+    ``block`` rows visit every key block up to their last row, so blocks straddling the
+    diagonal are computed whole (FlashAttention skips only fully masked blocks). The
+    queries sit at the end of ``keys`` positions (a prefill over a cached prefix)."""
+    q, keys, block = max(1, q), max(1, keys), max(1, block)
+    prefix = max(0, keys - q)
+    computed = 0.0
+    for start in range(0, q, block):
+        rows = min(block, q - start)
+        last_key = prefix + start + rows  # keys the block's last row attends to
+        computed += rows * min(keys, math.ceil(last_key / block) * block)
+    pairs = q * keys - q * (q - 1) / 2 if keys >= q else keys * (keys + 1) / 2
+    return max(1.0, computed / pairs)
 
 
 DECODE_ATTENTION = ("grouped", "per-head")
@@ -230,13 +268,20 @@ class GpuCostModel:
 
     # -- GEMM -------------------------------------------------------------------------
 
+    def gemm_fraction(self, dtype: str) -> float:
+        """The share of tensor peak a large GEMM of ``dtype`` sustains."""
+        lowp = self.eff.lowp_tensor_fraction
+        if lowp is not None and dtype in LOW_PRECISION:
+            return lowp
+        return self.eff.tensor_fraction
+
     def gemm(
         self, m: int, n: int, k: int, batch: int, dtype: str, nbytes: float
     ) -> tuple[OpTime, dict[str, float]]:
         """Time of a (batched) GEMM and the chosen configuration
         (``tm``, ``tn``, ``split``, ``tiles``, ``waves``)."""
         e = self.eff
-        per_sm = self.peak(dtype) * e.tensor_fraction / self.sms
+        per_sm = self.peak(dtype) * self.gemm_fraction(dtype) / self.sms
         m, n, k = max(1, m), max(1, n), max(1, k)
         ktiles = math.ceil(k / e.k_tile)
         best: tuple[float, float, float, dict[str, float]] | None = None
@@ -279,6 +324,8 @@ class GpuCostModel:
             # masked MHA: one block per query head on CUDA cores, K/V not shared
             return OpTime(flops / self.vector_flops, per_head / self.bw, e.kernel_overhead_s)
         nbytes = min(op.bytes, per_head) if op.bytes > 0 else per_head
+        if not decode and op.attr("causal", 0.0) > 0:
+            flops *= causal_block_factor(q, keys, e.attention_block_q)
         rows = q * group if decode else q  # a decode's group packed as MMA rows
         pad = math.ceil(rows / 16) * 16 / rows
         units = max(1, op.batch // (group if decode else 1)) * math.ceil(rows / e.attention_block_q)
@@ -300,7 +347,7 @@ class GpuCostModel:
                 m, n, kk = (int(x) for x in op.dims[:3])
                 return self.gemm(m, n, kk, op.batch, op.dtype, op.bytes)[0]
             return OpTime(
-                op.flops / (self.peak(op.dtype) * self.eff.tensor_fraction),
+                op.flops / (self.peak(op.dtype) * self.gemm_fraction(op.dtype)),
                 op.bytes / self.bw,
                 self.eff.kernel_overhead_s,
             )
