@@ -26,6 +26,11 @@ MODELS = {
     "tiny-llama-gqa": lambda: tiny("llama", kv_heads=2),
     "tiny-mixtral": lambda: tiny("mixtral", kv_heads=2, experts=4, top_k=2),
     "tiny-palm": lambda: tiny("palm", heads=4, head_dim=32),
+    "tiny-qwen2-qkv-bias": lambda: tiny("llama", kv_heads=2, qkv_bias=True),
+    "tiny-qwen3-qk-norm": lambda: tiny("llama", kv_heads=4, head_dim=16, qk_norm=True),
+    "tiny-gemma-sandwich": lambda: tiny(
+        "llama", kv_heads=4, qk_norm=True, sandwich_norm=True, tied_embeddings=True
+    ),
 }
 SHAPES = [
     Shape(Phase.PREFILL, batch=2, tokens=32),

@@ -26,7 +26,7 @@ from xpusim.plugins.models.transformer import (
     DecoderConfig,
 )
 
-__all__ = ["DecoderLM", "apply_rope", "scale_mask_softmax", "unfused_attention"]
+__all__ = ["DecoderLM", "apply_rope", "qk_norm", "scale_mask_softmax", "unfused_attention"]
 
 
 @fused_op("rope", OpKind.ELEMENTWISE, ROPE_FLOPS)
@@ -41,6 +41,16 @@ def apply_rope(
         return torch.cat((-x2, x1), dim=-1)
 
     return q * cos + rot(q) * sin, k * cos + rot(k) * sin
+
+
+@fused_op("qk_norm", OpKind.NORM, NORM_FLOPS)
+def qk_norm(
+    q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm of every head's queries and keys over the head dimension, with one weight
+    vector each (Qwen3, Gemma 3): one fused kernel for the tracer."""
+    d = q.shape[-1]
+    return F.rms_norm(q, (d,), wq, eps), F.rms_norm(k, (d,), wk, eps)
 
 
 @fused_op("scale_mask_softmax", OpKind.SOFTMAX, NORM_FLOPS)
@@ -127,8 +137,11 @@ class Attention(nn.Module):
         super().__init__()
         self.h, self.kv, self.d = cfg.heads, cfg.kv, cfg.d
         self.unfused = cfg.attention == "unfused"
-        self.qkv = nn.Linear(cfg.hidden, (self.h + 2 * self.kv) * self.d, bias=cfg.bias)
+        self.qkv = nn.Linear(cfg.hidden, (self.h + 2 * self.kv) * self.d, bias=cfg.has_qkv_bias)
         self.out = nn.Linear(self.h * self.d, cfg.hidden, bias=cfg.bias)
+        self.eps = cfg.norm_eps
+        self.q_norm = nn.RMSNorm(self.d, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.d, eps=cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(
         self,
@@ -143,6 +156,8 @@ class Attention(nn.Module):
         q = q.view(b, t, self.h, self.d).transpose(1, 2)
         k = k.view(b, t, self.kv, self.d).transpose(1, 2)
         v = v.view(b, t, self.kv, self.d).transpose(1, 2)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = qk_norm(q, k, self.q_norm.weight, self.k_norm.weight, self.eps)
         if cos is not None and sin is not None:
             q, k = apply_rope(q, k, cos, sin)
         if cache is not None:  # [2, b, kv, max_len, d]: write the new tokens, read all
@@ -235,7 +250,8 @@ class MoE(nn.Module):
 
 
 class Block(nn.Module):
-    """One transformer layer: pre-norm serial (``x + attn(ln x)``, ``x + mlp(ln x)``) or
+    """One transformer layer: pre-norm serial (``x + attn(ln x)``, ``x + mlp(ln x)``; with
+    ``sandwich_norm`` each branch output normed again before the residual, Gemma 2/3) or
     parallel (``x + attn(ln x) + mlp(ln x)``, PaLM)."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
@@ -243,6 +259,8 @@ class Block(nn.Module):
         self.parallel = cfg.parallel_block
         self.ln1 = _norm(cfg)
         self.ln2 = None if self.parallel else _norm(cfg)
+        self.ln1_post = _norm(cfg) if cfg.sandwich_norm else None
+        self.ln2_post = _norm(cfg) if cfg.sandwich_norm else None
         self.attn = Attention(cfg)
         self.mlp: nn.Module = MoE(cfg) if cfg.moe else MLP(cfg)
 
@@ -257,8 +275,10 @@ class Block(nn.Module):
         h = self.ln1(x)
         if self.ln2 is None:
             return x + self.attn(h, cache, start, cos, sin) + self.mlp(h)
-        x = x + self.attn(h, cache, start, cos, sin)
-        return x + self.mlp(self.ln2(x))
+        a = self.attn(h, cache, start, cos, sin)
+        x = x + (a if self.ln1_post is None else self.ln1_post(a))
+        m = self.mlp(self.ln2(x))
+        return x + (m if self.ln2_post is None else self.ln2_post(m))
 
 
 class DecoderLM(nn.Module):

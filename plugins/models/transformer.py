@@ -679,9 +679,6 @@ class DecoderModel(EagerCounted):
         c = self.cfg
         checks = {
             "multi-head latent attention": c.mla,
-            "Q/K/V biases apart from the output bias": c.has_qkv_bias != c.bias,
-            "per-head Q/K norms": c.qk_norm,
-            "post-attention and post-MLP norms": c.sandwich_norm,
             "shared experts": c.shared_experts > 0,
             "dense layers in a mixture of experts": c.dense_layers > 0,
             "a routing bias": c.router_bias,
