@@ -13,15 +13,33 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
-import typer
 
-from xpusim.engine import __version__
-from xpusim.engine.errors import XpusimError
+def _stop_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C while this module imports typer and rich: nothing exists yet, so stop at
+    once with the interrupt status instead of printing an import traceback."""
+    os.write(2, b"interrupted: stopped cleanly, nothing was written.\n")
+    os._exit(130)
+
+
+# Held only while this module is imported (restored at its end); see _stop_while_starting.
+_SIGINT_BEFORE = (
+    signal.signal(signal.SIGINT, _stop_while_starting)
+    if threading.current_thread() is threading.main_thread()
+    else None
+)
+
+import typer  # noqa: E402
+
+from xpusim.engine import __version__  # noqa: E402
+from xpusim.engine.errors import XpusimError  # noqa: E402
 
 if TYPE_CHECKING:
     import pluggy
@@ -100,22 +118,36 @@ def _check_inputs(paths: list[Path], what: str, limit: int) -> None:
         check_regular(path, what, limit)
 
 
+_said: list[str] = []
+"""Messages already printed, so that an interrupt is reported once."""
+
+
+def _interrupted() -> None:
+    """Say once that the command was interrupted and wrote nothing."""
+    if "interrupted" not in _said:
+        _said.append("interrupted")
+        sys.stderr.write("interrupted: stopped cleanly, nothing was written.\n")
+
+
 def guarded(fn: Callable[[], T]) -> T:
     """Run ``fn`` turning input errors into exit 2 and interrupts into exit 130."""
-    from xpusim.engine.report.escape import terminal
-
     try:
         return fn()
     except XpusimError as exc:
+        from xpusim.engine.report.escape import terminal
+
         err.print(
             f"[bold red]error:[/] {terminal(exc)}", soft_wrap=True, markup=True, highlight=False
         )
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        err.print("interrupted: stopped cleanly, nothing was written.")
+        _said.clear()
+        _interrupted()
         raise typer.Exit(130) from None
     except SystemExit as exc:
         # code inside the command (a plugin) called sys.exit(): never a success
+        from xpusim.engine.report.escape import terminal
+
         err.print(
             f"internal error: code running inside xpusim called sys.exit({terminal(exc.code)}); "
             f"nothing was written.",
@@ -636,20 +668,26 @@ def main(argv: list[str] | None = None) -> None:
     ``xpusim run ...`` do not need them.
     """
     args = sys.argv[1:] if argv is None else argv
+    _said.clear()
     try:
         if _command_word(args) not in _builtin_commands():
             _add_plugin_commands()
         app(args=argv, prog_name="xpusim")
     except KeyboardInterrupt:
         # Ctrl-C while starting up (importing), before a command could catch it
-        sys.stderr.write("interrupted: stopped cleanly, nothing was written.\n")
+        _interrupted()
         sys.exit(130)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == 130:
+            _interrupted()  # typer stops with 130 on a Ctrl-C while it parses or imports
         if code not in (0, 1, 2, 130):
             code = 2  # click's usage errors
         sys.exit(code)
 
+
+if _SIGINT_BEFORE is not None:  # the module is imported: Ctrl-C is a KeyboardInterrupt again
+    signal.signal(signal.SIGINT, _SIGINT_BEFORE)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

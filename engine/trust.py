@@ -115,7 +115,7 @@ def _import(mod_name: str, where: str) -> ModuleType:
         return run_user(lambda: importlib.import_module(mod_name), f"{where}: importing")
     except ScenarioError as exc:
         if isinstance(exc.__cause__, ImportError) or "ModuleNotFoundError" in str(exc):
-            here = f"the scenario's folder {folder} and " if folder is not None else ""
+            here = f"the scenario's folder {folder.resolve()} and " if folder is not None else ""
             raise ScenarioError(
                 f"{where}: cannot import {mod_name!r} ({exc.__cause__ or exc}). A module path "
                 f"is looked up in {here}the Python path: put the package beside the scenario "
