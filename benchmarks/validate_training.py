@@ -36,9 +36,18 @@ is the hardware FLOPs of :func:`xpusim.plugins.workloads.training.steps.flops_pe
 recomputation): ``96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)) / (GPUs × step time)``, so the
 error of a row is the error of the predicted step time.
 
+A second table, the **public table**, predicts the rows of ``benchmarks/training_rows.yaml``:
+published training throughput figures beyond the 2021 table (Korthikanti et al. 2022's
+Megatron-LM configurations up to 1T parameters with and without sequence parallelism and
+selective recomputation; DeepSeek-V3's MoE / FP8 / expert-parallel pre-training), each with
+its full parallel plan and source. The prediction of a row is the step time of its plan
+(:func:`xpusim.plugins.workloads.training.steps.step_time`) on its device and topology; the
+error is that of the throughput (measured time over predicted time, minus one). None of
+these rows is used to fit anything.
+
 Usage::
 
-    python benchmarks/validate_training.py [--json OUT] [--figures PATH]
+    python benchmarks/validate_training.py [--json OUT] [--figures PATH] [--rows PATH]
                                            [--efficiency KEY=VALUE ...] [--virtual V]
                                            [--attention unfused|flash]
 
@@ -54,6 +63,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +77,12 @@ from xpusim.engine.collectives import topology_from_device  # noqa: E402
 from xpusim.engine.host import build_host  # noqa: E402
 from xpusim.engine.model import ModelFamily  # noqa: E402
 from xpusim.engine.system import Parallelism, System  # noqa: E402
-from xpusim.plugins.workloads.training.steps import TrainingPlan, step_time  # noqa: E402
+from xpusim.engine.units import Dim, parse  # noqa: E402
+from xpusim.plugins.workloads.training.plan import TrainingPlan, plan_memory  # noqa: E402
+from xpusim.plugins.workloads.training.steps import step_time  # noqa: E402
 
 FIGURES = REPO.parent / "shared" / "reference" / "figures.yaml"
+ROWS = REPO / "benchmarks" / "training_rows.yaml"
 DEVICE = "a100-sxm-80gb"
 ATTENTION = "unfused"
 """The attention implementation the measured runs used (see the module docstring)."""
@@ -167,11 +180,110 @@ def predict(
     }
 
 
+def public_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of the public table (``benchmarks/training_rows.yaml``), in file order."""
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    rows: list[dict[str, Any]] = doc["rows"]
+    return rows
+
+
+def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float]) -> dict[str, Any]:
+    """Predict one public-table row: the step time of its plan on its device and topology,
+    compared on the row's metric (``iteration_s`` or ``tokens_per_gpu_s``)."""
+    spec = dict(row["model"])
+    family: ModelFamily = host.models.get(spec.pop("family"))
+    model = family.configure(spec)
+    gpu = host.backends.get("gpu")
+    dev = gpu.devices()[row["device"]]
+    topo = topology_from_device(dev)
+    links = row.get("topology") or {}
+    if "scale_up_bandwidth" in links:
+        topo = replace(topo, intra_bw=parse(links["scale_up_bandwidth"], Dim.BANDWIDTH))
+    if "scale_out_bandwidth" in links:
+        topo = replace(topo, inter_bw=parse(links["scale_out_bandwidth"], Dim.BANDWIDTH))
+    par = Parallelism(**row["parallelism"])
+    n = int(row["gpus"])
+    if par.devices != n:
+        raise ValueError(f"row {row['id']}: the plan uses {par.devices} devices, not {n}")
+    options = {"efficiency": dict(efficiency)} if efficiency else {}
+    system = System(row["id"], "gpu", dev, n, par, topo, options)
+    compiled = gpu.compile(model, system)
+    w = dict(row["workload"])
+    plan = TrainingPlan(
+        global_batch=int(w["global_batch"]),
+        micro_batch=int(w.get("micro_batch", 1)),
+        seq_len=int(w["seq_len"]),
+        recompute=str(w.get("recompute", "selective")),
+        precision=str(w.get("precision", "bf16")),
+        grad_dtype="bf16",
+        overlap_grad_reduce=bool(w.get("overlap_grad_reduce", True)),
+        schedule=str(w.get("schedule", "1f1b")),
+    )
+    st = step_time(compiled, model, plan, compiled.power_model())
+    need = plan_memory(model, par, plan, dev.memory_bytes.value, float(compiled.reserve_bytes))
+    tokens = plan.tokens_per_step
+    if row["metric"] == "iteration_s":
+        actual_s = float(row["measured"])
+    elif row["metric"] == "tokens_per_gpu_s":
+        actual_s = tokens / (n * float(row["measured"]))
+    else:
+        raise ValueError(f"row {row['id']}: unknown metric {row['metric']!r}")
+    return {
+        "id": row["id"],
+        "kind": row["kind"],
+        "gpus": n,
+        "device": row["device"],
+        "plan": {k: v for k, v in row["parallelism"].items()},
+        "metric": row["metric"],
+        "measured": float(row["measured"]),
+        "actual_step_s": actual_s,
+        "predicted_step_s": st.seconds,
+        "error": actual_s / st.seconds - 1.0,
+        "mfu_predicted": st.model_flops / (n * dev.flops("bf16") * st.seconds),
+        "fits": need.fits,
+        "memory_gb": need.total / 1e9,
+        "bubble_fraction": st.pipeline.bubble_fraction,
+        "parts_s": {
+            "compute": st.device_s.get("compute", 0.0),
+            "memory": st.device_s.get("memory", 0.0),
+            "comm": st.device_s.get("comm", 0.0),
+            "bubble": st.bubble_s,
+        },
+        "source": row["source"]["url"],
+    }
+
+
+def _public_table(
+    path: Path, host: Any, eff: dict[str, float]
+) -> tuple[list[dict[str, Any]], float, float]:
+    """Predict and print the public table; returns its rows, median and max |error|."""
+    out = [predict_public(r, host, eff) for r in public_rows(path)]
+    print(
+        f"\npublic table ({path.name}): {'row':34s} {'GPUs':>5s} {'actual s':>9s} "
+        f"{'pred s':>9s} {'error':>7s} {'MFU':>6s} {'fits':>4s}"
+    )
+    for r in out:
+        print(
+            f"  {r['id']:48s} {r['gpus']:5d} {r['actual_step_s']:9.2f} "
+            f"{r['predicted_step_s']:9.2f} {100 * r['error']:+6.1f}% "
+            f"{100 * r['mfu_predicted']:5.1f}% {'yes' if r['fits'] else 'NO':>4s}"
+        )
+    errs = [abs(r["error"]) for r in out]
+    med = statistics.median(errs) if errs else float("nan")
+    worst = max(errs) if errs else float("nan")
+    print(
+        f"public table: median |error| {100 * med:.1f}%  max |error| {100 * worst:.1f}%  "
+        f"over {len(out)} rows (target: median <= 10%, none above 20%)"
+    )
+    return out, med, worst
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the validation and print one line per row plus the median |error|."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, help="write rows and median_abs_error here")
     ap.add_argument("--figures", type=Path, default=FIGURES)
+    ap.add_argument("--rows", type=Path, default=ROWS, help="the public table's rows")
     ap.add_argument(
         "--efficiency",
         action="append",
@@ -215,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"  efficiency overrides: {eff}" if eff else "")
         + (f"  attention: {args.attention}" if args.attention != ATTENTION else "")
     )
+    public, pub_med, pub_worst = _public_table(args.rows, host, eff)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
@@ -229,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
                     "rows": out,
                     "median_abs_error": med,
                     "max_abs_error": worst,
+                    "public": {
+                        "rows": public,
+                        "median_abs_error": pub_med,
+                        "max_abs_error": pub_worst,
+                    },
                 },
                 indent=2,
             )

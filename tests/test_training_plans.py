@@ -280,3 +280,19 @@ def test_big_timelines_are_sampled_within_the_row_budget(host: Any) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert b[k] == pytest.approx(a[k], rel=1e-9)
+
+
+def test_dualpipe_hides_communication_and_doubles_parameters(host: Any) -> None:
+    """DualPipe (DeepSeek-V3) runs a micro-batch in max(compute, communication) instead of
+    their sum, keeps two copies of the parameters, and needs an even pipeline."""
+    model = _model(host, "mixtral", **MOE)
+    par = Parallelism(data=8, pipeline=2, expert=8)
+    plan = _plan(global_batch=64)
+    dual = replace(plan, schedule="dualpipe")
+    a = step_time(_compile(host, model, par), model, plan)
+    b = step_time(_compile(host, model, par), model, dual)
+    assert b.seconds < a.seconds
+    ma, mb = plan_memory(model, par, plan, 80e9), plan_memory(model, par, dual, 80e9)
+    assert mb.weights == pytest.approx(2 * ma.weights)
+    odd = Parallelism(data=4, pipeline=3, expert=4)
+    assert any("even pipeline" in p for p in check_plan(model, odd, dual, 12))

@@ -46,8 +46,10 @@ flight (:func:`xpusim.plugins.workloads.training.pipeline.in_flight_microbatches
 ``s`` of 1F1B holds ``min(m, p − s)``, more when interleaved), divided by the context
 parallel degree (each device keeps ``1/c`` of every sequence). With
 ``offload_activations`` the stage keeps at most two micro-batches' worth on the device
-(the one computing and the one moving to or from host memory). A backend's fixed runtime
-reserve (CUDA context, workspaces) is added when the compiled model states one.
+(the one computing and the one moving to or from host memory). Under the ``dualpipe``
+schedule every device holds two copies of its parameters and ``p + 1`` micro-batches of
+activations (DeepSeek-AI 2024, arXiv:2412.19437, §3.2.1, Table 2). A backend's fixed
+runtime reserve (CUDA context, workspaces) is added when the compiled model states one.
 
 The peak of the plan is the stage whose device needs the most; messages name it.
 """
@@ -249,6 +251,7 @@ def stage_memories(
     grad_dtype: str | None = None,
     fsdp_reshard: bool = True,
     offload_activations: bool = False,
+    dualpipe: bool = False,
 ) -> list[MemoryNeed]:
     """Per-device memory of every pipeline stage of one plan (module docstring).
 
@@ -297,6 +300,9 @@ def stage_memories(
         grads = (shards if z >= 2 else sp.total) * ge
         states = (shards if z >= 1 else sp.total) * opt
         flight = in_flight_microbatches(p, max(1, microbatches), par.virtual, s)
+        if dualpipe:  # two copies of the parameters, p + 1 micro-batches in flight
+            weights, grads, states = 2 * weights, 2 * grads, 2 * states
+            flight = float(min(max(1, microbatches), p + 1))
         if offload_activations:
             flight = min(flight, 2.0)
         act = per_layer_act * k * flight / cp

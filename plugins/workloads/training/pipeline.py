@@ -50,6 +50,7 @@ from dataclasses import dataclass
 __all__ = [
     "PipelineTime",
     "bubble_fraction",
+    "dualpipe_time",
     "exact_pipeline_time",
     "in_flight_microbatches",
     "pipeline_time",
@@ -136,6 +137,37 @@ def exact_pipeline_time(
     work = m * per[s]
     p2p = m * 2 * hop
     return PipelineTime(seconds, work, p2p, max(0.0, seconds - work - p2p))
+
+
+def dualpipe_time(
+    compute_s: Sequence[float],
+    comm_s: Sequence[float],
+    bwd_s: Sequence[float],
+    weight_s: Sequence[float],
+    m: int,
+    p2p_s: float = 0.0,
+) -> PipelineTime:
+    """The makespan of DeepSeek-V3's DualPipe schedule (DeepSeek-AI 2024,
+    arXiv:2412.19437, §3.2.1).
+
+    Micro-batches enter the pipeline from both ends and a forward chunk of one runs
+    together with a backward chunk of another, each one's communication (all-to-all
+    dispatch and combine, pipeline sends) hidden behind the other's computation; per
+    stage one micro-batch then costs ``c = max(compute, communication + 2·p2p)``. The
+    bubble is the paper's Table 2, ``(p/2 − 1)·(F&B + B − 3W)`` with ``F&B = c``, ``B``
+    the backward and ``W`` its weight-gradient part. Per stage: ``compute_s`` a
+    micro-batch's forward and backward computation, ``comm_s`` its communication,
+    ``bwd_s`` its backward, ``weight_s`` the weight-gradient part of that backward.
+    """
+    p = len(compute_s)
+    if p < 2 or p % 2 or m < 1:
+        raise ValueError(f"dualpipe needs an even pipeline >= 2 and m >= 1 (p={p}, m={m})")
+    c = [max(a, x + 2.0 * p2p_s) for a, x in zip(compute_s, comm_s, strict=True)]
+    s = max(range(p), key=lambda i: (c[i], -i))
+    bubble = (p / 2 - 1) * max(0.0, c[s] + bwd_s[s] - 3.0 * weight_s[s])
+    work = m * compute_s[s]
+    exposed = m * c[s] - work
+    return PipelineTime(m * c[s] + bubble, work, exposed, bubble)
 
 
 def bubble_fraction(p: int, m: int, v: int = 1) -> float:

@@ -39,7 +39,9 @@ class TrainingPlan:
     exchange keys and values (``ring``: point-to-point, overlapped with attention;
     ``all_gather``: gathered before attention); ``fsdp_reshard`` whether ZeRO-3/FSDP frees
     the gathered weights after the forward; ``offload_activations`` moves activations of
-    the micro-batches in flight to host memory at ``offload_bandwidth`` bytes/s.
+    the micro-batches in flight to host memory at ``offload_bandwidth`` bytes/s;
+    ``schedule`` is ``1f1b`` (interleaved when ``virtual > 1``) or ``dualpipe`` (DeepSeek-V3's
+    bidirectional schedule, :mod:`.steps`).
     """
 
     global_batch: int
@@ -58,6 +60,7 @@ class TrainingPlan:
     fsdp_reshard: bool = True
     offload_activations: bool = False
     offload_bandwidth: float = 0.0
+    schedule: str = "1f1b"
 
     def microbatches(self, data: int) -> int:
         """Micro-batches per replica per step (``global_batch / (micro_batch · data)``)."""
@@ -132,6 +135,18 @@ def check_plan(model: ModelGraph, par: Parallelism, plan: TrainingPlan, count: i
                 f"micro-batches per replica to be a multiple of pipeline = "
                 f"{par.pipeline}"
             )
+    if plan.schedule == "dualpipe":
+        m = plan.microbatches(par.data)
+        if par.pipeline < 2 or par.pipeline % 2 or par.virtual > 1:
+            problems.append(
+                f"the dualpipe schedule needs an even pipeline >= 2 without virtual stages "
+                f"(pipeline = {par.pipeline}, virtual = {par.virtual})"
+            )
+        elif m % 2 or m < par.pipeline:
+            problems.append(
+                f"the dualpipe schedule feeds micro-batches from both ends, so the {m} "
+                f"micro-batches per replica must be even and at least pipeline = {par.pipeline}"
+            )
     if par.context > 1 and plan.seq_len % (2 * par.context):
         problems.append(
             f"context = {par.context} splits each sequence into 2 x {par.context} "
@@ -191,6 +206,7 @@ def stage_memory_list(
         grad_dtype=plan.grad_dtype,
         fsdp_reshard=plan.fsdp_reshard,
         offload_activations=plan.offload_activations,
+        dualpipe=plan.schedule == "dualpipe",
     )
 
 

@@ -44,6 +44,10 @@ stages of ``v`` chunks, ``m = global_batch / (micro_batch · d)`` micro-batches)
    GEMMs run at the device's FP8 peak over its bf16 peak, times the ratio of FP8 to
    bf16 achievable matmul efficiency (:data:`FP8_GEMM_EFFICIENCY_RATIO`); attention, the
    LM head and everything memory-bound stay as priced in bf16.
+2e. **DualPipe** (``schedule: dualpipe``, DeepSeek-V3): micro-batches enter from both
+   ends and each forward chunk runs beside another micro-batch's backward chunk, the
+   communication of one hidden behind the computation of the other
+   (:func:`~xpusim.plugins.workloads.training.pipeline.dualpipe_time`).
 2d. **Activation offloading**: a stage that would hold more than two micro-batches of
    activations moves each micro-batch's to host memory during its forward and back
    before its backward at ``offload_bandwidth``, overlapped with that pass; only the
@@ -103,6 +107,7 @@ from xpusim.plugins.workloads.training.memory import StageParams, param_bytes, s
 from xpusim.plugins.workloads.training.partition import StagePartition
 from xpusim.plugins.workloads.training.pipeline import (
     PipelineTime,
+    dualpipe_time,
     exact_pipeline_time,
     in_flight_microbatches,
     pipeline_time,
@@ -327,7 +332,23 @@ def step_time(
     act_bytes = plan.micro_batch * plan.seq_len / cp * hidden * act_e
     p2p = comms.p2p(act_bytes, par.sequence and t > 1)
     per_stage = [st.fwd_s + st.bwd_s + st.cp_exposed + st.z3 + st.offload for st in stages]
-    if p > 1 and max(per_stage) - min(per_stage) > 1e-9 * max(per_stage):
+    dual = plan.schedule == "dualpipe"
+    if dual:
+        comm_mb = [st.fwd.get("comm", 0.0) + st.bwd.get("comm", 0.0) for st in stages]
+        weight_mb = [k * scm.backward.layer_gemm_compute_s / (2 * cp * speed) for k in layers_of]
+        pipe = dualpipe_time(
+            [t - x for t, x in zip(per_stage, comm_mb, strict=True)],
+            comm_mb,
+            [st.bwd_s - st.bwd.get("comm", 0.0) for st in stages],
+            weight_mb,
+            m,
+            p2p,
+        )
+        notes.append(
+            "DualPipe: communication hidden behind the paired chunk's computation, "
+            "bubble (p/2 - 1)(F&B + B - 3W)"
+        )
+    elif p > 1 and max(per_stage) - min(per_stage) > 1e-9 * max(per_stage):
         extra = [(st.cp_exposed + st.z3 + st.offload) / 2 for st in stages]
         pipe = exact_pipeline_time(
             [st.fwd_s + x for st, x in zip(stages, extra, strict=True)],
@@ -384,7 +405,10 @@ def step_time(
         _add(dev, st.fwd, m)
         _add(dev, st.bwd, m)
         _add(dev, opt_b)
-        dev["comm"] += pipe.p2p_s + dp_exposed + gather + (st.z3 + st.cp_exposed + st.offload) * m
+        if dual:  # only the communication no computation hides is busy on its own
+            dev["comm"] -= m * (st.fwd.get("comm", 0.0) + st.bwd.get("comm", 0.0))
+        dev["comm"] = max(0.0, dev["comm"] + pipe.p2p_s)
+        dev["comm"] += dp_exposed + gather + (st.z3 + st.cp_exposed + st.offload) * m
         stage_state.append(dev)
     dev_slow = dict(stage_state[slow])
     dev_slow["bubble"] = max(0.0, seconds - sum(dev_slow.values()))

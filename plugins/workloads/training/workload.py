@@ -112,6 +112,7 @@ class TrainingConfig(BaseModel):
     fsdp_reshard: bool = True
     offload_activations: bool = False
     offload_bandwidth: Bandwidth = Field(default=PCIE5_X16_BYTES_PER_S)
+    schedule: Literal["1f1b", "dualpipe"] = "1f1b"
 
     @model_validator(mode="after")
     def _length(self) -> TrainingConfig:
@@ -150,6 +151,7 @@ def make_plan(config: TrainingConfig, model: ModelGraph) -> TrainingPlan:
         fsdp_reshard=config.fsdp_reshard,
         offload_activations=config.offload_activations,
         offload_bandwidth=float(config.offload_bandwidth),
+        schedule=config.schedule,
     )
 
 
