@@ -28,6 +28,17 @@ MODELS = {
     "tiny-palm": lambda: tiny("palm", heads=4, head_dim=32),
     "tiny-qwen2-qkv-bias": lambda: tiny("llama", kv_heads=2, qkv_bias=True),
     "tiny-qwen3-qk-norm": lambda: tiny("llama", kv_heads=4, head_dim=16, qk_norm=True),
+    "tiny-deepseek-moe": lambda: tiny(
+        "mixtral",
+        kv_heads=2,
+        experts=4,
+        top_k=2,
+        shared_experts=1,
+        shared_ffn_hidden=48,
+        dense_layers=1,
+        dense_ffn_hidden=128,
+        router_bias=True,
+    ),
     "tiny-gemma-sandwich": lambda: tiny(
         "llama", kv_heads=4, qk_norm=True, sandwich_norm=True, tied_embeddings=True
     ),

@@ -181,10 +181,10 @@ class MLP(nn.Module):
     """Dense MLP: ``fc2(act(fc1 x))`` or, gated, ``down(act(gate x)·up x)`` with a fused
     gate/up projection."""
 
-    def __init__(self, cfg: DecoderConfig) -> None:
+    def __init__(self, cfg: DecoderConfig, ffn: int | None = None) -> None:
         super().__init__()
         self.gated = cfg.gated_mlp
-        f = cfg.ffn
+        f = ffn or cfg.ffn
         self.up = nn.Linear(cfg.hidden, 2 * f if self.gated else f, bias=cfg.bias)
         self.down = nn.Linear(f, cfg.hidden, bias=cfg.bias)
         self.glu = _glu(cfg.activation)
@@ -208,6 +208,8 @@ class MoE(nn.Module):
     ``C = T·k/E`` rows that batched GEMMs process. The shapes are those of perfectly
     balanced routing with capacity factor 1, which is what the cost model assumes; the
     numerics are not a faithful Mixtral (a slice may hold another expert's tokens).
+    DeepSeek's routing bias is added to the logits before the top-k, and its shared
+    experts (one dense MLP of ``shared_ffn_hidden``) add their output to every token's.
     """
 
     def __init__(self, cfg: DecoderConfig) -> None:
@@ -221,12 +223,16 @@ class MoE(nn.Module):
         nn.init.normal_(self.w_down, std=f**-0.5)
         self.glu = _glu(cfg.activation)
         self.act: Callable[[torch.Tensor], torch.Tensor] = _ACTS[cfg.activation]
+        self.route_bias = nn.Parameter(torch.zeros(self.e)) if cfg.router_bias else None
+        self.shared = MLP(cfg, cfg.shared_ffn) if cfg.shared_ffn else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         n = x.shape[0]
         logits = self.router(x)
+        if self.route_bias is not None:  # DeepSeek-V3: a per-expert bias steers the choice
+            logits = logits + self.route_bias
         topv, topi = torch.topk(logits, self.k, dim=-1)
         weights = F.softmax(topv, dim=-1)
         order = torch.argsort(topi.reshape(-1))
@@ -246,6 +252,8 @@ class MoE(nn.Module):
         w = weights.reshape(-1).index_select(0, order)
         y = y * w.unsqueeze(-1)
         out = torch.zeros_like(x).index_add_(0, token, y)
+        if self.shared is not None:  # the shared experts see every token
+            out = out + self.shared(x)
         return out.view(shape)
 
 
@@ -254,7 +262,7 @@ class Block(nn.Module):
     ``sandwich_norm`` each branch output normed again before the residual, Gemma 2/3) or
     parallel (``x + attn(ln x) + mlp(ln x)``, PaLM)."""
 
-    def __init__(self, cfg: DecoderConfig) -> None:
+    def __init__(self, cfg: DecoderConfig, layer: int = 0) -> None:
         super().__init__()
         self.parallel = cfg.parallel_block
         self.ln1 = _norm(cfg)
@@ -262,7 +270,9 @@ class Block(nn.Module):
         self.ln1_post = _norm(cfg) if cfg.sandwich_norm else None
         self.ln2_post = _norm(cfg) if cfg.sandwich_norm else None
         self.attn = Attention(cfg)
-        self.mlp: nn.Module = MoE(cfg) if cfg.moe else MLP(cfg)
+        self.mlp: nn.Module = (
+            MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg, cfg.dense_ffn if cfg.moe else None)
+        )
 
     def forward(
         self,
@@ -296,7 +306,7 @@ class DecoderLM(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
         self.pos = nn.Embedding(cfg.seq_len, cfg.hidden) if cfg.position == "learned" else None
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
         self.norm = _norm(cfg)
         self.head = None if cfg.tied_embeddings else nn.Linear(cfg.hidden, cfg.vocab, bias=False)
         if cfg.position == "rope":

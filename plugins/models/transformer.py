@@ -679,9 +679,6 @@ class DecoderModel(EagerCounted):
         c = self.cfg
         checks = {
             "multi-head latent attention": c.mla,
-            "shared experts": c.shared_experts > 0,
-            "dense layers in a mixture of experts": c.dense_layers > 0,
-            "a routing bias": c.router_bias,
             "sliding-window attention": c.sliding_window is not None,
             "logit soft-capping": c.attn_softcap is not None or c.final_softcap is not None,
         }
@@ -1230,6 +1227,8 @@ class DecoderModel(EagerCounted):
         touched = eloc * (1.0 - (1.0 - k / ex) ** (n * ep))
         ib = INDEX_BYTES
         b.gemm("moe.router", n, ex, h, False)
+        if c.router_bias:
+            b.ew("moe.route_bias", OpKind.ELEMENTWISE, n * ex, n * ex + ex, n * ex, n * ex, ex)
         b.raw("moe.topk", OpKind.ELEMENTWISE, pairs, n * ex * e, pairs * (e + ib))
         b.ew("moe.softmax", OpKind.SOFTMAX, pairs, pairs, pairs, NORM_FLOPS * pairs)
         b.raw("moe.sort", OpKind.ELEMENTWISE, pairs, pairs * ib, 2 * pairs * ib)
@@ -1270,8 +1269,9 @@ class DecoderModel(EagerCounted):
                     b.ew("moe.act", OpKind.ELEMENTWISE, a, a, a, a)
         if ep > 1:
             b.coll("moe.combine.all_to_all", Collective.ALL_TO_ALL, arrive * h * e, ep)
-        if c.shared_ffn:  # every token's shared experts, beside the routed ones
+        if c.shared_ffn:  # every token's shared experts, added to the routed output
             self._mlp_ops(b, "moe.shared", n, c.shared_ffn // par.tensor, b.count)
+            b.ew("moe.shared.add", OpKind.ELEMENTWISE, n * h, 2 * n * h, n * h, n * h)
         b.raw("moe.weight_gather", OpKind.ELEMENTWISE, pairs, pairs * ib + pairs * e, pairs * e)
         b.ew(
             "moe.weight_mul", OpKind.ELEMENTWISE, pairs * h, pairs * h + pairs, pairs * h, pairs * h
