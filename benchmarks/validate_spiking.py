@@ -127,14 +127,14 @@ def spinnaker_kws(row: dict[str, Any]) -> dict[str, Any]:
     shape = Shape(Phase.SPIKING, batch=1, timesteps=100)
     e = compiled.energy(shape)
     events = compiled.synaptic_events(shape)
-    ms = 100 * model.dt_ms
-    sharp = row["per_neuron_ms_j"] * model.network.neurons * ms + row["per_psp_j"] * events
+    ms = 100 * compiled.dt_ms
+    sharp = row["per_neuron_ms_j"] * compiled.network.neurons * ms + row["per_psp_j"] * events
     ours = e.cores_j + e.packets_j
     return {
         "published": sharp,
         "predicted": ours,
         "assumes": (
-            f"{model.network.neurons} LIF neurons for {ms:g} ms and {events:,.0f} synaptic "
+            f"{compiled.network.neurons} LIF neurons for {ms:g} ms and {events:,.0f} synaptic "
             f"events (exact LIF simulator at 20 Hz input); Sharp's figures applied to them "
             f"stand for the published side; xpusim's side is {compiled.mapping.cores} "
             f"active cores x 0.034 W x {e.seconds:g} s plus {e.packets:,.0f} packets"
