@@ -4,8 +4,9 @@ Compilation builds an :class:`~xpusim.engine.analytic.AnalyticCompiled` whose op
 :class:`~xpusim.plugins.gpu.efficiency.GpuCostModel` (tile and wave quantization, split-K,
 flash attention, memory-bound vector ops, per-kernel overhead), whose collectives
 (tensor-parallel all-reduces the model graph holds) run over the system's topology
-(NVLink/NVSwitch, Infinity Fabric or PCIe inside a node, the NIC between nodes) through
-:func:`xpusim.engine.collectives.collective_seconds` at ``link_fraction`` of the link rate, and
+(NVLink/NVSwitch, Infinity Fabric or PCIe inside a node, the NIC between nodes) as the
+collective library runs them (:mod:`xpusim.plugins.gpu.fabrics`: per-call launch cost,
+protocol and NVLS choice by size, fitted to public NCCL/RCCL sweeps), and
 whose energy comes from :class:`~xpusim.engine.power.PowerModel`.
 
 ``system.options``:
@@ -22,7 +23,7 @@ whose energy comes from :class:`~xpusim.engine.power.PowerModel`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Literal
@@ -41,10 +42,26 @@ from xpusim.engine.system import System, Topology
 from xpusim.plugins.gpu import calibration as cal_mod
 from xpusim.plugins.gpu.catalog import catalog as builtin_catalog
 from xpusim.plugins.gpu.efficiency import DECODE_ATTENTION, GpuCostModel, GpuEfficiency
+from xpusim.plugins.gpu.fabrics import fabric_for, scale_out_profile
+from xpusim.plugins.gpu.kernel_fits import fitted_params
 from xpusim.plugins.gpu.measure import calibrate_from_points, calibrate_gpu
+from xpusim.plugins.gpu.vectorwork import WithVectorWork
 
-SUPPORTED_KINDS = ("decoder", "encoder", "vision", "mlp", "spiking")
+SUPPORTED_KINDS = ("decoder", "encoder", "vision", "mlp", "spiking", "custom")
 """Model kinds the GPU backend runs (spiking networks as time-stepped dense ops)."""
+
+
+def device_efficiency(device: DeviceSpec) -> dict[str, float]:
+    """The device's own :class:`~xpusim.plugins.gpu.efficiency.GpuEfficiency` defaults (its
+    catalog ``efficiency:`` block), checked against the parameter names."""
+    valid = GpuEfficiency.param_names()
+    bad = [k for k in device.efficiency if k not in valid]
+    if bad:
+        raise XpusimError(
+            f"gpu device {device.name!r}: unknown efficiency parameter(s) "
+            f"{', '.join(map(repr, bad))} in its catalog entry; valid: {', '.join(valid)}."
+        )
+    return {k: f.value for k, f in device.efficiency.items()}
 
 
 class GpuOptions(BaseModel):
@@ -67,7 +84,7 @@ class GpuBackend(Backend):
 
     name = "gpu"
     description = (
-        "NVIDIA and AMD data-centre GPUs: roofline with GEMM tile/wave "
+        "NVIDIA and AMD data-centre GPUs and Intel Gaudi: roofline with GEMM tile/wave "
         "quantization, flash attention and NCCL-style collectives"
     )
     options = GpuOptions
@@ -78,7 +95,8 @@ class GpuBackend(Backend):
         return builtin_catalog()
 
     def supports(self, model: ModelGraph, workload: str) -> Support:
-        """Every model kind with an op graph: decoder, encoder, vision, mlp, spiking."""
+        """Every model kind with an op graph: decoder, encoder, vision, mlp, spiking and
+        custom (a user module priced op by op from its traced graph)."""
         if model.kind in SUPPORTED_KINDS:
             return Support(True)
         return Support(
@@ -101,6 +119,22 @@ class GpuBackend(Backend):
         eff = GpuEfficiency()
         default = "default (stated assumption, plugins/gpu/efficiency.py)"
         sources = {name: default for name in GpuEfficiency.param_names()}
+        fits = fitted_params(system.device.name)
+        if fits:
+            eff = cal_mod.apply(
+                eff, cal_mod.Calibration("", "", "", "", {k: v for k, (v, _) in fits.items()})
+            )
+            sources.update({k: f"public kernel fit: {how}" for k, (_, how) in fits.items()})
+        own = device_efficiency(system.device)
+        if own:
+            eff = cal_mod.apply(eff, cal_mod.Calibration("", "", "", "", own))
+            sources.update(
+                {
+                    name: f"device {system.device.name!r} catalog: "
+                    f"{system.device.efficiency[name].cited}"
+                    for name in own
+                }
+            )
         path = system.options.get("calibration")
         if path:
             cal = cal_mod.load(path)
@@ -149,12 +183,7 @@ class GpuBackend(Backend):
     def compile(self, model: ModelGraph, system: System) -> AnalyticCompiled:
         """Compile ``model`` onto ``system`` (never raises for a model that does not fit)."""
         eff, sources = self.efficiency_sources(system)
-        topo = self.link_topology(system, eff)
-        algorithm = str(system.options.get("collective_algorithm", "auto"))
-
-        def collective(kind: Collective, nbytes: float, group: int) -> float:
-            return collectives.collective_seconds(kind, nbytes, group, topo, algorithm)
-
+        collective = self.collective_pricer(system, eff)
         assumptions = {
             f"gpu.efficiency.{f.name}": Figure(
                 float(getattr(eff, f.name)),
@@ -163,10 +192,17 @@ class GpuBackend(Backend):
             for f in fields(eff)
             if isinstance(getattr(eff, f.name), (int, float))
         }
+        intra, how = fabric_for(system.device)
+        assumptions["gpu.collectives.fabric"] = Figure(
+            float(intra.protocols[0].launch_s),
+            assumption=f"collective library profile (LL launch seconds): {how}; {intra.source}",
+        )
         return AnalyticCompiled(
             system,
             model,
-            price_op=GpuCostModel(system.device, eff, self.decode_attention(system)),
+            price_op=WithVectorWork(
+                GpuCostModel(system.device, eff, self.decode_attention(system))
+            ),
             collective=collective,
             power=PowerModel.from_device(system.device),
             catalog=self.devices(),
@@ -194,9 +230,24 @@ class GpuBackend(Backend):
     def collective_seconds(
         self, kind: Collective, nbytes: float, group: int, system: System
     ) -> float:
-        """One collective over ``system``'s topology at ``link_fraction`` of link rate."""
+        """One collective over ``system``'s topology, priced as NCCL/RCCL run it."""
         eff, _ = self.efficiency(system)
+        return self.collective_pricer(system, eff)(kind, nbytes, group)
+
+    def collective_pricer(
+        self, system: System, eff: GpuEfficiency
+    ) -> Callable[[Collective, float, int], float]:
+        """Seconds of one collective on ``system``: the device fabric's fitted library
+        profile inside a node (:mod:`xpusim.plugins.gpu.fabrics`), the scale-out link at
+        ``link_fraction`` between nodes (:func:`xpusim.engine.collectives.library_collective_seconds`)."""
+        intra, _how = fabric_for(system.device)
+        inter = scale_out_profile(eff.link_fraction)
+        topo = system.topology
         algorithm = str(system.options.get("collective_algorithm", "auto"))
-        return collectives.collective_seconds(
-            kind, nbytes, group, self.link_topology(system, eff), algorithm
-        )
+
+        def price(kind: Collective, nbytes: float, group: int) -> float:
+            return collectives.library_collective_seconds(
+                kind, nbytes, group, topo, intra, inter, algorithm
+            )
+
+        return price
