@@ -39,6 +39,16 @@ MODELS = {
         dense_ffn_hidden=128,
         router_bias=True,
     ),
+    "tiny-gemma2-window-softcap": lambda: tiny(
+        "llama",
+        kv_heads=4,
+        sandwich_norm=True,
+        sliding_window=8,
+        layer_types=("sliding", "full"),
+        attn_softcap=50.0,
+        final_softcap=30.0,
+    ),
+    "tiny-mistral-window": lambda: tiny("llama", kv_heads=2, sliding_window=20),
     "tiny-gemma-sandwich": lambda: tiny(
         "llama", kv_heads=4, qk_norm=True, sandwich_norm=True, tied_embeddings=True
     ),

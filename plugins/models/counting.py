@@ -6,11 +6,14 @@ parametric builders, and with them scenario validation and simulation, import no
 
 from __future__ import annotations
 
-__all__ = ["NORM_FLOPS", "causal_pairs", "window_pairs"]
+__all__ = ["NORM_FLOPS", "SOFTCAP_FLOPS", "causal_pairs", "window_pairs"]
 
 NORM_FLOPS = 5
 """FLOPs per element charged to a norm or softmax (mean/max, subtract, square/exp, sum,
 scale) by the tracer and by the parametric builders alike."""
+
+SOFTCAP_FLOPS = 3
+"""FLOPs per capped value of logit soft-capping ``c·tanh(x/c)`` (divide, tanh, multiply)."""
 
 
 def causal_pairs(queries: int, keys: int) -> float:

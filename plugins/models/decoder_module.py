@@ -17,7 +17,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from xpusim.engine.graph import OpKind
-from xpusim.plugins.models.counting import NORM_FLOPS
+from xpusim.plugins.models.counting import NORM_FLOPS, SOFTCAP_FLOPS
 from xpusim.plugins.models.tracing import causal_attention, fused_op
 from xpusim.plugins.models.transformer import (
     ATTENTION_DROPOUT,
@@ -26,7 +26,14 @@ from xpusim.plugins.models.transformer import (
     DecoderConfig,
 )
 
-__all__ = ["DecoderLM", "apply_rope", "qk_norm", "scale_mask_softmax", "unfused_attention"]
+__all__ = [
+    "DecoderLM",
+    "apply_rope",
+    "qk_norm",
+    "scale_mask_softmax",
+    "softcap",
+    "unfused_attention",
+]
 
 
 @fused_op("rope", OpKind.ELEMENTWISE, ROPE_FLOPS)
@@ -51,6 +58,13 @@ def qk_norm(
     vector each (Qwen3, Gemma 3): one fused kernel for the tracer."""
     d = q.shape[-1]
     return F.rms_norm(q, (d,), wq, eps), F.rms_norm(k, (d,), wk, eps)
+
+
+@fused_op("softcap", OpKind.ELEMENTWISE, SOFTCAP_FLOPS)
+def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """Logit soft-capping ``cap·tanh(x/cap)`` (Gemma 2's final logits): one fused kernel
+    for the tracer."""
+    return cap * torch.tanh(x / cap)
 
 
 @fused_op("scale_mask_softmax", OpKind.SOFTMAX, NORM_FLOPS)
@@ -133,9 +147,11 @@ class Attention(nn.Module):
     core runs as one fused kernel (``attention: flash``) or as Megatron-LM's separate
     kernels (``attention: unfused``, :func:`unfused_attention`)."""
 
-    def __init__(self, cfg: DecoderConfig) -> None:
+    def __init__(self, cfg: DecoderConfig, layer: int = 0) -> None:
         super().__init__()
         self.h, self.kv, self.d = cfg.heads, cfg.kv, cfg.d
+        self.window = cfg.sliding_window if cfg.is_sliding(layer) else None
+        self.softcap = cfg.attn_softcap
         self.unfused = cfg.attention == "unfused"
         self.qkv = nn.Linear(cfg.hidden, (self.h + 2 * self.kv) * self.d, bias=cfg.has_qkv_bias)
         self.out = nn.Linear(self.h * self.d, cfg.hidden, bias=cfg.bias)
@@ -168,7 +184,12 @@ class Attention(nn.Module):
             return self.out(unfused_attention(q, k, v, self.training))
         keys = k.shape[2]
         gqa = self.kv != self.h
-        if t == 1:
+        if self.window is not None or self.softcap is not None:
+            if self.window is not None:  # the kernel reads only the window's keys
+                keep = min(keys, self.window + t - 1)
+                k, v = k[:, :, keys - keep :], v[:, :, keys - keep :]
+            o = causal_attention(q, k, v, gqa, self.window, self.softcap)
+        elif t == 1:
             o = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
         elif keys == t:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
@@ -269,7 +290,7 @@ class Block(nn.Module):
         self.ln2 = None if self.parallel else _norm(cfg)
         self.ln1_post = _norm(cfg) if cfg.sandwich_norm else None
         self.ln2_post = _norm(cfg) if cfg.sandwich_norm else None
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, layer)
         self.mlp: nn.Module = (
             MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg, cfg.dense_ffn if cfg.moe else None)
         )
@@ -339,6 +360,7 @@ class DecoderLM(nn.Module):
         x = self.norm(x)
         if last_only:
             x = x[:, -1:]
-        if self.head is None:
-            return F.linear(x, self.embed.weight)
-        return self.head(x)
+        logits = F.linear(x, self.embed.weight) if self.head is None else self.head(x)
+        if self.cfg.final_softcap is not None:
+            logits = softcap(logits, self.cfg.final_softcap)
+        return logits

@@ -56,7 +56,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from xpusim.engine.graph import Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
 from xpusim.engine.model import EagerCalls, ModelGraph
-from xpusim.plugins.models.counting import NORM_FLOPS, causal_pairs
+from xpusim.plugins.models.counting import NORM_FLOPS, SOFTCAP_FLOPS, causal_pairs, window_pairs
 
 __all__ = [
     "NORM_FLOPS",
@@ -552,15 +552,24 @@ def fused_op(
 
 
 def causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enable_gqa: bool = False
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    enable_gqa: bool = False,
+    window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Attention with a causal mask aligned bottom-right (the queries are the last
-    ``q`` of ``k`` positions: a prefill chunk over a KV cache).
+    ``q`` of ``k`` positions: a prefill chunk over a KV cache), optionally over a sliding
+    ``window`` (a query sees the ``window`` keys ending at its own position) and with the
+    scores soft-capped at ``softcap`` (``c·tanh(s/c)``, Gemma 2).
 
     PyTorch's ``is_causal=True`` aligns top-left and its ``CausalBias`` cannot be built
     under a dispatch mode, so models call this. Outside a trace it runs
-    ``scaled_dot_product_attention`` with an explicit boolean mask; inside a trace it is
-    recorded as one ATTENTION op counting :func:`causal_pairs`.
+    ``scaled_dot_product_attention`` with an explicit boolean mask (or the scores by hand
+    when soft-capped); inside a trace it is recorded as one ATTENTION op counting
+    :func:`causal_pairs` (:func:`window_pairs` with a window) and, with soft-capping,
+    :data:`SOFTCAP_FLOPS` more per score.
     """
     lq, lk = q.shape[-2], k.shape[-2]
     rec = _ACTIVE.get()
@@ -569,11 +578,18 @@ def causal_attention(
             rep = q.shape[-3] // k.shape[-3]
             k, v = k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
         mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if window is not None:
+            mask &= torch.ones_like(mask).triu(lk - lq - window + 1)
+        if softcap is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        s = (softcap * torch.tanh(s / softcap)).masked_fill(~mask, float("-inf"))
+        return torch.softmax(s.float(), dim=-1).to(q.dtype) @ v
     with rec.suspend():
-        b, h, s, _ = q.shape
-        out = torch.empty(b, s, h, v.shape[-1], dtype=q.dtype, device=q.device).transpose(1, 2)
-    rec.record_sdpa((q, k, v), {"_lower_right": True}, out)
+        b, h, s_len, _ = q.shape
+        out = torch.empty(b, s_len, h, v.shape[-1], dtype=q.dtype, device=q.device)
+        out = out.transpose(1, 2)
+    rec.record_sdpa((q, k, v), {"_lower_right": True, "_window": window, "_softcap": softcap}, out)
     return out
 
 
@@ -664,7 +680,9 @@ class _Recorder:
         lq, lk, d = q.shape[-2], k.shape[-2], q.shape[-1]
         heads_batch = math.prod(q.shape[:-2])
         if kwargs.get("_lower_right"):
-            pairs, mask_bytes = causal_pairs(lq, lk), 0.0
+            w = kwargs.get("_window")
+            pairs = causal_pairs(lq, lk) if w is None else window_pairs(lq, lk, w)
+            mask_bytes = 0.0
         elif mask is not None and type(mask).__name__ == "CausalBias":
             variant = int(getattr(mask.variant, "value", mask.variant))
             pairs = causal_pairs(lq, lk) if variant == 2 else _causal_pairs_top_left(lq, lk)
@@ -676,6 +694,8 @@ class _Recorder:
             mask_bytes = self.nbytes(mask) if isinstance(mask, torch.Tensor) else 0.0
         dv = v.shape[-1]
         flops = 2.0 * heads_batch * pairs * (d + dv)
+        if kwargs.get("_softcap") is not None:
+            flops += SOFTCAP_FLOPS * heads_batch * pairs
         ins = [q, k, v]
         self.add(
             TracedOp(

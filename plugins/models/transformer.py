@@ -50,7 +50,12 @@ from xpusim.plugins.models.common import (
     torch_dtype,
     validate_spec,
 )
-from xpusim.plugins.models.counting import NORM_FLOPS, causal_pairs, window_pairs
+from xpusim.plugins.models.counting import (
+    NORM_FLOPS,
+    SOFTCAP_FLOPS,
+    causal_pairs,
+    window_pairs,
+)
 from xpusim.plugins.models.presets import DECODER_PRESETS, DECODER_SOURCES
 
 if TYPE_CHECKING:
@@ -71,8 +76,6 @@ __all__ = [
 ROPE_FLOPS = 3
 """FLOPs per rotated element of the fused RoPE kernel (``x·cos + rot(x)·sin``)."""
 GLU_FLOPS = 2
-SOFTCAP_FLOPS = 3
-"""FLOPs per capped value of logit soft-capping ``c·tanh(x/c)`` (divide, tanh, multiply)."""
 """FLOPs per output element of the fused gated activation (``act(g)·u``)."""
 INDEX_BYTES = 8
 """Bytes of one token id or routing index (int64)."""
@@ -679,8 +682,6 @@ class DecoderModel(EagerCounted):
         c = self.cfg
         checks = {
             "multi-head latent attention": c.mla,
-            "sliding-window attention": c.sliding_window is not None,
-            "logit soft-capping": c.attn_softcap is not None or c.final_softcap is not None,
         }
         return [name for name, on in checks.items() if on]
 
