@@ -383,6 +383,56 @@ def sweep(
 
 
 @app.command()
+def plan(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML file with a plan: block.")],
+    executor: Annotated[str, typer.Option(help="Where simulations run: local or dask.")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Dask scheduler address, tcp://HOST:PORT.")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Parallel workers (local pool or local Dask cluster).", min=1),
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Plan folder.")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="KEY.PATH=VALUE.")] = None,
+    max_configs: Annotated[
+        int | None, typer.Option(help="Most simulations the search may run.", min=1)
+    ] = None,
+    allow: AllowOption = None,
+) -> None:
+    """The cheapest configurations that meet the SLOs at a load (see docs/plan.md)."""
+    from xpusim.engine.plan.rank import rich_table
+    from xpusim.engine.plan.search import run_plan
+    from xpusim.engine.report.escape import terminal
+    from xpusim.engine.run import utc_stamp
+
+    def go() -> None:
+        _before_work(allow, None, spills=True)
+        if out_dir is not None:
+            from xpusim.engine.outpaths import check_not_in_run, check_not_symlink
+
+            check_not_symlink(out_dir, "--out")
+            check_not_in_run(out_dir, "--out")
+        host = _host()
+        ex = host.executors.get(executor, where="--executor")
+        target = out_dir or Path("results") / f"{scenario.stem}-plan-{utc_stamp()}"
+        res = run_plan(
+            scenario,
+            host,
+            ex,
+            target,
+            workers=workers,
+            address=address,
+            overrides=sets or [],
+            max_configs=max_configs,
+        )
+        out.print(rich_table(res.doc))
+        out.print(f"plan folder: {terminal(res.out_dir)}", markup=False)
+
+    guarded(go)
+
+
+@app.command()
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Run folders to merge.")],
     out_file: Annotated[Path, typer.Option("--out", help="Report file to write.")] = Path(

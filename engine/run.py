@@ -23,17 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from pydantic import ValidationError
 
 from xpusim.engine import __version__
 from xpusim.engine.backend import Backend, Compiled
 from xpusim.engine.calibration import apply_calibrations
+from xpusim.engine.capacity import CapacitySpec, overload, overload_metrics, system_knee
 from xpusim.engine.economics import price_system, record
-from xpusim.engine.errors import DoesNotFitError, UnsupportedError, XpusimError
+from xpusim.engine.errors import DoesNotFitError, ScenarioError, UnsupportedError, XpusimError
 from xpusim.engine.host import Host
 from xpusim.engine.metrics import vocabulary_for
+from xpusim.engine.model import model_facts
+from xpusim.engine.precision import QuantizedModel
 from xpusim.engine.reporter import Reporter
 from xpusim.engine.results import RunResult, SystemResult, check_out_dir, default_out_dir, write_run
-from xpusim.engine.scenario import Scenario, load_scenario, resolve
+from xpusim.engine.scenario import Scenario, load_scenario, resolve, validation_message
 from xpusim.engine.system import System
 from xpusim.engine.traces import TraceFormat
 from xpusim.engine.workload import SystemRun, WorkloadContext
@@ -147,12 +151,17 @@ def prepare(scenario: Scenario, host: Host) -> list[Prepared]:
         )
         backend = host.backends.get(system.backend)
         compiled: Compiled | None = None
+        model = scenario.model_for(system)
+        res.metrics.update(model_facts(model, system.parallelism))
+        if isinstance(model, QuantizedModel):  # the report says which formats and rates
+            res.figures.update(model.figures())
+            res.details["precision"] = model.describe()
         try:
-            support = backend.supports(scenario.model, scenario.workload.name)
+            support = backend.supports(model, scenario.workload.name)
             if not support.ok:
                 res.status, res.reason = "unsupported", support.reason
             else:
-                compiled = backend.compile(scenario.model, system)
+                compiled = backend.compile(model, system)
                 fit = scenario.workload.fit(scenario.workload_config, system, compiled)
                 res.details["memory"] = {
                     "need_bytes_per_device": fit.need_bytes,
@@ -226,7 +235,7 @@ def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None)
             ctx = WorkloadContext(
                 system=system,
                 compiled=prep.compiled,
-                model=scenario.model,
+                model=scenario.model_for(system),
                 seed=scenario.seed,
                 base_dir=scenario.base_dir,
                 resolve_trace=traces,
@@ -248,10 +257,12 @@ def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None)
             else:
                 res.metrics.update(run.metrics)
                 res.metrics.setdefault("simulated_s", run.simulated_s)
+                res.metrics.update(overload_metrics(overload(run.frames.get("requests"))))
                 res.frames = run.frames
                 price(res, system, prep.compiled, scenario)
             res.details["wall_s"] = time.perf_counter() - started
         results.append(res)
+    knees(scenario, host, results)
     if all(r.status == "does-not-fit" for r in results):
         reasons = " ".join(f"{r.name}: {r.reason}" for r in results)
         raise DoesNotFitError(
@@ -268,6 +279,35 @@ def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None)
         vocabulary=vocabulary_for(scenario.workload),
         detail=scenario.config.results.detail,
     )
+
+
+def knees(scenario: Scenario, host: Host, results: Sequence[SystemResult]) -> None:
+    """When the scenario asks (``capacity: {search: true}``), add each ok system's goodput
+    knee, ``max_rate_within_slo_per_s``, by bisection over short simulations of it alone."""
+    spec = capacity_spec(scenario)
+    if not spec.search:
+        return
+
+    def one(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        sc = resolve(dict(data), scenario.source, host, base_dir=scenario.base_dir)
+        res = simulate(sc, host).systems[0]
+        return res.metrics if res.status == "ok" else None
+
+    for i, res in enumerate(results):
+        if res.status != "ok":
+            continue
+        found = system_knee(scenario.data, i, res.metrics, one, spec)
+        if found is not None:
+            res.details["capacity"] = found
+            res.metrics["max_rate_within_slo_per_s"] = found["max_rate_within_slo_per_s"]
+
+
+def capacity_spec(scenario: Scenario) -> CapacitySpec:
+    """The scenario's ``capacity:`` block, validated (errors name the file and line)."""
+    try:
+        return CapacitySpec.model_validate(scenario.data.get("capacity") or {})
+    except ValidationError as exc:
+        raise ScenarioError(validation_message(exc, scenario.source, ("capacity",))) from None
 
 
 def utc_stamp() -> str:

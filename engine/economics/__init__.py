@@ -230,6 +230,9 @@ def price_system(
         out.not_known["break_even"] = be.result
     else:
         out.details["break_even"] = be.result
+        out.metrics["break_even_hours_per_year"] = be.result["break_even_hours_per_year"]
+        if be.result["busy_hours_per_year"] is not None:
+            out.metrics["break_even_months"] = be.result["break_even_months"]
     return out
 
 

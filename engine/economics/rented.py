@@ -23,6 +23,7 @@ SCENARIO_PREFIX = "scenario "
 """Sources of prices a scenario gives per system start with this."""
 
 _SPEC_FIELD = {"cloud": "on_demand", "spot": "spot", "reserved": "reserved", "owned": "list_price"}
+_KIND = {"cloud": "on-demand", "spot": "spot", "reserved": "committed", "owned": "purchase"}
 _TIERS = {"cloud": ("hyperscaler", "neocloud"), "spot": ("spot",), "reserved": ("committed",)}
 
 
@@ -54,9 +55,9 @@ def catalog_price(
     if own is not None:
         return own, ""
     named = " or ".join(TIER_LABEL[t] for t in tiers)
-    return (
-        None,
-        f"{spec.name} has no published {named} price (price catalog or price.{_SPEC_FIELD[pricing]})",
+    return None, (
+        f"{spec.name} has no published {_KIND[pricing]} price ({named} in the price catalog, "
+        f"or price.{_SPEC_FIELD[pricing]})"
     )
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from xpusim.engine.device import DATE_NOT_STATED, Figure
 from xpusim.engine.metrics import Metric, Vocabulary
+from xpusim.engine.report.verdict import candidates
 
 if TYPE_CHECKING:
     from xpusim.engine.results import RunResult, SystemResult
@@ -69,17 +70,22 @@ def shown_metrics(systems: Sequence[SystemResult], vocabulary: Vocabulary) -> li
 
 
 def best_systems(systems: Sequence[SystemResult], metric: Metric) -> set[str]:
-    """Names of the systems with the best value of ``metric`` (ties all win); none when the
-    metric has no direction, fewer than two systems have a value, or all of them tie."""
+    """The name of the one system with the best value of ``metric`` among those that meet
+    the scenario's SLOs (every ok system where there are none): empty when the metric has
+    no direction, fewer than two systems have a value, or the best value is shared (ties
+    are ties, and get no ★)."""
     if metric.better == "none":
         return set()
-    vals = {s.name: v for s in systems if (v := metric_value(s, metric)) is not None}
-    if len(vals) < 2:
+    pool = candidates(systems)
+    vals = {s.name: v for s in pool if (v := metric_value(s, metric)) is not None}
+    if len(vals) < 2 and len(pool) == len([s for s in systems if s.status == "ok"]):
+        return set()
+    if not vals:
         return set()
     target = min(vals.values()) if metric.better == "lower" else max(vals.values())
-    tol = 1e-12 * max(abs(target), 1.0)
+    tol = 1e-9 * max(abs(target), 1.0)
     best = {n for n, v in vals.items() if abs(v - target) <= tol}
-    return best if len(best) < len(vals) else set()
+    return best if len(best) == 1 else set()
 
 
 def not_known(system: SystemResult) -> dict[str, str]:

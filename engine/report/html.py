@@ -25,6 +25,7 @@ from xpusim.engine.report import (
     title_of,
 )
 from xpusim.engine.report import charts as ch
+from xpusim.engine.report.verdict import headline
 
 if TYPE_CHECKING:
     from xpusim.engine.results import RunResult
@@ -109,7 +110,8 @@ def _summary(run: RunResult) -> str:
         f'<tr><th class="name">Metric</th>{head}</tr>\n'
         + "\n".join(rows)
         + '\n</table></div>\n<p class="legend">★ marks the best system for a metric '
-        "(lowest latency, cost and energy; highest throughput and SLO attainment). "
+        "(lowest latency, cost and energy; highest throughput and SLO attainment) among "
+        "those that meet the SLOs; a shared best value is a tie and gets no ★. "
         '"not known" means a figure it needs is not published; see the notes below.</p>'
     )
 
@@ -200,6 +202,7 @@ def render_html(run: RunResult) -> str:
     body = "\n".join(
         part
         for part in (
+            f'<p class="verdict" id="verdict"><b>Verdict:</b> {_e(headline(run.systems))}</p>',
             _summary(run),
             _notes(run),
             _chart(
@@ -210,6 +213,15 @@ def render_html(run: RunResult) -> str:
                 "to draw.",
                 "Up and to the left is better; the dashed line joins the systems "
                 "no other system beats on both.",
+            ),
+            _chart(
+                "load",
+                "Latency versus load",
+                charts["load"],
+                "No capacity search ran; set capacity: {search: true} in the scenario to find "
+                "each system's highest rate within its SLOs.",
+                "Each system's p99 time to first token at the offered rates its capacity "
+                "search simulated: filled where the SLOs held, hollow where they did not.",
             ),
             _chart(
                 "latency",

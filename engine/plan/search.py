@@ -1,0 +1,265 @@
+"""``xpusim plan``: load the scenario and its ``plan:`` block, build and prune the search
+space, size every shape through a sweep executor, rank, and write plan.json and plan.md.
+
+Bad input exits 2 before anything is simulated: a search space left empty by pruning
+says why for each kind of shape and what would widen it, and a search that could run
+more simulations than ``max_configs`` (or ``--max-configs``) says how many and asks for a
+narrower block.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xpusim.engine import __version__
+from xpusim.engine.capacity import LoadPath, load_path, with_rate
+from xpusim.engine.errors import ScenarioError, XpusimError
+from xpusim.engine.executor import Executor, PointFailure
+from xpusim.engine.host import Host
+from xpusim.engine.plan import rank
+from xpusim.engine.plan.bound import request_mix
+from xpusim.engine.plan.probe import ShapeTask, run_shape
+from xpusim.engine.plan.space import Space, build_space
+from xpusim.engine.plan.spec import PlanSpec, parse_plan
+from xpusim.engine.scenario import (
+    Scenario,
+    apply_override,
+    parse_set,
+    read_scenario_data,
+    resolve,
+)
+from xpusim.engine.yamlsrc import Source
+
+
+class PlanError(XpusimError):
+    """A plan whose search space is empty or larger than its simulation budget."""
+
+
+@dataclass
+class PlanResult:
+    """The outcome of a plan: the plan.json document and the folder it was written to."""
+
+    doc: dict[str, Any]
+    out_dir: Path
+
+
+ProgressFn = Callable[[int, int], None]
+"""``progress(shapes_done, shapes_total)``."""
+
+
+def prepare_base(data: Mapping[str, Any], spec: PlanSpec, src: Source) -> dict[str, Any]:
+    """The scenario every configuration is built on: ``data`` without its plan, sweep and
+    capacity blocks, with the plan's SLO, price tier, provider, request count and rate."""
+    base = copy.deepcopy(dict(data))
+    for key in ("plan", "sweep", "capacity"):
+        base.pop(key, None)
+    workload = base.setdefault("workload", {})
+    slo = spec.slo_data()
+    if slo is not None:
+        workload["slo"] = slo
+    econ = base.setdefault("economics", {})
+    if spec.tier is not None:
+        econ.pop("pricing", None)
+        econ["tier"] = spec.tier
+    if spec.provider is not None:
+        econ["provider"] = spec.provider
+    arrivals = workload.get("arrivals")
+    if spec.requests is not None:
+        if isinstance(arrivals, dict):
+            arrivals.pop("duration", None)
+            arrivals["count"] = spec.requests
+        elif isinstance(workload.get("trace"), dict):
+            workload["trace"]["limit"] = spec.requests
+    if isinstance(spec.load.rate, float):
+        if not isinstance(arrivals, dict):
+            raise ScenarioError(
+                f"{src.where(('plan', 'load', 'rate'))}: a rate needs an arrival process "
+                "(workload.arrivals); this workload replays a trace, so use load: {trace: "
+                "true}, or describe the traffic with workload.arrivals."
+            )
+        base = with_rate(base, LoadPath(("workload", "arrivals", "rate")), spec.load.rate)
+    return base
+
+
+def _slo(scenario: Scenario) -> tuple[float | None, float | None]:
+    """The workload's TTFT and TBT objectives (seconds), where it has them."""
+    slo = getattr(scenario.workload_config, "slo", None)
+    return getattr(slo, "ttft_p99", None), getattr(slo, "tbt_p99", None)
+
+
+def empty_space_message(space: Space, src: Source, spec: PlanSpec) -> str:
+    """Why nothing is left to simulate, and what would widen the search."""
+    reasons = [str(r["pruned"]) for r in space.pruned]
+    fit = [r for r in reasons if r.startswith(("does-not-fit", "unsupported"))]
+    head = f"{src.where(('plan',))}: the plan's search space is empty:"
+    if reasons and len(fit) == len(reasons):
+        return (
+            f"{head} no candidate device can hold the model ({len(fit)} shapes tried; for "
+            f"example: {fit[0]}). Widen it with larger tensor or pipeline degrees "
+            "(plan.tensor, plan.pipeline), devices with more memory (plan.devices), or a "
+            "smaller model or precision."
+        )
+    budget = [r for r in reasons if r.startswith("over budget")]
+    if budget and len(budget) + len(fit) == len(reasons):
+        return (
+            f"{head} every configuration costs more than the budget ({budget[0]}). Raise "
+            "plan.budget_usd_per_hour or add cheaper devices."
+        )
+    slo = [r for r in reasons if "TTFT objective" in r]
+    if slo and len(slo) + len(fit) + len(budget) == len(reasons):
+        return (
+            f"{head} the SLOs cannot be met by any candidate ({slo[0]}). Loosen "
+            "plan.slo.ttft_p99, allow larger tensor degrees, or shorten the prompts."
+        )
+    kinds = sorted({r.split(":")[0] for r in reasons})
+    example = "; ".join(reasons[:3]) or "no device has a price at the chosen tier"
+    return (
+        f"{head} every shape was pruned ({', '.join(kinds) or 'no devices'}; for example: "
+        f"{example}). Widen it with a higher plan.count.max or budget_usd_per_hour, other "
+        "devices or price tier, or a lower load."
+    )
+
+
+def run_plan(
+    path: Path,
+    host: Host,
+    executor: Executor,
+    out_dir: Path,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    overrides: Sequence[str] = (),
+    max_configs: int | None = None,
+    progress: ProgressFn | None = None,
+) -> PlanResult:
+    """Answer the scenario's ``plan:`` question and write plan.json and plan.md whole."""
+    started = time.perf_counter()
+    data, src = read_scenario_data(path)
+    for item in overrides:
+        key, value = parse_set(item)
+        apply_override(data, key, value, f"--set {item}")
+    spec = parse_plan(data.get("plan"), src)
+    base = prepare_base(data, spec, src)
+    scenario = resolve(copy.deepcopy(base), src, host, base_dir=path.parent)
+    ttft, tbt = _slo(scenario)
+    if ttft is None and tbt is None:
+        raise PlanError(
+            f"{src.where(('plan',))}: a plan needs an SLO to meet; set plan.slo (for "
+            "example {ttft_p99: 2 s}) or workload.slo."
+        )
+    rate = spec.load.rate if isinstance(spec.load.rate, float) else None
+    mix = request_mix(base)
+    space = build_space(base, scenario, host, spec, scenario.config.economics, rate, mix, ttft)
+    if not space.shapes:
+        raise PlanError(empty_space_message(space, src, spec))
+    limit = max_configs if max_configs is not None else spec.max_configs
+    worst = len(space.shapes) * spec.probes
+    if worst > limit:
+        raise PlanError(
+            f"{src.where(('plan',))}: the search would run up to {worst:,} simulations "
+            f"({len(space.shapes)} configuration shapes x up to {spec.probes} probes each), "
+            f"more than the simulation budget of {limit:,}. Narrow the block (plan.devices, "
+            "plan.tensor, plan.max_batch, plan.count.max) or lower plan.probes, or raise "
+            "plan.max_configs or pass --max-configs."
+        )
+    mode = "rate" if spec.load.highest else "count"
+    where = load_path(base) if mode == "rate" else None
+    if mode == "rate" and where is None:
+        raise PlanError(
+            f"{src.where(('plan', 'load'))}: rate: max needs an arrival process "
+            "(workload.arrivals) whose rate the plan can raise."
+        )
+    tasks = [
+        ShapeTask(
+            s,
+            base,
+            str(path),
+            str(path.resolve().parent),
+            mode,
+            rate,
+            where,
+            spec.probes,
+            spec.count.min,
+        )
+        for s in space.shapes
+    ]
+    rows: list[dict[str, Any]] = []
+    done = 0
+    if progress:
+        progress(done, len(tasks))
+    for idx, outcome in executor.map(run_shape, tasks, workers=workers, address=address):
+        if isinstance(outcome, PointFailure):
+            rows.append(
+                {
+                    **tasks[idx].shape.params(),
+                    "status": "failed",
+                    "reason": outcome.error,
+                    "met": False,
+                }
+            )
+        else:
+            rows.extend(outcome)
+        done += 1
+        if progress:
+            progress(done, len(tasks))
+    rows.sort(
+        key=lambda r: (
+            r["device"],
+            r["tensor"],
+            r["pipeline"],
+            r["max_batch"],
+            r.get("replicas", 0),
+            r.get("rate_per_s") or 0.0,
+        )
+    )
+    order = rank.ranked(rows, mode)
+    best = order[0] if order else None
+    load = "at the workload's own load" if rate is None else f"at {rate:g} req/s"
+    doc: dict[str, Any] = {
+        "scenario": scenario.name,
+        "xpusim_version": __version__,
+        "mode": mode,
+        "load": {"rate_per_s": rate, "highest": spec.load.highest, "trace": spec.load.trace},
+        "slo": {"ttft_p99_s": ttft, "tbt_p99_s": tbt},
+        "pricing": {
+            "tier": scenario.config.economics.tier,
+            "pricing": scenario.config.economics.pricing,
+            "provider": scenario.config.economics.provider,
+        },
+        "shapes": len(space.shapes),
+        "simulations": sum(1 for r in rows if "replicas" in r),
+        "configurations": rows,
+        "pruned": space.pruned,
+        "best_per_device": rank.best_per_device(order),
+        "best": best,
+        "answer": rank.answer(rows, best, mode, load),
+        "table": rank.table_rows(order),
+        "executor": executor.name,
+        "workers": workers,
+    }
+    doc["wall_s"] = time.perf_counter() - started
+    write_plan(doc, out_dir)
+    return PlanResult(doc, out_dir)
+
+
+def write_plan(doc: Mapping[str, Any], out_dir: Path) -> None:
+    """Write plan.json and plan.md into ``out_dir`` whole (a temporary folder renamed)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ScenarioError(f"--out {out_dir}: the folder exists and is not empty; name a new one.")
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "plan.json").write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+    (tmp / "plan.md").write_text(rank.markdown(doc), encoding="utf-8")
+    if out_dir.exists():
+        out_dir.rmdir()
+    os.replace(tmp, out_dir)

@@ -1,0 +1,283 @@
+"""The search space of a plan and what is pruned from it before anything is simulated.
+
+A *shape* is one way to build a configuration: a device, a tensor and pipeline degree (a
+replica spans ``tensor x pipeline`` devices) and a scheduler batch limit; the search then
+picks its number of replicas. Shapes are pruned, each with the reason recorded, when:
+
+* the device's backend does not support the model or workload;
+* the device has no price at the plan's tier (a plan ranks by cost);
+* one replica does not fit the device's memory at that degree;
+* the closed-form bound (:mod:`.bound`) says even ``count.max`` devices (or the budget)
+  cannot carry the offered rate, or one prompt's prefill alone exceeds the TTFT objective;
+* even one replica costs more per hour than the budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from xpusim.engine.device import DeviceSpec
+from xpusim.engine.economics import HOUR_S, EconomicsConfig
+from xpusim.engine.economics.owned import lifetime_figure
+from xpusim.engine.economics.rented import catalog_price
+from xpusim.engine.host import Host
+from xpusim.engine.plan.bound import Mix, replica_bound
+from xpusim.engine.plan.spec import PlanSpec
+from xpusim.engine.run import prepare
+from xpusim.engine.scenario import Scenario, resolve
+
+AUTO_TENSOR = (1, 2, 4, 8, 16)
+"""Tensor degrees tried in turn when the plan names none: the smallest one at which a
+replica fits is kept (within one node)."""
+
+
+@dataclass(frozen=True)
+class Price:
+    """What one device costs per hour at the plan's tier, and where the figure is from.
+    A purchase is its price over the ownership lifetime (electricity not included)."""
+
+    usd_per_device_hour: float
+    cited: str
+    date: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The price as plan.json writes it."""
+        return {
+            "usd_per_device_hour": self.usd_per_device_hour,
+            "cited": self.cited,
+            "date": self.date or None,
+        }
+
+
+@dataclass
+class Shape:
+    """A configuration shape the search will size: device, degrees and batch limit, its
+    price, and the replica bound (``None`` when the request mix is not known)."""
+
+    device: str
+    backend: str
+    tensor: int
+    pipeline: int
+    max_batch: int
+    price: Price
+    bound_per_s: float | None = None
+    min_replicas: int = 1
+    max_replicas: int = 1
+
+    @property
+    def replica_devices(self) -> int:
+        """Devices one replica spans."""
+        return self.tensor * self.pipeline
+
+    def params(self) -> dict[str, Any]:
+        """The shape's parameters as plan.json writes them."""
+        return {
+            "device": self.device,
+            "backend": self.backend,
+            "tensor": self.tensor,
+            "pipeline": self.pipeline,
+            "max_batch": self.max_batch,
+        }
+
+
+@dataclass
+class Space:
+    """Shapes left to simulate and the pruned ones (``params`` plus ``pruned`` reason)."""
+
+    shapes: list[Shape] = field(default_factory=list)
+    pruned: list[dict[str, Any]] = field(default_factory=list)
+
+
+def system_data(shape: Shape, replicas: int) -> dict[str, Any]:
+    """The ``systems:`` entry of ``shape`` at ``replicas`` replicas."""
+    tp = f"t{shape.tensor}" + (f"p{shape.pipeline}" if shape.pipeline > 1 else "")
+    return {
+        "name": f"{shape.device}-{tp}-b{shape.max_batch}-x{replicas * shape.replica_devices}",
+        "backend": shape.backend,
+        "device": shape.device,
+        "count": replicas * shape.replica_devices,
+        "parallelism": {"tensor": shape.tensor, "pipeline": shape.pipeline},
+    }
+
+
+def config_data(base: Mapping[str, Any], shape: Shape, replicas: int) -> dict[str, Any]:
+    """Scenario ``base`` with one system: ``shape`` at ``replicas`` replicas and its batch
+    limit (``workload.scheduler.max_batch``)."""
+    data = copy.deepcopy(dict(base))
+    data["systems"] = [system_data(shape, replicas)]
+    workload = data.setdefault("workload", {})
+    scheduler = workload.setdefault("scheduler", {})
+    if isinstance(scheduler, dict):
+        scheduler["max_batch"] = shape.max_batch
+    return data
+
+
+def device_price(spec: DeviceSpec, econ: EconomicsConfig) -> Price | None:
+    """The hourly price of ``spec`` at the economics block's tier, or ``None``."""
+    fig, _ = catalog_price(spec, econ, econ.pricing)
+    if fig is None:
+        return None
+    if econ.pricing == "owned":
+        hours = lifetime_figure(econ).value / HOUR_S
+        return Price(fig.value / hours, f"{fig.cited}, over {hours:,.0f} h of life", fig.date)
+    return Price(fig.value * HOUR_S, fig.cited, fig.date)
+
+
+def devices(
+    host: Host, scenario: Scenario, names: list[str] | None
+) -> list[tuple[str, DeviceSpec]]:
+    """``(backend, spec)`` of the plan's devices: the named ones (any backend's, aliases
+    resolved), else every device of every backend."""
+    out: list[tuple[str, DeviceSpec]] = []
+    catalog = {
+        (b, name): spec
+        for b in host.backends.names()
+        for name, spec in host.backends.get(b).devices().items()
+    }
+    if names is None:
+        return [(b, spec) for (b, _), spec in sorted(catalog.items())]
+    for name in names:
+        found = [(b, s) for (b, _), s in catalog.items() if name == s.name or name in s.aliases]
+        if not found:
+            from xpusim.engine.errors import UnknownNameError
+            from xpusim.engine.registry import unknown_message
+
+            known = sorted({s.name for s in catalog.values()})
+            raise UnknownNameError(
+                unknown_message("device", name, known, scenario.source.where(("plan", "devices")))
+            )
+        out.append(found[0])
+    return out
+
+
+def _fit(base: Mapping[str, Any], shape: Shape, scenario: Scenario, host: Host) -> tuple[Any, str]:
+    """Compile one replica of ``shape``: its compiled model, or ``None`` and why not."""
+    sc = resolve(config_data(base, shape, 1), scenario.source, host, base_dir=scenario.base_dir)
+    prep = prepare(sc, host)[0]
+    if prep.compiled is None:
+        return None, f"{prep.result.status}: {prep.result.reason}"
+    return prep.compiled, ""
+
+
+def build_space(
+    base: Mapping[str, Any],
+    scenario: Scenario,
+    host: Host,
+    spec: PlanSpec,
+    econ: EconomicsConfig,
+    rate: float | None,
+    mix: Mix | None,
+    ttft_slo_s: float | None,
+) -> Space:
+    """Every shape of the plan, pruned by support, price, memory fit, the capacity bound and
+    the budget (see the module docstring). ``rate`` is the offered rate (``None`` when the
+    plan searches for the highest rate or replays a trace)."""
+    space = Space()
+    batches = spec.max_batch or [
+        int(scenario.workload.shape_hint(scenario.workload_config).get("batch", 1))
+    ]
+    kv_fraction = float(getattr(scenario.workload_config, "kv_memory_fraction", 0.9) or 0.9)
+    sizing = Sizing(mix, rate, ttft_slo_s, kv_fraction)
+    for backend, dev in devices(host, scenario, spec.devices):
+        head = {"device": dev.name, "backend": backend}
+        support = host.backends.get(backend).supports(scenario.model, scenario.workload.name)
+        if not support.ok:
+            space.pruned.append({**head, "pruned": f"unsupported: {support.reason}"})
+            continue
+        price = device_price(dev, econ)
+        if price is None:
+            _, why = catalog_price(dev, econ, econ.pricing)
+            space.pruned.append({**head, "pruned": f"no price: {why}"})
+            continue
+        kept = 0
+        for tensor in spec.tensor or AUTO_TENSOR:
+            if spec.tensor is None and (kept >= 1 or tensor > dev.devices_per_node):
+                break
+            fits = False
+            for pipeline in spec.pipeline:
+                for batch in batches:
+                    shape = Shape(dev.name, backend, tensor, pipeline, batch, price)
+                    fits = _consider(shape, base, scenario, host, spec, space, sizing) or fits
+            kept += fits
+    return space
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What sizing a shape reads: the request mix, the offered rate, the TTFT objective and
+    the KV share of memory."""
+
+    mix: Mix | None
+    rate: float | None
+    ttft_slo_s: float | None
+    kv_fraction: float
+
+
+def _consider(
+    shape: Shape,
+    base: Mapping[str, Any],
+    scenario: Scenario,
+    host: Host,
+    spec: PlanSpec,
+    space: Space,
+    sizing: Sizing,
+) -> bool:
+    """Keep or prune ``shape`` (recording why); whether one replica fits its memory."""
+    row = {**shape.params(), "price": shape.price.to_json()}
+    if shape.replica_devices > spec.count.max:
+        why = f"one replica needs {shape.replica_devices} devices, above count.max {spec.count.max}"
+        space.pruned.append({**row, "pruned": why})
+        return False
+    compiled, why = _fit(base, shape, scenario, host)
+    if compiled is None:
+        space.pruned.append({**row, "pruned": why})
+        return False
+    why = _size(shape, spec, compiled, sizing)
+    if why:
+        space.pruned.append({**row, "bound_per_replica_per_s": shape.bound_per_s, "pruned": why})
+    else:
+        space.shapes.append(shape)
+    return True
+
+
+def _size(shape: Shape, spec: PlanSpec, compiled: Any, sizing: Sizing) -> str:
+    """Set ``shape``'s replica range from the count limits, the budget and the bound;
+    return why the shape is pruned, or ``""``."""
+    m = shape.replica_devices
+    hi = spec.count.max // m
+    if spec.budget_usd_per_hour is not None:
+        affordable = int(spec.budget_usd_per_hour // (shape.price.usd_per_device_hour * m))
+        if affordable < 1:
+            return (
+                f"over budget: one replica ({m} devices) costs "
+                f"{shape.price.usd_per_device_hour * m:.4g} USD/h, above "
+                f"budget_usd_per_hour {spec.budget_usd_per_hour:g}"
+            )
+        hi = min(hi, affordable)
+    lo = max(1, math.ceil(spec.count.min / m))
+    mix, rate, ttft_slo_s = sizing.mix, sizing.rate, sizing.ttft_slo_s
+    if mix is not None:
+        b = replica_bound(compiled, mix, shape.max_batch, sizing.kv_fraction)
+        shape.bound_per_s = b.rate_per_s
+        if ttft_slo_s is not None and b.prefill_s > ttft_slo_s:
+            return (
+                f"bound: one mean prompt's prefill alone takes {b.prefill_s:.3g} s, above the "
+                f"TTFT objective {ttft_slo_s:.3g} s"
+            )
+        if rate is not None:
+            need = math.ceil(rate / b.rate_per_s - 1e-9)
+            if need > hi:
+                return (
+                    f"bound: a replica serves at most {b.rate_per_s:.3g} req/s, so {rate:.4g} "
+                    f"req/s needs at least {need} replicas ({need * m} devices), above the "
+                    f"{hi} replicas the count limit and budget allow"
+                )
+            lo = max(lo, need)
+    if lo > hi:
+        return f"count: at least {lo * m} devices needed, above the {hi * m} allowed"
+    shape.min_replicas, shape.max_replicas = lo, hi
+    return ""
