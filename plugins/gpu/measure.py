@@ -47,7 +47,7 @@ from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Op
 from xpusim.plugins.gpu import points as points_mod
 from xpusim.plugins.gpu.calibration import Calibration, save
-from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
+from xpusim.plugins.gpu.efficiency import LOW_PRECISION, GpuCostModel, GpuEfficiency
 from xpusim.plugins.gpu.points import Point, Points, attention_op, gemm_op
 
 GEMM_SHAPES: tuple[tuple[int, int, int], ...] = (
@@ -133,8 +133,11 @@ def fit_params(device: DeviceSpec, points: Mapping[str, Any]) -> dict[str, float
     A measured copy rate sets ``memory_fraction`` and a measured overhead sets
     ``kernel_overhead_s`` directly; whichever is missing is fitted to the GEMM points
     together with ``tensor_fraction``, by coordinate descent over fixed grids minimising
-    the mean squared log error. ``attention_fraction`` is then fitted to the attention
-    points with the GEMM parameters held."""
+    the mean squared log error. 8-bit GEMM points (fp8, int8) then fit
+    ``lowp_tensor_fraction`` with those held (a file of 8-bit points only fits the
+    16-bit parameters to them instead), and ``attention_fraction`` is fitted to the
+    attention points (causal ones priced with their diagonal blocks) with the GEMM
+    parameters held."""
     params: dict[str, float] = {}
     bw = float(points.get("copy_bytes_per_s") or 0.0)
     if bw > 0:
@@ -143,7 +146,11 @@ def fit_params(device: DeviceSpec, points: Mapping[str, Any]) -> dict[str, float
     if ovh is not None:
         params["kernel_overhead_s"] = max(0.0, float(ovh))
     eff = _with(GpuEfficiency(), params)
-    gemm = _pairs(points, "gemm")
+    every = _pairs(points, "gemm")
+    gemm = [(op, t) for op, t in every if op.dtype not in LOW_PRECISION]
+    lowp = [(op, t) for op, t in every if op.dtype in LOW_PRECISION]
+    if not gemm:
+        gemm, lowp = lowp, []
     if gemm:
         free: list[tuple[str, Sequence[float]]] = [("tensor_fraction", _FRACTIONS)]
         if "memory_fraction" not in params:
@@ -160,6 +167,10 @@ def fit_params(device: DeviceSpec, points: Mapping[str, Any]) -> dict[str, float
             if not changed:
                 break
         params.update({name: float(getattr(eff, name)) for name, _grid in free})
+    if lowp:
+        best = _line_search(device, eff, "lowp_tensor_fraction", _FRACTIONS, lowp)
+        eff = _with(eff, {"lowp_tensor_fraction": best})
+        params["lowp_tensor_fraction"] = float(best)
     attn = _pairs(points, "attention")
     if attn:
         best = _line_search(device, eff, "attention_fraction", _FRACTIONS, attn)

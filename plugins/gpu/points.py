@@ -13,8 +13,11 @@ A points file is JSON (``format: xpusim-gpu-points/1``)::
       "gemm": [{"m": 512, "n": 4096, "k": 4096, "dtype": "bf16", "seconds": 6.1e-5,
                 "label": "optional words"}],
       "attention": [{"bh": 32, "q": 2048, "kv": 2048, "d": 128, "dtype": "bf16",
-                     "seconds": 4.2e-4}]
+                     "seconds": 4.2e-4, "causal": true}]   # causal: optional, false
     }
+
+Other top-level fields (``launch_gap_s``, ``decode_step`` ... that
+``benchmarks/gpu_measure.sh`` records) are kept as they are in :attr:`Points.extra`.
 
 ``xpusim calibrate --backend gpu`` writes one beside every calibration it measures, and
 ``xpusim calibrate --backend gpu --points FILE`` fits a calibration from one on any machine:
@@ -58,19 +61,23 @@ def gemm_op(m: int, n: int, k: int, dtype: str) -> Op:
     )
 
 
-def attention_op(bh: int, q: int, kv: int, d: int, dtype: str) -> Op:
-    """The :class:`Op` of one non-causal flash-attention call over ``bh`` (sequence, head)
-    pairs."""
+def attention_op(bh: int, q: int, kv: int, d: int, dtype: str, causal: bool = False) -> Op:
+    """The :class:`Op` of one flash-attention call over ``bh`` (sequence, head) pairs,
+    ``causal`` with the queries at the end of the keys (only attended pairs count)."""
     b = dtype_bytes(dtype)
+    pairs = float(q * kv)
+    if causal:
+        pairs = q * kv - q * (q - 1) / 2 if kv >= q else kv * (kv + 1) / 2
     return Op(
         "attention",
         OpKind.ATTENTION,
-        flops=4.0 * bh * q * kv * d,
+        flops=4.0 * bh * pairs * d,
         bytes_read=bh * (q + 2 * kv) * d * b,
         bytes_written=bh * q * d * b,
         dims=(q, kv, d),
         batch=bh,
         dtype=dtype,
+        attrs=(("causal", 1.0),) if causal else (),
     )
 
 
@@ -121,6 +128,8 @@ class Points:
                 names, vals = _ATTN_DIMS, (p.op.batch, *p.op.dims)
             row: dict[str, Any] = dict(zip(names, (int(v) for v in vals), strict=True))
             row.update(dtype=p.op.dtype, seconds=p.seconds)
+            if p.op.kind is OpKind.ATTENTION and p.op.attr("causal", 0.0) > 0:
+                row["causal"] = True
             if p.label:
                 row["label"] = p.label
             return row
@@ -186,7 +195,10 @@ def _entries(where: str, raw: Mapping[str, Any], key: str, dims: Sequence[str]) 
         if key == "gemm":
             op = gemm_op(vals[0], vals[1], vals[2], dtype)
         else:
-            op = attention_op(vals[0], vals[1], vals[2], vals[3], dtype)
+            causal = row.get("causal", False)
+            if not isinstance(causal, bool):
+                raise XpusimError(f"{at}: 'causal' must be true or false, got {causal!r}.")
+            op = attention_op(vals[0], vals[1], vals[2], vals[3], dtype, causal)
         out.append(Point(op, secs, str(row.get("label", ""))))
     return out
 

@@ -1,0 +1,316 @@
+"""GPU microbenchmarks written as a points file: the measuring half of a GPU calibration.
+
+``benchmarks/gpu_measure.sh`` runs ``python -m xpusim.plugins.gpu.microbench`` on a GPU
+machine (under 8 minutes on an H100 or H200) and writes a points file
+(:mod:`xpusim.plugins.gpu.points`, ``format: xpusim-gpu-points/1``) that ``xpusim
+calibrate --backend gpu --points FILE`` fits. It times:
+
+* GEMMs over decode-to-prefill shapes in ``bf16`` (``torch.mm``) and ``fp8``
+  (``torch._scaled_mm`` with per-tensor scales, where the GPU has FP8 tensor cores);
+* attention through ``torch.nn.functional.scaled_dot_product_attention``: causal
+  prefills by length and head dim, and decodes (one query over a KV cache);
+* a streaming copy (``copy_bytes_per_s``), the back-to-back cost of a tiny kernel
+  (``kernel_overhead_s``) and the host cost of launching one when the GPU waits for it
+  (``launch_gap_s``);
+* one decode step of a small Llama-shaped model (RMSNorm, fused QKV, SDPA over a KV cache,
+  gated MLP), eager and replayed as a CUDA graph (``decode_step``): the difference is the
+  per-iteration launch cost a serving stack without CUDA graphs pays.
+
+Every measurement goes through a :class:`Timer`, so the same code runs on the CPU
+(``--device cpu``: tiny shapes, wall-clock timing, no FP8 and no graphs) for a dry run
+that checks the script and the file it writes without a GPU; such a file says so in its
+``measured_on`` and must not be used as a calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from xpusim.plugins.gpu import points as points_mod
+from xpusim.plugins.gpu.points import Point, Points, attention_op, gemm_op
+
+GEMM_SHAPES: tuple[tuple[int, int, int], ...] = (
+    (1, 4096, 4096),
+    (16, 4096, 4096),
+    (64, 4096, 14336),
+    (128, 14336, 4096),
+    (256, 4096, 4096),
+    (512, 6144, 4096),
+    (1024, 4096, 4096),
+    (2048, 28672, 4096),
+    (4096, 4096, 14336),
+    (8192, 8192, 8192),
+)
+"""GEMM shapes (m, n, k) on a GPU: Llama-3-8B-sized layers at 1 to 8,192 tokens."""
+
+PREFILL: tuple[tuple[int, int, int], ...] = (
+    (32, 512, 128),
+    (16, 2048, 128),
+    (8, 8192, 128),
+    (32, 2048, 64),
+)
+"""Causal prefills (sequences x heads, tokens, head dim)."""
+
+DECODE: tuple[tuple[int, int, int], ...] = ((256, 1024, 128), (1024, 2048, 128), (64, 8192, 128))
+"""Decodes (sequences x heads, cached keys, head dim): one query each."""
+
+CPU_GEMM = ((1, 64, 64), (32, 64, 128))
+CPU_PREFILL = ((2, 32, 16),)
+CPU_DECODE = ((4, 64, 16),)
+"""Tiny shapes of a ``--device cpu`` dry run."""
+
+
+@dataclass(frozen=True)
+class Timer:
+    """How one callable is timed: CUDA events around ``reps`` back-to-back calls on a GPU,
+    wall clock on the CPU, after ``warmup`` calls."""
+
+    torch: Any
+    cuda: bool
+    reps: int = 20
+    warmup: int = 3
+
+    def __call__(self, fn: Callable[[], Any], reps: int | None = None) -> float:
+        """Seconds per call of ``fn``."""
+        n = reps or self.reps
+        for _ in range(self.warmup):
+            fn()
+        if not self.cuda:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            return (time.perf_counter() - t0) / n
+        torch = self.torch
+        torch.cuda.synchronize()
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return float(start.elapsed_time(end)) * 1e-3 / n
+
+
+def fp8_supported(torch: Any, cuda: bool) -> bool:
+    """Whether this device runs ``torch._scaled_mm`` in FP8 (compute capability 8.9+)."""
+    if not cuda or not hasattr(torch, "float8_e4m3fn"):
+        return False
+    major, minor = torch.cuda.get_device_capability(0)
+    return (major, minor) >= (8, 9)
+
+
+def time_gemms(torch: Any, timer: Timer, dev: Any, shapes: Any, fp8: bool) -> list[Point]:
+    """GEMM points in bf16 (and fp8 where ``fp8``)."""
+    out = []
+    dt = torch.bfloat16 if timer.cuda else torch.float32
+    label_dt = "bf16" if timer.cuda else "fp32"
+    for m, n, k in shapes:
+        a = torch.randn(m, k, dtype=dt, device=dev)
+        b = torch.randn(k, n, dtype=dt, device=dev)
+        out.append(Point(gemm_op(m, n, k, label_dt), timer(partial(torch.mm, a, b)), "mm"))
+        if fp8 and m % 16 == 0:
+            a8 = a.to(torch.float8_e4m3fn)
+            b8 = b.t().contiguous().to(torch.float8_e4m3fn).t()
+            one = torch.ones((), device=dev)
+            run = partial(torch._scaled_mm, a8, b8, scale_a=one, scale_b=one, out_dtype=dt)
+            out.append(Point(gemm_op(m, n, k, "fp8"), timer(run), "_scaled_mm per-tensor"))
+    return out
+
+
+def time_attention(torch: Any, timer: Timer, dev: Any, prefill: Any, decode: Any) -> list[Point]:
+    """SDPA points: causal prefills and one-query decodes."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    dt = torch.bfloat16 if timer.cuda else torch.float32
+    label_dt = "bf16" if timer.cuda else "fp32"
+    out = []
+    for bh, s, d in prefill:
+        q, k, v = (torch.randn(1, bh, s, d, dtype=dt, device=dev) for _ in range(3))
+        op = attention_op(bh, s, s, d, label_dt, causal=True)
+        out.append(Point(op, timer(partial(sdpa, q, k, v, is_causal=True)), "sdpa prefill causal"))
+    for bh, kv, d in decode:
+        q = torch.randn(1, bh, 1, d, dtype=dt, device=dev)
+        k, v = (torch.randn(1, bh, kv, d, dtype=dt, device=dev) for _ in range(2))
+        op = attention_op(bh, 1, kv, d, label_dt)
+        out.append(Point(op, timer(partial(sdpa, q, k, v)), "sdpa decode"))
+    return out
+
+
+def time_memory(torch: Any, timer: Timer, dev: Any, nbytes: int) -> tuple[float, float, float]:
+    """(copy bytes/s, back-to-back tiny-kernel seconds, host launch gap seconds)."""
+    n = nbytes // 4
+    src = torch.empty(n, dtype=torch.float32, device=dev).normal_()
+    dst = torch.empty_like(src)
+    copy = 2 * n * 4 / timer(partial(dst.copy_, src))
+    one = torch.ones(1, device=dev)
+    overhead = timer(partial(one.add_, 1.0), reps=200)
+
+    def synced() -> None:
+        one.add_(1.0)
+        if timer.cuda:
+            torch.cuda.synchronize()
+
+    gap = Timer(torch, False, reps=200)(synced)
+    return copy, overhead, gap
+
+
+def small_llama(torch: Any, layers: int, hidden: int, heads: int, kv_heads: int) -> Any:
+    """A Llama-shaped decoder stack in plain torch (no weights loaded: random init)."""
+    from torch import nn
+
+    head = hidden // heads
+
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm1 = nn.RMSNorm(hidden)
+            self.qkv = nn.Linear(hidden, (heads + 2 * kv_heads) * head, bias=False)
+            self.o = nn.Linear(heads * head, hidden, bias=False)
+            self.norm2 = nn.RMSNorm(hidden)
+            self.up = nn.Linear(hidden, 2 * 4 * hidden, bias=False)
+            self.down = nn.Linear(4 * hidden, hidden, bias=False)
+
+        def forward(self, x: Any, k_cache: Any, v_cache: Any) -> Any:
+            b = x.shape[0]
+            qkv = self.qkv(self.norm1(x))
+            # the new token's K and V are projected (their cost counts) but the timed step
+            # reads a fixed cache: one more cached token does not change the step's time
+            q, _k, _v = qkv.split([heads * head, kv_heads * head, kv_heads * head], dim=-1)
+            q = q.view(b, heads, 1, head)
+            k_all = k_cache.repeat_interleave(heads // kv_heads, dim=1)
+            v_all = v_cache.repeat_interleave(heads // kv_heads, dim=1)
+            a = torch.nn.functional.scaled_dot_product_attention(q, k_all, v_all)
+            x = x + self.o(a.reshape(b, heads * head))
+            g, u = self.up(self.norm2(x)).chunk(2, dim=-1)
+            return x + self.down(torch.nn.functional.silu(g) * u)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(Layer() for _ in range(layers))
+
+        def forward(self, x: Any, k_cache: Any, v_cache: Any) -> Any:
+            for layer in self.layers:
+                x = layer(x, k_cache, v_cache)
+            return x
+
+    return Model()
+
+
+def time_decode_step(torch: Any, timer: Timer, dev: Any, cfg: dict[str, int]) -> dict[str, Any]:
+    """One decode step of :func:`small_llama`, eager and (on a GPU) as a CUDA graph."""
+    dt = torch.bfloat16 if timer.cuda else torch.float32
+    model = small_llama(torch, cfg["layers"], cfg["hidden"], cfg["heads"], cfg["kv_heads"])
+    model = model.to(device=dev, dtype=dt).eval()
+    head = cfg["hidden"] // cfg["heads"]
+    x = torch.randn(cfg["batch"], cfg["hidden"], dtype=dt, device=dev)
+    kc = torch.randn(cfg["batch"], cfg["kv_heads"], cfg["context"], head, dtype=dt, device=dev)
+    vc = torch.randn_like(kc)
+    out: dict[str, Any] = dict(cfg)
+    with torch.no_grad():
+        out["eager_s"] = timer(partial(model, x, kc, vc))
+        if timer.cuda:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    model(x, kc, vc)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                model(x, kc, vc)
+            out["graph_s"] = timer(graph.replay)
+    return out
+
+
+def measure(device: str = "cuda", quick: bool = False) -> Points:
+    """Run every microbenchmark on ``device`` (``cuda`` or ``cpu``) and return the points."""
+    import torch
+
+    cuda = device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit(
+            "gpu_measure: no CUDA device is visible to torch; run it on the GPU machine, or "
+            "pass --device cpu for a dry run of the script on tiny shapes."
+        )
+    dev = torch.device("cuda:0" if cuda else "cpu")
+    timer = Timer(torch, cuda, reps=20 if cuda else 3, warmup=3 if cuda else 1)
+    fp8 = fp8_supported(torch, cuda)
+    gemm_shapes = (GEMM_SHAPES[::3] if quick else GEMM_SHAPES) if cuda else CPU_GEMM
+    gemm = time_gemms(torch, timer, dev, gemm_shapes, fp8)
+    attn = time_attention(
+        torch,
+        timer,
+        dev,
+        PREFILL if cuda else CPU_PREFILL,
+        DECODE if cuda else CPU_DECODE,
+    )
+    copy, overhead, gap = time_memory(torch, timer, dev, (1024 if cuda else 1) * 2**20)
+    cfg = (
+        {"layers": 8, "hidden": 4096, "heads": 32, "kv_heads": 8, "batch": 8, "context": 1024}
+        if cuda
+        else {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "batch": 2, "context": 16}
+    )
+    step = time_decode_step(torch, timer, dev, cfg)
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        where = (
+            f"1x {props.name} ({props.total_memory / 2**30:.0f} GiB, "
+            f"{props.multi_processor_count} SMs), CUDA {torch.version.cuda}, torch "
+            f"{torch.__version__}"
+        )
+    else:
+        where = f"DRY RUN on the CPU (torch {torch.__version__}): not a GPU measurement"
+    return Points(
+        device="",
+        measured_on=where,
+        date=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        source="benchmarks/gpu_measure.sh",
+        gemm=tuple(gemm),
+        attention=tuple(attn),
+        copy_bytes_per_s=copy,
+        kernel_overhead_s=overhead,
+        extra={"launch_gap_s": gap, "decode_step": step, "fp8_measured": fp8},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and write the points file."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="points file to write")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument(
+        "--catalog-device",
+        default="",
+        help="GPU catalog name the points describe (default: matched from the CUDA name)",
+    )
+    ap.add_argument("--quick", action="store_true", help="a third of the GEMM shapes")
+    args = ap.parse_args(argv)
+    pts = measure(args.device, args.quick)
+    name = args.catalog_device
+    if not name:
+        if args.device != "cuda":
+            raise SystemExit("gpu_measure: --device cpu needs --catalog-device NAME")
+        import torch
+
+        from xpusim.plugins.gpu.catalog import catalog
+        from xpusim.plugins.gpu.measure import match_device
+
+        name = match_device(catalog(), torch.cuda.get_device_name(0)).name
+    points_mod.save(Points(**{**pts.__dict__, "device": name}), args.out)
+    print(
+        f"wrote {args.out}: {len(pts.gemm)} GEMM and {len(pts.attention)} attention points; "
+        f"copy {pts.copy_bytes_per_s or 0:.3g} B/s; decode step {pts.extra['decode_step']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

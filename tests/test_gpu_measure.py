@@ -1,0 +1,96 @@
+"""The GPU measuring script: its dry run on the CPU writes a points file the calibration
+fits, and the fit recovers 8-bit GEMM and causal attention fractions without a GPU."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from xpusim.plugins.gpu import points as points_mod
+from xpusim.plugins.gpu.catalog import catalog
+from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
+from xpusim.plugins.gpu.measure import calibrate_from_points, fit_params
+from xpusim.plugins.gpu.microbench import GEMM_SHAPES, main
+from xpusim.plugins.gpu.points import attention_op, gemm_op
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_dry_run_writes_a_points_file_the_fit_reads(tmp_path: Path) -> None:
+    """``--device cpu`` times tiny GEMMs, attention, copy, launch gaps and a decode step;
+    the file says it is a dry run, loads as points (causal prefill kept) and fits."""
+    out = tmp_path / "dry.points.json"
+    assert main(["--out", str(out), "--device", "cpu", "--catalog-device", "h100-sxm"]) == 0
+    pts = points_mod.load(out)
+    assert pts.device == "h100-sxm" and "DRY RUN" in pts.measured_on
+    assert pts.gemm and pts.attention and pts.copy_bytes_per_s and pts.kernel_overhead_s
+    assert any(p.op.attr("causal", 0.0) > 0 for p in pts.attention)
+    assert pts.extra["decode_step"]["eager_s"] > 0 and pts.extra["launch_gap_s"] > 0
+    cal, path = calibrate_from_points(catalog(), out, tmp_path / "cal.json", log=lambda s: None)
+    assert path.exists() and "tensor_fraction" in cal.params
+
+
+def test_shell_wrapper_refuses_without_arguments() -> None:
+    """The shell script states its usage and exits 2 when given no output file."""
+    run = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_measure.sh")], capture_output=True, text=True
+    )
+    assert run.returncode == 2 and "usage" in run.stderr
+
+
+def test_fit_recovers_lowp_and_causal_attention_fractions() -> None:
+    """Points generated from known fractions, fp8 GEMMs and causal prefills among them,
+    give those fractions back."""
+    spec = catalog()["h100-sxm"]
+    true = replace(
+        GpuEfficiency(),
+        tensor_fraction=0.8,
+        lowp_tensor_fraction=0.6,
+        attention_fraction=0.35,
+        memory_fraction=0.9,
+        kernel_overhead_s=4e-6,
+    )
+    model = GpuCostModel(spec, true)
+    gemm = [
+        (gemm_op(m, n, k, dt), model(gemm_op(m, n, k, dt)).seconds)
+        for m, n, k in GEMM_SHAPES
+        for dt in ("bf16", "fp8")
+    ]
+    attn = [
+        (op, model(op).seconds)
+        for op in (attention_op(32, s, s, 128, "bf16", causal=True) for s in (512, 2048, 8192))
+    ]
+    params = fit_params(
+        spec,
+        {
+            "copy_bytes_per_s": 0.9 * spec.memory_bw.value,
+            "kernel_overhead_s": 4e-6,
+            "gemm": gemm,
+            "attention": attn,
+        },
+    )
+    assert params["tensor_fraction"] == pytest.approx(0.8, abs=0.011)
+    assert params["lowp_tensor_fraction"] == pytest.approx(0.6, abs=0.011)
+    assert params["attention_fraction"] == pytest.approx(0.35, abs=0.011)
+
+
+def test_points_file_keeps_causal_flag(tmp_path: Path) -> None:
+    """A causal attention point survives a save and load; a non-boolean flag is refused."""
+    pts = points_mod.Points(
+        device="h100-sxm",
+        measured_on="test",
+        date="2026-12-05",
+        source="test",
+        attention=(points_mod.Point(attention_op(8, 64, 64, 16, "bf16", causal=True), 1e-5),),
+    )
+    path = points_mod.save(pts, tmp_path / "p.json")
+    back = points_mod.load(path)
+    assert back.attention[0].op.attr("causal", 0.0) == 1.0
+    assert back.attention[0].op.flops == pytest.approx(4 * 8 * (64 * 64 - 64 * 63 / 2) * 16)
+    text = path.read_text().replace('"causal": true', '"causal": "yes"')
+    path.write_text(text)
+    with pytest.raises(Exception, match="causal"):
+        points_mod.load(path)
