@@ -250,3 +250,11 @@ def test_summary_carries_op_counts_and_declared_mapping_facts(model) -> None:  #
     assert "not_a_declared_fact" not in m
     declared = {x.name for x in SPIKING.metrics}
     assert set(m) - {"energy_j", "energy_per_sample_j", "simulated_s"} <= declared
+
+
+def test_capacity_is_what_the_system_could_carry(model) -> None:  # type: ignore[no-untyped-def]
+    """At a low offered load throughput is the load; capacity is the most samples per
+    second the replica finishes (batch 4 of 100 ms steps taken whole: 40/s)."""
+    run = _sweep_run(model, rate="2/s", batch=4, sweep={"enabled": False})
+    assert run.metrics["throughput_samples_per_s"] < 3.0
+    assert run.metrics["capacity_samples_per_s"] == pytest.approx(40.0)

@@ -23,8 +23,9 @@ Frames: ``steps`` (one row per batch step), ``requests`` (one row per sample wit
 ``latency_s``), ``devices`` (the power-state timeline, :data:`xpusim.engine.frames.DEVICES_SCHEMA`),
 ``operating_points`` (energy per inference and latency over offered load and input
 rate, :mod:`.spiking_sweep`).
-Metrics: ``throughput_samples_per_s``, ``e2e_p50_s``, ``e2e_p99_s``, ``latency_mean_s``,
-``simulated_s``; per inference ``synaptic_events_per_sample``, and per timestep the
+Metrics: ``throughput_samples_per_s`` (what the offered load gave),
+``capacity_samples_per_s`` (the most the system finishes), ``e2e_p50_s``, ``e2e_p99_s``,
+``latency_mean_s``, ``simulated_s``; per inference ``synaptic_events_per_sample``, and per timestep the
 equivalent ``dense_ops_per_timestep`` (what a GPU or TPU computes: every synapse
 multiplied and every neuron updated) and ``synaptic_events_per_timestep`` (what an
 event-driven chip processes); and what a placing backend decided
@@ -36,6 +37,7 @@ static/active split, cost and carbon.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -56,7 +58,7 @@ from xpusim.engine.metrics import (
 from xpusim.engine.qty import Duration, Rate
 from xpusim.engine.spiking import SpikingModel
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
-from xpusim.plugins.workloads.spiking_sweep import SweepConfig, operating_points
+from xpusim.plugins.workloads.spiking_sweep import SweepConfig, capacity, operating_points
 from xpusim.plugins.workloads.spiking_world import run_world
 
 __all__ = ["REQUESTS_SCHEMA", "STEPS_SCHEMA", "WORKLOADS", "SpikingConfig", "SpikingWorkload"]
@@ -112,6 +114,18 @@ def _fact(name: str, label: str, description: str, order: int, unit: str = "") -
         name, label, unit, description=description, order=order, table=False, better="none"
     )
 
+
+CAPACITY = Metric(
+    "capacity_samples_per_s",
+    "Capacity",
+    "samples/s",
+    better="higher",
+    description="the most samples per second the system finishes, over batch sizes up to "
+    "the workload's batch: what it could carry, where throughput is what it was offered",
+    order=110,
+    table=False,
+)
+"""The system's capacity, beside the throughput the offered load gave."""
 
 FACT_METRICS: tuple[Metric, ...] = (
     _fact("boards", "Boards", "boards of the neuromorphic machine", 800),
@@ -213,6 +227,7 @@ class SpikingWorkload(Workload):
             order=260,
         ),
         detail("timesteps_per_sample", "Timesteps per sample", description="network timesteps"),
+        CAPACITY,
         *FACT_METRICS,
     )
 
@@ -307,6 +322,9 @@ class SpikingWorkload(Workload):
             "simulated_s": horizon,
             "timesteps_per_sample": steps_per_sample,
         }
+        most = capacity(compiled, config.batch, steps_per_sample)
+        if math.isfinite(most):
+            metrics["capacity_samples_per_s"] = most
         if isinstance(model, SpikingModel):
             metrics.update(_op_counts(model, steps_per_sample))
         declared = {m.name for m in FACT_METRICS}
