@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from xpusim.engine.errors import ScenarioError
-from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.graph import OpKind, Phase, Shape
 from xpusim.plugins.models.hf import HFFamily
 from xpusim.plugins.models.hf_presets import HF_PRESETS
 from xpusim.plugins.models.transformer import LLAMA
@@ -228,3 +228,33 @@ systems:
     bad.write_text(text % "qwen2-7c")
     with pytest.raises(ScenarioError, match="did you mean 'qwen2-7b'"):
         load_scenario(bad, default_host())
+
+
+@pytest.mark.parametrize("preset", ["deepseek-v3", "qwen3-30b-a3b", "gemma-3-27b", "qwen2.5-7b"])
+def test_forward_gemm_flops_follow_the_parameter_count(preset: str) -> None:
+    """A forward pass's GEMM FLOPs equal 2 × tokens × the GEMM weights a token passes
+    through (counted from the parameters, independently of the graph), plus the routers:
+    the graph (MLA's expanded form, shared experts, dense layers included) and the counts
+    agree."""
+    m = HF.configure({"preset": preset})
+    tokens = 512
+    g = m.build(Shape(Phase.FORWARD, batch=1, tokens=tokens))
+    gemm = sum(o.flops * o.count for o in g.by_kind(OpKind.MATMUL))
+    x = m.experts
+    routers = 2 * tokens * m.cfg.hidden * x.experts * x.moe_layers if x else 0
+    assert gemm == pytest.approx(tokens * m.info.flops_per_token + routers, rel=1e-12)
+
+
+def test_mla_decode_reads_the_latent_once() -> None:
+    """MLA decode runs the absorbed form: the query is mapped into the latent, attention
+    reads each cached token's latent and rotary key once for all heads, and the output is
+    mapped back; prefill runs the expanded form (keys and values up-projected)."""
+    m = HF.configure({"preset": "deepseek-v3"})
+    dec = {o.name: o for o in m.build(Shape(Phase.DECODE, batch=4, tokens=1, context=999)).ops}
+    core = dec["attn.core"]
+    assert {"attn.q_absorb", "attn.v_absorb"} <= set(dec) and "attn.kv_b" not in dec
+    latent = 4 * 1000 * (512 + 64) * 2
+    assert core.bytes_read == 4 * 128 * (512 + 64) * 2 + latent
+    assert core.flops == 2 * (576 + 512) * 1000 * 128 * 4
+    pre = {o.name for o in m.build(Shape(Phase.PREFILL, batch=1, tokens=64)).ops}
+    assert "attn.kv_b" in pre and "attn.q_absorb" not in pre
