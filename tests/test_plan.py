@@ -1,0 +1,150 @@
+"""``xpusim plan``: the answer meets the SLOs and the next cheaper configuration does not;
+an empty or oversized search space is refused with exit 2 saying what would widen it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from xpusim.engine.capacity import meets_slo
+from xpusim.engine.cli import app
+from xpusim.engine.executor import Executor, PointFailure
+from xpusim.engine.host import Host
+from xpusim.engine.plan.search import PlanError, run_plan
+from xpusim.engine.run import load, simulate
+
+REPO = Path(__file__).resolve().parents[1]
+PLAN_8B = REPO / "scenarios" / "plan-llama3-8b.yaml"
+H100_ONLY = ["plan.devices=[h100-sxm]", "workload.arrivals.count=800"]
+
+
+class InProcess(Executor):
+    """Runs every task in this process, one after another (a test double of the local
+    pool, so the tests need no worker processes)."""
+
+    name = "in-process"
+
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        points: Sequence[Any],
+        *,
+        workers: int | None = None,
+        address: str | None = None,
+        retries: int = 2,
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``fn(point)`` for each point in order (a failure as a PointFailure)."""
+        for i, p in enumerate(points):
+            try:
+                yield i, fn(p)
+            except Exception as exc:
+                yield i, PointFailure(f"{type(exc).__name__}: {exc}")
+
+
+def _plan(host: Host, tmp_path: Path, sets: Sequence[str]) -> dict[str, Any]:
+    return run_plan(PLAN_8B, host, InProcess(), tmp_path / "plan", overrides=sets).doc
+
+
+@pytest.fixture(scope="module")
+def h100_plan(host: Host, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _plan(host, tmp_path_factory.mktemp("plan"), H100_ONLY)
+
+
+def _met(host: Host, count: int) -> bool | None:
+    """Whether ``count`` H100s meet the plan's SLO at its load, run as a plain scenario."""
+    sc = load(
+        PLAN_8B,
+        host,
+        [*H100_ONLY[1:], f"systems.0.count={count}", "workload.slo={ttft_p99: 2 s}"],
+    )
+    return meets_slo(simulate(sc, host).systems[0].metrics)
+
+
+def test_the_chosen_h100_count_meets_the_slo_and_one_fewer_does_not(
+    host: Host, h100_plan: dict[str, Any]
+) -> None:
+    """How many H100s serve 50 req/s of Llama-3-8B within TTFT p99 2 s: the plan's answer,
+    run again as an ordinary scenario, meets the SLO; one H100 fewer does not."""
+    best = h100_plan["best"]
+    assert best is not None and best["device"] == "h100-sxm" and best["met"]
+    assert _met(host, best["count"]) is True
+    assert best["count"] > 1
+    assert _met(host, best["count"] - 1) is False
+    assert "one replica fewer meets them for only" in h100_plan["answer"]
+
+
+def test_plan_json_records_every_configuration_its_verdict_and_the_pruned(
+    h100_plan: dict[str, Any], tmp_path: Path
+) -> None:
+    """Every simulated configuration has its parameters, metrics, SLO verdict and cost;
+    the best per device and overall are named; plan.md carries the answer."""
+    sims = [r for r in h100_plan["configurations"] if "replicas" in r]
+    assert sims and h100_plan["simulations"] == len(sims)
+    for r in sims:
+        assert {"device", "count", "tensor", "max_batch", "met", "usd_per_hour", "metrics"} <= set(
+            r
+        )
+        assert r["usd_per_hour"] == pytest.approx(r["count"] * r["price"]["usd_per_device_hour"])
+    assert h100_plan["best_per_device"]["h100-sxm"] == h100_plan["best"]
+    assert h100_plan["answer"].startswith("Cheapest within the SLOs at 50 req/s")
+
+
+def test_the_written_folder_holds_plan_json_and_plan_md(host: Host, tmp_path: Path) -> None:
+    """The plan folder is written whole: plan.json parses and plan.md states the answer."""
+    doc = _plan(host, tmp_path, [*H100_ONLY, "plan.count.max=4"])
+    written = json.loads((tmp_path / "plan" / "plan.json").read_text(encoding="utf-8"))
+    assert written["answer"] == doc["answer"]
+    assert doc["answer"] in (tmp_path / "plan" / "plan.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("sets", "words"),
+    [
+        (
+            ["plan.devices=[l4]", "plan.tensor=[1]", "model.preset=llama-3-70b"],
+            "no candidate device can hold the model",
+        ),
+        (["plan.budget_usd_per_hour=0.5", "plan.devices=[h100-sxm, b200]"], "more than the budget"),
+        (["plan.slo={ttft_p99: 1 ms}", "plan.devices=[h100-sxm]"], "SLOs cannot be met"),
+    ],
+    ids=["nothing-fits", "over-budget", "impossible-slo"],
+)
+def test_an_empty_search_space_says_why_and_what_would_widen_it(
+    host: Host, tmp_path: Path, sets: list[str], words: str
+) -> None:
+    """No device holds the model, a budget below any configuration, or an SLO no device
+    can reach: refused before simulating, naming the place and the way to widen it."""
+    with pytest.raises(PlanError, match=words) as info:
+        _plan(host, tmp_path, sets)
+    assert "plan" in str(info.value) and not (tmp_path / "plan").exists()
+
+
+def test_a_search_over_the_simulation_budget_is_refused_with_its_size(
+    host: Host, tmp_path: Path
+) -> None:
+    """More possible simulations than max_configs: the error gives the count and asks for a
+    narrower block or --max-configs."""
+    with pytest.raises(PlanError, match=r"up to \d+ simulations .*--max-configs"):
+        _plan(host, tmp_path, ["plan.max_configs=3"])
+
+
+def test_the_command_exits_2_on_an_empty_search_space(tmp_path: Path) -> None:
+    """``xpusim plan`` turns a plan error into exit 2 with one paragraph, no traceback."""
+    result = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            str(PLAN_8B),
+            "--out",
+            str(tmp_path / "p"),
+            "--set",
+            "plan.budget_usd_per_hour=0.5",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "budget" in result.output and "Traceback" not in result.output
