@@ -395,7 +395,7 @@ def load_curve(systems: Sequence[SystemResult]) -> str | None:
         fig = _figure(6.4, 4.0)
         ax = fig.add_subplot()
         for name, pts in curves:
-            xs, ys, met = zip(*pts, strict=True)
+            xs, ys, _met = zip(*pts, strict=True)
             ax.plot(xs, ys, color=col[name], linewidth=1, label=name)
             for x, y, ok in pts:
                 face = col[name] if ok else "none"
