@@ -82,10 +82,10 @@ def allowed() -> tuple[str, ...]:
 def allow(names: Iterable[str], where: str = "--allow-module") -> None:
     """Add ``names`` to the allowed prefixes of this process and the processes it starts
     (the variable :data:`ALLOW_ENV`). Each is checked first: nothing is changed on error."""
+    before = allowed()  # a bad environment variable is refused even with no option
     new = [check_prefix(n, f"{where} {n}") for n in names]
     if new:
-        merged = list(dict.fromkeys([*allowed(), *new]))
-        os.environ[ALLOW_ENV] = ",".join(merged)
+        os.environ[ALLOW_ENV] = ",".join(dict.fromkeys([*before, *new]))
 
 
 def _is_allowed(module: str, prefixes: Iterable[str]) -> bool:
@@ -111,6 +111,8 @@ def _import(mod_name: str, where: str) -> ModuleType:
         if entry not in sys.path:
             sys.path.insert(0, entry)
             added = True
+    # never write __pycache__ into the user's folders: reading a scenario changes nothing
+    bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
         return run_user(lambda: importlib.import_module(mod_name), f"{where}: importing")
     except ScenarioError as exc:
@@ -123,6 +125,7 @@ def _import(mod_name: str, where: str) -> ModuleType:
             ) from None
         raise
     finally:
+        sys.dont_write_bytecode = bytecode
         if added:
             with contextlib.suppress(ValueError):
                 sys.path.remove(str(folder.resolve()))  # type: ignore[union-attr]

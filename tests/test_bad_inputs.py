@@ -54,6 +54,9 @@ def _prepare(case: dict[str, Any], work: Path) -> tuple[list[str], Path, dict[st
                 fh.write(chunk)
             fh.write(gen["repeat"] * rest)
             fh.write(gen.get("tail", ""))
+    fifo = case.get("fifo")
+    if fifo:
+        os.mkfifo(work / "in" / fifo)
     out = work / "out" / "run"
     kind = case.get("out", "absent")
     if kind == "file":
@@ -62,8 +65,19 @@ def _prepare(case: dict[str, Any], work: Path) -> tuple[list[str], Path, dict[st
     elif kind == "full":
         out.mkdir(parents=True)
         (out / "summary.json").write_text("{}\n", encoding="utf-8")
-    extra = [a.replace("{out}", str(out)) for a in case.get("args", [])]
-    argv = [case.get("command", "run"), str(Path("in") / case["scenario"])]
+    elif kind == "dangling":
+        out.parent.mkdir()
+        out.symlink_to(work / "nowhere")
+    elif kind == "link-to-empty":
+        (work / "elsewhere").mkdir()
+        out.parent.mkdir()
+        out.symlink_to(work / "elsewhere")
+    extra = [a.replace("{out}", str(out)).replace("{in}", "in") for a in case.get("args", [])]
+    command = case.get("command", "run")
+    target = str(Path("in") / case["scenario"])
+    argv = [command, target]
+    if command == "calibrate":
+        argv = ["calibrate", "--backend", "gpu", "--points", target]
     if argv[0] == "run":
         if "--out" not in extra:
             argv += ["--out", str(out)]
@@ -84,6 +98,8 @@ def _check(
     assert case["place"] in message, f"place {case['place']!r} not named in {message!r}"
     for fragment in case.get("expect", []):
         assert fragment in message, f"{fragment!r} not in {message!r}"
+    for fragment in case.get("absent", []):
+        assert fragment not in stderr + stdout, f"{fragment!r} echoed in {message!r}"
     after = _tree(work)
     assert after == before, (
         f"files changed: added {sorted(set(after) - set(before))}, "
@@ -99,7 +115,12 @@ def test_bad_input(case: dict[str, Any], tmp_path: Path, monkeypatch: pytest.Mon
     work.mkdir()
     argv, _, before = _prepare(case, work)
     monkeypatch.chdir(work)
+    monkeypatch.setenv("XPUSIM_ALLOW_MODULES", "")  # --allow-module sets it: undone after
+    for key, value in case.get("env", {}).items():
+        monkeypatch.setenv(key, value.replace("{in}", str(work / "in")))
     result = CliRunner().invoke(app, argv)
+    for name in [m for m in sys.modules if m.split(".")[0] == "usermods"]:
+        del sys.modules[name]  # the corpus's user package, imported from this case's copy
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"internal fault: {result.exception!r}") from result.exception
     _check(case, result.exit_code, result.stderr, result.stdout, work, before)
@@ -112,11 +133,12 @@ def test_corpus_is_large_and_well_formed() -> None:
     assert len(ids) >= 40
     assert len(set(ids)) == len(ids)
     known = {"id", "scenario", "command", "args", "out", "generate", "place", "expect"}
+    known |= {"env", "fifo", "absent"}
     for c in CASES:
         assert set(c) <= known, (c["id"], set(c) - known)
         assert c["place"], c["id"]
         target = CORPUS / c["scenario"]
-        generated = c.get("generate", {}).get("path") == c["scenario"]
+        generated = c.get("generate", {}).get("path") == c["scenario"] or c.get("fifo")
         assert target.exists() or generated or "no_such" in c["scenario"], c["id"]
 
 

@@ -1,0 +1,1 @@
+"""User modules the hostile-input corpus points `family: torch` models at."""
