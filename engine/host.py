@@ -243,7 +243,20 @@ class Host:
         for spec in devs.values():
             if name in spec.aliases:
                 return spec
-        raise UnknownNameError(unknown_message(f"{backend} device", name, list(devs), where))
+        names = [*devs, *(a for spec in devs.values() for a in spec.aliases)]
+        message = unknown_message(f"{backend} device", name, names, where)
+        for other in self.backends.names():
+            if other != backend and self._has_device(other, name):
+                message += f" {name!r} is a {other} device: set backend: {other}."
+        raise UnknownNameError(message)
+
+    def _has_device(self, backend: str, name: str) -> bool:
+        """Whether ``backend`` (if it loads) has a device or alias called ``name``."""
+        try:
+            devs = self.backends.get(backend).devices()
+        except XpusimError:  # a plugin that fails to load has no devices to offer
+            return False
+        return name in devs or any(name in spec.aliases for spec in devs.values())
 
     def failed_plugins(self) -> dict[str, str]:
         """Plugins that failed to import or raised in a hook, with their errors."""

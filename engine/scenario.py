@@ -12,26 +12,35 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xpusim.engine.detail import ResultsConfig
-from xpusim.engine.device import DeviceSpec, Figure, LinkSpec, PriceSpec
+from xpusim.engine.device import (
+    DerivedDevice,
+    DeviceSpec,
+    Figure,
+    LinkSpec,
+    PriceSpec,
+    derive_device,
+)
 from xpusim.engine.economics import EconomicsConfig
 from xpusim.engine.errors import ScenarioError, XpusimError
 from xpusim.engine.host import Host
 from xpusim.engine.model import ModelGraph
+from xpusim.engine.precision import QuantizedModel, model_block, parse_precision, scheme_in_dtype
 from xpusim.engine.qty import Bandwidth, DurationOrZero, Money, PricePerTime
 from xpusim.engine.registry import nearest
 from xpusim.engine.system import Parallelism, System, Topology
+from xpusim.engine.trust import scenario_folder
 from xpusim.engine.workload import Workload
-from xpusim.engine.yamlsrc import Path_, Source, dotted, load_yaml, read_text
+from xpusim.engine.yamlsrc import Path_, Source, dotted, load_value, load_yaml, read_text
 
 # --- schema -----------------------------------------------------------------------------
 
@@ -50,6 +59,7 @@ class ParallelismConfig(_Strict):
     sequence: bool = False
     zero: int = Field(default=0, ge=0, le=3)
     expert: int = Field(default=1, ge=1)
+    context: int = Field(default=1, ge=1)
 
 
 class LinkConfig(_Strict):
@@ -82,12 +92,15 @@ class SystemConfig(_Strict):
 
     name: str = Field(min_length=1, max_length=100)
     backend: str
-    device: str
+    device: str | DerivedDevice
+    """A catalog device name, or a device derived from one (engine/device.py)."""
     count: int = Field(default=1, ge=1, le=1_000_000)
     parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig)
     topology: TopologyConfig = Field(default_factory=TopologyConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     options: dict[str, Any] = Field(default_factory=dict)
+    precision: str | dict[str, Any] | None = None
+    """Weight, activation and KV-cache formats (engine/precision.py); default 16-bit."""
 
 
 class ScenarioConfig(_Strict):
@@ -102,6 +115,8 @@ class ScenarioConfig(_Strict):
     economics: EconomicsConfig = Field(default_factory=EconomicsConfig)
     results: ResultsConfig = Field(default_factory=ResultsConfig)
     sweep: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
+    capacity: dict[str, Any] | None = None
     extends: str | None = None
 
 
@@ -127,6 +142,12 @@ class Scenario:
     systems: list[System]
     path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    system_models: dict[str, ModelGraph] = field(default_factory=dict)
+    """The model of each system that runs at its own precision, by system name."""
+
+    def model_for(self, system: System) -> ModelGraph:
+        """The model ``system`` runs: its quantized model, or the scenario's."""
+        return self.system_models.get(system.name, self.model)
 
     @property
     def name(self) -> str:
@@ -153,10 +174,7 @@ def parse_set(item: str) -> tuple[list[str | int], Any]:
             f"--set workload.arrivals.rate=20/s or --set systems.0.count=2."
         )
     path: list[str | int] = [int(p) if p.isdigit() else p for p in m.group(1).split(".")]
-    try:
-        value = yaml.safe_load(m.group(2)) if m.group(2).strip() else ""
-    except yaml.YAMLError:
-        value = m.group(2)
+    value = load_value(m.group(2), f"--set {_describe(item)}") if m.group(2).strip() else ""
     return path, value
 
 
@@ -240,6 +258,48 @@ def validation_message(exc: ValidationError, src: Source, prefix: Path_ = ()) ->
     more = len(errors) - 3
     tail = f" ({more} more problem{'s' if more > 1 else ''} after these.)" if more > 0 else ""
     return " ".join(parts) + tail
+
+
+def _flat_types(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (``Optional``, unions and ``Annotated``
+    unwrapped)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _flat_types(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_flat_types(a) for a in typing.get_args(annotation)))
+    return {annotation}
+
+
+def check_no_bool_numbers(model: type[BaseModel], raw: Any, src: Source, path: Path_) -> None:
+    """Refuse ``true``/``false`` where ``model`` expects a number (pydantic would read
+    ``count: true`` as 1), naming the key; nested models, lists and mappings of models
+    are followed."""
+    if not isinstance(raw, Mapping):
+        return
+    for name, fld in model.model_fields.items():
+        key = fld.alias or name
+        if key not in raw:
+            continue
+        value, here = raw[key], (*path, key)
+        kinds = _flat_types(fld.annotation)
+        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+            raise ScenarioError(
+                f"{src.where(here)}: expected a number, got {str(value).lower()}; YAML reads "
+                f"yes/no/true/false as booleans, so write the number itself."
+            )
+        for kind in kinds:
+            sub = _submodel(kind)
+            if sub is None:
+                continue
+            if isinstance(value, Mapping) and typing.get_origin(kind) is None:
+                check_no_bool_numbers(sub, value, src, here)
+            elif isinstance(value, list):
+                for i, item in enumerate(value):
+                    check_no_bool_numbers(sub, item, src, (*here, i))
+            elif isinstance(value, Mapping):
+                for k, item in value.items():
+                    check_no_bool_numbers(sub, item, src, (*here, k))
 
 
 def _model_by_title(title: str) -> type[BaseModel] | None:
@@ -357,6 +417,7 @@ def resolve(
     data: dict[str, Any], src: Source, host: Host, base_dir: Path, path: Path | None = None
 ) -> Scenario:
     """Validate plain scenario ``data`` and resolve its plugins (model, workload, devices)."""
+    check_no_bool_numbers(ScenarioConfig, data, src, ())
     try:
         cfg = ScenarioConfig.model_validate(data)
     except ValidationError as exc:
@@ -371,9 +432,16 @@ def resolve(
             f"every system needs its own name."
         )
 
-    model = _resolve_model(cfg, src, host)
+    cfg = _with_model_config(cfg, base_dir)
+    default = scheme_in_dtype(cfg.model)  # model.dtype: fp4, int4 ... for every system
+    if default is not None:
+        cfg = cfg.model_copy(update={"model": {**cfg.model, "dtype": "bf16"}})
+    with scenario_folder(base_dir):  # a torch model's module resolves from here
+        model = _resolve_model(cfg, src, host)
     workload, wcfg = _resolve_workload(cfg, src, host)
     systems = [_resolve_system(i, s, src, host) for i, s in enumerate(cfg.systems)]
+    with scenario_folder(base_dir):
+        quantized = _system_models(cfg, src, host, systems, default)
     return Scenario(
         config=cfg,
         data=data,
@@ -384,7 +452,57 @@ def resolve(
         workload_config=wcfg,
         systems=systems,
         path=path,
+        system_models=quantized,
     )
+
+
+def _with_model_config(cfg: ScenarioConfig, base_dir: Path) -> ScenarioConfig:
+    """``model: {config: PATH}`` names a Hugging Face ``config.json`` (or its folder): the
+    family is ``hf`` unless the block names one, and a relative path is relative to the
+    scenario file's folder."""
+    block = dict(cfg.model)
+    if "config" not in block or block.setdefault("family", "hf") != "hf":
+        return cfg
+    path = block["config"]
+    if isinstance(path, str) and not Path(path).is_absolute():
+        block["config"] = str(base_dir / path)
+    return cfg.model_copy(update={"model": block})
+
+
+def _system_models(
+    cfg: ScenarioConfig, src: Source, host: Host, systems: list[System], default: str | None
+) -> dict[str, ModelGraph]:
+    """The quantized model of each system whose ``precision`` (or the scheme ``model.dtype``
+    names, ``default``) is not 16-bit: a 16-bit base model, configured with the precision's
+    KV-cache format, wrapped by :class:`~xpusim.engine.precision.QuantizedModel`."""
+    out: dict[str, ModelGraph] = {}
+    bases: dict[str, ModelGraph] = {}
+    for i, (s, system) in enumerate(zip(cfg.systems, systems, strict=True)):
+        raw = s.precision if s.precision is not None else default
+        here: Path_ = ("systems", i, "precision") if s.precision is not None else ("model",)
+        if raw is None:
+            continue
+        try:
+            precision = parse_precision(raw, src.where(here))
+        except XpusimError as exc:
+            raise ScenarioError(str(exc)) from None
+        if cfg.workload.get("kind") == "training":
+            raise ScenarioError(
+                f"{src.where(here)}: a precision sets inference formats; for FP8 training "
+                "set model.dtype: fp8 and remove the precision."
+            )
+        block = model_block(cfg.model, precision)
+        key = repr(sorted(block.items()))
+        if key not in bases:
+            bases[key] = _resolve_model(cfg.model_copy(update={"model": block}), src, host)
+        try:
+            base = bases[key]
+            out[s.name] = (
+                base if precision.is_default else QuantizedModel(base, precision, system.device)
+            )
+        except XpusimError as exc:
+            raise ScenarioError(f"{src.where(here)}: {exc}") from None
+    return out
 
 
 def _resolve_model(cfg: ScenarioConfig, src: Source, host: Host) -> ModelGraph:
@@ -426,6 +544,7 @@ def _resolve_workload(cfg: ScenarioConfig, src: Source, host: Host) -> tuple[Wor
             f"{', '.join(host.workloads.names())}."
         )
     workload = host.workloads.get(str(kind), where=src.where(("workload", "kind")))
+    check_no_bool_numbers(workload.schema, block, src, ("workload",))
     try:
         wcfg = workload.schema.model_validate(block, context={"host": host})
     except ValidationError as exc:
@@ -443,21 +562,29 @@ def _resolve_system(i: int, s: SystemConfig, src: Source, host: Host) -> System:
     except ValidationError as exc:
         none = "" if backend.options.model_fields else f" Backend {s.backend!r} takes no options."
         raise ScenarioError(validation_message(exc, src, (*here, "options")) + none) from None
-    spec = host.device(s.backend, s.device, where=src.where((*here, "device")))
+    if isinstance(s.device, DerivedDevice):
+        base = host.device(s.backend, s.device.base, where=src.where((*here, "device", "base")))
+        try:
+            spec = derive_device(base, s.device, f"systems.{i}.device")
+        except XpusimError as exc:
+            raise ScenarioError(f"{src.where((*here, 'device'))}: {exc}") from None
+    else:
+        spec = host.device(s.backend, s.device, where=src.where((*here, "device")))
     spec = _with_pricing(spec, s.pricing, f"scenario systems.{i}.pricing")
 
     p = s.parallelism
-    mp = p.tensor * p.pipeline
+    mp = p.tensor * p.pipeline * p.context
+    ctx = f" x context {p.context}" if p.context > 1 else ""
     if s.count % mp:
         raise ScenarioError(
-            f"{src.where((*here, 'parallelism'))}: tensor x pipeline = {p.tensor} x "
+            f"{src.where((*here, 'parallelism'))}: tensor x pipeline{ctx} = {p.tensor} x "
             f"{p.pipeline} = {mp} does not divide count {s.count}. "
             f"{_nearest_plans(s.count, p.tensor, p.pipeline)}"
         )
     data = p.data if p.data is not None else s.count // mp
     if data * mp != s.count:
         raise ScenarioError(
-            f"{src.where((*here, 'parallelism'))}: data x tensor x pipeline = "
+            f"{src.where((*here, 'parallelism'))}: data x tensor x pipeline{ctx} = "
             f"{data} x {p.tensor} x {p.pipeline} = {data * mp} devices, but count is "
             f"{s.count}. Set data to {s.count // mp} or count to {data * mp}."
         )
@@ -469,6 +596,7 @@ def _resolve_system(i: int, s: SystemConfig, src: Source, host: Host) -> System:
         sequence=p.sequence,
         zero=p.zero,
         expert=p.expert,
+        context=p.context,
     )
     topo = _topology(spec, s, src, here)
     return System(
