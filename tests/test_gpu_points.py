@@ -181,13 +181,8 @@ def test_measured_calibration_keeps_its_points_beside_it(
     class _Torch:
         cuda = _Cuda()
 
-    def fake_measure(*_a: Any, **_k: Any) -> dict[str, Any]:
-        return {
-            "copy_bytes_per_s": 2.8e12,
-            "kernel_overhead_s": 2.5e-6,
-            "gemm": [{"op": p.op, "seconds": p.seconds} for p in gen.gemm],
-            "attention": [{"op": p.op, "seconds": p.seconds} for p in gen.attention],
-        }
+    def fake_measure(*_a: Any, **_k: Any) -> points_mod.Points:
+        return replace(gen, copy_bytes_per_s=2.8e12, kernel_overhead_s=2.5e-6)
 
     monkeypatch.setattr(measure, "_cuda", lambda: _Torch())
     monkeypatch.setattr(measure, "measure", fake_measure)
@@ -276,7 +271,8 @@ def test_each_efficiency_field_names_its_own_source(
     host: Any, write_yaml: Callable[..., Path]
 ) -> None:
     """A system's assumptions say 'fitted' only for the fields the calibration set, the
-    inline override for the field it set, and 'default' for the rest."""
+    inline override for the field it set, the public kernel fit for the fields it covers
+    and 'default' for the rest."""
     from xpusim.engine.scenario import load_scenario
 
     sc = load_scenario(
@@ -298,7 +294,8 @@ systems:
     _eff, sources = host.backends.get("gpu").efficiency_sources(sc.systems[0])
     assert sources["tensor_fraction"].startswith("fitted: calibration")
     assert "h100-sxm-vidur-fp16.json" in sources["memory_fraction"]
-    assert sources["attention_fraction"].startswith("default")
+    assert sources["attention_fraction"].startswith("public kernel fit: fitted to fa3_")
+    assert sources["vector_ratio"].startswith("default")
     assert sources["link_fraction"] == "system 'h100' options.efficiency"
 
 

@@ -1,21 +1,17 @@
 """Measure a CUDA GPU's kernels and fit the GPU efficiency model to them.
 
 ``xpusim calibrate --backend gpu [--out FILE]`` (through the GPU backend's ``calibrate``
-method, which delegates to :func:`calibrate_gpu`) on a machine with CUDA:
-
-1. **Streaming copy** (``dst.copy_(src)`` over 256 MiB-1 GiB) -> ``memory_fraction`` =
-   achieved bytes/s over the catalog's memory bandwidth.
-2. **Kernel overhead**: back-to-back one-element additions -> ``kernel_overhead_s``.
-3. **GEMM** (``torch.mm`` in the chosen dtype) over a grid of shapes from decode GEMVs to
-   large square ones -> ``tensor_fraction``, fitted by a grid search that minimises the
-   squared log error of :class:`~xpusim.plugins.gpu.efficiency.GpuCostModel`'s prediction (tile
-   and wave quantization included) against the measured times.
-4. **Attention** (``scaled_dot_product_attention``, prefill and decode shapes) ->
-   ``attention_fraction`` the same way.
-
-Times come from CUDA events around ``reps`` back-to-back calls after warm-up. The raw
-measurements are kept beside the calibration as a points file (:mod:`xpusim.plugins.gpu.points`,
-``<out>.points.json``) so the fit can be redone or checked later.
+method, which delegates to :func:`calibrate_gpu`) on a machine with CUDA runs the
+microbenchmarks of :mod:`xpusim.plugins.gpu.microbench` (the same ones
+``benchmarks/gpu_measure.sh`` runs: bf16 and fp8 GEMMs, SDPA prefill and decode, a
+streaming copy, launch gaps, a small decode step) and fits them (:func:`fit_params`): the
+copy rate sets ``memory_fraction``, the back-to-back tiny kernel ``kernel_overhead_s``,
+the GEMMs ``tensor_fraction`` and ``lowp_tensor_fraction`` (a grid search minimising the
+squared log error of :class:`~xpusim.plugins.gpu.efficiency.GpuCostModel`'s prediction,
+tile and wave quantization included), the attention calls ``attention_fraction``. The raw
+measurements are kept beside the calibration as a points file
+(:mod:`xpusim.plugins.gpu.points`, ``<out>.points.json``) so the fit can be redone or
+checked later.
 
 ``xpusim calibrate --backend gpu --points FILE`` (:func:`calibrate_from_points`) skips the
 measuring and fits the same model to a points file on any machine, with or without CUDA:
@@ -32,63 +28,28 @@ a GPU on points generated from known parameters. The result is a
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
-import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from xpusim.engine.device import DeviceSpec
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Op
+from xpusim.plugins.gpu import microbench
 from xpusim.plugins.gpu import points as points_mod
 from xpusim.plugins.gpu.calibration import Calibration, save
 from xpusim.plugins.gpu.efficiency import LOW_PRECISION, GpuCostModel, GpuEfficiency
+from xpusim.plugins.gpu.microbench import GEMM_SHAPES, match_device
 from xpusim.plugins.gpu.points import Point, Points, attention_op, gemm_op
-
-GEMM_SHAPES: tuple[tuple[int, int, int], ...] = (
-    (1, 4096, 4096),
-    (8, 4096, 4096),
-    (32, 4096, 4096),
-    (128, 4096, 4096),
-    (512, 4096, 4096),
-    (2048, 4096, 4096),
-    (4096, 4096, 4096),
-    (8192, 8192, 8192),
-    (1024, 1024, 1024),
-    (2048, 11008, 4096),
-    (2048, 4096, 11008),
-    (16, 14336, 4096),
-    (256, 256, 256),
-    (4096, 128, 4096),
-    (333, 777, 1999),
-)
-GEMM_QUICK: tuple[tuple[int, int, int], ...] = (
-    (1, 4096, 4096),
-    (512, 4096, 4096),
-    (4096, 4096, 4096),
-)
-# (sequences x heads, queries, keys, head dim)
-ATTN_SHAPES: tuple[tuple[int, int, int, int], ...] = (
-    (32, 2048, 2048, 128),
-    (64, 512, 512, 128),
-    (256, 1, 2048, 128),
-    (1024, 1, 1024, 128),
-    (32, 4096, 4096, 64),
-    (8, 8192, 8192, 128),
-)
-ATTN_QUICK: tuple[tuple[int, int, int, int], ...] = ((32, 2048, 2048, 128), (256, 1, 2048, 128))
 
 _FRACTIONS = tuple(round(0.20 + 0.01 * i, 2) for i in range(81))  # 0.20 ... 1.00
 _MEMORY_FRACTIONS = tuple(round(0.30 + 0.01 * i, 2) for i in range(71))  # 0.30 ... 1.00
 _OVERHEADS = tuple(0.25e-6 * i for i in range(81))  # 0 ... 20 us
 
 __all__ = [
-    "ATTN_SHAPES",
     "GEMM_SHAPES",
     "attention_op",
     "calibrate_from_points",
@@ -96,6 +57,7 @@ __all__ = [
     "fit_params",
     "fit_report",
     "gemm_op",
+    "match_device",
 ]
 
 
@@ -203,59 +165,11 @@ def _cuda() -> Any:
     return torch
 
 
-def _time(torch: Any, fn: Callable[[], Any], reps: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return float(start.elapsed_time(end)) * 1e-3 / reps
-
-
-def measure(
-    dtype: str = "bf16", quick: bool = False, log: Callable[[str], None] | None = None
-) -> dict[str, Any]:
-    """Run the microbenchmarks on ``cuda:0`` (see module doc) and return the points."""
-    torch = _cuda()
-    say = log or (lambda _s: None)
-    tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    dev = torch.device("cuda:0")
-    n = (256 if quick else 1024) * 2**20 // 4
-    src = torch.empty(n, dtype=torch.float32, device=dev).normal_()
-    dst = torch.empty_like(src)
-    t = _time(torch, partial(dst.copy_, src))
-    copy_bw = 2 * n * 4 / t
-    del src, dst
-    one = torch.ones(1, device=dev)
-    ovh = _time(torch, partial(one.add_, 1.0), reps=200)
-    say(f"  copy {copy_bw / 1e9:.0f} GB/s, kernel overhead {ovh * 1e6:.1f} us")
-    gemm = []
-    for m, nn, k in GEMM_QUICK if quick else GEMM_SHAPES:
-        a = torch.randn(m, k, dtype=tdt, device=dev)
-        b = torch.randn(k, nn, dtype=tdt, device=dev)
-        gemm.append(
-            {"op": gemm_op(m, nn, k, dtype), "seconds": _time(torch, partial(torch.mm, a, b))}
-        )
-        del a, b
-    attn = []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    for bh, q, kv, d in ATTN_QUICK if quick else ATTN_SHAPES:
-        qq = torch.randn(1, bh, q, d, dtype=tdt, device=dev)
-        kk = torch.randn(1, bh, kv, d, dtype=tdt, device=dev)
-        vv = torch.randn(1, bh, kv, d, dtype=tdt, device=dev)
-        attn.append(
-            {
-                "op": attention_op(bh, q, kv, d, dtype),
-                "seconds": _time(torch, partial(sdpa, qq, kk, vv)),
-            }
-        )
-        del qq, kk, vv
-    return {"copy_bytes_per_s": copy_bw, "kernel_overhead_s": ovh, "gemm": gemm, "attention": attn}
+def measure(quick: bool = False) -> Points:
+    """Run the microbenchmarks of :mod:`xpusim.plugins.gpu.microbench` on ``cuda:0`` and
+    return their points (device not yet named)."""
+    _cuda()
+    return microbench.measure("cuda", quick)
 
 
 def describe_machine() -> str:
@@ -266,56 +180,6 @@ def describe_machine() -> str:
         f"1x {props.name} ({props.total_memory / 2**30:.0f} GiB, "
         f"{props.multi_processor_count} SMs), CUDA {torch.version.cuda}, torch "
         f"{torch.__version__}"
-    )
-
-
-_VARIANTS = ("pcie", "nvl")
-"""Board variants a CUDA device name may state; a catalog device matches only when it is of
-the same variant (an A100 PCIe is not the catalog's A100 SXM: other bandwidth and power)."""
-_VENDOR_WORDS = frozenset({"nvidia", "amd", "instinct", "tesla", "geforce"})
-
-
-def _tokens(name: str) -> list[str]:
-    return [t for t in re.split(r"[\s\-_/]+", name.lower()) if t and t not in _VENDOR_WORDS]
-
-
-def _variant(tokens: Sequence[str]) -> str:
-    return next((v for v in _VARIANTS if v in tokens), "")
-
-
-def match_device(catalog: Mapping[str, DeviceSpec], gpu_name: str) -> DeviceSpec:
-    """The catalog device a CUDA device name describes: the same model (``H100``,
-    ``A100``, ``L40S``, ...; the first word of a catalog name or alias), the same board
-    variant (PCIe, NVL, or neither), and, when the name states a memory size such as
-    ``40GB``, a catalog memory within 10% of it. No match is an
-    :class:`~xpusim.engine.errors.XpusimError` saying which part did not fit."""
-    tokens = _tokens(gpu_name)
-    variant = _variant(tokens)
-    sizes = [float(t[:-2]) * 1e9 for t in tokens if re.fullmatch(r"\d+gb", t)]
-    model_hits: list[DeviceSpec] = []
-    for spec in catalog.values():
-        for name in (spec.name, *spec.aliases):
-            words = _tokens(name)
-            if words and words[0] in tokens and _variant(words) == variant:
-                model_hits.append(spec)
-                break
-    fits = [
-        s for s in model_hits if not sizes or abs(s.memory_bytes.value / sizes[0] - 1.0) <= 0.10
-    ]
-    if fits:
-        return fits[0]
-    what = {"pcie": "PCIe ", "nvl": "NVL "}.get(variant, "")
-    if model_hits:
-        why = (
-            f"its {sizes[0] / 1e9:.0f} GB differ from the catalog's "
-            f"{', '.join(f'{s.name} ({s.memory_bytes.value / 1e9:.0f} GB)' for s in model_hits)}"
-        )
-    else:
-        why = f"no catalog device is a {what}board of that model"
-    raise XpusimError(
-        f"the CUDA device {gpu_name!r} matches no GPU catalog device: {why}; known: "
-        f"{', '.join(sorted(catalog))}. Add it with a plugin's register_devices first "
-        f"(docs/writing-a-backend.md), its name starting with the model as CUDA reports it."
     )
 
 
@@ -341,7 +205,6 @@ def calibrate_gpu(
     catalog: Mapping[str, DeviceSpec],
     out: str | Path | None = None,
     *,
-    dtype: str = "bf16",
     quick: bool = False,
     command: str = "",
     log: Callable[[str], None] | None = None,
@@ -354,20 +217,11 @@ def calibrate_gpu(
     name = torch.cuda.get_device_name(0)
     spec = match_device(catalog, name)
     say(f"calibrating gpu: {name} as catalog device {spec.name!r}")
-    raw = measure(dtype, quick, say)
+    raw = measure(quick)
     path = Path(out) if out else Path(f"calibration-{spec.name}.json")
     cmd = command or ("xpusim calibrate --backend gpu" + (f" --out {out}" if out else ""))
-    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    pts = Points(
-        device=spec.name,
-        measured_on=describe_machine(),
-        date=when,
-        source=cmd,
-        gemm=tuple(Point(p["op"], p["seconds"]) for p in raw["gemm"]),
-        attention=tuple(Point(p["op"], p["seconds"]) for p in raw["attention"]),
-        copy_bytes_per_s=raw["copy_bytes_per_s"],
-        kernel_overhead_s=raw["kernel_overhead_s"],
-    )
+    when = raw.date
+    pts = replace(raw, device=spec.name, measured_on=describe_machine(), source=cmd)
     params = fit_params(spec, pts.for_fit())
     say("  fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
     say(_summary(spec, pts, params))

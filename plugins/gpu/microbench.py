@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from xpusim.engine.device import DeviceSpec
+from xpusim.engine.errors import XpusimError
 from xpusim.plugins.gpu import points as points_mod
+from xpusim.plugins.gpu.catalog import catalog
 from xpusim.plugins.gpu.points import Point, Points, attention_op, gemm_op
 
 GEMM_SHAPES: tuple[tuple[int, int, int], ...] = (
@@ -281,6 +285,56 @@ def measure(device: str = "cuda", quick: bool = False) -> Points:
     )
 
 
+_VARIANTS = ("pcie", "nvl")
+"""Board variants a CUDA device name may state; a catalog device matches only when it is of
+the same variant (an A100 PCIe is not the catalog's A100 SXM: other bandwidth and power)."""
+_VENDOR_WORDS = frozenset({"nvidia", "amd", "instinct", "tesla", "geforce"})
+
+
+def _tokens(name: str) -> list[str]:
+    return [t for t in re.split(r"[\s\-_/]+", name.lower()) if t and t not in _VENDOR_WORDS]
+
+
+def _variant(tokens: Sequence[str]) -> str:
+    return next((v for v in _VARIANTS if v in tokens), "")
+
+
+def match_device(catalog: Mapping[str, DeviceSpec], gpu_name: str) -> DeviceSpec:
+    """The catalog device a CUDA device name describes: the same model (``H100``,
+    ``A100``, ``L40S``, ...; the first word of a catalog name or alias), the same board
+    variant (PCIe, NVL, or neither), and, when the name states a memory size such as
+    ``40GB``, a catalog memory within 10% of it. No match is an
+    :class:`~xpusim.engine.errors.XpusimError` saying which part did not fit."""
+    tokens = _tokens(gpu_name)
+    variant = _variant(tokens)
+    sizes = [float(t[:-2]) * 1e9 for t in tokens if re.fullmatch(r"\d+gb", t)]
+    model_hits: list[DeviceSpec] = []
+    for spec in catalog.values():
+        for name in (spec.name, *spec.aliases):
+            words = _tokens(name)
+            if words and words[0] in tokens and _variant(words) == variant:
+                model_hits.append(spec)
+                break
+    fits = [
+        s for s in model_hits if not sizes or abs(s.memory_bytes.value / sizes[0] - 1.0) <= 0.10
+    ]
+    if fits:
+        return fits[0]
+    what = {"pcie": "PCIe ", "nvl": "NVL "}.get(variant, "")
+    if model_hits:
+        why = (
+            f"its {sizes[0] / 1e9:.0f} GB differ from the catalog's "
+            f"{', '.join(f'{s.name} ({s.memory_bytes.value / 1e9:.0f} GB)' for s in model_hits)}"
+        )
+    else:
+        why = f"no catalog device is a {what}board of that model"
+    raise XpusimError(
+        f"the CUDA device {gpu_name!r} matches no GPU catalog device: {why}; known: "
+        f"{', '.join(sorted(catalog))}. Add it with a plugin's register_devices first "
+        f"(docs/writing-a-backend.md), its name starting with the model as CUDA reports it."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure and write the points file."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -299,9 +353,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.device != "cuda":
             raise SystemExit("gpu_measure: --device cpu needs --catalog-device NAME")
         import torch
-
-        from xpusim.plugins.gpu.catalog import catalog
-        from xpusim.plugins.gpu.measure import match_device
 
         name = match_device(catalog(), torch.cuda.get_device_name(0)).name
     points_mod.save(Points(**{**pts.__dict__, "device": name}), args.out)
