@@ -296,3 +296,31 @@ def test_dualpipe_hides_communication_and_doubles_parameters(host: Any) -> None:
     assert mb.weights == pytest.approx(2 * ma.weights)
     odd = Parallelism(data=4, pipeline=3, expert=4)
     assert any("even pipeline" in p for p in check_plan(model, odd, dual, 12))
+
+
+def test_a_scenario_writes_the_plan_end_to_end(tmp_path: Any, host: Any) -> None:
+    """A scenario with uneven stages and context parallelism loads, fits and runs: the
+    summary reports the partition and the key/value exchange, and the device count is
+    data x tensor x pipeline x context."""
+    from xpusim.engine.run import simulate
+    from xpusim.engine.scenario import load_scenario
+
+    path = tmp_path / "plan.yaml"
+    path.write_text(
+        "name: plan\n"
+        "model: {family: llama, layers: 14, hidden: 1024, heads: 16, kv_heads: 4, "
+        "vocab: 32000, seq_len: 8192}\n"
+        "workload: {kind: training, global_batch: 8, seq_len: 8192, steps: 20, "
+        "first_stage_layers: 2, failures: null, seeds: 1}\n"
+        "systems:\n"
+        "  - {name: h100, backend: gpu, device: h100-sxm, count: 16,\n"
+        "     parallelism: {tensor: 2, pipeline: 4, context: 2}}\n",
+        encoding="utf-8",
+    )
+    sc = load_scenario(path, host)
+    assert sc.systems[0].parallelism.data == 1
+    res = simulate(sc, host)
+    (s,) = res.systems
+    assert s.status == "ok", s.reason
+    assert s.metrics["pipeline_layers"] == "2, 4×3"
+    assert s.metrics["cp_comm_s"] > 0
