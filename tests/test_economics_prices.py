@@ -122,3 +122,18 @@ def test_unknown_provider_and_contradicting_tier_are_refused() -> None:
         EconomicsConfig(provider="nebulus")
     with pytest.raises(ValidationError, match="make them agree"):
         EconomicsConfig(tier="purchase", pricing="cloud")
+
+
+def test_the_report_names_the_price_used_and_flags_an_old_one() -> None:
+    """The price a cost used is recorded with its citation and date; one older than a year
+    on the reference date is flagged, an undated one says so."""
+    from xpusim.engine.economics import price_used
+    from xpusim.engine.report.verdict import price_note
+
+    cfg = EconomicsConfig(price_date=dt.date(2026, 12, 5))
+    old = price_used({"price.on_demand": Figure(1.0 / HOUR_S, "src_a", date="2023")}, cfg)
+    assert old is not None and old["stale"] is True and old["usd"] == pytest.approx(1.0)
+    assert "older than a year on 2026-12-05" in price_note(old)
+    undated = price_used({"price.on_demand": Figure(1.0 / HOUR_S, "src_b")}, cfg)
+    assert undated is not None and undated["stale"] is None
+    assert "date not stated" in price_note(undated)

@@ -25,7 +25,7 @@ from xpusim.engine.report import (
     title_of,
 )
 from xpusim.engine.report import charts as ch
-from xpusim.engine.report.verdict import headline
+from xpusim.engine.report.verdict import headline, price_note
 
 if TYPE_CHECKING:
     from xpusim.engine.results import RunResult
@@ -144,6 +144,9 @@ def _costs(run: RunResult) -> str:
             continue
         b = s.details.get("cost_breakdown_usd") or {}
         parts = ", ".join(f"{_e(k)} {fmt(v)} USD" for k, v in b.items()) or "not known"
+        used = price_note(s.details.get("price_used"))
+        if used:
+            parts += f'<br><span class="price">{_e(used)}</span>'
         be = s.details.get("break_even")
         if isinstance(be, dict):
             verdict = _e(describe_break_even(be))

@@ -11,7 +11,7 @@ is its price over the demand; the simulation decides who passes, and the headlin
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from xpusim.engine.capacity import meets_slo
 
@@ -32,12 +32,16 @@ class SystemLike(Protocol):
     metrics: dict[str, Any]
 
 
+S = TypeVar("S", bound=SystemLike)
+"""A system type a verdict reads."""
+
+
 def has_slo(systems: Sequence[SystemLike]) -> bool:
     """Whether any ok system carries an SLO verdict (the workload has SLOs)."""
     return any(s.status == "ok" and meets_slo(s.metrics) is not None for s in systems)
 
 
-def candidates(systems: Sequence[SystemLike]) -> list[SystemLike]:
+def candidates(systems: Sequence[S]) -> list[S]:
     """The ok systems a verdict may name: those meeting the SLOs where there are SLOs."""
     ok = [s for s in systems if s.status == "ok"]
     if not has_slo(systems):
@@ -164,6 +168,19 @@ def rent_or_buy_notes(systems: Sequence[SystemLike]) -> str:
             line += " (set economics.busy_hours_per_year for a verdict)"
         lines.append(line + ".")
     return "\n".join(lines)
+
+
+def price_note(used: Mapping[str, Any] | None) -> str:
+    """The price a system's cost used, with its source and date, flagged when it is older
+    than a year (``details["price_used"]``); empty when no price was used."""
+    if not used:
+        return ""
+    date = used.get("date")
+    when = f"as of {date}" if date else "date not stated"
+    text = f"price used: {used['usd']:,.4g} {used['unit']} ({used['cited']}; {when})"
+    if used.get("stale"):
+        text += f", older than a year on {used['reference_date']}: check for a newer one"
+    return text + "."
 
 
 def summary_systems(summary: Mapping[str, Any]) -> list[SystemLike]:

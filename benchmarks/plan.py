@@ -1,0 +1,116 @@
+"""Plan speed harness: how long ``xpusim plan`` takes to answer, and its parallel speedup.
+
+Run by hand (never as a timed test)::
+
+    python benchmarks/plan.py                         # every case
+    python benchmarks/plan.py --case 8b
+    python benchmarks/plan.py --case 70b --json benchmarks/out/plan.json
+
+Cases, each the command line end to end (``xpusim plan``, start-up included) in a fresh
+process so that no case profits from another's warm worker pool:
+
+- ``8b``: the shipped ``scenarios/plan-llama3-8b.yaml``: how many of which device serve
+  50 requests/s of Llama-3-8B within TTFT p99 2 s, over every priced catalog device, on 2
+  local workers. Target: under 60 s.
+- ``70b``: the same traffic at 10 requests/s for Llama-3-70B over six device types
+  (H100 SXM, H200, B200, MI300X, A100 80GB, L40S), on 1 and then 2 local workers.
+  Targets: under 5 minutes with 2 workers, and at least 1.7x faster than with 1.
+
+Prints the figures and writes them as JSON to ``--json`` (default
+``benchmarks/out/plan.json``) with the answer each run gave and its simulation count.
+Speedups need free cores: on a shared machine say how loaded it was next to the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN_8B = ROOT / "scenarios" / "plan-llama3-8b.yaml"
+XPUSIM = Path(sys.executable).with_name("xpusim")
+
+SIX_DEVICES = "[h100-sxm, h200-sxm, b200, mi300x, a100-sxm-80gb, l40s]"
+CASES: dict[str, list[str]] = {
+    "8b": [],
+    "70b": [
+        "model.preset=llama-3-70b",
+        "workload.arrivals.rate=10/s",
+        "plan.load.rate=10/s",
+        f"plan.devices={SIX_DEVICES}",
+    ],
+}
+"""``--set`` overrides of each case over the shipped 8B plan."""
+
+
+def run_case(sets: list[str], workers: int) -> dict[str, Any]:
+    """``xpusim plan`` with ``sets`` on ``workers`` local workers: wall time and answer."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "plan"
+        cmd = [str(XPUSIM), "plan", str(PLAN_8B), "--workers", str(workers), "--out", str(out)]
+        for item in sets:
+            cmd += ["--set", item]
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
+        doc = json.loads((out / "plan.json").read_text(encoding="utf-8"))
+    best = doc.get("best") or {}
+    return {
+        "workers": workers,
+        "wall_s": wall,
+        "search_wall_s": doc["wall_s"],
+        "shapes": doc["shapes"],
+        "simulations": doc["simulations"],
+        "answer": doc["answer"],
+        "best": {
+            k: best.get(k) for k in ("device", "count", "tensor", "max_batch", "usd_per_hour")
+        },
+    }
+
+
+def load_note() -> str:
+    """The machine's load while measuring (1-minute load average over CPU count)."""
+    one, _, _ = os.getloadavg()
+    return f"load average {one:.2f} on {os.cpu_count()} CPUs"
+
+
+def main() -> None:
+    """Run the chosen cases, print their figures and write them to JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", choices=["all", *CASES], default="all")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "plan.json")
+    args = ap.parse_args()
+    figures: dict[str, Any] = {"machine": load_note()}
+    if args.case in ("all", "8b"):
+        r = run_case(CASES["8b"], 2)
+        figures["8b"] = r
+        print(f"8b at 50 req/s, 2 workers: {r['wall_s']:.1f} s, {r['simulations']} simulations")
+        print(f"  {r['answer']}")
+    if args.case in ("all", "70b"):
+        one = run_case(CASES["70b"], 1)
+        two = run_case(CASES["70b"], 2)
+        figures["70b"] = {"1": one, "2": two, "speedup": one["wall_s"] / two["wall_s"]}
+        print(
+            f"70b at 10 req/s over 6 device types: 1 worker {one['wall_s']:.1f} s, "
+            f"2 workers {two['wall_s']:.1f} s, speedup {one['wall_s'] / two['wall_s']:.2f}x "
+            f"({two['simulations']} simulations)"
+        )
+        print(f"  {two['answer']}")
+    figures["machine_after"] = load_note()
+    print(figures["machine"], "->", figures["machine_after"])
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    print(f"figures: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
