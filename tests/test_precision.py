@@ -24,6 +24,8 @@ from xpusim.engine.precision import (
 from xpusim.engine.system import Parallelism, System
 from xpusim.plugins.gpu.backend import GpuBackend
 from xpusim.plugins.gpu.catalog import resolve
+from xpusim.plugins.tpu.backend import TpuBackend
+from xpusim.plugins.tpu.backend import resolve as tpu_resolve
 
 
 def _llama(**fields: Any) -> ModelGraph:
@@ -181,3 +183,23 @@ def test_fp8_decode_is_faster_on_h100_and_fits_more() -> None:
     q = QuantizedModel(base, parse_precision("fp8", "x"), resolve("h100"))
     t8 = GpuBackend().compile(q, _system("h100")).cost(shape).seconds
     assert 0.45 < t8 / t16 < 0.75
+
+
+def _tpu_prefill_s(device: str, precision: str | None) -> float:
+    dev = tpu_resolve(device)
+    system = System("sut", "tpu", dev, 1, Parallelism(), topology_from_device(dev))
+    base = _llama()
+    model = (
+        base if precision is None else QuantizedModel(base, parse_precision(precision, "x"), dev)
+    )
+    return TpuBackend().compile(model, system).cost(Shape(Phase.PREFILL, 4, 1024)).seconds
+
+
+def test_systolic_devices_run_fp8_at_their_peak_or_dequantize() -> None:
+    """On the systolic backend a compute-bound prefill runs faster at FP8 on TPU v7 and
+    Trainium2 (their FP8 peaks are about twice bf16); TPU v5e has no FP8 rate, so its GEMMs
+    stay bf16 and the dequantization work makes the step a little slower, not faster."""
+    for device in ("tpu-v7", "trainium2"):
+        assert _tpu_prefill_s(device, "fp8") < 0.75 * _tpu_prefill_s(device, None)
+    assert plan_gemms(parse_precision("fp8", "x"), tpu_resolve("tpu-v5e")).math == "bf16"
+    assert _tpu_prefill_s("tpu-v5e", "fp8") > _tpu_prefill_s("tpu-v5e", None)
