@@ -11,6 +11,14 @@ Prints, per case, wall and CPU seconds, simulated requests per second, iteration
 second, peak RSS and cost-memo misses, and writes them as JSON to ``--json`` (default
 ``benchmarks/out/serving.json``).
 
+Kernel speed: every run first measures SimPy's raw event rate in the same process (one
+process yielding 1,000,000 timeouts) and reports each case's simulated iterations
+per second of simulation CPU time as a fraction of it (``vs_simpy_timeouts``): a world at
+that fraction pays, per iteration, that share of one bare SimPy event. CPU time (not wall)
+is used for both, so other jobs on the machine change the figures less. ``--plain`` also
+runs each case on the plain loop (``simulate_serving(..., fast=False)``: one SimPy event per
+arrival and per iteration) and checks that both give the same frames.
+
 The targets (2-core machine, one core used): the 19,366 Azure conv requests on one H100
 in < 5 s wall; 1,000,000 synthetic requests over 16 replicas in < 60 s with peak RSS
 < 2 GB; a whole 10,000,000-request run over 16 replicas (simulation with frames spilled
@@ -18,9 +26,11 @@ to Parquet parts past the row threshold, summary metrics, and the run folder wri
 with every registered reporter) with peak RSS < 3 GB.
 
 ``--case 10m`` generates the requests, simulates, computes the metrics from the (lazy)
-frames, writes the run folder into a temporary folder and reports wall seconds per
-stage, peak RSS (``resource.getrusage``), events/s (iterations plus requests over the
-simulation wall time), requests/s, the spill threshold and the rows of each frame.
+frames, writes the run folder into a temporary folder at ``--detail`` (default
+``requests``, the scenario default) and reports wall seconds per stage, peak RSS
+(``resource.getrusage``), events/s (iterations plus requests over the simulation wall
+time), requests/s, the spill threshold, the rows of each frame and the size of each file
+of the run folder.
 
 Step prices come from the real GPU backend and the ``llama`` model family (preset
 ``llama-2-7b``) on H100 SXM replicas, as a user's scenario gets them.
@@ -33,10 +43,13 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import simpy
+from polars.testing import assert_frame_equal
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -44,7 +57,8 @@ if str(ROOT) not in sys.path:
 
 from xpusim.engine.backend import Compiled  # noqa: E402
 from xpusim.engine.collectives import topology_from_device  # noqa: E402
-from xpusim.engine.frames import frame_height  # noqa: E402
+from xpusim.engine.detail import DETAIL_LEVELS, Detail  # noqa: E402
+from xpusim.engine.frames import collect, frame_height  # noqa: E402
 from xpusim.engine.host import build_host  # noqa: E402
 from xpusim.engine.policies import SchedulerSpec  # noqa: E402
 from xpusim.engine.system import Parallelism, System  # noqa: E402
@@ -76,8 +90,35 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_case(name: str, frame: pl.DataFrame, replicas: int, sched: SchedulerSpec) -> dict:
-    """Simulate ``frame`` and report speed figures."""
+def simpy_timeout_rate(count: int = 1_000_000) -> dict[str, float]:
+    """SimPy's raw event rate on this machine, now: one process yielding ``count``
+    timeouts, per second of wall and of CPU time."""
+    env = simpy.Environment()
+
+    def ticker() -> Generator[simpy.Event, None, None]:
+        timeout = env.timeout
+        for _ in range(count):
+            yield timeout(1.0)
+
+    env.process(ticker())
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    env.run()
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    return {"timeouts": count, "per_wall_s": round(count / wall), "per_cpu_s": round(count / cpu)}
+
+
+def run_case(
+    name: str,
+    frame: pl.DataFrame,
+    replicas: int,
+    sched: SchedulerSpec,
+    raw: dict[str, float],
+    plain: bool = False,
+) -> dict:
+    """Simulate ``frame`` and report speed figures; with ``plain``, also on the plain loop
+    (checking that the frames are the same)."""
     compiled, source = make_compiled(replicas)
     t0 = time.perf_counter()
     c0 = time.process_time()
@@ -86,6 +127,7 @@ def run_case(name: str, frame: pl.DataFrame, replicas: int, sched: SchedulerSpec
     )
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
+    peak_fast = peak_rss_mb()
     steps = frame_height(res.frames["steps"])
     req = (
         res.frames["requests"]
@@ -112,13 +154,45 @@ def run_case(name: str, frame: pl.DataFrame, replicas: int, sched: SchedulerSpec
         "dropped": int(req["dropped"]),
         "preemptions": int(req["preemptions"]),
         "cost_misses": res.cost_misses,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "iterations_per_cpu_s": round(steps / cpu),
+        "vs_simpy_timeouts": round(steps / cpu / raw["per_cpu_s"], 3),
+        "peak_rss_mb": round(peak_fast, 1),
     }
+    if plain:
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        ref = simulate_serving(
+            frame,
+            make_compiled(replicas)[0],  # a fresh backend: no shape priced by the first run
+            system=name,
+            replicas=replicas,
+            devices_per_replica=1,
+            scheduler=sched,
+            fast=False,
+        )
+        p_wall = time.perf_counter() - t0
+        p_cpu = time.process_time() - c0
+        for key in ("requests", "steps", "devices", "tbt"):
+            assert_frame_equal(collect(ref.frames[key]), collect(res.frames[key]))
+        out["plain"] = {
+            "wall_s": round(p_wall, 3),
+            "cpu_s": round(p_cpu, 3),
+            "iterations_per_cpu_s": round(steps / p_cpu),
+            "vs_simpy_timeouts": round(steps / p_cpu / raw["per_cpu_s"], 3),
+            "same_frames": True,
+        }
+        out["speedup_cpu"] = round(p_cpu / cpu, 2)
     return out
 
 
 def run_10m(
-    requests: int, replicas: int, rate: str, sched: SchedulerSpec, spill: int | None, report: bool
+    requests: int,
+    replicas: int,
+    rate: str,
+    sched: SchedulerSpec,
+    spill: int | None,
+    report: bool,
+    detail: Detail = "requests",
 ) -> dict:
     """The bounded-memory case: one whole run of ``requests`` synthetic requests."""
     import tempfile
@@ -170,6 +244,7 @@ def run_10m(
         systems=[system],
         workload="serving",
         model="llama-2-7b",
+        detail=detail,
     )
     t3 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="xpusim-bench-") as tmp:
@@ -178,7 +253,8 @@ def run_10m(
         for reporter in reporters:
             reporter.write(run, folder)
             peaks[type(reporter).__name__] = round(peak_rss_mb(), 1)
-        written = sum(f.stat().st_size for f in folder.iterdir())
+        files = {f.name: f.stat().st_size for f in folder.iterdir()}
+        written = sum(files.values())
     write_s = time.perf_counter() - t3
     events = rows["steps"] + requests
     return {
@@ -203,7 +279,9 @@ def run_10m(
         "ttft_p99_s": m["ttft_p99_s"],
         "tbt_p99_s": m["tbt_p99_s"],
         "preemptions": m["preemptions"],
+        "detail": detail,
         "run_folder_mb": round(written / 2**20, 1),
+        "files_mb": {k: round(v / 2**20, 2) for k, v in sorted(files.items())},
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_rss_mb_after": peaks,
     }
@@ -244,6 +322,15 @@ def main(argv: list[str] | None = None) -> int:
         help="row threshold past which frames spill (default: the engine's)",
     )
     ap.add_argument("--no-report", action="store_true", help="10m: write frames only")
+    ap.add_argument(
+        "--detail",
+        choices=list(DETAIL_LEVELS),
+        default="requests",
+        help="10m: the run folder's detail level (results.detail)",
+    )
+    ap.add_argument(
+        "--plain", action="store_true", help="also run the plain loop and compare (azure/synthetic)"
+    )
     ap.add_argument("--replicas", type=int, default=16)
     ap.add_argument("--rate", default="400/s", help="synthetic arrival rate")
     ap.add_argument("--trace", type=Path, default=AZURE)
@@ -251,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "serving.json")
     args = ap.parse_args(argv)
     sched = SchedulerSpec(kind=args.scheduler)
-    results = []
+    raw = simpy_timeout_rate()
+    print(json.dumps({"simpy_timeouts": raw}))
+    results: list[dict] = [{"case": "simpy-timeouts", **raw}]
     if args.case in ("azure", "all"):
         if args.trace.exists():
             from xpusim.plugins.traces.readers import AzureLLMTrace
@@ -259,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             frame = AzureLLMTrace().read(args.trace, {})
             read_s = time.perf_counter() - t0
-            r = run_case("azure-conv-h100", frame, 1, sched)
+            r = run_case("azure-conv-h100", frame, 1, sched, raw, args.plain)
             r["read_s"] = round(read_s, 3)
             results.append(r)
             print(json.dumps(r))
@@ -268,12 +357,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.case in ("synthetic", "all"):
         count = args.requests or 1_000_000
         frame = generate(_synthetic_spec(count, args.rate), seed=1)
-        r = run_case(f"synthetic-{count}", frame, args.replicas, sched)
+        r = run_case(f"synthetic-{count}", frame, args.replicas, sched, raw, args.plain)
         results.append(r)
         print(json.dumps(r))
     if args.case == "10m":
         count = args.requests or 10_000_000
-        r = run_10m(count, args.replicas, args.rate, sched, args.spill_rows, not args.no_report)
+        r = run_10m(
+            count,
+            args.replicas,
+            args.rate,
+            sched,
+            args.spill_rows,
+            not args.no_report,
+            args.detail,
+        )
         results.append(r)
         print(json.dumps(r))
     args.json.parent.mkdir(parents=True, exist_ok=True)

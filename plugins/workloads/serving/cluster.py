@@ -121,6 +121,7 @@ class CostTable:
         self.grid_bits = grid_bits
         self.memo: dict[tuple[int, ...], tuple[float, float, int]] = {}
         self.grid: dict[tuple[int, ...], tuple[float, float, int]] = {}
+        self._axes: dict[int, tuple[tuple[int, float], ...]] = {}
         self.states: list[str] = []
         self._state_index: dict[str, int] = {}
         self.misses = 0
@@ -164,31 +165,41 @@ class CostTable:
             hit = self.grid[key] = self._price(self.shape(*key))
         return hit
 
+    def _axis(self, x: int) -> tuple[tuple[int, float], ...]:
+        """The grid points around ``x`` with their interpolation weights (one point of
+        weight 1.0 when ``x`` is on the grid), memoized per value."""
+        hit = self._axes.get(x)
+        if hit is None:
+            lo, hi, w = grid_neighbours(x, self.grid_bits)
+            hit = self._axes[x] = ((lo, 1.0),) if w == 0.0 else ((lo, 1.0 - w), (hi, w))
+        return hit
+
     def _interpolate(self, key: tuple[int, int, int, int, int]) -> tuple[float, float, int]:
-        g = self.grid_bits
-        if g >= self.bits:
+        if self.grid_bits >= self.bits:
             return self._corner(key)
-        pf_n = key[0]
-        axes = [grid_neighbours(v, g) for v in key[1:]]
-        corners: list[tuple[tuple[int, ...], float]] = [((pf_n,), 1.0)]
-        for lo, hi, w in axes:
-            nxt = []
-            for pts, wt in corners:
-                if w == 0.0:
-                    nxt.append(((*pts, lo), wt))
-                else:
-                    nxt.append(((*pts, lo), wt * (1.0 - w)))
-                    nxt.append(((*pts, hi), wt * w))
-            corners = nxt
+        pf_n, x1, x2, x3, x4 = key
+        axis = self._axis
+        grid = self.grid
         sec = joules = 0.0
         best_w = -1.0
         state = 0
-        for pts, wt in corners:
-            s, j, st = self._corner(pts)  # type: ignore[arg-type]
-            sec += wt * s
-            joules += wt * j
-            if wt > best_w:
-                best_w, state = wt, st
+        # corners in lexicographic order, lower point first, the weight a product along
+        # the axes in order
+        for p1, w1 in axis(x1):
+            for p2, w2 in axis(x2):
+                w12 = w1 * w2
+                for p3, w3 in axis(x3):
+                    w123 = w12 * w3
+                    for p4, w4 in axis(x4):
+                        wt = w123 * w4
+                        pts = (pf_n, p1, p2, p3, p4)
+                        hit = grid.get(pts)
+                        if hit is None:
+                            hit = grid[pts] = self._price(self.shape(*pts))
+                        sec += wt * hit[0]
+                        joules += wt * hit[1]
+                        if wt > best_w:
+                            best_w, state = wt, hit[2]
         return (sec, joules, state)
 
     def step(

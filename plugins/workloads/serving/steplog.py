@@ -53,20 +53,19 @@ class StepLog:
         self,
         start: list[float],
         end: list[float],
-        decodes: int,
+        decodes: list[int],
         kv: list[int],
         state: list[int],
         joules: list[float],
     ) -> None:
-        """Append a run of decode-only iterations at once: their start and end times, KV
-        blocks held, state indices and joules, each with ``decodes`` sequences and as many
-        decode tokens and no prefill."""
-        k = len(start)
+        """Append a run of decode-only iterations at once: their start and end times,
+        decoding sequences (each one sequence of the batch and one decode token), KV
+        blocks held, state indices and joules; no prefill."""
         self.start.extend(start)
         self.end.extend(end)
-        self.batch.extend(array("i", (decodes,)) * k)
-        self.prefill.extend(array("q", (0,)) * k)
-        self.decode.extend(array("q", (decodes,)) * k)
+        self.batch.extend(decodes)
+        self.prefill.extend(array("q", (0,)) * len(start))
+        self.decode.extend(decodes)
         self.kv.extend(kv)
         self.state.extend(state)
         self.joules.extend(joules)

@@ -125,6 +125,19 @@ def iterative(
     t = env.now  # the replica's clock: env.now on the plain path, ahead of it on the fast one
     synced = 0  # iteration of the last yield on the fast path
 
+    # the columns of the decode run being fast-forwarded (start, end, decodes, KV blocks,
+    # state, joules), handed to the step log in bulk at its end
+    run: tuple[list[float], list[float], list[int], list[int], list[int], list[float]] = (
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+    )
+    r_start, r_end, r_dec = run[0].append, run[1].append, run[2].append
+    r_kv, r_state, r_j = run[3].append, run[4].append, run[5].append
+
     fin_at: dict[int, list[int]] = {}
     fin_heap: list[int] = []  # the keys of fin_at
     last_tok_time: dict[int, float] = {}  # preempted decoders: time of their last token
@@ -353,55 +366,79 @@ def iterative(
             continue
         # 6. fast path: a decode run up to the next iteration where something can happen
         stop = fin_heap[0] if fin_heap else j
-        if j >= stop or fast_log is None:
+        if fast_log is None:
             continue
-        # can a queued or arriving request be admitted during the run?
-        room = budget - n_dec
-        open_ = n_dec < max_batch and (room > 0 or not split)
-        head_nb = -1  # blocks the queue's head needs (-1: the queue is empty)
-        if open_ and waiting:
-            L = cur_L[waiting[0]]
-            head_nb = -(-(L if not split or room > L else room) // B)
-        nb_ = n_dec
-        if nb_ >= (1 << bits):
-            e_ = nb_.bit_length() - bits
-            nb_ = ((nb_ + (1 << (e_ - 1))) >> e_) << e_
-        half = n_dec // 2
-        arrive = feed_at[k_feed] if k_feed < n_feed else float("inf")
         i = j
-        starts: list[float] = []
-        ends: list[float] = []
-        kvs: list[int] = []
-        sts: list[int] = []
-        js: list[float] = []
-        while i < stop:
-            u = used + growth[(-i) % B]
-            if u > total:
-                break  # a preemption: the plain loop decides it
-            if open_:
-                if head_nb >= 0:
-                    if u + head_nb <= admit_limit:
-                        break  # the head fits: the plain loop admits it
-                    open_ = False  # and it never will while the run only takes blocks
-                elif arrive <= t:
-                    break  # an arrival to queue and maybe admit
-            dc = (sum_ctx + half) // n_dec
-            if dc >= (1 << bits):
-                e_ = dc.bit_length() - bits
-                dc = ((dc + (1 << (e_ - 1))) >> e_) << e_
-            got = memo.get((0, 0, 0, nb_, dc))
-            dur, joules, st_i = got if got is not None else step_cost(0, 0, 0, n_dec, sum_ctx)
-            end = t + dur
-            starts.append(t)
-            ends.append(end)
-            kvs.append(u)
-            sts.append(st_i)
-            js.append(joules)
-            used = u
-            sum_ctx += n_dec
-            t = end
+        arrive = feed_at[k_feed] if k_feed < n_feed else float("inf")
+        while True:
+            # what the run may not pass: an admission (a free seat and either a queued head
+            # that fits or an arrival), a preemption
+            room = budget - n_dec
+            open_ = n_dec < max_batch and (room > 0 or not split)
+            head_nb = -1  # blocks the queue's head needs (-1: the queue is empty)
+            if open_ and waiting:
+                L = cur_L[waiting[0]]
+                head_nb = -(-(L if not split or room > L else room) // B)
+            nb_ = n_dec
+            if nb_ >= (1 << bits):
+                e_ = nb_.bit_length() - bits
+                nb_ = ((nb_ + (1 << (e_ - 1))) >> e_) << e_
+            half = n_dec // 2
+            cut = False
+            while True:
+                u = used + growth[(-i) % B]
+                if u > total:
+                    cut = True  # a preemption: the plain loop decides it
+                    break
+                if open_:
+                    if head_nb >= 0:
+                        if u + head_nb <= admit_limit:
+                            cut = True  # the head fits: the plain loop admits it
+                            break
+                        open_ = False  # and it never will while the run only takes blocks
+                    elif arrive <= t:
+                        cut = True  # an arrival to queue and maybe admit
+                        break
+                dc = (sum_ctx + half) // n_dec
+                if dc >= (1 << bits):
+                    e_ = dc.bit_length() - bits
+                    dc = ((dc + (1 << (e_ - 1))) >> e_) << e_
+                got = memo.get((0, 0, 0, nb_, dc))
+                dur, joules, st_i = got if got is not None else step_cost(0, 0, 0, n_dec, sum_ctx)
+                end = t + dur
+                r_start(t)
+                r_end(end)
+                r_dec(n_dec)
+                r_kv(u)
+                r_state(st_i)
+                r_j(joules)
+                used = u
+                sum_ctx += n_dec
+                t = end
+                if i == stop:
+                    break
+                i += 1
+            if cut:
+                break
+            # iteration `stop` ran: retire the requests done in it, as step 4 does
+            for rid in fin_at.pop(i):
+                if state[rid] != DECODING or fin_iter[rid] != i:
+                    continue
+                L = cur_L[rid]
+                k = entry[rid]
+                ctx = L + i - k
+                used -= -(-ctx // B)
+                growth[(L - k - 1) % B] -= 1
+                n_dec -= 1
+                sum_ctx -= ctx
+                finish_request(req, rep, rid, t)
+            heappop(fin_heap)
             i += 1
-        k = i - j
-        if k:
-            fast_log.extend_decode_run(starts, ends, n_dec, kvs, sts, js)
+            if not n_dec:
+                break
+            stop = fin_heap[0]
+        if run[0]:
+            fast_log.extend_decode_run(*run)
+            for col in run:
+                col.clear()
             j = i
