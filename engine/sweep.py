@@ -35,6 +35,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from xpusim.engine.capacity import SLO_QUANTILE
 from xpusim.engine.errors import ScenarioError, XpusimError
 from xpusim.engine.executor import PointFailure
 from xpusim.engine.metrics import Vocabulary, engine_vocabulary, vocabulary_for
@@ -527,13 +528,23 @@ def sweep_report(frame: pl.DataFrame, vocabulary: Vocabulary | None = None) -> s
     )
     n_points = per_point.height
     n_failed = int(per_point["failed"].sum())
-    ok = frame.filter(pl.col("status") == "ok")
+    ran = frame.filter(pl.col("status") == "ok")
     not_ok = frame.filter(pl.col("status") != "ok")
     lines.append(
         f"{n_points} points: {n_points - n_failed} ran, {n_failed} failed; "
-        f"{ok.height} system rows ok, {not_ok.height} not ok. Each point's run folder is "
+        f"{ran.height} system rows ok, {not_ok.height} not ok. Each point's run folder is "
         f"points/<point_id>/."
     )
+    # best points and the frontier consider only rows that meet the SLOs, where there are any
+    ok = ran
+    if "slo_attainment" in ran.columns and ran["slo_attainment"].drop_nulls().len():
+        ok = ran.filter(pl.col("slo_attainment") >= SLO_QUANTILE - 1e-12)
+        lines.append(
+            f"{ok.height} of the {ran.height} ok rows meet the SLOs (at least "
+            f"{SLO_QUANTILE:.0%} of requests within them); the best points and the "
+            "frontier below consider only those."
+            + (" No row meets them, so none is named best." if ok.is_empty() else "")
+        )
     head = "| metric | best | point | point_id | system | " + " | ".join(names) + " |"
     rule = "|---|---|---|---|---|" + "---|" * len(params)
     best: list[str] = []
