@@ -148,6 +148,9 @@ class DeviceSpec:
     extra: Mapping[str, Figure] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     efficiency: Mapping[str, Figure] = field(default_factory=dict)
+    fp4_formats: tuple[str, ...] = ()
+    """The block-scaled 4-bit formats its ``fp4`` tensor rate reads (``nvfp4``, ``mxfp4``);
+    empty where the catalog does not say, and then any."""
 
     def __post_init__(self) -> None:
         for name, fig in self.figures().items():
@@ -264,6 +267,7 @@ def spec_from_mapping(name: str, backend: str, raw: Mapping[str, Any], where: st
         extra=extra,
         aliases=tuple(raw.get("aliases", ())),
         efficiency=_plain_figures(raw, "efficiency", where),
+        fp4_formats=tuple(str(f) for f in raw.get("fp4_formats", ())),
     )
 
 

@@ -300,9 +300,15 @@ def model_block(block: Mapping[str, Any], precision: Precision) -> dict[str, Any
 # --- the GEMM plan ---------------------------------------------------------------------
 
 
-def _has(device: DeviceSpec, dtype: str) -> bool:
+def _has(device: DeviceSpec, dtype: str, fmt: Format | None = None) -> bool:
+    """Whether ``device`` has a tensor rate for ``dtype`` (and, for 4-bit floats, reads
+    ``fmt``'s block scaling: MXFP4 on AMD CDNA4, NVFP4 and MXFP4 on NVIDIA Blackwell)."""
     twins = {"bf16": "fp16", "fp16": "bf16"}
-    return dtype in device.peak_flops or twins.get(dtype, "") in device.peak_flops
+    if dtype not in device.peak_flops and twins.get(dtype, "") not in device.peak_flops:
+        return False
+    if dtype == "fp4" and fmt is not None and device.fp4_formats:
+        return fmt.name in device.fp4_formats
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,17 +329,24 @@ def plan_gemms(precision: Precision, device: DeviceSpec) -> GemmPlan:
     want = "bf16" if a.wide else a.element
     if a.wide and a.element == "fp16":
         want = "fp16"
-    math_type = next((d for d in (want, *_WIDER.get(want, ())) if _has(device, d)), None)
+    chain = (want, *_WIDER.get(want, ()))
+    math_type = next((d for d in chain if _has(device, d, a if d == want else None)), None)
     if math_type is None:
         raise XpusimError(
             f"device {device.name!r} has no tensor rate for {want} or any wider format "
             f"(known: {', '.join(sorted(device.peak_flops))})."
         )
     acts = a if math_type == want else FORMATS[_AS_FORMAT[math_type]]
-    dequant = not w.wide and w.element != math_type
+    native_w = w.element == math_type and _has(device, math_type, w)
+    dequant = not w.wide and not native_w
     peak = device.flops(math_type) / 1e12
     parts = [f"GEMMs on {device.name}'s {math_type} tensor rate ({peak:,.0f} TFLOP/s)"]
-    if math_type != want:
+    if math_type != want and _has(device, want):
+        parts.append(
+            f"{device.name}'s {want} tensor cores read {', '.join(device.fp4_formats)}, "
+            f"not {a.name}, so activations run in {acts.name}"
+        )
+    elif math_type != want:
         parts.append(f"{device.name} publishes no {want} rate, so activations run in {acts.name}")
     if dequant:
         parts.append(f"weights stored as {w.name}, dequantized to {math_type} inside the GEMM")

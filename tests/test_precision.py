@@ -3,6 +3,7 @@ plan on devices with and without the format, and quantized models' weights and g
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from xpusim.engine.precision import (
 )
 from xpusim.engine.system import Parallelism, System
 from xpusim.plugins.gpu.backend import GpuBackend
-from xpusim.plugins.gpu.catalog import resolve
+from xpusim.plugins.gpu.catalog import load_catalog, resolve
 from xpusim.plugins.tpu.backend import TpuBackend
 from xpusim.plugins.tpu.backend import resolve as tpu_resolve
 
@@ -103,6 +104,33 @@ def test_gemm_plan_uses_the_format_or_the_next_wider_one() -> None:
     assert plan_gemms(parse_precision("fp8", "x"), resolve("a100")).math == "bf16"
     assert plan_gemms(parse_precision("int8", "x"), resolve("b300")).math == "bf16"
     assert plan_gemms(parse_precision("int8", "x"), resolve("a100")).math == "int8"
+
+
+def test_fp4_runs_natively_only_in_a_block_format_the_device_reads() -> None:
+    """MI355X's FP4 rate reads MXFP4, not NVFP4: MXFP4 runs at its FP4 peak, NVFP4 at its
+    FP8 peak with the weights dequantized; Blackwell reads both."""
+    p = plan_gemms(parse_precision("mxfp4", "x"), resolve("mi355x"))
+    assert (p.math, p.dequantize) == ("fp4", False)
+    p = plan_gemms(parse_precision("nvfp4", "x"), resolve("mi355x"))
+    assert (p.math, p.activations.name, p.dequantize) == ("fp8", "fp8", True)
+    assert "read mxfp4, not nvfp4" in p.note
+    for fmt in ("nvfp4", "mxfp4"):
+        assert plan_gemms(parse_precision(fmt, "x"), resolve("b300")).math == "fp4"
+
+
+def test_catalog_fp4_formats_are_checked(tmp_path: Path) -> None:
+    """A catalog's ``fp4_formats`` must name 4-bit float formats; a typo is refused with
+    the file, the device and the nearest valid name."""
+    bad = tmp_path / "catalog.yaml"
+    bad.write_text(
+        "devices:\n  chip:\n    fp4_formats: [nvfp5]\n"
+        "    peak_flops: {fp4: {value: 1 PFLOP/s, source: x}}\n"
+        "    memory_bytes: {value: 1 GB, source: x}\n"
+        "    memory_bw: {value: 1 TB/s, source: x}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(XpusimError, match=r"catalog\.yaml:devices\.chip\.fp4_formats.*'nvfp4'"):
+        load_catalog(bad)
 
 
 def test_model_dtype_scheme_and_model_block() -> None:

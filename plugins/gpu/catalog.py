@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from xpusim.engine.device import DeviceSpec, spec_from_mapping
-from xpusim.engine.errors import UnknownNameError
+from xpusim.engine.errors import UnknownNameError, XpusimError
+from xpusim.engine.precision import FORMATS
 from xpusim.engine.registry import unknown_message
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
@@ -24,14 +25,22 @@ BACKEND = "gpu"
 
 
 def load_catalog(path: Path | str = CATALOG_PATH) -> dict[str, DeviceSpec]:
-    """Parse a GPU catalog YAML (top-level ``devices:`` mapping) into specs by name."""
+    """Parse a GPU catalog YAML (top-level ``devices:`` mapping) into specs by name; an
+    ``fp4_formats`` entry that is not a 4-bit float format is refused naming it."""
     p = Path(path)
     raw: Mapping[str, Any] = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     devices = raw.get("devices", {})
-    return {
+    specs = {
         name: spec_from_mapping(name, BACKEND, body, where=f"{p.name}:devices.{name}")
         for name, body in devices.items()
     }
+    fp4 = [f.name for f in FORMATS.values() if f.element == "fp4"]
+    for spec in specs.values():
+        for fmt in spec.fp4_formats:
+            if fmt not in fp4:
+                where = f"{p.name}:devices.{spec.name}.fp4_formats"
+                raise XpusimError(unknown_message("4-bit float format", fmt, fp4, where))
+    return specs
 
 
 @lru_cache(maxsize=1)
