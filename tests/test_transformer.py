@@ -49,6 +49,22 @@ MODELS = {
         final_softcap=30.0,
     ),
     "tiny-mistral-window": lambda: tiny("llama", kv_heads=2, sliding_window=20),
+    "tiny-deepseek-v3-mla": lambda: tiny(
+        "mixtral",
+        experts=4,
+        top_k=2,
+        shared_experts=1,
+        dense_layers=1,
+        router_bias=True,
+        head_dim=24,
+        kv_lora_rank=32,
+        q_lora_rank=24,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+    ),
+    "tiny-deepseek-v2-lite-mla": lambda: tiny(
+        "llama", head_dim=24, kv_lora_rank=32, qk_rope_head_dim=8, v_head_dim=16
+    ),
     "tiny-gemma-sandwich": lambda: tiny(
         "llama", kv_heads=4, qk_norm=True, sandwich_norm=True, tied_embeddings=True
     ),
@@ -472,3 +488,32 @@ def test_unfused_module_computes_the_same_attention() -> None:
         assert not torch.allclose(out, ref, atol=1e-4)
         out.sum().backward()
         assert unf.layers[0].attn.qkv.weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tiny-deepseek-v2-lite-mla",
+        "tiny-gemma2-window-softcap",
+        "tiny-mistral-window",
+        "tiny-qwen3-qk-norm",
+        "tiny-qwen2-qkv-bias",
+    ],
+)
+def test_cached_steps_equal_the_full_forward(name: str) -> None:
+    """Prefill, a prefill chunk over the cache and a decode step give the logits of the
+    whole sequence run at once: MLA's absorbed decode equals its expanded form, and a
+    sliding window keeps the same keys with and without a cache."""
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    module = model.module("cpu").float()
+    cfg = model.cfg
+    cache = model.example_inputs(Shape(Phase.PREFILL, batch=1, tokens=12), "cpu")[1].float()
+    ids = torch.randint(0, cfg.vocab, (1, 12))
+    full = module(ids)
+    pre = module(ids[:, :8], cache, 0, True)
+    chunk = module(ids[:, 8:11], cache, 8, True)
+    dec = module(ids[:, 11:12], cache, 11, True)
+    torch.testing.assert_close(pre[:, 0], full[:, 7], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(chunk[:, 0], full[:, 10], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dec[:, 0], full[:, 11], rtol=1e-4, atol=1e-4)

@@ -198,6 +198,80 @@ class Attention(nn.Module):
         return self.out(o.transpose(1, 2).reshape(b, t, self.h * self.d))
 
 
+class MLAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2, arXiv:2405.04434, §2.1) over a cache of
+    ``[b, max_len, kv_lora_rank + qk_rope_head_dim]`` per layer: the compressed latent and
+    the shared rotary key.
+
+    The query is projected through its own low rank (``q_lora_rank``) or directly; the
+    joint KV down-projection gives the latent (normed) and the rotary key. One new token
+    over a cache (decode) runs the absorbed form: each head's query is mapped into the
+    latent space by ``W_UK`` (a GEMM batched over heads), attention reads the latent
+    once for all heads (one KV head, values = the latent's leading channels) and each
+    head's output is mapped back by ``W_UV`` and laid out token-major (vLLM's
+    ``_v_up_proj``). Otherwise the expanded form up-projects the latent of every key to
+    per-head keys and values and attends per head.
+    """
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        h, self.nh, self.d = cfg.hidden, cfg.heads, cfg.d
+        self.r, self.dv, self.ckv = (
+            cfg.qk_rope_head_dim or 0,
+            cfg.v_head_dim or 0,
+            cfg.kv_lora_rank or 0,
+        )
+        self.dn = self.d - self.r
+        cq = cfg.q_lora_rank
+        self.q_a = nn.Linear(h, cq, bias=False) if cq else None
+        self.q_a_norm = nn.RMSNorm(cq, eps=cfg.norm_eps) if cq else None
+        self.q = nn.Linear(cq or h, self.nh * self.d, bias=False)
+        self.kv_a = nn.Linear(h, self.ckv + self.r, bias=False)
+        self.kv_a_norm = nn.RMSNorm(self.ckv, eps=cfg.norm_eps)
+        self.kv_b = nn.Linear(self.ckv, self.nh * (self.dn + self.dv), bias=False)
+        self.out = nn.Linear(self.nh * self.dv, h, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: torch.Tensor | None,
+        start: int,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        nh, dn, dv, r, ckv = self.nh, self.dn, self.dv, self.r, self.ckv
+        xq = x if self.q_a is None or self.q_a_norm is None else self.q_a_norm(self.q_a(x))
+        q = self.q(xq).view(b, t, nh, self.d).transpose(1, 2)
+        q_nope, q_pe = q.split([dn, r], dim=-1)
+        c, k_pe = self.kv_a(x).split([ckv, r], dim=-1)
+        c = self.kv_a_norm(c)
+        k_pe = k_pe.view(b, t, 1, r).transpose(1, 2)
+        if cos is not None and sin is not None:
+            q_pe, k_pe = apply_rope(q_pe, k_pe, cos, sin)
+        if cache is not None:  # [b, max_len, ckv + r]: write the new tokens' latent
+            cache[:, start : start + t, :ckv].copy_(c)
+            cache[:, start : start + t, ckv:].copy_(k_pe[:, 0])
+        w = self.kv_b.weight.view(nh, dn + dv, ckv)
+        if cache is not None and t == 1:  # decode: the absorbed form
+            lat = cache[:, : start + t].unsqueeze(1)
+            q_lat = torch.bmm(q_nope.permute(1, 0, 2, 3).reshape(nh, b * t, dn), w[:, :dn])
+            qq = torch.cat([q_lat.view(nh, b, t, ckv).permute(1, 0, 2, 3), q_pe], dim=-1)
+            o = causal_attention(qq, lat, lat[..., :ckv], True, v_in_k=True, scale=self.d**-0.5)
+            y = torch.bmm(o.permute(1, 0, 2, 3).reshape(nh, b * t, ckv), w[:, dn:].transpose(1, 2))
+            return self.out(y.transpose(0, 1).reshape(b, t, nh * dv))
+        if cache is not None:  # the expanded form over every cached key
+            lat = cache[:, : start + t]
+            c_all, kpe_all = lat[..., :ckv], lat[..., ckv:].unsqueeze(1)
+        else:
+            c_all, kpe_all = c, k_pe
+        keys = c_all.shape[1]
+        k_nope, v = self.kv_b(c_all).view(b, keys, nh, dn + dv).transpose(1, 2).split([dn, dv], -1)
+        k = torch.cat([k_nope, kpe_all.expand(b, nh, keys, r)], dim=-1)
+        o = causal_attention(torch.cat([q_nope, q_pe], dim=-1), k, v)
+        return self.out(o.transpose(1, 2).reshape(b, t, nh * dv))
+
+
 class MLP(nn.Module):
     """Dense MLP: ``fc2(act(fc1 x))`` or, gated, ``down(act(gate x)·up x)`` with a fused
     gate/up projection."""
@@ -290,7 +364,7 @@ class Block(nn.Module):
         self.ln2 = None if self.parallel else _norm(cfg)
         self.ln1_post = _norm(cfg) if cfg.sandwich_norm else None
         self.ln2_post = _norm(cfg) if cfg.sandwich_norm else None
-        self.attn = Attention(cfg, layer)
+        self.attn: nn.Module = MLAttention(cfg) if cfg.mla else Attention(cfg, layer)
         self.mlp: nn.Module = (
             MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg, cfg.dense_ffn if cfg.moe else None)
         )
@@ -331,7 +405,7 @@ class DecoderLM(nn.Module):
         self.norm = _norm(cfg)
         self.head = None if cfg.tied_embeddings else nn.Linear(cfg.hidden, cfg.vocab, bias=False)
         if cfg.position == "rope":
-            d = cfg.d
+            d = cfg.qk_rope_head_dim or cfg.d if cfg.mla else cfg.d
             inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
             ang = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float32), inv)
             ang = torch.cat((ang, ang), dim=-1)

@@ -558,11 +558,16 @@ def causal_attention(
     enable_gqa: bool = False,
     window: int | None = None,
     softcap: float | None = None,
+    v_in_k: bool = False,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Attention with a causal mask aligned bottom-right (the queries are the last
     ``q`` of ``k`` positions: a prefill chunk over a KV cache), optionally over a sliding
     ``window`` (a query sees the ``window`` keys ending at its own position) and with the
-    scores soft-capped at ``softcap`` (``c·tanh(s/c)``, Gemma 2).
+    scores soft-capped at ``softcap`` (``c·tanh(s/c)``, Gemma 2). ``v_in_k`` says the
+    values are the leading channels of the keys (multi-head latent attention's cached
+    latent), which the kernel reads once; ``scale`` replaces the default
+    ``1/sqrt(head size)`` (absorbed MLA keeps the scale of its unabsorbed head size).
 
     PyTorch's ``is_causal=True`` aligns top-left and its ``CausalBias`` cannot be built
     under a dispatch mode, so models call this. Outside a trace it runs
@@ -581,15 +586,16 @@ def causal_attention(
         if window is not None:
             mask &= torch.ones_like(mask).triu(lk - lq - window + 1)
         if softcap is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        s = (q @ k.transpose(-1, -2)) * (scale or q.shape[-1] ** -0.5)
         s = (softcap * torch.tanh(s / softcap)).masked_fill(~mask, float("-inf"))
         return torch.softmax(s.float(), dim=-1).to(q.dtype) @ v
     with rec.suspend():
         b, h, s_len, _ = q.shape
         out = torch.empty(b, s_len, h, v.shape[-1], dtype=q.dtype, device=q.device)
         out = out.transpose(1, 2)
-    rec.record_sdpa((q, k, v), {"_lower_right": True, "_window": window, "_softcap": softcap}, out)
+    flags = {"_lower_right": True, "_window": window, "_softcap": softcap, "_v_in_k": v_in_k}
+    rec.record_sdpa((q, k, v), flags, out)
     return out
 
 
@@ -696,7 +702,7 @@ class _Recorder:
         flops = 2.0 * heads_batch * pairs * (d + dv)
         if kwargs.get("_softcap") is not None:
             flops += SOFTCAP_FLOPS * heads_batch * pairs
-        ins = [q, k, v]
+        ins = [q, k] if kwargs.get("_v_in_k") else [q, k, v]
         self.add(
             TracedOp(
                 name="scaled_dot_product_attention",

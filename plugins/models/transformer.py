@@ -661,13 +661,6 @@ class DecoderModel(EagerCounted):
     def module(self, device: str = "meta") -> torch.nn.Module:
         """A :class:`~xpusim.plugins.models.decoder_module.DecoderLM` on ``device`` in the
         config's dtype (bf16 for fp8/int8). Imports torch."""
-        missing = self.module_lacks()
-        if missing:
-            raise UnsupportedError(
-                f"the torch module of decoder {self.cfg.name!r} does not build "
-                f"{', '.join(missing)}; its op graph is parametric and needs no module, but "
-                "the measured cpu backend and trace checks do"
-            )
         import torch
 
         from xpusim.plugins.models.decoder_module import DecoderLM
@@ -675,15 +668,6 @@ class DecoderModel(EagerCounted):
         with torch.device(device):
             m = DecoderLM(self.cfg)
         return m.to(torch_dtype(self.cfg.dtype))
-
-    def module_lacks(self) -> list[str]:
-        """The configured features :class:`~xpusim.plugins.models.decoder_module.DecoderLM`
-        does not build (empty when :meth:`module` can build this configuration)."""
-        c = self.cfg
-        checks = {
-            "multi-head latent attention": c.mla,
-        }
-        return [name for name, on in checks.items() if on]
 
     def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
         """``(ids, kv_cache, start, last_only)`` for PREFILL/DECODE (cache of
@@ -696,16 +680,13 @@ class DecoderModel(EagerCounted):
             return (ids,)
         if shape.phase not in (Phase.PREFILL, Phase.DECODE):
             raise ValueError(f"no single-module inputs for phase {shape.phase.value}")
-        cache = torch.zeros(
-            c.layers,
-            2,
-            shape.batch,
-            c.kv,
-            shape.context + shape.tokens,
-            c.d,
-            dtype=torch_dtype(c.dtype),
-            device=device,
-        )
+        size = shape.context + shape.tokens
+        if c.mla:  # the latent and the rotary key of every position
+            width = (c.kv_lora_rank or 0) + (c.qk_rope_head_dim or 0)
+            dims: tuple[int, ...] = (c.layers, shape.batch, size, width)
+        else:
+            dims = (c.layers, 2, shape.batch, c.kv, size, c.d)
+        cache = torch.zeros(*dims, dtype=torch_dtype(c.dtype), device=device)
         return (ids, cache, shape.context, True)
 
     # graphs --------------------------------------------------------------------------------
@@ -1102,6 +1083,16 @@ class DecoderModel(EagerCounted):
                 b.gemm(f"attn.kv_b{tag}", p.batch * keys, hd * (dn + dv), ckv, False)
                 d_qk, d_v, kv_heads = d, dv, hd
                 kv_read = p.batch * keys * hd * (d + dv) * e
+                # per-head keys: the up-projected part and the shared rotary key, joined
+                b.ew(
+                    f"attn.k_cat{tag}",
+                    OpKind.ELEMENTWISE,
+                    p.batch * keys * hd * d,
+                    p.batch * keys * (hd * dn + r),
+                    p.batch * keys * hd * d,
+                )
+            el = q_rows * hd * d_qk  # the query's two parts joined for the kernel
+            b.ew(f"attn.q_cat{tag}", OpKind.ELEMENTWISE, el, el, el)
             b.attention(
                 f"attn.core{tag}",
                 2.0 * (d_qk + d_v) * pairs * bh,
@@ -1114,6 +1105,8 @@ class DecoderModel(EagerCounted):
             )
             if p.phase is Phase.DECODE:
                 b.gemm(f"attn.v_absorb{tag}", q_rows, dv, ckv, False, batch=hd)
+                el = q_rows * hd * dv  # head-major to token-major for the output projection
+                b.ew(f"attn.v_absorb.layout{tag}", OpKind.ELEMENTWISE, el, el, el)
         b.gemm("attn.out", big_t, h, hd * dv, False)
 
     def _mlp_ops(self, b: _Builder, name: str, n: int, f: int, count: int) -> None:
