@@ -15,6 +15,7 @@ from xpusim.plugins.workloads.serving.stacks import (
     StackOverride,
     load_profile,
     resolve_stack,
+    stack_for,
     stack_names,
 )
 from xpusim.plugins.workloads.serving.workload import ServingConfig
@@ -110,3 +111,17 @@ def test_offline_picks_the_largest_batch_memory_holds() -> None:
     assert spec.max_batch_tokens == 8192
     spec = fill_memory_limits(cfg.scheduler, 10_000, np.array([9000] * 8), np.array([1000] * 8))
     assert spec.max_batch == 1 and spec.max_batch_tokens == 9000
+
+
+def test_non_gpu_systems_run_bare_unless_a_stack_is_named() -> None:
+    """The shipped profiles are GPU serving engines: a TPU system runs under ``none``
+    when the scenario names no stack, a GPU system under the default; a named stack
+    applies to every system."""
+    one = {"dist": "constant", "value": 8}
+    arrivals = {"process": "poisson", "rate": "1/s", "count": 4}
+    arrivals.update(prompt_tokens=one, output_tokens=one)
+    cfg = ServingConfig.model_validate({"arrivals": arrivals})
+    assert stack_for(cfg, "gpu").name == DEFAULT_STACK
+    assert stack_for(cfg, "tpu").name == "none"
+    named = ServingConfig.model_validate({"arrivals": arrivals, "stack": "vllm-v1"})
+    assert stack_for(named, "tpu").name == "vllm-v1"

@@ -41,7 +41,7 @@ from xpusim.plugins.workloads.serving.stacks import (
     StackCompiled,
     StackOverride,
     StackProfile,
-    resolve_stack,
+    stack_for,
 )
 from xpusim.plugins.workloads.serving.workload import TraceSpec, apply_stack
 from xpusim.plugins.workloads.serving.world import simulate_serving
@@ -89,10 +89,6 @@ class OfflineConfig(BaseModel):
         self._scheduler_given = "scheduler" in self.model_fields_set
         apply_stack(self)
         return self
-
-    def stack_profile(self) -> StackProfile:
-        """The serving engine profile this workload runs under."""
-        return self._stack if self._stack is not None else resolve_stack(self.stack)
 
 
 def fill_memory_limits(
@@ -160,7 +156,7 @@ class OfflineWorkload(Workload):
             m = metrics.forward_metrics(frames, span, samples=count, tokens_per_sample=tokens)
             return SystemRun(metrics=m, frames=frames, simulated_s=span)
         frame = self._requests(config, ctx)
-        compiled = StackCompiled(ctx.compiled, config.stack_profile())
+        compiled = StackCompiled(ctx.compiled, stack_for(config, system.backend))
         capacity = compiled.kv_capacity_tokens(config.kv_memory_fraction)
         spec = config.scheduler
         if not config._scheduler_given:

@@ -165,6 +165,23 @@ def resolve_stack(spec: str | StackOverride | None) -> StackProfile:
     return replace(prof, sources=sources, **changes)
 
 
+STACK_BACKENDS = frozenset({"gpu"})
+"""Backends whose systems the shipped profiles describe (GPU serving engines): a system
+of another backend (a TPU, the measured CPU) runs under ``none`` unless the scenario
+names a stack."""
+
+
+def stack_for(config: Any, backend: str) -> StackProfile:
+    """The profile a system of ``backend`` runs ``config`` (a serving or offline workload
+    block holding ``stack``) under: the scenario's stack when it names one, else
+    :data:`DEFAULT_STACK` on the backends of :data:`STACK_BACKENDS` and ``none`` on
+    others."""
+    if "stack" not in config.model_fields_set and backend not in STACK_BACKENDS:
+        return load_profile("none")
+    resolved = getattr(config, "_stack", None)
+    return resolved if isinstance(resolved, StackProfile) else resolve_stack(config.stack)
+
+
 class StackCompiled(Compiled):
     """A compiled model seen through a serving stack: the same memory fit and figures,
     and step costs with the stack's CUDA-graph padding and host time (module docstring).

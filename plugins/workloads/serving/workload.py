@@ -42,6 +42,7 @@ from xpusim.plugins.workloads.serving.stacks import (
     StackOverride,
     StackProfile,
     resolve_stack,
+    stack_for,
 )
 from xpusim.plugins.workloads.serving.world import simulate_serving
 
@@ -167,10 +168,6 @@ class ServingConfig(BaseModel):
         apply_stack(self)
         return self
 
-    def stack_profile(self) -> StackProfile:
-        """The serving engine profile this workload runs under."""
-        return self._stack if self._stack is not None else resolve_stack(self.stack)
-
     def router_policy(self) -> Router | str:
         """The registered router resolved at validation (inside a scenario), else the
         name, which the serving world looks up among its built-in routers."""
@@ -222,7 +219,7 @@ class ServingWorkload(Workload):
         assert isinstance(config, ServingConfig)
         frame = request_frame(config, ctx)
         system = ctx.system
-        compiled = StackCompiled(ctx.compiled, config.stack_profile())
+        compiled = StackCompiled(ctx.compiled, stack_for(config, system.backend))
         res = simulate_serving(
             frame,
             compiled,
