@@ -379,6 +379,11 @@ class QuantizedModel(ModelGraph):
     measured cpu backend) report the system unsupported."""
 
     def __init__(self, base: ModelGraph, precision: Precision, device: DeviceSpec) -> None:
+        if base.kind == "spiking":
+            raise XpusimError(
+                f"{base.name} is a spiking network: a precision sets the formats of GEMM "
+                "weights and activations, which it has none of; remove the precision."
+            )
         if dtype_bytes(base.info.dtype) != 2:
             raise XpusimError(
                 f"a precision applies to a 16-bit model; {base.name!r} is {base.info.dtype}."

@@ -207,3 +207,11 @@ def test_shipped_quantized_scenario_compares_formats(host: Host) -> None:
     assert sc.model.info.param_bytes > 140e9
     assert models["a100-w4a16"].info.param_bytes < 45e9
     assert models["b200-fp4"].info.param_bytes < 45e9
+
+
+def test_precision_on_a_spiking_network_is_refused(host: Host) -> None:
+    """A spiking network has no GEMM weights to quantize: a precision on one of its systems
+    is refused naming the field."""
+    path = Path(__file__).resolve().parents[1] / "scenarios" / "keyword-spotting-snn.yaml"
+    with pytest.raises(ScenarioError, match=r"systems\.1\.precision: .* is a spiking network"):
+        load_scenario(path, host, overrides=["systems.1.precision=fp8"])
