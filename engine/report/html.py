@@ -22,6 +22,7 @@ from xpusim.engine.report import (
     not_known_notes,
     shown_metrics,
     source_rows,
+    spiking,
     title_of,
 )
 from xpusim.engine.report import charts as ch
@@ -239,6 +240,7 @@ def render_html(run: RunResult) -> str:
                 charts["energy"],
                 "No system's energy per token, sample or step is known.",
             ),
+            spiking.html_section(run),
             _chart(
                 "utilization",
                 "Device utilization timeline",
