@@ -16,7 +16,7 @@ from xpusim.engine.errors import ScenarioError, XpusimError
 from xpusim.engine.graph import OpKind, Phase, Shape
 from xpusim.engine.host import Host
 from xpusim.engine.precision import VECTOR_FLOPS_ATTR, QuantizedModel
-from xpusim.engine.run import prepare
+from xpusim.engine.run import prepare, simulate
 from xpusim.engine.scenario import load_scenario
 from xpusim.plugins.gpu.backend import GpuBackend
 from xpusim.plugins.gpu.vectorwork import WithVectorWork
@@ -215,3 +215,21 @@ def test_precision_on_a_spiking_network_is_refused(host: Host) -> None:
     path = Path(__file__).resolve().parents[1] / "scenarios" / "keyword-spotting-snn.yaml"
     with pytest.raises(ScenarioError, match=r"systems\.1\.precision: .* is a spiking network"):
         load_scenario(path, host, overrides=["systems.1.precision=fp8"])
+
+
+def test_formats_change_what_a_run_measures(host: Host, write_yaml: Writer) -> None:
+    """Simulated end to end, each system keeps its formats: the same requests finish, the
+    systems at 8 and 4 bits hold fewer weight bytes per device than the 16-bit H200, and
+    each quantized system's figures say which tensor rate its GEMMs ran at."""
+    sc = load_scenario(write_yaml(SCENARIO), host)
+    run = {s.name: s for s in simulate(sc, host).systems}
+    assert all(s.status == "ok" for s in run.values())
+    weights = {n: s.metrics["weight_bytes_per_device"] for n, s in run.items()}
+    assert weights["b200-fp4"] < weights["h100-fp8"] < weights["h200"]
+    assert weights["a100-awq"] < weights["h100-fp8"]
+    figure = run["a100-awq"].figures["precision.activations_bytes_per_element"]
+    assert "a100-sxm-80gb's bf16 tensor rate" in figure.assumption
+    assert (
+        "fp4 tensor rate"
+        in run["b200-fp4"].figures["precision.activations_bytes_per_element"].assumption
+    )
