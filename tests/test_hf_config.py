@@ -258,3 +258,24 @@ def test_mla_decode_reads_the_latent_once() -> None:
     assert core.flops == 2 * (576 + 512) * 1000 * 128 * 4
     pre = {o.name for o in m.build(Shape(Phase.PREFILL, batch=1, tokens=64)).ops}
     assert "attn.kv_b" in pre and "attn.q_absorb" not in pre
+
+
+@pytest.mark.parametrize(
+    ("file", "published", "traits"),
+    [
+        ("phi-3-mini-4k.json", 3.82e9, {"sliding_window": 2047}),
+        ("gemma-2-9b.json", 9.24e9, {"attn_softcap": 50.0, "sandwich_norm": True}),
+        ("llama-3.2-1b.json", 1.24e9, {"tied_embeddings": True, "head_dim": 64}),
+        ("mistral-7b-v0.1.json", 7.24e9, {"sliding_window": 4096}),
+    ],
+)
+def test_published_config_files(file: str, published: float, traits: dict) -> None:
+    """Published config.json files of Phi-3, Gemma 2, Llama 3.2 and Mistral read with their
+    traits, and count within 0.5% of the parameters their model pages state
+    (tests/data/hf/SOURCES.md)."""
+    m = HF.configure({"config": str(DATA / file)})
+    assert m.info.params == pytest.approx(published, rel=0.005)
+    for key, value in traits.items():
+        assert getattr(m.cfg, key) == value, key
+    if m.cfg.layer_types:  # Gemma 2: even layers slide, odd ones attend globally
+        assert m.cfg.layer_types[:2] == ("sliding", "full")
