@@ -142,3 +142,24 @@ def test_kv_cache_per_device_under_tensor_parallelism() -> None:
     assert llama.kv_bytes_per_token_per_device(Parallelism(tensor=2, pipeline=2)) == kv / 4
     ds = HF.configure({"preset": "deepseek-v3"})
     assert ds.kv_bytes_per_token_per_device(Parallelism(tensor=8)) == ds.info.kv_bytes_per_token
+
+
+def test_gpu_memory_fit_shards_experts() -> None:
+    """The backend's memory fit holds each device's share: Mixtral 8x7B with expert: 2 on
+    two H100s fits with about 48 GB of weights a device, not 93.4 GB."""
+    from xpusim.engine.collectives import topology_from_device
+    from xpusim.engine.system import System
+    from xpusim.plugins.gpu.backend import GpuBackend
+    from xpusim.plugins.gpu.catalog import resolve
+
+    dev = resolve("h100-sxm")
+    m = MIXTRAL.configure({"preset": "mixtral-8x7b"})
+    fits = {}
+    for ep in (1, 2):
+        par = Parallelism(data=2, expert=ep)
+        system = System("sut", "gpu", dev, 2, par, topology_from_device(dev))
+        fits[ep] = GpuBackend().compile(m, system).fit(kv_tokens=0)
+    assert fits[1].breakdown["weights"] == pytest.approx(93.4e9, rel=0.001)
+    assert not fits[1].fits
+    assert fits[2].breakdown["weights"] == pytest.approx(48.3e9, rel=0.001)
+    assert fits[2].fits
