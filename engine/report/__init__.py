@@ -83,7 +83,7 @@ def best_systems(systems: Sequence[SystemResult], metric: Metric) -> set[str]:
     if not vals:
         return set()
     target = min(vals.values()) if metric.better == "lower" else max(vals.values())
-    tol = 1e-9 * max(abs(target), 1.0)
+    tol = 1e-9 * abs(target)
     best = {n for n, v in vals.items() if abs(v - target) <= tol}
     return best if len(best) == 1 else set()
 

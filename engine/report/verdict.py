@@ -139,7 +139,7 @@ def headline(systems: Sequence[SystemLike]) -> str:
     if not priced:
         return f"No system that {scope} has a known cost." + tail
     low = min(v for v, _ in priced)
-    tol = 1e-9 * max(abs(low), 1.0)
+    tol = 1e-9 * abs(low)
     tied = [s for v, s in priced if abs(v - low) <= tol]
     unit = "USD per million tokens" if key == "cost_per_million_tokens_usd" else "USD for the run"
     if len(tied) > 1:
