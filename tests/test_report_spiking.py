@@ -8,6 +8,7 @@ import pytest
 
 from xpusim.engine.device import Figure
 from xpusim.engine.report import spiking
+from xpusim.engine.report.html import render_html
 from xpusim.engine.results import RunResult, SystemResult
 from xpusim.plugins.workloads.spiking_sweep import OPERATING_POINTS_SCHEMA
 
@@ -114,3 +115,9 @@ def test_no_section_for_other_workloads(run) -> None:  # type: ignore[no-untyped
     """A run that is not spiking gets no section."""
     run.workload = "serving"
     assert spiking.markdown_section(run) == [] and spiking.html_section(run) == ""
+
+
+def test_html_report_carries_the_section(run) -> None:  # type: ignore[no-untyped-def]
+    """report.html of a spiking run includes the section after the energy chart."""
+    page = render_html(run)
+    assert page.index('id="energy"') < page.index('id="spiking"') < page.index('id="sources"')
