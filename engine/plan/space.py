@@ -31,8 +31,9 @@ from xpusim.engine.run import prepare
 from xpusim.engine.scenario import Scenario, resolve
 
 AUTO_TENSOR = (1, 2, 4, 8, 16)
-"""Tensor degrees tried in turn when the plan names none: the smallest one at which a
-replica fits is kept (within one node)."""
+"""Tensor degrees tried in turn when the plan names none: the smallest one whose shapes
+are not pruned (a replica fits, with room for enough KV cache to carry the load) is kept,
+within one node."""
 
 
 @dataclass(frozen=True)
@@ -197,12 +198,10 @@ def build_space(
         for tensor in spec.tensor or AUTO_TENSOR:
             if spec.tensor is None and (kept >= 1 or tensor > dev.devices_per_node):
                 break
-            fits = False
             for pipeline in spec.pipeline:
                 for batch in batches:
                     shape = Shape(dev.name, backend, tensor, pipeline, batch, price)
-                    fits = _consider(shape, base, scenario, host, spec, space, sizing) or fits
-            kept += fits
+                    kept += _consider(shape, base, scenario, host, spec, space, sizing)
     return space
 
 
@@ -226,7 +225,7 @@ def _consider(
     space: Space,
     sizing: Sizing,
 ) -> bool:
-    """Keep or prune ``shape`` (recording why); whether one replica fits its memory."""
+    """Keep or prune ``shape`` (recording why); whether it was kept."""
     row = {**shape.params(), "price": shape.price.to_json()}
     if shape.replica_devices > spec.count.max:
         why = f"one replica needs {shape.replica_devices} devices, above count.max {spec.count.max}"
@@ -239,8 +238,8 @@ def _consider(
     why = _size(shape, spec, compiled, sizing)
     if why:
         space.pruned.append({**row, "bound_per_replica_per_s": shape.bound_per_s, "pruned": why})
-    else:
-        space.shapes.append(shape)
+        return False
+    space.shapes.append(shape)
     return True
 
 
