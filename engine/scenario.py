@@ -441,7 +441,7 @@ def resolve(
     workload, wcfg = _resolve_workload(cfg, src, host)
     systems = [_resolve_system(i, s, src, host) for i, s in enumerate(cfg.systems)]
     with scenario_folder(base_dir):
-        quantized = _system_models(cfg, src, host, systems, default)
+        quantized = _system_models(cfg, src, host, systems, model, default)
     return Scenario(
         config=cfg,
         data=data,
@@ -470,7 +470,12 @@ def _with_model_config(cfg: ScenarioConfig, base_dir: Path) -> ScenarioConfig:
 
 
 def _system_models(
-    cfg: ScenarioConfig, src: Source, host: Host, systems: list[System], default: str | None
+    cfg: ScenarioConfig,
+    src: Source,
+    host: Host,
+    systems: list[System],
+    model: ModelGraph,
+    default: str | None,
 ) -> dict[str, ModelGraph]:
     """The quantized model of each system whose ``precision`` (or the scheme ``model.dtype``
     names, ``default``) is not 16-bit: a 16-bit base model, configured with the precision's
@@ -490,6 +495,11 @@ def _system_models(
             raise ScenarioError(
                 f"{src.where(here)}: a precision sets inference formats; for FP8 training "
                 "set model.dtype: fp8 and remove the precision."
+            )
+        if precision.kv_cache is not None and model.kv_bytes_per_token <= 0:
+            raise ScenarioError(
+                f"{src.where(here)}: kv_cache is set but {model.name} keeps no KV cache; "
+                "remove kv_cache."
             )
         block = model_block(cfg.model, precision)
         key = repr(sorted(block.items()))

@@ -233,3 +233,19 @@ def test_formats_change_what_a_run_measures(host: Host, write_yaml: Writer) -> N
         "fp4 tensor rate"
         in run["b200-fp4"].figures["precision.activations_bytes_per_element"].assumption
     )
+
+
+def test_kv_cache_format_on_a_model_without_one_is_refused(host: Host, write_yaml: Writer) -> None:
+    """An encoder keeps no KV cache: a precision's ``kv_cache`` on it is refused naming the
+    system's precision, while its weight format is accepted."""
+    text = """\
+name: bert
+model: {family: bert, preset: bert-large}
+workload: {kind: offline, count: 8}
+systems:
+  - {name: h100, backend: gpu, device: h100, precision: {scheme: fp8, kv_cache: fp8}}
+"""
+    with pytest.raises(ScenarioError, match=r"systems\.0\.precision: kv_cache is set but"):
+        load_scenario(write_yaml(text), host)
+    sc = load_scenario(write_yaml(text.replace(", kv_cache: fp8", "")), host)
+    assert isinstance(sc.model_for(sc.systems[0]), QuantizedModel)
