@@ -402,8 +402,99 @@ ENGINE_METRICS: tuple[Metric, ...] = (
         order=900,
         table=False,
     ),
+    Metric(
+        "max_rate_within_slo_per_s",
+        "Max rate within SLO",
+        "req/s",
+        better="higher",
+        description="the highest offered request rate at which the system still meets its "
+        "SLOs (goodput knee, by bisection; with capacity: {search: true})",
+        order=320,
+        short="max req/s",
+        table_format="{:,.3g}",
+    ),
+    Metric(
+        "sustainable_rate_per_s",
+        "Sustained rate when overloaded",
+        "req/s",
+        better="higher",
+        description="requests completed per second while the queue grew: the most an "
+        "overloaded system sustains",
+        order=321,
+        table=False,
+    ),
+    Metric(
+        "break_even_hours_per_year",
+        "Buy beats renting above",
+        "busy h/year",
+        better="none",
+        description="busy hours a year above which owning a device costs less than renting "
+        "it on demand, over its lifetime (hosting, power and staff included)",
+        order=630,
+        table=False,
+    ),
+    Metric(
+        "break_even_months",
+        "Purchase pays back after",
+        "months",
+        better="lower",
+        description="at the scenario's busy hours a year, the months until the rent saved "
+        "pays for the purchase (none when renting stays cheaper)",
+        order=631,
+        table=False,
+    ),
+    Metric(
+        "model_params",
+        "Parameters",
+        "B",
+        scale=1e-9,
+        description="the model's parameters (every expert of a mixture of experts)",
+        order=950,
+        table=False,
+    ),
+    Metric(
+        "model_active_params",
+        "Active parameters",
+        "B",
+        scale=1e-9,
+        description="parameters one token passes through (the routed experts it uses)",
+        order=951,
+        table=False,
+    ),
+    Metric(
+        "weight_bytes_per_device",
+        "Weights per device",
+        "GB",
+        scale=1e-9,
+        description="model weights one device holds under the system's parallel plan",
+        order=952,
+        table=False,
+    ),
+    Metric(
+        "kv_bytes_per_token",
+        "KV cache per token",
+        "KB",
+        scale=1e-3,
+        description="KV-cache bytes of one token over all layers, before sharding",
+        order=953,
+        table=False,
+    ),
+    detail(
+        "offered_rate_per_s",
+        "Offered rate",
+        "req/s",
+        description="requests per second arriving over the run",
+        order=1010,
+    ),
+    detail(
+        "overloaded",
+        "Overloaded",
+        description="true when requests arrived faster than the system completed them and "
+        "its queue grew for the whole run",
+        order=1011,
+    ),
 )
-"""The metrics the engine adds to every system (economics and the simulated span)."""
+"""The metrics the engine adds to every system (economics, capacity and the simulated span)."""
 
 
 def engine_vocabulary() -> Vocabulary:
