@@ -103,11 +103,21 @@ multi-shape fit: H200 is H100's GH100 die with more memory (the MAMF table says 
 rate "is the same"); one best-shape row fits the wave-quantization loss of that one shape
 as much as the chip."""
 
-OWN_BF16_FOR_LOWP = ("mi300x", "mi325x", "mi355x", "l4", "l40s", "a100-sxm-80gb")
-"""GPUs without an FP8 matmul row whose 8-bit GEMMs take their own BF16 fraction (a share
-of their own doubled peak) rather than another chip's FP8 fraction: the MAMF table leaves
-MI300X's FP8 row empty, and Ampere/Ada parts have no Hopper-style FP8 pipeline to
-inherit from."""
+BF16_RATE_FOR_LOWP = ("mi300x", "mi325x", "mi355x")
+"""GPUs whose 8-bit GEMMs are taken to run at their own measured BF16 rate
+(``lowp_tensor_fraction = tensor_fraction × bf16 peak / 8-bit peak``): the MAMF table
+leaves MI300X's FP8 row empty (no FP8 rate measured through torch on that stack) and
+has none for its successors, so a rate nobody measured is not credited. (The first rule
+tried, the own BF16 *fraction* of the doubled FP8 peak, made the MI300X FP8 rows of the
+serving validation 56-60 % fast at large batch; docs/validation.md records it.)"""
+
+OWN_FRACTION_FOR_LOWP = ("a100-sxm-80gb",)
+"""GPUs without FP8 whose int8 GEMMs take their own BF16 fraction of the int8 peak."""
+
+LOWP_INHERIT = {"l4": "h100-sxm", "l40s": "h100-sxm"}
+"""Ada parts have FP8 tensor cores like Hopper's: their 8-bit fraction comes from H100's
+FP8 fit, the nearest architecture with a measured FP8 rate (their 16-bit fractions come
+from A100, ``INHERIT``)."""
 
 
 def entries(path: Path) -> dict[str, dict[str, Any]]:
@@ -307,10 +317,25 @@ def with_inheritance(fitted: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
             continue
         params: dict[str, Any] = {}
         for name in PARAMS:
-            if name == "lowp_tensor_fraction" and dev in OWN_BF16_FOR_LOWP:
-                own = params.get("tensor_fraction")
-                if own is not None and name not in fitted.get(dev, {}):
-                    params[name] = {"value": own["value"], "taken_from": "its own tensor_fraction"}
+            own = params.get("tensor_fraction")
+            if name == "lowp_tensor_fraction" and own is not None and dev not in SAME_SILICON:
+                if dev in LOWP_INHERIT:
+                    src = LOWP_INHERIT[dev]
+                    params[name] = {"value": fitted[src][name]["value"], "inherited_from": src}
+                    continue
+                if dev in BF16_RATE_FOR_LOWP or dev in OWN_FRACTION_FOR_LOWP:
+                    spec = catalog()[dev]
+                    low = max(
+                        (spec.peak_flops[d].value for d in ("fp8", "int8") if d in spec.peak_flops),
+                        default=spec.flops("bf16"),
+                    )
+                    scale = spec.flops("bf16") / low if dev in BF16_RATE_FOR_LOWP else 1.0
+                    how = (
+                        "its measured BF16 rate (no 8-bit rate measured)"
+                        if dev in BF16_RATE_FOR_LOWP
+                        else "its own tensor_fraction (no FP8; int8 at the BF16 share)"
+                    )
+                    params[name] = {"value": own["value"] * scale, "taken_from": how}
                     continue
             src = dev
             seen = set()

@@ -125,3 +125,18 @@ def test_non_gpu_systems_run_bare_unless_a_stack_is_named() -> None:
     assert stack_for(cfg, "tpu").name == "none"
     named = ServingConfig.model_validate({"arrivals": arrivals, "stack": "vllm-v1"})
     assert stack_for(named, "tpu").name == "vllm-v1"
+
+
+def test_free_memory_kv_fraction_gives_a_larger_cache() -> None:
+    """TensorRT-LLM's KV fraction is of the memory left after the weights: the same 0.9
+    holds more cache than vLLM's 0.9 of all memory, by exactly (1 - 0.9) of that left."""
+    inner = compiled()
+    total = load_profile("vllm-0.6")
+    free = load_profile("tensorrt-llm")
+    assert free.kv_fraction_of == "free" and total.kv_fraction_of == "total"
+    have = inner.system.device.memory_bytes.value
+    need = inner.fit(kv_tokens=0).need_bytes
+    per_tok = inner.model.kv_bytes_per_token
+    got = StackCompiled(inner, free).kv_capacity_tokens(0.9)
+    assert got == pytest.approx(0.9 * (have - need) / per_tok, rel=1e-6, abs=2)
+    assert got > StackCompiled(inner, total).kv_capacity_tokens(0.9)

@@ -14,7 +14,11 @@ iteration:
   the smallest captured size ``>= b`` (the padded rows cost what real rows cost); larger
   batches and iterations that prefill run eagerly at their own size;
 * ``kv_memory_fraction`` and ``scheduler`` — the engine's defaults, used when the scenario
-  does not set them.
+  does not set them; ``kv_fraction_of`` says what the fraction is of: ``total`` device
+  memory that weights, activations and KV cache share (vLLM's
+  ``--gpu-memory-utilization``, SGLang's ``mem_fraction_static``) or the memory ``free``
+  once the weights and runtime are loaded, all of it KV cache (TensorRT-LLM's
+  ``kv_cache_free_gpu_mem_fraction``).
 
 A scenario writes ``stack: vllm-0.6`` or overrides fields inline::
 
@@ -77,6 +81,7 @@ class StackProfile:
     kv_memory_fraction: float
     scheduler: Mapping[str, Any]
     sources: Mapping[str, str] = field(default_factory=dict)
+    kv_fraction_of: str = "total"
 
     def graph_batch(self, batch: int) -> int | None:
         """The captured batch size a decode of ``batch`` sequences runs at, or ``None``
@@ -131,6 +136,7 @@ def load_profile(name: str) -> StackProfile:
         host_overlap=bool(_value(raw["host_overlap"])),
         cuda_graph_batches=sizes,
         kv_memory_fraction=float(_value(raw["kv_memory_fraction"])),
+        kv_fraction_of=str(raw.get("kv_fraction_of", "total")),
         scheduler=dict(raw["scheduler"]),
         sources={
             "host_step_s": _cited(raw["host_step_s"]),
@@ -220,8 +226,16 @@ class StackCompiled(Compiled):
         return self.inner.fit(kv_tokens=kv_tokens, batch=batch, training=training)
 
     def kv_capacity_tokens(self, reserve_fraction: float = 0.9) -> int:
-        """The wrapped model's KV capacity."""
-        return self.inner.kv_capacity_tokens(reserve_fraction)
+        """The wrapped model's KV capacity with ``reserve_fraction`` read as the stack
+        reads its KV fraction: of total memory, or (``kv_fraction_of: free``) of what the
+        weights, activations and runtime leave, converted to the share of total memory
+        that gives the same cache."""
+        f = reserve_fraction
+        if self.stack.kv_fraction_of == "free":
+            have = self.system.device.memory_bytes.value
+            need = self.inner.fit(kv_tokens=0).need_bytes
+            f = min(1.0, f + (1.0 - f) * need / have) if have > 0 else f
+        return self.inner.kv_capacity_tokens(f)
 
     def power_model(self) -> PowerModel | None:
         """The wrapped model's power model."""
