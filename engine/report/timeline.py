@@ -5,6 +5,12 @@ Open it in Perfetto (ui.perfetto.dev) or ``chrome://tracing``. Each system is a 
 "X"``, ``ts``/``dur`` in microseconds of simulated time) are its busy intervals named by
 power state; each replica's steps form one more thread. Idle is the gaps.
 
+A system with more than :data:`MAX_LANES` device lanes (a training cluster of thousands of
+devices) shows an evenly spaced sample of them — every device index of the replica up to
+that many, then evenly spaced replicas (and their step threads) — with each shown lane's
+intervals whole; ``otherData.lanes`` says how many were shown of how many. The
+utilisation chart and the energy still read every device from the frames.
+
 A trace holds at most :data:`MAX_EVENTS` complete events. Beyond that, back-to-back
 intervals of the same state on one thread are merged; if that is not enough, each thread
 gets one event per time window, named by the state busy longest in it (its
@@ -29,6 +35,9 @@ if TYPE_CHECKING:
 
 MAX_EVENTS = 200_000
 """Most complete events one timeline.json holds."""
+
+MAX_LANES = 64
+"""Most device lanes (threads) one system shows; past it, an evenly spaced sample."""
 
 _STEP_TID_BASE = 1_000_000
 _JOULES = (
@@ -101,6 +110,55 @@ def _lanes(run: RunResult) -> pl.DataFrame | pl.LazyFrame | None:
     return out.sort("pid", "tid", "start_s")
 
 
+def _spread(values: list[int], k: int) -> list[int]:
+    """Up to ``k`` of the sorted ``values``, evenly spaced, first and last included."""
+    if len(values) <= k:
+        return values
+    if k <= 1:
+        return values[:1]
+    n = len(values)
+    return sorted({values[round(i * (n - 1) / (k - 1))] for i in range(k)})
+
+
+def _lane_sample(
+    lanes: pl.DataFrame | pl.LazyFrame, max_lanes: int
+) -> tuple[pl.DataFrame | None, str]:
+    """The (pid, tid) pairs to show when some system has more than ``max_lanes`` device
+    lanes (``None`` when every lane is shown), and a sentence saying what was kept."""
+    pairs = lanes.lazy().select("pid", "tid").unique().collect()
+    keep: list[tuple[int, int]] = []
+    shown = total = 0
+    sampled = False
+    for (pid,), part in pairs.group_by("pid", maintain_order=True):
+        tids = sorted(int(t) for t in part["tid"].to_list())
+        dev = [t for t in tids if t < _STEP_TID_BASE]
+        step = [t for t in tids if t >= _STEP_TID_BASE]
+        total += len(dev)
+        if len(dev) <= max_lanes:
+            keep += [(int(pid), t) for t in tids]
+            shown += len(dev)
+            continue
+        sampled = True
+        devices = _spread(sorted({(t - 1) % 10_000 for t in dev}), max_lanes)
+        replicas = _spread(
+            sorted({(t - 1) // 10_000 for t in dev}), max(1, max_lanes // len(devices))
+        )
+        chosen = {r * 10_000 + d + 1 for r in replicas for d in devices} & set(dev)
+        keep += [(int(pid), t) for t in sorted(chosen)]
+        keep += [(int(pid), t) for t in step if t - _STEP_TID_BASE in replicas]
+        shown += len(chosen)
+    if not sampled:
+        return None, ""
+    frame = pl.DataFrame(
+        {"pid": [p for p, _ in keep], "tid": [t for _, t in keep]},
+        schema={"pid": pl.Int64, "tid": pl.Int64},
+    )
+    return frame, (
+        f"{shown} of {total} device lanes shown (at most {max_lanes} a system: evenly "
+        f"spaced replicas and devices, each lane whole)"
+    )
+
+
 def _lean_lanes(run: RunResult) -> pl.LazyFrame | None:
     """Busy intervals of every lane as numbers and the state: pid, tid, step (whether the
     lane is a replica's steps), state, start and end (s), joules; no per-row strings, so a
@@ -139,14 +197,19 @@ def _lean_lanes(run: RunResult) -> pl.LazyFrame | None:
     return pl.concat(parts) if parts else None
 
 
-def _windows_lazy(run: RunResult, max_events: int) -> tuple[pl.DataFrame, int, str]:
-    """:func:`_windows` for spilled runs as streaming aggregations over :func:`_lean_lanes`:
-    busy time per thread, window and state first, then the dominant state per thread and
-    window; names and threads are spelled out on the aggregated rows only. Returns the
-    events, the intervals that went in and the reduction's description."""
+def _windows_lazy(
+    run: RunResult, max_events: int, keep: pl.DataFrame | None = None
+) -> tuple[pl.DataFrame, int, str]:
+    """:func:`_windows` for spilled runs as streaming aggregations over :func:`_lean_lanes`
+    (only the ``keep`` lanes when given): busy time per thread, window and state first,
+    then the dominant state per thread and window; names and threads are spelled out on
+    the aggregated rows only. Returns the events, the intervals that went in and the
+    reduction's description."""
     lanes = _lean_lanes(run)
     if lanes is None:
         return pl.DataFrame(), 0, "none"
+    if keep is not None:
+        lanes = lanes.join(keep.lazy(), on=["pid", "tid"], how="semi")
     stats = (
         lanes.select(
             pl.len().alias("n"),
@@ -278,9 +341,23 @@ def _windows(lanes: pl.DataFrame, width_s: float) -> pl.DataFrame:
     )
 
 
-def build_trace(run: RunResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
+def build_trace(
+    run: RunResult, max_events: int = MAX_EVENTS, max_lanes: int = MAX_LANES
+) -> dict[str, Any]:
     """The Chrome trace document (``traceEvents`` and ``otherData``) for ``run``."""
     lanes = _lanes(run)
+    keep: pl.DataFrame | None = None
+    sample = ""
+    if lanes is not None:
+        keep, sample = _lane_sample(lanes, max_lanes)
+        if keep is not None:
+            lanes = lanes.join(
+                keep.lazy() if isinstance(lanes, pl.LazyFrame) else keep,
+                on=["pid", "tid"],
+                how="semi",
+            )
+            if isinstance(lanes, pl.DataFrame):
+                lanes = lanes.sort("pid", "tid", "start_s")
     other: dict[str, Any] = {
         "scenario": run.scenario,
         "seed": run.seed,
@@ -288,6 +365,8 @@ def build_trace(run: RunResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
         "time": "simulated seconds shown as microseconds",
         "reduction": "none",
     }
+    if sample:
+        other["lanes"] = sample
     events: list[dict[str, Any]] = []
     for i, s in enumerate(run.systems):
         events.append(
@@ -304,7 +383,7 @@ def build_trace(run: RunResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
         if n <= max_events:
             lanes = lanes.collect(engine="streaming").sort("pid", "tid", "start_s")
         else:
-            reduced, other["intervals"], how = _windows_lazy(run, max_events)
+            reduced, other["intervals"], how = _windows_lazy(run, max_events, keep)
             if reduced.height > max_events:
                 stride = -(-reduced.height // max_events)
                 reduced = reduced.gather_every(stride)

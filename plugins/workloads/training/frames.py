@@ -18,7 +18,7 @@ Frames stay small: when the exact timeline of every device would exceed ``max_ro
 rows, each stage's busy time is **sampled** into equal windows instead (one row per busy
 state per window, laid end to end from the window's start, holding exactly the busy
 seconds of that state in the window), the window chosen so that every device fits the
-row budget. Busy seconds and joules per device are the same either way; checkpoints
+row budget, with at least :data:`MIN_WINDOWS` windows. Busy seconds and joules per device are the same either way; checkpoints
 and failures show as the windows' lower utilisation.
 """
 
@@ -36,10 +36,21 @@ from xpusim.plugins.workloads.training.failures import FailureRun
 from xpusim.plugins.workloads.training.pipeline import schedule_intervals
 from xpusim.plugins.workloads.training.steps import BUSY_KEYS, StepTime
 
-__all__ = ["MAX_DEVICE_ROWS", "STEPS_SCHEMA", "devices_frame", "step_patterns", "steps_frame"]
+__all__ = [
+    "MAX_DEVICE_ROWS",
+    "MIN_WINDOWS",
+    "STEPS_SCHEMA",
+    "devices_frame",
+    "step_patterns",
+    "steps_frame",
+]
 
-MAX_DEVICE_ROWS = 1_000_000
-"""Most rows a ``devices`` frame of one system holds before it is sampled into windows."""
+MAX_DEVICE_ROWS = 250_000
+"""Rows a ``devices`` frame of one system holds before it is sampled into windows."""
+
+MIN_WINDOWS = 12
+"""Fewest windows a sampled timeline has per device, however many devices (so a cluster
+of tens of thousands of devices may exceed :data:`MAX_DEVICE_ROWS`)."""
 
 STEPS_SCHEMA: dict[str, pl.DataType] = {
     "system": pl.String(),
@@ -262,8 +273,7 @@ def devices_frame(
         rows = [_exact_rows(st, patterns[s], spans) for s in range(p)]
         how_other = other
     else:
-        per_lane = max(len(BUSY_KEYS), max_rows // lanes)
-        n_w = max(1, per_lane // len(BUSY_KEYS))
+        n_w = max(MIN_WINDOWS, max_rows // lanes // len(BUSY_KEYS))
         width = max(st.seconds, run.wall_s / n_w) if run.wall_s > 0 else st.seconds
         rows = [_window_rows(st, s, spans, run.wall_s, width) for s in range(p)]
         how_other = []
