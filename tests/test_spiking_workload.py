@@ -258,3 +258,17 @@ def test_capacity_is_what_the_system_could_carry(model) -> None:  # type: ignore
     run = _sweep_run(model, rate="2/s", batch=4, sweep={"enabled": False})
     assert run.metrics["throughput_samples_per_s"] < 3.0
     assert run.metrics["capacity_samples_per_s"] == pytest.approx(40.0)
+
+
+def test_sweep_keys_are_checked_at_load() -> None:
+    """A sweep load or input rate of zero, an input rate above what a 1 ms-step source
+    emits, too few samples or an unknown key are refused with the key named."""
+    for bad in (
+        {"loads": ["0/s"]},
+        {"input_rates": ["0 Hz"]},
+        {"input_rates": ["5000 Hz"]},
+        {"samples": 1},
+        {"points": 3},
+    ):
+        with pytest.raises(ValidationError, match="sweep"):
+            SpikingConfig.model_validate({"sweep": bad})

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from xpusim.engine.backend import Compiled
 from xpusim.engine.graph import Phase, Shape
@@ -84,6 +84,17 @@ class SweepConfig(BaseModel):
     """Input firing rates (Hz); default :data:`INPUT_RATE_FACTORS` times the model's."""
     samples: int = Field(default=200, ge=10, le=100_000)
     """Samples simulated per point."""
+
+    @field_validator("input_rates")
+    @classmethod
+    def _input_rates(cls, v: list[float] | None) -> list[float] | None:
+        for r in v or []:
+            if r > MAX_INPUT_RATE_HZ:
+                raise ValueError(
+                    f"an input rate of {r:g} Hz exceeds the {MAX_INPUT_RATE_HZ:g} Hz a 1 ms-step "
+                    f"Poisson source can emit (one spike per step); use at most 1000 Hz"
+                )
+        return v
 
 
 def default_loads(rate: float | None) -> list[float]:
