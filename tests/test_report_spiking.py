@@ -50,6 +50,7 @@ def _system(
         "energy_per_sample_active_j": active_j,
         "energy_per_sample_j": static_w / load + active_j,
         "synaptic_events_per_sample": EVENTS,
+        "capacity_samples_per_s": cap,
         **facts,
     }
     return SystemResult(
@@ -93,7 +94,7 @@ def test_static_crossover_is_exact_and_checks_capacity(run) -> None:  # type: ig
     (x,) = spiking.static_crossovers(run)
     assert (x.lean, x.light) == ("lean", "light")
     assert x.load == pytest.approx(9 / 0.49) and x.sustained
-    run.systems[0].frames["operating_points"] = _points("lean", 10.0, 0.01, 10.0)
+    run.systems[0].metrics["capacity_samples_per_s"] = 10.0
     (x,) = spiking.static_crossovers(run)
     assert not x.sustained
 

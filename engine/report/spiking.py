@@ -16,7 +16,8 @@ Three parts, read from what the run recorded (nothing is simulated here):
   inference cross, found between grid points by interpolating in log-log space; and, from
   the static power and active energy at the scenario's load, the load
   ``λ* = (P_a - P_b) / (e_b - e_a)`` above which the system with the higher static power
-  but the lower active energy per inference would win, with whether both can sustain it.
+  but the lower active energy per inference would win, with whether both can sustain it
+  (their ``capacity_samples_per_s``).
 * **Mapping facts.** Boards, chips and cores used, neurons per core, routing entries,
   real-time factor and whether the network keeps up (for a placing backend), and the
   dense and sparse op counts per timestep every system is given.
@@ -189,13 +190,9 @@ class StaticCrossover:
 def static_crossovers(run: RunResult) -> list[StaticCrossover]:
     """The load at which a system with higher static power but lower active energy per
     inference overtakes another (from the scenario's load: static power is the static
-    energy per sample times the throughput)."""
-    points = _points(run)
-    cap: dict[str, float] = {}
-    if points is not None:
-        for name, c in zip(points["system"], points["capacity_per_s"], strict=True):
-            if c is not None:
-                cap[str(name)] = float(c)
+    energy per sample times the throughput; whether the load can be carried, from each
+    system's ``capacity_samples_per_s``)."""
+    cap = {s.name: c for s in run.systems if (c := _num(s, "capacity_samples_per_s"))}
     facts = {}
     for s in run.systems:
         static, active = (
