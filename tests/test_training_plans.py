@@ -324,3 +324,28 @@ def test_a_scenario_writes_the_plan_end_to_end(tmp_path: Any, host: Any) -> None
     assert s.status == "ok", s.reason
     assert s.metrics["pipeline_layers"] == "2, 4×3"
     assert s.metrics["cp_comm_s"] > 0
+
+
+def test_trace_of_a_big_cluster_shows_a_sample_of_whole_lanes(host: Any) -> None:
+    """timeline.json keeps at most max_lanes device lanes a system, evenly spaced over
+    replicas and devices, each with all its intervals, and says so."""
+    from xpusim.engine.report.timeline import build_trace
+    from xpusim.engine.results import RunResult, SystemResult
+
+    dev, _st, run = _timeline(host, 10**7)
+    system = SystemResult(
+        name="s",
+        backend="gpu",
+        device="h100-sxm",
+        count=8,
+        metrics={"simulated_s": run.wall_s},
+        frames={"devices": dev},
+    )
+    doc = build_trace(RunResult(scenario="t", seed=0, version="test", systems=[system]), 10**6, 4)
+    complete = [e for e in doc["traceEvents"] if e["ph"] == "X"]
+    lanes = {e["tid"] for e in complete}
+    assert len(lanes) == 4
+    assert doc["otherData"]["lanes"].startswith("4 of 8 device lanes shown")
+    busy = dev.filter(pl.col("state").is_in(["compute", "memory", "overhead", "comm"]))
+    per_lane = busy.group_by("replica", "device").len()["len"].to_list()
+    assert len(complete) == 4 * per_lane[0]

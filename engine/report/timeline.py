@@ -350,14 +350,10 @@ def build_trace(
     sample = ""
     if lanes is not None:
         keep, sample = _lane_sample(lanes, max_lanes)
-        if keep is not None:
-            lanes = lanes.join(
-                keep.lazy() if isinstance(lanes, pl.LazyFrame) else keep,
-                on=["pid", "tid"],
-                how="semi",
-            )
-            if isinstance(lanes, pl.DataFrame):
-                lanes = lanes.sort("pid", "tid", "start_s")
+        if isinstance(lanes, pl.LazyFrame) and keep is not None:
+            lanes = lanes.join(keep.lazy(), on=["pid", "tid"], how="semi")
+        elif isinstance(lanes, pl.DataFrame) and keep is not None:
+            lanes = lanes.join(keep, on=["pid", "tid"], how="semi").sort("pid", "tid", "start_s")
     other: dict[str, Any] = {
         "scenario": run.scenario,
         "seed": run.seed,
