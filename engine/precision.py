@@ -20,6 +20,8 @@ format, and the narrower weights are converted inside the GEMM: each weight elem
 GEMM's left operand, charged on the vector unit beside the matrix work (the op attribute
 :data:`VECTOR_FLOPS_ATTR`). Weight-only formats (``w4a16``) always take that path: their
 GEMMs are 16-bit. :class:`GemmPlan` records the choice and the report says which.
+Quantizing activations (and new K/V entries) is taken as fused into the kernel that writes
+them, as TensorRT-LLM fuses it into the norm before a GEMM, and is not charged.
 
 :class:`QuantizedModel` wraps a configured 16-bit model and rewrites its op graphs and its
 weight bytes; the KV cache's format is the model family's own ``kv_dtype`` field, which the
