@@ -11,7 +11,10 @@ shape, and why it is attached to ``h100-sxm``. Three comparisons are printed:
    every point, against the same points;
 3. **fitted, held out**: parameters fitted to the points whose label does *not* start with
    ``--holdout`` (default ``phi-2``: fit on InternLM-20B's shapes), checked on those that do
-   (phi-2's, a different hidden size and MLP width).
+   (phi-2's, a different hidden size and MLP width);
+4. **public kernel fit, held out**: the device's defaults fitted to the shared public
+   kernel tables (``plugins/gpu/kernel_fits.yaml``, ``benchmarks/fit_kernels.py``), which
+   never saw these points, against every point.
 
 Each part prints the median and maximum |error| overall and per regime: ``m <= 64``
 (decode-sized GEMMs, bound by memory and kernel overhead), ``64 < m < 1024`` and
@@ -46,6 +49,7 @@ from xpusim.engine.graph import OpKind  # noqa: E402
 from xpusim.plugins.gpu import points as points_mod  # noqa: E402
 from xpusim.plugins.gpu.catalog import catalog  # noqa: E402
 from xpusim.plugins.gpu.efficiency import GpuEfficiency  # noqa: E402
+from xpusim.plugins.gpu.kernel_fits import fitted_params  # noqa: E402
 from xpusim.plugins.gpu.measure import fit_params, fit_report  # noqa: E402
 from xpusim.plugins.gpu.points import Point, Points  # noqa: E402
 
@@ -108,7 +112,7 @@ def _subset(pts: Points, keep: Sequence[Point]) -> Points:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the three comparisons and print (and optionally write) their figures."""
+    """Run the four comparisons and print (and optionally write) their figures."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--points", type=Path, default=DEFAULT_POINTS)
     ap.add_argument("--holdout", default="phi-2", help="label prefix of the held-out points")
@@ -140,6 +144,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 spec,
                 held,
                 replace(default, **held_fit),
+                args.rows,
+            )
+        )
+    public = {k: v for k, (v, _how) in fitted_params(spec.name).items()}
+    if public:
+        parts.append(
+            _part(
+                "public kernel fit, held out",
+                spec,
+                every,
+                replace(default, **public),
                 args.rows,
             )
         )
