@@ -279,3 +279,22 @@ def test_published_config_files(file: str, published: float, traits: dict) -> No
         assert getattr(m.cfg, key) == value, key
     if m.cfg.layer_types:  # Gemma 2: even layers slide, odd ones attend globally
         assert m.cfg.layer_types[:2] == ("sliding", "full")
+
+
+def test_newer_config_keys(tmp_path: Path) -> None:
+    """Newer config.json files state `layer_types` and `rope_parameters`: read, and an
+    unknown layer type is refused by name."""
+    data = json.loads((DATA / "qwen2-7b" / "config.json").read_text())
+    del data["rope_theta"]
+    data["layer_types"] = ["full_attention"] * 28
+    data["rope_parameters"] = {"rope_theta": 1000000.0, "rope_type": "default"}
+    m = HF.configure({"config": _write(tmp_path, data)})
+    assert m.cfg.rope_theta == 1e6 and m.cfg.layer_types is None
+    data["layer_types"][3] = "chunked_attention"
+    with pytest.raises(ScenarioError, match=r"layer_types.*'chunked_attention'"):
+        HF.configure({"config": _write(tmp_path, data)})
+    gemma = json.loads(json.dumps(HF_PRESETS["gemma-3-27b"]))
+    del gemma["sliding_window_pattern"]
+    gemma["layer_types"] = ["sliding_attention", "full_attention"] * 31
+    g = HF.configure({"config": _write(tmp_path, gemma)})
+    assert g.cfg.layer_types == ("sliding", "full") * 31

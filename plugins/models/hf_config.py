@@ -209,7 +209,40 @@ def _base(r: _Reader) -> dict[str, Any]:
         out["rope_theta"] = float(r.data["rope_theta"])
     if r.get("rope_scaling") is not None:
         out["rope_scaling"] = dict(r.data["rope_scaling"])
+    _rope_parameters(r, out)
+    _layer_types(r, out)
     return out
+
+
+def _rope_parameters(r: _Reader, out: dict[str, Any]) -> None:
+    """Newer configs state RoPE as ``rope_parameters``: one mapping, or one per layer type
+    (``full_attention``, ``sliding_attention``); the full layers' ``rope_theta`` is kept
+    and the mapping recorded like ``rope_scaling`` (it changes the cos/sin tables only)."""
+    params = r.get("rope_parameters")
+    if params is None:
+        return
+    if not isinstance(params, Mapping):
+        raise r.refuse("rope_parameters", "expected a mapping of RoPE settings")
+    main = params.get("full_attention", params)
+    if isinstance(main, Mapping) and main.get("rope_theta") is not None:
+        out["rope_theta"] = float(main["rope_theta"])
+    out["rope_scaling"] = dict(params)
+
+
+_LAYER_TYPES = {"sliding_attention": "sliding", "full_attention": "full"}
+
+
+def _layer_types(r: _Reader, out: dict[str, Any]) -> None:
+    """``layer_types`` (newer configs of every family) names each layer's attention."""
+    types = r.get("layer_types")
+    if types is None:
+        return
+    bad = [t for t in types if t not in _LAYER_TYPES]
+    if bad:
+        raise r.refuse("layer_types", unknown_message("layer type", bad[0], list(_LAYER_TYPES)))
+    kinds = tuple(_LAYER_TYPES[t] for t in types)
+    if "sliding" in kinds:
+        out["layer_types"] = kinds
 
 
 def _sliding(r: _Reader, out: dict[str, Any]) -> None:
@@ -327,14 +360,9 @@ def _gemma2(r: _Reader) -> dict[str, Any]:
 def _gemma3(r: _Reader) -> dict[str, Any]:
     out = _gemma(r, qk_norm=True)
     out["sliding_window"] = int(r.need("sliding_window"))
-    types = r.get("layer_types")
     pattern = r.get("sliding_window_pattern") or r.get("_sliding_window_pattern")
-    if types is not None:
-        names = {"sliding_attention": "sliding", "full_attention": "full"}
-        bad = [t for t in types if t not in names]
-        if bad:
-            raise r.refuse("layer_types", unknown_message("layer type", bad[0], list(names)))
-        out["layer_types"] = tuple(names[t] for t in types)
+    if "layer_types" in out:
+        pass  # read by _base
     elif pattern:  # Gemma3Attention: is_sliding = bool((layer_idx + 1) % pattern)
         out["layer_types"] = tuple(
             "sliding" if (i + 1) % int(pattern) else "full" for i in range(out["layers"])
