@@ -215,7 +215,8 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
         seq_len=int(w["seq_len"]),
         recompute=str(w.get("recompute", "selective")),
         precision=str(w.get("precision", "bf16")),
-        grad_dtype="bf16",
+        optimizer=str(w.get("optimizer", "adam")),
+        grad_dtype=str(w.get("grad_reduce_dtype", "bf16")),
         overlap_grad_reduce=bool(w.get("overlap_grad_reduce", True)),
         schedule=str(w.get("schedule", "1f1b")),
     )

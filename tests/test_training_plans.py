@@ -349,3 +349,13 @@ def test_trace_of_a_big_cluster_shows_a_sample_of_whole_lanes(host: Any) -> None
     busy = dev.filter(pl.col("state").is_in(["compute", "memory", "overhead", "comm"]))
     per_lane = busy.group_by("replica", "device").len()["len"].to_list()
     assert len(complete) == 4 * per_lane[0]
+
+
+def test_bf16_adam_moments_take_eight_bytes_a_parameter(host: Any) -> None:
+    """adam_bf16 keeps the fp32 master and bf16 moments: 8 bytes a parameter against
+    Adam's 12."""
+    model = _model(host, "llama", **SMALL)
+    par = Parallelism(data=8)
+    full = plan_memory(model, par, _plan(), 80e9)
+    half = plan_memory(model, par, _plan(optimizer="adam_bf16"), 80e9)
+    assert half.optimizer == pytest.approx(full.optimizer * 8 / 12)

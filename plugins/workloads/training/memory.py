@@ -82,10 +82,14 @@ GB = 1e9
 
 OPTIMIZER_BYTES: Mapping[str, tuple[float, float]] = {
     "adam": (12.0, 8.0),
+    "adam_bf16": (8.0, 4.0),
     "sgd": (8.0, 4.0),
 }
 """Optimizer-state bytes per parameter: (16/8-bit training with an fp32 master copy,
-fp32 training). Adam: master + first and second moments; SGD: master + momentum."""
+fp32 training). Adam: master + first and second moments in fp32; ``adam_bf16``: the
+moments in bf16 beside the fp32 master (DeepSeek-AI 2024, arXiv:2412.19437, §3.3.3,
+"We adopt the BF16 data format instead of FP32 to track the first and second moments");
+SGD: master + momentum."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,7 +97,7 @@ class TrainingConfig(BaseModel):
     tokens: float | None = Field(default=None, gt=0, le=MAX_TRAINING_TOKENS)
     recompute: Literal["none", "selective", "full"] = "selective"
     precision: Literal["bf16", "fp16", "fp32", "fp8"] = "bf16"
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "adam_bf16", "sgd"] = "adam"
     grad_reduce_dtype: Literal["bf16", "fp16", "fp32"] | None = None
     overlap_grad_reduce: bool = True
     bucket_size: Bytes = Field(default=25e6)
