@@ -33,8 +33,31 @@ def nearest_existing(path: Path) -> Path:
     return Path(".")
 
 
+MAX_NAME = 255
+"""Longest file or folder name (in bytes) the common file systems accept."""
+
+
+def check_path_text(path: Path, label: str) -> None:
+    """Refuse a path no file system can hold: an empty one, one with a NUL byte, or a
+    name longer than :data:`MAX_NAME` bytes."""
+    text = str(path)
+    if not text or "\x00" in text:
+        raise XpusimError(
+            f"{label} {text!r}: this is not a usable path (empty or with a NUL byte); "
+            f"give a folder path such as results/my-run."
+        )
+    long = next((p for p in Path(text).parts if len(os.fsencode(p)) > MAX_NAME), None)
+    if long is not None:
+        raise XpusimError(
+            f"{label} {text[:80]!r}...: the name {long[:40]!r}... is {len(os.fsencode(long))} "
+            f"bytes long; a file or folder name is at most {MAX_NAME} bytes. Choose a "
+            f"shorter name."
+        )
+
+
 def check_not_symlink(path: Path, label: str) -> None:
     """Refuse ``path`` when it is a symbolic link (dangling or not)."""
+    check_path_text(path, label)
     if path.is_symlink():
         target = os.readlink(path)
         raise XpusimError(

@@ -185,6 +185,16 @@ def check_out_dir(out_dir: Path) -> None:
     another run folder or in a folder that cannot be written is an error.
     """
     out_dir = Path(out_dir)
+    try:
+        _check_out_dir(out_dir)
+    except OSError as exc:  # a path the system cannot even look at (too long, a loop)
+        raise XpusimError(
+            f"--out {str(out_dir)[:200]}: cannot use this path ({exc.strerror}); choose a "
+            f"shorter, plain folder path."
+        ) from None
+
+
+def _check_out_dir(out_dir: Path) -> None:
     check_not_symlink(out_dir, "--out")
     if out_dir.exists() and not out_dir.is_dir():
         raise XpusimError(
