@@ -1,6 +1,6 @@
 """Speed of the training world: 10,000 steps of a 16,384-GPU plan with failures.
 
-Target (the training issue): under 10 s for 10,000 steps of a 16,384-GPU plan with
+Target: under 10 s for 10,000 steps of a 16,384-GPU plan with
 failures over 5 seeds. The harness runs the ``training`` workload end to end — the
 backend prices the stage graph once, the failure world replays the run for every seed at
 checkpoint/failure granularity, and the ``steps`` (one row per step) and ``devices``

@@ -88,7 +88,7 @@ def test_first_and_last_stage_sizes_and_explicit_lists() -> None:
 
 
 def test_llama3_and_bloom_plans_are_accepted(host: Any) -> None:
-    """The plans the issue names divide: 126 layers over 16 stages, 70 over 12."""
+    """Llama 3 405B's and BLOOM-176B's plans divide: 126 layers over 16 stages, 70 over 12."""
     llama = _model(host, "llama", preset="llama-3-405b")
     par = Parallelism(data=128, tensor=8, pipeline=16)
     assert check_plan(llama, par, _plan(global_batch=2048, seq_len=8192), 16384) == []
