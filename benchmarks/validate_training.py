@@ -39,7 +39,8 @@ error of a row is the error of the predicted step time.
 A second table, the **public table**, predicts the rows of ``benchmarks/training_rows.yaml``:
 published training throughput figures beyond the 2021 table (Korthikanti et al. 2022's
 Megatron-LM configurations up to 1T parameters with and without sequence parallelism and
-selective recomputation; DeepSeek-V3's MoE / FP8 / expert-parallel pre-training), each with
+selective recomputation; the Megatron-LM README's GPT-3 175B example on 1,024 A100s;
+DeepSeek-V3's MoE / FP8 / expert-parallel / DualPipe pre-training), each with
 its full parallel plan and source. The prediction of a row is the step time of its plan
 (:func:`xpusim.plugins.workloads.training.steps.step_time`) on its device and topology; the
 error is that of the throughput (measured time over predicted time, minus one). None of
