@@ -41,6 +41,7 @@ from xpusim.plugins.workloads.serving.stacks import (
     StackCompiled,
     StackOverride,
     StackProfile,
+    resolve_stack,
     stack_for,
 )
 from xpusim.plugins.workloads.serving.workload import TraceSpec, apply_stack
@@ -74,6 +75,12 @@ class OfflineConfig(BaseModel):
 
     _stack: StackProfile | None = PrivateAttr(default=None)
     _scheduler_given: bool = PrivateAttr(default=False)
+
+    @field_validator("stack")
+    @classmethod
+    def _known_stack(cls, stack: str | StackOverride) -> str | StackOverride:
+        resolve_stack(stack)  # an unknown name or a bad override fails here, at its key
+        return stack
 
     @field_validator("scheduler")
     @classmethod

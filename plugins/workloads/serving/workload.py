@@ -150,6 +150,12 @@ class ServingConfig(BaseModel):
     _router: Router | None = PrivateAttr(default=None)
     _stack: StackProfile | None = PrivateAttr(default=None)
 
+    @field_validator("stack")
+    @classmethod
+    def _known_stack(cls, stack: str | StackOverride) -> str | StackOverride:
+        resolve_stack(stack)  # an unknown name or a bad override fails here, at its key
+        return stack
+
     @field_validator("router")
     @classmethod
     def _known_router(cls, router: str, info: ValidationInfo) -> str:
