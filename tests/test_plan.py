@@ -4,16 +4,16 @@ an empty or oversized search space is refused with exit 2 saying what would wide
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from tests.test_run_pipeline import Inline
 from xpusim.engine.capacity import meets_slo
 from xpusim.engine.cli import app
-from xpusim.engine.executor import Executor, PointFailure
 from xpusim.engine.host import Host
 from xpusim.engine.plan.search import PlanError, run_plan
 from xpusim.engine.run import load, simulate
@@ -23,31 +23,8 @@ PLAN_8B = REPO / "scenarios" / "plan-llama3-8b.yaml"
 H100_ONLY = ["plan.devices=[h100-sxm]", "workload.arrivals.count=800"]
 
 
-class InProcess(Executor):
-    """Runs every task in this process, one after another (a test double of the local
-    pool, so the tests need no worker processes)."""
-
-    name = "in-process"
-
-    def map(
-        self,
-        fn: Callable[[Any], Any],
-        points: Sequence[Any],
-        *,
-        workers: int | None = None,
-        address: str | None = None,
-        retries: int = 2,
-    ) -> Iterator[tuple[int, Any]]:
-        """Yield ``fn(point)`` for each point in order (a failure as a PointFailure)."""
-        for i, p in enumerate(points):
-            try:
-                yield i, fn(p)
-            except Exception as exc:
-                yield i, PointFailure(f"{type(exc).__name__}: {exc}")
-
-
 def _plan(host: Host, tmp_path: Path, sets: Sequence[str]) -> dict[str, Any]:
-    return run_plan(PLAN_8B, host, InProcess(), tmp_path / "plan", overrides=sets).doc
+    return run_plan(PLAN_8B, host, Inline(), tmp_path / "plan", overrides=sets).doc
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +125,21 @@ def test_the_command_exits_2_on_an_empty_search_space(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "budget" in result.output and "Traceback" not in result.output
+
+
+def test_the_highest_rate_is_bracketed_by_a_miss(host: Host, tmp_path: Path) -> None:
+    """``load: {rate: max}`` holds the most devices allowed and bisects on the rate: the
+    answer is the highest rate simulated that met the SLOs, and a higher one missed."""
+    sets = [
+        "plan.devices=[h100-sxm]",
+        "plan.load={rate: max}",
+        "plan.count.max=2",
+        "workload.arrivals.count=600",
+    ]
+    doc = _plan(host, tmp_path, sets)
+    rows = [r for r in doc["configurations"] if "replicas" in r]
+    assert doc["mode"] == "rate" and {r["count"] for r in rows} == {2}
+    best = doc["best"]
+    assert best["rate_per_s"] == max(r["rate_per_s"] for r in rows if r["met"])
+    assert any(not r["met"] and r["rate_per_s"] > best["rate_per_s"] for r in rows)
+    assert doc["answer"].startswith("Highest rate within the SLOs")

@@ -7,8 +7,8 @@ steps down until a count misses (so the closed-form bound is checked, never trus
 a miss it doubles until a count passes or the limit is reached, then bisects between the
 last miss and the first pass. The answer's next cheaper count (one replica fewer) was
 therefore simulated and missed, unless the answer is the fewest the limits allow. In ``rate`` mode it holds the most replicas the limits
-allow and bisects on the offered rate for the goodput knee
-(:func:`xpusim.engine.capacity.search_knee`). Every simulation is a row of plan.json.
+allow and, from the closed-form bound, halves or doubles the offered rate until the knee
+is bracketed, then bisects (:func:`xpusim.engine.capacity.search_knee`). Every simulation is a row of plan.json.
 """
 
 from __future__ import annotations
@@ -162,9 +162,8 @@ def _by_rate(task: ShapeTask) -> list[dict[str, Any]]:
         rows.append(simulate_config(task, replicas, rate))
         return bool(rows[-1]["met"])
 
-    ceiling = None if shape.bound_per_s is None else shape.bound_per_s * replicas
-    start = 1.0 if ceiling is None else ceiling / 2.0
-    search_knee(probe, start, ceiling=ceiling, probes=task.probes, tolerance=task.tolerance)
+    start = 1.0 if shape.bound_per_s is None else shape.bound_per_s * replicas
+    search_knee(probe, start, probes=task.probes, tolerance=task.tolerance)
     return rows
 
 

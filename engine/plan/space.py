@@ -8,7 +8,8 @@ picks its number of replicas. Shapes are pruned, each with the reason recorded, 
 * the device has no price at the plan's tier (a plan ranks by cost);
 * one replica does not fit the device's memory at that degree;
 * the closed-form bound (:mod:`.bound`) says even ``count.max`` devices (or the budget)
-  cannot carry the offered rate, or one prompt's prefill alone exceeds the TTFT objective;
+  cannot carry the offered rate with a margin (:data:`BOUND_MARGIN`), or one prompt's
+  prefill alone exceeds the TTFT objective;
 * even one replica costs more per hour than the budget.
 """
 
@@ -29,6 +30,10 @@ from xpusim.engine.plan.bound import Mix, replica_bound
 from xpusim.engine.plan.spec import PlanSpec
 from xpusim.engine.run import prepare
 from xpusim.engine.scenario import Scenario, resolve
+
+BOUND_MARGIN = 1.5
+"""A shape is pruned by the bound only when even this many times the bound falls short:
+the bound prices mean requests, and a finite run can meet the SLOs slightly above it."""
 
 AUTO_TENSOR = (1, 2, 4, 8, 16)
 """Tensor degrees tried in turn when the plan names none: the smallest one whose shapes
@@ -269,13 +274,13 @@ def _size(shape: Shape, spec: PlanSpec, compiled: Any, sizing: Sizing) -> str:
             )
         if rate is not None:
             need = math.ceil(rate / b.rate_per_s - 1e-9)
-            if need > hi:
+            if math.ceil(rate / (BOUND_MARGIN * b.rate_per_s) - 1e-9) > hi:
                 return (
-                    f"bound: a replica serves at most {b.rate_per_s:.3g} req/s, so {rate:.4g} "
-                    f"req/s needs at least {need} replicas ({need * m} devices), above the "
-                    f"{hi} replicas the count limit and budget allow"
+                    f"bound: a replica serves at most about {b.rate_per_s:.3g} req/s, so "
+                    f"{rate:.4g} req/s needs about {need} replicas ({need * m} devices), well "
+                    f"above the {hi} replicas the count limit and budget allow"
                 )
-            lo = max(lo, need)
+            lo = max(lo, min(need, hi))
     if lo > hi:
         return f"count: at least {lo * m} devices needed, above the {hi * m} allowed"
     shape.min_replicas, shape.max_replicas = lo, hi
