@@ -53,7 +53,7 @@ the plain loop, so every per-request time and every token gap is identical to it
 
 from __future__ import annotations
 
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 
 import simpy
 
@@ -142,6 +142,7 @@ def iterative(
     fin_heap: list[int] = []  # the keys of fin_at
     last_tok_time: dict[int, float] = {}  # preempted decoders: time of their last token
     newest: list[int] = []  # heap of -request_id over running requests
+    prune_at = 1024  # heap size past which finished requests are dropped from it
     prefilling: list[list[int]] = []  # [rid, tokens done] of partly prefilled prompts
     n_dec = 0
     sum_ctx = 0
@@ -268,6 +269,12 @@ def iterative(
             room -= c
             state[rid] = PREFILLING
             heappush(newest, -rid)
+            if len(newest) > prune_at:
+                # finished requests stay in the heap until popped: drop them now and then,
+                # so it holds about the running requests, not every request ever admitted
+                newest[:] = [x for x in newest if state[-x] == DECODING or state[-x] == PREFILLING]
+                heapify(newest)
+                prune_at = 2 * len(newest) + 1024
             if first_sched[rid] != first_sched[rid]:
                 first_sched[rid] = now
             if c == L:
