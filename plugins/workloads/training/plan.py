@@ -218,16 +218,18 @@ def nearest_plans(
     have_bytes: float,
     reserve_bytes: float = 0.0,
     limit: int = 3,
+    max_tensor: int = 64,
 ) -> list[str]:
     """Up to ``limit`` plans on the same ``count`` devices that divide and fit, nearest
     first (fewest changed settings, then least memory), each as a short phrase. The
     context and expert degrees are kept; pipeline degrees that do not divide the layers
-    use the default partition."""
+    use the default partition; tensor degrees stay within ``max_tensor`` (the fast
+    domain of a node, when the caller knows it)."""
     heads = cfg_int(model, "heads")
     layers = _layers(model)
     cp = max(1, par.context)
     per_cp = count // cp if count % cp == 0 else count
-    tensors = [t for t in divisors(per_cp) if t <= 64 and (not heads or heads % t == 0)]
+    tensors = [t for t in divisors(per_cp) if t <= max_tensor and (not heads or heads % t == 0)]
     found: list[tuple[int, float, str]] = []
     recomputes = [plan.recompute] + [r for r in ("selective", "full") if r != plan.recompute]
     for t in tensors:

@@ -189,7 +189,15 @@ def training_fit(config: TrainingConfig, system: System, compiled: Compiled) -> 
     reserve = _reserve(compiled)
 
     def nearest() -> str:
-        plans = nearest_plans(model, par, plan, system.count, have, reserve)
+        plans = nearest_plans(
+            model,
+            par,
+            plan,
+            system.count,
+            have,
+            reserve,
+            max_tensor=max(par.tensor, system.topology.devices_per_node),
+        )
         if not plans:
             return (
                 f"No plan of tensor, pipeline, ZeRO stage, recomputation and micro-batch "
