@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from xpusim.engine.report.escape import terminal
+
 RANKED_SHOWN = 10
 """Configurations the printed table shows."""
 
@@ -185,9 +187,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
 
 def rich_table(doc: Mapping[str, Any]) -> Any:
     """The ranked configurations as a rich table titled with the one-line answer."""
-    from rich.table import Table
-
-    from xpusim.engine.report.escape import terminal
+    from rich.table import Table  # imported on use: the command line starts without rich
 
     t = Table(title=terminal(f"plan {doc['scenario']}"), caption=terminal(doc["answer"]))
     for head in TABLE_HEAD:

@@ -25,9 +25,11 @@ from xpusim.engine.device import DeviceSpec
 from xpusim.engine.economics import HOUR_S, EconomicsConfig
 from xpusim.engine.economics.owned import lifetime_figure
 from xpusim.engine.economics.rented import catalog_price
+from xpusim.engine.errors import UnknownNameError
 from xpusim.engine.host import Host
 from xpusim.engine.plan.bound import Mix, replica_bound
 from xpusim.engine.plan.spec import PlanSpec
+from xpusim.engine.registry import unknown_message
 from xpusim.engine.run import prepare
 from xpusim.engine.scenario import Scenario, resolve
 
@@ -149,9 +151,6 @@ def devices(
     for name in names:
         found = [(b, s) for (b, _), s in catalog.items() if name == s.name or name in s.aliases]
         if not found:
-            from xpusim.engine.errors import UnknownNameError
-            from xpusim.engine.registry import unknown_message
-
             known = sorted({s.name for s in catalog.values()})
             raise UnknownNameError(
                 unknown_message("device", name, known, scenario.source.where(("plan", "devices")))
