@@ -209,14 +209,28 @@ class CostTable:
         ``pf_ctx`` cached tokens in all, plus ``n_dec`` decodes over ``dec_ctx`` cached
         tokens in all (totals; the key uses bucketed means)."""
         b = self.bits
+        top = 1 << b
+        # bucket() inlined: this runs once per iteration with a prefill
         if pf_n:
-            t = bucket(max(1, (pf_tok + pf_n // 2) // pf_n), b)
-            c = bucket((pf_ctx + pf_n // 2) // pf_n, b)
+            t = max(1, (pf_tok + pf_n // 2) // pf_n)
+            if t >= top:
+                e = t.bit_length() - b
+                t = ((t + (1 << (e - 1))) >> e) << e
+            c = (pf_ctx + pf_n // 2) // pf_n
+            if c >= top:
+                e = c.bit_length() - b
+                c = ((c + (1 << (e - 1))) >> e) << e
         else:
             t = c = 0
         if n_dec:
-            nb = bucket(n_dec, b)
-            dc = bucket((dec_ctx + n_dec // 2) // n_dec, b)
+            nb = n_dec
+            if nb >= top:
+                e = nb.bit_length() - b
+                nb = ((nb + (1 << (e - 1))) >> e) << e
+            dc = (dec_ctx + n_dec // 2) // n_dec
+            if dc >= top:
+                e = dc.bit_length() - b
+                dc = ((dc + (1 << (e - 1))) >> e) << e
         else:
             nb = dc = 0
         key = (pf_n, t, c, nb, dc)
