@@ -391,7 +391,7 @@ def _feed_round_robin(req: RequestTable, reps: list[Replica]) -> None:
     replica_of[routed] = which.astype(np.int32)
     for k, rep in enumerate(reps):
         ids = routed[k::r]
-        rep.feed = Feed(array("q", ids.astype(np.int64).tobytes()), array("d", at[ids].tobytes()))
+        rep.feed = Feed(array("i", ids.astype(np.int32).tobytes()), array("d", at[ids].tobytes()))
 
 
 def _ticks(
@@ -460,7 +460,7 @@ def _frames(
     """
     spill = steps.spill
     n = req.n
-    req.cur_prompt, req.cur_output, req.entry = array("q"), array("q"), array("q")
+    req.cur_prompt, req.cur_output, req.entry = array("i"), array("i"), array("i")
     arrival = np.asarray(req.arrival, dtype=np.float64)
     first_tok = np.asarray(req.first_token)
     finish = np.asarray(req.finish)
@@ -522,7 +522,7 @@ def _frames(
         del start, end, dur, dec, st_idx, joules
         steps.release(r.index)
     del fin_iter, seg_start, seg_max
-    req.fin_iter, req.seg_start, req.seg_max = array("q"), array("q"), array("d")
+    req.fin_iter, req.seg_start, req.seg_max = array("i"), array("i"), array("d")
     if req.extra_gaps:
         gap_parts.append(
             pl.DataFrame(
