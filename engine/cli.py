@@ -326,7 +326,7 @@ def sweep(
         data, src = read_scenario_data(scenario)
         for item in sets or []:
             key, value = parse_set(item)
-            apply_override(data, key, value, f"--set {item}")
+            apply_override(data, key, value, f"--set {item!r}")
         name = str(data.get("name", scenario.stem))
         target = out_dir or Path("results") / f"{name}-sweep-{utc_stamp()}"
         with Progress(

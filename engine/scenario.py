@@ -407,7 +407,7 @@ def load_scenario(
     data, src = read_scenario_data(path)
     for item in overrides:
         key, value = parse_set(item)
-        apply_override(data, key, value, f"--set {item}")
+        apply_override(data, key, value, f"--set {_describe(item)}")
     if seed is not None:
         data["seed"] = seed
     return resolve(data, src, host, base_dir=path.parent, path=path)
