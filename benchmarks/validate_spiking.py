@@ -13,7 +13,10 @@ row, predicts the published figure with the project's own mechanisms:
   larger); energy from sPyNNaker's ``Version5`` constants: board idle power for the
   machine's boards, active-core power for the placed cores, 1 nJ per router packet (every
   spike reaching every used chip, an upper bound). Energy per synaptic event is that
-  energy over the events. The row's real-time factor is predicted the same way.
+  energy over the events. The row's real-time factor is predicted the same way. The
+  machine power each published figure implies is printed in boards, by sPyNNaker's
+  constants and at the million-core machine's wall power per board (100 kW for 1,200
+  boards), to show how much larger the published machines were.
 * **SpiNNaker, active energy of the keyword-spotting network**
   (``spinnaker-kws-active-sharp2012``): the shipped ``kws-2layer`` network mapped by
   sPyNNaker (virtual board), one 100-step inference priced by the backend; its active
@@ -69,7 +72,9 @@ def microcircuit(net: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def spinnaker_microcircuit(row: dict[str, Any], net: dict[str, Any]) -> dict[str, Any]:
+def spinnaker_microcircuit(
+    row: dict[str, Any], net: dict[str, Any], wall: dict[str, Any]
+) -> dict[str, Any]:
     """Energy per synaptic event and real-time factor of the microcircuit on SpiNNaker."""
     m = microcircuit(net)
     cores = sum(math.ceil(x / mapping.MAX_LIF_PER_CORE) for x in net["neurons"])
@@ -91,9 +96,13 @@ def spinnaker_microcircuit(row: dict[str, Any], net: dict[str, Any]) -> dict[str
     # the machine power the published figure implies, in fully active SpiNN-5 boards
     full_board_w = k["board_idle_w"].value + mapping.capacity_cores(1) * k["core_active_w"].value
     implied_w = row["published"] * m["events_per_s"] / float(row["time_scale_factor"])
+    # and in boards at the wall power of the million-core machine per 48-chip board
+    wall_board_w = wall["power_w"] / (wall["chips"] / mapping.CHIPS_PER_BOARD)
     return {
         "implied_power_w": implied_w,
         "implied_full_boards": implied_w / full_board_w,
+        "implied_wall_boards": implied_w / wall_board_w,
+        "wall_board_w": wall_board_w,
         "model_power_w": joules / seconds,
         "predicted": predicted,
         "real_time_factor": tsf,
@@ -157,7 +166,7 @@ def evaluate(doc: dict[str, Any], skip_kws: bool) -> list[dict[str, Any]]:
         res: dict[str, Any] = {"id": row["id"], "metric": row["metric"]}
         res["published"] = row.get("published")
         if row["platform"] == "spinnaker":
-            res.update(spinnaker_microcircuit(row, doc["network"]))
+            res.update(spinnaker_microcircuit(row, doc["network"], doc["wall_power"]))
         elif row["platform"] == "spinnaker-active":
             if skip_kws:
                 continue
@@ -196,7 +205,9 @@ def main() -> int:
             print(
                 f"{'':34} machine power: model {r['model_power_w']:.0f} W; the published "
                 f"figure implies {r['implied_power_w']:.0f} W = "
-                f"{r['implied_full_boards']:.1f} fully active SpiNN-5 boards"
+                f"{r['implied_full_boards']:.1f} fully active SpiNN-5 boards by sPyNNaker's "
+                f"constants, {r['implied_wall_boards']:.1f} boards at the million-core "
+                f"machine's {r['wall_board_w']:.0f} W per board at the wall"
             )
         if "real_time_factor" in r:
             print(
