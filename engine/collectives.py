@@ -46,6 +46,17 @@ bandwidth and the largest latency); ``auto`` compares that with the hierarchical
 and returns the cheaper.
 
 Torus (TPU ICI): see :func:`torus_collective_seconds`.
+
+As a collective library runs them (:func:`library_flat_seconds`,
+:func:`library_collective_seconds`): NCCL and RCCL pay a fixed cost per call that
+depends on the wire protocol (``LL`` for small buffers, ``Simple`` for large ones; tens
+of microseconds on 8 GPUs, far above a hop latency), move the payload at a
+protocol-dependent share of the link rate, reduce in the switch where the fabric has
+NVLink SHARP (NVLS: the buffer crosses the links once instead of ``2(p-1)/p`` times), and
+on a full mesh drive only the ``p-1`` links a group of ``p`` spans. A
+:class:`FabricProfile` holds those figures for one fabric; the tuner's choice (the
+fastest algorithm and protocol for the size) is the minimum over them. Backends fit the
+profiles to measured sweeps (the GPU plugin's ``fabrics.yaml``).
 """
 
 from __future__ import annotations
