@@ -27,7 +27,7 @@ from xpusim.engine.host import Host
 from xpusim.engine.plan import rank
 from xpusim.engine.plan.bound import request_mix
 from xpusim.engine.plan.probe import ShapeTask, run_shape
-from xpusim.engine.plan.space import Space, build_space
+from xpusim.engine.plan.space import Sizing, Space, device_space, device_tasks
 from xpusim.engine.plan.spec import PlanSpec, parse_plan
 from xpusim.engine.scenario import (
     Scenario,
@@ -156,8 +156,21 @@ def run_plan(
             "example {ttft_p99: 2 s}) or workload.slo."
         )
     rate = spec.load.rate if isinstance(spec.load.rate, float) else None
-    mix = request_mix(base)
-    space = build_space(base, scenario, host, spec, scenario.config.economics, rate, mix, ttft)
+    kv_fraction = float(getattr(scenario.workload_config, "kv_memory_fraction", 0.9) or 0.9)
+    sizing = Sizing(request_mix(base), rate, ttft, kv_fraction)
+    econ = scenario.config.economics
+    dev_tasks, pruned = device_tasks(base, scenario, host, spec, econ, sizing)
+    space = Space(pruned=pruned)
+    for idx, built in executor.map(device_space, dev_tasks, workers=workers, address=address):
+        if isinstance(built, PointFailure):
+            space.pruned.append(
+                {"device": dev_tasks[idx].device, "pruned": f"failed: {built.error}"}
+            )
+        else:
+            space.shapes.extend(built.shapes)
+            space.pruned.extend(built.pruned)
+    position = {t.device: i for i, t in enumerate(dev_tasks)}
+    space.shapes.sort(key=lambda s: (position[s.device], s.tensor, s.pipeline, s.max_batch))
     if not space.shapes:
         raise PlanError(empty_space_message(space, src, spec))
     limit = max_configs if max_configs is not None else spec.max_configs

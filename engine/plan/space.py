@@ -11,6 +11,9 @@ picks its number of replicas. Shapes are pruned, each with the reason recorded, 
   cannot carry the offered rate with a margin (:data:`BOUND_MARGIN`), or one prompt's
   prefill alone exceeds the TTFT objective;
 * even one replica costs more per hour than the budget.
+
+Support and price are checked here (:func:`device_tasks`); the rest compiles the model, so
+each device's shapes are built in a worker of the sweep executor (:func:`device_space`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from xpusim.engine.device import DeviceSpec
@@ -32,6 +36,8 @@ from xpusim.engine.plan.spec import PlanSpec
 from xpusim.engine.registry import unknown_message
 from xpusim.engine.run import prepare
 from xpusim.engine.scenario import Scenario, resolve
+from xpusim.engine.sweep import worker_host
+from xpusim.engine.yamlsrc import Source
 
 BOUND_MARGIN = 1.5
 """A shape is pruned by the bound only when even this many times the bound falls short:
@@ -168,47 +174,6 @@ def _fit(base: Mapping[str, Any], shape: Shape, scenario: Scenario, host: Host) 
     return prep.compiled, ""
 
 
-def build_space(
-    base: Mapping[str, Any],
-    scenario: Scenario,
-    host: Host,
-    spec: PlanSpec,
-    econ: EconomicsConfig,
-    rate: float | None,
-    mix: Mix | None,
-    ttft_slo_s: float | None,
-) -> Space:
-    """Every shape of the plan, pruned by support, price, memory fit, the capacity bound and
-    the budget (see the module docstring). ``rate`` is the offered rate (``None`` when the
-    plan searches for the highest rate or replays a trace)."""
-    space = Space()
-    batches = spec.max_batch or [
-        int(scenario.workload.shape_hint(scenario.workload_config).get("batch", 1))
-    ]
-    kv_fraction = float(getattr(scenario.workload_config, "kv_memory_fraction", 0.9) or 0.9)
-    sizing = Sizing(mix, rate, ttft_slo_s, kv_fraction)
-    for backend, dev in devices(host, scenario, spec.devices):
-        head = {"device": dev.name, "backend": backend}
-        support = host.backends.get(backend).supports(scenario.model, scenario.workload.name)
-        if not support.ok:
-            space.pruned.append({**head, "pruned": f"unsupported: {support.reason}"})
-            continue
-        price = device_price(dev, econ)
-        if price is None:
-            _, why = catalog_price(dev, econ, econ.pricing)
-            space.pruned.append({**head, "pruned": f"no price: {why}"})
-            continue
-        kept = 0
-        for tensor in spec.tensor or AUTO_TENSOR:
-            if spec.tensor is None and (kept >= 1 or tensor > dev.devices_per_node):
-                break
-            for pipeline in spec.pipeline:
-                for batch in batches:
-                    shape = Shape(dev.name, backend, tensor, pipeline, batch, price)
-                    kept += _consider(shape, base, scenario, host, spec, space, sizing)
-    return space
-
-
 @dataclass(frozen=True)
 class Sizing:
     """What sizing a shape reads: the request mix, the offered rate, the TTFT objective and
@@ -218,6 +183,88 @@ class Sizing:
     rate: float | None
     ttft_slo_s: float | None
     kv_fraction: float
+
+
+@dataclass(frozen=True)
+class DeviceTask:
+    """What a worker needs to build one device's shapes: picklable and self-contained."""
+
+    base: dict[str, Any]
+    scenario_file: str
+    base_dir: str
+    backend: str
+    device: str
+    price: Price
+    spec: PlanSpec
+    sizing: Sizing
+    batches: tuple[int, ...]
+
+
+def device_tasks(
+    base: Mapping[str, Any],
+    scenario: Scenario,
+    host: Host,
+    spec: PlanSpec,
+    econ: EconomicsConfig,
+    sizing: Sizing,
+) -> tuple[list[DeviceTask], list[dict[str, Any]]]:
+    """The plan's devices as tasks, and those pruned at once: unsupported, or with no
+    price at the tier (a plan ranks by cost)."""
+    batches = spec.max_batch or [
+        int(scenario.workload.shape_hint(scenario.workload_config).get("batch", 1))
+    ]
+    tasks: list[DeviceTask] = []
+    pruned: list[dict[str, Any]] = []
+    src = scenario.path or Path(scenario.source.file)
+    for backend, dev in devices(host, scenario, spec.devices):
+        head = {"device": dev.name, "backend": backend}
+        support = host.backends.get(backend).supports(scenario.model, scenario.workload.name)
+        if not support.ok:
+            pruned.append({**head, "pruned": f"unsupported: {support.reason}"})
+            continue
+        price = device_price(dev, econ)
+        if price is None:
+            _, why = catalog_price(dev, econ, econ.pricing)
+            pruned.append({**head, "pruned": f"no price: {why}"})
+            continue
+        tasks.append(
+            DeviceTask(
+                dict(base),
+                str(src),
+                str(scenario.base_dir),
+                backend,
+                dev.name,
+                price,
+                spec,
+                sizing,
+                tuple(batches),
+            )
+        )
+    return tasks, pruned
+
+
+def device_space(task: DeviceTask) -> Space:
+    """The shapes of one device, pruned by memory fit, the capacity bound and the budget
+    (an executor's function: it runs in a worker with that worker's plugin host)."""
+    host = worker_host()
+    scenario = resolve(
+        copy.deepcopy(task.base),
+        Source(f"{task.scenario_file} (plan)"),
+        host,
+        base_dir=Path(task.base_dir),
+    )
+    spec = task.spec
+    per_node = host.device(task.backend, task.device).devices_per_node
+    space = Space()
+    kept = 0
+    for tensor in spec.tensor or AUTO_TENSOR:
+        if spec.tensor is None and (kept >= 1 or tensor > per_node):
+            break
+        for pipeline in spec.pipeline:
+            for batch in task.batches:
+                shape = Shape(task.device, task.backend, tensor, pipeline, batch, task.price)
+                kept += _consider(shape, task.base, scenario, host, spec, space, task.sizing)
+    return space
 
 
 def _consider(
