@@ -105,7 +105,8 @@ class Compiled(ABC):
     methods are optional capabilities with documented defaults that a backend overrides
     where it knows better: :meth:`stage_costs` (training's forward/backward split),
     :meth:`collective_seconds` (collectives at the backend's link rates),
-    :attr:`reserve_bytes` (fixed runtime memory per device), :attr:`replicas` and
+    :attr:`reserve_bytes` (fixed runtime memory per device), :attr:`samples_in_turn`
+    (a batch's samples run one after the other), :attr:`replicas` and
     :meth:`rebind` (event-driven backends whose cost depends on a workload's run
     settings), :meth:`mapping_facts` (what a placing backend decided),
     :meth:`power_model` and :meth:`figures_used`.
@@ -114,6 +115,11 @@ class Compiled(ABC):
     reserve_bytes: float = 0.0
     """Fixed runtime memory per device (runtime context, library workspaces) that every
     plan needs besides weights, activations and optimizer state; default none."""
+
+    samples_in_turn: bool = False
+    """Whether a step of a batch runs its samples one after the other, each finished
+    after its share of the step (an event-driven chip running one copy of a network in
+    real time), rather than all together at the end of the step; default false."""
 
     def __init__(self, system: System, model: ModelGraph) -> None:
         self.system = system

@@ -272,3 +272,24 @@ def test_sweep_keys_are_checked_at_load() -> None:
     ):
         with pytest.raises(ValidationError, match="sweep"):
             SpikingConfig.model_validate({"sweep": bad})
+
+
+class InTurnCompiled(FixedCompiled):
+    """A stand-in that runs a batch's samples one after the other (100 ms each)."""
+
+    samples_in_turn = True
+
+    def _cost(self, shape: Shape) -> Cost:
+        return Cost(1e-3 * shape.timesteps * shape.batch, 1.0, {"compute": 1.0})
+
+
+def test_samples_run_in_turn_finish_one_after_the_other(model) -> None:  # type: ignore[no-untyped-def]
+    """On a backend that runs a batch's samples in turn, four samples waiting at t=0 in
+    one step of 400 ms finish at 100, 200, 300 and 400 ms, not all at 400 ms."""
+    system = System("fake", "fake", SPINN5, 1, Parallelism(), TOPO)
+    cfg = SpikingConfig.model_validate(
+        {"samples": 4, "batch": 4, "timesteps": 100, "sweep": {"enabled": False}}
+    )
+    run = SPIKING.simulate(cfg, _ctx(system, InTurnCompiled(system, model), model))
+    assert run.frames["requests"]["latency_s"].to_list() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert run.frames["steps"].height == 1

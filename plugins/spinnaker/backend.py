@@ -118,6 +118,9 @@ def _activity_attrs(model: ModelGraph, shape: Shape) -> list[dict[str, float]]:
 class SpinnakerCompiled(Compiled):
     """A spiking network mapped onto ``system.count`` SpiNN-5 boards."""
 
+    samples_in_turn = True
+    """One mapped network runs a batch's samples one after the other in real time."""
+
     def __init__(
         self, system: System, model: ModelGraph, cache: dict[Any, mapping.Mapping]
     ) -> None:

@@ -262,6 +262,7 @@ class SpikingWorkload(Workload):
             replicas,
             lambda b: compiled.cost(Shape(Phase.SPIKING, batch=b, timesteps=steps_per_sample)),
             ctx.progress,
+            compiled.samples_in_turn,
         )
         start, finish, served_by, logs = world.start, world.finish, world.served_by, world.logs
         horizon = float(np.nanmax(finish)) if n else 0.0

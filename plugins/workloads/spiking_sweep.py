@@ -141,6 +141,7 @@ def _point(
         batch,
         replicas,
         lambda b: compiled.cost(Shape(Phase.SPIKING, batch=b, timesteps=timesteps)),
+        in_turn=compiled.samples_in_turn,
     )
     latency = run.finish - arrivals
     out: dict[str, Any] = {

@@ -1,7 +1,9 @@
 """The SimPy world of the spiking workload: samples queue for a system's replicas.
 
 Each replica takes up to ``batch`` waiting samples, runs them as one step priced by the
-compiled model, and finishes them together. :func:`run_world` runs the world for given
+compiled model, and finishes them together, or, on a backend that runs a batch's samples
+in turn (:attr:`~xpusim.engine.backend.Compiled.samples_in_turn`), each after its share of
+the step. :func:`run_world` runs the world for given
 arrival times and returns when each sample started and finished and each replica's
 steps; :func:`world_energy` splits the steps' energy into static and active parts the
 way :mod:`xpusim.engine.economics.energy` does (device energy, before PUE and host
@@ -47,9 +49,11 @@ def run_world(
     replicas: int,
     step_cost: Callable[[int], Cost],
     progress: Callable[[float, float], None] | None = None,
+    in_turn: bool = False,
 ) -> WorldRun:
     """Simulate samples arriving at ``arrivals`` (s) on ``replicas`` replicas taking up to
-    ``batch`` waiting samples per step; ``step_cost(b)`` prices a step of ``b`` samples."""
+    ``batch`` waiting samples per step; ``step_cost(b)`` prices a step of ``b`` samples;
+    ``in_turn``: the k-th sample of a step finishes after k/b of it."""
     n = int(arrivals.size)
     env = simpy.Environment()
     queue: simpy.Store = simpy.Store(env)
@@ -77,7 +81,11 @@ def run_world(
             start[taken] = t0
             served_by[taken] = r
             yield env.timeout(cost.seconds)
-            finish[taken] = env.now
+            if in_turn:
+                share = np.arange(1, len(taken) + 1) / len(taken)
+                finish[taken] = t0 + cost.seconds * share
+            else:
+                finish[taken] = env.now
             done[0] += len(taken)
             logs[r].append((t0, env.now, len(taken), cost.joules, cost.state))
             if progress is not None:
