@@ -310,7 +310,12 @@ def sweep(
     )
 
     from xpusim.engine.run import utc_stamp
-    from xpusim.engine.scenario import apply_override, parse_set, read_scenario_data
+    from xpusim.engine.scenario import (
+        apply_override,
+        parse_set,
+        read_scenario_data,
+        set_label,
+    )
     from xpusim.engine.sweep import run_sweep
 
     def go() -> None:
@@ -326,7 +331,7 @@ def sweep(
         data, src = read_scenario_data(scenario)
         for item in sets or []:
             key, value = parse_set(item)
-            apply_override(data, key, value, f"--set {item!r}")
+            apply_override(data, key, value, set_label(item))
         name = str(data.get("name", scenario.stem))
         target = out_dir or Path("results") / f"{name}-sweep-{utc_stamp()}"
         with Progress(

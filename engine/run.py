@@ -16,6 +16,7 @@ stop the run before anything is written.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,13 @@ from xpusim.engine.model import model_facts
 from xpusim.engine.precision import QuantizedModel
 from xpusim.engine.reporter import Reporter
 from xpusim.engine.results import RunResult, SystemResult, check_out_dir, default_out_dir, write_run
-from xpusim.engine.scenario import Scenario, load_scenario, resolve, validation_message
+from xpusim.engine.scenario import (
+    Scenario,
+    ScenarioConfig,
+    load_scenario,
+    resolve,
+    validation_message,
+)
 from xpusim.engine.system import System
 from xpusim.engine.traces import TraceFormat
 from xpusim.engine.workload import SystemRun, WorkloadContext
@@ -223,7 +230,7 @@ def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None)
     traces = TraceCache(host, scenario.base_dir, scenario.source.file)
     prepared = prepare(scenario, host)
     results: list[SystemResult] = []
-    for prep in prepared:
+    for index, prep in enumerate(prepared):
         res = prep.result
         if prep.compiled is not None:
             system = prep.system
@@ -247,6 +254,9 @@ def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None)
             except (DoesNotFitError, UnsupportedError) as exc:
                 res.status = "does-not-fit" if isinstance(exc, DoesNotFitError) else "unsupported"
                 res.reason = str(exc)
+            except ScenarioError as exc:
+                # bad input: stop, write nothing; a plugin's message is given its place
+                raise placed(exc, scenario.source, ("systems", index)) from None
             except XpusimError:
                 raise  # bad input concerns every system: stop, write nothing
             except Exception as exc:
@@ -308,6 +318,19 @@ def capacity_spec(scenario: Scenario) -> CapacitySpec:
         return CapacitySpec.model_validate(scenario.data.get("capacity") or {})
     except ValidationError as exc:
         raise ScenarioError(validation_message(exc, scenario.source, ("capacity",))) from None
+
+
+def placed(exc: ScenarioError, source: Source, path: tuple[str | int, ...]) -> ScenarioError:
+    """``exc`` with the scenario file, line and key path in front, unless its message
+    already names the file (a plugin's check knows the value, not where it was written)."""
+    text = str(exc)
+    if text.startswith(source.file):
+        return exc
+    key = re.match(r"([A-Za-z_]\w*(?:\.\w+)*)\s*[:=]", text)
+    if key is not None:  # "workload.tokens: ..." or "parallelism.tensor=5 ..."
+        parts = tuple(int(k) if k.isdigit() else k for k in key.group(1).split("."))
+        path = parts if parts[0] in ScenarioConfig.model_fields else (*path, *parts)
+    return type(exc)(f"{source.where(path)}: {text}")
 
 
 def utc_stamp() -> str:

@@ -165,6 +165,14 @@ class Scenario:
 _SET = re.compile(r"^([A-Za-z_][\w\-]*(?:\.(?:[A-Za-z_][\w\-]*|\d+))*)=(.*)$", re.S)
 
 
+def set_label(item: str) -> str:
+    """``--set ITEM`` for messages: as typed when it is one short printable line, else
+    quoted and shortened (a line break or a control character never reaches a message)."""
+    if item.isprintable() and len(item) <= 80:
+        return f"--set {item}"
+    return f"--set {_describe(item)}"
+
+
 def parse_set(item: str) -> tuple[list[str | int], Any]:
     """Parse one ``--set key.path=value`` into a key path and a YAML-typed value."""
     m = _SET.match(item.strip())
@@ -174,7 +182,7 @@ def parse_set(item: str) -> tuple[list[str | int], Any]:
             f"--set workload.arrivals.rate=20/s or --set systems.0.count=2."
         )
     path: list[str | int] = [int(p) if p.isdigit() else p for p in m.group(1).split(".")]
-    value = load_value(m.group(2), f"--set {_describe(item)}") if m.group(2).strip() else ""
+    value = load_value(m.group(2), set_label(item)) if m.group(2).strip() else ""
     return path, value
 
 
@@ -407,7 +415,7 @@ def load_scenario(
     data, src = read_scenario_data(path)
     for item in overrides:
         key, value = parse_set(item)
-        apply_override(data, key, value, f"--set {_describe(item)}")
+        apply_override(data, key, value, set_label(item))
     if seed is not None:
         data["seed"] = seed
     return resolve(data, src, host, base_dir=path.parent, path=path)
