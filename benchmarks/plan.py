@@ -68,6 +68,7 @@ def run_case(sets: list[str], workers: int) -> dict[str, Any]:
         "workers": workers,
         "wall_s": wall,
         "search_wall_s": doc["wall_s"],
+        "timings": doc["timings"],
         "shapes": doc["shapes"],
         "simulations": doc["simulations"],
         "answer": doc["answer"],
@@ -105,6 +106,12 @@ def main() -> None:
             f"({two['simulations']} simulations)"
         )
         print(f"  {two['answer']}")
+        for n, r in (("1 worker", one), ("2 workers", two)):
+            t = r["timings"]
+            print(
+                f"  {n}: load {t['prepare_s']:.1f} s, prune {t['prune_s']:.1f} s, "
+                f"size {t['size_s']:.1f} s, command {r['wall_s']:.1f} s"
+            )
     figures["machine_after"] = load_note()
     print(figures["machine"], "->", figures["machine_after"])
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -160,6 +160,7 @@ def run_plan(
     sizing = Sizing(request_mix(base), rate, ttft, kv_fraction)
     econ = scenario.config.economics
     dev_tasks, pruned = device_tasks(base, scenario, host, spec, econ, sizing)
+    timings = {"prepare_s": time.perf_counter() - started}
     space = Space(pruned=pruned)
     for idx, built in executor.map(device_space, dev_tasks, workers=workers, address=address):
         if isinstance(built, PointFailure):
@@ -183,6 +184,7 @@ def run_plan(
             "plan.tensor, plan.max_batch, plan.count.max) or lower plan.probes, or raise "
             "plan.max_configs or pass --max-configs."
         )
+    timings["prune_s"] = time.perf_counter() - started - timings["prepare_s"]
     mode = "rate" if spec.load.highest else "count"
     where = load_path(base) if mode == "rate" else None
     if mode == "rate" and where is None:
@@ -223,6 +225,7 @@ def run_plan(
         done += 1
         if progress:
             progress(done, len(tasks))
+    timings["size_s"] = time.perf_counter() - started - timings["prepare_s"] - timings["prune_s"]
     rows.sort(
         key=lambda r: (
             r["device"],
@@ -257,6 +260,7 @@ def run_plan(
         "table": rank.table_rows(order),
         "executor": executor.name,
         "workers": workers,
+        "timings": timings,
     }
     doc["wall_s"] = time.perf_counter() - started
     write_plan(doc, out_dir)
