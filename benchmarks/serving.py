@@ -20,10 +20,12 @@ runs each case on the plain loop (``simulate_serving(..., fast=False)``: one Sim
 arrival and per iteration) and checks that both give the same frames.
 
 The targets (2-core machine, one core used): the 19,366 Azure conv requests on one H100
-in < 5 s wall; 1,000,000 synthetic requests over 16 replicas in < 60 s with peak RSS
-< 2 GB; a whole 10,000,000-request run over 16 replicas (simulation with frames spilled
-to Parquet parts past the row threshold, summary metrics, and the run folder written
-with every registered reporter) with peak RSS < 3 GB.
+in < 5 s wall; 1,000,000 synthetic requests over 16 replicas in < 6 s of simulation with
+peak RSS < 600 MiB, at >= 50 % of SimPy's raw timeout rate (iterations per second); a
+whole 10,000,000-request run over 16 replicas (simulation with frames spilled to Parquet
+parts past the row threshold, summary metrics, and the run folder written with every
+registered reporter) with peak RSS < 1.5 GB; the run folder of 2,000,000 requests under
+200 MB at the default detail level.
 
 ``--case 10m`` generates the requests, simulates, computes the metrics from the (lazy)
 frames, writes the run folder into a temporary folder at ``--detail`` (default
