@@ -137,3 +137,14 @@ def test_the_report_names_the_price_used_and_flags_an_old_one() -> None:
     undated = price_used({"price.on_demand": Figure(1.0 / HOUR_S, "src_b")}, cfg)
     assert undated is not None and undated["stale"] is None
     assert "date not stated" in price_note(undated)
+
+
+def test_a_named_provider_binds_the_rental_not_the_purchase() -> None:
+    """With provider aws the rental is AWS's; the purchase price a break-even needs comes
+    from whoever publishes one (AWS sells no H100s)."""
+    spec = default_host().device("gpu", "h100-sxm")
+    cfg = EconomicsConfig(provider="aws")
+    rent, _ = catalog_price(spec, cfg, "cloud")
+    buy, _ = catalog_price(spec, cfg, "owned")
+    assert rent is not None and "aws" in rent.source
+    assert buy is not None and buy.value == pytest.approx(27_500)

@@ -40,12 +40,17 @@ def catalog_price(
     own = getattr(spec.price, _SPEC_FIELD[pricing])
     if own is not None and own.source.startswith(SCENARIO_PREFIX):
         return own, ""
-    tiers = config.tiers() if pricing == config.pricing else _TIERS.get(pricing, ("purchase",))
+    chosen = pricing == config.pricing
+    tiers = config.tiers() if chosen else _TIERS.get(pricing, ("purchase",))
     offers = offers_for((spec.name, *spec.aliases))
     offer = pick(offers, tiers, config.provider)
+    if offer is None and not chosen:
+        # another tier than the scenario's (the break-even's purchase or commitment):
+        # the named provider's offer when it has one, else any
+        offer = pick(offers, tiers, None)
     if offer is not None:
         return offer.figure(), ""
-    if config.provider is not None and offers:
+    if config.provider is not None and offers and chosen:
         named = ", ".join(TIER_LABEL[t] for t in tiers)
         have = sorted({f"{o.provider} ({o.tier})" for o in offers})
         return None, (
