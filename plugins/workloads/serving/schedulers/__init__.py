@@ -5,8 +5,10 @@
 * ``chunked-prefill`` (:mod:`.chunked_prefill`) — Sarathi-Serve stall-free batching.
 
 Each is one SimPy process per replica and one SimPy event per iteration
-(:class:`xpusim.engine.policies.Scheduler`); the workload plugin registers them through
-the ``register_schedulers`` hook, as a third party registers its own.
+(:class:`xpusim.engine.policies.Scheduler`); ``continuous`` and ``chunked-prefill`` also
+have a fast path that runs many iterations per event when the world hands each replica
+its arrivals ahead (:mod:`.iteration`). The workload plugin registers them through the
+``register_schedulers`` hook, as a third party registers its own.
 """
 
 from __future__ import annotations
