@@ -88,8 +88,9 @@ def test_the_written_folder_holds_plan_json_and_plan_md(host: Host, tmp_path: Pa
         ),
         (["plan.budget_usd_per_hour=0.5", "plan.devices=[h100-sxm, b200]"], "more than the budget"),
         (["plan.slo={ttft_p99: 1 ms}", "plan.devices=[h100-sxm]"], "SLOs cannot be met"),
+        (["plan.slo={tbt_p99: 10 us}", "plan.devices=[h100-sxm, l4]"], "SLOs cannot be met"),
     ],
-    ids=["nothing-fits", "over-budget", "impossible-slo"],
+    ids=["nothing-fits", "over-budget", "impossible-ttft", "impossible-tbt"],
 )
 def test_an_empty_search_space_says_why_and_what_would_widen_it(
     host: Host, tmp_path: Path, sets: list[str], words: str

@@ -85,13 +85,15 @@ def request_mix(data: Mapping[str, Any]) -> Mix | None:
 
 @dataclass(frozen=True)
 class Bound:
-    """A replica's optimistic capacity: ``rate_per_s`` requests per second at ``batch``
-    sequences in flight, and ``prefill_s``, one mean prompt's prefill alone (the floor
-    under any time to first token)."""
+    """A replica's capacity: ``rate_per_s`` requests per second at ``batch`` sequences in
+    flight; ``prefill_s``, one mean prompt's prefill alone (the floor under any time to
+    first token); ``decode_s``, one decode step of a single sequence (the floor under any
+    time between tokens)."""
 
     rate_per_s: float
     batch: int
     prefill_s: float
+    decode_s: float
 
 
 def replica_bound(compiled: Compiled, mix: Mix, max_batch: int, kv_fraction: float) -> Bound:
@@ -104,5 +106,6 @@ def replica_bound(compiled: Compiled, mix: Mix, max_batch: int, kv_fraction: flo
     context = max(1, round(mix.prompt + output / 2))
     prefill = compiled.cost(Shape(Phase.PREFILL, batch=1, tokens=prompt, context=0)).seconds
     decode = compiled.cost(Shape(Phase.DECODE, batch=batch, tokens=1, context=context)).seconds
+    single = compiled.cost(Shape(Phase.DECODE, batch=1, tokens=1, context=context)).seconds
     per_request = prefill + output * decode / batch
-    return Bound(1.0 / per_request, batch, prefill)
+    return Bound(1.0 / per_request, batch, prefill, single)

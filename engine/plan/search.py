@@ -113,7 +113,7 @@ def empty_space_message(space: Space, src: Source, spec: PlanSpec) -> str:
             f"{head} every configuration costs more than the budget ({budget[0]}). Raise "
             "plan.budget_usd_per_hour or add cheaper devices."
         )
-    slo = [r for r in reasons if "TTFT objective" in r]
+    slo = [r for r in reasons if "TTFT objective" in r or "TBT objective" in r]
     if slo and len(slo) + len(fit) + len(budget) == len(reasons):
         return (
             f"{head} the SLOs cannot be met by any candidate ({slo[0]}). Loosen "
@@ -157,7 +157,7 @@ def run_plan(
         )
     rate = spec.load.rate if isinstance(spec.load.rate, float) else None
     kv_fraction = float(getattr(scenario.workload_config, "kv_memory_fraction", 0.9) or 0.9)
-    sizing = Sizing(request_mix(base), rate, ttft, kv_fraction)
+    sizing = Sizing(request_mix(base), rate, ttft, kv_fraction, tbt)
     econ = scenario.config.economics
     dev_tasks, pruned = device_tasks(base, scenario, host, spec, econ, sizing)
     timings = {"prepare_s": time.perf_counter() - started}

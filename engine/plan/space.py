@@ -176,13 +176,14 @@ def _fit(base: Mapping[str, Any], shape: Shape, scenario: Scenario, host: Host) 
 
 @dataclass(frozen=True)
 class Sizing:
-    """What sizing a shape reads: the request mix, the offered rate, the TTFT objective and
-    the KV share of memory."""
+    """What sizing a shape reads: the request mix, the offered rate, the TTFT objective,
+    the KV share of memory and the TBT objective."""
 
     mix: Mix | None
     rate: float | None
     ttft_slo_s: float | None
     kv_fraction: float
+    tbt_slo_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -317,6 +318,11 @@ def _size(shape: Shape, spec: PlanSpec, compiled: Any, sizing: Sizing) -> str:
             return (
                 f"bound: one mean prompt's prefill alone takes {b.prefill_s:.3g} s, above the "
                 f"TTFT objective {ttft_slo_s:.3g} s"
+            )
+        if sizing.tbt_slo_s is not None and b.decode_s > sizing.tbt_slo_s:
+            return (
+                f"bound: one decode step of a single sequence takes {b.decode_s:.3g} s, above "
+                f"the TBT objective {sizing.tbt_slo_s:.3g} s"
             )
         if rate is not None:
             need = math.ceil(rate / b.rate_per_s - 1e-9)
