@@ -88,8 +88,8 @@ def break_even(spec: DeviceSpec, config: EconomicsConfig, en: Energy) -> BreakEv
     """Rent versus buy for one device over its life, or a sentence saying why not.
 
     ``break_even_hours_per_year``: the busy hours above which owning costs less than renting
-    on demand. ``break_even_months``: at the scenario's busy hours, how long until the
-    purchase price is paid back by the rent saved. ``cheaper``: ``own``, ``rent`` or
+    on demand. ``break_even_months``: when owning is the cheaper choice at the scenario's
+    busy hours, how long until the purchase price is paid back by the rent saved. ``cheaper``: ``own``, ``rent`` or
     ``committed`` over a year at those hours (``None`` when the scenario gives none).
     """
     rent_tier = config.pricing if config.pricing in ("cloud", "spot") else "cloud"
@@ -152,7 +152,7 @@ def break_even(spec: DeviceSpec, config: EconomicsConfig, en: Energy) -> BreakEv
         result["yearly_usd_per_device"] = choices
         result["cheaper"] = min(choices, key=lambda k: (choices[k], k))
         monthly_saving = (rent_h * busy - (own.total(busy) - own.amortization)) / 12.0
-        if monthly_saving > 0:
+        if result["cheaper"] == "own" and monthly_saving > 0:
             result["break_even_months"] = list_fig.value / monthly_saving
     return BreakEven(result, figs)
 

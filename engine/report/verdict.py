@@ -162,7 +162,7 @@ def rent_or_buy_notes(systems: Sequence[SystemLike]) -> str:
             line += (
                 f"; at the scenario's busy hours buying pays back after {months:.3g} months"
                 if months is not None
-                else "; at the scenario's busy hours renting stays cheaper"
+                else "; at the scenario's busy hours renting (on demand or committed) is cheaper"
             )
         else:
             line += " (set economics.busy_hours_per_year for a verdict)"
