@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from xpusim.engine.errors import ScenarioError
+
 __all__ = ["FailureRun", "FailureSpec", "percentile", "simulate_failures"]
 
 
@@ -52,6 +54,32 @@ class FailureRun:
     segments: list[tuple[str, float, float, int, float]] = field(default_factory=list)
 
 
+MAX_EVENTS = 2_000_000
+"""Most checkpoint segments and failures one replay may simulate, estimated before it
+starts (a replay of a million steps with hourly checkpoints has a few thousand)."""
+
+
+def _check_events(steps: int, k: int, step_s: float, rate: float, write_s: float) -> None:
+    """Refuse a replay whose segments, each retried until no failure hits it, would
+    exceed :data:`MAX_EVENTS` (a checkpoint every step of a long run, or failures so
+    frequent that a segment almost never completes)."""
+    segments = -(-steps // k)
+    exposure = rate * (k * step_s + max(write_s, 0.0))  # failures expected per segment
+    events = segments * math.exp(min(exposure, 50.0))
+    if events > MAX_EVENTS:
+        fix = (
+            "failures come faster than a segment completes: give a longer "
+            "mtbf_per_device or checkpoint more often (checkpoint_interval)"
+            if exposure > 1
+            else "checkpoint less often (checkpoint_interval) or run fewer steps"
+        )
+        raise ScenarioError(
+            f"workload.failures: replaying {steps:,} steps with a checkpoint every {k:,} "
+            f"steps takes about {events:,.3g} segments and failures (each segment expects "
+            f"{exposure:.3g} failures), more than {MAX_EVENTS:,}; {fix}."
+        )
+
+
 def simulate_failures(
     step_s: float,
     steps: int,
@@ -78,6 +106,7 @@ def simulate_failures(
         else max(1, round(spec.checkpoint_interval_s / step_s) if step_s > 0 else steps)
     )
     k = max(1, k)
+    _check_events(steps, k, step_s, rate, checkpoint_write_s)
     run = FailureRun(0.0, 0, 0, 0.0, 0.0, 0.0)
     seg = run.segments
 
