@@ -461,6 +461,8 @@ def _frames(
     spill = steps.spill
     n = req.n
     req.cur_prompt, req.cur_output, req.entry = array("i"), array("i"), array("i")
+    for r in reps:
+        r.feed = None  # the replicas' own arrivals (fast path): all taken
     arrival = np.asarray(req.arrival, dtype=np.float64)
     first_tok = np.asarray(req.first_token)
     finish = np.asarray(req.finish)
