@@ -258,6 +258,7 @@ def validate(
 
     Code the scenario names (a `family: torch` factory) is imported and run only from
     packages given with --allow-module; otherwise validation stops there."""
+    from xpusim.engine.report.escape import terminal
     from xpusim.engine.run import check, load
 
     def go() -> None:
@@ -268,13 +269,13 @@ def validate(
             r = prep.result
             note = f": {r.reason}" if r.reason else ""
             out.print(
-                f"{r.name} ({r.backend}/{r.device} x{r.count}): {r.status}{note}",
+                terminal(f"{r.name} ({r.backend}/{r.device} x{r.count}): {r.status}{note}"),
                 soft_wrap=True,
-                markup=False,
             )
         out.print(
-            f"{scenario}: valid ({len(sc.systems)} systems, workload {sc.workload.name}).",
-            markup=False,
+            terminal(
+                f"{scenario}: valid ({len(sc.systems)} systems, workload {sc.workload.name})."
+            ),
         )
 
     guarded(go)
@@ -309,6 +310,7 @@ def sweep(
         TimeRemainingColumn,
     )
 
+    from xpusim.engine.report.escape import plain
     from xpusim.engine.run import utc_stamp
     from xpusim.engine.scenario import (
         apply_override,
@@ -376,7 +378,7 @@ def sweep(
             markup=False,
         )
         report = (res.out_dir / "sweep.md").read_text(encoding="utf-8")
-        out.print(report, markup=False, soft_wrap=True)
+        out.print("\n".join(map(plain, report.splitlines())), markup=False, soft_wrap=True)
         out.print(
             f"results: {res.out_dir / 'summary.parquet'} (one row per point and system), "
             f"{res.out_dir / 'sweep.md'}, run folders in {res.out_dir / 'points'}/",
@@ -446,6 +448,7 @@ def compare(
 ) -> None:
     """Merge several run folders into one comparison report."""
     from xpusim.engine.report.compare import compare_runs
+    from xpusim.engine.report.escape import terminal
 
     runs = [Path(r) for r in runs]
 
@@ -467,7 +470,7 @@ def compare(
                 f"read ({type(exc).__name__}: {first}); give whole folders `xpusim run` "
                 f"wrote, or run the scenario again."
             ) from None
-        out.print(f"comparison report: {path}", markup=False)
+        out.print(f"comparison report: {terminal(path)}")
 
     guarded(go)
 
