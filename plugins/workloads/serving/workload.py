@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from xpusim.engine import tracereg
+from xpusim.engine.errors import TraceError
 from xpusim.engine.metrics import detail
 from xpusim.engine.policies import Router, SchedulerSpec, check_name, resolve
 from xpusim.engine.qty import Duration
@@ -54,13 +56,16 @@ class TraceSpec(BaseModel):
     (``azure-llm``, ``csv``, ``jsonl`` ...). ``columns``/``time_unit``/``time_format``/
     ``separator`` are for the generic formats; ``limit`` keeps the first N requests;
     ``time_scale`` divides arrival times (2.0 replays twice as fast). ``options`` passes
-    anything else to a third-party format.
+    anything else to a third-party format. Or ``name`` names a public trace of the
+    registry (:mod:`xpusim.engine.tracereg`), which gives its file and reader: the run
+    reads the verified copy in the trace cache, downloading it first when absent.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str
-    format: str
+    name: str | None = None
+    path: str | None = None
+    format: str | None = None
     columns: dict[str, str] | None = None
     time_unit: Literal["s", "ms", "us", "ns", "datetime"] | None = None
     time_format: str | None = None
@@ -69,9 +74,36 @@ class TraceSpec(BaseModel):
     time_scale: float | None = Field(default=None, gt=0)
     options: dict[str, Any] | None = None
 
+    @model_validator(mode="after")
+    def _file_or_name(self) -> TraceSpec:
+        if self.name is not None:
+            given = [
+                k
+                for k in ("path", "format", "columns", "time_unit", "time_format", "separator")
+                if getattr(self, k) is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"`name` picks a registered trace, which sets its file and reader; drop "
+                    f"{', '.join(given)}, or drop `name` to read a file of your own"
+                )
+            try:
+                tracereg.entry(self.name)
+            except TraceError as exc:
+                raise ValueError(str(exc)) from None
+        elif self.path is None or self.format is None:
+            raise ValueError(
+                "give `path` and `format` (a trace file), or `name` (a registered public trace: "
+                "`xpusim traces list`)"
+            )
+        return self
+
     def mapping(self) -> dict[str, Any]:
-        """The mapping handed to ``ctx.resolve_trace`` (unset fields left out)."""
-        d = self.model_dump(exclude_none=True, exclude={"options"})
+        """The mapping handed to ``ctx.resolve_trace`` (unset fields left out). A ``name``
+        resolves to the verified cached copy of that trace, downloaded first if absent."""
+        d = self.model_dump(exclude_none=True, exclude={"options", "name"})
+        if self.name is not None:
+            d = {**tracereg.local_trace(self.name), **d}
         d.update(self.options or {})
         return d
 
