@@ -40,11 +40,17 @@ A second table, the **public table**, predicts the rows of ``benchmarks/training
 published training throughput figures beyond the 2021 table (Korthikanti et al. 2022's
 Megatron-LM configurations up to 1T parameters with and without sequence parallelism and
 selective recomputation; the Megatron-LM README's GPT-3 175B example on 1,024 A100s;
-DeepSeek-V3's MoE / FP8 / expert-parallel / DualPipe pre-training), each with
-its full parallel plan and source. The prediction of a row is the step time of its plan
-(:func:`xpusim.plugins.workloads.training.steps.step_time`) on its device and topology; the
-error is that of the throughput (measured time over predicted time, minus one). None of
-these rows is used to fit anything.
+DeepSeek-V3's MoE / FP8 / expert-parallel / DualPipe pre-training; Nemotron-4 340B on 6,144
+H100s; OpenLLaMA 7B on TPU v4 with fully sharded data parallelism; Llama 2 7B at 32K to 1M
+tokens with ring context parallelism), each with its full parallel plan and source. The
+prediction of a row is the step time of its plan
+(:func:`xpusim.plugins.workloads.training.steps.step_time`) on its device and topology, on
+the row's ``backend`` (``gpu`` unless stated); the error is that of the throughput (measured
+time over predicted time, minus one). A row states its figure as ``iteration_s`` (seconds a
+step), ``tokens_per_gpu_s`` or ``tflops_per_gpu``; the last is turned into a step time with
+the FLOPs of the row's ``flops`` convention (``model``: forward and backward over the full
+``s × s`` attention; ``hardware``: plus the recomputed forward). None of these rows is used
+to fit anything. The table is summarised by ``kind`` (dense, moe, long-context, tpu).
 
 Usage::
 
@@ -188,14 +194,27 @@ def public_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _row_flops(row: dict[str, Any], model_flops: float, hardware_flops: float) -> float:
+    """The FLOPs of one step under the convention the row's source counts its TFLOP/s
+    with (``flops: model`` or ``hardware``, i.e. with the recomputed forward; see
+    :func:`xpusim.plugins.workloads.training.plan.flops_per_token`)."""
+    convention = str(row.get("flops", "model"))
+    if convention == "model":
+        return model_flops
+    if convention == "hardware":
+        return hardware_flops
+    raise ValueError(f"row {row['id']}: unknown FLOP convention {convention!r}")
+
+
 def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float]) -> dict[str, Any]:
     """Predict one public-table row: the step time of its plan on its device and topology,
     compared on the row's metric (``iteration_s`` or ``tokens_per_gpu_s``)."""
     spec = dict(row["model"])
     family: ModelFamily = host.models.get(spec.pop("family"))
     model = family.configure(spec)
-    gpu = host.backends.get("gpu")
-    dev = gpu.devices()[row["device"]]
+    kind = str(row.get("backend", "gpu"))
+    backend = host.backends.get(kind)
+    dev = backend.devices()[row["device"]]
     topo = topology_from_device(dev)
     links = row.get("topology") or {}
     if "scale_up_bandwidth" in links:
@@ -206,9 +225,9 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
     n = int(row["gpus"])
     if par.devices != n:
         raise ValueError(f"row {row['id']}: the plan uses {par.devices} devices, not {n}")
-    options = {"efficiency": dict(efficiency)} if efficiency else {}
-    system = System(row["id"], "gpu", dev, n, par, topo, options)
-    compiled = gpu.compile(model, system)
+    options = {"efficiency": dict(efficiency)} if efficiency and kind == "gpu" else {}
+    system = System(row["id"], kind, dev, n, par, topo, options)
+    compiled = backend.compile(model, system)
     w = dict(row["workload"])
     plan = TrainingPlan(
         global_batch=int(w["global_batch"]),
@@ -220,6 +239,8 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
         grad_dtype=str(w.get("grad_reduce_dtype", "bf16")),
         overlap_grad_reduce=bool(w.get("overlap_grad_reduce", True)),
         schedule=str(w.get("schedule", "1f1b")),
+        context_comm=str(w.get("context_comm", "ring")),
+        fsdp_reshard=bool(w.get("fsdp_reshard", True)),
     )
     st = step_time(compiled, model, plan, compiled.power_model())
     need = plan_memory(model, par, plan, dev.memory_bytes.value, float(compiled.reserve_bytes))
@@ -228,6 +249,9 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
         actual_s = float(row["measured"])
     elif row["metric"] == "tokens_per_gpu_s":
         actual_s = tokens / (n * float(row["measured"]))
+    elif row["metric"] == "tflops_per_gpu":
+        flops = _row_flops(row, st.model_flops, st.hardware_flops)
+        actual_s = flops / (n * float(row["measured"]) * 1e12)
     else:
         raise ValueError(f"row {row['id']}: unknown metric {row['metric']!r}")
     return {
@@ -273,6 +297,12 @@ def _public_table(
     errs = [abs(r["error"]) for r in out]
     med = statistics.median(errs) if errs else float("nan")
     worst = max(errs) if errs else float("nan")
+    for kind in dict.fromkeys(r["kind"] for r in out):
+        part = [abs(r["error"]) for r in out if r["kind"] == kind]
+        print(
+            f"  {kind:14s} {len(part):2d} rows: median |error| "
+            f"{100 * statistics.median(part):.1f}%, max {100 * max(part):.1f}%"
+        )
     print(
         f"public table: median |error| {100 * med:.1f}%  max |error| {100 * worst:.1f}%  "
         f"over {len(out)} rows (target: median <= 10%, none above 20%)"
