@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -19,7 +20,9 @@ from xpusim.engine.report import best_systems
 from xpusim.engine.report.compare import compare_runs, load_run
 from xpusim.engine.report.html import render_html
 from xpusim.engine.report.markdown import render_markdown
+from xpusim.engine.report.terminal import summary_table
 from xpusim.engine.report.timeline import build_trace
+from xpusim.engine.report.verdict import headline
 from xpusim.engine.reporter import Reporter
 from xpusim.engine.results import RunResult, SystemResult, write_run
 from xpusim.plugins.reporters import register_reporters
@@ -194,7 +197,67 @@ def test_summary_marks_the_best_system_per_metric(run: RunResult, page: str) -> 
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(0))
     assert cells == ["★ 2,000", "1,176", "-"]  # fast, slow, the unsupported system
     row = re.search(r'<tr data-metric="energy_j">.*?</tr>', page, re.S)
-    assert row is not None and "★" not in row.group(0)  # one value known: nothing to beat
+    assert row is not None and "★" in row.group(0)  # slow misses the SLO: fast is the pick
+
+
+def _with(run: RunResult, **changes: dict[str, float]) -> list[SystemResult]:
+    """Copies of ``run``'s systems with some metrics changed, by system name."""
+    out = []
+    for s in run.systems:
+        metrics = {**s.metrics, **changes.get(s.name, {})}
+        out.append(dataclasses.replace(s, metrics=metrics))
+    return out
+
+
+def test_a_system_that_misses_the_slo_gets_no_star_however_cheap(run: RunResult) -> None:
+    """The ★ goes to the best system that meets the SLOs: a cheaper one at 58% SLO
+    attainment is not a candidate."""
+    by_key = {m.name: m for m in run.vocabulary}
+    systems = _with(run, slow={"cost_per_million_tokens_usd": 0.01, "cost_usd": 0.01})
+    assert best_systems(systems, by_key["cost_per_million_tokens_usd"]) == {"fast"}
+    ok = _with(run, slow={"cost_usd": 0.01, "slo_attainment": 1.0})
+    assert best_systems(ok, by_key["cost_usd"]) == {"slow"}
+
+
+def test_ties_are_ties_and_get_no_star(run: RunResult) -> None:
+    """Two systems meeting the SLOs with the same best figure: neither is marked."""
+    by_key = {m.name: m for m in run.vocabulary}
+    same = {"slo_attainment": 1.0, "throughput_tokens_per_s": 2000.0}
+    systems = _with(run, fast=same, slow=same)
+    assert best_systems(systems, by_key["throughput_tokens_per_s"]) == set()
+
+
+def test_the_headline_names_the_cheapest_system_meeting_the_slo(run: RunResult) -> None:
+    """The headline names the cheapest system within the SLOs and who misses them; with no
+    system within them it says so and names the closest; equal costs tie."""
+    text = headline(run.systems)
+    assert text.startswith("fast (fast-chip × 2) is the cheapest system that meets the SLOs")
+    assert "slow (58.2%)" in text
+    none = _with(run, fast={"slo_attainment": 0.5})
+    assert headline(none).startswith("No system meets the SLOs")
+    tie = _with(
+        run,
+        slow={"slo_attainment": 1.0, "cost_per_million_tokens_usd": 1.0},
+        fast={"cost_per_million_tokens_usd": 1.0},
+    )
+    assert "tie as the cheapest" in headline(tie)
+
+
+def test_every_output_opens_with_the_headline(run: RunResult, page: str) -> None:
+    """report.md, report.html and the terminal table carry the headline sentence."""
+    first = headline(run.systems).split(":")[0]
+    assert first in render_markdown(run)
+    assert first in page
+    table = summary_table(run.summary(), run.vocabulary)
+    assert first in str(table.title)
+
+
+def test_the_terminal_prints_the_rent_or_buy_verdict(run: RunResult) -> None:
+    """Under the terminal table: the busy hours a year above which buying beats renting,
+    for each system whose prices are known, and how to get a verdict."""
+    caption = str(summary_table(run.summary(), run.vocabulary).caption)
+    assert "fast: buying beats renting on demand above" in caption
+    assert "busy_hours_per_year" in caption and "slow:" not in caption
 
 
 def test_not_known_figures_are_said_with_their_reason(page: str, run: RunResult) -> None:
@@ -338,3 +401,25 @@ def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     """A folder without summary.json is an input error naming it."""
     with pytest.raises(XpusimError, match="not a run folder"):
         compare_runs([tmp_path], tmp_path / "x.html")
+
+
+def test_the_sweep_best_point_is_one_that_meets_the_slo() -> None:
+    """A sweep's cheapest point at 12% SLO attainment is not its best cost point: the best
+    points and the frontier consider only rows meeting the SLOs, and say so."""
+    from xpusim.engine.sweep import sweep_report
+
+    frame = pl.DataFrame(
+        {
+            "point": [0, 1],
+            "point_id": ["a", "b"],
+            "param.systems.0.count": [2, 4],
+            "name": ["s", "s"],
+            "status": ["ok", "ok"],
+            "throughput_tokens_per_s": [900.0, 1000.0],
+            "cost_per_million_tokens_usd": [1.0, 2.0],
+            "slo_attainment": [0.12, 1.0],
+        }
+    )
+    text = sweep_report(frame, vocabulary_for(ServingWorkload()))
+    assert "| cost_per_million_tokens_usd (min) | 2 | 1 |" in text
+    assert "1 of the 2 ok rows meet the SLOs" in text

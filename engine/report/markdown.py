@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from xpusim.engine.economics import describe_break_even
 from xpusim.engine.report import (
     best_systems,
+    escape,
     fmt,
     metric_value,
     not_known,
@@ -19,6 +20,7 @@ from xpusim.engine.report import (
     source_rows,
     title_of,
 )
+from xpusim.engine.report.verdict import headline, price_note
 
 if TYPE_CHECKING:
     from xpusim.engine.results import RunResult
@@ -32,22 +34,26 @@ def render_markdown(run: RunResult) -> str:
     """The whole ``report.md`` document for ``run``."""
     systems = run.systems
     metrics = shown_metrics(systems, run.vocabulary)
-    out = [f"# {title_of(run)}", ""]
+    out = [f"# {escape.markdown(title_of(run))}", ""]
     meta = [
-        f"workload {run.workload}" if run.workload else "",
-        f"model {run.model}" if run.model else "",
+        f"workload {escape.markdown(run.workload)}" if run.workload else "",
+        f"model {escape.markdown(run.model)}" if run.model else "",
         f"seed {run.seed}",
     ]
-    out += [" · ".join(x for x in meta if x), "", "## Summary", ""]
-    out.append("| Metric | " + " | ".join(_cell(s.name) for s in systems) + " |")
+    out += [" · ".join(x for x in meta if x), ""]
+    out += [f"**Verdict:** {escape.markdown(headline(systems))}", "", "## Summary", ""]
+    out.append("| Metric | " + " | ".join(escape.markdown(s.name) for s in systems) + " |")
     out.append("|:---|" + "---:|" * len(systems))
     out.append(
-        "| Devices | " + " | ".join(_cell(f"{s.device} × {s.count}") for s in systems) + " |"
+        "| Devices | "
+        + " | ".join(escape.markdown(f"{s.device} × {s.count}") for s in systems)
+        + " |"
     )
     out.append(
         "| Status | "
         + " | ".join(
-            "ok" if s.status == "ok" else _cell(f"{s.status}: {s.reason}") for s in systems
+            "ok" if s.status == "ok" else escape.markdown(f"{s.status}: {s.reason}")
+            for s in systems
         )
         + " |"
     )
@@ -66,12 +72,13 @@ def render_markdown(run: RunResult) -> str:
     out += [
         "",
         "★ marks the best system for a metric (lowest latency, cost and energy; "
-        "highest throughput and SLO attainment).",
+        "highest throughput and SLO attainment) among those that meet the SLOs; a shared "
+        "best value is a tie and gets no ★.",
         "",
     ]
 
     notes = [
-        f"- **{s.name}**, {', '.join(metrics)}: {reason}"
+        f"- **{escape.markdown(s.name)}**, {', '.join(metrics)}: {escape.markdown(reason)}"
         for s in systems
         for metrics, reason in not_known_notes(s)
     ]
@@ -85,10 +92,11 @@ def render_markdown(run: RunResult) -> str:
         b = s.details.get("cost_breakdown_usd") or {}
         if b:
             parts = ", ".join(f"{k} {fmt(v)} USD" for k, v in b.items())
-            costs.append(f"- **{s.name}**: {parts}.")
+            used = price_note(s.details.get("price_used"))
+            costs.append(f"- **{escape.markdown(s.name)}**: {parts}. {escape.markdown(used)}")
         be = s.details.get("break_even")
         if isinstance(be, dict):
-            costs.append(f"- **{s.name}**, rent or buy: {describe_break_even(be)}")
+            costs.append(f"- **{escape.markdown(s.name)}**, rent or buy: {describe_break_even(be)}")
     if costs:
         out += ["## Cost", "", *costs, ""]
 
@@ -103,7 +111,7 @@ def render_markdown(run: RunResult) -> str:
         out += [
             f"| {_cell(r.name)} | {_cell(r.value)} "
             f"| {_cell(r.cited + (f'; {r.date_note}' if r.date_note else ''))} "
-            f"| {_cell(r.systems)} |"
+            f"| {escape.markdown(r.systems)} |"
             for r in rows
         ]
         out.append("")

@@ -3,7 +3,10 @@
 Columns come from the run's metric vocabulary (:mod:`xpusim.engine.metrics`): every metric
 marked ``table`` that some system has, in the vocabulary's order, headed by its short
 label and formatted with its ``table_format``; a metric with ``instead_of`` is left out
-when any system has that other metric.
+when any system has that other metric. The title carries the run's verdict (the cheapest
+system that meets the SLOs, overloaded systems and what they sustain,
+:func:`~xpusim.engine.report.verdict.headline`) and the caption the rent-or-buy break-even
+of each system whose prices are known.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from xpusim.engine.metrics import Metric, Vocabulary
+from xpusim.engine.report import escape
+from xpusim.engine.report.verdict import headline, rent_or_buy_notes, summary_systems
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -45,8 +50,15 @@ def summary_table(summary: dict[str, Any], vocabulary: Vocabulary) -> Table:
 
     systems = summary["systems"]
     cols = table_metrics(systems, vocabulary)
+    rows = summary_systems(summary)
     t = Table(
-        title=f"{summary['scenario']} ({summary.get('workload', '')}, {summary.get('model', '')})"
+        title=escape.terminal(
+            f"{summary['scenario']} ({summary.get('workload', '')}, {summary.get('model', '')})"
+        )
+        + "\n"
+        + escape.terminal(headline(rows)),
+        caption="\n".join(escape.terminal(line) for line in rent_or_buy_notes(rows).splitlines())
+        or None,
     )
     t.add_column("system", style="bold")
     t.add_column("device")
@@ -55,7 +67,12 @@ def summary_table(summary: dict[str, Any], vocabulary: Vocabulary) -> Table:
     for m in cols:
         t.add_column(m.column, justify="right")
     for s in systems:
-        row = [s["name"], s["device"], str(s["count"]), s["status"]]
+        row = [
+            escape.terminal(s["name"]),
+            escape.terminal(s["device"]),
+            str(s["count"]),
+            s["status"],
+        ]
         row += [table_cell(m, s.get(m.name)) for m in cols]
         t.add_row(*row)
     return t
