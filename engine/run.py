@@ -148,7 +148,7 @@ class Prepared:
 def prepare(scenario: Scenario, host: Host) -> list[Prepared]:
     """Compile every system and decide unsupported / does-not-fit before simulating."""
     out: list[Prepared] = []
-    for system in scenario.systems:
+    for index, system in enumerate(scenario.systems):
         res = SystemResult(
             name=system.name,
             backend=system.backend,
@@ -181,6 +181,8 @@ def prepare(scenario: Scenario, host: Host) -> list[Prepared]:
                     compiled = None
         except UnsupportedError as exc:
             res.status, res.reason = "unsupported", str(exc)
+        except ScenarioError as exc:  # bad input a plugin found: stop, write nothing
+            raise placed(exc, scenario.source, ("systems", index)) from None
         except DoesNotFitError as exc:
             res.status, res.reason = "does-not-fit", str(exc)
         except Exception as exc:  # a plugin fault fails its system, not the run
