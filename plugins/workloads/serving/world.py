@@ -71,6 +71,9 @@ from xpusim.plugins.workloads.serving.schedulers.chunked_prefill import ChunkedP
 from xpusim.plugins.workloads.serving.schedulers.continuous import ContinuousScheduler
 from xpusim.plugins.workloads.serving.schemas import REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
 
+REQUEST_CHUNK = 1 << 18
+"""Rows of the ``requests`` frame built at a time once it spills."""
+
 
 @dataclass
 class ServingResult:
@@ -544,8 +547,12 @@ def _frames(
         else np.zeros(0, dtype=np.int64)
     )
     requests = FrameBuffer(spill, "requests", REQUESTS_SCHEMA)
-    for a in range(0, n, spill.rows):
-        b = min(a + spill.rows, n)
+    # past the threshold each chunk goes to its own part at once, so no more than one chunk
+    # of request rows is held beside the request table
+    spilling = n > spill.rows
+    chunk = min(spill.rows, REQUEST_CHUNK) if spilling else spill.rows
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
         k = b - a
         one_tok = output[a:b] <= 1
         tbt_max[a:b][one_tok] = np.nan
@@ -587,6 +594,8 @@ def _frames(
                 .alias("replica"),
             )
         )
+        if spilling:
+            requests.flush()
     tbt = (
         pl.concat(gap_parts)
         .group_by("gap_s")
