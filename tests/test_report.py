@@ -423,3 +423,14 @@ def test_the_sweep_best_point_is_one_that_meets_the_slo() -> None:
     text = sweep_report(frame, vocabulary_for(ServingWorkload()))
     assert "| cost_per_million_tokens_usd (min) | 2 | 1 |" in text
     assert "1 of the 2 ok rows meet the SLOs" in text
+
+
+def test_an_overloaded_system_says_so_in_its_status(run: RunResult) -> None:
+    """An ok system whose queue grew all run is shown as overloaded, with the rate it
+    sustains, in every output's status."""
+    systems = _with(run, slow={"overloaded": True, "sustainable_rate_per_s": 3.25})
+    over = dataclasses.replace(run, systems=systems)
+    assert "overloaded: sustains at most about 3.25 req/s" in render_markdown(over)
+    assert "overloaded: sustains at most about 3.25 req/s" in render_html(over)
+    table = summary_table(over.summary(), over.vocabulary)
+    assert "overloaded" in list(table.columns[3].cells)

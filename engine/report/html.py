@@ -26,7 +26,7 @@ from xpusim.engine.report import (
     title_of,
 )
 from xpusim.engine.report import charts as ch
-from xpusim.engine.report.verdict import headline, price_note
+from xpusim.engine.report.verdict import headline, ok_label, price_note
 
 if TYPE_CHECKING:
     from xpusim.engine.results import RunResult
@@ -80,7 +80,7 @@ def _summary(run: RunResult) -> str:
         f"<th>{_e(s.name)}<br><small>{_e(s.device)} × {s.count}</small></th>" for s in systems
     )
     status = "".join(
-        '<td class="text">ok</td>'
+        f'<td class="text">{_e(ok_label(s))}</td>'
         if s.status == "ok"
         else f'<td class="text status">{_e(s.status)}: {_e(s.reason)}</td>'
         for s in systems

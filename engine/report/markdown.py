@@ -20,7 +20,7 @@ from xpusim.engine.report import (
     source_rows,
     title_of,
 )
-from xpusim.engine.report.verdict import headline, price_note
+from xpusim.engine.report.verdict import headline, ok_label, price_note
 
 if TYPE_CHECKING:
     from xpusim.engine.results import RunResult
@@ -52,7 +52,7 @@ def render_markdown(run: RunResult) -> str:
     out.append(
         "| Status | "
         + " | ".join(
-            "ok" if s.status == "ok" else escape.markdown(f"{s.status}: {s.reason}")
+            ok_label(s) if s.status == "ok" else escape.markdown(f"{s.status}: {s.reason}")
             for s in systems
         )
         + " |"

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from xpusim.engine.metrics import Metric, Vocabulary
 from xpusim.engine.report import escape
-from xpusim.engine.report.verdict import headline, rent_or_buy_notes, summary_systems
+from xpusim.engine.report.verdict import (
+    headline,
+    ok_label,
+    rent_or_buy_notes,
+    summary_systems,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -66,12 +71,12 @@ def summary_table(summary: dict[str, Any], vocabulary: Vocabulary) -> Table:
     t.add_column("status")
     for m in cols:
         t.add_column(m.column, justify="right")
-    for s in systems:
+    for s, seen in zip(systems, rows, strict=True):
         row = [
             escape.terminal(s["name"]),
             escape.terminal(s["device"]),
             str(s["count"]),
-            s["status"],
+            ok_label(seen, short=True) if s["status"] == "ok" else s["status"],
         ]
         row += [table_cell(m, s.get(m.name)) for m in cols]
         t.add_row(*row)

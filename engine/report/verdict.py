@@ -149,6 +149,17 @@ def headline(systems: Sequence[SystemLike]) -> str:
     return f"{lead}: {low:,.3g} {unit}." + tail + _same_load_note(systems, key)
 
 
+def ok_label(s: SystemLike, short: bool = False) -> str:
+    """The status of an ok system: ``ok``, or that it is overloaded and (unless ``short``)
+    the rate it sustains."""
+    if s.metrics.get("overloaded") is not True:
+        return "ok"
+    rate = _value(s, "sustainable_rate_per_s")
+    if short or rate is None:
+        return "overloaded"
+    return f"overloaded: sustains at most about {rate:.3g} req/s"
+
+
 def rent_or_buy_notes(systems: Sequence[SystemLike]) -> str:
     """One line per system whose rent-versus-buy break-even is known."""
     lines = []
