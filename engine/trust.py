@@ -9,7 +9,8 @@ module the person running xpusim allowed, by package prefix:
 
 Nothing is allowed by default, and no allow-list can admit the standard library (its
 process, OS and I/O callables: ``os:system``, ``subprocess:run``, ``builtins:exec`` ...),
-``torch`` itself (``torch:load`` unpickles files, ``torch.hub`` downloads code) or xpusim.
+``torch`` itself (``torch:load`` unpickles files, ``torch.hub`` downloads code), xpusim
+or the libraries around it (:data:`NEVER`).
 The factory named must be defined in an allowed module (a name the module imported
 from elsewhere is refused) and no part of its path may start with ``_``.
 
@@ -39,8 +40,20 @@ from xpusim.engine.errors import ScenarioError, XpusimError
 ALLOW_ENV = "XPUSIM_ALLOW_MODULES"
 """Environment variable: comma-separated module prefixes a scenario may import."""
 
-NEVER = frozenset({"builtins", "torch", "xpusim", "engine", "plugins", "pip", "setuptools"})
-"""Top-level packages no allow-list admits (besides the whole standard library)."""
+NEVER = frozenset(
+    {
+        # xpusim, torch and the libraries xpusim runs on
+        *("xpusim", "engine", "plugins", "torch", "numpy", "polars", "pyarrow", "pydantic"),
+        *("yaml", "pluggy", "simpy", "typer", "click", "rich", "matplotlib", "dask"),
+        # loaders that run what they read, network clients, installers and test tools
+        *("pandas", "dill", "cloudpickle", "joblib", "fsspec", "requests", "urllib3"),
+        *("httpx", "pip", "setuptools", "IPython", "pytest", "_pytest", "hypothesis"),
+    }
+)
+"""Top-level packages no allow-list admits, besides the whole standard library: none of
+them defines a model factory, and each holds callables that read, write, fetch or run
+what they are given (``torch:load`` and ``yaml:unsafe_load`` run what they unpickle or
+construct, ``numpy:load`` unpickles, ``torch.hub`` downloads code)."""
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -64,9 +77,9 @@ def check_prefix(name: str, where: str) -> str:
         )
     if _never(name.split(".")[0]):
         raise XpusimError(
-            f"{where}: {name!r} cannot be allowed: the standard library, torch and xpusim "
-            f"hold process, file and network callables a scenario must never run. Allow "
-            f"only the package that defines your model factory."
+            f"{where}: {name!r} cannot be allowed: the standard library, torch, xpusim and "
+            f"the libraries it runs on hold process, file and network callables a scenario "
+            f"must never run. Allow only the package that defines your model factory."
         )
     return name
 
@@ -144,7 +157,8 @@ def load_factory(path: str, where: str) -> Callable[..., Any]:
     if _never(top):
         raise ScenarioError(
             f"{where}: {path!r} names {mod_name!r}, which a scenario may never import (the "
-            f"standard library, torch and xpusim hold process, file and network callables). "
+            f"standard library, torch, xpusim and the libraries it runs on hold process, file "
+            f"and network callables). "
             f"A model factory lives in your own package: module: 'mypkg.nets:build'."
         )
     prefixes = allowed()

@@ -52,6 +52,8 @@ def _package(folder: Path, name: str, body: str) -> None:
         "pickle:loads",
         "torch:load",
         "torch.hub:load",
+        "yaml:unsafe_load",
+        "numpy:load",
         "xpusim.engine.results:write_run",
     ],
 )
