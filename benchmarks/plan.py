@@ -109,8 +109,9 @@ def main() -> None:
         for n, r in (("1 worker", one), ("2 workers", two)):
             t = r["timings"]
             print(
-                f"  {n}: load {t['prepare_s']:.1f} s, prune {t['prune_s']:.1f} s, "
-                f"size {t['size_s']:.1f} s, command {r['wall_s']:.1f} s"
+                f"  {n}: load {t['prepare_s']:.1f} s, search {t['search_s']:.1f} s "
+                f"(workers' seconds: pruning {t['prune_task_s']:.1f}, sizing "
+                f"{t['size_task_s']:.1f}), command {r['wall_s']:.1f} s"
             )
     figures["machine_after"] = load_note()
     print(figures["machine"], "->", figures["machine_after"])

@@ -22,7 +22,7 @@ from typing import Any
 
 from xpusim.engine.capacity import LoadPath, meets_slo, search_knee, with_rate
 from xpusim.engine.errors import XpusimError
-from xpusim.engine.plan.space import Shape, config_data
+from xpusim.engine.plan.space import DeviceTask, Shape, Space, config_data, device_space
 from xpusim.engine.run import load_point, simulate
 from xpusim.engine.sweep import worker_host
 from xpusim.engine.yamlsrc import Source
@@ -170,3 +170,53 @@ def _by_rate(task: ShapeTask) -> list[dict[str, Any]]:
 def run_shape(task: ShapeTask) -> list[dict[str, Any]]:
     """Every configuration simulated while sizing one shape (the executor's function)."""
     return _by_rate(task) if task.mode == "rate" else _by_count(task)
+
+
+@dataclass(frozen=True)
+class DeviceRun:
+    """One device's whole search: build its shapes (:func:`device_space`), then size each
+    as :class:`ShapeTask` says (``mode``, ``rate``, ``load``, ``probes``, ``floor_devices``)."""
+
+    device: DeviceTask
+    mode: str
+    rate: float | None
+    load: LoadPath | None
+    probes: int
+    floor_devices: int = 1
+
+
+@dataclass
+class DeviceOutcome:
+    """What one device's search gives back: its shapes and pruned ones, every configuration
+    simulated, and the seconds spent building and sizing its shapes."""
+
+    space: Space
+    rows: list[dict[str, Any]]
+    prune_s: float
+    size_s: float
+
+
+def run_device(task: DeviceRun) -> DeviceOutcome:
+    """Prune and size one device's shapes in a worker (the executor's function)."""
+    started = time.perf_counter()
+    space = device_space(task.device)
+    built = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    d = task.device
+    for shape in space.shapes:
+        rows.extend(
+            run_shape(
+                ShapeTask(
+                    shape,
+                    d.base,
+                    d.scenario_file,
+                    d.base_dir,
+                    task.mode,
+                    task.rate,
+                    task.load,
+                    task.probes,
+                    task.floor_devices,
+                )
+            )
+        )
+    return DeviceOutcome(space, rows, built - started, time.perf_counter() - built)

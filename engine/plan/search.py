@@ -1,10 +1,11 @@
 """``xpusim plan``: load the scenario and its ``plan:`` block, build and prune the search
 space, size every shape through a sweep executor, rank, and write plan.json and plan.md.
 
-Bad input exits 2 before anything is simulated: a search space left empty by pruning
-says why for each kind of shape and what would widen it, and a search that could run
-more simulations than ``max_configs`` (or ``--max-configs``) says how many and asks for a
-narrower block.
+Each device is one task of the executor: its shapes are built and pruned, then sized, in
+the same worker (:func:`~xpusim.engine.plan.probe.run_device`). Bad input exits 2 before
+anything is simulated: a search that could run more simulations than ``max_configs`` (or
+``--max-configs``) says how many before any work, and a search space left empty by
+pruning says why for each kind of shape and what would widen it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from xpusim.engine.executor import Executor, PointFailure
 from xpusim.engine.host import Host
 from xpusim.engine.plan import rank
 from xpusim.engine.plan.bound import request_mix
-from xpusim.engine.plan.probe import ShapeTask, run_shape
-from xpusim.engine.plan.space import Sizing, Space, device_space, device_tasks
+from xpusim.engine.plan.probe import DeviceRun, run_device
+from xpusim.engine.plan.space import Sizing, Space, device_tasks
 from xpusim.engine.plan.spec import PlanSpec, parse_plan
 from xpusim.engine.scenario import (
     Scenario,
@@ -52,7 +53,7 @@ class PlanResult:
 
 
 ProgressFn = Callable[[int, int], None]
-"""``progress(shapes_done, shapes_total)``."""
+"""``progress(devices_done, devices_total)``."""
 
 
 def prepare_base(data: Mapping[str, Any], spec: PlanSpec, src: Source) -> dict[str, Any]:
@@ -160,31 +161,21 @@ def run_plan(
     sizing = Sizing(request_mix(base), rate, ttft, kv_fraction, tbt)
     econ = scenario.config.economics
     dev_tasks, pruned = device_tasks(base, scenario, host, spec, econ, sizing)
-    timings = {"prepare_s": time.perf_counter() - started}
-    space = Space(pruned=pruned)
-    for idx, built in executor.map(device_space, dev_tasks, workers=workers, address=address):
-        if isinstance(built, PointFailure):
-            space.pruned.append(
-                {"device": dev_tasks[idx].device, "pruned": f"failed: {built.error}"}
-            )
-        else:
-            space.shapes.extend(built.shapes)
-            space.pruned.extend(built.pruned)
-    position = {t.device: i for i, t in enumerate(dev_tasks)}
-    space.shapes.sort(key=lambda s: (position[s.device], s.tensor, s.pipeline, s.max_batch))
-    if not space.shapes:
-        raise PlanError(empty_space_message(space, src, spec))
     limit = max_configs if max_configs is not None else spec.max_configs
-    worst = len(space.shapes) * spec.probes
+    per_device = (
+        len(spec.tensor or [1])
+        * len(spec.pipeline)
+        * len(dev_tasks[0].batches if dev_tasks else [1])
+    )
+    worst = len(dev_tasks) * per_device * spec.probes
     if worst > limit:
         raise PlanError(
-            f"{src.where(('plan',))}: the search would run up to {worst:,} simulations "
-            f"({len(space.shapes)} configuration shapes x up to {spec.probes} probes each), "
-            f"more than the simulation budget of {limit:,}. Narrow the block (plan.devices, "
-            "plan.tensor, plan.max_batch, plan.count.max) or lower plan.probes, or raise "
+            f"{src.where(('plan',))}: the search could run up to {worst:,} simulations "
+            f"({len(dev_tasks)} devices x {per_device} configuration shapes each x up to "
+            f"{spec.probes} probes), more than the simulation budget of {limit:,}. Narrow the "
+            "block (plan.devices, plan.tensor, plan.max_batch) or lower plan.probes, or raise "
             "plan.max_configs or pass --max-configs."
         )
-    timings["prune_s"] = time.perf_counter() - started - timings["prepare_s"]
     mode = "rate" if spec.load.highest else "count"
     where = load_path(base) if mode == "rate" else None
     if mode == "rate" and where is None:
@@ -192,40 +183,31 @@ def run_plan(
             f"{src.where(('plan', 'load'))}: rate: max needs an arrival process "
             "(workload.arrivals) whose rate the plan can raise."
         )
-    tasks = [
-        ShapeTask(
-            s,
-            base,
-            str(path),
-            str(path.resolve().parent),
-            mode,
-            rate,
-            where,
-            spec.probes,
-            spec.count.min,
-        )
-        for s in space.shapes
-    ]
+    timings = {"prepare_s": time.perf_counter() - started}
+    runs = [DeviceRun(t, mode, rate, where, spec.probes, spec.count.min) for t in dev_tasks]
+    space = Space(pruned=pruned)
     rows: list[dict[str, Any]] = []
+    timings["prune_task_s"] = timings["size_task_s"] = 0.0
     done = 0
     if progress:
-        progress(done, len(tasks))
-    for idx, outcome in executor.map(run_shape, tasks, workers=workers, address=address):
+        progress(done, len(runs))
+    for idx, outcome in executor.map(run_device, runs, workers=workers, address=address):
         if isinstance(outcome, PointFailure):
-            rows.append(
-                {
-                    **tasks[idx].shape.params(),
-                    "status": "failed",
-                    "reason": outcome.error,
-                    "met": False,
-                }
+            space.pruned.append(
+                {"device": dev_tasks[idx].device, "pruned": f"failed: {outcome.error}"}
             )
         else:
-            rows.extend(outcome)
+            space.shapes.extend(outcome.space.shapes)
+            space.pruned.extend(outcome.space.pruned)
+            rows.extend(outcome.rows)
+            timings["prune_task_s"] += outcome.prune_s
+            timings["size_task_s"] += outcome.size_s
         done += 1
         if progress:
-            progress(done, len(tasks))
-    timings["size_s"] = time.perf_counter() - started - timings["prepare_s"] - timings["prune_s"]
+            progress(done, len(runs))
+    timings["search_s"] = time.perf_counter() - started - timings["prepare_s"]
+    if not space.shapes:
+        raise PlanError(empty_space_message(space, src, spec))
     rows.sort(
         key=lambda r: (
             r["device"],
