@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from tests.fakes import FakeModel, fake_device
 from xpusim.engine.backend import Compiled, Cost, Fit
 from xpusim.engine.frames import DEVICES_SCHEMA
 from xpusim.engine.graph import Phase, Shape
-from xpusim.engine.policies import SchedulerSpec
+from xpusim.engine.policies import ReplicaState, Route, SchedulerSpec
 from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.engine.workload import WorkloadContext
@@ -22,6 +23,7 @@ from xpusim.plugins.workloads import WORKLOADS
 from xpusim.plugins.workloads.offline.workload import OfflineConfig, OfflineWorkload
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate
 from xpusim.plugins.workloads.serving.metrics import serving_metrics, weighted_quantile
+from xpusim.plugins.workloads.serving.routers.round_robin import RoundRobinRouter
 from xpusim.plugins.workloads.serving.schemas import REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
 from xpusim.plugins.workloads.serving.workload import ServingConfig, ServingWorkload
 from xpusim.plugins.workloads.serving.world import simulate_serving
@@ -456,3 +458,37 @@ def test_offline_forward_batches() -> None:
     assert out.metrics["throughput_samples_per_s"] == pytest.approx(100 / out.simulated_s)
     per_rep = steps.group_by("replica").agg((pl.col("end_s") - pl.col("start_s")).sum())
     assert out.simulated_s == pytest.approx(float(per_rep["end_s"].max()))
+
+
+class _FirstReplica(RoundRobinRouter):
+    """A round-robin subclass that sends everything to replica 0 (routes by its own rule)."""
+
+    def start(self, replicas: Sequence[ReplicaState], seed: int) -> Route:
+        return lambda reps: reps[0]
+
+
+def test_fast_path_only_for_the_builtin_router_and_schedulers() -> None:
+    """The world routes ahead only for the built-in round-robin router itself: a subclass
+    with its own rule is asked at each arrival, so its choices hold."""
+    res = simulate_serving(
+        load(60),
+        compiled(2),
+        system="s",
+        replicas=2,
+        devices_per_replica=1,
+        scheduler=SchedulerSpec(),
+        router=_FirstReplica(),
+    )
+    assert set(res.frames["requests"]["replica"].to_list()) == {0}
+    plain = simulate_serving(
+        load(60),
+        compiled(2),
+        system="s",
+        replicas=2,
+        devices_per_replica=1,
+        scheduler=SchedulerSpec(),
+        fast=False,
+    )
+    fast = simulate_serving(load(60), compiled(2), system="s", replicas=2, devices_per_replica=1)
+    assert_frame_equal(fast.frames["requests"], plain.frames["requests"])
+    assert set(fast.frames["requests"]["replica"].to_list()) == {0, 1}

@@ -209,10 +209,11 @@ def simulate_serving(
     costs = CostTable(compiled, spec.shape_bits, spec.grid_bits)
     reps = [Replica(i, blocks, kv_block_tokens) for i in range(replicas)]
     route = router_obj.start(reps, seed)
+    # exactly the built-in classes: a subclass may route by state or not read its feed
     fed = (
         fast
-        and isinstance(router_obj, RoundRobinRouter)
-        and isinstance(policy, ContinuousScheduler | ChunkedPrefillScheduler)
+        and type(router_obj) is RoundRobinRouter
+        and type(policy) in (ContinuousScheduler, ChunkedPrefillScheduler)
     )
     if fed:
         _feed_round_robin(req, reps)
