@@ -38,6 +38,13 @@ from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.serving import metrics, routers, schedulers
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate
 from xpusim.plugins.workloads.serving.metrics import SERVING_METRICS
+from xpusim.plugins.workloads.serving.prefix_cache import (
+    PREFIX_METRICS,
+    AssignedRouter,
+    PrefixCaching,
+    replay,
+    restore_prompts,
+)
 from xpusim.plugins.workloads.serving.stacks import (
     DEFAULT_STACK,
     StackCompiled,
@@ -178,6 +185,7 @@ class ServingConfig(BaseModel):
         default=DEFAULT_STACK,
         description="serving engine profile: a name from stacks.yaml or {name, overrides}",
     )
+    prefix_caching: PrefixCaching | None = None
 
     _router: Router | None = PrivateAttr(default=None)
     _stack: StackProfile | None = PrivateAttr(default=None)
@@ -204,6 +212,17 @@ class ServingConfig(BaseModel):
             raise ValueError("give exactly one of `trace` (a file) or `arrivals` (a process)")
         self._router = resolve(info, "routers", self.router)
         apply_stack(self)
+        return self
+
+    @model_validator(mode="after")
+    def _prefix_routing(self) -> ServingConfig:
+        pc = self.prefix_caching
+        if pc is not None and pc.routing == "round-robin" and self.router != "round-robin":
+            raise ValueError(
+                f"prefix caching is replayed ahead of the run, which needs the replicas' order "
+                f"known in advance: set `router: round-robin` (not {self.router!r}) or "
+                f"`prefix_caching.routing: cache-aware`"
+            )
         return self
 
     def router_policy(self) -> Router | str:
@@ -243,6 +262,7 @@ class ServingWorkload(Workload):
     schema = ServingConfig
     metrics = (
         *SERVING_METRICS,
+        *PREFIX_METRICS,
         detail("replicas", "Replicas", description="model replicas the devices hold"),
         detail(
             "kv_capacity_tokens",
@@ -258,6 +278,21 @@ class ServingWorkload(Workload):
         frame = request_frame(config, ctx)
         system = ctx.system
         compiled = StackCompiled(ctx.compiled, stack_for(config, system.backend))
+        kv_tokens = compiled.kv_capacity_tokens(config.kv_memory_fraction)
+        router = config.router_policy()
+        cache = None
+        if config.prefix_caching is not None:  # prompts shrink by their cached prefix
+            cache = replay(
+                config.prefix_caching,
+                frame,
+                replicas=system.replicas,
+                kv_capacity_tokens=kv_tokens,
+                kv_block_tokens=config.kv_block_tokens,
+                seed=ctx.seed,
+            )
+            frame, kv_tokens = cache.frame, cache.kv_capacity_tokens
+            if cache.assignment is not None:
+                router = AssignedRouter(cache.assignment)
         res = simulate_serving(
             frame,
             compiled,
@@ -265,12 +300,14 @@ class ServingWorkload(Workload):
             replicas=system.replicas,
             devices_per_replica=system.parallelism.model_parallel,
             scheduler=config.scheduler,
-            router=config.router_policy(),
+            router=router,
             kv_block_tokens=config.kv_block_tokens,
-            kv_capacity_tokens=compiled.kv_capacity_tokens(config.kv_memory_fraction),
+            kv_capacity_tokens=kv_tokens,
             progress=ctx.progress,
             seed=ctx.seed,
         )
+        if cache is not None:
+            res.frames["requests"] = restore_prompts(res.frames["requests"], cache.hit_tokens)
         ttft_slo, tpot_slo, itl_slo = config.slo.bounds()
         m = metrics.serving_metrics(
             res.frames,
@@ -281,6 +318,8 @@ class ServingWorkload(Workload):
         )
         m["replicas"] = res.replicas
         m["kv_capacity_tokens"] = res.kv_blocks * config.kv_block_tokens
+        if cache is not None:
+            m.update(cache.metrics)
         return SystemRun(metrics=m, frames=res.frames, simulated_s=res.simulated_s)
 
     def traces(self, config: BaseModel) -> list[Mapping[str, Any]]:

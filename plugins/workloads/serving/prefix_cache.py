@@ -1,0 +1,284 @@
+"""Prefix caching (vLLM's automatic prefix caching, SGLang's radix cache), replayed ahead.
+
+KV blocks are named by the hash of their whole token prefix, so two requests whose
+prompts share their first ``k`` blocks share their first ``k`` block ids. A replica keeps
+the blocks of earlier prompts in a cache of ``memory_fraction`` of its KV blocks, evicting
+the least recently used block when full; a new request whose first ``m`` block ids are
+cached skips the prefill of those ``m × block_tokens`` tokens (at most ``prompt − 1``: the
+last prompt token is always computed, as in vLLM, to produce the first token's logits).
+
+Where the ids come from: a trace that carries them (Mooncake's ``hash_ids``, one per
+512-token block) replays exactly; a trace without them can declare a shared system
+prompt (``shared_prefix: {tokens, prompts}``): each request draws one of ``prompts``
+system prompts (seeded), whose whole blocks within the first ``tokens`` tokens are shared
+by every request that drew it; the rest of each prompt is its own.
+
+The model, and where it simplifies. The cache is replayed over the requests in arrival
+order before the run, per replica, with a fixed capacity (the share ``memory_fraction``
+of the replica's KV blocks, taken out of what running requests may use). A request then
+runs in the serving world as a prompt of ``prompt − hit`` tokens: its prefill compute and
+the KV blocks it holds beside the cache shrink by the hit, which is what prefix caching
+saves. Not modelled: a block enters the cache at its request's arrival rather than when
+its prefill ends, the cache does not grow into blocks running requests leave free (vLLM
+caches in every free block), and the attention of the uncached tokens over the cached
+prefix, and of decodes over it, is priced as if the prefix were absent (it understates
+attention cost at long cached prefixes). ``prompt_tokens`` of the ``requests`` frame stays
+the full prompt.
+
+Routing: under ``round-robin`` the world's routing is reproduced exactly (the ``i``-th
+routed request to replica ``i mod R``; requests too large for a replica are dropped and
+not routed, as in the world). ``routing: cache-aware`` sends each request to the replica
+whose cache holds the longest prefix of it, the one with the fewest requests routed so
+far on a tie (SGLang's cache-aware router, without its load threshold); the world then
+routes by that assignment.
+
+Metrics: ``prefix_hit_rate_tokens`` (prompt tokens served from the cache / prompt tokens
+of routed requests), ``prefix_hit_rate_blocks`` (prompt blocks found / prompt blocks
+looked up) and ``prefill_tokens_saved``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from xpusim.engine.errors import TraceError
+from xpusim.engine.metrics import Metric, detail
+from xpusim.engine.policies import ReplicaState, Route, Router
+
+HASH_COLUMN = "hash_ids"
+"""The request-frame column of per-block prefix hash ids (the ``mooncake`` format's)."""
+
+
+class SharedPrefix(BaseModel):
+    """``prefix_caching.shared_prefix``: a system prompt shared by a trace's requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: int = Field(ge=1, description="tokens of each system prompt")
+    prompts: int = Field(default=1, ge=1, description="distinct system prompts drawn from")
+
+
+class PrefixCaching(BaseModel):
+    """``workload.prefix_caching``: the prefix cache of every replica.
+
+    ``memory_fraction`` is the share of a replica's KV blocks the cache keeps;
+    ``block_tokens`` the tokens each hash id covers (default: ``kv_block_tokens``; 512 for
+    Mooncake's traces); ``routing`` ``round-robin`` or ``cache-aware``; ``shared_prefix``
+    declares a system prompt for a trace that carries no hashes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory_fraction: float = Field(gt=0, lt=1)
+    block_tokens: int | None = Field(default=None, ge=1)
+    routing: Literal["round-robin", "cache-aware"] = "round-robin"
+    shared_prefix: SharedPrefix | None = None
+
+
+PREFIX_METRICS: tuple[Metric, ...] = (
+    detail(
+        "prefix_hit_rate_tokens",
+        "Prefix-cache hit rate (tokens)",
+        better="higher",
+        description="prompt tokens served from the prefix cache / prompt tokens routed",
+    ),
+    detail(
+        "prefix_hit_rate_blocks",
+        "Prefix-cache hit rate (blocks)",
+        better="higher",
+        description="prompt blocks found in the prefix cache / prompt blocks looked up",
+    ),
+    detail(
+        "prefill_tokens_saved",
+        "Prefill tokens saved",
+        "tokens",
+        better="higher",
+        description="prompt tokens whose prefill the prefix cache skipped",
+    ),
+)
+"""The metrics a run with prefix caching adds."""
+
+
+@dataclass
+class CacheReplay:
+    """The outcome of replaying the prefix caches over a request frame.
+
+    ``frame`` is the request frame with each prompt shortened by its hit; ``hit_tokens``
+    the tokens each request (in frame order) found cached; ``assignment`` the replica of
+    each routed request in routing order (``None`` under round-robin, which the world
+    reproduces itself); ``kv_capacity_tokens`` what is left to running requests.
+    """
+
+    frame: pl.DataFrame
+    hit_tokens: np.ndarray
+    assignment: list[int] | None
+    kv_capacity_tokens: int
+    metrics: dict[str, float]
+
+
+def block_ids(
+    spec: PrefixCaching, frame: pl.DataFrame, block_tokens: int, seed: int
+) -> list[list[int]]:
+    """Each request's block ids: the trace's ``hash_ids`` (checked against the block
+    size), else ids made from the declared ``shared_prefix``."""
+    prompts = frame["prompt_tokens"].to_list()
+    if HASH_COLUMN in frame.columns:
+        ids: list[list[int]] = frame[HASH_COLUMN].to_list()
+        for row, (h, n) in enumerate(zip(ids, prompts, strict=True)):
+            want = -(-n // block_tokens)
+            if len(h) != want:
+                raise TraceError(
+                    f"workload.prefix_caching.block_tokens: request {row} of the trace has "
+                    f"{len(h)} block hashes for a {n}-token prompt, but the cache's blocks "
+                    f"of {block_tokens} tokens make {want}: the hashes were made with "
+                    f"another block size. Set `prefix_caching.block_tokens` to the trace's "
+                    f"(512 for Mooncake's traces)."
+                )
+        return ids
+    if spec.shared_prefix is None:
+        raise TraceError(
+            "workload.prefix_caching: the trace carries no block hashes (a `hash_ids` column, "
+            "as the `mooncake` format reads), so no prompt could ever hit the cache. Replay a "
+            "trace with hashes, or declare the shared system prompt with `shared_prefix: "
+            "{tokens: N, prompts: K}`."
+        )
+    sp = spec.shared_prefix
+    draw = np.random.default_rng([seed, 0x50C]).integers(0, sp.prompts, size=len(prompts))
+    shared_blocks = sp.tokens // block_tokens
+    out: list[list[int]] = []
+    fresh = sp.prompts * shared_blocks  # ids past the system prompts' are each request's own
+    for n, p in zip(prompts, draw.tolist(), strict=True):
+        nb = -(-n // block_tokens)
+        k = min(shared_blocks, n // block_tokens)
+        own = nb - k
+        out.append([p * shared_blocks + b for b in range(k)] + list(range(fresh, fresh + own)))
+        fresh += own
+    return out
+
+
+def replay(
+    spec: PrefixCaching,
+    frame: pl.DataFrame,
+    *,
+    replicas: int,
+    kv_capacity_tokens: int,
+    kv_block_tokens: int,
+    seed: int,
+) -> CacheReplay:
+    """Replay each replica's prefix cache over ``frame`` (sorted by arrival) and return
+    the shortened frame, the hits, the routing and the metrics (module docstring)."""
+    bt = spec.block_tokens or kv_block_tokens
+    if not frame["arrival_s"].is_sorted():
+        frame = frame.sort("arrival_s", maintain_order=True)
+    ids = block_ids(spec, frame, bt, seed)
+    total_blocks = int(kv_capacity_tokens) // kv_block_tokens
+    cache_blocks = int(total_blocks * spec.memory_fraction)
+    left_blocks = total_blocks - cache_blocks
+    capacity = cache_blocks * kv_block_tokens // bt  # hash blocks each cache holds
+    caches: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(replicas)]
+    routed_count = [0] * replicas
+    prompts = frame["prompt_tokens"].to_list()
+    outputs = frame["output_tokens"].to_list()
+    hits = np.zeros(len(prompts), dtype=np.int64)
+    assignment: list[int] | None = [] if spec.routing == "cache-aware" else None
+    k = 0
+    looked = found = routed_tokens = 0
+    for i, (h, n, m) in enumerate(zip(ids, prompts, outputs, strict=True)):
+        if assignment is None:
+            r = k % replicas
+            got = _matched(caches[r], h)
+        else:
+            best = [(_matched(c, h), -routed_count[j], -j) for j, c in enumerate(caches)]
+            got, _, neg = max(best)
+            r = -neg
+        hit = min(got * bt, n - 1)
+        need = -(-(n - hit + m - 1) // kv_block_tokens)
+        if need > left_blocks:
+            continue  # the world drops it unrouted: it neither routes nor touches a cache
+        if assignment is not None:
+            assignment.append(r)
+        routed_count[r] += 1
+        k += 1
+        hits[i] = hit
+        looked += len(h)
+        found += got
+        routed_tokens += n
+        _insert(caches[r], h, capacity)
+    short = frame.with_columns(
+        (pl.col("prompt_tokens") - pl.Series(hits)).alias("prompt_tokens")
+    ).drop(HASH_COLUMN, strict=False)
+    saved = int(hits.sum())
+    return CacheReplay(
+        frame=short,
+        hit_tokens=hits,
+        assignment=assignment,
+        kv_capacity_tokens=left_blocks * kv_block_tokens,
+        metrics={
+            "prefix_hit_rate_tokens": saved / routed_tokens if routed_tokens else 0.0,
+            "prefix_hit_rate_blocks": found / looked if looked else 0.0,
+            "prefill_tokens_saved": float(saved),
+        },
+    )
+
+
+def _matched(cache: OrderedDict[int, None], ids: Sequence[int]) -> int:
+    """How many leading ids of ``ids`` the cache holds."""
+    m = 0
+    for x in ids:
+        if x not in cache:
+            break
+        m += 1
+    return m
+
+
+def _insert(cache: OrderedDict[int, None], ids: Sequence[int], capacity: int) -> None:
+    """Touch every id of ``ids`` (most recently used last), evicting the least recently
+    used ones past ``capacity``."""
+    if capacity <= 0:
+        return
+    for x in ids:
+        if x in cache:
+            cache.move_to_end(x)
+        else:
+            cache[x] = None
+    while len(cache) > capacity:
+        cache.popitem(last=False)
+
+
+class AssignedRouter(Router):
+    """Routes the ``k``-th routed request to the replica ``assignment[k]`` decided by the
+    cache-aware replay (an object of one run, not a registered policy)."""
+
+    name = "prefix-cache-aware"
+    description = "the replica whose prefix cache holds the longest prefix of the request"
+
+    def __init__(self, assignment: Sequence[int]) -> None:
+        self.assignment = list(assignment)
+
+    def start(self, replicas: Sequence[ReplicaState], seed: int) -> Route:
+        """A routing function that follows the assignment in routing order."""
+        order = iter(self.assignment)
+
+        def assigned(replicas: Sequence[ReplicaState]) -> ReplicaState:
+            return replicas[next(order)]
+
+        return assigned
+
+
+def restore_prompts(
+    requests: pl.DataFrame | pl.LazyFrame, hits: np.ndarray
+) -> pl.DataFrame | pl.LazyFrame:
+    """The ``requests`` frame with ``prompt_tokens`` back to the full prompt (the world
+    saw the prompt less its cached prefix); ``request_id`` indexes ``hits``."""
+    return requests.with_columns(
+        (pl.col("prompt_tokens") + pl.lit(pl.Series(hits)).gather(pl.col("request_id"))).alias(
+            "prompt_tokens"
+        )
+    )
