@@ -39,6 +39,7 @@ from typing import Any
 
 from xpusim.engine.errors import ScenarioError
 from xpusim.engine.registry import nearest, unknown_message
+from xpusim.engine.safeio import read_limited
 
 __all__ = ["ARCHITECTURES", "NO_COST", "decoder_fields", "read_config"]
 
@@ -104,6 +105,10 @@ _COMMON = frozenset(
 _ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
 
 
+CONFIG_BYTES = 16 * 2**20
+"""Largest config.json read (published ones are a few kilobytes)."""
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """The values of ``path`` (a ``config.json`` or a folder holding one)."""
     file = path / "config.json" if path.is_dir() else path
@@ -118,7 +123,10 @@ def read_config(path: Path) -> dict[str, Any]:
             "(relative paths are relative to the scenario file)."
         )
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        raw = read_limited(file, "model config", CONFIG_BYTES, error=ScenarioError)
+        data = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise ScenarioError(f"model.config: {file} nests too deeply to be a config.json.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ScenarioError(
             f"model.config: {file} is not readable JSON ({exc}); give the model's config.json."
