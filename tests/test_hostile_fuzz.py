@@ -7,9 +7,11 @@ never another exception or traceback, and an error writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -71,9 +73,18 @@ PATHS = st.text(max_size=120) | st.lists(
 ).map("/".join)
 
 
-def _work() -> Path:
-    """A fresh empty folder for one example (hypothesis reruns a test many times)."""
-    return Path(tempfile.mkdtemp(prefix="xpusim-fuzz-"))
+@contextlib.contextmanager
+def _fresh_folder() -> Iterator[Path]:
+    """Work in a fresh empty folder for one example (hypothesis reruns a test many times,
+    so pytest's per-test folder would be shared), removed afterwards."""
+    work = Path(tempfile.mkdtemp(prefix="xpusim-fuzz-"))
+    cwd = os.getcwd()
+    try:
+        os.chdir(work)
+        yield work
+    finally:
+        os.chdir(cwd)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @FUZZ
@@ -105,18 +116,12 @@ def test_any_set_text_through_validate_is_exit_0_or_2(item: str) -> None:
 def test_any_out_path_is_accepted_or_refused_writing_nothing(text: str) -> None:
     """``--out`` text of any kind is accepted or refused with an input error, and the
     check creates nothing."""
-    work = _work()
-    cwd = os.getcwd()
-    try:
-        os.chdir(work)
+    with _fresh_folder() as work:
         try:
             check_out_dir(Path(text))
         except XpusimError as exc:
             assert "\n" not in str(exc).strip()
         assert list(work.iterdir()) == []
-    finally:
-        os.chdir(cwd)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @FUZZ
@@ -124,10 +129,7 @@ def test_any_out_path_is_accepted_or_refused_writing_nothing(text: str) -> None:
 def test_any_compare_out_never_overwrites_an_input(text: str) -> None:
     """``compare --out`` text of any kind is accepted or refused; it never accepts a path
     that is the compared run folder or a file in it."""
-    work = _work()
-    cwd = os.getcwd()
-    try:
-        os.chdir(work)
+    with _fresh_folder() as work:
         run = work / "run"
         run.mkdir()
         (run / "summary.json").write_text("{}\n", encoding="utf-8")
@@ -139,22 +141,13 @@ def test_any_compare_out_never_overwrites_an_input(text: str) -> None:
             target = Path(os.path.abspath(text))
             assert target != run and run not in target.parents
         assert sorted(p.name for p in work.rglob("*")) == ["run", "summary.json"]
-    finally:
-        os.chdir(cwd)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @FUZZ
 @given(text=PATHS)
 def test_any_scenario_path_through_validate_is_exit_2(text: str) -> None:
     """A scenario path of any kind (none of them a scenario) ends in exit 2."""
-    work = _work()
-    cwd = os.getcwd()
-    try:
-        os.chdir(work)
+    with _fresh_folder():
         result = CliRunner().invoke(app, ["validate", text or "."])
         assert result.exit_code == 2, (text, result.exception, result.stderr[-300:])
         assert "Traceback" not in result.stderr
-    finally:
-        os.chdir(cwd)
-        shutil.rmtree(work, ignore_errors=True)
