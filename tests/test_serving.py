@@ -470,25 +470,15 @@ class _FirstReplica(RoundRobinRouter):
 def test_fast_path_only_for_the_builtin_router_and_schedulers() -> None:
     """The world routes ahead only for the built-in round-robin router itself: a subclass
     with its own rule is asked at each arrival, so its choices hold."""
-    res = simulate_serving(
-        load(60),
-        compiled(2),
-        system="s",
-        replicas=2,
-        devices_per_replica=1,
-        scheduler=SchedulerSpec(),
-        router=_FirstReplica(),
-    )
-    assert set(res.frames["requests"]["replica"].to_list()) == {0}
-    plain = simulate_serving(
-        load(60),
-        compiled(2),
-        system="s",
-        replicas=2,
-        devices_per_replica=1,
-        scheduler=SchedulerSpec(),
-        fast=False,
-    )
-    fast = simulate_serving(load(60), compiled(2), system="s", replicas=2, devices_per_replica=1)
-    assert_frame_equal(fast.frames["requests"], plain.frames["requests"])
-    assert set(fast.frames["requests"]["replica"].to_list()) == {0, 1}
+
+    def serve(**args: object) -> pl.DataFrame:
+        res = simulate_serving(
+            load(60), compiled(2), system="s", replicas=2, devices_per_replica=1, **args
+        )
+        assert isinstance(res.frames["requests"], pl.DataFrame)
+        return res.frames["requests"]
+
+    assert set(serve(router=_FirstReplica())["replica"].to_list()) == {0}
+    fast, plain = serve(), serve(fast=False)
+    assert_frame_equal(fast, plain)
+    assert set(fast["replica"].to_list()) == {0, 1}

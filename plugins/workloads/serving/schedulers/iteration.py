@@ -189,6 +189,23 @@ def iterative(
             return True
         return False
 
+    def retire(i: int, end: float) -> None:
+        """Retire the requests whose last token came in iteration ``i`` (ending at ``end``)
+        and free their blocks; ``i`` is the next finishing iteration of the heap."""
+        nonlocal used, n_dec, sum_ctx
+        heappop(fin_heap)
+        for rid in fin_at.pop(i):
+            if state[rid] != DECODING or fin_iter[rid] != i:
+                continue  # preempted since, or finishing another time
+            L = cur_L[rid]
+            k = entry[rid]
+            ctx = L + i - k
+            used -= -(-ctx // B)
+            growth[(L - k - 1) % B] -= 1
+            n_dec -= 1
+            sum_ctx -= ctx
+            finish_request(req, rep, rid, end)
+
     while True:
         if feed_at is not None:
             assert feed_ids is not None
@@ -319,20 +336,8 @@ def iterative(
         a_j(joules)
         # 4. decodes got their token; retire the ones that are done
         sum_ctx += n_dec
-        lst = fin_at.pop(j, None)
-        if lst is not None:
-            heappop(fin_heap)
-            for rid in lst:
-                if state[rid] != DECODING or fin_iter[rid] != j:
-                    continue
-                L = cur_L[rid]
-                k = entry[rid]
-                ctx = L + j - k
-                used -= -(-ctx // B)
-                growth[(L - k - 1) % B] -= 1
-                n_dec -= 1
-                sum_ctx -= ctx
-                finish_request(req, rep, rid, end)
+        if fin_heap and fin_heap[0] == j:
+            retire(j, end)
         # 5. completed prefills emit their first token and start decoding
         if done_pf:
             if split and prefilling:
@@ -428,18 +433,7 @@ def iterative(
             if cut:
                 break
             # iteration `stop` ran: retire the requests done in it, as step 4 does
-            for rid in fin_at.pop(i):
-                if state[rid] != DECODING or fin_iter[rid] != i:
-                    continue
-                L = cur_L[rid]
-                k = entry[rid]
-                ctx = L + i - k
-                used -= -(-ctx // B)
-                growth[(L - k - 1) % B] -= 1
-                n_dec -= 1
-                sum_ctx -= ctx
-                finish_request(req, rep, rid, t)
-            heappop(fin_heap)
+            retire(i, t)
             i += 1
             if not n_dec:
                 break
