@@ -210,7 +210,7 @@ def replay(
         looked += len(h)
         found += got
         routed_tokens += n
-        _insert(caches[r], h, capacity)
+        _insert(caches[r], h, got, capacity)
     short = frame.with_columns(
         (pl.col("prompt_tokens") - pl.Series(hits)).alias("prompt_tokens")
     ).drop(HASH_COLUMN, strict=False)
@@ -238,18 +238,26 @@ def _matched(cache: OrderedDict[int, None], ids: Sequence[int]) -> int:
     return m
 
 
-def _insert(cache: OrderedDict[int, None], ids: Sequence[int], capacity: int) -> None:
-    """Touch every id of ``ids`` (most recently used last), evicting the least recently
-    used ones past ``capacity``."""
+def _insert(cache: OrderedDict[int, None], ids: Sequence[int], got: int, capacity: int) -> None:
+    """Touch every id of ``ids`` (most recently used last; the first ``got`` are known to
+    be cached), evicting the least recently used ones past ``capacity``."""
     if capacity <= 0:
         return
-    for x in ids:
-        if x in cache:
-            cache.move_to_end(x)
-        else:
-            cache[x] = None
-    while len(cache) > capacity:
-        cache.popitem(last=False)
+    move = cache.move_to_end
+    for x in ids[:got]:
+        move(x)
+    rest = ids[got:]
+    if cache.keys().isdisjoint(rest):
+        cache.update(dict.fromkeys(rest))  # the usual case: all new, added in one call
+    else:
+        for x in rest:
+            if x in cache:
+                move(x)
+            else:
+                cache[x] = None
+    pop = cache.popitem
+    for _ in range(len(cache) - capacity):
+        pop(last=False)
 
 
 class AssignedRouter(Router):
