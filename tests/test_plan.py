@@ -144,3 +144,18 @@ def test_the_highest_rate_is_bracketed_by_a_miss(host: Host, tmp_path: Path) -> 
     assert best["rate_per_s"] == max(r["rate_per_s"] for r in rows if r["met"])
     assert any(not r["met"] and r["rate_per_s"] > best["rate_per_s"] for r in rows)
     assert doc["answer"].startswith("Highest rate within the SLOs")
+
+
+def test_named_tensor_degrees_are_each_searched(host: Host, tmp_path: Path) -> None:
+    """With plan.tensor listed, every degree is its own shape: both are simulated and the
+    ranking keeps the best configuration of each."""
+    sets = [
+        "plan.devices=[h100-sxm]",
+        "plan.tensor=[1, 2]",
+        "plan.count.max=8",
+        "workload.arrivals.count=600",
+    ]
+    doc = _plan(host, tmp_path, sets)
+    simulated = {r["tensor"] for r in doc["configurations"] if "replicas" in r}
+    assert simulated == {1, 2} and doc["shapes"] == 2
+    assert {row[3] for row in doc["table"]} == {"1x1", "2x1"}

@@ -162,17 +162,14 @@ def run_plan(
     econ = scenario.config.economics
     dev_tasks, pruned = device_tasks(base, scenario, host, spec, econ, sizing)
     limit = max_configs if max_configs is not None else spec.max_configs
-    per_device = (
-        len(spec.tensor or [1])
-        * len(spec.pipeline)
-        * len(dev_tasks[0].batches if dev_tasks else [1])
-    )
-    worst = len(dev_tasks) * per_device * spec.probes
+    shapes = sum(len(t.tensors or [1]) * len(spec.pipeline) * len(t.batches) for t in dev_tasks)
+    worst = shapes * spec.probes
     if worst > limit:
+        devices = len({t.device for t in dev_tasks})
         raise PlanError(
             f"{src.where(('plan',))}: the search could run up to {worst:,} simulations "
-            f"({len(dev_tasks)} devices x {per_device} configuration shapes each x up to "
-            f"{spec.probes} probes), more than the simulation budget of {limit:,}. Narrow the "
+            f"({shapes} configuration shapes over {devices} devices x up to {spec.probes} "
+            f"probes), more than the simulation budget of {limit:,}. Narrow the "
             "block (plan.devices, plan.tensor, plan.max_batch) or lower plan.probes, or raise "
             "plan.max_configs or pass --max-configs."
         )

@@ -188,7 +188,8 @@ class Sizing:
 
 @dataclass(frozen=True)
 class DeviceTask:
-    """What a worker needs to build one device's shapes: picklable and self-contained."""
+    """What a worker needs to build one device's shapes: picklable and self-contained.
+    ``tensors`` are the tensor degrees this task tries (``None``: the automatic choice)."""
 
     base: dict[str, Any]
     scenario_file: str
@@ -199,6 +200,7 @@ class DeviceTask:
     spec: PlanSpec
     sizing: Sizing
     batches: tuple[int, ...]
+    tensors: tuple[int, ...] | None = None
 
 
 def device_tasks(
@@ -228,25 +230,28 @@ def device_tasks(
             _, why = catalog_price(dev, econ, econ.pricing)
             pruned.append({**head, "pruned": f"no price: {why}"})
             continue
-        tasks.append(
-            DeviceTask(
-                dict(base),
-                str(src),
-                str(scenario.base_dir),
-                backend,
-                dev.name,
-                price,
-                spec,
-                sizing,
-                tuple(batches),
+        # named tensor degrees are independent tasks; the automatic choice tries them in turn
+        for tensors in [(t,) for t in spec.tensor] if spec.tensor else [None]:
+            tasks.append(
+                DeviceTask(
+                    dict(base),
+                    str(src),
+                    str(scenario.base_dir),
+                    backend,
+                    dev.name,
+                    price,
+                    spec,
+                    sizing,
+                    tuple(batches),
+                    tensors,
+                )
             )
-        )
     return tasks, pruned
 
 
 def device_space(task: DeviceTask) -> Space:
-    """The shapes of one device, pruned by memory fit, the capacity bound and the budget
-    (an executor's function: it runs in a worker with that worker's plugin host)."""
+    """The shapes of one device (at the task's tensor degrees), pruned by memory fit, the
+    capacity bound and the budget; it runs in a worker with that worker's plugin host."""
     host = worker_host()
     scenario = resolve(
         copy.deepcopy(task.base),
@@ -258,8 +263,8 @@ def device_space(task: DeviceTask) -> Space:
     per_node = host.device(task.backend, task.device).devices_per_node
     space = Space()
     kept = 0
-    for tensor in spec.tensor or AUTO_TENSOR:
-        if spec.tensor is None and (kept >= 1 or tensor > per_node):
+    for tensor in task.tensors or AUTO_TENSOR:
+        if task.tensors is None and (kept >= 1 or tensor > per_node):
             break
         for pipeline in spec.pipeline:
             for batch in task.batches:
