@@ -5,12 +5,15 @@ per-device timeline."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+import yaml
 
 from xpusim.engine.collectives import topology_from_device
+from xpusim.engine.graph import OpKind, Phase, Shape
 from xpusim.engine.host import build_host
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.system import Parallelism, System
@@ -29,6 +32,7 @@ from xpusim.plugins.workloads.training.plan import (
     plan_memory,
     stage_memory_list,
 )
+from xpusim.plugins.workloads.training.stagecost import Fp8Casts, stage_cost_model
 from xpusim.plugins.workloads.training.steps import StepTime, step_time
 
 
@@ -181,6 +185,36 @@ def test_fp8_speeds_up_gemms_and_keeps_bf16_weights(host: Any) -> None:
     m8 = plan_memory(model, par, _plan(precision="fp8"), 80e9)
     assert m16.weights < m8.weights < 1.5 * m16.weights
     assert m8.optimizer == pytest.approx(m16.optimizer)
+
+
+def test_fp8_casts_each_gemm_operand_as_memory_bound_work(host: Any) -> None:
+    """FP8 adds the cast-and-transpose of every layer GEMM's input (forward) and output
+    gradient (backward) per micro-batch and of the weights once a step, as memory-bound
+    seconds: 2 bytes read and 2 written per element, so the pass with more elements
+    (here the outputs: fused QKV and the MLP's up projections) casts for longer."""
+    model = _model(host, "llama", **SMALL)
+    par = Parallelism(data=8)
+    compiled = _compile(host, model, par)
+    shape = Shape(Phase.TRAIN, batch=1, tokens=2048, recompute="selective")
+    none = stage_cost_model(compiled, model, shape, par)
+    casts = stage_cost_model(compiled, model, shape, par, fp8=True).fp8
+    assert none.fp8 == Fp8Casts()
+    assert casts.forward_s > 0 and casts.backward_s > 0 and casts.weights_s > 0
+    ops = [
+        o
+        for o in model.training_stages(model.build(shape, par)).forward.ops
+        if o.layer == "layer" and o.kind is OpKind.MATMUL and len(o.dims) == 3
+    ]
+    ins = sum(o.dims[0] * o.dims[2] * o.batch * o.count for o in ops)
+    outs = sum(o.dims[0] * o.dims[1] * o.batch * o.count for o in ops)
+    assert outs > ins and casts.backward_s > casts.forward_s
+    bf16 = step_time(compiled, model, _plan(precision="bf16"))
+    fp8 = step_time(compiled, model, _plan(precision="fp8"))
+    layers = SMALL["layers"]
+    added = layers * (casts.forward_s + casts.backward_s) * fp8.microbatches
+    assert fp8.device_s["memory"] - bf16.device_s["memory"] == pytest.approx(
+        added + layers * casts.weights_s, rel=1e-6
+    )
 
 
 def test_fsdp_without_resharding_gathers_once_and_holds_the_weights(host: Any) -> None:
@@ -359,3 +393,35 @@ def test_bf16_adam_moments_take_eight_bytes_a_parameter(host: Any) -> None:
     full = plan_memory(model, par, _plan(), 80e9)
     half = plan_memory(model, par, _plan(optimizer="adam_bf16"), 80e9)
     assert half.optimizer == pytest.approx(full.optimizer * 8 / 12)
+
+
+# --- the public validation table ------------------------------------------------------
+
+
+def test_every_public_validation_row_has_a_source_and_a_plan_that_divides(host: Any) -> None:
+    """Each row of ``benchmarks/training_rows.yaml`` names its source (title, URL, quote),
+    says what it assumes, uses exactly its device count and passes the plan checks."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "training_rows.yaml"
+    rows = yaml.safe_load(path.read_text(encoding="utf-8"))["rows"]
+    kinds = {r["kind"] for r in rows}
+    assert {"dense", "moe", "long-context", "tpu"} <= kinds
+    assert len(rows) >= 15
+    for row in rows:
+        src = row["source"]
+        assert src["title"] and src["url"] and src["quote"], row["id"]
+        assert row["metric"] in ("iteration_s", "tokens_per_gpu_s", "tflops_per_gpu")
+        if row["metric"] == "tflops_per_gpu":
+            assert row["flops"] in ("model", "hardware"), row["id"]
+        spec = dict(row["model"])
+        model = host.models.get(spec.pop("family")).configure(spec)
+        backend = host.backends.get(row.get("backend", "gpu"))
+        assert row["device"] in backend.devices(), row["id"]
+        par = Parallelism(**row["parallelism"])
+        w = row["workload"]
+        plan = _plan(
+            global_batch=w["global_batch"],
+            micro_batch=w.get("micro_batch", 1),
+            seq_len=w["seq_len"],
+            schedule=w.get("schedule", "1f1b"),
+        )
+        assert check_plan(model, par, plan, int(row["gpus"])) == [], row["id"]

@@ -27,6 +27,16 @@ reproduces the priced graph exactly for the stage it describes.
 The same split gives the share of a stage's compute seconds spent in the transformer
 layers' GEMMs (``OpKind.MATMUL`` FLOPs of ``layer`` ops), which FP8 training speeds up
 (:func:`fp8_gemm_speedup`).
+
+FP8 training also adds work the bf16 graph does not hold (:class:`Fp8Casts`): Transformer
+Engine quantizes the operands of every FP8 GEMM with a fused cast-and-transpose kernel
+(``cast_transpose``: read the 16-bit tensor, write its FP8 copy and the FP8 copy of its
+transpose, which the weight-gradient GEMM consumes in the layout the Hopper FP8 GEMM
+takes), with the tensor's absolute maximum reduced on the way for the scaling recipe. Per
+layer and micro-batch that is each weight GEMM's input activation in the forward and its
+output gradient in the backward; the weights are cast once a step (the FP8 copies are
+kept for the step's other micro-batches). Each is priced by the backend as the
+memory-bound elementwise op it is (``2 + 1 + 1`` bytes a 16-bit element).
 """
 
 from __future__ import annotations
@@ -35,12 +45,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from xpusim.engine.backend import Compiled
-from xpusim.engine.graph import Op, OpKind, Shape
+from xpusim.engine.graph import Op, OpKind, Shape, dtype_bytes
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.system import Parallelism
 from xpusim.plugins.workloads.training.partition import StagePartition
 
-__all__ = ["PassParts", "StageCostModel", "stage_cost_model"]
+__all__ = ["Fp8Casts", "PassParts", "StageCostModel", "stage_cost_model"]
 
 CAUSES = ("compute", "memory", "overhead", "comm")
 """Causes a priced breakdown splits into (anything else is measured in op instances)."""
@@ -156,15 +166,75 @@ def _is_attention(op: Op) -> bool:
     )
 
 
+CAST_BYTES_WRITTEN = 2.0
+"""Bytes a cast-and-transpose kernel writes per element: the FP8 copy and the FP8 copy of
+the transpose, one byte each (Transformer Engine's ``cast_transpose``)."""
+
+
+@dataclass(frozen=True)
+class Fp8Casts:
+    """Seconds of one transformer layer's FP8 quantization kernels (module docstring):
+    ``forward_s`` the GEMM inputs of one micro-batch, ``backward_s`` the GEMM output
+    gradients of one micro-batch, ``weights_s`` the layer's weights once a step."""
+
+    forward_s: float = 0.0
+    backward_s: float = 0.0
+    weights_s: float = 0.0
+
+
+def _cast_seconds(compiled: Compiled, elements: float, count: int) -> float:
+    """Seconds of ``count`` cast-and-transpose kernels of ``elements`` 16-bit elements
+    each, priced by the backend when it prices single ops, else at the device's memory
+    bandwidth."""
+    if elements <= 0:
+        return 0.0
+    e = float(dtype_bytes("bf16"))
+    op = Op(
+        "fp8.cast_transpose",
+        OpKind.ELEMENTWISE,
+        flops=2.0 * elements,  # |x| and the running maximum
+        bytes_read=e * elements,
+        bytes_written=CAST_BYTES_WRITTEN * elements,
+        dims=(max(1, int(elements)),),
+        count=count,
+        layer="layer",
+    )
+    price = getattr(compiled, "op_time", None)
+    if callable(price):
+        return float(price(op).seconds) * count
+    bw = float(compiled.system.device.memory_bw.value)
+    return (e + CAST_BYTES_WRITTEN) * elements * count / bw
+
+
+def fp8_casts(compiled: Compiled, forward_ops: Iterable[Op], n_layers: int) -> Fp8Casts:
+    """Per-layer :class:`Fp8Casts` of the weight GEMMs among ``forward_ops`` (the
+    ``layer`` MATMULs that are not the attention core), over ``n_layers`` layers."""
+    fwd = bwd = wts = 0.0
+    for op in forward_ops:
+        if op.layer != "layer" or op.kind is not OpKind.MATMUL or _is_attention(op):
+            continue
+        if len(op.dims) != 3:
+            continue
+        m, n, k = (float(x) for x in op.dims)
+        b = float(op.batch)
+        fwd += _cast_seconds(compiled, m * k * b, op.count)
+        bwd += _cast_seconds(compiled, m * n * b, op.count)
+        wts += _cast_seconds(compiled, k * n * b, op.count)
+    per = 1.0 / max(1, n_layers)
+    return Fp8Casts(fwd * per, bwd * per, wts * per)
+
+
 @dataclass(frozen=True)
 class StageCostModel:
     """Forward and backward :class:`PassParts`, the optimizer seconds of the priced
-    stage, and how the backend priced it."""
+    stage, how the backend priced it, and the layers' FP8 casts should the plan train in
+    FP8."""
 
     forward: PassParts
     backward: PassParts
     optimizer: Mapping[str, float]
     how: str
+    fp8: Fp8Casts = Fp8Casts()
 
     def stage(self, s: int, partition: StagePartition) -> tuple[dict[str, float], dict[str, float]]:
         """(forward, backward) seconds by cause of stage ``s`` of ``partition``."""
@@ -174,9 +244,10 @@ class StageCostModel:
 
 
 def stage_cost_model(
-    compiled: Compiled, model: ModelGraph, shape: Shape, par: Parallelism
+    compiled: Compiled, model: ModelGraph, shape: Shape, par: Parallelism, fp8: bool = False
 ) -> StageCostModel:
-    """Price the stage graph of ``shape`` once and split it (module docstring)."""
+    """Price the stage graph of ``shape`` once and split it (module docstring); with
+    ``fp8`` also price the layers' FP8 casts (:class:`Fp8Casts`)."""
     sc = compiled.stage_costs(shape)
     graph = model.build(shape, par)
     stages = model.training_stages(graph)
@@ -199,4 +270,5 @@ def stage_cost_model(
         bwd_ops, embed_b = fwd_ops, embed_f
     forward = _split(dict(sc.forward), fwd_ops, embed_f, n_l)
     backward = _split(dict(sc.backward), bwd_ops, embed_b, n_l)
-    return StageCostModel(forward, backward, dict(sc.optimizer), sc.how)
+    casts = fp8_casts(compiled, stages.forward.ops, n_l) if fp8 else Fp8Casts()
+    return StageCostModel(forward, backward, dict(sc.optimizer), sc.how, casts)

@@ -43,7 +43,11 @@ stages of ``v`` chunks, ``m = global_batch / (micro_batch · d)`` micro-batches)
 2c. **FP8** (``precision: fp8``, Transformer Engine style): the transformer layers' weight
    GEMMs run at the device's FP8 peak over its bf16 peak, times the ratio of FP8 to
    bf16 achievable matmul efficiency (:data:`FP8_GEMM_EFFICIENCY_RATIO`); attention, the
-   LM head and everything memory-bound stay as priced in bf16.
+   LM head and everything memory-bound stay as priced in bf16. Quantizing the GEMM
+   operands is added as the memory-bound work it is
+   (:class:`~xpusim.plugins.workloads.training.stagecost.Fp8Casts`: each weight GEMM's
+   input in the forward and output gradient in the backward cast and transposed to FP8
+   every micro-batch, the weights once a step).
 2e. **DualPipe** (``schedule: dualpipe``, DeepSeek-V3): micro-batches enter from both
    ends and each forward chunk runs beside another micro-batch's backward chunk, the
    communication of one hidden behind the computation of the other
@@ -246,7 +250,7 @@ def step_time(
     shape = Shape(
         Phase.TRAIN, batch=plan.micro_batch, tokens=plan.seq_len, recompute=plan.recompute
     )
-    scm = stage_cost_model(compiled, model, shape, par)
+    scm = stage_cost_model(compiled, model, shape, par, fp8=plan.precision == "fp8")
     notes = [scm.how]
     comms = Comms(compiled, system)
     part = plan_partition(model, par, plan)
@@ -281,6 +285,10 @@ def step_time(
                 pas["compute"] = pas.get("compute", 0.0) - k * parts.layer_gemm_compute_s * (
                     1.0 - 1.0 / speed
                 )
+        if plan.precision == "fp8":
+            # the FP8 casts of the layers' GEMM operands; the weights once a step
+            fwd["memory"] = fwd.get("memory", 0.0) + k * (scm.fp8.forward_s + scm.fp8.weights_s / m)
+            bwd["memory"] = bwd.get("memory", 0.0) + k * scm.fp8.backward_s
         st = _Stage({}, {})
         _add(st.fwd, fwd, 1.0 / cp)
         _add(st.bwd, bwd, 1.0 / cp)
