@@ -9,6 +9,7 @@ import pytest
 from xpusim.engine.device import Figure
 from xpusim.engine.report import spiking
 from xpusim.engine.report.html import render_html
+from xpusim.engine.report.markdown import render_markdown
 from xpusim.engine.results import RunResult, SystemResult
 from xpusim.plugins.workloads.spiking_sweep import OPERATING_POINTS_SCHEMA
 
@@ -122,3 +123,9 @@ def test_html_report_carries_the_section(run) -> None:  # type: ignore[no-untype
     """report.html of a spiking run includes the section after the energy chart."""
     page = render_html(run)
     assert page.index('id="energy"') < page.index('id="spiking"') < page.index('id="sources"')
+
+
+def test_markdown_report_carries_the_section(run) -> None:  # type: ignore[no-untyped-def]
+    """report.md of a spiking run includes the section after the summary table."""
+    doc = render_markdown(run)
+    assert doc.index("## Summary") < doc.index("## Spiking: energy per inference")

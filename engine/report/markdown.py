@@ -18,6 +18,7 @@ from xpusim.engine.report import (
     not_known_notes,
     shown_metrics,
     source_rows,
+    spiking,
     title_of,
 )
 from xpusim.engine.report.verdict import headline, ok_label, price_note
@@ -76,6 +77,7 @@ def render_markdown(run: RunResult) -> str:
         "best value is a tie and gets no ★.",
         "",
     ]
+    out += spiking.markdown_section(run)
 
     notes = [
         f"- **{escape.markdown(s.name)}**, {', '.join(metrics)}: {escape.markdown(reason)}"

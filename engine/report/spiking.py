@@ -36,7 +36,7 @@ import matplotlib
 import polars as pl
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from xpusim.engine.report import fmt
+from xpusim.engine.report import escape, fmt
 from xpusim.engine.report.charts import _RC, _figure, _svg, colors
 
 if TYPE_CHECKING:
@@ -365,9 +365,7 @@ def _sentences(run: RunResult) -> list[str]:
 
 
 def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
-    def cell(t: str) -> str:
-        return t.replace("|", "\\|")
-
+    cell = escape.markdown
     lines = ["| " + " | ".join(cell(h) for h in head) + " |"]
     lines.append("|:---|" + "---:|" * (len(head) - 1))
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in body]
@@ -386,7 +384,7 @@ def markdown_section(run: RunResult) -> list[str]:
     ]
     out += _md_table(*_split_table(split_rows(run.systems)))
     out += ["", "### Where each platform wins", ""]
-    out += [f"- {x}" for x in _sentences(run)]
+    out += [f"- {escape.markdown(x)}" for x in _sentences(run)]
     out += ["", "### Mapping facts and op counts", ""]
     out += _md_table(*_facts_table(run.systems))
     out.append("")
