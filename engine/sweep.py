@@ -18,6 +18,7 @@ re-run skips points whose run folder is complete. Points run through an executor
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -26,7 +27,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,6 +366,21 @@ def remove_partials(out_dir: Path) -> int:
     return removed
 
 
+def _undo_if_it_fails(
+    outcomes: Iterator[tuple[int, Any]], made: Sequence[Path]
+) -> Iterator[tuple[int, Any]]:
+    """Pass the executor's outcomes on; when the executor fails (a scheduler that cannot
+    be reached), remove the folders this sweep created that are still empty, so a sweep
+    stopped by bad input leaves nothing behind."""
+    try:
+        yield from outcomes
+    except BaseException:
+        for folder in made:  # deepest first; a folder holding anything stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
 def run_sweep(
     scenario_file: Path,
     data: dict[str, Any],
@@ -395,6 +411,7 @@ def run_sweep(
             raise ScenarioError(f"--calibration {cal}: no such file. Check the path.")
     points = expand(data, spec, src)
     out_dir = Path(out_dir)
+    made = [p for p in (out_dir / "points", out_dir, *out_dir.parents) if not p.exists()]
     try:
         (out_dir / "points").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -424,9 +441,8 @@ def run_sweep(
     finished = skipped
     if progress:
         progress(finished, len(points), failed)
-    for idx, outcome in executor.map(
-        run_point, todo, workers=workers, address=address, retries=retries
-    ):
+    outcomes = executor.map(run_point, todo, workers=workers, address=address, retries=retries)
+    for idx, outcome in _undo_if_it_fails(outcomes, made):
         task = todo[idx]
         if isinstance(outcome, PointFailure):
             failed += 1

@@ -71,12 +71,15 @@ class DaskExecutor(Executor):
                         dashboard_address=None,
                     )
                 client = Client(cluster)
-        except (OSError, TimeoutError, ValueError) as exc:
+        except Exception as exc:  # refused, timed out, or something else answered there
             if cluster is not None:
                 cluster.close()
             where = f"the Dask scheduler at {address}" if address else "a local Dask cluster"
+            why = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            if isinstance(exc, MemoryError):
+                why = "what answered there does not speak the Dask protocol"
             raise XpusimError(
-                f"cannot reach {where}: {exc}. Check the address (tcp://HOST:PORT) and "
+                f"cannot reach {where}: {why}. Check the address (tcp://HOST:PORT) and "
                 f"that the scheduler is running, e.g. `dask scheduler` on that host."
             ) from None
         try:
