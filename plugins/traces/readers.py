@@ -48,6 +48,9 @@ MAX_TRACE_BYTES = 4 * 2**30
 """Largest trace file read (4 GiB): a trace is read whole into memory, and this is about
 a hundred million request rows."""
 
+MAX_SPAN_S = 1e9
+"""Longest simulated time a trace may span, first arrival to last (about 30 years)."""
+
 MAX_LINE_BYTES = 2**20
 """Longest line a trace may have (1 MiB): a request row is a few dozen bytes, so a longer
 line means a wrong or corrupted file, and refusing it keeps error messages short."""
@@ -291,6 +294,7 @@ def _finish_requests(
     scale = _time_scale(path, options)
     if limit is not None:
         t, prompt, output = t[:limit], prompt[:limit], output[:limit]
+    _check_span(path, float(t[-1]), scale)
     return pl.DataFrame(
         {
             "arrival_s": t / scale,
@@ -299,6 +303,19 @@ def _finish_requests(
         },
         schema=REQUEST_SCHEMA,
     )
+
+
+def _check_span(path: Path, last_s: float, scale: float) -> None:
+    """Refuse a replay whose last event, at ``last_s`` in the file's time, falls later
+    than :data:`MAX_SPAN_S` of simulated time once divided by ``time_scale``."""
+    span_s = last_s / scale  # Python floats: an overflow is inf, without a warning
+    if not span_s <= MAX_SPAN_S:
+        by = f" after time_scale {scale:g}" if scale != 1.0 else ""
+        raise TraceError(
+            f"{path}: the trace spans {span_s:.3g} s of simulated time{by}, more than "
+            f"{MAX_SPAN_S:.0e} s (about 30 years); check the time column's unit "
+            f"(`time_unit`) and `time_scale`."
+        )
 
 
 def _limit(path: Path, options: Mapping[str, Any]) -> int | None:
@@ -638,6 +655,7 @@ class AlibabaGpuTrace(TraceFormat):
         scale = _time_scale(path, options)
         if limit is not None:
             submit, dur, devices = submit[:limit], dur[:limit], devices[:limit]
+        _check_span(path, float(np.max(submit + dur)) if submit.size else 0.0, scale)
         return pl.DataFrame(
             {"submit_s": submit / scale, "duration_s": dur, "devices": devices},
             schema=JOB_SCHEMA,
