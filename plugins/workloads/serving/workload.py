@@ -45,6 +45,12 @@ from xpusim.plugins.workloads.serving.prefix_cache import (
     replay,
     restore_prompts,
 )
+from xpusim.plugins.workloads.serving.speculative import (
+    SPEC_METRICS,
+    SpeculativeDecoding,
+    SpeculativeRun,
+)
+from xpusim.plugins.workloads.serving.speculative import prepare as prepare_speculative
 from xpusim.plugins.workloads.serving.stacks import (
     DEFAULT_STACK,
     StackCompiled,
@@ -186,6 +192,7 @@ class ServingConfig(BaseModel):
         description="serving engine profile: a name from stacks.yaml or {name, overrides}",
     )
     prefix_caching: PrefixCaching | None = None
+    speculative_decoding: SpeculativeDecoding | None = None
 
     _router: Router | None = PrivateAttr(default=None)
     _stack: StackProfile | None = PrivateAttr(default=None)
@@ -263,6 +270,7 @@ class ServingWorkload(Workload):
     metrics = (
         *SERVING_METRICS,
         *PREFIX_METRICS,
+        *SPEC_METRICS,
         detail("replicas", "Replicas", description="model replicas the devices hold"),
         detail(
             "kv_capacity_tokens",
@@ -277,7 +285,13 @@ class ServingWorkload(Workload):
         assert isinstance(config, ServingConfig)
         frame = request_frame(config, ctx)
         system = ctx.system
-        compiled = StackCompiled(ctx.compiled, stack_for(config, system.backend))
+        inner = ctx.compiled
+        spec: SpeculativeRun | None = None
+        if config.speculative_decoding is not None:  # steps of draft k, verify k + 1
+            spec = prepare_speculative(config.speculative_decoding, ctx)
+            inner = spec.compiled
+            frame = spec.shorten(frame)
+        compiled = StackCompiled(inner, stack_for(config, system.backend))
         kv_tokens = compiled.kv_capacity_tokens(config.kv_memory_fraction)
         router = config.router_policy()
         cache = None
@@ -308,6 +322,8 @@ class ServingWorkload(Workload):
         )
         if cache is not None:
             res.frames["requests"] = restore_prompts(res.frames["requests"], cache.hit_tokens)
+        if spec is not None:
+            res.frames["requests"] = spec.restore(res.frames["requests"])
         ttft_slo, tpot_slo, itl_slo = config.slo.bounds()
         m = metrics.serving_metrics(
             res.frames,
@@ -320,6 +336,8 @@ class ServingWorkload(Workload):
         m["kv_capacity_tokens"] = res.kv_blocks * config.kv_block_tokens
         if cache is not None:
             m.update(cache.metrics)
+        if spec is not None:
+            m.update(spec.metrics)
         return SystemRun(metrics=m, frames=res.frames, simulated_s=res.simulated_s)
 
     def traces(self, config: BaseModel) -> list[Mapping[str, Any]]:

@@ -1,0 +1,246 @@
+"""Speculative decoding: a draft model proposes ``k`` tokens, the target verifies ``k + 1``.
+
+Every decode iteration of a sequence runs the draft model ``k`` times (one token each,
+over its own KV cache of the same length) and the target model once over ``k + 1`` new
+tokens (the ``k`` proposals and the position after them), priced as a prefill chunk of
+``k + 1`` tokens over the sequence's context. The prompt is prefilled by both models.
+With per-position acceptance rates ``a_1 .. a_k`` (each the chance that the proposal at
+that position is accepted given the ones before it were) a step yields on average
+
+    tau = 1 + a_1 + a_1 a_2 + ... + a_1 ... a_k
+
+tokens (the accepted run plus the target's own token); with a constant rate ``a`` this is
+``(1 - a^(k+1)) / (1 - a)`` (Leviathan, Kalman and Matias, "Fast Inference from
+Transformers via Speculative Decoding", ICML 2023, eq. 1).
+
+The model, and where it simplifies: a request of ``m`` output tokens runs its first token
+from the prefill and the other ``m - 1`` in ``ceil((m - 1) / tau)`` speculative steps
+(the expected count, not a draw per step). The serving world runs those steps as decode
+iterations whose price is the draft's ``k`` steps plus the target's verification, so
+batching, queueing and preemption see the real step times; the ``requests`` frame then
+gets back each request's real output length, and ``tbt_mean_s`` (so TPOT) is recomputed
+from it. ``itl`` percentiles are the gaps between speculative steps (tokens arrive in
+bursts of ``tau`` on average). The draft's weights and KV cache (one entry per token, like
+the target's) come out of the KV memory; the ``k`` transient proposal slots do not.
+At low batch a step costs little more than one decode and yields ``tau`` tokens, so TPOT
+falls; when the batch is compute-bound, verifying ``k + 1`` tokens per sequence costs up
+to ``k + 1`` times a decode and speculation can lose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+
+from xpusim.engine.backend import Compiled, Cost, Fit
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.metrics import Metric, detail
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.workload import WorkloadContext
+
+
+class SpeculativeDecoding(BaseModel):
+    """``workload.speculative_decoding``: the draft model, ``k`` and the acceptance.
+
+    ``draft`` is a model block as in the scenario's ``model:`` (``family``, ``preset`` and
+    fields); ``k`` the tokens it proposes per step; ``acceptance`` one rate in [0, 1] for
+    every position, or a list of ``k`` per-position rates.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    draft: dict[str, Any]
+    k: int = Field(ge=1, le=32)
+    acceptance: float | list[float]
+
+    _draft: ModelGraph | None = PrivateAttr(default=None)
+
+    @field_validator("acceptance")
+    @classmethod
+    def _rates(cls, a: float | list[float], info: ValidationInfo) -> float | list[float]:
+        rates = a if isinstance(a, list) else [a]
+        bad = [r for r in rates if not 0.0 <= r <= 1.0]
+        if bad:
+            raise ValueError(
+                f"an acceptance rate is a probability in [0, 1], got {bad[0]}; give the share "
+                f"of proposed tokens the target accepts (for example 0.7)"
+            )
+        k = info.data.get("k")
+        if isinstance(a, list) and k is not None and len(a) != k:
+            raise ValueError(f"give one acceptance rate per proposed position: {k}, got {len(a)}")
+        return a
+
+    @field_validator("draft")
+    @classmethod
+    def _draft_block(cls, block: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(block.get("family"), str):
+            raise ValueError(
+                "the draft is a model block with its `family` (and `preset` or fields), as in "
+                "the scenario's `model:`, for example {family: llama, preset: llama-3-8b}"
+            )
+        return block
+
+    def rates(self) -> list[float]:
+        """The acceptance rate of each of the ``k`` positions."""
+        a = self.acceptance
+        return list(a) if isinstance(a, list) else [float(a)] * self.k
+
+    def tokens_per_step(self) -> float:
+        """Expected tokens a speculative step yields (module docstring)."""
+        tau, run = 1.0, 1.0
+        for r in self.rates():
+            run *= r
+            tau += run
+        return tau
+
+    def draft_model(self, ctx: WorkloadContext) -> ModelGraph:
+        """The configured draft model (through the host of this process)."""
+        if self._draft is None:
+            from xpusim.engine.host import default_host
+
+            block = dict(self.draft)
+            family = default_host().models.get(
+                str(block.pop("family")), where="workload.speculative_decoding.draft.family"
+            )
+            self._draft = family.configure(block)
+        return self._draft
+
+
+SPEC_METRICS: tuple[Metric, ...] = (
+    detail(
+        "spec_tokens_per_step",
+        "Tokens per speculative step",
+        "tokens",
+        better="higher",
+        description="expected tokens a draft-and-verify step yields per sequence",
+    ),
+)
+"""The metrics a run with speculative decoding adds."""
+
+
+class SpeculativeCompiled(Compiled):
+    """The target model seen through speculative decoding: decode iterations cost the
+    draft's ``k`` decode steps plus the target's verification of ``k + 1`` tokens;
+    prefills cost both models' prefills; the KV capacity is shared with the draft."""
+
+    def __init__(self, target: Compiled, draft: Compiled, k: int) -> None:
+        super().__init__(target.system, target.model)
+        self.target = target
+        self.draft = draft
+        self.k = k
+        self.reserve_bytes = target.reserve_bytes
+        self.samples_in_turn = target.samples_in_turn
+
+    def _verify(self, part: Shape) -> Shape:
+        """A decode part as the target's verification: ``k + 1`` tokens per sequence."""
+        return replace(part, phase=Phase.PREFILL, tokens=self.k + 1)
+
+    def _cost(self, shape: Shape) -> Cost:
+        parts = shape.parts if shape.phase is Phase.MIXED else (shape,)
+        decodes = [p for p in parts if p.phase is Phase.DECODE]
+        prefills = [p for p in parts if p.phase is Phase.PREFILL]
+        if not decodes:
+            costs = [self.target.cost(shape), self.draft.cost(shape)]
+        else:
+            verify = tuple(self._verify(p) if p.phase is Phase.DECODE else p for p in parts)
+            tgt = verify[0] if len(verify) == 1 else replace(shape, parts=verify)
+            costs = [self.target.cost(tgt)]
+            costs += [self.draft.cost(p) for p in decodes] * self.k
+            if prefills:
+                pf = (
+                    prefills[0] if len(prefills) == 1 else Shape(Phase.MIXED, parts=tuple(prefills))
+                )
+                costs.append(self.draft.cost(pf))
+        breakdown: dict[str, float] = {}
+        for c in costs:
+            for key, v in c.breakdown.items():
+                breakdown[key] = breakdown.get(key, 0.0) + v
+        return Cost(
+            seconds=sum(c.seconds for c in costs),
+            joules=sum(c.joules for c in costs),
+            breakdown=breakdown,
+            flops=sum(c.flops for c in costs),
+        )
+
+    def fit(self, *, kv_tokens: int = 0, batch: int = 1, training: bool = False) -> Fit:
+        """The target's memory fit (the draft's share is taken from the KV capacity)."""
+        return self.target.fit(kv_tokens=kv_tokens, batch=batch, training=training)
+
+    def kv_capacity_tokens(self, reserve_fraction: float = 0.9) -> int:
+        """Tokens of KV the replica holds once the draft's weights are in memory and every
+        token keeps a KV entry in both models."""
+        t, d = self.target.model.info, self.draft.model.info
+        cap = self.target.kv_capacity_tokens(reserve_fraction)
+        left = cap * t.kv_bytes_per_token - d.param_bytes
+        return max(0, int(left // (t.kv_bytes_per_token + d.kv_bytes_per_token)))
+
+    def power_model(self) -> Any:
+        """The target's power model."""
+        return self.target.power_model()
+
+    def collective_seconds(self, kind: Any, nbytes: float, group: int) -> float | None:
+        """The target's collective pricing."""
+        return self.target.collective_seconds(kind, nbytes, group)
+
+    @property
+    def replicas(self) -> int:
+        """The target's replicas."""
+        return self.target.replicas
+
+
+@dataclass
+class SpeculativeRun:
+    """Speculative decoding prepared for one system: the compiled model to serve, the
+    expected tokens per step, and each request's real output length (frame order)."""
+
+    compiled: SpeculativeCompiled
+    tokens_per_step: float
+    outputs: np.ndarray | None = None
+
+    def shorten(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` with each output as the first token plus its speculative steps."""
+        if not frame["arrival_s"].is_sorted():
+            frame = frame.sort("arrival_s", maintain_order=True)
+        out = frame["output_tokens"].to_numpy()
+        self.outputs = out
+        steps = np.ceil((out - 1) / self.tokens_per_step).astype(np.int64)
+        return frame.with_columns(pl.Series("output_tokens", 1 + steps, dtype=pl.Int64))
+
+    def restore(self, requests: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+        """The ``requests`` frame with each real output length and its mean token gap."""
+        assert self.outputs is not None
+        out = pl.lit(pl.Series(self.outputs)).gather(pl.col("request_id"))
+        return requests.with_columns(out.alias("output_tokens")).with_columns(
+            pl.when(pl.col("output_tokens") > 1)
+            .then((pl.col("finish_s") - pl.col("first_token_s")) / (pl.col("output_tokens") - 1))
+            .otherwise(None)
+            .alias("tbt_mean_s")
+        )
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The run's speculative-decoding figures."""
+        return {"spec_tokens_per_step": self.tokens_per_step}
+
+
+def prepare(spec: SpeculativeDecoding, ctx: WorkloadContext) -> SpeculativeRun:
+    """Compile the draft on ``ctx.system`` and wrap the target; a draft that is not
+    smaller than the target is refused."""
+    from xpusim.engine.host import default_host
+
+    draft = spec.draft_model(ctx)
+    tp, dp = ctx.model.info.params, draft.info.params
+    if dp >= tp:
+        raise XpusimError(
+            f"workload.speculative_decoding.draft: the draft model has {dp / 1e9:.3g} B "
+            f"parameters, the target {tp / 1e9:.3g} B; a draft must be smaller than the model "
+            f"it drafts for to save time. Name a smaller preset (or fewer layers)."
+        )
+    backend = default_host().backends.get(ctx.system.backend)
+    compiled = SpeculativeCompiled(ctx.compiled, backend.compile(draft, ctx.system), spec.k)
+    return SpeculativeRun(compiled, spec.tokens_per_step())
