@@ -177,6 +177,8 @@ POINTS_BYTES = 256 * 2**20
 """Largest points file (``calibrate --points``) read: measured kernels, one per line."""
 SUMMARY_BYTES = 256 * 2**20
 """Largest ``summary.json`` of a compared run folder read."""
+MAX_WORKERS = 1024
+"""Most parallel workers a sweep may start (each is a process)."""
 
 # --- run / validate ---------------------------------------------------------------------
 
@@ -290,11 +292,15 @@ def sweep(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Parallel workers (local pool or local Dask cluster).", min=1),
+        typer.Option(
+            help="Parallel workers (local pool or local Dask cluster).", min=1, max=MAX_WORKERS
+        ),
     ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Sweep folder.")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", help="KEY.PATH=VALUE.")] = None,
-    retries: Annotated[int, typer.Option(help="Retries of a point whose worker died.", min=0)] = 2,
+    retries: Annotated[
+        int, typer.Option(help="Retries of a point whose worker died.", min=0, max=100)
+    ] = 2,
     calibration: Annotated[
         list[Path] | None,
         typer.Option(help="A fitted calibration file; applies to systems of its device."),
