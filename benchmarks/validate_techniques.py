@@ -176,6 +176,13 @@ TECHNIQUES: dict[str, dict[str, Any]] = {
             "shared_prefix": {"tokens": 512, "prompts": 8},
         }
     },
+    "speculative_decoding": {
+        "speculative_decoding": {
+            "draft": {"family": "llama", "preset": "llama-2-7b", "layers": 4},
+            "k": 4,
+            "acceptance": 0.7,
+        }
+    },
 }
 """Each technique as it is switched on for the speed comparison."""
 
