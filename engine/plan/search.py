@@ -96,7 +96,7 @@ def _slo(scenario: Scenario) -> tuple[float | None, float | None]:
     return getattr(slo, "ttft_p99", None), getattr(slo, "tbt_p99", None)
 
 
-def empty_space_message(space: Space, src: Source, spec: PlanSpec) -> str:
+def empty_space_message(space: Space, src: Source) -> str:
     """Why nothing is left to simulate, and what would widen the search."""
     reasons = [str(r["pruned"]) for r in space.pruned]
     fit = [r for r in reasons if r.startswith(("does-not-fit", "unsupported"))]
@@ -204,7 +204,7 @@ def run_plan(
             progress(done, len(runs))
     timings["search_s"] = time.perf_counter() - started - timings["prepare_s"]
     if not space.shapes:
-        raise PlanError(empty_space_message(space, src, spec))
+        raise PlanError(empty_space_message(space, src))
     rows.sort(
         key=lambda r: (
             r["device"],
