@@ -117,8 +117,8 @@ class Compiled(ABC):
     plan needs besides weights, activations and optimizer state; default none."""
 
     samples_in_turn: bool = False
-    """Whether a step of a batch runs its samples one after the other, each finished
-    after its share of the step (an event-driven chip running one copy of a network in
+    """Whether a step of a batch runs its samples in turn, the k-th finished when a step
+    of k samples would have ended (an event-driven chip running copies of a network in
     real time), rather than all together at the end of the step; default false."""
 
     def __init__(self, system: System, model: ModelGraph) -> None:
@@ -185,8 +185,8 @@ class Compiled(ABC):
 
     def mapping_facts(self) -> Mapping[str, float | bool]:
         """What the backend decided when it placed the model on the system, by summary
-        key (a neuromorphic backend: ``boards``, ``chips_used``, ``cores_used``,
-        ``neurons_per_core``, ``routing_entries``, ``real_time_factor``,
+        key (a neuromorphic backend: ``boards``, ``network_copies``, ``chips_used``,
+        ``cores_used``, ``neurons_per_core``, ``routing_entries``, ``real_time_factor``,
         ``required_time_scale_factor``, ``fits_real_time``), for the run's summary. The
         default: nothing, an analytic backend places nothing beyond its cost model."""
         return {}

@@ -164,13 +164,16 @@ def test_dense_backends_price_the_same_workload(model, module, cls, device) -> N
 
 
 def test_scenario_ships_the_four_way_comparison() -> None:
-    """scenarios/keyword-spotting-snn.yaml compares one SpiNN-5 board, one L4, one H100
-    and a TPU v5e on the spiking workload with the kws-2layer network."""
+    """scenarios/keyword-spotting-snn.yaml compares one SpiNN-5 board (one copy of the
+    network, and 128 copies), one L4, one H100 and a TPU v5e on the spiking workload with
+    the kws-2layer network."""
     doc = yaml.safe_load((ROOT / "scenarios" / "keyword-spotting-snn.yaml").read_text())
     assert doc["model"]["family"] == "snn" and doc["model"]["preset"] == "kws-2layer"
     assert doc["workload"]["kind"] == "spiking"
     SpikingConfig.model_validate({k: v for k, v in doc["workload"].items() if k != "kind"})
     systems = {(s["backend"], s["device"], s["count"]) for s in doc["systems"]}
+    copies = sorted(s.get("options", {}).get("copies", 1) for s in doc["systems"])
+    assert copies[-1] == 128 and len(doc["systems"]) == 5
     assert systems == {
         ("spinnaker", "spinn-5", 1),
         ("gpu", "l4", 1),

@@ -236,3 +236,37 @@ def test_real_time_compares_the_busiest_core_with_a_cores_share_of_the_board() -
     assert not heavy.fits and heavy.required_time_scale_factor == pytest.approx(3.0)
     slowed = realtime.real_time(_placed(100, tsf=4.0), {"layer1": heavy_events}, sizes)
     assert slowed.fits and slowed.required_time_scale_factor == pytest.approx(3.0)
+
+
+def test_copies_run_samples_in_rounds_with_every_copy_active(compiled, small_model) -> None:  # type: ignore[no-untyped-def]
+    """Three copies of the network take a batch of three in one round and a batch of four
+    in two; every copy's cores draw active power for the step, the board idles once; the
+    facts count the copies' cores."""
+    three = SpinnakerBackend().compile(small_model, _system(copies=3))
+    three._cache = compiled._cache  # the same network maps once
+    t = 100 * 1e-3
+    one_round = three.cost(Shape(Phase.SPIKING, batch=3, timesteps=100))
+    assert one_round.seconds == pytest.approx(t)
+    assert three.cost(Shape(Phase.SPIKING, batch=4, timesteps=100)).seconds == pytest.approx(2 * t)
+    e = three.energy(Shape(Phase.SPIKING, batch=3, timesteps=100))
+    k = energy.constants()
+    assert e.cores_j == pytest.approx(3 * compiled.mapping.cores * k["core_active_w"].value * t)
+    assert e.idle_j == pytest.approx(k["board_idle_w"].value * t)
+    facts = three.mapping_facts()
+    assert facts["network_copies"] == 3 and facts["cores_used"] == 3 * compiled.mapping.cores
+    assert three.samples_in_turn
+
+
+def test_too_many_copies_do_not_fit_and_say_how_many_would() -> None:
+    """Copies beyond the board's cores are refused, naming the most copies that fit."""
+    net = lif.Network(64, (lif.Layer("layer1", np.ones((64, 32))),))
+    with pytest.raises(DoesNotFitError, match="copies: 383"):
+        mapping.check_fits(net, 1, copies=1000)
+
+
+def test_copies_must_be_a_whole_number() -> None:
+    """copies: 0 or 1.5 is an input error naming the option."""
+    model = SNN.configure({"inputs": 4, "layers": [2]})
+    for bad in (0, 1.5):
+        with pytest.raises(XpusimError, match="copies"):
+            SpinnakerBackend().compile(model, _system(copies=bad))

@@ -305,6 +305,7 @@ def _split_table(rows: list[SplitRow]) -> tuple[list[str], list[list[str]]]:
 
 FACTS = (
     ("boards", "Boards"),
+    ("network_copies", "Network copies"),
     ("chips_used", "Chips used"),
     ("cores_used", "Cores used"),
     ("neurons_per_core", "Neurons per core"),

@@ -22,7 +22,9 @@ with real time (:mod:`.realtime`).
 System options (``systems[].options``): ``time_scale_factor`` (>= 1, default 1),
 ``counter`` (``lif`` | ``nest``), ``reports`` (a folder for sPyNNaker's reports; default a
 temporary one, deleted), ``use_board`` (default true: run on a board the user's config
-names).
+names), ``copies`` (default 1: copies of the network side by side on the machine; a
+step of ``b`` samples then takes ``ceil(b / copies)`` rounds, every copy's cores active,
+and the k-th sample finishes with its round).
 """
 
 from __future__ import annotations
@@ -119,18 +121,25 @@ class SpinnakerCompiled(Compiled):
     """A spiking network mapped onto ``system.count`` SpiNN-5 boards."""
 
     samples_in_turn = True
-    """One mapped network runs a batch's samples one after the other in real time."""
+    """Copies of the mapped network run a batch's samples in rounds, in real time."""
 
     def __init__(
         self, system: System, model: ModelGraph, cache: dict[Any, mapping.Mapping]
     ) -> None:
         super().__init__(system, model)
         opts = dict(system.options or {})
-        unknown = set(opts) - {"time_scale_factor", "counter", "reports", "use_board"}
+        unknown = set(opts) - {"time_scale_factor", "counter", "reports", "use_board", "copies"}
         if unknown:
             raise ScenarioError(
                 f"systems[{system.name}].options: unknown key(s) {sorted(unknown)} for the "
-                f"spinnaker backend; valid: time_scale_factor, counter, reports, use_board"
+                f"spinnaker backend; valid: time_scale_factor, counter, reports, use_board, "
+                f"copies"
+            )
+        self.copies = opts.get("copies", 1)
+        if isinstance(self.copies, bool) or not isinstance(self.copies, int) or self.copies < 1:
+            raise ScenarioError(
+                f"systems[{system.name}].options.copies must be a whole number of at least 1 "
+                f"(copies of the network side by side), got {self.copies!r}"
             )
         self.time_scale_factor = float(opts.get("time_scale_factor", 1.0))
         if not self.time_scale_factor >= 1.0:
@@ -222,11 +231,11 @@ class SpinnakerCompiled(Compiled):
             raise UnsupportedError(
                 f"the spinnaker backend runs spiking steps, not {shape.phase.value} steps"
             )
-        b = max(1, shape.batch)
-        seconds = b * shape.timesteps * self.dt_ms * 1e-3 * self.time_scale_factor
+        rounds = math.ceil(max(1, shape.batch) / self.copies)
+        seconds = rounds * shape.timesteps * self.dt_ms * 1e-3 * self.time_scale_factor
         per_step = self.spikes_per_step(shape)
         spikes = {k: v * shape.timesteps for k, v in per_step.items()}
-        e = energy.run_energy(self.mapping, seconds, spikes)
+        e = energy.run_energy(self.mapping, seconds, spikes, self.copies)
         return Cost(seconds=seconds, joules=e.board_j, breakdown={"compute": seconds})
 
     def synaptic_events(self, shape: Shape) -> float:
@@ -239,7 +248,7 @@ class SpinnakerCompiled(Compiled):
         """The energy breakdown of one step of ``shape``."""
         c = self.cost(shape)
         spikes = {k: v * shape.timesteps for k, v in self.spikes_per_step(shape).items()}
-        return energy.run_energy(self.mapping, c.seconds, spikes)
+        return energy.run_energy(self.mapping, c.seconds, spikes, self.copies)
 
     def real_time(self) -> realtime.RealTime:
         """Whether the busiest core keeps up with one sample's synaptic events in real
@@ -252,17 +261,18 @@ class SpinnakerCompiled(Compiled):
 
     def mapping_facts(self) -> dict[str, float | bool]:
         """What sPyNNaker decided for the network (see :meth:`Compiled.mapping_facts`):
-        boards of the machine, chips and application cores used, LIF neurons per core
-        holding them, uncompressed routing entries, the time-scale factor the machine
-        runs at, the smallest one at which it keeps up, and whether the configured one
-        does."""
+        boards of the machine, copies of the network, chips and application cores they
+        use (one copy's placement times the copies), LIF neurons per core holding them,
+        uncompressed routing entries of one copy, the time-scale factor the machine runs
+        at, the smallest one at which it keeps up, and whether the configured one does."""
         m = self.mapping
         lif_cores = sum(1 for p in m.placements if p[0] != "input")
         rt = self.real_time()
         return {
             "boards": float(m.boards),
-            "chips_used": float(m.chips_used),
-            "cores_used": float(m.cores),
+            "network_copies": float(self.copies),
+            "chips_used": float(min(m.chips, m.chips_for(self.copies))),
+            "cores_used": float(m.cores * self.copies),
             "neurons_per_core": self.network.neurons / max(lif_cores, 1),
             "routing_entries": float(m.routing_entries),
             "real_time_factor": m.time_scale_factor,
@@ -270,12 +280,17 @@ class SpinnakerCompiled(Compiled):
             "fits_real_time": rt.fits,
         }
 
+    def _boards_needed(self) -> int:
+        """SpiNN-5 boards the network's copies need at sPyNNaker's atoms per core."""
+        cores = mapping.estimate_cores(self.network) * self.copies
+        return math.ceil(cores / mapping.capacity_cores(1))
+
     def fit(self, *, kv_tokens: int = 0, batch: int = 1, training: bool = False) -> Fit:
         """Whether the network maps onto the boards (cores and SDRAM from sPyNNaker)."""
         have = self.system.device.memory_bytes.value
         need = float(self.network.synapses) * 4.0
         try:
-            mapping.check_fits(self.network, self.system.count)
+            mapping.check_fits(self.network, self.system.count, self.copies)
             m = self.mapping
         except DoesNotFitError as exc:
             return Fit(
@@ -283,8 +298,8 @@ class SpinnakerCompiled(Compiled):
                 need,
                 have,
                 reason=str(exc),
-                suggestion=f"use count: {math.ceil(mapping.estimate_cores(self.network) / mapping.capacity_cores(1))} "
-                f"boards or a smaller network",
+                suggestion=f"use count: {self._boards_needed()} boards, fewer copies or a "
+                f"smaller network",
             )
         return Fit(
             True, need, have, breakdown={"cores": float(m.cores), "chips": float(m.chips_used)}
@@ -312,6 +327,8 @@ class SpinnakerOptions(BaseModel):
     """A folder for sPyNNaker's reports (default: a temporary one, deleted)."""
     use_board: bool = True
     """Run on a board when the user's sPyNNaker config names one."""
+    copies: int = Field(default=1, ge=1)
+    """Copies of the network side by side on the machine, each taking samples."""
 
 
 class SpinnakerBackend(Backend):

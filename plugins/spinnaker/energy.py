@@ -86,13 +86,18 @@ def router_packets(
     return {xy: {k: round(v) for k, v in d.items()} for xy, d in out.items()}
 
 
-def run_energy(mapping: Mapping, seconds: float, spikes: MappingT[str, float]) -> RunEnergy:
+def run_energy(
+    mapping: Mapping, seconds: float, spikes: MappingT[str, float], copies: int = 1
+) -> RunEnergy:
     """Energy of running ``mapping`` for ``seconds`` of machine time with ``spikes`` per
     population label, by ``Version5().get_active_energy`` (no frames: a board on a desk,
-    not a cabinet)."""
+    not a cabinet). ``copies`` of the mapped network run side by side: every copy's cores
+    are active (sPyNNaker's model counts core-seconds, wherever the cores sit), and the
+    chips-only figure counts the chips their cores fill."""
     v = version5()
     c = constants()
-    active = {xy: (n * seconds, n) for xy, n in mapping.app_cores.items()}
+    active = {xy: (n * seconds * copies, n * copies) for xy, n in mapping.app_cores.items()}
+    chips = min(mapping.chips, max(mapping.chips_used, mapping.chips_for(copies)))
     packets = router_packets(mapping, spikes)
     board_j = v.get_active_energy(
         seconds,
@@ -106,7 +111,7 @@ def run_energy(mapping: Mapping, seconds: float, spikes: MappingT[str, float]) -
         seconds,
         0,
         0,
-        mapping.chips_used,
+        chips,
         active,
         packets,
     )

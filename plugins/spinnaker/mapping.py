@@ -138,6 +138,11 @@ class Mapping:
         """Cores holding the network's populations (or one population)."""
         return sum(1 for p in self.placements if label is None or p[0] == label)
 
+    def chips_for(self, copies: int) -> int:
+        """Chips the application cores of ``copies`` of this network fill, packed
+        :data:`APP_CORES_PER_CHIP` to a chip (at least the chips one copy uses)."""
+        return max(self.chips_used, math.ceil(self.cores * copies / APP_CORES_PER_CHIP))
+
     def packets_per_spike(self, label: str) -> float:
         """Router packets one spike of ``label`` causes (routers its tree crosses)."""
         return float(sum(self.routes.get(label, {}).values()))
@@ -156,13 +161,20 @@ def capacity_cores(boards: int) -> int:
     return boards * (CHIPS_PER_BOARD * APP_CORES_PER_CHIP - 1)
 
 
-def check_fits(net: lif.Network, boards: int) -> None:
-    """Raise :class:`DoesNotFitError` when the network cannot fit ``boards`` boards at
-    sPyNNaker's atoms per core, naming what would fit."""
-    need, have = estimate_cores(net), capacity_cores(boards)
+def check_fits(net: lif.Network, boards: int, copies: int = 1) -> None:
+    """Raise :class:`DoesNotFitError` when ``copies`` of the network cannot fit ``boards``
+    boards at sPyNNaker's atoms per core, naming what would fit."""
+    one, have = estimate_cores(net), capacity_cores(boards)
+    need = one * copies
     if need > have:
-        max_neurons = (have - math.ceil(net.inputs / MAX_SOURCES_PER_CORE)) * MAX_LIF_PER_CORE
         need_boards = math.ceil(need / capacity_cores(1))
+        if copies > 1:
+            raise DoesNotFitError(
+                f"{copies} copies of the network need about {need} cores ({one} each) but "
+                f"{boards} SpiNN-5 board(s) offer {have}; use at most copies: "
+                f"{max(1, have // one)} or count: {need_boards} boards"
+            )
+        max_neurons = (have - math.ceil(net.inputs / MAX_SOURCES_PER_CORE)) * MAX_LIF_PER_CORE
         raise DoesNotFitError(
             f"the network needs about {need} cores ({net.neurons} LIF neurons at "
             f"{MAX_LIF_PER_CORE} per core and {net.inputs} inputs at {MAX_SOURCES_PER_CORE} "

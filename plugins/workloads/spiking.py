@@ -25,11 +25,12 @@ Frames: ``steps`` (one row per batch step), ``requests`` (one row per sample wit
 rate, :mod:`.spiking_sweep`).
 Metrics: ``throughput_samples_per_s`` (what the offered load gave),
 ``capacity_samples_per_s`` (the most the system finishes), ``e2e_p50_s``, ``e2e_p99_s``,
-``latency_mean_s``, ``simulated_s``; per inference ``synaptic_events_per_sample``, and per timestep the
-equivalent ``dense_ops_per_timestep`` (what a GPU or TPU computes: every synapse
+``latency_mean_s``, ``simulated_s``; per inference ``synaptic_events_per_sample``, and
+per timestep the equivalent ``dense_ops_per_timestep`` (what a GPU or TPU computes: every synapse
 multiplied and every neuron updated) and ``synaptic_events_per_timestep`` (what an
 event-driven chip processes); and what a placing backend decided
-(:meth:`~xpusim.engine.backend.Compiled.mapping_facts`: ``boards``, ``chips_used``,
+(:meth:`~xpusim.engine.backend.Compiled.mapping_facts`: ``boards``, ``network_copies``,
+``chips_used``,
 ``cores_used``, ``neurons_per_core``, ``routing_entries``, ``real_time_factor``,
 ``required_time_scale_factor``, ``fits_real_time``). The engine adds energy, its
 static/active split, cost and carbon.
@@ -129,6 +130,7 @@ CAPACITY = Metric(
 
 FACT_METRICS: tuple[Metric, ...] = (
     _fact("boards", "Boards", "boards of the neuromorphic machine", 800),
+    _fact("network_copies", "Network copies", "copies of the network side by side", 800),
     _fact("chips_used", "Chips used", "chips with at least one application core placed", 801),
     _fact("cores_used", "Cores used", "application cores placed (monitors included)", 802),
     _fact("neurons_per_core", "Neurons per core", "LIF neurons per core holding them", 803),

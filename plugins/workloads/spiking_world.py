@@ -2,8 +2,9 @@
 
 Each replica takes up to ``batch`` waiting samples, runs them as one step priced by the
 compiled model, and finishes them together, or, on a backend that runs a batch's samples
-in turn (:attr:`~xpusim.engine.backend.Compiled.samples_in_turn`), each after its share of
-the step. :func:`run_world` runs the world for given
+in turn (:attr:`~xpusim.engine.backend.Compiled.samples_in_turn`), the k-th when a step of
+k samples would have ended (one after the other on one copy of a network; in rounds on
+several copies). :func:`run_world` runs the world for given
 arrival times and returns when each sample started and finished and each replica's
 steps; :func:`world_energy` splits the steps' energy into static and active parts the
 way :mod:`xpusim.engine.economics.energy` does (device energy, before PUE and host
@@ -53,7 +54,7 @@ def run_world(
 ) -> WorldRun:
     """Simulate samples arriving at ``arrivals`` (s) on ``replicas`` replicas taking up to
     ``batch`` waiting samples per step; ``step_cost(b)`` prices a step of ``b`` samples;
-    ``in_turn``: the k-th sample of a step finishes after k/b of it."""
+    ``in_turn``: the k-th sample of a step finishes when a step of k samples would."""
     n = int(arrivals.size)
     env = simpy.Environment()
     queue: simpy.Store = simpy.Store(env)
@@ -82,8 +83,7 @@ def run_world(
             served_by[taken] = r
             yield env.timeout(cost.seconds)
             if in_turn:
-                share = np.arange(1, len(taken) + 1) / len(taken)
-                finish[taken] = t0 + cost.seconds * share
+                finish[taken] = [t0 + step_cost(k).seconds for k in range(1, len(taken) + 1)]
             else:
                 finish[taken] = env.now
             done[0] += len(taken)
