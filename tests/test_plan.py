@@ -159,3 +159,34 @@ def test_named_tensor_degrees_are_each_searched(host: Host, tmp_path: Path) -> N
     simulated = {r["tensor"] for r in doc["configurations"] if "replicas" in r}
     assert simulated == {1, 2} and doc["shapes"] == 2
     assert {row[3] for row in doc["table"]} == {"1x1", "2x1"}
+
+
+@pytest.mark.slow
+def test_over_every_device_no_cheaper_configuration_met_the_slo(host: Host, tmp_path: Path) -> None:
+    """The shipped 8B plan over every priced device: its answer meets the SLO when run as
+    a plain scenario, one replica fewer does not, and every simulated configuration that
+    costs less per hour missed the SLO."""
+    doc = _plan(host, tmp_path, ["workload.arrivals.count=600"])
+    best = doc["best"]
+    assert best is not None
+    cheaper = [
+        r
+        for r in doc["configurations"]
+        if "replicas" in r and r["usd_per_hour"] < best["usd_per_hour"] - 1e-9
+    ]
+    assert cheaper and not any(r["met"] for r in cheaper)
+
+    def met(count: int) -> bool | None:
+        sets = [
+            "workload.arrivals.count=600",
+            "workload.slo={ttft_p99: 2 s}",
+            f"systems.0.device={best['device']}",
+            f"systems.0.backend={best['backend']}",
+            f"systems.0.count={count}",
+            f"systems.0.parallelism.tensor={best['tensor']}",
+        ]
+        return meets_slo(simulate(load(PLAN_8B, host, sets), host).systems[0].metrics)
+
+    assert met(best["count"]) is True
+    if best["replicas"] > 1:
+        assert met(best["count"] - best["tensor"] * best["pipeline"]) is False
