@@ -13,11 +13,11 @@ import pytest
 from xpusim.engine.errors import ScenarioError, XpusimError
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.host import Host
-from xpusim.engine.run import simulate
 from xpusim.engine.scenario import load_scenario
 from xpusim.plugins.workloads.serving.speculative import SpeculativeCompiled, SpeculativeDecoding
 from xpusim.plugins.workloads.serving.workload import ServingConfig, ServingWorkload
 
+from .technique_runs import run_text
 from .test_serving import _ctx, compiled
 
 DRAFT = {"family": "llama", "preset": "llama-2-7b", "layers": 4}
@@ -113,11 +113,7 @@ def _run(
     host: Host, write_yaml: Callable[[str, str], Path], rate: str, count: int, sd: str
 ) -> tuple[dict[str, float], pl.DataFrame]:
     text = SCENARIO.replace("RATE", rate).replace("COUNT", str(count)).replace("SD", sd)
-    res = simulate(load_scenario(write_yaml(text, "sd.yaml"), host), host).systems[0]
-    assert res.status == "ok", res.reason
-    req = res.frames["requests"]
-    assert isinstance(req, pl.DataFrame)
-    return res.metrics, req
+    return run_text(host, write_yaml, text)
 
 
 def test_speculation_helps_at_low_batch_and_costs_throughput_when_compute_bound(

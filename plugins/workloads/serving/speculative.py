@@ -36,12 +36,13 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
-from xpusim.engine.backend import Compiled, Cost, Fit
+from xpusim.engine.backend import Compiled, Cost
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.workload import WorkloadContext
+from xpusim.plugins.workloads.serving.wrapped import WrappedCompiled
 
 
 class SpeculativeDecoding(BaseModel):
@@ -123,18 +124,16 @@ SPEC_METRICS: tuple[Metric, ...] = (
 """The metrics a run with speculative decoding adds."""
 
 
-class SpeculativeCompiled(Compiled):
+class SpeculativeCompiled(WrappedCompiled):
     """The target model seen through speculative decoding: decode iterations cost the
     draft's ``k`` decode steps plus the target's verification of ``k + 1`` tokens;
     prefills cost both models' prefills; the KV capacity is shared with the draft."""
 
     def __init__(self, target: Compiled, draft: Compiled, k: int) -> None:
-        super().__init__(target.system, target.model)
+        super().__init__(target)
         self.target = target
         self.draft = draft
         self.k = k
-        self.reserve_bytes = target.reserve_bytes
-        self.samples_in_turn = target.samples_in_turn
 
     def _verify(self, part: Shape) -> Shape:
         """A decode part as the target's verification: ``k + 1`` tokens per sequence."""
@@ -167,10 +166,6 @@ class SpeculativeCompiled(Compiled):
             flops=sum(c.flops for c in costs),
         )
 
-    def fit(self, *, kv_tokens: int = 0, batch: int = 1, training: bool = False) -> Fit:
-        """The target's memory fit (the draft's share is taken from the KV capacity)."""
-        return self.target.fit(kv_tokens=kv_tokens, batch=batch, training=training)
-
     def kv_capacity_tokens(self, reserve_fraction: float = 0.9) -> int:
         """Tokens of KV the replica holds once the draft's weights are in memory and every
         token keeps a KV entry in both models."""
@@ -178,19 +173,6 @@ class SpeculativeCompiled(Compiled):
         cap = self.target.kv_capacity_tokens(reserve_fraction)
         left = cap * t.kv_bytes_per_token - d.param_bytes
         return max(0, int(left // (t.kv_bytes_per_token + d.kv_bytes_per_token)))
-
-    def power_model(self) -> Any:
-        """The target's power model."""
-        return self.target.power_model()
-
-    def collective_seconds(self, kind: Any, nbytes: float, group: int) -> float | None:
-        """The target's collective pricing."""
-        return self.target.collective_seconds(kind, nbytes, group)
-
-    @property
-    def replicas(self) -> int:
-        """The target's replicas."""
-        return self.target.replicas
 
 
 @dataclass

@@ -37,6 +37,9 @@ from xpusim.engine.qty import Duration
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.serving import metrics, routers, schedulers
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate
+from xpusim.plugins.workloads.serving.lora import LORA_METRICS, Lora, LoraCompiled, LoraRun
+from xpusim.plugins.workloads.serving.lora import adapter_params as lora_params
+from xpusim.plugins.workloads.serving.lora import replay as replay_lora
 from xpusim.plugins.workloads.serving.metrics import SERVING_METRICS
 from xpusim.plugins.workloads.serving.prefix_cache import (
     PREFIX_METRICS,
@@ -193,6 +196,7 @@ class ServingConfig(BaseModel):
     )
     prefix_caching: PrefixCaching | None = None
     speculative_decoding: SpeculativeDecoding | None = None
+    lora: Lora | None = None
 
     _router: Router | None = PrivateAttr(default=None)
     _stack: StackProfile | None = PrivateAttr(default=None)
@@ -224,6 +228,12 @@ class ServingConfig(BaseModel):
     @model_validator(mode="after")
     def _prefix_routing(self) -> ServingConfig:
         pc = self.prefix_caching
+        if self.lora is not None and (pc is not None or self.router != "round-robin"):
+            raise ValueError(
+                "multi-LoRA serving replays adapter loads ahead of the run over round-robin "
+                "routing: set `router: round-robin`, and leave `prefix_caching` out (the two "
+                "replays are not combined)"
+            )
         if pc is not None and pc.routing == "round-robin" and self.router != "round-robin":
             raise ValueError(
                 f"prefix caching is replayed ahead of the run, which needs the replicas' order "
@@ -271,6 +281,7 @@ class ServingWorkload(Workload):
         *SERVING_METRICS,
         *PREFIX_METRICS,
         *SPEC_METRICS,
+        *LORA_METRICS,
         detail("replicas", "Replicas", description="model replicas the devices hold"),
         detail(
             "kv_capacity_tokens",
@@ -291,9 +302,26 @@ class ServingWorkload(Workload):
             spec = prepare_speculative(config.speculative_decoding, ctx)
             inner = spec.compiled
             frame = spec.shorten(frame)
+        if config.lora is not None:  # the adapters' GEMMs and weights
+            inner = LoraCompiled(
+                inner, lora_params(ctx.model, config.lora.rank, config.lora.modules), config.lora
+            )
         compiled = StackCompiled(inner, stack_for(config, system.backend))
         kv_tokens = compiled.kv_capacity_tokens(config.kv_memory_fraction)
         router = config.router_policy()
+        adapters: LoraRun | None = None
+        if isinstance(inner, LoraCompiled) and config.lora is not None:
+            adapters = replay_lora(
+                config.lora,
+                frame,
+                inner,
+                replicas=system.replicas,
+                kv_capacity_tokens=kv_tokens,
+                kv_block_tokens=config.kv_block_tokens,
+                seed=ctx.seed,
+            )
+            frame = adapters.frame
+            router = AssignedRouter(adapters.assignment)
         cache = None
         if config.prefix_caching is not None:  # prompts shrink by their cached prefix
             cache = replay(
@@ -324,6 +352,8 @@ class ServingWorkload(Workload):
             res.frames["requests"] = restore_prompts(res.frames["requests"], cache.hit_tokens)
         if spec is not None:
             res.frames["requests"] = spec.restore(res.frames["requests"])
+        if adapters is not None:
+            res.frames["requests"] = adapters.restore(res.frames["requests"])
         ttft_slo, tpot_slo, itl_slo = config.slo.bounds()
         m = metrics.serving_metrics(
             res.frames,
@@ -338,6 +368,8 @@ class ServingWorkload(Workload):
             m.update(cache.metrics)
         if spec is not None:
             m.update(spec.metrics)
+        if adapters is not None:
+            m.update(adapters.metrics)
         return SystemRun(metrics=m, frames=res.frames, simulated_s=res.simulated_s)
 
     def traces(self, config: BaseModel) -> list[Mapping[str, Any]]:

@@ -1,0 +1,230 @@
+"""Multi-LoRA serving (Punica, S-LoRA, vLLM's multi-LoRA): many adapters over one model.
+
+Each request names one of ``adapters`` low-rank adapters of rank ``rank`` (drawn from
+the seed: uniformly, or by a Zipf law of exponent ``zipf`` over the adapters' ranks). An
+adapter adds ``A`` (``in × r``) and ``B`` (``r × out``) beside each adapted weight of every
+layer: the attention projections (``modules: attention``: q, k, v, o) or those and the
+MLP's (``modules: all``).
+
+Costs, per iteration of ``b`` sequences and ``n`` new tokens: ``2 n P`` extra FLOPs (``P``
+the adapter's parameters) and the weights of every distinct adapter in the batch read
+once (``E(b) = sum_i 1 - (1 - p_i)^b`` distinct adapters expected among ``b`` requests
+drawn with probabilities ``p_i``), priced at the device's peak FLOP rate and memory
+bandwidth (the larger of the two times, shared by the replica's devices) and added to
+the step. The ``gpu_slots`` resident adapters take their weights out of the KV memory.
+
+Swapping: each replica keeps ``gpu_slots`` adapters resident, least recently used evicted;
+a request whose adapter is not resident waits for it to load over the host link
+(``adapter bytes / host_link``) before it can be scheduled, replayed in arrival order
+ahead of the run (S-LoRA loads adapters asynchronously while a request queues; here every
+load is its own, none queues behind another). The world then sees the request arrive
+when its adapter is in; the ``requests`` frame keeps the real arrival, so TTFT includes
+the load. Routing: the replay assigns replicas round-robin in arrival order, and the
+world follows that assignment.
+
+Not modelled: the Punica/S-LoRA kernels' efficiency (the extra work is priced at peak,
+a lower bound), adapters of mixed ranks, and loads that contend for the link.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from xpusim.engine.backend import Compiled, Cost
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.metrics import Metric, detail
+from xpusim.engine.model import ModelGraph
+from xpusim.engine.qty import Bandwidth
+from xpusim.plugins.workloads.serving.wrapped import WrappedCompiled
+
+ADAPTER_BYTES_PER_PARAM = 2.0
+"""Adapters are kept in 16-bit (vLLM loads LoRA weights in the model's 16-bit dtype)."""
+
+
+class Lora(BaseModel):
+    """``workload.lora``: the adapters, their popularity, the GPU slots and the host link."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapters: int = Field(ge=1)
+    rank: int = Field(ge=1)
+    modules: Literal["attention", "all"] = "attention"
+    zipf: float | None = Field(default=None, gt=0, description="Zipf exponent; none: uniform")
+    gpu_slots: int = Field(ge=1)
+    host_link: Bandwidth
+
+    def popularity(self) -> np.ndarray:
+        """Each adapter's probability of being a request's."""
+        if self.zipf is None:
+            return np.full(self.adapters, 1.0 / self.adapters)
+        w = 1.0 / np.arange(1, self.adapters + 1, dtype=np.float64) ** self.zipf
+        return w / w.sum()
+
+
+LORA_METRICS: tuple[Metric, ...] = (
+    detail(
+        "lora_adapter_loads",
+        "LoRA adapter loads",
+        better="lower",
+        description="adapters loaded from host memory because they were not resident",
+    ),
+    detail(
+        "lora_load_wait_mean_s",
+        "LoRA load wait (mean)",
+        "s",
+        better="lower",
+        description="mean time a request waited for its adapter to load",
+    ),
+)
+"""The metrics a multi-LoRA run adds."""
+
+
+def adapter_params(model: ModelGraph, rank: int, modules: str) -> float:
+    """Parameters of one adapter of ``rank`` on ``model`` (a decoder's dimensions)."""
+    cfg = model.info.config
+    try:
+        d, layers = int(cfg["hidden"]), int(cfg["layers"])
+        heads, kvh = int(cfg["heads"]), int(cfg.get("kv_heads") or cfg["heads"])
+        hd = int(cfg.get("head_dim") or d // heads)
+        f = int(cfg["ffn_hidden"])
+    except (KeyError, TypeError, ValueError):
+        raise XpusimError(
+            f"workload.lora: the model {model.info.name!r} does not state a decoder's "
+            f"dimensions (hidden, layers, heads, ffn_hidden); multi-LoRA serving needs them."
+        ) from None
+    pairs = [(d, heads * hd), (d, kvh * hd), (d, kvh * hd), (heads * hd, d)]
+    if modules == "all":
+        pairs += [(d, f), (f, d)] + ([(d, f)] if cfg.get("gated_mlp") else [])
+    return float(layers * rank * sum(i + o for i, o in pairs))
+
+
+class LoraCompiled(WrappedCompiled):
+    """The model with adapters: every step pays the adapters' extra GEMMs and weight reads
+    (module docstring); the resident adapters' weights leave the KV memory."""
+
+    def __init__(self, inner: Compiled, params: float, spec: Lora) -> None:
+        super().__init__(inner)
+        self.params = params
+        self.bytes = params * ADAPTER_BYTES_PER_PARAM
+        self.spec = spec
+        self.p = spec.popularity()
+
+    def distinct(self, batch: int) -> float:
+        """Expected distinct adapters among ``batch`` requests."""
+        return float(np.sum(1.0 - (1.0 - self.p) ** batch))
+
+    def _cost(self, shape: Shape) -> Cost:
+        c = self.inner.cost(shape)
+        parts = shape.parts if shape.phase is Phase.MIXED else (shape,)
+        batch = sum(p.batch for p in parts)
+        if batch == 0:
+            return c
+        dev = self.system.device
+        n_dev = max(1, self.system.parallelism.model_parallel)
+        flops = 2.0 * shape.new_tokens * self.params
+        t_flops = flops / (dev.flops(self.inner.model.info.dtype) * n_dev)
+        t_bytes = self.distinct(batch) * self.bytes / (dev.memory_bw.value * n_dev)
+        extra = max(t_flops, t_bytes)
+        breakdown = dict(c.breakdown)
+        key = "compute" if t_flops >= t_bytes else "memory"
+        breakdown[key] = breakdown.get(key, 0.0) + extra
+        joules = c.joules * (c.seconds + extra) / c.seconds if c.seconds > 0 else c.joules
+        return Cost(
+            seconds=c.seconds + extra, joules=joules, breakdown=breakdown, flops=c.flops + flops
+        )
+
+    def kv_capacity_tokens(self, reserve_fraction: float = 0.9) -> int:
+        """The base model's KV capacity less the resident adapters' weights."""
+        cap = self.inner.kv_capacity_tokens(reserve_fraction)
+        per_token = self.inner.model.info.kv_bytes_per_token
+        if per_token <= 0:
+            return cap
+        return max(0, cap - int(np.ceil(self.spec.gpu_slots * self.bytes / per_token)))
+
+
+@dataclass
+class LoraRun:
+    """The adapter replay of one system: the frame the world serves (arrivals moved to
+    when each adapter is in), the replica assignment in the world's routing order, and
+    what restores the real arrivals."""
+
+    frame: pl.DataFrame
+    assignment: list[int]
+    arrival: np.ndarray
+    order: np.ndarray
+    metrics: dict[str, float]
+
+    def restore(self, requests: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+        """The ``requests`` frame with each request's real arrival, TTFT and E2E."""
+        real = pl.lit(pl.Series(self.arrival[self.order])).gather(pl.col("request_id"))
+        return requests.with_columns(real.alias("arrival_s")).with_columns(
+            (pl.col("first_token_s") - pl.col("arrival_s")).alias("ttft_s"),
+            (pl.col("finish_s") - pl.col("arrival_s")).alias("e2e_s"),
+        )
+
+
+def replay(
+    spec: Lora,
+    frame: pl.DataFrame,
+    compiled: LoraCompiled,
+    *,
+    replicas: int,
+    kv_capacity_tokens: int,
+    kv_block_tokens: int,
+    seed: int,
+) -> LoraRun:
+    """Draw each request's adapter, replay every replica's resident slots in arrival
+    order, and move each arrival to when its adapter is loaded."""
+    if not frame["arrival_s"].is_sorted():
+        frame = frame.sort("arrival_s", maintain_order=True)
+    n = frame.height
+    rng = np.random.default_rng([seed, 0x10A])
+    adapter = rng.choice(spec.adapters, size=n, p=compiled.p)
+    arrival = frame["arrival_s"].to_numpy().astype(np.float64)
+    need = -(
+        -(frame["prompt_tokens"].to_numpy() + frame["output_tokens"].to_numpy() - 1)
+        // kv_block_tokens
+    )
+    fits = need <= kv_capacity_tokens // kv_block_tokens
+    load_s = compiled.bytes / spec.host_link
+    slots: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(replicas)]
+    replica = np.full(n, -1, dtype=np.int64)
+    ready = arrival.copy()
+    loads = 0
+    k = 0
+    for i in range(n):
+        if not fits[i]:
+            continue  # the world drops it unrouted
+        r = k % replicas
+        k += 1
+        replica[i] = r
+        s, a = slots[r], int(adapter[i])
+        if a in s:
+            s.move_to_end(a)
+            continue
+        loads += 1
+        ready[i] = arrival[i] + load_s
+        s[a] = None
+        if len(s) > spec.gpu_slots:
+            s.popitem(last=False)
+    order = np.argsort(ready, kind="stable")
+    moved = frame.with_columns(pl.Series("arrival_s", ready)).sort("arrival_s", maintain_order=True)
+    assignment = [int(replica[i]) for i in order.tolist() if replica[i] >= 0]
+    routed = max(k, 1)
+    return LoraRun(
+        frame=moved,
+        assignment=assignment,
+        arrival=arrival,
+        order=order,
+        metrics={
+            "lora_adapter_loads": float(loads),
+            "lora_load_wait_mean_s": loads * load_s / routed,
+        },
+    )

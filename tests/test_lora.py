@@ -1,0 +1,150 @@
+"""Multi-LoRA serving: adapter sizes, the extra work per step, slot swapping, and a run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from xpusim.engine.errors import ScenarioError
+from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.host import Host
+from xpusim.engine.scenario import load_scenario
+from xpusim.plugins.workloads.serving.lora import Lora, LoraCompiled, adapter_params, replay
+
+from .technique_runs import run_text
+from .test_serving import compiled
+
+
+def lora(**kw: object) -> Lora:
+    return Lora.model_validate(
+        {"adapters": 4, "rank": 8, "gpu_slots": 2, "host_link": "1 GB/s", **kw}
+    )
+
+
+def test_adapter_parameters_follow_the_adapted_matrices(host: Host) -> None:
+    """Llama-2-7B, rank 16 on q, k, v, o: 32 layers x 16 x 4 x (4096 + 4096); with the MLP
+    the gate, up and down projections add 3 x (4096 + 11008) a rank."""
+    model = host.models.get("llama").configure({"preset": "llama-2-7b"})
+    assert adapter_params(model, 16, "attention") == 32 * 16 * 4 * 8192
+    assert adapter_params(model, 16, "all") == 32 * 16 * (4 * 8192 + 3 * (4096 + 11008))
+
+
+def test_expected_distinct_adapters_in_a_batch() -> None:
+    """One request uses one adapter; a large batch over 4 equally popular adapters uses
+    nearly all 4; a skewed law uses fewer."""
+    lc = LoraCompiled(compiled(), 1e6, lora())
+    assert lc.distinct(1) == pytest.approx(1.0)
+    assert lc.distinct(200) == pytest.approx(4.0)
+    skew = LoraCompiled(compiled(), 1e6, lora(adapters=50, zipf=1.5))
+    assert skew.distinct(20) < LoraCompiled(compiled(), 1e6, lora(adapters=50)).distinct(20)
+
+
+def test_a_step_pays_the_adapter_work_at_the_roofline() -> None:
+    """A decode step of 8 sequences adds max(2 n P / peak, E(8) x bytes / bandwidth)."""
+    base = compiled()
+    lc = LoraCompiled(base, 2e7, lora())
+    shape = Shape(Phase.DECODE, batch=8, tokens=1, context=50)
+    dev = base.system.device
+    t_flops = 2 * 8 * 2e7 / dev.flops(base.model.info.dtype)
+    t_bytes = lc.distinct(8) * 2e7 * 2 / dev.memory_bw.value
+    assert lc.cost(shape).seconds == pytest.approx(base.cost(shape).seconds + max(t_flops, t_bytes))
+    assert lc.kv_capacity_tokens(0.9) < base.kv_capacity_tokens(0.9)
+
+
+def _frame(n: int) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "arrival_s": [float(i) for i in range(n)],
+            "prompt_tokens": [10] * n,
+            "output_tokens": [2] * n,
+        }
+    )
+
+
+def test_a_request_waits_for_its_adapter_only_when_it_is_not_resident() -> None:
+    """With two slots and least-recently-used eviction, each miss moves its request's
+    arrival by adapter bytes / host link; hits do not move; the frame's order follows."""
+    spec = lora(adapters=3, gpu_slots=1)
+    lc = LoraCompiled(compiled(), 5e8, spec)  # 1 GB of adapter at 1 GB/s: one second a load
+    run = replay(
+        spec, _frame(40), lc, replicas=1, kv_capacity_tokens=10_000, kv_block_tokens=16, seed=2
+    )
+    moved = run.frame["arrival_s"].to_numpy()
+    assert sorted(moved.tolist()) == moved.tolist()
+    delays = sorted((moved[j] - run.arrival[run.order[j]]) for j in range(40))
+    assert set(round(d, 9) for d in delays) <= {0.0, 1.0}
+    assert run.metrics["lora_adapter_loads"] == sum(1 for d in delays if d > 0.5)
+    assert run.assignment == [0] * 40
+
+
+SCENARIO = """
+name: lora
+seed: 1
+model: {family: llama, preset: llama-2-7b, dtype: bf16}
+workload:
+  kind: serving
+  arrivals: {process: poisson, rate: 4/s, count: 200, prompt_tokens: {dist: constant, value: 256},
+             output_tokens: {dist: constant, value: 32}}
+  router: ROUTER
+  LORA
+systems:
+  - {name: h100, backend: gpu, device: h100-sxm, count: 2}
+"""
+
+
+def _run(
+    host: Host, write_yaml: Callable[[str, str], Path], lora_line: str
+) -> tuple[dict[str, float], pl.DataFrame]:
+    text = SCENARIO.replace("ROUTER", "round-robin").replace("LORA", lora_line)
+    return run_text(host, write_yaml, text)
+
+
+def test_adapter_loads_over_a_slow_link_raise_ttft_and_keep_real_arrivals(
+    host: Host, write_yaml: Callable[[str, str], Path]
+) -> None:
+    """Many adapters, few slots and a slow host link: TTFT rises by about the mean load
+    wait; every request keeps its real arrival time in the frame."""
+    on, req_on = _run(
+        host,
+        write_yaml,
+        "lora: {adapters: 50, rank: 64, gpu_slots: 2, host_link: 2 GB/s}",
+    )
+    off, req_off = _run(host, write_yaml, "slo: {}")
+    assert on["lora_adapter_loads"] > 100
+    assert on["ttft_mean_s"] > off["ttft_mean_s"] + 0.5 * on["lora_load_wait_mean_s"]
+    assert sorted(req_on["arrival_s"].to_list()) == sorted(req_off["arrival_s"].to_list())
+    assert (req_on["ttft_s"] == req_on["first_token_s"] - req_on["arrival_s"]).all()
+
+
+@pytest.mark.parametrize(
+    ("router", "line", "message"),
+    [
+        (
+            "least-outstanding",
+            "lora: {adapters: 4, rank: 8, gpu_slots: 2, host_link: 25 GB/s}",
+            "round-robin",
+        ),
+        (
+            "round-robin",
+            "lora: {adapters: 0, rank: 8, gpu_slots: 2, host_link: 25 GB/s}",
+            "adapters",
+        ),
+        ("round-robin", "lora: {adapters: 4, rank: 8, gpu_slots: 2, host_link: 25}", "host_link"),
+        (
+            "round-robin",
+            "lora: {adapters: 4, rank: 8, gpu_slots: 2, host_link: 25 GB/s}\n  prefix_caching: {memory_fraction: 0.2}",
+            "prefix_caching",
+        ),
+    ],
+)
+def test_bad_lora_blocks_are_refused_at_load(
+    host: Host, write_yaml: Callable[[str, str], Path], router: str, line: str, message: str
+) -> None:
+    """A state-dependent router, no adapters, a link without a unit, or LoRA beside prefix
+    caching: a ScenarioError at load."""
+    text = SCENARIO.replace("ROUTER", router).replace("LORA", line)
+    with pytest.raises(ScenarioError, match=message):
+        load_scenario(write_yaml(text, "bad.yaml"), host)
