@@ -413,8 +413,8 @@ def html_section(run: RunResult) -> str:
     figure = (
         f"<figure>{svg}</figure>"
         if svg
-        else '<p class="missing">This run recorded no operating points (workload.sweep '
-        "disabled).</p>"
+        else '<p class="missing">No operating points are at hand: workload.sweep was '
+        "disabled, or the report was built from run folders, which do not keep them.</p>"
     )
     items = "".join(f"<li>{e(x)}</li>" for x in _sentences(run))
     return (
