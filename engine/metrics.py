@@ -480,6 +480,13 @@ ENGINE_METRICS: tuple[Metric, ...] = (
         table=False,
     ),
     detail(
+        "cheaper_choice",
+        "Cheaper choice",
+        description="at the scenario's busy hours a year: own (buy), rent (on demand) or "
+        "committed (a reserved rental)",
+        order=632,
+    ),
+    detail(
         "offered_rate_per_s",
         "Offered rate",
         "req/s",

@@ -219,6 +219,7 @@ def test_a_short_busy_job_is_told_to_rent_and_a_year_round_one_to_buy() -> None:
         )
         cfg = EconomicsConfig(electricity="0.10 USD/kWh", busy_hours_per_year=hours)
         apply_economics(r, make_spec(cloud_h=10.0), 1, cfg, None)
+        assert r.metrics["cheaper_choice"] == r.details["break_even"]["cheaper"]
         return dict(r.details["break_even"])
 
     short, busy = verdict(500.0), verdict(8000.0)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -200,7 +201,7 @@ def test_summary_marks_the_best_system_per_metric(run: RunResult, page: str) -> 
     assert row is not None and "★" in row.group(0)  # slow misses the SLO: fast is the pick
 
 
-def _with(run: RunResult, **changes: dict[str, float]) -> list[SystemResult]:
+def _with(run: RunResult, **changes: dict[str, Any]) -> list[SystemResult]:
     """Copies of ``run``'s systems with some metrics changed, by system name."""
     out = []
     for s in run.systems:
@@ -258,6 +259,11 @@ def test_the_terminal_prints_the_rent_or_buy_verdict(run: RunResult) -> None:
     caption = str(summary_table(run.summary(), run.vocabulary).caption)
     assert "fast: buying beats renting on demand above" in caption
     assert "busy_hours_per_year" in caption and "slow:" not in caption
+    told = _with(run, fast={"cheaper_choice": "rent", "break_even_months": None})
+    caption = str(
+        summary_table(dataclasses.replace(run, systems=told).summary(), run.vocabulary).caption
+    )
+    assert "the cheaper choice is to rent on demand" in caption
 
 
 def test_not_known_figures_are_said_with_their_reason(page: str, run: RunResult) -> None:

@@ -94,7 +94,9 @@ class Economics:
     (and ``*_per_run`` when the workload reports ``time_to_train_s``), ``None`` where not
     known. ``details``: ``power_states_s``, ``utilization``, ``devices_counted``,
     ``energy_breakdown_j``, ``cost_breakdown_usd``, ``carbon_breakdown_kg``,
-    ``break_even``, ``price_used`` (see :func:`price_used`). ``not_known``: why each ``None`` metric is not known. ``figures``:
+    ``break_even``, ``price_used`` (see :func:`price_used`). ``choice``: the rent-or-buy
+    verdict (``own``, ``rent``, ``committed``) when the scenario gives its busy hours,
+    recorded as the ``cheaper_choice`` summary key. ``not_known``: why each ``None`` metric is not known. ``figures``:
     every figure used, by dotted name.
     """
 
@@ -102,6 +104,7 @@ class Economics:
     details: dict[str, Any] = field(default_factory=dict)
     not_known: dict[str, str] = field(default_factory=dict)
     figures: dict[str, Figure] = field(default_factory=dict)
+    choice: str | None = None
 
     def unknown(self, metric: str, reason: str) -> None:
         """Mark ``metric`` not known, for ``reason``."""
@@ -233,6 +236,7 @@ def price_system(
         out.metrics["break_even_hours_per_year"] = be.result["break_even_hours_per_year"]
         if be.result["busy_hours_per_year"] is not None:
             out.metrics["break_even_months"] = be.result["break_even_months"]
+            out.choice = be.result["cheaper"]
     return out
 
 
@@ -260,6 +264,8 @@ def record(result: SystemResult, priced: Economics) -> None:
     """Add ``priced`` to ``result``: metrics, figures, details and the ``not_known`` reasons
     (joined to any the result already has)."""
     result.metrics.update(priced.metrics)
+    if priced.choice is not None:
+        result.metrics["cheaper_choice"] = priced.choice
     result.figures.update(priced.figures)
     not_known = dict(result.details.get("not_known", {}))
     result.details.update(priced.details)

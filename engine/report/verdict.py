@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from xpusim.engine.capacity import meets_slo
+from xpusim.engine.economics.breakeven import CHOICE
 
 COST_KEYS = ("cost_per_million_tokens_usd", "cost_usd")
 """The cost figures a verdict ranks by, in order of preference."""
@@ -168,13 +169,12 @@ def rent_or_buy_notes(systems: Sequence[SystemLike]) -> str:
         if s.status != "ok" or hours is None:
             continue
         line = f"{s.name}: buying beats renting on demand above {hours:,.0f} busy hours a year"
-        if "break_even_months" in s.metrics:
+        choice = s.metrics.get("cheaper_choice")
+        if isinstance(choice, str) and choice in CHOICE:
+            line += f"; at the scenario's busy hours the cheaper choice is to {CHOICE[choice]}"
             months = _value(s, "break_even_months")
-            line += (
-                f"; at the scenario's busy hours buying pays back after {months:.3g} months"
-                if months is not None
-                else "; at the scenario's busy hours renting (on demand or committed) is cheaper"
-            )
+            if months is not None:
+                line += f", which pays back after {months:.3g} months"
         else:
             line += " (set economics.busy_hours_per_year for a verdict)"
         lines.append(line + ".")
