@@ -7,15 +7,32 @@ GEMM (``MATMUL``, ``CONV`` lowered to GEMM, dense ``SPIKING`` layers with GEMM d
     ``m`` and ``n`` are padded up to tile multiples (**tile quantization**) and ``k`` to
     the K-step ``k_tile``. Each tile runs on one SM; the SMs process tiles in **waves**
     of ``sm_count`` tiles, so ``waves = ⌈tiles / SMs⌉`` (**wave quantization**: 133 tiles
-    on 132 SMs take two waves). One tile takes ``2·tm·tn·k_pad / (per-SM peak ×
-    tensor_fraction × tile_efficiency)``, with per-SM peak = dense peak / SMs.
-    When there are fewer tiles than SMs the K dimension may be split (**split-K**) into
-    ``s`` slices that run on idle SMs, at the price of writing and reading ``s`` fp32
-    partial tiles. Every (tile shape, split) pair in :attr:`GpuEfficiency.tiles` ×
-    :attr:`GpuEfficiency.split_k` is tried and the fastest kept, as cuBLAS/CUTLASS
-    heuristics do; since each candidate's time is non-decreasing in m, n and k, so is
-    the minimum. Memory time is the op's bytes (A, B and C once: tiles share operands
-    through L2) plus split-K partials over ``memory_bw × memory_fraction``.
+    on 132 SMs take two waves). One tile's main loop takes ``2·tm·tn·(k_pad + k_fill) /
+    (per-SM peak × tensor_fraction × tile_efficiency)``, with per-SM peak = dense peak /
+    SMs: ``k_fill`` is the **K-loop pipeline fill** and drain, the K-steps' worth of time
+    a tile spends loading its first stages before the first MMA and finishing the last.
+    After the main loop the tile's **epilogue** stores C; where it does not overlap the
+    main loop (``epilogue_exposed``: register accumulators, Ampere, Hopper, CDNA), the op's
+    C bytes over the achieved bandwidth add to the compute side (a short-K GEMM whose
+    output is large, 4096×32768×512, spends half its time there:
+    ``deepgemm_fp8_dense_gemm_h800_2025_04``). When there are fewer tiles than SMs the K
+    dimension may be split (**split-K**) into ``s`` slices that run on idle SMs, at the
+    price of writing and reading ``s`` fp32 partial tiles. Every (tile shape, split) pair
+    in :attr:`GpuEfficiency.tiles` × :attr:`GpuEfficiency.split_k` is tried and the
+    fastest kept, as cuBLAS/CUTLASS heuristics do; since each candidate's time is
+    non-decreasing in m, n and k, so is the minimum. Memory time is the op's bytes (A, B
+    and C once: tiles share operands through L2) plus split-K partials over ``memory_bw ×
+    memory_fraction`` (the roofline: a small-M GEMM streams its weights at the achieved
+    bandwidth). The tiles include **narrow-M** ones (8 and 16 rows): with few tokens,
+    weight-only and GEMV-like kernels (Marlin, AWQ, TensorRT-LLM's swap-AB FP8/FP4
+    kernels) put the weights on the MMA's wide side and the tokens on its narrow one, so
+    a decode GEMM pads its tokens to 8 or 16 rows, not 64, and streams its weights at the
+    format's bytes.
+
+    ``tensor_fraction`` is the **best-shape asymptote**: fitted per GPU so that the
+    model's fastest shape over a search like the one that measured the best-shape
+    ``torch.matmul`` rate runs at that rate (``benchmarks/fit_kernels.py``); real shapes
+    come out lower by their own tile, wave, fill and epilogue losses.
 
 ATTENTION (flash-attention style)
     Q, K and V are read once and O written once: ``batch·(2·q·d·bytes + 2·keys·d·kv_bytes)``
@@ -126,14 +143,40 @@ class GpuEfficiency:
         (64, 128, 0.80),
         (128, 64, 0.80),
         (64, 64, 0.60),
+        (16, 128, 0.60),
+        (8, 128, 0.60),
     )
     """Candidate CTA tiles ``(tm, tn, tile_efficiency)``. Smaller tiles re-read operands
     more per FLOP and keep fewer tensor cores fed, so they sustain a smaller fraction of
     ``tensor_fraction``. The relative efficiencies are assumptions (CUTLASS's default
-    Hopper/Ampere tiles are 128×128 and 128×256)."""
+    Hopper/Ampere tiles are 128×128 and 128×256). The 16- and 8-row tiles are the
+    narrow-M (swap-AB) tiles of weight-streaming kernels: the weights fill the MMA's
+    16-row side and the tokens its 8-wide side (``mma.m16n8k16``; Hopper's ``wgmma``
+    takes N down to 8), as Marlin's 16-token blocks and TensorRT-LLM's small-batch FP8
+    and FP4 GEMMs do; they are taken at the smallest wide tile's share (assumption). A
+    decode GEMM of a few tokens then pads to 8 or 16 rows and is bound by its weight
+    bytes; in the tightest case of the catalog, 4-bit weights dequantized into an A100
+    bf16 GEMM, that holds for any share above about 0.25 at 8 tokens and 0.5 at 16."""
 
     k_tile: int = 64
     """K-step of the main loop; K is padded to a multiple of it."""
+
+    epilogue_exposed: float = 1.0
+    """Share of a tile's epilogue (storing C) that does not overlap the main loop: 1 where
+    the accumulators live in registers and a tile's store ends before its SM starts the
+    next tile (Ampere, Hopper, Ada and CDNA kernels; DeepGEMM's FP8 GEMMs:
+    ``deepgemm_fp8_dense_gemm_h800_2025_04``); 0 where they live in Blackwell's tensor
+    memory, double-buffered, so one tile's store runs under the next tile's MMAs (a 1 there
+    would cap B300's best-shape BF16 matmul, 12288x18432x1024, below its measured 1,769
+    TFLOP/s at any tensor fraction: ``mamf_bf16_matmul_multi_gpu``)."""
+
+    k_fill: float = 0.0
+    """K-loop pipeline fill and drain of one tile, in K elements of main-loop time: the
+    loads of the first pipeline stages before the first MMA and the last MMAs after the
+    last load, which a short K cannot amortize. Fitted to how DeepGEMM's FP8 GEMMs change
+    with shape (``benchmarks/fit_kernels.py``): 0, their short-K rows fall exactly as far
+    as the epilogue explains (persistent kernels load a tile's first stages under the
+    previous tile)."""
 
     split_k: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     """Split-K factors the heuristic may pick when tiles are fewer than SMs."""
@@ -173,6 +216,10 @@ class GpuEfficiency:
             raise XpusimError("GPU efficiency overheads must not be negative.")
         if not self.tiles or any(tm < 1 or tn < 1 or not 0 < e <= 1 for tm, tn, e in self.tiles):
             raise XpusimError("GPU efficiency tiles must be (tm >= 1, tn >= 1, 0 < eff <= 1).")
+        if self.k_fill < 0:
+            raise XpusimError("GPU efficiency k_fill must not be negative.")
+        if not 0 <= self.epilogue_exposed <= 1:
+            raise XpusimError("GPU efficiency epilogue_exposed must be in [0, 1].")
         if not self.split_k or 1 not in self.split_k:
             raise XpusimError("GPU efficiency split_k must include 1 (no split).")
 
@@ -276,13 +323,22 @@ class GpuCostModel:
         return self.eff.tensor_fraction
 
     def gemm(
-        self, m: int, n: int, k: int, batch: int, dtype: str, nbytes: float
+        self,
+        m: int,
+        n: int,
+        k: int,
+        batch: int,
+        dtype: str,
+        nbytes: float,
+        out_bytes: float = 0.0,
     ) -> tuple[OpTime, dict[str, float]]:
-        """Time of a (batched) GEMM and the chosen configuration
-        (``tm``, ``tn``, ``split``, ``tiles``, ``waves``)."""
+        """Time of a (batched) GEMM and the chosen configuration (``tm``, ``tn``,
+        ``split``, ``tiles``, ``waves``). ``nbytes`` is every byte the op moves, of which
+        ``out_bytes`` are C, stored by the epilogue after the main loop."""
         e = self.eff
         per_sm = self.peak(dtype) * self.gemm_fraction(dtype) / self.sms
         m, n, k = max(1, m), max(1, n), max(1, k)
+        c_bytes = min(max(0.0, out_bytes), max(0.0, nbytes))
         ktiles = math.ceil(k / e.k_tile)
         best: tuple[float, float, float, dict[str, float]] | None = None
         for tm, tn, te in e.tiles:
@@ -291,9 +347,11 @@ class GpuCostModel:
                 if split > 1 and tiles * split > self.sms:
                     continue
                 waves = math.ceil(tiles * split / self.sms)
-                k_per = math.ceil(ktiles / split) * e.k_tile
-                compute = waves * 2.0 * tm * tn * k_per / (per_sm * te)
+                k_per = math.ceil(ktiles / split) * e.k_tile + e.k_fill
+                main = waves * 2.0 * tm * tn * k_per / (per_sm * te)
                 partial = tiles * tm * tn * 4.0 * 2 * split if split > 1 else 0.0
+                epilogue = e.epilogue_exposed * (c_bytes + partial) / self.bw
+                compute = main + epilogue
                 memory = (nbytes + partial) / self.bw
                 t = max(compute, memory)
                 if best is None or t < best[0] - 1e-15:
@@ -345,7 +403,7 @@ class GpuCostModel:
         if k in (OpKind.MATMUL, OpKind.CONV) or (k is OpKind.SPIKING and len(op.dims) == 3):
             if len(op.dims) >= 3:
                 m, n, kk = (int(x) for x in op.dims[:3])
-                return self.gemm(m, n, kk, op.batch, op.dtype, op.bytes)[0]
+                return self.gemm(m, n, kk, op.batch, op.dtype, op.bytes, op.bytes_written)[0]
             return OpTime(
                 op.flops / (self.peak(op.dtype) * self.gemm_fraction(op.dtype)),
                 op.bytes / self.bw,

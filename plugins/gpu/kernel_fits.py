@@ -1,11 +1,14 @@
 """Per-GPU kernel efficiency fitted to public kernel measurements.
 
 ``plugins/gpu/kernel_fits.yaml`` is written by ``python benchmarks/fit_kernels.py`` from
-the shared reference kernel tables (best-shape BF16/FP8 matmul rates, DeepGEMM FP8 GEMMs,
-FlashAttention-2 rates by head dim, length and causality, STREAM read bandwidth). For each
-catalog GPU it holds the fitted :class:`~xpusim.plugins.gpu.efficiency.GpuEfficiency`
-fractions, what each was fitted to and its in-sample and held-out error, or, for a
-parameter the GPU has no table for, the nearest fitted architecture it inherits from.
+the shared reference kernel tables (best-shape BF16/FP8 matmul rates, DeepGEMM FP8 GEMMs
+by shape, FlashAttention-2 rates by head dim, length and causality, FlashMLA and STREAM
+bandwidth). For each catalog GPU it holds the fitted
+:class:`~xpusim.plugins.gpu.efficiency.GpuEfficiency` parameters (the best-shape
+asymptotes, the GEMM shape mechanism, bandwidth, overhead, attention), what each was
+fitted to and its in-sample and held-out error; for a parameter the GPU has no table for,
+the nearest fitted architecture it inherits from; for one that is a property of the
+architecture (whether the GEMM epilogue overlaps the main loop), that property.
 The GPU backend applies them as the device's defaults, below the catalog's own
 ``efficiency`` figures, a calibration file and inline options.
 """
@@ -38,6 +41,8 @@ def fitted_params(device: str) -> dict[str, tuple[float, str]]:
             how = f"inherited from {rec['inherited_from']}'s fit (no table for {device})"
         elif "taken_from" in rec:
             how = f"no 8-bit table for {device}: {rec['taken_from']}"
+        elif "assumed" in rec:
+            how = f"stated property of the architecture: {rec['assumed']}"
         else:
             held = rec.get("held_out", {})
             err = (
