@@ -37,6 +37,7 @@ from xpusim.engine.qty import Duration
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.serving import metrics, routers, schedulers
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate
+from xpusim.plugins.workloads.serving.expert import ExpertGroupCompiled, expert_group
 from xpusim.plugins.workloads.serving.lora import LORA_METRICS, Lora, LoraCompiled, LoraRun
 from xpusim.plugins.workloads.serving.lora import adapter_params as lora_params
 from xpusim.plugins.workloads.serving.lora import replay as replay_lora
@@ -297,6 +298,10 @@ class ServingWorkload(Workload):
         frame = request_frame(config, ctx)
         system = ctx.system
         inner = ctx.compiled
+        ranks = expert_group(system, ctx.model)  # an expert group steps as one replica
+        if ranks > 1:
+            inner = ExpertGroupCompiled(inner, ranks)
+        replicas = system.replicas // ranks
         spec: SpeculativeRun | None = None
         if config.speculative_decoding is not None:  # steps of draft k, verify k + 1
             spec = prepare_speculative(config.speculative_decoding, ctx)
@@ -315,7 +320,7 @@ class ServingWorkload(Workload):
                 config.lora,
                 frame,
                 inner,
-                replicas=system.replicas,
+                replicas=replicas,
                 kv_capacity_tokens=kv_tokens,
                 kv_block_tokens=config.kv_block_tokens,
                 seed=ctx.seed,
@@ -327,7 +332,7 @@ class ServingWorkload(Workload):
             cache = replay(
                 config.prefix_caching,
                 frame,
-                replicas=system.replicas,
+                replicas=replicas,
                 kv_capacity_tokens=kv_tokens,
                 kv_block_tokens=config.kv_block_tokens,
                 seed=ctx.seed,
@@ -339,8 +344,8 @@ class ServingWorkload(Workload):
             frame,
             compiled,
             system=system.name,
-            replicas=system.replicas,
-            devices_per_replica=system.parallelism.model_parallel,
+            replicas=replicas,
+            devices_per_replica=system.parallelism.model_parallel * ranks,
             scheduler=config.scheduler,
             router=router,
             kv_block_tokens=config.kv_block_tokens,
