@@ -14,7 +14,13 @@ shape, and why it is attached to ``h100-sxm``. Three comparisons are printed:
    (phi-2's, a different hidden size and MLP width);
 4. **public kernel fit, held out**: the device's defaults fitted to the shared public
    kernel tables (``plugins/gpu/kernel_fits.yaml``, ``benchmarks/fit_kernels.py``), which
-   never saw these points, against every point.
+   never saw these points, against every point;
+5. **MI355X small-M GEMMs, held out**: the public kernel fit of ``mi355x`` (its best-shape
+   asymptote; bandwidth and kernel overhead inherited from MI300X and H100) against the
+   BF16 decode GEMMs of ``aiter_flydsl_decode_gemm_latency_mi355x`` (K = 7,168, N = 64 to
+   1,024, M = 1 to 128): AITER's FlyDSL kernel and the fastest generic library kernel
+   (hipBLASLt, Triton, assembly) of each shape. Another vendor's small-M regime, where a
+   GEMM is bound by its weight bytes and its fixed cost.
 
 Each part prints the median and maximum |error| overall and per regime: ``m <= 64``
 (decode-sized GEMMs, bound by memory and kernel overhead), ``64 < m < 1024`` and
@@ -40,6 +46,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -48,12 +56,13 @@ from xpusim.engine.device import DeviceSpec  # noqa: E402
 from xpusim.engine.graph import OpKind  # noqa: E402
 from xpusim.plugins.gpu import points as points_mod  # noqa: E402
 from xpusim.plugins.gpu.catalog import catalog  # noqa: E402
-from xpusim.plugins.gpu.efficiency import GpuEfficiency  # noqa: E402
+from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency  # noqa: E402
 from xpusim.plugins.gpu.kernel_fits import fitted_params  # noqa: E402
 from xpusim.plugins.gpu.measure import fit_params, fit_report  # noqa: E402
-from xpusim.plugins.gpu.points import Point, Points  # noqa: E402
+from xpusim.plugins.gpu.points import Point, Points, gemm_op  # noqa: E402
 
 DEFAULT_POINTS = REPO / "calibrations" / "points" / "vidur-h100-fp16-linear.points.json"
+KERNELS = REPO.parent / "shared" / "reference" / "kernels.yaml"
 REGIMES = (("m<=64", 1, 64), ("64<m<1024", 65, 1023), ("m>=1024", 1024, 1 << 62))
 
 
@@ -111,13 +120,48 @@ def _subset(pts: Points, keep: Sequence[Point]) -> Points:
     return replace(pts, gemm=tuple(keep), attention=())
 
 
+def mi355x_small_m(kernels: Path, rows: bool) -> dict[str, Any]:
+    """The public kernel fit of ``mi355x`` against the small-M BF16 GEMM latencies of
+    ``aiter_flydsl_decode_gemm_latency_mi355x`` (part 5 of the module docstring)."""
+    entry = next(
+        e
+        for e in yaml.safe_load(kernels.read_text(encoding="utf-8"))
+        if e["id"] == "aiter_flydsl_decode_gemm_latency_mi355x"
+    )
+    spec = catalog()["mi355x"]
+    eff = replace(GpuEfficiency(), **{k: v for k, (v, _how) in fitted_params(spec.name).items()})
+    cost = GpuCostModel(spec, eff)
+    out: dict[str, Any] = {"part": "mi355x small-M, held out", "rows": []}
+    errs: dict[str, list[float]] = {"flydsl_us": [], "best_baseline_us": []}
+    for r in entry["rows"]:
+        m, n = int(r["M"]), int(r["N"])
+        t = cost(gemm_op(m, n, 7168, "bf16")).seconds
+        row = {"m": m, "n": n, "k": 7168, "predicted_s": t}
+        for col, acc in errs.items():
+            acc.append(t / (float(r[col]) * 1e-6) - 1.0)
+            row[col] = float(r[col])
+        out["rows"].append(row)
+        if rows:
+            print(
+                f"    {m:>4}x{n:>5}x7168 FlyDSL {r['flydsl_us']:5.1f} us  best library "
+                f"{r['best_baseline_us']:5.1f} us  predicted {t * 1e6:5.1f} us"
+            )
+    line = "mi355x small-M, held out"
+    for col, label in (("flydsl_us", "FlyDSL"), ("best_baseline_us", "best library")):
+        out[label] = _stats(errs[col])
+        line += f" | against {label} {_fmt(out[label])}"
+    print(line)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the four comparisons and print (and optionally write) their figures."""
+    """Run the five comparisons and print (and optionally write) their figures."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--points", type=Path, default=DEFAULT_POINTS)
     ap.add_argument("--holdout", default="phi-2", help="label prefix of the held-out points")
     ap.add_argument("--rows", action="store_true", help="list every point")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks/out/validate_gpu_kernels.json")
+    ap.add_argument("--kernels", type=Path, default=KERNELS, help="shared reference kernels")
     args = ap.parse_args(argv)
 
     pts = points_mod.load(args.points)
@@ -158,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.rows,
             )
         )
+    if args.kernels.exists():
+        parts.append(mi355x_small_m(args.kernels, args.rows))
     print("fitted to all points: " + ", ".join(f"{k}={v:.4g}" for k, v in fitted.items()))
     if held_fit:
         print(
