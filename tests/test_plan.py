@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from tests.test_run_pipeline import Inline
 from xpusim.engine.capacity import meets_slo
 from xpusim.engine.cli import app
+from xpusim.engine.errors import XpusimError
 from xpusim.engine.host import Host
 from xpusim.engine.plan.search import PlanError, run_plan
 from xpusim.engine.run import load, simulate
@@ -190,3 +191,13 @@ def test_over_every_device_no_cheaper_configuration_met_the_slo(host: Host, tmp_
     assert met(best["count"]) is True
     if best["replicas"] > 1:
         assert met(best["count"] - best["tensor"] * best["pipeline"]) is False
+
+
+def test_an_existing_plan_folder_is_refused_before_any_work(host: Host, tmp_path: Path) -> None:
+    """--out naming a folder with files in it is refused at once, and left as it was."""
+    out = tmp_path / "plan"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(XpusimError, match="never overwrites"):
+        run_plan(PLAN_8B, host, Inline(), out, overrides=H100_ONLY)
+    assert (out / "keep.txt").read_text(encoding="utf-8") == "mine"

@@ -143,6 +143,7 @@ def run_plan(
 ) -> PlanResult:
     """Answer the scenario's ``plan:`` question and write plan.json and plan.md whole."""
     started = time.perf_counter()
+    check_out(out_dir)
     data, src = read_scenario_data(path)
     for item in overrides:
         key, value = parse_set(item)
@@ -246,11 +247,21 @@ def run_plan(
     return PlanResult(doc, out_dir)
 
 
+def check_out(out_dir: Path) -> None:
+    """Refuse, before any work, a plan folder that exists and is not empty."""
+    out_dir = Path(out_dir)
+    taken = out_dir.is_dir() and any(out_dir.iterdir())
+    if taken or (out_dir.exists() and not out_dir.is_dir()):
+        raise ScenarioError(
+            f"--out {out_dir}: that path exists and is not an empty folder; a plan never "
+            "overwrites anything. Name a new folder."
+        )
+
+
 def write_plan(doc: Mapping[str, Any], out_dir: Path) -> None:
     """Write plan.json and plan.md into ``out_dir`` whole (a temporary folder renamed)."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ScenarioError(f"--out {out_dir}: the folder exists and is not empty; name a new one.")
+    check_out(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
