@@ -89,8 +89,9 @@ def break_even(spec: DeviceSpec, config: EconomicsConfig, en: Energy) -> BreakEv
 
     ``break_even_hours_per_year``: the busy hours above which owning costs less than renting
     on demand. ``break_even_months``: when owning is the cheaper choice at the scenario's
-    busy hours, how long until the purchase price is paid back by the rent saved. ``cheaper``: ``own``, ``rent`` or
-    ``committed`` over a year at those hours (``None`` when the scenario gives none).
+    busy hours, how long until the purchase price is paid back by the rent saved.
+    ``cheaper``: ``own``, ``rent`` or ``committed`` over a year at those hours (``None``
+    when the scenario gives none).
     """
     rent_tier = config.pricing if config.pricing in ("cloud", "spot") else "cloud"
     rent, rent_fig, why = rent_price(spec, config, rent_tier)

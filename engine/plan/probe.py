@@ -1,14 +1,19 @@
-"""Sizing one shape in a worker: the simulations of one configuration shape.
+"""Searching in a worker: one device's shapes built, then each sized by simulation.
 
-:func:`run_shape` is what an executor runs (picklable task in, list of rows out). In
-``count`` mode it finds the fewest replicas that meet the SLOs at the offered load: it
-starts at the shape's lower bound (the closed-form one, or the count limit); on a pass it
-steps down until a count misses (so the closed-form bound is checked, never trusted), on
-a miss it doubles until a count passes or the limit is reached, then bisects between the
-last miss and the first pass. The answer's next cheaper count (one replica fewer) was
-therefore simulated and missed, unless the answer is the fewest the limits allow. In ``rate`` mode it holds the most replicas the limits
-allow and, from the closed-form bound, halves or doubles the offered rate until the knee
-is bracketed, then bisects (:func:`xpusim.engine.capacity.search_knee`). Every simulation is a row of plan.json.
+:func:`run_device` is what the executor runs (a picklable :class:`DeviceRun` in, a
+:class:`DeviceOutcome` out): it builds the device's shapes
+(:func:`~xpusim.engine.plan.space.device_space`) and sizes each with :func:`run_shape`.
+
+In ``count`` mode :func:`run_shape` finds the fewest replicas that meet the SLOs at the
+offered load. It starts at the shape's lower bound (the closed-form one, or the count
+limit); on a pass it steps down until a count misses (so the bound is checked, never
+trusted), on a miss it doubles until a count passes or the limit is reached, then it
+bisects between the last miss and the first pass. The answer's next cheaper count (one
+replica fewer) was therefore simulated and missed, unless the answer is the fewest the
+limits allow. In ``rate`` mode it holds the most replicas the limits allow and, from the
+closed-form bound, halves or doubles the offered rate until the knee is bracketed, then
+bisects (:func:`xpusim.engine.capacity.search_knee`). Every simulation is a row of
+plan.json.
 """
 
 from __future__ import annotations
@@ -168,7 +173,7 @@ def _by_rate(task: ShapeTask) -> list[dict[str, Any]]:
 
 
 def run_shape(task: ShapeTask) -> list[dict[str, Any]]:
-    """Every configuration simulated while sizing one shape (the executor's function)."""
+    """Every configuration simulated while sizing one shape."""
     return _by_rate(task) if task.mode == "rate" else _by_count(task)
 
 
