@@ -236,10 +236,15 @@ def serving_metrics(
 
 
 def column_mean(frame: Frame, column: str) -> float | None:
-    """Mean of ``column`` (nulls and NaNs left out), ``None`` when empty."""
+    """Mean of ``column`` (nulls and NaNs left out), ``None`` when empty.
+
+    The column is collected into one contiguous array before summing, so the result does
+    not depend on how the frame is chunked (a frame spilled to disk in parts gives the
+    same bits as the one held in memory).
+    """
     vals = pl.col(column).drop_nulls()
-    v = frame.lazy().select(vals.filter(~vals.is_nan()).mean()).collect().item()
-    return None if v is None else float(v)
+    arr = frame.lazy().select(vals.filter(~vals.is_nan())).collect().to_series().to_numpy()
+    return float(np.mean(arr)) if arr.size else None
 
 
 def _p99_verdict(m: Mapping[str, Any], ttft_s: float | None, tpot_s: float | None) -> bool | None:
