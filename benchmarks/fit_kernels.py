@@ -113,7 +113,7 @@ TMEM_NOTE = (
 )
 
 REGISTER_NOTE = (
-    "Hopper, Ampere and CDNA keep the accumulators in registers, so a tile's C store ends "
+    "Hopper, Ampere, Ada and CDNA keep the accumulators in registers, so a tile's C store ends "
     "before its SM starts the next tile: with the store exposed DeepGEMM's six M = 4096 FP8 "
     "GEMMs come out within 6.4% (median 2.5%); with it hidden, median 16% and up to 78% too "
     "fast (4096x32768x512, half of whose time is storing C)"
@@ -130,10 +130,10 @@ PARAMS = (
 )
 
 SAME_SILICON = {"h200-sxm": "h100-sxm"}
-"""Parts whose own single best-shape row is not fitted because the same chip has a
-multi-shape fit: H200 is H100's GH100 die with more memory (the MAMF table says its BF16
-rate "is the same"); one best-shape row fits the wave-quantization loss of that one shape
-as much as the chip."""
+"""Parts whose own best-shape row is not fitted because the same chip has a fit: H200 is
+H100's GH100 die with more memory (the MAMF table says its BF16 rate "is the same"), so it
+takes H100's fractions rather than a second, separately measured maximum of the same
+tensor cores."""
 
 BF16_RATE_FOR_LOWP = ("mi300x", "mi325x", "mi355x")
 """GPUs whose 8-bit GEMMs are taken to run at their own measured BF16 rate
