@@ -189,9 +189,10 @@ def test_fp8_speeds_up_gemms_and_keeps_bf16_weights(host: Any) -> None:
 
 def test_fp8_casts_each_gemm_operand_as_memory_bound_work(host: Any) -> None:
     """FP8 adds the cast-and-transpose of every layer GEMM's input (forward) and output
-    gradient (backward) per micro-batch and of the weights once a step, as memory-bound
-    seconds: 2 bytes read and 2 written per element, so the pass with more elements
-    (here the outputs: fused QKV and the MLP's up projections) casts for longer."""
+    gradient (backward) per micro-batch (the inputs again under full recomputation) and of
+    the weights once a step, as memory-bound seconds: 2 bytes read and 2 written per
+    element, so the pass with more elements (here the outputs: fused QKV and the MLP's up
+    projections) casts for longer."""
     model = _model(host, "llama", **SMALL)
     par = Parallelism(data=8)
     compiled = _compile(host, model, par)
@@ -214,6 +215,14 @@ def test_fp8_casts_each_gemm_operand_as_memory_bound_work(host: Any) -> None:
     added = layers * (casts.forward_s + casts.backward_s) * fp8.microbatches
     assert fp8.device_s["memory"] - bf16.device_s["memory"] == pytest.approx(
         added + layers * casts.weights_s, rel=1e-6
+    )
+    # a fully recomputed forward casts its GEMM inputs a second time
+    full = {"recompute": "full"}
+    bf16_full = step_time(compiled, model, _plan(precision="bf16", **full))
+    fp8_full = step_time(compiled, model, _plan(precision="fp8", **full))
+    again = layers * casts.forward_s * fp8.microbatches
+    assert fp8_full.device_s["memory"] - bf16_full.device_s["memory"] == pytest.approx(
+        added + again + layers * casts.weights_s, rel=1e-6
     )
 
 

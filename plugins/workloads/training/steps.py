@@ -46,8 +46,8 @@ stages of ``v`` chunks, ``m = global_batch / (micro_batch · d)`` micro-batches)
    LM head and everything memory-bound stay as priced in bf16. Quantizing the GEMM
    operands is added as the memory-bound work it is
    (:class:`~xpusim.plugins.workloads.training.stagecost.Fp8Casts`: each weight GEMM's
-   input in the forward and output gradient in the backward cast and transposed to FP8
-   every micro-batch, the weights once a step).
+   input in the forward (and again in a fully recomputed forward) and output gradient in
+   the backward cast and transposed to FP8 every micro-batch, the weights once a step).
 2e. **DualPipe** (``schedule: dualpipe``, DeepSeek-V3): micro-batches enter from both
    ends and each forward chunk runs beside another micro-batch's backward chunk, the
    communication of one hidden behind the computation of the other
@@ -286,12 +286,16 @@ def step_time(
                     1.0 - 1.0 / speed
                 )
         if plan.precision == "fp8":
-            # the FP8 casts of the layers' GEMM operands; the weights once a step
-            fwd["memory"] = fwd.get("memory", 0.0) + k * (scm.fp8.forward_s + scm.fp8.weights_s / m)
-            bwd["memory"] = bwd.get("memory", 0.0) + k * scm.fp8.backward_s
+            # the FP8 casts of the layers' GEMM operands (a recomputed forward casts its
+            # inputs again); the weights' casts, once a step, do not shrink with context
+            fwd["memory"] = fwd.get("memory", 0.0) + k * scm.fp8.forward_s
+            again = scm.fp8.forward_s if plan.recompute == "full" else 0.0
+            bwd["memory"] = bwd.get("memory", 0.0) + k * (scm.fp8.backward_s + again)
         st = _Stage({}, {})
         _add(st.fwd, fwd, 1.0 / cp)
         _add(st.bwd, bwd, 1.0 / cp)
+        if plan.precision == "fp8":
+            st.fwd["memory"] = st.fwd.get("memory", 0.0) + k * scm.fp8.weights_s / m
         if cp > 1:
             attn_f = k * scm.forward.layer_attention_compute_s / cp
             attn_b = k * scm.backward.layer_attention_compute_s / cp
