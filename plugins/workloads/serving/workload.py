@@ -30,13 +30,14 @@ from pydantic import (
 )
 
 from xpusim.engine import tracereg
-from xpusim.engine.errors import TraceError
+from xpusim.engine.errors import TraceError, XpusimError
 from xpusim.engine.metrics import detail
 from xpusim.engine.policies import Router, SchedulerSpec, check_name, resolve
 from xpusim.engine.qty import Duration
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
-from xpusim.plugins.workloads.serving import metrics, routers, schedulers
+from xpusim.plugins.workloads.serving import disagg, metrics, routers, schedulers
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate
+from xpusim.plugins.workloads.serving.disagg import DISAGG_METRICS, Disaggregation
 from xpusim.plugins.workloads.serving.expert import ExpertGroupCompiled, expert_group
 from xpusim.plugins.workloads.serving.lora import LORA_METRICS, Lora, LoraCompiled, LoraRun
 from xpusim.plugins.workloads.serving.lora import adapter_params as lora_params
@@ -198,6 +199,7 @@ class ServingConfig(BaseModel):
     prefix_caching: PrefixCaching | None = None
     speculative_decoding: SpeculativeDecoding | None = None
     lora: Lora | None = None
+    disaggregation: Disaggregation | None = None
 
     _router: Router | None = PrivateAttr(default=None)
     _stack: StackProfile | None = PrivateAttr(default=None)
@@ -229,6 +231,17 @@ class ServingConfig(BaseModel):
     @model_validator(mode="after")
     def _prefix_routing(self) -> ServingConfig:
         pc = self.prefix_caching
+        if self.disaggregation is not None:
+            other = [
+                k
+                for k in ("prefix_caching", "speculative_decoding", "lora")
+                if getattr(self, k) is not None
+            ]
+            if other:
+                raise ValueError(
+                    f"disaggregated serving is not combined with {', '.join(other)} yet: "
+                    f"compare them in separate scenarios"
+                )
         if self.lora is not None and (pc is not None or self.router != "round-robin"):
             raise ValueError(
                 "multi-LoRA serving replays adapter loads ahead of the run over round-robin "
@@ -283,6 +296,7 @@ class ServingWorkload(Workload):
         *PREFIX_METRICS,
         *SPEC_METRICS,
         *LORA_METRICS,
+        *DISAGG_METRICS,
         detail("replicas", "Replicas", description="model replicas the devices hold"),
         detail(
             "kv_capacity_tokens",
@@ -297,6 +311,9 @@ class ServingWorkload(Workload):
         assert isinstance(config, ServingConfig)
         frame = request_frame(config, ctx)
         system = ctx.system
+        dis = config.disaggregation
+        if dis is not None and dis.applies(system.name):
+            return self._disaggregated(config, dis, ctx, frame)
         inner = ctx.compiled
         ranks = expert_group(system, ctx.model)  # an expert group steps as one replica
         if ranks > 1:
@@ -376,6 +393,35 @@ class ServingWorkload(Workload):
         if adapters is not None:
             m.update(adapters.metrics)
         return SystemRun(metrics=m, frames=res.frames, simulated_s=res.simulated_s)
+
+    def _disaggregated(
+        self, config: ServingConfig, dis: Disaggregation, ctx: WorkloadContext, frame: Any
+    ) -> SystemRun:
+        """Serve on a prefill pool and a decode pool (:mod:`.disagg`)."""
+        if ctx.system.parallelism.expert > 1:
+            raise XpusimError(
+                f"system {ctx.system.name!r}: disaggregated pools are tensor-parallel "
+                f"replicas; expert parallelism is not combined with them yet."
+            )
+        stack = stack_for(config, ctx.system.backend)
+        frames, span, extra = disagg.serve(
+            dis,
+            disagg.pools(dis, ctx),
+            frame,
+            wrap=lambda c: StackCompiled(c, stack),
+            scheduler=config.scheduler,
+            kv_block_tokens=config.kv_block_tokens,
+            kv_memory_fraction=config.kv_memory_fraction,
+            system=ctx.system.name,
+            seed=ctx.seed,
+        )
+        ttft_slo, tpot_slo, itl_slo = config.slo.bounds()
+        m = metrics.serving_metrics(
+            frames, span, ttft_slo_s=ttft_slo, tbt_slo_s=tpot_slo, itl_max_slo_s=itl_slo
+        )
+        m.update(extra)
+        m["replicas"] = extra["prefill_replicas"] + extra["decode_replicas"]
+        return SystemRun(metrics=m, frames=dict(frames), simulated_s=span)
 
     def traces(self, config: BaseModel) -> list[Mapping[str, Any]]:
         """The request trace, or the traces empirical length distributions sample from."""

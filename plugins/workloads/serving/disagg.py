@@ -1,0 +1,391 @@
+"""Disaggregated prefill and decode (Splitwise, DistServe, Mooncake, Dynamo).
+
+The system's devices are split into a **prefill pool** and a **decode pool**, each of its
+own replicas (``count`` devices of ``tensor``-parallel replicas each; the two counts add
+up to the system's). A request is prefilled in the prefill pool, which produces its first
+token; its KV cache (``prompt × KV bytes per token``) then crosses the link that joins the
+pools, and the decode pool generates the other tokens. Both pools are serving worlds of
+their own with their queues, batching and KV caches:
+
+* the prefill pool serves each request as a one-token request (its scheduler is the
+  scenario's);
+* the KV transfer takes ``latency + bytes / bandwidth`` over the chosen link (``scale-out``,
+  the network between nodes, by default; ``scale-up``, the node's fabric; or a stated
+  ``{bandwidth, latency}``). With ``layerwise: true`` (Mooncake, DistServe) each layer's
+  KV is sent as soon as the layer is prefilled, so the transfer overlaps the prefill and
+  only what outlasts it is exposed: ``latency + max(bytes / bandwidth − prefill time,
+  bytes / (bandwidth × layers))``;
+* the decode pool receives the request when its KV has arrived and generates ``output −
+  1`` tokens under continuous batching (``max_batch`` from the scenario's scheduler; the
+  token budget does not apply since no prompt is computed). The iteration that admits a
+  request is priced as its first decode step over the prompt's context, not a prefill.
+
+The ``requests`` frame joins both: arrival, first scheduling and first token from the
+prefill pool, finish from the decode pool, ``replica`` the decode replica (numbered after
+the prefill replicas); the ``steps`` and ``devices`` frames hold both pools (prefill
+replicas first), so energy and cost count every device; the token gaps are the decode
+pool's plus each request's hand-off gap (first token to second).
+
+Not modelled: a transfer's contention with other transfers on the link, and pools of
+different devices (both pools are the system's device).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from xpusim.engine.backend import Compiled, Cost
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.metrics import Metric, detail
+from xpusim.engine.policies import SchedulerSpec
+from xpusim.engine.qty import Bandwidth, DurationOrZero
+from xpusim.engine.system import Parallelism, System
+from xpusim.engine.workload import WorkloadContext
+from xpusim.plugins.workloads.serving.world import ServingResult, simulate_serving
+from xpusim.plugins.workloads.serving.wrapped import WrappedCompiled
+
+BIG_BUDGET = 1 << 40
+"""The decode pool's token budget: no prompt is computed there, so none limits a batch."""
+
+
+class Pool(BaseModel):
+    """One pool: its devices and the tensor parallelism of its replicas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(ge=1)
+    tensor: int = Field(default=1, ge=1)
+
+
+class Link(BaseModel):
+    """A stated link between the pools."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bandwidth: Bandwidth
+    latency: DurationOrZero = 0.0
+
+
+class Disaggregation(BaseModel):
+    """``workload.disaggregation``: the two pools, the link joining them, and which
+    systems of the scenario are disaggregated (all when ``systems`` is left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefill: Pool
+    decode: Pool
+    link: Literal["scale-out", "scale-up"] | Link = "scale-out"
+    layerwise: bool = True
+    systems: list[str] | None = None
+
+    def applies(self, system: str) -> bool:
+        """Whether ``system`` runs disaggregated."""
+        return self.systems is None or system in self.systems
+
+
+DISAGG_METRICS: tuple[Metric, ...] = (
+    detail(
+        "kv_transfer_mean_s",
+        "KV transfer exposed (mean)",
+        "s",
+        better="lower",
+        description="mean time a request's KV transfer to the decode pool added",
+    ),
+    detail("prefill_replicas", "Prefill replicas", description="replicas of the prefill pool"),
+    detail("decode_replicas", "Decode replicas", description="replicas of the decode pool"),
+)
+"""The metrics a disaggregated run adds."""
+
+
+class DecodePoolCompiled(WrappedCompiled):
+    """The decode pool's prices: a prompt part (a request that arrives with its KV) is
+    its first decode step over that context, not a prefill."""
+
+    def _cost(self, shape: Shape) -> Cost:
+        def as_decode(p: Shape) -> Shape:
+            if p.phase is not Phase.PREFILL:
+                return p
+            return Shape(Phase.DECODE, batch=p.batch, tokens=1, context=p.context + p.tokens)
+
+        if shape.phase is Phase.MIXED:
+            parts = [as_decode(p) for p in shape.parts]
+            batch = sum(p.batch for p in parts)
+            ctx = sum(p.batch * p.context for p in parts) // max(1, batch)
+            return self.inner.cost(Shape(Phase.DECODE, batch=batch, tokens=1, context=ctx))
+        return self.inner.cost(as_decode(shape))
+
+
+@dataclass
+class Pools:
+    """The two compiled pools of one system."""
+
+    prefill: Compiled
+    decode: Compiled
+    prefill_system: System
+    decode_system: System
+    bandwidth: float
+    latency: float
+
+
+def pools(spec: Disaggregation, ctx: WorkloadContext) -> Pools:
+    """Compile the model on each pool of ``ctx.system``; refuse pools that do not add up
+    to the system or do not divide into replicas."""
+    from xpusim.engine.host import default_host
+
+    system = ctx.system
+    p, d = spec.prefill, spec.decode
+    if p.count + d.count != system.count:
+        raise XpusimError(
+            f"system {system.name!r}: workload.disaggregation puts {p.count} device(s) in the "
+            f"prefill pool and {d.count} in the decode pool, {p.count + d.count} in all, but "
+            f"the system has {system.count}; make the two counts add up to {system.count}."
+        )
+    for name, pool in (("prefill", p), ("decode", d)):
+        if pool.count % pool.tensor:
+            raise XpusimError(
+                f"system {system.name!r}: workload.disaggregation.{name} has {pool.count} "
+                f"device(s) for replicas of tensor={pool.tensor}; use a multiple of {pool.tensor}."
+            )
+    backend = default_host().backends.get(system.backend)
+
+    def compiled(name: str, pool: Pool) -> tuple[System, Compiled]:
+        sub = replace(
+            system,
+            name=f"{system.name}-{name}",
+            count=pool.count,
+            parallelism=Parallelism(tensor=pool.tensor),
+        )
+        return sub, backend.compile(ctx.model, sub)
+
+    ps, pc = compiled("prefill", p)
+    ds, dc = compiled("decode", d)
+    topo = system.topology
+    if isinstance(spec.link, Link):
+        bw, lat = spec.link.bandwidth, spec.link.latency
+    elif spec.link == "scale-up":
+        bw, lat = topo.intra_bw, topo.intra_latency
+    else:
+        bw, lat = topo.inter_bw, topo.inter_latency
+    return Pools(pc, DecodePoolCompiled(dc), ps, ds, float(bw), float(lat))
+
+
+def _requests(res: ServingResult) -> pl.DataFrame:
+    req = res.frames["requests"]
+    return req.collect() if isinstance(req, pl.LazyFrame) else req
+
+
+def _frame(res: ServingResult, name: str) -> pl.DataFrame:
+    f = res.frames[name]
+    return f.collect() if isinstance(f, pl.LazyFrame) else f
+
+
+def serve(
+    spec: Disaggregation,
+    pool: Pools,
+    frame: pl.DataFrame,
+    *,
+    wrap: Any,
+    scheduler: SchedulerSpec,
+    kv_block_tokens: int,
+    kv_memory_fraction: float,
+    system: str,
+    seed: int,
+) -> tuple[dict[str, pl.DataFrame], float, dict[str, float]]:
+    """Run the prefill pool, move each KV cache, run the decode pool, and join the frames.
+
+    ``wrap`` puts a compiled pool under the serving stack. Returns the frames, the
+    simulated span and the pool metrics.
+    """
+    if not frame["arrival_s"].is_sorted():
+        frame = frame.sort("arrival_s", maintain_order=True)
+    prefill_c, decode_c = wrap(pool.prefill), wrap(pool.decode)
+    pf_kv = prefill_c.kv_capacity_tokens(kv_memory_fraction)
+    longest = int(frame["prompt_tokens"].to_numpy().max(initial=0))
+    if pf_kv < longest:
+        raise XpusimError(
+            f"system {system!r}: a prefill replica of workload.disaggregation.prefill holds "
+            f"{pf_kv:,} KV tokens, less than the longest prompt ({longest:,} tokens), so it "
+            f"cannot hold a single such prompt; give the prefill pool larger replicas "
+            f"(`tensor`) or a device with more memory."
+        )
+    ones = frame.with_columns(pl.lit(1, dtype=pl.Int64).alias("output_tokens"))
+
+    def run(reqs: pl.DataFrame, c: Compiled, sub: System, sched: SchedulerSpec) -> ServingResult:
+        return simulate_serving(
+            reqs,
+            c,
+            system=system,
+            replicas=sub.replicas,
+            devices_per_replica=sub.parallelism.model_parallel,
+            scheduler=sched,
+            kv_block_tokens=kv_block_tokens,
+            kv_capacity_tokens=c.kv_capacity_tokens(kv_memory_fraction),
+            seed=seed,
+        )
+
+    pre = run(ones, prefill_c, pool.prefill_system, scheduler)
+    preq = _requests(pre)
+    model = pool.prefill.model.info
+    prompt = frame["prompt_tokens"].to_numpy()
+    out = frame["output_tokens"].to_numpy()
+    first = preq["first_token_s"].to_numpy()
+    began = preq["first_scheduled_s"].to_numpy()
+    nbytes = prompt * model.kv_bytes_per_token
+    wire = nbytes / pool.bandwidth
+    if spec.layerwise:
+        exposed = np.maximum(wire - (first - began), wire / max(1, model.layers))
+    else:
+        exposed = wire
+    transfer = pool.latency + exposed
+    ok = preq["status"].to_numpy() == "ok"
+    go = ok & (out > 1)
+    at = np.where(go, first + np.nan_to_num(transfer), np.inf)
+    order = np.argsort(at, kind="stable")
+    keep = order[: int(go.sum())]
+    dec_in = pl.DataFrame(
+        {
+            "arrival_s": at[keep],
+            "prompt_tokens": prompt[keep],
+            "output_tokens": out[keep] - 1,
+        },
+        schema={"arrival_s": pl.Float64, "prompt_tokens": pl.Int64, "output_tokens": pl.Int64},
+    )
+    dec_spec = SchedulerSpec(
+        kind="continuous", max_batch=scheduler.max_batch, max_batch_tokens=BIG_BUDGET
+    )
+    if dec_in.height:
+        dec = run(dec_in, decode_c, pool.decode_system, dec_spec)
+        dreq = _requests(dec)
+    else:
+        dec, dreq = None, None
+    frames = _join(
+        frame,
+        preq,
+        dreq,
+        keep,
+        first,
+        pool.prefill_system.replicas,
+        pool.prefill_system.count,
+        pre,
+        dec,
+        system,
+    )
+    span = max(pre.simulated_s, dec.simulated_s if dec is not None else 0.0)
+    moved = transfer[go]
+    metrics = {
+        "kv_transfer_mean_s": float(moved.mean()) if moved.size else 0.0,
+        "prefill_replicas": float(pool.prefill_system.replicas),
+        "decode_replicas": float(pool.decode_system.replicas),
+    }
+    return frames, span, metrics
+
+
+def _idle_until(devices: pl.DataFrame, span: float) -> pl.DataFrame:
+    """``devices`` with each device's timeline carried on, idle, to ``span`` (a pool that
+    finished early idles while the other works)."""
+    last = devices.group_by("system", "replica", "device", maintain_order=True).agg(
+        pl.col("end_s").max()
+    )
+    tail = (
+        last.filter(pl.col("end_s") < span)
+        .with_columns(
+            pl.col("end_s").alias("start_s"),
+            pl.lit(span).alias("end_s"),
+            pl.lit("idle").alias("state"),
+            pl.lit(0.0).alias("joules"),
+        )
+        .select(devices.columns)
+        .cast(devices.schema)
+    )
+    return pl.concat([devices, tail]) if tail.height else devices
+
+
+def _join(
+    frame: pl.DataFrame,
+    preq: pl.DataFrame,
+    dreq: pl.DataFrame | None,
+    keep: np.ndarray,
+    first: np.ndarray,
+    offset: int,
+    first_device: int,
+    pre: ServingResult,
+    dec: ServingResult | None,
+    system: str,
+) -> dict[str, pl.DataFrame]:
+    """The joined ``requests``, ``steps``, ``devices`` and ``tbt`` frames."""
+    req = preq.with_columns(pl.Series("output_tokens", frame["output_tokens"].to_numpy()))
+    handoff: list[float] = []
+    if dreq is not None:
+        rows = keep[dreq["request_id"].to_numpy()]
+        d_first = dreq["first_token_s"].to_numpy()
+        gap = d_first - first[rows]
+        handoff = gap[~np.isnan(gap)].tolist()
+        d = pl.DataFrame(
+            {
+                "request_id": rows.astype(np.int64),
+                "d_replica": (dreq["replica"] + offset).cast(pl.Int32),
+                "d_finish": dreq["finish_s"],
+                "d_status": dreq["status"],
+                "d_reason": dreq["reason"],
+                "d_pre": dreq["preemptions"],
+                "d_gapmax": pl.Series(
+                    np.fmax(dreq["tbt_max_s"].fill_null(np.nan).to_numpy(), gap)
+                ).fill_nan(None),
+            }
+        )
+        req = (
+            req.join(d, on="request_id", how="left")
+            .with_columns(
+                pl.coalesce("d_replica", "replica").alias("replica"),
+                pl.coalesce("d_finish", "finish_s").alias("finish_s"),
+                pl.when(pl.col("d_status") == "dropped")
+                .then(pl.lit("dropped"))
+                .otherwise(pl.col("status"))
+                .alias("status"),
+                pl.coalesce("d_reason", "reason").alias("reason"),
+                (pl.col("preemptions") + pl.col("d_pre").fill_null(0)).alias("preemptions"),
+                pl.col("d_gapmax").alias("tbt_max_s"),
+            )
+            .drop("d_replica", "d_finish", "d_status", "d_reason", "d_pre", "d_gapmax")
+        )
+    req = req.with_columns(
+        (pl.col("finish_s") - pl.col("arrival_s")).alias("e2e_s"),
+        pl.when(pl.col("output_tokens") > 1)
+        .then((pl.col("finish_s") - pl.col("first_token_s")) / (pl.col("output_tokens") - 1))
+        .otherwise(None)
+        .alias("tbt_mean_s"),
+    ).select(preq.columns)
+    span = max(pre.simulated_s, dec.simulated_s if dec is not None else 0.0)
+    steps = [_frame(pre, "steps")]
+    devices = [_idle_until(_frame(pre, "devices"), span)]
+    tbt = [_frame(pre, "tbt")]
+    if dec is not None:
+        f = _frame(dec, "steps")
+        steps.append(f.with_columns((pl.col("replica") + offset).cast(f.schema["replica"])))
+        f = _idle_until(_frame(dec, "devices"), span)
+        devices.append(
+            f.with_columns(
+                (pl.col("replica") + offset).cast(f.schema["replica"]),
+                (pl.col("device") + first_device).cast(f.schema["device"]),
+            )
+        )
+        tbt.append(_frame(dec, "tbt"))
+    if handoff:
+        tbt.append(
+            pl.DataFrame(
+                {"system": [system] * len(handoff), "gap_s": handoff, "tokens": [1] * len(handoff)},
+                schema=tbt[0].schema,
+            )
+        )
+    return {
+        "requests": req,
+        "steps": pl.concat(steps),
+        "devices": pl.concat(devices),
+        "tbt": pl.concat(tbt),
+    }
