@@ -414,6 +414,8 @@ def plan(
     allow: AllowOption = None,
 ) -> None:
     """The cheapest configurations that meet the SLOs at a load (see docs/plan.md)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     from xpusim.engine.plan.rank import rich_table
     from xpusim.engine.plan.search import run_plan
     from xpusim.engine.report.escape import terminal
@@ -429,16 +431,27 @@ def plan(
         host = _host()
         ex = host.executors.get(executor, where="--executor")
         target = out_dir or Path("results") / f"{scenario.stem}-plan-{utc_stamp()}"
-        res = run_plan(
-            scenario,
-            host,
-            ex,
-            target,
-            workers=workers,
-            address=address,
-            overrides=sets or [],
-            max_configs=max_configs,
-        )
+        with Progress(
+            TextColumn("plan"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} devices searched"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        ) as bar:
+            task = bar.add_task("plan", total=None)
+            res = run_plan(
+                scenario,
+                host,
+                ex,
+                target,
+                workers=workers,
+                address=address,
+                overrides=sets or [],
+                max_configs=max_configs,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
         out.print(rich_table(res.doc))
         out.print(f"plan folder: {terminal(res.out_dir)}", markup=False)
 
