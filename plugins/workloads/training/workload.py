@@ -73,9 +73,10 @@ class FailuresConfig(BaseModel):
     storage_bandwidth: Bandwidth = Field(default=10e9)
 
 
-MAX_STEPS = 100_000_000
-"""Most optimizer steps a run may have, given or derived from ``tokens`` (the largest
-published runs take about a million); the bound keeps the replay's memory and time small."""
+MAX_STEPS = 10_000_000
+"""Most optimizer steps a run may have, given or derived from ``tokens``: ten times the
+largest published runs (about a million), and the bound that keeps the one-row-per-step
+frame within a few GB and seconds."""
 
 MAX_TRAINING_TOKENS = 1e16
 """Most tokens a run may train on (about a thousand times the largest published runs)."""
