@@ -7,9 +7,10 @@ workload on the ``gpu`` backend, then ``xpusim.engine.run.simulate``) once witho
 once with the technique, and the predicted ratio (with / without) is compared with the
 measured one. No parameter is fitted to any row.
 
-Speed (``--speed``): the whole Azure LLM 2023 conversation trace (19,366 requests) on one
-H100 with plain continuous batching and with each technique on, wall seconds each and
-the ratio to plain; and, when the Mooncake conversation trace is in the trace cache
+Speed (``--speed``): the whole Azure LLM 2023 conversation trace (19,366 requests) on two
+H100s (Llama-2-7B) with plain continuous batching and with each technique on, and on
+eight (Mixtral-8x7B) as tensor-parallel replicas and as one expert-parallel group, wall
+seconds each and the ratio to plain; and, when the Mooncake conversation trace is in the trace cache
 (``xpusim traces fetch mooncake-conversation``), its full replay with prefix caching on
 8 H100s. The figures are written to ``benchmarks/out/validate_techniques.json``.
 
@@ -152,20 +153,34 @@ def validate(host: Host) -> list[dict[str, Any]]:
     return out
 
 
-def azure(technique: dict[str, Any] | None) -> dict[str, Any]:
-    """The whole Azure conversation trace on one H100, plain or with a technique."""
+def azure(
+    technique: dict[str, Any] | None,
+    model: str = "llama-2-7b",
+    parallelism: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The whole Azure conversation trace on two H100s, plain or with a technique."""
     workload: dict[str, Any] = {
         "kind": "serving",
         "trace": {"path": str(AZURE_CONV), "format": "azure-llm"},
         "scheduler": {"kind": "continuous", "max_batch": 256, "max_batch_tokens": 8192},
     }
     workload.update(technique or {})
+    family = "mixtral" if model.startswith("mixtral") else "llama"
+    count = 8 if family == "mixtral" else 2
+    system: dict[str, Any] = {
+        "name": "h100",
+        "backend": "gpu",
+        "device": "h100-sxm",
+        "count": count,
+    }
+    if parallelism:
+        system["parallelism"] = parallelism
     return {
         "name": "speed-azure-conv",
         "seed": 1,
-        "model": {"family": "llama", "preset": "llama-2-7b", "dtype": "bf16"},
+        "model": {"family": family, "preset": model, "dtype": "bf16"},
         "workload": workload,
-        "systems": [{"name": "h100", "backend": "gpu", "device": "h100-sxm", "count": 1}],
+        "systems": [system],
     }
 
 
@@ -183,8 +198,12 @@ TECHNIQUES: dict[str, dict[str, Any]] = {
             "acceptance": 0.7,
         }
     },
+    "lora": {
+        "lora": {"adapters": 100, "rank": 16, "zipf": 1.0, "gpu_slots": 16, "host_link": "25 GB/s"}
+    },
+    "disaggregation": {"disaggregation": {"prefill": {"count": 1}, "decode": {"count": 1}}},
 }
-"""Each technique as it is switched on for the speed comparison."""
+"""Each technique as it is switched on for the speed comparison (Llama-2-7B, two H100s)."""
 
 
 def speed(host: Host) -> dict[str, Any]:
@@ -198,6 +217,12 @@ def speed(host: Host) -> dict[str, Any]:
             _, wall = run(host, azure(tech))
             out[f"azure_conv_{name}_s"] = wall
             out[f"azure_conv_{name}_vs_plain"] = wall / plain
+        # expert parallelism: Mixtral-8x7B on 8 H100s, 4 TP-2 replicas against one EP-8 group
+        _, tp = run(host, azure(None, "mixtral-8x7b", {"tensor": 2}))
+        _, ep = run(host, azure(None, "mixtral-8x7b", {"expert": 8}))
+        out["azure_conv_mixtral_tp2x4_s"] = tp
+        out["azure_conv_expert_parallel_s"] = ep
+        out["azure_conv_expert_parallel_vs_plain"] = ep / tp
     else:
         out["azure_conv"] = f"absent: {AZURE_CONV} is not there"
     e = tracereg.entry("mooncake-conversation")
