@@ -18,7 +18,13 @@ Kinds of run (``run`` in a row):
   run to completion under vLLM's default limits (256 sequences, 8,192 tokens per
   iteration); the figure is the batch's wall time;
 * ``vllm-throughput`` — vLLM's ``benchmark_throughput.py``: ``count`` prompts queued at
-  once under the same limits; the figure is output tokens per second.
+  once under the same limits; the figure is output tokens per second;
+* ``poisson-server`` — a serving benchmark (``sglang.bench_serving``, vLLM's
+  ``benchmark_serving.py``): ``count`` requests arriving as a Poisson process at
+  ``rate`` requests per second, with the row's ``prompt_tokens`` and ``output_tokens``
+  length laws (the serving workload's ``arrivals`` block) and the scheduler and KV
+  fraction of the row's stack; the figure is a latency statistic over the requests
+  (``ttft_p50_s``, ``tpot_p50_s``, ``ttft_mean_s``, ``itl_mean_s``, ...).
 
 The kind of load (``kind``) is one of ``offline``, ``prefill-heavy``, ``decode-heavy``,
 ``single-request``, ``batch-latency`` or ``server``; the summary gives the median and
@@ -71,6 +77,8 @@ def scenario_data(row: dict[str, Any], calibration: Path | None = None) -> dict[
     if row.get("kv_dtype"):
         model["kv_dtype"] = row["kv_dtype"]
     run = row["run"]
+    if run == "poisson-server":
+        return server_scenario(row, model, calibration)
     batch, count = int(row["batch"]), int(row.get("count", row["batch"]))
     if run == "static-batch":
         scheduler: dict[str, Any] = {"kind": "static", "max_batch": batch}
@@ -78,9 +86,6 @@ def scenario_data(row: dict[str, Any], calibration: Path | None = None) -> dict[
         scheduler = {"kind": "static", "max_batch": 1}
     else:
         scheduler = dict(VLLM_LIMITS)
-    options: dict[str, Any] = {"decode_attention": row.get("decode_attention", "grouped")}
-    if calibration is not None and load_calibration(calibration).device == row["device"]:
-        options["calibration"] = str(calibration)
     return {
         "name": f"validate-{row['id']}",
         "seed": 0,
@@ -93,17 +98,62 @@ def scenario_data(row: dict[str, Any], calibration: Path | None = None) -> dict[
             "scheduler": scheduler,
             "stack": row["stack"],
         },
-        "systems": [
-            {
-                "name": f"{row['gpu']}-tp{row['tp']}",
-                "backend": "gpu",
-                "device": row["device"],
-                "count": int(row["tp"]),
-                "parallelism": {"tensor": int(row["tp"])},
-                "options": options,
-            }
-        ],
+        "systems": [_system(row, calibration)],
     }
+
+
+def _system(row: dict[str, Any], calibration: Path | None) -> dict[str, Any]:
+    """The one system of ``row``: its GPUs under tensor parallelism, with the
+    calibration when it is of the row's device."""
+    options: dict[str, Any] = {"decode_attention": row.get("decode_attention", "grouped")}
+    if calibration is not None and load_calibration(calibration).device == row["device"]:
+        options["calibration"] = str(calibration)
+    tp = int(row["tp"])
+    return {
+        "name": f"{row['gpu']}-tp{tp}",
+        "backend": "gpu",
+        "device": row["device"],
+        "count": tp,
+        "parallelism": {"tensor": tp},
+        "options": options,
+    }
+
+
+def server_scenario(
+    row: dict[str, Any], model: dict[str, Any], calibration: Path | None = None
+) -> dict[str, Any]:
+    """The serving scenario of a ``poisson-server`` row: Poisson arrivals at the row's
+    rate with its length laws, under its stack's scheduler and KV fraction."""
+    return {
+        "name": f"validate-{row['id']}",
+        "seed": 0,
+        "model": model,
+        "workload": {
+            "kind": "serving",
+            "arrivals": {
+                "process": "poisson",
+                "rate": f"{float(row['rate'])}/s",
+                "count": int(row["count"]),
+                "prompt_tokens": dict(row["prompt_tokens"]),
+                "output_tokens": dict(row["output_tokens"]),
+            },
+            "stack": row["stack"],
+        },
+        "systems": [_system(row, calibration)],
+    }
+
+
+SERVER_METRICS = frozenset(
+    {
+        *(f"{n}_{s}_s" for n in ("ttft", "tpot", "e2e") for s in ("mean", "p50", "p90", "p99")),
+        "itl_mean_s",
+        "itl_p90_s",
+        "tbt_p50_s",
+        "tbt_p99_s",
+    }
+)
+"""Latency statistics a ``poisson-server`` row may compare (the serving metrics' keys;
+the median and 99th-percentile inter-token latency are ``tbt_p50_s`` and ``tbt_p99_s``)."""
 
 
 def predict(host: Host, row: dict[str, Any], calibration: Path | None = None) -> dict[str, Any]:
@@ -122,6 +172,10 @@ def predict(host: Host, row: dict[str, Any], calibration: Path | None = None) ->
         value = float(m["ttft_p50_s"])
     elif metric == "latency_s":
         value = float(m["simulated_s"])
+    elif metric in SERVER_METRICS:
+        if m.get(metric) is None:
+            return {"status": "no-figure", "reason": f"the run gives no {metric}"}
+        value = float(m[metric])
     else:
         raise ValueError(f"row {row['id']}: unknown metric {metric!r}")
     return {"status": "ok", "predicted": value, "j_per_token": m.get("energy_per_token_j")}

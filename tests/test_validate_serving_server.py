@@ -1,0 +1,66 @@
+"""The loaded (``poisson-server``) rows of the serving validation table: each carries its
+source and length laws and replays as Poisson arrivals at its stated rate."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from xpusim.engine.host import build_host
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _module() -> ModuleType:
+    path = REPO / "benchmarks" / "validate_serving.py"
+    spec = importlib.util.spec_from_file_location("validate_serving", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("validate_serving", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+VS = _module()
+SERVER = [r for r in VS.load_rows(VS.ROWS) if r["run"] == "poisson-server"]
+
+
+def test_loaded_rows_cover_two_gpus_and_cite_their_source() -> None:
+    assert len(SERVER) >= 4
+    assert len({r["gpu"] for r in SERVER}) >= 2
+    for r in SERVER:
+        assert r["kind"] == "server"
+        assert r["metric"] in VS.SERVER_METRICS
+        assert r["rate"] > 0 and r["count"] > 0
+        src = r["source"]
+        assert src["url"].startswith("https://") and src["title"] and src["location"]
+        assert "--request-rate" in r["setup"]
+
+
+def test_a_loaded_row_replays_as_poisson_arrivals_at_its_rate() -> None:
+    row: dict[str, Any] = dict(SERVER[0])
+    data = VS.scenario_data(row)
+    arrivals = data["workload"]["arrivals"]
+    assert data["workload"]["kind"] == "serving"
+    assert arrivals["process"] == "poisson"
+    assert arrivals["rate"] == f"{float(row['rate'])}/s"
+    assert arrivals["count"] == row["count"]
+    assert arrivals["prompt_tokens"] == row["prompt_tokens"]
+
+
+def test_a_loaded_row_predicts_its_latency_statistic() -> None:
+    row: dict[str, Any] = dict(SERVER[0], count=100)
+    out = VS.predict(build_host(), row)
+    assert out["status"] == "ok"
+    assert 0 < out["predicted"] < 10
+
+
+def test_an_unknown_statistic_is_refused() -> None:
+    row: dict[str, Any] = dict(SERVER[0], count=20, metric="ttft_p42_s")
+    with pytest.raises(ValueError, match="unknown metric"):
+        VS.predict(build_host(), row)
