@@ -10,6 +10,12 @@ Scenario block (``workload:``, ``kind: serving``)::
     slo: {ttft: 2 s, tpot: 150 ms}  # or {preset: mlperf-llama2-70b-server}
     kv_block_tokens: 16
     stack: vllm-0.6                # the serving engine's profile (stacks.yaml); the default
+    # serving techniques, each its own module:
+    prefix_caching: {memory_fraction: 0.3, block_tokens: 512}          # prefix_cache.py
+    speculative_decoding: {draft: {family: llama, preset: ...}, k: 4, acceptance: 0.7}
+    lora: {adapters: 100, rank: 16, gpu_slots: 8, host_link: 25 GB/s}  # lora.py
+    disaggregation: {prefill: {count: 2}, decode: {count: 6}}          # disagg.py
+    # (expert parallelism follows systems[].parallelism.expert: expert.py)
 
 See ``docs/workloads/serving.md`` for every field and the simulation model.
 """
