@@ -127,6 +127,18 @@ def test_a_declared_system_prompt_is_shared_by_whole_blocks() -> None:
     assert out.hit_tokens.tolist() == [0, 8]
 
 
+def test_a_conversation_turn_finds_the_previous_turn_and_its_answer() -> None:
+    """One session of three turns, blocks of 4: the second turn finds the first turn's
+    prompt and answer blocks (12 tokens), the third the whole second turn (its prompt
+    less the last token); the fourth request opens a new conversation and finds nothing."""
+    f = frame([(0.0, 8, 4, []), (1.0, 16, 4, []), (2.0, 20, 2, []), (3.0, 8, 2, [])]).drop(
+        "hash_ids"
+    )
+    s = spec(conversations={"sessions": 1, "turns": 3})
+    out = replay(s, f, replicas=1, kv_capacity_tokens=4000, kv_block_tokens=4, seed=0)
+    assert out.hit_tokens.tolist() == [0, 12, 19, 0]
+
+
 ARRIVALS = {
     "process": "poisson",
     "rate": "8/s",
@@ -196,6 +208,11 @@ systems:
         ("round-robin", "{memory_fraction: 1.5}", "memory_fraction"),
         ("round-robin", "{memory_fraction: 0.3, routing: nearest}", "routing"),
         ("round-robin", "{memory_fraction: 0.3, lora: 2}", "lora"),
+        (
+            "round-robin",
+            "{memory_fraction: 0.3, shared_prefix: {tokens: 8}, conversations: {sessions: 2, turns: 2}}",
+            "not both",
+        ),
     ],
 )
 def test_bad_prefix_caching_blocks_are_refused_at_load(

@@ -11,7 +11,11 @@ Where the ids come from: a trace that carries them (Mooncake's ``hash_ids``, one
 512-token block) replays exactly; a trace without them can declare a shared system
 prompt (``shared_prefix: {tokens, prompts}``): each request draws one of ``prompts``
 system prompts (seeded), whose whole blocks within the first ``tokens`` tokens are shared
-by every request that drew it; the rest of each prompt is its own.
+by every request that drew it; the rest of each prompt is its own. Or it can declare
+multi-turn conversations (``conversations: {sessions, turns}``): each request joins one of
+``sessions`` open conversations of ``turns`` requests, and its prompt begins with the
+previous turn's whole blocks, prompt and answer (a chat client resends the history; the
+answer's blocks are cached when the turn ends, as vLLM caches generated blocks).
 
 The model, and where it simplifies. The cache is replayed over the requests in arrival
 order before the run, per replica, with a fixed capacity (the share ``memory_fraction``
@@ -46,7 +50,7 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from xpusim.engine.errors import TraceError
 from xpusim.engine.metrics import Metric, detail
@@ -65,6 +69,20 @@ class SharedPrefix(BaseModel):
     prompts: int = Field(default=1, ge=1, description="distinct system prompts drawn from")
 
 
+class Conversations(BaseModel):
+    """``prefix_caching.conversations``: multi-turn conversations over a trace's requests.
+
+    Each request joins one of ``sessions`` open conversations (drawn from the seed); a
+    conversation lasts ``turns`` requests, and each turn's prompt begins with the whole
+    previous turn (its prompt and its answer), as a chat client resends the history.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    sessions: int = Field(ge=1, description="conversations open at once")
+    turns: int = Field(ge=2, description="requests of one conversation")
+
+
 class PrefixCaching(BaseModel):
     """``workload.prefix_caching``: the prefix cache of every replica.
 
@@ -80,6 +98,16 @@ class PrefixCaching(BaseModel):
     block_tokens: int | None = Field(default=None, ge=1)
     routing: Literal["round-robin", "cache-aware"] = "round-robin"
     shared_prefix: SharedPrefix | None = None
+    conversations: Conversations | None = None
+
+    @model_validator(mode="after")
+    def _one_synthetic(self) -> PrefixCaching:
+        if self.shared_prefix is not None and self.conversations is not None:
+            raise ValueError(
+                "declare either `shared_prefix` (a system prompt) or `conversations` "
+                "(multi-turn chats), not both"
+            )
+        return self
 
 
 PREFIX_METRICS: tuple[Metric, ...] = (
@@ -125,9 +153,10 @@ class CacheReplay:
 
 def block_ids(
     spec: PrefixCaching, frame: pl.DataFrame, block_tokens: int, seed: int
-) -> list[list[int]]:
-    """Each request's block ids: the trace's ``hash_ids`` (checked against the block
-    size), else ids made from the declared ``shared_prefix``."""
+) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Each request's prompt block ids: the trace's ``hash_ids`` (checked against the
+    block size), else ids made from the declared ``shared_prefix`` or ``conversations``;
+    and, for conversations, the ids of each answer's whole blocks, which are cached too."""
     prompts = frame["prompt_tokens"].to_list()
     if HASH_COLUMN in frame.columns:
         ids: list[list[int]] = frame[HASH_COLUMN].to_list()
@@ -141,13 +170,16 @@ def block_ids(
                     f"another block size. Set `prefix_caching.block_tokens` to the trace's "
                     f"(512 for Mooncake's traces)."
                 )
-        return ids
+        return ids, None
+    if spec.conversations is not None:
+        return conversation_ids(spec.conversations, frame, block_tokens, seed)
     if spec.shared_prefix is None:
         raise TraceError(
             "workload.prefix_caching: the trace carries no block hashes (a `hash_ids` column, "
             "as the `mooncake` format reads), so no prompt could ever hit the cache. Replay a "
             "trace with hashes, or declare the shared system prompt with `shared_prefix: "
-            "{tokens: N, prompts: K}`."
+            "{tokens: N, prompts: K}` or multi-turn chats with `conversations: {sessions: S, "
+            "turns: T}`."
         )
     sp = spec.shared_prefix
     draw = np.random.default_rng([seed, 0x50C]).integers(0, sp.prompts, size=len(prompts))
@@ -160,7 +192,36 @@ def block_ids(
         own = nb - k
         out.append([p * shared_blocks + b for b in range(k)] + list(range(fresh, fresh + own)))
         fresh += own
-    return out
+    return out, None
+
+
+def conversation_ids(
+    conv: Conversations, frame: pl.DataFrame, block_tokens: int, seed: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Block ids of multi-turn conversations: a turn reuses the ids of the previous turn's
+    whole blocks (its prompt and its answer) as far as its own prompt reaches."""
+    prompts = frame["prompt_tokens"].to_list()
+    outputs = frame["output_tokens"].to_list()
+    draw = np.random.default_rng([seed, 0xC0A]).integers(0, conv.sessions, size=len(prompts))
+    history: list[list[int]] = [[] for _ in range(conv.sessions)]
+    turn = [0] * conv.sessions
+    fresh = 0
+    out: list[list[int]] = []
+    answers: list[list[int]] = []
+    for n, m, c in zip(prompts, outputs, draw.tolist(), strict=True):
+        if turn[c] == conv.turns:  # the conversation ended: a new one opens
+            history[c], turn[c] = [], 0
+        k = min(len(history[c]), n // block_tokens)
+        own = -(-n // block_tokens) - k
+        ids = history[c][:k] + list(range(fresh, fresh + own))
+        fresh += own
+        out.append(ids)
+        answer = (n + m) // block_tokens - n // block_tokens  # whole blocks of the reply
+        answers.append(list(range(fresh, fresh + answer)))
+        history[c] = ids[: n // block_tokens] + answers[-1]
+        fresh += answer
+        turn[c] += 1
+    return out, answers
 
 
 def replay(
@@ -177,7 +238,7 @@ def replay(
     bt = spec.block_tokens or kv_block_tokens
     if not frame["arrival_s"].is_sorted():
         frame = frame.sort("arrival_s", maintain_order=True)
-    ids = block_ids(spec, frame, bt, seed)
+    ids, answers = block_ids(spec, frame, bt, seed)
     total_blocks = int(kv_capacity_tokens) // kv_block_tokens
     cache_blocks = int(total_blocks * spec.memory_fraction)
     left_blocks = total_blocks - cache_blocks
@@ -210,7 +271,7 @@ def replay(
         looked += len(h)
         found += got
         routed_tokens += n
-        _insert(caches[r], h, got, capacity)
+        _insert(caches[r], h if answers is None else [*h, *answers[i]], got, capacity)
     short = frame.with_columns(
         (pl.col("prompt_tokens") - pl.Series(hits)).alias("prompt_tokens")
     ).drop(HASH_COLUMN, strict=False)
