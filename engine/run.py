@@ -24,12 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from pydantic import ValidationError
 
 from xpusim.engine import __version__
 from xpusim.engine.backend import Backend, Compiled
 from xpusim.engine.calibration import apply_calibrations
-from xpusim.engine.capacity import CapacitySpec, overload, overload_metrics, system_knee
+from xpusim.engine.capacity import (
+    CapacitySpec,
+    overload,
+    overload_metrics,
+    parse_capacity,
+    system_knee,
+)
 from xpusim.engine.economics import price_system, record
 from xpusim.engine.errors import DoesNotFitError, ScenarioError, UnsupportedError, XpusimError
 from xpusim.engine.host import Host
@@ -43,7 +48,6 @@ from xpusim.engine.scenario import (
     ScenarioConfig,
     load_scenario,
     resolve,
-    validation_message,
 )
 from xpusim.engine.system import System
 from xpusim.engine.traces import TraceFormat
@@ -208,6 +212,7 @@ def read_trace(scenario: Scenario, host: Host) -> None:
 def check(scenario: Scenario, host: Host) -> list[Prepared]:
     """What ``xpusim validate`` does: read the trace and compile and fit every system,
     simulating nothing."""
+    capacity_spec(scenario)
     read_trace(scenario, host)
     return prepare(scenario, host)
 
@@ -315,11 +320,9 @@ def knees(scenario: Scenario, host: Host, results: Sequence[SystemResult]) -> No
 
 
 def capacity_spec(scenario: Scenario) -> CapacitySpec:
-    """The scenario's ``capacity:`` block, validated (errors name the file and line)."""
-    try:
-        return CapacitySpec.model_validate(scenario.data.get("capacity") or {})
-    except ValidationError as exc:
-        raise ScenarioError(validation_message(exc, scenario.source, ("capacity",))) from None
+    """The scenario's ``capacity:`` block, validated (errors name the file, line, key and
+    the block's form)."""
+    return parse_capacity(scenario.data.get("capacity"), scenario.source)
 
 
 def placed(exc: ScenarioError, source: Source, path: tuple[str | int, ...]) -> ScenarioError:

@@ -104,3 +104,29 @@ def test_run_names_overload_and_finds_each_knee_when_asked(host: Host) -> None:
         assert knee is None or knee == max(passed)
         assert not failed or knee is None or min(failed) > knee
     assert res["h100"].metrics["max_rate_within_slo_per_s"] > l4["max_rate_within_slo_per_s"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "key"),
+    [
+        ("capacity={serach: true}", "capacity.serach"),
+        ("capacity.probes=100", "capacity.probes"),
+        ("capacity.tolerance=2", "capacity.tolerance"),
+    ],
+)
+def test_validate_refuses_a_bad_capacity_block_naming_the_key_and_the_fix(
+    bad: str, key: str
+) -> None:
+    """``xpusim validate`` catches a malformed ``capacity:`` block before anything is
+    simulated: exit 2, naming the file, the key and the block's form."""
+    from typer.testing import CliRunner
+
+    from xpusim.engine import cli
+
+    result = CliRunner().invoke(
+        cli.app, ["validate", str(QUICKSTART), "--set", bad], env={"COLUMNS": "400"}
+    )
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "quickstart.yaml" in text and f"at {key}" in text
+    assert "The block is capacity: {search: true or false, probes: 2 to 40" in text
