@@ -107,10 +107,12 @@ def adapter_params(model: ModelGraph, rank: int, modules: str) -> float:
 
 class LoraCompiled(WrappedCompiled):
     """The model with adapters: every step pays the adapters' extra GEMMs and weight reads
-    (module docstring); the resident adapters' weights leave the KV memory."""
+    (module docstring), shared by the replica's ``devices`` (default: its tensor ×
+    pipeline devices); the resident adapters' weights leave the KV memory."""
 
-    def __init__(self, inner: Compiled, params: float, spec: Lora) -> None:
+    def __init__(self, inner: Compiled, params: float, spec: Lora, devices: int = 0) -> None:
         super().__init__(inner)
+        self.devices = devices or max(1, inner.system.parallelism.model_parallel)
         self.params = params
         self.bytes = params * ADAPTER_BYTES_PER_PARAM
         self.spec = spec
@@ -127,7 +129,7 @@ class LoraCompiled(WrappedCompiled):
         if batch == 0:
             return c
         dev = self.system.device
-        n_dev = max(1, self.system.parallelism.model_parallel)
+        n_dev = self.devices
         flops = 2.0 * shape.new_tokens * self.params
         t_flops = flops / (dev.flops(self.inner.model.info.dtype) * n_dev)
         t_bytes = self.distinct(batch) * self.bytes / (dev.memory_bw.value * n_dev)

@@ -332,7 +332,10 @@ class ServingWorkload(Workload):
             frame = spec.shorten(frame)
         if config.lora is not None:  # the adapters' GEMMs and weights
             inner = LoraCompiled(
-                inner, lora_params(ctx.model, config.lora.rank, config.lora.modules), config.lora
+                inner,
+                lora_params(ctx.model, config.lora.rank, config.lora.modules),
+                config.lora,
+                devices=system.parallelism.model_parallel * ranks,
             )
         compiled = StackCompiled(inner, stack_for(config, system.backend))
         kv_tokens = compiled.kv_capacity_tokens(config.kv_memory_fraction)
