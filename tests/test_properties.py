@@ -349,7 +349,7 @@ SCHEDULERS = st.builds(
     lambda kind, mb, mbt, chunk: SchedulerSpec(
         kind=kind, max_batch=mb, max_batch_tokens=mbt, chunk=chunk
     ),
-    st.sampled_from(["static", "continuous", "chunked-prefill"]),
+    st.sampled_from(["static", "continuous", "chunked-prefill", "guaranteed-no-evict"]),
     st.integers(1, 16),
     st.integers(700, 4096),
     st.integers(16, 512),

@@ -159,6 +159,7 @@ ROWS = st.lists(
     max_batch_tokens=st.integers(1, 512),
     replicas=st.integers(1, 3),
     router=st.sampled_from(["round-robin", "least-outstanding"]),
+    kind=st.sampled_from(["continuous", "guaranteed-no-evict"]),
 )
 def test_fast_world_matches_reference(
     compiled: Compiled,
@@ -170,15 +171,17 @@ def test_fast_world_matches_reference(
     max_batch_tokens: int,
     replicas: int,
     router: str,
+    kind: str,
 ) -> None:
-    """On any small workload the fast continuous-batching world gives every request the
+    """On any small workload the fast world (continuous batching, or TensorRT-LLM's
+    guaranteed-no-evict admission on the plain loop) gives every request the
     reference's replica, times and preemptions, drops the same requests and runs the
     same iterations. Arrival gaps are drawn, so bursts of equal arrival times occur;
     workloads where an arrival falls exactly on an iteration's end are skipped, since
     the fast world leaves that order open."""
     arrivals = np.cumsum([r[0] for r in rows])
     frame = requests([(float(a), p, o) for a, (_, p, o) in zip(arrivals, rows, strict=True)])
-    spec = SchedulerSpec(kind="continuous", max_batch=max_batch, max_batch_tokens=max_batch_tokens)
+    spec = SchedulerSpec(kind=kind, max_batch=max_batch, max_batch_tokens=max_batch_tokens)
     capacity = blocks * block + spare % block  # not always whole blocks
     reqs, steps, ref = run_both(
         compiled, frame, spec, replicas=replicas, router=router, block=block, capacity=capacity

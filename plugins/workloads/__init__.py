@@ -30,6 +30,10 @@ SCHEDULERS: tuple[Lazy, ...] = (
     Lazy("static", f"{_HERE}.serving.schedulers.static:StaticScheduler"),
     Lazy("continuous", f"{_HERE}.serving.schedulers.continuous:ContinuousScheduler"),
     Lazy("chunked-prefill", f"{_HERE}.serving.schedulers.chunked_prefill:ChunkedPrefillScheduler"),
+    Lazy(
+        "guaranteed-no-evict",
+        f"{_HERE}.serving.schedulers.no_evict:GuaranteedNoEvictScheduler",
+    ),
 )
 """The batch schedulers this plugin registers."""
 
@@ -49,7 +53,8 @@ def register_workloads(register: Callable[[Lazy], None]) -> None:
 
 @hookimpl
 def register_schedulers(register: Callable[[Lazy], None]) -> None:
-    """Register the ``static``, ``continuous`` and ``chunked-prefill`` schedulers."""
+    """Register the ``static``, ``continuous``, ``chunked-prefill`` and
+    ``guaranteed-no-evict`` schedulers."""
     for s in SCHEDULERS:
         register(s)
 

@@ -1,4 +1,4 @@
-"""A plain reference for the continuous-batching serving world, built on SimPy resources.
+"""A plain reference for the iteration-level serving world, built on SimPy resources.
 
 The fast world (:func:`~xpusim.plugins.workloads.serving.world.simulate_serving` with the
 ``continuous`` scheduler, :func:`~xpusim.plugins.workloads.serving.schedulers.iteration.iterative`)
@@ -52,6 +52,13 @@ instant in the order they were set). The fast world does not fix that order when
 arrival falls exactly on an iteration's end: the arrival goes first only when the
 arrival before it came before that iteration began. The two worlds are therefore
 compared on workloads where no arrival meets an iteration's end.
+
+With the ``guaranteed-no-evict`` scheduler (TensorRT-LLM's admission,
+:mod:`~xpusim.plugins.workloads.serving.schedulers.no_evict`) each replica also holds a
+second :class:`simpy.Container`, of promised blocks. Admission (step 2) takes from it the
+blocks of the request's whole sequence (``prompt + output - 1`` tokens) and stops at the
+first request they do not cover, with no watermark; a finished request puts them back.
+Decode growth (step 1) then always finds its blocks, so no request is preempted.
 """
 
 from __future__ import annotations
@@ -71,6 +78,9 @@ from xpusim.plugins.workloads.serving.schedulers.iteration import WATERMARK
 
 ROUTERS = ("round-robin", "least-outstanding")
 """Routers the reference world knows."""
+
+SCHEDULERS = ("continuous", "guaranteed-no-evict")
+"""Scheduler kinds the reference world restates."""
 
 Proc = Generator[simpy.Event, Any, Any]
 
@@ -181,6 +191,7 @@ class _Replica:
     block_tokens: int
     queue: simpy.PriorityStore = field(init=False)
     kv: simpy.Container = field(init=False)
+    promised: simpy.Container | None = field(init=False, default=None)
     running: list[_Request] = field(default_factory=list)
     outstanding: int = 0
     steps: list[ReferenceStep] = field(default_factory=list)
@@ -190,6 +201,14 @@ class _Replica:
     def __post_init__(self) -> None:
         self.queue = simpy.PriorityStore(self.env)
         self.kv = simpy.Container(self.env, capacity=self.total_blocks, init=self.total_blocks)
+        if self.spec.kind == "guaranteed-no-evict":
+            self.promised = simpy.Container(
+                self.env, capacity=self.total_blocks, init=self.total_blocks
+            )
+
+    def _promise(self, req: _Request) -> int:
+        """Blocks of a request's whole sequence, which no-evict admission reserves."""
+        return _blocks(req.prompt + req.output - 1, self.block_tokens)
 
     def join(self, req: _Request) -> None:
         """Put a newly routed request at the back of the queue."""
@@ -210,6 +229,8 @@ class _Replica:
         if req.blocks:  # only an empty prompt before its first decode holds none
             yield self.kv.put(req.blocks)
             req.blocks = 0
+        if self.promised is not None and req.generated == req.output:
+            yield self.promised.put(self._promise(req))
 
     def _preempt_newest(self) -> Proc:
         """Preempt the running request that arrived last (recompute-style)."""
@@ -223,6 +244,8 @@ class _Replica:
         """Take the blocks this iteration's decodes need, preempting until they fit."""
         need = sum(self._needs_block(r) for r in self.running)
         while need > self.kv.level:
+            if self.promised is not None:
+                raise AssertionError(f"replica {self.index}: a reserved decode lacks a block")
             yield from self._preempt_newest()
             need = sum(self._needs_block(r) for r in self.running)
         if need:
@@ -245,7 +268,11 @@ class _Replica:
             if admitted and req.tokens > room:
                 break
             need = _blocks(req.tokens, self.block_tokens)
-            if self.kv.level - need < (reserve if batch else 0):
+            if self.promised is not None:
+                if self._promise(req) > self.promised.level:
+                    break
+                yield self.promised.get(self._promise(req))
+            elif self.kv.level - need < (reserve if batch else 0):
                 break
             yield self.queue.get()
             if need:  # an empty prompt holds no block yet
@@ -357,16 +384,18 @@ def simulate_reference(
     kv_capacity_tokens: int,
 ) -> ReferenceResult:
     """Replay ``requests`` (arrival, prompt and output columns) on ``replicas`` replicas
-    with the continuous-batching policy of the module docstring.
+    with the policy of the module docstring for ``scheduler.kind`` (one of
+    :data:`SCHEDULERS`).
 
     Takes the same arguments as the fast world's entry point; ``kv_capacity_tokens`` is
     rounded down to whole blocks. Request ids are positions in arrival order (a stable
     sort). Raises ``ValueError`` for another scheduler kind, an unknown router or a cache
     of less than one block.
     """
-    if scheduler.kind != "continuous":
+    if scheduler.kind not in SCHEDULERS:
         raise ValueError(
-            f"the reference world runs the continuous scheduler, not {scheduler.kind!r}"
+            f"the reference world runs the {' and '.join(SCHEDULERS)} schedulers, "
+            f"not {scheduler.kind!r}"
         )
     total = kv_capacity_tokens // kv_block_tokens
     if total < 1:

@@ -2,7 +2,9 @@
 
 * ``static`` (:mod:`.static`) — request-level batching;
 * ``continuous`` (:mod:`.continuous`) — iteration-level batching (Orca, vLLM);
-* ``chunked-prefill`` (:mod:`.chunked_prefill`) — Sarathi-Serve stall-free batching.
+* ``chunked-prefill`` (:mod:`.chunked_prefill`) — Sarathi-Serve stall-free batching;
+* ``guaranteed-no-evict`` (:mod:`.no_evict`) — TensorRT-LLM's admission: only when the KV
+  of prompt plus output is reservable, so nothing is preempted.
 
 Each is one SimPy process per replica and one SimPy event per iteration
 (:class:`xpusim.engine.policies.Scheduler`); ``continuous`` and ``chunked-prefill`` also
@@ -19,12 +21,14 @@ from xpusim.engine.policies import Scheduler, SchedulerSpec
 from xpusim.engine.registry import unknown_message
 from xpusim.plugins.workloads.serving.schedulers.chunked_prefill import ChunkedPrefillScheduler
 from xpusim.plugins.workloads.serving.schedulers.continuous import ContinuousScheduler
+from xpusim.plugins.workloads.serving.schedulers.no_evict import GuaranteedNoEvictScheduler
 from xpusim.plugins.workloads.serving.schedulers.static import StaticScheduler
 
 SCHEDULERS: tuple[type[Scheduler], ...] = (
     StaticScheduler,
     ContinuousScheduler,
     ChunkedPrefillScheduler,
+    GuaranteedNoEvictScheduler,
 )
 """The built-in scheduler classes, registered by the workload plugin."""
 

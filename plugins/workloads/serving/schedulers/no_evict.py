@@ -1,0 +1,168 @@
+"""The ``guaranteed-no-evict`` scheduler: TensorRT-LLM's default capacity policy.
+
+Iteration-level batching as ``continuous`` does it (whole prompts prefilled fused with
+the running decodes, ``max_batch`` sequences, a token budget of ``max_batch_tokens``
+counting one token per decode that only the first prompt of an iteration may exceed),
+with another admission rule. TensorRT-LLM's ``GUARANTEED_NO_EVICT`` capacity scheduler
+admits a request only when the KV blocks of its whole sequence (prompt plus maximum
+output) can be reserved on top of what the running requests have reserved, so that a
+running request never runs out of blocks and nothing is ever preempted. vLLM's policy
+(``continuous``) admits on the prompt's blocks alone and preempts when decodes outgrow the
+cache; this one holds requests in the queue instead, trading admission for no recompute.
+
+The policy, before every iteration at its start instant:
+
+1. *Decode growth.* A running request holding ``c`` tokens of KV writes one more in this
+   iteration and takes a new block when ``c`` is a multiple of the block size ``B``; it
+   always fits, since the blocks were reserved at admission.
+2. *Admission.* From the front of the queue, in order, while the batch holds fewer than
+   ``max_batch`` sequences: a request of ``L`` prompt and ``m`` output tokens reserves
+   ``ceil((L + m - 1) / B)`` blocks (the KV it holds at its last token) when the
+   reservations of the running requests leave that many of the cache's blocks; it takes
+   the blocks of its prompt now. Admission stops at the first request that does not fit
+   (first come, first served) or, after the first prompt of the iteration, at the first
+   whose prompt exceeds the token budget left. No watermark is kept: the reservation is
+   the guarantee.
+3. *The iteration* is priced for its prefills and its decodes over the tokens they hold.
+4. *Tokens.* Every request in the iteration gets one token at its end (the prefills their
+   first); a request with all its tokens finishes and returns its blocks and its
+   reservation.
+
+The maximum output of a request is its output length: the serving world knows each
+request's length, as a benchmark that sets ``max_tokens`` to it and ignores end of
+sequence does. A request whose whole sequence exceeds the cache is dropped by the world
+before routing, so every routed request fits an empty replica.
+
+This loop yields one SimPy event per iteration and takes its arrivals from the router
+(the world's fast path applies to ``continuous`` and ``chunked-prefill`` only);
+:func:`~xpusim.plugins.workloads.serving.reference.simulate_reference` restates the same
+policy on SimPy resources to check it against.
+"""
+
+# B, L and m are the block size, prompt and output lengths of the docs' formulas.
+# ruff: noqa: N806
+
+from __future__ import annotations
+
+import simpy
+
+from xpusim.engine.policies import (
+    DECODING,
+    PREFILLING,
+    Proc,
+    ReplicaState,
+    RequestState,
+    Scheduler,
+    SchedulerSpec,
+    StepPrices,
+    finish_request,
+    log_step,
+)
+
+
+def reserved_blocks(prompt: int, output: int, block_tokens: int) -> int:
+    """Blocks a request reserves at admission: the KV of its whole sequence, ``prompt +
+    output - 1`` tokens (its last token's KV is never written)."""
+    return -(-(prompt + output - 1) // block_tokens)
+
+
+class GuaranteedNoEvictScheduler(Scheduler):
+    """Iteration-level batching that admits a request only when its whole sequence's KV
+    blocks can be reserved, so no request is ever preempted (see the module docstring)."""
+
+    name = "guaranteed-no-evict"
+    description = (
+        "TensorRT-LLM's guaranteed-no-evict: admit only when the KV of prompt plus output "
+        "is reservable, never preempt"
+    )
+
+    def process(
+        self,
+        env: simpy.Environment,
+        replica: ReplicaState,
+        requests: RequestState,
+        prices: StepPrices,
+        spec: SchedulerSpec,
+    ) -> Proc:
+        """The guaranteed-no-evict loop of one replica; see the module docstring."""
+        rep, req = replica, requests
+        B = rep.kv.block_tokens
+        total = rep.kv.total_blocks
+        waiting = rep.waiting
+        prompt, output = req.prompt, req.output
+        log = rep.log
+        running: list[int] = []  # decoding requests, in admission order
+        held: dict[int, int] = {}  # tokens of KV each running request holds
+        left: dict[int, int] = {}  # tokens each running request has still to generate
+        promised = 0  # blocks reserved by the running requests
+        used = 0  # blocks they hold
+        j = 0  # iteration index in the replica's step log
+        while True:
+            if not running and not waiting:
+                ev = rep.wake = env.event()
+                yield ev
+                continue
+            now = env.now
+            # 1. decode growth: covered by the reservations
+            used += sum(1 for rid in running if held[rid] % B == 0)
+            # 2. admission
+            room = spec.max_batch_tokens - len(running)
+            admitted: list[int] = []
+            pf_tok = 0
+            while waiting and len(running) + len(admitted) < spec.max_batch:
+                rid = waiting[0]
+                L = prompt[rid]
+                if admitted and room < L:
+                    break
+                need = reserved_blocks(L, output[rid], B)
+                if promised + need > total:
+                    break
+                waiting.popleft()
+                promised += need
+                used += -(-L // B)
+                admitted.append(rid)
+                pf_tok += L
+                room -= L
+                req.state[rid] = PREFILLING
+                req.first_scheduled[rid] = now
+            if not running and not admitted:
+                raise AssertionError(
+                    f"replica {rep.index} cannot admit its first request: {promised} of "
+                    f"{total} KV blocks reserved with nothing running"
+                )
+            # 3. the iteration
+            n_dec = len(running)
+            context = sum(held[rid] for rid in running)
+            dur, joules, st_i = prices.step(len(admitted), pf_tok, 0, n_dec, context)
+            yield env.timeout(dur)
+            end = now + dur
+            log_step(log, now, end, n_dec + len(admitted), pf_tok, n_dec, used, st_i, joules)
+            # 4. tokens: decodes their next, prefills their first
+            still: list[int] = []
+            for rid in running:
+                held[rid] += 1
+                left[rid] -= 1
+                if left[rid]:
+                    still.append(rid)
+                else:
+                    used -= -(-held.pop(rid) // B)
+                    promised -= reserved_blocks(prompt[rid], output[rid], B)
+                    del left[rid]
+                    finish_request(req, rep, rid, end)
+            for rid in admitted:
+                L, m = prompt[rid], output[rid]
+                req.first_token[rid] = end
+                req.seg_start[rid] = j + 1
+                req.fin_iter[rid] = j + m - 1
+                if m == 1:
+                    used -= -(-L // B)
+                    promised -= reserved_blocks(L, m, B)
+                    finish_request(req, rep, rid, end)
+                    continue
+                req.state[rid] = DECODING
+                req.entry[rid] = j
+                held[rid] = L
+                left[rid] = m - 1
+                still.append(rid)
+            running = still
+            j += 1
