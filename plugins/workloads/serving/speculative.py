@@ -210,9 +210,11 @@ class SpeculativeRun:
         return {"spec_tokens_per_step": self.tokens_per_step}
 
 
-def prepare(spec: SpeculativeDecoding, ctx: WorkloadContext) -> SpeculativeRun:
-    """Compile the draft on ``ctx.system`` and wrap the target; a draft that is not
-    smaller than the target is refused."""
+def prepare(
+    spec: SpeculativeDecoding, ctx: WorkloadContext, target: Compiled | None = None
+) -> SpeculativeRun:
+    """Compile the draft on ``ctx.system`` and wrap ``target`` (default ``ctx.compiled``);
+    a draft that is not smaller than the target is refused."""
     from xpusim.engine.host import default_host
 
     draft = spec.draft_model(ctx)
@@ -224,5 +226,7 @@ def prepare(spec: SpeculativeDecoding, ctx: WorkloadContext) -> SpeculativeRun:
             f"it drafts for to save time. Name a smaller preset (or fewer layers)."
         )
     backend = default_host().backends.get(ctx.system.backend)
-    compiled = SpeculativeCompiled(ctx.compiled, backend.compile(draft, ctx.system), spec.k)
+    compiled = SpeculativeCompiled(
+        target or ctx.compiled, backend.compile(draft, ctx.system), spec.k
+    )
     return SpeculativeRun(compiled, spec.tokens_per_step())

@@ -327,7 +327,7 @@ class ServingWorkload(Workload):
         replicas = system.replicas // ranks
         spec: SpeculativeRun | None = None
         if config.speculative_decoding is not None:  # steps of draft k, verify k + 1
-            spec = prepare_speculative(config.speculative_decoding, ctx)
+            spec = prepare_speculative(config.speculative_decoding, ctx, inner)
             inner = spec.compiled
             frame = spec.shorten(frame)
         if config.lora is not None:  # the adapters' GEMMs and weights
