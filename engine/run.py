@@ -266,6 +266,12 @@ def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None)
                 raise placed(exc, scenario.source, ("systems", index)) from None
             except XpusimError:
                 raise  # bad input concerns every system: stop, write nothing
+            except MemoryError as exc:  # an absurd size: input, not a fault of the plugin
+                raise XpusimError(
+                    f"{scenario.source.where(('workload',))}: simulating system "
+                    f"{system.name!r} ran out of memory ({str(exc)[:200]}); the workload is "
+                    f"too large for this machine: shrink its sizes (counts, lengths, batch)."
+                ) from None
             except Exception as exc:
                 res.status = "failed"
                 res.reason = (

@@ -4,7 +4,8 @@ Each case runs the real ``xpusim`` command in its own process with its address s
 capped (``ulimit -v`` through ``resource.setrlimit``) at 2 GiB, far less than the inputs:
 20 GiB sparse files as a scenario, an ``extends:`` target, a trace, a points file and a
 compared run's ``summary.json``; ``/dev/zero``; a training run of a trillion steps or
-1e308 tokens; a YAML alias bomb in a ``--set`` value. Every one must end with exit 2 and
+1e308 tokens; a YAML alias bomb in a ``--set`` value; an offline run of 10^8 inputs
+(allowed, but more than 2 GiB holds: running out of memory is an input error too). Every one must end with exit 2 and
 one paragraph naming the input, never a ``MemoryError`` traceback, a kill or a hang
 (each process has a timeout).
 """
@@ -76,6 +77,18 @@ CASES = {
         [*TRAINING, "--set", "workload.steps=null", "--set", "workload.tokens=1.0e308"],
         "workload.tokens",
         "less than or equal to",
+    ),
+    "offline-hundred-million-inputs": (
+        [
+            "run",
+            str(CORPUS / "base.yaml"),
+            "--out",
+            "{tmp}/out",
+            "--set",
+            "workload={kind: offline, count: 100000000}",
+        ],
+        "at workload",
+        "ran out of memory",
     ),
     "set-alias-bomb": (
         ["validate", str(CORPUS / "base.yaml"), "--set", f"description={BOMB}"],

@@ -34,7 +34,7 @@ from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.offline.world import simulate_forward
 from xpusim.plugins.workloads.serving import metrics, schedulers
-from xpusim.plugins.workloads.serving.arrivals import LengthDist, sample_lengths
+from xpusim.plugins.workloads.serving.arrivals import MAX_REQUESTS, LengthDist, sample_lengths
 from xpusim.plugins.workloads.serving.metrics import FORWARD_METRICS, SERVING_METRICS
 from xpusim.plugins.workloads.serving.stacks import (
     DEFAULT_STACK,
@@ -53,7 +53,7 @@ class OfflineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    count: int | None = Field(default=None, ge=1, description="inputs to process")
+    count: int | None = Field(default=None, ge=1, le=MAX_REQUESTS, description="inputs to process")
     prompt_tokens: LengthDist | None = None
     output_tokens: LengthDist | None = None
     trace: TraceSpec | None = None
