@@ -4,11 +4,13 @@ A profile (``plugins/workloads/serving/stacks.yaml``, every figure with its sour
 what an engine such as vLLM, SGLang or TensorRT-LLM does around the model on every
 iteration:
 
-* ``host_step_s`` — host (CPU) time per iteration: scheduling, input preparation,
-  sampling and output processing. With ``host_overlap: false`` it sits on the critical
-  path, so an iteration takes ``gpu + host``; with ``host_overlap: true`` (SGLang's
-  overlap scheduler, which prepares batch ``i+1`` while the GPU runs batch ``i``) it takes
-  ``max(gpu, host)``;
+* ``host_step_s`` and ``host_per_seq_s`` — host (CPU) time per iteration: scheduling,
+  input preparation, sampling and output processing, ``host_step_s + host_per_seq_s *
+  b`` for an iteration of ``b`` sequences (the per-sequence part is the loops over the
+  batch: scheduling each running request, updating it from the sampled token). With
+  ``host_overlap: false`` it sits on the critical path, so an iteration takes ``gpu +
+  host``; with ``host_overlap: true`` (SGLang's overlap scheduler, which prepares batch
+  ``i+1`` while the GPU runs batch ``i``) it takes ``max(gpu, host)``;
 * ``cuda_graph_batches`` — the decode batch sizes captured as CUDA graphs: a decode-only
   iteration of ``b`` sequences, ``b`` at most the largest captured size, runs the graph of
   the smallest captured size ``>= b`` (the padded rows cost what real rows cost); larger
@@ -82,6 +84,7 @@ class StackProfile:
     scheduler: Mapping[str, Any]
     sources: Mapping[str, str] = field(default_factory=dict)
     kv_fraction_of: str = "total"
+    host_per_seq_s: float = 0.0
 
     def graph_batch(self, batch: int) -> int | None:
         """The captured batch size a decode of ``batch`` sequences runs at, or ``None``
@@ -90,11 +93,17 @@ class StackProfile:
         i = bisect.bisect_left(sizes, batch)
         return sizes[i] if i < len(sizes) else None
 
-    def step_seconds(self, gpu_s: float) -> float:
-        """Wall time of an iteration whose GPU work takes ``gpu_s``."""
+    def host_seconds(self, sequences: int) -> float:
+        """Host time of an iteration of ``sequences`` sequences."""
+        return self.host_step_s + self.host_per_seq_s * sequences
+
+    def step_seconds(self, gpu_s: float, sequences: int = 0) -> float:
+        """Wall time of an iteration of ``sequences`` sequences whose GPU work takes
+        ``gpu_s``."""
+        host = self.host_seconds(sequences)
         if self.host_overlap:
-            return max(gpu_s, self.host_step_s)
-        return gpu_s + self.host_step_s
+            return max(gpu_s, host)
+        return gpu_s + host
 
 
 class StackOverride(BaseModel):
@@ -104,6 +113,9 @@ class StackOverride(BaseModel):
 
     name: str = DEFAULT_STACK
     host_step_s: Duration | None = Field(default=None, description="host time per iteration")
+    host_per_seq_s: Duration | None = Field(
+        default=None, description="host time per iteration and sequence in it"
+    )
     host_overlap: bool | None = None
     cuda_graph_batches: list[int] | None = None
     kv_memory_fraction: float | None = Field(default=None, gt=0, le=1)
@@ -133,6 +145,7 @@ def load_profile(name: str) -> StackProfile:
         engine=str(raw["engine"]),
         version=str(raw["version"]),
         host_step_s=float(_value(raw["host_step_s"])),
+        host_per_seq_s=float(_value(raw.get("host_per_seq_s", 0.0))),
         host_overlap=bool(_value(raw["host_overlap"])),
         cuda_graph_batches=sizes,
         kv_memory_fraction=float(_value(raw["kv_memory_fraction"])),
@@ -140,6 +153,9 @@ def load_profile(name: str) -> StackProfile:
         scheduler=dict(raw["scheduler"]),
         sources={
             "host_step_s": _cited(raw["host_step_s"]),
+            "host_per_seq_s": _cited(raw["host_per_seq_s"])
+            if "host_per_seq_s" in raw
+            else "not stated in the profile: host time per iteration taken as constant",
             "cuda_graph_batches": _cited(raw["cuda_graph_batches"]),
             "kv_memory_fraction": _cited(raw["kv_memory_fraction"]),
             "scheduler": str(raw.get("scheduler_source", "stack profile")),
@@ -156,7 +172,7 @@ def resolve_stack(spec: str | StackOverride | None) -> StackProfile:
         return load_profile(spec)
     prof = load_profile(spec.name)
     changes: dict[str, Any] = {}
-    for key in ("host_step_s", "host_overlap", "kv_memory_fraction"):
+    for key in ("host_step_s", "host_per_seq_s", "host_overlap", "kv_memory_fraction"):
         v = getattr(spec, key)
         if v is not None:
             changes[key] = v
@@ -188,6 +204,14 @@ def stack_for(config: Any, backend: str) -> StackProfile:
     return resolved if isinstance(resolved, StackProfile) else resolve_stack(config.stack)
 
 
+def sequences(shape: Shape) -> int:
+    """Sequences an iteration of ``shape`` runs (its parts' summed for a mixed one); the
+    real ones, before CUDA-graph padding, since the host handles only those."""
+    if shape.parts:
+        return sum(p.batch for p in shape.parts)
+    return shape.batch
+
+
 class StackCompiled(Compiled):
     """A compiled model seen through a serving stack: the same memory fit and figures,
     and step costs with the stack's CUDA-graph padding and host time (module docstring).
@@ -209,7 +233,7 @@ class StackCompiled(Compiled):
 
     def _cost(self, shape: Shape) -> Cost:
         c = self.inner.cost(self.padded(shape))
-        seconds = self.stack.step_seconds(c.seconds)
+        seconds = self.stack.step_seconds(c.seconds, sequences(shape))
         extra = seconds - c.seconds
         if extra <= 0:
             return c
@@ -256,6 +280,9 @@ class StackCompiled(Compiled):
         s = self.stack
         out["stack.host_step_s"] = Figure(
             s.host_step_s, assumption=f"{s.name}: {s.sources.get('host_step_s', '')}"
+        )
+        out["stack.host_per_seq_s"] = Figure(
+            s.host_per_seq_s, assumption=f"{s.name}: {s.sources.get('host_per_seq_s', '')}"
         )
         out["stack.cuda_graph_max_batch"] = Figure(
             float(s.cuda_graph_batches[-1] if s.cuda_graph_batches else 0),
