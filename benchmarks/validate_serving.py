@@ -35,7 +35,9 @@ Usage::
     python benchmarks/validate_serving.py [--rows PATH] [--json OUT] [--only SUBSTRING]
                                           [--calibration FILE]
 
-Exit status 0 whatever the errors (it reports, it does not gate).
+Exit status 0 whatever the errors (it reports, it does not gate); 2 when a
+``poisson-server`` row lacks what it needs (its rate, count, length laws or a latency
+statistic to compare), naming the row and the key.
 """
 
 from __future__ import annotations
@@ -194,6 +196,30 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+SERVER_KEYS = {
+    "rate": "the stated request rate, requests per second",
+    "count": "the number of requests the benchmark sent",
+    "prompt_tokens": "the prompt-length law, as a serving workload's arrivals take it",
+    "output_tokens": "the output-length law, as a serving workload's arrivals take it",
+}
+"""What a ``poisson-server`` row must state besides the common fields."""
+
+
+def row_problems(row: dict[str, Any]) -> list[str]:
+    """What a ``poisson-server`` row lacks or gets wrong, each naming the key and the fix
+    (empty for a good row and for the other kinds of run)."""
+    if row.get("run") != "poisson-server":
+        return []
+    out = [f"missing `{k}`: add {what}" for k, what in SERVER_KEYS.items() if k not in row]
+    if "rate" in row and not (isinstance(row["rate"], int | float) and row["rate"] > 0):
+        out.append(f"`rate` is {row['rate']!r}: give a positive number of requests per second")
+    if row.get("metric") not in SERVER_METRICS:
+        out.append(
+            f"`metric` is {row.get('metric')!r}: give one of {', '.join(sorted(SERVER_METRICS))}"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every row and print per-row errors and the medians."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -202,14 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="run the rows whose id contains this")
     ap.add_argument("--calibration", type=Path, help="a GPU calibration for its device's rows")
     args = ap.parse_args(argv)
+    rows = [r for r in load_rows(args.rows) if not args.only or args.only in r["id"]]
+    bad = [f"{args.rows}: row {r.get('id')!r}: {msg}" for r in rows for msg in row_problems(r)]
+    if bad:
+        print("\n".join(bad), file=sys.stderr)
+        return 2
     host = build_host()
     out: list[dict[str, Any]] = []
     print(
         f"{'row':52s} {'kind':15s} {'metric':20s} {'measured':>10s} {'predicted':>10s} {'error':>7s}"
     )
-    for row in load_rows(args.rows):
-        if args.only and args.only not in row["id"]:
-            continue
+    for row in rows:
         p = predict(host, row, args.calibration)
         rec = {k: row[k] for k in ("id", "kind", "gpu", "tp", "model", "stack", "metric")}
         rec.update(measured=row["measured"], status=p["status"], source=row["source"])

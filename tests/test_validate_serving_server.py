@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 
 from xpusim.engine.host import build_host
 
@@ -64,3 +65,18 @@ def test_an_unknown_statistic_is_refused() -> None:
     row: dict[str, Any] = dict(SERVER[0], count=20, metric="ttft_p42_s")
     with pytest.raises(ValueError, match="unknown metric"):
         VS.predict(build_host(), row)
+
+
+def test_a_server_row_without_its_rate_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    row = {k: v for k, v in SERVER[0].items() if k != "rate"}
+    path = tmp_path / "rows.yaml"
+    path.write_text(yaml.safe_dump({"rows": [row]}), encoding="utf-8")
+    assert VS.main(["--rows", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert row["id"] in err and "missing `rate`" in err
+
+
+def test_every_shipped_row_is_well_formed() -> None:
+    assert [p for r in VS.load_rows(VS.ROWS) for p in VS.row_problems(r)] == []
