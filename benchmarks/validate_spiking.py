@@ -6,27 +6,28 @@ row, predicts the published figure with the project's own mechanisms:
 * **SpiNNaker, cortical microcircuit** (``spinnaker-microcircuit-*``): the Potjans-Diesmann
   microcircuit (77,169 ``IF_curr_exp``-style neurons, 0.30e9 synapses; synaptic events per
   biological second = Σ neurons × indegree × the presynaptic population's mean rate, 0.90e9)
-  placed at sPyNNaker's default atoms per core
-  (:data:`~xpusim.plugins.spinnaker.mapping.MAX_LIF_PER_CORE`) on the fewest SpiN-5
-  boards that hold the cores; the machine runs ``time_scale_factor`` seconds per
-  biological second (or the slow-down the busiest core needs, :mod:`.realtime`, if
-  larger); energy from sPyNNaker's ``Version5`` constants: board idle power for the
-  machine's boards, active-core power for the placed cores, 1 nJ per router packet (every
-  spike reaching every used chip, an upper bound). Energy per synaptic event is that
-  energy over the events. The row's real-time factor is predicted the same way. The
-  machine power each published figure implies is printed in boards, by sPyNNaker's
-  constants and at the million-core machine's wall power per board (100 kW for 1,200
-  boards), to show how much larger the published machines were.
+  placed by sPyNNaker 7.4.1's rules (:mod:`xpusim.plugins.spinnaker.machine`): neurons
+  per core from the DTCM ring-buffer limit at the row's timestep and the script's longest
+  delay (64 at 0.1 ms steps and 12.8 ms), synapse cores per neuron core for its synaptic
+  events at 13e6 per second per core times the slow-down, one Poisson source core per
+  neuron core (one-to-one background); the cores fill SpiNN-5 boards, allocated in
+  spalloc triads, in 24-board frames. Energy for ``time_scale_factor`` machine seconds per
+  biological second at sPyNNaker's own wall-power model of a spalloc job (``Version5``:
+  26.84 W per board, 117 + 37.16 W per frame for its switch and cooling, 0.034 W per
+  active core, 1 nJ per router packet with every spike reaching every chip in use, an
+  upper bound). Energy per synaptic event is that energy over the events. The machine
+  power each published figure implies is printed in boards, by sPyNNaker's constants and
+  at the million-core machine's wall power per board (100 kW for 1,200 boards).
 * **SpiNNaker, active energy of the keyword-spotting network**
   (``spinnaker-kws-active-sharp2012``): the shipped ``kws-2layer`` network mapped by
   sPyNNaker (virtual board), one 100-step inference priced by the backend; its active
   part (cores and packets) against the energy Sharp et al. 2012 measured on SpiNNaker per
   neuron-millisecond and per postsynaptic potential for the same neurons, time and
   synaptic events.
-* **NEST on an HPC cluster, GeNN on a V100**: xpusim has no model of a CPU cluster
-  running an event-driven simulator, and its GPU backend prices time-stepped dense
-  matrix products, not GeNN's sparse event-driven kernels: these rows are listed with
-  that reason and no prediction (``docs/validation.md`` says what each would need).
+* **NEST on an HPC cluster, GeNN on a V100**: listed with the reason and no prediction
+  (``docs/validation.md`` says what each would need): xpusim has no model of NEST on a
+  CPU cluster, and its GPU backend prices dense time-stepped products, not GeNN's
+  per-timestep sparse kernels, whose time is set by per-step overheads.
 
 Each row prints the published figure, the prediction, the error and what the row
 assumes. Usage::
@@ -41,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xpusim.plugins.spinnaker import energy, mapping, realtime  # noqa: E402
+from xpusim.plugins.spinnaker import energy, machine, mapping  # noqa: E402
 
 TARGET = 0.25
 """The error within which a row counts as reproduced."""
@@ -75,48 +75,70 @@ def microcircuit(net: dict[str, Any]) -> dict[str, float]:
 def spinnaker_microcircuit(
     row: dict[str, Any], net: dict[str, Any], wall: dict[str, Any]
 ) -> dict[str, Any]:
-    """Energy per synaptic event and real-time factor of the microcircuit on SpiNNaker."""
+    """Energy per synaptic event of the microcircuit on the SpiNNaker machine sPyNNaker's
+    rules give it (:mod:`xpusim.plugins.spinnaker.machine`): neurons per core from the
+    ring-buffer limit at the row's timestep and the network's longest delay, synapse
+    cores for each neuron core's events at the row's slow-down, one Poisson source per
+    neuron, boards in spalloc triads, and sPyNNaker's wall power of boards, frame and
+    active cores for ``time_scale_factor`` machine seconds per biological second."""
     m = microcircuit(net)
-    cores = sum(math.ceil(x / mapping.MAX_LIF_PER_CORE) for x in net["neurons"])
-    boards = math.ceil(cores / mapping.capacity_cores(1))
-    chips = math.ceil(cores / mapping.APP_CORES_PER_CHIP)
-    # the busiest core's load: events spread over the LIF cores by neurons held
-    step_s = row["timestep_ms"] * 1e-3
-    per_core = m["events_per_s"] / cores
-    need = max(1.0, per_core / realtime.core_capacity().value)
-    tsf = max(float(row["time_scale_factor"]), need)
-    k = energy.constants()
-    seconds = tsf  # machine seconds per biological second
-    joules = (
-        boards * k["board_idle_w"].value * seconds
-        + cores * k["core_active_w"].value * seconds
-        + m["spikes_per_s"] * chips * k["packet_j"].value
+    n = np.asarray(net["neurons"], dtype=float)
+    k = np.asarray(net["indegrees"], dtype=float)
+    r = np.asarray(net["rates_hz"], dtype=float)
+    per_neuron = (k * r[None, :]).sum(axis=1)
+    tsf = float(row["time_scale_factor"])
+    place = machine.place(
+        [int(x) for x in n],
+        per_neuron.tolist(),
+        timestep_ms=float(row["timestep_ms"]),
+        time_scale_factor=tsf,
+        max_delay_ms=float(net["max_delay_ms"]),
+        sources_per_neuron=net["background"] == "poisson-one-to-one",
     )
+    alloc = machine.allocate(place.cores)
+    # every spike reaches every chip in use (an upper bound on router packets)
+    power = machine.wall_power(alloc, place.cores, m["spikes_per_s"] * alloc.chips / tsf)
+    joules = power.total_w * tsf  # per biological second
     predicted = joules / m["events_per_s"]
-    # the machine power the published figure implies, in fully active SpiNN-5 boards
-    full_board_w = k["board_idle_w"].value + mapping.capacity_cores(1) * k["core_active_w"].value
-    implied_w = row["published"] * m["events_per_s"] / float(row["time_scale_factor"])
-    # and in boards at the wall power of the million-core machine per 48-chip board
+    k5 = energy.constants()
+    full_board_w = k5["board_idle_w"].value + mapping.capacity_cores(1) * k5["core_active_w"].value
+    implied_w = row["published"] * m["events_per_s"] / tsf
     wall_board_w = wall["power_w"] / (wall["chips"] / mapping.CHIPS_PER_BOARD)
     return {
         "implied_power_w": implied_w,
         "implied_full_boards": implied_w / full_board_w,
         "implied_wall_boards": implied_w / wall_board_w,
         "wall_board_w": wall_board_w,
-        "model_power_w": joules / seconds,
+        "model_power_w": power.total_w,
+        "power_parts_w": {
+            "boards": power.boards_w,
+            "frames": power.container_w,
+            "cores": power.cores_w,
+            "packets": power.packets_w,
+        },
         "predicted": predicted,
         "real_time_factor": tsf,
-        "slow_down_needed": need,
-        "boards": boards,
-        "cores": cores,
+        "boards": alloc.boards,
+        "boards_needed": alloc.boards_needed,
+        "frames": alloc.frames,
+        "cores": place.cores,
+        "placement": {
+            "neurons_per_core": place.atoms_per_core,
+            "neuron_cores": place.neuron_cores,
+            "synapse_cores": place.synapse_cores,
+            "source_cores": place.source_cores,
+        },
         "assumes": (
             f"{m['neurons']:,.0f} neurons, {m['synapses']:.3g} synapses, "
             f"{m['events_per_s']:.3g} synaptic events per biological second (rates of Bos "
-            f"et al. 2016); {cores} cores at {mapping.MAX_LIF_PER_CORE} neurons per core on "
-            f"{boards} board(s); external drive not placed; {tsf:g} machine seconds per "
-            f"biological second ({step_s * 1e3:g} ms steps; the busiest core needs "
-            f"{need:.2f}x by its event load); sPyNNaker Version5 board idle, active-core "
-            f"and packet energy"
+            f"et al. 2016); {place.atoms_per_core} neurons per core (ring buffer at "
+            f"{row['timestep_ms']:g} ms steps, delays to {net['max_delay_ms']:g} ms): "
+            f"{place.neuron_cores} neuron + {place.synapse_cores} synapse + "
+            f"{place.source_cores} Poisson cores = {place.cores} cores on "
+            f"{alloc.boards_needed} board(s), allocated {alloc.boards} (triads) in "
+            f"{alloc.frames} frame(s); {tsf:g} machine seconds per biological second; "
+            f"sPyNNaker Version5 wall power (boards, frame switch and cooling, every placed "
+            f"core active, 1 nJ packets)"
         ),
     }
 
@@ -152,10 +174,15 @@ def spinnaker_kws(row: dict[str, Any]) -> dict[str, Any]:
 
 
 NOT_MODELLED = {
-    "nest-hpc": "xpusim has no model of NEST on a CPU cluster (per-thread update and "
-    "spike-delivery cost, node power); its cpu backend measures torch modules on this machine",
-    "gpu-genn": "the GPU backend prices time-stepped dense matrix products, not GeNN's "
-    "sparse event-driven kernels (spike propagation over a CSR matrix per spike)",
+    "nest-hpc": "no CPU-cluster model of NEST: the cpu backend measures torch modules on this "
+    "machine; a prediction needs NEST's per-thread update and spike-delivery rate and the "
+    "cluster's node power, neither published in a source this project holds (see "
+    "docs/validation.md)",
+    "gpu-genn": "no model of GeNN's per-timestep kernels: at 0.5x real time (Knight & Nowotny "
+    "2018) a 0.1 ms step takes about 0.2 ms for about 9e4 synaptic events (under 1 MB of "
+    "weights and indices), so per-step costs (kernel launches, synchronisation, per-neuron "
+    "background input) set the time, not memory bandwidth; the GPU backend prices dense "
+    "time-stepped products (see docs/validation.md)",
 }
 
 
@@ -209,10 +236,12 @@ def main() -> int:
                 f"constants, {r['implied_wall_boards']:.1f} boards at the million-core "
                 f"machine's {r['wall_board_w']:.0f} W per board at the wall"
             )
-        if "real_time_factor" in r:
+        if "power_parts_w" in r:
+            parts = ", ".join(f"{k} {v:.0f} W" for k, v in r["power_parts_w"].items())
             print(
-                f"{'':34} real-time factor {r['real_time_factor']:g} (slow-down needed "
-                f"by event load {r['slow_down_needed']:.2f})"
+                f"{'':34} machine: {r['boards']} boards ({r['boards_needed']} needed), "
+                f"{r['frames']} frame(s), {r['cores']} cores; {parts}; real-time factor "
+                f"{r['real_time_factor']:g}"
             )
         print(f"{'':34} assumes: {r['assumes']}")
     scored = [r for r in rows if r["error"] is not None]

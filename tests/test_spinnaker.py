@@ -270,3 +270,121 @@ def test_copies_must_be_a_whole_number() -> None:
     for bad in (0, 1.5):
         with pytest.raises(XpusimError, match="copies"):
             SpinnakerBackend().compile(model, _system(copies=bad))
+
+
+# --- the whole machine of a large network (machine.py) -------------------------------
+
+
+def test_neurons_per_core_follow_spynnakers_ring_buffer_rule() -> None:
+    """Bits agree with sPyNNaker's ``get_n_bits``; at 0.1 ms steps with delays to 12.8 ms
+    (128 slots, 7 bits) and two synapse types (1 bit) 14 - 8 = 6 bits are left: 64
+    neurons per core; at 1 ms steps and 1 ms delays the default 256 holds."""
+    from spynnaker.pyNN.utilities.utility_calls import get_n_bits
+
+    from xpusim.plugins.spinnaker import machine
+
+    for n in range(0, 600):
+        assert machine.n_bits(n) == get_n_bits(n)
+    assert machine.atoms_per_core(0.1, 12.8) == 64
+    assert machine.atoms_per_core(0.25, 16.0) == 128  # 64 slots: 6 + 1 bits, 7 left
+    assert machine.atoms_per_core(1.0, 1.0) == mapping.MAX_LIF_PER_CORE
+    assert machine.atoms_per_core(0.1, 12.8, default=32) == 32
+    with pytest.raises(ValueError):
+        machine.atoms_per_core(0.001, 1000.0)
+
+
+def test_synapse_cores_split_only_below_one_ms_and_scale_with_the_slow_down() -> None:
+    """sPyNNaker splits neuron and synapse processing below 1 ms steps, with enough
+    synapse cores for the events at 13e6 per second per core times the slow-down."""
+    from xpusim.plugins.spinnaker import machine
+
+    per_core = machine.STATIC_SYNAPSES_PER_CORE_S.value
+    assert machine.synapse_cores(5 * per_core, 1.0, 1.0) == 0
+    assert machine.synapse_cores(0.0, 0.1, 1.0) == 0
+    assert machine.synapse_cores(2.5 * per_core, 0.1, 1.0) == 3
+    assert machine.synapse_cores(2.5 * per_core, 0.1, 20.0) == 1
+    p = machine.place(
+        [130, 64],
+        [per_core / 32, 10.0],
+        timestep_ms=0.1,
+        time_scale_factor=1.0,
+        max_delay_ms=12.8,
+        sources_per_neuron=True,
+    )
+    # 130 neurons: 64 + 64 + 2 (3 neuron cores, 2 synapse cores each for the full
+    # slices, 1 for the two-neuron rest); 64 neurons: one core with one synapse core
+    assert (p.atoms_per_core, p.neuron_cores, p.synapse_cores, p.source_cores) == (64, 4, 6, 4)
+    assert p.cores == 14
+
+
+def test_boards_come_in_triads_and_frames_of_24() -> None:
+    """One board for a job that fits one; beyond that whole triads, in 24-board frames."""
+    from xpusim.plugins.spinnaker import machine
+
+    per_board = mapping.capacity_cores(1)
+    one = machine.allocate(per_board)
+    assert (one.boards_needed, one.boards, one.frames) == (1, 1, 0)
+    two = machine.allocate(per_board + 1)
+    assert (two.boards_needed, two.boards, two.frames) == (2, 3, 1)
+    big = machine.allocate(25 * per_board)
+    assert (big.boards_needed, big.boards, big.frames) == (25, 27, 2)
+    with pytest.raises(ValueError):
+        machine.allocate(0)
+
+
+def test_wall_power_is_spynnakers_version5_energy_of_one_second() -> None:
+    """Boards, frames and active cores give what ``Version5.get_active_energy`` gives for
+    one second of the same job (no packets); a single board is charged its box."""
+    from spinn_machine.version.version_5 import Version5
+
+    from xpusim.plugins.spinnaker import machine
+
+    v = object.__new__(Version5)  # its energy methods read class constants only
+    for cores in (3000, 20000):
+        alloc = machine.allocate(cores)
+        w = machine.wall_power(alloc, cores)
+        active = {(0, 0): (float(cores), cores)}
+        ref = v.get_active_energy(1.0, alloc.frames, alloc.boards, alloc.chips, active, {})
+        assert w.total_w == pytest.approx(ref)
+    # a single boxed board: its idle power with the box's supply (no frame), plus cores
+    one = machine.allocate(10)
+    boxed = v.get_idle_energy(1.0, 1, 1, one.chips) + 10 * v.WATTS_PER_CORE_ACTIVE_OVERHEAD
+    assert machine.wall_power(one, 10).total_w == pytest.approx(boxed)
+    bare = machine.wall_power(machine.allocate(10), 10, boxed=False)
+    assert bare.container_w == 0.0
+    assert machine.wall_power(machine.allocate(10), 10, 1e9).packets_w == pytest.approx(1.0)
+
+
+def test_microcircuit_rows_are_predicted_from_the_placement() -> None:
+    """The validation's SpiNNaker microcircuit rows price the machine the rules place the
+    network on: 64 neurons per core, a synapse and a Poisson core per neuron core, the
+    boards' and frame's wall power for time_scale_factor seconds per biological second."""
+    import importlib.util
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "validate_spiking", root / "benchmarks" / "validate_spiking.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    doc = yaml.safe_load((root / "benchmarks" / "spiking_rows.yaml").read_text(encoding="utf-8"))
+    rows = {r["id"]: r for r in mod.evaluate(doc, skip_kws=True)}
+    net = mod.microcircuit(doc["network"])
+    for rid, tsf in (
+        ("spinnaker-microcircuit-x20", 20.0),
+        ("spinnaker-microcircuit-realtime", 1.0),
+    ):
+        r = rows[rid]
+        slices = sum(-(-n // 64) for n in doc["network"]["neurons"])
+        assert r["placement"]["neurons_per_core"] == 64
+        assert r["placement"]["neuron_cores"] == slices
+        assert r["placement"]["source_cores"] == slices
+        assert r["cores"] == sum(
+            r["placement"][k] for k in ("neuron_cores", "synapse_cores", "source_cores")
+        )
+        assert r["predicted"] == pytest.approx(r["model_power_w"] * tsf / net["events_per_s"])
+        assert r["model_power_w"] == pytest.approx(sum(r["power_parts_w"].values()))
+    assert rows["genn-v100-microcircuit"]["predicted"] is None
