@@ -246,7 +246,45 @@ def speed(host: Host) -> dict[str, Any]:
             "absent: the Mooncake conversation trace is not in the trace cache "
             f"({tracereg.cache_dir()}); `xpusim traces fetch mooncake-conversation`"
         )
+    for routing in ("round-robin", "cache-aware"):
+        data = json.loads(json.dumps(MOONCAKE_SHAPED))
+        data["workload"]["prefix_caching"]["routing"] = routing
+        m, wall = run(host, data)
+        out[f"mooncake_shaped_synthetic_{routing}_s"] = wall
+        out[f"mooncake_shaped_synthetic_{routing}_hit_rate_tokens"] = m.get(
+            "prefix_hit_rate_tokens"
+        )
     return out
+
+
+MOONCAKE_SHAPED: dict[str, Any] = {
+    "name": "speed-mooncake-shaped",
+    "seed": 1,
+    "model": {"family": "llama", "preset": "llama-3-8b", "dtype": "bf16"},
+    "workload": {
+        "kind": "serving",
+        # a synthetic stand-in of the Mooncake conversation trace's size, NOT the trace:
+        # 12,031 requests with lognormal prompts of mean 12,035 tokens (median 8,740,
+        # sigma 0.8) over an hour, in multi-turn conversations hashed in 512-token blocks
+        "arrivals": {
+            "process": "poisson",
+            "rate": "3.342/s",
+            "count": 12031,
+            "prompt_tokens": {"dist": "lognormal", "median": 8740, "sigma": 0.8, "max": 131072},
+            "output_tokens": {"dist": "lognormal", "median": 300, "sigma": 0.8, "max": 4096},
+        },
+        "scheduler": {"kind": "chunked-prefill", "max_batch": 256, "chunk": 8192},
+        "prefix_caching": {
+            "memory_fraction": 0.3,
+            "block_tokens": 512,
+            "routing": "cache-aware",
+            "conversations": {"sessions": 400, "turns": 5},
+        },
+    },
+    "systems": [{"name": "h100x8", "backend": "gpu", "device": "h100-sxm", "count": 8}],
+}
+"""The size of the Mooncake target (requests, mean prompt, 8 H100s) on synthetic
+requests, timed while the real trace is not at hand."""
 
 
 def main(argv: list[str] | None = None) -> int:
