@@ -117,6 +117,8 @@ def spinnaker_microcircuit(
             "packets": power.packets_w,
         },
         "predicted": predicted,
+        # the same machine with no core active: the bound a busy-time core cost moves to
+        "no_active_cores": (power.boards_w + power.container_w) * tsf / m["events_per_s"],
         "real_time_factor": tsf,
         "boards": alloc.boards,
         "boards_needed": alloc.boards_needed,
@@ -241,7 +243,7 @@ def main() -> int:
             print(
                 f"{'':34} machine: {r['boards']} boards ({r['boards_needed']} needed), "
                 f"{r['frames']} frame(s), {r['cores']} cores; {parts}; real-time factor "
-                f"{r['real_time_factor']:g}"
+                f"{r['real_time_factor']:g}; with no core active {r['no_active_cores']:.3g}"
             )
         print(f"{'':34} assumes: {r['assumes']}")
     scored = [r for r in rows if r["error"] is not None]
