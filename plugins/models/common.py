@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
@@ -18,6 +18,8 @@ from xpusim.engine.system import Parallelism
 
 __all__ = [
     "DTYPES",
+    "SIZE_LIMITS",
+    "SizeLimit",
     "TracedModelGraph",
     "adam_op",
     "backward_ops",
@@ -40,6 +42,119 @@ def torch_dtype(name: str) -> Any:
     import torch
 
     return {"fp32": torch.float32, "fp16": torch.float16}.get(name, torch.bfloat16)
+
+
+class SizeLimit(NamedTuple):
+    """The largest value a model dimension may take, and its unit in messages.
+
+    ``items`` bounds the length of a list-valued field (``blocks``, ``sizes``,
+    ``channels``), whose every entry is bounded by ``most``.
+    """
+
+    most: int
+    unit: str
+    items: int = 0
+
+
+MAX_LAYERS = 10_000
+"""Layers (and blocks) of a model: the deepest published models have a few hundred."""
+MAX_WIDTH = 2**20
+"""A hidden size, head size, latent rank, channel count or MLP width (about a million):
+the widest published models have tens of thousands."""
+MAX_FFN = 2**24
+"""An MLP's inner width (about 16.8 million), a few hundred times the widest published."""
+MAX_HEADS = 65_536
+"""Attention heads and experts: published models have at most a few hundred."""
+MAX_VOCAB = 2**24
+"""Vocabulary and class counts (about 16.8 million): published vocabularies reach 256 Ki."""
+MAX_SEQ = 100_000_000
+"""A context length or attention window: the token limit of a request (engine.traces)."""
+MAX_IMAGE = 65_536
+"""An image side in pixels, or a convolution kernel side."""
+
+SIZE_LIMITS: dict[str, SizeLimit] = {
+    "layers": SizeLimit(MAX_LAYERS, "layers"),
+    "dense_layers": SizeLimit(MAX_LAYERS, "layers"),
+    "mtp_layers": SizeLimit(MAX_LAYERS, "layers"),
+    "hidden": SizeLimit(MAX_WIDTH, "units"),
+    "head_dim": SizeLimit(MAX_WIDTH, "units"),
+    "q_lora_rank": SizeLimit(MAX_WIDTH, "units"),
+    "kv_lora_rank": SizeLimit(MAX_WIDTH, "units"),
+    "qk_rope_head_dim": SizeLimit(MAX_WIDTH, "units"),
+    "v_head_dim": SizeLimit(MAX_WIDTH, "units"),
+    "width": SizeLimit(MAX_WIDTH, "channels"),
+    "in_channels": SizeLimit(MAX_WIDTH, "channels"),
+    "ffn_hidden": SizeLimit(MAX_FFN, "units"),
+    "shared_ffn_hidden": SizeLimit(MAX_FFN, "units"),
+    "dense_ffn_hidden": SizeLimit(MAX_FFN, "units"),
+    "heads": SizeLimit(MAX_HEADS, "heads"),
+    "kv_heads": SizeLimit(MAX_HEADS, "heads"),
+    "experts": SizeLimit(MAX_HEADS, "experts"),
+    "top_k": SizeLimit(MAX_HEADS, "experts"),
+    "shared_experts": SizeLimit(MAX_HEADS, "experts"),
+    "vocab": SizeLimit(MAX_VOCAB, "tokens"),
+    "type_vocab": SizeLimit(MAX_VOCAB, "tokens"),
+    "num_classes": SizeLimit(MAX_VOCAB, "classes"),
+    "seq_len": SizeLimit(MAX_SEQ, "tokens"),
+    "sliding_window": SizeLimit(MAX_SEQ, "tokens"),
+    "image_size": SizeLimit(MAX_IMAGE, "pixels"),
+    "kernel": SizeLimit(MAX_IMAGE, "pixels"),
+    "blocks": SizeLimit(MAX_LAYERS, "blocks", items=MAX_LAYERS),
+    "sizes": SizeLimit(MAX_FFN, "units", items=MAX_LAYERS),
+    "channels": SizeLimit(MAX_WIDTH, "channels", items=MAX_LAYERS),
+}
+"""The upper bound of every model dimension a family's options name, checked before a
+model is built (:func:`check_sizes`): far above any published model, so that a typo or an
+absurd what-if (``--set model.layers=100000000``) is refused at once instead of looping
+over every layer. A configuration class may replace entries with its own
+``SIZE_LIMITS`` class attribute (the spiking family's ``layers`` are layer sizes)."""
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a number when it is one (an integer, a float or a numeric string),
+    else ``None`` (a bool is not a number here; pydantic reports the wrong type)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip().replace("_", ""))
+        except ValueError:
+            return None
+    return None
+
+
+def check_sizes(
+    values: Mapping[str, Any],
+    limits: Mapping[str, SizeLimit],
+    family: str,
+    label: Callable[[str], str] | None = None,
+) -> None:
+    """Refuse a model dimension above its :class:`SizeLimit` with a
+    :class:`~xpusim.engine.errors.ScenarioError` naming ``model.<key>`` (or ``label(key)``:
+    the ``config.json`` key it came from), the value, the limit and the fix."""
+    for key, lim in limits.items():
+        value = values.get(key)
+        where = label(key) if label is not None else f"model.{key}"
+        if isinstance(value, list | tuple):
+            if lim.items and len(value) > lim.items:
+                raise ScenarioError(
+                    f"{where}: lists {len(value):,} entries; a {family} model may have at "
+                    f"most {lim.items:,} (far above any published model). Give fewer "
+                    f"entries (docs/reliability.md, limits)."
+                )
+            entries: list[Any] = list(value)
+        else:
+            entries = [value]
+        for entry in entries:
+            n = _number(entry)
+            if n is not None and n > lim.most:
+                raise ScenarioError(
+                    f"{where}: {entry!r} is far beyond any real model; a {family} model's "
+                    f"{key} may be at most {lim.most:,} {lim.unit} (docs/reliability.md, "
+                    f"limits). Give the published value, or a smaller what-if."
+                )
 
 
 def _fmt_loc(loc: Iterable[Any]) -> str:
@@ -86,8 +201,10 @@ def validate_spec(
             )
     merged.update(spec)
     merged.setdefault("name", family)
+    limits = getattr(cls, "SIZE_LIMITS", SIZE_LIMITS)
+    check_sizes(merged, limits, family)  # before a validator loops over a dimension
     try:
-        return cls.model_validate(merged), preset
+        cfg = cls.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = _fmt_loc(err.get("loc", ()))
@@ -101,6 +218,8 @@ def validate_spec(
         where = f"model.{loc}" if loc else "model"
         extra = "" if loc == "" else f" (got {got!r})"
         raise ScenarioError(f"{where}: {msg}{extra}") from None
+    check_sizes({k: getattr(cfg, k, None) for k in limits}, limits, family)
+    return cfg, preset
 
 
 # --- training-step ops ----------------------------------------------------------------

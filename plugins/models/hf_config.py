@@ -40,6 +40,7 @@ from typing import Any
 from xpusim.engine.errors import ScenarioError
 from xpusim.engine.registry import nearest, unknown_message
 from xpusim.engine.safeio import read_limited
+from xpusim.plugins.models.common import SIZE_LIMITS, check_sizes
 
 __all__ = ["ARCHITECTURES", "NO_COST", "decoder_fields", "read_config"]
 
@@ -443,4 +444,12 @@ def decoder_fields(data: Mapping[str, Any], where: str = "model.config") -> dict
     r = _Reader(data, where)
     fields = read(r)
     r.check_unknown(_COMMON | _EXTRA_KEYS.get(model_type, frozenset()))
+
+    def label(field: str) -> str:
+        """The ``config.json`` key a too-large field was read from (found by its value)."""
+        value = fields.get(field)
+        keys = [k for k, v in data.items() if not isinstance(v, bool) and v == value]
+        return f"{where}: {keys[0]} (model.{field})" if keys else f"{where}: model.{field}"
+
+    check_sizes(fields, SIZE_LIMITS, "hf", label)
     return fields

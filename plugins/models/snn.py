@@ -29,7 +29,7 @@ import itertools
 import math
 from collections.abc import Mapping
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,7 +42,7 @@ from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.qty import Duration, Rate
 from xpusim.engine.spiking import SpikingModel
 from xpusim.engine.system import Parallelism
-from xpusim.plugins.models.common import validate_spec
+from xpusim.plugins.models.common import MAX_LAYERS, SizeLimit, validate_spec
 
 __all__ = [
     "FAMILIES",
@@ -78,6 +78,12 @@ class SnnConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    SIZE_LIMITS: ClassVar[dict[str, SizeLimit]] = {
+        "layers": SizeLimit(10_000_000, "neurons", items=MAX_LAYERS),
+    }
+    """Layer sizes of at most ten million neurons (as ``inputs``) and at most
+    :data:`~xpusim.plugins.models.common.MAX_LAYERS` layers (see ``validate_spec``)."""
 
     name: str = "snn"
     dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
