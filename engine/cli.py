@@ -93,13 +93,29 @@ AllowOption = Annotated[
 ]
 """``--allow-module PKG``: the trust boundary of a scenario (see docs/reliability.md)."""
 
+MaxEventsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--max-events",
+        help="The work budget: estimated simulation events one system may take (default "
+        "1e8, about a minute); a larger run is refused before it starts. Also "
+        "XPUSIM_MAX_EVENTS.",
+    ),
+]
+"""``--max-events N``: raise (or lower) the work budget (see engine/budget.py)."""
 
-def _before_work(allow: list[str] | None, out_dir: Path | None, spills: bool) -> None:
+
+def _before_work(
+    allow: list[str] | None, out_dir: Path | None, spills: bool, max_events: str | None = None
+) -> None:
     """The checks every command that may run user code or write does first: the allowed
-    modules, the spill settings (removing spill folders killed runs left) and ``--out``."""
-    from xpusim.engine import trust
+    modules, the work budget, the spill settings (removing spill folders killed runs left)
+    and ``--out``."""
+    from xpusim.engine import budget, trust
 
     trust.allow(allow or [])
+    budget.set_max_events(max_events)
+    budget.max_events()  # a junk XPUSIM_MAX_EVENTS is refused before any work
     if spills:
         from xpusim.engine.results import check_spill_settings
 
@@ -199,6 +215,7 @@ def run(
         typer.Option(help="A fitted calibration file; applies to systems of its device."),
     ] = None,
     allow: AllowOption = None,
+    max_events: MaxEventsOption = None,
 ) -> None:
     """Run one scenario on all its systems and write a run folder."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -208,7 +225,7 @@ def run(
     from xpusim.engine.run import load, run_scenario
 
     def go() -> None:
-        _before_work(allow, out_dir, spills=True)
+        _before_work(allow, out_dir, spills=True, max_events=max_events)
         _check_inputs(calibration or [], "calibration file", CALIBRATION_BYTES)
         host = _host()
         sc = load(
@@ -255,6 +272,7 @@ def validate(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
     sets: Annotated[list[str] | None, typer.Option("--set", help="KEY.PATH=VALUE.")] = None,
     allow: AllowOption = None,
+    max_events: MaxEventsOption = None,
 ) -> None:
     """Check a scenario (schema, plugins, devices, traces, memory fit) without simulating.
 
@@ -264,7 +282,7 @@ def validate(
     from xpusim.engine.run import check, load
 
     def go() -> None:
-        _before_work(allow, None, spills=False)
+        _before_work(allow, None, spills=False, max_events=max_events)
         host = _host()
         sc = load(scenario, host, sets or [])
         for prep in check(sc, host):
@@ -306,6 +324,7 @@ def sweep(
         typer.Option(help="A fitted calibration file; applies to systems of its device."),
     ] = None,
     allow: AllowOption = None,
+    max_events: MaxEventsOption = None,
 ) -> None:
     """Run every point of a scenario's sweep through an executor; re-runs skip done points."""
     from rich.progress import (
@@ -327,7 +346,7 @@ def sweep(
     from xpusim.engine.sweep import run_sweep
 
     def go() -> None:
-        _before_work(allow, None, spills=True)
+        _before_work(allow, None, spills=True, max_events=max_events)
         _check_inputs(calibration or [], "calibration file", CALIBRATION_BYTES)
         if out_dir is not None:
             from xpusim.engine.outpaths import check_not_in_run, check_not_symlink
@@ -412,6 +431,7 @@ def plan(
         int | None, typer.Option(help="Most simulations the search may run.", min=1)
     ] = None,
     allow: AllowOption = None,
+    max_events: MaxEventsOption = None,
 ) -> None:
     """The cheapest configurations that meet the SLOs at a load (see docs/plan.md)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -422,7 +442,7 @@ def plan(
     from xpusim.engine.run import utc_stamp
 
     def go() -> None:
-        _before_work(allow, None, spills=True)
+        _before_work(allow, None, spills=True, max_events=max_events)
         if out_dir is not None:
             from xpusim.engine.outpaths import check_not_in_run, check_not_symlink
 

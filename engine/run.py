@@ -27,6 +27,7 @@ import polars as pl
 
 from xpusim.engine import __version__
 from xpusim.engine.backend import Backend, Compiled
+from xpusim.engine.budget import BudgetError, check_work
 from xpusim.engine.calibration import apply_calibrations
 from xpusim.engine.capacity import (
     CapacitySpec,
@@ -172,6 +173,8 @@ def prepare(scenario: Scenario, host: Host) -> list[Prepared]:
             if not support.ok:
                 res.status, res.reason = "unsupported", support.reason
             else:
+                work = scenario.workload.work(scenario.workload_config, system, model)
+                check_work(work, scenario.source.where(("workload",)), system.name)
                 compiled = backend.compile(model, system)
                 fit = scenario.workload.fit(scenario.workload_config, system, compiled)
                 res.details["memory"] = {
@@ -189,12 +192,37 @@ def prepare(scenario: Scenario, host: Host) -> list[Prepared]:
             raise placed(exc, scenario.source, ("systems", index)) from None
         except DoesNotFitError as exc:
             res.status, res.reason = "does-not-fit", str(exc)
+        except BudgetError:
+            raise  # the run is too large: stop, write nothing
+        except MemoryError as exc:  # an absurd size: input, not a fault of the backend
+            raise out_of_memory(
+                scenario, "model", f"compiling the model for system {system.name!r}", exc
+            ) from None
         except Exception as exc:  # a plugin fault fails its system, not the run
             res.status = "failed"
             res.reason = f"backend {system.backend!r} (plugin {host.backends.owner(system.backend)!r}) raised {type(exc).__name__}: {exc}"
             compiled = None
         out.append(Prepared(system, backend, compiled, res))
     return out
+
+
+SHRINK = {
+    "model": "the model is too large for this machine: shrink its sizes (layers, widths, "
+    "vocabulary)",
+    "workload": "the workload is too large for this machine: shrink its sizes (counts, "
+    "lengths, batch)",
+}
+"""What to shrink when compiling (``model``) or simulating (``workload``) runs out of
+memory."""
+
+
+def out_of_memory(scenario: Scenario, key: str, doing: str, exc: MemoryError) -> XpusimError:
+    """The input error for a ``MemoryError`` raised while ``doing`` (an absurd size is
+    bad input, not a fault of the plugin), placed at the scenario's ``key`` block."""
+    return XpusimError(
+        f"{scenario.source.where((key,))}: {doing} ran out of memory ({str(exc)[:200]}); "
+        f"{SHRINK[key]}."
+    )
 
 
 def _par(system: System) -> dict[str, Any]:
@@ -267,10 +295,8 @@ def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None)
             except XpusimError:
                 raise  # bad input concerns every system: stop, write nothing
             except MemoryError as exc:  # an absurd size: input, not a fault of the plugin
-                raise XpusimError(
-                    f"{scenario.source.where(('workload',))}: simulating system "
-                    f"{system.name!r} ran out of memory ({str(exc)[:200]}); the workload is "
-                    f"too large for this machine: shrink its sizes (counts, lengths, batch)."
+                raise out_of_memory(
+                    scenario, "workload", f"simulating system {system.name!r}", exc
                 ) from None
             except Exception as exc:
                 res.status = "failed"

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from xpusim.engine.backend import Compiled, Fit
+from xpusim.engine.budget import Work
 from xpusim.engine.frames import FrameMap
 from xpusim.engine.metrics import Metric
 from xpusim.engine.model import ModelGraph
@@ -92,6 +93,13 @@ class Workload(ABC):
         """Sizes a backend's fit check needs before simulating: ``kv_tokens`` (serving),
         ``batch``; used by the default :meth:`fit`."""
         return {}
+
+    def work(self, config: BaseModel, system: System, model: ModelGraph) -> Work | None:
+        """The estimated events of simulating ``config`` on ``system`` (and the simulated
+        time it spans, where known), from the stated sizes alone, so that the engine can
+        refuse a run above the work budget before it starts
+        (:func:`xpusim.engine.budget.check_work`). The default: no estimate."""
+        return None
 
     def fit(self, config: BaseModel, system: System, compiled: Compiled) -> Fit:
         """Whether this workload fits ``system``'s memory. The default asks the backend

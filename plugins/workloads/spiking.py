@@ -46,6 +46,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from xpusim.engine.backend import Compiled
+from xpusim.engine.budget import Work
 from xpusim.engine.errors import ScenarioError
 from xpusim.engine.frames import DEVICES_SCHEMA, REQUEST_OK, device_timeline
 from xpusim.engine.graph import OpKind, Phase, Shape
@@ -56,10 +57,18 @@ from xpusim.engine.metrics import (
     Metric,
     detail,
 )
+from xpusim.engine.model import ModelGraph
 from xpusim.engine.qty import Duration, Rate
 from xpusim.engine.spiking import SpikingModel
+from xpusim.engine.system import System
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
-from xpusim.plugins.workloads.spiking_sweep import SweepConfig, capacity, operating_points
+from xpusim.plugins.workloads.spiking_sweep import (
+    INPUT_RATE_FACTORS,
+    LOAD_FACTORS,
+    SweepConfig,
+    capacity,
+    operating_points,
+)
 from xpusim.plugins.workloads.spiking_world import run_world
 
 __all__ = ["REQUESTS_SCHEMA", "STEPS_SCHEMA", "WORKLOADS", "SpikingConfig", "SpikingWorkload"]
@@ -91,6 +100,10 @@ REQUESTS_SCHEMA: dict[str, pl.DataType] = {
 
 
 DEFAULT_TIMESTEPS = 100
+SAMPLE_EVENTS = 100
+"""Events one sample costs the spiking world besides its timesteps (arrival, batching, a
+replica's turn, its frame rows): a sample takes about 0.1 ms to simulate whatever its
+timesteps, so a million samples are about two minutes."""
 """Timesteps of a sample when neither the workload nor a spiking model names them."""
 
 
@@ -237,6 +250,30 @@ class SpikingWorkload(Workload):
         """The largest step: ``batch`` samples of ``timesteps``."""
         assert isinstance(config, SpikingConfig)
         return {"batch": config.batch, "timesteps": config.timesteps or 0}
+
+    def work(self, config: BaseModel, system: System, model: ModelGraph) -> Work | None:
+        """Samples x (timesteps + :data:`SAMPLE_EVENTS`), the operating points' samples
+        likewise; the horizon is the samples' arrival span at ``rate``."""
+        if not isinstance(config, SpikingConfig):
+            return None
+        steps = config.timesteps or (
+            model.timesteps if isinstance(model, SpikingModel) else DEFAULT_TIMESTEPS
+        )
+        sw = config.sweep
+        points = 0
+        if sw.enabled:
+            points = len(sw.loads or LOAD_FACTORS) + len(sw.input_rates or INPUT_RATE_FACTORS)
+        samples = config.samples + points * sw.samples
+        per = steps + SAMPLE_EVENTS
+        counted = f"{config.samples:,} samples"
+        if points:
+            counted = f"({counted} + {points} operating points x {sw.samples:,})"
+        return Work(
+            events=float(samples) * per,
+            how=f"{counted} x ({steps:,} timesteps + {SAMPLE_EVENTS})",
+            shrink="workload.samples, timesteps, sweep.samples",
+            horizon_s=config.samples / config.rate if config.rate else None,
+        )
 
     def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:
         """Simulate the samples on ``ctx.system``'s replicas."""

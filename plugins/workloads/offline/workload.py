@@ -28,13 +28,21 @@ from pydantic import (
     model_validator,
 )
 
+from xpusim.engine.budget import Work, request_work
 from xpusim.engine.metrics import THROUGHPUT_SAMPLES_PER_S, detail
+from xpusim.engine.model import ModelGraph
 from xpusim.engine.policies import SchedulerSpec
+from xpusim.engine.system import System
 from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.offline.world import simulate_forward
 from xpusim.plugins.workloads.serving import metrics, schedulers
-from xpusim.plugins.workloads.serving.arrivals import MAX_REQUESTS, LengthDist, sample_lengths
+from xpusim.plugins.workloads.serving.arrivals import (
+    MAX_REQUESTS,
+    LengthDist,
+    mean_tokens,
+    sample_lengths,
+)
 from xpusim.plugins.workloads.serving.metrics import FORWARD_METRICS, SERVING_METRICS
 from xpusim.plugins.workloads.serving.stacks import (
     DEFAULT_STACK,
@@ -142,6 +150,20 @@ class OfflineWorkload(Workload):
             description="tokens per iteration the run allowed",
         ),
     )
+
+    def work(self, config: BaseModel, system: System, model: ModelGraph) -> Work | None:
+        """Inputs + inputs x mean output tokens / batch + the replicas' cost
+        (:func:`~xpusim.engine.budget.request_work`); a decoder's batch is the scheduler's
+        ``max_batch``, another model's ``batch`` samples a forward pass with one step each.
+        A trace's inputs are known once it is read: its ``count`` or ``limit`` counts."""
+        assert isinstance(config, OfflineConfig)
+        inputs = config.count or (config.trace.limit if config.trace is not None else None)
+        shrink = "workload.count, output_tokens, systems[].count"
+        if model.kind != "decoder":
+            return request_work(float(inputs or 1), 1.0, config.batch, system.replicas, shrink)
+        out = mean_tokens(_defaults(config.output_tokens, 128)) or 1.0
+        batch = config.scheduler.max_batch
+        return request_work(float(inputs or 0), out, batch, system.replicas, shrink)
 
     def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:
         """Process every input on ``ctx.system`` and report throughput."""

@@ -37,6 +37,7 @@ the same frame bit for bit, and changing the length law leaves arrival times unc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -115,6 +116,40 @@ class LengthDist(BaseModel):
         if self.max is not None and self.max < self.min:
             raise ValueError(f"max {self.max} is below min {self.min}")
         return self
+
+
+def mean_tokens(dist: LengthDist) -> float | None:
+    """The mean token length ``dist`` draws, clipped to its ``min`` and ``max``, for the
+    work estimate (:mod:`xpusim.engine.budget`); ``None`` when it is drawn from a trace
+    (known only once the trace is read)."""
+    if dist.dist == "constant" and dist.value is not None:
+        mean = float(dist.value)
+    elif dist.dist == "uniform" and dist.low is not None and dist.high is not None:
+        mean = (dist.low + dist.high) / 2
+    elif dist.dist == "normal" and dist.mean is not None:
+        mean = dist.mean
+    elif dist.dist == "lognormal" and dist.median is not None:
+        mean = dist.median * math.exp(min(dist.sigma, 20.0) ** 2 / 2)
+    elif dist.dist == "empirical" and dist.values:
+        w = dist.weights or [1.0] * len(dist.values)
+        mean = sum(v * x for v, x in zip(dist.values, w, strict=True)) / sum(w)
+    else:
+        return None
+    return float(min(max(mean, dist.min), dist.max or MAX_TOKENS))
+
+
+def requests_of(spec: ArrivalSpec) -> float:
+    """Requests ``spec`` generates (``count``, or expected from ``rate`` x ``duration``)."""
+    if spec.count is not None:
+        return float(spec.count)
+    return spec.rate * (spec.duration or 0.0)
+
+
+def horizon_of(spec: ArrivalSpec) -> float:
+    """Simulated seconds ``spec``'s arrivals span (``duration``, or ``count`` / ``rate``)."""
+    if spec.duration is not None:
+        return spec.duration
+    return (spec.count or 0) / spec.rate
 
 
 class ArrivalSpec(BaseModel):

@@ -36,13 +36,22 @@ from pydantic import (
 )
 
 from xpusim.engine import tracereg
+from xpusim.engine.budget import Work, request_work
 from xpusim.engine.errors import TraceError, XpusimError
 from xpusim.engine.metrics import detail
+from xpusim.engine.model import ModelGraph
 from xpusim.engine.policies import Router, SchedulerSpec, check_name, resolve
 from xpusim.engine.qty import Duration
+from xpusim.engine.system import System
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.serving import disagg, metrics, routers, schedulers
-from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate
+from xpusim.plugins.workloads.serving.arrivals import (
+    ArrivalSpec,
+    generate,
+    horizon_of,
+    mean_tokens,
+    requests_of,
+)
 from xpusim.plugins.workloads.serving.disagg import DISAGG_METRICS, Disaggregation
 from xpusim.plugins.workloads.serving.expert import ExpertGroupCompiled, expert_group
 from xpusim.plugins.workloads.serving.lora import LORA_METRICS, Lora, LoraCompiled, LoraRun
@@ -311,6 +320,28 @@ class ServingWorkload(Workload):
             description="tokens of KV cache one replica holds",
         ),
     )
+
+    def work(self, config: BaseModel, system: System, model: ModelGraph) -> Work | None:
+        """Requests + requests x mean output tokens / ``max_batch`` + the replicas' cost
+        (:func:`~xpusim.engine.budget.request_work`); a trace's requests are known once it
+        is read, so a trace replay is estimated by its ``limit`` (if any) and replicas."""
+        assert isinstance(config, ServingConfig)
+        batch = config.scheduler.max_batch
+        if config.arrivals is not None:
+            a = config.arrivals
+            out = mean_tokens(a.output_tokens) or 1.0
+            return request_work(
+                requests_of(a),
+                out,
+                batch,
+                system.replicas,
+                "workload.arrivals.count or duration, output_tokens, systems[].count",
+                horizon_of(a),
+            )
+        limit = config.trace.limit if config.trace is not None else None
+        return request_work(
+            float(limit or 0), 1.0, batch, system.replicas, "workload.trace.limit, systems[].count"
+        )
 
     def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:
         """Replay the requests on ``ctx.system`` and compute its serving metrics."""

@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from xpusim.engine.backend import Compiled, Fit
+from xpusim.engine.budget import PASS_EVENTS, Work
 from xpusim.engine.errors import DoesNotFitError, ScenarioError
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
@@ -265,6 +266,23 @@ class TrainingWorkload(Workload):
         """``batch`` (the micro-batch) and ``training``."""
         assert isinstance(config, TrainingConfig)
         return {"batch": config.micro_batch, "training": True}
+
+    def work(self, config: BaseModel, system: System, model: ModelGraph) -> Work | None:
+        """One step's pipeline: stages x virtual stages x micro-batches, forward and
+        backward, :data:`~xpusim.engine.budget.PASS_EVENTS` each (the failure replay has its own limit,
+        :data:`~xpusim.plugins.workloads.training.failures.MAX_EVENTS`)."""
+        assert isinstance(config, TrainingConfig)
+        par = system.parallelism
+        p, v = par.pipeline, max(1, par.virtual)
+        m = make_plan(config, model).microbatches(par.data)
+        return Work(
+            events=PASS_EVENTS * 2.0 * p * v * m,
+            how=(
+                f"{PASS_EVENTS} x 2 passes x {p:,} stages x {v:,} virtual stages x {m:,} micro-batches "
+                f"(global_batch / (micro_batch x data))"
+            ),
+            shrink="workload.global_batch, raise workload.micro_batch, or fewer stages",
+        )
 
     def fit(self, config: BaseModel, system: System, compiled: Compiled) -> Fit:
         """Training memory per device (weights, gradients, Adam states per ZeRO stage,
