@@ -68,6 +68,37 @@ def test_report_html_and_charts_escape_the_name(run: tuple[Path, str]) -> None:
     assert "<svg" in page
 
 
+def test_no_control_character_reaches_report_html_or_a_chart(run: tuple[Path, str]) -> None:
+    """The ANSI escape in the name is shown as ``\\x1b`` in ``report.html``'s tables and in
+    the label text of its inline SVG charts: no file but ``summary.json`` holds the byte."""
+    folder, _ = run
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert "\x1b" not in page
+    charts = page[page.index("<svg") :]
+    assert "\\x1b[2J" in charts  # a legend or a label drew the name, escaped
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix in (".md", ".html", ".svg", ".txt"):
+            assert "\x1b" not in path.read_text(encoding="utf-8", errors="replace"), path
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("<b>\x1b[2J</b>", "&lt;b&gt;\\x1b[2J&lt;/b&gt;"),
+        ('"q"\x00', "&quot;q&quot;\\x00"),
+        ("bidi\u202eevil", "bidi?evil"),
+    ],
+)
+def test_html_escape(text: str, shown: str) -> None:
+    """HTML escaping makes no tag, closes no attribute and writes no control character."""
+    assert escape.html(text) == shown
+
+
+def test_svg_escape_keeps_layout() -> None:
+    """A chart's control characters are shown by their code; its newlines stay."""
+    assert escape.svg("<text>a\x1bb</text>\n") == "<text>a\\x1bb</text>\n"
+
+
 def test_summary_json_keeps_the_name_exactly(run: tuple[Path, str]) -> None:
     """JSON escapes by itself: the name reads back byte for byte."""
     folder, _ = run

@@ -21,6 +21,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from xpusim.engine.economics import BUSY_STATES
+from xpusim.engine.report import escape
 from xpusim.engine.report.verdict import candidates
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def _svg(fig: Figure, chart: str, label: str) -> str:
     with matplotlib.rc_context(_RC):
         fig.savefig(buf, format="svg", metadata={"Date": None})
     text = buf.getvalue()
-    text = text[text.index("<svg") :]
+    text = escape.svg(text[text.index("<svg") :])
     text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
     text = re.sub(r'(id="|url\(#|href="#)([A-Za-z_][\w.-]*)', rf"\g<1>{chart}-\g<2>", text)
     return text.replace(

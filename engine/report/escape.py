@@ -10,9 +10,12 @@ user text into text that sink shows literally:
 * :func:`markdown` for ``report.md``: CommonMark punctuation is backslash-escaped and
   ``<``, ``>``, ``&`` become entities, so no link, image, HTML tag or script survives.
 
-``report.html`` escapes with :func:`html.escape` itself.
-Matplotlib labels need none: the charts turn TeX math off (``text.parse_math``), so a
-``$`` in a name is drawn as written.
+* :func:`html` for ``report.html`` (and the comparison report): :func:`html.escape` of
+  :func:`plain`, so no tag is made and no control character is written;
+* :func:`svg` for a chart's SVG document: its control characters shown as ``\\xNN``
+  (matplotlib writes label text as it is given, and a control character is not allowed
+  in XML). The charts also turn TeX math off (``text.parse_math``), so a ``$`` in a
+  name is drawn as written.
 
 JSON needs none: :func:`json.dumps` escapes every string it writes.
 """
@@ -49,3 +52,16 @@ def markdown(text: object) -> str:
     s = plain(text)
     s = _html.escape(s, quote=False)
     return _MD_ACTIVE.sub(r"\\\1", s)
+
+
+def html(text: object) -> str:
+    """``text`` for an HTML document (element text or a quoted attribute): control
+    characters shown as ``\\xNN`` (:func:`plain`), then ``<``, ``>``, ``&`` and quotes
+    turned into entities."""
+    return _html.escape(plain(text), quote=True)
+
+
+def svg(document: str) -> str:
+    """A whole SVG document (a chart) with the control characters of its label text
+    shown as ``\\xNN``; its own newlines and tabs are kept."""
+    return _CONTROL.sub(_visible, document)

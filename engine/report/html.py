@@ -9,13 +9,13 @@ catalog figure used with its source under "Assumptions and sources".
 
 from __future__ import annotations
 
-import html
 from string import Template
 from typing import TYPE_CHECKING
 
 from xpusim.engine.economics import describe_break_even
 from xpusim.engine.report import (
     best_systems,
+    escape,
     fmt,
     metric_value,
     not_known,
@@ -69,7 +69,7 @@ $body
 
 
 def _e(x: object) -> str:
-    return html.escape(str(x), quote=True)
+    return escape.html(x)
 
 
 def _summary(run: RunResult) -> str:

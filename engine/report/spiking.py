@@ -25,7 +25,6 @@ Three parts, read from what the run recorded (nothing is simulated here):
 
 from __future__ import annotations
 
-import html
 import itertools
 import math
 from collections.abc import Sequence
@@ -393,7 +392,7 @@ def markdown_section(run: RunResult) -> list[str]:
 
 
 def _html_table(head: list[str], body: list[list[str]], cls: str) -> str:
-    e = html.escape
+    e = escape.html
     rows = "".join(
         "<tr>"
         + "".join(f'<td class="{"name" if i == 0 else ""}">{e(c)}</td>' for i, c in enumerate(row))
@@ -408,7 +407,7 @@ def html_section(run: RunResult) -> str:
     """The section as HTML (empty for a run it does not apply to)."""
     if not applies(run):
         return ""
-    e = html.escape
+    e = escape.html
     svg = chart(run)
     figure = (
         f"<figure>{svg}</figure>"
