@@ -35,6 +35,13 @@ import yaml
 
 from xpusim.engine.errors import TraceError
 from xpusim.engine.registry import nearest
+from xpusim.engine.safeio import check_regular, read_limited
+
+PIN_BYTES = 64 * 2**10
+"""Largest pin file (a first download's size and sha256, a few lines of JSON) read."""
+CACHED_BYTES = 2**40
+"""Largest cached trace hashed (streamed, a chunk at a time; the readers' own limits
+apply when it is read)."""
 
 CACHE_ENV = "XPUSIM_TRACE_CACHE"
 """Environment variable naming the folder traces are cached in (overrides the default)."""
@@ -130,13 +137,21 @@ def expected(e: TraceEntry) -> tuple[int | None, str | None]:
         return e.size_bytes, e.sha256
     pin = _pin_path(e)
     if pin.is_file():
-        data = json.loads(pin.read_text(encoding="utf-8"))
-        return int(data["size_bytes"]), str(data["sha256"])
+        raw = read_limited(pin, "trace pin file", PIN_BYTES, error=TraceError)
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            return int(data["size_bytes"]), str(data["sha256"])
+        except (ValueError, TypeError, KeyError, RecursionError):
+            raise TraceError(
+                f"{pin}: the pin of trace {e.name!r} is damaged (not its size and sha256); "
+                f"delete it and the cached copy beside it, then fetch the trace again."
+            ) from None
     return e.size_bytes, None
 
 
 def file_sha256(path: Path) -> tuple[int, str]:
     """The size and sha256 of the file at ``path``."""
+    check_regular(path, "cached trace", CACHED_BYTES, error=TraceError)  # never a FIFO
     h = hashlib.sha256()
     size = 0
     with path.open("rb") as f:

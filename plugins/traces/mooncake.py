@@ -26,7 +26,9 @@ from typing import Any
 import polars as pl
 
 from xpusim.engine.errors import TraceError
+from xpusim.engine.safeio import read_limited
 from xpusim.engine.traces import MAX_TOKENS, REQUEST_SCHEMA, TraceFormat
+from xpusim.plugins.traces.readers import MAX_TRACE_BYTES
 
 MOONCAKE_BLOCK_TOKENS = 512
 """Tokens per hashed block in the published Mooncake traces (FAST25-release README)."""
@@ -57,13 +59,13 @@ class MooncakeTrace(TraceFormat):
             limit = _whole(path, "limit", limit)
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < 1e300:
             raise TraceError(f"{path}: `time_scale` must be a number > 0, got {scale!r}.")
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise TraceError(
-                f"{path}: cannot read the trace ({exc.strerror}); check the path, or name a "
-                f"registered trace with `trace: {{name: ...}}`."
-            ) from None
+        data = read_limited(  # a regular file within the trace size limit, or an error
+            path,
+            "trace",
+            MAX_TRACE_BYTES,
+            "Replay a part of it (cut the file, or `limit:` after cutting).",
+            error=TraceError,
+        )
         rows = [ln for ln in data.split(b"\n") if ln.strip()]
         if not rows:
             raise TraceError(
