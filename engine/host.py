@@ -13,7 +13,8 @@ instead of an object, and its module is imported only when the item is first use
 plugin's :class:`PluginInfo`. Devices registered for a backend that is not imported yet
 wait and join its catalog when it is.
 
-Environment: ``XPUSIM_LOAD_PLUGINS=a,b`` loads only those entry points;
+Environment: ``XPUSIM_LOAD_PLUGINS=a,b`` loads only those entry points (an empty value or a
+name no installed plugin has is a :class:`~xpusim.engine.errors.PluginError`);
 ``XPUSIM_TRACE_PLUGINS=1`` prints every hook call to standard error.
 """
 
@@ -65,6 +66,23 @@ def _selected() -> set[str] | None:
     return {p.strip() for p in raw.split(",") if p.strip()}
 
 
+def _check_selected(wanted: set[str], installed: list[str]) -> None:
+    """Refuse an ``XPUSIM_LOAD_PLUGINS`` that names no plugin or one not installed: it
+    would silently load nothing, and every later name would be "unknown"."""
+    valid = ", ".join(sorted(set(installed))) or "(none installed)"
+    if not wanted:
+        raise PluginError(
+            f"XPUSIM_LOAD_PLUGINS is set but names no plugin, so none would load; unset it "
+            f"to load every plugin, or name some, separated by commas: {valid}."
+        )
+    unknown = sorted(wanted - set(installed))
+    if unknown:
+        raise PluginError(
+            f"XPUSIM_LOAD_PLUGINS names {', '.join(map(repr, unknown))}, which no installed "
+            f"plugin is called; installed plugins: {valid}. Fix the names or unset it."
+        )
+
+
 def get_plugin_manager(
     load_entrypoints: bool = True, only: Iterable[str] | None = None
 ) -> pluggy.PluginManager:
@@ -81,6 +99,8 @@ def get_plugin_manager(
     wanted = set(only) if only is not None else _selected()
     if load_entrypoints:
         eps = sorted(md.entry_points(group=GROUP), key=lambda e: e.name)
+        if only is None and wanted is not None:
+            _check_selected(wanted, [ep.name for ep in eps])
         for ep in eps:
             if wanted is not None and ep.name not in wanted:
                 continue
