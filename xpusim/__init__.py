@@ -5,21 +5,24 @@ built-in plugins in :mod:`xpusim.plugins`; a plugin writes::
 
     from xpusim import hookimpl
 
-This module imports only the hook marker, so importing it is cheap; ``API_VERSION`` is
-looked up in :mod:`xpusim.engine` on first access.
+This module imports nothing at its top, so that the console script's entry point
+(:mod:`xpusim.start`) can handle Ctrl-C before anything is imported; ``hookimpl``,
+``__version__`` and ``API_VERSION`` are looked up in :mod:`xpusim.engine` on first access.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from xpusim.engine import __version__, hookimpl
+if TYPE_CHECKING:
+    from xpusim.engine import API_VERSION, __version__, hookimpl
 
 __all__ = ["API_VERSION", "__version__", "hookimpl"]
 
 
 def __getattr__(name: str) -> Any:
-    """``API_VERSION``, from :mod:`xpusim.engine` when first asked for."""
-    if name == "API_VERSION":
-        from xpusim.engine import API_VERSION
+    """``hookimpl``, ``__version__`` and ``API_VERSION``, from :mod:`xpusim.engine` when
+    first asked for."""
+    if name in __all__:
+        import xpusim.engine as engine
 
-        return API_VERSION
+        return getattr(engine, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
