@@ -116,6 +116,7 @@ def test_bad_input(case: dict[str, Any], tmp_path: Path, monkeypatch: pytest.Mon
     argv, _, before = _prepare(case, work)
     monkeypatch.chdir(work)
     monkeypatch.setenv("XPUSIM_ALLOW_MODULES", "")  # --allow-module sets it: undone after
+    monkeypatch.setenv("XPUSIM_MAX_EVENTS", "")  # the default; --max-events sets it: undone
     for key, value in case.get("env", {}).items():
         monkeypatch.setenv(key, value.replace("{in}", str(work / "in")))
     result = CliRunner().invoke(app, argv)

@@ -5,7 +5,9 @@ capped (``ulimit -v`` through ``resource.setrlimit``) at 2 GiB, far less than th
 20 GiB sparse files as a scenario, an ``extends:`` target, a trace, a points file and a
 compared run's ``summary.json``; ``/dev/zero``; a training run of a trillion steps or
 1e308 tokens; a YAML alias bomb in a ``--set`` value; an offline run of 10^8 inputs
-(allowed, but more than 2 GiB holds: running out of memory is an input error too). Every one must end with exit 2 and
+(above the work budget; with the budget raised, more than 2 GiB holds: running out of
+memory is an input error too); nine million spiking samples; a million serving devices;
+a hundred million model layers. Every one must end with exit 2 and
 one paragraph naming the input, never a ``MemoryError`` traceback, a kill or a hang
 (each process has a timeout).
 """
@@ -88,7 +90,57 @@ CASES = {
             "workload={kind: offline, count: 100000000}",
         ],
         "at workload",
+        "above the work budget",
+    ),
+    "offline-hundred-million-inputs-budget-raised": (
+        [
+            "run",
+            str(CORPUS / "base.yaml"),
+            "--out",
+            "{tmp}/out",
+            "--max-events",
+            "1e15",
+            "--set",
+            "workload={kind: offline, count: 100000000}",
+        ],
+        "at workload",
         "ran out of memory",
+    ),
+    "spiking-nine-million-samples": (
+        [
+            "run",
+            str(CORPUS / "spiking_base.yaml"),
+            "--out",
+            "{tmp}/out",
+            "--set",
+            "workload.samples=9000000",
+        ],
+        "at workload",
+        "above the work budget",
+    ),
+    "serving-a-million-devices": (
+        [
+            "run",
+            str(CORPUS / "base.yaml"),
+            "--out",
+            "{tmp}/out",
+            "--set",
+            "systems.0.count=1000000",
+        ],
+        "at workload",
+        "above the work budget",
+    ),
+    "model-layers-a-hundred-million": (
+        [
+            "run",
+            str(CORPUS / "base.yaml"),
+            "--out",
+            "{tmp}/out",
+            "--set",
+            "model.layers=100000000",
+        ],
+        "model.layers",
+        "at most 10,000 layers",
     ),
     "set-alias-bomb": (
         ["validate", str(CORPUS / "base.yaml"), "--set", f"description={BOMB}"],
