@@ -292,6 +292,11 @@ def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None)
             except ScenarioError as exc:
                 # bad input: stop, write nothing; a plugin's message is given its place
                 raise placed(exc, scenario.source, ("systems", index)) from None
+            except BudgetError as exc:  # found once a trace was read: given its place
+                text = str(exc)
+                if not text.startswith(scenario.source.file):
+                    text = f"{scenario.source.where(('workload',))}: {text}"
+                raise BudgetError(text) from None
             except XpusimError:
                 raise  # bad input concerns every system: stop, write nothing
             except MemoryError as exc:  # an absurd size: input, not a fault of the plugin

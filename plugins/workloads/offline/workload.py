@@ -52,7 +52,7 @@ from xpusim.plugins.workloads.serving.stacks import (
     resolve_stack,
     stack_for,
 )
-from xpusim.plugins.workloads.serving.workload import TraceSpec, apply_stack
+from xpusim.plugins.workloads.serving.workload import TraceSpec, apply_stack, check_trace_work
 from xpusim.plugins.workloads.serving.world import simulate_serving
 
 
@@ -219,7 +219,10 @@ class OfflineWorkload(Workload):
             f = ctx.resolve_trace(config.trace.mapping())
             if config.count is not None:
                 f = f.head(config.count)
-            return f.with_columns(pl.lit(0.0).alias("arrival_s")).select(list(REQUEST_SCHEMA))
+            f = f.with_columns(pl.lit(0.0).alias("arrival_s")).select(list(REQUEST_SCHEMA))
+            batch = config.scheduler.max_batch
+            check_trace_work(f, batch, ctx.system.replicas, ctx.system.name)
+            return f
         assert config.count is not None
         ss = np.random.SeedSequence(int(ctx.seed)).spawn(2)
         n = config.count

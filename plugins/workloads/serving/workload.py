@@ -36,7 +36,7 @@ from pydantic import (
 )
 
 from xpusim.engine import tracereg
-from xpusim.engine.budget import Work, request_work
+from xpusim.engine.budget import Work, check_work, request_work
 from xpusim.engine.errors import TraceError, XpusimError
 from xpusim.engine.metrics import detail
 from xpusim.engine.model import ModelGraph
@@ -291,11 +291,25 @@ def apply_stack(config: Any) -> None:
         config.kv_memory_fraction = prof.kv_memory_fraction
 
 
+def check_trace_work(frame: Any, batch: int, replicas: int, system: str) -> None:
+    """Refuse a trace replay above the work budget once its requests are read (before the
+    run they are not known): :func:`~xpusim.engine.budget.request_work` of its rows and
+    mean output tokens, with its span as the horizon."""
+    n = len(frame)
+    out = float(frame["output_tokens"].mean() or 1.0) if n else 1.0
+    span = float(frame["arrival_s"].max() or 0.0) if n else 0.0
+    work = request_work(float(n), out, batch, replicas, "workload.trace.limit", span)
+    check_work(work, f"workload.trace ({n:,} requests read)", system)
+
+
 def request_frame(config: ServingConfig, ctx: WorkloadContext) -> Any:
-    """The request frame of ``config``: the trace read through ``ctx.resolve_trace`` or the
-    arrival process generated from ``ctx.seed``."""
+    """The request frame of ``config``: the trace read through ``ctx.resolve_trace`` (and
+    checked against the work budget) or the arrival process generated from ``ctx.seed``."""
     if config.trace is not None:
-        return ctx.resolve_trace(config.trace.mapping())
+        frame = ctx.resolve_trace(config.trace.mapping())
+        sched = config.scheduler.max_batch
+        check_trace_work(frame, sched, ctx.system.replicas, ctx.system.name)
+        return frame
     assert config.arrivals is not None
     return generate(config.arrivals, ctx.seed, ctx.resolve_trace)
 
