@@ -55,9 +55,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from xpusim.engine.errors import TraceError
 from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.policies import ReplicaState, Route, Router
+from xpusim.engine.traces import MAX_TOKENS
 
 HASH_COLUMN = "hash_ids"
 """The request-frame column of per-block prefix hash ids (the ``mooncake`` format's)."""
+
+
+MAX_SESSIONS = 1_000_000
+"""Most conversations open at once, or distinct system prompts: each holds its history
+(or its blocks) while the trace is prepared, so a count far beyond any deployment would
+exhaust memory before the run starts."""
+MAX_TURNS = 10_000
+"""Most requests of one conversation: each turn's prompt resends the whole history."""
 
 
 class SharedPrefix(BaseModel):
@@ -65,8 +74,10 @@ class SharedPrefix(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tokens: int = Field(ge=1, description="tokens of each system prompt")
-    prompts: int = Field(default=1, ge=1, description="distinct system prompts drawn from")
+    tokens: int = Field(ge=1, le=MAX_TOKENS, description="tokens of each system prompt")
+    prompts: int = Field(
+        default=1, ge=1, le=MAX_SESSIONS, description="distinct system prompts drawn from"
+    )
 
 
 class Conversations(BaseModel):
@@ -79,8 +90,8 @@ class Conversations(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sessions: int = Field(ge=1, description="conversations open at once")
-    turns: int = Field(ge=2, description="requests of one conversation")
+    sessions: int = Field(ge=1, le=MAX_SESSIONS, description="conversations open at once")
+    turns: int = Field(ge=2, le=MAX_TURNS, description="requests of one conversation")
 
 
 class PrefixCaching(BaseModel):
