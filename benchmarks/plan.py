@@ -82,6 +82,7 @@ def run_case(sets: list[str], workers: int) -> dict[str, Any]:
         "timings": doc["timings"],
         "shapes": doc["shapes"],
         "simulations": doc["simulations"],
+        "rounds": doc.get("rounds"),
         "answer": doc["answer"],
         "best": {
             k: best.get(k) for k in ("device", "count", "tensor", "max_batch", "usd_per_hour")
@@ -90,9 +91,10 @@ def run_case(sets: list[str], workers: int) -> dict[str, Any]:
 
 
 def load_note() -> str:
-    """The machine's load while measuring (1-minute load average over CPU count)."""
-    one, _, _ = os.getloadavg()
-    return f"load average {one:.2f} on {os.cpu_count()} CPUs"
+    """The machine's load while measuring (1, 5 and 15-minute load averages over the CPU
+    count)."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
 def main() -> None:
@@ -112,11 +114,19 @@ def main() -> None:
             continue
         one = run_case(CASES[case], 1)
         two = run_case(CASES[case], 2)
-        figures[case] = {"1": one, "2": two, "speedup": one["wall_s"] / two["wall_s"]}
+        figures[case] = {
+            "1": one,
+            "2": two,
+            "speedup": one["wall_s"] / two["wall_s"],
+            "search_speedup": one["timings"]["search_s"] / two["timings"]["search_s"],
+            "same_answer": one["answer"] == two["answer"],
+        }
         print(
             f"{case} at 10 req/s over 6 device types: 1 worker {one['wall_s']:.1f} s, "
             f"2 workers {two['wall_s']:.1f} s, speedup {one['wall_s'] / two['wall_s']:.2f}x "
-            f"({two['shapes']} shapes, {two['simulations']} simulations)"
+            f"({two['shapes']} shapes, {two['simulations']} simulations in {two['rounds']} "
+            f"rounds); the search alone {figures[case]['search_speedup']:.2f}x; same answer: "
+            f"{figures[case]['same_answer']}"
         )
         print(f"  {two['answer']}")
         for n, r in (("1 worker", one), ("2 workers", two)):

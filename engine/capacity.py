@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,33 +224,38 @@ Probe = Callable[[float], bool]
 """``probe(rate) -> met``: simulate at ``rate`` requests/s and say whether the SLOs held."""
 
 
-def search_knee(
-    probe: Probe,
+KneeSteps = Generator[float, bool, Knee]
+"""A knee search as a generator: it yields the next rate to simulate, is sent whether
+that rate met the SLOs, and returns the :class:`Knee` (see :func:`knee_steps`)."""
+
+
+def knee_steps(
     start: float,
     *,
     ceiling: float | None = None,
     probes: int = 8,
     tolerance: float = 0.05,
-) -> Knee:
-    """The highest rate ``probe`` passes, assuming more load never helps.
+) -> KneeSteps:
+    """The highest rate that passes, assuming more load never helps, one probe at a time.
 
     From ``start`` (often the scenario's own rate): double on success (up to ``ceiling``,
     a closed-form or measured bound, when known) or halve on failure until the knee is
     bracketed, then bisect geometrically until the bracket is within ``tolerance`` or
-    ``probes`` simulations are spent.
+    ``probes`` simulations are spent. Each rate is yielded and its verdict sent back, so
+    a caller may run many searches' probes side by side (``xpusim plan`` runs one round
+    of every shape's probes at a time through its executor).
     """
     knee = Knee(None, None)
 
-    def run(rate: float) -> bool:
-        met = bool(probe(rate))
-        knee.probes.append((rate, met))
-        return met
+    def note(rate: float, met: bool) -> bool:
+        knee.probes.append((rate, bool(met)))
+        return bool(met)
 
     lo: float | None = None
     hi: float | None = None
     rate = start if ceiling is None else min(start, ceiling)
     while len(knee.probes) < probes and (lo is None or hi is None):
-        if run(rate):
+        if note(rate, (yield rate)):
             lo = rate
             if ceiling is not None and rate >= ceiling:
                 break
@@ -263,13 +268,32 @@ def search_knee(
         if hi / lo <= 1.0 + tolerance:
             break
         mid = math.sqrt(lo * hi)
-        if run(mid):
+        if note(mid, (yield mid)):
             lo = mid
         else:
             hi = mid
     knee.rate_per_s = lo
     knee.below_per_s = hi if lo is None else None
     return knee
+
+
+def search_knee(
+    probe: Probe,
+    start: float,
+    *,
+    ceiling: float | None = None,
+    probes: int = 8,
+    tolerance: float = 0.05,
+) -> Knee:
+    """:func:`knee_steps` with ``probe`` answering each rate in turn."""
+    steps = knee_steps(start, ceiling=ceiling, probes=probes, tolerance=tolerance)
+    try:
+        rate = next(steps)
+        while True:
+            rate = steps.send(bool(probe(rate)))
+    except StopIteration as done:
+        knee: Knee = done.value
+        return knee
 
 
 # --- the knee of every system of a run --------------------------------------------------

@@ -201,3 +201,42 @@ def test_an_existing_plan_folder_is_refused_before_any_work(host: Host, tmp_path
     with pytest.raises(XpusimError, match="never overwrites"):
         run_plan(PLAN_8B, host, Inline(), out, overrides=H100_ONLY)
     assert (out / "keep.txt").read_text(encoding="utf-8") == "mine"
+
+
+def _same_search(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a plan found, without its timings: the ranking, the answer and every row."""
+
+    def timeless(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in r.items() if k != "wall_s"}
+
+    keep = ("table", "answer", "pruned", "shapes", "simulations", "rounds")
+    return {
+        "rows": [timeless(r) for r in doc["configurations"]],
+        "best": timeless(doc["best"] or {}),
+        "per_device": {d: timeless(r) for d, r in doc["best_per_device"].items()},
+        **{k: doc[k] for k in keep},
+    }
+
+
+def test_one_and_two_workers_give_the_same_plan(host: Host, tmp_path: Path) -> None:
+    """Each round of simulations is spread over the workers, and its verdicts are taken
+    in shape order: the ranking, the answer and every configuration simulated are the same
+    with one local worker as with two, and progress ends with every device searched."""
+    local = host.executors.get("local")
+    sets = ["plan.devices=[h100-sxm, l4, a100]", "workload.arrivals.count=300"]
+    seen: list[tuple[int, int]] = []
+    docs = [
+        run_plan(
+            PLAN_8B,
+            host,
+            local,
+            tmp_path / f"plan-{n}",
+            workers=n,
+            overrides=sets,
+            progress=lambda done, total: seen.append((done, total)),
+        ).doc
+        for n in (1, 2)
+    ]
+    assert docs[0]["best"] is not None and docs[0]["rounds"] >= 2
+    assert _same_search(docs[0]) == _same_search(docs[1])
+    assert seen[-1] == (3, 3) and seen[0] == (0, 3)

@@ -1,32 +1,37 @@
-"""Searching in a worker: one device's shapes built, then each sized by simulation.
+"""Sizing shapes by simulation, one round of probes at a time.
 
-:func:`run_device` is what the executor runs (a picklable :class:`DeviceRun` in, a
-:class:`DeviceOutcome` out): it builds the device's shapes
-(:func:`~xpusim.engine.plan.space.device_space`) and sizes each with :func:`run_shape`.
+Each shape's search is a generator (:func:`shape_steps`): it yields the next
+configuration to simulate, ``(replicas, rate)``, and is sent whether it met the SLOs.
+:func:`size_shapes` runs every shape's search side by side: each *round* submits the next
+simulation of every shape still searching as its own task of the sweep executor
+(:func:`simulate_point`), longest first, and sends each verdict back in shape order. A
+shape's sequence of probes depends only on its own verdicts, so the configurations
+simulated, and the answer, are the same whatever the number of workers or the order in
+which a round's tasks finish.
 
-In ``count`` mode :func:`run_shape` finds the fewest replicas that meet the SLOs at the
-offered load. It starts at the shape's lower bound (the closed-form one, or the count
-limit); on a pass it steps down until a count misses (so the bound is checked, never
-trusted), on a miss it doubles until a count passes or the limit is reached, then it
-bisects between the last miss and the first pass. The answer's next cheaper count (one
-replica fewer) was therefore simulated and missed, unless the answer is the fewest the
-limits allow. In ``rate`` mode it holds the most replicas the limits allow and, from the
-closed-form bound, halves or doubles the offered rate until the knee is bracketed, then
-bisects (:func:`xpusim.engine.capacity.search_knee`). Every simulation is a row of
-plan.json.
+In ``count`` mode a search finds the fewest replicas that meet the SLOs at the offered
+load. It starts at the shape's lower bound (the closed-form one, or the count limit); on
+a pass it steps down until a count misses (so the bound is checked, never trusted), on a
+miss it doubles until a count passes or the limit is reached, then it bisects between
+the last miss and the first pass. The answer's next cheaper count (one replica fewer) was
+therefore simulated and missed, unless the answer is the fewest the limits allow. In
+``rate`` mode it holds the most replicas the limits allow and, from the closed-form
+bound, halves or doubles the offered rate until the knee is bracketed, then bisects
+(:func:`xpusim.engine.capacity.knee_steps`). Every simulation is a row of plan.json.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xpusim.engine.capacity import LoadPath, meets_slo, search_knee, with_rate
+from xpusim.engine.capacity import LoadPath, knee_steps, meets_slo, with_rate
 from xpusim.engine.errors import XpusimError
+from xpusim.engine.executor import PointFailure
 from xpusim.engine.plan.space import DeviceTask, Shape, Space, config_data, device_space
 from xpusim.engine.run import load_point, simulate
 from xpusim.engine.sweep import worker_host
@@ -105,123 +110,212 @@ def simulate_config(task: ShapeTask, replicas: int, rate: float | None) -> dict[
     return row
 
 
-def _by_count(task: ShapeTask) -> list[dict[str, Any]]:
+Steps = Generator[tuple[int, float | None], bool, None]
+"""A shape's search: yields ``(replicas, rate)`` to simulate, is sent whether it met."""
+
+
+def count_steps(task: ShapeTask) -> Steps:
     """The fewest replicas meeting the SLOs (see the module docstring)."""
     shape = task.shape
-    rows: list[dict[str, Any]] = []
     floor = max(1, -(-task.floor_devices // shape.replica_devices))
-
-    def test(r: int) -> bool:
-        rows.append(simulate_config(task, r, task.rate))
-        return bool(rows[-1]["met"])
-
-    fail, ok = _bracket(test, shape.min_replicas, floor, shape.max_replicas, task.probes, rows)
-    while ok is not None and fail is not None and ok - fail > 1 and len(rows) < task.probes:
-        mid = (fail + ok) // 2
-        if test(mid):
-            ok = mid
-        else:
-            fail = mid
-    return rows
-
-
-def _bracket(
-    test: Callable[[int], bool],
-    guess: int,
-    floor: int,
-    ceiling: int,
-    probes: int,
-    rows: list[dict[str, Any]],
-) -> tuple[int | None, int | None]:
-    """``(largest count that missed, smallest that passed)`` around ``guess``: on a pass,
-    step down (1, 2, 4 ... replicas) until a count misses or ``floor`` passes; on a miss,
-    double until a count passes or ``ceiling`` misses. ``None`` where not found."""
+    ceiling = shape.max_replicas
+    rate = task.rate
+    guess = shape.min_replicas
     fail: int | None = None
     ok: int | None = None
-    if test(guess):
+    n = 1
+    if (yield guess, rate):
         ok, step = guess, 1
-        while ok > floor and len(rows) < probes:
+        while ok > floor and n < task.probes:
             r = max(floor, ok - step)
-            if test(r):
+            n += 1
+            if (yield r, rate):
                 ok, step = r, step * 2
             else:
                 fail = r
                 break
-        return (floor - 1 if fail is None and ok == floor else fail), ok
-    fail = guess
-    while fail < ceiling and len(rows) < probes:
-        r = min(fail * 2, ceiling)
-        if test(r):
-            return fail, r
-        fail = r
-    return fail, None
+        if fail is None and ok == floor:
+            fail = floor - 1
+    else:
+        fail = guess
+        while fail < ceiling and n < task.probes:
+            r = min(fail * 2, ceiling)
+            n += 1
+            if (yield r, rate):
+                ok = r
+                break
+            fail = r
+    while ok is not None and fail is not None and ok - fail > 1 and n < task.probes:
+        mid = (fail + ok) // 2
+        n += 1
+        if (yield mid, rate):
+            ok = mid
+        else:
+            fail = mid
 
 
-def _by_rate(task: ShapeTask) -> list[dict[str, Any]]:
+def rate_steps(task: ShapeTask) -> Steps:
     """The highest offered rate meeting the SLOs at the most replicas allowed."""
     shape = task.shape
     replicas = shape.max_replicas
-    rows: list[dict[str, Any]] = []
-
-    def probe(rate: float) -> bool:
-        rows.append(simulate_config(task, replicas, rate))
-        return bool(rows[-1]["met"])
-
     start = 1.0 if shape.bound_per_s is None else shape.bound_per_s * replicas
-    search_knee(probe, start, probes=task.probes, tolerance=task.tolerance)
-    return rows
+    knee = knee_steps(start, probes=task.probes, tolerance=task.tolerance)
+    try:
+        rate = next(knee)
+        while True:
+            rate = knee.send((yield replicas, rate))
+    except StopIteration:
+        return
 
 
-def run_shape(task: ShapeTask) -> list[dict[str, Any]]:
-    """Every configuration simulated while sizing one shape."""
-    return _by_rate(task) if task.mode == "rate" else _by_count(task)
+def shape_steps(task: ShapeTask) -> Steps:
+    """The search ``task.mode`` asks for."""
+    return rate_steps(task) if task.mode == "rate" else count_steps(task)
 
 
 @dataclass(frozen=True)
-class DeviceRun:
-    """One device's whole search: build its shapes (:func:`device_space`), then size each
-    as :class:`ShapeTask` says (``mode``, ``rate``, ``load``, ``probes``, ``floor_devices``)."""
+class SimPoint:
+    """One simulation of a round: ``task``'s shape at ``replicas`` and offered ``rate``."""
 
-    device: DeviceTask
-    mode: str
+    task: ShapeTask
+    replicas: int
     rate: float | None
-    load: LoadPath | None
-    probes: int
-    floor_devices: int = 1
+
+
+def simulate_point(point: SimPoint) -> dict[str, Any]:
+    """The executor's function for one simulation: its plan.json row."""
+    return simulate_config(point.task, point.replicas, point.rate)
+
+
+def failed_row(point: SimPoint, failure: PointFailure) -> dict[str, Any]:
+    """The row of a simulation whose task raised or whose worker died: a miss."""
+    shape = point.task.shape
+    count = point.replicas * shape.replica_devices
+    return {
+        **shape.params(),
+        "replicas": point.replicas,
+        "count": count,
+        "rate_per_s": point.rate,
+        "usd_per_hour": count * shape.price.usd_per_device_hour,
+        "price": shape.price.to_json(),
+        "status": "failed",
+        "reason": failure.error,
+        "met": False,
+        "metrics": {},
+        "wall_s": 0.0,
+    }
+
+
+MapFn = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[tuple[int, Any]]]
+"""``map(fn, points)``: the sweep executor's map (workers and address bound), yielding
+``(index, result or PointFailure)`` in any order."""
+
+
+def size_shapes(
+    tasks: Sequence[ShapeTask],
+    run_map: MapFn,
+    on_round: Callable[[list[bool]], None] | None = None,
+) -> tuple[list[list[dict[str, Any]]], int]:
+    """Size every shape of ``tasks`` by rounds of simulations through ``run_map``: every
+    configuration simulated, per shape, and the number of rounds. ``on_round(finished)``
+    hears after each round which shapes have finished their search."""
+    rows: list[list[dict[str, Any]]] = [[] for _ in tasks]
+    steps = [shape_steps(t) for t in tasks]
+    pending: dict[int, tuple[int, float | None]] = {}
+    for i, gen in enumerate(steps):
+        nxt = _advance(gen, None)
+        if nxt is not None:
+            pending[i] = nxt
+    finished = [i not in pending for i in range(len(tasks))]
+    rounds = 0
+    while pending:
+        rounds += 1
+        # longest first (the shape's last simulation, else its devices): a balanced round
+        order = sorted(
+            pending,
+            key=lambda i: (
+                -(rows[i][-1]["wall_s"] if rows[i] else 0.0),
+                -_devices(pending[i], tasks[i]),
+                i,
+            ),
+        )
+        points = [SimPoint(tasks[i], *pending[i]) for i in order]
+        got: dict[int, dict[str, Any]] = {}
+        for j, out in run_map(simulate_point, points):
+            got[order[j]] = failed_row(points[j], out) if isinstance(out, PointFailure) else out
+        for i in sorted(got):
+            rows[i].append(got[i])
+            nxt = _advance(steps[i], bool(got[i]["met"]))
+            if nxt is None:
+                del pending[i]
+                finished[i] = True
+            else:
+                pending[i] = nxt
+        for i in set(pending) - set(got):  # a result the executor never gave back
+            del pending[i]
+            finished[i] = True
+        if on_round is not None:
+            on_round(list(finished))
+    return rows, rounds
+
+
+def _devices(probe: tuple[int, float | None], task: ShapeTask) -> int:
+    return probe[0] * task.shape.replica_devices
+
+
+def _advance(gen: Steps, met: bool | None) -> tuple[int, float | None] | None:
+    """The search's next probe after the verdict ``met`` (``None``: start it), or ``None``
+    when it has ended."""
+    try:
+        return next(gen) if met is None else gen.send(met)
+    except StopIteration:
+        return None
+
+
+def run_shape(task: ShapeTask) -> list[dict[str, Any]]:
+    """Every configuration simulated while sizing one shape, in this process."""
+    rows, _ = size_shapes([task], _inline)
+    return rows[0]
+
+
+def _inline(fn: Callable[[Any], Any], points: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    for i, p in enumerate(points):
+        yield i, fn(p)
 
 
 @dataclass
-class DeviceOutcome:
-    """What one device's search gives back: its shapes and pruned ones, every configuration
-    simulated, and the seconds spent building and sizing its shapes."""
+class Pruned:
+    """One device task's shapes and pruned ones, and the seconds building them took."""
 
     space: Space
-    rows: list[dict[str, Any]]
     prune_s: float
-    size_s: float
 
 
-def run_device(task: DeviceRun) -> DeviceOutcome:
-    """Prune and size one device's shapes in a worker (the executor's function)."""
+def prune_device(task: DeviceTask) -> Pruned:
+    """Build and prune one device's shapes in a worker (the executor's function)."""
     started = time.perf_counter()
-    space = device_space(task.device)
-    built = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    d = task.device
-    for shape in space.shapes:
-        rows.extend(
-            run_shape(
-                ShapeTask(
-                    shape,
-                    d.base,
-                    d.scenario_file,
-                    d.base_dir,
-                    task.mode,
-                    task.rate,
-                    task.load,
-                    task.probes,
-                    task.floor_devices,
-                )
-            )
-        )
-    return DeviceOutcome(space, rows, built - started, time.perf_counter() - built)
+    space = device_space(task)
+    return Pruned(space, time.perf_counter() - started)
+
+
+def shape_task(
+    shape: Shape,
+    device: DeviceTask,
+    mode: str,
+    rate: float | None,
+    load: LoadPath | None,
+    probes: int,
+    floor_devices: int,
+) -> ShapeTask:
+    """The sizing task of one of ``device``'s shapes."""
+    return ShapeTask(
+        shape,
+        device.base,
+        device.scenario_file,
+        device.base_dir,
+        mode,
+        rate,
+        load,
+        probes,
+        floor_devices,
+    )

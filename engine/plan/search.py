@@ -1,11 +1,16 @@
 """``xpusim plan``: load the scenario and its ``plan:`` block, build and prune the search
 space, size every shape through a sweep executor, rank, and write plan.json and plan.md.
 
-Each device is one task of the executor: its shapes are built and pruned, then sized, in
-the same worker (:func:`~xpusim.engine.plan.probe.run_device`). Bad input exits 2 before
-anything is simulated: a search that could run more simulations than ``max_configs`` (or
-``--max-configs``) says how many before any work, and a search space left empty by
-pruning says why for each kind of shape and what would widen it.
+The executor runs two kinds of tasks: first each device's shapes are built and pruned
+(:func:`~xpusim.engine.plan.probe.prune_device`, one task per device, or per device and
+tensor degree when the plan names its degrees), then every shape is sized by rounds of
+simulations, each simulation its own task (:func:`~xpusim.engine.plan.probe.size_shapes`),
+so two workers share the work of even one large shape's neighbours. Results are gathered
+in task order, never in the order tasks finish, so plan.json is the same for any number of
+workers. Bad input exits 2 before anything is simulated: a search that could run more
+simulations than ``max_configs`` (or ``--max-configs``) says how many before any work,
+and a search space left empty by pruning says why for each kind of shape and what would
+widen it.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from xpusim.engine.executor import Executor, PointFailure
 from xpusim.engine.host import Host
 from xpusim.engine.plan import rank
 from xpusim.engine.plan.bound import request_mix
-from xpusim.engine.plan.probe import DeviceRun, run_device
-from xpusim.engine.plan.space import Sizing, Space, device_tasks
+from xpusim.engine.plan.probe import Pruned, prune_device, shape_task, size_shapes
+from xpusim.engine.plan.space import DeviceTask, Sizing, Space, device_tasks
 from xpusim.engine.plan.spec import PlanSpec, parse_plan
 from xpusim.engine.scenario import (
     Scenario,
@@ -182,27 +187,9 @@ def run_plan(
             "(workload.arrivals) whose rate the plan can raise."
         )
     timings = {"prepare_s": time.perf_counter() - started}
-    runs = [DeviceRun(t, mode, rate, where, spec.probes, spec.count.min) for t in dev_tasks]
-    space = Space(pruned=pruned)
-    rows: list[dict[str, Any]] = []
-    timings["prune_task_s"] = timings["size_task_s"] = 0.0
-    done = 0
-    if progress:
-        progress(done, len(runs))
-    for idx, outcome in executor.map(run_device, runs, workers=workers, address=address):
-        if isinstance(outcome, PointFailure):
-            space.pruned.append(
-                {"device": dev_tasks[idx].device, "pruned": f"failed: {outcome.error}"}
-            )
-        else:
-            space.shapes.extend(outcome.space.shapes)
-            space.pruned.extend(outcome.space.pruned)
-            rows.extend(outcome.rows)
-            timings["prune_task_s"] += outcome.prune_s
-            timings["size_task_s"] += outcome.size_s
-        done += 1
-        if progress:
-            progress(done, len(runs))
+    space, rows, rounds = _search(
+        dev_tasks, pruned, executor, mode, rate, where, spec, workers, address, progress, timings
+    )
     timings["search_s"] = time.perf_counter() - started - timings["prepare_s"]
     if not space.shapes:
         raise PlanError(empty_space_message(space, src))
@@ -240,11 +227,67 @@ def run_plan(
         "table": rank.table_rows(order),
         "executor": executor.name,
         "workers": workers,
+        "rounds": rounds,
         "timings": timings,
     }
     doc["wall_s"] = time.perf_counter() - started
     write_plan(doc, out_dir)
     return PlanResult(doc, out_dir)
+
+
+def _search(
+    dev_tasks: Sequence[DeviceTask],
+    early: Sequence[dict[str, Any]],
+    executor: Executor,
+    mode: str,
+    rate: float | None,
+    where: LoadPath | None,
+    spec: PlanSpec,
+    workers: int | None,
+    address: str | None,
+    progress: ProgressFn | None,
+    timings: dict[str, float],
+) -> tuple[Space, list[dict[str, Any]], int]:
+    """Prune every device task, then size every shape left, through ``executor``: the
+    space (shapes and pruned, ``early`` first, then in task order), every configuration
+    simulated, and the number of rounds of simulations."""
+
+    def run_map(fn: Callable[[Any], Any], points: Sequence[Any]) -> Any:
+        return executor.map(fn, points, workers=workers, address=address)
+
+    devices = sorted({t.device for t in dev_tasks})
+    if progress:
+        progress(0, len(devices))
+    pruned: dict[int, Pruned | PointFailure] = dict(run_map(prune_device, dev_tasks))
+    space = Space(pruned=list(early))
+    owner: list[str] = []
+    shape_tasks = []
+    timings["prune_task_s"] = 0.0
+    for i, task in enumerate(dev_tasks):
+        got = pruned.get(i, PointFailure("its task gave no result"))
+        if isinstance(got, PointFailure):
+            space.pruned.append({"device": task.device, "pruned": f"failed: {got.error}"})
+            continue
+        timings["prune_task_s"] += got.prune_s
+        space.pruned.extend(got.space.pruned)
+        for shape in got.space.shapes:
+            space.shapes.append(shape)
+            owner.append(task.device)
+            shape_tasks.append(
+                shape_task(shape, task, mode, rate, where, spec.probes, spec.count.min)
+            )
+
+    def devices_done(finished: list[bool]) -> int:
+        open_ = {d for d, f in zip(owner, finished, strict=True) if not f}
+        return len(devices) - len(open_)
+
+    if progress:
+        progress(devices_done([False] * len(owner)), len(devices))
+    report = None if progress is None else (lambda f: progress(devices_done(f), len(devices)))
+    per_shape, rounds = size_shapes(shape_tasks, run_map, report)
+    rows = [r for shape_rows in per_shape for r in shape_rows]
+    timings["size_task_s"] = sum(float(r.get("wall_s", 0.0)) for r in rows)
+    return space, rows, rounds
 
 
 def check_out(out_dir: Path) -> None:

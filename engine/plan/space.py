@@ -145,24 +145,37 @@ def devices(
     host: Host, scenario: Scenario, names: list[str] | None
 ) -> list[tuple[str, DeviceSpec]]:
     """``(backend, spec)`` of the plan's devices: the named ones (any backend's, aliases
-    resolved), else every device of every backend."""
-    out: list[tuple[str, DeviceSpec]] = []
-    catalog = {
-        (b, name): spec
-        for b in host.backends.names()
-        for name, spec in host.backends.get(b).devices().items()
-    }
+    resolved), else every device of every backend.
+
+    Named devices are looked up in the backends already loaded first (those the
+    scenario's own systems use), then the others one at a time, stopping once every name
+    is found: a plan over GPUs never imports the CPU backend's machinery (torch) for
+    nothing. A name two backends both list resolves to the first searched."""
+    backends = host.backends.names()
     if names is None:
-        return [(b, spec) for (b, _), spec in sorted(catalog.items())]
+        return [
+            (b, spec)
+            for b in backends
+            for _, spec in sorted(host.backends.get(b).devices().items())
+        ]
+    order = sorted(backends, key=lambda b: (not host.backends.loaded(b), b))
+    found: dict[str, tuple[str, DeviceSpec]] = {}
+    seen: list[DeviceSpec] = []
+    for b in order:
+        for spec in host.backends.get(b).devices().values():
+            seen.append(spec)
+            for name in names:
+                if name not in found and (name == spec.name or name in spec.aliases):
+                    found[name] = (b, spec)
+        if len(found) == len(names):
+            break
     for name in names:
-        found = [(b, s) for (b, _), s in catalog.items() if name == s.name or name in s.aliases]
-        if not found:
-            known = sorted({s.name for s in catalog.values()})
+        if name not in found:
+            known = sorted({s.name for s in seen})
             raise UnknownNameError(
                 unknown_message("device", name, known, scenario.source.where(("plan", "devices")))
             )
-        out.append(found[0])
-    return out
+    return [found[name] for name in names]
 
 
 def _fit(base: Mapping[str, Any], shape: Shape, scenario: Scenario, host: Host) -> tuple[Any, str]:

@@ -6,6 +6,10 @@ among them) once, then forks each worker from that warm state, so a worker is re
 a fraction of a second instead of re-importing for seconds, and a pool rebuilt after a
 worker died starts as fast. Elsewhere workers are spawned. Either way a worker builds
 its plugin host once and reuses it for every point it runs.
+
+The pool outlives one :meth:`LocalExecutor.map`: the next call with no more workers runs
+on the same warm processes (their imports and caches kept), so a caller that maps in
+rounds, as ``xpusim plan`` sizes its shapes, pays for starting workers once.
 """
 
 from __future__ import annotations
@@ -72,6 +76,10 @@ class LocalExecutor(Executor):
     name = "local"
     description = "local process pool (default)"
 
+    def __init__(self) -> None:
+        self._kept: ProcessPoolExecutor | None = None
+        self._kept_size = 0
+
     def map(
         self,
         fn: Callable[[Any], Any],
@@ -87,12 +95,11 @@ class LocalExecutor(Executor):
         n = max(1, min(workers or os.cpu_count() or 1, len(points)))
         attempts = [0] * len(points)
         pending = list(range(len(points)))
-        ctx = pool_context()
         while pending:
-            pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_warm)
+            pool = self._pool(workers or os.cpu_count() or 1)
             broken = False
+            futures: dict[Future[Any], int] = {}
             try:
-                futures: dict[Future[Any], int] = {}
                 queue, pending = list(pending), []
                 self._submit(pool, fn, points, queue, futures, attempts, 2 * n)
                 while futures:
@@ -122,7 +129,26 @@ class LocalExecutor(Executor):
                         break
                     self._submit(pool, fn, points, queue, futures, attempts, 2 * n)
             finally:
-                pool.shutdown(wait=not broken, cancel_futures=True)
+                if broken or futures:  # a dead worker, or a caller that stopped early
+                    self._drop(wait=not broken)
+
+    def _pool(self, size: int) -> ProcessPoolExecutor:
+        """The kept pool when it has ``size`` workers, else a new one of that size (the
+        old one shut down)."""
+        if self._kept is not None and self._kept_size == size:
+            return self._kept
+        self._drop(wait=True)
+        self._kept = ProcessPoolExecutor(
+            max_workers=size, mp_context=pool_context(), initializer=_warm
+        )
+        self._kept_size = size
+        return self._kept
+
+    def _drop(self, wait: bool) -> None:
+        """Shut the kept pool down (its queued points cancelled)."""
+        if self._kept is not None:
+            self._kept.shutdown(wait=wait, cancel_futures=True)
+        self._kept, self._kept_size = None, 0
 
     @staticmethod
     def _outcome(fut: Future[Any], attempts: int) -> Any:
