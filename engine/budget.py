@@ -45,6 +45,9 @@ REPLICA_EVENTS = 2000
 scheduler, cache and frames are built and stepped): ten thousand replicas are 2e7."""
 PASS_EVENTS = 20
 """Events one pipeline pass (a micro-batch's forward or backward on one stage) costs."""
+REPLAY_EVENTS = 300
+"""Events one checkpoint segment or failure of a training run's failure replay costs (a
+replay of a million segments takes minutes)."""
 
 
 class BudgetError(XpusimError):

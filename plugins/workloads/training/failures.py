@@ -80,6 +80,24 @@ def _check_events(steps: int, k: int, step_s: float, rate: float, write_s: float
         )
 
 
+def _segment_steps(step_s: float, steps: int, spec: FailureSpec) -> int:
+    """Steps between two checkpoints (the whole run without checkpoints)."""
+    if math.isinf(spec.checkpoint_interval_s):
+        return max(1, steps)
+    return max(1, round(spec.checkpoint_interval_s / step_s) if step_s > 0 else steps)
+
+
+def replay_events(
+    step_s: float, steps: int, count: int, spec: FailureSpec, checkpoint_write_s: float
+) -> float:
+    """The segments and failures one replay of :func:`simulate_failures` is expected to
+    simulate (each segment retried until no failure hits it), for the work budget."""
+    rate = count / spec.mtbf_per_device if spec.mtbf_per_device > 0 else 0.0
+    k = _segment_steps(step_s, steps, spec)
+    exposure = rate * (k * step_s + max(checkpoint_write_s, 0.0))
+    return -(-steps // k) * math.exp(min(exposure, 50.0))
+
+
 def simulate_failures(
     step_s: float,
     steps: int,
@@ -100,12 +118,7 @@ def simulate_failures(
     env = simpy.Environment()
     rng = random.Random(seed)
     rate = count / spec.mtbf_per_device if spec.mtbf_per_device > 0 else 0.0
-    k = (
-        steps
-        if math.isinf(spec.checkpoint_interval_s)
-        else max(1, round(spec.checkpoint_interval_s / step_s) if step_s > 0 else steps)
-    )
-    k = max(1, k)
+    k = _segment_steps(step_s, steps, spec)
     _check_events(steps, k, step_s, rate, checkpoint_write_s)
     run = FailureRun(0.0, 0, 0, 0.0, 0.0, 0.0)
     seg = run.segments

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from xpusim.engine.backend import Compiled, Fit
-from xpusim.engine.budget import PASS_EVENTS, Work
+from xpusim.engine.budget import PASS_EVENTS, REPLAY_EVENTS, Work, check_work
 from xpusim.engine.errors import DoesNotFitError, ScenarioError
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
@@ -26,8 +26,10 @@ from xpusim.engine.qty import Bandwidth, Bytes, Duration, DurationOrZero
 from xpusim.engine.system import System
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.training.failures import (
+    MAX_EVENTS,
     FailureSpec,
     percentile,
+    replay_events,
     simulate_failures,
 )
 from xpusim.plugins.workloads.training.frames import devices_frame, steps_frame
@@ -315,6 +317,21 @@ class TrainingWorkload(Workload):
             ckpt_b = checkpoint_bytes(model, plan.precision, plan.optimizer)
             write_s = read_s = ckpt_b / f.storage_bandwidth
         seeds = [ctx.seed * 1_000_003 + i for i in range(config.seeds)]
+        per = replay_events(st.seconds, steps, system.count, spec, write_s) if f else 0.0
+        if per <= MAX_EVENTS:  # above it, the replay's own check names the fix
+            # each seed's replay, and the median's again with its frames
+            check_work(
+                Work(
+                    events=REPLAY_EVENTS * (len(seeds) + 1) * per,
+                    how=(
+                        f"{REPLAY_EVENTS} x {len(seeds) + 1} replays x {per:,.0f} checkpoint "
+                        f"segments and failures"
+                    ),
+                    shrink="workload.seeds, a longer failures.checkpoint_interval, fewer steps",
+                ),
+                "workload.failures",
+                system.name,
+            )
         walls = []
         for i, s in enumerate(seeds):
             walls.append(
