@@ -577,35 +577,63 @@ SECONDS_PER_HOUR = 3600.0
 """Catalog prices are USD per second inside the engine; listings show USD per hour."""
 
 
-def _hourly_prices(spec: Any) -> dict[str, dict[str, Any]]:
-    """A device's rental prices (``on_demand``, ``spot``, ``reserved``) per device-hour,
-    each with the figure's source, the date its source states (``None`` where it states
-    none) and any stated assumption."""
-    prices: dict[str, dict[str, Any]] = {}
-    for kind in ("on_demand", "spot", "reserved"):
-        fig = getattr(spec.price, kind)
-        if fig is not None:
-            prices[kind] = {
-                "usd_per_hour": fig.value * SECONDS_PER_HOUR,
-                "source": fig.source or None,
-                "date": fig.date or None,
-                "assumption": fig.assumption or None,
-            }
-    return prices
+def _hourly_prices(spec: Any, today: Any) -> dict[str, Any]:
+    """The prices runs use for a device (the price catalog's, else the device's own), per
+    tier and by default pricing, each with provider, source, date and whether it is older
+    than a year on ``today`` (:func:`~xpusim.engine.economics.rented.price_listing`)."""
+    from xpusim.engine.economics.rented import price_listing
+
+    return price_listing(spec, today)
+
+
+PRICE_TIERS = ("hyperscaler", "neocloud", "committed", "spot", "purchase")
+"""The price catalog's tiers, as ``devices`` lists them."""
+
+
+def _price_keys(listing: dict[str, Any]) -> dict[str, Any]:
+    """``devices --json`` price keys: ``price_per_hour`` (what pricing cloud, spot and
+    reserved use), ``prices`` (per tier), ``offers`` and ``price_reference_date``."""
+    return {
+        "price_per_hour": listing["default"],
+        "prices": listing["tiers"],
+        "offers": listing["offers"],
+        "price_reference_date": listing["reference_date"],
+    }
+
+
+def _price_cell(p: dict[str, Any] | None) -> str:
+    """One price for the table: value, provider, date and an age flag."""
+    from xpusim.engine.device import DATE_NOT_STATED
+
+    if p is None:
+        return "-"
+    value = f"{p['usd']:,.0f} USD" if "usd" in p else f"{p['usd_per_hour']:,.2f}"
+    who = p["provider"] or "device's own"
+    when = p["date"] or DATE_NOT_STATED
+    old = ", over a year old" if p["stale"] else ""
+    return f"{value} {who} ({when}{old})"
 
 
 @app.command()
 def devices(
     backend: Annotated[str | None, typer.Option(help="Only this backend's devices.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    price_date: Annotated[
+        str | None,
+        typer.Option(help="Flag prices older than a year on this date (default today)."),
+    ] = None,
 ) -> None:
     """List the devices every backend can simulate, with their key figures and sources, and
-    the on-demand price per device-hour with the date its source states."""
+    the prices runs use, per price tier, with provider and the date each source states."""
+    import datetime as dt
+
     from rich.table import Table
 
-    from xpusim.engine.device import DATE_NOT_STATED
-
     def go() -> None:
+        try:
+            today = dt.date.fromisoformat(price_date) if price_date else dt.date.today()
+        except ValueError:
+            raise XpusimError(f"--price-date {price_date!r}: write YYYY-MM-DD.") from None
         host = _host()
         names = [backend] if backend else host.backends.names()
         rows: list[dict[str, Any]] = []
@@ -622,7 +650,7 @@ def devices(
                         "memory_bytes": spec.memory_bytes.value,
                         "memory_bw": spec.memory_bw.value,
                         "max_w": spec.power.max_w.value if spec.power.max_w else None,
-                        "price_per_hour": _hourly_prices(spec),
+                        **_price_keys(_hourly_prices(spec, today)),
                         "aliases": list(spec.aliases),
                         "sources": {k: f.cited for k, f in spec.figures().items()},
                     }
@@ -630,14 +658,22 @@ def devices(
         if as_json:
             out.print_json(json.dumps(rows))
             return
-        t = Table(title="xpusim devices")
-        cols = ("backend", "device", "bf16 TFLOP/s", "memory GB", "mem BW TB/s", "max W", "$/h")
-        for c in (*cols, "price date"):
-            t.add_column(c, justify="left" if c in ("backend", "device", "price date") else "right")
+        t = Table(
+            title="xpusim devices",
+            caption=f"$/h on demand: what pricing: cloud uses (hyperscaler, then neocloud); "
+            f"ages on {today.isoformat()}",
+        )
+        cols = ("backend", "device", "bf16 TFLOP/s", "memory GB", "mem BW TB/s", "max W")
+        for c in (*cols, "$/h on demand"):
+            t.add_column(c, justify="left" if c in ("backend", "device") else "right")
+        tiers = Table(title="prices by tier (runs with economics.tier set use these)")
+        for c in ("device", *PRICE_TIERS):
+            tiers.add_column(c)
         for r in rows:
             pf = r["peak_flops"]
             peak = pf.get("bf16") or pf.get("fp16") or (max(pf.values()) if pf else None)
             hourly = r["price_per_hour"].get("on_demand")
+            tiers.add_row(r["name"], *(_price_cell(r["prices"][k]) for k in PRICE_TIERS))
             t.add_row(
                 r["backend"],
                 r["name"],
@@ -645,10 +681,10 @@ def devices(
                 f"{r['memory_bytes'] / 1e9:,.1f}",
                 f"{r['memory_bw'] / 1e12:,.2f}",
                 "-" if r["max_w"] is None else f"{r['max_w']:,.0f}",
-                "-" if hourly is None else f"{hourly['usd_per_hour']:,.2f}",
-                "-" if hourly is None else (hourly["date"] or DATE_NOT_STATED),
+                _price_cell(hourly),
             )
         out.print(t)
+        out.print(tiers)
 
     guarded(go)
 

@@ -487,6 +487,14 @@ ENGINE_METRICS: tuple[Metric, ...] = (
         order=632,
     ),
     detail(
+        "price_tier",
+        "Price tier",
+        description="where the device price came from: hyperscaler, neocloud, committed, "
+        "spot or purchase (the price catalog's tiers), scenario, device (its own figure) or "
+        "discounted on-demand",
+        order=633,
+    ),
+    detail(
         "offered_rate_per_s",
         "Offered rate",
         "req/s",

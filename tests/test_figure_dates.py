@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -17,6 +18,7 @@ from tests.fakes import SRC, FakePlugin, fake_device
 from xpusim import hookimpl
 from xpusim.engine import cli
 from xpusim.engine.device import DeviceSpec, Figure, PriceSpec, check_date, spec_from_mapping
+from xpusim.engine.economics.pricebook import is_stale
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.host import Host
 from xpusim.engine.report import SourceRow, source_rows
@@ -83,11 +85,17 @@ def test_catalog_price_date_round_trips_to_devices_json(
     row = _devices_json(monkeypatch, pm, spec)
     prices = row["price_per_hour"]
     assert prices["on_demand"] == {
+        "tier": "device",
+        "provider": None,
         "usd_per_hour": pytest.approx(2.5),
         "source": "test_price_entry",
         "date": "2024-10",
+        "stale": is_stale("2024-10", dt.date.today()),
         "assumption": None,
+        "stand_in": None,
     }
+    assert row["prices"]["neocloud"]["usd_per_hour"] == pytest.approx(2.5)
+    assert row["offers"] == []
     assert prices["reserved"]["date"] == "2025-01-01"
     assert prices["spot"]["date"] is None
     assert prices["spot"]["usd_per_hour"] == pytest.approx(1.0)
@@ -183,14 +191,29 @@ def test_report_sources_show_a_price_date_when_known() -> None:
     assert "test_price_entry; date not stated" in md
 
 
-def test_shipped_prices_carry_the_year_their_source_states() -> None:
-    """The H100's on-demand price is the 2023 launch price its entry (aws_p5_ondemand)
-    describes, so it is dated 2023; the A100's on-demand price cites an entry that states
-    no date and stays undated."""
+def test_shipped_prices_live_in_the_price_catalog_with_their_dates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The device catalogs carry no prices: the H100's AWS on-demand price is the price
+    catalog's, dated 2023 as its entry (aws_p5_ondemand) states, and ``devices --json``
+    shows what runs use per tier, with provider and date, flagging those older than a
+    year on the reference date."""
+    from xpusim.engine.economics.pricebook import price_book
+    from xpusim.engine.host import default_host
     from xpusim.plugins.gpu.catalog import CATALOG_PATH, load_catalog
 
     cat = load_catalog(CATALOG_PATH)
-    h100 = cat["h100-sxm"].price.on_demand
-    assert h100 is not None and h100.source == "aws_p5_ondemand" and h100.date == "2023"
-    a100 = cat["a100-sxm-80gb"].price.on_demand
-    assert a100 is not None and a100.date == ""
+    assert all(s.price == PriceSpec() for s in cat.values())
+    aws = [o for o in price_book()["h100-sxm"] if o.provider == "aws" and o.tier == "hyperscaler"]
+    assert aws[0].source == "aws_p5_ondemand" and aws[0].as_of == "2023"
+    host = default_host()
+    monkeypatch.setattr(cli, "_host", lambda: host)
+    args = ["devices", "--json", "--backend", "gpu", "--price-date", "2026-12-05"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    h100 = {r["name"]: r for r in json.loads(result.output)}["h100-sxm"]
+    on_demand = h100["price_per_hour"]["on_demand"]
+    assert on_demand["provider"] == "azure" and on_demand["date"] == "2026-06-11"
+    assert on_demand["stale"] is False and on_demand["tier"] == "hyperscaler"
+    assert h100["prices"]["purchase"]["stale"] is True
+    assert any(o["source"] == "aws_p5_ondemand" and o["stale"] for o in h100["offers"])

@@ -203,7 +203,7 @@ def price_system(
         else rented_cost(spec, config, device_s)
     )
     out.figures.update(cost.figures)
-    used = price_used(cost.figures, config)
+    used = price_used(cost.figures, config, tier=cost.tier, provider=cost.provider)
     if used is not None:
         out.details["price_used"] = used
     if cost.cost_usd is None:
@@ -240,10 +240,17 @@ def price_system(
     return out
 
 
-def price_used(figures: Mapping[str, Figure], config: EconomicsConfig) -> dict[str, Any] | None:
+def price_used(
+    figures: Mapping[str, Figure],
+    config: EconomicsConfig,
+    *,
+    tier: str = "",
+    provider: str = "",
+) -> dict[str, Any] | None:
     """The device price a cost used: its figure name, value per device-hour (or per device
-    bought), citation, date and whether it is older than a year on ``economics.price_date``
-    (today when not given; ``None`` where the source states no date)."""
+    bought), citation, date, whether it is older than a year on ``economics.price_date``
+    (today when not given; ``None`` where the source states no date), and the ``tier``
+    and ``provider`` it came from (:class:`~.cost.Cost`; ``None`` when not known)."""
     for name, fig in figures.items():
         if name.startswith("price."):
             today = config.price_date or _dt.date.today()
@@ -256,6 +263,8 @@ def price_used(figures: Mapping[str, Figure], config: EconomicsConfig) -> dict[s
                 "date": fig.date or None,
                 "stale": is_stale(fig.date, today),
                 "reference_date": today.isoformat(),
+                "tier": tier or None,
+                "provider": provider or None,
             }
     return None
 
@@ -266,6 +275,9 @@ def record(result: SystemResult, priced: Economics) -> None:
     result.metrics.update(priced.metrics)
     if priced.choice is not None:
         result.metrics["cheaper_choice"] = priced.choice
+    tier = (priced.details.get("price_used") or {}).get("tier")
+    if tier:
+        result.metrics["price_tier"] = tier
     result.figures.update(priced.figures)
     not_known = dict(result.details.get("not_known", {}))
     result.details.update(priced.details)

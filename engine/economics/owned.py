@@ -13,7 +13,7 @@ from xpusim.engine.economics.config import (
     EconomicsConfig,
 )
 from xpusim.engine.economics.cost import Cost
-from xpusim.engine.economics.rented import catalog_price
+from xpusim.engine.economics.rented import catalog_price, choose_price
 
 if TYPE_CHECKING:
     from xpusim.engine.device import DeviceSpec
@@ -77,4 +77,8 @@ def owned_cost(spec: DeviceSpec, config: EconomicsConfig, en: Energy) -> Cost:
         figs["economics.hosting_usd_per_kw_month"] = hosting
         kw = provisioned_kw(spec, en.devices, en.nodes, en.host_w, en.energy_j, en.span, config.pue)
         breakdown["hosting"] = hosting.value * kw * en.span / MONTH_S
-    return Cost(sum(breakdown.values()), breakdown, figures=figs)
+    chosen = choose_price(spec, config, "owned")
+    provider = chosen.offer.provider if chosen.offer is not None else ""
+    return Cost(
+        sum(breakdown.values()), breakdown, figures=figs, tier=chosen.tier, provider=provider
+    )

@@ -4,7 +4,8 @@ Each device has offers: a tier (:data:`TIERS`), a provider, a price (USD per dev
 for rentals, USD per device for a purchase), the reference-figures id it comes from and
 the date the source states. :func:`choose` picks the offer a scenario asks for: its
 ``economics.tier`` (else the tier its ``pricing`` implies) and ``economics.provider``;
-among several offers of one tier the most recently dated wins, then the cheapest, so the
+among several offers of one tier the device's own price wins over a stand-in's (a nearby
+part's, :attr:`Offer.stand_in`), then the most recently dated, then the cheapest, so the
 choice never depends on file order. :func:`is_stale` says whether a price is older than a
 year on a reference date.
 """
@@ -62,6 +63,9 @@ class Offer:
     source: str
     as_of: str = ""
     note: str = ""
+    stand_in: str = ""
+    """The part the price is really for when its source publishes none for this device
+    (``A100 40GB``); empty for the device's own price."""
 
     @property
     def usd_per_hour(self) -> float:
@@ -71,6 +75,8 @@ class Offer:
     def figure(self) -> Figure:
         """The offer as a dated :class:`Figure` citing its entry, provider and tier."""
         label = f"{self.provider}, {TIER_LABEL[self.tier]}"
+        if self.stand_in:
+            label += f", the {self.stand_in}'s price"
         return Figure(
             self.value,
             source=f"{self.source} ({label})",
@@ -97,6 +103,7 @@ def _offer(device: str, raw: Mapping[str, Any], where: str) -> Offer:
         str(raw["source"]),
         date,
         str(raw.get("note", "")),
+        str(raw.get("stand_in", "")),
     )
 
 
@@ -135,7 +142,8 @@ def _date_key(as_of: str) -> str:
 
 def pick(offers: Sequence[Offer], tiers: Sequence[str], provider: str | None) -> Offer | None:
     """The offer of the first tier of ``tiers`` that has one (of ``provider`` when named):
-    the most recently dated, then the cheapest."""
+    the device's own price before a stand-in's, then the most recently dated, then the
+    cheapest."""
     for tier in tiers:
         found = [
             o
@@ -143,7 +151,10 @@ def pick(offers: Sequence[Offer], tiers: Sequence[str], provider: str | None) ->
             if o.tier == tier and (provider is None or o.provider == provider.lower())
         ]
         if found:
-            return min(found, key=lambda o: (_invert(_date_key(o.as_of)), o.value, o.provider))
+            return min(
+                found,
+                key=lambda o: (bool(o.stand_in), _invert(_date_key(o.as_of)), o.value, o.provider),
+            )
     return None
 
 
@@ -179,3 +190,35 @@ def is_stale(date: str, today: _dt.date) -> bool | None:
     if d is None:
         return None
     return (today - d).days > STALE_DAYS
+
+
+ORIGIN_LABEL = {
+    "scenario": "the scenario's own price",
+    "device": "the device's own price",
+    "discounted on-demand": "the on-demand price less the scenario's discount",
+}
+"""How a warning names a price that is not a catalog tier's."""
+
+
+def tier_label(tier: str) -> str:
+    """A price tier, or another origin of a price, in words."""
+    return TIER_LABEL.get(tier) or ORIGIN_LABEL.get(tier, tier)
+
+
+def mixed_tiers_warning(priced: Sequence[tuple[str, str | None]]) -> str:
+    """A warning when the systems of one comparison were priced from different tiers
+    (``pricing: cloud`` tries hyperscaler then neocloud per device, so one device may be
+    priced at a hyperscaler and another at a GPU cloud); ``""`` when they share one.
+    ``priced`` is ``(system, tier)`` for each priced system (``None``: not priced)."""
+    groups: dict[str, list[str]] = {}
+    for name, tier in priced:
+        if tier:
+            groups.setdefault(tier, []).append(name)
+    if len(groups) < 2:
+        return ""
+    parts = "; ".join(f"{', '.join(names)} at {tier_label(tier)}" for tier, names in groups.items())
+    return (
+        f"Warning: the systems were priced from different tiers ({parts}), so their costs "
+        "do not compare like for like; set economics.tier (and economics.provider) to "
+        "price every system at one tier."
+    )

@@ -26,7 +26,7 @@ from xpusim.engine.report import (
     title_of,
 )
 from xpusim.engine.report import charts as ch
-from xpusim.engine.report.verdict import headline, ok_label, price_note
+from xpusim.engine.report.verdict import headline, mixed_tiers, ok_label, price_note
 
 if TYPE_CHECKING:
     from xpusim.engine.results import RunResult
@@ -159,9 +159,11 @@ def _costs(run: RunResult) -> str:
         )
     if not rows:
         return ""
+    mixed = mixed_tiers(run.systems)
+    warn = f'\n<p class="missing">{_e(mixed)}</p>' if mixed else ""
     return (
         '<table class="costs"><tr><th class="name">System</th><th class="name">Cost parts'
-        '</th><th class="name">Rent or buy</th></tr>\n' + "\n".join(rows) + "\n</table>"
+        '</th><th class="name">Rent or buy</th></tr>\n' + "\n".join(rows) + "\n</table>" + warn
     )
 
 

@@ -21,7 +21,7 @@ from xpusim.engine.report import (
     spiking,
     title_of,
 )
-from xpusim.engine.report.verdict import headline, ok_label, price_note
+from xpusim.engine.report.verdict import headline, mixed_tiers, ok_label, price_note
 
 if TYPE_CHECKING:
     from xpusim.engine.results import RunResult
@@ -99,6 +99,9 @@ def render_markdown(run: RunResult) -> str:
         be = s.details.get("break_even")
         if isinstance(be, dict):
             costs.append(f"- **{escape.markdown(s.name)}**, rent or buy: {describe_break_even(be)}")
+    mixed = mixed_tiers(systems)
+    if mixed:
+        costs.append(f"- {escape.markdown(mixed)}")
     if costs:
         out += ["## Cost", "", *costs, ""]
 

@@ -6,7 +6,8 @@ label and formatted with its ``table_format``; a metric with ``instead_of`` is l
 when any system has that other metric. The title carries the run's verdict (the cheapest
 system that meets the SLOs, overloaded systems and what they sustain,
 :func:`~xpusim.engine.report.verdict.headline`) and the caption the rent-or-buy break-even
-of each system whose prices are known.
+of each system whose prices are known, and a warning when the systems were priced from
+different price tiers.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from xpusim.engine.metrics import Metric, Vocabulary
 from xpusim.engine.report import escape
 from xpusim.engine.report.verdict import (
     headline,
+    mixed_tiers,
     ok_label,
     rent_or_buy_notes,
     summary_systems,
@@ -62,7 +64,11 @@ def summary_table(summary: dict[str, Any], vocabulary: Vocabulary) -> Table:
         )
         + "\n"
         + escape.terminal(headline(rows)),
-        caption="\n".join(escape.terminal(line) for line in rent_or_buy_notes(rows).splitlines())
+        caption="\n".join(
+            escape.terminal(line)
+            for line in [*rent_or_buy_notes(rows).splitlines(), mixed_tiers(rows)]
+            if line
+        )
         or None,
     )
     t.add_column("system", style="bold")

@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from xpusim.engine.capacity import meets_slo
 from xpusim.engine.economics.breakeven import CHOICE
+from xpusim.engine.economics.pricebook import mixed_tiers_warning
 
 COST_KEYS = ("cost_per_million_tokens_usd", "cost_usd")
 """The cost figures a verdict ranks by, in order of preference."""
@@ -179,6 +180,14 @@ def rent_or_buy_notes(systems: Sequence[SystemLike]) -> str:
             line += " (set economics.busy_hours_per_year for a verdict)"
         lines.append(line + ".")
     return "\n".join(lines)
+
+
+def mixed_tiers(systems: Sequence[SystemLike]) -> str:
+    """A warning when the systems were priced from different price tiers (their
+    ``price_tier``), else ``""``."""
+    return mixed_tiers_warning(
+        [(s.name, s.metrics.get("price_tier")) for s in systems if s.status == "ok"]
+    )
 
 
 def price_note(used: Mapping[str, Any] | None) -> str:
