@@ -81,10 +81,11 @@ def test_help_imports_only_entry_points_and_no_heavy_library(tmp_path: Path) -> 
     or report module and no heavy library."""
     code, modules, out = _run(tmp_path, "--help")
     assert code == 0
-    assert "validate" in out and "tpu" in out
+    assert "validate" in out and "tpu" in out and "traces" in out
     assert not _top_level(modules, HEAVY)
     loaded = {m for m in modules if m.startswith("xpusim.plugins.")}
-    allowed = _entry_point_modules() | {"xpusim.plugins.tpu.cli"}
+    command_groups = {"xpusim.plugins.tpu.cli", "xpusim.plugins.traces.commands"}
+    allowed = _entry_point_modules() | command_groups
     assert loaded <= allowed, sorted(loaded - allowed)
 
 
