@@ -127,7 +127,13 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "collective_algorithm": "tree",
         "decode_attention": "per-head",
     },
-    "spinnaker": {"time_scale_factor": 2, "counter": "nest", "reports": "r", "use_board": False},
+    "spinnaker": {
+        "time_scale_factor": 2,
+        "counter": "nest",
+        "reports": "r",
+        "use_board": False,
+        "copies": 2,
+    },
     "tpu": {},
 }
 

@@ -167,6 +167,10 @@ def test_a_real_ctrl_c_inside_user_code_still_interrupts() -> None:
         for _ in range(10_000_000):  # the Python-level handler runs between bytecodes
             pass
 
-    with pytest.raises(KeyboardInterrupt):
-        trust.run_user(pressed, "factory")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh process has it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trust.run_user(pressed, "factory")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
