@@ -1,4 +1,4 @@
-"""Fit the collective-library fabric profiles to the public all-reduce sweeps.
+"""Fit the NCCL/RCCL fabric profiles to the public all-reduce sweeps.
 
 Reads the all-reduce sweeps of the shared reference kernels file (``kernels.yaml``):
 
@@ -16,7 +16,7 @@ H200s at 8 GiB (``h200_b200_allreduce_nvls_vs_gpu_count``: how NVLS and the ring
 with the group) and 2 against 8 MI300Xs at 4 GiB (``mi300x_allreduce_2_vs_8_gpus``: the
 full mesh drives only ``p-1`` of its 7 links).
 
-Model (:func:`xpusim.engine.collectives.library_flat_seconds`): per protocol ``LL`` and
+Model (:func:`xpusim.engine.collectives.nccl_flat_seconds`): per protocol ``LL`` and
 ``Simple`` a fixed launch cost and a bandwidth efficiency, per-hop latency the catalog's
 link latency (1 µs), NVLS a fixed cost and an efficiency. Parameters are fitted by least
 squares on log time.
@@ -47,7 +47,7 @@ if str(REPO) not in sys.path:
 from xpusim.engine.collectives import (  # noqa: E402
     FabricProfile,
     Protocol,
-    library_flat_seconds,
+    nccl_flat_seconds,
 )
 from xpusim.engine.graph import Collective  # noqa: E402
 
@@ -97,7 +97,7 @@ def entries(path: Path) -> dict[str, dict[str, Any]]:
 def sweep_rows(entry: dict[str, Any]) -> list[tuple[float, float]]:
     """(bytes, seconds) of an all-reduce sweep: ``time_us`` where printed, else the
     ``derived_time_us`` of ``size_B / algbw``; rows under 1 KiB are left out (their
-    time is the library's floor, the 1 KiB row carries it)."""
+    time is NCCL's floor, the 1 KiB row carries it)."""
     out = []
     for r in entry["rows"]:
         n = float(r["size_B"])
@@ -125,7 +125,7 @@ def profile(name: str, spec: dict[str, Any], x: np.ndarray, source: str = "") ->
 
 def predict(prof: FabricProfile, bw: float, n: float, p: int = 8, algo: str = "auto") -> float:
     """Predicted all-reduce seconds."""
-    return library_flat_seconds(Collective.ALL_REDUCE, n, p, bw, HOP_S, prof, algo)
+    return nccl_flat_seconds(Collective.ALL_REDUCE, n, p, bw, HOP_S, prof, algo)
 
 
 def fit_one(

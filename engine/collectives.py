@@ -47,8 +47,8 @@ and returns the cheaper.
 
 Torus (TPU ICI): see :func:`torus_collective_seconds`.
 
-As a collective library runs them (:func:`library_flat_seconds`,
-:func:`library_collective_seconds`): NCCL and RCCL pay a fixed cost per call that
+As NCCL and RCCL run them (:func:`nccl_flat_seconds`,
+:func:`nccl_collective_seconds`): NCCL and RCCL pay a fixed cost per call that
 depends on the wire protocol (``LL`` for small buffers, ``Simple`` for large ones; tens
 of microseconds on 8 GPUs, far above a hop latency), move the payload at a
 protocol-dependent share of the link rate, reduce in the switch where the fabric has
@@ -80,8 +80,8 @@ __all__ = [
     "collective_seconds",
     "flat_seconds",
     "hierarchical_seconds",
-    "library_collective_seconds",
-    "library_flat_seconds",
+    "nccl_collective_seconds",
+    "nccl_flat_seconds",
     "ring_seconds",
     "topology_from_device",
     "torus_collective_seconds",
@@ -301,12 +301,12 @@ def topology_from_device(device: DeviceSpec, devices_per_node: int | None = None
     return Topology.from_links(devices_per_node or device.devices_per_node, up, out)
 
 
-# -- collectives as a library runs them (NCCL, RCCL) ---------------------------------
+# -- collectives as NCCL and RCCL run them -------------------------------------------
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """One wire protocol of a collective library (NCCL's ``LL``, ``LL128``, ``Simple``).
+    """One wire protocol of NCCL or RCCL (NCCL's ``LL``, ``LL128``, ``Simple``).
 
     ``launch_s`` is the fixed cost of one call with this protocol (kernel launch, the
     first flag exchange, the host-side call); every algorithm step then pays the fabric's
@@ -329,7 +329,7 @@ class Protocol:
 
 @dataclass(frozen=True)
 class FabricProfile:
-    """How a collective library drives one scale-up fabric, fitted to its public sweeps.
+    """How NCCL or RCCL drives one scale-up fabric, fitted to its public sweeps.
 
     * ``protocols``: the wire protocols the tuner chooses among (per size, the fastest);
     * ``nvls``: in-switch reduction (NVLink SHARP) for all-reduce on groups of at least
@@ -385,10 +385,10 @@ def _wire(kind: Collective, nbytes: float, p: int, algorithm: str) -> tuple[floa
 
 
 LIBRARY_ALGORITHMS = ("auto", "ring", "tree", "nvls")
-"""Values accepted by ``algorithm`` in :func:`library_flat_seconds`."""
+"""Values accepted by ``algorithm`` in :func:`nccl_flat_seconds`."""
 
 
-def library_flat_seconds(
+def nccl_flat_seconds(
     kind: Collective | str,
     nbytes: float,
     p: int,
@@ -430,7 +430,7 @@ def library_flat_seconds(
     return min(candidates)
 
 
-def library_collective_seconds(
+def nccl_collective_seconds(
     kind: Collective | str,
     nbytes: float,
     group: int,
@@ -439,9 +439,9 @@ def library_collective_seconds(
     inter: FabricProfile,
     algorithm: str = "auto",
 ) -> float:
-    """One collective over ``group`` devices of ``topology`` priced as the library runs it.
+    """One collective over ``group`` devices of ``topology`` priced as NCCL or RCCL runs it.
 
-    Inside a node: :func:`library_flat_seconds` on the scale-up link with the ``intra``
+    Inside a node: :func:`nccl_flat_seconds` on the scale-up link with the ``intra``
     profile (per-hop latency ``topology.intra_latency``). Across nodes: the two-level
     schedule of :func:`hierarchical_seconds` with each stage priced the same way (the
     inter-node stage on the scale-out link with the ``inter`` profile), or a flat ring
@@ -454,16 +454,16 @@ def library_collective_seconds(
         return 0.0
     flat_algo = "auto" if algorithm == "hierarchical" else algorithm
     if group <= t.devices_per_node:
-        return library_flat_seconds(k, nbytes, group, t.intra_bw, t.intra_latency, intra, flat_algo)
+        return nccl_flat_seconds(k, nbytes, group, t.intra_bw, t.intra_latency, intra, flat_algo)
     g = max(1, t.devices_per_node)
     m = math.ceil(group / g)
 
     def up(kk: Collective, n: float) -> float:
-        return library_flat_seconds(kk, n, g, t.intra_bw, t.intra_latency, intra, flat_algo)
+        return nccl_flat_seconds(kk, n, g, t.intra_bw, t.intra_latency, intra, flat_algo)
 
     def out(kk: Collective, n: float) -> float:
         algo = "auto" if flat_algo == "nvls" else flat_algo
-        return library_flat_seconds(kk, n, m, t.inter_bw, t.inter_latency, inter, algo)
+        return nccl_flat_seconds(kk, n, m, t.inter_bw, t.inter_latency, inter, algo)
 
     if k is Collective.ALL_REDUCE:
         hier = (
@@ -481,7 +481,7 @@ def library_collective_seconds(
         return out(Collective.SEND_RECV, nbytes) if nbytes else 0.0
     if algorithm == "hierarchical":
         return hier
-    slow = library_flat_seconds(
+    slow = nccl_flat_seconds(
         k,
         nbytes,
         group,

@@ -134,13 +134,13 @@ def test_topology_from_device() -> None:
     assert math.isclose(t.intra_latency, 1e-6)
 
 
-# -- collectives as the library runs them ------------------------------------------
+# -- collectives as NCCL and RCCL run them ------------------------------------------
 
 from xpusim.engine.collectives import (  # noqa: E402
     FabricProfile,
     Protocol,
-    library_collective_seconds,
-    library_flat_seconds,
+    nccl_collective_seconds,
+    nccl_flat_seconds,
 )
 
 LL = Protocol("LL", 10e-6, 0.5)
@@ -150,16 +150,16 @@ SWITCH = FabricProfile(
 )
 
 
-def test_library_picks_protocol_by_size() -> None:
+def test_nccl_picks_protocol_by_size() -> None:
     """A small all-reduce pays the low-latency protocol's launch plus one hop per ring step
     at half the link rate; a large one the bandwidth protocol's efficiency, whichever is
     cheaper (NCCL's tuner choice)."""
     p, bw, hop = 8, 100e9, 1e-6
     small, big = 4096.0, 1e9
     ring_ll = LL.launch_s + 2 * (p - 1) * hop + 2 * (p - 1) / p * small / (bw * 0.5)
-    assert library_flat_seconds(AR, small, p, bw, hop, SWITCH, "ring") == pytest.approx(ring_ll)
+    assert nccl_flat_seconds(AR, small, p, bw, hop, SWITCH, "ring") == pytest.approx(ring_ll)
     ring_simple = SIMPLE.launch_s + 2 * (p - 1) * hop + 2 * (p - 1) / p * big / (bw * 0.9)
-    assert library_flat_seconds(AR, big, p, bw, hop, SWITCH, "ring") == pytest.approx(ring_simple)
+    assert nccl_flat_seconds(AR, big, p, bw, hop, SWITCH, "ring") == pytest.approx(ring_simple)
 
 
 def test_nvls_only_for_all_reduce_on_large_enough_groups() -> None:
@@ -167,13 +167,13 @@ def test_nvls_only_for_all_reduce_on_large_enough_groups() -> None:
     least ``nvls_min_group``, never prices a smaller group or another collective."""
     bw, hop, n = 100e9, 1e-6, 1e9
     nvls = SWITCH.nvls_launch_s + n / (bw * SWITCH.nvls_efficiency)
-    assert library_flat_seconds(AR, n, 8, bw, hop, SWITCH) == pytest.approx(nvls)
-    assert library_flat_seconds(AR, n, 2, bw, hop, SWITCH) < nvls  # ring on 2 GPUs
-    assert library_flat_seconds(AR, n, 3, bw, hop, SWITCH, "nvls") == pytest.approx(
-        library_flat_seconds(AR, n, 3, bw, hop, SWITCH, "ring")
+    assert nccl_flat_seconds(AR, n, 8, bw, hop, SWITCH) == pytest.approx(nvls)
+    assert nccl_flat_seconds(AR, n, 2, bw, hop, SWITCH) < nvls  # ring on 2 GPUs
+    assert nccl_flat_seconds(AR, n, 3, bw, hop, SWITCH, "nvls") == pytest.approx(
+        nccl_flat_seconds(AR, n, 3, bw, hop, SWITCH, "ring")
     )
-    assert library_flat_seconds(AG, n, 8, bw, hop, SWITCH, "nvls") == pytest.approx(
-        library_flat_seconds(AG, n, 8, bw, hop, SWITCH, "ring")
+    assert nccl_flat_seconds(AG, n, 8, bw, hop, SWITCH, "nvls") == pytest.approx(
+        nccl_flat_seconds(AG, n, 8, bw, hop, SWITCH, "ring")
     )
 
 
@@ -182,30 +182,30 @@ def test_mesh_group_drives_only_its_links() -> None:
     its bytes at 1/7 of the catalog's total rate, an 8-device ring at all of it."""
     mesh = FabricProfile("mesh", (SIMPLE,), mesh_links=7)
     bw, n = 448e9, 1e10
-    two = library_flat_seconds(AR, n, 2, bw, 0.0, mesh, "ring") - SIMPLE.launch_s
+    two = nccl_flat_seconds(AR, n, 2, bw, 0.0, mesh, "ring") - SIMPLE.launch_s
     assert two == pytest.approx(n / (bw / 7 * 0.9))
-    eight = library_flat_seconds(AR, n, 8, bw, 0.0, mesh, "ring") - SIMPLE.launch_s
+    eight = nccl_flat_seconds(AR, n, 8, bw, 0.0, mesh, "ring") - SIMPLE.launch_s
     assert eight == pytest.approx(2 * 7 / 8 * n / (bw * 0.9))
 
 
-def test_library_across_nodes_is_hierarchical_or_flat() -> None:
+def test_nccl_across_nodes_is_hierarchical_or_flat() -> None:
     """A group spanning nodes costs no more than the two-level schedule and is at least the
     intra-node stage it contains; a group of one is free."""
     inter = FabricProfile("net", (Protocol("Simple", 0.0, 0.8),))
     n = 64e6
-    hier = library_collective_seconds(AR, n, 16, NODE, SWITCH, inter, "hierarchical")
-    auto = library_collective_seconds(AR, n, 16, NODE, SWITCH, inter)
+    hier = nccl_collective_seconds(AR, n, 16, NODE, SWITCH, inter, "hierarchical")
+    auto = nccl_collective_seconds(AR, n, 16, NODE, SWITCH, inter)
     assert 0 < auto <= hier
-    assert library_collective_seconds(AR, n, 1, NODE, SWITCH, inter) == 0.0
-    assert library_collective_seconds(A2A, n, 16, NODE, SWITCH, inter) > (
-        library_collective_seconds(A2A, n, 8, NODE, SWITCH, inter)
+    assert nccl_collective_seconds(AR, n, 1, NODE, SWITCH, inter) == 0.0
+    assert nccl_collective_seconds(A2A, n, 16, NODE, SWITCH, inter) > (
+        nccl_collective_seconds(A2A, n, 8, NODE, SWITCH, inter)
     )
 
 
-def test_library_rejects_unknown_algorithm() -> None:
+def test_nccl_rejects_unknown_algorithm() -> None:
     """An unknown algorithm name raises and lists the valid ones."""
     with pytest.raises(ValueError, match="valid: auto, ring, tree, nvls"):
-        library_flat_seconds(AR, 1e6, 8, 1e11, 1e-6, SWITCH, "bogus")
+        nccl_flat_seconds(AR, 1e6, 8, 1e11, 1e-6, SWITCH, "bogus")
 
 
 def test_fitted_fabrics_match_public_sweeps() -> None:
@@ -220,10 +220,8 @@ def test_fitted_fabrics_match_public_sweeps() -> None:
     assert how.endswith("fitted")
     topo = topology_from_device(dev)
     out = scale_out_profile(0.8)
-    assert library_collective_seconds(AR, 32768, 8, topo, prof, out) == pytest.approx(
-        40e-6, rel=0.1
-    )
+    assert nccl_collective_seconds(AR, 32768, 8, topo, prof, out) == pytest.approx(40e-6, rel=0.1)
     n = 16 * 2**30
-    busbw = n / library_collective_seconds(AR, n, 8, topo, prof, out) * 14 / 8
+    busbw = n / nccl_collective_seconds(AR, n, 8, topo, prof, out) * 14 / 8
     assert busbw == pytest.approx(482e9, rel=0.05)
     assert "inherited" in fabric_for(catalog()["l40s"])[1]

@@ -5,7 +5,7 @@ Compilation builds an :class:`~xpusim.engine.analytic.AnalyticCompiled` whose op
 flash attention, memory-bound vector ops, per-kernel overhead), whose collectives
 (tensor-parallel all-reduces the model graph holds) run over the system's topology
 (NVLink/NVSwitch, Infinity Fabric or PCIe inside a node, the NIC between nodes) as the
-collective library runs them (:mod:`xpusim.plugins.gpu.fabrics`: per-call launch cost,
+NCCL or RCCL runs them (:mod:`xpusim.plugins.gpu.fabrics`: per-call launch cost,
 protocol and NVLS choice by size, fitted to public NCCL/RCCL sweeps), and
 whose energy comes from :class:`~xpusim.engine.power.PowerModel`.
 
@@ -195,7 +195,7 @@ class GpuBackend(Backend):
         intra, how = fabric_for(system.device)
         assumptions["gpu.collectives.fabric"] = Figure(
             float(intra.protocols[0].launch_s),
-            assumption=f"collective library profile (LL launch seconds): {how}; {intra.source}",
+            assumption=f"NCCL/RCCL fabric profile (LL launch seconds): {how}; {intra.source}",
         )
         return AnalyticCompiled(
             system,
@@ -237,16 +237,16 @@ class GpuBackend(Backend):
     def collective_pricer(
         self, system: System, eff: GpuEfficiency
     ) -> Callable[[Collective, float, int], float]:
-        """Seconds of one collective on ``system``: the device fabric's fitted library
+        """Seconds of one collective on ``system``: the device fabric's fitted NCCL/RCCL
         profile inside a node (:mod:`xpusim.plugins.gpu.fabrics`), the scale-out link at
-        ``link_fraction`` between nodes (:func:`xpusim.engine.collectives.library_collective_seconds`)."""
+        ``link_fraction`` between nodes (:func:`xpusim.engine.collectives.nccl_collective_seconds`)."""
         intra, _how = fabric_for(system.device)
         inter = scale_out_profile(eff.link_fraction)
         topo = system.topology
         algorithm = str(system.options.get("collective_algorithm", "auto"))
 
         def price(kind: Collective, nbytes: float, group: int) -> float:
-            return collectives.library_collective_seconds(
+            return collectives.nccl_collective_seconds(
                 kind, nbytes, group, topo, intra, inter, algorithm
             )
 

@@ -1,4 +1,4 @@
-"""Which collective-library profile drives a GPU's scale-up fabric, and the scale-out one.
+"""Which NCCL/RCCL profile drives a GPU's scale-up fabric, and the scale-out one.
 
 The fitted profiles live in ``plugins/gpu/fabrics.yaml``, written by
 ``python benchmarks/fit_collectives.py`` from the public all-reduce sweeps of the shared
