@@ -25,12 +25,35 @@ backend's tests price (tests/test_cpu_backend.py, tests/test_conformance.py)."""
 
 @pytest.fixture(scope="module")
 def quick_cal(tmp_path_factory: pytest.TempPathFactory) -> CpuCalibration:
-    """One quick calibration at one thread, measured live and shared by this module's
-    tests. They check only what holds at any machine speed (the file's structure and
-    provenance, positive rates, the rules the calibrator builds in), never one of its
-    timings against another or against a constant."""
-    out = tmp_path_factory.mktemp("cal") / "cpu.json"
-    return cal_mod.calibrate(out, quick=True, threads=1, command="pytest quick")
+    """A quick one-thread calibration run through :func:`calibrate` on the measurements
+    recorded in the committed file, replayed in place of the microbenchmarks. The
+    calibrator's own steps (fits, tables, provenance, the file) run as they do on a
+    machine, and no result depends on how fast this one is."""
+    fixed = cal_mod.load(FIXED_CALIBRATION)
+    recorded = fixed.points
+
+    def gemm_points(shapes: object, dtype: str, cold: bool = False) -> list[dict[str, float]]:
+        return list(recorded["gemm_cold.fp32" if cold else f"gemm.{dtype}"])
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cal_mod, "_dispatch", lambda: dict(recorded["dispatch"]))
+    mp.setattr(cal_mod, "_measure_streams", lambda quick, log: dict(fixed.streams))
+    mp.setattr(cal_mod, "_gemm_points", gemm_points)
+    mp.setattr(cal_mod, "_conv_points", lambda shapes: list(recorded["conv.fp32"]))
+    mp.setattr(cal_mod, "_attention_points", lambda shapes: list(recorded["attention.fp32"]))
+    try:
+        out = tmp_path_factory.mktemp("cal") / "cpu.json"
+        return cal_mod.calibrate(out, quick=True, threads=1, command="pytest quick")
+    finally:
+        mp.undo()
+
+
+def test_replayed_measurements_fit_the_committed_calibration(quick_cal: CpuCalibration) -> None:
+    """Fitting the committed file's recorded measurements again gives its fits: the file
+    is what the calibrator makes of what it measured."""
+    fixed = cal_mod.load(FIXED_CALIBRATION)
+    assert quick_cal.kernels == fixed.kernels
+    assert quick_cal.dispatch_s == fixed.dispatch_s
 
 
 def test_quick_calibration_records_machine_date_and_command(quick_cal: CpuCalibration) -> None:
