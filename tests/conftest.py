@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pluggy
 import pytest
+from hypothesis import settings
 
 from xpusim.engine.host import Host, get_plugin_manager
+
+# CI reruns the same examples every time, so a landing is judged on its own change; run
+# locally (no CI variable) the property tests draw new examples each run and keep
+# exploring, as fuzz/ does without a bound.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from xpusim.engine import units
@@ -302,6 +302,8 @@ def test_a_trace_going_backwards_names_its_line(
         ).map(lambda s: ("arrival_s,prompt_tokens,output_tokens\n" + s).encode()),
     )
 )
+@example(blob=b'arrival_s,prompt_tokens,output_tokens\n""')  # a row of one quoted empty cell
+@example(blob=b'arrival_s,prompt_tokens,output_tokens\n0,1,"1\r"\n\r2,1,x\n')  # stray CRs
 def test_any_bytes_give_a_valid_frame_or_a_trace_error(
     tmp_path_factory: pytest.TempPathFactory, blob: bytes
 ) -> None:

@@ -136,6 +136,12 @@ def _data_lines(data: bytes, header: bool) -> list[int]:
     return nums[1:] if header else nums
 
 
+def _at(lines: Sequence[int], i: int) -> str:
+    """Where data row ``i`` (0-based) is: its file line, or its row number where the line
+    count could not be matched to the parsed rows (stray carriage returns, say)."""
+    return f"line {lines[i]}" if 0 <= i < len(lines) else f"data row {i + 1}"
+
+
 def _csv_lines(data: bytes, separator: str = ",") -> list[int]:
     """1-based file line numbers where each CSV data row starts (header excluded).
 
@@ -144,13 +150,17 @@ def _csv_lines(data: bytes, separator: str = ",") -> list[int]:
     """
     if b'"' not in data:
         return _data_lines(data, header=True)
-    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=separator[:1])
+    text = data.decode("utf-8")
+    raw = text.split("\n")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator[:1])
     starts: list[int] = []
     end = 0
     try:
-        for row in reader:
+        for _row in reader:
             start, end = end + 1, reader.line_num
-            if any(cell.strip() for cell in row):  # blank lines are skipped, as polars does
+            # a row is skipped only where its text is blank, as the reader drops such lines
+            # before polars parses; a row of quoted empty cells ('""') is a row
+            if start != end or start > len(raw) or raw[start - 1].strip():
                 starts.append(start)
     except csv.Error:
         return _data_lines(data, header=True)  # polars' own parse reports the problem
@@ -240,19 +250,19 @@ def _numeric(
             msg = f"{what} {_short(raw)} is not a number"
         else:
             msg = f"{what} is {_short(raw)}, not a finite number"
-        raise TraceError(f"{path}: line {lines[i]}: {msg}; fix or remove that row.")
+        raise TraceError(f"{path}: {_at(lines, i)}: {msg}; fix or remove that row.")
     below = np.flatnonzero(arr < minimum)
     if below.size:
         i = int(below[0])
         raise TraceError(
-            f"{path}: line {lines[i]}: {what} is {_short(stripped[i])}, but it must be at least "
+            f"{path}: {_at(lines, i)}: {what} is {_short(stripped[i])}, but it must be at least "
             f"{minimum:g}; fix or remove that row."
         )
     above = np.flatnonzero(arr > maximum)
     if above.size:
         i = int(above[0])
         raise TraceError(
-            f"{path}: line {lines[i]}: {what} is {_short(stripped[i])}, but it must be at most "
+            f"{path}: {_at(lines, i)}: {what} is {_short(stripped[i])}, but it must be at most "
             f"{maximum:,.0f}; fix or remove that row."
         )
     if integer:
@@ -260,7 +270,7 @@ def _numeric(
         if frac.size:
             i = int(frac[0])
             raise TraceError(
-                f"{path}: line {lines[i]}: {what} is {_short(stripped[i])}, not a whole number of "
+                f"{path}: {_at(lines, i)}: {what} is {_short(stripped[i])}, not a whole number of "
                 "tokens; fix or remove that row."
             )
     return arr
@@ -273,8 +283,8 @@ def _check_sorted(path: Path, t: np.ndarray, lines: Sequence[int], what: str) ->
         if back.size:
             i = int(back[0]) + 1
             raise TraceError(
-                f"{path}: line {lines[i]}: {what} goes backwards (earlier than line "
-                f"{lines[i - 1]}); a trace must be sorted by time (equal times are allowed). "
+                f"{path}: {_at(lines, i)}: {what} goes backwards (earlier than "
+                f"{_at(lines, i - 1)}); a trace must be sorted by time (equal times are allowed). "
                 "Sort the file by its time column."
             )
 
@@ -371,7 +381,7 @@ def _arrival_seconds(
                 else "an ISO date-time like '2023-11-16 18:15:46.68' (or set `time_format`)"
             )
             raise TraceError(
-                f"{path}: line {lines[i]}: {column} {_short(raw[i])} is not a date-time matching "
+                f"{path}: {_at(lines, i)}: {column} {_short(raw[i])} is not a date-time matching "
                 f"{hint}; fix that row."
             )
         ns = dt.dt.replace_time_zone(None).cast(pl.Int64).to_numpy()
@@ -646,7 +656,7 @@ class AlibabaGpuTrace(TraceFormat):
         if neg.size:
             i = int(neg[0])
             raise TraceError(
-                f"{path}: line {lines[i]}: deletion_time is before creation_time; fix that row."
+                f"{path}: {_at(lines, i)}: deletion_time is before creation_time; fix that row."
             )
         shared = (gpus == 1) & (milli > 0) & (milli < 1000)
         devices = np.where(shared, milli / 1000.0, gpus)
