@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from xpusim.engine import units
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import DTYPE_BYTES
-from xpusim.engine.qty import Bandwidth, Bytes, Flops, Power
+from xpusim.engine.qty import Bandwidth, Bytes, Flops, Money, Power, PricePerTime
 from xpusim.engine.registry import unknown_message
 
 
@@ -293,12 +293,33 @@ def _req(f: Figure | None, where: str) -> Figure:
 # --- a device defined in a scenario ----------------------------------------------------
 
 
+class DerivedPrice(BaseModel):
+    """``systems[].device.price``: the derived device's own prices, the keys of
+    ``systems[].pricing`` (rentals per device-hour, ``list`` per device bought)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cloud: PricePerTime | None = None
+    """On-demand rental (``2.5 USD/h``)."""
+    spot: PricePerTime | None = None
+    """Spot rental."""
+    reserved: PricePerTime | None = None
+    """Committed-use rental."""
+    list: Money | None = None
+    """Purchase price per device (``30000 USD``)."""
+
+
+PRICE_FIELDS = {"cloud": "on_demand", "spot": "spot", "reserved": "reserved", "list": "list_price"}
+"""A scenario's price keys and the :class:`PriceSpec` field each one sets."""
+
+
 class DerivedDevice(BaseModel):
     """``systems[].device`` written as a mapping: a catalog device (``base``) with the
     figures the scenario changes, for a part or a configuration the catalog lacks (a
     power-capped H100, a B200 with 192 GB, a vendor's preview chip). Every figure given is
-    cited as the scenario's own; the rest keep the base's figures and sources. Prices are
-    set with ``systems[].pricing``, as for any device."""
+    cited as the scenario's own; the rest keep the base's figures and sources. ``price``
+    gives the device's own prices, which a run uses before the price catalog's (as it
+    does ``systems[].pricing``, which wins where both name a price)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -318,6 +339,9 @@ class DerivedDevice(BaseModel):
     """Board power at full load (``600 W``)."""
     idle_power: Power | None = None
     """Board power when idle (``90 W``)."""
+    price: DerivedPrice | None = None
+    """The device's prices (``{cloud: 3 USD/h, list: 32000 USD}``), cited as the
+    scenario's."""
 
 
 def derive_device(base: DeviceSpec, cfg: DerivedDevice, where: str) -> DeviceSpec:
@@ -339,6 +363,14 @@ def derive_device(base: DeviceSpec, cfg: DerivedDevice, where: str) -> DeviceSpe
         power = replace(power, max_w=cite(cfg.max_power, "max_power"))
     if cfg.idle_power is not None:
         power = replace(power, idle_w=cite(cfg.idle_power, "idle_power"))
+    price = base.price
+    if cfg.price is not None:
+        given = {
+            PRICE_FIELDS[k]: cite(v, f"price.{k}")
+            for k, v in cfg.price.model_dump().items()
+            if v is not None
+        }
+        price = replace(price, **given)
     return replace(
         base,
         name=cfg.name or f"{base.name}-custom",
@@ -347,5 +379,6 @@ def derive_device(base: DeviceSpec, cfg: DerivedDevice, where: str) -> DeviceSpe
         memory_bytes=base.memory_bytes if cfg.memory is None else cite(cfg.memory, "memory"),
         memory_bw=base.memory_bw if cfg.memory_bw is None else cite(cfg.memory_bw, "memory_bw"),
         power=power,
+        price=price,
         aliases=(),
     )

@@ -53,7 +53,7 @@ from xpusim.engine.economics.cost import Cost
 from xpusim.engine.economics.energy import Energy, Timeline, energy, timeline
 from xpusim.engine.economics.owned import owned_cost
 from xpusim.engine.economics.pricebook import is_stale
-from xpusim.engine.economics.rented import rented_cost
+from xpusim.engine.economics.rented import SCENARIO_PREFIX, rented_cost
 from xpusim.engine.economics.units import WorkUnits, work_units
 from xpusim.engine.frames import Frame
 
@@ -259,7 +259,7 @@ def price_used(
                 "figure": name,
                 "usd": fig.value * per,
                 "unit": "USD" if name == "price.list_price" else "USD/h",
-                "cited": fig.cited,
+                "cited": _cited(fig, tier),
                 "date": fig.date or None,
                 "stale": is_stale(fig.date, today),
                 "reference_date": today.isoformat(),
@@ -267,6 +267,14 @@ def price_used(
                 "provider": provider or None,
             }
     return None
+
+
+def _cited(fig: Figure, tier: str) -> str:
+    """A price's citation in words: one the scenario gives (``systems[].pricing`` or a
+    derived device's ``price``) reads ``from the scenario (systems.0.device.price.cloud)``."""
+    if tier == "scenario" and fig.source.startswith(SCENARIO_PREFIX):
+        return f"from the scenario ({fig.source.removeprefix(SCENARIO_PREFIX)})"
+    return fig.cited
 
 
 def record(result: SystemResult, priced: Economics) -> None:
