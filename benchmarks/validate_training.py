@@ -156,6 +156,7 @@ def predict(
         precision="bf16",
         grad_dtype="bf16",
         overlap_grad_reduce=False,
+        grad_accumulation="hook",
     )
     st = step_time(compiled, model, plan, getattr(compiled, "power", None))
     pred = paper_flops(c) / (n * st.seconds) / 1e12
@@ -241,6 +242,7 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
         schedule=str(w.get("schedule", "1f1b")),
         context_comm=str(w.get("context_comm", "ring")),
         fsdp_reshard=bool(w.get("fsdp_reshard", True)),
+        grad_accumulation=str(w.get("grad_accumulation", "fused")),
     )
     st = step_time(compiled, model, plan, compiled.power_model())
     need = plan_memory(model, par, plan, dev.memory_bytes.value, float(compiled.reserve_bytes))

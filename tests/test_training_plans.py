@@ -33,7 +33,11 @@ from xpusim.plugins.workloads.training.plan import (
     stage_memory_list,
 )
 from xpusim.plugins.workloads.training.stagecost import Fp8Casts, stage_cost_model
-from xpusim.plugins.workloads.training.steps import StepTime, step_time
+from xpusim.plugins.workloads.training.steps import (
+    StepTime,
+    grad_accumulation_seconds,
+    step_time,
+)
 
 
 @pytest.fixture(scope="module")
@@ -402,6 +406,31 @@ def test_bf16_adam_moments_take_eight_bytes_a_parameter(host: Any) -> None:
     full = plan_memory(model, par, _plan(), 80e9)
     half = plan_memory(model, par, _plan(optimizer="adam_bf16"), 80e9)
     assert half.optimizer == pytest.approx(full.optimizer * 8 / 12)
+
+
+# --- fp32 gradient accumulation ----------------------------------------------------------
+
+
+def test_unfused_fp32_grad_accumulation_is_memory_work_every_microbatch(host: Any) -> None:
+    """Megatron-LM 2021's backward hook adds each micro-batch's 16-bit gradient into the
+    fp32 buffer: 10 bytes per parameter of memory-bound work, paid once per micro-batch
+    (so the step grows by ``m`` times it); fused accumulation adds nothing."""
+    model = _model(host, "llama", **SMALL)
+    par = Parallelism(data=2)
+    compiled = _compile(host, model, par)
+    one = grad_accumulation_seconds(compiled, 1e9, "hook")
+    bw = compiled.system.device.memory_bw.value
+    assert 10e9 / bw <= one < 2 * 10e9 / bw
+    assert grad_accumulation_seconds(compiled, 1e9, "fused") == 0.0
+    with pytest.raises(ValueError, match="grad_accumulation"):
+        grad_accumulation_seconds(compiled, 1e9, "sometimes")
+    fused = step_time(compiled, model, _plan(global_batch=16))
+    hook = step_time(compiled, model, _plan(global_batch=16, grad_accumulation="hook"))
+    params = model.info.params
+    per_mb = grad_accumulation_seconds(compiled, params, "hook")
+    m = fused.microbatches
+    assert hook.seconds - fused.seconds == pytest.approx(m * per_mb, rel=0.05)
+    assert hook.device_s["memory"] > fused.device_s["memory"]
 
 
 # --- the public validation table ------------------------------------------------------

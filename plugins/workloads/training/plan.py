@@ -41,7 +41,14 @@ class TrainingPlan:
     the gathered weights after the forward; ``offload_activations`` moves activations of
     the micro-batches in flight to host memory at ``offload_bandwidth`` bytes/s;
     ``schedule`` is ``1f1b`` (interleaved when ``virtual > 1``) or ``dualpipe`` (DeepSeek-V3's
-    bidirectional schedule, :mod:`.steps`).
+    bidirectional schedule, :mod:`.steps`). ``grad_accumulation`` is how each
+    micro-batch's weight gradients reach the fp32 gradient buffer (Megatron-LM's
+    ``main_grad``): ``fused`` inside the weight-gradient GEMM (``--gradient-accumulation-
+    fusion``, on by default since 2022: the GEMM reads and writes the fp32 buffer in its
+    epilogue, hidden by the compute-bound GEMM), ``hook`` by a separate kernel per
+    parameter after the GEMM wrote a 16-bit gradient (``param.main_grad.add_(param.grad)``,
+    Megatron-LM's 2021 backward hook: memory-bound work every micro-batch, :mod:`.steps`),
+    ``none`` when gradients are accumulated in the 16-bit buffer itself.
     """
 
     global_batch: int
@@ -61,6 +68,7 @@ class TrainingPlan:
     offload_activations: bool = False
     offload_bandwidth: float = 0.0
     schedule: str = "1f1b"
+    grad_accumulation: str = "fused"
 
     def microbatches(self, data: int) -> int:
         """Micro-batches per replica per step (``global_batch / (micro_batch · data)``)."""

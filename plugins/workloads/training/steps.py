@@ -56,6 +56,14 @@ stages of ``v`` chunks, ``m = global_batch / (micro_batch · d)`` micro-batches)
    activations moves each micro-batch's to host memory during its forward and back
    before its backward at ``offload_bandwidth``, overlapped with that pass; only the
    excess is exposed.
+2f. **fp32 gradient accumulation** (``grad_accumulation: hook``, Megatron-LM 2021): every
+   micro-batch's backward writes each weight's 16-bit gradient, then a separate kernel
+   adds it into the fp32 ``main_grad`` (``param.main_grad.add_(param.grad.data)``):
+   ``2 + 4`` bytes read and ``4`` written per parameter on the device, memory-bound work
+   priced by the backend as one elementwise op (:func:`grad_accumulation_seconds`).
+   ``fused`` (the weight-gradient GEMM accumulates into the fp32 buffer in its epilogue)
+   adds nothing: the GEMM is compute-bound at any micro-batch of more than a few hundred
+   tokens.
 3. **Point-to-point.** The activation of one micro-batch (``micro_batch·seq·hidden``
    elements at the precision) crosses each stage boundary forward, its gradient
    backward. With ``t > 1`` each tensor rank sends ``1/t`` of it (Megatron's
@@ -103,7 +111,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from xpusim.engine.backend import Compiled
-from xpusim.engine.graph import Collective, Phase, Shape, dtype_bytes
+from xpusim.engine.graph import Collective, Op, OpKind, Phase, Shape, dtype_bytes
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
 from xpusim.plugins.workloads.training.comms import Comms, bucketed_exposed
@@ -124,7 +132,14 @@ from xpusim.plugins.workloads.training.plan import (
 )
 from xpusim.plugins.workloads.training.stagecost import stage_cost_model
 
-__all__ = ["BUSY_KEYS", "FP8_GEMM_EFFICIENCY_RATIO", "StepTime", "fp8_gemm_speedup", "step_time"]
+__all__ = [
+    "BUSY_KEYS",
+    "FP8_GEMM_EFFICIENCY_RATIO",
+    "StepTime",
+    "fp8_gemm_speedup",
+    "grad_accumulation_seconds",
+    "step_time",
+]
 
 BUSY_KEYS = ("compute", "memory", "overhead", "comm")
 """Busy power states a step's device time is split into (the rest is ``bubble``)."""
@@ -200,6 +215,38 @@ class StepTime:
     def bubble_s(self) -> float:
         """One device's idle seconds per step (pipeline fill and drain)."""
         return self.device_s.get("bubble", 0.0)
+
+
+GRAD_ACCUM_BYTES_READ = 6.0
+"""Bytes read per parameter by the unfused fp32 accumulation: the 16-bit gradient (2)
+and the fp32 ``main_grad`` (4)."""
+GRAD_ACCUM_BYTES_WRITTEN = 4.0
+"""Bytes written per parameter by the unfused fp32 accumulation: the fp32 ``main_grad``."""
+
+
+def grad_accumulation_seconds(compiled: Compiled, params: float, mode: str) -> float:
+    """Seconds of one micro-batch's accumulation of ``params`` weight gradients into the
+    fp32 buffer under ``mode`` (``hook``: one elementwise add, priced by the backend when
+    it prices single ops, else at the device's memory bandwidth; ``fused`` and ``none``:
+    nothing beyond the backward's own GEMMs)."""
+    if mode not in ("fused", "hook", "none"):
+        raise ValueError(f"unknown grad_accumulation {mode!r}; valid: fused, hook, none")
+    if mode != "hook" or params <= 0:
+        return 0.0
+    op = Op(
+        "grad.accumulate_fp32",
+        OpKind.ELEMENTWISE,
+        flops=params,
+        bytes_read=GRAD_ACCUM_BYTES_READ * params,
+        bytes_written=GRAD_ACCUM_BYTES_WRITTEN * params,
+        dims=(max(1, int(params)),),
+        layer="layer",
+    )
+    price = getattr(compiled, "op_time", None)
+    if callable(price):
+        return float(price(op).seconds)
+    bw = float(compiled.system.device.memory_bw.value)
+    return (GRAD_ACCUM_BYTES_READ + GRAD_ACCUM_BYTES_WRITTEN) * params / bw
 
 
 def _add(into: dict[str, float], part: Mapping[str, float], scale: float = 1.0) -> None:
@@ -294,6 +341,9 @@ def step_time(
         st = _Stage({}, {})
         _add(st.fwd, fwd, 1.0 / cp)
         _add(st.bwd, bwd, 1.0 / cp)
+        accum = grad_accumulation_seconds(compiled, params[s].total, plan.grad_accumulation)
+        if accum > 0.0:  # the whole stage's parameters, whatever share of the sequence
+            st.bwd["memory"] = st.bwd.get("memory", 0.0) + accum
         if plan.precision == "fp8":
             st.fwd["memory"] = st.fwd.get("memory", 0.0) + k * scm.fp8.weights_s / m
         if cp > 1:

@@ -117,6 +117,10 @@ class TrainingConfig(BaseModel):
     offload_activations: bool = False
     offload_bandwidth: Bandwidth = Field(default=PCIE5_X16_BYTES_PER_S)
     schedule: Literal["1f1b", "dualpipe"] = "1f1b"
+    grad_accumulation: Literal["fused", "hook", "none"] = Field(
+        default="fused",
+        description="how micro-batch weight gradients reach the fp32 gradient buffer",
+    )
 
     @model_validator(mode="after")
     def _length(self) -> TrainingConfig:
@@ -156,6 +160,7 @@ def make_plan(config: TrainingConfig, model: ModelGraph) -> TrainingPlan:
         offload_activations=config.offload_activations,
         offload_bandwidth=float(config.offload_bandwidth),
         schedule=config.schedule,
+        grad_accumulation=config.grad_accumulation,
     )
 
 
