@@ -49,27 +49,6 @@ class StepLog:
         """Steps logged and not yet handed out by :meth:`take`."""
         return len(self.batch)
 
-    def extend_decode_run(
-        self,
-        start: list[float],
-        end: list[float],
-        decodes: list[int],
-        kv: list[int],
-        state: list[int],
-        joules: list[float],
-    ) -> None:
-        """Append a run of decode-only iterations at once: their start and end times,
-        decoding sequences (each one sequence of the batch and one decode token), KV
-        blocks held, state indices and joules; no prefill."""
-        self.start.extend(start)
-        self.end.extend(end)
-        self.batch.extend(decodes)
-        self.prefill.extend(array("q", (0,)) * len(start))
-        self.decode.extend(decodes)
-        self.kv.extend(kv)
-        self.state.extend(state)
-        self.joules.extend(joules)
-
     def numpy(self, name: str) -> np.ndarray:
         """A column as a numpy array (a copy, so the log may be freed); ``start`` and
         ``end`` cover every step, the other columns the pending ones."""

@@ -53,12 +53,13 @@ the plain loop, so every per-request time and every token gap is identical to it
 
 from __future__ import annotations
 
-from heapq import heapify, heappop, heappush
+from heapq import heappop, heappush
 
 import simpy
 
 from xpusim.engine.policies import (
     DECODING,
+    DONE,
     PREFILLING,
     WAITING,
     Proc,
@@ -66,7 +67,6 @@ from xpusim.engine.policies import (
     RequestState,
     SchedulerSpec,
     StepPrices,
-    finish_request,
 )
 from xpusim.plugins.workloads.serving.cluster import Replica
 
@@ -77,6 +77,8 @@ SYNC_ITERATIONS = 512
 """On the fast path, iterations a replica runs ahead of the SimPy clock before it yields
 (bounding how far it runs before the world's periodic work, such as spilling step rows,
 gets a turn)."""
+
+INF = float("inf")
 
 
 def iterative(
@@ -105,6 +107,7 @@ def iterative(
     state = req.state
     first_sched = req.first_scheduled
     first_tok = req.first_token
+    finish = req.finish
     extra_gaps = req.extra_gaps
     log = rep.log
     a_start, a_end, a_batch = log.start.append, log.end.append, log.batch.append
@@ -114,6 +117,7 @@ def iterative(
     memo = costs.memo
     step_cost = costs.step
     bits = costs.bits
+    top = 1 << bits
     timeout = env.timeout
 
     feed = rep.feed if isinstance(rep, Replica) else None
@@ -125,35 +129,34 @@ def iterative(
     t = env.now  # the replica's clock: env.now on the plain path, ahead of it on the fast one
     synced = 0  # iteration of the last yield on the fast path
 
-    # the columns of the decode run being fast-forwarded (start, end, decodes, KV blocks,
-    # state, joules), handed to the step log in bulk at its end
-    run: tuple[list[float], list[float], list[int], list[int], list[int], list[float]] = (
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-    )
-    r_start, r_end, r_dec = run[0].append, run[1].append, run[2].append
-    r_kv, r_state, r_j = run[3].append, run[4].append, run[5].append
-
     fin_at: dict[int, list[int]] = {}
     fin_heap: list[int] = []  # the keys of fin_at
     last_tok_time: dict[int, float] = {}  # preempted decoders: time of their last token
-    newest: list[int] = []  # heap of -request_id over running requests
-    prune_at = 1024  # heap size past which finished requests are dropped from it
     prefilling: list[list[int]] = []  # [rid, tokens done] of partly prefilled prompts
     n_dec = 0
     sum_ctx = 0
     used = 0
     j = 0
 
+    def newest_running() -> int:
+        """The running request (decoding or partly prefilled) that arrived last (the
+        largest id: ids are in arrival order); -1 when none runs. A scan over the running
+        requests: preemption is rare, so the admissions keep no order for it."""
+        best = -1
+        for rids in fin_at.values():
+            for rid in rids:
+                if rid > best and state[rid] == DECODING:
+                    best = rid
+        for e in prefilling:
+            if e[0] > best:
+                best = e[0]
+        return best
+
     def preempt_newest(now: float) -> bool:
         """Preempt the running request that arrived last; False when none runs."""
         nonlocal used, n_dec, sum_ctx
-        while newest:
-            rid = -heappop(newest)
+        rid = newest_running()
+        if rid >= 0:
             st = state[rid]
             if st == DECODING:
                 k = entry[rid]
@@ -181,8 +184,6 @@ def iterative(
                         break
                 else:  # admitted this iteration and not yet in the list: cannot happen
                     raise AssertionError(rid)
-            else:
-                continue
             state[rid] = WAITING
             req.preemptions[rid] += 1
             waiting.appendleft(rid)
@@ -204,7 +205,10 @@ def iterative(
             growth[(L - k - 1) % B] -= 1
             n_dec -= 1
             sum_ctx -= ctx
-            finish_request(req, rep, rid, end)
+            state[rid] = DONE
+            finish[rid] = end
+            req.done += 1
+            rep.outstanding -= 1
 
     while True:
         if feed_at is not None:
@@ -285,13 +289,6 @@ def iterative(
             pf_tok += c
             room -= c
             state[rid] = PREFILLING
-            heappush(newest, -rid)
-            if len(newest) > prune_at:
-                # finished requests stay in the heap until popped: drop them now and then,
-                # so it holds about the running requests, not every request ever admitted
-                newest[:] = [x for x in newest if state[-x] == DECODING or state[-x] == PREFILLING]
-                heapify(newest)
-                prune_at = 2 * len(newest) + 1024
             if first_sched[rid] != first_sched[rid]:
                 first_sched[rid] = now
             if c == L:
@@ -356,7 +353,10 @@ def iterative(
                     used -= -(-L // B)
                     fin_iter[rid] = j
                     seg_start[rid] = j + 1
-                    finish_request(req, rep, rid, end)
+                    state[rid] = DONE
+                    finish[rid] = end
+                    req.done += 1
+                    rep.outstanding -= 1
                     continue
                 state[rid] = DECODING
                 entry[rid] = j
@@ -377,11 +377,11 @@ def iterative(
         if feed_at is None or not n_dec or prefilling:
             continue
         # 6. fast path: a decode run up to the next iteration where something can happen
-        stop = fin_heap[0] if fin_heap else j
         if fast_log is None:
             continue
+        stop = fin_heap[0]
         i = j
-        arrive = feed_at[k_feed] if k_feed < n_feed else float("inf")
+        arrive = feed_at[k_feed] if k_feed < n_feed else INF
         while True:
             # what the run may not pass: an admission (a free seat and either a queued head
             # that fits or an arrival), a preemption
@@ -392,10 +392,13 @@ def iterative(
                 L = cur_L[waiting[0]]
                 head_nb = -(-(L if not split or room > L else room) // B)
             nb_ = n_dec
-            if nb_ >= (1 << bits):
+            if nb_ >= top:
                 e_ = nb_.bit_length() - bits
                 nb_ = ((nb_ + (1 << (e_ - 1))) >> e_) << e_
-            half = n_dec // 2
+            # the mean decode context grows by exactly one token an iteration: its bucket,
+            # and so the price, changes only when it reaches `dc_next`
+            dcr = (sum_ctx + n_dec // 2) // n_dec
+            dc_next = dcr
             cut = False
             while True:
                 u = used + growth[(-i) % B]
@@ -411,21 +414,31 @@ def iterative(
                     elif arrive <= t:
                         cut = True  # an arrival to queue and maybe admit
                         break
-                dc = (sum_ctx + half) // n_dec
-                if dc >= (1 << bits):
-                    e_ = dc.bit_length() - bits
-                    dc = ((dc + (1 << (e_ - 1))) >> e_) << e_
-                got = memo.get((0, 0, 0, nb_, dc))
-                dur, joules, st_i = got if got is not None else step_cost(0, 0, 0, n_dec, sum_ctx)
+                if dcr >= dc_next:
+                    if dcr >= top:
+                        e_ = dcr.bit_length() - bits
+                        h_ = 1 << (e_ - 1)
+                        dc = ((dcr + h_) >> e_) << e_
+                        dc_next = dc + h_
+                    else:
+                        dc = dcr
+                        dc_next = dcr + 1
+                    got = memo.get((0, 0, 0, nb_, dc))
+                    dur, joules, st_i = (
+                        got if got is not None else step_cost(0, 0, 0, n_dec, sum_ctx)
+                    )
                 end = t + dur
-                r_start(t)
-                r_end(end)
-                r_dec(n_dec)
-                r_kv(u)
-                r_state(st_i)
-                r_j(joules)
+                a_start(t)
+                a_end(end)
+                a_batch(n_dec)
+                a_pf(0)
+                a_dec(n_dec)
+                a_kv(u)
+                a_state(st_i)
+                a_j(joules)
                 used = u
                 sum_ctx += n_dec
+                dcr += 1
                 t = end
                 if i == stop:
                     break
@@ -433,13 +446,23 @@ def iterative(
             if cut:
                 break
             # iteration `stop` ran: retire the requests done in it, as step 4 does
-            retire(i, t)
+            heappop(fin_heap)
+            for rid in fin_at.pop(i):
+                if state[rid] != DECODING or fin_iter[rid] != i:
+                    continue  # preempted since, or finishing another time
+                L = cur_L[rid]
+                k = entry[rid]
+                ctx = L + i - k
+                used -= -(-ctx // B)
+                growth[(L - k - 1) % B] -= 1
+                n_dec -= 1
+                sum_ctx -= ctx
+                state[rid] = DONE
+                finish[rid] = t
+                req.done += 1
+                rep.outstanding -= 1
             i += 1
             if not n_dec:
                 break
             stop = fin_heap[0]
-        if run[0]:
-            fast_log.extend_decode_run(*run)
-            for col in run:
-                col.clear()
-            j = i
+        j = i
