@@ -4,10 +4,18 @@ A workload kind (``serving``, ``offline``, ``training``, ``spiking`` ...) is reg
 through ``register_workloads``. It validates its scenario block with its own pydantic
 model and simulates one system in a SimPy world, returning a :class:`SystemRun`: event
 frames and the summary metrics of that system.
+
+A workload that ``xpusim plan`` may size declares its *plan knobs*
+(:meth:`Workload.plan_knobs`, a :class:`PlanKnobs`): the settings a plan may vary (the
+offered request rate, the batch limits, the requests per simulation), where each lives in
+the scenario and its valid range, and what the plan reads to size its search (the
+objectives, the mean request, the KV share of memory). The engine's planner reads only
+that, never a workload's fields by name; a workload that declares none cannot be planned.
 """
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +68,94 @@ class WorkloadContext:
     progress: Callable[[float, float], None] = lambda done, total: None
 
 
+@dataclass(frozen=True)
+class Knob:
+    """One scenario setting a plan may set: where it lives and which values are valid.
+
+    ``path`` is the key path from the top of the scenario (``("workload", "arrivals",
+    "rate")``); ``low`` and ``high`` bound the valid values (inclusive; ``None``: no
+    bound); ``integer`` says only whole values are valid; ``unit`` is written after a
+    value (``"/s"`` for a rate; ``""``: the number itself); ``current`` is the scenario's
+    own value (``None`` when it has none); ``clears`` are key paths removed when the knob
+    is set (a request count replaces a duration)."""
+
+    path: tuple[str, ...]
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    unit: str = ""
+    current: float | None = None
+    clears: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def dotted(self) -> str:
+        """The path as ``--set`` writes it: ``workload.arrivals.rate``."""
+        return ".".join(self.path)
+
+    def invalid(self, value: float) -> str:
+        """Why ``value`` is not valid for this knob, or ``""``."""
+        if self.integer and value != int(value):
+            return f"{self.dotted} must be a whole number, got {value:g}"
+        if self.low is not None and value < self.low:
+            return f"{self.dotted} must be at least {self.low:g}{self.unit}, got {value:g}"
+        if self.high is not None and value > self.high:
+            return f"{self.dotted} must be at most {self.high:g}{self.unit}, got {value:g}"
+        return ""
+
+    def scenario_value(self, value: float) -> Any:
+        """``value`` as the scenario writes it: an int, or a number and its unit."""
+        if self.integer:
+            return int(value)
+        return f"{value:.9g}{self.unit}" if self.unit else float(value)
+
+    def set(self, data: Mapping[str, Any], value: float) -> dict[str, Any]:
+        """A copy of scenario ``data`` with this knob at ``value`` (and ``clears`` gone)."""
+        out = copy.deepcopy(dict(data))
+        for gone in self.clears:
+            node: Any = out
+            for key in gone[:-1]:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(gone[-1], None)
+        node = out
+        for key in self.path[:-1]:
+            nxt = node.get(key)
+            if not isinstance(nxt, dict):
+                nxt = node[key] = {}
+            node = nxt
+        node[self.path[-1]] = self.scenario_value(value)
+        return out
+
+
+@dataclass(frozen=True)
+class PlanKnobs:
+    """What ``xpusim plan`` may vary of a workload, and what it reads to size a search
+    (declared by :meth:`Workload.plan_knobs` for one validated configuration).
+
+    The knobs: ``rate``, the load knob, the offered request rate (``None``: the workload's
+    load cannot be set as a rate, for example a trace replayed as written; such a plan
+    takes the load as written, ``load: {trace: true}``); ``batch``, the batch-limit knobs
+    by name (``plan.max_batch`` sets the one named ``max_batch``); ``requests``, the
+    requests one simulation replays (``plan.requests``); ``slo``, the key path of the
+    objectives block ``plan.slo`` replaces (written ``{ttft_p99: 2 s, tbt_p99: 50 ms}``).
+
+    What sizing reads: ``ttft_s`` and ``tbt_s``, the objectives in seconds (``None``:
+    none); ``mean_prompt_tokens`` and ``mean_output_tokens``, the mean request (``None``:
+    not known before simulating, then the closed-form bound is skipped);
+    ``kv_memory_fraction``, the share of device memory weights plus KV cache may use.
+    """
+
+    rate: Knob | None = None
+    batch: Mapping[str, Knob] = field(default_factory=dict)
+    requests: Knob | None = None
+    slo: tuple[str, ...] | None = None
+    ttft_s: float | None = None
+    tbt_s: float | None = None
+    mean_prompt_tokens: float | None = None
+    mean_output_tokens: float | None = None
+    kv_memory_fraction: float = 0.9
+
+
 class Workload(ABC):
     """A workload kind.
 
@@ -69,7 +165,10 @@ class Workload(ABC):
     summary key :meth:`simulate` emits (:class:`~xpusim.engine.metrics.Metric`: label,
     unit, scale, which direction is better, where it is shown); the engine adds its own
     (energy, cost, carbon, ``simulated_s``), and every output (the terminal table, the
-    reports, the sweep report, ``compare``) shows what this vocabulary says.
+    reports, the sweep report, ``compare``) shows what this vocabulary says. Optional
+    capabilities have defaults: :meth:`traces`, :meth:`shape_hint`, :meth:`work`,
+    :meth:`fit`, and :meth:`plan_knobs` (what ``xpusim plan`` may vary; without it the
+    workload cannot be planned).
     """
 
     name: str = ""
@@ -99,6 +198,12 @@ class Workload(ABC):
         time it spans, where known), from the stated sizes alone, so that the engine can
         refuse a run above the work budget before it starts
         (:func:`xpusim.engine.budget.check_work`). The default: no estimate."""
+        return None
+
+    def plan_knobs(self, config: BaseModel) -> PlanKnobs | None:
+        """The knobs ``xpusim plan`` may vary for ``config`` and what it reads to size a
+        search (:class:`PlanKnobs`); the planner reads nothing else of the workload. The
+        default: none, so a plan over this workload is refused (exit 2) naming it."""
         return None
 
     def fit(self, config: BaseModel, system: System, compiled: Compiled) -> Fit:

@@ -43,7 +43,7 @@ from xpusim.engine.model import ModelGraph
 from xpusim.engine.policies import Router, SchedulerSpec, check_name, resolve
 from xpusim.engine.qty import Duration
 from xpusim.engine.system import System
-from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
+from xpusim.engine.workload import PlanKnobs, SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.serving import disagg, metrics, routers, schedulers
 from xpusim.plugins.workloads.serving.arrivals import (
     ArrivalSpec,
@@ -58,6 +58,7 @@ from xpusim.plugins.workloads.serving.lora import LORA_METRICS, Lora, LoraCompil
 from xpusim.plugins.workloads.serving.lora import adapter_params as lora_params
 from xpusim.plugins.workloads.serving.lora import replay as replay_lora
 from xpusim.plugins.workloads.serving.metrics import SERVING_METRICS
+from xpusim.plugins.workloads.serving.planning import plan_knobs as serving_knobs
 from xpusim.plugins.workloads.serving.prefix_cache import (
     PREFIX_METRICS,
     AssignedRouter,
@@ -493,6 +494,13 @@ class ServingWorkload(Workload):
         """Weights plus one KV block must fit; the batch is the scheduler's maximum."""
         assert isinstance(config, ServingConfig)
         return {"kv_tokens": config.kv_block_tokens, "batch": config.scheduler.max_batch}
+
+    def plan_knobs(self, config: BaseModel) -> PlanKnobs | None:
+        """What ``xpusim plan`` may vary: the arrival rate, the scheduler's ``max_batch``
+        and the requests per simulation, with the SLO and mean request sizing reads
+        (:mod:`.planning`)."""
+        assert isinstance(config, ServingConfig)
+        return serving_knobs(config)
 
 
 WORKLOADS: list[Workload] = [ServingWorkload()]
