@@ -50,12 +50,14 @@ __all__ = [
     "DEQUANT_FLOPS_PER_ELEMENT",
     "DEQUANT_ROWS",
     "FORMATS",
+    "NARROW_DTYPES",
     "SCHEMES",
     "VECTOR_FLOPS_ATTR",
     "Format",
     "GemmPlan",
     "Precision",
     "QuantizedModel",
+    "dtype_precision",
     "model_block",
     "parse_precision",
     "plan_gemms",
@@ -285,6 +287,38 @@ def scheme_in_dtype(block: Mapping[str, Any]) -> str | None:
     if isinstance(dtype, str) and dtype in SCHEMES and dtype not in NATIVE_DTYPES:
         return dtype
     return None
+
+
+NARROW_DTYPES = ("fp8", "int8")
+"""``model.dtype`` values that are narrow formats model families take themselves: on a
+device with a tensor rate for them the model runs natively; see :func:`dtype_precision`."""
+
+
+def dtype_precision(dtype: str, device: DeviceSpec, *, training: bool, where: str) -> str | None:
+    """What a system runs ``model.dtype: dtype`` at on ``device`` when it names no precision.
+
+    ``None`` when nothing changes: ``dtype`` is not narrow (:data:`NARROW_DTYPES`) or the
+    device publishes a tensor rate for it (the model then runs natively). Otherwise, for
+    inference, the scheme named ``dtype``: the system takes the precision path exactly as
+    ``precision: fp8`` would, its weights stored in ``dtype`` and its GEMMs run at the next
+    wider format the device has with the weights dequantized inside them (as vLLM runs an
+    FP8 checkpoint on Ampere), and the report says so (:class:`GemmPlan`). Training has no
+    such path (FP8 training needs FP8 tensor cores for the backward GEMMs too), so there the
+    dtype is refused: an :class:`~xpusim.engine.errors.XpusimError` naming ``where`` (the
+    scenario's ``model.dtype``) and the nearest dtype the device runs."""
+    if dtype not in NARROW_DTYPES or _has(device, dtype):
+        return None
+    if not training:
+        return dtype
+    nearest = next((d for d in _WIDER[dtype] if _has(device, d)), None)
+    known = ", ".join(sorted(device.peak_flops))
+    fix = f"the nearest dtype it runs is {nearest}: use model.dtype: {nearest}" if nearest else ""
+    raise XpusimError(
+        f"{where}: model.dtype {dtype!r}: device {device.name!r} publishes no {dtype} tensor "
+        f"rate (it has: {known}), and training at {dtype} runs every GEMM, the backward "
+        f"ones included, on {dtype} tensor cores; {fix or 'pick a dtype it has'}, or a device "
+        f"with a {dtype} rate."
+    )
 
 
 def model_block(block: Mapping[str, Any], precision: Precision) -> dict[str, Any]:

@@ -34,7 +34,13 @@ from xpusim.engine.economics import EconomicsConfig
 from xpusim.engine.errors import ScenarioError, XpusimError
 from xpusim.engine.host import Host
 from xpusim.engine.model import ModelGraph
-from xpusim.engine.precision import QuantizedModel, model_block, parse_precision, scheme_in_dtype
+from xpusim.engine.precision import (
+    QuantizedModel,
+    dtype_precision,
+    model_block,
+    parse_precision,
+    scheme_in_dtype,
+)
 from xpusim.engine.qty import Bandwidth, DurationOrZero, Money, PricePerTime
 from xpusim.engine.registry import nearest
 from xpusim.engine.system import Parallelism, System, Topology
@@ -493,6 +499,17 @@ def _system_models(
     for i, (s, system) in enumerate(zip(cfg.systems, systems, strict=True)):
         raw = s.precision if s.precision is not None else default
         here: Path_ = ("systems", i, "precision") if s.precision is not None else ("model",)
+        if raw is None:  # model.dtype: fp8 on a device without FP8 tensor cores
+            here = ("model", "dtype")
+            try:
+                raw = dtype_precision(
+                    model.info.dtype,
+                    system.device,
+                    training=cfg.workload.get("kind") == "training",
+                    where=f"{src.where(here)} (system {s.name!r})",
+                )
+            except XpusimError as exc:
+                raise ScenarioError(str(exc)) from None
         if raw is None:
             continue
         try:
