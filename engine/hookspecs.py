@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from xpusim.engine.executor import Executor
     from xpusim.engine.lazy import Lazy
     from xpusim.engine.model import ModelFamily
-    from xpusim.engine.policies import Router, Scheduler
+    from xpusim.engine.policies import Router, Scheduler, ServingTechnique
     from xpusim.engine.reporter import Reporter
     from xpusim.engine.results import RunResult
     from xpusim.engine.scenario import Scenario
@@ -146,6 +146,20 @@ def register_routers(register: Callable[[Router | Lazy], None]) -> None:
     :class:`~xpusim.engine.policies.Router`, or a :class:`~xpusim.engine.lazy.Lazy`
     reference to one (imported on first use); its ``name`` is the key used in
     ``workload.router`` of the ``serving`` workload. Return value is ignored.
+    """
+
+
+@hookspec
+def register_serving_techniques(register: Callable[[ServingTechnique | Lazy], None]) -> None:
+    """Register serving techniques: prefix caches, speculative decoding, adapters, pool
+    layouts.
+
+    Fires once when the host builds its registries. Call ``register(technique)`` for
+    each :class:`~xpusim.engine.policies.ServingTechnique`, or a
+    :class:`~xpusim.engine.lazy.Lazy` reference to one (imported on first use); its
+    ``name`` is the key of its block in a ``serving`` scenario's ``workload`` mapping
+    (``workload.prefix_caching: {...}`` switches on the technique ``prefix_caching``), and
+    its ``schema`` validates that block. Return value is ignored.
     """
 
 

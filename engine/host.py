@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # the contracts are imported by the plugins that implement th
     from xpusim.engine.device import DeviceSpec
     from xpusim.engine.executor import Executor
     from xpusim.engine.model import ModelFamily
-    from xpusim.engine.policies import Router, Scheduler
+    from xpusim.engine.policies import Router, Scheduler, ServingTechnique
     from xpusim.engine.reporter import Reporter
     from xpusim.engine.traces import TraceFormat
     from xpusim.engine.workload import Workload
@@ -144,6 +144,9 @@ class Host:
             "scheduler", self._loaded, self._load_failed
         )
         self.routers: Registry[Router] = Registry("router", self._loaded, self._load_failed)
+        self.serving_techniques: Registry[ServingTechnique] = Registry(
+            "serving technique", self._loaded, self._load_failed
+        )
         self.plugins: dict[str, PluginInfo] = {}
         # devices registered for a backend not imported yet: (plugin, spec) by backend
         self._pending_devices: dict[str, list[tuple[str, DeviceSpec]]] = {}
@@ -233,6 +236,9 @@ class Host:
         self._call("register_executors", lambda p, e: self.executors.add(e.name, e, p))
         self._call("register_schedulers", lambda p, s: self.schedulers.add(s.name, s, p))
         self._call("register_routers", lambda p, r: self.routers.add(r.name, r, p))
+        self._call(
+            "register_serving_techniques", lambda p, t: self.serving_techniques.add(t.name, t, p)
+        )
 
     def _add_device(self, plugin: str, spec: DeviceSpec) -> None:
         where = f"device {spec.name!r} from plugin {plugin!r}"

@@ -11,6 +11,14 @@ policies that plugins register by name (hooks ``register_schedulers`` and
 * a :class:`Router` picks the replica an arriving request joins
   (:meth:`Router.start` returns the per-run routing function).
 
+A third kind of policy reshapes a whole run around them: a :class:`ServingTechnique`
+(hook ``register_serving_techniques``; a scenario switches one on by writing its block,
+``workload.prefix_caching: {...}``) changes the step prices (speculative decoding,
+multi-LoRA, expert groups), replays a cache or an adapter store ahead of the run and
+routes by it (prefix caching), or lays the devices out as pools that replace the one
+serving world (disaggregated prefill and decode). Its contract and the run state it
+shapes (:class:`ServingRun`) are at the end of this module.
+
 Registered objects describe a policy and hold no run state: every run asks them for a
 fresh process or routing function, so one object serves concurrent runs.
 
@@ -29,8 +37,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from array import array
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import simpy
 from pydantic import (
@@ -45,6 +54,14 @@ from pydantic import (
 
 from xpusim.engine.qty import DurationOrZero
 from xpusim.engine.registry import unknown_message
+
+if TYPE_CHECKING:  # the run state a technique shapes; imported by the techniques themselves
+    import polars as pl
+
+    from xpusim.engine.backend import Compiled
+    from xpusim.engine.frames import FrameMap
+    from xpusim.engine.metrics import Metric
+    from xpusim.engine.workload import WorkloadContext
 
 WAITING, PREFILLING, DECODING, DONE, DROPPED = 0, 1, 2, 3, 4
 """Request states held in :attr:`RequestState.state`."""
@@ -340,3 +357,152 @@ def log_step(
     log.kv.append(kv_blocks)
     log.state.append(state)
     log.joules.append(joules)
+
+
+# --- serving techniques -----------------------------------------------------------------
+
+TechniqueKind = Literal["step", "cache", "router", "pool-layout"]
+"""What part of serving a technique changes: ``step`` the price of an iteration (a draft
+and verify step, adapters' GEMMs, an expert group), ``cache`` what a request needs to
+compute (a prefix cache), ``router`` where requests go, ``pool-layout`` how the devices
+are laid out (pools that replace the single serving world)."""
+
+RequestsFix = Callable[[Any], Any]
+"""``fix(requests) -> requests``: a ``pl.DataFrame`` or ``pl.LazyFrame`` of the run's
+``requests`` frame, given back with what a technique changed before the run restored
+(the full prompt, the real output length, the real arrival)."""
+
+
+@dataclass
+class ServingRun:
+    """The state of one system's serving run, as the techniques shape it.
+
+    The workload fills it and hands it to every switched-on technique in
+    :attr:`ServingTechnique.order`, first to :meth:`ServingTechnique.price` (before the
+    serving stack wraps the prices and the KV capacity is known), then to
+    :meth:`ServingTechnique.replay`; then, unless a pool layout serves the run
+    (:meth:`ServingTechnique.serve`), the serving world runs ``frame`` on ``replicas``
+    replicas of ``devices_per_replica`` devices each, priced by ``stack(compiled)``,
+    with ``kv_capacity_tokens`` of KV each and routed by ``router``.
+
+    * ``ctx`` — the system, its compiled model, the model, the seed;
+    * ``config`` — the validated ``workload`` block (``scheduler``, ``kv_block_tokens``,
+      ``kv_memory_fraction``, ``slo`` ...);
+    * ``frame`` — the requests (``arrival_s``, ``prompt_tokens``, ``output_tokens``, and
+      a trace's extra columns such as ``hash_ids``), sorted by arrival;
+    * ``compiled`` — the step prices of one replica, before the serving stack;
+    * ``stack`` — puts a compiled model under the scenario's serving stack (host time
+      per iteration, CUDA graphs); a pool layout applies it to each pool;
+    * ``replicas``, ``devices_per_replica`` — how the system's devices form replicas;
+    * ``kv_capacity_tokens`` — KV tokens one replica holds (0 until ``replay``);
+    * ``router`` — a :class:`Router`, or a built-in router's name;
+    * ``metrics`` — the figures a technique adds to the system's summary (declared in
+      its :attr:`ServingTechnique.metrics`);
+    * ``state`` — a technique's own state between its calls, under its name (the
+      technique object holds no run state);
+    * ``fixes`` — what restores the ``requests`` frame after the run, applied last
+      added first (:meth:`restore`).
+    """
+
+    ctx: WorkloadContext
+    config: Any
+    frame: pl.DataFrame
+    compiled: Compiled
+    stack: Callable[[Compiled], Compiled]
+    replicas: int
+    devices_per_replica: int
+    router: Router | str
+    kv_capacity_tokens: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+    fixes: list[RequestsFix] = field(default_factory=list)
+
+    def restore(self, fix: RequestsFix) -> None:
+        """Restore the ``requests`` frame with ``fix`` once the run is over (the last
+        fix added runs first, so each undoes its own change)."""
+        self.fixes.append(fix)
+
+    def restored(self, requests: Any) -> Any:
+        """``requests`` after every fix, last added first."""
+        for fix in reversed(self.fixes):
+            requests = fix(requests)
+        return requests
+
+
+class ServingTechnique:
+    """A serving technique: a component of the ``serving`` workload a scenario switches
+    on by writing its block (``workload.<name>: {...}``).
+
+    Contract: ``name`` is the key of its block in the ``workload`` mapping (it must not
+    be one of the workload's own keys); ``description`` says it in one line; ``kind``
+    what part of serving it changes (:data:`TechniqueKind`); ``schema`` the pydantic
+    model (``extra="forbid"``) that validates the block, or ``None`` for a technique
+    with no block that switches itself on from the system (:meth:`active`: expert
+    parallelism follows ``systems[].parallelism.expert``); ``metrics`` the summary keys
+    it adds (:class:`~xpusim.engine.metrics.Metric`); ``order`` its place among the
+    switched-on techniques (lower first: step prices 100s, replays 200s, pool layouts
+    300s).
+
+    Calls, each with the validated block (``spec``; ``None`` for a blockless one):
+
+    * :meth:`check` at load, with the whole validated workload block and the names of
+      the other switched-on techniques: refuse a combination it does not support
+      (raise ``ValueError`` with the fix);
+    * :meth:`active` per system: whether it applies there (default: it has a block);
+    * :meth:`price` then :meth:`replay`, and :meth:`serve` for a pool layout: they
+      change the :class:`ServingRun` (see there).
+
+    Registered objects hold no run state: one object serves concurrent runs.
+    """
+
+    name: str = ""
+    description: str = ""
+    api_version: str = "1"
+    kind: TechniqueKind = "step"
+    schema: type[BaseModel] | None = None
+    metrics: tuple[Metric, ...] = ()
+    order: int = 100
+
+    def check(self, spec: Any, config: Any, others: Sequence[str]) -> None:
+        """Refuse, at load, a workload this technique cannot serve (``ValueError``)."""
+
+    def active(self, spec: Any, ctx: WorkloadContext) -> bool:
+        """Whether the technique applies to ``ctx.system`` (default: its block is given)."""
+        return spec is not None
+
+    def price(self, spec: Any, run: ServingRun) -> None:
+        """Change the step prices (``run.compiled``), the requests (``run.frame``) or how
+        devices form replicas, before the stack wraps the prices."""
+
+    def replay(self, spec: Any, run: ServingRun) -> None:
+        """With ``run.kv_capacity_tokens`` known: replay a cache or store over
+        ``run.frame`` ahead of the run, shorten or delay requests, set ``run.router``,
+        add ``run.metrics`` and :meth:`ServingRun.restore` fixes."""
+
+    def serve(self, spec: Any, run: ServingRun) -> tuple[FrameMap, float] | None:
+        """A pool layout: serve the run itself and return its frames (``requests``,
+        ``steps``, ``devices``, ``tbt``) and simulated seconds; ``None`` (the default)
+        leaves it to the serving world. At most one switched-on technique serves."""
+        return None
+
+
+def technique_blocks(
+    data: Mapping[str, Any],
+    fields: Sequence[str],
+    techniques: Sequence[str],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a ``workload`` mapping into its own keys and the technique blocks.
+
+    Keys in ``fields`` stay; a key naming a registered technique (``techniques``) is taken
+    out with its block; any other key is refused with the valid keys and the nearest
+    (``ValueError``)."""
+    own: dict[str, Any] = {}
+    blocks: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in fields:
+            own[key] = value
+        elif key in techniques:
+            blocks[key] = value
+        else:
+            raise ValueError(unknown_message("workload key", key, [*fields, *techniques]))
+    return own, blocks

@@ -249,3 +249,52 @@ def test_hook_register_routers(pm: pluggy.PluginManager) -> None:
     assert a == b and set(a) <= {0, 1, 2}
     with pytest.raises(Exception, match="Did you mean 'random'"):
         _serve(host, {**block, "router": "randon"}, 3)
+
+
+def test_hook_register_serving_techniques(pm: pluggy.PluginManager) -> None:
+    """The documented technique is registered by name, its block switches it on and is
+    validated at its key path, it halves the prefill work the world sees and the
+    requests frame keeps the full prompts; a misspelled key names the technique."""
+    from tests.test_serving import compiled
+    from xpusim.engine.workload import WorkloadContext
+    from xpusim.plugins.workloads.serving.workload import ServingConfig, ServingWorkload
+
+    host = _host_with(pm, _example("register_serving_techniques"), builtin_workloads)
+    assert "prompt_compression" in host.serving_techniques.names()
+    assert "prefix_caching" in host.serving_techniques.names()  # the built-ins, alike
+    frame = pl.DataFrame(
+        {
+            "arrival_s": [0.0, 0.1, 0.2, 0.3],
+            "prompt_tokens": [800, 400, 600, 200],
+            "output_tokens": [3] * 4,
+        }
+    )
+    c = compiled(1)
+
+    def serve(block: dict[str, Any]) -> Any:
+        cfg = ServingConfig.model_validate(
+            {"trace": {"path": "x", "format": "csv"}, **block}, context={"host": host}
+        )
+        ctx = WorkloadContext(
+            system=c.system,
+            compiled=c,
+            model=c.model,
+            seed=1,
+            base_dir=Path("."),
+            resolve_trace=lambda spec: frame,
+        )
+        return ServingWorkload().simulate(cfg, ctx)
+
+    plain = serve({})
+    half = serve({"prompt_compression": {"ratio": 0.5}})
+    assert half.metrics["prompt_tokens_dropped"] == 1000.0
+    steps = half.frames["steps"]
+    assert steps["prefill_tokens"].sum() == 1000  # the world prefilled the kept half
+    assert plain.frames["steps"]["prefill_tokens"].sum() == 2000
+    req = half.frames["requests"].sort("request_id")
+    assert req["prompt_tokens"].to_list() == [800, 400, 600, 200]
+    assert half.metrics["ttft_mean_s"] < plain.metrics["ttft_mean_s"]
+    with pytest.raises(Exception, match="prompt_compression.ratio"):
+        serve({"prompt_compression": {"ratio": 2}})
+    with pytest.raises(Exception, match="Did you mean 'prompt_compression'"):
+        serve({"prompt_compresion": {"ratio": 0.5}})

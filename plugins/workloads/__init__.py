@@ -5,8 +5,8 @@ Each workload owns its world in a package of this plugin (``serving/``, ``offlin
 ``training/``, and ``spiking``). This module registers everything by name only
 (:class:`~xpusim.engine.lazy.Lazy`), so starting the host imports none of the worlds; a
 workload, scheduler or router is imported the first time a scenario or command uses it.
-Adding a kind, a scheduler or a router is one line in :data:`WORKLOADS`,
-:data:`SCHEDULERS` or :data:`ROUTERS`.
+Adding a kind, a scheduler, a router or a serving technique is one line in
+:data:`WORKLOADS`, :data:`SCHEDULERS`, :data:`ROUTERS` or :data:`TECHNIQUES`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,16 @@ ROUTERS: tuple[Lazy, ...] = (
 )
 """The request routers this plugin registers."""
 
+TECHNIQUES: tuple[Lazy, ...] = (
+    Lazy("expert_parallelism", f"{_HERE}.serving.expert:ExpertParallelTechnique"),
+    Lazy("speculative_decoding", f"{_HERE}.serving.speculative:SpeculativeTechnique"),
+    Lazy("lora", f"{_HERE}.serving.lora:LoraTechnique"),
+    Lazy("prefix_caching", f"{_HERE}.serving.prefix_cache:PrefixCachingTechnique"),
+    Lazy("disaggregation", f"{_HERE}.serving.disagg:DisaggregationTechnique"),
+)
+"""The serving techniques this plugin registers (each a block of the ``serving``
+workload, but expert parallelism, which follows ``systems[].parallelism.expert``)."""
+
 
 @hookimpl
 def register_workloads(register: Callable[[Lazy], None]) -> None:
@@ -64,3 +74,11 @@ def register_routers(register: Callable[[Lazy], None]) -> None:
     """Register the ``round-robin`` and ``least-outstanding`` routers."""
     for r in ROUTERS:
         register(r)
+
+
+@hookimpl
+def register_serving_techniques(register: Callable[[Lazy], None]) -> None:
+    """Register the ``prefix_caching``, ``speculative_decoding``, ``lora``,
+    ``disaggregation`` and ``expert_parallelism`` serving techniques."""
+    for t in TECHNIQUES:
+        register(t)

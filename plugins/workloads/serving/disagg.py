@@ -32,6 +32,7 @@ different devices (both pools are the system's device).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -41,9 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xpusim.engine.backend import Compiled, Cost
 from xpusim.engine.errors import XpusimError
+from xpusim.engine.frames import FrameMap
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.metrics import Metric, detail
-from xpusim.engine.policies import SchedulerSpec
+from xpusim.engine.policies import SchedulerSpec, ServingRun, ServingTechnique
 from xpusim.engine.qty import Bandwidth, DurationOrZero
 from xpusim.engine.system import Parallelism, System
 from xpusim.engine.workload import WorkloadContext
@@ -389,3 +391,52 @@ def _join(
         "devices": pl.concat(devices),
         "tbt": pl.concat(tbt),
     }
+
+
+class DisaggregationTechnique(ServingTechnique):
+    """``disaggregation``: a prefill pool and a decode pool joined by a link (module
+    docstring), a pool layout that serves the run itself; registered by the built-in
+    workload plugin."""
+
+    name = "disaggregation"
+    description = "disaggregated prefill and decode: two pools, KV moved over the link"
+    kind = "pool-layout"
+    schema = Disaggregation
+    metrics = DISAGG_METRICS
+    order = 300
+
+    def check(self, spec: Disaggregation, config: Any, others: Sequence[str]) -> None:
+        """The pools are plain serving worlds: no other technique block beside them."""
+        if others:
+            raise ValueError(
+                f"disaggregated serving is not combined with {', '.join(others)} yet: "
+                f"compare them in separate scenarios"
+            )
+
+    def active(self, spec: Disaggregation | None, ctx: WorkloadContext) -> bool:
+        """On for the systems the block names (every system when it names none)."""
+        return spec is not None and spec.applies(ctx.system.name)
+
+    def serve(self, spec: Disaggregation, run: ServingRun) -> tuple[FrameMap, float]:
+        """Serve on the prefill pool, move each KV cache, serve on the decode pool."""
+        system = run.ctx.system
+        if system.parallelism.expert > 1:
+            raise XpusimError(
+                f"system {system.name!r}: disaggregated pools are tensor-parallel "
+                f"replicas; expert parallelism is not combined with them yet."
+            )
+        config = run.config
+        frames, span, extra = serve(
+            spec,
+            pools(spec, run.ctx),
+            run.frame,
+            wrap=run.stack,
+            scheduler=config.scheduler,
+            kv_block_tokens=config.kv_block_tokens,
+            kv_memory_fraction=config.kv_memory_fraction,
+            system=system.name,
+            seed=run.ctx.seed,
+        )
+        run.metrics.update(extra)
+        run.metrics["replicas"] = extra["prefill_replicas"] + extra["decode_replicas"]
+        return dict(frames), span

@@ -21,12 +21,15 @@ evenly); expert-load imbalance is the model's ``expert_imbalance``.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from xpusim.engine.backend import Compiled, Cost
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.model import ModelGraph
+from xpusim.engine.policies import ServingRun, ServingTechnique
 from xpusim.engine.system import System
+from xpusim.engine.workload import WorkloadContext
 from xpusim.plugins.workloads.serving.wrapped import WrappedCompiled
 
 
@@ -81,3 +84,27 @@ class ExpertGroupCompiled(WrappedCompiled):
     def replicas(self) -> int:
         """Expert groups of the system."""
         return max(1, self.inner.replicas // self.ranks)
+
+
+class ExpertParallelTechnique(ServingTechnique):
+    """``expert_parallelism``: a system's expert-parallel ranks step as one replica
+    (module docstring). It has no block: it switches itself on for a mixture-of-experts
+    model on a system with ``parallelism.expert`` above 1. Registered by the built-in
+    workload plugin."""
+
+    name = "expert_parallelism"
+    description = "expert parallelism: E ranks of DP attention and sharded experts as one replica"
+    kind = "step"
+    schema = None
+    order = 100
+
+    def active(self, spec: Any, ctx: WorkloadContext) -> bool:
+        """On for a mixture-of-experts model over ``parallelism.expert`` > 1 ranks."""
+        return expert_group(ctx.system, ctx.model) > 1
+
+    def price(self, spec: Any, run: ServingRun) -> None:
+        """Price a group iteration as its busiest rank's share; the group is one replica."""
+        ranks = expert_group(run.ctx.system, run.ctx.model)
+        run.compiled = ExpertGroupCompiled(run.compiled, ranks)
+        run.replicas //= ranks
+        run.devices_per_replica *= ranks

@@ -29,8 +29,9 @@ a lower bound), adapters of mixed ranks, and loads that contend for the link.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -41,7 +42,9 @@ from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.model import ModelGraph
+from xpusim.engine.policies import ServingRun, ServingTechnique
 from xpusim.engine.qty import Bandwidth
+from xpusim.plugins.workloads.serving.prefix_cache import AssignedRouter
 from xpusim.plugins.workloads.serving.wrapped import WrappedCompiled
 
 ADAPTER_BYTES_PER_PARAM = 2.0
@@ -230,3 +233,48 @@ def replay(
             "lora_load_wait_mean_s": loads * load_s / routed,
         },
     )
+
+
+class LoraTechnique(ServingTechnique):
+    """``lora``: many adapters over one model, their GEMMs in every step and their loads
+    replayed ahead of the run (module docstring); registered by the built-in workload
+    plugin."""
+
+    name = "lora"
+    description = "multi-LoRA serving: adapters' extra GEMMs, resident slots, loads from host"
+    kind = "step"
+    schema = Lora
+    metrics = LORA_METRICS
+    order = 140
+
+    def check(self, spec: Lora, config: Any, others: Sequence[str]) -> None:
+        """The adapter replay routes round-robin, and is not combined with prefix caching."""
+        if "prefix_caching" in others or config.router != "round-robin":
+            raise ValueError(
+                "multi-LoRA serving replays adapter loads ahead of the run over round-robin "
+                "routing: set `router: round-robin`, and leave `prefix_caching` out (the two "
+                "replays are not combined)"
+            )
+
+    def price(self, spec: Lora, run: ServingRun) -> None:
+        """Add the adapters' GEMMs and weight reads to every step of a replica."""
+        params = adapter_params(run.ctx.model, spec.rank, spec.modules)
+        compiled = LoraCompiled(run.compiled, params, spec, devices=run.devices_per_replica)
+        run.compiled = run.state[self.name] = compiled
+
+    def replay(self, spec: Lora, run: ServingRun) -> None:
+        """Replay the adapter slots: delay requests until their adapter is in, route by
+        the replay's assignment, restore the real arrivals after the run."""
+        adapters = replay(
+            spec,
+            run.frame,
+            run.state[self.name],
+            replicas=run.replicas,
+            kv_capacity_tokens=run.kv_capacity_tokens,
+            kv_block_tokens=run.config.kv_block_tokens,
+            seed=run.ctx.seed,
+        )
+        run.frame = adapters.frame
+        run.router = AssignedRouter(adapters.assignment)
+        run.metrics.update(adapters.metrics)
+        run.restore(adapters.restore)

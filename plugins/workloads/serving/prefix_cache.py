@@ -46,7 +46,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from xpusim.engine.errors import TraceError
 from xpusim.engine.metrics import Metric, detail
-from xpusim.engine.policies import ReplicaState, Route, Router
+from xpusim.engine.policies import ReplicaState, Route, Router, ServingRun, ServingTechnique
 from xpusim.engine.traces import MAX_TOKENS
 
 HASH_COLUMN = "hash_ids"
@@ -362,3 +362,43 @@ def restore_prompts(
             "prompt_tokens"
         )
     )
+
+
+class PrefixCachingTechnique(ServingTechnique):
+    """``prefix_caching``: each replica's prefix cache replayed ahead of the run (module
+    docstring); registered by the built-in workload plugin."""
+
+    name = "prefix_caching"
+    description = "prefix caching: LRU caches of hashed KV blocks, round-robin or cache-aware"
+    kind = "cache"
+    schema = PrefixCaching
+    metrics = PREFIX_METRICS
+    order = 240
+
+    def check(self, spec: PrefixCaching, config: Any, others: Sequence[str]) -> None:
+        """Round-robin replay needs the replicas' order ahead: the world's router must be
+        ``round-robin`` too."""
+        if spec.routing == "round-robin" and config.router != "round-robin":
+            raise ValueError(
+                f"prefix caching is replayed ahead of the run, which needs the replicas' order "
+                f"known in advance: set `router: round-robin` (not {config.router!r}) or "
+                f"`prefix_caching.routing: cache-aware`"
+            )
+
+    def replay(self, spec: PrefixCaching, run: ServingRun) -> None:
+        """Shorten each prompt by its cached prefix, keep the cache's blocks out of what
+        running requests may use, route by the cache under ``cache-aware``."""
+        cache = replay(
+            spec,
+            run.frame,
+            replicas=run.replicas,
+            kv_capacity_tokens=run.kv_capacity_tokens,
+            kv_block_tokens=run.config.kv_block_tokens,
+            seed=run.ctx.seed,
+        )
+        run.frame, run.kv_capacity_tokens = cache.frame, cache.kv_capacity_tokens
+        if cache.assignment is not None:
+            run.router = AssignedRouter(cache.assignment)
+        run.metrics.update(cache.metrics)
+        hits = cache.hit_tokens
+        run.restore(lambda requests: restore_prompts(requests, hits))

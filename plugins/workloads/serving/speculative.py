@@ -41,6 +41,7 @@ from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.model import ModelGraph
+from xpusim.engine.policies import ServingRun, ServingTechnique
 from xpusim.engine.workload import WorkloadContext
 from xpusim.plugins.workloads.serving.wrapped import WrappedCompiled
 
@@ -230,3 +231,24 @@ def prepare(
         target or ctx.compiled, backend.compile(draft, ctx.system), spec.k
     )
     return SpeculativeRun(compiled, spec.tokens_per_step())
+
+
+class SpeculativeTechnique(ServingTechnique):
+    """``speculative_decoding``: draft-and-verify decode steps (module docstring);
+    registered by the built-in workload plugin."""
+
+    name = "speculative_decoding"
+    description = "speculative decoding: a draft proposes k tokens, the target verifies k + 1"
+    kind = "step"
+    schema = SpeculativeDecoding
+    metrics = SPEC_METRICS
+    order = 120
+
+    def price(self, spec: SpeculativeDecoding, run: ServingRun) -> None:
+        """Wrap the replica's prices in draft-and-verify steps and shorten each output to
+        its expected steps; the real lengths come back after the run."""
+        s = prepare(spec, run.ctx, run.compiled)
+        run.compiled = s.compiled
+        run.frame = s.shorten(run.frame)
+        run.metrics.update(s.metrics)
+        run.restore(s.restore)

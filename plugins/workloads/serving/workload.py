@@ -10,19 +10,24 @@ Scenario block (``workload:``, ``kind: serving``)::
     slo: {ttft: 2 s, tpot: 150 ms}  # or {preset: mlperf-llama2-70b-server}
     kv_block_tokens: 16
     stack: vllm-0.6                # the serving engine's profile (stacks.yaml); the default
-    # serving techniques, each its own module:
+    # serving techniques: registered components, a block each switches one on
     prefix_caching: {memory_fraction: 0.3, block_tokens: 512}          # prefix_cache.py
     speculative_decoding: {draft: {family: llama, preset: ...}, k: 4, acceptance: 0.7}
     lora: {adapters: 100, rank: 16, gpu_slots: 8, host_link: 25 GB/s}  # lora.py
     disaggregation: {prefill: {count: 2}, decode: {count: 6}}          # disagg.py
     # (expert parallelism follows systems[].parallelism.expert: expert.py)
 
-See ``docs/workloads/serving.md`` for every field and the simulation model.
+The techniques are :class:`~xpusim.engine.policies.ServingTechnique` objects registered
+through the ``register_serving_techniques`` hook (the built-in ones by this plugin, as a
+third party registers its own): any key of the block that is not one of the fields
+below names a registered technique, whose ``schema`` validates its block. See
+``docs/workloads/serving.md`` for every field and the simulation model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import (
@@ -30,21 +35,33 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails
 
 from xpusim.engine import tracereg
 from xpusim.engine.budget import Work, check_work, request_work
-from xpusim.engine.errors import TraceError, XpusimError
-from xpusim.engine.metrics import detail
+from xpusim.engine.errors import PluginError, TraceError, XpusimError
+from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.model import ModelGraph
-from xpusim.engine.policies import Router, SchedulerSpec, check_name, resolve
+from xpusim.engine.policies import (
+    Router,
+    SchedulerSpec,
+    ServingRun,
+    ServingTechnique,
+    check_name,
+    resolve,
+    technique_blocks,
+)
 from xpusim.engine.qty import Duration
+from xpusim.engine.registry import nearest
 from xpusim.engine.system import System
 from xpusim.engine.workload import PlanKnobs, SystemRun, Workload, WorkloadContext
-from xpusim.plugins.workloads.serving import disagg, metrics, routers, schedulers
+from xpusim.plugins.workloads.serving import metrics, routers, schedulers
 from xpusim.plugins.workloads.serving.arrivals import (
     ArrivalSpec,
     generate,
@@ -52,26 +69,8 @@ from xpusim.plugins.workloads.serving.arrivals import (
     mean_tokens,
     requests_of,
 )
-from xpusim.plugins.workloads.serving.disagg import DISAGG_METRICS, Disaggregation
-from xpusim.plugins.workloads.serving.expert import ExpertGroupCompiled, expert_group
-from xpusim.plugins.workloads.serving.lora import LORA_METRICS, Lora, LoraCompiled, LoraRun
-from xpusim.plugins.workloads.serving.lora import adapter_params as lora_params
-from xpusim.plugins.workloads.serving.lora import replay as replay_lora
 from xpusim.plugins.workloads.serving.metrics import SERVING_METRICS
 from xpusim.plugins.workloads.serving.planning import plan_knobs as serving_knobs
-from xpusim.plugins.workloads.serving.prefix_cache import (
-    PREFIX_METRICS,
-    AssignedRouter,
-    PrefixCaching,
-    replay,
-    restore_prompts,
-)
-from xpusim.plugins.workloads.serving.speculative import (
-    SPEC_METRICS,
-    SpeculativeDecoding,
-    SpeculativeRun,
-)
-from xpusim.plugins.workloads.serving.speculative import prepare as prepare_speculative
 from xpusim.plugins.workloads.serving.stacks import (
     DEFAULT_STACK,
     StackCompiled,
@@ -212,13 +211,10 @@ class ServingConfig(BaseModel):
         default=DEFAULT_STACK,
         description="serving engine profile: a name from stacks.yaml or {name, overrides}",
     )
-    prefix_caching: PrefixCaching | None = None
-    speculative_decoding: SpeculativeDecoding | None = None
-    lora: Lora | None = None
-    disaggregation: Disaggregation | None = None
-
     _router: Router | None = PrivateAttr(default=None)
     _stack: StackProfile | None = PrivateAttr(default=None)
+    _blocks: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _techniques: tuple[ServingTechnique, ...] = PrivateAttr(default=())
 
     @field_validator("stack")
     @classmethod
@@ -244,38 +240,190 @@ class ServingConfig(BaseModel):
         apply_stack(self)
         return self
 
-    @model_validator(mode="after")
-    def _prefix_routing(self) -> ServingConfig:
-        pc = self.prefix_caching
-        if self.disaggregation is not None:
-            other = [
-                k
-                for k in ("prefix_caching", "speculative_decoding", "lora")
-                if getattr(self, k) is not None
-            ]
-            if other:
-                raise ValueError(
-                    f"disaggregated serving is not combined with {', '.join(other)} yet: "
-                    f"compare them in separate scenarios"
-                )
-        if self.lora is not None and (pc is not None or self.router != "round-robin"):
-            raise ValueError(
-                "multi-LoRA serving replays adapter loads ahead of the run over round-robin "
-                "routing: set `router: round-robin`, and leave `prefix_caching` out (the two "
-                "replays are not combined)"
-            )
-        if pc is not None and pc.routing == "round-robin" and self.router != "round-robin":
-            raise ValueError(
-                f"prefix caching is replayed ahead of the run, which needs the replicas' order "
-                f"known in advance: set `router: round-robin` (not {self.router!r}) or "
-                f"`prefix_caching.routing: cache-aware`"
-            )
+    @model_validator(mode="wrap")
+    @classmethod
+    def _with_techniques(
+        cls, data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> ServingConfig:
+        """Take the serving techniques' blocks out (a key that is not a field names a
+        registered technique), validate the rest, then each block with its technique's
+        schema (an error keeps its key path), and let each technique refuse a
+        combination it does not serve."""
+        if not isinstance(data, Mapping):
+            return handler(data)
+        names, get = technique_registry(info)
+        own, given = technique_blocks(data, list(cls.model_fields), names)
+        self: ServingConfig = handler(own)
+        blocks: dict[str, Any] = {}
+        errors: list[InitErrorDetails] = []
+        for key, block in given.items():
+            if block is None:  # `prefix_caching: null` (or `--set ...=null`): switched off
+                continue
+            tech = get(key)
+            errors += _block_errors(tech, key, block, info, blocks)
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        self._blocks = blocks
+        chosen = {key: get(key) for key in blocks}
+        rest = other_techniques(names, get, chosen)
+        self._techniques = tuple(sorted([*chosen.values(), *rest], key=lambda t: t.order))
+        _seen_metrics(self._techniques)
+        for tech in sorted(chosen.values(), key=lambda t: -t.order):
+            tech.check(blocks[tech.name], self, [k for k in blocks if k != tech.name])
         return self
+
+    def technique(self, name: str) -> Any:
+        """The validated block of technique ``name``, or ``None`` when not given."""
+        return self._blocks.get(name)
+
+    def techniques(self) -> tuple[ServingTechnique, ...]:
+        """Every technique that may apply, in :attr:`ServingTechnique.order`: those whose
+        block is given, and those without a block (they switch themselves on)."""
+        return self._techniques
 
     def router_policy(self) -> Router | str:
         """The registered router resolved at validation (inside a scenario), else the
         name, which the serving world looks up among its built-in routers."""
         return self._router if self._router is not None else self.router
+
+
+def _builtin_techniques() -> dict[str, ServingTechnique]:
+    """The built-in techniques by name, for a config validated outside a scenario."""
+    from xpusim.plugins.workloads import TECHNIQUES
+
+    return {ref.name: ref.load() for ref in TECHNIQUES}
+
+
+_BUILTIN = cache(_builtin_techniques)
+
+
+def technique_registry(
+    info: ValidationInfo,
+) -> tuple[list[str], Callable[[str], ServingTechnique]]:
+    """The registered technique names and a look-up: the host's registry inside a
+    scenario (the validation context holds the host), else the built-in techniques."""
+    host = (info.context or {}).get("host") if isinstance(info.context, dict) else None
+    registry = getattr(host, "serving_techniques", None)
+    if registry is not None:
+        return registry.names(), lambda name: registry.get(name, where="workload")
+    builtin = _BUILTIN()
+    return list(builtin), builtin.__getitem__
+
+
+def other_techniques(
+    names: Sequence[str],
+    get: Callable[[str], ServingTechnique],
+    chosen: Mapping[str, ServingTechnique],
+) -> list[ServingTechnique]:
+    """The techniques without a block (they switch themselves on from the system); a
+    technique that cannot be loaded is left out here (its plugin is marked failed)."""
+    out = []
+    for name in names:
+        if name in chosen:
+            continue
+        try:
+            tech = get(name)
+        except PluginError:
+            continue
+        if tech.schema is None:
+            out.append(tech)
+    return out
+
+
+def _block_errors(
+    tech: ServingTechnique, key: str, block: Any, info: ValidationInfo, blocks: dict[str, Any]
+) -> list[InitErrorDetails]:
+    """Validate ``block`` with ``tech``'s schema into ``blocks[key]``; the errors, with
+    their key paths under ``key`` (an unknown key answered with the valid ones)."""
+    if tech.schema is None:
+        return [
+            _value_error(
+                (key,),
+                block,
+                f"the serving technique {key!r} takes no block: it switches itself on from "
+                f"the system ({tech.description}); remove `{key}`",
+            )
+        ]
+    bad = _bool_number(tech.schema, block, (key,))
+    if bad is not None:
+        return [bad]
+    try:
+        blocks[key] = tech.schema.model_validate(block, context=info.context)
+    except ValidationError as exc:
+        out: list[InitErrorDetails] = []
+        for err in exc.errors():
+            loc = (key, *err["loc"])
+            if err["type"] == "extra_forbidden":
+                valid = _keys_at(tech.schema, err["loc"][:-1])
+                near = nearest(str(loc[-1]), valid)
+                hint = f" Did you mean {near!r}?" if near else ""
+                out.append(
+                    _value_error(
+                        loc,
+                        err["input"],
+                        f"unknown key {loc[-1]!r}.{hint} Valid keys here: {', '.join(valid)}",
+                    )
+                )
+                continue
+            detail_: InitErrorDetails = {"type": err["type"], "loc": loc, "input": err["input"]}
+            if "ctx" in err:
+                detail_["ctx"] = err["ctx"]
+            out.append(detail_)
+        return out
+    return []
+
+
+def _value_error(loc: tuple[Any, ...], value: Any, message: str) -> InitErrorDetails:
+    return {"type": "value_error", "loc": loc, "input": value, "ctx": {"error": message}}
+
+
+def _keys_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """The keys of the sub-model of ``model`` at ``loc`` (list indexes skipped)."""
+    cur: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fld = getattr(cur, "model_fields", {}).get(part)
+        cur = _model_in(fld.annotation) if fld is not None else None
+        if cur is None:
+            return []
+    return sorted(getattr(cur, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (through ``Optional`` and unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        sub = _model_in(arg)
+        if sub is not None:
+            return sub
+    return None
+
+
+def _bool_number(model: type[BaseModel], raw: Any, loc: tuple[Any, ...]) -> InitErrorDetails | None:
+    """The first ``true``/``false`` written where ``model`` expects a number (pydantic
+    would read ``count: true`` as 1), as an error at its key path; nested models followed."""
+    if not isinstance(raw, Mapping):
+        return None
+    for name, fld in model.model_fields.items():
+        if name not in raw:
+            continue
+        value, here = raw[name], (*loc, name)
+        kinds = {a for a in (fld.annotation, *getattr(fld.annotation, "__args__", ()))}
+        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+            return _value_error(
+                here,
+                value,
+                f"expected a number, got {str(value).lower()}; YAML reads yes/no/true/false "
+                f"as booleans, so write the number itself",
+            )
+        sub = _model_in(fld.annotation)
+        if sub is not None:
+            bad = _bool_number(sub, value, here)
+            if bad is not None:
+                return bad
+    return None
 
 
 def apply_stack(config: Any) -> None:
@@ -315,26 +463,43 @@ def request_frame(config: ServingConfig, ctx: WorkloadContext) -> Any:
     return generate(config.arrivals, ctx.seed, ctx.resolve_trace)
 
 
+BASE_METRICS: tuple[Metric, ...] = (
+    *SERVING_METRICS,
+    detail("replicas", "Replicas", description="model replicas the devices hold"),
+    detail(
+        "kv_capacity_tokens",
+        "KV-cache capacity",
+        "tokens",
+        description="tokens of KV cache one replica holds",
+    ),
+)
+"""The serving workload's own metrics, without its techniques'."""
+
+
+def _seen_metrics(techniques: Sequence[ServingTechnique]) -> None:
+    """Declare the metrics of ``techniques`` on the serving workload (a plugin's technique
+    brings its own; a name already declared keeps its first definition)."""
+    known = {m.name for m in ServingWorkload.metrics}
+    new: list[Metric] = []
+    for m in (m for t in techniques for m in t.metrics):
+        if m.name not in known:
+            known.add(m.name)
+            new.append(m)
+    if new:
+        ServingWorkload.metrics = (*ServingWorkload.metrics, *new)
+
+
 class ServingWorkload(Workload):
-    """Online serving: arrivals, a router, per-replica schedulers and paged KV caches."""
+    """Online serving: arrivals, a router, per-replica schedulers and paged KV caches,
+    shaped by the serving techniques a scenario switches on.
+
+    ``metrics`` holds the serving metrics and the built-in techniques'; a plugin's
+    technique adds its own when a scenario validates with it."""
 
     name = "serving"
     description = "LLM inference serving: arrivals, batching schedulers, KV cache, SLOs"
     schema = ServingConfig
-    metrics = (
-        *SERVING_METRICS,
-        *PREFIX_METRICS,
-        *SPEC_METRICS,
-        *LORA_METRICS,
-        *DISAGG_METRICS,
-        detail("replicas", "Replicas", description="model replicas the devices hold"),
-        detail(
-            "kv_capacity_tokens",
-            "KV-cache capacity",
-            "tokens",
-            description="tokens of KV cache one replica holds",
-        ),
-    )
+    metrics = BASE_METRICS
 
     def work(self, config: BaseModel, system: System, model: ModelGraph) -> Work | None:
         """Requests + requests x mean output tokens / ``max_batch`` + the replicas' cost
@@ -359,124 +524,82 @@ class ServingWorkload(Workload):
         )
 
     def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:
-        """Replay the requests on ``ctx.system`` and compute its serving metrics."""
+        """Replay the requests on ``ctx.system`` and compute its serving metrics.
+
+        The techniques that apply to the system (:meth:`ServingConfig.techniques`) shape
+        the run in their order: each prices, then each replays; a pool layout then
+        serves the run, else the serving world does; the ``requests`` frame is restored
+        and the techniques' metrics join the serving metrics."""
         assert isinstance(config, ServingConfig)
-        frame = request_frame(config, ctx)
         system = ctx.system
-        dis = config.disaggregation
-        if dis is not None and dis.applies(system.name):
-            return self._disaggregated(config, dis, ctx, frame)
-        inner = ctx.compiled
-        ranks = expert_group(system, ctx.model)  # an expert group steps as one replica
-        if ranks > 1:
-            inner = ExpertGroupCompiled(inner, ranks)
-        replicas = system.replicas // ranks
-        spec: SpeculativeRun | None = None
-        if config.speculative_decoding is not None:  # steps of draft k, verify k + 1
-            spec = prepare_speculative(config.speculative_decoding, ctx, inner)
-            inner = spec.compiled
-            frame = spec.shorten(frame)
-        if config.lora is not None:  # the adapters' GEMMs and weights
-            inner = LoraCompiled(
-                inner,
-                lora_params(ctx.model, config.lora.rank, config.lora.modules),
-                config.lora,
-                devices=system.parallelism.model_parallel * ranks,
-            )
-        compiled = StackCompiled(inner, stack_for(config, system.backend))
-        kv_tokens = compiled.kv_capacity_tokens(config.kv_memory_fraction)
-        router = config.router_policy()
-        adapters: LoraRun | None = None
-        if isinstance(inner, LoraCompiled) and config.lora is not None:
-            adapters = replay_lora(
-                config.lora,
-                frame,
-                inner,
-                replicas=replicas,
-                kv_capacity_tokens=kv_tokens,
-                kv_block_tokens=config.kv_block_tokens,
-                seed=ctx.seed,
-            )
-            frame = adapters.frame
-            router = AssignedRouter(adapters.assignment)
-        cache = None
-        if config.prefix_caching is not None:  # prompts shrink by their cached prefix
-            cache = replay(
-                config.prefix_caching,
-                frame,
-                replicas=replicas,
-                kv_capacity_tokens=kv_tokens,
-                kv_block_tokens=config.kv_block_tokens,
-                seed=ctx.seed,
-            )
-            frame, kv_tokens = cache.frame, cache.kv_capacity_tokens
-            if cache.assignment is not None:
-                router = AssignedRouter(cache.assignment)
-        res = simulate_serving(
-            frame,
-            compiled,
-            system=system.name,
-            replicas=replicas,
-            devices_per_replica=system.parallelism.model_parallel * ranks,
-            scheduler=config.scheduler,
-            router=router,
-            kv_block_tokens=config.kv_block_tokens,
-            kv_capacity_tokens=kv_tokens,
-            progress=ctx.progress,
-            seed=ctx.seed,
+        stack = stack_for(config, system.backend)
+        frame = request_frame(config, ctx)
+        if not frame["arrival_s"].is_sorted():  # request ids are rows in arrival order
+            frame = frame.sort("arrival_s", maintain_order=True)
+        run = ServingRun(
+            ctx=ctx,
+            config=config,
+            frame=frame,
+            compiled=ctx.compiled,
+            stack=lambda c: StackCompiled(c, stack),
+            replicas=system.replicas,
+            devices_per_replica=system.parallelism.model_parallel,
+            router=config.router_policy(),
         )
-        if cache is not None:
-            res.frames["requests"] = restore_prompts(res.frames["requests"], cache.hit_tokens)
-        if spec is not None:
-            res.frames["requests"] = spec.restore(res.frames["requests"])
-        if adapters is not None:
-            res.frames["requests"] = adapters.restore(res.frames["requests"])
+        on = [(t, config.technique(t.name)) for t in config.techniques()]
+        on = [(t, spec) for t, spec in on if t.active(spec, ctx)]
+        layouts = [t.name for t, _ in on if type(t).serve is not ServingTechnique.serve]
+        if len(layouts) > 1:
+            raise XpusimError(
+                f"system {system.name!r}: the pool layouts {', '.join(layouts)} each serve "
+                f"the whole run; switch on one of them."
+            )
+        for tech, spec in on:
+            tech.price(spec, run)
+        compiled = run.stack(run.compiled)
+        run.kv_capacity_tokens = compiled.kv_capacity_tokens(config.kv_memory_fraction)
+        for tech, spec in on:
+            tech.replay(spec, run)
+        served = None
+        for tech, spec in on:
+            served = tech.serve(spec, run)
+            if served is not None:
+                break
+        if served is not None:
+            frames, span = served
+            frames = dict(frames)
+            kv_tokens = None
+        else:
+            res = simulate_serving(
+                run.frame,
+                compiled,
+                system=system.name,
+                replicas=run.replicas,
+                devices_per_replica=run.devices_per_replica,
+                scheduler=config.scheduler,
+                router=run.router,
+                kv_block_tokens=config.kv_block_tokens,
+                kv_capacity_tokens=run.kv_capacity_tokens,
+                progress=ctx.progress,
+                seed=ctx.seed,
+            )
+            frames, span = dict(res.frames), res.simulated_s
+            kv_tokens = res.kv_blocks * config.kv_block_tokens
+            run.metrics.setdefault("replicas", res.replicas)
+        if run.fixes:
+            frames["requests"] = run.restored(frames["requests"])
         ttft_slo, tpot_slo, itl_slo = config.slo.bounds()
         m = metrics.serving_metrics(
-            res.frames,
-            res.simulated_s,
+            frames,
+            span,
             ttft_slo_s=ttft_slo,
             tbt_slo_s=tpot_slo,
             itl_max_slo_s=itl_slo,
         )
-        m["replicas"] = res.replicas
-        m["kv_capacity_tokens"] = res.kv_blocks * config.kv_block_tokens
-        if cache is not None:
-            m.update(cache.metrics)
-        if spec is not None:
-            m.update(spec.metrics)
-        if adapters is not None:
-            m.update(adapters.metrics)
-        return SystemRun(metrics=m, frames=res.frames, simulated_s=res.simulated_s)
-
-    def _disaggregated(
-        self, config: ServingConfig, dis: Disaggregation, ctx: WorkloadContext, frame: Any
-    ) -> SystemRun:
-        """Serve on a prefill pool and a decode pool (:mod:`.disagg`)."""
-        if ctx.system.parallelism.expert > 1:
-            raise XpusimError(
-                f"system {ctx.system.name!r}: disaggregated pools are tensor-parallel "
-                f"replicas; expert parallelism is not combined with them yet."
-            )
-        stack = stack_for(config, ctx.system.backend)
-        frames, span, extra = disagg.serve(
-            dis,
-            disagg.pools(dis, ctx),
-            frame,
-            wrap=lambda c: StackCompiled(c, stack),
-            scheduler=config.scheduler,
-            kv_block_tokens=config.kv_block_tokens,
-            kv_memory_fraction=config.kv_memory_fraction,
-            system=ctx.system.name,
-            seed=ctx.seed,
-        )
-        ttft_slo, tpot_slo, itl_slo = config.slo.bounds()
-        m = metrics.serving_metrics(
-            frames, span, ttft_slo_s=ttft_slo, tbt_slo_s=tpot_slo, itl_max_slo_s=itl_slo
-        )
-        m.update(extra)
-        m["replicas"] = extra["prefill_replicas"] + extra["decode_replicas"]
-        return SystemRun(metrics=m, frames=dict(frames), simulated_s=span)
+        if kv_tokens is not None:
+            m["kv_capacity_tokens"] = kv_tokens
+        m.update(run.metrics)
+        return SystemRun(metrics=m, frames=frames, simulated_s=span)
 
     def traces(self, config: BaseModel) -> list[Mapping[str, Any]]:
         """The request trace, or the traces empirical length distributions sample from."""
@@ -502,6 +625,8 @@ class ServingWorkload(Workload):
         assert isinstance(config, ServingConfig)
         return serving_knobs(config)
 
+
+_seen_metrics(tuple(_BUILTIN().values()))
 
 WORKLOADS: list[Workload] = [ServingWorkload()]
 """The workload kinds this module provides (``serving``)."""
