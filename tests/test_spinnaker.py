@@ -13,7 +13,7 @@ from xpusim.engine.errors import DoesNotFitError, XpusimError
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.plugins.models.snn import FAMILIES
-from xpusim.plugins.spinnaker import energy, mapping, realtime
+from xpusim.plugins.spinnaker import busy, energy, mapping, realtime
 from xpusim.plugins.spinnaker.backend import SPINN5, SpinnakerBackend
 
 SNN = FAMILIES[0]
@@ -105,18 +105,28 @@ def test_row_builder_matches_spynnaker() -> None:
 
 def test_cost_is_real_time_and_energy_from_version5(compiled) -> None:  # type: ignore[no-untyped-def]
     """A step lasts batch x timesteps x timestep x time-scale factor, and its joules are
-    sPyNNaker's Version5 board energy: board idle + active cores + router packets."""
+    sPyNNaker's Version5 board energy: board idle + cores active for their busy time (the
+    step's neuron updates and synaptic events at Sharp et al.'s measured costs, at most
+    every placed core throughout) + router packets."""
     shape = Shape(Phase.SPIKING, batch=2, timesteps=100)
     c = compiled.cost(shape)
     assert c.seconds == pytest.approx(2 * 100 * 1e-3)
     e = compiled.energy(shape)
     k = energy.constants()
+    work = compiled.work(shape)
+    assert work.neuron_updates == compiled.network.neurons * 100 * 2
+    busy_j = (
+        work.neuron_updates * busy.MEASURED.neuron_update_j.value
+        + work.synaptic_events * busy.MEASURED.synaptic_event_j.value
+    )
+    cap_j = compiled.mapping.cores * c.seconds * k["core_active_w"].value
     expect = (
-        k["board_idle_w"].value * c.seconds
-        + compiled.mapping.cores * c.seconds * k["core_active_w"].value
-        + e.packets * k["packet_j"].value
+        k["board_idle_w"].value * c.seconds + min(busy_j, cap_j) + e.packets * k["packet_j"].value
     )
     assert c.joules == pytest.approx(expect, rel=1e-6)
+    assert e.cores_j == pytest.approx(min(busy_j, cap_j), rel=1e-6)
+    whole = compiled.energy(shape, busy_time=False)
+    assert whole.cores_j == pytest.approx(cap_j, rel=1e-6) and whole.busy_fraction == 1.0
     assert e.packets > 0 and e.chips_j < e.board_j
     slow = SpinnakerBackend().compile(compiled.model, _system(time_scale_factor=10))
     slow._cache = compiled._cache  # no second mapping needed for the arithmetic
@@ -248,7 +258,7 @@ def test_copies_run_samples_in_rounds_with_every_copy_active(compiled, small_mod
     one_round = three.cost(Shape(Phase.SPIKING, batch=3, timesteps=100))
     assert one_round.seconds == pytest.approx(t)
     assert three.cost(Shape(Phase.SPIKING, batch=4, timesteps=100)).seconds == pytest.approx(2 * t)
-    e = three.energy(Shape(Phase.SPIKING, batch=3, timesteps=100))
+    e = three.energy(Shape(Phase.SPIKING, batch=3, timesteps=100), busy_time=False)
     k = energy.constants()
     assert e.cores_j == pytest.approx(3 * compiled.mapping.cores * k["core_active_w"].value * t)
     assert e.idle_j == pytest.approx(k["board_idle_w"].value * t)

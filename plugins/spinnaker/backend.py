@@ -9,7 +9,9 @@ sPyNNaker config names a board), once per network and machine in a process. A st
   by the time-scale factor) and one mapped network takes the samples of a batch one after
   the other;
 * ``joules`` from sPyNNaker's energy model (:mod:`.energy`) for those seconds, the mapped
-  chips and cores, and the router packets of the spikes counted for the network (the
+  chips and cores, each core active for its busy time (:mod:`.busy`: the step's neuron
+  updates and synaptic events at measured per-operation costs, at most every core for
+  the whole step), and the router packets of the spikes counted for the network (the
   ``SPIKING`` ops' activity from the exact LIF simulator, PyNN on NEST with
   ``options.counter: nest``, or the board's own recorded spikes);
 * the power state ``compute``: the application cores run the network for those seconds
@@ -46,7 +48,7 @@ from xpusim.engine.graph import Collective, OpKind, Phase, Shape
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.spiking import SpikingModel
 from xpusim.engine.system import System
-from xpusim.plugins.spinnaker import energy, mapping, realtime
+from xpusim.plugins.spinnaker import busy, energy, mapping, realtime
 
 __all__ = ["SPINN5", "SpinnakerBackend", "SpinnakerCompiled"]
 
@@ -235,8 +237,14 @@ class SpinnakerCompiled(Compiled):
         seconds = rounds * shape.timesteps * self.dt_ms * 1e-3 * self.time_scale_factor
         per_step = self.spikes_per_step(shape)
         spikes = {k: v * shape.timesteps for k, v in per_step.items()}
-        e = energy.run_energy(self.mapping, seconds, spikes, self.copies)
+        e = energy.run_energy(self.mapping, seconds, spikes, self.copies, self.work(shape))
         return Cost(seconds=seconds, joules=e.board_j, breakdown={"compute": seconds})
+
+    def work(self, shape: Shape) -> busy.Work:
+        """What the cores do in one step of ``shape``: every LIF neuron updated each
+        timestep for each sample, and the synaptic events the activity counts."""
+        updates = float(self.network.neurons) * shape.timesteps * max(1, shape.batch)
+        return busy.Work(updates, self.synaptic_events(shape))
 
     def synaptic_events(self, shape: Shape) -> float:
         """Synaptic events of one step of ``shape`` (all timesteps, whole batch)."""
@@ -244,11 +252,14 @@ class SpinnakerCompiled(Compiled):
             sum(a["synaptic_events"] for a in _activity_attrs(self.model, shape)) * shape.timesteps
         )
 
-    def energy(self, shape: Shape) -> energy.RunEnergy:
-        """The energy breakdown of one step of ``shape``."""
+    def energy(self, shape: Shape, busy_time: bool = True) -> energy.RunEnergy:
+        """The energy breakdown of one step of ``shape``: cores active for their busy time
+        (:mod:`.busy`), or with ``busy_time=False`` every placed core active throughout
+        (sPyNNaker's figure without power monitors)."""
         c = self.cost(shape)
         spikes = {k: v * shape.timesteps for k, v in self.spikes_per_step(shape).items()}
-        return energy.run_energy(self.mapping, c.seconds, spikes, self.copies)
+        work = self.work(shape) if busy_time else None
+        return energy.run_energy(self.mapping, c.seconds, spikes, self.copies, work)
 
     def real_time(self) -> realtime.RealTime:
         """Whether the busiest core keeps up with one sample's synaptic events in real
@@ -309,6 +320,8 @@ class SpinnakerCompiled(Compiled):
         """The device's figures plus the energy model's constants."""
         out = super().figures_used()
         out.update({f"energy.{k}": v for k, v in energy.constants().items()})
+        out["busy.neuron_update_j"] = busy.MEASURED.neuron_update_j
+        out["busy.synaptic_event_j"] = busy.MEASURED.synaptic_event_j
         out["realtime.board_events_per_s"] = realtime.BOARD_EVENTS_PER_S
         out["realtime.core_events_per_s"] = realtime.core_capacity()
         return out

@@ -9,10 +9,12 @@ constants and the formula sPyNNaker's ``compute_energy_used`` applies after a ru
 * ``JOULES_PER_PACKET`` = 1 nJ (25 pJ/bit × 40 bits) per multicast packet per router.
 
 :func:`run_energy` calls ``Version5().get_active_energy`` itself with the mapping's chips
-and cores (every placed application core active for the whole run, as sPyNNaker assumes
-without power-monitor cores) and the router packets the counted spikes cause on the
-mapped multicast trees. A synaptic event has no separate figure in this model: its cost
-is the core time that processes it, which the active-core term covers.
+and cores and the router packets the counted spikes cause on the mapped multicast trees.
+Each core's active time is, given the run's :class:`~.busy.Work`, the time it is busy
+with that work (:mod:`.busy`: neuron updates and synaptic events at measured
+per-operation costs), as sPyNNaker's power monitors would sample it; without the work,
+every placed application core is active for the whole run, as sPyNNaker assumes when no
+power monitor runs (an upper bound).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from spinn_machine.version.version_5 import Version5
 
 from xpusim.engine.device import Figure
+from xpusim.plugins.spinnaker.busy import MEASURED, OpCosts, Work, busy
 from xpusim.plugins.spinnaker.mapping import Mapping
 
 SOURCE = "sPyNNaker 7.4.1 spinn_machine.version.version_5.Version5 / version_spin1.VersionSpin1"
@@ -56,7 +59,9 @@ def constants() -> dict[str, Figure]:
 class RunEnergy:
     """Joules of one run: ``board_j`` (what sPyNNaker reports as the boards' energy:
     board idle power plus active cores plus packets) and its parts; ``chips_j`` the
-    chips-only figure (idle power of the active chips instead of whole boards)."""
+    chips-only figure (idle power of the active chips instead of whole boards);
+    ``busy_fraction`` the placed cores' mean busy share of the run (1 when every core is
+    taken as active throughout)."""
 
     seconds: float
     board_j: float
@@ -65,6 +70,7 @@ class RunEnergy:
     cores_j: float
     packets_j: float
     packets: float
+    busy_fraction: float = 1.0
 
 
 def router_packets(
@@ -87,16 +93,29 @@ def router_packets(
 
 
 def run_energy(
-    mapping: Mapping, seconds: float, spikes: MappingT[str, float], copies: int = 1
+    mapping: Mapping,
+    seconds: float,
+    spikes: MappingT[str, float],
+    copies: int = 1,
+    work: Work | None = None,
+    costs: OpCosts = MEASURED,
 ) -> RunEnergy:
     """Energy of running ``mapping`` for ``seconds`` of machine time with ``spikes`` per
     population label, by ``Version5().get_active_energy`` (no frames: a board on a desk,
-    not a cabinet). ``copies`` of the mapped network run side by side: every copy's cores
-    are active (sPyNNaker's model counts core-seconds, wherever the cores sit), and the
-    chips-only figure counts the chips their cores fill."""
+    not a cabinet). ``copies`` of the mapped network run side by side (sPyNNaker's model
+    counts core-seconds, wherever the cores sit), and the chips-only figure counts the
+    chips their cores fill. With ``work`` each chip's cores are active for their share of
+    the busy core-seconds the work takes at ``costs`` (:func:`.busy.busy`); without it
+    every placed core is active for the whole run."""
     v = version5()
     c = constants()
-    active = {xy: (n * seconds * copies, n * copies) for xy, n in mapping.app_cores.items()}
+    fraction = 1.0
+    if work is not None:
+        placed = sum(mapping.app_cores.values()) * copies
+        fraction = busy(work, placed, seconds, costs).fraction
+    active = {
+        xy: (n * seconds * copies * fraction, n * copies) for xy, n in mapping.app_cores.items()
+    }
     chips = min(mapping.chips, max(mapping.chips_used, mapping.chips_for(copies)))
     packets = router_packets(mapping, spikes)
     board_j = v.get_active_energy(
@@ -126,4 +145,5 @@ def run_energy(
         cores_j=cores_j,
         packets_j=n_packets * c["packet_j"].value,
         packets=n_packets,
+        busy_fraction=fraction,
     )

@@ -35,8 +35,9 @@ applies, read from its source, to population sizes and rates:
   meter), or for a single boxed board its power supply overhead (5.04 W; sPyNNaker would
   also add a frame's active overhead when that one board sits in a spalloc frame, which a
   board on a desk does not); 0.034 W per active core above idle; 1 nJ per router packet.
-  Every placed core counts as active for the whole run, as sPyNNaker assumes when no
-  power monitor runs.
+  A core counts as active for its busy time (:mod:`.busy`), as sPyNNaker's power
+  monitors sample it; every placed core active for the whole run, as sPyNNaker assumes
+  when no power monitor runs, is the upper bound.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from dataclasses import dataclass
 from spinn_machine.version.version_5 import Version5
 
 from xpusim.engine.device import Figure
+from xpusim.plugins.spinnaker.busy import STATIC_SYNAPSES_PER_CORE_S
 from xpusim.plugins.spinnaker.energy import SOURCE as ENERGY_SOURCE
 from xpusim.plugins.spinnaker.mapping import CHIPS_PER_BOARD, MAX_LIF_PER_CORE, capacity_cores
 
@@ -76,13 +78,6 @@ RING_BUFFER_BITS = Figure(
     "ring buffer entries = 32Kb DTCM')",
 )
 """Bits of a core's ring-buffer index (atoms, synapse types and delay slots together)."""
-
-STATIC_SYNAPSES_PER_CORE_S = Figure(
-    13e6,
-    f"{_SPY} SynapseDynamicsStatic.synapses_per_second ('From Synapse-Centric Mapping of "
-    "Cortical Models to the SpiNNaker Neuromorphic Architecture', Knight & Furber 2016)",
-)
-"""Static synaptic events one synapse core processes per second of machine time."""
 
 BOARDS_PER_TRIAD = Figure(
     3.0,
@@ -249,10 +244,10 @@ def constants() -> MappingT[str, Figure]:
 
 
 def wall_power(
-    alloc: Allocation, active_cores: int, packets_per_s: float = 0.0, boxed: bool = True
+    alloc: Allocation, active_cores: float, packets_per_s: float = 0.0, boxed: bool = True
 ) -> WallPower:
-    """Power of ``alloc`` running ``active_cores`` busy cores and ``packets_per_s``
-    router packets per second, by sPyNNaker's ``Version5.get_active_energy`` for one
+    """Power of ``alloc`` running ``active_cores`` busy cores (a mean where cores are busy
+    part of the time, :mod:`.busy`) and ``packets_per_s`` router packets per second, by sPyNNaker's ``Version5.get_active_energy`` for one
     second: frames are charged when the job spans more than one board; a single board
     is charged its box's power supply when ``boxed``."""
     from xpusim.plugins.spinnaker.energy import constants as chip_constants
