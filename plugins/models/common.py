@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from xpusim.engine.errors import ScenarioError, UnsupportedError
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
@@ -19,6 +19,7 @@ from xpusim.engine.system import Parallelism
 __all__ = [
     "DTYPES",
     "SIZE_LIMITS",
+    "ModelDtype",
     "SizeLimit",
     "TracedModelGraph",
     "adam_op",
@@ -29,6 +30,21 @@ __all__ = [
 
 DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
 """The dtypes a model block may name; tensors are priced at this width."""
+
+
+def _known_dtype(value: Any) -> Any:
+    """A dtype of :data:`DTYPES`, or a message naming the nearest one."""
+    if isinstance(value, str) and value not in DTYPES:
+        raise ValueError(unknown_message("dtype", value, list(DTYPES)))
+    return value
+
+
+ModelDtype = Annotated[
+    Literal["fp32", "fp16", "bf16", "fp8", "int8"], BeforeValidator(_known_dtype)
+]
+"""A model's number format (``dtype``, ``kv_dtype``): one of :data:`DTYPES`, an unknown one
+refused naming the nearest (``fp9``: did you mean ``fp8``?). Other scheme names in
+``model.dtype`` (``fp4``, ``w4a16``) are precisions the scenario loader resolves first."""
 
 ADAM_FLOPS_PER_PARAM = 12
 """FLOPs charged per parameter for one Adam update (two moment updates, bias correction,

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.model import ModelFamily
 from xpusim.engine.trust import load_factory, run_user
-from xpusim.plugins.models.common import TracedModelGraph, validate_spec
+from xpusim.plugins.models.common import ModelDtype, TracedModelGraph, validate_spec
 
 __all__ = ["FAMILIES", "InputSpec", "TorchModel", "TorchModelConfig"]
 
@@ -68,7 +68,7 @@ class TorchModelConfig(BaseModel):
     module: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, InputSpec] | list[InputSpec]
-    dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
+    dtype: ModelDtype = "bf16"
 
     @field_validator("module")
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -24,6 +24,7 @@ from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.system import Parallelism, divisors, near_divisors
 from xpusim.plugins.models.common import (
     EagerCounted,
+    ModelDtype,
     adam_op,
     backward_ops,
     recompute_ops,
@@ -51,7 +52,7 @@ class EncoderConfig(BaseModel):
     seq_len: PositiveInt = 512
     type_vocab: PositiveInt = 2
     norm_eps: float = 1e-12
-    dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
+    dtype: ModelDtype = "bf16"
 
     @model_validator(mode="after")
     def _check(self) -> EncoderConfig:

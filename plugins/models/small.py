@@ -15,7 +15,7 @@ from torch import nn
 
 from xpusim.engine.graph import Shape
 from xpusim.engine.model import ModelFamily
-from xpusim.plugins.models.common import TracedModelGraph, torch_dtype, validate_spec
+from xpusim.plugins.models.common import ModelDtype, TracedModelGraph, torch_dtype, validate_spec
 from xpusim.plugins.models.vision import ImageModelGraph
 
 __all__ = ["FAMILIES", "CNNConfig", "MLPConfig"]
@@ -32,7 +32,7 @@ class MLPConfig(BaseModel):
     sizes: list[PositiveInt] = Field(default=[784, 512, 512, 10], min_length=2)
     activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
     bias: bool = True
-    dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
+    dtype: ModelDtype = "bf16"
 
 
 class MLP(nn.Module):
@@ -63,7 +63,7 @@ class CNNConfig(BaseModel):
     image_size: PositiveInt = 32
     kernel: PositiveInt = 3
     num_classes: PositiveInt = 10
-    dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
+    dtype: ModelDtype = "bf16"
 
     @model_validator(mode="after")
     def _check(self) -> CNNConfig:

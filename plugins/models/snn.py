@@ -42,7 +42,7 @@ from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.qty import Duration, Rate
 from xpusim.engine.spiking import SpikingModel
 from xpusim.engine.system import Parallelism
-from xpusim.plugins.models.common import MAX_LAYERS, SizeLimit, validate_spec
+from xpusim.plugins.models.common import MAX_LAYERS, ModelDtype, SizeLimit, validate_spec
 
 __all__ = [
     "FAMILIES",
@@ -86,7 +86,7 @@ class SnnConfig(BaseModel):
     :data:`~xpusim.plugins.models.common.MAX_LAYERS` layers (see ``validate_spec``)."""
 
     name: str = "snn"
-    dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
+    dtype: ModelDtype = "bf16"
     inputs: int = Field(gt=0, le=10_000_000)
     layers: list[int]
     input_rate: Rate = 20.0

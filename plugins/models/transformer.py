@@ -43,6 +43,7 @@ from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.system import Parallelism, divisors, near_divisors
 from xpusim.plugins.models.common import (
     EagerCounted,
+    ModelDtype,
     adam_op,
     backward_ops,
     collective,
@@ -197,8 +198,8 @@ class DecoderConfig(BaseModel):
     """Attention-logit soft-capping ``c·tanh(s/c)`` (Gemma 2): extra work per score."""
     final_softcap: float | None = None
     """Final-logit soft-capping (Gemma 2): one elementwise pass over the logits."""
-    dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
-    kv_dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] | None = None
+    dtype: ModelDtype = "bf16"
+    kv_dtype: ModelDtype | None = None
     """Element type of the KV cache. ``None`` (default) follows ``dtype`` for 16/32-bit
     models and keeps a 16-bit (``bf16``) cache for ``fp8``/``int8`` models: weight and
     activation quantization leaves the cache in 16 bits unless an 8-bit cache is asked for

@@ -9,7 +9,7 @@ ELEMENTWISE ops, the pools POOL ops and the classifier a MATMUL.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
@@ -17,7 +17,7 @@ from torch import nn
 
 from xpusim.engine.graph import Shape
 from xpusim.engine.model import ModelFamily
-from xpusim.plugins.models.common import TracedModelGraph, torch_dtype, validate_spec
+from xpusim.plugins.models.common import ModelDtype, TracedModelGraph, torch_dtype, validate_spec
 from xpusim.plugins.models.presets import VISION_SOURCES
 
 __all__ = ["FAMILIES", "ResNet", "ResNetConfig", "ResNetModel"]
@@ -40,7 +40,7 @@ class ResNetConfig(BaseModel):
     image_size: PositiveInt = 224
     in_channels: PositiveInt = 3
     num_classes: PositiveInt = 1000
-    dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
+    dtype: ModelDtype = "bf16"
 
 
 class _Basic(nn.Module):
