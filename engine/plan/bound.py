@@ -13,26 +13,17 @@ optimistic bound: a configuration whose replicas cannot reach the offered rate e
 this rate is pruned without simulating it, and the search for the fewest replicas
 starts from ``ceil(rate / bound)``.
 
-The request mix (mean prompt and output tokens) is read from the workload's arrival
-process (``workload.arrivals.prompt_tokens`` / ``output_tokens``), sampled with a fixed
-seed so clipping is counted exactly; a trace-driven workload has no mix to read here and
-gets no bound (its search starts from one replica).
+The request mix (mean prompt and output tokens) is what the workload declares in its plan
+knobs (:class:`~xpusim.engine.workload.PlanKnobs`); a workload that does not know it
+before simulating (a trace) gets no bound (its search starts from one replica).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
 
 from xpusim.engine.backend import Compiled
 from xpusim.engine.graph import Phase, Shape
-
-_SAMPLES = 20_000
-_SEED = 20261205
 
 
 @dataclass(frozen=True)
@@ -41,46 +32,6 @@ class Mix:
 
     prompt: float
     output: float
-
-
-def _mean_tokens(dist: Mapping[str, Any]) -> float | None:
-    """The mean of one token-length distribution of the arrival process, or ``None``."""
-    rng = np.random.default_rng(_SEED)
-    kind = dist.get("dist")
-    lo = float(dist.get("min", 1) or 1)
-    hi = float(dist.get("max") or math.inf)
-    if kind == "constant" and dist.get("value") is not None:
-        return float(dist["value"])
-    if kind == "lognormal" and dist.get("median") is not None:
-        sigma = float(dist.get("sigma", 1.0))
-        x = rng.lognormal(math.log(float(dist["median"])), sigma, _SAMPLES)
-    elif kind == "normal" and dist.get("mean") is not None:
-        x = rng.normal(float(dist["mean"]), float(dist.get("std", 0.0) or 0.0), _SAMPLES)
-    elif kind == "uniform" and dist.get("low") is not None and dist.get("high") is not None:
-        x = rng.uniform(float(dist["low"]), float(dist["high"]), _SAMPLES)
-    elif kind == "empirical" and dist.get("values"):
-        vals = np.asarray(dist["values"], dtype=float)
-        w = np.asarray(dist.get("weights") or np.ones(len(vals)), dtype=float)
-        return float(np.clip(vals, lo, hi) @ (w / w.sum()))
-    else:
-        return None
-    return float(np.clip(np.rint(x), lo, hi).mean())
-
-
-def request_mix(data: Mapping[str, Any]) -> Mix | None:
-    """The mean request of scenario ``data``'s arrival process, or ``None`` when the
-    workload has none (a trace) or a distribution this bound does not read."""
-    arrivals = dict(data.get("workload") or {}).get("arrivals")
-    if not isinstance(arrivals, Mapping):
-        return None
-    p = arrivals.get("prompt_tokens")
-    o = arrivals.get("output_tokens")
-    if not isinstance(p, Mapping) or not isinstance(o, Mapping):
-        return None
-    prompt, output = _mean_tokens(p), _mean_tokens(o)
-    if prompt is None or output is None:
-        return None
-    return Mix(prompt, output)
 
 
 @dataclass(frozen=True)

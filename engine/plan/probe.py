@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xpusim.engine.capacity import LoadPath, knee_steps, meets_slo, with_rate
+from xpusim.engine.capacity import knee_steps, meets_slo
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.executor import PointFailure
 from xpusim.engine.plan.space import DeviceTask, Shape, Space, config_data, device_space
 from xpusim.engine.run import load_point, simulate
 from xpusim.engine.sweep import worker_host
+from xpusim.engine.workload import Knob
 from xpusim.engine.yamlsrc import Source
 
 KEPT_METRICS = (
@@ -62,8 +63,8 @@ class ShapeTask:
     """What a worker needs to size one shape: picklable and self-contained.
 
     ``mode`` is ``count`` (fewest replicas at ``rate``; ``rate`` is ``None`` to keep the
-    workload's own load) or ``rate`` (highest rate at the most replicas); ``load`` says
-    where the rate lives in the scenario."""
+    workload's own load) or ``rate`` (highest rate at the most replicas); ``load`` is the
+    workload's load knob, which sets the rate."""
 
     shape: Shape
     base: dict[str, Any]
@@ -71,7 +72,7 @@ class ShapeTask:
     base_dir: str
     mode: str
     rate: float | None
-    load: LoadPath | None
+    load: Knob | None
     probes: int
     floor_devices: int = 1
     tolerance: float = 0.05
@@ -82,7 +83,7 @@ def simulate_config(task: ShapeTask, replicas: int, rate: float | None) -> dict[
     shape = task.shape
     data = config_data(task.base, shape, replicas)
     if rate is not None and task.load is not None:
-        data = with_rate(data, task.load, rate)
+        data = task.load.set(data, rate)
     count = replicas * shape.replica_devices
     row: dict[str, Any] = {
         **shape.params(),
@@ -303,7 +304,7 @@ def shape_task(
     device: DeviceTask,
     mode: str,
     rate: float | None,
-    load: LoadPath | None,
+    load: Knob | None,
     probes: int,
     floor_devices: int,
 ) -> ShapeTask:

@@ -26,22 +26,21 @@ from pathlib import Path
 from typing import Any
 
 from xpusim.engine import __version__
-from xpusim.engine.capacity import LoadPath, load_path, with_rate
 from xpusim.engine.errors import ScenarioError, XpusimError
 from xpusim.engine.executor import Executor, PointFailure
 from xpusim.engine.host import Host
 from xpusim.engine.plan import rank
-from xpusim.engine.plan.bound import request_mix
+from xpusim.engine.plan.bound import Mix
 from xpusim.engine.plan.probe import Pruned, prune_device, shape_task, size_shapes
 from xpusim.engine.plan.space import DeviceTask, Sizing, Space, device_tasks
 from xpusim.engine.plan.spec import PlanSpec, parse_plan
 from xpusim.engine.scenario import (
-    Scenario,
     apply_override,
     parse_set,
     read_scenario_data,
     resolve,
 )
+from xpusim.engine.workload import Knob, PlanKnobs
 from xpusim.engine.yamlsrc import Source
 
 
@@ -61,44 +60,92 @@ ProgressFn = Callable[[int, int], None]
 """``progress(devices_done, devices_total)``."""
 
 
-def prepare_base(data: Mapping[str, Any], spec: PlanSpec, src: Source) -> dict[str, Any]:
+def workload_knobs(data: Mapping[str, Any], src: Source, host: Host, base_dir: Path) -> PlanKnobs:
+    """The plan knobs the scenario's workload declares (:meth:`Workload.plan_knobs`), or a
+    :class:`PlanError` naming the workload when it declares none: it cannot be planned."""
+    plain = copy.deepcopy(dict(data))
+    for key in ("plan", "sweep", "capacity"):
+        plain.pop(key, None)
+    scenario = resolve(plain, src, host, base_dir=base_dir)
+    knobs = scenario.workload.plan_knobs(scenario.workload_config)
+    if knobs is None:
+        raise PlanError(
+            f"{src.where(('workload', 'kind'))}: the {scenario.workload.name!r} workload "
+            "declares no plan knobs (the load and batch settings a plan may vary), so it "
+            "cannot be planned. Plan a workload that declares them (serving does), or "
+            "compare chosen systems with xpusim run or xpusim sweep."
+        )
+    return knobs
+
+
+def _knob_value(knob: Knob, value: float, src: Source, where: tuple[str, ...]) -> None:
+    """Refuse a plan value outside the range the workload declares for its knob."""
+    why = knob.invalid(value)
+    if why:
+        raise PlanError(f"{src.where(where)}: {why} (the range the workload declares).")
+
+
+def prepare_base(
+    data: Mapping[str, Any], spec: PlanSpec, src: Source, knobs: PlanKnobs
+) -> dict[str, Any]:
     """The scenario every configuration is built on: ``data`` without its plan, sweep and
-    capacity blocks, with the plan's SLO, price tier, provider, request count and rate."""
+    capacity blocks, with the plan's SLO, price tier, provider, request count and rate,
+    each set through the knob the workload declares for it."""
     base = copy.deepcopy(dict(data))
     for key in ("plan", "sweep", "capacity"):
         base.pop(key, None)
-    workload = base.setdefault("workload", {})
     slo = spec.slo_data()
     if slo is not None:
-        workload["slo"] = slo
+        if knobs.slo is None:
+            raise PlanError(
+                f"{src.where(('plan', 'slo'))}: this workload declares no objectives block "
+                "a plan may set; leave plan.slo out."
+            )
+        base = _set_path(base, knobs.slo, slo)
     econ = base.setdefault("economics", {})
     if spec.tier is not None:
         econ.pop("pricing", None)
         econ["tier"] = spec.tier
     if spec.provider is not None:
         econ["provider"] = spec.provider
-    arrivals = workload.get("arrivals")
-    if spec.requests is not None:
-        if isinstance(arrivals, dict):
-            arrivals.pop("duration", None)
-            arrivals["count"] = spec.requests
-        elif isinstance(workload.get("trace"), dict):
-            workload["trace"]["limit"] = spec.requests
+    if spec.requests is not None and knobs.requests is not None:
+        _knob_value(knobs.requests, spec.requests, src, ("plan", "requests"))
+        base = knobs.requests.set(base, spec.requests)
+    for batch in spec.max_batch or []:
+        _knob_value(batch_knob(knobs, src), batch, src, ("plan", "max_batch"))
     if isinstance(spec.load.rate, float):
-        if not isinstance(arrivals, dict):
-            raise ScenarioError(
-                f"{src.where(('plan', 'load', 'rate'))}: a rate needs an arrival process "
-                "(workload.arrivals); this workload replays a trace, so use load: {trace: "
-                "true}, or describe the traffic with workload.arrivals."
+        if knobs.rate is None:
+            raise PlanError(
+                f"{src.where(('plan', 'load', 'rate'))}: this workload's load cannot be set as "
+                "a rate (it replays its requests as written, a trace); use load: {trace: "
+                "true}, or describe the traffic as an arrival process."
             )
-        base = with_rate(base, LoadPath(("workload", "arrivals", "rate")), spec.load.rate)
+        _knob_value(knobs.rate, spec.load.rate, src, ("plan", "load", "rate"))
+        base = knobs.rate.set(base, spec.load.rate)
     return base
 
 
-def _slo(scenario: Scenario) -> tuple[float | None, float | None]:
-    """The workload's TTFT and TBT objectives (seconds), where it has them."""
-    slo = getattr(scenario.workload_config, "slo", None)
-    return getattr(slo, "ttft_p99", None), getattr(slo, "tbt_p99", None)
+def batch_knob(knobs: PlanKnobs, src: Source) -> Knob:
+    """The batch-limit knob ``plan.max_batch`` sets (the one named ``max_batch``)."""
+    knob = knobs.batch.get("max_batch")
+    if knob is None:
+        raise PlanError(
+            f"{src.where(('plan', 'max_batch'))}: this workload declares no batch limit named "
+            f"max_batch (it declares: {', '.join(knobs.batch) or 'none'}); a plan needs one."
+        )
+    return knob
+
+
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """``data`` with ``value`` at key ``path`` (intermediate mappings made as needed)."""
+    node = data
+    for key in path[:-1]:
+        nxt = node.get(key)
+        if not isinstance(nxt, dict):
+            nxt = node[key] = {}
+        node = nxt
+    node[path[-1]] = value
+    return data
 
 
 def empty_space_message(space: Space, src: Source) -> str:
@@ -154,19 +201,24 @@ def run_plan(
         key, value = parse_set(item)
         apply_override(data, key, value, f"--set {item}")
     spec = parse_plan(data.get("plan"), src)
-    base = prepare_base(data, spec, src)
+    knobs = workload_knobs(data, src, host, path.parent)
+    base = prepare_base(data, spec, src, knobs)
     scenario = resolve(copy.deepcopy(base), src, host, base_dir=path.parent)
-    ttft, tbt = _slo(scenario)
+    knobs = scenario.workload.plan_knobs(scenario.workload_config) or knobs
+    ttft, tbt = knobs.ttft_s, knobs.tbt_s
     if ttft is None and tbt is None:
         raise PlanError(
             f"{src.where(('plan',))}: a plan needs an SLO to meet; set plan.slo (for "
             "example {ttft_p99: 2 s}) or workload.slo."
         )
     rate = spec.load.rate if isinstance(spec.load.rate, float) else None
-    kv_fraction = float(getattr(scenario.workload_config, "kv_memory_fraction", 0.9) or 0.9)
-    sizing = Sizing(request_mix(base), rate, ttft, kv_fraction, tbt)
+    mix = None
+    if knobs.mean_prompt_tokens is not None and knobs.mean_output_tokens is not None:
+        mix = Mix(knobs.mean_prompt_tokens, knobs.mean_output_tokens)
+    sizing = Sizing(mix, rate, ttft, knobs.kv_memory_fraction, tbt)
     econ = scenario.config.economics
-    dev_tasks, pruned = device_tasks(base, scenario, host, spec, econ, sizing)
+    batch = batch_knob(knobs, src)
+    dev_tasks, pruned = device_tasks(base, scenario, host, spec, econ, sizing, batch)
     limit = max_configs if max_configs is not None else spec.max_configs
     shapes = sum(len(t.tensors or [1]) * len(spec.pipeline) * len(t.batches) for t in dev_tasks)
     worst = shapes * spec.probes
@@ -180,11 +232,12 @@ def run_plan(
             "plan.max_configs or pass --max-configs."
         )
     mode = "rate" if spec.load.highest else "count"
-    where = load_path(base) if mode == "rate" else None
+    where = knobs.rate if mode == "rate" else None
     if mode == "rate" and where is None:
         raise PlanError(
-            f"{src.where(('plan', 'load'))}: rate: max needs an arrival process "
-            "(workload.arrivals) whose rate the plan can raise."
+            f"{src.where(('plan', 'load'))}: rate: max needs a load the plan can raise, and "
+            "this workload's load cannot be set as a rate (it replays a trace as written); "
+            "describe the traffic as an arrival process."
         )
     timings = {"prepare_s": time.perf_counter() - started}
     space, rows, rounds = _search(
@@ -241,7 +294,7 @@ def _search(
     executor: Executor,
     mode: str,
     rate: float | None,
-    where: LoadPath | None,
+    where: Knob | None,
     spec: PlanSpec,
     workers: int | None,
     address: str | None,

@@ -1,7 +1,8 @@
 """The search space of a plan and what is pruned from it before anything is simulated.
 
 A *shape* is one way to build a configuration: a device, a tensor and pipeline degree (a
-replica spans ``tensor x pipeline`` devices) and a scheduler batch limit; the search then
+replica spans ``tensor x pipeline`` devices) and a batch limit (set through the workload's
+``max_batch`` knob, :class:`~xpusim.engine.workload.PlanKnobs`); the search then
 picks its number of replicas. Shapes are pruned, each with the reason recorded, when:
 
 * the device's backend does not support the model or workload;
@@ -37,6 +38,7 @@ from xpusim.engine.registry import unknown_message
 from xpusim.engine.run import prepare
 from xpusim.engine.scenario import Scenario, resolve
 from xpusim.engine.sweep import worker_host
+from xpusim.engine.workload import Knob
 from xpusim.engine.yamlsrc import Source
 
 BOUND_MARGIN = 1.5
@@ -81,6 +83,7 @@ class Shape:
     bound_per_s: float | None = None
     min_replicas: int = 1
     max_replicas: int = 1
+    batch_knob: Knob | None = None
 
     @property
     def replica_devices(self) -> int:
@@ -120,13 +123,11 @@ def system_data(shape: Shape, replicas: int) -> dict[str, Any]:
 
 def config_data(base: Mapping[str, Any], shape: Shape, replicas: int) -> dict[str, Any]:
     """Scenario ``base`` with one system: ``shape`` at ``replicas`` replicas and its batch
-    limit (``workload.scheduler.max_batch``)."""
+    limit (set through the workload's batch knob)."""
     data = copy.deepcopy(dict(base))
+    if shape.batch_knob is not None:
+        data = shape.batch_knob.set(data, shape.max_batch)
     data["systems"] = [system_data(shape, replicas)]
-    workload = data.setdefault("workload", {})
-    scheduler = workload.setdefault("scheduler", {})
-    if isinstance(scheduler, dict):
-        scheduler["max_batch"] = shape.max_batch
     return data
 
 
@@ -214,6 +215,7 @@ class DeviceTask:
     sizing: Sizing
     batches: tuple[int, ...]
     tensors: tuple[int, ...] | None = None
+    batch_knob: Knob | None = None
 
 
 def device_tasks(
@@ -223,12 +225,12 @@ def device_tasks(
     spec: PlanSpec,
     econ: EconomicsConfig,
     sizing: Sizing,
+    batch_knob: Knob,
 ) -> tuple[list[DeviceTask], list[dict[str, Any]]]:
     """The plan's devices as tasks, and those pruned at once: unsupported, or with no
-    price at the tier (a plan ranks by cost)."""
-    batches = spec.max_batch or [
-        int(scenario.workload.shape_hint(scenario.workload_config).get("batch", 1))
-    ]
+    price at the tier (a plan ranks by cost). The batch limits are the plan's, else the
+    workload's own (``batch_knob``'s current value)."""
+    batches = spec.max_batch or [int(batch_knob.current or 1)]
     tasks: list[DeviceTask] = []
     pruned: list[dict[str, Any]] = []
     src = scenario.path or Path(scenario.source.file)
@@ -257,6 +259,7 @@ def device_tasks(
                     sizing,
                     tuple(batches),
                     tensors,
+                    batch_knob,
                 )
             )
     return tasks, pruned
@@ -282,6 +285,7 @@ def device_space(task: DeviceTask) -> Space:
         for pipeline in spec.pipeline:
             for batch in task.batches:
                 shape = Shape(task.device, task.backend, tensor, pipeline, batch, task.price)
+                shape.batch_knob = task.batch_knob
                 kept += _consider(shape, task.base, scenario, host, spec, space, task.sizing)
     return space
 
