@@ -140,3 +140,22 @@ def test_free_memory_kv_fraction_gives_a_larger_cache() -> None:
     got = StackCompiled(inner, free).kv_capacity_tokens(0.9)
     assert got == pytest.approx(0.9 * (have - need) / per_tok, rel=1e-6, abs=2)
     assert got > StackCompiled(inner, total).kv_capacity_tokens(0.9)
+
+
+@pytest.mark.parametrize("name", ["tensorrt-llm-0.5", "tensorrt-llm-0.6"])
+def test_static_batch_cache_may_fill_the_memory_the_weights_leave(name: str) -> None:
+    """GptSession's contiguous KV cache is sized for exactly the static batch, so the
+    static-batch profiles let the cache hold every byte the weights, activations and
+    runtime leave (the 0.90 free fraction is the paged in-flight runtime's): a batch
+    fits when its cache does."""
+    inner = compiled()
+    prof = load_profile(name)
+    assert prof.scheduler["kind"] == "static"
+    assert prof.kv_fraction_of == "free" and prof.kv_memory_fraction == 1.0
+    assert "runtimeBuffers.cpp" in prof.sources["kv_memory_fraction"]
+    have = inner.system.device.memory_bytes.value
+    need = inner.fit(kv_tokens=0).need_bytes
+    per_tok = inner.model.kv_bytes_per_token
+    got = StackCompiled(inner, prof).kv_capacity_tokens(prof.kv_memory_fraction)
+    assert got == pytest.approx((have - need) / per_tok, rel=1e-6, abs=2)
+    assert got > StackCompiled(inner, load_profile("tensorrt-llm")).kv_capacity_tokens(0.9)

@@ -80,3 +80,17 @@ def test_a_server_row_without_its_rate_exits_2_naming_it(
 
 def test_every_shipped_row_is_well_formed() -> None:
     assert [p for r in VS.load_rows(VS.ROWS) for p in VS.row_problems(r)] == []
+
+
+def test_each_tensorrt_llm_row_names_the_release_it_was_measured_with() -> None:
+    """A row whose table says its data is from v0.5 (or that comes from the v0.5.0 page)
+    runs under stack tensorrt-llm-0.5, every other TensorRT-LLM static-batch row under
+    tensorrt-llm-0.6, and both profiles exist."""
+    profiles = {"tensorrt-llm-0.5", "tensorrt-llm-0.6"}
+    rows = [r for r in VS.load_rows(VS.ROWS) if str(r["stack"]).startswith("tensorrt-llm-0.")]
+    assert rows
+    for r in rows:
+        assert r["stack"] in profiles
+        where = f"{r['source']['location']} {r['source']['url']} {r['setup']}"
+        v05 = "data from v0.5" in where or "release/0.5.0" in where
+        assert r["stack"] == ("tensorrt-llm-0.5" if v05 else "tensorrt-llm-0.6"), r["id"]
