@@ -26,8 +26,17 @@ the prefill replicas); the ``steps`` and ``devices`` frames hold both pools (pre
 replicas first), so energy and cost count every device; the token gaps are the decode
 pool's plus each request's hand-off gap (first token to second).
 
-Not modelled: a transfer's contention with other transfers on the link, and pools of
-different devices (both pools are the system's device).
+Pools of different devices: a pool may name its own ``device`` (and ``backend``), so the
+prefill pool runs on one chip and the decode pool on another (H100s prefilling for H200s,
+say); each pool is compiled on its own device with that device's links, and the KV then
+crosses the network between nodes, the slower of the two devices' ``scale-out`` links
+(a ``scale-up`` link is refused: no node fabric joins two kinds of device). Each pool's
+busy energy is its own device's; the run's idle power and its price per device-hour are
+the system's device's (the economics prices one device kind per system), so name the
+system's device as the one whose price the comparison should use, and read the
+``prefill_device_s`` and ``decode_device_s`` device-seconds to price the pools apart.
+
+Not modelled: a transfer's contention with other transfers on the link.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.policies import SchedulerSpec, ServingRun, ServingTechnique
 from xpusim.engine.qty import Bandwidth, DurationOrZero
-from xpusim.engine.system import Parallelism, System
+from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.engine.workload import WorkloadContext
 from xpusim.plugins.workloads.serving.world import ServingResult, simulate_serving
 from xpusim.plugins.workloads.serving.wrapped import WrappedCompiled
@@ -57,12 +66,23 @@ BIG_BUDGET = 1 << 40
 
 
 class Pool(BaseModel):
-    """One pool: its devices and the tensor parallelism of its replicas."""
+    """One pool: its devices and the tensor parallelism of its replicas.
+
+    ``device`` names the pool's device (a device of ``backend``, by default the system's
+    backend); left out, the pool runs on the system's device. Pools of different devices
+    sit in different nodes: the KV crosses the network between them.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     count: int = Field(ge=1)
     tensor: int = Field(default=1, ge=1)
+    device: str | None = Field(
+        default=None, description="the pool's device; the system's if left out"
+    )
+    backend: str | None = Field(
+        default=None, description="the backend of `device`; the system's if left out"
+    )
 
 
 class Link(BaseModel):
@@ -101,6 +121,18 @@ DISAGG_METRICS: tuple[Metric, ...] = (
     ),
     detail("prefill_replicas", "Prefill replicas", description="replicas of the prefill pool"),
     detail("decode_replicas", "Decode replicas", description="replicas of the decode pool"),
+    detail(
+        "prefill_device_s",
+        "Prefill pool device-seconds",
+        "s",
+        description="devices of the prefill pool x the run's span (to price that pool's device)",
+    ),
+    detail(
+        "decode_device_s",
+        "Decode pool device-seconds",
+        "s",
+        description="devices of the decode pool x the run's span (to price that pool's device)",
+    ),
 )
 """The metrics a disaggregated run adds."""
 
@@ -135,9 +167,69 @@ class Pools:
     latency: float
 
 
+def pool_system(system: System, role: str, pool: Pool, where: str) -> System:
+    """The sub-system of one pool: its devices (the system's, or the pool's ``device`` of
+    its ``backend``), count and tensor parallelism; a pool of another device gets that
+    device's own links (its node fabric inside a replica)."""
+    from xpusim.engine.host import default_host
+
+    sub = replace(
+        system,
+        name=f"{system.name}-{role}",
+        count=pool.count,
+        parallelism=Parallelism(tensor=pool.tensor),
+    )
+    backend = pool.backend or system.backend
+    if pool.device is None and backend == system.backend:
+        return sub
+    if pool.device is None:
+        raise XpusimError(
+            f"system {system.name!r}: {where} names backend {backend!r} but no device; add "
+            f"`device:` (a device of {backend!r}, `xpusim devices --backend {backend}`)."
+        )
+    spec = default_host().device(backend, pool.device, where=f"{where}.device")
+    up = spec.scale_up or spec.scale_out
+    out = spec.scale_out or spec.scale_up
+    if up is None or out is None:
+        if pool.tensor > 1:
+            raise XpusimError(
+                f"system {system.name!r}: {where}: device {spec.name!r} has no published "
+                f"link, so its replicas of tensor={pool.tensor} cannot be priced; use "
+                f"tensor: 1 or a device with a scale-up fabric."
+            )
+        topo = replace(system.topology, devices_per_node=spec.devices_per_node)
+    else:
+        topo = Topology.from_links(spec.devices_per_node, up, out)
+    return replace(sub, backend=backend, device=spec, topology=topo)
+
+
+def _between(spec: Disaggregation, system: System, ps: System, ds: System) -> tuple[float, float]:
+    """Bandwidth and latency of the link joining the pools: a stated one; the system's
+    ``scale-up`` fabric (pools of one device only); or the network between nodes, the
+    slower end's when the pools' devices differ."""
+    if isinstance(spec.link, Link):
+        return float(spec.link.bandwidth), float(spec.link.latency)
+    same = ps.device.name == ds.device.name and ps.backend == ds.backend
+    if spec.link == "scale-up":
+        if not same:
+            raise XpusimError(
+                f"system {system.name!r}: workload.disaggregation.link is scale-up, but the "
+                f"pools are {ps.device.name!r} and {ds.device.name!r} devices, which no node "
+                f"fabric joins; use `link: scale-out` or state one: {{bandwidth: 50 GB/s, "
+                f"latency: 5 us}}."
+            )
+        topo = system.topology
+        return float(topo.intra_bw), float(topo.intra_latency)
+    ends = [system.topology] if same else [ps.topology, ds.topology]
+    return (
+        float(min(t.inter_bw for t in ends)),
+        float(max(t.inter_latency for t in ends)),
+    )
+
+
 def pools(spec: Disaggregation, ctx: WorkloadContext) -> Pools:
-    """Compile the model on each pool of ``ctx.system``; refuse pools that do not add up
-    to the system or do not divide into replicas."""
+    """Compile the model on each pool of ``ctx.system`` (each on its own device); refuse
+    pools that do not add up to the system or do not divide into replicas."""
     from xpusim.engine.host import default_host
 
     system = ctx.system
@@ -154,27 +246,23 @@ def pools(spec: Disaggregation, ctx: WorkloadContext) -> Pools:
                 f"system {system.name!r}: workload.disaggregation.{name} has {pool.count} "
                 f"device(s) for replicas of tensor={pool.tensor}; use a multiple of {pool.tensor}."
             )
-    backend = default_host().backends.get(system.backend)
+    host = default_host()
 
     def compiled(name: str, pool: Pool) -> tuple[System, Compiled]:
-        sub = replace(
-            system,
-            name=f"{system.name}-{name}",
-            count=pool.count,
-            parallelism=Parallelism(tensor=pool.tensor),
-        )
-        return sub, backend.compile(ctx.model, sub)
+        sub = pool_system(system, name, pool, f"workload.disaggregation.{name}")
+        try:
+            return sub, host.backends.get(sub.backend).compile(ctx.model, sub)
+        except XpusimError as exc:
+            if sub.device is system.device:
+                raise
+            raise XpusimError(
+                f"system {system.name!r}: the {name} pool on {sub.device.name!r}: {exc}"
+            ) from None
 
     ps, pc = compiled("prefill", p)
     ds, dc = compiled("decode", d)
-    topo = system.topology
-    if isinstance(spec.link, Link):
-        bw, lat = spec.link.bandwidth, spec.link.latency
-    elif spec.link == "scale-up":
-        bw, lat = topo.intra_bw, topo.intra_latency
-    else:
-        bw, lat = topo.inter_bw, topo.inter_latency
-    return Pools(pc, DecodePoolCompiled(dc), ps, ds, float(bw), float(lat))
+    bw, lat = _between(spec, system, ps, ds)
+    return Pools(pc, DecodePoolCompiled(dc), ps, ds, bw, lat)
 
 
 def _requests(res: ServingResult) -> pl.DataFrame:
@@ -284,6 +372,8 @@ def serve(
         "kv_transfer_mean_s": float(moved.mean()) if moved.size else 0.0,
         "prefill_replicas": float(pool.prefill_system.replicas),
         "decode_replicas": float(pool.decode_system.replicas),
+        "prefill_device_s": float(pool.prefill_system.count * span),
+        "decode_device_s": float(pool.decode_system.count * span),
     }
     return frames, span, metrics
 

@@ -1,0 +1,131 @@
+"""Disaggregated pools of different devices: each pool priced on its own chip, the KV
+moved over the network between them, compared with colocated serving in one scenario."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from xpusim.engine.errors import XpusimError
+from xpusim.engine.host import Host
+from xpusim.engine.run import simulate
+from xpusim.engine.scenario import load_scenario
+from xpusim.engine.workload import WorkloadContext
+from xpusim.plugins.workloads.serving.disagg import Disaggregation, Link, pools
+
+SCENARIO = """
+name: hetero
+seed: 3
+model: {family: llama, preset: llama-3-8b, dtype: bf16}
+workload:
+  kind: serving
+  arrivals: {process: poisson, rate: 8/s, count: 160, prompt_tokens: {dist: lognormal, median: 2000, sigma: 0.4},
+             output_tokens: {dist: lognormal, median: 200, sigma: 0.4}}
+  disaggregation: {prefill: {count: 2}, decode: DECODE, link: LINK, systems: [h100-h100, h100-h200]}
+systems:
+  - {name: colocated, backend: gpu, device: h100-sxm, count: 4}
+  - {name: h100-h100, backend: gpu, device: h100-sxm, count: 4}
+  - {name: h100-h200, backend: gpu, device: h100-sxm, count: 4}
+"""
+
+
+def _runs(
+    host: Host, write_yaml: Callable[[str, str], Path], decode: str, link: str = "scale-out"
+) -> dict[str, Any]:
+    text = SCENARIO.replace("DECODE", decode).replace("LINK", link)
+    res = simulate(load_scenario(write_yaml(text, "hetero.yaml"), host), host)
+    return {r.name: r for r in res.systems}
+
+
+def test_a_decode_pool_of_h200s_decodes_faster_than_one_of_h100s(
+    host: Host, write_yaml: Callable[[str, str], Path]
+) -> None:
+    """Beside a colocated system, the split whose decode pool is H200s (4.8 TB/s against
+    3.35 TB/s) serves every request with a lower TPOT than the all-H100 split, while its
+    prefill pool, the same two H100s, runs exactly the same iterations; a decode step of
+    eight sequences is cheaper on the H200 pool."""
+    # two scenarios: an H100 decode pool and an H200 decode pool on the same system name
+    same = _runs(host, write_yaml, "{count: 2}")
+    mixed = _runs(host, write_yaml, "{count: 2, device: h200-sxm}")
+    col, h100, h200 = same["colocated"], same["h100-h200"], mixed["h100-h200"]
+    for r in (col, h100, h200):
+        assert r.status == "ok", r.reason
+        req = r.frames["requests"]
+        assert isinstance(req, pl.DataFrame) and (req["status"] == "ok").all()
+    assert h200.metrics["tpot_mean_s"] < h100.metrics["tpot_mean_s"]
+    assert h200.metrics["decode_replicas"] == h100.metrics["decode_replicas"] == 2
+    # the prefill pools are the same H100s serving the same arrivals
+    from polars.testing import assert_frame_equal
+
+    pre = [r.frames["steps"] for r in (h100, h200)]
+    assert isinstance(pre[0], pl.DataFrame) and isinstance(pre[1], pl.DataFrame)
+    assert_frame_equal(pre[0].filter(pl.col("replica") < 2), pre[1].filter(pl.col("replica") < 2))
+    # a decode step over the same sequences costs less on the H200 pool
+    steps = h200.frames["steps"]
+    steps100 = h100.frames["steps"]
+    assert isinstance(steps, pl.DataFrame) and isinstance(steps100, pl.DataFrame)
+
+    def decode_step_s(s: pl.DataFrame) -> float:
+        d = s.filter((pl.col("replica") >= 2) & (pl.col("batch") == 8))
+        return float(np.median((d["end_s"] - d["start_s"]).to_numpy()))
+
+    assert decode_step_s(steps) < decode_step_s(steps100)
+    # the colocated system is not split
+    assert "decode_replicas" not in col.metrics
+    assert h200.metrics["decode_device_s"] == pytest.approx(2 * h200.metrics["simulated_s"])
+
+
+def _ctx(host: Host, write_yaml: Callable[[str, str], Path]) -> WorkloadContext:
+    """The context of the scenario's colocated system (four H100s), as a run builds it."""
+    text = SCENARIO.replace("DECODE", "{count: 2}").replace("LINK", "scale-out")
+    sc = load_scenario(write_yaml(text, "ctx.yaml"), host)
+    system = sc.systems[0]
+    model = sc.model_for(system)
+    return WorkloadContext(
+        system=system,
+        compiled=host.backends.get("gpu").compile(model, system),
+        model=model,
+        seed=0,
+        base_dir=sc.base_dir,
+        resolve_trace=lambda spec: None,
+    )
+
+
+def test_the_kv_crosses_the_slower_network_of_the_two_devices(
+    host: Host, write_yaml: Callable[[str, str], Path]
+) -> None:
+    """Pools of one device use the system's network; pools of different devices the
+    slower of their two scale-out links; a scale-up link between two kinds of device is
+    refused with the fix; a stated link is used as stated."""
+    ctx = _ctx(host, write_yaml)
+    dis = Disaggregation.model_validate(
+        {"prefill": {"count": 2}, "decode": {"count": 2, "device": "mi300x"}}
+    )
+    p = pools(dis, ctx)
+    h100 = host.device("gpu", "h100-sxm")
+    mi = host.device("gpu", "mi300x")
+    assert h100.scale_out is not None and mi.scale_out is not None
+    assert p.bandwidth == min(h100.scale_out.bandwidth.value, mi.scale_out.bandwidth.value)
+    assert p.latency == max(h100.scale_out.latency.value, mi.scale_out.latency.value)
+    assert p.decode_system.device.name == "mi300x" and p.prefill_system.device.name == "h100-sxm"
+    up = dis.model_copy(update={"link": "scale-up"})
+    with pytest.raises(XpusimError, match="no node fabric joins"):
+        pools(up, ctx)
+    stated = dis.model_copy(update={"link": Link.model_validate({"bandwidth": "10 GB/s"})})
+    assert pools(stated, ctx).bandwidth == 10e9
+
+
+def test_an_unknown_pool_device_names_the_nearest(
+    host: Host, write_yaml: Callable[[str, str], Path]
+) -> None:
+    """A misspelled pool device is refused with the backend's devices and the nearest."""
+    dis = Disaggregation.model_validate(
+        {"prefill": {"count": 2}, "decode": {"count": 2, "device": "h200-sx"}}
+    )
+    with pytest.raises(XpusimError, match="Did you mean 'h200-sxm'"):
+        pools(dis, _ctx(host, write_yaml))
