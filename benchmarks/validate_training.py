@@ -24,7 +24,11 @@ rows:
 * the training step model (:mod:`xpusim.plugins.workloads.training.steps`): 1F1B pipeline with its bubble,
   tensor-parallel all-reduces inside each layer, pipeline sends with the scatter/gather
   optimization, and the data-parallel gradient all-reduce after the pipeline flush
-  (Megatron-LM 2021 did not overlap it: ``overlap_grad_reduce: false``).
+  (Megatron-LM 2021 did not overlap it: ``overlap_grad_reduce: false``);
+* the fp32 gradient accumulation of the 2021 code (``grad_accumulation: hook``): each
+  micro-batch's 16-bit gradients added into the fp32 ``main_grad`` by a backward hook
+  (``megatron/model/distributed.py``, ``param.main_grad.add_(param.grad.data)``), a
+  memory-bound kernel per micro-batch.
 
 Settings that Table 1 does not list, the same for every row (stated assumptions):
 micro-batch 1; full activation recomputation (the paper's FLOP count "includes activation
@@ -41,8 +45,9 @@ published training throughput figures beyond the 2021 table (Korthikanti et al. 
 Megatron-LM configurations up to 1T parameters with and without sequence parallelism and
 selective recomputation; the Megatron-LM README's GPT-3 175B example on 1,024 A100s;
 DeepSeek-V3's MoE / FP8 / expert-parallel / DualPipe pre-training; Nemotron-4 340B on 6,144
-H100s; OpenLLaMA 7B on TPU v4 with fully sharded data parallelism; Llama 2 7B at 32K to 1M
-tokens with ring context parallelism), each with its full parallel plan and source. The
+H100s; OpenLLaMA 7B on TPU v4 with fully sharded data parallelism; torchtitan's Llama 3.1
+8B and 405B at 32K to 256K tokens with context parallelism), each with its full parallel
+plan and source. A row's ``workload`` may set ``grad_accumulation`` (default ``fused``). The
 prediction of a row is the step time of its plan
 (:func:`xpusim.plugins.workloads.training.steps.step_time`) on its device and topology, on
 the row's ``backend`` (``gpu`` unless stated); the error is that of the throughput (measured
