@@ -38,6 +38,7 @@ from xpusim.plugins.workloads.training.steps import (
     grad_accumulation_seconds,
     step_time,
 )
+from xpusim.plugins.workloads.training.workload import TrainingConfig, make_plan
 
 
 @pytest.fixture(scope="module")
@@ -431,6 +432,12 @@ def test_unfused_fp32_grad_accumulation_is_memory_work_every_microbatch(host: An
     m = fused.microbatches
     assert hook.seconds - fused.seconds == pytest.approx(m * per_mb, rel=0.05)
     assert hook.device_s["memory"] > fused.device_s["memory"]
+    cfg = TrainingConfig.model_validate(
+        {"global_batch": 16, "steps": 1, "grad_accumulation": "hook"}
+    )
+    assert make_plan(cfg, model).grad_accumulation == "hook"
+    with pytest.raises(ValueError):
+        TrainingConfig.model_validate({"global_batch": 16, "steps": 1, "grad_accumulation": "x"})
 
 
 # --- the public validation table ------------------------------------------------------
