@@ -2,7 +2,8 @@
 
 A :class:`RunResult` holds one :class:`SystemResult` per candidate system. :func:`write_run`
 writes the contract's files (``summary.json``, ``summary.parquet``, ``requests.parquet`` or
-``steps.parquet``, ``devices.parquet``) and every registered reporter's files into a
+``steps.parquet``, ``devices.parquet``, a spiking run's ``operating_points.parquet``) and
+every registered reporter's files into a
 temporary sibling folder, then renames it into place in one step, so a crash or a
 ``kill -9`` never leaves a partial run folder behind.
 """
@@ -47,6 +48,11 @@ STATUSES = ("ok", "unsupported", "does-not-fit", "failed")
 
 FRAME_NAMES = ("requests", "steps", "devices")
 """Event frames a run folder may hold, one Parquet file each."""
+
+POINT_FRAMES = ("operating_points",)
+"""Small frames a workload computes beside its events (the spiking workload's operating
+points over offered load and input firing rate, with the schema that workload declares),
+written as ``<name>.parquet`` at every ``results.detail``."""
 
 
 @dataclass
@@ -312,6 +318,10 @@ def write_run(run: RunResult, out_dir: Path, reporters: Iterable[Reporter] = ())
         run.summary_frame().write_parquet(tmp / "summary.parquet")
         available = {n for n in FRAME_NAMES if any(n in s.frames for s in run.systems)}
         for name in frames_at(run.detail, available):
+            frame = run.frame(name)
+            if frame is not None:
+                _write_frame(frame, tmp / f"{name}.parquet")
+        for name in POINT_FRAMES:
             frame = run.frame(name)
             if frame is not None:
                 _write_frame(frame, tmp / f"{name}.parquet")

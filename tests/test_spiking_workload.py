@@ -296,3 +296,21 @@ def test_samples_run_in_turn_finish_one_after_the_other(model) -> None:  # type:
     run = SPIKING.simulate(cfg, _ctx(system, InTurnCompiled(system, model), model))
     assert run.frames["requests"]["latency_s"].to_list() == pytest.approx([0.1, 0.2, 0.3, 0.4])
     assert run.frames["steps"].height == 1
+
+
+def test_operating_points_land_in_the_run_folder_with_their_schema(model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The sweep's points are written to operating_points.parquet in the declared schema,
+    the same rows the run held, and the report's spiking section names the file."""
+    from xpusim.engine.report import html, markdown
+    from xpusim.engine.results import RunResult, SystemResult, write_run
+    from xpusim.plugins.workloads.spiking_sweep import OPERATING_POINTS_SCHEMA
+
+    sim = _sweep_run(model, rate="2/s", sweep={"samples": 20})
+    system = SystemResult("fake", "fake", "spinn-5", 1, metrics=sim.metrics, frames=sim.frames)
+    run = RunResult("s", 7, "0", [system], workload="spiking")
+    out = write_run(run, tmp_path / "run")
+    written = pl.read_parquet(out / "operating_points.parquet")
+    assert dict(written.schema) == OPERATING_POINTS_SCHEMA
+    assert_frame_equal(written, sim.frames["operating_points"])
+    assert "`operating_points.parquet`" in markdown.render_markdown(run)
+    assert "<code>operating_points.parquet</code>" in html.render_html(run)

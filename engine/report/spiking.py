@@ -364,6 +364,22 @@ def _sentences(run: RunResult) -> list[str]:
     return out
 
 
+POINTS_FILE = "operating_points.parquet"
+"""The run folder's file of every operating point (one row per system, axis and point, in
+the schema the spiking workload declares), which the crossover sentences rest on."""
+
+
+def _points_note(run: RunResult) -> str | None:
+    """Where the operating points behind the crossovers are kept, when the run has them."""
+    if run.frame("operating_points") is None:
+        return None
+    return (
+        f"Every operating point (energy per inference split static/active before PUE, p50 "
+        f"and p99 latency, synaptic events, capacity and real-time fit, per system, axis and "
+        f"point) is in {POINTS_FILE} in the run folder."
+    )
+
+
 def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
     cell = escape.markdown
     lines = ["| " + " | ".join(cell(h) for h in head) + " |"]
@@ -385,6 +401,9 @@ def markdown_section(run: RunResult) -> list[str]:
     out += _md_table(*_split_table(split_rows(run.systems)))
     out += ["", "### Where each platform wins", ""]
     out += [f"- {escape.markdown(x)}" for x in _sentences(run)]
+    note = _points_note(run)
+    if note:  # fixed text, no scenario content: the file name shown as code
+        out += ["", note.replace(POINTS_FILE, f"`{POINTS_FILE}`")]
     out += ["", "### Mapping facts and op counts", ""]
     out += _md_table(*_facts_table(run.systems))
     out.append("")
@@ -413,9 +432,14 @@ def html_section(run: RunResult) -> str:
         f"<figure>{svg}</figure>"
         if svg
         else '<p class="missing">No operating points are at hand: workload.sweep was '
-        "disabled, or the report was built from run folders, which do not keep them.</p>"
+        f"disabled, or the report was built from run folders (their {POINTS_FILE} is not "
+        "read back).</p>"
     )
     items = "".join(f"<li>{e(x)}</li>" for x in _sentences(run))
+    note = _points_note(run)
+    if note:
+        code = f"<code>{e(POINTS_FILE)}</code>"
+        items += "<li>" + e(note).replace(e(POINTS_FILE), code) + "</li>"
     return (
         '<h2 id="spiking">Spiking: energy per inference and where each platform wins</h2>\n'
         "<p>Energy per inference split into static (idle power over the span) and active "
