@@ -35,7 +35,10 @@ stages of ``v`` chunks, ``m = global_batch / (micro_batch · d)`` micro-batches)
    move between the ranks: ``ring`` sends each rank's K,V chunk ``c − 1`` times around
    the ring per layer (and K,V plus their gradients backward), overlapped with the
    attention core, so only the excess is exposed; ``all_gather`` gathers K,V before
-   attention (and reduce-scatters their gradients backward), exposed.
+   attention (and reduce-scatters their gradients backward), exposed. Either way the
+   attention core runs as one flash call per K,V chunk whose partial results are merged
+   by their log-sum-exp, measured slower than one call
+   (:data:`CP_ATTENTION_EFFICIENCY_FWD`, :data:`CP_ATTENTION_EFFICIENCY_BWD`).
 2b. **Expert parallelism** (``expert = e``): the model's graph holds ``1/e`` of each MoE
    layer's routed experts per device, with the all-to-all dispatch and combine of the
    routed tokens over the ``e`` ranks and the model's ``expert_imbalance``; routed-expert
@@ -134,6 +137,8 @@ from xpusim.plugins.workloads.training.stagecost import stage_cost_model
 
 __all__ = [
     "BUSY_KEYS",
+    "CP_ATTENTION_EFFICIENCY_BWD",
+    "CP_ATTENTION_EFFICIENCY_FWD",
     "FP8_GEMM_EFFICIENCY_RATIO",
     "StepTime",
     "fp8_gemm_speedup",
@@ -150,6 +155,22 @@ device: the median of the five NVIDIA parts measured with both in Stas Bekman's 
 Achievable Matmul FLOPS" tables (reference ``mamf_fp8_matmul_multi_gpu`` and
 ``mamf_bf16_matmul_multi_gpu``: H100 SXM 70.9 % / 80.3 % = 0.883, H200 73.4 / 80.3 =
 0.914, B300 74.5 / 78.6 = 0.948, B200 76.3 / 77.6 = 0.983, GB200 72.3 / 72.9 = 0.992)."""
+
+
+CP_ATTENTION_EFFICIENCY_FWD = 0.931
+"""Speed of a context-parallel attention core's forward (one flash-attention call per
+key/value chunk, partial results merged by their log-sum-exp, load-balanced causal
+split) over the same attention in one call on one device's share of the work. From the
+ring-flash-attention benchmark (``benchmark/benchmark_qkvpacked_func.py``, zigzag ring
+on 8 GPUs against ``flash_attn`` running 1/8 of the work, README of
+zhuzilin/ring-flash-attention and feifeibear/long-context-attention): forward 283.0 of
+302.3 iter/s on H800 (0.936) and 179.0 of 193.2 on A100 (0.927); the mean. The ring's
+rate includes its K,V exchange over NVLink, which that benchmark hides behind the
+computation; the exposed excess a slower link leaves is charged apart."""
+CP_ATTENTION_EFFICIENCY_BWD = 0.820
+"""The same for the backward, from the same table's forward + backward rates: on H800
+the single call takes 1/88.2 − 1/302.3 = 8.030 ms backward, the zigzag ring 1/75.7 −
+1/283.0 = 9.677 ms (0.830); on A100 11.831 ms against 14.615 ms (0.810); the mean."""
 
 
 def fp8_gemm_speedup(compiled: Compiled) -> float:
@@ -349,6 +370,16 @@ def step_time(
         if cp > 1:
             attn_f = k * scm.forward.layer_attention_compute_s / cp
             attn_b = k * scm.backward.layer_attention_compute_s / cp
+            # the attention core runs as one flash call per K,V chunk, merged by their
+            # log-sum-exp: slower than one call over the whole sequence
+            st.fwd["compute"] = st.fwd.get("compute", 0.0) + attn_f * (
+                1.0 / CP_ATTENTION_EFFICIENCY_FWD - 1.0
+            )
+            st.bwd["compute"] = st.bwd.get("compute", 0.0) + attn_b * (
+                1.0 / CP_ATTENTION_EFFICIENCY_BWD - 1.0
+            )
+            attn_f /= CP_ATTENTION_EFFICIENCY_FWD
+            attn_b /= CP_ATTENTION_EFFICIENCY_BWD
             if plan.context_comm == "ring":
                 hop_f = comms.context(Collective.SEND_RECV, kv_b)
                 hop_b = comms.context(Collective.SEND_RECV, 2 * kv_b)
