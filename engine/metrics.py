@@ -475,8 +475,28 @@ ENGINE_METRICS: tuple[Metric, ...] = (
         "KV cache per token",
         "KB",
         scale=1e-3,
-        description="KV-cache bytes of one token over all layers, before sharding",
+        description="KV-cache bytes of one token over all layers, before sharding (for a "
+        "model with sliding-window layers, each of the first kv_window_tokens tokens)",
         order=953,
+        table=False,
+    ),
+    Metric(
+        "kv_bytes_per_token_full_layers",
+        "KV cache per token, full-attention layers",
+        "KB",
+        scale=1e-3,
+        description="KV-cache bytes of one token over the full-attention layers only, before "
+        "sharding: what each token past the window adds (models with sliding-window layers)",
+        order=954,
+        table=False,
+    ),
+    Metric(
+        "kv_window_tokens",
+        "KV window",
+        "tokens",
+        description="tokens a sliding-window layer's KV cache keeps at most (models with "
+        "sliding-window layers)",
+        order=955,
         table=False,
     ),
     detail(

@@ -31,6 +31,11 @@ class ModelInfo:
     ``encoder``, ``vision``, ``mlp``, ``spiking`` (plugins may add others).
     ``params`` counts all parameters; ``active_params`` those used per token (MoE).
     ``kv_bytes_per_token`` is the KV cache of one token over all layers, unsharded.
+    ``kv_window`` is the number of most recent tokens a sliding-window layer's cache keeps
+    (0: the model has no such layers) and ``kv_window_bytes_per_token`` the share of
+    ``kv_bytes_per_token`` those layers hold, so a sequence of ``c`` tokens caches
+    :meth:`kv_sequence_bytes` ``= (kv_bytes_per_token - kv_window_bytes_per_token) × c +
+    kv_window_bytes_per_token × min(c, kv_window)`` bytes.
     ``flops_per_token`` is forward FLOPs per token at zero context (2·active params plus
     attention projections; attention over context is added per shape).
     """
@@ -47,6 +52,21 @@ class ModelInfo:
     layers: int = 0
     max_seq_len: int = 0
     config: Mapping[str, Any] = field(default_factory=dict)
+    kv_window: int = 0
+    kv_window_bytes_per_token: float = 0.0
+
+    @property
+    def kv_full_bytes_per_token(self) -> float:
+        """KV bytes per token of the layers that keep every token (all of them when the
+        model has no sliding-window layers)."""
+        return self.kv_bytes_per_token - self.kv_window_bytes_per_token
+
+    def kv_sequence_bytes(self, tokens: int) -> float:
+        """KV-cache bytes of one sequence of ``tokens`` tokens over all layers, unsharded:
+        full-attention layers keep every token, sliding-window layers at most
+        ``kv_window``."""
+        kept = min(tokens, self.kv_window) if self.kv_window else tokens
+        return self.kv_full_bytes_per_token * tokens + self.kv_window_bytes_per_token * kept
 
 
 BACKWARD_PREFIXES = ("bwd.", "recompute.")
@@ -174,7 +194,9 @@ class ModelGraph(ABC):
 def model_facts(model: ModelGraph, parallel: Parallelism) -> dict[str, float]:
     """The model figures every system's summary carries: total and active parameters,
     the weight bytes one device holds under ``parallel`` and, for a model with a KV cache,
-    its bytes per token over all layers."""
+    its bytes per token over all layers; for a model with sliding-window layers also the
+    bytes per token of its full-attention layers (what each token past the window adds)
+    and the window those layers' caches stop at."""
     info = model.info
     facts = {
         "model_params": float(info.params),
@@ -183,6 +205,9 @@ def model_facts(model: ModelGraph, parallel: Parallelism) -> dict[str, float]:
     }
     if info.kv_bytes_per_token > 0:
         facts["kv_bytes_per_token"] = float(info.kv_bytes_per_token)
+        if info.kv_window:
+            facts["kv_bytes_per_token_full_layers"] = float(info.kv_full_bytes_per_token)
+            facts["kv_window_tokens"] = float(info.kv_window)
     return facts
 
 

@@ -611,14 +611,14 @@ class DecoderModel(EagerCounted):
 
     def kv_bytes(self, tokens: int) -> float:
         """KV-cache bytes of one sequence of ``tokens`` tokens over all layers: full
-        layers keep every token, sliding-window layers at most ``sliding_window``."""
-        c = self.cfg
-        per_layer = self._kv_per_layer_token()
-        total = 0.0
-        for i in range(c.layers):
-            kept = min(tokens, c.sliding_window or tokens) if c.is_sliding(i) else tokens
-            total += kept * per_layer
-        return total
+        layers keep every token, sliding-window layers at most ``sliding_window``
+        (:meth:`~xpusim.engine.model.ModelInfo.kv_sequence_bytes`)."""
+        return self.info.kv_sequence_bytes(tokens)
+
+    @property
+    def sliding_layers(self) -> int:
+        """How many layers attend over a sliding window (their KV cache stops at it)."""
+        return sum(1 for i in range(self.cfg.layers) if self.cfg.is_sliding(i))
 
     def _kv_per_layer_token(self) -> float:
         """KV bytes one layer caches per token: K and V of every KV head, or for MLA the
@@ -642,6 +642,7 @@ class DecoderModel(EagerCounted):
         gemm_per_tok = c.layers * attn_gemm + sum(m[2] for m in mlps)
         config = c.model_dump()
         config["mtp_params"] = self._mtp_params()
+        sliding = self.sliding_layers if c.sliding_window else 0
         return ModelInfo(
             name=c.name,
             family=self.family,
@@ -651,6 +652,8 @@ class DecoderModel(EagerCounted):
             active_params=float(active),
             param_bytes=float(total * e),
             kv_bytes_per_token=c.layers * self._kv_per_layer_token(),
+            kv_window=(c.sliding_window or 0) if sliding else 0,
+            kv_window_bytes_per_token=sliding * self._kv_per_layer_token(),
             flops_per_token=float(2 * (gemm_per_tok + c.vocab * c.hidden)),
             layers=c.layers,
             max_seq_len=c.seq_len,

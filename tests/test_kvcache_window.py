@@ -1,0 +1,130 @@
+"""Sliding-window layers cap their KV cache at the window: a sequence of ``c`` tokens caches
+``full layers × c + window layers × min(c, window)`` tokens, counted in pages; the model's
+facts say both per-token figures and the window; attention in those layers reads only the
+window. Checked on Gemma 3 27B (62 layers, 10 full, 52 with a 1,024-token window)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.host import Host
+from xpusim.engine.model import model_facts
+from xpusim.engine.scenario import load_scenario
+from xpusim.engine.system import Parallelism
+from xpusim.plugins.models.counting import causal_pairs, window_pairs
+from xpusim.plugins.workloads.serving.kvcache import KVLayout, PagedKVCache
+
+Writer = Callable[..., Path]
+
+SCENARIO = """\
+name: gemma-long-context
+model: {family: hf, preset: gemma-3-27b}
+workload:
+  kind: serving
+  arrivals: {process: poisson, rate: 1/s, count: 4,
+             prompt_tokens: {dist: constant, value: 32000},
+             output_tokens: {dist: constant, value: 16}}
+systems:
+  - {name: h200, backend: gpu, device: h200}
+"""
+
+PER_LAYER = 2 * 16 * 128 * 2  # K and V, 16 KV heads of 128, bf16
+
+
+def test_gemma3_facts_name_both_per_token_figures(host: Host) -> None:
+    """Gemma 3 27B caches 62 layers' worth per token up to the window and 10 layers' worth
+    per token past it; the summary facts carry both and the window."""
+    m = host.models.get("hf").configure({"preset": "gemma-3-27b"})
+    info = m.info
+    assert (info.kv_window, info.kv_bytes_per_token) == (1024, 62 * PER_LAYER)
+    assert info.kv_full_bytes_per_token == 10 * PER_LAYER
+    assert info.kv_sequence_bytes(32_000) == PER_LAYER * (10 * 32_000 + 52 * 1024)
+    assert info.kv_sequence_bytes(800) == PER_LAYER * 62 * 800
+    facts = model_facts(m, Parallelism())
+    assert facts["kv_bytes_per_token"] == 62 * PER_LAYER
+    assert facts["kv_bytes_per_token_full_layers"] == 10 * PER_LAYER
+    assert facts["kv_window_tokens"] == 1024
+    llama = host.models.get("llama").configure({"preset": "llama-2-7b"})
+    assert "kv_window_tokens" not in model_facts(llama, Parallelism())
+    assert KVLayout.of(llama.info) == KVLayout(32)
+
+
+def test_layout_counts_pages_and_frees_those_behind_the_window() -> None:
+    """A sliding layer holds the pages its last ``window`` tokens touch; each full layer
+    every page; one more token costs a page per layer at a boundary and gives back the
+    window's oldest page when it leaves."""
+    lay = KVLayout(10, 52, 1024)
+    cache = PagedKVCache(1000, 16, lay)
+    assert cache.total_blocks == 1000 * 62
+    assert cache.blocks(0) == 0
+    assert cache.blocks(100) == 62 * 7  # inside the window: every layer, 7 pages
+    assert cache.blocks(32_768) == 10 * 2048 + 52 * 64  # aligned: the window is 64 pages
+    assert cache.blocks(32_770) == 10 * 2049 + 52 * 65  # straddling: 65 pages
+    assert cache.step_blocks(32_768) == 10 + 52  # a new page for every layer
+    assert cache.step_blocks(32_769 + 14) == -52  # the window's oldest page is freed
+    lengths = np.array([0, 1, 15, 16, 17, 1023, 1024, 1025, 1040, 5000, 32_770])
+    assert cache.blocks_of(lengths).tolist() == [cache.blocks(int(n)) for n in lengths]
+    for n in (1, 1024, 1041, 5000):  # pages sum to the tokens' steps
+        assert sum(cache.step_blocks(c) for c in range(n)) == cache.blocks(n)
+    plain = PagedKVCache(1000, 16)
+    assert plain.blocks(32_770) == 2049 and plain.total_blocks == 1000
+    assert PagedKVCache(1000, 16, KVLayout(62)).blocks(100) == 7  # no window: plain blocks
+
+
+def test_long_context_fits_more_sequences_on_gemma3(host: Host, write_yaml: Writer) -> None:
+    """On an H200 at 32,000 tokens a Gemma 3 sequence caches about a sixth of what 62
+    full layers would, so the cache holds that many times more sequences; the same
+    memory backs both counts."""
+    sc = load_scenario(write_yaml(SCENARIO), host)
+    system = sc.systems[0]
+    model = sc.model_for(system)
+    compiled = host.backends.get("gpu").compile(model, system)
+    cap_tokens = compiled.kv_capacity_tokens(0.9)
+    blocks = cap_tokens // 16
+    windowed = PagedKVCache(blocks, 16, KVLayout.of(model.info))
+    plain = PagedKVCache(blocks, 16)
+    ctx = 32_016
+    ratio = (62 * ctx) / (10 * ctx + 52 * 1024)
+    assert model.info.kv_sequence_bytes(ctx) == pytest.approx(
+        model.info.kv_bytes_per_token * ctx / ratio
+    )
+    assert plain.max_sequences(ctx) >= 1
+    assert windowed.max_sequences(ctx) / plain.max_sequences(ctx) == pytest.approx(ratio, rel=0.15)
+    assert windowed.max_sequences(ctx) >= 4 * plain.max_sequences(ctx)
+    # both count the same bytes: layer blocks x one layer's page = blocks x every layer's
+    stack_page = 16 * model.info.kv_bytes_per_token
+    assert windowed.total_blocks * stack_page / 62 == pytest.approx(plain.total_blocks * stack_page)
+    assert plain.total_blocks * stack_page <= 0.9 * system.device.memory_bytes.value
+    # short sequences never reach the window: the same count either way
+    assert windowed.max_sequences(512) == plain.max_sequences(512)
+
+
+def test_sliding_attention_reads_only_the_window(host: Host) -> None:
+    """Prefill and decode of a sliding layer attend to at most ``window`` keys per query
+    (its FLOPs are the window's pairs and its reads the window's keys); full layers attend
+    to every earlier token."""
+    m = host.models.get("hf").configure({"preset": "gemma-3-27b"})
+    g = m.build(Shape(Phase.PREFILL, batch=1, tokens=8192))
+    local = next(o for o in g.ops if o.name == "attn.core.local")
+    glob = next(o for o in g.ops if o.name == "attn.core")
+    assert local.flops / glob.flops == pytest.approx(
+        window_pairs(8192, 8192, 1024) / causal_pairs(8192, 8192), rel=0.02
+    )
+    d = m.build(Shape(Phase.DECODE, batch=4, tokens=1, context=60_000))
+    dl = next(o for o in d.ops if o.name == "attn.core.local")
+    dg = next(o for o in d.ops if o.name == "attn.core")
+    assert dl.dims[1] == 1024 and dg.dims[1] == 60_001
+    assert dl.bytes_read < dg.bytes_read / 50
+
+
+def test_layout_refuses_nonsense() -> None:
+    """A layout with no layers, negative counts or window layers without a window is a
+    programming error, refused with the values."""
+    for bad in ((0, 0, 0), (-1, 2, 8), (4, 2, 0)):
+        with pytest.raises(ValueError, match=r"layout|negative|window"):
+            KVLayout(*bad)
