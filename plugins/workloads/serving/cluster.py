@@ -38,8 +38,9 @@ def bucket(x: int, bits: int) -> int:
 
 
 class Feed:
-    """The requests routed to one replica, known before the run: ``ids`` in arrival order
-    and ``at``, the instant each arrives (``world.arrival_instants``)."""
+    """The requests routed to one replica, known before the run: ``ids`` in arrival order,
+    and ``at``, the instant each request arrives (``world.arrival_instants``) indexed by
+    request id (one table the feeds of all replicas share)."""
 
     __slots__ = ("at", "ids")
 
@@ -301,7 +302,9 @@ class RequestTable:
 
 
 def _int32(values: Sequence[int]) -> array[int]:
-    """``values`` as a 32-bit :class:`array.array`, clipped to ``2**31 - 1``."""
+    """``values`` as a 32-bit :class:`array.array`, clipped to ``2**31 - 1`` (a copy)."""
+    if isinstance(values, array) and values.typecode == "i":
+        return values[:]
     clipped = np.minimum(np.asarray(values, dtype=np.int64), np.iinfo(np.int32).max)
     out = array("i")
     out.frombytes(clipped.astype(np.int32).tobytes())

@@ -92,32 +92,41 @@ class ServingResult:
 
 
 def _flat(code: str, column: pl.Series) -> array:
-    """``column`` (no nulls) as an :class:`array.array` of type ``code``."""
+    """``column`` (no nulls, of the dtype matching ``code``) as an :class:`array.array` of
+    type ``code``, copied once from the column's own buffer."""
     out = array(code)
-    out.frombytes(column.to_numpy().tobytes())
+    out.frombytes(np.ascontiguousarray(column.to_numpy()).data.cast("B"))
     return out
 
 
+def _tokens(column: pl.Series) -> array:
+    """Token counts as a 32-bit :class:`array.array` when they all fit, else 64-bit."""
+    lo, hi = column.min(), column.max()
+    if column.len() and (int(lo) < -(2**31) or int(hi) >= 2**31):  # type: ignore[arg-type]
+        return _flat("q", column.cast(pl.Int64))
+    return _flat("i", column.cast(pl.Int32))
+
+
 def _range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """``max(values[lo[i]:hi[i] + 1])`` for every ``i`` (all ranges non-empty)."""
+    """``max(values[lo[i]:hi[i] + 1])`` for every ``i`` (all ranges non-empty).
+
+    A sparse table (level ``k`` holds the maxima of windows of ``2**k`` values) built one
+    level at a time, the queries of each level answered before the next is built, so no
+    more than two levels are held at once.
+    """
     out = np.empty(lo.size)
     if lo.size == 0:
         return out
-    levels = [values]
-    span = 1
-    longest = int((hi - lo).max()) + 1
-    while span * 2 <= longest:
-        prev = levels[-1]
-        levels.append(np.maximum(prev[:-span], prev[span:]))
-        span *= 2
-    length = hi - lo + 1
-    k = np.floor(np.log2(length)).astype(np.int64)
-    for lvl in np.unique(k):
+    k = np.floor(np.log2(hi - lo + 1)).astype(np.int64)
+    tab = values
+    level = 0
+    for lvl in np.unique(k).tolist():
+        while level < lvl:
+            span = 1 << level
+            tab = np.maximum(tab[:-span], tab[span:])
+            level += 1
         sel = k == lvl
-        tab = levels[int(lvl)]
-        a = lo[sel]
-        b = hi[sel] - (1 << int(lvl)) + 1
-        out[sel] = np.maximum(tab[a], tab[b])
+        out[sel] = np.maximum(tab[lo[sel]], tab[hi[sel] - (1 << lvl) + 1])
     return out
 
 
@@ -183,27 +192,28 @@ def simulate_serving(
         )
     if not requests["arrival_s"].is_sorted():
         requests = requests.sort("arrival_s", maintain_order=True)
-    # flat typed arrays, not lists of Python numbers: 8 bytes a request and column
+    # flat typed arrays, not lists of Python numbers: 8 bytes a request for the times, 4
+    # for the token counts (8 where one does not fit in 32 bits)
     arrival = _flat("d", requests["arrival_s"].cast(pl.Float64))
-    prompt = _flat("q", requests["prompt_tokens"].cast(pl.Int64))
-    output = _flat("q", requests["output_tokens"].cast(pl.Int64))
+    prompt = _tokens(requests["prompt_tokens"])
+    output = _tokens(requests["output_tokens"])
     n = len(arrival)
     req = RequestTable(arrival, prompt, output)
 
-    # drop requests that cannot fit even alone
-    p_np = requests["prompt_tokens"].to_numpy()
-    o_np = requests["output_tokens"].to_numpy()
-    need_tok = p_np + o_np - 1
-    need_blocks = -(-need_tok // kv_block_tokens)
-    drop = need_blocks > blocks
-    reasons: dict[int, str] = {}
-    for i in np.flatnonzero(drop).tolist():
-        req.state[i] = DROPPED
-        reasons[i] = (
-            f"needs {int(need_tok[i])} KV tokens, a replica holds {blocks * kv_block_tokens}"
-        )
+    del requests  # the table holds what is needed
 
-    del requests, p_np, o_np, need_tok, need_blocks, drop  # the table holds what is needed
+    # drop requests that cannot fit even alone (in chunks: no column-sized temporaries)
+    reasons: dict[int, str] = {}
+    p_all, o_all = np.asarray(prompt), np.asarray(output)
+    for a in range(0, n, REQUEST_CHUNK):
+        need_tok = p_all[a : a + REQUEST_CHUNK].astype(np.int64) + o_all[a : a + REQUEST_CHUNK]
+        need_tok -= 1
+        for i in np.flatnonzero(-(-need_tok // kv_block_tokens) > blocks).tolist():
+            req.state[a + i] = DROPPED
+            reasons[a + i] = (
+                f"needs {int(need_tok[i])} KV tokens, a replica holds {blocks * kv_block_tokens}"
+            )
+    del p_all, o_all
 
     env = simpy.Environment()
     costs = CostTable(compiled, spec.shape_bits, spec.grid_bits)
@@ -215,8 +225,7 @@ def simulate_serving(
         and type(router_obj) is RoundRobinRouter
         and type(policy) in (ContinuousScheduler, ChunkedPrefillScheduler)
     )
-    if fed:
-        _feed_round_robin(req, reps)
+    originals = _feed_round_robin(req, reps) if fed else {}
     for r in reps:
         env.process(policy.process(env, r, req, costs, spec))
     spill = Spill(spill_rows, spill_dir)
@@ -227,6 +236,9 @@ def simulate_serving(
         else:
             env.process(_arrivals(env, req, reps, route, progress, steps))
         env.run()
+        for r in reps:
+            r.feed = None  # the replicas' own arrivals (fast path): all taken
+        _restore_arrivals(req, originals)
         if progress is not None:
             progress(n, n)
 
@@ -356,46 +368,82 @@ def arrival_instants(arrival: np.ndarray) -> np.ndarray:
     instants with the same float operations, so a replica that reads its own arrivals
     sees each request at the very instant the arrival process would deliver it.
     """
-    t = np.asarray(arrival, dtype=np.float64)
-    out = t.copy()
-    if t.size == 0:
-        return out
-    prev = np.concatenate(([0.0], t[:-1]))
-    with np.errstate(invalid="ignore"):
-        step = np.where(t > prev, prev + (t - prev), prev)
-    bad = np.flatnonzero(step != t)
-    i_next = 0
-    for b in bad.tolist():
-        if b < i_next:
-            continue
-        now = float(out[b - 1]) if b else 0.0
-        i = b
-        while i < t.size:
-            ti = float(t[i])
-            got = now + (ti - now) if ti > now else now
-            if got == ti and i > b:
-                break  # back in step: the rest follows the exact instants
-            out[i] = got
-            now = got
-            i += 1
-        i_next = i
+    out = np.array(arrival, dtype=np.float64)
+    moved = moved_instants(out)
+    if moved:
+        out[list(moved)] = list(moved.values())
     return out
 
 
-def _feed_round_robin(req: RequestTable, reps: list[Replica]) -> None:
+def moved_instants(arrival: np.ndarray) -> dict[int, float]:
+    """The instants of :func:`arrival_instants` that differ from the arrival times, by
+    request index (usually none), found a chunk at a time so that no temporary is as
+    long as the arrivals."""
+    t = np.asarray(arrival, dtype=np.float64)
+    n = t.size
+    moved: dict[int, float] = {}
+    i_next = 0
+    for a in range(0, n, REQUEST_CHUNK):
+        cur = t[a : a + REQUEST_CHUNK]
+        prev = t[a - 1 : a - 1 + cur.size] if a else np.concatenate(([0.0], cur[:-1]))
+        with np.errstate(invalid="ignore"):
+            step = np.where(cur > prev, prev + (cur - prev), prev)
+        for b in (np.flatnonzero(step != cur) + a).tolist():
+            if b < i_next:
+                continue
+            now = moved.get(b - 1, float(t[b - 1])) if b else 0.0
+            i = b
+            while i < n:
+                ti = float(t[i])
+                got = now + (ti - now) if ti > now else now
+                if got == ti and i > b:
+                    break  # back in step: the rest follows the exact instants
+                if got != ti:
+                    moved[i] = got
+                now = got
+                i += 1
+            i_next = i
+    return moved
+
+
+def _feed_round_robin(req: RequestTable, reps: list[Replica]) -> dict[int, float]:
     """Decide every routed request's replica as the ``round-robin`` router would at its
     arrival (the ``i``-th routed request to replica ``i mod R``), and give each replica
-    its feed (:class:`~.cluster.Feed`)."""
-    st = np.frombuffer(bytes(req.state), dtype=np.uint8)
-    routed = np.flatnonzero(st != DROPPED)
-    at = arrival_instants(np.asarray(req.arrival, dtype=np.float64))
+    its feed (:class:`~.cluster.Feed`).
+
+    The feeds' arrival instants are ``req.arrival`` itself, overwritten in place where an
+    instant differs from the arrival time (a rounded subtraction, rare): no second table
+    of eight bytes a request. Returns the overwritten arrival times by request id, for
+    :func:`_restore_arrivals` once the world has run.
+    """
+    arrival = np.asarray(req.arrival, dtype=np.float64)
+    moved = moved_instants(arrival)
+    originals = {i: float(arrival[i]) for i in moved}
+    if moved:
+        arrival[list(moved)] = list(moved.values())  # a view of req.arrival: in place
     r = len(reps)
-    which = np.arange(routed.size, dtype=np.int64) % r
     replica_of = np.asarray(req.replica)
-    replica_of[routed] = which.astype(np.int32)
+    st = np.frombuffer(req.state, dtype=np.uint8)
+    if not st.any():  # nothing dropped: request i goes to replica i mod R
+        replica_of[:] = np.arange(req.n, dtype=np.int32) % np.int32(r)
+        routed = None
+    else:
+        routed = np.flatnonzero(st != DROPPED).astype(np.int32)
+        replica_of[routed] = np.arange(routed.size, dtype=np.int32) % np.int32(r)
+    del st
+    instants = req.arrival
+    assert isinstance(instants, array)  # the world's own table (simulate_serving)
     for k, rep in enumerate(reps):
-        ids = routed[k::r]
-        rep.feed = Feed(array("i", ids.astype(np.int32).tobytes()), array("d", at[ids].tobytes()))
+        ids = np.arange(k, req.n, r, dtype=np.int32) if routed is None else routed[k::r]
+        rep.feed = Feed(array("i", np.ascontiguousarray(ids).tobytes()), instants)
+    return originals
+
+
+def _restore_arrivals(req: RequestTable, originals: dict[int, float]) -> None:
+    """Put back the arrival times :func:`_feed_round_robin` overwrote with instants."""
+    if originals:
+        arrival = np.asarray(req.arrival)
+        arrival[list(originals)] = list(originals.values())
 
 
 def _ticks(
@@ -465,20 +513,18 @@ def _frames(
     spill = steps.spill
     n = req.n
     req.cur_prompt, req.cur_output, req.entry = array("i"), array("i"), array("i")
-    for r in reps:
-        r.feed = None  # the replicas' own arrivals (fast path): all taken
     arrival = np.asarray(req.arrival, dtype=np.float64)
     first_tok = np.asarray(req.first_token)
     finish = np.asarray(req.finish)
     replica = np.asarray(req.replica)
     fin_iter = np.asarray(req.fin_iter)
     seg_start = np.asarray(req.seg_start)
-    seg_max = np.asarray(req.seg_max)
-    output = np.asarray(req.output, dtype=np.int64)
+    # the largest gap before each request's last segment becomes its largest gap in all,
+    # in place: no second table of eight bytes a request
+    tbt_max = np.asarray(req.seg_max)
     ok = np.frombuffer(bytes(req.state), dtype=np.uint8) == DONE
 
     last_tok = np.full(n, np.nan)
-    tbt_max = np.full(n, np.nan)
     devices = FrameBuffer(spill, "devices", DEVICES_SCHEMA)
     gap_parts: list[pl.DataFrame] = []
     horizon = float(arrival.max()) if n else 0.0
@@ -501,8 +547,8 @@ def _frames(
             has = lo <= hi
             seg = np.zeros(mine.size)
             seg[has] = _range_max(dur, lo[has], hi[has])
-            both = np.maximum(seg, seg_max[mine])
-            tbt_max[mine] = both
+            tbt_max[mine] = np.maximum(seg, tbt_max[mine])
+            del lo, hi, has, seg
         dec, st_idx, joules = _replica_columns(log, steps.spilled(r.index), costs.states)
         if len(log):
             w = dec > 0
@@ -527,8 +573,9 @@ def _frames(
         )
         del start, end, dur, dec, st_idx, joules
         steps.release(r.index)
-    del fin_iter, seg_start, seg_max
-    req.fin_iter, req.seg_start, req.seg_max = array("i"), array("i"), array("d")
+    tbt_max[~ok] = np.nan
+    del fin_iter, seg_start
+    req.fin_iter, req.seg_start = array("i"), array("i")
     if req.extra_gaps:
         gap_parts.append(
             pl.DataFrame(
@@ -539,7 +586,8 @@ def _frames(
             )
         )
     first_sched = np.asarray(req.first_scheduled)
-    prompt = np.asarray(req.prompt, dtype=np.int64)
+    prompt = np.asarray(req.prompt)
+    output = np.asarray(req.output)
     preempt = np.asarray(req.preemptions, dtype=np.int32)
     status_names = pl.Series(["dropped", REQUEST_OK], dtype=pl.String)
     reason_ids = (
@@ -555,12 +603,11 @@ def _frames(
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
         k = b - a
-        one_tok = output[a:b] <= 1
+        out_c = output[a:b].astype(np.int64)
+        one_tok = out_c <= 1
         tbt_max[a:b][one_tok] = np.nan
         with np.errstate(invalid="ignore", divide="ignore"):
-            tbt_mean = np.where(
-                one_tok, np.nan, (last_tok[a:b] - first_tok[a:b]) / (output[a:b] - 1)
-            )
+            tbt_mean = np.where(one_tok, np.nan, (last_tok[a:b] - first_tok[a:b]) / (out_c - 1))
         reason = pl.Series("reason", [None] * k, dtype=pl.String)
         sel = reason_ids[(reason_ids >= a) & (reason_ids < b)]
         if sel.size:
@@ -575,8 +622,8 @@ def _frames(
                     "first_scheduled_s": first_sched[a:b],
                     "first_token_s": first_tok[a:b],
                     "finish_s": finish[a:b],
-                    "prompt_tokens": prompt[a:b],
-                    "output_tokens": output[a:b],
+                    "prompt_tokens": prompt[a:b].astype(np.int64),
+                    "output_tokens": out_c,
                     "preemptions": preempt[a:b],
                     "status": status_names.gather(ok[a:b].astype(np.int64)),
                     "reason": reason,

@@ -123,9 +123,15 @@ def iterative(
     feed = rep.feed if isinstance(rep, Replica) else None
     fast_log = rep.log if isinstance(rep, Replica) else None
     feed_ids = feed.ids if feed is not None else None
-    feed_at = feed.at if feed is not None else None
+    feed_at = feed.at if feed is not None else None  # arrival instants, by request id
     n_feed = len(feed_ids) if feed_ids is not None else 0
-    k_feed = 0  # next request of the feed not yet queued
+    # the queue is `waiting` (requests preempted, put back at its front) followed by the
+    # feed's requests k_adm .. k_feed - 1 (arrived, not yet admitted): on the fast path an
+    # arrival is a counter, not an entry of a deque
+    k_feed = 0  # next request of the feed not yet arrived
+    k_adm = 0  # next request of the feed not yet admitted
+    # the instant it arrives at
+    nxt = feed_at[feed_ids[0]] if feed_at is not None and feed_ids is not None and n_feed else INF
     t = env.now  # the replica's clock: env.now on the plain path, ahead of it on the fast one
     synced = 0  # iteration of the last yield on the fast path
 
@@ -214,15 +220,15 @@ def iterative(
         if feed_at is not None:
             assert feed_ids is not None
             # queue every request of the feed that has arrived by now
-            while k_feed < n_feed and feed_at[k_feed] <= t:
-                waiting.append(feed_ids[k_feed])
+            while nxt <= t:
                 rep.outstanding += 1
                 k_feed += 1
+                nxt = feed_at[feed_ids[k_feed]] if k_feed < n_feed else INF
             if j - synced >= SYNC_ITERATIONS:
                 synced = j
                 if t > env.now:
                     yield timeout(t - env.now)
-        if not n_dec and not prefilling and not waiting:
+        if not n_dec and not prefilling and not waiting and k_adm == k_feed:
             if feed_at is None:
                 ev = rep.wake = env.event()
                 yield ev
@@ -230,7 +236,7 @@ def iterative(
                 continue
             if k_feed == n_feed:
                 return  # nothing runs, nothing waits and nothing more will come
-            t = feed_at[k_feed]
+            t = nxt
             if t > env.now:
                 yield timeout(t - env.now)
             continue
@@ -268,8 +274,14 @@ def iterative(
                 if d + c == cur_L[rid]:
                     done_pf.append(rid)
         n_run = n_dec + len(prefilling)
-        while waiting and n_run < max_batch:
-            rid = waiting[0]
+        while n_run < max_batch:
+            if waiting:
+                rid = waiting[0]
+            elif k_adm < k_feed:
+                assert feed_ids is not None
+                rid = feed_ids[k_adm]
+            else:
+                break
             L = cur_L[rid]
             if split:
                 if room <= 0:
@@ -282,7 +294,10 @@ def iterative(
             nb = -(-c // B)
             if used + nb > (admit_limit if n_run else total):
                 break
-            waiting.popleft()
+            if waiting:
+                waiting.popleft()
+            else:
+                k_adm += 1
             used += nb
             n_run += 1
             pf_n += 1
@@ -302,7 +317,7 @@ def iterative(
                 continue
             raise AssertionError(
                 f"replica {rep.index} cannot make progress: {used} of {total} KV blocks "
-                f"held, {len(waiting)} waiting"
+                f"held, {len(waiting) + k_feed - k_adm} waiting"
             )
         # 3. price and run the iteration
         if pf_n:
@@ -377,19 +392,19 @@ def iterative(
         if feed_at is None or not n_dec or prefilling:
             continue
         # 6. fast path: a decode run up to the next iteration where something can happen
-        if fast_log is None:
+        if fast_log is None or feed_ids is None:
             continue
         stop = fin_heap[0]
         i = j
-        arrive = feed_at[k_feed] if k_feed < n_feed else INF
+        arrive = nxt
         while True:
             # what the run may not pass: an admission (a free seat and either a queued head
             # that fits or an arrival), a preemption
             room = budget - n_dec
             open_ = n_dec < max_batch and (room > 0 or not split)
             head_nb = -1  # blocks the queue's head needs (-1: the queue is empty)
-            if open_ and waiting:
-                L = cur_L[waiting[0]]
+            if open_ and (waiting or k_adm < k_feed):
+                L = cur_L[waiting[0] if waiting else feed_ids[k_adm]]
                 head_nb = -(-(L if not split or room > L else room) // B)
             nb_ = n_dec
             if nb_ >= top:
