@@ -207,7 +207,7 @@ def _same_search(doc: dict[str, Any]) -> dict[str, Any]:
     """What a plan found, without its timings: the ranking, the answer and every row."""
 
     def timeless(r: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in r.items() if k != "wall_s"}
+        return {k: v for k, v in r.items() if k not in ("wall_s", "cpu_s")}
 
     keep = ("table", "answer", "pruned", "shapes", "simulations", "rounds")
     return {

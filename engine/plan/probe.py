@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,7 @@ def simulate_config(task: ShapeTask, replicas: int, rate: float | None) -> dict[
         "price": shape.price.to_json(),
     }
     started = time.perf_counter()
+    cpu0 = time.process_time()
     try:
         host = worker_host()
         src = Source(f"{task.scenario_file} (plan)")
@@ -108,6 +109,7 @@ def simulate_config(task: ShapeTask, replicas: int, rate: float | None) -> dict[
         row["metrics"] = {k: res.metrics.get(k) for k in KEPT_METRICS if k in res.metrics}
         row["met"] = res.status == "ok" and bool(meets_slo(res.metrics))
     row["wall_s"] = time.perf_counter() - started
+    row["cpu_s"] = time.process_time() - cpu0
     return row
 
 
@@ -204,67 +206,11 @@ def failed_row(point: SimPoint, failure: PointFailure) -> dict[str, Any]:
         "met": False,
         "metrics": {},
         "wall_s": 0.0,
+        "cpu_s": 0.0,
     }
 
 
-MapFn = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[tuple[int, Any]]]
-"""``map(fn, points)``: the sweep executor's map (workers and address bound), yielding
-``(index, result or PointFailure)`` in any order."""
-
-
-def size_shapes(
-    tasks: Sequence[ShapeTask],
-    run_map: MapFn,
-    on_round: Callable[[list[bool]], None] | None = None,
-) -> tuple[list[list[dict[str, Any]]], int]:
-    """Size every shape of ``tasks`` by rounds of simulations through ``run_map``: every
-    configuration simulated, per shape, and the number of rounds. ``on_round(finished)``
-    hears after each round which shapes have finished their search."""
-    rows: list[list[dict[str, Any]]] = [[] for _ in tasks]
-    steps = [shape_steps(t) for t in tasks]
-    pending: dict[int, tuple[int, float | None]] = {}
-    for i, gen in enumerate(steps):
-        nxt = _advance(gen, None)
-        if nxt is not None:
-            pending[i] = nxt
-    finished = [i not in pending for i in range(len(tasks))]
-    rounds = 0
-    while pending:
-        rounds += 1
-        # longest first (the shape's last simulation, else its devices): a balanced round
-        order = sorted(
-            pending,
-            key=lambda i: (
-                -(rows[i][-1]["wall_s"] if rows[i] else 0.0),
-                -_devices(pending[i], tasks[i]),
-                i,
-            ),
-        )
-        points = [SimPoint(tasks[i], *pending[i]) for i in order]
-        got: dict[int, dict[str, Any]] = {}
-        for j, out in run_map(simulate_point, points):
-            got[order[j]] = failed_row(points[j], out) if isinstance(out, PointFailure) else out
-        for i in sorted(got):
-            rows[i].append(got[i])
-            nxt = _advance(steps[i], bool(got[i]["met"]))
-            if nxt is None:
-                del pending[i]
-                finished[i] = True
-            else:
-                pending[i] = nxt
-        for i in set(pending) - set(got):  # a result the executor never gave back
-            del pending[i]
-            finished[i] = True
-        if on_round is not None:
-            on_round(list(finished))
-    return rows, rounds
-
-
-def _devices(probe: tuple[int, float | None], task: ShapeTask) -> int:
-    return probe[0] * task.shape.replica_devices
-
-
-def _advance(gen: Steps, met: bool | None) -> tuple[int, float | None] | None:
+def advance(gen: Steps, met: bool | None) -> tuple[int, float | None] | None:
     """The search's next probe after the verdict ``met`` (``None``: start it), or ``None``
     when it has ended."""
     try:
@@ -273,15 +219,26 @@ def _advance(gen: Steps, met: bool | None) -> tuple[int, float | None] | None:
         return None
 
 
-def run_shape(task: ShapeTask) -> list[dict[str, Any]]:
-    """Every configuration simulated while sizing one shape, in this process."""
-    rows, _ = size_shapes([task], _inline)
-    return rows[0]
+def replay(task: ShapeTask, verdicts: Sequence[bool]) -> tuple[int, float | None] | None:
+    """The probe ``task``'s search asks for after ``verdicts`` (a fresh search fed them
+    in turn), or ``None`` when it has ended by then. A search depends only on its own
+    verdicts, so this is what it would ask after any such history, real or supposed."""
+    gen = shape_steps(task)
+    probe = advance(gen, None)
+    for met in verdicts:
+        if probe is None:
+            return None
+        probe = advance(gen, met)
+    gen.close()
+    return probe
 
 
-def _inline(fn: Callable[[Any], Any], points: Sequence[Any]) -> Iterator[tuple[int, Any]]:
-    for i, p in enumerate(points):
-        yield i, fn(p)
+def plan_task(task: DeviceTask | SimPoint) -> Pruned | dict[str, Any]:
+    """The executor's one function for a plan: build and prune one device's shapes, or
+    run one simulation (its plan.json row)."""
+    if isinstance(task, SimPoint):
+        return simulate_point(task)
+    return prune_device(task)
 
 
 @dataclass

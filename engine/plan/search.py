@@ -31,8 +31,9 @@ from xpusim.engine.executor import Executor, PointFailure
 from xpusim.engine.host import Host
 from xpusim.engine.plan import rank
 from xpusim.engine.plan.bound import Mix
-from xpusim.engine.plan.probe import Pruned, prune_device, shape_task, size_shapes
-from xpusim.engine.plan.space import DeviceTask, Sizing, Space, device_tasks
+from xpusim.engine.plan.probe import ShapeTask, plan_task, shape_task
+from xpusim.engine.plan.schedule import Stream
+from xpusim.engine.plan.space import DeviceTask, Shape, Sizing, Space, device_tasks
 from xpusim.engine.plan.spec import PlanSpec, parse_plan
 from xpusim.engine.scenario import (
     apply_override,
@@ -201,6 +202,8 @@ def run_plan(
         key, value = parse_set(item)
         apply_override(data, key, value, f"--set {item}")
     spec = parse_plan(data.get("plan"), src)
+    # the workers start (their imports, in their own processes) while the scenario loads
+    executor.start(workers=workers, address=address)
     knobs = workload_knobs(data, src, host, path.parent)
     base = prepare_base(data, spec, src, knobs)
     scenario = resolve(copy.deepcopy(base), src, host, base_dir=path.parent)
@@ -240,7 +243,7 @@ def run_plan(
             "describe the traffic as an arrival process."
         )
     timings = {"prepare_s": time.perf_counter() - started}
-    space, rows, rounds = _search(
+    space, rows, figures = _search(
         dev_tasks, pruned, executor, mode, rate, where, spec, workers, address, progress, timings
     )
     timings["search_s"] = time.perf_counter() - started - timings["prepare_s"]
@@ -280,7 +283,8 @@ def run_plan(
         "table": rank.table_rows(order),
         "executor": executor.name,
         "workers": workers,
-        "rounds": rounds,
+        "rounds": figures["rounds"],
+        "unused_simulations": figures["unused_simulations"],
         "timings": timings,
     }
     doc["wall_s"] = time.perf_counter() - started
@@ -300,47 +304,46 @@ def _search(
     address: str | None,
     progress: ProgressFn | None,
     timings: dict[str, float],
-) -> tuple[Space, list[dict[str, Any]], int]:
-    """Prune every device task, then size every shape left, through ``executor``: the
-    space (shapes and pruned, ``early`` first, then in task order), every configuration
-    simulated, and the number of rounds of simulations."""
-
-    def run_map(fn: Callable[[Any], Any], points: Sequence[Any]) -> Any:
-        return executor.map(fn, points, workers=workers, address=address)
-
+) -> tuple[Space, list[dict[str, Any]], dict[str, Any]]:
+    """Prune every device task and size every shape left, as one stream of tasks through
+    ``executor`` (:mod:`.schedule`): the space (shapes and pruned, ``early`` first, then
+    in task order), every configuration simulated, and the stream's figures (``rounds``,
+    the most simulations one shape's search took in turn; ``unused_simulations``)."""
     devices = sorted({t.device for t in dev_tasks})
+
+    def report(done: set[int]) -> None:
+        open_ = {t.device for i, t in enumerate(dev_tasks) if i not in done}
+        if progress is not None:
+            progress(len(devices) - len(open_), len(devices))
+
+    def make_task(shape: Shape, task: DeviceTask) -> ShapeTask:
+        return shape_task(shape, task, mode, rate, where, spec.probes, spec.count.min)
+
+    def map_more(points: Sequence[Any], more: Callable[[int, Any], list[Any]]) -> Any:
+        return executor.map_more(plan_task, points, more, workers=workers, address=address)
+
     if progress:
         progress(0, len(devices))
-    pruned: dict[int, Pruned | PointFailure] = dict(run_map(prune_device, dev_tasks))
+    stream = Stream(dev_tasks, make_task, executor.slots(workers, address), report)
+    got = stream.run(map_more)
     space = Space(pruned=list(early))
-    owner: list[str] = []
-    shape_tasks = []
+    rows: list[dict[str, Any]] = []
     timings["prune_task_s"] = 0.0
-    for i, task in enumerate(dev_tasks):
-        got = pruned.get(i, PointFailure("its task gave no result"))
-        if isinstance(got, PointFailure):
-            space.pruned.append({"device": task.device, "pruned": f"failed: {got.error}"})
+    for task, pruned, shape_rows in zip(dev_tasks, got.pruned, got.rows, strict=True):
+        if isinstance(pruned, PointFailure):
+            space.pruned.append({"device": task.device, "pruned": f"failed: {pruned.error}"})
             continue
-        timings["prune_task_s"] += got.prune_s
-        space.pruned.extend(got.space.pruned)
-        for shape in got.space.shapes:
-            space.shapes.append(shape)
-            owner.append(task.device)
-            shape_tasks.append(
-                shape_task(shape, task, mode, rate, where, spec.probes, spec.count.min)
-            )
-
-    def devices_done(finished: list[bool]) -> int:
-        open_ = {d for d, f in zip(owner, finished, strict=True) if not f}
-        return len(devices) - len(open_)
-
-    if progress:
-        progress(devices_done([False] * len(owner)), len(devices))
-    report = None if progress is None else (lambda f: progress(devices_done(f), len(devices)))
-    per_shape, rounds = size_shapes(shape_tasks, run_map, report)
-    rows = [r for shape_rows in per_shape for r in shape_rows]
-    timings["size_task_s"] = sum(float(r.get("wall_s", 0.0)) for r in rows)
-    return space, rows, rounds
+        timings["prune_task_s"] += pruned.prune_s
+        space.pruned.extend(pruned.space.pruned)
+        space.shapes.extend(pruned.space.shapes)
+        rows.extend(r for one in shape_rows for r in one)
+    timings["size_task_s"] = sum(float(r.get("wall_s", 0.0)) for r in rows) + got.unused_s
+    timings["size_task_cpu_s"] = sum(float(r.get("cpu_s", 0.0)) for r in rows) + got.unused_cpu_s
+    figures = {
+        "rounds": max((len(one) for per in got.rows for one in per), default=0),
+        "unused_simulations": got.unused,
+    }
+    return space, rows, figures
 
 
 def check_out(out_dir: Path) -> None:

@@ -9,14 +9,19 @@ its plugin host once and reuses it for every point it runs.
 
 The pool outlives one :meth:`LocalExecutor.map`: the next call with no more workers runs
 on the same warm processes (their imports and caches kept), so a caller that maps in
-rounds, as ``xpusim plan`` sizes its shapes, pays for starting workers once.
+rounds pays for starting workers once. :meth:`LocalExecutor.start` starts the pool in a
+background thread (the fork server's imports run in their own process meanwhile), so a
+caller that starts it before preparing its points (``xpusim plan`` does, before it loads
+the scenario) finds its workers ready. :meth:`LocalExecutor.map_more` takes new points
+while others run: each starts as soon as a worker is free.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from importlib.metadata import entry_points
@@ -79,6 +84,39 @@ class LocalExecutor(Executor):
     def __init__(self) -> None:
         self._kept: ProcessPoolExecutor | None = None
         self._kept_size = 0
+        self._starting: threading.Thread | None = None
+
+    def slots(self, workers: int | None = None, address: str | None = None) -> int:
+        """Points run at once: ``workers``, else the CPU count."""
+        return max(1, workers or os.cpu_count() or 1)
+
+    def start(self, *, workers: int | None = None, address: str | None = None) -> None:
+        """Start the pool of ``workers`` processes in a background thread: the fork
+        server's imports, each worker's fork and its plugin host. The next map waits for
+        it to finish (a pool that failed to start is started again there)."""
+        if self._starting is not None:
+            return
+        size = workers or os.cpu_count() or 1
+        self._starting = threading.Thread(
+            target=self._prestart, args=(size,), name="xpusim-pool-start", daemon=True
+        )
+        self._starting.start()
+
+    def _prestart(self, size: int) -> None:
+        """Make the pool and run one empty task per worker, so that each is forked and
+        warm; an error is left for the next map to meet."""
+        try:
+            pool = self._pool(size)
+            for fut in [pool.submit(_ready) for _ in range(size)]:
+                fut.result()
+        except Exception:  # the next map rebuilds the pool and reports what fails
+            pass
+
+    def _join_start(self) -> None:
+        """Wait for a background start to finish before the pool is used."""
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
 
     def map(
         self,
@@ -90,18 +128,35 @@ class LocalExecutor(Executor):
         retries: int = 2,
     ) -> Iterator[tuple[int, Any]]:
         """Run ``fn`` over ``points`` in worker processes, yielding results as they end."""
+        return self.map_more(fn, points, _nothing, workers=workers, retries=retries)
+
+    def map_more(
+        self,
+        fn: Callable[[Any], Any],
+        points: Sequence[Any],
+        more: Callable[[int, Any], Iterable[Any]],
+        *,
+        workers: int | None = None,
+        address: str | None = None,
+        retries: int = 2,
+    ) -> Iterator[tuple[int, Any]]:
+        """:meth:`map` taking the points ``more(index, result)`` returns as each result
+        is taken (see :meth:`Executor.map_more`): each is queued at once and starts as
+        soon as a worker is free."""
+        points = list(points)
         if not points:
             return
-        n = max(1, min(workers or os.cpu_count() or 1, len(points)))
+        self._join_start()
+        size = workers or os.cpu_count() or 1
         attempts = [0] * len(points)
         pending = list(range(len(points)))
         while pending:
-            pool = self._pool(workers or os.cpu_count() or 1)
+            pool = self._pool(size)
             broken = False
             futures: dict[Future[Any], int] = {}
             try:
                 queue, pending = list(pending), []
-                self._submit(pool, fn, points, queue, futures, attempts, 2 * n)
+                self._submit(pool, fn, points, queue, futures, attempts, 2 * size)
                 while futures:
                     done, _ = wait(futures, return_when=FIRST_COMPLETED)
                     for fut in done:
@@ -122,12 +177,16 @@ class LocalExecutor(Executor):
                                 )
                             continue
                         yield i, outcome
+                        for extra in more(i, outcome):
+                            points.append(extra)
+                            attempts.append(0)
+                            queue.append(len(points) - 1)
                     if broken:
                         pending.extend(futures.values())
                         futures.clear()
                         pending.extend(queue)
                         break
-                    self._submit(pool, fn, points, queue, futures, attempts, 2 * n)
+                    self._submit(pool, fn, points, queue, futures, attempts, 2 * size)
             finally:
                 if broken or futures:  # a dead worker, or a caller that stopped early
                     self._drop(wait=not broken)
@@ -179,3 +238,12 @@ class LocalExecutor(Executor):
 
 _DIED = object()
 """Marker: the point's worker process died before it finished."""
+
+
+def _ready() -> None:
+    """The empty task :meth:`LocalExecutor.start` runs once per worker."""
+
+
+def _nothing(index: int, result: Any) -> list[Any]:
+    """``more`` of a plain :meth:`LocalExecutor.map`: no further points."""
+    return []
