@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from xpusim.engine.device import DATE_NOT_STATED, Figure
 from xpusim.engine.metrics import Metric, Vocabulary
-from xpusim.engine.report.verdict import candidates
+from xpusim.engine.report.verdict import candidates, tie_tolerance
 
 if TYPE_CHECKING:
     from xpusim.engine.results import RunResult, SystemResult
@@ -72,8 +72,9 @@ def shown_metrics(systems: Sequence[SystemResult], vocabulary: Vocabulary) -> li
 def best_systems(systems: Sequence[SystemResult], metric: Metric) -> set[str]:
     """The name of the one system with the best value of ``metric`` among those that meet
     the scenario's SLOs (every ok system where there are none): empty when the metric has
-    no direction, fewer than two systems have a value, or the best value is shared (ties
-    are ties, and get no ★)."""
+    no direction, fewer than two systems have a value, or the best value is shared (values
+    within :func:`~xpusim.engine.report.verdict.tie_tolerance` of it are ties, and ties get
+    no ★)."""
     if metric.better == "none":
         return set()
     pool = candidates(systems)
@@ -83,7 +84,7 @@ def best_systems(systems: Sequence[SystemResult], metric: Metric) -> set[str]:
     if not vals:
         return set()
     target = min(vals.values()) if metric.better == "lower" else max(vals.values())
-    tol = 1e-9 * abs(target)
+    tol = tie_tolerance([s for s in pool if s.name in vals], metric.name) * abs(target)
     best = {n for n, v in vals.items() if abs(v - target) <= tol}
     return best if len(best) == 1 else set()
 

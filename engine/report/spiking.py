@@ -56,7 +56,9 @@ __all__ = [
 
 STAR_NOTE = (
     "The summary's ★ for energy per sample uses the total (static plus active) at the "
-    "scenario's load; the active row marks its own best. Equal figures get no ★."
+    "scenario's load; the active row marks its own best. Equal figures get no ★: figures "
+    "within a billionth of each other are equal, and so are throughputs within 5% of each "
+    "other when every system was offered the same load (each one that keeps up delivers it)."
 )
 """What the report says about which energy figure the summary's best mark uses."""
 

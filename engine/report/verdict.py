@@ -23,6 +23,26 @@ COST_KEYS = ("cost_per_million_tokens_usd", "cost_usd")
 SAME_THROUGHPUT = 0.05
 """Systems whose throughputs lie within this share of each other deliver the same load."""
 
+TIE = 1e-9
+"""Relative difference within which two figures are the same figure (rounding noise)."""
+
+
+def tie_tolerance(systems: Sequence[SystemLike], metric: str) -> float:
+    """The relative difference within which the best value of ``metric`` among ``systems``
+    is shared, so that no ★ is given: :data:`SAME_THROUGHPUT` for a throughput
+    (``throughput_*``) when every system with a value was offered the same load (an
+    ``offered_rate_per_s`` within that share of the others'), since a system that keeps up
+    delivers the offered load and its measured throughput differs from another's only by
+    when the run's last sample or request finished; :data:`TIE` otherwise."""
+    if not metric.startswith("throughput_"):
+        return TIE
+    valued = [s for s in systems if _value(s, metric) is not None]
+    offered = [_value(s, "offered_rate_per_s") for s in valued]
+    rates = [r for r in offered if r is not None and r > 0]
+    if len(valued) < 2 or len(rates) != len(valued):
+        return TIE
+    return SAME_THROUGHPUT if max(rates) <= (1 + SAME_THROUGHPUT) * min(rates) else TIE
+
 
 class SystemLike(Protocol):
     """What a verdict reads of a system (a :class:`~xpusim.engine.results.SystemResult`)."""
