@@ -115,6 +115,8 @@ def test_cost_is_real_time_and_energy_from_version5(compiled) -> None:  # type: 
     k = energy.constants()
     work = compiled.work(shape)
     assert work.neuron_updates == compiled.network.neurons * 100 * 2
+    one = compiled.work(Shape(Phase.SPIKING, batch=1, timesteps=100))
+    assert work.synaptic_events == pytest.approx(2 * one.synaptic_events)
     busy_j = (
         work.neuron_updates * busy.MEASURED.neuron_update_j.value
         + work.synaptic_events * busy.MEASURED.synaptic_event_j.value
@@ -261,6 +263,11 @@ def test_copies_run_samples_in_rounds_with_every_copy_active(compiled, small_mod
     e = three.energy(Shape(Phase.SPIKING, batch=3, timesteps=100), busy_time=False)
     k = energy.constants()
     assert e.cores_j == pytest.approx(3 * compiled.mapping.cores * k["core_active_w"].value * t)
+    # busy time: a copy without a sample still updates its neurons, but has no events
+    lone = three.work(Shape(Phase.SPIKING, batch=1, timesteps=100))
+    full = three.work(Shape(Phase.SPIKING, batch=3, timesteps=100))
+    assert lone.neuron_updates == full.neuron_updates == 3 * compiled.network.neurons * 100
+    assert lone.synaptic_events == pytest.approx(full.synaptic_events / 3)
     assert e.idle_j == pytest.approx(k["board_idle_w"].value * t)
     facts = three.mapping_facts()
     assert facts["network_copies"] == 3 and facts["cores_used"] == 3 * compiled.mapping.cores

@@ -241,9 +241,11 @@ class SpinnakerCompiled(Compiled):
         return Cost(seconds=seconds, joules=e.board_j, breakdown={"compute": seconds})
 
     def work(self, shape: Shape) -> busy.Work:
-        """What the cores do in one step of ``shape``: every LIF neuron updated each
-        timestep for each sample, and the synaptic events the activity counts."""
-        updates = float(self.network.neurons) * shape.timesteps * max(1, shape.batch)
+        """What the cores do in one step of ``shape``: every copy's LIF neurons updated each
+        timestep of each round (a copy without a sample still updates its neurons), and the
+        synaptic events the samples' activity counts."""
+        rounds = math.ceil(max(1, shape.batch) / self.copies)
+        updates = float(self.network.neurons) * shape.timesteps * rounds * self.copies
         return busy.Work(updates, self.synaptic_events(shape))
 
     def synaptic_events(self, shape: Shape) -> float:
