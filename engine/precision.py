@@ -484,7 +484,9 @@ class QuantizedModel(ModelGraph):
         raise UnsupportedError(
             f"{self.name} at precision {self.precision.name} has no torch module here: "
             "backends that run the model's module measure its 16-bit form; remove "
-            "systems[].precision for this system or use an analytic backend (gpu, tpu)."
+            "systems[].precision for this system (or, where model.dtype names a format its "
+            "device has no rate for, set a 16-bit model.dtype) or use an analytic backend "
+            "(gpu, tpu)."
         )
 
     def example_inputs(self, shape: Shape, device: str = "meta") -> tuple[Any, ...]:
