@@ -6,7 +6,8 @@ tokens (when the plan fixes the rate), or by the rate they sustain, then cost pe
 (when it searches for the highest rate). The best per device and the overall best are
 the first of each ranking; the answer sentence names the best, the price it used (with
 its source and date), and the next cheaper configuration of its shape that was
-simulated and missed.
+simulated and missed. :func:`price_warnings` flags, as a run's report does, a ranking
+whose prices come from different tiers or providers, or from sources older than a year.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from xpusim.engine.economics.pricebook import tier_label
 from xpusim.engine.report.escape import terminal
 
 RANKED_SHOWN = 10
@@ -117,6 +119,55 @@ def answer(
     return text + "."
 
 
+def _priced(rows: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Each simulated device's price (one per device: a plan prices a device once)."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for r in rows:
+        if "replicas" in r and isinstance(r.get("price"), Mapping):
+            out.setdefault(str(r["device"]), r["price"])
+    return out
+
+
+def _grouped(priced: Mapping[str, Mapping[str, Any]], key: str) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for device, price in sorted(priced.items()):
+        if price.get(key):
+            groups.setdefault(str(price[key]), []).append(device)
+    return groups
+
+
+def price_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Warnings about the prices the ranking compares (empty when there is nothing to
+    flag): devices priced from different tiers, or by different providers, cannot be
+    compared like for like; a price older than a year may no longer hold."""
+    priced = _priced(rows)
+    out = []
+    tiers = _grouped(priced, "tier")
+    if len(tiers) > 1:
+        parts = "; ".join(f"{', '.join(d)} at {tier_label(t)}" for t, d in tiers.items())
+        out.append(
+            f"Warning: the devices were priced from different tiers ({parts}), so their costs "
+            "do not compare like for like; set plan.tier (and plan.provider) to price every "
+            "device at one tier."
+        )
+    providers = _grouped(priced, "provider")
+    if len(providers) > 1:
+        parts = "; ".join(f"{', '.join(d)} by {p}" for p, d in providers.items())
+        out.append(
+            f"Warning: the devices were priced by different providers ({parts}); set "
+            "plan.provider to compare one provider's prices."
+        )
+    stale = {d: p for d, p in sorted(priced.items()) if p.get("stale")}
+    if stale:
+        ref = next(iter(stale.values())).get("reference_date") or "today"
+        parts = ", ".join(f"{d} ({p.get('date')})" for d, p in stale.items())
+        out.append(
+            f"Warning: prices older than a year on {ref}: {parts}; check for newer ones "
+            "(economics.price_date sets the reference date)."
+        )
+    return out
+
+
 def table_rows(order: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     """The printed table's rows for the best ``RANKED_SHOWN`` configurations."""
     out = []
@@ -161,6 +212,8 @@ def _fmt(v: Any, pattern: str) -> str:
 def markdown(doc: Mapping[str, Any]) -> str:
     """``plan.md``: the answer, the ranking, the best per device and what was pruned."""
     lines = [f"# Plan: {doc['scenario']}", "", f"**Answer:** {doc['answer']}", ""]
+    for warning in doc.get("warnings", []):
+        lines += [f"> **{warning}**", ""]
     lines += [
         f"{doc['simulations']} simulations of {doc['shapes']} configuration shapes, "
         f"{len(doc['pruned'])} shapes pruned before simulating, in {doc['wall_s']:.1f} s "
@@ -189,7 +242,8 @@ def rich_table(doc: Mapping[str, Any]) -> Any:
     """The ranked configurations as a rich table titled with the one-line answer."""
     from rich.table import Table  # imported on use: the command line starts without rich
 
-    t = Table(title=terminal(f"plan {doc['scenario']}"), caption=terminal(doc["answer"]))
+    caption = "\n".join(terminal(line) for line in [doc["answer"], *doc.get("warnings", [])])
+    t = Table(title=terminal(f"plan {doc['scenario']}"), caption=caption)
     for head in TABLE_HEAD:
         t.add_column(head, justify="left" if head == "device" else "right")
     for row in doc["table"]:

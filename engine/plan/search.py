@@ -280,6 +280,7 @@ def run_plan(
         "best_per_device": rank.best_per_device(order),
         "best": best,
         "answer": rank.answer(rows, best, mode, load),
+        "warnings": rank.price_warnings(rows),
         "table": rank.table_rows(order),
         "executor": executor.name,
         "workers": workers,

@@ -20,6 +20,7 @@ each device's shapes are built in a worker of the sweep executor (:func:`device_
 from __future__ import annotations
 
 import copy
+import datetime as _dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from typing import Any
 from xpusim.engine.device import DeviceSpec
 from xpusim.engine.economics import HOUR_S, EconomicsConfig
 from xpusim.engine.economics.owned import lifetime_figure
-from xpusim.engine.economics.rented import catalog_price
+from xpusim.engine.economics.pricebook import is_stale
+from xpusim.engine.economics.rented import catalog_price, choose_price
 from xpusim.engine.errors import UnknownNameError
 from xpusim.engine.host import Host
 from xpusim.engine.plan.bound import Mix, replica_bound
@@ -54,11 +56,20 @@ within one node."""
 @dataclass(frozen=True)
 class Price:
     """What one device costs per hour at the plan's tier, and where the figure is from.
-    A purchase is its price over the ownership lifetime (electricity not included)."""
+    A purchase is its price over the ownership lifetime (electricity not included).
+
+    ``tier`` is the catalog tier it came from (``hyperscaler`` ...; ``device`` or
+    ``scenario`` for a price outside the catalog), ``provider`` who publishes it (empty
+    when not known), and ``stale`` whether its date is more than a year before
+    ``reference_date`` (``economics.price_date``, else today; ``None``: no date stated)."""
 
     usd_per_device_hour: float
     cited: str
     date: str
+    tier: str = ""
+    provider: str = ""
+    stale: bool | None = None
+    reference_date: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The price as plan.json writes it."""
@@ -66,6 +77,10 @@ class Price:
             "usd_per_device_hour": self.usd_per_device_hour,
             "cited": self.cited,
             "date": self.date or None,
+            "tier": self.tier or None,
+            "provider": self.provider or None,
+            "stale": self.stale,
+            "reference_date": self.reference_date or None,
         }
 
 
@@ -132,14 +147,20 @@ def config_data(base: Mapping[str, Any], shape: Shape, replicas: int) -> dict[st
 
 
 def device_price(spec: DeviceSpec, econ: EconomicsConfig) -> Price | None:
-    """The hourly price of ``spec`` at the economics block's tier, or ``None``."""
-    fig, _ = catalog_price(spec, econ, econ.pricing)
+    """The hourly price of ``spec`` at the economics block's tier, or ``None``, with the
+    tier and provider it came from and whether it is older than a year."""
+    chosen = choose_price(spec, econ, econ.pricing)
+    fig = chosen.figure
     if fig is None:
         return None
+    today = econ.price_date or _dt.date.today()
+    provider = chosen.offer.provider if chosen.offer is not None else ""
+    usd, cited = fig.value * HOUR_S, fig.cited
     if econ.pricing == "owned":
         hours = lifetime_figure(econ).value / HOUR_S
-        return Price(fig.value / hours, f"{fig.cited}, over {hours:,.0f} h of life", fig.date)
-    return Price(fig.value * HOUR_S, fig.cited, fig.date)
+        usd, cited = fig.value / hours, f"{fig.cited}, over {hours:,.0f} h of life"
+    stale = is_stale(fig.date, today)
+    return Price(usd, cited, fig.date, chosen.tier, provider, stale, today.isoformat())
 
 
 def devices(
