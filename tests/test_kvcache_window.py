@@ -128,3 +128,23 @@ def test_layout_refuses_nonsense() -> None:
     for bad in ((0, 0, 0), (-1, 2, 8), (4, 2, 0)):
         with pytest.raises(ValueError, match=r"layout|negative|window"):
             KVLayout(*bad)
+
+
+@pytest.mark.parametrize("layout", [None, KVLayout(10, 52, 1024), KVLayout(1, 1, 40)])
+def test_residue_counters_give_each_iterations_need(layout: KVLayout | None) -> None:
+    """The O(1) decode need from the residue counters (a decoder of ``c`` tokens at
+    iteration ``j`` in class ``(c - j) % B``, and in ``past`` once ``c >= window``) equals
+    the sum of every decoder's :meth:`step_blocks`, iteration after iteration."""
+    rng = np.random.default_rng(7)
+    cache = PagedKVCache(10**9, 16, layout)
+    window = layout.window if layout is not None else 0
+    tokens = [int(t) for t in rng.integers(1, 3000, size=40)]
+    for j in range(2500):
+        for c in tokens:
+            cache.growth[(c - j) % 16] += 1
+            if layout is not None and c >= window:
+                cache.past[(c - j) % 16] += 1
+        assert cache.decode_blocks(j) == sum(cache.step_blocks(c) for c in tokens), j
+        cache.growth = [0] * 16
+        cache.past = [0] * 16
+        tokens = [c + 1 for c in tokens]

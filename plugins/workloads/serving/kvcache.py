@@ -27,7 +27,8 @@ wherever it divides by ``block_tokens`` today. The residue trick still holds: a 
 step is ``F + S`` at a page boundary before the window fills, and after it ``F ×
 [c mod B = 0] + S × ([c mod B = 0] − [(c + 1 − w) mod B = 0])``; both terms depend only on the
 decoder's residue class and on whether it has passed the window, which happens once, at a
-known iteration.
+known iteration. :attr:`PagedKVCache.past` counts the decoders past the window by residue
+class, and :meth:`PagedKVCache.decode_blocks` is an iteration's need from both counters.
 """
 
 from __future__ import annotations
@@ -122,11 +123,13 @@ class PagedKVCache:
     ``total_blocks`` is then the blocks of every layer it was given times the layout's
     layers, and :meth:`blocks` converts a sequence's tokens into that unit. Without one (or
     with a layout of full layers only) a block is ``block_tokens`` tokens of every layer, as
-    before. ``unit_layers`` is the layers a unit of ``total_blocks`` is short of a block of
+    before. ``past`` counts, with a windowed layout, the decoders of ``growth`` whose
+    sequences already hold ``window`` tokens or more, by the same residue class.
+    ``unit_layers`` is the layers a unit of ``total_blocks`` is short of a block of
     every layer by: 1 for plain blocks, the layout's layers for layer blocks.
     """
 
-    __slots__ = ("block_tokens", "growth", "layout", "total_blocks", "unit_layers")
+    __slots__ = ("block_tokens", "growth", "layout", "past", "total_blocks", "unit_layers")
 
     def __init__(
         self, total_blocks: int, block_tokens: int, layout: KVLayout | None = None
@@ -140,6 +143,25 @@ class PagedKVCache:
         self.total_blocks = int(total_blocks) * self.unit_layers
         self.block_tokens = int(block_tokens)
         self.growth = [0] * self.block_tokens
+        self.past = [0] * self.block_tokens
+
+    def decode_blocks(self, j: int) -> int:
+        """Units the running decoders take in iteration ``j`` from the residue counters:
+        ``growth[(-j) % B]`` without a window; with one, every layer's page for those at a
+        page boundary, less the window's oldest page for those past the window whose
+        window start crosses one: ``(F + S) × growth[(-j) % B] − S × past[(w − 1 − j) %
+        B]``. Exactly the sum of :meth:`step_blocks` over the decoders when a decoder of
+        ``tokens`` tokens at iteration ``j`` sits in class ``(tokens − j) % B`` of
+        ``growth``, and of ``past`` from the iteration its sequence holds ``window``
+        tokens."""
+        b = self.block_tokens
+        lay = self.layout
+        if lay is None:
+            return self.growth[(-j) % b]
+        return (
+            lay.layers * self.growth[(-j) % b]
+            - lay.window_layers * self.past[(lay.window - 1 - j) % b]
+        )
 
     def blocks(self, tokens: int) -> int:
         """Units of :attr:`total_blocks` a sequence holding ``tokens`` tokens holds:
