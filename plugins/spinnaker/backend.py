@@ -25,8 +25,9 @@ System options (``systems[].options``): ``time_scale_factor`` (>= 1, default 1),
 ``counter`` (``lif`` | ``nest``), ``reports`` (a folder for sPyNNaker's reports; default a
 temporary one, deleted), ``use_board`` (default true: run on a board the user's config
 names), ``copies`` (default 1: copies of the network side by side on the machine; a
-step of ``b`` samples then takes ``ceil(b / copies)`` rounds, every copy's cores active,
-and the k-th sample finishes with its round).
+step of ``b`` samples then takes ``ceil(b / copies)`` rounds, every copy updating its
+neurons each timestep whether or not it holds a sample, and the k-th sample finishes with
+its round).
 """
 
 from __future__ import annotations
