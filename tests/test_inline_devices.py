@@ -52,8 +52,8 @@ def test_inline_device_price_is_the_runs_price(host: Host, write_yaml: Writer) -
     used = own.details["price_used"]
     assert used["usd"] == pytest.approx(3.0) and used["tier"] == "scenario"
     assert used["cited"] == "from the scenario (systems.0.device.price.cloud)"
-    span = own.details["cost_breakdown_usd"]["cloud rental"] / (3.0 / HOUR_S)
-    assert own.metrics["cost_usd"] == pytest.approx(span * 3.0 / HOUR_S)
+    # one device rented for the simulated span at the scenario's 3 USD/h
+    assert own.metrics["cost_usd"] == pytest.approx(own.metrics["simulated_s"] * 3.0 / HOUR_S)
     assert cat.details["price_used"]["tier"] in ("hyperscaler", "neocloud")
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     assert summary["systems"][0]["price_tier"] == "scenario"
