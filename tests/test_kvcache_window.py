@@ -148,3 +148,16 @@ def test_residue_counters_give_each_iterations_need(layout: KVLayout | None) -> 
         cache.growth = [0] * 16
         cache.past = [0] * 16
         tokens = [c + 1 for c in tokens]
+
+
+def test_a_window_on_every_layer_stops_growing(host: Host) -> None:
+    """With a window on every layer (Mistral v0.1's config), a sequence's cache stops at the
+    window: no bytes per token past it, and the pages stay those the window touches."""
+    m = host.models.get("llama").configure({"preset": "llama-2-7b", "sliding_window": 4096})
+    assert m.info.kv_full_bytes_per_token == 0
+    assert m.info.kv_sequence_bytes(100_000) == m.info.kv_sequence_bytes(4096)
+    lay = KVLayout.of(m.info)
+    assert lay == KVLayout(0, 32, 4096)
+    cache = PagedKVCache(100, 16, lay)
+    assert cache.blocks(100_000) == 32 * 256 and cache.blocks(100_001) == 32 * 257
+    assert cache.max_sequences(10**6) == cache.max_sequences(4096)
