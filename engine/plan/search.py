@@ -169,9 +169,19 @@ def empty_space_message(space: Space, src: Source) -> str:
         )
     slo = [r for r in reasons if "TTFT objective" in r or "TBT objective" in r]
     if slo and len(slo) + len(fit) + len(budget) == len(reasons):
+        ttft = [r for r in slo if "TTFT objective" in r]
+        tbt = [r for r in slo if "TBT objective" in r]
+        if ttft and tbt:
+            return (
+                f"{head} the SLOs contradict each other on these devices: no candidate meets "
+                f"the TTFT and TBT objectives together (for example: {ttft[0]}; and: "
+                f"{tbt[0]}). Loosen plan.slo (ttft_p99 or tbt_p99), allow larger tensor "
+                "degrees (plan.tensor), or add faster devices."
+            )
         return (
             f"{head} the SLOs cannot be met by any candidate ({slo[0]}). Loosen "
-            "plan.slo.ttft_p99, allow larger tensor degrees, or shorten the prompts."
+            f"plan.slo.{'ttft_p99' if ttft else 'tbt_p99'}, allow larger tensor degrees, or "
+            f"{'shorten the prompts' if ttft else 'add faster devices'}."
         )
     kinds = sorted({r.split(":")[0] for r in reasons})
     example = "; ".join(reasons[:3]) or "no device has a price at the chosen tier"
