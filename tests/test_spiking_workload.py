@@ -15,7 +15,7 @@ from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
 from xpusim.engine.backend import Compiled, Cost, Fit
-from xpusim.engine.frames import DEVICES_SCHEMA
+from xpusim.engine.frames import DEVICES_SCHEMA, collect
 from xpusim.engine.graph import Shape
 from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.engine.workload import WorkloadContext
@@ -79,14 +79,14 @@ def test_batch_mode_latency_and_throughput(model) -> None:  # type: ignore[no-un
         SpikingConfig(samples=10, batch=4, timesteps=100),
         _ctx(system, FixedCompiled(system, model), model),
     )
-    steps, req = run.frames["steps"], run.frames["requests"]
+    steps, req = collect(run.frames["steps"]), collect(run.frames["requests"])
     assert steps.schema == pl.Schema(STEPS_SCHEMA) and req.schema == pl.Schema(REQUESTS_SCHEMA)
     assert steps["batch"].to_list() == [4, 4, 2]
     assert run.simulated_s == pytest.approx(0.3)
     assert run.metrics["throughput_samples_per_s"] == pytest.approx(10 / 0.3)
     assert run.metrics["energy_per_sample_j"] == pytest.approx(2.0)
     assert req["latency_s"].max() == pytest.approx(0.3)
-    dev = run.frames["devices"]
+    dev = collect(run.frames["devices"])
     assert dev.schema == pl.Schema(DEVICES_SCHEMA)
     assert dev["joules"].sum() == pytest.approx(20.0)
 
@@ -100,7 +100,7 @@ def test_arrivals_at_a_rate_queue_behind_a_busy_replica(model) -> None:  # type:
     b = SPIKING.simulate(cfg, _ctx(system, FixedCompiled(system, model), model))
     assert a.metrics["e2e_p50_s"] >= 0.1 - 1e-12
     assert a.metrics["e2e_p99_s"] >= a.metrics["e2e_p50_s"]
-    assert set(a.frames["requests"]["replica"].unique().to_list()) <= {0, 1}
+    assert set(collect(a.frames["requests"])["replica"].unique().to_list()) <= {0, 1}
     assert_frame_equal(a.frames["requests"], b.frames["requests"])
 
 
@@ -294,8 +294,9 @@ def test_samples_run_in_turn_finish_one_after_the_other(model) -> None:  # type:
         {"samples": 4, "batch": 4, "timesteps": 100, "sweep": {"enabled": False}}
     )
     run = SPIKING.simulate(cfg, _ctx(system, InTurnCompiled(system, model), model))
-    assert run.frames["requests"]["latency_s"].to_list() == pytest.approx([0.1, 0.2, 0.3, 0.4])
-    assert run.frames["steps"].height == 1
+    latency = collect(run.frames["requests"])["latency_s"].to_list()
+    assert latency == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert collect(run.frames["steps"]).height == 1
 
 
 def test_operating_points_land_in_the_run_folder_with_their_schema(model, tmp_path) -> None:  # type: ignore[no-untyped-def]
