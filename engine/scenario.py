@@ -235,14 +235,71 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+_TAG = re.compile(r"(str|int|float|bool|[A-Z]\w*|(list|dict|tuple)\[.*\])")
+
+
+def _is_tag(segment: str) -> bool:
+    """Whether a location segment names a union member (``str``, ``DerivedDevice``) rather
+    than a key: scenario keys are lower-case words."""
+    return _TAG.fullmatch(segment) is not None
+
+
+_SHAPES = {
+    "str": "a name",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+}
+
+
+def _one_branch(errors: list[Any]) -> list[Any]:
+    """Keep, for a value that may take one of several shapes (``device: h100-sxm`` or
+    ``device: {base: ...}``), only the errors of the shape the value has: a mapping given
+    where a name is also accepted is not also told it "should be a valid string"."""
+
+    def split(err: Any) -> tuple[tuple[Any, ...], str] | None:
+        loc = err["loc"]
+        for i, seg in enumerate(loc):
+            if isinstance(seg, str) and _is_tag(seg):
+                return tuple(loc[:i]), seg
+        return None
+
+    deeper = {
+        (where[0], where[1])
+        for err in errors
+        if (where := split(err)) is not None and not err["type"].endswith("_type")
+    }
+    kept: list[Any] = []
+    shapes: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for err in errors:
+        where = split(err)
+        if where is not None and err["type"].endswith("_type"):
+            if any(p == where[0] and t != where[1] for p, t in deeper):
+                continue  # not of this member's shape; another member's errors say why
+            # of no member's shape: one error listing the shapes the value may take
+            merged = shapes.get(where[0])
+            if merged is None:
+                merged = {**err, "loc": where[0], "type": "union_shape", "shapes": []}
+                shapes[where[0]] = merged
+                kept.append(merged)
+            merged["shapes"].append(_SHAPES.get(where[1], "a mapping"))
+            continue
+        kept.append(err)
+    return kept
+
+
 def validation_message(exc: ValidationError, src: Source, prefix: Path_ = ()) -> str:
     """One paragraph for the first problems pydantic found, with file, line and key path."""
     parts: list[str] = []
-    errors = exc.errors(include_url=False)
+    errors = _one_branch(exc.errors(include_url=False))
     for err in errors[:3]:
         loc: Path_ = (
             *prefix,
-            *(p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")),
+            *(
+                p
+                for p in err["loc"]
+                if not isinstance(p, str) or not (p.startswith("function-") or _is_tag(p))
+            ),
         )
         kind = err["type"]
         where = src.where(loc)
@@ -261,6 +318,10 @@ def validation_message(exc: ValidationError, src: Source, prefix: Path_ = ()) ->
             near = nearest(str(got), re.findall(r"'([^']+)'", str(expected)))
             hint = f" Did you mean {near!r}?" if near else ""
             parts.append(f"{where}: expected one of {expected}, got {_describe(got)}.{hint}")
+        elif kind == "union_shape":
+            parts.append(
+                f"{where}: expected {' or '.join(err['shapes'])}, got {_describe(err.get('input'))}."
+            )
         elif kind == "int_parsing_size":
             parts.append(
                 f"{where}: {_describe(err.get('input'))} is far too large for this field; "
