@@ -84,9 +84,17 @@ class Executor(ABC):
         speculates fills up to it). The default: ``workers``, else 1."""
         return max(1, workers or 1)
 
-    def start(self, *, workers: int | None = None, address: str | None = None) -> None:
+    def start(
+        self,
+        *,
+        workers: int | None = None,
+        address: str | None = None,
+        warmup: Callable[[], Any] | None = None,
+    ) -> None:
         """Start getting ready to run points on ``workers`` workers without waiting (for a
         local pool: its processes and their imports), so that the first :meth:`map` or
-        :meth:`map_more` with the same arguments finds them ready. Optional: the default
-        does nothing, and a caller that never maps loses nothing but the start."""
+        :meth:`map_more` with the same arguments finds them ready; each worker runs the
+        picklable ``warmup`` once, where given (loading what the first points need while
+        the caller prepares them; its errors are ignored). Optional: the default does
+        nothing, and a caller that never maps loses nothing but the start."""
         return None

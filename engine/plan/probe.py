@@ -34,6 +34,7 @@ from xpusim.engine.errors import XpusimError
 from xpusim.engine.executor import PointFailure
 from xpusim.engine.plan.space import DeviceTask, Shape, Space, config_data, device_space
 from xpusim.engine.run import load_point, simulate
+from xpusim.engine.scenario import resolve
 from xpusim.engine.sweep import worker_host
 from xpusim.engine.workload import Knob
 from xpusim.engine.yamlsrc import Source
@@ -239,6 +240,15 @@ def plan_task(task: DeviceTask | SimPoint) -> Pruned | dict[str, Any]:
     if isinstance(task, SimPoint):
         return simulate_point(task)
     return prune_device(task)
+
+
+def warm_worker(data: dict[str, Any], scenario_file: str, base_dir: str) -> None:
+    """A worker's warm-up before its first task (:meth:`Executor.start`): resolve the
+    plan's scenario ``data`` with the worker's host, which loads the workload, the model
+    family and the backends it names, and their catalogs, while the command is still
+    loading the same scenario."""
+    host = worker_host()
+    resolve(copy.deepcopy(data), Source(f"{scenario_file} (plan)"), host, base_dir=Path(base_dir))
 
 
 @dataclass

@@ -22,6 +22,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from xpusim.engine.executor import Executor, PointFailure
 from xpusim.engine.host import Host
 from xpusim.engine.plan import rank
 from xpusim.engine.plan.bound import Mix
-from xpusim.engine.plan.probe import ShapeTask, plan_task, shape_task
+from xpusim.engine.plan.probe import ShapeTask, plan_task, shape_task, warm_worker
 from xpusim.engine.plan.schedule import Stream
 from xpusim.engine.plan.space import DeviceTask, Shape, Sizing, Space, device_tasks
 from xpusim.engine.plan.spec import PlanSpec, parse_plan
@@ -212,8 +213,10 @@ def run_plan(
         key, value = parse_set(item)
         apply_override(data, key, value, f"--set {item}")
     spec = parse_plan(data.get("plan"), src)
-    # the workers start (their imports, in their own processes) while the scenario loads
-    executor.start(workers=workers, address=address)
+    # the workers start, each loading the scenario's plugins, while the command loads it
+    plain = {k: v for k, v in data.items() if k not in ("plan", "sweep", "capacity")}
+    warmup = partial(warm_worker, copy.deepcopy(plain), str(path), str(path.parent))
+    executor.start(workers=workers, address=address, warmup=warmup)
     knobs = workload_knobs(data, src, host, path.parent)
     base = prepare_base(data, spec, src, knobs)
     scenario = resolve(copy.deepcopy(base), src, host, base_dir=path.parent)

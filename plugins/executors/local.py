@@ -18,6 +18,7 @@ while others run: each starts as soon as a worker is free.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import threading
@@ -90,32 +91,33 @@ class LocalExecutor(Executor):
         """Points run at once: ``workers``, else the CPU count."""
         return max(1, workers or os.cpu_count() or 1)
 
-    def start(self, *, workers: int | None = None, address: str | None = None) -> None:
-        """Start the pool of ``workers`` processes in a background thread: the fork
-        server's imports, each worker's fork and its plugin host. The next map waits for
-        it to finish (a pool that failed to start is started again there)."""
+    def start(
+        self,
+        *,
+        workers: int | None = None,
+        address: str | None = None,
+        warmup: Callable[[], Any] | None = None,
+    ) -> None:
+        """Start the pool of ``workers`` processes: a background thread submits one
+        warm-up task per worker (``warmup``, else an empty one), which forks each worker
+        from the fork server (whose imports run meanwhile in its own process) and builds
+        its plugin host. A map on the same pool does not wait for it: its points queue
+        behind the warm-ups, and each worker takes them as soon as it is warm."""
         if self._starting is not None:
             return
         size = workers or os.cpu_count() or 1
+        pool = self._pool(size)
         self._starting = threading.Thread(
-            target=self._prestart, args=(size,), name="xpusim-pool-start", daemon=True
+            target=_prestart, args=(pool, size, warmup), name="xpusim-pool-start", daemon=True
         )
         self._starting.start()
 
-    def _prestart(self, size: int) -> None:
-        """Make the pool and run one empty task per worker, so that each is forked and
-        warm; an error is left for the next map to meet."""
-        try:
-            pool = self._pool(size)
-            for fut in [pool.submit(_ready) for _ in range(size)]:
-                fut.result()
-        except Exception:  # the next map rebuilds the pool and reports what fails
-            pass
-
-    def _join_start(self) -> None:
-        """Wait for a background start to finish before the pool is used."""
-        if self._starting is not None:
+    def _join_start(self, size: int) -> None:
+        """Wait for a background start to have submitted its warm-ups before the pool is
+        replaced (a map with another number of workers)."""
+        if self._starting is not None and size != self._kept_size:
             self._starting.join()
+        if self._starting is not None and not self._starting.is_alive():
             self._starting = None
 
     def map(
@@ -146,8 +148,8 @@ class LocalExecutor(Executor):
         points = list(points)
         if not points:
             return
-        self._join_start()
         size = workers or os.cpu_count() or 1
+        self._join_start(size)
         attempts = [0] * len(points)
         pending = list(range(len(points)))
         while pending:
@@ -240,8 +242,21 @@ _DIED = object()
 """Marker: the point's worker process died before it finished."""
 
 
-def _ready() -> None:
-    """The empty task :meth:`LocalExecutor.start` runs once per worker."""
+def _prestart(pool: ProcessPoolExecutor, size: int, warmup: Callable[[], Any] | None) -> None:
+    """Submit one warm-up task per worker to ``pool`` (each submit forks a worker; errors
+    are left for the next map to meet)."""
+    with contextlib.suppress(Exception):  # a pool shut down meanwhile, or a failed fork
+        for _ in range(size):
+            pool.submit(_ready, warmup)
+
+
+def _ready(warmup: Callable[[], Any] | None) -> None:
+    """The task :meth:`LocalExecutor.start` runs once per worker: ``warmup``, if any, its
+    errors ignored (the points that need what it loads will meet them)."""
+    if warmup is None:
+        return
+    with contextlib.suppress(Exception):  # reported by the point that meets it
+        warmup()
 
 
 def _nothing(index: int, result: Any) -> list[Any]:
