@@ -567,7 +567,6 @@ class ServingWorkload(Workload):
                 break
         if served is not None:
             frames, span = served
-            frames = dict(frames)
             kv_tokens = None
         else:
             res = simulate_serving(
@@ -583,7 +582,9 @@ class ServingWorkload(Workload):
                 progress=ctx.progress,
                 seed=ctx.seed,
             )
-            frames, span = dict(res.frames), res.simulated_s
+            # the world's own mapping: it holds the spill folder of frames past the row
+            # threshold, which a copy would let go (and the folder with it)
+            frames, span = res.frames, res.simulated_s
             kv_tokens = res.kv_blocks * config.kv_block_tokens
             run.metrics.setdefault("replicas", res.replicas)
         if run.fixes:
