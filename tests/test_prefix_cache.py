@@ -173,18 +173,34 @@ def test_prefix_caching_lowers_ttft_and_keeps_the_full_prompt_in_the_frame() -> 
 
 
 def test_cache_aware_routing_runs_through_the_world() -> None:
-    """Under cache-aware routing the world follows the replay's assignment: every
-    request finishes and the hits match the round-robin replay's or exceed them."""
+    """Under cache-aware routing that always follows the cache (``cache_threshold: 0``)
+    the world follows the replay's assignment: every request finishes and the hits match
+    the round-robin replay's or exceed them."""
     rr, _ = _serve({"memory_fraction": 0.2, "shared_prefix": {"tokens": 1536, "prompts": 2}})
     ca, req = _serve(
         {
             "memory_fraction": 0.2,
             "routing": "cache-aware",
+            "cache_threshold": 0.0,
             "shared_prefix": {"tokens": 1536, "prompts": 2},
         }
     )
     assert (req["status"] == "ok").all()
     assert ca["prefill_tokens_saved"] >= rr["prefill_tokens_saved"]
+
+
+def test_cache_threshold_keeps_a_prefix_every_prompt_shares_from_drawing_all_load() -> None:
+    """One system prompt that every request opens with, short against the prompts: with
+    ``cache_threshold: 0`` the replica that cached it first wins every request (it always
+    holds the longest prefix); with SGLang's default 0.5 the prefix is too small a share
+    to choose by, so the requests spread over both replicas and the mean TTFT falls."""
+    block = {"memory_fraction": 0.2, "routing": "cache-aware"}
+    shared = {"shared_prefix": {"tokens": 64, "prompts": 1}}
+    greedy, req_g = _serve({**block, **shared, "cache_threshold": 0.0})
+    spread, req_s = _serve({**block, **shared})
+    assert req_g["replica"].n_unique() == 1
+    assert req_s["replica"].n_unique() == 2
+    assert spread["ttft_mean_s"] < greedy["ttft_mean_s"]
 
 
 SCENARIO = """

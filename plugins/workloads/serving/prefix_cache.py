@@ -31,10 +31,15 @@ the full prompt.
 
 Routing: under ``round-robin`` the world's routing is reproduced exactly (the ``i``-th
 routed request to replica ``i mod R``; requests too large for a replica are dropped and
-not routed, as in the world). ``routing: cache-aware`` sends each request to the replica
-whose cache holds the longest prefix of it, the one with the fewest requests routed so
-far on a tie (SGLang's cache-aware router, without its load threshold); the world then
-routes by that assignment.
+not routed, as in the world). ``routing: cache-aware`` follows SGLang's cache-aware
+router: a request goes to the replica whose cache holds the longest prefix of it (the
+one with the fewest requests routed so far on a tie) when that prefix is more than
+``cache_threshold`` of its blocks (SGLang's ``cache_threshold``, default 0.5), else to
+the replica with the fewest requests routed so far (SGLang sends it to the least-filled
+cache); the world then routes by that assignment. Without the threshold a block every
+prompt shares (a system prompt) would draw every request to the first replica that cached
+it. Not replayed: SGLang's load tier (``balance_abs_threshold``/``balance_rel_threshold``
+on the replicas' running requests), which are known only during the run.
 
 Metrics: ``prefix_hit_rate_tokens`` (prompt tokens served from the cache / prompt tokens
 of routed requests), ``prefix_hit_rate_blocks`` (prompt blocks found / prompt blocks
@@ -99,7 +104,8 @@ class PrefixCaching(BaseModel):
 
     ``memory_fraction`` is the share of a replica's KV blocks the cache keeps;
     ``block_tokens`` the tokens each hash id covers (default: ``kv_block_tokens``; 512 for
-    Mooncake's traces); ``routing`` ``round-robin`` or ``cache-aware``; ``shared_prefix``
+    Mooncake's traces); ``routing`` ``round-robin`` or ``cache-aware`` (with its
+    ``cache_threshold``); ``shared_prefix``
     declares a system prompt for a trace that carries no hashes.
     """
 
@@ -108,6 +114,14 @@ class PrefixCaching(BaseModel):
     memory_fraction: float = Field(gt=0, lt=1)
     block_tokens: int | None = Field(default=None, ge=1)
     routing: Literal["round-robin", "cache-aware"] = "round-robin"
+    cache_threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="cache-aware: share of a prompt's blocks the best replica must hold "
+        "(strictly more) for the cache to choose; else the least-used replica (SGLang's "
+        "router, default 0.5)",
+    )
     shared_prefix: SharedPrefix | None = None
     conversations: Conversations | None = None
 
@@ -270,6 +284,9 @@ def replay(
             best = [(_matched(c, h), -routed_count[j], -j) for j, c in enumerate(caches)]
             got, _, neg = max(best)
             r = -neg
+            if h and got <= spec.cache_threshold * len(h):  # too little cached: balance
+                r = min(range(replicas), key=lambda j: (routed_count[j], j))
+                got = _matched(caches[r], h)
         hit = min(got * bt, n - 1)
         need = -(-(n - hit + m - 1) // kv_block_tokens)
         if need > left_blocks:
