@@ -57,7 +57,11 @@ if str(REPO) not in sys.path:
 
 from xpusim.engine.graph import Op, OpKind, dtype_bytes  # noqa: E402
 from xpusim.plugins.gpu.catalog import catalog  # noqa: E402
-from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency  # noqa: E402
+from xpusim.plugins.gpu.efficiency import (  # noqa: E402
+    FLASH_BACKWARD_FLOPS,
+    GpuCostModel,
+    GpuEfficiency,
+)
 from xpusim.plugins.gpu.points import gemm_op  # noqa: E402
 
 KERNELS = REPO.parent / "shared" / "reference" / "kernels.yaml"
@@ -245,9 +249,13 @@ def solve_asymptote(
     return f, shape_
 
 
-def attention_tflops(dev: str, eff: GpuEfficiency, r: dict[str, Any]) -> float:
+def attention_tflops(
+    dev: str, eff: GpuEfficiency, r: dict[str, Any], backward: bool = False
+) -> float:
     """Model TFLOP/s of one FlashAttention benchmark row (16k tokens per batch, hidden
-    2048), in the benchmark's own FLOP convention (causal counts half)."""
+    2048), in the benchmark's own FLOP convention (causal counts half; forward plus
+    backward counts 3.5 forwards). ``backward``: the row times a forward and a backward
+    (the cost model prices the backward op, ``bwd.…``, as the kernel's five GEMMs)."""
     s, d = int(r["seqlen"]), int(r["head_dim"])
     heads, batch = 2048 // d, 16384 // s
     causal = bool(r["causal"])
@@ -264,8 +272,13 @@ def attention_tflops(dev: str, eff: GpuEfficiency, r: dict[str, Any]) -> float:
         dtype="bf16",
         attrs=(("causal", 1.0 if causal else 0.0),),
     )
-    t = GpuCostModel(catalog()[dev], eff)(op).seconds
-    return fa_flops / t / 1e12
+    model = GpuCostModel(catalog()[dev], eff)
+    t = model(op).seconds
+    if not backward:
+        return fa_flops / t / 1e12
+    bwd = replace(op, name="bwd.attn", flops=2.0 * op.flops)  # as a training graph builds it
+    t += model(bwd).seconds
+    return (1.0 + FLASH_BACKWARD_FLOPS) * fa_flops / t / 1e12
 
 
 def errors(pairs: list[tuple[float, float]]) -> dict[str, float | int]:
@@ -276,22 +289,38 @@ def errors(pairs: list[tuple[float, float]]) -> dict[str, float | int]:
     return {"rows": len(e), "median_abs_error": statistics.median(e), "max_abs_error": max(e)}
 
 
-def fit_attention(dev: str, rows: list[dict[str, Any]], column: str) -> dict[str, Any]:
-    """``attention_fraction`` fitted on even rows (log error), checked on odd rows."""
+def fit_attention(
+    dev: str, rows: list[dict[str, Any]], column: str, backward: bool = False
+) -> dict[str, Any]:
+    """``attention_fraction`` fitted on even rows (log error), checked on odd rows;
+    ``backward``: the rows are forward-plus-backward rates."""
     rows = [r for r in rows if r.get(column) is not None]
     train, held = rows[0::2], rows[1::2]
 
+    def rate(eff: GpuEfficiency, r: dict[str, Any]) -> float:
+        return attention_tflops(dev, eff, r, backward)
+
     def loss(f: float) -> float:
         eff = replace(GpuEfficiency(), attention_fraction=f, kernel_overhead_s=0.0)
-        return sum(math.log(attention_tflops(dev, eff, r) / float(r[column])) ** 2 for r in train)
+        return sum(math.log(rate(eff, r) / float(r[column])) ** 2 for r in train)
 
     f = float(minimize_scalar(loss, bounds=(0.05, 1.0), method="bounded").x)
     eff = replace(GpuEfficiency(), attention_fraction=f, kernel_overhead_s=0.0)
 
     def pairs(rs: list[dict[str, Any]]) -> list[tuple[float, float]]:
-        return [(attention_tflops(dev, eff, r), float(r[column])) for r in rs]
+        return [(rate(eff, r), float(r[column])) for r in rs]
 
     return {"value": f, "in_sample": errors(pairs(train)), "held_out": errors(pairs(held))}
+
+
+def check_attention_backward(
+    dev: str, fraction: float, rows: list[dict[str, Any]], column: str
+) -> dict[str, Any]:
+    """Every forward-plus-backward row of ``rows`` priced at a ``fraction`` fitted to
+    forward rates alone: a check of the backward's pricing, nothing fitted."""
+    eff = replace(GpuEfficiency(), attention_fraction=fraction, kernel_overhead_s=0.0)
+    rows = [r for r in rows if r.get(column) is not None]
+    return errors([(attention_tflops(dev, eff, r, True), float(r[column])) for r in rows])
 
 
 DG_OUT = "bf16"
@@ -485,8 +514,16 @@ def fit(ref: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     fa = ref["fa3_fp16_forward_h100_by_seqlen"]["rows"]
     rec = fit_attention("h100-sxm", fa, "fa2")
     rec["fitted_to"] = "fa3_fp16_forward_h100_by_seqlen, FlashAttention-2 forward column, even rows"
+    rec["backward_check"] = {
+        "table": "fa2_fwd_bwd_h100_by_seqlen, FlashAttention-2 forward+backward column, every row",
+        **check_attention_backward(
+            "h100-sxm", rec["value"], ref["fa2_fwd_bwd_h100_by_seqlen"]["rows"], "fa2"
+        ),
+    }
     put("h100-sxm", "attention_fraction", rec)
-    rec = fit_attention("a100-sxm-80gb", ref["fa2_fwd_bwd_a100_by_seqlen"]["rows"], "fa2")
+    rec = fit_attention(
+        "a100-sxm-80gb", ref["fa2_fwd_bwd_a100_by_seqlen"]["rows"], "fa2", backward=True
+    )
     rec["fitted_to"] = (
         "fa2_fwd_bwd_a100_by_seqlen, FlashAttention-2 forward+backward column (no forward-only "
         "table for A100), even rows"

@@ -168,3 +168,27 @@ def test_weight_only_4bit_decode_is_priced_at_its_weight_bytes() -> None:
     t16 = GpuBackend().compile(base, system).cost(shape).seconds
     t4 = GpuBackend().compile(w4, system).cost(shape).seconds
     assert 2.0 < t16 / t4 < 4.0
+
+
+def test_fused_attention_backward_recomputes_the_scores() -> None:
+    """A fused attention backward (``bwd.…``, built with twice the forward's FLOPs) is
+    priced as the kernel's five GEMMs: 2.5 times the forward's compute, so a forward plus
+    backward at a forward-fitted fraction lands near the H100 forward+backward table, as
+    the shipped fit's own check records."""
+    from xpusim.engine.graph import Op, OpKind
+
+    model = GpuCostModel(catalog()["h100-sxm"], shipped("h100-sxm"))
+    s, d, heads = 8192, 128, 16
+    fwd = Op(
+        "attn.core",
+        OpKind.ATTENTION,
+        flops=4.0 * s * s * d * heads,
+        bytes_read=3.0 * s * d * 2 * heads,
+        bytes_written=s * d * 2.0 * heads,
+        dims=(s, s, d),
+        batch=2 * heads,
+    )
+    bwd = replace(fwd, name="bwd.attn.core", flops=2.0 * fwd.flops)
+    assert model(bwd).compute_s == pytest.approx(2.5 * model(fwd).compute_s)
+    check = yaml.safe_load(FITS_PATH.read_text(encoding="utf-8"))["devices"]["h100-sxm"]
+    assert check["attention_fraction"]["backward_check"]["median_abs_error"] < 0.15

@@ -64,6 +64,17 @@ straddle the diagonal (:func:`causal_block_factor`): at 512 tokens with 128-row 
 does 25 % more work than the attended pairs, at 16k tokens under 1 %, which is why causal
 attention runs at a lower rate on short sequences (``fa3_fp16_forward_h100_by_seqlen``).
 
+The **backward** of a fused attention op (named ``bwd.…``, the engine's backward prefix)
+does what FlashAttention-2's backward does (Dao 2023, arXiv:2307.08691, Algorithm 2; the
+FlashAttention-3 and cuDNN backwards share the scheme): it keeps no ``s × s`` matrix, so it
+recomputes ``S = QKᵀ`` and ``P`` from the saved log-sum-exp and then computes ``dV = PᵀdO``,
+``dP = dO·Vᵀ``, ``dQ = dS·K`` and ``dK = dSᵀQ``: five ``s × s × d`` GEMMs against the
+forward's two, 2.5 times the forward's FLOPs (:data:`FLASH_BACKWARD_FLOPS`, the convention
+of the FlashAttention benchmarks, ``bwd = 2.5 × fwd``), not the twice a generic op's
+backward is built with; at the same ``attention_fraction``, which the
+forward-plus-backward H100 table (``fa2_fwd_bwd_h100_by_seqlen``) checks out of sample
+(``benchmarks/fit_kernels.py``).
+
 8-bit and narrower GEMMs run at ``lowp_tensor_fraction`` of their peak where it is set.
 
 Every op instance pays ``kernel_overhead_s`` (one kernel launch on the GPU timeline).
@@ -85,6 +96,13 @@ from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Op, OpKind, dtype_bytes
 
 Tile = tuple[int, int, float]
+
+FLASH_BACKWARD_FLOPS = 2.5
+"""FLOPs of a fused attention backward over its forward's: five ``s × s × d`` GEMMs (the
+recomputed ``QKᵀ``, ``dV``, ``dP``, ``dQ``, ``dK``) against two (module docstring)."""
+
+BACKWARD_PREFIX = "bwd."
+"""Name prefix of the backward ops a training graph holds (``engine.model``)."""
 
 
 @dataclass(frozen=True)
@@ -377,6 +395,9 @@ class GpuCostModel:
         group = max(1, round(q_heads / kv_heads)) if q_heads > 0 and kv_heads > 0 else 1
         per_head = op.batch * (2.0 * q * d * b + 2.0 * keys * d * kv_b)
         flops = op.flops if op.flops > 0 else 4.0 * q * keys * d * op.batch
+        if op.name.startswith(BACKWARD_PREFIX):
+            # built as twice the forward; the kernel recomputes QKᵀ: 5 GEMMs, not 4
+            flops *= FLASH_BACKWARD_FLOPS / 2.0
         decode = q == 1
         if decode and self.decode_attention == "per-head":
             # masked MHA: one block per query head on CUDA cores, K/V not shared
