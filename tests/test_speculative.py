@@ -57,6 +57,30 @@ def test_a_decode_step_costs_k_draft_steps_and_one_verification() -> None:
     assert sc.cost(mixed).seconds == pytest.approx(want)
 
 
+def test_a_draft_tree_is_verified_whole_and_drafted_by_its_width() -> None:
+    """With ``tree_tokens`` the target verifies the whole tree per sequence and each of
+    the k draft steps runs the tree's width of candidates; at batch 1 (memory-bound) the
+    tree costs about what the chain does, and at a large batch clearly more."""
+    tree = spec(k=5, acceptance=0.7, tree_tokens=23)
+    assert tree.verify_tokens() == 23 and tree.draft_width() == 5
+    assert spec(k=5).verify_tokens() == 6 and spec(k=5).draft_width() == 1
+    target, draft = compiled(), compiled()
+    chain_c = SpeculativeCompiled(target, draft, 5)
+    tree_c = SpeculativeCompiled(target, draft, 5, verify=23, width=5)
+    dec = Shape(Phase.DECODE, batch=4, tokens=1, context=100)
+    want = target.cost(Shape(Phase.PREFILL, batch=4, tokens=23, context=100)).seconds
+    want += 5 * draft.cost(Shape(Phase.PREFILL, batch=4, tokens=5, context=100)).seconds
+    assert tree_c.cost(dec).seconds == pytest.approx(want)
+
+    def ratio(batch: int) -> float:
+        d = Shape(Phase.DECODE, batch=batch, tokens=1, context=500)
+        return tree_c.cost(d).seconds / chain_c.cost(d).seconds
+
+    assert ratio(1) < 1.5 < ratio(256)
+    with pytest.raises(ValueError, match="at least its k \\+ 1"):
+        spec(k=5, tree_tokens=4)
+
+
 def test_the_draft_shares_the_kv_memory() -> None:
     """The KV capacity is what is left once the draft's weights are in, divided by both
     models' KV bytes per token."""

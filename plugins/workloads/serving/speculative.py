@@ -4,6 +4,10 @@ Every decode iteration of a sequence runs the draft model ``k`` times (one token
 over its own KV cache of the same length) and the target model once over ``k + 1`` new
 tokens (the ``k`` proposals and the position after them), priced as a prefill chunk of
 ``k + 1`` tokens over the sequence's context. The prompt is prefilled by both models.
+A draft that proposes a tree (EAGLE, Medusa; ``tree_tokens``) has the target verify every
+node of the tree in that one pass, ``tree_tokens`` tokens per sequence, and runs each of
+its ``k`` steps over ``ceil((tree_tokens - 1) / k)`` candidates per sequence (the tree's
+width at a depth); the acceptance rates then describe the accepted path.
 With per-position acceptance rates ``a_1 .. a_k`` (each the chance that the proposal at
 that position is accepted given the ones before it were) a step yields on average
 
@@ -50,8 +54,10 @@ class SpeculativeDecoding(BaseModel):
     """``workload.speculative_decoding``: the draft model, ``k`` and the acceptance.
 
     ``draft`` is a model block as in the scenario's ``model:`` (``family``, ``preset`` and
-    fields); ``k`` the tokens it proposes per step; ``acceptance`` one rate in [0, 1] for
-    every position, or a list of ``k`` per-position rates.
+    fields); ``k`` the tokens it proposes per step (the tree's depth, for a tree);
+    ``acceptance`` one rate in [0, 1] for every position, or a list of ``k`` per-position
+    rates; ``tree_tokens`` the tokens a draft tree gives the target to verify (default
+    ``k + 1``, a chain).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -59,6 +65,13 @@ class SpeculativeDecoding(BaseModel):
     draft: dict[str, Any]
     k: int = Field(ge=1, le=32)
     acceptance: float | list[float]
+    tree_tokens: int | None = Field(
+        default=None,
+        ge=2,
+        le=1024,
+        description="tokens the target verifies per step when the draft proposes a tree "
+        "(EAGLE, Medusa, SGLang's speculative_num_draft_tokens); default k + 1, a chain",
+    )
 
     _draft: ModelGraph | None = PrivateAttr(default=None)
 
@@ -76,6 +89,26 @@ class SpeculativeDecoding(BaseModel):
         if isinstance(a, list) and k is not None and len(a) != k:
             raise ValueError(f"give one acceptance rate per proposed position: {k}, got {len(a)}")
         return a
+
+    @field_validator("tree_tokens")
+    @classmethod
+    def _tree(cls, t: int | None, info: ValidationInfo) -> int | None:
+        k = info.data.get("k")
+        if t is not None and k is not None and t < k + 1:
+            raise ValueError(
+                f"a draft tree of depth k={k} verifies at least its k + 1 = {k + 1} tokens "
+                f"(a chain), got tree_tokens={t}"
+            )
+        return t
+
+    def verify_tokens(self) -> int:
+        """Tokens the target verifies per sequence and step: the tree, or ``k + 1``."""
+        return self.tree_tokens if self.tree_tokens is not None else self.k + 1
+
+    def draft_width(self) -> int:
+        """Tokens the draft runs per sequence at each of its ``k`` steps: the tree's
+        candidates below the root spread over its depth (1 for a chain)."""
+        return -(-(self.verify_tokens() - 1) // self.k)
 
     @field_validator("draft")
     @classmethod
@@ -130,15 +163,27 @@ class SpeculativeCompiled(WrappedCompiled):
     draft's ``k`` decode steps plus the target's verification of ``k + 1`` tokens;
     prefills cost both models' prefills; the KV capacity is shared with the draft."""
 
-    def __init__(self, target: Compiled, draft: Compiled, k: int) -> None:
+    def __init__(
+        self, target: Compiled, draft: Compiled, k: int, verify: int = 0, width: int = 1
+    ) -> None:
         super().__init__(target)
         self.target = target
         self.draft = draft
         self.k = k
+        self.verify = verify or k + 1
+        self.width = width
 
     def _verify(self, part: Shape) -> Shape:
-        """A decode part as the target's verification: ``k + 1`` tokens per sequence."""
-        return replace(part, phase=Phase.PREFILL, tokens=self.k + 1)
+        """A decode part as the target's verification: ``verify`` tokens per sequence
+        (``k + 1`` for a chain, the whole tree for a tree)."""
+        return replace(part, phase=Phase.PREFILL, tokens=self.verify)
+
+    def _draft_step(self, part: Shape) -> Shape:
+        """A decode part as one draft step: a decode for a chain, a chunk of ``width``
+        candidates per sequence for a tree."""
+        if self.width <= 1:
+            return part
+        return replace(part, phase=Phase.PREFILL, tokens=self.width)
 
     def _cost(self, shape: Shape) -> Cost:
         parts = shape.parts if shape.phase is Phase.MIXED else (shape,)
@@ -150,7 +195,7 @@ class SpeculativeCompiled(WrappedCompiled):
             verify = tuple(self._verify(p) if p.phase is Phase.DECODE else p for p in parts)
             tgt = verify[0] if len(verify) == 1 else replace(shape, parts=verify)
             costs = [self.target.cost(tgt)]
-            costs += [self.draft.cost(p) for p in decodes] * self.k
+            costs += [self.draft.cost(self._draft_step(p)) for p in decodes] * self.k
             if prefills:
                 pf = (
                     prefills[0] if len(prefills) == 1 else Shape(Phase.MIXED, parts=tuple(prefills))
@@ -228,7 +273,11 @@ def prepare(
         )
     backend = default_host().backends.get(ctx.system.backend)
     compiled = SpeculativeCompiled(
-        target or ctx.compiled, backend.compile(draft, ctx.system), spec.k
+        target or ctx.compiled,
+        backend.compile(draft, ctx.system),
+        spec.k,
+        verify=spec.verify_tokens(),
+        width=spec.draft_width(),
     )
     return SpeculativeRun(compiled, spec.tokens_per_step())
 
