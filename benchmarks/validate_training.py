@@ -86,10 +86,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from xpusim.engine.collectives import topology_from_device  # noqa: E402
+from xpusim.engine.device import DerivedDevice, derive_device  # noqa: E402
 from xpusim.engine.host import build_host  # noqa: E402
 from xpusim.engine.model import ModelFamily  # noqa: E402
 from xpusim.engine.system import Parallelism, System  # noqa: E402
 from xpusim.engine.units import Dim, parse  # noqa: E402
+from xpusim.plugins.gpu.kernel_fits import fitted_params  # noqa: E402
 from xpusim.plugins.workloads.training.plan import TrainingPlan, plan_memory  # noqa: E402
 from xpusim.plugins.workloads.training.steps import step_time  # noqa: E402
 
@@ -212,6 +214,25 @@ def _row_flops(row: dict[str, Any], model_flops: float, hardware_flops: float) -
     raise ValueError(f"row {row['id']}: unknown FLOP convention {convention!r}")
 
 
+def row_device(row: dict[str, Any], backend: Any, kind: str) -> tuple[Any, dict[str, float]]:
+    """The device a row ran on and the efficiency parameters it takes from its base.
+
+    ``device`` is a catalog name, or a mapping as a scenario's derived device
+    (:class:`~xpusim.engine.device.DerivedDevice`: ``base`` plus the figures the source
+    gives, e.g. memory and bandwidth of a part the catalog lacks). A derived GPU keeps its
+    base's fitted kernel efficiencies (the same die; the backend looks fits up by device
+    name, which a derived device does not share), passed as the system's inline
+    efficiency."""
+    spec = row["device"]
+    if isinstance(spec, str):
+        return backend.devices()[spec], {}
+    cfg = DerivedDevice.model_validate(spec)
+    base = backend.devices()[cfg.base]
+    dev = derive_device(base, cfg, f"rows.{row['id']}.device")
+    fits = {k: v for k, (v, _how) in fitted_params(base.name).items()} if kind == "gpu" else {}
+    return dev, fits
+
+
 def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float]) -> dict[str, Any]:
     """Predict one public-table row: the step time of its plan on its device and topology,
     compared on the row's metric (``iteration_s`` or ``tokens_per_gpu_s``)."""
@@ -220,7 +241,7 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
     model = family.configure(spec)
     kind = str(row.get("backend", "gpu"))
     backend = host.backends.get(kind)
-    dev = backend.devices()[row["device"]]
+    dev, base_eff = row_device(row, backend, kind)
     topo = topology_from_device(dev)
     links = row.get("topology") or {}
     if "scale_up_bandwidth" in links:
@@ -231,7 +252,8 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
     n = int(row["gpus"])
     if par.devices != n:
         raise ValueError(f"row {row['id']}: the plan uses {par.devices} devices, not {n}")
-    options = {"efficiency": dict(efficiency)} if efficiency and kind == "gpu" else {}
+    eff = {**base_eff, **efficiency}
+    options = {"efficiency": eff} if eff and kind == "gpu" else {}
     system = System(row["id"], kind, dev, n, par, topo, options)
     compiled = backend.compile(model, system)
     w = dict(row["workload"])
@@ -248,6 +270,7 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
         context_comm=str(w.get("context_comm", "ring")),
         fsdp_reshard=bool(w.get("fsdp_reshard", True)),
         grad_accumulation=str(w.get("grad_accumulation", "fused")),
+        fp8_recipe=str(w.get("fp8_recipe", "te")),
     )
     st = step_time(compiled, model, plan, compiled.power_model())
     need = plan_memory(model, par, plan, dev.memory_bytes.value, float(compiled.reserve_bytes))
@@ -265,7 +288,7 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
         "id": row["id"],
         "kind": row["kind"],
         "gpus": n,
-        "device": row["device"],
+        "device": dev.name,
         "plan": {k: v for k, v in row["parallelism"].items()},
         "metric": row["metric"],
         "measured": float(row["measured"]),

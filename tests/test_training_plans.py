@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from xpusim.engine.collectives import topology_from_device
+from xpusim.engine.device import DerivedDevice
 from xpusim.engine.graph import OpKind, Phase, Shape
 from xpusim.engine.host import build_host
 from xpusim.engine.model import ModelGraph
@@ -237,6 +238,35 @@ def test_fp8_casts_each_gemm_operand_as_memory_bound_work(host: Any) -> None:
     assert fp8_full.device_s["memory"] - bf16_full.device_s["memory"] == pytest.approx(
         added + again + layers * casts.weights_s, rel=1e-6
     )
+
+
+def test_torchao_float8_pays_amax_reductions_and_backward_recasts(host: Any) -> None:
+    """PyTorch Float8 (``fp8_recipe: torchao``, tensorwise dynamic scaling) reads each
+    tensor once for its absolute maximum before casting it, casts the GEMM inputs again in
+    the backward and transposes the FP8 weights each backward: more memory-bound seconds
+    than Transformer Engine's one fused cast-and-transpose, in both passes; under FSDP
+    the layer weights are gathered in FP8, so less is communicated. An unknown recipe is
+    refused naming the valid ones."""
+    model = _model(host, "llama", **SMALL)
+    par = Parallelism(data=8, zero=3)
+    compiled = _compile(host, model, par)
+    shape = Shape(Phase.TRAIN, batch=64, tokens=2048, recompute="selective")
+    te = stage_cost_model(compiled, model, shape, par, fp8=True).fp8
+    ao = stage_cost_model(compiled, model, shape, par, fp8=True, fp8_recipe="torchao").fp8
+    assert te.backward_weights_s == 0.0 < ao.backward_weights_s
+    assert ao.forward_s > te.forward_s and ao.backward_s > te.backward_s
+    # forward: amax (2 bytes) + cast (2 + 1) against 2 + 2, memory-bound either way (a
+    # large micro-batch, so the launches of the extra kernels are negligible)
+    assert ao.forward_s / te.forward_s == pytest.approx(5 / 4, rel=0.05)
+    plan = _plan(precision="fp8", global_batch=64, overlap_grad_reduce=False)
+    a = step_time(compiled, model, plan)
+    b = step_time(compiled, model, replace(plan, fp8_recipe="torchao"))
+    assert b.zero3_exposed_s < a.zero3_exposed_s
+    assert b.device_s["memory"] > a.device_s["memory"]
+    with pytest.raises(ValueError, match="te, torchao"):
+        stage_cost_model(compiled, model, shape, par, fp8=True, fp8_recipe="apex")
+    cfg = TrainingConfig(global_batch=8, steps=1, precision="fp8", fp8_recipe="torchao")
+    assert make_plan(cfg, model).fp8_recipe == "torchao"
 
 
 def test_fsdp_without_resharding_gathers_once_and_holds_the_weights(host: Any) -> None:
@@ -479,7 +509,12 @@ def test_every_public_validation_row_has_a_source_and_a_plan_that_divides(host: 
         spec = dict(row["model"])
         model = host.models.get(spec.pop("family")).configure(spec)
         backend = host.backends.get(row.get("backend", "gpu"))
-        assert row["device"] in backend.devices(), row["id"]
+        device = row["device"]
+        if isinstance(device, dict):  # a derived device: its base and the figures it changes
+            assert device["base"] in backend.devices(), row["id"]
+            DerivedDevice.model_validate(device)
+        else:
+            assert device in backend.devices(), row["id"]
         par = Parallelism(**row["parallelism"])
         w = row["workload"]
         plan = _plan(

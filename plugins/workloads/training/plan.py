@@ -49,6 +49,9 @@ class TrainingPlan:
     parameter after the GEMM wrote a 16-bit gradient (``param.main_grad.add_(param.grad)``,
     Megatron-LM's 2021 backward hook: memory-bound work every micro-batch, :mod:`.steps`),
     ``none`` when gradients are accumulated in the 16-bit buffer itself.
+    ``fp8_recipe`` names the FP8 training stack whose quantization kernels a
+    ``precision: fp8`` plan pays (``te``: Transformer Engine; ``torchao``: PyTorch Float8,
+    tensorwise dynamic scaling, with FSDP's float8 all-gather; :mod:`.stagecost`).
     """
 
     global_batch: int
@@ -69,6 +72,7 @@ class TrainingPlan:
     offload_bandwidth: float = 0.0
     schedule: str = "1f1b"
     grad_accumulation: str = "fused"
+    fp8_recipe: str = "te"
 
     def microbatches(self, data: int) -> int:
         """Micro-batches per replica per step (``global_batch / (micro_batch · data)``)."""

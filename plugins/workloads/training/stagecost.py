@@ -28,15 +28,32 @@ The same split gives the share of a stage's compute seconds spent in the transfo
 layers' GEMMs (``OpKind.MATMUL`` FLOPs of ``layer`` ops), which FP8 training speeds up
 (:func:`fp8_gemm_speedup`).
 
-FP8 training also adds work the bf16 graph does not hold (:class:`Fp8Casts`): Transformer
-Engine quantizes the operands of every FP8 GEMM with a fused cast-and-transpose kernel
-(``cast_transpose``: read the 16-bit tensor, write its FP8 copy and the FP8 copy of its
-transpose, which the weight-gradient GEMM consumes in the layout the Hopper FP8 GEMM
-takes), with the tensor's absolute maximum reduced on the way for the scaling recipe. Per
-layer and micro-batch that is each weight GEMM's input activation in the forward and its
-output gradient in the backward; the weights are cast once a step (the FP8 copies are
-kept for the step's other micro-batches). Each is priced by the backend as the
-memory-bound elementwise op it is (``2 + 1 + 1`` bytes a 16-bit element).
+FP8 training also adds work the bf16 graph does not hold (:class:`Fp8Casts`): the operands
+of every FP8 GEMM are quantized by memory-bound kernels, which kernels depending on the
+stack's recipe (:data:`FP8_RECIPES`, each priced by the backend as the elementwise op it
+is):
+
+``te``, Transformer Engine
+    a fused cast-and-transpose (``cast_transpose``: read the 16-bit tensor, write its FP8
+    copy and the FP8 copy of its transpose, which the weight-gradient GEMM consumes in the
+    layout the Hopper FP8 GEMM takes), the tensor's absolute maximum reduced on the way
+    for the scaling recipe: each weight GEMM's input in the forward and its output
+    gradient in the backward, per layer and micro-batch; the weights once a step (the
+    FP8 copies are kept for the step's other micro-batches). ``2 + 2`` bytes an element.
+``torchao``, PyTorch Float8 with tensorwise dynamic scaling (``torchao.float8``, as
+    torchtitan ran it with ``torch.compile`` and FSDP's float8 all-gather)
+    the scale of a tensor is its current absolute maximum, so each cast is two kernels, a
+    reduction (``amax``, read 2 bytes an element) then the scaled cast (read 2, write 1);
+    ``torch._scaled_mm`` takes its second operand column-major, and the autograd function
+    (``manual_float8_matmul_with_args_in_hp``, ``torchao/float8/float8_linear.py``) saves
+    the 16-bit input and casts in the backward again, so per layer and micro-batch:
+    forward, each GEMM input (amax, cast); backward, each output gradient (amax, one cast
+    writing both layouts: read 2, write 2), each input again for the weight gradient
+    (amax, cast), and each FP8 weight from the all-gather transposed for the input
+    gradient (read 1, write 1); once a step, the weights' amax and cast (FSDP casts the
+    shard before the float8 all-gather, with the scales precomputed after the optimizer
+    step: ``precompute_float8_dynamic_scale_for_fsdp``). Elementwise work around the
+    casts is assumed fused into them by the compiler (one read of the tensor per kernel).
 """
 
 from __future__ import annotations
@@ -45,12 +62,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from xpusim.engine.backend import Compiled
-from xpusim.engine.graph import Op, OpKind, Shape, dtype_bytes
+from xpusim.engine.graph import Op, OpKind, Shape
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.system import Parallelism
 from xpusim.plugins.workloads.training.partition import StagePartition
 
-__all__ = ["Fp8Casts", "PassParts", "StageCostModel", "stage_cost_model"]
+__all__ = [
+    "FP8_RECIPES",
+    "Fp8Casts",
+    "Fp8Recipe",
+    "PassParts",
+    "StageCostModel",
+    "stage_cost_model",
+]
 
 CAUSES = ("compute", "memory", "overhead", "comm")
 """Causes a priced breakdown splits into (anything else is measured in op instances)."""
@@ -170,46 +194,101 @@ CAST_BYTES_WRITTEN = 2.0
 """Bytes a cast-and-transpose kernel writes per element: the FP8 copy and the FP8 copy of
 the transpose, one byte each (Transformer Engine's ``cast_transpose``)."""
 
+Kernel = tuple[float, float]
+"""One quantization kernel over a tensor: (bytes read, bytes written) per element."""
+
+
+@dataclass(frozen=True)
+class Fp8Recipe:
+    """The quantization kernels an FP8 training stack runs per layer GEMM (module
+    docstring): on its input each forward (``forward``), on its output gradient
+    (``grad_output``) and its input again (``backward_input``) each backward, on its
+    weight each backward (``backward_weight``) and once a step (``weight_step``)."""
+
+    forward: tuple[Kernel, ...]
+    grad_output: tuple[Kernel, ...]
+    backward_input: tuple[Kernel, ...] = ()
+    backward_weight: tuple[Kernel, ...] = ()
+    weight_step: tuple[Kernel, ...] = ()
+
+
+_AMAX: Kernel = (2.0, 0.0)
+_CAST: Kernel = (2.0, 1.0)
+_CAST_TRANSPOSE: Kernel = (2.0, CAST_BYTES_WRITTEN)
+
+FP8_RECIPES: dict[str, Fp8Recipe] = {
+    "te": Fp8Recipe(
+        forward=(_CAST_TRANSPOSE,),
+        grad_output=(_CAST_TRANSPOSE,),
+        weight_step=(_CAST_TRANSPOSE,),
+    ),
+    "torchao": Fp8Recipe(
+        forward=(_AMAX, _CAST),
+        grad_output=(_AMAX, (2.0, 2.0)),
+        backward_input=(_AMAX, _CAST),
+        backward_weight=((1.0, 1.0),),
+        weight_step=(_AMAX, _CAST),
+    ),
+}
+"""FP8 training stacks by name (module docstring)."""
+
 
 @dataclass(frozen=True)
 class Fp8Casts:
     """Seconds of one transformer layer's FP8 quantization kernels (module docstring):
-    ``forward_s`` the GEMM inputs of one micro-batch, ``backward_s`` the GEMM output
-    gradients of one micro-batch, ``weights_s`` the layer's weights once a step."""
+    ``forward_s`` on the GEMM inputs of one micro-batch, ``backward_s`` on the GEMM output
+    gradients (and inputs, where the recipe casts them again) of one micro-batch,
+    ``weights_s`` on the layer's weights once a step, ``backward_weights_s`` on them each
+    backward (whatever share of the sequence the rank holds)."""
 
     forward_s: float = 0.0
     backward_s: float = 0.0
     weights_s: float = 0.0
+    backward_weights_s: float = 0.0
 
 
-def _cast_seconds(compiled: Compiled, elements: float, count: int) -> float:
-    """Seconds of ``count`` cast-and-transpose kernels of ``elements`` 16-bit elements
+def _cast_seconds(
+    compiled: Compiled, elements: float, count: int, kernels: Iterable[Kernel]
+) -> float:
+    """Seconds of ``kernels`` over ``count`` tensors of ``elements`` 16-bit elements
     each, priced by the backend when it prices single ops, else at the device's memory
     bandwidth."""
     if elements <= 0:
         return 0.0
-    e = float(dtype_bytes("bf16"))
-    op = Op(
-        "fp8.cast_transpose",
-        OpKind.ELEMENTWISE,
-        flops=2.0 * elements,  # |x| and the running maximum
-        bytes_read=e * elements,
-        bytes_written=CAST_BYTES_WRITTEN * elements,
-        dims=(max(1, int(elements)),),
-        count=count,
-        layer="layer",
-    )
     price = getattr(compiled, "op_time", None)
-    if callable(price):
-        return float(price(op).seconds) * count
-    bw = float(compiled.system.device.memory_bw.value)
-    return (e + CAST_BYTES_WRITTEN) * elements * count / bw
+    total = 0.0
+    for read, written in kernels:
+        op = Op(
+            "fp8.cast",
+            OpKind.ELEMENTWISE,
+            flops=2.0 * elements,  # |x| and the running maximum, or the scaling
+            bytes_read=read * elements,
+            bytes_written=written * elements,
+            dims=(max(1, int(elements)),),
+            count=count,
+            layer="layer",
+        )
+        if callable(price):
+            total += float(price(op).seconds) * count
+        else:
+            bw = float(compiled.system.device.memory_bw.value)
+            total += (read + written) * elements * count / bw
+    return total
 
 
-def fp8_casts(compiled: Compiled, forward_ops: Iterable[Op], n_layers: int) -> Fp8Casts:
+def fp8_casts(
+    compiled: Compiled, forward_ops: Iterable[Op], n_layers: int, recipe: str = "te"
+) -> Fp8Casts:
     """Per-layer :class:`Fp8Casts` of the weight GEMMs among ``forward_ops`` (the
-    ``layer`` MATMULs that are not the attention core), over ``n_layers`` layers."""
-    fwd = bwd = wts = 0.0
+    ``layer`` MATMULs that are not the attention core), over ``n_layers`` layers, under
+    the named recipe (:data:`FP8_RECIPES`)."""
+    try:
+        r = FP8_RECIPES[recipe]
+    except KeyError:
+        raise ValueError(
+            f"unknown fp8_recipe {recipe!r}; valid: {', '.join(FP8_RECIPES)}"
+        ) from None
+    fwd = bwd = wts = bwd_w = 0.0
     for op in forward_ops:
         if op.layer != "layer" or op.kind is not OpKind.MATMUL or _is_attention(op):
             continue
@@ -217,11 +296,13 @@ def fp8_casts(compiled: Compiled, forward_ops: Iterable[Op], n_layers: int) -> F
             continue
         m, n, k = (float(x) for x in op.dims)
         b = float(op.batch)
-        fwd += _cast_seconds(compiled, m * k * b, op.count)
-        bwd += _cast_seconds(compiled, m * n * b, op.count)
-        wts += _cast_seconds(compiled, k * n * b, op.count)
+        fwd += _cast_seconds(compiled, m * k * b, op.count, r.forward)
+        bwd += _cast_seconds(compiled, m * n * b, op.count, r.grad_output)
+        bwd += _cast_seconds(compiled, m * k * b, op.count, r.backward_input)
+        wts += _cast_seconds(compiled, k * n * b, op.count, r.weight_step)
+        bwd_w += _cast_seconds(compiled, k * n * b, op.count, r.backward_weight)
     per = 1.0 / max(1, n_layers)
-    return Fp8Casts(fwd * per, bwd * per, wts * per)
+    return Fp8Casts(fwd * per, bwd * per, wts * per, bwd_w * per)
 
 
 @dataclass(frozen=True)
@@ -244,10 +325,15 @@ class StageCostModel:
 
 
 def stage_cost_model(
-    compiled: Compiled, model: ModelGraph, shape: Shape, par: Parallelism, fp8: bool = False
+    compiled: Compiled,
+    model: ModelGraph,
+    shape: Shape,
+    par: Parallelism,
+    fp8: bool = False,
+    fp8_recipe: str = "te",
 ) -> StageCostModel:
     """Price the stage graph of ``shape`` once and split it (module docstring); with
-    ``fp8`` also price the layers' FP8 casts (:class:`Fp8Casts`)."""
+    ``fp8`` also price the layers' FP8 casts (:class:`Fp8Casts`) under ``fp8_recipe``."""
     sc = compiled.stage_costs(shape)
     graph = model.build(shape, par)
     stages = model.training_stages(graph)
@@ -270,5 +356,5 @@ def stage_cost_model(
         bwd_ops, embed_b = fwd_ops, embed_f
     forward = _split(dict(sc.forward), fwd_ops, embed_f, n_l)
     backward = _split(dict(sc.backward), bwd_ops, embed_b, n_l)
-    casts = fp8_casts(compiled, stages.forward.ops, n_l) if fp8 else Fp8Casts()
+    casts = fp8_casts(compiled, stages.forward.ops, n_l, fp8_recipe) if fp8 else Fp8Casts()
     return StageCostModel(forward, backward, dict(sc.optimizer), sc.how, casts)

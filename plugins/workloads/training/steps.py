@@ -43,14 +43,19 @@ stages of ``v`` chunks, ``m = global_batch / (micro_batch · d)`` micro-batches)
    layer's routed experts per device, with the all-to-all dispatch and combine of the
    routed tokens over the ``e`` ranks and the model's ``expert_imbalance``; routed-expert
    gradients are reduced over ``d·c/e`` ranks, the dense ones over ``d·c``.
-2c. **FP8** (``precision: fp8``, Transformer Engine style): the transformer layers' weight
-   GEMMs run at the device's FP8 peak over its bf16 peak, times the ratio of FP8 to
-   bf16 achievable matmul efficiency (:data:`FP8_GEMM_EFFICIENCY_RATIO`); attention, the
-   LM head and everything memory-bound stay as priced in bf16. Quantizing the GEMM
-   operands is added as the memory-bound work it is
-   (:class:`~xpusim.plugins.workloads.training.stagecost.Fp8Casts`: each weight GEMM's
-   input in the forward (and again in a fully recomputed forward) and output gradient in
-   the backward cast and transposed to FP8 every micro-batch, the weights once a step).
+2c. **FP8** (``precision: fp8``): the transformer layers' weight GEMMs run at the
+   device's FP8 peak over its bf16 peak, times the ratio of FP8 to bf16 achievable
+   matmul efficiency (:data:`FP8_GEMM_EFFICIENCY_RATIO`); attention, the LM head and
+   everything memory-bound stay as priced in bf16. Quantizing the GEMM operands is added
+   as the memory-bound work it is, by the stack's recipe (``fp8_recipe``,
+   :data:`~xpusim.plugins.workloads.training.stagecost.FP8_RECIPES`; ``te``, Transformer
+   Engine: each weight GEMM's input in the forward (and again in a fully recomputed
+   forward) and output gradient in the backward cast and transposed to FP8 every
+   micro-batch, the weights once a step; ``torchao``, PyTorch Float8 with tensorwise
+   dynamic scaling: an absolute-maximum reduction before every cast, the inputs cast
+   again in the backward and the FP8 weights transposed each backward). Under
+   ``torchao`` with ZeRO-3/FSDP the layer GEMM weights are all-gathered in FP8 (FSDP's
+   float8 all-gather), one byte a parameter.
 2e. **DualPipe** (``schedule: dualpipe``, DeepSeek-V3): micro-batches enter from both
    ends and each forward chunk runs beside another micro-batch's backward chunk, the
    communication of one hidden behind the computation of the other
@@ -318,7 +323,9 @@ def step_time(
     shape = Shape(
         Phase.TRAIN, batch=plan.micro_batch, tokens=plan.seq_len, recompute=plan.recompute
     )
-    scm = stage_cost_model(compiled, model, shape, par, fp8=plan.precision == "fp8")
+    scm = stage_cost_model(
+        compiled, model, shape, par, fp8=plan.precision == "fp8", fp8_recipe=plan.fp8_recipe
+    )
     notes = [scm.how]
     comms = Comms(compiled, system)
     part = plan_partition(model, par, plan)
@@ -367,6 +374,7 @@ def step_time(
             st.bwd["memory"] = st.bwd.get("memory", 0.0) + accum
         if plan.precision == "fp8":
             st.fwd["memory"] = st.fwd.get("memory", 0.0) + k * scm.fp8.weights_s / m
+            st.bwd["memory"] = st.bwd.get("memory", 0.0) + k * scm.fp8.backward_weights_s
         if cp > 1:
             attn_f = k * scm.forward.layer_attention_compute_s / cp
             attn_b = k * scm.backward.layer_attention_compute_s / cp
@@ -396,7 +404,11 @@ def step_time(
         # forward resharded them), reduce-scatter gradients, every micro-batch
         if par.zero >= 3 and d * cp > 1:
             sp = params[s]
-            ag = comms.dp(Collective.ALL_GATHER, sp.dense * e) + comms.expert_dp(
+            gathered = sp.dense * e
+            if plan.precision == "fp8" and plan.fp8_recipe == "torchao":
+                # FSDP's float8 all-gather: the layer GEMM weights travel cast to FP8
+                gathered -= min(sp.gemm, sp.dense) * (e - 1.0)
+            ag = comms.dp(Collective.ALL_GATHER, gathered) + comms.expert_dp(
                 Collective.ALL_GATHER, sp.expert * e
             )
             rs = comms.dp(Collective.REDUCE_SCATTER, sp.dense * ge) + comms.expert_dp(

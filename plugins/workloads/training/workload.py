@@ -121,6 +121,10 @@ class TrainingConfig(BaseModel):
         default="fused",
         description="how micro-batch weight gradients reach the fp32 gradient buffer",
     )
+    fp8_recipe: Literal["te", "torchao"] = Field(
+        default="te",
+        description="the FP8 training stack whose quantization kernels precision fp8 pays",
+    )
 
     @model_validator(mode="after")
     def _length(self) -> TrainingConfig:
@@ -161,6 +165,7 @@ def make_plan(config: TrainingConfig, model: ModelGraph) -> TrainingPlan:
         offload_bandwidth=float(config.offload_bandwidth),
         schedule=config.schedule,
         grad_accumulation=config.grad_accumulation,
+        fp8_recipe=config.fp8_recipe,
     )
 
 
