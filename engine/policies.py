@@ -328,6 +328,14 @@ class Router(ABC):
         """The routing function of one run over ``replicas`` (seeded by ``seed``)."""
         raise NotImplementedError(self)
 
+    def planned(self, routed: int, replicas: int) -> Sequence[int] | None:
+        """The replica of each of ``routed`` requests in routing order, when the choices do
+        not depend on the run's state (round-robin; an assignment replayed ahead of the
+        run); ``None`` (the default) when they do. A world may then hand each replica its
+        requests up front instead of routing each at its arrival; the routing function of
+        :meth:`start` must make the same choices."""
+        return None
+
 
 def finish_request(requests: RequestState, replica: ReplicaState, rid: int, t: float) -> None:
     """Mark request ``rid`` finished at ``t`` and release it from ``replica``'s count."""

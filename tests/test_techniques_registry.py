@@ -211,3 +211,23 @@ def test_spilled_frames_outlive_the_techniques(
     steps = steps.collect() if hasattr(steps, "collect") else steps
     assert steps.height > 8 and res.metrics["energy_j"] > 0
     assert res.metrics["prefix_hit_rate_tokens"] > 0
+
+
+def test_routers_whose_choices_are_known_ahead_say_so() -> None:
+    """Round-robin and a replayed assignment declare their choices before the run
+    (``Router.planned``), the same ones their routing functions make; a router that
+    routes by state (least-outstanding) declares none."""
+    from types import SimpleNamespace
+
+    from xpusim.plugins.workloads.serving.prefix_cache import AssignedRouter
+    from xpusim.plugins.workloads.serving.routers.least_outstanding import (
+        LeastOutstandingRouter,
+    )
+    from xpusim.plugins.workloads.serving.routers.round_robin import RoundRobinRouter
+
+    reps: list[Any] = [SimpleNamespace(index=i, outstanding=0) for i in range(3)]
+    for router in (RoundRobinRouter(), AssignedRouter([2, 0, 0, 1, 2, 1, 0])):
+        route = router.start(reps, 0)
+        made = [route(reps).index for _ in range(7)]
+        assert list(router.planned(7, 3) or []) == made
+    assert LeastOutstandingRouter().planned(7, 3) is None

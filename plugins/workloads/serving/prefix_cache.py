@@ -368,6 +368,10 @@ class AssignedRouter(Router):
 
         return assigned
 
+    def planned(self, routed: int, replicas: int) -> Sequence[int]:
+        """The assignment itself (the replay decided every routed request's replica)."""
+        return self.assignment[:routed]
+
 
 def restore_prompts(
     requests: pl.DataFrame | pl.LazyFrame, hits: np.ndarray

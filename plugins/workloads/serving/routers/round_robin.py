@@ -24,3 +24,7 @@ class RoundRobinRouter(Router):
             return replicas[i % len(replicas)]
 
         return round_robin
+
+    def planned(self, routed: int, replicas: int) -> Sequence[int]:
+        """Replica ``i mod R`` of the ``i``-th routed request: known before the run."""
+        return [i % replicas for i in range(routed)]
