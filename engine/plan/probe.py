@@ -1,13 +1,12 @@
-"""Sizing shapes by simulation, one round of probes at a time.
+"""Sizing shapes by simulation: each shape's search, and the tasks workers run.
 
 Each shape's search is a generator (:func:`shape_steps`): it yields the next
 configuration to simulate, ``(replicas, rate)``, and is sent whether it met the SLOs.
-:func:`size_shapes` runs every shape's search side by side: each *round* submits the next
-simulation of every shape still searching as its own task of the sweep executor
-(:func:`simulate_point`), longest first, and sends each verdict back in shape order. A
-shape's sequence of probes depends only on its own verdicts, so the configurations
-simulated, and the answer, are the same whatever the number of workers or the order in
-which a round's tasks finish.
+:mod:`.schedule` runs every shape's search side by side, each simulation its own task of
+the sweep executor (:func:`plan_task`); :func:`replay` gives the probe a search asks for
+after any history of verdicts, which is what idle workers speculate on. A shape's
+sequence of probes depends only on its own verdicts, so the configurations simulated, and
+the answer, are the same whatever the number of workers or the order tasks finish in.
 
 In ``count`` mode a search finds the fewest replicas that meet the SLOs at the offered
 load. It starts at the shape's lower bound (the closed-form one, or the count limit); on

@@ -1,16 +1,18 @@
 """``xpusim plan``: load the scenario and its ``plan:`` block, build and prune the search
 space, size every shape through a sweep executor, rank, and write plan.json and plan.md.
 
-The executor runs two kinds of tasks: first each device's shapes are built and pruned
+The workload is read only through the plan knobs it declares
+(:class:`~xpusim.engine.workload.PlanKnobs`). The executor runs one stream of tasks
+(:mod:`.schedule`): each device's shapes are built and pruned
 (:func:`~xpusim.engine.plan.probe.prune_device`, one task per device, or per device and
-tensor degree when the plan names its degrees), then every shape is sized by rounds of
-simulations, each simulation its own task (:func:`~xpusim.engine.plan.probe.size_shapes`),
-so two workers share the work of even one large shape's neighbours. Results are gathered
-in task order, never in the order tasks finish, so plan.json is the same for any number of
-workers. Bad input exits 2 before anything is simulated: a search that could run more
-simulations than ``max_configs`` (or ``--max-configs``) says how many before any work,
-and a search space left empty by pruning says why for each kind of shape and what would
-widen it.
+tensor degree when the plan names its degrees), and every shape is sized by simulations,
+each its own task, queued as soon as the verdict before it is known; its workers start
+while the command loads the scenario. Results are gathered in task order, never in the
+order tasks finish, so plan.json is the same for any number of workers. Bad input exits 2
+before anything is simulated: a workload without plan knobs, a plan value outside a
+knob's range, a search that could run more simulations than ``max_configs`` (or
+``--max-configs``) with how many, and a search space left empty by pruning with why for
+each kind of shape and what would widen it.
 """
 
 from __future__ import annotations
