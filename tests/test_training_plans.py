@@ -240,6 +240,36 @@ def test_fp8_casts_each_gemm_operand_as_memory_bound_work(host: Any) -> None:
     )
 
 
+def test_layer_gemm_and_attention_seconds_are_their_priced_time(host: Any) -> None:
+    """A layer's compute seconds are split between its weight GEMMs and its attention
+    core by each op's priced time, not by FLOPs: at a long sequence the flash-attention
+    core runs well under a GEMM's rate, so its share of the time exceeds its share of the
+    FLOPs, and FP8 speeds up only the GEMMs' own seconds."""
+    model = _model(host, "llama", **SMALL)
+    par = Parallelism(data=8)
+    compiled = _compile(host, model, par)
+    shape = Shape(Phase.TRAIN, batch=1, tokens=16384, recompute="full")
+    scm = stage_cost_model(compiled, model, shape, par)
+    fwd = [o for o in model.training_stages(model.build(shape, par)).forward.ops]
+    layer = [o for o in fwd if o.layer == "layer"]
+
+    def secs(ops: list[Any]) -> float:
+        out = 0.0
+        for o in ops:
+            t = compiled.op_time(o)
+            out += t.compute_s * o.count if t.compute_s >= t.memory_s else 0.0
+        return out / SMALL["layers"]
+
+    gemms = [o for o in layer if o.kind is OpKind.MATMUL]
+    attn = [o for o in layer if o.kind is OpKind.ATTENTION]
+    assert attn and gemms
+    assert scm.forward.layer_gemm_compute_s == pytest.approx(secs(gemms), rel=1e-9)
+    assert scm.forward.layer_attention_compute_s == pytest.approx(secs(attn), rel=1e-9)
+    flops = {k: sum(o.flops * o.count for o in v) for k, v in (("g", gemms), ("a", attn))}
+    time_share = secs(attn) / (secs(attn) + secs(gemms))
+    assert time_share > flops["a"] / (flops["a"] + flops["g"])
+
+
 def test_torchao_float8_pays_amax_reductions_and_backward_recasts(host: Any) -> None:
     """PyTorch Float8 (``fp8_recipe: torchao``, tensorwise dynamic scaling) reads each
     tensor once for its absolute maximum before casting it, casts the GEMM inputs again in

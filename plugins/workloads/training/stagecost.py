@@ -7,15 +7,18 @@ The backend prices one stage graph per micro-batch shape
 last the head, each its own number of layers (:mod:`.partition`). This module splits the
 priced seconds of each pass (forward, backward) and each cause (``compute``, ``memory``,
 ``overhead``, ``comm``) over the graph's parts in proportion to what each part asks of
-that cause:
+that cause. Where the backend prices single ops (``op_time``), that is each op's own
+priced seconds of the cause (its compute time where it is compute-bound, its memory
+time where memory-bound, its launch overhead), so the split is exact whatever rate each
+kind of op runs at; otherwise a stand-in measure:
 
 ==========  =============================================
 cause       measure an op contributes
 ==========  =============================================
-compute     FLOPs
-memory      bytes read and written
+compute     priced compute seconds, else FLOPs
+memory      priced memory seconds, else bytes read and written
 comm        collective payload bytes
-other       op instances (launches)
+other       priced overhead seconds, else op instances (launches)
 ==========  =============================================
 
 Parts are the ops labelled ``layer`` (per layer: their measure over the graph's layer
@@ -24,9 +27,13 @@ one-stage graph and priced at the same rates) and the rest (every stage). A stag
 ``k`` layers then costs ``rate × (k·layer + head? + embed? + rest)`` per cause, which
 reproduces the priced graph exactly for the stage it describes.
 
-The same split gives the share of a stage's compute seconds spent in the transformer
-layers' GEMMs (``OpKind.MATMUL`` FLOPs of ``layer`` ops), which FP8 training speeds up
-(:func:`fp8_gemm_speedup`).
+The same split gives the share of a layer's compute seconds spent in its weight GEMMs
+(``OpKind.MATMUL`` ``layer`` ops other than the attention core), which FP8 training
+speeds up (:func:`fp8_gemm_speedup`), and in its attention core, which context
+parallelism slows down. By priced seconds, not FLOPs: a flash-attention core runs at
+well under half a GEMM's rate (FlashAttention-2 on H100), so at long sequences a FLOP
+share would give the GEMMs most of a layer's time that attention spends, and FP8 would
+speed up time the GEMMs do not take.
 
 FP8 training also adds work the bf16 graph does not hold (:class:`Fp8Casts`): the operands
 of every FP8 GEMM are quantized by memory-bound kernels, which kernels depending on the
@@ -58,9 +65,10 @@ is):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from xpusim.engine.analytic import OpTime
 from xpusim.engine.backend import Compiled
 from xpusim.engine.graph import Op, OpKind, Shape
 from xpusim.engine.model import ModelGraph
@@ -80,20 +88,36 @@ CAUSES = ("compute", "memory", "overhead", "comm")
 """Causes a priced breakdown splits into (anything else is measured in op instances)."""
 
 
-def _measure(op: Op, cause: str) -> float:
+Price = Callable[[Op], OpTime]
+"""The backend's price of one op instance (``Compiled.op_time``)."""
+
+
+def _measure(op: Op, cause: str, price: Price | None = None) -> float:
     n = float(op.count)
+    if cause == "comm":
+        return op.comm_bytes * n if op.kind is OpKind.COLLECTIVE else 0.0
+    if price is not None and cause in ("compute", "memory", "overhead"):
+        if op.kind is OpKind.COLLECTIVE:
+            return 0.0
+        t = price(op)
+        if cause == "overhead":
+            return t.overhead_s * n
+        bound = t.compute_s >= t.memory_s  # as the backend attributes the op
+        if cause == "compute":
+            return t.compute_s * n if bound else 0.0
+        return 0.0 if bound else t.memory_s * n
     if cause == "compute":
         return op.flops * n
     if cause == "memory":
         return op.bytes * n
-    if cause == "comm":
-        return op.comm_bytes * n if op.kind is OpKind.COLLECTIVE else 0.0
     return n
 
 
-def _measures(ops: Iterable[Op], causes: Iterable[str]) -> dict[str, float]:
+def _measures(
+    ops: Iterable[Op], causes: Iterable[str], price: Price | None = None
+) -> dict[str, float]:
     ops = list(ops)
-    return {c: sum(_measure(o, c) for o in ops) for c in causes}
+    return {c: sum(_measure(o, c, price) for o in ops) for c in causes}
 
 
 @dataclass(frozen=True)
@@ -131,21 +155,23 @@ def _split(
     ops: list[Op],
     embed_ops: list[Op],
     n_layers: int,
+    price: Price | None = None,
 ) -> PassParts:
-    """Split one pass's priced seconds over its parts (module docstring)."""
+    """Split one pass's priced seconds over its parts (module docstring); ``price``
+    prices one op, when the backend does."""
     causes = list(priced)
     layer = [o for o in ops if o.layer == "layer"]
     head = [o for o in ops if o.layer == "head"]
     rest = [o for o in ops if o.layer not in ("layer", "head", "embed")]
     embed_here = [o for o in ops if o.layer == "embed"]
-    total = _measures(ops, causes)
+    total = _measures(ops, causes, price)
     parts = {
-        "layer": _measures(layer, causes),
-        "head": _measures(head, causes),
-        "rest": _measures(rest, causes),
+        "layer": _measures(layer, causes, price),
+        "head": _measures(head, causes, price),
+        "rest": _measures(rest, causes, price),
     }
-    emb = _measures(embed_ops, causes)
-    emb_here = _measures(embed_here, causes)
+    emb = _measures(embed_ops, causes, price)
+    emb_here = _measures(embed_here, causes, price)
     out: dict[str, dict[str, float]] = {k: {} for k in (*parts, "embed")}
     for c in causes:
         secs = float(priced[c])
@@ -153,10 +179,10 @@ def _split(
             rate = secs / total[c]
         else:  # no op measures this cause: attribute it per op instance
             rate = 0.0
-            inst = _measures(ops, ["overhead"])["overhead"]
+            inst = _measures(ops, ["launches"])["launches"]
             if inst > 0:
                 for name, sel in (("layer", layer), ("head", head), ("rest", rest)):
-                    share = _measures(sel, ["overhead"])["overhead"] / inst
+                    share = _measures(sel, ["launches"])["launches"] / inst
                     out[name][c] = secs * share
                 out["embed"][c] = 0.0
                 continue
@@ -166,19 +192,21 @@ def _split(
         out["embed"][c] = rate * (emb_here[c] if embed_here else emb[c])
     n = max(1, n_layers)
     per_layer = {c: v / n for c, v in out["layer"].items()}
-    attn_flops = sum(o.flops * o.count for o in layer if _is_attention(o))
-    gemm_flops = sum(
-        o.flops * o.count for o in layer if o.kind is OpKind.MATMUL and not _is_attention(o)
-    )
-    layer_flops = parts["layer"].get("compute", 0.0)
+    attn = _measures([o for o in layer if _is_attention(o)], ["compute"], price)["compute"]
+    gemm = _measures(
+        [o for o in layer if o.kind is OpKind.MATMUL and not _is_attention(o)],
+        ["compute"],
+        price,
+    )["compute"]
+    layer_compute = parts["layer"].get("compute", 0.0)
     compute = per_layer.get("compute", 0.0)
     return PassParts(
         per_layer,
         out["head"],
         out["embed"],
         out["rest"],
-        compute * gemm_flops / layer_flops if layer_flops > 0 else 0.0,
-        compute * attn_flops / layer_flops if layer_flops > 0 else 0.0,
+        compute * gemm / layer_compute if layer_compute > 0 else 0.0,
+        compute * attn / layer_compute if layer_compute > 0 else 0.0,
     )
 
 
@@ -354,7 +382,9 @@ def stage_cost_model(
     if not bwd_ops:
         # the backend split forward:backward itself; split both by the forward ops
         bwd_ops, embed_b = fwd_ops, embed_f
-    forward = _split(dict(sc.forward), fwd_ops, embed_f, n_l)
-    backward = _split(dict(sc.backward), bwd_ops, embed_b, n_l)
+    op_time = getattr(compiled, "op_time", None)
+    price: Price | None = op_time if callable(op_time) else None
+    forward = _split(dict(sc.forward), fwd_ops, embed_f, n_l, price)
+    backward = _split(dict(sc.backward), bwd_ops, embed_b, n_l, price)
     casts = fp8_casts(compiled, stages.forward.ops, n_l, fp8_recipe) if fp8 else Fp8Casts()
     return StageCostModel(forward, backward, dict(sc.optimizer), sc.how, casts)
