@@ -244,9 +244,15 @@ def solve_asymptote(
     f = solve_fraction(dev, name, target, *reported, dtype, base)
     shape_ = reported
     for _ in range(2):
-        shape_ = fastest_shape(dev, replace(base, **{name: f}), dtype)
+        shape_ = fastest_shape(dev, with_param(base, name, f), dtype)
         f = solve_fraction(dev, name, target, *shape_, dtype, base)
     return f, shape_
+
+
+def with_param(eff: GpuEfficiency, name: str, value: float) -> GpuEfficiency:
+    """``eff`` with the parameter ``name`` set to ``value``."""
+    change: dict[str, Any] = {name: value}
+    return replace(eff, **change)
 
 
 def attention_tflops(
@@ -493,7 +499,7 @@ def fit(ref: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     epilogue_exposed=inherited(out, dev, "epilogue_exposed", eff.epilogue_exposed),
                 )
                 f, fastest = solve_asymptote(dev, name, target, reported, dtype, base)
-                at_reported = gemm_tflops(dev, replace(base, **{name: f}), *reported, dtype)
+                at_reported = gemm_tflops(dev, with_param(base, name, f), *reported, dtype)
                 put(
                     dev,
                     name,

@@ -4,6 +4,7 @@ the shipped per-GPU fits and their inheritance."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import yaml
@@ -16,7 +17,8 @@ from xpusim.plugins.gpu.points import gemm_op
 
 def shipped(device: str) -> GpuEfficiency:
     """``device``'s efficiency as the shipped kernel fits set it."""
-    return replace(GpuEfficiency(), **{k: v for k, (v, _how) in fitted_params(device).items()})
+    params: dict[str, Any] = {k: v for k, (v, _how) in fitted_params(device).items()}
+    return replace(GpuEfficiency(), **params)
 
 
 def test_causal_blocks_cost_more_on_short_sequences() -> None:
