@@ -47,7 +47,10 @@ selective recomputation; the Megatron-LM README's GPT-3 175B example on 1,024 A1
 DeepSeek-V3's MoE / FP8 / expert-parallel / DualPipe pre-training; Nemotron-4 340B on 6,144
 H100s; OpenLLaMA 7B on TPU v4 with fully sharded data parallelism; torchtitan's Llama 3.1
 8B and 405B at 32K to 256K tokens with context parallelism), each with its full parallel
-plan and source. A row's ``workload`` may set ``grad_accumulation`` (default ``fused``). The
+plan and source. A row's ``workload`` may set ``grad_accumulation`` (default ``fused``) and
+``fp8_recipe`` (``te``, the default, or ``torchao``); its ``device`` is a catalog name or,
+for a part the catalog lacks, a derived device (``base`` plus the figures its source
+gives), which keeps its base's fitted kernel efficiencies. The
 prediction of a row is the step time of its plan
 (:func:`xpusim.plugins.workloads.training.steps.step_time`) on its device and topology, on
 the row's ``backend`` (``gpu`` unless stated); the error is that of the throughput (measured
