@@ -54,6 +54,39 @@ def test_a_step_pays_the_adapter_work_at_the_roofline() -> None:
     assert lc.kv_capacity_tokens(0.9) < base.kv_capacity_tokens(0.9)
 
 
+def test_on_a_backend_that_prices_ops_the_adapter_kernels_are_priced_by_it(
+    host: Host, write_yaml: Callable[[str, str], Path]
+) -> None:
+    """On the GPU backend a step pays a shrink and an expand GEMM per adapted projection
+    and layer (8 x 32 for Llama-2-7B's q, k, v, o), each priced by the backend with its
+    launch: more than the peak-rate bound, and by the launches about as much at batch 1
+    as at batch 64."""
+    from xpusim.engine.run import prepare
+
+    text = (
+        "name: l\nmodel: {family: llama, preset: llama-2-7b, dtype: bf16}\n"
+        "workload: {kind: serving, arrivals: {process: poisson, rate: 1/s, count: 2, "
+        "prompt_tokens: {dist: constant, value: 8}, output_tokens: {dist: constant, value: 2}}}\n"
+        "systems: [{name: h, backend: gpu, device: h100-sxm}]\n"
+    )
+    sc = load_scenario(write_yaml(text, "l.yaml"), host)
+    base = prepare(sc, host)[0].compiled
+    assert base is not None
+    spec = lora(rank=16)
+    lc = LoraCompiled(base, adapter_params(base.model, 16, "attention"), spec)
+    assert len(lc.kernels(8, 1.0)) == 8 and {op.count for op in lc.kernels(8, 1.0)} == {32}
+    dev = base.system.device
+    extra = []
+    for b in (1, 64):
+        shape = Shape(Phase.DECODE, batch=b, tokens=1, context=100)
+        add = lc.cost(shape).seconds - base.cost(shape).seconds
+        t_flops = 2 * b * lc.params / dev.flops("bf16")
+        t_bytes = lc.distinct(b) * lc.bytes / dev.memory_bw.value
+        assert add > max(t_flops, t_bytes)
+        extra.append(add)
+    assert extra[1] < 2 * extra[0]  # launches dominate a thin-rank GEMM
+
+
 def _frame(n: int) -> pl.DataFrame:
     return pl.DataFrame(
         {

@@ -9,9 +9,14 @@ MLP's (``modules: all``).
 Costs, per iteration of ``b`` sequences and ``n`` new tokens: ``2 n P`` extra FLOPs (``P``
 the adapter's parameters) and the weights of every distinct adapter in the batch read
 once (``E(b) = sum_i 1 - (1 - p_i)^b`` distinct adapters expected among ``b`` requests
-drawn with probabilities ``p_i``), priced at the device's peak FLOP rate and memory
-bandwidth (the larger of the two times, shared by the replica's devices) and added to
-the step. The ``gpu_slots`` resident adapters take their weights out of the KV memory.
+drawn with probabilities ``p_i``), run as the kernels Punica and S-LoRA launch: per
+adapted projection of every layer a shrink GEMM (``n x r x in``) and an expand GEMM
+(``n x out x r``) adding into the projection's output, each priced by the backend's own
+op model (its GEMM efficiency by shape, which is low for a rank-thin GEMM, and its
+per-kernel launch cost), split over the replica's devices as the projections are, and
+added to the step. A backend that does not price single ops gets the peak-rate bound
+(the larger of the FLOP and weight-read times at the device's peaks). The ``gpu_slots``
+resident adapters take their weights out of the KV memory.
 
 Swapping: each replica keeps ``gpu_slots`` adapters resident, least recently used evicted;
 a request whose adapter is not resident waits for it to load over the host link
@@ -22,8 +27,8 @@ when its adapter is in; the ``requests`` frame keeps the real arrival, so TTFT i
 the load. Routing: the replay assigns replicas round-robin in arrival order, and the
 world follows that assignment.
 
-Not modelled: the Punica/S-LoRA kernels' efficiency (the extra work is priced at peak,
-a lower bound), adapters of mixed ranks, and loads that contend for the link.
+Not modelled: adapters of mixed ranks (give their mean), kernels that fuse several
+projections' LoRA work into one launch, and loads that contend for the link.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from xpusim.engine.analytic import AnalyticCompiled
 from xpusim.engine.backend import Compiled, Cost
 from xpusim.engine.errors import XpusimError
-from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.graph import Op, OpKind, Phase, Shape
 from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.policies import ServingRun, ServingTechnique
@@ -91,6 +97,14 @@ LORA_METRICS: tuple[Metric, ...] = (
 
 def adapter_params(model: ModelGraph, rank: int, modules: str) -> float:
     """Parameters of one adapter of ``rank`` on ``model`` (a decoder's dimensions)."""
+    layers, pairs = adapted_projections(model, modules)
+    return float(layers * rank * sum(i + o for i, o, _ in pairs))
+
+
+def adapted_projections(model: ModelGraph, modules: str) -> tuple[int, list[tuple[int, int, bool]]]:
+    """The model's layers and, per layer, each adapted projection as ``(in, out,
+    row_parallel)``: q, k, v (column-parallel) and o (row-parallel), and with ``all`` the
+    MLP's up and gate (column) and down (row) projections."""
     cfg = model.info.config
     try:
         d, layers = int(cfg["hidden"]), int(cfg["layers"])
@@ -102,10 +116,11 @@ def adapter_params(model: ModelGraph, rank: int, modules: str) -> float:
             f"workload.lora: the model {model.info.name!r} does not state a decoder's "
             f"dimensions (hidden, layers, heads, ffn_hidden); multi-LoRA serving needs them."
         ) from None
-    pairs = [(d, heads * hd), (d, kvh * hd), (d, kvh * hd), (heads * hd, d)]
+    pairs = [(d, heads * hd, False), (d, kvh * hd, False), (d, kvh * hd, False)]
+    pairs.append((heads * hd, d, True))
     if modules == "all":
-        pairs += [(d, f), (f, d)] + ([(d, f)] if cfg.get("gated_mlp") else [])
-    return float(layers * rank * sum(i + o for i, o in pairs))
+        pairs += [(d, f, False), (f, d, True)] + ([(d, f, False)] if cfg.get("gated_mlp") else [])
+    return layers, pairs
 
 
 class LoraCompiled(WrappedCompiled):
@@ -125,6 +140,55 @@ class LoraCompiled(WrappedCompiled):
         """Expected distinct adapters among ``batch`` requests."""
         return float(np.sum(1.0 - (1.0 - self.p) ** batch))
 
+    def _analytic(self) -> AnalyticCompiled | None:
+        """The backend's op-priced model under the wrappers, if it prices single ops."""
+        c: Compiled = self.inner
+        while isinstance(c, WrappedCompiled):
+            c = c.inner
+        return c if isinstance(c, AnalyticCompiled) else None
+
+    def kernels(self, tokens: int, distinct: float) -> list[Op]:
+        """The LoRA kernels of one iteration on one device (Punica's and S-LoRA's layout):
+        per adapted projection of every layer a shrink GEMM (tokens x rank x in) and an
+        expand GEMM (tokens x out x rank) that adds into the projection's output, reading
+        the weights of each of the ``distinct`` adapters in the batch once. Column-parallel
+        projections split ``out`` over the replica's devices, row-parallel ones ``in``."""
+        layers, pairs = adapted_projections(self.inner.model, self.spec.modules)
+        r, n_dev = self.spec.rank, self.devices
+        w = ADAPTER_BYTES_PER_PARAM
+        dtype = self.inner.model.info.dtype
+        ops: list[Op] = []
+        for j, (d_in, d_out, row) in enumerate(pairs):
+            i = -(-d_in // n_dev) if row else d_in
+            o = d_out if row else -(-d_out // n_dev)
+            ops.append(
+                Op(
+                    f"lora_shrink_{j}",
+                    OpKind.MATMUL,
+                    flops=2.0 * tokens * r * i,
+                    bytes_read=w * (distinct * i * r + tokens * i),
+                    bytes_written=w * tokens * r,
+                    param_bytes=w * distinct * i * r,
+                    dims=(tokens, r, i),
+                    count=layers,
+                    dtype=dtype,
+                )
+            )
+            ops.append(
+                Op(
+                    f"lora_expand_{j}",
+                    OpKind.MATMUL,
+                    flops=2.0 * tokens * o * r,
+                    bytes_read=w * (distinct * r * o + tokens * r + tokens * o),
+                    bytes_written=w * tokens * o,
+                    param_bytes=w * distinct * r * o,
+                    dims=(tokens, o, r),
+                    count=layers,
+                    dtype=dtype,
+                )
+            )
+        return ops
+
     def _cost(self, shape: Shape) -> Cost:
         c = self.inner.cost(shape)
         parts = shape.parts if shape.phase is Phase.MIXED else (shape,)
@@ -134,9 +198,20 @@ class LoraCompiled(WrappedCompiled):
         dev = self.system.device
         n_dev = self.devices
         flops = 2.0 * shape.new_tokens * self.params
-        t_flops = flops / (dev.flops(self.inner.model.info.dtype) * n_dev)
-        t_bytes = self.distinct(batch) * self.bytes / (dev.memory_bw.value * n_dev)
-        extra = max(t_flops, t_bytes)
+        distinct = self.distinct(batch)
+        priced = self._analytic()
+        if priced is not None:  # the backend's GEMM model, by shape, with each launch
+            times = [
+                (priced.op_time(op), op.count)
+                for op in self.kernels(max(1, shape.new_tokens), distinct)
+            ]
+            t_flops = sum(t.compute_s * n for t, n in times)
+            t_bytes = sum(t.memory_s * n for t, n in times)
+            extra = sum(t.seconds * n for t, n in times)
+        else:  # the device's peak rates: a lower bound
+            t_flops = flops / (dev.flops(self.inner.model.info.dtype) * n_dev)
+            t_bytes = distinct * self.bytes / (dev.memory_bw.value * n_dev)
+            extra = max(t_flops, t_bytes)
         breakdown = dict(c.breakdown)
         key = "compute" if t_flops >= t_bytes else "memory"
         breakdown[key] = breakdown.get(key, 0.0) + extra
