@@ -94,7 +94,6 @@ from xpusim.engine.host import build_host  # noqa: E402
 from xpusim.engine.model import ModelFamily  # noqa: E402
 from xpusim.engine.system import Parallelism, System  # noqa: E402
 from xpusim.engine.units import Dim, parse  # noqa: E402
-from xpusim.plugins.gpu.kernel_fits import fitted_params  # noqa: E402
 from xpusim.plugins.workloads.training.plan import TrainingPlan, plan_memory  # noqa: E402
 from xpusim.plugins.workloads.training.steps import step_time  # noqa: E402
 
@@ -217,23 +216,16 @@ def _row_flops(row: dict[str, Any], model_flops: float, hardware_flops: float) -
     raise ValueError(f"row {row['id']}: unknown FLOP convention {convention!r}")
 
 
-def row_device(row: dict[str, Any], backend: Any, kind: str) -> tuple[Any, dict[str, float]]:
-    """The device a row ran on and the efficiency parameters it takes from its base.
-
-    ``device`` is a catalog name, or a mapping as a scenario's derived device
-    (:class:`~xpusim.engine.device.DerivedDevice`: ``base`` plus the figures the source
-    gives, e.g. memory and bandwidth of a part the catalog lacks). A derived GPU keeps its
-    base's fitted kernel efficiencies (the same die; the backend looks fits up by device
-    name, which a derived device does not share), passed as the system's inline
-    efficiency."""
+def row_device(row: dict[str, Any], backend: Any) -> Any:
+    """The device a row ran on: a catalog name, or a mapping as a scenario's derived
+    device (:class:`~xpusim.engine.device.DerivedDevice`: ``base`` plus the figures the
+    source gives, e.g. memory and bandwidth of a part the catalog lacks), which keeps its
+    base's fitted kernel efficiencies as a scenario's does."""
     spec = row["device"]
     if isinstance(spec, str):
-        return backend.devices()[spec], {}
+        return backend.devices()[spec]
     cfg = DerivedDevice.model_validate(spec)
-    base = backend.devices()[cfg.base]
-    dev = derive_device(base, cfg, f"rows.{row['id']}.device")
-    fits = {k: v for k, (v, _how) in fitted_params(base.name).items()} if kind == "gpu" else {}
-    return dev, fits
+    return derive_device(backend.devices()[cfg.base], cfg, f"rows.{row['id']}.device")
 
 
 def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float]) -> dict[str, Any]:
@@ -244,7 +236,7 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
     model = family.configure(spec)
     kind = str(row.get("backend", "gpu"))
     backend = host.backends.get(kind)
-    dev, base_eff = row_device(row, backend, kind)
+    dev = row_device(row, backend)
     topo = topology_from_device(dev)
     links = row.get("topology") or {}
     if "scale_up_bandwidth" in links:
@@ -255,8 +247,7 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
     n = int(row["gpus"])
     if par.devices != n:
         raise ValueError(f"row {row['id']}: the plan uses {par.devices} devices, not {n}")
-    eff = {**base_eff, **efficiency}
-    options = {"efficiency": eff} if eff and kind == "gpu" else {}
+    options = {"efficiency": efficiency} if efficiency and kind == "gpu" else {}
     system = System(row["id"], kind, dev, n, par, topo, options)
     compiled = backend.compile(model, system)
     w = dict(row["workload"])

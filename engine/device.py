@@ -151,6 +151,10 @@ class DeviceSpec:
     fp4_formats: tuple[str, ...] = ()
     """The block-scaled 4-bit formats its ``fp4`` tensor rate reads (``nvfp4``, ``mxfp4``);
     empty where the catalog does not say, and then any."""
+    base: str | None = None
+    """The catalog device a scenario derived this one from (``device: {base: ...}``), or
+    ``None`` for a catalog device: a backend looks up what it knows of the part by name
+    (fitted kernel efficiencies, say) under the base's name when the derived one has none."""
 
     def __post_init__(self) -> None:
         for name, fig in self.figures().items():
@@ -381,4 +385,5 @@ def derive_device(base: DeviceSpec, cfg: DerivedDevice, where: str) -> DeviceSpe
         power=power,
         price=price,
         aliases=(),
+        base=base.base or base.name,
     )

@@ -9,11 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from xpusim.engine.collectives import topology_from_device
+from xpusim.engine.device import DeviceSpec, derive_device
 from xpusim.engine.economics import HOUR_S
 from xpusim.engine.errors import ScenarioError
 from xpusim.engine.host import Host
 from xpusim.engine.run import run_scenario
-from xpusim.engine.scenario import load_scenario
+from xpusim.engine.scenario import DerivedDevice, load_scenario
+from xpusim.engine.system import Parallelism, System
+from xpusim.plugins.gpu.backend import GpuBackend
+from xpusim.plugins.gpu.kernel_fits import fitted_params
 
 Writer = Callable[..., Path]
 
@@ -107,3 +112,27 @@ def test_bad_inline_prices_are_refused(
     text = SCENARIO.replace("{cloud: 3.0 USD/h, list: 30000 USD}", price)
     with pytest.raises(ScenarioError, match=needle.replace(".", r"\.")):
         load_scenario(write_yaml(text), host)
+
+
+def test_a_derived_gpu_keeps_its_bases_kernel_fits(host: Host) -> None:
+    """A device derived from a catalog part runs that part's kernels: the GPU backend
+    applies the base's fitted efficiencies to it and names the base in each source,
+    instead of falling back to the stated defaults."""
+    backend = host.backends.get("gpu")
+    assert isinstance(backend, GpuBackend)
+    base = backend.devices()["h100-sxm"]
+    derived = derive_device(
+        base, DerivedDevice.model_validate({"base": "h100-sxm", "memory": "96 GB"}), "t"
+    )
+    assert derived.base == "h100-sxm"
+    fits = fitted_params("h100-sxm")
+    assert fits, "the H100 SXM has public kernel fits"
+
+    def system(dev: DeviceSpec) -> System:
+        return System("s", "gpu", dev, 1, Parallelism(), topology_from_device(dev))
+
+    eff_base, _ = backend.efficiency_sources(system(base))
+    eff_derived, sources = backend.efficiency_sources(system(derived))
+    assert eff_derived == eff_base
+    for name in fits:
+        assert "'h100-sxm', which" in sources[name]

@@ -120,6 +120,14 @@ class GpuBackend(Backend):
         default = "default (stated assumption, plugins/gpu/efficiency.py)"
         sources = {name: default for name in GpuEfficiency.param_names()}
         fits = fitted_params(system.device.name)
+        base = system.device.base
+        if not fits and base is not None:
+            # a scenario's derived device is its base part with other figures: the
+            # kernels run as on the base, so the base's fits apply (and say so)
+            fits = {
+                k: (v, f"{how}; the fit of {base!r}, which {system.device.name!r} is derived from")
+                for k, (v, how) in fitted_params(base).items()
+            }
         if fits:
             eff = cal_mod.apply(
                 eff, cal_mod.Calibration("", "", "", "", {k: v for k, (v, _) in fits.items()})
