@@ -61,6 +61,7 @@ from xpusim.engine.qty import Duration
 from xpusim.engine.registry import nearest
 from xpusim.engine.system import System
 from xpusim.engine.workload import PlanKnobs, SystemRun, Workload, WorkloadContext
+from xpusim.plugins.workloads import TECHNIQUES
 from xpusim.plugins.workloads.serving import metrics, routers, schedulers
 from xpusim.plugins.workloads.serving.arrivals import (
     ArrivalSpec,
@@ -289,8 +290,6 @@ class ServingConfig(BaseModel):
 
 def _builtin_techniques() -> dict[str, ServingTechnique]:
     """The built-in techniques by name, for a config validated outside a scenario."""
-    from xpusim.plugins.workloads import TECHNIQUES
-
     return {ref.name: ref.load() for ref in TECHNIQUES}
 
 
