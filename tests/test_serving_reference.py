@@ -370,9 +370,10 @@ def test_arrival_instants_are_the_arrival_process_instants(gaps: list[float], st
 
 
 def test_long_runs_with_preemption_match_the_reference(compiled: Compiled) -> None:
-    """Thousands of requests through one small cache (the heap of running requests is
-    pruned of finished ones many times over) still preempt the same requests at the same
-    times as the reference, and the fast path equals the plain loop."""
+    """Thousands of requests through one small cache (the running request that arrived
+    last is looked up at every preemption among many finished ones) still preempt the
+    same requests at the same times as the reference, and the fast path equals the plain
+    loop."""
     rows = [(0.003 * i, 3 + (11 * i) % 50, 2 + (17 * i) % 70) for i in range(2500)]
     spec = SchedulerSpec(kind="continuous", max_batch=24)
     reqs, steps, ref = run_both(compiled, requests(rows), spec, block=4, capacity=700)

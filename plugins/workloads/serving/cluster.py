@@ -273,11 +273,16 @@ class RequestTable:
     not 8: ten million requests hold 200 MB less). A request whose KV need exceeds the
     cache is dropped before it is scheduled, so the working count of a scheduled request
     always fits; a count past 2**31 - 1, which only a dropped request can have, is held
-    clipped.
+    clipped. ``replica`` is 16-bit when ``replicas`` (the world's replica count, when
+    given) is at most 2**15.
     """
 
     def __init__(
-        self, arrival: Sequence[float], prompt: Sequence[int], output: Sequence[int]
+        self,
+        arrival: Sequence[float],
+        prompt: Sequence[int],
+        output: Sequence[int],
+        replicas: int | None = None,
     ) -> None:
         n = len(arrival)
         nan = float("nan")
@@ -288,7 +293,9 @@ class RequestTable:
         self.cur_prompt = _int32(prompt)
         self.cur_output = _int32(output)
         self.state = bytearray(n)
-        self.replica = array("i", [-1]) * n
+        # 16-bit replica indices where the world says they fit
+        short = replicas is not None and replicas <= 1 << 15
+        self.replica = array("h" if short else "i", [-1]) * n
         self.entry = array("i", [0]) * n
         self.fin_iter = array("i", [-1]) * n
         self.seg_start = array("i", [0]) * n

@@ -30,12 +30,15 @@ rows, their order and every metric are the same as in memory.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import gc
+import sys
 from array import array
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -73,6 +76,35 @@ from xpusim.plugins.workloads.serving.schemas import REQUESTS_SCHEMA, STEPS_SCHE
 
 REQUEST_CHUNK = 1 << 18
 """Rows of the ``requests`` frame built at a time once it spills."""
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's free pages back to the operating system (glibc's
+    ``malloc_trim``; nothing elsewhere).
+
+    The step columns are emptied at every spill and grow again, and a replica's step
+    times are freed once its rows are out; glibc keeps such freed heap memory mapped, so
+    without this a large run's resident size keeps the high-water mark of every column
+    it ever held.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` when the C library has it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        fn = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return cast(Callable[[int], int], fn)
 
 
 @dataclass
@@ -198,7 +230,7 @@ def simulate_serving(
     prompt = _tokens(requests["prompt_tokens"])
     output = _tokens(requests["output_tokens"])
     n = len(arrival)
-    req = RequestTable(arrival, prompt, output)
+    req = RequestTable(arrival, prompt, output, replicas)
 
     del requests  # the table holds what is needed
 
@@ -295,6 +327,7 @@ class _StepSpill:
             if r.log.pending:
                 buf.add(r.log.take(self.system, r.index, self.costs.states))
                 buf.flush()
+        release_freed_memory()
 
     def release(self, index: int) -> None:
         """Move replica ``index``'s pending rows to its buffer and free its step times
@@ -524,7 +557,10 @@ def _frames(
     tbt_max = np.asarray(req.seg_max)
     ok = np.frombuffer(bytes(req.state), dtype=np.uint8) == DONE
 
-    last_tok = np.full(n, np.nan)
+    # a request's last token is its finish for the built-in schedulers; any other is kept
+    # apart (no table of eight bytes a request for the exception)
+    late_ids: list[np.ndarray] = []
+    late_at: list[np.ndarray] = []
     devices = FrameBuffer(spill, "devices", DEVICES_SCHEMA)
     gap_parts: list[pl.DataFrame] = []
     horizon = float(arrival.max()) if n else 0.0
@@ -541,7 +577,12 @@ def _frames(
         dur = end - start
         mine = np.flatnonzero(ok & (replica == r.index))
         if mine.size:
-            last_tok[mine] = end[fin_iter[mine]]
+            last = end[fin_iter[mine]]
+            off = last != finish[mine]
+            if off.any():
+                late_ids.append(mine[off])
+                late_at.append(last[off])
+            del last, off
             lo = seg_start[mine]
             hi = fin_iter[mine]
             has = lo <= hi
@@ -573,7 +614,11 @@ def _frames(
         )
         del start, end, dur, dec, st_idx, joules
         steps.release(r.index)
+        release_freed_memory()
     tbt_max[~ok] = np.nan
+    late_id = np.concatenate(late_ids) if late_ids else np.zeros(0, np.int64)
+    late_val = np.concatenate(late_at) if late_at else np.zeros(0)
+    del late_ids, late_at
     del fin_iter, seg_start
     req.fin_iter, req.seg_start = array("i"), array("i")
     if req.extra_gaps:
@@ -604,10 +649,13 @@ def _frames(
         b = min(a + chunk, n)
         k = b - a
         out_c = output[a:b].astype(np.int64)
+        last_tok = finish[a:b].copy()
+        inside = (late_id >= a) & (late_id < b)
+        last_tok[late_id[inside] - a] = late_val[inside]
         one_tok = out_c <= 1
         tbt_max[a:b][one_tok] = np.nan
         with np.errstate(invalid="ignore", divide="ignore"):
-            tbt_mean = np.where(one_tok, np.nan, (last_tok[a:b] - first_tok[a:b]) / (out_c - 1))
+            tbt_mean = np.where(one_tok, np.nan, (last_tok - first_tok[a:b]) / (out_c - 1))
         reason = pl.Series("reason", [None] * k, dtype=pl.String)
         sel = reason_ids[(reason_ids >= a) & (reason_ids < b)]
         if sel.size:
