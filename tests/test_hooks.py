@@ -294,7 +294,7 @@ def test_hook_register_serving_techniques(pm: pluggy.PluginManager) -> None:
     req = half.frames["requests"].sort("request_id")
     assert req["prompt_tokens"].to_list() == [800, 400, 600, 200]
     assert half.metrics["ttft_mean_s"] < plain.metrics["ttft_mean_s"]
-    with pytest.raises(Exception, match="prompt_compression.ratio"):
+    with pytest.raises(Exception, match=r"prompt_compression\.ratio"):
         serve({"prompt_compression": {"ratio": 2}})
     with pytest.raises(Exception, match="Did you mean 'prompt_compression'"):
         serve({"prompt_compresion": {"ratio": 0.5}})
