@@ -98,6 +98,7 @@ def run_case(sets: list[str], workers: int) -> dict[str, Any]:
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
         doc = json.loads((out / "plan.json").read_text(encoding="utf-8"))
     best = doc.get("best") or {}
+    failed = [r for r in doc["configurations"] if r.get("status") == "failed"]
     busy = None
     if before is not None and after is not None and after[1] > before[1]:
         busy = (after[0] - before[0]) / (after[1] - before[1])
@@ -112,6 +113,8 @@ def run_case(sets: list[str], workers: int) -> dict[str, Any]:
         "simulations": doc["simulations"],
         "rounds": doc.get("rounds"),
         "unused_simulations": doc.get("unused_simulations"),
+        "failed": len(failed),
+        "first_failure": failed[0].get("reason") if failed else None,
         "answer": doc["answer"],
         "best": {
             k: best.get(k) for k in ("device", "count", "tensor", "max_batch", "usd_per_hour")
@@ -157,6 +160,9 @@ def report(case: str, f: dict[str, Any]) -> None:
             f"CPUs {_busy(a)} busy), 2 workers {b['wall_s']:.2f} s (load "
             f"{b['load_before']:.2f}, CPUs {_busy(b)} busy): {run['speedup']:.2f}x"
         )
+        for r in (a, b):
+            if r["failed"]:
+                print(f"  {r['failed']} simulations failed: {str(r['first_failure'])[:300]}")
     print(
         f"{case} at 10 req/s over 6 device types: median speedup {f['speedup']:.2f}x over "
         f"{len(f['runs'])} pairs, fastest runs {f['1']['wall_s']:.2f} s and "
