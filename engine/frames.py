@@ -15,7 +15,11 @@ gives, ``devices``, is declared here:
 intervals (consecutive steps of one state merged, :func:`device_timeline`) and ``idle``
 intervals covering the rest of ``[0, simulated_s]``. Busy rows carry the step joules
 split evenly over the replica's devices; idle rows carry 0 J (the economics model
-applies idle power).
+applies idle power). A workload whose lanes run on different devices (one pool of a part
+beside a pool of another) adds the optional :data:`DEVICE_NAME` column, the catalog name
+of each row's device (null: the system's device); economics then prices each device's
+lanes at that device's price and power (:mod:`xpusim.engine.economics.kinds`). A frame
+without the column runs wholly on the system's device.
 
 Bounded memory: a frame is a :data:`Frame`, either an in-memory ``pl.DataFrame`` or a
 ``pl.LazyFrame``. Below a row threshold (:func:`spill_rows`, default
@@ -54,6 +58,11 @@ DEVICES_SCHEMA: dict[str, pl.DataType] = {
     "joules": pl.Float64(),
 }
 """Columns of the ``devices`` frame."""
+
+DEVICE_NAME = "device_name"
+"""Optional column of the ``devices`` frame (``pl.String``): the device a row's lane runs on,
+by its catalog name, where a system's lanes run on different devices; null, or absent,
+for the system's own device."""
 
 IDLE = "idle"
 """The device state outside any step."""

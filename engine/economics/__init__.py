@@ -19,6 +19,10 @@ Carbon (:mod:`.carbon`)
     Energy times the grid intensity, plus optional embodied carbon.
 Rent versus buy (:mod:`.breakeven`)
     The utilization above which owning is cheaper, and the payback time.
+Device kinds (:mod:`.kinds`)
+    A system whose ``devices`` frame names several devices (its ``device_name`` column)
+    is priced per device: each device's lanes at its own idle power, nodes and price,
+    the parts added up (:func:`price_kinds`).
 
 A figure that is needed and not known (a device with no published price, say) makes the
 metrics that depend on it ``None`` with a sentence saying why in ``not_known``; the rest
@@ -29,9 +33,11 @@ error (:class:`~xpusim.engine.errors.XpusimError`).
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import polars as pl
 
 from xpusim.engine.device import Figure
 from xpusim.engine.economics.breakeven import BreakEven, break_even, describe_break_even
@@ -49,13 +55,14 @@ from xpusim.engine.economics.config import (
     PowerModelLike,
     validate_figures,
 )
-from xpusim.engine.economics.cost import Cost
-from xpusim.engine.economics.energy import Energy, Timeline, energy, timeline
+from xpusim.engine.economics.cost import Cost, combine_costs
+from xpusim.engine.economics.energy import Energy, Timeline, combine_energies, energy, timeline
+from xpusim.engine.economics.kinds import DeviceKind, DeviceResolver, device_kinds
 from xpusim.engine.economics.owned import owned_cost
 from xpusim.engine.economics.pricebook import is_stale
 from xpusim.engine.economics.rented import SCENARIO_PREFIX, rented_cost
 from xpusim.engine.economics.units import WorkUnits, work_units
-from xpusim.engine.frames import Frame
+from xpusim.engine.frames import Frame, frame_height
 
 if TYPE_CHECKING:
     from xpusim.engine.device import DeviceSpec
@@ -72,6 +79,8 @@ __all__ = [
     "BreakEven",
     "Carbon",
     "Cost",
+    "DeviceKind",
+    "DeviceResolver",
     "Economics",
     "EconomicsConfig",
     "Energy",
@@ -80,6 +89,8 @@ __all__ = [
     "WorkUnits",
     "apply_economics",
     "describe_break_even",
+    "for_device",
+    "price_kinds",
     "price_system",
     "validate_figures",
 ]
@@ -94,10 +105,13 @@ class Economics:
     (and ``*_per_run`` when the workload reports ``time_to_train_s``), ``None`` where not
     known. ``details``: ``power_states_s``, ``utilization``, ``devices_counted``,
     ``energy_breakdown_j``, ``cost_breakdown_usd``, ``carbon_breakdown_kg``,
-    ``break_even``, ``price_used`` (see :func:`price_used`). ``choice``: the rent-or-buy
+    ``break_even``, ``price_used`` (see :func:`price_used`) and, for a system of several
+    devices, ``prices_used`` (each device's, by name). ``choice``: the rent-or-buy
     verdict (``own``, ``rent``, ``committed``) when the scenario gives its busy hours,
-    recorded as the ``cheaper_choice`` summary key. ``not_known``: why each ``None`` metric is not known. ``figures``:
-    every figure used, by dotted name.
+    recorded as the ``cheaper_choice`` summary key. ``not_known``: why each ``None``
+    metric is not known. ``figures``: every figure used, by dotted name. ``tier``: the
+    price tier recorded as ``price_tier`` when it is not ``price_used``'s own (each
+    device's tier, joined with ``+`` where they differ).
     """
 
     metrics: dict[str, float | None] = field(default_factory=dict)
@@ -105,6 +119,7 @@ class Economics:
     not_known: dict[str, str] = field(default_factory=dict)
     figures: dict[str, Figure] = field(default_factory=dict)
     choice: str | None = None
+    tier: str | None = None
 
     def unknown(self, metric: str, reason: str) -> None:
         """Mark ``metric`` not known, for ``reason``."""
@@ -161,6 +176,8 @@ def price_system(
     power: PowerModelLike | None,
     metrics: Mapping[str, Any],
     frames: Mapping[str, Frame],
+    *,
+    resolve: DeviceResolver | None = None,
 ) -> Economics:
     """Energy, cost and carbon of one system that ran ``ok``.
 
@@ -168,13 +185,137 @@ def price_system(
     ``frames`` its declared frames (``devices``, ``requests``, ``steps``). ``count`` is
     the number of devices; the ``devices`` frame may show more (replicas), and then its
     count is used. Nothing passed in is changed.
+
+    Where the ``devices`` frame names other devices than ``spec`` (its ``device_name``
+    column, :mod:`.kinds`), each device's lanes are priced apart, at that device's idle
+    power, host nodes and price (``resolve`` finds a named device; default: the plugin
+    host's catalogs), and the parts added up (:func:`price_kinds`).
     """
     validate_figures(spec, config)
+    kinds = device_kinds(frames.get("devices"), spec, power, count, resolve)
+    if len(kinds) > 1 or not kinds[0].own:
+        return price_kinds(kinds, config, metrics, frames)
     out = Economics(figures={"economics.pue": pue_figure(config.pue)})
 
     tl = timeline(frames.get("devices"), metrics.get("simulated_s"), count, spec, power)
     en = energy(tl, spec, config, power)
     out.figures.update(en.figures)
+    units = _record_energy(out, en, config, metrics, frames)
+
+    device_s = en.devices * en.span
+    cost = (
+        owned_cost(spec, config, en)
+        if config.pricing == "owned"
+        else rented_cost(spec, config, device_s)
+    )
+    out.figures.update(cost.figures)
+    used = price_used(cost.figures, config, tier=cost.tier, provider=cost.provider)
+    if used is not None:
+        out.details["price_used"] = used
+    _record_cost(out, cost, units)
+    _record_carbon(out, en, config, device_s, metrics)
+
+    be = break_even(spec, config, en)
+    out.figures.update(be.figures)
+    if isinstance(be.result, str):
+        out.not_known["break_even"] = be.result
+    else:
+        out.details["break_even"] = be.result
+        out.metrics["break_even_hours_per_year"] = be.result["break_even_hours_per_year"]
+        if be.result["busy_hours_per_year"] is not None:
+            out.metrics["break_even_months"] = be.result["break_even_months"]
+            out.choice = be.result["cheaper"]
+    return out
+
+
+def price_kinds(
+    kinds: Sequence[DeviceKind],
+    config: EconomicsConfig,
+    metrics: Mapping[str, Any],
+    frames: Mapping[str, Frame],
+) -> Economics:
+    """Energy, cost and carbon of a system whose lanes run on several devices (or on
+    another device than the system's), each kind priced on its own and added up.
+
+    Each kind's energy is its lanes' busy joules, its idle power over its idle
+    device-seconds and host power over its own nodes, times the PUE; its cost its
+    device-seconds at its device's price (rented) or its list price, electricity and
+    hosting (owned), each price chosen by the same tier and provider rules as a
+    system's own. Figures are named with their device (``price.on_demand@h200-sxm``);
+    ``details["prices_used"]`` gives each device's price (:func:`price_used`) and
+    ``details["price_used"]`` the first kind's. Rent versus buy is not known: it is a
+    per-device comparison."""
+    for k in kinds:
+        validate_figures(k.spec, config)
+    out = Economics(figures={"economics.pue": pue_figure(config.pue)})
+    span = metrics.get("simulated_s")
+    devices = frames.get("devices")
+    if span is None and devices is not None and frame_height(devices):
+        span = float(devices.lazy().select(pl.col("end_s").max()).collect().item())
+    figs: dict[str, Figure] = {}
+    parts: list[Energy] = []
+    for k in kinds:
+        en_k = energy(timeline(k.frame, span, k.count, k.spec, k.power), k.spec, config, k.power)
+        parts.append(en_k)
+        figs.update(for_device(en_k.figures, k.name))
+    en = combine_energies(parts, figs)
+    out.figures.update(en.figures)
+    units = _record_energy(out, en, config, metrics, frames)
+
+    costs: list[tuple[str, Cost]] = []
+    used_by: dict[str, dict[str, Any]] = {}
+    cost_figs: dict[str, Figure] = {}
+    for k, en_k in zip(kinds, parts, strict=True):
+        c = (
+            owned_cost(k.spec, config, en_k)
+            if config.pricing == "owned"
+            else rented_cost(k.spec, config, en_k.devices * en_k.span)
+        )
+        costs.append((k.name, c))
+        cost_figs.update(for_device(c.figures, k.name))
+        used = price_used(c.figures, config, tier=c.tier, provider=c.provider)
+        if used is not None:
+            used_by[k.name] = {"device": k.name, **used}
+    cost = combine_costs(costs, cost_figs)
+    out.figures.update(cost.figures)
+    if used_by:
+        out.details["prices_used"] = used_by
+        out.details["price_used"] = next(iter(used_by.values()))
+    if cost.tier:
+        out.tier = cost.tier
+    _record_cost(out, cost, units)
+    _record_carbon(out, en, config, en.devices * en.span, metrics)
+    names = ", ".join(k.name for k in kinds)
+    out.not_known["break_even"] = (
+        f"Rent-versus-buy break-even is a comparison for one device; this system runs "
+        f"{names} devices, each priced on its own."
+    )
+    return out
+
+
+def for_device(figures: Mapping[str, Figure], device: str) -> dict[str, Figure]:
+    """``figures`` named with the ``device`` they belong to (``power.idle_w@h200-sxm``);
+    the scenario's economics figures (``economics.*``), shared by every device, keep
+    their names."""
+    return {
+        (name if name.startswith("economics.") else f"{name}{DEVICE_MARK}{device}"): fig
+        for name, fig in figures.items()
+    }
+
+
+DEVICE_MARK = "@"
+"""Joins a figure's name to the device it belongs to, in a system of several devices."""
+
+
+def _record_energy(
+    out: Economics,
+    en: Energy,
+    config: EconomicsConfig,
+    metrics: Mapping[str, Any],
+    frames: Mapping[str, Frame],
+) -> WorkUnits:
+    """Record the energy's details and metrics on ``out``, then the electricity price
+    figure; the work units the energy is divided by."""
     out.details["power_states_s"] = en.states
     out.details["utilization"] = en.utilization
     out.details["devices_counted"] = en.devices
@@ -196,16 +337,11 @@ def price_system(
         out.figures["economics.electricity"] = Figure(
             config.electricity, source=SCENARIO_SOURCE.format("electricity")
         )
-    device_s = en.devices * en.span
-    cost = (
-        owned_cost(spec, config, en)
-        if config.pricing == "owned"
-        else rented_cost(spec, config, device_s)
-    )
-    out.figures.update(cost.figures)
-    used = price_used(cost.figures, config, tier=cost.tier, provider=cost.provider)
-    if used is not None:
-        out.details["price_used"] = used
+    return units
+
+
+def _record_cost(out: Economics, cost: Cost, units: WorkUnits) -> None:
+    """Record the cost, its breakdown and the cost per million tokens on ``out``."""
     if cost.cost_usd is None:
         out.unknown("cost_usd", cost.reason)
     else:
@@ -217,6 +353,16 @@ def price_system(
         else:
             out.metrics["cost_per_million_tokens_usd"] = cost.cost_usd / units.tokens * 1e6
 
+
+def _record_carbon(
+    out: Economics,
+    en: Energy,
+    config: EconomicsConfig,
+    device_s: float,
+    metrics: Mapping[str, Any],
+) -> None:
+    """Record the carbon of ``en`` and ``device_s`` device-seconds, then the per-run
+    figures of a workload that gives ``time_to_train_s``."""
     co2 = carbon(en.energy_j, config, device_s)
     out.figures.update(co2.figures)
     if co2.carbon_kg is None:
@@ -226,18 +372,6 @@ def price_system(
         out.details["carbon_breakdown_kg"] = co2.breakdown
 
     _per_run(out, metrics.get("time_to_train_s"), en.span)
-
-    be = break_even(spec, config, en)
-    out.figures.update(be.figures)
-    if isinstance(be.result, str):
-        out.not_known["break_even"] = be.result
-    else:
-        out.details["break_even"] = be.result
-        out.metrics["break_even_hours_per_year"] = be.result["break_even_hours_per_year"]
-        if be.result["busy_hours_per_year"] is not None:
-            out.metrics["break_even_months"] = be.result["break_even_months"]
-            out.choice = be.result["cheaper"]
-    return out
 
 
 def price_used(
@@ -283,7 +417,7 @@ def record(result: SystemResult, priced: Economics) -> None:
     result.metrics.update(priced.metrics)
     if priced.choice is not None:
         result.metrics["cheaper_choice"] = priced.choice
-    tier = (priced.details.get("price_used") or {}).get("tier")
+    tier = priced.tier or (priced.details.get("price_used") or {}).get("tier")
     if tier:
         result.metrics["price_tier"] = tier
     result.figures.update(priced.figures)

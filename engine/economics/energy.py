@@ -23,6 +23,7 @@ power, its active part the busy states' draw above idle.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -312,3 +313,41 @@ def energy(
         else None
     )
     return Energy(it_j * config.pue, breakdown, *parts, "", figs, split)
+
+
+def combine_energies(parts: Sequence[Energy], figures: dict[str, Figure]) -> Energy:
+    """The energy of a system whose devices are of several kinds, from each kind's
+    :class:`Energy` over the same span (:func:`energy` of its own lanes, idle power and
+    nodes): joules, breakdown, power-state seconds, devices, nodes and the static/active
+    split add up; utilization is busy over all devices' time. ``figures`` are the
+    figures to record (each kind's, named apart by the caller). Not known when any
+    kind's energy is not known, for the first such kind's reason."""
+    span = parts[0].span
+    devices = sum(p.devices for p in parts)
+    nodes = sum(p.nodes for p in parts)
+    states: dict[str, float] = {}
+    for p in parts:
+        for k, v in p.states.items():
+            states[k] = states.get(k, 0.0) + v
+    busy_s = sum(v for k, v in states.items() if k != "idle")
+    utilization = busy_s / (devices * span) if span > 0 and devices else None
+    parts_of = (states, utilization, devices, nodes, parts[0].host_w, span)
+    unknown = [p for p in parts if p.energy_j is None or p.breakdown is None]
+    if unknown:
+        return Energy(None, None, *parts_of, unknown[0].reason, figures)
+    breakdown: dict[str, float] = {}
+    for p in parts:
+        assert p.breakdown is not None
+        for k, v in p.breakdown.items():
+            breakdown[k] = breakdown.get(k, 0.0) + v
+    splits = [p.split for p in parts]
+    split = (
+        EnergySplit(
+            static_j=sum(s.static_j for s in splits if s is not None),
+            active_j=sum(s.active_j for s in splits if s is not None),
+        )
+        if all(s is not None for s in splits)
+        else None
+    )
+    total = sum(float(p.energy_j or 0.0) for p in parts)
+    return Energy(total, breakdown, *parts_of, "", figures, split)
