@@ -330,11 +330,16 @@ class _StepSpill:
         release_freed_memory()
 
     def release(self, index: int) -> None:
-        """Move replica ``index``'s pending rows to its buffer and free its step times
-        (the world is over; nothing indexes them any more)."""
+        """Move replica ``index``'s pending rows to its buffer, and on to a part file of
+        their own once its earlier rows spilled (so a spilled run holds no step rows in
+        memory), and free its step times (the world is over; nothing indexes them any
+        more)."""
         r = self.reps[index]
+        buf = self.buffers[index]
         if r.log.pending:
-            self.buffers[index].add(r.log.take(self.system, r.index, self.costs.states))
+            buf.add(r.log.take(self.system, r.index, self.costs.states))
+        if buf.parts:
+            buf.flush()
         # Rebind rather than resize: a numpy view of the old column may still be alive, and
         # resizing an array.array that exports its buffer raises BufferError.
         r.log.start = array("d")
@@ -614,6 +619,8 @@ def _frames(
         )
         del start, end, dur, dec, st_idx, joules
         steps.release(r.index)
+        if spill.used:
+            devices.flush()  # a spilling run holds no device rows in memory either
         release_freed_memory()
     tbt_max[~ok] = np.nan
     late_id = np.concatenate(late_ids) if late_ids else np.zeros(0, np.int64)
