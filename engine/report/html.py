@@ -26,7 +26,7 @@ from xpusim.engine.report import (
     title_of,
 )
 from xpusim.engine.report import charts as ch
-from xpusim.engine.report.verdict import headline, mixed_tiers, ok_label, price_note
+from xpusim.engine.report.verdict import headline, mixed_tiers, ok_label, price_notes
 
 if TYPE_CHECKING:
     from xpusim.engine.results import RunResult
@@ -145,7 +145,7 @@ def _costs(run: RunResult) -> str:
             continue
         b = s.details.get("cost_breakdown_usd") or {}
         parts = ", ".join(f"{_e(k)} {fmt(v)} USD" for k, v in b.items()) or "not known"
-        used = price_note(s.details.get("price_used"))
+        used = price_notes(s.details)
         if used:
             parts += f'<br><span class="price">{_e(used)}</span>'
         be = s.details.get("break_even")

@@ -21,7 +21,7 @@ from xpusim.engine.report import (
     spiking,
     title_of,
 )
-from xpusim.engine.report.verdict import headline, mixed_tiers, ok_label, price_note
+from xpusim.engine.report.verdict import headline, mixed_tiers, ok_label, price_notes
 
 if TYPE_CHECKING:
     from xpusim.engine.results import RunResult
@@ -94,7 +94,7 @@ def render_markdown(run: RunResult) -> str:
         b = s.details.get("cost_breakdown_usd") or {}
         if b:
             parts = ", ".join(f"{k} {fmt(v)} USD" for k, v in b.items())
-            used = price_note(s.details.get("price_used"))
+            used = price_notes(s.details)
             costs.append(f"- **{escape.markdown(s.name)}**: {parts}. {escape.markdown(used)}")
         be = s.details.get("break_even")
         if isinstance(be, dict):

@@ -212,15 +212,26 @@ def mixed_tiers(systems: Sequence[SystemLike]) -> str:
 
 def price_note(used: Mapping[str, Any] | None) -> str:
     """The price a system's cost used, with its source and date, flagged when it is older
-    than a year (``details["price_used"]``); empty when no price was used."""
+    than a year (``details["price_used"]``); empty when no price was used. A price of one
+    device of several (its ``device``) says which."""
     if not used:
         return ""
     date = used.get("date")
     when = f"as of {date}" if date else "date not stated"
-    text = f"price used: {used['usd']:,.4g} {used['unit']} ({used['cited']}; {when})"
+    which = f" for {used['device']}" if used.get("device") else ""
+    text = f"price used{which}: {used['usd']:,.4g} {used['unit']} ({used['cited']}; {when})"
     if used.get("stale"):
         text += f", older than a year on {used['reference_date']}: check for a newer one"
     return text + "."
+
+
+def price_notes(details: Mapping[str, Any]) -> str:
+    """The prices a system's cost used: each device's (``details["prices_used"]``) for a
+    system of several devices, else its one price (:func:`price_note`)."""
+    by_device = details.get("prices_used")
+    if isinstance(by_device, Mapping) and by_device:
+        return " ".join(price_note(u) for u in by_device.values())
+    return price_note(details.get("price_used"))
 
 
 def summary_systems(summary: Mapping[str, Any]) -> list[SystemLike]:
