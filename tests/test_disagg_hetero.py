@@ -129,3 +129,103 @@ def test_an_unknown_pool_device_names_the_nearest(
     )
     with pytest.raises(XpusimError, match="Did you mean 'h200-sxm'"):
         pools(dis, _ctx(host, write_yaml))
+
+
+PRICED = SCENARIO.replace(
+    "systems:\n",
+    "economics: {pricing: cloud, electricity: 0.12 USD/kWh, pue: 1.2, host_power: 900 W}\n"
+    "systems:\n",
+)
+
+
+def _on_demand(name: str) -> float:
+    """The on-demand price (USD per device-second) the price book gives ``name`` with no
+    tier or provider named: hyperscaler first, then neocloud."""
+    from xpusim.engine.economics.pricebook import offers_for, pick
+
+    offer = pick(offers_for((name,)), ("hyperscaler", "neocloud"), None)
+    assert offer is not None
+    return offer.value
+
+
+def _pool_energy(devices: pl.DataFrame, lanes: int, span: float, spec: Any) -> float:
+    """Joules of one pool's rows before PUE: its busy joules, its device's idle power over
+    the device-time no busy row covers, and one node's host power (900 W) over the span."""
+    from xpusim.engine.economics import BUSY_STATES
+    from xpusim.engine.power import PowerModel
+
+    busy = devices.filter(pl.col("state").is_in(list(BUSY_STATES)))
+    busy_s = float((busy["end_s"].clip(0.0, span) - busy["start_s"].clip(0.0, span)).sum())
+    idle_w = PowerModel.from_device(spec).idle_w
+    return float(busy["joules"].sum()) + idle_w * (lanes * span - busy_s) + 900.0 * span
+
+
+def test_each_pool_is_priced_at_its_own_device(
+    host: Host, write_yaml: Callable[[str, str], Path]
+) -> None:
+    """An H100-prefill/H200-decode system costs each pool's device-seconds at its own
+    device's on-demand price from the price book, and its energy is each pool's busy
+    joules, its own device's idle power over its idle time and its own node's host
+    power, times the PUE; the report names both prices. Beside it, the all-H100 split and
+    the colocated system are priced at the H100's price alone, as before."""
+    text = PRICED.replace("DECODE", "{count: 2, device: h200-sxm}").replace("LINK", "scale-out")
+    res = simulate(load_scenario(write_yaml(text, "priced.yaml"), host), host)
+    runs = {r.name: r for r in res.systems}
+    mixed, col = runs["h100-h200"], runs["colocated"]
+    h100, h200 = host.device("gpu", "h100-sxm"), host.device("gpu", "h200-sxm")
+    assert _on_demand("h100-sxm") != _on_demand("h200-sxm")
+
+    m = mixed.metrics
+    span = float(m["simulated_s"])
+    assert m["prefill_device_s"] == m["decode_device_s"] == pytest.approx(2 * span)
+    want = m["prefill_device_s"] * _on_demand("h100-sxm") + m["decode_device_s"] * _on_demand(
+        "h200-sxm"
+    )
+    assert m["cost_usd"] == pytest.approx(want, rel=1e-12)
+    assert m["cost_per_million_tokens_usd"] == pytest.approx(
+        want / (m["throughput_tokens_per_s"] * span) * 1e6, rel=1e-9
+    )
+    assert set(mixed.details["cost_breakdown_usd"]) == {
+        "cloud rental (h100-sxm)",
+        "cloud rental (h200-sxm)",
+    }
+
+    dev = mixed.frames["devices"]
+    assert isinstance(dev, pl.DataFrame)
+    pre, dec = dev.filter(pl.col("replica") < 2), dev.filter(pl.col("replica") >= 2)
+    assert set(pre["device_name"]) == {"h100-sxm"} and set(dec["device_name"]) == {"h200-sxm"}
+    energy = 1.2 * (_pool_energy(pre, 2, span, h100) + _pool_energy(dec, 2, span, h200))
+    assert m["energy_j"] == pytest.approx(energy, rel=1e-9)
+    assert mixed.details["devices_counted"] == 4
+
+    used = mixed.details["prices_used"]
+    assert list(used) == ["h100-sxm", "h200-sxm"]
+    assert used["h200-sxm"]["usd"] == pytest.approx(_on_demand("h200-sxm") * 3600.0)
+    assert "price.on_demand@h200-sxm" in mixed.figures
+    assert "power.idle_w@h200-sxm" in mixed.figures
+    assert "comparison for one device" in mixed.details["not_known"]["break_even"]
+
+    from xpusim.engine.report.markdown import render_markdown
+
+    md = render_markdown(res)
+    assert "price used for h100-sxm" in md and "price used for h200-sxm" in md
+
+    # the colocated system runs and is priced on its own device alone, as it always was
+    assert "device_name" not in col.frames["devices"].columns
+    c_span = float(col.metrics["simulated_s"])
+    assert col.metrics["cost_usd"] == pytest.approx(4 * c_span * _on_demand("h100-sxm"), rel=1e-12)
+    assert "prices_used" not in col.details and "price.on_demand" in col.figures
+
+
+def test_an_all_h100_split_names_no_device(
+    host: Host, write_yaml: Callable[[str, str], Path]
+) -> None:
+    """Pools that both run on the system's device leave the devices frame as it was and
+    price the system's four devices at its one price."""
+    text = PRICED.replace("DECODE", "{count: 2}").replace("LINK", "scale-out")
+    res = simulate(load_scenario(write_yaml(text, "same.yaml"), host), host)
+    split = {r.name: r for r in res.systems}["h100-h200"]
+    assert "device_name" not in split.frames["devices"].columns
+    want = 4 * float(split.metrics["simulated_s"]) * _on_demand("h100-sxm")
+    assert split.metrics["cost_usd"] == pytest.approx(want, rel=1e-12)
+    assert split.details["price_used"]["figure"] == "price.on_demand"

@@ -30,11 +30,11 @@ Pools of different devices: a pool may name its own ``device`` (and ``backend``)
 prefill pool runs on one chip and the decode pool on another (H100s prefilling for H200s,
 say); each pool is compiled on its own device with that device's links, and the KV then
 crosses the network between nodes, the slower of the two devices' ``scale-out`` links
-(a ``scale-up`` link is refused: no node fabric joins two kinds of device). Each pool's
-busy energy is its own device's; the run's idle power and its price per device-hour are
-the system's device's (the economics prices one device kind per system), so name the
-system's device as the one whose price the comparison should use, and read the
-``prefill_device_s`` and ``decode_device_s`` device-seconds to price the pools apart.
+(a ``scale-up`` link is refused: no node fabric joins two kinds of device). The
+``devices`` frame then names each row's device (its ``device_name`` column,
+:data:`~xpusim.engine.frames.DEVICE_NAME`), so the economics prices each pool on its own
+device: its busy joules, its idle power, its nodes' host power and its device-seconds at
+its device's price (the system's own device keeps the scenario's price for it).
 
 Not modelled: a transfer's contention with other transfers on the link.
 """
@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xpusim.engine.backend import Compiled, Cost
 from xpusim.engine.errors import XpusimError
-from xpusim.engine.frames import FrameMap
+from xpusim.engine.frames import DEVICE_NAME, FrameMap
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.policies import SchedulerSpec, ServingRun, ServingTechnique
@@ -125,13 +125,13 @@ DISAGG_METRICS: tuple[Metric, ...] = (
         "prefill_device_s",
         "Prefill pool device-seconds",
         "s",
-        description="devices of the prefill pool x the run's span (to price that pool's device)",
+        description="devices of the prefill pool x the run's span, priced at its device's price",
     ),
     detail(
         "decode_device_s",
         "Decode pool device-seconds",
         "s",
-        description="devices of the decode pool x the run's span (to price that pool's device)",
+        description="devices of the decode pool x the run's span, priced at its device's price",
     ),
 )
 """The metrics a disaggregated run adds."""
@@ -157,7 +157,8 @@ class DecodePoolCompiled(WrappedCompiled):
 
 @dataclass
 class Pools:
-    """The two compiled pools of one system."""
+    """The two compiled pools of one system; ``named``: whether a pool runs on another
+    device than the system's, so the ``devices`` frame names each row's device."""
 
     prefill: Compiled
     decode: Compiled
@@ -165,6 +166,7 @@ class Pools:
     decode_system: System
     bandwidth: float
     latency: float
+    named: bool = False
 
 
 def pool_system(system: System, role: str, pool: Pool, where: str) -> System:
@@ -262,7 +264,8 @@ def pools(spec: Disaggregation, ctx: WorkloadContext) -> Pools:
     ps, pc = compiled("prefill", p)
     ds, dc = compiled("decode", d)
     bw, lat = _between(spec, system, ps, ds)
-    return Pools(pc, DecodePoolCompiled(dc), ps, ds, bw, lat)
+    named = ps.device is not system.device or ds.device is not system.device
+    return Pools(pc, DecodePoolCompiled(dc), ps, ds, bw, lat, named)
 
 
 def _requests(res: ServingResult) -> pl.DataFrame:
@@ -366,6 +369,13 @@ def serve(
         dec,
         system,
     )
+    if pool.named:
+        frames["devices"] = name_devices(
+            frames["devices"],
+            pool.prefill_system.replicas,
+            pool.prefill_system.device.name,
+            pool.decode_system.device.name,
+        )
     span = max(pre.simulated_s, dec.simulated_s if dec is not None else 0.0)
     moved = transfer[go]
     metrics = {
@@ -376,6 +386,17 @@ def serve(
         "decode_device_s": float(pool.decode_system.count * span),
     }
     return frames, span, metrics
+
+
+def name_devices(devices: pl.DataFrame, offset: int, prefill: str, decode: str) -> pl.DataFrame:
+    """``devices`` with each row's device named (:data:`DEVICE_NAME`): ``prefill`` for the
+    prefill pool's replicas (numbered below ``offset``), ``decode`` for the others."""
+    return devices.with_columns(
+        pl.when(pl.col("replica") < offset)
+        .then(pl.lit(prefill, pl.String))
+        .otherwise(pl.lit(decode, pl.String))
+        .alias(DEVICE_NAME)
+    )
 
 
 def _idle_until(devices: pl.DataFrame, span: float) -> pl.DataFrame:
