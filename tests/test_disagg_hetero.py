@@ -229,3 +229,22 @@ def test_an_all_h100_split_names_no_device(
     want = 4 * float(split.metrics["simulated_s"]) * _on_demand("h100-sxm")
     assert split.metrics["cost_usd"] == pytest.approx(want, rel=1e-12)
     assert split.details["price_used"]["figure"] == "price.on_demand"
+
+
+def test_a_misspelled_pool_device_is_refused_at_load(
+    host: Host, write_yaml: Callable[[str, str], Path]
+) -> None:
+    """Loading the scenario (what `xpusim validate` does first) refuses a pool device no
+    backend has, at its file, line and key path, with the nearest name; a device of the
+    pool's named backend is checked against that backend."""
+    from xpusim.engine.errors import ScenarioError
+
+    text = SCENARIO.replace("DECODE", "{count: 2, device: h200-sx}").replace("LINK", "scale-out")
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(write_yaml(text, "typo.yaml"), host)
+    msg = str(err.value)
+    assert "typo.yaml:9, at workload.disaggregation.decode.device" in msg
+    assert "Did you mean 'h200-sxm'" in msg
+    named = SCENARIO.replace("DECODE", "{count: 2, backend: tpu, device: h200-sxm}")
+    with pytest.raises(ScenarioError, match="unknown tpu device 'h200-sxm'"):
+        load_scenario(write_yaml(named.replace("LINK", "scale-out"), "other.yaml"), host)

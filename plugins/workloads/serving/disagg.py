@@ -34,7 +34,8 @@ crosses the network between nodes, the slower of the two devices' ``scale-out`` 
 ``devices`` frame then names each row's device (its ``device_name`` column,
 :data:`~xpusim.engine.frames.DEVICE_NAME`), so the economics prices each pool on its own
 device: its busy joules, its idle power, its nodes' host power and its device-seconds at
-its device's price (the system's own device keeps the scenario's price for it).
+its device's price (the system's own device keeps the scenario's price for it). A
+misspelled pool device is refused when the scenario is validated.
 
 Not modelled: a transfer's contention with other transfers on the link.
 """
@@ -47,7 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from xpusim.engine.backend import Compiled, Cost
 from xpusim.engine.errors import XpusimError
@@ -56,6 +57,7 @@ from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.policies import SchedulerSpec, ServingRun, ServingTechnique
 from xpusim.engine.qty import Bandwidth, DurationOrZero
+from xpusim.engine.registry import nearest
 from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.engine.workload import WorkloadContext
 from xpusim.plugins.workloads.serving.world import ServingResult, simulate_serving
@@ -77,11 +79,53 @@ class Pool(BaseModel):
 
     count: int = Field(ge=1)
     tensor: int = Field(default=1, ge=1)
+    backend: str | None = Field(
+        default=None, description="the backend of `device`; the system's if left out"
+    )
     device: str | None = Field(
         default=None, description="the pool's device; the system's if left out"
     )
-    backend: str | None = Field(
-        default=None, description="the backend of `device`; the system's if left out"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Refuse, at load, a device no backend has (the nearest named), so ``xpusim
+        validate`` catches a misspelled one; inside a scenario only (the validation
+        context holds the plugin host)."""
+        host = info.context.get("host") if isinstance(info.context, dict) else None
+        if value is None or host is None:
+            return value
+        try:
+            known_device(host, value, info.data.get("backend"))
+        except XpusimError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+def known_device(host: Any, name: str, backend: str | None) -> None:
+    """Raise :class:`XpusimError` unless ``name`` is a device of ``backend`` or, with no
+    backend named (the system's, not known at load), of some backend. The message is the
+    backend's own, with its devices and the nearest: the named backend's, else that of the
+    backend whose devices hold the nearest name."""
+    if backend is not None:
+        host.device(backend, name)
+        return
+    owner: dict[str, str] = {}
+    for other in host.backends.names():
+        try:
+            devs = host.backends.get(other).devices()
+        except XpusimError:  # a plugin that fails to load has no devices to offer
+            continue
+        for n in (*devs, *(a for spec in devs.values() for a in spec.aliases)):
+            owner.setdefault(n, other)
+    if name in owner:
+        return
+    near = nearest(name, list(owner))
+    if near is not None:
+        host.device(owner[near], name)
+    raise XpusimError(
+        f"unknown device {name!r}: no backend has it (`xpusim devices` lists them); name "
+        f"the pool's `backend` with it if it is another backend's than the system's."
     )
 
 
