@@ -53,6 +53,7 @@ the plain loop, so every per-request time and every token gap is identical to it
 
 from __future__ import annotations
 
+from array import array
 from heapq import heappop, heappush
 
 import simpy
@@ -122,16 +123,16 @@ def iterative(
 
     feed = rep.feed if isinstance(rep, Replica) else None
     fast_log = rep.log if isinstance(rep, Replica) else None
-    feed_ids = feed.ids if feed is not None else None
+    feed_ids = feed.ids if feed is not None else array("i")  # empty on the plain path
     feed_at = feed.at if feed is not None else None  # arrival instants, by request id
-    n_feed = len(feed_ids) if feed_ids is not None else 0
+    n_feed = len(feed_ids)
     # the queue is `waiting` (requests preempted, put back at its front) followed by the
     # feed's requests k_adm .. k_feed - 1 (arrived, not yet admitted): on the fast path an
     # arrival is a counter, not an entry of a deque
     k_feed = 0  # next request of the feed not yet arrived
     k_adm = 0  # next request of the feed not yet admitted
     # the instant it arrives at
-    nxt = feed_at[feed_ids[0]] if feed_at is not None and feed_ids is not None and n_feed else INF
+    nxt = feed_at[feed_ids[0]] if feed_at is not None and n_feed else INF
     t = env.now  # the replica's clock: env.now on the plain path, ahead of it on the fast one
     synced = 0  # iteration of the last yield on the fast path
 
@@ -218,7 +219,6 @@ def iterative(
 
     while True:
         if feed_at is not None:
-            assert feed_ids is not None
             # queue every request of the feed that has arrived by now
             while nxt <= t:
                 rep.outstanding += 1
@@ -278,7 +278,6 @@ def iterative(
             if waiting:
                 rid = waiting[0]
             elif k_adm < k_feed:
-                assert feed_ids is not None
                 rid = feed_ids[k_adm]
             else:
                 break
@@ -321,15 +320,37 @@ def iterative(
             )
         # 3. price and run the iteration
         if pf_n:
-            hit = step_cost(pf_n, pf_tok, pf_ctx, n_dec, sum_ctx)
+            # CostTable.step's key inlined: mean chunk, mean cached context, decode batch
+            # and mean decode context, each to `bits` significant bits
+            pt = (pf_tok + pf_n // 2) // pf_n or 1
+            if pt >= top:
+                e_ = pt.bit_length() - bits
+                pt = ((pt + (1 << (e_ - 1))) >> e_) << e_
+            pc = (pf_ctx + pf_n // 2) // pf_n
+            if pc >= top:
+                e_ = pc.bit_length() - bits
+                pc = ((pc + (1 << (e_ - 1))) >> e_) << e_
+            if n_dec:
+                nb_ = n_dec
+                if nb_ >= top:
+                    e_ = nb_.bit_length() - bits
+                    nb_ = ((nb_ + (1 << (e_ - 1))) >> e_) << e_
+                dc = (sum_ctx + n_dec // 2) // n_dec
+                if dc >= top:
+                    e_ = dc.bit_length() - bits
+                    dc = ((dc + (1 << (e_ - 1))) >> e_) << e_
+            else:
+                nb_ = dc = 0
+            got = memo.get((pf_n, pt, pc, nb_, dc))
+            hit = got if got is not None else step_cost(pf_n, pf_tok, pf_ctx, n_dec, sum_ctx)
         else:
             # decode-only fast path (inlined CostTable.step key)
             nb_ = n_dec
-            if nb_ >= (1 << bits):
+            if nb_ >= top:
                 e_ = nb_.bit_length() - bits
                 nb_ = ((nb_ + (1 << (e_ - 1))) >> e_) << e_
             dc = (sum_ctx + n_dec // 2) // n_dec
-            if dc >= (1 << bits):
+            if dc >= top:
                 e_ = dc.bit_length() - bits
                 dc = ((dc + (1 << (e_ - 1))) >> e_) << e_
             got = memo.get((0, 0, 0, nb_, dc))
@@ -392,7 +413,7 @@ def iterative(
         if feed_at is None or not n_dec or prefilling:
             continue
         # 6. fast path: a decode run up to the next iteration where something can happen
-        if fast_log is None or feed_ids is None:
+        if fast_log is None:
             continue
         stop = fin_heap[0]
         i = j
