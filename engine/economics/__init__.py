@@ -215,16 +215,7 @@ def price_system(
     _record_cost(out, cost, units)
     _record_carbon(out, en, config, device_s, metrics)
 
-    be = break_even(spec, config, en)
-    out.figures.update(be.figures)
-    if isinstance(be.result, str):
-        out.not_known["break_even"] = be.result
-    else:
-        out.details["break_even"] = be.result
-        out.metrics["break_even_hours_per_year"] = be.result["break_even_hours_per_year"]
-        if be.result["busy_hours_per_year"] is not None:
-            out.metrics["break_even_months"] = be.result["break_even_months"]
-            out.choice = be.result["cheaper"]
+    _record_break_even(out, break_even(spec, config, en))
     return out
 
 
@@ -243,8 +234,9 @@ def price_kinds(
     hosting (owned), each price chosen by the same tier and provider rules as a
     system's own. Figures are named with their device (``price.on_demand@h200-sxm``);
     ``details["prices_used"]`` gives each device's price (:func:`price_used`) and
-    ``details["price_used"]`` the first kind's. Rent versus buy is not known: it is a
-    per-device comparison."""
+    ``details["price_used"]`` the first kind's. Rent versus buy is that of the device
+    when there is one kind (a system all of whose lanes run on another device than its
+    own), else not known: it is a comparison for one device."""
     for k in kinds:
         validate_figures(k.spec, config)
     out = Economics(figures={"economics.pue": pue_figure(config.pue)})
@@ -285,12 +277,30 @@ def price_kinds(
         out.tier = cost.tier
     _record_cost(out, cost, units)
     _record_carbon(out, en, config, en.devices * en.span, metrics)
-    names = ", ".join(k.name for k in kinds)
+    if len(kinds) == 1:
+        _record_break_even(out, break_even(kinds[0].spec, config, en), kinds[0].name)
+        return out
+    names = [k.name for k in kinds]
+    listed = ", ".join(names[:-1]) + f" and {names[-1]}"
     out.not_known["break_even"] = (
         f"Rent-versus-buy break-even is a comparison for one device; this system runs "
-        f"{names} devices, each priced on its own."
+        f"{listed} devices, each priced on its own."
     )
     return out
+
+
+def _record_break_even(out: Economics, be: BreakEven, device: str | None = None) -> None:
+    """Record rent versus buy on ``out``: its details and metrics, or why it is not known
+    (its figures named with ``device`` when given)."""
+    out.figures.update(be.figures if device is None else for_device(be.figures, device))
+    if isinstance(be.result, str):
+        out.not_known["break_even"] = be.result
+    else:
+        out.details["break_even"] = be.result
+        out.metrics["break_even_hours_per_year"] = be.result["break_even_hours_per_year"]
+        if be.result["busy_hours_per_year"] is not None:
+            out.metrics["break_even_months"] = be.result["break_even_months"]
+            out.choice = be.result["cheaper"]
 
 
 def for_device(figures: Mapping[str, Figure], device: str) -> dict[str, Figure]:
