@@ -248,3 +248,48 @@ def test_a_misspelled_pool_device_is_refused_at_load(
     named = SCENARIO.replace("DECODE", "{count: 2, backend: tpu, device: h200-sxm}")
     with pytest.raises(ScenarioError, match="unknown tpu device 'h200-sxm'"):
         load_scenario(write_yaml(named.replace("LINK", "scale-out"), "other.yaml"), host)
+
+
+def test_the_system_device_keeps_its_inline_price_and_the_pool_device_its_tier(
+    host: Host, write_yaml: Callable[[str, str], Path]
+) -> None:
+    """A system whose own device is written inline with its price (a power-capped H100 at
+    2 USD/h, 80 W idle) and whose decode pool runs on H200s, priced at the neocloud tier:
+    the prefill pool's device-seconds cost the inline price and its idle power is the
+    inline figure; the decode pool's cost the H200's neocloud offer from the price book;
+    the price tier names both."""
+    from xpusim.engine.economics.pricebook import offers_for, pick
+
+    text = (
+        SCENARIO.replace("DECODE", "{count: 2, device: h200-sxm}")
+        .replace("LINK", "scale-out")
+        .replace(
+            "  - {name: h100-h200, backend: gpu, device: h100-sxm, count: 4}",
+            "  - {name: h100-h200, backend: gpu, count: 4, device: {base: h100-sxm, name: "
+            "h100-capped, max_power: 500 W, idle_power: 80 W, price: {cloud: 2 USD/h}}}",
+        )
+        .replace("systems:\n", "economics: {tier: neocloud, pue: 1.0}\nsystems:\n")
+    )
+    res = simulate(load_scenario(write_yaml(text, "inline.yaml"), host), host)
+    mixed = {r.name: r for r in res.systems}["h100-h200"]
+    assert mixed.status == "ok", mixed.reason
+    offer = pick(offers_for(("h200-sxm",)), ("neocloud",), None)
+    assert offer is not None
+    m = mixed.metrics
+    want = m["prefill_device_s"] * 2.0 / 3600.0 + m["decode_device_s"] * offer.value
+    assert m["cost_usd"] == pytest.approx(want, rel=1e-12)
+    used = mixed.details["prices_used"]
+    assert used["h100-capped"]["tier"] == "scenario" and used["h200-sxm"]["tier"] == "neocloud"
+    assert m["price_tier"] == "scenario + neocloud"
+    assert mixed.figures["power.idle_w@h100-capped"].value == 80.0
+    dev = mixed.frames["devices"]
+    assert isinstance(dev, pl.DataFrame)
+    assert set(dev.filter(pl.col("replica") < 2)["device_name"]) == {"h100-capped"}
+
+
+def test_the_tiers_of_a_system_of_two_devices_read_in_words() -> None:
+    """The mixed-tier warning names each device's tier of a two-device system in words."""
+    from xpusim.engine.economics.pricebook import mixed_tiers_warning
+
+    text = mixed_tiers_warning([("a", "neocloud"), ("b", "scenario + neocloud")])
+    assert "b at the scenario's own price and neocloud on-demand" in text
