@@ -209,6 +209,8 @@ def test_each_pool_is_priced_at_its_own_device(
 
     md = render_markdown(res)
     assert "price used for h100-sxm" in md and "price used for h200-sxm" in md
+    row = next(line for line in md.splitlines() if "price.on_demand@h200-sxm" in line)
+    assert f"{_on_demand('h200-sxm') * 3600.0:.4g} USD/h" in row
 
     # the colocated system runs and is priced on its own device alone, as it always was
     assert "device_name" not in col.frames["devices"].columns

@@ -109,7 +109,9 @@ _YEAR_S = 365.25 * 86400.0
 
 
 def figure_value(name: str, value: float) -> str:
-    """A catalog or economics figure (SI ``value``) with the unit a person reads."""
+    """A catalog or economics figure (SI ``value``) with the unit a person reads; a figure
+    named with its device (``price.on_demand@h200-sxm``) reads as its plain name."""
+    name = name.split("@", 1)[0]
     leaf = name.rsplit(".", 1)[-1]
     if name.startswith("peak_flops."):
         return f"{fmt(value / 1e12, 4)} TFLOP/s"
