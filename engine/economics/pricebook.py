@@ -203,7 +203,7 @@ ORIGIN_LABEL = {
 def tier_label(tier: str) -> str:
     """A price tier, or another origin of a price, in words; the tiers of a system of
     several devices (joined with `` + ``) each in words, joined with ``and``."""
-    if " + " in tier:
+    if isinstance(tier, str) and " + " in tier:
         return " and ".join(tier_label(t) for t in tier.split(" + "))
     return TIER_LABEL.get(tier) or ORIGIN_LABEL.get(tier, tier)
 
