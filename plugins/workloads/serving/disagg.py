@@ -118,8 +118,8 @@ def known_device(host: Any, name: str, backend: str | None) -> None:
             continue
         for n in (*devs, *(a for spec in devs.values() for a in spec.aliases)):
             owner.setdefault(n, other)
-    if name in owner:
-        return
+        if name in owner:
+            return
     near = nearest(name, list(owner))
     if near is not None:
         host.device(owner[near], name)
