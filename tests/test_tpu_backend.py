@@ -320,3 +320,51 @@ def test_fp32_matmuls_run_at_xla_default_precision() -> None:
     assert cost.gemm_seconds(2048, 4096, 4096, 1, "fp32") == pytest.approx(
         cost.gemm_seconds(2048, 4096, 4096, 1, "bf16")
     )
+
+
+def _op(name: str, kind: OpKind, read: float, written: float, **kw: Any) -> Op:
+    return Op(name, kind, flops=read, bytes_read=read, bytes_written=written, **kw)
+
+
+def test_reductions_do_not_fuse_into_matrix_ops_and_softmax_reads_per_pass() -> None:
+    """A softmax or norm after a matmul starts its own fusion (the matmul writes its output,
+    the reduction reads it back); a forward softmax standing alone reads its input three
+    times (max, exp-sum, normalise), its gradient twice (sum(y dy), then y (dy - sum)); a
+    norm after a matmul's fused residual add stands alone, after a lone elementwise op it
+    fuses."""
+    s = 1e9
+    g = OpGraph(
+        phase=Phase.TRAIN,
+        ops=(
+            _op("qk", OpKind.MATMUL, 1e6, s, dims=(64, 64, 8), batch=4),
+            _op("softmax", OpKind.SOFTMAX, s, s),
+            _op("dropout", OpKind.ELEMENTWISE, s, s),
+            _op("bwd.pv.dx", OpKind.MATMUL, 1e6, s, dims=(64, 64, 8), batch=4),
+            _op("bwd.softmax", OpKind.SOFTMAX, 2 * s, s),
+            _op("out", OpKind.MATMUL, 1e6, s, dims=(64, 64, 8), batch=4),
+            _op("residual", OpKind.ELEMENTWISE, s, s),
+            _op("ln", OpKind.NORM, s, s),
+            Op("ar", OpKind.COLLECTIVE, collective=Collective.ALL_REDUCE, comm_bytes=s, group=2),
+            _op("residual2", OpKind.ELEMENTWISE, s, s),
+            _op("ln2", OpKind.NORM, s, s),
+        ),
+        shape=Shape(Phase.TRAIN, batch=1, tokens=64),
+        dtype="fp32",
+    )
+    f = fuse(g)
+    names = [o.name for o in f.ops]
+    assert names == [
+        "qk",
+        "softmax+dropout",
+        "bwd.pv.dx",
+        "bwd.softmax",
+        "out+residual",
+        "ln",
+        "ar",
+        "residual2+ln2",
+    ]
+    qk, sm, _, bsm = f.ops[:4]
+    assert qk.bytes_written == s  # the scores go to HBM
+    assert sm.bytes_read == pytest.approx(3 * s)  # the dropout's read is the softmax output
+    assert sm.bytes_written == pytest.approx(s)
+    assert bsm.bytes_read == pytest.approx(4 * s) and bsm.bytes_written == s

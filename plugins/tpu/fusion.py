@@ -8,6 +8,21 @@ whose intermediates stay in on-chip memory (VMEM / vector registers). This pass 
 * An op of kind ELEMENTWISE, NORM or SOFTMAX is merged into the op just before it when that
   op is a MATMUL, CONV, ATTENTION, EMBEDDING or another fusible op (or a fusion already
   formed), with the same ``count``. A COLLECTIVE (or any other kind) ends the chain.
+* **Reductions start their own fusion after a matrix op.** A NORM or SOFTMAX (a row
+  reduction followed by elementwise work on the same rows) does not fuse into a MATMUL,
+  CONV or ATTENTION producer: XLA's output fusion of a dot or convolution takes only
+  elementwise consumers (XLA documentation, "Operation semantics" and the fusion pass's
+  kinds: a loop or output fusion is rooted at elementwise ops, a reduction is the root
+  of an input fusion that reads its operands from memory), so the matrix op writes its
+  output to HBM and the reduction reads it back. After an elementwise producer (a
+  residual add) the norm still fuses, as a reduction fuses with its elementwise operands.
+* **Softmax is several kernels.** ``jax.nn.softmax`` is ``exp(x - max(x)) / sum(...)``:
+  the row maximum is one reduction, the sum of exponentials a second that needs the
+  first's result, and the normalisation a third pass that needs both, so XLA runs it as
+  three fusions, each reading the scores (:data:`SOFTMAX_FORWARD_READS`); its gradient
+  ``y · (dy − sum(y · dy))`` is one reduction then one elementwise pass, each reading
+  ``y`` and ``dy`` (:data:`SOFTMAX_BACKWARD_READS`). A SOFTMAX that starts its own fusion
+  is priced with those reads (the backward one is named ``bwd.*`` by the model).
 * **HBM traffic**: the consumer's reads are served first from the producer's output held on
   chip (``shared = min(consumer.bytes_read, producer.bytes_written)``); those bytes are
   neither read back nor, for ELEMENTWISE/SOFTMAX consumers, written out (the consumer's
@@ -40,6 +55,20 @@ PRODUCERS = frozenset(
     }
 )
 CONSUMERS = frozenset({OpKind.ELEMENTWISE, OpKind.NORM, OpKind.SOFTMAX})
+MATRIX_PRODUCERS = frozenset({OpKind.MATMUL, OpKind.CONV, OpKind.ATTENTION})
+"""Producers whose output fusion takes elementwise consumers only (not a reduction)."""
+REDUCTIONS = frozenset({OpKind.NORM, OpKind.SOFTMAX})
+"""Consumers holding a row reduction: they fuse only into an elementwise producer."""
+SOFTMAX_FORWARD_READS = 3
+"""Reads of the scores by a forward softmax standing alone: the row-maximum reduction,
+the exp-sum reduction (which needs the maximum) and the normalising pass (which needs
+the sum), three XLA fusions (``jax.nn.softmax``: ``unnormalized = exp(x - max(x))``,
+``unnormalized / sum(unnormalized)``)."""
+SOFTMAX_BACKWARD_READS = 2
+"""Reads of ``y`` and ``dy`` by the softmax gradient standing alone: the reduction
+``sum(y · dy)`` and the elementwise ``y · (dy − sum)`` that needs it."""
+BACKWARD_PREFIX = "bwd."
+"""Name prefix the model gives its backward ops."""
 
 VECTOR_ATTR = "vector_flops"
 """Attribute of a fused op: FLOPs of its fused consumers, run on the vector unit."""
@@ -76,11 +105,23 @@ def fuse_pair(producer: Op, consumer: Op) -> Op:
     )
 
 
+def softmax_alone(op: Op) -> Op:
+    """A SOFTMAX that starts its own fusion, with the reads of its XLA kernels: the
+    input read :data:`SOFTMAX_FORWARD_READS` times forward (max, exp-sum, normalise),
+    :data:`SOFTMAX_BACKWARD_READS` times in the gradient (``bwd.*``)."""
+    if op.kind is not OpKind.SOFTMAX:
+        return op
+    reads = SOFTMAX_BACKWARD_READS if op.name.startswith(BACKWARD_PREFIX) else SOFTMAX_FORWARD_READS
+    return replace(op, bytes_read=op.bytes_read * reads)
+
+
 def can_fuse(producer: Op, consumer: Op) -> bool:
-    """Whether ``consumer`` fuses into ``producer`` (kinds and repeat counts)."""
+    """Whether ``consumer`` fuses into ``producer`` (kinds and repeat counts; a
+    reduction does not fuse into a matrix op)."""
     return (
         consumer.kind in CONSUMERS
         and producer.kind in PRODUCERS
+        and not (consumer.kind in REDUCTIONS and producer.kind in MATRIX_PRODUCERS)
         and producer.count == consumer.count
         and producer.batch >= 1
         and (consumer.batch == 1 or consumer.batch == producer.batch)
@@ -91,17 +132,21 @@ def fuse(graph: OpGraph) -> OpGraph:
     """Fuse elementwise/norm/softmax ops into their producers (see module docstring)."""
     out: list[Op] = []
     fused = 0
+    changed = False
     for op in graph.ops:
         if out and can_fuse(out[-1], op):
             out[-1] = fuse_pair(out[-1], op)
             fused += 1
         else:
-            out.append(op)
-    if not fused:
+            alone = softmax_alone(op)
+            changed |= alone is not op
+            out.append(alone)
+    if not fused and not changed:
         return graph
     saved = graph.bytes - sum(o.bytes * o.count for o in out)
     note = (
-        f"tpu fusion: {fused} ops fused into producers, {saved / 1e6:.3f} MB of HBM traffic removed"
+        f"tpu fusion: {fused} ops fused into producers, {saved / 1e6:.3f} MB of HBM traffic "
+        "removed (softmax passes included)"
     )
     return OpGraph(
         phase=graph.phase,
