@@ -14,12 +14,14 @@ import yaml
 
 from xpusim.engine.collectives import topology_from_device
 from xpusim.engine.device import DerivedDevice
-from xpusim.engine.graph import OpKind, Phase, Shape
+from xpusim.engine.graph import Collective, OpKind, Phase, Shape, dtype_bytes
 from xpusim.engine.host import build_host
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.system import Parallelism, System
+from xpusim.plugins.workloads.training.comms import Comms
 from xpusim.plugins.workloads.training.failures import FailureRun
 from xpusim.plugins.workloads.training.frames import devices_frame
+from xpusim.plugins.workloads.training.memory import param_bytes, stage_param_split
 from xpusim.plugins.workloads.training.partition import default_partition, make_partition
 from xpusim.plugins.workloads.training.pipeline import (
     exact_pipeline_time,
@@ -31,6 +33,7 @@ from xpusim.plugins.workloads.training.plan import (
     TrainingPlan,
     check_plan,
     plan_memory,
+    plan_partition,
     stage_memory_list,
 )
 from xpusim.plugins.workloads.training.stagecost import Fp8Casts, stage_cost_model
@@ -288,7 +291,9 @@ def test_torchao_float8_pays_amax_reductions_and_backward_recasts(host: Any) -> 
     # forward: amax (2 bytes) + cast (2 + 1) against 2 + 2, memory-bound either way (a
     # large micro-batch, so the launches of the extra kernels are negligible)
     assert ao.forward_s / te.forward_s == pytest.approx(5 / 4, rel=0.05)
-    plan = _plan(precision="fp8", global_batch=64, overlap_grad_reduce=False)
+    plan = _plan(
+        precision="fp8", global_batch=64, overlap_grad_reduce=False, overlap_param_gather=False
+    )
     a = step_time(compiled, model, plan)
     b = step_time(compiled, model, replace(plan, fp8_recipe="torchao"))
     assert b.zero3_exposed_s < a.zero3_exposed_s
@@ -304,7 +309,7 @@ def test_fsdp_without_resharding_gathers_once_and_holds_the_weights(host: Any) -
     and skips the backward gather (less communication)."""
     model = _model(host, "llama", **SMALL)
     par = Parallelism(data=16, zero=3)
-    plan = _plan(global_batch=64, overlap_grad_reduce=False)
+    plan = _plan(global_batch=64, overlap_grad_reduce=False, overlap_param_gather=False)
     keep = replace(plan, fsdp_reshard=False)
     assert plan_memory(model, par, keep, 80e9).weights > plan_memory(model, par, plan, 80e9).weights
     a = step_time(_compile(host, model, par), model, plan)
@@ -555,3 +560,28 @@ def test_every_public_validation_row_has_a_source_and_a_plan_that_divides(host: 
             schedule=w.get("schedule", "1f1b"),
         )
         assert check_plan(model, par, plan, int(row["gpus"])) == [], row["id"]
+
+
+def test_fsdp_gathers_and_reduce_scatters_overlap_apart(host: Any) -> None:
+    """ZeRO-3: with asynchronous all-gathers but synchronous reduce-scatters (EasyLM's XLA
+    flags), only the reduce-scatters are exposed; with neither overlapped both are; the
+    gathers of a plan that overlaps everything hide behind a long enough pass."""
+    model = _model(host, "llama", **SMALL)
+    par = Parallelism(data=16, zero=3)
+    compiled = _compile(host, model, par)
+    both = _plan(global_batch=64)
+    rs_sync = replace(both, overlap_grad_reduce=False)
+    none = replace(rs_sync, overlap_param_gather=False)
+    a, b, c = (step_time(compiled, model, p) for p in (both, rs_sync, none))
+    comms = Comms(compiled, compiled.system)
+    sp = stage_param_split(model, par, plan_partition(model, par, both), 0)
+    rs = comms.dp(Collective.REDUCE_SCATTER, sp.dense * dtype_bytes(both.grad_dtype))
+    ag = comms.dp(Collective.ALL_GATHER, sp.dense * param_bytes(both.precision))
+    m = both.microbatches(par.data)
+    assert a.zero3_exposed_s < b.zero3_exposed_s < c.zero3_exposed_s
+    assert b.zero3_exposed_s - a.zero3_exposed_s == pytest.approx(
+        m * (max(0.0, ag - b.bwd_s) + rs - max(0.0, ag + rs - b.bwd_s)), rel=1e-6
+    )
+    assert c.zero3_exposed_s == pytest.approx(m * (2 * ag + rs), rel=1e-6)
+    cfg = TrainingConfig(global_batch=8, steps=1, overlap_param_gather=False)
+    assert make_plan(cfg, model).overlap_param_gather is False

@@ -49,6 +49,12 @@ class TrainingPlan:
     parameter after the GEMM wrote a 16-bit gradient (``param.main_grad.add_(param.grad)``,
     Megatron-LM's 2021 backward hook: memory-bound work every micro-batch, :mod:`.steps`),
     ``none`` when gradients are accumulated in the 16-bit buffer itself.
+    ``overlap_param_gather`` whether ZeRO-3/FSDP's parameter all-gathers run behind the
+    computation (prefetched a layer ahead: PyTorch FSDP's default prefetch, XLA's
+    asynchronous all-gather); ``overlap_grad_reduce`` governs the gradient reductions
+    only, so a stack whose gathers are asynchronous and whose reduce-scatters are not
+    (EasyLM's XLA flags enable only ``--xla_enable_async_all_gather``) is
+    ``overlap_param_gather`` on, ``overlap_grad_reduce`` off.
     ``fp8_recipe`` names the FP8 training stack whose quantization kernels a
     ``precision: fp8`` plan pays (``te``: Transformer Engine; ``torchao``: PyTorch Float8,
     tensorwise dynamic scaling, with FSDP's float8 all-gather; :mod:`.stagecost`).
@@ -62,6 +68,7 @@ class TrainingPlan:
     optimizer: str = "adam"
     grad_dtype: str = "bf16"
     overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = True
     bucket_bytes: float = 25e6
     layers_per_stage: tuple[int, ...] | None = None
     first_stage_layers: int | None = None

@@ -87,9 +87,11 @@ stages of ``v`` chunks, ``m = global_batch / (micro_batch · d)`` micro-batches)
    and only the tail after it is exposed; without, one all-reduce of the whole buffer
    follows the pipeline flush (Megatron-LM 2021 behaviour). ZeRO-3/FSDP gathers each
    stage's parameters for forward and again for backward and reduce-scatters gradients
-   every micro-batch, overlapped with that micro-batch's compute when
-   ``overlap_grad_reduce`` is on; with ``fsdp_reshard: false`` the weights gathered
-   for the forward are kept for the backward (one gather per micro-batch).
+   every micro-batch: the gathers overlapped with that micro-batch's compute when
+   ``overlap_param_gather`` is on (the default), the reduce-scatters when
+   ``overlap_grad_reduce`` is; what is not overlapped is exposed in full. With
+   ``fsdp_reshard: false`` the weights gathered for the forward are kept for the
+   backward (one gather per micro-batch).
 5. **Optimizer.** The graph's optimizer op (sharded ``1/d`` under ZeRO), once per step.
 
 ``step = pipeline + exposed data-parallel time + parameter all-gather (ZeRO 1/2) +
@@ -415,10 +417,15 @@ def step_time(
                 Collective.REDUCE_SCATTER, sp.expert * ge
             )
             gathers_b = ag if plan.fsdp_reshard else 0.0
-            if plan.overlap_grad_reduce:
-                st.z3 = max(0.0, ag - st.fwd_s) + max(0.0, gathers_b + rs - st.bwd_s)
+            hidden_b = (gathers_b if plan.overlap_param_gather else 0.0) + (
+                rs if plan.overlap_grad_reduce else 0.0
+            )
+            exposed_b = gathers_b + rs - hidden_b
+            if plan.overlap_param_gather:
+                st.z3 = max(0.0, ag - st.fwd_s)
             else:
-                st.z3 = ag + gathers_b + rs
+                st.z3 = ag
+            st.z3 += max(0.0, hidden_b - st.bwd_s) + exposed_b
         if plan.offload_activations and plan.offload_bandwidth > 0:
             flight = in_flight_microbatches(p, m, v, s)
             if flight > 2.0:

@@ -104,6 +104,10 @@ class TrainingConfig(BaseModel):
     optimizer: Literal["adam", "adam_bf16", "sgd"] = "adam"
     grad_reduce_dtype: Literal["bf16", "fp16", "fp32"] | None = None
     overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = Field(
+        default=True,
+        description="ZeRO-3/FSDP parameter all-gathers overlapped with the computation",
+    )
     bucket_size: Bytes = Field(default=25e6)
     failures: FailuresConfig | None = Field(default_factory=FailuresConfig)
     seeds: int = Field(default=5, ge=1, le=1001)
@@ -155,6 +159,7 @@ def make_plan(config: TrainingConfig, model: ModelGraph) -> TrainingPlan:
         optimizer=config.optimizer,
         grad_dtype=grad,
         overlap_grad_reduce=config.overlap_grad_reduce,
+        overlap_param_gather=config.overlap_param_gather,
         bucket_bytes=float(config.bucket_size),
         layers_per_stage=tuple(config.layers_per_stage) if config.layers_per_stage else None,
         first_stage_layers=config.first_stage_layers,
