@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from xpusim.engine.backend import Compiled
 from xpusim.engine.errors import ScenarioError
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.host import Host
@@ -181,3 +182,97 @@ def test_bad_lora_blocks_are_refused_at_load(
     text = SCENARIO.replace("ROUTER", router).replace("LORA", line)
     with pytest.raises(ScenarioError, match=message):
         load_scenario(write_yaml(text, "bad.yaml"), host)
+
+
+def _gpu_compiled(host: Host, write_yaml: Callable[[str, str], Path]) -> Compiled:
+    """Llama-2-7B bf16 on one H100 on the op-priced GPU backend."""
+    from xpusim.engine.run import prepare
+
+    text = (
+        "name: l\nmodel: {family: llama, preset: llama-2-7b, dtype: bf16}\n"
+        "workload: {kind: serving, arrivals: {process: poisson, rate: 1/s, count: 2, "
+        "prompt_tokens: {dist: constant, value: 8}, output_tokens: {dist: constant, value: 2}}}\n"
+        "systems: [{name: h, backend: gpu, device: h100-sxm}]\n"
+    )
+    sc = load_scenario(write_yaml(text, "g.yaml"), host)
+    base = prepare(sc, host)[0].compiled
+    assert base is not None
+    return base
+
+
+def test_gathered_kernels_read_each_sequences_adapter(
+    host: Host, write_yaml: Callable[[str, str], Path]
+) -> None:
+    """S-LoRA's MBGMV reads the adapter rows once per decoding sequence and MBGMM once per
+    32-token block of a prompt: with one adapter shared by 64 sequences the gathered
+    kernels read 64 copies where the shared ones read one, so the step costs more; at one
+    sequence the two are the same."""
+    base = _gpu_compiled(host, write_yaml)
+    params = adapter_params(base.model, 64, "attention")
+    shared = LoraCompiled(base, params, lora(adapters=1, rank=64, gpu_slots=1))
+    gathered = LoraCompiled(
+        base, params, lora(adapters=1, rank=64, gpu_slots=1, kernels="gathered")
+    )
+    dec = Shape(Phase.DECODE, batch=64, tokens=1, context=200)
+    pre = Shape(Phase.PREFILL, batch=2, tokens=100, context=0)
+    assert gathered.reads((dec,)) == 64
+    assert gathered.reads((pre,)) == 2 * 4  # ceil(100 / 32) blocks a prompt
+    assert gathered.cost(dec).seconds > shared.cost(dec).seconds
+    one = Shape(Phase.DECODE, batch=1, tokens=1, context=200)
+    assert gathered.cost(one).seconds == pytest.approx(shared.cost(one).seconds)
+
+
+def test_a_unified_pool_gives_up_the_batchs_distinct_adapters(
+    host: Host, write_yaml: Callable[[str, str], Path]
+) -> None:
+    """With ``pool: unified`` the KV cache loses E(B) adapters' worth of tokens, B the whole
+    sequences the rest holds: B * s + E(B) * a = cap; more adapters take more of it, and
+    no gpu_slots is needed. Without a count, ``pool: slots`` is refused."""
+    base = _gpu_compiled(host, write_yaml)
+    params = adapter_params(base.model, 16, "attention")
+    cap = base.kv_capacity_tokens(0.9)
+    caps = []
+    for n in (1, 100, 400):
+        spec = Lora.model_validate(
+            {"adapters": n, "rank": 16, "pool": "unified", "host_link": "25 GB/s"}
+        )
+        lc = LoraCompiled(base, params, spec, sequence_tokens=500)
+        a, res = lc.adapter_tokens(), lc.resident(cap)
+        batch = lc.running_batch(cap - int(res * a))
+        assert batch * 500 + lc.distinct(batch) * a == pytest.approx(cap, rel=1e-3)
+        assert res == pytest.approx(lc.distinct(batch), rel=1e-4)
+        caps.append(lc.kv_capacity_tokens(0.9))
+    assert caps[0] > caps[1] > caps[2]
+    with pytest.raises(ValueError, match="gpu_slots"):
+        Lora.model_validate({"adapters": 4, "rank": 8, "host_link": "25 GB/s"})
+
+
+def test_a_unified_pool_loads_missing_adapters_in_the_prefill_step() -> None:
+    """A prefill of k new requests beside b - k running ones waits k * sum p_i (1 - p_i)^(b-k)
+    loads of adapter bytes / host link; one adapter already running costs no load; decode
+    steps load nothing; requests are not delayed in the replay."""
+    base = compiled()
+    spec = Lora.model_validate(
+        {"adapters": 50, "rank": 8, "pool": "unified", "host_link": "1 GB/s"}
+    )
+    lc = LoraCompiled(base, 5e7, spec, sequence_tokens=100)  # 0.1 GB: 0.1 s a load
+    pre = Shape(Phase.PREFILL, batch=4, tokens=20, context=0)
+    dec = Shape(Phase.DECODE, batch=16, tokens=1, context=50)
+    mixed = Shape(Phase.MIXED, parts=(pre, dec))
+    expect = 4 * lc.miss(16) * 0.1
+    assert lc.load_seconds((pre, dec), 20) == pytest.approx(expect)
+    assert lc.load_seconds((dec,), 16) == 0.0
+    no_pool = LoraCompiled(base, 5e7, lora(adapters=50, rank=8, host_link="1 GB/s"))
+    add = lc.cost(mixed).seconds - no_pool.cost(mixed).seconds
+    assert add == pytest.approx(expect)
+    one = LoraCompiled(
+        base,
+        5e7,
+        Lora.model_validate({"adapters": 1, "rank": 8, "pool": "unified", "host_link": "1 GB/s"}),
+    )
+    assert one.load_seconds((pre, dec), 20) == 0.0
+    run = replay(
+        spec, _frame(40), lc, replicas=1, kv_capacity_tokens=10_000, kv_block_tokens=16, seed=2
+    )
+    assert run.frame["arrival_s"].to_list() == [float(i) for i in range(40)]
+    assert run.metrics["lora_load_wait_mean_s"] == 0.0

@@ -7,28 +7,56 @@ layer: the attention projections (``modules: attention``: q, k, v, o) or those a
 MLP's (``modules: all``).
 
 Costs, per iteration of ``b`` sequences and ``n`` new tokens: ``2 n P`` extra FLOPs (``P``
-the adapter's parameters) and the weights of every distinct adapter in the batch read
-once (``E(b) = sum_i 1 - (1 - p_i)^b`` distinct adapters expected among ``b`` requests
-drawn with probabilities ``p_i``), run as the kernels Punica and S-LoRA launch: per
-adapted projection of every layer a shrink GEMM (``n x r x in``) and an expand GEMM
-(``n x out x r``) adding into the projection's output, each priced by the backend's own
-op model (its GEMM efficiency by shape, which is low for a rank-thin GEMM, and its
-per-kernel launch cost), split over the replica's devices as the projections are, and
-added to the step. A backend that does not price single ops gets the peak-rate bound
-(the larger of the FLOP and weight-read times at the device's peaks). The ``gpu_slots``
-resident adapters take their weights out of the KV memory.
+the adapter's parameters), run as the kernels Punica and S-LoRA launch: per adapted
+projection of every layer a shrink GEMM (``n x r x in``) and an expand GEMM (``n x out x
+r``) adding into the projection's output, each priced by the backend's own op model (its
+GEMM efficiency by shape, which is low for a rank-thin GEMM, and its per-kernel launch
+cost), split over the replica's devices as the projections are, and added to the step.
+How often the kernels read the adapters' weights is ``kernels``:
 
-Swapping: each replica keeps ``gpu_slots`` adapters resident, least recently used evicted;
-a request whose adapter is not resident waits for it to load over the host link
-(``adapter bytes / host_link``) before it can be scheduled, replayed in arrival order
-ahead of the run (S-LoRA loads adapters asynchronously while a request queues; here every
-load is its own, none queues behind another). The world then sees the request arrive
-when its adapter is in; the ``requests`` frame keeps the real arrival, so TTFT includes
-the load. Routing: the replay assigns replicas round-robin in arrival order, and the
-world follows that assignment.
+* ``shared`` (default; Punica's SGMV, vLLM's grouped LoRA kernels): each distinct adapter
+  in the batch once (``E(b) = sum_i 1 - (1 - p_i)^b`` distinct adapters expected among
+  ``b`` requests drawn with probabilities ``p_i``);
+* ``gathered`` (S-LoRA's MBGMV for decodes and MBGMM for prompts, ``slora/csrc/bgmv`` and
+  ``slora/models/peft/triton_kernel/lora/lora_prefill.py`` of github.com/S-LoRA/S-LoRA):
+  a thread block per (sequence, rank row) gathers that sequence's adapter row from the
+  unified pool, so every decoding sequence reads its adapter's weights once whoever else
+  uses the same adapter, and every prompt once per 32-token block (MBGMM's ``BLOCK_M``).
+  The backend prices those reads at memory bandwidth: rows another sequence just read may
+  come from L2 instead, which the backend does not model, so with few adapters this is an
+  upper bound.
+
+A backend that does not price single ops gets the peak-rate bound (the larger of the FLOP
+and ``shared`` weight-read times at the device's peaks).
+
+Adapter memory, ``pool``:
+
+* ``slots`` (default): each replica keeps ``gpu_slots`` adapters resident, least recently
+  used evicted, their weights out of the KV memory; a request whose adapter is not
+  resident waits for it to load over the host link (``adapter bytes / host_link``) before
+  it can be scheduled, replayed in arrival order ahead of the run (every load its own,
+  none queues behind another). The world then sees the request arrive when its adapter is
+  in; the ``requests`` frame keeps the real arrival, so TTFT includes the load.
+* ``unified`` (S-LoRA's unified paging, ``slora/server/router``): adapters live in the KV
+  cache's pool (a rank-``r`` adapter on ``m`` projections takes the pool cells of ``m r``
+  tokens on a model whose projections are all ``d`` wide), and the server keeps exactly
+  the adapters of its running batch: after every finished request it offloads the
+  others (``offload_adapters(batch.adapter_dirs)``), and before every prefill it loads
+  the new requests' missing adapters synchronously on the GPU's stream
+  (``load_adapters``, pinned host memory). So the KV cache gives up the expected
+  distinct adapters of the batch it can hold, ``E(B)`` with ``B`` the whole sequences
+  (mean prompt + output) the rest of it holds (solved for ``B``), and a prefill of ``k``
+  new requests beside ``b - k`` running ones pays ``k * sum_i p_i (1 - p_i)^(b - k)``
+  expected loads of ``adapter bytes / host_link`` on its own time. Requests do not wait
+  outside the step; ``gpu_slots`` is not used.
+
+Routing: the replay assigns replicas round-robin in arrival order, and the world follows
+that assignment.
 
 Not modelled: adapters of mixed ranks (give their mean), kernels that fuse several
-projections' LoRA work into one launch, and loads that contend for the link.
+projections' LoRA work into one launch, the host's launch cost of the extra kernels
+(S-LoRA runs eagerly; its steps are long enough that the GPU, not the launches, sets
+their time), and loads that contend for the link.
 """
 
 from __future__ import annotations
@@ -40,7 +68,7 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from xpusim.engine.analytic import AnalyticCompiled
 from xpusim.engine.backend import Compiled, Cost
@@ -56,6 +84,11 @@ from xpusim.plugins.workloads.serving.wrapped import WrappedCompiled
 ADAPTER_BYTES_PER_PARAM = 2.0
 """Adapters are kept in 16-bit (vLLM loads LoRA weights in the model's 16-bit dtype)."""
 
+MBGMM_BLOCK_M = 32
+"""Prompt tokens per thread block of S-LoRA's prefill LoRA kernels (``BLOCK_M = 32`` in
+``lora_get_qkvo_fwd_shrink`` and ``lora_get_qkvo_fwd_expand``): each block reads its
+sequence's adapter rows once."""
+
 
 class Lora(BaseModel):
     """``workload.lora``: the adapters, their popularity, the GPU slots and the host link."""
@@ -66,8 +99,16 @@ class Lora(BaseModel):
     rank: int = Field(ge=1)
     modules: Literal["attention", "all"] = "attention"
     zipf: float | None = Field(default=None, gt=0, description="Zipf exponent; none: uniform")
-    gpu_slots: int = Field(ge=1)
+    kernels: Literal["shared", "gathered"] = "shared"
+    pool: Literal["slots", "unified"] = "slots"
+    gpu_slots: int | None = Field(default=None, ge=1)
     host_link: Bandwidth
+
+    @model_validator(mode="after")
+    def _slots_need_a_count(self) -> Lora:
+        if self.pool == "slots" and self.gpu_slots is None:
+            raise ValueError("lora.gpu_slots: `pool: slots` needs the resident adapter count")
+        return self
 
     def popularity(self) -> np.ndarray:
         """Each adapter's probability of being a request's."""
@@ -128,17 +169,60 @@ class LoraCompiled(WrappedCompiled):
     (module docstring), shared by the replica's ``devices`` (default: its tensor ×
     pipeline devices); the resident adapters' weights leave the KV memory."""
 
-    def __init__(self, inner: Compiled, params: float, spec: Lora, devices: int = 0) -> None:
+    def __init__(
+        self,
+        inner: Compiled,
+        params: float,
+        spec: Lora,
+        devices: int = 0,
+        sequence_tokens: float = 0.0,
+    ) -> None:
         super().__init__(inner)
         self.devices = devices or max(1, inner.system.parallelism.model_parallel)
         self.params = params
         self.bytes = params * ADAPTER_BYTES_PER_PARAM
         self.spec = spec
         self.p = spec.popularity()
+        self.sequence_tokens = sequence_tokens
+        """Mean prompt + output tokens of a request: what a whole sequence holds in the KV
+        cache, for the running batch a unified pool shares with (0: not known)."""
 
-    def distinct(self, batch: int) -> float:
+    def distinct(self, batch: float) -> float:
         """Expected distinct adapters among ``batch`` requests."""
         return float(np.sum(1.0 - (1.0 - self.p) ** batch))
+
+    def miss(self, running: float) -> float:
+        """Probability that a new request's adapter is not among ``running`` requests'."""
+        return float(np.sum(self.p * (1.0 - self.p) ** max(0.0, running)))
+
+    def adapter_tokens(self) -> float:
+        """KV tokens whose memory one adapter's weights take (0: the model keeps no KV)."""
+        per_token = self.inner.model.info.kv_bytes_per_token
+        return self.bytes / per_token if per_token > 0 else 0.0
+
+    def resident(self, cap_tokens: int) -> float:
+        """Adapters resident on one replica whose KV cache holds ``cap_tokens`` tokens
+        before them: ``gpu_slots``, or (``pool: unified``) the expected distinct adapters
+        ``E(B)`` of the batch ``B`` the rest holds, ``B * s + E(B) * a = cap`` (``s`` the
+        mean sequence, ``a`` an adapter's tokens), solved by bisection."""
+        if self.spec.pool == "slots":
+            return float(self.spec.gpu_slots or 0)
+        a, s = self.adapter_tokens(), self.sequence_tokens
+        if a <= 0 or s <= 0 or cap_tokens <= 0:
+            return 0.0
+        lo, hi = 0.0, cap_tokens / s
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if mid * s + self.distinct(mid) * a > cap_tokens:
+                hi = mid
+            else:
+                lo = mid
+        return self.distinct(lo)
+
+    def running_batch(self, kv_tokens: int) -> float:
+        """Whole sequences a replica's KV cache of ``kv_tokens`` (adapters taken out)
+        holds: the running batch a unified pool's residents are drawn from."""
+        return kv_tokens / self.sequence_tokens if self.sequence_tokens > 0 else 0.0
 
     def _analytic(self) -> AnalyticCompiled | None:
         """The backend's op-priced model under the wrappers, if it prices single ops."""
@@ -151,8 +235,10 @@ class LoraCompiled(WrappedCompiled):
         """The LoRA kernels of one iteration on one device (Punica's and S-LoRA's layout):
         per adapted projection of every layer a shrink GEMM (tokens x rank x in) and an
         expand GEMM (tokens x out x rank) that adds into the projection's output, reading
-        the weights of each of the ``distinct`` adapters in the batch once. Column-parallel
-        projections split ``out`` over the replica's devices, row-parallel ones ``in``."""
+        the weights of ``distinct`` adapters once each (the distinct adapters of the
+        batch; with ``kernels: gathered``, the weight reads of :meth:`reads`).
+        Column-parallel projections split ``out`` over the replica's devices, row-parallel
+        ones ``in``."""
         layers, pairs = adapted_projections(self.inner.model, self.spec.modules)
         r, n_dev = self.spec.rank, self.devices
         w = ADAPTER_BYTES_PER_PARAM
@@ -201,9 +287,10 @@ class LoraCompiled(WrappedCompiled):
         distinct = self.distinct(batch)
         priced = self._analytic()
         if priced is not None:  # the backend's GEMM model, by shape, with each launch
+            reads = self.reads(parts) if self.spec.kernels == "gathered" else distinct
             times = [
                 (priced.op_time(op), op.count)
-                for op in self.kernels(max(1, shape.new_tokens), distinct)
+                for op in self.kernels(max(1, shape.new_tokens), reads)
             ]
             t_flops = sum(t.compute_s * n for t, n in times)
             t_bytes = sum(t.memory_s * n for t, n in times)
@@ -215,18 +302,46 @@ class LoraCompiled(WrappedCompiled):
         breakdown = dict(c.breakdown)
         key = "compute" if t_flops >= t_bytes else "memory"
         breakdown[key] = breakdown.get(key, 0.0) + extra
+        load = self.load_seconds(parts, batch)
+        if load > 0:
+            breakdown["overhead"] = breakdown.get("overhead", 0.0) + load
+            extra += load
         joules = c.joules * (c.seconds + extra) / c.seconds if c.seconds > 0 else c.joules
         return Cost(
             seconds=c.seconds + extra, joules=joules, breakdown=breakdown, flops=c.flops + flops
         )
 
+    def reads(self, parts: Sequence[Shape]) -> float:
+        """Adapter weight reads of one iteration with ``kernels: gathered`` (S-LoRA's
+        MBGMV and MBGMM): one per decoding sequence, one per :data:`MBGMM_BLOCK_M`-token
+        block of every prompt chunk."""
+        n = 0.0
+        for p in parts:
+            if p.phase is Phase.PREFILL:
+                n += p.batch * -(-max(1, p.tokens) // MBGMM_BLOCK_M)
+            else:
+                n += p.batch
+        return n
+
+    def load_seconds(self, parts: Sequence[Shape], batch: int) -> float:
+        """Adapter loads an iteration waits for with ``pool: unified``: each new prompt
+        (a prefill from the start of its sequence) whose adapter is not among the running
+        requests' loads it over the host link before the iteration runs."""
+        if self.spec.pool != "unified":
+            return 0.0
+        new = sum(p.batch for p in parts if p.phase is Phase.PREFILL and p.context == 0)
+        if new == 0:
+            return 0.0
+        return new * self.miss(batch - new) * self.bytes / self.spec.host_link
+
     def kv_capacity_tokens(self, reserve_fraction: float = 0.9) -> int:
-        """The base model's KV capacity less the resident adapters' weights."""
+        """The base model's KV capacity less the resident adapters' weights
+        (:meth:`resident`)."""
         cap = self.inner.kv_capacity_tokens(reserve_fraction)
-        per_token = self.inner.model.info.kv_bytes_per_token
-        if per_token <= 0:
+        a = self.adapter_tokens()
+        if a <= 0:
             return cap
-        return max(0, cap - int(np.ceil(self.spec.gpu_slots * self.bytes / per_token)))
+        return max(0, cap - int(np.ceil(self.resident(cap) * a)))
 
 
 @dataclass
@@ -274,6 +389,11 @@ def replay(
     )
     fits = need <= kv_capacity_tokens // kv_block_tokens
     load_s = compiled.bytes / spec.host_link
+    if spec.pool == "unified":  # the running batch's adapters; loads are in the steps
+        held = compiled.distinct(compiled.running_batch(kv_capacity_tokens))
+        gpu_slots, wait_s = max(1, round(held)), 0.0
+    else:
+        gpu_slots, wait_s = int(spec.gpu_slots or 1), load_s
     slots: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(replicas)]
     replica = np.full(n, -1, dtype=np.int64)
     ready = arrival.copy()
@@ -290,9 +410,9 @@ def replay(
             s.move_to_end(a)
             continue
         loads += 1
-        ready[i] = arrival[i] + load_s
+        ready[i] = arrival[i] + wait_s
         s[a] = None
-        if len(s) > spec.gpu_slots:
+        if len(s) > gpu_slots:
             s.popitem(last=False)
     order = np.argsort(ready, kind="stable")
     moved = frame.with_columns(pl.Series("arrival_s", ready)).sort("arrival_s", maintain_order=True)
@@ -305,7 +425,7 @@ def replay(
         order=order,
         metrics={
             "lora_adapter_loads": float(loads),
-            "lora_load_wait_mean_s": loads * load_s / routed,
+            "lora_load_wait_mean_s": loads * wait_s / routed,
         },
     )
 
@@ -334,7 +454,12 @@ class LoraTechnique(ServingTechnique):
     def price(self, spec: Lora, run: ServingRun) -> None:
         """Add the adapters' GEMMs and weight reads to every step of a replica."""
         params = adapter_params(run.ctx.model, spec.rank, spec.modules)
-        compiled = LoraCompiled(run.compiled, params, spec, devices=run.devices_per_replica)
+        f = run.frame
+        both = (f["prompt_tokens"] + f["output_tokens"]).to_numpy()
+        seq = float(np.mean(both)) if both.size else 0.0
+        compiled = LoraCompiled(
+            run.compiled, params, spec, devices=run.devices_per_replica, sequence_tokens=seq
+        )
         run.compiled = run.state[self.name] = compiled
 
     def replay(self, spec: Lora, run: ServingRun) -> None:
