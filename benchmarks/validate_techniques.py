@@ -16,7 +16,8 @@ named in the row's ``setup``.
 * disaggregated prefill and decode — DistServe's worked example (hao-ai-lab blog, Figure
   6): goodput per GPU of one colocated A100 and of two prefill + one decode A100;
 * multi-LoRA — S-LoRA's own measurements (the ``benchmarks/paper`` data of its
-  repository): Llama-13B on an A100 80GB at 6 req/s with 0, 1, 100 and 400 adapters;
+  repository): Llama-13B on an A100 80GB at 6 req/s with 1, 100 and 400 adapters against
+  the same server with none (requests naming no adapter run the base model alone);
 * expert parallelism — SGLang's DeepSeek-V3 deployment on H100s (lmsys.org,
   2025-05-05): decode throughput of DP attention with expert parallelism over vanilla
   tensor parallelism on the same GPUs.
@@ -241,14 +242,28 @@ SLORA = _source(
     "synthetic_num_adapters_a100-80_S4_slora.jsonl of github.com/S-LoRA/S-LoRA",
     "https://github.com/S-LoRA/S-LoRA/blob/main/benchmarks/paper/synthetic/slora/"
     "synthetic_num_adapters_a100-80_S4_slora.jsonl",
-    "setting S4: Llama-13B (replayed as Llama-2-13B, the same dimensions) in fp16 on one "
-    "A100 80GB; adapters of ranks 64, 32 and 16 in turn on q, k, v and o (one adapter: rank "
-    "64; more: their mean rank, 37); adapter popularity a power law of exponent 1 (Zipf 1); "
-    "Poisson arrivals at 6 req/s for 300 s, input and output lengths uniform in [8, 512]; "
-    "throughput = requests finished / time to the last one, 0 adapters being the same "
-    "server without LoRA. S-LoRA (a LightLLM derivative of 2023) is replayed under "
-    "`vllm-0.5`; it keeps adapters in host memory and fetches them into its unified pool, "
-    "replayed as 32 resident slots loaded over PCIe 4.0 x16 (25 GB/s)",
+    "suite a100-80-S4-num-adapter of benchmarks/exp_suite.py, setting S4: huggyllama/"
+    "llama-13b (replayed as Llama-2-13B, the same dimensions) in fp16 on one A100 80GB, the "
+    "server launched with --num-adapter 1000 --num-token 65000 (benchmarks/paper/synthetic/"
+    "slora/exp_cmds.sh), so a KV pool of 65,000 tokens (replayed as all the memory the "
+    "weights leave, 64,048 tokens), batch_max_tokens 65000 / 6 and running_max_req_size "
+    "1000 (slora/server/api_server.py defaults); adapters dummy-lora-13b-rank-64, -32, -16 "
+    "in turn on q, k, v and o (one adapter: rank 64; N adapters: the first N of that cycle, "
+    "their mean rank); each request's adapter int(N * u) with u = numpy.random.power(alpha=1), "
+    "which is uniform, so every adapter equally likely (benchmarks/trace.py); Poisson "
+    "arrivals (gamma of cv 1) at 6 req/s for 300 s, 1,800 requests, input and output lengths "
+    "numpy.random.randint(8, 512), i.e. 8 to 511, output forced (ignore_eos); throughput = "
+    "requests finished / time to the last one. 0 adapters is the same S-LoRA server with "
+    "requests naming no adapter, which its model_rpc.forward runs on the base model alone "
+    "(no LoRA kernels, no adapter in the pool). S-LoRA's scheduler (slora/server/router/"
+    "req_queue.py) admits a request only while the KV its running batch will need, every "
+    "request to its full output, fits the pool less the adapters, and never preempts: "
+    "replayed with the guaranteed-no-evict scheduler (which reserves the sum of the whole "
+    "sequences, a little more than S-LoRA's peak). Its LoRA kernels read each sequence's "
+    "adapter rows (`kernels: gathered`), its adapters share the KV pool and are loaded "
+    "synchronously before each prefill (`pool: unified`) over PCIe 4.0 x16 (25 GB/s). The "
+    "engine (a LightLLM derivative of 2023, eager PyTorch) is replayed under `vllm-0.5` "
+    "without CUDA graphs",
 )
 SLORA_THROUGHPUT = {
     0: 5.58607828865562,
@@ -478,26 +493,35 @@ def distserve_scenario(rate: float, disaggregated: bool) -> dict[str, Any]:
     }
 
 
+def slora_rank(adapters: int) -> int:
+    """The mean rank of S-LoRA's first ``adapters`` S4 adapters (ranks 64, 32, 16 in
+    turn, ``get_adapter_dirs`` of its ``run_exp.py``), rounded."""
+    ranks = [(64, 32, 16)[i % 3] for i in range(adapters)]
+    return round(sum(ranks) / len(ranks))
+
+
 def slora_scenario(adapters: int) -> dict[str, Any]:
-    """S-LoRA's S4 run with ``adapters`` adapters (0: no LoRA)."""
+    """S-LoRA's S4 run with ``adapters`` adapters (0: no LoRA); see :data:`SLORA`."""
     workload: dict[str, Any] = {
         "kind": "serving",
         "arrivals": {
             "process": "poisson",
             "rate": "6/s",
             "count": 1800,
-            "prompt_tokens": {"dist": "uniform", "low": 8, "high": 512},
-            "output_tokens": {"dist": "uniform", "low": 8, "high": 512},
+            "prompt_tokens": {"dist": "uniform", "low": 8, "high": 511},
+            "output_tokens": {"dist": "uniform", "low": 8, "high": 511},
         },
-        "stack": "vllm-0.5",
+        # eager PyTorch: no CUDA graphs; the pool fills what the weights leave
+        "stack": {"name": "vllm-0.5", "cuda_graph_batches": [], "kv_memory_fraction": 1.0},
+        "scheduler": {"kind": "guaranteed-no-evict", "max_batch": 1000, "max_batch_tokens": 10833},
     }
     if adapters:
         workload["lora"] = {
             "adapters": adapters,
-            "rank": 64 if adapters == 1 else 37,
+            "rank": slora_rank(adapters),
             "modules": "attention",
-            "zipf": 1.0,
-            "gpu_slots": min(adapters, 32),
+            "kernels": "gathered",
+            "pool": "unified",
             "host_link": "25 GB/s",
         }
     return {
