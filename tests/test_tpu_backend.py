@@ -331,7 +331,7 @@ def test_reductions_do_not_fuse_into_matrix_ops_and_softmax_reads_per_pass() -> 
     the reduction reads it back); a forward softmax standing alone reads its input three
     times (max, exp-sum, normalise), its gradient twice (sum(y dy), then y (dy - sum)); a
     norm after a matmul's fused residual add stands alone, after a lone elementwise op it
-    fuses."""
+    fuses; either way it reads its input twice (reduction, then scaling)."""
     s = 1e9
     g = OpGraph(
         phase=Phase.TRAIN,
@@ -368,3 +368,8 @@ def test_reductions_do_not_fuse_into_matrix_ops_and_softmax_reads_per_pass() -> 
     assert sm.bytes_read == pytest.approx(3 * s)  # the dropout's read is the softmax output
     assert sm.bytes_written == pytest.approx(s)
     assert bsm.bytes_read == pytest.approx(4 * s) and bsm.bytes_written == s
+    # a norm is two passes: alone it reads its input twice; after a lone residual add its
+    # second pass reads the add's output (written: the residual stream) back
+    ln, res_ln = f.ops[5], f.ops[7]
+    assert ln.bytes_read == pytest.approx(2 * s)
+    assert res_ln.bytes_read == pytest.approx(2 * s) and res_ln.bytes_written == 2 * s

@@ -23,12 +23,17 @@ whose intermediates stay in on-chip memory (VMEM / vector registers). This pass 
   ``y · (dy − sum(y · dy))`` is one reduction then one elementwise pass, each reading
   ``y`` and ``dy`` (:data:`SOFTMAX_BACKWARD_READS`). A SOFTMAX that starts its own fusion
   is priced with those reads (the backward one is named ``bwd.*`` by the model).
+* **A norm is two passes.** RMSNorm's mean square (LayerNorm's mean and mean square, one
+  multi-output reduction) is one reduction, the scaling a second pass that needs it, and
+  the backward's ``sum(dy · w · x)`` likewise: a NORM standing alone reads its input
+  :data:`NORM_READS` times, and a NORM fused after an elementwise producer (a residual
+  add) reads that producer's output back in its second pass.
 * **HBM traffic**: the consumer's reads are served first from the producer's output held on
   chip (``shared = min(consumer.bytes_read, producer.bytes_written)``); those bytes are
   neither read back nor, for ELEMENTWISE/SOFTMAX consumers, written out (the consumer's
   output replaces them). A NORM's input is normally the residual stream, which later ops
-  read again, so a producer feeding a NORM still writes its output; only the re-read is
-  dropped.
+  read again, so a producer feeding a NORM still writes its output, and the norm's
+  second pass reads it back (below).
 * **Vector-unit time is kept**: the consumer's FLOPs move into the fused op's
   ``attrs["vector_flops"]``, which the TPU backend prices on the vector unit, and into the
   fused op's ``flops`` so step FLOPs are unchanged.
@@ -67,6 +72,10 @@ the sum), three XLA fusions (``jax.nn.softmax``: ``unnormalized = exp(x - max(x)
 SOFTMAX_BACKWARD_READS = 2
 """Reads of ``y`` and ``dy`` by the softmax gradient standing alone: the reduction
 ``sum(y · dy)`` and the elementwise ``y · (dy − sum)`` that needs it."""
+NORM_READS = 2
+"""Reads of its input by a norm standing alone: the reduction (mean square) and the
+scaling pass that needs it (forward; the gradient's ``sum(dy · w · x)`` then the
+elementwise pass likewise)."""
 BACKWARD_PREFIX = "bwd."
 """Name prefix the model gives its backward ops."""
 
@@ -98,20 +107,27 @@ def fuse_pair(producer: Op, consumer: Op) -> Op:
         producer,
         name=f"{producer.name}+{consumer.name}",
         flops=producer.flops + consumer.flops,
-        bytes_read=producer.bytes_read + consumer.bytes_read - shared,
+        bytes_read=producer.bytes_read
+        + consumer.bytes_read
+        - (0.0 if keep_producer_output else shared),
         bytes_written=max(0.0, written),
         param_bytes=producer.param_bytes + consumer.param_bytes,
         attrs=attrs,
     )
 
 
-def softmax_alone(op: Op) -> Op:
-    """A SOFTMAX that starts its own fusion, with the reads of its XLA kernels: the
-    input read :data:`SOFTMAX_FORWARD_READS` times forward (max, exp-sum, normalise),
-    :data:`SOFTMAX_BACKWARD_READS` times in the gradient (``bwd.*``)."""
-    if op.kind is not OpKind.SOFTMAX:
+def reduction_alone(op: Op) -> Op:
+    """A SOFTMAX or NORM that starts its own fusion, with the reads of its XLA kernels: a
+    softmax's input read :data:`SOFTMAX_FORWARD_READS` times forward (max, exp-sum,
+    normalise), :data:`SOFTMAX_BACKWARD_READS` times in the gradient (``bwd.*``); a norm's
+    :data:`NORM_READS` times. Other ops are returned as they are."""
+    if op.kind is OpKind.SOFTMAX:
+        backward = op.name.startswith(BACKWARD_PREFIX)
+        reads = SOFTMAX_BACKWARD_READS if backward else SOFTMAX_FORWARD_READS
+    elif op.kind is OpKind.NORM:
+        reads = NORM_READS
+    else:
         return op
-    reads = SOFTMAX_BACKWARD_READS if op.name.startswith(BACKWARD_PREFIX) else SOFTMAX_FORWARD_READS
     return replace(op, bytes_read=op.bytes_read * reads)
 
 
@@ -138,7 +154,7 @@ def fuse(graph: OpGraph) -> OpGraph:
             out[-1] = fuse_pair(out[-1], op)
             fused += 1
         else:
-            alone = softmax_alone(op)
+            alone = reduction_alone(op)
             changed |= alone is not op
             out.append(alone)
     if not fused and not changed:
@@ -146,7 +162,7 @@ def fuse(graph: OpGraph) -> OpGraph:
     saved = graph.bytes - sum(o.bytes * o.count for o in out)
     note = (
         f"tpu fusion: {fused} ops fused into producers, {saved / 1e6:.3f} MB of HBM traffic "
-        "removed (softmax passes included)"
+        "removed (reduction passes included)"
     )
     return OpGraph(
         phase=graph.phase,
