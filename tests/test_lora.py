@@ -248,9 +248,11 @@ def test_a_unified_pool_gives_up_the_batchs_distinct_adapters(
 
 
 def test_a_unified_pool_loads_missing_adapters_in_the_prefill_step() -> None:
-    """A prefill of k new requests beside b - k running ones waits k * sum p_i (1 - p_i)^(b-k)
-    loads of adapter bytes / host link; one adapter already running costs no load; decode
-    steps load nothing; requests are not delayed in the replay."""
+    """A prefill of k new requests beside b - k running ones waits for the distinct new
+    adapters no running request uses, sum over i of (1 - p_i)^(b-k) (1 - (1 - p_i)^k),
+    each adapter bytes / host link; one adapter already running costs no load, and k new
+    requests of one adapter on an idle replica one load; decode steps load nothing;
+    requests are not delayed in the replay."""
     base = compiled()
     spec = Lora.model_validate(
         {"adapters": 50, "rank": 8, "pool": "unified", "host_link": "1 GB/s"}
@@ -259,7 +261,9 @@ def test_a_unified_pool_loads_missing_adapters_in_the_prefill_step() -> None:
     pre = Shape(Phase.PREFILL, batch=4, tokens=20, context=0)
     dec = Shape(Phase.DECODE, batch=16, tokens=1, context=50)
     mixed = Shape(Phase.MIXED, parts=(pre, dec))
-    expect = 4 * lc.miss(16) * 0.1
+    q = 1.0 - lc.p
+    expect = float((q**16 * (1.0 - q**4)).sum()) * 0.1
+    assert lc.missing(4, 16) == pytest.approx(expect / 0.1)
     assert lc.load_seconds((pre, dec), 20) == pytest.approx(expect)
     assert lc.load_seconds((dec,), 16) == 0.0
     no_pool = LoraCompiled(base, 5e7, lora(adapters=50, rank=8, host_link="1 GB/s"))
@@ -271,6 +275,7 @@ def test_a_unified_pool_loads_missing_adapters_in_the_prefill_step() -> None:
         Lora.model_validate({"adapters": 1, "rank": 8, "pool": "unified", "host_link": "1 GB/s"}),
     )
     assert one.load_seconds((pre, dec), 20) == 0.0
+    assert one.load_seconds((pre,), 4) == pytest.approx(0.1)
     run = replay(
         spec, _frame(40), lc, replicas=1, kv_capacity_tokens=10_000, kv_block_tokens=16, seed=2
     )

@@ -46,8 +46,9 @@ Adapter memory, ``pool``:
   (``load_adapters``, pinned host memory). So the KV cache gives up the expected
   distinct adapters of the batch it can hold, ``E(B)`` with ``B`` the whole sequences
   (mean prompt + output) the rest of it holds (solved for ``B``), and a prefill of ``k``
-  new requests beside ``b - k`` running ones pays ``k * sum_i p_i (1 - p_i)^(b - k)``
-  expected loads of ``adapter bytes / host_link`` on its own time. Requests do not wait
+  new requests beside ``b - k`` running ones pays, on its own time, a load of ``adapter
+  bytes / host_link`` for each distinct adapter of the new requests that no running one
+  uses (``sum_i (1 - p_i)^(b - k) (1 - (1 - p_i)^k)`` expected). Requests do not wait
   outside the step; ``gpu_slots`` is not used.
 
 Routing: the replay assigns replicas round-robin in arrival order, and the world follows
@@ -191,9 +192,11 @@ class LoraCompiled(WrappedCompiled):
         """Expected distinct adapters among ``batch`` requests."""
         return float(np.sum(1.0 - (1.0 - self.p) ** batch))
 
-    def miss(self, running: float) -> float:
-        """Probability that a new request's adapter is not among ``running`` requests'."""
-        return float(np.sum(self.p * (1.0 - self.p) ** max(0.0, running)))
+    def missing(self, new: float, running: float) -> float:
+        """Expected distinct adapters among ``new`` requests that none of ``running``
+        requests uses: ``sum_i (1 - p_i)^running (1 - (1 - p_i)^new)``."""
+        q = 1.0 - self.p
+        return float(np.sum(q ** max(0.0, running) * (1.0 - q ** max(0.0, new))))
 
     def adapter_tokens(self) -> float:
         """KV tokens whose memory one adapter's weights take (0: the model keeps no KV)."""
@@ -324,15 +327,16 @@ class LoraCompiled(WrappedCompiled):
         return n
 
     def load_seconds(self, parts: Sequence[Shape], batch: int) -> float:
-        """Adapter loads an iteration waits for with ``pool: unified``: each new prompt
-        (a prefill from the start of its sequence) whose adapter is not among the running
-        requests' loads it over the host link before the iteration runs."""
+        """Adapter loads an iteration waits for with ``pool: unified``: the distinct
+        adapters of its new prompts (prefills from the start of their sequence) that no
+        running request uses are loaded over the host link before the iteration runs
+        (S-LoRA's ``load_adapters`` of the new batch's adapter set)."""
         if self.spec.pool != "unified":
             return 0.0
         new = sum(p.batch for p in parts if p.phase is Phase.PREFILL and p.context == 0)
         if new == 0:
             return 0.0
-        return new * self.miss(batch - new) * self.bytes / self.spec.host_link
+        return self.missing(new, batch - new) * self.bytes / self.spec.host_link
 
     def kv_capacity_tokens(self, reserve_fraction: float = 0.9) -> int:
         """The base model's KV capacity less the resident adapters' weights
