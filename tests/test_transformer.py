@@ -433,6 +433,35 @@ def test_unfused_train_forward_equals_trace_with_dropout(name: str) -> None:
     )
 
 
+def test_unfused_train_without_dropout_runs_and_stores_none() -> None:
+    """At ``attention_dropout: 0`` no dropout kernel runs (the graph still equals the
+    module's training-mode trace) and the stored activations lose the mask and the dropped
+    probabilities: sbh(34 + 2as/h) per layer instead of Korthikanti's 5as/h."""
+    model = tiny("llama", kv_heads=2, attention="unfused", attention_dropout=0.0)
+    shape = Shape(Phase.TRAIN, batch=2, tokens=32)
+    tr = trace_module(
+        _TrainMode(model.module("meta")), model.example_inputs(shape), model.cfg.dtype
+    )
+    g = model.build(shape)
+    assert not [o for o in tr if o.name == "native_dropout"]
+    assert not [o for o in g.ops if o.name.endswith(".dropout")]
+    fwd = [
+        o
+        for o in g.ops
+        if not o.name.startswith(("bwd.", "recompute.", "loss.")) and o.kind is not OpKind.OPTIMIZER
+    ]
+    tf, tb = _by_kind(tr, counted=False)
+    gf, gb = _by_kind(fwd, counted=True)
+    for kind in set(tb) | set(gb):
+        assert gf[kind] == pytest.approx(tf[kind], rel=1e-12, abs=0), kind
+        assert gb[kind] == pytest.approx(tb[kind], rel=1e-12), kind
+    spec = {"preset": "gpt3-175b", "attention": "unfused", "attention_dropout": 0.0}
+    m = FAM["gpt"].configure(spec)
+    s, b, h, a, n_layers = 2048, 1, 12288, 96, 96
+    none = m.activation_bytes(Shape(Phase.TRAIN, batch=b, tokens=s), Parallelism(), "none")
+    assert none == pytest.approx(s * b * h * (34 + 2 * a * s / h) * n_layers)
+
+
 def test_unfused_train_gemm_flops_are_megatron_eq3() -> None:
     """Unfused attention computes the full s×s of QKᵀ and PV, so with full recomputation
     the train graph's GEMM FLOPs equal Narayanan et al. 2021 eq. (3) exactly,

@@ -82,7 +82,11 @@ def scale_mask_softmax(scores: torch.Tensor, scale: float, offset: int) -> torch
 
 
 def unfused_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, training: bool
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    training: bool,
+    dropout: float = ATTENTION_DROPOUT,
 ) -> torch.Tensor:
     """Causal attention as Megatron-LM ran it before FlashAttention (``attention: unfused``).
 
@@ -92,7 +96,7 @@ def unfused_attention(
     ``CoreAttention``): K/V are repeated to every query head when there are fewer KV heads;
     ``QKᵀ`` is a batched GEMM that writes the ``t × keys`` scores of every head; a fused
     scale+mask+softmax (:func:`scale_mask_softmax`) rewrites them as probabilities; in
-    training, dropout with :data:`ATTENTION_DROPOUT` writes the dropped probabilities and a
+    training, dropout at rate ``dropout`` (when above 0) writes the dropped probabilities and a
     1-byte keep-mask (``native_dropout``, the fused CUDA kernel ``nn.Dropout`` runs); the
     ``PV`` batched GEMM writes the context, which one copy turns token-major (Megatron's
     ``permute(2, 0, 1, 3).contiguous()``).
@@ -112,8 +116,8 @@ def unfused_attention(
     outs = []
     for i in range(b):
         probs = scale_mask_softmax(torch.bmm(q[i], k[i].transpose(1, 2)), scale, keys - t)
-        if training:
-            probs, _ = torch.native_dropout(probs, ATTENTION_DROPOUT, True)
+        if training and dropout > 0:
+            probs, _ = torch.native_dropout(probs, dropout, True)
         outs.append(torch.bmm(probs, v[i]).transpose(0, 1))
     return torch.stack(outs).reshape(b, t, h * d)
 
@@ -153,6 +157,7 @@ class Attention(nn.Module):
         self.window = cfg.sliding_window if cfg.is_sliding(layer) else None
         self.softcap = cfg.attn_softcap
         self.unfused = cfg.attention == "unfused"
+        self.dropout = cfg.attention_dropout
         self.qkv = nn.Linear(cfg.hidden, (self.h + 2 * self.kv) * self.d, bias=cfg.has_qkv_bias)
         self.out = nn.Linear(self.h * self.d, cfg.hidden, bias=cfg.bias)
         self.eps = cfg.norm_eps
@@ -181,7 +186,7 @@ class Attention(nn.Module):
             cache[1, :, :, start : start + t].copy_(v)
             k, v = cache[0, :, :, : start + t], cache[1, :, :, : start + t]
         if self.unfused:
-            return self.out(unfused_attention(q, k, v, self.training))
+            return self.out(unfused_attention(q, k, v, self.training, self.dropout))
         keys = k.shape[2]
         gqa = self.kv != self.h
         if self.window is not None or self.softcap is not None:

@@ -142,6 +142,11 @@ class DecoderConfig(BaseModel):
     ``QKᵀ`` batched GEMM, a fused scale+mask+softmax, attention dropout when training,
     the ``PV`` batched GEMM and a copy of the context into token-major layout (see
     :func:`unfused_attention` and ``docs/models.md``)."""
+    attention_dropout: float = Field(ATTENTION_DROPOUT, ge=0.0, lt=1.0)
+    """Attention-dropout probability in training with ``attention: unfused`` (Megatron-LM's
+    default 0.1, :data:`ATTENTION_DROPOUT`); at 0 no dropout kernel runs and no mask or
+    dropped probabilities are stored, as in frameworks that skip dropout at rate 0
+    (EasyLM's ``attn_pdrop``). ``attention: flash`` fuses any dropout into its kernel."""
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     """RoPE frequency scaling as its ``config.json`` states it (Llama 3.1's ``llama3``,
@@ -1187,7 +1192,7 @@ class DecoderModel(EagerCounted):
             )
         )
         b.ew(f"{name}.softmax", OpKind.SOFTMAX, scores, scores, scores, NORM_FLOPS * scores)
-        if train:
+        if train and c.attention_dropout > 0:
             b.raw(
                 f"{name}.dropout",
                 OpKind.ELEMENTWISE,
@@ -1330,7 +1335,10 @@ class DecoderModel(EagerCounted):
         t = max(1, parallel.tensor)
         sp = parallel.sequence and t > 1
         sbh = s * bsz * h
-        attn = 5.0 * a * s / h if c.attention == "unfused" else 0.0
+        # unfused attention keeps the softmax output (2as/h per sbh) and, with dropout, its
+        # 1-byte mask and the dropped probabilities (3as/h more): Korthikanti et al.'s 5as/h
+        dropout = 3.0 if c.attention_dropout > 0 else 0.0
+        attn = (2.0 + dropout) * a * s / h if c.attention == "unfused" else 0.0
         if recompute == "full":
             per = 2.0 * sbh / (t if sp else 1)
         elif recompute == "selective":
