@@ -500,13 +500,14 @@ def slora_rank(adapters: int) -> int:
     return round(sum(ranks) / len(ranks))
 
 
-def slora_scenario(adapters: int) -> dict[str, Any]:
-    """S-LoRA's S4 run with ``adapters`` adapters (0: no LoRA); see :data:`SLORA`."""
+def slora_scenario(adapters: int, rate: str = "6/s") -> dict[str, Any]:
+    """S-LoRA's S4 run with ``adapters`` adapters (0: no LoRA); see :data:`SLORA`. A
+    ``rate`` above the server's capacity (``12/s``) gives the capacity ratios instead."""
     workload: dict[str, Any] = {
         "kind": "serving",
         "arrivals": {
             "process": "poisson",
-            "rate": "6/s",
+            "rate": rate,
             "count": 1800,
             "prompt_tokens": {"dist": "uniform", "low": 8, "high": 511},
             "output_tokens": {"dist": "uniform", "low": 8, "high": 511},
