@@ -190,12 +190,54 @@ class PagedKVCache:
         pages less the pages the window frees (so it may be negative)."""
         return self.blocks(tokens + 1) - self.blocks(tokens)
 
+    def peak_blocks(self, tokens: int) -> int:
+        """The most units a sequence holds on its way to ``tokens`` tokens: the largest
+        :meth:`blocks` of ``0 .. tokens`` (what a request that must never be short of
+        blocks reserves). Without a window that is :meth:`blocks` itself; with one a
+        sequence may hold more just before the window's oldest page is freed than after,
+        and since ``blocks(c + block_tokens) >= blocks(c)`` the peak lies in the last
+        ``block_tokens`` counts."""
+        if self.layout is None:
+            return -(-tokens // self.block_tokens) if tokens > 0 else 0
+        blocks = self.layout.layer_blocks
+        b = self.block_tokens
+        return max(blocks(c, b) for c in range(max(0, tokens - b + 1), tokens + 1))
+
+    def peak_blocks_of(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """:meth:`peak_blocks` of every count of ``tokens``."""
+        t = np.asarray(tokens, dtype=np.int64)
+        out = self.blocks_of(t)
+        if self.layout is not None:
+            for k in range(1, self.block_tokens):
+                np.maximum(out, self.blocks_of(np.maximum(t - k, 0)), out=out)
+        return out
+
+    def tokens_within(self, units: int, tokens: int) -> int:
+        """The largest count ``t <= tokens`` whose :meth:`blocks` fit in ``units`` (what a
+        prefill chunk may reach when the cache is short); -1 when none does. Without a
+        window ``min(tokens, units × block_tokens)``; with one, counted down from
+        ``tokens`` one change of :meth:`blocks` at a time (a new page at ``t ≡ 1``, the
+        window's oldest page at ``t ≡ window``, modulo ``block_tokens``)."""
+        b = self.block_tokens
+        lay = self.layout
+        if lay is None:
+            return min(tokens, units * b) if units >= 0 else -1
+        t = tokens
+        while t >= 0 and lay.layer_blocks(t, b) > units:
+            if t <= 1:
+                t -= 1
+                continue
+            # the count blocks() stays at down to the last change at or below t
+            down = min((t - 1) % b, (t - lay.window) % b)
+            t -= down + 1
+        return t
+
     def max_sequences(self, tokens: int) -> int:
         """How many sequences of ``tokens`` tokens the whole cache holds at once."""
         need = self.blocks(tokens)
         return self.total_blocks // need if need > 0 else 0
 
-    def stack_blocks(self, units: int) -> float:
-        """``units`` of :attr:`total_blocks` as blocks of every layer (what a step log
-        reports as blocks in use)."""
-        return units / self.unit_layers
+    def stack_blocks(self, units: int) -> int:
+        """``units`` of :attr:`total_blocks` as blocks of every layer, rounded up (what a
+        step log reports as blocks in use)."""
+        return -(-units // self.unit_layers)
