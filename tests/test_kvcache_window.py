@@ -9,15 +9,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
+from xpusim.engine.frames import collect
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.host import Host
 from xpusim.engine.model import model_facts
+from xpusim.engine.policies import SchedulerSpec
 from xpusim.engine.scenario import load_scenario
 from xpusim.engine.system import Parallelism
+from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.plugins.models.counting import causal_pairs, window_pairs
 from xpusim.plugins.workloads.serving.kvcache import KVLayout, PagedKVCache
+from xpusim.plugins.workloads.serving.reference import simulate_reference
+from xpusim.plugins.workloads.serving.world import simulate_serving
 
 Writer = Callable[..., Path]
 
@@ -161,3 +168,65 @@ def test_a_window_on_every_layer_stops_growing(host: Host) -> None:
     cache = PagedKVCache(100, 16, lay)
     assert cache.blocks(100_000) == 32 * 256 and cache.blocks(100_001) == 32 * 257
     assert cache.max_sequences(10**6) == cache.max_sequences(4096)
+
+
+def test_gemma3_serving_at_long_context_runs_more_sequences(host: Host, write_yaml: Writer) -> None:
+    """A Gemma 3 27B serving run at 32,000-token prompts on an H200: with its window layers
+    freeing pages the replica runs several times the sequences at once that it runs with
+    the window ignored (every layer full), each step's blocks in use are the layout's
+    pages of the sequences it holds, and the fast path equals the plain loop and the
+    reference world."""
+    sc = load_scenario(write_yaml(SCENARIO), host)
+    system = sc.systems[0]
+    compiled = host.backends.get("gpu").compile(sc.model_for(system), system)
+    info = compiled.model.info
+    lay = KVLayout.of(info)
+    assert lay == KVLayout(10, 52, 1024)
+    cap = compiled.kv_capacity_tokens(0.9)
+    prompt, output, n = 32_000, 48, 24
+    frame = pl.DataFrame(
+        {"arrival_s": [0.0] * n, "prompt_tokens": [prompt] * n, "output_tokens": [output] * n},
+        schema=REQUEST_SCHEMA,
+    )
+    spec = SchedulerSpec(kind="continuous", max_batch=64, max_batch_tokens=1 << 20)
+    args = {
+        "replicas": 1,
+        "scheduler": spec,
+        "kv_block_tokens": 16,
+        "kv_capacity_tokens": cap,
+    }
+
+    def serve(**more: object) -> dict[str, pl.DataFrame]:
+        res = simulate_serving(frame, compiled, system="s", devices_per_replica=1, **args, **more)
+        return {k: collect(v) for k, v in res.frames.items()}
+
+    windowed = serve()
+    full = serve(kv_layout=KVLayout(62))
+    fits = PagedKVCache(cap // 16, 16, lay).max_sequences(prompt + output - 1)
+    fits_full = PagedKVCache(cap // 16, 16).max_sequences(prompt + output - 1)
+    assert fits >= 4 * fits_full >= 4
+    top = int(windowed["steps"]["batch"].max())
+    top_full = int(full["steps"]["batch"].max())
+    assert top >= 4 * top_full
+    assert (windowed["requests"]["status"] == "ok").all()
+    # the first iteration prefills `top` prompts at once, then they decode together: each
+    # step holds `top` sequences of prompt + i tokens, in blocks of every layer
+    steps = windowed["steps"]
+    first = steps.filter(pl.col("decode_tokens") == top).head(output - 1)
+    kv = PagedKVCache(cap // 16, 16, lay)
+    assert steps["kv_blocks_used"][0] == -(-top * kv.blocks(prompt) // 62)
+    assert first["kv_blocks_used"].to_list() == [
+        -(-top * kv.blocks(prompt + i) // 62) for i in range(1, output)
+    ]
+    plain = serve(fast=False)
+    for name in windowed:
+        assert_frame_equal(windowed[name], plain[name])
+    ref = simulate_reference(
+        frame, compiled, replicas=1, scheduler=spec, kv_block_tokens=16, kv_capacity_tokens=cap
+    )
+    reqs = windowed["requests"].sort("request_id")
+    for row, want in zip(reqs.iter_rows(named=True), ref.requests, strict=True):
+        assert row["preemptions"] == want.preemptions
+        assert row["finish_s"] == pytest.approx(want.finish_s, rel=1e-12)
+        assert row["first_token_s"] == pytest.approx(want.first_token_s, rel=1e-12)
+    assert [s.kv_blocks_used for s in ref.steps] == steps["kv_blocks_used"].to_list()

@@ -40,6 +40,7 @@ from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.engine.units import Dim
 from xpusim.engine.yamlsrc import load_yaml
 from xpusim.plugins.traces.readers import CsvTrace, JsonlTrace
+from xpusim.plugins.workloads.serving.kvcache import KVLayout, PagedKVCache
 from xpusim.plugins.workloads.serving.world import simulate_serving
 
 BASE = Path(__file__).parent / "bad_inputs" / "base.yaml"
@@ -365,6 +366,10 @@ SCHEDULERS = st.builds(
     replicas=st.integers(1, 3),
     kv=st.sampled_from([256, 1024, 100_000]),
     router=st.sampled_from(["round-robin", "least-outstanding"]),
+    layout=st.one_of(
+        st.none(),
+        st.builds(KVLayout, st.integers(0, 6), st.integers(1, 12), st.integers(1, 300)),
+    ),
 )
 def test_serving_invariants(
     compiled: Compiled,
@@ -373,10 +378,13 @@ def test_serving_invariants(
     replicas: int,
     kv: int,
     router: str,
+    layout: KVLayout | None,
 ) -> None:
     """Every request appears once and is either finished (times ordered, within the span)
     or dropped with a reason because it can never fit; tokens are conserved; each
-    replica's steps and each device's timeline move forward only and cover the span."""
+    replica's steps and each device's timeline move forward only and cover the span;
+    with the model's layout or a drawn sliding-window one, whose windows give pages back,
+    under every scheduler, and no step holds more blocks than the cache."""
     block = 16
     res = simulate_serving(
         frame,
@@ -388,20 +396,30 @@ def test_serving_invariants(
         router=router,
         kv_block_tokens=block,
         kv_capacity_tokens=kv,
+        kv_layout=layout,
     )
     req, steps, devs = (collect(res.frames[k]) for k in ("requests", "steps", "devices"))
     n = frame.height
     assert req["request_id"].to_list() == list(range(n))
     assert set(req["status"].unique()) <= {"ok", "dropped"}
-    need = -(-(frame["prompt_tokens"] + frame["output_tokens"] - 1) // block)
-    too_big = (need > kv // block).to_list()
+    cache = PagedKVCache(kv // block, block, layout)
+    need = cache.peak_blocks_of((frame["prompt_tokens"] + frame["output_tokens"] - 1).to_numpy())
+    too_big = (need > cache.total_blocks).tolist()
+    if layout is None:  # without a window: the blocks of the whole sequence
+        assert (
+            need.tolist()
+            == (-(-(frame["prompt_tokens"] + frame["output_tokens"] - 1) // block)).to_list()
+        )
+    assert (steps["kv_blocks_used"] <= kv // block).all()
     assert (req["status"] == "dropped").to_list() == too_big
     dropped = req.filter(pl.col("status") == "dropped")
     assert (
         dropped["reason"].null_count() == 0 and dropped["finish_s"].null_count() == dropped.height
     )
     ok = req.filter(pl.col("status") == "ok")
-    assert (ok["arrival_s"] <= ok["first_scheduled_s"]).all()
+    # the arrival process delivers a request at `now + (t - now)`, which may round to an
+    # ulp before its arrival time
+    assert (ok["arrival_s"] <= ok["first_scheduled_s"] + 1e-15 * ok["arrival_s"].abs()).all()
     assert (ok["first_scheduled_s"] <= ok["first_token_s"]).all()
     assert (ok["first_token_s"] <= ok["finish_s"]).all()
     assert (ok["finish_s"] <= res.simulated_s + 1e-9).all()

@@ -29,6 +29,7 @@ from xpusim.engine.graph import Shape
 from xpusim.engine.policies import SchedulerSpec
 from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.engine.traces import REQUEST_SCHEMA
+from xpusim.plugins.workloads.serving.kvcache import KVLayout
 from xpusim.plugins.workloads.serving.reference import ReferenceResult, simulate_reference
 from xpusim.plugins.workloads.serving.world import arrival_instants, simulate_serving
 
@@ -91,16 +92,18 @@ def run_both(
     router: str = "round-robin",
     block: int = 16,
     capacity: int = 100_000,
+    layout: KVLayout | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, ReferenceResult]:
-    """Run the fast world and the reference on the same input; return the fast world's
-    ``requests`` and ``steps`` frames (steps in replica order) and the reference's
-    result."""
+    """Run the fast world and the reference on the same input (with the KV ``layout``
+    given, else the model's); return the fast world's ``requests`` and ``steps`` frames
+    (steps in replica order) and the reference's result."""
     args = {
         "replicas": replicas,
         "scheduler": spec,
         "router": router,
         "kv_block_tokens": block,
         "kv_capacity_tokens": capacity,
+        "kv_layout": layout,
     }
     fast = simulate_serving(frame, compiled, system="s", devices_per_replica=1, **args)
     ref = simulate_reference(frame, compiled, **args)
@@ -190,6 +193,60 @@ def test_fast_world_matches_reference(
     assert_same(reqs, steps, ref)
 
 
+LAYOUTS = st.builds(
+    KVLayout,
+    st.integers(0, 2),
+    st.integers(1, 3),
+    st.integers(1, 64),
+)
+"""Sliding-window layouts small enough for the drawn prompts to cross their window."""
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=ROWS,
+    layout=LAYOUTS,
+    block=st.sampled_from([1, 2, 3, 4, 8, 16]),
+    blocks=st.integers(2, 300),
+    max_batch=st.integers(1, 16),
+    max_batch_tokens=st.integers(1, 512),
+    replicas=st.integers(1, 3),
+    router=st.sampled_from(["round-robin", "least-outstanding"]),
+    kind=st.sampled_from(["continuous", "guaranteed-no-evict"]),
+)
+def test_windowed_fast_world_matches_reference(
+    compiled: Compiled,
+    rows: list[tuple[float, int, int]],
+    layout: KVLayout,
+    block: int,
+    blocks: int,
+    max_batch: int,
+    max_batch_tokens: int,
+    replicas: int,
+    router: str,
+    kind: str,
+) -> None:
+    """With sliding-window layers (full and window layers, windows of 1 to 64 tokens that
+    the drawn sequences cross, pages given back as windows move) the fast world still
+    gives every request the reference's replica, times and preemptions, drops the same
+    requests and runs the same iterations with the same blocks in use."""
+    arrivals = np.cumsum([r[0] for r in rows])
+    frame = requests([(float(a), p, o) for a, (_, p, o) in zip(arrivals, rows, strict=True)])
+    spec = SchedulerSpec(kind=kind, max_batch=max_batch, max_batch_tokens=max_batch_tokens)
+    reqs, steps, ref = run_both(
+        compiled,
+        frame,
+        spec,
+        replicas=replicas,
+        router=router,
+        block=block,
+        capacity=blocks * block,
+        layout=layout,
+    )
+    assume(not set(frame["arrival_s"].to_list()) & set(steps["end_s"].to_list()))
+    assert_same(reqs, steps, ref)
+
+
 # --- examples that show each rule at work -----------------------------------------------
 
 
@@ -241,6 +298,30 @@ def test_first_prompt_of_an_iteration_passes_the_token_budget(compiled: Compiled
     assert_same(reqs, steps, ref)
     assert ref.steps[1].prefill_tokens == 7 and ref.steps[1].decode_tokens == 3
     assert ref.requests[3].first_scheduled_s == ref.steps[0].end_s
+
+
+def test_windows_give_pages_back_and_admit_more(compiled: Compiled) -> None:
+    """One full and three window layers with a 32-token window: long sequences hold far
+    fewer pages than with four full layers, so more run at once, with fewer preemptions,
+    and both worlds agree on every iteration, each step's blocks being the sequences'
+    pages (windows past their oldest pages given back) in blocks of every layer."""
+    rows = [(0.0005 * i, 60 + (7 * i) % 30, 80 + (11 * i) % 40) for i in range(16)]
+    spec = SchedulerSpec(kind="continuous", max_batch=16, max_batch_tokens=4096)
+    args = {"block": 4, "capacity": 4 * 160}
+    windowed = run_both(compiled, requests(rows), spec, layout=KVLayout(1, 3, 32), **args)
+    full = run_both(compiled, requests(rows), spec, layout=KVLayout(4), **args)
+    for reqs, steps, ref in (windowed, full):
+        assert_same(reqs, steps, ref)
+    assert windowed[1]["batch"].max() > full[1]["batch"].max()
+    assert windowed[0]["preemptions"].sum() < full[0]["preemptions"].sum()
+    # a lone sequence: every step holds its pages in blocks of every layer, rounded up
+    lay = KVLayout(1, 3, 32)
+    reqs, steps, ref = run_both(
+        compiled, requests([(0.0, 50, 40)]), spec, layout=lay, block=4, capacity=400
+    )
+    assert_same(reqs, steps, ref)
+    held = [50] + [50 + i for i in range(1, 40)]
+    assert steps["kv_blocks_used"].to_list() == [-(-lay.layer_blocks(c, 4) // 4) for c in held]
 
 
 def test_reference_runs_only_continuous_batching(compiled: Compiled) -> None:
@@ -317,6 +398,55 @@ def test_fast_path_equals_the_plain_loop(
     )
     # the plain loop leaves open the order of an arrival and an iteration ending at the
     # same instant; the fast path takes the arrival first
+    assume(not set(frame["arrival_s"].to_list()) & set(plain["steps"]["end_s"].to_list()))
+    assert fast.keys() == plain.keys()
+    for name in fast:
+        assert_frame_equal(fast[name], plain[name])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=ROWS,
+    layout=LAYOUTS,
+    kind=st.sampled_from(["continuous", "chunked-prefill"]),
+    block=st.sampled_from([1, 2, 4, 16]),
+    blocks=st.integers(2, 300),
+    max_batch=st.integers(1, 16),
+    max_batch_tokens=st.integers(1, 512),
+    chunk=st.integers(1, 128),
+    replicas=st.integers(1, 3),
+    scale=st.sampled_from([1.0, 1e3, 1e6]),
+)
+def test_windowed_fast_path_equals_the_plain_loop(
+    compiled: Compiled,
+    rows: list[tuple[float, int, int]],
+    layout: KVLayout,
+    kind: str,
+    block: int,
+    blocks: int,
+    max_batch: int,
+    max_batch_tokens: int,
+    chunk: int,
+    replicas: int,
+    scale: float,
+) -> None:
+    """With sliding-window layers, whose pages come back as windows move (so a decode run
+    may free blocks, and a queued head that did not fit may fit later), the fast path
+    still gives exactly the plain loop's frames, bit for bit, under both schedulers."""
+    arrivals = np.cumsum([r[0] for r in rows]) + (scale - 1.0)
+    frame = requests([(float(a), p, o) for a, (_, p, o) in zip(arrivals, rows, strict=True)])
+    spec = SchedulerSpec(
+        kind=kind, max_batch=max_batch, max_batch_tokens=max_batch_tokens, chunk=chunk
+    )
+    fast, plain = run_paths(
+        compiled,
+        frame,
+        spec,
+        replicas=replicas,
+        kv_block_tokens=block,
+        kv_capacity_tokens=blocks * block,
+        kv_layout=layout,
+    )
     assume(not set(frame["arrival_s"].to_list()) & set(plain["steps"]["end_s"].to_list()))
     assert fast.keys() == plain.keys()
     for name in fast:

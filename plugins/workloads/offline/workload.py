@@ -43,6 +43,7 @@ from xpusim.plugins.workloads.serving.arrivals import (
     mean_tokens,
     sample_lengths,
 )
+from xpusim.plugins.workloads.serving.kvcache import KVLayout
 from xpusim.plugins.workloads.serving.metrics import FORWARD_METRICS, SERVING_METRICS
 from xpusim.plugins.workloads.serving.stacks import (
     DEFAULT_STACK,
@@ -107,15 +108,28 @@ class OfflineConfig(BaseModel):
 
 
 def fill_memory_limits(
-    spec: SchedulerSpec, kv_capacity_tokens: int, prompts: np.ndarray, outputs: np.ndarray
+    spec: SchedulerSpec,
+    kv_capacity_tokens: int,
+    prompts: np.ndarray,
+    outputs: np.ndarray,
+    layout: KVLayout | None = None,
 ) -> SchedulerSpec:
     """The scheduler limits an offline run picks when the scenario fixes none, as
     ``trtllm-bench`` sizes its engine from the dataset: a batch as large as the KV cache
     holds sequences of the mean length (prompt plus output), and a token budget that
     takes the longest prompt in one iteration, at least the profile's, at most the
-    cache."""
+    cache.
+
+    With sliding-window layers (``layout``) a sequence of the mean length caches
+    ``F × mean + S × min(mean, window)`` layer tokens of the cache's ``capacity ×
+    layers``, so more of them fit."""
     mean_len = float(np.mean(prompts + outputs)) if len(prompts) else 1.0
-    batch = max(1, min(len(prompts) or 1, int(kv_capacity_tokens // max(1.0, mean_len))))
+    if layout is not None and layout.windowed:
+        kept = layout.full_layers * mean_len + layout.window_layers * min(mean_len, layout.window)
+        fit = int(kv_capacity_tokens * layout.layers // max(float(layout.layers), kept))
+    else:
+        fit = int(kv_capacity_tokens // max(1.0, mean_len))
+    batch = max(1, min(len(prompts) or 1, fit))
     longest = int(np.max(prompts)) if len(prompts) else 1
     tokens = max(spec.max_batch_tokens, longest)
     tokens = max(1, min(tokens, max(1, kv_capacity_tokens)))
@@ -194,6 +208,7 @@ class OfflineWorkload(Workload):
                 capacity,
                 frame["prompt_tokens"].to_numpy(),
                 frame["output_tokens"].to_numpy(),
+                KVLayout.of(ctx.model.info),
             )
         res = simulate_serving(
             frame,

@@ -25,7 +25,7 @@ import simpy
 
 from xpusim.engine.backend import Compiled
 from xpusim.engine.graph import Phase, Shape
-from xpusim.plugins.workloads.serving.kvcache import PagedKVCache
+from xpusim.plugins.workloads.serving.kvcache import KVLayout, PagedKVCache
 from xpusim.plugins.workloads.serving.steplog import StepLog
 
 
@@ -61,17 +61,23 @@ class Replica:
     order and the instants they arrive at. A scheduler that reads it takes its arrivals
     itself and needs no arrival process, so it can run many iterations per SimPy event;
     it is ``None`` when requests are routed one by one at their arrival.
+
+    ``layout`` is the model's :class:`~.kvcache.KVLayout`: with sliding-window layers the
+    cache counts layer blocks (``kv_blocks`` blocks of every layer, times its layers) and
+    the step log reports them back as blocks of every layer.
     """
 
     __slots__ = ("feed", "index", "kv", "log", "outstanding", "waiting", "wake")
 
-    def __init__(self, index: int, kv_blocks: int, block_tokens: int) -> None:
+    def __init__(
+        self, index: int, kv_blocks: int, block_tokens: int, layout: KVLayout | None = None
+    ) -> None:
         self.index = index
         self.waiting: deque[int] = deque()
         self.outstanding = 0
         self.wake: simpy.Event | None = None
-        self.kv = PagedKVCache(kv_blocks, block_tokens)
-        self.log = StepLog()
+        self.kv = PagedKVCache(kv_blocks, block_tokens, layout)
+        self.log = StepLog(self.kv.unit_layers)
         self.feed: Feed | None = None
 
     def notify(self) -> None:

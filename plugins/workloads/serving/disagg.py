@@ -373,7 +373,12 @@ def serve(
     out = frame["output_tokens"].to_numpy()
     first = preq["first_token_s"].to_numpy()
     began = preq["first_scheduled_s"].to_numpy()
-    nbytes = prompt * model.kv_bytes_per_token
+    nbytes = (  # a window's layers send only the window's tokens (model.kv_sequence_bytes)
+        prompt * model.kv_bytes_per_token
+        if not model.kv_window
+        else model.kv_full_bytes_per_token * prompt
+        + model.kv_window_bytes_per_token * np.minimum(prompt, model.kv_window)
+    )
     wire = nbytes / pool.bandwidth
     if spec.layerwise:
         exposed = np.maximum(wire - (first - began), wire / max(1, model.layers))

@@ -59,6 +59,19 @@ second :class:`simpy.Container`, of promised blocks. Admission (step 2) takes fr
 blocks of the request's whole sequence (``prompt + output - 1`` tokens) and stops at the
 first request they do not cover, with no watermark; a finished request puts them back.
 Decode growth (step 1) then always finds its blocks, so no request is preempted.
+
+Sliding-window layers (a model whose :class:`~.kvcache.KVLayout` has them, Gemma 2 and 3
+or Mistral v0.1): the cache counts layer blocks (one layer's ``block_tokens`` tokens) and
+a request holding ``c`` tokens holds :meth:`~.kvcache.PagedKVCache.blocks` ``(c)`` of
+them, its full layers every page and its window layers the pages of their last
+``window`` tokens. Decode growth (step 1) takes, for each running request, what writing
+its token takes (:meth:`~.kvcache.PagedKVCache.step_blocks`): a page per layer at a page
+boundary, less the page a window leaves behind, so an iteration may give blocks back;
+the running requests that arrived last are preempted while the net need exceeds the free
+blocks. A request is dropped, and no-evict reserves, by the most blocks the request holds
+on its way to ``prompt + output - 1`` tokens
+(:meth:`~.kvcache.PagedKVCache.peak_blocks`). Each iteration's blocks in use are reported
+as blocks of every layer, rounded up, as the fast world's step log does.
 """
 
 from __future__ import annotations
@@ -74,6 +87,7 @@ import simpy
 from xpusim.engine.backend import Compiled
 from xpusim.engine.policies import SchedulerSpec
 from xpusim.plugins.workloads.serving.cluster import CostTable
+from xpusim.plugins.workloads.serving.kvcache import KVLayout, PagedKVCache
 from xpusim.plugins.workloads.serving.schedulers.iteration import WATERMARK
 
 ROUTERS = ("round-robin", "least-outstanding")
@@ -169,14 +183,12 @@ class _Request:
         )
 
 
-def _blocks(tokens: int, block_tokens: int) -> int:
-    """Blocks that hold ``tokens`` tokens."""
-    return -(-tokens // block_tokens)
-
-
 @dataclass(eq=False)
 class _Replica:
     """One replica: a queue, a KV cache of blocks, its running requests and its steps.
+
+    ``cache`` does the block arithmetic (how many blocks a request holding so many tokens
+    holds); the blocks themselves are the :class:`simpy.Container` ``kv``.
 
     The queue is a :class:`simpy.PriorityStore` so that a preempted request can go back
     to its front: requests joining the back get increasing keys, preempted ones
@@ -187,8 +199,7 @@ class _Replica:
     env: simpy.Environment
     costs: CostTable
     spec: SchedulerSpec
-    total_blocks: int
-    block_tokens: int
+    cache: PagedKVCache
     queue: simpy.PriorityStore = field(init=False)
     kv: simpy.Container = field(init=False)
     promised: simpy.Container | None = field(init=False, default=None)
@@ -197,6 +208,11 @@ class _Replica:
     steps: list[ReferenceStep] = field(default_factory=list)
     _back: int = 0
     _front: int = 0
+
+    @property
+    def total_blocks(self) -> int:
+        """The cache's blocks (layer blocks with a windowed layout)."""
+        return self.cache.total_blocks
 
     def __post_init__(self) -> None:
         self.queue = simpy.PriorityStore(self.env)
@@ -208,7 +224,7 @@ class _Replica:
 
     def _promise(self, req: _Request) -> int:
         """Blocks of a request's whole sequence, which no-evict admission reserves."""
-        return _blocks(req.prompt + req.output - 1, self.block_tokens)
+        return self.cache.peak_blocks(req.prompt + req.output - 1)
 
     def join(self, req: _Request) -> None:
         """Put a newly routed request at the back of the queue."""
@@ -220,9 +236,10 @@ class _Replica:
         self._front -= 1
         self.queue.put(simpy.PriorityItem(self._front, req))
 
-    def _needs_block(self, req: _Request) -> bool:
-        """Whether a running request's next decode starts a new block."""
-        return (req.tokens - 1) % self.block_tokens == 0
+    def _step(self, req: _Request) -> int:
+        """Blocks a running request's next decode takes: one when it starts a new block
+        (with a window: a page per layer, less the page the window leaves behind)."""
+        return self.cache.step_blocks(req.tokens - 1)
 
     def _free(self, req: _Request) -> Proc:
         """Return a request's blocks to the cache."""
@@ -242,17 +259,18 @@ class _Replica:
 
     def _grow(self) -> Proc:
         """Take the blocks this iteration's decodes need, preempting until they fit."""
-        need = sum(self._needs_block(r) for r in self.running)
+        need = sum(self._step(r) for r in self.running)
         while need > self.kv.level:
             if self.promised is not None:
                 raise AssertionError(f"replica {self.index}: a reserved decode lacks a block")
             yield from self._preempt_newest()
-            need = sum(self._needs_block(r) for r in self.running)
-        if need:
+            need = sum(self._step(r) for r in self.running)
+        if need > 0:
             yield self.kv.get(need)
-            for r in self.running:
-                if self._needs_block(r):
-                    r.blocks += 1
+        elif need < 0:  # windows gave back more pages than the others took
+            yield self.kv.put(-need)
+        for r in self.running:
+            r.blocks += self._step(r)
 
     def _admit(self) -> Generator[simpy.Event, Any, list[_Request]]:
         """Admit requests from the front of the queue while the policy allows; return
@@ -267,7 +285,7 @@ class _Replica:
             req: _Request = self.queue.items[0].item  # the heap's least key: the front
             if admitted and req.tokens > room:
                 break
-            need = _blocks(req.tokens, self.block_tokens)
+            need = self.cache.blocks(req.tokens)
             if self.promised is not None:
                 if self._promise(req) > self.promised.level:
                     break
@@ -303,7 +321,7 @@ class _Replica:
                 len(prefills), prefill_tokens, 0, len(decodes), context
             )
             start = env.now
-            used = self.total_blocks - int(self.kv.level)
+            used = self.cache.stack_blocks(self.total_blocks - int(self.kv.level))
             yield env.timeout(seconds)
             self.steps.append(
                 ReferenceStep(
@@ -345,13 +363,11 @@ class _Router:
         return rep
 
 
-def _request(
-    env: simpy.Environment, req: _Request, router: _Router, total_blocks: int, block_tokens: int
-) -> Proc:
+def _request(env: simpy.Environment, req: _Request, router: _Router, cache: PagedKVCache) -> Proc:
     """The life of one request: arrive, be dropped or routed, then read the replica's
     notes until the last token."""
     yield env.timeout(req.arrival_s)
-    if _blocks(req.prompt + req.output - 1, block_tokens) > total_blocks:
+    if cache.peak_blocks(req.prompt + req.output - 1) > cache.total_blocks:
         req.dropped = True
         return
     rep = router.route()
@@ -382,6 +398,7 @@ def simulate_reference(
     router: str = "round-robin",
     kv_block_tokens: int = 16,
     kv_capacity_tokens: int,
+    kv_layout: KVLayout | None = None,
 ) -> ReferenceResult:
     """Replay ``requests`` (arrival, prompt and output columns) on ``replicas`` replicas
     with the policy of the module docstring for ``scheduler.kind`` (one of
@@ -389,7 +406,8 @@ def simulate_reference(
 
     Takes the same arguments as the fast world's entry point; ``kv_capacity_tokens`` is
     rounded down to whole blocks. Request ids are positions in arrival order (a stable
-    sort). Raises ``ValueError`` for another scheduler kind, an unknown router or a cache
+    sort). ``kv_layout`` defaults to ``KVLayout.of(compiled.model.info)``, as in the fast
+    world. Raises ``ValueError`` for another scheduler kind, an unknown router or a cache
     of less than one block.
     """
     if scheduler.kind not in SCHEDULERS:
@@ -405,10 +423,15 @@ def simulate_reference(
     rows = requests.sort("arrival_s", maintain_order=True)
     env = simpy.Environment()
     costs = CostTable(compiled, scheduler.shape_bits, scheduler.grid_bits)
-    reps = [_Replica(i, env, costs, scheduler, total, kv_block_tokens) for i in range(replicas)]
+    layout = KVLayout.of(compiled.model.info) if kv_layout is None else kv_layout
+    reps = [
+        _Replica(i, env, costs, scheduler, PagedKVCache(total, kv_block_tokens, layout))
+        for i in range(replicas)
+    ]
     for rep in reps:
         env.process(rep.run())
     route = _Router(router, reps)
+    sizes = PagedKVCache(total, kv_block_tokens, layout)  # the drop check's arithmetic
     reqs = [
         _Request(i, float(a), int(p), int(o), simpy.Store(env), tokens=int(p))
         for i, (a, p, o) in enumerate(
@@ -421,7 +444,7 @@ def simulate_reference(
                 f"request {req.rid} has {req.prompt} prompt and {req.output} output tokens; "
                 "a prompt has at least 0 tokens and a request generates at least 1"
             )
-        env.process(_request(env, req, route, total, kv_block_tokens))
+        env.process(_request(env, req, route, sizes))
     env.run()
     stuck = [r.rid for r in reqs if not r.dropped and r.finish_s is None]
     if stuck:

@@ -26,11 +26,28 @@ class StepLog:
     (schedulers index them by iteration number, and the token-gap statistics need them)
     until the frames are built. :attr:`taken` counts the rows handed out; ``len(log)`` is
     the number of steps while the world runs.
+
+    ``kv`` holds the units of the replica's KV cache in use; ``unit_layers`` is how many of
+    them make a block of every layer (1 but for a cache of layer blocks, one with
+    sliding-window layers), and the frame's ``kv_blocks_used`` is ``kv`` in blocks of every
+    layer, rounded up.
     """
 
-    __slots__ = ("batch", "decode", "end", "joules", "kv", "prefill", "start", "state", "taken")
+    __slots__ = (
+        "batch",
+        "decode",
+        "end",
+        "joules",
+        "kv",
+        "prefill",
+        "start",
+        "state",
+        "taken",
+        "unit_layers",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, unit_layers: int = 1) -> None:
+        self.unit_layers = unit_layers
         self.start = array("d")
         self.end = array("d")
         self.batch = array("i")
@@ -78,12 +95,19 @@ class StepLog:
                 "batch": np.array(self.batch, dtype=np.int32),
                 "prefill_tokens": np.array(self.prefill, dtype=np.int64),
                 "decode_tokens": np.array(self.decode, dtype=np.int64),
-                "kv_blocks_used": np.array(self.kv, dtype=np.int64),
+                "kv_blocks_used": self._kv_blocks(),
                 "state": state,
                 "joules": np.array(self.joules, dtype=np.float64),
             },
             schema=STEPS_SCHEMA,
         )
+
+    def _kv_blocks(self) -> np.ndarray:
+        """The pending ``kv`` column in blocks of every layer, rounded up."""
+        units = np.array(self.kv, dtype=np.int64)
+        if self.unit_layers == 1:
+            return units
+        return -(-units // self.unit_layers)
 
     def take(self, system: str, replica: int, states: list[str]) -> pl.DataFrame:
         """The pending rows (:meth:`frame`), after which they are no longer held here."""

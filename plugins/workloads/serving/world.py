@@ -67,6 +67,7 @@ from xpusim.plugins.workloads.serving.cluster import (
     Replica,
     RequestTable,
 )
+from xpusim.plugins.workloads.serving.kvcache import KVLayout, PagedKVCache
 from xpusim.plugins.workloads.serving.routers import builtin_router
 from xpusim.plugins.workloads.serving.routers.round_robin import RoundRobinRouter
 from xpusim.plugins.workloads.serving.schedulers import builtin_scheduler
@@ -178,6 +179,7 @@ def simulate_serving(
     spill_dir: str | None = None,
     seed: int = 0,
     fast: bool = True,
+    kv_layout: KVLayout | None = None,
 ) -> ServingResult:
     """Replay ``requests`` on ``replicas`` replicas of ``compiled`` and return the frames.
 
@@ -198,6 +200,11 @@ def simulate_serving(
     each replica reads its own arrivals (:class:`~.cluster.Feed`), running many iterations
     per SimPy event. ``fast=False`` routes every request at its arrival and runs one SimPy
     event per iteration; both give identical frames.
+
+    ``kv_layout`` is the model's KV layout (:class:`~.kvcache.KVLayout`), by default
+    ``KVLayout.of(compiled.model.info)``: with sliding-window layers each replica's cache
+    counts layer pages and frees those behind the window. Pass ``KVLayout(layers)`` to
+    count every layer as full attention.
     """
     spec = scheduler or SchedulerSpec()
     policy = spec.policy() or builtin_scheduler(spec.kind)
@@ -222,6 +229,7 @@ def simulate_serving(
             f"({cap} tokens, less than one block of {kv_block_tokens}); use more devices per "
             "replica (tensor parallelism) or a device with more memory."
         )
+    layout = KVLayout.of(compiled.model.info) if kv_layout is None else kv_layout
     if not requests["arrival_s"].is_sorted():
         requests = requests.sort("arrival_s", maintain_order=True)
     # flat typed arrays, not lists of Python numbers: 8 bytes a request for the times, 4
@@ -234,22 +242,28 @@ def simulate_serving(
 
     del requests  # the table holds what is needed
 
-    # drop requests that cannot fit even alone (in chunks: no column-sized temporaries)
+    # drop requests that cannot fit even alone (in chunks: no column-sized temporaries):
+    # those whose KV at some length up to prompt + output - 1 tokens exceeds the cache
     reasons: dict[int, str] = {}
+    kv = PagedKVCache(blocks, kv_block_tokens, layout)
     p_all, o_all = np.asarray(prompt), np.asarray(output)
     for a in range(0, n, REQUEST_CHUNK):
         need_tok = p_all[a : a + REQUEST_CHUNK].astype(np.int64) + o_all[a : a + REQUEST_CHUNK]
         need_tok -= 1
-        for i in np.flatnonzero(-(-need_tok // kv_block_tokens) > blocks).tolist():
+        need = kv.peak_blocks_of(need_tok)
+        for i in np.flatnonzero(need > kv.total_blocks).tolist():
             req.state[a + i] = DROPPED
             reasons[a + i] = (
                 f"needs {int(need_tok[i])} KV tokens, a replica holds {blocks * kv_block_tokens}"
+                if kv.layout is None
+                else f"needs {int(need_tok[i])} KV tokens ({int(need[i])} layer blocks of "
+                f"{kv_block_tokens} tokens), a replica holds {kv.total_blocks}"
             )
-    del p_all, o_all
+    del p_all, o_all, kv
 
     env = simpy.Environment()
     costs = CostTable(compiled, spec.shape_bits, spec.grid_bits)
-    reps = [Replica(i, blocks, kv_block_tokens) for i in range(replicas)]
+    reps = [Replica(i, blocks, kv_block_tokens, layout) for i in range(replicas)]
     route = router_obj.start(reps, seed)
     # exactly the built-in classes: a subclass may route by state or not read its feed
     fed = (

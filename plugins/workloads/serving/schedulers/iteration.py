@@ -70,6 +70,7 @@ from xpusim.engine.policies import (
     StepPrices,
 )
 from xpusim.plugins.workloads.serving.cluster import Replica
+from xpusim.plugins.workloads.serving.kvcache import PagedKVCache
 
 WATERMARK = 0.01
 """Fraction of KV blocks admission leaves free while the replica is busy."""
@@ -92,10 +93,29 @@ def iterative(
 ) -> Proc:
     """The continuous (``split=False``) or chunked-prefill (``split=True``) loop of one
     replica; see the module docstring for the policy and the fast path."""
-    B = rep.kv.block_tokens
-    total = rep.kv.total_blocks
+    kv = rep.kv
+    B = kv.block_tokens
+    total = kv.total_blocks
     admit_limit = total - int(total * WATERMARK)
-    growth = rep.kv.growth
+    growth = kv.growth
+    # Sliding-window layers (a PagedKVCache with a windowed layout): the cache counts layer
+    # blocks, a sequence's blocks come from kv.blocks, and `need_at` is what the running
+    # decodes take by phase. Decided once here: without a window the loop below runs the
+    # plain arithmetic inline, and `need_at` is `growth` itself.
+    layout = kv.layout if isinstance(kv, PagedKVCache) else None
+    win = layout is not None
+    need_at = growth
+    if layout is not None:
+        assert isinstance(kv, PagedKVCache)
+        kvb = kv.blocks
+        within = kv.tokens_within
+        past = kv.past
+        all_layers = layout.layers
+        window_layers = layout.window_layers
+        window = layout.window
+        shift = (1 - window) % B  # a class of `past` takes from need_at[(p + shift) % B]
+        need_at = [0] * B
+        crossed: set[int] = set()  # decoders counted in `past`
     max_batch = spec.max_batch
     budget = min(spec.chunk, spec.max_batch_tokens) if split else spec.max_batch_tokens
     waiting = rep.waiting
@@ -159,6 +179,50 @@ def iterative(
                 best = e[0]
         return best
 
+    def enter(rid: int, p: int, held: int, f: int) -> None:
+        """(Windowed layouts.) Count decoder ``rid`` of residue class ``p`` (``held`` tokens,
+        entering in iteration ``j``, last token in iteration ``f``): every layer's page at
+        its page boundaries, and once it holds ``window`` tokens the window's oldest page
+        given back, from the iteration after ``j + window - held`` (a crossing event kept in
+        the heap of finishing iterations as ``~rid``)."""
+        growth[p] += 1
+        need_at[p] += all_layers
+        if held >= window:
+            cross(rid, p)
+        else:
+            c = j + window - held
+            if c < f:
+                bucket_ = fin_at.get(c)
+                if bucket_ is None:
+                    fin_at[c] = [~rid]
+                    heappush(fin_heap, c)
+                else:
+                    bucket_.append(~rid)
+
+    def cross(rid: int, p: int) -> None:
+        """(Windowed layouts.) Decoder ``rid`` of class ``p`` now holds ``window`` tokens."""
+        crossed.add(rid)
+        past[p] += 1
+        need_at[(p + shift) % B] -= window_layers
+
+    def crossing(rid: int, i: int) -> None:
+        """(Windowed layouts.) The crossing event of iteration ``i`` for ``rid``, unless it
+        is stale (the request was preempted or finished since, or already counted)."""
+        if state[rid] == DECODING and rid not in crossed:
+            k = entry[rid]
+            L = cur_L[rid]
+            if k + window - L == i:
+                cross(rid, (L - k - 1) % B)
+
+    def leave(rid: int, p: int) -> None:
+        """(Windowed layouts.) Stop counting decoder ``rid`` of class ``p``."""
+        growth[p] -= 1
+        need_at[p] -= all_layers
+        if rid in crossed:
+            crossed.discard(rid)
+            past[p] -= 1
+            need_at[(p + shift) % B] += window_layers
+
     def preempt_newest(now: float) -> bool:
         """Preempt the running request that arrived last; False when none runs."""
         nonlocal used, n_dec, sum_ctx
@@ -169,8 +233,12 @@ def iterative(
                 k = entry[rid]
                 L = cur_L[rid]
                 ctx = L + j - k - 1
-                used -= -(-ctx // B)
-                growth[(L - k - 1) % B] -= 1
+                if win:
+                    used -= kvb(ctx)
+                    leave(rid, (L - k - 1) % B)
+                else:
+                    used -= -(-ctx // B)
+                    growth[(L - k - 1) % B] -= 1
                 n_dec -= 1
                 sum_ctx -= ctx
                 g = j - k
@@ -186,7 +254,7 @@ def iterative(
             elif st == PREFILLING:
                 for i, e in enumerate(prefilling):
                     if e[0] == rid:
-                        used -= -(-e[1] // B)
+                        used -= kvb(e[1]) if win else -(-e[1] // B)
                         del prefilling[i]
                         break
                 else:  # admitted this iteration and not yet in the list: cannot happen
@@ -203,13 +271,20 @@ def iterative(
         nonlocal used, n_dec, sum_ctx
         heappop(fin_heap)
         for rid in fin_at.pop(i):
+            if rid < 0:  # a decoder reaching the window (windowed layouts)
+                crossing(~rid, i)
+                continue
             if state[rid] != DECODING or fin_iter[rid] != i:
                 continue  # preempted since, or finishing another time
             L = cur_L[rid]
             k = entry[rid]
             ctx = L + i - k
-            used -= -(-ctx // B)
-            growth[(L - k - 1) % B] -= 1
+            if win:
+                used -= kvb(ctx)
+                leave(rid, (L - k - 1) % B)
+            else:
+                used -= -(-ctx // B)
+                growth[(L - k - 1) % B] -= 1
             n_dec -= 1
             sum_ctx -= ctx
             state[rid] = DONE
@@ -242,11 +317,11 @@ def iterative(
             continue
         now = t
         # 1. blocks for this iteration's decode tokens; preempt until they fit
-        need = growth[(-j) % B] if n_dec else 0
+        need = need_at[(-j) % B] if n_dec else 0
         while used + need > total:
             if not preempt_newest(now):
                 raise AssertionError("KV cache overflow with nothing to preempt")
-            need = growth[(-j) % B] if n_dec else 0
+            need = need_at[(-j) % B] if n_dec else 0
         used += need
         # 2. prefill work within the token budget
         pf_n = pf_tok = pf_ctx = 0
@@ -258,13 +333,22 @@ def iterative(
                     break
                 rid, d = e
                 c = min(room, cur_L[rid] - d)
-                held = -(-d // B)
-                extra = -(-(d + c) // B) - held
-                if used + extra > total:
-                    c = min(c, (total - used + held) * B - d)
-                    if c <= 0:
-                        break
+                if win:
+                    held = kvb(d)
+                    extra = kvb(d + c) - held
+                    if used + extra > total:
+                        c = within(total - used + held, d + c) - d
+                        if c <= 0:
+                            break
+                        extra = kvb(d + c) - held
+                else:
+                    held = -(-d // B)
                     extra = -(-(d + c) // B) - held
+                    if used + extra > total:
+                        c = min(c, (total - used + held) * B - d)
+                        if c <= 0:
+                            break
+                        extra = -(-(d + c) // B) - held
                 used += extra
                 e[1] = d + c
                 pf_n += 1
@@ -290,7 +374,7 @@ def iterative(
                 c = L
                 if pf_n and c > room:
                     break
-            nb = -(-c // B)
+            nb = kvb(c) if win else -(-c // B)
             if used + nb > (admit_limit if n_run else total):
                 break
             if waiting:
@@ -386,7 +470,7 @@ def iterative(
                 L = cur_L[rid]
                 m = cur_m[rid]
                 if m == 1:
-                    used -= -(-L // B)
+                    used -= kvb(L) if win else -(-L // B)
                     fin_iter[rid] = j
                     seg_start[rid] = j + 1
                     state[rid] = DONE
@@ -405,7 +489,10 @@ def iterative(
                     heappush(fin_heap, f)
                 else:
                     bucket_.append(rid)
-                growth[(L - j - 1) % B] += 1
+                if win:
+                    enter(rid, (L - j - 1) % B, L, f)
+                else:
+                    growth[(L - j - 1) % B] += 1
                 n_dec += 1
                 sum_ctx += L
         j += 1
@@ -426,7 +513,8 @@ def iterative(
             head_nb = -1  # blocks the queue's head needs (-1: the queue is empty)
             if open_ and (waiting or k_adm < k_feed):
                 L = cur_L[waiting[0] if waiting else feed_ids[k_adm]]
-                head_nb = -(-(L if not split or room > L else room) // B)
+                c = L if not split or room > L else room
+                head_nb = kvb(c) if win else -(-c // B)
             nb_ = n_dec
             if nb_ >= top:
                 e_ = nb_.bit_length() - bits
@@ -437,7 +525,7 @@ def iterative(
             dc_next = dcr
             cut = False
             while True:
-                u = used + growth[(-i) % B]
+                u = used + need_at[(-i) % B]
                 if u > total:
                     cut = True  # a preemption: the plain loop decides it
                     break
@@ -446,7 +534,9 @@ def iterative(
                         if u + head_nb <= admit_limit:
                             cut = True  # the head fits: the plain loop admits it
                             break
-                        open_ = False  # and it never will while the run only takes blocks
+                        # and it never will while the run only takes blocks; a window's
+                        # freed pages may make room, so a windowed run keeps looking
+                        open_ = win
                     elif arrive <= t:
                         cut = True  # an arrival to queue and maybe admit
                         break
@@ -484,13 +574,20 @@ def iterative(
             # iteration `stop` ran: retire the requests done in it, as step 4 does
             heappop(fin_heap)
             for rid in fin_at.pop(i):
+                if rid < 0:  # a decoder reaching the window (windowed layouts)
+                    crossing(~rid, i)
+                    continue
                 if state[rid] != DECODING or fin_iter[rid] != i:
                     continue  # preempted since, or finishing another time
                 L = cur_L[rid]
                 k = entry[rid]
                 ctx = L + i - k
-                used -= -(-ctx // B)
-                growth[(L - k - 1) % B] -= 1
+                if win:
+                    used -= kvb(ctx)
+                    leave(rid, (L - k - 1) % B)
+                else:
+                    used -= -(-ctx // B)
+                    growth[(L - k - 1) % B] -= 1
                 n_dec -= 1
                 sum_ctx -= ctx
                 state[rid] = DONE

@@ -33,6 +33,12 @@ request's length, as a benchmark that sets ``max_tokens`` to it and ignores end 
 sequence does. A request whose whole sequence exceeds the cache is dropped by the world
 before routing, so every routed request fits an empty replica.
 
+With sliding-window layers (a cache of layer blocks, :mod:`~.kvcache`) a request holds
+:meth:`~.kvcache.PagedKVCache.blocks` of its tokens, decode growth is each request's
+:meth:`~.kvcache.PagedKVCache.step_blocks` (a window may give a page back) and the
+reservation is the most blocks the request holds on its way to its whole sequence
+(:meth:`~.kvcache.PagedKVCache.peak_blocks`), which a window may reach before the end.
+
 This loop yields one SimPy event per iteration and takes its arrivals from the router
 (the world's fast path applies to ``continuous`` and ``chunked-prefill`` only);
 :func:`~xpusim.plugins.workloads.serving.reference.simulate_reference` restates the same
@@ -58,6 +64,7 @@ from xpusim.engine.policies import (
     finish_request,
     log_step,
 )
+from xpusim.plugins.workloads.serving.kvcache import PagedKVCache
 
 
 def reserved_blocks(prompt: int, output: int, block_tokens: int) -> int:
@@ -86,8 +93,14 @@ class GuaranteedNoEvictScheduler(Scheduler):
     ) -> Proc:
         """The guaranteed-no-evict loop of one replica; see the module docstring."""
         rep, req = replica, requests
-        B = rep.kv.block_tokens
-        total = rep.kv.total_blocks
+        kv = rep.kv
+        B = kv.block_tokens
+        total = kv.total_blocks
+        # a windowed cache's arithmetic (decided once: without a window it stays inline)
+        win = isinstance(kv, PagedKVCache) and kv.layout is not None
+        if win:
+            assert isinstance(kv, PagedKVCache)
+            blocks, step, peak = kv.blocks, kv.step_blocks, kv.peak_blocks
         waiting = rep.waiting
         prompt, output = req.prompt, req.output
         log = rep.log
@@ -104,7 +117,10 @@ class GuaranteedNoEvictScheduler(Scheduler):
                 continue
             now = env.now
             # 1. decode growth: covered by the reservations
-            used += sum(1 for rid in running if held[rid] % B == 0)
+            if win:
+                used += sum(step(held[rid]) for rid in running)
+            else:
+                used += sum(1 for rid in running if held[rid] % B == 0)
             # 2. admission
             room = spec.max_batch_tokens - len(running)
             admitted: list[int] = []
@@ -114,12 +130,12 @@ class GuaranteedNoEvictScheduler(Scheduler):
                 L = prompt[rid]
                 if admitted and room < L:
                     break
-                need = reserved_blocks(L, output[rid], B)
+                need = peak(L + output[rid] - 1) if win else reserved_blocks(L, output[rid], B)
                 if promised + need > total:
                     break
                 waiting.popleft()
                 promised += need
-                used += -(-L // B)
+                used += blocks(L) if win else -(-L // B)
                 admitted.append(rid)
                 pf_tok += L
                 room -= L
@@ -145,8 +161,13 @@ class GuaranteedNoEvictScheduler(Scheduler):
                 if left[rid]:
                     still.append(rid)
                 else:
-                    used -= -(-held.pop(rid) // B)
-                    promised -= reserved_blocks(prompt[rid], output[rid], B)
+                    h = held.pop(rid)
+                    if win:
+                        used -= blocks(h)
+                        promised -= peak(prompt[rid] + output[rid] - 1)
+                    else:
+                        used -= -(-h // B)
+                        promised -= reserved_blocks(prompt[rid], output[rid], B)
                     del left[rid]
                     finish_request(req, rep, rid, end)
             for rid in admitted:
@@ -155,8 +176,12 @@ class GuaranteedNoEvictScheduler(Scheduler):
                 req.seg_start[rid] = j + 1
                 req.fin_iter[rid] = j + m - 1
                 if m == 1:
-                    used -= -(-L // B)
-                    promised -= reserved_blocks(L, m, B)
+                    if win:
+                        used -= blocks(L)
+                        promised -= peak(L + m - 1)
+                    else:
+                        used -= -(-L // B)
+                        promised -= reserved_blocks(L, m, B)
                     finish_request(req, rep, rid, end)
                     continue
                 req.state[rid] = DECODING

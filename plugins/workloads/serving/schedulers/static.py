@@ -6,6 +6,11 @@ replica is free it takes up to ``max_batch`` waiting requests (after waiting up 
 prefill of all prompts and then decode iterations over the full batch until the
 longest output is done; shorter requests pad along, and every request of the batch is
 returned when the batch ends (Orca's motivating problem). No preemption.
+
+With sliding-window layers (a cache of layer blocks, :mod:`~.kvcache`) a request reserves
+the most blocks it holds on its way to its whole sequence
+(:meth:`~.kvcache.PagedKVCache.peak_blocks`) and the step log reports the blocks the
+batch's sequences hold, each by :meth:`~.kvcache.PagedKVCache.blocks`.
 """
 
 # B and L are the block size and prompt length of the docs' formulas.
@@ -26,6 +31,7 @@ from xpusim.engine.policies import (
     finish_request,
     log_step,
 )
+from xpusim.plugins.workloads.serving.kvcache import PagedKVCache
 
 
 class StaticScheduler(Scheduler):
@@ -45,8 +51,14 @@ class StaticScheduler(Scheduler):
     ) -> Proc:
         """The static-batching loop of one replica; see the module docstring."""
         rep, req, costs = replica, requests, prices
-        B = rep.kv.block_tokens
-        total = rep.kv.total_blocks
+        kv = rep.kv
+        B = kv.block_tokens
+        total = kv.total_blocks
+        # a windowed cache's arithmetic (decided once: without a window it stays inline)
+        win = isinstance(kv, PagedKVCache) and kv.layout is not None
+        if win:
+            assert isinstance(kv, PagedKVCache)
+            blocks, peak = kv.blocks, kv.peak_blocks
         waiting = rep.waiting
         max_batch = spec.max_batch
         max_wait = spec.max_wait
@@ -72,7 +84,8 @@ class StaticScheduler(Scheduler):
             used = 0
             while waiting and len(batch) < max_batch:
                 rid = waiting[0]
-                nb = -(-(L_all[rid] + M_all[rid] - 1) // B)
+                span = L_all[rid] + M_all[rid] - 1
+                nb = peak(span) if win else -(-span // B)
                 if used + nb > total:
                     break
                 waiting.popleft()
@@ -91,7 +104,8 @@ class StaticScheduler(Scheduler):
             dur, joules, st_i = costs.step(k, ptok, 0, 0, 0)
             yield env.timeout(dur)
             t = now + dur
-            log_step(log, now, t, k, ptok, 0, -(-ptok // B), st_i, joules)
+            held = sum(blocks(x) for x in lens) if win else -(-ptok // B)
+            log_step(log, now, t, k, ptok, 0, held, st_i, joules)
             j0 = j
             j += 1
             for r in batch:
@@ -109,7 +123,8 @@ class StaticScheduler(Scheduler):
                 yield env.timeout(dur)
                 t = s + dur
                 ctx += k
-                log_step(log, s, t, k, 0, n_alive, -(-ctx // B), st_i, joules)
+                held = sum(blocks(x + i) for x in lens) if win else -(-ctx // B)
+                log_step(log, s, t, k, 0, n_alive, held, st_i, joules)
                 j += 1
             for r, m in zip(batch, outs, strict=True):
                 req.fin_iter[r] = j0 + m - 1
