@@ -468,8 +468,9 @@ class _FirstReplica(RoundRobinRouter):
 
 
 def test_fast_path_only_for_the_builtin_router_and_schedulers() -> None:
-    """The world routes ahead only for the built-in round-robin router itself: a subclass
-    with its own rule is asked at each arrival, so its choices hold."""
+    """The world routes ahead only on a plan made by the class that routes: a round-robin
+    subclass with its own rule (and the inherited plan) is asked at each arrival, so its
+    choices hold."""
 
     def serve(**args: object) -> pl.DataFrame:
         res = simulate_serving(

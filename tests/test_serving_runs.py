@@ -11,12 +11,14 @@ holds two levels at a time. Each rule below pins one of those to the plain compu
 from __future__ import annotations
 
 from collections.abc import Generator
+from contextlib import nullcontext
+from unittest.mock import patch
 
 import numpy as np
 import polars as pl
 import pytest
 import simpy
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
@@ -27,6 +29,7 @@ from xpusim.engine.frames import collect
 from xpusim.engine.policies import SchedulerSpec
 from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.plugins.workloads.serving import world
+from xpusim.plugins.workloads.serving.prefix_cache import AssignedRouter
 from xpusim.plugins.workloads.serving.world import _range_max, arrival_instants, simulate_serving
 
 
@@ -148,3 +151,73 @@ def test_replicas_past_16_bits_are_indexed(compiled: Compiled) -> None:
     req = collect(res.frames["requests"]).sort("request_id")
     assert req["replica"].to_list() == [0, 1, 2, 3, 4]
     assert req.schema["replica"] == pl.Int32
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=0.05)),
+            st.integers(1, 200),
+            st.integers(1, 60),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    picks=st.lists(st.integers(0, 2), min_size=40, max_size=40),
+    kind=st.sampled_from(["continuous", "chunked-prefill"]),
+    blocks=st.integers(8, 200),
+)
+def test_cache_aware_assignment_takes_the_fast_path(
+    compiled: Compiled,
+    rows: list[tuple[float, int, int]],
+    picks: list[int],
+    kind: str,
+    blocks: int,
+) -> None:
+    """A router whose choices are planned before the run (the prefix cache's cache-aware
+    assignment: any replica for each routed request, some replicas given none, requests
+    too long for the cache dropped and left out of the plan) feeds each replica its
+    planned requests, and every frame equals the plain loop's, which asks the router at
+    each arrival."""
+    arrivals = np.cumsum([r[0] for r in rows])
+    frame = requests([(float(a), p, o) for a, (_, p, o) in zip(arrivals, rows, strict=True)])
+    routed = sum(1 for _, p, o in rows if -(-(p + o - 1) // 4) <= blocks)
+    router = AssignedRouter(picks[:routed])
+    spec = SchedulerSpec(kind=kind, max_batch=6, max_batch_tokens=256, chunk=64)
+    args = {"replicas": 3, "kv_block_tokens": 4, "kv_capacity_tokens": blocks * 4}
+    out = {}
+    for fast in (True, False):
+        # the fast path routes ahead: no arrival process may ask the router
+        with patch.object(world, "_arrivals", None) if fast else nullcontext():
+            res = simulate_serving(
+                frame,
+                compiled,
+                system="s",
+                devices_per_replica=1,
+                scheduler=spec,
+                router=router,
+                fast=fast,
+                **args,
+            )
+        out[fast] = {k: collect(v) for k, v in res.frames.items()}
+    assume(not set(frame["arrival_s"].to_list()) & set(out[False]["steps"]["end_s"].to_list()))
+    for name in out[True]:
+        assert_frame_equal(out[True][name], out[False][name])
+    got = out[True]["requests"].filter(pl.col("status") == "ok")["replica"].to_list()
+    assert got == picks[:routed]
+
+
+def test_a_plan_of_the_wrong_length_is_refused(compiled: Compiled) -> None:
+    """A plan that does not give one replica per routed request is a router's error,
+    said as such rather than followed."""
+    with pytest.raises(ValueError, match="planned 1 choices for 3 routed"):
+        simulate_serving(
+            requests([(0.0, 4, 4)] * 3),
+            compiled,
+            system="s",
+            replicas=2,
+            devices_per_replica=1,
+            router=AssignedRouter([0]),
+            kv_capacity_tokens=4096,
+        )

@@ -7,8 +7,9 @@ process per replica runs its scheduler (:mod:`xpusim.plugins.workloads.serving.s
 per iteration. Requests whose KV cache need (prompt + output − 1 tokens) exceeds a
 replica's whole cache are dropped up front with a reason and never routed.
 
-Fast path: under the ``round-robin`` router every request's replica is known before the
-run, so the built-in ``continuous`` and ``chunked-prefill`` schedulers read their own
+Fast path: under a router whose choices are known before the run (``round-robin``, the
+prefix cache's cache-aware assignment: :meth:`~xpusim.engine.policies.Router.planned`)
+every request's replica is decided up front, so the built-in ``continuous`` and ``chunked-prefill`` schedulers read their own
 arrivals (at the instants :func:`arrival_instants` gives, those the arrival process would
 deliver them at) and run many iterations per SimPy event, fast-forwarding runs of
 decode-only iterations (:mod:`~xpusim.plugins.workloads.serving.schedulers.iteration`). A
@@ -35,7 +36,7 @@ import functools
 import gc
 import sys
 from array import array
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -195,8 +196,9 @@ def simulate_serving(
     built-in one, and ``seed`` seeds its routing function.
 
     ``fast`` (the default) lets the built-in ``continuous`` and ``chunked-prefill``
-    schedulers take the fast path when the router is ``round-robin``, whose choices do not
-    depend on the replicas' state: every request's replica is decided before the run and
+    schedulers take the fast path when the router's choices do not depend on the replicas'
+    state (:meth:`~xpusim.engine.policies.Router.planned`: ``round-robin``, the prefix
+    cache's cache-aware assignment): every request's replica is decided before the run and
     each replica reads its own arrivals (:class:`~.cluster.Feed`), running many iterations
     per SimPy event. ``fast=False`` routes every request at its arrival and runs one SimPy
     event per iteration; both give identical frames.
@@ -265,13 +267,19 @@ def simulate_serving(
     costs = CostTable(compiled, spec.shape_bits, spec.grid_bits)
     reps = [Replica(i, blocks, kv_block_tokens, layout) for i in range(replicas)]
     route = router_obj.start(reps, seed)
-    # exactly the built-in classes: a subclass may route by state or not read its feed
-    fed = (
-        fast
-        and type(router_obj) is RoundRobinRouter
-        and type(policy) in (ContinuousScheduler, ChunkedPrefillScheduler)
-    )
-    originals = _feed_round_robin(req, reps) if fed else {}
+    # exactly the built-in scheduler classes: a subclass may not read its feed
+    fed = fast and type(policy) in (ContinuousScheduler, ChunkedPrefillScheduler)
+    plan: Sequence[int] | None = None
+    if fed:
+        owner = _plan_owner(router_obj)
+        if owner is None:
+            fed = False  # no plan, or one a subclass's own routing may not follow
+        elif owner is not RoundRobinRouter:
+            # round-robin's plan is i mod R, computed in place (no list of a Python int
+            # per request); any other router's is read from it
+            plan = router_obj.planned(n - len(reasons), replicas)
+            fed = plan is not None
+    originals = _feed_planned(req, reps, plan) if fed else {}
     for r in reps:
         env.process(policy.process(env, r, req, costs, spec))
     spill = Spill(spill_rows, spill_dir)
@@ -458,10 +466,30 @@ def moved_instants(arrival: np.ndarray) -> dict[int, float]:
     return moved
 
 
-def _feed_round_robin(req: RequestTable, reps: list[Replica]) -> dict[int, float]:
-    """Decide every routed request's replica as the ``round-robin`` router would at its
-    arrival (the ``i``-th routed request to replica ``i mod R``), and give each replica
-    its feed (:class:`~.cluster.Feed`).
+def _plan_owner(router: Router) -> type | None:
+    """The class whose :meth:`~xpusim.engine.policies.Router.planned` the world may trust
+    for ``router``: the one that defines it, when that class also defines the routing
+    function (:meth:`~xpusim.engine.policies.Router.start`) its plan stands for; ``None``
+    when the router plans nothing (the base class's default) or a subclass routes by a
+    rule of its own beside an inherited plan."""
+
+    def defining(name: str) -> type:
+        return next(c for c in type(router).__mro__ if name in vars(c))
+
+    owner = defining("planned")
+    if owner is Router or owner is not defining("start"):
+        return None
+    return owner
+
+
+def _feed_planned(
+    req: RequestTable, reps: list[Replica], plan: Sequence[int] | None
+) -> dict[int, float]:
+    """Decide every routed request's replica as the router would at its arrival and give
+    each replica its feed (:class:`~.cluster.Feed`): the ``k``-th routed request (in
+    arrival order, the dropped ones left out) goes to replica ``plan[k]``, or with no
+    ``plan`` (``round-robin``) to replica ``k mod R``; each replica takes the routed
+    requests planned for it, in arrival order.
 
     The feeds' arrival instants are ``req.arrival`` itself, overwritten in place where an
     instant differs from the arrival time (a rounded subtraction, rare): no second table
@@ -476,6 +504,23 @@ def _feed_round_robin(req: RequestTable, reps: list[Replica]) -> dict[int, float
     r = len(reps)
     replica_of = np.asarray(req.replica)
     st = np.frombuffer(req.state, dtype=np.uint8)
+    instants = req.arrival
+    assert isinstance(instants, array)  # the world's own table (simulate_serving)
+    if plan is not None:
+        planned_ids = np.flatnonzero(st != DROPPED).astype(np.int32)
+        del st
+        to = np.asarray(plan, dtype=np.int64)
+        if to.shape != planned_ids.shape:
+            raise ValueError(
+                f"the router planned {to.size} choices for {planned_ids.size} routed requests"
+            )
+        if to.size and (int(to.min()) < 0 or int(to.max()) >= r):
+            raise ValueError(f"the router planned a replica outside 0 .. {r - 1}")
+        replica_of[planned_ids] = to
+        for k, rep in enumerate(reps):
+            ids = planned_ids[to == k]
+            rep.feed = Feed(array("i", np.ascontiguousarray(ids).tobytes()), instants)
+        return originals
     if not st.any():  # nothing dropped: request i goes to replica i mod R
         replica_of[:] = np.arange(req.n, dtype=np.int32) % np.int32(r)
         routed = None
@@ -483,8 +528,6 @@ def _feed_round_robin(req: RequestTable, reps: list[Replica]) -> dict[int, float
         routed = np.flatnonzero(st != DROPPED).astype(np.int32)
         replica_of[routed] = np.arange(routed.size, dtype=np.int32) % np.int32(r)
     del st
-    instants = req.arrival
-    assert isinstance(instants, array)  # the world's own table (simulate_serving)
     for k, rep in enumerate(reps):
         ids = np.arange(k, req.n, r, dtype=np.int32) if routed is None else routed[k::r]
         rep.feed = Feed(array("i", np.ascontiguousarray(ids).tobytes()), instants)
@@ -492,7 +535,7 @@ def _feed_round_robin(req: RequestTable, reps: list[Replica]) -> dict[int, float
 
 
 def _restore_arrivals(req: RequestTable, originals: dict[int, float]) -> None:
-    """Put back the arrival times :func:`_feed_round_robin` overwrote with instants."""
+    """Put back the arrival times :func:`_feed_planned` overwrote with instants."""
     if originals:
         arrival = np.asarray(req.arrival)
         arrival[list(originals)] = list(originals.values())
