@@ -29,6 +29,11 @@ step is ``F + S`` at a page boundary before the window fills, and after it ``F �
 decoder's residue class and on whether it has passed the window, which happens once, at a
 known iteration. :attr:`PagedKVCache.past` counts the decoders past the window by residue
 class, and :meth:`PagedKVCache.decode_blocks` is an iteration's need from both counters.
+The iteration-level schedulers keep that need itself by phase ``(-j) % B`` as they count a
+decoder in or out (``F + S`` at its class of ``growth``, ``−S`` at its class of ``past``
+shifted by ``1 − w``), so their hot loop reads one entry per iteration as without a
+window, and a decoder's crossing of the window is an event at iteration ``entry + w −
+tokens`` beside its finish.
 """
 
 from __future__ import annotations
