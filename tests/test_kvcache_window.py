@@ -22,6 +22,7 @@ from xpusim.engine.scenario import load_scenario
 from xpusim.engine.system import Parallelism
 from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.plugins.models.counting import causal_pairs, window_pairs
+from xpusim.plugins.workloads.offline.workload import fill_memory_limits
 from xpusim.plugins.workloads.serving.kvcache import KVLayout, PagedKVCache
 from xpusim.plugins.workloads.serving.reference import simulate_reference
 from xpusim.plugins.workloads.serving.world import simulate_serving
@@ -230,3 +231,21 @@ def test_gemma3_serving_at_long_context_runs_more_sequences(host: Host, write_ya
         assert row["finish_s"] == pytest.approx(want.finish_s, rel=1e-12)
         assert row["first_token_s"] == pytest.approx(want.first_token_s, rel=1e-12)
     assert [s.kv_blocks_used for s in ref.steps] == steps["kv_blocks_used"].to_list()
+
+
+def test_offline_batch_counts_the_windowed_layer_tokens() -> None:
+    """Offline sizing without a scheduler: a sequence of the mean length caches ``F × mean +
+    S × min(mean, window)`` of the cache's ``capacity × layers`` layer tokens, so Gemma 3's
+    layout fits more sequences at long lengths and the same number at short ones."""
+    spec = SchedulerSpec(kind="continuous", max_batch=256, max_batch_tokens=8192)
+    lay = KVLayout(10, 52, 1024)
+    long_p, long_o = np.array([32_000] * 100), np.array([768] * 100)
+    plain = fill_memory_limits(spec, 400_000, long_p, long_o)
+    windowed = fill_memory_limits(spec, 400_000, long_p, long_o, lay)
+    assert plain.max_batch == 400_000 // 32_768 == 12
+    assert windowed.max_batch == 400_000 * 62 // (10 * 32_768 + 52 * 1024) == 65
+    short_p, short_o = np.array([500] * 100), np.array([100] * 100)
+    assert fill_memory_limits(spec, 40_000, short_p, short_o, lay).max_batch == (
+        fill_memory_limits(spec, 40_000, short_p, short_o).max_batch
+    )
+    assert fill_memory_limits(spec, 400_000, long_p, long_o, KVLayout(62)) == plain
