@@ -18,6 +18,7 @@ from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.host import Host
 from xpusim.engine.model import model_facts
 from xpusim.engine.policies import SchedulerSpec
+from xpusim.engine.run import run_scenario
 from xpusim.engine.scenario import load_scenario
 from xpusim.engine.system import Parallelism
 from xpusim.engine.traces import REQUEST_SCHEMA
@@ -249,3 +250,34 @@ def test_offline_batch_counts_the_windowed_layer_tokens() -> None:
         fill_memory_limits(spec, 40_000, short_p, short_o).max_batch
     )
     assert fill_memory_limits(spec, 400_000, long_p, long_o, KVLayout(62)) == plain
+
+
+PREFIX_SCENARIO = """\
+name: gemma-prefix-cache
+model: {family: hf, preset: gemma-3-27b}
+workload:
+  kind: serving
+  arrivals: {process: poisson, rate: 1/s, count: 3,
+             prompt_tokens: {dist: constant, value: 100000},
+             output_tokens: {dist: constant, value: 8}}
+  prefix_caching: {memory_fraction: 0.05, routing: ROUTING,
+                   shared_prefix: {tokens: 2048, prompts: 1}}
+systems:
+  - {name: h100, backend: gpu, device: h100-sxm, count: 2}
+"""
+
+
+@pytest.mark.parametrize("routing", ["round-robin", "cache-aware"])
+def test_prefix_cache_replay_admits_what_the_windowed_world_admits(
+    host: Host, write_yaml: Writer, routing: str
+) -> None:
+    """A 100,000-token Gemma 3 prompt fits an H100 only because its sliding layers keep
+    their window: the prefix cache's replay, which routes ahead of the run, must drop
+    exactly what the world drops (here nothing), or the world's routing plan is short of
+    the requests it serves."""
+    path = write_yaml(PREFIX_SCENARIO.replace("ROUTING", routing))
+    sc = load_scenario(path, host)
+    result, _ = run_scenario(sc, host, out_dir=path.parent / "run")
+    (system,) = result.systems
+    assert system.status == "ok", system.reason
+    assert system.metrics["requests_dropped"] == 0

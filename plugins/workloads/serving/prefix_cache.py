@@ -61,6 +61,7 @@ from xpusim.engine.errors import TraceError
 from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.policies import ReplicaState, Route, Router, ServingRun, ServingTechnique
 from xpusim.engine.traces import MAX_TOKENS
+from xpusim.plugins.workloads.serving.kvcache import KVLayout, PagedKVCache
 
 HASH_COLUMN = "hash_ids"
 """The request-frame column of per-block prefix hash ids (the ``mooncake`` format's)."""
@@ -257,9 +258,13 @@ def replay(
     kv_capacity_tokens: int,
     kv_block_tokens: int,
     seed: int,
+    layout: KVLayout | None = None,
 ) -> CacheReplay:
     """Replay each replica's prefix cache over ``frame`` (sorted by arrival) and return
-    the shortened frame, the hits, the routing and the metrics (module docstring)."""
+    the shortened frame, the hits, the routing and the metrics (module docstring).
+    ``layout`` is the model's KV layout: a request is dropped unrouted exactly when the
+    world would drop it, by the peak KV it holds in what the cache leaves (a sliding
+    window's layers keeping only their window)."""
     bt = spec.block_tokens or kv_block_tokens
     if not frame["arrival_s"].is_sorted():
         frame = frame.sort("arrival_s", maintain_order=True)
@@ -267,6 +272,7 @@ def replay(
     total_blocks = int(kv_capacity_tokens) // kv_block_tokens
     cache_blocks = int(total_blocks * spec.memory_fraction)
     left_blocks = total_blocks - cache_blocks
+    left = PagedKVCache(left_blocks, kv_block_tokens, layout)  # what the world will hold
     capacity = cache_blocks * kv_block_tokens // bt  # hash blocks each cache holds
     caches: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(replicas)]
     routed_count = [0] * replicas
@@ -288,8 +294,7 @@ def replay(
                 r = min(range(replicas), key=lambda j: (routed_count[j], j))
                 got = _matched(caches[r], h)
         hit = min(got * bt, n - 1)
-        need = -(-(n - hit + m - 1) // kv_block_tokens)
-        if need > left_blocks:
+        if left.peak_blocks(n - hit + m - 1) > left.total_blocks:
             continue  # the world drops it unrouted: it neither routes nor touches a cache
         if assignment is not None:
             assignment.append(r)
@@ -416,6 +421,7 @@ class PrefixCachingTechnique(ServingTechnique):
             kv_capacity_tokens=run.kv_capacity_tokens,
             kv_block_tokens=run.config.kv_block_tokens,
             seed=run.ctx.seed,
+            layout=KVLayout.of(run.compiled.model.info),
         )
         run.frame, run.kv_capacity_tokens = cache.frame, cache.kv_capacity_tokens
         if cache.assignment is not None:
