@@ -369,7 +369,13 @@ class AssignedRouter(Router):
         order = iter(self.assignment)
 
         def assigned(replicas: Sequence[ReplicaState]) -> ReplicaState:
-            return replicas[next(order)]
+            k = next(order, None)
+            if k is None:  # the replay and the world disagree on which requests are served
+                raise ValueError(
+                    f"the prefix-cache replay routed {len(self.assignment)} requests, and "
+                    "the world routes more: it admits a request the replay dropped"
+                )
+            return replicas[k]
 
         return assigned
 
