@@ -7,7 +7,7 @@
       slo: {ttft_p99: 2 s}        # default: the workload's own slo
       devices: [h100-sxm, l4]     # default: every catalog device that holds the model
       count: {min: 1, max: 64}    # devices per configuration
-      tensor: [1, 2]              # default: the smallest degree not pruned
+      tensor: [1, 2]              # default: every degree within a node not pruned
       pipeline: [1]
       max_batch: [64, 128]        # default: the workload scheduler's
       budget_usd_per_hour: 200
