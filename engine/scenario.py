@@ -235,13 +235,22 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-_TAG = re.compile(r"(str|int|float|bool|[A-Z]\w*|(list|dict|tuple)\[.*\])")
+_TAG = re.compile(r"(str|int|float|bool|(list|dict|tuple)\[.*\])")
+
+
+def _model_names(cls: type[BaseModel] = BaseModel) -> set[str]:
+    """The class names of every pydantic model defined so far (a union member's tag)."""
+    out: set[str] = set()
+    for sub in cls.__subclasses__():
+        out.add(sub.__name__)
+        out |= _model_names(sub)
+    return out
 
 
 def _is_tag(segment: str) -> bool:
     """Whether a location segment names a union member (``str``, ``DerivedDevice``) rather
-    than a key: scenario keys are lower-case words."""
-    return _TAG.fullmatch(segment) is not None
+    than a key: a built-in type's name or a pydantic model's class name."""
+    return _TAG.fullmatch(segment) is not None or segment in _model_names()
 
 
 _SHAPES = {
@@ -293,14 +302,9 @@ def validation_message(exc: ValidationError, src: Source, prefix: Path_ = ()) ->
     parts: list[str] = []
     errors = _one_branch(exc.errors(include_url=False))
     for err in errors[:3]:
-        loc: Path_ = (
-            *prefix,
-            *(
-                p
-                for p in err["loc"]
-                if not isinstance(p, str) or not (p.startswith("function-") or _is_tag(p))
-            ),
-        )
+        keys = [p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")]
+        untagged = [p for p in keys if not isinstance(p, str) or not _is_tag(p)]
+        loc: Path_ = (*prefix, *(untagged if untagged else keys))
         kind = err["type"]
         where = src.where(loc)
         if kind == "extra_forbidden":
