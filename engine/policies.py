@@ -70,9 +70,16 @@ WAITING, PREFILLING, DECODING, DONE, DROPPED = 0, 1, 2, 3, 4
 class KVBlocks(Protocol):
     """A replica's paged KV cache as a scheduler sees it.
 
-    ``total_blocks`` blocks of ``block_tokens`` tokens; ``growth[p]`` counts the decoding
-    sequences whose next token opens a new block at iterations ``j`` with
-    ``j % block_tokens == p`` (schedulers keep it for their running decodes).
+    ``total_blocks`` units of KV memory, pages of ``block_tokens`` tokens; ``blocks(t)``
+    is how many units a sequence holding ``t`` tokens holds and ``peak_blocks(t)`` the
+    most it holds on its way to ``t`` (what a request that must never run short
+    reserves). For a model whose every layer keeps every token a unit is one page of the
+    whole layer stack, ``blocks(t) = ceil(t / block_tokens)`` and the peak is the same;
+    with sliding-window layers (Gemma, Mistral) a unit is one layer's page and the window
+    layers stop growing at the window, so a scheduler counts with these two methods rather
+    than dividing by ``block_tokens`` itself. ``growth[p]`` counts the decoding sequences
+    whose next token opens a new block at iterations ``j`` with ``j % block_tokens == p``
+    (schedulers keep it for their running decodes).
     """
 
     @property
@@ -81,6 +88,8 @@ class KVBlocks(Protocol):
     def block_tokens(self) -> int: ...
     @property
     def growth(self) -> list[int]: ...
+    def blocks(self, tokens: int) -> int: ...
+    def peak_blocks(self, tokens: int) -> int: ...
 
 
 class StepColumns(Protocol):

@@ -24,6 +24,14 @@ class Cache:
     block_tokens: int = 16
     growth: list[int] = field(default_factory=lambda: [0] * 16)
 
+    def blocks(self, tokens: int) -> int:
+        """Blocks a sequence of ``tokens`` tokens holds (every layer keeps every token)."""
+        return -(-tokens // self.block_tokens) if tokens > 0 else 0
+
+    def peak_blocks(self, tokens: int) -> int:
+        """The most blocks it holds on its way there: the same without a window."""
+        return self.blocks(tokens)
+
 
 @dataclass
 class Log:

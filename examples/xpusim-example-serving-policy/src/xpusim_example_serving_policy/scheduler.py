@@ -53,11 +53,6 @@ from xpusim.engine.policies import (
 )
 
 
-def blocks(tokens: int, block_tokens: int) -> int:
-    """KV blocks of ``block_tokens`` tokens that hold ``tokens`` tokens (``ceil``)."""
-    return -(-tokens // block_tokens)
-
-
 class ShortestPromptFirstScheduler(Scheduler):
     """Iteration-level batching that admits the shortest waiting prompts first and
     reserves each request's whole KV need (see the module docstring)."""
@@ -76,8 +71,8 @@ class ShortestPromptFirstScheduler(Scheduler):
         """The shortest-prompt-first loop of ``replica``: one SimPy timeout per iteration,
         idle on ``replica.wake`` while nothing waits or runs."""
         req = requests
-        block_tokens = replica.kv.block_tokens
-        total = replica.kv.total_blocks
+        kv = replica.kv
+        total = kv.total_blocks
         waiting = replica.waiting
         prompt, output = req.prompt, req.output
         reserved = 0  # blocks promised to admitted requests (their whole need)
@@ -85,8 +80,9 @@ class ShortestPromptFirstScheduler(Scheduler):
         j = 0  # iterations of this replica so far
 
         def need(rid: int) -> int:
-            """Blocks request ``rid`` holds when its last token is produced."""
-            return blocks(prompt[rid] + output[rid] - 1, block_tokens)
+            """The most KV request ``rid`` holds on its way to its last token (the cache
+            counts it, sliding-window layers included)."""
+            return kv.peak_blocks(prompt[rid] + output[rid] - 1)
 
         while True:
             if not decoding and not waiting:
@@ -149,7 +145,7 @@ class ShortestPromptFirstScheduler(Scheduler):
                 req.entry[rid] = j
                 running.append(rid)
             decoding = running
-            held = sum(blocks(prompt[r] + j - req.entry[r], block_tokens) for r in decoding)
+            held = sum(kv.blocks(prompt[r] + j - req.entry[r]) for r in decoding)
             log_step(
                 replica.log, now, end, len(admitted) + n_dec, pf_tok, n_dec, held, state, joules
             )
