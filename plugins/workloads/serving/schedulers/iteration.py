@@ -572,28 +572,7 @@ def iterative(
             if cut:
                 break
             # iteration `stop` ran: retire the requests done in it, as step 4 does
-            heappop(fin_heap)
-            for rid in fin_at.pop(i):
-                if rid < 0:  # a decoder reaching the window (windowed layouts)
-                    crossing(~rid, i)
-                    continue
-                if state[rid] != DECODING or fin_iter[rid] != i:
-                    continue  # preempted since, or finishing another time
-                L = cur_L[rid]
-                k = entry[rid]
-                ctx = L + i - k
-                if win:
-                    used -= kvb(ctx)
-                    leave(rid, (L - k - 1) % B)
-                else:
-                    used -= -(-ctx // B)
-                    growth[(L - k - 1) % B] -= 1
-                n_dec -= 1
-                sum_ctx -= ctx
-                state[rid] = DONE
-                finish[rid] = t
-                req.done += 1
-                rep.outstanding -= 1
+            retire(i, t)
             i += 1
             if not n_dec:
                 break
