@@ -35,7 +35,11 @@ def quick_cal(tmp_path_factory: pytest.TempPathFactory) -> CpuCalibration:
     def gemm_points(shapes: object, dtype: str, cold: bool = False) -> list[dict[str, float]]:
         return list(recorded["gemm_cold.fp32" if cold else f"gemm.{dtype}"])
 
+    def no_timing(*args: object, **kwargs: object) -> list[float]:
+        raise AssertionError("the replayed calibration timed a kernel on this machine")
+
     mp = pytest.MonkeyPatch()
+    mp.setattr(cal_mod, "time_call", no_timing)  # every measurement goes through it
     mp.setattr(cal_mod, "_dispatch", lambda: dict(recorded["dispatch"]))
     mp.setattr(cal_mod, "_measure_streams", lambda quick, log: dict(fixed.streams))
     mp.setattr(cal_mod, "_gemm_points", gemm_points)
