@@ -100,11 +100,12 @@ REQUESTS_SCHEMA: dict[str, pl.DataType] = {
 
 
 DEFAULT_TIMESTEPS = 100
+"""Timesteps of a sample when neither the workload nor a spiking model names them."""
+
 SAMPLE_EVENTS = 100
 """Events one sample costs the spiking world besides its timesteps (arrival, batching, a
 replica's turn, its frame rows): a sample takes about 0.1 ms to simulate whatever its
 timesteps, so a million samples are about two minutes."""
-"""Timesteps of a sample when neither the workload nor a spiking model names them."""
 
 
 class SpikingConfig(BaseModel):
