@@ -30,12 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from xpusim.engine.errors import ScenarioError
 from xpusim.engine.frames import Frame, collect
-from xpusim.engine.scenario import validation_message
-from xpusim.engine.yamlsrc import Source
 
 SLO_QUANTILE = 0.99
 """The share of requests that must meet the SLOs: the serving SLOs are p99 objectives."""
@@ -195,18 +192,7 @@ CAPACITY_FIX = (
     "tolerance: the relative width at which bisection stops, above 0 and below 1}; fix or "
     "remove the key (see docs/reports.md)."
 )
-"""The way out an error in a ``capacity:`` block names."""
-
-
-def parse_capacity(raw: Any, src: Source) -> CapacitySpec:
-    """The scenario's ``capacity:`` block validated, or a :class:`ScenarioError` naming the
-    file, line and key and the block's form (:data:`CAPACITY_FIX`)."""
-    try:
-        return CapacitySpec.model_validate({} if raw is None else raw)
-    except ValidationError as exc:
-        raise ScenarioError(
-            f"{validation_message(exc, src, ('capacity',))} {CAPACITY_FIX}"
-        ) from None
+"""The way out an error in a ``capacity:`` block names (``xpusim.engine.run.capacity_spec``)."""
 
 
 @dataclass

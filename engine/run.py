@@ -24,16 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from pydantic import ValidationError
 
 from xpusim.engine import __version__
 from xpusim.engine.backend import Backend, Compiled
 from xpusim.engine.budget import BudgetError, check_work
 from xpusim.engine.calibration import apply_calibrations
 from xpusim.engine.capacity import (
+    CAPACITY_FIX,
     CapacitySpec,
     overload,
     overload_metrics,
-    parse_capacity,
     system_knee,
 )
 from xpusim.engine.economics import price_system, record
@@ -49,6 +50,7 @@ from xpusim.engine.scenario import (
     ScenarioConfig,
     load_scenario,
     resolve,
+    validation_message,
 )
 from xpusim.engine.system import System
 from xpusim.engine.traces import TraceFormat
@@ -358,8 +360,13 @@ def knees(scenario: Scenario, host: Host, results: Sequence[SystemResult]) -> No
 
 def capacity_spec(scenario: Scenario) -> CapacitySpec:
     """The scenario's ``capacity:`` block, validated (errors name the file, line, key and
-    the block's form)."""
-    return parse_capacity(scenario.data.get("capacity"), scenario.source)
+    the block's form, :data:`~xpusim.engine.capacity.CAPACITY_FIX`)."""
+    raw = scenario.data.get("capacity")
+    try:
+        return CapacitySpec.model_validate({} if raw is None else raw)
+    except ValidationError as exc:
+        where = validation_message(exc, scenario.source, ("capacity",))
+        raise ScenarioError(f"{where} {CAPACITY_FIX}") from None
 
 
 def placed(exc: ScenarioError, source: Source, path: tuple[str | int, ...]) -> ScenarioError:
