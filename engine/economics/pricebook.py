@@ -208,11 +208,14 @@ def tier_label(tier: str) -> str:
     return TIER_LABEL.get(tier) or ORIGIN_LABEL.get(tier, tier)
 
 
-def mixed_tiers_warning(priced: Sequence[tuple[str, str | None]]) -> str:
+def mixed_tiers_warning(
+    priced: Sequence[tuple[str, str | None]], thing: str = "system", block: str = "economics"
+) -> str:
     """A warning when the systems of one comparison were priced from different tiers
     (``pricing: cloud`` tries hyperscaler then neocloud per device, so one device may be
     priced at a hyperscaler and another at a GPU cloud); ``""`` when they share one.
-    ``priced`` is ``(system, tier)`` for each priced system (``None``: not priced)."""
+    ``priced`` is ``(system, tier)`` for each priced system (``None``: not priced); a plan
+    compares devices (``thing``) and sets its tier in its own ``block``."""
     groups: dict[str, list[str]] = {}
     for name, tier in priced:
         if tier:
@@ -221,7 +224,7 @@ def mixed_tiers_warning(priced: Sequence[tuple[str, str | None]]) -> str:
         return ""
     parts = "; ".join(f"{', '.join(names)} at {tier_label(tier)}" for tier, names in groups.items())
     return (
-        f"Warning: the systems were priced from different tiers ({parts}), so their costs "
-        "do not compare like for like; set economics.tier (and economics.provider) to "
-        "price every system at one tier."
+        f"Warning: the {thing}s were priced from different tiers ({parts}), so their costs "
+        f"do not compare like for like; set {block}.tier (and {block}.provider) to "
+        f"price every {thing} at one tier."
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from xpusim.engine.economics.pricebook import tier_label
+from xpusim.engine.economics.pricebook import mixed_tiers_warning
 from xpusim.engine.report.escape import terminal
 
 RANKED_SHOWN = 10
@@ -142,14 +142,10 @@ def price_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     compared like for like; a price older than a year may no longer hold."""
     priced = _priced(rows)
     out = []
-    tiers = _grouped(priced, "tier")
-    if len(tiers) > 1:
-        parts = "; ".join(f"{', '.join(d)} at {tier_label(t)}" for t, d in tiers.items())
-        out.append(
-            f"Warning: the devices were priced from different tiers ({parts}), so their costs "
-            "do not compare like for like; set plan.tier (and plan.provider) to price every "
-            "device at one tier."
-        )
+    tiers = [(d, p.get("tier")) for d, p in sorted(priced.items())]
+    mixed = mixed_tiers_warning(tiers, thing="device", block="plan")
+    if mixed:
+        out.append(mixed)
     providers = _grouped(priced, "provider")
     if len(providers) > 1:
         parts = "; ".join(f"{', '.join(d)} by {p}" for p, d in providers.items())
