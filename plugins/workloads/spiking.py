@@ -211,6 +211,14 @@ def _model_and_compiled(config: SpikingConfig, ctx: WorkloadContext) -> tuple[An
     return model, compiled
 
 
+def _timesteps(config: SpikingConfig, model: Any) -> int:
+    """Timesteps of one sample: the workload's, else the spiking model's, else
+    :data:`DEFAULT_TIMESTEPS`."""
+    return config.timesteps or (
+        model.timesteps if isinstance(model, SpikingModel) else DEFAULT_TIMESTEPS
+    )
+
+
 def _op_counts(model: Any, timesteps: int) -> dict[str, float]:
     """Per sample: dense ops and synaptic events per timestep, synaptic events per
     inference, from the model's one-sample graph."""
@@ -257,9 +265,7 @@ class SpikingWorkload(Workload):
         likewise; the horizon is the samples' arrival span at ``rate``."""
         if not isinstance(config, SpikingConfig):
             return None
-        steps = config.timesteps or (
-            model.timesteps if isinstance(model, SpikingModel) else DEFAULT_TIMESTEPS
-        )
+        steps = _timesteps(config, model)
         sw = config.sweep
         points = 0
         if sw.enabled:
@@ -281,9 +287,7 @@ class SpikingWorkload(Workload):
         if not isinstance(config, SpikingConfig):
             config = SpikingConfig.model_validate(config)
         model, compiled = _model_and_compiled(config, ctx)
-        steps_per_sample = config.timesteps or (
-            model.timesteps if isinstance(model, SpikingModel) else DEFAULT_TIMESTEPS
-        )
+        steps_per_sample = _timesteps(config, model)
         n = config.samples
         rng = np.random.default_rng(ctx.seed)
         if config.rate is None:
