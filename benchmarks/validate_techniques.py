@@ -54,6 +54,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from xpusim.engine import tracereg  # noqa: E402
+from xpusim.engine.frames import collect  # noqa: E402
 from xpusim.engine.host import Host, build_host  # noqa: E402
 from xpusim.engine.run import simulate  # noqa: E402
 from xpusim.engine.scenario import resolve  # noqa: E402
@@ -437,8 +438,7 @@ def run_system(host: Host, data: dict[str, Any]) -> tuple[Any, float]:
 
 def requests_per_s(res: Any) -> float:
     """Requests finished / the time to the last one (S-LoRA's ``throughput``)."""
-    req = res.frames["requests"]
-    req = req.collect() if hasattr(req, "collect") else req
+    req = collect(res.frames["requests"])
     ok = req.filter(req["status"] == "ok")
     return float(ok.height / ok["finish_s"].max())
 
@@ -446,8 +446,7 @@ def requests_per_s(res: Any) -> float:
 def decode_throughput(res: Any) -> float:
     """Output tokens per second of the decode-only iterations (a decode node's figure:
     prefill runs elsewhere in SGLang's deployment)."""
-    steps = res.frames["steps"]
-    steps = steps.collect() if hasattr(steps, "collect") else steps
+    steps = collect(res.frames["steps"])
     dec = steps.filter(steps["prefill_tokens"] == 0)
     return float(dec["decode_tokens"].sum() / (dec["end_s"] - dec["start_s"]).sum())
 

@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from xpusim.engine.backend import Compiled, Cost
 from xpusim.engine.errors import XpusimError
-from xpusim.engine.frames import DEVICE_NAME, FrameMap
+from xpusim.engine.frames import DEVICE_NAME, FrameMap, collect
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.policies import SchedulerSpec, ServingRun, ServingTechnique
@@ -312,16 +312,6 @@ def pools(spec: Disaggregation, ctx: WorkloadContext) -> Pools:
     return Pools(pc, DecodePoolCompiled(dc), ps, ds, bw, lat, named)
 
 
-def _requests(res: ServingResult) -> pl.DataFrame:
-    req = res.frames["requests"]
-    return req.collect() if isinstance(req, pl.LazyFrame) else req
-
-
-def _frame(res: ServingResult, name: str) -> pl.DataFrame:
-    f = res.frames[name]
-    return f.collect() if isinstance(f, pl.LazyFrame) else f
-
-
 def serve(
     spec: Disaggregation,
     pool: Pools,
@@ -367,7 +357,7 @@ def serve(
         )
 
     pre = run(ones, prefill_c, pool.prefill_system, scheduler)
-    preq = _requests(pre)
+    preq = collect(pre.frames["requests"])
     model = pool.prefill.model.info
     prompt = frame["prompt_tokens"].to_numpy()
     out = frame["output_tokens"].to_numpy()
@@ -403,7 +393,7 @@ def serve(
     )
     if dec_in.height:
         dec = run(dec_in, decode_c, pool.decode_system, dec_spec)
-        dreq = _requests(dec)
+        dreq = collect(dec.frames["requests"])
     else:
         dec, dreq = None, None
     frames = _join(
@@ -524,20 +514,20 @@ def _join(
         .alias("tbt_mean_s"),
     ).select(preq.columns)
     span = max(pre.simulated_s, dec.simulated_s if dec is not None else 0.0)
-    steps = [_frame(pre, "steps")]
-    devices = [_idle_until(_frame(pre, "devices"), span)]
-    tbt = [_frame(pre, "tbt")]
+    steps = [collect(pre.frames["steps"])]
+    devices = [_idle_until(collect(pre.frames["devices"]), span)]
+    tbt = [collect(pre.frames["tbt"])]
     if dec is not None:
-        f = _frame(dec, "steps")
+        f = collect(dec.frames["steps"])
         steps.append(f.with_columns((pl.col("replica") + offset).cast(f.schema["replica"])))
-        f = _idle_until(_frame(dec, "devices"), span)
+        f = _idle_until(collect(dec.frames["devices"]), span)
         devices.append(
             f.with_columns(
                 (pl.col("replica") + offset).cast(f.schema["replica"]),
                 (pl.col("device") + first_device).cast(f.schema["device"]),
             )
         )
-        tbt.append(_frame(dec, "tbt"))
+        tbt.append(collect(dec.frames["tbt"]))
     if handoff:
         tbt.append(
             pl.DataFrame(
