@@ -117,14 +117,19 @@ class Knob:
                 node = node.get(key) if isinstance(node, dict) else None
             if isinstance(node, dict):
                 node.pop(gone[-1], None)
-        node = out
-        for key in self.path[:-1]:
-            nxt = node.get(key)
-            if not isinstance(nxt, dict):
-                nxt = node[key] = {}
-            node = nxt
-        node[self.path[-1]] = self.scenario_value(value)
-        return out
+        return set_path(out, self.path, self.scenario_value(value))
+
+
+def set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """``data`` with ``value`` at key ``path`` (intermediate mappings made as needed)."""
+    node = data
+    for key in path[:-1]:
+        nxt = node.get(key)
+        if not isinstance(nxt, dict):
+            nxt = node[key] = {}
+        node = nxt
+    node[path[-1]] = value
+    return data
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from xpusim.engine.scenario import (
     read_scenario_data,
     resolve,
 )
-from xpusim.engine.workload import Knob, PlanKnobs
+from xpusim.engine.workload import Knob, PlanKnobs, set_path
 from xpusim.engine.yamlsrc import Source
 
 
@@ -105,7 +105,7 @@ def prepare_base(
                 f"{src.where(('plan', 'slo'))}: this workload declares no objectives block "
                 "a plan may set; leave plan.slo out."
             )
-        base = _set_path(base, knobs.slo, slo)
+        base = set_path(base, knobs.slo, slo)
     econ = base.setdefault("economics", {})
     if spec.tier is not None:
         econ.pop("pricing", None)
@@ -138,18 +138,6 @@ def batch_knob(knobs: PlanKnobs, src: Source) -> Knob:
             f"max_batch (it declares: {', '.join(knobs.batch) or 'none'}); a plan needs one."
         )
     return knob
-
-
-def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    """``data`` with ``value`` at key ``path`` (intermediate mappings made as needed)."""
-    node = data
-    for key in path[:-1]:
-        nxt = node.get(key)
-        if not isinstance(nxt, dict):
-            nxt = node[key] = {}
-        node = nxt
-    node[path[-1]] = value
-    return data
 
 
 def empty_space_message(space: Space, src: Source) -> str:
