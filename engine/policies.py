@@ -218,10 +218,16 @@ Route = Callable[[Sequence[ReplicaState]], ReplicaState]
 """``route(replicas) -> replica``: called once per request at its arrival instant."""
 
 
+def context_host(info: ValidationInfo) -> Any:
+    """The plugin host a scenario's validation context holds, or ``None`` outside a
+    scenario (a spec built in code)."""
+    return info.context.get("host") if isinstance(info.context, dict) else None
+
+
 def _host_registry(info: ValidationInfo, attr: str) -> Any:
     """The host's registry ``attr`` from the validation context, or ``None`` outside a
     scenario (a spec built in code)."""
-    host = (info.context or {}).get("host") if isinstance(info.context, dict) else None
+    host = context_host(info)
     return getattr(host, attr, None) if host is not None else None
 
 

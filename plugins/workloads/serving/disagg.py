@@ -55,7 +55,7 @@ from xpusim.engine.errors import XpusimError
 from xpusim.engine.frames import DEVICE_NAME, FrameMap, collect
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.metrics import Metric, detail
-from xpusim.engine.policies import SchedulerSpec, ServingRun, ServingTechnique
+from xpusim.engine.policies import SchedulerSpec, ServingRun, ServingTechnique, context_host
 from xpusim.engine.qty import Bandwidth, DurationOrZero
 from xpusim.engine.registry import nearest
 from xpusim.engine.system import Parallelism, System, Topology
@@ -92,7 +92,7 @@ class Pool(BaseModel):
         """Refuse, at load, a device no backend has (the nearest named), so ``xpusim
         validate`` catches a misspelled one; inside a scenario only (the validation
         context holds the plugin host)."""
-        host = info.context.get("host") if isinstance(info.context, dict) else None
+        host = context_host(info)
         if value is None or host is None:
             return value
         try:

@@ -54,6 +54,7 @@ from xpusim.engine.policies import (
     ServingRun,
     ServingTechnique,
     check_name,
+    context_host,
     resolve,
     technique_blocks,
 )
@@ -301,8 +302,7 @@ def technique_registry(
 ) -> tuple[list[str], Callable[[str], ServingTechnique]]:
     """The registered technique names and a look-up: the host's registry inside a
     scenario (the validation context holds the host), else the built-in techniques."""
-    host = (info.context or {}).get("host") if isinstance(info.context, dict) else None
-    registry = getattr(host, "serving_techniques", None)
+    registry = getattr(context_host(info), "serving_techniques", None)
     if registry is not None:
         return registry.names(), lambda name: registry.get(name, where="workload")
     builtin = _BUILTIN()
