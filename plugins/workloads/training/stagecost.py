@@ -81,6 +81,7 @@ __all__ = [
     "Fp8Recipe",
     "PassParts",
     "StageCostModel",
+    "memory_bound_seconds",
     "stage_cost_model",
 ]
 
@@ -90,6 +91,21 @@ CAUSES = ("compute", "memory", "overhead", "comm")
 
 Price = Callable[[Op], OpTime]
 """The backend's price of one op instance (``Compiled.op_time``)."""
+
+
+def backend_price(compiled: Compiled) -> Price | None:
+    """The backend's price of one op instance (``op_time``), where it prices single ops."""
+    op_time = getattr(compiled, "op_time", None)
+    return op_time if callable(op_time) else None
+
+
+def memory_bound_seconds(compiled: Compiled, op: Op) -> float:
+    """Seconds of one instance of the memory-bound ``op``: priced by the backend where it
+    prices single ops, else its bytes at the device's memory bandwidth."""
+    price = backend_price(compiled)
+    if price is not None:
+        return float(price(op).seconds)
+    return op.bytes / float(compiled.system.device.memory_bw.value)
 
 
 def _measure(op: Op, cause: str, price: Price | None = None) -> float:
@@ -283,7 +299,6 @@ def _cast_seconds(
     bandwidth."""
     if elements <= 0:
         return 0.0
-    price = getattr(compiled, "op_time", None)
     total = 0.0
     for read, written in kernels:
         op = Op(
@@ -296,11 +311,7 @@ def _cast_seconds(
             count=count,
             layer="layer",
         )
-        if callable(price):
-            total += float(price(op).seconds) * count
-        else:
-            bw = float(compiled.system.device.memory_bw.value)
-            total += (read + written) * elements * count / bw
+        total += memory_bound_seconds(compiled, op) * count
     return total
 
 
@@ -382,8 +393,7 @@ def stage_cost_model(
     if not bwd_ops:
         # the backend split forward:backward itself; split both by the forward ops
         bwd_ops, embed_b = fwd_ops, embed_f
-    op_time = getattr(compiled, "op_time", None)
-    price: Price | None = op_time if callable(op_time) else None
+    price = backend_price(compiled)
     forward = _split(dict(sc.forward), fwd_ops, embed_f, n_l, price)
     backward = _split(dict(sc.backward), bwd_ops, embed_b, n_l, price)
     casts = fp8_casts(compiled, stages.forward.ops, n_l, fp8_recipe) if fp8 else Fp8Casts()

@@ -140,7 +140,7 @@ from xpusim.plugins.workloads.training.plan import (
     flops_per_token,
     plan_partition,
 )
-from xpusim.plugins.workloads.training.stagecost import stage_cost_model
+from xpusim.plugins.workloads.training.stagecost import memory_bound_seconds, stage_cost_model
 
 __all__ = [
     "BUSY_KEYS",
@@ -270,11 +270,7 @@ def grad_accumulation_seconds(compiled: Compiled, params: float, mode: str) -> f
         dims=(max(1, int(params)),),
         layer="layer",
     )
-    price = getattr(compiled, "op_time", None)
-    if callable(price):
-        return float(price(op).seconds)
-    bw = float(compiled.system.device.memory_bw.value)
-    return (GRAD_ACCUM_BYTES_READ + GRAD_ACCUM_BYTES_WRITTEN) * params / bw
+    return memory_bound_seconds(compiled, op)
 
 
 def _add(into: dict[str, float], part: Mapping[str, float], scale: float = 1.0) -> None:
