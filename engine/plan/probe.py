@@ -78,14 +78,11 @@ class ShapeTask:
     tolerance: float = 0.05
 
 
-def simulate_config(task: ShapeTask, replicas: int, rate: float | None) -> dict[str, Any]:
-    """Simulate ``task.shape`` at ``replicas`` replicas and offered ``rate``: one row."""
-    shape = task.shape
-    data = config_data(task.base, shape, replicas)
-    if rate is not None and task.load is not None:
-        data = task.load.set(data, rate)
+def config_row(shape: Shape, replicas: int, rate: float | None) -> dict[str, Any]:
+    """The start of a plan.json row: ``shape`` at ``replicas`` replicas and offered
+    ``rate``, its device count and its price."""
     count = replicas * shape.replica_devices
-    row: dict[str, Any] = {
+    return {
         **shape.params(),
         "replicas": replicas,
         "count": count,
@@ -93,6 +90,15 @@ def simulate_config(task: ShapeTask, replicas: int, rate: float | None) -> dict[
         "usd_per_hour": count * shape.price.usd_per_device_hour,
         "price": shape.price.to_json(),
     }
+
+
+def simulate_config(task: ShapeTask, replicas: int, rate: float | None) -> dict[str, Any]:
+    """Simulate ``task.shape`` at ``replicas`` replicas and offered ``rate``: one row."""
+    shape = task.shape
+    data = config_data(task.base, shape, replicas)
+    if rate is not None and task.load is not None:
+        data = task.load.set(data, rate)
+    row = config_row(shape, replicas, rate)
     started = time.perf_counter()
     cpu0 = time.process_time()
     try:
@@ -192,15 +198,8 @@ def simulate_point(point: SimPoint) -> dict[str, Any]:
 
 def failed_row(point: SimPoint, failure: PointFailure) -> dict[str, Any]:
     """The row of a simulation whose task raised or whose worker died: a miss."""
-    shape = point.task.shape
-    count = point.replicas * shape.replica_devices
     return {
-        **shape.params(),
-        "replicas": point.replicas,
-        "count": count,
-        "rate_per_s": point.rate,
-        "usd_per_hour": count * shape.price.usd_per_device_hour,
-        "price": shape.price.to_json(),
+        **config_row(point.task.shape, point.replicas, point.rate),
         "status": "failed",
         "reason": failure.error,
         "met": False,
