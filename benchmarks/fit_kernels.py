@@ -538,14 +538,20 @@ def fit(ref: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def inherited(fitted: dict[str, dict[str, Any]], dev: str, name: str, default: float) -> float:
-    """``name`` of ``dev`` as fitted so far, or of the nearest fitted architecture
-    (``INHERIT``), or ``default``."""
+def fitted_source(fitted: dict[str, dict[str, Any]], dev: str, name: str) -> str:
+    """The device whose fit of ``name`` ``dev`` takes: its own, else the nearest fitted
+    architecture along ``INHERIT`` (the last one tried when none has it)."""
     src, seen = dev, set()
     while name not in fitted.get(src, {}) and src in INHERIT and src not in seen:
         seen.add(src)
         src = INHERIT[src]
-    rec = fitted.get(src, {}).get(name)
+    return src
+
+
+def inherited(fitted: dict[str, dict[str, Any]], dev: str, name: str, default: float) -> float:
+    """``name`` of ``dev`` as fitted so far, or of the nearest fitted architecture
+    (``INHERIT``), or ``default``."""
+    rec = fitted.get(fitted_source(fitted, dev, name), {}).get(name)
     return float(rec["value"]) if rec else default
 
 
@@ -578,11 +584,7 @@ def with_inheritance(fitted: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
                     )
                     params[name] = {"value": own["value"] * scale, "taken_from": how}
                     continue
-            src = dev
-            seen = set()
-            while name not in fitted.get(src, {}) and src in INHERIT and src not in seen:
-                seen.add(src)
-                src = INHERIT[src]
+            src = fitted_source(fitted, dev, name)
             if name not in fitted.get(src, {}):
                 continue
             rec = dict(fitted[src][name])
