@@ -285,7 +285,7 @@ class SpinnakerCompiled(Compiled):
         return {
             "boards": float(m.boards),
             "network_copies": float(self.copies),
-            "chips_used": float(min(m.chips, m.chips_for(self.copies))),
+            "chips_used": float(m.chips_for(self.copies)),
             "cores_used": float(m.cores * self.copies),
             "neurons_per_core": self.network.neurons / max(lif_cores, 1),
             "routing_entries": float(m.routing_entries),

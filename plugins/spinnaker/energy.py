@@ -111,12 +111,12 @@ def run_energy(
     c = constants()
     fraction = 1.0
     if work is not None:
-        placed = sum(mapping.app_cores.values()) * copies
+        placed = mapping.cores * copies
         fraction = busy(work, placed, seconds, costs).fraction
     active = {
         xy: (n * seconds * copies * fraction, n * copies) for xy, n in mapping.app_cores.items()
     }
-    chips = min(mapping.chips, max(mapping.chips_used, mapping.chips_for(copies)))
+    chips = mapping.chips_for(copies)
     packets = router_packets(mapping, spikes)
     board_j = v.get_active_energy(
         seconds,

@@ -140,8 +140,10 @@ class Mapping:
 
     def chips_for(self, copies: int) -> int:
         """Chips the application cores of ``copies`` of this network fill, packed
-        :data:`APP_CORES_PER_CHIP` to a chip (at least the chips one copy uses)."""
-        return max(self.chips_used, math.ceil(self.cores * copies / APP_CORES_PER_CHIP))
+        :data:`APP_CORES_PER_CHIP` to a chip (at least the chips one copy uses, at most
+        the machine's)."""
+        fill = math.ceil(self.cores * copies / APP_CORES_PER_CHIP)
+        return min(self.chips, max(self.chips_used, fill))
 
     def packets_per_spike(self, label: str) -> float:
         """Router packets one spike of ``label`` causes (routers its tree crosses)."""
