@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import product
 from typing import Any
 
 from xpusim.engine.executor import PointFailure
@@ -209,18 +210,10 @@ class Stream:
         for depth in range(1, SPECULATION_DEPTH + 1):
             for i in waiting:
                 s = self.searches[i]
-                for supposed in _histories(depth):
+                for supposed in product((False, True), repeat=depth):  # misses first
                     probe = replay(s.task, [*s.verdicts, *supposed])
                     if probe is None or (i, probe) in seen:
                         continue
                     seen.add((i, probe))
                     if (i, probe) not in self.inflight and (i, probe) not in self.results:
                         yield i, probe
-
-
-def _histories(depth: int) -> list[tuple[bool, ...]]:
-    """Every sequence of ``depth`` supposed verdicts, misses first."""
-    out: list[tuple[bool, ...]] = [()]
-    for _ in range(depth):
-        out = [(*h, v) for h in out for v in (False, True)]
-    return out
