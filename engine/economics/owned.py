@@ -13,7 +13,7 @@ from xpusim.engine.economics.config import (
     EconomicsConfig,
 )
 from xpusim.engine.economics.cost import Cost
-from xpusim.engine.economics.rented import catalog_price, choose_price
+from xpusim.engine.economics.rented import choose_price
 
 if TYPE_CHECKING:
     from xpusim.engine.device import DeviceSpec
@@ -53,9 +53,10 @@ def owned_cost(spec: DeviceSpec, config: EconomicsConfig, en: Energy) -> Cost:
     lifetime = lifetime_figure(config)
     figs: dict[str, Figure] = {"economics.lifetime": lifetime}
     reasons = []
-    list_fig, why = catalog_price(spec, config, "owned")
+    chosen = choose_price(spec, config, "owned")
+    list_fig = chosen.figure
     if list_fig is None:
-        reasons.append(why)
+        reasons.append(chosen.why)
     if config.electricity is None:
         reasons.append("the scenario gives no electricity price (economics.electricity)")
     if en.energy_j is None and config.electricity is not None:
@@ -77,7 +78,6 @@ def owned_cost(spec: DeviceSpec, config: EconomicsConfig, en: Energy) -> Cost:
         figs["economics.hosting_usd_per_kw_month"] = hosting
         kw = provisioned_kw(spec, en.devices, en.nodes, en.host_w, en.energy_j, en.span, config.pue)
         breakdown["hosting"] = hosting.value * kw * en.span / MONTH_S
-    chosen = choose_price(spec, config, "owned")
     provider = chosen.offer.provider if chosen.offer is not None else ""
     return Cost(
         sum(breakdown.values()), breakdown, figures=figs, tier=chosen.tier, provider=provider
