@@ -60,6 +60,7 @@ from xpusim.engine.qty import Bandwidth, DurationOrZero
 from xpusim.engine.registry import nearest
 from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.engine.workload import WorkloadContext
+from xpusim.plugins.workloads.serving.schemas import tbt_mean
 from xpusim.plugins.workloads.serving.world import ServingResult, simulate_serving
 from xpusim.plugins.workloads.serving.wrapped import WrappedCompiled
 
@@ -508,10 +509,7 @@ def _join(
         )
     req = req.with_columns(
         (pl.col("finish_s") - pl.col("arrival_s")).alias("e2e_s"),
-        pl.when(pl.col("output_tokens") > 1)
-        .then((pl.col("finish_s") - pl.col("first_token_s")) / (pl.col("output_tokens") - 1))
-        .otherwise(None)
-        .alias("tbt_mean_s"),
+        tbt_mean(),
     ).select(preq.columns)
     span = max(pre.simulated_s, dec.simulated_s if dec is not None else 0.0)
     steps = [collect(pre.frames["steps"])]

@@ -64,3 +64,15 @@ TBT_SCHEMA: dict[str, pl.DataType] = {
     "tokens": pl.Int64(),
 }
 """Columns of the ``tbt`` frame (a weighted, exact sample of token gaps)."""
+
+
+def tbt_mean() -> pl.Expr:
+    """``tbt_mean_s`` of a ``requests`` frame derived from its ``first_token_s``,
+    ``finish_s`` and ``output_tokens`` (null for a one-token output): what a technique
+    that changes the output lengths, or joins two worlds' rows, recomputes."""
+    return (
+        pl.when(pl.col("output_tokens") > 1)
+        .then((pl.col("finish_s") - pl.col("first_token_s")) / (pl.col("output_tokens") - 1))
+        .otherwise(None)
+        .alias("tbt_mean_s")
+    )

@@ -47,6 +47,7 @@ from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.policies import ServingRun, ServingTechnique
 from xpusim.engine.workload import WorkloadContext
+from xpusim.plugins.workloads.serving.schemas import tbt_mean
 from xpusim.plugins.workloads.serving.wrapped import WrappedCompiled
 
 
@@ -243,12 +244,7 @@ class SpeculativeRun:
         """The ``requests`` frame with each real output length and its mean token gap."""
         assert self.outputs is not None
         out = pl.lit(pl.Series(self.outputs)).gather(pl.col("request_id"))
-        return requests.with_columns(out.alias("output_tokens")).with_columns(
-            pl.when(pl.col("output_tokens") > 1)
-            .then((pl.col("finish_s") - pl.col("first_token_s")) / (pl.col("output_tokens") - 1))
-            .otherwise(None)
-            .alias("tbt_mean_s")
-        )
+        return requests.with_columns(out.alias("output_tokens")).with_columns(tbt_mean())
 
     @property
     def metrics(self) -> dict[str, float]:
