@@ -397,6 +397,7 @@ def serve(
         dreq = collect(dec.frames["requests"])
     else:
         dec, dreq = None, None
+    span = max(pre.simulated_s, dec.simulated_s if dec is not None else 0.0)
     frames = _join(
         frame,
         preq,
@@ -407,6 +408,7 @@ def serve(
         pool.prefill_system.count,
         pre,
         dec,
+        span,
         system,
     )
     if pool.named:
@@ -416,7 +418,6 @@ def serve(
             pool.prefill_system.device.name,
             pool.decode_system.device.name,
         )
-    span = max(pre.simulated_s, dec.simulated_s if dec is not None else 0.0)
     moved = transfer[go]
     metrics = {
         "kv_transfer_mean_s": float(moved.mean()) if moved.size else 0.0,
@@ -469,9 +470,11 @@ def _join(
     first_device: int,
     pre: ServingResult,
     dec: ServingResult | None,
+    span: float,
     system: str,
 ) -> dict[str, pl.DataFrame]:
-    """The joined ``requests``, ``steps``, ``devices`` and ``tbt`` frames."""
+    """The joined ``requests``, ``steps``, ``devices`` and ``tbt`` frames, every device's
+    timeline carried on to ``span``, the run's."""
     req = preq.with_columns(pl.Series("output_tokens", frame["output_tokens"].to_numpy()))
     handoff: list[float] = []
     if dreq is not None:
@@ -511,7 +514,6 @@ def _join(
         (pl.col("finish_s") - pl.col("arrival_s")).alias("e2e_s"),
         tbt_mean(),
     ).select(preq.columns)
-    span = max(pre.simulated_s, dec.simulated_s if dec is not None else 0.0)
     steps = [collect(pre.frames["steps"])]
     devices = [_idle_until(collect(pre.frames["devices"]), span)]
     tbt = [collect(pre.frames["tbt"])]
