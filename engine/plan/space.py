@@ -306,8 +306,15 @@ def device_space(task: DeviceTask) -> Space:
             break
         for pipeline in spec.pipeline:
             for batch in task.batches:
-                shape = Shape(task.device, task.backend, tensor, pipeline, batch, task.price)
-                shape.batch_knob = task.batch_knob
+                shape = Shape(
+                    task.device,
+                    task.backend,
+                    tensor,
+                    pipeline,
+                    batch,
+                    task.price,
+                    batch_knob=task.batch_knob,
+                )
                 _consider(shape, task.base, scenario, host, spec, space, task.sizing)
     return space
 
@@ -320,23 +327,22 @@ def _consider(
     spec: PlanSpec,
     space: Space,
     sizing: Sizing,
-) -> bool:
-    """Keep or prune ``shape`` (recording why); whether it was kept."""
+) -> None:
+    """Keep or prune ``shape`` (recording why)."""
     row = {**shape.params(), "price": shape.price.to_json()}
     if shape.replica_devices > spec.count.max:
         why = f"one replica needs {shape.replica_devices} devices, above count.max {spec.count.max}"
         space.pruned.append({**row, "pruned": why})
-        return False
+        return
     compiled, why = _fit(base, shape, scenario, host)
     if compiled is None:
         space.pruned.append({**row, "pruned": why})
-        return False
+        return
     why = _size(shape, spec, compiled, sizing)
     if why:
         space.pruned.append({**row, "bound_per_replica_per_s": shape.bound_per_s, "pruned": why})
-        return False
+        return
     space.shapes.append(shape)
-    return True
 
 
 def _size(shape: Shape, spec: PlanSpec, compiled: Any, sizing: Sizing) -> str:
