@@ -52,7 +52,13 @@ from spinn_machine.version.version_5 import Version5
 from xpusim.engine.device import Figure
 from xpusim.plugins.spinnaker.busy import STATIC_SYNAPSES_PER_CORE_S
 from xpusim.plugins.spinnaker.energy import SOURCE as ENERGY_SOURCE
-from xpusim.plugins.spinnaker.mapping import CHIPS_PER_BOARD, MAX_LIF_PER_CORE, capacity_cores
+from xpusim.plugins.spinnaker.energy import constants as chip_constants
+from xpusim.plugins.spinnaker.mapping import (
+    APP_CORES_PER_CHIP,
+    CHIPS_PER_BOARD,
+    MAX_LIF_PER_CORE,
+    capacity_cores,
+)
 
 __all__ = [
     "BOARDS_PER_FRAME",
@@ -204,7 +210,7 @@ def allocate(cores: int) -> Allocation:
     triad = int(BOARDS_PER_TRIAD.value)
     boards = need if need == 1 else triad * math.ceil(need / triad)
     frames = 0 if boards == 1 else math.ceil(boards / BOARDS_PER_FRAME.value)
-    chips = min(boards * CHIPS_PER_BOARD, math.ceil(cores / 16))
+    chips = min(boards * CHIPS_PER_BOARD, math.ceil(cores / APP_CORES_PER_CHIP))
     return Allocation(need, boards, frames, chips)
 
 
@@ -250,8 +256,6 @@ def wall_power(
     part of the time, :mod:`.busy`) and ``packets_per_s`` router packets per second, by sPyNNaker's ``Version5.get_active_energy`` for one
     second: frames are charged when the job spans more than one board; a single board
     is charged its box's power supply when ``boxed``."""
-    from xpusim.plugins.spinnaker.energy import constants as chip_constants
-
     k, c = constants(), chip_constants()
     boards_w = alloc.boards * c["board_idle_w"].value
     if alloc.frames:
