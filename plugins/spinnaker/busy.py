@@ -97,10 +97,6 @@ class OpCosts:
     neuron_update_j: Figure
     synaptic_event_j: Figure
 
-    def seconds_per(self, joules: float) -> float:
-        """The busy core-seconds ``joules`` stand for at sPyNNaker's 0.034 W per busy core."""
-        return joules / CORE_ACTIVE_W.value
-
 
 MEASURED = OpCosts(
     "measured (Sharp et al. 2012)",
