@@ -317,11 +317,7 @@ def write_run(run: RunResult, out_dir: Path, reporters: Iterable[Reporter] = ())
         (tmp / "summary.json").write_text(doc + "\n", encoding="utf-8")
         run.summary_frame().write_parquet(tmp / "summary.parquet")
         available = {n for n in FRAME_NAMES if any(n in s.frames for s in run.systems)}
-        for name in frames_at(run.detail, available):
-            frame = run.frame(name)
-            if frame is not None:
-                _write_frame(frame, tmp / f"{name}.parquet")
-        for name in POINT_FRAMES:
+        for name in (*frames_at(run.detail, available), *POINT_FRAMES):
             frame = run.frame(name)
             if frame is not None:
                 _write_frame(frame, tmp / f"{name}.parquet")
