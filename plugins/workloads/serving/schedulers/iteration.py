@@ -403,9 +403,9 @@ def iterative(
                 f"held, {len(waiting) + k_feed - k_adm} waiting"
             )
         # 3. price and run the iteration
+        # CostTable.step's key inlined: mean chunk, mean cached context, decode batch and
+        # mean decode context, each to `bits` significant bits (0 where there are none)
         if pf_n:
-            # CostTable.step's key inlined: mean chunk, mean cached context, decode batch
-            # and mean decode context, each to `bits` significant bits
             pt = (pf_tok + pf_n // 2) // pf_n or 1
             if pt >= top:
                 e_ = pt.bit_length() - bits
@@ -414,21 +414,9 @@ def iterative(
             if pc >= top:
                 e_ = pc.bit_length() - bits
                 pc = ((pc + (1 << (e_ - 1))) >> e_) << e_
-            if n_dec:
-                nb_ = n_dec
-                if nb_ >= top:
-                    e_ = nb_.bit_length() - bits
-                    nb_ = ((nb_ + (1 << (e_ - 1))) >> e_) << e_
-                dc = (sum_ctx + n_dec // 2) // n_dec
-                if dc >= top:
-                    e_ = dc.bit_length() - bits
-                    dc = ((dc + (1 << (e_ - 1))) >> e_) << e_
-            else:
-                nb_ = dc = 0
-            got = memo.get((pf_n, pt, pc, nb_, dc))
-            hit = got if got is not None else step_cost(pf_n, pf_tok, pf_ctx, n_dec, sum_ctx)
         else:
-            # decode-only fast path (inlined CostTable.step key)
+            pt = pc = 0
+        if n_dec:
             nb_ = n_dec
             if nb_ >= top:
                 e_ = nb_.bit_length() - bits
@@ -437,9 +425,12 @@ def iterative(
             if dc >= top:
                 e_ = dc.bit_length() - bits
                 dc = ((dc + (1 << (e_ - 1))) >> e_) << e_
-            got = memo.get((0, 0, 0, nb_, dc))
-            hit = got if got is not None else step_cost(0, 0, 0, n_dec, sum_ctx)
-        dur, joules, st_i = hit
+        else:
+            nb_ = dc = 0
+        got = memo.get((pf_n, pt, pc, nb_, dc))
+        dur, joules, st_i = (
+            got if got is not None else step_cost(pf_n, pf_tok, pf_ctx, n_dec, sum_ctx)
+        )
         if feed_at is None:
             yield timeout(dur)
         end = now + dur
