@@ -59,13 +59,25 @@ MAX_EVENTS = 2_000_000
 starts (a replay of a million steps with hourly checkpoints has a few thousand)."""
 
 
+def _expected_events(
+    steps: int, k: int, step_s: float, rate: float, write_s: float
+) -> tuple[float, float]:
+    """Failures expected per segment of ``k`` steps, and the segments and failures a
+    replay is expected to simulate (each segment retried until no failure hits it)."""
+    exposure = rate * (k * step_s + max(write_s, 0.0))
+    return exposure, -(-steps // k) * math.exp(min(exposure, 50.0))
+
+
+def _failure_rate(count: int, spec: FailureSpec) -> float:
+    """Failures per second of ``count`` devices."""
+    return count / spec.mtbf_per_device if spec.mtbf_per_device > 0 else 0.0
+
+
 def _check_events(steps: int, k: int, step_s: float, rate: float, write_s: float) -> None:
     """Refuse a replay whose segments, each retried until no failure hits it, would
     exceed :data:`MAX_EVENTS` (a checkpoint every step of a long run, or failures so
     frequent that a segment almost never completes)."""
-    segments = -(-steps // k)
-    exposure = rate * (k * step_s + max(write_s, 0.0))  # failures expected per segment
-    events = segments * math.exp(min(exposure, 50.0))
+    exposure, events = _expected_events(steps, k, step_s, rate, write_s)
     if events > MAX_EVENTS:
         fix = (
             "failures come faster than a segment completes: give a longer "
@@ -92,10 +104,9 @@ def replay_events(
 ) -> float:
     """The segments and failures one replay of :func:`simulate_failures` is expected to
     simulate (each segment retried until no failure hits it), for the work budget."""
-    rate = count / spec.mtbf_per_device if spec.mtbf_per_device > 0 else 0.0
     k = _segment_steps(step_s, steps, spec)
-    exposure = rate * (k * step_s + max(checkpoint_write_s, 0.0))
-    return -(-steps // k) * math.exp(min(exposure, 50.0))
+    rate = _failure_rate(count, spec)
+    return _expected_events(steps, k, step_s, rate, checkpoint_write_s)[1]
 
 
 def simulate_failures(
@@ -117,7 +128,7 @@ def simulate_failures(
         raise ValueError(f"negative steps ({steps}) or step time ({step_s})")
     env = simpy.Environment()
     rng = random.Random(seed)
-    rate = count / spec.mtbf_per_device if spec.mtbf_per_device > 0 else 0.0
+    rate = _failure_rate(count, spec)
     k = _segment_steps(step_s, steps, spec)
     _check_events(steps, k, step_s, rate, checkpoint_write_s)
     run = FailureRun(0.0, 0, 0, 0.0, 0.0, 0.0)
