@@ -79,6 +79,7 @@ from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.policies import ServingRun, ServingTechnique
 from xpusim.engine.qty import Bandwidth
+from xpusim.plugins.workloads.serving.kvcache import KVLayout, PagedKVCache
 from xpusim.plugins.workloads.serving.prefix_cache import AssignedRouter
 from xpusim.plugins.workloads.serving.wrapped import WrappedCompiled
 
@@ -378,20 +379,23 @@ def replay(
     kv_capacity_tokens: int,
     kv_block_tokens: int,
     seed: int,
+    layout: KVLayout | None = None,
 ) -> LoraRun:
     """Draw each request's adapter, replay every replica's resident slots in arrival
-    order, and move each arrival to when its adapter is loaded."""
+    order, and move each arrival to when its adapter is loaded. ``layout`` is the model's
+    KV layout: a request is left unrouted exactly when the world drops it, by the peak KV
+    it holds (a sliding window's layers keeping only their window)."""
     if not frame["arrival_s"].is_sorted():
         frame = frame.sort("arrival_s", maintain_order=True)
     n = frame.height
     rng = np.random.default_rng([seed, 0x10A])
     adapter = rng.choice(spec.adapters, size=n, p=compiled.p)
     arrival = frame["arrival_s"].to_numpy().astype(np.float64)
-    need = -(
-        -(frame["prompt_tokens"].to_numpy() + frame["output_tokens"].to_numpy() - 1)
-        // kv_block_tokens
+    kv = PagedKVCache(kv_capacity_tokens // kv_block_tokens, kv_block_tokens, layout)
+    need = kv.peak_blocks_of(
+        frame["prompt_tokens"].to_numpy() + frame["output_tokens"].to_numpy() - 1
     )
-    fits = need <= kv_capacity_tokens // kv_block_tokens
+    fits = need <= kv.total_blocks
     load_s = compiled.bytes / spec.host_link
     if spec.pool == "unified":  # the running batch's adapters; loads are in the steps
         held = compiled.distinct(compiled.running_batch(kv_capacity_tokens))
@@ -477,6 +481,7 @@ class LoraTechnique(ServingTechnique):
             kv_capacity_tokens=run.kv_capacity_tokens,
             kv_block_tokens=run.config.kv_block_tokens,
             seed=run.ctx.seed,
+            layout=KVLayout.of(run.compiled.model.info),
         )
         run.frame = adapters.frame
         run.router = AssignedRouter(adapters.assignment)
