@@ -573,23 +573,6 @@ def plugins(
     guarded(go)
 
 
-SECONDS_PER_HOUR = 3600.0
-"""Catalog prices are USD per second inside the engine; listings show USD per hour."""
-
-
-def _hourly_prices(spec: Any, today: Any) -> dict[str, Any]:
-    """The prices runs use for a device (the price catalog's, else the device's own), per
-    tier and by default pricing, each with provider, source, date and whether it is older
-    than a year on ``today`` (:func:`~xpusim.engine.economics.rented.price_listing`)."""
-    from xpusim.engine.economics.rented import price_listing
-
-    return price_listing(spec, today)
-
-
-PRICE_TIERS = ("hyperscaler", "neocloud", "committed", "spot", "purchase")
-"""The price catalog's tiers, as ``devices`` lists them."""
-
-
 def _price_keys(listing: dict[str, Any]) -> dict[str, Any]:
     """``devices --json`` price keys: ``price_per_hour`` (what pricing cloud, spot and
     reserved use), ``prices`` (per tier), ``offers`` and ``price_reference_date``."""
@@ -629,6 +612,9 @@ def devices(
 
     from rich.table import Table
 
+    from xpusim.engine.economics.pricebook import TIERS
+    from xpusim.engine.economics.rented import price_listing
+
     def go() -> None:
         try:
             today = dt.date.fromisoformat(price_date) if price_date else dt.date.today()
@@ -650,7 +636,7 @@ def devices(
                         "memory_bytes": spec.memory_bytes.value,
                         "memory_bw": spec.memory_bw.value,
                         "max_w": spec.power.max_w.value if spec.power.max_w else None,
-                        **_price_keys(_hourly_prices(spec, today)),
+                        **_price_keys(price_listing(spec, today)),
                         "aliases": list(spec.aliases),
                         "sources": {k: f.cited for k, f in spec.figures().items()},
                     }
@@ -667,13 +653,13 @@ def devices(
         for c in (*cols, "$/h on demand"):
             t.add_column(c, justify="left" if c in ("backend", "device") else "right")
         tiers = Table(title="prices by tier (runs with economics.tier set use these)")
-        for c in ("device", *PRICE_TIERS):
+        for c in ("device", *TIERS):
             tiers.add_column(c)
         for r in rows:
             pf = r["peak_flops"]
             peak = pf.get("bf16") or pf.get("fp16") or (max(pf.values()) if pf else None)
             hourly = r["price_per_hour"].get("on_demand")
-            tiers.add_row(r["name"], *(_price_cell(r["prices"][k]) for k in PRICE_TIERS))
+            tiers.add_row(r["name"], *(_price_cell(r["prices"][k]) for k in TIERS))
             t.add_row(
                 r["backend"],
                 r["name"],
