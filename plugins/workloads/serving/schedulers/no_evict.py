@@ -69,7 +69,9 @@ from xpusim.plugins.workloads.serving.kvcache import PagedKVCache
 
 def reserved_blocks(prompt: int, output: int, block_tokens: int) -> int:
     """Blocks a request reserves at admission: the KV of its whole sequence, ``prompt +
-    output - 1`` tokens (its last token's KV is never written)."""
+    output - 1`` tokens (its last token's KV is never written). The scheduler counts it
+    with the cache's :meth:`~.kvcache.PagedKVCache.peak_blocks`, which is this without
+    sliding-window layers."""
     return -(-(prompt + output - 1) // block_tokens)
 
 
@@ -96,11 +98,14 @@ class GuaranteedNoEvictScheduler(Scheduler):
         kv = rep.kv
         B = kv.block_tokens
         total = kv.total_blocks
-        # a windowed cache's arithmetic (decided once: without a window it stays inline)
+        # the cache counts a request's blocks and its reservation (once a request, so not
+        # inlined); a decode's growth, every decoder every iteration, stays inline without
+        # a window
+        blocks, peak = kv.blocks, kv.peak_blocks
         win = isinstance(kv, PagedKVCache) and kv.layout is not None
         if win:
             assert isinstance(kv, PagedKVCache)
-            blocks, step, peak = kv.blocks, kv.step_blocks, kv.peak_blocks
+            step = kv.step_blocks
         waiting = rep.waiting
         prompt, output = req.prompt, req.output
         log = rep.log
@@ -130,12 +135,12 @@ class GuaranteedNoEvictScheduler(Scheduler):
                 L = prompt[rid]
                 if admitted and room < L:
                     break
-                need = peak(L + output[rid] - 1) if win else reserved_blocks(L, output[rid], B)
+                need = peak(L + output[rid] - 1)
                 if promised + need > total:
                     break
                 waiting.popleft()
                 promised += need
-                used += blocks(L) if win else -(-L // B)
+                used += blocks(L)
                 admitted.append(rid)
                 pf_tok += L
                 room -= L
@@ -161,13 +166,8 @@ class GuaranteedNoEvictScheduler(Scheduler):
                 if left[rid]:
                     still.append(rid)
                 else:
-                    h = held.pop(rid)
-                    if win:
-                        used -= blocks(h)
-                        promised -= peak(prompt[rid] + output[rid] - 1)
-                    else:
-                        used -= -(-h // B)
-                        promised -= reserved_blocks(prompt[rid], output[rid], B)
+                    used -= blocks(held.pop(rid))
+                    promised -= peak(prompt[rid] + output[rid] - 1)
                     del left[rid]
                     finish_request(req, rep, rid, end)
             for rid in admitted:
@@ -176,12 +176,8 @@ class GuaranteedNoEvictScheduler(Scheduler):
                 req.seg_start[rid] = j + 1
                 req.fin_iter[rid] = j + m - 1
                 if m == 1:
-                    if win:
-                        used -= blocks(L)
-                        promised -= peak(L + m - 1)
-                    else:
-                        used -= -(-L // B)
-                        promised -= reserved_blocks(L, m, B)
+                    used -= blocks(L)
+                    promised -= peak(L + m - 1)
                     finish_request(req, rep, rid, end)
                     continue
                 req.state[rid] = DECODING
