@@ -64,13 +64,19 @@ ProgressFn = Callable[[int, int], None]
 """``progress(devices_done, devices_total)``."""
 
 
+PLAN_BLOCKS = ("plan", "sweep", "capacity")
+"""The scenario blocks a plan's configurations are built without."""
+
+
+def without_plan(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of scenario ``data`` without :data:`PLAN_BLOCKS`."""
+    return copy.deepcopy({k: v for k, v in data.items() if k not in PLAN_BLOCKS})
+
+
 def workload_knobs(data: Mapping[str, Any], src: Source, host: Host, base_dir: Path) -> PlanKnobs:
     """The plan knobs the scenario's workload declares (:meth:`Workload.plan_knobs`), or a
     :class:`PlanError` naming the workload when it declares none: it cannot be planned."""
-    plain = copy.deepcopy(dict(data))
-    for key in ("plan", "sweep", "capacity"):
-        plain.pop(key, None)
-    scenario = resolve(plain, src, host, base_dir=base_dir)
+    scenario = resolve(without_plan(data), src, host, base_dir=base_dir)
     knobs = scenario.workload.plan_knobs(scenario.workload_config)
     if knobs is None:
         raise PlanError(
@@ -95,9 +101,7 @@ def prepare_base(
     """The scenario every configuration is built on: ``data`` without its plan, sweep and
     capacity blocks, with the plan's SLO, price tier, provider, request count and rate,
     each set through the knob the workload declares for it."""
-    base = copy.deepcopy(dict(data))
-    for key in ("plan", "sweep", "capacity"):
-        base.pop(key, None)
+    base = without_plan(data)
     slo = spec.slo_data()
     if slo is not None:
         if knobs.slo is None:
@@ -204,8 +208,7 @@ def run_plan(
         apply_override(data, key, value, f"--set {item}")
     spec = parse_plan(data.get("plan"), src)
     # the workers start, each loading the scenario's plugins, while the command loads it
-    plain = {k: v for k, v in data.items() if k not in ("plan", "sweep", "capacity")}
-    warmup = partial(warm_worker, copy.deepcopy(plain), str(path), str(path.parent))
+    warmup = partial(warm_worker, without_plan(data), str(path), str(path.parent))
     executor.start(workers=workers, address=address, warmup=warmup)
     knobs = workload_knobs(data, src, host, path.parent)
     base = prepare_base(data, spec, src, knobs)
