@@ -28,7 +28,7 @@ import polars as pl
 from xpusim.engine.errors import TraceError
 from xpusim.engine.safeio import read_limited
 from xpusim.engine.traces import MAX_TOKENS, REQUEST_SCHEMA, TraceFormat
-from xpusim.plugins.traces.readers import MAX_TRACE_BYTES
+from xpusim.plugins.traces.readers import MAX_TRACE_BYTES, _check_span
 
 MOONCAKE_BLOCK_TOKENS = 512
 """Tokens per hashed block in the published Mooncake traces (FAST25-release README)."""
@@ -76,6 +76,7 @@ class MooncakeTrace(TraceFormat):
             frame = frame.head(limit)
         _check(path, frame, block)
         t = frame["timestamp"].cast(pl.Float64) / 1000.0
+        _check_span(path, float(t[-1] - t[0]), float(scale))  # as every request reader does
         return pl.DataFrame(
             {
                 "arrival_s": (t - t[0]) / float(scale),
