@@ -372,8 +372,8 @@ class AssignedRouter(Router):
             k = next(order, None)
             if k is None:  # the replay and the world disagree on which requests are served
                 raise ValueError(
-                    f"the prefix-cache replay routed {len(self.assignment)} requests, and "
-                    "the world routes more: it admits a request the replay dropped"
+                    f"the replay ahead of the run routed {len(self.assignment)} requests, "
+                    "and the world routes more: it admits a request the replay dropped"
                 )
             return replicas[k]
 
