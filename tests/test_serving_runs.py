@@ -10,20 +10,18 @@ holds two levels at a time. Each rule below pins one of those to the plain compu
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from contextlib import nullcontext
 from unittest.mock import patch
 
 import numpy as np
 import polars as pl
 import pytest
-import simpy
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from tests.fakes import FakeModel, fake_device
-from tests.test_serving_reference import ShapeCompiled, requests, run_paths
+from tests.test_serving_reference import ShapeCompiled, delivered, requests, run_paths
 from xpusim.engine.backend import Compiled
 from xpusim.engine.frames import collect
 from xpusim.engine.policies import SchedulerSpec
@@ -39,22 +37,6 @@ def compiled() -> Compiled:
     topo = Topology(8, 1e11, 1e-6, 1e10, 1e-5)
     system = System("runs", "fake", fake_device("chip-r", 80), 1, Parallelism(), topo)
     return ShapeCompiled(system, FakeModel(1e9))
-
-
-def delivered(arrival: np.ndarray) -> list[float]:
-    """The instants at which a SimPy process waiting ``t - now`` per arrival is woken."""
-    env = simpy.Environment()
-    seen: list[float] = []
-
-    def deliver() -> Generator[simpy.Event, None, None]:
-        for t in arrival.tolist():
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            seen.append(env.now)
-
-    env.process(deliver())
-    env.run()
-    return seen
 
 
 @settings(max_examples=60, deadline=None)
