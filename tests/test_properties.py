@@ -371,6 +371,17 @@ SCHEDULERS = st.builds(
         st.builds(KVLayout, st.integers(0, 6), st.integers(1, 12), st.integers(1, 300)),
     ),
 )
+@example(  # a static batch's padding rides to its longest output without growing its KV
+    frame=pl.DataFrame(
+        {"arrival_s": [0.0] * 18, "prompt_tokens": [1] * 18, "output_tokens": [43] + [1] * 17},
+        schema=REQUEST_SCHEMA,
+    ),
+    spec=SchedulerSpec(kind="static", max_batch=6, max_batch_tokens=700, chunk=16),
+    replicas=1,
+    kv=256,
+    router="round-robin",
+    layout=None,
+)
 def test_serving_invariants(
     compiled: Compiled,
     frame: pl.DataFrame,

@@ -104,7 +104,7 @@ class StaticScheduler(Scheduler):
             dur, joules, st_i = costs.step(k, ptok, 0, 0, 0)
             yield env.timeout(dur)
             t = now + dur
-            held = sum(blocks(x) for x in lens) if win else -(-ptok // B)
+            held = sum(blocks(x) for x in lens) if win else sum(-(-x // B) for x in lens)
             log_step(log, now, t, k, ptok, 0, held, st_i, joules)
             j0 = j
             j += 1
@@ -123,7 +123,10 @@ class StaticScheduler(Scheduler):
                 yield env.timeout(dur)
                 t = s + dur
                 ctx += k
-                held = sum(blocks(x + i) for x in lens) if win else -(-ctx // B)
+                # a request's KV stops at its last token (what admission reserved for it):
+                # the padding that rides along to the longest output is computed, not kept
+                kept = [x + min(i, m - 1) for x, m in zip(lens, outs, strict=True)]
+                held = sum(blocks(c) for c in kept) if win else sum(-(-c // B) for c in kept)
                 log_step(log, s, t, k, 0, n_alive, held, st_i, joules)
                 j += 1
             for r, m in zip(batch, outs, strict=True):
