@@ -434,12 +434,6 @@ def plan(
     max_events: MaxEventsOption = None,
 ) -> None:
     """The cheapest configurations that meet the SLOs at a load (see docs/plan.md)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from xpusim.engine.plan.rank import rich_table
-    from xpusim.engine.plan.search import run_plan
-    from xpusim.engine.report.escape import terminal
-    from xpusim.engine.run import utc_stamp
 
     def go() -> None:
         _before_work(allow, None, spills=True, max_events=max_events)
@@ -450,6 +444,16 @@ def plan(
             check_not_in_run(out_dir, "--out")
         host = _host()
         ex = host.executors.get(executor, where="--executor")
+        # the executor's own start-up (a local pool's fork server importing the plugins)
+        # runs while this process imports the planner and loads the scenario
+        ex.prepare()
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from xpusim.engine.plan.rank import rich_table
+        from xpusim.engine.plan.search import run_plan
+        from xpusim.engine.report.escape import terminal
+        from xpusim.engine.run import utc_stamp
+
         target = out_dir or Path("results") / f"{scenario.stem}-plan-{utc_stamp()}"
         with Progress(
             TextColumn("plan"),

@@ -84,6 +84,13 @@ class Executor(ABC):
         speculates fills up to it). The default: ``workers``, else 1."""
         return max(1, workers or 1)
 
+    def prepare(self) -> None:
+        """Begin, without waiting, what every later :meth:`start` or :meth:`map` needs
+        whatever its points and worker count (for a local pool: the fork server's imports),
+        so that a caller can call it first and do its own loading meanwhile. Optional: the
+        default does nothing."""
+        return None
+
     def start(
         self,
         *,

@@ -123,3 +123,26 @@ def test_the_local_pool_takes_points_while_others_run() -> None:
     assert sorted(got.values()) == [2, 4, 4, 8, 8, 16, 16]
     assert ex.slots(None) >= 1 and ex.slots(2) == 2
     ex._drop(wait=True)
+
+
+def test_a_prepared_local_pool_runs_points() -> None:
+    """``prepare`` starts what the pool needs before any worker count is known (the fork
+    server, where the platform has one); a map after it runs on that state, and the
+    contract's default ``prepare`` does nothing."""
+    from xpusim.engine.executor import Executor
+    from xpusim.plugins.executors.local import LocalExecutor
+
+    ex = LocalExecutor()
+    ex.prepare()
+    ex.prepare()  # a second call finds it running
+    assert dict(ex.map(_double, [1, 2, 3], workers=2)) == {0: 2, 1: 4, 2: 6}
+    ex._drop(wait=True)
+
+    class Inline(Executor):
+        name = "inline"
+
+        def map(self, fn, points, *, workers=None, address=None, retries=2):  # type: ignore[no-untyped-def]
+            yield from enumerate(map(fn, points))
+
+    assert Inline().prepare() is None
+    assert dict(Inline().map(_double, [5])) == {0: 10}

@@ -9,10 +9,11 @@ its plugin host once and reuses it for every point it runs.
 
 The pool outlives one :meth:`LocalExecutor.map`: the next call with no more workers runs
 on the same warm processes (their imports and caches kept), so a caller that maps in
-rounds pays for starting workers once. :meth:`LocalExecutor.start` starts the pool in a
-background thread (the fork server's imports run in their own process meanwhile), so a
-caller that starts it before preparing its points (``xpusim plan`` does, before it loads
-the scenario) finds its workers ready. :meth:`LocalExecutor.map_more` takes new points
+rounds pays for starting workers once. :meth:`LocalExecutor.prepare` starts the fork
+server alone (``xpusim plan`` calls it first thing, so that the server's imports run while
+the command imports the planner and loads the scenario); :meth:`LocalExecutor.start`
+starts the pool in a background thread, so a caller that starts it before preparing its
+points finds its workers ready. :meth:`LocalExecutor.map_more` takes new points
 while others run: each starts as soon as a worker is free.
 """
 
@@ -90,6 +91,16 @@ class LocalExecutor(Executor):
     def slots(self, workers: int | None = None, address: str | None = None) -> int:
         """Points run at once: ``workers``, else the CPU count."""
         return max(1, workers or os.cpu_count() or 1)
+
+    def prepare(self) -> None:
+        """Start the fork server (where the platform has one): its imports of the engine
+        and the plugins run in its own process while the caller loads its scenario, so
+        the first workers fork from a warm state sooner. Pools made later connect to it."""
+        ctx = pool_context()
+        if ctx.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
 
     def start(
         self,
