@@ -18,15 +18,13 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from xpusim.engine.apiversion import API_VERSION as API_VERSION
 from xpusim.engine.device import DeviceSpec, Figure
 from xpusim.engine.errors import UnsupportedError
 from xpusim.engine.graph import Collective, Shape
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
 from xpusim.engine.system import System
-
-API_VERSION = "1"
-"""The engine API version plugins declare they target (``api_version`` attribute)."""
 
 
 @dataclass(frozen=True, slots=True)

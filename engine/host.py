@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from xpusim.engine import hookspecs
+from xpusim.engine.apiversion import API_VERSION
 from xpusim.engine.errors import PluginError, UnknownNameError, XpusimError
 from xpusim.engine.registry import Registry, unknown_message
 
@@ -198,9 +199,6 @@ class Host:
 
     def _loaded(self, name: str, item: Any, plugin: str) -> None:
         """Checks every registered object passes when it first exists: the engine API."""
-        # The contracts module (and pydantic) is imported only once a plugin object
-        # exists, which has imported it already; listing plugins does not need it.
-        from xpusim.engine.backend import API_VERSION
 
         want = str(getattr(item, "api_version", API_VERSION))
         if want.split(".")[0] != API_VERSION.split(".")[0]:
