@@ -375,10 +375,12 @@ def placed(exc: ScenarioError, source: Source, path: tuple[str | int, ...]) -> S
     text = str(exc)
     if text.startswith(source.file):
         return exc
-    key = re.match(r"([A-Za-z_]\w*(?:\.\w+)*)\s*[:=]", text)
+    key = re.match(r"([A-Za-z_]\w*(?:\.\w+)*)\s*([:=])", text)
     if key is not None:  # "workload.tokens: ..." or "parallelism.tensor=5 ..."
         parts = tuple(int(k) if k.isdigit() else k for k in key.group(1).split("."))
         path = parts if parts[0] in ScenarioConfig.model_fields else (*path, *parts)
+        if key.group(2) == ":":  # the place now says the key: not twice
+            text = text[key.end() :].lstrip()
     return type(exc)(f"{source.where(path)}: {text}")
 
 
