@@ -61,6 +61,8 @@ if TYPE_CHECKING:  # the run state a technique shapes; imported by the technique
     from xpusim.engine.backend import Compiled
     from xpusim.engine.frames import FrameMap
     from xpusim.engine.metrics import Metric
+    from xpusim.engine.model import ModelGraph
+    from xpusim.engine.system import System
     from xpusim.engine.workload import WorkloadContext
 
 WAITING, PREFILLING, DECODING, DONE, DROPPED = 0, 1, 2, 3, 4
@@ -471,6 +473,9 @@ class ServingTechnique:
     * :meth:`check` at load, with the whole validated workload block and the names of
       the other switched-on techniques: refuse a combination it does not support
       (raise ``ValueError`` with the fix);
+    * :meth:`check_system` per system before anything simulates (``xpusim validate``
+      included): refuse a system it cannot serve (raise ``ScenarioError`` with the key
+      and the fix);
     * :meth:`active` per system: whether it applies there (default: it has a block);
     * :meth:`price` then :meth:`replay`, and :meth:`serve` for a pool layout: they
       change the :class:`ServingRun` (see there).
@@ -488,6 +493,13 @@ class ServingTechnique:
 
     def check(self, spec: Any, config: Any, others: Sequence[str]) -> None:
         """Refuse, at load, a workload this technique cannot serve (``ValueError``)."""
+
+    def check_system(self, spec: Any, system: System, model: ModelGraph) -> None:
+        """Refuse, before any system simulates, a ``system`` (running ``model``) this
+        technique would be asked to serve and cannot: raise
+        :class:`~xpusim.engine.errors.ScenarioError` naming the key and the fix. Called for
+        every system, with the block (``None`` when not given); the technique decides
+        whether it applies there. Default: nothing to check."""
 
     def active(self, spec: Any, ctx: WorkloadContext) -> bool:
         """Whether the technique applies to ``ctx.system`` (default: its block is given)."""

@@ -106,7 +106,7 @@ def test_the_kv_crosses_the_slower_network_of_the_two_devices(
     dis = Disaggregation.model_validate(
         {"prefill": {"count": 2}, "decode": {"count": 2, "device": "mi300x"}}
     )
-    p = pools(dis, ctx)
+    p = pools(dis, ctx.system, ctx.model)
     h100 = host.device("gpu", "h100-sxm")
     mi = host.device("gpu", "mi300x")
     assert h100.scale_out is not None and mi.scale_out is not None
@@ -115,9 +115,9 @@ def test_the_kv_crosses_the_slower_network_of_the_two_devices(
     assert p.decode_system.device.name == "mi300x" and p.prefill_system.device.name == "h100-sxm"
     up = dis.model_copy(update={"link": "scale-up"})
     with pytest.raises(XpusimError, match="no node fabric joins"):
-        pools(up, ctx)
+        pools(up, ctx.system, ctx.model)
     stated = dis.model_copy(update={"link": Link.model_validate({"bandwidth": "10 GB/s"})})
-    assert pools(stated, ctx).bandwidth == 10e9
+    assert pools(stated, ctx.system, ctx.model).bandwidth == 10e9
 
 
 def test_an_unknown_pool_device_names_the_nearest(
@@ -128,7 +128,7 @@ def test_an_unknown_pool_device_names_the_nearest(
         {"prefill": {"count": 2}, "decode": {"count": 2, "device": "h200-sx"}}
     )
     with pytest.raises(XpusimError, match="Did you mean 'h200-sxm'"):
-        pools(dis, _ctx(host, write_yaml))
+        pools(dis, _ctx(host, write_yaml).system, _ctx(host, write_yaml).model)
 
 
 PRICED = SCENARIO.replace(

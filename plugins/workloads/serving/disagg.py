@@ -51,10 +51,11 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from xpusim.engine.backend import Compiled, Cost
-from xpusim.engine.errors import XpusimError
+from xpusim.engine.errors import ScenarioError, XpusimError
 from xpusim.engine.frames import DEVICE_NAME, FrameMap, collect
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.metrics import Metric, detail
+from xpusim.engine.model import ModelGraph
 from xpusim.engine.policies import SchedulerSpec, ServingRun, ServingTechnique, context_host
 from xpusim.engine.qty import Bandwidth, DurationOrZero
 from xpusim.engine.registry import nearest
@@ -274,12 +275,11 @@ def _between(spec: Disaggregation, system: System, ps: System, ds: System) -> tu
     )
 
 
-def pools(spec: Disaggregation, ctx: WorkloadContext) -> Pools:
-    """Compile the model on each pool of ``ctx.system`` (each on its own device); refuse
+def pools(spec: Disaggregation, system: System, model: ModelGraph) -> Pools:
+    """Compile ``model`` on each pool of ``system`` (each on its own device); refuse
     pools that do not add up to the system or do not divide into replicas."""
     from xpusim.engine.host import default_host
 
-    system = ctx.system
     p, d = spec.prefill, spec.decode
     if p.count + d.count != system.count:
         raise XpusimError(
@@ -298,7 +298,7 @@ def pools(spec: Disaggregation, ctx: WorkloadContext) -> Pools:
     def compiled(name: str, pool: Pool) -> tuple[System, Compiled]:
         sub = pool_system(system, name, pool, f"workload.disaggregation.{name}")
         try:
-            return sub, host.backends.get(sub.backend).compile(ctx.model, sub)
+            return sub, host.backends.get(sub.backend).compile(model, sub)
         except XpusimError as exc:
             if sub.device is system.device:
                 raise
@@ -563,6 +563,19 @@ class DisaggregationTechnique(ServingTechnique):
                 f"compare them in separate scenarios"
             )
 
+    def check_system(self, spec: Disaggregation | None, system: System, model: ModelGraph) -> None:
+        """Each pool of a system the block applies to resolves and compiles (its device
+        on its backend, its counts and tensor degree), so that ``xpusim validate`` refuses
+        what the run would."""
+        if spec is None or not spec.applies(system.name):
+            return
+        try:
+            pools(spec, system, model)
+        except ScenarioError:
+            raise
+        except XpusimError as exc:
+            raise ScenarioError(str(exc)) from None
+
     def active(self, spec: Disaggregation | None, ctx: WorkloadContext) -> bool:
         """On for the systems the block names (every system when it names none)."""
         return spec is not None and spec.applies(ctx.system.name)
@@ -578,7 +591,7 @@ class DisaggregationTechnique(ServingTechnique):
         config = run.config
         frames, span, extra = serve(
             spec,
-            pools(spec, run.ctx),
+            pools(spec, system, run.ctx.model),
             run.frame,
             wrap=run.stack,
             scheduler=config.scheduler,

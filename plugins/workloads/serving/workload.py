@@ -44,6 +44,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails
 
 from xpusim.engine import tracereg
+from xpusim.engine.backend import Compiled, Fit
 from xpusim.engine.budget import Work, check_work, request_work
 from xpusim.engine.errors import PluginError, TraceError, XpusimError
 from xpusim.engine.metrics import Metric, detail
@@ -521,6 +522,16 @@ class ServingWorkload(Workload):
         return request_work(
             float(limit or 0), 1.0, batch, system.replicas, "workload.trace.limit, systems[].count"
         )
+
+    def fit(self, config: BaseModel, system: System, compiled: Compiled) -> Fit:
+        """The switched-on techniques' checks of ``system`` first
+        (:meth:`~xpusim.engine.policies.ServingTechnique.check_system`: a pool on a device
+        that does not exist is refused here, by ``xpusim validate`` too), then the
+        backend's memory fit."""
+        assert isinstance(config, ServingConfig)
+        for tech in config.techniques():
+            tech.check_system(config.technique(tech.name), system, compiled.model)
+        return super().fit(config, system, compiled)
 
     def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:
         """Replay the requests on ``ctx.system`` and compute its serving metrics.
