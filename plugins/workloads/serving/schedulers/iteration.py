@@ -142,7 +142,6 @@ def iterative(
     timeout = env.timeout
 
     feed = rep.feed if isinstance(rep, Replica) else None
-    fast_log = rep.log if isinstance(rep, Replica) else None
     feed_ids = feed.ids if feed is not None else array("i")  # empty on the plain path
     feed_at = feed.at if feed is not None else None  # arrival instants, by request id
     n_feed = len(feed_ids)
@@ -265,40 +264,15 @@ def iterative(
             return True
         return False
 
-    def retire(i: int, end: float) -> None:
-        """Retire the requests whose last token came in iteration ``i`` (ending at ``end``)
-        and free their blocks; ``i`` is the next finishing iteration of the heap."""
-        nonlocal used, n_dec, sum_ctx
-        heappop(fin_heap)
-        for rid in fin_at.pop(i):
-            if rid < 0:  # a decoder reaching the window (windowed layouts)
-                crossing(~rid, i)
-                continue
-            if state[rid] != DECODING or fin_iter[rid] != i:
-                continue  # preempted since, or finishing another time
-            L = cur_L[rid]
-            k = entry[rid]
-            ctx = L + i - k
-            if win:
-                used -= kvb(ctx)
-                leave(rid, (L - k - 1) % B)
-            else:
-                used -= -(-ctx // B)
-                growth[(L - k - 1) % B] -= 1
-            n_dec -= 1
-            sum_ctx -= ctx
-            state[rid] = DONE
-            finish[rid] = end
-            req.done += 1
-            rep.outstanding -= 1
-
     while True:
         if feed_at is not None:
             # queue every request of the feed that has arrived by now
-            while nxt <= t:
-                rep.outstanding += 1
-                k_feed += 1
-                nxt = feed_at[feed_ids[k_feed]] if k_feed < n_feed else INF
+            if nxt <= t:
+                k0 = k_feed
+                while nxt <= t:
+                    k_feed += 1
+                    nxt = feed_at[feed_ids[k_feed]] if k_feed < n_feed else INF
+                rep.outstanding += k_feed - k0
             if j - synced >= SYNC_ITERATIONS:
                 synced = j
                 if t > env.now:
@@ -379,16 +353,17 @@ def iterative(
                 break
             if waiting:
                 waiting.popleft()
-            else:
+                if first_sched[rid] != first_sched[rid]:  # NaN: never scheduled before
+                    first_sched[rid] = now
+            else:  # a request of the feed is scheduled for the first time
                 k_adm += 1
+                first_sched[rid] = now
             used += nb
             n_run += 1
             pf_n += 1
             pf_tok += c
             room -= c
             state[rid] = PREFILLING
-            if first_sched[rid] != first_sched[rid]:
-                first_sched[rid] = now
             if c == L:
                 done_pf.append(rid)
             else:
@@ -442,16 +417,18 @@ def iterative(
         a_kv(used)
         a_state(st_i)
         a_j(joules)
-        # 4. decodes got their token; retire the ones that are done
+        # 4. decodes got their token (the ones that are done retire below, after step 5:
+        # a request starting to decode now finishes after iteration j, so the order of the
+        # two only changes the order of integer additions)
         sum_ctx += n_dec
-        if fin_heap and fin_heap[0] == j:
-            retire(j, end)
         # 5. completed prefills emit their first token and start decoding
         if done_pf:
             if split and prefilling:
                 prefilling[:] = [e for e in prefilling if e[1] < cur_L[e[0]]]
             for rid in done_pf:
-                if first_tok[rid] != first_tok[rid]:
+                # a request that emitted a token before was preempted while decoding, and
+                # its last token waits in last_tok_time until this first one after it
+                if not last_tok_time or rid not in last_tok_time:
                     first_tok[rid] = end
                 else:  # resumed after preemption: one explicit gap
                     gap = end - last_tok_time.pop(rid)
@@ -486,26 +463,57 @@ def iterative(
                     growth[(L - j - 1) % B] += 1
                 n_dec += 1
                 sum_ctx += L
-        j += 1
         t = end
-        if feed_at is None or not n_dec or prefilling:
-            continue
-        # 6. fast path: a decode run up to the next iteration where something can happen
-        if fast_log is None:
-            continue
-        stop = fin_heap[0]
-        i = j
-        arrive = nxt
+        i = j  # the iteration that ran last, ending at t
+        # the fast path's decode runs (6.), on the fast path and with no prefill in progress
+        run = feed_at is not None and not prefilling
         while True:
+            # 4. (continued) retire the requests whose last token came in iteration i and
+            # free their blocks; counted here and written back once
+            if fin_heap and fin_heap[0] == i:
+                heappop(fin_heap)
+                gone = 0
+                for rid in fin_at.pop(i):
+                    if rid < 0:  # a decoder reaching the window (windowed layouts)
+                        crossing(~rid, i)
+                        continue
+                    if state[rid] != DECODING or fin_iter[rid] != i:
+                        continue  # preempted since, or finishing another time
+                    L = cur_L[rid]
+                    k = entry[rid]
+                    ctx = L + i - k
+                    if win:
+                        used -= kvb(ctx)
+                        leave(rid, (L - k - 1) % B)
+                    else:
+                        used -= -(-ctx // B)
+                        growth[(L - k - 1) % B] -= 1
+                    sum_ctx -= ctx
+                    state[rid] = DONE
+                    finish[rid] = t
+                    gone += 1
+                if gone:
+                    n_dec -= gone
+                    req.done += gone
+                    rep.outstanding -= gone
+            i += 1
+            if not run or not n_dec:
+                break
+            # 6. fast path: a decode run from iteration i up to the next iteration where
+            # something can happen, at most to `stop`, whose requests retire above
+            stop = fin_heap[0]
             # what the run may not pass: an admission (a free seat and either a queued head
             # that fits or an arrival), a preemption
             room = budget - n_dec
             open_ = n_dec < max_batch and (room > 0 or not split)
             head_nb = -1  # blocks the queue's head needs (-1: the queue is empty)
-            if open_ and (waiting or k_adm < k_feed):
-                L = cur_L[waiting[0] if waiting else feed_ids[k_adm]]
-                c = L if not split or room > L else room
-                head_nb = kvb(c) if win else -(-c // B)
+            if open_:
+                if waiting or k_adm < k_feed:
+                    L = cur_L[waiting[0] if waiting else feed_ids[k_adm]]
+                    c = L if not split or room > L else room
+                    head_nb = kvb(c) if win else -(-c // B)
+                elif nxt <= t:
+                    break  # an arrival to queue and maybe admit: the plain loop's turn
             nb_ = n_dec
             if nb_ >= top:
                 e_ = nb_.bit_length() - bits
@@ -528,7 +536,7 @@ def iterative(
                         # and it never will while the run only takes blocks; a window's
                         # freed pages may make room, so a windowed run keeps looking
                         open_ = win
-                    elif arrive <= t:
+                    elif nxt <= t:
                         cut = True  # an arrival to queue and maybe admit
                         break
                 if dcr >= dc_next:
@@ -562,10 +570,4 @@ def iterative(
                 i += 1
             if cut:
                 break
-            # iteration `stop` ran: retire the requests done in it, as step 4 does
-            retire(i, t)
-            i += 1
-            if not n_dec:
-                break
-            stop = fin_heap[0]
         j = i
