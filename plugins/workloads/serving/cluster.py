@@ -186,28 +186,36 @@ class CostTable:
         if self.grid_bits >= self.bits:
             return self._corner(key)
         pf_n, x1, x2, x3, x4 = key
-        axis = self._axis
+        # the axes' points, read from their memo here (a miss per key is the common case,
+        # and most of its values were seen before)
+        axes = self._axes
+        a1 = axes.get(x1) or self._axis(x1)
+        a2 = axes.get(x2) or self._axis(x2)
+        a3 = axes.get(x3) or self._axis(x3)
+        a4 = axes.get(x4) or self._axis(x4)
         grid = self.grid
         sec = joules = 0.0
         best_w = -1.0
         state = 0
         # corners in lexicographic order, lower point first, the weight a product along
         # the axes in order
-        for p1, w1 in axis(x1):
-            for p2, w2 in axis(x2):
+        for p1, w1 in a1:
+            for p2, w2 in a2:
                 w12 = w1 * w2
-                for p3, w3 in axis(x3):
+                for p3, w3 in a3:
                     w123 = w12 * w3
-                    for p4, w4 in axis(x4):
+                    for p4, w4 in a4:
                         wt = w123 * w4
-                        pts = (pf_n, p1, p2, p3, p4)
-                        hit = grid.get(pts)
+                        hit = grid.get((pf_n, p1, p2, p3, p4))
                         if hit is None:
+                            pts = (pf_n, p1, p2, p3, p4)
                             hit = grid[pts] = self._price(self.shape(*pts))
-                        sec += wt * hit[0]
-                        joules += wt * hit[1]
+                        s_, j_, st_ = hit
+                        sec += wt * s_
+                        joules += wt * j_
                         if wt > best_w:
-                            best_w, state = wt, hit[2]
+                            best_w = wt
+                            state = st_
         return (sec, joules, state)
 
     def step(
