@@ -136,6 +136,10 @@ def iterative(
     a_state, a_j = log.state.append, log.joules.append
     l_start, l_end = log.start, log.end
     memo = costs.memo
+    # the decode-only prices of this replica's runs by one int, ``nb_ << 40 | dc``: the
+    # memo's keys are tuples, whose lookup compares five ints; a bucketed decode context
+    # (at most twice a 32-bit token count) stays below 2**40
+    dmemo: dict[int, tuple[float, float, int]] = {}
     step_cost = costs.step
     bits = costs.bits
     top = 1 << bits
@@ -548,10 +552,13 @@ def iterative(
                     else:
                         dc = dcr
                         dc_next = dcr + 1
-                    got = memo.get((0, 0, 0, nb_, dc))
-                    dur, joules, st_i = (
-                        got if got is not None else step_cost(0, 0, 0, n_dec, sum_ctx)
-                    )
+                    got = dmemo.get(nb_ << 40 | dc)
+                    if got is None:
+                        got = memo.get((0, 0, 0, nb_, dc))
+                        if got is None:
+                            got = step_cost(0, 0, 0, n_dec, sum_ctx)
+                        dmemo[nb_ << 40 | dc] = got
+                    dur, joules, st_i = got
                 end = t + dur
                 a_start(t)
                 a_end(end)
