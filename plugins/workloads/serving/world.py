@@ -146,21 +146,30 @@ def _range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray
 
     A sparse table (level ``k`` holds the maxima of windows of ``2**k`` values) built one
     level at a time, the queries of each level answered before the next is built, so no
-    more than two levels are held at once.
+    more than two levels are held at once. The queries are sorted by level once (one
+    stable sort, not a mask over all of them per level); a range of ``w`` values is
+    answered on level ``floor(log2(w))``, the exponent ``frexp`` gives exactly.
     """
     out = np.empty(lo.size)
     if lo.size == 0:
         return out
-    k = np.floor(np.log2(hi - lo + 1)).astype(np.int64)
+    k = np.frexp((hi - lo + 1).astype(np.float64))[1] - 1
+    order = np.argsort(k, kind="stable")
+    ks = k[order]
+    # the runs of equal levels in the sorted queries
+    ends = np.append(np.flatnonzero(np.diff(ks)) + 1, ks.size)
     tab = values
     level = 0
-    for lvl in np.unique(k).tolist():
+    first = 0
+    for last in ends.tolist():
+        lvl = int(ks[first])
         while level < lvl:
             span = 1 << level
             tab = np.maximum(tab[:-span], tab[span:])
             level += 1
-        sel = k == lvl
+        sel = order[first:last]
         out[sel] = np.maximum(tab[lo[sel]], tab[hi[sel] - (1 << lvl) + 1])
+        first = last
     return out
 
 
