@@ -203,7 +203,7 @@ def test_each_pool_is_priced_at_its_own_device(
     assert used["h200-sxm"]["usd"] == pytest.approx(_on_demand("h200-sxm") * 3600.0)
     assert "price.on_demand@h200-sxm" in mixed.figures
     assert "power.idle_w@h200-sxm" in mixed.figures
-    assert "comparison for one device" in mixed.details["not_known"]["break_even"]
+    assert mixed.details["break_even"]["devices"] == {"h100-sxm": 2, "h200-sxm": 2}
 
     from xpusim.engine.report.markdown import render_markdown
 
@@ -217,6 +217,54 @@ def test_each_pool_is_priced_at_its_own_device(
     c_span = float(col.metrics["simulated_s"])
     assert col.metrics["cost_usd"] == pytest.approx(4 * c_span * _on_demand("h100-sxm"), rel=1e-12)
     assert "prices_used" not in col.details and "price.on_demand" in col.figures
+
+
+def test_rent_or_buy_of_a_system_of_two_devices_adds_up_its_devices(
+    host: Host, write_yaml: Callable[[str, str], Path]
+) -> None:
+    """An H100-prefill/H200-decode system is bought or rented whole: its yearly costs are
+    each device's (as a one-device system's break-even states them) times its count,
+    added up; the break-even hours are where owning and renting the whole system meet, so
+    they lie between the two devices' own; the verdict names both devices."""
+    from xpusim.engine.economics import describe_break_even
+    from xpusim.engine.economics.config import HOURS_PER_YEAR
+
+    text = PRICED.replace("DECODE", "{count: 2, device: h200-sxm}").replace("LINK", "scale-out")
+    text = text.replace("host_power: 900 W}", "host_power: 900 W, busy_hours_per_year: 6000}")
+    res = simulate(load_scenario(write_yaml(text, "fleet.yaml"), host), host)
+    mixed = next(r for r in res.systems if r.name == "h100-h200")
+    be = mixed.details["break_even"]
+    kinds = be["kinds"]
+    assert be["devices"] == {"h100-sxm": 2, "h200-sxm": 2} and set(kinds) == {
+        "h100-sxm",
+        "h200-sxm",
+    }
+
+    def own(k: dict[str, Any], hours: float) -> float:
+        parts = k["own_breakdown_usd_per_device_year"]
+        idle = parts["idle_electricity"] * (1.0 - hours / HOURS_PER_YEAR)
+        return (
+            k["own_fixed_usd_per_device_year"]
+            - parts["idle_electricity"]
+            + idle
+            + (k["own_usd_per_busy_hour"] * hours)
+        )
+
+    hours = be["break_even_hours_per_year"]
+    assert hours is not None
+    owning = sum(2 * own(k, hours) for k in kinds.values())
+    renting = sum(2 * k["rent_usd_per_device_hour"] * hours for k in kinds.values())
+    assert owning == pytest.approx(renting, rel=1e-9)
+    each = sorted(k["break_even_hours_per_year"] for k in kinds.values())
+    assert each[0] <= hours <= each[1]
+    yearly = be["yearly_usd"]
+    assert yearly["own"] == pytest.approx(sum(2 * own(k, 6000.0) for k in kinds.values()))
+    assert yearly["rent"] == pytest.approx(be["rent_usd_per_hour"] * 6000.0)
+    assert be["cheaper"] == min(yearly, key=lambda c: (yearly[c], c))
+    assert mixed.metrics["break_even_hours_per_year"] == hours
+    assert "price.list_price@h200-sxm" in mixed.figures
+    text = describe_break_even(be)
+    assert "2 x h100-sxm and 2 x h200-sxm" in text and "6,000 busy hours" in text
 
 
 def test_an_all_h100_split_names_no_device(

@@ -12,6 +12,8 @@ import pytest
 from tests.test_economics import SPAN, make_result, make_spec
 from xpusim.engine.device import DeviceSpec, Figure, PriceSpec
 from xpusim.engine.economics import HOUR_S, EconomicsConfig, apply_economics, price_system
+from xpusim.engine.economics.breakeven import BreakEven, fleet_break_even
+from xpusim.engine.economics.config import HOURS_PER_YEAR
 from xpusim.engine.economics.units import work_units
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.frames import DEVICE_NAME, REQUEST_OK, Frame
@@ -122,7 +124,10 @@ def test_each_device_is_priced_at_its_own_price_idle_power_and_nodes() -> None:
     assert priced.figures["price.on_demand@otherchip"].value == pytest.approx(10.0 / HOUR_S)
     assert priced.figures["power.idle_w@otherchip"].value == 100.0
     assert "economics.host_power_w" in priced.figures
-    assert "comparison for one device" in priced.not_known["break_even"]
+    assert priced.not_known["break_even"] == (
+        "Rent-versus-buy break-even is not known: the scenario gives no electricity price "
+        "(economics.electricity)."
+    )
 
 
 def test_owned_devices_are_amortized_and_powered_each_at_its_own_figures() -> None:
@@ -212,3 +217,54 @@ def test_a_system_all_on_another_device_is_priced_and_compared_as_that_device() 
     be = priced.details["break_even"]
     assert be["rent_usd_per_device_hour"] == pytest.approx(10.0) and be["list_usd"] == 50_000.0
     assert priced.choice is not None and "price.list_price@otherchip" in priced.figures
+
+
+def _kind(fixed: float, idle: float, amort: float, busy_h: float, rent_h: float) -> BreakEven:
+    """A one-device break-even mapping with the figures ``fleet_break_even`` sums."""
+    return BreakEven(
+        {
+            "rent_tier": "cloud",
+            "rent_usd_per_device_hour": rent_h,
+            "list_usd": amort * 5.0,
+            "lifetime_years": 5.0,
+            "own_fixed_usd_per_device_year": fixed,
+            "own_breakdown_usd_per_device_year": {
+                "amortization": amort,
+                "hosting": fixed - amort - idle,
+                "staff": 0.0,
+                "idle_electricity": idle,
+            },
+            "own_usd_per_busy_hour": busy_h,
+            "committed_usd_per_device_year": None,
+            "busy_hours_per_year": 6000.0,
+            "yearly_usd_per_device": {
+                "own": fixed - idle * 6000.0 / HOURS_PER_YEAR + busy_h * 6000.0,
+                "rent": rent_h * 6000.0,
+            },
+        }
+    )
+
+
+def test_a_fleet_breaks_even_where_owning_and_renting_all_of_it_meet() -> None:
+    """Two kinds of device, bought or rented whole: the break-even hours solve
+    sum(count x own) = sum(count x rent); the cheaper choice and the payback months come
+    from the summed yearly costs; a kind whose break-even is not known makes the system's
+    not known, naming that kind and why."""
+    a = _kind(fixed=10_000.0, idle=876.0, amort=8_000.0, busy_h=0.2, rent_h=3.0)
+    b = _kind(fixed=30_000.0, idle=1_752.0, amort=25_000.0, busy_h=0.4, rent_h=6.0)
+    be = fleet_break_even([("a", 2, a), ("b", 1, b)])
+    assert isinstance(be.result, dict)
+    r = be.result
+    fixed = 2 * 10_000.0 + 30_000.0
+    slope = 2 * (3.0 - 0.2 + 876.0 / HOURS_PER_YEAR) + (6.0 - 0.4 + 1_752.0 / HOURS_PER_YEAR)
+    assert r["break_even_hours_per_year"] == pytest.approx(fixed / slope)
+    own = 2 * a.result["yearly_usd_per_device"]["own"] + b.result["yearly_usd_per_device"]["own"]  # type: ignore[index]
+    assert r["yearly_usd"] == pytest.approx({"own": own, "rent": (2 * 3.0 + 6.0) * 6000.0})
+    assert r["cheaper"] == "own"
+    saving = ((2 * 3.0 + 6.0) * 6000.0 - (own - (2 * 8_000.0 + 25_000.0))) / 12.0
+    assert r["break_even_months"] == pytest.approx((2 * 40_000.0 + 125_000.0) / saving)
+    assert r["committed_usd_per_year"] is None and "committed" not in r["yearly_usd"]
+
+    unknown = BreakEven("Rent-versus-buy break-even is not known: no list price for b.")
+    msg = fleet_break_even([("a", 2, a), ("b", 1, unknown)]).result
+    assert msg == "Rent-versus-buy break-even is not known: for b, no list price for b."

@@ -40,7 +40,12 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from xpusim.engine.device import Figure
-from xpusim.engine.economics.breakeven import BreakEven, break_even, describe_break_even
+from xpusim.engine.economics.breakeven import (
+    BreakEven,
+    break_even,
+    describe_break_even,
+    fleet_break_even,
+)
 from xpusim.engine.economics.carbon import Carbon, carbon
 from xpusim.engine.economics.config import (
     BUSY_STATES,
@@ -236,7 +241,8 @@ def price_kinds(
     ``details["prices_used"]`` gives each device's price (:func:`price_used`) and
     ``details["price_used"]`` the first kind's. Rent versus buy is that of the device
     when there is one kind (a system all of whose lanes run on another device than its
-    own), else not known: it is a comparison for one device."""
+    own), else that of the whole system (:func:`fleet_break_even`: every kind's yearly
+    costs times its count, added up)."""
     for k in kinds:
         validate_figures(k.spec, config)
     out = Economics(figures={"economics.pue": pue_figure(config.pue)})
@@ -280,12 +286,11 @@ def price_kinds(
     if len(kinds) == 1:
         _record_break_even(out, break_even(kinds[0].spec, config, en), kinds[0].name)
         return out
-    names = [k.name for k in kinds]
-    listed = ", ".join(names[:-1]) + f" and {names[-1]}"
-    out.not_known["break_even"] = (
-        f"Rent-versus-buy break-even is a comparison for one device; this system runs "
-        f"{listed} devices, each priced on its own."
-    )
+    each = [
+        (k.name, k.count, break_even(k.spec, config, en_k))
+        for k, en_k in zip(kinds, parts, strict=True)
+    ]
+    _record_break_even(out, fleet_break_even(each))
     return out
 
 

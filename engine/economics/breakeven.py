@@ -11,7 +11,7 @@ keeps its devices busy says nothing about the other 8,760 hours of the year.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from xpusim.engine.economics.energy import Energy
 
 YEAR_S = HOURS_PER_YEAR * HOUR_S
+
+
+UNKNOWN = "Rent-versus-buy break-even is not known: "
+"""How the sentence saying why rent versus buy is not known begins."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ def break_even(spec: DeviceSpec, config: EconomicsConfig, en: Energy) -> BreakEv
     if en.span <= 0:
         reasons.append("the run has no simulated span")
     if reasons:
-        return BreakEven("Rent-versus-buy break-even is not known: " + "; ".join(reasons) + ".")
+        return BreakEven(UNKNOWN + "; ".join(reasons) + ".")
     assert rent is not None and rent_fig is not None and list_fig is not None
     lifetime = lifetime_figure(config)
     figs = {
@@ -158,20 +162,104 @@ def break_even(spec: DeviceSpec, config: EconomicsConfig, en: Energy) -> BreakEv
     return BreakEven(result, figs)
 
 
+def fleet_break_even(kinds: Sequence[tuple[str, int, BreakEven]]) -> BreakEven:
+    """Rent versus buy for a system of several devices (``(device, count, its
+    break_even)`` per kind), or a sentence saying why not: each kind's yearly cost lines
+    are those of :func:`break_even`, times its count, added up. Owning the whole system
+    costs its devices' fixed yearly costs plus their electricity per busy hour; renting it
+    costs their hourly prices; so the break-even is the one busy-hour figure where the two
+    sums meet (the system is bought or rented whole). The mapping holds the sums
+    (``devices``: the count of each device; ``kinds``: each device's own mapping)."""
+    why = {
+        name: be.result.removeprefix(UNKNOWN).rstrip(".")
+        for name, _, be in kinds
+        if isinstance(be.result, str)
+    }
+    if why:
+        if len(set(why.values())) == 1 and len(why) == len(kinds):
+            return BreakEven(f"{UNKNOWN}{next(iter(why.values()))}.")
+        return BreakEven(UNKNOWN + "; ".join(f"for {d}, {w}" for d, w in why.items()) + ".")
+    per: dict[str, dict[str, Any]] = {}
+    figs: dict[str, Figure] = {}
+    for name, _, be in kinds:
+        assert isinstance(be.result, dict)
+        per[name] = be.result
+        figs.update({f"{k}@{name}": f for k, f in be.figures.items()})
+    counts = {name: n for name, n, _ in kinds}
+
+    def total(key: str) -> float:
+        return sum(counts[d] * float(r[key]) for d, r in per.items())
+
+    fixed = total("own_fixed_usd_per_device_year")
+    idle = sum(
+        counts[d] * r["own_breakdown_usd_per_device_year"]["idle_electricity"]
+        for d, r in per.items()
+    )
+    rent_h = total("rent_usd_per_device_hour")
+    slope = rent_h - total("own_usd_per_busy_hour") + idle / HOURS_PER_YEAR
+    hours_star = fixed / slope if slope > 0 else None
+    first = next(iter(per.values()))
+    busy = first["busy_hours_per_year"]
+    committed = [r["committed_usd_per_device_year"] for r in per.values()]
+    result: dict[str, Any] = {
+        "devices": counts,
+        "kinds": per,
+        "rent_tier": first["rent_tier"],
+        "rent_usd_per_hour": rent_h,
+        "list_usd": total("list_usd"),
+        "lifetime_years": first["lifetime_years"],
+        "own_fixed_usd_per_year": fixed,
+        "committed_usd_per_year": (
+            None if None in committed else total("committed_usd_per_device_year")
+        ),
+        "break_even_hours_per_year": hours_star,
+        "break_even_utilization": None if hours_star is None else hours_star / HOURS_PER_YEAR,
+        "busy_hours_per_year": busy,
+        "cheaper": None,
+        "break_even_months": None,
+    }
+    if busy is not None:
+        choices = {"own": 0.0, "rent": rent_h * busy}
+        for d, r in per.items():
+            choices["own"] += counts[d] * r["yearly_usd_per_device"]["own"]
+        if result["committed_usd_per_year"] is not None:
+            choices["committed"] = result["committed_usd_per_year"]
+        result["yearly_usd"] = choices
+        result["cheaper"] = min(choices, key=lambda k: (choices[k], k))
+        amortization = sum(
+            counts[d] * r["own_breakdown_usd_per_device_year"]["amortization"]
+            for d, r in per.items()
+        )
+        monthly_saving = (rent_h * busy - (choices["own"] - amortization)) / 12.0
+        if result["cheaper"] == "own" and monthly_saving > 0:
+            result["break_even_months"] = result["list_usd"] / monthly_saving
+    return BreakEven(result, figs)
+
+
 CHOICE = {"own": "buy", "rent": "rent on demand", "committed": "rent on a commitment"}
 """How the verdict names each choice."""
 
 
 def describe_break_even(be: Mapping[str, Any]) -> str:
-    """One paragraph a person can act on, from a ``details["break_even"]`` mapping."""
-    rent = be["rent_usd_per_device_hour"]
+    """One paragraph a person can act on, from a ``details["break_even"]`` mapping (one
+    device's, :func:`break_even`, or a system's of several, :func:`fleet_break_even`)."""
     hours = be.get("break_even_hours_per_year")
     life = be.get("lifetime_years", 0.0)
-    text = (
-        f"Buying at {be['list_usd']:,.0f} USD a device over {life:.3g} years costs "
-        f"{be['own_fixed_usd_per_device_year']:,.0f} USD per device-year before electricity "
-        f"for work; renting ({be['rent_tier']}) costs {rent:.3g} USD per device-hour. "
-    )
+    if "devices" in be:
+        fleet = " and ".join(f"{n} x {d}" for d, n in be["devices"].items())
+        text = (
+            f"Buying the system's devices ({fleet}) at {be['list_usd']:,.0f} USD over "
+            f"{life:.3g} years costs {be['own_fixed_usd_per_year']:,.0f} USD a year before "
+            f"electricity for work; renting them ({be['rent_tier']}) costs "
+            f"{be['rent_usd_per_hour']:.3g} USD an hour. "
+        )
+    else:
+        text = (
+            f"Buying at {be['list_usd']:,.0f} USD a device over {life:.3g} years costs "
+            f"{be['own_fixed_usd_per_device_year']:,.0f} USD per device-year before "
+            f"electricity for work; renting ({be['rent_tier']}) costs "
+            f"{be['rent_usd_per_device_hour']:.3g} USD per device-hour. "
+        )
     if hours is None or hours > HOURS_PER_YEAR:
         text += "Owning is never cheaper than renting on demand, even busy all year. "
     else:
