@@ -35,8 +35,17 @@ Better = Literal["higher", "lower", "none"]
 Frontier = Literal["throughput", "cost", ""]
 """The part a metric plays in the sweep's throughput-versus-cost Pareto frontier."""
 
-SYSTEM_KEYS: tuple[str, ...] = ("name", "backend", "device", "count", "status", "reason")
-"""Keys of a system's object in ``summary.json`` that name the system rather than measure it."""
+SYSTEM_KEYS: tuple[str, ...] = (
+    "name",
+    "backend",
+    "device",
+    "count",
+    "hardware",
+    "status",
+    "reason",
+)
+"""Keys of a system's object in ``summary.json`` that name the system rather than measure it
+(``hardware`` only where its devices are of several kinds: ``h100-sxm × 2 + h200-sxm × 6``)."""
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,22 @@ points over offered load and input firing rate, with the schema that workload de
 written as ``<name>.parquet`` at every ``results.detail``."""
 
 
+def mixed_counts(device: str, counts: Any) -> dict[str, int] | None:
+    """``counts`` (devices by kind) when they say more than "``device`` only", else
+    ``None``."""
+    if not isinstance(counts, Mapping) or not counts:
+        return None
+    out = {str(k): int(v) for k, v in counts.items()}
+    return None if list(out) == [device] else out
+
+
+def hardware_label(device: str, count: int, counts: Mapping[str, int] | None = None) -> str:
+    """``device × count``, or each kind's ``name × n`` joined by `` + ``."""
+    if counts:
+        return " + ".join(f"{d} × {n}" for d, n in counts.items())
+    return f"{device} × {count}"
+
+
 @dataclass
 class SystemResult:
     """The outcome for one candidate system.
@@ -79,6 +95,19 @@ class SystemResult:
         if self.status not in STATUSES:
             raise ValueError(f"status {self.status!r} not in {STATUSES}")
 
+    @property
+    def device_counts(self) -> dict[str, int] | None:
+        """How many devices of each kind the system runs, where that is not just its
+        ``count`` of its ``device`` (pools on other chips: ``{"h100-sxm": 2, "h200-sxm":
+        6}``); ``None`` otherwise."""
+        return mixed_counts(self.device, self.details.get("device_counts"))
+
+    @property
+    def hardware(self) -> str:
+        """What the system runs on, in words: ``h100-sxm × 8``, or ``h100-sxm × 2 +
+        h200-sxm × 6`` for pools on two chips."""
+        return hardware_label(self.device, self.count, self.device_counts)
+
     def summary(self) -> dict[str, Any]:
         """This system's object in ``summary.json``."""
         out: dict[str, Any] = {
@@ -88,6 +117,8 @@ class SystemResult:
             "count": self.count,
             "status": self.status,
         }
+        if self.device_counts is not None:  # pools on other chips: say which
+            out["hardware"] = self.hardware
         if self.status != "ok" or self.reason:
             out["reason"] = self.reason
         for k in sorted(self.metrics):

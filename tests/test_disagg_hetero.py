@@ -267,6 +267,37 @@ def test_rent_or_buy_of_a_system_of_two_devices_adds_up_its_devices(
     assert "2 x h100-sxm and 2 x h200-sxm" in text and "6,000 busy hours" in text
 
 
+def test_a_system_of_two_devices_says_so_wherever_it_is_named(
+    host: Host, write_yaml: Callable[[str, str], Path]
+) -> None:
+    """The split on H100s and H200s is named with both devices and their counts in its
+    summary, the terminal table, the Markdown and HTML reports and the verdict read back
+    from summary.json; a system on its own device alone keeps ``device × count`` and no
+    ``hardware`` key."""
+    from xpusim.engine.report.html import render_html
+    from xpusim.engine.report.markdown import render_markdown
+    from xpusim.engine.report.terminal import summary_table
+    from xpusim.engine.report.verdict import summary_systems
+
+    text = PRICED.replace("DECODE", "{count: 2, device: h200-sxm}").replace("LINK", "scale-out")
+    res = simulate(load_scenario(write_yaml(text, "named.yaml"), host), host)
+    runs = {r.name: r for r in res.systems}
+    both = "h100-sxm × 2 + h200-sxm × 2"
+    assert runs["h100-h200"].hardware == both
+    assert runs["h100-h200"].summary()["hardware"] == both
+    assert runs["colocated"].hardware == "h100-sxm × 4"
+    assert "hardware" not in runs["colocated"].summary()
+    assert both in render_markdown(res) and both in render_html(res)
+    rows = {s.name: s for s in summary_systems(res.summary())}
+    assert rows["h100-h200"].hardware == both and rows["colocated"].hardware == "h100-sxm × 4"
+    assert "hardware" not in rows["h100-h200"].metrics
+    from rich.console import Console
+
+    console = Console(width=400, record=True)
+    console.print(summary_table(res.summary(), res.vocabulary))
+    assert both in console.export_text()
+
+
 def test_an_all_h100_split_names_no_device(
     host: Host, write_yaml: Callable[[str, str], Path]
 ) -> None:

@@ -246,6 +246,7 @@ def price_kinds(
     for k in kinds:
         validate_figures(k.spec, config)
     out = Economics(figures={"economics.pue": pue_figure(config.pue)})
+    out.details["device_counts"] = {k.name: k.count for k in kinds}
     span = metrics.get("simulated_s")
     devices = frames.get("devices")
     if span is None and devices is not None and frame_height(devices):

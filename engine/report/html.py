@@ -76,9 +76,7 @@ def _summary(run: RunResult) -> str:
     """The summary table: one column per system, one row per metric, the best marked."""
     systems = run.systems
     metrics = shown_metrics(systems, run.vocabulary)
-    head = "".join(
-        f"<th>{_e(s.name)}<br><small>{_e(s.device)} × {s.count}</small></th>" for s in systems
-    )
+    head = "".join(f"<th>{_e(s.name)}<br><small>{_e(s.hardware)}</small></th>" for s in systems)
     status = "".join(
         f'<td class="text">{_e(ok_label(s))}</td>'
         if s.status == "ok"

@@ -45,11 +45,7 @@ def render_markdown(run: RunResult) -> str:
     out += [f"**Verdict:** {escape.markdown(headline(systems))}", "", "## Summary", ""]
     out.append("| Metric | " + " | ".join(escape.markdown(s.name) for s in systems) + " |")
     out.append("|:---|" + "---:|" * len(systems))
-    out.append(
-        "| Devices | "
-        + " | ".join(escape.markdown(f"{s.device} × {s.count}") for s in systems)
-        + " |"
-    )
+    out.append("| Devices | " + " | ".join(escape.markdown(s.hardware) for s in systems) + " |")
     out.append(
         "| Status | "
         + " | ".join(

@@ -80,7 +80,7 @@ def summary_table(summary: dict[str, Any], vocabulary: Vocabulary) -> Table:
     for s, seen in zip(systems, rows, strict=True):
         row = [
             escape.terminal(s["name"]),
-            escape.terminal(s["device"]),
+            escape.terminal(s.get("hardware") or s["device"]),
             str(s["count"]),
             ok_label(seen, short=True) if s["status"] == "ok" else s["status"],
         ]

@@ -371,7 +371,7 @@ def build_trace(
                 "name": "process_name",
                 "pid": i + 1,
                 "tid": 0,
-                "args": {"name": f"{s.name} ({s.device} × {s.count})"},
+                "args": {"name": f"{s.name} ({s.hardware})"},
             }
         )
     if isinstance(lanes, pl.LazyFrame):

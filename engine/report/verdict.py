@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 from xpusim.engine.capacity import meets_slo
 from xpusim.engine.economics.breakeven import CHOICE
 from xpusim.engine.economics.pricebook import mixed_tiers_warning
+from xpusim.engine.results import hardware_label
 
 COST_KEYS = ("cost_per_million_tokens_usd", "cost_usd")
 """The cost figures a verdict ranks by, in order of preference."""
@@ -53,6 +54,11 @@ class SystemLike(Protocol):
     status: str
     metrics: dict[str, Any]
 
+    @property
+    def hardware(self) -> str:
+        """What it runs on, in words (``h100-sxm × 8``)."""
+        ...
+
 
 S = TypeVar("S", bound=SystemLike)
 """A system type a verdict reads."""
@@ -84,7 +90,7 @@ def _cost_key(systems: Sequence[SystemLike]) -> str | None:
 
 
 def _label(s: SystemLike) -> str:
-    return f"{s.name} ({s.device} × {s.count})"
+    return f"{s.name} ({s.hardware})"
 
 
 def _misses(systems: Sequence[SystemLike]) -> str:
@@ -247,6 +253,7 @@ class _Row:
         self.device = str(d.get("device", ""))
         self.count = int(d.get("count", 0) or 0)
         self.status = str(d.get("status", ""))
+        self.hardware = str(d.get("hardware") or hardware_label(self.device, self.count))
         self.metrics = {
-            k: v for k, v in d.items() if k not in ("name", "device", "count", "status")
+            k: v for k, v in d.items() if k not in ("name", "device", "count", "hardware", "status")
         }
