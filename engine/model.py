@@ -69,7 +69,12 @@ class ModelInfo:
         return self.kv_full_bytes_per_token * tokens + self.kv_window_bytes_per_token * kept
 
 
-BACKWARD_PREFIXES = ("bwd.", "recompute.")
+BACKWARD = "bwd."
+"""Name prefix of a training graph's gradient ops (a backend prices a fused attention's
+backward by it)."""
+RECOMPUTE = "recompute."
+"""Name prefix of the forward ops a training graph recomputes for the backward."""
+BACKWARD_PREFIXES = (BACKWARD, RECOMPUTE)
 """Name prefixes that mark an op of a training graph as backward work (gradients, and the
 forward ops recomputed for them): the naming contract of :meth:`ModelGraph.training_stages`."""
 

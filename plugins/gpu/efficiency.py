@@ -94,15 +94,13 @@ from xpusim.engine.analytic import OpTime
 from xpusim.engine.device import DeviceSpec
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Op, OpKind, dtype_bytes
+from xpusim.engine.model import BACKWARD
 
 Tile = tuple[int, int, float]
 
 FLASH_BACKWARD_FLOPS = 2.5
 """FLOPs of a fused attention backward over its forward's: five ``s × s × d`` GEMMs (the
 recomputed ``QKᵀ``, ``dV``, ``dP``, ``dQ``, ``dK``) against two (module docstring)."""
-
-BACKWARD_PREFIX = "bwd."
-"""Name prefix of the backward ops a training graph holds (``engine.model``)."""
 
 
 @dataclass(frozen=True)
@@ -395,7 +393,7 @@ class GpuCostModel:
         group = max(1, round(q_heads / kv_heads)) if q_heads > 0 and kv_heads > 0 else 1
         per_head = op.batch * (2.0 * q * d * b + 2.0 * keys * d * kv_b)
         flops = op.flops if op.flops > 0 else 4.0 * q * keys * d * op.batch
-        if op.name.startswith(BACKWARD_PREFIX):
+        if op.name.startswith(BACKWARD):
             # built as twice the forward; the kernel recomputes QKᵀ: 5 GEMMs, not 4
             flops *= FLASH_BACKWARD_FLOPS / 2.0
         decode = q == 1

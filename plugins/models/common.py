@@ -12,7 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from xpusim.engine.errors import ScenarioError, UnsupportedError
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
-from xpusim.engine.model import EagerCalls, ModelGraph, ModelInfo
+from xpusim.engine.model import BACKWARD, RECOMPUTE, EagerCalls, ModelGraph, ModelInfo
 from xpusim.engine.registry import unknown_message
 from xpusim.engine.system import Parallelism
 
@@ -254,7 +254,7 @@ def backward_op(op: Op) -> list[Op]:
     (Megatron's backward all-reduce mirrors the forward one).
     """
     if op.kind is OpKind.COLLECTIVE:
-        return [_renamed(op, "bwd.")]
+        return [_renamed(op, BACKWARD)]
     if op.kind in (OpKind.MATMUL, OpKind.CONV) and len(op.dims) >= 3:
         m, n, k = (int(d) for d in op.dims[:3])
         if op.param_bytes > 0:
@@ -265,14 +265,14 @@ def backward_op(op: Op) -> list[Op]:
         y_bytes = op.bytes_written
         dx = replace(
             op,
-            name=f"bwd.{op.name}.dx",
+            name=f"{BACKWARD}{op.name}.dx",
             bytes_read=y_bytes + w_bytes,
             bytes_written=x_bytes,
             dims=(m, k, n),
         )
         dw = replace(
             op,
-            name=f"bwd.{op.name}.dw",
+            name=f"{BACKWARD}{op.name}.dw",
             bytes_read=x_bytes + y_bytes,
             bytes_written=w_bytes,
             param_bytes=0.0,
@@ -281,7 +281,7 @@ def backward_op(op: Op) -> list[Op]:
         return [dx, dw]
     return [
         Op(
-            name=f"bwd.{op.name}",
+            name=f"{BACKWARD}{op.name}",
             kind=op.kind,
             flops=2 * op.flops,
             bytes_read=op.bytes_read + op.bytes_written,
@@ -324,7 +324,7 @@ def backward_ops(ops: Iterable[Op]) -> list[Op]:
 
 def recompute_ops(ops: Iterable[Op]) -> list[Op]:
     """The extra forward work of activation recomputation (ops renamed ``recompute.*``)."""
-    return [_renamed(o, "recompute.") for o in ops]
+    return [_renamed(o, RECOMPUTE) for o in ops]
 
 
 def adam_op(params: float, dtype: str, parallel: Parallelism | None = None) -> Op:

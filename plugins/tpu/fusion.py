@@ -47,6 +47,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from xpusim.engine.graph import Op, OpGraph, OpKind
+from xpusim.engine.model import BACKWARD
 
 PRODUCERS = frozenset(
     {
@@ -76,8 +77,6 @@ NORM_READS = 2
 """Reads of its input by a norm standing alone: the reduction (mean square) and the
 scaling pass that needs it (forward; the gradient's ``sum(dy · w · x)`` then the
 elementwise pass likewise)."""
-BACKWARD_PREFIX = "bwd."
-"""Name prefix the model gives its backward ops."""
 
 VECTOR_ATTR = "vector_flops"
 """Attribute of a fused op: FLOPs of its fused consumers, run on the vector unit."""
@@ -122,7 +121,7 @@ def reduction_alone(op: Op) -> Op:
     normalise), :data:`SOFTMAX_BACKWARD_READS` times in the gradient (``bwd.*``); a norm's
     :data:`NORM_READS` times. Other ops are returned as they are."""
     if op.kind is OpKind.SOFTMAX:
-        backward = op.name.startswith(BACKWARD_PREFIX)
+        backward = op.name.startswith(BACKWARD)
         reads = SOFTMAX_BACKWARD_READS if backward else SOFTMAX_FORWARD_READS
     elif op.kind is OpKind.NORM:
         reads = NORM_READS
