@@ -350,12 +350,21 @@ def _flat_types(annotation: Any) -> set[Any]:
     return {annotation}
 
 
-def check_no_bool_numbers(model: type[BaseModel], raw: Any, src: Source, path: Path_) -> None:
-    """Refuse ``true``/``false`` where ``model`` expects a number (pydantic would read
-    ``count: true`` as 1), naming the key; nested models, lists and mappings of models
-    are followed."""
+BOOL_NUMBER = (
+    "expected a number, got {value}; YAML reads yes/no/true/false as booleans, so write the "
+    "number itself"
+)
+"""What is wrong with ``true``/``false`` written where a number is expected."""
+
+
+def first_bool_number(
+    model: type[BaseModel], raw: Any, path: Path_ = ()
+) -> tuple[Path_, bool] | None:
+    """The key path and value of the first ``true``/``false`` in ``raw`` where ``model``
+    expects a number (pydantic would read ``count: true`` as 1); nested models, lists and
+    mappings of models are followed. ``None`` when there is none."""
     if not isinstance(raw, Mapping):
-        return
+        return None
     for name, fld in model.model_fields.items():
         key = fld.alias or name
         if key not in raw:
@@ -363,22 +372,34 @@ def check_no_bool_numbers(model: type[BaseModel], raw: Any, src: Source, path: P
         value, here = raw[key], (*path, key)
         kinds = _flat_types(fld.annotation)
         if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
-            raise ScenarioError(
-                f"{src.where(here)}: expected a number, got {str(value).lower()}; YAML reads "
-                f"yes/no/true/false as booleans, so write the number itself."
-            )
+            return here, value
         for kind in kinds:
-            sub = _submodel(kind)
+            sub = submodel(kind)
             if sub is None:
                 continue
+            found: tuple[Path_, bool] | None = None
             if isinstance(value, Mapping) and typing.get_origin(kind) is None:
-                check_no_bool_numbers(sub, value, src, here)
+                found = first_bool_number(sub, value, here)
             elif isinstance(value, list):
                 for i, item in enumerate(value):
-                    check_no_bool_numbers(sub, item, src, (*here, i))
+                    found = found or first_bool_number(sub, item, (*here, i))
             elif isinstance(value, Mapping):
                 for k, item in value.items():
-                    check_no_bool_numbers(sub, item, src, (*here, k))
+                    found = found or first_bool_number(sub, item, (*here, k))
+            if found is not None:
+                return found
+    return None
+
+
+def check_no_bool_numbers(model: type[BaseModel], raw: Any, src: Source, path: Path_) -> None:
+    """Refuse ``true``/``false`` where ``model`` expects a number
+    (:func:`first_bool_number`), naming the key."""
+    found = first_bool_number(model, raw, path)
+    if found is not None:
+        here, value = found
+        raise ScenarioError(
+            f"{src.where(here)}: " + BOOL_NUMBER.format(value=str(value).lower()) + "."
+        )
 
 
 def _model_by_title(title: str) -> type[BaseModel] | None:
@@ -395,26 +416,33 @@ def _model_by_title(title: str) -> type[BaseModel] | None:
 def _allowed_keys(exc: ValidationError, loc: Path_) -> list[str]:
     """Valid keys of the mapping that held the unknown key at ``loc`` (relative to the
     model that raised)."""
-    cur: Any = _model_by_title(exc.title)
-    if cur is None:
-        return []
-    for part in loc[:-1]:
+    model = _model_by_title(exc.title)
+    return [] if model is None else keys_at(model, loc[:-1])
+
+
+def keys_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """The keys of the sub-model of ``model`` at key path ``loc`` (list indexes skipped);
+    empty where ``loc`` leads to no model."""
+    cur: Any = model
+    for part in loc:
         if isinstance(part, int):
             continue
         fld = getattr(cur, "model_fields", {}).get(part)
         if fld is None:
             return []
-        cur = _submodel(fld.annotation)
+        cur = submodel(fld.annotation)
         if cur is None:
             return []
     return sorted(getattr(cur, "model_fields", {}))
 
 
-def _submodel(annotation: Any) -> Any:
+def submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (through ``Optional``, unions and
+    containers), or ``None``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        sub = _submodel(arg)
+        sub = submodel(arg)
         if sub is not None:
             return sub
     return None

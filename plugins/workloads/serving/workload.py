@@ -61,6 +61,7 @@ from xpusim.engine.policies import (
 )
 from xpusim.engine.qty import Duration
 from xpusim.engine.registry import nearest
+from xpusim.engine.scenario import BOOL_NUMBER, first_bool_number, keys_at
 from xpusim.engine.system import System
 from xpusim.engine.workload import PlanKnobs, SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads import TECHNIQUES
@@ -344,9 +345,10 @@ def _block_errors(
                 f"the system ({tech.description}); remove `{key}`",
             )
         ]
-    bad = _bool_number(tech.schema, block, (key,))
+    bad = first_bool_number(tech.schema, block, (key,))
     if bad is not None:
-        return [bad]
+        here, value = bad
+        return [_value_error(here, value, BOOL_NUMBER.format(value=str(value).lower()))]
     try:
         blocks[key] = tech.schema.model_validate(block, context=info.context)
     except ValidationError as exc:
@@ -354,7 +356,7 @@ def _block_errors(
         for err in exc.errors():
             loc = (key, *err["loc"])
             if err["type"] == "extra_forbidden":
-                valid = _keys_at(tech.schema, err["loc"][:-1])
+                valid = keys_at(tech.schema, err["loc"][:-1])
                 near = nearest(str(loc[-1]), valid)
                 hint = f" Did you mean {near!r}?" if near else ""
                 out.append(
@@ -375,55 +377,6 @@ def _block_errors(
 
 def _value_error(loc: tuple[Any, ...], value: Any, message: str) -> InitErrorDetails:
     return {"type": "value_error", "loc": loc, "input": value, "ctx": {"error": message}}
-
-
-def _keys_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
-    """The keys of the sub-model of ``model`` at ``loc`` (list indexes skipped)."""
-    cur: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        fld = getattr(cur, "model_fields", {}).get(part)
-        cur = _model_in(fld.annotation) if fld is not None else None
-        if cur is None:
-            return []
-    return sorted(getattr(cur, "model_fields", {}))
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model an annotation holds (through ``Optional`` and unions)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        sub = _model_in(arg)
-        if sub is not None:
-            return sub
-    return None
-
-
-def _bool_number(model: type[BaseModel], raw: Any, loc: tuple[Any, ...]) -> InitErrorDetails | None:
-    """The first ``true``/``false`` written where ``model`` expects a number (pydantic
-    would read ``count: true`` as 1), as an error at its key path; nested models followed."""
-    if not isinstance(raw, Mapping):
-        return None
-    for name, fld in model.model_fields.items():
-        if name not in raw:
-            continue
-        value, here = raw[name], (*loc, name)
-        kinds = {a for a in (fld.annotation, *getattr(fld.annotation, "__args__", ()))}
-        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
-            return _value_error(
-                here,
-                value,
-                f"expected a number, got {str(value).lower()}; YAML reads yes/no/true/false "
-                f"as booleans, so write the number itself",
-            )
-        sub = _model_in(fld.annotation)
-        if sub is not None:
-            bad = _bool_number(sub, value, here)
-            if bad is not None:
-                return bad
-    return None
 
 
 def apply_stack(config: Any) -> None:
