@@ -132,3 +132,40 @@ def test_non_utf8_file(fake_host: Host, tmp_path: Path) -> None:
     p.write_bytes(b"name: \xff\xfe\n")
     with pytest.raises(ScenarioError, match="not UTF-8"):
         load_scenario(p, fake_host)
+
+
+def test_booleans_for_numbers_are_found_through_lists_mappings_and_aliases() -> None:
+    """``first_bool_number`` returns the key path of the first ``true``/``false`` where a
+    number is expected, following nested models, lists and mappings of models and field
+    aliases; ``keys_at`` lists the keys of the sub-model a key path leads to."""
+    from pydantic import BaseModel, Field
+
+    from xpusim.engine.scenario import first_bool_number, keys_at, submodel
+
+    class Leaf(BaseModel):
+        count: int = 1
+        flag: bool = False
+        share: float | None = None
+
+    class Root(BaseModel):
+        one: Leaf | None = None
+        many: list[Leaf] = []
+        named: dict[str, Leaf] = {}
+        renamed: int = Field(default=0, alias="as")
+
+    assert first_bool_number(Root, {"one": {"flag": True, "count": 2}}) is None
+    assert first_bool_number(Root, {"one": {"share": True}}) == (("one", "share"), True)
+    assert first_bool_number(Root, {"many": [{"count": 1}, {"count": False}]}) == (
+        ("many", 1, "count"),
+        False,
+    )
+    assert first_bool_number(Root, {"named": {"x": {"count": True}}}, ("w",)) == (
+        ("w", "named", "x", "count"),
+        True,
+    )
+    assert first_bool_number(Root, {"as": True}) == (("as",), True)
+    assert first_bool_number(Root, "not a mapping") is None
+    assert keys_at(Root, ("many", 0)) == ["count", "flag", "share"]
+    assert keys_at(Root, ("one",)) == ["count", "flag", "share"]
+    assert keys_at(Root, ("renamed",)) == [] and keys_at(Root, ("nowhere",)) == []
+    assert submodel(list[Leaf]) is Leaf and submodel(int | None) is None
