@@ -546,3 +546,53 @@ def test_cached_steps_equal_the_full_forward(name: str) -> None:
     torch.testing.assert_close(pre[:, 0], full[:, 7], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(chunk[:, 0], full[:, 10], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(dec[:, 0], full[:, 11], rtol=1e-4, atol=1e-4)
+
+
+# --- elementwise: eager (PyTorch module code run op by op) --------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_eager_elementwise_prices_each_kernel_of_the_module_code(dtype: str) -> None:
+    """``elementwise: eager`` prices an RMSNorm, the complex RoPE and the gated activation
+    as their separate PyTorch kernels (20 bytes read and 16 written per bf16 element for
+    the RMSNorm, whose fp32 casts vanish in fp32), adds the attention output's copy and,
+    with fewer KV heads than query heads, the K/V repeat; FLOPs and every GEMM are those of
+    the fused graph, a LayerNorm is one kernel either way, and ``fused`` is the default."""
+    from xpusim.plugins.models.transformer import (
+        EAGER_GLU,
+        EAGER_RMSNORM,
+        EAGER_ROPE,
+        eager_bytes,
+    )
+
+    shape = Shape(Phase.TRAIN, batch=2, tokens=32)
+    fused = tiny("llama", kv_heads=2, dtype=dtype).build(shape)
+    assert tiny("llama", kv_heads=2, dtype=dtype, elementwise="fused").build(shape) == fused
+    eager = tiny("llama", kv_heads=2, dtype=dtype, elementwise="eager").build(shape)
+    f_ops = {o.name: o for o in fused.ops}
+    e_ops = {o.name: o for o in eager.ops}
+    e = 2.0 if dtype == "bf16" else 4.0
+    for name, passes, el in (
+        ("ln1", EAGER_RMSNORM, 64 * 64),
+        ("attn.rope", EAGER_ROPE, 64 * (8 + 2) * 8),
+        ("mlp.glu", EAGER_GLU, 64 * 96),
+    ):
+        r, w = eager_bytes(passes, e)
+        extra = e_ops[name].bytes_read - f_ops[name].bytes_read
+        assert extra == pytest.approx(r * el - (2 if name == "mlp.glu" else 1) * el * e), name
+        assert e_ops[name].bytes_written == pytest.approx(w * el), name
+    assert eager_bytes(EAGER_RMSNORM, 2.0) == (20.0, 16.0)
+    assert eager_bytes(EAGER_RMSNORM, 4.0) == (16.0, 12.0)
+    assert e_ops["attn.context"].bytes_read == e_ops["attn.context"].bytes_written == 64 * 64 * e
+    assert e_ops["attn.repeat_kv"].bytes_written == 2 * 64 * 64 * e
+    assert e_ops["attn.repeat_kv"].bytes_read == 2 * 64 * 16 * e
+    assert sum(o.flops * o.count for o in eager.ops) == sum(o.flops * o.count for o in fused.ops)
+    assert [o for o in eager.ops if o.kind is OpKind.MATMUL] == [
+        o for o in fused.ops if o.kind is OpKind.MATMUL
+    ]
+    # multi-head attention repeats nothing; a LayerNorm model's norms are unchanged
+    assert "attn.repeat_kv" not in {
+        o.name for o in tiny("llama", elementwise="eager").build(shape).ops
+    }
+    gpt = {o.name: o for o in tiny("gpt", elementwise="eager").build(shape).ops}
+    assert gpt["ln1"] == {o.name: o for o in tiny("gpt").build(shape).ops}["ln1"]

@@ -80,6 +80,40 @@ GLU_FLOPS = 2
 """FLOPs per output element of the fused gated activation (``act(g)·u``)."""
 INDEX_BYTES = 8
 """Bytes of one token id or routing index (int64)."""
+FP32_BYTES = 4.0
+"""Bytes of an fp32 element (eager modules compute norms and rotations in fp32)."""
+
+
+def eager_bytes(passes: tuple[tuple[str, str], ...], act: float) -> tuple[float, float]:
+    """(bytes read, bytes written) per element of an eager PyTorch module run as the
+    separate kernels ``passes`` lists, each ``(read, written)`` with ``"a"`` an element of
+    the activation dtype (``act`` bytes), ``"f"`` an fp32 one, ``"2a"`` two activation
+    operands and ``"-"`` nothing; a cast to fp32 (``("a", "f")``) or back (``("f",
+    "a")``) is no pass at all when the activations already are fp32."""
+    width = {"a": act, "2a": 2 * act, "f": FP32_BYTES, "-": 0.0}
+    read = written = 0.0
+    for r, w in passes:
+        if act == FP32_BYTES and {r, w} == {"a", "f"}:
+            continue
+        read += width[r]
+        written += width[w]
+    return read, written
+
+
+EAGER_RMSNORM = (("a", "f"), ("f", "f"), ("f", "-"), ("f", "f"), ("f", "a"), ("a", "a"))
+"""The kernels of an RMSNorm written as module code (Meta's Llama reference and torchtitan's
+``RMSNorm``: ``self._norm(x.float()).type_as(x) * self.weight`` with ``_norm(x) = x *
+torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)``): the cast to fp32, the square, the
+mean (a reduction, reading only), the scaling, the cast back and the weight; per element of
+a 16-bit activation 20 bytes read and 16 written, where the fused kernel reads 2 and
+writes 2."""
+EAGER_ROPE = (("a", "f"), ("f", "f"), ("f", "a"))
+"""The kernels of Meta's complex-number rotary embedding (``apply_rotary_emb``:
+``view_as_complex(x.float()...) * freqs_cis``, ``view_as_real``, ``type_as``): the cast to
+fp32, the complex product, the cast back, per rotated element (the table is read once)."""
+EAGER_GLU = (("a", "a"), ("2a", "a"))
+"""The kernels of a gated MLP's activation as module code (``F.silu(w1(x)) * w3(x)``):
+the activation, then the product, per element of the MLP's hidden size."""
 ATTENTION_DROPOUT = 0.1
 """Attention-dropout probability of ``attention: unfused`` in training: Megatron-LM's
 default (``megatron/arguments.py``, ``--attention-dropout``, default 0.1). Its cost does
@@ -142,6 +176,17 @@ class DecoderConfig(BaseModel):
     ``QKᵀ`` batched GEMM, a fused scale+mask+softmax, attention dropout when training,
     the ``PV`` batched GEMM and a copy of the context into token-major layout (see
     :func:`unfused_attention` and ``docs/models.md``)."""
+    elementwise: Literal["fused", "eager"] = "fused"
+    """How the work between the GEMMs and the attention core runs. ``fused``: one kernel
+    per norm, rotary embedding and gated activation, as Megatron-LM, Transformer Engine,
+    ``torch.compile`` and serving engines run them. ``eager``: PyTorch module code run op
+    by op, as Meta's Llama reference and torchtitan without ``torch.compile`` run it: the
+    RMSNorm (:data:`EAGER_RMSNORM`), the complex-number RoPE (:data:`EAGER_ROPE`) and the
+    gated activation (:data:`EAGER_GLU`) as their separate kernels, the attention
+    output copied to token-major layout (``.transpose(1, 2).contiguous()``) and, with
+    fewer KV heads than query heads, K and V copied to every query head
+    (``repeat_kv``) before ``scaled_dot_product_attention``. A LayerNorm is one kernel
+    either way (``nn.LayerNorm``)."""
     attention_dropout: float = Field(ATTENTION_DROPOUT, ge=0.0, lt=1.0)
     """Attention-dropout probability in training with ``attention: unfused`` (Megatron-LM's
     default 0.1, :data:`ATTENTION_DROPOUT`); at 0 no dropout kernel runs and no mask or
@@ -782,6 +827,20 @@ class DecoderModel(EagerCounted):
                 b.coll(f"{name}.all_gather", Collective.ALL_GATHER, act_bytes, t, count)
 
         def norm(name: str, count: int | None = None, layer: str = "layer") -> None:
+            if c.elementwise == "eager" and c.norm == "rmsnorm":
+                r, w = eager_bytes(EAGER_RMSNORM, b.e)
+                b.raw(
+                    name,
+                    OpKind.NORM,
+                    tn * h,
+                    r * tn * h + norm_w * b.e,
+                    w * tn * h,
+                    NORM_FLOPS * tn * h,
+                    norm_w * b.e,
+                    count,
+                    layer,
+                )
+                return
             b.ew(
                 name,
                 OpKind.NORM,
@@ -966,7 +1025,27 @@ class DecoderModel(EagerCounted):
             b.ew("attn.qk_norm", OpKind.NORM, el, el + 2 * d, el, NORM_FLOPS * el, 2 * d)
         if c.position == "rope":
             el = big_t * (hd + kvd) * d
-            b.ew("attn.rope", OpKind.ELEMENTWISE, el, el + 2 * rows * d, el, ROPE_FLOPS * el)
+            if c.elementwise == "eager":
+                r, w = eager_bytes(EAGER_ROPE, e)
+                b.raw(
+                    "attn.rope",
+                    OpKind.ELEMENTWISE,
+                    el,
+                    r * el + 2 * rows * d * e,
+                    w * el,
+                    ROPE_FLOPS * el,
+                )
+            else:
+                b.ew("attn.rope", OpKind.ELEMENTWISE, el, el + 2 * rows * d, el, ROPE_FLOPS * el)
+        if c.elementwise == "eager" and c.attention == "flash" and kvd < hd:
+            # repeat_kv: K and V copied to every query head of their group
+            b.ew(
+                "attn.repeat_kv",
+                OpKind.ELEMENTWISE,
+                2 * big_t * hd * d,
+                2 * big_t * kvd * d,
+                2 * big_t * hd * d,
+            )
         kv_e = dtype_bytes(c.kv_type)
         if serving:  # K and V of the new tokens read in ``dtype``, stored in ``kv_type``
             el = 2 * big_t * kvd * d
@@ -1008,6 +1087,9 @@ class DecoderModel(EagerCounted):
         if c.attention == "unfused":  # head-major context -> token-major: one copy
             el = big_t * hd * d
             b.ew("attn.core.context", OpKind.ELEMENTWISE, el, el, el)
+        elif c.elementwise == "eager":  # the SDPA output, made token-major (.contiguous())
+            el = big_t * hd * d
+            b.ew("attn.context", OpKind.ELEMENTWISE, el, el, el)
         b.gemm("attn.out", big_t, h, hd * d, c.bias)
 
     def _mla_ops(
@@ -1123,7 +1205,18 @@ class DecoderModel(EagerCounted):
         layers: the up (fused gate/up when gated) GEMM, the activation, the down GEMM."""
         c = self.cfg
         b.gemm(f"{name}.up", n, f * (2 if c.gated_mlp else 1), c.hidden, c.bias, count=count)
-        if c.gated_mlp:
+        if c.gated_mlp and c.elementwise == "eager":
+            r, w = eager_bytes(EAGER_GLU, b.e)
+            b.raw(
+                f"{name}.glu",
+                OpKind.ELEMENTWISE,
+                n * f,
+                r * n * f,
+                w * n * f,
+                GLU_FLOPS * n * f,
+                count=count,
+            )
+        elif c.gated_mlp:
             b.ew(
                 f"{name}.glu",
                 OpKind.ELEMENTWISE,
