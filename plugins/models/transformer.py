@@ -100,6 +100,18 @@ def eager_bytes(passes: tuple[tuple[str, str], ...], act: float) -> tuple[float,
     return read, written
 
 
+def passes(
+    eager: tuple[tuple[str, str], ...], fused: tuple[float, float], on: bool, act: float
+) -> tuple[float, float]:
+    """(elements read, elements written) of the activation dtype per element of an
+    elementwise op: the ``eager`` kernels' bytes (:func:`eager_bytes`) over ``act`` when
+    ``on``, else the ``fused`` kernel's."""
+    if not on:
+        return fused
+    r, w = eager_bytes(eager, act)
+    return r / act, w / act
+
+
 EAGER_RMSNORM = (("a", "f"), ("f", "f"), ("f", "-"), ("f", "f"), ("f", "a"), ("a", "a"))
 """The kernels of an RMSNorm written as module code (Meta's Llama reference and torchtitan's
 ``RMSNorm``: ``self._norm(x.float()).type_as(x) * self.weight`` with ``_norm(x) = x *
@@ -826,27 +838,16 @@ class DecoderModel(EagerCounted):
             if sp:
                 b.coll(f"{name}.all_gather", Collective.ALL_GATHER, act_bytes, t, count)
 
+        eager_norm = c.elementwise == "eager" and c.norm == "rmsnorm"
+        norm_r, norm_wr = passes(EAGER_RMSNORM, (1.0, 1.0), eager_norm, b.e)
+
         def norm(name: str, count: int | None = None, layer: str = "layer") -> None:
-            if c.elementwise == "eager" and c.norm == "rmsnorm":
-                r, w = eager_bytes(EAGER_RMSNORM, b.e)
-                b.raw(
-                    name,
-                    OpKind.NORM,
-                    tn * h,
-                    r * tn * h + norm_w * b.e,
-                    w * tn * h,
-                    NORM_FLOPS * tn * h,
-                    norm_w * b.e,
-                    count,
-                    layer,
-                )
-                return
             b.ew(
                 name,
                 OpKind.NORM,
                 tn * h,
-                tn * h + norm_w,
-                tn * h,
+                norm_r * tn * h + norm_w,
+                norm_wr * tn * h,
                 NORM_FLOPS * tn * h,
                 norm_w,
                 count,
@@ -1025,18 +1026,15 @@ class DecoderModel(EagerCounted):
             b.ew("attn.qk_norm", OpKind.NORM, el, el + 2 * d, el, NORM_FLOPS * el, 2 * d)
         if c.position == "rope":
             el = big_t * (hd + kvd) * d
-            if c.elementwise == "eager":
-                r, w = eager_bytes(EAGER_ROPE, e)
-                b.raw(
-                    "attn.rope",
-                    OpKind.ELEMENTWISE,
-                    el,
-                    r * el + 2 * rows * d * e,
-                    w * el,
-                    ROPE_FLOPS * el,
-                )
-            else:
-                b.ew("attn.rope", OpKind.ELEMENTWISE, el, el + 2 * rows * d, el, ROPE_FLOPS * el)
+            rd, wr = passes(EAGER_ROPE, (1.0, 1.0), c.elementwise == "eager", e)
+            b.ew(
+                "attn.rope",
+                OpKind.ELEMENTWISE,
+                el,
+                rd * el + 2 * rows * d,
+                wr * el,
+                ROPE_FLOPS * el,
+            )
         if c.elementwise == "eager" and c.attention == "flash" and kvd < hd:
             # repeat_kv: K and V copied to every query head of their group
             b.ew(
@@ -1205,24 +1203,14 @@ class DecoderModel(EagerCounted):
         layers: the up (fused gate/up when gated) GEMM, the activation, the down GEMM."""
         c = self.cfg
         b.gemm(f"{name}.up", n, f * (2 if c.gated_mlp else 1), c.hidden, c.bias, count=count)
-        if c.gated_mlp and c.elementwise == "eager":
-            r, w = eager_bytes(EAGER_GLU, b.e)
-            b.raw(
-                f"{name}.glu",
-                OpKind.ELEMENTWISE,
-                n * f,
-                r * n * f,
-                w * n * f,
-                GLU_FLOPS * n * f,
-                count=count,
-            )
-        elif c.gated_mlp:
+        if c.gated_mlp:
+            rd, wr = passes(EAGER_GLU, (2.0, 1.0), c.elementwise == "eager", b.e)
             b.ew(
                 f"{name}.glu",
                 OpKind.ELEMENTWISE,
                 n * f,
-                2 * n * f,
-                n * f,
+                rd * n * f,
+                wr * n * f,
                 GLU_FLOPS * n * f,
                 count=count,
             )
