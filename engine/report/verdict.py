@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 from xpusim.engine.capacity import meets_slo
 from xpusim.engine.economics.breakeven import CHOICE
 from xpusim.engine.economics.pricebook import mixed_tiers_warning
+from xpusim.engine.metrics import SYSTEM_KEYS
 from xpusim.engine.results import hardware_label
 
 COST_KEYS = ("cost_per_million_tokens_usd", "cost_usd")
@@ -254,6 +255,4 @@ class _Row:
         self.count = int(d.get("count", 0) or 0)
         self.status = str(d.get("status", ""))
         self.hardware = str(d.get("hardware") or hardware_label(self.device, self.count))
-        self.metrics = {
-            k: v for k, v in d.items() if k not in ("name", "device", "count", "hardware", "status")
-        }
+        self.metrics = {k: v for k, v in d.items() if k not in SYSTEM_KEYS}
