@@ -193,6 +193,19 @@ def test_fast_world_matches_reference(
     assert_same(reqs, steps, ref)
 
 
+GAPS = st.lists(
+    st.one_of(
+        st.just(0.0),
+        st.floats(min_value=0.0, max_value=1e-3),
+        st.floats(min_value=0.0, max_value=1e4),
+    ),
+    min_size=1,
+    max_size=60,
+)
+"""Gaps between arrivals: ties (0), sub-millisecond and up to hours apart."""
+STARTS = st.floats(min_value=0.0, max_value=1e3)
+"""The instant the first arrival comes after."""
+
 LAYOUTS = st.builds(
     KVLayout,
     st.integers(0, 2),
@@ -486,16 +499,8 @@ def test_fast_path_runs_decodes_through_finishes_and_block_growth(compiled: Comp
 
 @settings(max_examples=50, deadline=None)
 @given(
-    gaps=st.lists(
-        st.one_of(
-            st.just(0.0),
-            st.floats(min_value=0.0, max_value=1e-3),
-            st.floats(min_value=0.0, max_value=1e4),
-        ),
-        min_size=1,
-        max_size=60,
-    ),
-    start=st.floats(min_value=0.0, max_value=1e3),
+    gaps=GAPS,
+    start=STARTS,
 )
 def test_arrival_instants_are_the_arrival_process_instants(gaps: list[float], start: float) -> None:
     """The instants computed up front are those at which a SimPy process waiting ``t -

@@ -21,7 +21,14 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from tests.fakes import FakeModel, fake_device
-from tests.test_serving_reference import ShapeCompiled, delivered, requests, run_paths
+from tests.test_serving_reference import (
+    GAPS,
+    STARTS,
+    ShapeCompiled,
+    delivered,
+    requests,
+    run_paths,
+)
 from xpusim.engine.backend import Compiled
 from xpusim.engine.frames import collect
 from xpusim.engine.policies import SchedulerSpec
@@ -41,16 +48,8 @@ def compiled() -> Compiled:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    gaps=st.lists(
-        st.one_of(
-            st.just(0.0),
-            st.floats(min_value=0.0, max_value=1e-3),
-            st.floats(min_value=0.0, max_value=1e4),
-        ),
-        min_size=1,
-        max_size=60,
-    ),
-    start=st.floats(min_value=0.0, max_value=1e3),
+    gaps=GAPS,
+    start=STARTS,
     chunk=st.integers(1, 7),
 )
 def test_instants_found_chunk_by_chunk_are_the_arrival_process_instants(
