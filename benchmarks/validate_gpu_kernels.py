@@ -55,6 +55,7 @@ if str(REPO) not in sys.path:
 from xpusim.engine.device import DeviceSpec  # noqa: E402
 from xpusim.engine.graph import OpKind  # noqa: E402
 from xpusim.plugins.gpu import points as points_mod  # noqa: E402
+from xpusim.plugins.gpu.builtin_params import builtin_params  # noqa: E402
 from xpusim.plugins.gpu.catalog import catalog  # noqa: E402
 from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency  # noqa: E402
 from xpusim.plugins.gpu.kernel_fits import fitted_params  # noqa: E402
@@ -173,32 +174,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"source: {pts.source}")
     parts = []
     default = GpuEfficiency()
+    base = builtin_params(spec)[0]
     every = (*pts.gemm, *pts.attention)
     parts.append(_part("defaults", spec, every, default, args.rows))
-    fitted = fit_params(spec, pts.for_fit())
-    parts.append(_part("fitted, in sample", spec, every, replace(default, **fitted), args.rows))
+    fitted = fit_params(spec, pts.for_fit(), base)
+    parts.append(_part("fitted, in sample", spec, every, replace(base, **fitted), args.rows))
     held = [p for p in pts.gemm if p.label.startswith(args.holdout)]
     train = [p for p in pts.gemm if not p.label.startswith(args.holdout)]
     held_fit: dict[str, float] = {}
     if held and train:
-        held_fit = fit_params(spec, _subset(pts, train).for_fit())
+        held_fit = fit_params(spec, _subset(pts, train).for_fit(), base)
         parts.append(
             _part(
                 f"fitted, held out ({len(held)})",
                 spec,
                 held,
-                replace(default, **held_fit),
+                replace(base, **held_fit),
                 args.rows,
             )
         )
-    public = {k: v for k, (v, _how) in fitted_params(spec.name).items()}
-    if public:
+    if fitted_params(spec.name):
         parts.append(
             _part(
                 "public kernel fit, held out",
                 spec,
                 every,
-                replace(default, **public),
+                base,
                 args.rows,
             )
         )

@@ -13,7 +13,7 @@ from xpusim.plugins.gpu import points as points_mod
 from xpusim.plugins.gpu.catalog import catalog
 from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
 from xpusim.plugins.gpu.measure import calibrate_from_points, fit_params
-from xpusim.plugins.gpu.microbench import GEMM_SHAPES, main
+from xpusim.plugins.gpu.microbench import GEMM_SHAPES, copies, main, rotating
 from xpusim.plugins.gpu.points import attention_op, gemm_op
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +29,29 @@ def test_cpu_dry_run_writes_a_points_file_the_fit_reads(tmp_path: Path) -> None:
     assert pts.gemm and pts.attention and pts.copy_bytes_per_s and pts.kernel_overhead_s
     assert any(p.op.attr("causal", 0.0) > 0 for p in pts.attention)
     assert pts.extra["decode_step"]["eager_s"] > 0 and pts.extra["launch_gap_s"] > 0
+    step = pts.extra["decode_step"]
+    assert step["prefill_eager_s"] > 0 and step["prefill_tokens"] > 0
+    kernels = step["decode_kernels"]
+    assert kernels and all(k["us"] > 0 and k["calls"] > 0 for k in kernels)
+    assert any("mm" in k["kernel"] for k in kernels)
+    gqa = pts.extra["gqa_decode"]
+    assert gqa["repeated_kv_bytes"] == gqa["kv_bytes"] * gqa["heads"] // gqa["kv_heads"]
+    assert all(gqa[k] > 0 for k in ("grouped_s", "repeated_s", "kv_once_s"))
+    labels = [p.label for p in pts.gemm]
+    assert {"mm (wall)", "linear (wall)"} <= set(labels)
     cal, path = calibrate_from_points(catalog(), out, tmp_path / "cal.json", log=lambda s: None)
     assert path.exists() and "tensor_fraction" in cal.params
+
+
+def test_timer_counts_each_rotated_operand_set() -> None:
+    """Operand sets cover the rotation budget (1 to 32 of them) and a rotating callable
+    walks them in turn, so repeated calls do not re-read one set from a cache."""
+    assert copies(10, 0) == 1 and copies(10, 35) == 4 and copies(1, 1 << 40) == 32
+    seen: list[int] = []
+    call = rotating(seen.append, [(1,), (2,), (3,)])
+    for _ in range(5):
+        call()
+    assert seen == [1, 2, 3, 1, 2]
 
 
 def test_shell_wrapper_refuses_without_arguments() -> None:

@@ -40,28 +40,15 @@ from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
 from xpusim.engine.system import System, Topology
 from xpusim.plugins.gpu import calibration as cal_mod
+from xpusim.plugins.gpu.builtin_params import builtin_params
 from xpusim.plugins.gpu.catalog import catalog as builtin_catalog
 from xpusim.plugins.gpu.efficiency import DECODE_ATTENTION, GpuCostModel, GpuEfficiency
 from xpusim.plugins.gpu.fabrics import fabric_for, scale_out_profile
-from xpusim.plugins.gpu.kernel_fits import fitted_params
 from xpusim.plugins.gpu.measure import calibrate_from_points, calibrate_gpu
 from xpusim.plugins.gpu.vectorwork import WithVectorWork
 
 SUPPORTED_KINDS = ("decoder", "encoder", "vision", "mlp", "spiking", "custom")
 """Model kinds the GPU backend runs (spiking networks as time-stepped dense ops)."""
-
-
-def device_efficiency(device: DeviceSpec) -> dict[str, float]:
-    """The device's own :class:`~xpusim.plugins.gpu.efficiency.GpuEfficiency` defaults (its
-    catalog ``efficiency:`` block), checked against the parameter names."""
-    valid = GpuEfficiency.param_names()
-    bad = [k for k in device.efficiency if k not in valid]
-    if bad:
-        raise XpusimError(
-            f"gpu device {device.name!r}: unknown efficiency parameter(s) "
-            f"{', '.join(map(repr, bad))} in its catalog entry; valid: {', '.join(valid)}."
-        )
-    return {k: f.value for k, f in device.efficiency.items()}
 
 
 class GpuOptions(BaseModel):
@@ -116,33 +103,7 @@ class GpuBackend(Backend):
         """The efficiency parameters for ``system`` and, for each field, where its value
         came from: the stated defaults, the calibration file that fitted it, or the
         system's inline ``options.efficiency``."""
-        eff = GpuEfficiency()
-        default = "default (stated assumption, plugins/gpu/efficiency.py)"
-        sources = {name: default for name in GpuEfficiency.param_names()}
-        fits = fitted_params(system.device.name)
-        base = system.device.base
-        if not fits and base is not None:
-            # a scenario's derived device is its base part with other figures: the
-            # kernels run as on the base, so the base's fits apply (and say so)
-            fits = {
-                k: (v, f"{how}; the fit of {base!r}, which {system.device.name!r} is derived from")
-                for k, (v, how) in fitted_params(base).items()
-            }
-        if fits:
-            eff = cal_mod.apply(
-                eff, cal_mod.Calibration("", "", "", "", {k: v for k, (v, _) in fits.items()})
-            )
-            sources.update({k: f"public kernel fit: {how}" for k, (_, how) in fits.items()})
-        own = device_efficiency(system.device)
-        if own:
-            eff = cal_mod.apply(eff, cal_mod.Calibration("", "", "", "", own))
-            sources.update(
-                {
-                    name: f"device {system.device.name!r} catalog: "
-                    f"{system.device.efficiency[name].cited}"
-                    for name in own
-                }
-            )
+        eff, sources = builtin_params(system.device)
         path = system.options.get("calibration")
         if path:
             cal = cal_mod.load(path)

@@ -40,6 +40,7 @@ from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Op
 from xpusim.plugins.gpu import microbench
 from xpusim.plugins.gpu import points as points_mod
+from xpusim.plugins.gpu.builtin_params import builtin_params
 from xpusim.plugins.gpu.calibration import Calibration, save
 from xpusim.plugins.gpu.efficiency import LOW_PRECISION, GpuCostModel, GpuEfficiency
 from xpusim.plugins.gpu.microbench import GEMM_SHAPES, match_device
@@ -87,27 +88,35 @@ def _line_search(
     return min(grid, key=lambda v: _log_err(GpuCostModel(device, _with(eff, {name: v})), pts))
 
 
-def fit_params(device: DeviceSpec, points: Mapping[str, Any]) -> dict[str, float]:
+def fit_params(
+    device: DeviceSpec, points: Mapping[str, Any], base: GpuEfficiency | None = None
+) -> dict[str, float]:
     """Fit :class:`GpuEfficiency` to measured ``points``: ``copy_bytes_per_s`` (a number,
     optional), ``kernel_overhead_s`` (a number, optional), ``gemm`` and ``attention``
-    (lists of ``{"op": Op, "seconds": t}`` or ``(Op, t)``).
+    (lists of ``{"op": Op, "seconds": t}`` or ``(Op, t)``), starting from ``base`` (the
+    parameters the fitted ones are applied over at run time:
+    :func:`~xpusim.plugins.gpu.builtin_params.builtin_params`; the stated defaults when
+    ``None``).
 
-    A measured copy rate sets ``memory_fraction`` and a measured overhead sets
-    ``kernel_overhead_s`` directly; whichever is missing is fitted to the GEMM points
-    together with ``tensor_fraction``, by coordinate descent over fixed grids minimising
-    the mean squared log error. 8-bit GEMM points (fp8, int8) then fit
-    ``lowp_tensor_fraction`` with those held (a file of 8-bit points only fits the
-    16-bit parameters to them instead), and ``attention_fraction`` is fitted to the
-    attention points (causal ones priced with their diagonal blocks) with the GEMM
-    parameters held."""
+    A measured copy rate sets ``memory_fraction`` directly. A measured
+    ``kernel_overhead_s`` (an empty kernel's back-to-back cost) is the floor of the fitted
+    one: a GEMM's fixed cost also holds its prologue and tail, so with GEMM points the
+    overhead is fitted above that floor, and without them it is taken as measured.
+    ``tensor_fraction`` and whichever of the two is not set are fitted to the GEMM points
+    by coordinate descent over fixed grids minimising the mean squared log error. 8-bit
+    GEMM points (fp8, int8) then fit ``lowp_tensor_fraction`` with those held (a file of
+    8-bit points only fits the 16-bit parameters to them instead), and
+    ``attention_fraction`` is fitted to the attention points (causal ones priced with
+    their diagonal blocks) with the GEMM parameters held."""
     params: dict[str, float] = {}
     bw = float(points.get("copy_bytes_per_s") or 0.0)
     if bw > 0:
         params["memory_fraction"] = min(1.0, max(0.05, bw / device.memory_bw.value))
     ovh = points.get("kernel_overhead_s")
+    floor = max(0.0, float(ovh)) if ovh is not None else 0.0
     if ovh is not None:
-        params["kernel_overhead_s"] = max(0.0, float(ovh))
-    eff = _with(GpuEfficiency(), params)
+        params["kernel_overhead_s"] = floor
+    eff = _with(base or GpuEfficiency(), params)
     every = _pairs(points, "gemm")
     gemm = [(op, t) for op, t in every if op.dtype not in LOW_PRECISION]
     lowp = [(op, t) for op, t in every if op.dtype in LOW_PRECISION]
@@ -117,8 +126,8 @@ def fit_params(device: DeviceSpec, points: Mapping[str, Any]) -> dict[str, float
         free: list[tuple[str, Sequence[float]]] = [("tensor_fraction", _FRACTIONS)]
         if "memory_fraction" not in params:
             free.append(("memory_fraction", _MEMORY_FRACTIONS))
-        if "kernel_overhead_s" not in params:
-            free.append(("kernel_overhead_s", _OVERHEADS))
+        overheads = sorted({floor, *(v for v in _OVERHEADS if v >= floor)})
+        free.append(("kernel_overhead_s", overheads))
         for _round in range(8):
             changed = False
             for name, grid in free:
@@ -191,7 +200,7 @@ def points_path(calibration: str | Path) -> Path:
 
 
 def _summary(spec: DeviceSpec, pts: Points, params: Mapping[str, float]) -> str:
-    eff = _with(GpuEfficiency(), params)
+    eff = _with(builtin_params(spec)[0], params)
     errs = [abs(e) for _p, _t, e in fit_report(spec, (*pts.gemm, *pts.attention), eff)]
     if not errs:
         return "  no timed kernels to check the fit against"
@@ -222,7 +231,7 @@ def calibrate_gpu(
     cmd = command or ("xpusim calibrate --backend gpu" + (f" --out {out}" if out else ""))
     when = raw.date
     pts = replace(raw, device=spec.name, measured_on=describe_machine(), source=cmd)
-    params = fit_params(spec, pts.for_fit())
+    params = fit_params(spec, pts.for_fit(), builtin_params(spec)[0])
     say("  fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
     say(_summary(spec, pts, params))
     cal = Calibration(
@@ -266,7 +275,7 @@ def calibrate_from_points(
         f"fitting gpu efficiency for {spec.name!r} to {len(pts.gemm)} GEMM and "
         f"{len(pts.attention)} attention points from {points_file}"
     )
-    params = fit_params(spec, pts.for_fit())
+    params = fit_params(spec, pts.for_fit(), builtin_params(spec)[0])
     say("  fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
     say(_summary(spec, pts, params))
     path = Path(out) if out else Path(f"calibration-{spec.name}.json")
