@@ -37,6 +37,9 @@ def test_cpu_dry_run_writes_a_points_file_the_fit_reads(tmp_path: Path) -> None:
     gqa = pts.extra["gqa_decode"]
     assert gqa["repeated_kv_bytes"] == gqa["kv_bytes"] * gqa["heads"] // gqa["kv_heads"]
     assert all(gqa[k] > 0 for k in ("grouped_s", "repeated_s", "kv_once_s"))
+    ew = pts.extra["elementwise"]
+    for op in ("copy", "mul", "mul_chunks", "silu_chunk", "repeat_interleave"):
+        assert ew[f"{op}_s"] > 0 and ew[f"{op}_bytes"] > 0
     labels = [p.label for p in pts.gemm]
     assert {"mm (wall)", "linear (wall)"} <= set(labels)
     cal, path = calibrate_from_points(catalog(), out, tmp_path / "cal.json", log=lambda s: None)

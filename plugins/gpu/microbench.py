@@ -299,6 +299,41 @@ def time_memory(torch: Any, timer: Timer, dev: Any, nbytes: int) -> dict[str, fl
     }
 
 
+def time_elementwise(
+    torch: Any, timer: Timer, dev: Any, rows_cols: tuple[int, int]
+) -> dict[str, Any]:
+    """Seconds and bytes of the elementwise kernels a model written in plain torch runs,
+    on a ``rows x cols`` bf16 activation: a contiguous copy and multiply, and the same
+    work on the views a layer hands them (the gated MLP's ``chunk`` halves, a
+    ``repeat_interleave`` of four, which is a broadcast copy). PyTorch vectorizes an
+    elementwise kernel's loads only when every operand is contiguous, so the views show
+    what the strided path costs."""
+    dt = torch.bfloat16 if timer.cuda else torch.float32
+    rows, cols = rows_cols
+    width = torch.empty((), dtype=dt).element_size()
+    a, b = (torch.randn(rows, cols, dtype=dt, device=dev) for _ in range(2))
+    both = torch.randn(rows, 2 * cols, dtype=dt, device=dev)
+    g, u = both.chunk(2, dim=-1)
+    small = torch.randn(rows // 4, cols, dtype=dt, device=dev)
+    one = rows * cols * width
+    eager = replace(timer, graphs=False)
+    return {
+        "rows": rows,
+        "cols": cols,
+        "dtype": "bf16" if timer.cuda else "fp32",
+        "copy_s": eager(partial(torch.clone, a)),
+        "copy_bytes": 2 * one,
+        "mul_s": eager(partial(torch.mul, a, b)),
+        "mul_bytes": 3 * one,
+        "mul_chunks_s": eager(partial(torch.mul, g, u)),
+        "mul_chunks_bytes": 3 * one,
+        "silu_chunk_s": eager(partial(torch.nn.functional.silu, g)),
+        "silu_chunk_bytes": 2 * one,
+        "repeat_interleave_s": eager(partial(small.repeat_interleave, 4, 0)),
+        "repeat_interleave_bytes": one + one // 4,
+    }
+
+
 def small_llama(torch: Any, layers: int, hidden: int, heads: int, kv_heads: int) -> Any:
     """A Llama-shaped decoder stack in plain torch (no weights loaded: random init)."""
     from torch import nn
@@ -449,6 +484,7 @@ def measure(device: str = "cuda", quick: bool = False) -> Points:
         else {**GQA_DECODE, "batch": 1, "heads": 4, "kv_heads": 2, "context": 32},
     )
     mem = time_memory(torch, timer, dev, (1024 if cuda else 1) * 2**20)
+    elementwise = time_elementwise(torch, timer, dev, (8192, 4096) if cuda else (64, 32))
     cfg = (
         {
             "layers": 8,
@@ -495,6 +531,7 @@ def measure(device: str = "cuda", quick: bool = False) -> Points:
             "timing": "CUDA graph replays" if cuda else "wall clock",
             "decode_step": step,
             "gqa_decode": gqa,
+            "elementwise": elementwise,
             "fp8_measured": fp8,
             "operand_rotation_bytes": rotate,
         },
