@@ -35,7 +35,7 @@ for p in (REPO, HERE):
         sys.path.insert(0, str(p))
 
 from xpusim.engine.collectives import topology_from_device  # noqa: E402
-from xpusim.engine.graph import Phase, Shape  # noqa: E402
+from xpusim.engine.graph import STRIDED, Phase, Shape  # noqa: E402
 from xpusim.engine.model import ModelGraph  # noqa: E402
 from xpusim.engine.system import Parallelism, System  # noqa: E402
 from xpusim.plugins.gpu import points as points_mod  # noqa: E402
@@ -105,9 +105,10 @@ def compare(
             cost = GpuCostModel(spec, eff)
             for op in model.build(shape).ops:
                 t = cost(op).seconds
+                how = "strided" if op.attr(STRIDED) else ""
                 print(
                     f"    {name:<8} {op.name:<44} x{op.count:<3} {op.kind.name.lower():<12} "
-                    f"{t * 1e6:8.1f} us each, {t * op.count * 1e6:8.1f} us in all"
+                    f"{how:<8}{t * 1e6:8.1f} us each, {t * op.count * 1e6:8.1f} us in all"
                 )
     return out
 

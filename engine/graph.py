@@ -53,6 +53,13 @@ class Collective(StrEnum):
     SEND_RECV = "send-recv"
 
 
+STRIDED = "strided"
+"""The :attr:`Op.attrs` key (value 1.0) of an elementwise op one of whose tensors is not
+contiguous at the output's shape (a view, a transpose, a broadcast source): a GPU runs it
+on its elementwise kernels' unvectorized path (``strided_elementwise_fraction`` of the
+GPU backend)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Op:
     """One operation of one device's step.

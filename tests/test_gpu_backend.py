@@ -17,7 +17,7 @@ from xpusim.engine import hookspecs
 from xpusim.engine.collectives import topology_from_device
 from xpusim.engine.device import DeviceSpec
 from xpusim.engine.errors import XpusimError
-from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
+from xpusim.engine.graph import STRIDED, Collective, Op, OpGraph, OpKind, Phase, Shape
 from xpusim.engine.model import ModelGraph, ModelInfo
 from xpusim.engine.system import Parallelism, System
 from xpusim.plugins.gpu import calibration
@@ -570,3 +570,20 @@ def test_real_llama2_70b_long_decode_vs_trtllm_needs_per_head_kernel() -> None:
     p = offline_tokens_per_s(per_head, 64, 2048, 2048) / 2
     assert g > 1.8 * measured and g > 2.0 * p
     assert abs(p / measured - 1) < 0.25, f"model {p:.0f} tok/s/GPU vs TensorRT-LLM {measured:.0f}"
+
+
+def test_strided_elementwise_runs_at_its_fraction_of_the_streaming_rate() -> None:
+    """An elementwise op marked STRIDED streams at ``strided_elementwise_fraction`` of the
+    rate a contiguous one gets (the same at the default 1.0); other kinds ignore the mark,
+    and a fraction outside (0, 1] is refused."""
+    dev = resolve("h100")
+    plain = Op("mul", OpKind.ELEMENTWISE, flops=1e6, bytes_read=2e8, bytes_written=1e8)
+    marked = dataclasses.replace(plain, attrs=((STRIDED, 1.0),))
+    default = GpuCostModel(dev)
+    assert default(marked).memory_s == pytest.approx(default(plain).memory_s)
+    half = GpuCostModel(dev, GpuEfficiency(strided_elementwise_fraction=0.5))
+    assert half(marked).memory_s == pytest.approx(2 * half(plain).memory_s)
+    norm = dataclasses.replace(marked, kind=OpKind.NORM)
+    assert half(norm).memory_s == pytest.approx(half(plain).memory_s)
+    with pytest.raises(XpusimError, match="strided_elementwise_fraction"):
+        GpuEfficiency(strided_elementwise_fraction=0.0)

@@ -12,7 +12,7 @@ import pytest
 from xpusim.plugins.gpu import points as points_mod
 from xpusim.plugins.gpu.catalog import catalog
 from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
-from xpusim.plugins.gpu.measure import calibrate_from_points, fit_params
+from xpusim.plugins.gpu.measure import calibrate_from_points, fit_params, strided_fraction
 from xpusim.plugins.gpu.microbench import GEMM_SHAPES, copies, main, rotating
 from xpusim.plugins.gpu.points import attention_op, gemm_op
 
@@ -118,3 +118,33 @@ def test_points_file_keeps_causal_flag(tmp_path: Path) -> None:
     path.write_text(text)
     with pytest.raises(Exception, match="causal"):
         points_mod.load(path)
+
+
+def test_strided_fraction_is_the_rate_of_views_over_contiguous_kernels() -> None:
+    """The fit reads an ``elementwise`` entry: median rate on views over median rate on
+    contiguous tensors (fixed cost removed), capped at 1; an entry missing either group
+    fits nothing, and fit_params passes it through."""
+    mb = 1e8
+    entry = {
+        "copy_s": 1e-4 + 2e-6,
+        "copy_bytes": 2 * mb,
+        "mul_s": 1.5e-4 + 2e-6,
+        "mul_bytes": 3 * mb,
+        "mul_chunks_s": 3e-4 + 2e-6,
+        "mul_chunks_bytes": 3 * mb,
+        "silu_chunk_s": 2e-4 + 2e-6,
+        "silu_chunk_bytes": 2 * mb,
+        "repeat_interleave_s": 1.25e-4 + 2e-6,
+        "repeat_interleave_bytes": 1.25 * mb,
+    }
+    assert strided_fraction(entry, 2e-6) == pytest.approx(0.5)
+    assert strided_fraction({k: v for k, v in entry.items() if "chunk" not in k}, 2e-6) == (
+        pytest.approx(0.5)
+    )
+    assert strided_fraction({"copy_s": 1.0, "copy_bytes": 1.0}) is None
+    assert strided_fraction(None) is None
+    fast = {**entry, "mul_chunks_s": 1e-5, "silu_chunk_s": 1e-5, "repeat_interleave_s": 1e-5}
+    assert strided_fraction(fast) == 1.0
+    spec = catalog()["h100-sxm"]
+    params = fit_params(spec, {"kernel_overhead_s": 2e-6, "elementwise": entry})
+    assert params["strided_elementwise_fraction"] == pytest.approx(0.5)

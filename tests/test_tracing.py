@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from xpusim.engine.graph import OpKind, Phase, Shape
+from xpusim.engine.graph import STRIDED, OpKind, Phase, Shape
 from xpusim.plugins.models.tracing import causal_pairs, fused_op, graph_from_trace, trace_module
 
 
@@ -146,3 +146,33 @@ def test_module_off_meta_is_refused() -> None:
 
     with pytest.raises(ValueError, match="meta"):
         trace_module(nn.Linear(2, 2), (torch.zeros(1, 2),), "fp32")
+
+
+class _Views(nn.Module):
+    """Elementwise work on contiguous tensors and on the views a layer hands them."""
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        y = x + x  # contiguous operands
+        g, u = x.chunk(2, dim=-1)  # column halves: strided views
+        z = F.silu(g) * u
+        rep = kv.repeat_interleave(4, dim=1)  # a broadcast source, copied
+        return y.sum() + z.sum() + rep.sum()
+
+
+def test_elementwise_ops_on_views_are_marked_strided() -> None:
+    """An elementwise op with an operand that is not contiguous at the output's shape
+    (chunk halves, repeat_interleave's broadcast source) is marked strided and carries the
+    STRIDED attribute into the graph; one on contiguous tensors is not."""
+    tr = trace_module(
+        _Views(),
+        (torch.zeros(8, 64, device="meta"), torch.zeros(2, 2, 16, 8, device="meta")),
+        "bf16",
+    )
+    by_name = {o.name: o for o in tr.by_kind(OpKind.ELEMENTWISE) if o.name != "sum"}
+    assert not by_name["add"].strided
+    assert by_name["silu"].strided and by_name["mul"].strided
+    assert by_name["clone"].strided  # repeat_interleave = expand + clone
+    g = graph_from_trace(tr, Phase.FORWARD, Shape(Phase.FORWARD, batch=8))
+    marked = {o.name for o in g.ops if o.attr(STRIDED) > 0}
+    assert marked == {"silu", "mul", "clone"}
+    assert not next(o for o in g.ops if o.name == "add").attrs

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from xpusim.engine.errors import ScenarioError
-from xpusim.engine.graph import OpGraph, OpKind, Phase, Shape
+from xpusim.engine.graph import STRIDED, OpGraph, OpKind, Phase, Shape
 from xpusim.engine.system import Parallelism
 from xpusim.plugins.models.tracing import trace_module
 from xpusim.plugins.models.transformer import FAMILIES
@@ -586,6 +586,9 @@ def test_eager_elementwise_prices_each_kernel_of_the_module_code(dtype: str) -> 
     assert e_ops["attn.context"].bytes_read == e_ops["attn.context"].bytes_written == 64 * 64 * e
     assert e_ops["attn.repeat_kv"].bytes_written == 2 * 64 * 64 * e
     assert e_ops["attn.repeat_kv"].bytes_read == 2 * 64 * 16 * e
+    # the two copies read transposed or broadcast views; no fused op is marked
+    assert {o.name for o in eager.ops if o.attr(STRIDED)} >= {"attn.context", "attn.repeat_kv"}
+    assert not any(o.attr(STRIDED) for o in fused.ops)
     assert sum(o.flops * o.count for o in eager.ops) == sum(o.flops * o.count for o in fused.ops)
     assert [o for o in eager.ops if o.kind is OpKind.MATMUL] == [
         o for o in fused.ops if o.kind is OpKind.MATMUL

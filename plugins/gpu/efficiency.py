@@ -93,7 +93,7 @@ from dataclasses import dataclass, fields
 from xpusim.engine.analytic import OpTime
 from xpusim.engine.device import DeviceSpec
 from xpusim.engine.errors import XpusimError
-from xpusim.engine.graph import Op, OpKind, dtype_bytes
+from xpusim.engine.graph import STRIDED, Op, OpKind, dtype_bytes
 from xpusim.engine.model import BACKWARD
 
 Tile = tuple[int, int, float]
@@ -140,6 +140,16 @@ class GpuEfficiency:
     attention_fraction: float = 0.55
     """Fraction of tensor peak a fused (flash) attention kernel sustains: lower than a GEMM
     because softmax, masking and rescaling run between the two MMAs. Assumption."""
+
+    strided_elementwise_fraction: float = 1.0
+    """Fraction of the streaming rate (``memory_fraction`` of the datasheet bandwidth) an
+    elementwise op with a non-contiguous operand reaches (ops marked
+    :data:`~xpusim.engine.graph.STRIDED`: a ``chunk`` half, a transpose, a broadcast
+    source). PyTorch's CUDA elementwise kernels vectorize their loads and stores only when
+    every operand is contiguous. 1.0 (no penalty) until measured: ``xpusim calibrate
+    --points`` fits it from a points file's ``elementwise`` entry
+    (``benchmarks/gpu_measure.sh`` times the same kernels on contiguous tensors and on
+    views)."""
 
     kernel_overhead_s: float = 2e-6
     """Fixed GPU-timeline cost per kernel: launch gap, prologue and tail. With CUDA graphs
@@ -219,6 +229,7 @@ class GpuEfficiency:
             "attention_fraction",
             "link_fraction",
             "vector_ratio",
+            "strided_elementwise_fraction",
         ):
             v = getattr(self, name)
             if not 0 < v <= 1:
@@ -430,8 +441,11 @@ class GpuCostModel:
             )
         if k is OpKind.ATTENTION:
             return self.attention(op)
+        bw = self.bw
+        if k is OpKind.ELEMENTWISE and op.attrs and op.attr(STRIDED) > 0:
+            bw *= self.eff.strided_elementwise_fraction
         return OpTime(
             op.flops / self.vector_flops if op.flops else 0.0,
-            op.bytes / self.bw,
+            op.bytes / bw,
             self.eff.kernel_overhead_s,
         )

@@ -107,7 +107,9 @@ def fit_params(
     GEMM points (fp8, int8) then fit ``lowp_tensor_fraction`` with those held (a file of
     8-bit points only fits the 16-bit parameters to them instead), and
     ``attention_fraction`` is fitted to the attention points (causal ones priced with
-    their diagonal blocks) with the GEMM parameters held."""
+    their diagonal blocks) with the GEMM parameters held. An ``elementwise`` entry (the
+    kernels ``benchmarks/gpu_measure.sh`` times on contiguous tensors and on views) sets
+    ``strided_elementwise_fraction`` (:func:`strided_fraction`)."""
     params: dict[str, float] = {}
     bw = float(points.get("copy_bytes_per_s") or 0.0)
     if bw > 0:
@@ -146,7 +148,38 @@ def fit_params(
     if attn:
         best = _line_search(device, eff, "attention_fraction", _FRACTIONS, attn)
         params["attention_fraction"] = best
+    strided = strided_fraction(points.get("elementwise"), eff.kernel_overhead_s)
+    if strided is not None:
+        params["strided_elementwise_fraction"] = strided
     return params
+
+
+CONTIGUOUS_KERNELS = ("copy", "mul")
+STRIDED_KERNELS = ("mul_chunks", "silu_chunk", "repeat_interleave")
+"""The kernels of a points file's ``elementwise`` entry (``<name>_s`` seconds and
+``<name>_bytes`` moved) on contiguous tensors and on views."""
+
+
+def strided_fraction(entry: Any, overhead_s: float = 0.0) -> float | None:
+    """``strided_elementwise_fraction`` from an ``elementwise`` entry: the median rate of
+    the kernels on views over the median rate of the contiguous ones (each rate the bytes
+    over the seconds less ``overhead_s``), at most 1; ``None`` when the entry lacks
+    either group."""
+    if not isinstance(entry, Mapping):
+        return None
+
+    def rates(names: Sequence[str]) -> list[float]:
+        out = []
+        for n in names:
+            t, b = entry.get(f"{n}_s"), entry.get(f"{n}_bytes")
+            if isinstance(t, int | float) and isinstance(b, int | float) and t > overhead_s:
+                out.append(float(b) / (float(t) - overhead_s))
+        return out
+
+    flat, views = rates(CONTIGUOUS_KERNELS), rates(STRIDED_KERNELS)
+    if not flat or not views:
+        return None
+    return min(1.0, statistics.median(views) / statistics.median(flat))
 
 
 def fit_report(

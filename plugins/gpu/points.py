@@ -114,6 +114,8 @@ class Points:
             out["copy_bytes_per_s"] = self.copy_bytes_per_s
         if self.kernel_overhead_s is not None:
             out["kernel_overhead_s"] = self.kernel_overhead_s
+        if isinstance(self.extra.get("elementwise"), Mapping):
+            out["elementwise"] = self.extra["elementwise"]
         return out
 
     def to_json(self) -> dict[str, Any]:

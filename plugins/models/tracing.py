@@ -54,7 +54,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from xpusim.engine.graph import Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from xpusim.engine.graph import STRIDED, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
 from xpusim.engine.model import EagerCalls, ModelGraph
 from xpusim.plugins.models.counting import NORM_FLOPS, SOFTCAP_FLOPS, causal_pairs, window_pairs
 
@@ -80,7 +80,8 @@ class TracedOp:
     ``native_layer_norm``) or the intercepted function's name (``scaled_dot_product_attention``,
     ``rope``). ``scope`` is the dotted name of the innermost module that ran it
     (``layers.3.attn.qkv``). ``zero_cost`` marks view/metadata ops; ``known`` is false
-    for ops the tracer has no rule for (also counted in :attr:`Trace.unknown_ops`).
+    for ops the tracer has no rule for (also counted in :attr:`Trace.unknown_ops`);
+    ``strided`` marks elementwise ops on non-contiguous operands.
     Quantities follow the module docstring's counting rules.
     """
 
@@ -95,6 +96,11 @@ class TracedOp:
     scope: str = ""
     zero_cost: bool = False
     known: bool = True
+    strided: bool = False
+    """An elementwise op one of whose tensors is not contiguous at the output's shape (a
+    ``chunk`` half, a transpose, a broadcast source such as ``repeat_interleave``'s):
+    PyTorch's CUDA elementwise kernels vectorize their loads and stores only when every
+    operand is contiguous, so such an op runs on the unvectorized path."""
 
 
 class Trace(list[TracedOp]):
@@ -604,6 +610,13 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
     return [t for t in flat if isinstance(t, torch.Tensor)]
 
 
+def _strided(tensors: Sequence[torch.Tensor], out: torch.Tensor) -> bool:
+    """Whether a tensor of an elementwise op is not contiguous at the output's shape
+    (0-dim scalars aside), so the kernel cannot run vectorized."""
+    shape = out.shape
+    return any(t.dim() > 0 and (t.shape != shape or not t.is_contiguous()) for t in (*tensors, out))
+
+
 def _unique_numel(t: torch.Tensor) -> int:
     """Elements a kernel touches: broadcast (stride-0) dimensions count once."""
     if t.dim() == 0:
@@ -755,6 +768,7 @@ class _Recorder:
         flops = 0.0
         dims: tuple[int, ...] = ()
         batch = 1
+        strided = False
         if name in _GEMM:
             kind = OpKind.MATMUL
             a, b = (
@@ -806,6 +820,8 @@ class _Recorder:
         elif name in _EMBED or name in _COPY or name in _ARITH or name in _REDUCE:
             kind = OpKind.EMBEDDING if name in _EMBED else OpKind.ELEMENTWISE
             n = outs[0].numel() if outs else 0
+            if outs and (name in _COPY or name in _ARITH) and name not in _GATHER | _LIKE:
+                strided = _strided(ins, outs[0])
             if name in _GATHER:
                 idx = [t for t in ins if not (t.is_floating_point() or t.is_complex())]
                 read = sum(self.nbytes(t) for t in idx) + sum(self.nbytes(t) for t in outs)
@@ -851,6 +867,7 @@ class _Recorder:
                 dims=dims,
                 batch=int(batch),
                 scope=self.scope,
+                strided=strided,
             )
         )
 
@@ -988,6 +1005,7 @@ def _op_key(t: TracedOp) -> tuple[Any, ...]:
         t.param_bytes,
         t.dims,
         t.batch,
+        t.strided,
     )
 
 
@@ -1026,6 +1044,7 @@ def graph_from_trace(
                 count=count,
                 dtype=dtype,
                 layer=scope,
+                attrs=((STRIDED, 1.0),) if t.strided else (),
             )
         )
     notes: list[str] = []

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
 from xpusim.engine.errors import ScenarioError, UnsupportedError
-from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from xpusim.engine.graph import STRIDED, Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
 from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.system import Parallelism, divisors, near_divisors
 from xpusim.plugins.models.common import (
@@ -449,9 +449,11 @@ class _Builder:
         params: float = 0.0,
         count: int | None = None,
         layer: str = "layer",
+        strided: bool = False,
     ) -> None:
         """A memory-bound op; ``read``/``written``/``params`` in elements of ``dtype``
-        unless given as bytes through :meth:`raw`."""
+        unless given as bytes through :meth:`raw`; ``strided`` for a copy out of a
+        transposed or broadcast view (:data:`~xpusim.engine.graph.STRIDED`)."""
         self.raw(
             name,
             kind,
@@ -462,6 +464,7 @@ class _Builder:
             params * self.e,
             count,
             layer,
+            strided,
         )
 
     def raw(
@@ -475,6 +478,7 @@ class _Builder:
         params_b: float = 0.0,
         count: int | None = None,
         layer: str = "layer",
+        strided: bool = False,
     ) -> None:
         self.ops.append(
             Op(
@@ -488,6 +492,7 @@ class _Builder:
                 count=self.count if count is None else count,
                 dtype=self.dtype,
                 layer=layer,
+                attrs=((STRIDED, 1.0),) if strided else (),
             )
         )
 
@@ -1043,6 +1048,7 @@ class DecoderModel(EagerCounted):
                 2 * big_t * hd * d,
                 2 * big_t * kvd * d,
                 2 * big_t * hd * d,
+                strided=True,  # an expand of each KV head, copied
             )
         kv_e = dtype_bytes(c.kv_type)
         if serving:  # K and V of the new tokens read in ``dtype``, stored in ``kv_type``
@@ -1084,10 +1090,10 @@ class DecoderModel(EagerCounted):
                 )
         if c.attention == "unfused":  # head-major context -> token-major: one copy
             el = big_t * hd * d
-            b.ew("attn.core.context", OpKind.ELEMENTWISE, el, el, el)
+            b.ew("attn.core.context", OpKind.ELEMENTWISE, el, el, el, strided=True)
         elif c.elementwise == "eager":  # the SDPA output, made token-major (.contiguous())
             el = big_t * hd * d
-            b.ew("attn.context", OpKind.ELEMENTWISE, el, el, el)
+            b.ew("attn.context", OpKind.ELEMENTWISE, el, el, el, strided=True)
         b.gemm("attn.out", big_t, h, hd * d, c.bias)
 
     def _mla_ops(
