@@ -178,6 +178,13 @@ class ModelGraph(ABC):
         total = sum(o.bytes_written * o.count for o in g.ops)
         return total if recompute == "none" else total * (0.5 if recompute == "selective" else 0.1)
 
+    def linear_input_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:
+        """The part of :meth:`activation_bytes` that is the inputs of linear layers, kept
+        for their weight gradients. An FP8 training stack that keeps those inputs in FP8
+        (Transformer Engine's ``Linear`` saves its quantized input) stores that part at
+        one byte an element. The default says none is known (nothing is scaled)."""
+        return 0.0
+
     def training_stages(self, graph: OpGraph) -> StageGraphs:
         """``graph``, a training step this model built, split into forward, backward and
         optimizer ops. The default reads the op contract: :attr:`OpKind.OPTIMIZER` ops are

@@ -511,6 +511,10 @@ class QuantizedModel(ModelGraph):
         """The base model's activation memory (activations between GEMMs stay 16-bit)."""
         return self.base.activation_bytes(shape, parallel, recompute)
 
+    def linear_input_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:
+        """The base model's linear-layer inputs among its activations."""
+        return self.base.linear_input_bytes(shape, parallel, recompute)
+
     def training_stages(self, graph: OpGraph) -> StageGraphs:
         """The base model's split of a training graph into passes."""
         return self.base.training_stages(graph)

@@ -585,3 +585,32 @@ def test_fsdp_gathers_and_reduce_scatters_overlap_apart(host: Any) -> None:
     assert c.zero3_exposed_s == pytest.approx(m * (2 * ag + rs), rel=1e-6)
     cfg = TrainingConfig(global_batch=8, steps=1, overlap_param_gather=False)
     assert make_plan(cfg, model).overlap_param_gather is False
+
+
+def test_fp8_te_keeps_the_linear_inputs_in_one_byte(host: Any) -> None:
+    """Under FP8 with Transformer Engine's recipe the linear layers' saved inputs take one
+    byte an element: a layer's activations drop by half of its linear-input bytes
+    (4 + 10/t of Korthikanti's 10 + 24/t sbh, 14/t of 34/t with sequence parallelism);
+    torchao's recipe and full recomputation keep what bf16 keeps."""
+    model = _model(host, "llama", **SMALL)
+    shape = Shape(Phase.TRAIN, batch=1, tokens=2048)
+    sbh = 2048 * SMALL["hidden"]
+    layers = SMALL["layers"]
+    e = dtype_bytes(model.cfg.dtype) / 2
+    for par, per in (
+        (Parallelism(tensor=2), sbh * (4 + 10 / 2)),
+        (Parallelism(tensor=2, sequence=True), 14 * sbh / 2),
+    ):
+        assert model.linear_input_bytes(shape, par, "selective") == pytest.approx(per * layers * e)
+    assert model.linear_input_bytes(shape, Parallelism(), "full") == 0.0
+    par = Parallelism(data=8)
+
+    def act(**kw: Any) -> float:
+        return min(m.activations for m in stage_memory_list(model, par, _plan(**kw), 80e9))
+
+    bf16 = act(precision="bf16", recompute="selective")
+    lin = model.linear_input_bytes(shape, Parallelism(data=8), "selective")
+    assert act(precision="fp8", recompute="selective") == pytest.approx(bf16 - lin / 2)
+    assert act(precision="fp8", fp8_recipe="torchao", recompute="selective") == pytest.approx(bf16)
+    full = act(precision="bf16", recompute="full")
+    assert act(precision="fp8", recompute="full") == pytest.approx(full)

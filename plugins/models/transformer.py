@@ -1436,6 +1436,20 @@ class DecoderModel(EagerCounted):
             raise ValueError(f"unknown recompute {recompute!r}; valid: none, selective, full")
         return per * math.ceil(c.layers / parallel.pipeline) * dtype_bytes(c.dtype) / 2
 
+    def linear_input_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:
+        """The inputs of a layer's four linear layers among :meth:`activation_bytes`, in
+        Korthikanti et al.'s accounting (§4.1): the QKV projection's ``2sbh`` and the first
+        MLP linear's ``2sbh`` (outside the tensor-parallel region, ``/t`` with sequence
+        parallelism), the output projection's ``2sbh/t`` and the second MLP linear's
+        ``8sbh/t``; none under full recomputation, which keeps only the layer input."""
+        if recompute == "full":
+            return 0.0
+        c = self.cfg
+        t = max(1, parallel.tensor)
+        sbh = shape.tokens * shape.batch * c.hidden
+        per = 14.0 * sbh / t if parallel.sequence and t > 1 else sbh * (4 + 10 / t)
+        return per * math.ceil(c.layers / parallel.pipeline) * dtype_bytes(c.dtype) / 2
+
 
 # --- families ----------------------------------------------------------------------------------
 

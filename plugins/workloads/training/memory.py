@@ -37,7 +37,10 @@ the gathered weights of the stage stay on the device from forward to backward.
 
 FP8 training (``precision: fp8``, Transformer Engine style) keeps the parameters in bf16
 (2 bytes) with fp32 master weights and Adam moments (12 bytes) and an FP8 copy (1 byte)
-of every transformer-layer GEMM weight; gradients are kept at ``grad_dtype``.
+of every transformer-layer GEMM weight; gradients are kept at ``grad_dtype``. Under a
+recipe of :data:`FP8_CACHED_INPUTS` (``te``) the linear layers' inputs among the
+activations (:meth:`~xpusim.engine.model.ModelGraph.linear_input_bytes`) are kept at one
+byte an element.
 
 Activations are the model's own estimate (:meth:`xpusim.engine.model.ModelGraph.activation_bytes`
 for one micro-batch of one stage, e.g. Korthikanti et al. 2022 Table 2 for the
@@ -66,7 +69,15 @@ from xpusim.engine.system import Parallelism
 from xpusim.plugins.workloads.training.partition import StagePartition, make_partition
 from xpusim.plugins.workloads.training.pipeline import in_flight_microbatches
 
+FP8_CACHED_INPUTS = frozenset({"te"})
+"""FP8 recipes that keep each linear layer's input for its weight gradient in FP8:
+Transformer Engine's ``Linear`` saves its quantized input (``saved_inputmat = inputmat``
+when FP8 runs the weight-gradient GEMM), as DeepSeek-V3 does (arXiv:2412.19437, §3.3.3:
+the cached inputs of the Linear operator in FP8). torchao's ``Float8Linear`` saves the
+high-precision input."""
+
 __all__ = [
+    "FP8_CACHED_INPUTS",
     "OPTIMIZER_BYTES",
     "MemoryNeed",
     "StageParams",
@@ -256,6 +267,7 @@ def stage_memories(
     fsdp_reshard: bool = True,
     offload_activations: bool = False,
     dualpipe: bool = False,
+    fp8_recipe: str = "te",
 ) -> list[MemoryNeed]:
     """Per-device memory of every pipeline stage of one plan (module docstring).
 
@@ -284,6 +296,10 @@ def stage_memories(
         expert=par.expert,
     )
     per_mb = float(model.activation_bytes(shape, stage_par, recompute))
+    if precision == "fp8" and fp8_recipe in FP8_CACHED_INPUTS:
+        act_e = float(dtype_bytes(str(_cfg(model).get("dtype") or "bf16")))
+        lin = float(model.linear_input_bytes(shape, stage_par, recompute))
+        per_mb -= lin * (1.0 - 1.0 / act_e)  # those inputs kept at one byte an element
     n_model = -(-layers // p) if layers else 1
     per_layer_act = per_mb / max(1, n_model)
     out: list[MemoryNeed] = []

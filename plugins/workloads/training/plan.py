@@ -226,6 +226,7 @@ def stage_memory_list(
         fsdp_reshard=plan.fsdp_reshard,
         offload_activations=plan.offload_activations,
         dualpipe=plan.schedule == "dualpipe",
+        fp8_recipe=plan.fp8_recipe,
     )
 
 
