@@ -176,3 +176,19 @@ def test_elementwise_ops_on_views_are_marked_strided() -> None:
     marked = {o.name for o in g.ops if o.attr(STRIDED) > 0}
     assert marked == {"silu", "mul", "clone"}
     assert not next(o for o in g.ops if o.name == "add").attrs
+
+
+def test_copies_with_kernels_of_their_own_are_not_marked_strided() -> None:
+    """``cat`` (inputs of other shapes than its output) and padding run kernels of their
+    own, not the elementwise one, so they are never marked strided."""
+
+    class Joins(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return F.pad(torch.cat([a, b], dim=-1), (0, 2))
+
+    tr = trace_module(
+        Joins(), (torch.zeros(4, 8, device="meta"), torch.zeros(4, 8, device="meta")), "bf16"
+    )
+    ops = [o for o in tr if not o.zero_cost]
+    assert {o.name for o in ops} >= {"cat"}
+    assert not any(o.strided for o in ops)

@@ -255,6 +255,20 @@ _COPY = {
     "native_dropout",
     "dropout",
 }
+_POINTWISE_COPY = {
+    "_to_copy",
+    "copy_",
+    "copy",
+    "clone",
+    "where",
+    "masked_fill",
+    "masked_fill_",
+    "_reshape_copy",
+    "lift_fresh_copy",
+}
+"""The copies of :data:`_COPY` that run PyTorch's elementwise (TensorIterator) kernels, so
+a non-contiguous operand makes them :attr:`TracedOp.strided`; the others (``cat``,
+padding, gathers, sorts, creation) run kernels of their own."""
 _LIKE = {
     "zeros_like",
     "ones_like",
@@ -820,7 +834,7 @@ class _Recorder:
         elif name in _EMBED or name in _COPY or name in _ARITH or name in _REDUCE:
             kind = OpKind.EMBEDDING if name in _EMBED else OpKind.ELEMENTWISE
             n = outs[0].numel() if outs else 0
-            if outs and (name in _COPY or name in _ARITH) and name not in _GATHER | _LIKE:
+            if outs and (name in _ARITH or name in _POINTWISE_COPY):
                 strided = _strided(ins, outs[0])
             if name in _GATHER:
                 idx = [t for t in ins if not (t.is_floating_point() or t.is_complex())]
