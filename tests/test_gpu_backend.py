@@ -372,7 +372,7 @@ def test_llama70b_does_not_fit_one_l4() -> None:
     assert 110 < short < 125
     assert f"short by {short:.1f} GB" in f.reason
     assert "8×l4 with tensor parallel" in f.suggestion
-    assert "h200-sxm (141 GB)" in f.suggestion and "b200" in f.suggestion
+    assert "h200-sxm (150 GB)" in f.suggestion and "b200" in f.suggestion
 
 
 def test_llama70b_on_two_h100_with_tp2() -> None:
