@@ -5,7 +5,8 @@
 # layout), SDPA prefill and decode, a grouped-query decode three ways, a streaming copy,
 # kernel launch gaps, elementwise kernels on contiguous tensors and on views, and a small
 # Llama decode step (eager, as a CUDA graph, and its kernels from the profiler) and
-# prefill. Kernels are replayed from CUDA graphs over rotated operands.
+# prefill; and the memory CUDA gives the process. Kernels are replayed from CUDA graphs
+# over rotated operands.
 #
 #   benchmarks/gpu_measure.sh OUT.points.json [--quick] [--catalog-device NAME]
 #   benchmarks/gpu_measure.sh OUT.points.json --device cpu --catalog-device h100-sxm  # dry run

@@ -12,7 +12,12 @@ import pytest
 from xpusim.plugins.gpu import points as points_mod
 from xpusim.plugins.gpu.catalog import catalog
 from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
-from xpusim.plugins.gpu.measure import calibrate_from_points, fit_params, strided_fraction
+from xpusim.plugins.gpu.measure import (
+    calibrate_from_points,
+    fit_params,
+    memory_note,
+    strided_fraction,
+)
 from xpusim.plugins.gpu.microbench import GEMM_SHAPES, copies, main, rotating
 from xpusim.plugins.gpu.points import attention_op, gemm_op
 
@@ -148,3 +153,23 @@ def test_strided_fraction_is_the_rate_of_views_over_contiguous_kernels() -> None
     spec = catalog()["h100-sxm"]
     params = fit_params(spec, {"kernel_overhead_s": 2e-6, "elementwise": entry})
     assert params["strided_elementwise_fraction"] == pytest.approx(0.5)
+
+
+def test_memory_note_sets_the_catalog_beside_the_runtime_total() -> None:
+    """A points file that holds the runtime's memory total gets a line comparing it with
+    the catalog (an H100 SXM's 85,045,477,376 B is the catalog's own figure: +0.0%) and
+    naming what the CUDA context took; a file without it (a CPU dry run, a published
+    table) gets none."""
+    spec = catalog()["h100-sxm"]
+    bare = points_mod.Points("h100-sxm", "test", "2026-12-06T00:00:00Z", "test")
+    assert memory_note(spec, bare) is None
+    pts = replace(
+        bare,
+        extra={"memory_total_bytes": 85_045_477_376, "memory_free_at_start_bytes": 84_500_000_000},
+    )
+    note = memory_note(spec, pts)
+    assert note is not None
+    assert "85.05 GB" in note and "(+0.0%)" in note and "context took 0.55 GB" in note
+    smaller = replace(pts, extra={"memory_total_bytes": 80_000_000_000})
+    note = memory_note(spec, smaller)
+    assert note is not None and "(+6.3%)" in note and "context" not in note

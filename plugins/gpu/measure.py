@@ -232,6 +232,24 @@ def points_path(calibration: str | Path) -> Path:
     return p.with_name(p.stem + ".points.json")
 
 
+def memory_note(spec: DeviceSpec, pts: Points) -> str | None:
+    """A line setting the catalog's ``memory_bytes`` beside the total the measured GPU's
+    runtime reported (the points' ``memory_total_bytes``) and what its CUDA context took
+    (``memory_free_at_start_bytes``); None when the points hold no such figure."""
+    total = pts.extra.get("memory_total_bytes")
+    if not isinstance(total, int | float) or total <= 0:
+        return None
+    have = spec.memory_bytes.value
+    line = (
+        f"  memory: this GPU's runtime reported {total / 1e9:.2f} GB; the catalog holds "
+        f"{have / 1e9:.2f} GB for {spec.name!r} ({have / total - 1:+.1%})"
+    )
+    free = pts.extra.get("memory_free_at_start_bytes")
+    if isinstance(free, int | float) and 0 < free <= total:
+        line += f"; the CUDA context took {(total - free) / 1e9:.2f} GB"
+    return line
+
+
 def _summary(spec: DeviceSpec, pts: Points, params: Mapping[str, float]) -> str:
     eff = _with(builtin_params(spec)[0], params)
     errs = [abs(e) for _p, _t, e in fit_report(spec, (*pts.gemm, *pts.attention), eff)]
@@ -267,6 +285,8 @@ def calibrate_gpu(
     params = fit_params(spec, pts.for_fit(), builtin_params(spec)[0])
     say("  fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
     say(_summary(spec, pts, params))
+    if (note := memory_note(spec, pts)) is not None:
+        say(note)
     cal = Calibration(
         device=spec.name,
         measured_on=pts.measured_on,
@@ -311,6 +331,8 @@ def calibrate_from_points(
     params = fit_params(spec, pts.for_fit(), builtin_params(spec)[0])
     say("  fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
     say(_summary(spec, pts, params))
+    if (note := memory_note(spec, pts)) is not None:
+        say(note)
     path = Path(out) if out else Path(f"calibration-{spec.name}.json")
     cmd = command or (
         f"xpusim calibrate --backend gpu --points {points_file}" + (f" --out {out}" if out else "")

@@ -462,6 +462,15 @@ def measure(device: str = "cuda", quick: bool = False) -> Points:
             "pass --device cpu for a dry run of the script on tiny shapes."
         )
     dev = torch.device("cuda:0" if cuda else "cpu")
+    # the memory CUDA gives a process, and what is free once this one's context is made
+    # and before it allocates anything (the difference is the context's own share)
+    memory: dict[str, int] = {}
+    if cuda:
+        free_at_start, total_memory = torch.cuda.mem_get_info(dev)
+        memory = {
+            "memory_total_bytes": int(total_memory),
+            "memory_free_at_start_bytes": int(free_at_start),
+        }
     timer = Timer(torch, cuda, reps=20 if cuda else 3, warmup=3 if cuda else 1)
     fp8 = fp8_supported(torch, cuda)
     rotate = ROTATE_BYTES if cuda else 0
@@ -534,6 +543,7 @@ def measure(device: str = "cuda", quick: bool = False) -> Points:
             "elementwise": elementwise,
             "fp8_measured": fp8,
             "operand_rotation_bytes": rotate,
+            **memory,
         },
     )
 

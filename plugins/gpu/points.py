@@ -16,8 +16,8 @@ A points file is JSON (``format: xpusim-gpu-points/1``)::
                      "seconds": 4.2e-4, "causal": true}]   # causal: optional, false
     }
 
-Other top-level fields (``launch_gap_s``, ``decode_step`` ... that
-``benchmarks/gpu_measure.sh`` records) are kept as they are in :attr:`Points.extra`.
+Other top-level fields (``launch_gap_s``, ``decode_step``, ``memory_total_bytes`` ...
+that ``benchmarks/gpu_measure.sh`` records) are kept as they are in :attr:`Points.extra`.
 
 ``xpusim calibrate --backend gpu`` writes one beside every calibration it measures, and
 ``xpusim calibrate --backend gpu --points FILE`` fits a calibration from one on any machine:
