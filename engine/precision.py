@@ -290,26 +290,34 @@ def scheme_in_dtype(block: Mapping[str, Any]) -> str | None:
 
 
 NARROW_DTYPES = ("fp8", "int8")
-"""``model.dtype`` values that are narrow formats model families take themselves: on a
-device with a tensor rate for them the model runs natively; see :func:`dtype_precision`."""
+"""``model.dtype`` values that are narrow formats model families take themselves: inference
+runs them as the precision of the same name, training natively where the device has the
+rate; see :func:`dtype_precision`."""
 
 
 def dtype_precision(dtype: str, device: DeviceSpec, *, training: bool, where: str) -> str | None:
     """What a system runs ``model.dtype: dtype`` at on ``device`` when it names no precision.
 
-    ``None`` when nothing changes: ``dtype`` is not narrow (:data:`NARROW_DTYPES`) or the
-    device publishes a tensor rate for it (the model then runs natively). Otherwise, for
-    inference, the scheme named ``dtype``: the system takes the precision path exactly as
-    ``precision: fp8`` would, its weights stored in ``dtype`` and its GEMMs run at the next
-    wider format the device has with the weights dequantized inside them (as vLLM runs an
-    FP8 checkpoint on Ampere), and the report says so (:class:`GemmPlan`). Training has no
-    such path (FP8 training needs FP8 tensor cores for the backward GEMMs too), so there the
-    dtype is refused: an :class:`~xpusim.engine.errors.XpusimError` naming ``where`` (the
-    scenario's ``model.dtype``) and the nearest dtype the device runs."""
-    if dtype not in NARROW_DTYPES or _has(device, dtype):
+    ``None`` when nothing changes: ``dtype`` is not narrow (:data:`NARROW_DTYPES`). For
+    inference a narrow dtype is a checkpoint's format, and the system takes the precision
+    path exactly as ``precision: fp8`` would: the blocks' linear layers narrow (their
+    weights, and their activations where the device publishes the rate), attention, norms,
+    residuals, the embedding and the LM head in 16 bits, as serving stacks run such a
+    checkpoint (vLLM's FP8 quantizes "all Linear modules (except for the final lm_head)",
+    docs.vllm.ai v0.5.4 ``quantization/fp8``; TensorRT-LLM's FP8 context attention is a
+    build option of its own). On a device without the rate the GEMMs run at the next wider
+    format it has with the weights dequantized inside them (as vLLM runs an FP8 checkpoint
+    on Ampere), and the report says so (:class:`GemmPlan`). Training runs natively where
+    the device has the rate (``None``); it has no dequantizing path (FP8 training needs FP8
+    tensor cores for the backward GEMMs too), so without the rate the dtype is refused: an
+    :class:`~xpusim.engine.errors.XpusimError` naming ``where`` (the scenario's
+    ``model.dtype``) and the nearest dtype the device runs."""
+    if dtype not in NARROW_DTYPES:
         return None
     if not training:
         return dtype
+    if _has(device, dtype):
+        return None
     nearest = next((d for d in _WIDER[dtype] if _has(device, d)), None)
     known = ", ".join(sorted(device.peak_flops))
     fix = f"the nearest dtype it runs is {nearest}: use model.dtype: {nearest}" if nearest else ""

@@ -592,7 +592,7 @@ def _system_models(
     for i, (s, system) in enumerate(zip(cfg.systems, systems, strict=True)):
         raw = s.precision if s.precision is not None else default
         here: Path_ = ("systems", i, "precision") if s.precision is not None else ("model",)
-        if raw is None:  # model.dtype: fp8 on a device without FP8 tensor cores
+        if raw is None:  # model.dtype: fp8 (a checkpoint's format) and no precision
             here = ("model", "dtype")
             try:
                 raw = dtype_precision(

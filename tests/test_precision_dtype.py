@@ -1,7 +1,9 @@
-"""``model.dtype: fp8`` (or ``int8``) on a device without a tensor rate for it is never
-silent: inference takes the precision path (weights stored narrow, GEMMs at the next wider
-format with the weights dequantized, and the report says so), training is refused naming
-the field and the nearest dtype the device runs."""
+"""``model.dtype: fp8`` (or ``int8``) is a checkpoint's format. Inference always takes the
+precision of that name, as serving stacks run such a checkpoint: the linear layers narrow
+(natively where the device has the rate; elsewhere at the next wider format with the
+weights dequantized, and the report says so), attention, norms, the embedding and the LM
+head in 16 bits. Training runs natively on a device with the rate and is refused on one
+without, naming the field and the nearest dtype the device runs."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typer.testing import CliRunner
 
 from xpusim.engine import cli
 from xpusim.engine.errors import ScenarioError, XpusimError
+from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.host import Host
 from xpusim.engine.precision import QuantizedModel, dtype_precision
 from xpusim.engine.run import run_scenario
@@ -37,11 +40,13 @@ FINETUNE = Path(__file__).resolve().parents[1] / "scenarios" / "llama-7b-finetun
 
 
 def test_dtype_precision_decides_per_device(host: Host) -> None:
-    """Nothing changes where the device has the rate or the dtype is not narrow; on a
-    device without it, inference runs the scheme of the same name and training raises
-    naming the field and the nearest dtype."""
+    """Inference runs a narrow dtype as the scheme of the same name on every device;
+    nothing changes for a dtype that is not narrow, nor for training where the device has
+    the rate; training without it raises naming the field and the nearest dtype."""
     h100, a100 = host.device("gpu", "h100"), host.device("gpu", "a100")
-    assert dtype_precision("fp8", h100, training=False, where="m") is None
+    assert dtype_precision("fp8", h100, training=False, where="m") == "fp8"
+    assert dtype_precision("bf16", h100, training=False, where="m") is None
+    assert dtype_precision("fp8", h100, training=True, where="m") is None
     assert dtype_precision("bf16", a100, training=True, where="m") is None
     assert dtype_precision("int8", a100, training=True, where="m") is None  # A100 has INT8
     assert dtype_precision("fp8", a100, training=False, where="m") == "fp8"
@@ -52,10 +57,15 @@ def test_dtype_precision_decides_per_device(host: Host) -> None:
 def test_fp8_inference_on_a100_dequantizes_and_says_so(host: Host, write_yaml: Writer) -> None:
     """On A100 (no FP8 tensor cores) an FP8 model's GEMMs run at BF16 with the FP8 weights
     dequantized inside them, exactly as ``precision: fp8`` plans them; its weights keep
-    FP8's bytes; the H100 beside it runs FP8 natively; the report's assumptions say which."""
+    FP8's bytes; the H100 beside it runs its linear layers in FP8 natively and its
+    attention in 16 bits; the report's assumptions say which."""
     sc = load_scenario(write_yaml(SCENARIO), host)
     h100, a100 = (sc.model_for(s) for s in sc.systems)
-    assert not isinstance(h100, QuantizedModel) and h100.info.dtype == "fp8"
+    assert isinstance(h100, QuantizedModel)
+    assert (h100.plan.math, h100.plan.dequantize) == ("fp8", False)
+    ops = {o.name: o for o in h100.build(Shape(Phase.PREFILL, batch=1, tokens=128)).ops}
+    assert ops["mlp.up"].dtype == "fp8" and ops["attn.core"].dtype == "bf16"
+    assert ops["lm_head"].dtype == "bf16" and ops["ln1"].dtype == "bf16"
     assert isinstance(a100, QuantizedModel)
     assert (a100.plan.math, a100.plan.dequantize) == ("bf16", True)
     assert "publishes no fp8 rate" in a100.plan.note
@@ -71,7 +81,7 @@ def test_fp8_inference_on_a100_dequantizes_and_says_so(host: Host, write_yaml: W
     result, folder = run_scenario(sc, host, out_dir=folder_of(write_yaml) / "run")
     assert [s.status for s in result.systems] == ["ok", "ok"]
     assert result.systems[1].details["precision"]["gemm_dtype"] == "bf16"
-    assert "precision" not in result.systems[0].details
+    assert result.systems[0].details["precision"]["gemm_dtype"] == "fp8"
     report = (folder / "report.md").read_text(encoding="utf-8")
     assert "weights stored as fp8, dequantized to bf16 inside the GEMM" in report
 
