@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # torch is heavy; only type checkers need it here
     import torch
 
 __all__ = [
+    "ATTENTION_FORMATS",
     "DEQUANT_FLOPS_PER_ELEMENT",
     "DEQUANT_ROWS",
     "FORMATS",
@@ -157,6 +158,10 @@ ACTIVATION_FORMATS = ("bf16", "fp16", "fp8", "fp8-block", "nvfp4", "mxfp4", "int
 KV_FORMATS = ("bf16", "fp16", "fp8", "int8")
 """Formats a KV cache may be in: a model family's ``kv_dtype`` values."""
 
+ATTENTION_FORMATS = ("bf16", "fp16", "fp8")
+"""Formats context (prefill) attention may compute in: 16 bits, or FP8 as TensorRT-LLM's
+FP8 context FMHA runs it (Q, K and V quantized, FP8 tensor cores, FP32 softmax)."""
+
 SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "bf16": ("bf16", "bf16", None),
     "fp16": ("fp16", "fp16", None),
@@ -202,17 +207,26 @@ _AS_FORMAT = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "fp4
 
 @dataclass(frozen=True, slots=True)
 class Precision:
-    """Formats of one system's weights, activations and KV cache (``None``: the model's)."""
+    """Formats of one system's weights, activations and KV cache (``None``: the model's),
+    and of its context (prefill) attention (``None``: 16 bits; ``fp8`` as TensorRT-LLM's
+    FP8 context FMHA computes it)."""
 
     name: str
     weights: Format
     activations: Format
     kv_cache: Format | None = None
+    attention: Format | None = None
 
     @property
     def is_default(self) -> bool:
-        """Whether this changes nothing: 16-bit weights and activations, the model's KV."""
-        return self.weights.wide and self.activations.wide and self.kv_cache is None
+        """Whether this changes nothing: 16-bit weights, activations and attention, the
+        model's KV."""
+        return (
+            self.weights.wide
+            and self.activations.wide
+            and self.kv_cache is None
+            and (self.attention is None or self.attention.wide)
+        )
 
 
 def _format(name: Any, allowed: tuple[str, ...], field: str, where: str) -> Format:
@@ -243,7 +257,7 @@ def parse_precision(raw: Any, where: str) -> Precision:
             f"{where}: a precision is a scheme name (fp8, nvfp4, w4a16 ...) or a mapping "
             f"{{weights, activations, kv_cache}}, got {raw!r}."
         )
-    keys = ("scheme", "weights", "activations", "kv_cache")
+    keys = ("scheme", "weights", "activations", "kv_cache", "attention")
     bad = [k for k in raw if k not in keys]
     if bad:
         raise XpusimError(unknown_message("precision key", bad[0], list(keys), where))
@@ -256,9 +270,13 @@ def parse_precision(raw: Any, where: str) -> Precision:
         acts = base.activations if base else FORMATS["bf16"]
     kv = _format(raw["kv_cache"], KV_FORMATS, "kv_cache", where) if "kv_cache" in raw else None
     kv = kv or (base.kv_cache if base else None)
+    attn = None
+    if "attention" in raw:
+        attn = _format(raw["attention"], ATTENTION_FORMATS, "attention", where)
     _check_pair(weights, acts, where)
     parts = [f"w:{weights.name}", f"a:{acts.name}"] + ([f"kv:{kv.name}"] if kv else [])
-    return Precision(" ".join(parts), weights, acts, kv)
+    parts += [f"attn:{attn.name}"] if attn else []
+    return Precision(" ".join(parts), weights, acts, kv, attn)
 
 
 def _check_pair(weights: Format, acts: Format, where: str) -> None:
@@ -456,8 +474,32 @@ class QuantizedModel(ModelGraph):
         g = self.base.build(shape, None)
         return sum(o.param_bytes * o.count for o in g.ops if _weight_gemm(o))
 
+    @property
+    def attention_dtype(self) -> str | None:
+        """The dtype context attention computes in when the precision narrows it and the
+        device has a tensor rate for it; ``None``: the model's 16 bits."""
+        fmt = self.precision.attention
+        if fmt is None or fmt.wide or not _has(self.device, fmt.element):
+            return None
+        return fmt.element
+
+    def with_attention(self, fmt: Format) -> QuantizedModel:
+        """This model with its context attention in ``fmt`` (a serving stack that builds
+        FP8 context attention kernels)."""
+        p = self.precision
+        name = p.name if fmt.name in p.name.split() else f"{p.name} attn:{fmt.name}"
+        return QuantizedModel(
+            self.base, dataclasses.replace(p, name=name, attention=fmt), self.device
+        )
+
     def rewrite(self, op: Op) -> Op:
-        """``op`` at this precision (unchanged unless it is a weight GEMM)."""
+        """``op`` at this precision (unchanged unless it is a weight GEMM, or a context
+        attention whose format the precision narrows)."""
+        if op.kind is OpKind.ATTENTION:
+            attn = self.attention_dtype
+            if attn is None or not op.dims or op.dims[0] <= 1:
+                return op  # 16-bit attention, or a decode's (it reads the KV cache's format)
+            return dataclasses.replace(op, dtype=attn)
         if not _weight_gemm(op):
             return op
         e = dtype_bytes(op.dtype)
@@ -537,7 +579,17 @@ class QuantizedModel(ModelGraph):
             "kv_cache": p.kv_cache.name if p.kv_cache else "model's own",
             "gemm_dtype": self.plan.math,
             "gemm": self.plan.note,
+            "context_attention": self._attention_note(),
         }
+
+    def _attention_note(self) -> str:
+        """How context attention computes, in words."""
+        fmt = self.precision.attention
+        if fmt is None or fmt.wide:
+            return "16-bit, as the model's"
+        if self.attention_dtype is None:
+            return f"16-bit: {self.device.name} publishes no {fmt.element} rate"
+        return f"{fmt.name} on {fmt.element} tensor cores"
 
     def figures(self) -> dict[str, Figure]:
         """The precision's figures for a report's 'Assumptions and sources': bytes per

@@ -549,6 +549,11 @@ def resolve(
     systems = [_resolve_system(i, s, src, host) for i, s in enumerate(cfg.systems)]
     with scenario_folder(base_dir):
         quantized = _system_models(cfg, src, host, systems, model, default)
+    for system in systems:  # the workload's software may build kernels of its own
+        mine = quantized.get(system.name, model)
+        ran = workload.runtime_model(wcfg, system, mine)
+        if ran is not mine:
+            quantized[system.name] = ran
     return Scenario(
         config=cfg,
         data=data,

@@ -205,6 +205,14 @@ class Workload(ABC):
         (:func:`xpusim.engine.budget.check_work`). The default: no estimate."""
         return None
 
+    def runtime_model(self, config: BaseModel, system: System, model: ModelGraph) -> ModelGraph:
+        """``model`` as the software this workload runs on ``system`` executes it, when
+        that software builds kernels of its own the scenario's model does not describe (a
+        serving stack that runs an FP8 checkpoint's context attention in FP8); the model
+        every later step prices, fits and reports. Called once per system when the
+        scenario loads. The default: ``model`` itself."""
+        return model
+
     def plan_knobs(self, config: BaseModel) -> PlanKnobs | None:
         """The knobs ``xpusim plan`` may vary for ``config`` and what it reads to size a
         search (:class:`PlanKnobs`); the planner reads nothing else of the workload. The

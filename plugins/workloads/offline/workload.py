@@ -52,6 +52,7 @@ from xpusim.plugins.workloads.serving.stacks import (
     StackProfile,
     resolve_stack,
     stack_for,
+    stack_model,
 )
 from xpusim.plugins.workloads.serving.workload import TraceSpec, apply_stack, check_trace_work
 from xpusim.plugins.workloads.serving.world import simulate_serving
@@ -178,6 +179,12 @@ class OfflineWorkload(Workload):
         out = mean_tokens(_defaults(config.output_tokens, 128)) or 1.0
         batch = config.scheduler.max_batch
         return request_work(float(inputs or 0), out, batch, system.replicas, shrink)
+
+    def runtime_model(self, config: BaseModel, system: System, model: ModelGraph) -> ModelGraph:
+        """``model`` as the serving stack runs it (:func:`stack_model`: an FP8
+        checkpoint's context attention in FP8 under a stack that builds it so)."""
+        assert isinstance(config, OfflineConfig)
+        return stack_model(stack_for(config, system.backend), model)
 
     def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:
         """Process every input on ``ctx.system`` and report throughput."""

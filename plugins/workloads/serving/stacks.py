@@ -15,6 +15,9 @@ iteration:
   iteration of ``b`` sequences, ``b`` at most the largest captured size, runs the graph of
   the smallest captured size ``>= b`` (the padded rows cost what real rows cost); larger
   batches and iterations that prefill run eagerly at their own size;
+* ``fp8_context_attention`` — whether the engine computes an FP8 checkpoint's context
+  (prefill) attention in FP8 (TensorRT-LLM's FP8 context FMHA, which ``trtllm-bench``
+  builds for FP8 models); :func:`stack_model` gives the model so;
 * ``kv_memory_fraction`` and ``scheduler`` — the engine's defaults, used when the scenario
   does not set them; ``kv_fraction_of`` says what the fraction is of: ``total`` device
   memory that weights, activations and KV cache share (vLLM's
@@ -48,7 +51,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from xpusim.engine.backend import Compiled, Cost, Fit
 from xpusim.engine.device import Figure
 from xpusim.engine.graph import Collective, Phase, Shape
+from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
+from xpusim.engine.precision import FORMATS, QuantizedModel
 from xpusim.engine.qty import Duration
 
 STACKS_PATH = Path(__file__).with_name("stacks.yaml")
@@ -85,6 +90,7 @@ class StackProfile:
     sources: Mapping[str, str] = field(default_factory=dict)
     kv_fraction_of: str = "total"
     host_per_seq_s: float = 0.0
+    fp8_context_attention: bool = False
 
     def graph_batch(self, batch: int) -> int | None:
         """The captured batch size a decode of ``batch`` sequences runs at, or ``None``
@@ -119,6 +125,9 @@ class StackOverride(BaseModel):
     host_overlap: bool | None = None
     cuda_graph_batches: list[int] | None = None
     kv_memory_fraction: float | None = Field(default=None, gt=0, le=1)
+    fp8_context_attention: bool | None = Field(
+        default=None, description="an FP8 checkpoint's context attention computed in FP8"
+    )
 
 
 def _value(raw: Any) -> Any:
@@ -150,6 +159,7 @@ def load_profile(name: str) -> StackProfile:
         cuda_graph_batches=sizes,
         kv_memory_fraction=float(_value(raw["kv_memory_fraction"])),
         kv_fraction_of=str(raw.get("kv_fraction_of", "total")),
+        fp8_context_attention=bool(_value(raw.get("fp8_context_attention", False))),
         scheduler=dict(raw["scheduler"]),
         sources={
             "host_step_s": _cited(raw["host_step_s"]),
@@ -159,6 +169,9 @@ def load_profile(name: str) -> StackProfile:
             "cuda_graph_batches": _cited(raw["cuda_graph_batches"]),
             "kv_memory_fraction": _cited(raw["kv_memory_fraction"]),
             "scheduler": str(raw.get("scheduler_source", "stack profile")),
+            "fp8_context_attention": _cited(raw["fp8_context_attention"])
+            if "fp8_context_attention" in raw
+            else "not stated in the profile: context attention in 16 bits",
         },
     )
 
@@ -172,7 +185,13 @@ def resolve_stack(spec: str | StackOverride | None) -> StackProfile:
         return load_profile(spec)
     prof = load_profile(spec.name)
     changes: dict[str, Any] = {}
-    for key in ("host_step_s", "host_per_seq_s", "host_overlap", "kv_memory_fraction"):
+    for key in (
+        "host_step_s",
+        "host_per_seq_s",
+        "host_overlap",
+        "kv_memory_fraction",
+        "fp8_context_attention",
+    ):
         v = getattr(spec, key)
         if v is not None:
             changes[key] = v
@@ -202,6 +221,21 @@ def stack_for(config: Any, backend: str) -> StackProfile:
         return load_profile("none")
     resolved = getattr(config, "_stack", None)
     return resolved if isinstance(resolved, StackProfile) else resolve_stack(config.stack)
+
+
+def stack_model(stack: StackProfile, model: ModelGraph) -> ModelGraph:
+    """``model`` as ``stack`` runs it: an FP8 checkpoint (a model whose GEMM inputs are
+    FP8) with its context attention in FP8 too when the profile says the engine builds
+    such kernels (``fp8_context_attention``) and the scenario's precision states no
+    attention format of its own; any other model unchanged."""
+    if (
+        stack.fp8_context_attention
+        and isinstance(model, QuantizedModel)
+        and model.precision.activations.element == "fp8"
+        and model.precision.attention is None
+    ):
+        return model.with_attention(FORMATS["fp8"])
+    return model
 
 
 def sequences(shape: Shape) -> int:

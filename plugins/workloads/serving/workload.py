@@ -82,6 +82,7 @@ from xpusim.plugins.workloads.serving.stacks import (
     StackProfile,
     resolve_stack,
     stack_for,
+    stack_model,
 )
 from xpusim.plugins.workloads.serving.world import simulate_serving
 
@@ -475,6 +476,12 @@ class ServingWorkload(Workload):
         return request_work(
             float(limit or 0), 1.0, batch, system.replicas, "workload.trace.limit, systems[].count"
         )
+
+    def runtime_model(self, config: BaseModel, system: System, model: ModelGraph) -> ModelGraph:
+        """``model`` as the serving stack runs it (:func:`stack_model`: an FP8
+        checkpoint's context attention in FP8 under a stack that builds it so)."""
+        assert isinstance(config, ServingConfig)
+        return stack_model(stack_for(config, system.backend), model)
 
     def fit(self, config: BaseModel, system: System, compiled: Compiled) -> Fit:
         """The switched-on techniques' checks of ``system`` first
