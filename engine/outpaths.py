@@ -68,7 +68,10 @@ def check_not_symlink(path: Path, label: str) -> None:
 
 def check_writable_parent(path: Path, label: str) -> None:
     """Check that the folders above ``path`` are folders that can be written: the nearest
-    existing one is tried by creating and removing an empty hidden folder in it."""
+    existing one is tried by creating a temporary file in it. On Linux the file never has
+    a name there (``O_TMPFILE``), so a process killed mid-check leaves nothing behind; a
+    probe folder made and removed here was left among a sweep's point folders when a
+    worker was killed in between."""
     base = nearest_existing(path.parent if path.parent != path else path)
     if not base.is_dir():
         raise XpusimError(
@@ -76,8 +79,8 @@ def check_writable_parent(path: Path, label: str) -> None:
             f"choose a path whose parent folders are folders."
         )
     try:
-        probe = tempfile.mkdtemp(prefix=".xpusim-probe-", dir=base)
-        os.rmdir(probe)
+        with tempfile.TemporaryFile(prefix=".xpusim-probe-", dir=base):
+            pass
     except OSError as exc:
         raise XpusimError(
             f"{label} {path}: cannot write in {base} ({exc.strerror}); choose a folder you "
