@@ -30,6 +30,7 @@ scenario loader sets (:func:`model_block`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Mapping
@@ -433,6 +434,16 @@ def _attr_add(attrs: tuple[tuple[str, float], ...], key: str, v: float) -> tuple
     return tuple(d.items())
 
 
+def _attention_dtype(precision: Precision, device: DeviceSpec) -> str | None:
+    """The dtype ``precision`` runs context attention in on ``device``: its narrow
+    ``attention`` format where the device has a tensor rate for it, else ``None`` (16
+    bits)."""
+    fmt = precision.attention
+    if fmt is None or fmt.wide or not _has(device, fmt.element):
+        return None
+    return fmt.element
+
+
 class QuantizedModel(ModelGraph):
     """``base`` (configured with 16-bit ``dtype``) run at ``precision`` on ``device``: op
     graphs with the weight GEMMs rewritten (weight and input bytes in their formats, the
@@ -454,6 +465,9 @@ class QuantizedModel(ModelGraph):
         self.precision = precision
         self.plan = plan_gemms(precision, device)
         self.device = device
+        self.attention_dtype = _attention_dtype(precision, device)
+        """The dtype context attention computes in when the precision narrows it and the
+        device has a tensor rate for it; ``None``: the model's 16 bits."""
         linear16 = min(base.info.param_bytes, self._weight_gemm_bytes())
         w = precision.weights.bytes_per_element / 2.0
         self.linear_params = linear16 / 2.0
@@ -474,23 +488,16 @@ class QuantizedModel(ModelGraph):
         g = self.base.build(shape, None)
         return sum(o.param_bytes * o.count for o in g.ops if _weight_gemm(o))
 
-    @property
-    def attention_dtype(self) -> str | None:
-        """The dtype context attention computes in when the precision narrows it and the
-        device has a tensor rate for it; ``None``: the model's 16 bits."""
-        fmt = self.precision.attention
-        if fmt is None or fmt.wide or not _has(self.device, fmt.element):
-            return None
-        return fmt.element
-
     def with_attention(self, fmt: Format) -> QuantizedModel:
         """This model with its context attention in ``fmt`` (a serving stack that builds
-        FP8 context attention kernels)."""
+        FP8 context attention kernels): a copy sharing this one's weights, byte counts and
+        GEMM plan, with its own graph memo."""
+        twin = copy.copy(self)
         p = self.precision
-        name = p.name if fmt.name in p.name.split() else f"{p.name} attn:{fmt.name}"
-        return QuantizedModel(
-            self.base, dataclasses.replace(p, name=name, attention=fmt), self.device
-        )
+        twin.precision = dataclasses.replace(p, name=f"{p.name} attn:{fmt.name}", attention=fmt)
+        twin.attention_dtype = _attention_dtype(twin.precision, self.device)
+        twin._graphs = {}
+        return twin
 
     def rewrite(self, op: Op) -> Op:
         """``op`` at this precision (unchanged unless it is a weight GEMM, or a context

@@ -250,6 +250,16 @@ def memory_note(spec: DeviceSpec, pts: Points) -> str | None:
     return line
 
 
+def _say_fit(
+    say: Callable[[str], None], spec: DeviceSpec, pts: Points, params: Mapping[str, float]
+) -> None:
+    """Tell the fitted parameters, how well they fit the points, and the memory note."""
+    say("  fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
+    say(_summary(spec, pts, params))
+    if (note := memory_note(spec, pts)) is not None:
+        say(note)
+
+
 def _summary(spec: DeviceSpec, pts: Points, params: Mapping[str, float]) -> str:
     eff = _with(builtin_params(spec)[0], params)
     errs = [abs(e) for _p, _t, e in fit_report(spec, (*pts.gemm, *pts.attention), eff)]
@@ -283,10 +293,7 @@ def calibrate_gpu(
     when = raw.date
     pts = replace(raw, device=spec.name, measured_on=describe_machine(), source=cmd)
     params = fit_params(spec, pts.for_fit(), builtin_params(spec)[0])
-    say("  fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
-    say(_summary(spec, pts, params))
-    if (note := memory_note(spec, pts)) is not None:
-        say(note)
+    _say_fit(say, spec, pts, params)
     cal = Calibration(
         device=spec.name,
         measured_on=pts.measured_on,
@@ -329,10 +336,7 @@ def calibrate_from_points(
         f"{len(pts.attention)} attention points from {points_file}"
     )
     params = fit_params(spec, pts.for_fit(), builtin_params(spec)[0])
-    say("  fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
-    say(_summary(spec, pts, params))
-    if (note := memory_note(spec, pts)) is not None:
-        say(note)
+    _say_fit(say, spec, pts, params)
     path = Path(out) if out else Path(f"calibration-{spec.name}.json")
     cmd = command or (
         f"xpusim calibrate --backend gpu --points {points_file}" + (f" --out {out}" if out else "")
