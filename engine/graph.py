@@ -92,10 +92,19 @@ class Op:
     attrs: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        for fld in ("flops", "bytes_read", "bytes_written", "param_bytes", "comm_bytes"):
-            v = getattr(self, fld)
-            if v < 0 or v != v:
-                raise ValueError(f"op {self.name!r}: {fld} must be >= 0, got {v}")
+        # one comparison each on the common path (a NaN fails `v >= 0`); the loop with
+        # the message only when one fails: graphs build thousands of ops a run
+        if not (
+            self.flops >= 0
+            and self.bytes_read >= 0
+            and self.bytes_written >= 0
+            and self.param_bytes >= 0
+            and self.comm_bytes >= 0
+        ):
+            for fld in ("flops", "bytes_read", "bytes_written", "param_bytes", "comm_bytes"):
+                v = getattr(self, fld)
+                if not v >= 0:
+                    raise ValueError(f"op {self.name!r}: {fld} must be >= 0, got {v}")
         if self.count < 1 or self.batch < 1:
             raise ValueError(f"op {self.name!r}: count and batch must be >= 1")
         if self.kind is OpKind.COLLECTIVE and self.collective is None:

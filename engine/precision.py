@@ -475,6 +475,7 @@ class QuantizedModel(ModelGraph):
             base.info, param_bytes=base.info.param_bytes - linear16 + linear16 * w
         )
         self._graphs: dict[tuple[Shape, Parallelism | None], OpGraph] = {}
+        self._rewritten: dict[Op, Op] = {}
 
     def _weight_gemm_bytes(self) -> float:
         """16-bit bytes of every block weight GEMM of the whole model, read off a graph
@@ -491,12 +492,13 @@ class QuantizedModel(ModelGraph):
     def with_attention(self, fmt: Format) -> QuantizedModel:
         """This model with its context attention in ``fmt`` (a serving stack that builds
         FP8 context attention kernels): a copy sharing this one's weights, byte counts and
-        GEMM plan, with its own graph memo."""
+        GEMM plan, with its own graph and op memos."""
         twin = copy.copy(self)
         p = self.precision
         twin.precision = dataclasses.replace(p, name=f"{p.name} attn:{fmt.name}", attention=fmt)
         twin.attention_dtype = _attention_dtype(twin.precision, self.device)
         twin._graphs = {}
+        twin._rewritten = {}
         return twin
 
     def rewrite(self, op: Op) -> Op:
@@ -527,12 +529,20 @@ class QuantizedModel(ModelGraph):
         )
 
     def build(self, shape: Shape, parallel: Parallelism | None = None) -> OpGraph:
-        """The base model's graph of ``shape`` with its weight GEMMs rewritten (memoized)."""
+        """The base model's graph of ``shape`` with its weight GEMMs rewritten (memoized,
+        and each op rewritten once: the graphs of a model share most of their ops)."""
         key = (shape, parallel)
         g = self._graphs.get(key)
         if g is None:
             base = self.base.build(shape, parallel)
-            g = dataclasses.replace(base, ops=tuple(self.rewrite(o) for o in base.ops))
+            done = self._rewritten
+            ops: list[Op] = []
+            for o in base.ops:
+                r = done.get(o)
+                if r is None:
+                    r = done[o] = self.rewrite(o)
+                ops.append(r)
+            g = dataclasses.replace(base, ops=tuple(ops))
             self._graphs[key] = g
         return g
 

@@ -242,3 +242,12 @@ def test_power_model() -> None:
     assert PowerModel.from_device(spec).idle_watts == 90
     for fig in pm.figures().values():
         assert fig.source or fig.assumption
+
+
+@pytest.mark.parametrize(
+    "field", ["flops", "bytes_read", "bytes_written", "param_bytes", "comm_bytes"]
+)
+@pytest.mark.parametrize("value", [-1.0, float("nan")])
+def test_op_refuses_negative_and_nan_quantities(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"op 'x': {field} must be >= 0, got {value}"):
+        Op(name="x", kind=OpKind.ELEMENTWISE, **{field: value})

@@ -273,6 +273,25 @@ def test_build_is_memoized() -> None:
     assert len(m.build(shape, Parallelism(tensor=4))) < 40
 
 
+def test_graphs_of_one_model_share_their_ops() -> None:
+    """An op two graphs of a model both have is one object (the builder's intern table),
+    and each graph is op for op what a model without earlier graphs builds."""
+    m = FAM["llama"].configure({"preset": "llama-2-7b"})
+    a = m.build(Shape(Phase.DECODE, batch=8, tokens=1, context=500))
+    b = m.build(Shape(Phase.DECODE, batch=8, tokens=1, context=900))
+    shared = {o.name: o for o in a.ops}
+    same = [o for o in b.ops if o.name in shared and o == shared[o.name]]
+    assert {o.name for o in same} >= {"attn.qkv", "attn.out", "lm_head"}
+    assert all(o is shared[o.name] for o in same)
+    # the attention core reads the longer context: a different op, built anew
+    core_a = next(o for o in a.ops if o.kind is OpKind.ATTENTION)
+    core_b = next(o for o in b.ops if o.kind is OpKind.ATTENTION)
+    assert core_a != core_b
+    fresh = FAM["llama"].configure({"preset": "llama-2-7b"})
+    for shape in (b.shape, Shape(Phase.PREFILL, batch=2, tokens=64, context=0)):
+        assert m.build(shape).ops == fresh.build(shape).ops
+
+
 @pytest.mark.parametrize(
     ("spec", "match"),
     [

@@ -33,7 +33,7 @@ from xpusim.plugins.models.common import (
 )
 from xpusim.plugins.models.counting import NORM_FLOPS
 from xpusim.plugins.models.presets import ENCODER_PRESETS, ENCODER_SOURCES
-from xpusim.plugins.models.transformer import INDEX_BYTES, _Builder
+from xpusim.plugins.models.transformer import INDEX_BYTES, OpKey, _Builder
 
 __all__ = ["FAMILIES", "BertModel", "EncoderConfig", "EncoderModel"]
 
@@ -120,6 +120,7 @@ class EncoderModel(EagerCounted):
     def __init__(self, cfg: EncoderConfig) -> None:
         self.cfg = cfg
         self._graphs: dict[tuple[Shape, Parallelism | None], OpGraph] = {}
+        self._ops: dict[OpKey, Op] = {}  # the builder's intern table
         c = cfg
         h, f = c.hidden, c.ffn
         layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h
@@ -178,7 +179,7 @@ class EncoderModel(EagerCounted):
         big_t = bsz * s
         hd, d, f = c.heads // t, h // c.heads, c.ffn // t
         e = dtype_bytes(c.dtype)
-        b = _Builder(c.dtype, n_l)
+        b = _Builder(c.dtype, n_l, self._ops)
 
         def norm(name: str, count: int | None = None, layer: str = "layer") -> None:
             b.ew(

@@ -397,14 +397,37 @@ class DecoderConfig(BaseModel):
 # --- the parametric graph ----------------------------------------------------------------
 
 
-class _Builder:
-    """Writes the ops of one step; ``ops`` in execution order. All quantities per device."""
+OpKey = tuple[Any, ...]
+"""An :class:`Op`'s fields in declaration order (``Op(*key)`` builds it)."""
 
-    def __init__(self, dtype: str, count: int) -> None:
+
+class _Builder:
+    """Writes the ops of one step; ``ops`` in execution order. All quantities per device.
+
+    ``intern`` (a model's table, kept across its graphs) maps an op's fields to the op
+    built for them: an op that an earlier graph of the model already had is that op, not
+    an equal copy. A serving run prices thousands of step shapes whose graphs share most
+    of their ops (the GEMMs of a batch size, the norms, every layer's own ops), so they
+    are built once, and a pricing memo keyed by op finds them by identity.
+    """
+
+    def __init__(self, dtype: str, count: int, intern: dict[OpKey, Op] | None = None) -> None:
         self.e = float(dtype_bytes(dtype))
         self.dtype = dtype
         self.count = count
         self.ops: list[Op] = []
+        self.intern = intern
+
+    def add(self, key: OpKey) -> None:
+        """Append the op of fields ``key`` (the interned one when there is a table)."""
+        table = self.intern
+        if table is None:
+            self.ops.append(Op(*key))
+            return
+        op = table.get(key)
+        if op is None:
+            op = table[key] = Op(*key)
+        self.ops.append(op)
 
     def gemm(
         self,
@@ -422,19 +445,23 @@ class _Builder:
         e = self.e
         wb = batch if weight_batch is None else weight_batch
         w = wb * n * k * e + (n * e if bias else 0.0)
-        self.ops.append(
-            Op(
-                name=name,
-                kind=OpKind.MATMUL,
-                flops=2.0 * batch * m * n * k,
-                bytes_read=batch * m * k * e + w,
-                bytes_written=batch * m * n * e,
-                param_bytes=w,
-                dims=(m, n, k),
-                batch=batch,
-                count=self.count if count is None else count,
-                dtype=self.dtype,
-                layer=layer,
+        self.add(
+            (
+                name,
+                OpKind.MATMUL,
+                2.0 * batch * m * n * k,  # flops
+                batch * m * k * e + w,  # bytes_read
+                batch * m * n * e,  # bytes_written
+                w,  # param_bytes
+                (m, n, k),
+                batch,
+                self.count if count is None else count,
+                self.dtype,
+                None,  # collective
+                0.0,  # comm_bytes
+                1,  # group
+                layer,
+                (),  # attrs
             )
         )
 
@@ -480,19 +507,23 @@ class _Builder:
         layer: str = "layer",
         strided: bool = False,
     ) -> None:
-        self.ops.append(
-            Op(
-                name=name,
-                kind=kind,
-                flops=flops,
-                bytes_read=read_b,
-                bytes_written=written_b,
-                param_bytes=params_b,
-                dims=(max(1, math.ceil(elements)),),
-                count=self.count if count is None else count,
-                dtype=self.dtype,
-                layer=layer,
-                attrs=((STRIDED, 1.0),) if strided else (),
+        self.add(
+            (
+                name,
+                kind,
+                flops,
+                read_b,
+                written_b,
+                params_b,
+                (max(1, math.ceil(elements)),),
+                1,  # batch
+                self.count if count is None else count,
+                self.dtype,
+                None,  # collective
+                0.0,  # comm_bytes
+                1,  # group
+                layer,
+                ((STRIDED, 1.0),) if strided else (),
             )
         )
 
@@ -511,19 +542,23 @@ class _Builder:
         ``heads = (sequences, query heads, KV heads)`` reading its keys and values at
         ``kv_bytes`` an element."""
         seqs, q_heads, kv_heads = heads
-        self.ops.append(
-            Op(
-                name=name,
-                kind=OpKind.ATTENTION,
-                flops=flops,
-                bytes_read=read_b,
-                bytes_written=written_b,
-                dims=dims,
-                batch=max(1, seqs * q_heads),
-                count=count,
-                dtype=self.dtype,
-                layer="layer",
-                attrs=(
+        self.add(
+            (
+                name,
+                OpKind.ATTENTION,
+                flops,
+                read_b,
+                written_b,
+                0.0,  # param_bytes
+                dims,
+                max(1, seqs * q_heads),
+                count,
+                self.dtype,
+                None,  # collective
+                0.0,  # comm_bytes
+                1,  # group
+                "layer",
+                (
                     ("causal", 1.0),
                     ("kv_heads", float(kv_heads)),
                     ("q_heads", float(q_heads)),
@@ -541,9 +576,25 @@ class _Builder:
         count: int | None = None,
         layer: str = "layer",
     ) -> None:
-        self.ops.append(
-            collective(
-                name, kind, nbytes, group, self.count if count is None else count, self.dtype, layer
+        n = self.count if count is None else count
+        # the op of common.collective(), as its fields
+        self.add(
+            (
+                name,
+                OpKind.COLLECTIVE,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                (),
+                1,
+                n,
+                self.dtype,
+                kind,
+                nbytes,
+                group,
+                layer,
+                (),
             )
         )
 
@@ -561,6 +612,8 @@ class DecoderModel(EagerCounted):
         self.cfg = cfg
         self.family = family
         self._graphs: dict[tuple[Shape, Parallelism | None], OpGraph] = {}
+        self._ops: dict[OpKey, Op] = {}  # the builder's intern table (see _Builder)
+        self._stage_layers: dict[int, tuple[int, int]] = {}
         self.info = self._info()
 
     # static facts ----------------------------------------------------------------------
@@ -820,7 +873,7 @@ class DecoderModel(EagerCounted):
         h = c.hidden
         e = dtype_bytes(c.dtype)
         act_bytes = big_t * h * e
-        b = _Builder(c.dtype, n_l)
+        b = _Builder(c.dtype, n_l, self._ops)
         norm_w = h * (2 if c.norm == "layernorm" and c.bias else 1)
         notes = [
             f"decoder {c.name}: {n_l} of {c.layers} layers on this device"
@@ -893,9 +946,7 @@ class DecoderModel(EagerCounted):
             b.coll("pipeline.recv", Collective.SEND_RECV, act_bytes, 2, count=1, layer="pipeline")
 
         # one layer, repeated n_l times: the stage's layers L-n_l .. L-1 of the model
-        stage = range(c.layers - n_l, c.layers)
-        n_sliding = sum(1 for i in stage if c.is_sliding(i))
-        n_moe = sum(1 for i in stage if c.is_moe_layer(i))
+        n_sliding, n_moe = self._stage_kinds(n_l)
         layer_start = len(b.ops)
         norm("ln1")
         gather_in("attn")
@@ -1375,6 +1426,19 @@ class DecoderModel(EagerCounted):
             n * h * e,
             n * h,
         )
+
+    def _stage_kinds(self, n_l: int) -> tuple[int, int]:
+        """(sliding-window layers, MoE layers) among the last ``n_l`` layers, the stage a
+        graph holds (memoized: every graph of a run asks for the same stage)."""
+        hit = self._stage_layers.get(n_l)
+        if hit is None:
+            c = self.cfg
+            stage = range(c.layers - n_l, c.layers)
+            hit = self._stage_layers[n_l] = (
+                sum(1 for i in stage if c.is_sliding(i)),
+                sum(1 for i in stage if c.is_moe_layer(i)),
+            )
+        return hit
 
     def _stage_params(self, par: Parallelism) -> float:
         """Parameters one device of the graph's stage holds (for the optimizer step)."""
