@@ -6,6 +6,7 @@ Run by hand (never as a timed test)::
     python benchmarks/serving.py --case azure --json benchmarks/out/serving.json
     python benchmarks/serving.py --case synthetic --requests 1000000 --replicas 16
     python benchmarks/serving.py --case 10m --json benchmarks/out/serving_10m.json
+    python benchmarks/serving.py --case pricing       # a new step shape's price alone
 
 Prints, per case, wall and CPU seconds, simulated requests per second, iterations (events) per
 second, peak RSS and cost-memo misses, and writes them as JSON to ``--json`` (default
@@ -38,6 +39,11 @@ frames, writes the run folder into a temporary folder at ``--detail`` (default
 time), requests/s, the spill threshold, the rows of each frame and the size of each file
 of the run folder.
 
+``--case pricing`` prices 1,870 step shapes a fresh model and backend have not seen (40 × 40
+decode-only shapes and 270 fused prefill-and-decode ones) and reports the CPU microseconds a
+shape takes, as the cost table pays them for every shape new to a run (no target: a
+component of the cases above, whose graphs share most of their ops).
+
 Step prices come from the real GPU backend and the ``llama`` model family (preset
 ``llama-2-7b``) on H100 SXM replicas, as a user's scenario gets them.
 """
@@ -69,6 +75,7 @@ from xpusim.engine.host import build_host  # noqa: E402
 from xpusim.engine.policies import SchedulerSpec  # noqa: E402
 from xpusim.engine.system import Parallelism, System  # noqa: E402
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate  # noqa: E402
+from xpusim.plugins.workloads.serving.cluster import CostTable  # noqa: E402
 from xpusim.plugins.workloads.serving.world import simulate_serving  # noqa: E402
 
 AZURE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
@@ -225,6 +232,30 @@ def run_case(
     return out
 
 
+def run_pricing() -> dict[str, Any]:
+    """CPU time of pricing step shapes new to a fresh model and backend (module docstring)."""
+    compiled, source = make_compiled(1)
+    shapes = [CostTable.shape(0, 0, 0, nb, dc) for nb in range(1, 41) for dc in range(70, 1550, 37)]
+    shapes += [
+        CostTable.shape(pf, pt, 0, nb, dc)
+        for pf in (1, 2, 3)
+        for pt in (64, 128, 256, 512, 1024)
+        for nb in (0, 1, 4, 16, 32, 64)
+        for dc in (128, 512, 1024)
+    ]
+    c0 = time.process_time()
+    for shape in shapes:
+        compiled.cost(shape)
+    cpu = time.process_time() - c0
+    return {
+        "case": "pricing",
+        "cost_model": source,
+        "shapes": len(shapes),
+        "cpu_s": round(cpu, 4),
+        "us_per_shape": round(cpu / len(shapes) * 1e6, 1),
+    }
+
+
 def run_10m(
     requests: int,
     replicas: int,
@@ -350,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--case",
-        choices=["azure", "synthetic", "10m", "all"],
+        choices=["azure", "synthetic", "10m", "pricing", "all"],
         default="all",
         help="all = azure and synthetic; 10m is run on its own",
     )
@@ -407,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         print(json.dumps(r))
         print_targets(r)
+    if args.case == "pricing":
+        r = run_pricing()
+        results.append(r)
+        print(json.dumps(r))
     if args.case == "10m":
         count = args.requests or 10_000_000
         r = run_10m(
