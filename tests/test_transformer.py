@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
 import pytest
 import torch
 
 from xpusim.engine.errors import ScenarioError
-from xpusim.engine.graph import STRIDED, OpGraph, OpKind, Phase, Shape
+from xpusim.engine.graph import STRIDED, Op, OpGraph, OpKind, Phase, Shape
 from xpusim.engine.system import Parallelism
 from xpusim.plugins.models.tracing import trace_module
-from xpusim.plugins.models.transformer import FAMILIES
+from xpusim.plugins.models.transformer import FAMILIES, OP_FIELDS
 
 FAM = {f.name: f for f in FAMILIES}
 TINY = {"layers": 2, "hidden": 64, "heads": 8, "vocab": 100, "seq_len": 64, "ffn_hidden": 96}
@@ -271,6 +272,11 @@ def test_build_is_memoized() -> None:
     shape = Shape(Phase.DECODE, batch=32, tokens=1, context=1000)
     assert m.build(shape, Parallelism(tensor=4)) is m.build(shape, Parallelism(tensor=4))
     assert len(m.build(shape, Parallelism(tensor=4))) < 40
+
+
+def test_builder_keys_follow_the_op_fields() -> None:
+    """The builder writes ops as tuples of their fields in declaration order."""
+    assert tuple(f.name for f in dataclasses.fields(Op)) == OP_FIELDS
 
 
 def test_graphs_of_one_model_share_their_ops() -> None:

@@ -398,7 +398,27 @@ class DecoderConfig(BaseModel):
 
 
 OpKey = tuple[Any, ...]
-"""An :class:`Op`'s fields in declaration order (``Op(*key)`` builds it)."""
+"""An :class:`Op`'s fields in the order of :data:`OP_FIELDS` (``Op(*key)`` builds it)."""
+
+OP_FIELDS = (
+    "name",
+    "kind",
+    "flops",
+    "bytes_read",
+    "bytes_written",
+    "param_bytes",
+    "dims",
+    "batch",
+    "count",
+    "dtype",
+    "collective",
+    "comm_bytes",
+    "group",
+    "layer",
+    "attrs",
+)
+"""The declaration order of :class:`Op`'s fields, which the builder's keys follow
+(``tests/test_transformer.py`` holds it to ``dataclasses.fields(Op)``)."""
 
 
 class _Builder:
