@@ -449,6 +449,25 @@ class _Builder:
             op = table[key] = Op(*key)
         self.ops.append(op)
 
+    def compute(
+        self,
+        name: str,
+        kind: OpKind,
+        flops: float,
+        read_b: float,
+        written_b: float,
+        params_b: float,
+        dims: tuple[int, ...],
+        batch: int,
+        count: int,
+        layer: str,
+        attrs: tuple[tuple[str, float], ...] = (),
+    ) -> None:
+        """Append a non-collective op of this builder's dtype (:meth:`add`)."""
+        # collective None, comm_bytes 0, group 1: not a collective
+        key = (name, kind, flops, read_b, written_b, params_b, dims, batch, count, self.dtype)
+        self.add((*key, None, 0.0, 1, layer, attrs))
+
     def gemm(
         self,
         name: str,
@@ -465,24 +484,17 @@ class _Builder:
         e = self.e
         wb = batch if weight_batch is None else weight_batch
         w = wb * n * k * e + (n * e if bias else 0.0)
-        self.add(
-            (
-                name,
-                OpKind.MATMUL,
-                2.0 * batch * m * n * k,  # flops
-                batch * m * k * e + w,  # bytes_read
-                batch * m * n * e,  # bytes_written
-                w,  # param_bytes
-                (m, n, k),
-                batch,
-                self.count if count is None else count,
-                self.dtype,
-                None,  # collective
-                0.0,  # comm_bytes
-                1,  # group
-                layer,
-                (),  # attrs
-            )
+        self.compute(
+            name,
+            OpKind.MATMUL,
+            2.0 * batch * m * n * k,
+            batch * m * k * e + w,
+            batch * m * n * e,
+            w,
+            (m, n, k),
+            batch,
+            self.count if count is None else count,
+            layer,
         )
 
     def ew(
@@ -527,24 +539,18 @@ class _Builder:
         layer: str = "layer",
         strided: bool = False,
     ) -> None:
-        self.add(
-            (
-                name,
-                kind,
-                flops,
-                read_b,
-                written_b,
-                params_b,
-                (max(1, math.ceil(elements)),),
-                1,  # batch
-                self.count if count is None else count,
-                self.dtype,
-                None,  # collective
-                0.0,  # comm_bytes
-                1,  # group
-                layer,
-                ((STRIDED, 1.0),) if strided else (),
-            )
+        self.compute(
+            name,
+            kind,
+            flops,
+            read_b,
+            written_b,
+            params_b,
+            (max(1, math.ceil(elements)),),
+            1,
+            self.count if count is None else count,
+            layer,
+            ((STRIDED, 1.0),) if strided else (),
         )
 
     def attention(
@@ -562,29 +568,23 @@ class _Builder:
         ``heads = (sequences, query heads, KV heads)`` reading its keys and values at
         ``kv_bytes`` an element."""
         seqs, q_heads, kv_heads = heads
-        self.add(
+        self.compute(
+            name,
+            OpKind.ATTENTION,
+            flops,
+            read_b,
+            written_b,
+            0.0,
+            dims,
+            max(1, seqs * q_heads),
+            count,
+            "layer",
             (
-                name,
-                OpKind.ATTENTION,
-                flops,
-                read_b,
-                written_b,
-                0.0,  # param_bytes
-                dims,
-                max(1, seqs * q_heads),
-                count,
-                self.dtype,
-                None,  # collective
-                0.0,  # comm_bytes
-                1,  # group
-                "layer",
-                (
-                    ("causal", 1.0),
-                    ("kv_heads", float(kv_heads)),
-                    ("q_heads", float(q_heads)),
-                    ("kv_bytes", float(kv_bytes)),
-                ),
-            )
+                ("causal", 1.0),
+                ("kv_heads", float(kv_heads)),
+                ("q_heads", float(q_heads)),
+                ("kv_bytes", float(kv_bytes)),
+            ),
         )
 
     def coll(
