@@ -135,7 +135,7 @@ def test_tiny_modules_run_on_cpu() -> None:
     torch.manual_seed(0)
     for name in ("tiny-llama-gqa", "tiny-mixtral", "tiny-palm", "gpt-tiny"):
         model = MODELS[name]() if name in MODELS else tiny("gpt")
-        module = model.module("cpu").float()
+        module = model.module("cpu").float().eval()  # inference: no dropout
         cfg = model.cfg
         cache = torch.zeros(cfg.layers, 2, 1, cfg.kv, 12, cfg.d)
         ids = torch.randint(0, cfg.vocab, (1, 12))
@@ -244,18 +244,23 @@ def test_mixed_iteration_fuses_gemms() -> None:
 
 def test_activation_bytes_korthikanti() -> None:
     """sbh(34 + 5as/h) per layer without recompute when the scores are stored
-    (``attention: unfused``), sbh·34 with flash attention, 2sbh with full recompute
-    (16-bit)."""
+    (``attention: unfused``); with flash attention sbh·34 plus the kernel's fp32
+    log-sum-exp (4 bytes per head and token), which selective recomputation drops; 2sbh
+    with full recompute (16-bit)."""
     m = FAM["gpt"].configure({"preset": "gpt3-175b", "attention": "unfused"})
     s, b, h, a, n_layers = 2048, 1, 12288, 96, 96
     shape = Shape(Phase.TRAIN, batch=b, tokens=s)
     none = m.activation_bytes(shape, Parallelism(), "none")
     assert none == pytest.approx(s * b * h * (34 + 5 * a * s / h) * n_layers)
     flash = FAM["gpt"].configure({"preset": "gpt3-175b"})
+    lse = 4 * a * s * b
     assert flash.activation_bytes(shape, Parallelism(), "none") == pytest.approx(
-        34 * s * b * h * n_layers
+        (34 * s * b * h + lse) * n_layers
     )
     assert flash.activation_bytes(shape, Parallelism(tensor=8), "none") == pytest.approx(
+        (s * b * h * (10 + 24 / 8) + lse / 8) * n_layers
+    )
+    assert flash.activation_bytes(shape, Parallelism(tensor=8), "selective") == pytest.approx(
         s * b * h * (10 + 24 / 8) * n_layers
     )
     assert m.activation_bytes(shape, Parallelism(), "full") == pytest.approx(
@@ -456,6 +461,16 @@ def test_unfused_train_forward_equals_trace_with_dropout(name: str) -> None:
     assert sum(o.bytes_written for o in tr if o.name == "native_dropout") == (
         drop.bytes_written * drop.count
     )
+    # the gpt family's hidden dropout: both residual adds are fused bias-dropout-adds that
+    # also write a 1-byte keep-mask per element
+    fused = [o for o in tr if o.name == "dropout_add"]
+    res = [o for o in fwd if o.name in ("attn.residual", "mlp.residual")]
+    if model.cfg.hidden_dropout:
+        el = 2 * 32 * model.cfg.hidden
+        assert len(fused) == sum(o.count for o in res) == 2 * model.cfg.layers
+        assert {(o.bytes_read, o.bytes_written) for o in res} == {(2 * el * 2, el * 3)}
+    else:
+        assert not fused
 
 
 def test_unfused_train_without_dropout_runs_and_stores_none() -> None:

@@ -357,6 +357,15 @@ class MoE(nn.Module):
         return out.view(shape)
 
 
+@fused_op("dropout_add", OpKind.ELEMENTWISE, 1.0)
+def dropout_add(x: torch.Tensor, y: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x + dropout(y)`` and the dropout's 1-byte keep-mask, as Megatron-LM's fused
+    bias-dropout-add kernel runs it (one kernel: reads both, writes the sum and the mask;
+    one scaling and one add per element)."""
+    dropped, mask = torch.native_dropout(y, p, True)
+    return x + dropped, mask
+
+
 class Block(nn.Module):
     """One transformer layer: pre-norm serial (``x + attn(ln x)``, ``x + mlp(ln x)``; with
     ``sandwich_norm`` each branch output normed again before the residual, Gemma 2/3) or
@@ -365,6 +374,7 @@ class Block(nn.Module):
     def __init__(self, cfg: DecoderConfig, layer: int = 0) -> None:
         super().__init__()
         self.parallel = cfg.parallel_block
+        self.p_drop = cfg.hidden_dropout
         self.ln1 = _norm(cfg)
         self.ln2 = None if self.parallel else _norm(cfg)
         self.ln1_post = _norm(cfg) if cfg.sandwich_norm else None
@@ -384,11 +394,19 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         h = self.ln1(x)
         if self.ln2 is None:
-            return x + self.attn(h, cache, start, cos, sin) + self.mlp(h)
+            x = self._add(x, self.attn(h, cache, start, cos, sin))
+            return self._add(x, self.mlp(h))
         a = self.attn(h, cache, start, cos, sin)
-        x = x + (a if self.ln1_post is None else self.ln1_post(a))
+        x = self._add(x, a if self.ln1_post is None else self.ln1_post(a))
         m = self.mlp(self.ln2(x))
-        return x + (m if self.ln2_post is None else self.ln2_post(m))
+        return self._add(x, m if self.ln2_post is None else self.ln2_post(m))
+
+    def _add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The residual add of a branch's output ``y``, through the hidden dropout in
+        training (``hidden_dropout``)."""
+        if self.training and self.p_drop > 0:
+            return dropout_add(x, y, self.p_drop)[0]
+        return x + y
 
 
 class DecoderLM(nn.Module):

@@ -41,6 +41,8 @@ from xpusim.engine.errors import ScenarioError, UnsupportedError
 from xpusim.engine.graph import STRIDED, Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
 from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.system import Parallelism, divisors, near_divisors
+from xpusim.plugins.models.activations import MASK_BYTES as DROPOUT_MASK_BYTES
+from xpusim.plugins.models.activations import layer_activations
 from xpusim.plugins.models.common import (
     EagerCounted,
     ModelDtype,
@@ -130,9 +132,6 @@ ATTENTION_DROPOUT = 0.1
 """Attention-dropout probability of ``attention: unfused`` in training: Megatron-LM's
 default (``megatron/arguments.py``, ``--attention-dropout``, default 0.1). Its cost does
 not depend on the value, only that it is nonzero (a zero rate launches no kernel)."""
-DROPOUT_MASK_BYTES = 1
-"""Bytes per element of the keep-mask a fused dropout kernel writes (``native_dropout``
-returns a ``bool`` mask)."""
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -204,6 +203,12 @@ class DecoderConfig(BaseModel):
     default 0.1, :data:`ATTENTION_DROPOUT`); at 0 no dropout kernel runs and no mask or
     dropped probabilities are stored, as in frameworks that skip dropout at rate 0
     (EasyLM's ``attn_pdrop``). ``attention: flash`` fuses any dropout into its kernel."""
+    hidden_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout probability on the attention and MLP outputs before each residual add, in
+    training (Megatron-LM's ``--hidden-dropout``, default 0.1, the ``gpt`` family's
+    trait; Llama, Mixtral, PaLM and DeepSeek train without it). Above 0 each of the two
+    dropouts writes and keeps a 1-byte keep-mask per element (the ``sbh`` masks of
+    Korthikanti et al.'s formula)."""
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     """RoPE frequency scaling as its ``config.json`` states it (Llama 3.1's ``llama3``,
@@ -932,8 +937,27 @@ class DecoderModel(EagerCounted):
                 layer,
             )
 
+        drop = phase is Phase.TRAIN and c.hidden_dropout > 0
+
         def residual(name: str) -> None:
-            b.ew(name, OpKind.ELEMENTWISE, tn * h, 2 * tn * h, tn * h, tn * h)
+            el = tn * h
+            if not drop:
+                b.ew(name, OpKind.ELEMENTWISE, el, 2 * el, el, el)
+            elif c.elementwise == "fused":  # Megatron's fused bias-dropout-add: one kernel
+                b.raw(
+                    name,
+                    OpKind.ELEMENTWISE,
+                    2 * el,
+                    2 * el * b.e,
+                    el * (b.e + DROPOUT_MASK_BYTES),
+                    2 * el,
+                )
+            else:  # the branch's dropout (its output and keep-mask), then the add
+                drop_name = name.removesuffix(".residual") + ".dropout"
+                b.raw(
+                    drop_name, OpKind.ELEMENTWISE, el, el * b.e, el * (b.e + DROPOUT_MASK_BYTES), el
+                )
+                b.ew(name, OpKind.ELEMENTWISE, el, 2 * el, el, el)
 
         # embedding (first stage only)
         if first:
@@ -1480,59 +1504,60 @@ class DecoderModel(EagerCounted):
     # memory ------------------------------------------------------------------------------------
 
     def activation_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:
-        """Activation memory of one micro-batch on one device of one pipeline stage.
+        """Activation memory of one micro-batch on one device of one pipeline stage: the
+        tensors each of the stage's ``ceil(layers / pipeline)`` layers saves for its
+        backward (:mod:`xpusim.plugins.models.activations`, one by one), under
+        ``recompute``:
 
-        Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
-        Models" (arXiv:2205.05198), Table 2, per layer with ``s`` tokens, ``b`` sequences,
-        hidden ``h``, ``a`` heads and tensor parallel ``t``:
+        * ``none``: every saved tensor; for Korthikanti et al.'s architecture (2022,
+          arXiv:2205.05198, Table 2) ``sbh(10 + 24/t + 5as/(ht))`` per layer, ``sbh(34 +
+          5as/h)/t`` with sequence parallelism (the ``5as/h`` of the score-sized tensors
+          only with ``attention: unfused``; a flash kernel keeps its log-sum-exp instead);
+        * ``selective``: without the attention core's own tensors, ``sbh(10 + 24/t)``
+          there, ``34sbh/t`` with sequence parallelism;
+        * ``full``: each layer's input, ``2sbh`` (``/t`` with sequence parallelism).
 
-        * no recompute: ``sbh(10 + 24/t + 5as/(ht))``; with sequence parallel
-          ``sbh(34 + 5as/h)/t``;
-        * selective (attention core recomputed): ``sbh(10 + 24/t)``; with sequence
-          parallel ``34sbh/t``;
-        * full: ``2sbh`` (the layer input; ``/t`` with sequence parallel).
-
-        The constants assume 16-bit activations; other dtypes scale by ``bytes/2``.
-        Times ``ceil(layers / pipeline)`` layers.
-
-        The ``5as/h`` term is the ``5as²b`` bytes of the stored score-sized tensors
-        (softmax output ``2as²b``, dropout mask ``as²b``, dropout output ``2as²b``): only
-        ``attention: unfused`` stores them. A fused (flash) kernel keeps no score matrix
-        for the backward, which recomputes it from Q, K, V and the output, all already in
-        the ``sbh`` terms, so ``attention: flash`` drops the term.
+        A MoE stage counts its MoE and dense layers as :meth:`build` places them.
         """
-        c = self.cfg
-        s, bsz, h, a = shape.tokens, shape.batch, c.hidden, c.heads
-        t = max(1, parallel.tensor)
-        sp = parallel.sequence and t > 1
-        sbh = s * bsz * h
-        # unfused attention keeps the softmax output (2as/h per sbh) and, with dropout, its
-        # 1-byte mask and the dropped probabilities (3as/h more): Korthikanti et al.'s 5as/h
-        dropout = 3.0 if c.attention_dropout > 0 else 0.0
-        attn = (2.0 + dropout) * a * s / h if c.attention == "unfused" else 0.0
-        if recompute == "full":
-            per = 2.0 * sbh / (t if sp else 1)
-        elif recompute == "selective":
-            per = 34.0 * sbh / t if sp else sbh * (10 + 24 / t)
-        elif recompute == "none":
-            per = sbh * (34 + attn) / t if sp else sbh * (10 + 24 / t + attn / t)
-        else:
+        if recompute not in ("none", "selective", "full"):
             raise ValueError(f"unknown recompute {recompute!r}; valid: none, selective, full")
-        return per * math.ceil(c.layers / parallel.pipeline) * dtype_bytes(c.dtype) / 2
+        return self._activations(shape, parallel, recompute, linear_only=False)
 
     def linear_input_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:
-        """The inputs of a layer's four linear layers among :meth:`activation_bytes`, in
-        Korthikanti et al.'s accounting (§4.1): the QKV projection's ``2sbh`` and the first
-        MLP linear's ``2sbh`` (outside the tensor-parallel region, ``/t`` with sequence
+        """The linear layers' saved inputs among :meth:`activation_bytes`: for Korthikanti
+        et al.'s architecture (§4.1) the QKV projection's ``2sbh`` and the first MLP
+        linear's ``2sbh`` (outside the tensor-parallel region, ``/t`` with sequence
         parallelism), the output projection's ``2sbh/t`` and the second MLP linear's
         ``8sbh/t``; none under full recomputation, which keeps only the layer input."""
         if recompute == "full":
             return 0.0
+        return self._activations(shape, parallel, recompute, linear_only=True)
+
+    def _activations(
+        self, shape: Shape, parallel: Parallelism, recompute: str, linear_only: bool
+    ) -> float:
+        """Sum of the stage's saved tensors (:meth:`activation_bytes`)."""
         c = self.cfg
-        t = max(1, parallel.tensor)
-        sbh = shape.tokens * shape.batch * c.hidden
-        per = 14.0 * sbh / t if parallel.sequence and t > 1 else sbh * (4 + 10 / t)
-        return per * math.ceil(c.layers / parallel.pipeline) * dtype_bytes(c.dtype) / 2
+        tokens = float(shape.tokens * shape.batch)
+        n_l = math.ceil(c.layers / max(1, parallel.pipeline))
+        if recompute == "full":  # each layer's input (the residual stream)
+            first = layer_activations(c, shape.tokens, False, False)[0]
+            return n_l * first.bytes(tokens, 0.0, parallel)
+        n_moe = self._stage_kinds(n_l)[1]
+        ep = max(1, parallel.expert)
+        rows = tokens * c.top_k * (c.expert_imbalance if ep > 1 else 1.0)
+        unfused = c.attention == "unfused"
+        total = 0.0
+        for moe, count in ((False, n_l - n_moe), (True, n_moe)):
+            if not count:
+                continue
+            for saved in layer_activations(c, shape.tokens, moe, unfused):
+                if linear_only and not saved.linear_input:
+                    continue
+                if recompute == "selective" and saved.core:
+                    continue
+                total += count * saved.bytes(tokens, rows, parallel)
+        return total
 
 
 # --- families ----------------------------------------------------------------------------------
@@ -1574,6 +1599,7 @@ def _family(name: str, description: str, defaults: Mapping[str, Any]) -> Decoder
 
 
 GPT_TRAITS = {
+    "hidden_dropout": 0.1,
     "norm": "layernorm",
     "position": "learned",
     "bias": True,

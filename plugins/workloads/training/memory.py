@@ -43,8 +43,9 @@ activations (:meth:`~xpusim.engine.model.ModelGraph.linear_input_bytes`) are kep
 byte an element.
 
 Activations are the model's own estimate (:meth:`xpusim.engine.model.ModelGraph.activation_bytes`
-for one micro-batch of one stage, e.g. Korthikanti et al. 2022 Table 2 for the
-transformer), per layer, times the stage's layers and the micro-batches it holds in
+for one micro-batch of one stage: for the transformer the tensors each layer saves for
+its backward, one by one, :mod:`xpusim.plugins.models.activations`), per layer, times
+the stage's layers and the micro-batches it holds in
 flight (:func:`xpusim.plugins.workloads.training.pipeline.in_flight_microbatches`: stage
 ``s`` of 1F1B holds ``min(m, p − s)``, more when interleaved), divided by the context
 parallel degree (each device keeps ``1/c`` of every sequence). With
