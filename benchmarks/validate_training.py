@@ -92,6 +92,7 @@ from xpusim.engine.collectives import topology_from_device  # noqa: E402
 from xpusim.engine.device import DerivedDevice, derive_device  # noqa: E402
 from xpusim.engine.host import build_host  # noqa: E402
 from xpusim.engine.model import ModelFamily  # noqa: E402
+from xpusim.engine.recompute import selective_recompute  # noqa: E402
 from xpusim.engine.system import Parallelism, System  # noqa: E402
 from xpusim.engine.units import Dim, parse  # noqa: E402
 from xpusim.plugins.workloads.training.plan import TrainingPlan, plan_memory  # noqa: E402
@@ -255,7 +256,11 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
         global_batch=int(w["global_batch"]),
         micro_batch=int(w.get("micro_batch", 1)),
         seq_len=int(w["seq_len"]),
-        recompute=str(w.get("recompute", "selective")),
+        recompute=(
+            selective_recompute(w["recompute_modules"])
+            if w.get("recompute_modules")
+            else str(w.get("recompute", "selective"))
+        ),
         precision=str(w.get("precision", "bf16")),
         optimizer=str(w.get("optimizer", "adam")),
         grad_dtype=str(w.get("grad_reduce_dtype", "bf16")),

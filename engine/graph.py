@@ -133,8 +133,9 @@ class Shape:
     * A serving iteration that mixes work is a :attr:`Phase.MIXED` shape listing its parts
       in ``parts`` (each a PREFILL or DECODE shape); the model builds one fused graph.
     * ``timesteps`` is for spiking networks.
-    * ``recompute`` (``none``, ``selective``, ``full``) is the activation recomputation of a
-      TRAIN step: a recomputing graph holds the extra forward work it costs.
+    * ``recompute`` (``none``, ``selective``, ``full``, or ``selective:<modules>``,
+      :mod:`xpusim.engine.recompute`) is the activation recomputation of a TRAIN step: a
+      recomputing graph holds the extra forward work it costs.
     """
 
     phase: Phase

@@ -170,10 +170,18 @@ class ModelGraph(ABC):
         a model that can trace its own module counts them."""
         return EagerCalls()
 
+    def recomputable(self) -> frozenset[str]:
+        """The modules (:data:`~xpusim.engine.recompute.RECOMPUTE_MODULES`) whose selective
+        recomputation this model prices: its training graph reruns them and
+        :meth:`activation_bytes` drops what they keep under ``selective:<modules>``. The
+        default: the attention core alone, plain ``selective``."""
+        return frozenset({"core_attn"})
+
     def activation_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:
         """Activation memory per device kept for the backward pass of a micro-batch of
-        ``shape`` under ``recompute`` (``none``, ``selective``, ``full``). The default
-        counts the graph's written bytes once, a coarse but safe upper bound."""
+        ``shape`` under ``recompute`` (``none``, ``selective``, ``full``, or
+        ``selective:<modules>`` of :meth:`recomputable`). The default counts the graph's
+        written bytes once, a coarse but safe upper bound."""
         g = self.build(shape, parallel)
         total = sum(o.bytes_written * o.count for o in g.ops)
         return total if recompute == "none" else total * (0.5 if recompute == "selective" else 0.1)

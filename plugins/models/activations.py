@@ -5,13 +5,13 @@ modules of Megatron-Core and Transformer Engine save them (fused kernels: a norm
 input, a linear layer its input, a fused gated activation its input, a flash-attention
 kernel its ``Q``, ``K``, ``V``, output and log-sum-exp), rather than through one
 closed-form constant. For the architecture Korthikanti et al. derived their formula on
-(arXiv:2205.05198, §4.1 and Table 2: multi-head attention, a GELU MLP of ``4h``,
-LayerNorm, dropout after the attention and the MLP, 16-bit activations) the inventory
+(arXiv:2205.05198, §4.1 and Table 2: multi-head attention, a GELU _MLP of ``4h``,
+LayerNorm, dropout after the attention and the _MLP, 16-bit activations) the inventory
 adds up to their ``sbh(10 + 24/t + 5as/(ht))`` exactly; for today's models it follows
 what they change:
 
 * grouped-query attention keeps ``K`` and ``V`` of ``kv_heads`` heads, not ``heads``;
-* a gated MLP's fused activation keeps both halves of the first linear layer's output
+* a gated _MLP's fused activation keeps both halves of the first linear layer's output
   (``2f``, Megatron-Core's ``bias_swiglu``), the second linear layer its ``f``-wide input;
 * models without dropout (Llama, Mixtral, DeepSeek) keep no keep-masks
   (``hidden_dropout``);
@@ -19,23 +19,28 @@ what they change:
   (the busiest device's, ``expert_imbalance`` times the mean), the dispatched input of
   the expert's first linear layer, the activation's input, the second linear layer's
   input and the expert's output (weighted by the router probability in the combine, whose
-  gradient needs it), plus the router's probabilities and the shared experts' MLP;
+  gradient needs it), plus the router's probabilities and the shared experts' _MLP;
 * multi-head latent attention keeps the latents its norms and up-projections take and
   the per-head ``Q``, ``K``, ``V`` the up-projections expand them to;
 * a flash kernel keeps its fp32 log-sum-exp (4 bytes per head and token); an unfused
   core keeps the score-sized softmax output, dropout mask and dropped probabilities.
 
 Tensor parallelism splits what lies between a layer's column- and row-parallel linear
-layers (``inside``: heads, the MLP's hidden width, the experts' width); the norms,
+layers (``inside``: heads, the _MLP's hidden width, the experts' width); the norms,
 the linear layers' inputs before the split and the dropout masks are whole on every rank
 (``outside``) unless sequence parallelism splits them; the latents of multi-head latent
 attention and the dispatched expert rows are whole on every rank (``replicated``).
 
-Recomputation drops what it recomputes: ``selective`` the attention core's own tensors
-(Korthikanti et al.'s selective recomputation, Megatron-Core's default ``core_attn``
-module: the score-sized tensors, or a flash kernel's log-sum-exp; its inputs ``Q``, ``K``,
-``V`` stay as the checkpoint's inputs and its output as the next linear layer's input);
-``full`` keeps only each layer's input.
+Recomputation drops what it recomputes (:mod:`xpusim.engine.recompute`): ``selective``
+the attention core's own tensors (Korthikanti et al.'s selective recomputation,
+Megatron-Core's default ``core_attn`` module: the score-sized tensors, or a flash
+kernel's log-sum-exp; its inputs ``Q``, ``K``, ``V`` stay as the checkpoint's inputs and
+its output as the next linear layer's input); ``selective:<modules>`` what each named
+module keeps inside it (``layernorm``: the norms' outputs, which the projections after
+them take as input; ``mla_up_proj``: the normed latents and the expanded ``Q``, ``K``,
+``V``; ``moe_act``: the experts' activation outputs; ``mlp``, ``moe``,
+``shared_experts``: everything of the MLP, the MoE layer or its shared experts but their
+input); ``full`` keeps only each layer's input.
 """
 
 from __future__ import annotations
@@ -62,6 +67,15 @@ MASK_BYTES = 1.0
 """Bytes per element of a dropout keep-mask (``native_dropout`` returns a ``bool``)."""
 
 
+_CORE = frozenset({"core_attn"})
+_NORM = frozenset({"layernorm"})
+_UP = frozenset({"mla_up_proj"})
+_MLP = frozenset({"mlp"})
+_MOE = frozenset({"moe"})
+_MOE_ACT = frozenset({"moe_act"})
+_SHARED = frozenset({"shared_experts"})
+
+
 @dataclass(frozen=True, slots=True)
 class Saved:
     """One tensor a layer saves for its backward pass.
@@ -69,9 +83,10 @@ class Saved:
     ``elements`` per token of the micro-batch (per routed row for ``expert`` tensors),
     before any split; ``bytes_per`` per element; ``region`` how tensor parallelism splits
     it; ``linear_input`` when it is a linear layer's saved input (FP8 recipes that cache
-    those inputs keep them at one byte); ``core`` when it belongs to the attention core
-    alone (dropped by selective recomputation); ``expert`` when it is counted per routed
-    (token, expert) row rather than per token.
+    those inputs keep them at one byte); ``dropped_by`` the recompute modules
+    (:data:`~xpusim.engine.recompute.RECOMPUTE_MODULES`) any one of which, recomputed,
+    drops it; ``expert`` when it is counted per routed (token, expert) row rather than per
+    token.
     """
 
     name: str
@@ -79,7 +94,7 @@ class Saved:
     bytes_per: float
     region: Region
     linear_input: bool = False
-    core: bool = False
+    dropped_by: frozenset[str] = frozenset()
     expert: bool = False
 
     def bytes(self, tokens: float, rows: float, parallel: Parallelism) -> float:
@@ -100,7 +115,7 @@ def layer_activations(cfg: DecoderConfig, seq: int, moe: bool, unfused: bool) ->
     h, d = c.hidden, c.d
     out: list[Saved] = [Saved("ln1.input", h, e, "outside")]
     # the norm's output, which the projections after it save as their input
-    out.append(Saved("attn.in", h, e, "outside", linear_input=True))
+    out.append(Saved("attn.in", h, e, "outside", linear_input=True, dropped_by=_NORM))
     if c.mla:
         out += _mla(c, e)
     else:
@@ -112,23 +127,25 @@ def layer_activations(cfg: DecoderConfig, seq: int, moe: bool, unfused: bool) ->
         out.append(Saved("attn.proj.input", q, e, "inside", linear_input=True))
     if unfused:
         scores = c.heads * seq  # one row of scores per head and query token
-        out.append(Saved("attn.core.softmax", scores, e, "inside", core=True))
+        out.append(Saved("attn.core.softmax", scores, e, "inside", dropped_by=_CORE))
         if c.attention_dropout > 0:
-            out.append(Saved("attn.core.dropout_mask", scores, MASK_BYTES, "inside", core=True))
-            out.append(Saved("attn.core.dropout_out", scores, e, "inside", core=True))
+            out.append(
+                Saved("attn.core.dropout_mask", scores, MASK_BYTES, "inside", dropped_by=_CORE)
+            )
+            out.append(Saved("attn.core.dropout_out", scores, e, "inside", dropped_by=_CORE))
     else:
-        out.append(Saved("attn.core.lse", c.heads, LSE_BYTES, "inside", core=True))
+        out.append(Saved("attn.core.lse", c.heads, LSE_BYTES, "inside", dropped_by=_CORE))
     if c.hidden_dropout > 0:
         out.append(Saved("attn.dropout_mask", h, MASK_BYTES, "outside"))
     if c.sandwich_norm:
         out.append(Saved("ln1_post.input", h, e, "outside"))
-    if not c.parallel_block:  # a parallel block's MLP takes the attention's norm output
+    if not c.parallel_block:  # a parallel block's _MLP takes the attention's norm output
         out.append(Saved("ln2.input", h, e, "outside"))
-        out.append(Saved("mlp.in", h, e, "outside", linear_input=True))
+        out.append(Saved("mlp.in", h, e, "outside", linear_input=True, dropped_by=_NORM))
     if moe:
         out += _moe(c, e)
     else:
-        out += _mlp(c, "mlp", c.dense_ffn if c.moe else c.ffn, e, expert=False)
+        out += _mlp(c, "mlp", c.dense_ffn if c.moe else c.ffn, e, _MLP)
     if c.sandwich_norm:
         out.append(Saved("ln2_post.input", h, e, "outside"))
     if c.hidden_dropout > 0:
@@ -136,29 +153,48 @@ def layer_activations(cfg: DecoderConfig, seq: int, moe: bool, unfused: bool) ->
     return out
 
 
-def _mlp(c: DecoderConfig, name: str, f: int, e: float, expert: bool) -> list[Saved]:
-    """An MLP of width ``f`` after its first linear layer's input: the fused activation's
-    input (both halves when gated) and the second linear layer's input."""
+def _mlp(
+    c: DecoderConfig,
+    name: str,
+    f: int,
+    e: float,
+    drop: frozenset[str],
+    act: frozenset[str] = frozenset(),
+    expert: bool = False,
+) -> list[Saved]:
+    """An _MLP of width ``f`` after its first linear layer's input: the fused activation's
+    input (both halves when gated) and the second linear layer's input (the activation's
+    output), dropped when a module of ``drop`` is recomputed, the latter also by one of
+    ``act``."""
     width = 2 * f if c.gated_mlp else f
-    region: Region = "inside"
     return [
-        Saved(f"{name}.act.input", width, e, region, expert=expert),
-        Saved(f"{name}.fc2.input", f, e, region, linear_input=True, expert=expert),
+        Saved(f"{name}.act.input", width, e, "inside", dropped_by=drop, expert=expert),
+        Saved(
+            f"{name}.fc2.input",
+            f,
+            e,
+            "inside",
+            linear_input=True,
+            dropped_by=drop | act,
+            expert=expert,
+        ),
     ]
 
 
 def _moe(c: DecoderConfig, e: float) -> list[Saved]:
-    """A MoE MLP: the router's probabilities per token, per routed row the dispatched
-    input, the expert MLP's tensors and the expert's output, then the shared experts."""
+    """A MoE _MLP: the router's probabilities per token, per routed row the dispatched
+    input, the expert _MLP's tensors and the expert's output, then the shared experts."""
     h = c.hidden
     out = [
-        Saved("moe.router.probs", c.experts, e, "outside"),
-        Saved("moe.dispatched", h, e, "replicated", linear_input=True, expert=True),
-        *_mlp(c, "moe.expert", c.ffn, e, expert=True),
-        Saved("moe.expert.output", h, e, "replicated", expert=True),
+        Saved("moe.router.probs", c.experts, e, "outside", dropped_by=_MOE),
+        Saved(
+            "moe.dispatched", h, e, "replicated", linear_input=True, dropped_by=_MOE, expert=True
+        ),
+        *_mlp(c, "moe.expert", c.ffn, e, _MOE, _MOE_ACT, expert=True),
+        Saved("moe.expert.output", h, e, "replicated", dropped_by=_MOE, expert=True),
     ]
     if c.shared_ffn:
-        out += _mlp(c, "moe.shared", c.shared_ffn, e, expert=False)
+        out += _mlp(c, "moe.shared", c.shared_ffn, e, _MOE | _SHARED)
     return out
 
 
@@ -172,11 +208,11 @@ def _mla(c: DecoderConfig, e: float) -> list[Saved]:
     if c.q_lora_rank:
         cq = c.q_lora_rank
         out.append(Saved("attn.q_a_norm.input", cq, e, "replicated"))
-        out.append(Saved("attn.q_b.input", cq, e, "replicated", linear_input=True))
+        out.append(Saved("attn.q_b.input", cq, e, "replicated", linear_input=True, dropped_by=_UP))
     out.append(Saved("attn.kv_a_norm.input", ckv, e, "replicated"))
-    out.append(Saved("attn.kv_b.input", ckv, e, "replicated", linear_input=True))
+    out.append(Saved("attn.kv_b.input", ckv, e, "replicated", linear_input=True, dropped_by=_UP))
     out.append(Saved("attn.k_rope.input", r, e, "replicated"))
-    out.append(Saved("attn.core.q", c.heads * c.d, e, "inside"))
-    out.append(Saved("attn.core.kv", c.heads * (c.d + dv), e, "inside"))
+    out.append(Saved("attn.core.q", c.heads * c.d, e, "inside", dropped_by=_UP))
+    out.append(Saved("attn.core.kv", c.heads * (c.d + dv), e, "inside", dropped_by=_UP))
     out.append(Saved("attn.proj.input", c.heads * dv, e, "inside", linear_input=True))
     return out

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 from xpusim.engine.errors import ScenarioError, UnsupportedError
 from xpusim.engine.graph import STRIDED, Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
 from xpusim.engine.model import ModelFamily, ModelInfo
+from xpusim.engine.recompute import recomputed_modules
 from xpusim.engine.system import Parallelism, divisors, near_divisors
 from xpusim.plugins.models.activations import MASK_BYTES as DROPOUT_MASK_BYTES
 from xpusim.plugins.models.activations import layer_activations
@@ -132,6 +133,29 @@ ATTENTION_DROPOUT = 0.1
 """Attention-dropout probability of ``attention: unfused`` in training: Megatron-LM's
 default (``megatron/arguments.py``, ``--attention-dropout``, default 0.1). Its cost does
 not depend on the value, only that it is nonzero (a zero rate launches no kernel)."""
+
+
+_CORE_ATTN = frozenset({"core_attn"})
+_LAYERNORM = frozenset({"layernorm"})
+_MLA_UP = frozenset({"mla_up_proj"})
+_MOE = frozenset({"moe"})
+_MOE_ACT = frozenset({"moe", "moe_act"})
+_MOE_SHARED = frozenset({"moe", "shared_experts"})
+_MLP = frozenset({"mlp"})
+_MLA_UP_OPS = (
+    "attn.q_a_norm",
+    "attn.kv_a_norm",
+    "attn.q_b",
+    "attn.kv_b",
+    "attn.rope",
+    "attn.k_cat",
+    "attn.q_cat",
+)
+"""Multi-head latent attention's ops that ``mla_up_proj`` recomputation reruns: the
+latents' norms, the up-projections (``attn.kv_b`` of every part), RoPE and the
+concatenation of the rotary and non-rotary parts."""
+_MLP_OUTSIDE = frozenset({"mlp.residual", "mlp.dropout"})
+"""Ops named ``mlp.*`` that are not the MLP module's (the residual add after it)."""
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -1067,14 +1091,16 @@ class DecoderModel(EagerCounted):
             fwd = list(b.ops)
             if shape.recompute == "full":
                 fwd_extra = recompute_ops(layer_ops)
-            elif shape.recompute == "selective":
-                # the attention core (Korthikanti et al. 2022): the fused kernel, or every
-                # op between the QKV and output projections of `attention: unfused`
-                fwd_extra = recompute_ops(
-                    o for o in layer_ops if o.name == "attn.core" or o.name.startswith("attn.core.")
-                )
             else:
-                fwd_extra = []
+                # the named modules' ops; `selective` is the attention core (Korthikanti et
+                # al. 2022): the fused kernel, or every op between the QKV and output
+                # projections of `attention: unfused`
+                mods = recomputed_modules(shape.recompute)
+                fwd_extra = (
+                    recompute_ops(o for o in layer_ops if self._op_modules(o) & mods)
+                    if mods
+                    else []
+                )
             ops = fwd + fwd_extra + backward_ops(fwd)
             if par.pipeline > 1:
                 ops.append(
@@ -1503,6 +1529,37 @@ class DecoderModel(EagerCounted):
 
     # memory ------------------------------------------------------------------------------------
 
+    def recomputable(self) -> frozenset[str]:
+        """The attention core, the two norms and a dense MLP; with multi-head latent
+        attention its up-projections; with experts the MoE layer, its activation and (when
+        it has them) its shared experts."""
+        c = self.cfg
+        mods = {"core_attn", "layernorm", "mlp"}
+        if c.mla:
+            mods.add("mla_up_proj")
+        if c.moe:
+            mods |= {"moe", "moe_act"} | ({"shared_experts"} if c.shared_ffn else set())
+        return frozenset(mods)
+
+    def _op_modules(self, op: Op) -> frozenset[str]:
+        """The recompute modules an op of a layer belongs to (by the builder's names)."""
+        n = op.name
+        if n == "attn.core" or n.startswith("attn.core."):
+            return _CORE_ATTN
+        if n in ("ln1", "ln2"):
+            return _LAYERNORM
+        if self.cfg.mla and n.startswith(_MLA_UP_OPS):
+            return _MLA_UP
+        if n.startswith("moe."):
+            if n in ("moe.glu", "moe.act"):
+                return _MOE_ACT
+            if n.startswith("moe.shared.") and n != "moe.shared.add":
+                return _MOE_SHARED
+            return _MOE
+        if n.startswith("mlp.") and op.collective is None and n not in _MLP_OUTSIDE:
+            return _MLP
+        return frozenset()
+
     def activation_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:
         """Activation memory of one micro-batch on one device of one pipeline stage: the
         tensors each of the stage's ``ceil(layers / pipeline)`` layers saves for its
@@ -1515,12 +1572,12 @@ class DecoderModel(EagerCounted):
           only with ``attention: unfused``; a flash kernel keeps its log-sum-exp instead);
         * ``selective``: without the attention core's own tensors, ``sbh(10 + 24/t)``
           there, ``34sbh/t`` with sequence parallelism;
+        * ``selective:<modules>``: without what each module of :meth:`recomputable` keeps
+          inside it;
         * ``full``: each layer's input, ``2sbh`` (``/t`` with sequence parallelism).
 
         A MoE stage counts its MoE and dense layers as :meth:`build` places them.
         """
-        if recompute not in ("none", "selective", "full"):
-            raise ValueError(f"unknown recompute {recompute!r}; valid: none, selective, full")
         return self._activations(shape, parallel, recompute, linear_only=False)
 
     def linear_input_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:
@@ -1543,6 +1600,7 @@ class DecoderModel(EagerCounted):
         if recompute == "full":  # each layer's input (the residual stream)
             first = layer_activations(c, shape.tokens, False, False)[0]
             return n_l * first.bytes(tokens, 0.0, parallel)
+        mods = recomputed_modules(recompute)
         n_moe = self._stage_kinds(n_l)[1]
         ep = max(1, parallel.expert)
         rows = tokens * c.top_k * (c.expert_imbalance if ep > 1 else 1.0)
@@ -1554,7 +1612,7 @@ class DecoderModel(EagerCounted):
             for saved in layer_activations(c, shape.tokens, moe, unfused):
                 if linear_only and not saved.linear_input:
                     continue
-                if recompute == "selective" and saved.core:
+                if saved.dropped_by & mods:
                     continue
                 total += count * saved.bytes(tokens, rows, parallel)
         return total

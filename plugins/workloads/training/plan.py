@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from xpusim.engine.model import ModelGraph
+from xpusim.engine.graph import Phase, Shape
+from xpusim.engine.model import RECOMPUTE, ModelGraph
+from xpusim.engine.recompute import RECOMPUTE_MODULES, recomputed_modules, selective_recompute
 from xpusim.engine.system import Parallelism, divisors
 from xpusim.plugins.workloads.training.memory import MemoryNeed, stage_memories
 from xpusim.plugins.workloads.training.partition import StagePartition, make_partition
@@ -136,6 +138,13 @@ def check_plan(model: ModelGraph, par: Parallelism, plan: TrainingPlan, count: i
             plan_partition(model, par, plan)
         except ValueError as exc:
             problems.append(str(exc))
+    missing = recomputed_modules(plan.recompute) - model.recomputable()
+    if missing:
+        has = ", ".join(m for m in RECOMPUTE_MODULES if m in model.recomputable())
+        problems.append(
+            f"recompute_modules {', '.join(m for m in RECOMPUTE_MODULES if m in missing)} "
+            f"are not parts of {model.name} (it has {has})"
+        )
     heads = cfg_int(model, "heads")
     if heads and heads % par.tensor:
         problems.append(f"tensor = {par.tensor} does not divide the model's {heads} heads")
@@ -331,10 +340,18 @@ def flops_per_token(model: ModelGraph, seq_len: int, recompute: str) -> tuple[fl
     attn_fwd = 4.0 * layers * heads * head_dim * seq_len
     model_f = 3.0 * fwd + 3.0 * attn_fwd
     head = 2.0 * float(c.get("vocab", 0) or 0) * hidden
+    mods = recomputed_modules(recompute)
     if recompute == "full":
         extra = max(0.0, fwd - head) + attn_fwd
-    elif recompute == "selective":
-        extra = attn_fwd
     else:
-        extra = 0.0
+        extra = attn_fwd if "core_attn" in mods else 0.0
+        if mods - {"core_attn"}:  # the other modules' ops, as the training graph reruns them
+            extra += _rerun_flops(model, seq_len, selective_recompute(mods - {"core_attn"}))
     return model_f, model_f + extra
+
+
+def _rerun_flops(model: ModelGraph, seq_len: int, recompute: str) -> float:
+    """FLOPs per token of the ops a one-stage training graph of one sequence reruns."""
+    g = model.build(Shape(Phase.TRAIN, batch=1, tokens=seq_len, recompute=recompute))
+    rerun = sum(o.flops * o.count for o in g.ops if o.name.startswith(RECOMPUTE))
+    return rerun / seq_len

@@ -23,6 +23,7 @@ from xpusim.engine.errors import DoesNotFitError, ScenarioError
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
 from xpusim.engine.qty import Bandwidth, Bytes, Duration, DurationOrZero
+from xpusim.engine.recompute import RECOMPUTE_MODULES, selective_recompute
 from xpusim.engine.system import System
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.training.failures import (
@@ -42,6 +43,11 @@ from xpusim.plugins.workloads.training.plan import (
     plan_memory,
 )
 from xpusim.plugins.workloads.training.steps import step_time
+
+RecomputeModule = Literal[
+    "core_attn", "layernorm", "mla_up_proj", "moe_act", "mlp", "moe", "shared_experts"
+]
+"""A module of ``recompute_modules`` (:data:`xpusim.engine.recompute.RECOMPUTE_MODULES`)."""
 
 __all__ = ["WORKLOADS", "FailuresConfig", "TrainingConfig", "TrainingWorkload"]
 
@@ -100,6 +106,13 @@ class TrainingConfig(BaseModel):
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     tokens: float | None = Field(default=None, gt=0, le=MAX_TRAINING_TOKENS)
     recompute: Literal["none", "selective", "full"] = "selective"
+    recompute_modules: list[RecomputeModule] | None = Field(
+        default=None,
+        description=(
+            "with recompute: selective, the modules recomputed (Megatron-Core's "
+            "--recompute-modules; default the attention core alone)"
+        ),
+    )
     precision: Literal["bf16", "fp16", "fp32", "fp8"] = "bf16"
     optimizer: Literal["adam", "adam_bf16", "sgd"] = "adam"
     grad_reduce_dtype: Literal["bf16", "fp16", "fp32"] | None = None
@@ -131,6 +144,22 @@ class TrainingConfig(BaseModel):
     )
 
     @model_validator(mode="after")
+    def _modules(self) -> TrainingConfig:
+        if self.recompute_modules is not None:
+            if self.recompute != "selective":
+                raise ValueError(
+                    f"recompute_modules names what a selective recomputation reruns, and "
+                    f"recompute is {self.recompute!r}; set recompute: selective or drop "
+                    f"recompute_modules"
+                )
+            if not self.recompute_modules:
+                raise ValueError(
+                    "recompute_modules is empty; name at least one module (for example "
+                    "[core_attn]) or set recompute: none"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _length(self) -> TrainingConfig:
         if (self.steps is None) == (self.tokens is None):
             raise ValueError(
@@ -141,7 +170,16 @@ class TrainingConfig(BaseModel):
 
 
 def make_plan(config: TrainingConfig, model: ModelGraph) -> TrainingPlan:
-    """The engine-side plan of ``config`` for ``model``."""
+    """The engine-side plan of ``config`` for ``model``; raises :class:`ScenarioError`
+    when ``recompute_modules`` names a part the model does not have."""
+    missing = set(config.recompute_modules or ()) - model.recomputable()
+    if missing:
+        has = model.recomputable()
+        raise ScenarioError(
+            f"workload.recompute_modules: {', '.join(m for m in RECOMPUTE_MODULES if m in missing)} "
+            f"not in {model.name}, whose parts a selective recomputation can name are "
+            f"{', '.join(m for m in RECOMPUTE_MODULES if m in has)}; drop the others."
+        )
     seq = config.seq_len or int(model.info.max_seq_len or 0) or 2048
     grad = config.grad_reduce_dtype or (
         "fp32"
@@ -154,7 +192,11 @@ def make_plan(config: TrainingConfig, model: ModelGraph) -> TrainingPlan:
         global_batch=config.global_batch,
         micro_batch=config.micro_batch,
         seq_len=seq,
-        recompute=config.recompute,
+        recompute=(
+            selective_recompute(config.recompute_modules)
+            if config.recompute_modules
+            else config.recompute
+        ),
         precision=config.precision,
         optimizer=config.optimizer,
         grad_dtype=grad,
