@@ -446,6 +446,15 @@ def test_a_scenario_writes_the_plan_end_to_end(tmp_path: Any, host: Any) -> None
     assert s.status == "ok", s.reason
     assert s.metrics["pipeline_layers"] == "2, 4×3"
     assert s.metrics["cp_comm_s"] > 0
+    # the fullest device's memory by part, as the plan check found it
+    parts = ("weights", "gradients", "optimizer", "activations", "reserve")
+    total = sum(float(s.metrics[f"memory_{p}_bytes"]) for p in parts)  # type: ignore[arg-type]
+    assert total == pytest.approx(float(s.metrics["memory_per_device_bytes"]))  # type: ignore[arg-type]
+    # stage 0 holds 2 layers x 4 micro-batches, stage 1 4 layers x 3: stage 1 is fuller
+    assert s.metrics["memory_fullest_device"] == (
+        "pipeline stage 1 of 4 (4 layers, 3 micro-batches in flight)"
+    )
+    assert s.metrics["recompute"] == "selective"
 
 
 def test_trace_of_a_big_cluster_shows_a_sample_of_whole_lanes(host: Any) -> None:

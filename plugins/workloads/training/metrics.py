@@ -137,6 +137,34 @@ TRAINING_METRICS: tuple[Metric, ...] = (
         "lower",
         description="weights, gradients, optimizer states and activations on one device",
     ),
+    *(
+        detail(
+            f"memory_{part}_bytes",
+            f"Memory: {label}",
+            "B",
+            "lower",
+            description=f"{label} on the plan's fullest device",
+        )
+        for part, label in (
+            ("weights", "weights"),
+            ("gradients", "gradients"),
+            ("optimizer", "optimizer states"),
+            ("activations", "activations"),
+            ("reserve", "runtime reserve"),
+        )
+    ),
+    detail(
+        "memory_fullest_device",
+        "Fullest device",
+        description="the pipeline stage whose device needs the most memory, its layers and "
+        "micro-batches in flight",
+    ),
+    detail(
+        "recompute",
+        "Recomputation",
+        description="activation recomputation: none, selective, full, or selective: and the "
+        "modules rerun",
+    ),
     detail("flops_definition", "FLOPs definition", description="how MFU and HFU count FLOPs"),
 )
 """Every key :class:`~xpusim.plugins.workloads.training.workload.TrainingWorkload` emits."""

@@ -34,7 +34,7 @@ from xpusim.plugins.workloads.training.failures import (
     simulate_failures,
 )
 from xpusim.plugins.workloads.training.frames import devices_frame, steps_frame
-from xpusim.plugins.workloads.training.memory import checkpoint_bytes
+from xpusim.plugins.workloads.training.memory import MemoryNeed, checkpoint_bytes
 from xpusim.plugins.workloads.training.metrics import TRAINING_METRICS
 from xpusim.plugins.workloads.training.plan import (
     TrainingPlan,
@@ -238,6 +238,18 @@ def _reserve(compiled: Compiled) -> float:
 def _power(compiled: Compiled, system: System) -> PowerModel | None:
     del system  # the compilation's power model already describes its device
     return compiled.power_model()
+
+
+def memory_metrics(need: MemoryNeed) -> dict[str, object]:
+    """The summary's memory keys: each part on the fullest device, and which it is."""
+    return {
+        "memory_weights_bytes": need.weights,
+        "memory_gradients_bytes": need.gradients,
+        "memory_optimizer_bytes": need.optimizer,
+        "memory_activations_bytes": need.activations,
+        "memory_reserve_bytes": need.reserve,
+        "memory_fullest_device": need.where() or "every device alike (no pipeline)",
+    }
 
 
 def training_fit(config: TrainingConfig, system: System, compiled: Compiled) -> Fit:
@@ -448,6 +460,10 @@ class TrainingWorkload(Workload):
             "lost_work_s": run.lost_s,
             "seeds": len(seeds),
             "memory_per_device_bytes": fit.need_bytes,
+            **memory_metrics(
+                plan_memory(model, system.parallelism, plan, fit.have_bytes, _reserve(compiled))
+            ),
+            "recompute": plan.recompute,
             "flops_definition": (
                 "mfu: model FLOPs 3*F + 12*L*heads*head_dim*s per token "
                 "(Narayanan et al. 2021 eq. 3 without recomputation); hfu: "
