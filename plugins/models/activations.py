@@ -54,7 +54,7 @@ from xpusim.engine.system import Parallelism
 if TYPE_CHECKING:
     from xpusim.plugins.models.transformer import DecoderConfig
 
-__all__ = ["LSE_BYTES", "MASK_BYTES", "Region", "Saved", "layer_activations"]
+__all__ = ["LSE_BYTES", "MASK_BYTES", "Region", "Saved", "layer_activations", "layer_input"]
 
 Region = Literal["outside", "inside", "replicated"]
 """Where a saved tensor lies relative to tensor parallelism (module docstring)."""
@@ -113,7 +113,7 @@ def layer_activations(cfg: DecoderConfig, seq: int, moe: bool, unfused: bool) ->
     c = cfg
     e = float(dtype_bytes(c.dtype))
     h, d = c.hidden, c.d
-    out: list[Saved] = [Saved("ln1.input", h, e, "outside")]
+    out: list[Saved] = [layer_input(c)]
     # the norm's output, which the projections after it save as their input
     out.append(Saved("attn.in", h, e, "outside", linear_input=True, dropped_by=_NORM))
     if c.mla:
@@ -151,6 +151,11 @@ def layer_activations(cfg: DecoderConfig, seq: int, moe: bool, unfused: bool) ->
     if c.hidden_dropout > 0:
         out.append(Saved("mlp.dropout_mask", h, MASK_BYTES, "outside"))
     return out
+
+
+def layer_input(cfg: DecoderConfig) -> Saved:
+    """A layer's input, the first norm's saved input: all that full recomputation keeps."""
+    return Saved("ln1.input", cfg.hidden, float(dtype_bytes(cfg.dtype)), "outside")
 
 
 def _mlp(

@@ -43,7 +43,7 @@ from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.recompute import recomputed_modules
 from xpusim.engine.system import Parallelism, divisors, near_divisors
 from xpusim.plugins.models.activations import MASK_BYTES as DROPOUT_MASK_BYTES
-from xpusim.plugins.models.activations import layer_activations
+from xpusim.plugins.models.activations import layer_activations, layer_input
 from xpusim.plugins.models.common import (
     EagerCounted,
     ModelDtype,
@@ -1598,8 +1598,7 @@ class DecoderModel(EagerCounted):
         tokens = float(shape.tokens * shape.batch)
         n_l = math.ceil(c.layers / max(1, parallel.pipeline))
         if recompute == "full":  # each layer's input (the residual stream)
-            first = layer_activations(c, shape.tokens, False, False)[0]
-            return n_l * first.bytes(tokens, 0.0, parallel)
+            return n_l * layer_input(c).bytes(tokens, 0.0, parallel)
         mods = recomputed_modules(recompute)
         n_moe = self._stage_kinds(n_l)[1]
         ep = max(1, parallel.expert)
