@@ -16,7 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["RECOMPUTE_MODULES", "recomputed_modules", "selective_recompute"]
+__all__ = [
+    "LIGHT_RECOMPUTE_MODULES",
+    "RECOMPUTE_MODULES",
+    "recomputed_modules",
+    "selective_recompute",
+]
 
 RECOMPUTE_MODULES: tuple[str, ...] = (
     "core_attn",
@@ -33,6 +38,14 @@ before the attention and the MLP; ``mla_up_proj`` multi-head latent attention's 
 norms, up-projections and RoPE; ``moe_act`` the experts' activation function; ``mlp`` a
 dense MLP; ``moe`` a whole MoE layer (router, dispatch, experts, combine);
 ``shared_experts`` a MoE layer's shared experts."""
+
+LIGHT_RECOMPUTE_MODULES = frozenset({"core_attn", "layernorm", "mla_up_proj", "moe_act"})
+"""The modules whose rerun is cheap beside what they free: the attention core (little
+work for its score-sized tensors, Korthikanti et al.) and the three Megatron-Core reruns
+with output-discarding checkpointing (``moe_act``, ``layernorm``, ``mla_up_proj``: an
+activation, a norm or a projection rerun to drop its output), as against ``mlp``,
+``moe`` and ``shared_experts``, which rerun whole GEMM blocks. A plan search tries them
+together before full recomputation."""
 
 _PREFIX = "selective:"
 

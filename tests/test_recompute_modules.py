@@ -5,6 +5,7 @@ drops, and how a training plan states and checks it."""
 from __future__ import annotations
 
 import typing
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,7 +18,13 @@ from xpusim.engine.recompute import RECOMPUTE_MODULES, recomputed_modules, selec
 from xpusim.engine.system import Parallelism
 from xpusim.plugins.models.activations import layer_activations
 from xpusim.plugins.models.hf import HFFamily
-from xpusim.plugins.workloads.training.plan import TrainingPlan, check_plan, flops_per_token
+from xpusim.plugins.workloads.training.plan import (
+    TrainingPlan,
+    check_plan,
+    flops_per_token,
+    nearest_plans,
+    plan_memory,
+)
 from xpusim.plugins.workloads.training.workload import RecomputeModule, TrainingConfig, make_plan
 
 DEEPSEEK_SAVINGS = ("layernorm", "mla_up_proj", "moe_act")
@@ -152,3 +159,16 @@ def test_a_plan_without_the_model_parts_is_refused(host: Any) -> None:
     (msg,) = check_plan(llama, Parallelism(data=8), plan, 8)
     assert "recompute_modules moe are not parts of llama-2-7b" in msg
     assert "core_attn, layernorm, mlp" in msg
+
+
+def test_nearest_plans_try_the_light_modules() -> None:
+    """A plan that fits with the light modules rerun is among the nearest plans offered."""
+    m = _tiny_deepseek()
+    par = Parallelism()
+    plan = TrainingPlan(global_batch=8, micro_batch=8, seq_len=2048, recompute="selective")
+    light = "selective:core_attn,layernorm,mla_up_proj,moe_act"
+    sel = plan_memory(m, par, plan, 1e15).total
+    lit = plan_memory(m, par, replace(plan, recompute=light), 1e15).total
+    assert lit < sel
+    offered = nearest_plans(m, par, plan, 1, (sel + lit) / 2)
+    assert any(f"recompute={light}," in text for text in offered), offered

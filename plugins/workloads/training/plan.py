@@ -16,7 +16,12 @@ from dataclasses import dataclass, replace
 
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.model import RECOMPUTE, ModelGraph
-from xpusim.engine.recompute import RECOMPUTE_MODULES, recomputed_modules, selective_recompute
+from xpusim.engine.recompute import (
+    LIGHT_RECOMPUTE_MODULES,
+    RECOMPUTE_MODULES,
+    recomputed_modules,
+    selective_recompute,
+)
 from xpusim.engine.system import Parallelism, divisors
 from xpusim.plugins.workloads.training.memory import MemoryNeed, stage_memories
 from xpusim.plugins.workloads.training.partition import StagePartition, make_partition
@@ -260,7 +265,8 @@ def nearest_plans(
     per_cp = count // cp if count % cp == 0 else count
     tensors = [t for t in divisors(per_cp) if t <= max_tensor and (not heads or heads % t == 0)]
     found: list[tuple[int, float, str]] = []
-    recomputes = [plan.recompute] + [r for r in ("selective", "full") if r != plan.recompute]
+    light = selective_recompute(LIGHT_RECOMPUTE_MODULES & model.recomputable())
+    recomputes = list(dict.fromkeys((plan.recompute, "selective", light, "full")))
     for t in tensors:
         for p in divisors(per_cp // t):
             if layers and p > layers:
