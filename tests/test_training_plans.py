@@ -146,7 +146,7 @@ def test_memory_is_per_stage_and_the_message_names_the_fullest(host: Any) -> Non
     # Meta trained Llama 3 405B on this mesh of 80 GB H100s (arXiv:2407.21783, §3.3.2:
     # tensor 8, pipeline 16, data 128 at 8K tokens): counted tensor by tensor, the plan fits
     # with the GPU backend's 1.5 GB runtime reserve (Korthikanti et al.'s GPT-3 constant,
-    # which charges full-width K/V and dropout masks, gave 83.0 GB before the reserve)
+    # which charges full-width K/V and dropout masks, gave 83.0 GB with the reserve)
     assert peak.total + 1.5e9 < 80e9
 
 
