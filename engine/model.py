@@ -186,6 +186,12 @@ class ModelGraph(ABC):
         total = sum(o.bytes_written * o.count for o in g.ops)
         return total if recompute == "none" else total * (0.5 if recompute == "selective" else 0.1)
 
+    def head_activation_bytes(self, shape: Shape, parallel: Parallelism) -> float:
+        """Activation memory per device that the last pipeline stage's output layer and loss
+        keep for the backward pass of a micro-batch of ``shape`` (its logits' loss, for a
+        language model), beside :meth:`activation_bytes`. The default counts none."""
+        return 0.0
+
     def linear_input_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:
         """The part of :meth:`activation_bytes` that is the inputs of linear layers, kept
         for their weight gradients. An FP8 training stack that keeps those inputs in FP8

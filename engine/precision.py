@@ -582,6 +582,14 @@ class QuantizedModel(ModelGraph):
         """The base model's linear-layer inputs among its activations."""
         return self.base.linear_input_bytes(shape, parallel, recompute)
 
+    def head_activation_bytes(self, shape: Shape, parallel: Parallelism) -> float:
+        """The base model's output-layer and loss activations."""
+        return self.base.head_activation_bytes(shape, parallel)
+
+    def recomputable(self) -> frozenset[str]:
+        """The base model's recomputable modules (its graph's ops keep their names)."""
+        return self.base.recomputable()
+
     def training_stages(self, graph: OpGraph) -> StageGraphs:
         """The base model's split of a training graph into passes."""
         return self.base.training_stages(graph)

@@ -114,3 +114,16 @@ def test_recompute_and_linear_inputs() -> None:
     assert lin == pytest.approx(want)
     with pytest.raises(ValueError, match="valid: none, selective, full"):
         m.activation_bytes(SHAPE, par, "most")
+
+
+def test_head_keeps_the_fp32_loss_over_the_vocabulary() -> None:
+    """The last stage keeps the final norm's and the LM head's inputs and the loss's fp32
+    log-softmax over the device's vocabulary share: Megatron-LM's ``4·sbh·(1 + V/h)``."""
+    m = FAM["llama"].configure({"preset": "llama-3-8b"})
+    h, v = m.cfg.hidden, m.cfg.vocab
+    assert m.head_activation_bytes(SHAPE, Parallelism()) == pytest.approx(4 * S * h * (1 + v / h))
+    sp = Parallelism(tensor=4, sequence=True)
+    assert m.head_activation_bytes(SHAPE, sp) == pytest.approx(S * (2 * h * 2 + 4 * v) / 4)
+    assert m.head_activation_bytes(SHAPE, Parallelism(tensor=4)) == pytest.approx(
+        S * (2 * h * 2 + 4 * v / 4)
+    )

@@ -628,3 +628,17 @@ def test_fp8_te_keeps_the_linear_inputs_in_one_byte(host: Any) -> None:
     assert act(precision="fp8", fp8_recipe="torchao", recompute="selective") == pytest.approx(bf16)
     full = act(precision="bf16", recompute="full")
     assert act(precision="fp8", recompute="full") == pytest.approx(full)
+
+
+def test_the_last_stage_keeps_one_micro_batch_of_the_loss(host: Any) -> None:
+    """Only the last pipeline stage holds the head's activations, for one micro-batch."""
+    model = _model(host, "llama", **SMALL)
+    shape = Shape(Phase.TRAIN, batch=1, tokens=2048, recompute="selective")
+    par = Parallelism(data=2, pipeline=2)
+    plan = _plan(recompute="selective")
+    stages = stage_memory_list(model, par, plan, 80e9)
+    per_layer = model.activation_bytes(shape, Parallelism(pipeline=2), "selective") / 7
+    head = model.head_activation_bytes(shape, Parallelism(pipeline=2))
+    assert head > 0
+    assert stages[0].activations == pytest.approx(per_layer * 7 * stages[0].in_flight)
+    assert stages[1].activations == pytest.approx(per_layer * 7 * stages[1].in_flight + head)

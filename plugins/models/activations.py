@@ -54,7 +54,16 @@ from xpusim.engine.system import Parallelism
 if TYPE_CHECKING:
     from xpusim.plugins.models.transformer import DecoderConfig
 
-__all__ = ["LSE_BYTES", "MASK_BYTES", "Region", "Saved", "layer_activations", "layer_input"]
+__all__ = [
+    "LOSS_BYTES",
+    "LSE_BYTES",
+    "MASK_BYTES",
+    "Region",
+    "Saved",
+    "head_activations",
+    "layer_activations",
+    "layer_input",
+]
 
 Region = Literal["outside", "inside", "replicated"]
 """Where a saved tensor lies relative to tensor parallelism (module docstring)."""
@@ -62,6 +71,12 @@ Region = Literal["outside", "inside", "replicated"]
 LSE_BYTES = 4.0
 """Bytes per head and token of a flash kernel's saved log-sum-exp (fp32, the
 ``softmax_lse`` FlashAttention returns for its backward)."""
+
+LOSS_BYTES = 4.0
+"""Bytes per logit the loss keeps: the cross entropy runs in fp32 on the logits cast up
+(Megatron-Core's vocab-parallel cross entropy; torchtitan's ``pred.float()`` before
+``cross_entropy``), whose log-softmax output its backward needs; Megatron-LM's
+theoretical memory counts ``4·sbh·(1 + V/h)`` for the head's and the loss's inputs."""
 
 MASK_BYTES = 1.0
 """Bytes per element of a dropout keep-mask (``native_dropout`` returns a ``bool``)."""
@@ -151,6 +166,17 @@ def layer_activations(cfg: DecoderConfig, seq: int, moe: bool, unfused: bool) ->
     if c.hidden_dropout > 0:
         out.append(Saved("mlp.dropout_mask", h, MASK_BYTES, "outside"))
     return out
+
+
+def head_activations(cfg: DecoderConfig) -> list[Saved]:
+    """What the last stage's head keeps per token: the final norm's input, the LM head's
+    input and the loss's fp32 log-softmax over the device's share of the vocabulary."""
+    e = float(dtype_bytes(cfg.dtype))
+    return [
+        Saved("final_norm.input", cfg.hidden, e, "outside"),
+        Saved("lm_head.input", cfg.hidden, e, "outside", linear_input=True),
+        Saved("loss.log_softmax", cfg.vocab, LOSS_BYTES, "inside"),
+    ]
 
 
 def layer_input(cfg: DecoderConfig) -> Saved:

@@ -43,7 +43,11 @@ from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.recompute import recomputed_modules
 from xpusim.engine.system import Parallelism, divisors, near_divisors
 from xpusim.plugins.models.activations import MASK_BYTES as DROPOUT_MASK_BYTES
-from xpusim.plugins.models.activations import layer_activations, layer_input
+from xpusim.plugins.models.activations import (
+    head_activations,
+    layer_activations,
+    layer_input,
+)
 from xpusim.plugins.models.common import (
     EagerCounted,
     ModelDtype,
@@ -1579,6 +1583,13 @@ class DecoderModel(EagerCounted):
         A MoE stage counts its MoE and dense layers as :meth:`build` places them.
         """
         return self._activations(shape, parallel, recompute, linear_only=False)
+
+    def head_activation_bytes(self, shape: Shape, parallel: Parallelism) -> float:
+        """The final norm's and the LM head's inputs and the loss's fp32 log-softmax,
+        ``sb(2h·e + 4V/t)`` (the ``h`` terms ``/t`` with sequence parallelism; Megatron-LM's
+        theoretical memory counts ``4·sbh·(1 + V/h)`` for 16-bit ``e``)."""
+        tokens = float(shape.tokens * shape.batch)
+        return sum(x.bytes(tokens, 0.0, parallel) for x in head_activations(self.cfg))
 
     def linear_input_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:
         """The linear layers' saved inputs among :meth:`activation_bytes`: for Korthikanti

@@ -47,8 +47,11 @@ for one micro-batch of one stage: for the transformer the tensors each layer sav
 its backward, one by one, :mod:`xpusim.plugins.models.activations`), per layer, times
 the stage's layers and the micro-batches it holds in
 flight (:func:`xpusim.plugins.workloads.training.pipeline.in_flight_microbatches`: stage
-``s`` of 1F1B holds ``min(m, p − s)``, more when interleaved), divided by the context
-parallel degree (each device keeps ``1/c`` of every sequence). With
+``s`` of 1F1B holds ``min(m, p − s)``, more when interleaved), plus on the last stage one
+micro-batch of what the output layer and the loss keep
+(:meth:`~xpusim.engine.model.ModelGraph.head_activation_bytes`: a language model's fp32
+log-softmax over the vocabulary), divided by the context parallel degree (each device
+keeps ``1/c`` of every sequence). With
 ``offload_activations`` the stage keeps at most two micro-batches' worth on the device
 (the one computing and the one moving to or from host memory). Under the ``dualpipe``
 schedule every device holds two copies of its parameters and ``p + 1`` micro-batches of
@@ -303,6 +306,8 @@ def stage_memories(
         per_mb -= lin * (1.0 - 1.0 / act_e)  # those inputs kept at one byte an element
     n_model = -(-layers // p) if layers else 1
     per_layer_act = per_mb / max(1, n_model)
+    # the last stage's head and loss keep one micro-batch (1F1B runs its backward next)
+    head_act = float(model.head_activation_bytes(shape, stage_par))
     out: list[MemoryNeed] = []
     for s in range(p):
         sp = stage_param_split(model, par, part, s if part else -1)
@@ -326,7 +331,7 @@ def stage_memories(
             flight = float(min(max(1, microbatches), p + 1))
         if offload_activations:
             flight = min(flight, 2.0)
-        act = per_layer_act * k * flight / cp
+        act = (per_layer_act * k * flight + (head_act if s == p - 1 else 0.0)) / cp
         out.append(
             MemoryNeed(weights, grads, states, act, reserve_bytes, have_bytes, s, p, k, flight)
         )
