@@ -162,6 +162,18 @@ def test_quantized_weights_follow_the_format() -> None:
     assert q4.weight_bytes_per_device(tp2) == pytest.approx(q4.info.param_bytes / 2)
 
 
+def test_quantized_model_keeps_the_base_training_memory() -> None:
+    """A precision wrapper passes the base model's activation accounting through: its
+    recomputable modules and its head's activations."""
+    base = _llama()
+    q = QuantizedModel(base, parse_precision("fp8", "x"), resolve("h100-sxm"))
+    shape = Shape(Phase.TRAIN, batch=1, tokens=512)
+    assert q.recomputable() == base.recomputable() != frozenset({"core_attn"})
+    assert q.head_activation_bytes(shape, Parallelism()) == base.head_activation_bytes(
+        shape, Parallelism()
+    )
+
+
 def test_quantized_graph_rewrites_only_weight_gemms() -> None:
     """Weight GEMMs read their weights and inputs in the formats and run at the plan's
     dtype, with dequantization work on the vector unit when the weights are narrower;
