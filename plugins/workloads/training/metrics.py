@@ -130,12 +130,27 @@ TRAINING_METRICS: tuple[Metric, ...] = (
     detail("checkpoint_write_s", "Checkpoint write", "s", "lower", description="per checkpoint"),
     detail("lost_work_s", "Lost work", "s", "lower", description="work redone after failures"),
     detail("seeds", "Seeds", description="failure seeds simulated"),
-    detail(
+    Metric(
         "memory_per_device_bytes",
         "Memory per device",
-        "B",
-        "lower",
-        description="weights, gradients, optimizer states and activations on one device",
+        "GB",
+        scale=1e-9,
+        better="none",
+        description="weights, gradients, optimizer states, activations and the runtime "
+        "reserve on the plan's fullest device",
+        order=954,
+        table=False,
+    ),
+    Metric(
+        "memory_activations_bytes",
+        "Activations per device",
+        "GB",
+        scale=1e-9,
+        better="none",
+        description="activations on the plan's fullest device (its layers times the "
+        "micro-batches it holds in flight)",
+        order=955,
+        table=False,
     ),
     *(
         detail(
@@ -149,7 +164,6 @@ TRAINING_METRICS: tuple[Metric, ...] = (
             ("weights", "weights"),
             ("gradients", "gradients"),
             ("optimizer", "optimizer states"),
-            ("activations", "activations"),
             ("reserve", "runtime reserve"),
         )
     ),
