@@ -127,3 +127,24 @@ def test_head_keeps_the_fp32_loss_over_the_vocabulary() -> None:
     assert m.head_activation_bytes(SHAPE, Parallelism(tensor=4)) == pytest.approx(
         S * (2 * h * 2 + 4 * v / 4)
     )
+
+
+def test_module_code_keeps_what_its_autograd_saves() -> None:
+    """``elementwise: eager`` (torchtitan's module code): each RMSNorm keeps an fp32 copy
+    of its input and its 16-bit normed value, the SDPA call keeps K and V repeated to all
+    32 query heads, and SwiGLU keeps three f-wide tensors."""
+    spec = {"preset": "llama-3-8b"}
+    fused = FAM["llama"].configure(spec)
+    eager = FAM["llama"].configure({**spec, "elementwise": "eager"})
+    c = fused.cfg
+    h, q, kv, f = c.hidden, c.heads * c.d, c.kv * c.d, c.ffn
+    extra = 2 * (4 * h + 2 * h - 2 * h)  # two norms: fp32 input and normed, not the input
+    extra += 2 * (2 * q - 2 * kv) + 2 * f
+    got = eager.activation_bytes(SHAPE, Parallelism(), "none") - fused.activation_bytes(
+        SHAPE, Parallelism(), "none"
+    )
+    assert got == pytest.approx(S * extra * c.layers)
+    # full recomputation keeps the 16-bit layer input either way
+    assert eager.activation_bytes(SHAPE, Parallelism(), "full") == fused.activation_bytes(
+        SHAPE, Parallelism(), "full"
+    )

@@ -23,7 +23,15 @@ what they change:
 * multi-head latent attention keeps the latents its norms and up-projections take and
   the per-head ``Q``, ``K``, ``V`` the up-projections expand them to;
 * a flash kernel keeps its fp32 log-sum-exp (4 bytes per head and token); an unfused
-  core keeps the score-sized softmax output, dropout mask and dropped probabilities.
+  core keeps the score-sized softmax output, dropout mask and dropped probabilities;
+* PyTorch module code (``elementwise: eager``, Meta's Llama reference and torchtitan
+  without ``torch.compile``) keeps what its autograd nodes save: each RMSNorm an fp32 copy
+  of its input (for the square) and its 16-bit normed value (for the weight), the SDPA
+  call K and V repeated to every query head, the gated activation three ``f``-wide tensors
+  (``w1``'s output, its SiLU and ``w3``'s output) rather than two. The complex RoPE
+  product keeps nothing per token (its other factor, the frequency table, needs no
+  gradient) and the SDPA output's ``.contiguous()`` is the flash kernel's own token-major
+  storage.
 
 Tensor parallelism splits what lies between a layer's column- and row-parallel linear
 layers (``inside``: heads, the _MLP's hidden width, the experts' width); the norms,
@@ -55,6 +63,7 @@ if TYPE_CHECKING:
     from xpusim.plugins.models.transformer import DecoderConfig
 
 __all__ = [
+    "FP32_BYTES",
     "LOSS_BYTES",
     "LSE_BYTES",
     "MASK_BYTES",
@@ -77,6 +86,9 @@ LOSS_BYTES = 4.0
 (Megatron-Core's vocab-parallel cross entropy; torchtitan's ``pred.float()`` before
 ``cross_entropy``), whose log-softmax output its backward needs; Megatron-LM's
 theoretical memory counts ``4·sbh·(1 + V/h)`` for the head's and the loss's inputs."""
+
+FP32_BYTES = 4.0
+"""Bytes of an fp32 element (module code computes norms and rotations in fp32)."""
 
 MASK_BYTES = 1.0
 """Bytes per element of a dropout keep-mask (``native_dropout`` returns a ``bool``)."""
@@ -128,7 +140,8 @@ def layer_activations(cfg: DecoderConfig, seq: int, moe: bool, unfused: bool) ->
     c = cfg
     e = float(dtype_bytes(c.dtype))
     h, d = c.hidden, c.d
-    out: list[Saved] = [layer_input(c)]
+    eager = c.elementwise == "eager"
+    out: list[Saved] = _norm_input(c, "ln1", e)
     # the norm's output, which the projections after it save as their input
     out.append(Saved("attn.in", h, e, "outside", linear_input=True, dropped_by=_NORM))
     if c.mla:
@@ -138,7 +151,9 @@ def layer_activations(cfg: DecoderConfig, seq: int, moe: bool, unfused: bool) ->
         if c.qk_norm:  # the per-head norms' inputs, before RoPE
             out.append(Saved("attn.qk_norm.input", q + kv, e, "inside"))
         out.append(Saved("attn.core.q", q, e, "inside"))
-        out.append(Saved("attn.core.kv", 2 * kv, e, "inside"))
+        # module code repeats K and V to every query head before the SDPA call
+        width = q if eager and not unfused else kv
+        out.append(Saved("attn.core.kv", 2 * width, e, "inside"))
         out.append(Saved("attn.proj.input", q, e, "inside", linear_input=True))
     if unfused:
         scores = c.heads * seq  # one row of scores per head and query token
@@ -154,8 +169,8 @@ def layer_activations(cfg: DecoderConfig, seq: int, moe: bool, unfused: bool) ->
         out.append(Saved("attn.dropout_mask", h, MASK_BYTES, "outside"))
     if c.sandwich_norm:
         out.append(Saved("ln1_post.input", h, e, "outside"))
-    if not c.parallel_block:  # a parallel block's _MLP takes the attention's norm output
-        out.append(Saved("ln2.input", h, e, "outside"))
+    if not c.parallel_block:  # a parallel block's MLP takes the attention's norm output
+        out += _norm_input(c, "ln2", e)
         out.append(Saved("mlp.in", h, e, "outside", linear_input=True, dropped_by=_NORM))
     if moe:
         out += _moe(c, e)
@@ -179,6 +194,18 @@ def head_activations(cfg: DecoderConfig) -> list[Saved]:
     ]
 
 
+def _norm_input(c: DecoderConfig, name: str, e: float) -> list[Saved]:
+    """What a norm keeps of its input: the input itself; as RMSNorm module code
+    (``elementwise: eager``, ``self._norm(x.float()).type_as(x) * self.weight``) the fp32
+    copy its square reads and the normed value its weight multiplies."""
+    if c.elementwise == "eager" and c.norm == "rmsnorm":
+        return [
+            Saved(f"{name}.input", c.hidden, FP32_BYTES, "outside"),
+            Saved(f"{name}.normed", c.hidden, e, "outside", dropped_by=_NORM),
+        ]
+    return [Saved(f"{name}.input", c.hidden, e, "outside")]
+
+
 def layer_input(cfg: DecoderConfig) -> Saved:
     """A layer's input, the first norm's saved input: all that full recomputation keeps."""
     return Saved("ln1.input", cfg.hidden, float(dtype_bytes(cfg.dtype)), "outside")
@@ -196,8 +223,11 @@ def _mlp(
     """An _MLP of width ``f`` after its first linear layer's input: the fused activation's
     input (both halves when gated) and the second linear layer's input (the activation's
     output), dropped when a module of ``drop`` is recomputed, the latter also by one of
-    ``act``."""
-    width = 2 * f if c.gated_mlp else f
+    ``act``. A gated activation as module code (``F.silu(w1(x)) * w3(x)``) keeps three
+    ``f``-wide tensors: ``w1``'s output for the activation, its result and ``w3``'s output
+    for the product."""
+    halves = 3 if c.elementwise == "eager" else 2
+    width = halves * f if c.gated_mlp else f
     return [
         Saved(f"{name}.act.input", width, e, "inside", dropped_by=drop, expert=expert),
         Saved(

@@ -42,12 +42,13 @@ from xpusim.engine.graph import STRIDED, Collective, Op, OpGraph, OpKind, Phase,
 from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.recompute import recomputed_modules
 from xpusim.engine.system import Parallelism, divisors, near_divisors
-from xpusim.plugins.models.activations import MASK_BYTES as DROPOUT_MASK_BYTES
 from xpusim.plugins.models.activations import (
+    FP32_BYTES,
     head_activations,
     layer_activations,
     layer_input,
 )
+from xpusim.plugins.models.activations import MASK_BYTES as DROPOUT_MASK_BYTES
 from xpusim.plugins.models.common import (
     EagerCounted,
     ModelDtype,
@@ -87,8 +88,6 @@ GLU_FLOPS = 2
 """FLOPs per output element of the fused gated activation (``act(g)·u``)."""
 INDEX_BYTES = 8
 """Bytes of one token id or routing index (int64)."""
-FP32_BYTES = 4.0
-"""Bytes of an fp32 element (eager modules compute norms and rotations in fp32)."""
 
 
 def eager_bytes(passes: tuple[tuple[str, str], ...], act: float) -> tuple[float, float]:
