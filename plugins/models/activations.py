@@ -5,13 +5,13 @@ modules of Megatron-Core and Transformer Engine save them (fused kernels: a norm
 input, a linear layer its input, a fused gated activation its input, a flash-attention
 kernel its ``Q``, ``K``, ``V``, output and log-sum-exp), rather than through one
 closed-form constant. For the architecture Korthikanti et al. derived their formula on
-(arXiv:2205.05198, §4.1 and Table 2: multi-head attention, a GELU _MLP of ``4h``,
-LayerNorm, dropout after the attention and the _MLP, 16-bit activations) the inventory
+(arXiv:2205.05198, §4.1 and Table 2: multi-head attention, a GELU MLP of ``4h``,
+LayerNorm, dropout after the attention and the MLP, 16-bit activations) the inventory
 adds up to their ``sbh(10 + 24/t + 5as/(ht))`` exactly; for today's models it follows
 what they change:
 
 * grouped-query attention keeps ``K`` and ``V`` of ``kv_heads`` heads, not ``heads``;
-* a gated _MLP's fused activation keeps both halves of the first linear layer's output
+* a gated MLP's fused activation keeps both halves of the first linear layer's output
   (``2f``, Megatron-Core's ``bias_swiglu``), the second linear layer its ``f``-wide input;
 * models without dropout (Llama, Mixtral, DeepSeek) keep no keep-masks
   (``hidden_dropout``);
@@ -19,7 +19,7 @@ what they change:
   (the busiest device's, ``expert_imbalance`` times the mean), the dispatched input of
   the expert's first linear layer, the activation's input, the second linear layer's
   input and the expert's output (weighted by the router probability in the combine, whose
-  gradient needs it), plus the router's probabilities and the shared experts' _MLP;
+  gradient needs it), plus the router's probabilities and the shared experts' MLP;
 * multi-head latent attention keeps the latents its norms and up-projections take and
   the per-head ``Q``, ``K``, ``V`` the up-projections expand them to;
 * a flash kernel keeps its fp32 log-sum-exp (4 bytes per head and token); an unfused
@@ -34,7 +34,7 @@ what they change:
   storage.
 
 Tensor parallelism splits what lies between a layer's column- and row-parallel linear
-layers (``inside``: heads, the _MLP's hidden width, the experts' width); the norms,
+layers (``inside``: heads, the MLP's hidden width, the experts' width); the norms,
 the linear layers' inputs before the split and the dropout masks are whole on every rank
 (``outside``) unless sequence parallelism splits them; the latents of multi-head latent
 attention and the dispatched expert rows are whole on every rank (``replicated``).
@@ -220,7 +220,7 @@ def _mlp(
     act: frozenset[str] = frozenset(),
     expert: bool = False,
 ) -> list[Saved]:
-    """An _MLP of width ``f`` after its first linear layer's input: the fused activation's
+    """An MLP of width ``f`` after its first linear layer's input: the fused activation's
     input (both halves when gated) and the second linear layer's input (the activation's
     output), dropped when a module of ``drop`` is recomputed, the latter also by one of
     ``act``. A gated activation as module code (``F.silu(w1(x)) * w3(x)``) keeps three
@@ -243,8 +243,8 @@ def _mlp(
 
 
 def _moe(c: DecoderConfig, e: float) -> list[Saved]:
-    """A MoE _MLP: the router's probabilities per token, per routed row the dispatched
-    input, the expert _MLP's tensors and the expert's output, then the shared experts."""
+    """A MoE MLP: the router's probabilities per token, per routed row the dispatched
+    input, the expert MLP's tensors and the expert's output, then the shared experts."""
     h = c.hidden
     out = [
         Saved("moe.router.probs", c.experts, e, "outside", dropped_by=_MOE),
