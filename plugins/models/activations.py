@@ -63,10 +63,17 @@ if TYPE_CHECKING:
     from xpusim.plugins.models.transformer import DecoderConfig
 
 __all__ = [
+    "CORE_ATTN",
     "FP32_BYTES",
+    "LAYERNORM",
     "LOSS_BYTES",
     "LSE_BYTES",
     "MASK_BYTES",
+    "MLA_UP_PROJ",
+    "MLP",
+    "MOE",
+    "MOE_ACT",
+    "SHARED_EXPERTS",
     "Region",
     "Saved",
     "head_activations",
@@ -94,13 +101,15 @@ MASK_BYTES = 1.0
 """Bytes per element of a dropout keep-mask (``native_dropout`` returns a ``bool``)."""
 
 
-_CORE = frozenset({"core_attn"})
-_NORM = frozenset({"layernorm"})
-_UP = frozenset({"mla_up_proj"})
-_MLP = frozenset({"mlp"})
-_MOE = frozenset({"moe"})
-_MOE_ACT = frozenset({"moe_act"})
-_SHARED = frozenset({"shared_experts"})
+CORE_ATTN = frozenset({"core_attn"})
+LAYERNORM = frozenset({"layernorm"})
+MLA_UP_PROJ = frozenset({"mla_up_proj"})
+MLP = frozenset({"mlp"})
+MOE = frozenset({"moe"})
+MOE_ACT = frozenset({"moe_act"})
+SHARED_EXPERTS = frozenset({"shared_experts"})
+"""The recompute modules (:data:`~xpusim.engine.recompute.RECOMPUTE_MODULES`) one by one,
+as the sets a saved tensor's ``dropped_by`` and a graph op's modules are made of."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +152,7 @@ def layer_activations(cfg: DecoderConfig, seq: int, moe: bool, unfused: bool) ->
     eager = c.elementwise == "eager"
     out: list[Saved] = _norm_input(c, "ln1", e)
     # the norm's output, which the projections after it save as their input
-    out.append(Saved("attn.in", h, e, "outside", linear_input=True, dropped_by=_NORM))
+    out.append(Saved("attn.in", h, e, "outside", linear_input=True, dropped_by=LAYERNORM))
     if c.mla:
         out += _mla(c, e)
     else:
@@ -157,25 +166,25 @@ def layer_activations(cfg: DecoderConfig, seq: int, moe: bool, unfused: bool) ->
         out.append(Saved("attn.proj.input", q, e, "inside", linear_input=True))
     if unfused:
         scores = c.heads * seq  # one row of scores per head and query token
-        out.append(Saved("attn.core.softmax", scores, e, "inside", dropped_by=_CORE))
+        out.append(Saved("attn.core.softmax", scores, e, "inside", dropped_by=CORE_ATTN))
         if c.attention_dropout > 0:
             out.append(
-                Saved("attn.core.dropout_mask", scores, MASK_BYTES, "inside", dropped_by=_CORE)
+                Saved("attn.core.dropout_mask", scores, MASK_BYTES, "inside", dropped_by=CORE_ATTN)
             )
-            out.append(Saved("attn.core.dropout_out", scores, e, "inside", dropped_by=_CORE))
+            out.append(Saved("attn.core.dropout_out", scores, e, "inside", dropped_by=CORE_ATTN))
     else:
-        out.append(Saved("attn.core.lse", c.heads, LSE_BYTES, "inside", dropped_by=_CORE))
+        out.append(Saved("attn.core.lse", c.heads, LSE_BYTES, "inside", dropped_by=CORE_ATTN))
     if c.hidden_dropout > 0:
         out.append(Saved("attn.dropout_mask", h, MASK_BYTES, "outside"))
     if c.sandwich_norm:
         out.append(Saved("ln1_post.input", h, e, "outside"))
     if not c.parallel_block:  # a parallel block's MLP takes the attention's norm output
         out += _norm_input(c, "ln2", e)
-        out.append(Saved("mlp.in", h, e, "outside", linear_input=True, dropped_by=_NORM))
+        out.append(Saved("mlp.in", h, e, "outside", linear_input=True, dropped_by=LAYERNORM))
     if moe:
         out += _moe(c, e)
     else:
-        out += _mlp(c, "mlp", c.dense_ffn if c.moe else c.ffn, e, _MLP)
+        out += _mlp(c, "mlp", c.dense_ffn if c.moe else c.ffn, e, MLP)
     if c.sandwich_norm:
         out.append(Saved("ln2_post.input", h, e, "outside"))
     if c.hidden_dropout > 0:
@@ -201,7 +210,7 @@ def _norm_input(c: DecoderConfig, name: str, e: float) -> list[Saved]:
     if c.elementwise == "eager" and c.norm == "rmsnorm":
         return [
             Saved(f"{name}.input", c.hidden, FP32_BYTES, "outside"),
-            Saved(f"{name}.normed", c.hidden, e, "outside", dropped_by=_NORM),
+            Saved(f"{name}.normed", c.hidden, e, "outside", dropped_by=LAYERNORM),
         ]
     return [Saved(f"{name}.input", c.hidden, e, "outside")]
 
@@ -247,15 +256,13 @@ def _moe(c: DecoderConfig, e: float) -> list[Saved]:
     input, the expert MLP's tensors and the expert's output, then the shared experts."""
     h = c.hidden
     out = [
-        Saved("moe.router.probs", c.experts, e, "outside", dropped_by=_MOE),
-        Saved(
-            "moe.dispatched", h, e, "replicated", linear_input=True, dropped_by=_MOE, expert=True
-        ),
-        *_mlp(c, "moe.expert", c.ffn, e, _MOE, _MOE_ACT, expert=True),
-        Saved("moe.expert.output", h, e, "replicated", dropped_by=_MOE, expert=True),
+        Saved("moe.router.probs", c.experts, e, "outside", dropped_by=MOE),
+        Saved("moe.dispatched", h, e, "replicated", linear_input=True, dropped_by=MOE, expert=True),
+        *_mlp(c, "moe.expert", c.ffn, e, MOE, MOE_ACT, expert=True),
+        Saved("moe.expert.output", h, e, "replicated", dropped_by=MOE, expert=True),
     ]
     if c.shared_ffn:
-        out += _mlp(c, "moe.shared", c.shared_ffn, e, _MOE | _SHARED)
+        out += _mlp(c, "moe.shared", c.shared_ffn, e, MOE | SHARED_EXPERTS)
     return out
 
 
@@ -269,11 +276,15 @@ def _mla(c: DecoderConfig, e: float) -> list[Saved]:
     if c.q_lora_rank:
         cq = c.q_lora_rank
         out.append(Saved("attn.q_a_norm.input", cq, e, "replicated"))
-        out.append(Saved("attn.q_b.input", cq, e, "replicated", linear_input=True, dropped_by=_UP))
+        out.append(
+            Saved("attn.q_b.input", cq, e, "replicated", linear_input=True, dropped_by=MLA_UP_PROJ)
+        )
     out.append(Saved("attn.kv_a_norm.input", ckv, e, "replicated"))
-    out.append(Saved("attn.kv_b.input", ckv, e, "replicated", linear_input=True, dropped_by=_UP))
+    out.append(
+        Saved("attn.kv_b.input", ckv, e, "replicated", linear_input=True, dropped_by=MLA_UP_PROJ)
+    )
     out.append(Saved("attn.k_rope.input", r, e, "replicated"))
-    out.append(Saved("attn.core.q", c.heads * c.d, e, "inside", dropped_by=_UP))
-    out.append(Saved("attn.core.kv", c.heads * (c.d + dv), e, "inside", dropped_by=_UP))
+    out.append(Saved("attn.core.q", c.heads * c.d, e, "inside", dropped_by=MLA_UP_PROJ))
+    out.append(Saved("attn.core.kv", c.heads * (c.d + dv), e, "inside", dropped_by=MLA_UP_PROJ))
     out.append(Saved("attn.proj.input", c.heads * dv, e, "inside", linear_input=True))
     return out

@@ -43,7 +43,14 @@ from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.recompute import recomputed_modules
 from xpusim.engine.system import Parallelism, divisors, near_divisors
 from xpusim.plugins.models.activations import (
+    CORE_ATTN,
     FP32_BYTES,
+    LAYERNORM,
+    MLA_UP_PROJ,
+    MLP,
+    MOE,
+    MOE_ACT,
+    SHARED_EXPERTS,
     head_activations,
     layer_activations,
     layer_input,
@@ -138,13 +145,6 @@ default (``megatron/arguments.py``, ``--attention-dropout``, default 0.1). Its c
 not depend on the value, only that it is nonzero (a zero rate launches no kernel)."""
 
 
-_CORE_ATTN = frozenset({"core_attn"})
-_LAYERNORM = frozenset({"layernorm"})
-_MLA_UP = frozenset({"mla_up_proj"})
-_MOE = frozenset({"moe"})
-_MOE_ACT = frozenset({"moe", "moe_act"})
-_MOE_SHARED = frozenset({"moe", "shared_experts"})
-_MLP = frozenset({"mlp"})
 _MLA_UP_OPS = (
     "attn.q_a_norm",
     "attn.kv_a_norm",
@@ -1548,19 +1548,19 @@ class DecoderModel(EagerCounted):
         """The recompute modules an op of a layer belongs to (by the builder's names)."""
         n = op.name
         if n == "attn.core" or n.startswith("attn.core."):
-            return _CORE_ATTN
+            return CORE_ATTN
         if n in ("ln1", "ln2"):
-            return _LAYERNORM
+            return LAYERNORM
         if self.cfg.mla and n.startswith(_MLA_UP_OPS):
-            return _MLA_UP
+            return MLA_UP_PROJ
         if n.startswith("moe."):
             if n in ("moe.glu", "moe.act"):
-                return _MOE_ACT
+                return MOE | MOE_ACT
             if n.startswith("moe.shared.") and n != "moe.shared.add":
-                return _MOE_SHARED
-            return _MOE
+                return MOE | SHARED_EXPERTS
+            return MOE
         if n.startswith("mlp.") and op.collective is None and n not in _MLP_OUTSIDE:
-            return _MLP
+            return MLP
         return frozenset()
 
     def activation_bytes(self, shape: Shape, parallel: Parallelism, recompute: str) -> float:

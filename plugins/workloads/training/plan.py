@@ -12,6 +12,7 @@ what does not divide, :func:`plan_memory` the memory of the fullest device,
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 
 from xpusim.engine.graph import Phase, Shape
@@ -31,6 +32,7 @@ __all__ = [
     "cfg_int",
     "check_plan",
     "flops_per_token",
+    "missing_modules",
     "nearest_plans",
     "plan_memory",
     "plan_partition",
@@ -126,6 +128,21 @@ def plan_partition(
     )
 
 
+def missing_modules(model: ModelGraph, modules: Iterable[str]) -> tuple[str, str] | None:
+    """The recompute ``modules`` that ``model`` does not have and the ones it has, each
+    listed in :data:`~xpusim.engine.recompute.RECOMPUTE_MODULES` order; ``None`` when it
+    has them all."""
+    has = model.recomputable()
+    missing = set(modules) - has
+    if not missing:
+        return None
+
+    def listed(mods: Collection[str]) -> str:
+        return ", ".join(m for m in RECOMPUTE_MODULES if m in mods)
+
+    return listed(missing), listed(has)
+
+
 def check_plan(model: ModelGraph, par: Parallelism, plan: TrainingPlan, count: int) -> list[str]:
     """Sentences naming what in ``par``/``plan`` does not divide (empty when it is valid)."""
     problems: list[str] = []
@@ -143,12 +160,10 @@ def check_plan(model: ModelGraph, par: Parallelism, plan: TrainingPlan, count: i
             plan_partition(model, par, plan)
         except ValueError as exc:
             problems.append(str(exc))
-    missing = recomputed_modules(plan.recompute) - model.recomputable()
-    if missing:
-        has = ", ".join(m for m in RECOMPUTE_MODULES if m in model.recomputable())
+    lacking = missing_modules(model, recomputed_modules(plan.recompute))
+    if lacking is not None:
         problems.append(
-            f"recompute_modules {', '.join(m for m in RECOMPUTE_MODULES if m in missing)} "
-            f"are not parts of {model.name} (it has {has})"
+            f"recompute_modules {lacking[0]} are not parts of {model.name} (it has {lacking[1]})"
         )
     heads = cfg_int(model, "heads")
     if heads and heads % par.tensor:

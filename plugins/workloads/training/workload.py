@@ -23,7 +23,7 @@ from xpusim.engine.errors import DoesNotFitError, ScenarioError
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
 from xpusim.engine.qty import Bandwidth, Bytes, Duration, DurationOrZero
-from xpusim.engine.recompute import RECOMPUTE_MODULES, selective_recompute
+from xpusim.engine.recompute import selective_recompute
 from xpusim.engine.system import System
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.training.failures import (
@@ -39,6 +39,7 @@ from xpusim.plugins.workloads.training.metrics import TRAINING_METRICS
 from xpusim.plugins.workloads.training.plan import (
     TrainingPlan,
     check_plan,
+    missing_modules,
     nearest_plans,
     plan_memory,
 )
@@ -172,13 +173,11 @@ class TrainingConfig(BaseModel):
 def make_plan(config: TrainingConfig, model: ModelGraph) -> TrainingPlan:
     """The engine-side plan of ``config`` for ``model``; raises :class:`ScenarioError`
     when ``recompute_modules`` names a part the model does not have."""
-    missing = set(config.recompute_modules or ()) - model.recomputable()
-    if missing:
-        has = model.recomputable()
+    lacking = missing_modules(model, config.recompute_modules or ())
+    if lacking is not None:
         raise ScenarioError(
-            f"workload.recompute_modules: {', '.join(m for m in RECOMPUTE_MODULES if m in missing)} "
-            f"not in {model.name}, whose parts a selective recomputation can name are "
-            f"{', '.join(m for m in RECOMPUTE_MODULES if m in has)}; drop the others."
+            f"workload.recompute_modules: {lacking[0]} not in {model.name}, whose parts a "
+            f"selective recomputation can name are {lacking[1]}; drop the others."
         )
     seq = config.seq_len or int(model.info.max_seq_len or 0) or 2048
     grad = config.grad_reduce_dtype or (
