@@ -26,7 +26,12 @@ GPU cost model (the tile-and-wave GEMM, the flash-attention kernel, memory-bound
   ``fa3_fp16_forward_h100_by_seqlen`` (head dim 64/128/256, causal or not, 512 to 16k
   tokens), even rows fitted, odd rows held out; A100: the FlashAttention-2
   forward+backward rates of ``fa2_fwd_bwd_a100_by_seqlen`` (no forward-only table), same
-  split.
+  split;
+* ``sdpa_backward_ratio`` — H100: PyTorch SDPA's flash backward on Llama 3 8B's inputs
+  (``torch_sdpa_flash_backward_h100_2024_09`` of this project's ``kernel_rows.yaml``) over
+  the model's flash-attn backward of that call at the fitted ``attention_fraction`` (one
+  row: exact in sample); PyTorch SDPA's forward (``torch_sdpa_forward_h100_2024_12``) is
+  checked against the model's forward, nothing fitted.
 
 A GPU without a table for a parameter inherits it from the nearest fitted architecture
 (``INHERIT``), and the output says so. Writes ``plugins/gpu/kernel_fits.yaml``, which the
@@ -34,7 +39,7 @@ GPU backend applies as each device's defaults.
 
 Usage::
 
-    python benchmarks/fit_kernels.py [--kernels PATH] [--out PATH]
+    python benchmarks/fit_kernels.py [--kernels PATH] [--extra PATH] [--out PATH]
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ from xpusim.plugins.gpu.efficiency import (  # noqa: E402
 from xpusim.plugins.gpu.points import gemm_op  # noqa: E402
 
 KERNELS = REPO.parent / "shared" / "reference" / "kernels.yaml"
+EXTRA = REPO / "benchmarks" / "kernel_rows.yaml"
 OUT = REPO / "plugins" / "gpu" / "kernel_fits.yaml"
 
 MAMF_NAMES = {
@@ -130,6 +136,7 @@ PARAMS = (
     "epilogue_exposed",
     "memory_fraction",
     "attention_fraction",
+    "sdpa_backward_ratio",
     "kernel_overhead_s",
 )
 
@@ -255,16 +262,10 @@ def with_param(eff: GpuEfficiency, name: str, value: float) -> GpuEfficiency:
     return replace(eff, **change)
 
 
-def attention_tflops(
-    dev: str, eff: GpuEfficiency, r: dict[str, Any], backward: bool = False
-) -> float:
-    """Model TFLOP/s of one FlashAttention benchmark row (16k tokens per batch, hidden
-    2048), in the benchmark's own FLOP convention (causal counts half; forward plus
-    backward counts 3.5 forwards). ``backward``: the row times a forward and a backward
-    (the cost model prices the backward op, ``bwd.…``, as the kernel's five GEMMs)."""
-    s, d = int(r["seqlen"]), int(r["head_dim"])
-    heads, batch = 2048 // d, 16384 // s
-    causal = bool(r["causal"])
+def attention_call(s: int, d: int, heads: int, batch: int, causal: bool) -> tuple[Op, float]:
+    """The forward attention op of one call (``batch`` sequences of ``s`` tokens, ``heads``
+    heads of ``d``, bf16) as a graph holds it, and its FLOPs in FlashAttention's convention
+    (causal counts half)."""
     fa_flops = 4.0 * batch * s * s * heads * d * (0.5 if causal else 1.0)
     pairs = s * s - s * (s - 1) / 2 if causal else s * s
     op = Op(
@@ -278,13 +279,68 @@ def attention_tflops(
         dtype="bf16",
         attrs=(("causal", 1.0 if causal else 0.0),),
     )
+    return op, fa_flops
+
+
+def backward_of(op: Op) -> Op:
+    """The backward of a forward attention op, as a training graph builds it (twice the
+    forward's FLOPs; the cost model prices it as the kernel's five GEMMs)."""
+    return replace(op, name=f"bwd.{op.name}", flops=2.0 * op.flops)
+
+
+def attention_tflops(
+    dev: str, eff: GpuEfficiency, r: dict[str, Any], backward: bool = False
+) -> float:
+    """Model TFLOP/s of one FlashAttention benchmark row (16k tokens per batch, hidden
+    2048), in the benchmark's own FLOP convention (causal counts half; forward plus
+    backward counts 3.5 forwards). ``backward``: the row times a forward and a backward."""
+    s, d = int(r["seqlen"]), int(r["head_dim"])
+    op, fa_flops = attention_call(s, d, 2048 // d, 16384 // s, bool(r["causal"]))
     model = GpuCostModel(catalog()[dev], eff)
     t = model(op).seconds
     if not backward:
         return fa_flops / t / 1e12
-    bwd = replace(op, name="bwd.attn", flops=2.0 * op.flops)  # as a training graph builds it
-    t += model(bwd).seconds
+    t += model(backward_of(op)).seconds
     return (1.0 + FLASH_BACKWARD_FLOPS) * fa_flops / t / 1e12
+
+
+def attention_call_tflops(
+    dev: str, eff: GpuEfficiency, r: dict[str, Any], backward: bool, kernel: str = "flash-attn"
+) -> float:
+    """Model TFLOP/s of one attention call of a measured row (``seqlen``, ``heads``,
+    ``head_dim``, ``causal``, ``batch``), its forward or its backward alone, in
+    FlashAttention's FLOP convention (a backward counts 2.5 forwards)."""
+    s, d, heads, batch = (int(r[k]) for k in ("seqlen", "head_dim", "heads", "batch"))
+    op, fa_flops = attention_call(s, d, heads, batch, bool(r["causal"]))
+    t = GpuCostModel(catalog()[dev], eff, attention_kernel=kernel)(
+        backward_of(op) if backward else op
+    ).seconds
+    return (FLASH_BACKWARD_FLOPS if backward else 1.0) * fa_flops / t / 1e12
+
+
+def fit_sdpa_backward(dev: str, fraction: float, ref: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``sdpa_backward_ratio``: PyTorch SDPA's measured flash backward over the model's
+    flash-attn backward of the same call at ``fraction``; with the SDPA forward's check."""
+    eff = replace(GpuEfficiency(), attention_fraction=fraction, kernel_overhead_s=0.0)
+    bwd_id, fwd_id = "torch_sdpa_flash_backward_h100_2024_09", "torch_sdpa_forward_h100_2024_12"
+    (row,) = ref[bwd_id]["rows"]
+    ratio = float(row["backward_tflops"]) / attention_call_tflops(dev, eff, row, True)
+    fitted = replace(eff, sdpa_backward_ratio=ratio)
+    model = attention_call_tflops(dev, fitted, row, True, "torch-sdpa")
+    (frow,) = ref[fwd_id]["rows"]
+    fwd = attention_call_tflops(dev, fitted, frow, False, "torch-sdpa")
+    return {
+        "value": ratio,
+        "fitted_to": f"{bwd_id} (benchmarks/kernel_rows.yaml), {row['backward_tflops']} "
+        "TFLOP/s for Llama 3 8B's inputs (taken as 8,192 tokens, 32 heads of 128, causal), "
+        "over the model's flash-attn backward of that call (one row: exact in sample)",
+        "in_sample": errors([(model, float(row["backward_tflops"]))]),
+        "forward_check": {
+            "table": f"{fwd_id} (benchmarks/kernel_rows.yaml), the forward priced as "
+            "flash-attn's, nothing fitted",
+            **errors([(fwd, float(frow["forward_tflops"]))]),
+        },
+    }
 
 
 def errors(pairs: list[tuple[float, float]]) -> dict[str, float | int]:
@@ -527,6 +583,7 @@ def fit(ref: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         ),
     }
     put("h100-sxm", "attention_fraction", rec)
+    put("h100-sxm", "sdpa_backward_ratio", fit_sdpa_backward("h100-sxm", rec["value"], ref))
     rec = fit_attention(
         "a100-sxm-80gb", ref["fa2_fwd_bwd_a100_by_seqlen"]["rows"], "fa2", backward=True
     )
@@ -599,9 +656,10 @@ def main(argv: list[str] | None = None) -> int:
     """Fit, print and write the per-GPU kernel efficiency."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kernels", type=Path, default=KERNELS)
+    ap.add_argument("--extra", type=Path, default=EXTRA, help="this project's kernel rows")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
-    devices = with_inheritance(fit(entries(args.kernels)))
+    devices = with_inheritance(fit({**entries(args.kernels), **entries(args.extra)}))
     for dev, params in devices.items():
         cells = []
         for name, rec in params.items():

@@ -126,6 +126,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "efficiency": {"link_fraction": 0.8},
         "collective_algorithm": "tree",
         "decode_attention": "per-head",
+        "attention_kernel": "torch-sdpa",
     },
     "spinnaker": {
         "time_scale_factor": 2,
@@ -157,3 +158,15 @@ def test_backend_without_options_refuses_every_key() -> None:
     assert TpuBackend.options is NoOptions
     with pytest.raises(ValueError, match="speculative_decoding"):
         NoOptions.model_validate({"speculative_decoding": True})
+
+
+def test_attention_kernel_option_is_checked(gpu_host: Host, write_yaml: Writer) -> None:
+    """``options.attention_kernel`` takes the kernel builds the GPU cost model knows; any
+    other value is refused when the scenario loads, naming the choices."""
+    path = write_yaml(SCENARIO.replace("calibraton: fit.json", "attention_kernel: cudnn"))
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path, gpu_host)
+    assert "'flash-attn'" in str(err.value) and "'torch-sdpa'" in str(err.value)
+    path = write_yaml(SCENARIO.replace("calibraton: fit.json", "attention_kernel: torch-sdpa"))
+    sc = load_scenario(path, gpu_host)
+    assert GpuBackend.attention_kernel(sc.systems[0]) == "torch-sdpa"

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from xpusim.engine.errors import XpusimError
 from xpusim.plugins.gpu.catalog import catalog
 from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency, causal_block_factor
 from xpusim.plugins.gpu.kernel_fits import FITS_PATH, fitted_params
@@ -194,3 +195,38 @@ def test_fused_attention_backward_recomputes_the_scores() -> None:
     assert model(bwd).compute_s == pytest.approx(2.5 * model(fwd).compute_s)
     check = yaml.safe_load(FITS_PATH.read_text(encoding="utf-8"))["devices"]["h100-sxm"]
     assert check["attention_fraction"]["backward_check"]["median_abs_error"] < 0.15
+
+
+def test_torch_sdpa_backward_runs_at_its_measured_rate() -> None:
+    """PyTorch SDPA's flash backend (``attention_kernel="torch-sdpa"``) prices a backward
+    at the shipped ratio of the flash-attn package's: on H100, Llama 3 8B's call (8,192
+    tokens, 32 heads of 128, causal) comes out at the 183 TFLOP/s measured in
+    pytorch/pytorch#135431; the forward is the package's, and A100 inherits the ratio."""
+    from xpusim.engine.graph import Op, OpKind
+
+    dev = catalog()["h100-sxm"]
+    eff = replace(shipped("h100-sxm"), kernel_overhead_s=0.0)
+    s, d, heads = 8192, 128, 32
+    pairs = s * s - s * (s - 1) / 2
+    fwd = Op(
+        "attn.core",
+        OpKind.ATTENTION,
+        flops=4.0 * d * pairs * heads,
+        bytes_read=3.0 * s * d * 2 * heads,
+        bytes_written=s * d * 2.0 * heads,
+        dims=(s, s, d),
+        batch=heads,
+        attrs=(("causal", 1.0),),
+    )
+    bwd = replace(fwd, name="bwd.attn.core", flops=2.0 * fwd.flops)
+    package = GpuCostModel(dev, eff)
+    sdpa = GpuCostModel(dev, eff, attention_kernel="torch-sdpa")
+    fa_bwd_flops = 2.5 * 4.0 * s * s * d * heads / 2
+    assert fa_bwd_flops / sdpa(bwd).seconds / 1e12 == pytest.approx(183.0, rel=1e-6)
+    assert sdpa(fwd).seconds == package(fwd).seconds
+    ratio = eff.sdpa_backward_ratio
+    assert 0.5 < ratio < 0.75
+    assert sdpa(bwd).compute_s == pytest.approx(package(bwd).compute_s / ratio)
+    assert fitted_params("a100-sxm-80gb")["sdpa_backward_ratio"][0] == ratio
+    with pytest.raises(XpusimError, match="attention_kernel"):
+        GpuCostModel(dev, eff, attention_kernel="cudnn")

@@ -278,6 +278,34 @@ def test_layer_gemm_and_attention_seconds_are_their_priced_time(host: Any) -> No
     assert time_share > flops["a"] / (flops["a"] + flops["g"])
 
 
+def test_torch_sdpa_slows_only_the_attention_backward(host: Any) -> None:
+    """``options.attention_kernel: torch-sdpa`` (PyTorch's SDPA flash backend) prices the
+    backward's attention core at ``sdpa_backward_ratio`` of the flash-attn package's rate;
+    the forward and every GEMM are unchanged, so a long-sequence step gets slower."""
+    model = _model(host, "llama", **SMALL)
+    par = Parallelism(data=8)
+    gpu = host.backends.get("gpu")
+    dev = gpu.devices()["h100-sxm"]
+    shape = Shape(Phase.TRAIN, batch=1, tokens=16384, recompute="none")
+
+    def compiled(kernel: str) -> Any:
+        opts = {"attention_kernel": kernel}
+        return gpu.compile(model, System("s", "gpu", dev, 8, par, topology_from_device(dev), opts))
+
+    package, sdpa = compiled("flash-attn"), compiled("torch-sdpa")
+    a = stage_cost_model(package, model, shape, par)
+    b = stage_cost_model(sdpa, model, shape, par)
+    ratio = gpu.efficiency(sdpa.system)[0].sdpa_backward_ratio
+    assert 0 < ratio < 1
+    assert b.forward.layer_attention_compute_s == a.forward.layer_attention_compute_s
+    assert b.backward.layer_gemm_compute_s == pytest.approx(a.backward.layer_gemm_compute_s)
+    assert b.backward.layer_attention_compute_s == pytest.approx(
+        a.backward.layer_attention_compute_s / ratio, rel=1e-9
+    )
+    plan = _plan(global_batch=8, seq_len=16384, recompute="full")
+    assert step_time(sdpa, model, plan).seconds > step_time(package, model, plan).seconds
+
+
 def test_torchao_float8_pays_amax_reductions_and_backward_recasts(host: Any) -> None:
     """PyTorch Float8 (``fp8_recipe: torchao``, tensorwise dynamic scaling) reads each
     tensor once for its absolute maximum before casting it, casts the GEMM inputs again in

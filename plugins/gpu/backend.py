@@ -18,7 +18,11 @@ whose energy comes from :class:`~xpusim.engine.power.PowerModel`.
 * ``decode_attention``: the decode-attention kernel, ``grouped`` (default: a K/V head is
   loaded once for its query-head group, as FlashAttention-2, vLLM and TensorRT-LLM >= v0.8
   XQA do) or ``per-head`` (the masked MHA kernel of FasterTransformer and TensorRT-LLM
-  <= v0.7, one thread block per query head); see :mod:`xpusim.plugins.gpu.efficiency`.
+  <= v0.7, one thread block per query head); see :mod:`xpusim.plugins.gpu.efficiency`;
+* ``attention_kernel``: the build of the fused attention kernel, ``flash-attn`` (default:
+  the flash-attn package's kernels, as Megatron-LM and the serving engines call them) or
+  ``torch-sdpa`` (PyTorch's ``scaled_dot_product_attention`` flash backend, as torchtitan
+  and plain PyTorch training loops call it; its backward measured slower).
 """
 
 from __future__ import annotations
@@ -42,7 +46,12 @@ from xpusim.engine.system import System, Topology
 from xpusim.plugins.gpu import calibration as cal_mod
 from xpusim.plugins.gpu.builtin_params import builtin_params
 from xpusim.plugins.gpu.catalog import catalog as builtin_catalog
-from xpusim.plugins.gpu.efficiency import DECODE_ATTENTION, GpuCostModel, GpuEfficiency
+from xpusim.plugins.gpu.efficiency import (
+    ATTENTION_KERNELS,
+    DECODE_ATTENTION,
+    GpuCostModel,
+    GpuEfficiency,
+)
 from xpusim.plugins.gpu.fabrics import fabric_for, scale_out_profile
 from xpusim.plugins.gpu.measure import calibrate_from_points, calibrate_gpu
 from xpusim.plugins.gpu.vectorwork import WithVectorWork
@@ -64,6 +73,19 @@ class GpuOptions(BaseModel):
     """The collective algorithm (``auto`` picks the fastest)."""
     decode_attention: Literal["grouped", "per-head"] = "grouped"
     """The decode-attention kernel."""
+    attention_kernel: Literal["flash-attn", "torch-sdpa"] = "flash-attn"
+    """The build of the fused attention kernel."""
+
+
+def _kernel_option(system: System, key: str, choices: tuple[str, ...]) -> str:
+    """``system.options[key]``, one of ``choices`` (the first is the default)."""
+    kind = str(system.options.get(key, choices[0]))
+    if kind not in choices:
+        raise XpusimError(
+            f"system {system.name!r}: options.{key} must be one of "
+            f"{', '.join(choices)}, got {kind!r}."
+        )
+    return kind
 
 
 class GpuBackend(Backend):
@@ -133,13 +155,13 @@ class GpuBackend(Backend):
     def decode_attention(system: System) -> str:
         """The decode-attention kernel ``system.options.decode_attention`` names
         (``grouped`` by default), checked against :data:`DECODE_ATTENTION`."""
-        kind = str(system.options.get("decode_attention", "grouped"))
-        if kind not in DECODE_ATTENTION:
-            raise XpusimError(
-                f"system {system.name!r}: options.decode_attention must be one of "
-                f"{', '.join(DECODE_ATTENTION)}, got {kind!r}."
-            )
-        return kind
+        return _kernel_option(system, "decode_attention", DECODE_ATTENTION)
+
+    @staticmethod
+    def attention_kernel(system: System) -> str:
+        """The fused attention kernel ``system.options.attention_kernel`` names
+        (``flash-attn`` by default), checked against :data:`ATTENTION_KERNELS`."""
+        return _kernel_option(system, "attention_kernel", ATTENTION_KERNELS)
 
     def link_topology(self, system: System, eff: GpuEfficiency | None = None) -> Topology:
         """The system topology at the bandwidth collectives achieve (``link_fraction``)."""
@@ -170,7 +192,12 @@ class GpuBackend(Backend):
             system,
             model,
             price_op=WithVectorWork(
-                GpuCostModel(system.device, eff, self.decode_attention(system))
+                GpuCostModel(
+                    system.device,
+                    eff,
+                    self.decode_attention(system),
+                    self.attention_kernel(system),
+                )
             ),
             collective=collective,
             power=PowerModel.from_device(system.device),

@@ -75,6 +75,19 @@ backward is built with; at the same ``attention_fraction``, which the
 forward-plus-backward H100 table (``fa2_fwd_bwd_h100_by_seqlen``) checks out of sample
 (``benchmarks/fit_kernels.py``).
 
+Which build of the kernel runs matters for the backward (``attention_kernel``):
+``flash-attn`` (the default) is the kernels as the flash-attn package ships and benchmarks
+them, which the fits above describe. ``torch-sdpa`` is PyTorch's
+``scaled_dot_product_attention`` on its flash backend, the FlashAttention-2 sources built
+into PyTorch, which torchtitan and plain PyTorch training loops call: its backward was
+measured at 183 TFLOP/s on an H100 for Llama 3 8B's inputs (pytorch/pytorch#135431),
+where the model prices the flash-attn package's backward at 295, so its backward runs at
+``sdpa_backward_ratio`` of the package's rate (0.62 on H100; ``benchmarks/kernel_rows.yaml``,
+``benchmarks/fit_kernels.py``). Its forward measured 329 TFLOP/s on a 4,608-token
+non-causal call (pytorch/pytorch#142132), 12 % above the model's forward of that call,
+within the forward fit's held-out spread (median 6.9 %, max 19 %), so the forward is
+priced as the package's.
+
 8-bit and narrower GEMMs run at ``lowp_tensor_fraction`` of their peak where it is set.
 
 Every op instance pays ``kernel_overhead_s`` (one kernel launch on the GPU timeline).
@@ -207,6 +220,12 @@ class GpuEfficiency:
     split_k: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     """Split-K factors the heuristic may pick when tiles are fewer than SMs."""
 
+    sdpa_backward_ratio: float = 1.0
+    """Rate of PyTorch SDPA's flash backward (``attention_kernel="torch-sdpa"``) over the
+    flash-attn package's backward the model prices at ``attention_fraction``, per FLOP of
+    the same convention (module docstring). Fitted on H100 to pytorch/pytorch#135431
+    (``benchmarks/fit_kernels.py``); 1.0 (no difference) where nothing is fitted."""
+
     attention_block_q: int = 128
     """Query rows per flash-attention work unit (FlashAttention-2's block size)."""
 
@@ -230,6 +249,7 @@ class GpuEfficiency:
             "link_fraction",
             "vector_ratio",
             "strided_elementwise_fraction",
+            "sdpa_backward_ratio",
         ):
             v = getattr(self, name)
             if not 0 < v <= 1:
@@ -304,23 +324,38 @@ TensorRT-LLM >= v0.8 XQA); ``per-head`` is the masked MHA kernel with one thread
 query head (FasterTransformer, TensorRT-LLM <= v0.7 by default)."""
 
 
+ATTENTION_KERNELS = ("flash-attn", "torch-sdpa")
+"""Builds of the fused attention kernel the cost model knows (see the module docstring):
+``flash-attn``, the flash-attn package's kernels as fitted; ``torch-sdpa``, PyTorch's
+``scaled_dot_product_attention`` flash backend, whose backward runs at
+``sdpa_backward_ratio`` of the package's."""
+
+
 class GpuCostModel:
     """Prices ops for one device under one :class:`GpuEfficiency`; callable as
     ``price_op`` for :class:`~xpusim.engine.analytic.AnalyticCompiled`. ``decode_attention`` picks
-    the decode-attention kernel (:data:`DECODE_ATTENTION`)."""
+    the decode-attention kernel (:data:`DECODE_ATTENTION`), ``attention_kernel`` the build
+    of the fused attention kernel (:data:`ATTENTION_KERNELS`)."""
 
     def __init__(
         self,
         device: DeviceSpec,
         eff: GpuEfficiency | None = None,
         decode_attention: str = "grouped",
+        attention_kernel: str = "flash-attn",
     ) -> None:
         if decode_attention not in DECODE_ATTENTION:
             raise XpusimError(
                 f"decode_attention must be one of {', '.join(DECODE_ATTENTION)}, "
                 f"got {decode_attention!r}."
             )
+        if attention_kernel not in ATTENTION_KERNELS:
+            raise XpusimError(
+                f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, "
+                f"got {attention_kernel!r}."
+            )
         self.decode_attention = decode_attention
+        self.attention_kernel = attention_kernel
         self.device = device
         self.eff = eff or GpuEfficiency()
         sm = device.extra.get("sm_count")
@@ -404,9 +439,12 @@ class GpuCostModel:
         group = max(1, round(q_heads / kv_heads)) if q_heads > 0 and kv_heads > 0 else 1
         per_head = op.batch * (2.0 * q * d * b + 2.0 * keys * d * kv_b)
         flops = op.flops if op.flops > 0 else 4.0 * q * keys * d * op.batch
+        rate = self.peak(op.dtype) * e.attention_fraction
         if op.name.startswith(BACKWARD):
             # built as twice the forward; the kernel recomputes QKᵀ: 5 GEMMs, not 4
             flops *= FLASH_BACKWARD_FLOPS / 2.0
+            if self.attention_kernel == "torch-sdpa":
+                rate *= e.sdpa_backward_ratio
         decode = q == 1
         if decode and self.decode_attention == "per-head":
             # masked MHA: one block per query head on CUDA cores, K/V not shared
@@ -420,7 +458,7 @@ class GpuCostModel:
         wave_factor = 1.0
         if units >= self.sms:
             wave_factor = math.ceil(units / self.sms) * self.sms / units
-        compute = flops * pad * wave_factor / (self.peak(op.dtype) * e.attention_fraction)
+        compute = flops * pad * wave_factor / rate
         return OpTime(compute, nbytes / self.bw, e.kernel_overhead_s)
 
     # -- everything -------------------------------------------------------------------
