@@ -47,7 +47,9 @@ selective recomputation; the Megatron-LM README's GPT-3 175B example on 1,024 A1
 DeepSeek-V3's MoE / FP8 / expert-parallel / DualPipe pre-training; Nemotron-4 340B on 6,144
 H100s; OpenLLaMA 7B on TPU v4 with fully sharded data parallelism; torchtitan's Llama 3.1
 8B and 405B at 32K to 256K tokens with context parallelism), each with its full parallel
-plan and source. A row's ``workload`` may set ``grad_accumulation`` (default ``fused``) and
+plan and source. A row's ``options`` are its system's backend options (the torchtitan rows
+name ``attention_kernel: torch-sdpa``: torchtitan calls PyTorch's
+``scaled_dot_product_attention``, not the flash-attn package). A row's ``workload`` may set ``grad_accumulation`` (default ``fused``) and
 ``fp8_recipe`` (``te``, the default, or ``torchao``); its ``device`` is a catalog name or,
 for a part the catalog lacks, a derived device (``base`` plus the figures its source
 gives), which keeps its base's fitted kernel efficiencies. The
@@ -248,7 +250,9 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
     n = int(row["gpus"])
     if par.devices != n:
         raise ValueError(f"row {row['id']}: the plan uses {par.devices} devices, not {n}")
-    options = {"efficiency": efficiency} if efficiency and kind == "gpu" else {}
+    options = dict(row.get("options") or {})
+    if efficiency and kind == "gpu":
+        options["efficiency"] = efficiency
     system = System(row["id"], kind, dev, n, par, topo, options)
     compiled = backend.compile(model, system)
     w = dict(row["workload"])
