@@ -2,8 +2,9 @@
 # Time GPU kernels and write a points file the GPU calibration fits (under 8 minutes on
 # an H100 or H200; 17 to 27 s on an H100 on 2026-12-06, before the profiler and
 # elementwise timings were added): GEMMs in bf16 and fp8 (small ones also in F.linear's
-# layout), SDPA prefill and decode, a grouped-query decode three ways, a streaming copy,
-# kernel launch gaps, elementwise kernels on contiguous tensors and on views, and a small
+# layout), SDPA prefill (forward and backward) and decode, a grouped-query decode three
+# ways, a streaming copy, kernel launch gaps, elementwise kernels on contiguous tensors
+# and on views, and a small
 # Llama decode step (eager, as a CUDA graph, and its kernels from the profiler) and
 # prefill; and the memory CUDA gives the process. Kernels are replayed from CUDA graphs
 # over rotated operands.

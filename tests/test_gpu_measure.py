@@ -19,7 +19,7 @@ from xpusim.plugins.gpu.measure import (
     strided_fraction,
 )
 from xpusim.plugins.gpu.microbench import GEMM_SHAPES, copies, main, rotating
-from xpusim.plugins.gpu.points import attention_op, gemm_op
+from xpusim.plugins.gpu.points import attention_backward_op, attention_op, gemm_op, is_backward
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,8 @@ def test_cpu_dry_run_writes_a_points_file_the_fit_reads(tmp_path: Path) -> None:
     assert pts.device == "h100-sxm" and "DRY RUN" in pts.measured_on
     assert pts.gemm and pts.attention and pts.copy_bytes_per_s and pts.kernel_overhead_s
     assert any(p.op.attr("causal", 0.0) > 0 for p in pts.attention)
+    backward = [p for p in pts.attention if is_backward(p.op)]
+    assert backward and all(p.label.startswith("sdpa backward") for p in backward)
     assert pts.extra["decode_step"]["eager_s"] > 0 and pts.extra["launch_gap_s"] > 0
     step = pts.extra["decode_step"]
     assert step["prefill_eager_s"] > 0 and step["prefill_tokens"] > 0
@@ -49,6 +51,7 @@ def test_cpu_dry_run_writes_a_points_file_the_fit_reads(tmp_path: Path) -> None:
     assert {"mm (wall)", "linear (wall)"} <= set(labels)
     cal, path = calibrate_from_points(catalog(), out, tmp_path / "cal.json", log=lambda s: None)
     assert path.exists() and "tensor_fraction" in cal.params
+    assert "sdpa_backward_ratio" in cal.params
 
 
 def test_timer_counts_each_rotated_operand_set() -> None:
@@ -106,6 +109,23 @@ def test_fit_recovers_lowp_and_causal_attention_fractions() -> None:
     assert params["attention_fraction"] == pytest.approx(0.35, abs=0.011)
 
 
+def test_fit_recovers_the_sdpa_backward_ratio() -> None:
+    """Backward points of PyTorch SDPA generated at a known ratio of the flash-attn
+    package's backward give it back, with the forward fraction fitted to the forward
+    points alone (a slower backward does not drag the forward fraction down)."""
+    spec = catalog()["h100-sxm"]
+    true = replace(GpuEfficiency(), attention_fraction=0.33, sdpa_backward_ratio=0.6)
+    sdpa = GpuCostModel(spec, true, attention_kernel="torch-sdpa")
+    fwd = [attention_op(16, s, s, 128, "bf16", causal=True) for s in (1024, 4096, 8192)]
+    bwd = [attention_backward_op(op) for op in fwd]
+    params = fit_params(spec, {"attention": [(op, sdpa(op).seconds) for op in (*fwd, *bwd)]})
+    assert params["attention_fraction"] == pytest.approx(0.33, abs=0.011)
+    assert params["sdpa_backward_ratio"] == pytest.approx(0.6, abs=0.011)
+    assert "sdpa_backward_ratio" not in fit_params(
+        spec, {"attention": [(op, sdpa(op).seconds) for op in fwd]}
+    )
+
+
 def test_points_file_keeps_causal_flag(tmp_path: Path) -> None:
     """A causal attention point survives a save and load; a non-boolean flag is refused."""
     pts = points_mod.Points(
@@ -122,6 +142,28 @@ def test_points_file_keeps_causal_flag(tmp_path: Path) -> None:
     text = path.read_text().replace('"causal": true', '"causal": "yes"')
     path.write_text(text)
     with pytest.raises(Exception, match="causal"):
+        points_mod.load(path)
+
+
+def test_points_file_keeps_the_backward_pass(tmp_path: Path) -> None:
+    """A backward attention point is written with ``"pass": "backward"`` and read back as
+    the training graph's backward op (twice the forward's FLOPs); another pass is refused
+    naming the field and its choices."""
+    fwd = attention_op(8, 64, 64, 16, "bf16", causal=True)
+    pts = points_mod.Points(
+        device="h100-sxm",
+        measured_on="test",
+        date="2026-12-06",
+        source="test",
+        attention=(points_mod.Point(fwd, 1e-5), points_mod.Point(attention_backward_op(fwd), 3e-5)),
+    )
+    path = points_mod.save(pts, tmp_path / "p.json")
+    assert path.read_text().count('"pass": "backward"') == 1
+    a, b = points_mod.load(path).attention
+    assert not is_backward(a.op) and is_backward(b.op)
+    assert b.op.flops == pytest.approx(2 * a.op.flops)
+    path.write_text(path.read_text().replace('"pass": "backward"', '"pass": "both"'))
+    with pytest.raises(Exception, match="'pass' must be one of forward, backward"):
         points_mod.load(path)
 
 

@@ -8,7 +8,9 @@ streaming copy, launch gaps, a small decode step) and fits them (:func:`fit_para
 copy rate sets ``memory_fraction``, the back-to-back tiny kernel ``kernel_overhead_s``,
 the GEMMs ``tensor_fraction`` and ``lowp_tensor_fraction`` (a grid search minimising the
 squared log error of :class:`~xpusim.plugins.gpu.efficiency.GpuCostModel`'s prediction,
-tile and wave quantization included), the attention calls ``attention_fraction``. The raw
+tile and wave quantization included), the attention calls ``attention_fraction`` and the
+backward of SDPA's attention ``sdpa_backward_ratio`` (priced as the ``torch-sdpa``
+kernel build, since it is PyTorch's backward that was timed). The raw
 measurements are kept beside the calibration as a points file
 (:mod:`xpusim.plugins.gpu.points`, ``<out>.points.json``) so the fit can be redone or
 checked later.
@@ -44,7 +46,7 @@ from xpusim.plugins.gpu.builtin_params import builtin_params
 from xpusim.plugins.gpu.calibration import Calibration, save
 from xpusim.plugins.gpu.efficiency import LOW_PRECISION, GpuCostModel, GpuEfficiency
 from xpusim.plugins.gpu.microbench import GEMM_SHAPES, match_device
-from xpusim.plugins.gpu.points import Point, Points, attention_op, gemm_op
+from xpusim.plugins.gpu.points import Point, Points, attention_op, gemm_op, is_backward
 
 _FRACTIONS = tuple(round(0.20 + 0.01 * i, 2) for i in range(81))  # 0.20 ... 1.00
 _MEMORY_FRACTIONS = tuple(round(0.30 + 0.01 * i, 2) for i in range(71))  # 0.30 ... 1.00
@@ -66,6 +68,13 @@ def _log_err(model: GpuCostModel, pts: Sequence[tuple[Op, float]]) -> float:
     return sum((math.log(model(op).seconds) - math.log(t)) ** 2 for op, t in pts) / len(pts)
 
 
+def _kernel(op: Op) -> str:
+    """The attention kernel build a timed ``op`` ran: a backward point is PyTorch SDPA's
+    (the microbenchmarks time it through ``scaled_dot_product_attention``), anything else
+    is priced as the default build."""
+    return "torch-sdpa" if is_backward(op) else "flash-attn"
+
+
 def _with(eff: GpuEfficiency, changes: Mapping[str, Any]) -> GpuEfficiency:
     return replace(eff, **dict(changes))
 
@@ -84,8 +93,14 @@ def _line_search(
     name: str,
     grid: Sequence[float],
     pts: Sequence[tuple[Op, float]],
+    kernel: str = "flash-attn",
 ) -> float:
-    return min(grid, key=lambda v: _log_err(GpuCostModel(device, _with(eff, {name: v})), pts))
+    return min(
+        grid,
+        key=lambda v: _log_err(
+            GpuCostModel(device, _with(eff, {name: v}), attention_kernel=kernel), pts
+        ),
+    )
 
 
 def fit_params(
@@ -106,8 +121,10 @@ def fit_params(
     by coordinate descent over fixed grids minimising the mean squared log error. 8-bit
     GEMM points (fp8, int8) then fit ``lowp_tensor_fraction`` with those held (a file of
     8-bit points only fits the 16-bit parameters to them instead), and
-    ``attention_fraction`` is fitted to the attention points (causal ones priced with
-    their diagonal blocks) with the GEMM parameters held. An ``elementwise`` entry (the
+    ``attention_fraction`` is fitted to the forward attention points (causal ones priced
+    with their diagonal blocks) with the GEMM parameters held, and ``sdpa_backward_ratio``
+    to the backward ones (PyTorch SDPA's backward, priced as the ``torch-sdpa`` build)
+    with that fraction held. An ``elementwise`` entry (the
     kernels ``benchmarks/gpu_measure.sh`` times on contiguous tensors and on views) sets
     ``strided_elementwise_fraction`` (:func:`strided_fraction`)."""
     params: dict[str, float] = {}
@@ -144,10 +161,16 @@ def fit_params(
         best = _line_search(device, eff, "lowp_tensor_fraction", _FRACTIONS, lowp)
         eff = _with(eff, {"lowp_tensor_fraction": best})
         params["lowp_tensor_fraction"] = float(best)
-    attn = _pairs(points, "attention")
+    every_attn = _pairs(points, "attention")
+    attn = [(op, t) for op, t in every_attn if not is_backward(op)]
+    bwd = [(op, t) for op, t in every_attn if is_backward(op)]
     if attn:
         best = _line_search(device, eff, "attention_fraction", _FRACTIONS, attn)
+        eff = _with(eff, {"attention_fraction": best})
         params["attention_fraction"] = best
+    if bwd:
+        best = _line_search(device, eff, "sdpa_backward_ratio", _FRACTIONS, bwd, "torch-sdpa")
+        params["sdpa_backward_ratio"] = best
     strided = strided_fraction(points.get("elementwise"), eff.kernel_overhead_s)
     if strided is not None:
         params["strided_elementwise_fraction"] = strided
@@ -186,11 +209,15 @@ def fit_report(
     device: DeviceSpec, points: Sequence[Point], eff: GpuEfficiency | None = None
 ) -> list[tuple[Point, float, float]]:
     """Each point with the model's predicted seconds and the signed relative error
-    ``predicted / measured - 1`` under ``eff`` (the defaults when ``None``)."""
-    model = GpuCostModel(device, eff or GpuEfficiency())
+    ``predicted / measured - 1`` under ``eff`` (the defaults when ``None``); a backward
+    attention point priced as the ``torch-sdpa`` build that ran it."""
+    models = {
+        kernel: GpuCostModel(device, eff or GpuEfficiency(), attention_kernel=kernel)
+        for kernel in ("flash-attn", "torch-sdpa")
+    }
     out = []
     for p in points:
-        pred = model(p.op).seconds
+        pred = models[_kernel(p.op)](p.op).seconds
         out.append((p, pred, pred / p.seconds - 1.0))
     return out
 

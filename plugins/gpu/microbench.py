@@ -8,7 +8,8 @@ calibrate --backend gpu --points FILE`` fits. It times:
 * GEMMs over decode-to-prefill shapes in ``bf16`` (``torch.mm``) and ``fp8``
   (``torch._scaled_mm`` with per-tensor scales, where the GPU has FP8 tensor cores);
 * attention through ``torch.nn.functional.scaled_dot_product_attention``: causal
-  prefills by length and head dim, and decodes (one query over a KV cache);
+  prefills by length and head dim, forward and backward (the gradients of Q, K and V,
+  as training runs it), and decodes (one query over a KV cache);
 * a streaming copy (``copy_bytes_per_s``), the back-to-back cost of a tiny kernel
   (``kernel_overhead_s``) and the host cost of launching one when the GPU waits for it
   (``launch_gap_s``);
@@ -39,7 +40,13 @@ from xpusim.engine.device import DeviceSpec
 from xpusim.engine.errors import XpusimError
 from xpusim.plugins.gpu import points as points_mod
 from xpusim.plugins.gpu.catalog import catalog
-from xpusim.plugins.gpu.points import Point, Points, attention_op, gemm_op
+from xpusim.plugins.gpu.points import (
+    Point,
+    Points,
+    attention_backward_op,
+    attention_op,
+    gemm_op,
+)
 
 GEMM_SHAPES: tuple[tuple[int, int, int], ...] = (
     (1, 4096, 4096),
@@ -221,8 +228,10 @@ def time_gemms(
 def time_attention(
     torch: Any, timer: Timer, dev: Any, prefill: Any, decode: Any, rotate_bytes: int = 0
 ) -> list[Point]:
-    """SDPA points: causal prefills and one-query decodes (the decodes, bound by reading
-    the KV cache, cycle through enough caches to cover ``rotate_bytes``)."""
+    """SDPA points: causal prefills, forward and backward, and one-query decodes (the
+    decodes, bound by reading the KV cache, cycle through enough caches to cover
+    ``rotate_bytes``). A backward is one ``torch.autograd.grad`` of the call's output
+    (kept with its graph) into Q, K and V."""
     sdpa = torch.nn.functional.scaled_dot_product_attention
     dt = torch.bfloat16 if timer.cuda else torch.float32
     label_dt = "bf16" if timer.cuda else "fp32"
@@ -233,6 +242,14 @@ def time_attention(
         op = attention_op(bh, s, s, d, label_dt, causal=True)
         t, how = timer.measure(partial(sdpa, q, k, v, is_causal=True))
         out.append(Point(op, t, f"sdpa prefill causal ({how})"))
+        for x in (q, k, v):
+            x.requires_grad_(True)
+        o = sdpa(q, k, v, is_causal=True)
+        grad = torch.randn_like(o)
+        backward = partial(torch.autograd.grad, o, (q, k, v), grad, retain_graph=True)
+        t, how = timer.measure(backward)
+        out.append(Point(attention_backward_op(op), t, f"sdpa backward causal ({how})"))
+        del o, grad, backward
     for bh, kv, d in decode:
         sets = [
             tuple(torch.randn(1, bh, n, d, dtype=dt, device=dev) for n in (1, kv, kv))

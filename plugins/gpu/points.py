@@ -13,8 +13,15 @@ A points file is JSON (``format: xpusim-gpu-points/1``)::
       "gemm": [{"m": 512, "n": 4096, "k": 4096, "dtype": "bf16", "seconds": 6.1e-5,
                 "label": "optional words"}],
       "attention": [{"bh": 32, "q": 2048, "kv": 2048, "d": 128, "dtype": "bf16",
-                     "seconds": 4.2e-4, "causal": true}]   # causal: optional, false
+                     "seconds": 4.2e-4, "causal": true,     # causal: optional, false
+                     "pass": "backward"}]   # pass: optional, forward
     }
+
+An attention point with ``"pass": "backward"`` times the backward of that call through
+PyTorch's ``scaled_dot_product_attention`` (the gradients of Q, K and V from the output's
+gradient), which the calibration prices as the ``torch-sdpa`` kernel build
+(:data:`~xpusim.plugins.gpu.efficiency.ATTENTION_KERNELS`) and fits
+``sdpa_backward_ratio`` to.
 
 Other top-level fields (``launch_gap_s``, ``decode_step``, ``memory_total_bytes`` ...
 that ``benchmarks/gpu_measure.sh`` records) are kept as they are in :attr:`Points.extra`.
@@ -31,12 +38,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Op, OpKind, dtype_bytes
+from xpusim.engine.model import BACKWARD
 
 FORMAT = "xpusim-gpu-points/1"
 """The ``format`` field every points file carries."""
@@ -45,6 +53,8 @@ _HEADER = ("device", "measured_on", "date", "source")
 _GEMM_DIMS = ("m", "n", "k")
 _ATTN_DIMS = ("bh", "q", "kv", "d")
 _DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
+PASSES = ("forward", "backward")
+"""Passes an attention point may time."""
 
 
 def gemm_op(m: int, n: int, k: int, dtype: str) -> Op:
@@ -79,6 +89,18 @@ def attention_op(bh: int, q: int, kv: int, d: int, dtype: str, causal: bool = Fa
         dtype=dtype,
         attrs=(("causal", 1.0),) if causal else (),
     )
+
+
+def attention_backward_op(op: Op) -> Op:
+    """The backward of the attention call ``op`` as a training graph holds it (named with
+    the backward prefix, twice the forward's FLOPs; the cost model prices the kernel's
+    five GEMMs)."""
+    return replace(op, name=f"{BACKWARD}{op.name}", flops=2.0 * op.flops)
+
+
+def is_backward(op: Op) -> bool:
+    """Whether ``op`` is a backward op (its name has the backward prefix)."""
+    return op.name.startswith(BACKWARD)
 
 
 @dataclass(frozen=True)
@@ -132,6 +154,8 @@ class Points:
             row.update(dtype=p.op.dtype, seconds=p.seconds)
             if p.op.kind is OpKind.ATTENTION and p.op.attr("causal", 0.0) > 0:
                 row["causal"] = True
+            if p.op.kind is OpKind.ATTENTION and is_backward(p.op):
+                row["pass"] = "backward"
             if p.label:
                 row["label"] = p.label
             return row
@@ -201,6 +225,13 @@ def _entries(where: str, raw: Mapping[str, Any], key: str, dims: Sequence[str]) 
             if not isinstance(causal, bool):
                 raise XpusimError(f"{at}: 'causal' must be true or false, got {causal!r}.")
             op = attention_op(vals[0], vals[1], vals[2], vals[3], dtype, causal)
+            pass_ = row.get("pass", "forward")
+            if pass_ not in PASSES:
+                raise XpusimError(
+                    f"{at}: 'pass' must be one of {', '.join(PASSES)}, got {pass_!r}."
+                )
+            if pass_ == "backward":
+                op = attention_backward_op(op)
         out.append(Point(op, secs, str(row.get("label", ""))))
     return out
 
