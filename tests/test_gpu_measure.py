@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from xpusim.engine.errors import XpusimError
 from xpusim.plugins.gpu import points as points_mod
 from xpusim.plugins.gpu.catalog import catalog
 from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
@@ -124,6 +125,12 @@ def test_fit_recovers_the_sdpa_backward_ratio() -> None:
     assert "sdpa_backward_ratio" not in fit_params(
         spec, {"attention": [(op, sdpa(op).seconds) for op in fwd]}
     )
+    # a build faster than the package's backward is fitted as such, not capped at 1
+    fast = GpuCostModel(spec, replace(true, sdpa_backward_ratio=1.4), attention_kernel="torch-sdpa")
+    params = fit_params(spec, {"attention": [(op, fast(op).seconds) for op in (*fwd, *bwd)]})
+    assert params["sdpa_backward_ratio"] == pytest.approx(1.4, abs=0.011)
+    with pytest.raises(XpusimError, match="sdpa_backward_ratio"):
+        GpuEfficiency(sdpa_backward_ratio=0.0)
 
 
 def test_points_file_keeps_causal_flag(tmp_path: Path) -> None:

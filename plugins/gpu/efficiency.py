@@ -223,8 +223,9 @@ class GpuEfficiency:
     sdpa_backward_ratio: float = 1.0
     """Rate of PyTorch SDPA's flash backward (``attention_kernel="torch-sdpa"``) over the
     flash-attn package's backward the model prices at ``attention_fraction``, per FLOP of
-    the same convention (module docstring). Fitted on H100 to pytorch/pytorch#135431
-    (``benchmarks/fit_kernels.py``); 1.0 (no difference) where nothing is fitted."""
+    the same convention (module docstring); above 1 where PyTorch's build is the faster.
+    Fitted on H100 to pytorch/pytorch#135431 (``benchmarks/fit_kernels.py``); 1.0 (no
+    difference) where nothing is fitted."""
 
     attention_block_q: int = 128
     """Query rows per flash-attention work unit (FlashAttention-2's block size)."""
@@ -249,7 +250,6 @@ class GpuEfficiency:
             "link_fraction",
             "vector_ratio",
             "strided_elementwise_fraction",
-            "sdpa_backward_ratio",
         ):
             v = getattr(self, name)
             if not 0 < v <= 1:
@@ -258,6 +258,11 @@ class GpuEfficiency:
         if lowp is not None and not 0 < lowp <= 1:
             raise XpusimError(
                 f"GPU efficiency parameter lowp_tensor_fraction must be in (0, 1], got {lowp}."
+            )
+        if not self.sdpa_backward_ratio > 0:
+            raise XpusimError(
+                "GPU efficiency parameter sdpa_backward_ratio must be above 0, "
+                f"got {self.sdpa_backward_ratio}."
             )
         if self.kernel_overhead_s < 0 or self.runtime_reserve_bytes < 0:
             raise XpusimError("GPU efficiency overheads must not be negative.")

@@ -51,6 +51,7 @@ from xpusim.plugins.gpu.points import Point, Points, attention_op, gemm_op, is_b
 _FRACTIONS = tuple(round(0.20 + 0.01 * i, 2) for i in range(81))  # 0.20 ... 1.00
 _MEMORY_FRACTIONS = tuple(round(0.30 + 0.01 * i, 2) for i in range(71))  # 0.30 ... 1.00
 _OVERHEADS = tuple(0.25e-6 * i for i in range(81))  # 0 ... 20 us
+_RATIOS = tuple(round(0.20 + 0.01 * i, 2) for i in range(181))  # 0.20 ... 2.00
 
 __all__ = [
     "GEMM_SHAPES",
@@ -169,7 +170,7 @@ def fit_params(
         eff = _with(eff, {"attention_fraction": best})
         params["attention_fraction"] = best
     if bwd:
-        best = _line_search(device, eff, "sdpa_backward_ratio", _FRACTIONS, bwd, "torch-sdpa")
+        best = _line_search(device, eff, "sdpa_backward_ratio", _RATIOS, bwd, "torch-sdpa")
         params["sdpa_backward_ratio"] = best
     strided = strided_fraction(points.get("elementwise"), eff.kernel_overhead_s)
     if strided is not None:
