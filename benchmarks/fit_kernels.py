@@ -60,14 +60,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from xpusim.engine.graph import Op, OpKind, dtype_bytes  # noqa: E402
+from xpusim.engine.graph import dtype_bytes  # noqa: E402
 from xpusim.plugins.gpu.catalog import catalog  # noqa: E402
 from xpusim.plugins.gpu.efficiency import (  # noqa: E402
     FLASH_BACKWARD_FLOPS,
     GpuCostModel,
     GpuEfficiency,
 )
-from xpusim.plugins.gpu.points import gemm_op  # noqa: E402
+from xpusim.plugins.gpu.points import attention_backward_op, attention_op, gemm_op  # noqa: E402
 
 KERNELS = REPO.parent / "shared" / "reference" / "kernels.yaml"
 EXTRA = REPO / "benchmarks" / "kernel_rows.yaml"
@@ -262,30 +262,10 @@ def with_param(eff: GpuEfficiency, name: str, value: float) -> GpuEfficiency:
     return replace(eff, **change)
 
 
-def attention_call(s: int, d: int, heads: int, batch: int, causal: bool) -> tuple[Op, float]:
-    """The forward attention op of one call (``batch`` sequences of ``s`` tokens, ``heads``
-    heads of ``d``, bf16) as a graph holds it, and its FLOPs in FlashAttention's convention
-    (causal counts half)."""
-    fa_flops = 4.0 * batch * s * s * heads * d * (0.5 if causal else 1.0)
-    pairs = s * s - s * (s - 1) / 2 if causal else s * s
-    op = Op(
-        name="attn",
-        kind=OpKind.ATTENTION,
-        flops=4.0 * d * pairs * batch * heads,
-        bytes_read=batch * heads * 3.0 * s * d * 2,
-        bytes_written=batch * heads * s * d * 2.0,
-        dims=(s, s, d),
-        batch=batch * heads,
-        dtype="bf16",
-        attrs=(("causal", 1.0 if causal else 0.0),),
-    )
-    return op, fa_flops
-
-
-def backward_of(op: Op) -> Op:
-    """The backward of a forward attention op, as a training graph builds it (twice the
-    forward's FLOPs; the cost model prices it as the kernel's five GEMMs)."""
-    return replace(op, name=f"bwd.{op.name}", flops=2.0 * op.flops)
+def fa_flops(s: int, d: int, heads: int, batch: int, causal: bool) -> float:
+    """FLOPs of one attention call's forward in FlashAttention's convention (causal
+    counts half)."""
+    return 4.0 * batch * s * s * heads * d * (0.5 if causal else 1.0)
 
 
 def attention_tflops(
@@ -295,13 +275,15 @@ def attention_tflops(
     2048), in the benchmark's own FLOP convention (causal counts half; forward plus
     backward counts 3.5 forwards). ``backward``: the row times a forward and a backward."""
     s, d = int(r["seqlen"]), int(r["head_dim"])
-    op, fa_flops = attention_call(s, d, 2048 // d, 16384 // s, bool(r["causal"]))
+    heads, batch, causal = 2048 // d, 16384 // s, bool(r["causal"])
+    op = attention_op(batch * heads, s, s, d, "bf16", causal)
     model = GpuCostModel(catalog()[dev], eff)
     t = model(op).seconds
+    flops = fa_flops(s, d, heads, batch, causal)
     if not backward:
-        return fa_flops / t / 1e12
-    t += model(backward_of(op)).seconds
-    return (1.0 + FLASH_BACKWARD_FLOPS) * fa_flops / t / 1e12
+        return flops / t / 1e12
+    t += model(attention_backward_op(op)).seconds
+    return (1.0 + FLASH_BACKWARD_FLOPS) * flops / t / 1e12
 
 
 def attention_call_tflops(
@@ -311,11 +293,17 @@ def attention_call_tflops(
     ``head_dim``, ``causal``, ``batch``), its forward or its backward alone, in
     FlashAttention's FLOP convention (a backward counts 2.5 forwards)."""
     s, d, heads, batch = (int(r[k]) for k in ("seqlen", "head_dim", "heads", "batch"))
-    op, fa_flops = attention_call(s, d, heads, batch, bool(r["causal"]))
+    causal = bool(r["causal"])
+    op = attention_op(batch * heads, s, s, d, "bf16", causal)
     t = GpuCostModel(catalog()[dev], eff, attention_kernel=kernel)(
-        backward_of(op) if backward else op
+        attention_backward_op(op) if backward else op
     ).seconds
-    return (FLASH_BACKWARD_FLOPS if backward else 1.0) * fa_flops / t / 1e12
+    return (
+        (FLASH_BACKWARD_FLOPS if backward else 1.0)
+        * fa_flops(s, d, heads, batch, causal)
+        / t
+        / 1e12
+    )
 
 
 def fit_sdpa_backward(dev: str, fraction: float, ref: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -49,6 +49,8 @@ from xpusim.plugins.gpu.catalog import catalog as builtin_catalog
 from xpusim.plugins.gpu.efficiency import (
     ATTENTION_KERNELS,
     DECODE_ATTENTION,
+    AttentionKernel,
+    DecodeAttention,
     GpuCostModel,
     GpuEfficiency,
 )
@@ -71,9 +73,9 @@ class GpuOptions(BaseModel):
     """:class:`~xpusim.plugins.gpu.efficiency.GpuEfficiency` fields overridden inline."""
     collective_algorithm: Literal["auto", "ring", "tree", "hierarchical"] = "auto"
     """The collective algorithm (``auto`` picks the fastest)."""
-    decode_attention: Literal["grouped", "per-head"] = "grouped"
+    decode_attention: DecodeAttention = "grouped"
     """The decode-attention kernel."""
-    attention_kernel: Literal["flash-attn", "torch-sdpa"] = "flash-attn"
+    attention_kernel: AttentionKernel = "flash-attn"
     """The build of the fused attention kernel."""
 
 

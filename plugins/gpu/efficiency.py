@@ -102,6 +102,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Literal, get_args
 
 from xpusim.engine.analytic import OpTime
 from xpusim.engine.device import DeviceSpec
@@ -322,14 +323,20 @@ def causal_block_factor(q: int, keys: int, block: int) -> float:
     return max(1.0, computed / pairs)
 
 
-DECODE_ATTENTION = ("grouped", "per-head")
+DecodeAttention = Literal["grouped", "per-head"]
+"""A decode-attention kernel (:data:`DECODE_ATTENTION`)."""
+
+DECODE_ATTENTION: tuple[str, ...] = get_args(DecodeAttention)
 """Decode-attention kernels the cost model knows (see the module docstring): ``grouped``
 loads each K/V head once for its query-head group (FlashAttention-2/FlashDecoding, vLLM,
 TensorRT-LLM >= v0.8 XQA); ``per-head`` is the masked MHA kernel with one thread block per
 query head (FasterTransformer, TensorRT-LLM <= v0.7 by default)."""
 
 
-ATTENTION_KERNELS = ("flash-attn", "torch-sdpa")
+AttentionKernel = Literal["flash-attn", "torch-sdpa"]
+"""A build of the fused attention kernel (:data:`ATTENTION_KERNELS`)."""
+
+ATTENTION_KERNELS: tuple[str, ...] = get_args(AttentionKernel)
 """Builds of the fused attention kernel the cost model knows (see the module docstring):
 ``flash-attn``, the flash-attn package's kernels as fitted; ``torch-sdpa``, PyTorch's
 ``scaled_dot_product_attention`` flash backend, whose backward runs at
