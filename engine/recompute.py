@@ -15,29 +15,28 @@ names the modules it has (:meth:`~xpusim.engine.model.ModelGraph.recomputable`).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal, get_args
 
 __all__ = [
     "LIGHT_RECOMPUTE_MODULES",
     "RECOMPUTE_MODULES",
+    "RecomputeModule",
     "recomputed_modules",
     "selective_recompute",
 ]
 
-RECOMPUTE_MODULES: tuple[str, ...] = (
-    "core_attn",
-    "layernorm",
-    "mla_up_proj",
-    "moe_act",
-    "mlp",
-    "moe",
-    "shared_experts",
-)
-"""The modules a selective recomputation can name (Megatron-Core's
-``--recompute-modules``): ``core_attn`` the attention core; ``layernorm`` the norms
-before the attention and the MLP; ``mla_up_proj`` multi-head latent attention's latent
-norms, up-projections and RoPE; ``moe_act`` the experts' activation function; ``mlp`` a
-dense MLP; ``moe`` a whole MoE layer (router, dispatch, experts, combine);
-``shared_experts`` a MoE layer's shared experts."""
+RecomputeModule = Literal[
+    "core_attn", "layernorm", "mla_up_proj", "moe_act", "mlp", "moe", "shared_experts"
+]
+"""A module a selective recomputation can name (Megatron-Core's ``--recompute-modules``):
+``core_attn`` the attention core; ``layernorm`` the norms before the attention and the
+MLP; ``mla_up_proj`` multi-head latent attention's latent norms, up-projections and RoPE;
+``moe_act`` the experts' activation function; ``mlp`` a dense MLP; ``moe`` a whole MoE
+layer (router, dispatch, experts, combine); ``shared_experts`` a MoE layer's shared
+experts."""
+
+RECOMPUTE_MODULES: tuple[str, ...] = get_args(RecomputeModule)
+"""The modules of :data:`RecomputeModule`, in the order a recompute lists them."""
 
 LIGHT_RECOMPUTE_MODULES = frozenset({"core_attn", "layernorm", "mla_up_proj", "moe_act"})
 """The modules whose rerun is cheap beside what they free: the attention core (little

@@ -14,7 +14,12 @@ from pydantic import ValidationError
 from xpusim.engine.errors import ScenarioError
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.host import build_host
-from xpusim.engine.recompute import RECOMPUTE_MODULES, recomputed_modules, selective_recompute
+from xpusim.engine.recompute import (
+    RECOMPUTE_MODULES,
+    RecomputeModule,
+    recomputed_modules,
+    selective_recompute,
+)
 from xpusim.engine.system import Parallelism
 from xpusim.plugins.models.activations import layer_activations
 from xpusim.plugins.models.hf import HFFamily
@@ -25,7 +30,7 @@ from xpusim.plugins.workloads.training.plan import (
     nearest_plans,
     plan_memory,
 )
-from xpusim.plugins.workloads.training.workload import RecomputeModule, TrainingConfig, make_plan
+from xpusim.plugins.workloads.training.workload import TrainingConfig, make_plan
 
 DEEPSEEK_SAVINGS = ("layernorm", "mla_up_proj", "moe_act")
 """What DeepSeek-V3 recomputes (arXiv:2412.19437, §3.2.3 and §3.3.3)."""
@@ -70,7 +75,7 @@ def test_grammar_is_canonical_and_checked() -> None:
             recomputed_modules(bad)
     with pytest.raises(ValueError, match="unknown recompute module attn"):
         selective_recompute(["attn"])
-    # the workload's literal lists the engine's modules, in order
+    # the schema's literal and the engine's modules are one list, in order
     assert typing.get_args(RecomputeModule) == RECOMPUTE_MODULES
 
 

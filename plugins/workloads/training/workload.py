@@ -23,7 +23,7 @@ from xpusim.engine.errors import DoesNotFitError, ScenarioError
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
 from xpusim.engine.qty import Bandwidth, Bytes, Duration, DurationOrZero
-from xpusim.engine.recompute import selective_recompute
+from xpusim.engine.recompute import RecomputeModule, selective_recompute
 from xpusim.engine.system import System
 from xpusim.engine.workload import SystemRun, Workload, WorkloadContext
 from xpusim.plugins.workloads.training.failures import (
@@ -44,11 +44,6 @@ from xpusim.plugins.workloads.training.plan import (
     plan_memory,
 )
 from xpusim.plugins.workloads.training.steps import step_time
-
-RecomputeModule = Literal[
-    "core_attn", "layernorm", "mla_up_proj", "moe_act", "mlp", "moe", "shared_experts"
-]
-"""A module of ``recompute_modules`` (:data:`xpusim.engine.recompute.RECOMPUTE_MODULES`)."""
 
 __all__ = ["WORKLOADS", "FailuresConfig", "TrainingConfig", "TrainingWorkload"]
 
@@ -254,6 +249,14 @@ def memory_metrics(need: MemoryNeed) -> dict[str, object]:
 def training_fit(config: TrainingConfig, system: System, compiled: Compiled) -> Fit:
     """Whether ``config`` under ``system``'s plan divides and fits, with the nearest
     plans that would when it does not."""
+    return _fit_and_need(config, system, compiled)[0]
+
+
+def _fit_and_need(
+    config: TrainingConfig, system: System, compiled: Compiled
+) -> tuple[Fit, MemoryNeed | None]:
+    """:func:`training_fit` and the memory of the plan's fullest device (``None`` for a
+    plan that does not divide)."""
     model = compiled.model
     plan = make_plan(config, model)
     par = system.parallelism
@@ -292,10 +295,10 @@ def training_fit(config: TrainingConfig, system: System, compiled: Compiled) -> 
             {},
             reason=f"The plan of system {system.name!r} is invalid: " + "; ".join(problems) + ".",
             suggestion=nearest(),
-        )
+        ), None
     need = plan_memory(model, par, plan, have, reserve)
     if need.fits:
-        return Fit(True, need.total, have, need.breakdown())
+        return Fit(True, need.total, have, need.breakdown()), need
     desc = (
         f"data={par.data}, tensor={par.tensor}, pipeline={par.pipeline}"
         + (f", virtual={par.virtual}" if par.virtual > 1 else "")
@@ -316,7 +319,7 @@ def training_fit(config: TrainingConfig, system: System, compiled: Compiled) -> 
             f"short by {(need.total - have) / 1e9:.1f} GB."
         ),
         suggestion=nearest(),
-    )
+    ), need
 
 
 class TrainingWorkload(Workload):
@@ -365,8 +368,8 @@ class TrainingWorkload(Workload):
         median run's frames and the spread of time-to-train."""
         assert isinstance(config, TrainingConfig)
         system, compiled, model = ctx.system, ctx.compiled, ctx.compiled.model
-        fit = training_fit(config, system, compiled)
-        if not fit.fits:
+        fit, need = _fit_and_need(config, system, compiled)
+        if not fit.fits or need is None:
             raise DoesNotFitError(" ".join(x for x in (fit.reason, fit.suggestion) if x))
         plan = make_plan(config, model)
         power = _power(compiled, system)
@@ -459,9 +462,7 @@ class TrainingWorkload(Workload):
             "lost_work_s": run.lost_s,
             "seeds": len(seeds),
             "memory_per_device_bytes": fit.need_bytes,
-            **memory_metrics(
-                plan_memory(model, system.parallelism, plan, fit.have_bytes, _reserve(compiled))
-            ),
+            **memory_metrics(need),
             "recompute": plan.recompute,
             "flops_definition": (
                 "mfu: model FLOPs 3*F + 12*L*heads*head_dim*s per token "
