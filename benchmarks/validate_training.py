@@ -94,11 +94,11 @@ from xpusim.engine.collectives import topology_from_device  # noqa: E402
 from xpusim.engine.device import DerivedDevice, derive_device  # noqa: E402
 from xpusim.engine.host import build_host  # noqa: E402
 from xpusim.engine.model import ModelFamily  # noqa: E402
-from xpusim.engine.recompute import selective_recompute  # noqa: E402
 from xpusim.engine.system import Parallelism, System  # noqa: E402
 from xpusim.engine.units import Dim, parse  # noqa: E402
-from xpusim.plugins.workloads.training.plan import TrainingPlan, plan_memory  # noqa: E402
+from xpusim.plugins.workloads.training.plan import plan_memory  # noqa: E402
 from xpusim.plugins.workloads.training.steps import step_time  # noqa: E402
+from xpusim.plugins.workloads.training.workload import TrainingConfig, make_plan  # noqa: E402
 
 FIGURES = REPO.parent / "shared" / "reference" / "figures.yaml"
 ROWS = REPO / "benchmarks" / "training_rows.yaml"
@@ -160,16 +160,18 @@ def predict(
     options = {"efficiency": dict(efficiency)} if efficiency else {}
     system = System(f"selene-{n}", "gpu", dev, n, par, topology_from_device(dev), options)
     compiled = gpu.compile(model, system)
-    plan = TrainingPlan(
+    config = TrainingConfig(
         global_batch=int(c["global_batch"]),
         micro_batch=1,
         seq_len=int(c["seq_len"]),
+        steps=1,
         recompute="full",
         precision="bf16",
-        grad_dtype="bf16",
+        grad_reduce_dtype="bf16",
         overlap_grad_reduce=False,
         grad_accumulation="hook",
     )
+    plan = make_plan(config, model)
     st = step_time(compiled, model, plan, getattr(compiled, "power", None))
     pred = paper_flops(c) / (n * st.seconds) / 1e12
     actual = float(row["value"])
@@ -255,26 +257,10 @@ def predict_public(row: dict[str, Any], host: Any, efficiency: dict[str, float])
         options["efficiency"] = efficiency
     system = System(row["id"], kind, dev, n, par, topo, options)
     compiled = backend.compile(model, system)
-    w = dict(row["workload"])
-    plan = TrainingPlan(
-        global_batch=int(w["global_batch"]),
-        micro_batch=int(w.get("micro_batch", 1)),
-        seq_len=int(w["seq_len"]),
-        recompute=(
-            selective_recompute(w["recompute_modules"])
-            if w.get("recompute_modules")
-            else str(w.get("recompute", "selective"))
-        ),
-        precision=str(w.get("precision", "bf16")),
-        optimizer=str(w.get("optimizer", "adam")),
-        grad_dtype=str(w.get("grad_reduce_dtype", "bf16")),
-        overlap_grad_reduce=bool(w.get("overlap_grad_reduce", True)),
-        schedule=str(w.get("schedule", "1f1b")),
-        context_comm=str(w.get("context_comm", "ring")),
-        fsdp_reshard=bool(w.get("fsdp_reshard", True)),
-        grad_accumulation=str(w.get("grad_accumulation", "fused")),
-        fp8_recipe=str(w.get("fp8_recipe", "te")),
-    )
+    # the row's workload as a scenario's training workload: validated by the same model
+    # and planned by the same function, so a row is predicted as a user's run would be
+    config = TrainingConfig.model_validate({**row["workload"], "steps": 1})
+    plan = make_plan(config, model)
     st = step_time(compiled, model, plan, compiled.power_model())
     need = plan_memory(model, par, plan, dev.memory_bytes.value, float(compiled.reserve_bytes))
     tokens = plan.tokens_per_step

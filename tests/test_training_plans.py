@@ -572,7 +572,8 @@ def test_unfused_fp32_grad_accumulation_is_memory_work_every_microbatch(host: An
 
 def test_every_public_validation_row_has_a_source_and_a_plan_that_divides(host: Any) -> None:
     """Each row of ``benchmarks/training_rows.yaml`` names its source (title, URL, quote),
-    says what it assumes, uses exactly its device count and passes the plan checks."""
+    says what it assumes, uses exactly its device count, has a workload a scenario would
+    accept and passes the plan checks."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "training_rows.yaml"
     rows = yaml.safe_load(path.read_text(encoding="utf-8"))["rows"]
     kinds = {r["kind"] for r in rows}
@@ -594,13 +595,8 @@ def test_every_public_validation_row_has_a_source_and_a_plan_that_divides(host: 
         else:
             assert device in backend.devices(), row["id"]
         par = Parallelism(**row["parallelism"])
-        w = row["workload"]
-        plan = _plan(
-            global_batch=w["global_batch"],
-            micro_batch=w.get("micro_batch", 1),
-            seq_len=w["seq_len"],
-            schedule=w.get("schedule", "1f1b"),
-        )
+        # the workload is a scenario's training workload: validated and planned as one
+        plan = make_plan(TrainingConfig.model_validate({**row["workload"], "steps": 1}), model)
         assert check_plan(model, par, plan, int(row["gpus"])) == [], row["id"]
 
 
