@@ -153,9 +153,13 @@ class LoadPath:
 def load_path(data: Mapping[str, Any], trace_rate: float | None = None) -> LoadPath | None:
     """The offered-load field of scenario ``data``: ``workload.arrivals.rate``, or
     ``workload.trace.time_scale`` when ``trace_rate`` (the trace's own mean arrival rate)
-    is known; ``None`` for a workload with neither."""
+    is known; ``None`` for a workload with neither, or with closed-loop clients
+    (``process: closed``), whose load is not a rate."""
     workload = dict(data.get("workload") or {})
-    if isinstance(workload.get("arrivals"), Mapping):
+    arrivals = workload.get("arrivals")
+    if isinstance(arrivals, Mapping):
+        if arrivals.get("process") == "closed":
+            return None  # closed-loop clients: the system's own speed sets the load
         return LoadPath(("workload", "arrivals", "rate"))
     if isinstance(workload.get("trace"), Mapping) and trace_rate:
         return LoadPath(("workload", "trace", "time_scale"), per_unit=trace_rate)

@@ -97,6 +97,7 @@ def run(
     kv: int = 200_000,
     replicas: int = 1,
     router: str = "round-robin",
+    concurrency: int | None = None,
     **sched: object,
 ):
     return simulate_serving(
@@ -109,6 +110,7 @@ def run(
         router=router,
         kv_block_tokens=16,
         kv_capacity_tokens=kv,
+        concurrency=concurrency,
     )
 
 

@@ -125,8 +125,9 @@ def prepare_base(
         if knobs.rate is None:
             raise PlanError(
                 f"{src.where(('plan', 'load', 'rate'))}: this workload's load cannot be set as "
-                "a rate (it replays its requests as written, a trace); use load: {trace: "
-                "true}, or describe the traffic as an arrival process."
+                "a rate (a trace replays its requests as written; closed-loop clients send as "
+                "their requests finish); use load: {trace: true}, or describe the traffic as "
+                "an open arrival process (poisson, gamma or constant)."
             )
         _knob_value(knobs.rate, spec.load.rate, src, ("plan", "load", "rate"))
         base = knobs.rate.set(base, spec.load.rate)

@@ -14,10 +14,22 @@ Processes (inter-arrival gaps of mean ``1/rate``):
 * ``poisson`` — exponential gaps (coefficient of variation 1);
 * ``gamma`` — gamma gaps with ``burstiness`` = CV² of the gaps (shape ``1/burstiness``):
   1 is Poisson, above 1 is bursty, below 1 is smoother;
-* ``constant`` — evenly spaced (CV² 0).
+* ``constant`` — evenly spaced (CV² 0);
+* ``closed`` — closed-loop clients: ``concurrency`` clients each send their next request
+  the moment their previous one finishes (no ``rate``: the system's own speed sets the
+  load), as vLLM's ``benchmark_serving.py --max-concurrency N`` with an infinite request
+  rate and genai-perf's ``--concurrency N`` run. Every request is ready at 0 s and is
+  sent when a client is free, in order.
 
-Give ``count`` (requests) or ``duration`` (arrivals strictly before it), not both. The
-first request arrives at 0 s, as in a trace.
+Give ``count`` (requests) or ``duration`` (arrivals strictly before it), not both; a
+``closed`` process takes ``count``. The first request arrives at 0 s, as in a trace.
+
+``concurrency`` on the other processes caps the requests in flight (sent and not
+finished): a request whose arrival comes while ``concurrency`` are in flight is sent when
+one finishes, the waiting ones in arrival order (``benchmark_serving.py --request-rate R
+--max-concurrency N``). A request's ``arrival_s`` in the results is the instant it was
+sent, from which its TTFT and end-to-end latency count, as the benchmark clients time
+them.
 
 Token-length distributions (each with optional ``min`` (default 1) and ``max`` clips,
 values rounded to whole tokens):
@@ -52,6 +64,10 @@ MAX_REQUESTS = 100_000_000
 """Most requests one arrival process may generate (by ``count``, or expected from
 ``rate`` x ``duration``): a larger run would exhaust memory long before it finished, so it
 is refused at load, before anything is allocated."""
+
+
+MAX_CONCURRENCY = 1_000_000
+"""Most requests in flight a scenario may ask of its clients."""
 
 
 class LengthDist(BaseModel):
@@ -142,13 +158,16 @@ def requests_of(spec: ArrivalSpec) -> float:
     """Requests ``spec`` generates (``count``, or expected from ``rate`` x ``duration``)."""
     if spec.count is not None:
         return float(spec.count)
-    return spec.rate * (spec.duration or 0.0)
+    return (spec.rate or 0.0) * (spec.duration or 0.0)
 
 
-def horizon_of(spec: ArrivalSpec) -> float:
-    """Simulated seconds ``spec``'s arrivals span (``duration``, or ``count`` / ``rate``)."""
+def horizon_of(spec: ArrivalSpec) -> float | None:
+    """Simulated seconds ``spec``'s arrivals span (``duration``, or ``count`` / ``rate``);
+    ``None`` for closed-loop clients, whose sends follow the system's own speed."""
     if spec.duration is not None:
         return spec.duration
+    if spec.rate is None:
+        return None
     return (spec.count or 0) / spec.rate
 
 
@@ -157,19 +176,42 @@ class ArrivalSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    process: Literal["poisson", "gamma", "constant"] = "poisson"
-    rate: Rate
+    process: Literal["poisson", "gamma", "constant", "closed"] = "poisson"
+    rate: Rate | None = None
     burstiness: Annotated[float, Field(gt=0)] = 1.0
     count: Annotated[int, Field(ge=1, le=MAX_REQUESTS)] | None = None
     duration: Duration | None = None
+    concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)] | None = None
     prompt_tokens: LengthDist
     output_tokens: LengthDist
 
     @model_validator(mode="after")
     def _check(self) -> ArrivalSpec:
+        if self.process == "closed":
+            if self.concurrency is None:
+                raise ValueError(
+                    "`process: closed` needs `concurrency`, the number of clients (for "
+                    "example concurrency: 64)"
+                )
+            if self.rate is not None or self.duration is not None:
+                raise ValueError(
+                    "closed-loop clients send as their requests finish: drop `rate` and "
+                    "`duration`, and give `count`; or cap an open process instead "
+                    "(process: poisson, rate: ..., concurrency: ...)"
+                )
+        elif self.rate is None:
+            raise ValueError(
+                f"`process: {self.process}` needs `rate` (for example rate: 4/s); or use "
+                "`process: closed` with `concurrency` for clients that send as their "
+                "requests finish"
+            )
         if (self.count is None) == (self.duration is None):
             raise ValueError("give exactly one of `count` (requests) or `duration` (e.g. 10 min)")
-        if self.duration is not None and self.rate * self.duration > MAX_REQUESTS:
+        if (
+            self.duration is not None
+            and self.rate is not None
+            and self.rate * self.duration > MAX_REQUESTS
+        ):
             raise ValueError(
                 f"rate x duration = {self.rate * self.duration:.3g} requests; a run may "
                 f"generate at most {MAX_REQUESTS:,}. Lower the rate or the duration"
@@ -183,6 +225,7 @@ TraceResolver = Callable[[Mapping[str, Any]], pl.DataFrame]
 
 
 def _gaps(spec: ArrivalSpec, rng: np.random.Generator, n: int) -> np.ndarray:
+    assert spec.rate is not None  # an open process (validated)
     mean = 1.0 / spec.rate
     if spec.process == "poisson":
         return rng.exponential(mean, n)
@@ -193,11 +236,16 @@ def _gaps(spec: ArrivalSpec, rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def arrival_times(spec: ArrivalSpec, rng: np.random.Generator) -> np.ndarray:
-    """Arrival seconds of ``spec`` (first at 0), by count or up to its duration."""
+    """Arrival seconds of ``spec`` (first at 0), by count or up to its duration; every
+    request of closed-loop clients is ready at 0 (the world sends it when a client is
+    free)."""
+    if spec.process == "closed":
+        assert spec.count is not None  # validated
+        return np.zeros(spec.count)
     if spec.count is not None:
         g = _gaps(spec, rng, spec.count)
         return np.concatenate(([0.0], np.cumsum(g[:-1])))
-    assert spec.duration is not None
+    assert spec.duration is not None and spec.rate is not None
     horizon = spec.duration
     parts = [np.zeros(1)]
     t = 0.0

@@ -556,11 +556,21 @@ class DisaggregationTechnique(ServingTechnique):
     order = 300
 
     def check(self, spec: Disaggregation, config: Any, others: Sequence[str]) -> None:
-        """The pools are plain serving worlds: no other technique block beside them."""
+        """The pools are plain serving worlds: no other technique block beside them, and
+        no client concurrency limit (the pools run one after the other, so the sending
+        instants cannot wait for the decode pool's finishes)."""
         if others:
             raise ValueError(
                 f"disaggregated serving is not combined with {', '.join(others)} yet: "
                 f"compare them in separate scenarios"
+            )
+        arrivals = getattr(config, "arrivals", None)
+        if arrivals is not None and arrivals.concurrency is not None:
+            raise ValueError(
+                "disaggregated serving is not combined with a client concurrency limit yet "
+                "(arrivals.concurrency, process: closed): its pools are simulated one after "
+                "the other, so a request cannot be sent when another finishes decoding; "
+                "describe the traffic as an open process without `concurrency`"
             )
 
     def check_system(self, spec: Disaggregation | None, system: System, model: ModelGraph) -> None:

@@ -451,12 +451,22 @@ class LoraTechnique(ServingTechnique):
     order = 140
 
     def check(self, spec: Lora, config: Any, others: Sequence[str]) -> None:
-        """The adapter replay routes round-robin, and is not combined with prefix caching."""
+        """The adapter replay routes round-robin, and is not combined with prefix caching;
+        resident slots move arrivals ahead of the run, so they take no client concurrency
+        limit (whose sending instants are known only as the run goes)."""
         if "prefix_caching" in others or config.router != "round-robin":
             raise ValueError(
                 "multi-LoRA serving replays adapter loads ahead of the run over round-robin "
                 "routing: set `router: round-robin`, and leave `prefix_caching` out (the two "
                 "replays are not combined)"
+            )
+        arrivals = getattr(config, "arrivals", None)
+        if spec.pool == "slots" and arrivals is not None and arrivals.concurrency is not None:
+            raise ValueError(
+                "multi-LoRA serving with resident slots replays each adapter load from the "
+                "request's arrival ahead of the run, which a client concurrency limit "
+                "(arrivals.concurrency, process: closed) moves during it: use `pool: "
+                "unified`, or an open arrival process without `concurrency`"
             )
 
     def price(self, spec: Lora, run: ServingRun) -> None:

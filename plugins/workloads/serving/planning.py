@@ -3,8 +3,8 @@
 The serving workload declares (:func:`plan_knobs`, behind
 :meth:`ServingWorkload.plan_knobs`):
 
-* the load knob, ``workload.arrivals.rate`` (an arrival process only: a trace is
-  replayed as written);
+* the load knob, ``workload.arrivals.rate`` (an open arrival process only: a trace is
+  replayed as written, and closed-loop clients send as their requests finish);
 * one batch-limit knob, ``max_batch`` at ``workload.scheduler.max_batch`` (at least 1);
 * the requests per simulation, ``workload.arrivals.count`` (replacing a ``duration``) or
   ``workload.trace.limit``;
@@ -44,7 +44,10 @@ def plan_knobs(config: Any) -> PlanKnobs:
     rate = requests = None
     prompt = output = None
     if arrivals is not None:
-        rate = Knob(("workload", "arrivals", "rate"), low=1e-6, unit="/s", current=arrivals.rate)
+        if arrivals.rate is not None:  # closed-loop clients' load follows the system
+            rate = Knob(
+                ("workload", "arrivals", "rate"), low=1e-6, unit="/s", current=arrivals.rate
+            )
         requests = Knob(
             ("workload", "arrivals", "count"),
             low=1,

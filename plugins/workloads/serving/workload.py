@@ -551,6 +551,7 @@ class ServingWorkload(Workload):
                 kv_capacity_tokens=run.kv_capacity_tokens,
                 progress=ctx.progress,
                 seed=ctx.seed,
+                concurrency=config.arrivals.concurrency if config.arrivals is not None else None,
             )
             # the world's own mapping: it holds the spill folder of frames past the row
             # threshold, which a copy would let go (and the folder with it)

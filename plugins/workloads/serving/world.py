@@ -60,6 +60,7 @@ from xpusim.engine.frames import (
 )
 from xpusim.engine.policies import Route, Router, SchedulerSpec
 from xpusim.engine.traces import REQUEST_SCHEMA
+from xpusim.plugins.workloads.serving.clients import ClientRequestTable, ClientSlots
 from xpusim.plugins.workloads.serving.cluster import (
     DONE,
     DROPPED,
@@ -190,6 +191,7 @@ def simulate_serving(
     seed: int = 0,
     fast: bool = True,
     kv_layout: KVLayout | None = None,
+    concurrency: int | None = None,
 ) -> ServingResult:
     """Replay ``requests`` on ``replicas`` replicas of ``compiled`` and return the frames.
 
@@ -216,6 +218,12 @@ def simulate_serving(
     ``KVLayout.of(compiled.model.info)``: with sliding-window layers each replica's cache
     counts layer pages and frees those behind the window. Pass ``KVLayout(layers)`` to
     count every layer as full attention.
+
+    ``concurrency`` keeps at most that many requests in flight, as a benchmark client with
+    a concurrency limit does (:mod:`.clients`): a request whose arrival comes while that
+    many are sent and not finished is sent when one finishes, those waiting in arrival
+    order, and its ``arrival_s`` becomes the instant it was sent. Such a run routes every
+    request at its sending (no fast path).
     """
     spec = scheduler or SchedulerSpec()
     policy = spec.policy() or builtin_scheduler(spec.kind)
@@ -249,7 +257,13 @@ def simulate_serving(
     prompt = _tokens(requests["prompt_tokens"])
     output = _tokens(requests["output_tokens"])
     n = len(arrival)
-    req = RequestTable(arrival, prompt, output, replicas)
+    env = simpy.Environment()
+    slots = ClientSlots(env, concurrency) if concurrency is not None else None
+    req = (
+        RequestTable(arrival, prompt, output, replicas)
+        if slots is None
+        else ClientRequestTable(arrival, prompt, output, slots, replicas)
+    )
 
     del requests  # the table holds what is needed
 
@@ -272,12 +286,12 @@ def simulate_serving(
             )
     del p_all, o_all, kv
 
-    env = simpy.Environment()
     costs = CostTable(compiled, spec.shape_bits, spec.grid_bits)
     reps = [Replica(i, blocks, kv_block_tokens, layout) for i in range(replicas)]
     route = router_obj.start(reps, seed)
     # exactly the built-in scheduler classes: a subclass may not read its feed
-    fed = fast and type(policy) in (ContinuousScheduler, ChunkedPrefillScheduler)
+    # (a client's limit makes the sending instants depend on the run: no feed ahead)
+    fed = fast and slots is None and type(policy) in (ContinuousScheduler, ChunkedPrefillScheduler)
     plan: Sequence[int] | None = None
     if fed:
         owner = _plan_owner(router_obj)
@@ -297,7 +311,7 @@ def simulate_serving(
         if fed:
             env.process(_ticks(env, req, progress, steps))
         else:
-            env.process(_arrivals(env, req, reps, route, progress, steps))
+            env.process(_arrivals(env, req, reps, route, progress, steps, slots))
         env.run()
         for r in reps:
             r.feed = None  # the replicas' own arrivals (fast path): all taken
@@ -397,9 +411,11 @@ def _arrivals(
     route: Route,
     progress: Callable[[float, float], None] | None,
     steps: _StepSpill,
+    slots: ClientSlots | None = None,
 ) -> Generator[simpy.Event, Any, None]:
     """Feed each request to its replica at its arrival instant (and spill step rows past
-    the threshold as the log grows)."""
+    the threshold as the log grows). With client ``slots``, a request is sent once a slot
+    is free, at or after its arrival, and its arrival becomes that sending instant."""
     arrival = req.arrival
     state = req.state
     replica_of = req.replica
@@ -417,6 +433,12 @@ def _arrivals(
             steps.check()
         if state[rid] == DROPPED:
             continue
+        if slots is not None:
+            while not slots.free:
+                yield slots.wait()
+            slots.take()
+            if env.now > t:
+                cast(array, arrival)[rid] = env.now  # the world's own table: it sent now
         rep = route(reps)
         replica_of[rid] = rep.index
         rep.waiting.append(rid)

@@ -1,0 +1,165 @@
+"""Clients with a concurrency limit: closed-loop clients and capped open arrivals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+import simpy
+from polars.testing import assert_frame_equal
+from pydantic import ValidationError
+
+from tests.test_serving import load, run
+from xpusim.engine.capacity import load_path
+from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate, horizon_of
+from xpusim.plugins.workloads.serving.clients import ClientRequestTable, ClientSlots
+from xpusim.plugins.workloads.serving.planning import plan_knobs
+from xpusim.plugins.workloads.serving.workload import ServingConfig
+
+LENGTHS = {
+    "prompt_tokens": {"dist": "lognormal", "median": 200, "sigma": 0.6, "max": 4000},
+    "output_tokens": {"dist": "lognormal", "median": 50, "sigma": 0.6, "max": 400},
+}
+
+
+def closed(count: int, concurrency: int, seed: int = 3) -> pl.DataFrame:
+    spec = ArrivalSpec.model_validate(
+        {"process": "closed", "concurrency": concurrency, "count": count, **LENGTHS}
+    )
+    return generate(spec, seed)
+
+
+def serve(
+    frame: pl.DataFrame, concurrency: int | None, kind: str = "continuous", **kw: Any
+) -> pl.DataFrame:
+    """The ``requests`` frame of ``frame`` served under a client limit of ``concurrency``."""
+    req = run(frame, kind, concurrency=concurrency, **kw).frames["requests"]
+    assert isinstance(req, pl.DataFrame)
+    return req
+
+
+def in_flight_peak(req: pl.DataFrame) -> int:
+    """The most requests sent and not finished at any instant (a finish at the instant of
+    a send frees its slot first)."""
+    events = [(t, 1) for t in req["arrival_s"].to_list()]
+    events += [(t, -1) for t in req["finish_s"].to_list()]
+    peak = cur = 0
+    for _, step in sorted(events):
+        cur += step
+        peak = max(peak, cur)
+    return peak
+
+
+@pytest.mark.parametrize("kind", ["continuous", "chunked-prefill", "static", "guaranteed-no-evict"])
+def test_closed_clients_send_each_request_as_one_finishes(kind: str) -> None:
+    """N closed-loop clients: the first N requests are sent at 0 and every later one at
+    the instant an earlier one finishes, so the sends after the first N are exactly the
+    finishes but the last N, and never more than N are in flight."""
+    n, clients = 240, 16
+    req = serve(closed(n, clients), clients, kind, replicas=2, max_batch=8)
+    assert (req["status"] == "ok").all()
+    sent = req["arrival_s"].to_numpy()
+    assert (sent[:clients] == 0.0).all()
+    assert np.array_equal(
+        np.sort(sent[clients:]), np.sort(req["finish_s"].to_numpy())[: n - clients]
+    )
+    assert np.all(np.diff(sent) >= 0)  # sent in request order
+    assert in_flight_peak(req) == clients
+    # latency counts from the sending, as a benchmark client times it
+    assert_frame_equal(
+        req.select((pl.col("first_token_s") - pl.col("arrival_s")).alias("ttft_s")),
+        req.select("ttft_s"),
+    )
+
+
+def test_a_limit_that_never_binds_changes_nothing() -> None:
+    """A cap above the most requests ever in flight leaves every request's times exactly as
+    the run without it (which takes the fast path)."""
+    frame = load(300, rate="20/s")
+    free = serve(frame, None)
+    peak = in_flight_peak(free)
+    assert_frame_equal(serve(frame, peak), free)
+
+
+def test_a_binding_limit_queues_arrivals_in_order() -> None:
+    """Under a tight cap a request is sent at its arrival or, when every slot is taken, at
+    the instant a slot frees; those waiting go in arrival order."""
+    frame = load(300, rate="80/s")
+    ready = frame["arrival_s"].to_numpy()
+    req = serve(frame, 4, replicas=2)
+    sent = req["arrival_s"].to_numpy()
+    finish = set(req["finish_s"].to_list())
+    assert in_flight_peak(req) == 4
+    assert np.all(sent >= ready)
+    assert np.all(np.diff(sent) >= 0)
+    late = sent > ready
+    assert late.sum() > 100  # the cap binds
+    assert all(t in finish for t in sent[late].tolist())
+
+
+def test_as_many_clients_as_requests_is_a_batch_at_zero() -> None:
+    """With a client for every request all are sent at 0: the run is the open one whose
+    requests all arrive at 0."""
+    frame = closed(120, 500)
+    assert_frame_equal(serve(frame, 500), serve(frame, None))
+
+
+def test_slots_are_given_back_as_the_finished_count_rises() -> None:
+    """The request table turns each rise of its finished count into free slots and wakes a
+    waiting sender; a plain table's count stays a plain attribute."""
+    env = simpy.Environment()
+    slots = ClientSlots(env, 2)
+    table = ClientRequestTable([0.0, 0.0, 0.0], [1, 1, 1], [1, 1, 1], slots)
+    slots.take()
+    slots.take()
+    woke = slots.wait()
+    table.done += 1
+    assert slots.free == 1 and woke.triggered
+    with pytest.raises(AssertionError):
+        slots.give_back(5)
+    with pytest.raises(ValueError):
+        ClientSlots(env, 0)
+
+
+def test_closed_process_is_checked_at_load() -> None:
+    """``process: closed`` needs ``concurrency`` and ``count`` and takes no ``rate`` or
+    ``duration``; an open process needs its ``rate``."""
+    base = {"count": 10, **LENGTHS}
+    with pytest.raises(ValidationError, match="needs `concurrency`"):
+        ArrivalSpec.model_validate({"process": "closed", **base})
+    with pytest.raises(ValidationError, match="drop `rate`"):
+        ArrivalSpec.model_validate({"process": "closed", "concurrency": 4, "rate": "2/s", **base})
+    with pytest.raises(ValidationError, match="needs `rate`"):
+        ArrivalSpec.model_validate({"process": "poisson", "concurrency": 4, **base})
+    spec = ArrivalSpec.model_validate({"process": "closed", "concurrency": 4, **base})
+    assert horizon_of(spec) is None
+    assert (generate(spec, 1)["arrival_s"] == 0.0).all()
+
+
+def test_closed_clients_have_no_rate_to_plan_or_search() -> None:
+    """Neither ``xpusim plan`` nor the capacity search can set closed clients' load as a
+    rate; a capped open process keeps its rate knob."""
+    arrivals = {"process": "closed", "concurrency": 8, "count": 50, **LENGTHS}
+    cfg = ServingConfig.model_validate({"arrivals": arrivals})
+    assert plan_knobs(cfg).rate is None
+    assert load_path({"workload": {"arrivals": arrivals}}) is None
+    capped = {**arrivals, "process": "poisson", "rate": "3/s"}
+    assert plan_knobs(ServingConfig.model_validate({"arrivals": capped})).rate is not None
+    assert load_path({"workload": {"arrivals": capped}}) is not None
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"disaggregation": {"prefill": {"count": 1}, "decode": {"count": 1}}},
+        {"lora": {"adapters": 4, "rank": 8, "gpu_slots": 2, "host_link": "25 GB/s"}},
+    ],
+)
+def test_techniques_that_fix_arrivals_ahead_refuse_a_limit(block: dict[str, Any]) -> None:
+    """Disaggregated pools and LoRA's resident-slot replay fix arrivals before the run,
+    which a client's limit moves during it: the combination is refused at load."""
+    arrivals = {"process": "closed", "concurrency": 8, "count": 50, **LENGTHS}
+    with pytest.raises(ValidationError, match="concurrency"):
+        ServingConfig.model_validate({"arrivals": arrivals, **block})
