@@ -15,6 +15,7 @@ from tests.test_serving import load, run
 from xpusim.engine.capacity import load_path
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate, horizon_of
 from xpusim.plugins.workloads.serving.clients import ClientRequestTable, ClientSlots
+from xpusim.plugins.workloads.serving.metrics import serving_metrics
 from xpusim.plugins.workloads.serving.planning import plan_knobs
 from xpusim.plugins.workloads.serving.workload import ServingConfig
 
@@ -163,3 +164,11 @@ def test_techniques_that_fix_arrivals_ahead_refuse_a_limit(block: dict[str, Any]
     arrivals = {"process": "closed", "concurrency": 8, "count": 50, **LENGTHS}
     with pytest.raises(ValidationError, match="concurrency"):
         ServingConfig.model_validate({"arrivals": arrivals, **block})
+
+
+def test_mean_in_flight_is_the_clients_concurrency() -> None:
+    """Closed clients keep ``concurrency`` requests in flight until the last ones drain,
+    so the run's time-averaged requests in flight (Little's law) is just below it."""
+    res = run(closed(400, 12), "continuous", concurrency=12)
+    m = serving_metrics(res.frames, res.simulated_s)
+    assert 0.9 * 12 < m["mean_in_flight"] <= 12

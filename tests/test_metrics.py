@@ -119,6 +119,7 @@ def test_tpot_is_per_request_and_itl_per_token() -> None:
     assert m["itl_p90_s"] == 0.5
     assert m["ttft_mean_s"] == pytest.approx(4.0 / 3) and m["e2e_mean_s"] == pytest.approx(7 / 3)
     assert m["total_throughput_tokens_per_s"] == pytest.approx((18 + 30) / 6)
+    assert m["mean_in_flight"] == pytest.approx(7 / 6)  # E2E 1 + 2 + 4 s over 6 s
 
 
 def test_slo_bounds_name_their_figure() -> None:

@@ -150,7 +150,9 @@ def serving_metrics(
     ``tbt_p99_s``, ``e2e_p50_s``, ``e2e_p99_s``, the means and 90th percentiles
     (``ttft_mean_s``, ``ttft_p90_s``, ``tpot_*``, ``itl_mean_s``, ``itl_p90_s``,
     ``e2e_mean_s``, ``e2e_p90_s``), ``total_throughput_tokens_per_s`` (prompt plus output
-    tokens of finished requests / ``simulated_s``), ``slo_attainment``, ``slo_p99_met``,
+    tokens of finished requests / ``simulated_s``), ``mean_in_flight`` (finished requests'
+    summed end-to-end latency / ``simulated_s``: the requests in flight, time-averaged),
+    ``slo_attainment``, ``slo_p99_met``,
     ``goodput_requests_per_s``, ``goodput_tokens_per_s``, ``preemptions``,
     ``mean_batch`` (sequences per iteration, averaged over iterations), ``iterations``,
     ``utilization`` (busy device-time / (devices x simulated_s)), ``busy_s`` and
@@ -170,6 +172,7 @@ def serving_metrics(
             pl.col("output_tokens").filter(is_ok).sum().alias("out"),
             pl.col("prompt_tokens").filter(is_ok).sum().alias("inp"),
             pl.col("preemptions").sum().alias("pre"),
+            pl.col("e2e_s").filter(is_ok).sum().alias("e2e"),
         )
         .collect()
         .row(0, named=True)
@@ -187,6 +190,9 @@ def serving_metrics(
         "total_throughput_tokens_per_s": (
             (out_tokens + int(counts["inp"] or 0)) / span if span > 0 else None
         ),
+        # Little's law: the time-average of requests in flight is their summed latency
+        # over the span (SGLang's bench_serving prints it as "Concurrency")
+        "mean_in_flight": float(counts["e2e"] or 0.0) / span if span > 0 else None,
     }
     ok = req.filter(is_ok)
     for name, col in (("ttft", "ttft_s"), ("e2e", "e2e_s"), ("tpot", "tbt_mean_s")):
@@ -420,6 +426,13 @@ SERVING_METRICS: tuple[Metric, ...] = (
         "higher",
         description="prompt plus output tokens of finished requests per second",
         order=115,
+    ),
+    detail(
+        "mean_in_flight",
+        "Mean requests in flight",
+        description="requests sent and not finished, averaged over the run: finished "
+        "requests' summed end-to-end latency / simulated time (the clients' concurrency "
+        "under process: closed; SGLang bench_serving's Concurrency)",
     ),
     detail(
         "slo_p99_met",
