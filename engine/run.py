@@ -363,10 +363,19 @@ def capacity_spec(scenario: Scenario) -> CapacitySpec:
     the block's form, :data:`~xpusim.engine.capacity.CAPACITY_FIX`)."""
     raw = scenario.data.get("capacity")
     try:
-        return CapacitySpec.model_validate({} if raw is None else raw)
+        spec = CapacitySpec.model_validate({} if raw is None else raw)
     except ValidationError as exc:
         where = validation_message(exc, scenario.source, ("capacity",))
         raise ScenarioError(f"{where} {CAPACITY_FIX}") from None
+    arrivals = dict(scenario.data.get("workload") or {}).get("arrivals")
+    if spec.search and isinstance(arrivals, Mapping) and arrivals.get("process") == "closed":
+        raise ScenarioError(
+            f"{scenario.source.where(('capacity', 'search'))}: the capacity search raises "
+            "the offered request rate, and closed-loop clients (workload.arrivals.process: "
+            "closed) have none: their load follows the system. Set search: false, or sweep "
+            "workload.arrivals.concurrency to see how far the clients can go."
+        )
+    return spec
 
 
 def placed(exc: ScenarioError, source: Source, path: tuple[str | int, ...]) -> ScenarioError:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
 import simpy
+import yaml
 from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
 from tests.test_serving import load, run
 from xpusim.engine.capacity import load_path
+from xpusim.engine.errors import ScenarioError
+from xpusim.engine.host import Host
+from xpusim.engine.run import capacity_spec
+from xpusim.engine.scenario import load_scenario
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate, horizon_of
 from xpusim.plugins.workloads.serving.clients import ClientRequestTable, ClientSlots
 from xpusim.plugins.workloads.serving.metrics import serving_metrics
@@ -172,3 +178,25 @@ def test_mean_in_flight_is_the_clients_concurrency() -> None:
     res = run(closed(400, 12), "continuous", concurrency=12)
     m = serving_metrics(res.frames, res.simulated_s)
     assert 0.9 * 12 < m["mean_in_flight"] <= 12
+
+
+def test_capacity_search_refuses_closed_clients(host: Host, tmp_path: Path) -> None:
+    """The capacity search raises the offered rate, which closed clients do not have: the
+    scenario is refused at load, naming the key, rather than run without the search."""
+    path = tmp_path / "closed.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "closed",
+                "model": {"family": "llama", "preset": "llama-2-7b"},
+                "workload": {
+                    "kind": "serving",
+                    "arrivals": {"process": "closed", "concurrency": 4, "count": 20, **LENGTHS},
+                },
+                "systems": [{"name": "h100", "backend": "gpu", "device": "h100-sxm"}],
+                "capacity": {"search": True},
+            }
+        )
+    )
+    with pytest.raises(ScenarioError, match=r"capacity\.search.*closed-loop clients"):
+        capacity_spec(load_scenario(path, host))
