@@ -200,3 +200,24 @@ def test_capacity_search_refuses_closed_clients(host: Host, tmp_path: Path) -> N
     )
     with pytest.raises(ScenarioError, match=r"capacity\.search.*closed-loop clients"):
         capacity_spec(load_scenario(path, host))
+
+
+def test_a_trace_takes_the_same_cap(tmp_path: Path) -> None:
+    """``trace.concurrency`` caps a trace replay as ``arrivals.concurrency`` caps a
+    process: the workload hands it to the world, and the trace reader never sees it."""
+    path = tmp_path / "t.csv"
+    path.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5\n0.1,10,5\n")
+    cfg = ServingConfig.model_validate(
+        {"trace": {"path": str(path), "format": "csv", "concurrency": 3}}
+    )
+    assert cfg.client_limit() == 3
+    assert cfg.trace is not None and "concurrency" not in cfg.trace.mapping()
+    open_ = ServingConfig.model_validate({"trace": {"path": str(path), "format": "csv"}})
+    assert open_.client_limit() is None
+    with pytest.raises(ValidationError, match="concurrency"):
+        ServingConfig.model_validate(
+            {
+                "trace": {"path": str(path), "format": "csv", "concurrency": 3},
+                "disaggregation": {"prefill": {"count": 1}, "decode": {"count": 1}},
+            }
+        )

@@ -564,13 +564,12 @@ class DisaggregationTechnique(ServingTechnique):
                 f"disaggregated serving is not combined with {', '.join(others)} yet: "
                 f"compare them in separate scenarios"
             )
-        arrivals = getattr(config, "arrivals", None)
-        if arrivals is not None and arrivals.concurrency is not None:
+        if config.client_limit() is not None:
             raise ValueError(
                 "disaggregated serving is not combined with a client concurrency limit yet "
-                "(arrivals.concurrency, process: closed): its pools are simulated one after "
-                "the other, so a request cannot be sent when another finishes decoding; "
-                "describe the traffic as an open process without `concurrency`"
+                "(`concurrency`, process: closed): its pools are simulated one after the "
+                "other, so a request cannot be sent when another finishes decoding; replay "
+                "the traffic without `concurrency`"
             )
 
     def check_system(self, spec: Disaggregation | None, system: System, model: ModelGraph) -> None:

@@ -460,13 +460,12 @@ class LoraTechnique(ServingTechnique):
                 "routing: set `router: round-robin`, and leave `prefix_caching` out (the two "
                 "replays are not combined)"
             )
-        arrivals = getattr(config, "arrivals", None)
-        if spec.pool == "slots" and arrivals is not None and arrivals.concurrency is not None:
+        if spec.pool == "slots" and config.client_limit() is not None:
             raise ValueError(
                 "multi-LoRA serving with resident slots replays each adapter load from the "
                 "request's arrival ahead of the run, which a client concurrency limit "
-                "(arrivals.concurrency, process: closed) moves during it: use `pool: "
-                "unified`, or an open arrival process without `concurrency`"
+                "(`concurrency`, process: closed) moves during it: use `pool: unified`, or "
+                "replay the traffic without `concurrency`"
             )
 
     def price(self, spec: Lora, run: ServingRun) -> None:

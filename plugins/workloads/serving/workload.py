@@ -67,6 +67,7 @@ from xpusim.engine.workload import PlanKnobs, SystemRun, Workload, WorkloadConte
 from xpusim.plugins.workloads import TECHNIQUES
 from xpusim.plugins.workloads.serving import metrics, routers, schedulers
 from xpusim.plugins.workloads.serving.arrivals import (
+    MAX_CONCURRENCY,
     ArrivalSpec,
     generate,
     horizon_of,
@@ -93,8 +94,11 @@ class TraceSpec(BaseModel):
     ``path`` is relative to the scenario file; ``format`` names a registered trace format
     (``azure-llm``, ``csv``, ``jsonl`` ...). ``columns``/``time_unit``/``time_format``/
     ``separator`` are for the generic formats; ``limit`` keeps the first N requests;
-    ``time_scale`` divides arrival times (2.0 replays twice as fast). ``options`` passes
-    anything else to a third-party format. Or ``name`` names a public trace of the
+    ``time_scale`` divides arrival times (2.0 replays twice as fast); ``concurrency`` keeps
+    at most that many requests in flight, a request whose arrival comes while that many
+    are sent and not finished waiting for one to finish, as a load generator with that
+    many connections replays it (see ``arrivals``). ``options`` passes anything else to a
+    third-party format. Or ``name`` names a public trace of the
     registry (:mod:`xpusim.engine.tracereg`), which gives its file and reader: the run
     reads the verified copy in the trace cache, downloading it first when absent.
     """
@@ -110,6 +114,7 @@ class TraceSpec(BaseModel):
     separator: str | None = None
     limit: int | None = Field(default=None, ge=1)
     time_scale: float | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY)
     options: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -139,7 +144,7 @@ class TraceSpec(BaseModel):
     def mapping(self) -> dict[str, Any]:
         """The mapping handed to ``ctx.resolve_trace`` (unset fields left out). A ``name``
         resolves to the verified cached copy of that trace, downloaded first if absent."""
-        d = self.model_dump(exclude_none=True, exclude={"options", "name"})
+        d = self.model_dump(exclude_none=True, exclude={"options", "name", "concurrency"})
         if self.name is not None:
             d = {**tracereg.local_trace(self.name), **d}
         d.update(self.options or {})
@@ -276,6 +281,12 @@ class ServingConfig(BaseModel):
         for tech in sorted(chosen.values(), key=lambda t: -t.order):
             tech.check(blocks[tech.name], self, [k for k in blocks if k != tech.name])
         return self
+
+    def client_limit(self) -> int | None:
+        """The most requests the clients keep in flight (``arrivals.concurrency`` or
+        ``trace.concurrency``), ``None`` for clients without a limit."""
+        source = self.arrivals if self.arrivals is not None else self.trace
+        return source.concurrency if source is not None else None
 
     def technique(self, name: str) -> Any:
         """The validated block of technique ``name``, or ``None`` when not given."""
@@ -551,7 +562,7 @@ class ServingWorkload(Workload):
                 kv_capacity_tokens=run.kv_capacity_tokens,
                 progress=ctx.progress,
                 seed=ctx.seed,
-                concurrency=config.arrivals.concurrency if config.arrivals is not None else None,
+                concurrency=config.client_limit(),
             )
             # the world's own mapping: it holds the spill folder of frames past the row
             # threshold, which a copy would let go (and the folder with it)
