@@ -18,7 +18,8 @@ Three questions, from cheapest to dearest:
 
 The offered load of a scenario is ``workload.arrivals.rate`` (an arrival process) or the
 trace's replay speed ``workload.trace.time_scale`` times its mean arrival rate
-(:func:`load_path`).
+(:func:`load_path`); closed-loop clients have no rate, and their knee is the most clients
+within the SLOs, searched in whole clients over ``workload.arrivals.concurrency``.
 """
 
 from __future__ import annotations
@@ -138,13 +139,19 @@ def overload_metrics(ov: Overload | None) -> dict[str, Any]:
 @dataclass(frozen=True)
 class LoadPath:
     """Where a scenario's offered load lives: the dotted ``path`` and how a request rate
-    maps to its value (``per_unit``: requests/s at value 1; ``None`` for a rate itself)."""
+    maps to its value (``per_unit``: requests/s at value 1; ``None`` for a rate itself).
+    ``clients`` marks a load counted in closed-loop clients rather than a rate: the
+    value is a whole number of clients, at least one."""
 
     path: tuple[str, ...]
     per_unit: float | None = None
+    clients: bool = False
 
     def value(self, rate: float) -> Any:
-        """The scenario value that offers ``rate`` requests per second."""
+        """The scenario value that offers ``rate`` requests per second (or, for
+        ``clients``, that many clients)."""
+        if self.clients:
+            return max(1, int(rate))
         if self.per_unit is None:
             return f"{rate:.9g}/s"
         return rate / self.per_unit
@@ -153,13 +160,13 @@ class LoadPath:
 def load_path(data: Mapping[str, Any], trace_rate: float | None = None) -> LoadPath | None:
     """The offered-load field of scenario ``data``: ``workload.arrivals.rate``, or
     ``workload.trace.time_scale`` when ``trace_rate`` (the trace's own mean arrival rate)
-    is known; ``None`` for a workload with neither, or with closed-loop clients
-    (``process: closed``), whose load is not a rate."""
+    is known, or ``workload.arrivals.concurrency`` for closed-loop clients (``process:
+    closed``), whose load is how many they are; ``None`` for a workload with none."""
     workload = dict(data.get("workload") or {})
     arrivals = workload.get("arrivals")
     if isinstance(arrivals, Mapping):
         if arrivals.get("process") == "closed":
-            return None  # closed-loop clients: the system's own speed sets the load
+            return LoadPath(("workload", "arrivals", "concurrency"), clients=True)
         return LoadPath(("workload", "arrivals", "rate"))
     if isinstance(workload.get("trace"), Mapping) and trace_rate:
         return LoadPath(("workload", "trace", "time_scale"), per_unit=trace_rate)
@@ -225,6 +232,7 @@ def knee_steps(
     ceiling: float | None = None,
     probes: int = 8,
     tolerance: float = 0.05,
+    whole: bool = False,
 ) -> KneeSteps:
     """The highest rate that passes, assuming more load never helps, one probe at a time.
 
@@ -234,6 +242,10 @@ def knee_steps(
     ``probes`` simulations are spent. Each rate is yielded and its verdict sent back, so
     a caller may run many searches' probes side by side (``xpusim plan`` runs one round
     of every shape's probes at a time through its executor).
+
+    With ``whole`` the load is a whole number (closed-loop clients): every probe is an
+    integer of at least 1, halving stops at 1, and bisection also stops once no whole
+    number lies strictly inside the bracket.
     """
     knee = Knee(None, None)
 
@@ -244,6 +256,8 @@ def knee_steps(
     lo: float | None = None
     hi: float | None = None
     rate = start if ceiling is None else min(start, ceiling)
+    if whole:
+        rate = float(max(1, int(rate)))
     while len(knee.probes) < probes and (lo is None or hi is None):
         if note(rate, (yield rate)):
             lo = rate
@@ -253,11 +267,15 @@ def knee_steps(
         else:
             hi = rate
             if lo is None:
-                rate = rate / 2.0
+                if whole and rate <= 1.0:
+                    break  # not even one client meets the SLOs
+                rate = float(max(1, int(rate / 2.0))) if whole else rate / 2.0
     while lo is not None and hi is not None and len(knee.probes) < probes:
-        if hi / lo <= 1.0 + tolerance:
+        if hi / lo <= 1.0 + tolerance or (whole and hi - lo <= 1.0):
             break
-        mid = math.sqrt(lo * hi)
+        mid = float(int(math.sqrt(lo * hi))) if whole else math.sqrt(lo * hi)
+        if whole and mid <= lo:
+            mid = lo + 1.0
         if note(mid, (yield mid)):
             lo = mid
         else:
@@ -274,9 +292,10 @@ def search_knee(
     ceiling: float | None = None,
     probes: int = 8,
     tolerance: float = 0.05,
+    whole: bool = False,
 ) -> Knee:
     """:func:`knee_steps` with ``probe`` answering each rate in turn."""
-    steps = knee_steps(start, ceiling=ceiling, probes=probes, tolerance=tolerance)
+    steps = knee_steps(start, ceiling=ceiling, probes=probes, tolerance=tolerance, whole=whole)
     try:
         rate = next(steps)
         while True:
@@ -287,6 +306,10 @@ def search_knee(
 
 
 # --- the knee of every system of a run --------------------------------------------------
+
+KNEE_KEYS = ("max_rate_within_slo_per_s", "max_concurrency_within_slo")
+"""The summary keys a knee search gives: the highest request rate within the SLOs, or for
+closed-loop clients the most clients."""
 
 Simulate = Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
 """``simulate(data) -> metrics``: run scenario ``data`` (one system) and return that
@@ -303,8 +326,11 @@ def system_knee(
     """The goodput knee of system ``index`` of scenario ``data`` whose run gave ``metrics``.
 
     Starts at the run's offered rate; a system that was overloaded bounds the search by the
-    rate it sustained. Returns the ``capacity`` details (the knee, its bracket and every
-    probe with its latency) or ``None`` when the scenario has no SLO or no offered load.
+    rate it sustained. Closed-loop clients have no rate: their knee is the most clients
+    within the SLOs (``max_concurrency_within_slo``), searched in whole clients from the
+    scenario's own ``concurrency`` up to one client a request. Returns the ``capacity``
+    details (the knee, its bracket and every probe with its latency) or ``None`` when the
+    scenario has no SLO or no offered load.
     """
     if meets_slo(metrics) is None:
         return None
@@ -318,14 +344,17 @@ def system_knee(
     where = load_path(one, trace_rate=float(offered) / scale)
     if where is None:
         return None
+    unit = "concurrency" if where.clients else "rate_per_s"
+    arrivals = dict(dict(one.get("workload") or {}).get("arrivals") or {})
+    own = float(arrivals.get("concurrency") or 0) if where.clients else float(offered)
     rows: list[dict[str, Any]] = []
 
-    def probe(rate: float) -> bool:
-        m = metrics if rate == offered else simulate(with_rate(one, where, rate))
+    def probe(load: float) -> bool:
+        m = metrics if load == own else simulate(with_rate(one, where, load))
         met = bool(m is not None and meets_slo(m))
         rows.append(
             {
-                "rate_per_s": rate,
+                unit: int(load) if where.clients else load,
                 "met": met,
                 "ttft_p99_s": None if m is None else m.get("ttft_p99_s"),
                 "tbt_p99_s": None if m is None else m.get("tbt_p99_s"),
@@ -334,11 +363,28 @@ def system_knee(
         )
         return met
 
+    if where.clients:
+        # more clients than requests is the same run as one client a request
+        count = arrivals.get("count")
+        knee = search_knee(
+            probe,
+            own,
+            ceiling=float(count) if count else None,
+            probes=spec.probes,
+            tolerance=spec.tolerance,
+            whole=True,
+        )
+        return {
+            "max_concurrency_within_slo": (
+                None if knee.rate_per_s is None else int(knee.rate_per_s)
+            ),
+            "probes": sorted(rows, key=lambda r: r[unit]),
+        }
     ceiling = metrics.get("sustainable_rate_per_s")
     start = float(offered) if meets_slo(metrics) else float(ceiling or offered) * 0.9
     knee = search_knee(probe, start, probes=spec.probes, tolerance=spec.tolerance)
     return {
         "max_rate_within_slo_per_s": knee.rate_per_s,
         "below_per_s": knee.below_per_s,
-        "probes": sorted(rows, key=lambda r: r["rate_per_s"]),
+        "probes": sorted(rows, key=lambda r: r[unit]),
     }

@@ -423,6 +423,18 @@ ENGINE_METRICS: tuple[Metric, ...] = (
         table_format="{:,.3g}",
     ),
     Metric(
+        "max_concurrency_within_slo",
+        "Max clients within SLO",
+        "clients",
+        better="higher",
+        description="the most closed-loop clients (workload.arrivals.process: closed) the "
+        "system serves within its SLOs (by bisection in whole clients; with capacity: "
+        "{search: true})",
+        order=322,
+        short="max clients",
+        table_format="{:,.0f}",
+    ),
+    Metric(
         "sustainable_rate_per_s",
         "Sustained rate when overloaded",
         "req/s",

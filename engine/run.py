@@ -32,6 +32,7 @@ from xpusim.engine.budget import BudgetError, check_work
 from xpusim.engine.calibration import apply_calibrations
 from xpusim.engine.capacity import (
     CAPACITY_FIX,
+    KNEE_KEYS,
     CapacitySpec,
     overload,
     overload_metrics,
@@ -339,7 +340,8 @@ def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None)
 
 def knees(scenario: Scenario, host: Host, results: Sequence[SystemResult]) -> None:
     """When the scenario asks (``capacity: {search: true}``), add each ok system's goodput
-    knee, ``max_rate_within_slo_per_s``, by bisection over short simulations of it alone."""
+    knee, ``max_rate_within_slo_per_s`` (``max_concurrency_within_slo`` for closed-loop
+    clients), by bisection over short simulations of it alone."""
     spec = capacity_spec(scenario)
     if not spec.search:
         return
@@ -355,7 +357,9 @@ def knees(scenario: Scenario, host: Host, results: Sequence[SystemResult]) -> No
         found = system_knee(scenario.data, i, res.metrics, one, spec)
         if found is not None:
             res.details["capacity"] = found
-            res.metrics["max_rate_within_slo_per_s"] = found["max_rate_within_slo_per_s"]
+            for key in KNEE_KEYS:  # a rate, or closed clients' count
+                if key in found:
+                    res.metrics[key] = found[key]
 
 
 def capacity_spec(scenario: Scenario) -> CapacitySpec:
@@ -367,14 +371,6 @@ def capacity_spec(scenario: Scenario) -> CapacitySpec:
     except ValidationError as exc:
         where = validation_message(exc, scenario.source, ("capacity",))
         raise ScenarioError(f"{where} {CAPACITY_FIX}") from None
-    arrivals = dict(scenario.data.get("workload") or {}).get("arrivals")
-    if spec.search and isinstance(arrivals, Mapping) and arrivals.get("process") == "closed":
-        raise ScenarioError(
-            f"{scenario.source.where(('capacity', 'search'))}: the capacity search raises "
-            "the offered request rate, and closed-loop clients (workload.arrivals.process: "
-            "closed) have none: their load follows the system. Set search: false, or sweep "
-            "workload.arrivals.concurrency to see how far the clients can go."
-        )
     return spec
 
 

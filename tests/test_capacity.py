@@ -72,6 +72,27 @@ def test_the_knee_search_brackets_and_bisects_a_threshold() -> None:
     assert none.rate_per_s is None and none.below_per_s == pytest.approx(0.125)
 
 
+def test_a_knee_in_whole_clients_probes_whole_numbers() -> None:
+    """Counted in clients, every probe is a whole number of at least one, and the knee is
+    the last passing one next to the first failing one; a ceiling of one client a request
+    stops the doubling, and a system that fails with one client has no knee."""
+    seen: list[float] = []
+
+    def probe(c: float) -> bool:
+        seen.append(c)
+        return c <= 43
+
+    for start in (16.0, 100.0, 1.0):
+        seen.clear()
+        knee = search_knee(probe, start, probes=20, tolerance=0.0, whole=True)
+        assert knee.rate_per_s == 43.0
+        assert all(c == int(c) and c >= 1 for c in seen)
+    capped = search_knee(lambda c: True, 16.0, ceiling=40.0, probes=20, whole=True)
+    assert capped.rate_per_s == 40.0
+    none = search_knee(lambda c: False, 4.0, probes=20, whole=True)
+    assert none.rate_per_s is None and none.probes[-1][0] == 1.0
+
+
 def test_the_offered_load_lives_in_the_arrival_rate_or_the_trace_speed() -> None:
     """A rate sets workload.arrivals.rate; a trace sets time_scale over its own rate."""
     data = {"workload": {"arrivals": {"rate": "2/s"}}}
@@ -82,6 +103,10 @@ def test_the_offered_load_lives_in_the_arrival_rate_or_the_trace_speed() -> None
     tw = load_path(trace, trace_rate=4.0)
     assert tw is not None and with_rate(trace, tw, 8.0)["workload"]["trace"]["time_scale"] == 2.0
     assert load_path(trace) is None
+    closed = {"workload": {"arrivals": {"process": "closed", "concurrency": 8}}}
+    cw = load_path(closed)
+    assert cw is not None and cw.clients
+    assert with_rate(closed, cw, 12.0)["workload"]["arrivals"]["concurrency"] == 12
 
 
 def test_run_names_overload_and_finds_each_knee_when_asked(host: Host) -> None:

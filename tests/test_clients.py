@@ -14,11 +14,9 @@ from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
 from tests.test_serving import load, run
+from xpusim.engine import run as runner
 from xpusim.engine.capacity import load_path
-from xpusim.engine.errors import ScenarioError
 from xpusim.engine.host import Host
-from xpusim.engine.run import capacity_spec
-from xpusim.engine.scenario import load_scenario
 from xpusim.plugins.workloads.serving.arrivals import ArrivalSpec, generate, horizon_of
 from xpusim.plugins.workloads.serving.clients import ClientRequestTable, ClientSlots
 from xpusim.plugins.workloads.serving.metrics import serving_metrics
@@ -145,16 +143,18 @@ def test_closed_process_is_checked_at_load() -> None:
     assert (generate(spec, 1)["arrival_s"] == 0.0).all()
 
 
-def test_closed_clients_have_no_rate_to_plan_or_search() -> None:
-    """Neither ``xpusim plan`` nor the capacity search can set closed clients' load as a
-    rate; a capped open process keeps its rate knob."""
+def test_closed_clients_load_is_a_count_of_clients_not_a_rate() -> None:
+    """``xpusim plan`` cannot set closed clients' load as a rate and the capacity search
+    counts their clients; a capped open process keeps its rate for both."""
     arrivals = {"process": "closed", "concurrency": 8, "count": 50, **LENGTHS}
     cfg = ServingConfig.model_validate({"arrivals": arrivals})
     assert plan_knobs(cfg).rate is None
-    assert load_path({"workload": {"arrivals": arrivals}}) is None
+    where = load_path({"workload": {"arrivals": arrivals}})
+    assert where is not None and where.clients and where.path[-1] == "concurrency"
     capped = {**arrivals, "process": "poisson", "rate": "3/s"}
     assert plan_knobs(ServingConfig.model_validate({"arrivals": capped})).rate is not None
-    assert load_path({"workload": {"arrivals": capped}}) is not None
+    open_ = load_path({"workload": {"arrivals": capped}})
+    assert open_ is not None and not open_.clients
 
 
 @pytest.mark.parametrize(
@@ -180,26 +180,35 @@ def test_mean_in_flight_is_the_clients_concurrency() -> None:
     assert 0.9 * 12 < m["mean_in_flight"] <= 12
 
 
-def test_capacity_search_refuses_closed_clients(host: Host, tmp_path: Path) -> None:
-    """The capacity search raises the offered rate, which closed clients do not have: the
-    scenario is refused at load, naming the key, rather than run without the search."""
+def test_capacity_search_finds_the_most_clients_within_the_slos(host: Host, tmp_path: Path) -> None:
+    """For closed clients the capacity search counts clients: the knee is a whole number
+    of them that met the SLOs, and every client count above it that was probed missed."""
     path = tmp_path / "closed.yaml"
     path.write_text(
         yaml.safe_dump(
             {
                 "name": "closed",
-                "model": {"family": "llama", "preset": "llama-2-7b"},
+                "model": {"family": "llama", "preset": "llama-3-8b"},
                 "workload": {
                     "kind": "serving",
-                    "arrivals": {"process": "closed", "concurrency": 4, "count": 20, **LENGTHS},
+                    "arrivals": {"process": "closed", "concurrency": 8, "count": 200, **LENGTHS},
+                    "slo": {"ttft": "150 ms"},
                 },
-                "systems": [{"name": "h100", "backend": "gpu", "device": "h100-sxm"}],
-                "capacity": {"search": True},
+                "systems": [{"name": "a100", "backend": "gpu", "device": "a100-sxm-80gb"}],
+                "capacity": {"search": True, "probes": 10},
             }
         )
     )
-    with pytest.raises(ScenarioError, match=r"capacity\.search.*closed-loop clients"):
-        capacity_spec(load_scenario(path, host))
+    sc = runner.load(path, host)
+    (res,) = runner.simulate(sc, host).systems
+    knee = res.metrics["max_concurrency_within_slo"]
+    probes = res.details["capacity"]["probes"]
+    assert "max_rate_within_slo_per_s" not in res.metrics
+    assert isinstance(knee, int) and knee >= 1
+    assert all(isinstance(p["concurrency"], int) for p in probes)
+    assert knee == max(p["concurrency"] for p in probes if p["met"])
+    assert all(p["concurrency"] > knee for p in probes if not p["met"])
+    assert any(not p["met"] for p in probes)  # the search found where the SLOs break
 
 
 def test_a_trace_takes_the_same_cap(tmp_path: Path) -> None:

@@ -376,17 +376,21 @@ def cost_breakdown(systems: Sequence[SystemResult]) -> str | None:
 
 def load_curve(systems: Sequence[SystemResult]) -> str | None:
     """Latency against offered load: each system's p99 time to first token at the rates its
-    capacity search simulated (``details["capacity"]["probes"]``), filled where the SLOs
-    held and hollow where they did not; ``None`` when no system was searched."""
+    capacity search simulated (``details["capacity"]["probes"]``), or at the numbers of
+    closed-loop clients, filled where the SLOs held and hollow where they did not; ``None``
+    when no system was searched."""
     curves = []
+    clients = False
     for s in systems:
         cap = s.details.get("capacity")
         probes = cap.get("probes") if isinstance(cap, dict) else None
-        pts = [
-            (float(p["rate_per_s"]), float(p["ttft_p99_s"]), bool(p["met"]))
-            for p in probes or []
-            if p.get("ttft_p99_s") is not None
-        ]
+        pts = []
+        for p in probes or []:
+            if p.get("ttft_p99_s") is None:
+                continue
+            clients = clients or "concurrency" in p
+            load = p["concurrency"] if "concurrency" in p else p["rate_per_s"]
+            pts.append((float(load), float(p["ttft_p99_s"]), bool(p["met"])))
         if pts:
             curves.append((s.name, sorted(pts)))
     if not curves:
@@ -403,7 +407,7 @@ def load_curve(systems: Sequence[SystemResult]) -> str | None:
                 ax.scatter([x], [y], s=30, facecolors=face, edgecolors=col[name], zorder=3)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("offered load (requests/s)")
+        ax.set_xlabel("closed-loop clients" if clients else "offered load (requests/s)")
         ax.set_ylabel("TTFT p99 (s)")
         ax.legend(loc="upper left", fontsize=7, frameon=False)
         return _svg(fig, "load", "latency versus offered load")

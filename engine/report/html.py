@@ -224,8 +224,9 @@ def render_html(run: RunResult) -> str:
                 charts["load"],
                 "No capacity search ran; set capacity: {search: true} in the scenario to find "
                 "each system's highest rate within its SLOs.",
-                "Each system's p99 time to first token at the offered rates its capacity "
-                "search simulated: filled where the SLOs held, hollow where they did not.",
+                "Each system's p99 time to first token at the offered rates (or numbers of "
+                "closed-loop clients) its capacity search simulated: filled where the SLOs "
+                "held, hollow where they did not.",
             ),
             _chart(
                 "latency",
