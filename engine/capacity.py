@@ -19,7 +19,8 @@ Three questions, from cheapest to dearest:
 The offered load of a scenario is ``workload.arrivals.rate`` (an arrival process) or the
 trace's replay speed ``workload.trace.time_scale`` times its mean arrival rate
 (:func:`load_path`); closed-loop clients have no rate, and their knee is the most clients
-within the SLOs, searched in whole clients over ``workload.arrivals.concurrency``.
+within the SLOs, searched in whole clients over their ``concurrency`` (of the arrival
+process, or of a trace replayed with ``closed: true``).
 """
 
 from __future__ import annotations
@@ -168,7 +169,10 @@ def load_path(data: Mapping[str, Any], trace_rate: float | None = None) -> LoadP
         if arrivals.get("process") == "closed":
             return LoadPath(("workload", "arrivals", "concurrency"), clients=True)
         return LoadPath(("workload", "arrivals", "rate"))
-    if isinstance(workload.get("trace"), Mapping) and trace_rate:
+    trace = workload.get("trace")
+    if isinstance(trace, Mapping) and trace.get("closed"):
+        return LoadPath(("workload", "trace", "concurrency"), clients=True)
+    if isinstance(trace, Mapping) and trace_rate:
         return LoadPath(("workload", "trace", "time_scale"), per_unit=trace_rate)
     return None
 
@@ -345,8 +349,9 @@ def system_knee(
     if where is None:
         return None
     unit = "concurrency" if where.clients else "rate_per_s"
-    arrivals = dict(dict(one.get("workload") or {}).get("arrivals") or {})
-    own = float(arrivals.get("concurrency") or 0) if where.clients else float(offered)
+    workload = dict(one.get("workload") or {})
+    source = dict(workload.get("arrivals") or workload.get("trace") or {})
+    own = float(source.get("concurrency") or 0) if where.clients else float(offered)
     rows: list[dict[str, Any]] = []
 
     def probe(load: float) -> bool:
@@ -365,7 +370,7 @@ def system_knee(
 
     if where.clients:
         # more clients than requests is the same run as one client a request
-        count = arrivals.get("count")
+        count = source.get("count") or source.get("limit")
         knee = search_knee(
             probe,
             own,

@@ -230,3 +230,46 @@ def test_a_trace_takes_the_same_cap(tmp_path: Path) -> None:
                 "disaggregation": {"prefill": {"count": 1}, "decode": {"count": 1}},
             }
         )
+
+
+def test_a_closed_trace_is_sent_by_its_clients_in_file_order(host: Host, tmp_path: Path) -> None:
+    """``trace: {closed: true}`` ignores the timestamps: the clients send the trace's
+    requests in file order, each with its own lengths, and the capacity search counts
+    those clients. ``closed`` needs ``concurrency`` and takes no ``time_scale``."""
+    rng = np.random.default_rng(5)
+    n = 120
+    table = pl.DataFrame(
+        {
+            "arrival_s": np.sort(rng.uniform(0, 500, n)),
+            "prompt_tokens": rng.integers(50, 1500, n),
+            "output_tokens": rng.integers(5, 200, n),
+        }
+    )
+    trace = tmp_path / "t.csv"
+    table.write_csv(trace)
+    spec = {"path": str(trace), "format": "csv", "concurrency": 6, "closed": True}
+    path = tmp_path / "closed-trace.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "closed-trace",
+                "model": {"family": "llama", "preset": "llama-3-8b"},
+                "workload": {"kind": "serving", "trace": spec, "slo": {"ttft": "60 ms"}},
+                "systems": [{"name": "h100", "backend": "gpu", "device": "h100-sxm"}],
+                "capacity": {"search": True, "probes": 8},
+            }
+        )
+    )
+    (res,) = runner.simulate(runner.load(path, host), host).systems
+    req = res.frames["requests"]
+    assert isinstance(req, pl.DataFrame)
+    sent = req["arrival_s"].to_numpy()
+    assert (sent[:6] == 0.0).all() and np.all(np.diff(sent) >= 0)
+    assert np.array_equal(np.sort(sent[6:]), np.sort(req["finish_s"].to_numpy())[: n - 6])
+    assert req["prompt_tokens"].to_list() == table["prompt_tokens"].to_list()
+    assert req["output_tokens"].to_list() == table["output_tokens"].to_list()
+    assert in_flight_peak(req) == 6
+    assert isinstance(res.metrics["max_concurrency_within_slo"], int)
+    for bad in ({"concurrency": None}, {"time_scale": 2.0}):
+        with pytest.raises(ValidationError, match="closed: true"):
+            ServingConfig.model_validate({"trace": {**spec, **bad}})

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any, Literal
 
+import polars as pl
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -97,8 +98,10 @@ class TraceSpec(BaseModel):
     ``time_scale`` divides arrival times (2.0 replays twice as fast); ``concurrency`` keeps
     at most that many requests in flight, a request whose arrival comes while that many
     are sent and not finished waiting for one to finish, as a load generator with that
-    many connections replays it (see ``arrivals``). ``options`` passes anything else to a
-    third-party format. Or ``name`` names a public trace of the
+    many connections replays it (see ``arrivals``); ``closed: true`` ignores the
+    timestamps and sends the trace's requests, in file order, from ``concurrency``
+    closed-loop clients (a benchmark's dataset run at an infinite request rate).
+    ``options`` passes anything else to a third-party format. Or ``name`` names a public trace of the
     registry (:mod:`xpusim.engine.tracereg`), which gives its file and reader: the run
     reads the verified copy in the trace cache, downloading it first when absent.
     """
@@ -115,10 +118,17 @@ class TraceSpec(BaseModel):
     limit: int | None = Field(default=None, ge=1)
     time_scale: float | None = Field(default=None, gt=0)
     concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY)
+    closed: bool = False
     options: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _file_or_name(self) -> TraceSpec:
+        if self.closed and (self.concurrency is None or self.time_scale is not None):
+            raise ValueError(
+                "`closed: true` sends the trace's requests from closed-loop clients, "
+                "ignoring its timestamps: give `concurrency` (the number of clients) and "
+                "drop `time_scale`"
+            )
         if self.name is not None:
             given = [
                 k
@@ -144,7 +154,7 @@ class TraceSpec(BaseModel):
     def mapping(self) -> dict[str, Any]:
         """The mapping handed to ``ctx.resolve_trace`` (unset fields left out). A ``name``
         resolves to the verified cached copy of that trace, downloaded first if absent."""
-        d = self.model_dump(exclude_none=True, exclude={"options", "name", "concurrency"})
+        d = self.model_dump(exclude_none=True, exclude={"options", "name", "concurrency", "closed"})
         if self.name is not None:
             d = {**tracereg.local_trace(self.name), **d}
         d.update(self.options or {})
@@ -423,6 +433,8 @@ def request_frame(config: ServingConfig, ctx: WorkloadContext) -> Any:
         frame = ctx.resolve_trace(config.trace.mapping())
         sched = config.scheduler.max_batch
         check_trace_work(frame, sched, ctx.system.replicas, ctx.system.name)
+        if config.trace.closed:  # every request due at once; the clients pace them
+            frame = frame.with_columns(pl.lit(0.0, dtype=pl.Float64).alias("arrival_s"))
         return frame
     assert config.arrivals is not None
     return generate(config.arrivals, ctx.seed, ctx.resolve_trace)
