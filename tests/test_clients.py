@@ -104,6 +104,19 @@ def test_a_binding_limit_queues_arrivals_in_order() -> None:
     assert all(t in finish for t in sent[late].tolist())
 
 
+def test_the_world_records_each_wait_for_a_slot() -> None:
+    """Each request sent has its wait behind the limit, sending instant less arrival (0
+    for those sent on arrival), in sending order; a run without a limit records none."""
+    frame = load(300, rate="80/s")
+    res = run(frame, "continuous", replicas=2, concurrency=4)
+    waits = np.asarray(res.extra["client_waits"])
+    sent = res.frames["requests"]["arrival_s"].to_numpy()
+    ready = frame["arrival_s"].to_numpy()
+    assert waits.shape == sent.shape and (waits >= 0).all()
+    assert np.allclose(waits, sent - ready, rtol=0, atol=1e-9)
+    assert "client_waits" not in run(frame, "continuous", replicas=2).extra
+
+
 def test_as_many_clients_as_requests_is_a_batch_at_zero() -> None:
     """With a client for every request all are sent at 0: the run is the open one whose
     requests all arrive at 0."""
@@ -270,6 +283,29 @@ def test_a_closed_trace_is_sent_by_its_clients_in_file_order(host: Host, tmp_pat
     assert req["output_tokens"].to_list() == table["output_tokens"].to_list()
     assert in_flight_peak(req) == 6
     assert isinstance(res.metrics["max_concurrency_within_slo"], int)
+    assert "client_wait_p99_s" not in res.metrics  # closed clients pace, they do not wait
     for bad in ({"concurrency": None}, {"time_scale": 2.0}):
         with pytest.raises(ValidationError, match="closed: true"):
             ServingConfig.model_validate({"trace": {**spec, **bad}})
+
+
+def test_a_capped_open_load_reports_what_its_clients_held_back(host: Host, tmp_path: Path) -> None:
+    """Under a cap the latencies count from the sending, so the summary also says how long
+    requests waited for a client after they came due: nothing without a cap."""
+    arrivals = {"process": "poisson", "rate": "60/s", "count": 300, **LENGTHS}
+    path = tmp_path / "capped.yaml"
+    scenario = {
+        "name": "capped",
+        "model": {"family": "llama", "preset": "llama-3-8b"},
+        "workload": {"kind": "serving", "arrivals": {**arrivals, "concurrency": 4}},
+        "systems": [{"name": "a100", "backend": "gpu", "device": "a100-sxm-80gb"}],
+    }
+    path.write_text(yaml.safe_dump(scenario))
+    (res,) = runner.simulate(runner.load(path, host), host).systems
+    m = res.metrics
+    assert m["client_wait_p99_s"] > m["client_wait_mean_s"] > 0
+    assert 0 < m["client_waited_share"] <= 1
+    scenario["workload"]["arrivals"] = arrivals
+    path.write_text(yaml.safe_dump(scenario))
+    (free,) = runner.simulate(runner.load(path, host), host).systems
+    assert "client_wait_p99_s" not in free.metrics

@@ -20,11 +20,14 @@ hot loops pay nothing for this.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 
+import numpy as np
 import simpy
 
 from xpusim.plugins.workloads.serving.cluster import RequestTable
+from xpusim.plugins.workloads.serving.metrics import quantile
 
 
 class ClientSlots:
@@ -34,7 +37,7 @@ class ClientSlots:
     free, waits on :meth:`wait`'s event, which :meth:`give_back` triggers.
     """
 
-    __slots__ = ("_waiter", "env", "free", "size")
+    __slots__ = ("_waiter", "env", "free", "size", "waits")
 
     def __init__(self, env: simpy.Environment, size: int) -> None:
         if size < 1:
@@ -43,12 +46,15 @@ class ClientSlots:
         self.size = size
         self.free = size
         self._waiter: simpy.Event | None = None
+        self.waits = array("d")
+        """Seconds each request sent waited for its slot after it came due, in order."""
 
-    def take(self) -> None:
-        """Take a free slot for a request sent now."""
+    def take(self, waited: float = 0.0) -> None:
+        """Take a free slot for a request sent now, ``waited`` seconds after it came due."""
         if self.free < 1:
             raise AssertionError("a request was sent with every client slot taken")
         self.free -= 1
+        self.waits.append(waited)
 
     def wait(self) -> simpy.Event:
         """An event that succeeds at the next instant a slot is given back."""
@@ -94,3 +100,17 @@ class ClientRequestTable(RequestTable):
         self._done = value
         if gone > 0:
             self.slots.give_back(gone)
+
+
+def wait_metrics(waits: Sequence[float]) -> dict[str, float | None]:
+    """Summary keys of the waits for a client slot (:attr:`ClientSlots.waits`):
+    ``client_wait_mean_s`` and ``client_wait_p99_s`` over the requests sent, and
+    ``client_waited_share``, the share that waited at all."""
+    w = np.asarray(waits, dtype=np.float64)
+    if not w.size:
+        return {"client_wait_mean_s": None, "client_wait_p99_s": None, "client_waited_share": None}
+    return {
+        "client_wait_mean_s": float(w.mean()),
+        "client_wait_p99_s": quantile(w, 0.99),
+        "client_waited_share": float(np.count_nonzero(w > 0.0) / w.size),
+    }

@@ -75,6 +75,7 @@ from xpusim.plugins.workloads.serving.arrivals import (
     mean_tokens,
     requests_of,
 )
+from xpusim.plugins.workloads.serving.clients import wait_metrics
 from xpusim.plugins.workloads.serving.metrics import SERVING_METRICS
 from xpusim.plugins.workloads.serving.planning import plan_knobs as serving_knobs
 from xpusim.plugins.workloads.serving.stacks import (
@@ -292,6 +293,14 @@ class ServingConfig(BaseModel):
             tech.check(blocks[tech.name], self, [k for k in blocks if k != tech.name])
         return self
 
+    def closed_clients(self) -> bool:
+        """Whether closed-loop clients send the requests (``process: closed``, or a trace
+        with ``closed: true``): every request is due at once, so a wait for a slot is how
+        the clients pace the run, not a delay behind a due time."""
+        if self.arrivals is not None:
+            return self.arrivals.process == "closed"
+        return self.trace is not None and self.trace.closed
+
     def client_limit(self) -> int | None:
         """The most requests the clients keep in flight (``arrivals.concurrency`` or
         ``trace.concurrency``), ``None`` for clients without a limit."""
@@ -442,6 +451,33 @@ def request_frame(config: ServingConfig, ctx: WorkloadContext) -> Any:
 
 BASE_METRICS: tuple[Metric, ...] = (
     *SERVING_METRICS,
+    Metric(
+        "client_wait_p99_s",
+        "Client-side wait p99",
+        "ms",
+        better="lower",
+        scale=1e3,
+        description="99th percentile of the time a request waited for a free client slot "
+        "after it came due, under a concurrency cap on an open arrival process or a trace; "
+        "not in TTFT, which counts from the sending",
+        order=215,
+        table=False,
+    ),
+    detail(
+        "client_wait_mean_s",
+        "Client-side wait mean",
+        "ms",
+        "lower",
+        scale=1e3,
+        description="mean time a request waited for a free client slot after it came due "
+        "(capped open arrivals or trace)",
+    ),
+    detail(
+        "client_waited_share",
+        "Requests that waited for a client",
+        description="share of the requests sent that waited for a free client slot "
+        "(capped open arrivals or trace)",
+    ),
     detail("replicas", "Replicas", description="model replicas the devices hold"),
     detail(
         "kv_capacity_tokens",
@@ -581,6 +617,10 @@ class ServingWorkload(Workload):
             frames, span = res.frames, res.simulated_s
             kv_tokens = res.kv_blocks * config.kv_block_tokens
             run.metrics.setdefault("replicas", res.replicas)
+            waits = res.extra.get("client_waits")
+            if waits is not None and not config.closed_clients():
+                # a capped open load: how long requests waited behind the clients' limit
+                run.metrics.update(wait_metrics(waits))
         if run.fixes:
             frames["requests"] = run.restored(frames["requests"])
         ttft_slo, tpot_slo, itl_slo = config.slo.bounds()

@@ -223,7 +223,8 @@ def simulate_serving(
     a concurrency limit does (:mod:`.clients`): a request whose arrival comes while that
     many are sent and not finished is sent when one finishes, those waiting in arrival
     order, and its ``arrival_s`` becomes the instant it was sent. Such a run routes every
-    request at its sending (no fast path).
+    request at its sending (no fast path), and ``extra["client_waits"]`` holds how long
+    each request sent waited for a slot (0 for most), in sending order.
     """
     spec = scheduler or SchedulerSpec()
     policy = spec.policy() or builtin_scheduler(spec.kind)
@@ -341,6 +342,7 @@ def simulate_serving(
         replicas=replicas,
         kv_blocks=blocks,
         cost_misses=costs.misses,
+        extra={} if slots is None else {"client_waits": slots.waits},
     )
 
 
@@ -423,10 +425,20 @@ def _arrivals(
     every = max(1, n // 100)
     check_every = steps.every
     timeout = env.timeout
+    # the instant the process would deliver the request without a client limit: env.now,
+    # unless waits for a slot have put the process behind it
+    due = env.now
     for rid in range(n):
         t = arrival[rid]
-        if t > env.now:
+        if due < env.now:  # behind: this request came due at its arrival, or already
+            if t > due:
+                due = t
+            if due > env.now:
+                yield timeout(due - env.now)
+                due = env.now
+        elif t > env.now:
             yield timeout(t - env.now)
+            due = env.now
         if progress is not None and rid % every == 0:
             progress(rid, n)
         if rid % check_every == 0:
@@ -436,9 +448,9 @@ def _arrivals(
         if slots is not None:
             while not slots.free:
                 yield slots.wait()
-            slots.take()
-            if env.now > t:
-                cast(array, arrival)[rid] = env.now  # the world's own table: it sent now
+            slots.take(env.now - due)
+            if env.now > due:  # it waited for a slot: it was sent now
+                cast(array, arrival)[rid] = env.now  # the world's own table
         rep = route(reps)
         replica_of[rid] = rep.index
         rep.waiting.append(rid)
