@@ -102,9 +102,9 @@ class TraceSpec(BaseModel):
     many connections replays it (see ``arrivals``); ``closed: true`` ignores the
     timestamps and sends the trace's requests, in file order, from ``concurrency``
     closed-loop clients (a benchmark's dataset run at an infinite request rate).
-    ``options`` passes anything else to a third-party format. Or ``name`` names a public trace of the
-    registry (:mod:`xpusim.engine.tracereg`), which gives its file and reader: the run
-    reads the verified copy in the trace cache, downloading it first when absent.
+    ``options`` passes anything else to a third-party format. Or ``name`` names a public
+    trace of the registry (:mod:`xpusim.engine.tracereg`), which gives its file and reader:
+    the run reads the verified copy in the trace cache, downloading it first when absent.
     """
 
     model_config = ConfigDict(extra="forbid")
