@@ -367,11 +367,10 @@ def capacity_spec(scenario: Scenario) -> CapacitySpec:
     the block's form, :data:`~xpusim.engine.capacity.CAPACITY_FIX`)."""
     raw = scenario.data.get("capacity")
     try:
-        spec = CapacitySpec.model_validate({} if raw is None else raw)
+        return CapacitySpec.model_validate({} if raw is None else raw)
     except ValidationError as exc:
         where = validation_message(exc, scenario.source, ("capacity",))
         raise ScenarioError(f"{where} {CAPACITY_FIX}") from None
-    return spec
 
 
 def placed(exc: ScenarioError, source: Source, path: tuple[str | int, ...]) -> ScenarioError:
