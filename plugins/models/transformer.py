@@ -145,6 +145,10 @@ default (``megatron/arguments.py``, ``--attention-dropout``, default 0.1). Its c
 not depend on the value, only that it is nonzero (a zero rate launches no kernel)."""
 
 
+_MOE_ACT_OPS = MOE | MOE_ACT
+"""The modules an expert's activation belongs to (both recompute it)."""
+_MOE_SHARED_OPS = MOE | SHARED_EXPERTS
+"""The modules a shared expert's op belongs to."""
 _MLA_UP_OPS = (
     "attn.q_a_norm",
     "attn.kv_a_norm",
@@ -1555,9 +1559,9 @@ class DecoderModel(EagerCounted):
             return MLA_UP_PROJ
         if n.startswith("moe."):
             if n in ("moe.glu", "moe.act"):
-                return MOE | MOE_ACT
+                return _MOE_ACT_OPS
             if n.startswith("moe.shared.") and n != "moe.shared.add":
-                return MOE | SHARED_EXPERTS
+                return _MOE_SHARED_OPS
             return MOE
         if n.startswith("mlp.") and op.collective is None and n not in _MLP_OUTSIDE:
             return MLP
