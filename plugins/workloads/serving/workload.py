@@ -78,6 +78,7 @@ from xpusim.plugins.workloads.serving.arrivals import (
 from xpusim.plugins.workloads.serving.clients import wait_metrics
 from xpusim.plugins.workloads.serving.metrics import SERVING_METRICS
 from xpusim.plugins.workloads.serving.planning import plan_knobs as serving_knobs
+from xpusim.plugins.workloads.serving.schedulers.iteration import loop_choice
 from xpusim.plugins.workloads.serving.stacks import (
     DEFAULT_STACK,
     StackCompiled,
@@ -257,6 +258,7 @@ class ServingConfig(BaseModel):
     def _one_source(self, info: ValidationInfo) -> ServingConfig:
         if (self.trace is None) == (self.arrivals is None):
             raise ValueError("give exactly one of `trace` (a file) or `arrivals` (a process)")
+        loop_choice()  # a junk XPUSIM_SERVING_LOOP fails here, before any work
         self._router = resolve(info, "routers", self.router)
         apply_stack(self)
         return self

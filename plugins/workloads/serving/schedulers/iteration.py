@@ -46,6 +46,14 @@ in progress. Such an iteration only advances time by its price and grows the KV 
 the run is a short loop over prices and block counts whose rows join the step log in
 bulk. Every iteration is computed with the same float operations in the same order as
 the plain loop, so every per-request time and every token gap is identical to it.
+
+Compiled fast path. A replica on the fast path whose feed holds at least
+:data:`NATIVE_MIN_REQUESTS` requests, without sliding-window layers, runs the same loop
+compiled (:mod:`~xpusim.plugins.workloads.serving.schedulers.native`, a transliteration
+with identical results); smaller feeds stay here, where importing the compiler and
+loading the compiled loop would cost more than it saves. The environment variable
+``XPUSIM_SERVING_LOOP`` set to ``python`` or ``native`` forces one or the other (for a
+machine where the compiler does not run, or to compare them).
 """
 
 # B, L and friends are the block size and prompt length of the docs' formulas.
@@ -53,6 +61,8 @@ the plain loop, so every per-request time and every token gap is identical to it
 
 from __future__ import annotations
 
+import os
+import warnings
 from array import array
 from heapq import heappop, heappush
 
@@ -82,6 +92,34 @@ gets a turn)."""
 
 INF = float("inf")
 
+NATIVE_MIN_REQUESTS = 4096
+"""Requests a replica's feed holds at least for the compiled loop to run it."""
+
+LOOP_ENV = "XPUSIM_SERVING_LOOP"
+"""Environment variable forcing the loop: ``python``, ``native`` or ``auto`` (default)."""
+
+
+def loop_choice() -> str:
+    """The loop :data:`LOOP_ENV` asks for: ``python``, ``native`` or ``auto`` (unset);
+    anything else is a :class:`ValueError` naming the variable (the serving workload
+    checks it when it loads a scenario, before any work)."""
+    choice = os.environ.get(LOOP_ENV, "").strip().lower() or "auto"
+    if choice not in ("auto", "python", "native"):
+        raise ValueError(
+            f"environment variable {LOOP_ENV}={os.environ[LOOP_ENV]!r} is not a serving "
+            "loop: set it to python, native or auto, or unset it"
+        )
+    return choice
+
+
+def native_wanted(feed_size: int) -> bool:
+    """Whether a fast-path replica whose feed holds ``feed_size`` requests runs the compiled
+    loop (:data:`LOOP_ENV`, else :data:`NATIVE_MIN_REQUESTS`)."""
+    choice = loop_choice()
+    if choice != "auto":
+        return choice == "native"
+    return feed_size >= NATIVE_MIN_REQUESTS
+
 
 def iterative(
     env: simpy.Environment,
@@ -93,6 +131,23 @@ def iterative(
 ) -> Proc:
     """The continuous (``split=False``) or chunked-prefill (``split=True``) loop of one
     replica; see the module docstring for the policy and the fast path."""
+    if (
+        isinstance(rep, Replica)
+        and rep.feed is not None
+        and rep.kv.layout is None
+        and native_wanted(len(rep.feed.ids))
+    ):
+        try:
+            # imported on use: loading the compiler costs more than a small run takes
+            from xpusim.plugins.workloads.serving.schedulers import native
+        except ImportError as err:  # numba missing or broken here: the same loop in Python
+            warnings.warn(
+                f"compiled serving loop unavailable ({err}); running it in Python", stacklevel=2
+            )
+        else:
+            if native.serves(rep, req):
+                yield from native.iterative_native(env, rep, req, costs, spec, split)
+                return
     kv = rep.kv
     B = kv.block_tokens
     total = kv.total_blocks

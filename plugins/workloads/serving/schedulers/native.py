@@ -1,0 +1,855 @@
+"""A compiled twin of the iteration loop's fast path, for large runs.
+
+:func:`~.iteration.iterative` is the reference: this module runs the same policy, for a
+replica that reads its own arrivals (``replica.feed``) without sliding-window layers,
+as machine code (numba), so that a replica costs a fraction of a microsecond per
+iteration instead of several. It is a line-by-line transliteration of that loop, the
+fast-forwarded decode runs included, with the same integer and float operations in the
+same order: every per-request time, every step row and every token gap comes out
+identical, which ``tests/test_native_loop.py`` checks against the reference on every
+scheduler setting it serves.
+
+Only the containers differ. The queue of preempted requests is a stack (the reference's
+deque is only ever pushed and popped at its front on this path), the finishing
+iterations are one binary heap of ``iteration << 32 | request`` and the partly
+prefilled prompts are two arrays; every structure a single iteration can grow by at
+most the batch size is checked for room before the iteration starts, so the compiled
+loop never allocates. Step rows are written to a buffer and handed to the replica's
+:class:`~.steplog.StepLog` each time the loop returns to Python, before the replica
+yields to SimPy, so the world's spill checks see the rows they would see with the
+reference. A step shape new to the run is priced through the world's
+:class:`~.cluster.CostTable` (the same ``memo`` and ``step``) from the compiled code.
+
+The loop returns to Python (and yields to SimPy if its clock is ahead) every
+:data:`SYNC_ITERATIONS` iterations, as the reference does, and also every
+:data:`SYNC_IDLES` idle gaps where the reference yields at each one: results do not
+depend on where a replica yields, and a lightly loaded replica would otherwise pay a
+call per request.
+
+:func:`~.iteration.iterative` decides which loop runs (see its
+:data:`~.iteration.NATIVE_MIN_REQUESTS`); this module is imported only when the compiled
+one does. The first run on a machine compiles the loop (a few seconds) and caches it
+beside this file (or in numba's user cache where this folder is read-only).
+"""
+
+# B, L and friends are the block size and prompt length of the reference's formulas.
+# ruff: noqa: N803, N806
+
+from __future__ import annotations
+
+import math
+import weakref
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+import simpy
+from numba import types
+from numba.typed import Dict
+
+from xpusim.engine.policies import (
+    DECODING,
+    DONE,
+    PREFILLING,
+    WAITING,
+    Proc,
+    RequestState,
+    SchedulerSpec,
+    StepPrices,
+)
+from xpusim.plugins.workloads.serving.cluster import Replica
+
+SYNC_ITERATIONS = 512
+"""Iterations the compiled loop runs before it returns to Python (the reference's
+:data:`~.iteration.SYNC_ITERATIONS`)."""
+
+SYNC_IDLES = 64
+"""Idle gaps the compiled loop crosses before it returns to Python."""
+
+# Outcomes of one call of the compiled loop.
+_FINISHED = 0  # the feed is served: nothing runs, waits or will come
+_YIELD = 1  # return to SimPy: sync point or idle gaps crossed
+_AGAIN = 2  # a buffer needs emptying or growing before the next iteration
+_OVERFLOW = 3  # KV cache overflow with nothing to preempt
+_STUCK = 4  # nothing can run and nothing can be preempted
+
+# Slots of the integer state vector.
+_K_FEED, _K_ADM, _SYNCED, _N_DEC, _SUM_CTX, _USED, _J = 0, 1, 2, 3, 4, 5, 6
+_D_OUT, _D_DONE, _N_LOG, _N_PRE, _N_WAIT, _N_HEAP, _N_GAP, _N_LTT, _IDLES = range(7, 16)
+_N_STATE = 16
+# Slots of the float state vector: the replica's clock and the next arrival instant.
+_T, _NXT = 0, 1
+# Slots of the parameter vector.
+_P_B, _P_TOTAL, _P_ADMIT, _P_MAXB, _P_BUDGET, _P_SPLIT, _P_BITS = 0, 1, 2, 3, 4, 5, 6
+_P_SYNC, _P_IDLES, _P_MAXOUT, _P_TOKEN = 7, 8, 9, 10
+_N_PARAMS = 11
+
+_RID = (1 << 32) - 1  # a heap entry's request id bits
+_INF = math.inf
+
+_KEY = types.UniTuple(types.int64, 5)
+_PRICE = types.Tuple((types.float64, types.float64, types.int64))
+
+_PRICERS: dict[int, Callable[..., tuple[float, float, int]]] = {}
+"""The step pricing of each running compiled loop, by token: the compiled code reaches
+Python objects only by a number, and looks its pricer up here for a shape it has not
+seen."""
+
+_TABLES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+"""One compiled price table per world's step prices, shared by its replicas."""
+
+
+@numba.njit(cache=True)
+def _new_table() -> Any:
+    """An empty compiled price table: bucketed key to ``(seconds, joules, state)``."""
+    return Dict.empty(_KEY, _PRICE)
+
+
+@numba.njit(cache=True)
+def _bucket(x: int, bits: int, top: int) -> int:
+    """``x`` to ``bits`` significant bits, rounded to nearest (exact below ``top``)."""
+    if x < top:
+        return x
+    e = math.frexp(float(x))[1] - bits  # bit_length, exact below 2**53
+    return ((x + (1 << (e - 1))) >> e) << e
+
+
+@numba.njit(cache=True)
+def _price(
+    table: Any, token: int, k: tuple[int, int, int, int, int], totals: tuple[int, ...]
+) -> tuple[float, float, int]:
+    """The price of bucketed key ``k``: from the table, else from the world's pricer."""
+    if k in table:
+        return table[k]
+    with numba.objmode(dur="float64", joules="float64", st="int64"):
+        dur, joules, st = _PRICERS[token](k, totals)
+    table[k] = (dur, joules, st)
+    return dur, joules, st
+
+
+@numba.njit(cache=True)
+def _heap_push(heap: np.ndarray, n: int, v: int) -> None:
+    """Push ``v`` on the min-heap ``heap[:n]`` (room checked by the caller)."""
+    heap[n] = v
+    while n > 0:
+        p = (n - 1) >> 1
+        if heap[p] <= v:
+            break
+        heap[n] = heap[p]
+        n = p
+    heap[n] = v
+
+
+@numba.njit(cache=True)
+def _heap_pop(heap: np.ndarray, n: int) -> int:
+    """Pop the least entry of the min-heap ``heap[:n]``."""
+    top = heap[0]
+    n -= 1
+    v = heap[n]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and heap[c + 1] < heap[c]:
+            c += 1
+        if heap[c] >= v:
+            break
+        heap[i] = heap[c]
+        i = c
+    if n > 0:
+        heap[i] = v
+    return top
+
+
+@numba.njit(cache=True)
+def _preempt(
+    si: np.ndarray,
+    j: int,
+    now: float,
+    B: int,
+    state: np.ndarray,
+    cur_L: np.ndarray,
+    cur_m: np.ndarray,
+    entry: np.ndarray,
+    seg_start: np.ndarray,
+    seg_max: np.ndarray,
+    preemptions: np.ndarray,
+    growth: np.ndarray,
+    heap: np.ndarray,
+    pre_rid: np.ndarray,
+    pre_done: np.ndarray,
+    wait: np.ndarray,
+    ltt_rid: np.ndarray,
+    ltt_t: np.ndarray,
+    hist_start: np.ndarray,
+    hist_end: np.ndarray,
+    l_start: np.ndarray,
+    l_end: np.ndarray,
+) -> bool:
+    """The reference's ``preempt_newest`` on the state vector: preempt the running
+    request that arrived last (the largest id); False when none runs."""
+    best = -1
+    for x in range(si[_N_HEAP]):
+        rid = heap[x] & _RID
+        if rid > best and state[rid] == DECODING:
+            best = rid
+    n_pre = si[_N_PRE]
+    for x in range(n_pre):
+        if pre_rid[x] > best:
+            best = pre_rid[x]
+    if best < 0:
+        return False
+    rid = best
+    st = state[rid]
+    if st == DECODING:
+        k = entry[rid]
+        L = cur_L[rid]
+        ctx = L + j - k - 1
+        si[_USED] -= -(-ctx // B)
+        growth[(L - k - 1) % B] -= 1
+        si[_N_DEC] -= 1
+        si[_SUM_CTX] -= ctx
+        g = j - k
+        a = seg_start[rid]
+        if a < j:  # largest gap of the segment that ends here
+            hist_n = hist_start.shape[0]
+            big = -_INF
+            for idx in range(a, j):
+                if idx < hist_n:
+                    gap = hist_end[idx] - hist_start[idx]
+                else:
+                    gap = l_end[idx - hist_n] - l_start[idx - hist_n]
+                if gap > big:
+                    big = gap
+            if big > seg_max[rid]:
+                seg_max[rid] = big
+        n_ltt = si[_N_LTT]
+        for z in range(n_ltt + 1):
+            if z == n_ltt or ltt_rid[z] == rid:
+                ltt_rid[z] = rid
+                ltt_t[z] = now
+                if z == n_ltt:
+                    si[_N_LTT] = n_ltt + 1
+                break
+        cur_L[rid] = L + g
+        cur_m[rid] -= g
+    elif st == PREFILLING:
+        for x in range(n_pre):
+            if pre_rid[x] == rid:
+                si[_USED] -= -(-pre_done[x] // B)
+                for y in range(x, n_pre - 1):
+                    pre_rid[y] = pre_rid[y + 1]
+                    pre_done[y] = pre_done[y + 1]
+                si[_N_PRE] = n_pre - 1
+                break
+    state[rid] = WAITING
+    preemptions[rid] += 1
+    wait[si[_N_WAIT]] = rid  # the stack's top is the queue's front
+    si[_N_WAIT] += 1
+    return True
+
+
+@numba.njit(cache=True)
+def _advance(
+    si: np.ndarray,
+    sf: np.ndarray,
+    prm: np.ndarray,
+    feed_ids: np.ndarray,
+    feed_at: np.ndarray,
+    cur_L: np.ndarray,
+    cur_m: np.ndarray,
+    entry: np.ndarray,
+    fin_iter: np.ndarray,
+    seg_start: np.ndarray,
+    preemptions: np.ndarray,
+    state: np.ndarray,
+    seg_max: np.ndarray,
+    first_sched: np.ndarray,
+    first_tok: np.ndarray,
+    finish: np.ndarray,
+    growth: np.ndarray,
+    heap: np.ndarray,
+    pre_rid: np.ndarray,
+    pre_done: np.ndarray,
+    wait: np.ndarray,
+    ltt_rid: np.ndarray,
+    ltt_t: np.ndarray,
+    done_pf: np.ndarray,
+    gaps: np.ndarray,
+    hist_start: np.ndarray,
+    hist_end: np.ndarray,
+    l_start: np.ndarray,
+    l_end: np.ndarray,
+    l_batch: np.ndarray,
+    l_pf: np.ndarray,
+    l_dec: np.ndarray,
+    l_kv: np.ndarray,
+    l_state: np.ndarray,
+    l_j: np.ndarray,
+    table: Any,
+) -> int:
+    """Run the replica from the state vectors until it must return to Python; the
+    outcome is one of ``_FINISHED`` .. ``_STUCK``. The body is the reference loop's,
+    step for step (its comments name the steps)."""
+    B = prm[_P_B]
+    total = prm[_P_TOTAL]
+    admit_limit = prm[_P_ADMIT]
+    max_batch = prm[_P_MAXB]
+    budget = prm[_P_BUDGET]
+    split = prm[_P_SPLIT] != 0
+    bits = prm[_P_BITS]
+    top = 1 << bits
+    sync_iters = prm[_P_SYNC]
+    sync_idles = prm[_P_IDLES]
+    max_out = prm[_P_MAXOUT]
+    token = prm[_P_TOKEN]
+    room_each = done_pf.shape[0]  # what one iteration may add to a per-request buffer
+    cap_log = l_start.shape[0]
+    n_feed = feed_ids.shape[0]
+
+    k_feed = si[_K_FEED]
+    k_adm = si[_K_ADM]
+    synced = si[_SYNCED]
+    n_dec = si[_N_DEC]
+    sum_ctx = si[_SUM_CTX]
+    used = si[_USED]
+    j = si[_J]
+    d_out = si[_D_OUT]
+    d_done = si[_D_DONE]
+    n_log = si[_N_LOG]
+    n_heap = si[_N_HEAP]
+    n_gap = si[_N_GAP]
+    idles = si[_IDLES]
+    t = sf[_T]
+    nxt = sf[_NXT]
+    dur = 0.0
+    joules = 0.0
+    st_i = 0
+    outcome = _FINISHED
+
+    while True:
+        # queue every request of the feed that has arrived by now
+        if nxt <= t:
+            k0 = k_feed
+            while nxt <= t:
+                k_feed += 1
+                nxt = feed_at[feed_ids[k_feed]] if k_feed < n_feed else _INF
+            d_out += k_feed - k0
+        if j - synced >= sync_iters or idles >= sync_idles:
+            synced = j
+            idles = 0
+            outcome = _YIELD
+            break
+        if (
+            n_log + max_out + 2 > cap_log
+            or n_heap + room_each > heap.shape[0]
+            or n_gap + room_each > gaps.shape[0]
+        ):
+            outcome = _AGAIN
+            break
+        n_pre = si[_N_PRE]
+        n_wait = si[_N_WAIT]
+        if not n_dec and not n_pre and not n_wait and k_adm == k_feed:
+            if k_feed == n_feed:
+                outcome = _FINISHED
+                break
+            t = nxt
+            idles += 1
+            continue
+        now = t
+        # 1. blocks for this iteration's decode tokens; preempt until they fit
+        need = growth[(-j) % B] if n_dec else 0
+        while used + need > total:
+            si[_USED] = used
+            si[_N_DEC] = n_dec
+            si[_SUM_CTX] = sum_ctx
+            si[_N_HEAP] = n_heap
+            if not _preempt(
+                si, j, now, B, state, cur_L, cur_m, entry, seg_start, seg_max,
+                preemptions, growth, heap, pre_rid, pre_done, wait, ltt_rid, ltt_t,
+                hist_start, hist_end, l_start, l_end,
+            ):  # fmt: skip
+                outcome = _OVERFLOW
+                break
+            used = si[_USED]
+            n_dec = si[_N_DEC]
+            sum_ctx = si[_SUM_CTX]
+            need = growth[(-j) % B] if n_dec else 0
+        if outcome == _OVERFLOW:
+            break
+        n_pre = si[_N_PRE]
+        n_wait = si[_N_WAIT]
+        used += need
+        # 2. prefill work within the token budget
+        pf_n = 0
+        pf_tok = 0
+        pf_ctx = 0
+        room = budget - n_dec
+        n_done = 0
+        for x in range(n_pre):
+            if room <= 0:
+                break
+            rid = pre_rid[x]
+            d = pre_done[x]
+            c = min(room, cur_L[rid] - d)
+            held = -(-d // B)
+            extra = -(-(d + c) // B) - held
+            if used + extra > total:
+                c = min(c, (total - used + held) * B - d)
+                if c <= 0:
+                    break
+                extra = -(-(d + c) // B) - held
+            used += extra
+            pre_done[x] = d + c
+            pf_n += 1
+            pf_tok += c
+            pf_ctx += d
+            room -= c
+            if d + c == cur_L[rid]:
+                done_pf[n_done] = rid
+                n_done += 1
+        n_run = n_dec + n_pre
+        while n_run < max_batch:
+            if n_wait:
+                rid = wait[n_wait - 1]
+            elif k_adm < k_feed:
+                rid = feed_ids[k_adm]
+            else:
+                break
+            L = cur_L[rid]
+            if split:
+                if room <= 0:
+                    break
+                c = L if room > L else room
+            else:
+                c = L
+                if pf_n and c > room:
+                    break
+            nb = -(-c // B)
+            if used + nb > (admit_limit if n_run else total):
+                break
+            if n_wait:
+                n_wait -= 1
+                if first_sched[rid] != first_sched[rid]:  # NaN: never scheduled before
+                    first_sched[rid] = now
+            else:  # a request of the feed is scheduled for the first time
+                k_adm += 1
+                first_sched[rid] = now
+            used += nb
+            n_run += 1
+            pf_n += 1
+            pf_tok += c
+            room -= c
+            state[rid] = PREFILLING
+            if c == L:
+                done_pf[n_done] = rid
+                n_done += 1
+            else:
+                pre_rid[n_pre] = rid
+                pre_done[n_pre] = c
+                n_pre += 1
+        si[_N_PRE] = n_pre
+        si[_N_WAIT] = n_wait
+        if not pf_n and not n_dec:
+            # partly prefilled prompts hold the blocks the oldest one needs: free some
+            if n_pre > 1:
+                si[_USED] = used
+                si[_N_DEC] = n_dec
+                si[_SUM_CTX] = sum_ctx
+                si[_N_HEAP] = n_heap
+                if _preempt(
+                    si, j, now, B, state, cur_L, cur_m, entry, seg_start, seg_max,
+                    preemptions, growth, heap, pre_rid, pre_done, wait, ltt_rid, ltt_t,
+                    hist_start, hist_end, l_start, l_end,
+                ):  # fmt: skip
+                    used = si[_USED] - need
+                    n_dec = si[_N_DEC]
+                    sum_ctx = si[_SUM_CTX]
+                    continue
+            outcome = _STUCK
+            break
+        # 3. price and run the iteration
+        if pf_n:
+            pt = (pf_tok + pf_n // 2) // pf_n
+            pt = _bucket(pt if pt else 1, bits, top)
+            pc = _bucket((pf_ctx + pf_n // 2) // pf_n, bits, top)
+        else:
+            pt = 0
+            pc = 0
+        if n_dec:
+            nb_ = _bucket(n_dec, bits, top)
+            dc = _bucket((sum_ctx + n_dec // 2) // n_dec, bits, top)
+        else:
+            nb_ = 0
+            dc = 0
+        dur, joules, st_i = _price(
+            table, token, (pf_n, pt, pc, nb_, dc), (pf_n, pf_tok, pf_ctx, n_dec, sum_ctx)
+        )
+        end = now + dur
+        l_start[n_log] = now
+        l_end[n_log] = end
+        l_batch[n_log] = pf_n + n_dec
+        l_pf[n_log] = pf_tok
+        l_dec[n_log] = n_dec
+        l_kv[n_log] = used
+        l_state[n_log] = st_i
+        l_j[n_log] = joules
+        n_log += 1
+        # 4. decodes got their token (the ones that are done retire below)
+        sum_ctx += n_dec
+        # 5. completed prefills emit their first token and start decoding
+        if n_done:
+            if split and n_pre:
+                kept = 0
+                for x in range(n_pre):
+                    if pre_done[x] < cur_L[pre_rid[x]]:
+                        pre_rid[kept] = pre_rid[x]
+                        pre_done[kept] = pre_done[x]
+                        kept += 1
+                n_pre = kept
+                si[_N_PRE] = n_pre
+            for y in range(n_done):
+                rid = done_pf[y]
+                n_ltt = si[_N_LTT]
+                pos = -1
+                for z in range(n_ltt):
+                    if ltt_rid[z] == rid:
+                        pos = z
+                        break
+                if pos < 0:
+                    first_tok[rid] = end
+                else:  # resumed after preemption: one explicit gap
+                    gap = end - ltt_t[pos]
+                    ltt_rid[pos] = ltt_rid[n_ltt - 1]
+                    ltt_t[pos] = ltt_t[n_ltt - 1]
+                    si[_N_LTT] = n_ltt - 1
+                    gaps[n_gap] = gap
+                    n_gap += 1
+                    if gap > seg_max[rid]:
+                        seg_max[rid] = gap
+                L = cur_L[rid]
+                m = cur_m[rid]
+                if m == 1:
+                    used -= -(-L // B)
+                    fin_iter[rid] = j
+                    seg_start[rid] = j + 1
+                    state[rid] = DONE
+                    finish[rid] = end
+                    d_done += 1
+                    d_out -= 1
+                    continue
+                state[rid] = DECODING
+                entry[rid] = j
+                f = j + m - 1
+                fin_iter[rid] = f
+                seg_start[rid] = j + 1
+                _heap_push(heap, n_heap, (f << 32) | rid)
+                n_heap += 1
+                growth[(L - j - 1) % B] += 1
+                n_dec += 1
+                sum_ctx += L
+        t = end
+        i = j  # the iteration that ran last, ending at t
+        run = n_pre == 0  # decode runs (6.) with no prefill in progress
+        while True:
+            # 4. (continued) retire the requests whose last token came in iteration i
+            gone = 0
+            while n_heap and (heap[0] >> 32) == i:
+                rid = _heap_pop(heap, n_heap) & _RID
+                n_heap -= 1
+                if state[rid] != DECODING or fin_iter[rid] != i:
+                    continue  # preempted since, or finishing another time
+                L = cur_L[rid]
+                k = entry[rid]
+                ctx = L + i - k
+                used -= -(-ctx // B)
+                growth[(L - k - 1) % B] -= 1
+                sum_ctx -= ctx
+                state[rid] = DONE
+                finish[rid] = t
+                gone += 1
+            if gone:
+                n_dec -= gone
+                d_done += gone
+                d_out -= gone
+            i += 1
+            if not run or not n_dec:
+                break
+            # 6. a decode run from iteration i up to the next one where something can
+            # happen, at most to `stop`, whose requests retire above
+            stop = heap[0] >> 32
+            room = budget - n_dec
+            open_ = n_dec < max_batch and (room > 0 or not split)
+            head_nb = -1  # blocks the queue's head needs (-1: the queue is empty)
+            if open_:
+                if n_wait or k_adm < k_feed:
+                    L = cur_L[wait[n_wait - 1] if n_wait else feed_ids[k_adm]]
+                    c = L if not split or room > L else room
+                    head_nb = -(-c // B)
+                elif nxt <= t:
+                    break  # an arrival to queue and maybe admit: the plain step's turn
+            nb_ = _bucket(n_dec, bits, top)
+            dcr = (sum_ctx + n_dec // 2) // n_dec
+            dc_next = dcr
+            cut = False
+            while True:
+                u = used + growth[(-i) % B]
+                if u > total:
+                    cut = True  # a preemption: the plain step decides it
+                    break
+                if open_:
+                    if head_nb >= 0:
+                        if u + head_nb <= admit_limit:
+                            cut = True  # the head fits: the plain step admits it
+                            break
+                        open_ = False  # and it never will while the run only takes blocks
+                    elif nxt <= t:
+                        cut = True  # an arrival to queue and maybe admit
+                        break
+                if dcr >= dc_next:
+                    if dcr >= top:
+                        e_ = math.frexp(float(dcr))[1] - bits
+                        h_ = 1 << (e_ - 1)
+                        dc = ((dcr + h_) >> e_) << e_
+                        dc_next = dc + h_
+                    else:
+                        dc = dcr
+                        dc_next = dcr + 1
+                    dur, joules, st_i = _price(
+                        table, token, (0, 0, 0, nb_, dc), (0, 0, 0, n_dec, sum_ctx)
+                    )
+                end = t + dur
+                l_start[n_log] = t
+                l_end[n_log] = end
+                l_batch[n_log] = n_dec
+                l_pf[n_log] = 0
+                l_dec[n_log] = n_dec
+                l_kv[n_log] = u
+                l_state[n_log] = st_i
+                l_j[n_log] = joules
+                n_log += 1
+                used = u
+                sum_ctx += n_dec
+                dcr += 1
+                t = end
+                if i == stop:
+                    break
+                i += 1
+            if cut:
+                break
+        j = i
+
+    si[_K_FEED] = k_feed
+    si[_K_ADM] = k_adm
+    si[_SYNCED] = synced
+    si[_N_DEC] = n_dec
+    si[_SUM_CTX] = sum_ctx
+    si[_USED] = used
+    si[_J] = j
+    si[_D_OUT] = d_out
+    si[_D_DONE] = d_done
+    si[_N_LOG] = n_log
+    si[_N_HEAP] = n_heap
+    si[_N_GAP] = n_gap
+    si[_IDLES] = idles
+    sf[_T] = t
+    sf[_NXT] = nxt
+    return outcome
+
+
+def _view(buf: Any, dtype: type, code: str) -> np.ndarray:
+    """A writable numpy view of an :class:`array.array` of typecode ``code`` (or of a
+    bytearray, ``code`` ``"B"``)."""
+    got = buf.typecode if isinstance(buf, array) else ("B" if isinstance(buf, bytearray) else "")
+    if got != code:
+        raise TypeError(f"expected a buffer of typecode {code!r}, got {type(buf).__name__}")
+    return np.frombuffer(buf, dtype=dtype) if len(buf) else np.zeros(0, dtype=dtype)
+
+
+def serves(rep: Any, req: RequestState) -> bool:
+    """Whether the compiled loop can run replica ``rep`` on ``req``: a replica reading its
+    own feed, with no sliding-window layers, over a request table of flat arrays of the
+    reference's typecodes."""
+    if not isinstance(rep, Replica) or rep.feed is None or rep.kv.layout is not None:
+        return False
+    if rep.waiting:
+        return False
+    ints = (req.cur_prompt, req.cur_output, req.entry, req.fin_iter, req.seg_start)
+    floats = (req.seg_max, req.first_scheduled, req.first_token, req.finish)
+    return (
+        all(isinstance(a, array) and a.typecode == "i" for a in (*ints, req.preemptions))
+        and all(isinstance(a, array) and a.typecode == "d" for a in floats)
+        and isinstance(req.state, bytearray)
+        and isinstance(rep.feed.at, array)
+        and rep.feed.at.typecode == "d"
+    )
+
+
+class _Buffers:
+    """The arrays of one replica's compiled loop: state vectors, work structures and the
+    step rows since the last hand-over."""
+
+    def __init__(self, rows: int, each: int, heap: int, block_tokens: int) -> None:
+        self.si = np.zeros(_N_STATE, dtype=np.int64)
+        self.sf = np.zeros(2, dtype=np.float64)
+        self.growth = np.zeros(block_tokens, dtype=np.int64)
+        self.heap = np.zeros(heap, dtype=np.int64)
+        self.pre_rid = np.zeros(each, dtype=np.int64)
+        self.pre_done = np.zeros(each, dtype=np.int64)
+        self.wait = np.zeros(each, dtype=np.int64)
+        self.ltt_rid = np.zeros(each, dtype=np.int64)
+        self.ltt_t = np.zeros(each, dtype=np.float64)
+        self.done_pf = np.zeros(each, dtype=np.int64)
+        self.gaps = np.zeros(4 * each, dtype=np.float64)
+        self.start = np.zeros(rows, dtype=np.float64)
+        self.end = np.zeros(rows, dtype=np.float64)
+        self.batch = np.zeros(rows, dtype=np.int32)
+        self.prefill = np.zeros(rows, dtype=np.int64)
+        self.decode = np.zeros(rows, dtype=np.int64)
+        self.kv = np.zeros(rows, dtype=np.int64)
+        self.state = np.zeros(rows, dtype=np.int32)
+        self.joules = np.zeros(rows, dtype=np.float64)
+
+
+def _pricer(costs: StepPrices) -> Callable[..., tuple[float, float, int]]:
+    """The reference's pricing of a step: the memo's entry for the bucketed key, else
+    :meth:`StepPrices.step` of the totals."""
+    memo = costs.memo
+    step = costs.step
+
+    def price(key: tuple[int, ...], totals: tuple[int, int, int, int, int]) -> tuple:
+        got = memo.get(key)
+        dur, joules, st = got if got is not None else step(*totals)
+        return float(dur), float(joules), int(st)
+
+    return price
+
+
+def _table(costs: StepPrices) -> Any:
+    """The compiled price table of ``costs``, made on first use."""
+    try:
+        table = _TABLES.get(costs)
+    except TypeError:  # not weakly referable: a table per replica
+        return _new_table()
+    if table is None:
+        table = _TABLES[costs] = _new_table()
+    return table
+
+
+def iterative_native(
+    env: simpy.Environment,
+    rep: Replica,
+    req: RequestState,
+    costs: StepPrices,
+    spec: SchedulerSpec,
+    split: bool,
+) -> Proc:
+    """The replica's SimPy process on the compiled loop (see the module docstring); the
+    caller checked :func:`serves`."""
+    feed = rep.feed
+    assert feed is not None
+    kv = rep.kv
+    log = rep.log
+    B = kv.block_tokens
+    total = kv.total_blocks
+    ids = _view(feed.ids, np.int32, "i")
+    at = _view(feed.at, np.float64, "d")
+    cur_m = _view(req.cur_output, np.int32, "i")
+    max_out = int(cur_m[ids].max()) if ids.size else 1
+    each = min(spec.max_batch, ids.size) + 1
+    buf = _Buffers(SYNC_ITERATIONS + max_out + 2, each, 4 * each, B)
+    buf.growth[:] = kv.growth
+    si, sf = buf.si, buf.sf
+    sf[_T] = env.now
+    sf[_NXT] = at[ids[0]] if ids.size else _INF
+    prm = np.zeros(_N_PARAMS, dtype=np.int64)
+    prm[_P_B] = B
+    prm[_P_TOTAL] = total
+    prm[_P_ADMIT] = total - int(total * 0.01)  # the reference's WATERMARK
+    prm[_P_MAXB] = spec.max_batch
+    prm[_P_BUDGET] = min(spec.chunk, spec.max_batch_tokens) if split else spec.max_batch_tokens
+    prm[_P_SPLIT] = int(split)
+    prm[_P_BITS] = costs.bits
+    prm[_P_SYNC] = SYNC_ITERATIONS
+    prm[_P_IDLES] = SYNC_IDLES
+    prm[_P_MAXOUT] = max_out
+    token = id(buf)
+    prm[_P_TOKEN] = token
+    _PRICERS[token] = _pricer(costs)
+    table = _table(costs)
+    request_views = (
+        _view(req.cur_prompt, np.int32, "i"),
+        cur_m,
+        _view(req.entry, np.int32, "i"),
+        _view(req.fin_iter, np.int32, "i"),
+        _view(req.seg_start, np.int32, "i"),
+        _view(req.preemptions, np.int32, "i"),
+        _view(req.state, np.uint8, "B"),
+        _view(req.seg_max, np.float64, "d"),
+        _view(req.first_scheduled, np.float64, "d"),
+        _view(req.first_token, np.float64, "d"),
+        _view(req.finish, np.float64, "d"),
+    )
+    try:
+        while True:
+            # the log's whole-run start and end, for a preempted request's largest gap;
+            # viewed for the call only (a view would keep the arrays from growing)
+            hist_start = _view(log.start, np.float64, "d")
+            hist_end = _view(log.end, np.float64, "d")
+            outcome = _advance(
+                si, sf, prm, ids, at, *request_views,
+                buf.growth, buf.heap, buf.pre_rid, buf.pre_done, buf.wait, buf.ltt_rid,
+                buf.ltt_t, buf.done_pf, buf.gaps, hist_start, hist_end,
+                buf.start, buf.end, buf.batch, buf.prefill, buf.decode, buf.kv,
+                buf.state, buf.joules, table,
+            )  # fmt: skip
+            del hist_start, hist_end
+            _hand_over(buf, rep, req)
+            if outcome == _FINISHED:
+                return
+            if outcome == _OVERFLOW:
+                raise AssertionError("KV cache overflow with nothing to preempt")
+            if outcome == _STUCK:
+                raise AssertionError(
+                    f"replica {rep.index} cannot make progress: {int(si[_USED])} of {total} "
+                    f"KV blocks held, {int(si[_N_WAIT] + si[_K_FEED] - si[_K_ADM])} waiting"
+                )
+            if outcome == _AGAIN:
+                if int(si[_N_HEAP]) + each > buf.heap.size:
+                    buf.heap = np.concatenate((buf.heap, np.zeros_like(buf.heap)))
+                continue
+            t = float(sf[_T])
+            if t > env.now:
+                yield env.timeout(t - env.now)
+    finally:
+        kv.growth[:] = buf.growth.tolist()
+        del _PRICERS[token]
+
+
+def _hand_over(buf: _Buffers, rep: Replica, req: RequestState) -> None:
+    """Move the loop's step rows to the replica's log and its token gaps and counts to
+    the request table and the replica (in the order the reference makes them)."""
+    si = buf.si
+    n = int(si[_N_LOG])
+    if n:
+        log = rep.log
+        log.start.frombytes(buf.start[:n].tobytes())
+        log.end.frombytes(buf.end[:n].tobytes())
+        log.batch.frombytes(buf.batch[:n].tobytes())
+        log.prefill.frombytes(buf.prefill[:n].tobytes())
+        log.decode.frombytes(buf.decode[:n].tobytes())
+        log.kv.frombytes(buf.kv[:n].tobytes())
+        log.state.frombytes(buf.state[:n].tobytes())
+        log.joules.frombytes(buf.joules[:n].tobytes())
+        si[_N_LOG] = 0
+    g = int(si[_N_GAP])
+    if g:
+        req.extra_gaps.extend(buf.gaps[:g].tolist())
+        si[_N_GAP] = 0
+    req.done += int(si[_D_DONE])
+    rep.outstanding += int(si[_D_OUT])
+    si[_D_DONE] = 0
+    si[_D_OUT] = 0

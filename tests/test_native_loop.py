@@ -1,0 +1,139 @@
+"""The compiled fast path of the iteration loop against the Python loop it transliterates.
+
+Both loops run the same world; every frame (requests, steps, device timeline, token
+gaps) must come out identical, float for float, on the settings the compiled loop
+serves: whole-prompt and chunked prefills, a KV cache small enough to preempt, a batch
+cap that queues, several replicas under planned routers.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from tests.test_serving import load, run
+from xpusim.engine.frames import collect
+from xpusim.plugins.workloads.serving.cluster import Feed, Replica, RequestTable
+from xpusim.plugins.workloads.serving.kvcache import KVLayout
+from xpusim.plugins.workloads.serving.schedulers import iteration, native
+
+CASES = {
+    "continuous": {"kind": "continuous"},
+    "continuous-preempting": {"kind": "continuous", "kv": 3_000},
+    "continuous-batch-cap": {"kind": "continuous", "max_batch": 4},
+    "chunked": {"kind": "chunked-prefill", "chunk": 256},
+    "chunked-preempting": {"kind": "chunked-prefill", "chunk": 128, "kv": 2_500},
+    "chunked-3-replicas": {"kind": "chunked-prefill", "chunk": 512, "replicas": 3},
+    "continuous-2-replicas-preempting": {"kind": "continuous", "replicas": 2, "kv": 3_000},
+}
+
+
+def frames_of(loop: str, monkeypatch: pytest.MonkeyPatch, frame: pl.DataFrame, **args: object):
+    monkeypatch.setenv(iteration.LOOP_ENV, loop)
+    res = run(frame, **args)  # type: ignore[arg-type]
+    return {name: collect(f) for name, f in res.frames.items()}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_compiled_loop_gives_the_python_loops_frames(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = CASES[case]
+    frame = load(400, rate="60/s", prompt=300, out=80, seed=11)
+    calls: list[int] = []
+    real = native.iterative_native
+
+    def counted(*a: object, **k: object):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(native, "iterative_native", counted)
+    got = frames_of("native", monkeypatch, frame, **args)
+    assert calls, "the compiled loop did not run"
+    calls.clear()
+    want = frames_of("python", monkeypatch, frame, **args)
+    assert not calls, "the Python loop was asked for and the compiled one ran"
+    assert want.keys() == got.keys()
+    for name in want:
+        assert_frame_equal(want[name], got[name], check_exact=True)
+    req = want["requests"]
+    assert (req["status"] == "ok").all()
+    if "preempting" in case:  # the case exercises what its name says
+        assert int(req["preemptions"].sum()) > 0
+
+
+def test_small_feeds_stay_in_python_and_large_ones_compile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(iteration.LOOP_ENV, raising=False)
+    calls: list[int] = []
+    real = native.iterative_native
+
+    def counted(*a: object, **k: object):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(native, "iterative_native", counted)
+    frame = load(120, rate="30/s")
+    monkeypatch.setattr(iteration, "NATIVE_MIN_REQUESTS", 121)
+    run(frame)
+    assert not calls
+    monkeypatch.setattr(iteration, "NATIVE_MIN_REQUESTS", 120)
+    run(frame)
+    assert calls == [1]
+
+
+def test_windowed_layouts_and_plain_paths_are_not_served() -> None:
+    """The compiled loop serves a replica with its own feed and no window only."""
+    req = RequestTable(array("d", [0.0]), [10], [5])
+    fed = Replica(0, 100, 16)
+    assert not native.serves(fed, req)  # no feed: routed one by one
+    fed.feed = Feed(array("i", [0]), req.arrival)  # type: ignore[arg-type]
+    assert native.serves(fed, req)
+    windowed = Replica(0, 100, 16, KVLayout(full_layers=2, window_layers=2, window=64))
+    windowed.feed = fed.feed
+    assert not native.serves(windowed, req)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(1, 150),
+    rate=st.sampled_from(["5/s", "40/s", "400/s"]),
+    prompt=st.sampled_from([20.0, 300.0, 1500.0]),
+    out=st.sampled_from([2.0, 40.0, 200.0]),
+    kind=st.sampled_from(["continuous", "chunked-prefill"]),
+    kv=st.sampled_from([4_500, 20_000, 200_000]),
+    max_batch=st.sampled_from([1, 3, 64]),
+    chunk=st.sampled_from([16, 200, 2048]),
+    replicas=st.integers(1, 3),
+    seed=st.integers(0, 10_000),
+)
+def test_any_load_gives_the_same_frames_on_both_loops(
+    monkeypatch: pytest.MonkeyPatch,
+    n: int,
+    rate: str,
+    prompt: float,
+    out: float,
+    kind: str,
+    kv: int,
+    max_batch: int,
+    chunk: int,
+    replicas: int,
+    seed: int,
+) -> None:
+    frame = load(n, rate=rate, prompt=prompt, out=out, seed=seed)
+    args: dict[str, object] = {"kind": kind, "kv": kv, "replicas": replicas}
+    args["max_batch"] = max_batch
+    if kind == "chunked-prefill":
+        args["chunk"] = chunk
+    want = frames_of("python", monkeypatch, frame, **args)
+    got = frames_of("native", monkeypatch, frame, **args)
+    for name in want:
+        assert_frame_equal(want[name], got[name], check_exact=True)
