@@ -167,7 +167,8 @@ class CostTable:
         assert dec is not None
         return dec
 
-    def _corner(self, key: tuple[int, int, int, int, int]) -> tuple[float, float, int]:
+    def corner(self, key: tuple[int, int, int, int, int]) -> tuple[float, float, int]:
+        """The price of grid point ``key`` (priced through the backend on first use)."""
         hit = self.grid.get(key)
         if hit is None:
             hit = self.grid[key] = self._price(self.shape(*key))
@@ -184,7 +185,7 @@ class CostTable:
 
     def _interpolate(self, key: tuple[int, int, int, int, int]) -> tuple[float, float, int]:
         if self.grid_bits >= self.bits:
-            return self._corner(key)
+            return self.corner(key)
         pf_n, x1, x2, x3, x4 = key
         # the axes' points, read from their memo here (a miss per key is the common case,
         # and most of its values were seen before)

@@ -763,7 +763,7 @@ def _frames(
         tbt_max[a:b][one_tok] = np.nan
         with np.errstate(invalid="ignore", divide="ignore"):
             tbt_mean = np.where(one_tok, np.nan, (last_tok - first_tok[a:b]) / (out_c - 1))
-        reason = pl.Series("reason", [None] * k, dtype=pl.String)
+        reason = pl.repeat(None, k, dtype=pl.String, eager=True).alias("reason")
         sel = reason_ids[(reason_ids >= a) & (reason_ids < b)]
         if sel.size:
             reason = reason.scatter(sel - a, [reasons[int(i)] for i in sel])

@@ -21,10 +21,10 @@ reference. A step shape new to the run is priced through the world's
 :class:`~.cluster.CostTable` (the same ``memo`` and ``step``) from the compiled code.
 
 The loop returns to Python (and yields to SimPy if its clock is ahead) every
-:data:`SYNC_ITERATIONS` iterations, as the reference does, and also every
-:data:`SYNC_IDLES` idle gaps where the reference yields at each one: results do not
-depend on where a replica yields, and a lightly loaded replica would otherwise pay a
-call per request.
+:data:`SYNC_ITERATIONS` iterations and every :data:`SYNC_IDLES` idle gaps, where the
+reference yields every 512 iterations and at each idle gap: results do not depend on
+where a replica yields (the world's other process only reports progress and spills step
+rows), and a lightly loaded replica would otherwise pay a call per request.
 
 :func:`~.iteration.iterative` decides which loop runs (see its
 :data:`~.iteration.NATIVE_MIN_REQUESTS`); this module is imported only when the compiled
@@ -46,8 +46,6 @@ from typing import Any
 import numba
 import numpy as np
 import simpy
-from numba import types
-from numba.typed import Dict
 
 from xpusim.engine.policies import (
     DECODING,
@@ -59,11 +57,12 @@ from xpusim.engine.policies import (
     SchedulerSpec,
     StepPrices,
 )
-from xpusim.plugins.workloads.serving.cluster import Replica
+from xpusim.plugins.workloads.serving.cluster import CostTable, Replica
 
-SYNC_ITERATIONS = 512
-"""Iterations the compiled loop runs before it returns to Python (the reference's
-:data:`~.iteration.SYNC_ITERATIONS`)."""
+SYNC_ITERATIONS = 16384
+"""Iterations the compiled loop runs before it returns to Python: eight times the
+reference's :data:`~.iteration.SYNC_ITERATIONS`, since each return hands the step rows
+over and costs about as much as a few hundred compiled iterations."""
 
 SYNC_IDLES = 64
 """Idle gaps the compiled loop crosses before it returns to Python."""
@@ -83,31 +82,31 @@ _N_STATE = 16
 _T, _NXT = 0, 1
 # Slots of the parameter vector.
 _P_B, _P_TOTAL, _P_ADMIT, _P_MAXB, _P_BUDGET, _P_SPLIT, _P_BITS = 0, 1, 2, 3, 4, 5, 6
-_P_SYNC, _P_IDLES, _P_MAXOUT, _P_TOKEN = 7, 8, 9, 10
-_N_PARAMS = 11
+_P_SYNC, _P_IDLES, _P_MAXOUT, _P_TOKEN, _P_MODE, _P_GRID_BITS = 7, 8, 9, 10, 11, 12
+_P_NEW_KEYS, _P_NEW_CORNERS = 13, 14  # what one iteration may add to the price tables
+_N_PARAMS = 15
+# How a step shape new to the run is priced (_P_MODE).
+_CALLBACK = 0  # by the world's step prices, called back (any StepPrices)
+_INTERPOLATE = 1  # between the grid's corners, compiled (a CostTable, the usual case)
+_DIRECT = 2  # the grid point itself (a CostTable whose grid is as fine as its keys)
 
 _RID = (1 << 32) - 1  # a heap entry's request id bits
 _INF = math.inf
 
-_KEY = types.UniTuple(types.int64, 5)
-_PRICE = types.Tuple((types.float64, types.float64, types.int64))
+_EMPTY = -(1 << 62)  # the first key field of a free slot of a price table
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # the hash's multiplier (2**64 over the golden ratio)
 
-_PRICERS: dict[int, Callable[..., tuple[float, float, int]]] = {}
+_PRICERS: dict[int, tuple[Callable[..., Any], Callable[..., Any]]] = {}
 """The step pricing of each running compiled loop, by token: the compiled code reaches
 Python objects only by a number, and looks its pricer up here for a shape it has not
 seen."""
 
 _TABLES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-"""One compiled price table per world's step prices, shared by its replicas."""
+"""The compiled price table and grid of each world's step prices, shared by its
+replicas."""
 
 
-@numba.njit(cache=True)
-def _new_table() -> Any:
-    """An empty compiled price table: bucketed key to ``(seconds, joules, state)``."""
-    return Dict.empty(_KEY, _PRICE)
-
-
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _bucket(x: int, bits: int, top: int) -> int:
     """``x`` to ``bits`` significant bits, rounded to nearest (exact below ``top``)."""
     if x < top:
@@ -116,20 +115,206 @@ def _bucket(x: int, bits: int, top: int) -> int:
     return ((x + (1 << (e - 1))) >> e) << e
 
 
+@numba.njit(cache=True, inline="always")
+def _slot(keys: np.ndarray, k: tuple[int, int, int, int, int]) -> int:
+    """The slot of key ``k`` in an open-addressing table's ``keys`` (a power of two of
+    rows of five): the row holding ``k``, else the free row where it goes."""
+    h = np.uint64(k[0])
+    for x in k[1:]:
+        h = (h ^ np.uint64(x)) * _MIX
+    h ^= h >> np.uint64(29)
+    mask = keys.shape[0] - 1
+    i = np.int64(h & np.uint64(mask))
+    while True:
+        head = keys[i, 0]
+        if head == _EMPTY or (
+            head == k[0]
+            and keys[i, 1] == k[1]
+            and keys[i, 2] == k[2]
+            and keys[i, 3] == k[3]
+            and keys[i, 4] == k[4]
+        ):
+            return int(i)
+        i = (i + 1) & mask
+
+
 @numba.njit(cache=True)
-def _price(
-    table: Any, token: int, k: tuple[int, int, int, int, int], totals: tuple[int, ...]
-) -> tuple[float, float, int]:
-    """The price of bucketed key ``k``: from the table, else from the world's pricer."""
-    if k in table:
-        return table[k]
+def _put(
+    tab: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    i: int,
+    k: tuple[int, int, int, int, int],
+    v: tuple[float, float, int],
+) -> None:
+    """Store price ``v`` of key ``k`` in free slot ``i`` of table ``tab``."""
+    keys, vals, sts, n = tab
+    for c in range(5):
+        keys[i, c] = k[c]
+    vals[i, 0] = v[0]
+    vals[i, 1] = v[1]
+    sts[i] = v[2]
+    n[0] += 1
+
+
+@numba.njit(cache=True)
+def _rehash(
+    old: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    new: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """Move every entry of table ``old`` into the empty, larger table ``new``."""
+    keys, vals, sts, _ = old
+    for r in range(keys.shape[0]):
+        if keys[r, 0] != _EMPTY:
+            k = (keys[r, 0], keys[r, 1], keys[r, 2], keys[r, 3], keys[r, 4])
+            _put(new, _slot(new[0], k), k, (vals[r, 0], vals[r, 1], sts[r]))
+
+
+class _Table:
+    """An open-addressing hash table of step prices in numpy arrays, which the compiled
+    loop reads and fills: bucketed key (five ints) to ``(seconds, joules, state)``. It
+    never allocates there: before each iteration the loop checks that the table holds
+    what one iteration may add at half load, and returns so that :meth:`reserve` grows
+    it."""
+
+    def __init__(self) -> None:
+        self.arrays = self._empty(1 << 10)
+
+    @staticmethod
+    def _empty(rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return (
+            np.full((rows, 5), _EMPTY, dtype=np.int64),
+            np.zeros((rows, 2), dtype=np.float64),
+            np.zeros(rows, dtype=np.int64),
+            np.zeros(1, dtype=np.int64),
+        )
+
+    def reserve(self, more: int) -> None:
+        """Grow (doubling) until ``more`` entries fit at half load."""
+        rows = self.arrays[0].shape[0]
+        want = 2 * (int(self.arrays[3][0]) + more)
+        if want <= rows:
+            return
+        while rows < want:
+            rows *= 2
+        new = self._empty(rows)
+        _rehash(self.arrays, new)
+        self.arrays = new
+
+
+@numba.njit(cache=True)
+def _corner(grid: Any, token: int, pts: tuple[int, int, int, int, int]) -> tuple[float, float, int]:
+    """Grid point ``pts``'s price: from the compiled grid, else from the world's
+    :meth:`~.cluster.CostTable.corner` (which prices it through the backend once)."""
+    i = _slot(grid[0], pts)
+    if grid[0][i, 0] != _EMPTY:
+        return grid[1][i, 0], grid[1][i, 1], grid[2][i]
     with numba.objmode(dur="float64", joules="float64", st="int64"):
-        dur, joules, st = _PRICERS[token](k, totals)
-    table[k] = (dur, joules, st)
+        dur, joules, st = _PRICERS[token][1](pts)
+    _put(grid, i, pts, (dur, joules, st))
     return dur, joules, st
 
 
 @numba.njit(cache=True)
+def _axis(x: int, grid_bits: int) -> tuple[int, int, float, float]:
+    """:func:`~.cluster.grid_neighbours` with the weights :meth:`CostTable._axis` gives
+    them: ``(lo, hi, w_lo, w_hi)``, ``hi == lo`` and ``w_lo == 1`` on the grid."""
+    if x < (1 << grid_bits):
+        return x, x, 1.0, 0.0
+    e = math.frexp(float(x))[1] - grid_bits
+    lo = (x >> e) << e
+    if lo == x:
+        return x, x, 1.0, 0.0
+    hi = lo + (1 << e)
+    w = (x - lo) / (hi - lo)
+    return lo, hi, 1.0 - w, w
+
+
+@numba.njit(cache=True)
+def _interpolate(
+    grid: Any, token: int, k: tuple[int, int, int, int, int], grid_bits: int
+) -> tuple[float, float, int]:
+    """:meth:`~.cluster.CostTable._interpolate`, compiled: the multilinear interpolation of
+    key ``k`` between its grid corners, visited in the same (lexicographic) order with
+    the weights multiplied in the same order, so the sums are the same floats."""
+    pf_n = k[0]
+    lo1, hi1, u1, v1 = _axis(k[1], grid_bits)
+    lo2, hi2, u2, v2 = _axis(k[2], grid_bits)
+    lo3, hi3, u3, v3 = _axis(k[3], grid_bits)
+    lo4, hi4, u4, v4 = _axis(k[4], grid_bits)
+    sec = 0.0
+    joules = 0.0
+    best_w = -1.0
+    state = 0
+    for a in range(1 if hi1 == lo1 else 2):
+        p1 = hi1 if a else lo1
+        w1 = v1 if a else u1
+        for b in range(1 if hi2 == lo2 else 2):
+            p2 = hi2 if b else lo2
+            w12 = w1 * (v2 if b else u2)
+            for c in range(1 if hi3 == lo3 else 2):
+                p3 = hi3 if c else lo3
+                w123 = w12 * (v3 if c else u3)
+                for d in range(1 if hi4 == lo4 else 2):
+                    p4 = hi4 if d else lo4
+                    wt = w123 * (v4 if d else u4)
+                    s_, j_, st_ = _corner(grid, token, (pf_n, p1, p2, p3, p4))
+                    sec += wt * s_
+                    joules += wt * j_
+                    if wt > best_w:
+                        best_w = wt
+                        state = st_
+    return sec, joules, state
+
+
+@numba.njit(cache=True, inline="always")
+def _price(
+    keys: np.ndarray,
+    vals: np.ndarray,
+    sts: np.ndarray,
+    table: Any,
+    grid: Any,
+    token: int,
+    mode: int,
+    grid_bits: int,
+    k: tuple[int, int, int, int, int],
+    totals: tuple[int, int, int, int, int],
+) -> tuple[float, float, int]:
+    """The price of bucketed key ``k``: from the table (whose arrays ``keys``, ``vals`` and
+    ``sts`` the caller unpacked once: taking them out of the tuple on every step would
+    count references), else :func:`_price_new`. Inlined where it is called."""
+    i = _slot(keys, k)
+    if keys[i, 0] != _EMPTY:
+        return vals[i, 0], vals[i, 1], sts[i]
+    return _price_new(table, grid, token, mode, grid_bits, i, k, totals)
+
+
+@numba.njit(cache=True)
+def _price_new(
+    table: Any,
+    grid: Any,
+    token: int,
+    mode: int,
+    grid_bits: int,
+    i: int,
+    k: tuple[int, int, int, int, int],
+    totals: tuple[int, int, int, int, int],
+) -> tuple[float, float, int]:
+    """Price key ``k``, new to the table, and store it in free slot ``i``: interpolated on
+    the grid (``mode`` ``_INTERPOLATE``), the grid point itself (``_DIRECT``), or the
+    world's own pricing of the step's ``totals`` (``_CALLBACK``, for step prices other
+    than a :class:`~.cluster.CostTable`)."""
+    if mode == _INTERPOLATE:
+        got = _interpolate(grid, token, k, grid_bits)
+    elif mode == _DIRECT:
+        got = _corner(grid, token, k)
+    else:
+        with numba.objmode(dur="float64", joules="float64", st="int64"):
+            dur, joules, st = _PRICERS[token][0](k, totals)
+        got = (dur, joules, st)
+    _put(table, i, k, got)
+    return got
+
+
+@numba.njit(cache=True, inline="always")
 def _heap_push(heap: np.ndarray, n: int, v: int) -> None:
     """Push ``v`` on the min-heap ``heap[:n]`` (room checked by the caller)."""
     heap[n] = v
@@ -142,7 +327,7 @@ def _heap_push(heap: np.ndarray, n: int, v: int) -> None:
     heap[n] = v
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _heap_pop(heap: np.ndarray, n: int) -> int:
     """Pop the least entry of the min-heap ``heap[:n]``."""
     top = heap[0]
@@ -290,6 +475,7 @@ def _advance(
     l_state: np.ndarray,
     l_j: np.ndarray,
     table: Any,
+    grid: Any,
 ) -> int:
     """Run the replica from the state vectors until it must return to Python; the
     outcome is one of ``_FINISHED`` .. ``_STUCK``. The body is the reference loop's,
@@ -306,6 +492,12 @@ def _advance(
     sync_idles = prm[_P_IDLES]
     max_out = prm[_P_MAXOUT]
     token = prm[_P_TOKEN]
+    mode = prm[_P_MODE]
+    grid_bits = prm[_P_GRID_BITS]
+    new_keys = prm[_P_NEW_KEYS]
+    new_corners = prm[_P_NEW_CORNERS]
+    t_keys, t_vals, t_sts, t_n = table
+    g_keys, _, _, g_n = grid
     room_each = done_pf.shape[0]  # what one iteration may add to a per-request buffer
     cap_log = l_start.shape[0]
     n_feed = feed_ids.shape[0]
@@ -347,6 +539,8 @@ def _advance(
             n_log + max_out + 2 > cap_log
             or n_heap + room_each > heap.shape[0]
             or n_gap + room_each > gaps.shape[0]
+            or 2 * (t_n[0] + new_keys) > t_keys.shape[0]
+            or 2 * (g_n[0] + new_corners) > g_keys.shape[0]
         ):
             outcome = _AGAIN
             break
@@ -486,7 +680,16 @@ def _advance(
             nb_ = 0
             dc = 0
         dur, joules, st_i = _price(
-            table, token, (pf_n, pt, pc, nb_, dc), (pf_n, pf_tok, pf_ctx, n_dec, sum_ctx)
+            t_keys,
+            t_vals,
+            t_sts,
+            table,
+            grid,
+            token,
+            mode,
+            grid_bits,
+            (pf_n, pt, pc, nb_, dc),
+            (pf_n, pf_tok, pf_ctx, n_dec, sum_ctx),
         )
         end = now + dur
         l_start[n_log] = now
@@ -619,7 +822,16 @@ def _advance(
                         dc = dcr
                         dc_next = dcr + 1
                     dur, joules, st_i = _price(
-                        table, token, (0, 0, 0, nb_, dc), (0, 0, 0, n_dec, sum_ctx)
+                        t_keys,
+                        t_vals,
+                        t_sts,
+                        table,
+                        grid,
+                        token,
+                        mode,
+                        grid_bits,
+                        (0, 0, 0, nb_, dc),
+                        (0, 0, 0, n_dec, sum_ctx),
                     )
                 end = t + dur
                 l_start[n_log] = t
@@ -714,9 +926,10 @@ class _Buffers:
         self.joules = np.zeros(rows, dtype=np.float64)
 
 
-def _pricer(costs: StepPrices) -> Callable[..., tuple[float, float, int]]:
-    """The reference's pricing of a step: the memo's entry for the bucketed key, else
-    :meth:`StepPrices.step` of the totals."""
+def _pricers(costs: StepPrices) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """What the compiled loop calls back for ``costs``: the reference's pricing of a step
+    (the memo's entry for the bucketed key, else :meth:`StepPrices.step` of the totals)
+    and, for a :class:`~.cluster.CostTable`, the price of one grid point."""
     memo = costs.memo
     step = costs.step
 
@@ -725,18 +938,33 @@ def _pricer(costs: StepPrices) -> Callable[..., tuple[float, float, int]]:
         dur, joules, st = got if got is not None else step(*totals)
         return float(dur), float(joules), int(st)
 
-    return price
+    def corner(pts: tuple[int, int, int, int, int]) -> tuple:
+        assert isinstance(costs, CostTable)
+        dur, joules, st = costs.corner(pts)
+        return float(dur), float(joules), int(st)
+
+    return price, corner
 
 
-def _table(costs: StepPrices) -> Any:
-    """The compiled price table of ``costs``, made on first use."""
+def _tables(costs: StepPrices) -> tuple[_Table, _Table]:
+    """The compiled price table and grid of ``costs``, made on first use and shared by the
+    world's replicas."""
     try:
-        table = _TABLES.get(costs)
-    except TypeError:  # not weakly referable: a table per replica
-        return _new_table()
-    if table is None:
-        table = _TABLES[costs] = _new_table()
-    return table
+        got = _TABLES.get(costs)
+    except TypeError:  # not weakly referable: tables per replica
+        return _Table(), _Table()
+    if got is None:
+        got = _TABLES[costs] = (_Table(), _Table())
+    return got
+
+
+def new_keys_bound(max_out: int, bits: int) -> int:
+    """Keys one iteration may add to the price table: its own step, and one per decode
+    iteration of the run after it whose mean context enters a new bucket (exact values
+    below ``2**bits``, then ``2**(bits - 1)`` buckets an octave up to 63 bits), at most one
+    per token of the longest output."""
+    top = 1 << bits
+    return min(max_out, top + (top // 2) * (63 - bits)) + 2
 
 
 def iterative_native(
@@ -778,8 +1006,17 @@ def iterative_native(
     prm[_P_MAXOUT] = max_out
     token = id(buf)
     prm[_P_TOKEN] = token
-    _PRICERS[token] = _pricer(costs)
-    table = _table(costs)
+    if type(costs) is CostTable:
+        prm[_P_MODE] = _DIRECT if costs.grid_bits >= costs.bits else _INTERPOLATE
+        prm[_P_GRID_BITS] = costs.grid_bits
+    else:
+        prm[_P_MODE] = _CALLBACK
+    _PRICERS[token] = _pricers(costs)
+    table, grid = _tables(costs)
+    prm[_P_NEW_KEYS] = new_keys_bound(max_out, costs.bits)
+    prm[_P_NEW_CORNERS] = 16 * int(prm[_P_NEW_KEYS])  # a key's corners: two an axis, four axes
+    table.reserve(int(prm[_P_NEW_KEYS]))
+    grid.reserve(int(prm[_P_NEW_CORNERS]))
     request_views = (
         _view(req.cur_prompt, np.int32, "i"),
         cur_m,
@@ -804,7 +1041,7 @@ def iterative_native(
                 buf.growth, buf.heap, buf.pre_rid, buf.pre_done, buf.wait, buf.ltt_rid,
                 buf.ltt_t, buf.done_pf, buf.gaps, hist_start, hist_end,
                 buf.start, buf.end, buf.batch, buf.prefill, buf.decode, buf.kv,
-                buf.state, buf.joules, table,
+                buf.state, buf.joules, table.arrays, grid.arrays,
             )  # fmt: skip
             del hist_start, hist_end
             _hand_over(buf, rep, req)
@@ -820,6 +1057,8 @@ def iterative_native(
             if outcome == _AGAIN:
                 if int(si[_N_HEAP]) + each > buf.heap.size:
                     buf.heap = np.concatenate((buf.heap, np.zeros_like(buf.heap)))
+                table.reserve(int(prm[_P_NEW_KEYS]))
+                grid.reserve(int(prm[_P_NEW_CORNERS]))
                 continue
             t = float(sf[_T])
             if t > env.now:
