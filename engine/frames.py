@@ -175,6 +175,22 @@ class Spill:
 
     def write(self, frame: pl.DataFrame, stem: str) -> Path:
         """Write ``frame`` as the next part file named after ``stem`` and return its path."""
+        path = self._next(stem, ".parquet")
+        # lz4: a part is read back once, by this run; on 1M-row frames it writes a third
+        # faster than the default zstd and reads back three times faster, 10% larger
+        frame.write_parquet(path, statistics=False, compression="lz4")
+        return path
+
+    def park(self, values: np.ndarray, stem: str) -> np.ndarray:
+        """Write ``values`` to the folder as the next part (``.npy``) and return them read
+        back as a read-only memory map: a column a run needs again only later holds no
+        memory meanwhile (its pages are read when used)."""
+        path = self._next(stem, ".npy")
+        np.save(path, values, allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+
+    def _next(self, stem: str, suffix: str) -> Path:
+        """The path of the next part file, the folder made on first use."""
         if self.closed:
             raise RuntimeError(f"spill folder {self.path} was already removed")
         if self.path is None:
@@ -186,11 +202,7 @@ class Spill:
             self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
             self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
         self.parts += 1
-        path = self.path / f"{stem}-{self.parts:06d}.parquet"
-        # lz4: a part is read back once, by this run; on 1M-row frames it writes a third
-        # faster than the default zstd and reads back three times faster, 10% larger
-        frame.write_parquet(path, statistics=False, compression="lz4")
-        return path
+        return self.path / f"{stem}-{self.parts:06d}{suffix}"
 
     def close(self) -> None:
         """Remove the folder and its parts (frames scanning them become unreadable)."""

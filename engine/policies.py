@@ -97,7 +97,12 @@ class KVBlocks(Protocol):
 class StepColumns(Protocol):
     """A replica's step log: one entry per iteration in each column (start and end time
     in seconds, sequences in the batch, prompt tokens prefilled, decode tokens produced,
-    KV blocks held after the step, state index of :attr:`StepPrices.states`, joules)."""
+    KV blocks held after the step, state index of :attr:`StepPrices.states`, joules).
+
+    The world may spill a long run's rows while it runs; ``start`` and ``end`` then hold
+    every step as long as a scheduler leaves them whole (the log's ``keep_times``), and
+    :meth:`max_gap` reads the largest step of a range wherever its rows are.
+    """
 
     @property
     def start(self) -> array[float]: ...
@@ -115,6 +120,9 @@ class StepColumns(Protocol):
     def state(self) -> array[int]: ...
     @property
     def joules(self) -> array[float]: ...
+    def max_gap(self, a: int, b: int) -> float:
+        """The largest ``end - start`` of steps ``a`` to ``b - 1`` (``a < b``)."""
+        ...
 
 
 class ReplicaState(Protocol):

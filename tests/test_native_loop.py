@@ -16,11 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from tests.test_serving import load, run
+from tests.test_serving import compiled, load, run
 from xpusim.engine.frames import collect
+from xpusim.engine.policies import SchedulerSpec
+from xpusim.plugins.workloads.serving import steplog, world
 from xpusim.plugins.workloads.serving.cluster import Feed, Replica, RequestTable
 from xpusim.plugins.workloads.serving.kvcache import KVLayout
 from xpusim.plugins.workloads.serving.schedulers import iteration, native
+from xpusim.plugins.workloads.serving.world import simulate_serving
 
 CASES = {
     "continuous": {"kind": "continuous"},
@@ -30,6 +33,8 @@ CASES = {
     "chunked-preempting": {"kind": "chunked-prefill", "chunk": 128, "kv": 2_500},
     "chunked-3-replicas": {"kind": "chunked-prefill", "chunk": 512, "replicas": 3},
     "continuous-2-replicas-preempting": {"kind": "continuous", "replicas": 2, "kv": 3_000},
+    # requests too long for the cache are dropped: the feeds are id tables, not strides
+    "chunked-2-replicas-dropping": {"kind": "chunked-prefill", "replicas": 2, "kv": 1_000},
 }
 
 
@@ -62,12 +67,13 @@ def test_compiled_loop_gives_the_python_loops_frames(
     for name in want:
         assert_frame_equal(want[name], got[name], check_exact=True)
     req = want["requests"]
-    assert (req["status"] == "ok").all()
-    if "preempting" in case:  # the case exercises what its name says
+    # the case exercises what its name says
+    assert (req["status"] == "dropped").any() == ("dropping" in case)
+    if "preempting" in case:
         assert int(req["preemptions"].sum()) > 0
 
 
-def test_small_feeds_stay_in_python_and_large_ones_compile(
+def test_small_worlds_stay_in_python_and_large_ones_compile(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(iteration.LOOP_ENV, raising=False)
@@ -80,12 +86,21 @@ def test_small_feeds_stay_in_python_and_large_ones_compile(
 
     monkeypatch.setattr(native, "iterative_native", counted)
     frame = load(120, rate="30/s")
+    monkeypatch.setattr(native, "warm", False)
     monkeypatch.setattr(iteration, "NATIVE_MIN_REQUESTS", 121)
     run(frame)
     assert not calls
     monkeypatch.setattr(iteration, "NATIVE_MIN_REQUESTS", 120)
     run(frame)
     assert calls == [1]
+    # once it has run here, a smaller world than the cold threshold compiles too
+    monkeypatch.setattr(iteration, "NATIVE_MIN_REQUESTS", 10_000)
+    monkeypatch.setattr(iteration, "NATIVE_MIN_REQUESTS_WARM", 121)
+    run(frame)
+    assert calls == [1]
+    monkeypatch.setattr(iteration, "NATIVE_MIN_REQUESTS_WARM", 120)
+    run(frame)
+    assert calls == [1, 1]
 
 
 def test_windowed_layouts_and_plain_paths_are_not_served() -> None:
@@ -137,3 +152,47 @@ def test_any_load_gives_the_same_frames_on_both_loops(
     got = frames_of("native", monkeypatch, frame, **args)
     for name in want:
         assert_frame_equal(want[name], got[name], check_exact=True)
+
+
+@pytest.mark.parametrize("loop", ["python", "native"])
+def test_step_times_dropped_after_a_spill_are_read_back(
+    loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the step rows spilled every 20 rows and only the last 3 steps' times kept,
+    preemptions whose segments began earlier read the spilled times back, and every frame
+    equals the run that kept everything in memory."""
+    monkeypatch.setenv(iteration.LOOP_ENV, loop)
+    frame = load(300, rate="60/s", prompt=300, out=80, seed=5)
+
+    def frames(**args: object):  # type: ignore[no-untyped-def]
+        res = simulate_serving(
+            frame,
+            compiled(2),
+            system="s",
+            replicas=2,
+            devices_per_replica=1,
+            scheduler=SchedulerSpec(kind="continuous"),
+            kv_block_tokens=16,
+            kv_capacity_tokens=3_000,
+            **args,  # type: ignore[arg-type]
+        )
+        return {name: collect(f) for name, f in res.frames.items()}
+
+    whole = frames()
+    assert int(whole["requests"]["preemptions"].sum()) > 0
+    reads: list[tuple[int, int]] = []
+    real = world._spilled_gap
+
+    def counted(buf, a: int, b: int) -> float:  # type: ignore[no-untyped-def]
+        reads.append((a, b))
+        return real(buf, a, b)
+
+    monkeypatch.setattr(world, "_spilled_gap", counted)
+    monkeypatch.setattr(steplog, "KEEP_TIMES", 3)
+    # the compiled loop hands its rows to the log (which spills them) every few steps
+    monkeypatch.setattr(native, "SYNC_ITERATIONS", 8)
+    monkeypatch.setattr(native, "SYNC_IDLES", 1)
+    spilled = frames(spill_rows=20)
+    assert reads, "no preemption reached back past the times held"
+    for name in whole:
+        assert_frame_equal(whole[name], spilled[name], check_exact=True)

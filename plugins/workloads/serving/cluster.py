@@ -40,11 +40,13 @@ def bucket(x: int, bits: int) -> int:
 class Feed:
     """The requests routed to one replica, known before the run: ``ids`` in arrival order,
     and ``at``, the instant each request arrives (``world.arrival_instants``) indexed by
-    request id (one table the feeds of all replicas share)."""
+    request id (one table the feeds of all replicas share). ``ids`` is a ``range`` where
+    the replica takes every ``R``-th request (round-robin with nothing dropped: no table
+    of four bytes a request), else a 32-bit array."""
 
     __slots__ = ("at", "ids")
 
-    def __init__(self, ids: array[int], at: array[float]) -> None:
+    def __init__(self, ids: array[int] | range, at: array[float]) -> None:
         self.ids = ids
         self.at = at
 

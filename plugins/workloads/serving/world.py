@@ -72,7 +72,7 @@ from xpusim.plugins.workloads.serving.cluster import (
 from xpusim.plugins.workloads.serving.kvcache import KVLayout, PagedKVCache
 from xpusim.plugins.workloads.serving.routers import builtin_router
 from xpusim.plugins.workloads.serving.routers.round_robin import RoundRobinRouter
-from xpusim.plugins.workloads.serving.schedulers import builtin_scheduler
+from xpusim.plugins.workloads.serving.schedulers import SCHEDULERS, builtin_scheduler
 from xpusim.plugins.workloads.serving.schedulers.chunked_prefill import ChunkedPrefillScheduler
 from xpusim.plugins.workloads.serving.schedulers.continuous import ContinuousScheduler
 from xpusim.plugins.workloads.serving.schemas import REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
@@ -308,6 +308,9 @@ def simulate_serving(
         env.process(policy.process(env, r, req, costs, spec))
     spill = Spill(spill_rows, spill_dir)
     steps = _StepSpill(spill, system, reps, costs)
+    if type(policy) in SCHEDULERS:  # they read step times through max_gap only
+        for r in reps:
+            r.log.keep_times = False
     try:
         if fed:
             env.process(_ticks(env, req, progress, steps))
@@ -321,10 +324,12 @@ def simulate_serving(
             progress(n, n)
 
         # every routed request must be done
-        st = np.frombuffer(bytes(req.state), dtype=np.uint8)
-        stuck = np.flatnonzero((st != DONE) & (st != DROPPED))
-        if stuck.size:
+        # counted first (one byte a request at a time, the run's high-water mark is near)
+        st = np.frombuffer(req.state, dtype=np.uint8)
+        if np.count_nonzero(st == DONE) + np.count_nonzero(st == DROPPED) != n:
+            stuck = np.flatnonzero((st != DONE) & (st != DROPPED))
             raise AssertionError(f"{stuck.size} requests never finished (first: {int(stuck[0])})")
+        del st
 
         frames, horizon = _frames(system, req, reps, costs, devices_per_replica, reasons, steps)
     except BaseException:
@@ -362,6 +367,8 @@ class _StepSpill:
         self.costs = costs
         self.buffers = [FrameBuffer(spill, f"steps-r{r.index}", STEPS_SCHEMA) for r in reps]
         self.every = max(1, min(1024, spill.rows // 64))
+        for r, buf in zip(reps, self.buffers, strict=True):
+            r.log.spilled_gap = functools.partial(_spilled_gap, buf)
 
     def check(self) -> None:
         """Flush every replica's pending rows when they reach the threshold in all."""
@@ -392,6 +399,25 @@ class _StepSpill:
         r.log.start = array("d")
         r.log.end = array("d")
 
+    def times(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end of every step of replica ``index``: the times its log holds,
+        after those of the spilled steps it no longer holds, read back."""
+        log = self.reps[index].log
+        start = np.asarray(log.start)
+        end = np.asarray(log.end)
+        if not log.base:
+            return start, end
+        back = (
+            pl.scan_parquet(self.buffers[index].parts, schema=STEPS_SCHEMA)
+            .filter(pl.col("step") < log.base)
+            .select("start_s", "end_s")
+            .collect()
+        )
+        return (
+            np.concatenate((back["start_s"].to_numpy(), start)),
+            np.concatenate((back["end_s"].to_numpy(), end)),
+        )
+
     def spilled(self, index: int) -> list[Path]:
         """Part files of replica ``index``, in order."""
         return self.buffers[index].parts
@@ -404,6 +430,22 @@ class _StepSpill:
                 buf.add(r.log.take(self.system, r.index, self.costs.states))
             out.append(buf.frame())
         return concat_frames(out, STEPS_SCHEMA)
+
+
+def _spilled_gap(buf: FrameBuffer, a: int, b: int) -> float:
+    """The largest ``end_s - start_s`` of the spilled steps ``a`` to ``b - 1`` of one
+    replica (``buf``'s parts), for a preemption whose segment began before its log's
+    times (:meth:`~.steplog.StepLog.max_gap`)."""
+    got = (
+        pl.scan_parquet(buf.parts, schema=STEPS_SCHEMA)
+        .filter(pl.col("step").is_between(a, b - 1))
+        .select((pl.col("end_s") - pl.col("start_s")).max())
+        .collect()
+        .item()
+    )
+    if got is None:
+        raise AssertionError(f"steps {a} .. {b - 1} are neither held nor spilled")
+    return float(got)
 
 
 def _arrivals(
@@ -572,8 +614,10 @@ def _feed_planned(
         replica_of[routed] = np.arange(routed.size, dtype=np.int32) % np.int32(r)
     del st
     for k, rep in enumerate(reps):
-        ids = np.arange(k, req.n, r, dtype=np.int32) if routed is None else routed[k::r]
-        rep.feed = Feed(array("i", np.ascontiguousarray(ids).tobytes()), instants)
+        if routed is None:
+            rep.feed = Feed(range(k, req.n, r), instants)
+        else:
+            rep.feed = Feed(array("i", np.ascontiguousarray(routed[k::r]).tobytes()), instants)
     return originals
 
 
@@ -661,6 +705,19 @@ def _frames(
     # in place: no second table of eight bytes a request
     tbt_max = np.asarray(req.seg_max)
     ok = np.frombuffer(bytes(req.state), dtype=np.uint8) == DONE
+    # columns only the request rows need, after the pass over the replicas: on disk while
+    # that pass holds every replica's step times, when the run spills already (ten
+    # million requests hold 200 MB less at its peak)
+    later = {
+        "first_scheduled": np.asarray(req.first_scheduled),
+        "prompt": np.asarray(req.prompt),
+        "output": np.asarray(req.output),
+        "preemptions": np.asarray(req.preemptions, dtype=np.int32),
+    }
+    if spill.used:
+        later = {name: spill.park(col, name) for name, col in later.items()}
+        req.first_scheduled, req.preemptions = array("d"), array("i")
+        req.prompt, req.output = array("i"), array("i")
 
     # a request's last token is its finish for the built-in schedulers; any other is kept
     # apart (no table of eight bytes a request for the exception)
@@ -677,8 +734,7 @@ def _frames(
         horizon = max(horizon, max(ends_all))
     for r in reps:
         log = r.log
-        start = np.asarray(log.start)
-        end = np.asarray(log.end)
+        start, end = steps.times(r.index)
         dur = end - start
         mine = np.flatnonzero(ok & (replica == r.index))
         if mine.size:
@@ -737,10 +793,12 @@ def _frames(
                 }
             )
         )
-    first_sched = np.asarray(req.first_scheduled)
-    prompt = np.asarray(req.prompt)
-    output = np.asarray(req.output)
-    preempt = np.asarray(req.preemptions, dtype=np.int32)
+    first_sched, prompt, output, preempt = (
+        later["first_scheduled"],
+        later["prompt"],
+        later["output"],
+        later["preemptions"],
+    )
     status_names = pl.Series(["dropped", REQUEST_OK], dtype=pl.String)
     reason_ids = (
         np.fromiter(reasons, dtype=np.int64, count=len(reasons))

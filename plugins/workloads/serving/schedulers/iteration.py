@@ -47,11 +47,12 @@ the run is a short loop over prices and block counts whose rows join the step lo
 bulk. Every iteration is computed with the same float operations in the same order as
 the plain loop, so every per-request time and every token gap is identical to it.
 
-Compiled fast path. A replica on the fast path whose feed holds at least
-:data:`NATIVE_MIN_REQUESTS` requests, without sliding-window layers, runs the same loop
-compiled (:mod:`~xpusim.plugins.workloads.serving.schedulers.native`, a transliteration
-with identical results); smaller feeds stay here, where importing the compiler and
-loading the compiled loop would cost more than it saves. The environment variable
+Compiled fast path. A replica on the fast path without sliding-window layers runs the same
+loop compiled (:mod:`~xpusim.plugins.workloads.serving.schedulers.native`, a
+transliteration with identical results) when the world holds at least
+:data:`NATIVE_MIN_REQUESTS` requests, or :data:`NATIVE_MIN_REQUESTS_WARM` once the
+compiled loop has run in this process; smaller worlds stay here, where importing the
+compiler and loading the compiled loop would cost more than it saves. The environment variable
 ``XPUSIM_SERVING_LOOP`` set to ``python`` or ``native`` forces one or the other (for a
 machine where the compiler does not run, or to compare them).
 """
@@ -62,6 +63,7 @@ machine where the compiler does not run, or to compare them).
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from array import array
 from heapq import heappop, heappush
@@ -92,8 +94,17 @@ gets a turn)."""
 
 INF = float("inf")
 
-NATIVE_MIN_REQUESTS = 4096
-"""Requests a replica's feed holds at least for the compiled loop to run it."""
+NATIVE_MIN_REQUESTS = 100_000
+"""Requests a world holds at least for its fast-path replicas to run the compiled loop,
+the first time in a process: importing numba and loading the compiled loop take about
+1.5 s of CPU once, and the compiled loop saves about 11 µs a request (the 1,000,000
+synthetic requests of ``benchmarks/serving.py``), so it pays from about 130,000."""
+
+NATIVE_MIN_REQUESTS_WARM = 2_000
+"""The same once the compiled loop has run in this process (a sweep or a capacity
+search runs many worlds): only the per-replica buffers remain to pay for."""
+
+_NATIVE = "xpusim.plugins.workloads.serving.schedulers.native"
 
 LOOP_ENV = "XPUSIM_SERVING_LOOP"
 """Environment variable forcing the loop: ``python``, ``native`` or ``auto`` (default)."""
@@ -112,13 +123,18 @@ def loop_choice() -> str:
     return choice
 
 
-def native_wanted(feed_size: int) -> bool:
-    """Whether a fast-path replica whose feed holds ``feed_size`` requests runs the compiled
-    loop (:data:`LOOP_ENV`, else :data:`NATIVE_MIN_REQUESTS`)."""
+def native_wanted(requests: int) -> bool:
+    """Whether the fast-path replicas of a world of ``requests`` requests run the compiled
+    loop: as :data:`LOOP_ENV` says, else by :data:`NATIVE_MIN_REQUESTS` (or
+    :data:`NATIVE_MIN_REQUESTS_WARM` once the compiled loop has run here)."""
     choice = loop_choice()
     if choice != "auto":
         return choice == "native"
-    return feed_size >= NATIVE_MIN_REQUESTS
+    loaded = sys.modules.get(_NATIVE)
+    least = NATIVE_MIN_REQUESTS
+    if loaded is not None and getattr(loaded, "warm", False):
+        least = min(least, NATIVE_MIN_REQUESTS_WARM)
+    return requests >= least
 
 
 def iterative(
@@ -135,7 +151,7 @@ def iterative(
         isinstance(rep, Replica)
         and rep.feed is not None
         and rep.kv.layout is None
-        and native_wanted(len(rep.feed.ids))
+        and native_wanted(req.n)
     ):
         try:
             # imported on use: loading the compiler costs more than a small run takes
@@ -189,7 +205,6 @@ def iterative(
     a_start, a_end, a_batch = log.start.append, log.end.append, log.batch.append
     a_pf, a_dec, a_kv = log.prefill.append, log.decode.append, log.kv.append
     a_state, a_j = log.state.append, log.joules.append
-    l_start, l_end = log.start, log.end
     memo = costs.memo
     # the decode-only prices of this replica's runs by one int, ``nb_ << 40 | dc``: the
     # memo's keys are tuples, whose lookup compares five ints; a bucketed decode context
@@ -302,10 +317,7 @@ def iterative(
                 g = j - k
                 a = seg_start[rid]
                 if a < j:  # largest gap of the segment that ends here
-                    seg_max[rid] = max(
-                        seg_max[rid],
-                        max(e - s for s, e in zip(l_start[a:j], l_end[a:j], strict=True)),
-                    )
+                    seg_max[rid] = max(seg_max[rid], log.max_gap(a, j))
                 last_tok_time[rid] = now
                 cur_L[rid] = L + g
                 cur_m[rid] -= g

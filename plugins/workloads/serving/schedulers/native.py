@@ -59,10 +59,11 @@ from xpusim.engine.policies import (
 )
 from xpusim.plugins.workloads.serving.cluster import CostTable, Replica
 
-SYNC_ITERATIONS = 16384
+SYNC_ITERATIONS = 4096
 """Iterations the compiled loop runs before it returns to Python: eight times the
 reference's :data:`~.iteration.SYNC_ITERATIONS`, since each return hands the step rows
-over and costs about as much as a few hundred compiled iterations."""
+over (about as much as a few hundred compiled iterations); the step rows a replica
+buffers between returns are this many plus its longest output."""
 
 SYNC_IDLES = 64
 """Idle gaps the compiled loop crosses before it returns to Python."""
@@ -77,14 +78,16 @@ _STUCK = 4  # nothing can run and nothing can be preempted
 # Slots of the integer state vector.
 _K_FEED, _K_ADM, _SYNCED, _N_DEC, _SUM_CTX, _USED, _J = 0, 1, 2, 3, 4, 5, 6
 _D_OUT, _D_DONE, _N_LOG, _N_PRE, _N_WAIT, _N_HEAP, _N_GAP, _N_LTT, _IDLES = range(7, 16)
-_N_STATE = 16
+_BASE = 16  # the log's first step with times held (set before each call)
+_N_STATE = 17
 # Slots of the float state vector: the replica's clock and the next arrival instant.
 _T, _NXT = 0, 1
 # Slots of the parameter vector.
 _P_B, _P_TOTAL, _P_ADMIT, _P_MAXB, _P_BUDGET, _P_SPLIT, _P_BITS = 0, 1, 2, 3, 4, 5, 6
 _P_SYNC, _P_IDLES, _P_MAXOUT, _P_TOKEN, _P_MODE, _P_GRID_BITS = 7, 8, 9, 10, 11, 12
 _P_NEW_KEYS, _P_NEW_CORNERS = 13, 14  # what one iteration may add to the price tables
-_N_PARAMS = 15
+_P_N_FEED, _P_FEED_START, _P_FEED_STEP = 15, 16, 17  # a strided feed: no id table
+_N_PARAMS = 18
 # How a step shape new to the run is priced (_P_MODE).
 _CALLBACK = 0  # by the world's step prices, called back (any StepPrices)
 _INTERPOLATE = 1  # between the grid's corners, compiled (a CostTable, the usual case)
@@ -96,10 +99,26 @@ _INF = math.inf
 _EMPTY = -(1 << 62)  # the first key field of a free slot of a price table
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # the hash's multiplier (2**64 over the golden ratio)
 
-_PRICERS: dict[int, tuple[Callable[..., Any], Callable[..., Any]]] = {}
-"""The step pricing of each running compiled loop, by token: the compiled code reaches
-Python objects only by a number, and looks its pricer up here for a shape it has not
-seen."""
+warm = False
+"""Whether the compiled loop has run in this process (numba's set-up is paid): the
+dispatcher then uses it for smaller worlds too."""
+
+_PRICERS: dict[int, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = {}
+"""What each running compiled loop calls back, by token (the compiled code reaches Python
+objects only by a number): the pricing of a step shape and of a grid corner it has not
+seen, and its step log's :meth:`~.steplog.StepLog.max_gap` for steps whose times were
+spilled."""
+
+
+def _call_back(token: int, which: int, *args: Any) -> Any:
+    """Call back ``which`` of :data:`_PRICERS` of the compiled loop ``token``.
+
+    The compiled code's object-mode blocks call this function, never :data:`_PRICERS`
+    itself: numba caches such a block with the values of the globals it names, and a
+    module-level function is cached by its name, where the registry would be cached with
+    whatever pricers it held when the loop was compiled."""
+    return _PRICERS[token][which](*args)
+
 
 _TABLES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 """The compiled price table and grid of each world's step prices, shared by its
@@ -113,6 +132,13 @@ def _bucket(x: int, bits: int, top: int) -> int:
         return x
     e = math.frexp(float(x))[1] - bits  # bit_length, exact below 2**53
     return ((x + (1 << (e - 1))) >> e) << e
+
+
+@numba.njit(cache=True, inline="always")
+def _fed(feed_ids: np.ndarray, start: int, step: int, k: int) -> int:
+    """The ``k``-th request of the feed: ``start + k * step`` for a strided feed (``step``
+    above 0), else ``feed_ids[k]``."""
+    return start + k * step if step else feed_ids[k]
 
 
 @numba.njit(cache=True, inline="always")
@@ -208,7 +234,7 @@ def _corner(grid: Any, token: int, pts: tuple[int, int, int, int, int]) -> tuple
     if grid[0][i, 0] != _EMPTY:
         return grid[1][i, 0], grid[1][i, 1], grid[2][i]
     with numba.objmode(dur="float64", joules="float64", st="int64"):
-        dur, joules, st = _PRICERS[token][1](pts)
+        dur, joules, st = _call_back(token, 1, pts)
     _put(grid, i, pts, (dur, joules, st))
     return dur, joules, st
 
@@ -308,7 +334,7 @@ def _price_new(
         got = _corner(grid, token, k)
     else:
         with numba.objmode(dur="float64", joules="float64", st="int64"):
-            dur, joules, st = _PRICERS[token][0](k, totals)
+            dur, joules, st = _call_back(token, 0, k, totals)
         got = (dur, joules, st)
     _put(table, i, k, got)
     return got
@@ -373,6 +399,7 @@ def _preempt(
     hist_end: np.ndarray,
     l_start: np.ndarray,
     l_end: np.ndarray,
+    token: int,
 ) -> bool:
     """The reference's ``preempt_newest`` on the state vector: preempt the running
     request that arrived last (the largest id); False when none runs."""
@@ -400,15 +427,24 @@ def _preempt(
         g = j - k
         a = seg_start[rid]
         if a < j:  # largest gap of the segment that ends here
+            # the log holds the times of steps base .. base + hist_n - 1, the buffer the
+            # later ones; earlier ones were spilled and are read back from Python
+            base = si[_BASE]
             hist_n = hist_start.shape[0]
             big = -_INF
-            for idx in range(a, j):
-                if idx < hist_n:
-                    gap = hist_end[idx] - hist_start[idx]
+            for idx in range(max(a, base), j):
+                k = idx - base
+                if k < hist_n:
+                    gap = hist_end[k] - hist_start[k]
                 else:
-                    gap = l_end[idx - hist_n] - l_start[idx - hist_n]
+                    gap = l_end[k - hist_n] - l_start[k - hist_n]
                 if gap > big:
                     big = gap
+            if a < base:
+                with numba.objmode(old="float64"):
+                    old = _call_back(token, 2, a, min(j, base))
+                if old > big:
+                    big = old
             if big > seg_max[rid]:
                 seg_max[rid] = big
         n_ltt = si[_N_LTT]
@@ -500,7 +536,9 @@ def _advance(
     g_keys, _, _, g_n = grid
     room_each = done_pf.shape[0]  # what one iteration may add to a per-request buffer
     cap_log = l_start.shape[0]
-    n_feed = feed_ids.shape[0]
+    n_feed = prm[_P_N_FEED]
+    f_start = prm[_P_FEED_START]
+    f_step = prm[_P_FEED_STEP]
 
     k_feed = si[_K_FEED]
     k_adm = si[_K_ADM]
@@ -528,7 +566,7 @@ def _advance(
             k0 = k_feed
             while nxt <= t:
                 k_feed += 1
-                nxt = feed_at[feed_ids[k_feed]] if k_feed < n_feed else _INF
+                nxt = feed_at[_fed(feed_ids, f_start, f_step, k_feed)] if k_feed < n_feed else _INF
             d_out += k_feed - k0
         if j - synced >= sync_iters or idles >= sync_idles:
             synced = j
@@ -564,7 +602,7 @@ def _advance(
             if not _preempt(
                 si, j, now, B, state, cur_L, cur_m, entry, seg_start, seg_max,
                 preemptions, growth, heap, pre_rid, pre_done, wait, ltt_rid, ltt_t,
-                hist_start, hist_end, l_start, l_end,
+                hist_start, hist_end, l_start, l_end, token,
             ):  # fmt: skip
                 outcome = _OVERFLOW
                 break
@@ -610,7 +648,7 @@ def _advance(
             if n_wait:
                 rid = wait[n_wait - 1]
             elif k_adm < k_feed:
-                rid = feed_ids[k_adm]
+                rid = _fed(feed_ids, f_start, f_step, k_adm)
             else:
                 break
             L = cur_L[rid]
@@ -657,7 +695,7 @@ def _advance(
                 if _preempt(
                     si, j, now, B, state, cur_L, cur_m, entry, seg_start, seg_max,
                     preemptions, growth, heap, pre_rid, pre_done, wait, ltt_rid, ltt_t,
-                    hist_start, hist_end, l_start, l_end,
+                    hist_start, hist_end, l_start, l_end, token,
                 ):  # fmt: skip
                     used = si[_USED] - need
                     n_dec = si[_N_DEC]
@@ -789,7 +827,8 @@ def _advance(
             head_nb = -1  # blocks the queue's head needs (-1: the queue is empty)
             if open_:
                 if n_wait or k_adm < k_feed:
-                    L = cur_L[wait[n_wait - 1] if n_wait else feed_ids[k_adm]]
+                    head = wait[n_wait - 1] if n_wait else _fed(feed_ids, f_start, f_step, k_adm)
+                    L = cur_L[head]
                     c = L if not split or room > L else room
                     head_nb = -(-c // B)
                 elif nxt <= t:
@@ -897,6 +936,10 @@ def serves(rep: Any, req: RequestState) -> bool:
         and isinstance(req.state, bytearray)
         and isinstance(rep.feed.at, array)
         and rep.feed.at.typecode == "d"
+        and (
+            (isinstance(rep.feed.ids, range) and rep.feed.ids.step > 0)
+            or (isinstance(rep.feed.ids, array) and rep.feed.ids.typecode == "i")
+        )
     )
 
 
@@ -977,22 +1020,28 @@ def iterative_native(
 ) -> Proc:
     """The replica's SimPy process on the compiled loop (see the module docstring); the
     caller checked :func:`serves`."""
+    global warm
     feed = rep.feed
     assert feed is not None
     kv = rep.kv
     log = rep.log
     B = kv.block_tokens
     total = kv.total_blocks
-    ids = _view(feed.ids, np.int32, "i")
+    strided = isinstance(feed.ids, range)
+    ids = np.zeros(0, dtype=np.int32) if strided else _view(feed.ids, np.int32, "i")
+    n_feed = len(feed.ids)
     at = _view(feed.at, np.float64, "d")
     cur_m = _view(req.cur_output, np.int32, "i")
-    max_out = int(cur_m[ids].max()) if ids.size else 1
-    each = min(spec.max_batch, ids.size) + 1
+    f = feed.ids
+    mine = cur_m[f.start : f.stop : f.step] if isinstance(f, range) else cur_m[ids]
+    max_out = int(mine.max()) if n_feed else 1
+    del mine
+    each = min(spec.max_batch, n_feed) + 1
     buf = _Buffers(SYNC_ITERATIONS + max_out + 2, each, 4 * each, B)
     buf.growth[:] = kv.growth
     si, sf = buf.si, buf.sf
     sf[_T] = env.now
-    sf[_NXT] = at[ids[0]] if ids.size else _INF
+    sf[_NXT] = at[feed.ids[0]] if n_feed else _INF
     prm = np.zeros(_N_PARAMS, dtype=np.int64)
     prm[_P_B] = B
     prm[_P_TOTAL] = total
@@ -1004,6 +1053,10 @@ def iterative_native(
     prm[_P_SYNC] = SYNC_ITERATIONS
     prm[_P_IDLES] = SYNC_IDLES
     prm[_P_MAXOUT] = max_out
+    prm[_P_N_FEED] = n_feed
+    if isinstance(feed.ids, range):
+        prm[_P_FEED_START] = feed.ids.start
+        prm[_P_FEED_STEP] = feed.ids.step
     token = id(buf)
     prm[_P_TOKEN] = token
     if type(costs) is CostTable:
@@ -1011,7 +1064,7 @@ def iterative_native(
         prm[_P_GRID_BITS] = costs.grid_bits
     else:
         prm[_P_MODE] = _CALLBACK
-    _PRICERS[token] = _pricers(costs)
+    _PRICERS[token] = (*_pricers(costs), log.max_gap)
     table, grid = _tables(costs)
     prm[_P_NEW_KEYS] = new_keys_bound(max_out, costs.bits)
     prm[_P_NEW_CORNERS] = 16 * int(prm[_P_NEW_KEYS])  # a key's corners: two an axis, four axes
@@ -1034,6 +1087,7 @@ def iterative_native(
         while True:
             # the log's whole-run start and end, for a preempted request's largest gap;
             # viewed for the call only (a view would keep the arrays from growing)
+            si[_BASE] = log.base
             hist_start = _view(log.start, np.float64, "d")
             hist_end = _view(log.end, np.float64, "d")
             outcome = _advance(
@@ -1044,6 +1098,7 @@ def iterative_native(
                 buf.state, buf.joules, table.arrays, grid.arrays,
             )  # fmt: skip
             del hist_start, hist_end
+            warm = True
             _hand_over(buf, rep, req)
             if outcome == _FINISHED:
                 return
