@@ -13,7 +13,7 @@ second, peak RSS and cost-memo misses, and writes them as JSON to ``--json`` (de
 ``benchmarks/out/serving.json``).
 
 Kernel speed: every run first measures SimPy's raw event rate in the same process (one
-process yielding 1,000,000 timeouts) and reports each case's simulated iterations
+process yielding 1,000,000 timeouts, the median of three runs) and reports each case's simulated iterations
 per second of simulation CPU time as a fraction of it (``vs_simpy_timeouts``): a world at
 that fraction pays, per iteration, that share of one bare SimPy event. CPU time (not wall)
 is used for both, so other jobs on the machine change the figures less. ``--plain`` also
@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Generator
@@ -126,23 +127,32 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def simpy_timeout_rate(count: int = 1_000_000) -> dict[str, float]:
+def simpy_timeout_rate(count: int = 1_000_000, repeats: int = 3) -> dict[str, Any]:
     """SimPy's raw event rate on this machine, now: one process yielding ``count``
-    timeouts, per second of wall and of CPU time."""
-    env = simpy.Environment()
+    timeouts, per second of wall and of CPU time, the median of ``repeats`` runs (one run
+    varies by a quarter from the next on a shared machine); ``samples_cpu_s`` lists each."""
+    walls: list[float] = []
+    cpus: list[float] = []
+    for _ in range(repeats):
+        env = simpy.Environment()
 
-    def ticker() -> Generator[simpy.Event, None, None]:
-        timeout = env.timeout
-        for _ in range(count):
-            yield timeout(1.0)
+        def ticker(env: simpy.Environment = env) -> Generator[simpy.Event, None, None]:
+            timeout = env.timeout
+            for _ in range(count):
+                yield timeout(1.0)
 
-    env.process(ticker())
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    env.run()
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - c0
-    return {"timeouts": count, "per_wall_s": round(count / wall), "per_cpu_s": round(count / cpu)}
+        env.process(ticker())
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        env.run()
+        walls.append(count / (time.perf_counter() - t0))
+        cpus.append(count / (time.process_time() - c0))
+    return {
+        "timeouts": count,
+        "per_wall_s": round(statistics.median(walls)),
+        "per_cpu_s": round(statistics.median(cpus)),
+        "samples_cpu_s": [round(c) for c in cpus],
+    }
 
 
 def run_case(
@@ -150,7 +160,7 @@ def run_case(
     frame: pl.DataFrame,
     replicas: int,
     sched: SchedulerSpec,
-    raw: dict[str, float],
+    raw: dict[str, Any],
     plain: bool = False,
 ) -> dict:
     """Simulate ``frame`` and report speed figures; with ``plain``, also on the plain loop

@@ -96,9 +96,10 @@ INF = float("inf")
 
 NATIVE_MIN_REQUESTS = 100_000
 """Requests a world holds at least for its fast-path replicas to run the compiled loop,
-the first time in a process: importing numba and loading the compiled loop take about
-1.5 s of CPU once, and the compiled loop saves about 11 µs a request (the 1,000,000
-synthetic requests of ``benchmarks/serving.py``), so it pays from about 130,000."""
+the first time in a process: importing numba and loading the compiled loop take 1.1 to
+1.5 s of CPU once, and the compiled loop saves about 10 µs a request of the 1,000,000
+synthetic ones of ``benchmarks/serving.py`` (1.5 iterations each), so it pays from
+110,000 to 150,000 of those; requests with longer outputs save more each."""
 
 NATIVE_MIN_REQUESTS_WARM = 2_000
 """The same once the compiled loop has run in this process (a sweep or a capacity
