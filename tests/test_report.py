@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,8 @@ from xpusim.engine.device import DeviceSpec, Figure, PowerSpec, PriceSpec
 from xpusim.engine.economics import HOUR_S, EconomicsConfig, apply_economics
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.lazy import Lazy
-from xpusim.engine.metrics import vocabulary_for
-from xpusim.engine.report import best_systems
+from xpusim.engine.metrics import Metric, vocabulary_for
+from xpusim.engine.report import best_systems, fmt, metric_value
 from xpusim.engine.report.compare import compare_runs, load_run
 from xpusim.engine.report.html import render_html
 from xpusim.engine.report.markdown import render_markdown
@@ -440,3 +441,19 @@ def test_an_overloaded_system_says_so_in_its_status(run: RunResult) -> None:
     assert "overloaded: sustains at most about 3.25 req/s" in render_html(over)
     table = summary_table(over.summary(), over.vocabulary)
     assert "overloaded" in list(table.columns[3].cells)
+
+
+def test_counts_print_whole_and_measures_keep_their_digits() -> None:
+    """A count (an ``int``) prints in all its digits, never as ``43.0``; a measured value
+    keeps three significant digits; a count shown through a unit scale is a measure."""
+    assert fmt(43) == "43"
+    assert fmt(0) == "0"
+    assert fmt(1234567) == "1,234,567"
+    assert fmt(43.0) == "43.0"
+    assert fmt(0.012345) == "0.0123"
+    knee = Metric("max_concurrency_within_slo", "clients within the SLOs", "clients")
+    scaled = Metric("some_time_s", "time", "ms", scale=1e3)
+    system = SimpleNamespace(status="ok", metrics={knee.name: 43, scaled.name: 2})
+    assert metric_value(system, knee) == 43  # type: ignore[arg-type]
+    assert isinstance(metric_value(system, knee), int)  # type: ignore[arg-type]
+    assert metric_value(system, scaled) == 2000.0  # type: ignore[arg-type]

@@ -25,11 +25,14 @@ if TYPE_CHECKING:
 
 
 def fmt(x: Any, digits: int = 3) -> str:
-    """A number with ``digits`` significant digits and thousands separators; ``-`` for none."""
+    """A number with ``digits`` significant digits and thousands separators (a count,
+    an ``int``, in all its digits); ``-`` for none."""
     if x is None:
         return "-"
     if isinstance(x, bool) or not isinstance(x, int | float):
         return str(x)
+    if isinstance(x, int):  # a count: whole, however few its digits
+        return f"{x:,}"
     v = float(x)
     if math.isnan(v) or math.isinf(v):
         return "-"
@@ -44,12 +47,15 @@ def fmt(x: Any, digits: int = 3) -> str:
 
 
 def metric_value(system: SystemResult, metric: Metric) -> float | None:
-    """The metric's value of an ``ok`` system in the shown unit, or ``None``."""
+    """The metric's value of an ``ok`` system in the shown unit, or ``None``; a count (an
+    ``int`` shown in its own unit) stays an ``int``."""
     if system.status != "ok":
         return None
     v = system.metrics.get(metric.name)
     if v is None or isinstance(v, bool) or not isinstance(v, int | float):
         return None
+    if isinstance(v, int) and metric.scale == 1:
+        return v
     if math.isnan(float(v)):
         return None
     return metric.shown(float(v))
