@@ -38,6 +38,20 @@ CASES = {
 }
 
 
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per replica process the compiled loop ran, in this test."""
+    ran: list[int] = []
+    real = native.iterative_native
+
+    def counted(*a: object, **k: object):  # type: ignore[no-untyped-def]
+        ran.append(1)
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(native, "iterative_native", counted)
+    return ran
+
+
 def frames_of(loop: str, monkeypatch: pytest.MonkeyPatch, frame: pl.DataFrame, **args: object):
     monkeypatch.setenv(iteration.LOOP_ENV, loop)
     res = run(frame, **args)  # type: ignore[arg-type]
@@ -46,18 +60,10 @@ def frames_of(loop: str, monkeypatch: pytest.MonkeyPatch, frame: pl.DataFrame, *
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_compiled_loop_gives_the_python_loops_frames(
-    case: str, monkeypatch: pytest.MonkeyPatch
+    case: str, monkeypatch: pytest.MonkeyPatch, calls: list[int]
 ) -> None:
     args = CASES[case]
     frame = load(400, rate="60/s", prompt=300, out=80, seed=11)
-    calls: list[int] = []
-    real = native.iterative_native
-
-    def counted(*a: object, **k: object):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        return real(*a, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(native, "iterative_native", counted)
     got = frames_of("native", monkeypatch, frame, **args)
     assert calls, "the compiled loop did not run"
     calls.clear()
@@ -74,17 +80,9 @@ def test_compiled_loop_gives_the_python_loops_frames(
 
 
 def test_small_worlds_stay_in_python_and_large_ones_compile(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, calls: list[int]
 ) -> None:
     monkeypatch.delenv(iteration.LOOP_ENV, raising=False)
-    calls: list[int] = []
-    real = native.iterative_native
-
-    def counted(*a: object, **k: object):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        return real(*a, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(native, "iterative_native", counted)
     frame = load(120, rate="30/s")
     monkeypatch.setattr(native, "warm", False)
     monkeypatch.setattr(iteration, "NATIVE_MIN_REQUESTS", 121)

@@ -399,25 +399,6 @@ class _StepSpill:
         r.log.start = array("d")
         r.log.end = array("d")
 
-    def times(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Start and end of every step of replica ``index``: the times its log holds,
-        after those of the spilled steps it no longer holds, read back."""
-        log = self.reps[index].log
-        start = np.asarray(log.start)
-        end = np.asarray(log.end)
-        if not log.base:
-            return start, end
-        back = (
-            pl.scan_parquet(self.buffers[index].parts, schema=STEPS_SCHEMA)
-            .filter(pl.col("step") < log.base)
-            .select("start_s", "end_s")
-            .collect()
-        )
-        return (
-            np.concatenate((back["start_s"].to_numpy(), start)),
-            np.concatenate((back["end_s"].to_numpy(), end)),
-        )
-
     def spilled(self, index: int) -> list[Path]:
         """Part files of replica ``index``, in order."""
         return self.buffers[index].parts
@@ -653,16 +634,22 @@ def _ticks(
 
 def _replica_columns(
     log: Any, parts: list[Path], states: list[str]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decode tokens, state indices and joules of every step of one replica: the spilled
-    parts read back (three columns) followed by the rows still in the log."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Start, end, decode tokens, state indices and joules of every step of one replica:
+    the spilled parts read back (in one scan) followed by the rows still in the log. The
+    times of the spilled steps come from the parts only where the log dropped them
+    (:attr:`~.steplog.StepLog.base`); otherwise the log holds every step's."""
+    start = np.asarray(log.start)
+    end = np.asarray(log.end)
     dec = np.array(log.decode, dtype=np.int64)
     st = np.array(log.state, dtype=np.int64)
     joules = np.array(log.joules, dtype=np.float64)
     if parts:
+        times = ["start_s", "end_s"] if log.base else []
         back = (
             pl.scan_parquet(parts, schema=STEPS_SCHEMA)
             .select(
+                *times,
                 "decode_tokens",
                 pl.col("state").replace_strict(
                     {s: i for i, s in enumerate(states)}, return_dtype=pl.Int64
@@ -671,10 +658,14 @@ def _replica_columns(
             )
             .collect()
         )
+        if log.base:  # the log holds the times of steps base onwards; the parts 0 .. taken
+            held = log.taken - log.base
+            start = np.concatenate((back["start_s"].to_numpy(), start[held:]))
+            end = np.concatenate((back["end_s"].to_numpy(), end[held:]))
         dec = np.concatenate((back["decode_tokens"].to_numpy(), dec))
         st = np.concatenate((back["state"].to_numpy(), st))
         joules = np.concatenate((back["joules"].to_numpy(), joules))
-    return dec, st, joules
+    return start, end, dec, st, joules
 
 
 def _frames(
@@ -734,7 +725,9 @@ def _frames(
         horizon = max(horizon, max(ends_all))
     for r in reps:
         log = r.log
-        start, end = steps.times(r.index)
+        start, end, dec, st_idx, joules = _replica_columns(
+            log, steps.spilled(r.index), costs.states
+        )
         dur = end - start
         mine = np.flatnonzero(ok & (replica == r.index))
         if mine.size:
@@ -751,7 +744,6 @@ def _frames(
             seg[has] = _range_max(dur, lo[has], hi[has])
             tbt_max[mine] = np.maximum(seg, tbt_max[mine])
             del lo, hi, has, seg
-        dec, st_idx, joules = _replica_columns(log, steps.spilled(r.index), costs.states)
         if len(log):
             w = dec > 0
             gap_parts.append(

@@ -473,6 +473,32 @@ def _preempt(
     return True
 
 
+@numba.njit(cache=True, inline="always")
+def _log_row(
+    rows: tuple[np.ndarray, ...],
+    n: int,
+    start: float,
+    end: float,
+    batch: int,
+    prefill: int,
+    decode: int,
+    kv: int,
+    state: int,
+    joules: float,
+) -> None:
+    """Write step row ``n`` into the buffer columns ``rows`` (start, end, batch, prefill,
+    decode, KV held, state, joules: the step log's columns, in its order)."""
+    l_start, l_end, l_batch, l_pf, l_dec, l_kv, l_state, l_j = rows
+    l_start[n] = start
+    l_end[n] = end
+    l_batch[n] = batch
+    l_pf[n] = prefill
+    l_dec[n] = decode
+    l_kv[n] = kv
+    l_state[n] = state
+    l_j[n] = joules
+
+
 @numba.njit(cache=True)
 def _advance(
     si: np.ndarray,
@@ -533,6 +559,7 @@ def _advance(
     new_keys = prm[_P_NEW_KEYS]
     new_corners = prm[_P_NEW_CORNERS]
     t_keys, t_vals, t_sts, t_n = table
+    rows = (l_start, l_end, l_batch, l_pf, l_dec, l_kv, l_state, l_j)
     g_keys, _, _, g_n = grid
     room_each = done_pf.shape[0]  # what one iteration may add to a per-request buffer
     cap_log = l_start.shape[0]
@@ -730,14 +757,7 @@ def _advance(
             (pf_n, pf_tok, pf_ctx, n_dec, sum_ctx),
         )
         end = now + dur
-        l_start[n_log] = now
-        l_end[n_log] = end
-        l_batch[n_log] = pf_n + n_dec
-        l_pf[n_log] = pf_tok
-        l_dec[n_log] = n_dec
-        l_kv[n_log] = used
-        l_state[n_log] = st_i
-        l_j[n_log] = joules
+        _log_row(rows, n_log, now, end, pf_n + n_dec, pf_tok, n_dec, used, st_i, joules)
         n_log += 1
         # 4. decodes got their token (the ones that are done retire below)
         sum_ctx += n_dec
@@ -873,14 +893,7 @@ def _advance(
                         (0, 0, 0, n_dec, sum_ctx),
                     )
                 end = t + dur
-                l_start[n_log] = t
-                l_end[n_log] = end
-                l_batch[n_log] = n_dec
-                l_pf[n_log] = 0
-                l_dec[n_log] = n_dec
-                l_kv[n_log] = u
-                l_state[n_log] = st_i
-                l_j[n_log] = joules
+                _log_row(rows, n_log, t, end, n_dec, 0, n_dec, u, st_i, joules)
                 n_log += 1
                 used = u
                 sum_ctx += n_dec
