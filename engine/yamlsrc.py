@@ -58,8 +58,15 @@ class Source:
 
 
 def dotted(path: Path_) -> str:
-    """Render a key path as ``systems.0.device``."""
-    return ".".join(str(p) for p in path) or "(top level)"
+    """Render a key path as ``systems.0.device``; a key with a character that does not
+    print (a newline, a control character) is shown quoted and escaped, so a message
+    stays one line."""
+    return ".".join(_shown(str(p)) for p in path) or "(top level)"
+
+
+def _shown(key: str) -> str:
+    """``key`` as is, or its escaped ``repr`` when some character of it does not print."""
+    return key if key.isprintable() else repr(key)
 
 
 def load_yaml(text: str, file: str) -> tuple[Any, Source]:

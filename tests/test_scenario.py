@@ -10,6 +10,7 @@ import pytest
 from xpusim.engine.errors import ScenarioError, UnknownNameError
 from xpusim.engine.host import Host
 from xpusim.engine.scenario import apply_override, load_scenario, parse_set
+from xpusim.engine.yamlsrc import dotted
 
 GOOD = """\
 name: fake-run
@@ -169,3 +170,12 @@ def test_booleans_for_numbers_are_found_through_lists_mappings_and_aliases() -> 
     assert keys_at(Root, ("one",)) == ["count", "flag", "share"]
     assert keys_at(Root, ("renamed",)) == [] and keys_at(Root, ("nowhere",)) == []
     assert submodel(list[Leaf]) is Leaf and submodel(int | None) is None
+
+
+def test_a_key_that_does_not_print_is_named_escaped_on_one_line() -> None:
+    """A place in a message names a key with a newline or control character quoted and
+    escaped, so the one-paragraph message stays one line; ordinary keys stay bare."""
+    assert dotted(("workload", "arrivals", "prompt_tokens")) == "workload.arrivals.prompt_tokens"
+    assert dotted(("workload", "\n", 0)) == "workload.'\\n'.0"
+    assert "\n" not in dotted(("a\x1bb", "c\rd"))
+    assert dotted(()) == "(top level)"
