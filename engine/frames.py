@@ -25,9 +25,10 @@ Bounded memory: a frame is a :data:`Frame`, either an in-memory ``pl.DataFrame``
 ``pl.LazyFrame``. Below a row threshold (:func:`spill_rows`, default
 :data:`DEFAULT_SPILL_ROWS` rows per frame, ``XPUSIM_SPILL_ROWS`` in the environment
 overrides it) every frame is a DataFrame, exactly as built in memory. Past it, rows are
-flushed in chunks to Parquet part files in a :class:`Spill` folder the run owns and the
-frame becomes a LazyFrame scanning the parts (plus the in-memory tail), in the same row
-order. Consumers read frames through polars queries that accept both (``.lazy()`` on a
+flushed in chunks to part files (Arrow IPC, uncompressed) in a :class:`Spill` folder the
+run owns and the frame becomes a LazyFrame scanning the parts (plus the in-memory tail), in
+the same row order. A :class:`FrameBuffer` may hold its rows packed (:class:`Packing`):
+columns fixed for the buffer left out, string columns of a few values held as codes. Consumers read frames through polars queries that accept both (``.lazy()`` on a
 DataFrame is free); :func:`frame_height` and :func:`collect` help. The spill folder is
 removed when :meth:`Spill.close` is called (``xpusim.engine.results.write_run`` does so once the
 run folder holds the final Parquet files), when the frames that own it are garbage
@@ -40,6 +41,8 @@ import os
 import shutil
 import tempfile
 import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -78,13 +81,13 @@ throughput of its own)."""
 
 
 Frame: TypeAlias = pl.DataFrame | pl.LazyFrame
-"""An event frame: in memory, or lazy over spilled Parquet parts."""
+"""An event frame: in memory, or lazy over spilled part files."""
 
 FrameMap: TypeAlias = dict[str, pl.DataFrame] | dict[str, Frame]
 """Frames by name as a workload returns them: all in memory, or some lazy."""
 
 DEFAULT_SPILL_ROWS = 1_000_000
-"""Rows a frame holds in memory before it spills to Parquet parts."""
+"""Rows a frame holds in memory before it spills to part files."""
 
 SPILL_ROWS_ENV = "XPUSIM_SPILL_ROWS"
 """Environment variable overriding :data:`DEFAULT_SPILL_ROWS` (a positive integer)."""
@@ -93,6 +96,9 @@ SPILL_DIR_ENV = "XPUSIM_SPILL_DIR"
 """Environment variable naming the parent folder of spill folders (default: the system's
 temporary folder)."""
 
+
+PART_SUFFIX = ".arrow"
+"""The suffix of a spilled frame's part files (Arrow IPC)."""
 
 SPILL_PREFIX = "xpusim-spill-"
 """Spill folders are named ``xpusim-spill-<host>-<pid>-<random>``."""
@@ -174,11 +180,14 @@ class Spill:
         return self._finalizer is not None and not self._finalizer.alive
 
     def write(self, frame: pl.DataFrame, stem: str) -> Path:
-        """Write ``frame`` as the next part file named after ``stem`` and return its path."""
-        path = self._next(stem, ".parquet")
-        # lz4: a part is read back once, by this run; on 1M-row frames it writes a third
-        # faster than the default zstd and reads back three times faster, 10% larger
-        frame.write_parquet(path, statistics=False, compression="lz4")
+        """Write ``frame`` as the next part file named after ``stem`` (Arrow IPC) and
+        return its path; :func:`scan_parts` reads parts back."""
+        path = self._next(stem, PART_SUFFIX)
+        # Arrow IPC, uncompressed: a part is scratch that this run reads back once or
+        # twice. Step and request rows write in a fifth to a third of the time Parquet
+        # with lz4 takes and read back faster, at twice the bytes or more (packed rows;
+        # `benchmarks/serving.py --case spill`, docs/workloads/serving.md).
+        frame.write_ipc(path, compression="uncompressed")
         return path
 
     def park(self, values: np.ndarray, stem: str) -> np.ndarray:
@@ -223,6 +232,57 @@ class SpilledFrames(dict[str, Frame]):
         self.spill = spill
 
 
+def scan_parts(parts: Sequence[Path]) -> pl.LazyFrame:
+    """The rows of part files :meth:`Spill.write` wrote, in order, as they were written
+    (a packed buffer's parts hold its packed columns)."""
+    return pl.scan_ipc(list(parts))
+
+
+CODE_DTYPE: pl.DataType = pl.Int32()
+"""The dtype of a coded column's codes in a packed frame (:class:`Packing`)."""
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How a :class:`FrameBuffer` holds the rows of a frame more compactly than its schema.
+
+    ``fixed`` names the columns every row of the buffer has the same value in (the
+    ``system`` and ``replica`` of one replica's step rows): the packed rows leave them out.
+    ``coded`` names string columns of a few values (a step's ``state``): the packed rows
+    hold each value's index into its list of labels, as :data:`CODE_DTYPE`. A labels list
+    may grow while the rows are held (the buffer reads it when it builds the frame), as
+    long as the labels already coded keep their places.
+
+    Packed step rows write in three quarters of the time and read back their states four
+    times faster than rows with the strings, a third smaller (``benchmarks/serving.py
+    --case spill``).
+    """
+
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    coded: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def packed_schema(self, schema: Mapping[str, pl.DataType]) -> dict[str, pl.DataType]:
+        """The columns of packed rows of a frame of ``schema``, in its order."""
+        return {
+            name: CODE_DTYPE if name in self.coded else dtype
+            for name, dtype in schema.items()
+            if name not in self.fixed
+        }
+
+    def unpack(self, schema: Mapping[str, pl.DataType]) -> list[pl.Expr]:
+        """Expressions selecting the columns of ``schema``, in order, from packed rows."""
+        out: list[pl.Expr] = []
+        for name, dtype in schema.items():
+            if name in self.fixed:
+                out.append(pl.lit(self.fixed[name], dtype=dtype).alias(name))
+            elif name in self.coded:
+                labels = pl.Series(list(self.coded[name]), dtype=dtype)
+                out.append(pl.lit(labels).gather(pl.col(name)).alias(name))
+            else:
+                out.append(pl.col(name))
+        return out
+
+
 class FrameBuffer:
     """Rows of one frame, appended in slices and spilled in parts past the threshold.
 
@@ -230,12 +290,22 @@ class FrameBuffer:
     are written as one part file. :meth:`frame` returns the whole frame in order: the
     buffered DataFrame when nothing was spilled, else a LazyFrame over the parts and the
     in-memory tail. Several buffers (one per replica) stack with :func:`concat_frames`.
+
+    With a ``packing``, slices are added packed (its :meth:`~Packing.packed_schema` of
+    ``schema``), held and spilled so, and :meth:`frame` unpacks them to ``schema``.
     """
 
-    def __init__(self, spill: Spill, name: str, schema: dict[str, pl.DataType]) -> None:
+    def __init__(
+        self,
+        spill: Spill,
+        name: str,
+        schema: dict[str, pl.DataType],
+        packing: Packing | None = None,
+    ) -> None:
         self.spill = spill
         self.name = name
         self.schema = schema
+        self.packing = packing
         self.parts: list[Path] = []
         self._tail: list[pl.DataFrame] = []
         self._rows = 0
@@ -260,17 +330,21 @@ class FrameBuffer:
 
     def frame(self) -> Frame:
         """All rows in order: a DataFrame when nothing spilled, else a LazyFrame."""
+        if not self._tail and not self.parts:
+            return empty(self.schema)
         tail = (
             (pl.concat(self._tail) if len(self._tail) > 1 else self._tail[0])
             if self._tail
-            else empty(self.schema)
+            else None
         )
+        unpack = self.packing.unpack(self.schema) if self.packing is not None else None
         if not self.parts:
-            return tail
-        lazy = [pl.scan_parquet(self.parts, schema=self.schema)]
-        if tail.height:
-            lazy.append(tail.lazy())
-        return pl.concat(lazy) if len(lazy) > 1 else lazy[0]
+            assert tail is not None
+            return tail.select(unpack) if unpack is not None else tail
+        lazy = scan_parts(self.parts)
+        if tail is not None and tail.height:
+            lazy = pl.concat([lazy, tail.lazy()])
+        return lazy.select(unpack) if unpack is not None else lazy
 
 
 def concat_frames(frames: list[Frame], schema: dict[str, pl.DataType]) -> Frame:

@@ -13,11 +13,15 @@ from polars.testing import assert_frame_equal
 
 from tests.test_serving import compiled, load
 from xpusim.engine.frames import (
+    CODE_DTYPE,
+    PART_SUFFIX,
     FrameBuffer,
+    Packing,
     Spill,
     SpilledFrames,
     collect,
     frame_height,
+    scan_parts,
     spill_rows,
 )
 from xpusim.engine.policies import SchedulerSpec
@@ -86,7 +90,7 @@ def test_spill_folder_is_removed_on_close_and_on_garbage_collection(tmp_path: Pa
     assert isinstance(res.frames, SpilledFrames)
     folder = res.frames.spill.path
     assert folder is not None and folder.parent == tmp_path
-    assert any(folder.glob("*.parquet"))
+    assert any(folder.glob(f"*{PART_SUFFIX}"))
     res.frames.spill.close()
     assert not folder.exists()
     assert res.frames.spill.closed
@@ -198,6 +202,43 @@ def test_frame_buffer_keeps_row_order_across_parts(tmp_path: Path) -> None:
     assert_frame_equal(out.collect(), pl.concat(rows))
     spill.close()
     assert not any(tmp_path.iterdir())
+
+
+def test_a_packed_buffer_unpacks_to_its_schema_in_memory_and_spilled(tmp_path: Path) -> None:
+    """A packed buffer holds its rows without the fixed columns and with codes for the
+    coded ones, spills them so, and gives back the frame of its schema either way,
+    labels added after the rows were coded included."""
+    schema = {c: STEPS_SCHEMA[c] for c in ("system", "replica", "step", "state")}
+    labels = ["busy"]
+    packing = Packing(fixed={"system": "h100x2", "replica": 1}, coded={"state": labels})
+    packed = packing.packed_schema(schema)
+    assert packed == {"step": pl.Int64(), "state": CODE_DTYPE}
+    rows = [
+        pl.DataFrame({"step": [0, 1, 2], "state": [0, 0, 0]}, schema=packed),
+        pl.DataFrame({"step": [3, 4], "state": [1, 0]}, schema=packed),
+    ]
+    labels.append("prefill")  # a state met after the first rows were coded
+    want = pl.DataFrame(
+        {
+            "system": ["h100x2"] * 5,
+            "replica": [1] * 5,
+            "step": [0, 1, 2, 3, 4],
+            "state": ["busy", "busy", "busy", "prefill", "busy"],
+        },
+        schema=schema,
+    )
+    for rows_held in (100, 2):
+        spill = Spill(rows_held, tmp_path)
+        buf = FrameBuffer(spill, "steps", schema, packing)
+        for r in rows:
+            buf.add(r)
+        out = buf.frame()
+        assert isinstance(out, pl.LazyFrame) == (rows_held == 2)
+        assert_frame_equal(collect(out), want)
+        if buf.parts:  # the parts hold the packed columns
+            assert scan_parts(buf.parts).collect_schema() == pl.Schema(packed)
+        spill.close()
+    assert_frame_equal(FrameBuffer(Spill(5), "none", schema, packing).frame(), want.clear())
 
 
 def test_spill_threshold_from_argument_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,11 +13,25 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
+from xpusim.engine.frames import Packing
 from xpusim.plugins.workloads.serving.schemas import STEPS_SCHEMA
 
 KEEP_TIMES = 1 << 16
 """Steps whose times a log that drops them keeps after a spill (a preemption reads the
 spilled rows only when the segment it ends is longer): 1 MiB a replica."""
+
+
+def steps_packing(system: str, replica: int, states: list[str]) -> Packing:
+    """How one replica's step rows are held while the world runs and in its spilled parts:
+    ``system`` and ``replica`` fixed, ``state`` coded by ``states`` (the cost table's list,
+    which grows as the run meets new states)."""
+    return Packing(fixed={"system": system, "replica": replica}, coded={"state": states})
+
+
+PACKED_STEPS_SCHEMA: dict[str, pl.DataType] = Packing(
+    fixed=dict.fromkeys(("system", "replica")), coded={"state": []}
+).packed_schema(STEPS_SCHEMA)
+"""Columns of packed step rows (:func:`steps_packing`)."""
 
 
 class StepLog:
@@ -26,7 +40,7 @@ class StepLog:
     The hot loop binds the ``append`` methods of each column once and calls them per
     step; :meth:`frame` builds the ``steps`` rows of the replica at the end.
 
-    Spilling: :meth:`take` returns the rows not yet taken as a frame and empties every
+    Spilling: :meth:`take` returns the rows not yet taken, packed, and empties every
     column but ``start`` and ``end``, which keep one entry per step of the whole run
     (schedulers index them by iteration number, and the token-gap statistics need them)
     until the frames are built. :attr:`taken` counts the rows handed out; ``len(log)`` is
@@ -106,22 +120,18 @@ class StepLog:
     def frame(self, system: str, replica: int, states: list[str]) -> pl.DataFrame:
         """The pending ``steps`` rows of this replica (:data:`STEPS_SCHEMA`); every row
         when nothing was taken."""
+        return self.packed().select(steps_packing(system, replica, states).unpack(STEPS_SCHEMA))
+
+    def packed(self) -> pl.DataFrame:
+        """The pending rows packed (:func:`steps_packing`): without ``system`` and
+        ``replica``, ``state`` as indices into the cost table's state names."""
         lo = self.taken
         n = len(self.batch)
         i = lo - self.base  # the first pending step's place in start and end
         start = np.array(self.start[i:] if i else self.start, dtype=np.float64)
         end = np.array(self.end[i:] if i else self.end, dtype=np.float64)
-        state = (
-            pl.Series(states, dtype=pl.String).gather(np.array(self.state, dtype=np.int64))
-            if n
-            else pl.Series([], dtype=pl.String)
-        )
         return pl.DataFrame(
             {
-                "system": pl.Series([system], dtype=pl.String).new_from_index(0, n)
-                if n
-                else pl.Series([], dtype=pl.String),
-                "replica": np.full(n, replica, dtype=np.int32),
                 "step": np.arange(lo, lo + n, dtype=np.int64),
                 "start_s": start,
                 "end_s": end,
@@ -129,10 +139,10 @@ class StepLog:
                 "prefill_tokens": np.array(self.prefill, dtype=np.int64),
                 "decode_tokens": np.array(self.decode, dtype=np.int64),
                 "kv_blocks_used": self._kv_blocks(),
-                "state": state,
+                "state": np.array(self.state, dtype=np.int32),
                 "joules": np.array(self.joules, dtype=np.float64),
             },
-            schema=STEPS_SCHEMA,
+            schema=PACKED_STEPS_SCHEMA,
         )
 
     def _kv_blocks(self) -> np.ndarray:
@@ -142,9 +152,10 @@ class StepLog:
             return units
         return -(-units // self.unit_layers)
 
-    def take(self, system: str, replica: int, states: list[str]) -> pl.DataFrame:
-        """The pending rows (:meth:`frame`), after which they are no longer held here."""
-        out = self.frame(system, replica, states)
+    def take(self) -> pl.DataFrame:
+        """The pending rows packed (:meth:`packed`), after which they are no longer held
+        here."""
+        out = self.packed()
         self.taken += len(self.batch)
         # emptied in place: the running world appends through bound methods of these
         # very arrays (frame() copied them, so no view of them is exported)

@@ -52,11 +52,13 @@ from xpusim.engine.frames import (
     REQUEST_OK,
     Frame,
     FrameBuffer,
+    Packing,
     Spill,
     SpilledFrames,
     concat_frames,
     device_timeline,
     empty,
+    scan_parts,
 )
 from xpusim.engine.policies import Route, Router, SchedulerSpec
 from xpusim.engine.traces import REQUEST_SCHEMA
@@ -76,6 +78,7 @@ from xpusim.plugins.workloads.serving.schedulers import SCHEDULERS, builtin_sche
 from xpusim.plugins.workloads.serving.schedulers.chunked_prefill import ChunkedPrefillScheduler
 from xpusim.plugins.workloads.serving.schedulers.continuous import ContinuousScheduler
 from xpusim.plugins.workloads.serving.schemas import REQUESTS_SCHEMA, STEPS_SCHEMA, TBT_SCHEMA
+from xpusim.plugins.workloads.serving.steplog import steps_packing
 
 REQUEST_CHUNK = 1 << 18
 """Rows of the ``requests`` frame built at a time once it spills."""
@@ -198,7 +201,7 @@ def simulate_serving(
     ``kv_capacity_tokens`` defaults to ``compiled.kv_capacity_tokens()``; it is rounded
     down to whole blocks of ``kv_block_tokens``. Raises
     :class:`~xpusim.engine.errors.DoesNotFitError` when not one block fits. ``spill_rows`` is the
-    row threshold past which frames spill to Parquet parts under ``spill_dir``
+    row threshold past which frames spill to part files under ``spill_dir``
     (defaults: :func:`xpusim.engine.frames.spill_rows` and ``$XPUSIM_SPILL_DIR``).
 
     The scheduler is the one ``scheduler`` was resolved to in a scenario
@@ -365,7 +368,15 @@ class _StepSpill:
         self.system = system
         self.reps = reps
         self.costs = costs
-        self.buffers = [FrameBuffer(spill, f"steps-r{r.index}", STEPS_SCHEMA) for r in reps]
+        self.buffers = [
+            FrameBuffer(
+                spill,
+                f"steps-r{r.index}",
+                STEPS_SCHEMA,
+                steps_packing(system, r.index, costs.states),
+            )
+            for r in reps
+        ]
         self.every = max(1, min(1024, spill.rows // 64))
         for r, buf in zip(reps, self.buffers, strict=True):
             r.log.spilled_gap = functools.partial(_spilled_gap, buf)
@@ -379,7 +390,7 @@ class _StepSpill:
         """Write every replica's pending rows as one part file each."""
         for r, buf in zip(self.reps, self.buffers, strict=True):
             if r.log.pending:
-                buf.add(r.log.take(self.system, r.index, self.costs.states))
+                buf.add(r.log.take())
                 buf.flush()
         release_freed_memory()
 
@@ -391,7 +402,7 @@ class _StepSpill:
         r = self.reps[index]
         buf = self.buffers[index]
         if r.log.pending:
-            buf.add(r.log.take(self.system, r.index, self.costs.states))
+            buf.add(r.log.take())
         if buf.parts:
             buf.flush()
         # Rebind rather than resize: a numpy view of the old column may still be alive, and
@@ -408,7 +419,7 @@ class _StepSpill:
         out: list[Frame] = []
         for r, buf in zip(self.reps, self.buffers, strict=True):
             if r.log.pending:
-                buf.add(r.log.take(self.system, r.index, self.costs.states))
+                buf.add(r.log.take())
             out.append(buf.frame())
         return concat_frames(out, STEPS_SCHEMA)
 
@@ -418,7 +429,7 @@ def _spilled_gap(buf: FrameBuffer, a: int, b: int) -> float:
     replica (``buf``'s parts), for a preemption whose segment began before its log's
     times (:meth:`~.steplog.StepLog.max_gap`)."""
     got = (
-        pl.scan_parquet(buf.parts, schema=STEPS_SCHEMA)
+        scan_parts(buf.parts)
         .filter(pl.col("step").is_between(a, b - 1))
         .select((pl.col("end_s") - pl.col("start_s")).max())
         .collect()
@@ -633,7 +644,7 @@ def _ticks(
 
 
 def _replica_columns(
-    log: Any, parts: list[Path], states: list[str]
+    log: Any, parts: list[Path]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Start, end, decode tokens, state indices and joules of every step of one replica:
     the spilled parts read back (in one scan) followed by the rows still in the log. The
@@ -646,18 +657,7 @@ def _replica_columns(
     joules = np.array(log.joules, dtype=np.float64)
     if parts:
         times = ["start_s", "end_s"] if log.base else []
-        back = (
-            pl.scan_parquet(parts, schema=STEPS_SCHEMA)
-            .select(
-                *times,
-                "decode_tokens",
-                pl.col("state").replace_strict(
-                    {s: i for i, s in enumerate(states)}, return_dtype=pl.Int64
-                ),
-                "joules",
-            )
-            .collect()
-        )
+        back = scan_parts(parts).select(*times, "decode_tokens", "state", "joules").collect()
         if log.base:  # the log holds the times of steps base onwards; the parts 0 .. taken
             held = log.taken - log.base
             start = np.concatenate((back["start_s"].to_numpy(), start[held:]))
@@ -725,9 +725,7 @@ def _frames(
         horizon = max(horizon, max(ends_all))
     for r in reps:
         log = r.log
-        start, end, dec, st_idx, joules = _replica_columns(
-            log, steps.spilled(r.index), costs.states
-        )
+        start, end, dec, st_idx, joules = _replica_columns(log, steps.spilled(r.index))
         dur = end - start
         mine = np.flatnonzero(ok & (replica == r.index))
         if mine.size:
@@ -791,13 +789,15 @@ def _frames(
         later["output"],
         later["preemptions"],
     )
-    status_names = pl.Series(["dropped", REQUEST_OK], dtype=pl.String)
+    # the rows leave out the system and hold each status as a code (0 dropped, 1 ok)
+    packing = Packing(fixed={"system": system}, coded={"status": ["dropped", REQUEST_OK]})
+    packed = packing.packed_schema(REQUESTS_SCHEMA)
     reason_ids = (
         np.fromiter(reasons, dtype=np.int64, count=len(reasons))
         if reasons
         else np.zeros(0, dtype=np.int64)
     )
-    requests = FrameBuffer(spill, "requests", REQUESTS_SCHEMA)
+    requests = FrameBuffer(spill, "requests", REQUESTS_SCHEMA, packing)
     # past the threshold each chunk goes to its own part at once, so no more than one chunk
     # of request rows is held beside the request table
     spilling = n > spill.rows
@@ -820,7 +820,6 @@ def _frames(
         requests.add(
             pl.DataFrame(
                 {
-                    "system": pl.Series([system], dtype=pl.String).new_from_index(0, k),
                     "replica": pl.Series(replica[a:b], dtype=pl.Int32),
                     "request_id": np.arange(a, b, dtype=np.int64),
                     "arrival_s": arrival[a:b],
@@ -830,18 +829,18 @@ def _frames(
                     "prompt_tokens": prompt[a:b].astype(np.int64),
                     "output_tokens": out_c,
                     "preemptions": preempt[a:b],
-                    "status": status_names.gather(ok[a:b].astype(np.int64)),
+                    "status": ok[a:b].astype(np.int32),
                     "reason": reason,
                     "ttft_s": first_tok[a:b] - arrival[a:b],
                     "e2e_s": finish[a:b] - arrival[a:b],
                     "tbt_mean_s": tbt_mean,
                     "tbt_max_s": tbt_max[a:b],
                 },
-                schema=REQUESTS_SCHEMA,
+                schema=packed,
             ).with_columns(
                 # NaN marks "not applicable" inside the simulation; frames use null
                 pl.col(pl.Float64).fill_nan(None),
-                pl.when(pl.col("status") == "dropped")
+                pl.when(pl.col("status") == 0)
                 .then(None)
                 .otherwise(pl.col("replica"))
                 .alias("replica"),
