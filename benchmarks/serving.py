@@ -36,8 +36,14 @@ high-water mark (``resource.getrusage``), generating the requests included.
 frames, writes the run folder into a temporary folder at ``--detail`` (default
 ``requests``, the scenario default) and reports wall seconds per stage, peak RSS
 (``resource.getrusage``), events/s (iterations plus requests over the simulation wall
-time), requests/s, the spill threshold, the rows of each frame and the size of each file
+time), requests/s, the spill threshold, the size of the spill folder once the simulation
+ends (the temporary disk the run holds), the rows of each frame and the size of each file
 of the run folder.
+
+``--case spill`` writes the ``steps`` rows of one replica and the ``requests`` rows of a
+250,000-request run over 4 replicas as Parquet with lz4, as Arrow IPC and as packed
+Arrow IPC (the spill folder's parts), and reports CPU milliseconds to write and read
+back and the bytes of each (:func:`run_spill_formats`).
 
 ``--case pricing`` prices 1,870 step shapes a fresh model and backend have not seen (40 × 40
 decode-only shapes and 270 fused prefill-and-decode ones) and reports the CPU microseconds a
@@ -266,6 +272,88 @@ def run_pricing() -> dict[str, Any]:
     }
 
 
+SPILL_FORMATS = ("parquet-lz4", "ipc", "ipc-packed")
+"""Part formats the spill case compares: Parquet with lz4 (the earlier parts), Arrow IPC
+uncompressed with every column, and Arrow IPC of packed rows (the engine's parts)."""
+
+
+def run_spill_formats(requests: int = 250_000, replicas: int = 4, repeats: int = 5) -> dict:
+    """Write and read back the ``steps`` and ``requests`` rows of one real run in each of
+    :data:`SPILL_FORMATS`: CPU milliseconds to write, to read every column and to read the
+    columns the frames pass reads back (a step's decode tokens, state index and joules;
+    the strings of an unpacked part mapped to indices as that pass did), and the bytes.
+    The median of ``repeats`` runs of each."""
+    import tempfile
+
+    from xpusim.engine.frames import Packing
+
+    frame = generate(_synthetic_spec(requests, f"{25 * replicas}/s"), seed=1)
+    compiled, source = make_compiled(replicas)
+    res = simulate_serving(
+        frame,
+        compiled,
+        system=f"h100x{replicas}",
+        replicas=replicas,
+        devices_per_replica=1,
+        spill_rows=10**12,  # in memory: the rows are written below
+    )
+    steps = collect(res.frames["steps"]).filter(pl.col("replica") == 0)
+    reqs = collect(res.frames["requests"])
+    states = steps["state"].unique(maintain_order=True).to_list()
+    codes = {s: i for i, s in enumerate(states)}
+    packings = {
+        "steps": Packing(fixed={"system": 0, "replica": 0}, coded={"state": states}),
+        "requests": Packing(fixed={"system": 0}, coded={"status": ["dropped", "ok"]}),
+    }
+
+    def pack(name: str, rows: pl.DataFrame) -> pl.DataFrame:
+        p = packings[name]
+        coded = {c: {s: i for i, s in enumerate(p.coded[c])} for c in p.coded}
+        return rows.drop(*p.fixed).with_columns(
+            pl.col(c).replace_strict(m, return_dtype=pl.Int32) for c, m in coded.items()
+        )
+
+    def cpu_ms(fn: Any, *args: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            c0 = time.process_time()
+            fn(*args)
+            times.append(time.process_time() - c0)
+        return round(statistics.median(times) * 1e3, 2)
+
+    def write(fmt: str, rows: pl.DataFrame, path: Path) -> None:
+        if fmt == "parquet-lz4":
+            rows.write_parquet(path, statistics=False, compression="lz4")
+        else:
+            rows.write_ipc(path, compression="uncompressed")
+
+    def read(fmt: str, path: Path, columns: list[pl.Expr] | None = None) -> None:
+        scan = pl.scan_parquet(path) if fmt == "parquet-lz4" else pl.scan_ipc(path)
+        (scan.select(columns) if columns else scan).collect()
+
+    out: dict[str, Any] = {"case": "spill-formats", "cost_model": source, "requests": requests}
+    with tempfile.TemporaryDirectory(prefix="xpusim-bench-") as tmp:
+        for name, rows in (("steps", steps), ("requests", reqs)):
+            packed = pack(name, rows)
+            for fmt in SPILL_FORMATS:
+                path = Path(tmp) / f"{name}-{fmt}"
+                held = packed if fmt == "ipc-packed" else rows
+                fig: dict[str, Any] = {
+                    "rows": rows.height,
+                    "write_ms": cpu_ms(write, fmt, held, path),
+                }
+                fig["read_all_ms"] = cpu_ms(read, fmt, path)
+                if name == "steps":
+                    state = pl.col("state")
+                    if fmt != "ipc-packed":
+                        state = state.replace_strict(codes, return_dtype=pl.Int64)
+                    back = [pl.col("decode_tokens"), state, pl.col("joules")]
+                    fig["read_back_ms"] = cpu_ms(read, fmt, path, back)
+                fig["mib"] = round(path.stat().st_size / 2**20, 2)
+                out[f"{name}/{fmt}"] = fig
+    return out
+
+
 def run_10m(
     requests: int,
     replicas: int,
@@ -301,6 +389,12 @@ def run_10m(
     sim_s = time.perf_counter() - t1
     sim_cpu = time.process_time() - c1
     peaks = {"simulate": round(peak_rss_mb(), 1)}
+    folder_of_parts = getattr(res.frames, "spill", None)
+    spill_bytes = (
+        sum(p.stat().st_size for p in folder_of_parts.path.iterdir())
+        if folder_of_parts is not None and folder_of_parts.path is not None
+        else 0
+    )
     t2 = time.perf_counter()
     m = serving_metrics(res.frames, res.simulated_s)
     metrics_s = time.perf_counter() - t2
@@ -362,6 +456,7 @@ def run_10m(
         "tbt_p99_s": m["tbt_p99_s"],
         "preemptions": m["preemptions"],
         "detail": detail,
+        "spill_folder_mb": round(spill_bytes / 2**20, 1),
         "run_folder_mb": round(written / 2**20, 1),
         "files_mb": {k: round(v / 2**20, 2) for k, v in sorted(files.items())},
         "peak_rss_mb": peak,
@@ -391,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--case",
-        choices=["azure", "synthetic", "10m", "pricing", "all"],
+        choices=["azure", "synthetic", "10m", "pricing", "spill", "all"],
         default="all",
         help="all = azure and synthetic; 10m is run on its own",
     )
@@ -450,6 +545,10 @@ def main(argv: list[str] | None = None) -> int:
         print_targets(r)
     if args.case == "pricing":
         r = run_pricing()
+        results.append(r)
+        print(json.dumps(r))
+    if args.case == "spill":
+        r = run_spill_formats()
         results.append(r)
         print(json.dumps(r))
     if args.case == "10m":
