@@ -27,8 +27,10 @@ from xpusim.engine.frames import (
 from xpusim.engine.policies import SchedulerSpec
 from xpusim.engine.report.timeline import build_trace
 from xpusim.engine.results import RunResult, SystemResult, write_run
+from xpusim.plugins.workloads.serving.cluster import RequestTable
 from xpusim.plugins.workloads.serving.metrics import inverted_cdf_rank, serving_metrics
 from xpusim.plugins.workloads.serving.schemas import STEPS_SCHEMA
+from xpusim.plugins.workloads.serving.steplog import StepLog
 from xpusim.plugins.workloads.serving.world import ServingResult, simulate_serving
 
 SPILL = 23
@@ -175,6 +177,26 @@ def test_timeline_of_a_spilled_run_matches_and_stays_bounded() -> None:
         frame_height(mem.frames["steps"])
         + collect(mem.frames["devices"]).filter(pl.col("state") != "idle").height
     )
+
+
+@pytest.mark.parametrize("loop", ["python", "native"])
+def test_a_spilled_run_frees_its_world_without_a_collection(
+    loop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a spilling run returns, its request table and step logs are freed by reference
+    counting alone (the world runs no full collection for them), on both loops."""
+    monkeypatch.setenv("XPUSIM_SERVING_LOOP", loop)
+    gc.collect()
+    gc.disable()
+    try:
+        res = serve("continuous", tmp_path, SPILL)
+        alive = [
+            type(o).__name__ for o in gc.get_objects() if isinstance(o, RequestTable | StepLog)
+        ]
+    finally:
+        gc.enable()
+    assert isinstance(res.frames, SpilledFrames)
+    assert alive == []
 
 
 def test_frame_buffer_keeps_row_order_across_parts(tmp_path: Path) -> None:
