@@ -18,12 +18,16 @@ per second of simulation CPU time as a fraction of it (``vs_simpy_timeouts``): a
 that fraction pays, per iteration, that share of one bare SimPy event. CPU time (not wall)
 is used for both, so other jobs on the machine change the figures less. ``--plain`` also
 runs each case on the plain loop (``simulate_serving(..., fast=False)``: one SimPy event per
-arrival and per iteration) and checks that both give the same frames.
+arrival and per iteration) and checks that both give the same frames. The synthetic case
+then simulates the same requests once more in the same process on a fresh backend
+(``again``): the first run pays loading the compiled loop (numba's import and its cached
+code, about 1.1 s of CPU once a process), the second finds it loaded, as the second
+system of a scenario does; both are judged against the 50 % target.
 
 The targets (2-core machine, one core used): the 19,366 Azure conv requests on one H100
 in < 5 s wall; 1,000,000 synthetic requests over 16 replicas in < 6 s of simulation with
 peak RSS < 600 MiB, at >= 50 % of SimPy's raw timeout rate (iterations per second); a
-whole 10,000,000-request run over 16 replicas (simulation with frames spilled to Parquet
+whole 10,000,000-request run over 16 replicas (simulation with frames spilled to
 parts past the row threshold, summary metrics, and the run folder written with every
 registered reporter) with peak RSS < 1.5 GB; the run folder of 2,000,000 requests under
 200 MB at the default detail level. Each case's JSON carries ``targets``: every target
@@ -168,9 +172,12 @@ def run_case(
     sched: SchedulerSpec,
     raw: dict[str, Any],
     plain: bool = False,
+    again: bool = False,
 ) -> dict:
     """Simulate ``frame`` and report speed figures; with ``plain``, also on the plain loop
-    (checking that the frames are the same)."""
+    (checking that the frames are the same); with ``again``, simulate it once more in the
+    same process with a fresh backend (``again``: the figures of a world that finds the
+    compiled loop loaded, as a scenario's second system does)."""
     compiled, source = make_compiled(replicas)
     t0 = time.perf_counter()
     c0 = time.process_time()
@@ -221,6 +228,26 @@ def run_case(
         }
     elif name.startswith("azure"):
         out["targets"] = {"wall_s": target(out["wall_s"], AZURE_WALL_S)}
+    if again:
+        fresh = make_compiled(replicas)[0]  # no shape priced by the first run
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        simulate_serving(
+            frame, fresh, system=name, replicas=replicas, devices_per_replica=1, scheduler=sched
+        )
+        a_cpu = time.process_time() - c0
+        out["again"] = {
+            "wall_s": round(time.perf_counter() - t0, 3),
+            "cpu_s": round(a_cpu, 3),
+            "iterations_per_cpu_s": round(steps / a_cpu),
+            "vs_simpy_timeouts": round(steps / a_cpu / raw["per_cpu_s"], 3),
+        }
+        if "targets" in out:
+            out["targets"]["vs_simpy_timeouts_again"] = target(
+                out["again"]["vs_simpy_timeouts"],
+                SYNTHETIC_TARGETS["vs_simpy_timeouts"],
+                above=True,
+            )
     if plain:
         t0 = time.perf_counter()
         c0 = time.process_time()
@@ -539,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.case in ("synthetic", "all"):
         count = args.requests or 1_000_000
         frame = generate(_synthetic_spec(count, args.rate), seed=1)
-        r = run_case(f"synthetic-{count}", frame, args.replicas, sched, raw, args.plain)
+        r = run_case(f"synthetic-{count}", frame, args.replicas, sched, raw, args.plain, again=True)
         results.append(r)
         print(json.dumps(r))
         print_targets(r)
