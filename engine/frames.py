@@ -377,7 +377,9 @@ def device_timeline(
     n = start.size
     starts: list[np.ndarray] = []
     ends: list[np.ndarray] = []
-    names: list[np.ndarray] = []
+    codes: list[np.ndarray] = []  # into ``labels``: the step states, then idle
+    labels = pl.Series([*states, IDLE], dtype=pl.String)
+    idle = len(states)
     js: list[np.ndarray] = []
     if n:
         new = np.ones(n, dtype=bool)
@@ -385,7 +387,6 @@ def device_timeline(
         first = np.flatnonzero(new)
         last = np.append(first[1:] - 1, n - 1)
         b_start, b_end = start[first], end[last]
-        b_state = np.array(states, dtype=object)[state[first]]
         b_j = np.add.reduceat(joules, first) / len(devices)
         # idle gaps: before the first run, between runs and after the last one
         i_start = np.concatenate(([0.0], b_end))
@@ -393,12 +394,12 @@ def device_timeline(
         keep = i_end > i_start
         starts += [b_start, i_start[keep]]
         ends += [b_end, i_end[keep]]
-        names += [b_state, np.full(int(keep.sum()), IDLE, dtype=object)]
+        codes += [state[first], np.full(int(keep.sum()), idle)]
         js += [b_j, np.zeros(int(keep.sum()))]
     elif horizon > 0:
         starts.append(np.array([0.0]))
         ends.append(np.array([horizon]))
-        names.append(np.array([IDLE], dtype=object))
+        codes.append(np.array([idle]))
         js.append(np.zeros(1))
     if not starts:
         return empty(DEVICES_SCHEMA)
@@ -408,7 +409,7 @@ def device_timeline(
         {
             "start_s": s[order],
             "end_s": np.concatenate(ends)[order],
-            "state": pl.Series(np.concatenate(names)[order].tolist(), dtype=pl.String),
+            "state": labels.gather(np.concatenate(codes)[order]),
             "joules": np.concatenate(js)[order],
         }
     )
