@@ -768,7 +768,6 @@ def _frames(
         steps.release(r.index)
         if spill.used:
             devices.flush()  # a spilling run holds no device rows in memory either
-        release_freed_memory()
     tbt_max[~ok] = np.nan
     late_id = np.concatenate(late_ids) if late_ids else np.zeros(0, np.int64)
     late_val = np.concatenate(late_at) if late_at else np.zeros(0)
