@@ -28,8 +28,9 @@ overrides it) every frame is a DataFrame, exactly as built in memory. Past it, r
 flushed in chunks to part files (Arrow IPC, uncompressed) in a :class:`Spill` folder the
 run owns and the frame becomes a LazyFrame scanning the parts (plus the in-memory tail), in
 the same row order. A :class:`FrameBuffer` may hold its rows packed (:class:`Packing`):
-columns fixed for the buffer left out, string columns of a few values held as codes. Consumers read frames through polars queries that accept both (``.lazy()`` on a
-DataFrame is free); :func:`frame_height` and :func:`collect` help. The spill folder is
+columns fixed for the buffer left out, string columns of a few values held as codes.
+Consumers read frames through polars queries that accept both (``.lazy()`` on a DataFrame
+is free); :func:`frame_height` and :func:`collect` help. The spill folder is
 removed when :meth:`Spill.close` is called (``xpusim.engine.results.write_run`` does so once the
 run folder holds the final Parquet files), when the frames that own it are garbage
 collected, or when the process exits.
@@ -330,19 +331,16 @@ class FrameBuffer:
 
     def frame(self) -> Frame:
         """All rows in order: a DataFrame when nothing spilled, else a LazyFrame."""
-        if not self._tail and not self.parts:
-            return empty(self.schema)
-        tail = (
-            (pl.concat(self._tail) if len(self._tail) > 1 else self._tail[0])
-            if self._tail
-            else None
-        )
         unpack = self.packing.unpack(self.schema) if self.packing is not None else None
+        tail: pl.DataFrame | None = None
+        if self._tail:
+            tail = pl.concat(self._tail) if len(self._tail) > 1 else self._tail[0]
         if not self.parts:
-            assert tail is not None
+            if tail is None:
+                return empty(self.schema)
             return tail.select(unpack) if unpack is not None else tail
         lazy = scan_parts(self.parts)
-        if tail is not None and tail.height:
+        if tail is not None:
             lazy = pl.concat([lazy, tail.lazy()])
         return lazy.select(unpack) if unpack is not None else lazy
 
