@@ -158,7 +158,7 @@ class StepLog:
         out = self.packed()
         self.taken += len(self.batch)
         # emptied in place: the running world appends through bound methods of these
-        # very arrays (frame() copied them, so no view of them is exported)
+        # very arrays (packed() copied them, so no view of them is exported)
         for col in (self.batch, self.prefill, self.decode, self.kv, self.state, self.joules):
             del col[:]
         drop = self.taken - KEEP_TIMES - self.base
