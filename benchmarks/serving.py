@@ -21,8 +21,9 @@ runs each case on the plain loop (``simulate_serving(..., fast=False)``: one Sim
 arrival and per iteration) and checks that both give the same frames. The synthetic case
 then simulates the same requests once more in the same process on a fresh backend
 (``again``): the first run pays loading the compiled loop (numba's import and its cached
-code, about 1.1 s of CPU once a process), the second finds it loaded, as the second
-system of a scenario does; both are judged against the 50 % target.
+code, about 1.1 s of CPU once a process), the second finds it loaded (where the first
+ran it), as the second system of a scenario does; both are judged against the 50 %
+target.
 
 The targets (2-core machine, one core used): the 19,366 Azure conv requests on one H100
 in < 5 s wall; 1,000,000 synthetic requests over 16 replicas in < 6 s of simulation with
