@@ -38,6 +38,7 @@ collected, or when the process exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -188,7 +189,10 @@ class Spill:
         # twice. Step and request rows write in a fifth to a third of the time Parquet
         # with lz4 takes and read back faster, at twice the bytes or more (packed rows;
         # `benchmarks/serving.py --case spill`, docs/workloads/serving.md).
-        frame.write_ipc(path, compression="uncompressed")
+        try:
+            frame.write_ipc(path, compression="uncompressed")
+        except OSError as exc:
+            raise self._failed(path, exc) from exc
         return path
 
     def park(self, values: np.ndarray, stem: str) -> np.ndarray:
@@ -196,8 +200,31 @@ class Spill:
         back as a read-only memory map: a column a run needs again only later holds no
         memory meanwhile (its pages are read when used)."""
         path = self._next(stem, ".npy")
-        np.save(path, values, allow_pickle=False)
+        try:
+            np.save(path, values, allow_pickle=False)
+        except OSError as exc:
+            raise self._failed(path, exc) from exc
         return np.load(path, mmap_mode="r", allow_pickle=False)
+
+    def _failed(self, path: Path, exc: OSError) -> OSError:
+        """``exc``, raised writing part ``path``, told with the folder, what it holds and
+        the way out (a full disk, most often); what was written of the part is removed."""
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        try:
+            held = sum(p.stat().st_size for p in path.parent.iterdir()) / 2**20
+            free = shutil.disk_usage(path.parent).free / 2**20
+        except OSError:
+            held = free = float("nan")
+        text = (
+            f"writing the spill part {path.name} into {path.parent} failed ({exc}); the "
+            f"folder holds {held:,.1f} MiB of parts and its disk has {free:,.1f} "
+            f"MiB free (the spilled frames of a run's finished systems stay until its run "
+            f"folder is written). Point {SPILL_DIR_ENV} at a folder with more free space (ten "
+            f"million serving requests spill about 2.5 GB), or raise {SPILL_ROWS_ENV} (now "
+            f"{self.rows:,} rows) to hold more rows in memory"
+        )
+        return OSError(exc.errno, text) if exc.errno is not None else OSError(text)
 
     def _next(self, stem: str, suffix: str) -> Path:
         """The path of the next part file, the folder made on first use."""

@@ -262,6 +262,39 @@ def test_a_packed_buffer_unpacks_to_its_schema_in_memory_and_spilled(tmp_path: P
     assert_frame_equal(FrameBuffer(Spill(5), "none", schema, packing).frame(), want.clear())
 
 
+def test_a_full_spill_disk_is_told_with_the_folder_and_the_way_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part that cannot be written (a full disk) raises an OSError that names the part,
+    the folder, the space there and the two settings that help, and leaves no half-written
+    part behind; parked columns likewise."""
+    spill = Spill(10, tmp_path)
+    spill.write(pl.DataFrame({"a": [1, 2]}), "first")
+
+    def full(self: pl.DataFrame, path: Path, **_: object) -> None:
+        Path(path).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pl.DataFrame, "write_ipc", full)
+    with pytest.raises(OSError, match="No space left") as err:
+        spill.write(pl.DataFrame({"a": [3]}), "second")
+    text = str(err.value)
+    assert err.value.errno == 28
+    assert "second-000002.arrow" in text and str(spill.path) in text
+    assert "MiB of parts" in text and "MiB free" in text
+    assert "XPUSIM_SPILL_DIR" in text and "XPUSIM_SPILL_ROWS (now 10 rows)" in text
+    assert spill.path is not None
+    assert sorted(p.name for p in spill.path.iterdir()) == ["first-000001.arrow"]
+
+    def no_room(path: object, values: object, **_: object) -> None:
+        raise OSError("disk quota exceeded")
+
+    monkeypatch.setattr(np, "save", no_room)
+    with pytest.raises(OSError, match=r"spill part parked-000003\.npy .*disk quota exceeded"):
+        spill.park(np.arange(4), "parked")
+    spill.close()
+
+
 def test_spill_threshold_from_argument_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """An explicit threshold wins, then XPUSIM_SPILL_ROWS, then the default; nonsense is
     refused with the variable named."""
