@@ -45,6 +45,10 @@ time), requests/s, the spill threshold, the size of the spill folder once the si
 ends (the temporary disk the run holds), the rows of each frame and the size of each file
 of the run folder.
 
+``--breakdown`` (synthetic case) also reports where each world's CPU time goes, by part
+(``breakdown_cpu_s``: numba's load, corner pricing, the compiled loop, hand-overs, spill
+checks, frames, other; ``benchmarks/serving_breakdown.py``).
+
 ``--case spill`` writes the ``steps`` rows of one replica and the ``requests`` rows of a
 250,000-request run over 4 replicas as Parquet with lz4, as Arrow IPC and as packed
 Arrow IPC (the spill folder's parts), and reports CPU milliseconds to write and read
@@ -174,11 +178,14 @@ def run_case(
     raw: dict[str, Any],
     plain: bool = False,
     again: bool = False,
+    breakdown: Any = None,
 ) -> dict:
     """Simulate ``frame`` and report speed figures; with ``plain``, also on the plain loop
     (checking that the frames are the same); with ``again``, simulate it once more in the
     same process with a fresh backend (``again``: the figures of a world that finds the
-    compiled loop loaded, as a scenario's second system does)."""
+    compiled loop loaded, as a scenario's second system does); with a ``breakdown``
+    (installed :class:`serving_breakdown.Breakdown`), also the CPU seconds by part of each
+    run."""
     compiled, source = make_compiled(replicas)
     t0 = time.perf_counter()
     c0 = time.process_time()
@@ -218,6 +225,8 @@ def run_case(
         "vs_simpy_timeouts": round(steps / cpu / raw["per_cpu_s"], 3),
         "peak_rss_mb": round(peak_fast, 1),
     }
+    if breakdown is not None:
+        out["breakdown_cpu_s"] = breakdown.take(cpu)
     if name.startswith("synthetic"):
         out["targets"] = {
             "simulate_wall_s": target(out["wall_s"], SYNTHETIC_TARGETS["simulate_s"]),
@@ -243,6 +252,8 @@ def run_case(
             "iterations_per_cpu_s": round(steps / a_cpu),
             "vs_simpy_timeouts": round(steps / a_cpu / raw["per_cpu_s"], 3),
         }
+        if breakdown is not None:
+            out["again"]["breakdown_cpu_s"] = breakdown.take(a_cpu)
         if "targets" in out:
             out["targets"]["vs_simpy_timeouts_again"] = target(
                 out["again"]["vs_simpy_timeouts"],
@@ -540,6 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--plain", action="store_true", help="also run the plain loop and compare (azure/synthetic)"
     )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="synthetic: also CPU seconds by part of each world (serving_breakdown.py)",
+    )
     ap.add_argument("--replicas", type=int, default=16)
     ap.add_argument("--rate", default="400/s", help="synthetic arrival rate")
     ap.add_argument("--trace", type=Path, default=AZURE)
@@ -567,7 +583,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.case in ("synthetic", "all"):
         count = args.requests or 1_000_000
         frame = generate(_synthetic_spec(count, args.rate), seed=1)
-        r = run_case(f"synthetic-{count}", frame, args.replicas, sched, raw, args.plain, again=True)
+        timers = None
+        if args.breakdown:
+            from serving_breakdown import Breakdown
+
+            timers = Breakdown()
+            timers.install()
+        try:
+            r = run_case(
+                f"synthetic-{count}",
+                frame,
+                args.replicas,
+                sched,
+                raw,
+                args.plain,
+                again=True,
+                breakdown=timers,
+            )
+        finally:
+            if timers is not None:
+                timers.uninstall()
         results.append(r)
         print(json.dumps(r))
         print_targets(r)
