@@ -325,6 +325,7 @@ def run_spill_formats(requests: int = 250_000, replicas: int = 4, repeats: int =
     import tempfile
 
     from xpusim.engine.frames import Packing
+    from xpusim.plugins.workloads.serving.steplog import steps_packing
 
     frame = generate(_synthetic_spec(requests, f"{25 * replicas}/s"), seed=1)
     compiled, source = make_compiled(replicas)
@@ -341,7 +342,7 @@ def run_spill_formats(requests: int = 250_000, replicas: int = 4, repeats: int =
     states = steps["state"].unique(maintain_order=True).to_list()
     codes = {s: i for i, s in enumerate(states)}
     packings = {
-        "steps": Packing(fixed={"system": 0, "replica": 0}, coded={"state": states}),
+        "steps": steps_packing("", 0, states),
         "requests": Packing(fixed={"system": 0}, coded={"status": ["dropped", "ok"]}),
     }
 

@@ -28,9 +28,7 @@ def steps_packing(system: str, replica: int, states: list[str]) -> Packing:
     return Packing(fixed={"system": system, "replica": replica}, coded={"state": states})
 
 
-PACKED_STEPS_SCHEMA: dict[str, pl.DataType] = Packing(
-    fixed=dict.fromkeys(("system", "replica")), coded={"state": []}
-).packed_schema(STEPS_SCHEMA)
+PACKED_STEPS_SCHEMA: dict[str, pl.DataType] = steps_packing("", 0, []).packed_schema(STEPS_SCHEMA)
 """Columns of packed step rows (:func:`steps_packing`)."""
 
 
