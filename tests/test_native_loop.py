@@ -8,6 +8,7 @@ cap that queues, several replicas under planned routers.
 
 from __future__ import annotations
 
+import traceback
 from array import array
 
 import polars as pl
@@ -20,7 +21,7 @@ from tests.test_serving import compiled, load, run
 from xpusim.engine.frames import collect
 from xpusim.engine.policies import SchedulerSpec
 from xpusim.plugins.workloads.serving import steplog, world
-from xpusim.plugins.workloads.serving.cluster import Feed, Replica, RequestTable
+from xpusim.plugins.workloads.serving.cluster import CostTable, Feed, Replica, RequestTable
 from xpusim.plugins.workloads.serving.kvcache import KVLayout
 from xpusim.plugins.workloads.serving.schedulers import iteration, native
 from xpusim.plugins.workloads.serving.world import simulate_serving
@@ -194,3 +195,61 @@ def test_step_times_dropped_after_a_spill_are_read_back(
     assert reads, "no preemption reached back past the times held"
     for name in whole:
         assert_frame_equal(whole[name], spilled[name], check_exact=True)
+
+
+class _OwnTable(CostTable):
+    """Step prices that are not exactly a :class:`CostTable`: the compiled loop calls
+    back into Python for every step shape new to the run."""
+
+
+@pytest.mark.parametrize("pricing", ["grid", "direct", "called-back"])
+def test_every_way_of_pricing_a_new_shape_gives_the_python_loops_frames(
+    pricing: str, monkeypatch: pytest.MonkeyPatch, calls: list[int]
+) -> None:
+    """Shapes new to the run priced between grid corners, on a grid as fine as the keys,
+    and by the world's step prices called back from the compiled loop."""
+    sched: dict[str, object] = {"kind": "continuous", "kv": 3_000}
+    if pricing == "direct":
+        sched.update(shape_bits=4, grid_bits=4)
+    if pricing == "called-back":
+        monkeypatch.setattr(world, "CostTable", _OwnTable)
+    frame = load(300, rate="60/s", prompt=300, out=80, seed=7)
+    got = frames_of("native", monkeypatch, frame, **sched)
+    assert calls, "the compiled loop did not run"
+    want = frames_of("python", monkeypatch, frame, **sched)
+    for name in want:
+        assert_frame_equal(want[name], got[name], check_exact=True)
+
+
+@pytest.mark.parametrize("pricing", ["grid", "called-back"])
+def test_a_pricing_error_inside_the_compiled_loop_is_raised_as_itself(
+    pricing: str, monkeypatch: pytest.MonkeyPatch, calls: list[int]
+) -> None:
+    """An exception the backend raises while the compiled loop prices a step reaches the
+    world's caller as it does from the Python loop (its type and message, the backend's
+    frame in its traceback), and the loop's registry of calls is left empty."""
+    if pricing == "called-back":
+        monkeypatch.setattr(world, "CostTable", _OwnTable)
+    priced: list[int] = []
+
+    def refuse(self: object, shape: object) -> None:
+        priced.append(1)
+        if len(priced) > 5:
+            raise ValueError(f"no price for {shape}")
+
+    real = type(compiled()).cost
+
+    def cost(self, shape):  # type: ignore[no-untyped-def]
+        refuse(self, shape)
+        return real(self, shape)
+
+    monkeypatch.setattr(type(compiled()), "cost", cost)
+    frame = load(300, rate="60/s", prompt=300, out=80, seed=7)
+    with pytest.raises(ValueError, match="no price for") as info:
+        frames_of("native", monkeypatch, frame)
+    assert calls, "the compiled loop did not run"
+    # SimPy raises a copy of a process's exception, caused by the original
+    chain = [info.value, *([info.value.__cause__] if info.value.__cause__ else [])]
+    frames = [f.name for exc in chain for f in traceback.extract_tb(exc.__traceback__)]
+    assert "refuse" in frames
+    assert not native._CALLS

@@ -18,7 +18,10 @@ loop never allocates. Step rows are written to a buffer and handed to the replic
 :class:`~.steplog.StepLog` each time the loop returns to Python, before the replica
 yields to SimPy, so the world's spill checks see the rows they would see with the
 reference. A step shape new to the run is priced through the world's
-:class:`~.cluster.CostTable` (the same ``memo`` and ``step``) from the compiled code.
+:class:`~.cluster.CostTable` (the same ``memo`` and ``step``) from the compiled code,
+which calls back into Python through a C function pointer (:data:`_HOST`) whose address
+it is given at run time, so that the cached machine code is all the loop needs: no part
+of it is compiled again in a new process.
 
 The loop returns to Python (and yields to SimPy if its clock is ahead) every
 :data:`SYNC_ITERATIONS` iterations and every :data:`SYNC_IDLES` idle gaps, where the
@@ -37,6 +40,7 @@ beside this file (or in numba's user cache where this folder is read-only).
 
 from __future__ import annotations
 
+import ctypes
 import math
 import weakref
 from array import array
@@ -46,6 +50,9 @@ from typing import Any
 import numba
 import numpy as np
 import simpy
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from xpusim.engine.policies import (
     DECODING,
@@ -58,6 +65,7 @@ from xpusim.engine.policies import (
     StepPrices,
 )
 from xpusim.plugins.workloads.serving.cluster import CostTable, Replica
+from xpusim.plugins.workloads.serving.steplog import StepLog
 
 SYNC_ITERATIONS = 16384
 """Iterations the compiled loop runs before it returns to Python: 32 times the
@@ -89,7 +97,15 @@ _P_B, _P_TOTAL, _P_ADMIT, _P_MAXB, _P_BUDGET, _P_SPLIT, _P_BITS = 0, 1, 2, 3, 4,
 _P_SYNC, _P_IDLES, _P_MAXOUT, _P_TOKEN, _P_MODE, _P_GRID_BITS = 7, 8, 9, 10, 11, 12
 _P_NEW_KEYS, _P_NEW_CORNERS = 13, 14  # what one iteration may add to the price tables
 _P_N_FEED, _P_FEED_START, _P_FEED_STEP = 15, 16, 17  # a strided feed: no id table
-_N_PARAMS = 18
+_P_HOST = 18  # the address of the C function that calls back into Python (_HOST)
+_N_PARAMS = 19
+# The calls back into Python (_Calls.run), and their mailboxes: the integer one holds a
+# step's bucketed key (or a grid point) at 0..4, its totals at 5..9 and the price's state
+# index, returned, at _M_STATE; the float one returns its seconds and joules. _MAX_GAP
+# takes a range of steps at 0 and 1 and returns its largest gap at floats[0].
+_PRICE, _CORNER, _MAX_GAP = 0, 1, 2
+_M_STATE = 10
+_N_MAIL_INTS, _N_MAIL_FLOATS = 11, 2
 # How a step shape new to the run is priced (_P_MODE).
 _CALLBACK = 0  # by the world's step prices, called back (any StepPrices)
 _INTERPOLATE = 1  # between the grid's corners, compiled (a CostTable, the usual case)
@@ -105,21 +121,57 @@ warm = False
 """Whether the compiled loop has run in this process (numba's set-up is paid): the
 dispatcher then uses it for smaller worlds too."""
 
-_PRICERS: dict[int, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = {}
-"""What each running compiled loop calls back, by token (the compiled code reaches Python
-objects only by a number): the pricing of a step shape and of a grid corner it has not
-seen, and its step log's :meth:`~.steplog.StepLog.max_gap` for steps whose times were
-spilled."""
+_CALLS: dict[int, _Calls] = {}
+"""The calls back into Python of each running compiled loop, by token: the compiled
+code reaches Python objects only by a number."""
 
 
-def _call_back(token: int, which: int, *args: Any) -> Any:
-    """Call back ``which`` of :data:`_PRICERS` of the compiled loop ``token``.
+def _host(token: int, which: int) -> int:
+    """Run call ``which`` of the compiled loop ``token`` (:class:`_Calls`): 0 when it
+    returned, 1 when it raised (the exception is kept for the loop's caller to raise)."""
+    calls = _CALLS[token]
+    try:
+        calls.run[which]()
+    except BaseException as exc:  # re-raised by the caller once the loop has returned
+        calls.failed = exc
+        return 1
+    return 0
 
-    The compiled code's object-mode blocks call this function, never :data:`_PRICERS`
-    itself: numba caches such a block with the values of the globals it names, and a
-    module-level function is cached by its name, where the registry would be cached with
-    whatever pricers it held when the loop was compiled."""
-    return _PRICERS[token][which](*args)
+
+_HOST = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)(_host)
+""":func:`_host` as a C function, which the compiled code calls through its address
+(:func:`_call`): an address passed at run time keeps the cached machine code free of
+this process's pointers, where an object-mode block is compiled anew in every process
+(a quarter of a second on the first run of a process)."""
+
+_HOST_ADDRESS = ctypes.cast(_HOST, ctypes.c_void_p).value or 0
+"""The address of :data:`_HOST`."""
+
+
+@intrinsic
+def _call(typingctx: Any, address: Any, token: Any, which: Any) -> Any:
+    """Call the C function ``int64 f(int64, int64)`` at ``address`` with ``token`` and
+    ``which``; its result."""
+    del typingctx
+    sig = types.int64(address, token, which)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        del context, signature
+        i64 = ir.IntType(64)
+        fn = builder.inttoptr(args[0], ir.FunctionType(i64, [i64, i64]).as_pointer())
+        return builder.call(fn, [args[1], args[2]])
+
+    return sig, codegen
+
+
+@numba.njit(cache=True)
+def _ask(host: Any, which: int) -> None:
+    """Run call ``which`` back in Python for the compiled loop of ``host`` (``(address,
+    token, ints, floats)``: the arguments and results travel in its two arrays); a call
+    that raised ends the loop, and its caller raises the call's exception."""
+    # an intrinsic is called without the typing context its definition takes first
+    if _call(host[0], host[1], which) != 0:  # type: ignore[call-arg]
+        raise RuntimeError("a call back into Python from the compiled serving loop raised")
 
 
 _TABLES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -229,14 +281,17 @@ class _Table:
 
 
 @numba.njit(cache=True)
-def _corner(grid: Any, token: int, pts: tuple[int, int, int, int, int]) -> tuple[float, float, int]:
+def _corner(grid: Any, host: Any, pts: tuple[int, int, int, int, int]) -> tuple[float, float, int]:
     """Grid point ``pts``'s price: from the compiled grid, else from the world's
     :meth:`~.cluster.CostTable.corner` (which prices it through the backend once)."""
     i = _slot(grid[0], pts)
     if grid[0][i, 0] != _EMPTY:
         return grid[1][i, 0], grid[1][i, 1], grid[2][i]
-    with numba.objmode(dur="float64", joules="float64", st="int64"):
-        dur, joules, st = _call_back(token, 1, pts)
+    ints, floats = host[2], host[3]
+    for q in range(5):
+        ints[q] = pts[q]
+    _ask(host, _CORNER)
+    dur, joules, st = floats[0], floats[1], ints[_M_STATE]
     _put(grid, i, pts, (dur, joules, st))
     return dur, joules, st
 
@@ -258,7 +313,7 @@ def _axis(x: int, grid_bits: int) -> tuple[int, int, float, float]:
 
 @numba.njit(cache=True)
 def _interpolate(
-    grid: Any, token: int, k: tuple[int, int, int, int, int], grid_bits: int
+    grid: Any, host: Any, k: tuple[int, int, int, int, int], grid_bits: int
 ) -> tuple[float, float, int]:
     """:meth:`~.cluster.CostTable._interpolate`, compiled: the multilinear interpolation of
     key ``k`` between its grid corners, visited in the same (lexicographic) order with
@@ -284,7 +339,7 @@ def _interpolate(
                 for d in range(1 if hi4 == lo4 else 2):
                     p4 = hi4 if d else lo4
                     wt = w123 * (v4 if d else u4)
-                    s_, j_, st_ = _corner(grid, token, (pf_n, p1, p2, p3, p4))
+                    s_, j_, st_ = _corner(grid, host, (pf_n, p1, p2, p3, p4))
                     sec += wt * s_
                     joules += wt * j_
                     if wt > best_w:
@@ -300,7 +355,7 @@ def _price(
     sts: np.ndarray,
     table: Any,
     grid: Any,
-    token: int,
+    host: Any,
     mode: int,
     grid_bits: int,
     k: tuple[int, int, int, int, int],
@@ -312,14 +367,14 @@ def _price(
     i = _slot(keys, k)
     if keys[i, 0] != _EMPTY:
         return vals[i, 0], vals[i, 1], sts[i]
-    return _price_new(table, grid, token, mode, grid_bits, i, k, totals)
+    return _price_new(table, grid, host, mode, grid_bits, i, k, totals)
 
 
 @numba.njit(cache=True)
 def _price_new(
     table: Any,
     grid: Any,
-    token: int,
+    host: Any,
     mode: int,
     grid_bits: int,
     i: int,
@@ -331,13 +386,16 @@ def _price_new(
     world's own pricing of the step's ``totals`` (``_CALLBACK``, for step prices other
     than a :class:`~.cluster.CostTable`)."""
     if mode == _INTERPOLATE:
-        got = _interpolate(grid, token, k, grid_bits)
+        got = _interpolate(grid, host, k, grid_bits)
     elif mode == _DIRECT:
-        got = _corner(grid, token, k)
+        got = _corner(grid, host, k)
     else:
-        with numba.objmode(dur="float64", joules="float64", st="int64"):
-            dur, joules, st = _call_back(token, 0, k, totals)
-        got = (dur, joules, st)
+        ints, floats = host[2], host[3]
+        for q in range(5):
+            ints[q] = k[q]
+            ints[5 + q] = totals[q]
+        _ask(host, _PRICE)
+        got = (floats[0], floats[1], ints[_M_STATE])
     _put(table, i, k, got)
     return got
 
@@ -401,7 +459,7 @@ def _preempt(
     hist_end: np.ndarray,
     l_start: np.ndarray,
     l_end: np.ndarray,
-    token: int,
+    host: Any,
 ) -> bool:
     """The reference's ``preempt_newest`` on the state vector: preempt the running
     request that arrived last (the largest id); False when none runs."""
@@ -443,8 +501,11 @@ def _preempt(
                 if gap > big:
                     big = gap
             if a < base:
-                with numba.objmode(old="float64"):
-                    old = _call_back(token, 2, a, min(j, base))
+                ints = host[2]
+                ints[0] = a
+                ints[1] = min(j, base)
+                _ask(host, _MAX_GAP)
+                old = host[3][0]
                 if old > big:
                     big = old
             if big > seg_max[rid]:
@@ -540,10 +601,13 @@ def _advance(
     l_j: np.ndarray,
     table: Any,
     grid: Any,
+    mail_ints: np.ndarray,
+    mail_floats: np.ndarray,
 ) -> int:
     """Run the replica from the state vectors until it must return to Python; the
     outcome is one of ``_FINISHED`` .. ``_STUCK``. The body is the reference loop's,
-    step for step (its comments name the steps)."""
+    step for step (its comments name the steps). The calls back into Python take their
+    arguments and give their results in ``mail_ints`` and ``mail_floats``."""
     B = prm[_P_B]
     total = prm[_P_TOTAL]
     admit_limit = prm[_P_ADMIT]
@@ -555,7 +619,7 @@ def _advance(
     sync_iters = prm[_P_SYNC]
     sync_idles = prm[_P_IDLES]
     max_out = prm[_P_MAXOUT]
-    token = prm[_P_TOKEN]
+    host = (prm[_P_HOST], prm[_P_TOKEN], mail_ints, mail_floats)
     mode = prm[_P_MODE]
     grid_bits = prm[_P_GRID_BITS]
     new_keys = prm[_P_NEW_KEYS]
@@ -631,7 +695,7 @@ def _advance(
             if not _preempt(
                 si, j, now, B, state, cur_L, cur_m, entry, seg_start, seg_max,
                 preemptions, growth, heap, pre_rid, pre_done, wait, ltt_rid, ltt_t,
-                hist_start, hist_end, l_start, l_end, token,
+                hist_start, hist_end, l_start, l_end, host,
             ):  # fmt: skip
                 outcome = _OVERFLOW
                 break
@@ -724,7 +788,7 @@ def _advance(
                 if _preempt(
                     si, j, now, B, state, cur_L, cur_m, entry, seg_start, seg_max,
                     preemptions, growth, heap, pre_rid, pre_done, wait, ltt_rid, ltt_t,
-                    hist_start, hist_end, l_start, l_end, token,
+                    hist_start, hist_end, l_start, l_end, host,
                 ):  # fmt: skip
                     used = si[_USED] - need
                     n_dec = si[_N_DEC]
@@ -752,7 +816,7 @@ def _advance(
             t_sts,
             table,
             grid,
-            token,
+            host,
             mode,
             grid_bits,
             (pf_n, pt, pc, nb_, dc),
@@ -888,7 +952,7 @@ def _advance(
                         t_sts,
                         table,
                         grid,
-                        token,
+                        host,
                         mode,
                         grid_bits,
                         (0, 0, 0, nb_, dc),
@@ -982,26 +1046,38 @@ class _Buffers:
         self.kv = np.zeros(rows, dtype=np.int64)
         self.state = np.zeros(rows, dtype=np.int32)
         self.joules = np.zeros(rows, dtype=np.float64)
+        self.mail_ints = np.zeros(_N_MAIL_INTS, dtype=np.int64)
+        self.mail_floats = np.zeros(_N_MAIL_FLOATS, dtype=np.float64)
 
 
-def _pricers(costs: StepPrices) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """What the compiled loop calls back for ``costs``: the reference's pricing of a step
-    (the memo's entry for the bucketed key, else :meth:`StepPrices.step` of the totals)
-    and, for a :class:`~.cluster.CostTable`, the price of one grid point."""
-    memo = costs.memo
-    step = costs.step
+class _Calls:
+    """What one replica's compiled loop calls back in Python (by index, ``run``): the
+    reference's pricing of a step (``_PRICE``: the memo's entry for the bucketed key, else
+    :meth:`StepPrices.step` of the totals), the price of one grid point of a
+    :class:`~.cluster.CostTable` (``_CORNER``) and the step log's
+    :meth:`~.steplog.StepLog.max_gap` over steps whose times were spilled (``_MAX_GAP``).
+    Each reads its arguments from the mailboxes and writes its results there;
+    ``failed`` keeps the exception of a call that raised."""
 
-    def price(key: tuple[int, ...], totals: tuple[int, int, int, int, int]) -> tuple:
-        got = memo.get(key)
-        dur, joules, st = got if got is not None else step(*totals)
-        return float(dur), float(joules), int(st)
+    def __init__(self, costs: StepPrices, log: StepLog, ints: np.ndarray, floats: np.ndarray):
+        memo = costs.memo
+        step = costs.step
 
-    def corner(pts: tuple[int, int, int, int, int]) -> tuple:
-        assert isinstance(costs, CostTable)
-        dur, joules, st = costs.corner(pts)
-        return float(dur), float(joules), int(st)
+        def price() -> None:
+            got = memo.get(tuple(ints[:5].tolist()))
+            dur, joules, st = got if got is not None else step(*ints[5:10].tolist())
+            floats[0], floats[1], ints[_M_STATE] = dur, joules, st
 
-    return price, corner
+        def corner() -> None:
+            assert isinstance(costs, CostTable)
+            pts = ints[:5].tolist()
+            floats[0], floats[1], ints[_M_STATE] = costs.corner((*pts,))
+
+        def max_gap() -> None:
+            floats[0] = log.max_gap(int(ints[0]), int(ints[1]))
+
+        self.run: tuple[Callable[[], None], ...] = (price, corner, max_gap)
+        self.failed: BaseException | None = None
 
 
 def _tables(costs: StepPrices) -> tuple[_Table, _Table]:
@@ -1079,7 +1155,8 @@ def iterative_native(
         prm[_P_GRID_BITS] = costs.grid_bits
     else:
         prm[_P_MODE] = _CALLBACK
-    _PRICERS[token] = (*_pricers(costs), log.max_gap)
+    prm[_P_HOST] = _HOST_ADDRESS
+    calls = _CALLS[token] = _Calls(costs, log, buf.mail_ints, buf.mail_floats)
     table, grid = _tables(costs)
     prm[_P_NEW_KEYS] = new_keys_bound(max_out, costs.bits)
     prm[_P_NEW_CORNERS] = 16 * int(prm[_P_NEW_KEYS])  # a key's corners: two an axis, four axes
@@ -1105,13 +1182,19 @@ def iterative_native(
             si[_BASE] = log.base
             hist_start = _view(log.start, np.float64, "d")
             hist_end = _view(log.end, np.float64, "d")
-            outcome = _advance(
-                si, sf, prm, ids, at, *request_views,
-                buf.growth, buf.heap, buf.pre_rid, buf.pre_done, buf.wait, buf.ltt_rid,
-                buf.ltt_t, buf.done_pf, buf.gaps, hist_start, hist_end,
-                buf.start, buf.end, buf.batch, buf.prefill, buf.decode, buf.kv,
-                buf.state, buf.joules, table.arrays, grid.arrays,
-            )  # fmt: skip
+            try:
+                outcome = _advance(
+                    si, sf, prm, ids, at, *request_views,
+                    buf.growth, buf.heap, buf.pre_rid, buf.pre_done, buf.wait, buf.ltt_rid,
+                    buf.ltt_t, buf.done_pf, buf.gaps, hist_start, hist_end,
+                    buf.start, buf.end, buf.batch, buf.prefill, buf.decode, buf.kv,
+                    buf.state, buf.joules, table.arrays, grid.arrays,
+                    buf.mail_ints, buf.mail_floats,
+                )  # fmt: skip
+            except RuntimeError:
+                if calls.failed is None:
+                    raise
+                raise calls.failed from None  # the pricing's own error, as the reference's
             del hist_start, hist_end
             warm = True
             _hand_over(buf, rep, req)
@@ -1135,7 +1218,7 @@ def iterative_native(
                 yield env.timeout(t - env.now)
     finally:
         kv.growth[:] = buf.growth.tolist()
-        del _PRICERS[token]
+        del _CALLS[token]
 
 
 def _raw(values: np.ndarray, n: int) -> memoryview:
