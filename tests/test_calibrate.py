@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,6 +194,25 @@ def test_cache_dir_respects_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert not str(cal_mod.cache_dir()).startswith(str(tmp_path / "home"))
+
+
+def test_describing_the_machine_imports_no_torch() -> None:
+    """The cpu backend's module imports torch only to run a model, and the machine a
+    calibration must match (its torch version included) is described from torch's
+    package metadata: listing the backend's devices (every plan over all devices does)
+    imports no torch where a matching calibration is at hand. The version is the
+    module's own."""
+    probe = (
+        "import sys; import xpusim.plugins.cpu.backend; "
+        "from xpusim.plugins.cpu import calibrate as c; m = c.machine(1); "
+        "print(m['torch_version'], 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
+    import torch
+
+    assert out == [str(torch.__version__), "False"]
 
 
 def test_gpu_fit_recovers_fractions_without_a_gpu() -> None:

@@ -49,6 +49,7 @@ by xpusim calibrate (date)".
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import json
 import math
 import os
@@ -116,17 +117,27 @@ def memory_bytes() -> tuple[float, float]:
     return total, avail
 
 
+def torch_version() -> str:
+    """The installed torch's version, read from its package metadata (importing torch
+    takes seconds, and describing the machine runs nothing of it), else from the module
+    itself where no metadata is installed."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        import torch
+
+        return str(torch.__version__)
+
+
 def machine(threads: int) -> dict[str, Any]:
     """A description of this machine as a calibration records it."""
-    import torch
-
     total, _ = memory_bytes()
     return {
         "cpu_model": cpu_model(),
         "logical_cores": logical_cores(),
         "memory_bytes": total,
         "threads": int(threads),
-        "torch_version": str(torch.__version__),
+        "torch_version": torch_version(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "hostname": platform.node(),

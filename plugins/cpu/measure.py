@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 POWERCAP = Path("/sys/class/powercap")
 
 GEMM_OPS = frozenset(
@@ -154,6 +152,8 @@ class OpProfile:
 @contextmanager
 def threads(n: int | None) -> Any:
     """Run the block with ``torch.set_num_threads(n)`` (unchanged when ``None``)."""
+    import torch
+
     prev = torch.get_num_threads()
     if n:
         torch.set_num_threads(int(n))
@@ -217,6 +217,8 @@ def time_steps(
     step's ``samples`` (CPU time is the robust figure at one thread on a shared machine)."""
     if clock not in ("wall", "cpu"):
         raise ValueError(f"unknown clock {clock!r}; valid: wall, cpu")
+    import torch
+
     with threads(n_threads), torch.inference_mode():
         began, done = time.perf_counter(), 0
         while done < max(0, warmup) or time.perf_counter() - began < MIN_WARMUP_S:
@@ -246,6 +248,7 @@ def profile_ops(
     module: Callable[..., Any], inputs: Any, *, n_threads: int | None = None
 ) -> OpProfile:
     """Self CPU time per top-level aten op of one call (see module doc)."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     with threads(n_threads), torch.inference_mode(), _quiet_stderr():
