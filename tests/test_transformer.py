@@ -303,6 +303,57 @@ def test_graphs_of_one_model_share_their_ops() -> None:
         assert m.build(shape).ops == fresh.build(shape).ops
 
 
+def _fused(prompt_context: int, decode_context: int) -> Shape:
+    """One 48-token prompt chunk fused with three decoding sequences."""
+    return Shape(
+        Phase.MIXED,
+        batch=4,
+        tokens=1,
+        parts=(
+            Shape(Phase.PREFILL, batch=1, tokens=48, context=prompt_context),
+            Shape(Phase.DECODE, batch=3, tokens=1, context=decode_context),
+        ),
+    )
+
+
+SERVING_STEPS = [
+    # the same totals (phase, new tokens, sequences, positions) in each pair or triple,
+    # other contexts or another split of the prompt: built around the first one's ops
+    Shape(Phase.DECODE, batch=4, tokens=1, context=40),
+    Shape(Phase.DECODE, batch=4, tokens=1, context=71),
+    Shape(Phase.PREFILL, batch=2, tokens=32, context=0),
+    Shape(Phase.PREFILL, batch=2, tokens=32, context=16),
+    _fused(16, 40),
+    _fused(0, 90),
+    Shape(Phase.DECODE, batch=1, tokens=1, context=1),
+    Shape(Phase.DECODE, batch=4, tokens=1, context=12),
+]
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n != "gpt2"] + ["gpt2-unfused-eager"])
+@pytest.mark.parametrize(
+    "par",
+    [Parallelism(), Parallelism(tensor=2, sequence=True), Parallelism(pipeline=2)],
+    ids=["single", "tensor-2-sequence", "pipeline-2"],
+)
+def test_serving_steps_with_the_same_totals_build_what_a_fresh_model_builds(
+    name: str, par: Parallelism
+) -> None:
+    """A serving step whose phase and token totals a model built before is built from
+    that step's ops outside the attention cores and its own cores; every graph is what a
+    model that built nothing before gives for it, op for op, notes included."""
+    make = (
+        (lambda: tiny("gpt", attention="unfused", elementwise="eager"))
+        if name == "gpt2-unfused-eager"
+        else MODELS[name]
+    )
+    warm = make()
+    for shape in SERVING_STEPS:
+        assert warm.build(shape, par) == make().build(shape, par), shape
+    # four steps shared their totals with one built before them
+    assert len(warm._skeletons) == len(SERVING_STEPS) - 4
+
+
 @pytest.mark.parametrize(
     ("spec", "match"),
     [

@@ -457,6 +457,18 @@ OP_FIELDS = (
 (``tests/test_transformer.py`` holds it to ``dataclasses.fields(Op)``)."""
 
 
+@dataclass(frozen=True)
+class _Skeleton:
+    """A serving step's ops around its attention cores: those ``before`` the first core
+    and those ``after`` the last, every layer's and the head's, and the graph's notes.
+    They depend on the step's phase, token totals and parallelism only
+    (:meth:`DecoderModel._build`)."""
+
+    before: tuple[Op, ...]
+    after: tuple[Op, ...]
+    notes: tuple[str, ...]
+
+
 class _Builder:
     """Writes the ops of one step; ``ops`` in execution order. All quantities per device.
 
@@ -473,6 +485,10 @@ class _Builder:
         self.count = count
         self.ops: list[Op] = []
         self.intern = intern
+        # where the attention cores of the step's parts begin and end in ``ops`` (set by
+        # the attention builders): every op outside them depends on the step's token
+        # totals only, not on how its tokens split into parts and contexts
+        self.cores: tuple[int, int] | None = None
 
     def add(self, key: OpKey) -> None:
         """Append the op of fields ``key`` (the interned one when there is a table)."""
@@ -669,6 +685,8 @@ class DecoderModel(EagerCounted):
         self.family = family
         self._graphs: dict[tuple[Shape, Parallelism | None], OpGraph] = {}
         self._ops: dict[OpKey, Op] = {}  # the builder's intern table (see _Builder)
+        # the ops around a serving step's attention cores, by phase and totals (_build)
+        self._skeletons: dict[tuple[Phase, int, int, int, Parallelism], _Skeleton] = {}
         self._stage_layers: dict[int, tuple[int, int]] = {}
         self.info = self._info()
 
@@ -926,6 +944,25 @@ class DecoderModel(EagerCounted):
         seqs = sum(p.batch for p in parts)
         rows = sum(p.tokens for p in parts)  # distinct positions (RoPE/pos rows)
         tn = math.ceil(big_t / t) if sp else big_t  # tokens in the sequence region
+        # a serving step's ops outside its attention cores depend on its totals only: a
+        # step with the same totals as one built before (a new context length, a prompt
+        # split otherwise) builds its cores between that one's ops
+        frame_key = (phase, big_t, seqs, rows, par)
+        known = self._skeletons.get(frame_key) if serving else None
+        if known is not None:
+            b = _Builder(c.dtype, n_l, self._ops)
+            n_sliding = self._stage_kinds(n_l)[0]
+            if c.mla:
+                self._mla_cores(b, parts, par, serving)
+            else:
+                self._attention_cores(b, parts, par, serving, phase, n_sliding)
+            return OpGraph(
+                phase=phase,
+                ops=known.before + tuple(b.ops) + known.after,
+                shape=shape,
+                dtype=c.dtype,
+                notes=known.notes,
+            )
         h = c.hidden
         e = dtype_bytes(c.dtype)
         act_bytes = big_t * h * e
@@ -1128,6 +1165,11 @@ class DecoderModel(EagerCounted):
                 "data-parallel gradient all-reduce is the training workload's"
             )
             b.ops = ops
+        if serving and b.cores is not None:
+            lo, hi = b.cores
+            self._skeletons[frame_key] = _Skeleton(
+                tuple(b.ops[:lo]), tuple(b.ops[hi:]), tuple(notes)
+            )
         return OpGraph(
             phase=phase, ops=tuple(b.ops), shape=shape, dtype=c.dtype, notes=tuple(notes)
         )
@@ -1182,6 +1224,35 @@ class DecoderModel(EagerCounted):
         if serving:  # K and V of the new tokens read in ``dtype``, stored in ``kv_type``
             el = 2 * big_t * kvd * d
             b.raw("attn.kv_write", OpKind.ELEMENTWISE, el, el * e, el * kv_e)
+        start = len(b.ops)
+        self._attention_cores(b, parts, par, serving, phase, n_sliding)
+        b.cores = (start, len(b.ops))
+        if c.attention == "unfused":  # head-major context -> token-major: one copy
+            el = big_t * hd * d
+            b.ew("attn.core.context", OpKind.ELEMENTWISE, el, el, el, strided=True)
+        elif c.elementwise == "eager":  # the SDPA output, made token-major (.contiguous())
+            el = big_t * hd * d
+            b.ew("attn.context", OpKind.ELEMENTWISE, el, el, el, strided=True)
+        b.gemm("attn.out", big_t, h, hd * d, c.bias)
+
+    def _attention_cores(
+        self,
+        b: _Builder,
+        parts: tuple[Shape, ...],
+        par: Parallelism,
+        serving: bool,
+        phase: Phase,
+        n_sliding: int,
+    ) -> None:
+        """The attention core of each of ``parts`` in one layer (:meth:`_attention_ops`):
+        the only ops of a serving step that depend on how its tokens split into parts
+        and on their contexts."""
+        c = self.cfg
+        t = par.tensor
+        d = c.d
+        hd, kvd = c.heads // t, math.ceil(c.kv / t)
+        e = b.e
+        kv_e = dtype_bytes(c.kv_type)
         n_full = b.count - n_sliding
         for i, p in enumerate(parts):
             q_len = p.tokens
@@ -1216,13 +1287,6 @@ class DecoderModel(EagerCounted):
                     kv_b,
                     count,
                 )
-        if c.attention == "unfused":  # head-major context -> token-major: one copy
-            el = big_t * hd * d
-            b.ew("attn.core.context", OpKind.ELEMENTWISE, el, el, el, strided=True)
-        elif c.elementwise == "eager":  # the SDPA output, made token-major (.contiguous())
-            el = big_t * hd * d
-            b.ew("attn.context", OpKind.ELEMENTWISE, el, el, el, strided=True)
-        b.gemm("attn.out", big_t, h, hd * d, c.bias)
 
     def _mla_ops(
         self,
@@ -1260,7 +1324,6 @@ class DecoderModel(EagerCounted):
         hd = c.heads // t
         cq, ckv = c.q_lora_rank, c.kv_lora_rank or 0
         r, dv = c.qk_rope_head_dim or 0, c.v_head_dim or 0
-        dn = d - r
         e = b.e
         kv_e = float(dtype_bytes(c.kv_type)) if serving else e
         if cq:
@@ -1292,6 +1355,26 @@ class DecoderModel(EagerCounted):
         if serving:
             el = big_t * (ckv + r)
             b.raw("attn.kv_write", OpKind.ELEMENTWISE, el, el * e, el * kv_e)
+        start = len(b.ops)
+        self._mla_cores(b, parts, par, serving)
+        b.cores = (start, len(b.ops))
+        b.gemm("attn.out", big_t, h, hd * dv, False)
+
+    def _mla_cores(
+        self, b: _Builder, parts: tuple[Shape, ...], par: Parallelism, serving: bool
+    ) -> None:
+        """The per-part ops of one MLA layer (:meth:`_mla_ops`): the absorbed or expanded
+        attention of each part, the only ops of a serving step that depend on how its
+        tokens split into parts and on their contexts."""
+        c = self.cfg
+        t = par.tensor
+        d = c.d
+        hd = c.heads // t
+        ckv = c.kv_lora_rank or 0
+        r, dv = c.qk_rope_head_dim or 0, c.v_head_dim or 0
+        dn = d - r
+        e = b.e
+        kv_e = float(dtype_bytes(c.kv_type)) if serving else e
         for i, p in enumerate(parts):
             tag = "" if len(parts) == 1 else f".{i}"
             q_rows = p.batch * p.tokens
@@ -1330,7 +1413,6 @@ class DecoderModel(EagerCounted):
                 b.gemm(f"attn.v_absorb{tag}", q_rows, dv, ckv, False, batch=hd)
                 el = q_rows * hd * dv  # head-major to token-major for the output projection
                 b.ew(f"attn.v_absorb.layout{tag}", OpKind.ELEMENTWISE, el, el, el)
-        b.gemm("attn.out", big_t, h, hd * dv, False)
 
     def _mlp_ops(self, b: _Builder, name: str, n: int, f: int, count: int) -> None:
         """A dense MLP of hidden size ``f`` (per device) over ``n`` tokens, ``count``
