@@ -947,8 +947,8 @@ class DecoderModel(EagerCounted):
         # a serving step's ops outside its attention cores depend on its totals only: a
         # step with the same totals as one built before (a new context length, a prompt
         # split otherwise) builds its cores between that one's ops
-        frame_key = (phase, big_t, seqs, rows, par)
-        known = self._skeletons.get(frame_key) if serving else None
+        skeleton_key = (phase, big_t, seqs, rows, par)
+        known = self._skeletons.get(skeleton_key) if serving else None
         if known is not None:
             b = _Builder(c.dtype, n_l, self._ops)
             n_sliding = self._stage_kinds(n_l)[0]
@@ -1167,7 +1167,7 @@ class DecoderModel(EagerCounted):
             b.ops = ops
         if serving and b.cores is not None:
             lo, hi = b.cores
-            self._skeletons[frame_key] = _Skeleton(
+            self._skeletons[skeleton_key] = _Skeleton(
                 tuple(b.ops[:lo]), tuple(b.ops[hi:]), tuple(notes)
             )
         return OpGraph(
