@@ -120,6 +120,14 @@ class StepColumns(Protocol):
     def state(self) -> array[int]: ...
     @property
     def joules(self) -> array[float]: ...
+
+    row_gaps: bool
+    """True (the log's default) when every decode token of a step reaches its client at
+    the step's end, so that each step's duration is the token gap of its decode tokens.
+    A scheduler that streams tokens otherwise (several steps' tokens at once) sets it
+    False and records every gap itself: each in ``RequestState.extra_gaps``, each
+    request's largest in ``seg_max``, with ``seg_start`` past ``fin_iter``."""
+
     def max_gap(self, a: int, b: int) -> float:
         """The largest ``end - start`` of steps ``a`` to ``b - 1`` (``a < b``)."""
         ...
@@ -288,6 +296,13 @@ class SchedulerSpec(BaseModel):
         le=20,
         description="significant bits of the grid new shapes are interpolated on",
     )
+    steps: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="prefill-first: decode steps per scheduling round (vLLM's "
+        "--num-scheduler-steps)",
+    )
     _policy: Scheduler | None = PrivateAttr(default=None)
 
     @field_validator("kind")
@@ -298,6 +313,8 @@ class SchedulerSpec(BaseModel):
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo) -> SchedulerSpec:
         self._policy = resolve(info, "schedulers", self.kind)
+        if self._policy is not None:
+            check_steps(self, self._policy)
         return self
 
     def policy(self) -> Scheduler | None:
@@ -321,6 +338,10 @@ class Scheduler(ABC):
     name: str = ""
     description: str = ""
     api_version: str = "1"
+    multi_step: bool = False
+    """Whether the scheduler runs ``spec.steps`` decode steps per scheduling round; a spec
+    asking a scheduler that does not for other than one step is refused
+    (:func:`check_steps`)."""
 
     @abstractmethod
     def process(
@@ -333,6 +354,18 @@ class Scheduler(ABC):
     ) -> Proc:
         """The SimPy process running ``replica`` until the world ends."""
         raise NotImplementedError(self)
+
+
+def check_steps(spec: SchedulerSpec, policy: Scheduler) -> None:
+    """A ``ValueError`` when ``spec`` asks ``policy`` for more than one decode step per
+    scheduling round and ``policy`` is not a multi-step scheduler: the field would
+    otherwise be accepted and ignored."""
+    if spec.steps != 1 and not policy.multi_step:
+        raise ValueError(
+            f"scheduler {spec.kind!r} schedules before every iteration; steps: {spec.steps} "
+            "(decode steps per scheduling round) applies to kind prefill-first, vLLM's "
+            "multi-step scheduling: set kind: prefill-first or remove steps"
+        )
 
 
 class Router(ABC):

@@ -97,6 +97,34 @@ def run_both(
     """Run the fast world and the reference on the same input (with the KV ``layout``
     given, else the model's); return the fast world's ``requests`` and ``steps`` frames
     (steps in replica order) and the reference's result."""
+    frames, ref = both_worlds(
+        compiled,
+        frame,
+        spec,
+        replicas=replicas,
+        router=router,
+        block=block,
+        capacity=capacity,
+        layout=layout,
+    )
+    reqs = frames["requests"].sort("request_id")
+    steps = frames["steps"].sort("replica", "step")
+    return reqs, steps, ref
+
+
+def both_worlds(
+    compiled: Compiled,
+    frame: pl.DataFrame,
+    spec: SchedulerSpec,
+    *,
+    replicas: int = 1,
+    router: str = "round-robin",
+    block: int = 16,
+    capacity: int = 100_000,
+    layout: KVLayout | None = None,
+) -> tuple[dict[str, pl.DataFrame], ReferenceResult]:
+    """:func:`run_both`'s two runs: every frame of the fast world, collected, and the
+    reference's result."""
     args = {
         "replicas": replicas,
         "scheduler": spec,
@@ -107,9 +135,7 @@ def run_both(
     }
     fast = simulate_serving(frame, compiled, system="s", devices_per_replica=1, **args)
     ref = simulate_reference(frame, compiled, **args)
-    reqs = collect(fast.frames["requests"]).sort("request_id")
-    steps = collect(fast.frames["steps"]).sort("replica", "step")
-    return reqs, steps, ref
+    return {k: collect(v) for k, v in fast.frames.items()}, ref
 
 
 def assert_same(reqs: pl.DataFrame, steps: pl.DataFrame, ref: ReferenceResult) -> None:

@@ -34,6 +34,7 @@ SCHEDULERS: tuple[Lazy, ...] = (
         "guaranteed-no-evict",
         f"{_HERE}.serving.schedulers.no_evict:GuaranteedNoEvictScheduler",
     ),
+    Lazy("prefill-first", f"{_HERE}.serving.schedulers.prefill_first:PrefillFirstScheduler"),
 )
 """The batch schedulers this plugin registers."""
 
@@ -63,8 +64,8 @@ def register_workloads(register: Callable[[Lazy], None]) -> None:
 
 @hookimpl
 def register_schedulers(register: Callable[[Lazy], None]) -> None:
-    """Register the ``static``, ``continuous``, ``chunked-prefill`` and
-    ``guaranteed-no-evict`` schedulers."""
+    """Register the ``static``, ``continuous``, ``chunked-prefill``,
+    ``guaranteed-no-evict`` and ``prefill-first`` schedulers."""
     for s in SCHEDULERS:
         register(s)
 

@@ -206,7 +206,9 @@ class OfflineWorkload(Workload):
             m = metrics.forward_metrics(frames, span, samples=count, tokens_per_sample=tokens)
             return SystemRun(metrics=m, frames=frames, simulated_s=span)
         frame = self._requests(config, ctx)
-        compiled = StackCompiled(ctx.compiled, stack_for(config, system.backend))
+        compiled = StackCompiled(
+            ctx.compiled, stack_for(config, system.backend), config.scheduler.steps
+        )
         capacity = compiled.kv_capacity_tokens(config.kv_memory_fraction)
         spec = config.scheduler
         if not config._scheduler_given:

@@ -60,6 +60,18 @@ blocks of the request's whole sequence (``prompt + output - 1`` tokens) and stop
 first request they do not cover, with no watermark; a finished request puts them back.
 Decode growth (step 1) then always finds its blocks, so no request is preempted.
 
+With the ``prefill-first`` scheduler (vLLM V0's default, with ``steps`` decode
+iterations per scheduling round,
+:mod:`~xpusim.plugins.workloads.serving.schedulers.prefill_first`) a replica instead runs
+rounds. A *prefill round* admits as step 2 does, except that the token budget counts only
+the prompts, and runs those prompts alone, each getting its first token at the
+iteration's end. When none is admitted, a *decode round*: every running request takes the
+blocks of the ``steps`` tokens of KV it writes in the round (to its last token at most),
+the newest running requests preempted while they do not fit; ``steps`` iterations run
+over the whole batch, and at the round's end each request gets the round's tokens it
+keeps (up to ``steps``) in one note; a request with all its tokens finishes and frees its
+blocks. Each request records the instants it receives tokens (``emissions``).
+
 Sliding-window layers (a model whose :class:`~.kvcache.KVLayout` has them, Gemma 2 and 3
 or Mistral v0.1): the cache counts layer blocks (one layer's ``block_tokens`` tokens) and
 a request holding ``c`` tokens holds :meth:`~.kvcache.PagedKVCache.blocks` ``(c)`` of
@@ -93,7 +105,7 @@ from xpusim.plugins.workloads.serving.schedulers.iteration import WATERMARK
 ROUTERS = ("round-robin", "least-outstanding")
 """Routers the reference world knows."""
 
-SCHEDULERS = ("continuous", "guaranteed-no-evict")
+SCHEDULERS = ("continuous", "guaranteed-no-evict", "prefill-first")
 """Scheduler kinds the reference world restates."""
 
 Proc = Generator[simpy.Event, Any, Any]
@@ -102,13 +114,15 @@ Proc = Generator[simpy.Event, Any, Any]
 @dataclass(frozen=True)
 class RequestOutcome:
     """What happened to one request: the replica it was routed to (``None`` when
-    dropped) and its times in seconds (``None`` when dropped)."""
+    dropped), its times in seconds (``None`` when dropped) and the instants it received
+    tokens (one per note: a token, or a round's chunk)."""
 
     replica: int | None
     first_scheduled_s: float | None
     first_token_s: float | None
     finish_s: float | None
     preemptions: int
+    emissions: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,6 +180,7 @@ class _Request:
     finish_s: float | None = None
     preemptions: int = 0
     dropped: bool = False
+    emissions: list[float] = field(default_factory=list)
 
     @property
     def generated(self) -> int:
@@ -180,6 +195,7 @@ class _Request:
             self.first_token_s,
             self.finish_s,
             self.preemptions,
+            tuple(self.emissions),
         )
 
 
@@ -274,9 +290,10 @@ class _Replica:
 
     def _admit(self) -> Generator[simpy.Event, Any, list[_Request]]:
         """Admit requests from the front of the queue while the policy allows; return
-        them."""
+        them (``prefill-first``: a budget of prompt tokens alone)."""
         reserve = int(self.total_blocks * WATERMARK)
-        room = self.spec.max_batch_tokens - len(self.running)
+        decodes = 0 if self.spec.kind == "prefill-first" else len(self.running)
+        room = self.spec.max_batch_tokens - decodes
         admitted: list[_Request] = []
         while self.queue.items:
             batch = len(self.running) + len(admitted)
@@ -301,6 +318,67 @@ class _Replica:
             req.inbox.put(_Note.SCHEDULED)
         return admitted
 
+    def _give(self, req: _Request, tokens: int) -> Proc:
+        """``req`` receives ``tokens`` tokens now; finished, it leaves and frees its
+        blocks."""
+        req.tokens += tokens
+        req.inbox.put((_Note.TOKEN, tokens))
+        if req.generated == req.output:
+            self.running.remove(req)
+            yield from self._free(req)
+
+    def _round(self) -> Proc:
+        """One round of ``prefill-first`` (see the module docstring)."""
+        env, steps = self.env, self.spec.steps
+        prefills = yield from self._admit()
+        if prefills:
+            tokens = sum(r.tokens for r in prefills)
+            seconds, _j, _s = self.costs.step(len(prefills), tokens, 0, 0, 0)
+            start = env.now
+            used = self.cache.stack_blocks(self.total_blocks - int(self.kv.level))
+            yield env.timeout(seconds)
+            self.steps.append(
+                ReferenceStep(self.index, start, env.now, len(prefills), tokens, 0, used)
+            )
+            self.running.extend(prefills)
+            for req in prefills:
+                yield from self._give(req, 1)
+            return
+        if not self.running:
+            raise AssertionError(f"replica {self.index} cannot admit its first request")
+
+        def reserve(r: _Request) -> int:
+            c = r.tokens - 1
+            last = min(c + steps, c + r.output - r.generated)
+            return self.cache.peak_blocks(last) - self.cache.blocks(c)
+
+        while self.running and sum(reserve(r) for r in self.running) > self.kv.level:
+            yield from self._preempt_newest()
+        if not self.running:
+            return
+        need = sum(reserve(r) for r in self.running)
+        if need:
+            yield self.kv.get(need)
+        for r in self.running:
+            r.blocks += reserve(r)
+        batch = list(self.running)
+        used = self.cache.stack_blocks(self.total_blocks - int(self.kv.level))
+        context = sum(r.tokens - 1 for r in batch)
+        for i in range(steps):
+            seconds, _j, _s = self.costs.step(0, 0, 0, len(batch), context + i * len(batch))
+            start = env.now
+            yield env.timeout(seconds)
+            kept = sum(1 for r in batch if r.output - r.generated > i)
+            self.steps.append(ReferenceStep(self.index, start, env.now, len(batch), 0, kept, used))
+        for r in batch:
+            k = min(steps, r.output - r.generated)
+            if r.generated + k < r.output:  # it goes on holding the KV of the round
+                back = r.blocks - self.cache.blocks(r.tokens - 1 + steps)
+                if back:
+                    yield self.kv.put(back)
+                r.blocks -= back
+            yield from self._give(r, k)
+
     def run(self) -> Proc:
         """The replica's process: iterations back to back while it has work."""
         env = self.env
@@ -310,6 +388,9 @@ class _Replica:
                 # admission below takes it
                 item = yield self.queue.get()
                 yield self.queue.put(item)
+            if self.spec.kind == "prefill-first":
+                yield from self._round()
+                continue
             yield from self._grow()
             decodes = list(self.running)
             prefills = yield from self._admit()
@@ -336,11 +417,7 @@ class _Replica:
             )
             self.running.extend(prefills)
             for req in decodes + prefills:
-                req.tokens += 1
-                req.inbox.put(_Note.TOKEN)
-                if req.generated == req.output:
-                    self.running.remove(req)
-                    yield from self._free(req)
+                yield from self._give(req, 1)
 
 
 class _Router:
@@ -381,8 +458,9 @@ def _request(env: simpy.Environment, req: _Request, router: _Router, cache: Page
             req.first_scheduled_s = env.now
         elif note is _Note.PREEMPTED:
             req.preemptions += 1
-        elif note is _Note.TOKEN:
-            received += 1
+        elif isinstance(note, tuple):  # (TOKEN, how many)
+            received += note[1]
+            req.emissions.append(env.now)
             if req.first_token_s is None:
                 req.first_token_s = env.now
     req.finish_s = env.now

@@ -103,10 +103,11 @@ class StackProfile:
         """Host time of an iteration of ``sequences`` sequences."""
         return self.host_step_s + self.host_per_seq_s * sequences
 
-    def step_seconds(self, gpu_s: float, sequences: int = 0) -> float:
+    def step_seconds(self, gpu_s: float, sequences: int = 0, share: float = 1.0) -> float:
         """Wall time of an iteration of ``sequences`` sequences whose GPU work takes
-        ``gpu_s``."""
-        host = self.host_seconds(sequences)
+        ``gpu_s``, carrying ``share`` of the host time of an iteration (``1 / steps`` for
+        the decode steps of a multi-step round, which schedule and prepare inputs once)."""
+        host = self.host_seconds(sequences) * share
         if self.host_overlap:
             return max(gpu_s, host)
         return gpu_s + host
@@ -249,12 +250,17 @@ def sequences(shape: Shape) -> int:
 class StackCompiled(Compiled):
     """A compiled model seen through a serving stack: the same memory fit and figures,
     and step costs with the stack's CUDA-graph padding and host time (module docstring).
+
+    ``steps`` is the scheduler's decode steps per scheduling round (``prefill-first``'s
+    multi-step rounds): the host schedules and prepares inputs once a round, so each
+    decode-only step carries ``1 / steps`` of an iteration's host time.
     """
 
-    def __init__(self, inner: Compiled, stack: StackProfile) -> None:
+    def __init__(self, inner: Compiled, stack: StackProfile, steps: int = 1) -> None:
         super().__init__(inner.system, inner.model)
         self.inner = inner
         self.stack = stack
+        self.steps = steps
         self.reserve_bytes = inner.reserve_bytes
         self._power = inner.power_model()
 
@@ -267,7 +273,8 @@ class StackCompiled(Compiled):
 
     def _cost(self, shape: Shape) -> Cost:
         c = self.inner.cost(self.padded(shape))
-        seconds = self.stack.step_seconds(c.seconds, sequences(shape))
+        share = 1.0 / self.steps if shape.phase is Phase.DECODE else 1.0
+        seconds = self.stack.step_seconds(c.seconds, sequences(shape), share)
         extra = seconds - c.seconds
         if extra <= 0:
             return c

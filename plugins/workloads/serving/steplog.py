@@ -51,6 +51,9 @@ class StepLog:
     rows (``spilled_gap``, which the world sets) when a preemption asks for them. Ten
     million requests' 14.8 M steps hold 236 MB of times otherwise.
 
+    ``row_gaps`` (a scheduler's to clear, :class:`~xpusim.engine.policies.StepColumns`)
+    says whether each step's duration is the token gap of its decode tokens.
+
     ``kv`` holds the units of the replica's KV cache in use; ``unit_layers`` is how many of
     them make a block of every layer (1 but for a cache of layer blocks, one with
     sliding-window layers), and the frame's ``kv_blocks_used`` is ``kv`` in blocks of every
@@ -66,6 +69,7 @@ class StepLog:
         "keep_times",
         "kv",
         "prefill",
+        "row_gaps",
         "spilled_gap",
         "start",
         "state",
@@ -86,6 +90,7 @@ class StepLog:
         self.taken = 0
         self.base = 0
         self.keep_times = True
+        self.row_gaps = True
         self.spilled_gap: Callable[[int, int], float] | None = None
 
     def __len__(self) -> int:

@@ -572,7 +572,7 @@ class ServingWorkload(Workload):
             config=config,
             frame=frame,
             compiled=ctx.compiled,
-            stack=lambda c: StackCompiled(c, stack),
+            stack=lambda c: StackCompiled(c, stack, config.scheduler.steps),
             replicas=system.replicas,
             devices_per_replica=system.parallelism.model_parallel,
             router=config.router_policy(),

@@ -20,7 +20,9 @@ Token-gap exactness: ``tbt_mean_s`` is ``(last token − first token) / (output 
 ``tbt_max_s`` is the maximum of the iteration durations over the request's decode
 iterations (a sparse-table range maximum per replica) and of the gaps around any
 preemption; the ``tbt`` frame is the exact multiset of all gaps (iteration durations
-weighted by the decode tokens of the iteration, plus each post-preemption gap).
+weighted by the decode tokens of the iteration, plus each post-preemption gap). A
+scheduler that streams several steps' tokens at once (``prefill-first`` with ``steps``)
+clears its log's ``row_gaps`` and records every gap itself.
 
 Bounded memory: past ``spill_rows`` rows (:func:`xpusim.engine.frames.spill_rows`), step rows
 are flushed to Parquet parts while the world runs, and the ``requests``, ``steps`` and
@@ -59,7 +61,7 @@ from xpusim.engine.frames import (
     empty,
     scan_parts,
 )
-from xpusim.engine.policies import Route, Router, SchedulerSpec
+from xpusim.engine.policies import Route, Router, SchedulerSpec, check_steps
 from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.plugins.workloads.serving.clients import ClientRequestTable, ClientSlots
 from xpusim.plugins.workloads.serving.cluster import (
@@ -230,6 +232,7 @@ def simulate_serving(
     """
     spec = scheduler or SchedulerSpec()
     policy = spec.policy() or builtin_scheduler(spec.kind)
+    check_steps(spec, policy)
     router_obj = router if isinstance(router, Router) else builtin_router(router)
     missing = [c for c in REQUEST_SCHEMA if c not in requests.columns]
     if missing:
@@ -743,7 +746,7 @@ def _frames(
             seg[has] = _range_max(dur, lo[has], hi[has])
             tbt_max[mine] = np.maximum(seg, tbt_max[mine])
             del lo, hi, has, seg
-        if len(log):
+        if len(log) and log.row_gaps:  # else the scheduler recorded every gap itself
             w = dec > 0
             gap_parts.append(
                 pl.DataFrame({"gap_s": dur[w], "tokens": dec[w]})

@@ -4,7 +4,9 @@
 * ``continuous`` (:mod:`.continuous`) — iteration-level batching (Orca, vLLM);
 * ``chunked-prefill`` (:mod:`.chunked_prefill`) — Sarathi-Serve stall-free batching;
 * ``guaranteed-no-evict`` (:mod:`.no_evict`) — TensorRT-LLM's admission: only when the KV
-  of prompt plus output is reservable, so nothing is preempted.
+  of prompt plus output is reservable, so nothing is preempted;
+* ``prefill-first`` (:mod:`.prefill_first`) — vLLM V0's default: prompt-only iterations
+  first, decodes in rounds of ``steps`` iterations (multi-step scheduling).
 
 Each is one SimPy process per replica and one SimPy event per iteration
 (:class:`xpusim.engine.policies.Scheduler`); ``continuous`` and ``chunked-prefill`` also
@@ -17,11 +19,12 @@ from __future__ import annotations
 
 from pydantic import ValidationInfo
 
-from xpusim.engine.policies import Scheduler, SchedulerSpec
+from xpusim.engine.policies import Scheduler, SchedulerSpec, check_steps
 from xpusim.engine.registry import unknown_message
 from xpusim.plugins.workloads.serving.schedulers.chunked_prefill import ChunkedPrefillScheduler
 from xpusim.plugins.workloads.serving.schedulers.continuous import ContinuousScheduler
 from xpusim.plugins.workloads.serving.schedulers.no_evict import GuaranteedNoEvictScheduler
+from xpusim.plugins.workloads.serving.schedulers.prefill_first import PrefillFirstScheduler
 from xpusim.plugins.workloads.serving.schedulers.static import StaticScheduler
 
 SCHEDULERS: tuple[type[Scheduler], ...] = (
@@ -29,6 +32,7 @@ SCHEDULERS: tuple[type[Scheduler], ...] = (
     ContinuousScheduler,
     ChunkedPrefillScheduler,
     GuaranteedNoEvictScheduler,
+    PrefillFirstScheduler,
 )
 """The built-in scheduler classes, registered by the workload plugin."""
 
@@ -38,7 +42,7 @@ def check_builtin(spec: SchedulerSpec, info: ValidationInfo) -> SchedulerSpec:
     names a built-in scheduler; a ``ValueError`` listing the valid ones otherwise (a
     config validated without a host knows only the built-ins, as the world does)."""
     if spec.policy() is None and not (isinstance(info.context, dict) and "host" in info.context):
-        builtin_scheduler(spec.kind)
+        check_steps(spec, builtin_scheduler(spec.kind))
     return spec
 
 

@@ -1,0 +1,234 @@
+"""The ``prefill-first`` scheduler: vLLM V0's default scheduler, with multi-step rounds.
+
+vLLM before V1, with chunked prefill off (its default for models of at most 32K context),
+runs prompts and decodes in separate iterations, prompts first (``_schedule_default`` in
+``vllm/core/scheduler.py``). With ``--num-scheduler-steps N`` (vLLM 0.6's multi-step
+scheduling, RFC vllm-project/vllm#6854, pull #7000) a decode batch, once scheduled, runs
+``N`` forward steps before the scheduler runs again. ``steps`` is that ``N``; with the
+default of one this is the plain V0 scheduler.
+
+The policy, at the start of every scheduling round:
+
+1. *Prefill round.* Requests are admitted from the front of the queue, in order, while
+   the batch (running and admitted) holds fewer than ``max_batch`` sequences, the
+   admitted prompts hold at most ``max_batch_tokens`` tokens (only the first may exceed
+   it) and the free KV blocks cover the prompt, leaving 1 % of the cache free while the
+   batch is not empty (vLLM's watermark). A prompt is its tokens to prefill: the prompt,
+   plus the tokens generated before a preemption. When any is admitted the round is one
+   prefill-only iteration: the running decodes wait, as in vLLM, where prompts scheduled
+   leave no decodes in that step. At its end each admitted request emits its first token
+   (or, after a preemption, its next one) and starts decoding.
+2. *Decode round*, when no prompt was admitted: the running requests run ``steps``
+   decode iterations as one batch. At the round's start each takes the KV blocks of the
+   tokens the round writes (vLLM's lookahead slots, up to the request's last token); while
+   the free blocks do not cover them the running request that arrived last is preempted,
+   recompute-style (its blocks freed, back to the front of the queue). A request whose
+   output ends inside the round still runs every step of it, since the batch is fixed
+   until the scheduler runs again (its surplus tokens are dropped; the engine checks stop
+   conditions after the round). At the round's end each request emits, in one streamed
+   chunk, the tokens of the round it keeps; those whose output is complete finish then and
+   free their blocks.
+
+Host time: the scheduler and input preparation run once a round, so a multi-step round
+pays the stack's host time once (:class:`~xpusim.plugins.workloads.serving.stacks.StackCompiled`
+charges each of its decode steps ``1 / steps`` of it); a prefill round pays it whole.
+
+Token gaps. Tokens reach the client at the end of a prefill round (one) and of a decode
+round (a chunk of up to ``steps``). A chunk is one gap, from the request's previous
+emission to the round's end, as vLLM's ``benchmark_serving`` and SGLang's
+``bench_serving`` record the gaps of a stream (one sample per chunk received); the gap
+spans any prefill rounds in between. The scheduler records every gap
+(``RequestState.extra_gaps``) and each request's largest (``seg_max``), and clears its
+step log's ``row_gaps``. ``tbt_mean_s`` (TPOT) is ``(finish - first token) / (output -
+1)`` with the finish at the end of the round that completes the request.
+
+The step log has one row per iteration: a prefill round's row, then one row per decode
+step of a round, each with the round's batch, the decode tokens it keeps and the blocks
+held.
+
+This loop yields one SimPy event per iteration and takes its arrivals from the router;
+:func:`~xpusim.plugins.workloads.serving.reference.simulate_reference` restates the same
+policy on SimPy resources to check it against.
+"""
+
+# B, L and m are the block size, prompt and output lengths of the docs' formulas.
+# ruff: noqa: N806
+
+from __future__ import annotations
+
+import simpy
+
+from xpusim.engine.policies import (
+    DECODING,
+    PREFILLING,
+    WAITING,
+    Proc,
+    ReplicaState,
+    RequestState,
+    Scheduler,
+    SchedulerSpec,
+    StepPrices,
+    finish_request,
+    log_step,
+)
+from xpusim.plugins.workloads.serving.kvcache import PagedKVCache
+from xpusim.plugins.workloads.serving.schedulers.iteration import WATERMARK
+
+
+class PrefillFirstScheduler(Scheduler):
+    """vLLM V0's default scheduler: prompt-only iterations first, then decode rounds of
+    ``spec.steps`` iterations each (multi-step scheduling); see the module docstring."""
+
+    name = "prefill-first"
+    description = (
+        "vLLM V0's default: prompt-only iterations first, decodes in rounds of `steps` "
+        "iterations (multi-step scheduling), recompute preemption"
+    )
+    multi_step = True
+
+    def process(
+        self,
+        env: simpy.Environment,
+        replica: ReplicaState,
+        requests: RequestState,
+        prices: StepPrices,
+        spec: SchedulerSpec,
+    ) -> Proc:
+        """The prefill-first loop of one replica; see the module docstring."""
+        rep, req = replica, requests
+        kv = rep.kv
+        total = kv.total_blocks
+        admit_limit = total - int(total * WATERMARK)
+        blocks = kv.blocks
+        win = isinstance(kv, PagedKVCache) and kv.layout is not None
+        peak = kv.peak_blocks
+        steps = spec.steps
+        waiting = rep.waiting
+        cur_L, cur_m = req.cur_prompt, req.cur_output
+        state = req.state
+        log = rep.log
+        log.row_gaps = False
+        running: list[int] = []  # decoding requests, in admission order
+        held: dict[int, int] = {}  # KV tokens each running request holds
+        last_emit: dict[int, float] = {}  # each started request's last emission instant
+        used = 0
+        j = 0  # rows logged
+
+        def emit(rid: int, t: float) -> None:
+            """Request ``rid`` receives tokens at ``t``: its first, or a gap since its last."""
+            before = last_emit.get(rid)
+            if before is None:
+                req.first_token[rid] = t
+            else:
+                gap = t - before
+                req.extra_gaps.append(gap)
+                if gap > req.seg_max[rid]:
+                    req.seg_max[rid] = gap
+            last_emit[rid] = t
+
+        def done(rid: int, t: float) -> None:
+            """Request ``rid`` has all its tokens at ``t``, the end of row ``j - 1``."""
+            req.fin_iter[rid] = j - 1
+            req.seg_start[rid] = j
+            last_emit.pop(rid, None)
+            finish_request(req, rep, rid, t)
+
+        while True:
+            if not running and not waiting:
+                ev = rep.wake = env.event()
+                yield ev
+                continue
+            now = env.now
+            # 1. a prefill round: admit prompts in order
+            admitted: list[int] = []
+            pf_tok = 0
+            while waiting and len(running) + len(admitted) < spec.max_batch:
+                rid = waiting[0]
+                L = cur_L[rid]
+                if admitted and pf_tok + L > spec.max_batch_tokens:
+                    break
+                nb = blocks(L)
+                busy = bool(running or admitted)
+                if used + nb > (admit_limit if busy else total):
+                    break
+                waiting.popleft()
+                used += nb
+                admitted.append(rid)
+                pf_tok += L
+                state[rid] = PREFILLING
+                if req.first_scheduled[rid] != req.first_scheduled[rid]:  # NaN: first time
+                    req.first_scheduled[rid] = now
+            if admitted:
+                dur, joules, st_i = prices.step(len(admitted), pf_tok, 0, 0, 0)
+                yield env.timeout(dur)
+                end = now + dur
+                log_step(log, now, end, len(admitted), pf_tok, 0, used, st_i, joules)
+                j += 1
+                for rid in admitted:
+                    emit(rid, end)
+                    cur_m[rid] -= 1
+                    L = cur_L[rid]
+                    if not cur_m[rid]:
+                        used -= blocks(L)
+                        done(rid, end)
+                        continue
+                    state[rid] = DECODING
+                    held[rid] = L
+                    running.append(rid)
+                continue
+            if not running:
+                raise AssertionError(
+                    f"replica {rep.index} cannot admit its first request: {used} of {total} "
+                    "KV blocks held with nothing running"
+                )
+
+            # 2. a decode round: each running request takes the blocks of the KV the round
+            # writes (to its last token at most); preempt the newest until they fit
+            def reserve(rid: int) -> int:
+                c = held[rid]
+                last = min(c + steps, c + cur_m[rid])
+                return (peak(last) if win else blocks(last)) - blocks(c)
+
+            need = sum(reserve(rid) for rid in running)
+            while used + need > total and running:
+                victim = max(running)  # ids are in arrival order: the newest
+                running.remove(victim)
+                c = held.pop(victim)
+                used -= blocks(c)
+                cur_L[victim] = c + 1  # its prompt and every token generated so far
+                state[victim] = WAITING
+                req.preemptions[victim] += 1
+                waiting.appendleft(victim)
+                need = sum(reserve(rid) for rid in running)
+            if not running:
+                continue  # every decode was preempted: the queue's turn
+            used += need
+            n = len(running)
+            left = [cur_m[rid] for rid in running]
+            ctx = sum(held[rid] for rid in running)
+            start = now
+            for i in range(steps):
+                dur, joules, st_i = prices.step(0, 0, 0, n, ctx)
+                yield env.timeout(dur)
+                end = start + dur
+                alive = sum(1 for m in left if m > i)
+                log_step(log, start, end, n, 0, alive, used, st_i, joules)
+                j += 1
+                ctx += n
+                start = end
+            used -= need
+            still: list[int] = []
+            for rid in running:
+                emit(rid, start)
+                c = held[rid]
+                k = min(steps, cur_m[rid])
+                cur_m[rid] -= k
+                used -= blocks(c)
+                if cur_m[rid]:
+                    held[rid] = c + steps
+                    used += blocks(c + steps)
+                    still.append(rid)
+                else:
+                    del held[rid]
+                    done(rid, start)
+            running = still
