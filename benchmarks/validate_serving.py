@@ -125,22 +125,27 @@ def server_scenario(
     row: dict[str, Any], model: dict[str, Any], calibration: Path | None = None
 ) -> dict[str, Any]:
     """The serving scenario of a ``poisson-server`` row: Poisson arrivals at the row's
-    rate with its length laws, under its stack's scheduler and KV fraction."""
+    rate with its length laws, under its stack's scheduler and KV fraction, or the
+    row's own ``scheduler`` where the engine ran with other limits or policy (vLLM's
+    multi-step rounds)."""
+    workload: dict[str, Any] = {
+        "kind": "serving",
+        "arrivals": {
+            "process": "poisson",
+            "rate": f"{float(row['rate'])}/s",
+            "count": int(row["count"]),
+            "prompt_tokens": dict(row["prompt_tokens"]),
+            "output_tokens": dict(row["output_tokens"]),
+        },
+        "stack": row["stack"],
+    }
+    if row.get("scheduler"):
+        workload["scheduler"] = dict(row["scheduler"])
     return {
         "name": f"validate-{row['id']}",
         "seed": 0,
         "model": model,
-        "workload": {
-            "kind": "serving",
-            "arrivals": {
-                "process": "poisson",
-                "rate": f"{float(row['rate'])}/s",
-                "count": int(row["count"]),
-                "prompt_tokens": dict(row["prompt_tokens"]),
-                "output_tokens": dict(row["output_tokens"]),
-            },
-            "stack": row["stack"],
-        },
+        "workload": workload,
         "systems": [_system(row, calibration)],
     }
 
