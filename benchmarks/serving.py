@@ -212,6 +212,7 @@ def run_case(
         "requests": frame.height,
         "replicas": replicas,
         "scheduler": sched.kind,
+        "steps": sched.steps,
         "wall_s": round(wall, 3),
         "cpu_s": round(cpu, 3),
         "iterations": steps,
@@ -479,6 +480,7 @@ def run_10m(
         "requests": requests,
         "replicas": replicas,
         "scheduler": sched.kind,
+        "steps": sched.steps,
         "spill_rows": spill_rows(spill),
         "reporters": [type(r).__name__ for r in reporters],
         "generate_s": round(gen_s, 3),
@@ -561,9 +563,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", default="400/s", help="synthetic arrival rate")
     ap.add_argument("--trace", type=Path, default=AZURE)
     ap.add_argument("--scheduler", default="continuous")
+    ap.add_argument(
+        "--steps", type=int, default=1, help="prefill-first: decode steps per scheduling round"
+    )
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "serving.json")
     args = ap.parse_args(argv)
-    sched = SchedulerSpec(kind=args.scheduler)
+    sched = SchedulerSpec(kind=args.scheduler, steps=args.steps)
     raw = simpy_timeout_rate()
     print(json.dumps({"simpy_timeouts": raw}))
     results: list[dict] = [{"case": "simpy-timeouts", **raw}]

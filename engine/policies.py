@@ -125,8 +125,13 @@ class StepColumns(Protocol):
     """True (the log's default) when every decode token of a step reaches its client at
     the step's end, so that each step's duration is the token gap of its decode tokens.
     A scheduler that streams tokens otherwise (several steps' tokens at once) sets it
-    False and records every gap itself: each in ``RequestState.extra_gaps``, each
-    request's largest in ``seg_max``, with ``seg_start`` past ``fin_iter``."""
+    False and records every gap itself: in :attr:`gap_counts`, each request's largest in
+    ``RequestState.seg_max``, with ``seg_start`` past ``fin_iter``."""
+
+    gap_counts: dict[float, int]
+    """Token gaps a scheduler records itself, each with its number of samples (empty
+    unless it fills it); they join the run's gaps beside the rows' and
+    ``RequestState.extra_gaps``."""
 
     def max_gap(self, a: int, b: int) -> float:
         """The largest ``end - start`` of steps ``a`` to ``b - 1`` (``a < b``)."""

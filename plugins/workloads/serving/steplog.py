@@ -52,7 +52,8 @@ class StepLog:
     million requests' 14.8 M steps hold 236 MB of times otherwise.
 
     ``row_gaps`` (a scheduler's to clear, :class:`~xpusim.engine.policies.StepColumns`)
-    says whether each step's duration is the token gap of its decode tokens.
+    says whether each step's duration is the token gap of its decode tokens;
+    ``gap_counts`` holds the gaps a scheduler counts itself.
 
     ``kv`` holds the units of the replica's KV cache in use; ``unit_layers`` is how many of
     them make a block of every layer (1 but for a cache of layer blocks, one with
@@ -65,6 +66,7 @@ class StepLog:
         "batch",
         "decode",
         "end",
+        "gap_counts",
         "joules",
         "keep_times",
         "kv",
@@ -91,6 +93,7 @@ class StepLog:
         self.base = 0
         self.keep_times = True
         self.row_gaps = True
+        self.gap_counts: dict[float, int] = {}
         self.spilled_gap: Callable[[int, int], float] | None = None
 
     def __len__(self) -> int:

@@ -753,6 +753,18 @@ def _frames(
                 .group_by("gap_s")
                 .agg(pl.col("tokens").sum())
             )
+        if log.gap_counts:
+            gap_parts.append(
+                pl.DataFrame(
+                    {
+                        "gap_s": np.fromiter(log.gap_counts, np.float64, len(log.gap_counts)),
+                        "tokens": np.fromiter(
+                            log.gap_counts.values(), np.int64, len(log.gap_counts)
+                        ),
+                    }
+                )
+            )
+            log.gap_counts = {}
         devs = list(range(r.index * devices_per_replica, (r.index + 1) * devices_per_replica))
         devices.add(
             device_timeline(

@@ -37,9 +37,9 @@ Token gaps. Tokens reach the client at the end of a prefill round (one) and of a
 round (a chunk of up to ``steps``). A chunk is one gap, from the request's previous
 emission to the round's end, as vLLM's ``benchmark_serving`` and SGLang's
 ``bench_serving`` record the gaps of a stream (one sample per chunk received); the gap
-spans any prefill rounds in between. The scheduler records every gap
-(``RequestState.extra_gaps``) and each request's largest (``seg_max``), and clears its
-step log's ``row_gaps``. ``tbt_mean_s`` (TPOT) is ``(finish - first token) / (output -
+spans any prefill rounds in between. The scheduler counts every gap in its step log's
+``gap_counts`` (gap to samples; the requests of a round share few distinct gaps) and
+keeps each request's largest (``seg_max``), and clears the log's ``row_gaps``. ``tbt_mean_s`` (TPOT) is ``(finish - first token) / (output -
 1)`` with the finish at the end of the round that completes the request.
 
 The step log has one row per iteration: a prefill round's row, then one row per decode
@@ -55,6 +55,8 @@ policy on SimPy resources to check it against.
 # ruff: noqa: N806
 
 from __future__ import annotations
+
+from collections import Counter
 
 import simpy
 
@@ -97,6 +99,7 @@ class PrefillFirstScheduler(Scheduler):
         """The prefill-first loop of one replica; see the module docstring."""
         rep, req = replica, requests
         kv = rep.kv
+        B = kv.block_tokens
         total = kv.total_blocks
         admit_limit = total - int(total * WATERMARK)
         blocks = kv.blocks
@@ -105,36 +108,34 @@ class PrefillFirstScheduler(Scheduler):
         steps = spec.steps
         waiting = rep.waiting
         cur_L, cur_m = req.cur_prompt, req.cur_output
-        state = req.state
+        state, seg_max = req.state, req.seg_max
         log = rep.log
         log.row_gaps = False
-        running: list[int] = []  # decoding requests, in admission order
-        held: dict[int, int] = {}  # KV tokens each running request holds
-        last_emit: dict[int, float] = {}  # each started request's last emission instant
+        gaps = log.gap_counts
+        # the running requests in admission order, and beside each (same index) the KV
+        # tokens it holds and the instant it last received tokens
+        run: list[int] = []
+        held: list[int] = []
+        last: list[float] = []
+        resumed: dict[int, float] = {}  # preempted requests: their last emission
         used = 0
         j = 0  # rows logged
 
-        def emit(rid: int, t: float) -> None:
-            """Request ``rid`` receives tokens at ``t``: its first, or a gap since its last."""
-            before = last_emit.get(rid)
-            if before is None:
-                req.first_token[rid] = t
-            else:
-                gap = t - before
-                req.extra_gaps.append(gap)
-                if gap > req.seg_max[rid]:
-                    req.seg_max[rid] = gap
-            last_emit[rid] = t
+        def gap(rid: int, before: float, t: float) -> None:
+            """``rid`` received tokens at ``before`` and now at ``t``: one gap."""
+            g = t - before
+            gaps[g] = gaps.get(g, 0) + 1
+            if g > seg_max[rid]:
+                seg_max[rid] = g
 
         def done(rid: int, t: float) -> None:
             """Request ``rid`` has all its tokens at ``t``, the end of row ``j - 1``."""
             req.fin_iter[rid] = j - 1
             req.seg_start[rid] = j
-            last_emit.pop(rid, None)
             finish_request(req, rep, rid, t)
 
         while True:
-            if not running and not waiting:
+            if not run and not waiting:
                 ev = rep.wake = env.event()
                 yield ev
                 continue
@@ -142,14 +143,13 @@ class PrefillFirstScheduler(Scheduler):
             # 1. a prefill round: admit prompts in order
             admitted: list[int] = []
             pf_tok = 0
-            while waiting and len(running) + len(admitted) < spec.max_batch:
+            while waiting and len(run) + len(admitted) < spec.max_batch:
                 rid = waiting[0]
                 L = cur_L[rid]
                 if admitted and pf_tok + L > spec.max_batch_tokens:
                     break
                 nb = blocks(L)
-                busy = bool(running or admitted)
-                if used + nb > (admit_limit if busy else total):
+                if used + nb > (admit_limit if run or admitted else total):
                     break
                 waiting.popleft()
                 used += nb
@@ -165,7 +165,11 @@ class PrefillFirstScheduler(Scheduler):
                 log_step(log, now, end, len(admitted), pf_tok, 0, used, st_i, joules)
                 j += 1
                 for rid in admitted:
-                    emit(rid, end)
+                    before = resumed.pop(rid, None) if resumed else None
+                    if before is None:
+                        req.first_token[rid] = end
+                    else:  # its first tokens after a preemption
+                        gap(rid, before, end)
                     cur_m[rid] -= 1
                     L = cur_L[rid]
                     if not cur_m[rid]:
@@ -173,62 +177,76 @@ class PrefillFirstScheduler(Scheduler):
                         done(rid, end)
                         continue
                     state[rid] = DECODING
-                    held[rid] = L
-                    running.append(rid)
+                    run.append(rid)
+                    held.append(L)
+                    last.append(end)
                 continue
-            if not running:
+            if not run:
                 raise AssertionError(
                     f"replica {rep.index} cannot admit its first request: {used} of {total} "
                     "KV blocks held with nothing running"
                 )
-
-            # 2. a decode round: each running request takes the blocks of the KV the round
-            # writes (to its last token at most); preempt the newest until they fit
-            def reserve(rid: int) -> int:
-                c = held[rid]
-                last = min(c + steps, c + cur_m[rid])
-                return (peak(last) if win else blocks(last)) - blocks(c)
-
-            need = sum(reserve(rid) for rid in running)
-            while used + need > total and running:
-                victim = max(running)  # ids are in arrival order: the newest
-                running.remove(victim)
-                c = held.pop(victim)
+            # 2. a decode round: each running request keeps up to `steps` tokens and takes
+            # the blocks of the KV the round writes (to its last token at most); the
+            # newest are preempted until they fit
+            keep = [steps if cur_m[r] > steps else cur_m[r] for r in run]
+            if win:
+                take = [peak(c + k) - blocks(c) for c, k in zip(held, keep, strict=True)]
+            else:
+                take = [(-c // B) - (-(c + k) // B) for c, k in zip(held, keep, strict=True)]
+            need = sum(take)
+            while used + need > total and run:
+                i = run.index(max(run))  # ids are in arrival order: the newest
+                victim, c = run.pop(i), held.pop(i)
+                resumed[victim] = last.pop(i)
+                need -= take.pop(i)
+                del keep[i]
                 used -= blocks(c)
                 cur_L[victim] = c + 1  # its prompt and every token generated so far
                 state[victim] = WAITING
                 req.preemptions[victim] += 1
                 waiting.appendleft(victim)
-                need = sum(reserve(rid) for rid in running)
-            if not running:
+            if not run:
                 continue  # every decode was preempted: the queue's turn
             used += need
-            n = len(running)
-            left = [cur_m[rid] for rid in running]
-            ctx = sum(held[rid] for rid in running)
+            n = len(run)
+            short = sorted(k for k in keep if k < steps)  # requests ending in the round
+            ctx = sum(held)
             start = now
+            gone = 0
             for i in range(steps):
                 dur, joules, st_i = prices.step(0, 0, 0, n, ctx)
                 yield env.timeout(dur)
                 end = start + dur
-                alive = sum(1 for m in left if m > i)
-                log_step(log, start, end, n, 0, alive, used, st_i, joules)
+                while gone < len(short) and short[gone] <= i:
+                    gone += 1
+                log_step(log, start, end, n, 0, n - gone, used, st_i, joules)
                 j += 1
                 ctx += n
                 start = end
+            # every request receives the round's tokens now, in one chunk
+            t = start
+            for before, cnt in Counter(last).items():
+                g = t - before
+                gaps[g] = gaps.get(g, 0) + cnt
+            for rid, before in zip(run, last, strict=True):
+                if t - before > seg_max[rid]:
+                    seg_max[rid] = t - before
             used -= need
-            still: list[int] = []
-            for rid in running:
-                emit(rid, start)
-                c = held[rid]
-                k = min(steps, cur_m[rid])
-                cur_m[rid] -= k
-                used -= blocks(c)
-                if cur_m[rid]:
-                    held[rid] = c + steps
-                    used += blocks(c + steps)
-                    still.append(rid)
+            ended = False
+            for i, rid in enumerate(run):
+                c = held[i]
+                m = cur_m[rid] - keep[i]
+                cur_m[rid] = m
+                if m:
+                    held[i] = c + steps
+                    used += blocks(c + steps) - blocks(c) if win else take[i]
                 else:
-                    del held[rid]
-                    done(rid, start)
-            running = still
+                    used -= blocks(c)
+                    done(rid, t)
+                    ended = True
+            if ended:  # the finished leave
+                stay = [i for i, rid in enumerate(run) if cur_m[rid]]
+                run = [run[i] for i in stay]
+                held = [held[i] for i in stay]
+            last = [t] * len(run)
