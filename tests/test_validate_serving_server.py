@@ -94,3 +94,22 @@ def test_each_tensorrt_llm_row_names_the_release_it_was_measured_with() -> None:
         where = f"{r['source']['location']} {r['source']['url']} {r['setup']}"
         v05 = "data from v0.5" in where or "release/0.5.0" in where
         assert r["stack"] == ("tensorrt-llm-0.5" if v05 else "tensorrt-llm-0.6"), r["id"]
+
+
+def test_a_multi_step_row_runs_under_its_own_scheduler() -> None:
+    """The vLLM v0.6.0 rows ran with --num-scheduler-steps 10: each carries that
+    scheduler (prefill-first, 10 steps a round, vLLM's limits for its command) and the
+    scenario it replays as holds it; a row without one keeps its stack's scheduler."""
+    multi = [r for r in SERVER if r["id"].startswith("vllm060-")]
+    assert len(multi) == 12
+    for r in multi:
+        assert "--num-scheduler-steps 10" in r["setup"]
+        sched = VS.scenario_data(r)["workload"]["scheduler"]
+        assert sched == {
+            "kind": "prefill-first",
+            "steps": 10,
+            "max_batch": 256,
+            "max_batch_tokens": 4096,
+        }
+    plain = next(r for r in SERVER if "scheduler" not in r)
+    assert "scheduler" not in VS.scenario_data(plain)["workload"]
