@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 from hypothesis import assume, given, settings
@@ -21,6 +20,8 @@ from tests.test_serving_reference import (
     assert_same,
     both_worlds,
     close,
+    from_gaps,
+    ordered,
     requests,
 )
 from xpusim.engine.backend import Compiled, Cost, Fit
@@ -61,14 +62,14 @@ def gaps_of(ref: ReferenceResult) -> Counter[float]:
 
 
 def assert_gaps(fast: dict[str, pl.DataFrame], ref: ReferenceResult) -> None:
-    """The fast world's ``tbt`` frame is the reference's gaps between emissions, each
-    request's largest gap its ``tbt_max_s``."""
-    tbt = collect(fast["tbt"])
+    """The fast world's ``tbt`` frame (frames collected) is the reference's gaps between
+    emissions, each request's largest gap its ``tbt_max_s``."""
+    tbt = fast["tbt"]
     got: Counter[float] = Counter()
     for gap, n in zip(tbt["gap_s"].to_list(), tbt["tokens"].to_list(), strict=True):
         got[round(gap, 12)] += n
     assert got == gaps_of(ref)
-    reqs = collect(fast["requests"]).sort("request_id")
+    reqs = fast["requests"].sort("request_id")
     for row, want in zip(reqs.iter_rows(named=True), ref.requests, strict=True):
         if len(want.emissions) > 1:
             big = max(b - a for a, b in zip(want.emissions, want.emissions[1:], strict=False))
@@ -93,11 +94,7 @@ def run(
         **kw,  # type: ignore[arg-type]
     )
     frames = {k: collect(v) for k, v in res.frames.items()}
-    return (
-        frames,
-        frames["requests"].sort("request_id"),
-        frames["steps"].sort("replica", "step"),
-    )
+    return (frames, *ordered(frames))
 
 
 @settings(max_examples=60, deadline=None)
@@ -128,8 +125,7 @@ def test_fast_world_matches_reference(
     none, one to eight steps a round) the scheduler gives every request the reference's
     replica, times and preemptions, runs the same iterations, and reports the gaps
     between the reference's emissions as its token gaps."""
-    arrivals = np.cumsum([r[0] for r in rows])
-    frame = requests([(float(a), p, o) for a, (_, p, o) in zip(arrivals, rows, strict=True)])
+    frame = from_gaps(rows)
     spec = SchedulerSpec(
         kind=KIND, max_batch=max_batch, max_batch_tokens=max_batch_tokens, steps=steps
     )
@@ -143,9 +139,9 @@ def test_fast_world_matches_reference(
         capacity=blocks * block,
         layout=layout,
     )
-    steps_f = frames["steps"].sort("replica", "step")
+    reqs, steps_f = ordered(frames)
     assume(not set(frame["arrival_s"].to_list()) & set(steps_f["end_s"].to_list()))
-    assert_same(frames["requests"].sort("request_id"), steps_f, ref)
+    assert_same(reqs, steps_f, ref)
     assert_gaps(frames, ref)
 
 
@@ -156,7 +152,7 @@ def test_a_rounds_lookahead_preempts_the_newest(compiled: Compiled) -> None:
     rows = [(0.0, 8, 20), (0.001, 8, 3), (0.002, 30, 12), (0.05, 5, 9), (0.0501, 16, 25)]
     spec = SchedulerSpec(kind=KIND, steps=4, max_batch=8)
     frames, ref = both_worlds(compiled, requests(rows), spec, block=4, capacity=48)
-    reqs, steps = frames["requests"].sort("request_id"), frames["steps"].sort("replica", "step")
+    reqs, steps = ordered(frames)
     assert_same(reqs, steps, ref)
     assert_gaps(frames, ref)
     assert reqs["preemptions"].to_list()[0] == 0  # the oldest is never the victim

@@ -13,6 +13,7 @@ and decode tokens, KV blocks held, start and end).
 from __future__ import annotations
 
 from collections.abc import Generator
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -83,33 +84,26 @@ def close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
 
 
+def from_gaps(rows: list[tuple[float, int, int]], start: float = 0.0) -> pl.DataFrame:
+    """Requests of ``(gap, prompt, output)`` rows, each arriving ``gap`` seconds after the
+    one before it, the first ``start`` seconds plus its gap after zero."""
+    arrivals = np.cumsum([r[0] for r in rows]) + start
+    return requests([(float(a), p, o) for a, (_, p, o) in zip(arrivals, rows, strict=True)])
+
+
+def ordered(frames: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A run's ``requests`` by id and ``steps`` in replica order."""
+    return frames["requests"].sort("request_id"), frames["steps"].sort("replica", "step")
+
+
 def run_both(
-    compiled: Compiled,
-    frame: pl.DataFrame,
-    spec: SchedulerSpec,
-    *,
-    replicas: int = 1,
-    router: str = "round-robin",
-    block: int = 16,
-    capacity: int = 100_000,
-    layout: KVLayout | None = None,
+    compiled: Compiled, frame: pl.DataFrame, spec: SchedulerSpec, **kw: Any
 ) -> tuple[pl.DataFrame, pl.DataFrame, ReferenceResult]:
-    """Run the fast world and the reference on the same input (with the KV ``layout``
-    given, else the model's); return the fast world's ``requests`` and ``steps`` frames
-    (steps in replica order) and the reference's result."""
-    frames, ref = both_worlds(
-        compiled,
-        frame,
-        spec,
-        replicas=replicas,
-        router=router,
-        block=block,
-        capacity=capacity,
-        layout=layout,
-    )
-    reqs = frames["requests"].sort("request_id")
-    steps = frames["steps"].sort("replica", "step")
-    return reqs, steps, ref
+    """Run the fast world and the reference on the same input (:func:`both_worlds`'s
+    keywords); return the fast world's ``requests`` and ``steps`` frames (steps in
+    replica order) and the reference's result."""
+    frames, ref = both_worlds(compiled, frame, spec, **kw)
+    return (*ordered(frames), ref)
 
 
 def both_worlds(
@@ -123,7 +117,8 @@ def both_worlds(
     capacity: int = 100_000,
     layout: KVLayout | None = None,
 ) -> tuple[dict[str, pl.DataFrame], ReferenceResult]:
-    """:func:`run_both`'s two runs: every frame of the fast world, collected, and the
+    """Run the fast world and the reference on the same input (with the KV ``layout``
+    given, else the model's); return every frame of the fast world, collected, and the
     reference's result."""
     args = {
         "replicas": replicas,
@@ -208,8 +203,7 @@ def test_fast_world_matches_reference(
     same iterations. Arrival gaps are drawn, so bursts of equal arrival times occur;
     workloads where an arrival falls exactly on an iteration's end are skipped, since
     the fast world leaves that order open."""
-    arrivals = np.cumsum([r[0] for r in rows])
-    frame = requests([(float(a), p, o) for a, (_, p, o) in zip(arrivals, rows, strict=True)])
+    frame = from_gaps(rows)
     spec = SchedulerSpec(kind=kind, max_batch=max_batch, max_batch_tokens=max_batch_tokens)
     capacity = blocks * block + spare % block  # not always whole blocks
     reqs, steps, ref = run_both(
@@ -269,8 +263,7 @@ def test_windowed_fast_world_matches_reference(
     the drawn sequences cross, pages given back as windows move) the fast world still
     gives every request the reference's replica, times and preemptions, drops the same
     requests and runs the same iterations with the same blocks in use."""
-    arrivals = np.cumsum([r[0] for r in rows])
-    frame = requests([(float(a), p, o) for a, (_, p, o) in zip(arrivals, rows, strict=True)])
+    frame = from_gaps(rows)
     spec = SchedulerSpec(kind=kind, max_batch=max_batch, max_batch_tokens=max_batch_tokens)
     reqs, steps, ref = run_both(
         compiled,
@@ -442,8 +435,7 @@ def assert_fast_path_is_plain(
 ) -> None:
     """The fast path's frames are the plain loop's, bit for bit, for ``rows`` (gaps,
     prompt and output tokens) shifted to start at ``scale - 1`` seconds."""
-    arrivals = np.cumsum([r[0] for r in rows]) + (scale - 1.0)
-    frame = requests([(float(a), p, o) for a, (_, p, o) in zip(arrivals, rows, strict=True)])
+    frame = from_gaps(rows, scale - 1.0)
     spec = SchedulerSpec(
         kind=kind, max_batch=max_batch, max_batch_tokens=max_batch_tokens, chunk=chunk
     )
