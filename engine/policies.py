@@ -308,6 +308,12 @@ class SchedulerSpec(BaseModel):
         description="prefill-first: decode steps per scheduling round (vLLM's "
         "--num-scheduler-steps)",
     )
+    async_output: bool = Field(
+        default=False,
+        description="prefill-first: process an iteration's outputs during the next "
+        "iteration, as vLLM 0.6 does (tokens stream at that iteration's end; a request "
+        "whose last token came last runs one more iteration)",
+    )
     _policy: Scheduler | None = PrivateAttr(default=None)
 
     @field_validator("kind")
@@ -319,7 +325,7 @@ class SchedulerSpec(BaseModel):
     def _resolve(self, info: ValidationInfo) -> SchedulerSpec:
         self._policy = resolve(info, "schedulers", self.kind)
         if self._policy is not None:
-            check_steps(self, self._policy)
+            check_options(self, self._policy)
         return self
 
     def policy(self) -> Scheduler | None:
@@ -346,7 +352,11 @@ class Scheduler(ABC):
     multi_step: bool = False
     """Whether the scheduler runs ``spec.steps`` decode steps per scheduling round; a spec
     asking a scheduler that does not for other than one step is refused
-    (:func:`check_steps`)."""
+    (:func:`check_options`)."""
+    async_output: bool = False
+    """Whether the scheduler models ``spec.async_output`` (outputs processed during the
+    next iteration); a spec asking a scheduler that does not for it is refused
+    (:func:`check_options`)."""
 
     @abstractmethod
     def process(
@@ -361,15 +371,23 @@ class Scheduler(ABC):
         raise NotImplementedError(self)
 
 
-def check_steps(spec: SchedulerSpec, policy: Scheduler) -> None:
-    """A ``ValueError`` when ``spec`` asks ``policy`` for more than one decode step per
-    scheduling round and ``policy`` is not a multi-step scheduler: the field would
-    otherwise be accepted and ignored."""
+def check_options(spec: SchedulerSpec, policy: Scheduler) -> None:
+    """A ``ValueError`` when ``spec`` asks ``policy`` for what it does not model: more than
+    one decode step per scheduling round from a scheduler that is not multi-step, or
+    ``async_output`` from one without it. Either field would otherwise be accepted and
+    ignored."""
     if spec.steps != 1 and not policy.multi_step:
         raise ValueError(
             f"scheduler {spec.kind!r} schedules before every iteration; steps: {spec.steps} "
             "(decode steps per scheduling round) applies to kind prefill-first, vLLM's "
             "multi-step scheduling: set kind: prefill-first or remove steps"
+        )
+    if spec.async_output and not policy.async_output:
+        raise ValueError(
+            f"scheduler {spec.kind!r} streams each iteration's tokens at its end; "
+            "async_output: true (outputs processed during the next iteration, vLLM 0.6's "
+            "asynchronous output processing) applies to kind prefill-first: set kind: "
+            "prefill-first or remove async_output"
         )
 
 

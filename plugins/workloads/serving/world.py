@@ -61,7 +61,7 @@ from xpusim.engine.frames import (
     empty,
     scan_parts,
 )
-from xpusim.engine.policies import Route, Router, SchedulerSpec, check_steps
+from xpusim.engine.policies import Route, Router, SchedulerSpec, check_options
 from xpusim.engine.traces import REQUEST_SCHEMA
 from xpusim.plugins.workloads.serving.clients import ClientRequestTable, ClientSlots
 from xpusim.plugins.workloads.serving.cluster import (
@@ -232,7 +232,7 @@ def simulate_serving(
     """
     spec = scheduler or SchedulerSpec()
     policy = spec.policy() or builtin_scheduler(spec.kind)
-    check_steps(spec, policy)
+    check_options(spec, policy)
     router_obj = router if isinstance(router, Router) else builtin_router(router)
     missing = [c for c in REQUEST_SCHEMA if c not in requests.columns]
     if missing:

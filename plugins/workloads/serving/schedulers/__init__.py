@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pydantic import ValidationInfo
 
-from xpusim.engine.policies import Scheduler, SchedulerSpec, check_steps
+from xpusim.engine.policies import Scheduler, SchedulerSpec, check_options
 from xpusim.engine.registry import unknown_message
 from xpusim.plugins.workloads.serving.schedulers.chunked_prefill import ChunkedPrefillScheduler
 from xpusim.plugins.workloads.serving.schedulers.continuous import ContinuousScheduler
@@ -42,7 +42,7 @@ def check_builtin(spec: SchedulerSpec, info: ValidationInfo) -> SchedulerSpec:
     names a built-in scheduler; a ``ValueError`` listing the valid ones otherwise (a
     config validated without a host knows only the built-ins, as the world does)."""
     if spec.policy() is None and not (isinstance(info.context, dict) and "host" in info.context):
-        check_steps(spec, builtin_scheduler(spec.kind))
+        check_options(spec, builtin_scheduler(spec.kind))
     return spec
 
 
