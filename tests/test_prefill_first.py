@@ -1,6 +1,8 @@
-"""vLLM V0's default scheduler with multi-step rounds (``prefill-first``, ``steps``): the
-fast world against its plain reference, the shape of a round, the token gaps a streaming
-client sees, the host time a round pays once, and the refusal of ``steps`` elsewhere."""
+"""vLLM V0's default scheduler with multi-step rounds (``prefill-first``, ``steps``) and
+asynchronous output processing (``async_output``): the fast world against its plain
+reference, the shape of a round, the token gaps a streaming client sees, outputs a step
+late and the extra run of a finished request, the host time a round pays once, and the
+refusal of ``steps`` and ``async_output`` elsewhere."""
 
 from __future__ import annotations
 
@@ -107,6 +109,7 @@ def run(
     replicas=st.integers(1, 3),
     router=st.sampled_from(["round-robin", "least-outstanding"]),
     steps=st.sampled_from([1, 2, 3, 8]),
+    lag=st.booleans(),
     layout=st.one_of(st.none(), LAYOUTS),
 )
 def test_fast_world_matches_reference(
@@ -119,15 +122,20 @@ def test_fast_world_matches_reference(
     replicas: int,
     router: str,
     steps: int,
+    lag: bool,
     layout: KVLayout | None,
 ) -> None:
     """On any small workload (tight caches that preempt and drop, sliding windows or
-    none, one to eight steps a round) the scheduler gives every request the reference's
+    none, one to eight steps a round, outputs streamed at once or a step late) the scheduler gives every request the reference's
     replica, times and preemptions, runs the same iterations, and reports the gaps
     between the reference's emissions as its token gaps."""
     frame = from_gaps(rows)
     spec = SchedulerSpec(
-        kind=KIND, max_batch=max_batch, max_batch_tokens=max_batch_tokens, steps=steps
+        kind=KIND,
+        max_batch=max_batch,
+        max_batch_tokens=max_batch_tokens,
+        steps=steps,
+        async_output=lag,
     )
     frames, ref = both_worlds(
         compiled,
@@ -216,6 +224,57 @@ def test_one_step_is_vllm_v0s_scheduler_with_prompts_alone(compiled: Compiled) -
     assert round(gap, 12) in {round(g, 12) for g in collect(frames["tbt"])["gap_s"].to_list()}
 
 
+def test_async_output_streams_each_iteration_at_the_next_ones_end(compiled: Compiled) -> None:
+    """With ``async_output`` one request of 9 tokens under rounds of 4 steps receives its
+    first token at the end of the first decode step, each round's chunk at the end of the
+    next round's first step, and, its last token made at a round's last step, runs one
+    more round that keeps no token: 13 iterations where streaming at once takes 9."""
+    spec = SchedulerSpec(kind=KIND, steps=4, async_output=True)
+    frames, reqs, steps = run(compiled, [(0.0, 8, 9)], spec)
+    assert steps["decode_tokens"].to_list() == [0] + [1] * 8 + [0] * 4
+    assert steps["batch"].to_list() == [1] * 13
+    ends = steps["end_s"].to_list()
+    row = reqs.row(0, named=True)
+    assert row["first_token_s"] == ends[1]
+    assert row["finish_s"] == ends[9]
+    chunks = [ends[5] - ends[1], ends[9] - ends[5]]
+    assert sorted(collect(frames["tbt"])["gap_s"].to_list()) == pytest.approx(sorted(chunks))
+
+
+def test_async_output_one_step_runs_a_finished_request_once_more(compiled: Compiled) -> None:
+    """With one step a round, a request of 3 tokens gets each a step late and decodes
+    once more after its last (vLLM's extra decode run), which keeps no token."""
+    spec = SchedulerSpec(kind=KIND, async_output=True)
+    _, reqs, steps = run(compiled, [(0.0, 8, 3)], spec)
+    assert steps["decode_tokens"].to_list() == [0, 1, 1, 0]
+    ends = steps["end_s"].to_list()
+    row = reqs.row(0, named=True)
+    assert (row["first_token_s"], row["finish_s"]) == (ends[1], ends[3])
+
+
+def test_async_output_a_request_done_inside_a_round_runs_no_more(compiled: Compiled) -> None:
+    """Outputs of 2 and 9 tokens in rounds of 8: the short one, done inside the first
+    round, leaves the batch at its end; the long one, done at its last step, runs one
+    more round alone. Both receive their tokens at the end of that round's first step."""
+    spec = SchedulerSpec(kind=KIND, steps=8, async_output=True)
+    _, reqs, steps = run(compiled, [(0.0, 8, 2), (0.0, 8, 9)], spec)
+    assert steps["batch"].to_list() == [2] * 9 + [1] * 8
+    assert steps["decode_tokens"].to_list() == [0, 2] + [1] * 7 + [0] * 8
+    ends = steps["end_s"].to_list()
+    assert reqs["finish_s"].to_list() == [ends[9], ends[9]]
+    assert reqs["first_token_s"].to_list() == [ends[1], ends[1]]
+
+
+def test_async_output_a_prefill_carries_the_previous_outputs(compiled: Compiled) -> None:
+    """A request arriving during another's prefill is prefilled next: the first request's
+    first token streams at the end of that second prefill, the iteration after its own."""
+    spec = SchedulerSpec(kind=KIND, async_output=True)
+    _, reqs, steps = run(compiled, [(0.0, 8, 4), (0.001, 8, 4)], spec)
+    assert steps["prefill_tokens"].to_list()[:2] == [8, 8]
+    ends = steps["end_s"].to_list()
+    assert reqs["first_token_s"].to_list() == [ends[1], ends[2]]
+
+
 class HostlessCompiled(Compiled):
     """A fake whose every step takes 10 ms of GPU time."""
 
@@ -241,9 +300,10 @@ def test_a_round_pays_the_host_time_once(compiled: Compiled) -> None:
 
 
 def test_the_scheduler_is_registered() -> None:
-    """The built-in lookup finds it, and it says it runs multi-step rounds."""
+    """The built-in lookup finds it, and it says it runs multi-step rounds and models
+    asynchronous output processing."""
     sched = builtin_scheduler(KIND)
-    assert isinstance(sched, PrefillFirstScheduler) and sched.multi_step
+    assert isinstance(sched, PrefillFirstScheduler) and sched.multi_step and sched.async_output
 
 
 def scenario(scheduler: dict[str, object]) -> dict[str, object]:
@@ -266,22 +326,32 @@ def scenario(scheduler: dict[str, object]) -> dict[str, object]:
     }
 
 
-def test_steps_is_refused_for_a_scheduler_that_schedules_every_iteration() -> None:
-    """``steps`` on ``continuous`` would be accepted and ignored: the scenario is refused
-    at its place, naming the scheduler that takes it."""
+@pytest.mark.parametrize(
+    ("field", "block", "match"),
+    [
+        ("steps", {"steps": 4}, "prefill-first"),
+        ("async_output", {"async_output": True}, "async_output"),
+    ],
+)
+def test_a_field_continuous_does_not_model_is_refused(
+    field: str, block: dict[str, object], match: str
+) -> None:
+    """``steps`` or ``async_output`` on ``continuous`` would be accepted and ignored: the
+    scenario is refused at its place, naming what takes it, and so is a spec in code;
+    ``prefill-first`` takes either."""
     host = build_host()
-    with pytest.raises(ScenarioError, match=r"workload\.scheduler.*prefill-first"):
-        resolve(scenario({"kind": "continuous", "steps": 4}), Source("t"), host, Path("."))
-    sc = resolve(scenario({"kind": KIND, "steps": 4}), Source("t"), host, Path("."))
-    assert sc.workload_config.scheduler.steps == 4  # type: ignore[attr-defined]
-    with pytest.raises(ValueError, match="prefill-first"):
+    with pytest.raises(ScenarioError, match=rf"workload\.scheduler.*{match}"):
+        resolve(scenario({"kind": "continuous", **block}), Source("t"), host, Path("."))
+    sc = resolve(scenario({"kind": KIND, **block}), Source("t"), host, Path("."))
+    assert getattr(sc.workload_config.scheduler, field) == block[field]  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=match):
         simulate_serving(
             requests([(0.0, 4, 4)]),
             HostlessCompiled(*_system_model()),
             system="s",
             replicas=1,
             devices_per_replica=1,
-            scheduler=SchedulerSpec(kind="continuous", steps=2),
+            scheduler=SchedulerSpec(kind="continuous", **block),  # type: ignore[arg-type]
             kv_capacity_tokens=1024,
         )
 

@@ -70,7 +70,14 @@ blocks of the ``steps`` tokens of KV it writes in the round (to its last token a
 the newest running requests preempted while they do not fit; ``steps`` iterations run
 over the whole batch, and at the round's end each request gets the round's tokens it
 keeps (up to ``steps``) in one note; a request with all its tokens finishes and frees its
-blocks. Each request records the instants it receives tokens (``emissions``).
+blocks. Each request records the instants it receives tokens (``emissions``). With
+``async_output`` the replica holds each iteration's notes back (``owed``) and sends them at
+the end of its next iteration (after the first step of a decode round), or at once when it
+has nothing to run; a request with all its tokens stays running until its notes are sent,
+and runs the next round with the others when its last token came at a round's last step
+(reserving no blocks), while one whose output ended inside the round leaves at the round's
+end and frees its blocks when its notes are sent (``parked``). A request preempted while
+owed notes gets them first, and leaves instead when they were its last.
 
 Sliding-window layers (a model whose :class:`~.kvcache.KVLayout` has them, Gemma 2 and 3
 or Mistral v0.1): the cache counts layer blocks (one layer's ``block_tokens`` tokens) and
@@ -222,6 +229,8 @@ class _Replica:
     running: list[_Request] = field(default_factory=list)
     outstanding: int = 0
     steps: list[ReferenceStep] = field(default_factory=list)
+    owed: list[tuple[_Request, int]] = field(default_factory=list)
+    parked: list[_Request] = field(default_factory=list)
     _back: int = 0
     _front: int = 0
 
@@ -266,10 +275,18 @@ class _Replica:
             yield self.promised.put(self._promise(req))
 
     def _preempt_newest(self) -> Proc:
-        """Preempt the running request that arrived last (recompute-style)."""
+        """Preempt the running request that arrived last (recompute-style). Tokens owed
+        to it are sent first; when they were its last, it leaves instead."""
         req = max(self.running, key=lambda r: r.rid)
         self.running.remove(req)
         yield from self._free(req)
+        for k, (r, tokens) in enumerate(self.owed):
+            if r is req:
+                del self.owed[k]
+                req.inbox.put((_Note.TOKEN, tokens))
+                break
+        if req.generated == req.output:
+            return
         self._requeue(req)
         req.inbox.put(_Note.PREEMPTED)
 
@@ -327,27 +344,62 @@ class _Replica:
             self.running.remove(req)
             yield from self._free(req)
 
+    def _owe(self, req: _Request, tokens: int) -> None:
+        """``req`` has ``tokens`` more tokens, sent with the next :meth:`_stream`."""
+        req.tokens += tokens
+        self.owed.append((req, tokens))
+
+    def _stream(self) -> Proc:
+        """Send the tokens owed now; the parked requests free their blocks."""
+        for req, tokens in self.owed:
+            req.inbox.put((_Note.TOKEN, tokens))
+        self.owed.clear()
+        for req in self.parked:
+            yield from self._free(req)
+        self.parked.clear()
+
+    def _drop_done(self) -> Proc:
+        """Running requests with all their tokens leave and free their blocks."""
+        for req in [r for r in self.running if r.generated == r.output]:
+            self.running.remove(req)
+            yield from self._free(req)
+
+    def _used(self) -> int:
+        """Blocks in use, as blocks of every layer."""
+        return self.cache.stack_blocks(self.total_blocks - int(self.kv.level))
+
     def _round(self) -> Proc:
         """One round of ``prefill-first`` (see the module docstring)."""
-        env, steps = self.env, self.spec.steps
+        env, steps, lag = self.env, self.spec.steps, self.spec.async_output
         prefills = yield from self._admit()
         if prefills:
             tokens = sum(r.tokens for r in prefills)
             seconds, _j, _s = self.costs.step(len(prefills), tokens, 0, 0, 0)
             start = env.now
-            used = self.cache.stack_blocks(self.total_blocks - int(self.kv.level))
+            used = self._used()
             yield env.timeout(seconds)
             self.steps.append(
                 ReferenceStep(self.index, start, env.now, len(prefills), tokens, 0, used)
             )
+            if lag:  # the previous iteration's tokens reach their requests now
+                yield from self._stream()
+                yield from self._drop_done()
             self.running.extend(prefills)
             for req in prefills:
-                yield from self._give(req, 1)
+                if lag:
+                    self._owe(req, 1)
+                else:
+                    yield from self._give(req, 1)
             return
         if not self.running:
+            if self.owed:  # nothing to schedule: the owed tokens are sent now
+                yield from self._stream()
+                return
             raise AssertionError(f"replica {self.index} cannot admit its first request")
 
         def reserve(r: _Request) -> int:
+            if r.generated == r.output:  # done, its last token not yet sent: writes nothing
+                return 0
             c = r.tokens - 1
             last = min(c + steps, c + r.output - r.generated)
             return self.cache.peak_blocks(last) - self.cache.blocks(c)
@@ -362,28 +414,42 @@ class _Replica:
         for r in self.running:
             r.blocks += reserve(r)
         batch = list(self.running)
-        used = self.cache.stack_blocks(self.total_blocks - int(self.kv.level))
         context = sum(r.tokens - 1 for r in batch)
         for i in range(steps):
             seconds, _j, _s = self.costs.step(0, 0, 0, len(batch), context + i * len(batch))
             start = env.now
+            used = self._used()
             yield env.timeout(seconds)
             kept = sum(1 for r in batch if r.output - r.generated > i)
             self.steps.append(ReferenceStep(self.index, start, env.now, len(batch), 0, kept, used))
+            if lag and i == 0:  # the previous round's tokens reach their requests now
+                yield from self._stream()
         for r in batch:
+            if r.generated == r.output:  # done before the round: it leaves
+                self.running.remove(r)
+                yield from self._free(r)
+                continue
             k = min(steps, r.output - r.generated)
-            if r.generated + k < r.output:  # it goes on holding the KV of the round
-                back = r.blocks - self.cache.blocks(r.tokens - 1 + steps)
+            if lag or r.generated + k < r.output:  # it holds the KV it wrote
+                back = r.blocks - self.cache.blocks(r.tokens - 1 + k)
                 if back:
                     yield self.kv.put(back)
                 r.blocks -= back
-            yield from self._give(r, k)
+            if not lag:
+                yield from self._give(r, k)
+                continue
+            self._owe(r, k)
+            if r.generated == r.output and k < steps:  # done inside the round
+                self.running.remove(r)
+                self.parked.append(r)
 
     def run(self) -> Proc:
         """The replica's process: iterations back to back while it has work."""
         env = self.env
         while True:
             if not self.running and not self.queue.items:
+                if self.owed:  # nothing to schedule: the owed tokens are sent now
+                    yield from self._stream()
                 # idle: sleep until a request is routed here; put it back where it was,
                 # admission below takes it
                 item = yield self.queue.get()

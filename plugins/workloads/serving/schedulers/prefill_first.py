@@ -29,6 +29,27 @@ The policy, at the start of every scheduling round:
    chunk, the tokens of the round it keeps; those whose output is complete finish then and
    free their blocks.
 
+*Asynchronous output processing* (``async_output: true``, vLLM 0.6's default, pulls
+vllm-project/vllm#7049, #7921 and #8050; the v0.6.0 release post: "performing the
+processing of the ``n``-th step output while executing the ``n+1``-th step ... incurring
+a slight overhead of executing one additional step per request"). The tokens an
+iteration makes are processed, checked for the end of the request and streamed during
+the engine's next iteration, and reach the client at its end: a prefill's first tokens at
+the end of the next iteration (a prefill, or the first step of a decode round), a decode
+round's chunk at the end of the next round's first step (or of the prefill that follows
+it). Until then the scheduler does not know a request is done, so:
+
+* a request whose last token came at the last step of a round (with one step a round:
+  every request, and any whose prefill made its only token) is scheduled once more: it
+  takes no new blocks, keeps no token, is streamed its last tokens with the others, and
+  leaves the batch when that next iteration or round ends (vLLM's "extra decode run");
+* a request whose output ended inside a round (the engine checks each step's outputs
+  during the next step of the round) leaves the batch at the round's end, holding its
+  blocks until its tokens are streamed;
+* a request preempted while owed tokens receives them first (vLLM processes a request's
+  pending output before preempting it) and, when they were its last, leaves instead;
+* when nothing can be scheduled the engine processes the owed outputs at once.
+
 Host time: the scheduler and input preparation run once a round, so a multi-step round
 pays the stack's host time once (:class:`~xpusim.plugins.workloads.serving.stacks.StackCompiled`
 charges each of its decode steps ``1 / steps`` of it); a prefill round pays it whole.
@@ -79,14 +100,17 @@ from xpusim.plugins.workloads.serving.schedulers.iteration import WATERMARK
 
 class PrefillFirstScheduler(Scheduler):
     """vLLM V0's default scheduler: prompt-only iterations first, then decode rounds of
-    ``spec.steps`` iterations each (multi-step scheduling); see the module docstring."""
+    ``spec.steps`` iterations each (multi-step scheduling), optionally with its outputs
+    processed one iteration late (``spec.async_output``); see the module docstring."""
 
     name = "prefill-first"
     description = (
         "vLLM V0's default: prompt-only iterations first, decodes in rounds of `steps` "
-        "iterations (multi-step scheduling), recompute preemption"
+        "iterations (multi-step scheduling), recompute preemption, optional asynchronous "
+        "output processing"
     )
     multi_step = True
+    async_output = True
 
     def process(
         self,
@@ -106,27 +130,29 @@ class PrefillFirstScheduler(Scheduler):
         win = isinstance(kv, PagedKVCache) and kv.layout is not None
         peak = kv.peak_blocks
         steps = spec.steps
+        lag = spec.async_output
         waiting = rep.waiting
         cur_L, cur_m = req.cur_prompt, req.cur_output
         state, seg_max = req.state, req.seg_max
+        first_token = req.first_token
         log = rep.log
         log.row_gaps = False
         gaps = log.gap_counts
         # the running requests in admission order, and beside each (same index) the KV
-        # tokens it holds and the instant it last received tokens
+        # tokens it holds and the instant it last received tokens (-1: none yet). A
+        # request in `run` with no output left awaits the processing of its last token
+        # (async output) and runs its one more iteration. The requests from `due` on are
+        # owed the tokens of the last iteration, not yet streamed.
         run: list[int] = []
         held: list[int] = []
         last: list[float] = []
+        due = 0
         resumed: dict[int, float] = {}  # preempted requests: their last emission
+        fin: list[int] = []  # requests in `run` whose owed tokens are their last
+        parked: list[tuple[int, int, float]] = []  # done inside a round, out of the batch,
+        # owed their last tokens: (request, blocks held till then, last emission)
         used = 0
         j = 0  # rows logged
-
-        def gap(rid: int, before: float, t: float) -> None:
-            """``rid`` received tokens at ``before`` and now at ``t``: one gap."""
-            g = t - before
-            gaps[g] = gaps.get(g, 0) + 1
-            if g > seg_max[rid]:
-                seg_max[rid] = g
 
         def done(rid: int, t: float) -> None:
             """Request ``rid`` has all its tokens at ``t``, the end of row ``j - 1``."""
@@ -134,8 +160,69 @@ class PrefillFirstScheduler(Scheduler):
             req.seg_start[rid] = j
             finish_request(req, rep, rid, t)
 
+        def stream_one(rid: int, before: float, t: float) -> None:
+            """One request, which last received tokens at ``before``, receives its owed
+            tokens at ``t``."""
+            if before < 0:
+                first_token[rid] = t
+            else:
+                g = t - before
+                gaps[g] = gaps.get(g, 0) + 1
+                if g > seg_max[rid]:
+                    seg_max[rid] = g
+            if not cur_m[rid]:
+                done(rid, t)
+
+        def flush(t: float) -> bool:
+            """Stream every owed token at ``t``; the parked blocks are free again. Whether a
+            request in ``run`` got its last token."""
+            nonlocal due, used
+            k = len(run)
+            if due < k:
+                seg = last[due:k] if due else last
+                ids = run[due:k] if due else run
+                counts = Counter(seg)
+                fresh = counts.pop(-1.0, 0)  # requests owed their first token
+                for before, cnt in counts.items():
+                    g = t - before
+                    gaps[g] = gaps.get(g, 0) + cnt
+                if fresh:
+                    for rid, before in zip(ids, seg, strict=True):
+                        if before < 0:
+                            first_token[rid] = t
+                        elif t - before > seg_max[rid]:
+                            seg_max[rid] = t - before
+                else:
+                    for rid, before in zip(ids, seg, strict=True):
+                        if t - before > seg_max[rid]:
+                            seg_max[rid] = t - before
+                last[due:k] = [t] * (k - due)
+                due = k
+            ended = bool(fin)
+            for rid in fin:
+                done(rid, t)
+            fin.clear()
+            for rid, nb, before in parked:
+                stream_one(rid, before, t)
+                used -= nb
+            parked.clear()
+            return ended
+
+        def drop_done() -> None:
+            """The requests in ``run`` with no output left leave it and free their blocks;
+            none is owed tokens after."""
+            nonlocal run, held, last, used, due
+            stay = [i for i, rid in enumerate(run) if cur_m[rid]]
+            used -= sum(blocks(held[i]) for i, rid in enumerate(run) if not cur_m[rid])
+            run = [run[i] for i in stay]
+            held = [held[i] for i in stay]
+            last = [last[i] for i in stay]
+            due = len(run)
+
         while True:
             if not run and not waiting:
+                if parked:  # nothing to schedule: the engine processes its outputs now
+                    flush(env.now)
                 ev = rep.wake = env.event()
                 yield ev
                 continue
@@ -164,24 +251,23 @@ class PrefillFirstScheduler(Scheduler):
                 end = now + dur
                 log_step(log, now, end, len(admitted), pf_tok, 0, used, st_i, joules)
                 j += 1
+                if lag and flush(end):  # the previous iteration's outputs, processed now
+                    drop_done()
                 for rid in admitted:
-                    before = resumed.pop(rid, None) if resumed else None
-                    if before is None:
-                        req.first_token[rid] = end
-                    else:  # its first tokens after a preemption
-                        gap(rid, before, end)
                     cur_m[rid] -= 1
-                    L = cur_L[rid]
                     if not cur_m[rid]:
-                        used -= blocks(L)
-                        done(rid, end)
-                        continue
+                        fin.append(rid)
                     state[rid] = DECODING
                     run.append(rid)
-                    held.append(L)
-                    last.append(end)
+                    held.append(cur_L[rid])
+                    last.append(resumed.pop(rid, -1.0) if resumed else -1.0)
+                if not lag and flush(end):
+                    drop_done()
                 continue
             if not run:
+                if parked:  # nothing to schedule: the engine processes its outputs now
+                    flush(now)
+                    continue
                 raise AssertionError(
                     f"replica {rep.index} cannot admit its first request: {used} of {total} "
                     "KV blocks held with nothing running"
@@ -191,17 +277,27 @@ class PrefillFirstScheduler(Scheduler):
             # newest are preempted until they fit
             keep = [steps if cur_m[r] > steps else cur_m[r] for r in run]
             if win:
-                take = [peak(c + k) - blocks(c) for c, k in zip(held, keep, strict=True)]
+                take = [
+                    peak(c + k) - blocks(c) if k else 0 for c, k in zip(held, keep, strict=True)
+                ]
             else:
                 take = [(-c // B) - (-(c + k) // B) for c, k in zip(held, keep, strict=True)]
             need = sum(take)
             while used + need > total and run:
                 i = run.index(max(run))  # ids are in arrival order: the newest
-                victim, c = run.pop(i), held.pop(i)
-                resumed[victim] = last.pop(i)
+                victim, c, before = run.pop(i), held.pop(i), last.pop(i)
                 need -= take.pop(i)
                 del keep[i]
                 used -= blocks(c)
+                if i >= due:  # the engine processes its output before preempting it
+                    stream_one(victim, before, now)
+                    before = now
+                else:
+                    due -= 1
+                if not cur_m[victim]:  # it was done: it leaves instead
+                    fin.remove(victim)
+                    continue
+                resumed[victim] = before
                 cur_L[victim] = c + 1  # its prompt and every token generated so far
                 state[victim] = WAITING
                 req.preemptions[victim] += 1
@@ -222,31 +318,40 @@ class PrefillFirstScheduler(Scheduler):
                     gone += 1
                 log_step(log, start, end, n, 0, n - gone, used, st_i, joules)
                 j += 1
+                if lag and not i:  # the previous round's outputs, processed during this step
+                    flush(end)
                 ctx += n
                 start = end
-            # every request receives the round's tokens now, in one chunk
+            # the round's tokens are owed to its requests; those done before it leave;
+            # each left holds the blocks of its KV (windows give pages back)
             t = start
-            for before, cnt in Counter(last).items():
-                g = t - before
-                gaps[g] = gaps.get(g, 0) + cnt
-            for rid, before in zip(run, last, strict=True):
-                if t - before > seg_max[rid]:
-                    seg_max[rid] = t - before
             used -= need
-            ended = False
+            leave = False
             for i, rid in enumerate(run):
-                c = held[i]
-                m = cur_m[rid] - keep[i]
-                cur_m[rid] = m
-                if m:
-                    held[i] = c + steps
-                    used += blocks(c + steps) - blocks(c) if win else take[i]
-                else:
+                c, k = held[i], keep[i]
+                if not k:  # done before the round, its tokens since streamed
                     used -= blocks(c)
-                    done(rid, t)
-                    ended = True
-            if ended:  # the finished leave
-                stay = [i for i, rid in enumerate(run) if cur_m[rid]]
+                    leave = True
+                    continue
+                m = cur_m[rid] - k
+                cur_m[rid] = m
+                held[i] = c + k
+                used += blocks(c + k) - blocks(c) if win else take[i]
+                if m:
+                    continue
+                if lag and k < steps:  # done inside the round: out of the batch, its
+                    # blocks held till its tokens stream
+                    parked.append((rid, blocks(c + k), last[i]))
+                    leave = True
+                else:
+                    fin.append(rid)
+            if leave:
+                stay = [
+                    i for i, k in enumerate(keep) if k and (cur_m[run[i]] or not lag or k == steps)
+                ]
                 run = [run[i] for i in stay]
                 held = [held[i] for i in stay]
-            last = [t] * len(run)
+                last = [last[i] for i in stay]
+            due = 0
+            if not lag and flush(t):
+                drop_done()
