@@ -98,8 +98,9 @@ def test_each_tensorrt_llm_row_names_the_release_it_was_measured_with() -> None:
 
 def test_a_multi_step_row_runs_under_its_own_scheduler() -> None:
     """The vLLM v0.6.0 rows ran with --num-scheduler-steps 10: each carries that
-    scheduler (prefill-first, 10 steps a round, vLLM's limits for its command) and the
-    scenario it replays as holds it; a row without one keeps its stack's scheduler."""
+    scheduler (prefill-first, 10 steps a round, vLLM's limits for its command, outputs
+    processed a step late as 0.6 does by default) and the scenario it replays as holds
+    it; a row without one keeps its stack's scheduler."""
     multi = [r for r in SERVER if r["id"].startswith("vllm060-")]
     assert len(multi) == 12
     for r in multi:
@@ -110,6 +111,7 @@ def test_a_multi_step_row_runs_under_its_own_scheduler() -> None:
             "steps": 10,
             "max_batch": 256,
             "max_batch_tokens": 4096,
+            "async_output": True,
         }
     plain = next(r for r in SERVER if "scheduler" not in r)
     assert "scheduler" not in VS.scenario_data(plain)["workload"]
