@@ -213,6 +213,7 @@ def run_case(
         "replicas": replicas,
         "scheduler": sched.kind,
         "steps": sched.steps,
+        "async_output": sched.async_output,
         "wall_s": round(wall, 3),
         "cpu_s": round(cpu, 3),
         "iterations": steps,
@@ -481,6 +482,7 @@ def run_10m(
         "replicas": replicas,
         "scheduler": sched.kind,
         "steps": sched.steps,
+        "async_output": sched.async_output,
         "spill_rows": spill_rows(spill),
         "reporters": [type(r).__name__ for r in reporters],
         "generate_s": round(gen_s, 3),
@@ -566,9 +568,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--steps", type=int, default=1, help="prefill-first: decode steps per scheduling round"
     )
+    ap.add_argument(
+        "--async-output",
+        action="store_true",
+        help="prefill-first: stream each iteration's tokens at the end of the next",
+    )
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "serving.json")
     args = ap.parse_args(argv)
-    sched = SchedulerSpec(kind=args.scheduler, steps=args.steps)
+    sched = SchedulerSpec(kind=args.scheduler, steps=args.steps, async_output=args.async_output)
     raw = simpy_timeout_rate()
     print(json.dumps({"simpy_timeouts": raw}))
     results: list[dict] = [{"case": "simpy-timeouts", **raw}]
