@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tests.fakes import FakeModel, fake_device
 from tests.test_serving_reference import (
     LAYOUTS,
-    ROWS,
+    WORLDS,
     ShapeCompiled,
     assert_same,
     both_worlds,
@@ -101,13 +101,7 @@ def run(
 
 @settings(max_examples=60, deadline=None)
 @given(
-    rows=ROWS,
-    block=st.sampled_from([1, 2, 3, 4, 8, 16]),
-    blocks=st.integers(2, 300),
-    max_batch=st.integers(1, 16),
-    max_batch_tokens=st.integers(1, 512),
-    replicas=st.integers(1, 3),
-    router=st.sampled_from(["round-robin", "least-outstanding"]),
+    **WORLDS,
     steps=st.sampled_from([1, 2, 3, 8]),
     lag=st.booleans(),
     layout=st.one_of(st.none(), LAYOUTS),

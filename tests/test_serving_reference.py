@@ -172,17 +172,23 @@ ROWS = st.lists(
     max_size=40,
 )
 
+WORLDS: dict[str, st.SearchStrategy[Any]] = {
+    "rows": ROWS,
+    "block": st.sampled_from([1, 2, 3, 4, 8, 16]),
+    "blocks": st.integers(2, 300),
+    "max_batch": st.integers(1, 16),
+    "max_batch_tokens": st.integers(1, 512),
+    "replicas": st.integers(1, 3),
+    "router": st.sampled_from(["round-robin", "least-outstanding"]),
+}
+"""Small worlds for the property tests against the reference: workloads, caches of
+``blocks`` blocks of ``block`` tokens, the scheduler's limits, replicas and routers."""
+
 
 @settings(max_examples=60, deadline=None)
 @given(
-    rows=ROWS,
-    block=st.sampled_from([1, 2, 3, 4, 8, 16]),
-    blocks=st.integers(2, 300),
+    **WORLDS,
     spare=st.integers(0, 15),
-    max_batch=st.integers(1, 16),
-    max_batch_tokens=st.integers(1, 512),
-    replicas=st.integers(1, 3),
-    router=st.sampled_from(["round-robin", "least-outstanding"]),
     kind=st.sampled_from(["continuous", "guaranteed-no-evict"]),
 )
 def test_fast_world_matches_reference(
@@ -237,14 +243,8 @@ LAYOUTS = st.builds(
 
 @settings(max_examples=60, deadline=None)
 @given(
-    rows=ROWS,
+    **WORLDS,
     layout=LAYOUTS,
-    block=st.sampled_from([1, 2, 3, 4, 8, 16]),
-    blocks=st.integers(2, 300),
-    max_batch=st.integers(1, 16),
-    max_batch_tokens=st.integers(1, 512),
-    replicas=st.integers(1, 3),
-    router=st.sampled_from(["round-robin", "least-outstanding"]),
     kind=st.sampled_from(["continuous", "guaranteed-no-evict"]),
 )
 def test_windowed_fast_world_matches_reference(

@@ -60,8 +60,10 @@ emission to the round's end, as vLLM's ``benchmark_serving`` and SGLang's
 ``bench_serving`` record the gaps of a stream (one sample per chunk received); the gap
 spans any prefill rounds in between. The scheduler counts every gap in its step log's
 ``gap_counts`` (gap to samples; the requests of a round share few distinct gaps) and
-keeps each request's largest (``seg_max``), and clears the log's ``row_gaps``. ``tbt_mean_s`` (TPOT) is ``(finish - first token) / (output -
-1)`` with the finish at the end of the round that completes the request.
+keeps each request's largest (``seg_max``), and clears the log's ``row_gaps``.
+``tbt_mean_s`` (TPOT) is ``(finish - first token) / (output - 1)`` with the finish at the
+end of the round that completes the request (with ``async_output``, when its last tokens
+stream).
 
 The step log has one row per iteration: a prefill round's row, then one row per decode
 step of a round, each with the round's batch, the decode tokens it keeps and the blocks
