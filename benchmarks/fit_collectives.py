@@ -21,9 +21,18 @@ Model (:func:`xpusim.engine.collectives.nccl_flat_seconds`): per protocol ``LL``
 link latency (1 µs), NVLS a fixed cost and an efficiency. Parameters are fitted by least
 squares on log time.
 
+The serving engines' own peer-to-peer all-reduce kernels
+(:class:`xpusim.engine.collectives.P2PAllReduce`: vLLM's ``custom_all_reduce``, which
+SGLang also runs, and TensorRT-LLM's custom all-reduce) are fitted to
+``sglang_pr2904_custom_allreduce_h100`` of this project's ``benchmarks/kernel_rows.yaml``
+(2, 4 and 8 H100s, NVLink 4): a one-shot and a two-shot fixed cost and one link
+efficiency per kernel, on the rows of 1 MiB and more (the smaller ones were timed by a
+host-launch-bound loop); the 2- and 8-GPU rows in sample, the 4-GPU rows held out. The
+host-bound rows bound the fixed costs from above, which the fit checks.
+
 Usage::
 
-    python benchmarks/fit_collectives.py [--kernels PATH] [--out plugins/gpu/fabrics.yaml]
+    python benchmarks/fit_collectives.py [--kernels PATH] [--extra PATH] [--out plugins/gpu/fabrics.yaml]
 """
 
 from __future__ import annotations
@@ -46,12 +55,25 @@ if str(REPO) not in sys.path:
 
 from xpusim.engine.collectives import (  # noqa: E402
     FabricProfile,
+    P2PAllReduce,
     Protocol,
     nccl_flat_seconds,
+    p2p_allreduce_seconds,
 )
 from xpusim.engine.graph import Collective  # noqa: E402
 
 KERNELS = REPO.parent / "shared" / "reference" / "kernels.yaml"
+EXTRA = REPO / "benchmarks" / "kernel_rows.yaml"
+P2P_ENTRY = "sglang_pr2904_custom_allreduce_h100"
+P2P_BW = 450e9
+"""NVLink 4's rate per H100 and direction (the catalog's ``h100-sxm`` scale-up link), which
+the p2p kernels' efficiencies are relative to."""
+P2P_MIN_BYTES = 2**20
+"""Rows below this size were timed by a host-launch-bound loop (the entry's notes)."""
+P2P_KERNELS: dict[str, str] = {
+    "vllm": "vLLM's custom_all_reduce (vllm-project/vllm#2192), run by vLLM and SGLang",
+    "trtllm": "TensorRT-LLM's custom all-reduce plugin, as SGLang's port of it (sgl-kernel)",
+}
 OUT = REPO / "plugins" / "gpu" / "fabrics.yaml"
 HOP_S = 1e-6
 """Per-hop latency: the catalog's NVLink/Infinity Fabric step latency (an assumption
@@ -200,10 +222,52 @@ def check_group_scaling(ref: dict[str, dict[str, Any]], profs: dict[str, FabricP
     return out
 
 
+def fit_p2p(name: str, rows: list[dict[str, Any]]) -> tuple[P2PAllReduce, dict[str, Any]]:
+    """Fit kernel ``name``'s fixed costs and link efficiency to its rows of ``rows`` (least
+    squares on log time over the GPU-bound rows at 2 and 8 GPUs; 4 GPUs held out)."""
+    mine = [r for r in rows if r["kernel"] == name]
+    timed = [(int(r["tp"]), float(r["bytes"]), float(r["ms"]) * 1e-3) for r in mine]
+    bound = [t for t in timed if t[1] >= P2P_MIN_BYTES]
+    fit = [t for t in bound if t[0] != 4]
+    held = [t for t in bound if t[0] == 4]
+
+    def kernel(x: np.ndarray) -> P2PAllReduce:
+        return P2PAllReduce(name, float(x[0]), float(x[1]), float(min(1.0, x[2])))
+
+    def resid(x: np.ndarray) -> np.ndarray:
+        k = kernel(x)
+        return np.array([math.log(p2p_allreduce_seconds(n, p, P2P_BW, k) / t) for p, n, t in fit])
+
+    sol = least_squares(resid, x0=[5e-6, 10e-6, 0.5], bounds=([0, 0, 1e-3], [1e-4, 1e-4, 1.0]))
+    k = kernel(sol.x)
+
+    def errs(ts: list[tuple[int, float, float]]) -> list[float]:
+        return [p2p_allreduce_seconds(n, p, P2P_BW, k) / t - 1 for p, n, t in ts]
+
+    def summary(e: list[float]) -> dict[str, float | int]:
+        a = [abs(x) for x in e]
+        return {"rows": len(a), "median_abs_error": statistics.median(a), "max_abs_error": max(a)}
+
+    small = errs([t for t in timed if t[1] < P2P_MIN_BYTES])
+    report = {
+        "fitted_to": f"{P2P_ENTRY} (benchmarks/kernel_rows.yaml), kernel {name!r}: the rows of "
+        "1 MiB and more at 2 and 8 GPUs; the 4-GPU rows held out",
+        "in_sample": summary(errs(fit)),
+        "held_out": summary(errs(held)),
+        "host_bound_rows": {
+            "rows": len(small),
+            "model_above_measured": sum(e > 0 for e in small),
+            "largest_excess": max(small),
+        },
+    }
+    return k, report
+
+
 def main(argv: list[str] | None = None) -> int:
     """Fit every fabric, print the errors and write the profiles file."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kernels", type=Path, default=KERNELS)
+    ap.add_argument("--extra", type=Path, default=EXTRA)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     ref = entries(args.kernels)
@@ -228,6 +292,25 @@ def main(argv: list[str] | None = None) -> int:
             f"rows median {100 * rep['held_out_median_abs_error']:.1f}% max "
             f"{100 * rep['held_out_max_abs_error']:.1f}%"
         )
+    p2p_rows = list(entries(args.extra)[P2P_ENTRY]["rows"])
+    p2p: dict[str, Any] = {}
+    for kname, what in P2P_KERNELS.items():
+        kern, rep = fit_p2p(kname, p2p_rows)
+        p2p[kname] = {
+            "kernel": what,
+            "fabric": "nvlink4",
+            "one_shot_s": kern.one_shot_s,
+            "two_shot_s": kern.two_shot_s,
+            "efficiency": kern.efficiency,
+            **rep,
+        }
+        print(
+            f"p2p {kname:12s} one-shot {1e6 * kern.one_shot_s:.1f} us, two-shot "
+            f"{1e6 * kern.two_shot_s:.1f} us, {100 * kern.efficiency:.0f}% of the link | in-sample "
+            f"median {100 * rep['in_sample']['median_abs_error']:.1f}% | held-out median "
+            f"{100 * rep['held_out']['median_abs_error']:.1f}% max "
+            f"{100 * rep['held_out']['max_abs_error']:.1f}%"
+        )
     checks = check_group_scaling(ref, profs)
     for c in checks:
         print(
@@ -240,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/fit_collectives.py",
         "hop_s": HOP_S,
         "fabrics": {},
+        "p2p_allreduce": p2p,
         "checks": checks,
     }
     for name, prof in profs.items():

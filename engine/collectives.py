@@ -57,6 +57,10 @@ on a full mesh drive only the ``p-1`` links a group of ``p`` spans. A
 :class:`FabricProfile` holds those figures for one fabric; the tuner's choice (the
 fastest algorithm and protocol for the size) is the minimum over them. Backends fit the
 profiles to measured sweeps (the GPU plugin's ``fabrics.yaml``).
+
+Serving engines run small tensor-parallel all-reduces with their own peer-to-peer kernel
+instead (:class:`P2PAllReduce`, :func:`p2p_allreduce_seconds`): each device reads its
+peers' buffers directly, one-shot or two-shot, with a fixed cost of a few microseconds.
 """
 
 from __future__ import annotations
@@ -76,12 +80,14 @@ __all__ = [
     "ALGORITHMS",
     "LIBRARY_ALGORITHMS",
     "FabricProfile",
+    "P2PAllReduce",
     "Protocol",
     "collective_seconds",
     "flat_seconds",
     "hierarchical_seconds",
     "nccl_collective_seconds",
     "nccl_flat_seconds",
+    "p2p_allreduce_seconds",
     "ring_seconds",
     "topology_from_device",
     "torus_collective_seconds",
@@ -491,3 +497,49 @@ def nccl_collective_seconds(
         "auto" if flat_algo == "nvls" else flat_algo,
     )
     return min(hier, slow)
+
+
+@dataclass(frozen=True, slots=True)
+class P2PAllReduce:
+    """A serving engine's own all-reduce kernel for small tensor-parallel messages inside
+    one node: every device reads its peers' buffers directly over the scale-up fabric
+    (CUDA IPC peer-to-peer), with no collective library in between (vLLM's
+    ``custom_all_reduce``, which SGLang also runs; TensorRT-LLM's custom all-reduce
+    plugin). Two schedules:
+
+    * one-shot: each device reads the whole buffer of each of its ``p - 1`` peers and
+      reduces locally, ``one_shot_s + (p - 1)·n / (efficiency·B)``;
+    * two-shot: a reduce-scatter then an all-gather through the peers' buffers, each
+      device moving ``2(p - 1)/p · n``, ``two_shot_s + 2(p - 1)/p · n / (efficiency·B)``
+      (two barriers, so a larger fixed cost);
+
+    the kernel runs the cheaper (the engines switch from one-shot to two-shot as the
+    buffer grows). ``B`` is the scale-up link rate per device and direction;
+    ``efficiency`` the share of it the kernel's loads reach (a few dozen thread blocks
+    issue them). ``source`` names the measurements it was fitted to.
+    """
+
+    name: str
+    one_shot_s: float
+    two_shot_s: float
+    efficiency: float
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.one_shot_s < 0 or self.two_shot_s < 0:
+            raise ValueError(f"p2p all-reduce {self.name!r}: negative fixed cost")
+        if not 0 < self.efficiency <= 1:
+            raise ValueError(f"p2p all-reduce {self.name!r}: efficiency must be in (0, 1]")
+
+
+def p2p_allreduce_seconds(nbytes: float, p: int, bw: float, kernel: P2PAllReduce) -> float:
+    """One all-reduce of ``nbytes`` per device over ``p`` devices of one node by the
+    peer-to-peer ``kernel`` on a scale-up link of ``bw`` bytes/s per device and direction
+    (:class:`P2PAllReduce`: the cheaper of one-shot and two-shot)."""
+    _check(nbytes, p, bw)
+    if p <= 1:
+        return 0.0
+    rate = kernel.efficiency * bw
+    one = kernel.one_shot_s + (p - 1) * nbytes / rate
+    two = kernel.two_shot_s + 2.0 * (p - 1) / p * nbytes / rate
+    return min(one, two)

@@ -19,6 +19,14 @@ PCIe, other         ``nvlink3``          inherited, without NVLS: no public PCIe
 :func:`fabric_for` returns the profile and a sentence saying whether it was fitted or
 inherited, which the backend lists among a run's assumptions.
 
+The serving engines' own peer-to-peer all-reduce kernels (``p2p_allreduce`` in the file:
+vLLM's ``custom_all_reduce``, ``vllm``, and TensorRT-LLM's custom all-reduce, ``trtllm``)
+are fitted on NVLink 4 (2 to 8 H100s) with their efficiency relative to the link rate;
+:func:`p2p_kernel_for` gives one for a device: fitted on NVLink 4, inherited by the other
+NVLink generations (the same kernel, at their own link rate), and none elsewhere (no
+public sweep of these kernels on Infinity Fabric or PCIe: such a device's all-reduces stay
+priced as its collective library runs them).
+
 The scale-out stage (between nodes) has no fitted sweep: :func:`scale_out_profile` runs
 one ``Simple``-protocol ring at ``link_fraction`` of the NIC rate with no extra launch
 cost (the call's launch is paid by the intra-node stage), per hop the catalog's network
@@ -33,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from xpusim.engine.collectives import FabricProfile, Protocol
+from xpusim.engine.collectives import FabricProfile, P2PAllReduce, Protocol
 from xpusim.engine.device import DeviceSpec
 
 PROFILES_PATH = Path(__file__).with_name("fabrics.yaml")
@@ -89,6 +97,48 @@ def fabric_for(device: DeviceSpec) -> tuple[FabricProfile, str]:
         f"(the nearest fitted fabric without in-switch reduction)"
     )
     return _profile("nvlink3", raw["nvlink3"], nvls=False), how
+
+
+@cache
+def _p2p(path: Path = PROFILES_PATH) -> dict[str, dict[str, Any]]:
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return dict(doc.get("p2p_allreduce") or {})
+
+
+P2P_KERNELS: tuple[str, ...] = ("vllm", "trtllm")
+"""The peer-to-peer all-reduce kernels the profiles file fits (module docstring)."""
+
+
+def p2p_kernel_for(device: DeviceSpec, kernel: str) -> tuple[P2PAllReduce | None, str]:
+    """The fitted peer-to-peer all-reduce ``kernel`` on ``device``'s scale-up fabric, or
+    ``None`` where no profile applies, and a sentence saying which (module docstring)."""
+    raw = _p2p().get(kernel)
+    if raw is None:
+        raise ValueError(
+            f"unknown p2p all-reduce kernel {kernel!r}; known: {', '.join(P2P_KERNELS)}"
+        )
+    link = (device.scale_up.name if device.scale_up is not None else "").lower()
+    if not link.startswith("nvlink"):
+        return None, (
+            f"no public sweep of the {kernel} peer-to-peer all-reduce on "
+            f"{link or 'this link'}: all-reduces priced as the collective library runs them"
+        )
+    held = raw["held_out"]
+    how = (
+        f"{kernel} peer-to-peer all-reduce fitted to {raw['fitted_to']} "
+        f"(python benchmarks/fit_collectives.py): held-out median |error| "
+        f"{100 * float(held['median_abs_error']):.1f}%"
+    )
+    if not link.startswith("nvlink 4"):
+        how += f"; inherited on {link} from NVLink 4 at its own link rate"
+    prof = P2PAllReduce(
+        name=kernel,
+        one_shot_s=float(raw["one_shot_s"]),
+        two_shot_s=float(raw["two_shot_s"]),
+        efficiency=float(raw["efficiency"]),
+        source=how,
+    )
+    return prof, how
 
 
 def scale_out_profile(link_fraction: float) -> FabricProfile:
