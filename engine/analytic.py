@@ -39,6 +39,7 @@ which catalog devices of the same backend have enough memory.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,12 @@ from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
 from xpusim.engine.system import System
+
+P2PPricer = Callable[[str], tuple[Callable[[float, int], float] | None, str]]
+"""A backend's model of the serving engines' peer-to-peer all-reduce kernels: for a kernel
+name, the seconds of one all-reduce of ``(bytes per device, group)`` inside a node, or
+``None`` where the backend has no profile of it on this system, and a sentence saying
+which (:meth:`AnalyticCompiled.with_allreduce_kernel`)."""
 
 __all__ = ["BREAKDOWN_KEYS", "AnalyticCompiled", "OpTime", "roofline"]
 
@@ -95,7 +102,9 @@ class AnalyticCompiled(Compiled):
 
     ``catalog`` (the backend's devices) lets :meth:`fit` suggest a device with enough
     memory; ``reserve_bytes``/``reserve_note`` are the fixed per-device runtime memory the
-    backend states (for example CUDA context and cuBLAS workspace) and why.
+    backend states (for example CUDA context and cuBLAS workspace) and why;
+    ``p2p_allreduce`` the backend's model of the serving engines' own all-reduce kernels
+    (:data:`P2PPricer`), which :meth:`with_allreduce_kernel` switches to.
     """
 
     def __init__(
@@ -111,6 +120,7 @@ class AnalyticCompiled(Compiled):
         reserve_bytes: float = 0.0,
         reserve_note: str = "",
         assumptions: Mapping[str, Figure] | None = None,
+        p2p_allreduce: P2PPricer | None = None,
     ) -> None:
         super().__init__(system, model)
         self.price_op = price_op
@@ -121,6 +131,7 @@ class AnalyticCompiled(Compiled):
         self.reserve_bytes = float(reserve_bytes)
         self.reserve_note = reserve_note
         self.assumptions = dict(assumptions or {})
+        self.p2p_allreduce = p2p_allreduce
         self._op_memo: dict[Op, OpTime] = {}
         self._coll_memo: dict[tuple[Collective, float, int], float] = {}
         self._act_memo: dict[tuple[int, bool], float] = {}
@@ -160,6 +171,30 @@ class AnalyticCompiled(Compiled):
             t = self.collective(op.collective, op.comm_bytes, op.group)
             self._coll_memo[key] = t
         return t
+
+    def with_allreduce_kernel(self, kernel: str, max_bytes: float) -> tuple[Compiled, str]:
+        """A copy whose all-reduces of at most ``max_bytes`` per device over a group
+        inside one node are priced by the backend's ``p2p_allreduce`` model of
+        ``kernel``, the rest as before; this compilation itself where the backend gives
+        no such model (see :meth:`Compiled.with_allreduce_kernel`)."""
+        if self.p2p_allreduce is None:
+            return super().with_allreduce_kernel(kernel, max_bytes)
+        price, how = self.p2p_allreduce(kernel)
+        if price is None:
+            return self, how
+        library = self.collective
+        per_node = self.system.topology.devices_per_node
+
+        def collective(kind: Collective, nbytes: float, group: int) -> float:
+            if kind is Collective.ALL_REDUCE and 1 < group <= per_node and nbytes <= max_bytes:
+                return price(nbytes, group)
+            return library(kind, nbytes, group)
+
+        clone = copy.copy(self)
+        clone.collective = collective
+        clone._memo = {}
+        clone._coll_memo = {}
+        return clone, f"{how}; all-reduces of at most {max_bytes:.0f} B per device in a node"
 
     def graph(self, shape: Shape) -> OpGraph:
         """The (optionally fused) per-device graph of one pipeline stage for ``shape``."""

@@ -103,6 +103,7 @@ class Compiled(ABC):
     methods are optional capabilities with documented defaults that a backend overrides
     where it knows better: :meth:`stage_costs` (training's forward/backward split),
     :meth:`collective_seconds` (collectives at the backend's link rates),
+    :meth:`with_allreduce_kernel` (a serving engine's own all-reduce kernel),
     :attr:`reserve_bytes` (fixed runtime memory per device), :attr:`samples_in_turn`
     (a batch's samples run one after the other), :attr:`replicas` and
     :meth:`rebind` (event-driven backends whose cost depends on a workload's run
@@ -196,6 +197,20 @@ class Compiled(ABC):
         system's topology at its catalog link rates."""
         del kind, nbytes, group
         return None
+
+    def with_allreduce_kernel(self, kernel: str, max_bytes: float) -> tuple[Compiled, str]:
+        """This compilation with its all-reduces of at most ``max_bytes`` per device over
+        a group inside one node run by a serving engine's own peer-to-peer kernel
+        ``kernel`` (``vllm``: vLLM's ``custom_all_reduce``, which SGLang also runs;
+        ``trtllm``: TensorRT-LLM's custom all-reduce) instead of the collective library,
+        and a sentence saying how they are priced. The default keeps this compilation
+        and says so: a backend with no model of such kernels prices every collective as
+        it does."""
+        del max_bytes
+        return self, (
+            f"{kernel} peer-to-peer all-reduce not modelled by the {self.system.backend} "
+            "backend: collectives priced as the backend prices them"
+        )
 
     def stage_costs(self, shape: Shape) -> StageCosts:
         """The forward, backward and optimizer seconds by cause of one training

@@ -35,7 +35,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from xpusim.engine import collectives
-from xpusim.engine.analytic import AnalyticCompiled
+from xpusim.engine.analytic import AnalyticCompiled, P2PPricer
 from xpusim.engine.backend import Backend, Support
 from xpusim.engine.device import DeviceSpec, Figure
 from xpusim.engine.errors import XpusimError
@@ -54,7 +54,7 @@ from xpusim.plugins.gpu.efficiency import (
     GpuCostModel,
     GpuEfficiency,
 )
-from xpusim.plugins.gpu.fabrics import fabric_for, scale_out_profile
+from xpusim.plugins.gpu.fabrics import fabric_for, p2p_kernel_for, scale_out_profile
 from xpusim.plugins.gpu.measure import calibrate_from_points, calibrate_gpu
 from xpusim.plugins.gpu.vectorwork import WithVectorWork
 
@@ -208,7 +208,27 @@ class GpuBackend(Backend):
             reserve_note="CUDA context, cuBLAS/attention workspaces and NCCL buffers "
             "(GpuEfficiency.runtime_reserve_bytes, assumption)",
             assumptions=assumptions,
+            p2p_allreduce=self.p2p_pricer(system),
         )
+
+    @staticmethod
+    def p2p_pricer(system: System) -> P2PPricer:
+        """The serving engines' peer-to-peer all-reduce kernels on ``system``'s scale-up
+        fabric (:func:`~xpusim.plugins.gpu.fabrics.p2p_kernel_for`), at the catalog link
+        rate."""
+        bw = system.topology.intra_bw
+
+        def pricer(kernel: str) -> tuple[Callable[[float, int], float] | None, str]:
+            prof, how = p2p_kernel_for(system.device, kernel)
+            if prof is None:
+                return None, how
+
+            def price(nbytes: float, group: int) -> float:
+                return collectives.p2p_allreduce_seconds(nbytes, group, bw, prof)
+
+            return price, how
+
+        return pricer
 
     def calibration_applies(self, path: Path, system: System) -> bool:
         """Whether the fitted file at ``path`` was measured on ``system``'s device."""
