@@ -4,11 +4,9 @@ it shares, and builds that row's scenario with every request sent at once."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
+from tests.scripts import benchmark_module
 from xpusim.engine.host import build_host
 from xpusim.engine.scenario import resolve
 from xpusim.engine.yamlsrc import Source
@@ -16,17 +14,7 @@ from xpusim.engine.yamlsrc import Source
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _module(name: str) -> ModuleType:
-    path = REPO / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-SR = _module("serving_replays")
+SR = benchmark_module("serving_replays")
 ROWS = {r["id"]: r for r in SR.vs.load_rows(SR.vs.ROWS)}
 
 

@@ -3,31 +3,16 @@ source and length laws and replays as Poisson arrivals at its stated rate."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.scripts import benchmark_module
 from xpusim.engine.host import build_host
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _module() -> ModuleType:
-    path = REPO / "benchmarks" / "validate_serving.py"
-    spec = importlib.util.spec_from_file_location("validate_serving", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("validate_serving", mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-VS = _module()
+VS = benchmark_module("validate_serving")
 SERVER = [r for r in VS.load_rows(VS.ROWS) if r["run"] == "poisson-server"]
 
 

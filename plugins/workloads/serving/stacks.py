@@ -18,6 +18,13 @@ iteration:
 * ``fp8_context_attention`` — whether the engine computes an FP8 checkpoint's context
   (prefill) attention in FP8 (TensorRT-LLM's FP8 context FMHA, which ``trtllm-bench``
   builds for FP8 models); :func:`stack_model` gives the model so;
+* ``allreduce`` and ``allreduce_max_bytes`` — the kernel that runs the tensor-parallel
+  all-reduces of at most ``allreduce_max_bytes`` per device inside one node: ``vllm``
+  (vLLM's ``custom_all_reduce``, which SGLang also runs), ``trtllm`` (TensorRT-LLM's
+  custom all-reduce plugin) or ``library`` (NCCL/RCCL for every all-reduce); the
+  backend prices the kernel where it has a profile of it on the system's fabric and says
+  so otherwise (:meth:`~xpusim.engine.backend.Compiled.with_allreduce_kernel`); larger
+  all-reduces and groups spanning nodes run on the library;
 * ``kv_memory_fraction`` and ``scheduler`` — the engine's defaults, used when the scenario
   does not set them; ``kv_fraction_of`` says what the fraction is of: ``total`` device
   memory that weights, activations and KV cache share (vLLM's
@@ -43,7 +50,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,6 +77,14 @@ def stack_names() -> list[str]:
     return sorted(_doc()["stacks"])
 
 
+KERNEL_MAX_BYTES: dict[str, float] = {"library": 0.0, "vllm": 8 * 2**20, "trtllm": 8e6}
+"""The largest all-reduce, bytes per device, each kernel takes when a scenario names it
+without ``allreduce_max_bytes``: vLLM's ``CustomAllreduce(max_size=8192 * 1024)``
+(``vllm/distributed/device_communicators/custom_all_reduce.py``); TensorRT-LLM's
+custom all-reduce workspace for more than two GPUs
+(``CustomAllReduceHelper.max_workspace_size_auto``, ``tensorrt_llm/plugin/plugin.py``:
+8,000,000 bytes, 16,000,000 for two)."""
+
 DEFAULT_STACK: str = str(_doc()["default"])
 """The profile a serving or offline scenario gets when it names none (see the YAML)."""
 
@@ -91,6 +106,8 @@ class StackProfile:
     kv_fraction_of: str = "total"
     host_per_seq_s: float = 0.0
     fp8_context_attention: bool = False
+    allreduce: str = "library"
+    allreduce_max_bytes: float = 0.0
 
     def graph_batch(self, batch: int) -> int | None:
         """The captured batch size a decode of ``batch`` sequences runs at, or ``None``
@@ -129,6 +146,12 @@ class StackOverride(BaseModel):
     fp8_context_attention: bool | None = Field(
         default=None, description="an FP8 checkpoint's context attention computed in FP8"
     )
+    allreduce: Literal["library", "vllm", "trtllm"] | None = Field(
+        default=None, description="kernel of the small tensor-parallel all-reduces"
+    )
+    allreduce_max_bytes: int | None = Field(
+        default=None, ge=0, description="largest all-reduce, bytes per device, the kernel runs"
+    )
 
 
 def _value(raw: Any) -> Any:
@@ -150,6 +173,7 @@ def load_profile(name: str) -> StackProfile:
         raise ValueError(f"unknown serving stack {name!r}; valid: {', '.join(stack_names())}")
     raw = stacks[name]
     sizes = tuple(sorted(int(b) for b in _value(raw["cuda_graph_batches"])))
+    ar = raw.get("allreduce", {"value": "library", "max_bytes": 0})
     return StackProfile(
         name=name,
         engine=str(raw["engine"]),
@@ -161,6 +185,8 @@ def load_profile(name: str) -> StackProfile:
         kv_memory_fraction=float(_value(raw["kv_memory_fraction"])),
         kv_fraction_of=str(raw.get("kv_fraction_of", "total")),
         fp8_context_attention=bool(_value(raw.get("fp8_context_attention", False))),
+        allreduce=str(_value(ar)),
+        allreduce_max_bytes=float(ar.get("max_bytes", 0)) if isinstance(ar, Mapping) else 0.0,
         scheduler=dict(raw["scheduler"]),
         sources={
             "host_step_s": _cited(raw["host_step_s"]),
@@ -173,6 +199,9 @@ def load_profile(name: str) -> StackProfile:
             "fp8_context_attention": _cited(raw["fp8_context_attention"])
             if "fp8_context_attention" in raw
             else "not stated in the profile: context attention in 16 bits",
+            "allreduce": _cited(raw["allreduce"])
+            if "allreduce" in raw
+            else "not stated in the profile: every all-reduce on the collective library",
         },
     )
 
@@ -192,10 +221,17 @@ def resolve_stack(spec: str | StackOverride | None) -> StackProfile:
         "host_overlap",
         "kv_memory_fraction",
         "fp8_context_attention",
+        "allreduce",
+        "allreduce_max_bytes",
     ):
         v = getattr(spec, key)
         if v is not None:
             changes[key] = v
+    kernel_changed = spec.allreduce != prof.allreduce or prof.allreduce_max_bytes <= 0
+    if spec.allreduce is not None and spec.allreduce_max_bytes is None and kernel_changed:
+        changes["allreduce_max_bytes"] = KERNEL_MAX_BYTES[spec.allreduce]
+    if "allreduce_max_bytes" in changes:
+        changes["allreduce_max_bytes"] = float(changes["allreduce_max_bytes"])
     if spec.cuda_graph_batches is not None:
         if any(b < 1 for b in spec.cuda_graph_batches):
             raise ValueError("stack.cuda_graph_batches: every batch size must be >= 1")
@@ -258,6 +294,11 @@ class StackCompiled(Compiled):
 
     def __init__(self, inner: Compiled, stack: StackProfile, steps: int = 1) -> None:
         super().__init__(inner.system, inner.model)
+        self.allreduce_how = "every all-reduce on the collective library"
+        if stack.allreduce != "library" and stack.allreduce_max_bytes > 0:
+            inner, self.allreduce_how = inner.with_allreduce_kernel(
+                stack.allreduce, stack.allreduce_max_bytes
+            )
         self.inner = inner
         self.stack = stack
         self.steps = steps
@@ -328,6 +369,11 @@ class StackCompiled(Compiled):
         out["stack.cuda_graph_max_batch"] = Figure(
             float(s.cuda_graph_batches[-1] if s.cuda_graph_batches else 0),
             assumption=f"{s.name}: {s.sources.get('cuda_graph_batches', '')}",
+        )
+        out["stack.allreduce_max_bytes"] = Figure(
+            s.allreduce_max_bytes if s.allreduce != "library" else 0.0,
+            assumption=f"{s.name}: {s.allreduce} all-reduce ({s.sources.get('allreduce', '')}); "
+            f"priced: {self.allreduce_how}",
         )
         out["stack.kv_memory_fraction"] = Figure(
             s.kv_memory_fraction,

@@ -1,0 +1,143 @@
+"""The serving engines' own peer-to-peer all-reduce kernels: the one-shot/two-shot
+formula, the fitted profiles and where they apply, and the stacks that run them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.scripts import benchmark_module
+from xpusim.engine.collectives import P2PAllReduce, p2p_allreduce_seconds
+from xpusim.engine.graph import Collective, Phase, Shape
+from xpusim.engine.host import Host
+from xpusim.engine.scenario import Scenario, load_scenario
+from xpusim.plugins.gpu.fabrics import PROFILES_PATH, p2p_kernel_for
+from xpusim.plugins.workloads.serving.stacks import (
+    KERNEL_MAX_BYTES,
+    StackCompiled,
+    StackOverride,
+    load_profile,
+    resolve_stack,
+)
+
+Writer = Callable[..., Path]
+
+FIT = benchmark_module("fit_collectives")
+AR = Collective.ALL_REDUCE
+KERNEL = P2PAllReduce("k", one_shot_s=5e-6, two_shot_s=10e-6, efficiency=0.5)
+
+SCENARIO = """\
+name: p2p
+model: {family: llama, preset: llama-3-70b}
+workload:
+  kind: offline
+  count: 4
+  prompt_tokens: {dist: constant, value: 512}
+  output_tokens: {dist: constant, value: 4}
+systems:
+  - {name: h100, backend: gpu, device: h100, count: 4, parallelism: {tensor: 4}}
+  - {name: a100, backend: gpu, device: a100, count: 4, parallelism: {tensor: 4}}
+  - {name: mi300x, backend: gpu, device: mi300x, count: 4, parallelism: {tensor: 4}}
+  - {name: h100-tp1, backend: gpu, device: h100, count: 1}
+"""
+
+DECODE = Shape(Phase.DECODE, batch=16, tokens=1, context=512)
+
+
+def test_one_shot_for_small_buffers_two_shot_for_large() -> None:
+    """Small buffers take the one-shot schedule (every peer's buffer read once), large
+    ones the two-shot (2(p-1)/p of the buffer moved, a larger fixed cost); a group of one
+    costs nothing and two GPUs move the same bytes either way."""
+    bw, p = 400e9, 8
+    small, large = 4096.0, 64 * 2**20
+    rate = 0.5 * bw
+    assert p2p_allreduce_seconds(small, p, bw, KERNEL) == pytest.approx(5e-6 + 7 * small / rate)
+    two = 10e-6 + 2 * 7 / 8 * large / rate
+    assert p2p_allreduce_seconds(large, p, bw, KERNEL) == pytest.approx(two)
+    assert p2p_allreduce_seconds(large, 1, bw, KERNEL) == 0.0
+    assert p2p_allreduce_seconds(large, 2, bw, KERNEL) == pytest.approx(5e-6 + large / rate)
+    with pytest.raises(ValueError, match="efficiency"):
+        P2PAllReduce("bad", 1e-6, 1e-6, 1.5)
+
+
+def test_fitted_profiles_reproduce_and_hold_out() -> None:
+    """The shipped profiles are what the fit gives on the public table, and each kernel
+    predicts its held-out 4-GPU rows within 10%."""
+    rows = yaml.safe_load(FIT.EXTRA.read_text(encoding="utf-8"))
+    entry = next(e for e in rows if e["id"] == FIT.P2P_ENTRY)
+    shipped = yaml.safe_load(PROFILES_PATH.read_text(encoding="utf-8"))["p2p_allreduce"]
+    for name in ("vllm", "trtllm"):
+        kern, report = FIT.fit_p2p(name, entry["rows"])
+        assert kern.one_shot_s == pytest.approx(shipped[name]["one_shot_s"], rel=1e-4)
+        assert kern.two_shot_s == pytest.approx(shipped[name]["two_shot_s"], rel=1e-4)
+        assert kern.efficiency == pytest.approx(shipped[name]["efficiency"], rel=1e-4)
+        assert report["held_out"]["rows"] == 3
+        assert report["held_out"]["max_abs_error"] < 0.10
+
+
+def test_profiles_apply_on_nvlink_only(host: Host, write_yaml: Writer) -> None:
+    """H100 (NVLink 4) has the fitted kernels, A100 (NVLink 3) inherits them and says
+    so, MI300X (Infinity Fabric) has none and says its all-reduces stay on RCCL."""
+    sc = load_scenario(write_yaml(SCENARIO), host)
+    h100, a100, mi300x, _ = (s.device for s in sc.systems)
+    prof, how = p2p_kernel_for(h100, "vllm")
+    assert prof is not None and "held-out" in how and "inherited" not in how
+    prof, how = p2p_kernel_for(a100, "vllm")
+    assert prof is not None and "inherited on nvlink 3" in how
+    prof, how = p2p_kernel_for(mi300x, "trtllm")
+    assert prof is None and "collective library" in how
+    with pytest.raises(ValueError, match="known: vllm, trtllm"):
+        p2p_kernel_for(h100, "nccl-symm")
+
+
+def compile_all(host: Host, sc: Scenario) -> list:
+    gpu = host.backends.get("gpu")
+    return [gpu.compile(sc.model_for(s), s) for s in sc.systems]
+
+
+def test_kernel_replaces_only_small_in_node_all_reduces(host: Host, write_yaml: Writer) -> None:
+    """On 4 H100s the vLLM kernel prices a decode's all-reduces below NCCL's and leaves
+    larger ones, other collectives and groups beyond a node to NCCL; a TP-1 system has
+    none to replace; MI300X keeps RCCL and says so."""
+    sc = load_scenario(write_yaml(SCENARIO), host)
+    h100, _a100, mi300x, tp1 = compile_all(host, sc)
+    fast, how = h100.with_allreduce_kernel("vllm", 8 * 2**20)
+    assert fast is not h100 and "vllm peer-to-peer all-reduce" in how
+    n = 16 * 8192 * 2.0
+    assert fast.collective_seconds(AR, n, 4) < h100.collective_seconds(AR, n, 4)
+    big = 16 * 2**20
+    assert fast.collective_seconds(AR, big, 4) == h100.collective_seconds(AR, big, 4)
+    gather = Collective.ALL_GATHER
+    assert fast.collective_seconds(gather, n, 4) == h100.collective_seconds(gather, n, 4)
+    assert fast.collective_seconds(AR, n, 16) == h100.collective_seconds(AR, n, 16)
+    assert fast.cost(DECODE).seconds < h100.cost(DECODE).seconds
+    same, _ = tp1.with_allreduce_kernel("vllm", 8 * 2**20)
+    assert same.cost(DECODE).seconds == tp1.cost(DECODE).seconds
+    kept, how = mi300x.with_allreduce_kernel("vllm", 8 * 2**20)
+    assert kept is mi300x and "Infinity Fabric".lower() in how.lower()
+
+
+def test_stacks_run_their_engine_kernel(host: Host, write_yaml: Writer) -> None:
+    """vLLM and SGLang profiles run vLLM's kernel, TensorRT-LLM's its own, the releases
+    whose build commands name no custom all-reduce the library; a stack step on 4 H100s
+    is cheaper with the kernel than with ``allreduce: library``, and the run's figures
+    say how it was priced. Naming a kernel alone takes that kernel's buffer size."""
+    assert load_profile("vllm-0.6").allreduce == "vllm"
+    assert load_profile("sglang-0.3").allreduce == "vllm"
+    assert load_profile("tensorrt-llm").allreduce == "trtllm"
+    assert load_profile("tensorrt-llm-0.6").allreduce == "library"
+    sc = load_scenario(write_yaml(SCENARIO), host)
+    h100 = compile_all(host, sc)[0]
+    vllm = StackCompiled(h100, load_profile("vllm-0.6"))
+    library = StackCompiled(
+        h100, resolve_stack(StackOverride(name="vllm-0.6", allreduce="library"))
+    )
+    assert vllm.cost(DECODE).seconds < library.cost(DECODE).seconds
+    fig = vllm.figures_used()["stack.allreduce_max_bytes"]
+    assert fig.value == 8 * 2**20 and "held-out" in (fig.assumption or "")
+    trt = resolve_stack(StackOverride(name="vllm-0.6", allreduce="trtllm"))
+    assert trt.allreduce_max_bytes == KERNEL_MAX_BYTES["trtllm"]
+    assert trt.sources["allreduce"] == "scenario override (workload.stack)"
