@@ -12,7 +12,7 @@ import yaml
 from tests.scripts import benchmark_module
 from xpusim.engine.collectives import P2PAllReduce, p2p_allreduce_seconds
 from xpusim.engine.graph import Collective, Phase, Shape
-from xpusim.engine.host import Host
+from xpusim.engine.host import Host, build_host
 from xpusim.engine.scenario import Scenario, load_scenario
 from xpusim.plugins.gpu.fabrics import PROFILES_PATH, p2p_kernel_for
 from xpusim.plugins.workloads.serving.stacks import (
@@ -141,3 +141,25 @@ def test_stacks_run_their_engine_kernel(host: Host, write_yaml: Writer) -> None:
     trt = resolve_stack(StackOverride(name="vllm-0.6", allreduce="trtllm"))
     assert trt.allreduce_max_bytes == KERNEL_MAX_BYTES["trtllm"]
     assert trt.sources["allreduce"] == "scenario override (workload.stack)"
+
+
+AB = benchmark_module("allreduce_ab")
+
+
+def test_published_before_after_runs_cite_and_isolate_the_kernel() -> None:
+    """Each published A/B run cites its source and quote; its two replays differ only in
+    the all-reduce kernel, so the kernel's run is shorter, by communication time alone."""
+    runs = AB.load_runs()
+    assert len(runs) == 2
+    for run in runs:
+        assert run["source"]["url"].startswith("https://") and run["quote"]
+        assert run["before_s"] > run["after_s"] > 0
+        lib, ker = AB.scenario(run, "library"), AB.scenario(run, "vllm")
+        assert lib["workload"]["stack"] == {"name": AB.STACK, "allreduce": "library"}
+        lib["workload"]["stack"] = ker["workload"]["stack"]
+        assert {k: v for k, v in lib.items() if k != "name"} == {
+            k: v for k, v in ker.items() if k != "name"
+        }
+    host = build_host()
+    run = runs[0]
+    assert AB.batch_seconds(host, run, "vllm") < AB.batch_seconds(host, run, "library")
