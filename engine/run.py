@@ -317,6 +317,7 @@ def simulate(scenario: Scenario, host: Host, progress: ProgressFn | None = None)
                 res.metrics.update(overload_metrics(overload(run.frames.get("requests"))))
                 res.frames = run.frames
                 price(res, system, prep.compiled, scenario)
+                res.figures.update(run.figures)
             res.details["wall_s"] = time.perf_counter() - started
         results.append(res)
     knees(scenario, host, results)

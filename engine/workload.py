@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from xpusim.engine.backend import Compiled, Fit
 from xpusim.engine.budget import Work
+from xpusim.engine.device import Figure
 from xpusim.engine.frames import FrameMap
 from xpusim.engine.metrics import Metric
 from xpusim.engine.model import ModelGraph
@@ -43,11 +44,15 @@ class SystemRun:
     ``pl.DataFrame``, or a ``pl.LazyFrame`` over Parquet parts when the run spilled past
     the row threshold (:mod:`xpusim.engine.frames`; every engine consumer accepts both).
     ``busy_s``/``state_s`` give device-seconds by power state for the energy model.
+    ``figures`` holds what the workload itself relied on beyond the backend's figures (a
+    serving stack's host time, CUDA-graph sizes, KV fraction, all-reduce kernel), by
+    dotted name, each with its source, for the report's "Assumptions and sources".
     """
 
     metrics: dict[str, Any]
     frames: FrameMap = field(default_factory=dict)
     simulated_s: float = 0.0
+    figures: dict[str, Figure] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from tests.scripts import benchmark_module
 from xpusim.engine.collectives import P2PAllReduce, p2p_allreduce_seconds
 from xpusim.engine.graph import Collective, Phase, Shape
 from xpusim.engine.host import Host, build_host
+from xpusim.engine.run import simulate
 from xpusim.engine.scenario import Scenario, load_scenario
 from xpusim.plugins.gpu.fabrics import PROFILES_PATH, p2p_kernel_for
 from xpusim.plugins.workloads.serving.stacks import (
@@ -163,3 +164,28 @@ def test_published_before_after_runs_cite_and_isolate_the_kernel() -> None:
     host = build_host()
     run = runs[0]
     assert AB.batch_seconds(host, run, "vllm") < AB.batch_seconds(host, run, "library")
+
+
+SERVING = """\
+name: p2p-serving
+model: {family: llama, preset: llama-3-70b}
+workload:
+  kind: serving
+  arrivals: {process: poisson, rate: 2/s, count: 8,
+             prompt_tokens: {dist: constant, value: 64}, output_tokens: {dist: constant, value: 4}}
+  stack: sglang-0.3
+systems:
+  - {name: h100, backend: gpu, device: h100, count: 4, parallelism: {tensor: 4}}
+  - {name: mi300x, backend: gpu, device: mi300x, count: 4, parallelism: {tensor: 4}}
+"""
+
+
+def test_the_run_reports_the_stack_and_its_all_reduce(host: Host, write_yaml: Writer) -> None:
+    """A serving run's figures carry the stack's own (host time, KV fraction, all-reduce
+    kernel), the kernel's with how each system's fabric priced it."""
+    sc = load_scenario(write_yaml(SERVING), host)
+    h100, mi300x = simulate(sc, host).systems
+    for res in (h100, mi300x):
+        assert {"stack.host_step_s", "stack.kv_memory_fraction"} <= set(res.figures)
+    assert "held-out" in (h100.figures["stack.allreduce_max_bytes"].assumption or "")
+    assert "collective library" in (mi300x.figures["stack.allreduce_max_bytes"].assumption or "")

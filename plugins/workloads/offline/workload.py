@@ -235,7 +235,12 @@ class OfflineWorkload(Workload):
         m["throughput_samples_per_s"] = m["throughput_requests_per_s"]
         m["offline_max_batch"] = spec.max_batch
         m["offline_max_batch_tokens"] = spec.max_batch_tokens
-        return SystemRun(metrics=m, frames=res.frames, simulated_s=res.simulated_s)
+        return SystemRun(
+            metrics=m,
+            frames=res.frames,
+            simulated_s=res.simulated_s,
+            figures=compiled.stack_figures(),
+        )
 
     @staticmethod
     def _requests(config: OfflineConfig, ctx: WorkloadContext) -> pl.DataFrame:

@@ -359,6 +359,13 @@ class StackCompiled(Compiled):
     def figures_used(self) -> dict[str, Figure]:
         """The wrapped model's figures plus the stack's, each with its source."""
         out = dict(self.inner.figures_used())
+        out.update(self.stack_figures())
+        return out
+
+    def stack_figures(self) -> dict[str, Figure]:
+        """The stack's own figures, each with its source: host time, CUDA-graph sizes,
+        all-reduce kernel (and how the backend priced it), KV fraction."""
+        out: dict[str, Figure] = {}
         s = self.stack
         out["stack.host_step_s"] = Figure(
             s.host_step_s, assumption=f"{s.name}: {s.sources.get('host_step_s', '')}"

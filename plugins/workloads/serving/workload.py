@@ -636,7 +636,8 @@ class ServingWorkload(Workload):
         if kv_tokens is not None:
             m["kv_capacity_tokens"] = kv_tokens
         m.update(run.metrics)
-        return SystemRun(metrics=m, frames=frames, simulated_s=span)
+        figures = StackCompiled(ctx.compiled, stack, config.scheduler.steps).stack_figures()
+        return SystemRun(metrics=m, frames=frames, simulated_s=span, figures=figures)
 
     def traces(self, config: BaseModel) -> list[Mapping[str, Any]]:
         """The request trace, or the traces empirical length distributions sample from."""
