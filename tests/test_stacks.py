@@ -85,7 +85,7 @@ def test_scenario_inherits_scheduler_and_kv_fraction_from_its_stack() -> None:
         "output_tokens": one,
     }
     cfg = ServingConfig.model_validate({"arrivals": arrivals, "stack": "sglang-0.4"})
-    assert cfg.scheduler.kind == "chunked-prefill"
+    assert cfg.scheduler.kind == "prefill-first"
     assert cfg.kv_memory_fraction == pytest.approx(0.88)
     own = ServingConfig.model_validate(
         {
