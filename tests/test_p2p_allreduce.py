@@ -16,6 +16,7 @@ from xpusim.engine.host import Host, build_host
 from xpusim.engine.run import simulate
 from xpusim.engine.scenario import Scenario, load_scenario
 from xpusim.plugins.gpu.fabrics import PROFILES_PATH, p2p_kernel_for
+from xpusim.plugins.workloads.serving.speculative import SpeculativeCompiled
 from xpusim.plugins.workloads.serving.stacks import (
     KERNEL_MAX_BYTES,
     StackCompiled,
@@ -189,3 +190,21 @@ def test_the_run_reports_the_stack_and_its_all_reduce(host: Host, write_yaml: Wr
         assert {"stack.host_step_s", "stack.kv_memory_fraction"} <= set(res.figures)
     assert "held-out" in (h100.figures["stack.allreduce_max_bytes"].assumption or "")
     assert "collective library" in (mi300x.figures["stack.allreduce_max_bytes"].assumption or "")
+
+
+def test_technique_wrappers_pass_the_kernel_to_the_models_they_wrap(
+    host: Host, write_yaml: Writer
+) -> None:
+    """A serving technique's wrapper (speculative decoding here, over the same model as
+    target and draft) switches the models it prices to the stack's kernel: its step is
+    cheaper under ``vllm-0.6`` than with ``allreduce: library``, and the figures say the
+    kernel was priced, not that the backend lacks it."""
+    sc = load_scenario(write_yaml(SCENARIO), host)
+    h100 = compile_all(host, sc)[0]
+    spec = SpeculativeCompiled(h100, h100, k=2)
+    vllm = StackCompiled(spec, load_profile("vllm-0.6"))
+    library = StackCompiled(
+        spec, resolve_stack(StackOverride(name="vllm-0.6", allreduce="library"))
+    )
+    assert vllm.cost(DECODE).seconds < library.cost(DECODE).seconds
+    assert "held-out" in vllm.allreduce_how

@@ -174,6 +174,14 @@ class SpeculativeCompiled(WrappedCompiled):
         self.verify = verify or k + 1
         self.width = width
 
+    def _rewrapped(self, inner: Compiled, kernel: str, max_bytes: float) -> Compiled:
+        """The wrapper over the switched target, its draft's all-reduces switched too."""
+        clone = super()._rewrapped(inner, kernel, max_bytes)
+        assert isinstance(clone, SpeculativeCompiled)
+        clone.target = inner
+        clone.draft = self.draft.with_allreduce_kernel(kernel, max_bytes)[0]
+        return clone
+
     def _verify(self, part: Shape) -> Shape:
         """A decode part as the target's verification: ``verify`` tokens per sequence
         (``k + 1`` for a chain, the whole tree for a tree)."""

@@ -8,6 +8,7 @@ overrides what else it changes.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from xpusim.engine.backend import Compiled, Fit
@@ -37,6 +38,24 @@ class WrappedCompiled(Compiled):
     def collective_seconds(self, kind: Any, nbytes: float, group: int) -> float | None:
         """The wrapped model's collective pricing."""
         return self.inner.collective_seconds(kind, nbytes, group)
+
+    def with_allreduce_kernel(self, kernel: str, max_bytes: float) -> tuple[Compiled, str]:
+        """A copy over the wrapped model with its all-reduces on ``kernel``, or this
+        wrapper where the wrapped model keeps its own (and the sentence saying why)."""
+        inner, how = self.inner.with_allreduce_kernel(kernel, max_bytes)
+        if inner is self.inner:
+            return self, how
+        return self._rewrapped(inner, kernel, max_bytes), how
+
+    def _rewrapped(self, inner: Compiled, kernel: str, max_bytes: float) -> Compiled:
+        """This wrapper over ``inner`` (the wrapped model with its all-reduces switched),
+        with no step price kept; a subclass holding other compiled models switches them
+        too."""
+        del kernel, max_bytes
+        clone = copy.copy(self)
+        clone.inner = inner
+        clone._memo = {}
+        return clone
 
     @property
     def replicas(self) -> int:
