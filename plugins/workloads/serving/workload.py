@@ -564,6 +564,10 @@ class ServingWorkload(Workload):
         assert isinstance(config, ServingConfig)
         system = ctx.system
         stack = stack_for(config, system.backend)
+
+        def stacked(c: Compiled) -> StackCompiled:
+            return StackCompiled(c, stack, config.scheduler.steps)
+
         frame = request_frame(config, ctx)
         if not frame["arrival_s"].is_sorted():  # request ids are rows in arrival order
             frame = frame.sort("arrival_s", maintain_order=True)
@@ -572,7 +576,7 @@ class ServingWorkload(Workload):
             config=config,
             frame=frame,
             compiled=ctx.compiled,
-            stack=lambda c: StackCompiled(c, stack, config.scheduler.steps),
+            stack=stacked,
             replicas=system.replicas,
             devices_per_replica=system.parallelism.model_parallel,
             router=config.router_policy(),
@@ -587,7 +591,7 @@ class ServingWorkload(Workload):
             )
         for tech, spec in on:
             tech.price(spec, run)
-        compiled = run.stack(run.compiled)
+        compiled = stacked(run.compiled)
         run.kv_capacity_tokens = compiled.kv_capacity_tokens(config.kv_memory_fraction)
         for tech, spec in on:
             tech.replay(spec, run)
@@ -636,8 +640,9 @@ class ServingWorkload(Workload):
         if kv_tokens is not None:
             m["kv_capacity_tokens"] = kv_tokens
         m.update(run.metrics)
-        figures = StackCompiled(ctx.compiled, stack, config.scheduler.steps).stack_figures()
-        return SystemRun(metrics=m, frames=frames, simulated_s=span, figures=figures)
+        return SystemRun(
+            metrics=m, frames=frames, simulated_s=span, figures=compiled.stack_figures()
+        )
 
     def traces(self, config: BaseModel) -> list[Mapping[str, Any]]:
         """The request trace, or the traces empirical length distributions sample from."""
