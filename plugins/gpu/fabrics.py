@@ -78,10 +78,14 @@ def _profile(name: str, raw: dict[str, Any], nvls: bool = True) -> FabricProfile
 
 
 @cache
+def _doc(path: Path = PROFILES_PATH) -> dict[str, Any]:
+    """The profiles file, parsed once."""
+    return dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
 def profiles(path: Path = PROFILES_PATH) -> dict[str, dict[str, Any]]:
     """The raw fitted profiles by fabric name (read once)."""
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return dict(doc["fabrics"])
+    return dict(_doc(path)["fabrics"])
 
 
 def fabric_for(device: DeviceSpec) -> tuple[FabricProfile, str]:
@@ -99,12 +103,6 @@ def fabric_for(device: DeviceSpec) -> tuple[FabricProfile, str]:
     return _profile("nvlink3", raw["nvlink3"], nvls=False), how
 
 
-@cache
-def _p2p(path: Path = PROFILES_PATH) -> dict[str, dict[str, Any]]:
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return dict(doc.get("p2p_allreduce") or {})
-
-
 P2P_KERNELS: tuple[str, ...] = ("vllm", "trtllm")
 """The peer-to-peer all-reduce kernels the profiles file fits (module docstring)."""
 
@@ -112,7 +110,7 @@ P2P_KERNELS: tuple[str, ...] = ("vllm", "trtllm")
 def p2p_kernel_for(device: DeviceSpec, kernel: str) -> tuple[P2PAllReduce | None, str]:
     """The fitted peer-to-peer all-reduce ``kernel`` on ``device``'s scale-up fabric, or
     ``None`` where no profile applies, and a sentence saying which (module docstring)."""
-    raw = _p2p().get(kernel)
+    raw = (_doc().get("p2p_allreduce") or {}).get(kernel)
     if raw is None:
         raise ValueError(
             f"unknown p2p all-reduce kernel {kernel!r}; known: {', '.join(P2P_KERNELS)}"
