@@ -102,15 +102,35 @@ def test_scenario_inherits_scheduler_and_kv_fraction_from_its_stack() -> None:
 
 def test_offline_picks_the_largest_batch_memory_holds() -> None:
     """With no scheduler given, an offline run allows as many sequences as the KV cache
-    holds at the mean length, and a token budget that takes the longest prompt."""
+    holds at the mean length, and trtllm-bench's token budget for them (at least 2,048),
+    raised to the longest prompt."""
     cfg = OfflineConfig.model_validate({"count": 4})
     prompts = np.array([1000, 1000, 3000, 1000])
     outputs = np.array([1000, 1000, 1000, 1000])
     spec = fill_memory_limits(cfg.scheduler, 10_000, prompts, outputs)
     assert spec.max_batch == 4  # 10,000 // 2,500 = 4, at most the 4 requests
-    assert spec.max_batch_tokens == 8192
+    assert spec.max_batch_tokens == 3000  # 4 x (1 + 1.5) is below 2,048; the longest prompt
     spec = fill_memory_limits(cfg.scheduler, 10_000, np.array([9000] * 8), np.array([1000] * 8))
     assert spec.max_batch == 1 and spec.max_batch_tokens == 9000
+
+
+def test_offline_sizing_follows_trtllm_bench_rules() -> None:
+    """trtllm-bench's engine sizing (tuning.py ``finetune_setting``): at most 4,096
+    sequences; a token budget of ``batch × (1 + input / output)``, at most 32,768, rounded
+    up to 256 below 4,096 (at least 2,048), 512 below 8,192 and 1,024 above. The token
+    budget is the sized batch's even when there are fewer requests."""
+    cfg = OfflineConfig.model_validate({"count": 4})
+    ones = np.ones(30_000, dtype=np.int64)
+    spec = fill_memory_limits(cfg.scheduler, 10**9, 128 * ones, 128 * ones)
+    assert spec.max_batch == 4096 and spec.max_batch_tokens == 8192
+    spec = fill_memory_limits(cfg.scheduler, 1000 * 2176, 2048 * ones, 128 * ones)
+    assert spec.max_batch == 1000 and spec.max_batch_tokens == 17 * 1024  # 17,000 up
+    spec = fill_memory_limits(cfg.scheduler, 10**9, 2048 * ones, 128 * ones)
+    assert spec.max_batch_tokens == 32768
+    spec = fill_memory_limits(cfg.scheduler, 300 * 2176, 128 * ones, 2048 * ones)
+    assert spec.max_batch == 300 and spec.max_batch_tokens == 2048  # 318.75 -> at least 2,048
+    spec = fill_memory_limits(cfg.scheduler, 3000 * 256, 128 * ones[:3], 128 * ones[:3])
+    assert spec.max_batch == 3 and spec.max_batch_tokens == 6144  # 3,000 x 2 = 6,000 -> 512s
 
 
 def test_non_gpu_systems_run_bare_unless_a_stack_is_named() -> None:

@@ -5,7 +5,7 @@ present at t = 0 (``count`` requests with ``prompt_tokens``/``output_tokens``
 distributions, or a ``trace`` whose arrival times are ignored), under the serving
 engine profile ``stack`` (:mod:`xpusim.plugins.workloads.serving.stacks`). When the
 scenario sets no ``scheduler``, the run picks the largest batch and token budget that
-fit memory, as ``trtllm-bench`` does (:func:`fill_memory_limits`), and reports them as
+fit memory by ``trtllm-bench``'s rules (:func:`fill_memory_limits`), and reports them as
 ``offline_max_batch`` and ``offline_max_batch_tokens``. Other models (vision,
 encoder, MLP ...) run batched forward passes: ``count`` samples in batches of ``batch``,
 ``Shape(Phase.FORWARD, batch, tokens=seq_len)`` each.
@@ -13,6 +13,7 @@ encoder, MLP ...) run batched forward passes: ``count`` samples in batches of ``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,6 +109,28 @@ class OfflineConfig(BaseModel):
         return self
 
 
+TRTLLM_BENCH_MAX_BATCH = 4096
+"""The most sequences ``trtllm-bench build`` sizes an engine for (``finetune_setting``:
+``min(kv_cache_max_requests, 4096)``, ``tensorrt_llm/bench/build/tuning.py``)."""
+
+TRTLLM_BENCH_MAX_TOKENS = 32768
+"""The largest token budget it picks (``min(raw_bs * (1 + isl / osl), 32768)``)."""
+
+
+def trtllm_bench_tokens(batch: float, mean_prompt: float, mean_output: float) -> int:
+    """The token budget ``trtllm-bench build`` picks for ``batch`` sequences: the prompt
+    tokens a steady state admits per iteration while ``batch`` sequences decode, ``batch ×
+    (1 + input / output)``, at most 32,768, rounded up to 256 tokens below 4,096 (at
+    least 2,048), to 512 below 8,192 and to 1,024 above (``finetune_setting``,
+    ``tensorrt_llm/bench/build/tuning.py``)."""
+    raw = min(batch * (1.0 + mean_prompt / max(1.0, mean_output)), TRTLLM_BENCH_MAX_TOKENS)
+    if raw < 4096:
+        return max(2048, 256 * math.ceil(raw / 256))
+    if raw < 8192:
+        return 512 * math.ceil(raw / 512)
+    return 1024 * math.ceil(raw / 1024)
+
+
 def fill_memory_limits(
     spec: SchedulerSpec,
     kv_capacity_tokens: int,
@@ -115,11 +138,12 @@ def fill_memory_limits(
     outputs: np.ndarray,
     layout: KVLayout | None = None,
 ) -> SchedulerSpec:
-    """The scheduler limits an offline run picks when the scenario fixes none, as
-    ``trtllm-bench`` sizes its engine from the dataset: a batch as large as the KV cache
-    holds sequences of the mean length (prompt plus output), and a token budget that
-    takes the longest prompt in one iteration, at least the profile's, at most the
-    cache.
+    """The scheduler limits an offline run picks when the scenario fixes none, by the
+    rules ``trtllm-bench build`` sizes its engine from the dataset with: a batch as large
+    as the KV cache holds sequences of the mean length (prompt plus output), at most
+    4,096 (and at most the requests), and the token budget of :func:`trtllm_bench_tokens`
+    for that batch before the requests bound it, raised to the longest prompt (so that every prompt fits one
+    iteration) and at most the cache.
 
     With sliding-window layers (``layout``) a sequence of the mean length caches
     ``F × mean + S × min(mean, window)`` layer tokens of the cache's ``capacity ×
@@ -130,9 +154,12 @@ def fill_memory_limits(
         fit = int(kv_capacity_tokens * layout.layers // max(float(layout.layers), kept))
     else:
         fit = int(kv_capacity_tokens // max(1.0, mean_len))
-    batch = max(1, min(len(prompts) or 1, fit))
+    sized = max(1, min(fit, TRTLLM_BENCH_MAX_BATCH))
+    batch = min(len(prompts) or 1, sized)
+    mean_prompt = float(np.mean(prompts)) if len(prompts) else 1.0
+    mean_output = float(np.mean(outputs)) if len(outputs) else 1.0
     longest = int(np.max(prompts)) if len(prompts) else 1
-    tokens = max(spec.max_batch_tokens, longest)
+    tokens = max(trtllm_bench_tokens(sized, mean_prompt, mean_output), longest)
     tokens = max(1, min(tokens, max(1, kv_capacity_tokens)))
     return spec.model_copy(update={"max_batch": batch, "max_batch_tokens": tokens})
 
