@@ -19,6 +19,11 @@ Kinds of run (``run`` in a row):
   iteration); the figure is the batch's wall time;
 * ``vllm-throughput`` — vLLM's ``benchmark_throughput.py``: ``count`` prompts queued at
   once under the same limits; the figure is output tokens per second;
+* ``trtllm-bench`` — TensorRT-LLM's ``trtllm-bench throughput``: ``count`` requests
+  queued at once on the in-flight batching executor (stack ``tensorrt-llm``), under the
+  engine's build limits where the row gives them (``max_batch``, ``max_batch_tokens``),
+  else under the limits the offline workload picks to fit memory, as ``trtllm-bench
+  build`` sizes an engine from its dataset; the figure is output tokens per second;
 * ``poisson-server`` — a serving benchmark (``sglang.bench_serving``, vLLM's
   ``benchmark_serving.py``): ``count`` requests arriving as a Poisson process at
   ``rate`` requests per second, with the row's ``prompt_tokens`` and ``output_tokens``
@@ -28,7 +33,7 @@ Kinds of run (``run`` in a row):
 
 The kind of load (``kind``) is one of ``offline``, ``prefill-heavy``, ``decode-heavy``,
 ``single-request``, ``batch-latency`` or ``server``; the summary gives the median and
-largest |error| per kind and overall.
+largest |error| overall, per kind, per source table and per GPU.
 
 Usage::
 
@@ -60,6 +65,7 @@ from xpusim.engine.run import simulate  # noqa: E402
 from xpusim.engine.scenario import resolve  # noqa: E402
 from xpusim.engine.yamlsrc import Source  # noqa: E402
 from xpusim.plugins.gpu.calibration import load as load_calibration  # noqa: E402
+from xpusim.plugins.workloads.serving.stacks import load_profile  # noqa: E402
 
 ROWS = Path(__file__).with_name("serving_rows.yaml")
 VLLM_LIMITS = {"kind": "continuous", "max_batch": 256, "max_batch_tokens": 8192}
@@ -68,19 +74,86 @@ VLLM_LIMITS = {"kind": "continuous", "max_batch": 256, "max_batch_tokens": 8192}
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a validation file."""
+    """The rows of a validation file: its ``rows``, then the cells of its ``tables``
+    (:func:`table_rows`)."""
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return list(doc["rows"])
+    rows = list(doc.get("rows") or [])
+    for table in doc.get("tables") or []:
+        rows.extend(table_rows(table))
+    return rows
+
+
+KIND_BY_LENGTHS = {"decode": "decode-heavy", "prefill": "prefill-heavy", "even": "offline"}
+
+
+def _kind(isl: int, osl: int) -> str:
+    """The kind of load of a throughput cell: decode-heavy when the output is at least
+    eight times the input, prefill-heavy when the input is, offline otherwise."""
+    if osl >= 8 * isl:
+        return KIND_BY_LENGTHS["decode"]
+    if isl >= 8 * osl:
+        return KIND_BY_LENGTHS["prefill"]
+    return KIND_BY_LENGTHS["even"]
+
+
+def table_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a published throughput table, one per filled cell.
+
+    A table gives its source and setup once, its ``columns`` (a GPU and precision each:
+    ``gpu``, ``device``, ``dtype``, ``kv_dtype``, ``label`` as the table heads it), the
+    request ``counts`` by ``input/output`` lengths, the engine ``limits`` its build used
+    (by model, ``tpN``, then the longest sequence or ``general``: ``max_batch`` and
+    ``max_batch_tokens``), and ``cells``: ``[model, label, tp, "in/out",
+    {column: measured}]``. Each cell becomes a row as a hand-written one would be."""
+    out: list[dict[str, Any]] = []
+    cols = table["columns"]
+    limits = table.get("limits") or {}
+    for model, label, tp, lengths, values in table["cells"]:
+        isl, osl = (int(x) for x in str(lengths).split("/"))
+        for col, measured in values.items():
+            c = cols[col]
+            row: dict[str, Any] = {
+                "id": f"{table['id']}-{col}-{model}-tp{tp}-{isl}-{osl}",
+                "table": table["id"],
+                "kind": _kind(isl, osl),
+                "gpu": c["gpu"],
+                "device": c["device"],
+                "tp": int(tp),
+                "model": model,
+                "dtype": c["dtype"],
+                "kv_dtype": c.get("kv_dtype"),
+                "stack": table["stack"],
+                "decode_attention": table.get("decode_attention", "grouped"),
+                "run": table["run"],
+                "count": int(table["counts"][f"{isl}/{osl}"]),
+                "input": isl,
+                "output": osl,
+                "metric": table["metric"],
+                "measured": float(measured),
+                "source": {
+                    **table["source"],
+                    "location": f"{table['source']['location']}, row {label} "
+                    f"{isl}/{osl} TP {tp}, column {c['label']}",
+                },
+                "setup": table["setup"],
+            }
+            by_len = limits.get(model, {}).get(f"tp{tp}", {})
+            row.update(by_len.get(isl + osl, by_len.get("general", {})))
+            out.append(row)
+    return out
 
 
 def scenario_data(row: dict[str, Any], calibration: Path | None = None) -> dict[str, Any]:
     """The plain scenario a user would write to reproduce ``row``."""
-    model: dict[str, Any] = {"family": "llama", "preset": row["model"], "dtype": row["dtype"]}
+    family = "mixtral" if str(row["model"]).startswith("mixtral") else "llama"
+    model: dict[str, Any] = {"family": family, "preset": row["model"], "dtype": row["dtype"]}
     if row.get("kv_dtype"):
         model["kv_dtype"] = row["kv_dtype"]
     run = row["run"]
     if run == "poisson-server":
         return server_scenario(row, model, calibration)
+    if run == "trtllm-bench":
+        return trtllm_bench_scenario(row, model, calibration)
     batch, count = int(row["batch"]), int(row.get("count", row["batch"]))
     if run == "static-batch":
         scheduler: dict[str, Any] = {"kind": "static", "max_batch": batch}
@@ -88,18 +161,48 @@ def scenario_data(row: dict[str, Any], calibration: Path | None = None) -> dict[
         scheduler = {"kind": "static", "max_batch": 1}
     else:
         scheduler = dict(VLLM_LIMITS)
+    workload = _offline(row, count)
+    workload["scheduler"] = scheduler
+    return _scenario(row, model, workload, calibration)
+
+
+def _offline(row: dict[str, Any], count: int) -> dict[str, Any]:
+    """An ``offline`` workload of ``count`` requests of the row's lengths under its stack."""
+    return {
+        "kind": "offline",
+        "count": count,
+        "prompt_tokens": {"dist": "constant", "value": int(row["input"])},
+        "output_tokens": {"dist": "constant", "value": int(row["output"])},
+        "stack": row["stack"],
+    }
+
+
+def trtllm_bench_scenario(
+    row: dict[str, Any], model: dict[str, Any], calibration: Path | None = None
+) -> dict[str, Any]:
+    """The offline scenario of a ``trtllm-bench`` row: its requests queued at once under
+    its stack, with the engine's build limits when the row gives them (the stack's
+    capacity policy kept), else none, so that the run picks them to fit memory."""
+    workload = _offline(row, int(row["count"]))
+    if "max_batch" in row or "max_batch_tokens" in row:
+        scheduler = dict(load_profile(row["stack"]).scheduler)
+        scheduler.update({k: int(row[k]) for k in ("max_batch", "max_batch_tokens") if k in row})
+        workload["scheduler"] = scheduler
+    return _scenario(row, model, workload, calibration)
+
+
+def _scenario(
+    row: dict[str, Any],
+    model: dict[str, Any],
+    workload: dict[str, Any],
+    calibration: Path | None,
+) -> dict[str, Any]:
+    """The scenario of ``row`` around its ``model`` and ``workload`` blocks."""
     return {
         "name": f"validate-{row['id']}",
         "seed": 0,
         "model": model,
-        "workload": {
-            "kind": "offline",
-            "count": count,
-            "prompt_tokens": {"dist": "constant", "value": int(row["input"])},
-            "output_tokens": {"dist": "constant", "value": int(row["output"])},
-            "scheduler": scheduler,
-            "stack": row["stack"],
-        },
+        "workload": workload,
         "systems": [_system(row, calibration)],
     }
 
@@ -141,13 +244,7 @@ def server_scenario(
     }
     if row.get("scheduler"):
         workload["scheduler"] = dict(row["scheduler"])
-    return {
-        "name": f"validate-{row['id']}",
-        "seed": 0,
-        "model": model,
-        "workload": workload,
-        "systems": [_system(row, calibration)],
-    }
+    return _scenario(row, model, workload, calibration)
 
 
 SERVER_METRICS = frozenset(
@@ -189,12 +286,17 @@ def predict(host: Host, row: dict[str, Any], calibration: Path | None = None) ->
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Median and largest |error| per kind of load and over all rows."""
+    """Median and largest |error| over all rows, per kind of load, per source table
+    (``table -`` for the rows written one by one) and per GPU."""
     out: dict[str, dict[str, float]] = {}
     ok = [r for r in rows if r.get("status") == "ok"]
     groups: dict[str, list[float]] = {"all": [abs(r["error"]) for r in ok]}
     for r in ok:
         groups.setdefault(r["kind"], []).append(abs(r["error"]))
+    for r in ok:
+        groups.setdefault(f"table {r.get('table') or '-'}", []).append(abs(r["error"]))
+    for r in ok:
+        groups.setdefault(f"gpu {r['gpu']}", []).append(abs(r["error"]))
     for name, errs in groups.items():
         if errs:
             out[name] = {"rows": len(errs), "median": statistics.median(errs), "max": max(errs)}
@@ -246,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         p = predict(host, row, args.calibration)
         rec = {k: row[k] for k in ("id", "kind", "gpu", "tp", "model", "stack", "metric")}
+        rec["table"] = row.get("table")
         rec.update(measured=row["measured"], status=p["status"], source=row["source"])
         head = (
             f"{row['id']:52s} {row['kind']:15s} {row['metric']:20s} {float(row['measured']):10.4g} "
@@ -260,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(out)
     for name, s in summary.items():
         print(
-            f"{name:15s} {int(s['rows']):3d} rows  median |error| {100 * s['median']:5.1f}%  "
+            f"{name:16s} {int(s['rows']):3d} rows  median |error| {100 * s['median']:5.1f}%  "
             f"max {100 * s['max']:5.1f}%"
         )
     if args.json:

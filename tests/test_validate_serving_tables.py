@@ -1,0 +1,96 @@
+"""Published throughput tables in the serving validation file: each filled cell becomes a
+row with its source, request count and the engine limits its build used, and a
+``trtllm-bench`` row replays as an offline run on the in-flight executor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.scripts import benchmark_module
+from xpusim.engine.host import build_host
+
+VS = benchmark_module("validate_serving")
+TABLE_ROWS = [r for r in VS.load_rows(VS.ROWS) if r.get("table")]
+
+TABLE: dict[str, Any] = {
+    "id": "t",
+    "source": {"title": "T", "url": "https://example.org/t", "location": "table 1"},
+    "setup": "trtllm-bench throughput",
+    "run": "trtllm-bench",
+    "stack": "tensorrt-llm",
+    "metric": "output_tok_s",
+    "columns": {
+        "h100-fp8": {
+            "gpu": "h100",
+            "device": "h100-sxm",
+            "dtype": "fp8",
+            "kv_dtype": "fp8",
+            "label": "H100 FP8",
+        },
+        "a100-fp16": {"gpu": "a100", "device": "a100-sxm-80gb", "dtype": "fp16", "label": "A100"},
+    },
+    "counts": {"128/128": 300, "128/4096": 15},
+    "limits": {
+        "llama-2-70b": {
+            "tp4": {
+                "general": {"max_batch": 4096, "max_batch_tokens": 8192},
+                4224: {"max_batch": 256, "max_batch_tokens": 8192},
+            }
+        }
+    },
+    "cells": [
+        ["llama-2-70b", "LLaMA v2 70B", 4, "128/128", {"h100-fp8": 10755.0, "a100-fp16": 2766.0}],
+        ["llama-2-70b", "LLaMA v2 70B", 4, "128/4096", {"h100-fp8": 7565.0}],
+    ],
+}
+
+
+def test_each_filled_cell_is_a_row_with_its_source_count_and_limits() -> None:
+    rows = VS.table_rows(TABLE)
+    assert [r["id"] for r in rows] == [
+        "t-h100-fp8-llama-2-70b-tp4-128-128",
+        "t-a100-fp16-llama-2-70b-tp4-128-128",
+        "t-h100-fp8-llama-2-70b-tp4-128-4096",
+    ]
+    first, fp16, long = rows
+    assert first["kind"] == "offline" and long["kind"] == "decode-heavy"
+    assert first["count"] == 300 and long["count"] == 15
+    assert first["source"]["location"] == "table 1, row LLaMA v2 70B 128/128 TP 4, column H100 FP8"
+    assert first["kv_dtype"] == "fp8" and fp16["kv_dtype"] is None
+    assert (first["max_batch"], first["max_batch_tokens"]) == (4096, 8192)  # general
+    assert (long["max_batch"], long["max_batch_tokens"]) == (256, 8192)  # 128 + 4096 = 4224
+    assert VS.row_problems(first) == []
+
+
+def test_a_trtllm_bench_row_runs_offline_under_its_build_limits() -> None:
+    """With limits the run keeps the stack's capacity policy and takes the build's batch
+    and token budget; without them it sets no scheduler, so the run sizes itself."""
+    row = VS.table_rows(TABLE)[0]
+    data = VS.scenario_data(row)
+    wl = data["workload"]
+    assert wl["kind"] == "offline" and wl["count"] == 300 and wl["stack"] == "tensorrt-llm"
+    assert wl["scheduler"] == {
+        "kind": "guaranteed-no-evict",
+        "max_batch": 4096,
+        "max_batch_tokens": 8192,
+    }
+    bare = {k: v for k, v in row.items() if k not in ("max_batch", "max_batch_tokens")}
+    assert "scheduler" not in VS.scenario_data(bare)["workload"]
+
+
+def test_a_trtllm_bench_row_predicts_its_throughput() -> None:
+    row = dict(VS.table_rows(TABLE)[0], count=200)
+    out = VS.predict(build_host(), row)
+    assert out["status"] == "ok"
+    assert 1000 < out["predicted"] < 100_000  # output tokens per second of four H100s
+
+
+def test_the_shipped_tables_cover_the_in_flight_engine_on_four_gpus() -> None:
+    """The TensorRT-LLM 0.12.0 table: in-flight batching rows on H200, H100, A100 and
+    L40S, every one citing the release page and its cell, none of a held-out release."""
+    assert len(TABLE_ROWS) >= 200
+    assert {r["gpu"] for r in TABLE_ROWS} >= {"h200", "h100", "a100", "l40s"}
+    for r in TABLE_ROWS:
+        assert r["run"] == "trtllm-bench" and r["stack"] == "tensorrt-llm"
+        assert "v0.12.0" in r["source"]["url"] and "column" in r["source"]["location"]
+        assert r["measured"] > 0 and r["count"] > 0
