@@ -208,3 +208,29 @@ def test_technique_wrappers_pass_the_kernel_to_the_models_they_wrap(
     )
     assert vllm.cost(DECODE).seconds < library.cost(DECODE).seconds
     assert "held-out" in vllm.allreduce_how
+
+
+def test_tensorrt_llm_kernel_takes_twice_the_bytes_on_two_gpus(
+    host: Host, write_yaml: Writer
+) -> None:
+    """TensorRT-LLM sizes its custom all-reduce workspace at 16 MB for two GPUs and 8 MB
+    for more (``max_workspace_size_auto``): a 12 MB all-reduce runs on the kernel at TP 2
+    and on NCCL at TP 4; a size the scenario gives holds on both."""
+    prof = load_profile("tensorrt-llm")
+    assert (prof.allreduce_limit(2), prof.allreduce_limit(4)) == (16e6, 8e6)
+    assert prof.allreduce_limit(8) == KERNEL_MAX_BYTES["trtllm"]
+    tp2 = SCENARIO.replace(
+        "count: 4, parallelism: {tensor: 4}", "count: 2, parallelism: {tensor: 2}"
+    )
+    sc2, sc4 = (load_scenario(write_yaml(text), host) for text in (tp2, SCENARIO))
+    h100_2, h100_4 = compile_all(host, sc2)[0], compile_all(host, sc4)[0]
+    n = 12e6
+    on2, on4 = StackCompiled(h100_2, prof), StackCompiled(h100_4, prof)
+    assert on2.collective_seconds(AR, n, 2) < h100_2.collective_seconds(AR, n, 2)
+    assert on4.collective_seconds(AR, n, 4) == h100_4.collective_seconds(AR, n, 4)
+    assert on2.figures_used()["stack.allreduce_max_bytes"].value == 16e6
+    assert on4.figures_used()["stack.allreduce_max_bytes"].value == 8e6
+    fixed = resolve_stack(StackOverride(name="tensorrt-llm", allreduce_max_bytes=4_000_000))
+    assert fixed.allreduce_limit(2) == fixed.allreduce_limit(4) == 4e6
+    named = resolve_stack(StackOverride(name="vllm-0.6", allreduce="trtllm"))
+    assert (named.allreduce_limit(2), named.allreduce_limit(4)) == (16e6, 8e6)

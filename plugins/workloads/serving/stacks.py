@@ -19,7 +19,9 @@ iteration:
   (prefill) attention in FP8 (TensorRT-LLM's FP8 context FMHA, which ``trtllm-bench``
   builds for FP8 models); :func:`stack_model` gives the model so;
 * ``allreduce`` and ``allreduce_max_bytes`` — the kernel that runs the tensor-parallel
-  all-reduces of at most ``allreduce_max_bytes`` per device inside one node: ``vllm``
+  all-reduces of at most ``allreduce_max_bytes`` per device inside one node (on two GPUs,
+  ``allreduce_max_bytes_two`` where the engine sizes its buffer otherwise for them,
+  :meth:`StackProfile.allreduce_limit`): ``vllm``
   (vLLM's ``custom_all_reduce``, which SGLang also runs), ``trtllm`` (TensorRT-LLM's
   custom all-reduce plugin) or ``library`` (NCCL/RCCL for every all-reduce); the
   backend prices the kernel where it has a profile of it on the system's fabric and says
@@ -85,6 +87,10 @@ custom all-reduce workspace for more than two GPUs
 (``CustomAllReduceHelper.max_workspace_size_auto``, ``tensorrt_llm/plugin/plugin.py``:
 8,000,000 bytes, 16,000,000 for two)."""
 
+KERNEL_MAX_BYTES_TWO: dict[str, float] = {"trtllm": 16e6}
+"""The kernels whose buffer is larger on two GPUs, and its size there (TensorRT-LLM's
+``max_workspace_size_auto``: ``if tp_size <= 2: return 16_000_000``)."""
+
 DEFAULT_STACK: str = str(_doc()["default"])
 """The profile a serving or offline scenario gets when it names none (see the YAML)."""
 
@@ -108,6 +114,15 @@ class StackProfile:
     fp8_context_attention: bool = False
     allreduce: str = "library"
     allreduce_max_bytes: float = 0.0
+    allreduce_max_bytes_two: float = 0.0
+
+    def allreduce_limit(self, group: int) -> float:
+        """The largest all-reduce, bytes per device, the stack's kernel takes in a
+        tensor-parallel group of ``group`` devices: ``allreduce_max_bytes_two`` on two
+        (or one) devices where the profile gives it, else ``allreduce_max_bytes``."""
+        if group <= 2 and self.allreduce_max_bytes_two > 0:
+            return self.allreduce_max_bytes_two
+        return self.allreduce_max_bytes
 
     def graph_batch(self, batch: int) -> int | None:
         """The captured batch size a decode of ``batch`` sequences runs at, or ``None``
@@ -187,6 +202,9 @@ def load_profile(name: str) -> StackProfile:
         fp8_context_attention=bool(_value(raw.get("fp8_context_attention", False))),
         allreduce=str(_value(ar)),
         allreduce_max_bytes=float(ar.get("max_bytes", 0)) if isinstance(ar, Mapping) else 0.0,
+        allreduce_max_bytes_two=float(ar.get("max_bytes_two_gpus", 0))
+        if isinstance(ar, Mapping)
+        else 0.0,
         scheduler=dict(raw["scheduler"]),
         sources={
             "host_step_s": _cited(raw["host_step_s"]),
@@ -230,6 +248,9 @@ def resolve_stack(spec: str | StackOverride | None) -> StackProfile:
     kernel_changed = spec.allreduce != prof.allreduce or prof.allreduce_max_bytes <= 0
     if spec.allreduce is not None and spec.allreduce_max_bytes is None and kernel_changed:
         changes["allreduce_max_bytes"] = KERNEL_MAX_BYTES[spec.allreduce]
+        changes["allreduce_max_bytes_two"] = KERNEL_MAX_BYTES_TWO.get(spec.allreduce, 0.0)
+    elif spec.allreduce_max_bytes is not None:  # the scenario's size, on any group
+        changes["allreduce_max_bytes_two"] = 0.0
     if "allreduce_max_bytes" in changes:
         changes["allreduce_max_bytes"] = float(changes["allreduce_max_bytes"])
     if spec.cuda_graph_batches is not None:
@@ -295,9 +316,10 @@ class StackCompiled(Compiled):
     def __init__(self, inner: Compiled, stack: StackProfile, steps: int = 1) -> None:
         super().__init__(inner.system, inner.model)
         self.allreduce_how = "every all-reduce on the collective library"
-        if stack.allreduce != "library" and stack.allreduce_max_bytes > 0:
+        self.allreduce_max_bytes = stack.allreduce_limit(inner.system.parallelism.tensor)
+        if stack.allreduce != "library" and self.allreduce_max_bytes > 0:
             inner, self.allreduce_how = inner.with_allreduce_kernel(
-                stack.allreduce, stack.allreduce_max_bytes
+                stack.allreduce, self.allreduce_max_bytes
             )
         self.inner = inner
         self.stack = stack
@@ -378,7 +400,7 @@ class StackCompiled(Compiled):
             assumption=f"{s.name}: {s.sources.get('cuda_graph_batches', '')}",
         )
         out["stack.allreduce_max_bytes"] = Figure(
-            s.allreduce_max_bytes if s.allreduce != "library" else 0.0,
+            self.allreduce_max_bytes if s.allreduce != "library" else 0.0,
             assumption=f"{s.name}: {s.allreduce} all-reduce ({s.sources.get('allreduce', '')}); "
             f"priced: {self.allreduce_how}",
         )
