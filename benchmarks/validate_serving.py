@@ -42,7 +42,9 @@ Usage::
 
 Exit status 0 whatever the errors (it reports, it does not gate); 2 when a
 ``poisson-server`` row lacks what it needs (its rate, count, length laws or a latency
-statistic to compare), naming the row and the key.
+statistic to compare), naming the row and the key, or when a table cannot be expanded
+(a key missing, a cell's lengths without a request count, a column it does not
+declare), naming the table, the cell and the fix; either before any row runs.
 """
 
 from __future__ import annotations
@@ -73,14 +75,50 @@ VLLM_LIMITS = {"kind": "continuous", "max_batch": 256, "max_batch_tokens": 8192}
 8192), which its benchmark scripts run under."""
 
 
+class TableError(ValueError):
+    """A ``tables`` entry of a validation file that cannot be expanded into rows."""
+
+
 def load_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a validation file: its ``rows``, then the cells of its ``tables``
-    (:func:`table_rows`)."""
+    (:func:`table_rows`); :class:`TableError` naming the table and what to fix when one
+    is malformed (:func:`table_problems`)."""
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     rows = list(doc.get("rows") or [])
     for table in doc.get("tables") or []:
+        bad = table_problems(table)
+        if bad:
+            raise TableError(f"{path}: table {table.get('id')!r}: " + "; ".join(bad))
         rows.extend(table_rows(table))
     return rows
+
+
+TABLE_KEYS = ("id", "source", "setup", "run", "stack", "metric", "columns", "counts", "cells")
+"""What a ``tables`` entry must give (:func:`table_rows`)."""
+
+
+def table_problems(table: dict[str, Any]) -> list[str]:
+    """What a ``tables`` entry lacks or gets wrong, each naming the key and the fix
+    (empty for a good table)."""
+    out = [f"missing `{k}`" for k in TABLE_KEYS if k not in table]
+    if out:
+        return out
+    cols, counts = table["columns"], table["counts"]
+    for i, cell in enumerate(table["cells"]):
+        where = f"cells[{i}]"
+        if not (isinstance(cell, list) and len(cell) == 5 and isinstance(cell[4], dict)):
+            out.append(f"{where}: give [model, label, tp, 'in/out', {{column: measured}}]")
+            continue
+        lengths = str(cell[3])
+        parts = lengths.split("/")
+        if len(parts) != 2 or not all(x.isdigit() for x in parts):
+            out.append(f"{where}: lengths {lengths!r}: write them as 'input/output', e.g. 128/2048")
+        elif lengths not in counts:
+            out.append(f"{where}: no request count for {lengths}: add it under `counts`")
+        unknown = sorted(set(cell[4]) - set(cols))
+        if unknown:
+            out.append(f"{where}: columns {unknown} are not under `columns` ({', '.join(cols)})")
+    return out
 
 
 KIND_BY_LENGTHS = {"decode": "decode-heavy", "prefill": "prefill-heavy", "even": "offline"}
@@ -335,7 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="run the rows whose id contains this")
     ap.add_argument("--calibration", type=Path, help="a GPU calibration for its device's rows")
     args = ap.parse_args(argv)
-    rows = [r for r in load_rows(args.rows) if not args.only or args.only in r["id"]]
+    try:
+        rows = [r for r in load_rows(args.rows) if not args.only or args.only in r["id"]]
+    except TableError as e:
+        print(e, file=sys.stderr)
+        return 2
     bad = [f"{args.rows}: row {r.get('id')!r}: {msg}" for r in rows for msg in row_problems(r)]
     if bad:
         print("\n".join(bad), file=sys.stderr)

@@ -4,7 +4,11 @@ row with its source, request count and the engine limits its build used, and a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import pytest
+import yaml
 
 from tests.scripts import benchmark_module
 from xpusim.engine.host import build_host
@@ -94,3 +98,19 @@ def test_the_shipped_tables_cover_the_in_flight_engine_on_four_gpus() -> None:
         assert r["run"] == "trtllm-bench" and r["stack"] == "tensorrt-llm"
         assert "v0.12.0" in r["source"]["url"] and "column" in r["source"]["location"]
         assert r["measured"] > 0 and r["count"] > 0
+
+
+def test_a_malformed_table_exits_2_naming_the_cell_and_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cell naming a column the table lacks, or lengths without a request count, stops
+    the harness before any row runs, with the table, the cell and the fix named."""
+    bad = dict(TABLE, cells=[["llama-2-70b", "L", 4, "128/256", {"h200-fp8": 1.0}]])
+    path = tmp_path / "rows.yaml"
+    path.write_text(yaml.safe_dump({"rows": [], "tables": [bad]}), encoding="utf-8")
+    assert VS.main(["--rows", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "table 't'" in err and "cells[0]" in err
+    assert "no request count for 128/256" in err and "'h200-fp8'" in err
+    assert VS.table_problems({"id": "x"})[0] == "missing `source`"
+    assert VS.table_problems(TABLE) == []
