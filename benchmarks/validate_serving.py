@@ -67,6 +67,7 @@ from xpusim.engine.run import simulate  # noqa: E402
 from xpusim.engine.scenario import resolve  # noqa: E402
 from xpusim.engine.yamlsrc import Source  # noqa: E402
 from xpusim.plugins.gpu.calibration import load as load_calibration  # noqa: E402
+from xpusim.plugins.models.presets import DECODER_PRESETS  # noqa: E402
 from xpusim.plugins.workloads.serving.stacks import load_profile  # noqa: E402
 
 ROWS = Path(__file__).with_name("serving_rows.yaml")
@@ -121,17 +122,14 @@ def table_problems(table: dict[str, Any]) -> list[str]:
     return out
 
 
-KIND_BY_LENGTHS = {"decode": "decode-heavy", "prefill": "prefill-heavy", "even": "offline"}
-
-
 def _kind(isl: int, osl: int) -> str:
     """The kind of load of a throughput cell: decode-heavy when the output is at least
     eight times the input, prefill-heavy when the input is, offline otherwise."""
     if osl >= 8 * isl:
-        return KIND_BY_LENGTHS["decode"]
+        return "decode-heavy"
     if isl >= 8 * osl:
-        return KIND_BY_LENGTHS["prefill"]
-    return KIND_BY_LENGTHS["even"]
+        return "prefill-heavy"
+    return "offline"
 
 
 def table_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
@@ -183,7 +181,7 @@ def table_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
 
 def scenario_data(row: dict[str, Any], calibration: Path | None = None) -> dict[str, Any]:
     """The plain scenario a user would write to reproduce ``row``."""
-    family = "mixtral" if str(row["model"]).startswith("mixtral") else "llama"
+    family = DECODER_PRESETS[row["model"]]["family"]
     model: dict[str, Any] = {"family": family, "preset": row["model"], "dtype": row["dtype"]}
     if row.get("kv_dtype"):
         model["kv_dtype"] = row["kv_dtype"]

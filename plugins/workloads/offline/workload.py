@@ -142,8 +142,8 @@ def fill_memory_limits(
     rules ``trtllm-bench build`` sizes its engine from the dataset with: a batch as large
     as the KV cache holds sequences of the mean length (prompt plus output), at most
     4,096 (and at most the requests), and the token budget of :func:`trtllm_bench_tokens`
-    for that batch before the requests bound it, raised to the longest prompt (so that every prompt fits one
-    iteration) and at most the cache.
+    for that batch before the requests bound it, raised to the longest prompt (so that
+    every prompt fits one iteration) and at most the cache.
 
     With sliding-window layers (``layout``) a sequence of the mean length caches
     ``F × mean + S × min(mean, window)`` layer tokens of the cache's ``capacity ×

@@ -188,7 +188,8 @@ def load_profile(name: str) -> StackProfile:
         raise ValueError(f"unknown serving stack {name!r}; valid: {', '.join(stack_names())}")
     raw = stacks[name]
     sizes = tuple(sorted(int(b) for b in _value(raw["cuda_graph_batches"])))
-    ar = raw.get("allreduce", {"value": "library", "max_bytes": 0})
+    ar = raw.get("allreduce", "library")
+    sizes_of = ar if isinstance(ar, Mapping) else {}
     return StackProfile(
         name=name,
         engine=str(raw["engine"]),
@@ -201,10 +202,8 @@ def load_profile(name: str) -> StackProfile:
         kv_fraction_of=str(raw.get("kv_fraction_of", "total")),
         fp8_context_attention=bool(_value(raw.get("fp8_context_attention", False))),
         allreduce=str(_value(ar)),
-        allreduce_max_bytes=float(ar.get("max_bytes", 0)) if isinstance(ar, Mapping) else 0.0,
-        allreduce_max_bytes_two=float(ar.get("max_bytes_two_gpus", 0))
-        if isinstance(ar, Mapping)
-        else 0.0,
+        allreduce_max_bytes=float(sizes_of.get("max_bytes", 0)),
+        allreduce_max_bytes_two=float(sizes_of.get("max_bytes_two_gpus", 0)),
         scheduler=dict(raw["scheduler"]),
         sources={
             "host_step_s": _cited(raw["host_step_s"]),
