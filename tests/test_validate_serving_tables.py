@@ -114,3 +114,21 @@ def test_a_malformed_table_exits_2_naming_the_cell_and_the_fix(
     assert "no request count for 128/256" in err and "'h200-fp8'" in err
     assert VS.table_problems({"id": "x"})[0] == "missing `source`"
     assert VS.table_problems(TABLE) == []
+
+
+def test_a_row_the_model_cannot_run_counts_as_a_miss() -> None:
+    """A published setup the model says does not fit is neither left out of the counts
+    nor given an error: it counts among the rows beyond 25% and as not run, in every
+    group it belongs to; the medians are over the rows that ran."""
+    base = {"kind": "offline", "gpu": "h100", "table": "t"}
+    rows = [
+        {**base, "id": "a", "status": "ok", "error": 0.10},
+        {**base, "id": "b", "status": "ok", "error": -0.30},
+        {**base, "id": "c", "status": "does-not-fit", "reason": "no room"},
+    ]
+    out = VS.summarize(rows)
+    for group in ("all", "offline", "table t", "gpu h100"):
+        assert out[group]["rows"] == 3
+        assert out[group]["beyond_25"] == 2
+        assert out[group]["not_run"] == 1
+        assert out[group]["median"] == pytest.approx(0.20)
