@@ -44,6 +44,7 @@ from xpusim.plugins.workloads.serving.arrivals import (
     mean_tokens,
     sample_lengths,
 )
+from xpusim.plugins.workloads.serving.engine_memory import EngineLimits
 from xpusim.plugins.workloads.serving.kvcache import KVLayout
 from xpusim.plugins.workloads.serving.metrics import FORWARD_METRICS, SERVING_METRICS
 from xpusim.plugins.workloads.serving.stacks import (
@@ -233,19 +234,24 @@ class OfflineWorkload(Workload):
             m = metrics.forward_metrics(frames, span, samples=count, tokens_per_sample=tokens)
             return SystemRun(metrics=m, frames=frames, simulated_s=span)
         frame = self._requests(config, ctx)
-        compiled = StackCompiled(
-            ctx.compiled, stack_for(config, system.backend), config.scheduler.steps
-        )
-        capacity = compiled.kv_capacity_tokens(config.kv_memory_fraction)
+        stack = stack_for(config, system.backend)
+        prompts = frame["prompt_tokens"].to_numpy()
+        outputs = frame["output_tokens"].to_numpy()
         spec = config.scheduler
         if not config._scheduler_given:
+            # sized as the build tool sizes an engine: from the cache it expects to have
+            first = StackCompiled(ctx.compiled, stack, spec.steps)
             spec = fill_memory_limits(
                 spec,
-                capacity,
-                frame["prompt_tokens"].to_numpy(),
-                frame["output_tokens"].to_numpy(),
+                first.kv_capacity_tokens(config.kv_memory_fraction),
+                prompts,
+                outputs,
                 KVLayout.of(ctx.model.info),
             )
+        longest = int(np.max(prompts + outputs)) if len(prompts) else 1
+        limits = EngineLimits(spec.max_batch, spec.max_batch_tokens, longest)
+        compiled = StackCompiled(ctx.compiled, stack, spec.steps, limits)
+        capacity = compiled.kv_capacity_tokens(config.kv_memory_fraction)
         res = simulate_serving(
             frame,
             compiled,

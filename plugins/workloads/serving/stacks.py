@@ -32,7 +32,13 @@ iteration:
   memory that weights, activations and KV cache share (vLLM's
   ``--gpu-memory-utilization``, SGLang's ``mem_fraction_static``) or the memory ``free``
   once the weights and runtime are loaded, all of it KV cache (TensorRT-LLM's
-  ``kv_cache_free_gpu_mem_fraction``).
+  ``kv_cache_free_gpu_mem_fraction``);
+* ``runtime_memory`` — what the engine holds per device besides weights and KV cache for
+  the limits it runs with (its ``max_batch``, token budget and longest sequence):
+  a fixed context, build-time activations and per-slot buffers over the vocabulary
+  (:mod:`~xpusim.plugins.workloads.serving.engine_memory`); stated where the engine's
+  source and logs were read (TensorRT-LLM's executor), else the backend's generic
+  runtime reserve stands.
 
 A scenario writes ``stack: vllm-0.6`` or overrides fields inline::
 
@@ -64,6 +70,13 @@ from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
 from xpusim.engine.precision import FORMATS, QuantizedModel
 from xpusim.engine.qty import Duration
+from xpusim.plugins.workloads.serving.engine_memory import (
+    EngineLimits,
+    EngineMemory,
+    EngineMemoryOverride,
+    load_engine_memory,
+    override_engine_memory,
+)
 
 STACKS_PATH = Path(__file__).with_name("stacks.yaml")
 """The shipped profiles."""
@@ -115,6 +128,7 @@ class StackProfile:
     allreduce: str = "library"
     allreduce_max_bytes: float = 0.0
     allreduce_max_bytes_two: float = 0.0
+    runtime_memory: EngineMemory | None = None
 
     def allreduce_limit(self, group: int) -> float:
         """The largest all-reduce, bytes per device, the stack's kernel takes in a
@@ -167,6 +181,9 @@ class StackOverride(BaseModel):
     allreduce_max_bytes: int | None = Field(
         default=None, ge=0, description="largest all-reduce, bytes per device, the kernel runs"
     )
+    runtime_memory: EngineMemoryOverride | None = Field(
+        default=None, description="the engine's memory besides weights and KV cache"
+    )
 
 
 def _value(raw: Any) -> Any:
@@ -205,6 +222,7 @@ def load_profile(name: str) -> StackProfile:
         allreduce_max_bytes=float(sizes_of.get("max_bytes", 0)),
         allreduce_max_bytes_two=float(sizes_of.get("max_bytes_two_gpus", 0)),
         scheduler=dict(raw["scheduler"]),
+        runtime_memory=load_engine_memory(raw.get("runtime_memory")),
         sources={
             "host_step_s": _cited(raw["host_step_s"]),
             "host_per_seq_s": _cited(raw["host_per_seq_s"])
@@ -219,6 +237,9 @@ def load_profile(name: str) -> StackProfile:
             "allreduce": _cited(raw["allreduce"])
             if "allreduce" in raw
             else "not stated in the profile: every all-reduce on the collective library",
+            "runtime_memory": "the profile's runtime_memory block, a source per figure"
+            if "runtime_memory" in raw
+            else "not stated in the profile: the backend's runtime reserve and activations",
         },
     )
 
@@ -252,6 +273,8 @@ def resolve_stack(spec: str | StackOverride | None) -> StackProfile:
         changes["allreduce_max_bytes_two"] = 0.0
     if "allreduce_max_bytes" in changes:
         changes["allreduce_max_bytes"] = float(changes["allreduce_max_bytes"])
+    if spec.runtime_memory is not None:
+        changes["runtime_memory"] = override_engine_memory(prof.runtime_memory, spec.runtime_memory)
     if spec.cuda_graph_batches is not None:
         if any(b < 1 for b in spec.cuda_graph_batches):
             raise ValueError("stack.cuda_graph_batches: every batch size must be >= 1")
@@ -310,10 +333,22 @@ class StackCompiled(Compiled):
     ``steps`` is the scheduler's decode steps per scheduling round (``prefill-first``'s
     multi-step rounds): the host schedules and prepares inputs once a round, so each
     decode-only step carries ``1 / steps`` of an iteration's host time.
+
+    ``limits`` are the engine's build limits; where the profile states the engine's
+    runtime memory (``runtime_memory``), the KV cache is what is left once that memory
+    for these limits is held (:meth:`engine_memory_parts`), in place of the backend's
+    generic runtime reserve and batch-1 activations.
     """
 
-    def __init__(self, inner: Compiled, stack: StackProfile, steps: int = 1) -> None:
+    def __init__(
+        self,
+        inner: Compiled,
+        stack: StackProfile,
+        steps: int = 1,
+        limits: EngineLimits | None = None,
+    ) -> None:
         super().__init__(inner.system, inner.model)
+        self.limits = limits
         self.allreduce_how = "every all-reduce on the collective library"
         self.allreduce_max_bytes = stack.allreduce_limit(inner.system.parallelism.tensor)
         if stack.allreduce != "library" and self.allreduce_max_bytes > 0:
@@ -352,17 +387,38 @@ class StackCompiled(Compiled):
         """The wrapped model's memory fit."""
         return self.inner.fit(kv_tokens=kv_tokens, batch=batch, training=training)
 
+    def engine_memory_parts(self) -> dict[str, float]:
+        """Bytes per device of the engine's runtime memory for its limits (empty where
+        the profile states none or no limits are set)."""
+        mem = self.stack.runtime_memory
+        if mem is None or self.limits is None:
+            return {}
+        return mem.parts(self.limits, self.model.info, self.system.parallelism.tensor)
+
+    def _engine_extra_bytes(self) -> float:
+        """The engine's runtime memory less what the backend's fit already holds for
+        the runtime (its reserve and batch-1 activations), per device."""
+        parts = self.engine_memory_parts()
+        if not parts:
+            return 0.0
+        held = self.inner.fit(kv_tokens=0).breakdown
+        return sum(parts.values()) - held.get("runtime_reserve", 0.0) - held.get("activations", 0.0)
+
     def kv_capacity_tokens(self, reserve_fraction: float = 0.9) -> int:
         """The wrapped model's KV capacity with ``reserve_fraction`` read as the stack
         reads its KV fraction: of total memory, or (``kv_fraction_of: free``) of what the
         weights, activations and runtime leave, converted to the share of total memory
-        that gives the same cache."""
+        that gives the same cache. The engine's runtime memory for its limits
+        (:meth:`engine_memory_parts`) is held first."""
         f = reserve_fraction
-        if self.stack.kv_fraction_of == "free":
-            have = self.system.device.memory_bytes.value
-            need = self.inner.fit(kv_tokens=0).need_bytes
-            f = min(1.0, f + (1.0 - f) * need / have) if have > 0 else f
-        return self.inner.kv_capacity_tokens(f)
+        have = self.system.device.memory_bytes.value
+        extra = self._engine_extra_bytes()
+        if self.stack.kv_fraction_of == "free" and have > 0:
+            need = self.inner.fit(kv_tokens=0).need_bytes + extra
+            f = min(1.0, f + (1.0 - f) * need / have)
+        if have > 0:
+            f -= extra / have
+        return self.inner.kv_capacity_tokens(f) if f > 0 else 0
 
     def power_model(self) -> PowerModel | None:
         """The wrapped model's power model."""
@@ -403,6 +459,16 @@ class StackCompiled(Compiled):
             assumption=f"{s.name}: {s.allreduce} all-reduce ({s.sources.get('allreduce', '')}); "
             f"priced: {self.allreduce_how}",
         )
+        parts = self.engine_memory_parts()
+        if parts and s.runtime_memory is not None and self.limits is not None:
+            lim = self.limits
+            out["stack.runtime_memory_bytes"] = Figure(
+                sum(parts.values()),
+                assumption=f"{s.name}: per device, for max_batch {lim.max_batch}, max_tokens "
+                f"{lim.max_tokens}, max_seq_len {lim.max_seq_len}: "
+                + ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in parts.items())
+                + f"; {s.runtime_memory.describe()}",
+            )
         out["stack.kv_memory_fraction"] = Figure(
             s.kv_memory_fraction,
             assumption=f"{s.name}: {s.sources.get('kv_memory_fraction', '')}",

@@ -76,6 +76,7 @@ from xpusim.plugins.workloads.serving.arrivals import (
     requests_of,
 )
 from xpusim.plugins.workloads.serving.clients import wait_metrics
+from xpusim.plugins.workloads.serving.engine_memory import EngineLimits
 from xpusim.plugins.workloads.serving.metrics import SERVING_METRICS
 from xpusim.plugins.workloads.serving.planning import plan_knobs as serving_knobs
 from xpusim.plugins.workloads.serving.schedulers.iteration import loop_choice
@@ -565,12 +566,16 @@ class ServingWorkload(Workload):
         system = ctx.system
         stack = stack_for(config, system.backend)
 
-        def stacked(c: Compiled) -> StackCompiled:
-            return StackCompiled(c, stack, config.scheduler.steps)
-
         frame = request_frame(config, ctx)
         if not frame["arrival_s"].is_sorted():  # request ids are rows in arrival order
             frame = frame.sort("arrival_s", maintain_order=True)
+        sched = config.scheduler
+        longest = (frame["prompt_tokens"] + frame["output_tokens"]).max() if len(frame) else 1
+        limits = EngineLimits(sched.max_batch, sched.max_batch_tokens, int(longest or 1))
+
+        def stacked(c: Compiled) -> StackCompiled:
+            return StackCompiled(c, stack, sched.steps, limits)
+
         run = ServingRun(
             ctx=ctx,
             config=config,
