@@ -27,6 +27,11 @@ GPU cost model (the tile-and-wave GEMM, the flash-attention kernel, memory-bound
   tokens), even rows fitted, odd rows held out; A100: the FlashAttention-2
   forward+backward rates of ``fa2_fwd_bwd_a100_by_seqlen`` (no forward-only table), same
   split;
+* ``decode_attention_latency_s`` — the fixed time of a decode-attention launch beyond
+  its bytes, math and kernel overhead (the split-KV combine pass, the page walk): H100
+  from FlashAttention-2's paged decode of grouped-query heads by context length
+  (``fa2_paged_decode_h100_a100_ort_pr21414`` of this project's ``kernel_rows.yaml``),
+  the multi-head rows held out; A100 from that table's multi-head rows, every other one;
 * ``sdpa_backward_ratio`` — H100: PyTorch SDPA's flash backward on Llama 3 8B's inputs
   (``torch_sdpa_flash_backward_h100_2024_09`` of this project's ``kernel_rows.yaml``) over
   the model's flash-attn backward of that call at the fitted ``attention_fraction`` (one
@@ -60,7 +65,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from xpusim.engine.graph import dtype_bytes  # noqa: E402
+from xpusim.engine.graph import Op, OpKind, dtype_bytes  # noqa: E402
 from xpusim.plugins.gpu.catalog import catalog  # noqa: E402
 from xpusim.plugins.gpu.efficiency import (  # noqa: E402
     FLASH_BACKWARD_FLOPS,
@@ -138,6 +143,7 @@ PARAMS = (
     "attention_fraction",
     "sdpa_backward_ratio",
     "kernel_overhead_s",
+    "decode_attention_latency_s",
 )
 
 SAME_SILICON = {"h200-sxm": "h100-sxm"}
@@ -329,6 +335,60 @@ def fit_sdpa_backward(dev: str, fraction: float, ref: dict[str, dict[str, Any]])
             **errors([(fwd, float(frow["forward_tflops"]))]),
         },
     }
+
+
+DECODE_TABLE = "fa2_paged_decode_h100_a100_ort_pr21414"
+"""This project's kernel rows of paged decode attention by context length."""
+
+
+def decode_attention_op(r: dict[str, Any]) -> Op:
+    """The decode-attention op of one measured row: ``seqs`` sequences of ``seq_len``
+    cached tokens, ``q_heads`` query heads over ``kv_heads`` K/V heads of ``head_dim``,
+    fp16, one query each (Q, K and V read, O written, as the row's byte count)."""
+    n, s, d = int(r["seqs"]), int(r["seq_len"]), int(r["head_dim"])
+    qh, kh = int(r["q_heads"]), int(r["kv_heads"])
+    b = dtype_bytes("fp16")
+    return Op(
+        "attention",
+        OpKind.ATTENTION,
+        flops=4.0 * n * qh * s * d,
+        bytes_read=n * (qh + 2 * s * kh) * d * b,
+        bytes_written=n * qh * d * b,
+        dims=(1, s, d),
+        batch=n * qh,
+        dtype="fp16",
+        attrs=(("q_heads", float(qh)), ("kv_heads", float(kh))),
+    )
+
+
+def fit_decode_latency(
+    dev: str, eff: GpuEfficiency, fit_rows: list[dict[str, Any]], held: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``decode_attention_latency_s``: the median over ``fit_rows`` of what each measured
+    decode launch takes beyond the model's time for it without that latency (its bytes at
+    the device's streaming rate, its math, one kernel overhead); ``held`` checked."""
+    model = GpuCostModel(catalog()[dev], replace(eff, decode_attention_latency_s=0.0))
+    gaps = [
+        float(r["gpu_time_us"]) * 1e-6 - model(decode_attention_op(r)).seconds for r in fit_rows
+    ]
+    value = max(0.0, statistics.median(gaps))
+    fitted = GpuCostModel(catalog()[dev], replace(eff, decode_attention_latency_s=value))
+
+    def pairs(rs: list[dict[str, Any]]) -> list[tuple[float, float]]:
+        return [
+            (fitted(decode_attention_op(r)).seconds, float(r["gpu_time_us"]) * 1e-6) for r in rs
+        ]
+
+    return {"value": value, "in_sample": errors(pairs(fit_rows)), "held_out": errors(pairs(held))}
+
+
+def fitted_efficiency(out: dict[str, dict[str, Any]], dev: str) -> GpuEfficiency:
+    """``GpuEfficiency`` with every parameter ``dev`` has fitted (or inherits) so far."""
+    names = ("memory_fraction", "kernel_overhead_s", "attention_fraction", "tensor_fraction")
+    changes: dict[str, Any] = {
+        n: inherited(out, dev, n, getattr(GpuEfficiency(), n)) for n in names
+    }
+    return replace(GpuEfficiency(), **changes)
 
 
 def errors(pairs: list[tuple[float, float]]) -> dict[str, float | int]:
@@ -580,6 +640,32 @@ def fit(ref: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         "table for A100), even rows"
     )
     put("a100-sxm-80gb", "attention_fraction", rec)
+    # decode attention's fixed launch latency: H100 on the grouped rows (the layout serving
+    # engines run), A100 (multi-head rows only) on every other row
+    rows = ref[DECODE_TABLE]["rows"]
+    h100 = [r for r in rows if r["gpu"] == "h100-sxm"]
+    grouped = [r for r in h100 if r["kv_heads"] < r["q_heads"]]
+    rec = fit_decode_latency(
+        "h100-sxm",
+        fitted_efficiency(out, "h100-sxm"),
+        grouped,
+        [r for r in h100 if r not in grouped],
+    )
+    rec["fitted_to"] = (
+        f"{DECODE_TABLE} (benchmarks/kernel_rows.yaml), FlashAttention-2 paged decode on "
+        "H100 SXM, the grouped-query rows (64 sequences of 32-256 tokens, 64/8 heads); held "
+        "out: the multi-head rows (32/32 heads, 32-512 tokens)"
+    )
+    put("h100-sxm", "decode_attention_latency_s", rec)
+    a100 = [r for r in rows if r["gpu"] == "a100-sxm-80gb"]
+    rec = fit_decode_latency(
+        "a100-sxm-80gb", fitted_efficiency(out, "a100-sxm-80gb"), a100[1::2], a100[0::2]
+    )
+    rec["fitted_to"] = (
+        f"{DECODE_TABLE} (benchmarks/kernel_rows.yaml), FlashAttention-2 paged decode on "
+        "A100 80GB, multi-head rows of 64 and 256 tokens; held out: those of 32, 128 and 512"
+    )
+    put("a100-sxm-80gb", "decode_attention_latency_s", rec)
     return out
 
 

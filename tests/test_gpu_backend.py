@@ -352,7 +352,7 @@ def test_compiled_decode_step_near_weights_over_bandwidth() -> None:
     c = GpuBackend().compile(model, system("h100"))
     cost = c.cost(Shape(Phase.DECODE, batch=1, tokens=1, context=128))
     floor = model.info.param_bytes / (3.35e12 * GpuEfficiency().memory_fraction)
-    assert floor <= cost.seconds < 1.25 * floor
+    assert floor <= cost.seconds < 1.3 * floor
     assert cost.state == "memory"
     assert cost.joules > 0
     assert "gpu.efficiency.tensor_fraction" in c.figures_used()
@@ -438,13 +438,14 @@ def _llama(preset: str, dtype: str, **fields: Any) -> ModelGraph:
 @pytest.mark.skipif(not HAS_TRANSFORMER, reason="xpusim.plugins.models.transformer not available")
 def test_real_llama2_7b_decode_is_weights_over_bandwidth() -> None:
     """Llama-2-7B (13.5 GB in bf16) decodes on an H100 in between weights / effective bandwidth
-    and 1.25x that, memory-bound."""
+    and 1.3x that, memory-bound (the rest: a few microseconds a kernel, and each layer's
+    decode-attention launch latency)."""
     model = _llama("llama-2-7b", "bf16")
     assert model.info.param_bytes == pytest.approx(13.48e9, rel=0.01)
     c = GpuBackend().compile(model, system("h100"))
     cost = c.cost(Shape(Phase.DECODE, batch=1, tokens=1, context=128))
     floor = model.info.param_bytes / (3.35e12 * GpuEfficiency().memory_fraction)
-    assert floor <= cost.seconds < 1.25 * floor
+    assert floor <= cost.seconds < 1.3 * floor
     assert cost.state == "memory"
 
 

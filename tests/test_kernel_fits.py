@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.scripts import benchmark_module
 from xpusim.engine.errors import XpusimError
 from xpusim.plugins.gpu.catalog import catalog
 from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency, causal_block_factor
@@ -230,3 +231,27 @@ def test_torch_sdpa_backward_runs_at_its_measured_rate() -> None:
     assert fitted_params("a100-sxm-80gb")["sdpa_backward_ratio"][0] == ratio
     with pytest.raises(XpusimError, match="attention_kernel"):
         GpuCostModel(dev, eff, attention_kernel="cudnn")
+
+
+def test_a_decode_attention_launch_pays_its_fitted_latency() -> None:
+    """A decode-attention launch (one query per sequence) pays the fitted fixed latency
+    once on top of its bytes; a prefill of the same keys does not; the H100 fit comes from
+    the paged decode rows with the multi-head ones held out, and H200 inherits it."""
+    decode_attention_op = benchmark_module("fit_kernels").decode_attention_op
+    h100 = shipped("h100-sxm")
+    assert h100.decode_attention_latency_s > 0
+    rec = yaml.safe_load(FITS_PATH.read_text(encoding="utf-8"))["devices"]
+    fit = rec["h100-sxm"]["decode_attention_latency_s"]
+    assert "fa2_paged_decode_h100_a100_ort_pr21414" in fit["fitted_to"]
+    assert fit["held_out"]["rows"] >= 4
+    assert rec["h200-sxm"]["decode_attention_latency_s"]["inherited_from"] == "h100-sxm"
+    row = {"seqs": 64, "seq_len": 256, "q_heads": 64, "kv_heads": 8, "head_dim": 128}
+    op = decode_attention_op(row)
+    dev = catalog()["h100-sxm"]
+    with_latency = GpuCostModel(dev, h100)(op)
+    without = GpuCostModel(dev, replace(h100, decode_attention_latency_s=0.0))(op)
+    assert with_latency.seconds - without.seconds == pytest.approx(h100.decode_attention_latency_s)
+    prefill = replace(op, dims=(256, 256, 128))
+    assert GpuCostModel(dev, h100)(prefill).overhead_s == h100.kernel_overhead_s
+    with pytest.raises(XpusimError):
+        GpuEfficiency(decode_attention_latency_s=-1e-6)

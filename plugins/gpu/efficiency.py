@@ -45,7 +45,9 @@ ATTENTION (flash-attention style)
     (FlashAttention-2's ``seqlenq_ngroups_swapped``, TensorRT-LLM's XQA), so ``q × group``
     rows are padded, not ``q``. Work units of ``attention_block_q`` query rows per (head,
     sequence) run in waves over the SMs, and with fewer units than SMs the keys are split
-    over SMs (flash-decoding), so no wave loss is charged.
+    over SMs (flash-decoding), so no wave loss is charged. A decode launch also pays
+    ``decode_attention_latency_s`` once (the split-KV combine pass, the page walk), fitted
+    to paged decode kernels timed by context length.
 
     Decode kernel without group sharing (``decode_attention="per-head"``): the masked
     multi-head attention kernel of FasterTransformer and TensorRT-LLM up to v0.7 runs one
@@ -154,6 +156,13 @@ class GpuEfficiency:
     attention_fraction: float = 0.55
     """Fraction of tensor peak a fused (flash) attention kernel sustains: lower than a GEMM
     because softmax, masking and rescaling run between the two MMAs. Assumption."""
+
+    decode_attention_latency_s: float = 0.0
+    """Fixed time of one decode-attention launch (one query per sequence, grouped kernel)
+    beyond ``kernel_overhead_s``: the split-KV kernel's second pass that combines the
+    partial results, the page-table walk, the ramp before the KV stream reaches its rate.
+    A paged decode of 64 sequences of 32 tokens takes 21 us on an H100 where its bytes
+    alone need 4 (``fa2_paged_decode_h100_a100_ort_pr21414``). 0 where no fit applies."""
 
     strided_elementwise_fraction: float = 1.0
     """Fraction of the streaming rate (``memory_fraction`` of the datasheet bandwidth) an
@@ -265,7 +274,11 @@ class GpuEfficiency:
                 "GPU efficiency parameter sdpa_backward_ratio must be above 0, "
                 f"got {self.sdpa_backward_ratio}."
             )
-        if self.kernel_overhead_s < 0 or self.runtime_reserve_bytes < 0:
+        if (
+            self.kernel_overhead_s < 0
+            or self.runtime_reserve_bytes < 0
+            or self.decode_attention_latency_s < 0
+        ):
             raise XpusimError("GPU efficiency overheads must not be negative.")
         if not self.tiles or any(tm < 1 or tn < 1 or not 0 < e <= 1 for tm, tn, e in self.tiles):
             raise XpusimError("GPU efficiency tiles must be (tm >= 1, tn >= 1, 0 < eff <= 1).")
@@ -471,7 +484,8 @@ class GpuCostModel:
         if units >= self.sms:
             wave_factor = math.ceil(units / self.sms) * self.sms / units
         compute = flops * pad * wave_factor / rate
-        return OpTime(compute, nbytes / self.bw, e.kernel_overhead_s)
+        overhead = e.kernel_overhead_s + (e.decode_attention_latency_s if decode else 0.0)
+        return OpTime(compute, nbytes / self.bw, overhead)
 
     # -- everything -------------------------------------------------------------------
 
