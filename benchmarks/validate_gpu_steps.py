@@ -87,7 +87,10 @@ def compare(
 ) -> dict[str, Any]:
     """Predicted and measured seconds of the two steps under one set of parameters."""
     spec = resolve(device)
-    options = {"calibration": calibration} if calibration else {}
+    # the module calls PyTorch's SDPA over contiguous tensors: priced as that build
+    options: dict[str, Any] = {"attention_kernel": "torch-sdpa"}
+    if calibration:
+        options["calibration"] = calibration
     system = System("sut", "gpu", spec, 1, Parallelism(), topology_from_device(spec), options)
     backend = GpuBackend()
     out: dict[str, Any] = {"parameters": calibration or "built-in"}
@@ -102,7 +105,7 @@ def compare(
         out[name]["error"] = predicted / measured - 1.0
         if ops:
             eff, _src = backend.efficiency(system)
-            cost = GpuCostModel(spec, eff)
+            cost = GpuCostModel(spec, eff, attention_kernel="torch-sdpa")
             for op in model.build(shape).ops:
                 t = cost(op).seconds
                 how = "strided" if op.attr(STRIDED) else ""

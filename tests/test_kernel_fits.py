@@ -234,9 +234,10 @@ def test_torch_sdpa_backward_runs_at_its_measured_rate() -> None:
 
 
 def test_a_decode_attention_launch_pays_its_fitted_latency() -> None:
-    """A decode-attention launch (one query per sequence) pays the fitted fixed latency
-    once on top of its bytes; a prefill of the same keys does not; the H100 fit comes from
-    the paged decode rows with the multi-head ones held out, and H200 inherits it."""
+    """A paged decode-attention launch (one query per sequence) pays the fitted fixed
+    latency once on top of its bytes; a prefill of the same keys and PyTorch's SDPA over a
+    contiguous cache do not; the H100 fit comes from the paged decode rows with the
+    multi-head ones held out, and H200 inherits it."""
     decode_attention_op = benchmark_module("fit_kernels").decode_attention_op
     h100 = shipped("h100-sxm")
     assert h100.decode_attention_latency_s > 0
@@ -253,5 +254,7 @@ def test_a_decode_attention_launch_pays_its_fitted_latency() -> None:
     assert with_latency.seconds - without.seconds == pytest.approx(h100.decode_attention_latency_s)
     prefill = replace(op, dims=(256, 256, 128))
     assert GpuCostModel(dev, h100)(prefill).overhead_s == h100.kernel_overhead_s
+    sdpa = GpuCostModel(dev, h100, attention_kernel="torch-sdpa")(op)  # contiguous cache
+    assert sdpa.overhead_s == h100.kernel_overhead_s
     with pytest.raises(XpusimError):
         GpuEfficiency(decode_attention_latency_s=-1e-6)

@@ -45,9 +45,11 @@ ATTENTION (flash-attention style)
     (FlashAttention-2's ``seqlenq_ngroups_swapped``, TensorRT-LLM's XQA), so ``q × group``
     rows are padded, not ``q``. Work units of ``attention_block_q`` query rows per (head,
     sequence) run in waves over the SMs, and with fewer units than SMs the keys are split
-    over SMs (flash-decoding), so no wave loss is charged. A decode launch also pays
+    over SMs (flash-decoding), so no wave loss is charged. A decode launch over a paged
+    cache (the ``flash-attn`` build, as serving engines call it) also pays
     ``decode_attention_latency_s`` once (the split-KV combine pass, the page walk), fitted
-    to paged decode kernels timed by context length.
+    to paged decode kernels timed by context length; PyTorch's SDPA over a contiguous
+    cache (``torch-sdpa``) does not.
 
     Decode kernel without group sharing (``decode_attention="per-head"``): the masked
     multi-head attention kernel of FasterTransformer and TensorRT-LLM up to v0.7 runs one
@@ -159,10 +161,14 @@ class GpuEfficiency:
 
     decode_attention_latency_s: float = 0.0
     """Fixed time of one decode-attention launch (one query per sequence, grouped kernel)
-    beyond ``kernel_overhead_s``: the split-KV kernel's second pass that combines the
-    partial results, the page-table walk, the ramp before the KV stream reaches its rate.
-    A paged decode of 64 sequences of 32 tokens takes 21 us on an H100 where its bytes
-    alone need 4 (``fa2_paged_decode_h100_a100_ort_pr21414``). 0 where no fit applies."""
+    of a paged KV cache, as serving engines run it, beyond ``kernel_overhead_s``: the
+    split-KV kernel's second pass that combines the partial results, the page-table walk,
+    the ramp before the KV stream reaches its rate. A paged decode of 64 sequences of 32
+    tokens takes 21 us on an H100 where its bytes alone need 4
+    (``fa2_paged_decode_h100_a100_ort_pr21414``). PyTorch's SDPA over a contiguous cache
+    (the ``torch-sdpa`` build) does not pay it: its decode calls timed on an H100 come out
+    within 3% without it (``calibrations/points/h100-sxm-2026-12-06.points.json``). 0
+    where no fit applies."""
 
     strided_elementwise_fraction: float = 1.0
     """Fraction of the streaming rate (``memory_fraction`` of the datasheet bandwidth) an
@@ -484,7 +490,8 @@ class GpuCostModel:
         if units >= self.sms:
             wave_factor = math.ceil(units / self.sms) * self.sms / units
         compute = flops * pad * wave_factor / rate
-        overhead = e.kernel_overhead_s + (e.decode_attention_latency_s if decode else 0.0)
+        paged = decode and self.attention_kernel != "torch-sdpa"  # SDPA: contiguous, one pass
+        overhead = e.kernel_overhead_s + (e.decode_attention_latency_s if paged else 0.0)
         return OpTime(compute, nbytes / self.bw, overhead)
 
     # -- everything -------------------------------------------------------------------

@@ -39,7 +39,7 @@ from typing import Any
 
 from xpusim.engine.device import DeviceSpec
 from xpusim.engine.errors import XpusimError
-from xpusim.engine.graph import Op
+from xpusim.engine.graph import Op, OpKind
 from xpusim.plugins.gpu import microbench
 from xpusim.plugins.gpu import points as points_mod
 from xpusim.plugins.gpu.builtin_params import builtin_params
@@ -70,10 +70,11 @@ def _log_err(model: GpuCostModel, pts: Sequence[tuple[Op, float]]) -> float:
 
 
 def _kernel(op: Op) -> str:
-    """The attention kernel build a timed ``op`` ran: a backward point is PyTorch SDPA's
-    (the microbenchmarks time it through ``scaled_dot_product_attention``), anything else
-    is priced as the default build."""
-    return "torch-sdpa" if is_backward(op) else "flash-attn"
+    """The attention kernel build a timed ``op`` ran: PyTorch SDPA's (the microbenchmarks
+    time attention through ``scaled_dot_product_attention`` over contiguous tensors: its
+    backward at ``sdpa_backward_ratio``, its decode without a paged kernel's launch
+    latency); a forward prices as the default build's either way."""
+    return "torch-sdpa" if op.kind is OpKind.ATTENTION else "flash-attn"
 
 
 def _with(eff: GpuEfficiency, changes: Mapping[str, Any]) -> GpuEfficiency:
