@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from xpusim.engine.errors import DoesNotFitError
 from xpusim.engine.host import Host
 from xpusim.engine.model import ModelInfo
 from xpusim.engine.run import simulate
@@ -151,3 +152,21 @@ def test_an_offline_run_reports_the_memory_its_limits_hold(host: Host, write_yam
     leaner = simulate(load_scenario(write_yaml(lean, "lean.yaml"), host), host).systems[0]
     assert leaner.figures["stack.runtime_memory_bytes"].value < fig.value
     assert leaner.metrics["throughput_tokens_per_s"] > run.metrics["throughput_tokens_per_s"]
+
+
+def test_slots_that_leave_no_cache_name_their_size_and_the_fix(
+    host: Host, write_yaml: Writer
+) -> None:
+    """An engine built for more slots than its device's memory leaves cache for does not
+    run: the reason gives the engine's runtime memory and the slot's, and names lowering
+    the scheduler's max_batch as a fix."""
+    text = (
+        SCENARIO.replace("STACK", "tensorrt-llm")
+        .replace("BATCH", "16384")
+        .replace("llama-3-70b", "llama-3-8b")
+        .replace("device: a100, count: 2, parallelism: {tensor: 2}", "device: l40s, count: 1")
+    )
+    with pytest.raises(
+        DoesNotFitError, match=r"MB a sequence slot.*workload\.scheduler\.max_batch"
+    ):
+        simulate(load_scenario(write_yaml(text), host), host)

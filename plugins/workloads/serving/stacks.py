@@ -404,6 +404,23 @@ class StackCompiled(Compiled):
         held = self.inner.fit(kv_tokens=0).breakdown
         return sum(parts.values()) - held.get("runtime_reserve", 0.0) - held.get("activations", 0.0)
 
+    def cache_shortfall(self, capacity_tokens: int, block_tokens: int) -> str | None:
+        """Why a KV cache of ``capacity_tokens`` holds no block of ``block_tokens`` when
+        the engine's runtime memory is what took the room (a sentence naming its size and
+        the fix), else ``None``."""
+        parts = self.engine_memory_parts()
+        if capacity_tokens >= block_tokens or not parts or self.limits is None:
+            return None
+        lim = self.limits
+        slot = parts["engine_slots"] / max(1, lim.max_batch)
+        return (
+            f"the weights and the {self.stack.name} engine's runtime memory for its limits "
+            f"({sum(parts.values()) / 1e9:.1f} GB a device at max_batch {lim.max_batch}, "
+            f"{slot / 1e6:.1f} MB a sequence slot) leave no room for a KV cache; lower "
+            "workload.scheduler.max_batch, use more devices per replica (tensor "
+            "parallelism) or a device with more memory"
+        )
+
     def kv_capacity_tokens(self, reserve_fraction: float = 0.9) -> int:
         """The wrapped model's KV capacity with ``reserve_fraction`` read as the stack
         reads its KV fraction: of total memory, or (``kv_fraction_of: free``) of what the
