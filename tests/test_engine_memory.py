@@ -18,12 +18,12 @@ from xpusim.plugins.workloads.serving.engine_memory import (
     EngineLimits,
     EngineMemory,
     EngineMemoryOverride,
-    load_engine_memory,
 )
 from xpusim.plugins.workloads.serving.stacks import (
     StackCompiled,
     StackOverride,
     load_profile,
+    load_runtime_memory,
     resolve_stack,
     stack_names,
 )
@@ -91,7 +91,7 @@ def test_the_in_flight_profile_states_its_memory_with_sources() -> None:
 def test_a_block_missing_a_figure_is_refused() -> None:
     """A profile's runtime_memory block must state every figure."""
     with pytest.raises(ValueError, match="slot_bytes"):
-        load_engine_memory({k: 1.0 for k in FIELDS if k != "slot_bytes"})
+        load_runtime_memory({k: 1.0 for k in FIELDS if k != "slot_bytes"})
 
 
 def test_a_scenario_overrides_a_figure_and_says_so() -> None:

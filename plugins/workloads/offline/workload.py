@@ -30,7 +30,6 @@ from pydantic import (
 )
 
 from xpusim.engine.budget import Work, request_work
-from xpusim.engine.errors import DoesNotFitError
 from xpusim.engine.metrics import THROUGHPUT_SAMPLES_PER_S, detail
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.policies import SchedulerSpec
@@ -253,9 +252,7 @@ class OfflineWorkload(Workload):
         limits = EngineLimits(spec.max_batch, spec.max_batch_tokens, longest)
         compiled = StackCompiled(ctx.compiled, stack, spec.steps, limits)
         capacity = compiled.kv_capacity_tokens(config.kv_memory_fraction)
-        short = compiled.cache_shortfall(capacity, config.kv_block_tokens)
-        if short:
-            raise DoesNotFitError(f"system {system.name!r}: {short}.")
+        compiled.check_cache(capacity, config.kv_block_tokens)
         res = simulate_serving(
             frame,
             compiled,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -110,26 +109,19 @@ class EngineMemoryOverride(BaseModel):
     )
 
 
-def load_engine_memory(raw: Mapping[str, Any] | None) -> EngineMemory | None:
-    """The profile's ``runtime_memory`` block (each field ``{value, source}``), or
-    ``None`` where the profile states none. A field missing from a stated block raises
-    ``ValueError`` naming it."""
-    if not raw:
+def engine_memory(values: Mapping[str, float], sources: Mapping[str, str]) -> EngineMemory | None:
+    """The runtime memory a profile states as ``values`` (with ``sources``) by figure, or
+    ``None`` where it states none. A stated block lacking a figure raises ``ValueError``
+    naming it."""
+    if not values:
         return None
-    missing = [k for k in FIELDS if k not in raw]
+    missing = [k for k in FIELDS if k not in values]
     if missing:
         raise ValueError(f"runtime_memory lacks {', '.join(missing)}")
-    values: dict[str, float] = {}
-    sources: dict[str, str] = {}
-    for k in FIELDS:
-        item = raw[k]
-        if isinstance(item, Mapping):
-            values[k] = float(item["value"])
-            sources[k] = "; ".join(str(item[s]) for s in ("source", "derivation") if item.get(s))
-        else:
-            values[k] = float(item)
-            sources[k] = "stack profile"
-    return EngineMemory(sources=sources, **values)
+    return EngineMemory(
+        sources={k: sources.get(k, "stack profile") for k in FIELDS},
+        **{k: float(values[k]) for k in FIELDS},
+    )
 
 
 def override_engine_memory(memory: EngineMemory | None, spec: EngineMemoryOverride) -> EngineMemory:

@@ -65,6 +65,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xpusim.engine.backend import Compiled, Cost, Fit
 from xpusim.engine.device import Figure
+from xpusim.engine.errors import DoesNotFitError
 from xpusim.engine.graph import Collective, Phase, Shape
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
@@ -74,7 +75,7 @@ from xpusim.plugins.workloads.serving.engine_memory import (
     EngineLimits,
     EngineMemory,
     EngineMemoryOverride,
-    load_engine_memory,
+    engine_memory,
     override_engine_memory,
 )
 
@@ -222,7 +223,7 @@ def load_profile(name: str) -> StackProfile:
         allreduce_max_bytes=float(sizes_of.get("max_bytes", 0)),
         allreduce_max_bytes_two=float(sizes_of.get("max_bytes_two_gpus", 0)),
         scheduler=dict(raw["scheduler"]),
-        runtime_memory=load_engine_memory(raw.get("runtime_memory")),
+        runtime_memory=load_runtime_memory(raw.get("runtime_memory")),
         sources={
             "host_step_s": _cited(raw["host_step_s"]),
             "host_per_seq_s": _cited(raw["host_per_seq_s"])
@@ -241,6 +242,17 @@ def load_profile(name: str) -> StackProfile:
             if "runtime_memory" in raw
             else "not stated in the profile: the backend's runtime reserve and activations",
         },
+    )
+
+
+def load_runtime_memory(raw: Mapping[str, Any] | None) -> EngineMemory | None:
+    """A profile's ``runtime_memory`` block (each figure ``{value, source}``, read as
+    every profile field is), or ``None`` where it states none; a stated block lacking a
+    figure raises ``ValueError`` naming it."""
+    block = dict(raw or {})
+    return engine_memory(
+        {k: float(_value(v)) for k, v in block.items()},
+        {k: _cited(v) for k, v in block.items()},
     )
 
 
@@ -395,30 +407,31 @@ class StackCompiled(Compiled):
             return {}
         return mem.parts(self.limits, self.model.info, self.system.parallelism.tensor)
 
-    def _engine_extra_bytes(self) -> float:
-        """The engine's runtime memory less what the backend's fit already holds for
-        the runtime (its reserve and batch-1 activations), per device."""
+    def _engine_extra_bytes(self, held: Mapping[str, float]) -> float:
+        """The engine's runtime memory less what the backend's fit (``held``, its
+        breakdown) already holds for the runtime (its reserve and batch-1 activations),
+        per device."""
         parts = self.engine_memory_parts()
         if not parts:
             return 0.0
-        held = self.inner.fit(kv_tokens=0).breakdown
         return sum(parts.values()) - held.get("runtime_reserve", 0.0) - held.get("activations", 0.0)
 
-    def cache_shortfall(self, capacity_tokens: int, block_tokens: int) -> str | None:
-        """Why a KV cache of ``capacity_tokens`` holds no block of ``block_tokens`` when
-        the engine's runtime memory is what took the room (a sentence naming its size and
-        the fix), else ``None``."""
+    def check_cache(self, capacity_tokens: int, block_tokens: int) -> None:
+        """Raise :class:`~xpusim.engine.errors.DoesNotFitError` when a KV cache of
+        ``capacity_tokens`` holds no block of ``block_tokens`` because the engine's
+        runtime memory took the room, naming its size and the fix; otherwise leave the
+        world's own check to speak."""
         parts = self.engine_memory_parts()
         if capacity_tokens >= block_tokens or not parts or self.limits is None:
-            return None
+            return
         lim = self.limits
         slot = parts["engine_slots"] / max(1, lim.max_batch)
-        return (
-            f"the weights and the {self.stack.name} engine's runtime memory for its limits "
-            f"({sum(parts.values()) / 1e9:.1f} GB a device at max_batch {lim.max_batch}, "
-            f"{slot / 1e6:.1f} MB a sequence slot) leave no room for a KV cache; lower "
-            "workload.scheduler.max_batch, use more devices per replica (tensor "
-            "parallelism) or a device with more memory"
+        raise DoesNotFitError(
+            f"system {self.system.name!r}: the weights and the {self.stack.name} engine's "
+            f"runtime memory for its limits ({sum(parts.values()) / 1e9:.1f} GB a device at "
+            f"max_batch {lim.max_batch}, {slot / 1e6:.1f} MB a sequence slot) leave no room "
+            "for a KV cache; lower workload.scheduler.max_batch, use more devices per "
+            "replica (tensor parallelism) or a device with more memory."
         )
 
     def kv_capacity_tokens(self, reserve_fraction: float = 0.9) -> int:
@@ -429,10 +442,10 @@ class StackCompiled(Compiled):
         (:meth:`engine_memory_parts`) is held first."""
         f = reserve_fraction
         have = self.system.device.memory_bytes.value
-        extra = self._engine_extra_bytes()
+        fit = self.inner.fit(kv_tokens=0)
+        extra = self._engine_extra_bytes(fit.breakdown)
         if self.stack.kv_fraction_of == "free" and have > 0:
-            need = self.inner.fit(kv_tokens=0).need_bytes + extra
-            f = min(1.0, f + (1.0 - f) * need / have)
+            f = min(1.0, f + (1.0 - f) * (fit.need_bytes + extra) / have)
         if have > 0:
             f -= extra / have
         return self.inner.kv_capacity_tokens(f) if f > 0 else 0

@@ -47,7 +47,7 @@ from pydantic_core import InitErrorDetails
 from xpusim.engine import tracereg
 from xpusim.engine.backend import Compiled, Fit
 from xpusim.engine.budget import Work, check_work, request_work
-from xpusim.engine.errors import DoesNotFitError, PluginError, TraceError, XpusimError
+from xpusim.engine.errors import PluginError, TraceError, XpusimError
 from xpusim.engine.metrics import Metric, detail
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.policies import (
@@ -598,9 +598,7 @@ class ServingWorkload(Workload):
             tech.price(spec, run)
         compiled = stacked(run.compiled)
         run.kv_capacity_tokens = compiled.kv_capacity_tokens(config.kv_memory_fraction)
-        short = compiled.cache_shortfall(run.kv_capacity_tokens, config.kv_block_tokens)
-        if short:
-            raise DoesNotFitError(f"system {system.name!r}: {short}.")
+        compiled.check_cache(run.kv_capacity_tokens, config.kv_block_tokens)
         for tech, spec in on:
             tech.replay(spec, run)
         served = None
