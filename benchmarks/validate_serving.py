@@ -336,16 +336,14 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     (``table -`` for the rows written one by one) and per GPU."""
     out: dict[str, dict[str, float]] = {}
     groups: dict[str, list[dict[str, Any]]] = {"all": list(rows)}
-    for r in rows:
-        groups.setdefault(r["kind"], []).append(r)
-    for r in rows:
-        groups.setdefault(f"table {r.get('table') or '-'}", []).append(r)
-    for r in rows:
-        groups.setdefault(f"gpu {r['gpu']}", []).append(r)
+    for key in ("kind", "table", "gpu"):
+        for r in rows:
+            name = r["kind"] if key == "kind" else f"{key} {r.get(key) or '-'}"
+            groups.setdefault(name, []).append(r)
     for name, members in groups.items():
-        errs = [abs(r["error"]) for r in members if r.get("status") == "ok"]
         if not members:
             continue
+        errs = [abs(r["error"]) for r in members if r.get("status") == "ok"]
         out[name] = {
             "rows": len(members),
             "median": statistics.median(errs) if errs else float("nan"),
