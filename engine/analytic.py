@@ -45,17 +45,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from xpusim.engine.backend import Compiled, Cost, Fit, StageCosts
+from xpusim.engine.collectives import P2PSchedule
 from xpusim.engine.device import DeviceSpec, Figure
 from xpusim.engine.graph import Collective, Op, OpGraph, OpKind, Phase, Shape
 from xpusim.engine.model import ModelGraph
 from xpusim.engine.power import PowerModel
 from xpusim.engine.system import System
 
-P2PPricer = Callable[[str], tuple[Callable[[float, int], float] | None, str]]
+P2PPrice = Callable[[float, int, P2PSchedule], float]
+"""The seconds of one all-reduce of ``(bytes per device, group, schedule)`` inside a node
+by one peer-to-peer kernel (:data:`~xpusim.engine.collectives.P2PSchedule`)."""
+
+P2PPricer = Callable[[str], tuple[P2PPrice | None, str]]
 """A backend's model of the serving engines' peer-to-peer all-reduce kernels: for a kernel
-name, the seconds of one all-reduce of ``(bytes per device, group)`` inside a node, or
-``None`` where the backend has no profile of it on this system, and a sentence saying
-which (:meth:`AnalyticCompiled.with_allreduce_kernel`)."""
+name, its :data:`P2PPrice`, or ``None`` where the backend has no profile of it on this
+system, and a sentence saying which (:meth:`AnalyticCompiled.with_allreduce_kernel`)."""
 
 __all__ = ["BREAKDOWN_KEYS", "AnalyticCompiled", "OpTime", "roofline"]
 
@@ -172,13 +176,15 @@ class AnalyticCompiled(Compiled):
             self._coll_memo[key] = t
         return t
 
-    def with_allreduce_kernel(self, kernel: str, max_bytes: float) -> tuple[Compiled, str]:
+    def with_allreduce_kernel(
+        self, kernel: str, max_bytes: float, *, schedule: P2PSchedule = "cheaper"
+    ) -> tuple[Compiled, str]:
         """A copy whose all-reduces of at most ``max_bytes`` per device over a group
         inside one node are priced by the backend's ``p2p_allreduce`` model of
-        ``kernel``, the rest as before; this compilation itself where the backend gives
-        no such model (see :meth:`Compiled.with_allreduce_kernel`)."""
+        ``kernel`` on ``schedule``, the rest as before; this compilation itself where the
+        backend gives no such model (see :meth:`Compiled.with_allreduce_kernel`)."""
         if self.p2p_allreduce is None:
-            return super().with_allreduce_kernel(kernel, max_bytes)
+            return super().with_allreduce_kernel(kernel, max_bytes, schedule=schedule)
         price, how = self.p2p_allreduce(kernel)
         if price is None:
             return self, how
@@ -187,14 +193,17 @@ class AnalyticCompiled(Compiled):
 
         def collective(kind: Collective, nbytes: float, group: int) -> float:
             if kind is Collective.ALL_REDUCE and 1 < group <= per_node and nbytes <= max_bytes:
-                return price(nbytes, group)
+                return price(nbytes, group, schedule)
             return library(kind, nbytes, group)
 
         clone = copy.copy(self)
         clone.collective = collective
         clone._memo = {}
         clone._coll_memo = {}
-        return clone, f"{how}; all-reduces of at most {max_bytes:.0f} B per device in a node"
+        shots = "one-shot only" if schedule == "one-shot" else "one-shot or two-shot, the cheaper"
+        return clone, (
+            f"{how}; all-reduces of at most {max_bytes:.0f} B per device in a node, {shots}"
+        )
 
     def graph(self, shape: Shape) -> OpGraph:
         """The (optionally fused) per-device graph of one pipeline stage for ``shape``."""

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from xpusim.engine.apiversion import API_VERSION as API_VERSION
+from xpusim.engine.collectives import P2PSchedule
 from xpusim.engine.device import DeviceSpec, Figure
 from xpusim.engine.errors import UnsupportedError
 from xpusim.engine.graph import Collective, Shape
@@ -198,15 +199,19 @@ class Compiled(ABC):
         del kind, nbytes, group
         return None
 
-    def with_allreduce_kernel(self, kernel: str, max_bytes: float) -> tuple[Compiled, str]:
+    def with_allreduce_kernel(
+        self, kernel: str, max_bytes: float, *, schedule: P2PSchedule = "cheaper"
+    ) -> tuple[Compiled, str]:
         """This compilation with its all-reduces of at most ``max_bytes`` per device over
         a group inside one node run by a serving engine's own peer-to-peer kernel
         ``kernel`` (``vllm``: vLLM's ``custom_all_reduce``, which SGLang also runs;
-        ``trtllm``: TensorRT-LLM's custom all-reduce) instead of the collective library,
-        and a sentence saying how they are priced. The default keeps this compilation
-        and says so: a backend with no model of such kernels prices every collective as
-        it does."""
-        del max_bytes
+        ``trtllm``: TensorRT-LLM's custom all-reduce) on ``schedule`` (the cheaper of
+        its one-shot and two-shot schedules, or one-shot only:
+        :data:`~xpusim.engine.collectives.P2PSchedule`) instead of the collective
+        library, and a sentence saying how they are priced. The default keeps this
+        compilation and says so: a backend with no model of such kernels prices every
+        collective as it does."""
+        del max_bytes, schedule
         return self, (
             f"{kernel} peer-to-peer all-reduce not modelled by the {self.system.backend} "
             "backend: collectives priced as the backend prices them"

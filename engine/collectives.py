@@ -68,6 +68,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from xpusim.engine.device import DeviceSpec
 from xpusim.engine.graph import Collective
@@ -79,8 +80,10 @@ ALGORITHMS = ("auto", "ring", "tree", "hierarchical")
 __all__ = [
     "ALGORITHMS",
     "LIBRARY_ALGORITHMS",
+    "P2P_SCHEDULES",
     "FabricProfile",
     "P2PAllReduce",
+    "P2PSchedule",
     "Protocol",
     "collective_seconds",
     "flat_seconds",
@@ -532,14 +535,35 @@ class P2PAllReduce:
             raise ValueError(f"p2p all-reduce {self.name!r}: efficiency must be in (0, 1]")
 
 
-def p2p_allreduce_seconds(nbytes: float, p: int, bw: float, kernel: P2PAllReduce) -> float:
+P2PSchedule = Literal["cheaper", "one-shot"]
+"""Which of a peer-to-peer kernel's schedules an engine runs: ``cheaper`` (the engine
+switches from one-shot to two-shot as the buffer grows, as vLLM's ``custom_all_reduce``
+does) or ``one-shot`` only (TensorRT-LLM's AUTO strategy from v0.12.0, its two-shot
+disabled: messages too large for one-shot go to the collective library instead)."""
+
+P2P_SCHEDULES: tuple[P2PSchedule, ...] = ("cheaper", "one-shot")
+"""The values of :data:`P2PSchedule`."""
+
+
+def p2p_allreduce_seconds(
+    nbytes: float,
+    p: int,
+    bw: float,
+    kernel: P2PAllReduce,
+    schedule: P2PSchedule = "cheaper",
+) -> float:
     """One all-reduce of ``nbytes`` per device over ``p`` devices of one node by the
     peer-to-peer ``kernel`` on a scale-up link of ``bw`` bytes/s per device and direction
-    (:class:`P2PAllReduce`: the cheaper of one-shot and two-shot)."""
+    (:class:`P2PAllReduce`), run on ``schedule``: the cheaper of one-shot and two-shot, or
+    one-shot."""
     _check(nbytes, p, bw)
+    if schedule not in P2P_SCHEDULES:
+        raise ValueError(f"unknown p2p schedule {schedule!r}; known: {', '.join(P2P_SCHEDULES)}")
     if p <= 1:
         return 0.0
     rate = kernel.efficiency * bw
     one = kernel.one_shot_s + (p - 1) * nbytes / rate
+    if schedule == "one-shot":
+        return one
     two = kernel.two_shot_s + 2.0 * (p - 1) / p * nbytes / rate
     return min(one, two)

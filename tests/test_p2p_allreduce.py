@@ -61,6 +61,17 @@ def test_one_shot_for_small_buffers_two_shot_for_large() -> None:
     assert p2p_allreduce_seconds(large, p, bw, KERNEL) == pytest.approx(two)
     assert p2p_allreduce_seconds(large, 1, bw, KERNEL) == 0.0
     assert p2p_allreduce_seconds(large, 2, bw, KERNEL) == pytest.approx(5e-6 + large / rate)
+
+
+def test_one_shot_schedule_keeps_one_shot_where_two_shot_is_cheaper() -> None:
+    """An engine that runs one-shot alone pays every peer's whole buffer even where the
+    two-shot schedule would move less; an unknown schedule is refused by name."""
+    bw, p, large = 400e9, 8, 64 * 2**20
+    one = 5e-6 + 7 * large / (0.5 * bw)
+    assert p2p_allreduce_seconds(large, p, bw, KERNEL, "one-shot") == pytest.approx(one)
+    assert p2p_allreduce_seconds(large, p, bw, KERNEL) < one
+    with pytest.raises(ValueError, match="three-shot"):
+        p2p_allreduce_seconds(large, p, bw, KERNEL, "three-shot")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="efficiency"):
         P2PAllReduce("bad", 1e-6, 1e-6, 1.5)
 
@@ -229,8 +240,44 @@ def test_tensorrt_llm_kernel_takes_twice_the_bytes_on_two_gpus(
     assert on2.collective_seconds(AR, n, 2) < h100_2.collective_seconds(AR, n, 2)
     assert on4.collective_seconds(AR, n, 4) == h100_4.collective_seconds(AR, n, 4)
     assert on2.figures_used()["stack.allreduce_max_bytes"].value == 16e6
-    assert on4.figures_used()["stack.allreduce_max_bytes"].value == 8e6
+    assert on4.figures_used()["stack.allreduce_max_bytes"].value == 1e6  # one-shot's limit
     fixed = resolve_stack(StackOverride(name="tensorrt-llm", allreduce_max_bytes=4_000_000))
     assert fixed.allreduce_limit(2) == fixed.allreduce_limit(4) == 4e6
     named = resolve_stack(StackOverride(name="vllm-0.6", allreduce="trtllm"))
     assert (named.allreduce_limit(2), named.allreduce_limit(4)) == (16e6, 8e6)
+
+
+def test_tensorrt_llm_012_runs_one_shot_alone_and_nccl_above_its_limit(
+    host: Host, write_yaml: Writer
+) -> None:
+    """TensorRT-LLM 0.12's AUTO strategy disabled two-shot: one-shot on two GPUs up to the
+    workspace, below 1,000,000 bytes on 3-4 GPUs, below 500,000 on more; every larger
+    all-reduce goes to NCCL. So at TP 4 a 2 MB all-reduce costs what NCCL's does and a
+    0.5 MB one the kernel's one-shot, while vLLM's kernel keeps the cheaper schedule."""
+    prof = load_profile("tensorrt-llm")
+    assert prof.allreduce_plan(2) == (16e6, "one-shot")
+    assert prof.allreduce_plan(4) == (1e6, "one-shot")
+    assert prof.allreduce_plan(8) == (5e5, "one-shot")
+    assert load_profile("vllm-0.6").allreduce_plan(4) == (8 * 2**20, "cheaper")
+    h100 = compile_all(host, load_scenario(write_yaml(SCENARIO), host))[0]
+    trt = StackCompiled(h100, prof)
+    assert trt.collective_seconds(AR, 2e6, 4) == h100.collective_seconds(AR, 2e6, 4)
+    one_shot, _ = h100.with_allreduce_kernel("trtllm", 1e6, schedule="one-shot")
+    assert trt.collective_seconds(AR, 5e5, 4) == one_shot.collective_seconds(AR, 5e5, 4)
+    assert trt.collective_seconds(AR, 5e5, 4) < h100.collective_seconds(AR, 5e5, 4)
+    assert "one-shot only" in trt.allreduce_how
+
+
+def test_scenario_may_restate_the_one_shot_rule() -> None:
+    """``allreduce_one_shot_below: {}`` gives the kernel back its cheaper schedule over
+    the whole workspace; naming another kernel drops the profile's rule (it was its own
+    kernel's); a table with a group under two or no bytes is refused."""
+    free = resolve_stack(StackOverride(name="tensorrt-llm", allreduce_one_shot_below={}))
+    assert free.allreduce_plan(4) == (8e6, "cheaper")
+    assert free.sources["allreduce_one_shot_below"] == "scenario override (workload.stack)"
+    tight = resolve_stack(StackOverride(name="tensorrt-llm", allreduce_one_shot_below={8: 250_000}))
+    assert tight.allreduce_plan(4) == (250_000, "one-shot")
+    vllm = resolve_stack(StackOverride(name="tensorrt-llm", allreduce="vllm"))
+    assert vllm.allreduce_plan(4) == (KERNEL_MAX_BYTES["vllm"], "cheaper")
+    with pytest.raises(ValueError, match="at least 2 devices"):
+        resolve_stack(StackOverride(name="tensorrt-llm", allreduce_one_shot_below={1: 1e6}))

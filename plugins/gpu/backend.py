@@ -35,8 +35,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from xpusim.engine import collectives
-from xpusim.engine.analytic import AnalyticCompiled, P2PPricer
+from xpusim.engine.analytic import AnalyticCompiled, P2PPrice, P2PPricer
 from xpusim.engine.backend import Backend, Support
+from xpusim.engine.collectives import P2PSchedule
 from xpusim.engine.device import DeviceSpec, Figure
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Collective
@@ -218,13 +219,13 @@ class GpuBackend(Backend):
         rate."""
         bw = system.topology.intra_bw
 
-        def pricer(kernel: str) -> tuple[Callable[[float, int], float] | None, str]:
+        def pricer(kernel: str) -> tuple[P2PPrice | None, str]:
             prof, how = p2p_kernel_for(system.device, kernel)
             if prof is None:
                 return None, how
 
-            def price(nbytes: float, group: int) -> float:
-                return collectives.p2p_allreduce_seconds(nbytes, group, bw, prof)
+            def price(nbytes: float, group: int, schedule: P2PSchedule) -> float:
+                return collectives.p2p_allreduce_seconds(nbytes, group, bw, prof, schedule)
 
             return price, how
 

@@ -41,6 +41,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
 from xpusim.engine.backend import Compiled, Cost
+from xpusim.engine.collectives import P2PSchedule
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.metrics import Metric, detail
@@ -174,12 +175,14 @@ class SpeculativeCompiled(WrappedCompiled):
         self.verify = verify or k + 1
         self.width = width
 
-    def _rewrapped(self, inner: Compiled, kernel: str, max_bytes: float) -> Compiled:
+    def _rewrapped(
+        self, inner: Compiled, kernel: str, max_bytes: float, schedule: P2PSchedule
+    ) -> Compiled:
         """The wrapper over the switched target, its draft's all-reduces switched too."""
-        clone = super()._rewrapped(inner, kernel, max_bytes)
+        clone = super()._rewrapped(inner, kernel, max_bytes, schedule)
         assert isinstance(clone, SpeculativeCompiled)
         clone.target = inner
-        clone.draft = self.draft.with_allreduce_kernel(kernel, max_bytes)[0]
+        clone.draft = self.draft.with_allreduce_kernel(kernel, max_bytes, schedule=schedule)[0]
         return clone
 
     def _verify(self, part: Shape) -> Shape:

@@ -26,7 +26,12 @@ iteration:
   custom all-reduce plugin) or ``library`` (NCCL/RCCL for every all-reduce); the
   backend prices the kernel where it has a profile of it on the system's fabric and says
   so otherwise (:meth:`~xpusim.engine.backend.Compiled.with_allreduce_kernel`); larger
-  all-reduces and groups spanning nodes run on the library;
+  all-reduces and groups spanning nodes run on the library. The kernel runs the cheaper
+  of its one-shot and two-shot schedules unless the profile gives
+  ``allreduce_one_shot_below`` (largest group size to bytes): the engine then runs
+  one-shot alone, on messages below that size for the group, and hands larger ones to
+  the library (TensorRT-LLM's AUTO strategy from v0.12.0, which disabled two-shot;
+  :meth:`StackProfile.allreduce_plan`);
 * ``kv_memory_fraction`` and ``scheduler`` — the engine's defaults, used when the scenario
   does not set them; ``kv_fraction_of`` says what the fraction is of: ``total`` device
   memory that weights, activations and KV cache share (vLLM's
@@ -64,6 +69,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from xpusim.engine.backend import Compiled, Cost, Fit
+from xpusim.engine.collectives import P2PSchedule
 from xpusim.engine.device import Figure
 from xpusim.engine.errors import DoesNotFitError
 from xpusim.engine.graph import Collective, Phase, Shape
@@ -129,6 +135,7 @@ class StackProfile:
     allreduce: str = "library"
     allreduce_max_bytes: float = 0.0
     allreduce_max_bytes_two: float = 0.0
+    allreduce_one_shot_below: tuple[tuple[int, float], ...] = ()
     runtime_memory: EngineMemory | None = None
 
     def allreduce_limit(self, group: int) -> float:
@@ -138,6 +145,21 @@ class StackProfile:
         if group <= 2 and self.allreduce_max_bytes_two > 0:
             return self.allreduce_max_bytes_two
         return self.allreduce_max_bytes
+
+    def allreduce_plan(self, group: int) -> tuple[float, P2PSchedule]:
+        """The largest all-reduce, bytes per device, the stack's kernel runs in a group
+        of ``group`` devices, and on which schedule: within :meth:`allreduce_limit` on
+        the cheaper of one-shot and two-shot; where ``allreduce_one_shot_below`` is
+        given, one-shot alone below the bytes of its first entry whose group size is at
+        least ``group`` (the last entry beyond them), the rest on the library."""
+        limit = self.allreduce_limit(group)
+        if not self.allreduce_one_shot_below:
+            return limit, "cheaper"
+        below = next(
+            (b for g, b in self.allreduce_one_shot_below if group <= g),
+            self.allreduce_one_shot_below[-1][1],
+        )
+        return min(limit, below), "one-shot"
 
     def graph_batch(self, batch: int) -> int | None:
         """The captured batch size a decode of ``batch`` sequences runs at, or ``None``
@@ -182,6 +204,11 @@ class StackOverride(BaseModel):
     allreduce_max_bytes: int | None = Field(
         default=None, ge=0, description="largest all-reduce, bytes per device, the kernel runs"
     )
+    allreduce_one_shot_below: dict[int, float] | None = Field(
+        default=None,
+        description="largest group size to bytes: the kernel runs one-shot alone, below "
+        "those bytes, the rest on the library ({} for the cheaper of one- and two-shot)",
+    )
     runtime_memory: EngineMemoryOverride | None = Field(
         default=None, description="the engine's memory besides weights and KV cache"
     )
@@ -222,6 +249,7 @@ def load_profile(name: str) -> StackProfile:
         allreduce=str(_value(ar)),
         allreduce_max_bytes=float(sizes_of.get("max_bytes", 0)),
         allreduce_max_bytes_two=float(sizes_of.get("max_bytes_two_gpus", 0)),
+        allreduce_one_shot_below=one_shot_table(sizes_of.get("one_shot_below") or {}),
         scheduler=dict(raw["scheduler"]),
         runtime_memory=load_runtime_memory(raw.get("runtime_memory")),
         sources={
@@ -243,6 +271,19 @@ def load_profile(name: str) -> StackProfile:
             else "not stated in the profile: the backend's runtime reserve and activations",
         },
     )
+
+
+def one_shot_table(raw: Mapping[Any, Any]) -> tuple[tuple[int, float], ...]:
+    """``allreduce_one_shot_below`` from its mapping of largest group size to bytes,
+    sorted by group; a group under 2 or a size not above 0 raises ``ValueError``."""
+    table = tuple(sorted((int(g), float(b)) for g, b in raw.items()))
+    for g, b in table:
+        if g < 2 or not b > 0:
+            raise ValueError(
+                f"allreduce one_shot_below: {g}: {b} needs a group of at least 2 devices "
+                "and a size above 0 bytes (.inf for every size the kernel takes)"
+            )
+    return table
 
 
 def load_runtime_memory(raw: Mapping[str, Any] | None) -> EngineMemory | None:
@@ -281,6 +322,10 @@ def resolve_stack(spec: str | StackOverride | None) -> StackProfile:
     if spec.allreduce is not None and spec.allreduce_max_bytes is None and kernel_changed:
         changes["allreduce_max_bytes"] = KERNEL_MAX_BYTES[spec.allreduce]
         changes["allreduce_max_bytes_two"] = KERNEL_MAX_BYTES_TWO.get(spec.allreduce, 0.0)
+    if spec.allreduce is not None and spec.allreduce != prof.allreduce:
+        changes["allreduce_one_shot_below"] = ()  # the profile's rule was its own kernel's
+    if spec.allreduce_one_shot_below is not None:
+        changes["allreduce_one_shot_below"] = one_shot_table(spec.allreduce_one_shot_below)
     elif spec.allreduce_max_bytes is not None:  # the scenario's size, on any group
         changes["allreduce_max_bytes_two"] = 0.0
     if "allreduce_max_bytes" in changes:
@@ -362,10 +407,10 @@ class StackCompiled(Compiled):
         super().__init__(inner.system, inner.model)
         self.limits = limits
         self.allreduce_how = "every all-reduce on the collective library"
-        self.allreduce_max_bytes = stack.allreduce_limit(inner.system.parallelism.tensor)
+        self.allreduce_max_bytes, schedule = stack.allreduce_plan(inner.system.parallelism.tensor)
         if stack.allreduce != "library" and self.allreduce_max_bytes > 0:
             inner, self.allreduce_how = inner.with_allreduce_kernel(
-                stack.allreduce, self.allreduce_max_bytes
+                stack.allreduce, self.allreduce_max_bytes, schedule=schedule
             )
         self.inner = inner
         self.stack = stack

@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 from xpusim.engine.backend import Compiled, Fit
+from xpusim.engine.collectives import P2PSchedule
 
 
 class WrappedCompiled(Compiled):
@@ -39,19 +40,23 @@ class WrappedCompiled(Compiled):
         """The wrapped model's collective pricing."""
         return self.inner.collective_seconds(kind, nbytes, group)
 
-    def with_allreduce_kernel(self, kernel: str, max_bytes: float) -> tuple[Compiled, str]:
+    def with_allreduce_kernel(
+        self, kernel: str, max_bytes: float, *, schedule: P2PSchedule = "cheaper"
+    ) -> tuple[Compiled, str]:
         """A copy over the wrapped model with its all-reduces on ``kernel``, or this
         wrapper where the wrapped model keeps its own (and the sentence saying why)."""
-        inner, how = self.inner.with_allreduce_kernel(kernel, max_bytes)
+        inner, how = self.inner.with_allreduce_kernel(kernel, max_bytes, schedule=schedule)
         if inner is self.inner:
             return self, how
-        return self._rewrapped(inner, kernel, max_bytes), how
+        return self._rewrapped(inner, kernel, max_bytes, schedule), how
 
-    def _rewrapped(self, inner: Compiled, kernel: str, max_bytes: float) -> Compiled:
+    def _rewrapped(
+        self, inner: Compiled, kernel: str, max_bytes: float, schedule: P2PSchedule
+    ) -> Compiled:
         """This wrapper over ``inner`` (the wrapped model with its all-reduces switched),
         with no step price kept; a subclass holding other compiled models switches them
         too."""
-        del kernel, max_bytes
+        del kernel, max_bytes, schedule
         clone = copy.copy(self)
         clone.inner = inner
         clone._memo = {}
