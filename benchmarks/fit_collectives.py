@@ -87,6 +87,13 @@ FABRICS: dict[str, dict[str, Any]] = {
         "nvls_min_group": 5,
         "mesh_links": 0,
         "devices": "H100 SXM, H200 (NVLink 4 through NVSwitch)",
+        "nvls_rank_buffer_bytes": 301989888,
+        "nvls_buffer_min_group": 3,
+        "nvls_buffers_source": "vllm-project/vllm#9699 (2024-10-25, 8x H200): NCCL's log "
+        "'NVLS comm ... nHeads 8 buffSize 4194304 memSize 2097152 nvlsPerRankSize 301989888 "
+        "nvlsTotalSize 2415919104' (nvlsTotalSize = nvlsPerRankSize x nHeads, bound on each "
+        "GPU), and 'NVLS is only enabled for n > 2 GPUs'; disabling NVLS "
+        "(NCCL_NVLS_ENABLE=0) left vLLM more KV-cache blocks than the 17,595 it had with it",
     },
     "nvlink3": {
         "sweep": "a100_8gpu_nccl_tests_allreduce_sweep",
@@ -340,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
             "nvls_launch_s": prof.nvls_launch_s,
             "nvls_efficiency": prof.nvls_efficiency,
             "mesh_links": prof.mesh_links,
+            **{
+                k: spec[k]
+                for k in ("nvls_rank_buffer_bytes", "nvls_buffer_min_group", "nvls_buffers_source")
+                if k in spec
+            },
             "error": reports[name],
         }
     args.out.write_text(

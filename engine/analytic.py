@@ -107,6 +107,9 @@ class AnalyticCompiled(Compiled):
     ``catalog`` (the backend's devices) lets :meth:`fit` suggest a device with enough
     memory; ``reserve_bytes``/``reserve_note`` are the fixed per-device runtime memory the
     backend states (for example CUDA context and cuBLAS workspace) and why;
+    ``collective_buffer_bytes``/``collective_buffer_note`` the collective library's buffers
+    for the model-parallel communicator, held in an inference fit (not a training one:
+    a training plan's reserve is its own) and why;
     ``p2p_allreduce`` the backend's model of the serving engines' own all-reduce kernels
     (:data:`P2PPricer`), which :meth:`with_allreduce_kernel` switches to.
     """
@@ -125,6 +128,8 @@ class AnalyticCompiled(Compiled):
         reserve_note: str = "",
         assumptions: Mapping[str, Figure] | None = None,
         p2p_allreduce: P2PPricer | None = None,
+        collective_buffer_bytes: float = 0.0,
+        collective_buffer_note: str = "",
     ) -> None:
         super().__init__(system, model)
         self.price_op = price_op
@@ -134,6 +139,8 @@ class AnalyticCompiled(Compiled):
         self.catalog = dict(catalog or {})
         self.reserve_bytes = float(reserve_bytes)
         self.reserve_note = reserve_note
+        self.collective_buffer_bytes = float(collective_buffer_bytes)
+        self.collective_buffer_note = collective_buffer_note
         self.assumptions = dict(assumptions or {})
         self.p2p_allreduce = p2p_allreduce
         self._op_memo: dict[Op, OpTime] = {}
@@ -152,6 +159,11 @@ class AnalyticCompiled(Compiled):
         if self.reserve_bytes:
             out["memory.runtime_reserve"] = Figure(
                 self.reserve_bytes, assumption=self.reserve_note or "runtime memory reserve"
+            )
+        if self.collective_buffer_bytes:
+            out["memory.collective_buffers"] = Figure(
+                self.collective_buffer_bytes,
+                assumption=self.collective_buffer_note or "collective library buffers",
             )
         out.update(self.assumptions)
         return out
@@ -315,6 +327,8 @@ class AnalyticCompiled(Compiled):
             "activations": self.activation_bytes(batch, training),
             "runtime_reserve": self.reserve_bytes,
         }
+        if self.collective_buffer_bytes and not training:
+            parts["collective_buffers"] = self.collective_buffer_bytes
         if isinstance(extra_bytes, Mapping):
             for k, v in extra_bytes.items():
                 parts[k] = parts.get(k, 0.0) + float(v)

@@ -105,7 +105,8 @@ class Compiled(ABC):
     where it knows better: :meth:`stage_costs` (training's forward/backward split),
     :meth:`collective_seconds` (collectives at the backend's link rates),
     :meth:`with_allreduce_kernel` (a serving engine's own all-reduce kernel),
-    :attr:`reserve_bytes` (fixed runtime memory per device), :attr:`samples_in_turn`
+    :attr:`reserve_bytes` (fixed runtime memory per device),
+    :attr:`collective_buffer_bytes` (the collective library's buffers), :attr:`samples_in_turn`
     (a batch's samples run one after the other), :attr:`replicas` and
     :meth:`rebind` (event-driven backends whose cost depends on a workload's run
     settings), :meth:`mapping_facts` (what a placing backend decided),
@@ -115,6 +116,11 @@ class Compiled(ABC):
     reserve_bytes: float = 0.0
     """Fixed runtime memory per device (runtime context, library workspaces) that every
     plan needs besides weights, activations and optimizer state; default none."""
+
+    collective_buffer_bytes: float = 0.0
+    """Memory per device the collective library binds for the model-parallel group's
+    communicator (NCCL's NVLink SHARP buffers on NVSwitch GPUs), held beside the runtime
+    reserve when an inference run sizes its KV cache; default none."""
 
     samples_in_turn: bool = False
     """Whether a step of a batch runs its samples in turn, the k-th finished when a step

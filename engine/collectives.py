@@ -349,6 +349,10 @@ class FabricProfile:
     * ``mesh_links``: a full mesh with a dedicated link to each of ``mesh_links`` peers
       (MI300X Infinity Fabric): the catalog bandwidth is the sum over all peers, so a
       group of ``p`` devices drives only ``p-1`` of the links;
+    * ``nvls_rank_buffer_bytes``: the memory the library binds on each device, per device
+      of the communicator, for NVLS buffers when it sets NVLS up (groups of at least
+      ``nvls_buffer_min_group`` devices), whether or not its tuner then picks NVLS for a
+      given size (:meth:`buffer_bytes`);
     * ``source``: the sweeps it was fitted to, with in-sample and held-out error.
     """
 
@@ -360,6 +364,8 @@ class FabricProfile:
     nvls_efficiency: float = 1.0
     mesh_links: int = 0
     source: str = ""
+    nvls_rank_buffer_bytes: float = 0.0
+    nvls_buffer_min_group: int = 3
 
     def __post_init__(self) -> None:
         if not self.protocols:
@@ -368,6 +374,17 @@ class FabricProfile:
             raise ValueError(f"fabric profile {self.name!r}: nvls_efficiency must be in (0, 2]")
         if self.mesh_links < 0:
             raise ValueError(f"fabric profile {self.name!r}: negative mesh_links")
+        if self.nvls_rank_buffer_bytes < 0:
+            raise ValueError(f"fabric profile {self.name!r}: negative nvls_rank_buffer_bytes")
+
+    def buffer_bytes(self, group: int) -> float:
+        """Bytes the library binds on each device for the NVLS buffers of one
+        communicator of ``group`` devices inside a node: ``nvls_rank_buffer_bytes`` per
+        device of the group where the fabric has NVLS and the group has at least
+        ``nvls_buffer_min_group`` devices, else none."""
+        if not self.nvls or group < self.nvls_buffer_min_group:
+            return 0.0
+        return self.nvls_rank_buffer_bytes * group
 
     def group_bandwidth(self, bw: float, p: int) -> float:
         """Per-device bandwidth a group of ``p`` devices drives on a link of ``bw``: all of

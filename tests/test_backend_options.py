@@ -127,6 +127,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "collective_algorithm": "tree",
         "decode_attention": "per-head",
         "attention_kernel": "torch-sdpa",
+        "nccl_nvls": False,
     },
     "spinnaker": {
         "time_scale_factor": 2,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -225,3 +226,15 @@ def test_fitted_fabrics_match_public_sweeps() -> None:
     busbw = n / nccl_collective_seconds(AR, n, 8, topo, prof, out) * 14 / 8
     assert busbw == pytest.approx(482e9, rel=0.05)
     assert "inherited" in fabric_for(catalog()["l40s"])[1]
+
+
+def test_nvls_buffers_grow_with_the_group_from_three_devices() -> None:
+    """A fabric with NVLS binds its per-rank buffer for every device of a communicator of
+    three or more; a pair, or a fabric without NVLS, binds none; a negative size is refused."""
+    prof = FabricProfile(
+        "f", (Protocol("Simple", 1e-5, 0.8),), nvls=True, nvls_rank_buffer_bytes=1e6
+    )
+    assert [prof.buffer_bytes(p) for p in (1, 2, 3, 8)] == [0.0, 0.0, 3e6, 8e6]
+    assert dataclasses.replace(prof, nvls=False).buffer_bytes(8) == 0.0
+    with pytest.raises(ValueError, match="nvls_rank_buffer_bytes"):
+        FabricProfile("g", (Protocol("Simple", 1e-5, 0.8),), nvls_rank_buffer_bytes=-1)

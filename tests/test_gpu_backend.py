@@ -388,6 +388,31 @@ def test_llama70b_on_two_h100_with_tp2() -> None:
     assert not c.fit(kv_tokens=100_000).fits
 
 
+def test_nccl_nvls_buffers_are_held_on_nvswitch_groups_of_three_or_more() -> None:
+    """NCCL binds NVLS buffers on each GPU of an H100 or H200 group of more than two (288
+    MiB per GPU of the group: 2.4 GB at TP 8, as NCCL's own log reads), so an inference fit
+    holds them and the KV cache shrinks by as much; two H100s, an A100 group (no NVLS) and
+    ``nccl_nvls: false`` hold none, and without NVLS a large 8-GPU all-reduce is priced
+    on rings."""
+    b = GpuBackend()
+    tp8 = b.compile(llama70b(), system("h100", tensor=8))
+    assert tp8.fit(kv_tokens=0).breakdown["collective_buffers"] == pytest.approx(8 * 301989888)
+    assert "vllm-project/vllm#9699" in tp8.figures_used()["memory.collective_buffers"].assumption
+    assert b.compile(llama70b(), system("h100", tensor=4)).collective_buffer_bytes == (
+        pytest.approx(4 * 301989888)
+    )
+    for sut in (system("h100", tensor=2), system("a100", tensor=8)):
+        assert "collective_buffers" not in b.compile(llama70b(), sut).fit().breakdown
+    off = b.compile(llama70b(), system("h100", tensor=8, nccl_nvls=False))
+    assert off.collective_buffer_bytes == 0.0
+    assert off.kv_capacity_tokens(0.9) > tp8.kv_capacity_tokens(0.9)
+    big = 256 * 2**20
+    assert off.collective_seconds(Collective.ALL_REDUCE, big, 8) > tp8.collective_seconds(
+        Collective.ALL_REDUCE, big, 8
+    )
+    assert tp8.fit(kv_tokens=0, training=True).breakdown.get("collective_buffers") is None
+
+
 # -- calibration ----------------------------------------------------------------------
 
 

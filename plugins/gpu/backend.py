@@ -19,6 +19,12 @@ whose energy comes from :class:`~xpusim.engine.power.PowerModel`.
   loaded once for its query-head group, as FlashAttention-2, vLLM and TensorRT-LLM >= v0.8
   XQA do) or ``per-head`` (the masked MHA kernel of FasterTransformer and TensorRT-LLM
   <= v0.7, one thread block per query head); see :mod:`xpusim.plugins.gpu.efficiency`;
+* ``nccl_nvls``: whether NCCL sets up NVLink SHARP (NVLS) on a fabric that has it (H100
+  and H200 through NVSwitch): ``true`` (default, NCCL's own) prices NVLS all-reduces where
+  the fabric's tuner picks them and holds the buffers NCCL binds on each GPU of a
+  tensor-parallel group of three or more (:meth:`FabricProfile.buffer_bytes
+  <xpusim.engine.collectives.FabricProfile.buffer_bytes>`: 288 MiB per GPU of the group);
+  ``false`` (``NCCL_NVLS_ENABLE=0``, SGLang's setting) neither;
 * ``attention_kernel``: the build of the fused attention kernel, ``flash-attn`` (default:
   the flash-attn package's kernels, as Megatron-LM and the serving engines call them) or
   ``torch-sdpa`` (PyTorch's ``scaled_dot_product_attention`` flash backend, as torchtitan
@@ -37,7 +43,7 @@ from pydantic import BaseModel, ConfigDict
 from xpusim.engine import collectives
 from xpusim.engine.analytic import AnalyticCompiled, P2PPrice, P2PPricer
 from xpusim.engine.backend import Backend, Support
-from xpusim.engine.collectives import P2PSchedule
+from xpusim.engine.collectives import FabricProfile, P2PSchedule
 from xpusim.engine.device import DeviceSpec, Figure
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Collective
@@ -78,6 +84,9 @@ class GpuOptions(BaseModel):
     """The decode-attention kernel."""
     attention_kernel: AttentionKernel = "flash-attn"
     """The build of the fused attention kernel."""
+    nccl_nvls: bool = True
+    """Whether NCCL sets up NVLink SHARP where the fabric has it (NCCL's default;
+    ``false`` is ``NCCL_NVLS_ENABLE=0``, as SGLang sets)."""
 
 
 def _kernel_option(system: System, key: str, choices: tuple[str, ...]) -> str:
@@ -186,7 +195,7 @@ class GpuBackend(Backend):
             for f in fields(eff)
             if isinstance(getattr(eff, f.name), (int, float))
         }
-        intra, how = fabric_for(system.device)
+        intra, how = self.fabric(system)
         assumptions["gpu.collectives.fabric"] = Figure(
             float(intra.protocols[0].launch_s),
             assumption=f"NCCL/RCCL fabric profile (LL launch seconds): {how}; {intra.source}",
@@ -210,7 +219,27 @@ class GpuBackend(Backend):
             "(GpuEfficiency.runtime_reserve_bytes, assumption)",
             assumptions=assumptions,
             p2p_allreduce=self.p2p_pricer(system),
+            collective_buffer_bytes=intra.buffer_bytes(self.node_group(system)),
+            collective_buffer_note=f"NCCL's NVLS buffers for the tensor-parallel group of "
+            f"{self.node_group(system)} GPUs ({intra.name} profile; options.nccl_nvls: "
+            f"false drops them): {intra.nvls_rank_buffer_bytes:.0f} B per GPU of the group "
+            "(NCCL's log in vllm-project/vllm#9699)",
         )
+
+    @staticmethod
+    def fabric(system: System) -> tuple[FabricProfile, str]:
+        """The device fabric's NCCL/RCCL profile (:func:`fabric_for`), without NVLS
+        where ``options.nccl_nvls`` is false, and how it was obtained."""
+        intra, how = fabric_for(system.device)
+        if intra.nvls and not bool(system.options.get("nccl_nvls", True)):
+            return replace(intra, nvls=False), how + "; NVLS off (options.nccl_nvls: false)"
+        return intra, how
+
+    @staticmethod
+    def node_group(system: System) -> int:
+        """Devices of the tensor-parallel group inside one node (its communicator's
+        share of the node's fabric)."""
+        return max(1, min(system.parallelism.tensor, system.topology.devices_per_node))
 
     @staticmethod
     def p2p_pricer(system: System) -> P2PPricer:
@@ -259,7 +288,7 @@ class GpuBackend(Backend):
         """Seconds of one collective on ``system``: the device fabric's fitted NCCL/RCCL
         profile inside a node (:mod:`xpusim.plugins.gpu.fabrics`), the scale-out link at
         ``link_fraction`` between nodes (:func:`xpusim.engine.collectives.nccl_collective_seconds`)."""
-        intra, _how = fabric_for(system.device)
+        intra, _how = self.fabric(system)
         inter = scale_out_profile(eff.link_fraction)
         topo = system.topology
         algorithm = str(system.options.get("collective_algorithm", "auto"))

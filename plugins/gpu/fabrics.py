@@ -74,6 +74,8 @@ def _profile(name: str, raw: dict[str, Any], nvls: bool = True) -> FabricProfile
         nvls_efficiency=float(raw.get("nvls_efficiency", 1.0)),
         mesh_links=int(raw.get("mesh_links", 0)),
         source=source,
+        nvls_rank_buffer_bytes=float(raw.get("nvls_rank_buffer_bytes", 0.0)),
+        nvls_buffer_min_group=int(raw.get("nvls_buffer_min_group", 3)),
     )
 
 
