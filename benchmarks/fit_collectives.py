@@ -8,7 +8,11 @@ Reads the all-reduce sweeps of the shared reference kernels file (``kernels.yaml
   (``h200_8gpu_collectives_16gib_comparison``) is fitted with it;
 * ``a100_8gpu_nccl_tests_allreduce_sweep`` — 8× A100, NVLink 3, nccl-tests: ``nvlink3``;
 * ``mi300x_rccl_tests_allreduce_1node_8gpu`` — 8× MI300X, Infinity Fabric full mesh,
-  rccl-tests: ``infinity-fabric``.
+  rccl-tests: ``infinity-fabric``;
+* ``rtx4090_8gpu_2socket_pcie4_allreduce_no_p2p`` of this project's
+  ``benchmarks/kernel_rows.yaml`` — 8 PCIe Gen4 GPUs over two CPU sockets without GPU
+  peer-to-peer, nccl-tests: ``pcie4`` (the ring through host memory, as NCCL runs the
+  hops that cross the sockets of a PCIe server).
 
 Every third row of each sweep (the 2nd, 5th, 8th …) is held out of the fit and reported
 separately. Held-out checks of other mechanisms: the NVLS-on/off bus bandwidth of 4 to 8
@@ -102,6 +106,15 @@ FABRICS: dict[str, dict[str, Any]] = {
         "nvls_min_group": 2,
         "mesh_links": 0,
         "devices": "A100 SXM (NVLink 3 through NVSwitch)",
+    },
+    "pcie4": {
+        "sweep": "rtx4090_8gpu_2socket_pcie4_allreduce_no_p2p",
+        "bw": 32e9,
+        "nvls": False,
+        "nvls_min_group": 2,
+        "mesh_links": 0,
+        "devices": "PCIe Gen4 x16 servers of up to 8 GPUs over two CPU sockets (L40S, L4): "
+        "NCCL's ring through host memory where it crosses the sockets",
     },
     "infinity-fabric": {
         "sweep": "mi300x_rccl_tests_allreduce_1node_8gpu",
@@ -277,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", type=Path, default=EXTRA)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
-    ref = entries(args.kernels)
+    ref = {**entries(args.kernels), **entries(args.extra)}
     profs: dict[str, FabricProfile] = {}
     reports: dict[str, dict[str, Any]] = {}
     for name, spec in FABRICS.items():

@@ -212,7 +212,9 @@ def test_nccl_rejects_unknown_algorithm() -> None:
 def test_fitted_fabrics_match_public_sweeps() -> None:
     """The shipped NVLink 4 profile reproduces the 8x H200 NCCL floor of about 40 us at
     32 KiB and the NVLS bus bandwidth of about 480 GB/s at 16 GiB (the sweeps it was fitted
-    to, ``plugins/gpu/fabrics.yaml``), and an unfitted PCIe part says it inherits."""
+    to, ``plugins/gpu/fabrics.yaml``); an L40S runs the fitted PCIe Gen4 profile, whose ring
+    through host memory reaches about 15 GB/s of bus bandwidth on 8 GPUs at 32 MiB as the
+    two-socket sweep measured, and the PCIe Gen5 H100 inherits it at its own link rate."""
     from xpusim.plugins.gpu.catalog import catalog
     from xpusim.plugins.gpu.fabrics import fabric_for, scale_out_profile
 
@@ -225,7 +227,14 @@ def test_fitted_fabrics_match_public_sweeps() -> None:
     n = 16 * 2**30
     busbw = n / nccl_collective_seconds(AR, n, 8, topo, prof, out) * 14 / 8
     assert busbw == pytest.approx(482e9, rel=0.05)
-    assert "inherited" in fabric_for(catalog()["l40s"])[1]
+    l40s = catalog()["l40s"]
+    pcie, how = fabric_for(l40s)
+    assert pcie.name == "pcie4" and how.endswith("fitted")
+    n = 32 * 2**20
+    t = nccl_collective_seconds(AR, n, 8, topology_from_device(l40s), pcie, out)
+    assert n / t * 14 / 8 == pytest.approx(15.04e9, rel=0.1)
+    gen5, how5 = fabric_for(catalog()["h100-pcie"])
+    assert gen5.name == "pcie4" and "inherited" in how5
 
 
 def test_nvls_buffers_grow_with_the_group_from_three_devices() -> None:

@@ -1,10 +1,11 @@
 """Which NCCL/RCCL profile drives a GPU's scale-up fabric, and the scale-out one.
 
 The fitted profiles live in ``plugins/gpu/fabrics.yaml``, written by
-``python benchmarks/fit_collectives.py`` from the public all-reduce sweeps of the shared
-reference kernels (NCCL on 8× H200 and 8× A100, RCCL on 8× MI300X; each profile records
-its in-sample and held-out error). A device's fabric is chosen from its catalog
-``scale_up`` link name:
+``python benchmarks/fit_collectives.py`` from public all-reduce sweeps (NCCL on 8× H200
+and 8× A100, RCCL on 8× MI300X from the shared reference kernels; NCCL on 8 PCIe Gen4
+GPUs over two CPU sockets from ``benchmarks/kernel_rows.yaml``; each profile records its
+in-sample and held-out error). A device's fabric is chosen from its catalog ``scale_up``
+link name:
 
 ==================  ===================  ==============================================
 scale-up link       profile              basis
@@ -12,8 +13,11 @@ scale-up link       profile              basis
 NVLink 4            ``nvlink4``          fitted (8× H200 sweep, NCCL 2.27.7, NVLS on)
 NVLink 3            ``nvlink3``          fitted (8× A100 nccl-tests sweep)
 Infinity Fabric     ``infinity-fabric``  fitted (8× MI300X rccl-tests sweep)
+PCIe Gen4           ``pcie4``            fitted (8 GPUs on two sockets, no GPU P2P: the
+                                         ring through host memory)
+PCIe, other gen.    ``pcie4``            inherited at the link's own rate
 NVLink 5            ``nvlink4``          inherited: nearest fitted NVSwitch generation
-PCIe, other         ``nvlink3``          inherited, without NVLS: no public PCIe sweep
+other               ``nvlink3``          inherited, without NVLS: no public sweep
 ==================  ===================  ==============================================
 
 :func:`fabric_for` returns the profile and a sentence saying whether it was fitted or
@@ -51,6 +55,8 @@ _BY_LINK: tuple[tuple[str, str, str], ...] = (
     ("nvlink 4", "nvlink4", "fitted"),
     ("nvlink 3", "nvlink3", "fitted"),
     ("infinity fabric", "infinity-fabric", "fitted"),
+    ("pcie gen4", "pcie4", "fitted"),
+    ("pcie", "pcie4", "inherited from PCIe Gen4 (8 GPUs on two sockets) at this link's rate"),
     ("nvlink 5", "nvlink4", "inherited from NVLink 4, the nearest fitted NVSwitch fabric"),
     ("nvlink", "nvlink4", "inherited from NVLink 4, the nearest fitted NVSwitch fabric"),
 )
