@@ -24,6 +24,7 @@ from xpusim.plugins.gpu import calibration
 from xpusim.plugins.gpu.backend import GpuBackend
 from xpusim.plugins.gpu.catalog import catalog, resolve
 from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency
+from xpusim.plugins.workloads.serving.stacks import StackCompiled, load_profile
 
 FIGURES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "figures.yaml"
 KERNELS = FIGURES.with_name("kernels.yaml")
@@ -411,6 +412,10 @@ def test_nccl_nvls_buffers_are_held_on_nvswitch_groups_of_three_or_more() -> Non
         Collective.ALL_REDUCE, big, 8
     )
     assert tp8.fit(kv_tokens=0, training=True).breakdown.get("collective_buffers") is None
+    trt = load_profile("tensorrt-llm")
+    on, off_stack = StackCompiled(tp8, trt), StackCompiled(off, trt)
+    assert on.collective_buffer_bytes == tp8.collective_buffer_bytes
+    assert off_stack.kv_capacity_tokens(0.9) > on.kv_capacity_tokens(0.9)
 
 
 # -- calibration ----------------------------------------------------------------------

@@ -416,6 +416,7 @@ class StackCompiled(Compiled):
         self.stack = stack
         self.steps = steps
         self.reserve_bytes = inner.reserve_bytes
+        self.collective_buffer_bytes = inner.collective_buffer_bytes
         self._power = inner.power_model()
 
     def padded(self, shape: Shape) -> Shape:

@@ -22,6 +22,7 @@ class WrappedCompiled(Compiled):
         super().__init__(inner.system, inner.model)
         self.inner = inner
         self.reserve_bytes = inner.reserve_bytes
+        self.collective_buffer_bytes = inner.collective_buffer_bytes
         self.samples_in_turn = inner.samples_in_turn
 
     def fit(self, *, kv_tokens: int = 0, batch: int = 1, training: bool = False) -> Fit:
