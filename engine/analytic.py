@@ -43,6 +43,7 @@ import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from xpusim.engine.backend import Compiled, Cost, Fit, StageCosts
 from xpusim.engine.collectives import P2PSchedule
@@ -109,7 +110,8 @@ class AnalyticCompiled(Compiled):
     backend states (for example CUDA context and cuBLAS workspace) and why;
     ``collective_buffer_bytes``/``collective_buffer_note`` the collective library's buffers
     for the model-parallel communicator, held in an inference fit (not a training one:
-    a training plan's reserve is its own) and why;
+    a training plan's reserve is its own) and why; ``recompile`` the backend's way to
+    compile the same model with some system options changed (:meth:`with_nccl_nvls`);
     ``p2p_allreduce`` the backend's model of the serving engines' own all-reduce kernels
     (:data:`P2PPricer`), which :meth:`with_allreduce_kernel` switches to.
     """
@@ -130,6 +132,7 @@ class AnalyticCompiled(Compiled):
         p2p_allreduce: P2PPricer | None = None,
         collective_buffer_bytes: float = 0.0,
         collective_buffer_note: str = "",
+        recompile: Callable[[Mapping[str, Any]], Compiled] | None = None,
     ) -> None:
         super().__init__(system, model)
         self.price_op = price_op
@@ -141,6 +144,7 @@ class AnalyticCompiled(Compiled):
         self.reserve_note = reserve_note
         self.collective_buffer_bytes = float(collective_buffer_bytes)
         self.collective_buffer_note = collective_buffer_note
+        self.recompile = recompile
         self.assumptions = dict(assumptions or {})
         self.p2p_allreduce = p2p_allreduce
         self._op_memo: dict[Op, OpTime] = {}
@@ -216,6 +220,16 @@ class AnalyticCompiled(Compiled):
         return clone, (
             f"{how}; all-reduces of at most {max_bytes:.0f} B per device in a node, {shots}"
         )
+
+    def with_nccl_nvls(self, on: bool) -> tuple[Compiled, str]:
+        """This model compiled anew with the system's ``nccl_nvls`` option set to ``on``
+        (through the backend's ``recompile``), or this compilation where the option
+        already says so or the backend gives no way to recompile."""
+        if self.recompile is None:
+            return super().with_nccl_nvls(on)
+        if bool(self.system.options.get("nccl_nvls", True)) == on:
+            return self, f"NVLS {'on' if on else 'off'} as the system sets it"
+        return self.recompile({"nccl_nvls": on}), f"NVLS {'on' if on else 'off'} (the engine's)"
 
     def graph(self, shape: Shape) -> OpGraph:
         """The (optionally fused) per-device graph of one pipeline stage for ``shape``."""

@@ -618,3 +618,26 @@ def test_strided_elementwise_runs_at_its_fraction_of_the_streaming_rate() -> Non
     assert half(norm).memory_s == pytest.approx(half(plain).memory_s)
     with pytest.raises(XpusimError, match="strided_elementwise_fraction"):
         GpuEfficiency(strided_elementwise_fraction=0.0)
+
+
+def test_a_stack_that_turns_nvls_off_drops_its_buffers_and_pricing() -> None:
+    """SGLang leaves NCCL's NVLS off: under ``sglang-0.3`` eight H100s hold no NVLS buffers
+    and get more cache than the same stack told to keep NVLS; a speculative wrapper's draft
+    is switched with its target; a system that sets ``nccl_nvls`` itself keeps its setting;
+    the run's figures say which applied."""
+    from xpusim.plugins.workloads.serving.speculative import SpeculativeCompiled
+    from xpusim.plugins.workloads.serving.stacks import StackOverride, resolve_stack
+
+    b = GpuBackend()
+    tp8 = b.compile(llama70b(), system("h100", tensor=8))
+    off = StackCompiled(tp8, load_profile("sglang-0.3"))
+    kept = StackCompiled(tp8, resolve_stack(StackOverride(name="sglang-0.3", nccl_nvls=True)))
+    assert off.collective_buffer_bytes == 0.0 < kept.collective_buffer_bytes
+    assert off.kv_capacity_tokens(0.88) > kept.kv_capacity_tokens(0.88)
+    fig = off.figures_used()["stack.nccl_nvls"]
+    assert fig.value == 0.0 and "enable_nccl_nvls" in (fig.assumption or "")
+    spec = StackCompiled(SpeculativeCompiled(tp8, tp8, k=2), load_profile("sglang-0.3"))
+    assert isinstance(spec.inner, SpeculativeCompiled)
+    assert spec.inner.draft.collective_buffer_bytes == 0.0
+    own = b.compile(llama70b(), system("h100", tensor=8, nccl_nvls=True))
+    assert StackCompiled(own, load_profile("sglang-0.3")).collective_buffer_bytes > 0

@@ -219,6 +219,9 @@ class GpuBackend(Backend):
             "(GpuEfficiency.runtime_reserve_bytes, assumption)",
             assumptions=assumptions,
             p2p_allreduce=self.p2p_pricer(system),
+            recompile=lambda changes: self.compile(
+                model, replace(system, options={**system.options, **changes})
+            ),
             collective_buffer_bytes=intra.buffer_bytes(self.node_group(system)),
             collective_buffer_note=f"NCCL's NVLS buffers for the tensor-parallel group of "
             f"{self.node_group(system)} GPUs ({intra.name} profile; options.nccl_nvls: "

@@ -41,7 +41,6 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
 from xpusim.engine.backend import Compiled, Cost
-from xpusim.engine.collectives import P2PSchedule
 from xpusim.engine.errors import XpusimError
 from xpusim.engine.graph import Phase, Shape
 from xpusim.engine.metrics import Metric, detail
@@ -49,7 +48,7 @@ from xpusim.engine.model import ModelGraph
 from xpusim.engine.policies import ServingRun, ServingTechnique
 from xpusim.engine.workload import WorkloadContext
 from xpusim.plugins.workloads.serving.schemas import tbt_mean
-from xpusim.plugins.workloads.serving.wrapped import WrappedCompiled
+from xpusim.plugins.workloads.serving.wrapped import Switch, WrappedCompiled
 
 
 class SpeculativeDecoding(BaseModel):
@@ -175,14 +174,12 @@ class SpeculativeCompiled(WrappedCompiled):
         self.verify = verify or k + 1
         self.width = width
 
-    def _rewrapped(
-        self, inner: Compiled, kernel: str, max_bytes: float, schedule: P2PSchedule
-    ) -> Compiled:
-        """The wrapper over the switched target, its draft's all-reduces switched too."""
-        clone = super()._rewrapped(inner, kernel, max_bytes, schedule)
+    def _rewrapped(self, inner: Compiled, switch: Switch) -> Compiled:
+        """The wrapper over the switched target, its draft switched too."""
+        clone = super()._rewrapped(inner, switch)
         assert isinstance(clone, SpeculativeCompiled)
         clone.target = inner
-        clone.draft = self.draft.with_allreduce_kernel(kernel, max_bytes, schedule=schedule)[0]
+        clone.draft = switch(self.draft)[0]
         return clone
 
     def _verify(self, part: Shape) -> Shape:

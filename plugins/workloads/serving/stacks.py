@@ -32,6 +32,11 @@ iteration:
   one-shot alone, on messages below that size for the group, and hands larger ones to
   the library (TensorRT-LLM's AUTO strategy from v0.12.0, which disabled two-shot;
   :meth:`StackProfile.allreduce_plan`);
+* ``nccl_nvls`` — whether the engine leaves NCCL's NVLink SHARP on (NCCL's default) or
+  turns it off (SGLang's ``enable_nccl_nvls`` is false by default): on an NVSwitch
+  fabric that has NVLS the backend then prices NCCL's all-reduces without it and holds
+  no NVLS buffers (:meth:`~xpusim.engine.backend.Compiled.with_nccl_nvls`); a system
+  whose ``options`` set ``nccl_nvls`` keeps its own setting;
 * ``kv_memory_fraction`` and ``scheduler`` — the engine's defaults, used when the scenario
   does not set them; ``kv_fraction_of`` says what the fraction is of: ``total`` device
   memory that weights, activations and KV cache share (vLLM's
@@ -136,6 +141,7 @@ class StackProfile:
     allreduce_max_bytes: float = 0.0
     allreduce_max_bytes_two: float = 0.0
     allreduce_one_shot_below: tuple[tuple[int, float], ...] = ()
+    nccl_nvls: bool = True
     runtime_memory: EngineMemory | None = None
 
     def allreduce_limit(self, group: int) -> float:
@@ -209,6 +215,9 @@ class StackOverride(BaseModel):
         description="largest group size to bytes: the kernel runs one-shot alone, below "
         "those bytes, the rest on the library ({} for the cheaper of one- and two-shot)",
     )
+    nccl_nvls: bool | None = Field(
+        default=None, description="whether the engine leaves NCCL's NVLink SHARP on"
+    )
     runtime_memory: EngineMemoryOverride | None = Field(
         default=None, description="the engine's memory besides weights and KV cache"
     )
@@ -250,6 +259,7 @@ def load_profile(name: str) -> StackProfile:
         allreduce_max_bytes=float(sizes_of.get("max_bytes", 0)),
         allreduce_max_bytes_two=float(sizes_of.get("max_bytes_two_gpus", 0)),
         allreduce_one_shot_below=one_shot_table(sizes_of.get("one_shot_below") or {}),
+        nccl_nvls=bool(_value(raw.get("nccl_nvls", True))),
         scheduler=dict(raw["scheduler"]),
         runtime_memory=load_runtime_memory(raw.get("runtime_memory")),
         sources={
@@ -266,6 +276,9 @@ def load_profile(name: str) -> StackProfile:
             "allreduce": _cited(raw["allreduce"])
             if "allreduce" in raw
             else "not stated in the profile: every all-reduce on the collective library",
+            "nccl_nvls": _cited(raw["nccl_nvls"])
+            if "nccl_nvls" in raw
+            else "not stated in the profile: NCCL's default (NVLS on where the fabric has it)",
             "runtime_memory": "the profile's runtime_memory block, a source per figure"
             if "runtime_memory" in raw
             else "not stated in the profile: the backend's runtime reserve and activations",
@@ -314,6 +327,7 @@ def resolve_stack(spec: str | StackOverride | None) -> StackProfile:
         "fp8_context_attention",
         "allreduce",
         "allreduce_max_bytes",
+        "nccl_nvls",
     ):
         v = getattr(spec, key)
         if v is not None:
@@ -406,6 +420,9 @@ class StackCompiled(Compiled):
     ) -> None:
         super().__init__(inner.system, inner.model)
         self.limits = limits
+        self.nvls_how = "NCCL's NVLS as the system sets it"
+        if "nccl_nvls" not in inner.system.options:  # the system's own setting wins
+            inner, self.nvls_how = inner.with_nccl_nvls(stack.nccl_nvls)
         self.allreduce_how = "every all-reduce on the collective library"
         self.allreduce_max_bytes, schedule = stack.allreduce_plan(inner.system.parallelism.tensor)
         if stack.allreduce != "library" and self.allreduce_max_bytes > 0:
@@ -534,6 +551,10 @@ class StackCompiled(Compiled):
             self.allreduce_max_bytes if s.allreduce != "library" else 0.0,
             assumption=f"{s.name}: {s.allreduce} all-reduce ({s.sources.get('allreduce', '')}); "
             f"priced: {self.allreduce_how}",
+        )
+        out["stack.nccl_nvls"] = Figure(
+            1.0 if s.nccl_nvls else 0.0,
+            assumption=f"{s.name}: {s.sources.get('nccl_nvls', '')}; applied: {self.nvls_how}",
         )
         parts = self.engine_memory_parts()
         if parts and s.runtime_memory is not None and self.limits is not None:

@@ -9,10 +9,15 @@ overrides what else it changes.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from xpusim.engine.backend import Compiled, Fit
 from xpusim.engine.collectives import P2PSchedule
+
+Switch = Callable[[Compiled], tuple[Compiled, str]]
+"""A change to a compiled model (its all-reduce kernel, NCCL's NVLS): the model changed,
+or the same model where the change does not apply, and a sentence saying which."""
 
 
 class WrappedCompiled(Compiled):
@@ -46,18 +51,28 @@ class WrappedCompiled(Compiled):
     ) -> tuple[Compiled, str]:
         """A copy over the wrapped model with its all-reduces on ``kernel``, or this
         wrapper where the wrapped model keeps its own (and the sentence saying why)."""
-        inner, how = self.inner.with_allreduce_kernel(kernel, max_bytes, schedule=schedule)
+        return self._switched(
+            lambda c: c.with_allreduce_kernel(kernel, max_bytes, schedule=schedule)
+        )
+
+    def with_nccl_nvls(self, on: bool) -> tuple[Compiled, str]:
+        """A copy over the wrapped model with NCCL's NVLS ``on`` or off, or this wrapper
+        where the wrapped model keeps its setting (and the sentence saying why)."""
+        return self._switched(lambda c: c.with_nccl_nvls(on))
+
+    def _switched(self, switch: Switch) -> tuple[Compiled, str]:
+        """This wrapper with ``switch`` applied to the model it wraps (and to every other
+        model a subclass holds, :meth:`_rewrapped`), or itself where the switch keeps the
+        wrapped model; the sentence ``switch`` gives."""
+        inner, how = switch(self.inner)
         if inner is self.inner:
             return self, how
-        return self._rewrapped(inner, kernel, max_bytes, schedule), how
+        return self._rewrapped(inner, switch), how
 
-    def _rewrapped(
-        self, inner: Compiled, kernel: str, max_bytes: float, schedule: P2PSchedule
-    ) -> Compiled:
-        """This wrapper over ``inner`` (the wrapped model with its all-reduces switched),
-        with no step price kept; a subclass holding other compiled models switches them
-        too."""
-        del kernel, max_bytes, schedule
+    def _rewrapped(self, inner: Compiled, switch: Switch) -> Compiled:
+        """This wrapper over ``inner`` (the wrapped model, switched), with no step price
+        kept; a subclass holding other compiled models applies ``switch`` to them too."""
+        del switch
         clone = copy.copy(self)
         clone.inner = inner
         clone._memo = {}
