@@ -281,3 +281,35 @@ def test_scenario_may_restate_the_one_shot_rule() -> None:
     assert vllm.allreduce_plan(4) == (KERNEL_MAX_BYTES["vllm"], "cheaper")
     with pytest.raises(ValueError, match="at least 2 devices"):
         resolve_stack(StackOverride(name="tensorrt-llm", allreduce_one_shot_below={1: 1e6}))
+
+
+def test_the_memory_fit_follows_the_stacks_nvls_setting(host: Host, write_yaml: Writer) -> None:
+    """The run's memory fit holds NCCL's NVLS buffers where the stack's engine leaves NVLS
+    on (vLLM) and not where it turns it off (SGLang), offline and serving alike; a system
+    that sets ``nccl_nvls`` keeps its own setting."""
+    from xpusim.engine.run import prepare
+
+    def parts(stack: str, kind: str, options: str = "") -> dict[str, float]:
+        text = SERVING.replace("stack: sglang-0.3", f"stack: {stack}")
+        text = text.replace(
+            "count: 4, parallelism: {tensor: 4}}",
+            "count: 8, parallelism: {tensor: 8}" + options + "}",
+            1,
+        )
+        if kind == "offline":
+            text = text.replace(
+                "  kind: serving\n  arrivals: {process: poisson, rate: 2/s, count: 8,\n"
+                "             prompt_tokens: {dist: constant, value: 64}, output_tokens: "
+                "{dist: constant, value: 4}}\n",
+                "  kind: offline\n  count: 8\n  prompt_tokens: {dist: constant, value: 64}\n"
+                "  output_tokens: {dist: constant, value: 4}\n",
+            )
+        assert f"kind: {kind}" in text and "tensor: 8" in text
+        sc = load_scenario(write_yaml(text), host)
+        return prepare(sc, host)[0].result.details["memory"]
+
+    for kind in ("serving", "offline"):
+        assert parts("vllm-0.6", kind)["collective_buffers_bytes"] > 2e9
+        assert "collective_buffers_bytes" not in parts("sglang-0.3", kind)
+    kept = parts("sglang-0.3", "serving", ", options: {nccl_nvls: true}")
+    assert kept["collective_buffers_bytes"] > 2e9

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from xpusim.engine.backend import Compiled, Fit
 from xpusim.engine.budget import Work, request_work
 from xpusim.engine.metrics import THROUGHPUT_SAMPLES_PER_S, detail
 from xpusim.engine.model import ModelGraph
@@ -55,6 +56,7 @@ from xpusim.plugins.workloads.serving.stacks import (
     resolve_stack,
     stack_for,
     stack_model,
+    with_stack_nvls,
 )
 from xpusim.plugins.workloads.serving.workload import TraceSpec, apply_stack, check_trace_work
 from xpusim.plugins.workloads.serving.world import simulate_serving
@@ -207,6 +209,11 @@ class OfflineWorkload(Workload):
         out = mean_tokens(_defaults(config.output_tokens, 128)) or 1.0
         batch = config.scheduler.max_batch
         return request_work(float(inputs or 0), out, batch, system.replicas, shrink)
+
+    def fit(self, config: BaseModel, system: System, compiled: Compiled) -> Fit:
+        """The backend's memory fit with NCCL's NVLS as the stack's engine sets it."""
+        compiled, _ = with_stack_nvls(compiled, stack_for(config, system.backend))
+        return super().fit(config, system, compiled)
 
     def runtime_model(self, config: BaseModel, system: System, model: ModelGraph) -> ModelGraph:
         """``model`` as the serving stack runs it (:func:`stack_model`: an FP8

@@ -389,6 +389,15 @@ def stack_model(stack: StackProfile, model: ModelGraph) -> ModelGraph:
     return model
 
 
+def with_stack_nvls(compiled: Compiled, stack: StackProfile) -> tuple[Compiled, str]:
+    """``compiled`` with NCCL's NVLS as ``stack``'s engine sets it
+    (:meth:`~xpusim.engine.backend.Compiled.with_nccl_nvls`), unless the system's
+    ``options`` set ``nccl_nvls`` themselves, and a sentence saying which applied."""
+    if "nccl_nvls" in compiled.system.options:  # the system's own setting wins
+        return compiled, "NCCL's NVLS as the system's options set it"
+    return compiled.with_nccl_nvls(stack.nccl_nvls)
+
+
 def sequences(shape: Shape) -> int:
     """Sequences an iteration of ``shape`` runs (its parts' summed for a mixed one); the
     real ones, before CUDA-graph padding, since the host handles only those."""
@@ -420,9 +429,7 @@ class StackCompiled(Compiled):
     ) -> None:
         super().__init__(inner.system, inner.model)
         self.limits = limits
-        self.nvls_how = "NCCL's NVLS as the system sets it"
-        if "nccl_nvls" not in inner.system.options:  # the system's own setting wins
-            inner, self.nvls_how = inner.with_nccl_nvls(stack.nccl_nvls)
+        inner, self.nvls_how = with_stack_nvls(inner, stack)
         self.allreduce_how = "every all-reduce on the collective library"
         self.allreduce_max_bytes, schedule = stack.allreduce_plan(inner.system.parallelism.tensor)
         if stack.allreduce != "library" and self.allreduce_max_bytes > 0:
