@@ -245,11 +245,9 @@ def _scenario(
 
 
 def _system(row: dict[str, Any], calibration: Path | None) -> dict[str, Any]:
-    """The one system of ``row``: its GPUs under tensor parallelism, with the row's
-    backend ``options`` (the engine's own settings: SGLang turns NCCL's NVLS off) and the
+    """The one system of ``row``: its GPUs under tensor parallelism, with the
     calibration when it is of the row's device."""
     options: dict[str, Any] = {"decode_attention": row.get("decode_attention", "grouped")}
-    options.update(row.get("options") or {})
     if calibration is not None and load_calibration(calibration).device == row["device"]:
         options["calibration"] = str(calibration)
     tp = int(row["tp"])

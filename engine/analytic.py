@@ -145,6 +145,7 @@ class AnalyticCompiled(Compiled):
         self.collective_buffer_bytes = float(collective_buffer_bytes)
         self.collective_buffer_note = collective_buffer_note
         self.recompile = recompile
+        self._variants: dict[tuple[str, Any], Compiled] = {}
         self.assumptions = dict(assumptions or {})
         self.p2p_allreduce = p2p_allreduce
         self._op_memo: dict[Op, OpTime] = {}
@@ -216,6 +217,7 @@ class AnalyticCompiled(Compiled):
         clone.collective = collective
         clone._memo = {}
         clone._coll_memo = {}
+        clone._variants = {}
         shots = "one-shot only" if schedule == "one-shot" else "one-shot or two-shot, the cheaper"
         return clone, (
             f"{how}; all-reduces of at most {max_bytes:.0f} B per device in a node, {shots}"
@@ -229,7 +231,10 @@ class AnalyticCompiled(Compiled):
             return super().with_nccl_nvls(on)
         if bool(self.system.options.get("nccl_nvls", True)) == on:
             return self, f"NVLS {'on' if on else 'off'} as the system sets it"
-        return self.recompile({"nccl_nvls": on}), f"NVLS {'on' if on else 'off'} (the engine's)"
+        key = ("nccl_nvls", on)  # compiled once, shared by the fit and the run's stacks
+        if key not in self._variants:
+            self._variants[key] = self.recompile({"nccl_nvls": on})
+        return self._variants[key], f"NVLS {'on' if on else 'off'} (the engine's)"
 
     def graph(self, shape: Shape) -> OpGraph:
         """The (optionally fused) per-device graph of one pipeline stage for ``shape``."""

@@ -639,5 +639,6 @@ def test_a_stack_that_turns_nvls_off_drops_its_buffers_and_pricing() -> None:
     spec = StackCompiled(SpeculativeCompiled(tp8, tp8, k=2), load_profile("sglang-0.3"))
     assert isinstance(spec.inner, SpeculativeCompiled)
     assert spec.inner.draft.collective_buffer_bytes == 0.0
+    assert tp8.with_nccl_nvls(False)[0] is tp8.with_nccl_nvls(False)[0]  # compiled once
     own = b.compile(llama70b(), system("h100", tensor=8, nccl_nvls=True))
     assert StackCompiled(own, load_profile("sglang-0.3")).collective_buffer_bytes > 0

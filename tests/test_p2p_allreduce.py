@@ -277,6 +277,12 @@ def test_scenario_may_restate_the_one_shot_rule() -> None:
     assert free.sources["allreduce_one_shot_below"] == "scenario override (workload.stack)"
     tight = resolve_stack(StackOverride(name="tensorrt-llm", allreduce_one_shot_below={8: 250_000}))
     assert tight.allreduce_plan(4) == (250_000, "one-shot")
+    both = resolve_stack(
+        StackOverride(
+            name="tensorrt-llm", allreduce_max_bytes=4_000_000, allreduce_one_shot_below={}
+        )
+    )
+    assert both.allreduce_plan(2) == both.allreduce_plan(4) == (4e6, "cheaper")
     vllm = resolve_stack(StackOverride(name="tensorrt-llm", allreduce="vllm"))
     assert vllm.allreduce_plan(4) == (KERNEL_MAX_BYTES["vllm"], "cheaper")
     with pytest.raises(ValueError, match="at least 2 devices"):

@@ -196,6 +196,7 @@ class GpuBackend(Backend):
             if isinstance(getattr(eff, f.name), (int, float))
         }
         intra, how = self.fabric(system)
+        group = self.node_group(system)
         assumptions["gpu.collectives.fabric"] = Figure(
             float(intra.protocols[0].launch_s),
             assumption=f"NCCL/RCCL fabric profile (LL launch seconds): {how}; {intra.source}",
@@ -222,9 +223,9 @@ class GpuBackend(Backend):
             recompile=lambda changes: self.compile(
                 model, replace(system, options={**system.options, **changes})
             ),
-            collective_buffer_bytes=intra.buffer_bytes(self.node_group(system)),
+            collective_buffer_bytes=intra.buffer_bytes(group),
             collective_buffer_note=f"NCCL's NVLS buffers for the tensor-parallel group of "
-            f"{self.node_group(system)} GPUs ({intra.name} profile; options.nccl_nvls: "
+            f"{group} GPUs ({intra.name} profile; options.nccl_nvls: "
             f"false drops them): {intra.nvls_rank_buffer_bytes:.0f} B per GPU of the group "
             "(NCCL's log in vllm-project/vllm#9699)",
         )

@@ -336,12 +336,12 @@ def resolve_stack(spec: str | StackOverride | None) -> StackProfile:
     if spec.allreduce is not None and spec.allreduce_max_bytes is None and kernel_changed:
         changes["allreduce_max_bytes"] = KERNEL_MAX_BYTES[spec.allreduce]
         changes["allreduce_max_bytes_two"] = KERNEL_MAX_BYTES_TWO.get(spec.allreduce, 0.0)
+    elif spec.allreduce_max_bytes is not None:  # the scenario's size, on any group
+        changes["allreduce_max_bytes_two"] = 0.0
     if spec.allreduce is not None and spec.allreduce != prof.allreduce:
         changes["allreduce_one_shot_below"] = ()  # the profile's rule was its own kernel's
     if spec.allreduce_one_shot_below is not None:
         changes["allreduce_one_shot_below"] = one_shot_table(spec.allreduce_one_shot_below)
-    elif spec.allreduce_max_bytes is not None:  # the scenario's size, on any group
-        changes["allreduce_max_bytes_two"] = 0.0
     if "allreduce_max_bytes" in changes:
         changes["allreduce_max_bytes"] = float(changes["allreduce_max_bytes"])
     if spec.runtime_memory is not None:
