@@ -314,6 +314,11 @@ class SchedulerSpec(BaseModel):
         "iteration, as vLLM 0.6 does (tokens stream at that iteration's end; a request "
         "whose last token came last runs one more iteration)",
     )
+    chunked_context: bool = Field(
+        default=False,
+        description="guaranteed-no-evict: prefill a prompt that does not fit the iteration's "
+        "token budget in chunks of whole KV blocks (TensorRT-LLM's enable_chunked_context)",
+    )
     _policy: Scheduler | None = PrivateAttr(default=None)
 
     @field_validator("kind")
@@ -357,6 +362,10 @@ class Scheduler(ABC):
     """Whether the scheduler models ``spec.async_output`` (outputs processed during the
     next iteration); a spec asking a scheduler that does not for it is refused
     (:func:`check_options`)."""
+    chunked_context: bool = False
+    """Whether the scheduler models ``spec.chunked_context`` (a prompt that does not fit
+    the token budget prefilled in chunks); a spec asking a scheduler that does not for it
+    is refused (:func:`check_options`)."""
 
     @abstractmethod
     def process(
@@ -374,8 +383,8 @@ class Scheduler(ABC):
 def check_options(spec: SchedulerSpec, policy: Scheduler) -> None:
     """A ``ValueError`` when ``spec`` asks ``policy`` for what it does not model: more than
     one decode step per scheduling round from a scheduler that is not multi-step, or
-    ``async_output`` from one without it. Either field would otherwise be accepted and
-    ignored."""
+    ``async_output`` or ``chunked_context`` from one without it. Any of these fields would
+    otherwise be accepted and ignored."""
     if spec.steps != 1 and not policy.multi_step:
         raise ValueError(
             f"scheduler {spec.kind!r} schedules before every iteration; steps: {spec.steps} "
@@ -388,6 +397,13 @@ def check_options(spec: SchedulerSpec, policy: Scheduler) -> None:
             "async_output: true (outputs processed during the next iteration, vLLM 0.6's "
             "asynchronous output processing) applies to kind prefill-first: set kind: "
             "prefill-first or remove async_output"
+        )
+    if spec.chunked_context and not policy.chunked_context:
+        raise ValueError(
+            f"scheduler {spec.kind!r} does not chunk prompts on request; chunked_context: "
+            "true (TensorRT-LLM's chunked context) applies to kind guaranteed-no-evict, and "
+            "kind chunked-prefill always chunks (its `chunk` budget): set one of those kinds "
+            "or remove chunked_context"
         )
 
 

@@ -8,11 +8,12 @@ import pytest
 from tests.fakes import FakeModel, fake_device
 from tests.test_serving_reference import ShapeCompiled, assert_same, requests, run_both
 from xpusim.engine.backend import Compiled
-from xpusim.engine.policies import SchedulerSpec
+from xpusim.engine.policies import SchedulerSpec, check_options
 from xpusim.engine.system import Parallelism, System, Topology
 from xpusim.plugins.workloads.serving.schedulers import builtin_scheduler
 from xpusim.plugins.workloads.serving.schedulers.no_evict import (
     GuaranteedNoEvictScheduler,
+    chunk_tokens,
     reserved_blocks,
 )
 from xpusim.plugins.workloads.serving.stacks import load_profile
@@ -87,3 +88,53 @@ def test_long_bursts_match_the_reference(compiled: Compiled, replicas: int) -> N
     )
     assert_same(reqs, steps, ref)
     assert int(reqs["preemptions"].sum()) == 0
+
+
+def test_chunk_sizes_fill_the_budget_in_whole_blocks() -> None:
+    """A prompt that fits the budget left is prefilled whole; one that does not takes the
+    budget rounded down to whole blocks, which may be none."""
+    assert chunk_tokens(100, 300, 64) == 100
+    assert chunk_tokens(2048, 1000, 64) == 960
+    assert chunk_tokens(2048, 63, 64) == 0
+    assert chunk_tokens(2048, -5, 64) == 0
+
+
+def test_chunked_context_keeps_the_budget_and_splits_the_prompt(compiled: Compiled) -> None:
+    """A 100-token prompt under a 40-token budget with 8-token blocks: chunked, it is
+    prefilled as 40, 40 and 20 tokens over three iterations (each priced over the tokens
+    already cached) and its first token comes at the end of the third; unchunked, it runs
+    whole in one iteration above the budget. A second request admitted behind it takes
+    its budget left in whole blocks. Both worlds agree on every time and iteration."""
+    rows = [(0.0, 100, 3), (0.0, 30, 2)]
+    chunked = SchedulerSpec(kind=NO_EVICT, max_batch=4, max_batch_tokens=40, chunked_context=True)
+    reqs, steps, ref = run_both(compiled, requests(rows), chunked, block=8, capacity=8 * 40)
+    assert_same(reqs, steps, ref)
+    assert steps["prefill_tokens"].to_list()[:4] == [40, 40, 20 + 16, 14]
+    assert steps["decode_tokens"].to_list()[:4] == [0, 0, 0, 1]
+    first, second = ref.requests
+    assert first.first_token_s == steps["end_s"][2]
+    assert second.first_scheduled_s == steps["start_s"][2]  # its first 16 tokens beside
+    assert second.first_token_s == steps["end_s"][3]
+    plain = SchedulerSpec(kind=NO_EVICT, max_batch=4, max_batch_tokens=40)
+    reqs, steps, ref = run_both(compiled, requests(rows), plain, block=8, capacity=8 * 40)
+    assert_same(reqs, steps, ref)
+    assert steps["prefill_tokens"][0] == 100  # the first prompt of an iteration may exceed
+
+
+def test_a_budget_below_one_block_still_progresses(compiled: Compiled) -> None:
+    """With a 5-token budget and 8-token blocks no chunk rounds to a whole block; an
+    iteration that would run nothing takes the budget as it is, so a 12-token prompt is
+    prefilled as 5, 5 and 2 tokens rather than waiting for ever."""
+    spec = SchedulerSpec(kind=NO_EVICT, max_batch=2, max_batch_tokens=5, chunked_context=True)
+    reqs, steps, ref = run_both(compiled, requests([(0.0, 12, 2)]), spec, block=8, capacity=64)
+    assert_same(reqs, steps, ref)
+    assert steps["prefill_tokens"].to_list() == [5, 5, 2, 0]
+
+
+def test_only_no_evict_takes_chunked_context() -> None:
+    """Another scheduler asked for chunked context refuses it, naming the field and the
+    kinds that chunk, rather than ignoring it."""
+    spec = SchedulerSpec(kind="continuous", chunked_context=True)
+    with pytest.raises(ValueError, match="chunked_context"):
+        check_options(spec, builtin_scheduler("continuous"))
+    check_options(SchedulerSpec(kind=NO_EVICT, chunked_context=True), builtin_scheduler(NO_EVICT))

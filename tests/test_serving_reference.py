@@ -162,6 +162,19 @@ def assert_same(reqs: pl.DataFrame, steps: pl.DataFrame, ref: ReferenceResult) -
 
 # --- the property --------------------------------------------------------------------
 
+
+def no_evict_or(kind: str, max_batch: int, max_batch_tokens: int) -> SchedulerSpec:
+    """The spec of a drawn ``kind``: a scheduler's name, or ``chunked-context`` for
+    guaranteed-no-evict with chunked context."""
+    chunked = kind == "chunked-context"
+    return SchedulerSpec(
+        kind="guaranteed-no-evict" if chunked else kind,
+        max_batch=max_batch,
+        max_batch_tokens=max_batch_tokens,
+        chunked_context=chunked,
+    )
+
+
 ROWS = st.lists(
     st.tuples(
         st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=0.05)),
@@ -189,7 +202,7 @@ WORLDS: dict[str, st.SearchStrategy[Any]] = {
 @given(
     **WORLDS,
     spare=st.integers(0, 15),
-    kind=st.sampled_from(["continuous", "guaranteed-no-evict"]),
+    kind=st.sampled_from(["continuous", "guaranteed-no-evict", "chunked-context"]),
 )
 def test_fast_world_matches_reference(
     compiled: Compiled,
@@ -204,13 +217,13 @@ def test_fast_world_matches_reference(
     kind: str,
 ) -> None:
     """On any small workload the fast world (continuous batching, or TensorRT-LLM's
-    guaranteed-no-evict admission on the plain loop) gives every request the
-    reference's replica, times and preemptions, drops the same requests and runs the
-    same iterations. Arrival gaps are drawn, so bursts of equal arrival times occur;
-    workloads where an arrival falls exactly on an iteration's end are skipped, since
-    the fast world leaves that order open."""
+    guaranteed-no-evict admission on the plain loop, with or without chunked context)
+    gives every request the reference's replica, times and preemptions, drops the same
+    requests and runs the same iterations. Arrival gaps are drawn, so bursts of equal
+    arrival times occur; workloads where an arrival falls exactly on an iteration's end
+    are skipped, since the fast world leaves that order open."""
     frame = from_gaps(rows)
-    spec = SchedulerSpec(kind=kind, max_batch=max_batch, max_batch_tokens=max_batch_tokens)
+    spec = no_evict_or(kind, max_batch, max_batch_tokens)
     capacity = blocks * block + spare % block  # not always whole blocks
     reqs, steps, ref = run_both(
         compiled, frame, spec, replicas=replicas, router=router, block=block, capacity=capacity
@@ -245,7 +258,7 @@ LAYOUTS = st.builds(
 @given(
     **WORLDS,
     layout=LAYOUTS,
-    kind=st.sampled_from(["continuous", "guaranteed-no-evict"]),
+    kind=st.sampled_from(["continuous", "guaranteed-no-evict", "chunked-context"]),
 )
 def test_windowed_fast_world_matches_reference(
     compiled: Compiled,
@@ -264,7 +277,7 @@ def test_windowed_fast_world_matches_reference(
     gives every request the reference's replica, times and preemptions, drops the same
     requests and runs the same iterations with the same blocks in use."""
     frame = from_gaps(rows)
-    spec = SchedulerSpec(kind=kind, max_batch=max_batch, max_batch_tokens=max_batch_tokens)
+    spec = no_evict_or(kind, max_batch, max_batch_tokens)
     reqs, steps, ref = run_both(
         compiled,
         frame,

@@ -58,7 +58,16 @@ With the ``guaranteed-no-evict`` scheduler (TensorRT-LLM's admission,
 second :class:`simpy.Container`, of promised blocks. Admission (step 2) takes from it the
 blocks of the request's whole sequence (``prompt + output - 1`` tokens) and stops at the
 first request they do not cover, with no watermark; a finished request puts them back.
-Decode growth (step 1) then always finds its blocks, so no request is preempted.
+Decode growth (step 1) then always finds its blocks, so no request is preempted. With
+``chunked_context`` the token budget is kept exactly: before admission, the requests
+whose prompt is partly prefilled (``partial``, in admission order) each take the rest of
+their prompt when it fits the budget left, else the budget left rounded down to whole
+blocks, and stop at the first that gets nothing; admission then gives each new request
+its first chunk the same way and stops at the first that gets nothing (in an iteration
+that would otherwise run nothing, a chunk that rounds to nothing takes the budget as it
+is). A request counts towards ``max_batch`` from admission, takes each chunk's blocks as
+it prefills it, is priced over the prompt tokens it already holds, and joins the running
+requests with its first token at the end of the iteration of its last chunk.
 
 With the ``prefill-first`` scheduler (vLLM V0's default, with ``steps`` decode
 iterations per scheduling round,
@@ -170,8 +179,9 @@ class _Request:
     """One request: its inputs, what its replica knows of it, and its recorded times.
 
     ``tokens`` is its text so far (prompt plus generated tokens); ``blocks`` the KV
-    blocks it holds. A running request whose prefill is done holds the KV of
-    ``tokens - 1`` tokens: its last token's KV is written by its next decode.
+    blocks it holds; ``prefilled`` the prompt tokens a chunked-context prefill has done.
+    A running request whose prefill is done holds the KV of ``tokens - 1`` tokens: its
+    last token's KV is written by its next decode.
     """
 
     rid: int
@@ -188,6 +198,7 @@ class _Request:
     preemptions: int = 0
     dropped: bool = False
     emissions: list[float] = field(default_factory=list)
+    prefilled: int = 0
 
     @property
     def generated(self) -> int:
@@ -227,6 +238,7 @@ class _Replica:
     kv: simpy.Container = field(init=False)
     promised: simpy.Container | None = field(init=False, default=None)
     running: list[_Request] = field(default_factory=list)
+    partial: list[_Request] = field(default_factory=list)
     outstanding: int = 0
     steps: list[ReferenceStep] = field(default_factory=list)
     owed: list[tuple[_Request, int]] = field(default_factory=list)
@@ -334,6 +346,71 @@ class _Replica:
             admitted.append(req)
             req.inbox.put(_Note.SCHEDULED)
         return admitted
+
+    def _chunks(self, decodes: int) -> Generator[simpy.Event, Any, list[tuple[_Request, int]]]:
+        """Chunked context: this iteration's prompt chunks, partly prefilled requests
+        first, then newly admitted ones, each with the blocks of its chunk taken."""
+        spec, unit = self.spec, self.cache.block_tokens
+        assert self.promised is not None
+        room = spec.max_batch_tokens - decodes
+        out: list[tuple[_Request, int]] = []
+
+        def size(left: int) -> int:
+            c = left if left <= room else room // unit * unit
+            return min(left, room) if c == 0 and not decodes and not out else c
+
+        for req in self.partial:
+            c = size(req.prompt - req.prefilled)
+            if not c:
+                break
+            out.append((req, c))
+            room -= c
+        while self.queue.items and len(self.running) + len(self.partial) < spec.max_batch:
+            req = self.queue.items[0].item
+            c = size(req.prompt)
+            if not c or self._promise(req) > self.promised.level:
+                break
+            yield self.promised.get(self._promise(req))
+            yield self.queue.get()
+            self.partial.append(req)
+            out.append((req, c))
+            room -= c
+            req.inbox.put(_Note.SCHEDULED)
+        for req, c in out:
+            need = self.cache.blocks(req.prefilled + c) - self.cache.blocks(req.prefilled)
+            if need:
+                yield self.kv.get(need)
+            req.blocks += need
+        return out
+
+    def _chunked(self) -> Proc:
+        """One iteration of ``guaranteed-no-evict`` with chunked context."""
+        env = self.env
+        decodes = list(self.running)
+        chunks = yield from self._chunks(len(decodes))
+        if not decodes and not chunks:
+            raise AssertionError(f"replica {self.index} cannot admit its first request")
+        tokens = sum(c for _r, c in chunks)
+        cached = sum(r.prefilled for r, _c in chunks)
+        context = sum(r.tokens - 1 for r in decodes)
+        seconds, _j, _s = self.costs.step(len(chunks), tokens, cached, len(decodes), context)
+        start = env.now
+        used = self._used()
+        yield env.timeout(seconds)
+        self.steps.append(
+            ReferenceStep(
+                self.index, start, env.now, len(decodes) + len(chunks), tokens, len(decodes), used
+            )
+        )
+        firsts = []
+        for req, c in chunks:
+            req.prefilled += c
+            if req.prefilled == req.prompt:
+                self.partial.remove(req)
+                firsts.append(req)
+        self.running.extend(firsts)
+        for req in decodes + firsts:
+            yield from self._give(req, 1)
 
     def _give(self, req: _Request, tokens: int) -> Proc:
         """``req`` receives ``tokens`` tokens now; finished, it leaves and frees its
@@ -447,7 +524,7 @@ class _Replica:
         """The replica's process: iterations back to back while it has work."""
         env = self.env
         while True:
-            if not self.running and not self.queue.items:
+            if not self.running and not self.partial and not self.queue.items:
                 if self.owed:  # nothing to schedule: the owed tokens are sent now
                     yield from self._stream()
                 # idle: sleep until a request is routed here; put it back where it was,
@@ -458,6 +535,9 @@ class _Replica:
                 yield from self._round()
                 continue
             yield from self._grow()
+            if self.spec.chunked_context:
+                yield from self._chunked()
+                continue
             decodes = list(self.running)
             prefills = yield from self._admit()
             if not decodes and not prefills:

@@ -28,6 +28,19 @@ The policy, before every iteration at its start instant:
    first); a request with all its tokens finishes and returns its blocks and its
    reservation.
 
+*Chunked context* (``chunked_context: true``, TensorRT-LLM's ``enable_chunked_context``,
+which ``trtllm-bench`` of 0.12 switches on): the token budget is kept exactly. Prompts
+already partly prefilled continue first, in admission order, then new requests are
+admitted as above; each prefills its whole remaining prompt when that fits the budget
+left, else the budget left rounded down to whole KV blocks (the executor's chunk unit is
+its block size), and a request whose chunk rounds to nothing waits for the next
+iteration, as does every one after it (first come, first served). A request takes the
+blocks of each chunk as it prefills it, holds its reservation from admission, counts
+towards ``max_batch`` from admission, and gets its first token at the end of the
+iteration that prefills its last chunk. So that an engine whose budget is smaller than a
+block still progresses, a chunk that rounds to nothing in an iteration that would
+otherwise run nothing takes the budget unrounded.
+
 The maximum output of a request is its output length: the serving world knows each
 request's length, as a benchmark that sets ``max_tokens`` to it and ignores end of
 sequence does. A request whose whole sequence exceeds the cache is dropped by the world
@@ -67,6 +80,15 @@ from xpusim.engine.policies import (
 from xpusim.plugins.workloads.serving.kvcache import PagedKVCache
 
 
+def chunk_tokens(remaining: int, room: int, unit: int) -> int:
+    """Prompt tokens a chunked-context request prefills in an iteration: all ``remaining``
+    when they fit the ``room`` left in the token budget, else the room rounded down to
+    whole ``unit`` s (the KV block), which may be none."""
+    if remaining <= room:
+        return remaining
+    return max(0, room) // unit * unit
+
+
 def reserved_blocks(prompt: int, output: int, block_tokens: int) -> int:
     """Blocks a request reserves at admission: the KV of its whole sequence, ``prompt +
     output - 1`` tokens (its last token's KV is never written). The scheduler counts it
@@ -84,6 +106,7 @@ class GuaranteedNoEvictScheduler(Scheduler):
         "TensorRT-LLM's guaranteed-no-evict: admit only when the KV of prompt plus output "
         "is reservable, never preempt"
     )
+    chunked_context = True
 
     def process(
         self,
@@ -98,6 +121,7 @@ class GuaranteedNoEvictScheduler(Scheduler):
         kv = rep.kv
         B = kv.block_tokens
         total = kv.total_blocks
+        chunked = spec.chunked_context
         # the cache counts a request's blocks and its reservation (once a request, so not
         # inlined); a decode's growth, every decoder every iteration, stays inline without
         # a window
@@ -110,13 +134,15 @@ class GuaranteedNoEvictScheduler(Scheduler):
         prompt, output = req.prompt, req.output
         log = rep.log
         running: list[int] = []  # decoding requests, in admission order
+        prefilling: list[int] = []  # admitted, prompt partly prefilled (chunked context)
+        done: dict[int, int] = {}  # prompt tokens each of those has prefilled
         held: dict[int, int] = {}  # tokens of KV each running request holds
         left: dict[int, int] = {}  # tokens each running request has still to generate
-        promised = 0  # blocks reserved by the running requests
+        promised = 0  # blocks reserved by the admitted requests
         used = 0  # blocks they hold
         j = 0  # iteration index in the replica's step log
         while True:
-            if not running and not waiting:
+            if not running and not prefilling and not waiting:
                 ev = rep.wake = env.event()
                 yield ev
                 continue
@@ -126,39 +152,59 @@ class GuaranteedNoEvictScheduler(Scheduler):
                 used += sum(step(held[rid]) for rid in running)
             else:
                 used += sum(1 for rid in running if held[rid] % B == 0)
-            # 2. admission
+            # 2. prefill chunks: partly prefilled prompts first, then admission
             room = spec.max_batch_tokens - len(running)
-            admitted: list[int] = []
-            pf_tok = 0
-            while waiting and len(running) + len(admitted) < spec.max_batch:
+            chunks: list[tuple[int, int]] = []  # (request, prompt tokens this iteration)
+            pf_tok = pf_ctx = 0
+            for rid in prefilling:
+                c = chunk_tokens(prompt[rid] - done[rid], room, B)
+                if c == 0 and not running and not chunks:
+                    c = min(prompt[rid] - done[rid], room)  # a budget below one block
+                if c == 0:
+                    break
+                chunks.append((rid, c))
+                pf_ctx += done[rid]
+                room -= c
+            while waiting and len(running) + len(prefilling) < spec.max_batch:
                 rid = waiting[0]
                 L = prompt[rid]
-                if admitted and room < L:
+                if chunked:
+                    c = chunk_tokens(L, room, B)
+                    if c == 0 and not running and not chunks:
+                        c = min(L, room)  # a budget below one block still progresses
+                    if c == 0:
+                        break
+                elif chunks and room < L:
                     break
+                else:
+                    c = L
                 need = peak(L + output[rid] - 1)
                 if promised + need > total:
                     break
                 waiting.popleft()
                 promised += need
-                used += blocks(L)
-                admitted.append(rid)
-                pf_tok += L
-                room -= L
+                prefilling.append(rid)
+                done[rid] = 0
+                chunks.append((rid, c))
+                room -= c
                 req.state[rid] = PREFILLING
                 req.first_scheduled[rid] = now
-            if not running and not admitted:
+            if not running and not chunks:
                 raise AssertionError(
                     f"replica {rep.index} cannot admit its first request: {promised} of "
                     f"{total} KV blocks reserved with nothing running"
                 )
+            for rid, c in chunks:
+                used += blocks(done[rid] + c) - blocks(done[rid])
+                pf_tok += c
             # 3. the iteration
             n_dec = len(running)
             context = sum(held[rid] for rid in running)
-            dur, joules, st_i = prices.step(len(admitted), pf_tok, 0, n_dec, context)
+            dur, joules, st_i = prices.step(len(chunks), pf_tok, pf_ctx, n_dec, context)
             yield env.timeout(dur)
             end = now + dur
-            log_step(log, now, end, n_dec + len(admitted), pf_tok, n_dec, used, st_i, joules)
-            # 4. tokens: decodes their next, prefills their first
+            log_step(log, now, end, n_dec + len(chunks), pf_tok, n_dec, used, st_i, joules)
+            # 4. tokens: decodes their next, prompts whose last chunk ran their first
             still: list[int] = []
             for rid in running:
                 held[rid] += 1
@@ -170,8 +216,13 @@ class GuaranteedNoEvictScheduler(Scheduler):
                     promised -= peak(prompt[rid] + output[rid] - 1)
                     del left[rid]
                     finish_request(req, rep, rid, end)
-            for rid in admitted:
+            for rid, c in chunks:
+                done[rid] += c
                 L, m = prompt[rid], output[rid]
+                if done[rid] < L:
+                    continue
+                prefilling.remove(rid)
+                del done[rid]
                 req.first_token[rid] = end
                 req.seg_start[rid] = j + 1
                 req.fin_iter[rid] = j + m - 1
