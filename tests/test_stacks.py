@@ -100,6 +100,22 @@ def test_scenario_inherits_scheduler_and_kv_fraction_from_its_stack() -> None:
         ServingConfig.model_validate({"arrivals": arrivals, "stack": "nope"})
 
 
+def test_tensorrt_llm_brings_its_block_size_and_chunked_context() -> None:
+    """TensorRT-LLM's profile states its 64-token KV blocks and chunked context, which a
+    scenario inherits unless it sets its own; a profile that states no block size leaves
+    the workload's, and an inline override changes it."""
+    one = {"dist": "constant", "value": 8}
+    base = {"count": 10, "prompt_tokens": one, "output_tokens": one}
+    cfg = OfflineConfig.model_validate({**base, "stack": "tensorrt-llm"})
+    assert cfg.kv_block_tokens == 64 and cfg.scheduler.chunked_context
+    own = OfflineConfig.model_validate({**base, "stack": "tensorrt-llm", "kv_block_tokens": 32})
+    assert own.kv_block_tokens == 32
+    assert OfflineConfig.model_validate({**base, "stack": "vllm-0.6"}).kv_block_tokens == 16
+    inline = {"name": "tensorrt-llm", "kv_block_tokens": 128}
+    assert OfflineConfig.model_validate({**base, "stack": inline}).kv_block_tokens == 128
+    assert "64" in load_profile("tensorrt-llm").sources["kv_block_tokens"]
+
+
 def test_offline_picks_the_largest_batch_memory_holds() -> None:
     """With no scheduler given, an offline run allows as many sequences as the KV cache
     holds at the mean length, and trtllm-bench's token budget for them (at least 2,048),

@@ -37,8 +37,9 @@ iteration:
   fabric that has NVLS the backend then prices NCCL's all-reduces without it and holds
   no NVLS buffers (:meth:`~xpusim.engine.backend.Compiled.with_nccl_nvls`); a system
   whose ``options`` set ``nccl_nvls`` keeps its own setting;
-* ``kv_memory_fraction`` and ``scheduler`` — the engine's defaults, used when the scenario
-  does not set them; ``kv_fraction_of`` says what the fraction is of: ``total`` device
+* ``kv_memory_fraction``, ``scheduler`` and ``kv_block_tokens`` (the paged cache's block:
+  vLLM's ``--block-size``, TensorRT-LLM's ``tokens_per_block``, SGLang's ``page_size``)
+  — the engine's defaults, used when the scenario does not set them; ``kv_fraction_of`` says what the fraction is of: ``total`` device
   memory that weights, activations and KV cache share (vLLM's
   ``--gpu-memory-utilization``, SGLang's ``mem_fraction_static``) or the memory ``free``
   once the weights and runtime are loaded, all of it KV cache (TensorRT-LLM's
@@ -143,6 +144,7 @@ class StackProfile:
     allreduce_one_shot_below: tuple[tuple[int, float], ...] = ()
     nccl_nvls: bool = True
     runtime_memory: EngineMemory | None = None
+    kv_block_tokens: int | None = None
 
     def allreduce_limit(self, group: int) -> float:
         """The largest all-reduce, bytes per device, the stack's kernel takes in a
@@ -221,6 +223,9 @@ class StackOverride(BaseModel):
     runtime_memory: EngineMemoryOverride | None = Field(
         default=None, description="the engine's memory besides weights and KV cache"
     )
+    kv_block_tokens: int | None = Field(
+        default=None, ge=1, description="tokens per block of the engine's paged KV cache"
+    )
 
 
 def _value(raw: Any) -> Any:
@@ -262,6 +267,7 @@ def load_profile(name: str) -> StackProfile:
         nccl_nvls=bool(_value(raw.get("nccl_nvls", True))),
         scheduler=dict(raw["scheduler"]),
         runtime_memory=load_runtime_memory(raw.get("runtime_memory")),
+        kv_block_tokens=int(_value(raw["kv_block_tokens"])) if "kv_block_tokens" in raw else None,
         sources={
             "host_step_s": _cited(raw["host_step_s"]),
             "host_per_seq_s": _cited(raw["host_per_seq_s"])
@@ -282,6 +288,9 @@ def load_profile(name: str) -> StackProfile:
             "runtime_memory": "the profile's runtime_memory block, a source per figure"
             if "runtime_memory" in raw
             else "not stated in the profile: the backend's runtime reserve and activations",
+            "kv_block_tokens": _cited(raw["kv_block_tokens"])
+            if "kv_block_tokens" in raw
+            else "not stated in the profile: the workload's kv_block_tokens",
         },
     )
 
@@ -328,6 +337,7 @@ def resolve_stack(spec: str | StackOverride | None) -> StackProfile:
         "allreduce",
         "allreduce_max_bytes",
         "nccl_nvls",
+        "kv_block_tokens",
     ):
         v = getattr(spec, key)
         if v is not None:

@@ -416,9 +416,10 @@ def _value_error(loc: tuple[Any, ...], value: Any, message: str) -> InitErrorDet
 
 def apply_stack(config: Any) -> None:
     """Resolve ``config.stack`` and fill what the scenario left unset from the profile:
-    the scheduler (its kind and limits) and ``kv_memory_fraction``. Shared by the
-    ``serving`` and ``offline`` configs, which both hold ``stack``, ``scheduler`` and
-    ``kv_memory_fraction``."""
+    the scheduler (its kind and limits), ``kv_memory_fraction`` and, where the profile
+    states it, ``kv_block_tokens``. Shared by the ``serving`` and ``offline`` configs,
+    which both hold ``stack``, ``scheduler``, ``kv_memory_fraction`` and
+    ``kv_block_tokens``."""
     prof = resolve_stack(config.stack)
     config._stack = prof
     given = config.model_fields_set
@@ -426,6 +427,8 @@ def apply_stack(config: Any) -> None:
         config.scheduler = SchedulerSpec(**prof.scheduler)
     if "kv_memory_fraction" not in given:
         config.kv_memory_fraction = prof.kv_memory_fraction
+    if "kv_block_tokens" not in given and prof.kv_block_tokens is not None:
+        config.kv_block_tokens = prof.kv_block_tokens
 
 
 def check_trace_work(frame: Any, batch: int, replicas: int, system: str) -> None:
