@@ -67,8 +67,9 @@ def test_each_filled_cell_is_a_row_with_its_source_count_and_limits() -> None:
 
 
 def test_a_trtllm_bench_row_runs_offline_under_its_build_limits() -> None:
-    """With limits the run keeps the stack's capacity policy and takes the build's batch
-    and token budget; without them it sets no scheduler, so the run sizes itself."""
+    """With limits the run keeps the stack's capacity policy (chunked context included)
+    and takes the build's batch and token budget; without them it sets no scheduler, so
+    the run sizes itself."""
     row = VS.table_rows(TABLE)[0]
     data = VS.scenario_data(row)
     wl = data["workload"]
@@ -77,6 +78,7 @@ def test_a_trtllm_bench_row_runs_offline_under_its_build_limits() -> None:
         "kind": "guaranteed-no-evict",
         "max_batch": 4096,
         "max_batch_tokens": 8192,
+        "chunked_context": True,
     }
     bare = {k: v for k, v in row.items() if k not in ("max_batch", "max_batch_tokens")}
     assert "scheduler" not in VS.scenario_data(bare)["workload"]
