@@ -59,6 +59,15 @@ contiguous at the output's shape (a view, a transpose, a broadcast source): a GP
 on its elementwise kernels' unvectorized path (``strided_elementwise_fraction`` of the
 GPU backend)."""
 
+ROWS_MEAN = "rows_mean"
+"""The :attr:`Op.attrs` key of a grouped MATMUL over routed rows (an MoE layer's experts,
+``batch`` groups of ``dims[0]`` rows at most): the mean rows a group receives."""
+
+ROWS_STD = "rows_std"
+"""The :attr:`Op.attrs` key of the standard deviation of a group's rows about
+:data:`ROWS_MEAN` (the spread of tokens over experts); a backend that pads each group to
+whole tiles prices the expected padding from it."""
+
 
 @dataclass(frozen=True, slots=True)
 class Op:

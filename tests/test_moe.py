@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from itertools import pairwise
+
 import pytest
 
 from xpusim.engine.collectives import collective_seconds
-from xpusim.engine.graph import Collective, Phase, Shape
+from xpusim.engine.graph import ROWS_MEAN, ROWS_STD, Collective, Op, OpKind, Phase, Shape
 from xpusim.engine.system import Parallelism, Topology
+from xpusim.plugins.gpu.catalog import catalog
+from xpusim.plugins.gpu.efficiency import GpuCostModel, GpuEfficiency, expected_row_tiles
 from xpusim.plugins.models.hf import HFFamily
 from xpusim.plugins.models.transformer import MIXTRAL
 
@@ -183,3 +188,58 @@ def test_gpu_backend_all_to_all_matches_deepep_v2_on_b200(kind: str, measured_gb
     op = next(o for o in _a2a(m, par, tokens=8192) if kind in o.name)
     seconds = compiled.collective_seconds(Collective.ALL_TO_ALL, op.comm_bytes, 8)
     assert op.comm_bytes / seconds / 1e9 == pytest.approx(measured_gbps, rel=0.10)
+
+
+def test_expert_gemms_carry_the_binomial_spread_of_their_rows() -> None:
+    """Each expert's rows are the tokens routed to it, a binomial of n tokens with
+    probability top_k / experts: the expert GEMMs say their mean and spread, which a
+    backend that pads each expert to whole tiles prices."""
+    m = MIXTRAL.configure({"preset": "mixtral-8x7b"})
+    shape = Shape(Phase.PREFILL, batch=1, tokens=3072, context=0)
+    up = next(o for o in m.build(shape, Parallelism()).ops if o.name == "moe.up")
+    assert up.attr(ROWS_MEAN) == pytest.approx(3072 * 2 / 8)
+    assert up.attr(ROWS_STD) == pytest.approx((3072 * 0.25 * 0.75) ** 0.5)
+
+
+def test_expected_row_tiles_smooth_the_tile_cliff() -> None:
+    """With no spread a group takes the tiles of its mean; with the spread of routed
+    tokens, a mean on a tile boundary costs about half a tile more (some experts spill
+    into a seventh tile), the expectation grows smoothly with the mean instead of
+    jumping at each boundary, and a group that sees no row launches no tile."""
+    assert expected_row_tiles(768, 0.0, 128) == 6
+    assert expected_row_tiles(770, 0.0, 128) == 7
+    assert expected_row_tiles(0, 0.0, 128) == 0
+    on = expected_row_tiles(768, 24.0, 128)
+    assert 6.4 < on < 6.6
+    means = [700 + 4 * i for i in range(40)]
+    tiles = [expected_row_tiles(x, 24.0, 128) for x in means]
+    assert all(b >= a for a, b in pairwise(tiles))
+    assert max(b - a for a, b in pairwise(tiles)) < 0.1
+    assert expected_row_tiles(1e-3, 1e-2, 64) < 1e-3
+
+
+def test_a_grouped_gemm_of_spread_rows_costs_its_expected_tiles() -> None:
+    """The GPU prices an expert GEMM whose rows spread about a tile multiple above the
+    same GEMM of equal rows per expert, and no longer drops when the tokens fall on a
+    tile boundary: one more token costs about as much as one fewer."""
+    dev = catalog()["a100-sxm-80gb"]
+    cost = GpuCostModel(dev, GpuEfficiency())
+
+    def seconds(rows: float, spread: float) -> float:
+        op = Op(
+            name="moe.up",
+            kind=OpKind.MATMUL,
+            flops=2.0 * rows * 8 * 14336 * 4096,
+            bytes_read=8 * 14336 * 4096 * 2.0,
+            bytes_written=rows * 8 * 14336 * 2.0,
+            dims=(math.ceil(rows), 14336, 4096),
+            batch=8,
+            dtype="fp16",
+            attrs=((ROWS_MEAN, rows), (ROWS_STD, spread)),
+        )
+        return cost(op).seconds
+
+    assert seconds(768, 24.0) > seconds(768, 0.0) * 1.03
+    lower, upper = seconds(767, 24.0), seconds(769, 24.0)
+    assert upper / lower < 1.02
+    assert seconds(769, 0.0) / seconds(767, 0.0) > 1.1  # the cliff of equal rows

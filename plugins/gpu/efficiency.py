@@ -23,7 +23,11 @@ GEMM (``MATMUL``, ``CONV`` lowered to GEMM, dense ``SPIKING`` layers with GEMM d
     non-decreasing in m, n and k, so is the minimum. Memory time is the op's bytes (A, B
     and C once: tiles share operands through L2) plus split-K partials over ``memory_bw ×
     memory_fraction`` (the roofline: a small-M GEMM streams its weights at the achieved
-    bandwidth). The tiles include **narrow-M** ones (8 and 16 rows): with few tokens,
+    bandwidth). A grouped GEMM over routed rows (the experts of an MoE layer: the op's
+    ``rows_mean`` and ``rows_std`` attributes, rows per group) pads each group to whole
+    tiles on its own, as CUTLASS's grouped MoE GEMM and vLLM's ``moe_align_block_size``
+    do, so its row tiles are the expectation of ``⌈rows / tm⌉`` over the groups' spread of
+    rows (:func:`expected_row_tiles`) rather than the tiles of the mean. The tiles include **narrow-M** ones (8 and 16 rows): with few tokens,
     weight-only and GEMV-like kernels (Marlin, AWQ, TensorRT-LLM's swap-AB FP8/FP4
     kernels) put the weights on the MMA's wide side and the tokens on its narrow one, so
     a decode GEMM pads its tokens to 8 or 16 rows, not 64, and streams its weights at the
@@ -111,7 +115,7 @@ from typing import Literal, get_args
 from xpusim.engine.analytic import OpTime
 from xpusim.engine.device import DeviceSpec
 from xpusim.engine.errors import XpusimError
-from xpusim.engine.graph import STRIDED, Op, OpKind, dtype_bytes
+from xpusim.engine.graph import ROWS_MEAN, ROWS_STD, STRIDED, Op, OpKind, dtype_bytes
 from xpusim.engine.model import BACKWARD
 
 Tile = tuple[int, int, float]
@@ -342,6 +346,22 @@ def causal_block_factor(q: int, keys: int, block: int) -> float:
     return max(1.0, computed / pairs)
 
 
+def expected_row_tiles(mean: float, std: float, tile: int) -> float:
+    """Expected ``⌈rows / tile⌉`` of one group of a grouped GEMM whose rows are spread
+    about ``mean`` with standard deviation ``std`` (an MoE expert's share of routed
+    tokens): ``Σ_j P(rows > j·tile)`` under a normal law with continuity correction, the
+    tiles of the mean when ``std`` is 0. A group that receives no row launches no tile,
+    so a sparse layer's idle experts cost nothing."""
+    if std <= 0.0:
+        return float(math.ceil(mean / tile)) if mean > 0 else 0.0
+    scale = std * math.sqrt(2.0)
+    total, j = 0.0, 0
+    while j * tile < mean + 8.0 * std:
+        total += 0.5 * math.erfc((j * tile + 0.5 - mean) / scale)
+        j += 1
+    return total
+
+
 DecodeAttention = Literal["grouped", "per-head"]
 """A decode-attention kernel (:data:`DECODE_ATTENTION`)."""
 
@@ -424,10 +444,13 @@ class GpuCostModel:
         dtype: str,
         nbytes: float,
         out_bytes: float = 0.0,
+        rows: tuple[float, float] | None = None,
     ) -> tuple[OpTime, dict[str, float]]:
         """Time of a (batched) GEMM and the chosen configuration (``tm``, ``tn``,
         ``split``, ``tiles``, ``waves``). ``nbytes`` is every byte the op moves, of which
-        ``out_bytes`` are C, stored by the epilogue after the main loop."""
+        ``out_bytes`` are C, stored by the epilogue after the main loop. ``rows`` is
+        ``(mean, std)`` of the rows of each of the ``batch`` groups of a grouped GEMM over
+        routed rows, whose row tiles are then :func:`expected_row_tiles`."""
         e = self.eff
         per_sm = self.peak(dtype) * self.gemm_fraction(dtype) / self.sms
         m, n, k = max(1, m), max(1, n), max(1, k)
@@ -435,7 +458,8 @@ class GpuCostModel:
         ktiles = math.ceil(k / e.k_tile)
         best: tuple[float, float, float, dict[str, float]] | None = None
         for tm, tn, te in e.tiles:
-            tiles = math.ceil(m / tm) * math.ceil(n / tn) * batch
+            row_tiles = math.ceil(m / tm) if rows is None else expected_row_tiles(*rows, tm)
+            tiles = row_tiles * math.ceil(n / tn) * batch
             for split in e.split_k:
                 if split > 1 and tiles * split > self.sms:
                     continue
@@ -504,7 +528,9 @@ class GpuCostModel:
         if k in (OpKind.MATMUL, OpKind.CONV) or (k is OpKind.SPIKING and len(op.dims) == 3):
             if len(op.dims) >= 3:
                 m, n, kk = (int(x) for x in op.dims[:3])
-                return self.gemm(m, n, kk, op.batch, op.dtype, op.bytes, op.bytes_written)[0]
+                spread = op.attr(ROWS_STD) if op.attrs else 0.0
+                rows = (op.attr(ROWS_MEAN), spread) if spread > 0 else None
+                return self.gemm(m, n, kk, op.batch, op.dtype, op.bytes, op.bytes_written, rows)[0]
             return OpTime(
                 op.flops / (self.peak(op.dtype) * self.gemm_fraction(op.dtype)),
                 op.bytes / self.bw,

@@ -38,7 +38,18 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
 from xpusim.engine.errors import ScenarioError, UnsupportedError
-from xpusim.engine.graph import STRIDED, Collective, Op, OpGraph, OpKind, Phase, Shape, dtype_bytes
+from xpusim.engine.graph import (
+    ROWS_MEAN,
+    ROWS_STD,
+    STRIDED,
+    Collective,
+    Op,
+    OpGraph,
+    OpKind,
+    Phase,
+    Shape,
+    dtype_bytes,
+)
 from xpusim.engine.model import ModelFamily, ModelInfo
 from xpusim.engine.recompute import recomputed_modules
 from xpusim.engine.system import Parallelism, divisors, near_divisors
@@ -1525,6 +1536,9 @@ class DecoderModel(EagerCounted):
         arrive = pairs * (c.expert_imbalance if ep > 1 else 1.0)
         cap = max(1, math.ceil(arrive / eloc))
         touched = eloc * (1.0 - (1.0 - k / ex) ** (n * ep))
+        # a local expert's rows: each of the n * ep tokens routed to it with probability
+        # k / ex (uniform routing), a binomial spread about the mean
+        spread = math.sqrt(n * ep * (k / ex) * (1.0 - k / ex))
         ib = INDEX_BYTES
         b.gemm("moe.router", n, ex, h, False)
         if c.router_bias:
@@ -1558,7 +1572,11 @@ class DecoderModel(EagerCounted):
                     count=b.count,
                     dtype=c.dtype,
                     layer="layer",
-                    attrs=(("experts_touched", touched),),
+                    attrs=(
+                        ("experts_touched", touched),
+                        (ROWS_MEAN, arrive / eloc),
+                        (ROWS_STD, spread),
+                    ),
                 )
             )
             if name == "moe.up":
