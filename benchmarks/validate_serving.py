@@ -160,7 +160,6 @@ def table_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
                 "dtype": c["dtype"],
                 "kv_dtype": c.get("kv_dtype"),
                 "stack": table["stack"],
-                "decode_attention": table.get("decode_attention", "grouped"),
                 "run": table["run"],
                 "count": int(table["counts"][f"{isl}/{osl}"]),
                 "input": isl,
@@ -247,7 +246,9 @@ def _scenario(
 def _system(row: dict[str, Any], calibration: Path | None) -> dict[str, Any]:
     """The one system of ``row``: its GPUs under tensor parallelism, with the
     calibration when it is of the row's device."""
-    options: dict[str, Any] = {"decode_attention": row.get("decode_attention", "grouped")}
+    options: dict[str, Any] = {}
+    if row.get("decode_attention"):  # else the stack's engine, or the backend, picks it
+        options["decode_attention"] = row["decode_attention"]
     if calibration is not None and load_calibration(calibration).device == row["device"]:
         options["calibration"] = str(calibration)
     tp = int(row["tp"])

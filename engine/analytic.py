@@ -111,7 +111,9 @@ class AnalyticCompiled(Compiled):
     ``collective_buffer_bytes``/``collective_buffer_note`` the collective library's buffers
     for the model-parallel communicator, held in an inference fit (not a training one:
     a training plan's reserve is its own) and why; ``recompile`` the backend's way to
-    compile the same model with some system options changed (:meth:`with_nccl_nvls`);
+    compile the same model with some system options changed, and ``engine_settings`` the
+    options a serving engine may set that way with their defaults
+    (:meth:`with_engine_settings`);
     ``p2p_allreduce`` the backend's model of the serving engines' own all-reduce kernels
     (:data:`P2PPricer`), which :meth:`with_allreduce_kernel` switches to.
     """
@@ -133,6 +135,7 @@ class AnalyticCompiled(Compiled):
         collective_buffer_bytes: float = 0.0,
         collective_buffer_note: str = "",
         recompile: Callable[[Mapping[str, Any]], Compiled] | None = None,
+        engine_settings: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(system, model)
         self.price_op = price_op
@@ -145,7 +148,8 @@ class AnalyticCompiled(Compiled):
         self.collective_buffer_bytes = float(collective_buffer_bytes)
         self.collective_buffer_note = collective_buffer_note
         self.recompile = recompile
-        self._variants: dict[tuple[str, Any], Compiled] = {}
+        self.engine_settings = dict(engine_settings or {})
+        self._variants: dict[tuple[tuple[str, Any], ...], Compiled] = {}
         self.assumptions = dict(assumptions or {})
         self.p2p_allreduce = p2p_allreduce
         self._op_memo: dict[Op, OpTime] = {}
@@ -223,18 +227,33 @@ class AnalyticCompiled(Compiled):
             f"{how}; all-reduces of at most {max_bytes:.0f} B per device in a node, {shots}"
         )
 
-    def with_nccl_nvls(self, on: bool) -> tuple[Compiled, str]:
-        """This model compiled anew with the system's ``nccl_nvls`` option set to ``on``
-        (through the backend's ``recompile``), or this compilation where the option
-        already says so or the backend gives no way to recompile."""
+    def with_engine_settings(self, settings: Mapping[str, Any]) -> tuple[Compiled, str]:
+        """This model compiled anew (through the backend's ``recompile``) with the
+        options of ``settings`` that the backend takes (``engine_settings``) where they
+        differ from the system's, or this compilation where none does or the backend gives
+        no way to recompile; the sentence names each setting and whether it applied."""
         if self.recompile is None:
-            return super().with_nccl_nvls(on)
-        if bool(self.system.options.get("nccl_nvls", True)) == on:
-            return self, f"NVLS {'on' if on else 'off'} as the system sets it"
-        key = ("nccl_nvls", on)  # compiled once, shared by the fit and the run's stacks
+            return super().with_engine_settings(settings)
+        known = self.engine_settings
+        changes = {
+            k: v
+            for k, v in settings.items()
+            if k in known and self.system.options.get(k, known[k]) != v
+        }
+        how = "; ".join(
+            f"{k} {v!r} (the engine's)"
+            if k in changes
+            else f"{k} {v!r} as the system has it"
+            if k in known
+            else f"{k}: not a setting of the {self.system.backend} backend"
+            for k, v in sorted(settings.items())
+        )
+        if not changes:
+            return self, how
+        key = tuple(sorted(changes.items()))  # compiled once, shared by the fit and stacks
         if key not in self._variants:
-            self._variants[key] = self.recompile({"nccl_nvls": on})
-        return self._variants[key], f"NVLS {'on' if on else 'off'} (the engine's)"
+            self._variants[key] = self.recompile(changes)
+        return self._variants[key], how
 
     def graph(self, shape: Shape) -> OpGraph:
         """The (optionally fused) per-device graph of one pipeline stage for ``shape``."""

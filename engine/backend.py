@@ -105,7 +105,7 @@ class Compiled(ABC):
     where it knows better: :meth:`stage_costs` (training's forward/backward split),
     :meth:`collective_seconds` (collectives at the backend's link rates),
     :meth:`with_allreduce_kernel` (a serving engine's own all-reduce kernel),
-    :meth:`with_nccl_nvls` (the engine's NVLS setting),
+    :meth:`with_engine_settings` (the backend options a serving engine sets),
     :attr:`reserve_bytes` (fixed runtime memory per device),
     :attr:`collective_buffer_bytes` (the collective library's buffers), :attr:`samples_in_turn`
     (a batch's samples run one after the other), :attr:`replicas` and
@@ -224,13 +224,14 @@ class Compiled(ABC):
             "backend: collectives priced as the backend prices them"
         )
 
-    def with_nccl_nvls(self, on: bool) -> tuple[Compiled, str]:
-        """This compilation with the collective library's NVLink SHARP (NVLS) ``on`` or
-        off, as a serving engine sets it (SGLang turns it off), and a sentence saying so.
-        The default keeps this compilation: a backend without that setting has nothing
-        to change."""
-        del on
-        return self, f"the {self.system.backend} backend has no NVLS setting"
+    def with_engine_settings(self, settings: Mapping[str, Any]) -> tuple[Compiled, str]:
+        """This compilation with the backend options a serving engine sets, ``settings``
+        (option name to value: the GPU backend's ``nccl_nvls``, which SGLang turns off,
+        and ``decode_attention``, the engine's decode kernel), and a sentence saying what
+        applied. The default keeps this compilation: a backend without such settings has
+        nothing to change."""
+        names = ", ".join(sorted(settings)) or "none"
+        return self, f"the {self.system.backend} backend has no engine settings ({names})"
 
     def stage_costs(self, shape: Shape) -> StageCosts:
         """The forward, backward and optimizer seconds by cause of one training

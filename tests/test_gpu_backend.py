@@ -620,6 +620,33 @@ def test_strided_elementwise_runs_at_its_fraction_of_the_streaming_rate() -> Non
         GpuEfficiency(strided_elementwise_fraction=0.0)
 
 
+def test_a_stack_that_states_its_decode_kernel_sets_it() -> None:
+    """TensorRT-LLM 0.6 ran the masked MHA kernel: under its profile a grouped-query 70B
+    decode reads each K/V head once per query head and costs more than the same profile
+    told the grouped kernel; a system that sets the option itself keeps its own; the
+    figures say which applied. A profile that states no kernel leaves the backend's."""
+    from xpusim.plugins.workloads.serving.stacks import StackOverride, resolve_stack
+
+    b = GpuBackend()
+    tp4 = b.compile(llama70b(), system("h100", tensor=4))
+    shape = Shape(Phase.DECODE, batch=64, tokens=1, context=2048)
+    old = StackCompiled(tp4, load_profile("tensorrt-llm-0.6"))
+    told = StackCompiled(
+        tp4, resolve_stack(StackOverride(name="tensorrt-llm-0.6", decode_attention="grouped"))
+    )
+    assert old.inner.cost(shape).seconds > 1.5 * told.inner.cost(shape).seconds
+    fig = old.figures_used()["stack.decode_attention_grouped"]
+    assert fig.value == 0.0 and "gpt_attention.md" in (fig.assumption or "")
+    assert "decode_attention 'per-head' (the engine's)" in old.settings_how
+    own = b.compile(llama70b(), system("h100", tensor=4, decode_attention="grouped"))
+    kept = StackCompiled(own, load_profile("tensorrt-llm-0.6"))
+    assert kept.inner.cost(shape).seconds == pytest.approx(told.inner.cost(shape).seconds)
+    assert "decode_attention as the system's options set it" in kept.settings_how
+    plain = StackCompiled(tp4, load_profile("tensorrt-llm"))
+    assert "decode_attention" not in plain.settings_how
+    assert "stack.decode_attention_grouped" not in plain.figures_used()
+
+
 def test_a_stack_that_turns_nvls_off_drops_its_buffers_and_pricing() -> None:
     """SGLang leaves NCCL's NVLS off: under ``sglang-0.3`` eight H100s hold no NVLS buffers
     and get more cache than the same stack told to keep NVLS; a speculative wrapper's draft
@@ -639,6 +666,9 @@ def test_a_stack_that_turns_nvls_off_drops_its_buffers_and_pricing() -> None:
     spec = StackCompiled(SpeculativeCompiled(tp8, tp8, k=2), load_profile("sglang-0.3"))
     assert isinstance(spec.inner, SpeculativeCompiled)
     assert spec.inner.draft.collective_buffer_bytes == 0.0
-    assert tp8.with_nccl_nvls(False)[0] is tp8.with_nccl_nvls(False)[0]  # compiled once
+    assert (
+        tp8.with_engine_settings({"nccl_nvls": False})[0]
+        is tp8.with_engine_settings({"nccl_nvls": False})[0]
+    )  # compiled once
     own = b.compile(llama70b(), system("h100", tensor=8, nccl_nvls=True))
     assert StackCompiled(own, load_profile("sglang-0.3")).collective_buffer_bytes > 0

@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -87,6 +87,14 @@ class GpuOptions(BaseModel):
     nccl_nvls: bool = True
     """Whether NCCL sets up NVLink SHARP where the fabric has it (NCCL's default;
     ``false`` is ``NCCL_NVLS_ENABLE=0``, as SGLang sets)."""
+
+
+ENGINE_SETTINGS: dict[str, Any] = {
+    k: GpuOptions.model_fields[k].default for k in ("nccl_nvls", "decode_attention")
+}
+"""The options a serving engine sets on the GPU it runs (NCCL's NVLS, its decode
+kernel), with their defaults: what a stack profile may change by recompiling
+(:meth:`~xpusim.engine.analytic.AnalyticCompiled.with_engine_settings`)."""
 
 
 def _kernel_option(system: System, key: str, choices: tuple[str, ...]) -> str:
@@ -223,6 +231,7 @@ class GpuBackend(Backend):
             recompile=lambda changes: self.compile(
                 model, replace(system, options={**system.options, **changes})
             ),
+            engine_settings=ENGINE_SETTINGS,
             collective_buffer_bytes=intra.buffer_bytes(group),
             collective_buffer_note=f"NCCL's NVLS buffers for the tensor-parallel group of "
             f"{group} GPUs ({intra.name} profile; options.nccl_nvls: "

@@ -56,7 +56,7 @@ from xpusim.plugins.workloads.serving.stacks import (
     resolve_stack,
     stack_for,
     stack_model,
-    with_stack_nvls,
+    with_stack_settings,
 )
 from xpusim.plugins.workloads.serving.workload import TraceSpec, apply_stack, check_trace_work
 from xpusim.plugins.workloads.serving.world import simulate_serving
@@ -211,8 +211,8 @@ class OfflineWorkload(Workload):
         return request_work(float(inputs or 0), out, batch, system.replicas, shrink)
 
     def fit(self, config: BaseModel, system: System, compiled: Compiled) -> Fit:
-        """The backend's memory fit with NCCL's NVLS as the stack's engine sets it."""
-        compiled, _ = with_stack_nvls(compiled, stack_for(config, system.backend))
+        """The backend's memory fit with the backend options the stack's engine sets (NCCL's NVLS)."""
+        compiled, _ = with_stack_settings(compiled, stack_for(config, system.backend))
         return super().fit(config, system, compiled)
 
     def runtime_model(self, config: BaseModel, system: System, model: ModelGraph) -> ModelGraph:

@@ -35,8 +35,13 @@ iteration:
 * ``nccl_nvls`` — whether the engine leaves NCCL's NVLink SHARP on (NCCL's default) or
   turns it off (SGLang's ``enable_nccl_nvls`` is false by default): on an NVSwitch
   fabric that has NVLS the backend then prices NCCL's all-reduces without it and holds
-  no NVLS buffers (:meth:`~xpusim.engine.backend.Compiled.with_nccl_nvls`); a system
-  whose ``options`` set ``nccl_nvls`` keeps its own setting;
+  no NVLS buffers;
+* ``decode_attention`` — the engine's decode-attention kernel where the profile states
+  it (``per-head``: TensorRT-LLM before XQA, whose masked MHA kernel reads each K/V head
+  once per query head); unstated, the backend's default (``grouped``) stands. This and
+  ``nccl_nvls`` are backend options the engine sets
+  (:meth:`~xpusim.engine.backend.Compiled.with_engine_settings`); a system whose
+  ``options`` set one keeps its own;
 * ``kv_memory_fraction``, ``scheduler`` and ``kv_block_tokens`` (the paged cache's block:
   vLLM's ``--block-size``, TensorRT-LLM's ``tokens_per_block``, SGLang's ``page_size``)
   — the engine's defaults, used when the scenario does not set them; ``kv_fraction_of`` says what the fraction is of: ``total`` device
@@ -145,6 +150,15 @@ class StackProfile:
     nccl_nvls: bool = True
     runtime_memory: EngineMemory | None = None
     kv_block_tokens: int | None = None
+    decode_attention: str | None = None
+
+    def engine_settings(self) -> dict[str, Any]:
+        """The backend options the engine sets: NCCL's NVLS always, the decode-attention
+        kernel where the profile states it."""
+        out: dict[str, Any] = {"nccl_nvls": self.nccl_nvls}
+        if self.decode_attention is not None:
+            out["decode_attention"] = self.decode_attention
+        return out
 
     def allreduce_limit(self, group: int) -> float:
         """The largest all-reduce, bytes per device, the stack's kernel takes in a
@@ -220,6 +234,9 @@ class StackOverride(BaseModel):
     nccl_nvls: bool | None = Field(
         default=None, description="whether the engine leaves NCCL's NVLink SHARP on"
     )
+    decode_attention: Literal["grouped", "per-head"] | None = Field(
+        default=None, description="the engine's decode-attention kernel"
+    )
     runtime_memory: EngineMemoryOverride | None = Field(
         default=None, description="the engine's memory besides weights and KV cache"
     )
@@ -268,6 +285,9 @@ def load_profile(name: str) -> StackProfile:
         scheduler=dict(raw["scheduler"]),
         runtime_memory=load_runtime_memory(raw.get("runtime_memory")),
         kv_block_tokens=int(_value(raw["kv_block_tokens"])) if "kv_block_tokens" in raw else None,
+        decode_attention=str(_value(raw["decode_attention"]))
+        if "decode_attention" in raw
+        else None,
         sources={
             "host_step_s": _cited(raw["host_step_s"]),
             "host_per_seq_s": _cited(raw["host_per_seq_s"])
@@ -291,6 +311,9 @@ def load_profile(name: str) -> StackProfile:
             "kv_block_tokens": _cited(raw["kv_block_tokens"])
             if "kv_block_tokens" in raw
             else "not stated in the profile: the workload's kv_block_tokens",
+            "decode_attention": _cited(raw["decode_attention"])
+            if "decode_attention" in raw
+            else "not stated in the profile: the backend's decode-attention kernel",
         },
     )
 
@@ -338,6 +361,7 @@ def resolve_stack(spec: str | StackOverride | None) -> StackProfile:
         "allreduce_max_bytes",
         "nccl_nvls",
         "kv_block_tokens",
+        "decode_attention",
     ):
         v = getattr(spec, key)
         if v is not None:
@@ -399,13 +423,17 @@ def stack_model(stack: StackProfile, model: ModelGraph) -> ModelGraph:
     return model
 
 
-def with_stack_nvls(compiled: Compiled, stack: StackProfile) -> tuple[Compiled, str]:
-    """``compiled`` with NCCL's NVLS as ``stack``'s engine sets it
-    (:meth:`~xpusim.engine.backend.Compiled.with_nccl_nvls`), unless the system's
-    ``options`` set ``nccl_nvls`` themselves, and a sentence saying which applied."""
-    if "nccl_nvls" in compiled.system.options:  # the system's own setting wins
-        return compiled, "NCCL's NVLS as the system's options set it"
-    return compiled.with_nccl_nvls(stack.nccl_nvls)
+def with_stack_settings(compiled: Compiled, stack: StackProfile) -> tuple[Compiled, str]:
+    """``compiled`` with the backend options ``stack``'s engine sets
+    (:meth:`StackProfile.engine_settings`, through
+    :meth:`~xpusim.engine.backend.Compiled.with_engine_settings`) but those the system's
+    ``options`` set themselves, and a sentence saying which applied."""
+    wanted = stack.engine_settings()
+    own = sorted(k for k in wanted if k in compiled.system.options)  # the system's win
+    settings = {k: v for k, v in wanted.items() if k not in own}
+    compiled, how = compiled.with_engine_settings(settings) if settings else (compiled, "")
+    kept = [f"{k} as the system's options set it" for k in own]
+    return compiled, "; ".join([how, *kept] if how else kept)
 
 
 def sequences(shape: Shape) -> int:
@@ -439,7 +467,7 @@ class StackCompiled(Compiled):
     ) -> None:
         super().__init__(inner.system, inner.model)
         self.limits = limits
-        inner, self.nvls_how = with_stack_nvls(inner, stack)
+        inner, self.settings_how = with_stack_settings(inner, stack)
         self.allreduce_how = "every all-reduce on the collective library"
         self.allreduce_max_bytes, schedule = stack.allreduce_plan(inner.system.parallelism.tensor)
         if stack.allreduce != "library" and self.allreduce_max_bytes > 0:
@@ -571,8 +599,14 @@ class StackCompiled(Compiled):
         )
         out["stack.nccl_nvls"] = Figure(
             1.0 if s.nccl_nvls else 0.0,
-            assumption=f"{s.name}: {s.sources.get('nccl_nvls', '')}; applied: {self.nvls_how}",
+            assumption=f"{s.name}: {s.sources.get('nccl_nvls', '')}; applied: {self.settings_how}",
         )
+        if s.decode_attention is not None:
+            out["stack.decode_attention_grouped"] = Figure(
+                1.0 if s.decode_attention == "grouped" else 0.0,
+                assumption=f"{s.name}: {s.decode_attention} "
+                f"({s.sources.get('decode_attention', '')}); applied: {self.settings_how}",
+            )
         parts = self.engine_memory_parts()
         if parts and s.runtime_memory is not None and self.limits is not None:
             lim = self.limits

@@ -88,7 +88,7 @@ from xpusim.plugins.workloads.serving.stacks import (
     resolve_stack,
     stack_for,
     stack_model,
-    with_stack_nvls,
+    with_stack_settings,
 )
 from xpusim.plugins.workloads.serving.world import simulate_serving
 
@@ -553,11 +553,11 @@ class ServingWorkload(Workload):
         """The switched-on techniques' checks of ``system`` first
         (:meth:`~xpusim.engine.policies.ServingTechnique.check_system`: a pool on a device
         that does not exist is refused here, by ``xpusim validate`` too), then the
-        backend's memory fit with NCCL's NVLS as the stack's engine sets it."""
+        backend's memory fit with the backend options the stack's engine sets (NCCL's NVLS)."""
         assert isinstance(config, ServingConfig)
         for tech in config.techniques():
             tech.check_system(config.technique(tech.name), system, compiled.model)
-        compiled, _ = with_stack_nvls(compiled, stack_for(config, system.backend))
+        compiled, _ = with_stack_settings(compiled, stack_for(config, system.backend))
         return super().fit(config, system, compiled)
 
     def simulate(self, config: BaseModel, ctx: WorkloadContext) -> SystemRun:

@@ -9,7 +9,7 @@ overrides what else it changes.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from xpusim.engine.backend import Compiled, Fit
@@ -55,10 +55,10 @@ class WrappedCompiled(Compiled):
             lambda c: c.with_allreduce_kernel(kernel, max_bytes, schedule=schedule)
         )
 
-    def with_nccl_nvls(self, on: bool) -> tuple[Compiled, str]:
-        """A copy over the wrapped model with NCCL's NVLS ``on`` or off, or this wrapper
-        where the wrapped model keeps its setting (and the sentence saying why)."""
-        return self._switched(lambda c: c.with_nccl_nvls(on))
+    def with_engine_settings(self, settings: Mapping[str, Any]) -> tuple[Compiled, str]:
+        """A copy over the wrapped model with the engine's ``settings``, or this wrapper
+        where the wrapped model keeps its own (and the sentence saying why)."""
+        return self._switched(lambda c: c.with_engine_settings(settings))
 
     def _switched(self, switch: Switch) -> tuple[Compiled, str]:
         """This wrapper with ``switch`` applied to the model it wraps (and to every other
