@@ -27,8 +27,8 @@ GEMM (``MATMUL``, ``CONV`` lowered to GEMM, dense ``SPIKING`` layers with GEMM d
     ``rows_mean`` and ``rows_std`` attributes, rows per group) pads each group to whole
     tiles on its own, as CUTLASS's grouped MoE GEMM and vLLM's ``moe_align_block_size``
     do, so its row tiles are the expectation of ``⌈rows / tm⌉`` over the groups' spread of
-    rows (:func:`expected_row_tiles`) rather than the tiles of the mean. The tiles include **narrow-M** ones (8 and 16 rows): with few tokens,
-    weight-only and GEMV-like kernels (Marlin, AWQ, TensorRT-LLM's swap-AB FP8/FP4
+    rows (:func:`expected_row_tiles`) rather than the tiles of the mean. The tiles
+    include **narrow-M** ones (8 and 16 rows): with few tokens, weight-only and GEMV-like kernels (Marlin, AWQ, TensorRT-LLM's swap-AB FP8/FP4
     kernels) put the weights on the MMA's wide side and the tokens on its narrow one, so
     a decode GEMM pads its tokens to 8 or 16 rows, not 64, and streams its weights at the
     format's bytes.

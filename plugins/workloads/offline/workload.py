@@ -211,7 +211,8 @@ class OfflineWorkload(Workload):
         return request_work(float(inputs or 0), out, batch, system.replicas, shrink)
 
     def fit(self, config: BaseModel, system: System, compiled: Compiled) -> Fit:
-        """The backend's memory fit with the backend options the stack's engine sets (NCCL's NVLS)."""
+        """The backend's memory fit with the backend options the stack's engine sets
+        (NCCL's NVLS, its decode kernel)."""
         compiled, _ = with_stack_settings(compiled, stack_for(config, system.backend))
         return super().fit(config, system, compiled)
 

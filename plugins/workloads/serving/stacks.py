@@ -44,7 +44,8 @@ iteration:
   ``options`` set one keeps its own;
 * ``kv_memory_fraction``, ``scheduler`` and ``kv_block_tokens`` (the paged cache's block:
   vLLM's ``--block-size``, TensorRT-LLM's ``tokens_per_block``, SGLang's ``page_size``)
-  — the engine's defaults, used when the scenario does not set them; ``kv_fraction_of`` says what the fraction is of: ``total`` device
+  — the engine's defaults, used when the scenario does not set them;
+  ``kv_fraction_of`` says what the fraction is of: ``total`` device
   memory that weights, activations and KV cache share (vLLM's
   ``--gpu-memory-utilization``, SGLang's ``mem_fraction_static``) or the memory ``free``
   once the weights and runtime are loaded, all of it KV cache (TensorRT-LLM's

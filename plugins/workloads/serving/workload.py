@@ -553,7 +553,8 @@ class ServingWorkload(Workload):
         """The switched-on techniques' checks of ``system`` first
         (:meth:`~xpusim.engine.policies.ServingTechnique.check_system`: a pool on a device
         that does not exist is refused here, by ``xpusim validate`` too), then the
-        backend's memory fit with the backend options the stack's engine sets (NCCL's NVLS)."""
+        backend's memory fit with the backend options the stack's engine sets (NCCL's
+        NVLS, its decode kernel)."""
         assert isinstance(config, ServingConfig)
         for tech in config.techniques():
             tech.check_system(config.technique(tech.name), system, compiled.model)
