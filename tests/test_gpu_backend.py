@@ -620,6 +620,33 @@ def test_strided_elementwise_runs_at_its_fraction_of_the_streaming_rate() -> Non
         GpuEfficiency(strided_elementwise_fraction=0.0)
 
 
+def test_tensorrt_llm_holds_its_all_reduce_workspace_beside_its_slots() -> None:
+    """TensorRT-LLM's custom all-reduce keeps a ping and a pong buffer of its workspace
+    size times the group on every GPU: 128 MB at TP 8 (8 MB), 64 MB at TP 2 (16 MB),
+    none on one GPU or once a scenario moves the all-reduces to the library; the engine's
+    runtime memory counts it, and its cache is that much smaller."""
+    from xpusim.plugins.workloads.serving.engine_memory import EngineLimits
+    from xpusim.plugins.workloads.serving.stacks import StackOverride, resolve_stack
+
+    b = GpuBackend()
+    lim = EngineLimits(256, 8192, 4096)
+    trt = load_profile("tensorrt-llm")
+    tp8 = StackCompiled(b.compile(llama70b(), system("h100", tensor=8)), trt, limits=lim)
+    assert tp8.engine_memory_parts()["allreduce_workspace"] == pytest.approx(2 * 8e6 * 8)
+    tp2 = StackCompiled(b.compile(llama70b(), system("h200", tensor=2)), trt, limits=lim)
+    assert tp2.engine_memory_parts()["allreduce_workspace"] == pytest.approx(2 * 16e6 * 2)
+    one = StackCompiled(
+        b.compile(FakeLlama("s", 4096, 14336, 32, 32, 8, 32000, 8e9), system("h100")),
+        trt,
+        limits=lim,
+    )
+    assert "allreduce_workspace" not in one.engine_memory_parts()
+    nccl = resolve_stack(StackOverride(name="tensorrt-llm", allreduce="library"))
+    plain = StackCompiled(tp8.inner, nccl, limits=lim)
+    assert "allreduce_workspace" not in plain.engine_memory_parts()
+    assert tp8.kv_capacity_tokens(0.9) < plain.kv_capacity_tokens(0.9)
+
+
 def test_a_stack_that_states_its_decode_kernel_sets_it() -> None:
     """TensorRT-LLM 0.6 ran the masked MHA kernel: under its profile a grouped-query 70B
     decode reads each K/V head once per query head and costs more than the same profile

@@ -31,7 +31,10 @@ iteration:
   ``allreduce_one_shot_below`` (largest group size to bytes): the engine then runs
   one-shot alone, on messages below that size for the group, and hands larger ones to
   the library (TensorRT-LLM's AUTO strategy from v0.12.0, which disabled two-shot;
-  :meth:`StackProfile.allreduce_plan`);
+  :meth:`StackProfile.allreduce_plan`). Where the profile gives ``workspace_copies``,
+  the engine holds that many buffers of the kernel's limit times the group on each
+  device (TensorRT-LLM's ping and pong workspaces), counted in its runtime memory
+  (:meth:`StackProfile.allreduce_workspace_bytes`);
 * ``nccl_nvls`` — whether the engine leaves NCCL's NVLink SHARP on (NCCL's default) or
   turns it off (SGLang's ``enable_nccl_nvls`` is false by default): on an NVSwitch
   fabric that has NVLS the backend then prices NCCL's all-reduces without it and holds
@@ -148,6 +151,7 @@ class StackProfile:
     allreduce_max_bytes: float = 0.0
     allreduce_max_bytes_two: float = 0.0
     allreduce_one_shot_below: tuple[tuple[int, float], ...] = ()
+    allreduce_workspace_copies: float = 0.0
     nccl_nvls: bool = True
     runtime_memory: EngineMemory | None = None
     kv_block_tokens: int | None = None
@@ -168,6 +172,15 @@ class StackProfile:
         if group <= 2 and self.allreduce_max_bytes_two > 0:
             return self.allreduce_max_bytes_two
         return self.allreduce_max_bytes
+
+    def allreduce_workspace_bytes(self, group: int) -> float:
+        """Bytes per device the engine's all-reduce kernel holds for a tensor-parallel
+        group of ``group`` devices: ``allreduce_workspace_copies`` buffers of
+        :meth:`allreduce_limit` bytes for each device of the group; none on one device,
+        on the library or where the profile gives no copies."""
+        if group < 2 or self.allreduce == "library":
+            return 0.0
+        return self.allreduce_workspace_copies * self.allreduce_limit(group) * group
 
     def allreduce_plan(self, group: int) -> tuple[float, P2PSchedule]:
         """The largest all-reduce, bytes per device, the stack's kernel runs in a group
@@ -282,6 +295,7 @@ def load_profile(name: str) -> StackProfile:
         allreduce_max_bytes=float(sizes_of.get("max_bytes", 0)),
         allreduce_max_bytes_two=float(sizes_of.get("max_bytes_two_gpus", 0)),
         allreduce_one_shot_below=one_shot_table(sizes_of.get("one_shot_below") or {}),
+        allreduce_workspace_copies=float(sizes_of.get("workspace_copies", 0)),
         nccl_nvls=bool(_value(raw.get("nccl_nvls", True))),
         scheduler=dict(raw["scheduler"]),
         runtime_memory=load_runtime_memory(raw.get("runtime_memory")),
@@ -375,6 +389,7 @@ def resolve_stack(spec: str | StackOverride | None) -> StackProfile:
         changes["allreduce_max_bytes_two"] = 0.0
     if spec.allreduce is not None and spec.allreduce != prof.allreduce:
         changes["allreduce_one_shot_below"] = ()  # the profile's rule was its own kernel's
+        changes["allreduce_workspace_copies"] = 0.0  # and so were its buffers
     if spec.allreduce_one_shot_below is not None:
         changes["allreduce_one_shot_below"] = one_shot_table(spec.allreduce_one_shot_below)
     if "allreduce_max_bytes" in changes:
@@ -514,7 +529,12 @@ class StackCompiled(Compiled):
         mem = self.stack.runtime_memory
         if mem is None or self.limits is None:
             return {}
-        return mem.parts(self.limits, self.model.info, self.system.parallelism.tensor)
+        group = self.system.parallelism.tensor
+        parts = mem.parts(self.limits, self.model.info, group)
+        workspace = self.stack.allreduce_workspace_bytes(group)
+        if workspace > 0:
+            parts["allreduce_workspace"] = workspace
+        return parts
 
     def _engine_extra_bytes(self, held: Mapping[str, float]) -> float:
         """The engine's runtime memory less what the backend's fit (``held``, its
