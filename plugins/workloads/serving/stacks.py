@@ -74,7 +74,7 @@ YAML file and in ``docs/workloads/serving.md``.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -270,6 +270,23 @@ def _cited(raw: Any) -> str:
     return "; ".join(parts) or "stack profile"
 
 
+def _optional(raw: Mapping[str, Any], key: str, kind: Callable[[Any], Any]) -> Any:
+    """The profile's ``key`` as ``kind``, or ``None`` where the profile does not state it."""
+    return kind(_value(raw[key])) if key in raw else None
+
+
+UNSTATED: dict[str, str] = {
+    "host_per_seq_s": "host time per iteration taken as constant",
+    "fp8_context_attention": "context attention in 16 bits",
+    "allreduce": "every all-reduce on the collective library",
+    "nccl_nvls": "NCCL's default (NVLS on where the fabric has it)",
+    "kv_block_tokens": "the workload's kv_block_tokens",
+    "decode_attention": "the backend's decode-attention kernel",
+}
+"""The optional profile fields with a source of their own, and what stands where a
+profile leaves one out (what the field's source then says)."""
+
+
 def load_profile(name: str) -> StackProfile:
     """The shipped profile ``name``; an unknown name raises ``ValueError`` listing the
     valid ones."""
@@ -299,36 +316,20 @@ def load_profile(name: str) -> StackProfile:
         nccl_nvls=bool(_value(raw.get("nccl_nvls", True))),
         scheduler=dict(raw["scheduler"]),
         runtime_memory=load_runtime_memory(raw.get("runtime_memory")),
-        kv_block_tokens=int(_value(raw["kv_block_tokens"])) if "kv_block_tokens" in raw else None,
-        decode_attention=str(_value(raw["decode_attention"]))
-        if "decode_attention" in raw
-        else None,
+        kv_block_tokens=_optional(raw, "kv_block_tokens", int),
+        decode_attention=_optional(raw, "decode_attention", str),
         sources={
             "host_step_s": _cited(raw["host_step_s"]),
-            "host_per_seq_s": _cited(raw["host_per_seq_s"])
-            if "host_per_seq_s" in raw
-            else "not stated in the profile: host time per iteration taken as constant",
             "cuda_graph_batches": _cited(raw["cuda_graph_batches"]),
             "kv_memory_fraction": _cited(raw["kv_memory_fraction"]),
             "scheduler": str(raw.get("scheduler_source", "stack profile")),
-            "fp8_context_attention": _cited(raw["fp8_context_attention"])
-            if "fp8_context_attention" in raw
-            else "not stated in the profile: context attention in 16 bits",
-            "allreduce": _cited(raw["allreduce"])
-            if "allreduce" in raw
-            else "not stated in the profile: every all-reduce on the collective library",
-            "nccl_nvls": _cited(raw["nccl_nvls"])
-            if "nccl_nvls" in raw
-            else "not stated in the profile: NCCL's default (NVLS on where the fabric has it)",
             "runtime_memory": "the profile's runtime_memory block, a source per figure"
             if "runtime_memory" in raw
             else "not stated in the profile: the backend's runtime reserve and activations",
-            "kv_block_tokens": _cited(raw["kv_block_tokens"])
-            if "kv_block_tokens" in raw
-            else "not stated in the profile: the workload's kv_block_tokens",
-            "decode_attention": _cited(raw["decode_attention"])
-            if "decode_attention" in raw
-            else "not stated in the profile: the backend's decode-attention kernel",
+            **{
+                key: _cited(raw[key]) if key in raw else f"not stated in the profile: {why}"
+                for key, why in UNSTATED.items()
+            },
         },
     )
 

@@ -16,8 +16,9 @@ from xpusim.engine.backend import Compiled, Fit
 from xpusim.engine.collectives import P2PSchedule
 
 Switch = Callable[[Compiled], tuple[Compiled, str]]
-"""A change to a compiled model (its all-reduce kernel, NCCL's NVLS): the model changed,
-or the same model where the change does not apply, and a sentence saying which."""
+"""A change to a compiled model (its all-reduce kernel, the engine's backend settings):
+the model changed, or the same model where the change does not apply, and a sentence
+saying which."""
 
 
 class WrappedCompiled(Compiled):
