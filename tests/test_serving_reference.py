@@ -163,16 +163,26 @@ def assert_same(reqs: pl.DataFrame, steps: pl.DataFrame, ref: ReferenceResult) -
 # --- the property --------------------------------------------------------------------
 
 
-def no_evict_or(kind: str, max_batch: int, max_batch_tokens: int) -> SchedulerSpec:
+def no_evict_or(
+    kind: str, max_batch: int, max_batch_tokens: int, chunk: int = 512
+) -> SchedulerSpec:
     """The spec of a drawn ``kind``: a scheduler's name, or ``chunked-context`` for
-    guaranteed-no-evict with chunked context."""
+    guaranteed-no-evict with chunked context; ``chunk`` is ``chunked-prefill``'s."""
     chunked = kind == "chunked-context"
     return SchedulerSpec(
         kind="guaranteed-no-evict" if chunked else kind,
         max_batch=max_batch,
         max_batch_tokens=max_batch_tokens,
         chunked_context=chunked,
+        chunk=chunk,
     )
+
+
+KINDS = st.sampled_from(["continuous", "chunked-prefill", "guaranteed-no-evict", "chunked-context"])
+"""The iteration-level schedulers the reference restates (``chunked-context``: no-evict
+with chunked context)."""
+CHUNKS = st.integers(1, 128)
+"""``chunked-prefill``'s chunk sizes."""
 
 
 ROWS = st.lists(
@@ -202,7 +212,8 @@ WORLDS: dict[str, st.SearchStrategy[Any]] = {
 @given(
     **WORLDS,
     spare=st.integers(0, 15),
-    kind=st.sampled_from(["continuous", "guaranteed-no-evict", "chunked-context"]),
+    kind=KINDS,
+    chunk=CHUNKS,
 )
 def test_fast_world_matches_reference(
     compiled: Compiled,
@@ -214,6 +225,7 @@ def test_fast_world_matches_reference(
     max_batch_tokens: int,
     replicas: int,
     router: str,
+    chunk: int,
     kind: str,
 ) -> None:
     """On any small workload the fast world (continuous batching, or TensorRT-LLM's
@@ -223,7 +235,7 @@ def test_fast_world_matches_reference(
     arrival times occur; workloads where an arrival falls exactly on an iteration's end
     are skipped, since the fast world leaves that order open."""
     frame = from_gaps(rows)
-    spec = no_evict_or(kind, max_batch, max_batch_tokens)
+    spec = no_evict_or(kind, max_batch, max_batch_tokens, chunk)
     capacity = blocks * block + spare % block  # not always whole blocks
     reqs, steps, ref = run_both(
         compiled, frame, spec, replicas=replicas, router=router, block=block, capacity=capacity
@@ -258,7 +270,8 @@ LAYOUTS = st.builds(
 @given(
     **WORLDS,
     layout=LAYOUTS,
-    kind=st.sampled_from(["continuous", "guaranteed-no-evict", "chunked-context"]),
+    kind=KINDS,
+    chunk=CHUNKS,
 )
 def test_windowed_fast_world_matches_reference(
     compiled: Compiled,
@@ -270,6 +283,7 @@ def test_windowed_fast_world_matches_reference(
     max_batch_tokens: int,
     replicas: int,
     router: str,
+    chunk: int,
     kind: str,
 ) -> None:
     """With sliding-window layers (full and window layers, windows of 1 to 64 tokens that
@@ -277,7 +291,7 @@ def test_windowed_fast_world_matches_reference(
     gives every request the reference's replica, times and preemptions, drops the same
     requests and runs the same iterations with the same blocks in use."""
     frame = from_gaps(rows)
-    spec = no_evict_or(kind, max_batch, max_batch_tokens)
+    spec = no_evict_or(kind, max_batch, max_batch_tokens, chunk)
     reqs, steps, ref = run_both(
         compiled,
         frame,

@@ -69,6 +69,22 @@ is). A request counts towards ``max_batch`` from admission, takes each chunk's b
 it prefills it, is priced over the prompt tokens it already holds, and joins the running
 requests with its first token at the end of the iteration of its last chunk.
 
+With the ``chunked-prefill`` scheduler (Sarathi-Serve stall-free batching,
+:mod:`~xpusim.plugins.workloads.serving.schedulers.chunked_prefill`) an iteration's token
+budget is ``min(chunk, max_batch_tokens)``, less one token per running decode. A request
+is *partial* from its admission until its prefill is done; it prefills ``tokens`` tokens
+(its prompt, plus its generated tokens after a preemption) in chunks. Decode growth
+(step 1) may preempt a partial request too (the newest of the running and partial
+requests goes, its prefill lost). Before admission, the partial requests, in admission
+order, each take the rest of their prefill or the budget left, whichever is less, cut to
+what the free blocks hold, and stop at the first that gets nothing. Admission (step 2)
+then gives each new request its first chunk the same way (the rest of the budget, at
+most its prefill) while budget is left, with the watermark of step 2 counted over the
+running and partial requests. Each chunk takes its blocks as it runs and is priced over
+the tokens its request already holds; a request's first token comes at the end of the
+iteration of its last chunk. An iteration that would run nothing while more than one
+request is partial preempts the newest of them and tries again.
+
 With the ``prefill-first`` scheduler (vLLM V0's default, with ``steps`` decode
 iterations per scheduling round,
 :mod:`~xpusim.plugins.workloads.serving.schedulers.prefill_first`) a replica instead runs
@@ -121,7 +137,7 @@ from xpusim.plugins.workloads.serving.schedulers.iteration import WATERMARK
 ROUTERS = ("round-robin", "least-outstanding")
 """Routers the reference world knows."""
 
-SCHEDULERS = ("continuous", "guaranteed-no-evict", "prefill-first")
+SCHEDULERS = ("continuous", "chunked-prefill", "guaranteed-no-evict", "prefill-first")
 """Scheduler kinds the reference world restates."""
 
 Proc = Generator[simpy.Event, Any, Any]
@@ -179,7 +195,7 @@ class _Request:
     """One request: its inputs, what its replica knows of it, and its recorded times.
 
     ``tokens`` is its text so far (prompt plus generated tokens); ``blocks`` the KV
-    blocks it holds; ``prefilled`` the prompt tokens a chunked-context prefill has done.
+    blocks it holds; ``prefilled`` the tokens its chunked prefill has done so far.
     A running request whose prefill is done holds the KV of ``tokens - 1`` tokens: its
     last token's KV is written by its next decode.
     """
@@ -287,10 +303,15 @@ class _Replica:
             yield self.promised.put(self._promise(req))
 
     def _preempt_newest(self) -> Proc:
-        """Preempt the running request that arrived last (recompute-style). Tokens owed
-        to it are sent first; when they were its last, it leaves instead."""
-        req = max(self.running, key=lambda r: r.rid)
-        self.running.remove(req)
+        """Preempt the running or partly prefilled request that arrived last
+        (recompute-style). Tokens owed to it are sent first; when they were its last, it
+        leaves instead."""
+        req = max(self.running + self.partial, key=lambda r: r.rid)
+        if req in self.partial:
+            self.partial.remove(req)
+            req.prefilled = 0
+        else:
+            self.running.remove(req)
         yield from self._free(req)
         for k, (r, tokens) in enumerate(self.owed):
             if r is req:
@@ -377,19 +398,25 @@ class _Replica:
             room -= c
             req.inbox.put(_Note.SCHEDULED)
         for req, c in out:
-            need = self.cache.blocks(req.prefilled + c) - self.cache.blocks(req.prefilled)
-            if need:
-                yield self.kv.get(need)
-            req.blocks += need
+            yield from self._take(
+                req, self.cache.blocks(req.prefilled + c) - self.cache.blocks(req.prefilled)
+            )
         return out
 
     def _chunked(self) -> Proc:
         """One iteration of ``guaranteed-no-evict`` with chunked context."""
-        env = self.env
         decodes = list(self.running)
         chunks = yield from self._chunks(len(decodes))
         if not decodes and not chunks:
             raise AssertionError(f"replica {self.index} cannot admit its first request")
+        yield from self._run_chunks(decodes, chunks)
+
+    def _run_chunks(self, decodes: list[_Request], chunks: list[tuple[_Request, int]]) -> Proc:
+        """Run an iteration of ``decodes`` and prefill ``chunks``: price it over the tokens
+        each chunk's request already holds, record it, then give each decode its next
+        token and each request whose last chunk ran its first (or, resumed after a
+        preemption, its next)."""
+        env = self.env
         tokens = sum(c for _r, c in chunks)
         cached = sum(r.prefilled for r, _c in chunks)
         context = sum(r.tokens - 1 for r in decodes)
@@ -405,12 +432,73 @@ class _Replica:
         firsts = []
         for req, c in chunks:
             req.prefilled += c
-            if req.prefilled == req.prompt:
+            if req.prefilled == req.tokens:
                 self.partial.remove(req)
+                req.prefilled = 0
                 firsts.append(req)
         self.running.extend(firsts)
         for req in decodes + firsts:
             yield from self._give(req, 1)
+
+    def _take(self, req: _Request, blocks: int) -> Proc:
+        """``req`` takes ``blocks`` more blocks (gives some back when negative: a window
+        that moved)."""
+        if blocks > 0:
+            yield self.kv.get(blocks)
+        elif blocks < 0:
+            yield self.kv.put(-blocks)
+        req.blocks += blocks
+
+    def _split_chunks(
+        self, decodes: int
+    ) -> Generator[simpy.Event, Any, list[tuple[_Request, int]]]:
+        """``chunked-prefill``: this iteration's prefill chunks, partial requests first,
+        then newly admitted ones, each with the blocks of its chunk taken."""
+        spec, cache = self.spec, self.cache
+        room = min(spec.chunk, spec.max_batch_tokens) - decodes
+        out: list[tuple[_Request, int]] = []
+        for req in self.partial:
+            if room <= 0:
+                break
+            done = req.prefilled
+            c = min(room, req.tokens - done)
+            held = cache.blocks(done)
+            if cache.blocks(done + c) - held > self.kv.level:
+                c = cache.tokens_within(int(self.kv.level) + held, done + c) - done
+                if c <= 0:
+                    break
+            yield from self._take(req, cache.blocks(done + c) - held)
+            out.append((req, c))
+            room -= c
+        reserve = int(self.total_blocks * WATERMARK)
+        batch = len(self.running) + len(self.partial)
+        while self.queue.items and batch < spec.max_batch and room > 0:
+            req = self.queue.items[0].item
+            c = min(req.tokens, room)
+            need = cache.blocks(c)
+            if self.kv.level - need < (reserve if batch else 0):
+                break
+            yield self.queue.get()
+            yield from self._take(req, need)
+            self.partial.append(req)
+            out.append((req, c))
+            batch += 1
+            room -= c
+            req.inbox.put(_Note.SCHEDULED)
+        return out
+
+    def _split(self) -> Proc:
+        """One iteration of ``chunked-prefill`` (see the module docstring)."""
+        while True:
+            yield from self._grow()
+            decodes = list(self.running)
+            chunks = yield from self._split_chunks(len(decodes))
+            if decodes or chunks:
+                break
+            if len(self.partial) < 2:
+                raise AssertionError(f"replica {self.index} cannot make progress")
+            yield from self._preempt_newest()
+        yield from self._run_chunks(decodes, chunks)
 
     def _give(self, req: _Request, tokens: int) -> Proc:
         """``req`` receives ``tokens`` tokens now; finished, it leaves and frees its
@@ -533,6 +621,9 @@ class _Replica:
                 yield self.queue.put(item)
             if self.spec.kind == "prefill-first":
                 yield from self._round()
+                continue
+            if self.spec.kind == "chunked-prefill":
+                yield from self._split()
                 continue
             yield from self._grow()
             if self.spec.chunked_context:
