@@ -164,10 +164,11 @@ def assert_same(reqs: pl.DataFrame, steps: pl.DataFrame, ref: ReferenceResult) -
 
 
 def no_evict_or(
-    kind: str, max_batch: int, max_batch_tokens: int, chunk: int = 512
+    kind: str, max_batch: int, max_batch_tokens: int, chunk: int = 512, max_wait: float = 0.0
 ) -> SchedulerSpec:
     """The spec of a drawn ``kind``: a scheduler's name, or ``chunked-context`` for
-    guaranteed-no-evict with chunked context; ``chunk`` is ``chunked-prefill``'s."""
+    guaranteed-no-evict with chunked context; ``chunk`` is ``chunked-prefill``'s,
+    ``max_wait`` ``static``'s."""
     chunked = kind == "chunked-context"
     return SchedulerSpec(
         kind="guaranteed-no-evict" if chunked else kind,
@@ -175,14 +176,19 @@ def no_evict_or(
         max_batch_tokens=max_batch_tokens,
         chunked_context=chunked,
         chunk=chunk,
+        max_wait=f"{max_wait if kind == 'static' else 0.0} s",
     )
 
 
-KINDS = st.sampled_from(["continuous", "chunked-prefill", "guaranteed-no-evict", "chunked-context"])
-"""The iteration-level schedulers the reference restates (``chunked-context``: no-evict
-with chunked context)."""
+KINDS = st.sampled_from(
+    ["continuous", "chunked-prefill", "guaranteed-no-evict", "chunked-context", "static"]
+)
+"""The schedulers the drawn worlds run (``chunked-context``: no-evict with chunked
+context; ``prefill-first`` has its own property in ``tests/test_prefill_first.py``)."""
 CHUNKS = st.integers(1, 128)
 """``chunked-prefill``'s chunk sizes."""
+WAITS = st.sampled_from([0.0, 1e-4, 0.01])
+"""``static``'s waits for a batch to fill: none, shorter and longer than the drawn gaps."""
 
 
 ROWS = st.lists(
@@ -214,6 +220,7 @@ WORLDS: dict[str, st.SearchStrategy[Any]] = {
     spare=st.integers(0, 15),
     kind=KINDS,
     chunk=CHUNKS,
+    max_wait=WAITS,
 )
 def test_fast_world_matches_reference(
     compiled: Compiled,
@@ -226,6 +233,7 @@ def test_fast_world_matches_reference(
     replicas: int,
     router: str,
     chunk: int,
+    max_wait: float,
     kind: str,
 ) -> None:
     """On any small workload the fast world (continuous batching, or TensorRT-LLM's
@@ -235,7 +243,7 @@ def test_fast_world_matches_reference(
     arrival times occur; workloads where an arrival falls exactly on an iteration's end
     are skipped, since the fast world leaves that order open."""
     frame = from_gaps(rows)
-    spec = no_evict_or(kind, max_batch, max_batch_tokens, chunk)
+    spec = no_evict_or(kind, max_batch, max_batch_tokens, chunk, max_wait)
     capacity = blocks * block + spare % block  # not always whole blocks
     reqs, steps, ref = run_both(
         compiled, frame, spec, replicas=replicas, router=router, block=block, capacity=capacity
@@ -272,6 +280,7 @@ LAYOUTS = st.builds(
     layout=LAYOUTS,
     kind=KINDS,
     chunk=CHUNKS,
+    max_wait=WAITS,
 )
 def test_windowed_fast_world_matches_reference(
     compiled: Compiled,
@@ -284,6 +293,7 @@ def test_windowed_fast_world_matches_reference(
     replicas: int,
     router: str,
     chunk: int,
+    max_wait: float,
     kind: str,
 ) -> None:
     """With sliding-window layers (full and window layers, windows of 1 to 64 tokens that
@@ -291,7 +301,7 @@ def test_windowed_fast_world_matches_reference(
     gives every request the reference's replica, times and preemptions, drops the same
     requests and runs the same iterations with the same blocks in use."""
     frame = from_gaps(rows)
-    spec = no_evict_or(kind, max_batch, max_batch_tokens, chunk)
+    spec = no_evict_or(kind, max_batch, max_batch_tokens, chunk, max_wait)
     reqs, steps, ref = run_both(
         compiled,
         frame,
@@ -383,14 +393,15 @@ def test_windows_give_pages_back_and_admit_more(compiled: Compiled) -> None:
     assert steps["kv_blocks_used"].to_list() == [-(-lay.layer_blocks(c, 4) // 4) for c in held]
 
 
-def test_reference_runs_only_continuous_batching(compiled: Compiled) -> None:
-    """The reference refuses a scheduler kind it does not restate, naming it."""
-    with pytest.raises(ValueError, match="static"):
+def test_reference_refuses_a_scheduler_it_does_not_restate(compiled: Compiled) -> None:
+    """The reference refuses a scheduler kind it does not restate (a plugin's), naming
+    it and the kinds it runs."""
+    with pytest.raises(ValueError, match=r"static schedulers, not 'fifo-plugin'"):
         simulate_reference(
             requests([(0.0, 4, 4)]),
             compiled,
             replicas=1,
-            scheduler=SchedulerSpec(kind="static"),
+            scheduler=SchedulerSpec(kind="fifo-plugin"),
             kv_capacity_tokens=1024,
         )
 

@@ -1,9 +1,10 @@
-"""A plain reference for the iteration-level serving world, built on SimPy resources.
+"""A plain reference for the serving world, built on SimPy resources.
 
-The fast world (:func:`~xpusim.plugins.workloads.serving.world.simulate_serving` with the
-``continuous`` scheduler, :func:`~xpusim.plugins.workloads.serving.schedulers.iteration.iterative`)
+The fast world (:func:`~xpusim.plugins.workloads.serving.world.simulate_serving`; for the
+``continuous`` scheduler :func:`~xpusim.plugins.workloads.serving.schedulers.iteration.iterative`)
 keeps its queues and KV blocks as counters in flat arrays and uses SimPy as a clock only.
-This module simulates the same policy the plain way, to check it against: each replica's
+This module simulates the same policies (every built-in scheduler, :data:`SCHEDULERS`)
+the plain way, to check it against: each replica's
 waiting queue is a :class:`simpy.PriorityStore`, its KV cache a :class:`simpy.Container`
 of blocks, every request is a SimPy process of its own, and each replica is a process
 that runs iterations. It is written for clarity, not speed, and is not used by any
@@ -85,6 +86,20 @@ the tokens its request already holds; a request's first token comes at the end o
 iteration of its last chunk. An iteration that would run nothing while more than one
 request is partial preempts the newest of them and tries again.
 
+With the ``static`` scheduler (request-level batching,
+:mod:`~xpusim.plugins.workloads.serving.schedulers.static`) a replica runs whole batches.
+With fewer than ``max_batch`` requests queued and a ``max_wait``, it waits until the head
+of the queue has waited ``max_wait`` since its arrival, looking again at each request
+routed to it meanwhile. It then takes requests from the front of the queue while the
+batch has room and the free blocks cover each one's whole sequence (the most blocks it
+holds on its way to ``prompt + output - 1`` tokens), runs one prefill of all their
+prompts (each request's first token at its end) and decode iterations over the whole
+batch until the longest output is done: each iteration is priced for every sequence of
+the batch over the context that grows by the batch each iteration (the finished ones pad
+along), gives a token to the requests that still have one to come, and reports the
+blocks of the KV each request keeps (up to its last token). At the batch's end every
+request of it is returned (its finish time) and its blocks go back.
+
 With the ``prefill-first`` scheduler (vLLM V0's default, with ``steps`` decode
 iterations per scheduling round,
 :mod:`~xpusim.plugins.workloads.serving.schedulers.prefill_first`) a replica instead runs
@@ -137,7 +152,7 @@ from xpusim.plugins.workloads.serving.schedulers.iteration import WATERMARK
 ROUTERS = ("round-robin", "least-outstanding")
 """Routers the reference world knows."""
 
-SCHEDULERS = ("continuous", "chunked-prefill", "guaranteed-no-evict", "prefill-first")
+SCHEDULERS = ("continuous", "chunked-prefill", "guaranteed-no-evict", "prefill-first", "static")
 """Scheduler kinds the reference world restates."""
 
 Proc = Generator[simpy.Event, Any, Any]
@@ -188,6 +203,7 @@ class _Note(Enum):
     SCHEDULED = "scheduled"
     PREEMPTED = "preempted"
     TOKEN = "token"
+    RETURNED = "returned"
 
 
 @dataclass(eq=False)
@@ -259,6 +275,7 @@ class _Replica:
     steps: list[ReferenceStep] = field(default_factory=list)
     owed: list[tuple[_Request, int]] = field(default_factory=list)
     parked: list[_Request] = field(default_factory=list)
+    arrived: simpy.Event | None = None
     _back: int = 0
     _front: int = 0
 
@@ -280,9 +297,12 @@ class _Replica:
         return self.cache.peak_blocks(req.prompt + req.output - 1)
 
     def join(self, req: _Request) -> None:
-        """Put a newly routed request at the back of the queue."""
+        """Put a newly routed request at the back of the queue (and wake a replica that
+        waits for its batch to fill)."""
         self._back += 1
         self.queue.put(simpy.PriorityItem(self._back, req))
+        if self.arrived is not None and not self.arrived.triggered:
+            self.arrived.succeed()
 
     def _requeue(self, req: _Request) -> None:
         """Put a preempted request at the front of the queue."""
@@ -441,8 +461,8 @@ class _Replica:
             yield from self._give(req, 1)
 
     def _take(self, req: _Request, blocks: int) -> Proc:
-        """``req`` takes ``blocks`` more blocks (gives some back when negative: a window
-        that moved)."""
+        """``req`` takes ``blocks`` more blocks, or gives ``-blocks`` back (a window that
+        moved, a batch that ended)."""
         if blocks > 0:
             yield self.kv.get(blocks)
         elif blocks < 0:
@@ -499,6 +519,66 @@ class _Replica:
                 raise AssertionError(f"replica {self.index} cannot make progress")
             yield from self._preempt_newest()
         yield from self._run_chunks(decodes, chunks)
+
+    def _fill(self) -> Proc:
+        """``static``: with a ``max_wait`` and fewer than ``max_batch`` requests queued,
+        wait until the head has waited ``max_wait``, looking again at each arrival."""
+        env, spec = self.env, self.spec
+        while len(self.queue.items) < spec.max_batch and spec.max_wait > 0:
+            deadline = self.queue.items[0].item.arrival_s + spec.max_wait
+            if env.now >= deadline:
+                return
+            self.arrived = env.event()
+            yield self.arrived | env.timeout(deadline - env.now)
+            self.arrived = None
+
+    def _static(self) -> Proc:
+        """One batch of ``static`` (see the module docstring)."""
+        env, cache = self.env, self.cache
+        yield from self._fill()
+        batch: list[_Request] = []
+        while self.queue.items and len(batch) < self.spec.max_batch:
+            req = self.queue.items[0].item
+            need = cache.peak_blocks(req.prompt + req.output - 1)
+            if need > self.kv.level:
+                break
+            yield self.queue.get()
+            yield from self._take(req, need)
+            batch.append(req)
+            req.inbox.put(_Note.SCHEDULED)
+        if not batch:
+            raise AssertionError(f"replica {self.index}: a request does not fit an empty cache")
+        k = len(batch)
+        prompts = sum(r.prompt for r in batch)
+        seconds, _j, _s = self.costs.step(k, prompts, 0, 0, 0)
+        start = env.now
+        yield env.timeout(seconds)
+        held = sum(cache.blocks(r.prompt) for r in batch)
+        self.steps.append(
+            ReferenceStep(self.index, start, env.now, k, prompts, 0, cache.stack_blocks(held))
+        )
+        for req in batch:
+            self._owe(req, 1)
+        yield from self._stream()
+        context = prompts
+        for i in range(1, max(r.output for r in batch)):
+            seconds, _j, _s = self.costs.step(0, 0, 0, k, context)
+            start = env.now
+            yield env.timeout(seconds)
+            context += k
+            alive = [r for r in batch if r.output > i]
+            held = sum(cache.blocks(r.prompt + min(i, r.output - 1)) for r in batch)
+            self.steps.append(
+                ReferenceStep(
+                    self.index, start, env.now, k, 0, len(alive), cache.stack_blocks(held)
+                )
+            )
+            for req in alive:
+                self._owe(req, 1)
+            yield from self._stream()
+        for req in batch:
+            yield from self._take(req, -req.blocks)
+            req.inbox.put(_Note.RETURNED)
 
     def _give(self, req: _Request, tokens: int) -> Proc:
         """``req`` receives ``tokens`` tokens now; finished, it leaves and frees its
@@ -625,6 +705,9 @@ class _Replica:
             if self.spec.kind == "chunked-prefill":
                 yield from self._split()
                 continue
+            if self.spec.kind == "static":
+                yield from self._static()
+                continue
             yield from self._grow()
             if self.spec.chunked_context:
                 yield from self._chunked()
@@ -700,6 +783,8 @@ def _request(env: simpy.Environment, req: _Request, router: _Router, cache: Page
             req.emissions.append(env.now)
             if req.first_token_s is None:
                 req.first_token_s = env.now
+    if rep.spec.kind == "static":  # its batch returns it at the batch's end
+        yield req.inbox.get()
     req.finish_s = env.now
     rep.outstanding -= 1
 
@@ -727,7 +812,7 @@ def simulate_reference(
     """
     if scheduler.kind not in SCHEDULERS:
         raise ValueError(
-            f"the reference world runs the {' and '.join(SCHEDULERS)} schedulers, "
+            f"the reference world runs the {', '.join(SCHEDULERS)} schedulers, "
             f"not {scheduler.kind!r}"
         )
     total = kv_capacity_tokens // kv_block_tokens
