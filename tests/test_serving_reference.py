@@ -1,7 +1,8 @@
 """The fast serving world against its plain reference on SimPy resources.
 
-:mod:`~xpusim.plugins.workloads.serving.reference` restates the continuous-batching
-policy with a SimPy process per request, a ``PriorityStore`` queue and a ``Container`` of
+:mod:`~xpusim.plugins.workloads.serving.reference` restates the serving schedulers
+(continuous, chunked prefill, guaranteed-no-evict with and without chunked context,
+static) with a SimPy process per request, a ``PriorityStore`` queue and a ``Container`` of
 KV blocks per replica. On generated small workloads (several replicas, bursts and gaps,
 caches small enough to preempt and to drop, tight batch and token limits, block sizes
 from 1 to 16 tokens) the fast world (:func:`simulate_serving`) must give every request
@@ -163,7 +164,7 @@ def assert_same(reqs: pl.DataFrame, steps: pl.DataFrame, ref: ReferenceResult) -
 # --- the property --------------------------------------------------------------------
 
 
-def no_evict_or(
+def drawn_spec(
     kind: str, max_batch: int, max_batch_tokens: int, chunk: int = 512, max_wait: float = 0.0
 ) -> SchedulerSpec:
     """The spec of a drawn ``kind``: a scheduler's name, or ``chunked-context`` for
@@ -236,14 +237,15 @@ def test_fast_world_matches_reference(
     max_wait: float,
     kind: str,
 ) -> None:
-    """On any small workload the fast world (continuous batching, or TensorRT-LLM's
-    guaranteed-no-evict admission on the plain loop, with or without chunked context)
-    gives every request the reference's replica, times and preemptions, drops the same
+    """On any small workload the fast world (continuous batching, chunked prefill with
+    drawn chunks, TensorRT-LLM's guaranteed-no-evict admission on the plain loop with or
+    without chunked context, or static batches with drawn waits to fill) gives every
+    request the reference's replica, times and preemptions, drops the same
     requests and runs the same iterations. Arrival gaps are drawn, so bursts of equal
     arrival times occur; workloads where an arrival falls exactly on an iteration's end
     are skipped, since the fast world leaves that order open."""
     frame = from_gaps(rows)
-    spec = no_evict_or(kind, max_batch, max_batch_tokens, chunk, max_wait)
+    spec = drawn_spec(kind, max_batch, max_batch_tokens, chunk, max_wait)
     capacity = blocks * block + spare % block  # not always whole blocks
     reqs, steps, ref = run_both(
         compiled, frame, spec, replicas=replicas, router=router, block=block, capacity=capacity
@@ -301,7 +303,7 @@ def test_windowed_fast_world_matches_reference(
     gives every request the reference's replica, times and preemptions, drops the same
     requests and runs the same iterations with the same blocks in use."""
     frame = from_gaps(rows)
-    spec = no_evict_or(kind, max_batch, max_batch_tokens, chunk, max_wait)
+    spec = drawn_spec(kind, max_batch, max_batch_tokens, chunk, max_wait)
     reqs, steps, ref = run_both(
         compiled,
         frame,
