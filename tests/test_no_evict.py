@@ -92,11 +92,14 @@ def test_long_bursts_match_the_reference(compiled: Compiled, replicas: int) -> N
 
 def test_chunk_sizes_fill_the_budget_in_whole_blocks() -> None:
     """A prompt that fits the budget left is prefilled whole; one that does not takes the
-    budget rounded down to whole blocks, which may be none."""
+    budget rounded down to whole blocks, which may be none, unless it would be the
+    iteration's only work."""
     assert chunk_tokens(100, 300, 64) == 100
     assert chunk_tokens(2048, 1000, 64) == 960
     assert chunk_tokens(2048, 63, 64) == 0
     assert chunk_tokens(2048, -5, 64) == 0
+    assert chunk_tokens(2048, 63, 64, alone=True) == 63
+    assert chunk_tokens(2048, -5, 64, alone=True) == 0
 
 
 def test_chunked_context_keeps_the_budget_and_splits_the_prompt(compiled: Compiled) -> None:

@@ -80,13 +80,16 @@ from xpusim.engine.policies import (
 from xpusim.plugins.workloads.serving.kvcache import PagedKVCache
 
 
-def chunk_tokens(remaining: int, room: int, unit: int) -> int:
+def chunk_tokens(remaining: int, room: int, unit: int, alone: bool = False) -> int:
     """Prompt tokens a chunked-context request prefills in an iteration: all ``remaining``
     when they fit the ``room`` left in the token budget, else the room rounded down to
-    whole ``unit`` s (the KV block), which may be none."""
+    whole ``unit`` s (the KV block), which may be none. ``alone``: the chunk would be the
+    iteration's only work, so a room below one block is taken as it is (an engine whose
+    budget is smaller than a block still progresses)."""
     if remaining <= room:
         return remaining
-    return max(0, room) // unit * unit
+    c = max(0, room) // unit * unit
+    return max(0, room) if c == 0 and alone else c
 
 
 def reserved_blocks(prompt: int, output: int, block_tokens: int) -> int:
@@ -157,9 +160,7 @@ class GuaranteedNoEvictScheduler(Scheduler):
             chunks: list[tuple[int, int]] = []  # (request, prompt tokens this iteration)
             pf_tok = pf_ctx = 0
             for rid in prefilling:
-                c = chunk_tokens(prompt[rid] - done[rid], room, B)
-                if c == 0 and not running and not chunks:
-                    c = min(prompt[rid] - done[rid], room)  # a budget below one block
+                c = chunk_tokens(prompt[rid] - done[rid], room, B, not running and not chunks)
                 if c == 0:
                     break
                 chunks.append((rid, c))
@@ -169,9 +170,7 @@ class GuaranteedNoEvictScheduler(Scheduler):
                 rid = waiting[0]
                 L = prompt[rid]
                 if chunked:
-                    c = chunk_tokens(L, room, B)
-                    if c == 0 and not running and not chunks:
-                        c = min(L, room)  # a budget below one block still progresses
+                    c = chunk_tokens(L, room, B, not running and not chunks)
                     if c == 0:
                         break
                 elif chunks and room < L:
